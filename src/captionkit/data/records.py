@@ -1,0 +1,93 @@
+"""The dataset record every reader produces, and captionkit's own simple format (images + ``captions.jsonl``).
+
+``captions.jsonl`` holds one JSON object a line, one line per caption::
+
+    {"image": "images/000001.png", "caption": "a red circle", "image_id": "000001", "style": "neutral",
+     "split": "train"}
+
+``image`` is relative to the file's directory (or absolute). ``image_id`` defaults to ``image``; ``style`` to
+``neutral``; ``split`` is optional (readers then split by image, seeded).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from captionkit.errors import InputError
+
+STYLES = ("neutral", "positive", "negative")
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    """One caption of one image. Splits are made by ``image_id``, never by caption."""
+
+    image_path: Path
+    caption: str
+    style: str = "neutral"
+    image_id: str = ""
+    split: str | None = None
+
+
+def write_jsonl(records: Iterable[CaptionRecord], path: str | Path) -> Path:
+    """Write ``records`` as ``captions.jsonl`` with image paths relative to the file's directory."""
+    path = Path(path)
+    root = path.parent.resolve()
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            image = record.image_path.resolve()
+            row = {
+                "image": image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image),
+                "caption": record.caption,
+                "image_id": record.image_id,
+                "style": record.style,
+            }
+            if record.split is not None:
+                row["split"] = record.split
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_jsonl(path: str | Path) -> list[CaptionRecord]:
+    """Read captionkit's ``captions.jsonl``; one clear error naming the file and line for anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    root = path.parent
+    records: list[CaptionRecord] = []
+    with path.open("r", encoding="utf-8", errors="strict") as handle:
+        try:
+            lines = list(handle)
+        except UnicodeDecodeError as error:
+            raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(where, f"invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(where, "expected a JSON object")
+        image, caption = row.get("image"), row.get("caption")
+        if not isinstance(image, str) or not image:
+            raise InputError(where, "missing 'image' (a path)")
+        if not isinstance(caption, str) or not caption.strip():
+            raise InputError(where, "missing or empty 'caption'")
+        style = row.get("style", "neutral")
+        if style not in STYLES:
+            raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
+        split = row.get("split")
+        if split is not None and not isinstance(split, str):
+            raise InputError(where, "'split' must be a string")
+        image_path = Path(image) if Path(image).is_absolute() else root / image
+        records.append(
+            CaptionRecord(image_path, caption.strip(), style, str(row.get("image_id") or image), split)
+        )
+    if not records:
+        raise InputError(path, "no captions in file")
+    return records

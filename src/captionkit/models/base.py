@@ -1,0 +1,92 @@
+"""The one interface every captioning model family implements.
+
+Two uses drive it:
+
+* teacher forcing (training): ``model(pixel_values, input_ids, attention_mask) -> logits``;
+* decoding: the step protocol ``encode`` -> ``init_state`` -> ``step`` / ``reorder_state``, which lets one
+  greedy/beam/sampling engine (``captionkit.decoding``) drive every family without looking inside it.
+
+Token conventions shared by all families:
+
+* ``input_ids`` start with ``bos_token_id`` (the decoder start token) and usually end with ``eos_token_id``;
+  ``attention_mask`` is 1 for real tokens, 0 for padding. Padding is identified by the mask, never by token id
+  (GPT-2 checkpoints use one id for bos, eos and pad).
+* ``logits[:, t]`` predicts ``input_ids[:, t + 1]``. The loss (with padding set to -100) is computed in
+  ``captionkit.training``, never inside a model.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Encoded:
+    """Image-side output of an encoder, computed once per image.
+
+    ``tokens``: (B, N, D) features; ``mask``: (B, N) bool, True where a token is valid, or None when all are.
+    """
+
+    tokens: torch.Tensor
+    mask: torch.Tensor | None = None
+
+    def index_select(self, index: torch.Tensor) -> Encoded:
+        """Rows ``index`` of the batch (used to expand images to beams or samples)."""
+        mask = None if self.mask is None else self.mask.index_select(0, index)
+        return Encoded(self.tokens.index_select(0, index), mask)
+
+
+# A family's decoder state: a KV cache (GPT-2) or (h, c) (LSTM) plus whatever the step needs. Opaque to the engine.
+DecoderState = Any
+
+
+class CaptionModel(nn.Module, ABC):
+    """Base class of every captioning model family."""
+
+    family: ClassVar[str]
+
+    bos_token_id: int
+    eos_token_id: int
+    pad_token_id: int
+    vocab_size: int
+
+    @abstractmethod
+    def encode(self, pixel_values: torch.Tensor) -> Encoded:
+        """(B, 3, H, W) preprocessed pixels -> encoder tokens."""
+
+    @abstractmethod
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoded: Encoded | None = None,
+    ) -> torch.Tensor:
+        """Teacher forcing: (B, T) ids -> (B, T, V) logits. ``encoded`` replaces ``pixel_values`` when given."""
+
+    @abstractmethod
+    def init_state(self, encoded: Encoded) -> DecoderState:
+        """Decoder state before the first step, for a batch of already-expanded encoder outputs."""
+
+    @abstractmethod
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """Feed one token per row: (B,) ids -> ((B, V) log-probabilities of the next token, new state)."""
+
+    @abstractmethod
+    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
+        """Keep rows ``index`` of the state, in that order (beam reordering, dropping finished rows)."""
+
+    @abstractmethod
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write weights (safetensors) and the model's config into ``directory``."""
+
+    @classmethod
+    @abstractmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> CaptionModel:
+        """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / directory in the hub layout)."""
