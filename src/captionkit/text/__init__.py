@@ -1,1 +1,5 @@
-"""text"""
+"""Caption tokenizers."""
+
+from captionkit.text.tokenizer import CaptionTokenizer, train_bpe_tokenizer
+
+__all__ = ["CaptionTokenizer", "train_bpe_tokenizer"]

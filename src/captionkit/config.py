@@ -1,0 +1,223 @@
+"""Typed configs: dataclasses filled from YAML recipes and ``--set key=value`` overrides.
+
+A recipe lists only what differs from the defaults. It may name a base recipe with ``_base_: other.yaml`` (relative
+to the recipe's directory); the recipe's keys override the base's, section by section. Unknown keys and values of
+the wrong type are errors that name the key, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from captionkit.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    family: str = "vit-gpt2"
+    # A registry preset (tiny, small, base) for a model trained from scratch ...
+    preset: str = "small"
+    # ... or a checkpoint to fine-tune: a local directory or a hub id. Overrides `preset` when set.
+    pretrained: str | None = None
+    # Preset fields to change, e.g. {decoder_layers: 4}; unknown fields are errors.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TokenizerSection:
+    # Used only when no pretrained tokenizer is given: a byte-level BPE trained on the training captions.
+    vocab_size: int = 4000
+    lowercase: bool = True
+    # A directory or hub id with tokenizer files; defaults to `model.pretrained`'s tokenizer.
+    pretrained: str | None = None
+
+
+@dataclass(frozen=True)
+class DataSection:
+    # A captions.jsonl file, or a directory holding one.
+    train: str = ""
+    # Validation data; when empty, `val_fraction` of the training images (split by image, seeded) is held out.
+    val: str = ""
+    val_fraction: float = 0.05
+    # Longest caption in tokens, bos/eos included; longer ones are truncated.
+    max_length: int = 40
+    # Keep decoded, preprocessed images in memory (small datasets such as the synthetic scenes).
+    cache_images: bool = False
+    # Use only the first caption of each image (canonical captions make a small task learnable quickly).
+    first_caption_only: bool = False
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 100
+    # Cosine decay from `lr` down to `lr * min_lr_ratio` at the last step.
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    # Batches of validation data per evaluation (0: the whole validation set).
+    eval_batches: int = 0
+    seed: int = 0
+    log_every: int = 20
+    # Stop after this many seconds of training even if `steps` is not reached (0: no limit).
+    max_seconds: float = 0.0
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(item) for item in value]
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
+    """Build dataclass ``cls`` from a mapping, recursively; unknown keys and wrong types raise ConfigError."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(where, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
+    values = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in data}
+    return cls(**values)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [arg for arg in args if arg is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, where)
+            except ConfigError as error:
+                errors.append(error.reason)
+        raise ConfigError(where, "; ".join(errors))
+    if hint is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(where, f"expected a mapping, got {value!r}")
+        return dict(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(where, f"expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(arg, item, f"{where}[{i}]") for i, (arg, item) in enumerate(zip(args, value, strict=True)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(where, f"expected an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            # PyYAML reads `3e-4` (no dot) as a string; accept it as the number it plainly is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(where, f"expected a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(where, f"expected a string, got {value!r}")
+    raise ConfigError(where, f"unsupported config type {hint!r}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML recipe, following ``_base_`` chains; sections merge key by key."""
+    path = Path(path)
+    return _read_yaml(path, seen=())
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(path, "no such config file")
+    if path.resolve() in seen:
+        raise ConfigError(path, "_base_ chain loops back to itself")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(path, f"invalid YAML ({reason})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, "a recipe must be a mapping of sections")
+    base = data.pop("_base_", None)
+    if base is None:
+        return data
+    merged = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
+    return merge(merged, data)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursive merge: mappings merge key by key, anything else in ``override`` replaces."""
+    result = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(result.get(key), Mapping):
+            result[key] = merge(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings; each value is parsed as YAML (``3e-4``, ``true``, ``[1, 2]``)."""
+    result = dict(data)
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(assignment, "expected --set key=value (e.g. --set train.lr=3e-4)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        parts = key.strip().split(".")
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        result = merge(result, nested)
+    return result
+
+
+def load_train_config(path: str | Path | None, assignments: list[str] | None = None) -> TrainConfig:
+    """A TrainConfig from a recipe file (or the defaults) plus ``--set`` overrides."""
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, assignments or [])
+    return from_dict(TrainConfig, data, where=str(path) if path is not None else "config")

@@ -1,0 +1,104 @@
+"""CaptionDataset: records -> (pixels, token ids) for teacher forcing, and the collate that pads a batch.
+
+A sample whose image cannot be read becomes ``None``; :func:`collate` drops it and counts it, so training skips a
+corrupt file instead of dying on it (ARCHITECTURE.md, error policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from captionkit.data.records import CaptionRecord
+from captionkit.errors import ImageError
+from captionkit.images import ImageLimits, Preprocessing, load_image
+from captionkit.text import CaptionTokenizer
+
+
+@dataclass
+class Sample:
+    pixel_values: np.ndarray  # (3, H, W) float32
+    input_ids: list[int]  # bos, caption tokens, eos
+    image_id: str
+
+
+@dataclass
+class Batch:
+    pixel_values: torch.Tensor  # (B, 3, H, W)
+    input_ids: torch.Tensor  # (B, T), padded with pad_token_id
+    attention_mask: torch.Tensor  # (B, T), 1 for real tokens
+    image_ids: list[str]
+    skipped: int  # samples dropped because their image could not be read
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+
+class CaptionDataset(Dataset):
+    """One item per caption record."""
+
+    def __init__(
+        self,
+        records: Sequence[CaptionRecord],
+        tokenizer: CaptionTokenizer,
+        preprocessing: Preprocessing,
+        max_length: int = 40,
+        cache_images: bool = False,
+        limits: ImageLimits | None = None,
+    ) -> None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be at least 3 (bos, a token, eos), got {max_length}")
+        self.records = list(records)
+        self.tokenizer = tokenizer
+        self.preprocessing = preprocessing
+        self.max_length = max_length
+        self.limits = limits or ImageLimits()
+        self._pixels: dict[str, np.ndarray | None] | None = {} if cache_images else None
+        # Tokenize once: captions are short and tokenization is cheap next to an epoch of image decoding.
+        self._ids = [self._token_ids(record.caption) for record in self.records]
+
+    def _token_ids(self, caption: str) -> list[int]:
+        body = self.tokenizer.encode(caption)[: self.max_length - 2]
+        return [self.tokenizer.bos_token_id, *body, self.tokenizer.eos_token_id]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _pixels_of(self, record: CaptionRecord) -> np.ndarray | None:
+        key = str(record.image_path)
+        if self._pixels is not None and key in self._pixels:
+            return self._pixels[key]
+        try:
+            pixels = self.preprocessing([load_image(record.image_path, limits=self.limits)])[0]
+        except ImageError:
+            pixels = None
+        if self._pixels is not None:
+            self._pixels[key] = pixels
+        return pixels
+
+    def __getitem__(self, index: int) -> Sample | None:
+        record = self.records[index]
+        pixels = self._pixels_of(record)
+        if pixels is None:
+            return None
+        return Sample(pixels, self._ids[index], record.image_id)
+
+
+def collate(samples: Sequence[Sample | None], pad_token_id: int) -> Batch:
+    """Stack pixels, right-pad ids with ``pad_token_id`` and build the attention mask; drop unreadable samples."""
+    good = [sample for sample in samples if sample is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, 0, dtype=torch.long), torch.empty(0, 0), [], skipped)
+    length = max(len(sample.input_ids) for sample in good)
+    input_ids = torch.full((len(good), length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(good), length), dtype=torch.long)
+    for row, sample in enumerate(good):
+        input_ids[row, : len(sample.input_ids)] = torch.tensor(sample.input_ids)
+        attention_mask[row, : len(sample.input_ids)] = 1
+    pixel_values = torch.from_numpy(np.stack([sample.pixel_values for sample in good]))
+    return Batch(pixel_values, input_ids, attention_mask, [sample.image_id for sample in good], skipped)

@@ -1,0 +1,49 @@
+"""Splitting records by image (never by caption), seeded and stable."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from captionkit.data.records import CaptionRecord
+
+
+def _unit_interval(image_id: str, seed: int) -> float:
+    # A hash, not random.shuffle: an image keeps its split when other images are added or removed.
+    digest = hashlib.sha256(f"{seed}:{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_by_image(
+    records: Sequence[CaptionRecord], val_fraction: float, seed: int = 0
+) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
+    """(train, val): each image with all its captions goes to one side; records' own ``split`` wins when set."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    train: list[CaptionRecord] = []
+    val: list[CaptionRecord] = []
+    for record in records:
+        if record.split is not None:
+            side = val if record.split in ("val", "dev", "validation") else train if record.split == "train" else None
+        else:
+            side = val if _unit_interval(record.image_id, seed) < val_fraction else train
+        if side is not None:
+            side.append(record)
+    return train, val
+
+
+def select_split(records: Sequence[CaptionRecord], split: str) -> list[CaptionRecord]:
+    """Records whose ``split`` is ``split`` (``val`` also matches ``dev`` and ``validation``)."""
+    names = {"val", "dev", "validation"} if split in ("val", "dev", "validation") else {split}
+    return [record for record in records if record.split in names]
+
+
+def first_caption_per_image(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+    """The first record of each image, in order."""
+    seen: set[str] = set()
+    kept = []
+    for record in records:
+        if record.image_id not in seen:
+            seen.add(record.image_id)
+            kept.append(record)
+    return kept

@@ -1,0 +1,43 @@
+"""The teacher-forcing loss, computed here and not inside any model (ARCHITECTURE.md, contracts)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Targets for ``logits[:, :-1]``: the next token, with padding set to -100.
+
+    Padding comes from the mask, not from the pad id: GPT-2 checkpoints use one id for bos, eos and pad.
+    """
+    labels = input_ids[:, 1:].clone()
+    labels[attention_mask[:, 1:] == 0] = IGNORE_INDEX
+    return labels
+
+
+def caption_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Mean cross-entropy over real target tokens. ``logits``: (B, T, V) from ``model(pixels, input_ids, mask)``."""
+    labels = shifted_labels(input_ids, attention_mask)
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+    )
+
+
+def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
+    """(summed negative log-likelihood, number of target tokens) of a batch: the parts of a perplexity."""
+    labels = shifted_labels(input_ids, attention_mask)
+    total = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+    return float(total), int((labels != IGNORE_INDEX).sum())

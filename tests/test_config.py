@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+
+from captionkit.config import TrainConfig, apply_overrides, from_dict, load_train_config
+from captionkit.errors import ConfigError
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file():
+    config = load_train_config(None)
+    assert config == TrainConfig()
+
+
+def test_recipe_overrides_only_what_it_names(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "train:\n  lr: 1.0e-3\n  steps: 50\nmodel:\n  preset: tiny\n")
+    config = load_train_config(recipe)
+    assert config.train.lr == 1e-3 and config.train.steps == 50
+    assert config.model.preset == "tiny"
+    assert config.train.batch_size == TrainConfig().train.batch_size
+
+
+def test_set_overrides_parse_values_as_yaml(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "train:\n  steps: 50\n")
+    config = load_train_config(
+        recipe, ["train.steps=7", "train.lr=3e-4", "data.cache_images=true", "model.overrides={decoder_layers: 3}"]
+    )
+    assert config.train.steps == 7
+    assert config.train.lr == pytest.approx(3e-4)
+    assert config.data.cache_images is True
+    assert config.model.overrides == {"decoder_layers": 3}
+
+
+def test_base_recipe_is_merged_section_by_section(tmp_path):
+    write(tmp_path / "base.yaml", "train:\n  steps: 10\n  lr: 0.5\nmodel:\n  preset: tiny\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain:\n  steps: 20\n")
+    config = load_train_config(child)
+    assert (config.train.steps, config.train.lr, config.model.preset) == (20, 0.5, "tiny")
+
+
+@pytest.mark.parametrize(
+    ("assignment", "where", "reason"),
+    [
+        ("train.stpes=3", "config.train.stpes", "unknown key"),
+        ("nonsense.x=1", "config.nonsense", "unknown key"),
+        ("train.steps=many", "config.train.steps", "expected an integer"),
+        ("train.steps=1.5", "config.train.steps", "expected an integer"),
+        ("data.cache_images=maybe", "config.data.cache_images", "expected true or false"),
+        ("train.lr=fast", "config.train.lr", "expected a number"),
+        ("train.betas=[0.9]", "config.train.betas", "expected a list of 2 values"),
+        ("train", "train", "expected --set key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(assignment, where, reason):
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, [assignment])
+    assert caught.value.source == where
+    assert reason in caught.value.reason
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_train_config(tmp_path / "nope.yaml")
+    bad = write(tmp_path / "bad.yaml", "train: [unclosed\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_train_config(bad)
+    listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_train_config(listing)
+
+
+def test_base_loop_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_train_config(tmp_path / "a.yaml")
+
+
+def test_round_trip_through_dict():
+    config = load_train_config(None, ["train.steps=3", "model.preset=tiny"])
+    assert from_dict(TrainConfig, config.to_dict()) == config
+
+
+def test_apply_overrides_does_not_mutate_input():
+    data = {"train": {"steps": 1}}
+    apply_overrides(data, ["train.steps=2"])
+    assert data == {"train": {"steps": 1}}

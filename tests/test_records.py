@@ -1,0 +1,100 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from captionkit.data import CaptionRecord, load_records, read_jsonl, write_jsonl
+from captionkit.data.splits import first_caption_per_image, select_split, split_by_image
+from captionkit.errors import InputError
+
+
+def records(n_images: int, per_image: int = 2) -> list[CaptionRecord]:
+    return [
+        CaptionRecord(Path(f"/data/{i}.png"), f"caption {j} of {i}", image_id=str(i))
+        for i in range(n_images)
+        for j in range(per_image)
+    ]
+
+
+def test_jsonl_round_trip_with_relative_paths(tmp_path):
+    original = [
+        CaptionRecord(tmp_path / "images" / "a.png", "a red circle", "neutral", "a", "train"),
+        CaptionRecord(tmp_path / "images" / "a.png", "a lovely red circle", "positive", "a", "train"),
+        CaptionRecord(tmp_path / "b.png", "a blue square", "negative", "b", None),
+    ]
+    path = write_jsonl(original, tmp_path / "captions.jsonl")
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["image"] == "images/a.png"
+    assert read_jsonl(path) == original
+    assert load_records(tmp_path) == original
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("", "no captions in file"),
+        ("{not json}\n", "invalid JSON"),
+        ("[1, 2]\n", "expected a JSON object"),
+        ('{"caption": "x"}\n', "missing 'image'"),
+        ('{"image": "a.png", "caption": "  "}\n', "missing or empty 'caption'"),
+        ('{"image": "a.png", "caption": "x", "style": "happy"}\n', "unknown style 'happy'"),
+        ('{"image": "a.png", "caption": "x", "split": 3}\n', "'split' must be a string"),
+    ],
+)
+def test_bad_jsonl_names_file_line_and_reason(tmp_path, content, reason):
+    path = tmp_path / "captions.jsonl"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        read_jsonl(path)
+    assert str(path) in caught.value.source
+    assert reason in caught.value.reason
+
+
+def test_non_utf8_jsonl(tmp_path):
+    path = tmp_path / "captions.jsonl"
+    path.write_bytes(b'{"image": "a.png", "caption": "caf\xe9"}\n')
+    with pytest.raises(InputError, match="not UTF-8"):
+        read_jsonl(path)
+
+
+def test_load_records_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_records(tmp_path / "missing")
+    with pytest.raises(InputError, match="no captions.jsonl"):
+        load_records(tmp_path)
+    other = tmp_path / "captions.parquet"
+    other.write_bytes(b"PAR1")
+    with pytest.raises(InputError, match="unknown dataset format"):
+        load_records(other)
+
+
+def test_split_by_image_keeps_images_whole_and_is_stable():
+    data = records(200)
+    train, val = split_by_image(data, 0.2, seed=3)
+    train_ids = {r.image_id for r in train}
+    val_ids = {r.image_id for r in val}
+    assert not train_ids & val_ids
+    assert len(train) + len(val) == len(data)
+    assert 20 <= len(val_ids) <= 60
+    # Adding images does not move existing ones.
+    train2, val2 = split_by_image(records(300), 0.2, seed=3)
+    assert val_ids <= {r.image_id for r in val2}
+    assert split_by_image(data, 0.2, seed=4) != (train, val)
+
+
+def test_records_own_split_wins_and_test_is_left_out():
+    data = [
+        CaptionRecord(Path("a.png"), "x", image_id="a", split="train"),
+        CaptionRecord(Path("b.png"), "x", image_id="b", split="val"),
+        CaptionRecord(Path("c.png"), "x", image_id="c", split="test"),
+    ]
+    train, val = split_by_image(data, 0.5)
+    assert [r.image_id for r in train] == ["a"]
+    assert [r.image_id for r in val] == ["b"]
+    assert [r.image_id for r in select_split(data, "test")] == ["c"]
+    assert [r.image_id for r in select_split(data, "dev")] == ["b"]
+
+
+def test_first_caption_per_image():
+    kept = first_caption_per_image(records(3, per_image=3))
+    assert [r.caption for r in kept] == ["caption 0 of 0", "caption 0 of 1", "caption 0 of 2"]
