@@ -27,7 +27,8 @@ def test_recipe_overrides_only_what_it_names(tmp_path):
 def test_set_overrides_parse_values_as_yaml(tmp_path):
     recipe = write(tmp_path / "r.yaml", "train:\n  steps: 50\n")
     config = load_train_config(
-        recipe, ["train.steps=7", "train.lr=3e-4", "data.cache_images=true", "model.overrides={decoder_layers: 3}"]
+        recipe,
+        ["train.steps=7", "train.lr=3e-4", "data.cache_images=true", "model.overrides={decoder_layers: 3}"],
     )
     assert config.train.steps == 7
     assert config.train.lr == pytest.approx(3e-4)

@@ -60,7 +60,7 @@ def test_non_utf8_jsonl(tmp_path):
 def test_load_records_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_records(tmp_path / "missing")
-    with pytest.raises(InputError, match="no captions.jsonl"):
+    with pytest.raises(InputError, match=r"no captions\.jsonl"):
         load_records(tmp_path)
     other = tmp_path / "captions.parquet"
     other.write_bytes(b"PAR1")
@@ -77,7 +77,7 @@ def test_split_by_image_keeps_images_whole_and_is_stable():
     assert len(train) + len(val) == len(data)
     assert 20 <= len(val_ids) <= 60
     # Adding images does not move existing ones.
-    train2, val2 = split_by_image(records(300), 0.2, seed=3)
+    _train2, val2 = split_by_image(records(300), 0.2, seed=3)
     assert val_ids <= {r.image_id for r in val2}
     assert split_by_image(data, 0.2, seed=4) != (train, val)
 

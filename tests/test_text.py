@@ -33,7 +33,12 @@ def test_frequent_words_become_single_tokens(tokenizer):
 
 
 def test_decode_drops_special_tokens(tokenizer):
-    ids = [tokenizer.bos_token_id, *tokenizer.encode("a red circle"), tokenizer.eos_token_id, tokenizer.pad_token_id]
+    ids = [
+        tokenizer.bos_token_id,
+        *tokenizer.encode("a red circle"),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+    ]
     assert tokenizer.decode(ids) == "a red circle"
 
 

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -36,7 +37,7 @@ def test_schedule_warmup_then_cosine_to_floor():
     middle = lr_at(10 + 89 // 2, 1.0, 10, 100, min_lr_ratio=0.0)
     assert middle == pytest.approx(0.5 * (1 + math.cos(math.pi * (44 / 89))))
     values = [lr_at(s, 1.0, 10, 100) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
 
 
 def test_schedule_without_warmup():

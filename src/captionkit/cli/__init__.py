@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import sys
 
-import click
 import typer
+
+from captionkit.cli import caption, demo, train
 
 app = typer.Typer(
     name="captionkit",
@@ -19,7 +20,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Commands are registered below, one line each, from their modules in captionkit.cli.
+# Commands are registered here, one line each, from their modules in captionkit.cli.
+app.command("caption")(caption.caption)
+app.command("train")(train.train)
+app.command("demo")(demo.demo)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,10 +31,13 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         code = command.main(args=argv, prog_name="captionkit", standalone_mode=False)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("captionkit: aborted", file=sys.stderr)
         sys.exit(1)
-    except click.ClickException as error:
-        error.show()
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except typer.TyperException as error:  # usage errors: bad option, missing argument, bad value
+        show = getattr(error, "show", None)
+        show() if callable(show) else print(f"captionkit: error: {error}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)

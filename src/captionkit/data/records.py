@@ -85,9 +85,7 @@ def read_jsonl(path: str | Path) -> list[CaptionRecord]:
         if split is not None and not isinstance(split, str):
             raise InputError(where, "'split' must be a string")
         image_path = Path(image) if Path(image).is_absolute() else root / image
-        records.append(
-            CaptionRecord(image_path, caption.strip(), style, str(row.get("image_id") or image), split)
-        )
+        records.append(CaptionRecord(image_path, caption.strip(), style, str(row.get("image_id") or image), split))
     if not records:
         raise InputError(path, "no captions in file")
     return records

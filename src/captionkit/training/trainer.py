@@ -87,7 +87,10 @@ def build_setup(config: TrainConfig) -> Setup:
     if pretrained:
         model = load_model(pretrained)
         tokenizer = CaptionTokenizer.load(
-            config.tokenizer.pretrained or pretrained, model.bos_token_id, model.eos_token_id, model.pad_token_id
+            config.tokenizer.pretrained or pretrained,
+            model.bos_token_id,
+            model.eos_token_id,
+            model.pad_token_id,
         )
         preprocessing = Preprocessing.load(pretrained)
     else:
@@ -161,7 +164,11 @@ def train(
 
     def dataset(records: list[CaptionRecord]) -> CaptionDataset:
         return CaptionDataset(
-            records, tokenizer, setup.preprocessing, config.data.max_length, cache_images=config.data.cache_images
+            records,
+            tokenizer,
+            setup.preprocessing,
+            config.data.max_length,
+            cache_images=config.data.cache_images,
         )
 
     train_loader = _loader(

@@ -1,0 +1,5 @@
+"""``python -m captionkit.cli``."""
+
+from captionkit.cli import main
+
+main()

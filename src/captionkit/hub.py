@@ -1,0 +1,77 @@
+"""Where a model comes from: a local directory, or a Hugging Face Hub id fetched once into the local cache.
+
+Everything a captioner needs (config, safetensors weights, tokenizer, preprocessing) is fetched as one snapshot,
+then loaded from that directory like any local checkpoint. Pickled weights are never downloaded. Offline, the
+answer comes in seconds with one clear line, not after the hub client's long retries.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from captionkit.errors import ModelLoadError
+
+# One HEAD request decides whether the hub is reachable (huggingface_hub alone retries for ~25 s when offline).
+PROBE_TIMEOUT_S = 5.0
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+# Files a snapshot fetches: configs, safetensors weights, tokenizer files. Never *.bin / *.h5 / *.msgpack.
+SNAPSHOT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
+
+
+def is_hub_id(name: str) -> bool:
+    return bool(HUB_ID.match(name))
+
+
+def resolve_model_source(name_or_dir: str | Path) -> Path:
+    """A local directory holding the model: ``name_or_dir`` itself, or the snapshot of the hub id it names.
+
+    Never guesses between the two: an existing directory wins; ``runs/final`` whose parent exists but which does
+    not is a mistyped path, not a hub id.
+    """
+    source = str(name_or_dir)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(source, "is a file; expected a model directory or a hub id")
+    if isinstance(name_or_dir, Path) or not is_hub_id(source) or ("/" in source and path.parent.is_dir()):
+        raise ModelLoadError(source, "no such directory (and not a hub id)")
+    return snapshot(source)
+
+
+def snapshot(repo_id: str) -> Path:
+    """Download (or find in the local cache) the files of ``repo_id`` that captionkit loads."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    online = not constants.HF_HUB_OFFLINE
+    if online:
+        try:
+            get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=PROBE_TIMEOUT_S)
+        except RepositoryNotFoundError:
+            raise ModelLoadError(
+                repo_id, "not found on the Hugging Face Hub (private or gated: log in first)"
+            ) from None
+        except HfHubHTTPError as error:
+            raise ModelLoadError(repo_id, _first_line(error)) from None
+        except Exception:
+            # Transport errors differ between huggingface_hub versions (httpx or requests); all mean unreachable,
+            # and a cached copy may still serve.
+            online = False
+    try:
+        folder = snapshot_download(repo_id, allow_patterns=list(SNAPSHOT_PATTERNS), local_files_only=not online)
+    except Exception:  # LocalEntryNotFoundError, or a transport error mid-download
+        if constants.HF_HUB_OFFLINE:
+            raise ModelLoadError(repo_id, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set") from None
+        raise ModelLoadError(
+            repo_id,
+            "cannot download from the Hugging Face Hub (offline?); pass a local directory, "
+            "or set HF_HUB_OFFLINE=1 with a cached copy",
+        ) from None
+    return Path(folder)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,1 @@
+"""Built-in training recipes (YAML), shipped with the package."""

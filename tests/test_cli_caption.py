@@ -1,0 +1,210 @@
+"""`captionkit caption` end to end: real photos from ../shared/data, bad files mixed in, a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captionkit.cli import main
+from captionkit.images import Preprocessing
+from captionkit.models.registry import create_model
+from captionkit.text import train_bpe_tokenizer
+from captionkit.training.checkpoint import save_checkpoint
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COCO = DATA / "coco" / "val2017"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tokenizer = train_bpe_tokenizer(["a dog runs on the grass", "a cat sits on a red couch"] * 10, 300, True, 1)
+    model = create_model("vit-gpt2", "tiny", tokenizer)
+    return save_checkpoint(tmp_path_factory.mktemp("m") / "tiny", model, tokenizer, Preprocessing.for_size(32, 32))
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Five real COCO photos plus four bad files, in nested folders."""
+    root = tmp_path_factory.mktemp("photos")
+    good = sorted(COCO.glob("*.jpg"))[:5]
+    assert len(good) == 5, f"expected real photos in {COCO}"
+    (root / "sub").mkdir()
+    for index, path in enumerate(good):
+        shutil.copy(path, root / ("sub" if index % 2 else ".") / path.name)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "truncated.jpg").write_bytes(good[0].read_bytes()[:3000])
+    (root / "sub" / "notes.png").write_text("not an image")
+    (root / "vector.webp").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (root / "README.md").write_text("ignored: not an image extension")
+    return root
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_folder_with_bad_files_gives_one_record_each_and_exit_2(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    code, _, err = run(
+        [
+            "caption",
+            str(photos),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--beams",
+            "2",
+            "--max-length",
+            "6",
+            "--batch-size",
+            "3",
+        ],
+        capsys,
+    )
+    assert code == 2
+    records = read_jsonl(out)
+    assert len(records) == 9
+    errors = {Path(r["image"]).name: r["error"] for r in records if "error" in r}
+    assert set(errors) == {"empty.jpg", "truncated.jpg", "notes.png", "vector.webp"}
+    assert "empty" in errors["empty.jpg"]
+    assert "truncated" in errors["truncated.jpg"]
+    assert "SVG" in errors["vector.webp"]
+    for record in records:
+        if "error" not in record:
+            assert set(record) == {"image", "caption", "score"}
+            assert isinstance(record["caption"], str) and isinstance(record["score"], float)
+    assert "5 images, 4 errors" in err
+
+
+def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    first = sorted((photos / "sub").glob("*.jpg"))[0]
+    code, _, _ = run(
+        [
+            "caption",
+            str(first),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--beams",
+            "1",
+            "--max-length",
+            "4",
+        ],
+        capsys,
+    )
+    assert code == 0
+    code, _, err = run(
+        [
+            "caption",
+            str(photos),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--beams",
+            "1",
+            "--max-length",
+            "4",
+            "--resume",
+        ],
+        capsys,
+    )
+    assert code == 2
+    assert "1 of 9 images already done" in err
+    images = [r["image"] for r in read_jsonl(out)]
+    assert len(images) == 9 == len(set(images))
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_other_formats(model_dir, photos, tmp_path, capsys, fmt):
+    out = tmp_path / f"captions.{fmt}"
+    code, _, _ = run(
+        [
+            "caption",
+            str(photos / "sub"),
+            "--model",
+            str(model_dir),
+            "--output",
+            str(out),
+            "--format",
+            fmt,
+            "--beams",
+            "1",
+            "--max-length",
+            "4",
+        ],
+        capsys,
+    )
+    assert code == 2
+    text = out.read_text()
+    if fmt == "json":
+        assert len(json.loads(text)) == 3
+    else:
+        assert text.splitlines()[0] == "image,caption,score,error"
+        assert len(text.splitlines()) == 4
+
+
+def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
+    listing = tmp_path / "list.txt"
+    names = sorted(p.name for p in photos.glob("*.jpg") if p.stat().st_size > 5000)
+    listing.write_text("\n".join(str(photos / name) for name in names) + "\n")
+    code, out, _ = run(
+        ["caption", str(listing), "--model", str(model_dir), "--beams", "1", "--max-length", "4"], capsys
+    )
+    assert code == 0
+    assert [Path(json.loads(line)["image"]).name for line in out.splitlines()] == names
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["caption", "/no/such/photo.jpg"], "/no/such/photo.jpg: no such file or directory"),
+        (["caption", "{photos}", "--format", "xml"], "unknown format 'xml'"),
+        (["caption", "{photos}", "--resume"], "--resume needs --output"),
+        (["caption", "{photos}", "--beams", "0"], "num_beams"),
+        (["caption", "{photos}", "--top-p", "1.5", "--sample"], "top_p"),
+        (["caption", "{photos}", "--batch-size", "0"], "--batch-size"),
+        (["caption", "{photos}", "--model", "/no/such/model"], "/no/such/model"),
+        (["caption", "{photos}", "--beams", "many"], "--beams"),
+    ],
+)
+def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, args, message):
+    args = [a.replace("{photos}", str(photos)) for a in args]
+    if "--model" not in args:
+        args += ["--model", str(model_dir)]
+    code, out, err = run(args, capsys)
+    assert code == 1
+    assert message in err
+    assert out == ""
+
+
+def test_hub_model_offline_fails_fast_with_one_line(photos, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    result = subprocess.run(
+        [sys.executable, "-m", "captionkit.cli", "caption", str(photos / "sub")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "nlpconnect/vit-gpt2-image-captioning" in lines[0]
+    assert "HF_HUB_OFFLINE" in lines[0]

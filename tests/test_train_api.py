@@ -1,0 +1,133 @@
+"""Training end to end on tiny models: checkpoint layout, loading in captionkit and in plain transformers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, VisionEncoderDecoderModel
+
+from captionkit.api import Captioner
+from captionkit.config import load_train_config
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.decoding import DecodingConfig
+from captionkit.errors import InputError, ModelLoadError
+from captionkit.hub import resolve_model_source
+from captionkit.training.checkpoint import is_complete
+from captionkit.training.trainer import train
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 64, 8, 8, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def trained(scenes, tmp_path_factory):
+    config = load_train_config(
+        None,
+        [
+            f"data.train={scenes}",
+            f"data.val={scenes}",
+            "data.first_caption_only=true",
+            "data.cache_images=true",
+            "model.preset=tiny",
+            "tokenizer.vocab_size=300",
+            "train.steps=12",
+            "train.batch_size=16",
+            "train.warmup_steps=2",
+            "train.eval_every=6",
+            "train.log_every=6",
+            "train.lr=3e-3",
+        ],
+    )
+    out = tmp_path_factory.mktemp("run") / "model"
+    entries = []
+    result = train(config, out, log=entries.append)
+    return result, entries
+
+
+def test_training_lowers_the_loss_and_logs(trained):
+    result, entries = trained
+    assert result.steps == 12
+    assert [e["step"] for e in entries] == [6, 12]
+    assert all("val_loss" in e and "val_perplexity" in e for e in entries)
+    assert entries[-1]["loss"] < entries[0]["loss"]
+    assert entries[-1]["val_loss"] < entries[0]["val_loss"]
+    assert result.skipped_samples == 0
+
+
+def test_checkpoint_layout(trained):
+    out = trained[0].output_dir
+    names = {p.name for p in out.iterdir()}
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"}
+    assert expected | {"train_config.json", "trainer_state.json", "COMPLETE"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in names)
+    assert is_complete(out)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["step"] == 12
+    config = json.loads((out / "config.json").read_text())
+    assert config["captionkit"]["family"] == "vit-gpt2"
+    assert not list(out.parent.glob(".*tmp*"))  # the staging directory was renamed, not left behind
+
+
+def test_checkpoint_loads_in_plain_transformers_with_identical_outputs(trained):
+    out = trained[0].output_dir
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    plain = VisionEncoderDecoderModel.from_pretrained(str(out)).eval()
+    plain_tokenizer = AutoTokenizer.from_pretrained(str(out))
+    image = Image.new("RGB", (40, 40), (200, 30, 30))
+    pixels = torch.from_numpy(captioner.preprocessing([image]))
+    ours = captioner.caption_pil([image], DecodingConfig(max_new_tokens=8))[0][0]
+    theirs = plain.generate(pixels, max_new_tokens=8, num_beams=1, do_sample=False)
+    assert plain_tokenizer.decode(theirs[0], skip_special_tokens=True).strip() == ours.text
+    ids = torch.tensor([[captioner.model.bos_token_id, *ours.token_ids[:3]]])
+    with torch.no_grad():
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        got = captioner.model(pixels, ids)
+    assert torch.allclose(expected, got, atol=1e-5)
+
+
+def test_captioner_api_accepts_paths_bytes_and_pil(trained, scenes):
+    captioner = Captioner.from_pretrained(trained[0].output_dir, device="cpu")
+    image_path = next((scenes.parent / "images" / "test").iterdir())
+    results = captioner.caption(
+        [image_path, image_path.read_bytes(), Image.open(image_path)], num_beams=2, max_new_tokens=10
+    )
+    assert len(results) == 3
+    assert results[0].caption == results[1].caption == results[2].caption
+    assert results[0].image == str(image_path)
+    nbest = captioner.caption(image_path, num_beams=3, num_return_sequences=3, max_new_tokens=10)[0]
+    assert len(nbest.captions) == 3
+    assert nbest.captions[0].score >= nbest.captions[1].score >= nbest.captions[2].score
+
+
+def test_save_pretrained_round_trip(trained, tmp_path):
+    captioner = Captioner.from_pretrained(trained[0].output_dir, device="cpu")
+    captioner.save_pretrained(tmp_path / "copy")
+    again = Captioner.from_pretrained(tmp_path / "copy", device="cpu")
+    image = Image.new("RGB", (32, 32), (20, 200, 30))
+    config = DecodingConfig(max_new_tokens=8, num_beams=2)
+    assert captioner.caption_pil([image], config)[0][0].text == again.caption_pil([image], config)[0][0].text
+
+
+def test_missing_training_data_is_a_clear_error(tmp_path):
+    config = load_train_config(None, [f"data.train={tmp_path / 'nowhere'}"])
+    with pytest.raises(InputError, match="no such file"):
+        train(config, tmp_path / "out")
+    with pytest.raises(InputError, match="no training data"):
+        train(load_train_config(None), tmp_path / "out")
+
+
+def test_model_sources_are_not_guessed(tmp_path):
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ModelLoadError, match="no such directory"):
+        resolve_model_source(str(tmp_path / "runs" / "final"))
+    with pytest.raises(ModelLoadError, match="not a hub id"):
+        resolve_model_source("not a valid id!")
+    file = tmp_path / "model.safetensors"
+    file.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        resolve_model_source(str(file))
