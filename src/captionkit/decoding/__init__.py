@@ -1,1 +1,13 @@
-"""decoding"""
+"""One decoding engine for every model family: greedy, beam search and sampling over the step protocol.
+
+>>> from captionkit.decoding import DecodingConfig, generate
+>>> hypotheses = generate(model, pixel_values, config=DecodingConfig(num_beams=4))  # doctest: +SKIP
+>>> hypotheses[0][0].token_ids, hypotheses[0][0].score  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from captionkit.decoding.config import DecodingConfig, EarlyStopping, Hypothesis
+from captionkit.decoding.engine import generate
+
+__all__ = ["DecodingConfig", "EarlyStopping", "Hypothesis", "generate"]

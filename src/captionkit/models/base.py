@@ -42,7 +42,7 @@ class Encoded:
         return Encoded(self.tokens.index_select(0, index), mask)
 
 
-# A family's decoder state: a KV cache (GPT-2) or (h, c) (LSTM) plus whatever the step needs. Opaque to the engine.
+# A family's decoder state: KV cache (GPT-2) or (h, c) (LSTM) plus what the step needs. Opaque to the engine.
 DecoderState = Any
 
 
@@ -55,6 +55,8 @@ class CaptionModel(nn.Module, ABC):
     eos_token_id: int
     pad_token_id: int
     vocab_size: int
+    # Most tokens (bos included) the decoder can take, e.g. GPT-2's position count; None: no limit (LSTM).
+    max_positions: int | None = None
 
     @abstractmethod
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
@@ -68,19 +70,31 @@ class CaptionModel(nn.Module, ABC):
         attention_mask: torch.Tensor | None = None,
         encoded: Encoded | None = None,
     ) -> torch.Tensor:
-        """Teacher forcing: (B, T) ids -> (B, T, V) logits. ``encoded`` replaces ``pixel_values`` when given."""
+        """Teacher forcing: (B, T) ids -> (B, T, V) logits; ``encoded`` replaces ``pixel_values`` if given."""
 
     @abstractmethod
     def init_state(self, encoded: Encoded) -> DecoderState:
-        """Decoder state before the first step, for a batch of already-expanded encoder outputs."""
+        """Decoder state before the first step, one row per row of ``encoded``.
+
+        The decoding engine passes one row per image and, after the first step, expands rows to beams or
+        samples with :meth:`reorder_state`: the first step (where image-side work such as cross-attention
+        keys/values happens) runs once per image.
+        """
 
     @abstractmethod
     def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """Feed one token per row: (B,) ids -> ((B, V) log-probabilities of the next token, new state)."""
+        """Feed one token per row: (R,) ids -> ((R, V) float32 next-token log-probabilities, new state).
+
+        May update ``state`` in place: callers use the returned state and drop the old one.
+        """
 
     @abstractmethod
     def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
-        """Keep rows ``index`` of the state, in that order (beam reordering, dropping finished rows)."""
+        """Row ``i`` of the result is row ``index[i]`` of ``state``.
+
+        ``index`` (long, on the state's device) may repeat rows (expanding images to beams), permute them
+        (beam reordering) or leave some out (dropping finished rows). May update ``state`` in place.
+        """
 
     @abstractmethod
     def save_pretrained(self, directory: str | Path) -> None:
@@ -89,4 +103,4 @@ class CaptionModel(nn.Module, ABC):
     @classmethod
     @abstractmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> CaptionModel:
-        """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / directory in the hub layout)."""
+        """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / hub-layout directory)."""

@@ -1,0 +1,125 @@
+"""What to decode: :class:`DecodingConfig` (validated when built) and :class:`Hypothesis` (one result)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from captionkit.errors import InputError
+
+MAX_NEW_TOKENS = 1024
+MAX_BEAMS = 64
+MAX_RETURN_SEQUENCES = 64
+MAX_SEED = 2**63 - 1
+
+EarlyStopping = bool | Literal["never"]
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """Decoding settings, named and defaulted as in transformers' ``generate``.
+
+    * greedy: ``num_beams=1, do_sample=False`` (the default);
+    * beam search: ``num_beams > 1``; ``num_return_sequences`` best hypotheses per image;
+    * sampling: ``do_sample=True``, ``num_return_sequences`` samples per image, warped by ``temperature``,
+      ``top_k`` and ``top_p`` (in that order, as transformers does) and seeded by ``seed``.
+    """
+
+    # At most this many generated tokens per caption, the final eos included (transformers' max_new_tokens).
+    max_new_tokens: int = 20
+    num_beams: int = 1
+    # Score = sum of log-probs / generated_length ** length_penalty; > 0 favours longer captions.
+    length_penalty: float = 1.0
+    # Beam search: the n best (<= num_beams). Sampling: n samples per image. Greedy: 1.
+    num_return_sequences: int = 1
+    # Beam search stopping rule, transformers' semantics: True stops an image once it has num_beams finished
+    # hypotheses; False stops when the best running beam, scored at its current length, cannot beat the worst
+    # finished one; "never" does the same with the most favourable length (exact when length_penalty >= 0).
+    early_stopping: EarlyStopping = False
+    do_sample: bool = False
+    temperature: float = 1.0
+    # 0: no top-k truncation. Sampling defaults to the plain model distribution (transformers defaults
+    # top_k to 50), which is what self-critical training needs.
+    top_k: int = 0
+    top_p: float = 1.0
+    # Image i of a call samples from torch.Generator(seed + image_offset + i); None: a seed drawn from torch's
+    # global generator.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        _check_int("num_beams", self.num_beams, 1, MAX_BEAMS)
+        _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
+        _check_float("length_penalty", self.length_penalty)
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
+            raise InputError("early_stopping", f"must be true, false or 'never', got {self.early_stopping!r}")
+        if not isinstance(self.do_sample, bool):
+            raise InputError("do_sample", f"must be true or false, got {self.do_sample!r}")
+        _check_float("temperature", self.temperature)
+        if self.temperature <= 0:
+            raise InputError("temperature", f"must be > 0, got {self.temperature}")
+        _check_int("top_k", self.top_k, 0, None)
+        _check_float("top_p", self.top_p)
+        if not 0 < self.top_p <= 1:
+            raise InputError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, MAX_SEED)
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        if self.do_sample:
+            if self.num_beams > 1:
+                raise InputError("num_beams", "beam sampling is not supported: use num_beams=1 with do_sample")
+            return
+        for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
+            if getattr(self, name) != default:
+                raise InputError(name, f"only used when sampling (do_sample=True); got {getattr(self, name)}")
+        if self.num_return_sequences > self.num_beams:
+            what = (
+                "greedy decoding returns 1" if self.num_beams == 1 else f"beam search returns at most {self.num_beams}"
+            )
+            raise InputError(
+                "num_return_sequences",
+                f"{what} caption(s) per image, got {self.num_return_sequences} (raise num_beams or sample)",
+            )
+
+    @property
+    def strategy(self) -> Literal["greedy", "beam", "sample"]:
+        if self.do_sample:
+            return "sample"
+        return "beam" if self.num_beams > 1 else "greedy"
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded caption.
+
+    ``token_ids``: generated tokens, without bos and without the final eos.
+    ``score``: ``log_prob / generated_length ** length_penalty``, where ``generated_length`` counts the
+    generated tokens including the final eos (= ``len(token_ids) + finished``). For beam search it equals
+    transformers' ``sequences_scores``; with the default ``length_penalty=1.0`` it is the mean log-probability
+    per token. Greedy and sampling use the same definition, so a 1-beam search and greedy agree exactly.
+    ``log_prob``: the model's log-probability of the generated tokens, eos included. For sampling it is the
+    model's own distribution (before temperature, top-k, top-p), so scores compare across settings.
+    ``finished``: the caption ended with eos (False: cut at ``max_new_tokens``).
+    """
+
+    token_ids: list[int]
+    score: float
+    log_prob: float
+    finished: bool
+
+
+def _check_int(name: str, value: object, low: int, high: int | None) -> None:
+    # bool is an int subclass, but `num_beams=True` is a mistake.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(name, f"must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise InputError(name, f"must be {bounds}, got {value}")
+
+
+def _check_float(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InputError(name, f"must be a finite number, got {value!r}")

@@ -1,0 +1,65 @@
+"""``generate``: the one entry point that decodes any :class:`CaptionModel` through its step protocol."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from captionkit.decoding.beam import beam_search
+from captionkit.decoding.config import DecodingConfig, Hypothesis
+from captionkit.decoding.greedy import greedy_or_sample
+from captionkit.errors import InputError
+from captionkit.models.base import CaptionModel, Encoded
+
+
+def generate(
+    model: CaptionModel,
+    pixel_values: torch.Tensor | None = None,
+    *,
+    encoded: Encoded | None = None,
+    config: DecodingConfig,
+    image_offset: int = 0,
+) -> list[list[Hypothesis]]:
+    """Decode captions for a batch of images: one list per image, its n best hypotheses, best first.
+
+    Pass preprocessed ``pixel_values`` (B, C, H, W) or, to skip the encoder, ``encoded``. ``image_offset``
+    is the position of the first image in the caller's whole input: with a seed, image j of the input then
+    samples the same captions whatever the batch size (it draws from seed + j). The model runs in eval mode
+    under ``torch.inference_mode``; its training flag is restored afterwards.
+
+    Beam search returns at most ``num_return_sequences`` hypotheses per image (fewer only if fewer finished,
+    which needs a vocabulary smaller than the beam); greedy returns one, sampling ``num_return_sequences``.
+    """
+    if (pixel_values is None) == (encoded is None):
+        raise ValueError("generate needs exactly one of pixel_values and encoded")
+    _check_length(model, config)
+    with _evaluating(model), torch.inference_mode():
+        if encoded is None:
+            assert pixel_values is not None  # checked above; for type checkers
+            if pixel_values.shape[0] == 0:  # ViT cannot run on an empty batch
+                return []
+            encoded = model.encode(pixel_values)
+        if encoded.tokens.shape[0] == 0:
+            return []
+        if config.strategy == "beam":
+            return beam_search(model, encoded, config)
+        return greedy_or_sample(model, encoded, config, image_offset)
+
+
+def _check_length(model: CaptionModel, config: DecodingConfig) -> None:
+    # bos takes position 0 and the last generated token is never fed back, so L new tokens need L positions.
+    limit = model.max_positions
+    if limit is not None and config.max_new_tokens > limit:
+        raise InputError("max_new_tokens", f"must be at most {limit} for this model, got {config.max_new_tokens}")
+
+
+@contextmanager
+def _evaluating(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

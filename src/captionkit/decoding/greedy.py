@@ -1,0 +1,98 @@
+"""Greedy decoding and sampling: one token per row and step, finished rows dropped from the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from captionkit.decoding.config import DecodingConfig, Hypothesis
+from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
+from captionkit.decoding.steps import first_step
+from captionkit.models.base import CaptionModel, Encoded
+
+# (R, V) log-probs, (R,) image of each row -> (R,) next tokens
+Chooser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def greedy_or_sample(
+    model: CaptionModel, encoded: Encoded, config: DecodingConfig, image_offset: int = 0
+) -> list[list[Hypothesis]]:
+    """Greedy (argmax) or, with ``config.do_sample``, ``num_return_sequences`` samples per image.
+
+    Rows are image-major (image i owns rows i*n .. i*n+n-1); a row leaves the batch when it emits eos.
+    """
+    num_images = encoded.tokens.shape[0]
+    per_image = config.num_return_sequences if config.do_sample else 1
+    device = encoded.tokens.device
+    choose: Chooser = _sampler(config, num_images, image_offset, device) if config.do_sample else _argmax
+
+    log_probs, state = first_step(model, encoded, per_image)
+    num_rows = num_images * per_image
+    out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
+    alive = torch.arange(num_rows, device=device)  # output row of each batch row
+    for position in range(config.max_new_tokens):
+        tokens = choose(log_probs, alive // per_image)
+        ended = out.record(alive, position, tokens, log_probs, model.eos_token_id)
+        if position + 1 == config.max_new_tokens:
+            break
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            alive, tokens = alive[keep], tokens[keep]
+            state = model.reorder_state(state, keep)
+        log_probs, state = model.step(tokens, state)
+    return out.hypotheses(per_image, config.length_penalty, model.eos_token_id)
+
+
+class _Outputs:
+    """Generated tokens and summed log-probs per output row."""
+
+    def __init__(self, num_rows: int, max_new_tokens: int, pad_token_id: int, device: torch.device) -> None:
+        self.tokens = torch.full((num_rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        self.log_prob = torch.zeros(num_rows, dtype=torch.float32, device=device)
+        self.length = torch.zeros(num_rows, dtype=torch.long, device=device)
+        self.finished = torch.zeros(num_rows, dtype=torch.bool, device=device)
+
+    def record(
+        self, rows: torch.Tensor, position: int, tokens: torch.Tensor, log_probs: torch.Tensor, eos: int
+    ) -> torch.Tensor:
+        """Store this step's tokens for ``rows``; returns which of them emitted eos."""
+        self.tokens[rows, position] = tokens
+        self.log_prob[rows] += log_probs.gather(1, tokens[:, None]).squeeze(1)
+        self.length[rows] = position + 1
+        ended = tokens == eos
+        self.finished[rows] = ended
+        return ended
+
+    def hypotheses(self, per_image: int, length_penalty: float, eos: int) -> list[list[Hypothesis]]:
+        tokens, log_prob = self.tokens.tolist(), self.log_prob.tolist()
+        length, finished = self.length.tolist(), self.finished.tolist()
+        rows = []
+        for row in range(len(tokens)):
+            kept = length[row] - int(finished[row])  # the final eos is not part of the caption
+            # float32 tensor / Python float, as beam search (and transformers) compute it: equal bit for bit.
+            score = float(self.log_prob[row] / (length[row] ** length_penalty))
+            rows.append(Hypothesis(tokens[row][:kept], score, log_prob[row], finished[row]))
+        return [_best_first(rows[i : i + per_image]) for i in range(0, len(rows), per_image)]
+
+
+def _best_first(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
+    # Stable: equal scores keep sample order.
+    return sorted(hypotheses, key=lambda hypothesis: -hypothesis.score)
+
+
+def _argmax(log_probs: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
+    return log_probs.argmax(dim=-1)
+
+
+def _sampler(config: DecodingConfig, num_images: int, image_offset: int, device: torch.device) -> Chooser:
+    seed = draw_seed() if config.seed is None else config.seed
+    generators = ImageGenerators(num_images, seed + image_offset, device)
+
+    def sample(log_probs: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
+        scores = warp_scores(log_probs, config.temperature, config.top_k, config.top_p)
+        return generators.sample(scores.softmax(dim=-1), row_image)
+
+    return sample

@@ -1,0 +1,502 @@
+"""ViT encoder + GPT-2 decoder with cross-attention: HF ``VisionEncoderDecoderModel`` behind ``CaptionModel``.
+
+Loads ``nlpconnect/vit-gpt2-image-captioning`` and its fine-tunes, and builds new models from presets.
+Checkpoints are directories in the hub layout (``config.json``, ``generation_config.json``,
+``model.safetensors``) that plain ``transformers`` loads as they are; captionkit's own metadata rides in
+``config.json`` under the ``"captionkit"`` key, which transformers keeps through save and load.
+
+>>> model = VitGpt2Model.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+>>> model.config.image_size, model.vocab_size
+(32, 256)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from transformers import (
+    DynamicCache,
+    EncoderDecoderCache,
+    GPT2Config,
+    VisionEncoderDecoderConfig,
+    VisionEncoderDecoderModel,
+    ViTConfig,
+)
+
+from captionkit import __version__
+from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.hub import resolve_model_source
+from captionkit.models.base import CaptionModel, Encoded
+
+__all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
+
+FAMILY = "vit-gpt2"
+# The key under which captionkit's metadata lives in the hub config.json.
+METADATA_KEY = "captionkit"
+# Sub-model types this family drives; other VisionEncoderDecoder pairs are refused rather than half-supported.
+ENCODER_TYPES = ("vit",)
+DECODER_TYPES = ("gpt2",)
+# Weight files transformers could load but captionkit never does: they are pickles (or foreign formats).
+UNSAFE_WEIGHT_FILES = (
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "tf_model.h5",
+    "flax_model.msgpack",
+    "model.ckpt.index",
+)
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+
+
+# --- config
+
+
+@dataclass(frozen=True)
+class VitGpt2Config:
+    """Architecture of a ViT + GPT-2 captioner; the defaults are the ``base`` preset (ViT-B/16 + GPT-2)."""
+
+    # ViT encoder.
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    encoder_hidden_size: int = 768
+    encoder_layers: int = 12
+    encoder_heads: int = 12
+    encoder_intermediate_size: int = 3072
+    # ViT-B/16 trains without dropout (hidden and attention dropout both 0 in its config).
+    encoder_dropout: float = 0.0
+    # GPT-2 decoder.
+    decoder_hidden_size: int = 768
+    decoder_layers: int = 12
+    decoder_heads: int = 12
+    # None: 4 × decoder_hidden_size, as in GPT-2.
+    decoder_intermediate_size: int | None = None
+    # Longest token sequence the decoder takes, bos included (GPT-2: 1024).
+    decoder_positions: int = 1024
+    # GPT-2's residual, embedding and attention dropout.
+    decoder_dropout: float = 0.1
+    # GPT-2's byte-level BPE; models trained on captionkit's own tokenizers override it.
+    vocab_size: int = 50257
+    # Std of the random initial weights (both halves); larger values give peakier random models for tests.
+    initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            _check_field_type(item.name, getattr(self, item.name), item.type)
+        positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "int | None")]
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(name, f"must be at least 1, got {value}")
+        for name in ("encoder_dropout", "decoder_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range > 0):
+            raise ConfigError("initializer_range", f"must be a positive number, got {self.initializer_range}")
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
+        for side in ("encoder", "decoder"):
+            hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
+            if hidden % heads:
+                raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> VitGpt2Config:
+        """Build from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ConfigError(key, f"unknown {FAMILY} config key (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> VitGpt2Config:
+        """A preset (``tiny``, ``small``, ``base``) with some fields replaced."""
+        if name not in PRESETS:
+            raise ConfigError("preset", f"unknown {FAMILY} preset {name!r} (known: {', '.join(PRESETS)})")
+        return PRESETS[name].replace(**overrides)
+
+    def replace(self, **overrides: Any) -> VitGpt2Config:
+        """A copy with ``overrides`` applied; unknown keys raise :class:`ConfigError`."""
+        return self.from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_hf(cls, config: VisionEncoderDecoderConfig) -> VitGpt2Config:
+        """The architecture of a hub config (fields outside this dataclass keep transformers' defaults)."""
+        encoder, decoder = config.encoder, config.decoder
+        return cls(
+            image_size=_as_int(encoder.image_size),
+            patch_size=_as_int(encoder.patch_size),
+            num_channels=encoder.num_channels,
+            encoder_hidden_size=encoder.hidden_size,
+            encoder_layers=encoder.num_hidden_layers,
+            encoder_heads=encoder.num_attention_heads,
+            encoder_intermediate_size=encoder.intermediate_size,
+            encoder_dropout=float(encoder.hidden_dropout_prob),
+            decoder_hidden_size=decoder.n_embd,
+            decoder_layers=decoder.n_layer,
+            decoder_heads=decoder.n_head,
+            decoder_intermediate_size=decoder.n_inner,
+            decoder_positions=decoder.n_positions,
+            decoder_dropout=float(decoder.resid_pdrop),
+            vocab_size=decoder.vocab_size,
+            initializer_range=float(decoder.initializer_range),
+        )
+
+    def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> VisionEncoderDecoderConfig:
+        """The hub config: a ViT encoder config and a GPT-2 decoder config with cross-attention."""
+        encoder = ViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.num_channels,
+            hidden_size=self.encoder_hidden_size,
+            num_hidden_layers=self.encoder_layers,
+            num_attention_heads=self.encoder_heads,
+            intermediate_size=self.encoder_intermediate_size,
+            hidden_dropout_prob=self.encoder_dropout,
+            attention_probs_dropout_prob=self.encoder_dropout,
+            initializer_range=self.initializer_range,
+        )
+        decoder = GPT2Config(
+            vocab_size=self.vocab_size,
+            n_positions=self.decoder_positions,
+            n_embd=self.decoder_hidden_size,
+            n_layer=self.decoder_layers,
+            n_head=self.decoder_heads,
+            n_inner=self.decoder_intermediate_size,
+            resid_pdrop=self.decoder_dropout,
+            embd_pdrop=self.decoder_dropout,
+            attn_pdrop=self.decoder_dropout,
+            initializer_range=self.initializer_range,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            decoder_start_token_id=bos_token_id,
+        )
+        return VisionEncoderDecoderConfig.from_encoder_decoder_configs(
+            encoder,
+            decoder,
+            decoder_start_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+
+def _check_field_type(name: str, value: Any, annotation: Any) -> None:
+    # bool is an int subclass: `encoder_layers: true` in a recipe is a mistake, not 1.
+    if annotation == "float":
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif annotation == "int":
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:  # "int | None"
+        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(name, f"expected {annotation}, got {type(value).__name__} {value!r}")
+
+
+def _as_int(value: Any) -> int:
+    # ViT configs may store image_size/patch_size as a pair; this family uses square images and patches.
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise ModelLoadError("config.json", f"non-square ViT image or patch size {value} is not supported")
+        return int(value[0])
+    return int(value)
+
+
+PRESETS: dict[str, VitGpt2Config] = {
+    # For tests: 16 patches of 8 px, width 64, 2 + 2 layers (~0.2M parameters at vocab 256); no dropout, so
+    # train-mode and eval-mode outputs agree.
+    "tiny": VitGpt2Config(
+        image_size=32,
+        patch_size=8,
+        encoder_hidden_size=64,
+        encoder_layers=2,
+        encoder_heads=2,
+        encoder_intermediate_size=128,
+        encoder_dropout=0.0,
+        decoder_hidden_size=64,
+        decoder_layers=2,
+        decoder_heads=2,
+        decoder_positions=64,
+        decoder_dropout=0.0,
+        vocab_size=256,
+    ),
+    # CPU-trainable in minutes: 64 patches of 8 px, width 128, 4 + 4 layers (~2.4M parameters at vocab 4096).
+    "small": VitGpt2Config(
+        image_size=64,
+        patch_size=8,
+        encoder_hidden_size=128,
+        encoder_layers=4,
+        encoder_heads=4,
+        encoder_intermediate_size=512,
+        decoder_hidden_size=128,
+        decoder_layers=4,
+        decoder_heads=4,
+        decoder_positions=128,
+        vocab_size=4096,
+    ),
+    # ViT-B/16 at 224 px + GPT-2 124M, as nlpconnect/vit-gpt2-image-captioning (239.2M parameters).
+    "base": VitGpt2Config(),
+}
+
+
+# --- state
+
+
+@dataclass
+class VitGpt2State:
+    """Decoder state for the step protocol: one row per sequence being decoded.
+
+    ``cache`` holds GPT-2's self-attention keys/values (one more position per step) and the cross-attention
+    keys/values (computed from ``memory`` on the first step, then reused). ``row_image[r]`` is the image row r
+    decodes: all rows of one image have identical cross-attention keys/values, so a reorder that keeps every
+    row on its image (beam reordering) leaves the cross-attention cache and ``memory`` as they are instead of
+    copying them.
+    """
+
+    cache: EncoderDecoderCache
+    memory: torch.Tensor  # (rows, N, D) encoder tokens, decoder width
+    row_image: torch.Tensor  # (rows,) long
+
+
+# --- model
+
+
+class VitGpt2Model(CaptionModel):
+    """A ``VisionEncoderDecoderModel`` (ViT + GPT-2), kept as ``.ved``, behind the captionkit interface."""
+
+    family: ClassVar[str] = FAMILY
+
+    def __init__(self, ved: VisionEncoderDecoderModel) -> None:
+        super().__init__()
+        config = ved.config
+        _check_model_types(config.model_type, config.encoder.model_type, config.decoder.model_type, "model")
+        self.ved = ved
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = _token_ids(ved.config)
+        self.vocab_size = ved.config.decoder.vocab_size
+        self.max_positions = ved.config.decoder.n_positions
+        self.config = VitGpt2Config.from_hf(ved.config)
+        self.train(ved.training)  # a wrapper of a loaded (eval) model is in eval mode too
+
+    # --- construction
+
+    @classmethod
+    def from_config(
+        cls,
+        config: VitGpt2Config | str,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        attn_implementation: str | None = None,
+        **overrides: Any,
+    ) -> VitGpt2Model:
+        """A new model with random weights from a config or a preset name, with ``overrides`` applied.
+
+        ``attn_implementation`` ("eager", "sdpa") goes to transformers; attention maps need "eager".
+        """
+        if isinstance(config, str):
+            config = VitGpt2Config.from_preset(config, **overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        for name, token_id in token_ids.items():
+            _check_token_id(name, token_id, config.vocab_size)
+        ved = VisionEncoderDecoderModel(config.to_hf(bos_token_id, eos_token_id, pad_token_id))
+        if attn_implementation is not None:
+            ved.set_attn_implementation(attn_implementation)
+        return cls(ved)
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, *, attn_implementation: str | None = None) -> VitGpt2Model:
+        """Load a directory in the hub layout or a hub id; safetensors weights only, never remote code.
+
+        Raises :class:`ModelLoadError` with one line for: a missing directory, a directory that is not a
+        ViT+GPT-2 VisionEncoderDecoder, pickle-only weights, missing weights, a hub id that cannot be fetched.
+        """
+        # Hub ids become a local snapshot (safetensors and configs only, failing fast offline): one code path.
+        directory = resolve_model_source(name_or_dir)
+        return cls(_load_directory(directory, str(name_or_dir), attn_implementation))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json (with the "captionkit" key), generation_config.json and model.safetensors."""
+        self.ved.config.update({METADATA_KEY: {"family": FAMILY, "captionkit_version": __version__}})
+        self.ved.save_pretrained(directory)
+
+    # --- teacher forcing
+
+    def encode(self, pixel_values: torch.Tensor) -> Encoded:
+        """(B, C, H, W) -> (B, 1 + patches, decoder width) tokens, projected to the decoder width here."""
+        pixel_values = pixel_values.to(dtype=self.ved.dtype)
+        tokens = self.ved.encoder(pixel_values=pixel_values).last_hidden_state
+        # VisionEncoderDecoderModel adds this projection only when the encoder and decoder widths differ.
+        if hasattr(self.ved, "enc_to_dec_proj"):
+            tokens = self.ved.enc_to_dec_proj(tokens)
+        return Encoded(tokens)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoded: Encoded | None = None,
+    ) -> torch.Tensor:
+        if encoded is None:
+            if pixel_values is None:
+                raise ValueError("forward needs pixel_values or encoded")
+            encoded = self.encode(pixel_values)
+        if attention_mask is None:
+            # No mask means no padding (padding is never told by token id): say so, or GPT-2 warns.
+            attention_mask = torch.ones_like(input_ids)
+        output = self.ved.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=_memory(encoded),
+            use_cache=False,
+        )
+        return output.logits
+
+    # --- step protocol
+
+    def init_state(self, encoded: Encoded) -> VitGpt2State:
+        memory = _memory(encoded)
+        decoder_config = self.ved.decoder.config
+        cache = EncoderDecoderCache(DynamicCache(config=decoder_config), DynamicCache(config=decoder_config))
+        row_image = torch.arange(memory.shape[0], device=memory.device)
+        return VitGpt2State(cache, memory, row_image)
+
+    def step(self, tokens: torch.Tensor, state: VitGpt2State) -> tuple[torch.Tensor, VitGpt2State]:
+        # On the first step GPT-2 computes the cross-attention keys/values from `memory` and stores them in
+        # the cache (marking the layer updated); later steps read them from the cache and use `memory` only as
+        # the signal that cross-attention runs. The cache is updated in place.
+        # An all-ones mask (decoding never pads) keeps GPT-2 from warning when a token equals pad_token_id,
+        # which GPT-2 checkpoints' bos always does.
+        attention_mask = tokens.new_ones((tokens.shape[0], state.cache.get_seq_length() + 1))
+        output = self.ved.decoder(
+            input_ids=tokens[:, None],
+            attention_mask=attention_mask,
+            encoder_hidden_states=state.memory,
+            past_key_values=state.cache,
+            use_cache=True,
+        )
+        # float32 log-softmax, as transformers' generate does, whatever the model's dtype.
+        log_probs = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+        return log_probs, state
+
+    def reorder_state(self, state: VitGpt2State, index: torch.Tensor) -> VitGpt2State:
+        state.cache.self_attention_cache.reorder_cache(index)
+        row_image = state.row_image.index_select(0, index)
+        same_images = row_image.shape == state.row_image.shape and torch.equal(row_image, state.row_image)
+        if not same_images:
+            state.cache.cross_attention_cache.reorder_cache(index)
+            state.memory = state.memory.index_select(0, index)
+            state.row_image = row_image
+        return state
+
+
+# --- helpers
+
+
+def _memory(encoded: Encoded) -> torch.Tensor:
+    # VisionEncoderDecoderModel never masks encoder tokens and ViT makes none to mask: refuse, don't ignore.
+    if encoded.mask is not None and not bool(encoded.mask.all()):
+        raise ValueError(f"{FAMILY} attends to every encoder token; a mask with padded tokens is not supported")
+    return encoded.tokens
+
+
+def _check_token_id(name: str, token_id: int, vocab_size: int) -> None:
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+        raise ConfigError(name, f"must be a token id in [0, {vocab_size}), got {token_id!r}")
+
+
+def _token_ids(config: VisionEncoderDecoderConfig) -> tuple[int, int, int]:
+    """(bos, eos, pad): the decoder start token is the bos; pad falls back to eos as in GPT-2 checkpoints."""
+    decoder = config.decoder
+    bos = _first(config.decoder_start_token_id, decoder.decoder_start_token_id, decoder.bos_token_id)
+    eos = _first(config.eos_token_id, decoder.eos_token_id)
+    pad = _first(config.pad_token_id, decoder.pad_token_id, eos)
+    if bos is None or eos is None or pad is None:
+        raise ModelLoadError("config.json", "needs decoder_start_token_id and eos_token_id")
+    return bos, eos, pad
+
+
+def _first(*values: Any) -> int | None:
+    for value in values:
+        if isinstance(value, list | tuple):  # several eos ids: this family stops on the first
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return None
+
+
+def _check_model_types(model_type: Any, encoder_type: Any, decoder_type: Any, source: str) -> None:
+    if model_type != "vision-encoder-decoder":
+        raise ModelLoadError(source, f"model_type is {model_type!r}; expected 'vision-encoder-decoder' (ViT + GPT-2)")
+    if encoder_type not in ENCODER_TYPES or decoder_type not in DECODER_TYPES:
+        raise ModelLoadError(
+            source, f"is a {encoder_type} + {decoder_type} VisionEncoderDecoder; {FAMILY} needs vit + gpt2"
+        )
+
+
+def _check_directory(path: Path, source: str) -> None:
+    """Everything that can be said from the files alone, before transformers reads any weights."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(source, "no config.json: not a model directory")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(config_file, f"unreadable config: {error}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(config_file, "is not a JSON object")
+    _check_raw_config(raw, source)
+    if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
+        unsafe = [name for name in UNSAFE_WEIGHT_FILES if (path / name).exists()]
+        found = f" (found {', '.join(unsafe)})" if unsafe else ""
+        raise ModelLoadError(source, f"no model.safetensors{found}: only safetensors weights are loaded, never pickles")
+
+
+def _check_raw_config(raw: dict[str, Any], source: str) -> None:
+    encoder, decoder = raw.get("encoder") or {}, raw.get("decoder") or {}
+    _check_model_types(raw.get("model_type"), encoder.get("model_type"), decoder.get("model_type"), source)
+    metadata = raw.get(METADATA_KEY)
+    if isinstance(metadata, dict) and metadata.get("family", FAMILY) != FAMILY:
+        raise ModelLoadError(source, f"was saved by captionkit as family {metadata['family']!r}, not {FAMILY!r}")
+
+
+def _load_directory(path: Path, source: str, attn_implementation: str | None) -> VisionEncoderDecoderModel:
+    _check_directory(path, source)
+    kwargs: dict[str, Any] = {"use_safetensors": True, "output_loading_info": True, "local_files_only": True}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        ved, info = VisionEncoderDecoderModel.from_pretrained(path, **kwargs)
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise
+        # transformers logs a report naming each tensor; its exception only mentions ignore_mismatched_sizes.
+        raise ModelLoadError(source, "weight shapes do not match config.json (see the load report)") from None
+    except (OSError, ValueError, SafetensorError) as error:
+        raise ModelLoadError(source, _first_line(error)) from None
+    # The pooler is never used by VisionEncoderDecoderModel; anything else missing would be silently random.
+    missing = sorted(key for key in info["missing_keys"] if ".pooler." not in key)
+    if missing or info["mismatched_keys"]:
+        problems = missing or sorted(str(key) for key in info["mismatched_keys"])
+        shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
+        raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
+    return ved.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

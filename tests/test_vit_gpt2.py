@@ -1,0 +1,287 @@
+"""ViT + GPT-2: configs, presets, teacher forcing vs the step protocol, hub-layout save/load, load errors."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from transformers import VisionEncoderDecoderModel
+
+from captionkit import __version__
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.models.base import Encoded
+from captionkit.models.vit_gpt2 import PRESETS, VitGpt2Config, VitGpt2Model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+IDS = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+
+# --- configs and presets
+
+
+def test_base_preset_has_the_nlpconnect_architecture() -> None:
+    # On the meta device: shapes without memory or initialisation.
+    with torch.device("meta"):
+        model = VitGpt2Model.from_config("base", bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    # ViT-B/16 with its (unused) pooler 86.39M + GPT-2 124.44M + 12 cross-attention blocks 28.37M; tied head.
+    assert sum(p.numel() for p in model.parameters()) == 239_195_904
+    assert (model.vocab_size, model.max_positions, model.config.image_size) == (50257, 1024, 224)
+    assert model.ved.decoder.lm_head.weight is model.ved.decoder.transformer.wte.weight
+
+
+def test_small_preset_size() -> None:
+    with torch.device("meta"):
+        model = VitGpt2Model.from_config("small", **IDS)
+    assert 2_000_000 < sum(p.numel() for p in model.parameters()) < 4_000_000
+
+
+@pytest.mark.parametrize(
+    ("call", "source", "reason"),
+    [
+        (lambda: VitGpt2Config.from_preset("huge"), "preset", "unknown vit-gpt2 preset 'huge'"),
+        (
+            lambda: VitGpt2Config.from_preset("tiny", decoder_layerz=3),
+            "decoder_layerz",
+            "unknown vit-gpt2 config key",
+        ),
+        (lambda: VitGpt2Config.from_preset("tiny", decoder_layers="3"), "decoder_layers", "expected int"),
+        (lambda: VitGpt2Config.from_preset("tiny", decoder_layers=True), "decoder_layers", "expected int"),
+        (lambda: VitGpt2Config.from_preset("tiny", encoder_layers=0), "encoder_layers", "at least 1"),
+        (
+            lambda: VitGpt2Config.from_preset("tiny", patch_size=7),
+            "patch_size",
+            "does not divide image_size 32",
+        ),
+        (lambda: VitGpt2Config.from_preset("tiny", decoder_heads=3), "decoder_heads", "do not divide"),
+        (lambda: VitGpt2Config.from_preset("tiny", decoder_dropout=1.0), "decoder_dropout", "[0, 1)"),
+        (
+            lambda: VitGpt2Model.from_config("tiny", **IDS, vocab_sise=10),
+            "vocab_sise",
+            "unknown vit-gpt2 config key",
+        ),
+        (
+            lambda: VitGpt2Model.from_config("tiny", **{**IDS, "eos_token_id": 256}),
+            "eos_token_id",
+            "[0, 256)",
+        ),
+    ],
+)
+def test_bad_configs_are_config_errors(call: Callable[[], Any], source: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        call()
+    assert raised.value.source == source
+    assert reason in raised.value.reason
+
+
+def test_config_round_trips_through_the_hub_config() -> None:
+    config = PRESETS["small"].replace(decoder_intermediate_size=320, vocab_size=999)
+    assert VitGpt2Config.from_hf(config.to_hf(1, 2, 0)) == config
+    assert VitGpt2Config.from_dict(config.to_dict()) == config
+
+
+# --- teacher forcing and the step protocol
+
+
+def test_forward_equals_the_wrapped_model(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2(seed=0)
+    pixels = make_pixels(3)
+    input_ids = torch.randint(0, 16, (3, 7), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 5:] = 0  # right padding
+    with torch.no_grad():
+        logits = model(pixels, input_ids, attention_mask)
+        reference = model.ved(pixel_values=pixels, decoder_input_ids=input_ids, decoder_attention_mask=attention_mask)
+        from_encoded = model(None, input_ids, attention_mask, encoded=model.encode(pixels))
+    assert logits.shape == (3, 7, 16)
+    assert torch.equal(logits, reference.logits)
+    assert torch.equal(from_encoded, logits)
+
+
+def test_steps_with_reordering_equal_teacher_forcing(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    # float32 error grows with the logits' scale: std 0.1 weights give log-probs down to about -9, where the
+    # cached and the full computation differ by ~3e-6 (std 0.3: down to -17, up to ~2.5e-5).
+    model = make_vit_gpt2(seed=1, initializer_range=0.1)
+    pixels = make_pixels(2, 1)
+    row_image = torch.tensor([0, 0, 1, 1, 1])  # 2 images expanded to 5 sequences, as beams are
+    sequences = torch.randint(0, 16, (5, 6), generator=torch.Generator().manual_seed(1))
+    sequences[:, 0] = model.bos_token_id
+    # Before feeding position t: a permutation within images (cross-attention cache kept as it is), a dropped
+    # row, and a reversal across images (cross-attention cache reindexed).
+    reorders = {
+        3: torch.tensor([1, 0, 4, 2, 3]),
+        4: torch.tensor([0, 2, 3, 4]),
+        5: torch.tensor([3, 2, 1, 0]),
+    }
+    with torch.no_grad():
+        teacher = model(pixels[row_image], sequences).log_softmax(dim=-1)
+        state = model.init_state(model.encode(pixels))
+        first, state = model.step(sequences[[0, 2], 0], state)  # once per image
+        torch.testing.assert_close(first, teacher[[0, 2], 0], rtol=0, atol=1e-5)
+        state, rows = model.reorder_state(state, row_image), torch.arange(5)
+        for position in range(1, 6):
+            if position in reorders:
+                state, rows = model.reorder_state(state, reorders[position]), rows[reorders[position]]
+            stepped, state = model.step(sequences[rows, position], state)
+            torch.testing.assert_close(stepped, teacher[rows, position], rtol=0, atol=1e-5)
+
+
+def test_cross_attention_keys_values_are_computed_once_per_image(
+    make_vit_gpt2: Callable, make_pixels: Callable
+) -> None:
+    model = make_vit_gpt2(seed=2)
+    batch_sizes: list[int] = []
+    for block in model.ved.decoder.transformer.h:
+        # c_attn of a cross-attention block projects encoder tokens to keys and values.
+        block.crossattention.c_attn.register_forward_hook(lambda _m, args, _o: batch_sizes.append(args[0].shape[0]))
+    config = DecodingConfig(max_new_tokens=8, num_beams=4, num_return_sequences=4)
+    found = generate(model, make_pixels(3, 2), config=config)
+    assert [len(hypotheses) for hypotheses in found] == [4, 4, 4]
+    assert batch_sizes == [3, 3]  # one call per layer, 3 images, not 3 × 4 beams, and never again
+
+
+def test_padded_encoder_tokens_are_refused(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2()
+    with torch.no_grad():
+        tokens = model.encode(make_pixels(2)).tokens
+    mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
+    assert model.init_state(Encoded(tokens, mask)).memory.shape == tokens.shape  # an all-true mask is no mask
+    mask[0, -1] = False
+    with pytest.raises(ValueError, match="not supported"):
+        model.init_state(Encoded(tokens, mask))
+
+
+# --- save and load in the hub layout
+
+
+def test_saved_directory_loads_in_plain_transformers_and_captionkit(
+    make_vit_gpt2: Callable, make_pixels: Callable, tmp_path: Path
+) -> None:
+    model = make_vit_gpt2(seed=3)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+    ]
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["captionkit"] == {"family": "vit-gpt2", "captionkit_version": __version__}
+    assert (saved["decoder_start_token_id"], saved["eos_token_id"], saved["pad_token_id"]) == (1, 2, 0)
+
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
+    ours = VitGpt2Model.from_pretrained(tmp_path)
+    assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.config) == (1, 2, 0, model.config)
+    assert plain.config.captionkit["family"] == "vit-gpt2"  # transformers keeps the extra key
+
+    pixels = make_pixels(3, 3)
+    input_ids = torch.randint(0, 16, (3, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(pixels, input_ids)
+        assert (ours(pixels, input_ids) - expected).abs().max() <= 1e-5
+        assert (plain(pixel_values=pixels, decoder_input_ids=input_ids).logits - expected).abs().max() <= 1e-5
+    config = DecodingConfig(max_new_tokens=10)
+    captions = [found[0].token_ids for found in generate(model, pixels, config=config)]
+    assert [found[0].token_ids for found in generate(ours, pixels, config=config)] == captions
+    plain_captions = plain.generate(pixels, max_new_tokens=10).tolist()
+    assert [row[1:][: row[1:].index(2)] if 2 in row[1:] else row[1:] for row in plain_captions] == captions
+
+
+def test_directory_saved_by_plain_transformers_loads(make_vit_gpt2: Callable, tmp_path: Path) -> None:
+    model = make_vit_gpt2(seed=4, bos_token_id=15, eos_token_id=15, pad_token_id=15)
+    model.ved.save_pretrained(tmp_path)  # no captionkit key, GPT-2 style ids as in nlpconnect
+    loaded = VitGpt2Model.from_pretrained(str(tmp_path))
+    assert (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id) == (15, 15, 15)
+    assert not loaded.training
+
+
+def _write_config(directory: Path, config: dict[str, Any]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("prepare", "reason"),
+    [
+        (lambda d, m: _write_config(d, m), "only safetensors weights are loaded"),
+        (lambda d, m: _write_config(d, {**m, "model_type": "bert"}), "model_type is 'bert'"),
+        (
+            lambda d, m: _write_config(d, {**m, "decoder": {**m["decoder"], "model_type": "bert"}}),
+            "needs vit + gpt2",
+        ),
+        (lambda d, m: _write_config(d, {**m, "captionkit": {"family": "lstm"}}), "family 'lstm'"),
+        (lambda d, m: d.mkdir(), "no config.json"),
+    ],
+)
+def test_bad_directories_are_refused(
+    make_vit_gpt2: Callable, tmp_path: Path, prepare: Callable[[Path, dict], None], reason: str
+) -> None:
+    make_vit_gpt2().save_pretrained(tmp_path / "good")
+    good = json.loads((tmp_path / "good" / "config.json").read_text())
+    directory = tmp_path / "bad"
+    prepare(directory, good)
+    # A pickle must never be opened: this one would fail loudly if it were.
+    (directory / "pytorch_model.bin").write_bytes(b"not a pickle")
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained(directory)
+    assert raised.value.source == str(directory)
+    assert reason in raised.value.reason
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(make_vit_gpt2: Callable, tmp_path: Path) -> None:
+    make_vit_gpt2().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["decoder"]["n_inner"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match=r"weight shapes do not match config\.json"):
+        VitGpt2Model.from_pretrained(tmp_path)
+
+
+def test_missing_paths_are_refused_without_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    # "runs/final" could be a hub id, but ./runs exists: a mistyped local path.
+    for missing in (tmp_path / "nowhere", str(tmp_path / "nowhere"), "./nowhere", "runs/final"):
+        with pytest.raises(ModelLoadError, match="no such directory"):
+            VitGpt2Model.from_pretrained(missing)
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(ModelLoadError, match="is a file"):
+        VitGpt2Model.from_pretrained("file.txt")
+
+
+def test_unreachable_hub_id_fails_fast() -> None:
+    # Offline here: one failed request, then the (empty) cache: well under a second, not ~25 s of retries.
+    # Online, the id does not exist: the hub's 404 is as quick.
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained("captionkit-tests/no-such-model")
+    assert time.monotonic() - start < 10
+    assert raised.value.source == "captionkit-tests/no-such-model"
+    assert "cannot download" in raised.value.reason or "not found on the Hugging Face Hub" in raised.value.reason
+
+
+def test_offline_mode_uses_only_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
+        VitGpt2Model.from_pretrained("captionkit-tests/no-such-model")
+
+
+def test_eager_attention_decodes_like_sdpa(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    # Attention maps (a later issue) need eager attention; decoding must not depend on the implementation.
+    model = make_vit_gpt2(seed=5)
+    eager = make_vit_gpt2(seed=5)
+    eager.ved.set_attn_implementation("eager")
+    assert eager.ved.decoder.config._attn_implementation == "eager"
+    pixels = make_pixels(3, 5)
+    config = DecodingConfig(max_new_tokens=10, num_beams=3, num_return_sequences=3)
+    found = generate(model, pixels, config=config)
+    assert [[h.token_ids for h in f] for f in generate(eager, pixels, config=config)] == [
+        [h.token_ids for h in f] for f in found
+    ]
