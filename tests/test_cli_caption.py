@@ -208,3 +208,33 @@ def test_hub_model_offline_fails_fast_with_one_line(photos, tmp_path):
     assert len(lines) == 1
     assert "nlpconnect/vit-gpt2-image-captioning" in lines[0]
     assert "HF_HUB_OFFLINE" in lines[0]
+
+
+def test_seeded_sampling_does_not_depend_on_batch_size(model_dir, photos, tmp_path, capsys):
+    captions = []
+    for batch_size in ("1", "4"):
+        out = tmp_path / f"b{batch_size}.jsonl"
+        code, _, _ = run(
+            [
+                "caption",
+                str(photos),
+                "--model",
+                str(model_dir),
+                "--output",
+                str(out),
+                "--sample",
+                "--seed",
+                "7",
+                "--top-k",
+                "5",
+                "--max-length",
+                "6",
+                "--batch-size",
+                batch_size,
+            ],
+            capsys,
+        )
+        assert code == 2
+        captions.append([r.get("caption") for r in read_jsonl(out)])
+    assert captions[0] == captions[1]
+    assert len({c for c in captions[0] if c is not None}) > 1  # really sampled, not one caption everywhere

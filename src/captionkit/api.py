@@ -106,16 +106,22 @@ class Captioner:
         results: list[CaptionResult] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            captions = self.caption_pil(self.load_images(chunk), config)
+            captions = self.caption_pil(self.load_images(chunk), config, image_offset=start)
             results.extend(CaptionResult(_name(image), found) for image, found in zip(chunk, captions, strict=True))
         return results
 
-    def caption_pil(self, images: Sequence[Image.Image], config: DecodingConfig) -> list[list[Caption]]:
-        """n-best captions of already-opened RGB images, one batch."""
+    def caption_pil(
+        self, images: Sequence[Image.Image], config: DecodingConfig, image_offset: int = 0
+    ) -> list[list[Caption]]:
+        """n-best captions of already-opened RGB images, one batch.
+
+        ``image_offset`` is the first image's position in the caller's whole input: seeded sampling then gives
+        each image the same captions whatever the batching.
+        """
         if not images:
             return []
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
-        hypotheses = generate(self.model, pixels, config=config)
+        hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
         return [
             [Caption(self.tokenizer.decode(h.token_ids), float(h.score), list(h.token_ids)) for h in per_image]
             for per_image in hypotheses

@@ -6,7 +6,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from captionkit.api import Captioner
+from PIL import Image
+
+from captionkit.api import Caption, Captioner
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError
 from captionkit.outputs import Record, RecordWriter
@@ -32,22 +34,18 @@ def caption_files(
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
         records: list[Record | None] = [None] * len(chunk)
-        good, good_index = [], []
+        opened: dict[int, Image.Image] = {}
         for index, path in enumerate(chunk):
             try:
-                good.append(captioner.load_images([path])[0])
-                good_index.append(index)
+                opened[index] = captioner.load_images([path])[0]
             except ImageError as error:
                 records[index] = {"image": str(path), "error": error.reason}
-        for index, captions in zip(good_index, captioner.caption_pil(good, config), strict=True):
-            record: Record = {
-                "image": str(chunk[index]),
-                "caption": captions[0].text,
-                "score": captions[0].score,
-            }
-            if len(captions) > 1:
-                record["captions"] = [{"caption": c.text, "score": c.score} for c in captions]
-            records[index] = record
+        # Caption each run of consecutive good images with its position in the whole input, so that seeded
+        # sampling gives an image the same captions whatever the batch size and the bad files around it.
+        for run in _runs(sorted(opened)):
+            captions = captioner.caption_pil([opened[i] for i in run], config, image_offset=start + run[0])
+            for index, found in zip(run, captions, strict=True):
+                records[index] = _record(chunk[index], found)
         done = [record for record in records if record is not None]
         writer.write(done)
         summary.images += len(done)
@@ -56,3 +54,21 @@ def caption_files(
         if on_progress is not None:
             on_progress(len(chunk))
     return summary
+
+
+def _runs(indices: Sequence[int]) -> list[list[int]]:
+    """Split sorted ``indices`` into runs of consecutive numbers: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
+
+
+def _record(path: Path, captions: Sequence[Caption]) -> Record:
+    record: Record = {"image": str(path), "caption": captions[0].text, "score": captions[0].score}
+    if len(captions) > 1:
+        record["captions"] = [{"caption": c.text, "score": c.score} for c in captions]
+    return record

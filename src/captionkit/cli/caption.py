@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 
@@ -32,6 +32,7 @@ def caption(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed."""
+    quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.batch import caption_files
     from captionkit.decoding import DecodingConfig

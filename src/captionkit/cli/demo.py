@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail
+from captionkit.cli._common import fail, quiet_libraries
 
 
 def demo(
@@ -23,6 +23,7 @@ def demo(
     ] = None,
 ) -> None:
     """Train a small captioner on synthetic scenes, caption unseen ones, and report how well it did."""
+    quiet_libraries()
     from captionkit.demo import run_demo
     from captionkit.errors import CaptionkitError
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail
+from captionkit.cli._common import fail, quiet_libraries
 
 
 def train(
@@ -21,6 +21,7 @@ def train(
     ] = None,
 ) -> None:
     """Train per CONFIG and write a checkpoint directory that `captionkit caption --model DIR` loads."""
+    quiet_libraries()
     from captionkit.config import load_train_config
     from captionkit.errors import CaptionkitError
     from captionkit.training.trainer import train as run_training
