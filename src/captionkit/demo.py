@@ -22,7 +22,7 @@ from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
-from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
 
 RECIPE = "demo.yaml"
 
@@ -36,6 +36,9 @@ class DemoData:
     num_test: int = 500
     image_size: int = 32
     seed: int = 0
+    # 0: test scenes are new renderings (new positions, sizes, shades) of descriptions that may occur in training.
+    # > 0: that share of two-object descriptions is held out of training as well (a harder, compositional test).
+    held_out_fraction: float = 0.0
 
 
 def demo_recipe_path() -> Path:
@@ -82,8 +85,9 @@ def run_demo(
     output = Path(output)
     data = data or DemoData()
     started = time.perf_counter()
+    options = SceneOptions(held_out_fraction=data.held_out_fraction)
     data_file = write_synthetic_dataset(
-        output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size
+        output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options
     )
     data_seconds = time.perf_counter() - started
     extra = [*overrides, *([f"train.steps={steps}"] if steps is not None else [])]

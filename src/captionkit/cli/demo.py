@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import fail, quiet_libraries
+from captionkit.demo import DemoData
 
 
 def demo(
@@ -17,6 +18,8 @@ def demo(
         "demo-output"
     ),
     steps: Annotated[int | None, typer.Option(help="Training steps (default: the recipe's).")] = None,
+    train_scenes: Annotated[int, typer.Option(help="Scenes drawn for training.")] = DemoData.num_train,
+    test_scenes: Annotated[int, typer.Option(help="Unseen scenes captioned and scored.")] = DemoData.num_test,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a demo recipe value, e.g. --set train.lr=1e-3."),
@@ -29,12 +32,15 @@ def demo(
 
     if steps is not None and steps < 1:
         fail(f"--steps: must be at least 1, got {steps}")
+    if train_scenes < 1 or test_scenes < 1:
+        fail("--train-scenes and --test-scenes must be at least 1")
+    data = DemoData(num_train=train_scenes, num_test=test_scenes)
 
     def log(entry: dict[str, Any]) -> None:
         print(json.dumps(entry), file=sys.stderr, flush=True)
 
     try:
-        metrics = run_demo(output, steps=steps, overrides=set_ or [], log=log)
+        metrics = run_demo(output, steps=steps, data=data, overrides=set_ or [], log=log)
     except CaptionkitError as error:
         fail(str(error))
     print(json.dumps(metrics, indent=2))

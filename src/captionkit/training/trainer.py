@@ -80,6 +80,7 @@ def build_setup(config: TrainConfig) -> Setup:
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
     if config.data.first_caption_only:
         train_records = first_caption_per_image(train_records)
+        val_records = first_caption_per_image(val_records)
     if not train_records:
         raise InputError(config.data.train, "no training captions after splitting")
 

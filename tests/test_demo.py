@@ -1,0 +1,89 @@
+"""The demo in a short form: scenes drawn, a model trained, unseen scenes captioned, metrics and report written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from captionkit.cli import main
+from captionkit.config import load_train_config
+from captionkit.demo import demo_config, demo_recipe_path, score_captions, word_accuracy
+
+
+def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "demo",
+                "--output",
+                str(out),
+                "--steps",
+                "4",
+                "--train-scenes",
+                "64",
+                "--test-scenes",
+                "10",
+                "--set",
+                "model.preset=tiny",
+                "--set",
+                "train.batch_size=16",
+                "--set",
+                "train.eval_every=2",
+            ]
+        )
+    assert done.value.code == 0
+    captured = capsys.readouterr()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads(captured.out) == metrics
+    assert metrics["train_steps"] == 4
+    assert metrics["test_images"] == 10
+    assert 0.0 <= metrics["exact_match"] <= metrics["token_accuracy"] <= 1.0
+    for key in ("train_seconds", "data_seconds", "caption_seconds", "model_parameters", "val_loss"):
+        assert key in metrics
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 10
+    assert "http://" not in page and "https://" not in page  # self-contained
+    assert "exact match" in captured.err
+    assert (out / "model" / "COMPLETE").is_file()
+
+
+def test_demo_recipe_is_the_configs_recipe(tmp_path):
+    # configs/demo.yaml is the packaged recipe (through _base_), so `captionkit train configs/demo.yaml` trains
+    # exactly what the demo trains.
+    data_file = tmp_path / "captions.jsonl"
+    repo_recipe = demo_recipe_path().parents[3] / "configs" / "demo.yaml"
+    via_configs = load_train_config(repo_recipe, [f"data.train={data_file}", f"data.val={data_file}"])
+    assert via_configs == demo_config(data_file)
+
+
+def test_scores():
+    assert word_accuracy("a red circle", "a red circle") == 1.0
+    assert word_accuracy("a red square", "a red circle") == pytest.approx(2 / 3)
+    assert word_accuracy("a red", "a red circle") == pytest.approx(2 / 3)
+    assert word_accuracy("", "") == 1.0
+    assert score_captions([("a b", "a b"), ("a c", "a b")]) == {"exact_match": 0.5, "token_accuracy": 0.75}
+
+
+def test_bad_demo_arguments_exit_1(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--output", str(tmp_path), "--steps", "0"])
+    assert done.value.code == 1
+    assert "--steps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main(
+            [
+                "demo",
+                "--output",
+                str(tmp_path),
+                "--set",
+                "train.nonsense=1",
+                "--train-scenes",
+                "4",
+                "--test-scenes",
+                "2",
+            ]
+        )
+    assert done.value.code == 1
+    assert "train.nonsense: unknown key" in capsys.readouterr().err

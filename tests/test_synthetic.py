@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import io
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from captionkit.data.records import read_jsonl
+from captionkit.data.synthetic import (
+    BACKGROUND,
+    DEFAULT_COLOURS,
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    ObjectSpec,
+    Scene,
+    SceneOptions,
+    canonical_caption,
+    description_split,
+    generate_scenes,
+    make_spec,
+    render,
+    scene_captions,
+    write_synthetic_dataset,
+)
+
+
+def png_bytes(scene: Scene, size: int = 32) -> bytes:
+    buffer = io.BytesIO()
+    render(scene, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_worked_example_two_objects() -> None:
+    # Given in "wrong" order: the small square is named second, so the relation is mirrored.
+    spec = make_spec(ObjectSpec("small", "blue", "square"), ObjectSpec("large", "red", "circle"), "right of")
+    captions = scene_captions(spec)
+    assert captions["neutral"] == [
+        "a large red circle left of a small blue square",
+        "a small blue square right of a large red circle",
+        "a large red circle to the left of a small blue square",
+        "a small blue square to the right of a large red circle",
+        "a big red circle left of a little blue square",
+        "there is a large red circle left of a small blue square",
+    ]
+    assert captions["positive"][0] == "a lovely large red circle left of a small blue square"
+    assert captions["negative"][0] == "an ugly large red circle left of a small blue square"
+    assert captions["negative"][3] == "an awful small blue square to the right of a large red circle"
+
+
+def test_worked_example_one_object_and_vertical_synonyms() -> None:
+    assert scene_captions(make_spec(ObjectSpec("small", "green", "triangle")))["neutral"] == [
+        "a small green triangle",
+        "a little green triangle",
+        "there is a small green triangle",
+    ]
+    above = scene_captions(
+        make_spec(ObjectSpec("large", "red", "square"), ObjectSpec("large", "red", "circle"), "above")
+    )
+    # Same size: circle precedes square, so the circle is named first and "above" becomes "below".
+    assert above["neutral"][0] == "a large red circle below a large red square"
+    assert above["neutral"][4] == "a big red circle under a big red square"
+
+
+def test_styled_captions_insert_one_sentiment_word_before_the_first_object() -> None:
+    for scene in generate_scenes(40, seed=3):
+        captions = scene_captions(scene)
+        lengths = {len(captions[style]) for style in ("neutral", "positive", "negative")}
+        assert len(lengths) == 1
+        styled_pairs = [(text, POSITIVE_WORDS) for text in captions["positive"]]
+        styled_pairs += [(text, NEGATIVE_WORDS) for text in captions["negative"]]
+        for (styled, lexicon), neutral in zip(styled_pairs, captions["neutral"] * 2, strict=True):
+            words = styled.split()
+            assert len([word for word in words if word in lexicon]) == 1
+            rest = ["a" if word == "an" else word for word in words if word not in lexicon]
+            assert " ".join(rest) == neutral
+
+
+def test_two_identical_objects_are_rejected() -> None:
+    obj = ObjectSpec("small", "red", "circle")
+    with pytest.raises(ValueError, match="must differ"):
+        make_spec(obj, obj, "above")
+    with pytest.raises(ValueError, match="unknown relation"):
+        make_spec(obj, ObjectSpec("large", "red", "circle"), "near")
+
+
+def test_generation_is_deterministic_and_prefix_stable() -> None:
+    first = generate_scenes(30, seed=7)
+    assert first == generate_scenes(30, seed=7)
+    assert first[:10] == generate_scenes(10, seed=7)
+    assert [png_bytes(scene) for scene in first] == [
+        png_bytes(scene) for scene in generate_scenes(30, seed=7)
+    ]
+    assert [scene.spec for scene in first] != [scene.spec for scene in generate_scenes(30, seed=8)]
+
+
+def test_every_attribute_and_relation_appears() -> None:
+    scenes = generate_scenes(400, seed=0)
+    objects = [obj for scene in scenes for obj in scene.spec.objects]
+    assert {obj.shape for obj in objects} == set(SHAPES)
+    assert {obj.colour for obj in objects} == set(DEFAULT_COLOURS)
+    assert {obj.size for obj in objects} == set(SIZES)
+    assert {scene.spec.relation for scene in scenes if scene.spec.relation} == set(RELATIONS)
+    counts = Counter(len(scene.spec.objects) for scene in scenes)
+    assert set(counts) == {1, 2} and 150 < counts[2] < 250
+    canonical_words = {word for scene in scenes for word in canonical_caption(scene).split()}
+    assert set(SHAPES) | set(DEFAULT_COLOURS) | set(SIZES) <= canonical_words
+
+
+def object_centroid(pixels: np.ndarray, box: tuple[int, int, int, int]) -> tuple[float, float]:
+    left, top, right, bottom = box
+    region = pixels[top:bottom, left:right].astype(int)
+    mask = np.abs(region - np.array(BACKGROUND)).sum(axis=2) > 60
+    rows, columns = np.nonzero(mask)
+    assert rows.size > 0
+    return left + columns.mean(), top + rows.mean()
+
+
+def test_relations_match_rendered_pixel_centroids() -> None:
+    size = 64
+    scenes = [scene for scene in generate_scenes(200, seed=1) if scene.spec.relation]
+    assert len(scenes) > 50
+    for scene in scenes:
+        pixels = np.asarray(render(scene, size))
+        boxes = [
+            (
+                round(p.left * size) - 1,
+                round(p.top * size) - 1,
+                round((p.left + p.side) * size) + 1,
+                round((p.top + p.side) * size) + 1,
+            )
+            for p in scene.placements
+        ]
+        (x0, y0), (x1, y1) = (object_centroid(pixels, box) for box in boxes)
+        dx, dy = x1 - x0, y1 - y0  # from the first object to the second
+        expected = {
+            "left of": dx > abs(dy),
+            "right of": -dx > abs(dy),
+            "above": dy > abs(dx),
+            "below": -dy > abs(dx),
+        }
+        assert expected[scene.spec.relation], (canonical_caption(scene), dx, dy)
+
+
+def test_sizes_are_distinguishable_and_inside_the_image() -> None:
+    for scene in generate_scenes(300, seed=2):
+        for obj, place in zip(scene.spec.objects, scene.placements, strict=True):
+            assert (place.side > 0.35) == (obj.size == "large")
+            assert place.left >= 0 and place.left + place.side <= 1
+            assert place.top >= 0 and place.top + place.side <= 1
+
+
+def test_held_out_splits_have_unseen_two_object_descriptions() -> None:
+    train = generate_scenes(3000, seed=0, split="train")
+    test = generate_scenes(300, seed=0, split="test")
+    val = generate_scenes(300, seed=0, split="val")
+    train_captions = {canonical_caption(scene) for scene in train}
+    train_objects = {obj for scene in train for obj in scene.spec.objects}
+    for held_out in (val, test):
+        pairs = [scene for scene in held_out if len(scene.spec.objects) == 2]
+        assert len(pairs) > 100
+        assert not {canonical_caption(scene) for scene in pairs} & train_captions
+        assert {obj for scene in held_out for obj in scene.spec.objects} <= train_objects
+    assert {canonical_caption(s) for s in val if s.spec.relation}.isdisjoint(
+        canonical_caption(s) for s in test
+    )
+    assert all(description_split(scene.spec) in (None, "train") for scene in train)
+    # Renderings differ even where a one-object description is shared with train.
+    assert not {png_bytes(scene) for scene in test} & {png_bytes(scene) for scene in train}
+
+
+def test_partition_ignores_the_generation_seed() -> None:
+    by_seed = [
+        {canonical_caption(s) for s in generate_scenes(1000, seed, "train") if s.spec.relation}
+        for seed in (0, 1)
+    ]
+    test_captions = {canonical_caption(s) for s in generate_scenes(300, 5, "test") if s.spec.relation}
+    assert test_captions.isdisjoint(by_seed[0] | by_seed[1])
+    options = SceneOptions(partition_seed=1)
+    moved = {canonical_caption(s) for s in generate_scenes(300, 5, "test", options) if s.spec.relation}
+    assert moved & (by_seed[0] | by_seed[1])
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="unknown shape or colour: hexagon"):
+        SceneOptions(shapes=("circle", "hexagon"))
+    with pytest.raises(ValueError, match="unknown split"):
+        generate_scenes(1, seed=0, split="dev")
+    only_singles = generate_scenes(50, seed=0, options=SceneOptions(two_object_fraction=0.0))
+    assert all(len(scene.spec.objects) == 1 for scene in only_singles)
+
+
+def test_written_dataset_round_trips_through_read_jsonl(tmp_path: Path) -> None:
+    path = write_synthetic_dataset(
+        tmp_path / "scenes", num_train=12, num_val=5, num_test=7, seed=4, image_size=24
+    )
+    assert path == tmp_path / "scenes" / "captions.jsonl"
+    records = read_jsonl(path)
+    images = {(record.split, record.image_id) for record in records}
+    assert Counter(split for split, _ in images) == {"train": 12, "val": 5, "test": 7}
+    assert len(list((tmp_path / "scenes" / "images" / "test").glob("*.png"))) == 7
+
+    scenes = {s.scene_id: s for split in ("train", "val", "test") for s in generate_scenes(12, 4, split)}
+    for image_id in {image_id for _, image_id in images}:
+        mine = [record for record in records if record.image_id == image_id]
+        captions = scene_captions(scenes[image_id])
+        for style in ("neutral", "positive", "negative"):
+            assert [record.caption for record in mine if record.style == style] == captions[style]
+        assert mine[0].caption == canonical_caption(scenes[image_id]) and mine[0].style == "neutral"
+        assert mine[0].image_path.read_bytes() == png_bytes(scenes[image_id], 24)
