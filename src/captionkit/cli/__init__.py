@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from captionkit.cli import caption, demo, train
+from captionkit.cli import caption, demo, score, train
 
 app = typer.Typer(
     name="captionkit",
@@ -24,6 +24,7 @@ app = typer.Typer(
 app.command("caption")(caption.caption)
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
+app.command("score")(score.score)
 
 
 def main(argv: list[str] | None = None) -> None:

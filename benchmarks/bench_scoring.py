@@ -1,0 +1,149 @@
+"""Score COCO val2017 (5,000 images: first caption against the other four) with captionkit and pycocoevalcap.
+
+Stages: PTB tokenization, BLEU-1..4, ROUGE-L, CIDEr-D (METEOR and SPICE are left out: both run the same Java jars
+in either). Prints wall-clock and CPU seconds (including child processes, i.e. Java) per stage for both in the same
+run, the ratios, and the largest absolute difference between the scores (corpus and per image). On a shared machine
+CPU seconds are the steadier figure. Usage::
+
+    .venv/bin/python benchmarks/bench_scoring.py [--images 5000] [--repeat 1]
+
+The timings of a repeat are taken in one process; ``--repeat N`` reports each stage's best of N. pycocoevalcap is
+the reference as shipped (its tokenizer starts Java and writes a temporary file into its package folder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "captions_val2017.json"
+STAGES = ("tokenize", "BLEU", "ROUGE_L", "CIDEr")
+
+
+class Clock:
+    """Best wall-clock and CPU seconds per stage over repeats."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu() -> float:
+        # This process and its finished children: pycocoevalcap's tokenizer works in a Java child process.
+        times = os.times()
+        return times.user + times.system + times.children_user + times.children_system
+
+    def time(self, stage: str, work: Callable[[], Any]) -> Any:
+        wall, cpu = time.perf_counter(), self._cpu()
+        result = work()
+        wall, cpu = time.perf_counter() - wall, self._cpu() - cpu
+        self.wall[stage] = min(self.wall.get(stage, wall), wall)
+        self.cpu[stage] = min(self.cpu.get(stage, cpu), cpu)
+        return result
+
+
+def load(images: int) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
+    data = json.loads(DATA.read_text(encoding="utf-8"))
+    by_image: dict[str, list[str]] = {}
+    for annotation in data["annotations"]:
+        by_image.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
+    ids = list(by_image)[:images]
+    return ids, {i: by_image[i][1:] for i in ids}, {i: by_image[i][0] for i in ids}
+
+
+def run_captionkit(ids: list[str], refs: dict[str, list[str]], cands: dict[str, str], clock: Clock) -> dict[str, Any]:
+    from captionkit.evaluation.bleu import bleu_from_corpus
+    from captionkit.evaluation.cider import cider_from_corpus
+    from captionkit.evaluation.corpus import Corpus
+    from captionkit.evaluation.rouge import rouge_l
+    from captionkit.evaluation.tokenize import tokenize_captions
+
+    def tokenize() -> tuple[list[list[str]], list[str]]:
+        flat = tokenize_captions(c for i in ids for c in refs[i])
+        grouped, start = [], 0
+        for i in ids:
+            grouped.append(flat[start : start + len(refs[i])])
+            start += len(refs[i])
+        return grouped, tokenize_captions(cands[i] for i in ids)
+
+    references, candidates = clock.time("tokenize", tokenize)
+    # The n-gram table serves BLEU and CIDEr-D; its cost is counted in BLEU, the first metric that needs it.
+    corpus = clock.time("BLEU", lambda: Corpus(candidates, references))
+    bleu = clock.time("BLEU+", lambda: bleu_from_corpus(corpus))
+    rouge = clock.time("ROUGE_L", lambda: rouge_l(candidates, references))
+    cider = clock.time("CIDEr", lambda: cider_from_corpus(corpus).tolist())
+    clock.wall["BLEU"] += clock.wall.pop("BLEU+")
+    clock.cpu["BLEU"] += clock.cpu.pop("BLEU+")
+    scores = {f"Bleu_{k + 1}": (bleu.corpus[k], [row[k] for row in bleu.per_image]) for k in range(4)}
+    scores["ROUGE_L"] = (rouge.mean, rouge.per_image)
+    scores["CIDEr"] = (sum(cider) / len(cider), cider)
+    return scores
+
+
+def run_pycocoevalcap(
+    ids: list[str], refs: dict[str, list[str]], cands: dict[str, str], clock: Clock
+) -> dict[str, Any]:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    def tokenize() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        tokenizer = PTBTokenizer()
+        gts = tokenizer.tokenize({i: [{"caption": c} for c in refs[i]] for i in ids})
+        res = tokenizer.tokenize({i: [{"caption": cands[i]}] for i in ids})
+        return gts, res
+
+    gts, res = clock.time("tokenize", tokenize)
+    bleu, bleu_images = clock.time("BLEU", lambda: Bleu(4).compute_score(gts, res, verbose=0))
+    rouge, rouge_images = clock.time("ROUGE_L", lambda: Rouge().compute_score(gts, res))
+    cider, cider_images = clock.time("CIDEr", lambda: Cider().compute_score(gts, res))
+    scores = {f"Bleu_{k + 1}": (bleu[k], list(bleu_images[k])) for k in range(4)}
+    scores["ROUGE_L"] = (float(rouge), list(rouge_images))
+    scores["CIDEr"] = (float(cider), list(cider_images))
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=5000)
+    parser.add_argument("--repeat", type=int, default=1)
+    args = parser.parse_args()
+    import numpy  # noqa: F401 -- both sides use it; keep its import out of the timings
+
+    ids, refs, cands = load(args.images)
+    ours, theirs = Clock(), Clock()
+    for _ in range(args.repeat):
+        mine = run_captionkit(ids, refs, cands, ours)
+        reference = run_pycocoevalcap(ids, refs, cands, theirs)
+
+    print(f"{len(ids)} images, {sum(len(r) for r in refs.values())} references")
+    print(f"{'stage':<10} {'pycocoevalcap':>22} {'captionkit':>22} {'ratio':>14}")
+    print(f"{'':<10} {'wall s':>11}{'cpu s':>11} {'wall s':>11}{'cpu s':>11} {'wall':>7}{'cpu':>7}")
+    for stage in (*STAGES, "total"):
+        if stage == "total":
+            values = [sum(c.wall.values()) for c in (theirs, ours)] + [sum(c.cpu.values()) for c in (theirs, ours)]
+        else:
+            values = [theirs.wall[stage], ours.wall[stage], theirs.cpu[stage], ours.cpu[stage]]
+        wall_ref, wall_ours, cpu_ref, cpu_ours = values
+        print(
+            f"{stage:<10} {wall_ref:11.3f}{cpu_ref:11.3f} {wall_ours:11.3f}{cpu_ours:11.3f}"
+            f" {wall_ref / wall_ours:6.1f}x{cpu_ref / max(cpu_ours, 1e-9):6.1f}x"
+        )
+    print("largest absolute difference (corpus / per image):")
+    worst = 0.0
+    for name, (value, per_image) in reference.items():
+        corpus_diff = abs(value - mine[name][0])
+        image_diff = max(abs(a - b) for a, b in zip(per_image, mine[name][1], strict=True))
+        worst = max(worst, corpus_diff, image_diff)
+        print(f"  {name:<8} {value:.6f}  {corpus_diff:.1e} / {image_diff:.1e}")
+    print("identical to 1e-6:", "yes" if worst <= 1e-6 else f"NO (max difference {worst:.2e})")
+
+
+if __name__ == "__main__":
+    main()

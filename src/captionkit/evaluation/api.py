@@ -1,0 +1,204 @@
+"""Scoring captions against references: the COCO caption metrics under pycocoevalcap's names, plus diversity.
+
+>>> refs = {"1": ["A cat sits on a mat.", "A cat on a rug."], "2": ["A dog runs.", "A brown dog running."]}
+>>> result = evaluate_captions(refs, {"1": "A cat on a mat.", "2": "A dog runs."}, metrics=("BLEU", "CIDEr"))
+>>> sorted(k for k in result if k.startswith(("Bleu", "CIDEr")))
+['Bleu_1', 'Bleu_2', 'Bleu_3', 'Bleu_4', 'CIDEr']
+
+Images follow the order of ``refs``; captions are tokenized as pycocoevalcap does (references and candidates in two
+batches, in that order), so the numbers equal pycocoevalcap's on the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from captionkit.errors import InputError
+from captionkit.evaluation.diversity import diversity, length_stats, repeated_captions
+from captionkit.evaluation.external import MetricUnavailable
+from captionkit.evaluation.tokenize import tokenize_captions
+
+#: Metric names accepted in ``metrics`` (case-insensitive; "BLEU" gives Bleu_1..Bleu_4).
+METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+#: The default: the COCO metrics but SPICE (METEOR only where Java and the ``captionkit[meteor]`` extra exist).
+DEFAULT_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
+_ALIASES = {"bleu": "BLEU", "meteor": "METEOR", "rouge_l": "ROUGE_L", "rouge": "ROUGE_L", "rougel": "ROUGE_L",
+            "cider": "CIDEr", "cider-d": "CIDEr", "ciderd": "CIDEr", "spice": "SPICE"}  # fmt: skip
+
+
+@dataclass
+class Evaluation:
+    """Scores of a set of candidates.
+
+    ``scores``: corpus-level metrics with pycocoevalcap's keys (``Bleu_1``..``Bleu_4``, ``METEOR``, ``ROUGE_L``,
+    ``CIDEr``, ``SPICE``) and the extras (``distinct_1``, ``length_mean``, ...; see :mod:`.diversity`).
+    ``per_image``: image id -> metric -> score. ``notes``: one-line remarks (a metric left out, a caption given to
+    many images). ``missing``: requested metrics that could not be computed here.
+    """
+
+    scores: dict[str, float]
+    per_image: dict[str, dict[str, float]]
+    notes: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat result: scores, plus ``notes`` when there are any."""
+        out: dict[str, Any] = dict(self.scores)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
+
+
+def parse_metrics(metrics: str | Iterable[str] | None) -> tuple[tuple[str, ...], bool]:
+    """Canonical metric names and whether they were asked for explicitly (``None`` means the default set)."""
+    if metrics is None:
+        return DEFAULT_METRICS, False
+    names = metrics.split(",") if isinstance(metrics, str) else list(metrics)
+    chosen: list[str] = []
+    for name in names:
+        key = name.strip()
+        if not key:
+            continue
+        canonical = _ALIASES.get(key.lower())
+        if canonical is None:
+            raise InputError("metrics", f"unknown metric {key!r} (known: {', '.join(METRICS)})")
+        if canonical not in chosen:
+            chosen.append(canonical)
+    if not chosen:
+        raise InputError("metrics", "no metric named")
+    return tuple(chosen), True
+
+
+def _examples(names: list[str], limit: int = 3) -> str:
+    return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _check(refs: Mapping[str, Sequence[str]], cands: Mapping[str, str], ref_source: str, cand_source: str) -> None:
+    if not refs:
+        raise InputError(ref_source, "no reference captions")
+    if not cands:
+        raise InputError(cand_source, "no candidate captions")
+    for image_id, captions in refs.items():
+        if isinstance(captions, str) or not isinstance(captions, Sequence):
+            raise InputError(ref_source, f"image {image_id!r}: references must be a list of captions")
+        if not captions:
+            raise InputError(ref_source, f"image {image_id!r} has no reference captions")
+        if not all(isinstance(c, str) and c.strip() for c in captions):
+            raise InputError(ref_source, f"image {image_id!r}: empty or non-text reference caption")
+    for image_id, caption in cands.items():
+        if not isinstance(caption, str):
+            raise InputError(cand_source, f"image {image_id!r}: caption must be a string")
+        if not caption.strip():
+            raise InputError(cand_source, f"image {image_id!r}: empty caption")
+    unknown = [i for i in cands if i not in refs]
+    if unknown:
+        raise InputError(
+            cand_source,
+            f"{len(unknown)} candidate image(s) have no references in {ref_source}, e.g. {_examples(unknown)}",
+        )
+    uncovered = [i for i in refs if i not in cands]
+    if uncovered:
+        raise InputError(
+            cand_source,
+            f"{len(uncovered)} of {len(refs)} reference images have no candidate caption, e.g. {_examples(uncovered)}",
+        )
+
+
+def score_captions(
+    refs: Mapping[str, Sequence[str]],
+    cands: Mapping[str, str],
+    metrics: str | Iterable[str] | None = None,
+    train_captions: Iterable[str] | None = None,
+    *,
+    ref_source: str = "references",
+    cand_source: str = "candidates",
+) -> Evaluation:
+    """Score one candidate caption per image against that image's references.
+
+    ``refs`` and ``cands`` are raw captions keyed by the same image ids; every image needs both. ``metrics`` picks
+    from :data:`METRICS` (a list or a comma-separated string; ``None`` = :data:`DEFAULT_METRICS`).
+    ``train_captions`` (raw training captions) add ``copied_from_train``. Bad input raises
+    :class:`~captionkit.errors.InputError` naming ``ref_source`` / ``cand_source``.
+    """
+    chosen, explicit = parse_metrics(metrics)
+    _check(refs, cands, ref_source, cand_source)
+    ids = list(refs)
+    flat = tokenize_captions(c for i in ids for c in refs[i])
+    references: list[list[str]] = []
+    start = 0
+    for i in ids:
+        references.append(flat[start : start + len(refs[i])])
+        start += len(refs[i])
+    candidates = tokenize_captions(cands[i] for i in ids)
+
+    scores: dict[str, float] = {}
+    per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
+    evaluation = Evaluation(scores, per_image)
+
+    def record(name: str, corpus: float, images: Sequence[float]) -> None:
+        scores[name] = float(corpus)
+        for image_id, value in zip(ids, images, strict=True):
+            per_image[image_id][name] = float(value)
+
+    if "BLEU" in chosen or "CIDEr" in chosen:
+        from captionkit.evaluation.bleu import bleu_from_corpus
+        from captionkit.evaluation.cider import cider_from_corpus
+        from captionkit.evaluation.corpus import Corpus
+
+        corpus = Corpus(candidates, references)
+        if "BLEU" in chosen:
+            bleu = bleu_from_corpus(corpus)
+            for k in range(4):
+                record(f"Bleu_{k + 1}", bleu.corpus[k], [row[k] for row in bleu.per_image])
+    if "METEOR" in chosen:
+        from captionkit.evaluation.meteor import meteor
+
+        _run_external(evaluation, "METEOR", explicit, lambda: meteor(candidates, references), record)
+    if "ROUGE_L" in chosen:
+        from captionkit.evaluation.rouge import rouge_l
+
+        rouge = rouge_l(candidates, references)
+        record("ROUGE_L", rouge.mean, rouge.per_image)
+    if "CIDEr" in chosen:
+        cider = cider_from_corpus(corpus).tolist()
+        record("CIDEr", sum(cider) / len(cider), cider)
+    if "SPICE" in chosen:
+        from captionkit.evaluation.spice import spice
+
+        _run_external(evaluation, "SPICE", True, lambda: spice(candidates, references, ids), record)
+
+    train = tokenize_captions(train_captions) if train_captions is not None else None
+    scores.update(diversity(candidates, train))
+    scores.update(length_stats(candidates))
+    scores["num_images"] = float(len(ids))
+    for caption, count in repeated_captions(candidates)[:3]:
+        evaluation.notes.append(
+            f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"
+        )
+    return evaluation
+
+
+def _run_external(evaluation: Evaluation, name: str, explicit: bool, run: Any, record: Any) -> None:
+    try:
+        corpus, images = run()
+    except MetricUnavailable as error:
+        evaluation.notes.append(f"{name} left out: {error}")
+        if explicit:
+            evaluation.missing.append(name)
+        return
+    record(name, corpus, images)
+
+
+def evaluate_captions(
+    refs: Mapping[str, Sequence[str]],
+    cands: Mapping[str, str],
+    metrics: str | Iterable[str] | None = None,
+    train_captions: Iterable[str] | None = None,
+) -> dict[str, Any]:
+    """The flat result of :func:`score_captions`: pycocoevalcap's keys, the extras, and ``notes`` if any.
+
+    Per-image scores: use :func:`score_captions` and its ``per_image``.
+    """
+    return score_captions(refs, cands, metrics, train_captions).to_dict()

@@ -1,0 +1,92 @@
+"""Beyond the COCO metrics: how varied generated captions are, how long, and whether one caption dominates.
+
+All statistics read tokenized captions (words are ``caption.split()``), the same tokens the metrics score.
+
+- ``distinct_1`` / ``distinct_2``: distinct unigrams / bigrams over all captions divided by their total count
+  (Li et al. 2016), bigrams taken within captions.
+- ``vocab_size``: number of distinct words.
+- ``unique_captions``: distinct caption strings divided by the number of captions (1.0: no caption repeats).
+- ``copied_from_train``: share of captions identical to some training caption (when those are given).
+- ``length_*``: caption length in tokens: mean, population standard deviation, min, max, and the 10th, 50th and
+  90th percentiles (linear interpolation, as numpy's default).
+- :func:`repeated_captions`: captions given to more than ``share`` of the images (and to at least ``min_count``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+REPEAT_SHARE = 0.05
+REPEAT_MIN_COUNT = 3
+
+
+def distinct_n(captions: Sequence[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over ``captions`` (0 when there are none).
+
+    >>> distinct_n(["a dog", "a cat"], 1)
+    0.75
+    """
+    grams: set[tuple[str, ...]] = set()
+    total = 0
+    for caption in captions:
+        words = caption.split()
+        grams.update(zip(*(words[i:] for i in range(n)), strict=False))
+        total += max(0, len(words) - n + 1)
+    return len(grams) / total if total else 0.0
+
+
+def _percentile(ordered: Sequence[int], q: float) -> float:
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def length_stats(captions: Sequence[str]) -> dict[str, float]:
+    """Caption length in tokens: ``length_mean``, ``length_std``, ``length_min``, ``length_max``, ``length_p10``,
+    ``length_p50``, ``length_p90``."""
+    lengths = sorted(len(c.split()) for c in captions)
+    if not lengths:
+        return {}
+    mean = sum(lengths) / len(lengths)
+    return {
+        "length_mean": mean,
+        "length_std": math.sqrt(sum((x - mean) ** 2 for x in lengths) / len(lengths)),
+        "length_min": float(lengths[0]),
+        "length_max": float(lengths[-1]),
+        "length_p10": _percentile(lengths, 0.10),
+        "length_p50": _percentile(lengths, 0.50),
+        "length_p90": _percentile(lengths, 0.90),
+    }
+
+
+def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = None) -> dict[str, float]:
+    """Distinct-1/2, vocabulary size, share of unique captions and (with training captions) the copied share."""
+    if not captions:
+        return {}
+    stats = {
+        "distinct_1": distinct_n(captions, 1),
+        "distinct_2": distinct_n(captions, 2),
+        "vocab_size": float(len({w for c in captions for w in c.split()})),
+        "unique_captions": len(set(captions)) / len(captions),
+    }
+    if train_captions is not None:
+        train = set(train_captions)
+        stats["copied_from_train"] = sum(c in train for c in captions) / len(captions)
+    return stats
+
+
+def repeated_captions(
+    captions: Sequence[str], share: float = REPEAT_SHARE, min_count: int = REPEAT_MIN_COUNT
+) -> list[tuple[str, int]]:
+    """``(caption, images)`` for each caption given to more than ``share`` of the images and to at least
+    ``min_count`` of them, most frequent first.
+
+    >>> repeated_captions(["a dog"] * 3 + ["a cat"] * 17)
+    [('a cat', 17), ('a dog', 3)]
+    """
+    limit = share * len(captions)
+    counts = Counter(captions)
+    return [(c, k) for c, k in counts.most_common() if k > limit and k >= min_count]

@@ -1,0 +1,146 @@
+"""n-gram statistics of many captions at once, in numpy arrays: shared by BLEU and CIDEr-D.
+
+A caption here is a PTB-tokenized string; its words are ``caption.split()`` (any whitespace, as pycocoevalcap splits
+for BLEU and CIDEr). pycocoevalcap counts n-grams with a dict of word tuples per caption (``precook``); counting them
+for a whole corpus with a few sorts is the same arithmetic, an order of magnitude faster.
+
+Each n-gram of order k gets a dense id: the 1-gram id is the word id, and a k-gram's id is the rank of
+``id(first k-1 words) * V + id(last word)`` among all k-gram keys (V: vocabulary size), so keys never overflow.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+NGram = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OrderTable:
+    """The k-grams of every caption: entries sorted by (caption, n-gram id), one per distinct pair."""
+
+    caption: np.ndarray  # caption index of each entry
+    gram: np.ndarray  # dense n-gram id of each entry, in [0, size)
+    count: np.ndarray  # how often the n-gram occurs in the caption (term frequency)
+    offsets: np.ndarray  # entries of caption c are offsets[c]:offsets[c + 1]
+    example: np.ndarray  # for each n-gram id, a token position where it starts (to rebuild its words)
+    size: int  # number of n-gram ids
+
+
+@dataclass(frozen=True)
+class NGramTable:
+    """n-gram counts of ``captions`` for orders 1..len(orders)."""
+
+    captions: Sequence[str]
+    lengths: np.ndarray  # words per caption
+    words: list[str]  # all words, caption after caption
+    orders: list[OrderTable]
+
+    @classmethod
+    def build(cls, captions: Sequence[str], n: int = 4) -> NGramTable:
+        import numpy as np
+
+        words, lengths = _split_all(captions)
+        vocabulary = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        ids = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
+        caption_of = np.repeat(np.arange(len(captions), dtype=np.int64), lengths)
+        starts = np.concatenate(([0], np.cumsum(lengths)))
+        position = np.arange(len(words), dtype=np.int64) - starts[:-1][caption_of]
+        orders = []
+        dense, size = ids, max(1, len(vocabulary))
+        for k in range(1, n + 1):
+            usable = max(0, len(words) - k + 1)  # token positions where a k-gram can start
+            if k > 1:
+                keys = dense[:usable] * max(1, len(vocabulary)) + ids[k - 1 :]
+                unique_keys, dense = np.unique(keys, return_inverse=True)
+                size = max(1, len(unique_keys))
+            valid = position[:usable] <= lengths[caption_of[:usable]] - k  # k-grams inside one caption
+            at = np.flatnonzero(valid)
+            pairs = caption_of[at] * size + dense[at]
+            unique_pairs, counts = np.unique(pairs, return_counts=True)
+            example = np.zeros(size, dtype=np.int64)
+            example[dense[at]] = at  # any occurrence will do
+            caption = unique_pairs // size
+            offsets = np.searchsorted(caption, np.arange(len(captions) + 1))
+            orders.append(OrderTable(caption, unique_pairs % size, counts, offsets, example, size))
+        return cls(captions, lengths, words, orders)
+
+    def ngram(self, order: int, gram: int) -> NGram:
+        """The words of n-gram id ``gram`` of order ``order`` (1-based)."""
+        start = int(self.orders[order - 1].example[gram])
+        return tuple(self.words[start : start + order])
+
+
+_OTHER_WHITESPACE = re.compile(r"[^\S \n]")
+
+
+def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """All words (``str.split`` of each caption, in order) and the number of words per caption."""
+    import numpy as np
+
+    # U+00A0 (inside PTB tokens such as "2\xa01/2") splits words for str.split, as a space does.
+    text = "\n".join(captions).replace("\u00a0", " ")
+    single_spaced = (
+        "  " not in text
+        and " \n" not in text
+        and "\n " not in text
+        and not text.startswith(" ")
+        and not text.endswith(" ")
+        and _OTHER_WHITESPACE.search(text) is None
+        and text.count("\n") == len(captions) - 1
+    )
+    if not single_spaced:  # the general way, one caption at a time
+        split = [c.split() for c in captions]
+        return [w for ws in split for w in ws], np.fromiter(map(len, split), np.int64, len(split))
+    # Tokenized captions are single-spaced: count spaces per line in one pass over the UTF-8 bytes (multi-byte
+    # characters never contain the bytes of a space or a newline).
+    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    breaks = np.flatnonzero(data == 10)
+    line_ends = np.concatenate((breaks, [len(data)]))
+    line_starts = np.concatenate(([0], breaks + 1))
+    spaces = np.concatenate(([0], np.cumsum(data == 32)))
+    count = spaces[line_ends] - spaces[line_starts]
+    lengths = np.where(line_ends > line_starts, count + 1, 0).astype(np.int64)
+    return text.split(), lengths
+
+
+def gather(table: OrderTable, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of ``captions[i]`` for every i: ``(row i of each entry, n-gram ids, counts)``, rows in order."""
+    import numpy as np
+
+    begin = table.offsets[captions]
+    sizes = table.offsets[captions + 1] - begin
+    rows = np.repeat(np.arange(len(captions), dtype=np.int64), sizes)
+    ends = np.cumsum(sizes)
+    index = np.arange(int(ends[-1]) if len(ends) else 0, dtype=np.int64) + np.repeat(begin - (ends - sizes), sizes)
+    return rows, table.gram[index], table.count[index]
+
+
+@dataclass(frozen=True)
+class References:
+    """Per order, the distinct (image, n-gram) pairs of each image's references and their largest count."""
+
+    pair: list[np.ndarray]  # image * size + n-gram id, sorted
+    max_count: list[np.ndarray]
+
+
+def reference_ngrams(table: NGramTable, image_of_ref: np.ndarray, ref_caption: np.ndarray) -> References:
+    """Merge the references of each image (``image_of_ref[j]`` holds reference caption ``ref_caption[j]``)."""
+    import numpy as np
+
+    pairs, maxima = [], []
+    for order in table.orders:
+        rows, grams, counts = gather(order, ref_caption)
+        keys = image_of_ref[rows] * order.size + grams
+        sort = np.argsort(keys)
+        keys, counts = keys[sort], counts[sort]
+        first = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1]))) if len(keys) else keys
+        pairs.append(keys[first])
+        maxima.append(np.maximum.reduceat(counts, first) if len(keys) else counts)
+    return References(pairs, maxima)

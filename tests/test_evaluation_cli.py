@@ -1,0 +1,175 @@
+"""`captionkit score` end to end: JSON on stdout, table on stderr, exit codes 0/1/2, and no torch import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captionkit.cli import main
+from captionkit.evaluation import external, spice
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COCO_SUBSET = DATA / "coco" / "captions_val2017_subset.json"
+FLICKR_TOKENS = DATA / "flickr8k" / "Flickr8k.token.txt"
+SCRIPT = Path(sys.executable).parent / "captionkit"
+COCO_KEYS = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return int(done.value.code or 0), captured.out, captured.err
+
+
+@pytest.fixture
+def coco_candidates(tmp_path: Path) -> Path:
+    """What `captionkit caption` writes for the COCO subset: the second reference of each image as its caption."""
+    data = json.loads(COCO_SUBSET.read_text(encoding="utf-8"))
+    seen: dict[int, int] = {}
+    lines = []
+    for annotation in data["annotations"]:
+        seen[annotation["image_id"]] = seen.get(annotation["image_id"], 0) + 1
+        if seen[annotation["image_id"]] == 2:
+            name = f"photos/{annotation['image_id']:012d}.jpg"
+            lines.append(json.dumps({"image": name, "caption": annotation["caption"], "score": -4.0}))
+    path = tmp_path / "captions.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def no_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unavailable(*parts: str, metric: str) -> Path:
+        raise external.MetricUnavailable(f"{metric} needs Java on PATH (java not found)")
+
+    monkeypatch.setattr("captionkit.evaluation.meteor.require_java_tool", unavailable)
+
+
+def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> None:
+    per_image = tmp_path / "per_image.json"
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,ROUGE_L,CIDEr"]
+    done = subprocess.run([str(SCRIPT), *args, "--per-image", str(per_image)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip().splitlines()) == 1
+    result = json.loads(done.stdout)
+    assert set(result) >= COCO_KEYS and "METEOR" not in result
+    assert 0.5 < result["Bleu_1"] < 1 and 0.2 < result["CIDEr"] < 3
+    assert {"distinct_1", "distinct_2", "vocab_size", "unique_captions", "length_mean", "length_p90"} <= set(result)
+    assert result["num_images"] == 100
+    assert "CIDEr" in done.stderr and "Bleu_4" in done.stderr
+    written = json.loads(per_image.read_text())
+    assert written["overall"]["CIDEr"] == result["CIDEr"]
+    assert len(written["per_image"]) == 100 and set(written["per_image"]["139"]) == COCO_KEYS
+
+
+def test_scoring_imports_neither_torch_nor_transformers(coco_candidates: Path) -> None:
+    code = (
+        "import sys\n"
+        "from captionkit.cli import main\n"
+        f"try:\n    main(['score', '--refs', {str(COCO_SUBSET)!r}, '--cands', {str(coco_candidates)!r},"
+        " '--metrics', 'BLEU,ROUGE_L,CIDEr'])\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_importing_the_evaluation_package_is_light() -> None:
+    code = (
+        "import sys, captionkit.evaluation\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'torch', 'transformers'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_default_metrics_leave_out_meteor_with_a_note(
+    no_meteor: None, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates)], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) >= COCO_KEYS and "METEOR" not in result
+    assert result["notes"] == ["METEOR left out: METEOR needs Java on PATH (java not found)"]
+    assert "captionkit: note: METEOR left out" in err
+
+
+def test_asked_for_meteor_unavailable_exits_2(
+    no_meteor: None, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "CIDEr,METEOR"]
+    code, out, _ = run(args, capsys)
+    assert code == 2
+    assert "CIDEr" in json.loads(out) and "METEOR" not in json.loads(out)
+
+
+def test_spice_offline_gives_one_clear_line_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = external.pycocoevalcap_dir()
+    if package is None or (package / "spice" / "lib" / "stanford-corenlp-3.6.0.jar").exists():
+        pytest.skip("needs pycocoevalcap without CoreNLP downloaded")
+    # A refused connection stands in for being offline (this machine is offline anyway; never start a 400 MB
+    # download from a test run).
+    monkeypatch.setattr(spice, "CORENLP_URL", "http://127.0.0.1:9/stanford-corenlp-full-2015-12-09.zip")
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,SPICE"]
+    code, out, err = run(args, capsys)
+    if "java not found" in out:
+        pytest.skip("needs Java")
+    assert code == 2
+    result = json.loads(out)
+    assert "SPICE" not in result and "Bleu_4" in result
+    (note,) = result["notes"]
+    assert note.startswith("SPICE left out: SPICE needs Stanford CoreNLP 3.6.0, which could not be downloaded (")
+    assert "stanford-corenlp-3.6.0-models.jar" in note and "\n" not in note
+    assert f"captionkit: note: {note}" in err
+
+
+def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = sorted({line.split("#")[0] for line in FLICKR_TOKENS.read_text(encoding="utf-8").splitlines() if line})
+    cands = tmp_path / "cands.json"
+    cands.write_text(json.dumps({Path(n).stem: "a dog runs through the grass ." for n in names}), encoding="utf-8")
+    code, out, _ = run(["score", "--refs", str(FLICKR_TOKENS), "--cands", str(cands), "--metrics", "bleu"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) >= {"Bleu_1", "Bleu_4"} and "CIDEr" not in result
+    assert result["unique_captions"] == pytest.approx(1 / 200)
+    assert result["notes"] == ["the caption 'a dog runs through the grass' was given to 200 of 200 images (100%)"]
+
+
+@pytest.mark.parametrize(
+    ("cands_content", "message"),
+    [
+        ("", "empty file"),
+        ('{"image": "x.jpg", "error": "truncated image"}\n', "1 image(s) failed to caption, e.g. x.jpg: truncated"),
+        ('{"000000000139.jpg": ""}', "image '139': empty caption"),
+        ('{"000000000139.jpg": "a room"}', "99 of 100 reference images have no candidate caption"),
+        ('{"nope.jpg": "a room"}', "1 candidate image(s) have no references in"),
+        ("[1, 2]", "result 0: expected an object"),
+    ],
+)
+def test_bad_input_exits_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cands_content: str, message: str
+) -> None:
+    cands = tmp_path / "cands.json"
+    cands.write_text(cands_content, encoding="utf-8")
+    code, out, err = run(["score", "--refs", str(COCO_SUBSET), "--cands", str(cands), "--metrics", "BLEU"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {cands}: ")
+    assert message in err
+
+
+def test_unknown_metric_and_missing_option_exit_1(coco_candidates: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,WER"]
+    code, _, err = run(args, capsys)
+    assert code == 1 and "unknown metric 'WER'" in err
+    code, _, _ = run(["score", "--refs", str(COCO_SUBSET)], capsys)
+    assert code == 1

@@ -1,0 +1,160 @@
+"""Reference/candidate readers, id matching, and every kind of bad input: one clear InputError each."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from captionkit.errors import InputError
+from captionkit.evaluation import evaluate_captions, parse_metrics, score_captions
+from captionkit.evaluation.readers import read_candidates, read_references
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+COCO_SUBSET = DATA / "coco" / "captions_val2017_subset.json"
+FLICKR_TOKENS = DATA / "flickr8k" / "Flickr8k.token.txt"
+
+
+def write(path: Path, content: str | bytes | object) -> Path:
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content, encoding="utf-8")
+    else:
+        path.write_text(json.dumps(content), encoding="utf-8")
+    return path
+
+
+def test_coco_references_answer_to_ids_and_file_names(tmp_path: Path) -> None:
+    refs = read_references(COCO_SUBSET)
+    assert len(refs.captions) == 100 and all(len(c) >= 5 for c in refs.captions.values())
+    assert refs.resolve("139") == "139"
+    assert refs.resolve("000000000139.jpg") == "139"
+    assert refs.resolve("val2017/000000000139.jpg") == "139"
+    assert refs.resolve("000000000139") == "139"
+    assert refs.resolve("nope.jpg") is None
+    # The JSONL of `captionkit caption` names images by path; COCO results by numeric id.
+    jsonl = write(tmp_path / "c.jsonl", '{"image": "/photos/000000000139.jpg", "caption": "a room", "score": -3.2}\n')
+    assert refs.match(read_candidates(jsonl), "c.jsonl") == {"139": "a room"}
+    results = write(tmp_path / "r.json", [{"image_id": 139, "caption": "a room"}])
+    assert refs.match(read_candidates(results), "r.json") == {"139": "a room"}
+
+
+def test_flickr_token_file_and_plain_json(tmp_path: Path) -> None:
+    refs = read_references(FLICKR_TOKENS)
+    assert len(refs.captions) == 200
+    name = "1000268201_693b08cb0e.jpg"
+    assert refs.captions[name][0].startswith("A child in a pink dress")
+    assert refs.resolve("1000268201_693b08cb0e") == name
+    plain = read_references(write(tmp_path / "refs.json", {"img/a.jpg": ["a dog"], "b": ["a cat", "cat"]}))
+    assert plain.resolve("a.jpg") == "img/a.jpg" and plain.resolve("a") == "img/a.jpg"
+    assert read_candidates(write(tmp_path / "c.json", {"a": "a dog", "b": "a cat"})) == {"a": "a dog", "b": "a cat"}
+
+
+def test_score_from_files_matches_score_from_dicts(tmp_path: Path) -> None:
+    refs = read_references(COCO_SUBSET)
+    first = {i: caps[0] for i, caps in refs.captions.items()}
+    lines = [json.dumps({"image": f"val2017/{int(i):012d}.jpg", "caption": c}) for i, c in first.items()]
+    cands = refs.match(read_candidates(write(tmp_path / "c.jsonl", "\n".join(lines))), "c.jsonl")
+    from_files = evaluate_captions(refs.captions, cands, metrics="BLEU,CIDEr")
+    assert from_files == evaluate_captions(refs.captions, first, metrics="BLEU,CIDEr")
+    assert from_files["Bleu_4"] == pytest.approx(1.0, abs=1e-6)  # each candidate is one of its references
+
+
+def test_non_ascii_captions_work() -> None:
+    result = score_captions({"1": ["un café noir", "a black café"]}, {"1": "Un café noir."}, metrics="BLEU,ROUGE_L")
+    assert result.scores["Bleu_1"] == pytest.approx(1.0, abs=1e-8)
+    assert result.scores["ROUGE_L"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("refs", "cands", "message"),
+    [
+        ({"1": ["a dog"]}, {"1": "  "}, "image '1': empty caption"),
+        ({"1": ["a dog"], "2": ["a cat"]}, {"1": "a dog", "3": "x"}, "1 candidate image(s) have no references"),
+        ({"1": ["a dog"], "2": ["a cat"]}, {"1": "a dog"}, "1 of 2 reference images have no candidate caption"),
+        ({"1": []}, {"1": "a dog"}, "image '1' has no reference captions"),
+        ({"1": ["a dog", ""]}, {"1": "a dog"}, "empty or non-text reference caption"),
+        ({"1": "a dog"}, {"1": "a dog"}, "references must be a list"),
+        ({}, {"1": "a dog"}, "no reference captions"),
+        ({"1": ["a dog"]}, {}, "no candidate captions"),
+    ],
+)
+def test_bad_caption_sets(refs: dict, cands: dict, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        score_captions(refs, cands, metrics="BLEU")
+
+
+def test_missing_ids_are_counted_with_examples() -> None:
+    refs = {str(i): ["a dog"] for i in range(10)}
+    with pytest.raises(InputError, match=r"^candidates: 6 of 10 reference images .* e\.g\. '4', '5', '6', \.\.\.$"):
+        score_captions(refs, {str(i): "a dog" for i in range(4)}, metrics="BLEU")
+
+
+def test_unknown_metric() -> None:
+    with pytest.raises(InputError, match="unknown metric 'BLUE'"):
+        parse_metrics("BLUE,CIDEr")
+    assert parse_metrics("bleu, cider-d,rouge") == (("BLEU", "CIDEr", "ROUGE_L"), True)
+    assert parse_metrics(None)[1] is False
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (b"  \n\n", "empty file"),
+        (b'{"1": ["caf\xe9"]}', r"not UTF-8 text \(byte 0xe9 at offset 11\)"),
+        (b'{"1": ["a dog"]', "invalid JSON: Expecting ',' delimiter"),
+        (b'{"1": ["a"], "1": ["b"]}', "duplicate key '1'"),
+        (b'[{"image_id": 1, "caption": "a"}]', "not a references file"),
+        (b'{"annotations": [{"image_id": 1}]}', 'annotation 0: expected an object with "image_id" and "caption"'),
+        (b'{"1": ["a", 2]}', "captions must be strings"),
+        (b"x.jpg#0\tA dog.\nbroken line\n", "line 2 is not NAME#N<TAB>caption"),
+    ],
+)
+def test_bad_reference_files(tmp_path: Path, content: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=message) as error:
+        read_references(write(tmp_path / "refs.json", content))
+    assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty file"),
+        (b"\xff\xfe\x00{", "not UTF-8 text"),
+        (b"[{", "invalid JSON"),
+        (b"a dog\n", "not a candidates file"),
+        (b'{"1": ["a dog"]}', "not a candidates file"),
+        (b'{"1": "a", "1": "b"}', "duplicate key '1'"),
+        (b'[{"image_id": 1, "caption": "a"}, {"image_id": 1, "caption": "b"}]', "duplicate image_id '1'"),
+        (b'[{"image_id": 1, "caption": 5}]', "caption must be a string"),
+        (b'{"image": "a/x.jpg", "caption": "a"}\n{"image": "b/x.jpg", "caption": "b"}\n', "duplicate image 'x.jpg'"),
+        (b'{"image": "x.jpg", "caption": "a"}\n{"image": "y.jpg", "error": "not an image"}\n', "1 image"),
+        (b'{"image": "x.jpg", "caption": "a"}\n{oops\n', "line 2: invalid JSON"),
+    ],
+)
+def test_bad_candidate_files(tmp_path: Path, content: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=message) as error:
+        read_candidates(write(tmp_path / "cands.json", content))
+    assert "\n" not in str(error.value)
+
+
+def test_failed_captions_are_reported_with_their_reason(tmp_path: Path) -> None:
+    lines = b'{"image": "x.jpg", "caption": "a"}\n{"image": "dir/y.png", "error": "cannot identify image file"}\n'
+    with pytest.raises(InputError, match=r"1 image.* failed to caption, e\.g\. y\.png: cannot identify image file"):
+        read_candidates(write(tmp_path / "c.jsonl", lines))
+
+
+def test_two_names_for_one_image_are_duplicates(tmp_path: Path) -> None:
+    refs = read_references(COCO_SUBSET)
+    cands = read_candidates(write(tmp_path / "c.json", {"139": "a room", "000000000139.jpg": "a kitchen"}))
+    with pytest.raises(InputError, match="two candidates for image '139'"):
+        refs.match(cands, "c.json")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="no such file"):
+        read_references(tmp_path / "nope.json")
