@@ -148,3 +148,12 @@ def test_repeated_caption_warning_rule() -> None:
     assert repeated_captions(captions) == [("a dog", 6)]  # 6% of 100 images
     assert repeated_captions(["a dog"] * 5 + [f"c {i}" for i in range(95)]) == []  # exactly 5%: no warning
     assert repeated_captions(["x", "x", "y"]) == []  # fewer than 3 images
+
+
+def test_empty_model_output_scores_zero_when_allowed() -> None:
+    from captionkit.evaluation import evaluate_captions
+
+    refs = {"1": ["a cat on a mat"], "2": ["a dog in the park"]}
+    result = evaluate_captions(refs, {"1": "a cat on a mat", "2": ""}, metrics="BLEU,CIDEr", allow_empty=True)
+    full = evaluate_captions(refs, {"1": "a cat on a mat", "2": "a dog in the park"}, metrics="BLEU,CIDEr")
+    assert 0 < result["CIDEr"] < full["CIDEr"]

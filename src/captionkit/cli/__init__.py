@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from captionkit.cli import caption, demo, score, train
+from captionkit.cli import caption, demo, evaluate, score, train
 
 app = typer.Typer(
     name="captionkit",
@@ -25,6 +25,7 @@ app.command("caption")(caption.caption)
 app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("score")(score.score)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -75,7 +75,9 @@ def _examples(names: list[str], limit: int = 3) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def _check(refs: Mapping[str, Sequence[str]], cands: Mapping[str, str], ref_source: str, cand_source: str) -> None:
+def _check(
+    refs: Mapping[str, Sequence[str]], cands: Mapping[str, str], ref_source: str, cand_source: str, allow_empty: bool
+) -> None:
     if not refs:
         raise InputError(ref_source, "no reference captions")
     if not cands:
@@ -90,7 +92,7 @@ def _check(refs: Mapping[str, Sequence[str]], cands: Mapping[str, str], ref_sour
     for image_id, caption in cands.items():
         if not isinstance(caption, str):
             raise InputError(cand_source, f"image {image_id!r}: caption must be a string")
-        if not caption.strip():
+        if not caption.strip() and not allow_empty:
             raise InputError(cand_source, f"image {image_id!r}: empty caption")
     unknown = [i for i in cands if i not in refs]
     if unknown:
@@ -114,16 +116,18 @@ def score_captions(
     *,
     ref_source: str = "references",
     cand_source: str = "candidates",
+    allow_empty: bool = False,
 ) -> Evaluation:
     """Score one candidate caption per image against that image's references.
 
     ``refs`` and ``cands`` are raw captions keyed by the same image ids; every image needs both. ``metrics`` picks
     from :data:`METRICS` (a list or a comma-separated string; ``None`` = :data:`DEFAULT_METRICS`).
     ``train_captions`` (raw training captions) add ``copied_from_train``. Bad input raises
-    :class:`~captionkit.errors.InputError` naming ``ref_source`` / ``cand_source``.
+    :class:`~captionkit.errors.InputError` naming ``ref_source`` / ``cand_source``. An empty candidate is bad
+    input in a results file, but a fair (zero-scoring) output of a model: ``allow_empty`` scores it.
     """
     chosen, explicit = parse_metrics(metrics)
-    _check(refs, cands, ref_source, cand_source)
+    _check(refs, cands, ref_source, cand_source, allow_empty)
     ids = list(refs)
     flat = tokenize_captions(c for i in ids for c in refs[i])
     references: list[list[str]] = []
@@ -196,9 +200,10 @@ def evaluate_captions(
     cands: Mapping[str, str],
     metrics: str | Iterable[str] | None = None,
     train_captions: Iterable[str] | None = None,
+    allow_empty: bool = False,
 ) -> dict[str, Any]:
     """The flat result of :func:`score_captions`: pycocoevalcap's keys, the extras, and ``notes`` if any.
 
     Per-image scores: use :func:`score_captions` and its ``per_image``.
     """
-    return score_captions(refs, cands, metrics, train_captions).to_dict()
+    return score_captions(refs, cands, metrics, train_captions, allow_empty=allow_empty).to_dict()

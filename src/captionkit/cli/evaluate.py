@@ -1,0 +1,58 @@
+"""``captionkit evaluate``: caption a dataset split with a model and score it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+
+
+def evaluate(
+    model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")],
+    data: Annotated[str, typer.Option(help="Dataset: a captions.jsonl file or its directory.")],
+    split: Annotated[str, typer.Option(help="Split to evaluate (train, val, test, or all).")] = "test",
+    output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
+    metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: the COCO set).")] = None,
+    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
+    max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Caption every image of a split, score against its references; metrics JSON on stdout."""
+    quiet_libraries()
+    from captionkit.api import Captioner
+    from captionkit.data.sources import load_records
+    from captionkit.data.splits import select_split
+    from captionkit.decoding import DecodingConfig
+    from captionkit.errors import CaptionkitError
+    from captionkit.model_evaluation import evaluate_model
+
+    if batch_size < 1:
+        fail(f"--batch-size: must be at least 1, got {batch_size}")
+    try:
+        decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
+        records = load_records(data)
+        chosen = records if split == "all" else select_split(records, split)
+        if not chosen:
+            splits = sorted({r.split for r in records if r.split})
+            fail(f"{data}: no captions in split {split!r} (splits: {', '.join(splits) or 'none; use --split all'})")
+        train_captions = [r.caption for r in records if r.split == "train"]
+        captioner = Captioner.from_pretrained(model, device=device)
+        with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
+            result = evaluate_model(captioner, chosen, decoding, metrics, train_captions or None, batch_size, advance)
+    except CaptionkitError as error:
+        fail(str(error))
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.results)
+        (output / "results.jsonl").write_text(lines, encoding="utf-8")
+        (output / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(result.metrics))
+    if result.metrics["failed_images"]:
+        print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
+    raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)

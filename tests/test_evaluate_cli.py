@@ -1,0 +1,79 @@
+"""`captionkit evaluate`: caption a split, score it, write results and metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from captionkit.cli import main
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.images import Preprocessing
+from captionkit.models.registry import create_model
+from captionkit.text import train_bpe_tokenizer
+from captionkit.training.checkpoint import save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 20, 4, 6, seed=1, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(scenes, tmp_path_factory):
+    captions = [line for line in scenes.read_text().splitlines()]
+    tokenizer = train_bpe_tokenizer([json.loads(c)["caption"] for c in captions], 300, True, 1)
+    model = create_model("vit-gpt2", "tiny", tokenizer)
+    return save_checkpoint(tmp_path_factory.mktemp("m") / "tiny", model, tokenizer, Preprocessing.for_size(32, 32))
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    code, stdout, _ = run(
+        [
+            "evaluate",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(scenes),
+            "--split",
+            "test",
+            "--metrics",
+            "BLEU,ROUGE_L,CIDEr",
+            "--beams",
+            "2",
+            "--max-length",
+            "6",
+            "--output",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0
+    metrics = json.loads(stdout)
+    assert metrics == json.loads((out / "metrics.json").read_text())
+    for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr", "perplexity", "distinct_1", "length_mean"):
+        assert key in metrics
+    assert metrics["images"] == 6 and metrics["failed_images"] == 0
+    # An untrained model over a 300-token vocabulary: perplexity is finite and far above 1.
+    assert 10 < metrics["perplexity"] < 1000 and math.isfinite(metrics["perplexity"])
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 6
+    assert all(set(r) == {"image", "image_id", "caption", "score"} for r in results)
+
+
+def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):
+    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", str(scenes), "--split", "nope"], capsys)
+    assert code == 1
+    assert "no captions in split 'nope' (splits: test, train, val)" in err
+    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", "/no/data"], capsys)
+    assert code == 1
+    assert "/no/data: no such file or directory" in err
