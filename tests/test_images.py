@@ -55,12 +55,7 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def _png(width: int, height: int, bit_depth: int, colour_type: int, idat: bytes) -> bytes:
     """A PNG written by hand, so tests can say exactly what the header claims and what the data holds."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", idat)
-        + _png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
 
 
 def _png_from_rows(rows: list[bytes], width: int, bit_depth: int, colour_type: int) -> bytes:
@@ -172,9 +167,7 @@ def test_zero_bytes_are_refused() -> None:
 # --- size limits -------------------------------------------------------------------------------------------
 
 
-def test_byte_cap_is_checked_from_stat_before_reading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_byte_cap_is_checked_from_stat_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "huge.png"
     with path.open("wb") as handle:
         handle.truncate(60 * 1024 * 1024)  # sparse: costs no disk, and must never be read
@@ -204,8 +197,7 @@ def test_pixel_limit_is_ours_below_pillows(tmp_path: Path) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(_bomb_png(8_000, 8_000))  # 64 MP: under Pillow's limit, over captionkit's 40 MP
     assert str(_load_error(path)) == (
-        f"{path}: image is 8000x8000 = 64,000,000 pixels, over the 40,000,000-pixel limit "
-        "(possible decompression bomb)"
+        f"{path}: image is 8000x8000 = 64,000,000 pixels, over the 40,000,000-pixel limit (possible decompression bomb)"
     )
 
 
@@ -416,9 +408,7 @@ def test_truncated_file_is_refused(tmp_path: Path, image_format: str) -> None:
     path = tmp_path / f"cut.{image_format.lower()}"
     path.write_bytes(data[: len(data) * 6 // 10])
     message = str(_load_error(path))
-    assert message.startswith(
-        f"{path}: corrupt or truncated {image_format} data (OSError: image file is truncated"
-    )
+    assert message.startswith(f"{path}: corrupt or truncated {image_format} data (OSError: image file is truncated")
 
 
 def test_truncated_file_is_refused_even_if_pillow_is_told_to_allow_it(
@@ -587,9 +577,7 @@ def _coco_photos(count: int) -> list[Image.Image]:
     [Preprocessing(), Preprocessing(size=(160, 192), resample=int(Image.Resampling.BICUBIC))],
     ids=["vit-default", "non-square-bicubic"],
 )
-def test_matches_vit_image_processor_on_coco_photos(
-    vit_processor: type, preprocessing: Preprocessing
-) -> None:
+def test_matches_vit_image_processor_on_coco_photos(vit_processor: type, preprocessing: Preprocessing) -> None:
     photos = _coco_photos(3)
     ours = preprocessing(photos)
     assert ours.shape == (3, 3, *preprocessing.size) and ours.dtype == np.float32
@@ -602,17 +590,13 @@ def test_matches_vit_image_processor_on_coco_photos(
         Preprocessing.for_size(32, 48),
         Preprocessing(size=(40, 40), resample=0, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD),
         Preprocessing(size=(24, 64), resample=1, do_normalize=False),
-        Preprocessing(
-            size=(50, 30), resample=4, do_rescale=False, image_mean=(120, 110, 100), image_std=(60,) * 3
-        ),
+        Preprocessing(size=(50, 30), resample=4, do_rescale=False, image_mean=(120, 110, 100), image_std=(60,) * 3),
         Preprocessing(size=(100, 100), resample=5, rescale_factor=1 / 127.5),
         Preprocessing(do_resize=False),
     ],
     ids=["for-size", "nearest-imagenet", "lanczos-raw", "box-no-rescale", "hamming-upscale", "no-resize"],
 )
-def test_matches_vit_image_processor_on_generated_images(
-    vit_processor: type, preprocessing: Preprocessing
-) -> None:
+def test_matches_vit_image_processor_on_generated_images(vit_processor: type, preprocessing: Preprocessing) -> None:
     images = [_noise(64, 48, seed=1), _noise(64, 48, seed=2)]
     ours = preprocessing(images)
     np.testing.assert_allclose(ours, _reference(vit_processor, preprocessing, images), rtol=0, atol=1e-5)

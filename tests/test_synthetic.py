@@ -92,9 +92,7 @@ def test_generation_is_deterministic_and_prefix_stable() -> None:
     first = generate_scenes(30, seed=7)
     assert first == generate_scenes(30, seed=7)
     assert first[:10] == generate_scenes(10, seed=7)
-    assert [png_bytes(scene) for scene in first] == [
-        png_bytes(scene) for scene in generate_scenes(30, seed=7)
-    ]
+    assert [png_bytes(scene) for scene in first] == [png_bytes(scene) for scene in generate_scenes(30, seed=7)]
     assert [scene.spec for scene in first] != [scene.spec for scene in generate_scenes(30, seed=8)]
 
 
@@ -165,9 +163,7 @@ def test_held_out_splits_have_unseen_two_object_descriptions() -> None:
         assert len(pairs) > 100
         assert not {canonical_caption(scene) for scene in pairs} & train_captions
         assert {obj for scene in held_out for obj in scene.spec.objects} <= train_objects
-    assert {canonical_caption(s) for s in val if s.spec.relation}.isdisjoint(
-        canonical_caption(s) for s in test
-    )
+    assert {canonical_caption(s) for s in val if s.spec.relation}.isdisjoint(canonical_caption(s) for s in test)
     assert all(description_split(scene.spec) in (None, "train") for scene in train)
     # Renderings differ even where a one-object description is shared with train.
     assert not {png_bytes(scene) for scene in test} & {png_bytes(scene) for scene in train}
@@ -175,8 +171,7 @@ def test_held_out_splits_have_unseen_two_object_descriptions() -> None:
 
 def test_partition_ignores_the_generation_seed() -> None:
     by_seed = [
-        {canonical_caption(s) for s in generate_scenes(1000, seed, "train") if s.spec.relation}
-        for seed in (0, 1)
+        {canonical_caption(s) for s in generate_scenes(1000, seed, "train") if s.spec.relation} for seed in (0, 1)
     ]
     test_captions = {canonical_caption(s) for s in generate_scenes(300, 5, "test") if s.spec.relation}
     assert test_captions.isdisjoint(by_seed[0] | by_seed[1])
@@ -195,9 +190,7 @@ def test_options_are_validated() -> None:
 
 
 def test_written_dataset_round_trips_through_read_jsonl(tmp_path: Path) -> None:
-    path = write_synthetic_dataset(
-        tmp_path / "scenes", num_train=12, num_val=5, num_test=7, seed=4, image_size=24
-    )
+    path = write_synthetic_dataset(tmp_path / "scenes", num_train=12, num_val=5, num_test=7, seed=4, image_size=24)
     assert path == tmp_path / "scenes" / "captions.jsonl"
     records = read_jsonl(path)
     images = {(record.split, record.image_id) for record in records}

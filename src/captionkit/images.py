@@ -120,9 +120,7 @@ class ImageLimits:
 DEFAULT_LIMITS = ImageLimits()
 
 
-def load_image(
-    source: ImageSource, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None
-) -> Image.Image:
+def load_image(source: ImageSource, *, limits: ImageLimits = DEFAULT_LIMITS, name: str | None = None) -> Image.Image:
     """Open, check and fully decode one image; return it upright, 8-bit RGB, with alpha over white.
 
     ``source`` is a path, the bytes of an upload, a binary stream, or an already-open PIL image (which skips

@@ -312,14 +312,10 @@ def _place(rng: random.Random, spec: SceneSpec) -> tuple[Placement, ...]:
         corners = [(rng.uniform(MARGIN, 1 - MARGIN - sides[0]), rng.uniform(MARGIN, 1 - MARGIN - sides[0]))]
     else:
         corners = _place_apart(rng, (sides[0], sides[1]), spec.relation or "")
-    return tuple(
-        Placement(left, top, side, rgb) for (left, top), side, rgb in zip(corners, sides, shades, strict=True)
-    )
+    return tuple(Placement(left, top, side, rgb) for (left, top), side, rgb in zip(corners, sides, shades, strict=True))
 
 
-def generate_scenes(
-    n: int, seed: int, split: str = "train", options: SceneOptions | None = None
-) -> list[Scene]:
+def generate_scenes(n: int, seed: int, split: str = "train", options: SceneOptions | None = None) -> list[Scene]:
     """``n`` scenes of ``split``; scene ``i`` depends only on (seed, split, i, options): fewer is a prefix."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r} (expected one of {', '.join(SPLITS)})")
@@ -335,9 +331,7 @@ def generate_scenes(
 # --- rendering ---------------------------------------------------------------------------------------------
 
 
-def _draw_object(
-    draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], rgb: RGB
-) -> None:
+def _draw_object(draw: ImageDraw.ImageDraw, shape: str, box: tuple[float, float, float, float], rgb: RGB) -> None:
     left, top, right, bottom = box
     if shape == "circle":
         draw.ellipse(box, fill=rgb)
