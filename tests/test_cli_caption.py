@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from captionkit.cli import main
 from captionkit.images import Preprocessing
 from captionkit.models.registry import create_model
 from captionkit.text import train_bpe_tokenizer
 from captionkit.training.checkpoint import save_checkpoint
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 COCO = DATA / "coco" / "val2017"
 
 

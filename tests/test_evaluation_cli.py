@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from captionkit.cli import main
 from captionkit.evaluation import external, spice
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 COCO_SUBSET = DATA / "coco" / "captions_val2017_subset.json"
 FLICKR_TOKENS = DATA / "flickr8k" / "Flickr8k.token.txt"
 SCRIPT = Path(sys.executable).parent / "captionkit"

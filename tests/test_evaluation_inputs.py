@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from captionkit.errors import InputError
 from captionkit.evaluation import evaluate_captions, parse_metrics, score_captions
 from captionkit.evaluation.readers import read_candidates, read_references
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 COCO_SUBSET = DATA / "coco" / "captions_val2017_subset.json"
 FLICKR_TOKENS = DATA / "flickr8k" / "Flickr8k.token.txt"
 

@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
+from _data import SHARED_DATA
 from captionkit.evaluation import score_captions
 from captionkit.evaluation.external import pycocoevalcap_dir
 from captionkit.evaluation.meteor import meteor_unavailable_reason
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 TOLERANCE = 1e-6
 
 Split = tuple[dict[str, list[str]], dict[str, str]]

@@ -11,14 +11,14 @@ import random
 import shutil
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from captionkit.evaluation.external import pycocoevalcap_dir
 from captionkit.evaluation.tokenize import ptb_tokens, tokenize, tokenize_captions
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 JavaTokenizer = Callable[[list[str]], list[str]]
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from _data import SHARED_DATA
 from captionkit.errors import ConfigError, ImageError
 from captionkit.images import (
     ALLOWED_FORMATS,
@@ -27,7 +28,7 @@ from captionkit.images import (
     load_image,
 )
 
-COCO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017"
+COCO_DIR = SHARED_DATA / "coco" / "val2017"
 ALLOWED_LIST = "allowed: JPEG, PNG, WebP, GIF, BMP, TIFF"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -567,8 +568,7 @@ def _reference(vit_processor: type, preprocessing: Preprocessing, images: list[I
 
 def _coco_photos(count: int) -> list[Image.Image]:
     paths = sorted(COCO_DIR.glob("*.jpg"))[:count]
-    if len(paths) < count:
-        pytest.skip(f"COCO photos not found in {COCO_DIR}")
+    assert len(paths) == count, f"COCO photos not found in {COCO_DIR} (set CAPTIONKIT_DATA)"
     return [load_image(path) for path in paths]
 
 
