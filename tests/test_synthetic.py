@@ -118,9 +118,12 @@ def object_centroid(pixels: np.ndarray, box: tuple[int, int, int, int]) -> tuple
     return left + columns.mean(), top + rows.mean()
 
 
-def test_relations_match_rendered_pixel_centroids() -> None:
+@pytest.mark.parametrize(
+    "options", [SceneOptions(), SceneOptions(layout="opposite", order="reading")], ids=["free", "opposite-reading"]
+)
+def test_relations_match_rendered_pixel_centroids(options: SceneOptions) -> None:
     size = 64
-    scenes = [scene for scene in generate_scenes(200, seed=1) if scene.spec.relation]
+    scenes = [scene for scene in generate_scenes(200, seed=1, options=options) if scene.spec.relation]
     assert len(scenes) > 50
     for scene in scenes:
         pixels = np.asarray(render(scene, size))
@@ -205,3 +208,24 @@ def test_written_dataset_round_trips_through_read_jsonl(tmp_path: Path) -> None:
             assert [record.caption for record in mine if record.style == style] == captions[style]
         assert mine[0].caption == canonical_caption(scenes[image_id]) and mine[0].style == "neutral"
         assert mine[0].image_path.read_bytes() == png_bytes(scenes[image_id], 24)
+
+
+def test_reading_order_names_the_left_or_upper_object_first() -> None:
+    options = SceneOptions(order="reading", layout="opposite")
+    pairs = [scene for scene in generate_scenes(300, seed=3, options=options) if scene.spec.relation]
+    assert {scene.spec.relation for scene in pairs} == {"left of", "above"}
+    for scene in pairs:
+        mirrored = "right of" if scene.spec.relation == "left of" else "below"
+        # The mirrored phrasing stays among the references.
+        assert any(f" {mirrored} " in caption for caption in scene_captions(scene)["neutral"])
+        centres = [(p.left + p.side / 2, p.top + p.side / 2) for p in scene.placements]
+        axis = 0 if scene.spec.relation == "left of" else 1
+        # Opposite layout: the two centres lie on opposite sides of the image centre along the relation's axis.
+        assert centres[0][axis] < 0.5 < centres[1][axis]
+
+
+def test_unknown_order_or_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown order 'alphabetical'"):
+        SceneOptions(order="alphabetical")
+    with pytest.raises(ValueError, match="unknown layout 'grid'"):
+        SceneOptions(layout="grid")

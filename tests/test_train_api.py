@@ -131,3 +131,12 @@ def test_model_sources_are_not_guessed(tmp_path):
     file.write_bytes(b"")
     with pytest.raises(ModelLoadError, match="is a file"):
         resolve_model_source(str(file))
+
+
+def test_unknown_position_init_is_a_config_error(scenes, tmp_path):
+    from captionkit.errors import ConfigError
+
+    config = load_train_config(None, [f"data.train={scenes}", "model.preset=tiny", "model.position_init=fourier"])
+    with pytest.raises(ConfigError) as caught:
+        train(config, tmp_path / "out")
+    assert caught.value.source == "model.position_init"

@@ -285,3 +285,17 @@ def test_eager_attention_decodes_like_sdpa(make_vit_gpt2: Callable, make_pixels:
     assert [[h.token_ids for h in f] for f in generate(eager, pixels, config=config)] == [
         [h.token_ids for h in f] for f in found
     ]
+
+
+def test_sincos_position_init_encodes_rows_and_columns() -> None:
+    from captionkit.models.vit_gpt2 import VitGpt2Model, init_sincos_positions, sincos_2d_table
+
+    table = sincos_2d_table(4, 64)
+    assert table.shape == (16, 64)
+    # Patches in one row share the row half of the table; patches in one column share the column half.
+    assert torch.equal(table[0, :32], table[3, :32]) and not torch.equal(table[0, 32:], table[3, 32:])
+    assert torch.equal(table[1, 32:], table[13, 32:]) and not torch.equal(table[1, :32], table[13, :32])
+    model = VitGpt2Model.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    init_sincos_positions(model)
+    positions = model.ved.encoder.embeddings.position_embeddings[0]
+    assert torch.equal(positions[1:], table) and not positions[0].any()

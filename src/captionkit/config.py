@@ -31,6 +31,8 @@ class ModelSection:
     pretrained: str | None = None
     # Preset fields to change, e.g. {decoder_layers: 4}; unknown fields are errors.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # How a new model's encoder position embeddings start: "random" (the library's init) or "sincos" (2-D table).
+    position_init: str = "random"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ class DemoData:
     # 0: test scenes are new renderings (new positions, sizes, shades) of descriptions that may occur in training.
     # > 0: that share of two-object descriptions is held out of training as well (a harder, compositional test).
     held_out_fraction: float = 0.0
+    # Canonical captions in reading order, objects on opposite sides of the centre (see SceneOptions).
+    order: str = "reading"
+    layout: str = "opposite"
 
 
 def demo_recipe_path() -> Path:
@@ -85,7 +88,7 @@ def run_demo(
     output = Path(output)
     data = data or DemoData()
     started = time.perf_counter()
-    options = SceneOptions(held_out_fraction=data.held_out_fraction)
+    options = SceneOptions(held_out_fraction=data.held_out_fraction, order=data.order, layout=data.layout)
     data_file = write_synthetic_dataset(
         output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options
     )

@@ -51,6 +51,8 @@ DEFAULT_COLOURS = ("red", "green", "blue", "yellow", "purple")
 SIZES = ("large", "small")
 RELATIONS = ("left of", "right of", "above", "below")
 SPLITS = ("train", "val", "test")
+ORDERS = ("precedence", "reading")
+LAYOUTS = ("free", "opposite")
 
 POSITIVE_WORDS = ("lovely", "beautiful", "cheerful", "pretty", "delightful")
 NEGATIVE_WORDS = ("ugly", "dull", "gloomy", "awful", "dreary")
@@ -133,6 +135,13 @@ def make_spec(first: ObjectSpec, second: ObjectSpec | None = None, relation: str
     if precedence(second) < precedence(first):
         return SceneSpec((second, first), _MIRROR[relation])
     return SceneSpec((first, second), relation)
+
+
+def reading_order(spec: SceneSpec) -> SceneSpec:
+    """The same scene with the left (or upper) object named first: "right of" / "below" become their mirrors."""
+    if spec.relation in ("right of", "below"):
+        return SceneSpec((spec.objects[1], spec.objects[0]), _MIRROR[spec.relation])
+    return spec
 
 
 def _article(next_word: str) -> str:
@@ -236,6 +245,13 @@ class SceneOptions:
     colours: tuple[str, ...] = DEFAULT_COLOURS
     partition_seed: int = 0
     held_out_fraction: float = 0.1
+    # "precedence": the canonical caption names objects in precedence order (large first, ...); "reading": in
+    # reading order (the left or upper object first, so canonical captions say "left of" / "above"; the mirrored
+    # "right of" / "below" phrasings stay among the references).
+    order: str = "precedence"
+    # "free": two objects anywhere the relation holds; "opposite": on opposite sides of the image centre, each in
+    # the wedge of its side (left/right/top/bottom), which makes the relation plain even on a coarse patch grid.
+    layout: str = "free"
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.shapes if name not in SHAPES]
@@ -246,6 +262,10 @@ class SceneOptions:
             raise ValueError("two_object_fraction must be within [0, 1]")
         if not 0 <= self.held_out_fraction < 0.5:
             raise ValueError("held_out_fraction must be within [0, 0.5)")
+        if self.order not in ORDERS:
+            raise ValueError(f"unknown order {self.order!r} (expected one of {', '.join(ORDERS)})")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r} (expected one of {', '.join(LAYOUTS)})")
 
 
 def _random_object(rng: random.Random, options: SceneOptions) -> ObjectSpec:
@@ -260,6 +280,8 @@ def _random_spec(rng: random.Random, split: str, options: SceneOptions) -> Scene
         if first == second:
             continue
         spec = make_spec(first, second, rng.choice(RELATIONS))
+        if options.order == "reading":
+            spec = reading_order(spec)
         if description_split(spec, options.partition_seed, options.held_out_fraction) in (split, None):
             return spec
 
@@ -305,11 +327,50 @@ def _place_apart(rng: random.Random, sides: tuple[float, float], relation: str) 
     return [(across[i], along[i]) for i in range(2)]
 
 
-def _place(rng: random.Random, spec: SceneSpec) -> tuple[Placement, ...]:
+# The side of the image centre each object of a relation lies on, for the "opposite" layout.
+_SIDES = {
+    "left of": ("left", "right"),
+    "right of": ("right", "left"),
+    "above": ("top", "bottom"),
+    "below": ("bottom", "top"),
+}
+# How far inside its wedge an object's centre must be (as a share of the image side).
+WEDGE_DEPTH = 0.05
+
+
+def _in_wedge(x: float, y: float, side: str) -> bool:
+    """Whether centre (x, y) lies in the wedge of ``side``: further that way from the image centre than across."""
+    dx, dy = x - 0.5, y - 0.5
+    beyond = {"left": -dx - abs(dy), "right": dx - abs(dy), "top": -dy - abs(dx), "bottom": dy - abs(dx)}[side]
+    return beyond >= WEDGE_DEPTH
+
+
+def _place_opposite(rng: random.Random, sides: tuple[float, float], relation: str) -> list[tuple[float, float]]:
+    """(left, top) of both boxes, their centres in opposite wedges; redrawn until they are apart along the axis
+    and the relation is the dominant direction between them."""
+    horizontal = relation in ("left of", "right of")
+    while True:
+        centres = []
+        for side, wedge in zip(sides, _SIDES[relation], strict=True):
+            low, high = MARGIN + side / 2, 1 - MARGIN - side / 2
+            while True:
+                x, y = rng.uniform(low, high), rng.uniform(low, high)
+                if _in_wedge(x, y, wedge):
+                    centres.append((x, y))
+                    break
+        (x0, y0), (x1, y1) = centres
+        along, across = (abs(x1 - x0), abs(y1 - y0)) if horizontal else (abs(y1 - y0), abs(x1 - x0))
+        if along >= (sides[0] + sides[1]) / 2 + MIN_GAP and across <= along / 2:
+            return [(x - side / 2, y - side / 2) for (x, y), side in zip(centres, sides, strict=True)]
+
+
+def _place(rng: random.Random, spec: SceneSpec, layout: str = "free") -> tuple[Placement, ...]:
     sides = [_object_side(rng, obj) for obj in spec.objects]
     shades = [_shade(rng, obj.colour) for obj in spec.objects]
     if len(spec.objects) == 1:
         corners = [(rng.uniform(MARGIN, 1 - MARGIN - sides[0]), rng.uniform(MARGIN, 1 - MARGIN - sides[0]))]
+    elif layout == "opposite":
+        corners = _place_opposite(rng, (sides[0], sides[1]), spec.relation or "")
     else:
         corners = _place_apart(rng, (sides[0], sides[1]), spec.relation or "")
     return tuple(Placement(left, top, side, rgb) for (left, top), side, rgb in zip(corners, sides, shades, strict=True))
@@ -324,7 +385,7 @@ def generate_scenes(n: int, seed: int, split: str = "train", options: SceneOptio
     for index in range(n):
         rng = random.Random(f"captionkit-synthetic:{seed}:{split}:{index}")
         spec = _random_spec(rng, split, options)
-        scenes.append(Scene(f"{split}-{index:06d}", split, spec, _place(rng, spec)))
+        scenes.append(Scene(f"{split}-{index:06d}", split, spec, _place(rng, spec, options.layout)))
     return scenes
 
 

@@ -14,24 +14,34 @@ from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.vit_gpt2 import FAMILY as VIT_GPT2
-from captionkit.models.vit_gpt2 import METADATA_KEY, VitGpt2Model
+from captionkit.models.vit_gpt2 import METADATA_KEY, VitGpt2Model, init_sincos_positions
 from captionkit.text import CaptionTokenizer
 
 FAMILIES: dict[str, type[CaptionModel]] = {VIT_GPT2: VitGpt2Model}
 
 
-def create_model(family: str, preset: str, tokenizer: CaptionTokenizer, **overrides: Any) -> CaptionModel:
+POSITION_INITS = ("random", "sincos")
+
+
+def create_model(
+    family: str, preset: str, tokenizer: CaptionTokenizer, position_init: str = "random", **overrides: Any
+) -> CaptionModel:
     """A new model of ``family`` from ``preset``, its vocabulary and special ids taken from ``tokenizer``."""
     if family not in FAMILIES:
         raise ConfigError("model.family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    if position_init not in POSITION_INITS:
+        raise ConfigError("model.position_init", f"unknown {position_init!r} (known: {', '.join(POSITION_INITS)})")
     overrides = {"vocab_size": tokenizer.vocab_size} | overrides
-    return VitGpt2Model.from_config(
+    model = VitGpt2Model.from_config(
         preset,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         **overrides,
     )
+    if position_init == "sincos":
+        init_sincos_positions(model)
+    return model
 
 
 def family_of(directory: Path) -> str:

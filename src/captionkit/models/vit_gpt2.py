@@ -500,3 +500,38 @@ def _load_directory(path: Path, source: str, attn_implementation: str | None) ->
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def sincos_2d_table(grid: int, dim: int) -> torch.Tensor:
+    """A fixed 2-D sine-cosine position table (grid * grid, dim), rows in ViT's patch order (row-major).
+
+    Half the channels encode the patch row, half the column, each as sines and cosines of geometrically spaced
+    frequencies (the MAE / "ViT baselines" recipe). ``dim`` must be a multiple of 4.
+    """
+    if dim % 4:
+        raise ConfigError("encoder_hidden_size", f"must be a multiple of 4 for sin-cos positions, got {dim}")
+    quarter = dim // 4
+    frequencies = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    rows, cols = torch.meshgrid(
+        torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij"
+    )
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:
+        angles = positions.reshape(-1, 1) * frequencies.reshape(1, -1)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1)
+
+
+@torch.no_grad()
+def init_sincos_positions(model: VitGpt2Model) -> None:
+    """Start the encoder's (learned) position embeddings from a 2-D sin-cos table, the CLS slot at zero.
+
+    A model trained from scratch then knows where each patch is from the first step: on small data and short
+    budgets (the demo) spatial relations are learned much sooner than from the usual random start.
+    """
+    config = model.config
+    grid = config.image_size // config.patch_size
+    table = model.ved.encoder.embeddings.position_embeddings  # (1, 1 + grid * grid, D)
+    table[0, 0].zero_()
+    table[0, 1:].copy_(sincos_2d_table(grid, config.encoder_hidden_size))

@@ -101,7 +101,9 @@ def build_setup(config: TrainConfig) -> Setup:
             tokenizer = train_bpe_tokenizer(
                 (r.caption for r in train_records), config.tokenizer.vocab_size, config.tokenizer.lowercase
             )
-        model = create_model(config.model.family, config.model.preset, tokenizer, **config.model.overrides)
+        model = create_model(
+            config.model.family, config.model.preset, tokenizer, config.model.position_init, **config.model.overrides
+        )
         preprocessing = preprocessing_for(model)
     return Setup(model, tokenizer, preprocessing, train_records, val_records)
 
@@ -123,12 +125,17 @@ def _forever(loader: DataLoader) -> Iterator[Batch]:
         yield from loader
 
 
+# Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
+_NO_DECAY_NAMES = ("position_embeddings", "wpe")
+
+
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases, norms and embeddings' 1-D parameters: the usual AdamW practice.
+    # No decay on biases, norms and position tables: the usual AdamW practice.
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+            keep = parameter.ndim < 2 or any(part in name for part in _NO_DECAY_NAMES)
+            (no_decay if keep else decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
