@@ -33,3 +33,9 @@ class ConfigError(InputError):
 
 class ModelLoadError(InputError):
     """A model name, directory or hub id cannot be loaded (missing files, offline, unsafe format)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of a library's error message (or its type name): what a one-line error can quote."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from captionkit.errors import ModelLoadError
+from captionkit.errors import ModelLoadError, first_line
 
 # One HEAD request decides whether the hub is reachable (huggingface_hub alone retries for ~25 s when offline).
 PROBE_TIMEOUT_S = 5.0
@@ -54,7 +54,7 @@ def snapshot(repo_id: str) -> Path:
                 repo_id, "not found on the Hugging Face Hub (private or gated: log in first)"
             ) from None
         except HfHubHTTPError as error:
-            raise ModelLoadError(repo_id, _first_line(error)) from None
+            raise ModelLoadError(repo_id, first_line(error)) from None
         except Exception:
             # Transport errors differ between huggingface_hub versions (httpx or requests); all mean unreachable,
             # and a cached copy may still serve.
@@ -70,8 +70,3 @@ def snapshot(repo_id: str) -> Path:
             "or set HF_HUB_OFFLINE=1 with a cached copy",
         ) from None
     return Path(folder)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

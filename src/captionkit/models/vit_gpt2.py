@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from captionkit import __version__
-from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 
@@ -487,7 +487,7 @@ def _load_directory(path: Path, source: str, attn_implementation: str | None) ->
         # transformers logs a report naming each tensor; its exception only mentions ignore_mismatched_sizes.
         raise ModelLoadError(source, "weight shapes do not match config.json (see the load report)") from None
     except (OSError, ValueError, SafetensorError) as error:
-        raise ModelLoadError(source, _first_line(error)) from None
+        raise ModelLoadError(source, first_line(error)) from None
     # The pooler is never used by VisionEncoderDecoderModel; anything else missing would be silently random.
     missing = sorted(key for key in info["missing_keys"] if ".pooler." not in key)
     if missing or info["mismatched_keys"]:
@@ -495,11 +495,6 @@ def _load_directory(path: Path, source: str, attn_implementation: str | None) ->
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
         raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
     return ved.eval()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def sincos_2d_table(grid: int, dim: int) -> torch.Tensor:

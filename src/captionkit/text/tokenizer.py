@@ -14,7 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from captionkit.errors import ModelLoadError
+from captionkit.errors import ModelLoadError, first_line
 
 BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
 
@@ -55,7 +55,7 @@ class CaptionTokenizer:
         try:
             hf = AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
         except (OSError, ValueError) as error:
-            raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({_first_line(error)})") from None
+            raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({first_line(error)})") from None
         if not isinstance(hf, PreTrainedTokenizerFast):
             raise ModelLoadError(name_or_dir, "only fast (tokenizer.json) tokenizers are supported")
         bos = _pick(bos_token_id, hf.bos_token_id, hf.eos_token_id)
@@ -68,11 +68,6 @@ class CaptionTokenizer:
 
 def _pick(*candidates: int | None) -> int | None:
     return next((candidate for candidate in candidates if candidate is not None), None)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def train_bpe_tokenizer(
