@@ -119,7 +119,14 @@ def object_centroid(pixels: np.ndarray, box: tuple[int, int, int, int]) -> tuple
 
 
 @pytest.mark.parametrize(
-    "options", [SceneOptions(), SceneOptions(layout="opposite", order="reading")], ids=["free", "opposite-reading"]
+    "options",
+    [
+        SceneOptions(),
+        SceneOptions(layout="opposite", order="reading"),
+        SceneOptions(grid=8, order="reading"),
+        SceneOptions(grid=8, layout="opposite"),
+    ],
+    ids=["free", "opposite-reading", "grid-reading", "grid-opposite"],
 )
 def test_relations_match_rendered_pixel_centroids(options: SceneOptions) -> None:
     size = 64
@@ -129,8 +136,8 @@ def test_relations_match_rendered_pixel_centroids(options: SceneOptions) -> None
         pixels = np.asarray(render(scene, size))
         boxes = [
             (
-                round(p.left * size) - 1,
-                round(p.top * size) - 1,
+                max(0, round(p.left * size) - 1),
+                max(0, round(p.top * size) - 1),
                 round((p.left + p.side) * size) + 1,
                 round((p.top + p.side) * size) + 1,
             )
@@ -147,12 +154,31 @@ def test_relations_match_rendered_pixel_centroids(options: SceneOptions) -> None
         assert expected[scene.spec.relation], (canonical_caption(scene), dx, dy)
 
 
-def test_sizes_are_distinguishable_and_inside_the_image() -> None:
-    for scene in generate_scenes(300, seed=2):
+@pytest.mark.parametrize("options", [SceneOptions(), SceneOptions(grid=8)], ids=["continuous", "grid"])
+def test_sizes_are_distinguishable_and_inside_the_image(options: SceneOptions) -> None:
+    for scene in generate_scenes(300, seed=2, options=options):
         for obj, place in zip(scene.spec.objects, scene.placements, strict=True):
             assert (place.side > 0.35) == (obj.size == "large")
             assert place.left >= 0 and place.left + place.side <= 1
             assert place.top >= 0 and place.top + place.side <= 1
+
+
+def test_grid_objects_cover_whole_patches() -> None:
+    # 32 px on an 8-cell grid: every object is whole 4 px patches at a 4 px offset, small 2x2, large 3x3.
+    scenes = generate_scenes(200, seed=6, options=SceneOptions(grid=8, order="reading"))
+    for scene in scenes:
+        drawn = np.abs(np.asarray(render(scene, 32)).astype(int) - np.array(BACKGROUND)).sum(axis=2) > 30
+        inside = np.zeros_like(drawn)
+        for obj, place in zip(scene.spec.objects, scene.placements, strict=True):
+            cells = [value * 8 for value in (place.left, place.top, place.side)]
+            assert all(abs(value - round(value)) < 1e-9 for value in cells)
+            assert round(cells[2]) == {"small": 2, "large": 3}[obj.size]
+            left, top, side = (round(value * 4) for value in cells)
+            inside[top : top + side, left : left + side] = True
+        assert drawn.any() and not (drawn & ~inside).any()
+    assert {scene.spec.relation for scene in scenes} == {None, "left of", "above"}
+    with pytest.raises(ValueError, match="grid must be 0"):
+        SceneOptions(grid=4)
 
 
 def test_held_out_splits_have_unseen_two_object_descriptions() -> None:

@@ -63,6 +63,10 @@ SIZE_JITTER = 0.08
 COLOUR_JITTER = 16
 MARGIN = 0.02
 MIN_GAP = 0.03
+# Sides, in cells, of objects on a grid (SceneOptions.grid): whole cells, so each patch of a ViT whose patch is
+# one cell sees a fixed part of a shape; seven cells fit two large objects and a gap, eight leave room to move.
+GRID_CELLS = {"large": 3, "small": 2}
+MIN_GRID = 8
 SUPERSAMPLE = 4
 
 _MIRROR = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
@@ -252,6 +256,10 @@ class SceneOptions:
     # "free": two objects anywhere the relation holds; "opposite": on opposite sides of the image centre, each in
     # the wedge of its side (left/right/top/bottom), which makes the relation plain even on a coarse patch grid.
     layout: str = "free"
+    # 0: positions and sizes are continuous. N >= 8: every box is whole cells of an N x N grid (small 2 cells,
+    # large 3); with N = image size / ViT patch size each object covers whole patches, which makes shapes far
+    # easier to learn from scratch.
+    grid: int = 0
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.shapes if name not in SHAPES]
@@ -266,6 +274,8 @@ class SceneOptions:
             raise ValueError(f"unknown order {self.order!r} (expected one of {', '.join(ORDERS)})")
         if self.layout not in LAYOUTS:
             raise ValueError(f"unknown layout {self.layout!r} (expected one of {', '.join(LAYOUTS)})")
+        if self.grid != 0 and self.grid < MIN_GRID:
+            raise ValueError(f"grid must be 0 (off) or at least {MIN_GRID} cells a side, got {self.grid}")
 
 
 def _random_object(rng: random.Random, options: SceneOptions) -> ObjectSpec:
@@ -364,6 +374,47 @@ def _place_opposite(rng: random.Random, sides: tuple[float, float], relation: st
             return [(x - side / 2, y - side / 2) for (x, y), side in zip(centres, sides, strict=True)]
 
 
+def arrangement_holds(boxes: list[tuple[float, float, float]], relation: str, layout: str = "free") -> bool:
+    """Whether two boxes ``(left, top, side)`` show ``relation`` plainly: apart along its axis by ``MIN_GAP``,
+    the relation the dominant direction between the centres and, for the "opposite" layout, in their wedges."""
+    horizontal = relation in ("left of", "right of")
+    axis = 0 if horizontal else 1
+    starts = [box[axis] for box in boxes]
+    first, second = (0, 1) if relation in ("left of", "above") else (1, 0)
+    if starts[first] + boxes[first][2] + MIN_GAP > starts[second]:
+        return False
+    centres = [(left + side / 2, top + side / 2) for left, top, side in boxes]
+    along = abs(centres[1][axis] - centres[0][axis])
+    across = abs(centres[1][1 - axis] - centres[0][1 - axis])
+    if across > along / 2:
+        return False
+    return layout != "opposite" or all(
+        _in_wedge(x, y, wedge) for (x, y), wedge in zip(centres, _SIDES[relation], strict=True)
+    )
+
+
+def _grid_box(rng: random.Random, side_cells: int, cells: int, wedge: str | None) -> tuple[float, float, float]:
+    """A box of whole cells at a whole-cell position; with ``wedge``, redrawn until its centre lies in it."""
+    positions, side = cells - side_cells + 1, side_cells / cells
+    while True:
+        left, top = rng.randrange(positions) / cells, rng.randrange(positions) / cells
+        if wedge is None or _in_wedge(left + side / 2, top + side / 2, wedge):
+            return left, top, side
+
+
+def _place_on_grid(rng: random.Random, spec: SceneSpec, layout: str, cells: int) -> tuple[Placement, ...]:
+    """Boxes of whole cells at whole-cell positions, redrawn until the relation holds."""
+    shades = [_shade(rng, obj.colour) for obj in spec.objects]
+    if spec.relation is None:
+        wedges: tuple[str | None, ...] = (None,)
+    else:
+        wedges = _SIDES[spec.relation] if layout == "opposite" else (None, None)
+    while True:
+        boxes = [_grid_box(rng, GRID_CELLS[obj.size], cells, w) for obj, w in zip(spec.objects, wedges, strict=True)]
+        if spec.relation is None or arrangement_holds(boxes, spec.relation, layout):
+            return tuple(Placement(*box, rgb) for box, rgb in zip(boxes, shades, strict=True))
+
+
 def _place(rng: random.Random, spec: SceneSpec, layout: str = "free") -> tuple[Placement, ...]:
     sides = [_object_side(rng, obj) for obj in spec.objects]
     shades = [_shade(rng, obj.colour) for obj in spec.objects]
@@ -385,7 +436,11 @@ def generate_scenes(n: int, seed: int, split: str = "train", options: SceneOptio
     for index in range(n):
         rng = random.Random(f"captionkit-synthetic:{seed}:{split}:{index}")
         spec = _random_spec(rng, split, options)
-        scenes.append(Scene(f"{split}-{index:06d}", split, spec, _place(rng, spec, options.layout)))
+        if options.grid:
+            placements = _place_on_grid(rng, spec, options.layout, options.grid)
+        else:
+            placements = _place(rng, spec, options.layout)
+        scenes.append(Scene(f"{split}-{index:06d}", split, spec, placements))
     return scenes
 
 
@@ -414,7 +469,8 @@ def render(scene: Scene, image_size: int = 32) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for obj, place in zip(scene.spec.objects, scene.placements, strict=True):
         left, top, side = (value * canvas_size for value in (place.left, place.top, place.side))
-        _draw_object(draw, obj.shape, (left, top, left + side, top + side), place.rgb)
+        # PIL's boxes include their right and bottom pixel: stop one short so a box covers exactly its side.
+        _draw_object(draw, obj.shape, (left, top, left + side - 1, top + side - 1), place.rgb)
     return image.resize((image_size, image_size), Image.Resampling.BOX)
 
 
