@@ -25,6 +25,8 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
                 "64",
                 "--test-scenes",
                 "10",
+                "--seed",
+                "3",
                 "--set",
                 "model.preset=tiny",
                 "--set",
@@ -39,6 +41,8 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
     assert json.loads(captured.out) == metrics
     assert metrics["train_steps"] == 4
     assert metrics["test_images"] == 10
+    assert metrics["seed"] == 3  # --seed seeds the scenes and the training run
+    assert json.loads((out / "model" / "train_config.json").read_text())["train"]["seed"] == 3
     assert 0.0 <= metrics["exact_match"] <= metrics["token_accuracy"] <= 1.0
     for key in ("train_seconds", "data_seconds", "caption_seconds", "model_parameters", "val_loss"):
         assert key in metrics

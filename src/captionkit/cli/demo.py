@@ -20,6 +20,7 @@ def demo(
     steps: Annotated[int | None, typer.Option(help="Training steps (default: the recipe's).")] = None,
     train_scenes: Annotated[int, typer.Option(help="Scenes drawn for training.")] = DemoData.num_train,
     test_scenes: Annotated[int, typer.Option(help="Unseen scenes captioned and scored.")] = DemoData.num_test,
+    seed: Annotated[int, typer.Option(help="Seed of the scenes and of training.")] = DemoData.seed,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a demo recipe value, e.g. --set train.lr=1e-3."),
@@ -34,7 +35,7 @@ def demo(
         fail(f"--steps: must be at least 1, got {steps}")
     if train_scenes < 1 or test_scenes < 1:
         fail("--train-scenes and --test-scenes must be at least 1")
-    data = DemoData(num_train=train_scenes, num_test=test_scenes)
+    data = DemoData(num_train=train_scenes, num_test=test_scenes, seed=seed)
 
     def log(entry: dict[str, Any]) -> None:
         print(json.dumps(entry), file=sys.stderr, flush=True)
