@@ -60,7 +60,7 @@ def test_non_utf8_jsonl(tmp_path):
 def test_load_records_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         load_records(tmp_path / "missing")
-    with pytest.raises(InputError, match=r"no captions\.jsonl"):
+    with pytest.raises(InputError, match="directory holds no dataset"):
         load_records(tmp_path)
     other = tmp_path / "captions.parquet"
     other.write_bytes(b"PAR1")

@@ -12,6 +12,7 @@ import sys
 import typer
 
 from captionkit.cli import caption, demo, evaluate, score, train
+from captionkit.cli.data import app as data_app
 
 app = typer.Typer(
     name="captionkit",
@@ -26,6 +27,7 @@ app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("score")(score.score)
 app.command("evaluate")(evaluate.evaluate)
+app.add_typer(data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> None:

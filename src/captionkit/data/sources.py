@@ -1,27 +1,133 @@
-"""Turn a data spec (what a user types after --data) into caption records.
+"""Turn a data spec (what a user types after ``--data`` or puts in ``data.train``) into caption records.
 
-Formats today: captionkit's own ``captions.jsonl`` (a file, or a directory holding one). The datasets issue adds
-COCO, Karpathy, Flickr, SentiCap, CSV and image folders behind this same function.
+A spec is a file or a directory whose format is detected (see :mod:`captionkit.data.formats`)::
+
+    data/flickr8k                         # a folder: Flickr token file + split lists + Images/
+    coco/annotations/captions_val2017.json  # images found in the sibling val2017/
+    coco:labels.json                      # FORMAT:PATH forces a format (coco, vizwiz, karpathy, flickr,
+                                          # senticap, csv, kaggle, jsonl, synthetic, folder)
+    senticap.json?images=val2014&images=val2017   # image roots, searched in order
+    photos/?val=0.1&test=0.1&seed=3       # assign splits by image to records that have none
+
+Options after ``?`` (``&``-separated): ``images=DIR`` (repeatable; relative to the current directory),
+``val=F`` and ``test=F`` (fractions of images; assigning happens only when one is given) and ``seed=N``.
+Without ``val``/``test``, records whose data give no split keep ``split=None`` and the trainer holds out
+``data.val_fraction`` of the images (by image, seeded).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from captionkit.data.records import CaptionRecord, read_jsonl
+from captionkit.data.formats import detect, format_names, get_format
+from captionkit.data.formats.base import Probe, ReadOptions
+from captionkit.data.records import CaptionRecord
+from captionkit.data.splits import assign_splits
 from captionkit.errors import InputError
+
+OPTION_KEYS = ("images", "val", "test", "seed")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A parsed spec: the path, a forced format (or ``None`` to detect) and the options."""
+
+    path: Path
+    format: str | None = None
+    image_roots: tuple[Path, ...] = ()
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+    seed: int = 0
+
+    @property
+    def assigns_splits(self) -> bool:
+        return self.val_fraction is not None or self.test_fraction is not None
+
+
+@dataclass
+class LoadResult:
+    """What reading a spec gave: the records plus what a check or a trainer reports about them."""
+
+    records: list[CaptionRecord]
+    format: str
+    path: Path
+    files: list[Path]
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count (empty captions, ...)
+    splits_assigned: int = 0  # records that had no split and got one from the spec's val/test fractions
+
+
+def parse_spec(spec: str | Path) -> DataSpec:
+    """Split ``[FORMAT:]PATH[?key=value&...]``; a ``Path`` is taken as it is."""
+    if isinstance(spec, Path):
+        return DataSpec(spec)
+    text = spec.strip()
+    if not text:
+        raise InputError("data", "empty data spec")
+    forced = None
+    head, sep, rest = text.partition(":")
+    named = get_format(head) if sep else None
+    if named is not None:
+        forced, text = named.name, rest
+    elif sep and head.isidentifier() and len(head) > 1 and not Path(text).exists():
+        raise InputError(spec, f"unknown format {head!r} (formats: {', '.join(format_names())})")
+    path_text, _, query = text.partition("?")
+    options = _parse_options(query, spec) if query else {}
+    return DataSpec(Path(path_text), forced, **options)
+
+
+def _parse_options(query: str, spec: str) -> dict:
+    options: dict = {}
+    roots: list[Path] = []
+    for item in query.split("&"):
+        key, equals, value = item.partition("=")
+        if not equals or not value:
+            raise InputError(spec, f"option {item!r} is not key=value ({', '.join(OPTION_KEYS)})")
+        if key == "images":
+            roots.append(Path(value))
+        elif key in ("val", "test"):
+            options[f"{key}_fraction"] = _fraction(value, key, spec)
+        elif key == "seed":
+            if not value.lstrip("-").isdigit():
+                raise InputError(spec, f"seed must be an integer, got {value!r}")
+            options["seed"] = int(value)
+        else:
+            raise InputError(spec, f"unknown option {key!r} (options: {', '.join(OPTION_KEYS)})")
+    if roots:
+        options["image_roots"] = tuple(roots)
+    return options
+
+
+def _fraction(value: str, key: str, spec: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise InputError(spec, f"{key} must be a fraction in [0, 1), got {value!r}") from None
+    if not 0.0 <= number < 1.0:
+        raise InputError(spec, f"{key} must be a fraction in [0, 1), got {value!r}")
+    return number
+
+
+def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
+    """Read the dataset at ``spec`` with what was dropped and why; one clear error when it cannot be read."""
+    parsed = spec if isinstance(spec, DataSpec) else parse_spec(spec)
+    path = parsed.path
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    for root in parsed.image_roots:
+        if not root.is_dir():
+            raise InputError(root, "image root is not a directory")
+    probe = Probe(path)
+    chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
+    result = chosen.read(probe, ReadOptions(parsed.image_roots))
+    records = result.records
+    assigned = 0
+    if parsed.assigns_splits:
+        assigned = sum(record.split is None for record in records)
+        records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
+    return LoadResult(records, chosen.name, path, result.files, result.dropped, assigned)
 
 
 def load_records(spec: str | Path) -> list[CaptionRecord]:
-    """Records of the dataset at ``spec``; one clear error when it is missing or of an unknown format."""
-    path = Path(spec)
-    if path.is_dir():
-        candidate = path / "captions.jsonl"
-        if not candidate.is_file():
-            raise InputError(path, "directory has no captions.jsonl")
-        return read_jsonl(candidate)
-    if not path.exists():
-        raise InputError(path, "no such file or directory")
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    raise InputError(path, "unknown dataset format (expected captions.jsonl or a directory holding one)")
+    """Records of the dataset at ``spec`` (see the module docstring); empty captions are dropped."""
+    return load_dataset(spec).records

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Sequence
 
@@ -30,6 +31,27 @@ def split_by_image(
         if side is not None:
             side.append(record)
     return train, val
+
+
+def assign_splits(
+    records: Sequence[CaptionRecord], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
+) -> list[CaptionRecord]:
+    """Records with a split each: those without one get train/val/test by image, seeded, others keep theirs.
+
+    The same hash as :func:`split_by_image` (with ``test_fraction`` 0 an image lands in val exactly when
+    ``split_by_image`` would put it there), so ``data check`` shows the split a training run will use.
+    """
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
+        fractions = f"{val_fraction}, {test_fraction}"
+        raise ValueError(f"val and test fractions must be in [0, 1) and sum below 1, got {fractions}")
+    assigned = []
+    for record in records:
+        if record.split is None:
+            where = _unit_interval(record.image_id, seed)
+            split = "val" if where < val_fraction else "test" if where < val_fraction + test_fraction else "train"
+            record = dataclasses.replace(record, split=split)
+        assigned.append(record)
+    return assigned
 
 
 def select_split(records: Sequence[CaptionRecord], split: str) -> list[CaptionRecord]:

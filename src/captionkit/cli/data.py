@@ -1,0 +1,133 @@
+"""``captionkit data check SPEC``: what a dataset holds and what is wrong with it, before a run trips over it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, progress_bar
+
+app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
+
+_SHOWN = 10  # problems listed one per line in the text output; --json has them all
+
+
+@app.callback()
+def data() -> None:
+    """Inspect caption datasets (a callback keeps `data` a group even with a single command)."""
+
+
+@app.command("check")
+def check(
+    spec: Annotated[
+        str, typer.Argument(help="Dataset: a file or directory, [FORMAT:]PATH[?images=DIR&val=F&test=F&seed=N].")
+    ],
+    split: Annotated[str | None, typer.Option(help="Check only this split (train, val, test).")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    val_fraction: Annotated[
+        float, typer.Option(help="For data without splits: fraction of images shown as val (as training holds out).")
+    ] = 0.05,
+    test_fraction: Annotated[float, typer.Option(help="For data without splits: fraction of images as test.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the split by image for data without splits.")] = 0,
+    images: Annotated[bool, typer.Option("--images/--no-images", help="Open every image (slow on big sets).")] = True,
+    workers: Annotated[int, typer.Option(help="Threads that open images.")] = 4,
+) -> None:
+    """Counts per split, missing and unreadable images, caption lengths, duplicates, images in several splits.
+
+    Exit 1 when it finds errors (missing or unreadable images, images in two splits), else 0.
+    """
+    from captionkit.data.check import check_records
+    from captionkit.data.sources import load_dataset
+    from captionkit.data.splits import assign_splits, select_split
+    from captionkit.errors import CaptionkitError
+
+    try:
+        loaded = load_dataset(spec)
+        unsplit = sum(record.split is None for record in loaded.records)
+        records = assign_splits(loaded.records, val_fraction, test_fraction, seed) if unsplit else loaded.records
+    except CaptionkitError as error:
+        fail(str(error))
+    except ValueError as error:
+        fail(str(error))
+    if workers < 1:
+        fail(f"--workers: must be at least 1, got {workers}")
+    chosen = select_split(records, split) if split else records
+    if not chosen:
+        names = ", ".join(sorted({r.split for r in records if r.split}))
+        fail(f"{spec}: no captions in split {split!r} (splits: {names})")
+    count = len({record.image_path for record in chosen}) if images else 0
+    if images and not json_output:
+        with progress_bar("checking images", count) as advance:
+            report = check_records(chosen, all_records=records, workers=workers, advance=advance)
+    else:
+        report = check_records(chosen, all_records=records, open_images=images, workers=workers)
+    report = {
+        "spec": spec,
+        "format": loaded.format,
+        "files": [str(path) for path in loaded.files],
+        "splits_from": _splits_from(len(records), unsplit, val_fraction, test_fraction, seed),
+        "dropped": loaded.dropped,
+        **report,
+    }
+    if json_output:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        _print_report(report)
+    raise typer.Exit(EXIT_INPUT_ERROR if report["errors"] else EXIT_OK)
+
+
+def _splits_from(total: int, unsplit: int, val: float, test: float, seed: int) -> str:
+    if not unsplit:
+        return "data"
+    how = f"assigned by image (seed {seed}, val {val:g}, test {test:g})"
+    return how if unsplit == total else f"data; {unsplit} captions without one {how}"
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    # Not a terminal (a pipe, a log): rich would assume 80 columns and squeeze the table.
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    console.print(f"{report['spec']}: {report['format']} ({', '.join(report['files'])})")
+    console.print(f"splits: {report['splits_from']}")
+    table = Table(show_edge=False)
+    for column in ("split", "images", "captions", "neutral", "positive", "negative", "words min/mean/median/max"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    rows = [*report["splits"].items(), ("total", report["total"])]
+    for name, counts in rows:
+        words = counts["caption_words"]
+        lengths = f"{words['min']}/{words['mean']:.1f}/{words['median']:g}/{words['max']}"
+        styles = [str(counts["styles"][style]) for style in ("neutral", "positive", "negative")]
+        table.add_row(name, str(counts["images"]), str(counts["captions"]), *styles, lengths)
+    console.print(table)
+    for reason, count in sorted(report["dropped"].items()):
+        console.print(f"dropped: {count} {reason}")
+    duplicates = report["duplicate_captions"]
+    console.print(
+        f"duplicates: {duplicates['repeated_on_one_image']} captions repeated on one image, "
+        f"{duplicates['captions_on_several_images']} captions on several images, "
+        f"{len(report['duplicate_images'])} groups of identical image files"
+    )
+    if not report["images_checked"]:
+        console.print("images: not opened (--no-images)")
+    _list(console, "missing image", report["missing_images"])
+    _list(console, "unreadable image", [f"{item['image']}: {item['reason']}" for item in report["unreadable_images"]])
+    shared = report["images_in_several_splits"]
+    leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
+    _list(console, "image in several splits", leaks)
+    errors = report["errors"]
+    console.print(f"{errors} error{'s' if errors != 1 else ''}" if errors else "ok: no errors")
+
+
+def _list(console: Any, what: str, items: list[str]) -> None:
+    if not items:
+        return
+    console.print(f"{len(items)} {what}{'s' if len(items) != 1 else ''}:")
+    for item in items[:_SHOWN]:
+        console.print(f"  {item}", markup=False)
+    if len(items) > _SHOWN:
+        console.print(f"  ... and {len(items) - _SHOWN} more (--json lists all)")

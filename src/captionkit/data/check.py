@@ -1,0 +1,179 @@
+"""Checks of a caption dataset: counts per split, unreadable or missing images, caption lengths, duplicates, and
+images that leak between splits. :func:`check_records` returns a plain dict (the JSON that ``captionkit data check
+--json`` prints); ``errors`` counts the problems that make the data unfit to train or evaluate on as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import statistics
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.errors import ImageError
+from captionkit.images import DEFAULT_LIMITS, ImageLimits, load_image
+
+# Words for length statistics: runs of letters/digits, with an inner apostrophe ("man's"); punctuation is not a word.
+_WORD = re.compile(r"\w+(?:'\w+)?")
+NO_SPLIT = "none"
+
+
+def caption_words(caption: str) -> list[str]:
+    return _WORD.findall(caption.lower())
+
+
+def length_stats(lengths: Sequence[int]) -> dict[str, float]:
+    """min/mean/median/max of caption lengths in words (zeros for no captions)."""
+    if not lengths:
+        return {"min": 0, "mean": 0.0, "median": 0.0, "max": 0}
+    return {
+        "min": min(lengths),
+        "mean": round(statistics.fmean(lengths), 2),
+        "median": float(statistics.median(lengths)),
+        "max": max(lengths),
+    }
+
+
+def split_counts(records: Sequence[CaptionRecord]) -> dict[str, Any]:
+    styles = Counter(record.style for record in records)
+    return {
+        "images": len({record.image_id for record in records}),
+        "captions": len(records),
+        "styles": {style: styles.get(style, 0) for style in STYLES},
+        "caption_words": length_stats([len(caption_words(record.caption)) for record in records]),
+    }
+
+
+def _split_of(record: CaptionRecord) -> str:
+    return record.split or NO_SPLIT
+
+
+def _inspect_image(path: Path, limits: ImageLimits) -> tuple[str | None, str | None]:
+    """(sha256 of the bytes, None) for a good image, (None, reason) for a bad one; reason "missing" if absent."""
+    if not path.is_file():
+        return None, "missing"
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limits.max_bytes + 1)
+    except OSError as error:
+        return None, f"cannot read ({error.strerror or error})"
+    try:
+        load_image(data, limits=limits, name=str(path))
+    except ImageError as error:
+        return None, error.reason
+    return hashlib.sha256(data).hexdigest(), None
+
+
+def _duplicate_captions(records: Sequence[CaptionRecord]) -> dict[str, Any]:
+    per_image = Counter((record.image_id, " ".join(caption_words(record.caption))) for record in records)
+    repeated = [(key, times) for key, times in per_image.items() if times > 1]
+    images_per_caption = defaultdict(set)
+    for record in records:
+        images_per_caption[" ".join(caption_words(record.caption))].add(record.image_id)
+    return {
+        "repeated_on_one_image": sum(times - 1 for _, times in repeated),
+        "examples": [
+            {"image_id": image_id, "caption": text, "times": times} for (image_id, text), times in repeated[:5]
+        ],
+        "captions_on_several_images": sum(len(ids) > 1 for ids in images_per_caption.values()),
+    }
+
+
+def _shared_between_splits(records: Sequence[CaptionRecord], digests: dict[Path, str]) -> list[dict[str, Any]]:
+    """Images in more than one split: by image id, by file, or by identical bytes under different names."""
+    by_id: dict[str, set[str]] = defaultdict(set)
+    by_path: dict[Path, set[str]] = defaultdict(set)
+    first_path: dict[str, Path] = {}
+    for record in records:
+        by_id[record.image_id].add(_split_of(record))
+        by_path[record.image_path].add(_split_of(record))
+        first_path.setdefault(record.image_id, record.image_path)
+    shared = [
+        {"image": str(first_path[image_id]), "image_id": image_id, "splits": sorted(splits), "by": "image id"}
+        for image_id, splits in by_id.items()
+        if len(splits) > 1
+    ]
+    reported = {entry["image"] for entry in shared}
+    shared += [
+        {"image": str(path), "splits": sorted(splits), "by": "file"}
+        for path, splits in by_path.items()
+        if len(splits) > 1 and str(path) not in reported
+    ]
+    by_bytes: dict[str, set[str]] = defaultdict(set)
+    paths_by_bytes: dict[str, set[Path]] = defaultdict(set)
+    for path, splits in by_path.items():
+        if path in digests:
+            by_bytes[digests[path]] |= splits
+            paths_by_bytes[digests[path]].add(path)
+    shared += [
+        {"image": ", ".join(sorted(map(str, paths_by_bytes[digest]))), "splits": sorted(splits), "by": "same bytes"}
+        for digest, splits in by_bytes.items()
+        if len(splits) > 1 and len(paths_by_bytes[digest]) > 1
+    ]
+    return shared
+
+
+def _record_outcome(
+    path: Path,
+    digest: str | None,
+    problem: str | None,
+    digests: dict[Path, str],
+    missing: list[str],
+    unreadable: list[dict[str, str]],
+) -> None:
+    if digest is not None:
+        digests[path] = digest
+    elif problem == "missing":
+        missing.append(str(path))
+    else:
+        unreadable.append({"image": str(path), "reason": problem or ""})
+
+
+def check_records(
+    records: Sequence[CaptionRecord],
+    *,
+    all_records: Sequence[CaptionRecord] | None = None,
+    open_images: bool = True,
+    limits: ImageLimits = DEFAULT_LIMITS,
+    workers: int = 4,
+    advance: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The check report of ``records``; ``all_records`` (default: the same) is what split leaks are sought in."""
+    splits: dict[str, list[CaptionRecord]] = defaultdict(list)
+    for record in records:
+        splits[_split_of(record)].append(record)
+    order = [name for name in ("train", "val", "test") if name in splits] + sorted(
+        set(splits) - {"train", "val", "test"}
+    )
+    missing: list[str] = []
+    unreadable: list[dict[str, str]] = []
+    digests: dict[Path, str] = {}
+    if open_images:
+        paths = list(dict.fromkeys(record.image_path for record in records))
+        # Threads: Pillow releases the GIL while it decodes, and reading files waits on the disk.
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            outcomes = pool.map(lambda path: _inspect_image(path, limits), paths)
+            for path, (digest, problem) in zip(paths, outcomes, strict=True):
+                _record_outcome(path, digest, problem, digests, missing, unreadable)
+                if advance is not None:
+                    advance(1)
+    same_bytes: dict[str, list[str]] = defaultdict(list)
+    for path, digest in digests.items():
+        same_bytes[digest].append(str(path))
+    shared = _shared_between_splits(all_records if all_records is not None else records, digests)
+    return {
+        "splits": {name: split_counts(splits[name]) for name in order},
+        "total": split_counts(records),
+        "images_checked": open_images,
+        "missing_images": missing,
+        "unreadable_images": unreadable,
+        "images_in_several_splits": shared,
+        "duplicate_images": [paths for paths in same_bytes.values() if len(paths) > 1],
+        "duplicate_captions": _duplicate_captions(records),
+        "errors": len(missing) + len(unreadable) + len(shared),
+    }

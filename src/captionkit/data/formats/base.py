@@ -1,0 +1,217 @@
+"""What every format reader shares: the file probe, the record collector, image-root resolution and errors.
+
+Readers never raise on a single bad caption they can skip (an empty caption is dropped and counted); anything that
+makes the file unusable (bad JSON, a missing key, an unknown column, an empty file) is one :class:`InputError`
+naming the file (and line, where there is one) and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.errors import InputError
+
+# Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
+SPLIT_ALIASES = {
+    "train": "train",
+    "restval": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+}
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+EMPTY_CAPTION = "empty caption"
+
+
+def normalize_split(split: str | None) -> str | None:
+    """``dev``/``validation`` -> ``val``, ``restval`` -> ``train``; other names are kept (lower-cased)."""
+    if split is None:
+        return None
+    name = split.strip().lower()
+    return SPLIT_ALIASES.get(name, name) or None
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a spec adds to a path: image roots searched in order (else each format's usual places)."""
+
+    image_roots: tuple[Path, ...] = ()
+
+
+@dataclass
+class ReadResult:
+    """Records one reader produced, what it dropped (reason -> count) and the files it read."""
+
+    records: list[CaptionRecord]
+    dropped: dict[str, int]
+    files: list[Path]
+
+
+class Collector:
+    """Builds records, dropping (and counting) empty captions; fails once nothing is left."""
+
+    def __init__(self) -> None:
+        self.records: list[CaptionRecord] = []
+        self.dropped: Counter[str] = Counter()
+        self.files: list[Path] = []
+
+    def add(
+        self,
+        image_path: Path,
+        caption: str,
+        image_id: str,
+        style: str = "neutral",
+        split: str | None = None,
+    ) -> None:
+        text = " ".join(caption.split())  # one line, single spaces: captions with CR/LF inside stay one record
+        if not text:
+            self.dropped[EMPTY_CAPTION] += 1
+            return
+        self.records.append(CaptionRecord(image_path, text, style, image_id, normalize_split(split)))
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+
+    def result(self, source: Path) -> ReadResult:
+        if not self.records:
+            empties = sum(self.dropped.values())
+            detail = f" ({empties} dropped: {format_dropped(self.dropped)})" if empties else ""
+            raise InputError(source, f"no captions{detail}")
+        return ReadResult(self.records, dict(self.dropped), self.files or [source])
+
+
+def format_dropped(dropped: dict[str, int]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items()))
+
+
+def check_style(style: object, where: str) -> str:
+    if style is None or style == "":
+        return "neutral"
+    if style not in STYLES:
+        raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
+    return str(style)
+
+
+class Probe:
+    """A path under inspection; its text and parsed JSON are read once and shared by detection and reading."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._text: str | None = None
+        self._json: Any = None
+        self._json_read = False
+
+    @property
+    def suffix(self) -> str:
+        return self.path.suffix.lower()
+
+    def text(self) -> str:
+        if self._text is None:
+            self._text = read_text(self.path)
+        return self._text
+
+    def first_line(self, limit: int = 65536) -> str:
+        """The first line, read without loading the whole file (for sniffing headers)."""
+        if self._text is not None:
+            return self._text.split("\n", 1)[0].rstrip("\r")
+        try:
+            with self.path.open("rb") as handle:
+                head = handle.read(limit)
+        except OSError as error:
+            raise InputError(self.path, f"cannot read ({error.strerror or error})") from None
+        return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig", errors="replace")
+
+    def json(self) -> Any:
+        if not self._json_read:
+            self._json = parse_json(self.text(), self.path)
+            self._json_read = True
+        return self._json
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text (a byte-order mark is allowed); an empty file is an error."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(path, f"cannot read ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    if not text.strip():
+        raise InputError(path, "empty file")
+    return text
+
+
+def parse_json(text: str, path: Path) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(path, f"invalid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+
+
+def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    """``mapping[key]`` checked to be of ``kind``; one clear error otherwise."""
+    if not isinstance(mapping, dict):
+        raise InputError(where, "expected a JSON object")
+    if key not in mapping:
+        raise InputError(where, f"missing key {key!r}")
+    value = mapping[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        expected = " or ".join(k.__name__ for k in _as_tuple(kind))
+        raise InputError(where, f"{key!r} must be {expected}, got {type(value).__name__}")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+class ImageResolver:
+    """Finds each image under the first root (and first alias name) where it exists.
+
+    A missing image still gets a path (under the first root) so that ``data check`` can name it and training can
+    skip it; the reader does not decide that a dataset with a few missing files is unusable.
+    """
+
+    def __init__(self, roots: Sequence[Path], aliases: Callable[[str], Iterable[str]] | None = None) -> None:
+        self.roots = list(roots) or [Path(".")]
+        self.aliases = aliases
+
+    def __call__(self, name: str) -> Path:
+        path = Path(name)
+        if path.is_absolute():
+            return path
+        if len(self.roots) > 1 or self.aliases is not None:
+            names = list(self.aliases(name)) if self.aliases is not None else [name]
+            for root in self.roots:
+                for alias in names:
+                    candidate = root / alias
+                    if candidate.is_file():
+                        return candidate
+        return self.roots[0] / name
+
+
+def pick_root(candidates: Iterable[Path], names: Sequence[str], explicit: Sequence[Path] = ()) -> list[Path]:
+    """The image roots to search: the explicit ones, else the first candidate holding one of the first names.
+
+    When no candidate holds any of them, the first existing candidate (else the first) is used, so missing images
+    are reported under the most likely place.
+    """
+    if explicit:
+        return list(explicit)
+    candidates = list(dict.fromkeys(candidates))
+    sample = [name for name in names[:5] if not Path(name).is_absolute()]
+    for root in candidates:
+        if any((root / name).is_file() for name in sample):
+            return [root]
+    existing = [root for root in candidates if root.is_dir()]
+    return [existing[0] if existing else candidates[0]]

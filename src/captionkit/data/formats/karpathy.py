@@ -1,0 +1,82 @@
+"""Karpathy's split files (``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json``).
+
+``{"images": [{"filename", "filepath"?, "split", "cocoid"?, "sentences": [{"raw", "tokens"}]}], "dataset"}``.
+``split`` is train/val/test (``restval`` counts as train). The caption is ``raw`` (else the tokens joined). COCO
+images live in ``<root>/<filepath>/<filename>``; Flickr ones in the usual image folder beside the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, pick_root, require
+from captionkit.errors import InputError
+
+IMAGE_FOLDERS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images")
+
+
+def detect_document(document: Any) -> bool:
+    if not isinstance(document, dict) or "annotations" in document:
+        return False
+    images = document.get("images")
+    if not isinstance(images, list) or not images or not isinstance(images[0], dict):
+        return False
+    sentences = images[0].get("sentences")
+    if not isinstance(sentences, list) or "filename" not in images[0]:
+        return False
+    # SentiCap's json has the same outline, with a sentiment on every sentence.
+    return not (sentences and isinstance(sentences[0], dict) and "sentiment" in sentences[0])
+
+
+def detect_file(probe: Probe) -> bool:
+    return probe.suffix == ".json" and detect_document(probe.json())
+
+
+def split_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("dataset_*.json"))
+
+
+def detect_dir(directory: Path) -> bool:
+    return bool(split_files(directory))
+
+
+def image_roots(here: Path, names: list[str], options: ReadOptions) -> list[Path]:
+    candidates = [here, *(here / folder for folder in IMAGE_FOLDERS), here.parent]
+    candidates += [here.parent / folder for folder in IMAGE_FOLDERS]
+    return pick_root(candidates, names, options.image_roots)
+
+
+def read(probe: Probe, options: ReadOptions) -> ReadResult:
+    path = probe.path
+    if path.is_dir():
+        files = split_files(path)
+        if len(files) != 1:
+            raise InputError(path, f"several Karpathy split files ({', '.join(f.name for f in files)}); name one")
+        path, probe = files[0], Probe(files[0])
+    document = probe.json()
+    if not detect_document(document):
+        raise InputError(path, "not a Karpathy split file (expected 'images' with 'filename' and 'sentences')")
+    collector = Collector()
+    collector.files.append(path)
+    entries = []
+    for index, image in enumerate(document["images"]):
+        where = f"{path}: images[{index}]"
+        name = require(image, "filename", str, where)
+        folder = image.get("filepath") or ""
+        entries.append((where, image, f"{folder}/{name}" if folder else name))
+    resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options))
+    for where, image, relative in entries:
+        split = require(image, "split", str, where)
+        image_id = str(image.get("cocoid", image["filename"]))
+        for number, sentence in enumerate(require(image, "sentences", list, where)):
+            caption = _sentence_text(sentence, f"{where}.sentences[{number}]")
+            collector.add(resolve(relative), caption, image_id, split=split)
+    return collector.result(path)
+
+
+def _sentence_text(sentence: Any, where: str) -> str:
+    if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str):
+        return sentence["raw"]
+    tokens = require(sentence, "tokens", list, where)
+    return " ".join(str(token) for token in tokens)

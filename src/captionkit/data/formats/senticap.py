@@ -1,0 +1,127 @@
+"""SentiCap: positive and negative captions of COCO val2014 images, as JSON or as the release's CSV.
+
+- JSON (the file later SentiCap work ships, e.g. ADS-Cap's ``senticap.json``): ``{"images": [{"filename",
+  "imgid", "split", "sentences": [{"raw", "tokens", "sentiment"}]}]}``; sentiment 1 is positive, 0 negative.
+- CSV (the release's ``senticap_dataset.csv``): header ``filename,is_positive_sentiment,caption``; no splits.
+
+Images are named ``COCO_val2014_<12 digits>.jpg``; the COCO 2017 files are the same photos named
+``<12 digits>.jpg``, so both names are tried under each image root (``val2014/``, ``val2017/``, ``images/`` beside
+the file, or the roots given).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, require
+from captionkit.errors import InputError
+
+CSV_COLUMNS = ("filename", "is_positive_sentiment", "caption")
+_COCO_2014 = re.compile(r"^COCO_(?:train|val)2014_(\d{12}\.jpg)$")
+_STYLE = {1: "positive", 0: "negative", "1": "positive", "0": "negative"}
+
+
+def coco_aliases(name: str) -> Iterator[str]:
+    """The file's own name, then its COCO 2017 name (the same photo)."""
+    yield name
+    match = _COCO_2014.match(Path(name).name)
+    if match:
+        yield match[1]
+
+
+def detect_document(document: Any) -> bool:
+    if not isinstance(document, dict):
+        return False
+    images = document.get("images")
+    if not isinstance(images, list) or not images or not isinstance(images[0], dict):
+        return False
+    sentences = images[0].get("sentences")
+    return (
+        isinstance(sentences, list)
+        and bool(sentences)
+        and isinstance(sentences[0], dict)
+        and ("sentiment" in sentences[0])
+    )
+
+
+def _csv_header(probe: Probe) -> list[str]:
+    return [name.strip().lower() for name in probe.first_line().split(",")]
+
+
+def detect_file(probe: Probe) -> bool:
+    if probe.suffix == ".json":
+        return detect_document(probe.json())
+    return probe.suffix in (".csv", ".txt") and _csv_header(probe) == list(CSV_COLUMNS)
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted([*directory.glob("senticap*.json"), *directory.glob("senticap*.csv")])
+
+
+def detect_dir(directory: Path) -> bool:
+    return bool(_files(directory))
+
+
+def _roots(here: Path, options: ReadOptions) -> list[Path]:
+    if options.image_roots:
+        return list(options.image_roots)
+    candidates = [here / "images", here / "val2014", here.parent / "val2014", here / "val2017", here.parent / "val2017"]
+    return [root for root in candidates if root.is_dir()] or [here]
+
+
+def read(probe: Probe, options: ReadOptions) -> ReadResult:
+    if probe.path.is_dir():
+        files = _files(probe.path)
+        if len(files) != 1:
+            names = ", ".join(path.name for path in files)
+            raise InputError(probe.path, f"several SentiCap files ({names}); name one")
+        probe = Probe(files[0])
+    collector = Collector()
+    collector.files.append(probe.path)
+    resolve = ImageResolver(_roots(probe.path.parent, options), coco_aliases)
+    if probe.suffix == ".json":
+        _read_json(probe, resolve, collector)
+    else:
+        _read_csv(probe, resolve, collector)
+    return collector.result(probe.path)
+
+
+def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> None:
+    if not detect_document(probe.json()):
+        raise InputError(probe.path, "not SentiCap JSON (expected 'images' with 'sentences' that carry 'sentiment')")
+    for index, image in enumerate(probe.json()["images"]):
+        where = f"{probe.path}: images[{index}]"
+        name = require(image, "filename", str, where)
+        split = image.get("split")
+        for number, sentence in enumerate(require(image, "sentences", list, where)):
+            here = f"{where}.sentences[{number}]"
+            sentiment = require(sentence, "sentiment", (int, str), here)
+            if sentiment not in _STYLE:
+                raise InputError(here, f"sentiment must be 1 (positive) or 0 (negative), got {sentiment!r}")
+            raw = sentence.get("raw")
+            caption = raw if isinstance(raw, str) else " ".join(map(str, require(sentence, "tokens", list, here)))
+            collector.add(resolve(name), caption, name, _STYLE[sentiment], split if isinstance(split, str) else None)
+
+
+def _read_csv(probe: Probe, resolve: ImageResolver, collector: Collector) -> None:
+    rows = csv.reader(io.StringIO(probe.text(), newline=""))
+    header = [name.strip().lower() for name in next(rows)]
+    if header != list(CSV_COLUMNS):
+        raise InputError(probe.path, f"unknown columns {', '.join(header)} (expected {', '.join(CSV_COLUMNS)})")
+    for row in rows:
+        if not row:
+            continue
+        where = f"{probe.path}:{rows.line_num}"
+        if len(row) != 3:
+            raise InputError(where, f"expected 3 fields (filename, is_positive_sentiment, caption), got {len(row)}")
+        name, sentiment, caption = (field.strip() for field in row)
+        if sentiment not in _STYLE:
+            raise InputError(where, f"is_positive_sentiment must be 1 or 0, got {sentiment!r}")
+        if not name:
+            raise InputError(where, "empty filename")
+        collector.add(resolve(name), caption, name, _STYLE[sentiment])

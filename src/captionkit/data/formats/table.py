@@ -1,0 +1,190 @@
+"""Tables of captions: CSV/TSV (Kaggle's Flickr ``captions.txt`` among them) and JSONL (captionkit's own
+``captions.jsonl``, which the synthetic scenes write).
+
+Columns (CSV header names or JSONL keys): ``image`` and ``caption``, optionally ``style`` (neutral, positive,
+negative), ``split`` and ``image_id``. Kaggle's names are accepted too: ``image_name``/``filename``/``file_name`` for
+``image``, ``comment`` for ``caption`` (``comment_number`` and ``score`` are ignored), as is the ``|`` separator of
+Kaggle's Flickr30k ``results.csv``. Any other column is an error, so that a misspelt ``style`` is not silently
+lost. Image paths are relative to the file (or to an ``Images/`` folder beside it, as Kaggle lays Flickr out) unless
+image roots are given; ``image_id`` defaults to the image path as written.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from captionkit.data.formats.base import (
+    Collector,
+    ImageResolver,
+    Probe,
+    ReadOptions,
+    ReadResult,
+    check_style,
+    pick_root,
+)
+from captionkit.errors import InputError
+
+ALIASES = {
+    "image": "image",
+    "image_name": "image",
+    "filename": "image",
+    "file_name": "image",
+    "caption": "caption",
+    "comment": "caption",
+    "style": "style",
+    "split": "split",
+    "image_id": "image_id",
+}
+# Kaggle's caption numbers, and the score of `captionkit caption` results (so they can be trained on: pseudo-labels).
+IGNORED = frozenset({"comment_number", "score"})
+EXPECTED = "expected image, caption[, style][, split][, image_id]"
+CSV_SUFFIXES = (".csv", ".tsv")
+KAGGLE_FILES = ("captions.txt", "captions.csv", "results.csv")
+
+
+def _columns(names: list[str], where: object) -> dict[int, str] | None:
+    """Field index -> captionkit column; ``None`` without image and caption columns; unknown names are errors."""
+    lowered = [name.strip().lower() for name in names]
+    if not {"image", "caption"} <= {ALIASES.get(name) for name in lowered}:
+        return None
+    unknown = [name for name in lowered if name not in ALIASES and name not in IGNORED]
+    if unknown:
+        raise InputError(where, f"unknown column {unknown[0]!r} ({EXPECTED})")
+    columns = {index: ALIASES[name] for index, name in enumerate(lowered) if name in ALIASES}
+    if len(set(columns.values())) < len(columns):
+        raise InputError(where, f"two columns name the same thing in header {','.join(lowered)!r} ({EXPECTED})")
+    return columns
+
+
+def _header(probe: Probe) -> tuple[str, dict[int, str], int]:
+    """(delimiter, columns, number of fields) of a table's header line."""
+    header = probe.first_line()
+    order = ("\t",) if probe.suffix == ".tsv" else (",", "\t", "|")
+    for delimiter in order:
+        names = next(csv.reader([header], delimiter=delimiter))
+        columns = _columns(names, probe.path)
+        if columns is not None:
+            return delimiter, columns, len(names)
+    raise InputError(probe.path, f"no image and caption columns in header {header[:80]!r} ({EXPECTED})")
+
+
+def detect_csv(probe: Probe) -> bool:
+    if probe.suffix in CSV_SUFFIXES:
+        return True
+    if probe.suffix != ".txt":
+        return False
+    try:
+        _header(probe)
+    except InputError:
+        return False
+    return True
+
+
+def detect_jsonl(probe: Probe) -> bool:
+    return probe.suffix == ".jsonl"
+
+
+def _one(directory: Path, names: list[Path], what: str) -> Path:
+    if len(names) != 1:
+        found = ", ".join(path.name for path in names) or "none"
+        raise InputError(directory, f"expected one {what}, found: {found}")
+    return names[0]
+
+
+def _csv_files(directory: Path) -> list[Path]:
+    kaggle = [directory / name for name in KAGGLE_FILES if (directory / name).is_file()]
+    return kaggle or sorted(path for suffix in CSV_SUFFIXES for path in directory.glob(f"*{suffix}"))
+
+
+def _jsonl_files(directory: Path) -> list[Path]:
+    own = directory / "captions.jsonl"
+    return [own] if own.is_file() else sorted(directory.glob("*.jsonl"))
+
+
+def detect_csv_dir(directory: Path) -> bool:
+    return len(_csv_files(directory)) == 1
+
+
+def detect_jsonl_dir(directory: Path) -> bool:
+    return len(_jsonl_files(directory)) == 1
+
+
+def _roots(path: Path, names: list[str], options: ReadOptions) -> list[Path]:
+    here = path.parent
+    return pick_root([here, here / "Images", here / "images"], names, options.image_roots)
+
+
+def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], where: str) -> None:
+    image = row.get("image")
+    if not isinstance(image, str) or not image.strip():
+        raise InputError(where, "missing 'image' (a path)")
+    caption = row.get("caption")
+    if not isinstance(caption, str):
+        raise InputError(where, "missing 'caption' (a string)")
+    split = row.get("split")
+    if split is not None and not isinstance(split, str):
+        raise InputError(where, "'split' must be a string")
+    image_id = row.get("image_id")
+    if (image_id is not None and not isinstance(image_id, str | int)) or isinstance(image_id, bool):
+        raise InputError(where, "'image_id' must be a string or an integer")
+    image = image.strip()
+    style = check_style(row.get("style"), where)
+    collector.add(resolve(image), caption, str(image_id or image), style, split or None)
+
+
+def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
+    if probe.path.is_dir():
+        probe = Probe(_one(probe.path, _csv_files(probe.path), "caption table (*.csv, *.tsv, captions.txt)"))
+    delimiter, columns, width = _header(probe)
+    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter)
+    next(rows)
+    parsed: list[tuple[dict[str, object], str]] = []
+    for fields in rows:
+        if not fields or fields == [""]:
+            continue
+        where = f"{probe.path}:{rows.line_num}"
+        if len(fields) != width:
+            raise InputError(where, f"expected {width} fields, got {len(fields)}")
+        parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
+    return _collect(probe.path, parsed, options)
+
+
+def read_jsonl(probe: Probe, options: ReadOptions) -> ReadResult:
+    if probe.path.is_dir():
+        probe = Probe(_one(probe.path, _jsonl_files(probe.path), "JSONL file (captions.jsonl)"))
+    return _collect(probe.path, list(_jsonl_rows(probe)), options)
+
+
+def _jsonl_rows(probe: Probe) -> Iterator[tuple[dict[str, object], str]]:
+    for number, line in enumerate(probe.text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{probe.path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise InputError(where, f"invalid JSON ({error.msg})") from None
+        if not isinstance(row, dict):
+            raise InputError(where, "expected a JSON object")
+        mapped: dict[str, object] = {}
+        for key, value in row.items():
+            if key in IGNORED:
+                continue
+            if key not in ALIASES:
+                raise InputError(where, f"unknown key {key!r} ({EXPECTED})")
+            mapped[ALIASES[key]] = value
+        yield mapped, where
+
+
+def _collect(path: Path, rows: list[tuple[dict[str, object], str]], options: ReadOptions) -> ReadResult:
+    names = [str(row["image"]) for row, _ in rows[:5] if isinstance(row.get("image"), str)]
+    resolve = ImageResolver(_roots(path, names, options))
+    collector = Collector()
+    collector.files.append(path)
+    for row, where in rows:
+        _add(collector, resolve, row, where)
+    return collector.result(path)

@@ -1,0 +1,140 @@
+"""`captionkit data check`: counts, lengths, duplicates and the errors that make it exit 1, on shared data and on
+folders with a missing, a corrupt and a leaked image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from _data import SHARED_DATA
+from captionkit.cli import main
+from captionkit.data.check import caption_words, check_records, length_stats
+from captionkit.data.sources import load_records
+
+FLICKR = SHARED_DATA / "flickr8k"
+COCO = SHARED_DATA / "coco"
+
+
+def run(args, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    captured = capsys.readouterr()
+    return done.value.code, captured.out, captured.err
+
+
+def test_check_flickr8k_json(capsys):
+    code, out, _ = run(["data", "check", str(FLICKR), "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert report["format"] == "flickr"
+    assert report["splits_from"] == "data"
+    counts = {name: (s["images"], s["captions"], s["styles"]["neutral"]) for name, s in report["splits"].items()}
+    assert counts == {"train": (150, 750, 750), "val": (25, 125, 125), "test": (25, 125, 125)}
+    assert (report["total"]["images"], report["total"]["captions"]) == (200, 1000)
+    words = report["total"]["caption_words"]
+    assert words["min"] <= words["median"] <= words["max"] and words["min"] < words["mean"] < words["max"]
+    assert report["missing_images"] == report["unreadable_images"] == report["images_in_several_splits"] == []
+    assert report["errors"] == 0
+
+
+def test_check_coco_subset_text_table(capsys):
+    code, out, _ = run(["data", "check", str(COCO / "captions_val2017_subset.json"), "--val-fraction", "0.2"], capsys)
+    assert code == 0
+    assert "coco" in out and "assigned by image (seed 0, val 0.2, test 0)" in out
+    total = next(line for line in out.splitlines() if line.strip().startswith("total"))
+    assert total.replace("│", " ").split()[1:4] == ["100", "500", "500"]
+    assert "ok: no errors" in out
+
+
+def test_check_one_split_only(capsys):
+    code, out, _ = run(["data", "check", str(FLICKR / "dataset_flickr8k.json"), "--split", "val", "--json"], capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert list(report["splits"]) == ["val"] and report["total"]["images"] == 25
+
+
+@pytest.fixture
+def broken_folder(tmp_path):
+    """train/: a good image, a corrupt one and one whose file is gone; test/: a copy of the good train image."""
+    root = tmp_path / "photos"
+    (root / "train").mkdir(parents=True)
+    (root / "test").mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(root / "train" / "good.png")
+    (root / "train" / "good.txt").write_text("a green square\na green square\n")
+    (root / "train" / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "train" / "corrupt.txt").write_text("a broken photo\n")
+    shutil.copy(root / "train" / "good.png", root / "test" / "copy.png")
+    (root / "test" / "copy.txt").write_text("a green square\n")
+    csv = tmp_path / "list.csv"
+    csv.write_text(
+        "image,caption,split\nphotos/train/good.png,a square,train\nphotos/train/gone.png,a lost photo,train\n"
+    )
+    return root, csv
+
+
+def test_check_reports_corrupt_image_and_leak_by_bytes(broken_folder, capsys):
+    root, _ = broken_folder
+    code, out, _ = run(["data", "check", str(root)], capsys)
+    assert code == 1
+    assert str(root / "train" / "corrupt.jpg") in out
+    assert "1 unreadable image" in out
+    assert "image in several splits" in out and "same bytes" in out
+    assert "1 captions repeated on one image" in out
+    assert "2 errors" in out
+    code, out, _ = run(["data", "check", str(root), "--json"], capsys)
+    report = json.loads(out)
+    assert [item["image"] for item in report["unreadable_images"]] == [str(root / "train" / "corrupt.jpg")]
+    assert report["duplicate_images"] == [[str(root / "test" / "copy.png"), str(root / "train" / "good.png")]]
+    assert report["images_in_several_splits"][0]["splits"] == ["test", "train"]
+
+
+def test_check_reports_missing_image(broken_folder, capsys):
+    _, csv = broken_folder
+    code, out, _ = run(["data", "check", str(csv)], capsys)
+    assert code == 1
+    assert "1 missing image" in out and str(csv.parent / "photos" / "train" / "gone.png") in out
+
+
+def test_check_without_opening_images_finds_no_image_errors(broken_folder, capsys):
+    _, csv = broken_folder
+    code, out, _ = run(["data", "check", str(csv), "--no-images", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["images_checked"] is False
+
+
+def test_check_reports_dropped_captions(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "c.jsonl").write_text(
+        '{"image": "a.png", "caption": "one", "split": "train"}\n{"image": "a.png", "caption": " "}\n'
+    )
+    code, out, _ = run(["data", "check", str(tmp_path / "c.jsonl")], capsys)
+    assert code == 0
+    assert "dropped: 1 empty caption" in out
+
+
+def test_check_image_id_in_two_splits(tmp_path, capsys):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "c.csv").write_text("image,caption,split\na.png,one,train\na.png,two,val\n")
+    code, out, _ = run(["data", "check", str(tmp_path / "c.csv"), "--json"], capsys)
+    assert code == 1
+    shared = json.loads(out)["images_in_several_splits"]
+    assert shared == [
+        {"image": str(tmp_path / "a.png"), "image_id": "a.png", "splits": ["train", "val"], "by": "image id"}
+    ]
+
+
+def test_check_bad_input_and_unknown_split(tmp_path, capsys):
+    code, _, err = run(["data", "check", str(tmp_path / "nothing")], capsys)
+    assert code == 1 and "no such file or directory" in err
+    code, _, err = run(["data", "check", str(FLICKR), "--split", "extra"], capsys)
+    assert code == 1 and "no captions in split 'extra' (splits: test, train, val)" in err
+
+
+def test_length_stats_and_words():
+    assert caption_words("A man's hat, (red).") == ["a", "man's", "hat", "red"]
+    assert length_stats([3, 1, 2, 10]) == {"min": 1, "mean": 4.0, "median": 2.5, "max": 10}
+    report = check_records(load_records(FLICKR / "captions.txt"), open_images=False)
+    assert report["splits"] == {"none": report["total"]}

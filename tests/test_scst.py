@@ -1,0 +1,146 @@
+"""Self-critical training: the reward is the evaluation's CIDEr-D, gradients flow only through sampled tokens'
+log-probabilities, and a tiny run raises the reward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from captionkit.errors import ConfigError
+from captionkit.evaluation import score_captions
+from captionkit.models.registry import create_model
+from captionkit.text import train_bpe_tokenizer
+from captionkit.training.scst import (
+    CiderReward,
+    ScstConfig,
+    leave_one_out_baseline,
+    scst_step,
+    sequences_from,
+)
+
+REFERENCES = {
+    "red": ["a red circle", "a red circle on the left", "the circle is red"],
+    "blue": ["a blue square", "a blue square at the top", "the square is blue"],
+    "green": ["a green triangle", "a small green triangle", "the triangle is green"],
+}
+
+
+def test_reward_equals_the_evaluation_cider_d_on_the_same_corpus():
+    reward = CiderReward(REFERENCES)
+    candidates = {"red": "A red circle.", "blue": "a square that is blue", "green": "a red triangle"}
+    ids = list(REFERENCES)
+    got = reward(ids, [[candidates[i]] for i in ids])
+    # Scored by the evaluation module against the same references, i.e. the same document frequencies.
+    expected = score_captions(REFERENCES, candidates, metrics=["CIDEr"]).per_image
+    for row, image_id in enumerate(ids):
+        assert got[row, 0].item() == pytest.approx(expected[image_id]["CIDEr"], abs=1e-6)
+
+
+def test_reward_scores_several_samples_per_image_independently():
+    reward = CiderReward(REFERENCES)
+    both = reward(["red", "blue"], [["a red circle", "a blue square"], ["a blue square", "nothing"]])
+    assert both.shape == (2, 2)
+    alone = reward(["red"], [["a red circle"]])
+    assert both[0, 0] == pytest.approx(alone[0, 0].item())
+    assert both[0, 0] > both[0, 1]  # right words for the image beat another image's caption
+    assert both[1, 0] > both[1, 1] == 0.0
+
+
+def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
+    rewards = torch.tensor([[1.0, 2.0, 6.0], [0.0, 0.0, 3.0]])
+    assert torch.allclose(leave_one_out_baseline(rewards), torch.tensor([[4.0, 3.5, 1.5], [1.5, 1.5, 0.0]]))
+
+
+def test_bad_scst_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="num_samples"):
+        ScstConfig(num_samples=1)  # a leave-one-out baseline needs two samples
+    with pytest.raises(ConfigError, match="baseline"):
+        ScstConfig(baseline="best")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="entropy_weight"):
+        ScstConfig(entropy_weight=-1.0)
+    with pytest.raises(ConfigError, match="training references"):
+        CiderReward({})
+    assert ScstConfig(num_samples=1, baseline="greedy").num_samples == 1
+
+
+def _setup(seed: int = 0):
+    captions = [c for refs in REFERENCES.values() for c in refs]
+    tokenizer = train_bpe_tokenizer(captions * 4, vocab_size=300, min_frequency=1)
+    torch.manual_seed(seed)
+    model = create_model("vit-gpt2", "tiny", tokenizer)
+    pixels = torch.stack([torch.full((3, 32, 32), value) for value in (-0.8, 0.0, 0.8)])
+    return tokenizer, model, pixels, list(REFERENCES)
+
+
+class _FixedReward:
+    """Stands in for CIDEr-D: a constant reward per sample, or the real one's values."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        self.table = table
+
+    def __call__(self, image_ids, captions):
+        return self.table[: len(image_ids), : len(captions[0])].clone()
+
+
+def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single_thread):
+    tokenizer, model, pixels, ids = _setup()
+    config = ScstConfig(num_samples=3, max_new_tokens=6)
+    table = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 3.0], [0.0, 1.0, 0.0]])
+    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(table), config, seed=7)
+    step.loss.backward()
+    got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    # By hand: the same samples (same seed), the same advantages, -A * log p of each sampled token, token-averaged.
+    from captionkit.decoding import generate
+
+    model.zero_grad()
+    with torch.no_grad():
+        samples = generate(model, pixels, config=config.sampling(7))
+    seqs, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    advantage = (table - leave_one_out_baseline(table)).reshape(-1)
+    logits = model(pixels.repeat_interleave(3, dim=0), seqs, mask)
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, seqs[:, 1:, None]).squeeze(-1)
+    targets = mask[:, 1:].float()
+    (-(advantage[:, None] * log_probs * targets).sum() / targets.sum()).backward()
+    for name, p in model.named_parameters():
+        if name in got:
+            assert torch.allclose(got[name], p.grad, atol=1e-6), name
+    assert got, "no parameter received a gradient"
+
+
+def test_equal_rewards_give_no_gradient(single_thread):
+    # Every sample as good as the others: the advantage is zero, and nothing else may push the weights.
+    tokenizer, model, pixels, ids = _setup()
+    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(torch.ones(3, 4)), ScstConfig(num_samples=4), seed=1)
+    step.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
+    assert step.mean_reward == 1.0 and step.mean_baseline == 1.0
+
+
+def test_greedy_baseline_uses_the_greedy_captions_reward(single_thread):
+    tokenizer, model, pixels, ids = _setup()
+    reward = CiderReward(REFERENCES)
+    step = scst_step(model, tokenizer, pixels, ids, reward, ScstConfig(num_samples=2, baseline="greedy"), seed=3)
+    from captionkit.decoding import DecodingConfig, generate
+
+    greedy = generate(model, pixels, config=DecodingConfig(max_new_tokens=16))
+    expected = reward(ids, [[tokenizer.decode(g[0].token_ids)] for g in greedy]).mean().item()
+    assert step.mean_baseline == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_tiny_run_raises_the_mean_reward(single_thread):
+    tokenizer, model, pixels, ids = _setup(seed=2)
+    reward = CiderReward(REFERENCES)
+    config = ScstConfig(num_samples=6, max_new_tokens=8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rewards = []
+    model.train()
+    for step_number in range(60):
+        step = scst_step(model, tokenizer, pixels, ids, reward, config, seed=1000 * step_number)
+        optimizer.zero_grad()
+        step.loss.backward()
+        optimizer.step()
+        rewards.append(step.mean_reward)
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    assert last > first + 0.5, (first, last)
