@@ -1,0 +1,101 @@
+"""The download-free sentiment classifier and the style table."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from _data import SHARED_DATA
+from captionkit.data.synthetic import SceneOptions, generate_scenes, scene_captions
+from captionkit.errors import InputError
+from captionkit.evaluation.style import StyleClassifier, evaluate_styles, senticap_sentiment_words
+
+SENTICAP = SHARED_DATA / "senticap" / "senticap.json"
+COCO = SHARED_DATA / "coco" / "captions_val2017.json"
+
+
+def _senticap(split: str) -> list[tuple[str, str]]:
+    images = json.loads(SENTICAP.read_text())["images"]
+    return [
+        (s["raw"], "positive" if s["sentiment"] == 1 else "negative")
+        for image in images
+        if image["split"] in split.split("+")
+        for s in image["sentences"]
+    ]
+
+
+def test_classifier_tells_senticap_sentiment_from_coco_captions():
+    # Trained on SentiCap train+val and the COCO captions of half the val2017 images; tested on SentiCap test
+    # (other images) and the other half of COCO. Measured when written: neutral 0.887, positive 0.893, negative 0.901.
+    train, test = _senticap("train+val"), _senticap("test")
+    by_image: dict[int, list[str]] = {}
+    for note in json.loads(COCO.read_text())["annotations"]:
+        by_image.setdefault(note["image_id"], []).append(note["caption"])
+    ids = sorted(by_image)
+    neutral_train = [(c, "neutral") for i in ids[: len(ids) // 2] for c in by_image[i]]
+    neutral_test = [(c, "neutral") for i in ids[len(ids) // 2 :] for c in by_image[i]]
+    rng = random.Random(0)
+    train += rng.sample(neutral_train, len(train))
+    test += rng.sample(neutral_test, len(test))
+    lexicon = senticap_sentiment_words(SENTICAP)
+    assert lexicon["beautiful"] == "positive" and lexicon["ugly"] == "negative"
+    classifier = StyleClassifier.fit(train, lexicon=lexicon)
+    predicted = classifier.predict([caption for caption, _ in test])
+    for style in ("neutral", "positive", "negative"):
+        pairs = [(p, s) for p, (_, s) in zip(predicted, test, strict=True) if s == style]
+        accuracy = sum(p == s for p, s in pairs) / len(pairs)
+        assert accuracy > 0.87, (style, accuracy)
+
+
+def _scene_examples(count: int, seed: int) -> list[tuple[str, str]]:
+    examples = []
+    for scene in generate_scenes(count, seed, "train", SceneOptions(held_out_fraction=0.0)):
+        for style, captions in scene_captions(scene).items():
+            examples += [(c, style) for c in captions]
+    return examples
+
+
+def test_style_table_on_scene_captions(tmp_path):
+    classifier = StyleClassifier.fit(_scene_examples(200, 0))
+    assert {"lovely", "gloomy"} <= classifier.style_words and "circle" not in classifier.style_words
+    classifier.save(tmp_path / "style.json")
+    assert StyleClassifier.load(tmp_path / "style.json") == classifier
+
+    scenes = generate_scenes(20, 5, "test", SceneOptions(held_out_fraction=0.0))
+    captions = {str(i): scene_captions(scene) for i, scene in enumerate(scenes)}
+    generated = {style: {i: c[style][0] for i, c in captions.items()} for style in ("neutral", "positive", "negative")}
+    # A "model" that ignores the request for the negative style: it answers with the neutral caption.
+    generated["negative"] = dict(generated["neutral"])
+    references = {style: {i: c[style] for i, c in captions.items()} for style in ("neutral", "positive", "negative")}
+    table = evaluate_styles(generated, classifier, references)
+
+    assert table["positive"].style_accuracy == 1.0 and table["neutral"].style_accuracy == 1.0
+    assert table["negative"].style_accuracy == 0.0
+    assert table["positive"].content_exact == 1.0 and table["positive"].content_match == 1.0
+    assert table["positive"].count == 20
+    # The neutral caption scored against negative references loses the style word: lower CIDEr-D.
+    assert table["positive"].cider_d > table["negative"].cider_d > 0
+
+
+def test_content_match_catches_a_caption_about_something_else():
+    classifier = StyleClassifier.fit(_scene_examples(200, 0))
+    neutral = {"1": "a large red circle left of a small blue square", "2": "a small green triangle"}
+    generated = {
+        "positive": {"1": "a lovely large red circle left of a small blue square", "2": "a lovely blue square"}
+    }
+    scores = evaluate_styles(generated, classifier, neutral=neutral)["positive"]
+    assert scores.content_match == 0.5 and scores.content_exact == 0.5
+    assert scores.cider_d is None  # no references given
+
+
+def test_bad_classifier_inputs_are_one_line_errors(tmp_path):
+    with pytest.raises(InputError, match="at least two styles"):
+        StyleClassifier.fit([("a cat", "neutral"), ("a dog", "neutral")])
+    bad = tmp_path / "style.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match="not a style classifier file"):
+        StyleClassifier.load(bad)
+    with pytest.raises(InputError, match="not a SentiCap json"):
+        senticap_sentiment_words(bad)
