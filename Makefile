@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-output
 
-.PHONY: venv demo test test-slow lint format clean
+.PHONY: venv demo test test-slow lint format clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/captionkit demo --output $(DEMO_DIR)
 
+# The headless-browser test drives Debian's chromium through Playwright (no browser download): apt needs root or sudo.
+SUDO = $(if $(filter 0,$(shell id -u)),,sudo)
+browser: venv
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	$(BIN)/python -m pip install --quiet -e '.[browser]'
+	chromium --version
+
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from captionkit.cli import caption, demo, evaluate, score, train
+from captionkit.cli import caption, demo, evaluate, score, serve, train
 from captionkit.cli.data import app as data_app
 
 app = typer.Typer(
@@ -28,6 +28,7 @@ app.command("demo")(demo.demo)
 app.command("score")(score.score)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(data_app, name="data")
+app.command("serve")(serve.serve)
 
 
 def main(argv: list[str] | None = None) -> None:

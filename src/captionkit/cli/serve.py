@@ -1,0 +1,86 @@
+"""``captionkit serve``: the REST API and web page over one or more models (needs ``captionkit[serve]``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captionkit.cli._common import EXIT_INPUT_ERROR, fail, quiet_libraries
+
+# Import names of what the `serve` extra installs.
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart")
+INSTALL_HINT = "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
+
+
+def serve(
+    model: Annotated[
+        list[str], typer.Option(help="Model directory or hub id, optionally NAME=PATH; repeat for side by side.")
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: all interfaces).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most images in one model call (micro-batching).")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more images.")] = 10.0,
+    max_queue: Annotated[int, typer.Option(help="Images waiting per model before 503.")] = 64,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 beyond).")] = 20.0,
+    timeout_s: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 beyond).")] = 30.0,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+) -> None:
+    """Serve models over HTTP: POST /v1/captions, GET /v1/models, /healthz, /readyz, /metrics, a page at /."""
+    if not all(importlib.util.find_spec(name) for name in SERVE_MODULES):
+        print(INSTALL_HINT, file=sys.stderr)
+        raise typer.Exit(EXIT_INPUT_ERROR)
+    quiet_libraries()
+    import uvicorn
+
+    from captionkit.api import Captioner
+    from captionkit.errors import CaptionkitError
+    from captionkit.serve import ServeSettings, create_app
+
+    if not 1 <= port <= 65535:
+        fail(f"--port: must be between 1 and 65535, got {port}")
+    try:
+        names = model_names(model)
+        settings = ServeSettings(
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
+            request_timeout_s=timeout_s,
+        )
+        captioners = {}
+        for name, source in names.items():
+            print(f"loading {name} from {source}", file=sys.stderr)
+            captioners[name] = Captioner.from_pretrained(source, device=device)
+        app = create_app(captioners, settings)
+    except CaptionkitError as error:
+        fail(str(error))
+    # uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes in-flight requests, runs the shutdown, then
+    # re-raises the signal to the handler that was there before it: ours, so a requested stop exits 0.
+    stopped_by: list[str] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 5)
+    if stopped_by:
+        print(f"captionkit serve: stopped by {stopped_by[0]} after finishing in-flight requests", file=sys.stderr)
+
+
+def model_names(specs: list[str]) -> dict[str, str]:
+    """``NAME=PATH`` or ``PATH`` (named by its last path component) -> ``{name: source}``; names must differ."""
+    from captionkit.errors import InputError
+
+    names: dict[str, str] = {}
+    for spec in specs:
+        name, sep, source = spec.partition("=")
+        if not sep:
+            name, source = Path(spec.rstrip("/")).name or spec, spec
+        if not name or not source:
+            raise InputError("--model", f"{spec!r}: expected PATH or NAME=PATH")
+        if name in names:
+            raise InputError("--model", f"two models named {name!r}; name them with NAME=PATH")
+        names[name] = source
+    return names

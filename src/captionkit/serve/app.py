@@ -1,0 +1,232 @@
+"""The FastAPI app: ``create_app({"name": captioner, ...}, settings)``.
+
+Routes: ``POST /v1/captions``, ``GET /v1/models``, ``/healthz`` (the process answers), ``/readyz`` (models loaded
+and batchers running; 503 while starting or shutting down), ``/metrics`` (Prometheus text), ``/`` (the page),
+``/docs`` (API docs rendered from ``/openapi.json`` by a page shipped in the package: FastAPI's own docs pages
+load their scripts from a CDN, so they are switched off). Every refusal is JSON ``{"detail", "errors"?}`` (see
+``captionkit.serve.errors``); nothing a client sends answers 5xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+import captionkit
+from captionkit.api import Caption, Captioner
+from captionkit.errors import ConfigError
+from captionkit.serve.batching import BatcherStopped, MicroBatcher, QueueFull
+from captionkit.serve.errors import ApiError, field_error, invalid_fields
+from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
+from captionkit.serve.models import ServedModel
+from captionkit.serve.params import CaptionParams, Parameter, parameters, parse_params
+from captionkit.serve.settings import ServeSettings
+from captionkit.serve.uploads import IMAGE_FIELD, JSON_IMAGES, load_uploads, parse_body, read_body
+
+STATIC = ("captionkit.serve", "static")
+
+
+def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None = None) -> FastAPI:
+    """An app serving ``models`` (name -> captioner; the first is the default) within ``settings``' limits."""
+    settings = settings or ServeSettings()
+    if not models:
+        raise ConfigError("models", "serve needs at least one model")
+    served = {name: ServedModel(name, captioner) for name, captioner in models.items()}
+    metrics = Metrics()
+    batchers = {name: _batcher(model, settings, metrics) for name, model in served.items()}
+    for name, batcher in batchers.items():
+        metrics.queue_gauges[name] = lambda batcher=batcher: batcher.queued
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for batcher in batchers.values():
+            batcher.start()
+        app.state.ready = True
+        yield
+        app.state.ready = False  # uvicorn has finished the in-flight requests by now
+        for batcher in batchers.values():
+            await batcher.stop()
+
+    app = FastAPI(
+        title="captionkit",
+        version=captionkit.__version__,
+        description="Caption images over HTTP. Refusals are JSON: {detail, errors?}.",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ready = False
+    app.state.settings = settings
+    app.state.batchers = batchers
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: _route_paths(app))
+
+    @app.exception_handler(ApiError)
+    async def refuse(request: Request, error: ApiError) -> JSONResponse:
+        return error.response()
+
+    @app.post(
+        "/v1/captions",
+        summary="Caption one or more images",
+        openapi_extra=_captions_openapi(parameters(settings)),
+    )
+    async def captions(request: Request) -> dict[str, Any]:
+        started = time.perf_counter()
+        body = await read_body(request, settings.max_upload_bytes)
+        uploads, body_params = await parse_body(request, body, settings)
+        params = parse_params(_merge(dict(request.query_params), body_params), served, settings)
+        images = await run_in_threadpool(load_uploads, uploads, settings)
+        found = await _caption(batchers[params.model.name], images, params, settings)
+        return {
+            "model": params.model.name,
+            "style": params.style,
+            "decoding": _describe_decoding(params),
+            "results": [
+                _result(index, upload.name, captions)
+                for index, (upload, captions) in enumerate(zip(uploads, found, strict=True))
+            ],
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        }
+
+    @app.get("/v1/models", summary="The models this server captions with")
+    async def list_models() -> dict[str, Any]:
+        return {"default": next(iter(served)), "models": [model.describe() for model in served.values()]}
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: models loaded and accepting requests")
+    async def readyz() -> JSONResponse:
+        if not app.state.ready:
+            return JSONResponse({"status": "not ready", "detail": "starting or shutting down"}, status_code=503)
+        return JSONResponse({"status": "ready", "models": list(served)})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_static_text("index.html"))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_static_text("docs.html"))
+
+    app.mount("/static", StaticFiles(packages=[STATIC]), name="static")
+    return app
+
+
+def _batcher(model: ServedModel, settings: ServeSettings, metrics: Metrics) -> MicroBatcher:
+    return MicroBatcher(
+        model.captioner.caption_pil,
+        settings.max_batch,
+        settings.max_wait_ms / 1000,
+        settings.max_queue,
+        on_batch=lambda size, seconds: metrics.record_batch(model.name, size, seconds),
+    )
+
+
+async def _caption(
+    batcher: MicroBatcher, images: list[Image.Image], params: CaptionParams, settings: ServeSettings
+) -> list[list[Caption]]:
+    name = params.model.name
+    try:
+        return await asyncio.wait_for(batcher.submit(images, params.decoding), settings.request_timeout_s)
+    except QueueFull as full:
+        retry = {"Retry-After": str(settings.retry_after_s)}
+        raise ApiError(503, f"model {name!r}: queue full ({full}); retry later", headers=retry) from None
+    except BatcherStopped:
+        raise ApiError(503, "server is shutting down", headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except TimeoutError:
+        raise ApiError(504, f"model {name!r}: no answer within {settings.request_timeout_s:g} s") from None
+
+
+def _merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """Query parameters and body fields together; the same name in both is refused rather than guessed at."""
+    both = sorted(set(query) & set(body))
+    if both:
+        raise invalid_fields([field_error(name, "given both as a query parameter and in the body") for name in both])
+    return query | body
+
+
+def _result(index: int, name: str, captions: list[Caption]) -> dict[str, Any]:
+    return {
+        "index": index,
+        "image": name,
+        "caption": captions[0].text,
+        "score": captions[0].score,
+        "captions": [{"text": caption.text, "score": caption.score} for caption in captions],
+    }
+
+
+def _describe_decoding(params: CaptionParams) -> dict[str, Any]:
+    config = asdict(params.decoding)
+    config["max_length"] = config.pop("max_new_tokens")
+    config["n_best"] = config.pop("num_return_sequences")
+    return config
+
+
+def _route_paths(app: FastAPI) -> frozenset[str]:
+    return frozenset(getattr(route, "path", "") for route in app.routes)
+
+
+def _static_text(name: str) -> str:
+    return resources.files(STATIC[0]).joinpath(STATIC[1], name).read_text(encoding="utf-8")
+
+
+def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
+    """The OpenAPI description of ``POST /v1/captions``, built from the same table that validates requests."""
+    properties = {p.name: _schema(p) for p in table}
+    image_files = {"type": "array", "items": {"type": "string", "format": "binary"}}
+    base64_list = {"type": "array", "items": {"type": "string", "description": "base64 or data: URL"}}
+    refusal = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}
+    return {
+        "parameters": [
+            {"name": p.name, "in": "query", "required": False, "description": p.help, "schema": _schema(p)}
+            for p in table
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {IMAGE_FIELD: image_files, **properties}}
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": {JSON_IMAGES: base64_list, **properties}}
+                },
+            },
+        },
+        "responses": {
+            str(status): {"description": why, "content": refusal}
+            for status, why in (
+                (400, "Malformed body"),
+                (413, "Body over the upload limit"),
+                (415, "Content type or image format not accepted"),
+                (422, "Invalid parameter or unreadable image"),
+                (503, "Queue full (see Retry-After)"),
+                (504, "No answer within the request timeout"),
+            )
+        },
+    }
+
+
+def _schema(parameter: Parameter) -> dict[str, Any]:
+    kinds = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    schema: dict[str, Any] = {"type": kinds[parameter.kind], "description": parameter.help}
+    if parameter.low is not None:
+        schema["exclusiveMinimum" if parameter.low_open else "minimum"] = parameter.low
+    if parameter.high is not None:
+        schema["maximum"] = parameter.high
+    return schema

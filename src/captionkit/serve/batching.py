@@ -1,0 +1,177 @@
+"""Micro-batching: images from concurrent requests that share a model and decoding settings run as one batch.
+
+One :class:`MicroBatcher` per model. Requests add their images to a queue keyed by the decoding config; one
+worker takes the key whose oldest image has waited longest, waits until ``max_batch`` images of that key are
+there or ``max_wait`` has passed since the oldest arrived, and runs them in one model call on its own thread (one
+thread per model: a model is never run by two threads at once, and the event loop stays free meanwhile).
+
+Seeded sampling is batched only within its request: sample ``i`` of image ``j`` then comes from
+``seed + j`` whatever else is in flight, so the same request always gets the same captions.
+
+The queue is bounded: a request whose images do not fit raises :class:`QueueFull` at once (the API answers 503
+with Retry-After) instead of waiting behind work it cannot finish in time. A request that is cancelled (its
+timeout passed) leaves the queue; images of it already in a running batch are computed and dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from captionkit.api import Caption
+from captionkit.decoding import DecodingConfig
+
+# (images, config, image_offset) -> n-best captions per image: Captioner.caption_pil's signature.
+RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int], list[list[Caption]]]
+
+
+class QueueFull(Exception):
+    """The model's queue has no room for this request's images."""
+
+
+class BatcherStopped(Exception):
+    """The server is shutting down; the request was not run."""
+
+
+@dataclass
+class _Item:
+    image: Image.Image
+    offset: int
+    future: asyncio.Future[list[Caption]]
+    arrived: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class _Key:
+    config: DecodingConfig
+    request: int | None  # set for seeded sampling: batch only with the same request
+
+
+class MicroBatcher:
+    """Collects images into batches for one model; see the module docstring."""
+
+    def __init__(
+        self,
+        run: RunBatch,
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._run = run
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queues: dict[_Key, deque[_Item]] = {}
+        self._queued = 0
+        self._arrived = asyncio.Event()
+        self._requests = itertools.count()
+        self._executor: ThreadPoolExecutor | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Images waiting (not yet in a running batch)."""
+        return self._queued
+
+    def start(self) -> None:
+        self._arrived = asyncio.Event()  # made here: an event belongs to the loop that first waits on it
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionkit-model")
+        self._worker = asyncio.create_task(self._work())
+
+    async def stop(self) -> None:
+        """Stop the worker; requests still queued fail with :class:`BatcherStopped`."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        for queue in self._queues.values():
+            for item in queue:
+                if not item.future.done():
+                    item.future.set_exception(BatcherStopped())
+        self._queues.clear()
+        self._queued = 0
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    async def submit(self, images: Sequence[Image.Image], config: DecodingConfig) -> list[list[Caption]]:
+        """The n-best captions of each image; raises :class:`QueueFull` when they do not fit in the queue."""
+        if self._worker is None:
+            raise BatcherStopped()
+        if self._queued + len(images) > self.max_queue:
+            raise QueueFull(f"{self._queued} images queued, room for {self.max_queue}")
+        own = config.do_sample and config.seed is not None
+        key = _Key(config, next(self._requests) if own else None)
+        loop = asyncio.get_running_loop()
+        items = [_Item(image, index, loop.create_future()) for index, image in enumerate(images)]
+        self._queues.setdefault(key, deque()).extend(items)
+        self._queued += len(items)
+        self._arrived.set()
+        try:
+            return list(await asyncio.gather(*(item.future for item in items)))
+        finally:
+            self._forget(key, items)
+
+    def _forget(self, key: _Key, items: list[_Item]) -> None:
+        """Take a finished or cancelled request's items that are still queued out of the queue."""
+        queue = self._queues.get(key)
+        if not queue:
+            return
+        mine = {id(item) for item in items}
+        kept = deque(item for item in queue if id(item) not in mine)
+        self._queued -= len(queue) - len(kept)
+        if kept:
+            self._queues[key] = kept
+        else:
+            del self._queues[key]
+
+    async def _work(self) -> None:
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            while self._queues:
+                await self._run_one_batch()
+
+    async def _run_one_batch(self) -> None:
+        key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
+        deadline = self._queues[key][0].arrived + self.max_wait_s
+        while len(self._queues.get(key, ())) < self.max_batch and (wait := deadline - time.monotonic()) > 0:
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), wait)
+            except TimeoutError:
+                break
+        queue = self._queues.get(key)
+        if not queue:
+            return  # its requests were cancelled while it waited
+        batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+        if not queue:
+            del self._queues[key]
+        self._queued -= len(batch)
+        live = [item for item in batch if not item.future.done()]
+        if not live:
+            return
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        images = [item.image for item in live]
+        offset = live[0].offset if key.request is not None else 0
+        try:
+            results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset)
+        except Exception as error:  # a model failure fails this batch's requests, not the server
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(live), time.perf_counter() - started)
+        for item, captions in zip(live, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(captions)

@@ -1,0 +1,47 @@
+"""The one error type the API answers with, and its JSON shape.
+
+Every refusal is ``{"detail": "<one line naming the input and the reason>", "errors": [...]}``: ``detail`` is
+what :class:`captionkit.errors.CaptionkitError` messages look like; ``errors`` (present when there is more than
+the one line to say) lists each bad parameter as ``{"field", "error"}`` and each bad image as
+``{"image", "error"}``, the same record the ``caption`` CLI writes for a file it could not read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.responses import JSONResponse
+
+
+class ApiError(Exception):
+    """A request the server refuses: an HTTP status, one line, optional per-field/per-image records."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.errors = errors or []
+        self.headers = headers or {}
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"detail": self.detail}
+        if self.errors:
+            body["errors"] = self.errors
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
+
+
+def field_error(field: str, reason: str) -> dict[str, str]:
+    return {"field": field, "error": reason}
+
+
+def invalid_fields(errors: list[dict[str, str]]) -> ApiError:
+    """422 for one or more bad parameters; ``detail`` quotes the first, ``errors`` lists them all."""
+    first = errors[0]
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ApiError(422, f"{first['field']}: {first['error']}{more}", errors)

@@ -1,0 +1,46 @@
+"""The limits that protect a running server: upload size, batch shape, queue depth, time, decoding bounds."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from captionkit.errors import ConfigError
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """What ``captionkit serve`` accepts and how it batches; every field is checked when built."""
+
+    # Micro-batching: concurrent images for the same model and decoding settings run as one batch of at most
+    # max_batch, waiting at most max_wait_ms after the first one arrives for others to join.
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    # Images waiting per model; beyond this a request is refused with 503 + Retry-After rather than queued.
+    max_queue: int = 64
+    retry_after_s: int = 1
+    # A request still waiting after this long answers 504 (its images are dropped from the queue).
+    request_timeout_s: float = 30.0
+    # The whole request body (all images together); each image is also held to it.
+    max_upload_bytes: int = 20 * MiB
+    max_images: int = 16
+    # Decoding bounds: tighter than DecodingConfig's, since every request shares the same machine.
+    max_beams: int = 8
+    max_new_tokens: int = 64
+    max_n_best: int = 8
+
+    def __post_init__(self) -> None:
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"serve.{field.name}", f"must be a positive integer, got {value!r}")
+            if field.type == "float" and (
+                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
+            ):
+                raise ConfigError(f"serve.{field.name}", f"must be a finite number >= 0, got {value!r}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("serve.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        if self.max_n_best > self.max_beams:
+            raise ConfigError("serve.max_n_best", f"must be <= max_beams ({self.max_beams}), got {self.max_n_best}")

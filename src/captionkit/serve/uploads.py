@@ -1,0 +1,181 @@
+"""Reading a ``POST /v1/captions`` body: size cap, multipart or JSON, then images through captionkit.images.
+
+Statuses: body over the cap 413 (refused from Content-Length before reading, or as soon as the stream passes
+it); a content type other than multipart/form-data or application/json 415; a malformed body 400; missing or
+bad fields 422. Images are judged by their bytes, never by file name or declared type: a format outside
+:data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415; empty, truncated, corrupt or oversized in
+pixels is 422.
+
+A request with any bad image is refused whole, before any model work: the status is that of the first bad
+image, and ``errors`` lists every bad one as ``{"image", "error"}``. A client resends the good ones; it never
+has to pick results apart from failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+from starlette.types import Message
+
+from captionkit.errors import ImageError
+from captionkit.images import ImageLimits, load_image
+from captionkit.serve.errors import ApiError, field_error, invalid_fields
+from captionkit.serve.settings import ServeSettings
+
+IMAGE_FIELD = "image"
+JSON_IMAGES = "images"
+MAX_FORM_FIELDS = 64
+MAX_FIELD_BYTES = 4096
+_UNSUPPORTED_PREFIX = "unsupported image format"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image as sent: its bytes and the name results and errors call it by."""
+
+    name: str
+    data: bytes
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 once it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def parse_body(request: Request, body: bytes, settings: ServeSettings) -> tuple[list[Upload], dict[str, Any]]:
+    """``(uploads, parameters)`` from a multipart or JSON body; parameters are the non-image fields."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        uploads, params = await _parse_multipart(request, body, settings)
+    elif media_type == "application/json":
+        uploads, params = _parse_json(body)
+    else:
+        shown = media_type or "none"
+        raise ApiError(415, f"Content-Type: {shown} is not accepted; send multipart/form-data or application/json")
+    if not uploads:
+        where = f"one or more '{IMAGE_FIELD}' file fields" if media_type != "application/json" else "'images': [...]"
+        raise invalid_fields([field_error(IMAGE_FIELD, f"no image in the request; send {where}")])
+    if len(uploads) > settings.max_images:
+        reason = f"{len(uploads)} images, at most {settings.max_images} per request"
+        raise invalid_fields([field_error(IMAGE_FIELD, reason)])
+    return uploads, params
+
+
+def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.Image]:
+    """Decode every upload safely; refuse the request (415/422) listing each image that failed."""
+    limits = ImageLimits(max_bytes=settings.max_upload_bytes)
+    images: list[Image.Image] = []
+    failures: list[tuple[int, dict[str, str]]] = []
+    for upload in uploads:
+        try:
+            images.append(load_image(upload.data, limits=limits, name=upload.name))
+        except ImageError as error:
+            status = 415 if error.reason.startswith(_UNSUPPORTED_PREFIX) else 422
+            failures.append((status, {"image": upload.name, "error": error.reason}))
+    if failures:
+        status, first = failures[0]
+        more = f" (and {len(failures) - 1} more bad images)" if len(failures) > 1 else ""
+        raise ApiError(status, f"{first['image']}: {first['error']}{more}", [record for _, record in failures])
+    return images
+
+
+async def _parse_multipart(
+    request: Request, body: bytes, settings: ServeSettings
+) -> tuple[list[Upload], dict[str, Any]]:
+    sent = False
+
+    async def replay() -> Message:  # the body was already read (and capped); hand it to the form parser once
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(
+            max_files=settings.max_images + 1, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES
+        )
+    except (MultiPartException, HTTPException) as error:  # Starlette turns the former into the latter in an app
+        reason = error.detail if isinstance(error, HTTPException) else str(error)
+        raise ApiError(400, f"request body: malformed or over-limit multipart data ({reason})") from None
+    uploads: list[Upload] = []
+    params: dict[str, Any] = {}
+    errors: list[dict[str, str]] = []
+    try:
+        for key, value in form.multi_items():
+            if key == IMAGE_FIELD:
+                if isinstance(value, UploadFile):
+                    uploads.append(Upload(value.filename or f"image[{len(uploads)}]", await value.read()))
+                else:
+                    errors.append(field_error(IMAGE_FIELD, "is a text field; send the image as a file upload"))
+            elif isinstance(value, UploadFile):
+                errors.append(field_error(key, f"unexpected file field (images go in '{IMAGE_FIELD}')"))
+            elif key in params:
+                errors.append(field_error(key, "given more than once"))
+            else:
+                params[key] = value
+    finally:
+        await form.close()
+    if errors:
+        raise invalid_fields(errors)
+    return uploads, params
+
+
+def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ApiError(400, f"request body: invalid JSON ({error})") from None
+    if not isinstance(document, dict):
+        raise invalid_fields([field_error("body", f"must be a JSON object, got {type(document).__name__}")])
+    images = document.pop(JSON_IMAGES, None)
+    if images is None:
+        return [], document
+    if not isinstance(images, list) or not all(isinstance(item, str) for item in images):
+        raise invalid_fields([field_error(JSON_IMAGES, "must be a list of base64 strings")])
+    uploads: list[Upload] = []
+    errors: list[dict[str, str]] = []
+    for index, text in enumerate(images):
+        name = f"images[{index}]"
+        try:
+            uploads.append(Upload(name, _decode_base64(text)))
+        except ValueError as error:
+            errors.append(field_error(name, str(error)))
+    if errors:
+        raise invalid_fields(errors)
+    return uploads, document
+
+
+def _decode_base64(text: str) -> bytes:
+    """Standard base64, optionally as a ``data:image/...;base64,`` URL (what a browser's FileReader gives)."""
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise ValueError("data URL is not base64-encoded")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"invalid base64 ({error})") from None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body: over the {limit / (1024 * 1024):g} MiB upload limit")

@@ -1,0 +1,69 @@
+"""Helpers for the serve tests: tiny saved captioners, image bytes, and a real uvicorn server on loopback."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from captionkit.api import Captioner
+from captionkit.images import Preprocessing
+from captionkit.models.registry import create_model
+from captionkit.text import train_bpe_tokenizer
+from captionkit.training.checkpoint import save_checkpoint
+
+CAPTIONS = ["a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea"]
+
+
+def save_tiny_model(directory: Path, seed: int) -> Path:
+    """A tiny random ViT+GPT-2 checkpoint (32 px input) with a BPE tokenizer trained on a few captions."""
+    tokenizer = train_bpe_tokenizer(CAPTIONS * 10, 300, True, 1)
+    torch.manual_seed(seed)
+    model = create_model("vit-gpt2", "tiny", tokenizer)
+    return save_checkpoint(directory, model, tokenizer, Preprocessing.for_size(32, 32))
+
+
+def load_tiny(directory: Path) -> Captioner:
+    return Captioner.from_pretrained(directory, device="cpu")
+
+
+def image_bytes(fmt: str = "JPEG", size: tuple[int, int] = (48, 40), mode: str = "RGB", **save: object) -> bytes:
+    """A small gradient image encoded as ``fmt``."""
+    image = Image.linear_gradient("L").resize(size).convert(mode) if mode != "L" else Image.linear_gradient("L")
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **save)
+    return buffer.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_server(app: object) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a loopback port in a thread; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

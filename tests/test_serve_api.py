@@ -1,0 +1,368 @@
+"""`captionkit serve`: the API on two tiny models, micro-batching, limits, metrics, the CLI and graceful shutdown."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from _serve import free_port, image_bytes, load_tiny, running_server, save_tiny_model
+from captionkit.cli import main
+from captionkit.decoding import DecodingConfig
+from captionkit.images import load_image
+from captionkit.serve import ServeSettings, create_app
+from captionkit.serve.loadtest import percentile, run_load
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+# An absolute or protocol-relative URL where a page would load something from.
+EXTERNAL = re.compile(r"""((src|href)=|url\(|@import|fetch\()\s*["'`]?(https?:)?//""")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny_model(root / "base", seed=0), save_tiny_model(root / "tuned", seed=1)
+
+
+@pytest.fixture(scope="module")
+def captioners(model_dirs):
+    return {"base": load_tiny(model_dirs[0]), "tuned": load_tiny(model_dirs[1])}
+
+
+@pytest.fixture(scope="module")
+def client(captioners):
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as test_client:
+        yield test_client
+
+
+class SlowCounting:
+    """Wraps a captioner's caption_pil: counts calls and batch sizes, optionally waits before each call."""
+
+    def __init__(self, captioner, delay_s: float = 0.0) -> None:
+        self.inner = captioner.caption_pil
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.started = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, images, config, image_offset=0):
+        with self.lock:
+            self.batches.append(len(images))
+        self.started.set()
+        time.sleep(self.delay_s)
+        return self.inner(images, config, image_offset)
+
+
+def slow_counting(captioner, monkeypatch, delay_s: float = 0.0) -> SlowCounting:
+    """Route the captioner's model calls through a :class:`SlowCounting` for this test."""
+    counting = SlowCounting(captioner, delay_s)
+    monkeypatch.setattr(captioner, "caption_pil", counting)
+    return counting
+
+
+def post_image(client, data: bytes | None = None, name: str = "photo.jpg", **params):
+    files = [("image", (name, data if data is not None else image_bytes(), "image/jpeg"))]
+    return client.post("/v1/captions", files=files, data={k: str(v) for k, v in params.items()})
+
+
+def test_multipart_caption_matches_the_captioner(client, captioners):
+    response = post_image(client, num_beams=3, n_best=3, max_length=8)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "base" and body["style"] == "none"
+    assert body["decoding"]["num_beams"] == 3 and body["decoding"]["n_best"] == 3
+    assert body["decoding"]["max_length"] == 8
+    [result] = body["results"]
+    assert result["image"] == "photo.jpg" and result["index"] == 0
+    scores = [c["score"] for c in result["captions"]]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True)
+    assert result["caption"] == result["captions"][0]["text"]
+    expected = captioners["base"].caption_pil(
+        [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=3, max_new_tokens=8)
+    )[0]
+    assert [c["text"] for c in result["captions"]] == [c.text for c in expected]
+    assert scores == pytest.approx([c.score for c in expected])
+    assert body["latency_ms"] > 0
+
+
+def test_json_base64_and_model_choice(client, captioners):
+    png = image_bytes("PNG")
+    images = [base64.b64encode(png).decode(), "data:image/png;base64," + base64.b64encode(png).decode()]
+    response = client.post("/v1/captions?model=tuned", json={"images": images, "num_beams": 1, "max_length": 6})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "tuned"
+    assert [r["image"] for r in body["results"]] == ["images[0]", "images[1]"]
+    expected = captioners["tuned"].caption_pil([load_image(png)], DecodingConfig(max_new_tokens=6))[0][0].text
+    assert [r["caption"] for r in body["results"]] == [expected, expected]
+
+
+def test_several_images_keep_their_order_and_names(client):
+    files = [("image", (f"img{i}.png", image_bytes("PNG", size=(20 + 10 * i, 30)), "image/png")) for i in range(3)]
+    response = client.post("/v1/captions", files=files, data={"num_beams": "2", "max_length": "5"})
+    assert response.status_code == 200, response.text
+    assert [(r["index"], r["image"]) for r in response.json()["results"]] == [(i, f"img{i}.png") for i in range(3)]
+
+
+def test_seeded_sampling_repeats(client):
+    params = {"do_sample": "true", "seed": "7", "n_best": "3", "max_length": "8", "temperature": "1.5"}
+    first = post_image(client, **params).json()["results"][0]["captions"]
+    again = post_image(client, **params).json()["results"][0]["captions"]
+    assert first == again
+    assert len(first) == 3
+
+
+def test_models_health_ready_and_docs(client):
+    models = client.get("/v1/models").json()
+    assert models["default"] == "base"
+    assert [m["name"] for m in models["models"]] == ["base", "tuned"]
+    assert all(m["styles"] == ["none"] and m["attention"] is False for m in models["models"])
+    assert models["models"][0]["parameters"] > 1000
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready", "models": ["base", "tuned"]}
+    spec = client.get("/openapi.json").json()
+    operation = spec["paths"]["/v1/captions"]["post"]
+    beams = next(p for p in operation["parameters"] if p["name"] == "num_beams")
+    assert beams["schema"]["maximum"] == ServeSettings().max_beams
+    assert set(operation["requestBody"]["content"]) == {"multipart/form-data", "application/json"}
+
+
+def test_pages_and_docs_use_no_external_assets(client):
+    for path in ("/", "/docs", "/static/app.js", "/static/docs.js", "/static/style.css"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        # No CDN: every script, stylesheet, image, import and fetch is same-origin.
+        assert not EXTERNAL.search(response.text), path
+    assert '<script src="/static/app.js">' in client.get("/").text
+    assert '<script src="/static/docs.js">' in client.get("/docs").text
+
+
+def test_metrics_count_requests_errors_and_batches(client):
+    post_image(client, num_beams=1)
+    post_image(client, num_beams=0)
+    text = client.get("/metrics").text
+    assert re.search(r'captionkit_http_requests_total\{path="/v1/captions",status="200"\} [1-9]', text)
+    assert re.search(r'captionkit_http_errors_total\{path="/v1/captions",status="422"\} [1-9]', text)
+    assert re.search(r'captionkit_http_request_duration_seconds_count\{path="/v1/captions"\} [1-9]', text)
+    assert re.search(r'captionkit_batch_size_bucket\{model="base",le="1"\} [1-9]', text)
+    assert 'captionkit_queue_images{model="base"} 0' in text
+    client.get("/no/such/page")
+    assert 'path="other",status="404"' in client.get("/metrics").text
+
+
+def concurrent_posts(client, count: int, **params) -> list[int]:
+    with ThreadPoolExecutor(count) as pool:
+        return [r.status_code for r in pool.map(lambda _: post_image(client, **params), range(count))]
+
+
+@pytest.mark.parametrize(("max_batch", "calls"), [(4, 1), (1, 4)])
+def test_micro_batching_joins_concurrent_requests(captioners, monkeypatch, max_batch, calls):
+    counting = slow_counting(captioners["base"], monkeypatch)
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=1500)
+    with TestClient(create_app(captioners, settings)) as client:
+        assert concurrent_posts(client, 4, num_beams=2, max_length=5) == [200] * 4
+        metrics = client.get("/metrics").text
+    assert counting.batches == [max_batch] * calls
+    assert f'captionkit_batch_size_count{{model="base"}} {calls}' in metrics
+
+
+def test_different_decoding_settings_are_not_batched_together(captioners, monkeypatch):
+    counting = slow_counting(captioners["base"], monkeypatch)
+    settings = ServeSettings(max_batch=8, max_wait_ms=300)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(4) as pool:
+        beams = [pool.submit(post_image, client, num_beams=b, max_length=5) for b in (1, 2, 1, 2)]
+        assert [f.result().status_code for f in beams] == [200] * 4
+    assert sorted(counting.batches) == [2, 2]
+
+
+def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypatch):
+    """Same seed, same captions, whatever runs concurrently: seeded requests never share a model call."""
+    params = {"do_sample": "true", "seed": "11", "n_best": "2", "max_length": "6"}
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
+        alone = post_image(client, **params).json()["results"][0]["captions"]
+    counting = slow_counting(captioners["base"], monkeypatch)
+    settings = ServeSettings(max_batch=8, max_wait_ms=300)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda _: post_image(client, **params), range(3)))
+    assert [r.json()["results"][0]["captions"] for r in responses] == [alone] * 3
+    assert counting.batches == [1, 1, 1]
+
+
+def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
+    counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, retry_after_s=3)
+    with TestClient(create_app(captioners, settings)) as client:
+        batcher = client.app.state.batchers["base"]
+        with ThreadPoolExecutor(2) as pool:
+            running = pool.submit(post_image, client, num_beams=1)
+            assert counting.started.wait(10)  # the first request is in the model now
+            queued = pool.submit(post_image, client, num_beams=1)
+            deadline = time.monotonic() + 10
+            while batcher.queued < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            refused = post_image(client, num_beams=1)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "3"
+            assert "queue full" in refused.json()["detail"]
+            assert post_image(client, model="tuned", num_beams=1).status_code == 200  # other models still serve
+            assert running.result().status_code == 200 and queued.result().status_code == 200
+
+
+def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeypatch):
+    counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
+    with TestClient(create_app(captioners, ServeSettings(request_timeout_s=0.3, max_wait_ms=0))) as client:
+        response = post_image(client, num_beams=1)
+        assert response.status_code == 504
+        assert response.json()["detail"] == "model 'base': no answer within 0.3 s"
+        counting.delay_s = 0.0
+        time.sleep(1.0)  # the abandoned batch finishes in the background
+        assert post_image(client, num_beams=1).status_code == 200
+        assert client.app.state.batchers["base"].queued == 0
+
+
+def test_declared_styles_and_attention_are_listed_but_not_yet_served(captioners, monkeypatch):
+    model = captioners["tuned"].model
+    monkeypatch.setattr(model, "styles", ("positive", "negative"), raising=False)
+    monkeypatch.setattr(model, "has_attention", True, raising=False)
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert listed["tuned"]["styles"] == ["none", "positive", "negative"] and listed["tuned"]["attention"]
+        assert listed["base"]["styles"] == ["none"] and not listed["base"]["attention"]
+        styled = post_image(client, model="tuned", style="positive")
+        assert styled.status_code == 422
+        assert styled.json()["detail"] == "style: styled captioning is not available in this server version"
+        unknown = post_image(client, model="tuned", style="sarcastic").json()["detail"]
+        assert unknown == "style: model 'tuned' has no style 'sarcastic' (allowed: none, neutral, positive, negative)"
+        attention = post_image(client, model="tuned", attention="true")
+        assert attention.json()["detail"] == "attention: attention maps are not available in this server version"
+        assert post_image(client, model="tuned", style="neutral", num_beams=1).status_code == 200
+
+
+def test_readyz_follows_the_lifespan(captioners):
+    app = create_app(captioners, ServeSettings(max_wait_ms=0))
+    client = TestClient(app)  # not entered: the lifespan has not run
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+    for _ in range(2):  # the same app starts again after a shutdown
+        with TestClient(app) as running:
+            assert running.get("/readyz").status_code == 200
+            assert post_image(running, num_beams=1).status_code == 200
+        assert client.get("/readyz").json() == {"status": "not ready", "detail": "starting or shutting down"}
+
+
+def test_loopback_load_smoke(captioners):
+    settings = ServeSettings(max_batch=4, max_wait_ms=5)
+    with running_server(create_app(captioners, settings)) as url:
+        report = run_load(url, image_bytes(), {"num_beams": "1", "max_length": "5"}, requests=12, concurrency=4)
+    assert report.statuses == {200: 12}
+    assert report.error_rate == 0.0
+    assert 0 < report.p50_ms <= report.p95_ms < 30_000
+    assert report.throughput > 0
+    assert "p95" in report.line()
+
+
+def test_real_server_answers_413_to_declared_and_streamed_oversized_bodies(captioners):
+    """Through uvicorn, not only the test client: the body is refused while it streams, and serving goes on."""
+    megabyte = b"\0" * (1024 * 1024)
+    with running_server(create_app(captioners, ServeSettings(max_upload_bytes=1024 * 1024))) as url:
+        declared = httpx.post(f"{url}/v1/captions", files={"image": ("big.jpg", megabyte * 3)}, timeout=30)
+        streamed = httpx.post(
+            f"{url}/v1/captions",
+            content=(megabyte for _ in range(3)),  # chunked: no Content-Length to refuse it by
+            headers={"content-type": "multipart/form-data; boundary=x"},
+            timeout=30,
+        )
+        after = httpx.post(f"{url}/v1/captions", files={"image": ("ok.jpg", image_bytes())}, timeout=30)
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.json() == {"detail": "request body: over the 1 MiB upload limit"}
+    assert after.status_code == 200
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 0.5) == 50.0
+    assert percentile(values, 0.95) == 95.0
+    assert percentile([3.0], 0.95) == 3.0
+    assert percentile([], 0.5) == 0.0
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    return done.value.code, capsys.readouterr().err
+
+
+def test_serve_without_the_extra_says_how_to_install(monkeypatch, capsys):
+    import captionkit.cli.serve as serve_cli
+
+    monkeypatch.setattr(serve_cli.importlib.util, "find_spec", lambda name: None if name == "fastapi" else object())
+    code, err = run_cli(["serve", "--model", "anything"], capsys)
+    assert code == 1
+    assert err.strip() == "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
+
+
+def test_serve_refuses_two_models_with_one_name(model_dirs, capsys):
+    code, err = run_cli(["serve", "--model", str(model_dirs[0]), "--model", f"base={model_dirs[1]}"], capsys)
+    assert code == 1
+    assert "two models named 'base'" in err
+
+
+def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys):
+    code, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--max-batch", "0"], capsys)
+    assert code == 1
+    assert err.strip() == "captionkit: error: serve.max_batch: must be a positive integer, got 0"
+
+
+def test_serve_refuses_a_missing_model(tmp_path, capsys):
+    code, err = run_cli(["serve", "--model", str(tmp_path / "nope")], capsys)
+    assert code == 1
+    assert "no such directory" in err
+
+
+def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path):
+    port = free_port()
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    # max-wait 1500 ms: a lone request waits that long for company, so it is still in flight at SIGTERM.
+    command = [sys.executable, "-m", "captionkit.cli", "serve", "--model", f"base={model_dirs[0]}"]
+    command += ["--port", str(port), "--max-wait-ms", "1500", "--device", "cpu"]
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+            time.sleep(0.1)
+        with ThreadPoolExecutor(1) as pool:
+            files = {"image": ("photo.jpg", image_bytes())}
+            pending = pool.submit(httpx.post, f"{url}/v1/captions", files=files, data={"num_beams": "1"}, timeout=30)
+            time.sleep(0.5)
+            server.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200
+        assert response.json()["results"][0]["image"] == "photo.jpg"
+        assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    output = Path(log.name).read_text()
+    assert "Finished server process" in output
+    assert "captionkit serve: stopped by SIGTERM after finishing in-flight requests" in output

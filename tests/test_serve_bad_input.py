@@ -1,0 +1,277 @@
+"""The bad-input catalogue against `POST /v1/captions`: every case answers 4xx JSON (or 200 where the image is
+valid), never 5xx, and the server captions a good image right after each one."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from _data import SHARED_DATA
+from _serve import image_bytes, load_tiny, save_tiny_model
+from captionkit.serve import ServeSettings, create_app
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+MAX_UPLOAD = 256 * 1024
+PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    captioner = load_tiny(save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", seed=0))
+    settings = ServeSettings(max_upload_bytes=MAX_UPLOAD, max_images=4, max_wait_ms=0)
+    with TestClient(create_app({"tiny": captioner}, settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture(autouse=True)
+def still_serving(client):
+    """After every case, the server still captions a good image."""
+    yield
+    response = post(client, image_bytes(), num_beams=1, max_length=4)
+    assert response.status_code == 200, response.text
+
+
+def post(client, data: bytes, name: str = "upload", **params):
+    files = [("image", (name, data, "application/octet-stream"))]
+    return client.post("/v1/captions", files=files, data={k: str(v) for k, v in params.items()})
+
+
+def refused(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert isinstance(body["detail"], str) and "\n" not in body["detail"] and body["detail"]
+    return body
+
+
+# --- images --------------------------------------------------------------------------------------------------
+
+
+def png_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
+    """A valid 1x1 PNG whose header claims ``width x height`` (with a correct CRC): 900 MP from 70 bytes."""
+    data = bytearray(image_bytes("PNG", size=(1, 1)))
+    ihdr = 8 + 8  # signature, then the IHDR chunk's length and type
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13]))
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def exif_rotated() -> bytes:
+    image = Image.linear_gradient("L").resize((60, 30)).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (24, 24), color) for color in ("red", "blue", "green")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect/></svg>'
+
+
+@pytest.mark.parametrize(
+    ("case", "data", "status", "reason"),
+    [
+        ("zero bytes", b"", 422, "empty file"),
+        ("not an image", b"hello, this is plain text and no picture at all\n" * 4, 415, "unsupported image format"),
+        ("truncated JPEG", PHOTO.read_bytes()[:4000], 422, "truncated JPEG data"),
+        ("PNG bomb", png_bomb(), 422, "decompression bomb"),
+        ("SVG", SVG, 415, "unsupported image format (SVG)"),
+        ("PDF", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", 415, "unsupported image format (PDF)"),
+        ("JPEG header only", b"\xff\xd8\xff\xe0", 422, "corrupt JPEG header"),
+    ],
+)
+def test_bad_image_is_refused_with_a_reason(client, case, data, status, reason):
+    body = refused(post(client, data, name="bad.jpg", num_beams=1), status)
+    assert body["detail"].startswith("bad.jpg: ")
+    assert reason in body["detail"], case
+    assert body["errors"] == [{"image": "bad.jpg", "error": body["detail"].removeprefix("bad.jpg: ")}]
+
+
+@pytest.mark.parametrize(
+    ("case", "data"),
+    [
+        ("real photo", PHOTO.read_bytes()),
+        ("16-bit PNG", image_bytes("PNG", mode="I;16")),
+        ("CMYK JPEG", image_bytes("JPEG", mode="CMYK")),
+        ("EXIF-rotated JPEG", exif_rotated()),
+        ("animated GIF (first frame)", animated_gif()),
+        ("palette PNG with transparency", image_bytes("PNG", mode="P", transparency=0)),
+        ("WebP", image_bytes("WEBP")),
+        ("TIFF", image_bytes("TIFF")),
+        ("BMP", image_bytes("BMP")),
+    ],
+)
+def test_valid_but_unusual_images_are_captioned(client, case, data):
+    response = post(client, data, name="ok.img", num_beams=2, max_length=5)
+    assert response.status_code == 200, f"{case}: {response.text}"
+    [result] = response.json()["results"]
+    assert result["image"] == "ok.img" and isinstance(result["caption"], str)
+
+
+def test_a_bad_image_among_good_ones_refuses_the_request_naming_each_bad_one(client):
+    files = [
+        ("image", ("good.png", image_bytes("PNG"), "image/png")),
+        ("image", ("empty.jpg", b"", "image/jpeg")),
+        ("image", ("vector.png", SVG, "image/png")),
+    ]
+    body = refused(client.post("/v1/captions", files=files), 422)  # the first bad image's status
+    assert body["detail"] == "empty.jpg: empty file (and 1 more bad images)"
+    assert [e["image"] for e in body["errors"]] == ["empty.jpg", "vector.png"]
+    assert body["errors"][1]["error"].startswith("unsupported image format (SVG)")
+
+
+def test_image_type_comes_from_the_bytes_not_the_name_or_declared_type(client):
+    files = [("image", ("photo.jpg", SVG, "image/jpeg"))]
+    refused(client.post("/v1/captions", files=files), 415)
+    files = [("image", ("drawing.svg", image_bytes("PNG"), "image/svg+xml"))]
+    assert client.post("/v1/captions", files=files).status_code == 200
+
+
+# --- the request itself ---------------------------------------------------------------------------------------
+
+
+def test_huge_body_is_413(client):
+    body = refused(post(client, b"\xff\xd8\xff" + b"\0" * (MAX_UPLOAD + 10)), 413)
+    assert body["detail"] == "request body: over the 0.25 MiB upload limit"
+
+
+def test_huge_declared_length_is_413_before_reading(client):
+    headers = {"content-type": "application/json", "content-length": str(10**12)}
+    refused(client.post("/v1/captions", content=b"{}", headers=headers), 413)
+
+
+@pytest.mark.parametrize(
+    ("headers", "content", "status", "reason"),
+    [
+        ({"content-type": "text/plain"}, b"hello", 415, "Content-Type: text/plain is not accepted"),
+        ({"content-type": "image/jpeg"}, image_bytes(), 415, "Content-Type: image/jpeg is not accepted"),
+        ({}, b"", 415, "Content-Type: none is not accepted"),
+        ({"content-type": "application/x-www-form-urlencoded"}, b"image=abc", 415, "is not accepted"),
+        ({"content-type": "multipart/form-data"}, b"--x\r\n", 400, "multipart data (Missing boundary in multipart.)"),
+        # A multipart body with no complete part holds no image.
+        ({"content-type": "multipart/form-data; boundary=zz"}, b"--zz\r\ngarbage", 422, "no image in the request"),
+        ({"content-type": "application/json"}, b"{not json", 400, "invalid JSON"),
+        ({"content-type": "application/json"}, b"[1, 2]", 422, "body: must be a JSON object"),
+        ({"content-type": "application/json"}, b'{"images": "abc"}', 422, "must be a list of base64 strings"),
+        ({"content-type": "application/json"}, b'{"images": ["@@@"]}', 422, "images[0]: invalid base64"),
+        ({"content-type": "application/json"}, b'{"num_beams": 2}', 422, "image: no image in the request"),
+    ],
+)
+def test_wrong_content_type_or_malformed_body(client, headers, content, status, reason):
+    body = refused(client.post("/v1/captions", content=content, headers=headers), status)
+    assert reason in body["detail"]
+
+
+def test_missing_image_field(client):
+    body = refused(client.post("/v1/captions", files=[("picture", ("a.png", image_bytes("PNG")))]), 422)
+    assert body["detail"].startswith("picture: unexpected file field")
+    body = refused(client.post("/v1/captions", files={"num_beams": (None, "2")}), 422)
+    assert body["detail"].startswith("image: no image in the request")
+    body = refused(client.post("/v1/captions", files={"image": (None, "not a file")}), 422)
+    assert body["detail"] == "image: is a text field; send the image as a file upload"
+
+
+def test_oversized_text_field_is_400(client):
+    files = [("image", ("a.png", image_bytes("PNG"), "image/png")), ("style", (None, "x" * 10_000))]
+    body = refused(client.post("/v1/captions", files=files), 400)
+    assert body["detail"].startswith("request body: malformed or over-limit multipart data")
+
+
+def test_too_many_images(client):
+    files = [("image", (f"{i}.png", image_bytes("PNG"), "image/png")) for i in range(5)]
+    assert refused(client.post("/v1/captions", files=files), 422)["detail"] == (
+        "image: 5 images, at most 4 per request"
+    )
+
+
+def test_json_base64_of_a_bad_image(client):
+    payload = {"images": [base64.b64encode(b"GIF89a broken").decode()]}
+    body = refused(client.post("/v1/captions", json=payload), 422)
+    assert body["errors"][0]["image"] == "images[0]"
+
+
+# --- parameters -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "reason"),
+    [
+        ({"num_beams": 0}, "num_beams", "must be in [1, 8], got 0"),
+        ({"num_beams": 1000}, "num_beams", "must be in [1, 8], got 1000"),
+        ({"num_beams": "abc"}, "num_beams", "must be an integer, got 'abc'"),
+        ({"num_beams": "2.5"}, "num_beams", "must be an integer"),
+        ({"max_length": 10_000}, "max_length", "must be in [1, 64], got 10000"),
+        ({"n_best": 3, "num_beams": 2}, "n_best", "beam search returns at most 2 caption(s) per image"),
+        ({"do_sample": "maybe"}, "do_sample", "must be true or false, got 'maybe'"),
+        ({"do_sample": "true", "temperature": 0}, "temperature", "must be in (0, 10], got 0"),
+        ({"do_sample": "true", "temperature": "nan"}, "temperature", "must be a finite number"),
+        ({"do_sample": "true", "top_p": 1.5}, "top_p", "must be in (0, 1], got 1.5"),
+        ({"do_sample": "true", "num_beams": 4}, "num_beams", "beam sampling is not supported"),
+        ({"top_k": 5}, "top_k", "only used when sampling"),
+        ({"seed": -1}, "seed", "must be in [0, "),
+        ({"length_penalty": "inf"}, "length_penalty", "must be a finite number"),
+        ({"model": "gpt-17"}, "model", "unknown model 'gpt-17' (served: tiny)"),
+        ({"style": "positive"}, "style", "model 'tiny' has no style 'positive' (allowed: none, neutral)"),
+        ({"attention": "true"}, "attention", "model 'tiny' does not report attention maps"),
+        ({"beams": 4}, "beams", "unknown parameter"),
+    ],
+)
+def test_out_of_range_parameters_are_422_naming_the_field(client, params, field, reason):
+    body = refused(post(client, image_bytes(), **params), 422)
+    assert body["detail"].startswith(f"{field}: ")
+    assert reason in body["detail"]
+    assert body["errors"][0]["field"] == field
+
+
+def test_all_bad_parameters_are_listed(client):
+    body = refused(post(client, image_bytes(), num_beams=0, max_length=0, top_p="x"), 422)
+    assert {e["field"] for e in body["errors"]} == {"num_beams", "max_length", "top_p"}
+    assert body["detail"].endswith("(and 2 more)")
+
+
+def test_neutral_styles_are_accepted(client):
+    for style in ("none", "neutral"):
+        assert post(client, image_bytes(), style=style, num_beams=1).json()["style"] == style
+
+
+def test_parameter_in_query_and_body_is_refused(client):
+    files = [("image", ("a.png", image_bytes("PNG"), "image/png"))]
+    body = refused(client.post("/v1/captions?num_beams=2", files=files, data={"num_beams": "3"}), 422)
+    assert body["detail"] == "num_beams: given both as a query parameter and in the body"
+
+
+def test_repeated_form_field_is_refused(client):
+    files = [
+        ("image", ("a.png", image_bytes("PNG"), "image/png")),
+        ("num_beams", (None, "2")),
+        ("num_beams", (None, "3")),
+    ]
+    assert refused(client.post("/v1/captions", files=files), 422)["detail"] == "num_beams: given more than once"
+
+
+def test_wrong_method_and_path_are_json_4xx(client):
+    assert client.get("/v1/captions").status_code == 405
+    assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
+
+
+def test_no_5xx_was_ever_answered(client):
+    """Runs last: the whole catalogue above went through this server."""
+    post(client, image_bytes(), num_beams=0)
+    metrics = client.get("/metrics").text
+    assert 'status="5' not in metrics
+    assert 'captionkit_http_errors_total{path="/v1/captions",status="422"}' in metrics

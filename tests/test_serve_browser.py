@@ -1,0 +1,103 @@
+"""The page end to end in headless Chromium: Playwright drives Debian's chromium (``make browser`` installs it).
+
+Skips, with the reason shown in pytest's summary, when chromium or playwright is absent; with
+``CAPTIONKIT_REQUIRE_BROWSER=1`` (set by CI after ``make browser``) their absence fails instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+from _data import SHARED_DATA
+from _serve import load_tiny, running_server, save_tiny_model
+from captionkit.serve import ServeSettings, create_app
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
+MISSING = [
+    what
+    for what, present in (
+        ("chromium (apt-get install chromium; `make browser`)", CHROMIUM is not None),
+        ("playwright (pip install 'captionkit[browser]')", importlib.util.find_spec("playwright") is not None),
+    )
+    if not present
+]
+PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if MISSING:
+        reason = "browser test needs " + " and ".join(MISSING)
+        if os.environ.get("CAPTIONKIT_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI and the dev machines run as root, where Chromium's sandbox refuses to start.
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    models = {
+        "baseline": load_tiny(save_tiny_model(root / "a", 0)),
+        "fine-tuned": load_tiny(save_tiny_model(root / "b", 1)),
+    }
+    with running_server(create_app(models, ServeSettings(max_wait_ms=5))) as url:
+        yield url
+
+
+def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_url, tmp_path):
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    external: list[str] = []
+    local = (server_url, "blob:" + server_url, "data:")  # blob: URLs are the page's own thumbnails
+    page.on("request", lambda request: None if request.url.startswith(local) else external.append(request.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server_url + "/")
+    page.wait_for_selector("#model-list input[value='fine-tuned']")
+    assert page.locator("#model-list input:checked").count() == 2
+    assert page.locator("#attention-toggle").is_hidden()  # no served model reports attention
+    page.set_input_files("#files", str(PHOTO))
+    page.select_option("#strategy", "beam")
+    page.fill("#num_beams", "3")
+    page.fill("#n_best", "3")
+    page.fill("#max_length", "8")
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('#results .card ol.nbest').length === 2", timeout=30_000)
+    cards = page.locator("#results .card")
+    assert [cards.nth(i).get_attribute("data-model") for i in range(2)] == ["baseline", "fine-tuned"]
+    for i in range(2):
+        assert cards.nth(i).locator("ol.nbest li").count() == 3  # the n-best list, with scores
+        assert cards.nth(i).locator(".score").first.inner_text().startswith("-")
+        assert "ms server" in cards.nth(i).locator(".latency").inner_text()
+    assert page.locator("#status").inner_text() == "done"
+    assert page.locator("#results figcaption").inner_text() == PHOTO.name
+    screenshot = tmp_path / "page.png"
+    page.screenshot(path=str(screenshot), full_page=True)
+    if os.environ.get("CAPTIONKIT_SCREENSHOT"):  # keep a copy to look at
+        shutil.copy(screenshot, os.environ["CAPTIONKIT_SCREENSHOT"])
+    data = screenshot.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000
+    assert not errors, errors
+    assert not external, external  # no CDN, no external asset
+    page.close()
+
+
+def test_docs_page_renders_the_api_offline(browser, server_url):
+    page = browser.new_page()
+    page.goto(server_url + "/docs")
+    page.wait_for_selector(".route")
+    text = page.locator("#routes").inner_text()
+    assert "/v1/captions" in text and "num_beams" in text and "/v1/models" in text
+    page.close()
