@@ -91,3 +91,36 @@ def test_apply_overrides_does_not_mutate_input():
     data = {"train": {"steps": 1}}
     apply_overrides(data, ["train.steps=2"])
     assert data == {"train": {"steps": 1}}
+
+
+def test_unknown_key_names_the_closest_valid_key():
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train.grad_acumulation=2"])
+    assert caught.value.source == "config.train.grad_acumulation"
+    assert "did you mean 'grad_accumulation'?" in caught.value.reason
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train.stages=[{until: 3, train: [decoder]}]"])
+    assert caught.value.source == "config.train.stages[0].until"
+    assert "did you mean 'until_step'?" in caught.value.reason
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train.zzz=1"])
+    assert "did you mean" not in caught.value.reason
+
+
+def test_stages_and_choices_are_checked_when_loaded():
+    config = load_train_config(
+        None, ["train.stages=[{until_step: 100, train: [cross_attention]}, {train: [all]}]", "train.schedule=linear"]
+    )
+    assert config.train.stages[0].until_step == 100 and config.train.stages[1].train == ["all"]
+    assert from_dict(TrainConfig, config.to_dict()) == config
+    for assignment, key in [
+        ("train.schedule=step", "train.schedule"),
+        ("train.best_metric=bleu", "train.best_metric"),
+        ("train.grad_accumulation=0", "train.grad_accumulation"),
+        ("train.label_smoothing=1.5", "train.label_smoothing"),
+        ("train.stages=[{train: [decoder]}, {train: [all]}]", "train.stages[0].until_step"),
+        ("train.stages=[{until_step: 3, train: []}]", "train.stages[0].train"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            load_train_config(None, [assignment])
+        assert caught.value.source == key, assignment

@@ -8,6 +8,7 @@ the wrong type are errors that name the key, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from collections.abc import Mapping
@@ -57,27 +58,97 @@ class DataSection:
     cache_images: bool = False
     # Use only the first caption of each image (canonical captions make a small task learnable quickly).
     first_caption_only: bool = False
+    # Processes that decode training images ahead of the loop (0: in the training process).
+    workers: int = 0
+
+
+@dataclass(frozen=True)
+class StageSection:
+    """One stage of staged unfreezing: train only the named parameter groups until ``until_step``."""
+
+    # The stage lasts while step < until_step; None: until the end of the run (only the last stage).
+    until_step: int | None = None
+    # Parameter groups the model names (vit-gpt2: encoder, embeddings, cross_attention, decoder), or "all".
+    train: list[str] = field(default_factory=lambda: ["all"])
+
+
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+BEST_METRICS = ("val_loss", "val_perplexity", "val_cider")
 
 
 @dataclass(frozen=True)
 class TrainSection:
     steps: int = 1000
+    # Samples per process per micro-batch; one optimizer step sees batch_size * grad_accumulation * processes.
     batch_size: int = 32
+    grad_accumulation: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 100
-    # Cosine decay from `lr` down to `lr * min_lr_ratio` at the last step.
+    # After warm-up: "cosine" or "linear" decay from `lr` to `lr * min_lr_ratio` at the last step, or "constant".
+    schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    # fp32, or autocast to bf16 (CPU and GPU) or fp16 (GPU only, with a gradient scaler).
+    precision: str = "fp32"
+    # Staged unfreezing, in order; empty: everything trains from the first step.
+    stages: list[StageSection] = field(default_factory=list)
+    # When no stage trains the encoder, encode each training image once and train from the cached features.
+    cache_features: bool = True
     eval_every: int = 200
     # Batches of validation data per evaluation (0: the whole validation set).
     eval_batches: int = 0
+    # Greedy-decode this many validation images per evaluation for CIDEr-D (0: no CIDEr-D).
+    eval_images: int = 64
+    # The validation metric that picks the best checkpoint and drives early stopping.
+    best_metric: str = "val_loss"
+    # Stop after this many evaluations without a better best_metric (0: never stop early).
+    patience: int = 0
+    # Write a resumable checkpoint every N optimizer steps, and at the last, into OUTPUT/checkpoints (0: only when
+    # stopped by SIGTERM or Ctrl-C).
+    checkpoint_every: int = 500
+    # Periodic checkpoints to keep (the newest ones); the best one is kept apart.
+    keep_checkpoints: int = 2
+    # Also log to TensorBoard (OUTPUT/tensorboard) when the `tensorboard` extra is installed.
+    tensorboard: bool = True
     seed: int = 0
     log_every: int = 20
     # Stop after this many seconds of training even if `steps` is not reached (0: no limit).
     max_seconds: float = 0.0
     threads: int = 0
+
+    def __post_init__(self) -> None:
+        for key, value, choices in (
+            ("schedule", self.schedule, SCHEDULES),
+            ("precision", self.precision, PRECISIONS),
+            ("best_metric", self.best_metric, BEST_METRICS),
+        ):
+            if value not in choices:
+                raise ConfigError(f"train.{key}", f"unknown {value!r} (known: {', '.join(choices)})")
+        for key in ("steps", "batch_size", "grad_accumulation", "eval_every", "log_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(self, key)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        _check_stages(self.stages)
+
+
+def _check_stages(stages: list[StageSection]) -> None:
+    previous = 0
+    for index, stage in enumerate(stages):
+        where = f"train.stages[{index}]"
+        if not stage.train:
+            raise ConfigError(f"{where}.train", "names no parameter group")
+        if stage.until_step is None:
+            if index != len(stages) - 1:
+                raise ConfigError(f"{where}.until_step", "only the last stage may run to the end")
+        elif stage.until_step <= previous:
+            raise ConfigError(f"{where}.until_step", f"must be greater than {previous}, got {stage.until_step}")
+        else:
+            previous = stage.until_step
 
 
 @dataclass(frozen=True)
@@ -107,9 +178,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}", f"unknown key (known: {', '.join(sorted(fields))})")
+        raise ConfigError(f"{where}.{unknown[0]}", _unknown_key_reason(unknown[0], sorted(fields)))
     values = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in data}
     return cls(**values)
+
+
+def _unknown_key_reason(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key ({hint}known: {', '.join(known)})"
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:
@@ -134,6 +211,10 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"expected a mapping, got {value!r}")
         return dict(value)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        return [_coerce(args[0], item, f"{where}[{i}]") for i, item in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(where, f"expected a list of {len(args)} values, got {value!r}")

@@ -1,8 +1,10 @@
-"""``captionkit train``: train or fine-tune a captioner from a YAML recipe."""
+"""``captionkit train``: train or fine-tune a captioner from a YAML recipe, resumably."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,26 +16,51 @@ from captionkit.cli._common import fail, quiet_libraries
 
 def train(
     config: Annotated[Path, typer.Argument(help="YAML recipe (see configs/).")],
-    output: Annotated[Path, typer.Option(help="Checkpoint directory to write.")],
+    output: Annotated[
+        Path, typer.Option(help="Run directory: the final model, checkpoints/, metrics.jsonl, curves.png.")
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     ] = None,
+    resume: Annotated[
+        bool | None,
+        typer.Option(
+            "--resume/--no-resume",
+            help="Default: resume from OUTPUT/checkpoints when they hold the same run. --resume: resume even with "
+            "a changed recipe. --no-resume: discard them and start over.",
+        ),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress line (loss, lr, images/s, ETA) on stderr.")] = True,
 ) -> None:
-    """Train per CONFIG and write a checkpoint directory that `captionkit caption --model DIR` loads."""
+    """Train per CONFIG in OUTPUT; `captionkit caption --model OUTPUT` loads the result.
+
+    SIGTERM or Ctrl-C saves a checkpoint and exits 0; run the same command again to continue. Under
+    `torchrun --nproc-per-node N` the same command trains with N processes (data parallel).
+    """
     quiet_libraries()
     from captionkit.config import load_train_config
     from captionkit.errors import CaptionkitError
     from captionkit.training.trainer import train as run_training
 
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("captionkit: %(message)s"))
+    training_logger = logging.getLogger("captionkit.training")
+    training_logger.addHandler(handler)
+    training_logger.setLevel(logging.INFO)
+
     def log(entry: dict[str, Any]) -> None:
-        print(json.dumps(entry), file=sys.stderr, flush=True)
+        # With the progress line on, only validation results are printed (every entry is in metrics.jsonl).
+        if not progress or "val_loss" in entry:
+            print(json.dumps(entry), file=sys.stderr, flush=True)
 
     try:
         recipe = load_train_config(config, set_ or [])
-        result = run_training(recipe, output, log=log)
+        result = run_training(recipe, output, log=log, resume=resume, progress=progress)
     except CaptionkitError as error:
         fail(str(error))
+    finally:
+        training_logger.removeHandler(handler)
     summary = {
         "output": str(result.output_dir),
         "steps": result.steps,
@@ -41,6 +68,14 @@ def train(
         "train_loss": round(result.train_loss, 5),
         "val_loss": result.val_loss,
         "val_perplexity": result.val_perplexity,
+        "val_cider": result.val_cider,
+        "best_metric": result.best_metric,
         "skipped_samples": result.skipped_samples,
+        "unreadable_images": result.unreadable_images,
+        "empty_captions": result.empty_captions,
+        "interrupted": result.interrupted,
+        "stopped_early": result.stopped_early,
+        "resumed_from": str(result.resumed_from) if result.resumed_from else None,
     }
-    print(json.dumps(summary))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
+        print(json.dumps(summary))

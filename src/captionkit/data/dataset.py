@@ -1,13 +1,16 @@
 """CaptionDataset: records -> (pixels, token ids) for teacher forcing, and the collate that pads a batch.
 
-A sample whose image cannot be read becomes ``None``; :func:`collate` drops it and counts it, so training skips a
-corrupt file instead of dying on it (ARCHITECTURE.md, error policy).
+A sample whose image cannot be read becomes an :class:`Unreadable` marker; :func:`collate` drops it and counts it, so
+training skips a corrupt or missing file instead of dying on it (ARCHITECTURE.md, error policy).
+
+With ``features`` (image path -> encoder tokens, from a frozen encoder), samples carry those features instead of
+pixels and no image is opened at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,18 +24,29 @@ from captionkit.text import CaptionTokenizer
 
 @dataclass
 class Sample:
-    pixel_values: np.ndarray  # (3, H, W) float32
+    pixel_values: np.ndarray | None  # (3, H, W) float32; None when the sample carries features
     input_ids: list[int]  # bos, caption tokens, eos
     image_id: str
+    features: torch.Tensor | None = None  # (N, D) cached encoder tokens
+
+
+@dataclass
+class Unreadable:
+    """A sample whose image could not be read: which file and why."""
+
+    image: str
+    reason: str
 
 
 @dataclass
 class Batch:
-    pixel_values: torch.Tensor  # (B, 3, H, W)
+    pixel_values: torch.Tensor  # (B, 3, H, W); empty when the batch carries features
     input_ids: torch.Tensor  # (B, T), padded with pad_token_id
     attention_mask: torch.Tensor  # (B, T), 1 for real tokens
     image_ids: list[str]
     skipped: int  # samples dropped because their image could not be read
+    features: torch.Tensor | None = None  # (B, N, D) cached encoder tokens
+    unreadable: list[Unreadable] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -49,6 +63,7 @@ class CaptionDataset(Dataset):
         max_length: int = 40,
         cache_images: bool = False,
         limits: ImageLimits | None = None,
+        features: Mapping[str, torch.Tensor | Unreadable] | None = None,
     ) -> None:
         if max_length < 3:
             raise ValueError(f"max_length must be at least 3 (bos, a token, eos), got {max_length}")
@@ -57,7 +72,8 @@ class CaptionDataset(Dataset):
         self.preprocessing = preprocessing
         self.max_length = max_length
         self.limits = limits or ImageLimits()
-        self._pixels: dict[str, np.ndarray | None] | None = {} if cache_images else None
+        self.features = features
+        self._pixels: dict[str, np.ndarray | Unreadable] | None = {} if cache_images else None
         # Tokenize once: captions are short and tokenization is cheap next to an epoch of image decoding.
         self._ids = [self._token_ids(record.caption) for record in self.records]
 
@@ -68,37 +84,53 @@ class CaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _pixels_of(self, record: CaptionRecord) -> np.ndarray | None:
+    def pixels_of(self, record: CaptionRecord) -> np.ndarray | Unreadable:
+        """Preprocessed pixels of a record's image, or why they cannot be had."""
         key = str(record.image_path)
         if self._pixels is not None and key in self._pixels:
             return self._pixels[key]
         try:
-            pixels = self.preprocessing([load_image(record.image_path, limits=self.limits)])[0]
-        except ImageError:
-            pixels = None
+            pixels: np.ndarray | Unreadable = self.preprocessing([load_image(record.image_path, limits=self.limits)])[0]
+        except ImageError as error:
+            pixels = Unreadable(key, error.reason)
         if self._pixels is not None:
             self._pixels[key] = pixels
         return pixels
 
-    def __getitem__(self, index: int) -> Sample | None:
+    def __getitem__(self, index: int) -> Sample | Unreadable:
         record = self.records[index]
-        pixels = self._pixels_of(record)
-        if pixels is None:
-            return None
+        if self.features is not None:
+            cached = self.features[str(record.image_path)]
+            if isinstance(cached, Unreadable):
+                return cached
+            return Sample(None, self._ids[index], record.image_id, cached)
+        pixels = self.pixels_of(record)
+        if isinstance(pixels, Unreadable):
+            return pixels
         return Sample(pixels, self._ids[index], record.image_id)
 
 
-def collate(samples: Sequence[Sample | None], pad_token_id: int) -> Batch:
-    """Stack pixels, right-pad ids with ``pad_token_id`` and build the attention mask; drop unreadable samples."""
-    good = [sample for sample in samples if sample is not None]
+def collate(samples: Sequence[Sample | Unreadable | None], pad_token_id: int) -> Batch:
+    """Stack pixels (or features), right-pad ids with ``pad_token_id`` and build the attention mask; drop and count
+    unreadable samples."""
+    good = [sample for sample in samples if isinstance(sample, Sample)]
+    unreadable = [sample for sample in samples if isinstance(sample, Unreadable)]
     skipped = len(samples) - len(good)
     if not good:
-        return Batch(torch.empty(0), torch.empty(0, 0, dtype=torch.long), torch.empty(0, 0), [], skipped)
+        empty = Batch(torch.empty(0), torch.empty(0, 0, dtype=torch.long), torch.empty(0, 0), [], skipped)
+        empty.unreadable = unreadable
+        return empty
     length = max(len(sample.input_ids) for sample in good)
     input_ids = torch.full((len(good), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(good), length), dtype=torch.long)
     for row, sample in enumerate(good):
         input_ids[row, : len(sample.input_ids)] = torch.tensor(sample.input_ids)
         attention_mask[row, : len(sample.input_ids)] = 1
-    pixel_values = torch.from_numpy(np.stack([sample.pixel_values for sample in good]))
-    return Batch(pixel_values, input_ids, attention_mask, [sample.image_id for sample in good], skipped)
+    features = None
+    if good[0].features is not None:
+        features = torch.stack([sample.features for sample in good])  # type: ignore[misc]
+        pixel_values = torch.empty(0)
+    else:
+        pixel_values = torch.from_numpy(np.stack([sample.pixel_values for sample in good]))  # type: ignore[misc]
+    image_ids = [sample.image_id for sample in good]
+    return Batch(pixel_values, input_ids, attention_mask, image_ids, skipped, features, unreadable)

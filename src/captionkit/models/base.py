@@ -96,6 +96,21 @@ class CaptionModel(nn.Module, ABC):
         (beam reordering) or leave some out (dropping finished rows). May update ``state`` in place.
         """
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """Named groups of parameter names, for staged unfreezing (``train.stages``). Families override this.
+
+        Groups should not overlap. If there is an ``encoder`` group it must hold every parameter :meth:`encode`
+        uses: with it frozen, the trainer caches ``encode`` outputs. The trainer adds ``all`` itself.
+        """
+        return {}
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A training term the last ``forward`` computed besides the logits (e.g. an attention penalty), or None.
+
+        The trainer adds it to the caption loss; a model returns each term once.
+        """
+        return None
+
     @abstractmethod
     def save_pretrained(self, directory: str | Path) -> None:
         """Write weights (safetensors) and the model's config into ``directory``."""

@@ -1,74 +1,212 @@
 """Model families by name: build a new model from a preset, or load a saved one by the family its config names.
 
-The model-families issue grows this into the full registry (``register_model`` / ``list_models``); today the one
-family is ``vit-gpt2``.
+>>> sorted(list_models())
+['cnn-lstm', 'cnn-lstm-attention', 'prefix-gpt2', 'vit-gpt2']
+>>> list_models()["prefix-gpt2"]
+('tiny', 'small', 'base')
+
+A family's entry says how to build a model from a preset, which tokenizer it reads (``bpe`` subwords for the GPT-2
+families, a ``word`` vocabulary for the LSTM ones) and whether its encoder takes a sin-cos position start.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
-from captionkit.models.vit_gpt2 import FAMILY as VIT_GPT2
-from captionkit.models.vit_gpt2 import METADATA_KEY, VitGpt2Model, init_sincos_positions
-from captionkit.text import CaptionTokenizer
+from captionkit.text import CaptionTokenizer, train_bpe_tokenizer, train_word_tokenizer
 
-FAMILIES: dict[str, type[CaptionModel]] = {VIT_GPT2: VitGpt2Model}
-
-
+METADATA_KEY = "captionkit"
+VIT_GPT2 = "vit-gpt2"
 POSITION_INITS = ("random", "sincos")
+TOKENIZER_KINDS = ("bpe", "word")
+# Special ids of a model made without a tokenizer (overridable as bos_token_id=... etc.).
+DEFAULT_TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered model family: its class and presets are imported only when used (transformers is slow)."""
+
+    name: str
+    load_class: Callable[[], type[CaptionModel]]
+    presets: tuple[str, ...]
+    tokenizer: str  # one of TOKENIZER_KINDS
+    description: str
+    # Sets a new model's encoder position embeddings from a 2-D sin-cos table; None: the family has none.
+    sincos_init: Callable[[CaptionModel], None] | None = None
+
+
+def _vit_gpt2() -> type[CaptionModel]:
+    from captionkit.models.vit_gpt2 import VitGpt2Model
+
+    return VitGpt2Model
+
+
+def _prefix_gpt2() -> type[CaptionModel]:
+    from captionkit.models.prefix_gpt2 import PrefixGpt2Model
+
+    return PrefixGpt2Model
+
+
+def _cnn_lstm() -> type[CaptionModel]:
+    from captionkit.models.cnn_lstm import CnnLstmModel
+
+    return CnnLstmModel
+
+
+def _cnn_lstm_attention() -> type[CaptionModel]:
+    from captionkit.models.cnn_lstm import CnnLstmAttentionModel
+
+    return CnnLstmAttentionModel
+
+
+def _vit_gpt2_sincos(model: CaptionModel) -> None:
+    from captionkit.models.vit_gpt2 import init_sincos_positions
+
+    init_sincos_positions(model)  # type: ignore[arg-type]
+
+
+def _prefix_gpt2_sincos(model: CaptionModel) -> None:
+    from captionkit.models.prefix_gpt2 import init_sincos_positions
+
+    init_sincos_positions(model)  # type: ignore[arg-type]
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_model(family: Family) -> Family:
+    """Add a family (a new name; replacing one is refused so two modules cannot silently fight over it)."""
+    if family.name in FAMILIES:
+        raise ValueError(f"model family {family.name!r} is already registered")
+    if family.tokenizer not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {family.tokenizer!r}")
+    FAMILIES[family.name] = family
+    return family
+
+
+register_model(
+    Family(VIT_GPT2, _vit_gpt2, ("tiny", "small", "base"), "bpe", "ViT + GPT-2 with cross-attention", _vit_gpt2_sincos)
+)
+register_model(
+    Family(
+        "prefix-gpt2",
+        _prefix_gpt2,
+        ("tiny", "small", "base"),
+        "bpe",
+        "frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap)",
+        _prefix_gpt2_sincos,
+    )
+)
+register_model(Family("cnn-lstm", _cnn_lstm, ("tiny", "small", "base"), "word", "ResNet + LSTM (Show and Tell)"))
+register_model(
+    Family(
+        "cnn-lstm-attention",
+        _cnn_lstm_attention,
+        ("tiny", "small", "base"),
+        "word",
+        "ResNet + LSTM with soft attention (Show, Attend and Tell)",
+    )
+)
+
+
+def list_models() -> dict[str, tuple[str, ...]]:
+    """Every registered family and its presets."""
+    return {name: family.presets for name, family in FAMILIES.items()}
+
+
+def get_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise ConfigError("model.family", f"unknown model family {name!r} (known: {', '.join(FAMILIES)})")
+    return FAMILIES[name]
 
 
 def create_model(
-    family: str, preset: str, tokenizer: CaptionTokenizer, position_init: str = "random", **overrides: Any
+    name: str,
+    preset: str = "tiny",
+    tokenizer: CaptionTokenizer | None = None,
+    position_init: str = "random",
+    **overrides: Any,
 ) -> CaptionModel:
-    """A new model of ``family`` from ``preset``, its vocabulary and special ids taken from ``tokenizer``."""
-    if family not in FAMILIES:
-        raise ConfigError("model.family", f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    """A new model with random weights: family ``name`` (or ``"family/preset"``), a preset, config overrides.
+
+    With a ``tokenizer`` the vocabulary size and special ids are its own; without one they come from the preset
+    and from ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` overrides (defaults 1, 2, 0).
+
+    >>> create_model("cnn-lstm/tiny", vocab_size=40).vocab_size
+    40
+    """
+    if "/" in name:
+        name, preset = name.split("/", 1)
+    family = get_family(name)
+    if preset not in family.presets:
+        raise ConfigError("model.preset", f"unknown {name} preset {preset!r} (known: {', '.join(family.presets)})")
     if position_init not in POSITION_INITS:
         raise ConfigError("model.position_init", f"unknown {position_init!r} (known: {', '.join(POSITION_INITS)})")
-    overrides = {"vocab_size": tokenizer.vocab_size} | overrides
-    model = VitGpt2Model.from_config(
-        preset,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **overrides,
-    )
+    if position_init == "sincos" and family.sincos_init is None:
+        raise ConfigError("model.position_init", f"'sincos' needs a ViT encoder; {name} has none")
+    token_ids = {key: overrides.pop(key, default) for key, default in DEFAULT_TOKEN_IDS.items()}
+    if tokenizer is not None:
+        token_ids = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        }
+        overrides = {"vocab_size": tokenizer.vocab_size} | overrides
+    model = family.load_class().from_config(preset, **token_ids, **overrides)  # type: ignore[attr-defined]
     if position_init == "sincos":
-        init_sincos_positions(model)
+        assert family.sincos_init is not None
+        family.sincos_init(model)
     return model
+
+
+def train_tokenizer(family: str, captions: Iterable[str], vocab_size: int, lowercase: bool = True) -> CaptionTokenizer:
+    """The tokenizer ``family`` reads, trained on ``captions``: a byte-level BPE or a word vocabulary.
+
+    For a word vocabulary ``vocab_size`` counts the whole vocabulary (the four special tokens included).
+    """
+    if get_family(family).tokenizer == "word":
+        return train_word_tokenizer(captions, max(vocab_size - 4, 1), lowercase)
+    return train_bpe_tokenizer(captions, vocab_size, lowercase)
 
 
 def family_of(directory: Path) -> str:
     """The family a checkpoint directory holds: captionkit's metadata key, else the Hugging Face model type."""
-    config_file = directory / "config.json"
+    config_file = Path(directory) / "config.json"
     if not config_file.is_file():
         raise ModelLoadError(directory, "no config.json (not a model directory)")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ModelLoadError(config_file, f"invalid JSON ({error})") from None
-    family = (config.get(METADATA_KEY) or {}).get("family")
+    if not isinstance(config, dict):
+        raise ModelLoadError(config_file, "is not a JSON object")
+    metadata = config.get(METADATA_KEY)
+    family = metadata.get("family") if isinstance(metadata, dict) else None
     if family is None and config.get("model_type") == "vision-encoder-decoder":
         family = VIT_GPT2
     if family not in FAMILIES:
-        raise ModelLoadError(directory, f"unknown model family {family!r} in config.json")
+        raise ModelLoadError(
+            directory, f"unknown model family {family!r} in config.json (known: {', '.join(FAMILIES)})"
+        )
     return family
 
 
 def load_model(source: str | Path) -> CaptionModel:
-    """Load a saved model: a local checkpoint directory, or a hub id (Hugging Face families)."""
+    """Load a saved model: a local checkpoint directory (any family), or a hub id (Hugging Face families)."""
     path = Path(source)
     family = family_of(path) if path.is_dir() else VIT_GPT2
-    return FAMILIES[family].from_pretrained(source)
+    return FAMILIES[family].load_class().from_pretrained(source)
 
 
 def preprocessing_for(model: CaptionModel) -> Preprocessing:
     """Default preprocessing for a new model: resize to its input size, normalise to [-1, 1]."""
-    size = model.config.image_size
+    size = model.config.image_size  # type: ignore[attr-defined]
     return Preprocessing.for_size(size, size)

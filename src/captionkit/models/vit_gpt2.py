@@ -333,6 +333,21 @@ class VitGpt2Model(CaptionModel):
         self.ved.config.update({METADATA_KEY: {"family": FAMILY, "captionkit_version": __version__}})
         self.ved.save_pretrained(directory)
 
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """encoder (ViT and the projection to the decoder width: all that ``encode`` runs), embeddings (token
+        and position tables; the output layer is tied to the token table), cross_attention, decoder (the rest)."""
+        groups: dict[str, list[str]] = {"encoder": [], "embeddings": [], "cross_attention": [], "decoder": []}
+        for name, _ in self.named_parameters():
+            if name.startswith(("ved.encoder.", "ved.enc_to_dec_proj.")):
+                groups["encoder"].append(name)
+            elif name.startswith(("ved.decoder.transformer.wte.", "ved.decoder.transformer.wpe.")):
+                groups["embeddings"].append(name)
+            elif ".crossattention." in name or ".ln_cross_attn." in name:
+                groups["cross_attention"].append(name)
+            else:
+                groups["decoder"].append(name)
+        return groups
+
     # --- teacher forcing
 
     def encode(self, pixel_values: torch.Tensor) -> Encoded:

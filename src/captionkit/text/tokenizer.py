@@ -1,4 +1,4 @@
-"""Caption tokenizers: a pretrained checkpoint's tokenizer, or a byte-level BPE trained on the training captions.
+"""Caption tokenizers: a pretrained checkpoint's tokenizer, or a byte-level BPE or word vocabulary trained on captions.
 
 Either way the result is a ``transformers`` fast tokenizer saved as ``tokenizer.json`` (+ ``tokenizer_config.json``),
 so a checkpoint directory loads with ``AutoTokenizer.from_pretrained(dir)``. :class:`CaptionTokenizer` adds the three
@@ -16,7 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from captionkit.errors import ModelLoadError, first_line
 
-BOS, EOS, PAD = "<bos>", "<eos>", "<pad>"
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 
 
 @dataclass
@@ -92,4 +92,25 @@ def train_bpe_tokenizer(
     )
     tokenizer.train_from_iterator(captions, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
+    return CaptionTokenizer(hf, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
+
+
+def train_word_tokenizer(captions: Iterable[str], vocab_size: int = 10000, lowercase: bool = True) -> CaptionTokenizer:
+    """A word-level vocabulary: the ``vocab_size`` most frequent words plus ``<pad>``, ``<bos>``, ``<eos>``, ``<unk>``.
+
+    Words are split on whitespace and punctuation (punctuation marks are words of their own); any other word maps
+    to ``<unk>``. Saved as a ``tokenizer.json`` (``WordLevel`` model) that :meth:`CaptionTokenizer.load` reads back.
+    """
+    if vocab_size < 1:
+        raise ValueError(f"vocab_size must be at least 1, got {vocab_size}")
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = [PAD, BOS, EOS, UNK]
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=vocab_size + len(specials), min_frequency=1, special_tokens=specials, show_progress=False
+    )
+    tokenizer.train_from_iterator(captions, trainer=trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK)
     return CaptionTokenizer(hf, hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)

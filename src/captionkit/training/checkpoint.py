@@ -1,24 +1,36 @@
 """Checkpoint directories, written so that a crash never leaves a half-written one behind.
 
 Layout: the model's own files (``config.json``, ``model.safetensors``, ...), tokenizer files,
-``preprocessor_config.json``, ``train_config.json``, ``trainer_state.json`` and, last, an empty ``COMPLETE`` file.
+``preprocessor_config.json``, ``train_config.json``, ``trainer_state.json``, for resumable training checkpoints
+``training_state.safetensors`` (optimizer moments, RNG states), and, last, an empty ``COMPLETE`` file.
 Everything is written into a temporary sibling directory, fsynced, marked COMPLETE, then renamed into place.
+
+A run directory keeps its resumable checkpoints under ``checkpoints/``: ``step-000500``, ``step-001000``, ...
+(the newest ``keep`` of them) and ``best``. A directory without ``COMPLETE`` is never loaded.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
 
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
 
 COMPLETE = "COMPLETE"
+TRAINING_STATE = "training_state.safetensors"
+TRAINER_STATE = "trainer_state.json"
+BEST = "best"
+_STEP_NAME = re.compile(r"step-(\d+)")
 
 
 def save_checkpoint(
@@ -28,8 +40,12 @@ def save_checkpoint(
     preprocessing: Preprocessing,
     train_config: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
+    tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write a complete checkpoint at ``directory`` atomically (replacing one that is there)."""
+    """Write a complete checkpoint at ``directory`` atomically (replacing one that is there).
+
+    ``tensors`` (optimizer moments, RNG states) go to ``training_state.safetensors``.
+    """
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
@@ -41,7 +57,9 @@ def save_checkpoint(
         if train_config is not None:
             _write_json(staging / "train_config.json", train_config)
         if trainer_state is not None:
-            _write_json(staging / "trainer_state.json", trainer_state)
+            _write_json(staging / TRAINER_STATE, trainer_state)
+        if tensors is not None:
+            save_file(tensors, str(staging / TRAINING_STATE))
         (staging / COMPLETE).touch()
         _fsync_tree(staging)
         _replace(staging, target)
@@ -53,6 +71,60 @@ def save_checkpoint(
 
 def is_complete(directory: str | Path) -> bool:
     return (Path(directory) / COMPLETE).is_file()
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def step_checkpoints(root: str | Path) -> list[Path]:
+    """The COMPLETE ``step-N`` checkpoints under ``root``, oldest first; incomplete ones are left out."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _STEP_NAME.fullmatch(path.name)
+        if match and path.is_dir() and is_complete(path):
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(root: str | Path) -> Path | None:
+    found = step_checkpoints(root)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(root: str | Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` step checkpoints, and staging leftovers of a crashed save."""
+    root = Path(root)
+    for path in step_checkpoints(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(".*"):
+        if ".tmp-" in path.name or ".old-" in path.name:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def read_training_state(directory: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(trainer_state.json, training_state.safetensors) of a complete checkpoint."""
+    directory = Path(directory)
+    if not is_complete(directory):
+        raise ValueError(f"{directory}: not a COMPLETE checkpoint")
+    state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+    return state, load_file(str(directory / TRAINING_STATE))
+
+
+def publish_files(directory: str | Path, target: str | Path) -> None:
+    """Move the files of a complete checkpoint ``directory`` into ``target`` (a run directory that holds other
+    things too), each by an atomic rename and ``COMPLETE`` last, then remove ``directory``."""
+    directory, target = Path(directory), Path(target)
+    (target / COMPLETE).unlink(missing_ok=True)
+    for path in sorted(directory.iterdir()):
+        if path.name != COMPLETE:
+            os.replace(path, target / path.name)
+    os.replace(directory / COMPLETE, target / COMPLETE)
+    _fsync_dir(target)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -31,6 +31,22 @@ def caption_loss(
     )
 
 
+def caption_loss_sum(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, int]:
+    """(summed loss, number of target tokens): micro-batches of one optimizer step are divided by their joint count,
+    so that gradient accumulation (and data parallelism) matches one big batch."""
+    labels = shifted_labels(input_ids, attention_mask)
+    total = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+        labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing,
+        reduction="sum",
+    )
+    return total, int((labels != IGNORE_INDEX).sum())
+
+
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """(summed negative log-likelihood, number of target tokens) of a batch: the parts of a perplexity."""
     labels = shifted_labels(input_ids, attention_mask)

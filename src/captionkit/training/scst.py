@@ -56,7 +56,8 @@ class ScstConfig:
         least = 2 if self.baseline == "mean" else 1
         if not isinstance(self.num_samples, int) or self.num_samples < least:
             raise ConfigError(
-                "scst.num_samples", f"must be at least {least} with the {self.baseline!r} baseline, got {self.num_samples}"
+                "scst.num_samples",
+                f"must be at least {least} with the {self.baseline!r} baseline, got {self.num_samples}",
             )
         for name in ("unfinished_penalty", "entropy_weight"):
             if getattr(self, name) < 0:

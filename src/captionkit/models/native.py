@@ -1,0 +1,194 @@
+"""What the families built from parts (prefix-gpt2, cnn-lstm) share: typed configs and their checkpoint files.
+
+A checkpoint directory holds ``config.json`` and ``model.safetensors``. ``config.json`` is captionkit's own::
+
+    {"captionkit": {"family": "cnn-lstm", "captionkit_version": "0.1.0"},
+     "config": {...architecture fields...}, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+Weights are safetensors only (tied tensors are stored once); a load checks every tensor name and shape against the
+model the config builds, so a wrong file is one clear error instead of silently random weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from captionkit import __version__
+from captionkit.errors import ConfigError, ModelLoadError, first_line
+
+METADATA_KEY = "captionkit"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKEN_ID_NAMES = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+class FamilyConfig:
+    """Mixin for a frozen dataclass of architecture fields: type checks, presets, dict round trips.
+
+    Subclasses set ``family`` and ``presets`` (a mapping filled after the class is defined) and may add checks in
+    ``check``. ``int`` fields must be at least 1 unless listed in ``may_be_zero``.
+    """
+
+    family: ClassVar[str]
+    presets: ClassVar[Mapping[str, Any]]
+    may_be_zero: ClassVar[tuple[str, ...]] = ()
+    choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            _check_type(item.name, value, hints[item.name])
+            if isinstance(value, list):  # JSON gives lists; equal configs must compare equal
+                value = tuple(value)
+                object.__setattr__(self, item.name, value)
+            if isinstance(value, tuple):
+                for index, entry in enumerate(value):
+                    if entry < 1:
+                        raise ConfigError(f"{item.name}[{index}]", f"must be at least 1, got {entry}")
+            if type(value) is int and value < (0 if item.name in self.may_be_zero else 1):
+                bound = 0 if item.name in self.may_be_zero else 1
+                raise ConfigError(item.name, f"must be at least {bound}, got {value}")
+            if item.name.endswith("dropout") and not 0.0 <= value < 1.0:
+                raise ConfigError(item.name, f"must be in [0, 1), got {value}")
+            if item.name in self.choices and value not in self.choices[item.name]:
+                raise ConfigError(item.name, f"must be one of {', '.join(self.choices[item.name])}, got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Checks across fields; raise :class:`ConfigError`."""
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Self:
+        """Build from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for key in values:
+            if key not in known:
+                raise ConfigError(key, f"unknown {cls.family} config key (known: {', '.join(sorted(known))})")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
+        if name not in cls.presets:
+            raise ConfigError("preset", f"unknown {cls.family} preset {name!r} (known: {', '.join(cls.presets)})")
+        return cls.presets[name].replace(**overrides)
+
+    def replace(self, **overrides: Any) -> Self:
+        return self.from_dict({**self.to_dict(), **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    if typing.get_origin(hint) is tuple:  # tuple[int, ...]: a non-empty list of integers
+        if isinstance(value, list | tuple) and value and all(type(v) is int for v in value):
+            return
+        raise ConfigError(name, f"expected a non-empty list of integers, got {value!r}")
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return
+        # bool is an int subclass: `layers: true` in a recipe is a mistake, not 1.
+        if option is bool and isinstance(value, bool):
+            return
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if option is float and isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return
+        if option is str and isinstance(value, str):
+            return
+    expected = " | ".join("None" if o is type(None) else o.__name__ for o in options)
+    raise ConfigError(name, f"expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def check_token_ids(token_ids: Mapping[str, int], vocab_size: int) -> None:
+    for name in TOKEN_ID_NAMES:
+        token_id = token_ids[name]
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+            raise ConfigError(name, f"must be a token id in [0, {vocab_size}), got {token_id!r}")
+
+
+def set_trainable(module: nn.Module, trainable: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)
+
+
+def save_native(
+    model: nn.Module, family: str, config: FamilyConfig, token_ids: Mapping[str, int], directory: Path
+) -> None:
+    """Write ``config.json`` (with the captionkit metadata key) and ``model.safetensors`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {
+        METADATA_KEY: {"family": family, "captionkit_version": __version__},
+        "config": config.to_dict(),
+        **{name: int(token_ids[name]) for name in TOKEN_ID_NAMES},
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    save_model(model, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def read_native_config(directory: Path, family: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """(architecture fields, token ids) from ``config.json``, after checking it was saved as ``family``."""
+    config_file = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise ModelLoadError(source, "no such directory")
+    if not config_file.is_file():
+        raise ModelLoadError(source, "no config.json: not a model directory")
+    try:
+        raw = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelLoadError(config_file, f"unreadable config: {first_line(error)}") from None
+    metadata = raw.get(METADATA_KEY) if isinstance(raw, dict) else None
+    saved = metadata.get("family") if isinstance(metadata, dict) else None
+    if saved != family:
+        raise ModelLoadError(source, f"config.json names family {saved!r}, not {family!r}")
+    fields, token_ids = raw.get("config"), {name: raw.get(name) for name in TOKEN_ID_NAMES}
+    if not isinstance(fields, dict) or any(not isinstance(v, int) for v in token_ids.values()):
+        raise ModelLoadError(config_file, "needs a 'config' object and integer bos/eos/pad token ids")
+    return fields, token_ids  # type: ignore[return-value]
+
+
+def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
+    """Fill ``model`` from ``model.safetensors``; any missing, extra or misshapen tensor is a ModelLoadError."""
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ModelLoadError(source, f"weights do not match config.json ({first_line(error)[:200]})") from None
+    except (OSError, SafetensorError) as error:
+        raise ModelLoadError(source, f"unreadable weights ({first_line(error)})") from None
+    problems = sorted(missing) + sorted(unexpected)
+    if problems:
+        shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
+        raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
+
+
+def config_load_error(error: ConfigError, source: str) -> ModelLoadError:
+    """A bad field in a saved config.json, as a load error naming the checkpoint."""
+    return ModelLoadError(source, f"bad config.json field {error.source}: {error.reason}")
+
+
+def trains(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` takes a gradient (config flags freeze parts; training stages may not)."""
+    return any(parameter.requires_grad for parameter in module.parameters())
+
+
+def float_log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """float32 next-token log-probabilities whatever the model's dtype (as transformers' generate does)."""
+    return torch.log_softmax(logits.float(), dim=-1)

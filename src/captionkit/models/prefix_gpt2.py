@@ -1,0 +1,372 @@
+"""Prefix captioning (ClipCap style): a frozen image encoder's embedding becomes K prefix tokens for GPT-2.
+
+    pixels -> ViT (frozen) -> CLS embedding -> linear -> mapper (MLP or transformer) -> K prefix tokens
+           -> optional small transformer over the prefix -> GPT-2 (frozen or tuned) reads [prefix; caption]
+
+The image encoder is a Hugging Face ``ViTModel`` built from config (the ``base`` preset has CLIP ViT-B/16's
+dimensions), GPT-2 a ``GPT2LMHeadModel``. ``encode`` runs the ViT only (a trainer can cache its output when the encoder
+is frozen, as ClipCap precomputes CLIP embeddings); ``forward`` returns logits for the caption positions only, so the
+prefix positions never reach the loss (the same as labelling them -100) and ``logits[:, t]`` predicts
+``input_ids[:, t + 1]`` as for every family. Decoding runs the prefix through GPT-2 once per image in
+``init_state`` and then steps on GPT-2's KV cache.
+
+>>> model = PrefixGpt2Model.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+>>> model.config.prefix_length, model.max_positions
+(4, 60)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+from captionkit.errors import ConfigError
+from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.native import (
+    FamilyConfig,
+    check_token_ids,
+    config_load_error,
+    float_log_softmax,
+    load_native_weights,
+    read_native_config,
+    save_native,
+    set_trainable,
+    trains,
+)
+
+__all__ = ["PRESETS", "PrefixGpt2Config", "PrefixGpt2Model"]
+
+FAMILY = "prefix-gpt2"
+MAPPERS = ("mlp", "transformer")
+
+
+@dataclass(frozen=True)
+class PrefixGpt2Config(FamilyConfig):
+    """Architecture of a prefix captioner; the defaults are the ``base`` preset (ViT-B/16 + MLP mapper + GPT-2)."""
+
+    family: ClassVar[str] = FAMILY
+    may_be_zero: ClassVar[tuple[str, ...]] = ("prefix_layers",)
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"mapper": MAPPERS}
+
+    # ViT image encoder (CLIP ViT-B/16 dimensions).
+    image_size: int = 224
+    patch_size: int = 16
+    num_channels: int = 3
+    encoder_hidden_size: int = 768
+    encoder_layers: int = 12
+    encoder_heads: int = 12
+    encoder_intermediate_size: int = 3072
+    # The encoder's weights take no gradient (ClipCap); off for training a from-scratch encoder end to end.
+    freeze_encoder: bool = True
+    # Mapper from the image embedding to `prefix_length` GPT-2 input vectors.
+    prefix_length: int = 10
+    mapper: str = "mlp"
+    # MLP mapper: hidden width (ClipCap: prefix_length * decoder width / 2). Transformer mapper: feed-forward width.
+    mapper_hidden_size: int = 3840
+    # Transformer mapper only: layers and heads (ClipCap: 8 layers).
+    mapper_layers: int = 8
+    mapper_heads: int = 8
+    # Layers of the optional transformer over the prefix tokens before GPT-2 (0: none).
+    prefix_layers: int = 0
+    mapper_dropout: float = 0.0
+    # GPT-2 decoder.
+    decoder_hidden_size: int = 768
+    decoder_layers: int = 12
+    decoder_heads: int = 12
+    decoder_positions: int = 1024
+    decoder_dropout: float = 0.1
+    vocab_size: int = 50257
+    # True: GPT-2 stays as it is and only the mapper learns (ClipCap's transformer-mapper setting).
+    freeze_decoder: bool = False
+    initializer_range: float = 0.02
+
+    def check(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
+        for prefix in ("encoder", "decoder", "mapper"):
+            hidden = self.decoder_hidden_size if prefix == "mapper" else getattr(self, f"{prefix}_hidden_size")
+            heads = getattr(self, f"{prefix}_heads")
+            if hidden % heads:
+                raise ConfigError(f"{prefix}_heads", f"{heads} heads do not divide the width {hidden}")
+        if self.prefix_length >= self.decoder_positions:
+            raise ConfigError("prefix_length", f"must be less than decoder_positions {self.decoder_positions}")
+        if not self.initializer_range > 0:
+            raise ConfigError("initializer_range", f"must be positive, got {self.initializer_range}")
+
+    def encoder_hf(self) -> ViTConfig:
+        return ViTConfig(
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            num_channels=self.num_channels,
+            hidden_size=self.encoder_hidden_size,
+            num_hidden_layers=self.encoder_layers,
+            num_attention_heads=self.encoder_heads,
+            intermediate_size=self.encoder_intermediate_size,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+            initializer_range=self.initializer_range,
+        )
+
+    def decoder_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> GPT2Config:
+        return GPT2Config(
+            vocab_size=self.vocab_size,
+            n_positions=self.decoder_positions,
+            n_embd=self.decoder_hidden_size,
+            n_layer=self.decoder_layers,
+            n_head=self.decoder_heads,
+            resid_pdrop=self.decoder_dropout,
+            embd_pdrop=self.decoder_dropout,
+            attn_pdrop=self.decoder_dropout,
+            initializer_range=self.initializer_range,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+        )
+
+
+PRESETS: dict[str, PrefixGpt2Config] = {
+    # For tests: 16 patches of 8 px, widths 64, 2 + 2 layers, 4 prefix tokens; trains end to end, no dropout.
+    "tiny": PrefixGpt2Config(
+        image_size=32,
+        patch_size=8,
+        encoder_hidden_size=64,
+        encoder_layers=2,
+        encoder_heads=2,
+        encoder_intermediate_size=128,
+        freeze_encoder=False,
+        prefix_length=4,
+        mapper_hidden_size=128,
+        mapper_layers=2,
+        mapper_heads=2,
+        decoder_hidden_size=64,
+        decoder_layers=2,
+        decoder_heads=2,
+        decoder_positions=64,
+        decoder_dropout=0.0,
+        vocab_size=256,
+    ),
+    # CPU-trainable in minutes: 64 patches of 8 px, widths 128, 4 + 4 layers, 10 prefix tokens. Like tiny, it trains
+    # its encoder: captionkit has no pretrained encoder weights at this size.
+    "small": PrefixGpt2Config(
+        image_size=64,
+        patch_size=8,
+        encoder_hidden_size=128,
+        encoder_layers=4,
+        encoder_heads=4,
+        encoder_intermediate_size=512,
+        freeze_encoder=False,
+        mapper_hidden_size=512,
+        mapper_layers=2,
+        mapper_heads=4,
+        decoder_hidden_size=128,
+        decoder_layers=4,
+        decoder_heads=4,
+        decoder_positions=128,
+        vocab_size=4096,
+    ),
+    # CLIP ViT-B/16 dimensions + ClipCap's MLP mapper (10 prefix tokens) + GPT-2 124M.
+    "base": PrefixGpt2Config(),
+}
+PrefixGpt2Config.presets = PRESETS
+
+
+@dataclass
+class PrefixGpt2State:
+    """GPT-2's KV cache (prefix included), one row per sequence being decoded."""
+
+    cache: DynamicCache
+
+
+class PrefixMapper(nn.Module):
+    """Image embedding (decoder width) -> (prefix_length, decoder width) prefix tokens."""
+
+    def __init__(self, config: PrefixGpt2Config) -> None:
+        super().__init__()
+        width, length = config.decoder_hidden_size, config.prefix_length
+        self.kind, self.length, self.width = config.mapper, length, width
+        if config.mapper == "mlp":
+            self.mlp = nn.Sequential(
+                nn.Linear(width, config.mapper_hidden_size),
+                nn.Tanh(),
+                nn.Linear(config.mapper_hidden_size, length * width),
+            )
+        else:
+            # ClipCap's transformer mapper: the embedding spread over K tokens, then K learned constants that
+            # read them through self-attention; the constants' outputs are the prefix.
+            self.expand = nn.Linear(width, length * width)
+            self.constants = nn.Parameter(torch.randn(length, width) * config.initializer_range)
+            self.transformer = _transformer(config, config.mapper_layers)
+
+    def forward(self, embedding: torch.Tensor) -> torch.Tensor:
+        batch = embedding.shape[0]
+        if self.kind == "mlp":
+            return self.mlp(embedding).view(batch, self.length, self.width)
+        spread = self.expand(embedding).view(batch, self.length, self.width)
+        tokens = torch.cat([spread, self.constants.expand(batch, -1, -1)], dim=1)
+        return self.transformer(tokens)[:, self.length :]
+
+
+def _transformer(config: PrefixGpt2Config, layers: int) -> nn.TransformerEncoder:
+    layer = nn.TransformerEncoderLayer(
+        config.decoder_hidden_size,
+        config.mapper_heads,
+        config.mapper_hidden_size,
+        dropout=config.mapper_dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    # The prefix is never padded: nothing to pack into nested tensors.
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class PrefixGpt2Model(CaptionModel):
+    """ViT encoder -> mapper -> prefix tokens -> GPT-2, behind the captionkit interface."""
+
+    family: ClassVar[str] = FAMILY
+
+    def __init__(self, config: PrefixGpt2Config, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> None:
+        super().__init__()
+        ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        check_token_ids(ids, config.vocab_size)
+        self.config = config
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
+        self.vocab_size = config.vocab_size
+        self.max_positions = config.decoder_positions - config.prefix_length
+        self.encoder = ViTModel(config.encoder_hf(), add_pooling_layer=False)
+        self.project = nn.Linear(config.encoder_hidden_size, config.decoder_hidden_size)
+        self.mapper = PrefixMapper(config)
+        self.prefix_transformer = _transformer(config, config.prefix_layers) if config.prefix_layers else None
+        self.gpt2 = GPT2LMHeadModel(config.decoder_hf(bos_token_id, eos_token_id, pad_token_id))
+        set_trainable(self.encoder, not config.freeze_encoder)
+        set_trainable(self.gpt2, not config.freeze_decoder)
+        self.train()  # a new model trains (as a new transformers model does); frozen parts stay in eval mode
+
+    def train(self, mode: bool = True) -> PrefixGpt2Model:
+        """Frozen parts stay in eval mode (no dropout) whatever the mode of the rest."""
+        super().train(mode)
+        if self.config.freeze_encoder:
+            self.encoder.eval()
+        if self.config.freeze_decoder:
+            self.gpt2.eval()
+        return self
+
+    # --- construction, save and load
+
+    @classmethod
+    def from_config(
+        cls,
+        config: PrefixGpt2Config | str,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        **overrides: Any,
+    ) -> PrefixGpt2Model:
+        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
+        if isinstance(config, str):
+            config = PrefixGpt2Config.from_preset(config, **overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        return cls(config, bos_token_id, eos_token_id, pad_token_id)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        save_native(self, FAMILY, self.config, self._token_ids(), Path(directory))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> PrefixGpt2Model:
+        directory, source = Path(name_or_dir), str(name_or_dir)
+        fields, token_ids = read_native_config(directory, FAMILY, source)
+        try:
+            model = cls(PrefixGpt2Config.from_dict(fields), **token_ids)
+        except ConfigError as error:
+            raise config_load_error(error, source) from None
+        load_native_weights(model, directory, source)
+        return model.eval()
+
+    def _token_ids(self) -> dict[str, int]:
+        return {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
+
+    # --- teacher forcing
+
+    def encode(self, pixel_values: torch.Tensor) -> Encoded:
+        """(B, C, H, W) -> (B, 1, encoder width): the ViT's CLS embedding, as CLIP's image embedding.
+
+        Only the (frozen) encoder runs here, so a trainer may cache its output; the mapper runs in ``forward`` and,
+        once per image, in ``init_state``.
+        """
+        with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
+            hidden = self.encoder(pixel_values=pixel_values.to(self.project.weight.dtype)).last_hidden_state
+        return Encoded(hidden[:, :1])
+
+    def prefix(self, encoded: Encoded) -> torch.Tensor:
+        """Image embeddings (B, 1, encoder width) -> (B, K, decoder width) prefix tokens."""
+        if encoded.mask is not None and not bool(encoded.mask.all()):
+            raise ValueError(f"{FAMILY} reads one image embedding; a mask with padded tokens is not supported")
+        prefix = self.mapper(self.project(encoded.tokens[:, 0]))
+        if self.prefix_transformer is not None:
+            prefix = self.prefix_transformer(prefix)
+        return prefix
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """encoder (the ViT: all that ``encode`` runs), mapper (projection, mapper, prefix transformer), decoder."""
+        groups: dict[str, list[str]] = {"encoder": [], "mapper": [], "decoder": []}
+        for name, _ in self.named_parameters():
+            part = name.split(".", 1)[0]
+            groups[{"encoder": "encoder", "gpt2": "decoder"}.get(part, "mapper")].append(name)
+        return groups
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoded: Encoded | None = None,
+    ) -> torch.Tensor:
+        """(B, T) ids -> (B, T, V) logits of the caption positions (the prefix positions are not returned)."""
+        if encoded is None:
+            if pixel_values is None:
+                raise ValueError("forward needs pixel_values or encoded")
+            encoded = self.encode(pixel_values)
+        prefix = self.prefix(encoded)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        embeds = torch.cat([prefix, self.gpt2.transformer.wte(input_ids)], dim=1)
+        mask = torch.cat([attention_mask.new_ones(prefix.shape[:2]), attention_mask], dim=1)
+        logits = self.gpt2(inputs_embeds=embeds, attention_mask=mask, use_cache=False).logits
+        return logits[:, prefix.shape[1] :]
+
+    # --- step protocol
+
+    def init_state(self, encoded: Encoded) -> PrefixGpt2State:
+        """Run GPT-2 over the prefix once per image: the cache then holds the image for every later step."""
+        prefix = self.prefix(encoded)
+        cache = DynamicCache(config=self.gpt2.config)
+        mask = prefix.new_ones(prefix.shape[:2], dtype=torch.long)
+        self.gpt2.transformer(inputs_embeds=prefix, attention_mask=mask, past_key_values=cache, use_cache=True)
+        return PrefixGpt2State(cache)
+
+    def step(self, tokens: torch.Tensor, state: PrefixGpt2State) -> tuple[torch.Tensor, PrefixGpt2State]:
+        mask = tokens.new_ones((tokens.shape[0], state.cache.get_seq_length() + 1))
+        output = self.gpt2(input_ids=tokens[:, None], attention_mask=mask, past_key_values=state.cache, use_cache=True)
+        return float_log_softmax(output.logits[:, -1]), state
+
+    def reorder_state(self, state: PrefixGpt2State, index: torch.Tensor) -> PrefixGpt2State:
+        state.cache.reorder_cache(index)
+        return state
+
+
+@torch.no_grad()
+def init_sincos_positions(model: PrefixGpt2Model) -> None:
+    """Start the ViT's position embeddings from a 2-D sin-cos table (CLS slot at zero), as for vit-gpt2."""
+    from captionkit.models.vit_gpt2 import sincos_2d_table
+
+    config = model.config
+    table = model.encoder.embeddings.position_embeddings
+    table[0, 0].zero_()
+    table[0, 1:].copy_(sincos_2d_table(config.image_size // config.patch_size, config.encoder_hidden_size))

@@ -1,0 +1,96 @@
+"""Data parallelism under ``torchrun`` / ``accelerate launch``: the few collective operations the loop needs.
+
+Started by a launcher (``WORLD_SIZE`` > 1 in the environment), each process joins the group (gloo on CPU, nccl on
+GPU), trains on its shard of every global batch, and DDP averages the gradients. Rank 0 alone evaluates, logs and
+writes checkpoints. A single process needs none of this and gets the no-op version.
+
+``train.batch_size`` is per process: one optimizer step sees ``batch_size * grad_accumulation * processes`` samples,
+so N processes with batch_size B/N train like one with B. Examples::
+
+    torchrun --nproc-per-node 2 -m captionkit.cli train configs/X.yaml --output runs/x        # one machine
+    accelerate launch --num_processes 2 -m captionkit.cli train configs/X.yaml --output runs/x
+    # two machines, 8 GPUs each: run on both, with --node-rank 0 and 1
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST0 --master-port 29500 \
+        -m captionkit.cli train configs/X.yaml --output /shared/runs/x
+
+Checkpoints hold every process's RNG states, so a resumed run continues exactly; every node must see the run
+directory (a shared filesystem). Limit: a step in which every image of one process's shard is unreadable stalls
+the others.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Distributed:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        if not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+        return cls(rank, world_size, local_rank)
+
+    def device(self) -> torch.device:
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
+        return torch.device("cpu")
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (float64)."""
+        if not self.enabled:
+            return values
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device())
+        dist.all_reduce(tensor)
+        return tensor.tolist()
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.sum([float(flag)])[0]) if self.enabled else flag
+
+    def broadcast_flag(self, flag: bool) -> bool:
+        """Rank 0's ``flag`` on every process."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor([float(flag)], device=self.device())
+        dist.broadcast(tensor, 0)
+        return bool(tensor.item())
+
+    def gather(self, value: Any) -> list[Any]:
+        """Every process's ``value`` (picklable, in memory only), in rank order, on every process."""
+        if not self.enabled:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,90 @@
+"""Validation during training: teacher-forced loss and perplexity, and CIDEr-D of greedy captions."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from captionkit.data.dataset import CaptionDataset, Unreadable
+from captionkit.data.records import CaptionRecord
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.evaluation import evaluate_captions
+from captionkit.models.base import CaptionModel
+from captionkit.text import CaptionTokenizer
+from captionkit.training.loss import token_nll
+
+Autocast = Callable[[], AbstractContextManager[object]]
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: CaptionModel,
+    loader: DataLoader,
+    device: torch.device,
+    max_batches: int = 0,
+    autocast: Autocast = nullcontext,
+) -> float:
+    """Mean token NLL over (at most ``max_batches`` batches of) ``loader``; restores train mode after."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for index, batch in enumerate(loader):
+        if max_batches and index >= max_batches:
+            break
+        if not len(batch):
+            continue
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        with autocast():
+            logits = model(batch.pixel_values.to(device), ids, mask)
+        nll, tokens = token_nll(logits, ids, mask)
+        total += nll
+        count += tokens
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def references(records: Sequence[CaptionRecord], max_images: int) -> dict[str, list[CaptionRecord]]:
+    """The first ``max_images`` images' reference records: neutral captions, or all when an image has none."""
+    grouped: dict[str, list[CaptionRecord]] = {}
+    for record in records:
+        if record.image_id in grouped or len(grouped) < max_images:
+            grouped.setdefault(record.image_id, []).append(record)
+    return {key: [r for r in group if r.style == "neutral"] or group for key, group in grouped.items()}
+
+
+def validation_cider(
+    model: CaptionModel,
+    tokenizer: CaptionTokenizer,
+    dataset: CaptionDataset,
+    max_images: int,
+    max_new_tokens: int,
+    device: torch.device,
+    batch_size: int = 32,
+) -> float | None:
+    """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of the first ``max_images`` validation images."""
+    refs = references(dataset.records, max_images)
+    candidates: dict[str, str] = {}
+    ids = list(refs)
+    decoding = DecodingConfig(max_new_tokens=max_new_tokens)
+    for start in range(0, len(ids), batch_size):
+        chunk, pixels = [], []
+        for image_id in ids[start : start + batch_size]:
+            found = dataset.pixels_of(refs[image_id][0])
+            if not isinstance(found, Unreadable):
+                chunk.append(image_id)
+                pixels.append(found)
+        if not chunk:
+            continue
+        hypotheses = generate(model, torch.from_numpy(np.stack(pixels)).to(device), config=decoding)
+        for image_id, best in zip(chunk, hypotheses, strict=True):
+            candidates[image_id] = tokenizer.decode(best[0].token_ids)
+    if not candidates:
+        return None
+    scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
+    value = evaluate_captions(scored, candidates, metrics="CIDEr", allow_empty=True)["CIDEr"]
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,184 @@
+"""Checks every model family must pass, shared by tests/test_prefix_gpt2.py and tests/test_cnn_lstm.py.
+
+Each takes a ``make(seed, vocab_size)`` that builds a tiny eval-mode model with peaked random weights. The brute
+force enumeration and hypothesis helpers come from tests/test_decoding.py, where the engine is checked on vit-gpt2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding.beam import beam_search
+from captionkit.models.base import CaptionModel
+from captionkit.models.registry import create_model
+from test_decoding import brute_force_ranking, full_ids, teacher_forced_log_prob
+
+MAX_NEW = 8
+Make = Callable[..., CaptionModel]
+
+
+def peaked(
+    family: str, seed: int = 0, vocab_size: int = 16, std: float = 0.3, eos_boost: float = 3.0, **overrides
+) -> CaptionModel:
+    """A tiny eval-mode model of ``family`` (ids pad 0, bos 1, eos 2), decoder-side weights redrawn from N(0, std).
+
+    Larger-than-usual weights make next-token distributions peaked (near-ties rare, captions that differ between
+    images); the eos output row scaled by ``eos_boost`` makes eos likely in some contexts and unlikely in others.
+    """
+    torch.manual_seed(seed)
+    model = create_model(family, "tiny", vocab_size=vocab_size, **overrides)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            # Decoder-side weights and embeddings; the encoder, norms and biases keep their usual start (a redrawn
+            # ResNet's features grow by orders of magnitude through its eval-mode batch norms).
+            if parameter.ndim >= 2 and not name.startswith("encoder."):
+                parameter.normal_(0.0, std)
+        output_rows(model)[model.eos_token_id] *= eos_boost
+    return model.eval()
+
+
+def output_rows(model: CaptionModel) -> torch.Tensor:
+    """The output projection's weight (V, D) of a tiny model."""
+    if hasattr(model, "gpt2"):
+        return model.gpt2.lm_head.weight
+    return model.output.weight
+
+
+def pixels(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(count, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def check_beam_one_is_greedy(model: CaptionModel) -> None:
+    images = pixels(5, 3)
+    config = DecodingConfig(max_new_tokens=MAX_NEW, early_stopping=True)
+    greedy = generate(model, images, config=config)
+    with torch.inference_mode():
+        beam = beam_search(model, model.encode(images), config)
+    assert [[h.token_ids for h in found] for found in beam] == [[h.token_ids for h in found] for found in greedy]
+    assert [h.finished for found in beam for h in found] == [h.finished for found in greedy for h in found]
+    # Scores agree to float32 rounding (the searches run the LSTM cell on different numbers of rows).
+    scores = [h.score for found in beam for h in found]
+    assert scores == pytest.approx([h.score for found in greedy for h in found], abs=1e-5)
+    # Not a degenerate model: images get different captions.
+    assert len({tuple(found[0].token_ids) for found in greedy}) > 1
+
+
+SETTINGS = {
+    "greedy": DecodingConfig(max_new_tokens=MAX_NEW),
+    "beam": DecodingConfig(max_new_tokens=MAX_NEW, num_beams=4, num_return_sequences=2),
+    "sample": DecodingConfig(max_new_tokens=MAX_NEW, do_sample=True, num_return_sequences=3, top_k=8, seed=7),
+}
+
+
+def check_batched_equals_one_at_a_time(model: CaptionModel, setting: str) -> None:
+    images = pixels(4, 2)
+    config = SETTINGS[setting]
+    batched = generate(model, images, config=config)
+    for image in range(4):
+        alone = generate(model, images[image : image + 1], config=config, image_offset=image)[0]
+        assert [h.token_ids for h in alone] == [h.token_ids for h in batched[image]]
+        # Batch size changes float32 rounding in the matmuls; peaked weights make it ~1e-5 of the logits.
+        assert [h.score for h in alone] == pytest.approx([h.score for h in batched[image]], abs=1e-4)
+    first = batched[0][0]  # the engine's log-probability is the model's teacher-forced one
+    expected = teacher_forced_log_prob(model, images[:1], full_ids(first, model.eos_token_id))
+    assert first.log_prob == pytest.approx(expected, abs=1e-4)
+
+
+def check_beam_finds_brute_force_best(model: CaptionModel) -> None:
+    # vocabulary 5, 3 new tokens: 20 beams never prune a prefix; "never" + penalty 1 is the exact stopping rule.
+    endings = 0
+    for image in range(2):
+        images = pixels(2, 5)[image : image + 1]
+        ranking = brute_force_ranking(model, images, 3, 1.0)
+        config = DecodingConfig(max_new_tokens=3, num_beams=20, num_return_sequences=5, early_stopping="never")
+        found = generate(model, images, config=config)[0]
+        assert [full_ids(h, model.eos_token_id) for h in found] == [ids for _, ids in ranking[:5]]
+        torch.testing.assert_close(torch.tensor([h.score for h in found]), torch.tensor([s for s, _ in ranking[:5]]))
+        endings += sum(h.finished for h in found)
+    assert 0 < endings < 10  # both eos endings and endings at the length limit are among the best
+
+
+def check_steps_equal_teacher_forcing(model: CaptionModel, atol: float = 1e-5) -> None:
+    """Step-by-step log-probs, with rows expanded, permuted and dropped between steps, equal teacher forcing."""
+    images = pixels(2, 1)
+    row_image = torch.tensor([0, 0, 1, 1, 1])
+    sequences = torch.randint(0, model.vocab_size, (5, 6), generator=torch.Generator().manual_seed(1))
+    sequences[:, 0] = model.bos_token_id
+    reorders = {3: torch.tensor([1, 0, 4, 2, 3]), 4: torch.tensor([0, 2, 3, 4]), 5: torch.tensor([3, 2, 1, 0])}
+    with torch.no_grad():
+        teacher = model(images[row_image], sequences).log_softmax(dim=-1)
+        state = model.init_state(model.encode(images))
+        first, state = model.step(sequences[[0, 2], 0], state)
+        torch.testing.assert_close(first, teacher[[0, 2], 0], rtol=0, atol=atol)
+        state, rows = model.reorder_state(state, row_image), torch.arange(5)
+        for position in range(1, 6):
+            if position in reorders:
+                state, rows = model.reorder_state(state, reorders[position]), rows[reorders[position]]
+            stepped, state = model.step(sequences[rows, position], state)
+            torch.testing.assert_close(stepped, teacher[rows, position], rtol=0, atol=atol)
+
+
+def check_round_trip(model: CaptionModel, directory: Path) -> CaptionModel:
+    """Save, load with the family's class; same config, ids, logits and captions. Returns the loaded model."""
+    model.save_pretrained(directory)
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = type(model).from_pretrained(directory)
+    assert not loaded.training
+    assert loaded.config == model.config
+    ids = (loaded.bos_token_id, loaded.eos_token_id, loaded.pad_token_id)
+    assert ids == (model.bos_token_id, model.eos_token_id, model.pad_token_id)
+    images = pixels(3, 3)
+    input_ids = torch.randint(0, model.vocab_size, (3, 6), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(loaded(images, input_ids), model(images, input_ids))
+    config = DecodingConfig(max_new_tokens=MAX_NEW, num_beams=3)
+    assert generate(loaded, images, config=config) == generate(model, images, config=config)
+    return loaded
+
+
+def check_frozen_parts_get_no_gradient(model: CaptionModel, frozen: torch.nn.Module) -> None:
+    model.train()
+    assert not frozen.training  # no dropout, batch norms keep their statistics
+    buffers = {name: b.clone() for name, b in frozen.named_buffers()}
+    input_ids = torch.randint(0, model.vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    model(pixels(2), input_ids).logsumexp(dim=-1).sum().backward()
+    assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None for p in trainable)
+    assert all(torch.equal(b, buffers[name]) for name, b in frozen.named_buffers())
+
+
+def train_tiny(family: str, tmp_path: Path, *overrides: str) -> list[dict]:
+    """Train a tiny ``family`` model a few steps on synthetic scenes with ``captionkit train``'s code; the log."""
+    from captionkit.config import load_train_config
+    from captionkit.training.trainer import train
+
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 48, 8, 4, seed=0, image_size=32)
+    config = load_train_config(
+        None,
+        [
+            f"model.family={family}",
+            "model.preset=tiny",
+            f"data.train={scenes}",
+            f"data.val={scenes}",
+            "data.first_caption_only=true",
+            "data.cache_images=true",
+            "tokenizer.vocab_size=200",
+            "train.steps=10",
+            "train.batch_size=16",
+            "train.warmup_steps=1",
+            "train.eval_every=5",
+            "train.log_every=5",
+            "train.lr=3e-3",
+            *overrides,
+        ],
+    )
+    entries: list[dict] = []
+    train(config, tmp_path / "model", log=entries.append)
+    return entries

@@ -1,0 +1,55 @@
+"""`captionkit train`: a run, an automatic resume of the same command, and one-line config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from captionkit.cli import app
+from captionkit.data.synthetic import write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    scenes = write_synthetic_dataset(root / "scenes", 24, 4, 4, seed=0, image_size=32)
+    path = root / "tiny.yaml"
+    path.write_text(
+        f"model:\n  preset: tiny\ntokenizer:\n  vocab_size: 300\n"
+        f"data:\n  train: {scenes}\n  val: {scenes}\n  cache_images: true\n  first_caption_only: true\n"
+        "train:\n  steps: 4\n  batch_size: 8\n  warmup_steps: 1\n  eval_every: 2\n  eval_images: 4\n"
+        "  checkpoint_every: 2\n  threads: 1\n  tensorboard: false\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, ["train", *args])
+
+
+def test_train_then_the_same_command_resumes(recipe, tmp_path, single_thread):
+    out = tmp_path / "run"
+    first = run(str(recipe), "--output", str(out), "--no-progress")
+    assert first.exit_code == 0, first.output
+    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 4 and summary["resumed_from"] is None and summary["interrupted"] is False
+    assert summary["val_cider"] is not None and summary["unreadable_images"] == 0
+    assert (out / "metrics.jsonl").is_file() and (out / "curves.png").is_file() and (out / "COMPLETE").is_file()
+    again = run(str(recipe), "--output", str(out), "--no-progress", "--set", "train.steps=5")
+    assert again.exit_code == 0, again.output
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 5 and summary["resumed_from"].endswith("step-000004")
+    changed = run(str(recipe), "--output", str(out), "--no-progress", "--set", "train.lr=0.1")
+    assert changed.exit_code == 1
+    assert "train.lr: differs from the run" in changed.output
+
+
+def test_unknown_key_is_one_line_naming_the_closest_key(recipe, tmp_path):
+    result = run(str(recipe), "--output", str(tmp_path / "run"), "--set", "train.stpes=3")
+    assert result.exit_code == 1
+    assert "tiny.yaml.train.stpes: unknown key (did you mean 'steps'?" in result.output
+    assert result.output.startswith("captionkit: error: ") and result.output.count("\n") == 1
+    assert "Traceback" not in result.output

@@ -1,0 +1,88 @@
+"""Data parallelism: two CPU processes under torchrun (gloo) end with the weights of one process that trains on
+the same global batches."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from captionkit.data.synthetic import write_synthetic_dataset
+
+CHILD = Path(__file__).with_name("_train_child.py")
+
+
+def settings(scenes: Path, batch_size: int, *extra: str) -> list[str]:
+    return [
+        f"data.train={scenes}",
+        f"data.val={scenes}",
+        "data.first_caption_only=true",
+        "data.cache_images=true",
+        "model.preset=tiny",
+        "tokenizer.vocab_size=300",
+        "train.steps=4",
+        f"train.batch_size={batch_size}",
+        "train.warmup_steps=1",
+        "train.eval_every=2",
+        "train.eval_images=4",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.tensorboard=false",
+        *extra,
+    ]
+
+
+def torchrun(out: Path, scenes: Path, signal_name: str, at_step: int, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534"]
+    command = [*launcher, str(CHILD), signal_name, str(at_step), str(out), *settings(scenes, 4, *extra)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.slow  # three Python start-ups with torch and transformers
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 32, 8, 4, seed=2, image_size=32)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    single = [sys.executable, str(CHILD), "KILL", "0", str(tmp_path / "one"), *settings(scenes, 8)]
+    done = subprocess.run(single, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+    double = [*launcher, str(CHILD), "KILL", "0", str(tmp_path / "two"), *settings(scenes, 4)]
+    done = subprocess.run(double, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (
+        load_file(str(tmp_path / "one" / "model.safetensors")),
+        load_file(str(tmp_path / "two" / "model.safetensors")),
+    )
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    metrics_one = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    metrics_two = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics_one) == len(metrics_two) == 4  # rank 0 alone writes the log
+    assert (tmp_path / "two" / "checkpoints" / "step-000004" / "COMPLETE").is_file()
+
+
+@pytest.mark.slow  # three torchrun launches
+def test_two_process_run_stopped_by_sigterm_resumes_exactly(tmp_path):
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 32, 8, 4, seed=2, image_size=32)
+    dropout = "model.overrides={decoder_dropout: 0.1}"  # each process's RNG state must resume
+    done = torchrun(tmp_path / "reference", scenes, "KILL", 0, dropout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stopped = torchrun(tmp_path / "run", scenes, "TERM", 3, dropout)  # rank 0 gets SIGTERM after step 3
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "step-000003" / "COMPLETE").is_file()
+    assert not (tmp_path / "run" / "COMPLETE").exists()
+    resumed = torchrun(tmp_path / "run", scenes, "KILL", 0, dropout)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    one = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    two = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for name in one:
+        assert torch.equal(one[name], two[name]), name

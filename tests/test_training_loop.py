@@ -1,0 +1,244 @@
+"""The loop's features on tiny models: accumulation, precision, staged unfreezing, the feature cache, validation,
+early stopping, logging, bad data."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from PIL import Image
+
+from captionkit.config import StageSection, load_train_config
+from captionkit.data.records import CaptionRecord
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.errors import ConfigError
+from captionkit.training.curves import PANEL_HEIGHT, WIDTH
+from captionkit.training.run_log import ProgressLine
+from captionkit.training.stages import Stages
+from captionkit.training.trainer import build_setup, drop_empty_captions, seed_everything, train
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 32, 8, 4, seed=1, image_size=32)
+
+
+def config_for(scenes, *extra: str):
+    return load_train_config(
+        None,
+        [
+            f"data.train={scenes}",
+            f"data.val={scenes}",
+            "data.first_caption_only=true",
+            "data.cache_images=true",
+            "model.preset=tiny",
+            "tokenizer.vocab_size=300",
+            "train.steps=3",
+            "train.batch_size=8",
+            "train.warmup_steps=1",
+            "train.eval_every=100",
+            "train.eval_images=0",
+            "train.log_every=1",
+            "train.lr=3e-3",
+            "train.threads=1",
+            "train.tensorboard=false",
+            *extra,
+        ],
+    )
+
+
+def state_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+def trained_weights(config, tmp_path, name: str) -> tuple[dict[str, torch.Tensor], object]:
+    seed_everything(config.train.seed)  # the same initial weights in every run
+    setup = build_setup(config)
+    result = train(config, tmp_path / name, setup=setup)
+    return state_of(setup.model), result
+
+
+def test_gradient_accumulation_matches_the_bigger_batch(scenes, tmp_path, single_thread):
+    seed_everything(0)
+    initial = state_of(build_setup(config_for(scenes)).model)
+    big, big_result = trained_weights(config_for(scenes, "train.batch_size=8"), tmp_path, "big")
+    accumulated, acc_result = trained_weights(
+        config_for(scenes, "train.batch_size=4", "train.grad_accumulation=2"), tmp_path, "acc"
+    )
+    assert [e["loss"] for e in big_result.history] == pytest.approx([e["loss"] for e in acc_result.history], abs=1e-5)
+    # Adam moves every weight by about lr whatever the gradient's size, so float noise in tiny gradients shows in
+    # the weights: the two runs must agree to within 1% of how far training moved each tensor.
+    for name, value in big.items():
+        moved = (value - initial[name]).abs().max().item()
+        assert (value - accumulated[name]).abs().max().item() <= 0.01 * moved + 1e-7, name
+
+
+def test_loader_workers_give_the_same_training(scenes, tmp_path, single_thread):
+    in_process, _ = trained_weights(config_for(scenes, "train.steps=2"), tmp_path, "zero")
+    workers, _ = trained_weights(config_for(scenes, "train.steps=2", "data.workers=1"), tmp_path, "one")
+    for name, value in in_process.items():
+        assert torch.equal(value, workers[name]), name
+
+
+def test_bf16_autocast_on_cpu_trains_and_fp16_on_cpu_is_a_config_error(scenes, tmp_path, single_thread):
+    fp32 = train(config_for(scenes, "train.steps=1"), tmp_path / "fp32")
+    bf16 = train(config_for(scenes, "train.steps=1", "train.precision=bf16"), tmp_path / "bf16")
+    assert bf16.train_loss == pytest.approx(fp32.train_loss, abs=0.05)  # same model, bf16 rounding only
+    assert bf16.train_loss != fp32.train_loss
+    with pytest.raises(ConfigError) as caught:
+        train(config_for(scenes, "train.precision=fp16"), tmp_path / "fp16")
+    assert caught.value.source == "train.precision" and "CUDA" in caught.value.reason
+    with pytest.raises(ConfigError, match="unknown 'fp8'"):
+        config_for(scenes, "train.precision=fp8")
+
+
+def test_stages_choose_which_parameters_get_gradients(scenes, single_thread):
+    setup = build_setup(config_for(scenes))
+    model = setup.model.train()
+    groups = model.parameter_groups()
+    assert set(groups) == {"encoder", "embeddings", "cross_attention", "decoder"}
+    named = dict(model.named_parameters())
+    assert sorted(n for g in groups.values() for n in g) == sorted(named)  # every parameter, no overlap
+    stages = Stages(
+        model,
+        [
+            StageSection(until_step=2, train=["cross_attention"]),
+            StageSection(until_step=4, train=["cross_attention", "decoder"]),
+            StageSection(train=["all"]),
+        ],
+    )
+    assert stages.encoder_always_frozen() is False
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    for step, expected in ((0, {"cross_attention"}), (3, {"cross_attention", "decoder"}), (9, set(groups))):
+        stages.apply(step)
+        model.zero_grad(set_to_none=True)
+        model(pixels, ids, mask).sum().backward()
+        with_grad = {name for name, p in named.items() if p.grad is not None}
+        wanted = {name for group in expected for name in groups[group]}
+        assert with_grad == wanted - {n for n in wanted if ".pooler." in n}  # ViT's pooler is never used
+
+
+def test_without_stages_a_models_own_freezing_stands_and_enables_the_cache(scenes):
+    model = build_setup(config_for(scenes)).model
+    encoder = model.parameter_groups()["encoder"]
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name not in encoder)
+    stages = Stages(model, [])
+    assert stages.apply(0) is False
+    assert not any(p.requires_grad for n, p in model.named_parameters() if n in encoder)
+    assert stages.encoder_always_frozen()
+    model.requires_grad_(True)
+    assert not stages.encoder_always_frozen()
+
+
+def test_unknown_stage_group_names_the_known_ones(scenes):
+    setup = build_setup(config_for(scenes))
+    with pytest.raises(ConfigError) as caught:
+        Stages(setup.model, [StageSection(train=["attention"])])
+    assert caught.value.source == "train.stages[0].train"
+    assert "cross_attention" in caught.value.reason
+    with pytest.raises(ConfigError, match="greater than 5"):
+        config_for(scenes, "train.stages=[{until_step: 5, train: [decoder]}, {until_step: 5, train: [all]}]")
+
+
+def test_staged_run_leaves_frozen_groups_untouched(scenes, tmp_path, single_thread):
+    config = config_for(
+        scenes, "train.stages=[{until_step: 2, train: [cross_attention]}, {train: [cross_attention, decoder]}]"
+    )
+    setup = build_setup(config)
+    before = state_of(setup.model)
+    groups = setup.model.parameter_groups()
+    train(config, tmp_path / "run", setup=setup)
+    after = state_of(setup.model)
+    for group, changes in (("encoder", False), ("embeddings", False), ("cross_attention", True), ("decoder", True)):
+        changed = [not torch.equal(before[n], after[n]) for n in groups[group] if ".pooler." not in n]
+        assert all(changed) if changes else not any(changed), group
+
+
+def test_feature_cache_gives_the_same_training_as_the_encoder(scenes, tmp_path, single_thread, caplog):
+    frozen_encoder = "train.stages=[{train: [embeddings, cross_attention, decoder]}]"
+    with caplog.at_level(logging.INFO, logger="captionkit.training"):
+        cached, cached_result = trained_weights(config_for(scenes, frozen_encoder), tmp_path, "cached")
+    assert "cached features of 32 images" in caplog.text
+    plain, plain_result = trained_weights(
+        config_for(scenes, frozen_encoder, "train.cache_features=false"), tmp_path, "plain"
+    )
+    assert [e["loss"] for e in cached_result.history] == pytest.approx([e["loss"] for e in plain_result.history])
+    for name, value in plain.items():
+        assert torch.allclose(value, cached[name], atol=1e-6), name
+
+
+def test_validation_best_checkpoint_and_early_stopping(scenes, tmp_path, single_thread):
+    # lr 0: the model never changes, so validation never improves after the first evaluation.
+    config = config_for(
+        scenes, "train.steps=10", "train.lr=0", "train.eval_every=2", "train.patience=1", "train.eval_images=4"
+    )
+    result = train(config, tmp_path / "run")
+    assert result.stopped_early and result.steps == 4
+    evaluated = [e for e in result.history if "val_loss" in e]
+    assert [e["step"] for e in evaluated] == [2, 4]
+    assert evaluated[0]["val_loss"] == evaluated[1]["val_loss"]
+    assert evaluated[0]["val_perplexity"] == pytest.approx(2.718281828 ** evaluated[0]["val_loss"], rel=1e-4)
+    assert 0.0 <= evaluated[0]["val_cider"] <= 10.0
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best" / "trainer_state.json").read_text())
+    assert best["loop"]["step"] == 2 and best["loop"]["best"] == evaluated[0]["val_loss"]
+
+
+def test_metrics_jsonl_curves_png_and_tensorboard_notice(scenes, tmp_path, single_thread, caplog):
+    config = config_for(scenes, "train.eval_every=2", "train.steps=4", "train.tensorboard=true")
+    with caplog.at_level(logging.INFO, logger="captionkit.training"):
+        result = train(config, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == result.history and [e["step"] for e in lines] == [1, 2, 3, 4]
+    assert all({"loss", "lr", "images_per_second"} <= set(e) for e in lines)
+    with Image.open(tmp_path / "run" / "curves.png") as png:
+        assert png.format == "PNG" and png.size == (WIDTH, 2 * PANEL_HEIGHT)  # loss + perplexity panels
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        notices = [r.message for r in caplog.records if "tensorboard" in r.message.lower()]
+        assert notices == ["TensorBoard logs off: install captionkit[tensorboard] to get them"]
+    else:
+        assert any((tmp_path / "run" / "tensorboard").iterdir())
+
+
+def test_progress_line_shows_loss_lr_speed_and_eta(capsys):
+    with ProgressLine(10, 0, enabled=True) as line:
+        line.update(5, 1.23456, 3e-4, 12.5)
+    err = capsys.readouterr().err
+    assert "loss 1.2346" in err and "lr 3.00e-04" in err and "12.5 img/s" in err and "ETA" in err
+    with ProgressLine(10, 0, enabled=False) as line:
+        line.update(5, 1.0, 1e-3, 1.0)
+    assert capsys.readouterr().err == ""
+
+
+def test_unreadable_and_missing_images_are_skipped_and_counted(scenes, tmp_path, single_thread, caplog):
+    config = config_for(scenes, "data.cache_images=false", "train.steps=5")  # 40 samples: all 32 records seen
+    setup = build_setup(config)
+    broken, missing = tmp_path / "broken.png", tmp_path / "missing.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    first = setup.train_records[0]
+    setup.train_records[:2] = [
+        CaptionRecord(broken, first.caption, image_id="broken"),
+        CaptionRecord(missing, first.caption, image_id="missing"),
+    ]
+    setup.train_records.append(CaptionRecord(first.image_path, "   ", image_id="empty"))
+    with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+        result = train(config, tmp_path / "run", setup=setup)
+    assert result.steps == 5
+    assert result.unreadable_images == 2 and result.skipped_samples >= 2
+    assert result.empty_captions == 1
+    assert "dropped 1 empty training captions" in caplog.text
+    assert str(broken) in caplog.text and str(missing) in caplog.text
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert set(state["unreadable_images"]) == {str(broken), str(missing)}
+
+
+def test_drop_empty_captions():
+    records = [CaptionRecord(tmp, caption) for tmp, caption in (("a.png", "a cat"), ("b.png", ""), ("c.png", " \t"))]
+    kept, dropped = drop_empty_captions(records)  # type: ignore[arg-type]
+    assert [r.caption for r in kept] == ["a cat"] and dropped == 2
