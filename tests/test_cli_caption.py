@@ -239,3 +239,16 @@ def test_seeded_sampling_does_not_depend_on_batch_size(model_dir, photos, tmp_pa
         captions.append([r.get("caption") for r in read_jsonl(out)])
     assert captions[0] == captions[1]
     assert len({c for c in captions[0] if c is not None}) > 1  # really sampled, not one caption everywhere
+
+
+def test_resuming_a_finished_run_keeps_exit_2_for_its_recorded_errors(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "captions.jsonl"
+    args = ["caption", str(photos), "--model", str(model_dir), "--output", str(out), "--beams", "1"]
+    code, _, _ = run([*args, "--max-length", "4"], capsys)
+    assert code == 2
+    before = out.read_text()
+    code, _, err = run([*args, "--max-length", "4", "--resume", "--workers", "1"], capsys)
+    assert code == 2
+    assert "9 of 9 images already done" in err
+    assert "captioned 0 images, 0 errors (and 4 recorded before resuming)" in err
+    assert out.read_text() == before

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from captionkit.errors import InputError
-from captionkit.inputs import collect_images
-from captionkit.outputs import RecordWriter, read_records
+from captionkit.inputs import collect_images, collect_inputs
+from captionkit.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
 
 
 def touch(path):
@@ -73,5 +73,53 @@ def test_unknown_format_and_corrupt_resume_file(tmp_path):
         RecordWriter(tmp_path / "x", "xml")
     bad = tmp_path / "out.jsonl"
     bad.write_text("{broken\n")
-    with pytest.raises(InputError, match="cannot resume"):
+    with pytest.raises(InputError, match="not valid jsonl"):
         read_records(bad, "jsonl")
+
+
+def test_inputs_carry_keys_relative_to_where_they_came_from(tmp_path):
+    nested = touch(tmp_path / "photos" / "a" / "b.jpg")
+    explicit = touch(tmp_path / "one.png")
+    listing = tmp_path / "lists" / "list.txt"
+    touch(tmp_path / "lists" / "x" / "c.gif")
+    listing.write_text("x/c.gif\n", encoding="utf-8")
+    found = collect_inputs([tmp_path / "photos", explicit, listing])
+    assert [item.key for item in found] == ["a/b.jpg", explicit.as_posix(), "x/c.gif"]
+    assert found[0].path == nested
+    assert found[2].path == tmp_path / "lists" / "x" / "c.gif"
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_torn_last_line_is_dropped_on_read_and_repaired_before_appending(tmp_path, fmt):
+    path = tmp_path / f"out.{fmt}"
+    writer = RecordWriter(path, fmt)
+    writer.write(RECORDS)
+    writer.close()
+    whole = path.read_text()
+    path.write_text(whole + ('{"image": "c.jpg", "capt' if fmt == "jsonl" else "c.jpg,a torn capt"))
+    records, torn = read_records_and_tail(path, fmt)
+    assert [r["image"] for r in records] == ["a.jpg", "b.jpg"]
+    assert torn.startswith('{"image": "c.jpg"' if fmt == "jsonl" else "c.jpg")
+    assert repair_torn_tail(path, fmt) == torn
+    assert path.read_text() == whole
+    if fmt == "csv":
+        assert records[0]["score"] == -0.5  # CSV scores come back as numbers
+
+
+def test_complete_jsonl_line_without_newline_is_kept(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"image": "a.jpg", "caption": "x", "score": -1.0}\n{"image": "b.jpg", "error": "empty file"}')
+    assert [r["image"] for r in read_records(path, "jsonl")] == ["a.jpg", "b.jpg"]
+    assert repair_torn_tail(path, "jsonl") == ""
+    assert path.read_text().endswith("}\n")
+    assert len(read_records(path, "jsonl")) == 2
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+def test_file_names_that_are_not_utf8_round_trip(tmp_path, fmt):
+    name = b"caf\xe9.jpg".decode("utf-8", "surrogateescape")  # as os.listdir gives a Latin-1 name
+    path = tmp_path / f"out.{fmt}"
+    writer = RecordWriter(path, fmt)
+    writer.write([{"image": name, "caption": "a café", "score": -1.0}, {"image": "ü.jpg", "error": "empty file"}])
+    writer.close()
+    assert [r["image"] for r in read_records(path, fmt)] == [name, "ü.jpg"]

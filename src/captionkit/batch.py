@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import torch
 
 from captionkit.api import Caption, Captioner
-from captionkit.decoding import DecodingConfig
-from captionkit.errors import ImageError
+from captionkit.decoding import DecodingConfig, generate
 from captionkit.outputs import Record, RecordWriter
+from captionkit.pipeline import load_batches
 
 
 @dataclass
@@ -28,42 +28,73 @@ def caption_files(
     writer: RecordWriter,
     batch_size: int = 8,
     on_progress: Callable[[int], None] | None = None,
+    *,
+    positions: Sequence[int] | None = None,
+    workers: int = 0,
+    prefetch: int = 2,
 ) -> JobSummary:
-    """Caption ``paths`` in batches and write a record per image, in input order."""
+    """Caption ``paths`` in batches and write one record per image, in input order.
+
+    ``positions`` are the images' places in the whole job (default 0, 1, ...): seeded sampling gives an image
+    the captions of its position, so a shard or a resumed run samples what one uninterrupted run would.
+    Images are decoded in ``workers`` DataLoader processes (0: in this one), ``prefetch`` batches ahead each.
+    """
+    positions = list(range(len(paths))) if positions is None else list(positions)
+    if len(positions) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(positions)} positions")
+    pin = captioner.device.type == "cuda"
+    batches = load_batches(
+        paths, captioner.preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=pin
+    )
     summary = JobSummary()
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start : start + batch_size]
-        records: list[Record | None] = [None] * len(chunk)
-        opened: dict[int, Image.Image] = {}
-        for index, path in enumerate(chunk):
-            try:
-                opened[index] = captioner.load_images([path])[0]
-            except ImageError as error:
-                records[index] = {"image": str(path), "error": error.reason}
-        # Caption each run of consecutive good images with its position in the whole input, so that seeded
-        # sampling gives an image the same captions whatever the batch size and the bad files around it.
-        for run in _runs(sorted(opened)):
-            captions = captioner.caption_pil([opened[i] for i in run], config, image_offset=start + run[0])
-            for index, found in zip(run, captions, strict=True):
-                records[index] = _record(chunk[index], found)
-        done = [record for record in records if record is not None]
-        writer.write(done)
-        summary.images += len(done)
-        summary.errors += sum("error" in record for record in done)
-        summary.captioned += sum("error" not in record for record in done)
+    for batch in batches:
+        pixels = batch.pixels.to(captioner.device, non_blocking=pin)
+        captions = caption_pixels(captioner, pixels, [positions[i] for i in batch.good], config)
+        found = dict(zip(batch.good, captions, strict=True))
+        records = [
+            _record(paths[i], found[i]) if i in found else {"image": str(paths[i]), "error": batch.errors[i]}
+            for i in batch.positions
+        ]
+        writer.write(records)
+        summary.images += len(records)
+        summary.errors += len(batch.errors)
+        summary.captioned += len(found)
         if on_progress is not None:
-            on_progress(len(chunk))
+            on_progress(len(records))
     return summary
 
 
-def _runs(indices: Sequence[int]) -> list[list[int]]:
-    """Split sorted ``indices`` into runs of consecutive numbers: [0, 1, 3] -> [[0, 1], [3]]."""
-    runs: list[list[int]] = []
-    for index in indices:
-        if runs and runs[-1][-1] == index - 1:
-            runs[-1].append(index)
-        else:
-            runs.append([index])
+def caption_pixels(
+    captioner: Captioner, pixels: torch.Tensor, positions: Sequence[int], config: DecodingConfig
+) -> list[list[Caption]]:
+    """n-best captions of preprocessed ``pixels`` (B, 3, H, W) whose images sit at ``positions`` in the job.
+
+    Seeded sampling draws image j's tokens from ``seed + j``, which the decoder supports for consecutive
+    positions, so such batches are split into runs of consecutive positions; other decoding takes one call.
+    """
+    if not positions:
+        return []
+    seeded = config.do_sample and config.seed is not None
+    runs = _runs(positions) if seeded else [(0, len(positions))]
+    captions: list[list[Caption]] = []
+    for start, end in runs:
+        hypotheses = generate(captioner.model, pixels[start:end], config=config, image_offset=positions[start])
+        decode = captioner.tokenizer.decode
+        captions.extend(
+            [Caption(decode(h.token_ids), float(h.score), list(h.token_ids)) for h in per_image]
+            for per_image in hypotheses
+        )
+    return captions
+
+
+def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """``(start, end)`` slices of ``positions`` that count up by one: [4, 5, 9] -> [(0, 2), (2, 3)]."""
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for index in range(1, len(positions) + 1):
+        if index == len(positions) or positions[index] != positions[index - 1] + 1:
+            runs.append((start, index))
+            start = index
     return runs
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from captionkit.errors import InputError
@@ -11,28 +12,49 @@ from captionkit.errors import InputError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 
 
+@dataclass(frozen=True)
+class InputImage:
+    """An image to caption: ``path`` as records name it, and ``key``, its path relative to the input it came from.
+
+    The key is what sharding hashes: ``photos/a/b.jpg`` found under ``photos/`` has key ``a/b.jpg`` whether the
+    folder is mounted at ``/data/photos`` or ``/mnt/photos``; a list entry's key is the entry as written; a file
+    named on the command line is its own key.
+    """
+
+    path: Path
+    key: str
+
+
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image paths in a stable order, without duplicates.
+    """Image paths in a stable order, without duplicates (see :func:`collect_inputs`)."""
+    return [item.path for item in collect_inputs(inputs)]
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
+    """Images in a stable order, without duplicates, each with its sharding key.
 
     A directory contributes its image files (by extension, recursively, sorted); a ``.txt`` file is a list of
     paths, one a line (relative to the list's directory; blank lines and ``#`` comments skipped); any other file
-    is taken as an image. A missing input is an error naming it.
+    is taken as an image. A missing input is an error naming it. A path met twice keeps its first key.
     """
-    found: list[Path] = []
+    found: dict[Path, InputImage] = {}
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS))
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            images = [InputImage(p, p.relative_to(path).as_posix()) for p in files]
         elif path.is_file() and path.suffix.lower() == ".txt":
-            found.extend(_read_list(path))
+            images = _read_list(path)
         elif path.exists():
-            found.append(path)
+            images = [InputImage(path, path.as_posix())]
         else:
             raise InputError(path, "no such file or directory")
-    return list(dict.fromkeys(found))
+        for image in images:
+            found.setdefault(image.path, image)
+    return list(found.values())
 
 
-def _read_list(path: Path) -> list[Path]:
+def _read_list(path: Path) -> list[InputImage]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError:
@@ -42,5 +64,5 @@ def _read_list(path: Path) -> list[Path]:
         line = line.strip()
         if line and not line.startswith("#"):
             entry = Path(line)
-            entries.append(entry if entry.is_absolute() else path.parent / entry)
+            entries.append(InputImage(entry if entry.is_absolute() else path.parent / entry, entry.as_posix()))
     return entries

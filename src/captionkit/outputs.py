@@ -1,12 +1,14 @@
 """Result records of a captioning run, written as JSONL, CSV or JSON, and read back for ``--resume``.
 
 A record is ``{"image", "caption", "score"}`` (plus ``"captions"`` for n-best) or ``{"image", "error"}``.
-JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished;
-JSON (one array) is written whole at the end.
+JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished (a write
+cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes); JSON (one
+array) is written whole at the end, so only JSON keeps every record in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
@@ -20,22 +22,84 @@ FORMATS = ("jsonl", "csv", "json")
 CSV_FIELDS = ("image", "caption", "score", "error")
 
 Record = dict[str, Any]
+# File names that are not valid UTF-8 reach Python as lone surrogates ("caf\udce9.jpg"). CSV writes their
+# original bytes back (as the file system has them) and reads them back the same way; JSON escapes them instead.
+PATH_ERRORS = "surrogateescape"
+
+
+def _to_json(value: Any, indent: int | None = None) -> str:
+    """JSON text with non-ASCII kept readable, or escaped as ``\\udce9`` where a name is not valid UTF-8."""
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True, indent=indent)
+    return text
 
 
 def read_records(path: Path, fmt: str) -> list[Record]:
-    """Records already in ``path`` (for resuming); an empty list when the file does not exist."""
+    """Records already in ``path`` (for resuming and merging); an empty list when the file does not exist.
+
+    An unfinished last line (see :func:`split_torn_tail`) is left out; anything else invalid is an error.
+    """
+    return read_records_and_tail(path, fmt)[0]
+
+
+def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
+    """``(records, torn)``: the records in ``path`` and the unfinished last line left out ('' if none)."""
     if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
+        return [], ""
+    text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
+    body, torn = split_torn_tail(text, fmt)
     try:
         if fmt == "jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
+            return [json.loads(line) for line in body.splitlines() if line.strip()], torn
         if fmt == "json":
-            return json.loads(text) if text.strip() else []
-        rows = list(csv.DictReader(text.splitlines()))
-        return [{key: value for key, value in row.items() if value not in ("", None)} for row in rows]
+            return (json.loads(text) if text.strip() else []), ""
+        rows = list(csv.DictReader(body.splitlines()))
+        return [_csv_record(row) for row in rows], torn
     except (json.JSONDecodeError, csv.Error) as error:
-        raise InputError(path, f"cannot resume: existing output is not valid {fmt} ({error})") from None
+        raise InputError(path, f"not valid {fmt} ({error})") from None
+
+
+def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
+    """Split JSONL/CSV ``text`` into its complete lines and an unfinished last line left by an interrupted write.
+
+    Records are written whole lines at a time, so a last line without its newline is a torn write, unless (JSONL
+    only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
+    """
+    if fmt == "json" or not text or text.endswith("\n"):
+        return text, ""
+    cut = text.rfind("\n") + 1
+    body, tail = text[:cut], text[cut:]
+    if fmt == "jsonl":
+        try:
+            if isinstance(json.loads(tail), dict):
+                return text + "\n", ""
+        except json.JSONDecodeError:
+            pass
+    return body, tail
+
+
+def repair_torn_tail(path: Path, fmt: str) -> str:
+    """Make ``path`` end with a whole line before appending to it: drop a torn last line (returned), or add the
+    missing newline after a complete one. Nothing to do for JSON, which is rewritten whole."""
+    if fmt == "json" or not path.exists():
+        return ""
+    text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
+    body, torn = split_torn_tail(text, fmt)
+    if body != text:
+        with path.open("w", encoding="utf-8", errors=PATH_ERRORS, newline="") as handle:
+            handle.write(body)
+    return torn
+
+
+def _csv_record(row: dict[str, str | None]) -> Record:
+    record: Record = {key: value for key, value in row.items() if value not in ("", None)}
+    if "score" in record:
+        with contextlib.suppress(ValueError):  # else keep what the file says; merge passes it through
+            record["score"] = float(record["score"])
+    return record
 
 
 class RecordWriter:
@@ -45,7 +109,8 @@ class RecordWriter:
         if fmt not in FORMATS:
             raise InputError("--format", f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
         self.path, self.fmt = path, fmt
-        self._all: list[Record] = list(existing)
+        # Only JSON (one array, written at the end) needs every record in memory; JSONL/CSV stream them.
+        self._all: list[Record] = list(existing) if fmt == "json" else []
         self._handle: TextIO | None = None
         if fmt != "json":
             if path is None:
@@ -53,7 +118,7 @@ class RecordWriter:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not path.exists() or path.stat().st_size == 0
-                self._handle = path.open("a", encoding="utf-8", newline="")
+                self._handle = path.open("a", encoding="utf-8", errors=PATH_ERRORS, newline="")
                 if fmt == "csv" and fresh:
                     csv.writer(self._handle).writerow(CSV_FIELDS)
             if fmt == "csv" and path is None:
@@ -61,19 +126,19 @@ class RecordWriter:
 
     def write(self, records: Iterable[Record]) -> None:
         records = list(records)
-        self._all.extend(records)
         if self._handle is None:
+            self._all.extend(records)
             return
         for record in records:
             if self.fmt == "jsonl":
-                self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                self._handle.write(_to_json(record) + "\n")
             else:
                 csv.writer(self._handle).writerow([record.get(name, "") for name in CSV_FIELDS])
         self._handle.flush()
 
     def close(self) -> None:
         if self.fmt == "json":
-            text = json.dumps(self._all, ensure_ascii=False, indent=2) + "\n"
+            text = _to_json(self._all, indent=2) + "\n"
             if self.path is None:
                 sys.stdout.write(text)
             else:

@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from captionkit.cli import caption, demo, evaluate, score, serve, train
+from captionkit.cli import caption, demo, evaluate, merge, score, serve, train
 from captionkit.cli.data import app as data_app
 
 app = typer.Typer(
@@ -29,6 +29,7 @@ app.command("score")(score.score)
 app.command("evaluate")(evaluate.evaluate)
 app.add_typer(data_app, name="data")
 app.command("serve")(serve.serve)
+app.command("merge")(merge.merge)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.errors import InputError
+
+if TYPE_CHECKING:
+    from captionkit.sharding import DistributedEnv, Shard
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 
@@ -28,17 +34,30 @@ def caption(
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
-    resume: Annotated[bool, typer.Option(help="Skip images already in --output.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    workers: Annotated[
+        str, typer.Option(help="Processes decoding images while the model runs: a number (0 = in-process) or auto.")
+    ] = "0",
+    prefetch: Annotated[int, typer.Option(help="Batches each worker prepares ahead (bounds memory).")] = 2,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="K/N: caption only shard K (0-based) of N. Under torchrun each rank takes its own shard."),
+    ] = None,
 ) -> None:
-    """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed."""
+    """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
+
+    With --shard K/N (or under torchrun) the run takes a fixed 1/N of the inputs and writes OUTPUT with
+    .part-K-of-N before its suffix; `captionkit merge` joins the parts.
+    """
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.batch import caption_files
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
-    from captionkit.inputs import collect_images
-    from captionkit.outputs import FORMATS, RecordWriter, read_records
+    from captionkit.inputs import collect_inputs
+    from captionkit.outputs import FORMATS, RecordWriter, read_records, repair_torn_tail
+    from captionkit.sharding import distributed_env
 
     if fmt not in FORMATS:
         fail(f"--format: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
@@ -46,7 +65,15 @@ def caption(
         fail("--resume needs --output (the file to continue)")
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
+    if prefetch < 1:
+        fail(f"--prefetch: must be at least 1, got {prefetch}")
     try:
+        dist = distributed_env(os.environ)
+        job_shard = _choose_shard(shard, dist)
+        if job_shard is not None and output is None:
+            fail("--shard (or torchrun) needs --output: each shard writes its own part file")
+        target = job_shard.part_path(output) if (job_shard is not None and output is not None) else output
+        num_workers = _parse_workers(workers, dist.local_world_size if dist else 1)
         config = DecodingConfig(
             max_new_tokens=max_length,
             num_beams=1 if sample else beams,
@@ -58,22 +85,85 @@ def caption(
             top_p=top_p,
             seed=seed,
         )
-        paths = collect_images(inputs)
-        existing = read_records(output, fmt) if (resume and output is not None) else []
-        if output is not None and not resume and fmt != "json" and output.exists():
-            output.unlink()
+        # Positions index the whole input list, the same in every shard: seeded sampling depends on them.
+        items = collect_inputs(inputs)
+        mine = [(i, item) for i, item in enumerate(items) if job_shard is None or job_shard.owns(item.key)]
+        existing = []
+        if resume and target is not None:
+            torn = repair_torn_tail(target, fmt)
+            if torn:
+                print(f"{target}: dropped an unfinished last line (interrupted write): {torn[:60]!r}", file=sys.stderr)
+            existing = read_records(target, fmt)
+        if target is not None and not resume and fmt != "json" and target.exists():
+            target.unlink()
         done = {record.get("image") for record in existing}
-        todo = [path for path in paths if str(path) not in done]
-        captioner = Captioner.from_pretrained(model, device=device)
-        writer = RecordWriter(output, fmt, existing)
+        todo = [(i, item.path) for i, item in mine if str(item.path) not in done]
+        captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist))
+        writer = RecordWriter(target, fmt, existing)
     except CaptionkitError as error:
         fail(str(error))
-    if len(todo) < len(paths):
-        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} images already done", file=sys.stderr)
+    if job_shard is not None:
+        print(f"shard {job_shard}: {len(mine)} of {len(items)} images -> {target}", file=sys.stderr)
+    if len(todo) < len(mine):
+        print(f"resuming: {len(mine) - len(todo)} of {len(mine)} images already done", file=sys.stderr)
+    # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
+    show_progress = dist is None or dist.local_rank == 0
+    progress = progress_bar("captioning", len(todo)) if show_progress else nullcontext(None)
     try:
-        with progress_bar("captioning", len(todo)) as advance:
-            summary = caption_files(captioner, todo, config, writer, batch_size, advance)
+        with progress as advance:
+            summary = caption_files(
+                captioner,
+                [path for _, path in todo],
+                config,
+                writer,
+                batch_size,
+                advance,
+                positions=[i for i, _ in todo],
+                workers=num_workers,
+                prefetch=prefetch,
+            )
     finally:
         writer.close()
-    print(f"captioned {summary.captioned} images, {summary.errors} errors", file=sys.stderr)
-    raise typer.Exit(EXIT_PARTIAL if summary.errors else EXIT_OK)
+    # Errors recorded by the interrupted run are part of this output too (resume does not retry them).
+    names = {str(item.path) for _, item in mine}
+    earlier = sum("error" in record and record.get("image") in names for record in existing)
+    before = f" (and {earlier} recorded before resuming)" if earlier else ""
+    print(f"captioned {summary.captioned} images, {summary.errors} errors{before}", file=sys.stderr)
+    if dist is not None and dist.world_size > 1:
+        # torchrun stops every rank when one exits non-zero: a rank with bad images must not cut the others
+        # short. Its errors are in its part, and `captionkit merge` exits 2 for them.
+        raise typer.Exit(EXIT_OK)
+    raise typer.Exit(EXIT_PARTIAL if summary.errors or earlier else EXIT_OK)
+
+
+def _choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None:
+    """--shard K/N, torchrun's RANK/WORLD_SIZE, or both; None when the run is not split (N = 1 included).
+
+    Both: shard K is split among the W ranks, as shard K*W + RANK of N*W. Each node of a multi-node job can
+    then run its own torchrun with --shard NODE/NODES, with no rendezvous between nodes.
+    """
+    from captionkit.sharding import Shard, parse_shard
+
+    outer = parse_shard(text) if text is not None else Shard(0, 1)
+    if dist is not None:
+        outer = Shard(outer.index * dist.world_size + dist.rank, outer.count * dist.world_size)
+    return outer if outer.count > 1 else None
+
+
+def _choose_device(device: str | None, dist: DistributedEnv | None) -> str | None:
+    """Under torchrun, each process on a node takes its own GPU (cuda:LOCAL_RANK) unless told otherwise."""
+    import torch
+
+    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available():
+        return device
+    return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
+
+
+def _parse_workers(text: str, processes_per_node: int) -> int:
+    """A count >= 0, or auto: this process's share of the CPUs, one left for it, at most 8."""
+    if text.strip().lower() == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(0, min(8, cpus // processes_per_node - 1))
+    if text.strip().isdigit():
+        return int(text)
+    raise InputError("--workers", f"expected a number of processes (0 = none) or auto, got {text!r}")

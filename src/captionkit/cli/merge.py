@@ -1,0 +1,71 @@
+"""``captionkit merge``: join the parts of a sharded ``caption`` run into one checked result file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail
+
+
+def merge(
+    parts: Annotated[list[Path], typer.Argument(help="Part files (OUTPUT.part-K-of-N.jsonl ...), any format.")],
+    output: Annotated[Path, typer.Option(help="The merged result file.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(help="The caption run's inputs (repeat the option): check that each has a record."),
+    ] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or json (default: from --output).")] = None,
+) -> None:
+    """Merge result parts: one record per image, duplicates dropped, gaps reported.
+
+    Exit 0 when complete, 2 when inputs or parts are missing, parts come from runs with different N, or some
+    images failed (their error records are kept), 1 on unreadable parts or bad usage.
+    """
+    from captionkit.errors import CaptionkitError
+    from captionkit.inputs import collect_images
+    from captionkit.merge import format_of, merge_parts, some
+    from captionkit.outputs import FORMATS, RecordWriter
+
+    out_fmt = fmt or format_of(output)
+    if out_fmt not in FORMATS:
+        fail(f"--format: unknown format {out_fmt!r} (expected one of {', '.join(FORMATS)})")
+    for part in parts:
+        if not part.is_file():
+            fail(f"{part}: no such file")
+        if part.resolve() == output.resolve():
+            fail(f"{part}: is also --output; write the merged result to a new file")
+    try:
+        expected = [str(path) for path in collect_images(inputs)] if inputs else None
+        result = merge_parts(parts, expected, out_fmt)
+    except CaptionkitError as error:
+        fail(str(error))
+    staging = output.with_name(output.name + ".tmp")
+    staging.unlink(missing_ok=True)
+    writer = RecordWriter(staging, out_fmt)
+    writer.write(result.records)
+    writer.close()
+    os.replace(staging, output)
+
+    def warn(message: str) -> None:
+        print(f"captionkit merge: {message}", file=sys.stderr)
+
+    if result.torn:
+        warn(f"left out an unfinished last line (interrupted run) in {some(result.torn)}")
+    if result.duplicates:
+        warn(f"{len(result.duplicates)} images had more than one record, one kept: {some(result.duplicates)}")
+    if len(result.shard_counts) > 1:
+        warn(f"parts come from runs with different shard counts: {', '.join(map(str, result.shard_counts))}")
+    if result.missing_parts:
+        warn(f"missing parts: {some(result.missing_parts)}")
+    if result.unexpected:
+        warn(f"{len(result.unexpected)} records are not among --inputs (kept): {some(result.unexpected)}")
+    if result.missing:
+        warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
+    errors = result.errors
+    print(f"merged {len(parts)} parts: {len(result.records)} records ({errors} errors) -> {output}", file=sys.stderr)
+    raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)

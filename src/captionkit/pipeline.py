@@ -1,0 +1,112 @@
+"""The input side of batch captioning: decode and preprocess image files in DataLoader worker processes.
+
+Decoding JPEGs takes as long as running a small captioner, so with ``workers > 0`` a torch ``DataLoader`` opens
+and preprocesses the next batches in other processes (through :func:`captionkit.images.load_image` and the
+captioner's :class:`~captionkit.images.Preprocessing`, nothing else) while the model captions the current one.
+At most ``prefetch`` batches per worker are in flight, so memory stays bounded however many images there are.
+A file that cannot be read comes back as its error message: a worker never raises on a bad image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from captionkit.errors import ImageError, first_line
+from captionkit.images import ImageLimits, Preprocessing, load_image
+
+
+@dataclass
+class ImageBatch:
+    """One batch from the loader: the positions it covers, the pixels of its good images, the errors of the rest.
+
+    ``pixels[i]`` belongs to position ``good[i]``; ``errors`` maps each bad position to its one-line reason.
+    """
+
+    positions: list[int]
+    good: list[int]
+    pixels: torch.Tensor
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def pin_memory(self) -> ImageBatch:
+        """Called by the DataLoader (``pin_memory=True``) so that the copy to the GPU can overlap compute."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class _PathTable:
+    """Many paths in two numpy arrays (UTF-8 bytes and offsets) instead of a list of str objects.
+
+    Forked DataLoader workers share the parent's memory copy-on-write; reading a Python object touches its
+    reference count and copies its page, so a list of a million paths ends up copied into every worker. Numpy
+    buffers are never written to, so they stay shared.
+    """
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        encoded = [str(path).encode("utf-8", "surrogateescape") for path in paths]
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(item) for item in encoded], out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> str:
+        start, end = self._offsets[index], self._offsets[index + 1]
+        return self._blob[start:end].tobytes().decode("utf-8", "surrogateescape")
+
+
+class ImageFiles(Dataset):
+    """Image files by position -> ``(position, pixels (3, H, W) float32 or None, error or None)``."""
+
+    def __init__(self, paths: Sequence[str | Path], preprocessing: Preprocessing, limits: ImageLimits) -> None:
+        self._paths = _PathTable(paths)
+        self._preprocessing = preprocessing
+        self._limits = limits
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def __getitem__(self, position: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            image = load_image(self._paths[position], limits=self._limits)
+            return position, self._preprocessing(image)[0], None
+        except ImageError as error:
+            return position, None, error.reason
+        except Exception as error:  # a decoder bug must cost one record, not the worker and the whole run
+            return position, None, f"cannot decode image ({type(error).__name__}: {first_line(error)})"
+
+
+def collate(items: Sequence[tuple[int, np.ndarray | None, str | None]]) -> ImageBatch:
+    """Stack the good images' pixels (in the worker, so one tensor crosses the process boundary)."""
+    good = [(position, pixels) for position, pixels, _ in items if pixels is not None]
+    pixels = torch.from_numpy(np.stack([array for _, array in good])) if good else torch.zeros(0)
+    errors = {position: error for position, _, error in items if error is not None}
+    return ImageBatch([position for position, _, _ in items], [position for position, _ in good], pixels, errors)
+
+
+def load_batches(
+    paths: Sequence[str | Path],
+    preprocessing: Preprocessing,
+    limits: ImageLimits,
+    batch_size: int,
+    workers: int = 0,
+    prefetch: int = 2,
+    pin_memory: bool = False,
+) -> Iterator[ImageBatch]:
+    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process)."""
+    loader = DataLoader(
+        ImageFiles(paths, preprocessing, limits),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory and workers > 0,
+        prefetch_factor=prefetch if workers > 0 else None,
+    )
+    return iter(loader)

@@ -1,0 +1,127 @@
+"""Decoding in DataLoader workers: same records as in-process, bad files as error records, bounded prefetch,
+and a run killed mid-way then resumed loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+
+import pytest
+from PIL import Image
+
+import captionkit.pipeline
+from _captioning import (
+    BAD_FILES,
+    assert_same_records,
+    make_photo_folder,
+    read_jsonl,
+    run_cli,
+    save_tiny_model,
+    spawn_cli,
+)
+from captionkit.images import DEFAULT_LIMITS, Preprocessing
+from captionkit.pipeline import load_batches
+
+ARGS = ["--beams", "2", "--max-length", "5", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("workers")
+    return save_tiny_model(root / "tiny"), make_photo_folder(root / "photos", 30)
+
+
+def test_two_workers_give_the_in_process_records(job, tmp_path, capsys):
+    model, photos = job
+    outputs = {}
+    for workers in ("0", "2"):
+        outputs[workers] = tmp_path / f"w{workers}.jsonl"
+        code, _, err = run_cli(
+            ["caption", photos, "--model", model, *ARGS, "--workers", workers, "--output", outputs[workers]], capsys
+        )
+        assert code == 2
+        assert "captioned 30 images, 4 errors" in err
+    in_process, in_workers = read_jsonl(outputs["0"]), read_jsonl(outputs["2"])
+    assert in_workers == in_process  # same records, same (input) order
+    errors = {r["image"].removeprefix(str(photos) + "/"): r["error"] for r in in_process if "error" in r}
+    assert set(errors) == set(BAD_FILES)
+    assert "truncated" in errors["truncated.jpg"] and "SVG" in errors["deep/er/vector.webp"]
+
+
+def test_a_decoder_crash_is_one_error_record_not_a_dead_worker(job, monkeypatch):
+    _, photos = job
+    paths = sorted(photos.rglob("*.jpg"))[:6]
+    real_load = captionkit.pipeline.load_image
+
+    def flaky_load(path, **kwargs):
+        if path == str(paths[2]):
+            raise RuntimeError("decoder bug\nsecond line")
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(captionkit.pipeline, "load_image", flaky_load)  # forked workers inherit it
+    batches = list(load_batches(paths, Preprocessing.for_size(32, 32), DEFAULT_LIMITS, batch_size=2, workers=2))
+    assert [b.positions for b in batches] == [[0, 1], [2, 3], [4, 5]]
+    assert batches[1].errors == {2: "cannot decode image (RuntimeError: decoder bug)"}
+    assert batches[1].good == [3] and tuple(batches[1].pixels.shape) == (1, 3, 32, 32)
+    assert all(not b.errors and tuple(b.pixels.shape) == (2, 3, 32, 32) for b in (batches[0], batches[2]))
+
+
+def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
+    decoded = multiprocessing.get_context("fork").Value("i", 0)
+
+    def counting_load(path, **kwargs):
+        with decoded.get_lock():
+            decoded.value += 1
+        return Image.new("RGB", (8, 8))
+
+    monkeypatch.setattr(captionkit.pipeline, "load_image", counting_load)
+    batches = load_batches([f"img{i}.jpg" for i in range(200)], Preprocessing.for_size(8, 8), DEFAULT_LIMITS, 2, 2, 1)
+    first = next(batches)
+    time.sleep(1.0)  # give the workers every chance to run ahead
+    assert first.positions == [0, 1]
+    # 2 workers x prefetch 1 batches in flight, plus the one refilled after the first was taken: 3 batches of 2.
+    assert decoded.value <= 6
+    assert sum(len(b.positions) for b in batches) == 198
+    assert decoded.value == 200
+
+
+@pytest.mark.parametrize(("workers", "message"), [("many", "--workers"), ("-1", "--workers")])
+def test_bad_worker_counts_exit_1(job, capsys, workers, message):
+    model, photos = job
+    code, _, err = run_cli(["caption", photos, "--model", model, "--workers", workers], capsys)
+    assert code == 1 and message in err
+
+
+def test_killed_shard_resumes_without_losing_or_duplicating(job, tmp_path, capsys):
+    """SIGKILL a shard's run after some records, tear its last line, resume it; merged = one full run."""
+    model, photos = job
+    slow = ["--beams", "2", "--max-length", "10", "--batch-size", "1"]  # many small steps: time to kill mid-way
+    code, _, _ = run_cli(["caption", photos, "--model", model, *slow, "--output", tmp_path / "one.jsonl"], capsys)
+    assert code == 2
+    reference = read_jsonl(tmp_path / "one.jsonl")
+    out = tmp_path / "run.jsonl"
+    part = tmp_path / "run.part-0-of-2.jsonl"
+    args = ["caption", photos, "--model", model, *slow, "--output", out, "--shard", "0/2"]
+    killed = spawn_cli([*args, "--workers", "1"])
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and killed.poll() is None:
+        if part.exists() and part.read_text().count("\n") >= 4:
+            killed.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    killed.communicate(timeout=60)
+    assert killed.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-way"
+    written = read_jsonl(part)
+    with part.open("a") as handle:  # what a write cut short leaves behind
+        handle.write('{"image": "' + str(photos))
+    code, _, err = run_cli([*args, "--resume", "--workers", "2"], capsys)
+    assert "dropped an unfinished last line" in err
+    assert f"resuming: {len(written)} of" in err
+    assert code in (0, 2)
+    code, _, _ = run_cli(["caption", photos, "--model", model, *slow, "--output", out, "--shard", "1/2"], capsys)
+    parts = sorted(tmp_path.glob("run.part-*"))
+    code, _, err = run_cli(["merge", *parts, "--output", tmp_path / "merged.jsonl", "--inputs", photos], capsys)
+    assert code == 2 and "more than one record" not in err and "no record" not in err
+    assert read_jsonl(part)[: len(written)] == written  # kept what the killed run finished
+    assert_same_records(read_jsonl(tmp_path / "merged.jsonl"), reference)

@@ -1,0 +1,127 @@
+"""``captionkit merge``: one record per image, duplicates dropped, missing inputs and parts reported with exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from _captioning import read_jsonl, run_cli
+from captionkit.merge import merge_parts
+from captionkit.outputs import RecordWriter
+
+
+def caption(image: str, text: str = "a dog", score: float = -1.0) -> dict:
+    return {"image": image, "caption": text, "score": score}
+
+
+def failed(image: str) -> dict:
+    return {"image": image, "error": "empty file"}
+
+
+def write(path: Path, records: list[dict], fmt: str = "jsonl") -> Path:
+    writer = RecordWriter(path, fmt)
+    writer.write(records)
+    writer.close()
+    return path
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    root = tmp_path / "photos"
+    for name in ("a.jpg", "b.jpg", "c.jpg", "sub/d.png"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    return root
+
+
+def test_complete_parts_merge_in_input_order_and_exit_0(tmp_path, photos, capsys):
+    a, b, c, d = (str(photos / name) for name in ("a.jpg", "b.jpg", "c.jpg", "sub/d.png"))
+    parts = [
+        write(tmp_path / "out.part-0-of-2.jsonl", [caption(c), caption(a, "a cat")]),
+        write(tmp_path / "out.part-1-of-2.jsonl", [caption(d), caption(b)]),
+    ]
+    code, _, err = run_cli(["merge", *parts, "--output", tmp_path / "all.jsonl", "--inputs", photos], capsys)
+    assert code == 0
+    assert "merged 2 parts: 4 records (0 errors)" in err
+    assert [r["image"] for r in read_jsonl(tmp_path / "all.jsonl")] == [a, b, c, d]
+    assert read_jsonl(tmp_path / "all.jsonl")[0]["caption"] == "a cat"
+
+
+def test_duplicates_are_dropped_and_reported_keeping_a_caption_over_an_error(tmp_path, capsys):
+    parts = [
+        write(tmp_path / "p.part-0-of-2.jsonl", [failed("x.jpg"), caption("y.jpg", "first")]),
+        write(tmp_path / "p.part-1-of-2.jsonl", [caption("x.jpg", "second try"), caption("y.jpg", "again")]),
+    ]
+    code, _, err = run_cli(["merge", *parts, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 0
+    assert "2 images had more than one record, one kept: x.jpg, y.jpg" in err
+    merged = read_jsonl(tmp_path / "all.jsonl")
+    assert merged == [caption("x.jpg", "second try"), caption("y.jpg", "first")]  # sorted by image
+
+
+def test_missing_inputs_are_named_and_exit_2(tmp_path, photos, capsys):
+    a = str(photos / "a.jpg")
+    part = write(tmp_path / "only.jsonl", [caption(a), caption("/elsewhere/z.jpg")])
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl", "--inputs", photos], capsys)
+    assert code == 2
+    assert f"3 inputs have no record: {photos / 'b.jpg'}, {photos / 'c.jpg'}, {photos / 'sub/d.png'}" in err
+    assert "1 records are not among --inputs (kept): /elsewhere/z.jpg" in err
+    assert [r["image"] for r in read_jsonl(tmp_path / "all.jsonl")] == [a, "/elsewhere/z.jpg"]
+
+
+def test_missing_parts_and_mixed_shard_counts_exit_2(tmp_path, capsys):
+    first = write(tmp_path / "out.part-0-of-3.jsonl", [caption("a.jpg")])
+    third = write(tmp_path / "out.part-2-of-3.jsonl", [caption("c.jpg")])
+    code, _, err = run_cli(["merge", first, third, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 2 and "missing parts: 1/3" in err
+    other = write(tmp_path / "out.part-1-of-2.jsonl", [caption("b.jpg")])
+    code, _, err = run_cli(["merge", first, third, other, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 2
+    assert "different shard counts: 2, 3" in err
+    assert "missing parts: 0/2, 1/3" in err
+
+
+def test_error_records_are_kept_and_exit_2(tmp_path, capsys):
+    part = write(tmp_path / "out.jsonl", [caption("a.jpg"), failed("b.jpg")])
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 2 and "(1 errors)" in err
+    assert read_jsonl(tmp_path / "all.jsonl")[1] == failed("b.jpg")
+
+
+def test_torn_last_line_of_an_interrupted_part_is_left_out_and_reported(tmp_path, capsys):
+    part = write(tmp_path / "out.part-0-of-1.jsonl", [caption("a.jpg")])
+    part.write_text(part.read_text() + '{"image": "b.jpg", "capt')
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 0
+    assert "left out an unfinished last line" in err and str(part) in err
+    assert read_jsonl(tmp_path / "all.jsonl") == [caption("a.jpg")]
+
+
+@pytest.mark.parametrize("out_name", ["all.json", "all.csv", "all.jsonl"])
+def test_formats_mix_csv_parts_keep_numeric_scores(tmp_path, capsys, out_name):
+    parts = [
+        write(tmp_path / "out.part-0-of-2.csv", [caption("a.jpg", "a dog, running", -0.25), failed("c.jpg")], "csv"),
+        write(tmp_path / "out.part-1-of-2.json", [caption("b.jpg")], "json"),
+    ]
+    out = tmp_path / out_name
+    code, _, _ = run_cli(["merge", *parts, "--output", out], capsys)
+    assert code == 2  # c.jpg's error
+    result = merge_parts([out], None)
+    assert result.records == [caption("a.jpg", "a dog, running", -0.25), caption("b.jpg"), failed("c.jpg")]
+    if out_name.endswith(".json"):
+        assert isinstance(json.loads(out.read_text()), list)
+
+
+def test_usage_errors_exit_1(tmp_path, capsys):
+    part = write(tmp_path / "out.jsonl", [caption("a.jpg")])
+    code, _, err = run_cli(["merge", part, "--output", part], capsys)
+    assert code == 1 and "is also --output" in err
+    code, _, err = run_cli(["merge", tmp_path / "nope.jsonl", "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 1 and "nope.jsonl: no such file" in err
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    code, _, err = run_cli(["merge", tmp_path / "bad.jsonl", "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 1 and "bad.jsonl: not valid jsonl" in err
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.xml", "--format", "xml"], capsys)
+    assert code == 1 and "unknown format 'xml'" in err
