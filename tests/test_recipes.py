@@ -1,0 +1,244 @@
+"""The recipes in configs/: every one parses; the five dataset recipes repeat no default and train in a tiny form.
+
+A tiny form is the recipe itself run through ``captionkit train`` with ``--set`` overrides that shrink it: the
+family's tiny preset (or, for a hub checkpoint, a tiny model saved in the same layout), 3 steps of 2-caption
+micro-batches, one thread, the real data in ../shared/data standing in for the full datasets. Everything else is
+the recipe's own, and the tests check that it took effect (stages, accumulation, vocabulary, teacher forcing, a
+trained encoder).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from _data import SHARED_DATA
+from captionkit import Captioner
+from captionkit.cli import app
+from captionkit.config import TrainConfig, load_train_config, read_yaml
+from captionkit.data.sources import load_records
+from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+# The demo recipe has its own tests; SCST recipes belong to the SCST tests.
+RECIPES = sorted(path for path in CONFIGS.glob("*.yaml") if path.name != "demo.yaml" and "scst" not in path.name)
+
+SENTICAP = (
+    f"{SHARED_DATA}/senticap/senticap_subset.json"
+    f"?images={SHARED_DATA}/coco/val2017&images={SHARED_DATA}/senticap/images"
+)
+COCO = f"{SHARED_DATA}/coco/captions_val2017_subset.json"
+FLICKR = f"{SHARED_DATA}/flickr8k"  # Flickr8k in the Flickr30k layout: token file, split lists, Images/
+PHOTO = SHARED_DATA / "coco" / "val2017" / "000000000139.jpg"
+
+TINY = [
+    "train.steps=3",
+    "train.batch_size=2",
+    "train.warmup_steps=1",
+    "train.eval_batches=1",
+    "train.eval_images=2",
+    "train.checkpoint_every=3",
+    "train.threads=1",
+    "train.tensorboard=false",
+    "data.workers=0",  # worker processes cost seconds to start and decode only a dozen images here
+]
+
+
+# The recipes this file trains in a tiny form.
+TRAINED = (
+    "senticap-vit-gpt2.yaml",
+    "coco-vit-gpt2.yaml",
+    "flickr30k-prefix-gpt2.yaml",
+    "flickr30k-resnet-lstm.yaml",
+    "flickr30k-resnet-lstm-attention.yaml",
+)
+
+
+def test_the_recipes_under_test_are_all_there() -> None:
+    assert set(TRAINED) <= {path.name for path in RECIPES}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: path.stem)
+def test_recipe_parses(recipe: Path) -> None:
+    config = load_train_config(recipe)
+    assert isinstance(config, TrainConfig)
+    assert config.data.train, "a recipe names its training data"
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_recipe_repeats_no_default(name: str) -> None:
+    # A recipe (merged with its _base_) holds only what differs from config.py's defaults.
+    repeated = _defaults_repeated(read_yaml(CONFIGS / name), TrainConfig())
+    assert not repeated, f"{name} repeats defaults: {repeated}"
+
+
+def _defaults_repeated(data: dict[str, Any], defaults: Any, prefix: str = "") -> list[str]:
+    repeated = []
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if is_dataclass(default) and isinstance(value, dict):
+            repeated += _defaults_repeated(value, default, f"{prefix}{key}.")
+        elif _plain(default) == value:
+            repeated.append(f"{prefix}{key}")
+    return repeated
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def run_recipe(recipe: str, output: Path, *overrides: str) -> dict[str, Any]:
+    """``captionkit train configs/RECIPE --output OUTPUT --set ...``; the run's JSON summary."""
+    args = ["train", str(CONFIGS / recipe), "--output", str(output), "--no-progress"]
+    for assignment in [*TINY, *overrides]:
+        args += ["--set", assignment]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def assert_loadable(output: Path, family: str) -> Captioner:
+    """The run directory is a complete checkpoint that captions a real photo."""
+    assert (output / "COMPLETE").is_file()
+    captioner = Captioner.from_pretrained(output, device="cpu")
+    assert captioner.model.family == family
+    (result,) = captioner.caption([PHOTO], max_new_tokens=5)
+    assert isinstance(result.caption, str)
+    return captioner
+
+
+def trainer_loop(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "trainer_state.json").read_text())["loop"]
+
+
+@pytest.fixture(scope="module")
+def hub_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nlpconnect's stand-in: a tiny ViT + GPT-2 with its tokenizer and preprocessing, in the hub checkpoint layout."""
+    directory = tmp_path_factory.mktemp("hub") / "tiny-vit-gpt2"
+    captions = [record.caption for spec in (SENTICAP, COCO) for record in load_records(spec)]
+    tokenizer = train_tokenizer("vit-gpt2", captions, 300)
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", "tiny", tokenizer)
+    Captioner(model, tokenizer, preprocessing_for(model), device="cpu").save_pretrained(directory)
+    return directory
+
+
+def test_senticap_recipe_fine_tunes_with_accumulation(hub_like: Path, tmp_path: Path, single_thread: None) -> None:
+    recipe = load_train_config(CONFIGS / "senticap-vit-gpt2.yaml")
+    assert recipe.model.pretrained == "nlpconnect/vit-gpt2-image-captioning"
+    assert (recipe.train.precision, recipe.train.grad_accumulation) == ("fp16", 4)
+    out = tmp_path / "run"
+    # fp16 needs a CUDA GPU (a ConfigError on CPU, by design); bf16 autocast is the CPU's half precision.
+    summary = run_recipe(
+        "senticap-vit-gpt2.yaml", out, f"model.pretrained={hub_like}", f"data.train={SENTICAP}", "train.precision=bf16"
+    )
+    assert summary["steps"] == 3 and summary["val_cider"] is not None and summary["unreadable_images"] == 0
+    # Each step drew the recipe's 4 micro-batches of 2 captions.
+    assert trainer_loop(out / "checkpoints" / "step-000003")["cursor"] == 3 * 4 * 2
+    captioner = assert_loadable(out, "vit-gpt2")
+    assert captioner.model.vocab_size == load_model(hub_like).vocab_size  # the pretrained tokenizer was kept
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is the recipe's setting on a CUDA GPU")
+def test_senticap_recipe_refuses_fp16_on_cpu(hub_like: Path, tmp_path: Path) -> None:
+    args = ["train", str(CONFIGS / "senticap-vit-gpt2.yaml"), "--output", str(tmp_path / "run")]
+    data = ["--set", f"model.pretrained={hub_like}", "--set", f"data.train={SENTICAP}"]
+    result = CliRunner().invoke(app, [*args, *data])
+    assert result.exit_code == 1
+    assert "train.precision: fp16 needs a CUDA GPU" in result.output
+
+
+def test_coco_recipe_unfreezes_in_three_stages(hub_like: Path, tmp_path: Path, single_thread: None) -> None:
+    recipe = load_train_config(CONFIGS / "coco-vit-gpt2.yaml")
+    trained = [stage.train for stage in recipe.train.stages]
+    assert trained == [["cross_attention"], ["cross_attention", "decoder"], ["all"]]
+    # The recipe's stages, each one step long: step 1 trains stage 1, step 2 stage 2, step 3 stage 3.
+    stages = [{"until_step": index + 1, "train": stage.train} for index, stage in enumerate(recipe.train.stages[:-1])]
+    stages.append({"train": recipe.train.stages[-1].train})
+    out = tmp_path / "run"
+    summary = run_recipe(
+        "coco-vit-gpt2.yaml",
+        out,
+        f"model.pretrained={hub_like}",
+        f"data.train={COCO}",
+        f"data.val={COCO}",
+        f"train.stages={yaml.safe_dump(stages, default_flow_style=True).strip()}",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=3",
+    )
+    assert summary["steps"] == 3 and summary["val_cider"] is not None
+    start = load_model(hub_like)
+    groups = start.parameter_groups()
+    after = [start] + [load_model(out / "checkpoints" / f"step-00000{step}") for step in (1, 2, 3)]
+    changed = [_changed_groups(before, now, groups) for before, now in itertools.pairwise(after)]
+    assert changed == [
+        {"cross_attention"},
+        {"cross_attention", "decoder"},
+        {"cross_attention", "decoder", "encoder", "embeddings"},
+    ]
+    assert_loadable(out, "vit-gpt2")
+
+
+def _changed_groups(before: torch.nn.Module, after: torch.nn.Module, groups: dict[str, list[str]]) -> set[str]:
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    return {group for group, names in groups.items() if any(not torch.equal(old[n], new[n]) for n in names)}
+
+
+def test_flickr30k_prefix_recipe_trains(tmp_path: Path, single_thread: None) -> None:
+    out = tmp_path / "run"
+    recipe = load_train_config(CONFIGS / "flickr30k-prefix-gpt2.yaml")
+    assert (recipe.model.family, recipe.model.preset) == ("prefix-gpt2", "base")
+    summary = run_recipe("flickr30k-prefix-gpt2.yaml", out, "model.preset=tiny", f"data.train={FLICKR}")
+    assert summary["steps"] == 3 and summary["val_cider"] is not None
+    captioner = assert_loadable(out, "prefix-gpt2")
+    # The recipe trains the (randomly initialised) encoder, which the base preset would freeze.
+    assert captioner.model.config.freeze_encoder is False and recipe.model.overrides["freeze_encoder"] is False
+
+
+@pytest.mark.parametrize("name", ["flickr30k-resnet-lstm", "flickr30k-resnet-lstm-attention"])
+def test_flickr30k_lstm_recipes_train(name: str, tmp_path: Path, single_thread: None) -> None:
+    recipe = load_train_config(CONFIGS / f"{name}.yaml")
+    assert recipe.model.preset == "base" and recipe.tokenizer.vocab_size == 4096
+    out = tmp_path / "run"
+    summary = run_recipe(f"{name}.yaml", out, "model.preset=tiny", f"data.train={FLICKR}")
+    assert summary["steps"] == 3 and summary["val_cider"] is not None
+    captioner = assert_loadable(out, recipe.model.family)
+    config = captioner.model.config
+    assert config.teacher_forcing_ratio == 0.9 and config.freeze_encoder is False
+    # Flickr8k's 150 training images have fewer words than the cap; the vocabulary is all of them plus 4 specials.
+    assert config.vocab_size == captioner.tokenizer.vocab_size <= 4096
+
+
+def test_a_hub_recipe_offline_fails_fast_with_one_line(tmp_path: Path) -> None:
+    # The COCO recipe as it is, run where its data paths exist (links to the shared COCO subset), with an empty
+    # Hugging Face cache and the hub switched off.
+    coco = tmp_path / "data" / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    subset = SHARED_DATA / "coco" / "captions_val2017_subset.json"
+    for split in ("train2017", "val2017"):
+        (coco / "annotations" / f"captions_{split}.json").symlink_to(subset)
+        (coco / split).symlink_to(SHARED_DATA / "coco" / "val2017")
+    environment = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "captionkit.cli", "train", str(CONFIGS / "coco-vit-gpt2.yaml"), "--output", "run"]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - started
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "captionkit: error: nlpconnect/vit-gpt2-image-captioning: not in the local Hugging Face cache and "
+        "HF_HUB_OFFLINE is set"
+    ]
+    assert seconds < 30  # most of it is the process's imports; no retries against an unreachable hub
