@@ -46,7 +46,14 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
     assert 0.0 <= metrics["exact_match"] <= metrics["token_accuracy"] <= 1.0
     for key in ("train_seconds", "data_seconds", "caption_seconds", "model_parameters", "val_loss"):
         assert key in metrics
+    # The recipe trains style control: each test scene is captioned in every style and the styles are measured.
+    assert set(metrics["style_accuracy"]) == {"neutral", "positive", "negative"}
+    assert set(metrics["style_content_exact_match"]) == {"positive", "negative"}
+    assert all(
+        0.0 <= v <= 1.0 for v in [*metrics["style_accuracy"].values(), *metrics["style_content_exact_match"].values()]
+    )
     page = (out / "report.html").read_text()
+    assert "<th>positive</th><th>negative</th>" in page
     assert page.count("data:image/png;base64,") == 10
     assert "http://" not in page and "https://" not in page  # self-contained
     assert "exact match" in captured.err

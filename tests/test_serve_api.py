@@ -23,6 +23,7 @@ from captionkit.decoding import DecodingConfig
 from captionkit.images import load_image
 from captionkit.serve import ServeSettings, create_app
 from captionkit.serve.loadtest import percentile, run_load
+from captionkit.text.styles import add_style_tokens
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 # An absolute or protocol-relative URL where a page would load something from.
@@ -56,12 +57,12 @@ class SlowCounting:
         self.started = threading.Event()
         self.lock = threading.Lock()
 
-    def __call__(self, images, config, image_offset=0):
+    def __call__(self, images, config, image_offset=0, attention=False):
         with self.lock:
             self.batches.append(len(images))
         self.started.set()
         time.sleep(self.delay_s)
-        return self.inner(images, config, image_offset)
+        return self.inner(images, config, image_offset, attention)
 
 
 def slow_counting(captioner, monkeypatch, delay_s: float = 0.0) -> SlowCounting:
@@ -127,7 +128,7 @@ def test_models_health_ready_and_docs(client):
     models = client.get("/v1/models").json()
     assert models["default"] == "base"
     assert [m["name"] for m in models["models"]] == ["base", "tuned"]
-    assert all(m["styles"] == ["none"] and m["attention"] is False for m in models["models"])
+    assert all(m["styles"] == ["none"] and m["attention"] is True for m in models["models"])  # vit-gpt2 attends
     assert models["models"][0]["parameters"] > 1000
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["base", "tuned"]}
@@ -231,22 +232,76 @@ def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeyp
         assert client.app.state.batchers["base"].queued == 0
 
 
-def test_declared_styles_and_attention_are_listed_but_not_yet_served(captioners, monkeypatch):
-    model = captioners["tuned"].model
-    monkeypatch.setattr(model, "styles", ("positive", "negative"), raising=False)
-    monkeypatch.setattr(model, "has_attention", True, raising=False)
+def test_attention_maps_come_with_each_caption(client, captioners):
+    response = post_image(client, model="tuned", attention="true", num_beams=3, n_best=2, max_length=6)
+    assert response.status_code == 200, response.text
+    expected = captioners["tuned"].caption_pil(
+        [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=2, max_new_tokens=6), 0, True
+    )[0]
+    captions = response.json()["results"][0]["captions"]
+    assert [c["text"] for c in captions] == [c.text for c in expected]
+    for served, caption in zip(captions, expected, strict=True):
+        assert [entry["token"] for entry in served["attention"]] == caption.tokens
+        grids = [entry["grid"] for entry in served["attention"]]
+        assert len(grids) == len(caption.token_ids) and all(len(g) == 4 and len(g[0]) == 4 for g in grids)
+        assert grids == caption.attention.round(3).tolist()  # 3 decimals of the API's arrays
+        assert all(sum(map(sum, grid)) == pytest.approx(1.0, abs=0.01) for grid in grids)
+    plain = post_image(client, model="tuned", num_beams=3, n_best=2, max_length=6).json()["results"][0]
+    assert all("attention" not in c for c in plain["captions"])
+    assert [c["text"] for c in plain["captions"]] == [c["text"] for c in captions]
+
+
+def test_attention_is_refused_for_a_model_without_it(captioners, monkeypatch):
+    monkeypatch.setattr(captioners["tuned"].model, "has_attention", False, raising=False)
     with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
         listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        assert listed["tuned"]["styles"] == ["none", "positive", "negative"] and listed["tuned"]["attention"]
-        assert listed["base"]["styles"] == ["none"] and not listed["base"]["attention"]
-        styled = post_image(client, model="tuned", style="positive")
-        assert styled.status_code == 422
-        assert styled.json()["detail"] == "style: styled captioning is not available in this server version"
-        unknown = post_image(client, model="tuned", style="sarcastic").json()["detail"]
-        assert unknown == "style: model 'tuned' has no style 'sarcastic' (allowed: none, neutral, positive, negative)"
-        attention = post_image(client, model="tuned", attention="true")
-        assert attention.json()["detail"] == "attention: attention maps are not available in this server version"
-        assert post_image(client, model="tuned", style="neutral", num_beams=1).status_code == 200
+        assert not listed["tuned"]["attention"] and listed["base"]["attention"]
+        refused = post_image(client, model="tuned", attention="true")
+        assert refused.status_code == 422
+        assert refused.json()["detail"] == "attention: model 'tuned' does not report attention maps"
+        assert post_image(client, model="base", attention="true", num_beams=1).status_code == 200
+
+
+def test_attention_and_plain_requests_batch_apart(captioners, monkeypatch):
+    """Concurrent requests with and without attention=true never share a model call: each gets what it asked."""
+    counting = slow_counting(captioners["base"], monkeypatch)
+    flags_seen: list[bool] = []
+    inner = counting.inner
+
+    def run(images, config, offset, attention):
+        flags_seen.append(attention)
+        return inner(images, config, offset, attention)
+
+    counting.inner = run
+    flags = ["true", "false", "true", "false"]
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=100))) as client, ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda flag: post_image(client, attention=flag, num_beams=1), flags))
+    assert [r.status_code for r in answers] == [200] * 4
+    assert [("attention" in r.json()["results"][0]["captions"][0]) for r in answers] == [True, False, True, False]
+    assert set(flags_seen) == {True, False} and sum(counting.batches) == 4
+
+
+def test_styles_are_served_by_models_trained_with_them(model_dirs):
+    styled = load_tiny(model_dirs[1])
+    ids = add_style_tokens(styled.tokenizer)
+    styled.model.resize_vocabulary(styled.tokenizer.vocab_size)
+    served = {"base": load_tiny(model_dirs[0]), "styled": styled}
+    with TestClient(create_app(served, ServeSettings(max_wait_ms=0))) as client:
+        listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+        assert listed["styled"]["styles"] == ["none", "positive", "negative"] and listed["base"]["styles"] == ["none"]
+        for style in ("positive", "negative"):
+            response = post_image(client, model="styled", style=style, num_beams=1)
+            assert response.status_code == 200 and response.json()["style"] == style
+            # The caption is the one the model writes when its decoder starts with the style's token.
+            expected = styled.caption_pil(
+                [load_image(image_bytes())], DecodingConfig(num_beams=1, start_token_id=ids[style])
+            )[0][0].text
+            assert response.json()["results"][0]["caption"] == expected
+        plain = post_image(client, model="base", style="positive").json()["detail"]
+        assert plain == "style: model 'base' has no style 'positive' (allowed: none, neutral)"
+        unknown = post_image(client, model="styled", style="sarcastic").json()["detail"]
+        assert unknown == "style: model 'styled' has no style 'sarcastic' (allowed: none, neutral, positive, negative)"
+        assert post_image(client, model="styled", style="neutral", num_beams=1).status_code == 200
 
 
 def test_readyz_follows_the_lifespan(captioners):

@@ -227,7 +227,7 @@ def test_json_base64_of_a_bad_image(client):
         ({"length_penalty": "inf"}, "length_penalty", "must be a finite number"),
         ({"model": "gpt-17"}, "model", "unknown model 'gpt-17' (served: tiny)"),
         ({"style": "positive"}, "style", "model 'tiny' has no style 'positive' (allowed: none, neutral)"),
-        ({"attention": "true"}, "attention", "model 'tiny' does not report attention maps"),
+        ({"attention": "maybe"}, "attention", "must be true or false, got 'maybe'"),
         ({"beams": 4}, "beams", "unknown parameter"),
     ],
 )

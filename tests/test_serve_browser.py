@@ -67,7 +67,8 @@ def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_ur
     page.goto(server_url + "/")
     page.wait_for_selector("#model-list input[value='fine-tuned']")
     assert page.locator("#model-list input:checked").count() == 2
-    assert page.locator("#attention-toggle").is_hidden()  # no served model reports attention
+    assert page.locator("#attention-toggle").is_visible()  # both served models (vit-gpt2) report attention
+    page.check("#attention")
     page.set_input_files("#files", str(PHOTO))
     page.select_option("#strategy", "beam")
     page.fill("#num_beams", "3")
@@ -82,7 +83,13 @@ def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_ur
         assert cards.nth(i).locator(".score").first.inner_text().startswith("-")
         assert "ms server" in cards.nth(i).locator(".latency").inner_text()
     assert page.locator("#status").inner_text() == "done"
-    assert page.locator("#results figcaption").inner_text() == PHOTO.name
+    # The attention heatmaps of each best caption: one drawn canvas per token, labelled with the token.
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results canvas.attention-map')].every((c) => c.dataset.drawn === 'true')"
+    )
+    labels = [cards.nth(i).locator(".attention figcaption").all_inner_texts() for i in range(2)]
+    assert all(label.strip() for tokens in labels for label in tokens) and sum(map(len, labels)) > 0
+    assert page.locator("#results .row > figure figcaption").inner_text() == PHOTO.name
     screenshot = tmp_path / "page.png"
     page.screenshot(path=str(screenshot), full_page=True)
     if os.environ.get("CAPTIONKIT_SCREENSHOT"):  # keep a copy to look at

@@ -99,3 +99,11 @@ def test_bad_classifier_inputs_are_one_line_errors(tmp_path):
         StyleClassifier.load(bad)
     with pytest.raises(InputError, match="not a SentiCap json"):
         senticap_sentiment_words(bad)
+
+
+def test_content_exact_reads_an_as_a():
+    # "a small circle" with a style word becomes "an ugly small circle": the same content.
+    classifier = StyleClassifier.fit(_scene_examples(200, 0))
+    neutral = {"1": "a small green triangle"}
+    generated = {"negative": {"1": "an ugly small green triangle"}}
+    assert evaluate_styles(generated, classifier, neutral=neutral)["negative"].content_exact == 1.0

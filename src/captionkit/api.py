@@ -9,19 +9,23 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
+from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import DecodingConfig, generate
+from captionkit.export.int8 import apply_saved_quantization, is_quantized
 from captionkit.hub import resolve_model_source
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
 from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 
@@ -33,6 +37,10 @@ class Caption:
     text: str
     score: float
     token_ids: list[int] = field(default_factory=list)
+    # Only with attention=True: each token's text and its attention over the image, (len(token_ids), h, w), each
+    # map summing to 1 (see captionkit.attention).
+    tokens: list[str] | None = None
+    attention: np.ndarray | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,21 @@ class Captioner:
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.limits = limits or ImageLimits()
+        # How errors name the model: the directory or hub id it was loaded from.
+        self.name = "this model"
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
         """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout."""
         source = resolve_model_source(name_or_dir)
-        model = load_model(source)
+        # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU.
+        model = apply_saved_quantization(load_model(source), source)
+        if device is None and is_quantized(source):
+            device = "cpu"
         tokenizer = CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        return cls(model, tokenizer, Preprocessing.load(source), device)
+        captioner = cls(model, tokenizer, Preprocessing.load(source), device)
+        captioner.name = str(name_or_dir)
+        return captioner
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -87,31 +102,53 @@ class Captioner:
         """Open images safely (raises ``ImageError`` naming the bad one)."""
         return [load_image(image, limits=self.limits) for image in images]
 
+    @property
+    def styles(self) -> list[str]:
+        """Caption styles this model writes on request: ["neutral"] plus those it was trained to control."""
+        return [NEUTRAL, *style_token_ids(self.tokenizer)]
+
+    def style_start_token(self, style: str | None) -> int | None:
+        """The decoder start token for ``style`` (None for neutral: the model's bos); a style the model was not
+        trained to control is an ``InputError`` saying so."""
+        if style is None or style == NEUTRAL:
+            return None
+        return start_token_id(self.tokenizer, style, self.name)
+
+    def decoding_config(self, style: str | None = None, **decoding: Any) -> DecodingConfig:
+        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral)."""
+        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style))
+
     def caption(
         self,
         images: ImageSource | Sequence[ImageSource],
         *,
         batch_size: int = 8,
+        style: str | None = None,
+        attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
         """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields.
 
-        Defaults: beam search with 4 beams, at most 20 new tokens.
+        Defaults: beam search with 4 beams, at most 20 new tokens. ``style`` ("positive", "negative", "neutral")
+        asks a style-controlled model for captions in that style (see :attr:`styles`). ``attention=True`` fills
+        each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
         """
         if isinstance(images, str | Path | bytes | Image.Image):
             images = [images]
-        config = DecodingConfig(**({"num_beams": 4} | decoding))
+        if attention:
+            check_attention(self.model)
+        config = self.decoding_config(style, **({"num_beams": 4} | decoding))
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            captions = self.caption_pil(self.load_images(chunk), config, image_offset=start)
+            captions = self.caption_pil(self.load_images(chunk), config, image_offset=start, attention=attention)
             results.extend(CaptionResult(_name(image), found) for image, found in zip(chunk, captions, strict=True))
         return results
 
     def caption_pil(
-        self, images: Sequence[Image.Image], config: DecodingConfig, image_offset: int = 0
+        self, images: Sequence[Image.Image], config: DecodingConfig, image_offset: int = 0, attention: bool = False
     ) -> list[list[Caption]]:
         """n-best captions of already-opened RGB images, one batch.
 
@@ -122,9 +159,22 @@ class Captioner:
             return []
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
-        return [
+        captions = [
             [Caption(self.tokenizer.decode(h.token_ids), float(h.score), list(h.token_ids)) for h in per_image]
             for per_image in hypotheses
+        ]
+        return self.add_attention(pixels, captions, config.start_token_id) if attention else captions
+
+    def add_attention(
+        self, pixels: torch.Tensor, captions: list[list[Caption]], start_token_id: int | None = None
+    ) -> list[list[Caption]]:
+        """``captions`` (n-best per image of the preprocessed ``pixels``) with ``tokens`` and ``attention`` filled."""
+        flat = [(row, caption) for row, per_image in enumerate(captions) for caption in per_image]
+        rows, sequences = [row for row, _ in flat], [caption.token_ids for _, caption in flat]
+        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id))
+        return [
+            [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
+            for per_image in captions
         ]
 
 

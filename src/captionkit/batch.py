@@ -32,12 +32,14 @@ def caption_files(
     positions: Sequence[int] | None = None,
     workers: int = 0,
     prefetch: int = 2,
+    on_captions: Callable[[list[Path], torch.Tensor, list[list[Caption]]], None] | None = None,
 ) -> JobSummary:
     """Caption ``paths`` in batches and write one record per image, in input order.
 
     ``positions`` are the images' places in the whole job (default 0, 1, ...): seeded sampling gives an image
     the captions of its position, so a shard or a resumed run samples what one uninterrupted run would.
     Images are decoded in ``workers`` DataLoader processes (0: in this one), ``prefetch`` batches ahead each.
+    ``on_captions(paths, pixels, captions)`` sees each batch's good images, e.g. to draw attention maps.
     """
     positions = list(range(len(paths))) if positions is None else list(positions)
     if len(positions) != len(paths):
@@ -50,6 +52,8 @@ def caption_files(
     for batch in batches:
         pixels = batch.pixels.to(captioner.device, non_blocking=pin)
         captions = caption_pixels(captioner, pixels, [positions[i] for i in batch.good], config)
+        if on_captions is not None:
+            on_captions([paths[i] for i in batch.good], pixels, captions)
         found = dict(zip(batch.good, captions, strict=True))
         records = [
             _record(paths[i], found[i]) if i in found else {"image": str(paths[i]), "error": batch.errors[i]}

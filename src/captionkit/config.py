@@ -47,10 +47,12 @@ class TokenizerSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    # A captions.jsonl file, or a directory holding one.
-    train: str = ""
-    # Validation data; when empty, `val_fraction` of the training images (split by image, seeded) is held out.
-    val: str = ""
+    # A dataset spec (a file or directory; see README "Data"), or a list of them read as one dataset, e.g. COCO
+    # captions (neutral) and SentiCap (positive/negative) for style control.
+    train: str | list[str] = ""
+    # Validation data (a spec or a list); when empty, `val_fraction` of the training images (split by image,
+    # seeded) is held out.
+    val: str | list[str] = ""
     val_fraction: float = 0.05
     # Longest caption in tokens, bos/eos included; longer ones are truncated.
     max_length: int = 40
@@ -60,6 +62,15 @@ class DataSection:
     first_caption_only: bool = False
     # Processes that decode training images ahead of the loop (0: in the training process).
     workers: int = 0
+    # Style control: the caption styles to train (neutral, positive, negative) and their shares of the training
+    # samples, e.g. {neutral: 0.5, positive: 0.25, negative: 0.25}. Each style gets a decoder start token, so the
+    # model writes the style it is asked for. Empty: no style control (every caption trains as a plain caption).
+    styles: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from captionkit.data.styles import check_style_shares
+
+        check_style_shares(self.styles)
 
 
 @dataclass(frozen=True)
@@ -72,6 +83,42 @@ class StageSection:
     train: list[str] = field(default_factory=lambda: ["all"])
 
 
+@dataclass(frozen=True)
+class ScstSection:
+    """Self-critical sequence training (``train.objective: scst``); see captionkit.training.scst.ScstConfig."""
+
+    # Captions sampled per image; the "mean" baseline (each sample's: the mean reward of the image's other
+    # samples) needs at least 2, the "greedy" baseline (the reward of the image's greedy caption) at least 1.
+    num_samples: int = 5
+    baseline: str = "mean"
+    # Longest sampled caption in generated tokens, eos included.
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    # Subtracted from the reward of a sample cut at max_new_tokens (guards against long captions that game CIDEr).
+    unfinished_penalty: float = 0.0
+    # Weight of a bonus on the policy's mean entropy along the samples (guards against collapse).
+    entropy_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.baseline not in SCST_BASELINES:
+            raise ConfigError("train.scst.baseline", f"unknown {self.baseline!r} (known: {', '.join(SCST_BASELINES)})")
+        least = 2 if self.baseline == "mean" else 1
+        if self.num_samples < least:
+            raise ConfigError(
+                "train.scst.num_samples",
+                f"must be at least {least} with the {self.baseline!r} baseline, got {self.num_samples}",
+            )
+        if self.max_new_tokens < 1:
+            raise ConfigError("train.scst.max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
+        if self.temperature <= 0:
+            raise ConfigError("train.scst.temperature", f"must be > 0, got {self.temperature}")
+        for key in ("unfinished_penalty", "entropy_weight"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.scst.{key}", f"must be >= 0, got {getattr(self, key)}")
+
+
+SCST_BASELINES = ("mean", "greedy")
+OBJECTIVES = ("xe", "scst")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 BEST_METRICS = ("val_loss", "val_perplexity", "val_cider")
@@ -79,6 +126,11 @@ BEST_METRICS = ("val_loss", "val_perplexity", "val_cider")
 
 @dataclass(frozen=True)
 class TrainSection:
+    # "xe": cross-entropy with teacher forcing on each caption. "scst": self-critical sequence training with a
+    # CIDEr-D reward, batches of images (batch_size images, each with all its training references), usually
+    # started from a cross-entropy model (`model.pretrained`).
+    objective: str = "xe"
+    scst: ScstSection = field(default_factory=ScstSection)
     steps: int = 1000
     # Samples per process per micro-batch; one optimizer step sees batch_size * grad_accumulation * processes.
     batch_size: int = 32
@@ -122,6 +174,7 @@ class TrainSection:
 
     def __post_init__(self) -> None:
         for key, value, choices in (
+            ("objective", self.objective, OBJECTIVES),
             ("schedule", self.schedule, SCHEDULES),
             ("precision", self.precision, PRECISIONS),
             ("best_metric", self.best_metric, BEST_METRICS),

@@ -86,7 +86,6 @@ def run_demo(
 ) -> dict[str, Any]:
     """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics."""
     from captionkit.api import Captioner
-    from captionkit.decoding import DecodingConfig
     from captionkit.training.trainer import train
 
     output = Path(output)
@@ -101,21 +100,22 @@ def run_demo(
     data_seconds = time.perf_counter() - started
     extra = [f"train.seed={data.seed}", *overrides, *([f"train.steps={steps}"] if steps is not None else [])]
     config = demo_config(data_file, extra)
-    result = train(config, output / "model", log=log)
+    # Always a fresh run: the scenes were just drawn again, so an old checkpoint in the same place is stale.
+    result = train(config, output / "model", log=log, resume=False)
 
     captioner = Captioner.from_pretrained(output / "model")
-    tests = first_caption_per_image([r for r in select_split(load_records(data_file), "test") if r.style == "neutral"])
+    records = load_records(data_file)
+    tests = first_caption_per_image([r for r in select_split(records, "test") if r.style == "neutral"])
     started_captioning = time.perf_counter()
-    decoding = DecodingConfig(max_new_tokens=config.data.max_length, num_beams=1)
-    generated = []
-    for start in range(0, len(tests), 64):
-        chunk = tests[start : start + 64]
-        captions = captioner.caption_pil(captioner.load_images([r.image_path for r in chunk]), decoding)
-        generated.extend(found[0].text for found in captions)
+    # Every test scene in every style the model was trained to write (neutral first).
+    generated = {
+        style: _caption_all(captioner, tests, captioner.decoding_config(style, max_new_tokens=config.data.max_length))
+        for style in captioner.styles
+    }
     caption_seconds = time.perf_counter() - started_captioning
 
     metrics: dict[str, Any] = {
-        **score_captions([(gen, r.caption) for gen, r in zip(generated, tests, strict=True)]),
+        **score_captions([(gen, r.caption) for gen, r in zip(generated["neutral"], tests, strict=True)]),
         "test_images": len(tests),
         "train_images": data.num_train,
         "train_steps": result.steps,
@@ -126,9 +126,46 @@ def run_demo(
         "model_parameters": sum(p.numel() for p in captioner.model.parameters()),
         "seed": data.seed,
     }
+    if len(generated) > 1:
+        metrics |= style_metrics(generated, tests, select_split(records, "train"))
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     write_report(output / "report.html", tests, generated, metrics)
     return metrics
+
+
+def _caption_all(captioner: Any, records: Sequence[CaptionRecord], decoding: Any, batch: int = 64) -> list[str]:
+    generated = []
+    for start in range(0, len(records), batch):
+        chunk = records[start : start + batch]
+        captions = captioner.caption_pil(captioner.load_images([r.image_path for r in chunk]), decoding)
+        generated.extend(found[0].text for found in captions)
+    return generated
+
+
+def style_metrics(
+    generated: dict[str, list[str]],
+    tests: Sequence[CaptionRecord],
+    train_records: Sequence[CaptionRecord],
+    classifier_images: int = 2000,
+) -> dict[str, Any]:
+    """Style accuracy per requested style (a classifier trained on the training captions of ``classifier_images``
+    scenes) and content exact match: the styled caption without its style words equals the canonical caption."""
+    from captionkit.evaluation.style import StyleClassifier, evaluate_styles
+
+    images = {r.image_id for r in train_records[: classifier_images * 20]}
+    classifier = StyleClassifier.fit((r.caption, r.style) for r in train_records if r.image_id in images)
+    ids = [r.image_id for r in tests]
+    table = evaluate_styles(
+        {style: dict(zip(ids, captions, strict=True)) for style, captions in generated.items()},
+        classifier,
+        neutral={r.image_id: r.caption for r in tests},
+    )
+    return {
+        "style_accuracy": {style: round(scores.style_accuracy, 4) for style, scores in table.items()},
+        "style_content_exact_match": {
+            style: round(scores.content_exact or 0.0, 4) for style, scores in table.items() if style != "neutral"
+        },
+    }
 
 
 def _image_data_uri(path: Path) -> str:
@@ -144,19 +181,26 @@ def _image_data_uri(path: Path) -> str:
 def write_report(
     path: Path,
     records: Sequence[CaptionRecord],
-    generated: Sequence[str],
+    generated: dict[str, list[str]],
     metrics: dict[str, Any],
     limit: int = 120,
 ) -> Path:
-    """A self-contained HTML page: metrics, then each test image beside its generated and reference caption."""
+    """A self-contained HTML page: metrics, then each test image beside its generated captions (one column per style
+    the model writes, neutral first) and its reference caption."""
+    styled = [style for style in generated if style != "neutral"]
     rows = []
-    for record, caption in list(zip(records, generated, strict=True))[:limit]:
+    for index, record in enumerate(records[:limit]):
+        caption = generated["neutral"][index]
         ok = caption == record.caption
+        extra = "".join(f"<td>{html.escape(generated[style][index])}</td>" for style in styled)
         rows.append(
             f'<tr class="{"ok" if ok else "bad"}"><td><img src="{_image_data_uri(record.image_path)}" alt=""></td>'
-            f"<td>{html.escape(caption)}</td><td>{html.escape(record.caption)}</td><td>{'✓' if ok else '✗'}</td></tr>"
+            f"<td>{html.escape(caption)}</td>{extra}<td>{html.escape(record.caption)}</td>"
+            f"<td>{'✓' if ok else '✗'}</td></tr>"
         )
     summary = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in metrics.items())
+    headers = "".join(f"<th>{html.escape(style)}</th>" for style in styled)
+    styles_note = "; the style columns show the captions written on request in each style" if styled else ""
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>captionkit demo</title>
 <style>
@@ -167,9 +211,9 @@ img {{ image-rendering: pixelated; }} tr.bad td {{ background: #fdecea; }} tr.ok
 </style></head><body>
 <h1>captionkit demo: captions of unseen synthetic scenes</h1>
 <ul>{summary}</ul>
-<p>Showing {len(rows)} of {len(records)} test images. Exact match compares the generated caption with the
-canonical reference caption.</p>
-<table><tr><th>image</th><th>generated</th><th>reference</th><th></th></tr>
+<p>Showing {len(rows)} of {len(records)} test images. Exact match compares the generated (neutral) caption with the
+canonical reference caption{styles_note}.</p>
+<table><tr><th>image</th><th>generated</th>{headers}<th>reference</th><th></th></tr>
 {"".join(rows)}
 </table></body></html>
 """

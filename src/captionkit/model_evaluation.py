@@ -93,3 +93,55 @@ def evaluate_model(
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
     return ModelEvaluation(scores, results)
+
+
+def evaluate_model_styles(
+    captioner: Captioner,
+    records: Sequence[CaptionRecord],
+    classifier: Any,
+    decoding: DecodingConfig,
+    styles: Sequence[str] | None = None,
+    batch_size: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Caption each image of ``records`` in each style and build the style table (``captionkit.evaluation.style``).
+
+    ``styles`` default to every style the model writes; the references of a style are the records of that style,
+    and content match compares each styled caption with the model's own neutral caption of the image.
+    """
+    import dataclasses
+
+    from captionkit.evaluation.style import evaluate_styles
+
+    styles = list(styles or captioner.styles)
+    if "neutral" not in styles:
+        styles.insert(0, "neutral")  # content match needs the neutral caption
+    starts = {style: captioner.style_start_token(style) for style in styles}  # fails early on a missing style
+    images: dict[str, Any] = {}
+    references: dict[str, dict[str, list[str]]] = {style: {} for style in styles}
+    for record in records:
+        images.setdefault(record.image_id, record.image_path)
+        if record.style in references:
+            references[record.style].setdefault(record.image_id, []).append(record.caption)
+    generated: dict[str, dict[str, str]] = {style: {} for style in styles}
+    ids = list(images)
+    for start in range(0, len(ids), batch_size):
+        chunk, opened = [], []
+        for image_id in ids[start : start + batch_size]:
+            try:
+                opened.append(captioner.load_images([images[image_id]])[0])
+                chunk.append(image_id)
+            except ImageError:
+                pass  # counted below: an unreadable image has no caption in any style
+        for style in styles:
+            config = dataclasses.replace(decoding, start_token_id=starts[style])
+            for image_id, found in zip(chunk, captioner.caption_pil(opened, config), strict=True):
+                generated[style][image_id] = found[0].text
+        if on_progress is not None:
+            on_progress(len(ids[start : start + batch_size]))
+    table = evaluate_styles(generated, classifier, references)
+    return {
+        "styles": {style: scores.as_dict() for style, scores in table.items()},
+        "images": len(ids),
+        "failed_images": len(ids) - len(generated["neutral"]),
+    }

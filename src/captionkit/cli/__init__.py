@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from captionkit.cli import caption, demo, evaluate, merge, score, serve, train
+from captionkit.cli import benchmark, caption, compare, demo, evaluate, export, merge, score, serve, train
 from captionkit.cli.data import app as data_app
 
 app = typer.Typer(
@@ -27,9 +27,12 @@ app.command("train")(train.train)
 app.command("demo")(demo.demo)
 app.command("score")(score.score)
 app.command("evaluate")(evaluate.evaluate)
+app.command("compare")(compare.compare)
+app.command("benchmark")(benchmark.benchmark)
+app.add_typer(export.app, name="export")
+app.command("merge")(merge.merge)
 app.add_typer(data_app, name="data")
 app.command("serve")(serve.serve)
-app.command("merge")(merge.merge)
 
 
 def main(argv: list[str] | None = None) -> None:

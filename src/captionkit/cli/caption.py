@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from contextlib import nullcontext
@@ -11,9 +12,15 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.data.records import STYLES
 from captionkit.errors import InputError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import torch
+
+    from captionkit.api import Caption, Captioner
     from captionkit.sharding import DistributedEnv, Shard
 
 DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
@@ -31,6 +38,9 @@ def caption(
     top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens (0 = all).")] = 0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
+    style: Annotated[
+        str | None, typer.Option(help="positive, negative or neutral: for models trained with style control.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
@@ -44,6 +54,10 @@ def caption(
         str | None,
         typer.Option(help="K/N: caption only shard K (0-based) of N. Under torchrun each rank takes its own shard."),
     ] = None,
+    attention_maps: Annotated[
+        Path | None,
+        typer.Option(help="Write DIR/<image>/<NNN>-<token>.png attention heatmaps of each best caption."),
+    ] = None,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
 
@@ -52,6 +66,7 @@ def caption(
     """
     quiet_libraries()
     from captionkit.api import Captioner
+    from captionkit.attention import check_attention
     from captionkit.batch import caption_files
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
@@ -63,6 +78,8 @@ def caption(
         fail(f"--format: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     if resume and output is None:
         fail("--resume needs --output (the file to continue)")
+    if style is not None and style not in STYLES:
+        fail(f"--style: unknown style {style!r} (expected one of {', '.join(STYLES)})")
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
     if prefetch < 1:
@@ -99,6 +116,11 @@ def caption(
         done = {record.get("image") for record in existing}
         todo = [(i, item.path) for i, item in mine if str(item.path) not in done]
         captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist))
+        config = dataclasses.replace(config, start_token_id=captioner.style_start_token(style))
+        on_captions = None
+        if attention_maps is not None:
+            check_attention(captioner.model, "--attention-maps")
+            on_captions = _overlay_writer(captioner, config.start_token_id, attention_maps)
         writer = RecordWriter(target, fmt, existing)
     except CaptionkitError as error:
         fail(str(error))
@@ -121,6 +143,7 @@ def caption(
                 positions=[i for i, _ in todo],
                 workers=num_workers,
                 prefetch=prefetch,
+                on_captions=on_captions,
             )
     finally:
         writer.close()
@@ -134,6 +157,40 @@ def caption(
         # short. Its errors are in its part, and `captionkit merge` exits 2 for them.
         raise typer.Exit(EXIT_OK)
     raise typer.Exit(EXIT_PARTIAL if summary.errors or earlier else EXIT_OK)
+
+
+def _overlay_writer(
+    captioner: Captioner, start_token_id: int | None, directory: Path
+) -> Callable[[list[Path], torch.Tensor, list[list[Caption]]], None]:
+    """``caption_files``' callback drawing the best caption's attention maps: DIR/<image stem>/<NNN>-<token>.png.
+
+    Two inputs with one stem get ``stem``, ``stem-2``, ...; an overlay that cannot be drawn is reported, not fatal.
+    """
+    from captionkit.attention import write_overlays
+    from captionkit.errors import CaptionkitError
+
+    folders: dict[Path, str] = {}
+
+    def folder(path: Path) -> str:
+        if path not in folders:
+            taken, name, count = set(folders.values()), path.stem, 1
+            while name in taken:
+                count += 1
+                name = f"{path.stem}-{count}"
+            folders[path] = name
+        return folders[path]
+
+    def draw(paths: list[Path], pixels: torch.Tensor, captions: list[list[Caption]]) -> None:
+        best = captioner.add_attention(pixels, [found[:1] for found in captions], start_token_id)
+        for path, (caption,) in zip(paths, best, strict=True):
+            assert caption.tokens is not None and caption.attention is not None
+            try:
+                image = captioner.load_images([path])[0]
+                write_overlays(image, caption.tokens, caption.attention, directory / folder(path))
+            except (CaptionkitError, OSError) as error:
+                print(f"{path}: no attention maps: {error}", file=sys.stderr)
+
+    return draw
 
 
 def _choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None:

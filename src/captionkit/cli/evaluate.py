@@ -14,7 +14,7 @@ from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, qu
 
 def evaluate(
     model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")],
-    data: Annotated[str, typer.Option(help="Dataset: a captions.jsonl file or its directory.")],
+    data: Annotated[str, typer.Option(help="Dataset: a file or directory captionkit reads (COCO, Flickr, CSV...).")],
     split: Annotated[str, typer.Option(help="Split to evaluate (train, val, test, or all).")] = "test",
     output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: the COCO set).")] = None,
@@ -22,15 +22,26 @@ def evaluate(
     max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    styles: Annotated[
+        bool, typer.Option("--styles", help="Caption in every style the model writes; print the style table.")
+    ] = False,
+    lexicon: Annotated[
+        Path | None, typer.Option(help="SentiCap json whose marked sentiment words weigh more in the style classifier.")
+    ] = None,
 ) -> None:
-    """Caption every image of a split, score against its references; metrics JSON on stdout."""
+    """Caption every image of a split, score against its references; metrics JSON on stdout.
+
+    With --styles: caption each image in each style the model was trained to write and report, per style, style
+    accuracy (a naive Bayes sentiment classifier trained on the data's train-split captions), CIDEr-D against that
+    style's references, and content match with the model's neutral caption.
+    """
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.data.sources import load_records
     from captionkit.data.splits import select_split
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
-    from captionkit.model_evaluation import evaluate_model
+    from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
 
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
@@ -42,7 +53,18 @@ def evaluate(
             splits = sorted({r.split for r in records if r.split})
             fail(f"{data}: no captions in split {split!r} (splits: {', '.join(splits) or 'none; use --split all'})")
         train_captions = [r.caption for r in records if r.split == "train"]
+        if styles:
+            classifier = _style_classifier(records, data, lexicon)
         captioner = Captioner.from_pretrained(model, device=device)
+        if styles:
+            with progress_bar("styles", len({r.image_id for r in chosen})) as advance:
+                table = evaluate_model_styles(captioner, chosen, classifier, decoding, None, batch_size, advance)
+            _print_style_table(table)
+            if output is not None:
+                output.mkdir(parents=True, exist_ok=True)
+                (output / "styles.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+            print(json.dumps(table))
+            raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
         with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
             result = evaluate_model(captioner, chosen, decoding, metrics, train_captions or None, batch_size, advance)
     except CaptionkitError as error:
@@ -56,3 +78,24 @@ def evaluate(
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+
+
+def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:
+    from captionkit.errors import InputError
+    from captionkit.evaluation.style import StyleClassifier, senticap_sentiment_words
+
+    train = [(r.caption, r.style) for r in records if r.split in (None, "train")]
+    if len({style for _, style in train}) < 2:
+        raise InputError(data, "--styles trains its style classifier on the train-split captions: they hold one style")
+    return StyleClassifier.fit(train, lexicon=senticap_sentiment_words(lexicon) if lexicon else None)
+
+
+def _print_style_table(table: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table("style", "captions", "style accuracy", "CIDEr-D", "content match", "content exact")
+    for style, row in table["styles"].items():
+        cells = [row["style_accuracy"], row["cider_d"], row["content_match"], row["content_exact"]]
+        view.add_row(style, str(row["count"]), *("-" if v is None else f"{v:.3f}" for v in cells))
+    Console(stderr=True).print(view)

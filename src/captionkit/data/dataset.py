@@ -20,6 +20,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.errors import ImageError
 from captionkit.images import ImageLimits, Preprocessing, load_image
 from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import style_token_ids
 
 
 @dataclass
@@ -74,12 +75,16 @@ class CaptionDataset(Dataset):
         self.limits = limits or ImageLimits()
         self.features = features
         self._pixels: dict[str, np.ndarray | Unreadable] | None = {} if cache_images else None
+        # A tokenizer with style tokens (a model trained with style control) starts each caption with its style's
+        # token; neutral captions, and every caption for a tokenizer without them, start with bos.
+        self._starts = style_token_ids(tokenizer)
         # Tokenize once: captions are short and tokenization is cheap next to an epoch of image decoding.
-        self._ids = [self._token_ids(record.caption) for record in self.records]
+        self._ids = [self._token_ids(record.caption, record.style) for record in self.records]
 
-    def _token_ids(self, caption: str) -> list[int]:
+    def _token_ids(self, caption: str, style: str = "neutral") -> list[int]:
         body = self.tokenizer.encode(caption)[: self.max_length - 2]
-        return [self.tokenizer.bos_token_id, *body, self.tokenizer.eos_token_id]
+        start = self._starts.get(style, self.tokenizer.bos_token_id)
+        return [start, *body, self.tokenizer.eos_token_id]
 
     def __len__(self) -> int:
         return len(self.records)

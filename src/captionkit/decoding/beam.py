@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
-from captionkit.decoding.steps import first_step
+from captionkit.decoding.steps import first_step, forbid_early_eos
 from captionkit.models.base import CaptionModel, Encoded
 
 NEG = -1.0e9
@@ -94,7 +94,7 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
     beams, max_new = config.num_beams, config.max_new_tokens
     num_images = encoded.tokens.shape[0]
     device = encoded.tokens.device
-    log_probs, state = first_step(model, encoded, beams)
+    log_probs, state = first_step(model, encoded, beams, config.start_token_id)
     # Only beam 0 is live at first; the others start at NEG so that the first step does not pick K copies.
     running_scores = torch.zeros((num_images, beams), dtype=torch.float32, device=device)
     running_scores[:, 1:] = NEG
@@ -107,6 +107,7 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
     in_top_k = torch.arange(2 * beams, device=device) < beams
 
     for position in range(max_new):
+        log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
         cand = _candidates(log_probs, running_scores, running_tokens, position, model.eos_token_id, max_new)
         running_scores, running_tokens, source = _next_running(cand, beams)
         joins = cand.ends & in_top_k

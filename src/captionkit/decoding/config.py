@@ -28,6 +28,9 @@ class DecodingConfig:
 
     # At most this many generated tokens per caption, the final eos included (transformers' max_new_tokens).
     max_new_tokens: int = 20
+    # eos is impossible before this many generated tokens (transformers' min_new_tokens; 0: no minimum). Benchmarks
+    # use it to make every caption exactly max_new_tokens long.
+    min_new_tokens: int = 0
     num_beams: int = 1
     # Score = sum of log-probs / generated_length ** length_penalty; > 0 favours longer captions.
     length_penalty: float = 1.0
@@ -46,9 +49,15 @@ class DecodingConfig:
     # Image i of a call samples from torch.Generator(seed + image_offset + i); None: a seed drawn from torch's
     # global generator.
     seed: int | None = None
+    # The first token fed to the decoder; None: the model's bos. A style-controlled model starts a caption with its
+    # style's token (captionkit.text.styles; ``Captioner.caption(style=...)`` sets this).
+    start_token_id: int | None = None
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
+        if self.start_token_id is not None:
+            _check_int("start_token_id", self.start_token_id, 0, None)
+        _check_int("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens)
         _check_int("num_beams", self.num_beams, 1, MAX_BEAMS)
         _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
         _check_float("length_penalty", self.length_penalty)

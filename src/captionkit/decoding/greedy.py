@@ -8,7 +8,7 @@ import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
-from captionkit.decoding.steps import first_step
+from captionkit.decoding.steps import first_step, forbid_early_eos
 from captionkit.models.base import CaptionModel, Encoded
 
 # (R, V) log-probs, (R,) image of each row -> (R,) next tokens
@@ -27,11 +27,12 @@ def greedy_or_sample(
     device = encoded.tokens.device
     choose: Chooser = _sampler(config, num_images, image_offset, device) if config.do_sample else _argmax
 
-    log_probs, state = first_step(model, encoded, per_image)
+    log_probs, state = first_step(model, encoded, per_image, config.start_token_id)
     num_rows = num_images * per_image
     out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
     alive = torch.arange(num_rows, device=device)  # output row of each batch row
     for position in range(config.max_new_tokens):
+        log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
         tokens = choose(log_probs, alive // per_image)
         ended = out.record(alive, position, tokens, log_probs, model.eos_token_id)
         if position + 1 == config.max_new_tokens:

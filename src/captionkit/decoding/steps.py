@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel, DecoderState, Encoded
 
 
-def first_step(model: CaptionModel, encoded: Encoded, rows_per_image: int) -> tuple[torch.Tensor, DecoderState]:
-    """Feed bos once per image, then expand to ``rows_per_image`` image-major rows (beams or samples).
+def first_step(
+    model: CaptionModel, encoded: Encoded, rows_per_image: int, start_token_id: int | None = None
+) -> tuple[torch.Tensor, DecoderState]:
+    """Feed the start token (bos unless given) once per image, then expand to ``rows_per_image`` image-major rows
+    (beams or samples).
 
     Every row of an image sees the same first distribution, so the image-side work of the first step (GPT-2's
     cross-attention keys/values) is done once per image rather than once per row.
@@ -16,10 +20,22 @@ def first_step(model: CaptionModel, encoded: Encoded, rows_per_image: int) -> tu
     num_images = encoded.tokens.shape[0]
     device = encoded.tokens.device
     state = model.init_state(encoded)
-    bos = torch.full((num_images,), model.bos_token_id, dtype=torch.long, device=device)
-    log_probs, state = model.step(bos, state)
+    start = model.bos_token_id if start_token_id is None else start_token_id
+    if not 0 <= start < model.vocab_size:
+        raise InputError("start_token_id", f"must be a token id of this model (below {model.vocab_size}), got {start}")
+    first = torch.full((num_images,), start, dtype=torch.long, device=device)
+    log_probs, state = model.step(first, state)
     if rows_per_image > 1:
         expand = torch.arange(num_images, device=device).repeat_interleave(rows_per_image)
         state = model.reorder_state(state, expand)
         log_probs = log_probs.index_select(0, expand)
     return log_probs, state
+
+
+def forbid_early_eos(log_probs: torch.Tensor, position: int, min_new_tokens: int, eos: int) -> torch.Tensor:
+    """eos gets -inf before ``min_new_tokens`` generated tokens (transformers' MinNewTokensLengthLogitsProcessor)."""
+    if position >= min_new_tokens:
+        return log_probs
+    log_probs = log_probs.clone()
+    log_probs[:, eos] = float("-inf")
+    return log_probs

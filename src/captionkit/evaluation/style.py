@@ -12,7 +12,8 @@ The style table (:func:`evaluate_styles`) reports, for each requested style: **s
 the classifier assigns to the requested style), **CIDEr-D** against that style's references, and **content match**
 (share of styled captions whose content words still cover at least half of the content words of the neutral
 caption for the same image; content words are the caption's tokens minus stop words and the classifier's style
-words). ``content_exact`` is the strict form: the styled caption with its style words removed equals the neutral one.
+words). ``content_exact`` is the strict form: the styled caption with its style words removed (and "an" read as "a")
+equals the neutral one.
 """
 
 from __future__ import annotations
@@ -214,8 +215,12 @@ def evaluate_styles(
             for i in shared:
                 mine, base = classifier.content_words(tokens[i]), classifier.content_words(neutral_tokens[i])
                 hits += not base or len(set(mine) & set(base)) >= 0.5 * len(set(base))
-                unstyled = [w for w in tokens[i].split() if w not in classifier.style_words]
-                exact_hits += unstyled == [w for w in neutral_tokens[i].split() if w not in classifier.style_words]
+                exact_hits += _unstyled(tokens[i], classifier) == _unstyled(neutral_tokens[i], classifier)
             match, exact = hits / len(shared), exact_hits / len(shared)
         table[style] = StyleScores(style, len(ids), accuracy, cider, match, exact)
     return table
+
+
+def _unstyled(tokenized: str, classifier: StyleClassifier) -> list[str]:
+    """Tokens without style words, "an" read as "a" (a style word changes the article: "a cat" / "an ugly cat")."""
+    return ["a" if w == "an" else w for w in tokenized.split() if w not in classifier.style_words]

@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from captionkit.errors import ConfigError
+
 
 @dataclass
 class Encoded:
@@ -57,6 +59,8 @@ class CaptionModel(nn.Module, ABC):
     vocab_size: int
     # Most tokens (bos included) the decoder can take, e.g. GPT-2's position count; None: no limit (LSTM).
     max_positions: int | None = None
+    # True when :meth:`attention_maps` returns maps (the decoder attends over image positions).
+    has_attention: ClassVar[bool] = False
 
     @abstractmethod
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
@@ -96,6 +100,17 @@ class CaptionModel(nn.Module, ABC):
         (beam reordering) or leave some out (dropping finished rows). May update ``state`` in place.
         """
 
+    def attention_maps(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Teacher forcing: where the decoder looks, as a (B, T, h, w) grid over the image per position, or None.
+
+        ``[:, t]`` is the attention while predicting ``input_ids[:, t + 1]`` (so a caption's k-th token gets map
+        ``k - 1`` when ``input_ids`` start with the start token); each map sums to 1 over the grid. None for
+        families without spatial attention (``has_attention`` False).
+        """
+        return None
+
     def parameter_groups(self) -> dict[str, list[str]]:
         """Named groups of parameter names, for staged unfreezing (``train.stages``). Families override this.
 
@@ -103,6 +118,11 @@ class CaptionModel(nn.Module, ABC):
         uses: with it frozen, the trainer caches ``encode`` outputs. The trainer adds ``all`` itself.
         """
         return {}
+
+    def resize_vocabulary(self, size: int) -> None:
+        """Grow the token embedding and output layer to ``size`` tokens (new rows random), e.g. for style tokens
+        added to a pretrained checkpoint's tokenizer. Families that support fine-tuning with new tokens override it."""
+        raise ConfigError("data.styles", f"the {self.family} family cannot add tokens to a pretrained vocabulary")
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """A training term the last ``forward`` computed besides the logits (e.g. an attention penalty), or None.

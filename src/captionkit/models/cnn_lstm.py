@@ -222,10 +222,13 @@ class CnnLstmModel(CaptionModel):
 
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
         """(B, C, H, W) -> (B, h*w, channels) region features of the last ResNet stage."""
+        return Encoded(self._feature_map(pixel_values).flatten(2).transpose(1, 2))
+
+    def _feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> the last ResNet stage's (B, channels, h, w)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
             pixels = pixel_values.to(self.output.weight.dtype)
-            feature_map = self.encoder(pixel_values=pixels).last_hidden_state  # (B, C, h, w)
-        return Encoded(feature_map.flatten(2).transpose(1, 2))
+            return self.encoder(pixel_values=pixels).last_hidden_state
 
     def parameter_groups(self) -> dict[str, list[str]]:
         """encoder (the ResNet: all that ``encode`` runs) and decoder (the rest)."""
@@ -245,6 +248,25 @@ class CnnLstmModel(CaptionModel):
         zeros = mean.new_zeros(mean.shape[0], self.config.hidden_size)
         h, c = self.cell(self.image_input(mean), (zeros, zeros))  # the image is the input before bos
         return LstmState(h, c)
+
+    def attention_maps(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """The soft attention weights over the ResNet regions, teacher forced: (B, T, h, w); None without attention.
+
+        Runs the decoder's own cell with the reference words (no scheduled sampling, no penalty recorded); padding
+        after a caption only adds maps past its end, so ``attention_mask`` is not needed.
+        """
+        if not self.attends:
+            return None
+        feature_map = self._feature_map(pixel_values)
+        state = self.init_state(Encoded(feature_map.flatten(2).transpose(1, 2)))
+        alphas: list[torch.Tensor] = []
+        for position in range(input_ids.shape[1]):
+            _, state, alpha = self._advance(input_ids[:, position], state)
+            assert alpha is not None  # the attention family always attends
+            alphas.append(alpha)
+        return torch.stack(alphas, dim=1).unflatten(-1, feature_map.shape[-2:])
 
     def _advance(self, tokens: torch.Tensor, state: LstmState) -> tuple[torch.Tensor, LstmState, torch.Tensor | None]:
         """Feed one word per row: (logits (R, V), new state, attention weights (R, N) or None)."""
@@ -334,6 +356,7 @@ class CnnLstmAttentionModel(CnnLstmModel):
 
     family: ClassVar[str] = ATTENTION
     attends: ClassVar[bool] = True
+    has_attention: ClassVar[bool] = True
 
 
 def _mean_region(regions: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,8 +24,6 @@ from typing import Any, ClassVar
 import torch
 from safetensors import SafetensorError
 from transformers import (
-    DynamicCache,
-    EncoderDecoderCache,
     GPT2Config,
     VisionEncoderDecoderConfig,
     VisionEncoderDecoderModel,
@@ -35,6 +34,7 @@ from captionkit import __version__
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
 
@@ -250,25 +250,6 @@ PRESETS: dict[str, VitGpt2Config] = {
 }
 
 
-# --- state
-
-
-@dataclass
-class VitGpt2State:
-    """Decoder state for the step protocol: one row per sequence being decoded.
-
-    ``cache`` holds GPT-2's self-attention keys/values (one more position per step) and the cross-attention
-    keys/values (computed from ``memory`` on the first step, then reused). ``row_image[r]`` is the image row r
-    decodes: all rows of one image have identical cross-attention keys/values, so a reorder that keeps every
-    row on its image (beam reordering) leaves the cross-attention cache and ``memory`` as they are instead of
-    copying them.
-    """
-
-    cache: EncoderDecoderCache
-    memory: torch.Tensor  # (rows, N, D) encoder tokens, decoder width
-    row_image: torch.Tensor  # (rows,) long
-
-
 # --- model
 
 
@@ -276,6 +257,7 @@ class VitGpt2Model(CaptionModel):
     """A ``VisionEncoderDecoderModel`` (ViT + GPT-2), kept as ``.ved``, behind the captionkit interface."""
 
     family: ClassVar[str] = FAMILY
+    has_attention: ClassVar[bool] = True
 
     def __init__(self, ved: VisionEncoderDecoderModel) -> None:
         super().__init__()
@@ -303,7 +285,7 @@ class VitGpt2Model(CaptionModel):
     ) -> VitGpt2Model:
         """A new model with random weights from a config or a preset name, with ``overrides`` applied.
 
-        ``attn_implementation`` ("eager", "sdpa") goes to transformers; attention maps need "eager".
+        ``attn_implementation`` ("eager", "sdpa") goes to transformers (:meth:`attention_maps` uses "eager" anyway).
         """
         if isinstance(config, str):
             config = VitGpt2Config.from_preset(config, **overrides)
@@ -332,6 +314,15 @@ class VitGpt2Model(CaptionModel):
         """Write config.json (with the "captionkit" key), generation_config.json and model.safetensors."""
         self.ved.config.update({METADATA_KEY: {"family": FAMILY, "captionkit_version": __version__}})
         self.ved.save_pretrained(directory)
+
+    def resize_vocabulary(self, size: int) -> None:
+        """GPT-2's token table and tied output layer grow to ``size`` rows (transformers' resize, new rows random)."""
+        if size < self.vocab_size:
+            raise ConfigError("vocab_size", f"cannot shrink the vocabulary from {self.vocab_size} to {size}")
+        self.ved.decoder.resize_token_embeddings(size)
+        self.ved.config.decoder.vocab_size = size
+        self.vocab_size = size
+        self.config = VitGpt2Config.from_hf(self.ved.config)
 
     def parameter_groups(self) -> dict[str, list[str]]:
         """encoder (ViT and the projection to the decoder width: all that ``encode`` runs), embeddings (token
@@ -381,45 +372,61 @@ class VitGpt2Model(CaptionModel):
         )
         return output.logits
 
-    # --- step protocol
+    def attention_maps(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """GPT-2's cross-attention on the patches, averaged over all heads and all layers: (B, T, h, w).
 
-    def init_state(self, encoded: Encoded) -> VitGpt2State:
-        memory = _memory(encoded)
-        decoder_config = self.ved.decoder.config
-        cache = EncoderDecoderCache(DynamicCache(config=decoder_config), DynamicCache(config=decoder_config))
-        row_image = torch.arange(memory.shape[0], device=memory.device)
-        return VitGpt2State(cache, memory, row_image)
+        The weights come from transformers' eager attention (sdpa returns none), switched on for this call (so no
+        other thread may run this decoder meanwhile). The CLS token's share is dropped and each map renormalised to
+        sum to 1 over the patch grid.
+        """
+        memory = _memory(self.encode(pixel_values))
+        grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
+        if memory.shape[1] != 1 + grid[0] * grid[1]:
+            raise ValueError(f"{memory.shape[1]} encoder tokens are not CLS + a {grid[0]}x{grid[1]} patch grid")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        with _eager_attention(self.ved.decoder):
+            output = self.ved.decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                encoder_hidden_states=memory,
+                use_cache=False,
+                output_attentions=True,
+            )
+        # Per layer (B, heads, T, 1 + patches) -> (B, T, patches).
+        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., 1:]
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.unflatten(-1, grid)
 
-    def step(self, tokens: torch.Tensor, state: VitGpt2State) -> tuple[torch.Tensor, VitGpt2State]:
-        # On the first step GPT-2 computes the cross-attention keys/values from `memory` and stores them in
-        # the cache (marking the layer updated); later steps read them from the cache and use `memory` only as
-        # the signal that cross-attention runs. The cache is updated in place.
-        # An all-ones mask (decoding never pads) keeps GPT-2 from warning when a token equals pad_token_id,
-        # which GPT-2 checkpoints' bos always does.
-        attention_mask = tokens.new_ones((tokens.shape[0], state.cache.get_seq_length() + 1))
-        output = self.ved.decoder(
-            input_ids=tokens[:, None],
-            attention_mask=attention_mask,
-            encoder_hidden_states=state.memory,
-            past_key_values=state.cache,
-            use_cache=True,
-        )
+    # --- step protocol (see captionkit.models.gpt2_step: per-image cross-attention keys/values, preallocated cache)
+
+    def init_state(self, encoded: Encoded) -> Gpt2StepState:
+        return start_gpt2_state(self.ved.decoder, _memory(encoded))
+
+    def step(self, tokens: torch.Tensor, state: Gpt2StepState) -> tuple[torch.Tensor, Gpt2StepState]:
+        logits = gpt2_step(self.ved.decoder, tokens, state)
         # float32 log-softmax, as transformers' generate does, whatever the model's dtype.
-        log_probs = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
-        return log_probs, state
+        return torch.log_softmax(logits.float(), dim=-1), state
 
-    def reorder_state(self, state: VitGpt2State, index: torch.Tensor) -> VitGpt2State:
-        state.cache.self_attention_cache.reorder_cache(index)
-        row_image = state.row_image.index_select(0, index)
-        same_images = row_image.shape == state.row_image.shape and torch.equal(row_image, state.row_image)
-        if not same_images:
-            state.cache.cross_attention_cache.reorder_cache(index)
-            state.memory = state.memory.index_select(0, index)
-            state.row_image = row_image
+    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor) -> Gpt2StepState:
+        state.reorder(index)
         return state
 
 
 # --- helpers
+
+
+@contextmanager
+def _eager_attention(decoder: Any) -> Iterator[None]:
+    """Run ``decoder`` with eager attention (the one that returns weights), then restore its implementation."""
+    previous = decoder.config._attn_implementation
+    decoder.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        decoder.set_attn_implementation(previous)
 
 
 def _memory(encoded: Encoded) -> torch.Tensor:

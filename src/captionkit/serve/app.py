@@ -143,7 +143,8 @@ async def _caption(
 ) -> list[list[Caption]]:
     name = params.model.name
     try:
-        return await asyncio.wait_for(batcher.submit(images, params.decoding), settings.request_timeout_s)
+        found = batcher.submit(images, params.decoding, params.attention)
+        return await asyncio.wait_for(found, settings.request_timeout_s)
     except QueueFull as full:
         retry = {"Retry-After": str(settings.retry_after_s)}
         raise ApiError(503, f"model {name!r}: queue full ({full}); retry later", headers=retry) from None
@@ -167,8 +168,20 @@ def _result(index: int, name: str, captions: list[Caption]) -> dict[str, Any]:
         "image": name,
         "caption": captions[0].text,
         "score": captions[0].score,
-        "captions": [{"text": caption.text, "score": caption.score} for caption in captions],
+        "captions": [_caption_record(caption) for caption in captions],
     }
+
+
+def _caption_record(caption: Caption) -> dict[str, Any]:
+    """A caption's JSON; with attention, one ``{"token", "grid"}`` per token, the (h, w) grid as nested lists of
+    weights rounded to 3 decimals (each grid sums to 1 before rounding; see ``captionkit.attention``)."""
+    record: dict[str, Any] = {"text": caption.text, "score": caption.score}
+    if caption.attention is not None and caption.tokens is not None:
+        record["attention"] = [
+            {"token": token, "grid": grid.round(3).tolist()}
+            for token, grid in zip(caption.tokens, caption.attention, strict=True)
+        ]
+    return record
 
 
 def _describe_decoding(params: CaptionParams) -> dict[str, Any]:

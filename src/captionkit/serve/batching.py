@@ -28,8 +28,8 @@ from PIL import Image
 from captionkit.api import Caption
 from captionkit.decoding import DecodingConfig
 
-# (images, config, image_offset) -> n-best captions per image: Captioner.caption_pil's signature.
-RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int], list[list[Caption]]]
+# (images, config, image_offset, attention) -> n-best captions per image: Captioner.caption_pil's signature.
+RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int, bool], list[list[Caption]]]
 
 
 class QueueFull(Exception):
@@ -52,6 +52,7 @@ class _Item:
 class _Key:
     config: DecodingConfig
     request: int | None  # set for seeded sampling: batch only with the same request
+    attention: bool = False  # requests for attention maps batch together
 
 
 class MicroBatcher:
@@ -102,14 +103,17 @@ class MicroBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, images: Sequence[Image.Image], config: DecodingConfig) -> list[list[Caption]]:
-        """The n-best captions of each image; raises :class:`QueueFull` when they do not fit in the queue."""
+    async def submit(
+        self, images: Sequence[Image.Image], config: DecodingConfig, attention: bool = False
+    ) -> list[list[Caption]]:
+        """The n-best captions of each image (with attention maps if asked); raises :class:`QueueFull` when they
+        do not fit in the queue."""
         if self._worker is None:
             raise BatcherStopped()
         if self._queued + len(images) > self.max_queue:
             raise QueueFull(f"{self._queued} images queued, room for {self.max_queue}")
         own = config.do_sample and config.seed is not None
-        key = _Key(config, next(self._requests) if own else None)
+        key = _Key(config, next(self._requests) if own else None, attention)
         loop = asyncio.get_running_loop()
         items = [_Item(image, index, loop.create_future()) for index, image in enumerate(images)]
         self._queues.setdefault(key, deque()).extend(items)
@@ -164,7 +168,7 @@ class MicroBatcher:
         images = [item.image for item in live]
         offset = live[0].offset if key.request is not None else 0
         try:
-            results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset)
+            results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset, key.attention)
         except Exception as error:  # a model failure fails this batch's requests, not the server
             for item in live:
                 if not item.future.done():

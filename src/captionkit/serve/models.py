@@ -1,9 +1,8 @@
 """A served model: a :class:`~captionkit.api.Captioner` under a name, with what the page and API need to know.
 
-``styles`` and ``attention`` are read from the model when it declares them (``model.styles``,
-``model.has_attention``); no model family does yet, and ``Captioner`` cannot yet decode with a style or return
-attention maps, so the API refuses a style other than none/neutral and ``attention=true`` with a clear 422
-(naming the model when it lacks the feature) rather than pretending.
+``styles``: the styles the model was trained to control (``Captioner.styles``; a request for another style is a
+422 naming the model). ``attention``: the model returns attention maps (``model.has_attention``), which
+``attention=true`` adds to each caption of a response.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ class ServedModel:
 
     @property
     def styles(self) -> tuple[str, ...]:
-        return tuple(getattr(self.captioner.model, "styles", ()) or ())
+        return tuple(style for style in self.captioner.styles if style != "neutral")
 
     @property
     def attention(self) -> bool:
-        return bool(getattr(self.captioner.model, "has_attention", False))
+        return bool(self.captioner.model.has_attention)
 
     def describe(self) -> dict[str, Any]:
         """The ``GET /v1/models`` record."""

@@ -49,7 +49,12 @@ def parameters(settings: ServeSettings) -> tuple[Parameter, ...]:
         Parameter("top_p", float, "Nucleus sampling mass (default 1).", 0.0, 1.0, low_open=True),
         Parameter("seed", int, "Seed for sampling: the same request gives the same captions.", 0, MAX_SEED),
         Parameter("style", str, "Caption style; 'none' for models trained without styles (default 'none')."),
-        Parameter("attention", bool, "Return attention maps (only models that report attention)."),
+        Parameter(
+            "attention",
+            bool,
+            "Add each caption's attention maps: per token {token, grid}, the (h, w) weights over the image"
+            " (3 decimals). Only models that report attention.",
+        ),
     )
 
 
@@ -80,15 +85,12 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     if style not in NEUTRAL_STYLES and style not in model.styles:
         allowed = ", ".join([*NEUTRAL_STYLES, *model.styles])
         errors.append(field_error("style", f"model {model.name!r} has no style {style!r} (allowed: {allowed})"))
-    if style not in NEUTRAL_STYLES and style in model.styles:
-        errors.append(field_error("style", "styled captioning is not available in this server version"))
     if attention and not model.attention:
         errors.append(field_error("attention", f"model {model.name!r} does not report attention maps"))
-    elif attention:
-        errors.append(field_error("attention", "attention maps are not available in this server version"))
     if errors:
         raise invalid_fields(errors)
-    return CaptionParams(model, _decoding(values), style, attention)
+    start = None if style in NEUTRAL_STYLES else model.captioner.style_start_token(style)
+    return CaptionParams(model, _decoding(values, start), style, attention)
 
 
 def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:
@@ -99,7 +101,7 @@ def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel
     return models[name]
 
 
-def _decoding(values: dict[str, Any]) -> DecodingConfig:
+def _decoding(values: dict[str, Any], start_token_id: int | None) -> DecodingConfig:
     sample = values.get("do_sample", False)
     try:
         return DecodingConfig(
@@ -112,6 +114,7 @@ def _decoding(values: dict[str, Any]) -> DecodingConfig:
             top_k=values.get("top_k", 0),
             top_p=values.get("top_p", 1.0),
             seed=values.get("seed"),
+            start_token_id=start_token_id,
         )
     except InputError as error:
         field = {"max_new_tokens": "max_length", "num_return_sequences": "n_best"}.get(error.source, error.source)

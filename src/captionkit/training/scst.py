@@ -2,7 +2,7 @@
 
 One SCST step on a batch of images:
 
-1. encode each image once;
+1. encode each image once (eval mode, no gradients) for sampling;
 2. draw ``num_samples`` captions per image from the model's own distribution (the decoding engine, no gradients);
 3. reward each caption with CIDEr-D against the image's references, the document frequencies fixed once from the
    training references (:class:`CiderReward`);
@@ -110,6 +110,23 @@ class CiderReward:
 
 
 @dataclass
+class Rollout:
+    """Sampled captions of a batch of images with their advantages: everything the gradient pass needs."""
+
+    ids: torch.Tensor  # (B*K, T) [bos] tokens [eos], image-major
+    mask: torch.Tensor  # (B*K, T) 1 for real tokens
+    rows: torch.Tensor  # (B*K,) the image (row of the batch) of each sample
+    advantage: torch.Tensor  # (B*K,) reward - baseline, a constant
+    rewards: torch.Tensor  # (B, K) after the unfinished penalty
+    baseline: torch.Tensor  # (B, K)
+
+    @property
+    def tokens(self) -> int:
+        """Predicted tokens (eos included): what the loss averages over."""
+        return int(self.mask[:, 1:].sum())
+
+
+@dataclass
 class ScstStep:
     """The loss of one SCST step and what to log about it."""
 
@@ -141,6 +158,86 @@ def sequences_from(hypotheses: Sequence[Sequence[Hypothesis]], bos: int, eos: in
     return ids, mask
 
 
+def rollout(
+    model: CaptionModel,
+    tokenizer: CaptionTokenizer,
+    encoded: Encoded,
+    image_ids: Sequence[str],
+    reward: CiderReward,
+    config: ScstConfig,
+    seed: int,
+    image_offset: int = 0,
+) -> Rollout:
+    """Sample ``num_samples`` captions per image (no gradients), reward them and subtract the baseline.
+
+    Image i of the batch draws from ``seed + image_offset + i``: a data-parallel process passes the position of
+    its first image in the global batch, so N processes sample exactly what one process with the whole batch would.
+    """
+    samples = generate(model, encoded=encoded, config=config.sampling(seed), image_offset=image_offset)
+    texts = [[tokenizer.decode(h.token_ids) for h in group] for group in samples]
+    rewards = reward(image_ids, texts)
+    unfinished = torch.tensor([[not h.finished for h in group] for group in samples])
+    rewards = rewards - config.unfinished_penalty * unfinished.float()
+    if config.baseline == "mean":
+        baseline = leave_one_out_baseline(rewards)
+    else:
+        greedy = generate(model, encoded=encoded, config=DecodingConfig(max_new_tokens=config.max_new_tokens))
+        greedy_texts = [[tokenizer.decode(group[0].token_ids)] for group in greedy]
+        baseline = reward(image_ids, greedy_texts).expand_as(rewards)
+    device = encoded.tokens.device
+    ids, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    rows = torch.arange(len(image_ids)).repeat_interleave(config.num_samples)
+    advantage = (rewards - baseline).reshape(-1)
+    return Rollout(ids.to(device), mask.to(device), rows.to(device), advantage.to(device), rewards, baseline)
+
+
+def policy_loss_sums(logits: torch.Tensor, sampled: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over sampled tokens of ``-advantage * log p(token)``, sum of the model's entropies at those tokens).
+
+    Sums, not means: a trainer divides by the token count of the whole step (all micro-batches, all processes).
+    """
+    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = sampled.mask[:, 1:].to(log_probs.dtype)
+    token_log_probs = log_probs.gather(-1, sampled.ids[:, 1:, None]).squeeze(-1)
+    policy = -(sampled.advantage[:, None] * token_log_probs * targets).sum()
+    entropy = (-(log_probs.exp() * log_probs).sum(-1) * targets).sum()
+    return policy, entropy
+
+
+class SampleScorer(torch.nn.Module):
+    """Teacher-forced logits of sampled captions, each image encoded once and expanded to its samples.
+
+    Encoder and decoder run inside this module's ``forward``, so wrapped in ``DistributedDataParallel`` every
+    parameter that gets a gradient is used in the wrapper's forward and DDP all-reduces them all.
+    """
+
+    def __init__(self, model: CaptionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        features: torch.Tensor | None,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        rows: torch.Tensor,
+    ) -> torch.Tensor:
+        encoded = Encoded(features) if features is not None else self.model.encode(pixel_values)  # type: ignore[arg-type]
+        return self.model(None, ids, mask, encoded=encoded.index_select(rows))
+
+
+@torch.no_grad()
+def encode_for_sampling(model: CaptionModel, pixel_values: torch.Tensor) -> Encoded:
+    """Encoder output in eval mode (no dropout), the model's mode restored: what sampling decodes from."""
+    was_training = model.training
+    model.eval()
+    try:
+        return model.encode(pixel_values)
+    finally:
+        model.train(was_training)
+
+
 def scst_step(
     model: CaptionModel,
     tokenizer: CaptionTokenizer,
@@ -155,38 +252,15 @@ def scst_step(
     ``seed`` makes the samples reproducible (image i of the batch draws from ``seed + i``); a trainer passes a
     seed derived from the step so that a resumed run samples what the uninterrupted run would have.
     """
-    encoded = model.encode(pixel_values)
-    detached = Encoded(encoded.tokens.detach(), None if encoded.mask is None else encoded.mask)
-    samples = generate(model, encoded=detached, config=config.sampling(seed))
-    texts = [[tokenizer.decode(h.token_ids) for h in group] for group in samples]
-    rewards = reward(image_ids, texts)
-    unfinished = torch.tensor([[not h.finished for h in group] for group in samples])
-    rewards = rewards - config.unfinished_penalty * unfinished.float()
-    if config.baseline == "mean":
-        baseline = leave_one_out_baseline(rewards)
-    else:
-        greedy = generate(model, encoded=detached, config=DecodingConfig(max_new_tokens=config.max_new_tokens))
-        greedy_texts = [[tokenizer.decode(group[0].token_ids)] for group in greedy]
-        baseline = reward(image_ids, greedy_texts).expand_as(rewards)
-    advantage = (rewards - baseline).reshape(-1).to(encoded.tokens.device)
-
-    ids, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
-    ids, mask = ids.to(encoded.tokens.device), mask.to(encoded.tokens.device)
-    rows = torch.arange(len(image_ids), device=ids.device).repeat_interleave(config.num_samples)
-    logits = model(None, ids, mask, encoded=encoded.index_select(rows))
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = mask[:, 1:].bool()
-    token_log_probs = log_probs.gather(-1, ids[:, 1:, None]).squeeze(-1)
-    count = targets.sum().clamp(min=1)
-    loss = -(advantage[:, None] * token_log_probs * targets).sum() / count
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
-    mean_entropy = (entropy * targets).sum() / count
-    if config.entropy_weight:
-        loss = loss - config.entropy_weight * mean_entropy
+    sampled = rollout(model, tokenizer, encode_for_sampling(model, pixel_values), image_ids, reward, config, seed)
+    logits = SampleScorer(model)(pixel_values, None, sampled.ids, sampled.mask, sampled.rows)
+    policy, entropy = policy_loss_sums(logits, sampled)
+    count = max(sampled.tokens, 1)
+    loss = (policy - config.entropy_weight * entropy) / count
     return ScstStep(
         loss=loss,
-        mean_reward=float(rewards.mean()),
-        mean_baseline=float(baseline.mean()),
-        mean_length=float(targets.sum(dim=1).float().mean()),
-        entropy=float(mean_entropy.detach()),
+        mean_reward=float(sampled.rewards.mean()),
+        mean_baseline=float(sampled.baseline.mean()),
+        mean_length=sampled.tokens / len(sampled.ids),
+        entropy=float(entropy.detach()) / count,
     )

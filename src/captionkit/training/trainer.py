@@ -38,11 +38,15 @@ from captionkit.data.dataset import Batch, CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, split_by_image
+from captionkit.data.styles import first_caption_per_style, mix_styles
+from captionkit.decoding.sampling import SEED_MODULUS
 from captionkit.errors import ConfigError, InputError
+from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
 from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import add_style_tokens
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.curves import draw_curves
 from captionkit.training.distributed import Distributed
@@ -51,9 +55,18 @@ from captionkit.training.loss import caption_loss_sum
 from captionkit.training.run_log import ProgressLine, RunLog
 from captionkit.training.sampling import SampleStream
 from captionkit.training.schedule import lr_at
+from captionkit.training.scst import (
+    CiderReward,
+    Rollout,
+    SampleScorer,
+    ScstConfig,
+    encode_for_sampling,
+    policy_loss_sums,
+    rollout,
+)
 from captionkit.training.stages import Stages
 from captionkit.training.state import capture_rng, load_optimizer_state, optimizer_state, restore_rng
-from captionkit.training.validation import evaluate_loss, validation_cider
+from captionkit.training.validation import evaluate_loss, references, validation_cider
 
 LogFn = Callable[[dict[str, Any]], None]
 Autocast = Callable[[], AbstractContextManager[object]]
@@ -110,6 +123,8 @@ class LoopState:
     evals_since_best: int = 0
     val: dict[str, float | None] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    # SCST: running means of reward, reward_baseline, sample_length and entropy (like running_loss).
+    scst: dict[str, float] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
@@ -123,27 +138,37 @@ def drop_empty_captions(records: list[CaptionRecord]) -> tuple[list[CaptionRecor
     return kept, len(records) - len(kept)
 
 
+def load_all_records(specs: str | list[str]) -> list[CaptionRecord]:
+    """The records of one dataset spec, or of several read as one dataset."""
+    return [record for spec in ([specs] if isinstance(specs, str) else specs) for record in load_records(spec)]
+
+
 def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
     """Read the data, then get the tokenizer and model: pretrained ones, a checkpoint's to resume, or new ones."""
     if not config.data.train:
-        raise InputError("data.train", "no training data given (a captions.jsonl file or its directory)")
-    records = load_records(config.data.train)
+        raise InputError("data.train", "no training data given (a dataset file or directory, see README 'Data')")
+    records = load_all_records(config.data.train)
     if config.data.val:
         train_records = [r for r in records if r.split in (None, "train")]
-        val_records = load_records(config.data.val)
+        val_records = load_all_records(config.data.val)
         val_records = [r for r in val_records if r.split in (None, "val", "dev", "validation")]
     else:
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
+    styles = config.data.styles
     if config.data.first_caption_only:
-        train_records = first_caption_per_image(train_records)
-        val_records = first_caption_per_image(val_records)
+        pick = first_caption_per_style if styles else first_caption_per_image
+        train_records, val_records = pick(train_records), pick(val_records)
     if not train_records:
         raise InputError(config.data.train, "no training captions after splitting")
+    if styles:
+        train_records = mix_styles(train_records, styles, config.train.seed, config.data.train)
+        val_records = [r for r in val_records if r.style in styles]
 
     pretrained = config.model.pretrained
     if resume_from is not None:
         model, tokenizer, preprocessing = _from_checkpoint(resume_from)
     elif pretrained:
+        pretrained = str(resolve_model_source(pretrained))  # a hub id's snapshot: tokenizer and preprocessing too
         model = load_model(pretrained)
         tokenizer = CaptionTokenizer.load(
             config.tokenizer.pretrained or pretrained,
@@ -152,6 +177,10 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
             model.pad_token_id,
         )
         preprocessing = Preprocessing.load(pretrained)
+        if styles:
+            add_style_tokens(tokenizer, styles)
+            if tokenizer.vocab_size > model.vocab_size:
+                model.resize_vocabulary(tokenizer.vocab_size)
     else:
         if config.tokenizer.pretrained:
             tokenizer = CaptionTokenizer.load(config.tokenizer.pretrained)
@@ -163,6 +192,8 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
                 config.tokenizer.vocab_size,
                 config.tokenizer.lowercase,
             )
+        if styles:
+            add_style_tokens(tokenizer, styles)
         model = create_model(
             config.model.family, config.model.preset, tokenizer, config.model.position_init, **config.model.overrides
         )
@@ -287,6 +318,10 @@ def train(
     if not train_records:
         raise InputError(config.data.train, "no training captions (all are empty)")
     model.train()
+    scst = config.train.objective == "scst"
+    reward = _scst_reward(config, train_records) if scst else None
+    if scst:  # batches of images, each rewarded against all its training references
+        train_records = first_caption_per_image(train_records)
 
     stages = Stages(model, config.train.stages)
     train_data = _training_data(config, setup, train_records, stages, device, autocast)
@@ -304,9 +339,10 @@ def train(
         state, restore_rng_states = _restore(resume_from, optimizer, scaler, parallel.rank)
         logger.info("resuming from %s (step %d)", resume_from, state.step)
     # DDP wraps the model after every parameter requires a gradient (stages freeze some later).
-    trained_model: torch.nn.Module = model
+    # SCST trains through SampleScorer, whose forward runs the encoder too, so DDP sees every parameter it uses.
+    trained_model: torch.nn.Module = SampleScorer(model) if scst else model
     if parallel.enabled:
-        trained_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        trained_model = torch.nn.parallel.DistributedDataParallel(trained_model, find_unused_parameters=True)
 
     stream = SampleStream(
         len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size
@@ -362,12 +398,24 @@ def train(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = _optimizer_step(trained_model, model, micro, optimizer, scaler, autocast, config, parallel, device)
+            scst_stats: dict[str, float] = {}
+            if reward is not None:
+                seed = _scst_seed(config, state.step, stream.global_batch)
+                scst_stats = _scst_optimizer_step(
+                    trained_model, model, tokenizer, micro, reward, seed, optimizer, scaler, autocast, config, parallel
+                )
+                loss = scst_stats.pop("loss", None)
+            else:
+                loss = _optimizer_step(
+                    trained_model, model, micro, optimizer, scaler, autocast, config, parallel, device
+                )
             if loss is None:  # every image of the step was unreadable
                 continue
             state.step += 1
             samples_seen += sum(len(b) for b in micro) * parallel.world_size
             state.running_loss = loss if state.step == 1 else 0.9 * state.running_loss + 0.1 * loss
+            for key, value in scst_stats.items():  # reward statistics, smoothed like the loss
+                state.scst[key] = 0.9 * state.scst.get(key, value) + 0.1 * value
             elapsed = time.perf_counter() - started
             state.seconds = seconds_before + elapsed
             # Every process must stop at the same step: rank 0's clock decides.
@@ -385,6 +433,7 @@ def train(
                     "seconds": round(state.seconds, 2),
                     "images_per_second": round(samples_seen / max(elapsed, 1e-9), 2),
                 }
+                entry |= {key: round(value, 5) for key, value in state.scst.items()}
                 if state.skipped:
                     entry["skipped_samples"] = state.skipped
                 if evaluate:
@@ -527,6 +576,100 @@ def _optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     return parallel.sum([total])[0] / tokens
+
+
+def _scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward:
+    """CIDEr-D against each training image's references (its neutral captions, or all when it has none); the
+    document frequencies come from all of them, computed once. Samples start from bos: with style control
+    (``data.styles``) SCST trains the neutral captions."""
+    unique = list(dict.fromkeys(records))  # style mixing repeats records: each reference counts once
+    grouped = references(unique, max_images=len(unique))
+    return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})
+
+
+def _scst_seed(config: TrainConfig, step: int, global_batch: int) -> int:
+    """The sampling seed of a step's first micro-batch: a function of the step alone, so a resumed run samples
+    exactly what the uninterrupted one did. Image j of micro-batch m draws from seed + m * global_batch + j."""
+    per_step = config.train.grad_accumulation * global_batch
+    return (config.train.seed * 1_000_003 + step * per_step) % SEED_MODULUS
+
+
+def _scst_optimizer_step(
+    scorer: torch.nn.Module,
+    raw_model: CaptionModel,
+    tokenizer: CaptionTokenizer,
+    micro: list[Batch],
+    reward: CiderReward,
+    seed: int,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: Autocast,
+    config: TrainConfig,
+    parallel: Distributed,
+) -> dict[str, float]:
+    """One self-critical step: sample and reward every micro-batch (no gradients), then the policy gradient of each,
+    normalised by the step's sampled-token count over all processes (as the cross-entropy step is). The step's
+    loss and reward statistics; none when every image of the step was unreadable."""
+    settings = ScstConfig(**dataclasses.asdict(config.train.scst))
+    device = parallel.device()
+    global_batch = config.train.batch_size * parallel.world_size
+    offset = parallel.rank * config.train.batch_size  # this process's first image in each global micro-batch
+    work: list[tuple[Batch, Rollout]] = []
+    for index, batch in enumerate(micro):
+        if not len(batch):
+            continue
+        if batch.features is not None:
+            encoded = Encoded(batch.features.to(device))
+        else:
+            with autocast():
+                encoded = encode_for_sampling(raw_model, batch.pixel_values.to(device))
+        micro_seed = (seed + index * global_batch) % SEED_MODULUS
+        with autocast():
+            sampled = rollout(raw_model, tokenizer, encoded, batch.image_ids, reward, settings, micro_seed, offset)
+        work.append((batch, sampled))
+    local = [
+        float(sum(s.tokens for _, s in work)),
+        float(sum(len(s.ids) for _, s in work)),
+        float(sum(s.rewards.sum() for _, s in work)),
+        float(sum(s.baseline.sum() for _, s in work)),
+    ]
+    optimizer.zero_grad(set_to_none=True)
+    entropy_total = policy_total = 0.0
+    tokens = parallel.sum([local[0]])[0]
+    for index, (batch, sampled) in enumerate(work):
+        last = index == len(work) - 1
+        sync = nullcontext() if last or not parallel.enabled else scorer.no_sync()  # type: ignore[operator]
+        features = None if batch.features is None else batch.features.to(device)
+        pixels = None if features is not None else batch.pixel_values.to(device)
+        with sync:
+            with autocast():
+                logits = scorer(pixels, features, sampled.ids, sampled.mask, sampled.rows)
+            policy, entropy = policy_loss_sums(logits, sampled)
+            # DDP averages gradients over processes: scale by their number so the result is the global-step mean.
+            loss = (policy - settings.entropy_weight * entropy) * (parallel.world_size / max(tokens, 1.0))
+            auxiliary = raw_model.auxiliary_loss()
+            if auxiliary is not None:
+                loss = loss + auxiliary / len(work)
+            scaler.scale(loss).backward()
+        policy_total += float(policy.detach())
+        entropy_total += float(entropy.detach())
+    tokens, samples, reward_sum, baseline_sum, policy_sum, entropy_sum = parallel.sum(
+        [*local, policy_total, entropy_total]
+    )
+    if samples == 0:
+        return {}
+    scaler.unscale_(optimizer)
+    if config.train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.train.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return {
+        "loss": policy_sum / max(tokens, 1.0),
+        "reward": reward_sum / samples,
+        "reward_baseline": baseline_sum / samples,
+        "sample_length": tokens / samples,
+        "entropy": entropy_sum / max(tokens, 1.0),
+    }
 
 
 def _validate(

@@ -92,6 +92,55 @@ function captionList(result) {
   return list;
 }
 
+// Attention heatmaps: the same colour map as captionkit.attention (dark purple -> red -> orange -> pale yellow),
+// scaled to each token's strongest weight and more opaque where the weight is high.
+const COLOURS = [[0, 0, 4], [66, 10, 104], [147, 38, 103], [221, 81, 58], [252, 165, 10], [252, 255, 164]];
+const MAP_WIDTH = 96;
+
+function colour(value) {
+  const position = Math.min(Math.max(value, 0), 1) * (COLOURS.length - 1);
+  const low = Math.min(Math.floor(position), COLOURS.length - 2);
+  const fraction = position - low;
+  return COLOURS[low].map((c, i) => Math.round(c * (1 - fraction) + COLOURS[low + 1][i] * fraction));
+}
+
+function drawHeatmap(canvas, bitmap, grid) {
+  const context = canvas.getContext("2d");
+  context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const rows = grid.length, cols = grid[0].length;
+  const weights = grid.flat();
+  const peak = Math.max(...weights) || 1;
+  const small = element("canvas", { width: cols, height: rows });
+  const pixels = small.getContext("2d").createImageData(cols, rows);
+  weights.forEach((weight, i) => {
+    const value = weight / peak;
+    pixels.data.set([...colour(value), Math.round((0.15 + 0.6 * value) * 255)], i * 4);
+  });
+  small.getContext("2d").putImageData(pixels, 0, 0);
+  context.imageSmoothingEnabled = true; // bilinear upsampling of the grid to the image
+  context.imageSmoothingQuality = "high";
+  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+}
+
+function attentionStrip(file, attention) {
+  const strip = element("div", { class: "attention", "aria-label": "attention per token" });
+  const figures = attention.map(({ token }) => {
+    const canvas = element("canvas", { class: "attention-map", width: MAP_WIDTH, height: MAP_WIDTH });
+    const figure = element("figure", { title: token }, canvas, element("figcaption", {}, token || "·"));
+    strip.append(figure);
+    return canvas;
+  });
+  createImageBitmap(file).then((bitmap) => {
+    const height = Math.max(1, Math.round((MAP_WIDTH * bitmap.height) / bitmap.width));
+    figures.forEach((canvas, i) => {
+      canvas.height = height;
+      drawHeatmap(canvas, bitmap, attention[i].grid);
+      canvas.dataset.drawn = "true";
+    });
+  });
+  return strip;
+}
+
 function render(outcomes) {
   const results = $("results");
   results.replaceChildren();
@@ -102,7 +151,9 @@ function render(outcomes) {
     for (const outcome of outcomes) {
       const card = element("div", { class: "card", "data-model": outcome.model.name }, element("h2", {}, outcome.model.name));
       if (outcome.ok) {
-        card.append(captionList(outcome.body.results[index]));
+        const result = outcome.body.results[index];
+        card.append(captionList(result));
+        if (result.captions[0].attention) card.append(attentionStrip(file, result.captions[0].attention));
         card.append(element("p", { class: "latency" }, `${outcome.body.latency_ms.toFixed(0)} ms server, ${outcome.roundTrip.toFixed(0)} ms round trip`));
       } else {
         card.classList.add("error");

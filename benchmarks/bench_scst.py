@@ -1,0 +1,225 @@
+"""Cross-entropy then SCST against cross-entropy alone, with the same number of optimizer steps, on held-out images.
+
+Two data sets, each with two arms:
+
+* ``XE``: one cross-entropy run of ``xe_steps + scst_steps`` steps;
+* ``XE+SCST``: a cross-entropy run of ``xe_steps`` steps (the same recipe), then ``scst_steps`` self-critical steps
+  from its final model (``train.objective: scst``, CIDEr-D reward, leave-one-out baseline).
+
+``scenes``: the synthetic scenes with the demo recipe (``recipes/demo.yaml``; XE on the canonical captions), scored
+against all neutral references (paraphrases of the canonical caption) of the held-out test scenes. ``flickr8k``: the
+200-image Flickr8k subset in ``shared/data`` (150 train, 50 val+test held out, 5 references each), a tiny ViT-GPT2
+from scratch: absolute scores are low; the comparison between arms is what counts. Every model is scored by
+greedy captions of the held-out images: CIDEr-D, BLEU-4, mean caption length in words; the ``XE start`` row is
+the XE+SCST arm before its SCST steps. Training seconds are printed to show cost (an SCST step samples
+``num_samples`` captions per image): compare them only within one run on one quiet machine. Usage::
+
+    .venv/bin/python benchmarks/bench_scst.py                         # both data sets, ~6 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_scst.py --datasets scenes --scale 0.2   # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captionkit.api import Captioner
+from captionkit.config import TrainConfig, from_dict, merge, read_yaml
+from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_records
+from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.demo import DemoData, demo_recipe_path
+from captionkit.evaluation.api import score_captions
+from captionkit.training.trainer import train
+
+SHARED_DATA = Path(os.environ.get("CAPTIONKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
+COLUMNS = ("data", "arm", "steps (XE + SCST)", "train s", "CIDEr-D", "BLEU-4", "mean length")
+QUIET = {"train": {"tensorboard": False, "checkpoint_every": 0, "log_every": 50}}
+
+# What each data set trains with: the XE recipe, the SCST stage's changes to it, and the step budget.
+SCENES_SCST = {
+    "data": {"first_caption_only": False},  # the reward's references: every neutral paraphrase of a scene
+    "train": {
+        "objective": "scst",
+        "batch_size": 16,
+        "lr": 1.0e-4,
+        "warmup_steps": 10,
+        "schedule": "constant",
+        "scst": {"num_samples": 5, "max_new_tokens": 15},
+    },
+}
+FLICKR_XE: dict[str, Any] = {
+    "model": {
+        "family": "vit-gpt2",
+        "preset": "tiny",
+        "overrides": {"image_size": 64, "patch_size": 8, "decoder_positions": 32},
+        "position_init": "sincos",
+    },
+    "tokenizer": {"vocab_size": 2000},
+    "data": {"cache_images": True, "max_length": 24},
+    "train": {
+        "batch_size": 32,
+        "lr": 2.0e-3,
+        "betas": [0.9, 0.98],
+        "warmup_steps": 30,
+        "min_lr_ratio": 0.0,
+        "eval_every": 100,
+        "eval_images": 25,
+    },
+}
+FLICKR_SCST = {
+    "train": {
+        "objective": "scst",
+        "batch_size": 16,
+        "lr": 1.0e-4,
+        "warmup_steps": 10,
+        "schedule": "constant",
+        "scst": {"num_samples": 5, "max_new_tokens": 20},
+    },
+}
+
+
+def held_out(records: list[CaptionRecord], splits: tuple[str, ...]) -> tuple[list[CaptionRecord], dict[str, list[str]]]:
+    """One record per held-out image and all its neutral captions."""
+    references: dict[str, list[str]] = defaultdict(list)
+    firsts: dict[str, CaptionRecord] = {}
+    for record in records:
+        if record.split in splits and record.style == "neutral":
+            references[record.image_id].append(record.caption)
+            firsts.setdefault(record.image_id, record)
+    return list(firsts.values()), dict(references)
+
+
+def score(
+    run: Path, images: list[CaptionRecord], references: dict[str, list[str]], max_tokens: int
+) -> dict[str, float]:
+    """CIDEr-D, BLEU-4 and mean length (words) of the run's greedy captions of ``images``."""
+    captioner = Captioner.from_pretrained(run)
+    pixels = torch.from_numpy(captioner.preprocessing(captioner.load_images([r.image_path for r in images])))
+    texts: list[str] = []
+    for start in range(0, len(pixels), 64):
+        found = generate(captioner.model, pixels[start : start + 64], config=DecodingConfig(max_new_tokens=max_tokens))
+        texts.extend(captioner.tokenizer.decode(per_image[0].token_ids) for per_image in found)
+    candidates = {record.image_id: text for record, text in zip(images, texts, strict=True)}
+    scores = score_captions(references, candidates, "BLEU,CIDEr", allow_empty=True).scores
+    return {
+        "cider_d": scores["CIDEr"],
+        "bleu_4": scores["Bleu_4"],
+        "mean_length": sum(len(t.split()) for t in texts) / max(len(texts), 1),
+    }
+
+
+def config_of(recipe: dict[str, Any], where: str) -> TrainConfig:
+    return from_dict(TrainConfig, merge(recipe, QUIET), where=where)
+
+
+def run_arms(
+    name: str,
+    xe_recipe: dict[str, Any],
+    scst_changes: dict[str, Any],
+    xe_steps: int,
+    scst_steps: int,
+    heldout: tuple[list[CaptionRecord], dict[str, list[str]]],
+    work: Path,
+) -> list[dict[str, Any]]:
+    """Train both arms on one data set and score them (and the SCST arm's starting point) on the held-out images."""
+    max_tokens = xe_recipe.get("data", {}).get("max_length", 40) - 1
+    rows = []
+
+    def row(arm: str, run: Path, steps: str, seconds: float) -> dict[str, Any]:
+        found = {"data": name, "arm": arm, "steps": steps, "train_seconds": seconds}
+        return found | score(run, *heldout, max_tokens)
+
+    print(f"[{name}] XE, {xe_steps + scst_steps} steps ...", flush=True)
+    torch.manual_seed(0)
+    alone = train(config_of(merge(xe_recipe, {"train": {"steps": xe_steps + scst_steps}}), name), work / "xe")
+    rows.append(row("XE", work / "xe", f"{xe_steps + scst_steps} + 0", alone.seconds))
+    print(f"[{name}] XE, {xe_steps} steps, then SCST, {scst_steps} steps ...", flush=True)
+    torch.manual_seed(0)
+    start = train(config_of(merge(xe_recipe, {"train": {"steps": xe_steps}}), name), work / "xe-start")
+    rows.append(row("XE start", work / "xe-start", f"{xe_steps} + 0", start.seconds))
+    scst_recipe = merge(merge(xe_recipe, scst_changes), {"model": {"pretrained": str(work / "xe-start")}})
+    scst = train(config_of(merge(scst_recipe, {"train": {"steps": scst_steps}}), name), work / "xe-scst")
+    rows.append(row("XE+SCST", work / "xe-scst", f"{xe_steps} + {scst_steps}", start.seconds + scst.seconds))
+    return rows
+
+
+def scenes(work: Path, scale: float) -> list[dict[str, Any]]:
+    demo = DemoData()
+    options = SceneOptions(
+        held_out_fraction=demo.held_out_fraction, order=demo.order, layout=demo.layout, grid=demo.grid
+    )
+    data_file = write_synthetic_dataset(
+        work / "data", int(4000 * scale) or 64, 50, int(300 * scale) or 20, demo.seed, demo.image_size, options
+    )
+    recipe = merge(
+        read_yaml(demo_recipe_path()),
+        {"data": {"train": str(data_file), "val": str(data_file)}, "train": {"eval_every": 1000, "eval_images": 50}},
+    )
+    heldout = held_out(load_records(data_file), ("test",))
+    xe_steps, scst_steps = max(int(600 * scale), 2), max(int(150 * scale), 2)
+    recipe = merge(recipe, {"train": {"warmup_steps": max(xe_steps // 10, 1)}})
+    return run_arms("scenes", recipe, SCENES_SCST, xe_steps, scst_steps, heldout, work)
+
+
+def flickr8k(work: Path, scale: float) -> list[dict[str, Any]]:
+    source = SHARED_DATA / "flickr8k"
+    recipe = merge(FLICKR_XE, {"data": {"train": str(source)}})  # val images: the trainer's own val split
+    heldout = held_out(load_records(source), ("val", "test"))
+    xe_steps, scst_steps = max(int(300 * scale), 2), max(int(100 * scale), 2)
+    return run_arms("flickr8k", recipe, FLICKR_SCST, xe_steps, scst_steps, heldout, work)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    cells = [
+        [
+            row["data"],
+            row["arm"],
+            row["steps"],
+            f"{row['train_seconds']:.0f}",
+            f"{row['cider_d']:.3f}",
+            f"{row['bleu_4']:.3f}",
+            f"{row['mean_length']:.1f}",
+        ]
+        for row in rows
+    ]
+    widths = [max(len(str(line[i])) for line in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
+    print("| " + " | ".join(name.ljust(width) for name, width in zip(COLUMNS, widths, strict=True)) + " |")
+    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
+    for line in cells:
+        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["scenes", "flickr8k"], choices=["scenes", "flickr8k"])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply step budgets and scene counts")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--work", type=Path, default=None, help="keep data and runs here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.work or Path(temporary)
+        for name in args.datasets:
+            rows += (scenes if name == "scenes" else flickr8k)(work / name, args.scale)
+    print_table(rows)
+    print(f"total {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

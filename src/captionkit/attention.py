@@ -1,0 +1,148 @@
+"""Attention maps: where a captioner looked while writing each token, as arrays and as heatmap overlays.
+
+Families with spatial attention (``CaptionModel.has_attention``: vit-gpt2's cross-attention, cnn-lstm-attention's
+soft attention) return, for a caption fed back teacher-forced, one (h, w) map per generated token that sums to 1
+over the image grid (see ``CaptionModel.attention_maps``). :func:`caption_maps` runs that for decoded captions;
+:func:`overlay` and :func:`write_overlays` draw the maps over the image with Pillow alone: the grid is upsampled
+bilinearly to the image size, coloured with an inferno-like colour map scaled to the token's strongest weight, and
+blended over the photo more opaquely where the weight is high.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from captionkit.errors import InputError
+from captionkit.models.base import CaptionModel
+from captionkit.text import CaptionTokenizer
+
+__all__ = ["caption_maps", "check_attention", "overlay", "overlay_name", "token_texts", "write_overlays"]
+
+# Colour map anchors from low to high weight (dark purple through red and orange to pale yellow), interpolated.
+COLOUR_ANCHORS = np.array(
+    [[0, 0, 4], [66, 10, 104], [147, 38, 103], [221, 81, 58], [252, 165, 10], [252, 255, 164]], dtype=np.float32
+)
+# Overlay opacity where the weight is lowest / highest: the photo stays visible where the model did not look.
+MIN_ALPHA, MAX_ALPHA = 0.15, 0.75
+# Overlays of larger images are drawn at this longest side (a 12-megapixel photo need not give 12 MB PNGs).
+MAX_OVERLAY_SIDE = 512
+WORD_CHARACTERS = re.compile(r"[^\w-]+")
+
+
+def check_attention(model: CaptionModel, source: str = "attention") -> None:
+    """Raise an ``InputError`` naming ``source`` unless ``model`` returns attention maps."""
+    if not model.has_attention:
+        family = getattr(model, "family", type(model).__name__)
+        raise InputError(
+            source,
+            f"the {family} family has no spatial attention to show (maps come from vit-gpt2 and cnn-lstm-attention)",
+        )
+
+
+def caption_maps(
+    model: CaptionModel,
+    pixels: torch.Tensor,
+    rows: Sequence[int],
+    sequences: Sequence[Sequence[int]],
+    start_token_id: int | None = None,
+) -> list[np.ndarray]:
+    """One float32 (len(sequence), h, w) array per caption: token k's map is the attention while predicting it.
+
+    ``sequences[i]`` are a caption's generated ids (no start token, no final eos) of the image ``pixels[rows[i]]``;
+    the decoder starts from ``start_token_id`` (None: the model's bos), as in decoding.
+    """
+    check_attention(model)
+    if not sequences:
+        return []
+    start = model.bos_token_id if start_token_id is None else start_token_id
+    longest = max(len(ids) for ids in sequences)
+    # Input: start token, then the caption; right padding leaves every earlier position's attention unchanged.
+    input_ids = torch.full((len(sequences), longest + 1), model.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for row, ids in enumerate(sequences):
+        input_ids[row, : len(ids) + 1] = torch.tensor([start, *ids], dtype=torch.long)
+        attention_mask[row, : len(ids) + 1] = 1
+    device = pixels.device
+    index = torch.tensor(list(rows), dtype=torch.long, device=device)
+    training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            maps = model.attention_maps(pixels.index_select(0, index), input_ids.to(device), attention_mask.to(device))
+    finally:
+        model.train(training)
+    assert maps is not None  # check_attention passed
+    arrays = maps.float().cpu().numpy()
+    return [arrays[row, : len(ids)] for row, ids in enumerate(sequences)]
+
+
+def token_texts(tokenizer: CaptionTokenizer, token_ids: Sequence[int]) -> list[str]:
+    """Each token's own text, stripped (subword pieces of byte-level BPE stay pieces; specials keep their name)."""
+    return [tokenizer.hf.decode([token_id], skip_special_tokens=False).strip() for token_id in token_ids]
+
+
+def colour_table(levels: int = 256) -> np.ndarray:
+    """(levels, 3) uint8: the colour map sampled at ``levels`` evenly spaced values from 0 to 1."""
+    position = np.linspace(0.0, 1.0, levels) * (len(COLOUR_ANCHORS) - 1)
+    low = np.floor(position).astype(np.int64).clip(max=len(COLOUR_ANCHORS) - 2)
+    fraction = (position - low)[:, None]
+    colours = COLOUR_ANCHORS[low] * (1.0 - fraction) + COLOUR_ANCHORS[low + 1] * fraction
+    return np.rint(colours).astype(np.uint8)
+
+
+COLOUR_TABLE = colour_table()
+
+
+def colourize(values: np.ndarray) -> np.ndarray:
+    """(H, W) values in [0, 1] -> (H, W, 3) uint8 colours of the colour map (256 levels)."""
+    return COLOUR_TABLE[np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)]
+
+
+def overlay(image: Image.Image, grid: np.ndarray, max_side: int = MAX_OVERLAY_SIDE) -> Image.Image:
+    """The RGB ``image`` (shrunk to ``max_side``) with the (h, w) attention ``grid`` drawn over it as a heatmap.
+
+    The grid covers the whole image (preprocessing resizes without cropping), so it is stretched to the image.
+    """
+    if grid.ndim != 2 or not np.isfinite(grid).all():
+        raise ValueError(f"an attention grid must be a finite (h, w) array, got shape {grid.shape}")
+    photo = image.convert("RGB")
+    if max(photo.size) > max_side:
+        photo.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    peak = float(grid.max())
+    scaled = (grid / peak if peak > 0 else np.zeros_like(grid)).astype(np.float32)
+    upsampled = np.asarray(Image.fromarray(scaled).resize(photo.size, Image.Resampling.BILINEAR))
+    heat = Image.fromarray(colourize(upsampled))
+    opacity = np.rint((MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * np.clip(upsampled, 0.0, 1.0)) * 255).astype(np.uint8)
+    return Image.composite(heat, photo, Image.fromarray(opacity))
+
+
+def overlay_name(index: int, token: str) -> str:
+    """``003-dog.png``: the token's position in the caption and its text, made safe for any file system."""
+    word = WORD_CHARACTERS.sub("_", token).strip("_")[:40] or "token"
+    return f"{index:03d}-{word}.png"
+
+
+def write_overlays(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, directory: Path) -> list[Path]:
+    """Write one heatmap PNG per token into ``directory`` (created); returns the paths in caption order.
+
+    Overlays an earlier run left there (``NNN-*.png``) are removed first: they may belong to another caption.
+    """
+    if len(tokens) != len(maps):
+        raise ValueError(f"{len(tokens)} tokens but {len(maps)} attention maps")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("[0-9][0-9][0-9]-*.png"):
+        stale.unlink()
+    photo = image.convert("RGB")
+    photo.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE), Image.Resampling.LANCZOS)  # once, not per token
+    paths = []
+    for index, (token, grid) in enumerate(zip(tokens, maps, strict=True)):
+        path = directory / overlay_name(index, token)
+        overlay(photo, grid).save(path, "PNG", compress_level=1)  # fast: these are previews, not archives
+        paths.append(path)
+    return paths

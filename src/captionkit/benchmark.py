@@ -1,0 +1,292 @@
+"""Inference benchmark: captionkit's decoding engine against transformers' ``generate``, side by side in one run.
+
+Both decode the same pixels with the same model (a ViT + GPT-2), alternating batch by batch so that load on a
+shared machine hits both alike. Every caption is forced to exactly ``max_new_tokens`` tokens in both
+(``min_new_tokens = max_new_tokens``: eos is masked until the limit, transformers' ``MinNewTokensLengthLogitsProcessor``
+and captionkit's ``DecodingConfig.min_new_tokens``), so both do the same amount of work whatever the weights.
+
+The result also says how close each comes to the machine's compute limit: the arithmetic the task needs (encoder,
+cross-attention keys/values once per image, then one decoder step per row and token) divided by a measured fp32
+matmul rate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.errors import InputError
+from captionkit.models.base import CaptionModel
+
+FORCED_LENGTH_NOTE = (
+    "min_new_tokens = max_new_tokens in both captionkit and transformers generate: eos is masked until the limit, "
+    "so every caption has exactly max_new_tokens tokens and both do the same work"
+)
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    """What to measure; ``model`` (a checkpoint) or ``preset`` (random weights, no download), not both."""
+
+    model: str | None = None
+    preset: str | None = None
+    batch_size: int = 8
+    beams: int = 4
+    max_length: int = 20
+    images: Path | None = None
+    repeats: int = 3
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.model is None) == (self.preset is None):
+            raise InputError("--model/--preset", "give exactly one: a checkpoint to load or a preset to build")
+        for name, low in (("batch_size", 1), ("beams", 1), ("max_length", 1), ("repeats", 1)):
+            if getattr(self, name) < low:
+                raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError("--threads", f"must be at least 1, got {self.threads}")
+
+
+def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure both engines; returns the JSON-ready result (see :func:`format_table` for the fields)."""
+    say = progress or (lambda _message: None)
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    model, pixels, source = _model_and_pixels(settings)
+    if not hasattr(model, "ved"):
+        raise InputError("--model", f"is a {model.family} model; the comparison with generate needs vit-gpt2")
+    config = DecodingConfig(
+        max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
+    )
+
+    def ours() -> list[list[int]]:
+        return [found[0].token_ids for found in generate(model, pixels, config=config)]
+
+    def reference() -> list[list[int]]:
+        return _generate_reference(model, pixels, settings)
+
+    say("warming up")
+    ours_captions, reference_captions = ours(), reference()
+    timings: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
+    cpu_times: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
+    peaks: dict[str, int | None] = {}
+    for name, run in (("captionkit", ours), ("transformers_generate", reference)):
+        _reset_peak_rss()
+        run()
+        peaks[name] = _peak_rss_bytes()
+    for repeat in range(settings.repeats):
+        for name, run in (("captionkit", ours), ("transformers_generate", reference)):
+            say(f"repeat {repeat + 1}/{settings.repeats}: {name}")
+            start, cpu_start = time.perf_counter(), time.process_time()
+            run()
+            timings[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
+    matmul_rate = measure_matmul_gflops()
+    flops = estimate_flops(model, settings.batch_size, settings.beams, settings.max_length)
+    limit_s = flops["total_gflop"] / matmul_rate
+    engines = {
+        name: _engine_figures(timings[name], cpu_times[name], settings.batch_size, peaks[name], limit_s)
+        for name in timings
+    }
+    agree = sum(a == b for a, b in zip(ours_captions, reference_captions, strict=True))
+    return {
+        "model": settings.model or f"preset:{settings.preset} (random weights)",
+        "inputs": source,
+        "batch_size": settings.batch_size,
+        "beams": settings.beams,
+        "max_new_tokens": settings.max_length,
+        "repeats": settings.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "forced_length": FORCED_LENGTH_NOTE,
+        "captionkit": engines["captionkit"],
+        "transformers_generate": engines["transformers_generate"],
+        "speedup": statistics.median(timings["transformers_generate"]) / statistics.median(timings["captionkit"]),
+        # CPU seconds (all threads) are steadier than wall time on a shared machine.
+        "speedup_cpu_time": statistics.median(cpu_times["transformers_generate"])
+        / statistics.median(cpu_times["captionkit"]),
+        "captions_identical": agree == len(ours_captions),
+        "caption_agreement": agree / len(ours_captions),
+        "compute": {
+            **flops,
+            "matmul_gflops": matmul_rate,
+            "limit_s_per_batch": limit_s,
+        },
+        "versions": {"torch": torch.__version__, "transformers": _transformers_version()},
+    }
+
+
+def _model_and_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, torch.Tensor, str]:
+    from captionkit.images import Preprocessing, load_image
+
+    if settings.preset is not None:
+        from captionkit.models.vit_gpt2 import PRESETS, VitGpt2Model
+
+        if settings.preset not in PRESETS:
+            raise InputError("--preset", f"unknown preset {settings.preset!r} (known: {', '.join(PRESETS)})")
+        torch.manual_seed(0)
+        last = PRESETS[settings.preset].vocab_size - 1  # GPT-2's layout: one id for bos, eos and pad
+        model: CaptionModel = VitGpt2Model.from_config(
+            settings.preset, bos_token_id=last, eos_token_id=last, pad_token_id=last
+        )
+        size = model.config.image_size  # type: ignore[attr-defined]
+        preprocessing = Preprocessing.for_size(size, size)
+    else:
+        from captionkit.api import Captioner
+
+        captioner = Captioner.from_pretrained(settings.model, device="cpu")  # type: ignore[arg-type]
+        model, preprocessing = captioner.model, captioner.preprocessing
+    model.eval()
+    if settings.images is None:
+        size = preprocessing.size
+        generator = torch.Generator().manual_seed(0)
+        pixels = torch.randn(settings.batch_size, 3, *size, generator=generator).clamp(-1, 1)
+        return model, pixels, "random pixels (seed 0)"
+    from captionkit.inputs import collect_images
+
+    paths = collect_images([settings.images])
+    if not paths:
+        raise InputError(settings.images, "no images found")
+    chosen = [paths[i % len(paths)] for i in range(settings.batch_size)]  # repeat a short folder to fill the batch
+    pixels = torch.from_numpy(preprocessing([load_image(path) for path in chosen]))
+    return model, pixels, f"{len(set(chosen))} images from {settings.images}"
+
+
+def _generate_reference(model: CaptionModel, pixels: torch.Tensor, settings: BenchmarkSettings) -> list[list[int]]:
+    """transformers' generate with the same settings; captions without the start token."""
+    with torch.inference_mode():
+        rows = model.ved.generate(  # type: ignore[attr-defined]
+            pixels,
+            max_new_tokens=settings.max_length,
+            min_new_tokens=settings.max_length,
+            num_beams=settings.beams,
+            do_sample=False,
+            length_penalty=1.0,
+            early_stopping=False,
+            num_return_sequences=1,
+        ).tolist()
+    eos = model.eos_token_id
+    return [row[1 : row.index(eos, 1)] if eos in row[1:] else row[1:] for row in rows]
+
+
+def _engine_figures(
+    times: list[float], cpu_times: list[float], batch: int, peak: int | None, limit_s: float
+) -> dict[str, Any]:
+    median = statistics.median(times)
+    return {
+        "images_per_s": batch / median,
+        "latency_p50_s": median,
+        "latency_p95_s": _percentile(times, 0.95),
+        "batch_times_s": times,
+        "cpu_s_p50": statistics.median(cpu_times),
+        "peak_rss_mb": None if peak is None else peak / 2**20,
+        "fraction_of_compute_limit": limit_s / median,
+    }
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _reset_peak_rss() -> None:
+    # Linux: writing 5 to clear_refs resets VmHWM, so each engine's peak is its own, not the process's so far.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss_bytes() -> int | None:
+    """Peak resident memory since the last reset (Linux VmHWM), else the process's peak (getrusage)."""
+    try:
+        found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
+    except OSError:
+        found = None
+    if found:
+        return int(found.group(1)) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def measure_matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This machine's fp32 matmul rate (best of ``repeats`` square matmuls) with torch's current threads."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def estimate_flops(model: CaptionModel, batch: int, beams: int, new_tokens: int) -> dict[str, float]:
+    """GFLOPs a ViT + GPT-2 needs for one batch: encoder, cross keys/values once per image, decoder steps.
+
+    Matmuls and attention only (2 FLOPs per multiply-add); layer norms, softmax and activations are ignored.
+    Step 0 feeds bos once per image; steps 1 .. new_tokens - 1 feed ``batch * beams`` rows.
+    """
+    config = model.config  # type: ignore[attr-defined]
+    patches = (config.image_size // config.patch_size) ** 2
+    tokens, width = patches + 1, config.encoder_hidden_size
+    encoder_layer = 2 * tokens * width * (4 * width + 2 * config.encoder_intermediate_size) + 4 * tokens**2 * width
+    patch_embedding = 2 * patches * config.num_channels * config.patch_size**2 * width
+    encoder = batch * (config.encoder_layers * encoder_layer + patch_embedding)
+    dim, layers = config.decoder_hidden_size, config.decoder_layers
+    inner = config.decoder_intermediate_size or 4 * dim
+    if width != dim:  # enc_to_dec_proj
+        encoder += batch * 2 * tokens * width * dim
+    cross_keys_values = batch * layers * 2 * tokens * dim * 2 * dim
+    decoder = 0
+    for position in range(new_tokens):
+        rows = batch if position == 0 else batch * beams
+        # self q,k,v,o + cross q,o + MLP + attention over position + 1 cached and `tokens` image positions
+        per_layer = 2 * dim * (6 * dim + 2 * inner) + 4 * dim * (position + 1 + tokens)
+        decoder += rows * (layers * per_layer + 2 * dim * config.vocab_size)
+    return {
+        "encoder_gflop": encoder / 1e9,
+        "cross_keys_values_gflop": cross_keys_values / 1e9,
+        "decoder_steps_gflop": decoder / 1e9,
+        "total_gflop": (encoder + cross_keys_values + decoder) / 1e9,
+    }
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A human summary of :func:`run_benchmark`'s result."""
+    lines = [
+        f"model {result['model']}, batch {result['batch_size']}, beams {result['beams']}, "
+        f"{result['max_new_tokens']} tokens, {result['torch_threads']} threads, {result['inputs']}",
+        f"{'engine':<22} {'images/s':>9} {'p50 s':>8} {'p95 s':>8} {'peak RSS MB':>12} {'of limit':>9}",
+    ]
+    for name in ("captionkit", "transformers_generate"):
+        row = result[name]
+        rss = "n/a" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f}"
+        lines.append(
+            f"{name:<22} {row['images_per_s']:>9.3f} {row['latency_p50_s']:>8.3f} {row['latency_p95_s']:>8.3f} "
+            f"{rss:>12} {row['fraction_of_compute_limit']:>8.1%}"
+        )
+    compute = result["compute"]
+    lines.append(
+        f"speedup {result['speedup']:.2f}x (CPU time {result['speedup_cpu_time']:.2f}x), "
+        f"captions identical: {result['captions_identical']} ({result['caption_agreement']:.0%}); "
+        f"compute limit {compute['limit_s_per_batch']:.3f} s/batch "
+        f"({compute['total_gflop']:.1f} GFLOP at {compute['matmul_gflops']:.1f} GFLOP/s matmul)"
+    )
+    return "\n".join(lines)

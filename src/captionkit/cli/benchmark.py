@@ -1,0 +1,44 @@
+"""``captionkit benchmark``: captionkit's decoding against transformers' ``generate`` on the same inputs, one run.
+
+JSON on stdout (images/s, latency p50/p95, peak RSS per engine, ``speedup``, whether captions are identical, the
+fraction of this machine's compute limit), a table on stderr. Figures are ratios measured side by side: on a
+shared machine, compare runs only through them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captionkit.cli._common import EXIT_OK, fail, quiet_libraries
+
+
+def benchmark(
+    model: Annotated[str | None, typer.Option(help="Checkpoint directory or hub id (a vit-gpt2 model).")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Instead of --model: a random-weight vit-gpt2 preset (tiny, small, base).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
+    max_length: Annotated[int, typer.Option(help="Generated tokens per caption (forced in both engines).")] = 20,
+    images: Annotated[Path | None, typer.Option(help="Folder of images to caption (default: random pixels).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed batches per engine, interleaved.")] = 3,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
+) -> None:
+    """Measure images/s, latency and peak memory of captionkit and transformers generate side by side."""
+    quiet_libraries()
+    from captionkit.benchmark import BenchmarkSettings, format_table, run_benchmark
+    from captionkit.errors import CaptionkitError
+
+    try:
+        settings = BenchmarkSettings(model, preset, batch_size, beams, max_length, images, repeats, threads)
+        result = run_benchmark(settings, progress=lambda message: print(message, file=sys.stderr))
+    except CaptionkitError as error:
+        fail(str(error))
+    print(format_table(result), file=sys.stderr)
+    print(json.dumps(result, indent=2))
+    raise typer.Exit(EXIT_OK)

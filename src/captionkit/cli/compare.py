@@ -1,0 +1,98 @@
+"""``captionkit compare``: several models' captions of the same images, side by side."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
+from captionkit.data.records import STYLES
+
+
+def compare(
+    inputs: Annotated[list[str], typer.Argument(help="Image files, directories (recursive) or .txt lists.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="A model (directory or hub id), repeated; NAME=MODEL names its column, MODEL@STYLE asks it "
+            "for a style."
+        ),
+    ],
+    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
+    max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
+    output: Annotated[
+        Path | None, typer.Option(help="Write JSONL records {image, captions: {model: caption}}.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Caption the same images with several models (e.g. a hub baseline and a SentiCap fine-tune); print a table.
+
+    One record per image: {"image", "captions": {name: caption}}, or {"image", "error"} for an unreadable image
+    (exit 2 then).
+    """
+    quiet_libraries()
+    from captionkit.api import Captioner
+    from captionkit.errors import CaptionkitError, ImageError
+    from captionkit.inputs import collect_inputs
+
+    specs = [_parse_model(spec) for spec in model]
+    names = [name for name, _, _ in specs]
+    if len(specs) < 2:
+        fail("--model: give at least two models to compare")
+    if len(set(names)) < len(names):
+        fail(f"--model: two models are named {next(n for n in names if names.count(n) > 1)!r}; name them NAME=MODEL")
+    records: list[dict[str, Any]] = []
+    try:
+        paths = [item.path for item in collect_inputs(inputs)]
+        captioners = {}
+        for name, source, style in specs:
+            captioner = Captioner.from_pretrained(source, device=device)
+            captioners[name] = (captioner, captioner.decoding_config(style, num_beams=beams, max_new_tokens=max_length))
+        for path in paths:
+            try:
+                image = next(iter(captioners.values()))[0].load_images([path])[0]
+            except ImageError as error:
+                records.append({"image": str(path), "error": error.reason})
+                continue
+            captions = {name: c.caption_pil([image], config)[0][0].text for name, (c, config) in captioners.items()}
+            records.append({"image": str(path), "captions": captions})
+    except CaptionkitError as error:
+        fail(str(error))
+    _show(records, names)
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    else:
+        for record in records:
+            print(json.dumps(record, ensure_ascii=False))
+    raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
+
+
+def _parse_model(spec: str) -> tuple[str, str, str | None]:
+    """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written."""
+    name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    source, style = rest, None
+    if "@" in rest:
+        source, style = rest.rsplit("@", 1)
+        if style not in STYLES:
+            fail(f"--model {spec}: unknown style {style!r} (expected one of {', '.join(STYLES)})")
+    if not source:
+        fail(f"--model {spec!r}: no model given")
+    return name or rest, source, style
+
+
+def _show(records: list[dict[str, Any]], names: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("image", *names)
+    for record in records:
+        if "error" in record:
+            table.add_row(record["image"], f"[red]{record['error']}[/red]", *[""] * (len(names) - 1))
+        else:
+            table.add_row(record["image"], *(record["captions"][name] for name in names))
+    Console(file=sys.stderr).print(table)

@@ -1,0 +1,60 @@
+"""Training records for style control: keep the requested styles and mix them in the requested shares.
+
+``mix_styles(records, {"neutral": 0.5, "positive": 0.25, "negative": 0.25}, seed)`` returns a list in which each
+style's records make up (up to rounding) its share. No record is dropped: the list is as long as the smallest one
+that holds every record of every style at those shares, and the styles that need more samples repeat their records
+(whole passes in order, then a seeded choice for the remainder). The trainer samples uniformly from the list, so
+the shares hold for the samples it draws.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.errors import ConfigError, InputError
+
+
+def check_style_shares(shares: Mapping[str, float], key: str = "data.styles") -> None:
+    for style, share in shares.items():
+        if style not in STYLES:
+            raise ConfigError(key, f"unknown style {style!r} (known: {', '.join(STYLES)})")
+        if isinstance(share, bool) or not isinstance(share, int | float) or not share > 0:
+            raise ConfigError(f"{key}.{style}", f"must be a positive number, got {share!r}")
+
+
+def first_caption_per_style(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+    """The first record of each (image, style): one canonical caption per style and image."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for record in records:
+        key = (record.image_id, record.style)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
+
+
+def mix_styles(
+    records: Sequence[CaptionRecord], shares: Mapping[str, float], seed: int, source: object = "data.train"
+) -> list[CaptionRecord]:
+    """Records of the styles in ``shares``, repeated so that each style makes up its share (see the module)."""
+    check_style_shares(shares)
+    by_style: dict[str, list[CaptionRecord]] = {style: [] for style in shares}
+    for record in records:
+        if record.style in by_style:
+            by_style[record.style].append(record)
+    empty = [style for style, found in by_style.items() if not found]
+    if empty:
+        raise InputError(source, f"no {empty[0]} captions, but data.styles asks for them")
+    total_share = sum(shares.values())
+    # The shortest length at which no style has to drop records.
+    length = max(len(found) * total_share / shares[style] for style, found in by_style.items())
+    rng = random.Random(seed)
+    mixed: list[CaptionRecord] = []
+    for style, found in by_style.items():
+        want = max(len(found), round(length * shares[style] / total_share))
+        passes, rest = divmod(want, len(found))
+        mixed += list(found) * passes + rng.sample(list(found), rest)
+    return mixed

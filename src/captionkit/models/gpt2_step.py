@@ -1,0 +1,180 @@
+"""A fast one-token GPT-2 decoder step for the step protocol, on the weights of a Hugging Face GPT-2 module.
+
+transformers' own cached step is general (any mask, any cache) and pays for it on every token: it builds masks,
+keeps one copy of the cross-attention keys/values per beam (copying them on every beam reorder) and grows its
+self-attention cache by concatenation. Decoding needs much less, and this step does only that:
+
+* cross-attention keys/values are computed once per image and kept per image; the rows (beams, samples) of an
+  image index into them. When every image has the same number of consecutive rows (beam search; greedy) the
+  queries of an image's rows attend to its keys/values in one batched call, with no per-row copy at all;
+* the self-attention cache is preallocated (capacity doubled when full) and each step writes one position;
+* every row is at the same position (decoding runs in lockstep), so no mask is needed.
+
+The arithmetic is GPT-2's (``GPT2Block`` with cross-attention), calling the module's own layers (LayerNorm,
+Conv1D or their replacements, e.g. int8 linears), so results match transformers to float rounding. Eval only:
+dropout is not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.functional import scaled_dot_product_attention
+
+__all__ = ["Gpt2StepState", "gpt2_step", "start_gpt2_state"]
+
+# Self-attention positions allocated up front; doubled whenever a step needs more (up to n_positions).
+INITIAL_CAPACITY = 32
+
+
+@dataclass
+class Gpt2StepState:
+    """Decoder state: one row per sequence, lockstep positions, per-image cross-attention keys/values.
+
+    ``keys``/``values``: per layer, (rows, heads, capacity, head_dim); positions ``< length`` are filled.
+    ``cross_keys``/``cross_values``: per layer, (images, heads, tokens, head_dim), or empty without
+    cross-attention. ``row_image[r]``: the image (index into the cross tensors) row r decodes. ``group``: when
+    rows are image-major with ``group`` rows per image (``row_image == arange(images).repeat_interleave(group)``),
+    else 0 (rows are then matched to their image's keys/values by a gather).
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    length: int
+    cross_keys: list[torch.Tensor]
+    cross_values: list[torch.Tensor]
+    row_image: torch.Tensor
+    group: int
+
+    @property
+    def rows(self) -> int:
+        return self.row_image.shape[0]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes row ``index[i]``: the filled cache positions are gathered; cross keys/values only shrink."""
+        filled = self.length
+        for cache in (self.keys, self.values):
+            for layer, tensor in enumerate(cache):
+                if index.shape[0] == tensor.shape[0]:
+                    tensor[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
+                else:
+                    fresh = tensor.new_empty((index.shape[0], *tensor.shape[1:]))
+                    fresh[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
+                    cache[layer] = fresh
+        row_image = self.row_image.index_select(0, index)
+        images = self.cross_keys[0].shape[0] if self.cross_keys else 0
+        if images:
+            used = torch.unique(row_image)  # sorted
+            if used.shape[0] < images:  # some images are done: drop their keys/values, renumber the rest
+                self.cross_keys = [k.index_select(0, used) for k in self.cross_keys]
+                self.cross_values = [v.index_select(0, used) for v in self.cross_values]
+                row_image = torch.searchsorted(used, row_image)
+                images = used.shape[0]
+        self.row_image = row_image
+        self.group = _group_size(row_image, images)
+
+    def ensure_capacity(self, needed: int, limit: int) -> None:
+        capacity = self.keys[0].shape[2]
+        if needed <= capacity:
+            return
+        capacity = min(max(needed, 2 * capacity), limit)
+        for cache in (self.keys, self.values):
+            for layer, tensor in enumerate(cache):
+                grown = tensor.new_empty((*tensor.shape[:2], capacity, tensor.shape[3]))
+                grown[:, :, : self.length] = tensor[:, :, : self.length]
+                cache[layer] = grown
+
+
+def _group_size(row_image: torch.Tensor, images: int) -> int:
+    rows = row_image.shape[0]
+    if images == 0 or rows % images:
+        return 0
+    group = rows // images
+    expected = torch.arange(images, device=row_image.device).repeat_interleave(group)
+    return group if torch.equal(row_image, expected) else 0
+
+
+def start_gpt2_state(decoder: nn.Module, memory: torch.Tensor | None, rows: int | None = None) -> Gpt2StepState:
+    """An empty state; with ``memory`` (images, tokens, width), one row per image and its cross keys/values.
+
+    ``decoder`` is a transformers ``GPT2LMHeadModel`` (with ``add_cross_attention`` when ``memory`` is given).
+    ``rows`` is needed only without memory.
+    """
+    config = decoder.config
+    heads, head_dim = config.n_head, config.n_embd // config.n_head
+    weight = decoder.transformer.wte.weight
+    cross_keys: list[torch.Tensor] = []
+    cross_values: list[torch.Tensor] = []
+    if memory is not None:
+        rows = memory.shape[0]
+        images, tokens = memory.shape[:2]
+        for block in decoder.transformer.h:
+            keys, values = block.crossattention.c_attn(memory).split(config.n_embd, dim=2)
+            cross_keys.append(keys.view(images, tokens, heads, head_dim).transpose(1, 2).contiguous())
+            cross_values.append(values.view(images, tokens, heads, head_dim).transpose(1, 2).contiguous())
+    if rows is None:
+        raise ValueError("start_gpt2_state needs memory or a row count")
+    capacity = min(INITIAL_CAPACITY, config.n_positions)
+    shape = (rows, heads, capacity, head_dim)
+    dtype = weight.dtype if weight.is_floating_point() else torch.float32
+    keys = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    values = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    row_image = torch.arange(rows, device=weight.device)
+    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0)
+
+
+def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
+    """Feed one token per row: (rows,) ids -> (rows, vocab) logits; ``state`` advances in place by one position."""
+    config = decoder.config
+    transformer = decoder.transformer
+    position = state.length
+    state.ensure_capacity(position + 1, config.n_positions)
+    hidden = transformer.wte(tokens) + transformer.wpe.weight[position]  # (rows, width)
+    for layer, block in enumerate(transformer.h):
+        hidden = hidden + _self_attention(block.attn, block.ln_1(hidden), state, layer, position)
+        if state.cross_keys:
+            hidden = hidden + _cross_attention(block.crossattention, block.ln_cross_attn(hidden), state, layer)
+        hidden = hidden + block.mlp(block.ln_2(hidden))
+    state.length = position + 1
+    return decoder.lm_head(transformer.ln_f(hidden))
+
+
+def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
+    """(rows, width) -> (rows, heads, 1, head_dim)."""
+    return tensor.view(tensor.shape[0], heads, 1, -1)
+
+
+def _self_attention(
+    attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int, position: int
+) -> torch.Tensor:
+    heads = attention.num_heads
+    query, key, value = attention.c_attn(hidden).split(attention.split_size, dim=1)
+    keys, values = state.keys[layer], state.values[layer]
+    keys[:, :, position : position + 1] = _heads(key, heads)
+    values[:, :, position : position + 1] = _heads(value, heads)
+    out = scaled_dot_product_attention(
+        _heads(query, heads),
+        keys[:, :, : position + 1],
+        values[:, :, : position + 1],
+        scale=attention.scaling,
+    )
+    return attention.c_proj(out.reshape(hidden.shape))
+
+
+def _cross_attention(attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int) -> torch.Tensor:
+    heads = attention.num_heads
+    query = attention.q_attn(hidden)
+    keys, values = state.cross_keys[layer], state.cross_values[layer]
+    rows, width = query.shape
+    if state.group:
+        # (images, group) rows -> queries (images, heads, group, head_dim) against the image's keys/values.
+        grouped = query.view(-1, state.group, heads, width // heads).transpose(1, 2)
+        out = scaled_dot_product_attention(grouped, keys, values, scale=attention.scaling)
+        out = out.transpose(1, 2).reshape(rows, width)
+    else:
+        keys, values = keys.index_select(0, state.row_image), values.index_select(0, state.row_image)
+        out = scaled_dot_product_attention(_heads(query, heads), keys, values, scale=attention.scaling)
+        out = out.reshape(rows, width)
+    return attention.c_proj(out)

@@ -1,0 +1,101 @@
+"""``captionkit benchmark``: side-by-side figures on a tiny preset, FLOP counts, and bad arguments."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from _captioning import save_tiny_model
+from _data import SHARED_DATA
+from captionkit.benchmark import estimate_flops
+from captionkit.cli import main
+from captionkit.models.vit_gpt2 import PRESETS
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    return int(done.value.code or 0), out, err
+
+
+def test_benchmark_on_real_images_reports_both_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+    assert len(photos) == 2, f"real photos missing under {SHARED_DATA}"
+    for photo in photos:
+        shutil.copy(photo, tmp_path / photo.name)
+    args = ["benchmark", "--preset", "tiny", "--batch-size", "3", "--beams", "2", "--max-length", "6"]
+    code, out, err = run_cli([*args, "--repeats", "2", "--threads", "1", "--images", str(tmp_path)], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["inputs"] == f"2 images from {tmp_path}"
+    assert (result["batch_size"], result["beams"], result["max_new_tokens"], result["torch_threads"]) == (3, 2, 6, 1)
+    assert result["captions_identical"] is True and result["caption_agreement"] == 1.0
+    for engine in ("captionkit", "transformers_generate"):
+        figures = result[engine]
+        assert len(figures["batch_times_s"]) == 2
+        assert figures["images_per_s"] == pytest.approx(3 / figures["latency_p50_s"])
+        assert figures["latency_p50_s"] <= figures["latency_p95_s"] <= max(figures["batch_times_s"])
+        assert figures["peak_rss_mb"] > 50 and figures["cpu_s_p50"] > 0
+        assert 0 < figures["fraction_of_compute_limit"] < 1
+    assert result["speedup"] == pytest.approx(
+        result["transformers_generate"]["latency_p50_s"] / result["captionkit"]["latency_p50_s"]
+    )
+    assert result["speedup_cpu_time"] == pytest.approx(
+        result["transformers_generate"]["cpu_s_p50"] / result["captionkit"]["cpu_s_p50"]
+    )
+    assert "min_new_tokens = max_new_tokens" in result["forced_length"]
+    assert result["compute"]["matmul_gflops"] > 0.1
+    assert "speedup" in err and "transformers_generate" in err
+
+
+def test_flop_estimate_of_the_base_preset() -> None:
+    flops = estimate_flops(SimpleNamespace(config=PRESETS["base"]), batch=8, beams=4, new_tokens=20)
+    # ViT-B/16 at 224 px: 17.56 G multiply-adds per image (the "17.6 GFLOPs" of model zoos), 2 FLOPs each.
+    assert flops["encoder_gflop"] / 8 == pytest.approx(2 * 17.56, abs=0.05)
+    # Cross keys/values: 12 layers x 197 tokens x 768 x 1536 multiply-adds per image.
+    assert flops["cross_keys_values_gflop"] == pytest.approx(8 * 12 * 2 * 197 * 768 * 1536 / 1e9)
+    # One step for 32 rows is about 8.8 GFLOP, dominated by the blocks (~6.3) and the 50257-word head (~2.5).
+    assert flops["decoder_steps_gflop"] / 19.25 == pytest.approx(8.9, abs=0.2)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "tiny", "--model", "x"], "give exactly one"),
+        ([], "give exactly one"),
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--preset", "tiny", "--batch-size", "0"], "--batch-size: must be at least 1"),
+        (["--preset", "tiny", "--repeats", "0"], "--repeats: must be at least 1"),
+        (["--preset", "tiny", "--threads", "0"], "--threads: must be at least 1"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_bad_arguments_exit_1_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["benchmark", *args], capsys)
+    assert code == 1
+    assert out == ""
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_folder_without_images_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["benchmark", "--preset", "tiny", "--images", str(tmp_path)], capsys)
+    assert code == 1
+    assert f"{tmp_path}: no images found" in err
+
+
+def test_benchmark_of_a_saved_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    args = ["benchmark", "--model", str(source), "--beams", "1", "--batch-size", "2", "--max-length", "4"]
+    code, out, _ = run_cli([*args, "--repeats", "1"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert (result["model"], result["inputs"]) == (str(source), "random pixels (seed 0)")
+    assert result["captions_identical"] is True
+    assert len(result["captionkit"]["batch_times_s"]) == 1

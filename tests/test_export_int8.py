@@ -1,0 +1,104 @@
+"""int8 export: Conv1D -> Linear, dynamic quantization (torch.ao by default, torchao on request), save and load."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from _captioning import run_cli, save_tiny_model
+from captionkit.api import Captioner
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.export.int8 import BACKENDS, QUANTIZATION_FILE, conv1d_to_linear, quantize_int8, torchao_installed
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def quantized_linears(model: nn.Module) -> int:
+    """Linear layers quantized by either backend (torch.ao modules, or torchao int8 weight tensors)."""
+    dynamic = torch.ao.nn.quantized.dynamic.Linear
+    return sum(
+        isinstance(module, dynamic) or type(getattr(module, "weight", None)).__name__ == "Int8Tensor"
+        for module in model.modules()
+    )
+
+
+def test_conv1d_becomes_an_equal_linear(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2(seed=1)
+    pixels, ids = make_pixels(2, 0), torch.randint(0, 16, (2, 5), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(pixels, ids)
+        # 2 layers x (attn c_attn, c_proj; cross q_attn, c_attn, c_proj; mlp c_fc, c_proj)
+        assert conv1d_to_linear(model) == 14
+        after = model(pixels, ids)
+    assert not any(isinstance(module, Conv1D) for module in model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_int8_model_decodes_close_to_fp32(make_vit_gpt2: Callable, make_pixels: Callable, backend: str) -> None:
+    if backend == "torchao" and not torchao_installed():
+        pytest.skip("torchao is the optional extra 'int8' (not in dev: transformers imports it in every process)")
+    model = make_vit_gpt2(seed=1, initializer_range=0.1)
+    pixels = make_pixels(4, 2)
+    config = DecodingConfig(max_new_tokens=8, num_beams=2)
+    fp32 = generate(model, pixels, config=config)
+    with torch.no_grad():
+        fp32_logits = model(pixels, torch.tensor([[1, 5, 6]] * 4))
+    info = quantize_int8(model, backend)
+    assert (
+        info["backend"] == backend and info["layers"] == 2 * 6 + 1 + 14
+    )  # ViT: q, k, v, out, 2 MLP per layer; its pooler
+    assert model.ved.decoder.lm_head.weight.dtype == torch.float32  # the tied head stays fp32
+    with torch.no_grad():
+        int8_logits = model(pixels, torch.tensor([[1, 5, 6]] * 4))
+    error = (int8_logits - fp32_logits).abs().max() / fp32_logits.abs().max()
+    assert 0 < error < 0.05  # quantized (not identical), yet close
+    int8 = generate(model, pixels, config=config)
+    assert [len(found) for found in int8] == [1, 1, 1, 1]
+    assert sum(a[0].token_ids == b[0].token_ids for a, b in zip(int8, fp32, strict=True)) >= 2
+
+
+def test_export_int8_loads_quantized(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = save_tiny_model(tmp_path / "fp32")
+    code, out, err = run_cli(["export", "int8", "--model", source, "--output", tmp_path / "int8"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert (info["method"], info["backend"], info["layers"]) == ("int8-dynamic", "torch.ao", 27)
+    assert "deprecated" in info["note"]
+    assert json.loads((tmp_path / "int8" / QUANTIZATION_FILE).read_text()) == info
+    loaded = Captioner.from_pretrained(tmp_path / "int8")
+    plain = Captioner.from_pretrained(source)
+    assert loaded.device == torch.device("cpu")
+    assert (quantized_linears(plain.model), quantized_linears(loaded.model)) == (0, 27)
+    photo = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017").glob("*.jpg"))[0]
+    assert isinstance(loaded.caption([photo], max_new_tokens=5)[0].caption, str)
+    # Exporting an export is refused; a bad backend is a usage error.
+    code, _, err = run_cli(["export", "int8", "--model", tmp_path / "int8", "--output", tmp_path / "again"], capsys)
+    assert code == 1 and "already an int8 export" in err
+    code, _, err = run_cli(
+        ["export", "int8", "--model", source, "--output", tmp_path / "x", "--backend", "fbgemm"], capsys
+    )
+    assert code == 1 and "--backend: unknown backend 'fbgemm'" in err
+
+
+def test_torchao_backend_without_torchao_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if torchao_installed():
+        pytest.skip("torchao is installed here: the backend is available")
+    source = save_tiny_model(tmp_path / "fp32")
+    args = ["export", "int8", "--model", source, "--output", tmp_path / "int8", "--backend", "torchao"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "torchao is not installed" in err
+    assert not (tmp_path / "int8").exists()  # nothing half-written
+
+
+def test_unknown_quantization_file_is_a_load_error(tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    (source / QUANTIZATION_FILE).write_text('{"method": "int4-magic"}')
+    with pytest.raises(Exception, match="unknown quantization method"):
+        Captioner.from_pretrained(source)

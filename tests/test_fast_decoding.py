@@ -1,0 +1,133 @@
+"""The fast GPT-2 step: shared per-image cross-attention keys/values, preallocated cache, mixed-length batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from captionkit.decoding import DecodingConfig, generate
+from captionkit.errors import InputError
+from captionkit.models.gpt2_step import INITIAL_CAPACITY, Gpt2StepState, gpt2_step, start_gpt2_state
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def hf_captions(model: Any, pixels: torch.Tensor, **settings: Any) -> list[list[int]]:
+    """transformers' generate, rows without the start token and cut before the first eos."""
+    rows = model.ved.generate(pixels, do_sample=False, **settings).tolist()
+    eos = model.eos_token_id
+    return [row[1 : row.index(eos, 1)] if eos in row[1:] else row[1:] for row in rows]
+
+
+class StepRecorder:
+    """Wraps a model's ``step`` and records what each call saw in the state."""
+
+    def __init__(self, model: Any) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self.step = model.step
+        model.step = self
+
+    def __call__(self, tokens: torch.Tensor, state: Gpt2StepState) -> Any:
+        self.calls.append(
+            {
+                "rows": state.rows,
+                "images": state.cross_keys[0].shape[0],
+                "group": state.group,
+                "cross_ptr": state.cross_keys[0].data_ptr(),
+                "cache_ptr": state.keys[0].data_ptr(),
+            }
+        )
+        return self.step(tokens, state)
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_mixed_length_batches_match_transformers(make_vit_gpt2: Callable, make_pixels: Callable, beams: int) -> None:
+    model = make_vit_gpt2(seed=0)
+    pixels = make_pixels(8, 3)
+    config = DecodingConfig(max_new_tokens=12, num_beams=beams)
+    ours = [found[0].token_ids for found in generate(model, pixels, config=config)]
+    assert ours == hf_captions(model, pixels, max_new_tokens=12, num_beams=beams)
+    # A real mix: captions of several lengths in one batch, some ended by eos and some by the limit.
+    assert len({len(caption) for caption in ours}) >= 3
+    assert min(len(caption) for caption in ours) < 12 == max(len(caption) for caption in ours)
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_min_new_tokens_matches_transformers(make_vit_gpt2: Callable, make_pixels: Callable, beams: int) -> None:
+    model = make_vit_gpt2(seed=0)
+    pixels = make_pixels(4, 3)
+    config = DecodingConfig(max_new_tokens=10, min_new_tokens=6, num_beams=beams)
+    ours = [found[0] for found in generate(model, pixels, config=config)]
+    reference = hf_captions(model, pixels, max_new_tokens=10, min_new_tokens=6, num_beams=beams)
+    assert [h.token_ids for h in ours] == reference
+    assert all(len(h.token_ids) >= 6 for h in ours)
+    with pytest.raises(InputError, match="min_new_tokens: must be between 0 and 10"):
+        DecodingConfig(max_new_tokens=10, min_new_tokens=11)
+
+
+def test_beams_share_their_images_cross_attention_keys_values(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2(seed=0)
+    recorder = StepRecorder(model)
+    generate(model, make_pixels(8, 3), config=DecodingConfig(max_new_tokens=12, num_beams=4))
+    first, later = recorder.calls[0], recorder.calls[1:]
+    assert (first["rows"], first["images"]) == (8, 8)  # bos once per image
+    # After the first step: 4 beams per still-searching image, one key/value tensor per image, grouped.
+    assert all(call["rows"] == 4 * call["images"] and call["group"] == 4 for call in later)
+    # While no image finishes, beam reorders never copy the cross keys/values (same storage every step).
+    images = [call["images"] for call in later]
+    assert images[0] == 8 and images[-1] < 8  # some images closed early and left the batch
+    same_batch = [call["cross_ptr"] for call in later if call["images"] == 8]
+    assert len(same_batch) > 1 and len(set(same_batch)) == 1
+
+
+def test_self_attention_cache_is_written_in_place(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2(seed=1, eos_boost=0.0)  # eos never wins: every row runs to the limit
+    recorder = StepRecorder(model)
+    found = generate(model, make_pixels(3, 0), config=DecodingConfig(max_new_tokens=INITIAL_CAPACITY))
+    assert [len(h[0].token_ids) for h in found] == [INITIAL_CAPACITY] * 3
+    # Rows never change and the capacity suffices: one buffer, allocated once, for every step.
+    assert len({call["cache_ptr"] for call in recorder.calls}) == 1
+
+
+def test_cache_grows_past_its_initial_capacity(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model = make_vit_gpt2(seed=2)  # 64 positions
+    pixels = make_pixels(3, 1)
+    for beams in (1, 3):
+        config = DecodingConfig(max_new_tokens=60, min_new_tokens=50, num_beams=beams)
+        ours = [found[0].token_ids for found in generate(model, pixels, config=config)]
+        assert ours == hf_captions(model, pixels, max_new_tokens=60, min_new_tokens=50, num_beams=beams)
+        assert all(len(caption) >= 50 for caption in ours)
+
+
+def test_unequal_rows_per_image_gather_their_keys_values(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    # Sampling drops rows one by one: images then have different row counts (no grouping) and rows gather.
+    model = make_vit_gpt2(seed=4, eos_boost=4.0)
+    pixels = make_pixels(3, 2)
+    recorder = StepRecorder(model)
+    config = DecodingConfig(max_new_tokens=12, do_sample=True, num_return_sequences=3, seed=5)
+    batched = generate(model, pixels, config=config)
+    assert any(call["group"] == 0 for call in recorder.calls)
+    for image in range(3):
+        alone = generate(model, pixels[image : image + 1], config=config, image_offset=image)[0]
+        assert [h.token_ids for h in alone] == [h.token_ids for h in batched[image]]
+        assert [h.log_prob for h in alone] == pytest.approx([h.log_prob for h in batched[image]], rel=1e-5)
+
+
+def test_step_without_cross_attention_equals_gpt2_forward() -> None:
+    # The same step drives a plain GPT-2 (no image memory), e.g. for language-model-only families.
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32, n_positions=16, n_embd=32, n_layer=2, n_head=2, initializer_range=0.2)
+    decoder = GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 32, (3, 6), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = decoder(ids).logits
+        state = start_gpt2_state(decoder, None, rows=3)
+        stepped = torch.stack([gpt2_step(decoder, ids[:, t], state) for t in range(6)], dim=1)
+    assert state.length == 6 and not state.cross_keys
+    torch.testing.assert_close(stepped, reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="needs memory or a row count"):
+        start_gpt2_state(decoder, None)

@@ -1,0 +1,249 @@
+"""The SCST training stage (``train.objective: scst``): starts from a cross-entropy model, trains on batches of images
+rewarded against all their training references, logs reward statistics, resumes exactly, works for every family,
+under data parallelism, and from the COCO recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _data import SHARED_DATA
+from captionkit.config import load_train_config
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.trainer import _scst_reward, build_setup, train
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = Path(__file__).with_name("_train_child.py")
+SCST_KEYS = {"reward", "reward_baseline", "sample_length", "entropy"}
+
+
+def common(scenes: Path, *extra: str) -> list[str]:
+    return [
+        f"data.train={scenes}",
+        f"data.val={scenes}",
+        "data.cache_images=true",
+        "model.preset=tiny",
+        "tokenizer.vocab_size=300",
+        "train.batch_size=8",
+        "train.warmup_steps=1",
+        "train.eval_every=4",
+        "train.eval_images=4",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.tensorboard=false",
+        *extra,
+    ]
+
+
+def scst(scenes: Path, pretrained: Path, *extra: str) -> list[str]:
+    return common(
+        scenes,
+        f"model.pretrained={pretrained}",
+        "train.objective=scst",
+        "train.batch_size=4",
+        "train.steps=4",
+        "train.scst.num_samples=3",
+        "train.scst.max_new_tokens=8",
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 24, 8, 0, seed=0, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def xe_model(scenes, tmp_path_factory):
+    """A tiny ViT-GPT2 after a few cross-entropy steps: the SCST stage's starting point."""
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("xe") / "run"
+    train(load_train_config(None, common(scenes, "train.steps=4", "data.first_caption_only=true")), out)
+    torch.set_num_threads(before)
+    return out
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "model.safetensors"))
+
+
+def untimed(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if k not in ("seconds", "images_per_second")} for entry in history]
+
+
+def test_scst_stage_trains_from_an_xe_model_and_logs_its_statistics(scenes, xe_model, tmp_path, single_thread):
+    out = tmp_path / "scst"
+    result = train(load_train_config(None, scst(scenes, xe_model)), out)
+    assert result.steps == 4 and ckpt.is_complete(out)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in lines] == [1, 2, 3, 4]
+    for entry in lines:
+        assert set(entry) >= SCST_KEYS
+        assert entry["reward"] >= 0.0 and 1.0 <= entry["sample_length"] <= 8.0 and entry["entropy"] > 0.0
+    assert "val_cider" in lines[-1]
+    before, after = weights(xe_model), weights(out)
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+    # The tokenizer and preprocessing come along from the XE model: the output loads like any run directory.
+    assert (out / "tokenizer.json").read_text() == (xe_model / "tokenizer.json").read_text()
+
+
+def test_a_frozen_encoder_trains_from_cached_features(scenes, xe_model, tmp_path, single_thread):
+    frozen = "train.stages=[{train: [embeddings, cross_attention, decoder]}]"
+    result = train(load_train_config(None, scst(scenes, xe_model, frozen, "train.steps=2")), tmp_path / "run")
+    assert result.steps == 2
+    before, after = weights(xe_model), weights(tmp_path / "run")
+    encoder = [name for name in before if ".encoder." in name or name.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[name], after[name]) for name in encoder)
+    assert any(not torch.equal(before[name], after[name]) for name in before if name not in encoder)
+
+
+def test_an_unreadable_training_image_is_skipped_and_counted(xe_model, tmp_path, single_thread):
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 8, 2, 0, seed=1, image_size=32)
+    broken = sorted((tmp_path / "scenes" / "images" / "train").glob("*.png"))[0]
+    broken.write_bytes(b"not an image")
+    result = train(load_train_config(None, scst(scenes, xe_model, "train.steps=3")), tmp_path / "run")
+    assert result.steps == 3 and result.unreadable_images == 1 and result.skipped_samples >= 1
+
+
+def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes, single_thread):
+    config = load_train_config(None, common(scenes, "train.objective=scst"))
+    setup = build_setup(config)
+    reward = _scst_reward(config, setup.train_records)
+    neutral: dict[str, int] = {}
+    for record in setup.train_records:
+        if record.style == "neutral":
+            neutral[record.image_id] = neutral.get(record.image_id, 0) + 1
+    assert set(reward.scorer.references) == set(neutral)
+    assert all(len(reward.scorer.references[i]) == count for i, count in neutral.items())
+    assert max(neutral.values()) > 1  # the paraphrases too, not only the canonical caption
+
+
+def test_a_crashed_scst_run_resumes_exactly(scenes, xe_model, tmp_path, single_thread):
+    settings = scst(scenes, xe_model, "train.checkpoint_every=2", "train.scst.entropy_weight=0.01")
+    reference = train(load_train_config(None, settings), tmp_path / "reference")
+
+    def crash(entry: dict) -> None:
+        if entry["step"] == 3:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(load_train_config(None, settings), tmp_path / "run", log=crash)
+    resumed = train(load_train_config(None, settings), tmp_path / "run")
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-000002"
+    first, second = weights(tmp_path / "reference"), weights(tmp_path / "run")
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    assert untimed(resumed.history) == untimed(reference.history)
+
+
+def test_cnn_lstm_attention_with_accumulation_and_the_greedy_baseline(scenes, tmp_path, single_thread):
+    family = ["model.family=cnn-lstm-attention", "train.eval_images=0"]
+    xe = train(load_train_config(None, common(scenes, "train.steps=2", *family)), tmp_path / "xe")
+    assert xe.steps == 2
+    settings = scst(
+        scenes,
+        tmp_path / "xe",
+        *family,
+        "train.steps=2",
+        "train.grad_accumulation=2",
+        "train.scst.baseline=greedy",
+        "train.scst.num_samples=2",
+        "train.scst.unfinished_penalty=0.5",
+    )
+    result = train(load_train_config(None, settings), tmp_path / "scst")
+    assert result.steps == 2
+    assert all(set(entry) >= SCST_KEYS for entry in result.history)
+
+
+def test_bad_scst_settings_name_the_key():
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train.objective=rl"])
+    assert caught.value.source == "train.objective"
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train.objective=scst", "train.scst.num_samples=1"])
+    assert caught.value.source == "train.scst.num_samples"
+    greedy = load_train_config(None, ["train.scst.num_samples=1", "train.scst.baseline=greedy"])
+    assert greedy.train.scst.num_samples == 1
+    for key, value in (("baseline", "best"), ("temperature", "0"), ("max_new_tokens", "0"), ("entropy_weight", "-1")):
+        with pytest.raises(ConfigError) as caught:
+            load_train_config(None, [f"train.scst.{key}={value}"])
+        assert caught.value.source == f"train.scst.{key}"
+
+
+COCO_SUBSET = SHARED_DATA / "coco" / "captions_val2017_subset.json"
+
+
+def test_coco_recipe_offline_fails_with_the_hubs_message(monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    config = load_train_config(REPO / "configs" / "coco-scst.yaml", [f"data.train={COCO_SUBSET}"])
+    assert config.train.objective == "scst" and config.model.pretrained == "nlpconnect/vit-gpt2-image-captioning"
+    with pytest.raises(ModelLoadError, match=r"nlpconnect/vit-gpt2-image-captioning.*HF_HUB_OFFLINE"):
+        build_setup(config)
+
+
+def test_coco_recipe_in_a_tiny_form(scenes, xe_model, tmp_path, single_thread):
+    overrides = [
+        f"model.pretrained={xe_model}",
+        f"data.train={COCO_SUBSET}",
+        "data.workers=0",
+        "data.cache_images=true",
+        "train.steps=2",
+        "train.batch_size=4",
+        "train.precision=fp32",
+        "train.eval_every=2",
+        "train.eval_images=4",
+        "train.eval_batches=1",
+        "train.warmup_steps=1",
+        "train.scst.max_new_tokens=8",
+        "train.threads=1",
+        "train.tensorboard=false",
+    ]
+    config = load_train_config(REPO / "configs" / "coco-scst.yaml", overrides)
+    result = train(config, tmp_path / "coco")
+    assert result.steps == 2 and result.val_cider is not None
+    assert all(set(entry) >= SCST_KEYS for entry in result.history)
+
+
+def test_scenes_recipe_loads(xe_model):
+    config = load_train_config(REPO / "configs" / "scenes-xe-scst.yaml", [f"model.pretrained={xe_model}"])
+    assert config.train.objective == "scst" and not config.data.first_caption_only
+    assert config.train.scst.max_new_tokens < config.data.max_length
+
+
+@pytest.mark.slow  # three Python start-ups with torch and transformers
+def test_two_gloo_processes_match_one_process_with_the_same_images(scenes, xe_model, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+
+    def settings(batch_size: int) -> list[str]:
+        return scst(scenes, xe_model, "train.steps=3", f"train.batch_size={batch_size}", "train.eval_images=0")
+
+    single = [sys.executable, str(CHILD), "KILL", "0", str(tmp_path / "one"), *settings(4)]
+    done = subprocess.run(single, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29537"]
+    double = [*launcher, str(CHILD), "KILL", "0", str(tmp_path / "two"), *settings(2)]
+    done = subprocess.run(double, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    log = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    log_two = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    # The same samples: each process drew its images' captions from their global positions' seeds.
+    for a, b in zip(log, log_two, strict=True):
+        assert a["reward"] == pytest.approx(b["reward"], abs=1e-5)
+        assert a["sample_length"] == pytest.approx(b["sample_length"], abs=1e-5)

@@ -1,0 +1,93 @@
+"""Styles from the command line: `caption --style`, `evaluate --styles` and `compare`, on a model trained with style
+control (a few steps on the synthetic scenes) beside one trained without."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _captioning import run_cli
+from captionkit.api import Captioner
+from captionkit.config import TrainConfig, from_dict
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.training.trainer import train
+
+
+def _train(root, data_file, styles):
+    data = {"train": str(data_file), "val": str(data_file), "cache_images": True, "first_caption_only": True}
+    if styles:
+        data["styles"] = {"neutral": 0.5, "positive": 0.25, "negative": 0.25}
+    config = from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": "tiny"},
+            "tokenizer": {"vocab_size": 300},
+            "data": data,
+            "train": {"steps": 3, "batch_size": 8, "warmup_steps": 1, "eval_images": 0, "threads": 1},
+        },
+    )
+    train(config, root, resume=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("styles")
+    data_file = write_synthetic_dataset(root / "scenes", 24, 4, 4, seed=0, image_size=32)
+    return {
+        "styled": _train(root / "styled", data_file, styles=True),
+        "plain": _train(root / "plain", data_file, styles=False),
+        "data": data_file,
+        "images": root / "scenes" / "images" / "test",
+    }
+
+
+def test_caption_with_a_style_uses_the_style_start_token(models, capsys, single_thread):
+    captioner = Captioner.from_pretrained(models["styled"], device="cpu")
+    assert captioner.styles == ["neutral", "positive", "negative"]
+    images = sorted(models["images"].iterdir())
+    expected = [r.caption for r in captioner.caption(images, style="negative", num_beams=1)]
+    code, out, _ = run_cli(
+        ["caption", models["images"], "--model", models["styled"], "--beams", "1", "--style", "negative"], capsys
+    )
+    assert code == 0
+    got = {json.loads(line)["image"]: json.loads(line)["caption"] for line in out.splitlines()}
+    assert [got[str(path)] for path in images] == expected
+
+
+def test_style_requests_the_model_cannot_serve_fail_in_one_line(models, capsys, single_thread):
+    code, _, err = run_cli(["caption", models["images"], "--model", models["plain"], "--style", "positive"], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert "was trained without styles: it cannot write positive captions" in err
+    code, _, err = run_cli(["caption", models["images"], "--model", models["styled"], "--style", "happy"], capsys)
+    assert code == 1 and "--style: unknown style 'happy'" in err
+
+
+def test_evaluate_styles_prints_the_style_table(models, capsys, tmp_path, single_thread):
+    args = ["evaluate", "--model", models["styled"], "--data", models["data"], "--styles", "--beams", "1"]
+    code, out, err = run_cli([*args, "--output", tmp_path], capsys)
+    assert code == 0, err
+    table = json.loads(out.strip().splitlines()[-1])
+    assert set(table["styles"]) == {"neutral", "positive", "negative"} and table["failed_images"] == 0
+    for row in table["styles"].values():
+        assert row["count"] == table["images"] == 4
+        assert 0.0 <= row["style_accuracy"] <= 1.0 and row["cider_d"] is not None
+    assert json.loads((tmp_path / "styles.json").read_text()) == table
+    assert "CIDEr" in err and "negative" in err  # the rich table
+
+
+def test_compare_shows_models_side_by_side(models, capsys, tmp_path, single_thread):
+    out_file = tmp_path / "compare.jsonl"
+    specs = [f"plain={models['plain']}", f"happy={models['styled']}@positive"]
+    args = ["compare", models["images"], *[x for spec in specs for x in ("--model", spec)], "--beams", "1"]
+    code, _, err = run_cli([*args, "--output", out_file], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert len(records) == 4 and all(set(r["captions"]) == {"plain", "happy"} for r in records)
+    styled = Captioner.from_pretrained(models["styled"], device="cpu")
+    first = sorted(models["images"].iterdir())[0]
+    expected = styled.caption([first], style="positive", num_beams=1)[0].caption
+    assert next(r for r in records if r["image"] == str(first))["captions"]["happy"] == expected
+    code, _, err = run_cli(["compare", models["images"], "--model", str(models["plain"])], capsys)
+    assert code == 1 and "at least two models" in err

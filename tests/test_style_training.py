@@ -1,0 +1,157 @@
+"""Training with style control: records mixed in the requested shares, captions start with their style token."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from captionkit.config import DataSection
+from captionkit.data.dataset import CaptionDataset
+from captionkit.data.records import CaptionRecord
+from captionkit.data.styles import first_caption_per_style, mix_styles
+from captionkit.errors import ConfigError, InputError
+from captionkit.images import Preprocessing
+from captionkit.text import train_bpe_tokenizer
+from captionkit.text.styles import add_style_tokens
+
+
+def _records(counts: dict[str, int]) -> list[CaptionRecord]:
+    return [
+        CaptionRecord(Path(f"{style}{i}.png"), f"a {style} caption {i}", style=style, image_id=f"{style}{i}")
+        for style, count in counts.items()
+        for i in range(count)
+    ]
+
+
+def test_mix_styles_keeps_every_record_and_meets_the_shares():
+    records = _records({"neutral": 100, "positive": 30, "negative": 10})
+    mixed = mix_styles(records, {"neutral": 0.5, "positive": 0.25, "negative": 0.25}, seed=0)
+    counts = Counter(r.style for r in mixed)
+    # neutral (100 records at a 50% share) sets the length, 200 samples; the others repeat theirs up to 50 each.
+    assert counts["negative"] == counts["positive"] == 50 and counts["neutral"] == 100
+    for style, count in {"neutral": 100, "positive": 30, "negative": 10}.items():
+        assert {r.image_id for r in mixed if r.style == style} == {f"{style}{i}" for i in range(count)}
+    assert mix_styles(records, {"neutral": 2, "positive": 1, "negative": 1}, seed=0) == mixed  # shares are ratios
+    assert mix_styles(records, {"neutral": 1, "positive": 1}, seed=1) != mix_styles(
+        records, {"neutral": 1, "positive": 1}, seed=2
+    )
+    only = mix_styles(records, {"positive": 1}, seed=0)
+    assert Counter(r.style for r in only) == {"positive": 30}
+
+
+def test_bad_style_settings_name_the_key():
+    with pytest.raises(ConfigError, match=r"data.styles: unknown style 'joyful'"):
+        DataSection(styles={"joyful": 1.0})
+    with pytest.raises(ConfigError, match=r"data.styles.positive: must be a positive number"):
+        DataSection(styles={"positive": 0})
+    with pytest.raises(InputError, match="no negative captions"):
+        mix_styles(_records({"neutral": 3}), {"neutral": 1, "negative": 1}, seed=0)
+
+
+def test_first_caption_per_style_keeps_one_canonical_caption_per_style_and_image():
+    records = [
+        CaptionRecord(Path("a.png"), "one", style="neutral", image_id="a"),
+        CaptionRecord(Path("a.png"), "two", style="neutral", image_id="a"),
+        CaptionRecord(Path("a.png"), "a nice one", style="positive", image_id="a"),
+        CaptionRecord(Path("a.png"), "a nicer one", style="positive", image_id="a"),
+    ]
+    assert [r.caption for r in first_caption_per_style(records)] == ["one", "a nice one"]
+
+
+def test_captions_start_with_their_style_token_only_for_a_style_tokenizer():
+    records = _records({"neutral": 1, "positive": 1, "negative": 1})
+    tokenizer = train_bpe_tokenizer([r.caption for r in records] * 3, vocab_size=300, min_frequency=1)
+    preprocessing = Preprocessing.for_size(8, 8)
+    plain = CaptionDataset(records, tokenizer, preprocessing)
+    assert {plain._ids[i][0] for i in range(3)} == {tokenizer.bos_token_id}
+    ids = add_style_tokens(tokenizer)
+    styled = CaptionDataset(records, tokenizer, preprocessing)
+    assert [styled._ids[i][0] for i in range(3)] == [tokenizer.bos_token_id, ids["positive"], ids["negative"]]
+    assert [styled._ids[i][1:] for i in range(3)] == [plain._ids[i][1:] for i in range(3)]
+
+
+def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_path, single_thread):
+    # The recipe in a tiny form: a tiny ViT-GPT2 saved as a checkpoint stands in for the hub model, the COCO and
+    # SentiCap subsets in ../shared/data for the full sets.
+    import torch
+
+    from _data import SHARED_DATA
+    from captionkit.api import Captioner
+    from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
+    from captionkit.models.registry import create_model
+    from captionkit.training.checkpoint import save_checkpoint
+    from captionkit.training.trainer import train
+
+    tokenizer = train_bpe_tokenizer(["a man riding a wave", "a beautiful sunny beach"] * 5, 300, True, 1)
+    torch.manual_seed(0)
+    pretrained = save_checkpoint(
+        tmp_path / "hub", create_model("vit-gpt2", "tiny", tokenizer), tokenizer, Preprocessing.for_size(32, 32)
+    )
+    coco, senticap = SHARED_DATA / "coco", SHARED_DATA / "senticap"
+    recipe = Path(__file__).parents[1] / "configs" / "senticap-style.yaml"
+    data = apply_overrides(
+        read_yaml(recipe),
+        [
+            f"model.pretrained={pretrained}",
+            "train.precision=fp32",  # the recipe's fp16 needs a GPU
+            "train.steps=2",
+            "train.batch_size=4",
+            "train.grad_accumulation=1",
+            "train.eval_images=0",
+            "train.best_metric=val_loss",
+            "train.threads=1",
+            "data.workers=0",
+        ],
+    )
+    data["data"]["train"] = [
+        str(coco / "captions_val2017_subset.json"),
+        f"{senticap / 'senticap_subset.json'}?images={coco / 'val2017'}&images={senticap / 'images'}",
+    ]
+    config = from_dict(TrainConfig, data)
+    assert config.data.styles == {"neutral": 0.5, "positive": 0.25, "negative": 0.25}
+    train(config, tmp_path / "run", resume=False)
+
+    tuned = Captioner.from_pretrained(tmp_path / "run", device="cpu")
+    assert tuned.styles == ["neutral", "positive", "negative"]
+    assert tuned.model.vocab_size == tokenizer.vocab_size + 2
+    image = SHARED_DATA / "coco" / "val2017" / "000000000139.jpg"
+    for style in ("neutral", "positive", "negative"):
+        assert isinstance(tuned.caption([image], style=style, num_beams=1, max_new_tokens=5)[0].caption, str)
+
+
+@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"])
+def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_thread):
+    import torch
+
+    from captionkit.decoding import DecodingConfig, generate
+    from captionkit.models.registry import create_model, train_tokenizer
+    from captionkit.training.loss import caption_loss
+
+    records = _records({"neutral": 2, "positive": 2, "negative": 2})
+    tokenizer = train_tokenizer(family, [r.caption for r in records] * 3, 300)
+    ids = add_style_tokens(tokenizer)
+    torch.manual_seed(0)
+    model = create_model(family, "tiny", tokenizer)
+    size = model.config.image_size if hasattr(model.config, "image_size") else 32
+    dataset = CaptionDataset(records, tokenizer, Preprocessing.for_size(size, size))
+    rows = [dataset._ids[i] for i in range(len(records))]
+    assert [row[0] for row in rows] == [tokenizer.bos_token_id] * 2 + [ids["positive"]] * 2 + [ids["negative"]] * 2
+    width = max(map(len, rows))
+    input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
+    pixels = torch.randn(len(rows), 3, size, size)
+    loss = caption_loss(model(pixels, input_ids, mask), input_ids, mask)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # Decoding starts from the style's token: different starts, different first distributions.
+    model.eval()
+    first = {}
+    for style in ("positive", "negative"):
+        config = DecodingConfig(max_new_tokens=3, num_beams=2, start_token_id=ids[style])
+        found = generate(model, pixels[:1], config=config)
+        assert len(found) == 1 and found[0]
+        state = model.init_state(model.encode(pixels[:1]))
+        first[style] = model.step(torch.tensor([ids[style]]), state)[0]
+    assert not torch.allclose(first["positive"], first["negative"])
