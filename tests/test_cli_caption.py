@@ -183,6 +183,7 @@ def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
         (["caption", "{photos}", "--batch-size", "0"], "--batch-size"),
         (["caption", "{photos}", "--model", "/no/such/model"], "/no/such/model"),
         (["caption", "{photos}", "--beams", "many"], "--beams"),
+        (["caption", "{photos}", "--max-length", "100"], "max_new_tokens: must be at most 64 for this model, got 100"),
     ],
 )
 def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, args, message):
@@ -193,6 +194,14 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
     assert code == 1
     assert message in err
     assert out == ""
+
+
+def test_a_bad_model_keeps_the_previous_results(model_dir, photos, tmp_path, capsys):
+    output = tmp_path / "captions.jsonl"
+    output.write_text('{"image": "old.jpg", "caption": "earlier work"}\n')
+    code, _, err = run(["caption", str(photos), "--model", "/no/such/model", "--output", str(output)], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert output.read_text() == '{"image": "old.jpg", "caption": "earlier work"}\n'
 
 
 def test_hub_model_offline_fails_fast_with_one_line(photos, tmp_path):

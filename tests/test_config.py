@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,20 @@ def test_stages_and_choices_are_checked_when_loaded():
         with pytest.raises(ConfigError) as caught:
             load_train_config(None, [assignment])
         assert caught.value.source == key, assignment
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data.val_fraction", 1.5, "data.val_fraction: must be in [0, 1), got 1.5"),
+        ("data.max_length", 2, "data.max_length: must be at least 3"),
+        ("data.workers", -1, "data.workers: must be 0 or more"),
+        ("train.lr", -1, "train.lr: must be a positive number"),
+        ("train.eval_images", -4, "train.eval_images: must be 0 or more"),
+        ("train.grad_clip", -1, "train.grad_clip: must be 0 or more"),
+    ],
+)
+def test_out_of_range_values_are_config_errors(key, value, message):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        from_dict(TrainConfig, {section: {name: value}})

@@ -114,8 +114,11 @@ def test_senticap_subset_finds_images_under_their_2017_names():
     assert Counter(r.style for r in records) == {"positive": 23, "negative": 12}
     assert all(r.image_path.is_file() for r in records)
     by_id = {r.image_id: r.image_path for r in records}
-    assert by_id["COCO_val2014_000000000139.jpg"] == COCO / "val2017" / "000000000139.jpg"
-    assert by_id["COCO_val2014_000000370208.jpg"] == SENTICAP / "images" / "COCO_val2014_000000370208.jpg"
+    # Image ids are COCO's, as the COCO reader gives them: one photo is one image across the two datasets.
+    assert by_id["139"] == COCO / "val2017" / "000000000139.jpg"
+    assert by_id["370208"] == SENTICAP / "images" / "COCO_val2014_000000370208.jpg"
+    coco_ids = {r.image_id for r in load_records(COCO / "captions_val2017_subset.json")}
+    assert len(coco_ids & set(by_id)) == 7
 
 
 def test_spec_fractions_assign_splits_by_image():

@@ -94,9 +94,17 @@ def test_torn_last_line_of_an_interrupted_part_is_left_out_and_reported(tmp_path
     part = write(tmp_path / "out.part-0-of-1.jsonl", [caption("a.jpg")])
     part.write_text(part.read_text() + '{"image": "b.jpg", "capt')
     code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
-    assert code == 0
+    assert code == 2  # b.jpg is lost from the merged file: not complete, even without --inputs to tell
     assert "left out an unfinished last line" in err and str(part) in err
     assert read_jsonl(tmp_path / "all.jsonl") == [caption("a.jpg")]
+
+
+@pytest.mark.parametrize(("name", "text"), [("p.jsonl", '{"image": "a.jpg"}\n3\n'), ("p.json", '{"image": "a"}')])
+def test_a_part_that_is_not_records_is_one_line_exit_1(tmp_path, capsys, name, text):
+    part = tmp_path / name
+    part.write_text(text)
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 1 and err.count("\n") == 1 and str(part) in err
 
 
 @pytest.mark.parametrize("out_name", ["all.json", "all.csv", "all.jsonl"])

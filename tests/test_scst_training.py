@@ -129,6 +129,19 @@ def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes
     assert max(neutral.values()) > 1  # the paraphrases too, not only the canonical caption
 
 
+def test_with_style_control_the_references_are_the_distinct_neutral_captions(scenes, single_thread):
+    styles = "data.styles={neutral: 0.5, positive: 0.25, negative: 0.25}"
+    config = load_train_config(None, common(scenes, "train.objective=scst", styles))
+    setup = build_setup(config)
+    reward = _scst_reward(config, setup.train_records)
+    distinct: dict[str, set[str]] = {}
+    for record in setup.train_records:  # style mixing repeats records; a reference must count once
+        if record.style == "neutral":
+            distinct.setdefault(record.image_id, set()).add(record.caption)
+    assert len(setup.train_records) > len(set(setup.train_records))
+    assert {i: len(refs) for i, refs in reward.scorer.references.items()} == {i: len(c) for i, c in distinct.items()}
+
+
 def test_a_crashed_scst_run_resumes_exactly(scenes, xe_model, tmp_path, single_thread):
     settings = scst(scenes, xe_model, "train.checkpoint_every=2", "train.scst.entropy_weight=0.01")
     reference = train(load_train_config(None, settings), tmp_path / "reference")

@@ -269,6 +269,25 @@ def test_wrong_method_and_path_are_json_4xx(client):
     assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
 
 
+def test_max_length_beyond_the_models_positions_is_422(tmp_path):
+    # A model with 16 decoder positions cannot write 20 tokens: refused up front, not a 500 from the model thread.
+    import torch
+
+    from captionkit.images import Preprocessing
+    from captionkit.models.registry import create_model
+    from captionkit.text import train_bpe_tokenizer
+    from captionkit.training.checkpoint import save_checkpoint
+
+    tokenizer = train_bpe_tokenizer(["a dog runs on the grass"] * 5, 300, True, 1)
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", "tiny", tokenizer, decoder_positions=16)
+    short = load_tiny(save_checkpoint(tmp_path / "short", model, tokenizer, Preprocessing.for_size(32, 32)))
+    with TestClient(create_app({"short": short}, ServeSettings(max_wait_ms=0))) as short_client:
+        body = refused(post(short_client, image_bytes(), num_beams=1, max_length=20), 422)
+        assert body["detail"] == "max_length: model 'short': must be at most 16 for this model, got 20"
+        assert post(short_client, image_bytes(), num_beams=1, max_length=16).status_code == 200
+
+
 def test_no_5xx_was_ever_answered(client):
     """Runs last: the whole catalogue above went through this server."""
     post(client, image_bytes(), num_beams=0)

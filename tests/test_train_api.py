@@ -102,6 +102,10 @@ def test_captioner_api_accepts_paths_bytes_and_pil(trained, scenes):
     nbest = captioner.caption(image_path, num_beams=3, num_return_sequences=3, max_new_tokens=10)[0]
     assert len(nbest.captions) == 3
     assert nbest.captions[0].score >= nbest.captions[1].score >= nbest.captions[2].score
+    # Sampling needs no num_beams=1 from the caller (the beam default applies to beam search only).
+    samples = captioner.caption(image_path, do_sample=True, num_return_sequences=4, seed=7, max_new_tokens=10)[0]
+    again = captioner.caption(image_path, do_sample=True, num_return_sequences=4, seed=7, max_new_tokens=10)[0]
+    assert len(samples.captions) == 4 and [c.text for c in samples.captions] == [c.text for c in again.captions]
 
 
 def test_save_pretrained_round_trip(trained, tmp_path):

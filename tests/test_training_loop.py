@@ -13,7 +13,7 @@ from PIL import Image
 from captionkit.config import StageSection, load_train_config
 from captionkit.data.records import CaptionRecord
 from captionkit.data.synthetic import write_synthetic_dataset
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, InputError
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.stages import Stages
@@ -238,7 +238,30 @@ def test_unreadable_and_missing_images_are_skipped_and_counted(scenes, tmp_path,
     assert set(state["unreadable_images"]) == {str(broken), str(missing)}
 
 
+def test_a_run_with_no_readable_image_stops_with_one_error(scenes, tmp_path, single_thread):
+    # Before, the loop skipped unreadable steps forever: it must give up after one pass over the data.
+    config = config_for(scenes, "data.cache_images=false", "train.steps=5")
+    setup = build_setup(config)
+    setup.train_records = [
+        CaptionRecord(tmp_path / f"missing{i}.png", record.caption, image_id=f"m{i}")
+        for i, record in enumerate(setup.train_records[:6])
+    ]
+    with pytest.raises(InputError, match=r"no readable training image \(6 unreadable\)"):
+        train(config, tmp_path / "run", setup=setup)
+
+
 def test_drop_empty_captions():
     records = [CaptionRecord(tmp, caption) for tmp, caption in (("a.png", "a cat"), ("b.png", ""), ("c.png", " \t"))]
     kept, dropped = drop_empty_captions(records)  # type: ignore[arg-type]
     assert [r.caption for r in kept] == ["a cat"] and dropped == 2
+
+
+def test_resumed_run_log_drops_later_entries_and_a_torn_line(tmp_path):
+    from captionkit.training.run_log import RunLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 2, "loss": 1.0}\n{"step": 4, "loss": 0.5}\n{"step": 6, "lo')  # killed mid-write
+    log = RunLog(tmp_path, resume_step=4, tensorboard=False)
+    log.write({"step": 5, "loss": 0.4})
+    log.close()
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4, 5]

@@ -137,7 +137,8 @@ class Captioner:
             images = [images]
         if attention:
             check_attention(self.model)
-        config = self.decoding_config(style, **({"num_beams": 4} | decoding))
+        # Beam search with 4 beams unless sampling (which decodes one row per sample).
+        config = self.decoding_config(style, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding))
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []

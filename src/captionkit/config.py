@@ -71,6 +71,12 @@ class DataSection:
         from captionkit.data.styles import check_style_shares
 
         check_style_shares(self.styles)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError("data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        if self.max_length < 3:
+            raise ConfigError("data.max_length", f"must be at least 3 (start, one token, eos), got {self.max_length}")
+        if self.workers < 0:
+            raise ConfigError("data.workers", f"must be 0 or more, got {self.workers}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ class TrainSection:
     # After warm-up: "cosine" or "linear" decay from `lr` to `lr * min_lr_ratio` at the last step, or "constant".
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    # Clip the gradient norm to this (0: no clipping).
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     # fp32, or autocast to bf16 (CPU and GPU) or fp16 (GPU only, with a gradient scaler).
@@ -184,6 +191,14 @@ class TrainSection:
         for key in ("steps", "batch_size", "grad_accumulation", "eval_every", "log_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train.{key}", f"must be at least 1, got {getattr(self, key)}")
+        for key in ("warmup_steps", "eval_batches", "eval_images", "patience", "checkpoint_every", "threads"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError("train.lr", f"must be a positive number, got {self.lr}")
+        for key in ("weight_decay", "max_seconds", "min_lr_ratio", "grad_clip"):  # grad_clip 0: no clipping
+            if not getattr(self, key) >= 0:
+                raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         _check_stages(self.stages)

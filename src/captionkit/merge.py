@@ -30,8 +30,8 @@ class MergeResult:
 
     @property
     def complete(self) -> bool:
-        """Every expected input and part is there (what ``merge`` exits 2 for when not)."""
-        return not (self.missing or self.missing_parts or len(self.shard_counts) > 1)
+        """Every expected input and part is there, and no part lost an unfinished line (``merge`` exits 2 if not)."""
+        return not (self.missing or self.missing_parts or len(self.shard_counts) > 1 or self.torn)
 
 
 def format_of(path: Path, default: str = "jsonl") -> str:

@@ -53,13 +53,19 @@ def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
     body, torn = split_torn_tail(text, fmt)
     try:
         if fmt == "jsonl":
-            return [json.loads(line) for line in body.splitlines() if line.strip()], torn
-        if fmt == "json":
-            return (json.loads(text) if text.strip() else []), ""
-        rows = list(csv.DictReader(body.splitlines()))
-        return [_csv_record(row) for row in rows], torn
+            records = [json.loads(line) for line in body.splitlines() if line.strip()]
+        elif fmt == "json":
+            records, torn = (json.loads(text) if text.strip() else []), ""
+            if not isinstance(records, list):
+                raise InputError(path, "not a results file (expected a JSON list of records)")
+        else:
+            return [_csv_record(row) for row in csv.DictReader(body.splitlines())], torn
     except (json.JSONDecodeError, csv.Error) as error:
         raise InputError(path, f"not valid {fmt} ({error})") from None
+    for number, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise InputError(path, f"record {number} is not a JSON object")
+    return records, torn
 
 
 def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:

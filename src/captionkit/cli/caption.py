@@ -68,7 +68,7 @@ def caption(
     from captionkit.api import Captioner
     from captionkit.attention import check_attention
     from captionkit.batch import caption_files
-    from captionkit.decoding import DecodingConfig
+    from captionkit.decoding import DecodingConfig, check_length
     from captionkit.errors import CaptionkitError
     from captionkit.inputs import collect_inputs
     from captionkit.outputs import FORMATS, RecordWriter, read_records, repair_torn_tail
@@ -111,12 +111,14 @@ def caption(
             if torn:
                 print(f"{target}: dropped an unfinished last line (interrupted write): {torn[:60]!r}", file=sys.stderr)
             existing = read_records(target, fmt)
-        if target is not None and not resume and fmt != "json" and target.exists():
-            target.unlink()
         done = {record.get("image") for record in existing}
         todo = [(i, item.path) for i, item in mine if str(item.path) not in done]
         captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist))
         config = dataclasses.replace(config, start_token_id=captioner.style_start_token(style))
+        check_length(captioner.model, config)
+        # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
+        if target is not None and not resume and fmt != "json" and target.exists():
+            target.unlink()
         on_captions = None
         if attention_maps is not None:
             check_attention(captioner.model, "--attention-maps")

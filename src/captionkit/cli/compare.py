@@ -87,12 +87,13 @@ def _parse_model(spec: str) -> tuple[str, str, str | None]:
 
 def _show(records: list[dict[str, Any]], names: list[str]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table("image", *names)
+    table = Table("image", *map(escape, names))
     for record in records:
         if "error" in record:
-            table.add_row(record["image"], f"[red]{record['error']}[/red]", *[""] * (len(names) - 1))
+            table.add_row(escape(record["image"]), f"[red]{escape(record['error'])}[/red]", *[""] * (len(names) - 1))
         else:
-            table.add_row(record["image"], *(record["captions"][name] for name in names))
+            table.add_row(escape(record["image"]), *(escape(record["captions"][name]) for name in names))
     Console(file=sys.stderr).print(table)

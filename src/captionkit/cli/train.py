@@ -59,6 +59,8 @@ def train(
         result = run_training(recipe, output, log=log, resume=resume, progress=progress)
     except CaptionkitError as error:
         fail(str(error))
+    except OSError as error:  # e.g. an output directory that cannot be written
+        fail(f"{error.filename or output}: {error.strerror or error}")
     finally:
         training_logger.removeHandler(handler)
     summary = {

@@ -8,6 +8,6 @@
 from __future__ import annotations
 
 from captionkit.decoding.config import DecodingConfig, EarlyStopping, Hypothesis
-from captionkit.decoding.engine import generate
+from captionkit.decoding.engine import check_length, generate
 
-__all__ = ["DecodingConfig", "EarlyStopping", "Hypothesis", "generate"]
+__all__ = ["DecodingConfig", "EarlyStopping", "Hypothesis", "check_length", "generate"]

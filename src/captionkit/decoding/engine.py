@@ -34,7 +34,7 @@ def generate(
     """
     if (pixel_values is None) == (encoded is None):
         raise ValueError("generate needs exactly one of pixel_values and encoded")
-    _check_length(model, config)
+    check_length(model, config)
     with _evaluating(model), torch.inference_mode():
         if encoded is None:
             assert pixel_values is not None  # checked above; for type checkers
@@ -48,7 +48,8 @@ def generate(
         return greedy_or_sample(model, encoded, config, image_offset)
 
 
-def _check_length(model: CaptionModel, config: DecodingConfig) -> None:
+def check_length(model: CaptionModel, config: DecodingConfig) -> None:
+    """An ``InputError`` on ``max_new_tokens`` when the model cannot take that many positions."""
     # bos takes position 0 and the last generated token is never fed back, so L new tokens need L positions.
     limit = model.max_positions
     if limit is not None and config.max_new_tokens > limit:

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 import captionkit
 from captionkit.api import Caption, Captioner
-from captionkit.errors import ConfigError
+from captionkit.errors import CaptionkitError, ConfigError
 from captionkit.serve.batching import BatcherStopped, MicroBatcher, QueueFull
 from captionkit.serve.errors import ApiError, field_error, invalid_fields
 from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
@@ -152,6 +152,8 @@ async def _caption(
         raise ApiError(503, "server is shutting down", headers={"Retry-After": str(settings.retry_after_s)}) from None
     except TimeoutError:
         raise ApiError(504, f"model {name!r}: no answer within {settings.request_timeout_s:g} s") from None
+    except CaptionkitError as error:  # a request the checks above let through but the model refuses
+        raise ApiError(422, f"model {name!r}: {error}") from None
 
 
 def _merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from captionkit.decoding import DecodingConfig
+from captionkit.decoding import DecodingConfig, check_length
 from captionkit.decoding.config import MAX_SEED
 from captionkit.errors import InputError
 from captionkit.serve.errors import field_error, invalid_fields
@@ -90,7 +90,12 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     if errors:
         raise invalid_fields(errors)
     start = None if style in NEUTRAL_STYLES else model.captioner.style_start_token(style)
-    return CaptionParams(model, _decoding(values, start), style, attention)
+    decoding = _decoding(values, start)
+    try:
+        check_length(model.captioner.model, decoding)
+    except InputError as error:
+        raise invalid_fields([field_error("max_length", f"model {model.name!r}: {error.reason}")]) from None
+    return CaptionParams(model, decoding, style, attention)
 
 
 def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:

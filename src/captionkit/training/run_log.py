@@ -34,11 +34,18 @@ class RunLog:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        """A resumed run repeats the steps after its checkpoint: drop the entries the killed run wrote for them."""
+        """A resumed run repeats the steps after its checkpoint: drop the entries the killed run wrote for them, and
+        a line it was killed in the middle of writing."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        kept = [line for line in kept if json.loads(line).get("step", 0) <= step]
+        kept = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and entry.get("step", 0) <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def write(self, entry: dict[str, Any]) -> None:

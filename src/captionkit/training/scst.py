@@ -2,14 +2,15 @@
 
 One SCST step on a batch of images:
 
-1. encode each image once (eval mode, no gradients) for sampling;
-2. draw ``num_samples`` captions per image from the model's own distribution (the decoding engine, no gradients);
-3. reward each caption with CIDEr-D against the image's references, the document frequencies fixed once from the
+1. encode each image (eval mode, no gradients) and draw ``num_samples`` captions of it from the model's own
+   distribution (the decoding engine; :func:`rollout`);
+2. reward each caption with CIDEr-D against the image's references, the document frequencies fixed once from the
    training references (:class:`CiderReward`);
-4. subtract a baseline: the mean reward of the image's *other* samples (``"mean"``, Luo 2020), or the reward of
+3. subtract a baseline: the mean reward of the image's *other* samples (``"mean"``, Luo 2020), or the reward of
    the image's greedy caption (``"greedy"``, the original paper);
-5. score the sampled captions again with teacher forcing, with gradients, and minimise
-   ``-(reward - baseline) * log p(token)`` averaged over the sampled tokens (eos included).
+4. encode the images again and score the sampled captions with teacher forcing, with gradients
+   (:class:`SampleScorer`, the module a data-parallel trainer wraps in DDP), and minimise
+   ``-(reward - baseline) * log p(token)`` averaged over the sampled tokens (eos included; :func:`policy_loss_sums`).
 
 Rewards and baselines are constants: gradients flow only through the log-probabilities of the sampled tokens.
 Sampling runs in eval mode (no dropout) and re-scoring in the model's current mode, so recipes for SCST set dropout

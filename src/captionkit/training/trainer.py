@@ -75,7 +75,19 @@ logger = logging.getLogger("captionkit.training")
 CHECKPOINTS = "checkpoints"
 CURVES = "curves.png"
 # Config keys a resumed run may change without being a different run.
-RESUMABLE_CHANGES = ("train.steps", "train.max_seconds", "train.threads", "train.log_every", "train.patience")
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.max_seconds",
+    "train.threads",
+    "train.log_every",
+    "train.patience",
+    "train.eval_every",
+    "train.eval_images",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.tensorboard",
+    "data.workers",
+)
 
 
 @dataclass
@@ -377,9 +389,14 @@ def train(
     samples_seen = 0
     stopped_early = out_of_time = False
     last_saved = state.step if resume_from else -1
+    stop_requested = False
+    # Samples drawn since the last step that had a readable image: a whole pass of them means none is readable.
+    unreadable_run = 0
     with StopSignal() as stop, ProgressLine(total_steps, state.step, progress and parallel.is_main) as line:
         while state.step < total_steps:
-            if parallel.any(stop.received is not None):
+            # Every process must agree, or one saves (a collective) while the others wait elsewhere.
+            stop_requested = parallel.any(stop.received is not None)
+            if stop_requested:
                 break
             stages.apply(state.step)
             micro = []
@@ -410,7 +427,12 @@ def train(
                     trained_model, model, micro, optimizer, scaler, autocast, config, parallel, device
                 )
             if loss is None:  # every image of the step was unreadable
+                unreadable_run += stream.global_batch * config.train.grad_accumulation
+                if unreadable_run >= len(train_data):
+                    unreadable = len(state.unreadable)
+                    raise InputError(config.data.train, f"no readable training image ({unreadable} unreadable)")
                 continue
+            unreadable_run = 0
             state.step += 1
             samples_seen += sum(len(b) for b in micro) * parallel.world_size
             state.running_loss = loss if state.step == 1 else 0.9 * state.running_loss + 0.1 * loss
@@ -458,7 +480,7 @@ def train(
                     ckpt.prune_checkpoints(checkpoints, config.train.keep_checkpoints)
             if stopped_early or out_of_time:
                 break
-        interrupted = stop.received is not None and state.step < total_steps and not (stopped_early or out_of_time)
+        interrupted = stop_requested and state.step < total_steps and not (stopped_early or out_of_time)
     if (interrupted or config.train.checkpoint_every) and last_saved != state.step:
         save(checkpoints / ckpt.step_name(state.step))
         if parallel.is_main:
@@ -582,8 +604,9 @@ def _scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderRewa
     """CIDEr-D against each training image's references (its neutral captions, or all when it has none); the
     document frequencies come from all of them, computed once. Samples start from bos: with style control
     (``data.styles``) SCST trains the neutral captions."""
-    unique = list(dict.fromkeys(records))  # style mixing repeats records: each reference counts once
-    grouped = references(unique, max_images=len(unique))
+    if config.data.styles:  # style mixing repeats records: each reference counts once
+        records = list(dict.fromkeys(records))
+    grouped = references(records, max_images=len(records))
     return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})
 
 

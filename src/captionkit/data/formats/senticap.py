@@ -105,7 +105,16 @@ def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> No
                 raise InputError(here, f"sentiment must be 1 (positive) or 0 (negative), got {sentiment!r}")
             raw = sentence.get("raw")
             caption = raw if isinstance(raw, str) else " ".join(map(str, require(sentence, "tokens", list, here)))
-            collector.add(resolve(name), caption, name, _STYLE[sentiment], split if isinstance(split, str) else None)
+            split = split if isinstance(split, str) else None
+            collector.add(resolve(name), caption, coco_image_id(name), _STYLE[sentiment], split)
+
+
+def coco_image_id(name: str) -> str:
+    """The COCO image id of a SentiCap file name ("COCO_val2014_000000000139.jpg" -> "139"), as the COCO and Karpathy
+    readers give it, so that COCO and SentiCap captions of one photo are one image (splits, references); other
+    names are their own id."""
+    match = _COCO_2014.match(Path(name).name)
+    return str(int(match.group(1)[:12])) if match else name
 
 
 def _read_csv(probe: Probe, resolve: ImageResolver, collector: Collector) -> None:
@@ -124,4 +133,4 @@ def _read_csv(probe: Probe, resolve: ImageResolver, collector: Collector) -> Non
             raise InputError(where, f"is_positive_sentiment must be 1 or 0, got {sentiment!r}")
         if not name:
             raise InputError(where, "empty filename")
-        collector.add(resolve(name), caption, name, _STYLE[sentiment])
+        collector.add(resolve(name), caption, coco_image_id(name), _STYLE[sentiment])
