@@ -86,3 +86,44 @@ def test_two_process_run_stopped_by_sigterm_resumes_exactly(tmp_path):
     two = load_file(str(tmp_path / "run" / "model.safetensors"))
     for name in one:
         assert torch.equal(one[name], two[name]), name
+
+
+@pytest.mark.slow  # two launches of Python with torch and transformers
+def test_accelerate_launch_matches_one_process(tmp_path):
+    # The same command under `accelerate launch` as under torchrun: the launcher's environment is all the trainer
+    # reads. `--multi_gpu` is accelerate's torchrun path, which sets RANK/WORLD_SIZE (on this CPU machine the
+    # trainer then uses gloo); accelerate's `--cpu` path starts ONE process unless MPI is set up.
+    pytest.importorskip("accelerate", reason="accelerate is in the dev extra")
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 32, 8, 4, seed=2, image_size=32)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    train = [sys.executable, "-m", "captionkit.cli", "train", "--no-progress"]
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("model:\n  preset: tiny\n")
+
+    def sets(batch_size: int) -> list[str]:
+        return [x for item in settings(scenes, batch_size) for x in ("--set", item)]
+
+    single = subprocess.run(
+        [*train, str(recipe), "--output", str(tmp_path / "one"), *sets(8)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", "29542", "-m", "captionkit.cli", "train", "--no-progress"]
+    double = subprocess.run(
+        [*launcher, str(recipe), "--output", str(tmp_path / "two"), *sets(4)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert double.returncode == 0, double.stderr[-3000:]
+    one = load_file(str(tmp_path / "one" / "model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name

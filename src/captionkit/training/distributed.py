@@ -8,13 +8,14 @@ writes checkpoints. A single process needs none of this and gets the no-op versi
 so N processes with batch_size B/N train like one with B. Examples::
 
     torchrun --nproc-per-node 2 -m captionkit.cli train configs/X.yaml --output runs/x        # one machine
-    accelerate launch --num_processes 2 -m captionkit.cli train configs/X.yaml --output runs/x
+    accelerate launch --multi_gpu --num_processes 2 -m captionkit.cli train configs/X.yaml --output runs/x
     # two machines, 8 GPUs each: run on both, with --node-rank 0 and 1
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST0 --master-port 29500 \
         -m captionkit.cli train configs/X.yaml --output /shared/runs/x
 
 Checkpoints hold every process's RNG states, so a resumed run continues exactly; every node must see the run
-directory (a shared filesystem). Limit: a step in which every image of one process's shard is unreadable stalls
+directory (a shared filesystem). accelerate's ``--multi_gpu`` path is torchrun underneath (on a machine without
+GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MPI is configured. Limit: a step in which every image of one process's shard is unreadable stalls
 the others.
 """
 
