@@ -194,9 +194,7 @@ class TrainSection:
         for key in ("warmup_steps", "eval_batches", "eval_images", "patience", "checkpoint_every", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError("train.lr", f"must be a positive number, got {self.lr}")
-        for key in ("weight_decay", "max_seconds", "min_lr_ratio", "grad_clip"):  # grad_clip 0: no clipping
+        for key in ("lr", "weight_decay", "max_seconds", "min_lr_ratio", "grad_clip"):  # grad_clip 0: no clipping
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
         if not 0.0 <= self.label_smoothing < 1.0:
