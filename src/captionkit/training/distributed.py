@@ -15,8 +15,8 @@ so N processes with batch_size B/N train like one with B. Examples::
 
 Checkpoints hold every process's RNG states, so a resumed run continues exactly; every node must see the run
 directory (a shared filesystem). accelerate's ``--multi_gpu`` path is torchrun underneath (on a machine without
-GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MPI is configured. Limit: a step in which every image of one process's shard is unreadable stalls
-the others.
+GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MPI is configured. Limit: a step in
+which every image of one process's shard is unreadable stalls the others.
 """
 
 from __future__ import annotations

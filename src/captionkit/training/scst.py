@@ -192,12 +192,16 @@ def rollout(
     return Rollout(ids.to(device), mask.to(device), rows.to(device), advantage.to(device), rewards, baseline)
 
 
-def policy_loss_sums(logits: torch.Tensor, sampled: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum over sampled tokens of ``-advantage * log p(token)``, sum of the model's entropies at those tokens).
+def policy_loss_sums(
+    logits: torch.Tensor, sampled: Rollout, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum over sampled tokens of ``-advantage * log p(token)``, sum of the policy's entropies at those tokens).
 
-    Sums, not means: a trainer divides by the token count of the whole step (all micro-batches, all processes).
+    ``p`` is the distribution the samples were drawn from (logits / ``temperature``), so the gradient is the
+    policy gradient of the sampling policy. Sums, not means: a trainer divides by the token count of the whole
+    step (all micro-batches, all processes).
     """
-    log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    log_probs = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)
     targets = sampled.mask[:, 1:].to(log_probs.dtype)
     token_log_probs = log_probs.gather(-1, sampled.ids[:, 1:, None]).squeeze(-1)
     policy = -(sampled.advantage[:, None] * token_log_probs * targets).sum()
@@ -255,7 +259,7 @@ def scst_step(
     """
     sampled = rollout(model, tokenizer, encode_for_sampling(model, pixel_values), image_ids, reward, config, seed)
     logits = SampleScorer(model)(pixel_values, None, sampled.ids, sampled.mask, sampled.rows)
-    policy, entropy = policy_loss_sums(logits, sampled)
+    policy, entropy = policy_loss_sums(logits, sampled, config.temperature)
     count = max(sampled.tokens, 1)
     loss = (policy - config.entropy_weight * entropy) / count
     return ScstStep(

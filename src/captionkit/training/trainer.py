@@ -667,7 +667,7 @@ def _scst_optimizer_step(
         with sync:
             with autocast():
                 logits = scorer(pixels, features, sampled.ids, sampled.mask, sampled.rows)
-            policy, entropy = policy_loss_sums(logits, sampled)
+            policy, entropy = policy_loss_sums(logits, sampled, settings.temperature)
             # DDP averages gradients over processes: scale by their number so the result is the global-step mean.
             loss = (policy - settings.entropy_weight * entropy) * (parallel.world_size / max(tokens, 1.0))
             auxiliary = raw_model.auxiliary_loss()
