@@ -184,6 +184,7 @@ def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
         (["caption", "{photos}", "--model", "/no/such/model"], "/no/such/model"),
         (["caption", "{photos}", "--beams", "many"], "--beams"),
         (["caption", "{photos}", "--max-length", "100"], "max_new_tokens: must be at most 64 for this model, got 100"),
+        (["caption", "{photos}", "--n-best", "2", "--format", "csv"], "--n-best: CSV output holds one caption"),
     ],
 )
 def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, args, message):

@@ -78,6 +78,8 @@ def caption(
         fail(f"--format: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
     if resume and output is None:
         fail("--resume needs --output (the file to continue)")
+    if n_best > 1 and fmt == "csv":
+        fail("--n-best: CSV output holds one caption per image; use --format jsonl or json for several")
     if style is not None and style not in STYLES:
         fail(f"--style: unknown style {style!r} (expected one of {', '.join(STYLES)})")
     if batch_size < 1:
