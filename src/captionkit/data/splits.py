@@ -60,12 +60,13 @@ def select_split(records: Sequence[CaptionRecord], split: str) -> list[CaptionRe
     return [record for record in records if record.split in names]
 
 
-def first_caption_per_image(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
-    """The first record of each image, in order."""
-    seen: set[str] = set()
+def first_caption_per_image(records: Sequence[CaptionRecord], by_style: bool = False) -> list[CaptionRecord]:
+    """The first record of each image (of each (image, style) with ``by_style``), in order."""
+    seen: set[tuple[str, str]] = set()
     kept = []
     for record in records:
-        if record.image_id not in seen:
-            seen.add(record.image_id)
+        key = (record.image_id, record.style if by_style else "")
+        if key not in seen:
+            seen.add(key)
             kept.append(record)
     return kept

@@ -13,6 +13,7 @@ import random
 from collections.abc import Mapping, Sequence
 
 from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.data.splits import first_caption_per_image
 from captionkit.errors import ConfigError, InputError
 
 
@@ -26,14 +27,7 @@ def check_style_shares(shares: Mapping[str, float], key: str = "data.styles") ->
 
 def first_caption_per_style(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
     """The first record of each (image, style): one canonical caption per style and image."""
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for record in records:
-        key = (record.image_id, record.style)
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept
+    return first_caption_per_image(records, by_style=True)
 
 
 def mix_styles(

@@ -66,6 +66,15 @@ class CaptionModel(nn.Module, ABC):
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
         """(B, 3, H, W) preprocessed pixels -> encoder tokens."""
 
+    def encoded_or_encode(self, pixel_values: torch.Tensor | None, encoded: Encoded | None) -> Encoded:
+        """``encoded`` when given (cached features), else the encoder's output for ``pixel_values``: how every
+        family's :meth:`forward` gets its image side."""
+        if encoded is not None:
+            return encoded
+        if pixel_values is None:
+            raise ValueError("forward needs pixel_values or encoded")
+        return self.encode(pixel_values)
+
     @abstractmethod
     def forward(
         self,

@@ -310,10 +310,7 @@ class CnnLstmModel(CaptionModel):
         attention_mask: torch.Tensor | None = None,
         encoded: Encoded | None = None,
     ) -> torch.Tensor:
-        if encoded is None:
-            if pixel_values is None:
-                raise ValueError("forward needs pixel_values or encoded")
-            encoded = self.encode(pixel_values)
+        encoded = self.encoded_or_encode(pixel_values, encoded)
         state = self.init_state(encoded)
         sampling = self.training and self.config.teacher_forcing_ratio < 1.0
         logits, alphas = [], []

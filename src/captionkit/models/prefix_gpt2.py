@@ -329,10 +329,7 @@ class PrefixGpt2Model(CaptionModel):
         encoded: Encoded | None = None,
     ) -> torch.Tensor:
         """(B, T) ids -> (B, T, V) logits of the caption positions (the prefix positions are not returned)."""
-        if encoded is None:
-            if pixel_values is None:
-                raise ValueError("forward needs pixel_values or encoded")
-            encoded = self.encode(pixel_values)
+        encoded = self.encoded_or_encode(pixel_values, encoded)
         prefix = self.prefix(encoded)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)

@@ -357,10 +357,7 @@ class VitGpt2Model(CaptionModel):
         attention_mask: torch.Tensor | None = None,
         encoded: Encoded | None = None,
     ) -> torch.Tensor:
-        if encoded is None:
-            if pixel_values is None:
-                raise ValueError("forward needs pixel_values or encoded")
-            encoded = self.encode(pixel_values)
+        encoded = self.encoded_or_encode(pixel_values, encoded)
         if attention_mask is None:
             # No mask means no padding (padding is never told by token id): say so, or GPT-2 warns.
             attention_mask = torch.ones_like(input_ids)
