@@ -8,7 +8,9 @@ self-attention cache by concatenation. Decoding needs much less, and this step d
   image index into them. When every image has the same number of consecutive rows (beam search; greedy) the
   queries of an image's rows attend to its keys/values in one batched call, with no per-row copy at all;
 * the self-attention cache is preallocated (capacity doubled when full) and each step writes one position;
-* every row is at the same position (decoding runs in lockstep), so no mask is needed.
+* every row is at the same position (decoding runs in lockstep), so no mask is needed;
+* on a CPU in fp32 the weight matrices run through oneDNN with prepacked weights
+  (:mod:`captionkit.models.packed_linear`), which reads them about twice as fast at these few rows.
 
 The arithmetic is GPT-2's (``GPT2Block`` with cross-attention), calling the module's own layers (LayerNorm,
 Conv1D or their replacements, e.g. int8 linears), so results match transformers to float rounding. Eval only:
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
+
+from captionkit.models.packed_linear import linear
 
 __all__ = ["Gpt2StepState", "gpt2_step", "start_gpt2_state"]
 
@@ -136,9 +140,9 @@ def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) ->
         hidden = hidden + _self_attention(block.attn, block.ln_1(hidden), state, layer, position)
         if state.cross_keys:
             hidden = hidden + _cross_attention(block.crossattention, block.ln_cross_attn(hidden), state, layer)
-        hidden = hidden + block.mlp(block.ln_2(hidden))
+        hidden = hidden + _mlp(block.mlp, block.ln_2(hidden))
     state.length = position + 1
-    return decoder.lm_head(transformer.ln_f(hidden))
+    return linear(decoder.lm_head, transformer.ln_f(hidden))
 
 
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:
@@ -150,7 +154,7 @@ def _self_attention(
     attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int, position: int
 ) -> torch.Tensor:
     heads = attention.num_heads
-    query, key, value = attention.c_attn(hidden).split(attention.split_size, dim=1)
+    query, key, value = linear(attention.c_attn, hidden).split(attention.split_size, dim=1)
     keys, values = state.keys[layer], state.values[layer]
     keys[:, :, position : position + 1] = _heads(key, heads)
     values[:, :, position : position + 1] = _heads(value, heads)
@@ -160,12 +164,12 @@ def _self_attention(
         values[:, :, : position + 1],
         scale=attention.scaling,
     )
-    return attention.c_proj(out.reshape(hidden.shape))
+    return linear(attention.c_proj, out.reshape(hidden.shape))
 
 
 def _cross_attention(attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int) -> torch.Tensor:
     heads = attention.num_heads
-    query = attention.q_attn(hidden)
+    query = linear(attention.q_attn, hidden)
     keys, values = state.cross_keys[layer], state.cross_values[layer]
     rows, width = query.shape
     if state.group:
@@ -177,4 +181,9 @@ def _cross_attention(attention: nn.Module, hidden: torch.Tensor, state: Gpt2Step
         keys, values = keys.index_select(0, state.row_image), values.index_select(0, state.row_image)
         out = scaled_dot_product_attention(_heads(query, heads), keys, values, scale=attention.scaling)
         out = out.reshape(rows, width)
-    return attention.c_proj(out)
+    return linear(attention.c_proj, out)
+
+
+def _mlp(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """GPT-2's feed-forward block (eval: no dropout), its two matrices through :func:`linear`."""
+    return linear(mlp.c_proj, mlp.act(linear(mlp.c_fc, hidden)))
