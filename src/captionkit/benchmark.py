@@ -12,7 +12,7 @@ matmul rate.
 
 from __future__ import annotations
 
-import contextlib
+import multiprocessing
 import re
 import resource
 import statistics
@@ -79,11 +79,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
     ours_captions, reference_captions = ours(), reference()
     timings: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
     cpu_times: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
-    peaks: dict[str, int | None] = {}
-    for name, run in (("captionkit", ours), ("transformers_generate", reference)):
-        _reset_peak_rss()
-        run()
-        peaks[name] = _peak_rss_bytes()
+    say("peak memory: one batch per engine, each in a fresh process")
+    peaks = {name: _peak_rss_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     for repeat in range(settings.repeats):
         for name, run in (("captionkit", ours), ("transformers_generate", reference)):
             say(f"repeat {repeat + 1}/{settings.repeats}: {name}")
@@ -202,14 +199,33 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _reset_peak_rss() -> None:
-    # Linux: writing 5 to clear_refs resets VmHWM, so each engine's peak is its own, not the process's so far.
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+def _peak_rss_in_child(settings: BenchmarkSettings, engine: str) -> int | None:
+    """Peak resident memory of a fresh process that loads the model and decodes one batch with ``engine``.
+
+    A process of its own per engine: in a shared process the second engine's peak would include what the first
+    left behind (allocator caches, captionkit's packed weights), and neither peak would be the engine's own.
+    """
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_decode_once_and_report_peak, (settings, engine))
+
+
+def _decode_once_and_report_peak(settings: BenchmarkSettings, engine: str) -> int | None:
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    model, pixels, _source = _model_and_pixels(settings)
+    if engine == "captionkit":
+        config = DecodingConfig(
+            max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
+        )
+        generate(model, pixels, config=config)
+    else:
+        _generate_reference(model, pixels, settings)
+    return _peak_rss_bytes()
 
 
 def _peak_rss_bytes() -> int | None:
-    """Peak resident memory since the last reset (Linux VmHWM), else the process's peak (getrusage)."""
+    """This process's peak resident memory (Linux VmHWM, else getrusage's ru_maxrss)."""
     try:
         found = re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text())
     except OSError:

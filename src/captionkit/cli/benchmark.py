@@ -1,8 +1,8 @@
 """``captionkit benchmark``: captionkit's decoding against transformers' ``generate`` on the same inputs, one run.
 
-JSON on stdout (images/s, latency p50/p95, peak RSS per engine, ``speedup``, whether captions are identical, the
-fraction of this machine's compute limit), a table on stderr. Figures are ratios measured side by side: on a
-shared machine, compare runs only through them.
+JSON on stdout (images/s, latency p50/p95, peak RSS per engine (each in a fresh process decoding one batch),
+``speedup``, whether captions are identical, the fraction of this machine's compute limit), a table on stderr.
+Figures are ratios measured side by side: on a shared machine, compare runs only through them.
 """
 
 from __future__ import annotations
