@@ -12,7 +12,8 @@ self-attention cache by concatenation. Decoding needs much less, and this step d
 * on a CPU in fp32 the weight matrices run through oneDNN with prepacked weights
   (:mod:`captionkit.models.packed_linear`), which reads them about twice as fast at these few rows.
 
-The arithmetic is GPT-2's (``GPT2Block`` with cross-attention), calling the module's own layers (LayerNorm,
+The arithmetic is GPT-2's (``GPT2Block``, with cross-attention for vit-gpt2, without for prefix-gpt2, whose
+prefix tokens go in as embeddings through :func:`gpt2_embeddings_step`), calling the module's own layers (LayerNorm,
 Conv1D or their replacements, e.g. int8 linears), so results match transformers to float rounding. Eval only:
 dropout is not applied.
 """
@@ -27,7 +28,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from captionkit.models.packed_linear import linear
 
-__all__ = ["Gpt2StepState", "gpt2_step", "start_gpt2_state"]
+__all__ = ["Gpt2StepState", "gpt2_embeddings_step", "gpt2_step", "start_gpt2_state"]
 
 # Self-attention positions allocated up front; doubled whenever a step needs more (up to n_positions).
 INITIAL_CAPACITY = 32
@@ -131,18 +132,25 @@ def start_gpt2_state(decoder: nn.Module, memory: torch.Tensor | None, rows: int 
 
 def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
     """Feed one token per row: (rows,) ids -> (rows, vocab) logits; ``state`` advances in place by one position."""
+    hidden = gpt2_embeddings_step(decoder, decoder.transformer.wte(tokens), state)
+    return linear(decoder.lm_head, hidden)
+
+
+def gpt2_embeddings_step(decoder: nn.Module, embeddings: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
+    """Feed one input embedding per row (rows, width), e.g. a prefix token; returns the final hidden states
+    (after ``ln_f``, before the output layer). ``state`` advances in place by one position."""
     config = decoder.config
     transformer = decoder.transformer
     position = state.length
     state.ensure_capacity(position + 1, config.n_positions)
-    hidden = transformer.wte(tokens) + transformer.wpe.weight[position]  # (rows, width)
+    hidden = embeddings + transformer.wpe.weight[position]  # (rows, width)
     for layer, block in enumerate(transformer.h):
         hidden = hidden + _self_attention(block.attn, block.ln_1(hidden), state, layer, position)
         if state.cross_keys:
             hidden = hidden + _cross_attention(block.crossattention, block.ln_cross_attn(hidden), state, layer)
         hidden = hidden + _mlp(block.mlp, block.ln_2(hidden))
     state.length = position + 1
-    return linear(decoder.lm_head, transformer.ln_f(hidden))
+    return transformer.ln_f(hidden)
 
 
 def _heads(tensor: torch.Tensor, heads: int) -> torch.Tensor:

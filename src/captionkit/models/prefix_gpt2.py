@@ -7,8 +7,8 @@ The image encoder is a Hugging Face ``ViTModel`` built from config (the ``base``
 dimensions), GPT-2 a ``GPT2LMHeadModel``. ``encode`` runs the ViT only (a trainer can cache its output when the encoder
 is frozen, as ClipCap precomputes CLIP embeddings); ``forward`` returns logits for the caption positions only, so the
 prefix positions never reach the loss (the same as labelling them -100) and ``logits[:, t]`` predicts
-``input_ids[:, t + 1]`` as for every family. Decoding runs the prefix through GPT-2 once per image in
-``init_state`` and then steps on GPT-2's KV cache.
+``input_ids[:, t + 1]`` as for every family. Decoding feeds the prefix through GPT-2 once per image in
+``init_state`` and then steps with captionkit's GPT-2 step (:mod:`captionkit.models.gpt2_step`, no cross-attention).
 
 >>> model = PrefixGpt2Model.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
 >>> model.config.prefix_length, model.max_positions
@@ -23,10 +23,11 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt2_step, start_gpt2_state
 from captionkit.models.native import (
     FamilyConfig,
     check_token_ids,
@@ -173,13 +174,6 @@ PRESETS: dict[str, PrefixGpt2Config] = {
     "base": PrefixGpt2Config(),
 }
 PrefixGpt2Config.presets = PRESETS
-
-
-@dataclass
-class PrefixGpt2State:
-    """GPT-2's KV cache (prefix included), one row per sequence being decoded."""
-
-    cache: DynamicCache
 
 
 class PrefixMapper(nn.Module):
@@ -340,21 +334,19 @@ class PrefixGpt2Model(CaptionModel):
 
     # --- step protocol
 
-    def init_state(self, encoded: Encoded) -> PrefixGpt2State:
-        """Run GPT-2 over the prefix once per image: the cache then holds the image for every later step."""
+    def init_state(self, encoded: Encoded) -> Gpt2StepState:
+        """Feed the prefix tokens once per image: the self-attention cache then holds the image for every step."""
         prefix = self.prefix(encoded)
-        cache = DynamicCache(config=self.gpt2.config)
-        mask = prefix.new_ones(prefix.shape[:2], dtype=torch.long)
-        self.gpt2.transformer(inputs_embeds=prefix, attention_mask=mask, past_key_values=cache, use_cache=True)
-        return PrefixGpt2State(cache)
+        state = start_gpt2_state(self.gpt2, None, rows=prefix.shape[0])
+        for position in range(prefix.shape[1]):
+            gpt2_embeddings_step(self.gpt2, prefix[:, position], state)
+        return state
 
-    def step(self, tokens: torch.Tensor, state: PrefixGpt2State) -> tuple[torch.Tensor, PrefixGpt2State]:
-        mask = tokens.new_ones((tokens.shape[0], state.cache.get_seq_length() + 1))
-        output = self.gpt2(input_ids=tokens[:, None], attention_mask=mask, past_key_values=state.cache, use_cache=True)
-        return float_log_softmax(output.logits[:, -1]), state
+    def step(self, tokens: torch.Tensor, state: Gpt2StepState) -> tuple[torch.Tensor, Gpt2StepState]:
+        return float_log_softmax(gpt2_step(self.gpt2, tokens, state)), state
 
-    def reorder_state(self, state: PrefixGpt2State, index: torch.Tensor) -> PrefixGpt2State:
-        state.cache.reorder_cache(index)
+    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor) -> Gpt2StepState:
+        state.reorder(index)
         return state
 
 
