@@ -18,16 +18,14 @@ import torch
 from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DecodingConfig, Hypothesis, generate
 from captionkit.export.int8 import apply_saved_quantization, is_quantized
-from captionkit.hub import resolve_model_source
+from captionkit.hub import DEFAULT_MODEL, resolve_model_source
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
-
-DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,11 @@ class Caption:
     # map summing to 1 (see captionkit.attention).
     tokens: list[str] | None = None
     attention: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def of(cls, hypothesis: Hypothesis, tokenizer: CaptionTokenizer) -> Caption:
+        """The caption of a decoded hypothesis: its text, score and token ids."""
+        return cls(tokenizer.decode(hypothesis.token_ids), float(hypothesis.score), list(hypothesis.token_ids))
 
 
 @dataclass(frozen=True)
@@ -160,10 +163,7 @@ class Captioner:
             return []
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
-        captions = [
-            [Caption(self.tokenizer.decode(h.token_ids), float(h.score), list(h.token_ids)) for h in per_image]
-            for per_image in hypotheses
-        ]
+        captions = [[Caption.of(h, self.tokenizer) for h in per_image] for per_image in hypotheses]
         return self.add_attention(pixels, captions, config.start_token_id) if attention else captions
 
     def add_attention(

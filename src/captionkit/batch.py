@@ -83,11 +83,7 @@ def caption_pixels(
     captions: list[list[Caption]] = []
     for start, end in runs:
         hypotheses = generate(captioner.model, pixels[start:end], config=config, image_offset=positions[start])
-        decode = captioner.tokenizer.decode
-        captions.extend(
-            [Caption(decode(h.token_ids), float(h.score), list(h.token_ids)) for h in per_image]
-            for per_image in hypotheses
-        )
+        captions.extend([Caption.of(h, captioner.tokenizer) for h in per_image] for per_image in hypotheses)
     return captions
 
 

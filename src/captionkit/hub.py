@@ -12,6 +12,9 @@ from pathlib import Path
 
 from captionkit.errors import ModelLoadError, first_line
 
+# What `captionkit caption` and `Captioner.from_pretrained()` load when no model is named.
+DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
+
 # One HEAD request decides whether the hub is reachable (huggingface_hub alone retries for ~25 s when offline).
 PROBE_TIMEOUT_S = 5.0
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")

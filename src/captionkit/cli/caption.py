@@ -14,6 +14,7 @@ import typer
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 from captionkit.data.records import STYLES
 from captionkit.errors import InputError
+from captionkit.hub import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,8 +23,6 @@ if TYPE_CHECKING:
 
     from captionkit.api import Caption, Captioner
     from captionkit.sharding import DistributedEnv, Shard
-
-DEFAULT_MODEL = "nlpconnect/vit-gpt2-image-captioning"
 
 
 def caption(
