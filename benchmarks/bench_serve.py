@@ -67,7 +67,9 @@ def serving(captioner: Captioner, settings: ServeSettings) -> Iterator[str]:
 
 
 def measure(captioner: Captioner, max_batch: int, args: argparse.Namespace, image: bytes) -> LoadReport:
-    settings = ServeSettings(max_batch=max_batch, max_wait_ms=args.max_wait_ms, max_queue=4 * args.concurrency)
+    settings = ServeSettings(
+        max_batch=max_batch, max_wait_ms=args.max_wait_ms, max_queue=4 * args.concurrency, max_images=1
+    )
     params = {"num_beams": str(args.beams), "max_length": str(args.max_length)}
     with serving(captioner, settings) as url:
         run_load(url, image, params, requests=args.concurrency, concurrency=args.concurrency)  # warm-up

@@ -20,9 +20,11 @@ from fastapi.testclient import TestClient
 from _serve import free_port, image_bytes, load_tiny, running_server, save_tiny_model
 from captionkit.cli import main
 from captionkit.decoding import DecodingConfig
+from captionkit.errors import ConfigError
 from captionkit.images import load_image
 from captionkit.serve import ServeSettings, create_app
 from captionkit.serve.loadtest import percentile, run_load
+from captionkit.serve.metrics import Metrics
 from captionkit.text.styles import add_style_tokens
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -202,7 +204,7 @@ def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypa
 
 def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
     counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
-    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, retry_after_s=3)
+    settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, max_images=1, retry_after_s=3)
     with TestClient(create_app(captioners, settings)) as client:
         batcher = client.app.state.batchers["base"]
         with ThreadPoolExecutor(2) as pool:
@@ -230,6 +232,98 @@ def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeyp
         time.sleep(1.0)  # the abandoned batch finishes in the background
         assert post_image(client, num_beams=1).status_code == 200
         assert client.app.state.batchers["base"].queued == 0
+
+
+def fail_once(monkeypatch, owner, name: str, failing) -> None:
+    """Replace ``owner.name`` by ``failing(original, *args)`` for its first call only."""
+    original = getattr(owner, name)
+    calls = []
+
+    def replacement(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return failing(original, *args, **kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, replacement)
+
+
+def out_of_memory(original, *args, **kwargs):
+    raise MemoryError("CPU out of memory while decoding")
+
+
+def one_caption_short(original, *args, **kwargs):
+    return original(*args, **kwargs)[:-1]
+
+
+@pytest.mark.parametrize(
+    ("owner", "name", "failing", "detail"),
+    [
+        ("tokenizer", "decode", out_of_memory, "internal error (MemoryError: CPU out of memory while decoding)"),
+        (
+            "captioner",
+            "caption_pil",
+            one_caption_short,
+            "internal error (RuntimeError: the model returned captions for 1 of 2 images)",
+        ),
+    ],
+)
+def test_a_failing_batch_fails_its_requests_with_500_and_the_next_one_runs(
+    captioners, monkeypatch, caplog, owner, name, failing, detail
+):
+    captioner = captioners["base"]
+    fail_once(monkeypatch, captioner.tokenizer if owner == "tokenizer" else captioner, name, failing)
+    two_images = [("image", (f"img{i}.png", image_bytes("PNG"), "image/png")) for i in range(2)]
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
+        failed = client.post("/v1/captions", files=two_images, data={"num_beams": "1", "max_length": "5"})
+        assert failed.status_code == 500
+        assert failed.json() == {"detail": f"model 'base': {detail}"}
+        after = post_image(client, num_beams=1, max_length=5)
+        assert after.status_code == 200, after.text
+        assert client.get("/readyz").status_code == 200
+        assert 'captionkit_http_errors_total{path="/v1/captions",status="500"} 1' in client.get("/metrics").text
+    assert "error in a batch of 2 images" in caplog.text  # the traceback goes to the server log
+
+
+def test_a_failing_metrics_callback_still_delivers_the_captions(captioners, monkeypatch):
+    fail_once(monkeypatch, Metrics, "record_batch", lambda original, *args: 1 / 0)
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
+        assert [post_image(client, num_beams=1, max_length=5).status_code for _ in range(2)] == [200, 200]
+
+
+def test_a_dead_batching_worker_is_not_ready_and_refuses_at_once(captioners, monkeypatch, caplog):
+    """A bug that ends the worker itself: waiting and later requests get 503 now, not a 504 after the timeout."""
+
+    async def broken() -> None:
+        raise RuntimeError("bug in batching")
+
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0, request_timeout_s=30))) as client:
+        monkeypatch.setattr(client.app.state.batchers["base"], "_run_one_batch", broken)
+        stopped = "the captioning worker stopped (RuntimeError: bug in batching)"
+        for _ in range(2):  # the request queued when the worker died, then one sent after
+            started = time.monotonic()
+            response = post_image(client, num_beams=1)
+            assert time.monotonic() - started < 5
+            assert response.status_code == 503
+            assert response.json() == {"detail": f"model 'base': not available: {stopped}; the server needs a restart"}
+            assert "retry-after" not in response.headers
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "not ready", "detail": f"model 'base': {stopped}"}
+        assert post_image(client, model="tuned", num_beams=1).status_code == 200  # the other model still serves
+        health = client.get("/healthz")  # liveness fails too: only a restart brings the worker back
+        assert health.status_code == 503 and "model 'base'" in health.json()["detail"]
+    assert f"captionkit serve: {stopped}; restart the server" in caplog.text
+
+
+def test_settings_refuse_more_images_per_request_than_the_queue_holds():
+    with pytest.raises(ConfigError) as refused:
+        ServeSettings(max_queue=8)  # max_images defaults to 16
+    assert str(refused.value) == (
+        "serve.max_images: must be <= serve.max_queue (8), got 16: "
+        "a request with more images than the queue holds could never run"
+    )
+    assert ServeSettings(max_queue=4, max_images=4).max_images == 4
 
 
 def test_attention_maps_come_with_each_caption(client, captioners):
@@ -378,6 +472,18 @@ def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys):
     code, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--max-batch", "0"], capsys)
     assert code == 1
     assert err.strip() == "captionkit: error: serve.max_batch: must be a positive integer, got 0"
+
+
+def test_serve_refuses_more_images_per_request_than_the_queue_holds(tmp_path, capsys):
+    never = str(tmp_path / "never-loaded")
+    code, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "9"], capsys)
+    assert code == 1
+    assert err.strip() == (
+        "captionkit: error: serve.max_images: must be <= serve.max_queue (8), got 9: "
+        "a request with more images than the queue holds could never run"
+    )
+    code, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "8"], capsys)
+    assert code == 1 and "no such directory" in err  # the limits passed; the model is what is missing
 
 
 def test_serve_refuses_a_missing_model(tmp_path, capsys):

@@ -25,7 +25,8 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most images in one model call (micro-batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more images.")] = 10.0,
-    max_queue: Annotated[int, typer.Option(help="Images waiting per model before 503.")] = 64,
+    max_queue: Annotated[int, typer.Option(help="Images waiting per model before 503 (>= --max-images).")] = 64,
+    max_images: Annotated[int, typer.Option(help="Most images in one request (422 beyond).")] = 16,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 beyond).")] = 20.0,
     timeout_s: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 beyond).")] = 30.0,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
@@ -49,6 +50,7 @@ def serve(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
+            max_images=max_images,
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             request_timeout_s=timeout_s,
         )

@@ -1,10 +1,13 @@
 """The FastAPI app: ``create_app({"name": captioner, ...}, settings)``.
 
-Routes: ``POST /v1/captions``, ``GET /v1/models``, ``/healthz`` (the process answers), ``/readyz`` (models loaded
-and batchers running; 503 while starting or shutting down), ``/metrics`` (Prometheus text), ``/`` (the page),
+Routes: ``POST /v1/captions``, ``GET /v1/models``, ``/healthz`` (the process answers; 503 once a model's batching
+worker has died, so that an orchestrator restarts the server), ``/readyz`` (models loaded
+and batchers running; 503 while starting or shutting down, or once a model's batching worker has died; its
+``detail`` says which and why), ``/metrics`` (Prometheus text), ``/`` (the page),
 ``/docs`` (API docs rendered from ``/openapi.json`` by a page shipped in the package: FastAPI's own docs pages
 load their scripts from a CDN, so they are switched off). Every refusal is JSON ``{"detail", "errors"?}`` (see
-``captionkit.serve.errors``); nothing a client sends answers 5xx.
+``captionkit.serve.errors``); nothing a client sends answers 5xx. A model that fails on a valid request (a bug,
+out of memory) answers that batch's requests 500 with the error in ``detail``; later requests run as before.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from starlette.concurrency import run_in_threadpool
 
 import captionkit
 from captionkit.api import Caption, Captioner
-from captionkit.errors import CaptionkitError, ConfigError
-from captionkit.serve.batching import BatcherStopped, MicroBatcher, QueueFull
+from captionkit.errors import CaptionkitError, ConfigError, first_line
+from captionkit.serve.batching import BatcherFailed, BatcherStopped, MicroBatcher, QueueFull
 from captionkit.serve.errors import ApiError, field_error, invalid_fields
 from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from captionkit.serve.models import ServedModel
@@ -102,14 +105,21 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     async def list_models() -> dict[str, Any]:
         return {"default": next(iter(served)), "models": [model.describe() for model in served.values()]}
 
-    @app.get("/healthz", summary="Liveness: the process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="Liveness: the process answers and every model's batching worker runs")
+    async def healthz() -> JSONResponse:
+        # A dead worker never comes back: failing liveness lets an orchestrator restart the server.
+        failed = _failed_workers(batchers)
+        if failed:
+            return JSONResponse({"status": "failed", "detail": failed}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", summary="Readiness: models loaded and accepting requests")
     async def readyz() -> JSONResponse:
         if not app.state.ready:
             return JSONResponse({"status": "not ready", "detail": "starting or shutting down"}, status_code=503)
+        failed = _failed_workers(batchers)
+        if failed:
+            return JSONResponse({"status": "not ready", "detail": failed}, status_code=503)
         return JSONResponse({"status": "ready", "models": list(served)})
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
@@ -150,10 +160,19 @@ async def _caption(
         raise ApiError(503, f"model {name!r}: queue full ({full}); retry later", headers=retry) from None
     except BatcherStopped:
         raise ApiError(503, "server is shutting down", headers={"Retry-After": str(settings.retry_after_s)}) from None
+    except BatcherFailed as failed:  # no Retry-After: this model serves nothing more until the server restarts
+        raise ApiError(503, f"model {name!r}: not available: {failed}; the server needs a restart") from None
     except TimeoutError:
         raise ApiError(504, f"model {name!r}: no answer within {settings.request_timeout_s:g} s") from None
     except CaptionkitError as error:  # a request the checks above let through but the model refuses
         raise ApiError(422, f"model {name!r}: {error}") from None
+    except Exception as error:  # the model failed on a request it should have run: the batcher logged it
+        raise ApiError(500, f"model {name!r}: internal error ({type(error).__name__}: {first_line(error)})") from None
+
+
+def _failed_workers(batchers: Mapping[str, MicroBatcher]) -> str:
+    """Which models' batching workers have died and why ("" when none has)."""
+    return "; ".join(f"model {name!r}: {b.failure}" for name, b in batchers.items() if b.failure is not None)
 
 
 def _merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
@@ -230,7 +249,8 @@ def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
                 (413, "Body over the upload limit"),
                 (415, "Content type or image format not accepted"),
                 (422, "Invalid parameter or unreadable image"),
-                (503, "Queue full (see Retry-After)"),
+                (500, "The model failed on this request's batch (internal error)"),
+                (503, "Queue full (see Retry-After), or the model's worker stopped"),
                 (504, "No answer within the request timeout"),
             )
         },

@@ -11,12 +11,18 @@ Seeded sampling is batched only within its request: sample ``i`` of image ``j`` 
 The queue is bounded: a request whose images do not fit raises :class:`QueueFull` at once (the API answers 503
 with Retry-After) instead of waiting behind work it cannot finish in time. A request that is cancelled (its
 timeout passed) leaves the queue; images of it already in a running batch are computed and dropped.
+
+A failure inside a batch (the model raises, returns the wrong number of results) fails that batch's requests
+only; the worker goes on with the next batch. Should the worker itself end on an unexpected error, every waiting
+request fails at once with :class:`BatcherFailed`, later ones are refused with it, and :attr:`MicroBatcher.failure`
+says why (the API's ``/readyz`` then answers 503) instead of requests waiting for their timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,6 +33,9 @@ from PIL import Image
 
 from captionkit.api import Caption
 from captionkit.decoding import DecodingConfig
+from captionkit.errors import CaptionkitError, first_line
+
+logger = logging.getLogger("captionkit.serve")
 
 # (images, config, image_offset, attention) -> n-best captions per image: Captioner.caption_pil's signature.
 RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int, bool], list[list[Caption]]]
@@ -38,6 +47,10 @@ class QueueFull(Exception):
 
 class BatcherStopped(Exception):
     """The server is shutting down; the request was not run."""
+
+
+class BatcherFailed(Exception):
+    """The worker ended on an unexpected error: nothing more runs on this model until the server restarts."""
 
 
 @dataclass
@@ -77,27 +90,38 @@ class MicroBatcher:
         self._requests = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._running: list[_Item] = []  # the batch taken off the queue and not yet answered
+        self._stopping = False
+        self._failure: str | None = None
 
     @property
     def queued(self) -> int:
         """Images waiting (not yet in a running batch)."""
         return self._queued
 
+    @property
+    def failure(self) -> str | None:
+        """Why the worker ended unexpectedly (one line), or None while it runs or after a normal stop."""
+        return self._failure
+
     def start(self) -> None:
         self._arrived = asyncio.Event()  # made here: an event belongs to the loop that first waits on it
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="captionkit-model")
+        self._stopping = False
+        self._failure = None
         self._worker = asyncio.create_task(self._work())
+        self._worker.add_done_callback(self._worker_ended)
 
     async def stop(self) -> None:
-        """Stop the worker; requests still queued fail with :class:`BatcherStopped`."""
+        """Stop the worker; requests still queued (or in a batch it leaves unfinished) fail with
+        :class:`BatcherStopped`."""
+        self._stopping = True
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
-        for queue in self._queues.values():
-            for item in queue:
-                if not item.future.done():
-                    item.future.set_exception(BatcherStopped())
+        _fail([*self._running, *(item for queue in self._queues.values() for item in queue)], BatcherStopped())
+        self._running = []
         self._queues.clear()
         self._queued = 0
         if self._executor is not None:
@@ -108,6 +132,8 @@ class MicroBatcher:
     ) -> list[list[Caption]]:
         """The n-best captions of each image (with attention maps if asked); raises :class:`QueueFull` when they
         do not fit in the queue."""
+        if self._failure is not None:
+            raise BatcherFailed(self._failure)
         if self._worker is None:
             raise BatcherStopped()
         if self._queued + len(images) > self.max_queue:
@@ -144,6 +170,21 @@ class MicroBatcher:
             while self._queues:
                 await self._run_one_batch()
 
+    def _worker_ended(self, worker: asyncio.Task[None]) -> None:
+        """Done callback of the worker: unless :meth:`stop` ended it, fail every waiting request now and remember
+        why, rather than leave them to time out while the server looks ready."""
+        if self._stopping:
+            return
+        error = None if worker.cancelled() else worker.exception()
+        reason = "cancelled" if error is None else f"{type(error).__name__}: {first_line(error)}"
+        self._failure = f"the captioning worker stopped ({reason})"
+        logger.error("captionkit serve: %s; restart the server", self._failure, exc_info=error)
+        waiting = [*self._running, *(item for queue in self._queues.values() for item in queue)]
+        self._queues.clear()
+        self._queued = 0
+        self._running = []
+        _fail(waiting, BatcherFailed(self._failure))
+
     async def _run_one_batch(self) -> None:
         key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
         deadline = self._queues[key][0].arrived + self.max_wait_s
@@ -160,22 +201,36 @@ class MicroBatcher:
         if not queue:
             del self._queues[key]
         self._queued -= len(batch)
-        live = [item for item in batch if not item.future.done()]
-        if not live:
-            return
+        self._running = [item for item in batch if not item.future.done()]
+        try:
+            if self._running:
+                await self._run_batch(key, self._running)
+        except Exception as error:  # anything going wrong with this batch fails its requests, not the worker
+            if not isinstance(error, CaptionkitError):
+                logger.error("captionkit serve: error in a batch of %d images", len(self._running), exc_info=error)
+            _fail(self._running, error)
+        self._running = []  # not on BaseException: the worker is ending, and _worker_ended fails these too
+
+    async def _run_batch(self, key: _Key, live: list[_Item]) -> None:
+        """Run ``live`` in one model call on the model thread and answer each item."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         images = [item.image for item in live]
         offset = live[0].offset if key.request is not None else 0
-        try:
-            results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset, key.attention)
-        except Exception as error:  # a model failure fails this batch's requests, not the server
-            for item in live:
-                if not item.future.done():
-                    item.future.set_exception(error)
-            return
-        if self._on_batch is not None:
-            self._on_batch(len(live), time.perf_counter() - started)
+        results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset, key.attention)
+        if len(results) != len(live):
+            raise RuntimeError(f"the model returned captions for {len(results)} of {len(live)} images")
         for item, captions in zip(live, results, strict=True):
             if not item.future.done():
                 item.future.set_result(captions)
+        if self._on_batch is not None:
+            self._on_batch(len(live), time.perf_counter() - started)
+
+
+def _fail(items: Sequence[_Item], error: BaseException) -> None:
+    """Fail the items' futures not yet answered with ``error``. Each is marked retrieved: the request awaiting
+    it reports the error, and its other items (or one it already gave up on) should not log it again."""
+    for item in items:
+        if not item.future.done():
+            item.future.set_exception(error)
+            item.future.exception()

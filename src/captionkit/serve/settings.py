@@ -18,7 +18,8 @@ class ServeSettings:
     # max_batch, waiting at most max_wait_ms after the first one arrives for others to join.
     max_batch: int = 8
     max_wait_ms: float = 10.0
-    # Images waiting per model; beyond this a request is refused with 503 + Retry-After rather than queued.
+    # Images waiting per model; beyond this a request is refused with 503 + Retry-After rather than queued. At
+    # least max_images: a whole request must fit in an empty queue.
     max_queue: int = 64
     retry_after_s: int = 1
     # A request still waiting after this long answers 504 (its images are dropped from the queue).
@@ -42,5 +43,11 @@ class ServeSettings:
                 raise ConfigError(f"serve.{field.name}", f"must be a finite number >= 0, got {value!r}")
         if self.request_timeout_s <= 0:
             raise ConfigError("serve.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        if self.max_images > self.max_queue:  # a request of more images than the queue holds could never run
+            raise ConfigError(
+                "serve.max_images",
+                f"must be <= serve.max_queue ({self.max_queue}), got {self.max_images}: "
+                "a request with more images than the queue holds could never run",
+            )
         if self.max_n_best > self.max_beams:
             raise ConfigError("serve.max_n_best", f"must be <= max_beams ({self.max_beams}), got {self.max_n_best}")
