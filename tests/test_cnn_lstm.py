@@ -276,3 +276,45 @@ def test_the_attention_penalty_reaches_the_gradients(tmp_path: Path) -> None:
     # Same seed, data and start: the first step's caption loss is the same; the penalty changes the updates.
     assert weighted[0]["loss"] == pytest.approx(without[0]["loss"])
     assert abs(weighted[-1]["val_loss"] - without[-1]["val_loss"]) > 1e-3
+
+
+def test_a_stage_that_freezes_the_resnet_keeps_its_batch_norm_statistics(tmp_path: Path) -> None:
+    # The tiny preset trains its encoder; the stages freeze it for two steps, then train everything.
+    from captionkit.config import load_train_config
+    from captionkit.data.synthetic import write_synthetic_dataset
+    from captionkit.training.trainer import build_setup, train
+
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 8, 4, seed=0, image_size=32)
+    config = load_train_config(
+        None,
+        [
+            "model.family=cnn-lstm",
+            "model.preset=tiny",
+            f"data.train={scenes}",
+            "data.cache_images=true",
+            "tokenizer.vocab_size=200",
+            "train.steps=4",
+            "train.batch_size=8",
+            "train.warmup_steps=0",
+            "train.log_every=1",
+            "train.lr=3e-3",
+            "train.stages=[{until_step: 2, train: [decoder]}, {train: [all]}]",
+        ],
+    )
+    setup = build_setup(config)
+    model = setup.model
+
+    def statistics() -> dict[str, torch.Tensor]:
+        return {name: b.clone() for name, b in model.encoder.named_buffers() if name.endswith("running_mean")}
+
+    before, seen = statistics(), {}
+
+    def log(entry: dict) -> None:
+        seen[entry["step"]] = (model.encoder.training, statistics())
+
+    train(config, tmp_path / "run", log=log, setup=setup)
+    assert len(before) == 6  # the stem's, two per basic block, the second stage's shortcut
+    assert [seen[step][0] for step in (1, 2, 3, 4)] == [False, False, True, True]
+    for name, value in before.items():
+        assert torch.equal(seen[2][1][name], value), name  # frozen: statistics untouched
+        assert not torch.equal(seen[4][1][name], value), name  # unfrozen: they follow the data again

@@ -12,7 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _ddp_child import break_records
+from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.training.sampling import SampleStream
+from captionkit.training.trainer import build_setup, seed_everything, train
 
 CHILD = Path(__file__).with_name("_train_child.py")
 
@@ -127,3 +131,75 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     assert one.keys() == two.keys()
     for name in one:
         assert torch.allclose(one[name], two[name], atol=1e-5), name
+
+
+DDP_CHILD = Path(__file__).with_name("_ddp_child.py")
+
+
+def ddp_settings(scenes: Path, *extra: str) -> list[str]:
+    return [
+        "model.family=cnn-lstm",  # batch norms and a ResNet a stage can freeze
+        "model.preset=tiny",
+        f"data.train={scenes}",
+        "data.val_fraction=0",
+        "data.first_caption_only=true",
+        "data.cache_images=true",
+        "tokenizer.vocab_size=100",
+        "train.steps=4",
+        "train.batch_size=4",
+        "train.warmup_steps=0",
+        "train.eval_images=0",
+        "train.checkpoint_every=0",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.tensorboard=false",
+        *extra,
+    ]
+
+
+def weights_of_two_processes(out: Path, missing: str, settings: list[str], port: int) -> list[dict[str, torch.Tensor]]:
+    """Each process's parameters after a 2-process torchrun. A process left waiting in a collective (a hang) fails
+    after the child's 60 s collective timeout, and the run with it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port)]
+    command = [*launcher, str(DDP_CHILD), str(out), missing, *settings]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [load_file(str(out / f"rank{rank}.safetensors")) for rank in (0, 1)]
+
+
+def test_a_stage_that_unfreezes_the_encoder_keeps_processes_identical(tmp_path):
+    # freeze_encoder: the ResNet is frozen when the run starts, so the first DDP leaves it out of its all-reduce;
+    # the second stage trains it, and each process would train its own copy without a new DDP.
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 8, 4, seed=2, image_size=32)
+    stages = "train.stages=[{until_step: 2, train: [decoder]}, {train: [all]}]"
+    settings = ddp_settings(scenes, "model.overrides={freeze_encoder: true}", stages)
+    rank0, rank1 = weights_of_two_processes(tmp_path / "run", "-", settings, 29551)
+    config = load_train_config(None, settings)
+    seed_everything(config.train.seed)
+    initial = dict(build_setup(config).model.named_parameters())
+    assert rank0.keys() == rank1.keys() == initial.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert not torch.equal(rank0[name], initial[name].detach()), name  # every part trained
+
+
+def test_a_process_whose_micro_batch_is_all_unreadable_joins_the_others_step(tmp_path, single_thread):
+    # Every image process 1 draws in the two steps is missing: it has nothing to train on, yet process 0's backward
+    # waits in an all-reduce for it. It must join with a zero gradient, so the pair trains like one process on the
+    # same global batches (of which half the images are missing).
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 8, 4, seed=2, image_size=32)
+    stream = SampleStream(16, 4, seed=0, rank=1, world_size=2).batches(0)
+    missing = ",".join(str(index) for _ in range(2) for index in next(stream))  # one epoch: 2 steps x 8 samples
+    # The attention family: its penalty, a mean over micro-batches, must not count process 1's placeholder.
+    settings = ddp_settings(scenes, "model.family=cnn-lstm-attention", "train.steps=2", "train.seed=0")
+    rank0, rank1 = weights_of_two_processes(tmp_path / "two", missing, settings, 29552)
+    config = load_train_config(None, [*settings, "train.batch_size=8"])
+    seed_everything(config.train.seed)
+    setup = build_setup(config)
+    break_records(setup.train_records, missing, tmp_path / "one")
+    result = train(config, tmp_path / "one", setup=setup)
+    assert result.steps == 2 and result.unreadable_images == 8
+    for name, value in setup.model.named_parameters():
+        assert torch.equal(rank0[name], rank1[name]), name
+        assert torch.allclose(rank0[name], value.detach(), atol=1e-5), name

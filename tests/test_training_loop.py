@@ -265,3 +265,25 @@ def test_resumed_run_log_drops_later_entries_and_a_torn_line(tmp_path):
     log.write({"step": 5, "loss": 0.4})
     log.close()
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4, 5]
+
+
+@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"])
+def test_a_stage_that_freezes_the_encoder_leaves_every_buffer_alone(scenes, family, single_thread):
+    # Batch norms in training mode update their running statistics even without gradients. cnn-lstm's ResNet has
+    # them and must keep them in eval mode while frozen; the transformer families have only constant buffers.
+    from captionkit.models.registry import list_models
+
+    assert set(list_models()) == {"vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"}  # all swept here
+    model = build_setup(config_for(scenes, f"model.family={family}", "tokenizer.vocab_size=100")).model.train()
+    stages = Stages(model, [StageSection(until_step=1, train=["decoder"]), StageSection(train=["all"])])
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    for step in (0, 1):
+        stages.apply(step)
+        model(torch.randn(2, 3, 32, 32), ids, mask).sum().backward()
+        changed = {name for name, b in model.named_buffers() if not torch.equal(b, before[name])}
+        if step == 0 or not family.startswith("cnn-lstm"):
+            assert not changed
+        else:  # the ResNet's batch norms, unfrozen, follow the data again
+            assert changed and all(name.startswith("encoder.") and ".normalization." in name for name in changed)

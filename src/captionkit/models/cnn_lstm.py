@@ -64,7 +64,8 @@ class CnnLstmConfig(FamilyConfig):
     encoder_hidden_sizes: tuple[int, ...] = (256, 512, 1024, 2048)
     encoder_depths: tuple[int, ...] = (3, 4, 6, 3)
     encoder_layer_type: str = "bottleneck"
-    # The conv stages take no gradient and their batch norms keep their statistics (eval mode).
+    # The conv stages take no gradient and their batch norms keep their statistics (eval mode), as when a
+    # training stage freezes the encoder.
     freeze_encoder: bool = True
     # LSTM decoder.
     embedding_size: int = 512
@@ -184,9 +185,13 @@ class CnnLstmModel(CaptionModel):
         self.train()  # a new model trains; a frozen encoder stays in eval mode
 
     def train(self, mode: bool = True) -> CnnLstmModel:
-        """A frozen encoder stays in eval mode: its batch norms keep their statistics."""
+        """A frozen encoder stays in eval mode: its batch norms keep their running statistics.
+
+        Frozen means no encoder parameter takes a gradient, by ``freeze_encoder`` or by a training stage; the
+        trainer calls ``train`` again whenever a stage changes that, so an unfrozen encoder trains its statistics.
+        """
         super().train(mode)
-        if self.config.freeze_encoder:
+        if not trains(self.encoder):
             self.encoder.eval()
         return self
 

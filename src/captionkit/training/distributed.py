@@ -15,8 +15,11 @@ so N processes with batch_size B/N train like one with B. Examples::
 
 Checkpoints hold every process's RNG states, so a resumed run continues exactly; every node must see the run
 directory (a shared filesystem). accelerate's ``--multi_gpu`` path is torchrun underneath (on a machine without
-GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MPI is configured. Limit: a step in
-which every image of one process's shard is unreadable stalls the others.
+GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MPI is configured.
+
+Every process runs the same collectives in the same order: a micro-batch whose images are all unreadable on one
+process runs a zero-weight placeholder there while the others train on theirs, and a stage that changes the trainable
+parameters rebuilds DDP on every process at the same step (trainer.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Staged unfreezing: which parameter groups train at each step, as ``train.stages`` declares.
 
 Groups come from the model (:meth:`CaptionModel.parameter_groups`) plus ``all``. A frozen parameter has
-``requires_grad`` off, gets no gradient, and AdamW leaves it (and its weight decay) alone.
+``requires_grad`` off, gets no gradient, and AdamW leaves it (and its weight decay) alone. A family whose frozen
+parts must not change in training mode (batch norm statistics: ``cnn-lstm``) keeps them in eval mode in its
+``train``, which :meth:`Stages.apply` calls after every change.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ class Stages:
         trained = self.trained_names(index)
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(trained is None or name in trained)
+        # The model's own ``train`` keeps frozen parts in eval mode (batch norms keep their running statistics):
+        # asked again now that the frozen set changed.
+        self.model.train(self.model.training)
         return True
 
     def encoder_always_frozen(self) -> bool:

@@ -59,7 +59,6 @@ from captionkit.training.scst import (
     CiderReward,
     Rollout,
     SampleScorer,
-    ScstConfig,
     encode_for_sampling,
     policy_loss_sums,
     rollout,
@@ -350,11 +349,10 @@ def train(
     if resume_from is not None:
         state, restore_rng_states = _restore(resume_from, optimizer, scaler, parallel.rank)
         logger.info("resuming from %s (step %d)", resume_from, state.step)
-    # DDP wraps the model after every parameter requires a gradient (stages freeze some later).
-    # SCST trains through SampleScorer, whose forward runs the encoder too, so DDP sees every parameter it uses.
-    trained_model: torch.nn.Module = SampleScorer(model) if scst else model
-    if parallel.enabled:
-        trained_model = torch.nn.parallel.DistributedDataParallel(trained_model, find_unused_parameters=True)
+    placeholder = _placeholder(train_data, setup.preprocessing, model) if parallel.enabled else None
+    # What runs forward and backward, built when a stage changes the trainable parameters (see _wrapped).
+    trained_model: torch.nn.Module | None = None
+    wrapped_for: frozenset[str] = frozenset()
 
     stream = SampleStream(
         len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size
@@ -399,6 +397,9 @@ def train(
             if stop_requested:
                 break
             stages.apply(state.step)
+            if trained_model is None or _trainable(model) != wrapped_for:
+                trained_model = None  # an old DDP's gradient hooks go with it
+                trained_model, wrapped_for = _wrapped(model, scst, parallel), _trainable(model)
             micro = []
             for _ in range(config.train.grad_accumulation):
                 batch = next(batches)
@@ -419,12 +420,23 @@ def train(
             if reward is not None:
                 seed = _scst_seed(config, state.step, stream.global_batch)
                 scst_stats = _scst_optimizer_step(
-                    trained_model, model, tokenizer, micro, reward, seed, optimizer, scaler, autocast, config, parallel
+                    trained_model,
+                    model,
+                    tokenizer,
+                    micro,
+                    reward,
+                    seed,
+                    optimizer,
+                    scaler,
+                    autocast,
+                    config,
+                    parallel,
+                    placeholder,
                 )
                 loss = scst_stats.pop("loss", None)
             else:
                 loss = _optimizer_step(
-                    trained_model, model, micro, optimizer, scaler, autocast, config, parallel, device
+                    trained_model, model, micro, optimizer, scaler, autocast, config, parallel, device, placeholder
                 )
             if loss is None:  # every image of the step was unreadable
                 unreadable_run += stream.global_batch * config.train.grad_accumulation
@@ -493,6 +505,24 @@ def train(
             _publish_final_model(run_dir, setup, config, state)
     parallel.barrier()
     return _result(run_dir, state, empty_captions, interrupted, stopped_early, resume_from)
+
+
+def _trainable(model: torch.nn.Module) -> frozenset[str]:
+    return frozenset(name for name, parameter in model.named_parameters() if parameter.requires_grad)
+
+
+def _wrapped(model: CaptionModel, scst: bool, parallel: Distributed) -> torch.nn.Module:
+    """The module the loop trains: the model, or for SCST the SampleScorer around it (whose forward runs the encoder
+    too), in DistributedDataParallel under a launcher.
+
+    DDP all-reduces only the parameters that required a gradient when it was built: a stage that unfreezes more must
+    get a new one (built by every process at the same step; it starts from rank 0's weights, equal anyway), or the
+    unfrozen part would train apart on each process. Frozen parameters are left out of the all-reduce.
+    """
+    module: torch.nn.Module = SampleScorer(model) if scst else model
+    if not parallel.enabled:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
 
 
 def _from_checkpoint(directory: Path) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
@@ -566,30 +596,41 @@ def _optimizer_step(
     config: TrainConfig,
     parallel: Distributed,
     device: torch.device,
+    placeholder: Batch | None = None,
 ) -> float | None:
-    """Forward and backward every micro-batch, then one optimizer step; the step's mean token loss."""
+    """Forward and backward every micro-batch, then one optimizer step; the step's mean token loss.
+
+    Under DDP every process runs as many backward passes as the others (each ends in an all-reduce the others wait
+    for): a micro-batch whose images are all unreadable on this process but not on every one runs ``placeholder``
+    with weight 0 instead (:func:`_placeholder_loss`); one that is empty everywhere is left out.
+    """
     local_tokens = sum(int(batch.attention_mask[:, 1:].sum()) for batch in micro if len(batch))
-    tokens = parallel.sum([float(local_tokens)])[0]
+    tokens, *holders = parallel.sum([float(local_tokens), *(float(len(batch) > 0) for batch in micro)])
     if tokens == 0:
         return None
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    ready = [batch for batch in micro if len(batch)]
-    for index, batch in enumerate(ready):
-        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
-        encoded = Encoded(batch.features.to(device)) if batch.features is not None else None
-        pixels = None if encoded is not None else batch.pixel_values.to(device)
-        last = index == len(ready) - 1
+    chosen = [batch for batch, holding in zip(micro, holders, strict=True) if holding]
+    # Micro-batches with data over all processes, per process: auxiliary terms are means over them.
+    per_process = sum(holders) / parallel.world_size
+    for index, batch in enumerate(chosen):
+        last = index == len(chosen) - 1
         sync = nullcontext() if last or not parallel.enabled else model.no_sync()  # type: ignore[operator]
         with sync:
+            if not len(batch):
+                assert placeholder is not None  # another process holds data: only under DDP
+                loss = _placeholder_loss(raw_model, autocast, partial(_teacher_forced, model, placeholder, device))
+                scaler.scale(loss).backward()
+                continue
+            ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
             with autocast():
-                logits = model(pixels, ids, mask, encoded=encoded)
+                logits = _teacher_forced(model, batch, device)
             loss_sum, _ = caption_loss_sum(logits, ids, mask, config.train.label_smoothing)
             # DDP averages gradients over processes: scale by their number so the result is the global-batch mean.
             loss = loss_sum * (parallel.world_size / tokens)
             auxiliary = raw_model.auxiliary_loss()
             if auxiliary is not None:
-                loss = loss + auxiliary / len(ready)
+                loss = loss + auxiliary / per_process
             scaler.scale(loss).backward()
         total += float(loss_sum.detach())
     scaler.unscale_(optimizer)
@@ -598,6 +639,40 @@ def _optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     return parallel.sum([total])[0] / tokens
+
+
+def _teacher_forced(model: torch.nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
+    encoded = Encoded(batch.features.to(device)) if batch.features is not None else None
+    pixels = None if encoded is not None else batch.pixel_values.to(device)
+    return model(pixels, batch.input_ids.to(device), batch.attention_mask.to(device), encoded=encoded)
+
+
+def _placeholder(data: CaptionDataset, preprocessing: Preprocessing, model: CaptionModel) -> Batch:
+    """One made-up sample shaped like the training data (zero pixels or features, the caption bos eos): what a
+    process without data runs so that its backward pass joins the others' all-reduce."""
+    ids = torch.tensor([[model.bos_token_id, model.eos_token_id]])
+    features = None
+    if data.features is not None:
+        shape = next(value.shape for value in data.features.values() if isinstance(value, torch.Tensor))
+        features = torch.zeros(1, *shape)
+    pixels = torch.zeros(1, 3, *preprocessing.size) if features is None else torch.empty(0)
+    return Batch(pixels, ids, torch.ones_like(ids), ["placeholder"], 0, features)
+
+
+def _placeholder_loss(
+    raw_model: CaptionModel, autocast: Autocast, logits_of: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """0 times the placeholder's logits: every parameter the forward uses gets a zero gradient, so the all-reduce
+    sums the other processes' gradients alone. Run in eval mode: batch norm statistics stay, dropout draws nothing."""
+    was_training = raw_model.training
+    raw_model.eval()
+    try:
+        with autocast():
+            logits = logits_of()
+    finally:
+        raw_model.train(was_training)
+    raw_model.auxiliary_loss()  # the placeholder's own (an attention penalty) is dropped
+    return logits.float().sum() * 0.0
 
 
 def _scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward:
@@ -629,17 +704,19 @@ def _scst_optimizer_step(
     autocast: Autocast,
     config: TrainConfig,
     parallel: Distributed,
+    placeholder: Batch | None = None,
 ) -> dict[str, float]:
     """One self-critical step: sample and reward every micro-batch (no gradients), then the policy gradient of each,
     normalised by the step's sampled-token count over all processes (as the cross-entropy step is). The step's
     loss and reward statistics; none when every image of the step was unreadable."""
-    settings = ScstConfig(**dataclasses.asdict(config.train.scst))
+    settings = config.train.scst
     device = parallel.device()
     global_batch = config.train.batch_size * parallel.world_size
     offset = parallel.rank * config.train.batch_size  # this process's first image in each global micro-batch
-    work: list[tuple[Batch, Rollout]] = []
+    work: list[tuple[Batch, Rollout] | None] = []  # None: every image of the micro-batch unreadable here
     for index, batch in enumerate(micro):
         if not len(batch):
+            work.append(None)
             continue
         if batch.features is not None:
             encoded = Encoded(batch.features.to(device))
@@ -650,21 +727,31 @@ def _scst_optimizer_step(
         with autocast():
             sampled = rollout(raw_model, tokenizer, encoded, batch.image_ids, reward, settings, micro_seed, offset)
         work.append((batch, sampled))
+    done = [item for item in work if item is not None]
     local = [
-        float(sum(s.tokens for _, s in work)),
-        float(sum(len(s.ids) for _, s in work)),
-        float(sum(s.rewards.sum() for _, s in work)),
-        float(sum(s.baseline.sum() for _, s in work)),
+        float(sum(s.tokens for _, s in done)),
+        float(sum(len(s.ids) for _, s in done)),
+        float(sum(s.rewards.sum() for _, s in done)),
+        float(sum(s.baseline.sum() for _, s in done)),
     ]
     optimizer.zero_grad(set_to_none=True)
     entropy_total = policy_total = 0.0
-    tokens = parallel.sum([local[0]])[0]
-    for index, (batch, sampled) in enumerate(work):
-        last = index == len(work) - 1
+    # As in _optimizer_step: a micro-batch with data on some process runs on every one (a placeholder where empty).
+    tokens, *holders = parallel.sum([local[0], *(float(item is not None) for item in work)])
+    chosen = [item for item, holding in zip(work, holders, strict=True) if holding]
+    per_process = sum(holders) / parallel.world_size
+    for index, item in enumerate(chosen):
+        last = index == len(chosen) - 1
         sync = nullcontext() if last or not parallel.enabled else scorer.no_sync()  # type: ignore[operator]
-        features = None if batch.features is None else batch.features.to(device)
-        pixels = None if features is not None else batch.pixel_values.to(device)
         with sync:
+            if item is None:
+                assert placeholder is not None  # another process holds data: only under DDP
+                loss = _placeholder_loss(raw_model, autocast, partial(_scored_placeholder, scorer, placeholder, device))
+                scaler.scale(loss).backward()
+                continue
+            batch, sampled = item
+            features = None if batch.features is None else batch.features.to(device)
+            pixels = None if features is not None else batch.pixel_values.to(device)
             with autocast():
                 logits = scorer(pixels, features, sampled.ids, sampled.mask, sampled.rows)
             policy, entropy = policy_loss_sums(logits, sampled, settings.temperature)
@@ -672,7 +759,7 @@ def _scst_optimizer_step(
             loss = (policy - settings.entropy_weight * entropy) * (parallel.world_size / max(tokens, 1.0))
             auxiliary = raw_model.auxiliary_loss()
             if auxiliary is not None:
-                loss = loss + auxiliary / len(work)
+                loss = loss + auxiliary / per_process
             scaler.scale(loss).backward()
         policy_total += float(policy.detach())
         entropy_total += float(entropy.detach())
@@ -693,6 +780,13 @@ def _scst_optimizer_step(
         "sample_length": tokens / samples,
         "entropy": entropy_sum / max(tokens, 1.0),
     }
+
+
+def _scored_placeholder(scorer: torch.nn.Module, placeholder: Batch, device: torch.device) -> torch.Tensor:
+    features = None if placeholder.features is None else placeholder.features.to(device)
+    pixels = None if features is not None else placeholder.pixel_values.to(device)
+    ids, mask = placeholder.input_ids.to(device), placeholder.attention_mask.to(device)
+    return scorer(pixels, features, ids, mask, torch.zeros(1, dtype=torch.long, device=device))
 
 
 def _validate(
