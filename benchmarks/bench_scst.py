@@ -1,23 +1,26 @@
-"""Cross-entropy then SCST against cross-entropy alone, with the same number of optimizer steps, on held-out images.
+"""Cross-entropy then SCST against cross-entropy alone, with the same budget, on held-out images.
 
-Per data set, one cross-entropy (XE) run of ``xe_steps`` steps (``XE start``), then two arms of ``more`` steps each
-from its final model, with the same optimizer settings (learning rate, warm-up, constant schedule), differing only
-in the objective:
+Per data set, four runs of the same XE recipe and seed:
 
-* ``XE``: ``more`` further cross-entropy steps on the XE recipe's captions (XE alone, ``xe_steps + more`` steps);
-* ``XE+SCST``: ``more`` self-critical steps (``train.objective: scst``, CIDEr-D reward against all references).
+* ``XE``: cross-entropy alone for ``xe_steps + more`` steps;
+* ``XE start``: cross-entropy for ``xe_steps`` steps (its schedule over those steps);
+* ``XE+SCST``: ``more`` self-critical steps (``train.objective: scst``, CIDEr-D reward against every reference of
+  the image) from the ``XE start`` model: the same number of optimizer steps as ``XE``;
+* ``XE, same time``: cross-entropy alone for as many steps as fit in the seconds ``XE start`` + SCST took (an SCST
+  step samples ``num_samples`` captions per image, so it costs more than an XE step); the step count is derived
+  from the ``XE`` run's speed, so it is only as exact as the machine is quiet.
 
-``scenes``: the synthetic scenes with the demo recipe (``recipes/demo.yaml``; XE on the canonical captions), scored
-against all neutral references (paraphrases of the canonical caption) of the held-out test scenes. ``flickr8k``: the
-200-image Flickr8k subset in ``shared/data`` (150 train, 50 val+test held out, 5 references each), a tiny ViT-GPT2
-from scratch: absolute scores are low; the comparison between arms is what counts. Every model is scored by
-greedy captions of the held-out images: CIDEr-D, BLEU-4, mean caption length in words. By default the test scenes
-are new renderings of descriptions that may occur in training; ``--held-out-descriptions 0.1`` makes it the demo's
-compositional test (two-object descriptions never seen in training). Training seconds (the XE start's included)
-show cost (an SCST step samples ``num_samples`` captions per image): compare them only within one run on one quiet
-machine. Usage::
+``scenes``: the synthetic scenes with the demo's model and optimizer, trained on every neutral caption of a scene
+(the canonical caption and its five paraphrases: word orders, mirrored relations, synonyms), as COCO models train on
+all five references; scored against those references on 300 held-out test scenes. ``flickr8k``: the 200-image
+Flickr8k subset in ``shared/data`` (150 train, 50 val+test held out, 5 references each), a tiny ViT-GPT2 from
+scratch: absolute scores are low; the comparison between arms is what counts. Every model is scored by greedy
+captions of the held-out images: CIDEr-D, BLEU-4, mean caption length in words. By default the test scenes are new
+renderings of descriptions that may occur in training; ``--held-out-descriptions 0.1`` makes it the demo's
+compositional test (two-object descriptions never seen in training). Training seconds include the XE start's for
+the SCST arm. Usage::
 
-    .venv/bin/python benchmarks/bench_scst.py                         # both data sets, ~6 minutes on 2 cores
+    .venv/bin/python benchmarks/bench_scst.py                         # both data sets, ~25 minutes on 2 cores
     .venv/bin/python benchmarks/bench_scst.py --datasets scenes --scale 0.2   # a quick check
 """
 
@@ -40,7 +43,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
 from captionkit.decoding import DecodingConfig, generate
-from captionkit.demo import DemoData, demo_recipe_path
+from captionkit.demo import DemoData
 from captionkit.evaluation.api import score_captions
 from captionkit.training.trainer import train
 
@@ -48,13 +51,9 @@ SHARED_DATA = Path(os.environ.get("CAPTIONKIT_DATA") or Path(__file__).resolve()
 COLUMNS = ("data", "arm", "steps (XE + SCST)", "train s", "CIDEr-D", "BLEU-4", "mean length")
 QUIET = {"train": {"tensorboard": False, "checkpoint_every": 0, "log_every": 50}}
 
-# What each data set trains with: the XE recipe, the optimizer settings of both arms after the XE start, and what
-# the SCST arm changes besides.
-SCENES_MORE = {"train": {"lr": 1.0e-4, "warmup_steps": 10, "schedule": "constant"}}
-SCENES_SCST = {
-    "data": {"first_caption_only": False},  # the reward's references: every neutral paraphrase of a scene
-    "train": {"objective": "scst", "batch_size": 16, "scst": {"num_samples": 5, "max_new_tokens": 15}},
-}
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+# What each data set trains with: the XE recipe, and what the SCST stage changes in it.
+SCENES_SCST = {"train": read_yaml(RECIPES / "scenes-xe-scst.yaml")["train"]}
 FLICKR_XE: dict[str, Any] = {
     "model": {
         "family": "vit-gpt2",
@@ -74,11 +73,13 @@ FLICKR_XE: dict[str, Any] = {
         "eval_images": 25,
     },
 }
-FLICKR_MORE = {"train": {"lr": 5.0e-5, "warmup_steps": 10, "schedule": "constant"}}
 FLICKR_SCST = {
     "train": {
         "objective": "scst",
         "batch_size": 16,
+        "lr": 5.0e-5,
+        "warmup_steps": 10,
+        "schedule": "constant",
         # The original SCST baseline, and a penalty on samples cut at the limit: a model trained from scratch on
         # 150 images samples long rambling captions at first.
         "scst": {"num_samples": 5, "baseline": "greedy", "max_new_tokens": 16, "unfinished_penalty": 0.2},
@@ -123,34 +124,34 @@ def config_of(recipe: dict[str, Any], where: str) -> TrainConfig:
 def run_arms(
     name: str,
     xe_recipe: dict[str, Any],
-    more: dict[str, Any],
-    scst_changes: dict[str, Any],
+    scst_recipe: dict[str, Any],
     steps: tuple[int, int],
     heldout: tuple[list[CaptionRecord], dict[str, list[str]]],
     work: Path,
 ) -> list[dict[str, Any]]:
-    """Train the XE start and both arms on one data set and score each on the held-out images."""
+    """Train XE alone, the XE start and SCST from it on one data set; score each on the held-out images."""
     xe_steps, extra = steps
     max_tokens = xe_recipe.get("data", {}).get("max_length", 40) - 1
     rows = []
 
-    def row(arm: str, run: Path, steps: str, seconds: float) -> dict[str, Any]:
-        found = {"data": name, "arm": arm, "steps": steps, "train_seconds": seconds}
-        return found | score(run, *heldout, max_tokens)
-
-    print(f"[{name}] XE start, {xe_steps} steps ...", flush=True)
-    torch.manual_seed(0)
-    start = train(config_of(merge(xe_recipe, {"train": {"steps": xe_steps}}), name), work / "xe-start")
-    rows.append(row("XE start", work / "xe-start", f"{xe_steps} + 0", start.seconds))
-    further = merge(
-        merge(xe_recipe, more), {"model": {"pretrained": str(work / "xe-start")}, "train": {"steps": extra}}
-    )
-    for arm, recipe, label in (("XE", further, "xe"), ("XE+SCST", merge(further, scst_changes), "scst")):
-        print(f"[{name}] {arm}: {extra} more steps ...", flush=True)
+    def run(arm: str, recipe: dict[str, Any], folder: str, counts: str, earlier: float = 0.0) -> float:
+        print(f"[{name}] {arm} ({counts} steps) ...", flush=True)
         torch.manual_seed(0)
-        result = train(config_of(recipe, name), work / f"xe-{label}")
-        counts = f"{xe_steps + extra} + 0" if label == "xe" else f"{xe_steps} + {extra}"
-        rows.append(row(arm, work / f"xe-{label}", counts, start.seconds + result.seconds))
+        result = train(config_of(recipe, name), work / folder)
+        seconds = earlier + result.seconds
+        rows.append({"data": name, "arm": arm, "steps": counts, "train_seconds": seconds})
+        rows[-1] |= score(work / folder, *heldout, max_tokens)
+        print(f"[{name}] {arm}: {rows[-1]}", flush=True)
+        return seconds
+
+    xe_seconds = run("XE", merge(xe_recipe, {"train": {"steps": xe_steps + extra}}), "xe", f"{xe_steps + extra} + 0")
+    start = run("XE start", merge(xe_recipe, {"train": {"steps": xe_steps}}), "xe-start", f"{xe_steps} + 0")
+    scst = merge(
+        merge(xe_recipe, scst_recipe), {"model": {"pretrained": str(work / "xe-start")}, "train": {"steps": extra}}
+    )
+    scst_seconds = run("XE+SCST", scst, "xe-scst", f"{xe_steps} + {extra}", start)
+    same_time = round((xe_steps + extra) * scst_seconds / xe_seconds)
+    run("XE, same time", merge(xe_recipe, {"train": {"steps": same_time}}), "xe-same-time", f"{same_time} + 0")
     return rows
 
 
@@ -161,13 +162,15 @@ def scenes(work: Path, scale: float, held_out_fraction: float) -> list[dict[str,
         work / "data", int(4000 * scale) or 64, 50, int(300 * scale) or 20, demo.seed, demo.image_size, options
     )
     recipe = merge(
-        read_yaml(demo_recipe_path()),
+        read_yaml(RECIPES / "scenes-xe.yaml"),
         {"data": {"train": str(data_file), "val": str(data_file)}, "train": {"eval_every": 1000, "eval_images": 50}},
     )
     heldout = held_out(load_records(data_file), ("test",))
-    xe_steps, more = max(int(1000 * scale), 2), max(int(200 * scale), 2)
+    xe_steps = max(int(recipe["train"]["steps"] * scale), 2)
+    more = max(int(SCENES_SCST["train"]["steps"] * scale), 2)
     recipe = merge(recipe, {"train": {"warmup_steps": max(xe_steps // 10, 1)}})
-    return run_arms("scenes", recipe, SCENES_MORE, SCENES_SCST, (xe_steps, more), heldout, work)
+    scst = merge(SCENES_SCST, {"train": {"eval_every": 1000, "eval_images": 50}})  # validation as in the XE runs
+    return run_arms("scenes", recipe, scst, (xe_steps, more), heldout, work)
 
 
 def flickr8k(work: Path, scale: float) -> list[dict[str, Any]]:
@@ -175,7 +178,7 @@ def flickr8k(work: Path, scale: float) -> list[dict[str, Any]]:
     recipe = merge(FLICKR_XE, {"data": {"train": str(source)}})  # val images: the trainer's own val split
     heldout = held_out(load_records(source), ("val", "test"))
     xe_steps, more = max(int(300 * scale), 2), max(int(100 * scale), 2)
-    return run_arms("flickr8k", recipe, FLICKR_MORE, FLICKR_SCST, (xe_steps, more), heldout, work)
+    return run_arms("flickr8k", recipe, FLICKR_SCST, (xe_steps, more), heldout, work)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

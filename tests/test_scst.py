@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from captionkit.config import ScstSection
 from captionkit.errors import ConfigError
 from captionkit.evaluation import score_captions
 from captionkit.models.registry import create_model
 from captionkit.text import train_bpe_tokenizer
 from captionkit.training.scst import (
     CiderReward,
-    ScstConfig,
     leave_one_out_baseline,
+    sampling_config,
     scst_step,
     sequences_from,
 )
@@ -53,14 +54,14 @@ def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
 
 def test_bad_scst_settings_are_config_errors():
     with pytest.raises(ConfigError, match="num_samples"):
-        ScstConfig(num_samples=1)  # a leave-one-out baseline needs two samples
+        ScstSection(num_samples=1)  # a leave-one-out baseline needs two samples
     with pytest.raises(ConfigError, match="baseline"):
-        ScstConfig(baseline="best")  # type: ignore[arg-type]
+        ScstSection(baseline="best")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="entropy_weight"):
-        ScstConfig(entropy_weight=-1.0)
+        ScstSection(entropy_weight=-1.0)
     with pytest.raises(ConfigError, match="training references"):
         CiderReward({})
-    assert ScstConfig(num_samples=1, baseline="greedy").num_samples == 1
+    assert ScstSection(num_samples=1, baseline="greedy").num_samples == 1
 
 
 def _setup(seed: int = 0):
@@ -84,7 +85,7 @@ class _FixedReward:
 
 def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single_thread):
     tokenizer, model, pixels, ids = _setup()
-    config = ScstConfig(num_samples=3, max_new_tokens=6)
+    config = ScstSection(num_samples=3, max_new_tokens=6)
     table = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 3.0], [0.0, 1.0, 0.0]])
     step = scst_step(model, tokenizer, pixels, ids, _FixedReward(table), config, seed=7)
     step.loss.backward()
@@ -95,7 +96,7 @@ def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single
 
     model.zero_grad()
     with torch.no_grad():
-        samples = generate(model, pixels, config=config.sampling(7))
+        samples = generate(model, pixels, config=sampling_config(config, 7))
     seqs, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
     advantage = (table - leave_one_out_baseline(table)).reshape(-1)
     logits = model(pixels.repeat_interleave(3, dim=0), seqs, mask)
@@ -111,7 +112,7 @@ def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single
 def test_equal_rewards_give_no_gradient(single_thread):
     # Every sample as good as the others: the advantage is zero, and nothing else may push the weights.
     tokenizer, model, pixels, ids = _setup()
-    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(torch.ones(3, 4)), ScstConfig(num_samples=4), seed=1)
+    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(torch.ones(3, 4)), ScstSection(num_samples=4), seed=1)
     step.loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
@@ -121,7 +122,7 @@ def test_equal_rewards_give_no_gradient(single_thread):
 def test_greedy_baseline_uses_the_greedy_captions_reward(single_thread):
     tokenizer, model, pixels, ids = _setup()
     reward = CiderReward(REFERENCES)
-    step = scst_step(model, tokenizer, pixels, ids, reward, ScstConfig(num_samples=2, baseline="greedy"), seed=3)
+    step = scst_step(model, tokenizer, pixels, ids, reward, ScstSection(num_samples=2, baseline="greedy"), seed=3)
     from captionkit.decoding import DecodingConfig, generate
 
     greedy = generate(model, pixels, config=DecodingConfig(max_new_tokens=16))
@@ -132,7 +133,7 @@ def test_greedy_baseline_uses_the_greedy_captions_reward(single_thread):
 def test_a_tiny_run_raises_the_mean_reward(single_thread):
     tokenizer, model, pixels, ids = _setup(seed=2)
     reward = CiderReward(REFERENCES)
-    config = ScstConfig(num_samples=6, max_new_tokens=8)
+    config = ScstSection(num_samples=6, max_new_tokens=8)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     rewards = []
     model.train()

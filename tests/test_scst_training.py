@@ -230,9 +230,13 @@ def test_coco_recipe_in_a_tiny_form(scenes, xe_model, tmp_path, single_thread):
     assert all(set(entry) >= SCST_KEYS for entry in result.history)
 
 
-def test_scenes_recipe_loads(xe_model):
+def test_scenes_recipes_load(xe_model):
+    xe = load_train_config(REPO / "configs" / "scenes-xe.yaml")
+    # XE on every neutral reference of a scene, as COCO models train on all five; no style control.
+    assert xe.train.objective == "xe" and not xe.data.first_caption_only and xe.data.styles == {"neutral": 1.0}
     config = load_train_config(REPO / "configs" / "scenes-xe-scst.yaml", [f"model.pretrained={xe_model}"])
     assert config.train.objective == "scst" and not config.data.first_caption_only
+    assert config.data.styles == xe.data.styles and config.model.overrides == xe.model.overrides
     assert config.train.scst.max_new_tokens < config.data.max_length
 
 

@@ -91,7 +91,7 @@ class StageSection:
 
 @dataclass(frozen=True)
 class ScstSection:
-    """Self-critical sequence training (``train.objective: scst``); see captionkit.training.scst.ScstConfig."""
+    """Self-critical sequence training (``train.objective: scst``); see captionkit.training.scst."""
 
     # Captions sampled per image; the "mean" baseline (each sample's: the mean reward of the image's other
     # samples) needs at least 2, the "greedy" baseline (the reward of the image's greedy caption) at least 1.

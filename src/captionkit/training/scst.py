@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
+from captionkit.config import ScstSection
 from captionkit.decoding import DecodingConfig, Hypothesis, generate
 from captionkit.errors import ConfigError
 from captionkit.evaluation.cider import CiderD
@@ -33,47 +33,16 @@ from captionkit.evaluation.tokenize import tokenize_captions
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.text import CaptionTokenizer
 
-Baseline = Literal["mean", "greedy"]
-BASELINES = ("mean", "greedy")
 
-
-@dataclass(frozen=True)
-class ScstConfig:
-    """Settings of the self-critical objective (``train.scst`` in a recipe)."""
-
-    num_samples: int = 5
-    baseline: Baseline = "mean"
-    # Longest sampled caption, in generated tokens (eos included).
-    max_new_tokens: int = 16
-    temperature: float = 1.0
-    # Subtracted from the reward of a sample cut at max_new_tokens without eos.
-    unfinished_penalty: float = 0.0
-    # Weight of a bonus on the mean per-token entropy of the model along the sampled captions.
-    entropy_weight: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.baseline not in BASELINES:
-            raise ConfigError("scst.baseline", f"must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
-        least = 2 if self.baseline == "mean" else 1
-        if not isinstance(self.num_samples, int) or self.num_samples < least:
-            raise ConfigError(
-                "scst.num_samples",
-                f"must be at least {least} with the {self.baseline!r} baseline, got {self.num_samples}",
-            )
-        for name in ("unfinished_penalty", "entropy_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"scst.{name}", f"must be >= 0, got {getattr(self, name)}")
-        # The decoding config validates max_new_tokens and temperature with the same bounds as decoding.
-        self.sampling(seed=0)
-
-    def sampling(self, seed: int) -> DecodingConfig:
-        return DecodingConfig(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=True,
-            temperature=self.temperature,
-            num_return_sequences=self.num_samples,
-            seed=seed,
-        )
+def sampling_config(config: ScstSection, seed: int) -> DecodingConfig:
+    """How SCST samples: ``num_samples`` captions per image at ``temperature``, seeded."""
+    return DecodingConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=True,
+        temperature=config.temperature,
+        num_return_sequences=config.num_samples,
+        seed=seed,
+    )
 
 
 class CiderReward:
@@ -165,7 +134,7 @@ def rollout(
     encoded: Encoded,
     image_ids: Sequence[str],
     reward: CiderReward,
-    config: ScstConfig,
+    config: ScstSection,
     seed: int,
     image_offset: int = 0,
 ) -> Rollout:
@@ -174,7 +143,7 @@ def rollout(
     Image i of the batch draws from ``seed + image_offset + i``: a data-parallel process passes the position of
     its first image in the global batch, so N processes sample exactly what one process with the whole batch would.
     """
-    samples = generate(model, encoded=encoded, config=config.sampling(seed), image_offset=image_offset)
+    samples = generate(model, encoded=encoded, config=sampling_config(config, seed), image_offset=image_offset)
     texts = [[tokenizer.decode(h.token_ids) for h in group] for group in samples]
     rewards = reward(image_ids, texts)
     unfinished = torch.tensor([[not h.finished for h in group] for group in samples])
@@ -249,7 +218,7 @@ def scst_step(
     pixel_values: torch.Tensor,
     image_ids: Sequence[str],
     reward: CiderReward,
-    config: ScstConfig,
+    config: ScstSection,
     seed: int,
 ) -> ScstStep:
     """Sample, reward, and build the self-critical loss for one batch (call ``.loss.backward()`` on the result).
