@@ -20,6 +20,7 @@ from _families import (
 )
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.models.base import Encoded
+from captionkit.models.native import set_trainable
 from captionkit.models.prefix_gpt2 import PrefixGpt2Config, PrefixGpt2Model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -215,3 +216,15 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
     entries = train_tiny(FAMILY, tmp_path)
     assert entries[-1]["loss"] < entries[0]["loss"]
     assert entries[-1]["val_loss"] < entries[0]["val_loss"]
+
+
+def test_a_part_frozen_by_a_flag_or_a_stage_runs_in_eval_mode() -> None:
+    model = peaked(FAMILY, seed=8, std=0.02, freeze_encoder=True)
+    model.train()
+    assert not model.encoder.training and model.gpt2.training and model.mapper.training
+    set_trainable(model.encoder, True)  # what a stage that unfreezes the encoder does, then the trainer calls train()
+    set_trainable(model.gpt2, False)
+    model.train()
+    assert model.encoder.training and not model.gpt2.training
+    model.eval()
+    assert not any(module.training for module in model.modules())

@@ -242,12 +242,15 @@ class PrefixGpt2Model(CaptionModel):
         self.train()  # a new model trains (as a new transformers model does); frozen parts stay in eval mode
 
     def train(self, mode: bool = True) -> PrefixGpt2Model:
-        """Frozen parts stay in eval mode (no dropout) whatever the mode of the rest."""
+        """Frozen parts stay in eval mode (no dropout) whatever the mode of the rest.
+
+        Frozen means no parameter of the part takes a gradient, by a ``freeze_*`` flag or by a training stage; the
+        trainer calls ``train`` again whenever a stage changes that.
+        """
         super().train(mode)
-        if self.config.freeze_encoder:
-            self.encoder.eval()
-        if self.config.freeze_decoder:
-            self.gpt2.eval()
+        for part in (self.encoder, self.gpt2):
+            if not trains(part):
+                part.eval()
         return self
 
     # --- construction, save and load
