@@ -28,6 +28,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt2_step, start_gpt2_state
+from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import (
     FamilyConfig,
     check_token_ids,
@@ -100,33 +101,28 @@ class PrefixGpt2Config(FamilyConfig):
             raise ConfigError("initializer_range", f"must be positive, got {self.initializer_range}")
 
     def encoder_hf(self) -> ViTConfig:
-        return ViTConfig(
+        return vit_config(
             image_size=self.image_size,
             patch_size=self.patch_size,
             num_channels=self.num_channels,
-            hidden_size=self.encoder_hidden_size,
-            num_hidden_layers=self.encoder_layers,
-            num_attention_heads=self.encoder_heads,
-            intermediate_size=self.encoder_intermediate_size,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
+            encoder_hidden_size=self.encoder_hidden_size,
+            encoder_layers=self.encoder_layers,
+            encoder_heads=self.encoder_heads,
+            encoder_intermediate_size=self.encoder_intermediate_size,
+            dropout=0.0,
             initializer_range=self.initializer_range,
         )
 
     def decoder_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> GPT2Config:
-        return GPT2Config(
+        return gpt2_config(
             vocab_size=self.vocab_size,
-            n_positions=self.decoder_positions,
-            n_embd=self.decoder_hidden_size,
-            n_layer=self.decoder_layers,
-            n_head=self.decoder_heads,
-            resid_pdrop=self.decoder_dropout,
-            embd_pdrop=self.decoder_dropout,
-            attn_pdrop=self.decoder_dropout,
+            decoder_positions=self.decoder_positions,
+            decoder_hidden_size=self.decoder_hidden_size,
+            decoder_layers=self.decoder_layers,
+            decoder_heads=self.decoder_heads,
+            decoder_dropout=self.decoder_dropout,
             initializer_range=self.initializer_range,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+            token_ids=(bos_token_id, eos_token_id, pad_token_id),
         )
 
 

@@ -23,18 +23,14 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from transformers import (
-    GPT2Config,
-    VisionEncoderDecoderConfig,
-    VisionEncoderDecoderModel,
-    ViTConfig,
-)
+from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
 from captionkit import __version__
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
+from captionkit.models.hf_configs import gpt2_config, vit_config
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
 
@@ -155,32 +151,27 @@ class VitGpt2Config:
 
     def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> VisionEncoderDecoderConfig:
         """The hub config: a ViT encoder config and a GPT-2 decoder config with cross-attention."""
-        encoder = ViTConfig(
+        encoder = vit_config(
             image_size=self.image_size,
             patch_size=self.patch_size,
             num_channels=self.num_channels,
-            hidden_size=self.encoder_hidden_size,
-            num_hidden_layers=self.encoder_layers,
-            num_attention_heads=self.encoder_heads,
-            intermediate_size=self.encoder_intermediate_size,
-            hidden_dropout_prob=self.encoder_dropout,
-            attention_probs_dropout_prob=self.encoder_dropout,
+            encoder_hidden_size=self.encoder_hidden_size,
+            encoder_layers=self.encoder_layers,
+            encoder_heads=self.encoder_heads,
+            encoder_intermediate_size=self.encoder_intermediate_size,
+            dropout=self.encoder_dropout,
             initializer_range=self.initializer_range,
         )
-        decoder = GPT2Config(
+        decoder = gpt2_config(
             vocab_size=self.vocab_size,
-            n_positions=self.decoder_positions,
-            n_embd=self.decoder_hidden_size,
-            n_layer=self.decoder_layers,
-            n_head=self.decoder_heads,
-            n_inner=self.decoder_intermediate_size,
-            resid_pdrop=self.decoder_dropout,
-            embd_pdrop=self.decoder_dropout,
-            attn_pdrop=self.decoder_dropout,
+            decoder_positions=self.decoder_positions,
+            decoder_hidden_size=self.decoder_hidden_size,
+            decoder_layers=self.decoder_layers,
+            decoder_heads=self.decoder_heads,
+            decoder_dropout=self.decoder_dropout,
             initializer_range=self.initializer_range,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
+            token_ids=(bos_token_id, eos_token_id, pad_token_id),
+            n_inner=self.decoder_intermediate_size,
             decoder_start_token_id=bos_token_id,
         )
         return VisionEncoderDecoderConfig.from_encoder_decoder_configs(
