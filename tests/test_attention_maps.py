@@ -226,6 +226,27 @@ def test_cli_writes_a_heatmap_per_token_of_each_best_caption(captioner, tmp_path
     assert total > 0
 
 
+def test_shards_give_each_image_its_own_folder(captioner, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    captioner.save_pretrained(model_dir)
+    photos = tmp_path / "photos"
+    folders = "abcdef"  # six images with one stem: the shards split them
+    for folder in folders:
+        (photos / folder).mkdir(parents=True)
+        shutil.copy(PHOTOS[0], photos / folder / PHOTOS[0].name)
+    maps = tmp_path / "maps"
+    args = ["caption", photos, "--model", model_dir, "--beams", "1", "--max-length", "4", "--attention-maps", maps]
+    for shard in ("0/2", "1/2"):
+        code, _, err = run_cli([*args, "--shard", shard, "--output", tmp_path / "captions.jsonl"], capsys)
+        assert code == 0, err
+        part = tmp_path / f"captions.part-{shard[0]}-of-2.jsonl"
+        assert 0 < len(part.read_text().splitlines()) < len(folders)  # each shard has some of the images
+    stem = PHOTOS[0].stem
+    # Names come from the whole input list, the same in every shard: no shard overwrote another's image.
+    expected = [stem, *(f"{stem}-{n}" for n in range(2, len(folders) + 1))]
+    assert sorted(p.name for p in maps.iterdir()) == sorted(expected)
+
+
 @pytest.mark.parametrize("family", ["prefix-gpt2", "cnn-lstm"])
 def test_cli_refuses_attention_maps_for_a_model_without_attention(family, tmp_path, capsys):
     tokenizer = (train_word_tokenizer if family == "cnn-lstm" else train_bpe_tokenizer)(CAPTIONS * 10, 300)

@@ -123,7 +123,8 @@ def caption(
         on_captions = None
         if attention_maps is not None:
             check_attention(captioner.model, "--attention-maps")
-            on_captions = _overlay_writer(captioner, config.start_token_id, attention_maps)
+            folders = _overlay_folders([item.path for item in items])
+            on_captions = _overlay_writer(captioner, config.start_token_id, attention_maps, folders)
         writer = RecordWriter(target, fmt, existing)
     except CaptionkitError as error:
         fail(str(error))
@@ -162,26 +163,33 @@ def caption(
     raise typer.Exit(EXIT_PARTIAL if summary.errors or earlier else EXIT_OK)
 
 
-def _overlay_writer(
-    captioner: Captioner, start_token_id: int | None, directory: Path
-) -> Callable[[list[Path], torch.Tensor, list[list[Caption]]], None]:
-    """``caption_files``' callback drawing the best caption's attention maps: DIR/<image stem>/<NNN>-<token>.png.
+def _overlay_folders(paths: list[Path]) -> dict[Path, str]:
+    """Each input's attention-map folder name: its stem; inputs that share one get ``stem``, ``stem-2``, ... in input
+    order. Made from the whole input list, which every shard, torchrun rank and resumed run sees alike, so no two of
+    them give one name to different images."""
+    folders: dict[Path, str] = {}
+    taken: set[str] = set()
+    for path in paths:
+        if path in folders:
+            continue
+        name, count = path.stem, 1
+        while name in taken:
+            count += 1
+            name = f"{path.stem}-{count}"
+        folders[path] = name
+        taken.add(name)
+    return folders
 
-    Two inputs with one stem get ``stem``, ``stem-2``, ...; an overlay that cannot be drawn is reported, not fatal.
+
+def _overlay_writer(
+    captioner: Captioner, start_token_id: int | None, directory: Path, folders: dict[Path, str]
+) -> Callable[[list[Path], torch.Tensor, list[list[Caption]]], None]:
+    """``caption_files``' callback drawing the best caption's attention maps: DIR/<folders[image]>/<NNN>-<token>.png.
+
+    An overlay that cannot be drawn is reported, not fatal.
     """
     from captionkit.attention import write_overlays
     from captionkit.errors import CaptionkitError
-
-    folders: dict[Path, str] = {}
-
-    def folder(path: Path) -> str:
-        if path not in folders:
-            taken, name, count = set(folders.values()), path.stem, 1
-            while name in taken:
-                count += 1
-                name = f"{path.stem}-{count}"
-            folders[path] = name
-        return folders[path]
 
     def draw(paths: list[Path], pixels: torch.Tensor, captions: list[list[Caption]]) -> None:
         best = captioner.add_attention(pixels, [found[:1] for found in captions], start_token_id)
@@ -189,7 +197,7 @@ def _overlay_writer(
             assert caption.tokens is not None and caption.attention is not None
             try:
                 image = captioner.load_images([path])[0]
-                write_overlays(image, caption.tokens, caption.attention, directory / folder(path))
+                write_overlays(image, caption.tokens, caption.attention, directory / folders[path])
             except (CaptionkitError, OSError) as error:
                 print(f"{path}: no attention maps: {error}", file=sys.stderr)
 
