@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 
 from captionkit.cli import main
+from captionkit.data.records import write_jsonl
+from captionkit.data.sources import load_records
+from captionkit.data.splits import split_by_image
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.images import Preprocessing
 from captionkit.models.registry import create_model
@@ -77,3 +82,30 @@ def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):
     code, _, err = run(["evaluate", "--model", str(model_dir), "--data", "/no/data"], capsys)
     assert code == 1
     assert "/no/data: no such file or directory" in err
+
+
+@pytest.mark.parametrize("val_data", ["", "elsewhere.jsonl"])
+def test_unsplit_data_is_split_as_the_models_training_run_split_it(scenes, model_dir, tmp_path, capsys, val_data):
+    records = [dataclasses.replace(r, split=None) for r in load_records(scenes)]
+    data = write_jsonl(records, tmp_path / "unsplit.jsonl")
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir)
+    saved = {"data": {"val_fraction": 0.3, "val": val_data}, "train": {"seed": 3}}
+    (run_dir / "train_config.json").write_text(json.dumps(saved))
+    args = ["evaluate", "--model", str(run_dir), "--data", str(data), "--split", "val", "--beams", "1"]
+    code, stdout, err = run([*args, "--max-length", "4", "--metrics", "BLEU"], capsys)
+    if val_data:  # that run held none of these images out: no split to reproduce
+        assert code == 1 and "no captions in split 'val'" in err
+        return
+    assert code == 0, err
+    _, held_out = split_by_image(records, 0.3, seed=3)
+    assert 0 < len({r.image_id for r in held_out}) < len({r.image_id for r in records})
+    assert json.loads(stdout)["images"] == len({r.image_id for r in held_out})
+    assert "using the split of the model's training run (0.3 of the images held out as val, seed 3)" in err
+
+
+def test_unsplit_data_without_the_runs_settings_names_the_splits(scenes, model_dir, tmp_path, capsys):
+    data = write_jsonl([dataclasses.replace(r, split=None) for r in load_records(scenes)], tmp_path / "u.jsonl")
+    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "val"], capsys)
+    assert code == 1
+    assert f"{data}: no captions in split 'val' (splits: none; use --split all)" in err

@@ -5,17 +5,26 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 
+if TYPE_CHECKING:
+    from captionkit.data.records import CaptionRecord
+
 
 def evaluate(
     model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")],
     data: Annotated[str, typer.Option(help="Dataset: a file or directory captionkit reads (COCO, Flickr, CSV...).")],
-    split: Annotated[str, typer.Option(help="Split to evaluate (train, val, test, or all).")] = "test",
+    split: Annotated[
+        str,
+        typer.Option(
+            help="Split to evaluate (train, val, test, or all). Data without split labels is split as the model's "
+            "training run split it, when its train_config.json is there."
+        ),
+    ] = "test",
     output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: the COCO set).")] = None,
     beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
@@ -47,7 +56,7 @@ def evaluate(
         fail(f"--batch-size: must be at least 1, got {batch_size}")
     try:
         decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
-        records = load_records(data)
+        records = _split_as_trained(load_records(data), model, data)
         chosen = records if split == "all" else select_split(records, split)
         if not chosen:
             splits = sorted({r.split for r in records if r.split})
@@ -88,6 +97,32 @@ def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:
     if len({style for _, style in train}) < 2:
         raise InputError(data, "--styles trains its style classifier on the train-split captions: they hold one style")
     return StyleClassifier.fit(train, lexicon=senticap_sentiment_words(lexicon) if lexicon else None)
+
+
+def _split_as_trained(records: list[CaptionRecord], model: str, data: str) -> list[CaptionRecord]:
+    """Data without split labels, split the way the model's training run split it (its ``train_config.json``: the
+    seeded ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never
+    trained on. Records are returned as they are when they have splits or the run's settings are not there."""
+    from captionkit.data.splits import assign_splits
+
+    settings = Path(model) / "train_config.json"
+    if any(record.split for record in records) or not settings.is_file():
+        return records
+    try:
+        saved = json.loads(settings.read_text(encoding="utf-8"))
+        fraction, seed = saved["data"]["val_fraction"], saved["train"]["seed"]
+        held_out_here = not saved["data"].get("val")  # a run given separate val data held nothing out of these
+        split = assign_splits(records, fraction, 0.0, seed) if held_out_here else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return records
+    if split is None:
+        return records
+    print(
+        f"{data}: no split labels; using the split of the model's training run ({fraction:g} of the images held out "
+        f"as val, seed {seed})",
+        file=sys.stderr,
+    )
+    return split
 
 
 def _print_style_table(table: dict) -> None:
