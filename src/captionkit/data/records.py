@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from captionkit.errors import InputError
 
@@ -51,19 +52,10 @@ def write_jsonl(records: Iterable[CaptionRecord], path: str | Path) -> Path:
     return path
 
 
-def read_jsonl(path: str | Path) -> list[CaptionRecord]:
-    """Read captionkit's ``captions.jsonl``; one clear error naming the file and line for anything malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file")
-    root = path.parent
-    records: list[CaptionRecord] = []
-    with path.open("r", encoding="utf-8", errors="strict") as handle:
-        try:
-            lines = list(handle)
-        except UnicodeDecodeError as error:
-            raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    for number, line in enumerate(lines, start=1):
+def json_objects(text: str, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each non-blank line of a JSON-lines text as an object, with ``path:line`` to name it in errors."""
+    # Split on newlines only: str.splitlines would also break at U+2028 and friends, which JSON strings may hold raw.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -73,6 +65,21 @@ def read_jsonl(path: str | Path) -> list[CaptionRecord]:
             raise InputError(where, f"invalid JSON ({error.msg})") from None
         if not isinstance(row, dict):
             raise InputError(where, "expected a JSON object")
+        yield row, where
+
+
+def read_jsonl(path: str | Path) -> list[CaptionRecord]:
+    """Read captionkit's ``captions.jsonl``; one clear error naming the file and line for anything malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    root = path.parent
+    records: list[CaptionRecord] = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
+    for row, where in json_objects(text, path):
         image, caption = row.get("image"), row.get("caption")
         if not isinstance(image, str) or not image:
             raise InputError(where, "missing 'image' (a path)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from captionkit.data.formats.base import (
     check_style,
     pick_root,
 )
+from captionkit.data.records import json_objects
 from captionkit.errors import InputError
 
 ALIASES = {
@@ -160,16 +160,7 @@ def read_jsonl(probe: Probe, options: ReadOptions) -> ReadResult:
 
 
 def _jsonl_rows(probe: Probe) -> Iterator[tuple[dict[str, object], str]]:
-    for number, line in enumerate(probe.text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{probe.path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(where, f"invalid JSON ({error.msg})") from None
-        if not isinstance(row, dict):
-            raise InputError(where, "expected a JSON object")
+    for row, where in json_objects(probe.text(), probe.path):
         mapped: dict[str, object] = {}
         for key, value in row.items():
             if key in IGNORED:
