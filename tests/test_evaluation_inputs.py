@@ -159,3 +159,8 @@ def test_two_names_for_one_image_are_duplicates(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no such file"):
         read_references(tmp_path / "nope.json")
+
+
+def test_a_raw_line_separator_inside_a_jsonl_caption_is_part_of_it(tmp_path: Path) -> None:
+    line = json.dumps({"image": "x.jpg", "caption": "a sign\u2028that says open"}, ensure_ascii=False)
+    assert read_candidates(write(tmp_path / "c.jsonl", line + "\n")) == {"x.jpg": "a sign\u2028that says open"}

@@ -123,3 +123,13 @@ def test_file_names_that_are_not_utf8_round_trip(tmp_path, fmt):
     writer.write([{"image": name, "caption": "a café", "score": -1.0}, {"image": "ü.jpg", "error": "empty file"}])
     writer.close()
     assert [r["image"] for r in read_records(path, fmt)] == [name, "ü.jpg"]
+
+
+def test_a_raw_line_separator_in_a_caption_stays_in_its_record(tmp_path):
+    path = tmp_path / "out.jsonl"
+    record = {"image": "a.jpg", "caption": "a sign that says caf\u00e9\u2028open"}
+    writer = RecordWriter(path, "jsonl")
+    writer.write([record])
+    writer.close()
+    assert "\u2028" in path.read_text(encoding="utf-8")  # JSON lines keep it unescaped
+    assert read_records(path, "jsonl") == [record]

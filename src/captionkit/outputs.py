@@ -53,7 +53,7 @@ def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
     body, torn = split_torn_tail(text, fmt)
     try:
         if fmt == "jsonl":
-            records = [json.loads(line) for line in body.splitlines() if line.strip()]
+            records = [json.loads(line) for line in body.split("\n") if line.strip()]
         elif fmt == "json":
             records, torn = (json.loads(text) if text.strip() else []), ""
             if not isinstance(records, list):

@@ -241,7 +241,7 @@ def _coco_candidates(data: list[Any], path: Path) -> dict[str, str]:
 def _jsonl_candidates(text: str, path: Path) -> dict[str, str]:
     candidates: dict[str, str] = {}
     failed: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
