@@ -12,10 +12,8 @@ Checkpoints are directories in the hub layout (``config.json``, ``generation_con
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
+from captionkit.models.native import FamilyConfig
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
 
@@ -55,8 +54,14 @@ SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 @dataclass(frozen=True)
-class VitGpt2Config:
-    """Architecture of a ViT + GPT-2 captioner; the defaults are the ``base`` preset (ViT-B/16 + GPT-2)."""
+class VitGpt2Config(FamilyConfig):
+    """Architecture of a ViT + GPT-2 captioner; the defaults are the ``base`` preset (ViT-B/16 + GPT-2).
+
+    Field checks, presets and dict round trips come from :class:`~captionkit.models.native.FamilyConfig`; the
+    checkpoint itself is the hub's layout (:meth:`to_hf`), not the native families' config.json.
+    """
+
+    family: ClassVar[str] = FAMILY
 
     # ViT encoder.
     image_size: int = 224
@@ -83,18 +88,8 @@ class VitGpt2Config:
     # Std of the random initial weights (both halves); larger values give peakier random models for tests.
     initializer_range: float = 0.02
 
-    def __post_init__(self) -> None:
-        for item in dataclasses.fields(self):
-            _check_field_type(item.name, getattr(self, item.name), item.type)
-        positive = [f.name for f in dataclasses.fields(self) if f.type in ("int", "int | None")]
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(name, f"must be at least 1, got {value}")
-        for name in ("encoder_dropout", "decoder_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(name, f"must be in [0, 1), got {getattr(self, name)}")
-        if not (math.isfinite(self.initializer_range) and self.initializer_range > 0):
+    def check(self) -> None:
+        if not self.initializer_range > 0:
             raise ConfigError("initializer_range", f"must be a positive number, got {self.initializer_range}")
         if self.image_size % self.patch_size:
             raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
@@ -102,29 +97,6 @@ class VitGpt2Config:
             hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
             if hidden % heads:
                 raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> VitGpt2Config:
-        """Build from a mapping; unknown keys and wrong types raise :class:`ConfigError`."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ConfigError(key, f"unknown {FAMILY} config key (known: {', '.join(sorted(known))})")
-        return cls(**values)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> VitGpt2Config:
-        """A preset (``tiny``, ``small``, ``base``) with some fields replaced."""
-        if name not in PRESETS:
-            raise ConfigError("preset", f"unknown {FAMILY} preset {name!r} (known: {', '.join(PRESETS)})")
-        return PRESETS[name].replace(**overrides)
-
-    def replace(self, **overrides: Any) -> VitGpt2Config:
-        """A copy with ``overrides`` applied; unknown keys raise :class:`ConfigError`."""
-        return self.from_dict({**self.to_dict(), **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     @classmethod
     def from_hf(cls, config: VisionEncoderDecoderConfig) -> VitGpt2Config:
@@ -183,18 +155,6 @@ class VitGpt2Config:
         )
 
 
-def _check_field_type(name: str, value: Any, annotation: Any) -> None:
-    # bool is an int subclass: `encoder_layers: true` in a recipe is a mistake, not 1.
-    if annotation == "float":
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif annotation == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:  # "int | None"
-        ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-    if not ok:
-        raise ConfigError(name, f"expected {annotation}, got {type(value).__name__} {value!r}")
-
-
 def _as_int(value: Any) -> int:
     # ViT configs may store image_size/patch_size as a pair; this family uses square images and patches.
     if isinstance(value, list | tuple):
@@ -239,6 +199,7 @@ PRESETS: dict[str, VitGpt2Config] = {
     # ViT-B/16 at 224 px + GPT-2 124M, as nlpconnect/vit-gpt2-image-captioning (239.2M parameters).
     "base": VitGpt2Config(),
 }
+VitGpt2Config.presets = PRESETS
 
 
 # --- model
