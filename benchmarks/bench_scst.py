@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from _tables import markdown_table
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict, merge, read_yaml
 from captionkit.data.records import CaptionRecord
@@ -201,11 +202,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ]
         for row in rows
     ]
-    widths = [max(len(str(line[i])) for line in [COLUMNS, *cells]) for i in range(len(COLUMNS))]
-    print("| " + " | ".join(name.ljust(width) for name, width in zip(COLUMNS, widths, strict=True)) + " |")
-    print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
-    for line in cells:
-        print("| " + " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) + " |")
+    print(markdown_table(COLUMNS, cells))
 
 
 def main() -> None:
