@@ -3,6 +3,7 @@ the same global batches."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,6 +195,9 @@ def test_a_process_whose_micro_batch_is_all_unreadable_joins_the_others_step(tmp
     # The attention family: its penalty, a mean over micro-batches, must not count process 1's placeholder.
     settings = ddp_settings(scenes, "model.family=cnn-lstm-attention", "train.steps=2", "train.seed=0")
     rank0, rank1 = weights_of_two_processes(tmp_path / "two", missing, settings, 29552)
+    # Process 0 drew no missing image: the run's record lists those process 1 skipped.
+    final_state = json.loads((tmp_path / "two" / "trainer_state.json").read_text())
+    assert len(final_state["unreadable_images"]) == 8
     config = load_train_config(None, [*settings, "train.batch_size=8"])
     seed_everything(config.train.seed)
     setup = build_setup(config)

@@ -497,6 +497,8 @@ def train(
         save(checkpoints / ckpt.step_name(state.step))
         if parallel.is_main:
             ckpt.prune_checkpoints(checkpoints, config.train.keep_checkpoints)
+    # Each process skipped the unreadable images it drew: the run's result and final model list them all.
+    state.unreadable = {image: why for part in parallel.gather(state.unreadable) for image, why in part.items()}
     if parallel.is_main:
         assert run_log is not None
         run_log.close()
