@@ -22,6 +22,7 @@ import weakref
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 __all__ = ["linear", "packing_enabled"]
 
@@ -52,8 +53,8 @@ def _plain_weight(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor | Non
     """The module's fp32 CPU weight when packing applies to this call, else None."""
     if torch.is_grad_enabled() or inputs.dtype != torch.float32 or inputs.device.type != "cpu":
         return None
-    if type(module) is not nn.Linear and type(module).__name__ != "Conv1D":
-        return None  # int8 replacements, LoRA wrappers, ...: run as they are
+    if type(module) not in (nn.Linear, Conv1D):
+        return None  # subclasses and replacements (int8 linears, LoRA wrappers, ...) run as they are
     weight = module.weight
     if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32 or weight.device.type != "cpu":
         return None
