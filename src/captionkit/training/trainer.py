@@ -20,13 +20,13 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -70,6 +70,8 @@ from captionkit.training.validation import evaluate_loss, references, validation
 LogFn = Callable[[dict[str, Any]], None]
 Autocast = Callable[[], AbstractContextManager[object]]
 logger = logging.getLogger("captionkit.training")
+# A micro-batch of either step kind (cross-entropy: a Batch; SCST: a Batch with its rollout).
+T = TypeVar("T")
 
 CHECKPOINTS = "checkpoints"
 CURVES = "curves.png"
@@ -602,27 +604,21 @@ def _optimizer_step(
 ) -> float | None:
     """Forward and backward every micro-batch, then one optimizer step; the step's mean token loss.
 
-    Under DDP every process runs as many backward passes as the others (each ends in an all-reduce the others wait
-    for): a micro-batch whose images are all unreadable on this process but not on every one runs ``placeholder``
-    with weight 0 instead (:func:`_placeholder_loss`); one that is empty everywhere is left out.
+    A micro-batch whose images are all unreadable here but not on every process runs ``placeholder`` (see
+    :func:`_agree`).
     """
-    local_tokens = sum(int(batch.attention_mask[:, 1:].sum()) for batch in micro if len(batch))
-    tokens, *holders = parallel.sum([float(local_tokens), *(float(len(batch) > 0) for batch in micro)])
+    present = [batch if len(batch) else None for batch in micro]
+    local_tokens = sum(int(batch.attention_mask[:, 1:].sum()) for batch in present if batch is not None)
+    tokens, chosen, per_process = _agree(present, float(local_tokens), parallel)
     if tokens == 0:
         return None
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    chosen = [batch for batch, holding in zip(micro, holders, strict=True) if holding]
-    # Micro-batches with data over all processes, per process: auxiliary terms are means over them.
-    per_process = sum(holders) / parallel.world_size
     for index, batch in enumerate(chosen):
-        last = index == len(chosen) - 1
-        sync = nullcontext() if last or not parallel.enabled else model.no_sync()  # type: ignore[operator]
-        with sync:
-            if not len(batch):
+        with _sync(model, parallel, last=index == len(chosen) - 1):
+            if batch is None:
                 assert placeholder is not None  # another process holds data: only under DDP
-                loss = _placeholder_loss(raw_model, autocast, partial(_teacher_forced, model, placeholder, device))
-                scaler.scale(loss).backward()
+                _placeholder_backward(raw_model, autocast, scaler, partial(_teacher_forced, model, placeholder, device))
                 continue
             ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
             with autocast():
@@ -661,11 +657,36 @@ def _placeholder(data: CaptionDataset, preprocessing: Preprocessing, model: Capt
     return Batch(pixels, ids, torch.ones_like(ids), ["placeholder"], 0, features)
 
 
-def _placeholder_loss(
-    raw_model: CaptionModel, autocast: Autocast, logits_of: Callable[[], torch.Tensor]
-) -> torch.Tensor:
-    """0 times the placeholder's logits: every parameter the forward uses gets a zero gradient, so the all-reduce
-    sums the other processes' gradients alone. Run in eval mode: batch norm statistics stay, dropout draws nothing."""
+def _agree(
+    items: Sequence[T | None], local_tokens: float, parallel: Distributed
+) -> tuple[float, list[T | None], float]:
+    """What this process runs in a step, agreed with the others: ``(tokens, chosen, per_process)``.
+
+    ``items`` are this process's micro-batches, None where it has no data (every image unreadable). Under DDP each
+    backward pass ends in an all-reduce the other processes wait for, so all run as many: ``chosen`` keeps the
+    micro-batches that hold data on some process (None where this one runs the zero-weight placeholder, see
+    :func:`_placeholder_backward`) and leaves out those empty everywhere. ``tokens``: ``local_tokens`` summed over
+    the processes; ``per_process``: the micro-batches with data per process, over which auxiliary terms are means.
+    """
+    tokens, *holders = parallel.sum([local_tokens, *(float(item is not None) for item in items)])
+    chosen = [item for item, holding in zip(items, holders, strict=True) if holding]
+    return tokens, chosen, sum(holders) / parallel.world_size
+
+
+def _sync(module: torch.nn.Module, parallel: Distributed, last: bool) -> AbstractContextManager[Any]:
+    """DDP all-reduces the gradients on a step's last backward pass only (``no_sync`` before it)."""
+    return nullcontext() if last or not parallel.enabled else module.no_sync()  # type: ignore[operator]
+
+
+def _placeholder_backward(
+    raw_model: CaptionModel,
+    autocast: Autocast,
+    scaler: torch.amp.GradScaler,
+    logits_of: Callable[[], torch.Tensor],
+) -> None:
+    """Backward of 0 times the placeholder's logits: every parameter the forward uses gets a zero gradient, so the
+    all-reduce sums the other processes' gradients alone. Run in eval mode: batch norm statistics stay, dropout
+    draws nothing."""
     was_training = raw_model.training
     raw_model.eval()
     try:
@@ -674,7 +695,7 @@ def _placeholder_loss(
     finally:
         raw_model.train(was_training)
     raw_model.auxiliary_loss()  # the placeholder's own (an attention penalty) is dropped
-    return logits.float().sum() * 0.0
+    scaler.scale(logits.float().sum() * 0.0).backward()
 
 
 def _scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward:
@@ -738,18 +759,13 @@ def _scst_optimizer_step(
     ]
     optimizer.zero_grad(set_to_none=True)
     entropy_total = policy_total = 0.0
-    # As in _optimizer_step: a micro-batch with data on some process runs on every one (a placeholder where empty).
-    tokens, *holders = parallel.sum([local[0], *(float(item is not None) for item in work)])
-    chosen = [item for item, holding in zip(work, holders, strict=True) if holding]
-    per_process = sum(holders) / parallel.world_size
+    tokens, chosen, per_process = _agree(work, local[0], parallel)
     for index, item in enumerate(chosen):
-        last = index == len(chosen) - 1
-        sync = nullcontext() if last or not parallel.enabled else scorer.no_sync()  # type: ignore[operator]
-        with sync:
+        with _sync(scorer, parallel, last=index == len(chosen) - 1):
             if item is None:
                 assert placeholder is not None  # another process holds data: only under DDP
-                loss = _placeholder_loss(raw_model, autocast, partial(_scored_placeholder, scorer, placeholder, device))
-                scaler.scale(loss).backward()
+                scored = partial(_scored_placeholder, scorer, placeholder, device)
+                _placeholder_backward(raw_model, autocast, scaler, scored)
                 continue
             batch, sampled = item
             features = None if batch.features is None else batch.features.to(device)
