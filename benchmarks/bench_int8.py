@@ -23,12 +23,11 @@ from pathlib import Path
 
 import torch
 
+from _side_by_side import caption_side_by_side, photo_arguments
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import export_int8, quantize_int8
 from captionkit.inputs import collect_images
-
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017"
 
 
 def token_accuracy(pairs: list[tuple[list[int], list[int]]]) -> float:
@@ -68,12 +67,7 @@ def preset_speed(preset: str, backend: str | None, images: int = 4, repeats: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", type=Path, default=PHOTOS)
-    parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--beams", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    photo_arguments(parser, beams=4)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--speed-preset", default=None, help="also time a random-weight preset (e.g. base)")
     args = parser.parse_args()
@@ -87,17 +81,7 @@ def main() -> None:
     config = DecodingConfig(num_beams=args.beams)
     paths = collect_images([args.images])[: args.count]
     images = engines["fp32"].load_images(paths)
-    captions: dict[str, list[list[int]]] = {name: [] for name in engines}
-    times: dict[str, list[float]] = {name: [] for name in engines}
-    for captioner in engines.values():  # warm-up
-        captioner.caption_pil(images[: args.batch_size], config)
-    for start in range(0, len(images), args.batch_size):
-        batch = images[start : start + args.batch_size]
-        for name, captioner in engines.items():
-            began = time.perf_counter()
-            found = captioner.caption_pil(batch, config)
-            times[name].append(time.perf_counter() - began)
-            captions[name] += [per_image[0].token_ids for per_image in found]
+    captions, times = caption_side_by_side(engines, images, config, args.batch_size)
     pairs = list(zip(captions["fp32"], captions["int8"], strict=True))
     result = {
         "model": args.model,

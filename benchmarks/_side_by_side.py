@@ -1,0 +1,48 @@
+"""What the export benchmarks share: their photo arguments and captioning the same photos with two engines.
+
+Both engines caption each batch in turn (interleaved), so load on a shared machine hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from captionkit.decoding import DecodingConfig
+
+PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017"
+
+
+def photo_arguments(parser: argparse.ArgumentParser, beams: int) -> None:
+    """--model, --images, --count, --beams, --batch-size, --threads."""
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", type=Path, default=PHOTOS)
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--beams", type=int, default=beams)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def caption_side_by_side(
+    engines: dict[str, Any], images: list[Image.Image], config: DecodingConfig, batch_size: int
+) -> tuple[dict[str, list[list[int]]], dict[str, list[float]]]:
+    """Each engine's best caption (token ids) of every image and its seconds per batch, after one warm-up batch.
+
+    ``engines`` have ``caption_pil(images, config)`` (a ``Captioner`` or the ONNX captioner).
+    """
+    captions: dict[str, list[list[int]]] = {name: [] for name in engines}
+    seconds: dict[str, list[float]] = {name: [] for name in engines}
+    for engine in engines.values():
+        engine.caption_pil(images[:batch_size], config)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        for name, engine in engines.items():
+            began = time.perf_counter()
+            found = engine.caption_pil(batch, config)
+            seconds[name].append(time.perf_counter() - began)
+            captions[name] += [per_image[0].token_ids for per_image in found]
+    return captions, seconds
