@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
+from _resume import assert_same_weights, crash_at, untimed
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
@@ -62,22 +62,6 @@ def reference(scenes, tmp_path_factory):
     result = train(load_train_config(None, assignments(scenes)), out)
     torch.set_num_threads(before)
     return out, result
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    first, second = weights(a), weights(b)
-    assert first.keys() == second.keys()
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    """Log entries without their timings: everything else must repeat exactly."""
-    return [{k: v for k, v in entry.items() if k not in ("seconds", "images_per_second")} for entry in history]
 
 
 def run_child(signal_name: str, at_step: int, out: Path, scenes: Path) -> subprocess.CompletedProcess[str]:
@@ -169,13 +153,7 @@ def test_sigterm_saves_a_checkpoint_and_returns_then_resume_equals_uninterrupted
 
 def test_in_process_crash_then_resume_equals_uninterrupted(reference, scenes, tmp_path, single_thread):
     out = tmp_path / "run"
-
-    def crash(entry: dict) -> None:
-        if entry["step"] == 7:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(load_train_config(None, assignments(scenes)), out, log=crash)
+    crash_at(7, load_train_config(None, assignments(scenes)), out)
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000006"
     train(load_train_config(None, assignments(scenes)), out)
     assert_same_weights(reference[0], out)
@@ -209,13 +187,7 @@ def test_every_family_resumes_exactly(family, scenes, tmp_path, single_thread):
     settings = [a for a in assignments(scenes) if not a.startswith("model.overrides=")]
     settings += [f"model.family={family}", "train.steps=4", "train.checkpoint_every=2", "train.eval_images=0"]
     train(load_train_config(None, settings), tmp_path / "reference")
-
-    def crash(entry: dict) -> None:
-        if entry["step"] == 3:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(load_train_config(None, settings), tmp_path / "run", log=crash)
+    crash_at(3, load_train_config(None, settings), tmp_path / "run")
     resumed = train(load_train_config(None, settings), tmp_path / "run")
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-000002"
     assert_same_weights(tmp_path / "reference", tmp_path / "run")

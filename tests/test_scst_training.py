@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _data import SHARED_DATA
+from _resume import assert_same_weights, crash_at, untimed, weights
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, ModelLoadError
@@ -72,14 +72,6 @@ def xe_model(scenes, tmp_path_factory):
     train(load_train_config(None, common(scenes, "train.steps=4", "data.first_caption_only=true")), out)
     torch.set_num_threads(before)
     return out
-
-
-def weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(run / "model.safetensors"))
-
-
-def untimed(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in entry.items() if k not in ("seconds", "images_per_second")} for entry in history]
 
 
 def test_scst_stage_trains_from_an_xe_model_and_logs_its_statistics(scenes, xe_model, tmp_path, single_thread):
@@ -145,18 +137,10 @@ def test_with_style_control_the_references_are_the_distinct_neutral_captions(sce
 def test_a_crashed_scst_run_resumes_exactly(scenes, xe_model, tmp_path, single_thread):
     settings = scst(scenes, xe_model, "train.checkpoint_every=2", "train.scst.entropy_weight=0.01")
     reference = train(load_train_config(None, settings), tmp_path / "reference")
-
-    def crash(entry: dict) -> None:
-        if entry["step"] == 3:
-            raise RuntimeError("simulated crash")
-
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        train(load_train_config(None, settings), tmp_path / "run", log=crash)
+    crash_at(3, load_train_config(None, settings), tmp_path / "run")
     resumed = train(load_train_config(None, settings), tmp_path / "run")
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-000002"
-    first, second = weights(tmp_path / "reference"), weights(tmp_path / "run")
-    for name in first:
-        assert torch.equal(first[name], second[name]), name
+    assert_same_weights(tmp_path / "reference", tmp_path / "run")
     assert untimed(resumed.history) == untimed(reference.history)
 
 
