@@ -105,28 +105,17 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("model:\n  preset: tiny\n")
 
-    def sets(batch_size: int) -> list[str]:
-        return [x for item in settings(scenes, batch_size) for x in ("--set", item)]
+    def run(command: list[str], out: str, batch_size: int) -> None:
+        sets = [x for item in settings(scenes, batch_size) for x in ("--set", item)]
+        command = [*command, str(recipe), "--output", str(tmp_path / out), *sets]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
 
-    single = subprocess.run(
-        [*train, str(recipe), "--output", str(tmp_path / "one"), *sets(8)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
+    run(train, "one", 8)
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher += ["--main_process_port", "29542", "-m", "captionkit.cli", "train", "--no-progress"]
-    double = subprocess.run(
-        [*launcher, str(recipe), "--output", str(tmp_path / "two"), *sets(4)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert double.returncode == 0, double.stderr[-3000:]
+    run(launcher, "two", 4)
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
     assert one.keys() == two.keys()
