@@ -352,9 +352,8 @@ def train(
         state, restore_rng_states = _restore(resume_from, optimizer, scaler, parallel.rank)
         logger.info("resuming from %s (step %d)", resume_from, state.step)
     placeholder = _placeholder(train_data, setup.preprocessing, model) if parallel.enabled else None
-    # What runs forward and backward, built when a stage changes the trainable parameters (see _wrapped).
+    # What runs forward and backward, built again when a stage changes the trainable parameters (see _wrapped).
     trained_model: torch.nn.Module | None = None
-    wrapped_for: frozenset[str] = frozenset()
 
     stream = SampleStream(
         len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size
@@ -398,10 +397,9 @@ def train(
             stop_requested = parallel.any(stop.received is not None)
             if stop_requested:
                 break
-            stages.apply(state.step)
-            if trained_model is None or _trainable(model) != wrapped_for:
+            if stages.apply(state.step) or trained_model is None:
                 trained_model = None  # an old DDP's gradient hooks go with it
-                trained_model, wrapped_for = _wrapped(model, scst, parallel), _trainable(model)
+                trained_model = _wrapped(model, scst, parallel)
             micro = []
             for _ in range(config.train.grad_accumulation):
                 batch = next(batches)
@@ -509,10 +507,6 @@ def train(
             _publish_final_model(run_dir, setup, config, state)
     parallel.barrier()
     return _result(run_dir, state, empty_captions, interrupted, stopped_early, resume_from)
-
-
-def _trainable(model: torch.nn.Module) -> frozenset[str]:
-    return frozenset(name for name, parameter in model.named_parameters() if parameter.requires_grad)
 
 
 def _wrapped(model: CaptionModel, scst: bool, parallel: Distributed) -> torch.nn.Module:
