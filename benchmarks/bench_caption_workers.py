@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from captionkit.api import Captioner
-from captionkit.batch import caption_files
 from captionkit.decoding import DecodingConfig
 from captionkit.images import Preprocessing
+from captionkit.jobs.batch import caption_files
+from captionkit.jobs.outputs import RecordWriter
 from captionkit.models.registry import create_model
-from captionkit.outputs import RecordWriter
 from captionkit.text import train_bpe_tokenizer
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -27,7 +27,7 @@ from _side_by_side import caption_side_by_side, photo_arguments
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import export_int8, quantize_int8
-from captionkit.inputs import collect_images
+from captionkit.jobs.inputs import collect_images
 
 
 def token_accuracy(pairs: list[tuple[list[int], list[int]]]) -> float:

@@ -20,7 +20,7 @@ from _side_by_side import caption_side_by_side, photo_arguments
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig
 from captionkit.export.onnx import export_onnx, load_onnx_captioner
-from captionkit.inputs import collect_images
+from captionkit.jobs.inputs import collect_images
 
 
 def main() -> None:

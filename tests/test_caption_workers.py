@@ -10,7 +10,7 @@ import time
 import pytest
 from PIL import Image
 
-import captionkit.pipeline
+import captionkit.jobs.pipeline
 from _captioning import (
     BAD_FILES,
     assert_same_records,
@@ -21,7 +21,7 @@ from _captioning import (
     spawn_cli,
 )
 from captionkit.images import DEFAULT_LIMITS, Preprocessing
-from captionkit.pipeline import load_batches
+from captionkit.jobs.pipeline import load_batches
 
 ARGS = ["--beams", "2", "--max-length", "5", "--batch-size", "3"]
 
@@ -52,14 +52,14 @@ def test_two_workers_give_the_in_process_records(job, tmp_path, capsys):
 def test_a_decoder_crash_is_one_error_record_not_a_dead_worker(job, monkeypatch):
     _, photos = job
     paths = sorted(photos.rglob("*.jpg"))[:6]
-    real_load = captionkit.pipeline.load_image
+    real_load = captionkit.jobs.pipeline.load_image
 
     def flaky_load(path, **kwargs):
         if path == str(paths[2]):
             raise RuntimeError("decoder bug\nsecond line")
         return real_load(path, **kwargs)
 
-    monkeypatch.setattr(captionkit.pipeline, "load_image", flaky_load)  # forked workers inherit it
+    monkeypatch.setattr(captionkit.jobs.pipeline, "load_image", flaky_load)  # forked workers inherit it
     batches = list(load_batches(paths, Preprocessing.for_size(32, 32), DEFAULT_LIMITS, batch_size=2, workers=2))
     assert [b.positions for b in batches] == [[0, 1], [2, 3], [4, 5]]
     assert batches[1].errors == {2: "cannot decode image (RuntimeError: decoder bug)"}
@@ -75,7 +75,7 @@ def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
             decoded.value += 1
         return Image.new("RGB", (8, 8))
 
-    monkeypatch.setattr(captionkit.pipeline, "load_image", counting_load)
+    monkeypatch.setattr(captionkit.jobs.pipeline, "load_image", counting_load)
     batches = load_batches([f"img{i}.jpg" for i in range(200)], Preprocessing.for_size(8, 8), DEFAULT_LIMITS, 2, 2, 1)
     first = next(batches)
     time.sleep(1.0)  # give the workers every chance to run ahead

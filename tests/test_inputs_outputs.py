@@ -5,8 +5,8 @@ import json
 import pytest
 
 from captionkit.errors import InputError
-from captionkit.inputs import collect_images, collect_inputs
-from captionkit.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
+from captionkit.jobs.inputs import collect_images, collect_inputs
+from captionkit.jobs.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
 
 
 def touch(path):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from _captioning import read_jsonl, run_cli
-from captionkit.merge import merge_parts
-from captionkit.outputs import RecordWriter
+from captionkit.jobs.merge import merge_parts
+from captionkit.jobs.outputs import RecordWriter
 
 
 def caption(image: str, text: str = "a dog", score: float = -1.0) -> dict:

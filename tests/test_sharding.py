@@ -21,8 +21,8 @@ from _captioning import (
 )
 from captionkit.cli.caption import _choose_device, _choose_shard
 from captionkit.errors import InputError
-from captionkit.inputs import collect_inputs
-from captionkit.sharding import DistributedEnv, Shard, distributed_env, parse_shard, part_of, shard_of
+from captionkit.jobs.inputs import collect_inputs
+from captionkit.jobs.sharding import DistributedEnv, Shard, distributed_env, parse_shard, part_of, shard_of
 
 KEYS = [f"album-{i // 50}/IMG_{i:05d}.jpg" for i in range(2000)]
 
@@ -30,7 +30,7 @@ KEYS = [f"album-{i // 50}/IMG_{i:05d}.jpg" for i in range(2000)]
 def test_shard_of_is_pinned_and_independent_of_the_process():
     # Pinned values: a shard must hold the same images on every run, machine and Python version.
     assert [shard_of(key, 7) for key in ("a.jpg", "sub/b.jpg", "ünïcode/ç.png", "")] == [6, 0, 0, 0]
-    code = "from captionkit.sharding import shard_of; print([shard_of(k, 7) for k in ('a.jpg', 'sub/b.jpg')])"
+    code = "from captionkit.jobs.sharding import shard_of; print([shard_of(k, 7) for k in ('a.jpg', 'sub/b.jpg')])"
     for salt in ("0", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": salt}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

@@ -148,7 +148,7 @@ def _model_and_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, torch.
         generator = torch.Generator().manual_seed(0)
         pixels = torch.randn(settings.batch_size, 3, *size, generator=generator).clamp(-1, 1)
         return model, pixels, "random pixels (seed 0)"
-    from captionkit.inputs import collect_images
+    from captionkit.jobs.inputs import collect_images
 
     paths = collect_images([settings.images])
     if not paths:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from captionkit.api import Caption, Captioner
-    from captionkit.sharding import DistributedEnv, Shard
+    from captionkit.jobs.sharding import DistributedEnv, Shard
 
 
 def caption(
@@ -66,12 +66,12 @@ def caption(
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.attention import check_attention
-    from captionkit.batch import caption_files
     from captionkit.decoding import DecodingConfig, check_length
     from captionkit.errors import CaptionkitError
-    from captionkit.inputs import collect_inputs
-    from captionkit.outputs import FORMATS, RecordWriter, read_records, repair_torn_tail
-    from captionkit.sharding import distributed_env
+    from captionkit.jobs.batch import caption_files
+    from captionkit.jobs.inputs import collect_inputs
+    from captionkit.jobs.outputs import FORMATS, RecordWriter, read_records, repair_torn_tail
+    from captionkit.jobs.sharding import distributed_env
 
     if fmt not in FORMATS:
         fail(f"--format: unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
@@ -210,7 +210,7 @@ def _choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None
     Both: shard K is split among the W ranks, as shard K*W + RANK of N*W. Each node of a multi-node job can
     then run its own torchrun with --shard NODE/NODES, with no rendezvous between nodes.
     """
-    from captionkit.sharding import Shard, parse_shard
+    from captionkit.jobs.sharding import Shard, parse_shard
 
     outer = parse_shard(text) if text is not None else Shard(0, 1)
     if dist is not None:

@@ -37,7 +37,7 @@ def compare(
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.errors import CaptionkitError, ImageError
-    from captionkit.inputs import collect_inputs
+    from captionkit.jobs.inputs import collect_inputs
 
     specs = [_parse_model(spec) for spec in model]
     names = [name for name, _, _ in specs]

@@ -27,9 +27,9 @@ def merge(
     images failed (their error records are kept), 1 on unreadable parts or bad usage.
     """
     from captionkit.errors import CaptionkitError
-    from captionkit.inputs import collect_images
-    from captionkit.merge import format_of, merge_parts, some
-    from captionkit.outputs import FORMATS, RecordWriter
+    from captionkit.jobs.inputs import collect_images
+    from captionkit.jobs.merge import format_of, merge_parts, some
+    from captionkit.jobs.outputs import FORMATS, RecordWriter
 
     out_fmt = fmt or format_of(output)
     if out_fmt not in FORMATS:

@@ -10,8 +10,8 @@ import torch
 
 from captionkit.api import Caption, Captioner
 from captionkit.decoding import DecodingConfig, generate
-from captionkit.outputs import Record, RecordWriter
-from captionkit.pipeline import load_batches
+from captionkit.jobs.outputs import Record, RecordWriter
+from captionkit.jobs.pipeline import load_batches
 
 
 @dataclass

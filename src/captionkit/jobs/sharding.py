@@ -1,7 +1,7 @@
 """Split a captioning job into N disjoint shards, by hand (``--shard K/N``) or from torchrun's environment.
 
 An input belongs to shard ``blake2b(key) mod N``, where the key is the image's path relative to the input it came
-from (see :class:`captionkit.inputs.InputImage`): the same on every run and every machine, whatever the other
+from (see :class:`captionkit.jobs.inputs.InputImage`): the same on every run and every machine, whatever the other
 inputs, and independent of Python's per-process ``hash()`` salt. Each shard writes its own output part,
 ``OUTPUT`` with ``.part-K-of-N`` inserted before the suffix (``captions.jsonl`` -> ``captions.part-0-of-8.jsonl``);
 ``captionkit merge`` joins the parts.

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captionkit.outputs import Record, read_records_and_tail
-from captionkit.sharding import part_of
+from captionkit.jobs.outputs import Record, read_records_and_tail
+from captionkit.jobs.sharding import part_of
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json"}
 
