@@ -33,7 +33,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import select_split
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.demo import DemoData, demo_recipe_path
 from captionkit.evaluation.api import score_captions
 from captionkit.training.trainer import train
@@ -102,7 +102,7 @@ def caption_all(captioner: Captioner, images: torch.Tensor, max_new_tokens: int)
     for start in range(0, len(images), 64):
         batch = images[start : start + 64].to(captioner.device)
         found = generate(captioner.model, batch, config=config)
-        texts.extend(captioner.tokenizer.decode(per_image[0].token_ids) for per_image in found)
+        texts.extend(per_image[0].text for per_image in to_captions(found, captioner.tokenizer))
     if captioner.device.type == "cuda":
         torch.cuda.synchronize()
     return texts, time.perf_counter() - started

@@ -19,7 +19,7 @@ import torch
 from _side_by_side import caption_side_by_side, photo_arguments
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig
-from captionkit.export.onnx import export_onnx, load_onnx_captioner
+from captionkit.export.onnx import export_onnx
 from captionkit.jobs.inputs import collect_images
 
 
@@ -32,7 +32,7 @@ def main() -> None:
         export_onnx(args.model, Path(scratch) / "onnx")
         engines = {
             "pytorch": Captioner.from_pretrained(args.model, device="cpu"),
-            "onnxruntime": load_onnx_captioner(Path(scratch) / "onnx", threads=args.threads),
+            "onnxruntime": Captioner.from_onnx(Path(scratch) / "onnx", threads=args.threads),
         }
         config = DecodingConfig(num_beams=args.beams)
         paths = collect_images([args.images])[: args.count]

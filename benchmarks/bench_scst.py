@@ -43,7 +43,7 @@ from captionkit.config import TrainConfig, from_dict, merge, read_yaml
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.demo import DemoData
 from captionkit.evaluation.api import score_captions
 from captionkit.training.trainer import train
@@ -108,7 +108,7 @@ def score(
     texts: list[str] = []
     for start in range(0, len(pixels), 64):
         found = generate(captioner.model, pixels[start : start + 64], config=DecodingConfig(max_new_tokens=max_tokens))
-        texts.extend(captioner.tokenizer.decode(per_image[0].token_ids) for per_image in found)
+        texts.extend(per_image[0].text for per_image in to_captions(found, captioner.tokenizer))
     candidates = {record.image_id: text for record, text in zip(images, texts, strict=True)}
     scores = score_captions(references, candidates, "BLEU,CIDEr", allow_empty=True).scores
     return {

@@ -11,12 +11,13 @@ import torch
 
 from _captioning import run_cli, save_tiny_model
 from _data import SHARED_DATA
+from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import ModelLoadError
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is the optional extra 'onnx' (also in 'dev')")
 
-from captionkit.export.onnx import GRAPHS, OnnxCaptionModel, export_onnx_graphs, load_onnx_captioner
+from captionkit.export.onnx import GRAPHS, OnnxCaptionModel, export_onnx_graphs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -62,11 +63,10 @@ def test_export_onnx_cli_and_captioner_on_real_photos(tmp_path: Path, capsys: py
     info = json.loads(out)
     assert (info["layers"], info["heads"], info["head_dim"]) == (2, 2, 32)
     assert all((tmp_path / "onnx" / name).is_file() for name in GRAPHS)
-    from captionkit.api import Captioner
 
     photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
     reference = Captioner.from_pretrained(source).caption(photos, num_beams=2, max_new_tokens=8)
-    found = load_onnx_captioner(tmp_path / "onnx", threads=1).caption(photos, num_beams=2, max_new_tokens=8)
+    found = Captioner.from_onnx(tmp_path / "onnx", threads=1).caption(photos, num_beams=2, max_new_tokens=8)
     assert [r.captions[0].token_ids for r in found] == [r.captions[0].token_ids for r in reference]
     assert [r.caption for r in found] == [r.caption for r in reference]
 

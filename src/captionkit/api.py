@@ -9,41 +9,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
-from captionkit.decoding import DecodingConfig, Hypothesis, generate
+from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.export.int8 import apply_saved_quantization, is_quantized
-from captionkit.hub import DEFAULT_MODEL, resolve_model_source
+from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.models.base import CaptionModel
-from captionkit.models.registry import load_model
+from captionkit.parts import CaptionerParts
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
-
-
-@dataclass(frozen=True)
-class Caption:
-    """One decoded caption and its score (see ``captionkit.decoding.Hypothesis``)."""
-
-    text: str
-    score: float
-    token_ids: list[int] = field(default_factory=list)
-    # Only with attention=True: each token's text and its attention over the image, (len(token_ids), h, w), each
-    # map summing to 1 (see captionkit.attention).
-    tokens: list[str] | None = None
-    attention: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @classmethod
-    def of(cls, hypothesis: Hypothesis, tokenizer: CaptionTokenizer) -> Caption:
-        """The caption of a decoded hypothesis: its text, score and token ids."""
-        return cls(tokenizer.decode(hypothesis.token_ids), float(hypothesis.score), list(hypothesis.token_ids))
 
 
 @dataclass(frozen=True)
@@ -84,22 +65,26 @@ class Captioner:
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
         """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout."""
-        source = resolve_model_source(name_or_dir)
+        parts = CaptionerParts.load(name_or_dir)
         # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU.
-        model = apply_saved_quantization(load_model(source), source)
-        if device is None and is_quantized(source):
+        model = apply_saved_quantization(parts.model, parts.source)
+        if device is None and is_quantized(parts.source):
             device = "cpu"
-        tokenizer = CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        captioner = cls(model, tokenizer, Preprocessing.load(source), device)
+        captioner = cls(model, parts.tokenizer, parts.preprocessing, device)
         captioner.name = str(name_or_dir)
         return captioner
 
+    @classmethod
+    def from_onnx(cls, directory: str | Path, threads: int | None = None) -> Captioner:
+        """A captioner decoding with onnxruntime from an ONNX export (tokenizer and preprocessing from the export)."""
+        from captionkit.export.onnx import OnnxCaptionModel
+
+        model = OnnxCaptionModel(directory, threads)
+        tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
+        return cls(model, tokenizer, Preprocessing.load(directory), device="cpu")
+
     def save_pretrained(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
-        self.tokenizer.save(directory)
-        self.preprocessing.save(directory)
+        CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
 
     def load_images(self, images: Sequence[ImageSource]) -> list[Image.Image]:
         """Open images safely (raises ``ImageError`` naming the bad one)."""
@@ -163,7 +148,7 @@ class Captioner:
             return []
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
-        captions = [[Caption.of(h, self.tokenizer) for h in per_image] for per_image in hypotheses]
+        captions = to_captions(hypotheses, self.tokenizer)
         return self.add_attention(pixels, captions, config.start_token_id) if attention else captions
 
     def add_attention(

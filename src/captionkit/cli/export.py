@@ -53,6 +53,6 @@ def onnx(
         info = export_onnx(model, output)
     except CaptionkitError as error:
         fail(str(error))
-    print(f"wrote {output} (run it with captionkit.export.onnx.load_onnx_captioner)", file=sys.stderr)
+    print(f"wrote {output} (run it with captionkit.api.Captioner.from_onnx)", file=sys.stderr)
     print(json.dumps(info))
     raise typer.Exit(EXIT_OK)

@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
+from captionkit.decoding.captions import Caption, to_captions
 from captionkit.decoding.config import DecodingConfig, EarlyStopping, Hypothesis
 from captionkit.decoding.engine import check_length, generate
 
-__all__ = ["DecodingConfig", "EarlyStopping", "Hypothesis", "check_length", "generate"]
+__all__ = ["Caption", "DecodingConfig", "EarlyStopping", "Hypothesis", "check_length", "generate", "to_captions"]

@@ -130,14 +130,13 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
 
     The model is quantized once here too, so that a model the backend cannot quantize fails now, not at load.
     """
-    from captionkit.api import Captioner
+    from captionkit.parts import CaptionerParts
 
     backend = _check_backend(backend)
     if is_quantized(source):
         raise ModelLoadError(source, "is already an int8 export")
-    output = Path(output)
-    captioner = Captioner.from_pretrained(source, device="cpu")
-    captioner.save_pretrained(output)
-    info = quantize_int8(captioner.model, backend)
+    parts = CaptionerParts.load(source)
+    parts.save(output)
+    info = quantize_int8(parts.model, backend)
     write_quantization_file(output, info)
     return info

@@ -105,16 +105,16 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale
 
 def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the three graphs plus tokenizer, preprocessing and ``onnx_config.json`` into ``output``."""
-    from captionkit.api import Captioner
+    from captionkit.parts import CaptionerParts
 
-    captioner = Captioner.from_pretrained(source, device="cpu")
-    if not hasattr(captioner.model, "ved"):
-        raise ModelLoadError(source, f"is a {captioner.model.family} model; ONNX export supports vit-gpt2")
+    parts = CaptionerParts.load(source)
+    if not hasattr(parts.model, "ved"):
+        raise ModelLoadError(source, f"is a {parts.model.family} model; ONNX export supports vit-gpt2")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    captioner.tokenizer.save(output)
-    captioner.preprocessing.save(output)
-    return export_onnx_graphs(captioner.model, captioner.preprocessing.size, output)
+    parts.tokenizer.save(output)
+    parts.preprocessing.save(output)
+    return export_onnx_graphs(parts.model, parts.preprocessing.size, output)
 
 
 def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path) -> dict[str, Any]:
@@ -273,17 +273,6 @@ class OnnxCaptionModel(CaptionModel):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> OnnxCaptionModel:
         return cls(name_or_dir)
-
-
-def load_onnx_captioner(directory: str | Path, threads: int | None = None) -> Any:
-    """A :class:`captionkit.api.Captioner` decoding with onnxruntime (tokenizer and preprocessing from the export)."""
-    from captionkit.api import Captioner
-    from captionkit.images import Preprocessing
-    from captionkit.text import CaptionTokenizer
-
-    model = OnnxCaptionModel(directory, threads)
-    tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-    return Captioner(model, tokenizer, Preprocessing.load(directory), device="cpu")
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

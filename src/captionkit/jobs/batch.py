@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from captionkit.api import Caption, Captioner
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.api import Captioner
+from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.jobs.outputs import Record, RecordWriter
 from captionkit.jobs.pipeline import load_batches
 
@@ -83,7 +83,7 @@ def caption_pixels(
     captions: list[list[Caption]] = []
     for start, end in runs:
         hypotheses = generate(captioner.model, pixels[start:end], config=config, image_offset=positions[start])
-        captions.extend([Caption.of(h, captioner.tokenizer) for h in per_image] for per_image in hypotheses)
+        captions.extend(to_captions(hypotheses, captioner.tokenizer))
     return captions
 
 

@@ -25,8 +25,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from captionkit import __version__
 from captionkit.errors import ConfigError, ModelLoadError, first_line
+from captionkit.version import __version__
 
 METADATA_KEY = "captionkit"
 CONFIG_FILE = "config.json"

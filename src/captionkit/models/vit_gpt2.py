@@ -23,13 +23,13 @@ import torch
 from safetensors import SafetensorError
 from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-from captionkit import __version__
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
+from captionkit.version import __version__
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
 

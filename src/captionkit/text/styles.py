@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from captionkit.data.records import STYLES as RECORD_STYLES
 from captionkit.errors import InputError
 from captionkit.text.tokenizer import CaptionTokenizer
 
 NEUTRAL = "neutral"
 STYLE_TOKENS = {"positive": "<positive>", "negative": "<negative>"}
-STYLES = RECORD_STYLES
+# Every style a caption can have; the same names as the dataset records' (captionkit.data.records.STYLES).
+STYLES = (NEUTRAL, *STYLE_TOKENS)
 
 
 def add_style_tokens(tokenizer: CaptionTokenizer, styles: Iterable[str] = tuple(STYLE_TOKENS)) -> dict[str, int]:

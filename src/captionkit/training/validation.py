@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from captionkit.data.dataset import CaptionDataset, Unreadable
 from captionkit.data.records import CaptionRecord
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.evaluation import evaluate_captions
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
@@ -81,8 +81,8 @@ def validation_cider(
         if not chunk:
             continue
         hypotheses = generate(model, torch.from_numpy(np.stack(pixels)).to(device), config=decoding)
-        for image_id, best in zip(chunk, hypotheses, strict=True):
-            candidates[image_id] = tokenizer.decode(best[0].token_ids)
+        for image_id, best in zip(chunk, to_captions(hypotheses, tokenizer), strict=True):
+            candidates[image_id] = best[0].text
     if not candidates:
         return None
     scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
