@@ -19,10 +19,18 @@ from _captioning import (
     save_tiny_model,
     spawn_cli,
 )
-from captionkit.cli.caption import _choose_device, _choose_shard
 from captionkit.errors import InputError
 from captionkit.jobs.inputs import collect_inputs
-from captionkit.jobs.sharding import DistributedEnv, Shard, distributed_env, parse_shard, part_of, shard_of
+from captionkit.jobs.sharding import (
+    DistributedEnv,
+    Shard,
+    choose_device,
+    choose_shard,
+    distributed_env,
+    parse_shard,
+    part_of,
+    shard_of,
+)
 
 KEYS = [f"album-{i // 50}/IMG_{i:05d}.jpg" for i in range(2000)]
 
@@ -73,21 +81,21 @@ def test_torchrun_environment_chooses_shard_and_device():
     dist = distributed_env(env)
     assert dist == DistributedEnv(rank=5, world_size=8, local_rank=1, local_world_size=4)
     assert distributed_env({}) is None
-    assert _choose_shard(None, dist) == Shard(5, 8)
-    assert _choose_shard("1/2", None) == Shard(1, 2)
-    assert _choose_shard(None, DistributedEnv(0, 1, 0, 1)) is None  # one process: no parts
-    assert _choose_shard(None, None) is None
+    assert choose_shard(None, dist) == Shard(5, 8)
+    assert choose_shard("1/2", None) == Shard(1, 2)
+    assert choose_shard(None, DistributedEnv(0, 1, 0, 1)) is None  # one process: no parts
+    assert choose_shard(None, None) is None
     # --shard under torchrun splits that shard among the ranks: node 1 of 3 with 8 ranks holds parts 8..15 of 24.
-    assert _choose_shard("1/3", dist) == Shard(13, 24)
-    owners = [_choose_shard(f"{node}/3", DistributedEnv(rank, 2, rank, 2)) for node in range(3) for rank in range(2)]
+    assert choose_shard("1/3", dist) == Shard(13, 24)
+    owners = [choose_shard(f"{node}/3", DistributedEnv(rank, 2, rank, 2)) for node in range(3) for rank in range(2)]
     assert owners == [Shard(index, 6) for index in range(6)]
     with pytest.raises(InputError, match="RANK"):
         distributed_env({"RANK": "3", "WORLD_SIZE": "2"})
-    assert _choose_device("cpu", dist) == "cpu"
-    assert _choose_device(None, None) is None
-    assert _choose_device("cuda:0", dist) == "cuda:0"  # an explicit GPU is kept
+    assert choose_device("cpu", dist) == "cpu"
+    assert choose_device(None, None) is None
+    assert choose_device("cuda:0", dist) == "cuda:0"  # an explicit GPU is kept
     gpus = torch.cuda.device_count()
-    assert _choose_device(None, dist) == (f"cuda:{1 % gpus}" if gpus else None)  # LOCAL_RANK's GPU
+    assert choose_device(None, dist) == (f"cuda:{1 % gpus}" if gpus else None)  # LOCAL_RANK's GPU
 
 
 # --- whole runs ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ A file that cannot be read comes back as its error message: a worker never raise
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from captionkit.errors import ImageError, first_line
+from captionkit.errors import ImageError, InputError, first_line
 from captionkit.images import ImageLimits, Preprocessing, load_image
 
 
@@ -110,3 +111,13 @@ def load_batches(
         prefetch_factor=prefetch if workers > 0 else None,
     )
     return iter(loader)
+
+
+def parse_workers(text: str, processes_per_node: int) -> int:
+    """``--workers``: a count >= 0, or auto: this process's share of the CPUs, one left for it, at most 8."""
+    if text.strip().lower() == "auto":
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(0, min(8, cpus // processes_per_node - 1))
+    if text.strip().isdigit():
+        return int(text)
+    raise InputError("--workers", f"expected a number of processes (0 = none) or auto, got {text!r}")

@@ -88,3 +88,24 @@ def part_of(path: Path) -> Shard | None:
         return None
     index, count = int(found.group(1)), int(found.group(2))
     return Shard(index, count) if 0 <= index < count else None
+
+
+def choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None:
+    """--shard K/N, torchrun's RANK/WORLD_SIZE, or both; None when the run is not split (N = 1 included).
+
+    Both: shard K is split among the W ranks, as shard K*W + RANK of N*W. Each node of a multi-node job can
+    then run its own torchrun with --shard NODE/NODES, with no rendezvous between nodes.
+    """
+    outer = parse_shard(text) if text is not None else Shard(0, 1)
+    if dist is not None:
+        outer = Shard(outer.index * dist.world_size + dist.rank, outer.count * dist.world_size)
+    return outer if outer.count > 1 else None
+
+
+def choose_device(device: str | None, dist: DistributedEnv | None) -> str | None:
+    """Under torchrun, each process on a node takes its own GPU (cuda:LOCAL_RANK) unless told otherwise."""
+    import torch
+
+    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available():
+        return device
+    return f"cuda:{dist.local_rank % torch.cuda.device_count()}"

@@ -1,0 +1,178 @@
+"""One batch captioning job from its options: which inputs this process takes, what a resumed run skips, where
+records and attention overlays go, and the summary the command line turns into an exit code.
+
+Steps: check the options; collect the inputs and keep this shard's (``--shard`` and/or torchrun); on ``--resume``
+repair the output's torn last line and skip the images it already holds; load the model; caption the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from captionkit.api import Captioner
+from captionkit.attention import check_attention
+from captionkit.decoding import DecodingConfig, check_length
+from captionkit.errors import CaptionkitError, InputError
+from captionkit.hub import DEFAULT_MODEL
+from captionkit.jobs.batch import JobSummary, caption_files
+from captionkit.jobs.inputs import InputImage, collect_inputs
+from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, read_records, repair_torn_tail
+from captionkit.jobs.overlays import overlay_folders, overlay_writer
+from captionkit.jobs.pipeline import parse_workers
+from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
+from captionkit.text.styles import STYLES
+
+# progress(description, total) -> a context giving advance(n); the command line passes a progress bar.
+Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
+
+
+@dataclass(frozen=True)
+class CaptionJobOptions:
+    """Everything ``captionkit caption`` is told, checked by :meth:`check` (``decoding`` by the model's limits)."""
+
+    inputs: list[str]
+    model: str = DEFAULT_MODEL
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(num_beams=4))
+    style: str | None = None
+    batch_size: int = 8
+    output: Path | None = None
+    fmt: str = "jsonl"
+    resume: bool = False
+    device: str | None = None
+    workers: str = "0"
+    prefetch: int = 2
+    shard: str | None = None
+    attention_maps: Path | None = None
+
+    def check(self) -> None:
+        """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
+        if self.fmt not in FORMATS:
+            raise InputError("--format", f"unknown format {self.fmt!r} (expected one of {', '.join(FORMATS)})")
+        if self.resume and self.output is None:
+            raise CaptionkitError("--resume needs --output (the file to continue)")
+        if self.decoding.num_return_sequences > 1 and self.fmt == "csv":
+            raise InputError(
+                "--n-best", "CSV output holds one caption per image; use --format jsonl or json for several"
+            )
+        if self.style is not None and self.style not in STYLES:
+            raise InputError("--style", f"unknown style {self.style!r} (expected one of {', '.join(STYLES)})")
+        if self.batch_size < 1:
+            raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
+        if self.prefetch < 1:
+            raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
+
+
+@dataclass
+class JobOutcome:
+    """What a job did: this run's summary, the errors an interrupted run recorded before, and whether it ran as one
+    rank of several (torchrun)."""
+
+    summary: JobSummary
+    earlier_errors: int
+    one_of_many_ranks: bool
+
+    @property
+    def partial(self) -> bool:
+        """Some images failed. A torchrun rank never says so: torchrun would stop the other ranks; their errors are
+        in the part files, and ``captionkit merge`` reports them."""
+        return not self.one_of_many_ranks and bool(self.summary.errors or self.earlier_errors)
+
+
+@dataclass
+class _Plan:
+    """This process's share of the job: its shard, its output file, its images (by position) and those done."""
+
+    dist: DistributedEnv | None
+    shard: Shard | None
+    target: Path | None
+    items: list[InputImage]
+    mine: list[tuple[int, InputImage]]
+    existing: list[Record]
+
+    def todo(self) -> list[tuple[int, Path]]:
+        done = {record.get("image") for record in self.existing}
+        return [(i, item.path) for i, item in self.mine if str(item.path) not in done]
+
+    def earlier_errors(self) -> int:
+        """Errors an interrupted run recorded for this share (resume does not retry them)."""
+        names = {str(item.path) for _, item in self.mine}
+        return sum("error" in record and record.get("image") in names for record in self.existing)
+
+
+def run_caption_job(
+    options: CaptionJobOptions, progress: Progress | None = None, env: Mapping[str, str] = os.environ
+) -> JobOutcome:
+    """Run the job ``options`` describe in this process; raises :class:`InputError` before captioning anything
+    (and before touching the output) when the options, inputs or model cannot be used."""
+    options.check()
+    plan = _plan(options, env)
+    workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
+    captioner = Captioner.from_pretrained(options.model, device=choose_device(options.device, plan.dist))
+    config = dataclasses.replace(options.decoding, start_token_id=captioner.style_start_token(options.style))
+    check_length(captioner.model, config)
+    on_captions = None
+    if options.attention_maps is not None:
+        check_attention(captioner.model, "--attention-maps")
+        folders = overlay_folders([item.path for item in plan.items])
+        on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
+    # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
+    if plan.target is not None and not options.resume and options.fmt != "json" and plan.target.exists():
+        plan.target.unlink()
+    writer = RecordWriter(plan.target, options.fmt, plan.existing)
+    _announce(plan)
+    todo = plan.todo()
+    # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
+    show_progress = progress is not None and (plan.dist is None or plan.dist.local_rank == 0)
+    try:
+        with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
+            summary = caption_files(
+                captioner,
+                [path for _, path in todo],
+                config,
+                writer,
+                options.batch_size,
+                advance,
+                positions=[i for i, _ in todo],
+                workers=workers,
+                prefetch=options.prefetch,
+                on_captions=on_captions,
+            )
+    finally:
+        writer.close()
+    one_of_many = plan.dist is not None and plan.dist.world_size > 1
+    return JobOutcome(summary, plan.earlier_errors(), one_of_many)
+
+
+def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
+    dist = distributed_env(env)
+    shard = choose_shard(options.shard, dist)
+    if shard is not None and options.output is None:
+        raise CaptionkitError("--shard (or torchrun) needs --output: each shard writes its own part file")
+    target = shard.part_path(options.output) if (shard is not None and options.output is not None) else options.output
+    # Positions index the whole input list, the same in every shard: seeded sampling depends on them.
+    items = collect_inputs(options.inputs)
+    mine = [(i, item) for i, item in enumerate(items) if shard is None or shard.owns(item.key)]
+    existing = _resumed_records(target, options.fmt) if options.resume and target is not None else []
+    return _Plan(dist, shard, target, items, mine, existing)
+
+
+def _resumed_records(target: Path, fmt: str) -> list[Record]:
+    """The records an interrupted run left in ``target``, after dropping its unfinished last line (said on stderr)."""
+    torn = repair_torn_tail(target, fmt)
+    if torn:
+        print(f"{target}: dropped an unfinished last line (interrupted write): {torn[:60]!r}", file=sys.stderr)
+    return read_records(target, fmt)
+
+
+def _announce(plan: _Plan) -> None:
+    if plan.shard is not None:
+        print(f"shard {plan.shard}: {len(plan.mine)} of {len(plan.items)} images -> {plan.target}", file=sys.stderr)
+    done = len(plan.mine) - len(plan.todo())
+    if done:
+        print(f"resuming: {done} of {len(plan.mine)} images already done", file=sys.stderr)
