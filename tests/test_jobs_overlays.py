@@ -1,0 +1,65 @@
+"""Attention-map folders made from image names stay inside DIR, whatever the name (issue 20, defect 2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _captioning import run_cli, save_tiny_model
+from _data import SHARED_DATA
+from captionkit.jobs.overlays import MAX_FOLDER_BYTES, overlay_folders, safe_folder_name
+
+PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+HOSTILE_STEMS = ["..", ".", "...", "", "/etc/passwd", "a/../../b", "a\\..\\b", "nul\0byte", "é" * 300, ".hidden"]
+
+
+@pytest.mark.parametrize("stem", HOSTILE_STEMS)
+def test_safe_folder_name_is_one_plain_child_of_dir(stem, tmp_path):
+    name = safe_folder_name(stem)
+    assert name not in ("", ".", "..") and not name.startswith(".")
+    assert "/" not in name and "\\" not in name and "\0" not in name
+    assert len(os.fsencode(name)) <= MAX_FOLDER_BYTES
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_safe_folder_name_keeps_ordinary_names():
+    assert safe_folder_name("000000139") == "000000139"
+    assert safe_folder_name("dog-on_grass.v2") == "dog-on_grass.v2"
+    assert safe_folder_name("café") == "café"
+    assert safe_folder_name("..") == "__"
+    assert safe_folder_name(".") == "_"
+    assert safe_folder_name("a/b") == "a_b"
+
+
+def test_overlay_folders_are_unique_after_sanitising():
+    paths = [Path("x/...png"), Path("y/__.png"), Path("z/..png"), Path("w/_.png"), Path("x/...png")]
+    assert overlay_folders(paths) == {
+        Path("x/...png"): "__",
+        Path("y/__.png"): "__-2",
+        Path("z/..png"): "_",
+        Path("w/_.png"): "_-2",
+    }
+
+
+def test_cli_keeps_maps_of_dot_named_images_inside_dir(tmp_path, capsys):
+    """``...png`` has the stem ``..``: its maps once went to DIR/.., deleting and replacing files beside DIR."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("...png", "..png"):  # stems ".." and "."
+        shutil.copy(PHOTO, photos / name)
+    beside = tmp_path / "000-a.png"  # what write_overlays' clean-up of DIR/.. used to delete
+    beside.write_bytes(b"keep me")
+    maps = tmp_path / "maps"
+    args = ["caption", photos / "...png", photos / "..png", "--model", model_dir, "--beams", "1"]
+    code, _, err = run_cli(
+        [*args, "--max-length", "4", "--attention-maps", maps, "--output", tmp_path / "o.jsonl"], capsys
+    )
+    assert code == 0, err
+    assert beside.read_bytes() == b"keep me"
+    assert sorted(p.name for p in maps.iterdir()) == ["_", "__"]
+    assert all(p.is_dir() and any(p.glob("000-*.png")) for p in maps.iterdir())
+    assert not list(maps.glob("*.png"))  # nothing written into DIR itself
