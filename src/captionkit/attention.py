@@ -10,6 +10,7 @@ blended over the photo more opaquely where the weight is high.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from PIL import Image
 
 from captionkit.errors import InputError
+from captionkit.files import write_atomic
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
 
@@ -143,6 +145,8 @@ def write_overlays(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, 
     paths = []
     for index, (token, grid) in enumerate(zip(tokens, maps, strict=True)):
         path = directory / overlay_name(index, token)
-        overlay(photo, grid).save(path, "PNG", compress_level=1)  # fast: these are previews, not archives
+        png = io.BytesIO()
+        overlay(photo, grid).save(png, "PNG", compress_level=1)  # fast: these are previews, not archives
+        write_atomic(path, png.getvalue())
         paths.append(path)
     return paths

@@ -23,6 +23,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
+from captionkit.files import write_atomic
 
 RECIPE = "demo.yaml"
 
@@ -128,7 +129,7 @@ def run_demo(
     }
     if len(generated) > 1:
         metrics |= style_metrics(generated, tests, select_split(records, "train"))
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_atomic(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(output / "report.html", tests, generated, metrics)
     return metrics
 
@@ -217,5 +218,5 @@ canonical reference caption{styles_note}.</p>
 {"".join(rows)}
 </table></body></html>
 """
-    path.write_text(page, encoding="utf-8")
+    write_atomic(path, page)
     return path

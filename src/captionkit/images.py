@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from captionkit.errors import ConfigError, ImageError
+from captionkit.files import write_atomic
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -546,10 +547,7 @@ class Preprocessing:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / PREPROCESSOR_CONFIG
-        staging = path.with_name(path.name + ".tmp")
-        staging.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(staging, path)
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Preprocessing:

@@ -11,6 +11,7 @@ import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
 from captionkit.data.records import STYLES
+from captionkit.files import write_atomic
 
 
 def compare(
@@ -65,7 +66,7 @@ def compare(
     _show(records, names)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+        write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))

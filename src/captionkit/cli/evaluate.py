@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
     from captionkit.data.records import CaptionRecord
@@ -71,7 +72,7 @@ def evaluate(
             _print_style_table(table)
             if output is not None:
                 output.mkdir(parents=True, exist_ok=True)
-                (output / "styles.json").write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+                write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
         with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
@@ -81,8 +82,8 @@ def evaluate(
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.results)
-        (output / "results.jsonl").write_text(lines, encoding="utf-8")
-        (output / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+        write_atomic(output / "results.jsonl", lines)
+        write_atomic(output / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     print(json.dumps(result.metrics))
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail
+from captionkit.files import write_atomic
 
 _ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 
@@ -70,7 +71,7 @@ def score(
                 "per_image": {i: {k: _json_value(v) for k, v in s.items()} for i, s in evaluation.per_image.items()},
             }
             try:
-                per_image.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+                write_atomic(per_image, json.dumps(payload, indent=1) + "\n")
             except OSError as error:
                 raise InputError(per_image, f"cannot write: {error.strerror or error}") from None
     except InputError as error:

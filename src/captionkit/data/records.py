@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.errors import InputError
+from captionkit.files import write_atomic
 
 STYLES = ("neutral", "positive", "negative")
 
@@ -37,19 +38,19 @@ def write_jsonl(records: Iterable[CaptionRecord], path: str | Path) -> Path:
     """Write ``records`` as ``captions.jsonl`` with image paths relative to the file's directory."""
     path = Path(path)
     root = path.parent.resolve()
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            image = record.image_path.resolve()
-            row = {
-                "image": image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image),
-                "caption": record.caption,
-                "image_id": record.image_id,
-                "style": record.style,
-            }
-            if record.split is not None:
-                row["split"] = record.split
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
+    lines = []
+    for record in records:
+        image = record.image_path.resolve()
+        row = {
+            "image": image.relative_to(root).as_posix() if image.is_relative_to(root) else str(image),
+            "caption": record.caption,
+            "image_id": record.image_id,
+            "style": record.style,
+        }
+        if record.split is not None:
+            row["split"] = record.split
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    return write_atomic(path, "".join(lines))
 
 
 def json_objects(text: str, path: Path) -> Iterator[tuple[dict[str, Any], str]]:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.errors import InputError
+from captionkit.files import text_lines
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
 _REFERENCE_FORMATS = (
@@ -186,7 +187,7 @@ def _coco_references(data: dict[str, Any], path: Path) -> ReferenceSet:
 
 def _flickr_references(text: str, path: Path) -> ReferenceSet:
     references = ReferenceSet({}, str(path))
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text_lines(text), start=1):
         if not line.strip():
             continue
         match = _FLICKR_LINE.fullmatch(line.rstrip("\r"))

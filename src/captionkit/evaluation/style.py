@@ -28,6 +28,7 @@ from typing import Any
 
 from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import tokenize_captions
+from captionkit.files import write_atomic
 
 STYLES = ("neutral", "positive", "negative")
 # Function words of captions: not content (whatever their style evidence).
@@ -129,7 +130,7 @@ class StyleClassifier:
         )
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+        write_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> StyleClassifier:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
+from captionkit.files import write_atomic
 
 QUANTIZATION_FILE = "quantization.json"
 METHOD = "int8-dynamic"
@@ -98,7 +99,7 @@ def _quantizable(module: nn.Module, name: str) -> bool:
 
 
 def write_quantization_file(directory: Path, info: dict[str, Any]) -> None:
-    (directory / QUANTIZATION_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_atomic((directory / QUANTIZATION_FILE), json.dumps(info, indent=2) + "\n")
 
 
 def is_quantized(directory: str | Path) -> bool:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import ModelLoadError
+from captionkit.files import write_atomic
 from captionkit.models.base import CaptionModel, Encoded
 
 ONNX_CONFIG = "onnx_config.json"
@@ -160,7 +161,7 @@ def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path)
         "head_dim": head_dim,
         "opset": OPSET,
     }
-    (output / ONNX_CONFIG).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    write_atomic((output / ONNX_CONFIG), json.dumps(info, indent=2) + "\n")
     return info
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captionkit.errors import InputError
+from captionkit.files import text_lines
 
 # Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -56,7 +57,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
 
 def _read_list(path: Path) -> list[InputImage]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = text_lines(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InputError(path, "image list is not UTF-8 text") from None
     entries = []

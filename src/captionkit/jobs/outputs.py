@@ -3,13 +3,14 @@
 A record is ``{"image", "caption", "score"}`` (plus ``"captions"`` for n-best) or ``{"image", "error"}``.
 JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished (a write
 cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes); JSON (one
-array) is written whole at the end, so only JSON keeps every record in memory.
+array) is written whole at the end, atomically, so only JSON keeps every record in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import sys
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from captionkit.errors import InputError
+from captionkit.files import write_atomic
 
 FORMATS = ("jsonl", "csv", "json")
 CSV_FIELDS = ("image", "caption", "score", "error")
@@ -59,7 +61,8 @@ def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
             if not isinstance(records, list):
                 raise InputError(path, "not a results file (expected a JSON list of records)")
         else:
-            return [_csv_record(row) for row in csv.DictReader(body.splitlines())], torn
+            # The csv module's own reading: a caption may hold \x1c, \x85 or \u2028, which splitlines() breaks at.
+            return [_csv_record(row) for row in csv.DictReader(io.StringIO(body, newline=""))], torn
     except (json.JSONDecodeError, csv.Error) as error:
         raise InputError(path, f"not valid {fmt} ({error})") from None
     for number, record in enumerate(records, start=1):
@@ -95,8 +98,7 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
     body, torn = split_torn_tail(text, fmt)
     if body != text:
-        with path.open("w", encoding="utf-8", errors=PATH_ERRORS, newline="") as handle:
-            handle.write(body)
+        write_atomic(path, body, errors=PATH_ERRORS)
     return torn
 
 
@@ -149,6 +151,6 @@ class RecordWriter:
                 sys.stdout.write(text)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.path.write_text(text, encoding="utf-8")
+                write_atomic(self.path, text)
         elif self._handle is not None and self._handle is not sys.stdout:
             self._handle.close()

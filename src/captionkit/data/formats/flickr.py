@@ -15,6 +15,7 @@ from pathlib import Path
 from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, read_text
 from captionkit.data.formats.karpathy import image_roots
 from captionkit.errors import InputError
+from captionkit.files import text_lines
 
 LINE = re.compile(r"^(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)$")
 SPLIT_LISTS = {"train": "*trainImages.txt", "val": "*devImages.txt", "test": "*testImages.txt"}
@@ -60,7 +61,7 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         path = files[0]
         probe = Probe(path)
     captions: list[tuple[str, str]] = []
-    for number, line in enumerate(probe.text().splitlines(), start=1):
+    for number, line in enumerate(text_lines(probe.text()), start=1):
         if not line.strip():
             continue
         match = LINE.match(line)

@@ -21,6 +21,7 @@ from captionkit.data.formats.base import (
     read_text,
 )
 from captionkit.errors import InputError
+from captionkit.files import text_lines
 
 NO_SIDECAR = "image without a caption file"
 
@@ -51,7 +52,7 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         top = relative.parts[0].lower() if len(relative.parts) > 1 else ""
         split = SPLIT_ALIASES.get(top) if top != "restval" else None
         try:
-            lines = [line for line in read_text(sidecar).splitlines() if line.strip()]
+            lines = [line for line in text_lines(read_text(sidecar)) if line.strip()]
         except InputError as error:
             if error.reason != "empty file":
                 raise

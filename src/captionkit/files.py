@@ -1,0 +1,48 @@
+"""How captionkit writes whole files and splits text files into lines.
+
+Writes: a file written whole goes to a temporary sibling first and is renamed over the target, so a crash or a
+full disk leaves the old file or the new one, never a torn one. (Files appended record by record, such as JSONL
+and CSV results, are append-safe instead: see :mod:`captionkit.jobs.outputs`.)
+
+Lines: a text file's lines end at ``\\n``, ``\\r\\n`` or ``\\r``. ``str.splitlines()`` also breaks at ``\\f``,
+``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028`` and ``\\u2029``, which are ordinary characters inside a caption or a
+file name, so files are split with :func:`text_lines` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def text_lines(text: str) -> list[str]:
+    """``text``'s lines without their line breaks (``\\n``, ``\\r\\n`` or ``\\r`` only); no empty last line."""
+    lines = _LINE_BREAK.split(text)
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def write_atomic(
+    path: str | os.PathLike[str], data: str | bytes, encoding: str = "utf-8", errors: str = "strict"
+) -> Path:
+    """Write ``data`` to ``path`` whole: into ``.NAME.PID.tmp`` beside it, flushed to disk, then renamed over it.
+
+    The temporary file is opened like any other (mode 0666 less the umask), so the result has the permissions a
+    plain write would give it. Returns ``path``.
+    """
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    payload = data.encode(encoding, errors) if isinstance(data, str) else data
+    try:
+        with staging.open("wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+    return path

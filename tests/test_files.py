@@ -1,0 +1,104 @@
+"""Whole-file writes are atomic and text files split only at real line breaks (issue 20, defects 9 and 10)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from captionkit.files import text_lines, write_atomic
+from captionkit.jobs.inputs import collect_images
+from captionkit.jobs.merge import merge_parts
+from captionkit.jobs.outputs import RecordWriter, read_records, repair_torn_tail
+
+# Characters str.splitlines() breaks at although they are no line break in a file.
+NOT_BREAKS = "\f\x1c\x1d\x1e\x85\u2028\u2029\v"
+
+
+def test_text_lines_breaks_only_at_newlines():
+    assert text_lines(f"a{NOT_BREAKS}b\r\nc\rd\n\ne\n") == [f"a{NOT_BREAKS}b", "c", "d", "", "e"]
+    assert text_lines("") == []
+    assert text_lines("one") == ["one"]
+
+
+def caption_records(count: int) -> list[dict]:
+    return [
+        {"image": f"img{i:02d}.jpg", "caption": f"a dog{NOT_BREAKS[i % len(NOT_BREAKS)]}runs {i}", "score": -float(i)}
+        for i in range(count)
+    ]
+
+
+def test_csv_read_back_keeps_captions_with_unicode_line_separators(tmp_path):
+    path = tmp_path / "captions.csv"
+    writer = RecordWriter(path, "csv")
+    writer.write(caption_records(40))
+    writer.close()
+    assert read_records(path, "csv") == caption_records(40)
+
+
+def test_merge_of_csv_parts_keeps_every_row(tmp_path):
+    records = caption_records(40)
+    for index, part in enumerate((records[:25], records[25:])):
+        writer = RecordWriter(tmp_path / f"c.part-{index}-of-2.csv", "csv")
+        writer.write(part)
+        writer.close()
+    result = merge_parts(sorted(tmp_path.glob("*.csv")))
+    assert result.records == records and result.complete
+
+
+def test_image_lists_split_only_at_newlines(tmp_path):
+    names = ["a\u2028b.jpg", "c\x1cd.jpg"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "list.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    assert collect_images([tmp_path / "list.txt"]) == [tmp_path / name for name in names]
+
+
+def test_json_results_are_replaced_whole_never_rewritten_in_place(tmp_path):
+    path = tmp_path / "results.json"
+    first = RecordWriter(path, "json")
+    first.write(caption_records(3))
+    first.close()
+    old = path.read_text(encoding="utf-8")
+    with path.open(encoding="utf-8") as reader:  # what a crash mid-write would leave: the old file, whole
+        second = RecordWriter(path, "json", read_records(path, "json"))
+        second.write(caption_records(5)[3:])
+        second.close()
+        assert reader.read() == old
+    assert read_records(path, "json") == caption_records(5)
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_torn_tail_repair_replaces_the_file_whole(tmp_path):
+    path = tmp_path / "captions.jsonl"
+    path.write_text('{"image": "a.jpg", "caption": "a dog"}\n{"image": "b.jp', encoding="utf-8")
+    old = path.read_text(encoding="utf-8")
+    with path.open(encoding="utf-8") as reader:
+        assert repair_torn_tail(path, "jsonl") == '{"image": "b.jp'
+        assert reader.read() == old
+    assert read_records(path, "jsonl") == [{"image": "a.jpg", "caption": "a dog"}]
+
+
+def test_write_atomic_keeps_the_old_file_when_the_rename_fails(tmp_path, monkeypatch):
+    path = write_atomic(tmp_path / "metrics.json", "{}\n")
+    assert path.read_text() == "{}\n"
+
+    def no_rename(source: object, target: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(path, '{"CIDEr": 1.0}\n')
+    assert path.read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left behind
+
+
+def test_write_atomic_honours_the_umask(tmp_path):
+    before = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "a.txt", b"x")
+    finally:
+        os.umask(before)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert isinstance(path, Path)
