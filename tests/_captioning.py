@@ -1,4 +1,4 @@
-"""Helpers for the batch-captioning tests: a tiny saved model, a folder of real photos with bad files, CLI runs."""
+"""Helpers for the batch-captioning tests: a folder of real photos with bad files, CLI runs in subprocesses."""
 
 from __future__ import annotations
 
@@ -10,26 +10,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from _data import SHARED_DATA
-from captionkit.cli import main
-from captionkit.images import Preprocessing
-from captionkit.models.registry import create_model
-from captionkit.text import train_bpe_tokenizer
-from captionkit.training.checkpoint import save_checkpoint
 
 PHOTO_DIRS = (SHARED_DATA / "coco" / "val2017", SHARED_DATA / "flickr8k" / "Images")
 BAD_FILES = ("empty.jpg", "truncated.jpg", "sub/notes.png", "deep/er/vector.webp")
 # One torch thread per process: the machine is shared, and tiny models gain nothing from more.
 QUIET_ENV = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def save_tiny_model(directory: Path) -> Path:
-    tokenizer = train_bpe_tokenizer(["a dog runs on the grass", "a cat sits on a red couch"] * 10, 300, True, 1)
-    torch.manual_seed(0)  # the same weights every run: a comparison that passes once passes always
-    model = create_model("vit-gpt2", "tiny", tokenizer)
-    return save_checkpoint(directory, model, tokenizer, Preprocessing.for_size(32, 32))
 
 
 def make_photo_folder(root: Path, count: int) -> Path:
@@ -45,14 +32,6 @@ def make_photo_folder(root: Path, count: int) -> Path:
     (root / "sub" / "notes.png").write_text("not an image")
     (root / "deep" / "er" / "vector.webp").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
     return root
-
-
-def run_cli(args: list[str | Path], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``captionkit ARGS`` in this process: (exit code, stdout, stderr)."""
-    with pytest.raises(SystemExit) as done:
-        main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
 
 
 def spawn_cli(args: list[str | Path], *, launcher: list[str] | None = None, **popen: object) -> subprocess.Popen:

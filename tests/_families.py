@@ -6,18 +6,19 @@ force enumeration and hypothesis helpers come from tests/test_decoding.py, where
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from _helpers import tiny_model
 from captionkit.data.synthetic import write_synthetic_dataset
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DecodingConfig, Hypothesis, generate
 from captionkit.decoding.beam import beam_search
 from captionkit.models.base import CaptionModel
-from captionkit.models.registry import create_model
-from test_decoding import brute_force_ranking, full_ids, teacher_forced_log_prob
 
 MAX_NEW = 8
 Make = Callable[..., CaptionModel]
@@ -31,8 +32,7 @@ def peaked(
     Larger-than-usual weights make next-token distributions peaked (near-ties rare, captions that differ between
     images); the eos output row scaled by ``eos_boost`` makes eos likely in some contexts and unlikely in others.
     """
-    torch.manual_seed(seed)
-    model = create_model(family, "tiny", vocab_size=vocab_size, **overrides)
+    model = tiny_model(family, seed, vocab_size=vocab_size, **overrides)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             # Decoder-side weights and embeddings; the encoder, norms and biases keep their usual start (a redrawn
@@ -48,6 +48,35 @@ def output_rows(model: CaptionModel) -> torch.Tensor:
     if hasattr(model, "gpt2"):
         return model.gpt2.lm_head.weight
     return model.output.weight
+
+
+def full_ids(hypothesis: Hypothesis, eos: int) -> list[int]:
+    return hypothesis.token_ids + [eos] * hypothesis.finished
+
+
+def teacher_forced_log_prob(model: Any, pixels: torch.Tensor, generated: list[int]) -> float:
+    """Sum of log p(token | prefix) over ``generated`` (eos included) by one teacher-forced pass."""
+    input_ids = torch.tensor([[model.bos_token_id, *generated]])
+    with torch.no_grad():
+        log_probs = model(pixels, input_ids).log_softmax(dim=-1)[0, :-1]
+    return float(log_probs.gather(1, torch.tensor(generated)[:, None]).sum())
+
+
+def brute_force_ranking(model: Any, pixels: torch.Tensor, max_new: int, length_penalty: float) -> list[tuple]:
+    """Every caption the model can produce within ``max_new`` tokens, scored like beam search, best first."""
+    eos, vocab = model.eos_token_id, model.vocab_size
+    words = [token for token in range(vocab) if token != eos]
+    candidates = [[*prefix, eos] for n in range(max_new) for prefix in itertools.product(words, repeat=n)]
+    candidates += [[*prefix] for prefix in itertools.product(words, repeat=max_new)]  # cut at the limit
+    ranked = []
+    for length in range(1, max_new + 1):
+        group = [c for c in candidates if len(c) == length]
+        input_ids = torch.tensor([[model.bos_token_id, *c] for c in group])
+        with torch.no_grad():
+            log_probs = model(pixels.expand(len(group), -1, -1, -1), input_ids).log_softmax(dim=-1)[:, :-1]
+        sums = log_probs.gather(2, input_ids[:, 1:, None]).squeeze(2).sum(dim=1)
+        ranked += [(float(s) / length**length_penalty, c) for s, c in zip(sums, group, strict=True)]
+    return sorted(ranked, key=lambda item: -item[0])
 
 
 def pixels(count: int, seed: int = 0) -> torch.Tensor:

@@ -10,24 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
 from PIL import Image
 
+import _helpers as helpers
 from captionkit.api import Captioner
-from captionkit.images import Preprocessing
-from captionkit.models.registry import create_model
-from captionkit.text import train_bpe_tokenizer
-from captionkit.training.checkpoint import save_checkpoint
 
-CAPTIONS = ["a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea"]
+CAPTIONS = ("a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea")
 
 
 def save_tiny_model(directory: Path, seed: int) -> Path:
     """A tiny random ViT+GPT-2 checkpoint (32 px input) with a BPE tokenizer trained on a few captions."""
-    tokenizer = train_bpe_tokenizer(CAPTIONS * 10, 300, True, 1)
-    torch.manual_seed(seed)
-    model = create_model("vit-gpt2", "tiny", tokenizer)
-    return save_checkpoint(directory, model, tokenizer, Preprocessing.for_size(32, 32))
+    return helpers.save_tiny_model(directory, seed=seed, captions=CAPTIONS)
 
 
 def load_tiny(directory: Path) -> Captioner:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from _captioning import run_cli
 from _data import SHARED_DATA
 from _families import peaked, pixels
+from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.attention import MAX_ALPHA, MIN_ALPHA, caption_maps, overlay, overlay_name, write_overlays
 from captionkit.errors import InputError
@@ -23,7 +23,7 @@ from captionkit.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CAPTIONS = ["a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea"]
+CAPTIONS = ("a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea")
 PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
 GRID = (4, 4)  # tiny presets: 32 px images; ViT 8 px patches, ResNet 8x downsampling
 
@@ -118,10 +118,7 @@ def test_caption_maps_align_each_token_with_the_step_that_wrote_it(make_vit_gpt2
 
 @pytest.fixture(scope="module")
 def captioner(tmp_path_factory):
-    tokenizer = train_bpe_tokenizer(CAPTIONS * 10, 300, True, 1)
-    torch.manual_seed(0)
-    model = create_model("vit-gpt2", "tiny", tokenizer, initializer_range=0.3)
-    directory = save_checkpoint(tmp_path_factory.mktemp("m") / "vit", model, tokenizer, Preprocessing.for_size(32, 32))
+    directory = save_tiny_model(tmp_path_factory.mktemp("m") / "vit", captions=CAPTIONS, initializer_range=0.3)
     return Captioner.from_pretrained(directory, device="cpu")
 
 

@@ -9,20 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from _captioning import save_tiny_model
 from _data import SHARED_DATA
+from _helpers import run_cli, save_tiny_model
 from captionkit.benchmark import estimate_flops
-from captionkit.cli import main
 from captionkit.models.vit_gpt2 import PRESETS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(done.value.code or 0), out, err
 
 
 def test_benchmark_on_real_images_reports_both_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,15 +11,8 @@ import pytest
 from PIL import Image
 
 import captionkit.jobs.pipeline
-from _captioning import (
-    BAD_FILES,
-    assert_same_records,
-    make_photo_folder,
-    read_jsonl,
-    run_cli,
-    save_tiny_model,
-    spawn_cli,
-)
+from _captioning import BAD_FILES, assert_same_records, make_photo_folder, read_jsonl, spawn_cli
+from _helpers import run_cli, save_tiny_model
 from captionkit.images import DEFAULT_LIMITS, Preprocessing
 from captionkit.jobs.pipeline import load_batches
 

@@ -11,12 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from _captioning import read_jsonl
 from _data import SHARED_DATA
-from captionkit.cli import main
-from captionkit.images import Preprocessing
-from captionkit.models.registry import create_model
-from captionkit.text import train_bpe_tokenizer
-from captionkit.training.checkpoint import save_checkpoint
+from _helpers import run_cli, save_tiny_model
 
 DATA = SHARED_DATA
 COCO = DATA / "coco" / "val2017"
@@ -24,9 +21,7 @@ COCO = DATA / "coco" / "val2017"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    tokenizer = train_bpe_tokenizer(["a dog runs on the grass", "a cat sits on a red couch"] * 10, 300, True, 1)
-    model = create_model("vit-gpt2", "tiny", tokenizer)
-    return save_checkpoint(tmp_path_factory.mktemp("m") / "tiny", model, tokenizer, Preprocessing.for_size(32, 32))
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
 
 
 @pytest.fixture(scope="module")
@@ -46,20 +41,9 @@ def photos(tmp_path_factory):
     return root
 
 
-def run(args: list[str], capsys) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_folder_with_bad_files_gives_one_record_each_and_exit_2(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "captions.jsonl"
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "caption",
             str(photos),
@@ -94,7 +78,7 @@ def test_folder_with_bad_files_gives_one_record_each_and_exit_2(model_dir, photo
 def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "captions.jsonl"
     first = sorted((photos / "sub").glob("*.jpg"))[0]
-    code, _, _ = run(
+    code, _, _ = run_cli(
         [
             "caption",
             str(first),
@@ -110,7 +94,7 @@ def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path,
         capsys,
     )
     assert code == 0
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "caption",
             str(photos),
@@ -135,7 +119,7 @@ def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path,
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_other_formats(model_dir, photos, tmp_path, capsys, fmt):
     out = tmp_path / f"captions.{fmt}"
-    code, _, _ = run(
+    code, _, _ = run_cli(
         [
             "caption",
             str(photos / "sub"),
@@ -165,7 +149,7 @@ def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
     listing = tmp_path / "list.txt"
     names = sorted(p.name for p in photos.glob("*.jpg") if p.stat().st_size > 5000)
     listing.write_text("\n".join(str(photos / name) for name in names) + "\n")
-    code, out, _ = run(
+    code, out, _ = run_cli(
         ["caption", str(listing), "--model", str(model_dir), "--beams", "1", "--max-length", "4"], capsys
     )
     assert code == 0
@@ -191,7 +175,7 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
     args = [a.replace("{photos}", str(photos)) for a in args]
     if "--model" not in args:
         args += ["--model", str(model_dir)]
-    code, out, err = run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     assert code == 1
     assert message in err
     assert out == ""
@@ -200,7 +184,7 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
 def test_a_bad_model_keeps_the_previous_results(model_dir, photos, tmp_path, capsys):
     output = tmp_path / "captions.jsonl"
     output.write_text('{"image": "old.jpg", "caption": "earlier work"}\n')
-    code, _, err = run(["caption", str(photos), "--model", "/no/such/model", "--output", str(output)], capsys)
+    code, _, err = run_cli(["caption", str(photos), "--model", "/no/such/model", "--output", str(output)], capsys)
     assert code == 1 and err.count("\n") == 1
     assert output.read_text() == '{"image": "old.jpg", "caption": "earlier work"}\n'
 
@@ -225,7 +209,7 @@ def test_seeded_sampling_does_not_depend_on_batch_size(model_dir, photos, tmp_pa
     captions = []
     for batch_size in ("1", "4"):
         out = tmp_path / f"b{batch_size}.jsonl"
-        code, _, _ = run(
+        code, _, _ = run_cli(
             [
                 "caption",
                 str(photos),
@@ -254,10 +238,10 @@ def test_seeded_sampling_does_not_depend_on_batch_size(model_dir, photos, tmp_pa
 def test_resuming_a_finished_run_keeps_exit_2_for_its_recorded_errors(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "captions.jsonl"
     args = ["caption", str(photos), "--model", str(model_dir), "--output", str(out), "--beams", "1"]
-    code, _, _ = run([*args, "--max-length", "4"], capsys)
+    code, _, _ = run_cli([*args, "--max-length", "4"], capsys)
     assert code == 2
     before = out.read_text()
-    code, _, err = run([*args, "--max-length", "4", "--resume", "--workers", "1"], capsys)
+    code, _, err = run_cli([*args, "--max-length", "4", "--resume", "--workers", "1"], capsys)
     assert code == 2
     assert "9 of 9 images already done" in err
     assert "captioned 0 images, 0 errors (and 4 recorded before resuming)" in err

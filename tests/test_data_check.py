@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from _data import SHARED_DATA
-from captionkit.cli import main
+from _helpers import run_cli
 from captionkit.data.check import caption_words, check_records, length_stats
 from captionkit.data.sources import load_records
 
@@ -18,15 +18,8 @@ FLICKR = SHARED_DATA / "flickr8k"
 COCO = SHARED_DATA / "coco"
 
 
-def run(args, capsys):
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
-
-
 def test_check_flickr8k_json(capsys):
-    code, out, _ = run(["data", "check", str(FLICKR), "--json"], capsys)
+    code, out, _ = run_cli(["data", "check", str(FLICKR), "--json"], capsys)
     assert code == 0
     report = json.loads(out)
     assert report["format"] == "flickr"
@@ -41,7 +34,9 @@ def test_check_flickr8k_json(capsys):
 
 
 def test_check_coco_subset_text_table(capsys):
-    code, out, _ = run(["data", "check", str(COCO / "captions_val2017_subset.json"), "--val-fraction", "0.2"], capsys)
+    code, out, _ = run_cli(
+        ["data", "check", str(COCO / "captions_val2017_subset.json"), "--val-fraction", "0.2"], capsys
+    )
     assert code == 0
     assert "coco" in out and "assigned by image (seed 0, val 0.2, test 0)" in out
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
@@ -50,7 +45,7 @@ def test_check_coco_subset_text_table(capsys):
 
 
 def test_check_one_split_only(capsys):
-    code, out, _ = run(["data", "check", str(FLICKR / "dataset_flickr8k.json"), "--split", "val", "--json"], capsys)
+    code, out, _ = run_cli(["data", "check", str(FLICKR / "dataset_flickr8k.json"), "--split", "val", "--json"], capsys)
     assert code == 0
     report = json.loads(out)
     assert list(report["splits"]) == ["val"] and report["total"]["images"] == 25
@@ -77,14 +72,14 @@ def broken_folder(tmp_path):
 
 def test_check_reports_corrupt_image_and_leak_by_bytes(broken_folder, capsys):
     root, _ = broken_folder
-    code, out, _ = run(["data", "check", str(root)], capsys)
+    code, out, _ = run_cli(["data", "check", str(root)], capsys)
     assert code == 1
     assert str(root / "train" / "corrupt.jpg") in out
     assert "1 unreadable image" in out
     assert "image in several splits" in out and "same bytes" in out
     assert "1 captions repeated on one image" in out
     assert "2 errors" in out
-    code, out, _ = run(["data", "check", str(root), "--json"], capsys)
+    code, out, _ = run_cli(["data", "check", str(root), "--json"], capsys)
     report = json.loads(out)
     assert [item["image"] for item in report["unreadable_images"]] == [str(root / "train" / "corrupt.jpg")]
     assert report["duplicate_images"] == [[str(root / "test" / "copy.png"), str(root / "train" / "good.png")]]
@@ -93,14 +88,14 @@ def test_check_reports_corrupt_image_and_leak_by_bytes(broken_folder, capsys):
 
 def test_check_reports_missing_image(broken_folder, capsys):
     _, csv = broken_folder
-    code, out, _ = run(["data", "check", str(csv)], capsys)
+    code, out, _ = run_cli(["data", "check", str(csv)], capsys)
     assert code == 1
     assert "1 missing image" in out and str(csv.parent / "photos" / "train" / "gone.png") in out
 
 
 def test_check_without_opening_images_finds_no_image_errors(broken_folder, capsys):
     _, csv = broken_folder
-    code, out, _ = run(["data", "check", str(csv), "--no-images", "--json"], capsys)
+    code, out, _ = run_cli(["data", "check", str(csv), "--no-images", "--json"], capsys)
     assert code == 0
     assert json.loads(out)["images_checked"] is False
 
@@ -110,7 +105,7 @@ def test_check_reports_dropped_captions(tmp_path, capsys):
     (tmp_path / "c.jsonl").write_text(
         '{"image": "a.png", "caption": "one", "split": "train"}\n{"image": "a.png", "caption": " "}\n'
     )
-    code, out, _ = run(["data", "check", str(tmp_path / "c.jsonl")], capsys)
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.jsonl")], capsys)
     assert code == 0
     assert "dropped: 1 empty caption" in out
 
@@ -118,7 +113,7 @@ def test_check_reports_dropped_captions(tmp_path, capsys):
 def test_check_image_id_in_two_splits(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "c.csv").write_text("image,caption,split\na.png,one,train\na.png,two,val\n")
-    code, out, _ = run(["data", "check", str(tmp_path / "c.csv"), "--json"], capsys)
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.csv"), "--json"], capsys)
     assert code == 1
     shared = json.loads(out)["images_in_several_splits"]
     assert shared == [
@@ -127,9 +122,9 @@ def test_check_image_id_in_two_splits(tmp_path, capsys):
 
 
 def test_check_bad_input_and_unknown_split(tmp_path, capsys):
-    code, _, err = run(["data", "check", str(tmp_path / "nothing")], capsys)
+    code, _, err = run_cli(["data", "check", str(tmp_path / "nothing")], capsys)
     assert code == 1 and "no such file or directory" in err
-    code, _, err = run(["data", "check", str(FLICKR), "--split", "extra"], capsys)
+    code, _, err = run_cli(["data", "check", str(FLICKR), "--split", "extra"], capsys)
     assert code == 1 and "no captions in split 'extra' (splits: test, train, val)" in err
 
 

@@ -15,7 +15,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from captionkit.decoding import DecodingConfig, Hypothesis, generate
+from _families import brute_force_ranking, full_ids, teacher_forced_log_prob
+from captionkit.decoding import DecodingConfig, generate
 from captionkit.decoding.beam import beam_search
 from captionkit.decoding.sampling import warp_scores
 from captionkit.errors import InputError
@@ -34,18 +35,6 @@ def hf_tokens(row: list[int], eos: int) -> list[int]:
     """A generate() output row without its decoder start token, cut before the first eos (padding follows)."""
     row = row[1:]
     return row[: row.index(eos)] if eos in row else row
-
-
-def full_ids(hypothesis: Hypothesis, eos: int) -> list[int]:
-    return hypothesis.token_ids + [eos] * hypothesis.finished
-
-
-def teacher_forced_log_prob(model: Any, pixels: torch.Tensor, generated: list[int]) -> float:
-    """Sum of log p(token | prefix) over ``generated`` (eos included) by one teacher-forced pass."""
-    input_ids = torch.tensor([[model.bos_token_id, *generated]])
-    with torch.no_grad():
-        log_probs = model(pixels, input_ids).log_softmax(dim=-1)[0, :-1]
-    return float(log_probs.gather(1, torch.tensor(generated)[:, None]).sum())
 
 
 # --- equality with transformers' generate
@@ -102,23 +91,6 @@ def test_beam_search_matches_transformers_generate(
 
 
 # --- exactness on a vocabulary small enough to enumerate
-
-
-def brute_force_ranking(model: Any, pixels: torch.Tensor, max_new: int, length_penalty: float) -> list[tuple]:
-    """Every caption the model can produce within ``max_new`` tokens, scored like beam search, best first."""
-    eos, vocab = model.eos_token_id, model.vocab_size
-    words = [token for token in range(vocab) if token != eos]
-    candidates = [[*prefix, eos] for n in range(max_new) for prefix in itertools.product(words, repeat=n)]
-    candidates += [[*prefix] for prefix in itertools.product(words, repeat=max_new)]  # cut at the limit
-    ranked = []
-    for length in range(1, max_new + 1):
-        group = [c for c in candidates if len(c) == length]
-        input_ids = torch.tensor([[model.bos_token_id, *c] for c in group])
-        with torch.no_grad():
-            log_probs = model(pixels.expand(len(group), -1, -1, -1), input_ids).log_softmax(dim=-1)[:, :-1]
-        sums = log_probs.gather(2, input_ids[:, 1:, None]).squeeze(2).sum(dim=1)
-        ranked += [(float(s) / length**length_penalty, c) for s, c in zip(sums, group, strict=True)]
-    return sorted(ranked, key=lambda item: -item[0])
 
 
 @pytest.mark.parametrize(

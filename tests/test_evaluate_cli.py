@@ -9,15 +9,11 @@ import shutil
 
 import pytest
 
-from captionkit.cli import main
+from _helpers import run_cli, save_tiny_model
 from captionkit.data.records import write_jsonl
 from captionkit.data.sources import load_records
 from captionkit.data.splits import split_by_image
 from captionkit.data.synthetic import write_synthetic_dataset
-from captionkit.images import Preprocessing
-from captionkit.models.registry import create_model
-from captionkit.text import train_bpe_tokenizer
-from captionkit.training.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -27,22 +23,13 @@ def scenes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(scenes, tmp_path_factory):
-    captions = [line for line in scenes.read_text().splitlines()]
-    tokenizer = train_bpe_tokenizer([json.loads(c)["caption"] for c in captions], 300, True, 1)
-    model = create_model("vit-gpt2", "tiny", tokenizer)
-    return save_checkpoint(tmp_path_factory.mktemp("m") / "tiny", model, tokenizer, Preprocessing.for_size(32, 32))
-
-
-def run(args, capsys):
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return done.value.code, captured.out, captured.err
+    captions = tuple(json.loads(line)["caption"] for line in scenes.read_text().splitlines())
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", captions=captions)
 
 
 def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys):
     out = tmp_path / "eval"
-    code, stdout, _ = run(
+    code, stdout, _ = run_cli(
         [
             "evaluate",
             "--model",
@@ -76,10 +63,10 @@ def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys
 
 
 def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):
-    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", str(scenes), "--split", "nope"], capsys)
+    code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", str(scenes), "--split", "nope"], capsys)
     assert code == 1
     assert "no captions in split 'nope' (splits: test, train, val)" in err
-    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", "/no/data"], capsys)
+    code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", "/no/data"], capsys)
     assert code == 1
     assert "/no/data: no such file or directory" in err
 
@@ -93,7 +80,7 @@ def test_unsplit_data_is_split_as_the_models_training_run_split_it(scenes, model
     saved = {"data": {"val_fraction": 0.3, "val": val_data}, "train": {"seed": 3}}
     (run_dir / "train_config.json").write_text(json.dumps(saved))
     args = ["evaluate", "--model", str(run_dir), "--data", str(data), "--split", "val", "--beams", "1"]
-    code, stdout, err = run([*args, "--max-length", "4", "--metrics", "BLEU"], capsys)
+    code, stdout, err = run_cli([*args, "--max-length", "4", "--metrics", "BLEU"], capsys)
     if val_data:  # that run held none of these images out: no split to reproduce
         assert code == 1 and "no captions in split 'val'" in err
         return
@@ -106,6 +93,6 @@ def test_unsplit_data_is_split_as_the_models_training_run_split_it(scenes, model
 
 def test_unsplit_data_without_the_runs_settings_names_the_splits(scenes, model_dir, tmp_path, capsys):
     data = write_jsonl([dataclasses.replace(r, split=None) for r in load_records(scenes)], tmp_path / "u.jsonl")
-    code, _, err = run(["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "val"], capsys)
+    code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "val"], capsys)
     assert code == 1
     assert f"{data}: no captions in split 'val' (splits: none; use --split all)" in err

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from _data import SHARED_DATA
-from captionkit.cli import main
+from _helpers import run_cli
 from captionkit.evaluation import external, spice
 
 DATA = SHARED_DATA
@@ -18,13 +18,6 @@ COCO_SUBSET = DATA / "coco" / "captions_val2017_subset.json"
 FLICKR_TOKENS = DATA / "flickr8k" / "Flickr8k.token.txt"
 SCRIPT = Path(sys.executable).parent / "captionkit"
 COCO_KEYS = {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
-
-
-def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    captured = capsys.readouterr()
-    return int(done.value.code or 0), captured.out, captured.err
 
 
 @pytest.fixture
@@ -95,7 +88,7 @@ def test_importing_the_evaluation_package_is_light() -> None:
 def test_default_metrics_leave_out_meteor_with_a_note(
     no_meteor: None, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, err = run(["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates)], capsys)
+    code, out, err = run_cli(["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates)], capsys)
     assert code == 0
     result = json.loads(out)
     assert set(result) >= COCO_KEYS and "METEOR" not in result
@@ -107,7 +100,7 @@ def test_asked_for_meteor_unavailable_exits_2(
     no_meteor: None, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "CIDEr,METEOR"]
-    code, out, _ = run(args, capsys)
+    code, out, _ = run_cli(args, capsys)
     assert code == 2
     assert "CIDEr" in json.loads(out) and "METEOR" not in json.loads(out)
 
@@ -122,7 +115,7 @@ def test_spice_offline_gives_one_clear_line_and_exit_2(
     # download from a test run).
     monkeypatch.setattr(spice, "CORENLP_URL", "http://127.0.0.1:9/stanford-corenlp-full-2015-12-09.zip")
     args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,SPICE"]
-    code, out, err = run(args, capsys)
+    code, out, err = run_cli(args, capsys)
     if "java not found" in out:
         pytest.skip("needs Java")
     assert code == 2
@@ -138,7 +131,7 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     names = sorted({line.split("#")[0] for line in FLICKR_TOKENS.read_text(encoding="utf-8").splitlines() if line})
     cands = tmp_path / "cands.json"
     cands.write_text(json.dumps({Path(n).stem: "a dog runs through the grass ." for n in names}), encoding="utf-8")
-    code, out, _ = run(["score", "--refs", str(FLICKR_TOKENS), "--cands", str(cands), "--metrics", "bleu"], capsys)
+    code, out, _ = run_cli(["score", "--refs", str(FLICKR_TOKENS), "--cands", str(cands), "--metrics", "bleu"], capsys)
     assert code == 0
     result = json.loads(out)
     assert set(result) >= {"Bleu_1", "Bleu_4"} and "CIDEr" not in result
@@ -162,7 +155,7 @@ def test_bad_input_exits_1_with_one_line(
 ) -> None:
     cands = tmp_path / "cands.json"
     cands.write_text(cands_content, encoding="utf-8")
-    code, out, err = run(["score", "--refs", str(COCO_SUBSET), "--cands", str(cands), "--metrics", "BLEU"], capsys)
+    code, out, err = run_cli(["score", "--refs", str(COCO_SUBSET), "--cands", str(cands), "--metrics", "BLEU"], capsys)
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {cands}: ")
     assert message in err
@@ -170,7 +163,7 @@ def test_bad_input_exits_1_with_one_line(
 
 def test_unknown_metric_and_missing_option_exit_1(coco_candidates: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,WER"]
-    code, _, err = run(args, capsys)
+    code, _, err = run_cli(args, capsys)
     assert code == 1 and "unknown metric 'WER'" in err
-    code, _, _ = run(["score", "--refs", str(COCO_SUBSET)], capsys)
+    code, _, _ = run_cli(["score", "--refs", str(COCO_SUBSET)], capsys)
     assert code == 1

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from _captioning import run_cli, save_tiny_model
+from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import BACKENDS, QUANTIZATION_FILE, conv1d_to_linear, quantize_int8, torchao_installed

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _captioning import run_cli, save_tiny_model
 from _data import SHARED_DATA
+from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import ModelLoadError

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from _captioning import run_cli, save_tiny_model
 from _data import SHARED_DATA
+from _helpers import run_cli, save_tiny_model
 from captionkit.jobs.overlays import MAX_FOLDER_BYTES, overlay_folders, safe_folder_name
 
 PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]

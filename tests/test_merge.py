@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from _captioning import read_jsonl, run_cli
+from _captioning import read_jsonl
+from _helpers import run_cli
 from captionkit.jobs.merge import merge_parts
 from captionkit.jobs.outputs import RecordWriter
 

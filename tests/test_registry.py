@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from _families import peaked, pixels
+from _helpers import FAMILIES as SWEEP
 from captionkit.api import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
@@ -26,13 +27,6 @@ from captionkit.models.registry import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-NEW_FAMILIES = ("prefix-gpt2", "cnn-lstm", "cnn-lstm-attention")
-PRESET_MODULES = {
-    "vit-gpt2": "captionkit.models.vit_gpt2",
-    "prefix-gpt2": "captionkit.models.prefix_gpt2",
-    "cnn-lstm": "captionkit.models.cnn_lstm",
-    "cnn-lstm-attention": "captionkit.models.cnn_lstm",
-}
 CAPTIONS = ["a large red circle left of a small blue square", "a small green triangle", "a red square above a circle"]
 
 
@@ -41,11 +35,12 @@ def test_list_models_names_every_family_and_its_presets() -> None:
     assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"]
     for family, presets in models.items():
         # The registry's list is the module's own (the registry does not import the module to answer).
-        assert presets == tuple(importlib.import_module(PRESET_MODULES[family]).PRESETS)
+        module = FAMILIES[family].load_class().__module__
+        assert presets == tuple(importlib.import_module(module).PRESETS)
         assert {"tiny", "base"} <= set(presets)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", SWEEP)
 def test_create_model_from_a_name_and_overrides(family: str) -> None:
     model = create_model(f"{family}/tiny", vocab_size=40, bos_token_id=5, eos_token_id=6, pad_token_id=7)
     assert (model.family, model.vocab_size, model.bos_token_id, model.eos_token_id, model.pad_token_id) == (
@@ -61,7 +56,7 @@ def test_create_model_from_a_name_and_overrides(family: str) -> None:
     assert type(model) is family_class and family_class.family == family
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", SWEEP)
 def test_the_trainers_call_takes_the_vocabulary_from_the_tokenizer(family: str) -> None:
     tokenizer = train_tokenizer(family, CAPTIONS * 3, 300)
     model = create_model(family, "tiny", tokenizer, "random", **{})
@@ -117,7 +112,7 @@ def test_sincos_positions_start_the_prefix_encoder() -> None:
 # --- saved checkpoints: the family comes from config.json
 
 
-@pytest.mark.parametrize("family", NEW_FAMILIES)
+@pytest.mark.parametrize("family", SWEEP)
 def test_captioner_round_trip_picks_the_family(family: str, tmp_path: Path) -> None:
     tokenizer = train_tokenizer(family, CAPTIONS * 3, 40)
     torch.manual_seed(0)

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from _helpers import run_cli
 from _serve import free_port, image_bytes, load_tiny, running_server, save_tiny_model
-from captionkit.cli import main
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ConfigError
 from captionkit.images import load_image
@@ -447,47 +447,41 @@ def test_percentile_nearest_rank():
     assert percentile([], 0.5) == 0.0
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    return done.value.code, capsys.readouterr().err
-
-
 def test_serve_without_the_extra_says_how_to_install(monkeypatch, capsys):
     import captionkit.cli.serve as serve_cli
 
     monkeypatch.setattr(serve_cli.importlib.util, "find_spec", lambda name: None if name == "fastapi" else object())
-    code, err = run_cli(["serve", "--model", "anything"], capsys)
+    code, _, err = run_cli(["serve", "--model", "anything"], capsys)
     assert code == 1
     assert err.strip() == "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
 
 
 def test_serve_refuses_two_models_with_one_name(model_dirs, capsys):
-    code, err = run_cli(["serve", "--model", str(model_dirs[0]), "--model", f"base={model_dirs[1]}"], capsys)
+    code, _, err = run_cli(["serve", "--model", str(model_dirs[0]), "--model", f"base={model_dirs[1]}"], capsys)
     assert code == 1
     assert "two models named 'base'" in err
 
 
 def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys):
-    code, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--max-batch", "0"], capsys)
+    code, _, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--max-batch", "0"], capsys)
     assert code == 1
     assert err.strip() == "captionkit: error: serve.max_batch: must be a positive integer, got 0"
 
 
 def test_serve_refuses_more_images_per_request_than_the_queue_holds(tmp_path, capsys):
     never = str(tmp_path / "never-loaded")
-    code, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "9"], capsys)
+    code, _, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "9"], capsys)
     assert code == 1
     assert err.strip() == (
         "captionkit: error: serve.max_images: must be <= serve.max_queue (8), got 9: "
         "a request with more images than the queue holds could never run"
     )
-    code, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "8"], capsys)
+    code, _, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "8"], capsys)
     assert code == 1 and "no such directory" in err  # the limits passed; the model is what is missing
 
 
 def test_serve_refuses_a_missing_model(tmp_path, capsys):
-    code, err = run_cli(["serve", "--model", str(tmp_path / "nope")], capsys)
+    code, _, err = run_cli(["serve", "--model", str(tmp_path / "nope")], capsys)
     assert code == 1
     assert "no such directory" in err
 

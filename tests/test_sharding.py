@@ -11,14 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _captioning import (
-    assert_same_records,
-    make_photo_folder,
-    read_jsonl,
-    run_cli,
-    save_tiny_model,
-    spawn_cli,
-)
+from _captioning import assert_same_records, make_photo_folder, read_jsonl, spawn_cli
+from _helpers import run_cli, save_tiny_model
 from captionkit.errors import InputError
 from captionkit.jobs.inputs import collect_inputs
 from captionkit.jobs.sharding import (

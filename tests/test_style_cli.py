@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from _captioning import run_cli
+from _helpers import run_cli
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict
 from captionkit.data.synthetic import write_synthetic_dataset
