@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from captionkit.config import TrainConfig
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 CHILD = Path(__file__).with_name("_train_child.py")
 STEPS = 8

@@ -19,7 +19,7 @@ from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.trainer import _scst_reward, build_setup, train
+from captionkit.training.loop import _scst_reward, build_setup, train
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_train_child.py")

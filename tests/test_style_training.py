@@ -82,7 +82,7 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
     from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
     from captionkit.models.registry import create_model
     from captionkit.training.checkpoint import save_checkpoint
-    from captionkit.training.trainer import train
+    from captionkit.training.loop import train
 
     tokenizer = train_bpe_tokenizer(["a man riding a wave", "a beautiful sunny beach"] * 5, 300, True, 1)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ from captionkit.decoding import DecodingConfig
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.training.checkpoint import is_complete
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 
 @pytest.fixture(scope="module")

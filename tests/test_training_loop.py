@@ -17,7 +17,7 @@ from captionkit.errors import ConfigError, InputError
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.stages import Stages
-from captionkit.training.trainer import build_setup, drop_empty_captions, seed_everything, train
+from captionkit.training.loop import build_setup, drop_empty_captions, seed_everything, train
 
 
 @pytest.fixture(scope="module")
