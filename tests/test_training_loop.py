@@ -15,9 +15,10 @@ from captionkit.data.records import CaptionRecord
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
+from captionkit.training.loop import train
 from captionkit.training.run_log import ProgressLine
+from captionkit.training.setup import build_setup, drop_empty_captions, seed_everything
 from captionkit.training.stages import Stages
-from captionkit.training.loop import build_setup, drop_empty_captions, seed_everything, train
 
 
 @pytest.fixture(scope="module")
