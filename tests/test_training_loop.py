@@ -12,6 +12,7 @@ from PIL import Image
 
 from captionkit.config import StageSection, load_train_config
 from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_dataset
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
@@ -288,3 +289,18 @@ def test_a_stage_that_freezes_the_encoder_leaves_every_buffer_alone(scenes, fami
             assert not changed
         else:  # the ResNet's batch norms, unfrozen, follow the data again
             assert changed and all(name.startswith("encoder.") and ".normalization." in name for name in changed)
+
+
+def test_empty_captions_the_reader_drops_are_counted_and_logged_as_data_check_counts_them(
+    scenes, tmp_path, single_thread, caplog
+):
+    data = scenes.with_name("with-empty-captions.jsonl")  # beside the images its paths name
+    lines = scenes.read_text(encoding="utf-8").splitlines()
+    blank = [json.dumps(json.loads(line) | {"caption": " \t"}) for line in lines[:5]]
+    data.write_text("\n".join(lines + blank) + "\n", encoding="utf-8")
+    assert load_dataset(data).dropped == {"empty caption": 5}  # what `data check` reports
+    with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+        result = train(config_for(scenes, f"data.train={data}", "train.steps=1"), tmp_path / "run")
+    assert result.empty_captions == 5
+    assert "dropped 5 empty training captions" in caplog.text
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["empty_captions"] == 5

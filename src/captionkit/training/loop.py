@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 
-from captionkit import __version__
 from captionkit.config import TrainConfig
 from captionkit.data.dataset import Batch
 from captionkit.errors import InputError
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.curves import draw_curves
+from captionkit.training.resume import publish_final_model
 from captionkit.training.run import Run, deterministic_algorithms, prepare_run
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.schedule import lr_at
@@ -209,7 +209,7 @@ def _log(
         step = run.step
         entry |= run.validation(run.setup.model, run.setup.tokenizer, run.config, step.device, step.autocast)
         state.val = {k: entry[k] for k in ("val_loss", "val_perplexity", "val_cider") if k in entry}
-        if _improved(state.val, run):
+        if state.improved(run.config.train.best_metric):
             run.save(ckpt.BEST, every_rank=False)
         elif run.config.train.patience and state.evals_since_best >= run.config.train.patience:
             now.stopped_early = True
@@ -219,21 +219,6 @@ def _log(
         assert run.run_log is not None
         run.run_log.write(entry)
         emit(entry)
-
-
-def _improved(val: dict[str, float | None], run: Run) -> bool:
-    """Update the best value of ``best_metric``; True when the latest validation set a new best."""
-    state, metric = run.state, run.config.train.best_metric
-    value = val.get(metric)
-    if value is None:
-        return False
-    higher_is_better = metric == "val_cider"
-    better = state.best is None or (value > state.best if higher_is_better else value < state.best)
-    if better:
-        state.best, state.evals_since_best = value, 0
-    else:
-        state.evals_since_best += 1
-    return better
 
 
 def _save_step(run: Run, now: Progress) -> None:
@@ -259,7 +244,7 @@ def _finish(run: Run, now: Progress) -> TrainResult:
         run.run_log.close()
         draw_curves(state.history, run.run_dir / CURVES)
         if not interrupted:
-            _publish_final_model(run)
+            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions)
     parallel.barrier()
     val_loss = state.val.get("val_loss")
     return TrainResult(
@@ -279,24 +264,3 @@ def _finish(run: Run, now: Progress) -> TrainResult:
         stopped_early=now.stopped_early,
         resumed_from=run.resumed_from,
     )
-
-
-def _publish_final_model(run: Run) -> None:
-    state, setup = run.state, run.setup
-    final_state = {
-        "step": state.step,
-        "seconds": round(state.seconds, 2),
-        "train_loss": state.running_loss,
-        "val_loss": state.val.get("val_loss"),
-        "val_cider": state.val.get("val_cider"),
-        "best_metric": state.best,
-        "skipped_samples": state.skipped,
-        "unreadable_images": state.unreadable,
-        "empty_captions": run.empty_captions,
-        "history": state.history,
-        "captionkit_version": __version__,
-    }
-    setup.model.eval()
-    staging = run.run_dir / f".final.tmp-{time.time_ns()}"
-    ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, run.config.to_dict(), final_state)
-    ckpt.publish_files(staging, run.run_dir)

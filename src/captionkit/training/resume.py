@@ -1,4 +1,5 @@
-"""Resuming a run: which checkpoint to continue from, and what a training checkpoint holds beyond the model.
+"""A run's checkpoints: which one to resume from, what a training checkpoint holds beyond the model, and the final
+model published into the run directory.
 
 A training checkpoint holds the loop's position (:class:`LoopState`), the optimizer's moments, the gradient scaler,
 every process's RNG states and the config. Restored, a run continues exactly where the saved one was.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +62,19 @@ class LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
     # SCST: running means of reward, reward_baseline, sample_length and entropy (like running_loss).
     scst: dict[str, float] = field(default_factory=dict)
+
+    def improved(self, best_metric: str) -> bool:
+        """Update the best value of ``best_metric`` from the latest validation; True when it set a new best."""
+        value = self.val.get(best_metric)
+        if value is None:
+            return False
+        higher_is_better = best_metric == "val_cider"
+        better = self.best is None or (value > self.best if higher_is_better else value < self.best)
+        if better:
+            self.best, self.evals_since_best = value, 0
+        else:
+            self.evals_since_best += 1
+        return better
 
 
 def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool | None) -> Path | None:
@@ -151,6 +166,30 @@ def restore_training_checkpoint(
         plain = others[rank - 1]
         rng_tensors = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
     return LoopState(**saved["loop"]), lambda: restore_rng(plain, rng_tensors)
+
+
+def publish_final_model(
+    run_dir: Path, setup: Setup, config: TrainConfig, state: LoopState, empty_captions: int
+) -> None:
+    """The trained model written into the run directory (files replaced one by one, COMPLETE last), with the
+    run's summary as its trainer_state.json."""
+    final_state = {
+        "step": state.step,
+        "seconds": round(state.seconds, 2),
+        "train_loss": state.running_loss,
+        "val_loss": state.val.get("val_loss"),
+        "val_cider": state.val.get("val_cider"),
+        "best_metric": state.best,
+        "skipped_samples": state.skipped,
+        "unreadable_images": state.unreadable,
+        "empty_captions": empty_captions,
+        "history": state.history,
+        "captionkit_version": __version__,
+    }
+    setup.model.eval()
+    staging = run_dir / f".final.tmp-{time.time_ns()}"
+    ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, config.to_dict(), final_state)
+    ckpt.publish_files(staging, run_dir)
 
 
 def broadcast_path(path: Path | None) -> Path | None:
