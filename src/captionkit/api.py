@@ -20,6 +20,7 @@ from PIL import Image
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import DecodingConfig, Hypothesis, generate
 from captionkit.export.int8 import apply_saved_quantization, is_quantized
+from captionkit.files import honour_umask
 from captionkit.hub import DEFAULT_MODEL, resolve_model_source
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.models.base import CaptionModel
@@ -100,6 +101,7 @@ class Captioner:
         self.model.save_pretrained(directory)
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
+        honour_umask(directory)
 
     def load_images(self, images: Sequence[ImageSource]) -> list[Image.Image]:
         """Open images safely (raises ``ImageError`` naming the bad one)."""
