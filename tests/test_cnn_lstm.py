@@ -306,7 +306,8 @@ def test_a_stage_that_freezes_the_resnet_keeps_its_batch_norm_statistics(tmp_pat
     model = setup.model
 
     def statistics() -> dict[str, torch.Tensor]:
-        return {name: b.clone() for name, b in model.encoder.named_buffers() if name.endswith("running_mean")}
+        # On the CPU: training moves the model to the GPU when there is one.
+        return {name: b.cpu().clone() for name, b in model.encoder.named_buffers() if name.endswith("running_mean")}
 
     before, seen = statistics(), {}
 
