@@ -13,7 +13,7 @@ The step's loss stays on the device (no host sync): the loop reads it when it lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
@@ -317,7 +317,7 @@ class ScstStep(TrainingStep):
         return self._trained()(pixels, features, ids, mask, rows)
 
 
-def make_placeholder(features: dict[str, Any] | None, image_size: tuple[int, int], model: CaptionModel) -> Batch:
+def make_placeholder(features: Mapping[str, object] | None, image_size: tuple[int, int], model: CaptionModel) -> Batch:
     """One made-up sample shaped like the training data (zero pixels or features, the caption bos eos): what a
     process without data runs so that its backward pass joins the others' all-reduce."""
     ids = torch.tensor([[model.bos_token_id, model.eos_token_id]])
