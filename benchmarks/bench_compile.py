@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from captionkit.models.vit_gpt2 import VitGpt2Model
-from captionkit.training.loss import caption_loss
+from captionkit.training.loss import caption_loss_sum
 
 WARMUP_STEPS = 3
 
@@ -32,7 +32,8 @@ def make_step(model: VitGpt2Model, compiled: bool) -> Callable[[torch.Tensor, to
 
     def step(pixels: torch.Tensor, input_ids: torch.Tensor) -> float:
         mask = torch.ones_like(input_ids)
-        loss = caption_loss(forward(pixels, input_ids, mask), input_ids, mask)
+        loss_sum, tokens = caption_loss_sum(forward(pixels, input_ids, mask), input_ids, mask)
+        loss = loss_sum / tokens
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -36,7 +36,7 @@ from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
 from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.demo import DemoData, demo_recipe_path
 from captionkit.evaluation.api import score_captions
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 # The model section per family; the rest of the recipe (data, schedule) is the demo's, the same for all.
 VIT_32PX = {"image_size": 32, "patch_size": 4, "encoder_hidden_size": 64, "encoder_heads": 2, "encoder_layers": 2}

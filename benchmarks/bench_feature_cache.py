@@ -23,7 +23,7 @@ import torch
 
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 WARMUP_STEPS = 5
 

@@ -46,7 +46,7 @@ from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
 from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.demo import DemoData
 from captionkit.evaluation.api import score_captions
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 SHARED_DATA = Path(os.environ.get("CAPTIONKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 COLUMNS = ("data", "seed", "arm", "steps (XE + SCST)", "train s", "CIDEr-D", "BLEU-4", "mean length")

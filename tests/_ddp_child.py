@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 
 from captionkit.config import load_train_config
 from captionkit.data.records import CaptionRecord
-from captionkit.training.trainer import build_setup, seed_everything, train
+from captionkit.training.loop import train
+from captionkit.training.setup import build_setup, seed_everything
 
 
 def main() -> None:

@@ -186,7 +186,7 @@ def check_frozen_parts_get_no_gradient(model: CaptionModel, frozen: torch.nn.Mod
 def train_tiny(family: str, tmp_path: Path, *overrides: str) -> list[dict]:
     """Train a tiny ``family`` model a few steps on synthetic scenes with ``captionkit train``'s code; the log."""
     from captionkit.config import load_train_config
-    from captionkit.training.trainer import train
+    from captionkit.training.loop import train
 
     scenes = write_synthetic_dataset(tmp_path / "scenes", 48, 8, 4, seed=0, image_size=32)
     config = load_train_config(

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from captionkit.config import TrainConfig
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -25,7 +25,10 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 def untimed(history: list[dict]) -> list[dict]:
     """Log entries without their timings: everything else must repeat exactly."""
-    return [{k: v for k, v in entry.items() if k not in ("seconds", "images_per_second")} for entry in history]
+    return [
+        {k: v for k, v in entry.items() if k not in ("seconds", "images_per_second", "step_seconds")}
+        for entry in history
+    ]
 
 
 def crash_at(step: int, config: TrainConfig, out: Path) -> None:

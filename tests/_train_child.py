@@ -14,7 +14,7 @@ import sys
 import torch
 
 from captionkit.config import load_train_config
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 
 def main() -> None:

@@ -282,7 +282,8 @@ def test_a_stage_that_freezes_the_resnet_keeps_its_batch_norm_statistics(tmp_pat
     # The tiny preset trains its encoder; the stages freeze it for two steps, then train everything.
     from captionkit.config import load_train_config
     from captionkit.data.synthetic import write_synthetic_dataset
-    from captionkit.training.trainer import build_setup, train
+    from captionkit.training.loop import train
+    from captionkit.training.setup import build_setup
 
     scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 8, 4, seed=0, image_size=32)
     config = load_train_config(
@@ -305,7 +306,8 @@ def test_a_stage_that_freezes_the_resnet_keeps_its_batch_norm_statistics(tmp_pat
     model = setup.model
 
     def statistics() -> dict[str, torch.Tensor]:
-        return {name: b.clone() for name, b in model.encoder.named_buffers() if name.endswith("running_mean")}
+        # On the CPU: training moves the model to the GPU when there is one.
+        return {name: b.cpu().clone() for name, b in model.encoder.named_buffers() if name.endswith("running_mean")}
 
     before, seen = statistics(), {}
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captionkit.config import ScstSection
+from captionkit.config import ScstSection, TrainSection
+from captionkit.data.dataset import Batch
 from captionkit.errors import ConfigError
 from captionkit.evaluation import score_captions
 from captionkit.models.registry import create_model
@@ -15,9 +16,9 @@ from captionkit.training.scst import (
     CiderReward,
     leave_one_out_baseline,
     sampling_config,
-    scst_step,
     sequences_from,
 )
+from captionkit.training.steps import ScstStep
 
 REFERENCES = {
     "red": ["a red circle", "a red circle on the left", "the circle is red"],
@@ -83,20 +84,34 @@ class _FixedReward:
         return self.table[: len(image_ids), : len(captions[0])].clone()
 
 
+def scst_step(model, tokenizer, reward, config: ScstSection, optimizer=None) -> ScstStep:
+    """The trainer's SCST step on the CPU, without clipping; by default an optimizer that leaves the weights alone."""
+    optimizer = optimizer or torch.optim.SGD(model.parameters(), lr=0.0)
+    settings = TrainSection(scst=config, batch_size=3, grad_clip=0.0)
+    return ScstStep(model, optimizer, settings, torch.device("cpu"), tokenizer, reward)
+
+
+def images(pixels: torch.Tensor, ids: list[str]) -> list[Batch]:
+    """One micro-batch of images (SCST samples its own captions: the batch's are placeholders)."""
+    captions = torch.ones(len(ids), 2, dtype=torch.long)
+    return [Batch(pixels, captions, torch.ones_like(captions), ids, 0)]
+
+
 def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single_thread):
     tokenizer, model, pixels, ids = _setup()
     config = ScstSection(num_samples=3, max_new_tokens=6)
     table = torch.tensor([[1.0, 0.0, 2.0], [0.5, 0.5, 3.0], [0.0, 1.0, 0.0]])
-    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(table), config, seed=7)
-    step.loss.backward()
+    step = scst_step(model, tokenizer, _FixedReward(table), config)
+    assert step(images(pixels, ids), step=4) is not None
     got = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
-    # By hand: the same samples (same seed), the same advantages, -A * log p of each sampled token, token-averaged.
+    # By hand: the same samples (the step's seed), the same advantages, -A * log p of each sampled token,
+    # token-averaged.
     from captionkit.decoding import generate
 
     model.zero_grad()
     with torch.no_grad():
-        samples = generate(model, pixels, config=sampling_config(config, 7))
+        samples = generate(model, pixels, config=sampling_config(config, step.seed(4)))
     seqs, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
     advantage = (table - leave_one_out_baseline(table)).reshape(-1)
     logits = model(pixels.repeat_interleave(3, dim=0), seqs, mask)
@@ -112,36 +127,37 @@ def test_gradients_flow_only_through_the_sampled_tokens_log_probabilities(single
 def test_equal_rewards_give_no_gradient(single_thread):
     # Every sample as good as the others: the advantage is zero, and nothing else may push the weights.
     tokenizer, model, pixels, ids = _setup()
-    step = scst_step(model, tokenizer, pixels, ids, _FixedReward(torch.ones(3, 4)), ScstSection(num_samples=4), seed=1)
-    step.loss.backward()
+    step = scst_step(model, tokenizer, _FixedReward(torch.ones(3, 4)), ScstSection(num_samples=4))
+    output = step(images(pixels, ids), step=1)
+    assert output is not None
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.count_nonzero(g) == 0 for g in grads)
-    assert step.mean_reward == 1.0 and step.mean_baseline == 1.0
+    assert output.stats["reward"] == 1.0 and output.stats["reward_baseline"] == 1.0
+    assert output.loss.item() == 0.0
 
 
 def test_greedy_baseline_uses_the_greedy_captions_reward(single_thread):
     tokenizer, model, pixels, ids = _setup()
     reward = CiderReward(REFERENCES)
-    step = scst_step(model, tokenizer, pixels, ids, reward, ScstSection(num_samples=2, baseline="greedy"), seed=3)
+    step = scst_step(model, tokenizer, reward, ScstSection(num_samples=2, baseline="greedy"))
+    output = step(images(pixels, ids), step=3)
     from captionkit.decoding import DecodingConfig, generate
 
     greedy = generate(model, pixels, config=DecodingConfig(max_new_tokens=16))
     expected = reward(ids, [[tokenizer.decode(g[0].token_ids)] for g in greedy]).mean().item()
-    assert step.mean_baseline == pytest.approx(expected, abs=1e-6)
+    assert output is not None and output.stats["reward_baseline"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_a_tiny_run_raises_the_mean_reward(single_thread):
     tokenizer, model, pixels, ids = _setup(seed=2)
-    reward = CiderReward(REFERENCES)
     config = ScstSection(num_samples=6, max_new_tokens=8)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    step = scst_step(model, tokenizer, CiderReward(REFERENCES), config, optimizer)
     rewards = []
     model.train()
     for step_number in range(60):
-        step = scst_step(model, tokenizer, pixels, ids, reward, config, seed=1000 * step_number)
-        optimizer.zero_grad()
-        step.loss.backward()
-        optimizer.step()
-        rewards.append(step.mean_reward)
+        output = step(images(pixels, ids), step=step_number)
+        assert output is not None
+        rewards.append(output.stats["reward"])
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert last > first + 0.5, (first, last)

@@ -19,7 +19,8 @@ from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.trainer import _scst_reward, build_setup, train
+from captionkit.training.loop import train
+from captionkit.training.setup import build_setup, scst_reward
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_train_child.py")
@@ -111,7 +112,7 @@ def test_an_unreadable_training_image_is_skipped_and_counted(xe_model, tmp_path,
 def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes, single_thread):
     config = load_train_config(None, common(scenes, "train.objective=scst"))
     setup = build_setup(config)
-    reward = _scst_reward(config, setup.train_records)
+    reward = scst_reward(config, setup.train_records)
     neutral: dict[str, int] = {}
     for record in setup.train_records:
         if record.style == "neutral":
@@ -125,7 +126,7 @@ def test_with_style_control_the_references_are_the_distinct_neutral_captions(sce
     styles = "data.styles={neutral: 0.5, positive: 0.25, negative: 0.25}"
     config = load_train_config(None, common(scenes, "train.objective=scst", styles))
     setup = build_setup(config)
-    reward = _scst_reward(config, setup.train_records)
+    reward = scst_reward(config, setup.train_records)
     distinct: dict[str, set[str]] = {}
     for record in setup.train_records:  # style mixing repeats records; a reference must count once
         if record.style == "neutral":

@@ -11,7 +11,7 @@ from _helpers import run_cli
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict
 from captionkit.data.synthetic import write_synthetic_dataset
-from captionkit.training.trainer import train
+from captionkit.training.loop import train
 
 
 def _train(root, data_file, styles):

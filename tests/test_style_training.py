@@ -82,7 +82,7 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
     from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
     from captionkit.models.registry import create_model
     from captionkit.training.checkpoint import save_checkpoint
-    from captionkit.training.trainer import train
+    from captionkit.training.loop import train
 
     tokenizer = train_bpe_tokenizer(["a man riding a wave", "a beautiful sunny beach"] * 5, 300, True, 1)
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
 
     from captionkit.decoding import DecodingConfig, generate
     from captionkit.models.registry import create_model, train_tokenizer
-    from captionkit.training.loss import caption_loss
+    from captionkit.training.loss import caption_loss_sum
 
     records = _records({"neutral": 2, "positive": 2, "negative": 2})
     tokenizer = train_tokenizer(family, [r.caption for r in records] * 3, 300)
@@ -142,7 +142,8 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
     input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
     pixels = torch.randn(len(rows), 3, size, size)
-    loss = caption_loss(model(pixels, input_ids, mask), input_ids, mask)
+    loss_sum, tokens = caption_loss_sum(model(pixels, input_ids, mask), input_ids, mask)
+    loss = loss_sum / tokens
     loss.backward()
     assert torch.isfinite(loss)
     # Decoding starts from the style's token: different starts, different first distributions.

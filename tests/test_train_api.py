@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -14,9 +15,10 @@ from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import InputError, ModelLoadError
+from captionkit.files import new_file_mode
 from captionkit.hub import resolve_model_source
-from captionkit.training.checkpoint import is_complete
-from captionkit.training.trainer import train
+from captionkit.training.checkpoint import is_complete, save_checkpoint
+from captionkit.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,35 @@ def test_training_lowers_the_loss_and_logs(trained):
     assert entries[-1]["loss"] < entries[0]["loss"]
     assert entries[-1]["val_loss"] < entries[0]["val_loss"]
     assert result.skipped_samples == 0
+    # Where a logged step's time went, measured on that step alone (synchronised only there on a GPU).
+    for entry in entries:
+        split = entry["step_seconds"]
+        assert list(split) == ["data", "forward", "backward", "optimizer"]
+        assert all(seconds > 0 for seconds in split.values())
+        assert sum(split.values()) < entry["seconds"]
+    metrics = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step_seconds"] for m in metrics] == [e["step_seconds"] for e in entries]
+
+
+def test_every_file_of_the_run_has_the_mode_a_new_file_gets(trained, tmp_path):
+    out = trained[0].output_dir
+    files = [path for path in out.rglob("*") if path.is_file()]
+    assert {path.name for path in files} >= {"model.safetensors", "training_state.safetensors", "metrics.jsonl"}
+    assert {oct(path.stat().st_mode & 0o777) for path in files} == {oct(new_file_mode(tmp_path))}
+    before = os.umask(0o027)
+    try:
+        Captioner.from_pretrained(out).save_pretrained(tmp_path / "saved")
+        save_checkpoint(tmp_path / "checkpoint", *_parts(out))
+    finally:
+        os.umask(before)
+    for directory in (tmp_path / "saved", tmp_path / "checkpoint"):
+        modes = {path.name: path.stat().st_mode & 0o777 for path in directory.iterdir()}
+        assert modes["model.safetensors"] == 0o640 and set(modes.values()) == {0o640}, modes
+
+
+def _parts(directory):
+    captioner = Captioner.from_pretrained(directory)
+    return captioner.model, captioner.tokenizer, captioner.preprocessing
 
 
 def test_checkpoint_layout(trained):

@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from _ddp_child import break_records
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.training.loop import train
 from captionkit.training.sampling import SampleStream
-from captionkit.training.trainer import build_setup, seed_everything, train
+from captionkit.training.setup import build_setup, seed_everything
 
 CHILD = Path(__file__).with_name("_train_child.py")
 

@@ -12,12 +12,14 @@ from PIL import Image
 
 from captionkit.config import StageSection, load_train_config
 from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_dataset
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
+from captionkit.training.loop import train
 from captionkit.training.run_log import ProgressLine
+from captionkit.training.setup import build_setup, drop_empty_captions, seed_everything
 from captionkit.training.stages import Stages
-from captionkit.training.trainer import build_setup, drop_empty_captions, seed_everything, train
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +28,12 @@ def scenes(tmp_path_factory):
 
 
 def config_for(scenes, *extra: str):
+    # The loop's arithmetic is checked on the CPU, also where a GPU is present: exact comparisons, bf16 autocast on
+    # the CPU, fp16 refused there. test_train_api and the resume tests run on the GPU when there is one.
     return load_train_config(
         None,
         [
+            "train.device=cpu",
             f"data.train={scenes}",
             f"data.val={scenes}",
             "data.first_caption_only=true",
@@ -287,3 +292,55 @@ def test_a_stage_that_freezes_the_encoder_leaves_every_buffer_alone(scenes, fami
             assert not changed
         else:  # the ResNet's batch norms, unfrozen, follow the data again
             assert changed and all(name.startswith("encoder.") and ".normalization." in name for name in changed)
+
+
+def test_empty_captions_the_reader_drops_are_counted_and_logged_as_data_check_counts_them(
+    scenes, tmp_path, single_thread, caplog
+):
+    data = scenes.with_name("with-empty-captions.jsonl")  # beside the images its paths name
+    lines = scenes.read_text(encoding="utf-8").splitlines()
+    blank = [json.dumps(json.loads(line) | {"caption": " \t"}) for line in lines[:5]]
+    data.write_text("\n".join(lines + blank) + "\n", encoding="utf-8")
+    assert load_dataset(data).dropped == {"empty caption": 5}  # what `data check` reports
+    with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+        result = train(config_for(scenes, f"data.train={data}", "train.steps=1"), tmp_path / "run")
+    assert result.empty_captions == 5
+    assert "dropped 5 empty training captions" in caplog.text
+    assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["empty_captions"] == 5
+
+
+def test_train_compile_compiles_the_trained_module_and_trains_the_same(scenes, tmp_path, single_thread, monkeypatch):
+    plain = train(config_for(scenes, "train.steps=2"), tmp_path / "plain")
+    compiled_modules = []
+    real_compile = torch.compile
+
+    def compile_eagerly(module, **options):
+        # Dynamo traces the module for real; the eager backend skips inductor's C++ build (minutes on a CPU).
+        compiled_modules.append(module)
+        return real_compile(module, backend="eager", **options)
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    compiled = train(config_for(scenes, "train.steps=2", "train.compile=true"), tmp_path / "compiled")
+    assert [type(module).__name__ for module in compiled_modules] == ["VitGpt2Model"]
+    assert [e["loss"] for e in compiled.history] == pytest.approx([e["loss"] for e in plain.history], abs=1e-5)
+    with pytest.raises(ConfigError) as caught:
+        config_for(scenes, "train.compile=sometimes")
+    assert str(caught.value) == "config.train.compile: expected true or false, got 'sometimes'"
+
+
+def test_train_device_is_checked(scenes, tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match="unknown 'gpu'"):
+        config_for(scenes, "train.device=gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError) as caught:
+        train(config_for(scenes, "train.device=cuda"), tmp_path / "run")
+    assert caught.value.source == "train.device" and "no CUDA GPU" in caught.value.reason
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_deterministic_runs_switch_deterministic_algorithms_on_for_the_run_only(scenes, tmp_path, single_thread):
+    seen = []
+    config = config_for(scenes, "train.steps=1", "train.deterministic=true")
+    train(config, tmp_path / "run", log=lambda _: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()

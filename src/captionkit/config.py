@@ -127,6 +127,7 @@ SCST_BASELINES = ("mean", "greedy")
 OBJECTIVES = ("xe", "scst")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
 BEST_METRICS = ("val_loss", "val_perplexity", "val_cider")
 
 
@@ -178,6 +179,13 @@ class TrainSection:
     # Stop after this many seconds of training even if `steps` is not reached (0: no limit).
     max_seconds: float = 0.0
     threads: int = 0
+    # "auto": the GPU when there is one, else the CPU; "cpu" even where a GPU is present; "cuda" or fail.
+    device: str = "auto"
+    # torch.compile the trained module (first steps slower while it compiles; pays off on long GPU runs).
+    compile: bool = False
+    # Deterministic algorithms (cuDNN, cuBLAS): a resumed run on a GPU repeats the uninterrupted one exactly, a
+    # little slower. The CPU path is deterministic without it.
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for key, value, choices in (
@@ -185,6 +193,7 @@ class TrainSection:
             ("schedule", self.schedule, SCHEDULES),
             ("precision", self.precision, PRECISIONS),
             ("best_metric", self.best_metric, BEST_METRICS),
+            ("device", self.device, TRAIN_DEVICES),
         ):
             if value not in choices:
                 raise ConfigError(f"train.{key}", f"unknown {value!r} (known: {', '.join(choices)})")

@@ -87,7 +87,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics."""
     from captionkit.api import Captioner
-    from captionkit.training.trainer import train
+    from captionkit.training.loop import train
 
     output = Path(output)
     data = data or DemoData()

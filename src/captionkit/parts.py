@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from captionkit.files import honour_umask
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
@@ -39,3 +40,4 @@ class CaptionerParts:
         self.model.save_pretrained(directory)
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
+        honour_umask(directory)

@@ -41,7 +41,7 @@ def train(
     quiet_libraries()
     from captionkit.config import load_train_config
     from captionkit.errors import CaptionkitError
-    from captionkit.training.trainer import train as run_training
+    from captionkit.training.loop import train as run_training
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("captionkit: %(message)s"))

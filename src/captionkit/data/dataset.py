@@ -10,7 +10,7 @@ pixels and no image is opened at all.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -51,6 +51,12 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copies (``DataLoader(pin_memory=True)`` calls this): they go to a GPU without blocking."""
+        features = None if self.features is None else self.features.pin_memory()
+        pixels, ids, mask = (t.pin_memory() for t in (self.pixel_values, self.input_ids, self.attention_mask))
+        return replace(self, pixel_values=pixels, input_ids=ids, attention_mask=mask, features=features)
 
 
 class CaptionDataset(Dataset):

@@ -3,7 +3,8 @@
 Layout: the model's own files (``config.json``, ``model.safetensors``, ...), tokenizer files,
 ``preprocessor_config.json``, ``train_config.json``, ``trainer_state.json``, for resumable training checkpoints
 ``training_state.safetensors`` (optimizer moments, RNG states), and, last, an empty ``COMPLETE`` file.
-Everything is written into a temporary sibling directory, fsynced, marked COMPLETE, then renamed into place.
+Everything is written into a temporary sibling directory, fsynced, marked COMPLETE, then renamed into place. Files get
+the mode a plain new file gets (0644 under the usual umask), the weights too.
 
 A run directory keeps its resumable checkpoints under ``checkpoints/``: ``step-000500``, ``step-001000``, ...
 (the newest ``keep`` of them) and ``best``. A directory without ``COMPLETE`` is never loaded.
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from captionkit.files import honour_umask
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
@@ -60,6 +62,7 @@ def save_checkpoint(
             _write_json(staging / TRAINER_STATE, trainer_state)
         if tensors is not None:
             save_file(tensors, str(staging / TRAINING_STATE))
+        honour_umask(staging)
         (staging / COMPLETE).touch()
         _fsync_tree(staging)
         _replace(staging, target)

@@ -19,7 +19,7 @@ GPUs it runs on CPUs with gloo); its ``--cpu`` path starts one process unless MP
 
 Every process runs the same collectives in the same order: a micro-batch whose images are all unreadable on one
 process runs a zero-weight placeholder there while the others train on theirs, and a stage that changes the trainable
-parameters rebuilds DDP on every process at the same step (trainer.py).
+parameters rebuilds DDP on every process at the same step (steps.py).
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # Train on the CPU even where a GPU is present (train.device=cpu): gloo, and CPU tensors throughout.
+    cpu: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -46,21 +48,25 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def uses_cuda(self) -> bool:
+        return not self.cpu and torch.cuda.is_available()
+
     @classmethod
-    def from_env(cls) -> Distributed:
+    def from_env(cls, cpu: bool = False) -> Distributed:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size <= 1:
-            return cls()
+            return cls(cpu=cpu)
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-        if torch.cuda.is_available():
+        parallel = cls(rank, world_size, local_rank, cpu)
+        if parallel.uses_cuda:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            dist.init_process_group(backend)
-        return cls(rank, world_size, local_rank)
+            dist.init_process_group("nccl" if parallel.uses_cuda else "gloo")
+        return parallel
 
     def device(self) -> torch.device:
-        if torch.cuda.is_available():
+        if self.uses_cuda:
             return torch.device("cuda", self.local_rank if self.enabled else torch.cuda.current_device())
         return torch.device("cpu")
 
@@ -71,6 +77,13 @@ class Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device())
         dist.all_reduce(tensor)
         return tensor.tolist()
+
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over all processes, left on its device (no host sync)."""
+        if self.enabled:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
 
     def any(self, flag: bool) -> bool:
         return bool(self.sum([float(flag)])[0]) if self.enabled else flag

@@ -18,19 +18,6 @@ def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
     return labels
 
 
-def caption_loss(
-    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Mean cross-entropy over real target tokens. ``logits``: (B, T, V) from ``model(pixels, input_ids, mask)``."""
-    labels = shifted_labels(input_ids, attention_mask)
-    return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        label_smoothing=label_smoothing,
-    )
-
-
 def caption_loss_sum(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, int]:

@@ -96,17 +96,6 @@ class Rollout:
         return int(self.mask[:, 1:].sum())
 
 
-@dataclass
-class ScstStep:
-    """The loss of one SCST step and what to log about it."""
-
-    loss: torch.Tensor
-    mean_reward: float
-    mean_baseline: float
-    mean_length: float
-    entropy: float
-
-
 def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     """(B, K) -> (B, K): each sample's baseline is the mean reward of the image's other K - 1 samples."""
     k = rewards.shape[1]
@@ -210,31 +199,3 @@ def encode_for_sampling(model: CaptionModel, pixel_values: torch.Tensor) -> Enco
         return model.encode(pixel_values)
     finally:
         model.train(was_training)
-
-
-def scst_step(
-    model: CaptionModel,
-    tokenizer: CaptionTokenizer,
-    pixel_values: torch.Tensor,
-    image_ids: Sequence[str],
-    reward: CiderReward,
-    config: ScstSection,
-    seed: int,
-) -> ScstStep:
-    """Sample, reward, and build the self-critical loss for one batch (call ``.loss.backward()`` on the result).
-
-    ``seed`` makes the samples reproducible (image i of the batch draws from ``seed + i``); a trainer passes a
-    seed derived from the step so that a resumed run samples what the uninterrupted run would have.
-    """
-    sampled = rollout(model, tokenizer, encode_for_sampling(model, pixel_values), image_ids, reward, config, seed)
-    logits = SampleScorer(model)(pixel_values, None, sampled.ids, sampled.mask, sampled.rows)
-    policy, entropy = policy_loss_sums(logits, sampled, config.temperature)
-    count = max(sampled.tokens, 1)
-    loss = (policy - config.entropy_weight * entropy) / count
-    return ScstStep(
-        loss=loss,
-        mean_reward=float(sampled.rewards.mean()),
-        mean_baseline=float(sampled.baseline.mean()),
-        mean_length=sampled.tokens / len(sampled.ids),
-        entropy=float(entropy.detach()) / count,
-    )

@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from captionkit.config import TrainConfig
 from captionkit.data.dataset import CaptionDataset, Unreadable
 from captionkit.data.records import CaptionRecord
 from captionkit.decoding import DecodingConfig, generate, to_captions
@@ -88,3 +91,31 @@ def validation_cider(
     scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
     value = evaluate_captions(scored, candidates, metrics="CIDEr", allow_empty=True)["CIDEr"]
     return float(value) if math.isfinite(value) else None
+
+
+@dataclass
+class Validation:
+    """What a run validates on (rank 0 only): the loss over ``loader`` and CIDEr-D of greedy captions."""
+
+    loader: DataLoader
+    data: CaptionDataset
+
+    def __call__(
+        self,
+        model: CaptionModel,
+        tokenizer: CaptionTokenizer,
+        config: TrainConfig,
+        device: torch.device,
+        autocast: Autocast,
+    ) -> dict[str, Any]:
+        """The log entry's validation keys: val_loss, val_perplexity and, with ``train.eval_images``, val_cider."""
+        val_loss = evaluate_loss(model, self.loader, device, config.train.eval_batches, autocast)
+        entry: dict[str, Any] = {"val_loss": round(val_loss, 5), "val_perplexity": round(math.exp(val_loss), 4)}
+        if config.train.eval_images:
+            max_new_tokens = config.data.max_length - 1
+            if model.max_positions is not None:
+                max_new_tokens = min(max_new_tokens, model.max_positions - 1)
+            cider = validation_cider(model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device)
+            if cider is not None:
+                entry["val_cider"] = round(cider, 5)
+        return entry

@@ -1,0 +1,266 @@
+"""The training loop: one explicit loop, readable in one sitting.
+
+Each optimizer step: pick the stage (which parameter groups train), set the learning rate from :func:`lr_at`, draw
+``grad_accumulation`` micro-batches and hand them to the step object (steps.py: forward under autocast, the loss
+over the step's token count, backward, unscale, clip, AdamW). Every ``log_every`` steps: a line in
+``metrics.jsonl`` with the loss and where the step's time went. Every ``eval_every`` steps: validation loss,
+perplexity and CIDEr-D, the best checkpoint, early stopping. Every ``checkpoint_every`` steps: a resumable
+checkpoint (resume.py). SIGTERM or Ctrl-C saves one and returns. At the end the final model is written into the run
+directory, where ``Captioner.from_pretrained`` and plain ``transformers`` load it, with ``metrics.jsonl`` and
+``curves.png`` beside it. The run is put together in run.py, its model and data in setup.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captionkit.config import TrainConfig
+from captionkit.data.dataset import Batch
+from captionkit.errors import InputError
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.curves import draw_curves
+from captionkit.training.resume import publish_final_model
+from captionkit.training.run import Run, deterministic_algorithms, prepare_run
+from captionkit.training.run_log import ProgressLine
+from captionkit.training.schedule import lr_at
+from captionkit.training.setup import Setup
+from captionkit.training.stop import StopSignal
+from captionkit.training.timing import PhaseTimer
+
+LogFn = Callable[[dict[str, Any]], None]
+logger = logging.getLogger("captionkit.training")
+CURVES = "curves.png"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    seconds: float
+    train_loss: float
+    val_loss: float | None
+    val_perplexity: float | None
+    skipped_samples: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_cider: float | None = None
+    best_metric: float | None = None
+    unreadable_images: int = 0
+    empty_captions: int = 0
+    # Stopped by SIGTERM/SIGINT after saving a checkpoint; the final model was not written.
+    interrupted: bool = False
+    stopped_early: bool = False
+    resumed_from: Path | None = None
+
+
+@dataclass
+class Progress:
+    """What the loop tracks beside the checkpointed state: the clock, the loss on the device, how it ended."""
+
+    started: float
+    seconds_before: float
+    loss: torch.Tensor  # the smoothed loss, read (a host sync) only when logged or saved
+    samples_seen: int = 0
+    unreadable_run: int = 0  # samples since the last step with a readable image
+    last_saved: int = -1
+    stop_requested: bool = False
+    stopped_early: bool = False
+    out_of_time: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def train(
+    config: TrainConfig,
+    output_dir: str | Path,
+    log: LogFn | None = None,
+    setup: Setup | None = None,
+    resume: bool | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train per ``config`` in run directory ``output_dir``; the final model is written there.
+
+    ``resume``: None resumes from the newest complete checkpoint in ``output_dir/checkpoints`` when there is one
+    and the config is the same; True resumes even with a changed config (and fails without a checkpoint); False
+    discards the old checkpoints and starts over. ``progress`` shows a progress line on stderr.
+    """
+    with deterministic_algorithms(config.train.deterministic):
+        run = prepare_run(config, Path(output_dir), setup, resume)
+        shown = progress and run.parallel.is_main
+        with StopSignal() as stop, ProgressLine(config.train.steps, run.state.step, shown) as line:
+            ended = _loop(run, stop, line, log or (lambda _: None))
+        return _finish(run, ended)
+
+
+def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progress:
+    config, state, parallel, device = run.config, run.state, run.parallel, run.step.device
+    loss = torch.tensor(state.running_loss, dtype=torch.float64, device=device)
+    now = Progress(time.perf_counter(), state.seconds, loss, last_saved=state.step if run.resumed_from else -1)
+    while state.step < config.train.steps:
+        # Every process must agree, or one saves (a collective) while the others wait elsewhere.
+        now.stop_requested = parallel.any(stop.received is not None)
+        if now.stop_requested:
+            break
+        if run.stages.apply(state.step) or run.step.module is None:
+            run.step.rewrap()
+        timer = PhaseTimer(device, enabled=_timed(state.step + 1, config))
+        micro = _micro_batches(run)
+        timer.lap("data")
+        lr = _set_lr(run)
+        output = run.step(micro, state.step, timer)
+        if output is None:  # every image of the step was unreadable
+            _check_some_readable(run, now)
+            continue
+        now.unreadable_run = 0
+        state.step += 1
+        now.samples_seen += sum(len(b) for b in micro) * parallel.world_size
+        now.loss = output.loss if state.step == 1 else 0.9 * now.loss + 0.1 * output.loss
+        for key, value in output.stats.items():  # SCST reward statistics, smoothed like the loss
+            state.scst[key] = 0.9 * state.scst.get(key, value) + 0.1 * value
+        state.seconds = now.seconds_before + now.elapsed
+        # Every process must stop at the same step: rank 0's clock decides.
+        limit = config.train.max_seconds
+        now.out_of_time = parallel.broadcast_flag(bool(limit) and state.seconds >= limit)
+        is_last = state.step == config.train.steps or now.out_of_time
+        speed = now.samples_seen / max(now.elapsed, 1e-9)
+        evaluate = run.validation is not None and (state.step % config.train.eval_every == 0 or is_last)
+        logged = state.step % config.train.log_every == 0 or is_last or evaluate
+        if logged or (line.enabled and device.type == "cpu"):  # on a GPU, reading the loss waits for it
+            state.running_loss = float(now.loss)
+            line.update(state.step, state.running_loss, lr, speed)
+        if logged:
+            _log(run, now, lr, speed, timer.split(), evaluate, emit)
+        now.stopped_early = parallel.broadcast_flag(now.stopped_early)
+        if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
+            _save_step(run, now)
+        if now.stopped_early or now.out_of_time:
+            break
+    state.running_loss = float(now.loss)
+    return now
+
+
+def _timed(step: int, config: TrainConfig) -> bool:
+    """Whether step number ``step`` (counted from 1) is logged, and so has its time split measured."""
+    return step % config.train.log_every == 0 or step == config.train.steps
+
+
+def _micro_batches(run: Run) -> list[Batch]:
+    micro = []
+    for _ in range(run.config.train.grad_accumulation):
+        batch = next(run.batches)
+        run.state.cursor += run.stream.global_batch
+        _count_skipped(run, batch)
+        micro.append(batch)
+    return micro
+
+
+def _count_skipped(run: Run, batch: Batch) -> None:
+    run.state.skipped += batch.skipped
+    for bad in batch.unreadable:
+        if bad.image not in run.state.unreadable:
+            run.state.unreadable[bad.image] = bad.reason
+            logger.warning("skipping unreadable training image %s: %s", bad.image, bad.reason)
+
+
+def _set_lr(run: Run) -> float:
+    train = run.config.train
+    lr = lr_at(run.state.step, train.lr, train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule)
+    for group in run.step.optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def _check_some_readable(run: Run, now: Progress) -> None:
+    """A whole pass over the data without a readable image stops the run."""
+    now.unreadable_run += run.stream.global_batch * run.config.train.grad_accumulation
+    if now.unreadable_run >= run.train_size:
+        unreadable = len(run.state.unreadable)
+        raise InputError(run.config.data.train, f"no readable training image ({unreadable} unreadable)")
+
+
+def _log(
+    run: Run, now: Progress, lr: float, speed: float, split: dict[str, float], evaluate: bool, emit: LogFn
+) -> None:
+    """The step's log entry (with validation, the best checkpoint and early stopping when ``evaluate``)."""
+    state = run.state
+    entry: dict[str, Any] = {
+        "step": state.step,
+        "loss": round(state.running_loss, 5),
+        "lr": lr,
+        "seconds": round(state.seconds, 2),
+        "images_per_second": round(speed, 2),
+    }
+    if split:
+        entry["step_seconds"] = split
+    entry |= {key: round(value, 5) for key, value in state.scst.items()}
+    if state.skipped:
+        entry["skipped_samples"] = state.skipped
+    if evaluate:
+        assert run.validation is not None
+        step = run.step
+        entry |= run.validation(run.setup.model, run.setup.tokenizer, run.config, step.device, step.autocast)
+        state.val = {k: entry[k] for k in ("val_loss", "val_perplexity", "val_cider") if k in entry}
+        if state.improved(run.config.train.best_metric):
+            run.save(ckpt.BEST, every_rank=False)
+        elif run.config.train.patience and state.evals_since_best >= run.config.train.patience:
+            now.stopped_early = True
+            entry["stopped_early"] = True
+    if run.parallel.is_main:
+        state.history.append(entry)
+        assert run.run_log is not None
+        run.run_log.write(entry)
+        emit(entry)
+
+
+def _save_step(run: Run, now: Progress) -> None:
+    """A resumable checkpoint of the current step, and the old ones pruned."""
+    run.state.running_loss = float(now.loss)
+    run.save(ckpt.step_name(run.state.step))
+    now.last_saved = run.state.step
+    if run.parallel.is_main:
+        ckpt.prune_checkpoints(run.checkpoints, run.config.train.keep_checkpoints)
+
+
+def _finish(run: Run, now: Progress) -> TrainResult:
+    """The last checkpoint, every process's unreadable images, the log closed, the curves and the final model."""
+    state, parallel = run.state, run.parallel
+    interrupted = now.stop_requested and state.step < run.config.train.steps
+    interrupted = interrupted and not (now.stopped_early or now.out_of_time)
+    if (interrupted or run.config.train.checkpoint_every) and now.last_saved != state.step:
+        _save_step(run, now)
+    # Each process skipped the unreadable images it drew: the run's result and final model list them all.
+    state.unreadable = {image: why for part in parallel.gather(state.unreadable) for image, why in part.items()}
+    if parallel.is_main:
+        assert run.run_log is not None
+        run.run_log.close()
+        draw_curves(state.history, run.run_dir / CURVES)
+        if not interrupted:
+            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions)
+    parallel.barrier()
+    val_loss = state.val.get("val_loss")
+    return TrainResult(
+        output_dir=run.run_dir,
+        steps=state.step,
+        seconds=state.seconds,
+        train_loss=state.running_loss,
+        val_loss=val_loss,
+        val_perplexity=math.exp(val_loss) if val_loss is not None else None,
+        skipped_samples=state.skipped,
+        history=state.history,
+        val_cider=state.val.get("val_cider"),
+        best_metric=state.best,
+        unreadable_images=len(state.unreadable),
+        empty_captions=run.empty_captions,
+        interrupted=interrupted,
+        stopped_early=now.stopped_early,
+        resumed_from=run.resumed_from,
+    )

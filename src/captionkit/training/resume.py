@@ -1,0 +1,201 @@
+"""A run's checkpoints: which one to resume from, what a training checkpoint holds beyond the model, and the final
+model published into the run directory.
+
+A training checkpoint holds the loop's position (:class:`LoopState`), the optimizer's moments, the gradient scaler,
+every process's RNG states and the config. Restored, a run continues exactly where the saved one was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captionkit import __version__
+from captionkit.config import TrainConfig
+from captionkit.errors import ConfigError, InputError
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.setup import Setup
+from captionkit.training.state import load_optimizer_state, optimizer_state, restore_rng
+
+logger = logging.getLogger("captionkit.training")
+
+# Config keys a resumed run may change without being a different run.
+RESUMABLE_CHANGES = (
+    "train.steps",
+    "train.max_seconds",
+    "train.threads",
+    "train.log_every",
+    "train.patience",
+    "train.eval_every",
+    "train.eval_images",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.tensorboard",
+    "train.device",
+    "train.compile",
+    "data.workers",
+)
+RngStates = list[tuple[dict[str, Any], dict[str, torch.Tensor]]]
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint's trainer_state.json."""
+
+    step: int = 0
+    cursor: int = 0  # samples of the endless data stream consumed (sampling.py)
+    running_loss: float = 0.0
+    seconds: float = 0.0
+    skipped: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)  # image path -> reason
+    best: float | None = None
+    evals_since_best: int = 0
+    val: dict[str, float | None] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # SCST: running means of reward, reward_baseline, sample_length and entropy (like running_loss).
+    scst: dict[str, float] = field(default_factory=dict)
+
+    def improved(self, best_metric: str) -> bool:
+        """Update the best value of ``best_metric`` from the latest validation; True when it set a new best."""
+        value = self.val.get(best_metric)
+        if value is None:
+            return False
+        higher_is_better = best_metric == "val_cider"
+        better = self.best is None or (value > self.best if higher_is_better else value < self.best)
+        if better:
+            self.best, self.evals_since_best = value, 0
+        else:
+            self.evals_since_best += 1
+        return better
+
+
+def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool | None) -> Path | None:
+    """The checkpoint to resume from: the newest COMPLETE one, if ``resume`` is None (auto) or True."""
+    if resume is False:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return None
+    latest = ckpt.latest_checkpoint(checkpoints)
+    if latest is None:
+        if resume:
+            raise InputError(checkpoints, "no complete checkpoint to resume from")
+        return None
+    saved = ckpt.read_training_state(latest)[0]["train_config"]
+    changed = _changed_keys(saved, config.to_dict())
+    if changed and not resume:
+        raise ConfigError(
+            changed[0],
+            f"differs from the run in {checkpoints.parent}: pass --resume to continue it anyway, --no-resume to "
+            "start over, or choose another output directory",
+        )
+    if changed:
+        logger.info("resuming with changed settings: %s", ", ".join(changed))
+    return latest
+
+
+def _changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict) and key != "overrides":
+            keys += _changed_keys(old, new, f"{name}.")
+        elif old != new and name not in RESUMABLE_CHANGES:
+            keys.append(name)
+    return keys
+
+
+def save_training_checkpoint(
+    directory: Path,
+    setup: Setup,
+    config: TrainConfig,
+    state: LoopState,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rng_states: RngStates,
+) -> None:
+    """A resumable checkpoint; ``rng_states`` holds every process's, in rank order."""
+    # Rank 0's states under the plain names, those of other ranks (data parallel runs) under "rank{i}.".
+    (rng, rng_tensors), others = rng_states[0], rng_states[1:]
+    for rank, (_, tensors) in enumerate(others, start=1):
+        rng_tensors = rng_tensors | {f"rank{rank}.{name}": value for name, value in tensors.items()}
+    optimizer_plain, optimizer_tensors = optimizer_state(optimizer)
+    trainer_state = {
+        "loop": dataclasses.asdict(state),
+        "rng": rng,
+        "rng_other_ranks": [plain for plain, _ in others],
+        "optimizer": optimizer_plain,
+        "grad_scaler": scaler.state_dict(),
+        "train_config": config.to_dict(),
+        "captionkit_version": __version__,
+    }
+    was_training = setup.model.training
+    setup.model.eval()
+    ckpt.save_checkpoint(
+        directory,
+        setup.model,
+        setup.tokenizer,
+        setup.preprocessing,
+        config.to_dict(),
+        trainer_state,
+        rng_tensors | optimizer_tensors,
+    )
+    setup.model.train(was_training)
+
+
+def restore_training_checkpoint(
+    directory: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rank: int = 0
+) -> tuple[LoopState, Callable[[], None]]:
+    """The loop state, with the optimizer and grad scaler restored; and the call that restores the RNG states,
+    to be made last before the loop (building the data loader draws from torch's generator)."""
+    saved, tensors = ckpt.read_training_state(directory)
+    load_optimizer_state(optimizer, saved["optimizer"], tensors)
+    if saved["grad_scaler"]:
+        scaler.load_state_dict(saved["grad_scaler"])
+    plain, rng_tensors = saved["rng"], tensors
+    others = saved.get("rng_other_ranks", [])
+    if 0 < rank <= len(others):
+        prefix = f"rank{rank}."
+        plain = others[rank - 1]
+        rng_tensors = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+    return LoopState(**saved["loop"]), lambda: restore_rng(plain, rng_tensors)
+
+
+def publish_final_model(
+    run_dir: Path, setup: Setup, config: TrainConfig, state: LoopState, empty_captions: int
+) -> None:
+    """The trained model written into the run directory (files replaced one by one, COMPLETE last), with the
+    run's summary as its trainer_state.json."""
+    final_state = {
+        "step": state.step,
+        "seconds": round(state.seconds, 2),
+        "train_loss": state.running_loss,
+        "val_loss": state.val.get("val_loss"),
+        "val_cider": state.val.get("val_cider"),
+        "best_metric": state.best,
+        "skipped_samples": state.skipped,
+        "unreadable_images": state.unreadable,
+        "empty_captions": empty_captions,
+        "history": state.history,
+        "captionkit_version": __version__,
+    }
+    setup.model.eval()
+    staging = run_dir / f".final.tmp-{time.time_ns()}"
+    ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, config.to_dict(), final_state)
+    ckpt.publish_files(staging, run_dir)
+
+
+def broadcast_path(path: Path | None) -> Path | None:
+    """Rank 0's ``path`` on every process."""
+    import torch.distributed as dist
+
+    holder: list[Any] = [str(path) if path is not None else None]
+    dist.broadcast_object_list(holder, 0)
+    return Path(holder[0]) if holder[0] is not None else None

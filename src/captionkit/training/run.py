@@ -1,0 +1,242 @@
+"""A run put together: device, setup, data loaders, optimizer and step object, restored from a checkpoint when
+the run resumes. The loop (loop.py) then only draws batches and calls the step."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from captionkit.config import TrainConfig
+from captionkit.data.dataset import Batch, CaptionDataset, collate
+from captionkit.data.records import CaptionRecord
+from captionkit.data.splits import first_caption_per_image
+from captionkit.errors import ConfigError, InputError
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.distributed import Distributed
+from captionkit.training.features import encode_images
+from captionkit.training.resume import (
+    LoopState,
+    broadcast_path,
+    find_resume_checkpoint,
+    restore_training_checkpoint,
+    save_training_checkpoint,
+)
+from captionkit.training.run_log import RunLog
+from captionkit.training.sampling import SampleStream
+from captionkit.training.setup import (
+    Setup,
+    build_optimizer,
+    drop_empty_captions,
+    prepared_setup,
+    scst_reward,
+    seed_everything,
+)
+from captionkit.training.stages import Stages
+from captionkit.training.state import capture_rng
+from captionkit.training.steps import (
+    Autocast,
+    CrossEntropyStep,
+    ScstStep,
+    TrainingStep,
+    autocast_for,
+    make_placeholder,
+)
+from captionkit.training.validation import Validation
+
+logger = logging.getLogger("captionkit.training")
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built by :func:`prepare_run`."""
+
+    config: TrainConfig
+    run_dir: Path
+    parallel: Distributed
+    setup: Setup
+    step: TrainingStep
+    stages: Stages
+    stream: SampleStream
+    batches: Iterator[Batch]
+    train_size: int  # samples in the training data: a whole pass of unreadable ones stops the run
+    validation: Validation | None
+    state: LoopState
+    run_log: RunLog | None
+    resumed_from: Path | None
+    empty_captions: int
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+    def save(self, name: str, every_rank: bool = True) -> None:
+        """A resumable checkpoint ``checkpoints/name``. Called by every process (``every_rank``) to gather each
+        one's RNG states, or by rank 0 alone."""
+        rng = [capture_rng()]
+        if every_rank and self.parallel.enabled:
+            rng = self.parallel.gather(rng[0])
+        if self.parallel.is_main:
+            optimizer, scaler = self.step.optimizer, self.step.scaler
+            directory = self.checkpoints / name
+            save_training_checkpoint(directory, self.setup, self.config, self.state, optimizer, scaler, rng)
+
+
+def training_device(config: TrainConfig) -> tuple[Distributed, torch.device]:
+    parallel = Distributed.from_env(cpu=config.train.device == "cpu")
+    device = parallel.device()
+    if config.train.device == "cuda" and device.type != "cuda":
+        raise ConfigError("train.device", "cuda asked for, but torch sees no CUDA GPU")
+    return parallel, device
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """cuDNN and cuBLAS pick deterministic kernels while the run lasts (what exact resume needs on a GPU)."""
+    if not enabled:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic sums
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume: bool | None) -> Run:
+    """Find the checkpoint to resume from, build the setup on the device, the data and the step; restore."""
+    parallel, device = training_device(config)
+    autocast = autocast_for(config.train.precision, device)  # a precision the device cannot run fails here
+    if config.train.best_metric == "val_cider" and not config.train.eval_images:
+        raise ConfigError("train.best_metric", "val_cider needs train.eval_images > 0")
+    resume_from = find_resume_checkpoint(config, run_dir / CHECKPOINTS, resume) if parallel.is_main else None
+    if parallel.enabled:
+        resume_from = broadcast_path(resume_from)
+    seed_everything(config.train.seed + parallel.rank)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    setup = prepared_setup(config, setup, resume_from)
+    setup.model.to(device).train()
+    train_records, empty_captions = _usable_records(config, setup)
+    stages = Stages(setup.model, config.train.stages)
+    train_data = _training_data(config, setup, train_records, stages, device, autocast)
+    step = _step(config, setup, train_records, train_data, device, parallel)
+    state, restore_rng = LoopState(), None
+    if resume_from is not None:
+        state, restore_rng = restore_training_checkpoint(resume_from, step.optimizer, step.scaler, parallel.rank)
+        logger.info("resuming from %s (step %d)", resume_from, state.step)
+    stream = SampleStream(
+        len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size
+    )
+    batches = iter(_loader(setup, train_data, device, config.data.workers, batch_sampler=stream.batches(state.cursor)))
+    validation = _validation(config, setup, device) if parallel.is_main else None
+    run_log = None
+    if parallel.is_main:
+        run_log = RunLog(run_dir, state.step if resume_from else None, config.train.tensorboard)
+    (run_dir / ckpt.COMPLETE).unlink(missing_ok=True)  # the run directory's model is about to be replaced
+    if restore_rng is not None:
+        restore_rng()  # last: building the data loader draws from torch's generator
+    return Run(
+        config, run_dir, parallel, setup, step, stages, stream, batches, len(train_data), validation, state,
+        run_log, resume_from, empty_captions,
+    )  # fmt: skip
+
+
+def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionRecord], int]:
+    """The training records without empty captions (and, for SCST, one per image); the empty captions counted,
+    those the readers dropped included."""
+    train_records, empty = drop_empty_captions(setup.train_records)
+    empty += setup.empty_captions
+    if empty:
+        logger.warning("dropped %d empty training captions", empty)
+    if not train_records:
+        raise InputError(config.data.train, "no training captions (all are empty)")
+    if config.train.objective == "scst":  # batches of images, each rewarded against all its training references
+        train_records = first_caption_per_image(train_records)
+    return train_records, empty
+
+
+def _step(
+    config: TrainConfig,
+    setup: Setup,
+    records: list[CaptionRecord],
+    data: CaptionDataset,
+    device: torch.device,
+    parallel: Distributed,
+) -> TrainingStep:
+    optimizer = build_optimizer(setup.model, config, device)
+    placeholder = None
+    if parallel.enabled:
+        placeholder = make_placeholder(data.features, setup.preprocessing.size, setup.model)
+    if config.train.objective == "scst":
+        # The reward's references: every training caption of an image, not only the one SCST batches carry.
+        reward = scst_reward(config, drop_empty_captions(setup.train_records)[0])
+        return ScstStep(setup.model, optimizer, config.train, device, setup.tokenizer, reward, parallel, placeholder)
+    return CrossEntropyStep(setup.model, optimizer, config.train, device, parallel, placeholder)
+
+
+def _dataset(config: TrainConfig, setup: Setup, records: list[CaptionRecord], features: Any = None) -> CaptionDataset:
+    return CaptionDataset(
+        records,
+        setup.tokenizer,
+        setup.preprocessing,
+        config.data.max_length,
+        cache_images=config.data.cache_images and features is None,
+        features=features,
+    )
+
+
+def _training_data(
+    config: TrainConfig,
+    setup: Setup,
+    records: list[CaptionRecord],
+    stages: Stages,
+    device: torch.device,
+    autocast: Autocast,
+) -> CaptionDataset:
+    """The training samples: pixels, or cached encoder features when no stage trains the encoder."""
+    data = _dataset(config, setup, records)
+    if not (config.train.cache_features and stages.encoder_always_frozen()):
+        return data
+    started = time.perf_counter()
+    features = encode_images(setup.model, data, records, device, config.train.batch_size, autocast)
+    seconds = time.perf_counter() - started
+    logger.info("encoder frozen: cached features of %d images in %.1f s", len(features), seconds)
+    return _dataset(config, setup, records, features)
+
+
+def _loader(setup: Setup, data: CaptionDataset, device: torch.device, workers: int, **batching: Any) -> DataLoader:
+    """Worker processes stay up between passes; on a GPU, batches come in page-locked memory (non-blocking
+    copies)."""
+    return DataLoader(
+        data,
+        collate_fn=partial(collate, pad_token_id=setup.tokenizer.pad_token_id),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        **batching,
+    )
+
+
+def _validation(config: TrainConfig, setup: Setup, device: torch.device) -> Validation | None:
+    records, _ = drop_empty_captions(setup.val_records)
+    if not records:
+        return None
+    data = _dataset(config, setup, records)
+    # In this process: a new worker pool per evaluation would cost more than it saves on the few batches.
+    return Validation(_loader(setup, data, device, 0, batch_size=config.train.batch_size), data)

@@ -1,0 +1,182 @@
+"""What a run trains: the records (split, styled), the tokenizer and the model, and the optimizer over it.
+
+The model and tokenizer are pretrained ones (``model.pretrained``), a checkpoint's to resume, or new ones built from
+the family's preset with a tokenizer trained on the captions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from captionkit.config import TrainConfig
+from captionkit.data.formats.base import EMPTY_CAPTION
+from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_dataset
+from captionkit.data.splits import first_caption_per_image, split_by_image
+from captionkit.data.styles import first_caption_per_style, mix_styles
+from captionkit.errors import InputError
+from captionkit.hub import resolve_model_source
+from captionkit.images import Preprocessing
+from captionkit.models.base import CaptionModel
+from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
+from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import add_style_tokens
+from captionkit.training.scst import CiderReward
+from captionkit.training.validation import references
+
+# Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
+_NO_DECAY_NAMES = ("position_embeddings", "wpe")
+
+
+@dataclass
+class Setup:
+    """Everything a run trains with, built from the config."""
+
+    model: CaptionModel
+    tokenizer: CaptionTokenizer
+    preprocessing: Preprocessing
+    train_records: list[CaptionRecord]
+    val_records: list[CaptionRecord]
+    # Empty captions the readers dropped from the training data (as `data check` counts them).
+    empty_captions: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def drop_empty_captions(records: list[CaptionRecord]) -> tuple[list[CaptionRecord], int]:
+    kept = [record for record in records if record.caption.strip()]
+    return kept, len(records) - len(kept)
+
+
+def load_all_records(specs: str | list[str]) -> tuple[list[CaptionRecord], int]:
+    """The records of one dataset spec, or of several read as one dataset; and how many empty captions the readers
+    dropped."""
+    records: list[CaptionRecord] = []
+    empty = 0
+    for spec in [specs] if isinstance(specs, str) else specs:
+        loaded = load_dataset(spec)
+        records += loaded.records
+        empty += loaded.dropped.get(EMPTY_CAPTION, 0)
+    return records, empty
+
+
+def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
+    """Read the data, then get the tokenizer and model: pretrained ones, a checkpoint's to resume, or new ones."""
+    train_records, val_records, empty = _records(config)
+    if resume_from is not None:
+        model, tokenizer, preprocessing = from_checkpoint(resume_from)
+    elif config.model.pretrained:
+        model, tokenizer, preprocessing = _pretrained(config)
+    else:
+        model, tokenizer, preprocessing = _new_model(config, train_records)
+    return Setup(model, tokenizer, preprocessing, train_records, val_records, empty)
+
+
+def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
+    """(training records, validation records, empty captions dropped from the training data)."""
+    if not config.data.train:
+        raise InputError("data.train", "no training data given (a dataset file or directory, see README 'Data')")
+    records, empty = load_all_records(config.data.train)
+    if config.data.val:
+        train_records = [r for r in records if r.split in (None, "train")]
+        val_records = load_all_records(config.data.val)[0]
+        val_records = [r for r in val_records if r.split in (None, "val", "dev", "validation")]
+    else:
+        train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
+    styles = config.data.styles
+    if config.data.first_caption_only:
+        pick = first_caption_per_style if styles else first_caption_per_image
+        train_records, val_records = pick(train_records), pick(val_records)
+    if not train_records:
+        raise InputError(config.data.train, "no training captions after splitting")
+    if styles:
+        train_records = mix_styles(train_records, styles, config.train.seed, config.data.train)
+        val_records = [r for r in val_records if r.style in styles]
+    return train_records, val_records, empty
+
+
+def _pretrained(config: TrainConfig) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
+    pretrained = str(resolve_model_source(config.model.pretrained))  # a hub id's snapshot: tokenizer too
+    model = load_model(pretrained)
+    tokenizer = CaptionTokenizer.load(
+        config.tokenizer.pretrained or pretrained, model.bos_token_id, model.eos_token_id, model.pad_token_id
+    )
+    if config.data.styles:
+        add_style_tokens(tokenizer, config.data.styles)
+        if tokenizer.vocab_size > model.vocab_size:
+            model.resize_vocabulary(tokenizer.vocab_size)
+    return model, tokenizer, Preprocessing.load(pretrained)
+
+
+def _new_model(
+    config: TrainConfig, train_records: list[CaptionRecord]
+) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
+    if config.tokenizer.pretrained:
+        tokenizer = CaptionTokenizer.load(config.tokenizer.pretrained)
+    else:
+        # The family picks the tokenizer kind: byte-level BPE (GPT-2 families) or words (cnn-lstm*).
+        tokenizer = train_tokenizer(
+            config.model.family,
+            (r.caption for r in train_records if r.caption.strip()),
+            config.tokenizer.vocab_size,
+            config.tokenizer.lowercase,
+        )
+    if config.data.styles:
+        add_style_tokens(tokenizer, config.data.styles)
+    model = create_model(
+        config.model.family, config.model.preset, tokenizer, config.model.position_init, **config.model.overrides
+    )
+    return model, tokenizer, preprocessing_for(model)
+
+
+def from_checkpoint(directory: Path) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
+    model = load_model(directory)
+    tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
+    return model, tokenizer, Preprocessing.load(directory)
+
+
+def prepared_setup(config: TrainConfig, setup: Setup | None, resume_from: Path | None) -> Setup:
+    """The caller's setup, or one built from the config; resuming, the checkpoint's model, tokenizer and
+    preprocessing with the caller's records."""
+    if setup is None:
+        return build_setup(config, resume_from)
+    if resume_from is None:
+        return setup
+    return Setup(*from_checkpoint(resume_from), setup.train_records, setup.val_records, setup.empty_captions)
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over every parameter, frozen ones too: staged unfreezing turns them on later, and a parameter without
+    a gradient is left alone. Fused (one kernel for all parameters) on a GPU."""
+    fused = True if device.type == "cuda" else None
+    groups = _param_groups(model, config.train.weight_decay)
+    return torch.optim.AdamW(groups, lr=config.train.lr, betas=config.train.betas, fused=fused)
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # No decay on biases, norms and position tables: the usual AdamW practice.
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        keep = parameter.ndim < 2 or any(part in name for part in _NO_DECAY_NAMES)
+        (no_decay if keep else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward:
+    """CIDEr-D against each training image's references (its neutral captions, or all when it has none); the
+    document frequencies come from all of them, computed once. Samples start from bos: with style control
+    (``data.styles``) SCST trains the neutral captions."""
+    if config.data.styles:  # style mixing repeats records: each reference counts once
+        records = list(dict.fromkeys(records))
+    grouped = references(records, max_images=len(records))
+    return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})
