@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from captionkit import __version__
 from captionkit.config import TrainConfig
 from captionkit.errors import ConfigError, InputError
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.setup import Setup
 from captionkit.training.state import load_optimizer_state, optimizer_state, restore_rng
+from captionkit.version import __version__
 
 logger = logging.getLogger("captionkit.training")
 
