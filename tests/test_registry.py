@@ -26,19 +26,21 @@ from captionkit.models.registry import (
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-NEW_FAMILIES = ("prefix-gpt2", "cnn-lstm", "cnn-lstm-attention")
+NEW_FAMILIES = ("prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git")
 PRESET_MODULES = {
     "vit-gpt2": "captionkit.models.vit_gpt2",
     "prefix-gpt2": "captionkit.models.prefix_gpt2",
     "cnn-lstm": "captionkit.models.cnn_lstm",
     "cnn-lstm-attention": "captionkit.models.cnn_lstm",
+    "blip": "captionkit.models.blip",
+    "git": "captionkit.models.git",
 }
 CAPTIONS = ["a large red circle left of a small blue square", "a small green triangle", "a red square above a circle"]
 
 
 def test_list_models_names_every_family_and_its_presets() -> None:
     models = list_models()
-    assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"]
+    assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"]
     for family, presets in models.items():
         # The registry's list is the module's own (the registry does not import the module to answer).
         assert presets == tuple(importlib.import_module(PRESET_MODULES[family]).PRESETS)

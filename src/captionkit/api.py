@@ -117,9 +117,11 @@ class Captioner:
             return None
         return start_token_id(self.tokenizer, style, self.name)
 
-    def decoding_config(self, style: str | None = None, **decoding: Any) -> DecodingConfig:
-        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral)."""
-        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style))
+    def decoding_config(self, style: str | None = None, prompt: str | None = None, **decoding: Any) -> DecodingConfig:
+        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral) and, with a
+        ``prompt`` (BLIP's conditional captioning: "a photography of"), continuing that text."""
+        prompt_ids = tuple(self.tokenizer.encode(prompt)) if prompt else ()
+        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style), prompt_ids=prompt_ids)
 
     def caption(
         self,
@@ -127,13 +129,15 @@ class Captioner:
         *,
         batch_size: int = 8,
         style: str | None = None,
+        prompt: str | None = None,
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
         """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields.
 
         Defaults: beam search with 4 beams, at most 20 new tokens. ``style`` ("positive", "negative", "neutral")
-        asks a style-controlled model for captions in that style (see :attr:`styles`). ``attention=True`` fills
+        asks a style-controlled model for captions in that style (see :attr:`styles`). ``prompt`` is text the
+        caption continues (the caption is what follows it, without it). ``attention=True`` fills
         each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
         """
         if isinstance(images, str | Path | bytes | Image.Image):
@@ -141,7 +145,9 @@ class Captioner:
         if attention:
             check_attention(self.model)
         # Beam search with 4 beams unless sampling (which decodes one row per sample).
-        config = self.decoding_config(style, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding))
+        config = self.decoding_config(
+            style, prompt, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding)
+        )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []
