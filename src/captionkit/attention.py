@@ -41,7 +41,8 @@ def check_attention(model: CaptionModel, source: str = "attention") -> None:
         family = getattr(model, "family", type(model).__name__)
         raise InputError(
             source,
-            f"the {family} family has no spatial attention to show (maps come from vit-gpt2 and cnn-lstm-attention)",
+            f"the {family} family has no spatial attention to show "
+            "(maps come from vit-gpt2, blip and cnn-lstm-attention)",
         )
 
 
