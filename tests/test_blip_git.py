@@ -20,6 +20,7 @@ from captionkit.errors import InputError, ModelLoadError
 from captionkit.models.blip import BlipModel
 from captionkit.models.git import GitModel
 from captionkit.models.registry import create_model
+from captionkit.text.styles import add_style_tokens
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -189,3 +190,26 @@ def test_a_directory_of_another_model_type_is_one_clear_error(tmp_path: Path) ->
     with pytest.raises(ModelLoadError) as raised:
         GitModel.from_pretrained(tmp_path)
     assert str(raised.value) == f"{tmp_path}: no model.safetensors: only safetensors weights are loaded, never pickles"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_style_tokens_grow_a_hub_checkpoint(family: str, tmp_path: Path) -> None:
+    hub_layout(family, tmp_path / "hub")
+    captioner = Captioner.from_pretrained(tmp_path / "hub", device="cpu")
+    model, old = captioner.model, captioner.model.vocab_size
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    input_ids = torch.tensor([[model.bos_token_id, 5, 6, 7]] * 2)
+    with torch.no_grad():
+        before = model(pixels, input_ids)
+    styles = add_style_tokens(captioner.tokenizer)
+    assert sorted(styles.values()) == [old, old + 1]
+    model.resize_vocabulary(captioner.tokenizer.vocab_size)
+    with torch.no_grad():
+        after = model(pixels, input_ids)
+    assert after.shape == (2, 4, old + 2) and torch.equal(after[..., :old], before)  # old tokens' logits unchanged
+    captioner.save_pretrained(tmp_path / "run")
+    assert hf_class(family).from_pretrained(tmp_path / "run").config.get_text_config().vocab_size == old + 2
+    styled = Captioner.from_pretrained(tmp_path / "run", device="cpu")
+    assert styled.styles == ["neutral", "positive", "negative"]
+    (result,) = styled.caption(PHOTOS[:1], style="positive", num_beams=2, max_new_tokens=5)
+    assert result.captions[0].token_ids and all(t < old + 2 for t in result.captions[0].token_ids)
