@@ -41,11 +41,13 @@ WORDS = [
     "standing",
 ]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-# The processors' own settings at the tiny image size: BLIP's (bicubic, CLIP mean/std) and GIT's CLIP processor.
+# The processors' own settings at the tiny image size (32 px): BLIP's (bicubic, CLIP mean and std) and GIT's CLIP
+# processor. git-base-coco's resizes the shorter edge and crops the centre; until captionkit reads that (issue 16
+# item 1 adds it for CLIP encoders), the tiny GIT's processor resizes straight to 32 x 32.
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 PROCESSORS = {
-    "blip": {"image_processor_type": "BlipImageProcessor", "do_convert_rgb": True},
-    "git": {"image_processor_type": "CLIPImageProcessor", "do_convert_rgb": True, "do_center_crop": False},
+    "blip": {"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}},
+    "git": {"image_processor_type": "CLIPImageProcessor", "size": {"height": 32, "width": 32}, "do_center_crop": False},
 }
 PROCESSOR_CLASSES = {"blip": "BlipProcessor", "git": "GitProcessor"}
 
@@ -86,8 +88,8 @@ def hub_layout(family: str, directory: Path, legacy: bool = False, seed: int = 0
     model = tiny_model(family, tokenizer, seed)
     model.hf.save_pretrained(directory)  # plain transformers, no captionkit metadata
     tokenizer.save_pretrained(str(directory))
-    size = model.config.image_size
     processor = PROCESSORS[family] | {
+        "do_convert_rgb": True,
         "do_normalize": True,
         "do_rescale": True,
         "do_resize": True,
@@ -95,7 +97,6 @@ def hub_layout(family: str, directory: Path, legacy: bool = False, seed: int = 0
         "image_std": CLIP_STD,
         "resample": 3,
         "rescale_factor": 1 / 255,
-        "size": {"height": size, "width": size},
     }
     if legacy:
         _as_transformers_4(directory, family, processor)

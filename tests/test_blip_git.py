@@ -12,11 +12,16 @@ import torch
 from transformers import AutoImageProcessor
 
 from _data import SHARED_DATA
-from _families import check_beam_finds_brute_force_best, check_steps_equal_teacher_forcing
+from _families import (
+    check_batched_equals_one_at_a_time,
+    check_beam_finds_brute_force_best,
+    check_steps_equal_teacher_forcing,
+)
 from _hub_models import hf_class, hub_layout
 from captionkit import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import InputError, ModelLoadError
+from captionkit.models.base import CaptionModel
 from captionkit.models.blip import BlipModel
 from captionkit.models.git import GitModel
 from captionkit.models.registry import create_model
@@ -115,17 +120,28 @@ def test_teacher_forcing_is_transformers_forward(checkpoint: tuple[str, Path]) -
     torch.testing.assert_close(ours[attention_mask.bool()], theirs[attention_mask.bool()], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_steps_and_beam_search_follow_the_engine_contract(family: str) -> None:
+def _peaked(family: str, vocab_size: int) -> CaptionModel:
     torch.manual_seed(0)
-    model = create_model(family, "tiny", vocab_size=5)
+    model = create_model(family, "tiny", vocab_size=vocab_size)
     with torch.no_grad():
         for parameter in model.parameters():
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.3)
-    model.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_steps_and_beam_search_follow_the_engine_contract(family: str) -> None:
+    model = _peaked(family, 5)
     check_steps_equal_teacher_forcing(model)
     check_beam_finds_brute_force_best(model)
+
+
+@pytest.mark.parametrize("setting", ["greedy", "beam", "sample"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_decoding_and_seeded_sampling_equal_one_image_at_a_time(family: str, setting: str) -> None:
+    # Sampling is the engine's (temperature, top-k, top-p warping, one generator per image) as for every family.
+    check_batched_equals_one_at_a_time(_peaked(family, 16), setting)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
