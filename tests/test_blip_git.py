@@ -188,6 +188,14 @@ def test_blip_attention_maps_and_git_refuses_them(tmp_path: Path) -> None:
         maps = result.captions[0].attention
         assert maps.shape == (len(result.captions[0].token_ids), 4, 4)
         np.testing.assert_allclose(maps.sum(axis=(1, 2)), 1.0, rtol=0, atol=1e-5)
+    # With a prompt, token k's map is read after [DEC], the prompt and the caption's first k tokens.
+    (prompted,) = blip.caption(PHOTOS[:1], prompt="a photography of", attention=True, num_beams=2, max_new_tokens=5)
+    caption, prompt = prompted.captions[0], blip.tokenizer.encode("a photography of")
+    input_ids = torch.tensor([[blip.model.bos_token_id, *prompt, *caption.token_ids]])
+    with torch.no_grad():
+        expected = blip.model.attention_maps(_pixels(blip)[:1], input_ids)[0]
+    span = slice(len(prompt), len(prompt) + len(caption.token_ids))
+    np.testing.assert_allclose(caption.attention, expected[span].numpy(), rtol=0, atol=1e-6)
     git = Captioner.from_pretrained(tmp_path / "git", device="cpu")
     with pytest.raises(InputError) as raised:
         git.caption(PHOTOS[:1], attention=True)

@@ -170,15 +170,21 @@ class Captioner:
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
         captions = [[Caption.of(h, self.tokenizer) for h in per_image] for per_image in hypotheses]
-        return self.add_attention(pixels, captions, config.start_token_id) if attention else captions
+        if not attention:
+            return captions
+        return self.add_attention(pixels, captions, config.start_token_id, config.prompt_ids)
 
     def add_attention(
-        self, pixels: torch.Tensor, captions: list[list[Caption]], start_token_id: int | None = None
+        self,
+        pixels: torch.Tensor,
+        captions: list[list[Caption]],
+        start_token_id: int | None = None,
+        prompt_ids: tuple[int, ...] = (),
     ) -> list[list[Caption]]:
         """``captions`` (n-best per image of the preprocessed ``pixels``) with ``tokens`` and ``attention`` filled."""
         flat = [(row, caption) for row, per_image in enumerate(captions) for caption in per_image]
         rows, sequences = [row for row, _ in flat], [caption.token_ids for _, caption in flat]
-        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id))
+        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id, prompt_ids))
         return [
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
             for per_image in captions
