@@ -20,7 +20,7 @@ from _families import (
 from _hub_models import hf_class, hub_layout
 from captionkit import Captioner
 from captionkit.decoding import DecodingConfig, generate
-from captionkit.errors import InputError, ModelLoadError
+from captionkit.errors import ConfigError, InputError, ModelLoadError
 from captionkit.models.base import CaptionModel
 from captionkit.models.blip import BlipModel
 from captionkit.models.git import GitModel
@@ -237,3 +237,11 @@ def test_style_tokens_grow_a_hub_checkpoint(family: str, tmp_path: Path) -> None
     assert styled.styles == ["neutral", "positive", "negative"]
     (result,) = styled.caption(PHOTOS[:1], style="positive", num_beams=2, max_new_tokens=5)
     assert result.captions[0].token_ids and all(t < old + 2 for t in result.captions[0].token_ids)
+
+
+def test_a_processor_config_without_image_settings_is_one_clear_error(tmp_path: Path) -> None:
+    hub_layout("blip", tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"processor_class": "BlipProcessor"}))
+    with pytest.raises(ConfigError) as raised:
+        Captioner.from_pretrained(tmp_path, device="cpu")
+    assert str(raised.value) == f"{tmp_path / 'processor_config.json'}: has no image_processor settings"
