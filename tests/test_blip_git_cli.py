@@ -92,3 +92,18 @@ def test_serve_answers_with_blip_and_git(hub: dict[str, Path]) -> None:
         refused = client.post("/v1/captions", files=files, data={"model": "git", "attention": "true"})
         assert refused.status_code == 422
         assert refused.json()["detail"] == "attention: model 'git' does not report attention maps"
+
+
+@pytest.mark.parametrize("family", ["blip", "git"])
+def test_int8_export_captions_and_onnx_is_refused(family: str, hub: dict[str, Path], capsys, tmp_path: Path) -> None:
+    code, _, _ = run_cli(["export", "int8", "--model", hub[family], "--output", tmp_path / "int8"], capsys)
+    assert code == 0
+    quantized = Captioner.from_pretrained(tmp_path / "int8")
+    assert quantized.model.family == family and quantized.device.type == "cpu"
+    (result,) = quantized.caption(PHOTOS[:1], num_beams=2, max_new_tokens=6)
+    assert result.captions[0].token_ids
+    code, _, err = run_cli(["export", "onnx", "--model", hub[family], "--output", tmp_path / "onnx"], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: {hub[family]}: is a {family} model; ONNX export supports vit-gpt2"
+    )
