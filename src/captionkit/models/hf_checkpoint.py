@@ -18,8 +18,8 @@ from transformers import Cache, PreTrainedModel
 
 from captionkit import __version__
 from captionkit.errors import ModelLoadError, first_line
+from captionkit.models.native import METADATA_KEY
 
-METADATA_KEY = "captionkit"
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
