@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor
 
 from _data import SHARED_DATA
@@ -210,6 +211,13 @@ def test_a_directory_of_another_model_type_is_one_clear_error(tmp_path: Path) ->
     with pytest.raises(ModelLoadError) as raised:
         BlipModel.from_pretrained(tmp_path)
     assert str(raised.value) == f"{tmp_path}: model_type is 'git'; expected 'blip'"
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file(
+        {name: tensor for name, tensor in weights.items() if name != "output.bias"}, tmp_path / "model.safetensors"
+    )
+    with pytest.raises(ModelLoadError) as raised:
+        GitModel.from_pretrained(tmp_path)
+    assert str(raised.value) == f"{tmp_path}: weights do not match the config (1 tensors: output.bias)"
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError) as raised:
         GitModel.from_pretrained(tmp_path)

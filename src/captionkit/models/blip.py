@@ -27,8 +27,6 @@ from captionkit.models.native import FamilyConfig, check_token_ids
 __all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
 
 FAMILY = "blip"
-# Weights of BlipForConditionalGeneration's checkpoints that captioning never runs.
-UNUSED_WEIGHTS = (".pooler.",)
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,7 @@ class BlipModel(CaptionModel):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> BlipModel:
         """A hub id or a directory in the hub layout (``BlipForConditionalGeneration``, safetensors)."""
-        return cls(load_hub_model(BlipForConditionalGeneration, FAMILY, name_or_dir, UNUSED_WEIGHTS))
+        return cls(load_hub_model(BlipForConditionalGeneration, FAMILY, name_or_dir))
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_hub_model(self.hf, FAMILY, directory)

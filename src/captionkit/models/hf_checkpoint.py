@@ -18,6 +18,7 @@ from transformers import Cache, PreTrainedModel
 
 from captionkit import __version__
 from captionkit.errors import ModelLoadError, first_line
+from captionkit.hub import resolve_model_source
 from captionkit.models.native import METADATA_KEY
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -37,16 +38,11 @@ def read_hub_config(path: Path, source: str) -> dict[str, Any]:
     return raw
 
 
-def load_hub_model(
-    model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path, unused: tuple[str, ...] = ()
-) -> PreTrainedModel:
+def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path) -> PreTrainedModel:
     """``model_class`` from a hub id or hub-layout directory, in eval mode: safetensors only, never remote code.
 
-    ``unused``: substrings of weight names the captioner never runs (their absence is no error); any other missing
-    or mismatched tensor is, since it would silently stay random.
+    A missing or mismatched tensor is an error: it would silently stay random.
     """
-    from captionkit.hub import resolve_model_source
-
     source = str(name_or_dir)
     path = resolve_model_source(name_or_dir)
     raw = read_hub_config(path, source)
@@ -60,8 +56,7 @@ def load_hub_model(
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(source, first_line(error)) from None
-    missing = sorted(key for key in info["missing_keys"] if not any(part in key for part in unused))
-    problems = missing or sorted(str(key) for key in info["mismatched_keys"])
+    problems = sorted(info["missing_keys"]) or sorted(str(key) for key in info["mismatched_keys"])
     if problems:
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
         raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
