@@ -211,6 +211,12 @@ def test_a_directory_of_another_model_type_is_one_clear_error(tmp_path: Path) ->
     with pytest.raises(ModelLoadError) as raised:
         BlipModel.from_pretrained(tmp_path)
     assert str(raised.value) == f"{tmp_path}: model_type is 'git'; expected 'blip'"
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"architectures": ["GitForVideoClassification"]}))
+    with pytest.raises(ModelLoadError) as raised:
+        GitModel.from_pretrained(tmp_path)
+    assert str(raised.value) == f"{tmp_path}: is a GitForVideoClassification; captioning needs GitForCausalLM"
+    (tmp_path / "config.json").write_text(json.dumps(config))
     weights = load_file(tmp_path / "model.safetensors")
     save_file(
         {name: tensor for name, tensor in weights.items() if name != "output.bias"}, tmp_path / "model.safetensors"

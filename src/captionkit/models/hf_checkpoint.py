@@ -48,6 +48,12 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
     raw = read_hub_config(path, source)
     if raw.get("model_type") != model_type:
         raise ModelLoadError(source, f"model_type is {raw.get('model_type')!r}; expected {model_type!r}")
+    architectures = raw.get("architectures") or [model_class.__name__]
+    if model_class.__name__ not in architectures:
+        # e.g. BlipForQuestionAnswering: the same model_type, another head; it would load, then caption nonsense.
+        raise ModelLoadError(
+            source, f"is a {', '.join(map(str, architectures))}; captioning needs {model_class.__name__}"
+        )
     if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
         raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
     try:
