@@ -49,6 +49,27 @@ PROCESSORS = {
     "blip": {"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}},
     "git": {"image_processor_type": "CLIPImageProcessor", "size": {"height": 32, "width": 32}, "do_center_crop": False},
 }
+# A sample of the generic fields transformers 4 wrote into each sub-config.
+TRANSFORMERS_4_FIELDS = {
+    "_name_or_path": "",
+    "architectures": None,
+    "chunk_size_feed_forward": 0,
+    "do_sample": False,
+    "early_stopping": False,
+    "length_penalty": 1.0,
+    "max_length": 20,
+    "min_length": 0,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "output_attentions": False,
+    "pruned_heads": {},
+    "return_dict": True,
+    "top_k": 50,
+    "top_p": 1.0,
+    "torch_dtype": None,
+    "torchscript": False,
+    "use_bfloat16": False,
+}
 PROCESSOR_CLASSES = {"blip": "BlipProcessor", "git": "GitProcessor"}
 
 
@@ -112,7 +133,14 @@ def _as_transformers_4(directory: Path, family: str, processor: dict) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["torch_dtype"] = config.pop("dtype")
     config["transformers_version"] = "4.26.0.dev0" if family == "blip" else "4.25.0.dev0"
+    # transformers 4 wrote every sub-config with PretrainedConfig's generic fields, generation settings included, and
+    # these repositories hold no generation_config.json.
+    config = TRANSFORMERS_4_FIELDS | config  # GIT's text settings are the top level
+    for key in ("text_config", "vision_config"):
+        if key in config:
+            config[key] = TRANSFORMERS_4_FIELDS | config[key]
     config_file.write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (directory / "generation_config.json").unlink()
     processor = processor | {"processor_class": PROCESSOR_CLASSES[family]}
     (directory / "preprocessor_config.json").write_text(json.dumps(processor, indent=2), encoding="utf-8")
     specials = {"cls_token": "[CLS]", "mask_token": "[MASK]", "pad_token": "[PAD]", "sep_token": "[SEP]"}
