@@ -11,7 +11,9 @@ import pytest
 
 from _data import SHARED_DATA
 from _helpers import run_cli, save_tiny_model
+from _hub_models import hub_layout
 from captionkit.benchmark import estimate_flops
+from captionkit.models.git import GitCaptionConfig
 from captionkit.models.vit_gpt2 import PRESETS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,3 +93,21 @@ def test_benchmark_of_a_saved_checkpoint(tmp_path: Path, capsys: pytest.CaptureF
     assert (result["model"], result["inputs"]) == (str(source), "random pixels (seed 0)")
     assert result["captions_identical"] is True
     assert len(result["captionkit"]["batch_times_s"]) == 1
+
+
+@pytest.mark.parametrize("family", ["blip", "git"])
+def test_benchmark_of_a_hub_blip_or_git(family: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hub_layout(family, tmp_path / family)
+    args = ["benchmark", "--model", str(tmp_path / family), "--beams", "2", "--batch-size", "2", "--max-length", "4"]
+    code, out, _ = run_cli([*args, "--repeats", "1"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["captions_identical"] is True and result["compute"]["total_gflop"] > 0
+
+
+def test_flop_estimate_of_git_base() -> None:
+    flops = estimate_flops(SimpleNamespace(config=GitCaptionConfig()), batch=1, beams=1, new_tokens=1)
+    # CLIP ViT-B/16 at 224 px as ViT-B/16 above, plus the 768 x 768 projection of its 197 tokens.
+    assert flops["encoder_gflop"] == pytest.approx(2 * 17.56 + 2 * 197 * 768 * 768 / 1e9, abs=0.05)
+    # The 197 image tokens through 6 text layers: projections and MLP (2 x 197 x 768 x 9216) + attention.
+    assert flops["cross_keys_values_gflop"] == pytest.approx(6 * (2 * 197 * 768 * 9216 + 4 * 197**2 * 768) / 1e9)

@@ -669,7 +669,7 @@ def test_reads_legacy_feature_extractor_config(tmp_path: Path) -> None:
     [
         ({"size": {"shortest_edge": 224}}, "size {'shortest_edge': 224} is not supported"),
         ({"do_center_crop": True, "crop_size": 200}, "do_center_crop=True is not supported"),
-        ({"image_processor_type": "CLIPImageProcessor"}, "image_processor_type 'CLIPImageProcessor' is not"),
+        ({"image_processor_type": "DonutImageProcessor"}, "image_processor_type 'DonutImageProcessor' is not"),
         ({"do_resise": False}, "unknown setting(s) 'do_resise'"),
         ({"size": [224]}, "size must be two positive integers (height, width), got [224]"),
         ({"image_std": [0.5, 0.0, 0.5]}, "image_std must be 3 positive numbers"),

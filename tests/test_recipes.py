@@ -22,9 +22,11 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from transformers import BlipForConditionalGeneration
 from typer.testing import CliRunner
 
 from _data import SHARED_DATA
+from _hub_models import hub_layout
 from captionkit import Captioner
 from captionkit.cli import app
 from captionkit.config import TrainConfig, load_train_config, read_yaml
@@ -67,6 +69,7 @@ TRAINED = (
     "flickr30k-prefix-gpt2.yaml",
     "flickr30k-resnet-lstm.yaml",
     "flickr30k-resnet-lstm-attention.yaml",
+    "coco-blip-finetune.yaml",
 )
 
 
@@ -193,6 +196,41 @@ def test_coco_recipe_unfreezes_in_three_stages(hub_like: Path, tmp_path: Path, s
         {"cross_attention", "decoder", "encoder", "embeddings"},
     ]
     assert_loadable(out, "vit-gpt2")
+
+
+def test_coco_blip_recipe_fine_tunes_a_hub_blip(tmp_path: Path, single_thread: None) -> None:
+    recipe = load_train_config(CONFIGS / "coco-blip-finetune.yaml")
+    assert recipe.model.pretrained == "Salesforce/blip-image-captioning-base"
+    hub = tmp_path / "blip-hub"
+    hub_layout("blip", hub, legacy=True)  # the layout Salesforce's repository has
+    # The recipe's two stages, the first one step long.
+    stages = [{"until_step": 1, "train": recipe.train.stages[0].train}, {"train": recipe.train.stages[1].train}]
+    out = tmp_path / "run"
+    summary = run_recipe(
+        "coco-blip-finetune.yaml",
+        out,
+        f"model.pretrained={hub}",
+        f"data.train={COCO}",
+        f"data.val={COCO}",
+        f"train.stages={yaml.safe_dump(stages, default_flow_style=True).strip()}",
+        "train.checkpoint_every=1",
+        "train.keep_checkpoints=3",
+        "train.lr=1e-3",  # the recipe's 1e-5 moves bf16 weights of a tiny model too little to see in 3 steps
+    )
+    assert summary["steps"] == 3 and summary["val_cider"] is not None
+    start = load_model(hub)
+    groups = start.parameter_groups()
+    after = [start] + [load_model(out / "checkpoints" / f"step-00000{step}") for step in (1, 2)]
+    changed = [_changed_groups(before, now, groups) for before, now in itertools.pairwise(after)]
+    assert changed == [
+        {"embeddings", "cross_attention", "decoder"},
+        {"embeddings", "cross_attention", "decoder", "encoder"},
+    ]
+    assert_loadable(out, "blip")
+    # The run is in the hub layout: plain transformers loads it, with the weights the run trained.
+    plain = BlipForConditionalGeneration.from_pretrained(out)
+    trained = load_model(out)
+    assert all(torch.equal(p, trained.hf.state_dict()[n]) for n, p in plain.state_dict().items())
 
 
 def _changed_groups(before: torch.nn.Module, after: torch.nn.Module, groups: dict[str, list[str]]) -> set[str]:

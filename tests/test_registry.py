@@ -32,7 +32,7 @@ CAPTIONS = ["a large red circle left of a small blue square", "a small green tri
 
 def test_list_models_names_every_family_and_its_presets() -> None:
     models = list_models()
-    assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"]
+    assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"]
     for family, presets in models.items():
         # The registry's list is the module's own (the registry does not import the module to answer).
         module = FAMILIES[family].load_class().__module__

@@ -121,7 +121,7 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
         assert isinstance(tuned.caption([image], style=style, num_beams=1, max_new_tokens=5)[0].caption, str)
 
 
-@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention"])
+@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"])
 def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_thread):
     import torch
 

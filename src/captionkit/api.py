@@ -102,9 +102,11 @@ class Captioner:
             return None
         return start_token_id(self.tokenizer, style, self.name)
 
-    def decoding_config(self, style: str | None = None, **decoding: Any) -> DecodingConfig:
-        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral)."""
-        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style))
+    def decoding_config(self, style: str | None = None, prompt: str | None = None, **decoding: Any) -> DecodingConfig:
+        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral) and, with a
+        ``prompt`` (BLIP's conditional captioning: "a photography of"), continuing that text."""
+        prompt_ids = tuple(self.tokenizer.encode(prompt)) if prompt else ()
+        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style), prompt_ids=prompt_ids)
 
     def caption(
         self,
@@ -112,13 +114,15 @@ class Captioner:
         *,
         batch_size: int = 8,
         style: str | None = None,
+        prompt: str | None = None,
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
         """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields.
 
         Defaults: beam search with 4 beams, at most 20 new tokens. ``style`` ("positive", "negative", "neutral")
-        asks a style-controlled model for captions in that style (see :attr:`styles`). ``attention=True`` fills
+        asks a style-controlled model for captions in that style (see :attr:`styles`). ``prompt`` is text the
+        caption continues (the caption is what follows it, without it). ``attention=True`` fills
         each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
         """
         if isinstance(images, str | Path | bytes | Image.Image):
@@ -126,7 +130,9 @@ class Captioner:
         if attention:
             check_attention(self.model)
         # Beam search with 4 beams unless sampling (which decodes one row per sample).
-        config = self.decoding_config(style, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding))
+        config = self.decoding_config(
+            style, prompt, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding)
+        )
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []
@@ -149,15 +155,21 @@ class Captioner:
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
         captions = to_captions(hypotheses, self.tokenizer)
-        return self.add_attention(pixels, captions, config.start_token_id) if attention else captions
+        if not attention:
+            return captions
+        return self.add_attention(pixels, captions, config.start_token_id, config.prompt_ids)
 
     def add_attention(
-        self, pixels: torch.Tensor, captions: list[list[Caption]], start_token_id: int | None = None
+        self,
+        pixels: torch.Tensor,
+        captions: list[list[Caption]],
+        start_token_id: int | None = None,
+        prompt_ids: tuple[int, ...] = (),
     ) -> list[list[Caption]]:
         """``captions`` (n-best per image of the preprocessed ``pixels``) with ``tokens`` and ``attention`` filled."""
         flat = [(row, caption) for row, per_image in enumerate(captions) for caption in per_image]
         rows, sequences = [row for row, _ in flat], [caption.token_ids for _, caption in flat]
-        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id))
+        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id, prompt_ids))
         return [
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
             for per_image in captions

@@ -43,7 +43,8 @@ def check_attention(model: CaptionModel, source: str = "attention") -> None:
         family = getattr(model, "family", type(model).__name__)
         raise InputError(
             source,
-            f"the {family} family has no spatial attention to show (maps come from vit-gpt2 and cnn-lstm-attention)",
+            f"the {family} family has no spatial attention to show "
+            "(maps come from vit-gpt2, blip and cnn-lstm-attention)",
         )
 
 
@@ -53,23 +54,25 @@ def caption_maps(
     rows: Sequence[int],
     sequences: Sequence[Sequence[int]],
     start_token_id: int | None = None,
+    prompt_ids: Sequence[int] = (),
 ) -> list[np.ndarray]:
     """One float32 (len(sequence), h, w) array per caption: token k's map is the attention while predicting it.
 
     ``sequences[i]`` are a caption's generated ids (no start token, no final eos) of the image ``pixels[rows[i]]``;
-    the decoder starts from ``start_token_id`` (None: the model's bos), as in decoding.
+    the decoder starts from ``start_token_id`` (None: the model's bos) and reads ``prompt_ids``, as in decoding.
     """
     check_attention(model)
     if not sequences:
         return []
     start = model.bos_token_id if start_token_id is None else start_token_id
+    fed = 1 + len(prompt_ids)  # tokens before the caption's first
     longest = max(len(ids) for ids in sequences)
-    # Input: start token, then the caption; right padding leaves every earlier position's attention unchanged.
-    input_ids = torch.full((len(sequences), longest + 1), model.pad_token_id, dtype=torch.long)
+    # Input: start token, prompt, then the caption; right padding leaves every earlier position's attention unchanged.
+    input_ids = torch.full((len(sequences), longest + fed), model.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids) + 1] = torch.tensor([start, *ids], dtype=torch.long)
-        attention_mask[row, : len(ids) + 1] = 1
+        input_ids[row, : len(ids) + fed] = torch.tensor([start, *prompt_ids, *ids], dtype=torch.long)
+        attention_mask[row, : len(ids) + fed] = 1
     device = pixels.device
     index = torch.tensor(list(rows), dtype=torch.long, device=device)
     training = model.training
@@ -81,7 +84,7 @@ def caption_maps(
         model.train(training)
     assert maps is not None  # check_attention passed
     arrays = maps.float().cpu().numpy()
-    return [arrays[row, : len(ids)] for row, ids in enumerate(sequences)]
+    return [arrays[row, fed - 1 : fed - 1 + len(ids)] for row, ids in enumerate(sequences)]
 
 
 def token_texts(tokenizer: CaptionTokenizer, token_ids: Sequence[int]) -> list[str]:

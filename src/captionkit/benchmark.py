@@ -1,6 +1,6 @@
 """Inference benchmark: captionkit's decoding engine against transformers' ``generate``, side by side in one run.
 
-Both decode the same pixels with the same model (a ViT + GPT-2), alternating batch by batch so that load on a
+Both decode the same pixels with the same model (vit-gpt2, BLIP or GIT), alternating batch by batch so that load on a
 shared machine hits both alike. Every caption is forced to exactly ``max_new_tokens`` tokens in both
 (``min_new_tokens = max_new_tokens``: eos is masked until the limit, transformers' ``MinNewTokensLengthLogitsProcessor``
 and captionkit's ``DecodingConfig.min_new_tokens``), so both do the same amount of work whatever the weights.
@@ -63,8 +63,10 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, pixels, source = _model_and_pixels(settings)
-    if not hasattr(model, "ved"):
-        raise InputError("--model", f"is a {model.family} model; the comparison with generate needs vit-gpt2")
+    if _transformers_model(model) is None:
+        raise InputError(
+            "--model", f"is a {model.family} model; the comparison with generate needs vit-gpt2, blip or git"
+        )
     config = DecodingConfig(
         max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
     )
@@ -161,18 +163,30 @@ def _model_and_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, torch.
 def _generate_reference(model: CaptionModel, pixels: torch.Tensor, settings: BenchmarkSettings) -> list[list[int]]:
     """transformers' generate with the same settings; captions without the start token."""
     with torch.inference_mode():
-        rows = model.ved.generate(  # type: ignore[attr-defined]
-            pixels,
-            max_new_tokens=settings.max_length,
-            min_new_tokens=settings.max_length,
-            num_beams=settings.beams,
-            do_sample=False,
-            length_penalty=1.0,
-            early_stopping=False,
-            num_return_sequences=1,
-        ).tolist()
+        rows = (
+            _transformers_model(model)
+            .generate(
+                pixel_values=pixels,
+                max_new_tokens=settings.max_length,
+                min_new_tokens=settings.max_length,
+                num_beams=settings.beams,
+                do_sample=False,
+                length_penalty=1.0,
+                early_stopping=False,
+                num_return_sequences=1,
+            )
+            .tolist()
+        )
     eos = model.eos_token_id
     return [row[1 : row.index(eos, 1)] if eos in row[1:] else row[1:] for row in rows]
+
+
+def _transformers_model(model: CaptionModel) -> Any:
+    """The transformers model a family wraps (vit-gpt2's ``ved``, BLIP's and GIT's ``hf``), or None."""
+    for name in ("ved", "hf"):
+        if hasattr(model, name):
+            return getattr(model, name)
+    return None
 
 
 def _engine_figures(
@@ -247,34 +261,94 @@ def measure_matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def estimate_flops(model: CaptionModel, batch: int, beams: int, new_tokens: int) -> dict[str, float]:
-    """GFLOPs a ViT + GPT-2 needs for one batch: encoder, cross keys/values once per image, decoder steps.
+@dataclass(frozen=True)
+class _Shape:
+    """What the FLOP count needs of a captioner: a ViT encoder, and a transformer decoder that reads its tokens
+    through cross-attention (vit-gpt2, BLIP) or as a prefix in its self-attention (GIT)."""
 
-    Matmuls and attention only (2 FLOPs per multiply-add); layer norms, softmax and activations are ignored.
-    Step 0 feeds bos once per image; steps 1 .. new_tokens - 1 feed ``batch * beams`` rows.
-    """
-    config = model.config  # type: ignore[attr-defined]
+    patches: int
+    channels: int
+    patch_size: int
+    encoder_width: int
+    encoder_inner: int
+    encoder_layers: int
+    width: int
+    inner: int
+    layers: int
+    vocab: int
+    # The image tokens are projected to the decoder width (vit-gpt2 when the widths differ, GIT always).
+    projection: bool
+    prefix: bool
+
+
+def _shape(config: Any) -> _Shape:
     patches = (config.image_size // config.patch_size) ** 2
-    tokens, width = patches + 1, config.encoder_hidden_size
-    encoder_layer = 2 * tokens * width * (4 * width + 2 * config.encoder_intermediate_size) + 4 * tokens**2 * width
-    patch_embedding = 2 * patches * config.num_channels * config.patch_size**2 * width
-    encoder = batch * (config.encoder_layers * encoder_layer + patch_embedding)
-    dim, layers = config.decoder_hidden_size, config.decoder_layers
-    inner = config.decoder_intermediate_size or 4 * dim
-    if width != dim:  # enc_to_dec_proj
+    if hasattr(config, "encoder_hidden_size"):  # vit-gpt2: enc_to_dec_proj when the widths differ
+        width = config.decoder_hidden_size
+        return _Shape(
+            patches,
+            config.num_channels,
+            config.patch_size,
+            config.encoder_hidden_size,
+            config.encoder_intermediate_size,
+            config.encoder_layers,
+            width,
+            config.decoder_intermediate_size or 4 * width,
+            config.decoder_layers,
+            config.vocab_size,
+            config.encoder_hidden_size != width,
+            False,
+        )
+    prefix = config.family == "git"  # GIT projects the image tokens to the text width; BLIP cross-attends to them
+    return _Shape(
+        patches,
+        3,
+        config.patch_size,
+        config.vision_hidden_size,
+        config.vision_intermediate_size,
+        config.vision_layers,
+        config.text_hidden_size,
+        config.text_intermediate_size,
+        config.text_layers,
+        config.vocab_size,
+        prefix,
+        prefix,
+    )
+
+
+def estimate_flops(model: CaptionModel, batch: int, beams: int, new_tokens: int) -> dict[str, float]:
+    """GFLOPs a ViT + transformer decoder needs for one batch: encoder, image-side decoder work once per image,
+    decoder steps.
+
+    The image-side work (``cross_keys_values_gflop``) is the cross-attention keys/values (vit-gpt2, BLIP) or, for
+    GIT, the image prefix's pass through the decoder layers. Matmuls and attention only (2 FLOPs per multiply-add);
+    layer norms, softmax and activations are ignored. Step 0 feeds the start token once per image; steps
+    1 .. new_tokens - 1 feed ``batch * beams`` rows.
+    """
+    shape = _shape(model.config)  # type: ignore[attr-defined]
+    tokens, width, dim, inner = shape.patches + 1, shape.encoder_width, shape.width, shape.inner
+    encoder_layer = 2 * tokens * width * (4 * width + 2 * shape.encoder_inner) + 4 * tokens**2 * width
+    patch_embedding = 2 * shape.patches * shape.channels * shape.patch_size**2 * width
+    encoder = batch * (shape.encoder_layers * encoder_layer + patch_embedding)
+    memory_width = dim if shape.projection else width
+    if shape.projection:
         encoder += batch * 2 * tokens * width * dim
-    cross_keys_values = batch * layers * 2 * tokens * dim * 2 * dim
+    if shape.prefix:  # the image tokens through every decoder layer, attending to each other
+        image_side = batch * shape.layers * (2 * tokens * dim * (4 * dim + 2 * inner) + 4 * tokens**2 * dim)
+    else:
+        image_side = batch * shape.layers * 2 * tokens * memory_width * 2 * dim
+    # Per row and layer: q,k,v,o (+ cross q,o) + MLP, then attention over the cached text and the image tokens.
+    projections = 2 * dim * ((4 if shape.prefix else 6) * dim + 2 * inner)
     decoder = 0
     for position in range(new_tokens):
         rows = batch if position == 0 else batch * beams
-        # self q,k,v,o + cross q,o + MLP + attention over position + 1 cached and `tokens` image positions
-        per_layer = 2 * dim * (6 * dim + 2 * inner) + 4 * dim * (position + 1 + tokens)
-        decoder += rows * (layers * per_layer + 2 * dim * config.vocab_size)
+        per_layer = projections + 4 * dim * (position + 1 + tokens)
+        decoder += rows * (shape.layers * per_layer + 2 * dim * shape.vocab)
     return {
         "encoder_gflop": encoder / 1e9,
-        "cross_keys_values_gflop": cross_keys_values / 1e9,
+        "cross_keys_values_gflop": image_side / 1e9,
         "decoder_steps_gflop": decoder / 1e9,
-        "total_gflop": (encoder + cross_keys_values + decoder) / 1e9,
+        "total_gflop": (encoder + image_side + decoder) / 1e9,
     }
 
 

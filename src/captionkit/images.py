@@ -416,11 +416,16 @@ def _one_line(text: str) -> str:
 # --- preprocessing -------------------------------------------------------------------------------------
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+# transformers >= 4.47 saves a processor's image settings here, under "image_processor", instead.
+PROCESSOR_CONFIG = "processor_config.json"
 
 _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
-# Names under which transformers has saved a ViT image processor; all mean the same preprocessing.
+# Names under which transformers has saved a ViT image processor, and processors that do the same for a fixed
+# output size (BLIP's; CLIP's, which GIT uses, once its size is fixed and it does not crop): one preprocessing.
 _VIT_PROCESSOR_TYPES = frozenset(
     {"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast", "ViTFeatureExtractor"}
+    | {"BlipImageProcessor", "BlipImageProcessorPil", "BlipImageProcessorFast"}
+    | {"CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast"}
 )
 _TYPE_KEYS = ("image_processor_type", "feature_extractor_type")
 # Settings transformers may write that change nothing while they hold these values; other values are refused.
@@ -551,9 +556,12 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Preprocessing:
-        """Read ``preprocessor_config.json`` from a checkpoint directory (or from the file's own path)."""
+        """Read ``preprocessor_config.json`` from a checkpoint directory (or from the file's own path); a directory
+        without one may hold the newer ``processor_config.json``, whose ``image_processor`` is read instead."""
         path = Path(path)
         file = path / PREPROCESSOR_CONFIG if path.is_dir() else path
+        if path.is_dir() and not file.exists() and (path / PROCESSOR_CONFIG).is_file():
+            file = path / PROCESSOR_CONFIG
         try:
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -564,6 +572,10 @@ class Preprocessing:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(file, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        if file.name == PROCESSOR_CONFIG:
+            if not isinstance(data, dict) or not isinstance(data.get("image_processor"), dict):
+                raise ConfigError(file, "has no image_processor settings")
+            data = data["image_processor"]
         return cls.from_dict(data, source=str(file))
 
 

@@ -94,7 +94,7 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
     beams, max_new = config.num_beams, config.max_new_tokens
     num_images = encoded.tokens.shape[0]
     device = encoded.tokens.device
-    log_probs, state = first_step(model, encoded, beams, config.start_token_id)
+    log_probs, state = first_step(model, encoded, beams, config.start_token_id, config.prompt_ids)
     # Only beam 0 is live at first; the others start at NEG so that the first step does not pick K copies.
     running_scores = torch.zeros((num_images, beams), dtype=torch.float32, device=device)
     running_scores[:, 1:] = NEG

@@ -52,11 +52,18 @@ class DecodingConfig:
     # The first token fed to the decoder; None: the model's bos. A style-controlled model starts a caption with its
     # style's token (captionkit.text.styles; ``Captioner.caption(style=...)`` sets this).
     start_token_id: int | None = None
+    # Tokens fed after the start token before the caption begins (BLIP's conditional prompt, e.g. "a photography
+    # of"); the caption is what follows them, as in transformers' generate with input_ids.
+    prompt_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("max_new_tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS)
         if self.start_token_id is not None:
             _check_int("start_token_id", self.start_token_id, 0, None)
+        if not isinstance(self.prompt_ids, tuple):
+            raise InputError("prompt_ids", f"must be a tuple of token ids, got {self.prompt_ids!r}")
+        for token in self.prompt_ids:
+            _check_int("prompt_ids", token, 0, None)
         _check_int("min_new_tokens", self.min_new_tokens, 0, self.max_new_tokens)
         _check_int("num_beams", self.num_beams, 1, MAX_BEAMS)
         _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)

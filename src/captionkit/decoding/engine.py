@@ -50,9 +50,11 @@ def generate(
 
 def check_length(model: CaptionModel, config: DecodingConfig) -> None:
     """An ``InputError`` on ``max_new_tokens`` when the model cannot take that many positions."""
-    # bos takes position 0 and the last generated token is never fed back, so L new tokens need L positions.
+    # bos takes position 0 and the last generated token is never fed back, so L new tokens need L positions
+    # (plus one per prompt token).
     limit = model.max_positions
-    if limit is not None and config.max_new_tokens > limit:
+    if limit is not None and config.max_new_tokens + len(config.prompt_ids) > limit:
+        limit -= len(config.prompt_ids)
         raise InputError("max_new_tokens", f"must be at most {limit} for this model, got {config.max_new_tokens}")
 
 

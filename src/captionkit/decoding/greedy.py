@@ -27,7 +27,7 @@ def greedy_or_sample(
     device = encoded.tokens.device
     choose: Chooser = _sampler(config, num_images, image_offset, device) if config.do_sample else _argmax
 
-    log_probs, state = first_step(model, encoded, per_image, config.start_token_id)
+    log_probs, state = first_step(model, encoded, per_image, config.start_token_id, config.prompt_ids)
     num_rows = num_images * per_image
     out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
     alive = torch.arange(num_rows, device=device)  # output row of each batch row

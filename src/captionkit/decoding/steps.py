@@ -9,10 +9,14 @@ from captionkit.models.base import CaptionModel, DecoderState, Encoded
 
 
 def first_step(
-    model: CaptionModel, encoded: Encoded, rows_per_image: int, start_token_id: int | None = None
+    model: CaptionModel,
+    encoded: Encoded,
+    rows_per_image: int,
+    start_token_id: int | None = None,
+    prompt_ids: tuple[int, ...] = (),
 ) -> tuple[torch.Tensor, DecoderState]:
-    """Feed the start token (bos unless given) once per image, then expand to ``rows_per_image`` image-major rows
-    (beams or samples).
+    """Feed the start token (bos unless given) and then the ``prompt_ids`` once per image, then expand to
+    ``rows_per_image`` image-major rows (beams or samples).
 
     Every row of an image sees the same first distribution, so the image-side work of the first step (GPT-2's
     cross-attention keys/values) is done once per image rather than once per row.
@@ -23,8 +27,10 @@ def first_step(
     start = model.bos_token_id if start_token_id is None else start_token_id
     if not 0 <= start < model.vocab_size:
         raise InputError("start_token_id", f"must be a token id of this model (below {model.vocab_size}), got {start}")
-    first = torch.full((num_images,), start, dtype=torch.long, device=device)
-    log_probs, state = model.step(first, state)
+    for token in (start, *prompt_ids):
+        if not 0 <= token < model.vocab_size:
+            raise InputError("prompt", f"token id {token} is not a token of this model (below {model.vocab_size})")
+        log_probs, state = model.step(torch.full((num_images,), token, dtype=torch.long, device=device), state)
     if rows_per_image > 1:
         expand = torch.arange(num_images, device=device).repeat_interleave(rows_per_image)
         state = model.reorder_state(state, expand)

@@ -1,7 +1,7 @@
 """Model families by name: build a new model from a preset, or load a saved one by the family its config names.
 
 >>> sorted(list_models())
-['cnn-lstm', 'cnn-lstm-attention', 'prefix-gpt2', 'vit-gpt2']
+['blip', 'cnn-lstm', 'cnn-lstm-attention', 'git', 'prefix-gpt2', 'vit-gpt2']
 >>> list_models()["prefix-gpt2"]
 ('tiny', 'small', 'base')
 
@@ -67,6 +67,18 @@ def _cnn_lstm_attention() -> type[CaptionModel]:
     return CnnLstmAttentionModel
 
 
+def _blip() -> type[CaptionModel]:
+    from captionkit.models.blip import BlipModel
+
+    return BlipModel
+
+
+def _git() -> type[CaptionModel]:
+    from captionkit.models.git import GitModel
+
+    return GitModel
+
+
 def _vit_gpt2_sincos(model: CaptionModel) -> None:
     from captionkit.models.vit_gpt2 import init_sincos_positions
 
@@ -115,6 +127,14 @@ register_model(
         "ResNet + LSTM with soft attention (Show, Attend and Tell)",
     )
 )
+
+
+register_model(
+    Family("blip", _blip, ("tiny", "base"), "bpe", "BLIP: ViT + BERT-style decoder with cross-attention (Salesforce)")
+)
+register_model(Family("git", _git, ("tiny", "base"), "bpe", "GIT: CLIP ViT tokens as a prefix of a BERT-style decoder"))
+# Families of checkpoints in the Hugging Face layout without captionkit's metadata, by their config's model_type.
+HF_MODEL_TYPES = {"vision-encoder-decoder": VIT_GPT2, "blip": "blip", "git": "git"}
 
 
 def list_models() -> dict[str, tuple[str, ...]]:
@@ -190,8 +210,8 @@ def family_of(directory: Path) -> str:
         raise ModelLoadError(config_file, "is not a JSON object")
     metadata = config.get(METADATA_KEY)
     family = metadata.get("family") if isinstance(metadata, dict) else None
-    if family is None and config.get("model_type") == "vision-encoder-decoder":
-        family = VIT_GPT2
+    if family is None:
+        family = HF_MODEL_TYPES.get(config.get("model_type"))  # type: ignore[arg-type]
     if family not in FAMILIES:
         raise ModelLoadError(
             directory, f"unknown model family {family!r} in config.json (known: {', '.join(FAMILIES)})"

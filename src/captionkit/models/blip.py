@@ -1,0 +1,244 @@
+"""BLIP: a ViT encoder and a BERT-style text decoder with cross-attention (``BlipForConditionalGeneration``).
+
+Loads ``Salesforce/blip-image-captioning-base`` / ``-large`` and their fine-tunes, and builds new models from
+presets. The decoder starts from the ``[DEC]`` token (the text config's ``bos_token_id``) and stops at ``[SEP]``
+(its ``sep_token_id``), as ``BlipForConditionalGeneration.generate`` does; a conditional prompt ("a photography of")
+goes in as ``DecodingConfig.prompt_ids``. Checkpoints keep the hub layout, so plain ``transformers`` loads them.
+
+>>> model = BlipModel.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
+>>> model.config.image_size, model.vocab_size
+(32, 64)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from transformers import BlipConfig, BlipForConditionalGeneration
+
+from captionkit.errors import ConfigError
+from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.hf_checkpoint import CachedState, load_hub_model, save_hub_model
+from captionkit.models.native import FamilyConfig, check_token_ids
+
+__all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
+
+FAMILY = "blip"
+
+
+@dataclass(frozen=True)
+class BlipCaptionConfig(FamilyConfig):
+    """Architecture of a BLIP captioner; the defaults are ``blip-image-captioning-base`` (ViT-B/16 at 384 px)."""
+
+    family: ClassVar[str] = FAMILY
+
+    image_size: int = 384
+    patch_size: int = 16
+    vision_hidden_size: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_intermediate_size: int = 3072
+    text_hidden_size: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_intermediate_size: int = 3072
+    text_positions: int = 512
+    # bert-base-uncased's 30522 WordPiece tokens + [DEC] + [ENC].
+    vocab_size: int = 30524
+
+    def check(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
+        for side in ("vision", "text"):
+            hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
+            if hidden % heads:
+                raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
+
+    @classmethod
+    def from_hf(cls, config: BlipConfig) -> BlipCaptionConfig:
+        vision, text = config.vision_config, config.text_config
+        return cls(
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            vision_hidden_size=vision.hidden_size,
+            vision_layers=vision.num_hidden_layers,
+            vision_heads=vision.num_attention_heads,
+            vision_intermediate_size=vision.intermediate_size,
+            text_hidden_size=text.hidden_size,
+            text_layers=text.num_hidden_layers,
+            text_heads=text.num_attention_heads,
+            text_intermediate_size=text.intermediate_size,
+            text_positions=text.max_position_embeddings,
+            vocab_size=text.vocab_size,
+        )
+
+    def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> BlipConfig:
+        vision = {
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "hidden_size": self.vision_hidden_size,
+            "num_hidden_layers": self.vision_layers,
+            "num_attention_heads": self.vision_heads,
+            "intermediate_size": self.vision_intermediate_size,
+        }
+        text = {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.text_hidden_size,
+            "encoder_hidden_size": self.vision_hidden_size,
+            "num_hidden_layers": self.text_layers,
+            "num_attention_heads": self.text_heads,
+            "intermediate_size": self.text_intermediate_size,
+            "max_position_embeddings": self.text_positions,
+            "bos_token_id": bos_token_id,
+            "sep_token_id": eos_token_id,
+            "eos_token_id": eos_token_id,
+            "pad_token_id": pad_token_id,
+        }
+        return BlipConfig(text_config=text, vision_config=vision)
+
+
+PRESETS: dict[str, BlipCaptionConfig] = {
+    # For tests: 16 patches of 8 px, width 32, 2 + 2 layers.
+    "tiny": BlipCaptionConfig(
+        image_size=32,
+        patch_size=8,
+        vision_hidden_size=32,
+        vision_layers=2,
+        vision_heads=2,
+        vision_intermediate_size=64,
+        text_hidden_size=32,
+        text_layers=2,
+        text_heads=2,
+        text_intermediate_size=64,
+        text_positions=64,
+        vocab_size=64,
+    ),
+    "base": BlipCaptionConfig(),
+}
+BlipCaptionConfig.presets = PRESETS
+
+
+class BlipModel(CaptionModel):
+    """A ``BlipForConditionalGeneration``, kept as ``.hf``, behind the captionkit interface."""
+
+    family: ClassVar[str] = FAMILY
+    has_attention: ClassVar[bool] = True
+
+    def __init__(self, hf: BlipForConditionalGeneration) -> None:
+        super().__init__()
+        self.hf = hf
+        text = hf.config.text_config
+        # generate starts from bos ([DEC]) and stops at sep ([SEP]).
+        self.bos_token_id, self.eos_token_id = text.bos_token_id, text.sep_token_id
+        self.pad_token_id = text.pad_token_id
+        self.vocab_size = text.vocab_size
+        self.max_positions = text.max_position_embeddings
+        self.config = BlipCaptionConfig.from_hf(hf.config)
+        self.train(hf.training)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: BlipCaptionConfig | str,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        **overrides: Any,
+    ) -> BlipModel:
+        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
+        if isinstance(config, str):
+            config = BlipCaptionConfig.from_preset(config, **overrides)
+        elif overrides:
+            config = config.replace(**overrides)
+        token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        check_token_ids(token_ids, config.vocab_size)
+        return cls(BlipForConditionalGeneration(config.to_hf(**token_ids)))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> BlipModel:
+        """A hub id or a directory in the hub layout (``BlipForConditionalGeneration``, safetensors)."""
+        return cls(load_hub_model(BlipForConditionalGeneration, FAMILY, name_or_dir))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        save_hub_model(self.hf, FAMILY, directory)
+
+    def resize_vocabulary(self, size: int) -> None:
+        """The token table and the tied output layer (with its bias) grow to ``size`` rows."""
+        if size < self.vocab_size:
+            raise ConfigError("vocab_size", f"cannot shrink the vocabulary from {self.vocab_size} to {size}")
+        self.hf.text_decoder.resize_token_embeddings(size)
+        self.hf.config.text_config.vocab_size = size
+        self.vocab_size = size
+        self.config = BlipCaptionConfig.from_hf(self.hf.config)
+
+    def parameter_groups(self) -> dict[str, list[str]]:
+        """encoder (the ViT: all that ``encode`` runs), embeddings (token and position tables; the output layer is
+        tied to the token table), cross_attention, decoder (the rest of the text decoder)."""
+        groups: dict[str, list[str]] = {"encoder": [], "embeddings": [], "cross_attention": [], "decoder": []}
+        for name, _ in self.named_parameters():
+            if name.startswith("hf.vision_model."):
+                groups["encoder"].append(name)
+            elif name.startswith("hf.text_decoder.bert.embeddings."):
+                groups["embeddings"].append(name)
+            elif ".crossattention." in name:
+                groups["cross_attention"].append(name)
+            else:
+                groups["decoder"].append(name)
+        return groups
+
+    # --- teacher forcing
+
+    def encode(self, pixel_values: torch.Tensor) -> Encoded:
+        pixel_values = pixel_values.to(dtype=self.hf.dtype)
+        return Encoded(self.hf.vision_model(pixel_values=pixel_values).last_hidden_state)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoded: Encoded | None = None,
+    ) -> torch.Tensor:
+        memory = self.encoded_or_encode(pixel_values, encoded).tokens
+        output = self.hf.text_decoder(
+            input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False
+        )
+        return output.logits
+
+    def attention_maps(
+        self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The text decoder's cross-attention on the patches, averaged over all heads and layers: (B, T, h, w); the
+        CLS token's share is dropped and each map renormalised over the patch grid."""
+        memory = self.encode(pixel_values).tokens
+        side = self.config.image_size // self.config.patch_size
+        output = self.hf.text_decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            encoder_hidden_states=memory,
+            use_cache=False,
+            output_attentions=True,
+        )
+        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., 1:]
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights.unflatten(-1, (side, side))
+
+    # --- step protocol: transformers' own cached step (cross-attention keys/values cached at the first step)
+
+    def init_state(self, encoded: Encoded) -> CachedState:
+        return CachedState(cache=None, memory=encoded.tokens)
+
+    def step(self, tokens: torch.Tensor, state: CachedState) -> tuple[torch.Tensor, CachedState]:
+        output = self.hf.text_decoder(
+            input_ids=tokens[:, None], encoder_hidden_states=state.memory, cache=state.cache, use_cache=True
+        )
+        state.cache, state.length = output.cache, state.length + 1
+        return torch.log_softmax(output.logits[:, -1].float(), dim=-1), state
+
+    def reorder_state(self, state: CachedState, index: torch.Tensor) -> CachedState:
+        state.reorder(index)
+        return state
