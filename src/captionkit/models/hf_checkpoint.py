@@ -16,10 +16,10 @@ import torch
 from safetensors import SafetensorError
 from transformers import Cache, PreTrainedModel
 
-from captionkit import __version__
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.native import METADATA_KEY
+from captionkit.version import __version__
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
