@@ -138,3 +138,21 @@ def test_length_stats_and_words():
     assert length_stats([3, 1, 2, 10]) == {"min": 1, "mean": 4.0, "median": 2.5, "max": 10}
     report = check_records(load_records(FLICKR / "captions.txt"), open_images=False)
     assert report["splits"] == {"none": report["total"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("deep.json", "[" * 1500 + "]" * 1500, "invalid JSON: nested more than 64 levels deep"),
+        ("bigint.json", '{"images": [{"id": ' + "1" * 5000 + "}]}", "invalid JSON: a number longer than 4300 digits"),
+        ("c.jsonl", '{"image": "a.png", "caption": "x", "image_id": ' + "1" * 5000 + "}\n", "a number longer"),
+        ("nan.json", '{"images": [{"id": NaN}], "annotations": []}', "invalid JSON: NaN is not a JSON number"),
+    ],
+)
+def test_check_hostile_json_is_one_line_naming_the_file(tmp_path, capsys, name, content, reason):
+    path = tmp_path / name
+    path.write_text(content)
+    code, out, err = run(["data", "check", str(path), "--no-images"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {path}")
+    assert reason in err

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from captionkit.errors import ConfigError, ImageError
+from captionkit.jsontext import parse_json
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -562,10 +563,7 @@ class Preprocessing:
             raise ConfigError(file, "no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(file, f"cannot read ({_describe(exc)})") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(file, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        data = parse_json(text, file, error=ConfigError)
         return cls.from_dict(data, source=str(file))
 
 

@@ -7,7 +7,6 @@ naming the file (and line, where there is one) and the reason.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 from captionkit.data.records import STYLES, CaptionRecord
 from captionkit.errors import InputError
+from captionkit.jsontext import parse_json
 
 # Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
 SPLIT_ALIASES = {
@@ -149,13 +149,6 @@ def read_text(path: Path) -> str:
     if not text.strip():
         raise InputError(path, "empty file")
     return text
-
-
-def parse_json(text: str, path: Path) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(path, f"invalid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
 
 
 def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str) -> Any:
