@@ -2,9 +2,10 @@
 
 Statuses: body over the cap 413 (refused from Content-Length before reading, or as soon as the stream passes
 it); a content type other than multipart/form-data or application/json 415; a malformed body 400; missing or
-bad fields 422. Images are judged by their bytes, never by file name or declared type: a format outside
-:data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415; empty, truncated, corrupt or oversized in
-pixels is 422.
+bad fields 422. A JSON body must be UTF-8 with finite numbers, no key twice in an object and at most
+:data:`captionkit.jsontext.MAX_DEPTH` levels of nesting (400 otherwise). Images are judged by their bytes, never by
+file name or declared type: a format outside :data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415;
+empty, truncated, corrupt or oversized in pixels is 422.
 
 A request with any bad image is refused whole, before any model work: the status is that of the first bad
 image, and ``errors`` lists every bad one as ``{"image", "error"}``. A client resends the good ones; it never
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +26,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
-from captionkit.errors import ImageError
+from captionkit.errors import ImageError, InputError
 from captionkit.images import ImageLimits, load_image
+from captionkit.jsontext import parse_json
 from captionkit.serve.errors import ApiError, field_error, invalid_fields
 from captionkit.serve.settings import ServeSettings
 
@@ -142,9 +143,14 @@ async def _parse_multipart(
 
 def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"request body: invalid JSON ({error})") from None
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        reason = f"not UTF-8 (byte 0x{body[error.start]:02x} at offset {error.start})"
+        raise ApiError(400, f"request body: {reason}") from None
+    try:
+        document = parse_json(text, "request body", unique_keys=True)
+    except InputError as error:
+        raise ApiError(400, str(error)) from None
     if not isinstance(document, dict):
         raise invalid_fields([field_error("body", f"must be a JSON object, got {type(document).__name__}")])
     images = document.pop(JSON_IMAGES, None)
