@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from fastapi import FastAPI
 from PIL import Image
 
 from captionkit.api import Captioner
 from captionkit.images import Preprocessing
 from captionkit.models.registry import create_model
+from captionkit.serve.connections import uvicorn_options
 from captionkit.text import train_bpe_tokenizer
 from captionkit.training.checkpoint import save_checkpoint
 
@@ -49,12 +51,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: object) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a loopback port in a thread; yields the base URL."""
+def running_server(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a loopback port in a thread, with the connection limits of its settings (as
+    ``captionkit serve`` runs it); yields the base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = uvicorn_options(app.state.settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

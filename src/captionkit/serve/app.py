@@ -85,7 +85,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     )
     async def captions(request: Request) -> dict[str, Any]:
         started = time.perf_counter()
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, settings.max_upload_bytes, settings.read_timeout_s)
         uploads, body_params = await parse_body(request, body, settings)
         params = parse_params(_merge(dict(request.query_params), body_params), served, settings)
         images = await run_in_threadpool(load_uploads, uploads, settings)
@@ -246,6 +246,7 @@ def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
             str(status): {"description": why, "content": refusal}
             for status, why in (
                 (400, "Malformed body"),
+                (408, "Request head or body not received within the read timeout"),
                 (413, "Body over the upload limit"),
                 (415, "Content type or image format not accepted"),
                 (422, "Invalid parameter or unreadable image"),
