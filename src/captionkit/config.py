@@ -274,6 +274,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin is dict:
+        if value is None:  # `key:` left empty in YAML, or --set key=null: no entries
+            return {}
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"expected a mapping, got {value!r}")
         return dict(value)
@@ -347,7 +349,11 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 
 def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; each value is parsed as YAML (``3e-4``, ``true``, ``[1, 2]``)."""
+    """Apply ``key.sub=value`` strings; each value is parsed as YAML (``3e-4``, ``true``, ``[1, 2]``).
+
+    The value replaces what the recipe had at that key, a mapping included: ``--set 'data.styles={}'`` turns style
+    control off rather than merging nothing into the recipe's styles.
+    """
     result = dict(data)
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
@@ -357,11 +363,19 @@ def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        parts = key.strip().split(".")
-        nested: Any = value
-        for part in reversed(parts):
-            nested = {part: nested}
-        result = merge(result, nested)
+        result = _assign(result, key.strip().split("."), value)
+    return result
+
+
+def _assign(data: Mapping[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``path`` (sections created as needed; the copy shares nothing)."""
+    result = dict(data)
+    head, *rest = path
+    if rest:
+        section = result.get(head)
+        result[head] = _assign(section if isinstance(section, Mapping) else {}, rest, value)
+    else:
+        result[head] = value
     return result
 
 
