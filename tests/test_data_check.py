@@ -156,3 +156,38 @@ def test_check_hostile_json_is_one_line_naming_the_file(tmp_path, capsys, name, 
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {path}")
     assert reason in err
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (
+            'image,caption\na.jpg,one\nb.jpg,"a dog runs\nc.jpg,a cat sits\nd.jpg,a bird\n',
+            3,
+            "unterminated quote: the quoted field opened in this row is still open at the end (line 5)",
+        ),
+        (
+            'image,caption\nb.jpg,"a dog runs\nc.jpg,a cat sits\nd.jpg,"the end"\n',
+            2,
+            "malformed CSV at line 4 (',' expected after '\"'); is a quote in this row left open?",
+        ),
+    ],
+)
+def test_check_csv_with_a_quote_left_open_names_the_line(tmp_path, capsys, content, line, reason):
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    code, out, err = run(["data", "check", str(path), "--no-images"], capsys)
+    assert code == 1 and out == ""
+    assert err == f"captionkit: error: {path}:{line}: {reason}\n"
+
+
+def test_check_warns_of_absurdly_long_captions(tmp_path, capsys):
+    long = " ".join(["word"] * 150)
+    (tmp_path / "c.csv").write_text(f'image,caption\na.png,a short one\nb.png,"{long}"\nc.png,"two\nlines"\n')
+    code, out, _ = run(["data", "check", str(tmp_path / "c.csv"), "--no-images", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["long_captions"] == [{"image": str(tmp_path / "b.png"), "words": 150}]
+    code, out, _ = run(["data", "check", str(tmp_path / "c.csv"), "--no-images"], capsys)
+    assert code == 0
+    assert "warning: captions over 100 words (a quote left open in a table?)\n1 long caption:\n" in out
+    assert f"  {tmp_path / 'b.png'}: 150 words\n" in out

@@ -140,17 +140,29 @@ def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
     if probe.path.is_dir():
         probe = Probe(_one(probe.path, _csv_files(probe.path), "caption table (*.csv, *.tsv, captions.txt)"))
     delimiter, columns, width = _header(probe)
-    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter)
-    next(rows)
+    # strict: an unterminated quote is an error, not the rest of the file swallowed into one caption
+    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter, strict=True)
     parsed: list[tuple[dict[str, object], str]] = []
-    for fields in rows:
-        if not fields or fields == [""]:
-            continue
-        where = f"{probe.path}:{rows.line_num}"
-        if len(fields) != width:
-            raise InputError(where, f"expected {width} fields, got {len(fields)}")
-        parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
+    start = 1  # the line the row being read starts on
+    try:
+        next(rows)
+        start = rows.line_num + 1
+        for fields in rows:
+            where = f"{probe.path}:{rows.line_num}"
+            if fields and fields != [""]:
+                if len(fields) != width:
+                    raise InputError(where, f"expected {width} fields, got {len(fields)}")
+                parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
+            start = rows.line_num + 1
+    except csv.Error as error:
+        raise InputError(f"{probe.path}:{start}", _malformed(str(error), rows.line_num)) from None
     return _collect(probe.path, parsed, options)
+
+
+def _malformed(reason: str, line: int) -> str:
+    if reason == "unexpected end of data":
+        return f"unterminated quote: the quoted field opened in this row is still open at the end (line {line})"
+    return f"malformed CSV at line {line} ({reason}); is a quote in this row left open?"
 
 
 def read_jsonl(probe: Probe, options: ReadOptions) -> ReadResult:
