@@ -191,3 +191,14 @@ def test_check_warns_of_absurdly_long_captions(tmp_path, capsys):
     assert code == 0
     assert "warning: captions over 100 words (a quote left open in a table?)\n1 long caption:\n" in out
     assert f"  {tmp_path / 'b.png'}: 150 words\n" in out
+
+
+def test_senticap_csv_with_a_quote_left_open_names_the_line(tmp_path, capsys):
+    path = tmp_path / "s.csv"
+    path.write_text('filename,is_positive_sentiment,caption\na.jpg,1,"a nice dog\nb.jpg,0,a bad cat\n')
+    code, _, err = run(["data", "check", f"senticap:{path}", "--no-images"], capsys)
+    assert code == 1
+    assert err == (
+        f"captionkit: error: {path}:2: unterminated quote: the quoted field opened in this row is still open at the "
+        "end (line 3)\n"
+    )

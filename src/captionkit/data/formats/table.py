@@ -12,7 +12,6 @@ image roots are given; ``image_id`` defaults to the image path as written.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from captionkit.data.formats.base import (
     ReadOptions,
     ReadResult,
     check_style,
+    csv_rows,
     pick_root,
 )
 from captionkit.data.records import json_objects
@@ -140,29 +140,16 @@ def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
     if probe.path.is_dir():
         probe = Probe(_one(probe.path, _csv_files(probe.path), "caption table (*.csv, *.tsv, captions.txt)"))
     delimiter, columns, width = _header(probe)
-    # strict: an unterminated quote is an error, not the rest of the file swallowed into one caption
-    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter, strict=True)
+    rows = csv_rows(probe, delimiter)
+    next(rows)
     parsed: list[tuple[dict[str, object], str]] = []
-    start = 1  # the line the row being read starts on
-    try:
-        next(rows)
-        start = rows.line_num + 1
-        for fields in rows:
-            where = f"{probe.path}:{rows.line_num}"
-            if fields and fields != [""]:
-                if len(fields) != width:
-                    raise InputError(where, f"expected {width} fields, got {len(fields)}")
-                parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
-            start = rows.line_num + 1
-    except csv.Error as error:
-        raise InputError(f"{probe.path}:{start}", _malformed(str(error), rows.line_num)) from None
+    for fields, where in rows:
+        if not fields or fields == [""]:
+            continue
+        if len(fields) != width:
+            raise InputError(where, f"expected {width} fields, got {len(fields)}")
+        parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
     return _collect(probe.path, parsed, options)
-
-
-def _malformed(reason: str, line: int) -> str:
-    if reason == "unexpected end of data":
-        return f"unterminated quote: the quoted field opened in this row is still open at the end (line {line})"
-    return f"malformed CSV at line {line} ({reason}); is a quote in this row left open?"
 
 
 def read_jsonl(probe: Probe, options: ReadOptions) -> ReadResult:
