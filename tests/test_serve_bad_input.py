@@ -255,6 +255,15 @@ def test_parameter_in_query_and_body_is_refused(client):
     assert body["detail"] == "num_beams: given both as a query parameter and in the body"
 
 
+def test_repeated_query_parameter_is_refused(client):
+    files = [("image", ("a.png", image_bytes("PNG"), "image/png"))]
+    body = refused(client.post("/v1/captions?num_beams=1&num_beams=8&seed=1&seed=2", files=files), 422)
+    assert body["errors"] == [
+        {"field": "num_beams", "error": "given more than once"},
+        {"field": "seed", "error": "given more than once"},
+    ]
+
+
 def test_repeated_form_field_is_refused(client):
     files = [
         ("image", ("a.png", image_bytes("PNG"), "image/png")),
