@@ -98,6 +98,25 @@ def test_missing_and_invalid_files(tmp_path):
         load_train_config(listing)
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("train: " + "[" * 600 + "]" * 600 + "\n", "invalid YAML (nested too deeply)"),
+        ("train:\n  steps: " + "9" * 5000 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_hostile_recipe_is_one_config_error(tmp_path, text, reason):
+    recipe = write(tmp_path / "r.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe)
+    assert caught.value.source == str(recipe) and caught.value.reason.startswith(reason)
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train=" + text.removeprefix("train:")])
+    assert caught.value.source == "--set train"
+    assert caught.value.reason.startswith(reason.replace("invalid YAML", "invalid value"))
+    assert "\n" not in str(caught.value)
+
+
 def test_base_loop_is_an_error(tmp_path):
     write(tmp_path / "a.yaml", "_base_: b.yaml\n")
     write(tmp_path / "b.yaml", "_base_: a.yaml\n")

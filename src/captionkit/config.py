@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -325,9 +325,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(path, "_base_ chain loops back to itself")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(path, f"invalid YAML ({reason})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as error:
+        raise ConfigError(path, f"invalid YAML ({_yaml_failure(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(path, "a recipe must be a mapping of sections")
     base = data.pop("_base_", None)
@@ -335,6 +334,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     merged = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
     return merge(merged, data)
+
+
+def _yaml_failure(error: Exception) -> str:
+    """Why PyYAML failed, in one line: beyond its syntax errors, it recurses once per nesting level and hands a
+    long integer to int(), which refuses more than sys.get_int_max_str_digits() digits."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return first_line(error)
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -363,6 +370,8 @@ def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
+        except (RecursionError, ValueError) as error:
+            raise ConfigError(f"--set {key.strip()}", f"invalid value ({_yaml_failure(error)})") from None
         result = _assign(result, key.strip().split("."), value)
     return result
 
