@@ -28,7 +28,7 @@ def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
     return {"http": guarded_protocol(AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections)}
 
 
-def raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes:
+def _raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes:
     """A whole HTTP/1.1 response with a JSON ``{"detail"}`` body that closes the connection."""
     body = json.dumps({"detail": detail}).encode()
     head = [f"HTTP/1.1 {status} {phrase}", "content-type: application/json", f"content-length: {len(body)}"]
@@ -41,10 +41,10 @@ def guarded_protocol(
 ) -> type[asyncio.Protocol]:
     """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class."""
     open_connections: set[asyncio.Protocol] = set()
-    too_many = raw_response(
+    too_many = _raw_response(
         503, "Service Unavailable", f"server busy: {max_connections} connections open; retry later", "retry-after: 1"
     )
-    timed_out = raw_response(408, "Request Timeout", f"request not received within {read_timeout_s:g} s")
+    timed_out = _raw_response(408, "Request Timeout", f"request not received within {read_timeout_s:g} s")
 
     class GuardedProtocol(base):  # type: ignore[valid-type, misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
