@@ -10,10 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastapi import FastAPI
 from PIL import Image
 
 import _helpers as helpers
 from captionkit.api import Captioner
+from captionkit.serve.connections import uvicorn_options
 
 CAPTIONS = ("a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea")
 
@@ -42,12 +44,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: object) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a loopback port in a thread; yields the base URL."""
+def running_server(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a loopback port in a thread, with the connection limits of its settings (as
+    ``captionkit serve`` runs it); yields the base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    options = uvicorn_options(app.state.settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

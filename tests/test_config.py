@@ -37,6 +37,28 @@ def test_set_overrides_parse_values_as_yaml(tmp_path):
     assert config.model.overrides == {"decoder_layers": 3}
 
 
+@pytest.mark.parametrize(
+    ("assignment", "styles"),
+    [
+        ("data.styles={}", {}),
+        ("data.styles=null", {}),
+        ("data.styles={neutral: 1.0}", {"neutral": 1.0}),
+        ("data={styles: {positive: 1.0}}", {"positive": 1.0}),
+    ],
+)
+def test_a_mapping_given_with_set_replaces_the_recipes(tmp_path, assignment, styles):
+    recipe = write(tmp_path / "r.yaml", "data:\n  styles: {neutral: 0.5, positive: 0.25, negative: 0.25}\n")
+    config = load_train_config(recipe, [assignment])
+    assert config.data.styles == styles
+    assert config.data.max_length == (TrainConfig().data.max_length)
+
+
+def test_set_keeps_the_recipes_other_keys_in_a_section(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "data:\n  max_length: 30\n  styles: {neutral: 1.0}\n")
+    config = load_train_config(recipe, ["data.styles={}", "model.overrides={decoder_layers: 2}"])
+    assert (config.data.max_length, config.data.styles, config.model.overrides) == (30, {}, {"decoder_layers": 2})
+
+
 def test_base_recipe_is_merged_section_by_section(tmp_path):
     write(tmp_path / "base.yaml", "train:\n  steps: 10\n  lr: 0.5\nmodel:\n  preset: tiny\n")
     child = write(tmp_path / "child.yaml", "_base_: base.yaml\ntrain:\n  steps: 20\n")
@@ -74,6 +96,25 @@ def test_missing_and_invalid_files(tmp_path):
     listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_train_config(listing)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("train: " + "[" * 600 + "]" * 600 + "\n", "invalid YAML (nested too deeply)"),
+        ("train:\n  steps: " + "9" * 5000 + "\n", "invalid YAML (Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_hostile_recipe_is_one_config_error(tmp_path, text, reason):
+    recipe = write(tmp_path / "r.yaml", text)
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe)
+    assert caught.value.source == str(recipe) and caught.value.reason.startswith(reason)
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train=" + text.removeprefix("train:")])
+    assert caught.value.source == "--set train"
+    assert caught.value.reason.startswith(reason.replace("invalid YAML", "invalid value"))
+    assert "\n" not in str(caught.value)
 
 
 def test_base_loop_is_an_error(tmp_path):

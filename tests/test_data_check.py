@@ -133,3 +133,67 @@ def test_length_stats_and_words():
     assert length_stats([3, 1, 2, 10]) == {"min": 1, "mean": 4.0, "median": 2.5, "max": 10}
     report = check_records(load_records(FLICKR / "captions.txt"), open_images=False)
     assert report["splits"] == {"none": report["total"]}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("deep.json", "[" * 1500 + "]" * 1500, "invalid JSON: nested more than 64 levels deep"),
+        ("bigint.json", '{"images": [{"id": ' + "1" * 5000 + "}]}", "invalid JSON: a number longer than 4300 digits"),
+        ("c.jsonl", '{"image": "a.png", "caption": "x", "image_id": ' + "1" * 5000 + "}\n", "a number longer"),
+        ("nan.json", '{"images": [{"id": NaN}], "annotations": []}', "invalid JSON: NaN is not a JSON number"),
+    ],
+)
+def test_check_hostile_json_is_one_line_naming_the_file(tmp_path, capsys, name, content, reason):
+    path = tmp_path / name
+    path.write_text(content)
+    code, out, err = run_cli(["data", "check", str(path), "--no-images"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {path}")
+    assert reason in err
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        (
+            'image,caption\na.jpg,one\nb.jpg,"a dog runs\nc.jpg,a cat sits\nd.jpg,a bird\n',
+            3,
+            "unterminated quote: the quoted field opened in this row is still open at the end (line 5)",
+        ),
+        (
+            'image,caption\nb.jpg,"a dog runs\nc.jpg,a cat sits\nd.jpg,"the end"\n',
+            2,
+            "malformed CSV at line 4 (',' expected after '\"'); is a quote in this row left open?",
+        ),
+    ],
+)
+def test_check_csv_with_a_quote_left_open_names_the_line(tmp_path, capsys, content, line, reason):
+    path = tmp_path / "c.csv"
+    path.write_text(content)
+    code, out, err = run_cli(["data", "check", str(path), "--no-images"], capsys)
+    assert code == 1 and out == ""
+    assert err == f"captionkit: error: {path}:{line}: {reason}\n"
+
+
+def test_check_warns_of_absurdly_long_captions(tmp_path, capsys):
+    long = " ".join(["word"] * 150)
+    (tmp_path / "c.csv").write_text(f'image,caption\na.png,a short one\nb.png,"{long}"\nc.png,"two\nlines"\n')
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.csv"), "--no-images", "--json"], capsys)
+    assert code == 0
+    assert json.loads(out)["long_captions"] == [{"image": str(tmp_path / "b.png"), "words": 150}]
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.csv"), "--no-images"], capsys)
+    assert code == 0
+    assert "warning: captions over 100 words (a quote left open in a table?)\n1 long caption:\n" in out
+    assert f"  {tmp_path / 'b.png'}: 150 words\n" in out
+
+
+def test_senticap_csv_with_a_quote_left_open_names_the_line(tmp_path, capsys):
+    path = tmp_path / "s.csv"
+    path.write_text('filename,is_positive_sentiment,caption\na.jpg,1,"a nice dog\nb.jpg,0,a bad cat\n')
+    code, _, err = run_cli(["data", "check", f"senticap:{path}", "--no-images"], capsys)
+    assert code == 1
+    assert err == (
+        f"captionkit: error: {path}:2: unterminated quote: the quoted field opened in this row is still open at the "
+        "end (line 3)\n"
+    )

@@ -167,3 +167,34 @@ def test_unknown_metric_and_missing_option_exit_1(coco_candidates: Path, capsys:
     assert code == 1 and "unknown metric 'WER'" in err
     code, _, _ = run_cli(["score", "--refs", str(COCO_SUBSET)], capsys)
     assert code == 1
+
+
+DEEP = "[" * 1500 + "]" * 1500
+BIG = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    ("which", "content", "reason"),
+    [
+        ("--refs", DEEP, "invalid JSON: nested more than 64 levels deep"),
+        ("--cands", DEEP, "invalid JSON: nested more than 64 levels deep"),
+        ("--refs", '{"1": [' + BIG + "]}", "invalid JSON: a number longer than 4300 digits"),
+        ("--cands", '[{"image_id": ' + BIG + ', "caption": "a"}]', "invalid JSON: a number longer than 4300 digits"),
+        ("--cands", '{"image": "x.jpg", "caption": ' + BIG + "}\n", "invalid JSON: a number longer than 4300"),
+        (
+            "--cands",
+            '{"image": "x.jpg", "caption": "a"}\n{"image": "y.jpg", "caption": ' + BIG + "}\n",
+            "line 2: invalid JSON: a number longer than 4300 digits",
+        ),
+    ],
+)
+def test_hostile_json_files_exit_1_with_one_line_naming_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str, content: str, reason: str
+) -> None:
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(content, encoding="utf-8")
+    files = {"--refs": str(COCO_SUBSET), "--cands": str(COCO_SUBSET)} | {which: str(hostile)}
+    code, out, err = run_cli(["score", *[part for pair in files.items() for part in pair], "--metrics", "BLEU"], capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {hostile}")
+    assert reason in err

@@ -157,3 +157,27 @@ def test_empty_model_output_scores_zero_when_allowed() -> None:
     result = evaluate_captions(refs, {"1": "a cat on a mat", "2": ""}, metrics="BLEU,CIDEr", allow_empty=True)
     full = evaluate_captions(refs, {"1": "a cat on a mat", "2": "a dog in the park"}, metrics="BLEU,CIDEr")
     assert 0 < result["CIDEr"] < full["CIDEr"]
+
+
+def test_scoring_cuts_captions_at_the_token_cap_with_a_note():
+    from captionkit.evaluation.api import MAX_CAPTION_TOKENS, score_captions
+
+    words = [f"w{i % 97}" for i in range(MAX_CAPTION_TOKENS + 500)]
+    refs = {"1": ["w1 w2 w3 w4", " ".join(words)], "2": ["a cat on a mat"]}
+    long = {"1": " ".join(words) + " .", "2": "a cat"}
+    cut = {"1": " ".join(words[:MAX_CAPTION_TOKENS]), "2": "a cat"}
+    capped_refs = {"1": ["w1 w2 w3 w4", " ".join(words[:MAX_CAPTION_TOKENS])], "2": ["a cat on a mat"]}
+    metrics = "BLEU,ROUGE_L,CIDEr"
+    scored = score_captions(refs, long, metrics, ref_source="refs.json", cand_source="cands.json")
+    reference = score_captions(capped_refs, cut, metrics)
+    assert scored.scores == reference.scores and scored.per_image == reference.per_image
+    assert scored.scores["length_max"] == MAX_CAPTION_TOKENS
+    assert scored.notes == [
+        "cands.json: 1 caption(s) over 1000 tokens or 50000 characters were cut to their first 1000 tokens",
+        "refs.json: 1 caption(s) over 1000 tokens or 50000 characters were cut to their first 1000 tokens",
+    ]
+    assert not [note for note in reference.notes if "were cut" in note]  # exactly 1000 tokens: nothing cut
+    # Past 50,000 characters nothing is tokenized (a 5 MB caption would take seconds): the tail is cut too.
+    huge = score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 60_000 + " cat"}, "BLEU", cand_source="c")
+    assert huge.scores == score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 49_994}, "BLEU").scores
+    assert huge.notes[0].startswith("c: 1 caption(s) over 1000 tokens or 50000 characters were cut")

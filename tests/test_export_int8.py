@@ -14,6 +14,7 @@ from transformers.pytorch_utils import Conv1D
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
+from captionkit.errors import ModelLoadError
 from captionkit.export.int8 import BACKENDS, QUANTIZATION_FILE, conv1d_to_linear, quantize_int8, torchao_installed
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -101,4 +102,7 @@ def test_unknown_quantization_file_is_a_load_error(tmp_path: Path) -> None:
     source = save_tiny_model(tmp_path / "model")
     (source / QUANTIZATION_FILE).write_text('{"method": "int4-magic"}')
     with pytest.raises(Exception, match="unknown quantization method"):
+        Captioner.from_pretrained(source)
+    (source / QUANTIZATION_FILE).write_text('{"method": ' + "9" * 5000 + "}")
+    with pytest.raises(ModelLoadError, match=r"quantization\.json: invalid JSON: a number longer than 4300 digits$"):
         Captioner.from_pretrained(source)

@@ -76,3 +76,10 @@ def test_not_an_export_is_a_load_error(tmp_path: Path, capsys: pytest.CaptureFix
         OnnxCaptionModel(tmp_path)
     code, _, err = run_cli(["export", "onnx", "--model", tmp_path / "missing", "--output", tmp_path / "o"], capsys)
     assert code == 1 and "missing" in err
+    settings = tmp_path / "onnx_config.json"
+    settings.write_text("[" * 1500 + "]" * 1500)
+    with pytest.raises(ModelLoadError, match=r"onnx_config\.json: invalid JSON: nested more than 64 levels deep$"):
+        OnnxCaptionModel(tmp_path)
+    settings.write_text('{"bos_token_id": 1}')
+    with pytest.raises(ModelLoadError, match=r"onnx_config\.json: unreadable ONNX export settings \('eos_token_id'\)$"):
+        OnnxCaptionModel(tmp_path)

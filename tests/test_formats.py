@@ -332,7 +332,7 @@ def test_every_format_has_a_unique_name():
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [
-        ("c.json", "{not json", "invalid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+        ("c.json", "{not json", "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
         ("c.json", "", "empty file"),
         ("c.json", "[1, 2]", "unknown dataset format"),
         ("c.json", json.dumps({"images": [{"id": 1}], "annotations": []}), "missing key 'file_name'"),

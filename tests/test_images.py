@@ -693,5 +693,5 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such file"):
         Preprocessing.load(tmp_path)
     (tmp_path / PREPROCESSOR_CONFIG).write_text('{"size": 224,')
-    with pytest.raises(ConfigError, match="invalid JSON at line 1"):
+    with pytest.raises(ConfigError, match="invalid JSON: Expecting"):
         Preprocessing.load(tmp_path)

@@ -462,10 +462,18 @@ def test_serve_refuses_two_models_with_one_name(model_dirs, capsys):
     assert "two models named 'base'" in err
 
 
-def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys):
-    code, _, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--max-batch", "0"], capsys)
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--max-batch", "0", "serve.max_batch: must be a positive integer, got 0"),
+        ("--read-timeout-s", "0", "serve.read_timeout_s: must be > 0, got 0.0"),
+        ("--max-connections", "0", "serve.max_connections: must be a positive integer, got 0"),
+    ],
+)
+def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys, option, value, message):
+    code, _, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), option, value], capsys)
     assert code == 1
-    assert err.strip() == "captionkit: error: serve.max_batch: must be a positive integer, got 0"
+    assert err.strip() == f"captionkit: error: {message}"
 
 
 def test_serve_refuses_more_images_per_request_than_the_queue_holds(tmp_path, capsys):

@@ -18,7 +18,7 @@ from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-MAX_UPLOAD = 256 * 1024
+MAX_UPLOAD = 1024 * 1024  # room for a body of 10k small multipart parts
 PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
 
 
@@ -147,7 +147,7 @@ def test_image_type_comes_from_the_bytes_not_the_name_or_declared_type(client):
 
 def test_huge_body_is_413(client):
     body = refused(post(client, b"\xff\xd8\xff" + b"\0" * (MAX_UPLOAD + 10)), 413)
-    assert body["detail"] == "request body: over the 0.25 MiB upload limit"
+    assert body["detail"] == "request body: over the 1 MiB upload limit"
 
 
 def test_huge_declared_length_is_413_before_reading(client):
@@ -255,6 +255,15 @@ def test_parameter_in_query_and_body_is_refused(client):
     assert body["detail"] == "num_beams: given both as a query parameter and in the body"
 
 
+def test_repeated_query_parameter_is_refused(client):
+    files = [("image", ("a.png", image_bytes("PNG"), "image/png"))]
+    body = refused(client.post("/v1/captions?num_beams=1&num_beams=8&seed=1&seed=2", files=files), 422)
+    assert body["errors"] == [
+        {"field": "num_beams", "error": "given more than once"},
+        {"field": "seed", "error": "given more than once"},
+    ]
+
+
 def test_repeated_form_field_is_refused(client):
     files = [
         ("image", ("a.png", image_bytes("PNG"), "image/png")),
@@ -286,6 +295,109 @@ def test_max_length_beyond_the_models_positions_is_422(tmp_path):
         body = refused(post(short_client, image_bytes(), num_beams=1, max_length=20), 422)
         assert body["detail"] == "max_length: model 'short': must be at most 16 for this model, got 20"
         assert post(short_client, image_bytes(), num_beams=1, max_length=16).status_code == 200
+
+
+# --- request parsing --------------------------------------------------------------------------------------------
+
+GOOD_IMAGE = base64.b64encode(image_bytes()).decode()
+DEEP = "[" * 1500 + "]" * 1500
+
+
+def with_image(fields: str) -> bytes:
+    """A JSON body with one good image and ``fields`` (raw JSON text of more members)."""
+    return f'{{"images": ["{GOOD_IMAGE}"], {fields}}}'.encode()
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "reason"),
+    [
+        # nesting
+        (DEEP.encode(), 400, "request body: invalid JSON: nested more than 64 levels deep"),
+        (with_image(f'"num_beams": {DEEP}'), 400, "request body: invalid JSON: nested more than 64 levels deep"),
+        (with_image('"x": ' + "[" * 65 + "]" * 65), 400, "request body: invalid JSON: nested more than 64 levels"),
+        # huge numbers
+        (with_image('"seed": ' + "9" * 5000), 400, "request body: invalid JSON: a number longer than 4300 digits"),
+        (("[" + "1" * 5000 + "]").encode(), 400, "request body: invalid JSON: a number longer than 4300 digits"),
+        (with_image('"seed": ' + "9" * 4000), 422, f"seed: must be in [0, {2**63 - 1}], got {'9' * 37}..."),
+        (with_image('"temperature": ' + "9" * 4000), 422, "temperature: must be a finite number, got 9999"),
+        (with_image('"length_penalty": 1e999'), 400, "request body: invalid JSON: the number 1e999 is out of range"),
+        # NaN and Infinity literals
+        (with_image('"temperature": NaN'), 400, "request body: invalid JSON: NaN is not a JSON number"),
+        (with_image('"top_p": Infinity'), 400, "request body: invalid JSON: Infinity is not a JSON number"),
+        (with_image('"length_penalty": -Infinity'), 400, "request body: invalid JSON: -Infinity is not a JSON"),
+        # duplicate keys, at the top and deeper
+        (with_image('"num_beams": 1, "num_beams": 2'), 400, "request body: invalid JSON: duplicate key 'num_beams'"),
+        (with_image('"x": {"a": 1, "a": 1}'), 400, "request body: invalid JSON: duplicate key 'a'"),
+        # wrong types at every level: the body, the images list, its items, each parameter
+        (b"[]", 422, "body: must be a JSON object, got list"),
+        (b'"images"', 422, "body: must be a JSON object, got str"),
+        (b"3", 422, "body: must be a JSON object, got int"),
+        (b"null", 422, "body: must be a JSON object, got NoneType"),
+        (b'{"images": {"a": "b"}}', 422, "images: must be a list of base64 strings"),
+        (b'{"images": 3}', 422, "images: must be a list of base64 strings"),
+        (b'{"images": [null]}', 422, "images: must be a list of base64 strings"),
+        (b'{"images": [["x"]]}', 422, "images: must be a list of base64 strings"),
+        (b'{"images": []}', 422, "image: no image in the request"),
+        (with_image('"num_beams": [1]'), 422, "num_beams: must be an integer, got [1]"),
+        (with_image('"num_beams": {"a": 1}'), 422, "num_beams: must be an integer, got {'a': 1}"),
+        (with_image('"num_beams": true'), 422, "num_beams: must be an integer, got True"),
+        (with_image('"num_beams": 2.5'), 422, "num_beams: must be an integer, got 2.5"),
+        (with_image('"do_sample": 1'), 422, "do_sample: must be true or false, got 1"),
+        (with_image('"style": 5'), 422, "style: must be a non-empty string of at most 200 characters, got 5"),
+        (with_image('"model": null'), 422, "model: must be a non-empty string of at most 200 characters, got None"),
+        (with_image('"attention": []'), 422, "attention: must be true or false, got []"),
+        (with_image('"top_p": "0.5"'), 422, "top_p: only used when sampling"),
+        # invalid UTF-8, bare or inside a string
+        (b'{"images": ["\xff"]}', 400, "request body: not UTF-8 (byte 0xff at offset 13)"),
+        (with_image('"style": "?"').replace(b"?", b"\xc3\x28"), 400, "request body: not UTF-8 (byte 0xc3 at offset"),
+    ],
+)
+def test_hostile_json_bodies_are_4xx_json(client, content, status, reason):
+    body = refused(client.post("/v1/captions", content=content, headers={"content-type": "application/json"}), status)
+    assert body["detail"].startswith(reason)
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0undary") -> bytes:
+    """A multipart/form-data body of ``(name, filename or None, data)`` parts, written by hand so that any byte
+    can go anywhere (a lone surrogate such as "\\udcff" in a name is written as the raw byte 0xff)."""
+    chunks = []
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode("utf-8", "surrogateescape")
+        chunks.append(head + data + b"\r\n")
+    return b"".join(chunks) + f"--{boundary}--\r\n".encode()
+
+
+IMAGE_PART = ("image", "a.jpg", image_bytes())
+
+
+@pytest.mark.parametrize(
+    ("content_type", "content", "status", "reason"),
+    [
+        ("multipart/form-data", multipart([IMAGE_PART]), 400, "request body: malformed or over-limit multipart data"),
+        ("multipart/form-data; boundary=", multipart([IMAGE_PART]), 400, "request body: malformed or over-limit"),
+        (
+            "multipart/form-data; boundary=b",
+            multipart([IMAGE_PART, *[("f", None, b"1")] * 10_000], boundary="b"),
+            400,
+            "request body: malformed or over-limit multipart data (Too many fields. Maximum number of fields is 64.)",
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            multipart([("image", "a", b"1")] * 10_000, boundary="b"),
+            400,
+            "request body: malformed or over-limit multipart data (Too many files. Maximum number of files is 5.)",
+        ),
+        ("multipart/form-data; boundary=b0undary", multipart([IMAGE_PART, ("num_beams", None, b"\xff")]), 422, ""),
+        ("multipart/form-data; boundary=b0undary", multipart([("image", "\udcff.jpg", image_bytes())]), 200, ""),
+    ],
+)
+def test_hostile_multipart_bodies_are_4xx_json(client, content_type, content, status, reason):
+    response = client.post("/v1/captions", content=content, headers={"content-type": content_type})
+    if status == 200:
+        assert response.status_code == 200, response.text
+        return
+    assert refused(response, status)["detail"].startswith(reason)
 
 
 def test_no_5xx_was_ever_answered(client):

@@ -99,6 +99,11 @@ def test_bad_classifier_inputs_are_one_line_errors(tmp_path):
         StyleClassifier.load(bad)
     with pytest.raises(InputError, match="not a SentiCap json"):
         senticap_sentiment_words(bad)
+    bad.write_text("[" * 1500 + "]" * 1500)
+    with pytest.raises(InputError, match=r"not a style classifier file \(invalid JSON: nested more than 64 levels"):
+        StyleClassifier.load(bad)
+    with pytest.raises(InputError, match=r"not a SentiCap json \(invalid JSON: nested more than 64 levels"):
+        senticap_sentiment_words(bad)
 
 
 def test_content_exact_reads_an_as_a():

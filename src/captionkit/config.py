@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -283,6 +283,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if hint is Any:
         return value
     if origin is dict:
+        if value is None:  # `key:` left empty in YAML, or --set key=null: no entries
+            return {}
         if not isinstance(value, Mapping):
             raise ConfigError(where, f"expected a mapping, got {value!r}")
         return dict(value)
@@ -332,9 +334,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(path, "_base_ chain loops back to itself")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ConfigError(path, f"invalid YAML ({reason})") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as error:
+        raise ConfigError(path, f"invalid YAML ({_yaml_failure(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(path, "a recipe must be a mapping of sections")
     base = data.pop("_base_", None)
@@ -342,6 +343,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     merged = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
     return merge(merged, data)
+
+
+def _yaml_failure(error: Exception) -> str:
+    """Why PyYAML failed, in one line: beyond its syntax errors, it recurses once per nesting level and hands a
+    long integer to int(), which refuses more than sys.get_int_max_str_digits() digits."""
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return first_line(error)
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -356,7 +365,11 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
 
 
 def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings; each value is parsed as YAML (``3e-4``, ``true``, ``[1, 2]``)."""
+    """Apply ``key.sub=value`` strings; each value is parsed as YAML (``3e-4``, ``true``, ``[1, 2]``).
+
+    The value replaces what the recipe had at that key, a mapping included: ``--set 'data.styles={}'`` turns style
+    control off rather than merging nothing into the recipe's styles.
+    """
     result = dict(data)
     for assignment in assignments:
         key, sep, text = assignment.partition("=")
@@ -366,11 +379,21 @@ def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             value = text
-        parts = key.strip().split(".")
-        nested: Any = value
-        for part in reversed(parts):
-            nested = {part: nested}
-        result = merge(result, nested)
+        except (RecursionError, ValueError) as error:
+            raise ConfigError(f"--set {key.strip()}", f"invalid value ({_yaml_failure(error)})") from None
+        result = _assign(result, key.strip().split("."), value)
+    return result
+
+
+def _assign(data: Mapping[str, Any], path: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``value`` at ``path`` (sections created as needed; the copy shares nothing)."""
+    result = dict(data)
+    head, *rest = path
+    if rest:
+        section = result.get(head)
+        result[head] = _assign(section if isinstance(section, Mapping) else {}, rest, value)
+    else:
+        result[head] = value
     return result
 
 

@@ -31,6 +31,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from captionkit.errors import ConfigError, ImageError
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -568,10 +569,7 @@ class Preprocessing:
             raise ConfigError(file, "no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(file, f"cannot read ({_describe(exc)})") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(file, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
+        data = parse_json(text, file, error=ConfigError)
         if file.name == PROCESSOR_CONFIG:
             if not isinstance(data, dict) or not isinstance(data.get("image_processor"), dict):
                 raise ConfigError(file, "has no image_processor settings")

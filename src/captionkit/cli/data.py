@@ -90,6 +90,8 @@ def _print_report(report: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from captionkit.data.check import LONG_CAPTION_WORDS
+
     # Not a terminal (a pipe, a log): rich would assume 80 columns and squeeze the table.
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     console.print(f"{report['spec']}: {report['format']} ({', '.join(report['files'])})")
@@ -119,6 +121,9 @@ def _print_report(report: dict[str, Any]) -> None:
     shared = report["images_in_several_splits"]
     leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
     _list(console, "image in several splits", leaks)
+    if report["long_captions"]:
+        console.print(f"warning: captions over {LONG_CAPTION_WORDS} words (a quote left open in a table?)")
+        _list(console, "long caption", [f"{item['image']}: {item['words']} words" for item in report["long_captions"]])
     errors = report["errors"]
     console.print(f"{errors} error{'s' if errors != 1 else ''}" if errors else "ok: no errors")
 

@@ -105,16 +105,18 @@ def _split_as_trained(records: list[CaptionRecord], model: str, data: str) -> li
     seeded ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never
     trained on. Records are returned as they are when they have splits or the run's settings are not there."""
     from captionkit.data.splits import assign_splits
+    from captionkit.errors import InputError
+    from captionkit.jsontext import parse_json
 
     settings = Path(model) / "train_config.json"
     if any(record.split for record in records) or not settings.is_file():
         return records
     try:
-        saved = json.loads(settings.read_text(encoding="utf-8"))
+        saved = parse_json(settings.read_text(encoding="utf-8"), settings)
         fraction, seed = saved["data"]["val_fraction"], saved["train"]["seed"]
         held_out_here = not saved["data"].get("val")  # a run given separate val data held nothing out of these
         split = assign_splits(records, fraction, 0.0, seed) if held_out_here else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, InputError):
         return records
     if split is None:
         return records

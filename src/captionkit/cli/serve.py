@@ -29,6 +29,10 @@ def serve(
     max_images: Annotated[int, typer.Option(help="Most images in one request (422 beyond).")] = 16,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 beyond).")] = 20.0,
     timeout_s: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 beyond).")] = 30.0,
+    read_timeout_s: Annotated[
+        float, typer.Option(help="Seconds for a request's head, and again for its body, to arrive (408 beyond).")
+    ] = 30.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections at most (503 and close beyond).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
 ) -> None:
     """Serve models over HTTP: POST /v1/captions, GET /v1/models, /healthz, /readyz, /metrics, a page at /."""
@@ -41,6 +45,7 @@ def serve(
     from captionkit.api import Captioner
     from captionkit.errors import CaptionkitError
     from captionkit.serve import ServeSettings, create_app
+    from captionkit.serve.connections import uvicorn_options
 
     if not 1 <= port <= 65535:
         fail(f"--port: must be between 1 and 65535, got {port}")
@@ -53,6 +58,8 @@ def serve(
             max_images=max_images,
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             request_timeout_s=timeout_s,
+            read_timeout_s=read_timeout_s,
+            max_connections=max_connections,
         )
         captioners = {}
         for name, source in names.items():
@@ -66,7 +73,14 @@ def serve(
     stopped_by: list[str] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=int(timeout_s) + 5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        timeout_graceful_shutdown=int(timeout_s) + 5,
+        **uvicorn_options(settings),
+    )
     if stopped_by:
         print(f"captionkit serve: stopped by {stopped_by[0]} after finishing in-flight requests", file=sys.stderr)
 

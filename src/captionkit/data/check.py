@@ -1,6 +1,7 @@
 """Checks of a caption dataset: counts per split, unreadable or missing images, caption lengths, duplicates, and
 images that leak between splits. :func:`check_records` returns a plain dict (the JSON that ``captionkit data check
---json`` prints); ``errors`` counts the problems that make the data unfit to train or evaluate on as it is.
+--json`` prints); ``errors`` counts the problems that make the data unfit to train or evaluate on as it is;
+``long_captions`` (over :data:`LONG_CAPTION_WORDS` words) are a warning.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from captionkit.images import DEFAULT_LIMITS, ImageLimits, load_image
 # Words for length statistics: runs of letters/digits, with an inner apostrophe ("man's"); punctuation is not a word.
 _WORD = re.compile(r"\w+(?:'\w+)?")
 NO_SPLIT = "none"
+#: Captions of more words are listed as a warning: a real caption is a sentence or two, and a much longer one is
+#: usually a parsing accident (a quote left open in a table swallowing the rows after it).
+LONG_CAPTION_WORDS = 100
 
 
 def caption_words(caption: str) -> list[str]:
@@ -47,6 +51,11 @@ def split_counts(records: Sequence[CaptionRecord]) -> dict[str, Any]:
         "styles": {style: styles.get(style, 0) for style in STYLES},
         "caption_words": length_stats([len(caption_words(record.caption)) for record in records]),
     }
+
+
+def _long_captions(records: Sequence[CaptionRecord]) -> list[dict[str, Any]]:
+    words = ((record, len(caption_words(record.caption))) for record in records)
+    return [{"image": str(record.image_path), "words": count} for record, count in words if count > LONG_CAPTION_WORDS]
 
 
 def _split_of(record: CaptionRecord) -> str:
@@ -175,5 +184,6 @@ def check_records(
         "images_in_several_splits": shared,
         "duplicate_images": [paths for paths in same_bytes.values() if len(paths) > 1],
         "duplicate_captions": _duplicate_captions(records),
+        "long_captions": _long_captions(records),
         "errors": len(missing) + len(unreadable) + len(shared),
     }

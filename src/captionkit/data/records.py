@@ -19,6 +19,7 @@ from typing import Any
 
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 
 STYLES = ("neutral", "positive", "negative")
 
@@ -60,10 +61,7 @@ def json_objects(text: str, path: Path) -> Iterator[tuple[dict[str, Any], str]]:
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(where, f"invalid JSON ({error.msg})") from None
+        row = parse_json(line, where)
         if not isinstance(row, dict):
             raise InputError(where, "expected a JSON object")
         yield row, where

@@ -20,6 +20,11 @@ from captionkit.evaluation.diversity import diversity, length_stats, repeated_ca
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.tokenize import tokenize_captions
 
+#: Captions are cut to this many tokens after tokenization (no real caption comes near; an absurdly long one would
+#: otherwise cost minutes and gigabytes in the tokenizer, the n-gram tables and ROUGE-L's quadratic LCS) ...
+MAX_CAPTION_TOKENS = 1000
+#: ... and only their first this many characters are tokenized (50 per token: far more than any real token).
+MAX_CAPTION_CHARS = 50 * MAX_CAPTION_TOKENS
 #: Metric names accepted in ``metrics`` (case-insensitive; "BLEU" gives Bleu_1..Bleu_4).
 METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
 #: The default: the COCO metrics but SPICE (METEOR only where Java and the ``captionkit[meteor]`` extra exist).
@@ -129,17 +134,23 @@ def score_captions(
     chosen, explicit = parse_metrics(metrics)
     _check(refs, cands, ref_source, cand_source, allow_empty)
     ids = list(refs)
-    flat = tokenize_captions(c for i in ids for c in refs[i])
+    flat, cut_references = _tokenize_capped([c for i in ids for c in refs[i]])
     references: list[list[str]] = []
     start = 0
     for i in ids:
         references.append(flat[start : start + len(refs[i])])
         start += len(refs[i])
-    candidates = tokenize_captions(cands[i] for i in ids)
+    candidates, cut_candidates = _tokenize_capped([cands[i] for i in ids])
 
     scores: dict[str, float] = {}
     per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
     evaluation = Evaluation(scores, per_image)
+    for cut, source in ((cut_candidates, cand_source), (cut_references, ref_source)):
+        if cut:
+            evaluation.notes.append(
+                f"{source}: {cut} caption(s) over {MAX_CAPTION_TOKENS} tokens or {MAX_CAPTION_CHARS} characters "
+                f"were cut to their first {MAX_CAPTION_TOKENS} tokens"
+            )
 
     def record(name: str, corpus: float, images: Sequence[float]) -> None:
         scores[name] = float(corpus)
@@ -182,6 +193,18 @@ def score_captions(
             f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"
         )
     return evaluation
+
+
+def _tokenize_capped(captions: list[str]) -> tuple[list[str], int]:
+    """Captions tokenized (tokens joined by single spaces) and cut to :data:`MAX_CAPTION_TOKENS`, reading at most
+    :data:`MAX_CAPTION_CHARS` of each; and how many were cut."""
+    tokenized = tokenize_captions(caption[:MAX_CAPTION_CHARS] for caption in captions)
+    cut = 0
+    for index, (caption, tokens) in enumerate(zip(captions, tokenized, strict=True)):
+        if tokens.count(" ") >= MAX_CAPTION_TOKENS:
+            tokenized[index] = " ".join(tokens.split(" ", MAX_CAPTION_TOKENS)[:MAX_CAPTION_TOKENS])
+        cut += tokens.count(" ") >= MAX_CAPTION_TOKENS or len(caption) > MAX_CAPTION_CHARS
+    return tokenized, cut
 
 
 def _run_external(evaluation: Evaluation, name: str, explicit: bool, run: Any, record: Any) -> None:

@@ -20,7 +20,6 @@ image ids.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Any
 
 from captionkit.errors import InputError
 from captionkit.files import text_lines
+from captionkit.jsontext import parse_json
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
 _REFERENCE_FORMATS = (
@@ -113,26 +113,12 @@ def read_text(path: str | Path) -> str:
     return text
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate key {key!r}")
-        result[key] = value
-    return result
-
-
 def _parse_json(text: str, path: Path) -> Any:
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict) and "annotations" not in data:
-            # Keys are image ids here, and json.loads silently keeps the last of duplicates: parse again, checking.
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-        return data
-    except json.JSONDecodeError as error:
-        raise InputError(path, f"invalid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from None
-    except ValueError as error:  # a duplicate key
-        raise InputError(path, f"invalid JSON: {error}") from None
+    data = parse_json(text, path)
+    if isinstance(data, dict) and "annotations" not in data:
+        # Keys are image ids here, and json.loads silently keeps the last of duplicates: parse again, checking.
+        data = parse_json(text, path, unique_keys=True)
+    return data
 
 
 def _looks_like_json(text: str) -> bool:
@@ -219,8 +205,8 @@ def read_candidates(path: str | Path) -> dict[str, str]:
 
 def _is_jsonl(text: str) -> bool:
     try:
-        record = json.loads(text.lstrip().split("\n", 1)[0])
-    except json.JSONDecodeError:
+        record = parse_json(text.lstrip().split("\n", 1)[0], "first line")
+    except InputError:
         return False
     return isinstance(record, dict) and "image" in record and ("caption" in record or "error" in record)
 
@@ -245,10 +231,7 @@ def _jsonl_candidates(text: str, path: Path) -> dict[str, str]:
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise InputError(path, f"line {number}: invalid JSON: {error.msg}") from None
+        record = parse_json(line, f"{path}: line {number}")
         if not isinstance(record, dict) or not isinstance(record.get("image"), str):
             raise InputError(path, f'line {number}: expected an object with "image" and "caption"')
         name = _basename(record["image"])

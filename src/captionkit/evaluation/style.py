@@ -29,6 +29,7 @@ from typing import Any
 from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import tokenize_captions
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 
 STYLES = ("neutral", "positive", "negative")
 # Function words of captions: not content (whatever their style evidence).
@@ -135,8 +136,10 @@ class StyleClassifier:
     @classmethod
     def load(cls, path: str | Path) -> StyleClassifier:
         try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+            return cls.from_dict(parse_json(Path(path).read_text(encoding="utf-8"), path))
+        except InputError as error:
+            raise InputError(path, f"not a style classifier file ({error.reason})") from None
+        except (OSError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise InputError(path, f"not a style classifier file ({error})") from None
 
 
@@ -147,9 +150,11 @@ def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
     such as "food") is dropped by the majority rule when it is split evenly.
     """
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = parse_json(Path(path).read_text(encoding="utf-8"), path)
         images = data["images"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+    except InputError as error:
+        raise InputError(path, f"not a SentiCap json ({error.reason})") from None
+    except (OSError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise InputError(path, f"not a SentiCap json ({error})") from None
     votes: dict[str, Counter[str]] = {}
     for image in images:

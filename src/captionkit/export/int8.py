@@ -26,6 +26,7 @@ from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 
 QUANTIZATION_FILE = "quantization.json"
 METHOD = "int8-dynamic"
@@ -112,8 +113,8 @@ def apply_saved_quantization(model: nn.Module, directory: str | Path) -> nn.Modu
     if not path.is_file():
         return model
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        info = parse_json(path.read_text(encoding="utf-8"), path, error=ModelLoadError)
+    except (OSError, UnicodeDecodeError) as error:
         raise ModelLoadError(path, f"unreadable quantization file: {error}") from None
     if not isinstance(info, dict) or info.get("method") != METHOD:
         raise ModelLoadError(path, f"unknown quantization method (expected {METHOD!r})")

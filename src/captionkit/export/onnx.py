@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from captionkit.errors import ModelLoadError
+from captionkit.errors import ModelLoadError, first_line
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel, Encoded
 
 ONNX_CONFIG = "onnx_config.json"
@@ -204,11 +205,14 @@ class OnnxCaptionModel(CaptionModel):
         config_file = directory / ONNX_CONFIG
         if not config_file.is_file():
             raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
-        info = json.loads(config_file.read_text(encoding="utf-8"))
-        self.bos_token_id, self.eos_token_id = info["bos_token_id"], info["eos_token_id"]
-        self.pad_token_id, self.vocab_size = info["pad_token_id"], info["vocab_size"]
-        self.max_positions = info["max_positions"]
-        self.shape = (info["layers"], info["heads"], info["head_dim"])
+        try:
+            info = parse_json(config_file.read_text(encoding="utf-8"), config_file, error=ModelLoadError)
+            self.bos_token_id, self.eos_token_id = info["bos_token_id"], info["eos_token_id"]
+            self.pad_token_id, self.vocab_size = info["pad_token_id"], info["vocab_size"]
+            self.max_positions = info["max_positions"]
+            self.shape = (info["layers"], info["heads"], info["head_dim"])
+        except (OSError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise ModelLoadError(config_file, f"unreadable ONNX export settings ({first_line(error)})") from None
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads

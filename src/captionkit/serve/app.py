@@ -85,9 +85,9 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     )
     async def captions(request: Request) -> dict[str, Any]:
         started = time.perf_counter()
-        body = await read_body(request, settings.max_upload_bytes)
+        body = await read_body(request, settings.max_upload_bytes, settings.read_timeout_s)
         uploads, body_params = await parse_body(request, body, settings)
-        params = parse_params(_merge(dict(request.query_params), body_params), served, settings)
+        params = parse_params(_merge(_query_params(request), body_params), served, settings)
         images = await run_in_threadpool(load_uploads, uploads, settings)
         found = await _caption(batchers[params.model.name], images, params, settings)
         return {
@@ -175,6 +175,19 @@ def _failed_workers(batchers: Mapping[str, MicroBatcher]) -> str:
     return "; ".join(f"model {name!r}: {b.failure}" for name, b in batchers.items() if b.failure is not None)
 
 
+def _query_params(request: Request) -> dict[str, str]:
+    """The query parameters; one given twice is refused (as a repeated form field or JSON key is), not the last kept."""
+    params: dict[str, str] = {}
+    repeated: list[str] = []
+    for name, value in request.query_params.multi_items():
+        if name in params:
+            repeated.append(name)
+        params[name] = value
+    if repeated:
+        raise invalid_fields([field_error(name, "given more than once") for name in dict.fromkeys(repeated)])
+    return params
+
+
 def _merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     """Query parameters and body fields together; the same name in both is refused rather than guessed at."""
     both = sorted(set(query) & set(body))
@@ -246,6 +259,7 @@ def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
             str(status): {"description": why, "content": refusal}
             for status, why in (
                 (400, "Malformed body"),
+                (408, "Request head or body not received within the read timeout"),
                 (413, "Body over the upload limit"),
                 (415, "Content type or image format not accepted"),
                 (422, "Invalid parameter or unreadable image"),

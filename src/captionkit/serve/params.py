@@ -162,7 +162,10 @@ def _to_int(value: Any) -> int:
 def _to_float(value: Any) -> float:
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range (JSON allows 4300 digits)
+            number = None
     elif isinstance(value, str) and len(value) < 40:
         try:
             number = float(value)
@@ -174,7 +177,8 @@ def _to_float(value: Any) -> float:
 
 
 def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    text = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _show(value: Any) -> str:

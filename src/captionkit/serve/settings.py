@@ -24,6 +24,11 @@ class ServeSettings:
     retry_after_s: int = 1
     # A request still waiting after this long answers 504 (its images are dropped from the queue).
     request_timeout_s: float = 30.0
+    # A request's head must arrive within this long of the connection opening (or of its previous response), and
+    # its body within this long of the head: 408 beyond, so that slow clients cannot hold connections.
+    read_timeout_s: float = 30.0
+    # Open connections at most; one more is answered 503 and closed (each costs a file descriptor).
+    max_connections: int = 256
     # The whole request body (all images together); each image is also held to it.
     max_upload_bytes: int = 20 * MiB
     max_images: int = 16
@@ -41,8 +46,9 @@ class ServeSettings:
                 isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
             ):
                 raise ConfigError(f"serve.{field.name}", f"must be a finite number >= 0, got {value!r}")
-        if self.request_timeout_s <= 0:
-            raise ConfigError("serve.request_timeout_s", f"must be > 0, got {self.request_timeout_s}")
+        for name in ("request_timeout_s", "read_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"serve.{name}", f"must be > 0, got {getattr(self, name)}")
         if self.max_images > self.max_queue:  # a request of more images than the queue holds could never run
             raise ConfigError(
                 "serve.max_images",

@@ -1,10 +1,12 @@
 """Reading a ``POST /v1/captions`` body: size cap, multipart or JSON, then images through captionkit.images.
 
-Statuses: body over the cap 413 (refused from Content-Length before reading, or as soon as the stream passes
-it); a content type other than multipart/form-data or application/json 415; a malformed body 400; missing or
-bad fields 422. Images are judged by their bytes, never by file name or declared type: a format outside
-:data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415; empty, truncated, corrupt or oversized in
-pixels is 422.
+Statuses: a body not all arrived within the read timeout 408; a body over the cap 413 (refused from
+Content-Length before reading, or as soon as the stream passes it); a content type other than multipart/form-data
+or application/json 415; a malformed body 400; missing or bad fields 422. A JSON body must be UTF-8 with finite
+numbers, no key twice in an object and at most :data:`captionkit.jsontext.MAX_DEPTH` levels of nesting (400
+otherwise). Images are judged by their bytes, never by file name or declared type: a format outside
+:data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415; empty, truncated, corrupt or oversized
+in pixels is 422.
 
 A request with any bad image is refused whole, before any model work: the status is that of the first bad
 image, and ``errors`` lists every bad one as ``{"image", "error"}``. A client resends the good ones; it never
@@ -13,9 +15,9 @@ has to pick results apart from failures.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +28,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.types import Message
 
-from captionkit.errors import ImageError
+from captionkit.errors import ImageError, InputError
 from captionkit.images import ImageLimits, load_image
+from captionkit.jsontext import parse_json
 from captionkit.serve.errors import ApiError, field_error, invalid_fields
 from captionkit.serve.settings import ServeSettings
 
@@ -46,18 +49,24 @@ class Upload:
     data: bytes
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 once it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The request body, refused with 413 once it is known to exceed ``limit`` bytes, and with 408 (closing the
+    connection) when it has not all arrived within ``timeout_s``."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        reason = f"request body: not received within {timeout_s:g} s ({size} bytes came)"
+        raise ApiError(408, reason, headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -142,9 +151,14 @@ async def _parse_multipart(
 
 def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ApiError(400, f"request body: invalid JSON ({error})") from None
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        reason = f"not UTF-8 (byte 0x{body[error.start]:02x} at offset {error.start})"
+        raise ApiError(400, f"request body: {reason}") from None
+    try:
+        document = parse_json(text, "request body", unique_keys=True)
+    except InputError as error:
+        raise ApiError(400, str(error)) from None
     if not isinstance(document, dict):
         raise invalid_fields([field_error("body", f"must be a JSON object, got {type(document).__name__}")])
     images = document.pop(JSON_IMAGES, None)

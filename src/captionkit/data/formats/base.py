@@ -7,15 +7,17 @@ naming the file (and line, where there is one) and the reason.
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from captionkit.data.records import STYLES, CaptionRecord
 from captionkit.errors import InputError
+from captionkit.jsontext import parse_json
 
 # Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
 SPLIT_ALIASES = {
@@ -151,11 +153,22 @@ def read_text(path: Path) -> str:
     return text
 
 
-def parse_json(text: str, path: Path) -> Any:
+def csv_rows(probe: Probe, delimiter: str = ",") -> Iterator[tuple[list[str], str]]:
+    """Each row of a CSV file with ``path:line`` (the line it ends on). Strict: a quote left open is one error naming
+    the line its row starts on, where the csv module's default would swallow the rest of the file into one field."""
+    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter, strict=True)
+    start = 1  # the line the row being read starts on
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InputError(path, f"invalid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+        for fields in rows:
+            yield fields, f"{probe.path}:{rows.line_num}"
+            start = rows.line_num + 1
+    except csv.Error as error:
+        if str(error) == "unexpected end of data":
+            opened = "unterminated quote: the quoted field opened in this row"
+            reason = f"{opened} is still open at the end (line {rows.line_num})"
+        else:
+            reason = f"malformed CSV at line {rows.line_num} ({error}); is a quote in this row left open?"
+        raise InputError(f"{probe.path}:{start}", reason) from None
 
 
 def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str) -> Any:

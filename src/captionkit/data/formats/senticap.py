@@ -11,14 +11,12 @@ the file, or the roots given).
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, require
+from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, csv_rows, require
 from captionkit.errors import InputError
 
 CSV_COLUMNS = ("filename", "is_positive_sentiment", "caption")
@@ -118,14 +116,13 @@ def coco_image_id(name: str) -> str:
 
 
 def _read_csv(probe: Probe, resolve: ImageResolver, collector: Collector) -> None:
-    rows = csv.reader(io.StringIO(probe.text(), newline=""))
-    header = [name.strip().lower() for name in next(rows)]
+    rows = csv_rows(probe)
+    header = [name.strip().lower() for name in next(rows)[0]]
     if header != list(CSV_COLUMNS):
         raise InputError(probe.path, f"unknown columns {', '.join(header)} (expected {', '.join(CSV_COLUMNS)})")
-    for row in rows:
+    for row, where in rows:
         if not row:
             continue
-        where = f"{probe.path}:{rows.line_num}"
         if len(row) != 3:
             raise InputError(where, f"expected 3 fields (filename, is_positive_sentiment, caption), got {len(row)}")
         name, sentiment, caption = (field.strip() for field in row)

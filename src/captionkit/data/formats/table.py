@@ -12,7 +12,6 @@ image roots are given; ``image_id`` defaults to the image path as written.
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from captionkit.data.formats.base import (
     ReadOptions,
     ReadResult,
     check_style,
+    csv_rows,
     pick_root,
 )
 from captionkit.data.records import json_objects
@@ -140,13 +140,12 @@ def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
     if probe.path.is_dir():
         probe = Probe(_one(probe.path, _csv_files(probe.path), "caption table (*.csv, *.tsv, captions.txt)"))
     delimiter, columns, width = _header(probe)
-    rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter)
+    rows = csv_rows(probe, delimiter)
     next(rows)
     parsed: list[tuple[dict[str, object], str]] = []
-    for fields in rows:
+    for fields, where in rows:
         if not fields or fields == [""]:
             continue
-        where = f"{probe.path}:{rows.line_num}"
         if len(fields) != width:
             raise InputError(where, f"expected {width} fields, got {len(fields)}")
         parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))

@@ -1,0 +1,105 @@
+"""What uvicorn leaves open to slow clients: a deadline for a request's headers and a cap on open connections.
+
+uvicorn closes a keep-alive connection that stays idle after a response, and answers 503 past
+``limit_concurrency``, but only once a whole request head has arrived: a client that opens connections and never
+finishes its headers (or trickles them a byte at a time) holds each one, and its file descriptor, forever.
+:func:`uvicorn_options` gives uvicorn an HTTP protocol that
+
+- closes a connection whose next request head has not arrived ``read_timeout_s`` after the connection opened or
+  after its previous response (answering 408 with a JSON body if part of a request came, else closing quietly);
+- answers 503 with a JSON body and closes at once when ``max_connections`` are already open.
+
+A request body is held to the same ``read_timeout_s`` by :func:`captionkit.serve.uploads.read_body` (408).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from captionkit.serve.settings import ServeSettings
+
+
+def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that enforce ``settings``' connection limits."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return {"http": guarded_protocol(AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections)}
+
+
+def _raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes:
+    """A whole HTTP/1.1 response with a JSON ``{"detail"}`` body that closes the connection."""
+    body = json.dumps({"detail": detail}).encode()
+    head = [f"HTTP/1.1 {status} {phrase}", "content-type: application/json", f"content-length: {len(body)}"]
+    head += ["connection: close", *headers]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def guarded_protocol(
+    base: type[asyncio.Protocol], read_timeout_s: float, max_connections: int
+) -> type[asyncio.Protocol]:
+    """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class."""
+    open_connections: set[asyncio.Protocol] = set()
+    too_many = _raw_response(
+        503, "Service Unavailable", f"server busy: {max_connections} connections open; retry later", "retry-after: 1"
+    )
+    timed_out = _raw_response(408, "Request Timeout", f"request not received within {read_timeout_s:g} s")
+
+    class GuardedProtocol(base):  # type: ignore[valid-type, misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._deadline: asyncio.TimerHandle | None = None
+            self._heard = False  # bytes arrived since the deadline was armed
+            self._guarded: asyncio.Transport | None = None
+            inner = self.app  # uvicorn calls self.app once a request head is complete
+
+            async def app(scope: Any, receive: Any, send: Any) -> None:
+                self._disarm()
+                try:
+                    await inner(scope, receive, send)
+                finally:
+                    self._arm()
+
+            self.app = app
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._guarded = transport
+            if len(open_connections) >= max_connections:
+                transport.write(too_many)
+                transport.close()
+                return
+            open_connections.add(self)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            open_connections.discard(self)
+            self._disarm()
+            super().connection_lost(exc)
+
+        def data_received(self, data: bytes) -> None:
+            self._heard = True
+            super().data_received(data)
+
+        def _arm(self) -> None:
+            self._disarm()
+            if self._guarded is None or self._guarded.is_closing():
+                return
+            self._heard = False
+            self._deadline = asyncio.get_running_loop().call_later(read_timeout_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            if self._guarded is None or self._guarded.is_closing():
+                return
+            if self._heard:
+                self._guarded.write(timed_out)
+            self._guarded.close()
+
+    return GuardedProtocol
