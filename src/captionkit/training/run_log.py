@@ -9,6 +9,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from captionkit.files import text_lines
+
 logger = logging.getLogger("captionkit.training")
 
 METRICS_FILE = "metrics.jsonl"
@@ -39,7 +41,7 @@ class RunLog:
         if not self.path.is_file():
             return
         kept = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        for line in text_lines(self.path.read_text(encoding="utf-8", errors="replace")):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
