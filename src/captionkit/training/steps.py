@@ -38,8 +38,8 @@ from captionkit.training.scst import (
     rollout,
 )
 from captionkit.training.timing import PhaseTimer
+from captionkit.training.validation import Autocast
 
-Autocast = Callable[[], AbstractContextManager[object]]
 # A micro-batch of either step kind (cross-entropy: a Batch; SCST: a Batch with its rollout).
 T = TypeVar("T")
 
