@@ -38,8 +38,8 @@ from captionkit.training.scst import (
     rollout,
 )
 from captionkit.training.timing import PhaseTimer
+from captionkit.training.validation import Autocast
 
-Autocast = Callable[[], AbstractContextManager[object]]
 # A micro-batch of either step kind (cross-entropy: a Batch; SCST: a Batch with its rollout).
 T = TypeVar("T")
 
@@ -174,13 +174,11 @@ class CrossEntropyStep(TrainingStep):
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for index, batch in enumerate(chosen):
             with self._sync(last=index == len(chosen) - 1):
-                if batch is None:
-                    assert self.placeholder is not None  # another process holds data: only under DDP
-                    self._placeholder_backward(partial(self.logits, self.placeholder))
+                if batch is None:  # another process holds data: only under DDP
+                    self._placeholder_backward(self._placeholder_logits)
                     continue
                 with self.autocast():
-                    logits = self.logits(batch)
-                ids, mask = self._to_device(batch.input_ids), self._to_device(batch.attention_mask)
+                    logits, ids, mask = self.logits(batch)
                 loss_sum, _ = caption_loss_sum(logits, ids, mask, self.settings.label_smoothing)
                 # DDP averages gradients over processes: scale by their number so the result is the global mean.
                 self._backward(loss_sum * (self.parallel.world_size / tokens), per_process, timer)
@@ -188,12 +186,17 @@ class CrossEntropyStep(TrainingStep):
         self._optimizer_step(timer)
         return StepOutput(self.parallel.sum_tensor(total) / tokens)
 
-    def logits(self, batch: Batch) -> torch.Tensor:
-        """Teacher-forced logits of ``batch`` from the trained module (pixels, or cached encoder features)."""
+    def _placeholder_logits(self) -> torch.Tensor:
+        assert self.placeholder is not None
+        return self.logits(self.placeholder)[0]
+
+    def logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits of ``batch`` from the trained module (pixels, or cached encoder features), with the
+        batch's ids and mask on the device."""
         encoded = Encoded(self._to_device(batch.features)) if batch.features is not None else None
         pixels = None if encoded is not None else self._to_device(batch.pixel_values)
         ids, mask = self._to_device(batch.input_ids), self._to_device(batch.attention_mask)
-        return self._trained()(pixels, ids, mask, encoded=encoded)
+        return self._trained()(pixels, ids, mask, encoded=encoded), ids, mask
 
 
 class ScstStep(TrainingStep):
