@@ -208,7 +208,13 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
         if styles:
             add_style_tokens(tokenizer, styles)
         model = create_model(
-            config.model.family, config.model.preset, tokenizer, config.model.position_init, **config.model.overrides
+            config.model.family,
+            config.model.preset,
+            tokenizer,
+            config.model.position_init,
+            config.model.encoder,
+            config.model.decoder,
+            **config.model.overrides,
         )
         preprocessing = preprocessing_for(model)
     return Setup(model, tokenizer, preprocessing, train_records, val_records)

@@ -1,0 +1,158 @@
+"""Tiny random pretrained parts, saved exactly as their hub repositories store them.
+
+Each builder writes one part into a directory, in one of two layouts:
+
+* ``"t4"``: the files the hub holds today, written by transformers 4 (hand-written config fields as the hub repositories
+  have them, weights without a head, ``vocab.json`` + ``merges.txt`` for GPT-2, a ``ViTFeatureExtractor`` file);
+* ``"t5"``: what ``save_pretrained`` of the installed transformers (5.x) writes for the same part.
+
+The architectures are tiny (seconds to build and train) and the weights random but seeded, so a test can compare a
+saved run's tensors with the part's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+LAYOUTS = ("t4", "t5")
+ENDOFTEXT = "<|endoftext|>"
+# Words the tiny byte-level BPE learns merges from; any text still tokenizes (byte fallback).
+_CORPUS = [
+    "a man riding a wave on top of a surfboard",
+    "a dog runs through the grass with a ball",
+    "two children are playing in the water at the beach",
+    "a group of people standing around a kitchen",
+    "a black and white cat sitting on a red couch",
+]
+# google/vit-base-patch16-224-in21k, config.json and preprocessor_config.json (sizes shrunk).
+VIT_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["ViTModel"],
+    "attention_probs_dropout_prob": 0.0,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "hidden_size": 48,
+    "image_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 96,
+    "layer_norm_eps": 1e-12,
+    "model_type": "vit",
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "num_hidden_layers": 2,
+    "patch_size": 8,
+    "qkv_bias": True,
+    "transformers_version": "4.13.0.dev0",
+}
+VIT_T4_PREPROCESSOR: dict[str, Any] = {
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ViTFeatureExtractor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "size": 32,
+}
+# gpt2, config.json (sizes shrunk; bos = eos = the vocabulary's <|endoftext|>, filled in by save_gpt2).
+GPT2_T4_CONFIG: dict[str, Any] = {
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 64,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_layer": 2,
+    "n_positions": 64,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+}
+GPT2_T4_TOKENIZER_CONFIG: dict[str, Any] = {"model_max_length": 64}
+# config.json fields that describe the file, not the architecture.
+_FILE_ONLY = ("architectures", "transformers_version")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def save_vit(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny ViT (google/vit-base-patch16-224-in21k's layout): ViTModel weights with the pooler."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = {
+        key: value for key, value in VIT_T4_CONFIG.items() if key not in ("architectures", "transformers_version")
+    }
+    model = ViTModel(ViTConfig(**config)).eval()
+    _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
+    # transformers 5 saves tensors under the names the hub's files use (its modules are named otherwise).
+    model.save_pretrained(directory)
+    if layout == "t4":
+        _write_json(directory / "config.json", VIT_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+def _tokenizer_files(directory: Path) -> int:
+    """gpt2's vocab.json + merges.txt (a tiny byte-level BPE) and its tokenizer_config.json; the <|endoftext|> id."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=[ENDOFTEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer.model.save(str(directory))
+    _write_json(directory / "tokenizer_config.json", GPT2_T4_TOKENIZER_CONFIG)
+    return tokenizer.token_to_id(ENDOFTEXT)
+
+
+def save_gpt2(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny GPT-2 (gpt2's layout): the GPT2Model weights (the LM head is tied), tokenizer files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    endoftext = _tokenizer_files(directory)
+    vocab_size = len(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
+    config = GPT2_T4_CONFIG | {"bos_token_id": endoftext, "eos_token_id": endoftext, "vocab_size": vocab_size}
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in config.items() if k not in _FILE_ONLY})).eval()
+    model.save_pretrained(directory)
+    if layout == "t4":
+        _write_json(directory / "config.json", config)
+        generation = {"_from_model_config": True, "bos_token_id": endoftext, "eos_token_id": endoftext}
+        _write_json(directory / "generation_config.json", generation | {"transformers_version": "4.26.0.dev0"})
+        # gpt2's file holds GPT2Model's tensors: no "transformer." prefix, no LM head (it is the token table).
+        weights = {key.removeprefix("transformer."): value for key, value in part_weights(directory).items()}
+        _save_weights(directory / "model.safetensors", {k: v for k, v in weights.items() if k != "lm_head.weight"})
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(directory)  # after config.json, which says that this is GPT-2
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            (directory / name).unlink()
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def part_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors a part (or run) directory stores, by name."""
+    return load_file(str(directory / "model.safetensors"))

@@ -1,0 +1,152 @@
+"""Starting from pretrained parts (issue 16): hub encoders and GPT-2 decoders, in the transformers 4 and 5 layouts.
+
+The parts are tiny random models saved as their hub repositories store them (tests/_hub_parts.py). A new model keeps
+every pretrained tensor as it is, a recipe trains from them, and the run reloads with the part's own preprocessing
+and tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+
+from _data import SHARED_DATA
+from _hub_parts import LAYOUTS, part_weights, save_gpt2, save_vit
+from captionkit import Captioner
+from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.images import load_image
+from captionkit.models.registry import create_model, load_model
+from captionkit.text import CaptionTokenizer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny ViT and a tiny GPT-2, both in one layout (transformers 4 as on the hub, or transformers 5)."""
+    root = tmp_path_factory.mktemp(f"parts-{request.param}")
+    return save_vit(root / "vit", request.param), save_gpt2(root / "gpt2", request.param, seed=1)
+
+
+def assert_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
+    """Every tensor the parts' files store is in the run's model.safetensors, under the hub's name, unchanged."""
+    saved = part_weights(run)
+    for key, tensor in part_weights(encoder).items():
+        assert torch.equal(saved[f"encoder.{key}"], tensor), key
+    stored = {key.removeprefix("transformer."): value for key, value in part_weights(decoder).items()}
+    for key, tensor in stored.items():
+        assert torch.equal(saved[f"decoder.transformer.{key}"], tensor), key
+    # GPT-2's output layer is its token table (tied), as in the part.
+    assert torch.equal(
+        saved.get("decoder.lm_head.weight", saved["decoder.transformer.wte.weight"]), stored["wte.weight"]
+    )
+
+
+def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    model.save_pretrained(tmp_path)
+    assert_parts_unchanged(tmp_path, encoder, decoder)
+    # The new tensors are exactly the cross-attention layers (2 blocks x 8) and the projection to GPT-2's width.
+    stored = {f"encoder.{key}" for key in part_weights(encoder)}
+    stored |= {f"decoder.transformer.{key.removeprefix('transformer.')}" for key in part_weights(decoder)}
+    new = sorted(set(part_weights(tmp_path)) - stored - {"decoder.lm_head.weight"})
+    assert len(new) == 18 and all(any(p in key for p in CROSS_ATTENTION) for key in new[:16]), new
+    assert new[16:] == ["enc_to_dec_proj.bias", "enc_to_dec_proj.weight"]
+    assert model.ved.enc_to_dec_proj.weight.shape == (32, 48)
+    # GPT-2's ids: its <|endoftext|> starts and ends captions and pads.
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (0, 0, 0)
+    assert model.preprocessing is not None and model.preprocessing.size == (32, 32)
+
+
+def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    with pytest.raises(ConfigError, match=r"needs both model\.encoder and model\.decoder"):
+        create_model("vit-gpt2", encoder=str(encoder))
+    with pytest.raises(ModelLoadError, match="a decoder part must be a GPT-2-family LM"):
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(encoder))
+    with pytest.raises(ConfigError, match="cannot start from pretrained parts"):
+        create_model("cnn-lstm", encoder=str(encoder))
+    with pytest.raises(ConfigError, match="architecture comes from the pretrained parts; remove decoder_layers"):
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder), decoder_layers=4)
+
+
+def test_hub_ids_without_a_network_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as error:
+        create_model("vit-gpt2", encoder="captionkit-test/no-such-vit", decoder="captionkit-test/no-such-gpt2")
+    assert str(error.value) == (
+        "captionkit-test/no-such-vit: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    )
+
+
+def test_hub_ids_with_an_unreachable_hub_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ModelLoadError) as error:
+        create_model("vit-gpt2", encoder="captionkit-test/no-such-vit", decoder="gpt2")
+    message = str(error.value)
+    assert message.startswith("captionkit-test/no-such-vit: cannot download from the Hugging Face Hub")
+    assert "\n" not in message
+
+
+def test_the_saved_model_loads_in_plain_transformers(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    model.save_pretrained(tmp_path)
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[0, 5, 9, 11], [0, 7, 3, 2]])
+    with torch.no_grad():
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(model(pixels, ids), expected, atol=1e-5)
+    assert load_model(tmp_path).bos_token_id == 0
+
+
+def test_a_recipe_from_parts_trains_saves_reloads_and_captions(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    from test_recipes import COCO, PHOTO, run_recipe
+
+    encoder, decoder = parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
+    summary = run_recipe("coco-vit-gpt2-from-parts.yaml", out, *overrides, "train.lr=0", "train.warmup_steps=0")
+    assert summary["steps"] == 3
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    # lr 0: every pretrained tensor of both parts is in the run unchanged.
+    assert_parts_unchanged(out, encoder, decoder)
+    # The decoder's own tokenizer (GPT-2: pad = eos) came along.
+    reference = AutoTokenizer.from_pretrained(decoder)
+    caption = "a dog runs through the grass"
+    assert captioner.tokenizer.encode(caption) == reference(caption)["input_ids"]
+    assert captioner.tokenizer.pad_token_id == captioner.tokenizer.eos_token_id == reference.eos_token_id
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4
+
+
+def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    captioner = Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu")  # type: ignore[arg-type]
+    captioner.save_pretrained(tmp_path)
+    reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    assert expected.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert (saved["image_mean"], saved["image_std"]) == ([0.5] * 3, [0.5] * 3)
+
+
+def _tokenizer(decoder: Path) -> CaptionTokenizer:
+    return CaptionTokenizer.load(decoder)
