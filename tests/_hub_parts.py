@@ -156,3 +156,90 @@ def save_gpt2(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
 def part_weights(directory: Path) -> dict[str, torch.Tensor]:
     """The tensors a part (or run) directory stores, by name."""
     return load_file(str(directory / "model.safetensors"))
+
+
+# What transformers 4 wrote for every sub-config (nlpconnect/vit-gpt2-image-captioning's config.json has these
+# generation and head settings in both its "encoder" and its "decoder").
+_T4_COMMON: dict[str, Any] = {
+    "bad_words_ids": None,
+    "chunk_size_feed_forward": 0,
+    "cross_attention_hidden_size": None,
+    "diversity_penalty": 0.0,
+    "do_sample": False,
+    "early_stopping": False,
+    "encoder_no_repeat_ngram_size": 0,
+    "finetuning_task": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "is_encoder_decoder": False,
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "length_penalty": 1.0,
+    "max_length": 20,
+    "min_length": 0,
+    "no_repeat_ngram_size": 0,
+    "num_beam_groups": 1,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "output_scores": False,
+    "prefix": None,
+    "problem_type": None,
+    "pruned_heads": {},
+    "remove_invalid_values": False,
+    "repetition_penalty": 1.0,
+    "return_dict": True,
+    "return_dict_in_generate": False,
+    "sep_token_id": None,
+    "temperature": 1.0,
+    "tie_encoder_decoder": False,
+    "tie_word_embeddings": True,
+    "tokenizer_class": None,
+    "top_k": 50,
+    "top_p": 1.0,
+    "torch_dtype": None,
+    "torchscript": False,
+    "transformers_version": "4.23.1",
+    "typical_p": 1.0,
+    "use_bfloat16": False,
+}
+
+
+def save_vit_gpt2_t4(directory: Path, vit: Path, gpt2: Path) -> Path:
+    """A finished ViT-GPT2 captioner as nlpconnect/vit-gpt2-image-captioning stores it (transformers 4.23): the
+    token ids in the top-level config and in the decoder's, no generation_config.json, the parts' tokenizer files and
+    feature extractor. ``vit`` and ``gpt2`` are "t4" parts (their weights go in unchanged, cross-attention random)."""
+    from transformers import VisionEncoderDecoderModel
+
+    encoder, decoder = ViTModel.from_pretrained(vit), GPT2LMHeadModel.from_pretrained(gpt2, add_cross_attention=True)
+    VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).save_pretrained(directory)
+    (directory / "generation_config.json").unlink()
+    endoftext = decoder.config.eos_token_id
+    ids = {"bos_token_id": endoftext, "eos_token_id": endoftext, "pad_token_id": endoftext}
+    config = {
+        "architectures": ["VisionEncoderDecoderModel"],
+        "decoder": _T4_COMMON
+        | json.loads((gpt2 / "config.json").read_text())
+        | ids
+        | {"add_cross_attention": True, "is_decoder": True, "decoder_start_token_id": endoftext},
+        "decoder_start_token_id": endoftext,
+        "encoder": _T4_COMMON | VIT_T4_CONFIG | {"add_cross_attention": False, "is_decoder": False},
+        "eos_token_id": endoftext,
+        "is_encoder_decoder": True,
+        "model_type": "vision-encoder-decoder",
+        "pad_token_id": endoftext,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": None,
+    }
+    _write_json(directory / "config.json", config)
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).write_bytes((gpt2 / name).read_bytes())
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    _write_json(directory / "special_tokens_map.json", special)
+    # The tokenizer class is named here: config.json's model_type (vision-encoder-decoder) does not imply one.
+    tokenizer = {"add_prefix_space": False, "model_max_length": 64, "name_or_path": "gpt2"}
+    _write_json(directory / "tokenizer_config.json", tokenizer | special | {"tokenizer_class": "GPT2Tokenizer"})
+    _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
+    return directory

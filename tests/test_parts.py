@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoTokenizer, VisionEncoderDecoderModel
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, GPT2LMHeadModel, VisionEncoderDecoderModel
 
 from _data import SHARED_DATA
-from _hub_parts import LAYOUTS, part_weights, save_gpt2, save_vit
+from _hub_parts import LAYOUTS, part_weights, save_gpt2, save_vit, save_vit_gpt2_t4
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -150,3 +150,55 @@ def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[P
 
 def _tokenizer(decoder: Path) -> CaptionTokenizer:
     return CaptionTokenizer.load(decoder)
+
+
+# --- issue 20, defect 1: finished ViT-GPT2 checkpoints in the transformers 4 (hub) and 5 layouts
+
+
+def _plain_transformers5_fine_tune(directory: Path, vit: Path, gpt2: Path, ids_in: str) -> Path:
+    """What a user's transformers 5 script saves: GPT-2's config has no decoder_start_token_id; the start id is set
+    on the model config or on the generation config only (``ids_in``)."""
+    encoder = AutoModel.from_pretrained(vit)
+    decoder = GPT2LMHeadModel.from_pretrained(gpt2, add_cross_attention=True)
+    ved = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    endoftext = decoder.config.eos_token_id
+    settings = ved.generation_config if ids_in == "generation" else ved.config
+    settings.decoder_start_token_id, settings.pad_token_id = endoftext, endoftext
+    ved.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(gpt2).save_pretrained(directory)
+    AutoImageProcessor.from_pretrained(vit).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("ids_in", ["config", "generation"])
+def test_a_checkpoint_saved_by_transformers5_captions(ids_in: str, tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t5"), save_gpt2(tmp_path / "gpt2", "t5")
+    run = _plain_transformers5_fine_tune(tmp_path / "run", vit, gpt2, ids_in)
+    assert "decoder_start_token_id" not in json.loads((run / "config.json").read_text())["decoder"]
+    captioner = Captioner.from_pretrained(run, device="cpu")
+    endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
+    model = captioner.model
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (endoftext,) * 3
+    assert_greedy_as_transformers(captioner, run, endoftext)
+
+
+def test_a_checkpoint_in_the_hubs_transformers4_layout_captions(tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
+    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    captioner = Captioner.from_pretrained(run, device="cpu")
+    endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
+    model = captioner.model
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (endoftext,) * 3
+    assert_greedy_as_transformers(captioner, run, endoftext)
+
+
+def assert_greedy_as_transformers(captioner: Captioner, run: Path, endoftext: int) -> None:
+    """The same checkpoint in plain transformers: its greedy captions of real photos are captionkit's."""
+    plain = VisionEncoderDecoderModel.from_pretrained(run).eval()
+    pixels = torch.from_numpy(captioner.preprocessing([load_image(photo) for photo in PHOTOS]))
+    expected = plain.generate(pixel_values=pixels, max_new_tokens=4, num_beams=1, do_sample=False)
+    results = captioner.caption(PHOTOS, max_new_tokens=4, num_beams=1)
+    assert expected[:, 0].tolist() == [endoftext] * len(PHOTOS)  # generate started from the same id
+    for row, result in zip(expected.tolist(), results, strict=True):
+        tokens = row[1 : row.index(endoftext, 1)] if endoftext in row[1:] else row[1:]
+        assert result.captions[0].token_ids == tokens
