@@ -19,11 +19,10 @@ from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import DecodingConfig, Hypothesis, generate
-from captionkit.export.int8 import apply_saved_quantization, is_quantized
-from captionkit.hub import DEFAULT_MODEL, resolve_model_source
+from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
+from captionkit.loading import load_pretrained
 from captionkit.models.base import CaptionModel
-from captionkit.models.registry import load_model
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
 
@@ -83,14 +82,10 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
-        """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout."""
-        source = resolve_model_source(name_or_dir)
-        # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU.
-        model = apply_saved_quantization(load_model(source), source)
-        if device is None and is_quantized(source):
-            device = "cpu"
-        tokenizer = CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        captioner = cls(model, tokenizer, Preprocessing.load(source), device)
+        """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
+        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says."""
+        loaded = load_pretrained(name_or_dir)
+        captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device or _cpu_if(loaded.cpu_only))
         captioner.name = str(name_or_dir)
         return captioner
 
@@ -177,6 +172,10 @@ class Captioner:
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
             for per_image in captions
         ]
+
+
+def _cpu_if(cpu_only: bool) -> str | None:
+    return "cpu" if cpu_only else None
 
 
 def _name(image: ImageSource) -> str:

@@ -105,16 +105,16 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale
 
 def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the three graphs plus tokenizer, preprocessing and ``onnx_config.json`` into ``output``."""
-    from captionkit.api import Captioner
+    from captionkit.loading import load_pretrained
 
-    captioner = Captioner.from_pretrained(source, device="cpu")
-    if not hasattr(captioner.model, "ved"):
-        raise ModelLoadError(source, f"is a {captioner.model.family} model; ONNX export supports vit-gpt2")
+    loaded = load_pretrained(source)
+    if not hasattr(loaded.model, "ved"):
+        raise ModelLoadError(source, f"is a {loaded.model.family} model; ONNX export supports vit-gpt2")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    captioner.tokenizer.save(output)
-    captioner.preprocessing.save(output)
-    return export_onnx_graphs(captioner.model, captioner.preprocessing.size, output)
+    loaded.tokenizer.save(output)
+    loaded.preprocessing.save(output)
+    return export_onnx_graphs(loaded.model.cpu(), loaded.preprocessing.size, output)
 
 
 def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path) -> dict[str, Any]:
@@ -278,12 +278,12 @@ class OnnxCaptionModel(CaptionModel):
 def load_onnx_captioner(directory: str | Path, threads: int | None = None) -> Any:
     """A :class:`captionkit.api.Captioner` decoding with onnxruntime (tokenizer and preprocessing from the export)."""
     from captionkit.api import Captioner
-    from captionkit.images import Preprocessing
-    from captionkit.text import CaptionTokenizer
+    from captionkit.loading import load_pretrained
 
-    model = OnnxCaptionModel(directory, threads)
-    tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-    return Captioner(model, tokenizer, Preprocessing.load(directory), device="cpu")
+    loaded = load_pretrained(directory, onnx_threads=threads)
+    if not isinstance(loaded.model, OnnxCaptionModel):
+        raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
+    return Captioner(loaded.model, loaded.tokenizer, loaded.preprocessing, device="cpu")
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
