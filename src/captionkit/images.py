@@ -421,6 +421,17 @@ _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
 _VIT_PROCESSOR_TYPES = frozenset(
     {"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast", "ViTFeatureExtractor"}
 )
+# Processors that resize the shorter edge (keeping the aspect ratio), then take a centre crop: CLIP's, and BiT's
+# (DINOv2 uses it). Their ``size: N`` means the shorter edge; their ``crop_size`` is what the model sees.
+_CROP_PROCESSOR_TYPES = frozenset(
+    f"{name}{suffix}" for name in ("CLIPImageProcessor", "BitImageProcessor") for suffix in ("", "Pil", "Fast")
+) | {"CLIPFeatureExtractor"}
+# ConvNeXt's (microsoft/resnet-50 uses it): below 384 px, the shorter edge goes to size / crop_pct, then a centre
+# crop of size x size; from 384 px up, a plain resize to size x size.
+_CONVNEXT_PROCESSOR_TYPES = frozenset(
+    {"ConvNextImageProcessor", "ConvNextImageProcessorPil", "ConvNextImageProcessorFast", "ConvNextFeatureExtractor"}
+)
+_CONVNEXT_CROP_BELOW = 384
 _TYPE_KEYS = ("image_processor_type", "feature_extractor_type")
 # Settings transformers may write that change nothing while they hold these values; other values are refused.
 _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
@@ -450,6 +461,9 @@ class Preprocessing:
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
     do_resize: bool = True
+    # Set: resize the shorter edge to this (keeping the aspect ratio), then take the centre ``size`` crop (CLIP,
+    # ResNet); None: resize straight to ``size`` (ViT).
+    resize_shortest_edge: int | None = None
 
     def __post_init__(self) -> None:
         # Lists (from JSON or callers) become the declared tuples, through object.__setattr__ as it is frozen.
@@ -461,6 +475,11 @@ class Preprocessing:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError("Preprocessing", f"{name} must be true or false, got {value!r}")
+        edge = self.resize_shortest_edge
+        if edge is not None and not (_is_number(edge, integer=True) and edge >= max(self.size)):
+            raise ConfigError(
+                "Preprocessing", f"resize_shortest_edge must be an int >= the crop {self.size}, got {edge!r}"
+            )
         factor = self.rescale_factor
         if not _is_number(factor) or not 0 < factor < math.inf:
             raise ConfigError("Preprocessing", f"rescale_factor must be a positive number, got {factor!r}")
@@ -488,7 +507,9 @@ class Preprocessing:
 
     def _one(self, image: Image.Image) -> np.ndarray:
         rgb = _to_rgb(image)
-        if self.do_resize:
+        if self.do_resize and self.resize_shortest_edge is not None:
+            rgb = _centre_crop(rgb.resize(self._shortest_edge_size(rgb), resample=self.resample), self.size)
+        elif self.do_resize:
             height, width = self.size
             rgb = rgb.resize((width, height), resample=self.resample)
         pixels = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
@@ -502,9 +523,21 @@ class Preprocessing:
             values = (values - mean) / std
         return values.transpose(2, 0, 1)
 
+    def _shortest_edge_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) with the shorter edge at ``resize_shortest_edge``, the longer one truncated as
+        transformers does."""
+        assert self.resize_shortest_edge is not None
+        edge, (width, height) = self.resize_shortest_edge, image.size
+        if width <= height:
+            return edge, int(edge * height / width)
+        return int(edge * width / height), edge
+
     def to_dict(self) -> dict[str, Any]:
-        """The settings as ``ViTImageProcessor`` writes them in ``preprocessor_config.json``."""
+        """The settings as ``ViTImageProcessor`` (or, with a centre crop, ``CLIPImageProcessor``) writes them in
+        ``preprocessor_config.json``."""
         height, width = self.size
+        if self.resize_shortest_edge is not None:
+            return self._crop_dict()
         return {
             "do_normalize": self.do_normalize,
             "do_rescale": self.do_rescale,
@@ -515,6 +548,22 @@ class Preprocessing:
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
             "size": {"height": height, "width": width},
+        }
+
+    def _crop_dict(self) -> dict[str, Any]:
+        height, width = self.size
+        return {
+            "crop_size": {"height": height, "width": width},
+            "do_center_crop": True,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "image_mean": list(self.image_mean),
+            "image_processor_type": "CLIPImageProcessor",
+            "image_std": list(self.image_std),
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "size": {"shortest_edge": self.resize_shortest_edge},
         }
 
     @classmethod
@@ -528,6 +577,7 @@ class Preprocessing:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(source, f"expected a JSON object, got {type(data).__name__}")
+        data = _crop_settings(data, source)
         field_keys = {field.name for field in dataclasses.fields(cls)}
         _check_known_keys(data, source, field_keys)
         fields = {key: value for key, value in data.items() if key in field_keys and value is not None}
@@ -567,6 +617,40 @@ class Preprocessing:
         except json.JSONDecodeError as exc:
             raise ConfigError(file, f"invalid JSON at line {exc.lineno}: {exc.msg}") from None
         return cls.from_dict(data, source=str(file))
+
+
+def _crop_settings(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """A CLIP / BiT / ConvNeXt processor's settings as captionkit's fields (output ``size`` and
+    ``resize_shortest_edge``); a ViT processor's as they are."""
+    kind = next((data[key] for key in _TYPE_KEYS if key in data), None)
+    if kind not in _CROP_PROCESSOR_TYPES | _CONVNEXT_PROCESSOR_TYPES:
+        return data
+    edge = _shortest_edge(data.get("size"), source)
+    rest = {key: value for key, value in data.items() if key not in (*_TYPE_KEYS, "size", "crop_size", "crop_pct")}
+    if kind in _CONVNEXT_PROCESSOR_TYPES:
+        if edge >= _CONVNEXT_CROP_BELOW:
+            return rest | {"size": (edge, edge)}
+        crop_pct = data.get("crop_pct") or 224 / 256
+        return rest | {"size": (edge, edge), "resize_shortest_edge": int(edge / crop_pct)}
+    if not rest.pop("do_center_crop", True):
+        raise ConfigError(source, f"{kind} without do_center_crop is not supported (images of different shapes)")
+    crop = _parse_size(data.get("crop_size", edge), source)
+    return rest | {"size": crop, "resize_shortest_edge": edge}
+
+
+def _shortest_edge(size: Any, source: str) -> int:
+    if isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
+        size = size["shortest_edge"]
+    if _is_number(size, integer=True) and size >= 1:
+        return int(size)
+    raise ConfigError(source, f"size {size!r} is not supported: expected a shortest edge (an int)")
+
+
+def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre ``size`` (height, width) of ``image`` (at least that large), offsets rounded down."""
+    height, width = size
+    top, left = (image.height - height) // 2, (image.width - width) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def _check_known_keys(data: Mapping[str, Any], source: str, field_keys: set[str]) -> None:
