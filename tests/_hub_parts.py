@@ -112,6 +112,60 @@ def save_vit(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
     return directory
 
 
+# openai/clip-vit-base-patch32: config.json (the text and the vision tower; sizes shrunk) and its feature extractor.
+_CLIP_TOWER: dict[str, Any] = {
+    "attention_dropout": 0.0,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 48,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 96,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+}
+CLIP_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["CLIPModel"],
+    "initializer_factor": 1.0,
+    "logit_scale_init_value": 2.6592,
+    "model_type": "clip",
+    "projection_dim": 16,
+    "text_config": _CLIP_TOWER
+    | {"model_type": "clip_text_model", "vocab_size": 99, "max_position_embeddings": 16, "projection_dim": 16}
+    | {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+    "vision_config": _CLIP_TOWER
+    | {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "num_channels": 3, "projection_dim": 16},
+    "transformers_version": "4.21.3",
+}
+CLIP_T4_PREPROCESSOR: dict[str, Any] = {
+    "crop_size": 32,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 32,
+}
+
+
+def save_clip(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny CLIP (openai/clip-vit-base-patch32's layout): both towers' weights, CLIP's feature extractor."""
+    from transformers import CLIPConfig, CLIPModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    towers = {key: CLIP_T4_CONFIG[key] for key in ("text_config", "vision_config", "projection_dim")}
+    CLIPModel(CLIPConfig(**towers)).eval().save_pretrained(directory)
+    _write_json(directory / "preprocessor_config.json", CLIP_T4_PREPROCESSOR)
+    if layout == "t4":
+        _write_json(directory / "config.json", CLIP_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
 def _tokenizer_files(directory: Path) -> int:
     """gpt2's vocab.json + merges.txt (a tiny byte-level BPE) and its tokenizer_config.json; the <|endoftext|> id."""
     tokenizer = Tokenizer(models.BPE())

@@ -13,10 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, GPT2LMHeadModel, VisionEncoderDecoderModel
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    CLIPVisionModel,
+    GPT2LMHeadModel,
+    VisionEncoderDecoderModel,
+)
 
 from _data import SHARED_DATA
-from _hub_parts import LAYOUTS, part_weights, save_gpt2, save_vit, save_vit_gpt2_t4
+from _hub_parts import LAYOUTS, part_weights, save_clip, save_gpt2, save_vit, save_vit_gpt2_t4
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -202,3 +209,82 @@ def assert_greedy_as_transformers(captioner: Captioner, run: Path, endoftext: in
     for row, result in zip(expected.tolist(), results, strict=True):
         tokens = row[1 : row.index(endoftext, 1)] if endoftext in row[1:] else row[1:]
         assert result.captions[0].token_ids == tokens
+
+
+# --- prefix-gpt2 (ClipCap): the CLIP vision tower (or a ViT) and GPT-2
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def clip_parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny CLIP (both towers, as openai/clip-vit-base-patch32 stores it) and a tiny GPT-2, in one layout."""
+    root = tmp_path_factory.mktemp(f"clip-{request.param}")
+    return save_clip(root / "clip", request.param), save_gpt2(root / "gpt2", request.param, seed=1)
+
+
+def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
+    """Every tensor of the CLIP vision tower and of GPT-2 is in the run's (native) weights, unchanged."""
+    saved = part_weights(run)
+    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
+    assert vision
+    for key, tensor in vision.items():
+        # transformers 5 names the tower's modules without the file's "vision_model." level.
+        name = f"encoder.{key}" if f"encoder.{key}" in saved else f"encoder.{key.removeprefix('vision_model.')}"
+        assert torch.equal(saved[name], tensor), key
+    for key, tensor in part_weights(decoder).items():
+        name = f"gpt2.transformer.{key.removeprefix('transformer.')}"
+        # Tied tensors are stored once: GPT-2's token table under its output layer's name.
+        name = "gpt2.lm_head.weight" if name == "gpt2.transformer.wte.weight" and name not in saved else name
+        assert torch.equal(saved[name], tensor), key
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"mapper": "transformer", "freeze_decoder": True, "prefix_length": 4}],
+    ids=["mlp-mapper", "transformer-mapper"],
+)
+def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings: dict, tmp_path: Path) -> None:
+    encoder, decoder = clip_parts
+    model = create_model("prefix-gpt2", encoder=str(encoder), decoder=str(decoder), **settings)
+    model.save_pretrained(tmp_path)
+    assert_prefix_parts_unchanged(tmp_path, encoder, decoder)
+    # The encoder is frozen by default (ClipCap); GPT-2 is fine-tuned with the MLP mapper, frozen with the other.
+    trainable = {
+        group: any(dict(model.named_parameters())[name].requires_grad for name in names)
+        for group, names in model.parameter_groups().items()
+    }
+    assert trainable == {"encoder": False, "mapper": True, "decoder": not settings.get("freeze_decoder", False)}
+    # ClipCap's MLP width: prefix_length * GPT-2 width / 2.
+    assert model.config.mapper_hidden_size == model.config.prefix_length * 32 // 2
+    # The image embedding is CLIP's pooled output (after its final layer norm), as ClipCap reads it.
+    pixels = torch.randn(2, 3, 32, 32)
+    tower = CLIPVisionModel.from_pretrained(encoder).eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode(pixels).tokens[:, 0], tower(pixel_values=pixels).pooler_output)
+    reloaded = load_model(tmp_path)
+    ids = torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels, ids), model.eval()(pixels, ids))
+
+
+@pytest.mark.parametrize("recipe", ["flickr30k-clipcap.yaml", "flickr30k-clipcap-transformer.yaml"])
+def test_the_clipcap_recipes_train_from_parts(clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path) -> None:
+    from test_recipes import FLICKR, PHOTO, run_recipe
+
+    encoder, decoder = clip_parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
+    # The tiny GPT-2 has 64 positions: 40 prefix tokens leave room for 20-token captions.
+    summary = run_recipe(recipe, out, *overrides, "train.warmup_steps=0", "data.max_length=20")
+    assert summary["steps"] == 3
+    assert_prefix_parts_unchanged(out, encoder, decoder)
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    transformer = recipe == "flickr30k-clipcap-transformer.yaml"
+    assert (captioner.model.config.mapper, captioner.model.config.prefix_length) == (
+        ("transformer", 40) if transformer else ("mlp", 10)
+    )
+    # CLIP's own preprocessing, saved in the run: the same pixels as CLIP's image processor on real photos.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4

@@ -42,8 +42,8 @@ class Family:
     # Sets a new model's encoder position embeddings from a 2-D sin-cos table; None: the family has none.
     sincos_init: Callable[[CaptionModel], None] | None = None
     # Builds a new model around pretrained parts (encoder, decoder: hub ids or directories, None where the family
-    # takes the preset's); None: the family cannot start from parts.
-    from_parts: Callable[[str | None, str | None], CaptionModel] | None = None
+    # takes none; then the config fields the parts do not fix); None: the family cannot start from parts.
+    from_parts: Callable[..., CaptionModel] | None = None
 
 
 def _vit_gpt2() -> type[CaptionModel]:
@@ -70,12 +70,26 @@ def _cnn_lstm_attention() -> type[CaptionModel]:
     return CnnLstmAttentionModel
 
 
-def _vit_gpt2_parts(encoder: str | None, decoder: str | None) -> CaptionModel:
+def _both_parts(family: str, encoder: str | None, decoder: str | None) -> tuple[str, str]:
+    if encoder is None or decoder is None:
+        raise ConfigError("model.encoder", f"{family} from parts needs both model.encoder and model.decoder")
+    return encoder, decoder
+
+
+def _vit_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
     from captionkit.models.vit_gpt2 import VitGpt2Model
 
-    if encoder is None or decoder is None:
-        raise ConfigError("model.encoder", f"{VIT_GPT2} from parts needs both model.encoder and model.decoder")
-    return VitGpt2Model.from_parts(encoder, decoder)
+    if overrides:
+        raise ConfigError(
+            "model.overrides", f"the architecture comes from the pretrained parts; remove {', '.join(overrides)}"
+        )
+    return VitGpt2Model.from_parts(*_both_parts(VIT_GPT2, encoder, decoder))
+
+
+def _prefix_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
+    from captionkit.models.prefix_gpt2 import PrefixGpt2Model
+
+    return PrefixGpt2Model.from_parts(*_both_parts("prefix-gpt2", encoder, decoder), **overrides)
 
 
 def _vit_gpt2_sincos(model: CaptionModel) -> None:
@@ -122,6 +136,7 @@ register_model(
         "bpe",
         "frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap)",
         _prefix_gpt2_sincos,
+        _prefix_gpt2_parts,
     )
 )
 register_model(Family("cnn-lstm", _cnn_lstm, ("tiny", "small", "base"), "word", "ResNet + LSTM (Show and Tell)"))
@@ -205,10 +220,9 @@ def create_from_parts(
     added) must share its special ids, and grows the vocabulary when it has more tokens."""
     if family.from_parts is None:
         raise ConfigError("model.encoder", f"{family.name} cannot start from pretrained parts")
-    if overrides or position_init != "random":
-        given = ", ".join([*overrides, *(["position_init"] if position_init != "random" else [])])
-        raise ConfigError("model.overrides", f"the architecture comes from the pretrained parts; remove {given}")
-    model = family.from_parts(encoder, decoder)
+    if position_init != "random":
+        raise ConfigError("model.position_init", "a pretrained encoder keeps its own position embeddings")
+    model = family.from_parts(encoder, decoder, **overrides)
     if tokenizer is None:
         return model
     ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
