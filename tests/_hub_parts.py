@@ -166,6 +166,56 @@ def save_clip(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
     return directory
 
 
+# microsoft/resnet-50: config.json (an image classifier; sizes shrunk) and its ConvNeXt feature extractor (the shorter
+# edge to 32 / 0.875 = 36 px, then the centre 32 x 32).
+RESNET_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["ResNetForImageClassification"],
+    "depths": [1, 1],
+    "downsample_in_first_stage": False,
+    "embedding_size": 8,
+    "hidden_act": "relu",
+    "hidden_sizes": [16, 32],
+    "id2label": {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus"},
+    "label2id": {"tench, Tinca tinca": 0, "goldfish, Carassius auratus": 1},
+    "layer_type": "basic",
+    "model_type": "resnet",
+    "num_channels": 3,
+    "torch_dtype": "float32",
+    "transformers_version": "4.18.0.dev0",
+}
+RESNET_T4_PREPROCESSOR: dict[str, Any] = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "size": 32,
+}
+
+
+def save_resnet(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny ResNet (microsoft/resnet-50's layout): ResNetForImageClassification weights, ConvNeXt preprocessing."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    fields = {key: value for key, value in RESNET_T4_CONFIG.items() if key not in (*_FILE_ONLY, "torch_dtype")}
+    model = ResNetForImageClassification(ResNetConfig(**fields)).eval()
+    with torch.no_grad():  # batch-norm statistics as a trained network has them, not the fresh 0 / 1
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.uniform_(0.5, 1.5)
+    model.save_pretrained(directory)
+    _write_json(directory / "preprocessor_config.json", RESNET_T4_PREPROCESSOR)
+    if layout == "t4":
+        _write_json(directory / "config.json", RESNET_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
 def _tokenizer_files(directory: Path) -> int:
     """gpt2's vocab.json + merges.txt (a tiny byte-level BPE) and its tokenizer_config.json; the <|endoftext|> id."""
     tokenizer = Tokenizer(models.BPE())

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from _data import SHARED_DATA
-from _hub_parts import LAYOUTS, part_weights, save_clip, save_gpt2, save_vit, save_vit_gpt2_t4
+from _hub_parts import LAYOUTS, part_weights, save_clip, save_gpt2, save_resnet, save_vit, save_vit_gpt2_t4
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -285,6 +285,63 @@ def test_the_clipcap_recipes_train_from_parts(clip_parts: tuple[Path, Path], rec
     # CLIP's own preprocessing, saved in the run: the same pixels as CLIP's image processor on real photos.
     images = [load_image(photo) for photo in PHOTOS]
     expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4
+
+
+# --- cnn-lstm and cnn-lstm-attention: a Hugging Face ResNet under a new LSTM
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def resnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ResNet image classifier, as microsoft/resnet-50 stores it, in one layout."""
+    return save_resnet(tmp_path_factory.mktemp(f"resnet-{request.param}") / "resnet", request.param)
+
+
+def assert_resnet_unchanged(run: Path, resnet: Path) -> None:
+    """Every tensor of the ResNet (batch-norm statistics included) is in the run's weights, unchanged; its
+    classifier head is not."""
+    saved = part_weights(run)
+    stored = {key: value for key, value in part_weights(resnet).items() if key.startswith("resnet.")}
+    assert len(stored) > 20
+    for key, tensor in stored.items():
+        assert torch.equal(saved[f"encoder.{key.removeprefix('resnet.')}"], tensor), key
+    assert not any("classifier" in key for key in saved)
+
+
+@pytest.mark.parametrize("family", ["cnn-lstm", "cnn-lstm-attention"])
+def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> None:
+    model = create_model(family, encoder=str(resnet), vocab_size=50)
+    model.save_pretrained(tmp_path)
+    assert_resnet_unchanged(tmp_path, resnet)
+    # The conv stages are frozen by default (their batch norms in eval mode, even in training mode).
+    groups = model.parameter_groups()
+    parameters = dict(model.named_parameters())
+    assert not any(parameters[name].requires_grad for name in groups["encoder"])
+    assert all(parameters[name].requires_grad for name in groups["decoder"])
+    assert not model.train().encoder.training
+    # Its regions: the last stage's 32 channels on a 4 x 4 grid (stride 8) of a 32 px image (the preprocessing's crop).
+    assert model.encode(torch.randn(1, 3, 32, 32)).tokens.shape == (1, 16, 32)
+    with pytest.raises(ConfigError, match=r"starts from a pretrained model\.encoder only"):
+        create_model(family, encoder=str(resnet), decoder=str(resnet))
+
+
+@pytest.mark.parametrize("recipe", ["flickr30k-resnet50-lstm.yaml", "flickr30k-resnet50-lstm-attention.yaml"])
+def test_the_resnet50_lstm_recipes_train_from_parts(resnet: Path, recipe: str, tmp_path: Path) -> None:
+    from test_recipes import FLICKR, PHOTO, run_recipe
+
+    out = tmp_path / "run"
+    summary = run_recipe(recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
+    assert summary["steps"] == 3
+    assert_resnet_unchanged(out, resnet)
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    assert captioner.model.config.teacher_forcing_ratio == 0.9
+    # A word vocabulary trained on the captions (the LSTM has no pretrained tokenizer).
+    assert captioner.model.vocab_size == captioner.tokenizer.vocab_size <= 4096
+    # The ResNet's own preprocessing (ConvNeXt: shorter edge to 36, centre 32 crop), saved in the run.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(resnet)(images, return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4

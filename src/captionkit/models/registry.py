@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -79,17 +80,25 @@ def _both_parts(family: str, encoder: str | None, decoder: str | None) -> tuple[
 def _vit_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
     from captionkit.models.vit_gpt2 import VitGpt2Model
 
+    encoder, decoder = _both_parts(VIT_GPT2, encoder, decoder)
     if overrides:
-        raise ConfigError(
-            "model.overrides", f"the architecture comes from the pretrained parts; remove {', '.join(overrides)}"
-        )
-    return VitGpt2Model.from_parts(*_both_parts(VIT_GPT2, encoder, decoder))
+        given = ", ".join(overrides)
+        raise ConfigError("model.overrides", f"the architecture comes from the pretrained parts; remove {given}")
+    return VitGpt2Model.from_parts(encoder, decoder)
 
 
 def _prefix_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
     from captionkit.models.prefix_gpt2 import PrefixGpt2Model
 
     return PrefixGpt2Model.from_parts(*_both_parts("prefix-gpt2", encoder, decoder), **overrides)
+
+
+def _cnn_lstm_parts(
+    family: Callable[[], type[CaptionModel]], encoder: str | None, decoder: str | None, **fields: Any
+) -> CaptionModel:
+    if encoder is None or decoder is not None:
+        raise ConfigError("model.decoder", "a CNN + LSTM starts from a pretrained model.encoder only (its LSTM is new)")
+    return family().from_parts(encoder, **fields)  # type: ignore[attr-defined]
 
 
 def _vit_gpt2_sincos(model: CaptionModel) -> None:
@@ -139,7 +148,16 @@ register_model(
         _prefix_gpt2_parts,
     )
 )
-register_model(Family("cnn-lstm", _cnn_lstm, ("tiny", "small", "base"), "word", "ResNet + LSTM (Show and Tell)"))
+register_model(
+    Family(
+        "cnn-lstm",
+        _cnn_lstm,
+        ("tiny", "small", "base"),
+        "word",
+        "ResNet + LSTM (Show and Tell)",
+        from_parts=partial(_cnn_lstm_parts, _cnn_lstm),
+    )
+)
 register_model(
     Family(
         "cnn-lstm-attention",
@@ -147,6 +165,7 @@ register_model(
         ("tiny", "small", "base"),
         "word",
         "ResNet + LSTM with soft attention (Show, Attend and Tell)",
+        from_parts=partial(_cnn_lstm_parts, _cnn_lstm_attention),
     )
 )
 
@@ -222,6 +241,14 @@ def create_from_parts(
         raise ConfigError("model.encoder", f"{family.name} cannot start from pretrained parts")
     if position_init != "random":
         raise ConfigError("model.position_init", "a pretrained encoder keeps its own position embeddings")
+    if decoder is None:
+        # No pretrained decoder (a CNN + LSTM): the vocabulary and special ids are the (trained) tokenizer's.
+        ids = {key: overrides.pop(key, default) for key, default in DEFAULT_TOKEN_IDS.items()}
+        if tokenizer is not None:
+            ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+            ids |= {"pad_token_id": tokenizer.pad_token_id}
+            overrides = {"vocab_size": tokenizer.vocab_size} | overrides
+        overrides |= ids
     model = family.from_parts(encoder, decoder, **overrides)
     if tokenizer is None:
         return model
