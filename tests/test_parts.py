@@ -80,7 +80,7 @@ def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: 
         create_model("vit-gpt2", encoder=str(encoder))
     with pytest.raises(ModelLoadError, match="a decoder part must be a GPT-2-family LM"):
         create_model("vit-gpt2", encoder=str(encoder), decoder=str(encoder))
-    with pytest.raises(ConfigError, match="cannot start from pretrained parts"):
+    with pytest.raises(ModelLoadError, match="is a 'vit' model; an encoder part must be one of resnet"):
         create_model("cnn-lstm", encoder=str(encoder))
     with pytest.raises(ConfigError, match="architecture comes from the pretrained parts; remove decoder_layers"):
         create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder), decoder_layers=4)
