@@ -221,15 +221,20 @@ def clip_parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return save_clip(root / "clip", request.param), save_gpt2(root / "gpt2", request.param, seed=1)
 
 
+def tower_key(saved: dict[str, torch.Tensor], key: str) -> str:
+    """Where a CLIP file's vision-tower tensor sits in a saved model: transformers 5 names the tower's modules
+    without the file's "vision_model." level."""
+    name = f"encoder.{key}"
+    return name if name in saved else f"encoder.{key.removeprefix('vision_model.')}"
+
+
 def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
     """Every tensor of the CLIP vision tower and of GPT-2 is in the run's (native) weights, unchanged."""
     saved = part_weights(run)
     vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
     assert vision
     for key, tensor in vision.items():
-        # transformers 5 names the tower's modules without the file's "vision_model." level.
-        name = f"encoder.{key}" if f"encoder.{key}" in saved else f"encoder.{key.removeprefix('vision_model.')}"
-        assert torch.equal(saved[name], tensor), key
+        assert torch.equal(saved[tower_key(saved, key)], tensor), key
     for key, tensor in part_weights(decoder).items():
         name = f"gpt2.transformer.{key.removeprefix('transformer.')}"
         # Tied tensors are stored once: GPT-2's token table under its output layer's name.
@@ -345,3 +350,22 @@ def test_the_resnet50_lstm_recipes_train_from_parts(resnet: Path, recipe: str, t
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
+
+
+def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = clip_parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder)).eval()
+    assert type(model.ved.encoder).__name__ == "CLIPVisionModel"
+    model.save_pretrained(tmp_path)
+    saved = part_weights(tmp_path)
+    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
+    assert all(torch.equal(saved[tower_key(saved, key)], tensor) for key, tensor in vision.items())
+    assert not any(key.startswith("encoder.text_model.") for key in saved)  # the text tower stays behind
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(load_model(tmp_path)(pixels, ids), expected, atol=1e-5)
+        # Cross-attention over CLIP's CLS + 4 x 4 patches gives attention maps as for a ViT.
+        assert model.attention_maps(pixels, ids).shape == (2, 3, 4, 4)
+    assert model.preprocessing is not None and model.preprocessing.resize_shortest_edge == 32
