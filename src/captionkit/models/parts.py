@@ -14,6 +14,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 from transformers import AutoModel, CLIPVisionModel, GPT2LMHeadModel, PreTrainedModel, SiglipVisionModel
+from transformers.utils import logging as hf_logging
 
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
@@ -92,12 +93,18 @@ def _from_pretrained(
 ) -> tuple[PreTrainedModel, list[str]]:
     if not (directory / "model.safetensors").is_file() and not (directory / "model.safetensors.index.json").is_file():
         raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
+    # transformers' load report would list the layers a part lacks by design (GPT-2's new cross-attention) and the
+    # ones left behind (CLIP's text tower) as problems; the callers check what is missing themselves.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
         model, info = model_class.from_pretrained(
             directory, use_safetensors=True, local_files_only=True, output_loading_info=True, **config_overrides
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(source, first_line(error)) from None
+    finally:
+        hf_logging.set_verbosity(previous)
     if info["mismatched_keys"]:
         raise ModelLoadError(source, f"weight shapes do not match its config.json ({len(info['mismatched_keys'])})")
     return model.eval(), sorted(info["missing_keys"])
