@@ -347,3 +347,24 @@ def save_vit_gpt2_t4(directory: Path, vit: Path, gpt2: Path) -> Path:
     _write_json(directory / "tokenizer_config.json", tokenizer | special | {"tokenizer_class": "GPT2Tokenizer"})
     _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
     return directory
+
+
+def save_vision_transformer(directory: Path, model_type: str, seed: int = 0) -> Path:
+    """A tiny DeiT, BEiT, DINOv2 or SigLIP vision model with its hub image processor, saved by transformers 5."""
+    import transformers
+
+    classes = {
+        "deit": ("DeiTConfig", "DeiTModel", "DeiTImageProcessorPil"),
+        "beit": ("BeitConfig", "BeitModel", "BeitImageProcessorPil"),
+        "dinov2": ("Dinov2Config", "Dinov2Model", "BitImageProcessorPil"),
+        "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", "SiglipImageProcessorPil"),
+    }
+    config, model, processor = (getattr(transformers, name) for name in classes[model_type])
+    sizes = {key: VIT_T4_CONFIG[key] for key in ("hidden_size", "intermediate_size", "image_size", "patch_size")}
+    torch.manual_seed(seed)
+    model(config(**sizes, num_hidden_layers=2, num_attention_heads=2)).eval().save_pretrained(directory)
+    side = VIT_T4_CONFIG["image_size"]
+    processor(size={"height": side + 4, "width": side + 4}, crop_size={"height": side, "width": side}).save_pretrained(
+        directory
+    )
+    return directory

@@ -749,6 +749,11 @@ DINOV2_FILE = {
 def test_shortest_edge_and_crop_processors_match_transformers(
     tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
 ) -> None:
+    assert_matches_transformers(tmp_path, settings, size)
+
+
+def assert_matches_transformers(tmp_path: Path, settings: dict[str, object], size: tuple[int, int]) -> None:
+    """The preprocessing of a hub ``preprocessor_config.json`` is transformers' (PIL backend), to 1e-6."""
     from transformers import AutoImageProcessor
 
     (tmp_path / PREPROCESSOR_CONFIG).write_text(json.dumps(settings))
@@ -763,3 +768,52 @@ def test_shortest_edge_and_crop_processors_match_transformers(
     assert Preprocessing.load(saved) == ours
     again = np.asarray(AutoImageProcessor.from_pretrained(saved)(photos, return_tensors="np").pixel_values)
     np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [
+        # facebook/deit-base-distilled-patch16-224: a fixed 256 x 256 resize, then the centre 224 crop.
+        (
+            {
+                "crop_size": {"height": 224, "width": 224},
+                "do_center_crop": True,
+                "image_mean": IMAGENET_MEAN,
+                "image_processor_type": "DeiTImageProcessor",
+                "image_std": IMAGENET_STD,
+                "resample": 3,
+                "size": {"height": 256, "width": 256},
+            },
+            (224, 224),
+        ),
+        # microsoft/beit-base-patch16-224-pt22k: a fixed resize, no crop, no segmentation labels.
+        (
+            {
+                "do_center_crop": False,
+                "do_reduce_labels": False,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_processor_type": "BeitImageProcessor",
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 2,
+                "size": {"height": 224, "width": 224},
+            },
+            (224, 224),
+        ),
+        # google/siglip-base-patch16-224: a fixed resize, no crop.
+        (
+            {
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_processor_type": "SiglipImageProcessor",
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 3,
+                "size": {"height": 224, "width": 224},
+            },
+            (224, 224),
+        ),
+    ],
+    ids=["deit", "beit", "siglip"],
+)
+def test_fixed_size_processors_with_and_without_a_crop_match_transformers(
+    tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
+) -> None:
+    assert_matches_transformers(tmp_path, settings, size)

@@ -23,7 +23,16 @@ from transformers import (
 )
 
 from _data import SHARED_DATA
-from _hub_parts import LAYOUTS, part_weights, save_clip, save_gpt2, save_resnet, save_vit, save_vit_gpt2_t4
+from _hub_parts import (
+    LAYOUTS,
+    part_weights,
+    save_clip,
+    save_gpt2,
+    save_resnet,
+    save_vision_transformer,
+    save_vit,
+    save_vit_gpt2_t4,
+)
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -368,4 +377,32 @@ def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path],
         assert torch.allclose(load_model(tmp_path)(pixels, ids), expected, atol=1e-5)
         # Cross-attention over CLIP's CLS + 4 x 4 patches gives attention maps as for a ViT.
         assert model.attention_maps(pixels, ids).shape == (2, 3, 4, 4)
-    assert model.preprocessing is not None and model.preprocessing.resize_shortest_edge == 32
+    assert model.preprocessing is not None and model.preprocessing.crop_from == 32
+
+
+@pytest.mark.parametrize(
+    ("model_type", "leading"), [("deit", 2), ("beit", 1), ("dinov2", 1), ("siglip_vision_model", 0)]
+)
+def test_vit_gpt2_from_other_vision_transformers(
+    model_type: str, leading: int, parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder = save_vision_transformer(tmp_path / model_type, model_type)
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(parts[1])).eval()
+    model.save_pretrained(tmp_path / "run")
+    saved = part_weights(tmp_path / "run")
+    assert all(torch.equal(saved[f"encoder.{key}"], value) for key, value in part_weights(encoder).items())
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        plain = VisionEncoderDecoderModel.from_pretrained(tmp_path / "run").eval()
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(load_model(tmp_path / "run")(pixels, ids), expected, atol=1e-5)
+        # Patch tokens after `leading` others (CLS, DeiT's distillation token; none for SigLIP).
+        assert model.encode(pixels).tokens.shape[1] == leading + 16
+        maps = model.attention_maps(pixels, ids)
+    assert maps.shape == (2, 3, 4, 4)
+    assert torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(2, 3))
+    # The part's own preprocessing: the same pixels as its image processor on real photos.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected_pixels = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    assert model.preprocessing is not None
+    np.testing.assert_allclose(model.preprocessing(images), expected_pixels, rtol=0, atol=1e-6)

@@ -421,11 +421,16 @@ _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
 _VIT_PROCESSOR_TYPES = frozenset(
     {"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast", "ViTFeatureExtractor"}
 )
-# Processors that resize the shorter edge (keeping the aspect ratio), then take a centre crop: CLIP's, and BiT's
-# (DINOv2 uses it). Their ``size: N`` means the shorter edge; their ``crop_size`` is what the model sees.
-_CROP_PROCESSOR_TYPES = frozenset(
-    f"{name}{suffix}" for name in ("CLIPImageProcessor", "BitImageProcessor") for suffix in ("", "Pil", "Fast")
-) | {"CLIPFeatureExtractor"}
+# Processors that resize (the shorter edge, keeping the aspect ratio, or to a fixed height x width), then may take a
+# centre crop, and whether they crop when their file does not say: CLIP's, BiT's (DINOv2), DeiT's, BEiT's, SigLIP's.
+# Their ``size: N`` means the shorter edge; their ``crop_size`` is what the model sees.
+_CROPS_BY_DEFAULT = {"CLIP": True, "Bit": True, "DeiT": True, "Beit": False, "Siglip": False}
+_CROP_PROCESSOR_TYPES = {
+    f"{name}{kind}{suffix}": crops
+    for name, crops in _CROPS_BY_DEFAULT.items()
+    for kind in ("ImageProcessor", "FeatureExtractor")
+    for suffix in ("", "Pil", "Fast")
+}
 # ConvNeXt's (microsoft/resnet-50 uses it): below 384 px, the shorter edge goes to size / crop_pct, then a centre
 # crop of size x size; from 384 px up, a plain resize to size x size.
 _CONVNEXT_PROCESSOR_TYPES = frozenset(
@@ -441,6 +446,7 @@ _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
     "input_data_format": (None,),
     "default_to_square": (None, True),
     "do_convert_rgb": (None, True, False),  # captionkit's images are RGB by the time they get here
+    "do_reduce_labels": (None, False),  # BEiT's segmentation labels: none here
 }
 _IGNORED_KEYS = frozenset({"crop_size", "pad_size", "processor_class"})  # read only when the above are on
 
@@ -461,9 +467,9 @@ class Preprocessing:
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
     do_resize: bool = True
-    # Set: resize the shorter edge to this (keeping the aspect ratio), then take the centre ``size`` crop (CLIP,
-    # ResNet); None: resize straight to ``size`` (ViT).
-    resize_shortest_edge: int | None = None
+    # Set: resize to this first, then take the centre ``size`` crop (CLIP, ResNet, DeiT): an int is the shorter
+    # edge (the aspect ratio kept), a pair (height, width) exactly. None: resize straight to ``size`` (ViT).
+    crop_from: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         # Lists (from JSON or callers) become the declared tuples, through object.__setattr__ as it is frozen.
@@ -475,11 +481,7 @@ class Preprocessing:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError("Preprocessing", f"{name} must be true or false, got {value!r}")
-        edge = self.resize_shortest_edge
-        if edge is not None and not (_is_number(edge, integer=True) and edge >= max(self.size)):
-            raise ConfigError(
-                "Preprocessing", f"resize_shortest_edge must be an int >= the crop {self.size}, got {edge!r}"
-            )
+        object.__setattr__(self, "crop_from", _check_crop_from(self.crop_from, self.size))
         factor = self.rescale_factor
         if not _is_number(factor) or not 0 < factor < math.inf:
             raise ConfigError("Preprocessing", f"rescale_factor must be a positive number, got {factor!r}")
@@ -507,8 +509,8 @@ class Preprocessing:
 
     def _one(self, image: Image.Image) -> np.ndarray:
         rgb = _to_rgb(image)
-        if self.do_resize and self.resize_shortest_edge is not None:
-            rgb = _centre_crop(rgb.resize(self._shortest_edge_size(rgb), resample=self.resample), self.size)
+        if self.do_resize and self.crop_from is not None:
+            rgb = _centre_crop(rgb.resize(self._resized_size(rgb), resample=self.resample), self.size)
         elif self.do_resize:
             height, width = self.size
             rgb = rgb.resize((width, height), resample=self.resample)
@@ -523,11 +525,13 @@ class Preprocessing:
             values = (values - mean) / std
         return values.transpose(2, 0, 1)
 
-    def _shortest_edge_size(self, image: Image.Image) -> tuple[int, int]:
-        """(width, height) with the shorter edge at ``resize_shortest_edge``, the longer one truncated as
-        transformers does."""
-        assert self.resize_shortest_edge is not None
-        edge, (width, height) = self.resize_shortest_edge, image.size
+    def _resized_size(self, image: Image.Image) -> tuple[int, int]:
+        """PIL's (width, height) before the crop: ``crop_from`` itself, or the shorter edge at ``crop_from`` with
+        the longer one truncated as transformers does."""
+        if isinstance(self.crop_from, tuple):
+            return self.crop_from[1], self.crop_from[0]
+        assert self.crop_from is not None
+        edge, (width, height) = self.crop_from, image.size
         if width <= height:
             return edge, int(edge * height / width)
         return int(edge * width / height), edge
@@ -536,7 +540,7 @@ class Preprocessing:
         """The settings as ``ViTImageProcessor`` (or, with a centre crop, ``CLIPImageProcessor``) writes them in
         ``preprocessor_config.json``."""
         height, width = self.size
-        if self.resize_shortest_edge is not None:
+        if self.crop_from is not None:
             return self._crop_dict()
         return {
             "do_normalize": self.do_normalize,
@@ -552,6 +556,10 @@ class Preprocessing:
 
     def _crop_dict(self) -> dict[str, Any]:
         height, width = self.size
+        if isinstance(self.crop_from, tuple):
+            resize = {"height": self.crop_from[0], "width": self.crop_from[1]}
+        else:
+            resize = {"shortest_edge": self.crop_from}
         return {
             "crop_size": {"height": height, "width": width},
             "do_center_crop": True,
@@ -563,7 +571,7 @@ class Preprocessing:
             "image_std": list(self.image_std),
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
-            "size": {"shortest_edge": self.resize_shortest_edge},
+            "size": resize,
         }
 
     @classmethod
@@ -620,30 +628,49 @@ class Preprocessing:
 
 
 def _crop_settings(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
-    """A CLIP / BiT / ConvNeXt processor's settings as captionkit's fields (output ``size`` and
-    ``resize_shortest_edge``); a ViT processor's as they are."""
+    """A CLIP / BiT / DeiT / BEiT / SigLIP / ConvNeXt processor's settings as captionkit's fields (output ``size``
+    and ``crop_from``); a ViT processor's as they are."""
     kind = next((data[key] for key in _TYPE_KEYS if key in data), None)
-    if kind not in _CROP_PROCESSOR_TYPES | _CONVNEXT_PROCESSOR_TYPES:
+    if kind not in _CROP_PROCESSOR_TYPES and kind not in _CONVNEXT_PROCESSOR_TYPES:
         return data
-    edge = _shortest_edge(data.get("size"), source)
+    size = _resize_size(data.get("size"), source)
     rest = {key: value for key, value in data.items() if key not in (*_TYPE_KEYS, "size", "crop_size", "crop_pct")}
     if kind in _CONVNEXT_PROCESSOR_TYPES:
-        if edge >= _CONVNEXT_CROP_BELOW:
-            return rest | {"size": (edge, edge)}
+        if not isinstance(size, int):
+            raise ConfigError(source, f"size {data.get('size')!r} is not supported: expected a shortest edge")
+        if size >= _CONVNEXT_CROP_BELOW:
+            return rest | {"size": (size, size)}
         crop_pct = data.get("crop_pct") or 224 / 256
-        return rest | {"size": (edge, edge), "resize_shortest_edge": int(edge / crop_pct)}
-    if not rest.pop("do_center_crop", True):
+        return rest | {"size": (size, size), "crop_from": int(size / crop_pct)}
+    crops = rest.pop("do_center_crop", None)
+    if crops if crops is not None else _CROP_PROCESSOR_TYPES[kind]:
+        return rest | {"size": _parse_size(data.get("crop_size", size), source), "crop_from": size}
+    if isinstance(size, int):
         raise ConfigError(source, f"{kind} without do_center_crop is not supported (images of different shapes)")
-    crop = _parse_size(data.get("crop_size", edge), source)
-    return rest | {"size": crop, "resize_shortest_edge": edge}
+    return rest | {"size": size}
 
 
-def _shortest_edge(size: Any, source: str) -> int:
+def _resize_size(size: Any, source: str) -> int | tuple[int, int]:
+    """A processor's ``size``: an int (the shorter edge) or (height, width)."""
     if isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
         size = size["shortest_edge"]
+    if isinstance(size, Mapping) and set(size) == {"height", "width"}:
+        return _check_size((size["height"], size["width"]))
     if _is_number(size, integer=True) and size >= 1:
         return int(size)
-    raise ConfigError(source, f"size {size!r} is not supported: expected a shortest edge (an int)")
+    raise ConfigError(source, f"size {size!r} is not supported: expected a shortest edge or a height and width")
+
+
+def _check_crop_from(crop_from: Any, size: tuple[int, int]) -> int | tuple[int, int] | None:
+    if crop_from is None:
+        return None
+    if _is_number(crop_from, integer=True) and crop_from >= max(size):
+        return int(crop_from)
+    if isinstance(crop_from, Sequence) and not isinstance(crop_from, str) and len(crop_from) == 2:
+        pair = _check_size(crop_from)
+        if pair[0] >= size[0] and pair[1] >= size[1]:
+            return pair
+    raise ConfigError("Preprocessing", f"crop_from must be an int or a pair no smaller than {size}, got {crop_from!r}")
 
 
 def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:

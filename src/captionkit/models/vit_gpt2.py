@@ -49,6 +49,8 @@ UNSAFE_WEIGHT_FILES = (
     "model.ckpt.index",
 )
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# How many tokens an encoder puts before its patch tokens (see attention_maps).
+_LEADING_TOKENS = (0, 1, 2)
 
 
 # --- config
@@ -351,12 +353,14 @@ class VitGpt2Model(CaptionModel):
         """GPT-2's cross-attention on the patches, averaged over all heads and all layers: (B, T, h, w).
 
         The weights come from transformers' eager attention (sdpa returns none), switched on for this call (so no
-        other thread may run this decoder meanwhile). The CLS token's share is dropped and each map renormalised to
-        sum to 1 over the patch grid.
+        other thread may run this decoder meanwhile). The shares of the tokens before the patches (CLS, DeiT's
+        distillation token) are dropped and each map renormalised to sum to 1 over the patch grid.
         """
         memory = _memory(self.encode(pixel_values))
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        if memory.shape[1] != 1 + grid[0] * grid[1]:
+        # Tokens before the patches: CLS (ViT, BEiT, DINOv2, CLIP), CLS + distillation (DeiT), none (SigLIP).
+        leading = memory.shape[1] - grid[0] * grid[1]
+        if leading not in _LEADING_TOKENS:
             raise ValueError(f"{memory.shape[1]} encoder tokens are not CLS + a {grid[0]}x{grid[1]} patch grid")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -368,8 +372,8 @@ class VitGpt2Model(CaptionModel):
                 use_cache=False,
                 output_attentions=True,
             )
-        # Per layer (B, heads, T, 1 + patches) -> (B, T, patches).
-        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., 1:]
+        # Per layer (B, heads, T, leading + patches) -> (B, T, patches).
+        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., leading:]
         weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights.unflatten(-1, grid)
 
