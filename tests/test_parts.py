@@ -8,6 +8,9 @@ and tokenizer.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +409,32 @@ def test_vit_gpt2_from_other_vision_transformers(
     expected_pixels = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
     assert model.preprocessing is not None
     np.testing.assert_allclose(model.preprocessing(images), expected_pixels, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("environment", "reason"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
+        (
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},
+            "cannot download from the Hugging Face Hub (offline?); pass a local directory, "
+            "or set HF_HUB_OFFLINE=1 with a cached copy",
+        ),
+    ],
+    ids=["offline", "unreachable"],
+)
+def test_a_parts_recipe_without_the_hub_fails_in_one_line(
+    environment: dict[str, str], reason: str, tmp_path: Path
+) -> None:
+    from test_recipes import COCO, CONFIGS
+
+    recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
+    command = [sys.executable, "-m", "captionkit.cli", "train", str(recipe), "--output", str(tmp_path / "run")]
+    command += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
+    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"} | environment
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    # The decoder's tokenizer is the first part read.
+    assert lines[-1] == f"captionkit: error: gpt2: {reason}", done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "COMPLETE").exists()
