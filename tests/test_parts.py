@@ -283,6 +283,22 @@ def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings:
         assert torch.equal(reloaded(pixels, ids), model.eval()(pixels, ids))
 
 
+def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
+    clip_parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder, decoder = clip_parts
+    tokenizer = CaptionTokenizer.load(decoder)
+    tokenizer.hf.add_special_tokens({"additional_special_tokens": ["<positive>", "<negative>"]})
+    model = create_model("prefix-gpt2", tokenizer=tokenizer, encoder=str(encoder), decoder=str(decoder)).eval()
+    assert model.vocab_size == tokenizer.vocab_size == 322
+    model.save_pretrained(tmp_path)
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 320, 9], [0, 321, 3]])
+    with torch.no_grad():
+        logits = model(pixels, ids)
+        assert logits.shape == (2, 3, 322)
+        assert torch.equal(load_model(tmp_path)(pixels, ids), logits)
+
+
 @pytest.mark.parametrize("recipe", ["flickr30k-clipcap.yaml", "flickr30k-clipcap-transformer.yaml"])
 def test_the_clipcap_recipes_train_from_parts(clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path) -> None:
     from test_recipes import FLICKR, PHOTO, run_recipe

@@ -333,6 +333,17 @@ class PrefixGpt2Model(CaptionModel):
         load_native_weights(model, directory, source)
         return model.eval()
 
+    def resize_vocabulary(self, size: int) -> None:
+        """GPT-2's token table and tied output layer grow to ``size`` rows (new rows random), e.g. for style tokens."""
+        if size < self.vocab_size:
+            raise ConfigError("vocab_size", f"cannot shrink the vocabulary from {self.vocab_size} to {size}")
+        self.gpt2.resize_token_embeddings(size)
+        part = self.config.decoder_part
+        self.config = self.config.replace(
+            vocab_size=size, decoder_part=None if part is None else part | {"vocab_size": size}
+        )
+        self.vocab_size = size
+
     def _token_ids(self) -> dict[str, int]:
         return {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
 
