@@ -47,7 +47,13 @@ SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 PROCESSORS = {
     "blip": {"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}},
-    "git": {"image_processor_type": "CLIPImageProcessor", "size": {"height": 32, "width": 32}, "do_center_crop": False},
+    # microsoft/git-base-coco's settings at 32 px: the shorter edge resized, then a centre crop.
+    "git": {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32},
+        "do_center_crop": True,
+    },
 }
 # A sample of the generic fields transformers 4 wrote into each sub-config.
 TRANSFORMERS_4_FIELDS = {

@@ -669,7 +669,7 @@ def test_reads_legacy_feature_extractor_config(tmp_path: Path) -> None:
     [
         ({"size": {"shortest_edge": 224}}, "size {'shortest_edge': 224} is not supported"),
         ({"do_center_crop": True, "crop_size": 200}, "do_center_crop=True is not supported"),
-        ({"image_processor_type": "DonutImageProcessor"}, "image_processor_type 'DonutImageProcessor' is not"),
+        ({"image_processor_type": "DetrImageProcessor"}, "image_processor_type 'DetrImageProcessor' is not"),
         ({"do_resise": False}, "unknown setting(s) 'do_resise'"),
         ({"size": [224]}, "size must be two positive integers (height, width), got [224]"),
         ({"image_std": [0.5, 0.0, 0.5]}, "image_std must be 3 positive numbers"),
@@ -695,3 +695,125 @@ def test_missing_or_malformed_config_file(tmp_path: Path) -> None:
     (tmp_path / PREPROCESSOR_CONFIG).write_text('{"size": 224,')
     with pytest.raises(ConfigError, match="invalid JSON: Expecting"):
         Preprocessing.load(tmp_path)
+
+
+# The preprocessor_config.json files of openai/clip-vit-base-patch32, microsoft/resnet-50 and facebook/dinov2-small
+# (field sets as on the hub), and a ConvNeXt one at 384 px (a plain resize).
+CLIP_FILE = {
+    "crop_size": 224,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 224,
+}
+RESNET_FILE = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+    "resample": 3,
+    "size": 224,
+}
+DINOV2_FILE = {
+    "crop_size": {"height": 224, "width": 224},
+    "do_center_crop": True,
+    "do_convert_rgb": True,
+    "do_normalize": True,
+    "do_rescale": True,
+    "do_resize": True,
+    "image_mean": IMAGENET_MEAN,
+    "image_processor_type": "BitImageProcessor",
+    "image_std": IMAGENET_STD,
+    "resample": 3,
+    "rescale_factor": 0.00392156862745098,
+    "size": {"shortest_edge": 256},
+}
+
+
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [
+        (CLIP_FILE, (224, 224)),
+        (RESNET_FILE, (224, 224)),
+        (DINOV2_FILE, (224, 224)),
+        (RESNET_FILE | {"size": {"shortest_edge": 384}}, (384, 384)),
+    ],
+    ids=["clip", "resnet", "dinov2", "convnext-384"],
+)
+def test_shortest_edge_and_crop_processors_match_transformers(
+    tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
+) -> None:
+    assert_matches_transformers(tmp_path, settings, size)
+
+
+def assert_matches_transformers(tmp_path: Path, settings: dict[str, object], size: tuple[int, int]) -> None:
+    """The preprocessing of a hub ``preprocessor_config.json`` is transformers' (PIL backend), to 1e-6."""
+    from transformers import AutoImageProcessor
+
+    (tmp_path / PREPROCESSOR_CONFIG).write_text(json.dumps(settings))
+    ours = Preprocessing.load(tmp_path)
+    # Real photos of both orientations and odd sizes (the crop offsets round down) and a generated tall image.
+    photos = [*_coco_photos(3), _noise(301, 227, seed=3)]
+    expected = np.asarray(AutoImageProcessor.from_pretrained(tmp_path)(photos, return_tensors="np").pixel_values)
+    assert expected.shape == (4, 3, *size)
+    np.testing.assert_allclose(ours(photos), expected, rtol=0, atol=1e-6)
+    # Saved and read back (as a CLIPImageProcessor file), it is the same preprocessing, for transformers too.
+    saved = ours.save(tmp_path / "saved").parent
+    assert Preprocessing.load(saved) == ours
+    again = np.asarray(AutoImageProcessor.from_pretrained(saved)(photos, return_tensors="np").pixel_values)
+    np.testing.assert_array_equal(again, expected)
+
+
+@pytest.mark.parametrize(
+    ("settings", "size"),
+    [
+        # facebook/deit-base-distilled-patch16-224: a fixed 256 x 256 resize, then the centre 224 crop.
+        (
+            {
+                "crop_size": {"height": 224, "width": 224},
+                "do_center_crop": True,
+                "image_mean": IMAGENET_MEAN,
+                "image_processor_type": "DeiTImageProcessor",
+                "image_std": IMAGENET_STD,
+                "resample": 3,
+                "size": {"height": 256, "width": 256},
+            },
+            (224, 224),
+        ),
+        # microsoft/beit-base-patch16-224-pt22k: a fixed resize, no crop, no segmentation labels.
+        (
+            {
+                "do_center_crop": False,
+                "do_reduce_labels": False,
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_processor_type": "BeitImageProcessor",
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 2,
+                "size": {"height": 224, "width": 224},
+            },
+            (224, 224),
+        ),
+        # google/siglip-base-patch16-224: a fixed resize, no crop.
+        (
+            {
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_processor_type": "SiglipImageProcessor",
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 3,
+                "size": {"height": 224, "width": 224},
+            },
+            (224, 224),
+        ),
+    ],
+    ids=["deit", "beit", "siglip"],
+)
+def test_fixed_size_processors_with_and_without_a_crop_match_transformers(
+    tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
+) -> None:
+    assert_matches_transformers(tmp_path, settings, size)

@@ -35,6 +35,7 @@ LOWER = (
     "captionkit.attention",
     "captionkit.parts",
     "captionkit.export",
+    "captionkit.loading",
     "captionkit.training",
 )
 # Known offenders being rewritten elsewhere (issue 21.1 splits the trainer); each entry is a module -> why.

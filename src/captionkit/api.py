@@ -18,9 +18,11 @@ from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
-from captionkit.export.int8 import apply_saved_quantization, is_quantized
+from captionkit.errors import ModelLoadError
+from captionkit.export.onnx import ONNX_CONFIG
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
+from captionkit.loading import load_pretrained
 from captionkit.models.base import CaptionModel
 from captionkit.parts import CaptionerParts
 from captionkit.text import CaptionTokenizer
@@ -64,24 +66,22 @@ class Captioner:
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
-        """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout."""
-        parts = CaptionerParts.load(name_or_dir)
-        # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU.
-        model = apply_saved_quantization(parts.model, parts.source)
-        if device is None and is_quantized(parts.source):
-            device = "cpu"
-        captioner = cls(model, parts.tokenizer, parts.preprocessing, device)
+        """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
+        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says."""
+        loaded = load_pretrained(name_or_dir)
+        captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device or _cpu_if(loaded.cpu_only))
         captioner.name = str(name_or_dir)
         return captioner
 
     @classmethod
     def from_onnx(cls, directory: str | Path, threads: int | None = None) -> Captioner:
-        """A captioner decoding with onnxruntime from an ONNX export (tokenizer and preprocessing from the export)."""
-        from captionkit.export.onnx import OnnxCaptionModel
-
-        model = OnnxCaptionModel(directory, threads)
-        tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        return cls(model, tokenizer, Preprocessing.load(directory), device="cpu")
+        """A captioner decoding with onnxruntime from an ONNX export, with ``threads`` onnxruntime threads."""
+        loaded = load_pretrained(directory, onnx_threads=threads)
+        if not loaded.is_onnx:
+            raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
+        captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device="cpu")
+        captioner.name = str(directory)
+        return captioner
 
     def save_pretrained(self, directory: str | Path) -> None:
         CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
@@ -174,6 +174,10 @@ class Captioner:
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
             for per_image in captions
         ]
+
+
+def _cpu_if(cpu_only: bool) -> str | None:
+    return "cpu" if cpu_only else None
 
 
 def _name(image: ImageSource) -> str:

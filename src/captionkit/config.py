@@ -34,6 +34,14 @@ class ModelSection:
     overrides: dict[str, Any] = field(default_factory=dict)
     # How a new model's encoder position embeddings start: "random" (the library's init) or "sincos" (2-D table).
     position_init: str = "random"
+    # ... or pretrained parts to start a new model from (a hub id or a directory in the hub layout): a vision
+    # encoder and a GPT-2-family decoder (see README "Starting points"). The preset is then unused.
+    encoder: str | None = None
+    decoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained and (self.encoder or self.decoder):
+            raise ConfigError("model.pretrained", "a whole checkpoint or pretrained parts (model.encoder/decoder)")
 
 
 @dataclass(frozen=True)
@@ -41,7 +49,7 @@ class TokenizerSection:
     # Used only when no pretrained tokenizer is given: a byte-level BPE trained on the training captions.
     vocab_size: int = 4000
     lowercase: bool = True
-    # A directory or hub id with tokenizer files; defaults to `model.pretrained`'s tokenizer.
+    # A directory or hub id with tokenizer files; defaults to `model.pretrained`'s tokenizer, or `model.decoder`'s.
     pretrained: str | None = None
 
 
@@ -232,6 +240,11 @@ class TrainConfig:
     tokenizer: TokenizerSection = field(default_factory=TokenizerSection)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+
+    def __post_init__(self) -> None:
+        # A pretrained decoder reads its own tokenizer (GPT-2's BPE): its token ids are the decoder's rows.
+        if self.model.decoder and not self.tokenizer.pretrained:
+            object.__setattr__(self, "tokenizer", dataclasses.replace(self.tokenizer, pretrained=self.model.decoder))
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -421,13 +421,28 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 PROCESSOR_CONFIG = "processor_config.json"
 
 _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
-# Names under which transformers has saved a ViT image processor, and processors that do the same for a fixed
-# output size (BLIP's; CLIP's, which GIT uses, once its size is fixed and it does not crop): one preprocessing.
+# Names under which transformers has saved a ViT image processor, and BLIP's, which does the same (a resize to a
+# fixed output size): one preprocessing.
 _VIT_PROCESSOR_TYPES = frozenset(
     {"ViTImageProcessor", "ViTImageProcessorPil", "ViTImageProcessorFast", "ViTFeatureExtractor"}
     | {"BlipImageProcessor", "BlipImageProcessorPil", "BlipImageProcessorFast"}
-    | {"CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast"}
 )
+# Processors that resize (the shorter edge, keeping the aspect ratio, or to a fixed height x width), then may take a
+# centre crop, and whether they crop when their file does not say: CLIP's, BiT's (DINOv2), DeiT's, BEiT's, SigLIP's.
+# Their ``size: N`` means the shorter edge; their ``crop_size`` is what the model sees.
+_CROPS_BY_DEFAULT = {"CLIP": True, "Bit": True, "DeiT": True, "Beit": False, "Siglip": False}
+_CROP_PROCESSOR_TYPES = {
+    f"{name}{kind}{suffix}": crops
+    for name, crops in _CROPS_BY_DEFAULT.items()
+    for kind in ("ImageProcessor", "FeatureExtractor")
+    for suffix in ("", "Pil", "Fast")
+}
+# ConvNeXt's (microsoft/resnet-50 uses it): below 384 px, the shorter edge goes to size / crop_pct, then a centre
+# crop of size x size; from 384 px up, a plain resize to size x size.
+_CONVNEXT_PROCESSOR_TYPES = frozenset(
+    {"ConvNextImageProcessor", "ConvNextImageProcessorPil", "ConvNextImageProcessorFast", "ConvNextFeatureExtractor"}
+)
+_CONVNEXT_CROP_BELOW = 384
 _TYPE_KEYS = ("image_processor_type", "feature_extractor_type")
 # Settings transformers may write that change nothing while they hold these values; other values are refused.
 _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
@@ -437,6 +452,7 @@ _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
     "input_data_format": (None,),
     "default_to_square": (None, True),
     "do_convert_rgb": (None, True, False),  # captionkit's images are RGB by the time they get here
+    "do_reduce_labels": (None, False),  # BEiT's segmentation labels: none here
 }
 _IGNORED_KEYS = frozenset({"crop_size", "pad_size", "processor_class"})  # read only when the above are on
 
@@ -457,6 +473,9 @@ class Preprocessing:
     rescale_factor: float = 1 / 255
     do_normalize: bool = True
     do_resize: bool = True
+    # Set: resize to this first, then take the centre ``size`` crop (CLIP, ResNet, DeiT): an int is the shorter
+    # edge (the aspect ratio kept), a pair (height, width) exactly. None: resize straight to ``size`` (ViT).
+    crop_from: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         # Lists (from JSON or callers) become the declared tuples, through object.__setattr__ as it is frozen.
@@ -468,6 +487,7 @@ class Preprocessing:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ConfigError("Preprocessing", f"{name} must be true or false, got {value!r}")
+        object.__setattr__(self, "crop_from", _check_crop_from(self.crop_from, self.size))
         factor = self.rescale_factor
         if not _is_number(factor) or not 0 < factor < math.inf:
             raise ConfigError("Preprocessing", f"rescale_factor must be a positive number, got {factor!r}")
@@ -495,7 +515,9 @@ class Preprocessing:
 
     def _one(self, image: Image.Image) -> np.ndarray:
         rgb = _to_rgb(image)
-        if self.do_resize:
+        if self.do_resize and self.crop_from is not None:
+            rgb = _centre_crop(rgb.resize(self._resized_size(rgb), resample=self.resample), self.size)
+        elif self.do_resize:
             height, width = self.size
             rgb = rgb.resize((width, height), resample=self.resample)
         pixels = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
@@ -509,9 +531,23 @@ class Preprocessing:
             values = (values - mean) / std
         return values.transpose(2, 0, 1)
 
+    def _resized_size(self, image: Image.Image) -> tuple[int, int]:
+        """PIL's (width, height) before the crop: ``crop_from`` itself, or the shorter edge at ``crop_from`` with
+        the longer one truncated as transformers does."""
+        if isinstance(self.crop_from, tuple):
+            return self.crop_from[1], self.crop_from[0]
+        assert self.crop_from is not None
+        edge, (width, height) = self.crop_from, image.size
+        if width <= height:
+            return edge, int(edge * height / width)
+        return int(edge * width / height), edge
+
     def to_dict(self) -> dict[str, Any]:
-        """The settings as ``ViTImageProcessor`` writes them in ``preprocessor_config.json``."""
+        """The settings as ``ViTImageProcessor`` (or, with a centre crop, ``CLIPImageProcessor``) writes them in
+        ``preprocessor_config.json``."""
         height, width = self.size
+        if self.crop_from is not None:
+            return self._crop_dict()
         return {
             "do_normalize": self.do_normalize,
             "do_rescale": self.do_rescale,
@@ -522,6 +558,26 @@ class Preprocessing:
             "resample": self.resample,
             "rescale_factor": self.rescale_factor,
             "size": {"height": height, "width": width},
+        }
+
+    def _crop_dict(self) -> dict[str, Any]:
+        height, width = self.size
+        if isinstance(self.crop_from, tuple):
+            resize = {"height": self.crop_from[0], "width": self.crop_from[1]}
+        else:
+            resize = {"shortest_edge": self.crop_from}
+        return {
+            "crop_size": {"height": height, "width": width},
+            "do_center_crop": True,
+            "do_normalize": self.do_normalize,
+            "do_rescale": self.do_rescale,
+            "do_resize": self.do_resize,
+            "image_mean": list(self.image_mean),
+            "image_processor_type": "CLIPImageProcessor",
+            "image_std": list(self.image_std),
+            "resample": self.resample,
+            "rescale_factor": self.rescale_factor,
+            "size": resize,
         }
 
     @classmethod
@@ -535,6 +591,7 @@ class Preprocessing:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(source, f"expected a JSON object, got {type(data).__name__}")
+        data = _crop_settings(data, source)
         field_keys = {field.name for field in dataclasses.fields(cls)}
         _check_known_keys(data, source, field_keys)
         fields = {key: value for key, value in data.items() if key in field_keys and value is not None}
@@ -575,6 +632,59 @@ class Preprocessing:
                 raise ConfigError(file, "has no image_processor settings")
             data = data["image_processor"]
         return cls.from_dict(data, source=str(file))
+
+
+def _crop_settings(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
+    """A CLIP / BiT / DeiT / BEiT / SigLIP / ConvNeXt processor's settings as captionkit's fields (output ``size``
+    and ``crop_from``); a ViT processor's as they are."""
+    kind = next((data[key] for key in _TYPE_KEYS if key in data), None)
+    if kind not in _CROP_PROCESSOR_TYPES and kind not in _CONVNEXT_PROCESSOR_TYPES:
+        return data
+    size = _resize_size(data.get("size"), source)
+    rest = {key: value for key, value in data.items() if key not in (*_TYPE_KEYS, "size", "crop_size", "crop_pct")}
+    if kind in _CONVNEXT_PROCESSOR_TYPES:
+        if not isinstance(size, int):
+            raise ConfigError(source, f"size {data.get('size')!r} is not supported: expected a shortest edge")
+        if size >= _CONVNEXT_CROP_BELOW:
+            return rest | {"size": (size, size)}
+        crop_pct = data.get("crop_pct") or 224 / 256
+        return rest | {"size": (size, size), "crop_from": int(size / crop_pct)}
+    crops = rest.pop("do_center_crop", None)
+    if crops if crops is not None else _CROP_PROCESSOR_TYPES[kind]:
+        return rest | {"size": _parse_size(data.get("crop_size", size), source), "crop_from": size}
+    if isinstance(size, int):
+        raise ConfigError(source, f"{kind} without do_center_crop is not supported (images of different shapes)")
+    return rest | {"size": size}
+
+
+def _resize_size(size: Any, source: str) -> int | tuple[int, int]:
+    """A processor's ``size``: an int (the shorter edge) or (height, width)."""
+    if isinstance(size, Mapping) and set(size) == {"shortest_edge"}:
+        size = size["shortest_edge"]
+    if isinstance(size, Mapping) and set(size) == {"height", "width"}:
+        return _check_size((size["height"], size["width"]))
+    if _is_number(size, integer=True) and size >= 1:
+        return int(size)
+    raise ConfigError(source, f"size {size!r} is not supported: expected a shortest edge or a height and width")
+
+
+def _check_crop_from(crop_from: Any, size: tuple[int, int]) -> int | tuple[int, int] | None:
+    if crop_from is None:
+        return None
+    if _is_number(crop_from, integer=True) and crop_from >= max(size):
+        return int(crop_from)
+    if isinstance(crop_from, Sequence) and not isinstance(crop_from, str) and len(crop_from) == 2:
+        pair = _check_size(crop_from)
+        if pair[0] >= size[0] and pair[1] >= size[1]:
+            return pair
+    raise ConfigError("Preprocessing", f"crop_from must be an int or a pair no smaller than {size}, got {crop_from!r}")
+
+
+def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The centre ``size`` (height, width) of ``image`` (at least that large), offsets rounded down."""
+    height, width = size
+    top, left = (image.height - height) // 2, (image.width - width) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def _check_known_keys(data: Mapping[str, Any], source: str, field_keys: set[str]) -> None:

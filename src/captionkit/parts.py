@@ -1,7 +1,7 @@
-"""A captioner's three parts (model, tokenizer, preprocessing) loaded from one checkpoint and saved into another.
+"""A captioner's three parts (model, tokenizer, preprocessing) read from one checkpoint and saved into another.
 
-The layer below :mod:`captionkit.api`: the exports (int8, ONNX) read and write checkpoints through it, so that
-they need not import the API that loads their results.
+The plain checkpoint layer: :mod:`captionkit.loading` adds the export markers (int8, ONNX) on top of it, and the
+exports read their source checkpoints through it, so that they need not import the loader that loads their results.
 """
 
 from __future__ import annotations
@@ -19,20 +19,23 @@ from captionkit.text import CaptionTokenizer
 
 @dataclass
 class CaptionerParts:
-    """What a checkpoint directory holds, and the directory it was read from."""
+    """What a model directory holds, and the local directory it was read from (a hub id's snapshot)."""
 
     model: CaptionModel
     tokenizer: CaptionTokenizer
     preprocessing: Preprocessing
     source: Path
+    # An int8 or ONNX export: its kernels run on the CPU only.
+    cpu_only: bool = False
+    is_onnx: bool = False
 
     @classmethod
-    def load(cls, name_or_dir: str | Path) -> CaptionerParts:
-        """The parts of a captionkit checkpoint directory, or of a hub id / directory in the Hugging Face layout."""
+    def load(cls, name_or_dir: str | Path, tokenizer: str | Path | None = None) -> CaptionerParts:
+        """The parts of a captionkit checkpoint directory, or of a hub id / directory in the Hugging Face layout;
+        ``tokenizer`` names other tokenizer files to read instead of the model's own (its special ids are kept)."""
         source = resolve_model_source(name_or_dir)
         model = load_model(source)
-        tokenizer = CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        return cls(model, tokenizer, Preprocessing.load(source), source)
+        return cls(model, load_tokenizer(model, tokenizer or source), Preprocessing.load(source), source)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -41,3 +44,8 @@ class CaptionerParts:
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
         honour_umask(directory)
+
+
+def load_tokenizer(model: CaptionModel, source: str | Path) -> CaptionTokenizer:
+    """The tokenizer files in ``source``, with ``model``'s special token ids."""
+    return CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)

@@ -116,7 +116,7 @@ def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     parts.tokenizer.save(output)
     parts.preprocessing.save(output)
-    return export_onnx_graphs(parts.model, parts.preprocessing.size, output)
+    return export_onnx_graphs(parts.model.cpu(), parts.preprocessing.size, output)
 
 
 def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import ConfigError
+from captionkit.images import Preprocessing
 
 
 @dataclass
@@ -61,6 +62,8 @@ class CaptionModel(nn.Module, ABC):
     max_positions: int | None = None
     # True when :meth:`attention_maps` returns maps (the decoder attends over image positions).
     has_attention: ClassVar[bool] = False
+    # A model built from pretrained parts: its encoder part's own image preprocessing (None: the family default).
+    preprocessing: Preprocessing | None = None
 
     @abstractmethod
     def encode(self, pixel_values: torch.Tensor) -> Encoded:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from transformers import ResNetConfig, ResNetModel
 
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.native import (
     FamilyConfig,
@@ -44,10 +44,15 @@ from captionkit.models.native import (
     set_trainable,
     trains,
 )
+from captionkit.models.parts import load_vision_encoder, part_preprocessing
 
 __all__ = ["PRESETS", "CnnLstmAttentionModel", "CnnLstmConfig", "CnnLstmModel"]
 
 PLAIN, ATTENTION = "cnn-lstm", "cnn-lstm-attention"
+# Encoder parts this family builds on: Hugging Face ResNets (microsoft/resnet-50, resnet-101, ...).
+RESNET_TYPES = ("resnet",)
+# ResNet settings the config does not carry: a part must have transformers' defaults (as microsoft/resnet-* do).
+_RESNET_FIXED = ("hidden_act", "downsample_in_first_stage", "downsample_in_bottleneck")
 
 
 @dataclass(frozen=True)
@@ -207,6 +212,38 @@ class CnnLstmModel(CaptionModel):
         elif overrides:
             config = config.replace(**overrides)
         return cls(config, bos_token_id, eos_token_id, pad_token_id)
+
+    @classmethod
+    def from_parts(
+        cls, encoder: str | Path, *, bos_token_id: int, eos_token_id: int, pad_token_id: int, **overrides: Any
+    ) -> CnnLstmModel:
+        """A new model on a pretrained Hugging Face ResNet (e.g. microsoft/resnet-50): its weights are copied
+        unchanged and its conv stages frozen (``freeze_encoder``); the LSTM is new. ``overrides`` set the decoder
+        fields (vocab_size from the word tokenizer, widths, dropout, ...)."""
+        resnet = load_vision_encoder(encoder, RESNET_TYPES)
+        preprocessing = part_preprocessing(encoder)
+        seen = resnet.config
+        fields = {
+            "image_size": preprocessing.size[0],
+            "num_channels": seen.num_channels,
+            "encoder_embedding_size": seen.embedding_size,
+            "encoder_hidden_sizes": tuple(seen.hidden_sizes),
+            "encoder_depths": tuple(seen.depths),
+            "encoder_layer_type": seen.layer_type,
+        }
+        if set(fields) & set(overrides):
+            raise ConfigError(
+                "model.overrides", f"{', '.join(sorted(set(fields) & set(overrides)))} come from the ResNet"
+            )
+        config = PRESETS["base"].replace(**fields, **overrides)
+        built = config.encoder_hf()
+        differs = [name for name in _RESNET_FIXED if getattr(seen, name) != getattr(built, name)]
+        if differs:
+            raise ModelLoadError(encoder, f"a ResNet with non-default {', '.join(differs)} is not supported")
+        model = cls(config, bos_token_id, eos_token_id, pad_token_id)
+        model.encoder.load_state_dict(resnet.state_dict())
+        model.preprocessing = preprocessing
+        return model
 
     def save_pretrained(self, directory: str | Path) -> None:
         ids = {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}

@@ -110,7 +110,9 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
             return
         if option is str and isinstance(value, str):
             return
-    expected = " | ".join("None" if o is type(None) else o.__name__ for o in options)
+        if typing.get_origin(option) is dict and isinstance(value, dict):
+            return
+    expected = " | ".join("None" if o is type(None) else getattr(o, "__name__", str(o)) for o in options)
     raise ConfigError(name, f"expected {expected}, got {type(value).__name__} {value!r}")
 
 

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+from transformers import AutoConfig, AutoModel, GPT2Config, GPT2LMHeadModel, PretrainedConfig, ViTConfig, ViTModel
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
@@ -40,11 +40,13 @@ from captionkit.models.native import (
     set_trainable,
     trains,
 )
+from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
 
 __all__ = ["PRESETS", "PrefixGpt2Config", "PrefixGpt2Model"]
 
 FAMILY = "prefix-gpt2"
 MAPPERS = ("mlp", "transformer")
+_POOLED_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,10 @@ class PrefixGpt2Config(FamilyConfig):
     # True: GPT-2 stays as it is and only the mapper learns (ClipCap's transformer-mapper setting).
     freeze_decoder: bool = False
     initializer_range: float = 0.02
+    # A model started from pretrained parts: their transformers configs (config.json's fields), from which the
+    # encoder and GPT-2 are built instead of from the fields above (which then only describe them).
+    encoder_part: dict[str, Any] | None = None
+    decoder_part: dict[str, Any] | None = None
 
     def check(self) -> None:
         if self.image_size % self.patch_size:
@@ -228,11 +234,17 @@ class PrefixGpt2Model(CaptionModel):
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         self.vocab_size = config.vocab_size
         self.max_positions = config.decoder_positions - config.prefix_length
-        self.encoder = ViTModel(config.encoder_hf(), add_pooling_layer=False)
+        if config.encoder_part is None:
+            self.encoder = ViTModel(config.encoder_hf(), add_pooling_layer=False)
+        else:
+            self.encoder = AutoModel.from_config(_hf_config(config.encoder_part))
         self.project = nn.Linear(config.encoder_hidden_size, config.decoder_hidden_size)
         self.mapper = PrefixMapper(config)
         self.prefix_transformer = _transformer(config, config.prefix_layers) if config.prefix_layers else None
-        self.gpt2 = GPT2LMHeadModel(config.decoder_hf(bos_token_id, eos_token_id, pad_token_id))
+        if config.decoder_part is None:
+            self.gpt2 = GPT2LMHeadModel(config.decoder_hf(bos_token_id, eos_token_id, pad_token_id))
+        else:
+            self.gpt2 = GPT2LMHeadModel(_hf_config(config.decoder_part))
         set_trainable(self.encoder, not config.freeze_encoder)
         set_trainable(self.gpt2, not config.freeze_decoder)
         self.train()  # a new model trains (as a new transformers model does); frozen parts stay in eval mode
@@ -268,6 +280,45 @@ class PrefixGpt2Model(CaptionModel):
             config = config.replace(**overrides)
         return cls(config, bos_token_id, eos_token_id, pad_token_id)
 
+    @classmethod
+    def from_parts(cls, encoder: str | Path, decoder: str | Path, **overrides: Any) -> PrefixGpt2Model:
+        """A new model from a pretrained vision encoder (the CLIP vision tower, a ViT, ...) and a GPT-2-family LM:
+        their weights are copied unchanged, the mapper is new. ``overrides`` set the mapper and freezing fields
+        (``mapper``, ``prefix_length``, ``freeze_decoder``, ...); the encoder is frozen unless they say otherwise."""
+        vision, language = load_vision_encoder(encoder), load_gpt2_decoder(decoder, cross_attention=False)
+        seen, lm = vision.config, language.config
+        fields = {
+            "image_size": _side(seen.image_size),
+            "patch_size": _side(seen.patch_size),
+            "num_channels": seen.num_channels,
+            "encoder_hidden_size": seen.hidden_size,
+            "encoder_layers": seen.num_hidden_layers,
+            "encoder_heads": seen.num_attention_heads,
+            "encoder_intermediate_size": seen.intermediate_size,
+            "decoder_hidden_size": lm.n_embd,
+            "decoder_layers": lm.n_layer,
+            "decoder_heads": lm.n_head,
+            "decoder_positions": lm.n_positions,
+            "decoder_dropout": float(lm.resid_pdrop),
+            "vocab_size": lm.vocab_size,
+            "encoder_part": vision.config.to_dict(),
+            "decoder_part": lm.to_dict(),
+        }
+        parts_fields = set(fields)
+        if parts_fields & set(overrides):
+            given = ", ".join(sorted(parts_fields & set(overrides)))
+            raise ConfigError("model.overrides", f"{given} come from the pretrained parts")
+        # ClipCap's MLP: hidden width prefix_length * decoder width / 2.
+        length = overrides.get("prefix_length", PRESETS["base"].prefix_length)
+        config = PRESETS["base"].replace(mapper_hidden_size=length * lm.n_embd // 2, **fields, **overrides)
+        eos = lm.eos_token_id
+        ids = {"bos_token_id": lm.bos_token_id, "eos_token_id": eos, "pad_token_id": _or(lm.pad_token_id, eos)}
+        model = cls(config, **ids)
+        model.encoder.load_state_dict(vision.state_dict())
+        model.gpt2.load_state_dict(language.state_dict())
+        model.preprocessing = part_preprocessing(encoder)
+        return model
+
     def save_pretrained(self, directory: str | Path) -> None:
         save_native(self, FAMILY, self.config, self._token_ids(), Path(directory))
 
@@ -282,6 +333,17 @@ class PrefixGpt2Model(CaptionModel):
         load_native_weights(model, directory, source)
         return model.eval()
 
+    def resize_vocabulary(self, size: int) -> None:
+        """GPT-2's token table and tied output layer grow to ``size`` rows (new rows random), e.g. for style tokens."""
+        if size < self.vocab_size:
+            raise ConfigError("vocab_size", f"cannot shrink the vocabulary from {self.vocab_size} to {size}")
+        self.gpt2.resize_token_embeddings(size)
+        part = self.config.decoder_part
+        self.config = self.config.replace(
+            vocab_size=size, decoder_part=None if part is None else part | {"vocab_size": size}
+        )
+        self.vocab_size = size
+
     def _token_ids(self) -> dict[str, int]:
         return {"bos_token_id": self.bos_token_id, "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
 
@@ -294,8 +356,12 @@ class PrefixGpt2Model(CaptionModel):
         once per image, in ``init_state``.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
-            hidden = self.encoder(pixel_values=pixel_values.to(self.project.weight.dtype)).last_hidden_state
-        return Encoded(hidden[:, :1])
+            output = self.encoder(pixel_values=pixel_values.to(self.project.weight.dtype))
+        # A CLIP / SigLIP vision tower's image embedding is its pooled output (the final layer norm applied);
+        # a ViT's is its CLS token (ViTModel normalises the whole last hidden state).
+        if self.encoder.config.model_type in _POOLED_TOWERS:
+            return Encoded(output.pooler_output[:, None])
+        return Encoded(output.last_hidden_state[:, :1])
 
     def prefix(self, encoded: Encoded) -> torch.Tensor:
         """Image embeddings (B, 1, encoder width) -> (B, K, decoder width) prefix tokens."""
@@ -349,6 +415,17 @@ class PrefixGpt2Model(CaptionModel):
         return state
 
 
+def _hf_config(fields: dict[str, Any]) -> PretrainedConfig:
+    """A transformers config from a part's saved config.json fields."""
+    fields = dict(fields)
+    return AutoConfig.for_model(fields.pop("model_type"), **fields)
+
+
+def _side(value: Any) -> int:
+    # Some configs store image and patch sizes as (height, width); captioners here use square ones.
+    return int(value[0]) if isinstance(value, list | tuple) else int(value)
+
+
 @torch.no_grad()
 def init_sincos_positions(model: PrefixGpt2Model) -> None:
     """Start the ViT's position embeddings from a 2-D sin-cos table (CLS slot at zero), as for vit-gpt2."""
@@ -358,3 +435,7 @@ def init_sincos_positions(model: PrefixGpt2Model) -> None:
     table = model.encoder.embeddings.position_embeddings
     table[0, 0].zero_()
     table[0, 1:].copy_(sincos_2d_table(config.image_size // config.patch_size, config.encoder_hidden_size))
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value

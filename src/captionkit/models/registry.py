@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,9 @@ class Family:
     description: str
     # Sets a new model's encoder position embeddings from a 2-D sin-cos table; None: the family has none.
     sincos_init: Callable[[CaptionModel], None] | None = None
+    # Builds a new model around pretrained parts (encoder, decoder: hub ids or directories, None where the family
+    # takes none; then the config fields the parts do not fix); None: the family cannot start from parts.
+    from_parts: Callable[..., CaptionModel] | None = None
 
 
 def _vit_gpt2() -> type[CaptionModel]:
@@ -79,6 +83,36 @@ def _git() -> type[CaptionModel]:
     return GitModel
 
 
+def _both_parts(family: str, encoder: str | None, decoder: str | None) -> tuple[str, str]:
+    if encoder is None or decoder is None:
+        raise ConfigError("model.encoder", f"{family} from parts needs both model.encoder and model.decoder")
+    return encoder, decoder
+
+
+def _vit_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
+    from captionkit.models.vit_gpt2 import VitGpt2Model
+
+    encoder, decoder = _both_parts(VIT_GPT2, encoder, decoder)
+    if overrides:
+        given = ", ".join(overrides)
+        raise ConfigError("model.overrides", f"the architecture comes from the pretrained parts; remove {given}")
+    return VitGpt2Model.from_parts(encoder, decoder)
+
+
+def _prefix_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
+    from captionkit.models.prefix_gpt2 import PrefixGpt2Model
+
+    return PrefixGpt2Model.from_parts(*_both_parts("prefix-gpt2", encoder, decoder), **overrides)
+
+
+def _cnn_lstm_parts(
+    family: Callable[[], type[CaptionModel]], encoder: str | None, decoder: str | None, **fields: Any
+) -> CaptionModel:
+    if encoder is None or decoder is not None:
+        raise ConfigError("model.decoder", "a CNN + LSTM starts from a pretrained model.encoder only (its LSTM is new)")
+    return family().from_parts(encoder, **fields)  # type: ignore[attr-defined]
+
+
 def _vit_gpt2_sincos(model: CaptionModel) -> None:
     from captionkit.models.vit_gpt2 import init_sincos_positions
 
@@ -105,7 +139,15 @@ def register_model(family: Family) -> Family:
 
 
 register_model(
-    Family(VIT_GPT2, _vit_gpt2, ("tiny", "small", "base"), "bpe", "ViT + GPT-2 with cross-attention", _vit_gpt2_sincos)
+    Family(
+        VIT_GPT2,
+        _vit_gpt2,
+        ("tiny", "small", "base"),
+        "bpe",
+        "ViT + GPT-2 with cross-attention",
+        _vit_gpt2_sincos,
+        _vit_gpt2_parts,
+    )
 )
 register_model(
     Family(
@@ -115,9 +157,19 @@ register_model(
         "bpe",
         "frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap)",
         _prefix_gpt2_sincos,
+        _prefix_gpt2_parts,
     )
 )
-register_model(Family("cnn-lstm", _cnn_lstm, ("tiny", "small", "base"), "word", "ResNet + LSTM (Show and Tell)"))
+register_model(
+    Family(
+        "cnn-lstm",
+        _cnn_lstm,
+        ("tiny", "small", "base"),
+        "word",
+        "ResNet + LSTM (Show and Tell)",
+        from_parts=partial(_cnn_lstm_parts, _cnn_lstm),
+    )
+)
 register_model(
     Family(
         "cnn-lstm-attention",
@@ -125,6 +177,7 @@ register_model(
         ("tiny", "small", "base"),
         "word",
         "ResNet + LSTM with soft attention (Show, Attend and Tell)",
+        from_parts=partial(_cnn_lstm_parts, _cnn_lstm_attention),
     )
 )
 
@@ -153,6 +206,8 @@ def create_model(
     preset: str = "tiny",
     tokenizer: CaptionTokenizer | None = None,
     position_init: str = "random",
+    encoder: str | None = None,
+    decoder: str | None = None,
     **overrides: Any,
 ) -> CaptionModel:
     """A new model with random weights: family ``name`` (or ``"family/preset"``), a preset, config overrides.
@@ -160,12 +215,17 @@ def create_model(
     With a ``tokenizer`` the vocabulary size and special ids are its own; without one they come from the preset
     and from ``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` overrides (defaults 1, 2, 0).
 
+    With an ``encoder`` and/or ``decoder`` part (hub id or directory in the hub layout) the model is built around
+    their pretrained weights instead (see :func:`create_from_parts`); the preset is then unused.
+
     >>> create_model("cnn-lstm/tiny", vocab_size=40).vocab_size
     40
     """
     if "/" in name:
         name, preset = name.split("/", 1)
     family = get_family(name)
+    if encoder is not None or decoder is not None:
+        return create_from_parts(family, encoder, decoder, tokenizer, position_init, overrides)
     if preset not in family.presets:
         raise ConfigError("model.preset", f"unknown {name} preset {preset!r} (known: {', '.join(family.presets)})")
     if position_init not in POSITION_INITS:
@@ -184,6 +244,40 @@ def create_model(
     if position_init == "sincos":
         assert family.sincos_init is not None
         family.sincos_init(model)
+    return model
+
+
+def create_from_parts(
+    family: Family,
+    encoder: str | None,
+    decoder: str | None,
+    tokenizer: CaptionTokenizer | None,
+    position_init: str,
+    overrides: dict[str, Any],
+) -> CaptionModel:
+    """A new ``family`` model around pretrained parts; a ``tokenizer`` (the decoder's, maybe with style tokens
+    added) must share its special ids, and grows the vocabulary when it has more tokens."""
+    if family.from_parts is None:
+        raise ConfigError("model.encoder", f"{family.name} cannot start from pretrained parts")
+    if position_init != "random":
+        raise ConfigError("model.position_init", "a pretrained encoder keeps its own position embeddings")
+    if decoder is None:
+        # No pretrained decoder (a CNN + LSTM): the vocabulary and special ids are the (trained) tokenizer's.
+        ids = {key: overrides.pop(key, default) for key, default in DEFAULT_TOKEN_IDS.items()}
+        if tokenizer is not None:
+            ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+            ids |= {"pad_token_id": tokenizer.pad_token_id}
+            overrides = {"vocab_size": tokenizer.vocab_size} | overrides
+        overrides |= ids
+    model = family.from_parts(encoder, decoder, **overrides)
+    if tokenizer is None:
+        return model
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if ids != (model.bos_token_id, model.eos_token_id, model.pad_token_id):
+        want = (model.bos_token_id, model.eos_token_id, model.pad_token_id)
+        raise ConfigError("tokenizer.pretrained", f"special ids (bos, eos, pad) {ids} differ from the decoder's {want}")
+    if tokenizer.vocab_size > model.vocab_size:
+        model.resize_vocabulary(tokenizer.vocab_size)
     return model
 
 
@@ -227,6 +321,8 @@ def load_model(source: str | Path) -> CaptionModel:
 
 
 def preprocessing_for(model: CaptionModel) -> Preprocessing:
-    """Default preprocessing for a new model: resize to its input size, normalise to [-1, 1]."""
+    """Preprocessing for a new model: its encoder part's own, else resize to its input size, normalise to [-1, 1]."""
+    if model.preprocessing is not None:
+        return model.preprocessing
     size = model.config.image_size  # type: ignore[attr-defined]
     return Preprocessing.for_size(size, size)

@@ -29,6 +29,7 @@ from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
+from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
 from captionkit.version import __version__
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
@@ -37,7 +38,7 @@ FAMILY = "vit-gpt2"
 # The key under which captionkit's metadata lives in the hub config.json.
 METADATA_KEY = "captionkit"
 # Sub-model types this family drives; other VisionEncoderDecoder pairs are refused rather than half-supported.
-ENCODER_TYPES = ("vit",)
+ENCODER_TYPES = ("vit", "deit", "beit", "dinov2", "clip_vision_model", "siglip_vision_model")
 DECODER_TYPES = ("gpt2",)
 # Weight files transformers could load but captionkit never does: they are pickles (or foreign formats).
 UNSAFE_WEIGHT_FILES = (
@@ -48,6 +49,8 @@ UNSAFE_WEIGHT_FILES = (
     "model.ckpt.index",
 )
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+# How many tokens an encoder puts before its patch tokens (see attention_maps).
+_LEADING_TOKENS = (0, 1, 2)
 
 
 # --- config
@@ -102,6 +105,8 @@ class VitGpt2Config(FamilyConfig):
     def from_hf(cls, config: VisionEncoderDecoderConfig) -> VitGpt2Config:
         """The architecture of a hub config (fields outside this dataclass keep transformers' defaults)."""
         encoder, decoder = config.encoder, config.decoder
+        # ViT, DeiT, BEiT, DINOv2: hidden_dropout_prob; the CLIP and SigLIP vision towers: attention_dropout.
+        dropout = getattr(encoder, "hidden_dropout_prob", getattr(encoder, "attention_dropout", 0.0))
         return cls(
             image_size=_as_int(encoder.image_size),
             patch_size=_as_int(encoder.patch_size),
@@ -110,7 +115,7 @@ class VitGpt2Config(FamilyConfig):
             encoder_layers=encoder.num_hidden_layers,
             encoder_heads=encoder.num_attention_heads,
             encoder_intermediate_size=encoder.intermediate_size,
-            encoder_dropout=float(encoder.hidden_dropout_prob),
+            encoder_dropout=float(dropout),
             decoder_hidden_size=decoder.n_embd,
             decoder_layers=decoder.n_layer,
             decoder_heads=decoder.n_head,
@@ -216,7 +221,7 @@ class VitGpt2Model(CaptionModel):
         config = ved.config
         _check_model_types(config.model_type, config.encoder.model_type, config.decoder.model_type, "model")
         self.ved = ved
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = _token_ids(ved.config)
+        self.bos_token_id, self.eos_token_id, self.pad_token_id = _token_ids(ved)
         self.vocab_size = ved.config.decoder.vocab_size
         self.max_positions = ved.config.decoder.n_positions
         self.config = VitGpt2Config.from_hf(ved.config)
@@ -250,6 +255,27 @@ class VitGpt2Model(CaptionModel):
         if attn_implementation is not None:
             ved.set_attn_implementation(attn_implementation)
         return cls(ved)
+
+    @classmethod
+    def from_parts(cls, encoder: str | Path, decoder: str | Path) -> VitGpt2Model:
+        """A new captioner from a pretrained vision transformer and a GPT-2-family LM (hub ids or directories).
+
+        Every pretrained weight is kept as it is; GPT-2's new cross-attention layers (and the projection to the
+        decoder width, when the widths differ) start from transformers' initialisation. The decoder's bos starts
+        captions and its pad is its eos when it has none (GPT-2).
+        """
+        vision = load_vision_encoder(encoder)
+        language = load_gpt2_decoder(decoder, cross_attention=True)
+        ved = VisionEncoderDecoderModel(encoder=vision, decoder=language)
+        bos, eos = language.config.bos_token_id, language.config.eos_token_id
+        pad = eos if language.config.pad_token_id is None else language.config.pad_token_id
+        if bos is None or eos is None:
+            raise ModelLoadError(decoder, "config.json names no bos_token_id / eos_token_id")
+        for settings in (ved.config, ved.generation_config):
+            settings.decoder_start_token_id, settings.eos_token_id, settings.pad_token_id = bos, eos, pad
+        model = cls(ved.eval())
+        model.preprocessing = part_preprocessing(encoder)
+        return model
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, *, attn_implementation: str | None = None) -> VitGpt2Model:
@@ -327,12 +353,14 @@ class VitGpt2Model(CaptionModel):
         """GPT-2's cross-attention on the patches, averaged over all heads and all layers: (B, T, h, w).
 
         The weights come from transformers' eager attention (sdpa returns none), switched on for this call (so no
-        other thread may run this decoder meanwhile). The CLS token's share is dropped and each map renormalised to
-        sum to 1 over the patch grid.
+        other thread may run this decoder meanwhile). The shares of the tokens before the patches (CLS, DeiT's
+        distillation token) are dropped and each map renormalised to sum to 1 over the patch grid.
         """
         memory = _memory(self.encode(pixel_values))
         grid = (pixel_values.shape[-2] // self.config.patch_size, pixel_values.shape[-1] // self.config.patch_size)
-        if memory.shape[1] != 1 + grid[0] * grid[1]:
+        # Tokens before the patches: CLS (ViT, BEiT, DINOv2, CLIP), CLS + distillation (DeiT), none (SigLIP).
+        leading = memory.shape[1] - grid[0] * grid[1]
+        if leading not in _LEADING_TOKENS:
             raise ValueError(f"{memory.shape[1]} encoder tokens are not CLS + a {grid[0]}x{grid[1]} patch grid")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
@@ -344,8 +372,8 @@ class VitGpt2Model(CaptionModel):
                 use_cache=False,
                 output_attentions=True,
             )
-        # Per layer (B, heads, T, 1 + patches) -> (B, T, patches).
-        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., 1:]
+        # Per layer (B, heads, T, leading + patches) -> (B, T, patches).
+        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., leading:]
         weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights.unflatten(-1, grid)
 
@@ -390,12 +418,21 @@ def _check_token_id(name: str, token_id: int, vocab_size: int) -> None:
         raise ConfigError(name, f"must be a token id in [0, {vocab_size}), got {token_id!r}")
 
 
-def _token_ids(config: VisionEncoderDecoderConfig) -> tuple[int, int, int]:
-    """(bos, eos, pad): the decoder start token is the bos; pad falls back to eos as in GPT-2 checkpoints."""
-    decoder = config.decoder
-    bos = _first(config.decoder_start_token_id, decoder.decoder_start_token_id, decoder.bos_token_id)
-    eos = _first(config.eos_token_id, decoder.eos_token_id)
-    pad = _first(config.pad_token_id, decoder.pad_token_id, eos)
+def _token_ids(ved: VisionEncoderDecoderModel) -> tuple[int, int, int]:
+    """(bos, eos, pad): the decoder start token is the bos; pad falls back to eos as in GPT-2 checkpoints.
+
+    Looked up as transformers 5 does: the generation config, then the top-level config, then the decoder's (where
+    the transformers 4 layout of the hub also keeps them). transformers 5 writes no ``decoder_start_token_id``
+    into the decoder's config, and its config objects have no attribute for a field a file lacks.
+    """
+    sources = (ved.generation_config, ved.config, ved.config.decoder)
+
+    def lookup(name: str) -> list[Any]:
+        return [getattr(source, name, None) for source in sources]
+
+    bos = _first(*lookup("decoder_start_token_id"), getattr(ved.config.decoder, "bos_token_id", None))
+    eos = _first(*lookup("eos_token_id"))
+    pad = _first(*lookup("pad_token_id"), eos)
     if bos is None or eos is None or pad is None:
         raise ModelLoadError("config.json", "needs decoder_start_token_id and eos_token_id")
     return bos, eos, pad

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from captionkit.errors import ModelLoadError, first_line
+from captionkit.hub import resolve_model_source
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 
@@ -52,8 +53,9 @@ class CaptionTokenizer:
         pad_token_id: int | None = None,
     ) -> CaptionTokenizer:
         """Load tokenizer files from a directory or hub id; ids not given come from its special tokens."""
+        directory = resolve_model_source(name_or_dir)  # a hub id's snapshot, failing in one line when offline
         try:
-            hf = AutoTokenizer.from_pretrained(str(name_or_dir), use_fast=True)
+            hf = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
         except (OSError, ValueError) as error:
             raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({first_line(error)})") from None
         if not isinstance(hf, PreTrainedTokenizerFast):

@@ -21,10 +21,10 @@ from captionkit.data.sources import load_dataset
 from captionkit.data.splits import first_caption_per_image, split_by_image
 from captionkit.data.styles import first_caption_per_style, mix_styles
 from captionkit.errors import InputError
-from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
-from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
+from captionkit.models.registry import create_model, preprocessing_for, train_tokenizer
+from captionkit.parts import CaptionerParts
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.scst import CiderReward
@@ -106,16 +106,13 @@ def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionReco
 
 
 def _pretrained(config: TrainConfig) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
-    pretrained = str(resolve_model_source(config.model.pretrained))  # a hub id's snapshot: tokenizer too
-    model = load_model(pretrained)
-    tokenizer = CaptionTokenizer.load(
-        config.tokenizer.pretrained or pretrained, model.bos_token_id, model.eos_token_id, model.pad_token_id
-    )
+    parts = CaptionerParts.load(config.model.pretrained, config.tokenizer.pretrained)
+    model, tokenizer = parts.model, parts.tokenizer
     if config.data.styles:
         add_style_tokens(tokenizer, config.data.styles)
         if tokenizer.vocab_size > model.vocab_size:
             model.resize_vocabulary(tokenizer.vocab_size)
-    return model, tokenizer, Preprocessing.load(pretrained)
+    return model, tokenizer, parts.preprocessing
 
 
 def _new_model(
@@ -134,15 +131,20 @@ def _new_model(
     if config.data.styles:
         add_style_tokens(tokenizer, config.data.styles)
     model = create_model(
-        config.model.family, config.model.preset, tokenizer, config.model.position_init, **config.model.overrides
+        config.model.family,
+        config.model.preset,
+        tokenizer,
+        config.model.position_init,
+        config.model.encoder,
+        config.model.decoder,
+        **config.model.overrides,
     )
     return model, tokenizer, preprocessing_for(model)
 
 
 def from_checkpoint(directory: Path) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
-    model = load_model(directory)
-    tokenizer = CaptionTokenizer.load(directory, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-    return model, tokenizer, Preprocessing.load(directory)
+    parts = CaptionerParts.load(directory)
+    return parts.model, parts.tokenizer, parts.preprocessing
 
 
 def prepared_setup(config: TrainConfig, setup: Setup | None, resume_from: Path | None) -> Setup:

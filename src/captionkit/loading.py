@@ -1,0 +1,41 @@
+"""The one loader: any model directory or hub id -> its model, tokenizer and preprocessing.
+
+Every caller that opens a saved model goes through :func:`load_pretrained`: the public API, the trainer (fine-tuning
+a checkpoint, resuming a run), the batch job and the server through the API. What a directory holds decides how it
+loads:
+
+* ``onnx_config.json``: an ONNX export, decoded by onnxruntime (CPU);
+* ``quantization.json``: an int8 export, quantized on load (its int8 kernels run on the CPU);
+* otherwise a checkpoint of any registered family (``config.json`` names it; a Hugging Face VisionEncoderDecoder,
+  BLIP or GIT layout is recognised by its ``model_type``): :class:`captionkit.parts.CaptionerParts`.
+
+A hub id is fetched once as a local snapshot (failing in one line when offline) and then loaded like a directory.
+This module sits above ``export/`` because the export markers are theirs; the exports themselves read plain
+checkpoints through :mod:`captionkit.parts`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captionkit.export.int8 import apply_saved_quantization, is_quantized
+from captionkit.export.onnx import ONNX_CONFIG, OnnxCaptionModel
+from captionkit.hub import resolve_model_source
+from captionkit.images import Preprocessing
+from captionkit.parts import CaptionerParts, load_tokenizer
+
+
+def load_pretrained(
+    name_or_dir: str | Path, *, tokenizer: str | Path | None = None, onnx_threads: int | None = None
+) -> CaptionerParts:
+    """Load ``name_or_dir`` (a directory or hub id); ``tokenizer`` names other tokenizer files to read instead of
+    the model's own (the model's special ids are kept); ``onnx_threads`` sets onnxruntime's thread count."""
+    directory = resolve_model_source(name_or_dir)
+    if (directory / ONNX_CONFIG).is_file():
+        model = OnnxCaptionModel(directory, onnx_threads)
+        words = load_tokenizer(model, tokenizer or directory)
+        return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True, is_onnx=True)
+    parts = CaptionerParts.load(directory, tokenizer)
+    parts.model = apply_saved_quantization(parts.model, directory)  # type: ignore[assignment]
+    parts.cpu_only = is_quantized(directory)
+    return parts

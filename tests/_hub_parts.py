@@ -1,0 +1,370 @@
+"""Tiny random pretrained parts, saved exactly as their hub repositories store them.
+
+Each builder writes one part into a directory, in one of two layouts:
+
+* ``"t4"``: the files the hub holds today, written by transformers 4 (hand-written config fields as the hub repositories
+  have them, weights without a head, ``vocab.json`` + ``merges.txt`` for GPT-2, a ``ViTFeatureExtractor`` file);
+* ``"t5"``: what ``save_pretrained`` of the installed transformers (5.x) writes for the same part.
+
+The architectures are tiny (seconds to build and train) and the weights random but seeded, so a test can compare a
+saved run's tensors with the part's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoImageProcessor, AutoTokenizer, GPT2Config, GPT2LMHeadModel, ViTConfig, ViTModel
+
+LAYOUTS = ("t4", "t5")
+ENDOFTEXT = "<|endoftext|>"
+# Words the tiny byte-level BPE learns merges from; any text still tokenizes (byte fallback).
+_CORPUS = [
+    "a man riding a wave on top of a surfboard",
+    "a dog runs through the grass with a ball",
+    "two children are playing in the water at the beach",
+    "a group of people standing around a kitchen",
+    "a black and white cat sitting on a red couch",
+]
+# google/vit-base-patch16-224-in21k, config.json and preprocessor_config.json (sizes shrunk).
+VIT_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["ViTModel"],
+    "attention_probs_dropout_prob": 0.0,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.0,
+    "hidden_size": 48,
+    "image_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 96,
+    "layer_norm_eps": 1e-12,
+    "model_type": "vit",
+    "num_attention_heads": 2,
+    "num_channels": 3,
+    "num_hidden_layers": 2,
+    "patch_size": 8,
+    "qkv_bias": True,
+    "transformers_version": "4.13.0.dev0",
+}
+VIT_T4_PREPROCESSOR: dict[str, Any] = {
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ViTFeatureExtractor",
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "resample": 2,
+    "size": 32,
+}
+# gpt2, config.json (sizes shrunk; bos = eos = the vocabulary's <|endoftext|>, filled in by save_gpt2).
+GPT2_T4_CONFIG: dict[str, Any] = {
+    "activation_function": "gelu_new",
+    "architectures": ["GPT2LMHeadModel"],
+    "attn_pdrop": 0.1,
+    "embd_pdrop": 0.1,
+    "initializer_range": 0.02,
+    "layer_norm_epsilon": 1e-05,
+    "model_type": "gpt2",
+    "n_ctx": 64,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_layer": 2,
+    "n_positions": 64,
+    "resid_pdrop": 0.1,
+    "summary_activation": None,
+    "summary_first_dropout": 0.1,
+    "summary_proj_to_labels": True,
+    "summary_type": "cls_index",
+    "summary_use_proj": True,
+    "task_specific_params": {"text-generation": {"do_sample": True, "max_length": 50}},
+}
+GPT2_T4_TOKENIZER_CONFIG: dict[str, Any] = {"model_max_length": 64}
+# config.json fields that describe the file, not the architecture.
+_FILE_ONLY = ("architectures", "transformers_version")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path), metadata={"format": "pt"})
+
+
+def save_vit(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny ViT (google/vit-base-patch16-224-in21k's layout): ViTModel weights with the pooler."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = {
+        key: value for key, value in VIT_T4_CONFIG.items() if key not in ("architectures", "transformers_version")
+    }
+    model = ViTModel(ViTConfig(**config)).eval()
+    _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
+    # transformers 5 saves tensors under the names the hub's files use (its modules are named otherwise).
+    model.save_pretrained(directory)
+    if layout == "t4":
+        _write_json(directory / "config.json", VIT_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+# openai/clip-vit-base-patch32: config.json (the text and the vision tower; sizes shrunk) and its feature extractor.
+_CLIP_TOWER: dict[str, Any] = {
+    "attention_dropout": 0.0,
+    "hidden_act": "quick_gelu",
+    "hidden_size": 48,
+    "initializer_factor": 1.0,
+    "initializer_range": 0.02,
+    "intermediate_size": 96,
+    "layer_norm_eps": 1e-05,
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+}
+CLIP_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["CLIPModel"],
+    "initializer_factor": 1.0,
+    "logit_scale_init_value": 2.6592,
+    "model_type": "clip",
+    "projection_dim": 16,
+    "text_config": _CLIP_TOWER
+    | {"model_type": "clip_text_model", "vocab_size": 99, "max_position_embeddings": 16, "projection_dim": 16}
+    | {"bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+    "vision_config": _CLIP_TOWER
+    | {"model_type": "clip_vision_model", "image_size": 32, "patch_size": 8, "num_channels": 3, "projection_dim": 16},
+    "transformers_version": "4.21.3",
+}
+CLIP_T4_PREPROCESSOR: dict[str, Any] = {
+    "crop_size": 32,
+    "do_center_crop": True,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor",
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "resample": 3,
+    "size": 32,
+}
+
+
+def save_clip(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny CLIP (openai/clip-vit-base-patch32's layout): both towers' weights, CLIP's feature extractor."""
+    from transformers import CLIPConfig, CLIPModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    towers = {key: CLIP_T4_CONFIG[key] for key in ("text_config", "vision_config", "projection_dim")}
+    CLIPModel(CLIPConfig(**towers)).eval().save_pretrained(directory)
+    _write_json(directory / "preprocessor_config.json", CLIP_T4_PREPROCESSOR)
+    if layout == "t4":
+        _write_json(directory / "config.json", CLIP_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+# microsoft/resnet-50: config.json (an image classifier; sizes shrunk) and its ConvNeXt feature extractor (the shorter
+# edge to 32 / 0.875 = 36 px, then the centre 32 x 32).
+RESNET_T4_CONFIG: dict[str, Any] = {
+    "architectures": ["ResNetForImageClassification"],
+    "depths": [1, 1],
+    "downsample_in_first_stage": False,
+    "embedding_size": 8,
+    "hidden_act": "relu",
+    "hidden_sizes": [16, 32],
+    "id2label": {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus"},
+    "label2id": {"tench, Tinca tinca": 0, "goldfish, Carassius auratus": 1},
+    "layer_type": "basic",
+    "model_type": "resnet",
+    "num_channels": 3,
+    "torch_dtype": "float32",
+    "transformers_version": "4.18.0.dev0",
+}
+RESNET_T4_PREPROCESSOR: dict[str, Any] = {
+    "crop_pct": 0.875,
+    "do_normalize": True,
+    "do_resize": True,
+    "feature_extractor_type": "ConvNextFeatureExtractor",
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+    "resample": 3,
+    "size": 32,
+}
+
+
+def save_resnet(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny ResNet (microsoft/resnet-50's layout): ResNetForImageClassification weights, ConvNeXt preprocessing."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    fields = {key: value for key, value in RESNET_T4_CONFIG.items() if key not in (*_FILE_ONLY, "torch_dtype")}
+    model = ResNetForImageClassification(ResNetConfig(**fields)).eval()
+    with torch.no_grad():  # batch-norm statistics as a trained network has them, not the fresh 0 / 1
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.uniform_(0.5, 1.5)
+    model.save_pretrained(directory)
+    _write_json(directory / "preprocessor_config.json", RESNET_T4_PREPROCESSOR)
+    if layout == "t4":
+        _write_json(directory / "config.json", RESNET_T4_CONFIG)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
+def _tokenizer_files(directory: Path) -> int:
+    """gpt2's vocab.json + merges.txt (a tiny byte-level BPE) and its tokenizer_config.json; the <|endoftext|> id."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=[ENDOFTEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer.model.save(str(directory))
+    _write_json(directory / "tokenizer_config.json", GPT2_T4_TOKENIZER_CONFIG)
+    return tokenizer.token_to_id(ENDOFTEXT)
+
+
+def save_gpt2(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
+    """A tiny GPT-2 (gpt2's layout): the GPT2Model weights (the LM head is tied), tokenizer files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    endoftext = _tokenizer_files(directory)
+    vocab_size = len(json.loads((directory / "vocab.json").read_text(encoding="utf-8")))
+    config = GPT2_T4_CONFIG | {"bos_token_id": endoftext, "eos_token_id": endoftext, "vocab_size": vocab_size}
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(**{k: v for k, v in config.items() if k not in _FILE_ONLY})).eval()
+    model.save_pretrained(directory)
+    if layout == "t4":
+        _write_json(directory / "config.json", config)
+        generation = {"_from_model_config": True, "bos_token_id": endoftext, "eos_token_id": endoftext}
+        _write_json(directory / "generation_config.json", generation | {"transformers_version": "4.26.0.dev0"})
+        # gpt2's file holds GPT2Model's tensors: no "transformer." prefix, no LM head (it is the token table).
+        weights = {key.removeprefix("transformer."): value for key, value in part_weights(directory).items()}
+        _save_weights(directory / "model.safetensors", {k: v for k, v in weights.items() if k != "lm_head.weight"})
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(directory)  # after config.json, which says that this is GPT-2
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            (directory / name).unlink()
+        tokenizer.save_pretrained(directory)
+    return directory
+
+
+def part_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors a part (or run) directory stores, by name."""
+    return load_file(str(directory / "model.safetensors"))
+
+
+# What transformers 4 wrote for every sub-config (nlpconnect/vit-gpt2-image-captioning's config.json has these
+# generation and head settings in both its "encoder" and its "decoder").
+_T4_COMMON: dict[str, Any] = {
+    "bad_words_ids": None,
+    "chunk_size_feed_forward": 0,
+    "cross_attention_hidden_size": None,
+    "diversity_penalty": 0.0,
+    "do_sample": False,
+    "early_stopping": False,
+    "encoder_no_repeat_ngram_size": 0,
+    "finetuning_task": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "id2label": {"0": "LABEL_0", "1": "LABEL_1"},
+    "is_encoder_decoder": False,
+    "label2id": {"LABEL_0": 0, "LABEL_1": 1},
+    "length_penalty": 1.0,
+    "max_length": 20,
+    "min_length": 0,
+    "no_repeat_ngram_size": 0,
+    "num_beam_groups": 1,
+    "num_beams": 1,
+    "num_return_sequences": 1,
+    "output_attentions": False,
+    "output_hidden_states": False,
+    "output_scores": False,
+    "prefix": None,
+    "problem_type": None,
+    "pruned_heads": {},
+    "remove_invalid_values": False,
+    "repetition_penalty": 1.0,
+    "return_dict": True,
+    "return_dict_in_generate": False,
+    "sep_token_id": None,
+    "temperature": 1.0,
+    "tie_encoder_decoder": False,
+    "tie_word_embeddings": True,
+    "tokenizer_class": None,
+    "top_k": 50,
+    "top_p": 1.0,
+    "torch_dtype": None,
+    "torchscript": False,
+    "transformers_version": "4.23.1",
+    "typical_p": 1.0,
+    "use_bfloat16": False,
+}
+
+
+def save_vit_gpt2_t4(directory: Path, vit: Path, gpt2: Path) -> Path:
+    """A finished ViT-GPT2 captioner as nlpconnect/vit-gpt2-image-captioning stores it (transformers 4.23): the
+    token ids in the top-level config and in the decoder's, no generation_config.json, the parts' tokenizer files and
+    feature extractor. ``vit`` and ``gpt2`` are "t4" parts (their weights go in unchanged, cross-attention random)."""
+    from transformers import VisionEncoderDecoderModel
+
+    encoder, decoder = ViTModel.from_pretrained(vit), GPT2LMHeadModel.from_pretrained(gpt2, add_cross_attention=True)
+    VisionEncoderDecoderModel(encoder=encoder, decoder=decoder).save_pretrained(directory)
+    (directory / "generation_config.json").unlink()
+    endoftext = decoder.config.eos_token_id
+    ids = {"bos_token_id": endoftext, "eos_token_id": endoftext, "pad_token_id": endoftext}
+    config = {
+        "architectures": ["VisionEncoderDecoderModel"],
+        "decoder": _T4_COMMON
+        | json.loads((gpt2 / "config.json").read_text())
+        | ids
+        | {"add_cross_attention": True, "is_decoder": True, "decoder_start_token_id": endoftext},
+        "decoder_start_token_id": endoftext,
+        "encoder": _T4_COMMON | VIT_T4_CONFIG | {"add_cross_attention": False, "is_decoder": False},
+        "eos_token_id": endoftext,
+        "is_encoder_decoder": True,
+        "model_type": "vision-encoder-decoder",
+        "pad_token_id": endoftext,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "transformers_version": None,
+    }
+    _write_json(directory / "config.json", config)
+    for name in ("vocab.json", "merges.txt"):
+        (directory / name).write_bytes((gpt2 / name).read_bytes())
+    special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    _write_json(directory / "special_tokens_map.json", special)
+    # The tokenizer class is named here: config.json's model_type (vision-encoder-decoder) does not imply one.
+    tokenizer = {"add_prefix_space": False, "model_max_length": 64, "name_or_path": "gpt2"}
+    _write_json(directory / "tokenizer_config.json", tokenizer | special | {"tokenizer_class": "GPT2Tokenizer"})
+    _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
+    return directory
+
+
+def save_vision_transformer(directory: Path, model_type: str, seed: int = 0) -> Path:
+    """A tiny DeiT, BEiT, DINOv2 or SigLIP vision model with its hub image processor, saved by transformers 5."""
+    import transformers
+
+    classes = {
+        "deit": ("DeiTConfig", "DeiTModel", "DeiTImageProcessorPil"),
+        "beit": ("BeitConfig", "BeitModel", "BeitImageProcessorPil"),
+        "dinov2": ("Dinov2Config", "Dinov2Model", "BitImageProcessorPil"),
+        "siglip_vision_model": ("SiglipVisionConfig", "SiglipVisionModel", "SiglipImageProcessorPil"),
+    }
+    config, model, processor = (getattr(transformers, name) for name in classes[model_type])
+    sizes = {key: VIT_T4_CONFIG[key] for key in ("hidden_size", "intermediate_size", "image_size", "patch_size")}
+    torch.manual_seed(seed)
+    model(config(**sizes, num_hidden_layers=2, num_attention_heads=2)).eval().save_pretrained(directory)
+    side = VIT_T4_CONFIG["image_size"]
+    processor(size={"height": side + 4, "width": side + 4}, crop_size={"height": side, "width": side}).save_pretrained(
+        directory
+    )
+    return directory

@@ -1,0 +1,71 @@
+"""The one loader (captionkit.loading): checkpoints of every family, int8 and ONNX exports, hub ids offline."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _captioning import PHOTO_DIRS, run_cli, save_tiny_model
+from captionkit import Captioner
+from captionkit.errors import ModelLoadError
+from captionkit.export.onnx import OnnxCaptionModel
+from captionkit.loading import load_pretrained
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PHOTOS = sorted(PHOTO_DIRS[0].glob("*.jpg"))[:2]
+
+
+def test_a_checkpoint_loads_with_its_tokenizer_and_preprocessing(tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    loaded = load_pretrained(source)
+    assert (loaded.model.family, loaded.source, loaded.cpu_only) == ("vit-gpt2", source, False)
+    assert loaded.preprocessing.size == (32, 32)
+    assert loaded.tokenizer.vocab_size == loaded.model.vocab_size
+    ids = (loaded.model.bos_token_id, loaded.model.eos_token_id, loaded.model.pad_token_id)
+    assert (loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id, loaded.tokenizer.pad_token_id) == ids
+
+
+def test_int8_and_onnx_exports_load_through_the_captioner(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    for kind in ("int8", "onnx"):
+        code, _, err = run_cli(["export", kind, "--model", source, "--output", tmp_path / kind], capsys)
+        assert code == 0, err
+    reference = Captioner.from_pretrained(source, device="cpu").caption(PHOTOS, num_beams=2, max_new_tokens=6)
+    onnx = Captioner.from_pretrained(tmp_path / "onnx")
+    assert isinstance(onnx.model, OnnxCaptionModel) and onnx.device == torch.device("cpu")
+    found = onnx.caption(PHOTOS, num_beams=2, max_new_tokens=6)
+    assert [r.captions[0].token_ids for r in found] == [r.captions[0].token_ids for r in reference]
+    int8 = load_pretrained(tmp_path / "int8")
+    assert int8.cpu_only and Captioner.from_pretrained(tmp_path / "int8").device == torch.device("cpu")
+
+
+def test_a_hub_id_offline_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained("captionkit-test/no-such-captioner")
+    assert str(error.value) == (
+        "captionkit-test/no-such-captioner: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    )
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+    ids=["offline", "unreachable"],
+)
+def test_the_cli_names_an_unloadable_hub_id_in_one_line(environment: dict[str, str], tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **environment}
+    command = [sys.executable, "-m", "captionkit.cli", "caption", str(PHOTOS[0]), "--model", "captionkit-test/none"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("captionkit: error: captionkit-test/none: "), done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,0 +1,456 @@
+"""Starting from pretrained parts (issue 16): hub encoders and GPT-2 decoders, in the transformers 4 and 5 layouts.
+
+The parts are tiny random models saved as their hub repositories store them (tests/_hub_parts.py). A new model keeps
+every pretrained tensor as it is, a recipe trains from them, and the run reloads with the part's own preprocessing
+and tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModel,
+    AutoTokenizer,
+    CLIPVisionModel,
+    GPT2LMHeadModel,
+    VisionEncoderDecoderModel,
+)
+
+from _data import SHARED_DATA
+from _hub_parts import (
+    LAYOUTS,
+    part_weights,
+    save_clip,
+    save_gpt2,
+    save_resnet,
+    save_vision_transformer,
+    save_vit,
+    save_vit_gpt2_t4,
+)
+from captionkit import Captioner
+from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.images import load_image
+from captionkit.models.registry import create_model, load_model
+from captionkit.text import CaptionTokenizer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny ViT and a tiny GPT-2, both in one layout (transformers 4 as on the hub, or transformers 5)."""
+    root = tmp_path_factory.mktemp(f"parts-{request.param}")
+    return save_vit(root / "vit", request.param), save_gpt2(root / "gpt2", request.param, seed=1)
+
+
+def assert_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
+    """Every tensor the parts' files store is in the run's model.safetensors, under the hub's name, unchanged."""
+    saved = part_weights(run)
+    for key, tensor in part_weights(encoder).items():
+        assert torch.equal(saved[f"encoder.{key}"], tensor), key
+    stored = {key.removeprefix("transformer."): value for key, value in part_weights(decoder).items()}
+    for key, tensor in stored.items():
+        assert torch.equal(saved[f"decoder.transformer.{key}"], tensor), key
+    # GPT-2's output layer is its token table (tied), as in the part.
+    assert torch.equal(
+        saved.get("decoder.lm_head.weight", saved["decoder.transformer.wte.weight"]), stored["wte.weight"]
+    )
+
+
+def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    model.save_pretrained(tmp_path)
+    assert_parts_unchanged(tmp_path, encoder, decoder)
+    # The new tensors are exactly the cross-attention layers (2 blocks x 8) and the projection to GPT-2's width.
+    stored = {f"encoder.{key}" for key in part_weights(encoder)}
+    stored |= {f"decoder.transformer.{key.removeprefix('transformer.')}" for key in part_weights(decoder)}
+    new = sorted(set(part_weights(tmp_path)) - stored - {"decoder.lm_head.weight"})
+    assert len(new) == 18 and all(any(p in key for p in CROSS_ATTENTION) for key in new[:16]), new
+    assert new[16:] == ["enc_to_dec_proj.bias", "enc_to_dec_proj.weight"]
+    assert model.ved.enc_to_dec_proj.weight.shape == (32, 48)
+    # GPT-2's ids: its <|endoftext|> starts and ends captions and pads.
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (0, 0, 0)
+    assert model.preprocessing is not None and model.preprocessing.size == (32, 32)
+
+
+def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    with pytest.raises(ConfigError, match=r"needs both model\.encoder and model\.decoder"):
+        create_model("vit-gpt2", encoder=str(encoder))
+    with pytest.raises(ModelLoadError, match="a decoder part must be a GPT-2-family LM"):
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(encoder))
+    with pytest.raises(ModelLoadError, match="is a 'vit' model; an encoder part must be one of resnet"):
+        create_model("cnn-lstm", encoder=str(encoder))
+    with pytest.raises(ConfigError, match="architecture comes from the pretrained parts; remove decoder_layers"):
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder), decoder_layers=4)
+
+
+def test_hub_ids_without_a_network_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError) as error:
+        create_model("vit-gpt2", encoder="captionkit-test/no-such-vit", decoder="captionkit-test/no-such-gpt2")
+    assert str(error.value) == (
+        "captionkit-test/no-such-vit: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    )
+
+
+def test_hub_ids_with_an_unreachable_hub_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ModelLoadError) as error:
+        create_model("vit-gpt2", encoder="captionkit-test/no-such-vit", decoder="gpt2")
+    message = str(error.value)
+    assert message.startswith("captionkit-test/no-such-vit: cannot download from the Hugging Face Hub")
+    assert "\n" not in message
+
+
+def test_the_saved_model_loads_in_plain_transformers(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    model.save_pretrained(tmp_path)
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.tensor([[0, 5, 9, 11], [0, 7, 3, 2]])
+    with torch.no_grad():
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(model(pixels, ids), expected, atol=1e-5)
+    assert load_model(tmp_path).bos_token_id == 0
+
+
+def test_a_recipe_from_parts_trains_saves_reloads_and_captions(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    from test_recipes import COCO, PHOTO, run_recipe
+
+    encoder, decoder = parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
+    summary = run_recipe("coco-vit-gpt2-from-parts.yaml", out, *overrides, "train.lr=0", "train.warmup_steps=0")
+    assert summary["steps"] == 3
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    # lr 0: every pretrained tensor of both parts is in the run unchanged.
+    assert_parts_unchanged(out, encoder, decoder)
+    # The decoder's own tokenizer (GPT-2: pad = eos) came along.
+    reference = AutoTokenizer.from_pretrained(decoder)
+    caption = "a dog runs through the grass"
+    assert captioner.tokenizer.encode(caption) == reference(caption)["input_ids"]
+    assert captioner.tokenizer.pad_token_id == captioner.tokenizer.eos_token_id == reference.eos_token_id
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4
+
+
+def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    captioner = Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu")  # type: ignore[arg-type]
+    captioner.save_pretrained(tmp_path)
+    reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    assert expected.shape == (3, 3, 32, 32)
+    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert (saved["image_mean"], saved["image_std"]) == ([0.5] * 3, [0.5] * 3)
+
+
+def _tokenizer(decoder: Path) -> CaptionTokenizer:
+    return CaptionTokenizer.load(decoder)
+
+
+# --- issue 20, defect 1: finished ViT-GPT2 checkpoints in the transformers 4 (hub) and 5 layouts
+
+
+def _plain_transformers5_fine_tune(directory: Path, vit: Path, gpt2: Path, ids_in: str) -> Path:
+    """What a user's transformers 5 script saves: GPT-2's config has no decoder_start_token_id; the start id is set
+    on the model config or on the generation config only (``ids_in``)."""
+    encoder = AutoModel.from_pretrained(vit)
+    decoder = GPT2LMHeadModel.from_pretrained(gpt2, add_cross_attention=True)
+    ved = VisionEncoderDecoderModel(encoder=encoder, decoder=decoder)
+    endoftext = decoder.config.eos_token_id
+    settings = ved.generation_config if ids_in == "generation" else ved.config
+    settings.decoder_start_token_id, settings.pad_token_id = endoftext, endoftext
+    ved.save_pretrained(directory)
+    AutoTokenizer.from_pretrained(gpt2).save_pretrained(directory)
+    AutoImageProcessor.from_pretrained(vit).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("ids_in", ["config", "generation"])
+def test_a_checkpoint_saved_by_transformers5_captions(ids_in: str, tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t5"), save_gpt2(tmp_path / "gpt2", "t5")
+    run = _plain_transformers5_fine_tune(tmp_path / "run", vit, gpt2, ids_in)
+    assert "decoder_start_token_id" not in json.loads((run / "config.json").read_text())["decoder"]
+    captioner = Captioner.from_pretrained(run, device="cpu")
+    endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
+    model = captioner.model
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (endoftext,) * 3
+    assert_greedy_as_transformers(captioner, run, endoftext)
+
+
+def test_a_checkpoint_in_the_hubs_transformers4_layout_captions(tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
+    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    captioner = Captioner.from_pretrained(run, device="cpu")
+    endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
+    model = captioner.model
+    assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (endoftext,) * 3
+    assert_greedy_as_transformers(captioner, run, endoftext)
+
+
+def assert_greedy_as_transformers(captioner: Captioner, run: Path, endoftext: int) -> None:
+    """The same checkpoint in plain transformers: its greedy captions of real photos are captionkit's."""
+    plain = VisionEncoderDecoderModel.from_pretrained(run).eval()
+    pixels = torch.from_numpy(captioner.preprocessing([load_image(photo) for photo in PHOTOS]))
+    expected = plain.generate(pixel_values=pixels, max_new_tokens=4, num_beams=1, do_sample=False)
+    results = captioner.caption(PHOTOS, max_new_tokens=4, num_beams=1)
+    assert expected[:, 0].tolist() == [endoftext] * len(PHOTOS)  # generate started from the same id
+    for row, result in zip(expected.tolist(), results, strict=True):
+        tokens = row[1 : row.index(endoftext, 1)] if endoftext in row[1:] else row[1:]
+        assert result.captions[0].token_ids == tokens
+
+
+# --- prefix-gpt2 (ClipCap): the CLIP vision tower (or a ViT) and GPT-2
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def clip_parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A tiny CLIP (both towers, as openai/clip-vit-base-patch32 stores it) and a tiny GPT-2, in one layout."""
+    root = tmp_path_factory.mktemp(f"clip-{request.param}")
+    return save_clip(root / "clip", request.param), save_gpt2(root / "gpt2", request.param, seed=1)
+
+
+def tower_key(saved: dict[str, torch.Tensor], key: str) -> str:
+    """Where a CLIP file's vision-tower tensor sits in a saved model: transformers 5 names the tower's modules
+    without the file's "vision_model." level."""
+    name = f"encoder.{key}"
+    return name if name in saved else f"encoder.{key.removeprefix('vision_model.')}"
+
+
+def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
+    """Every tensor of the CLIP vision tower and of GPT-2 is in the run's (native) weights, unchanged."""
+    saved = part_weights(run)
+    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
+    assert vision
+    for key, tensor in vision.items():
+        assert torch.equal(saved[tower_key(saved, key)], tensor), key
+    for key, tensor in part_weights(decoder).items():
+        name = f"gpt2.transformer.{key.removeprefix('transformer.')}"
+        # Tied tensors are stored once: GPT-2's token table under its output layer's name.
+        name = "gpt2.lm_head.weight" if name == "gpt2.transformer.wte.weight" and name not in saved else name
+        assert torch.equal(saved[name], tensor), key
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"mapper": "transformer", "freeze_decoder": True, "prefix_length": 4}],
+    ids=["mlp-mapper", "transformer-mapper"],
+)
+def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings: dict, tmp_path: Path) -> None:
+    encoder, decoder = clip_parts
+    model = create_model("prefix-gpt2", encoder=str(encoder), decoder=str(decoder), **settings)
+    model.save_pretrained(tmp_path)
+    assert_prefix_parts_unchanged(tmp_path, encoder, decoder)
+    # The encoder is frozen by default (ClipCap); GPT-2 is fine-tuned with the MLP mapper, frozen with the other.
+    trainable = {
+        group: any(dict(model.named_parameters())[name].requires_grad for name in names)
+        for group, names in model.parameter_groups().items()
+    }
+    assert trainable == {"encoder": False, "mapper": True, "decoder": not settings.get("freeze_decoder", False)}
+    # ClipCap's MLP width: prefix_length * GPT-2 width / 2.
+    assert model.config.mapper_hidden_size == model.config.prefix_length * 32 // 2
+    # The image embedding is CLIP's pooled output (after its final layer norm), as ClipCap reads it.
+    pixels = torch.randn(2, 3, 32, 32)
+    tower = CLIPVisionModel.from_pretrained(encoder).eval()
+    with torch.no_grad():
+        assert torch.equal(model.encode(pixels).tokens[:, 0], tower(pixel_values=pixels).pooler_output)
+    reloaded = load_model(tmp_path)
+    ids = torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(reloaded(pixels, ids), model.eval()(pixels, ids))
+
+
+def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
+    clip_parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder, decoder = clip_parts
+    tokenizer = CaptionTokenizer.load(decoder)
+    tokenizer.hf.add_special_tokens({"additional_special_tokens": ["<positive>", "<negative>"]})
+    model = create_model("prefix-gpt2", tokenizer=tokenizer, encoder=str(encoder), decoder=str(decoder)).eval()
+    assert model.vocab_size == tokenizer.vocab_size == 322
+    model.save_pretrained(tmp_path)
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 320, 9], [0, 321, 3]])
+    with torch.no_grad():
+        logits = model(pixels, ids)
+        assert logits.shape == (2, 3, 322)
+        assert torch.equal(load_model(tmp_path)(pixels, ids), logits)
+
+
+@pytest.mark.parametrize("recipe", ["flickr30k-clipcap.yaml", "flickr30k-clipcap-transformer.yaml"])
+def test_the_clipcap_recipes_train_from_parts(clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path) -> None:
+    from test_recipes import FLICKR, PHOTO, run_recipe
+
+    encoder, decoder = clip_parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
+    # The tiny GPT-2 has 64 positions: 40 prefix tokens leave room for 20-token captions.
+    summary = run_recipe(recipe, out, *overrides, "train.warmup_steps=0", "data.max_length=20")
+    assert summary["steps"] == 3
+    assert_prefix_parts_unchanged(out, encoder, decoder)
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    transformer = recipe == "flickr30k-clipcap-transformer.yaml"
+    assert (captioner.model.config.mapper, captioner.model.config.prefix_length) == (
+        ("transformer", 40) if transformer else ("mlp", 10)
+    )
+    # CLIP's own preprocessing, saved in the run: the same pixels as CLIP's image processor on real photos.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4
+
+
+# --- cnn-lstm and cnn-lstm-attention: a Hugging Face ResNet under a new LSTM
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def resnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ResNet image classifier, as microsoft/resnet-50 stores it, in one layout."""
+    return save_resnet(tmp_path_factory.mktemp(f"resnet-{request.param}") / "resnet", request.param)
+
+
+def assert_resnet_unchanged(run: Path, resnet: Path) -> None:
+    """Every tensor of the ResNet (batch-norm statistics included) is in the run's weights, unchanged; its
+    classifier head is not."""
+    saved = part_weights(run)
+    stored = {key: value for key, value in part_weights(resnet).items() if key.startswith("resnet.")}
+    assert len(stored) > 20
+    for key, tensor in stored.items():
+        assert torch.equal(saved[f"encoder.{key.removeprefix('resnet.')}"], tensor), key
+    assert not any("classifier" in key for key in saved)
+
+
+@pytest.mark.parametrize("family", ["cnn-lstm", "cnn-lstm-attention"])
+def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> None:
+    model = create_model(family, encoder=str(resnet), vocab_size=50)
+    model.save_pretrained(tmp_path)
+    assert_resnet_unchanged(tmp_path, resnet)
+    # The conv stages are frozen by default (their batch norms in eval mode, even in training mode).
+    groups = model.parameter_groups()
+    parameters = dict(model.named_parameters())
+    assert not any(parameters[name].requires_grad for name in groups["encoder"])
+    assert all(parameters[name].requires_grad for name in groups["decoder"])
+    assert not model.train().encoder.training
+    # Its regions: the last stage's 32 channels on a 4 x 4 grid (stride 8) of a 32 px image (the preprocessing's crop).
+    assert model.encode(torch.randn(1, 3, 32, 32)).tokens.shape == (1, 16, 32)
+    with pytest.raises(ConfigError, match=r"starts from a pretrained model\.encoder only"):
+        create_model(family, encoder=str(resnet), decoder=str(resnet))
+
+
+@pytest.mark.parametrize("recipe", ["flickr30k-resnet50-lstm.yaml", "flickr30k-resnet50-lstm-attention.yaml"])
+def test_the_resnet50_lstm_recipes_train_from_parts(resnet: Path, recipe: str, tmp_path: Path) -> None:
+    from test_recipes import FLICKR, PHOTO, run_recipe
+
+    out = tmp_path / "run"
+    summary = run_recipe(recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
+    assert summary["steps"] == 3
+    assert_resnet_unchanged(out, resnet)
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    assert captioner.model.config.teacher_forcing_ratio == 0.9
+    # A word vocabulary trained on the captions (the LSTM has no pretrained tokenizer).
+    assert captioner.model.vocab_size == captioner.tokenizer.vocab_size <= 4096
+    # The ResNet's own preprocessing (ConvNeXt: shorter edge to 36, centre 32 crop), saved in the run.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(resnet)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
+    assert len(result.captions[0].token_ids) <= 4
+
+
+def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = clip_parts
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder)).eval()
+    assert type(model.ved.encoder).__name__ == "CLIPVisionModel"
+    model.save_pretrained(tmp_path)
+    saved = part_weights(tmp_path)
+    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
+    assert all(torch.equal(saved[tower_key(saved, key)], tensor) for key, tensor in vision.items())
+    assert not any(key.startswith("encoder.text_model.") for key in saved)  # the text tower stays behind
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(load_model(tmp_path)(pixels, ids), expected, atol=1e-5)
+        # Cross-attention over CLIP's CLS + 4 x 4 patches gives attention maps as for a ViT.
+        assert model.attention_maps(pixels, ids).shape == (2, 3, 4, 4)
+    assert model.preprocessing is not None and model.preprocessing.crop_from == 32
+
+
+@pytest.mark.parametrize(
+    ("model_type", "leading"), [("deit", 2), ("beit", 1), ("dinov2", 1), ("siglip_vision_model", 0)]
+)
+def test_vit_gpt2_from_other_vision_transformers(
+    model_type: str, leading: int, parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder = save_vision_transformer(tmp_path / model_type, model_type)
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(parts[1])).eval()
+    model.save_pretrained(tmp_path / "run")
+    saved = part_weights(tmp_path / "run")
+    assert all(torch.equal(saved[f"encoder.{key}"], value) for key, value in part_weights(encoder).items())
+    pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        plain = VisionEncoderDecoderModel.from_pretrained(tmp_path / "run").eval()
+        expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
+        assert torch.allclose(load_model(tmp_path / "run")(pixels, ids), expected, atol=1e-5)
+        # Patch tokens after `leading` others (CLS, DeiT's distillation token; none for SigLIP).
+        assert model.encode(pixels).tokens.shape[1] == leading + 16
+        maps = model.attention_maps(pixels, ids)
+    assert maps.shape == (2, 3, 4, 4)
+    assert torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(2, 3))
+    # The part's own preprocessing: the same pixels as its image processor on real photos.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected_pixels = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    assert model.preprocessing is not None
+    np.testing.assert_allclose(model.preprocessing(images), expected_pixels, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("environment", "reason"),
+    [
+        ({"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"),
+        (
+            {"HF_ENDPOINT": "http://127.0.0.1:9"},
+            "cannot download from the Hugging Face Hub (offline?); pass a local directory, "
+            "or set HF_HUB_OFFLINE=1 with a cached copy",
+        ),
+    ],
+    ids=["offline", "unreachable"],
+)
+def test_a_parts_recipe_without_the_hub_fails_in_one_line(
+    environment: dict[str, str], reason: str, tmp_path: Path
+) -> None:
+    from test_recipes import COCO, CONFIGS
+
+    recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
+    command = [sys.executable, "-m", "captionkit.cli", "train", str(recipe), "--output", str(tmp_path / "run")]
+    command += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
+    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"} | environment
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    # The decoder's tokenizer is the first part read.
+    assert lines[-1] == f"captionkit: error: gpt2: {reason}", done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "COMPLETE").exists()
