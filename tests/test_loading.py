@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from _captioning import PHOTO_DIRS, run_cli, save_tiny_model
+from _captioning import PHOTO_DIRS
+from _helpers import run_cli, save_tiny_model
 from captionkit import Captioner
 from captionkit.errors import ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
