@@ -36,13 +36,11 @@ def tiny_vit_gpt2(
     The eos row of the (tied) output embedding is scaled by ``eos_boost``: the eos logit then spreads wider
     than the others, making eos very likely in some contexts and unlikely in others.
     """
-    from captionkit.models.vit_gpt2 import VitGpt2Model
+    from _helpers import tiny_model
 
-    torch.manual_seed(seed)
-    overrides = {"vocab_size": vocab_size, "initializer_range": 0.3, **overrides}
-    model = VitGpt2Model.from_config(
-        "tiny", bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, **overrides
-    )
+    ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    overrides = {"vocab_size": vocab_size, "initializer_range": 0.3, **ids, **overrides}
+    model = tiny_model("vit-gpt2", seed, **overrides)
     with torch.no_grad():
         model.ved.decoder.lm_head.weight[eos_token_id] *= eos_boost
     return model.eval()

@@ -6,39 +6,19 @@ import json
 
 import pytest
 
-from captionkit.cli import main
+from _helpers import run_cli
 from captionkit.config import load_train_config
 from captionkit.demo import demo_config, demo_recipe_path, score_captions, word_accuracy
 
 
 def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    with pytest.raises(SystemExit) as done:
-        main(
-            [
-                "demo",
-                "--output",
-                str(out),
-                "--steps",
-                "4",
-                "--train-scenes",
-                "64",
-                "--test-scenes",
-                "10",
-                "--seed",
-                "3",
-                "--set",
-                "model.preset=tiny",
-                "--set",
-                "train.batch_size=16",
-                "--set",
-                "train.eval_every=2",
-            ]
-        )
-    assert done.value.code == 0
-    captured = capsys.readouterr()
+    settings = ["--steps", "4", "--train-scenes", "64", "--test-scenes", "10", "--seed", "3"]
+    overrides = ["--set", "model.preset=tiny", "--set", "train.batch_size=16", "--set", "train.eval_every=2"]
+    code, stdout, err = run_cli(["demo", "--output", out, *settings, *overrides], capsys)
+    assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
-    assert json.loads(captured.out) == metrics
+    assert json.loads(stdout) == metrics
     assert metrics["train_steps"] == 4
     assert metrics["test_images"] == 10
     assert metrics["seed"] == 3  # --seed seeds the scenes and the training run
@@ -56,7 +36,7 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
     assert "<th>positive</th><th>negative</th>" in page
     assert page.count("data:image/png;base64,") == 10
     assert "http://" not in page and "https://" not in page  # self-contained
-    assert "exact match" in captured.err
+    assert "exact match" in err
     assert (out / "model" / "COMPLETE").is_file()
 
 
@@ -78,23 +58,8 @@ def test_scores():
 
 
 def test_bad_demo_arguments_exit_1(tmp_path, capsys):
-    with pytest.raises(SystemExit) as done:
-        main(["demo", "--output", str(tmp_path), "--steps", "0"])
-    assert done.value.code == 1
-    assert "--steps" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as done:
-        main(
-            [
-                "demo",
-                "--output",
-                str(tmp_path),
-                "--set",
-                "train.nonsense=1",
-                "--train-scenes",
-                "4",
-                "--test-scenes",
-                "2",
-            ]
-        )
-    assert done.value.code == 1
-    assert "train.nonsense: unknown key" in capsys.readouterr().err
+    code, _, err = run_cli(["demo", "--output", tmp_path, "--steps", "0"], capsys)
+    assert code == 1 and "--steps" in err
+    args = ["demo", "--output", tmp_path, "--set", "train.nonsense=1", "--train-scenes", "4", "--test-scenes", "2"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and "train.nonsense: unknown key" in err

@@ -42,6 +42,10 @@ def test_overlay_folders_are_unique_after_sanitising():
         Path("z/..png"): "_",
         Path("w/_.png"): "_-2",
     }
+    assert overlay_folders([Path("a/Dog.jpg"), Path("b/dog.jpg")]) == {
+        Path("a/Dog.jpg"): "Dog",
+        Path("b/dog.jpg"): "dog-2",
+    }
 
 
 def test_cli_keeps_maps_of_dot_named_images_inside_dir(tmp_path, capsys):

@@ -117,8 +117,13 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
     assert tuned.styles == ["neutral", "positive", "negative"]
     assert tuned.model.vocab_size == tokenizer.vocab_size + 2
     image = SHARED_DATA / "coco" / "val2017" / "000000000139.jpg"
-    for style in ("neutral", "positive", "negative"):
-        assert isinstance(tuned.caption([image], style=style, num_beams=1, max_new_tokens=5)[0].caption, str)
+    # Two steps teach no style words (test_style_cli checks that a model that learnt the styles uses them), but a
+    # style starts the decoder from its own token instead of bos: the styled captions differ from the neutral one.
+    # (Measured: neutral '' at -5.07, positive and negative the same 5 tokens at -4.82: their new tokens start alike.)
+    results = {s: tuned.caption([image], style=s, num_beams=1, max_new_tokens=5)[0] for s in tuned.styles}
+    for style in ("positive", "negative"):
+        assert results[style].caption != results["neutral"].caption
+        assert abs(results[style].score - results["neutral"].score) > 0.05
 
 
 @pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from captionkit.cli import app
+from _helpers import run_cli
 from captionkit.data.synthetic import write_synthetic_dataset
 
 
@@ -26,30 +25,26 @@ def recipe(tmp_path_factory):
     return path
 
 
-def run(*args: str):
-    return CliRunner().invoke(app, ["train", *args])
-
-
-def test_train_then_the_same_command_resumes(recipe, tmp_path, single_thread):
+def test_train_then_the_same_command_resumes(recipe, tmp_path, capsys, single_thread):
     out = tmp_path / "run"
-    first = run(str(recipe), "--output", str(out), "--no-progress")
-    assert first.exit_code == 0, first.output
-    summary = json.loads(first.stdout.strip().splitlines()[-1])
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 4 and summary["resumed_from"] is None and summary["interrupted"] is False
     assert summary["val_cider"] is not None and summary["unreadable_images"] == 0
     assert (out / "metrics.jsonl").is_file() and (out / "curves.png").is_file() and (out / "COMPLETE").is_file()
-    again = run(str(recipe), "--output", str(out), "--no-progress", "--set", "train.steps=5")
-    assert again.exit_code == 0, again.output
-    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.steps=5"], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["steps"] == 5 and summary["resumed_from"].endswith("step-000004")
-    changed = run(str(recipe), "--output", str(out), "--no-progress", "--set", "train.lr=0.1")
-    assert changed.exit_code == 1
-    assert "train.lr: differs from the run" in changed.output
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.lr=0.1"], capsys)
+    assert code == 1
+    assert "train.lr: differs from the run" in err
 
 
-def test_unknown_key_is_one_line_naming_the_closest_key(recipe, tmp_path):
-    result = run(str(recipe), "--output", str(tmp_path / "run"), "--set", "train.stpes=3")
-    assert result.exit_code == 1
-    assert "tiny.yaml.train.stpes: unknown key (did you mean 'steps'?" in result.output
-    assert result.output.startswith("captionkit: error: ") and result.output.count("\n") == 1
-    assert "Traceback" not in result.output
+def test_unknown_key_is_one_line_naming_the_closest_key(recipe, tmp_path, capsys):
+    code, out, err = run_cli(["train", recipe, "--output", tmp_path / "run", "--set", "train.stpes=3"], capsys)
+    assert code == 1 and out == ""
+    assert "tiny.yaml.train.stpes: unknown key (did you mean 'steps'?" in err
+    assert err.startswith("captionkit: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err

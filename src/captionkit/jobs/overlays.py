@@ -40,9 +40,9 @@ def safe_folder_name(stem: str) -> str:
 
 
 def overlay_folders(paths: Sequence[Path]) -> dict[Path, str]:
-    """Each input's overlay folder name: its stem made safe; inputs that share one get ``name``, ``name-2``, ... in
-    input order. Made from the whole input list, which every shard, torchrun rank and resumed run sees alike, so no
-    two of them give one name to different images."""
+    """Each input's overlay folder name: its stem made safe; inputs that share one (ignoring case) get ``name``,
+    ``name-2``, ... in input order. Made from the whole input list, which every shard, torchrun rank and resumed
+    run sees alike, so no two of them give one name to different images."""
     folders: dict[Path, str] = {}
     taken: set[str] = set()
     for path in paths:
@@ -50,11 +50,11 @@ def overlay_folders(paths: Sequence[Path]) -> dict[Path, str]:
             continue
         base = safe_folder_name(path.stem)
         name, count = base, 1
-        while name in taken:
+        while name.casefold() in taken:  # case-insensitive file systems would give Dog and dog one folder
             count += 1
             name = f"{base}-{count}"
         folders[path] = name
-        taken.add(name)
+        taken.add(name.casefold())
     return folders
 
 

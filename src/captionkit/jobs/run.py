@@ -108,7 +108,7 @@ class _Plan:
 def run_caption_job(
     options: CaptionJobOptions, progress: Progress | None = None, env: Mapping[str, str] = os.environ
 ) -> JobOutcome:
-    """Run the job ``options`` describe in this process; raises :class:`InputError` before captioning anything
+    """Run the job ``options`` describe in this process; raises a :class:`CaptionkitError` before captioning anything
     (and before touching the output) when the options, inputs or model cannot be used."""
     options.check()
     plan = _plan(options, env)

@@ -1,0 +1,36 @@
+"""Hypotheses become captions in one place (decoding.to_captions), the same for the API and the batch job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _data import SHARED_DATA
+from _helpers import CAPTIONS, run_cli, save_tiny_model
+from captionkit.api import Captioner
+from captionkit.decoding import Caption, Hypothesis, to_captions
+from captionkit.models.registry import train_tokenizer
+
+
+def test_to_captions_decodes_each_hypothesis_in_place():
+    tokenizer = train_tokenizer("vit-gpt2", list(CAPTIONS) * 10, 300)
+    dog, cat = tokenizer.encode("a dog runs on the grass"), tokenizer.encode("a cat sits")
+    hypotheses = [[Hypothesis(dog, -0.5, -3.0, True), Hypothesis(cat, -1.25, -3.75, False)], []]
+    assert to_captions(hypotheses, tokenizer) == [
+        [Caption("a dog runs on the grass", -0.5, dog), Caption("a cat sits", -1.25, cat)],
+        [],
+    ]
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_the_batch_job_writes_the_api_captions(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model")
+    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+    code, out, err = run_cli(["caption", *photos, "--model", model, "--beams", "2", "--n-best", "2"], capsys)
+    assert code == 0, err
+    expected = Captioner.from_pretrained(model, device="cpu").caption(photos, num_beams=2, num_return_sequences=2)
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [[(c["caption"], c["score"]) for c in r["captions"]] for r in records] == [
+        [(c.text, pytest.approx(c.score, abs=1e-5)) for c in result.captions] for result in expected
+    ]
