@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from captionkit.training.trainer import train
 
 from _helpers import run_cli
 from captionkit.api import Captioner
