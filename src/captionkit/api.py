@@ -19,11 +19,13 @@ from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import DecodingConfig, Hypothesis, generate
+from captionkit.errors import InputError
 from captionkit.export.int8 import apply_saved_quantization, is_quantized
 from captionkit.hub import DEFAULT_MODEL, resolve_model_source
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
+from captionkit.precision import resolve_dtype
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
 
@@ -72,9 +74,12 @@ class Captioner:
         preprocessing: Preprocessing,
         device: str | torch.device | None = None,
         limits: ImageLimits | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        # fp32 (the default), bf16 or fp16 (GPU only): the weights are cast once, here.
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.limits = limits or ImageLimits()
@@ -82,15 +87,22 @@ class Captioner:
         self.name = "this model"
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
-        """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout."""
+    def from_pretrained(
+        cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None
+    ) -> Captioner:
+        """Load a captionkit checkpoint directory, or a hub id / directory in the Hugging Face layout.
+
+        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load.
+        """
         source = resolve_model_source(name_or_dir)
-        # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU.
+        # An int8 export (quantization.json) is quantized on load; its int8 kernels run on the CPU, in fp32.
         model = apply_saved_quantization(load_model(source), source)
-        if device is None and is_quantized(source):
-            device = "cpu"
+        if is_quantized(source):
+            device = device or "cpu"
+            if resolve_dtype(dtype, torch.device(device)) != torch.float32:
+                raise InputError("dtype", f"{name_or_dir} is an int8 export: it runs in fp32 only")
         tokenizer = CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
-        captioner = cls(model, tokenizer, Preprocessing.load(source), device)
+        captioner = cls(model, tokenizer, Preprocessing.load(source), device, dtype=dtype)
         captioner.name = str(name_or_dir)
         return captioner
 
@@ -161,7 +173,7 @@ class Captioner:
         """
         if not images:
             return []
-        pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
+        pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device, self.dtype)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
         captions = [[Caption.of(h, self.tokenizer) for h in per_image] for per_image in hypotheses]
         return self.add_attention(pixels, captions, config.start_token_id) if attention else captions

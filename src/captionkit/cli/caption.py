@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 from captionkit.data.records import STYLES
 from captionkit.errors import InputError
 from captionkit.hub import DEFAULT_MODEL
@@ -45,6 +45,7 @@ def caption(
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     workers: Annotated[
         str, typer.Option(help="Processes decoding images while the model runs: a number (0 = in-process) or auto.")
     ] = "0",
@@ -114,7 +115,7 @@ def caption(
             existing = read_records(target, fmt)
         done = {record.get("image") for record in existing}
         todo = [(i, item.path) for i, item in mine if str(item.path) not in done]
-        captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist))
+        captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist), dtype=dtype)
         config = dataclasses.replace(config, start_token_id=captioner.style_start_token(style))
         check_length(captioner.model, config)
         # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
