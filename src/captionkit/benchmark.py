@@ -88,11 +88,16 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         return _generate_reference(model, pixels, settings)
 
     say("warming up")
-    ours_captions, reference_captions = ours(), reference()
+    if pixels.device.type == "cuda":
+        # One process holds both engines on a GPU: the allocator's peak, reset before each, is the engine's own.
+        (ours_captions, peak_ours), (reference_captions, peak_reference) = _gpu_peak(ours), _gpu_peak(reference)
+        peaks = {"captionkit": (None, peak_ours), "transformers_generate": (None, peak_reference)}
+    else:
+        ours_captions, reference_captions = ours(), reference()
+        say("peak memory: one batch per engine, each in a fresh process")
+        peaks = {name: _peaks_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     timings: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
     cpu_times: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
-    say("peak memory: one batch per engine, each in a fresh process")
-    peaks = {name: _peaks_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     for repeat in range(settings.repeats):
         for name, run in (("captionkit", ours), ("transformers_generate", reference)):
             say(f"repeat {repeat + 1}/{settings.repeats}: {name}")
@@ -150,6 +155,15 @@ def _config(settings: BenchmarkSettings) -> DecodingConfig:
 
 def _captions(model: CaptionModel, pixels: torch.Tensor, config: DecodingConfig) -> list[list[int]]:
     return [found[0].token_ids for found in generate(model, pixels, config=config)]
+
+
+def _gpu_peak(run: Callable[[], list[list[int]]]) -> tuple[list[list[int]], int]:
+    """``run()``'s captions and the peak GPU memory allocated while it ran."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    captions = run()
+    torch.cuda.synchronize()
+    return captions, torch.cuda.max_memory_allocated()
 
 
 def _synchronize(device: torch.device) -> None:
@@ -242,9 +256,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | None, int | None]:
-    """Peak resident memory and peak GPU memory (None on a CPU) of a fresh process that loads the model and
-    decodes one batch with ``engine``.
+def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
+    """Peak resident memory of a fresh process that loads the model and decodes one batch with ``engine`` (CPU runs;
+    the second value, peak GPU memory, is None).
 
     A process of its own per engine: in a shared process the second engine's peak would include what the first
     left behind (allocator caches, captionkit's packed weights), and neither peak would be the engine's own.
@@ -254,7 +268,7 @@ def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | Non
         return pool.apply(_decode_once_and_report_peaks, (settings, engine))
 
 
-def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> tuple[int | None, int | None]:
+def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, pixels, _source = _model_and_pixels(settings)
@@ -263,10 +277,7 @@ def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> t
         _captions(model, pixels, _config(settings))
     else:
         _generate_reference(model, pixels, settings)
-    if pixels.device.type != "cuda":
-        return _peak_rss_bytes(), None
-    _synchronize(pixels.device)
-    return _peak_rss_bytes(), torch.cuda.max_memory_allocated(pixels.device)
+    return _peak_rss_bytes(), None
 
 
 def _peak_rss_bytes() -> int | None:

@@ -1,6 +1,7 @@
 """``captionkit benchmark``: captionkit's decoding against transformers' ``generate`` on the same inputs, one run.
 
-JSON on stdout (images/s, latency p50/p95, peak RSS per engine (each in a fresh process decoding one batch),
+JSON on stdout (images/s, latency p50/p95, peak RSS per engine (each in a fresh process decoding one batch; on a GPU
+peak GPU memory instead, measured in the one process),
 ``speedup``, whether captions are identical, the fraction of this machine's compute limit), a table on stderr.
 Figures are ratios measured side by side: on a shared machine, compare runs only through them.
 """
