@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
-from captionkit.decoding import DecodingConfig, Hypothesis, generate
+from captionkit.decoding import DecodingConfig, Hypothesis, decoding_options, generate
 from captionkit.errors import InputError
 from captionkit.export.int8 import apply_saved_quantization, is_quantized
 from captionkit.hub import DEFAULT_MODEL, resolve_model_source
@@ -142,18 +142,19 @@ class Captioner:
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
-        """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields.
+        """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields or their aliases
+        (``captionkit.decoding.options``).
 
-        Defaults: beam search with 4 beams, at most 20 new tokens. ``style`` ("positive", "negative", "neutral")
-        asks a style-controlled model for captions in that style (see :attr:`styles`). ``attention=True`` fills
-        each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
+        Defaults: beam search with 4 beams (1 when sampling), at most 20 new tokens. ``style`` ("positive",
+        "negative", "neutral") asks a style-controlled model for captions in that style (see :attr:`styles`).
+        ``attention=True`` fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model
+        without attention).
         """
         if isinstance(images, str | Path | bytes | Image.Image):
             images = [images]
         if attention:
             check_attention(self.model)
-        # Beam search with 4 beams unless sampling (which decodes one row per sample).
-        config = self.decoding_config(style, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding))
+        config = decoding_options(self.style_start_token(style), **decoding)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []

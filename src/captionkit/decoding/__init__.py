@@ -9,5 +9,14 @@ from __future__ import annotations
 
 from captionkit.decoding.config import DecodingConfig, EarlyStopping, Hypothesis
 from captionkit.decoding.engine import check_length, generate
+from captionkit.decoding.options import DEFAULT_BEAMS, decoding_options
 
-__all__ = ["DecodingConfig", "EarlyStopping", "Hypothesis", "check_length", "generate"]
+__all__ = [
+    "DEFAULT_BEAMS",
+    "DecodingConfig",
+    "EarlyStopping",
+    "Hypothesis",
+    "check_length",
+    "decoding_options",
+    "generate",
+]
