@@ -269,6 +269,9 @@ def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | Non
 
 
 def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # a fresh process: the command's quiet settings did not come with it
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, pixels, _source = _model_and_pixels(settings)
