@@ -6,7 +6,7 @@
 #
 # DATA_DIR holds JPEGs (searched recursively; replicated to 3,000 files for the captioning throughput); when it has
 # the shared layout (flickr8k/captions.txt, flickr8k/dataset_flickr8k.json, coco/...) the tests and the training
-# step use it too, else they use $CAPTIONKIT_DATA or ../shared/data. Output: $OUT/gpu_check.log (everything) and
+# step use it too, else the first of $CAPTIONKIT_DATA, shared/data and ../shared/data that has it. Output: $OUT/gpu_check.log (everything) and
 # $OUT/gpu_summary.json ($OUT defaults to ./gpu-check-out). A failed or timed-out step is recorded and the next one
 # runs. PYTHON (default: python) runs everything, with PYTHONPATH=src.
 set -u -o pipefail
@@ -22,10 +22,15 @@ trap 'rm -rf "$WORK"' EXIT
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
 export PYTHONPATH=src HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore::UserWarning
-if [ -f "$DATA_DIR/flickr8k/captions.txt" ]; then
-    export CAPTIONKIT_DATA=$DATA_DIR
-fi
-SHARED=${CAPTIONKIT_DATA:-$(cd .. && pwd)/shared/data}
+# The shared data set (captions, Karpathy json) for the tests, the tokenizer and training: the first that has it.
+for candidate in "${CAPTIONKIT_DATA:-}" "$DATA_DIR" shared/data ../shared/data; do
+    if [ -n "$candidate" ] && [ -f "$candidate/flickr8k/captions.txt" ]; then
+        export CAPTIONKIT_DATA
+        CAPTIONKIT_DATA=$(cd "$candidate" && pwd)
+        break
+    fi
+done
+SHARED=${CAPTIONKIT_DATA:-missing-shared-data}
 
 if [ "$MODE" = "--smoke" ]; then
     DEVICE=cpu PRESET=tiny PHOTOS=24 TRAIN_STEPS=3 TRAIN_BATCH=4 TRAIN_PRESET=tiny CAPTION_BATCH=8 WORKERS=1
@@ -37,8 +42,9 @@ else
     DEVICE=cuda PRESET=base PHOTOS=3000 TRAIN_STEPS=40 TRAIN_BATCH=64 TRAIN_PRESET=base CAPTION_BATCH=128 WORKERS=12
     BENCH=("fp32 8" "fp32 64" "fp32 256" "bf16 64" "bf16 256" "fp16 256")
     DEMO_ARGS=()
-    PYTEST_ARGS=(-q -rfE -p no:cacheprovider)
-    LIMIT_TESTS=120 LIMIT_BENCH=35 LIMIT_CAPTION=50 LIMIT_TRAIN=60 LIMIT_DEMO=120
+    # One line per test (PASSED/FAILED as it goes): a run cut short by its time limit still says what failed.
+    PYTEST_ARGS=(-v --tb=short -rfE --durations=10 -p no:cacheprovider)
+    LIMIT_TESTS=120 LIMIT_BENCH=35 LIMIT_CAPTION=50 LIMIT_TRAIN=60 LIMIT_DEMO=170
 fi
 
 # step NAME LIMIT_S COMMAND...: run COMMAND under `timeout`, log its exit code and wall time.
