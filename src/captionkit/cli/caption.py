@@ -40,7 +40,9 @@ def caption(
     style: Annotated[
         str | None, typer.Option(help="positive, negative or neutral: for models trained with style control.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    batch_size: Annotated[
+        str, typer.Option(help="Images per batch, or auto: the most that fit on the GPU (8 on a CPU).")
+    ] = "8",
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
@@ -68,6 +70,7 @@ def caption(
     from captionkit.api import Captioner
     from captionkit.attention import check_attention
     from captionkit.batch import caption_files
+    from captionkit.batch_size import choose_batch_size, parse_batch_size
     from captionkit.decoding import DecodingConfig, check_length
     from captionkit.errors import CaptionkitError
     from captionkit.inputs import collect_inputs
@@ -82,8 +85,6 @@ def caption(
         fail("--n-best: CSV output holds one caption per image; use --format jsonl or json for several")
     if style is not None and style not in STYLES:
         fail(f"--style: unknown style {style!r} (expected one of {', '.join(STYLES)})")
-    if batch_size < 1:
-        fail(f"--batch-size: must be at least 1, got {batch_size}")
     if prefetch < 1:
         fail(f"--prefetch: must be at least 1, got {prefetch}")
     try:
@@ -93,6 +94,7 @@ def caption(
             fail("--shard (or torchrun) needs --output: each shard writes its own part file")
         target = job_shard.part_path(output) if (job_shard is not None and output is not None) else output
         num_workers = _parse_workers(workers, dist.local_world_size if dist else 1)
+        batch = parse_batch_size(batch_size)
         config = DecodingConfig(
             max_new_tokens=max_length,
             num_beams=1 if sample else beams,
@@ -118,6 +120,9 @@ def caption(
         captioner = Captioner.from_pretrained(model, device=_choose_device(device, dist), dtype=dtype)
         config = dataclasses.replace(config, start_token_id=captioner.style_start_token(style))
         check_length(captioner.model, config)
+        if batch is None:
+            batch = choose_batch_size(captioner.model, captioner.preprocessing.size, config, captioner.device)
+            print(f"--batch-size auto: {batch}", file=sys.stderr)
         # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
         if target is not None and not resume and fmt != "json" and target.exists():
             target.unlink()
@@ -143,7 +148,7 @@ def caption(
                 [path for _, path in todo],
                 config,
                 writer,
-                batch_size,
+                batch,
                 advance,
                 positions=[i for i, _ in todo],
                 workers=num_workers,
