@@ -103,6 +103,10 @@ CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
 echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": $SECONDS_CAPTION, \
 \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}")}" >"$OUT/caption.json"
 
+# --batch-size auto on the original photos: the log says which size it chose.
+step caption-auto-batch "$LIMIT_CAPTION" "${CLI[@]}" caption "$DATA_DIR" --model "$WORK/model" --device "$DEVICE" \
+    --dtype "$CAPTION_DTYPE" --batch-size auto --workers "$WORKERS" --output "$WORK/captions-auto.jsonl"
+
 "$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
     --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
 step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
