@@ -124,7 +124,11 @@ def captioner(tmp_path_factory):
 
 def test_captioner_returns_one_map_per_token_of_every_caption(captioner):
     images = [Image.open(path).convert("RGB") for path in PHOTOS]
+    ved = captioner.model.ved
+    implementations = [part.config._attn_implementation for part in (ved, ved.encoder, ved.decoder)]
     results = captioner.caption(images, attention=True, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    # The maps switch the decoder to eager attention for their call only: every part is as it was.
+    assert [part.config._attn_implementation for part in (ved, ved.encoder, ved.decoder)] == implementations
     plain = captioner.caption(images, num_beams=3, num_return_sequences=2, max_new_tokens=6)
     assert [[c.text for c in r.captions] for r in results] == [[c.text for c in r.captions] for r in plain]
     assert all(c.attention is None and c.tokens is None for r in plain for c in r.captions)

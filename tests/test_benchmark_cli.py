@@ -19,24 +19,33 @@ from captionkit.models.vit_gpt2 import PRESETS
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def test_benchmark_on_real_images_reports_both_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_benchmark_on_real_images_reports_both_engines(
+    dtype: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
     assert len(photos) == 2, f"real photos missing under {SHARED_DATA}"
     for photo in photos:
         shutil.copy(photo, tmp_path / photo.name)
     args = ["benchmark", "--preset", "tiny", "--batch-size", "3", "--beams", "2", "--max-length", "6"]
-    code, out, err = run_cli([*args, "--repeats", "2", "--threads", "1", "--images", str(tmp_path)], capsys)
+    args += ["--repeats", "2", "--threads", "1", "--images", str(tmp_path), "--device", "cpu", "--dtype", dtype]
+    code, out, err = run_cli(args, capsys)
     assert code == 0
     result = json.loads(out)
+    assert (result["device"], result["dtype"]) == ("cpu", dtype)
     assert result["inputs"] == f"2 images from {tmp_path}"
     assert (result["batch_size"], result["beams"], result["max_new_tokens"], result["torch_threads"]) == (3, 2, 6, 1)
-    assert result["captions_identical"] is True and result["caption_agreement"] == 1.0
+    if dtype == "fp32":
+        assert result["captions_identical"] is True and result["caption_agreement"] == 1.0
+        assert result["captions_equal_to_fp32"] == 1.0
+    else:  # a share of 3 images: bf16 rounding may change a caption
+        assert result["captions_equal_to_fp32"] in (0.0, 1 / 3, 2 / 3, 1.0)
     for engine in ("captionkit", "transformers_generate"):
         figures = result[engine]
         assert len(figures["batch_times_s"]) == 2
         assert figures["images_per_s"] == pytest.approx(3 / figures["latency_p50_s"])
         assert figures["latency_p50_s"] <= figures["latency_p95_s"] <= max(figures["batch_times_s"])
-        assert figures["peak_rss_mb"] > 50 and figures["cpu_s_p50"] > 0
+        assert figures["peak_rss_mb"] > 50 and figures["cpu_s_p50"] > 0 and figures["peak_gpu_mb"] is None
         assert 0 < figures["fraction_of_compute_limit"] < 1
     assert result["speedup"] == pytest.approx(
         result["transformers_generate"]["latency_p50_s"] / result["captionkit"]["latency_p50_s"]
@@ -44,6 +53,9 @@ def test_benchmark_on_real_images_reports_both_engines(tmp_path: Path, capsys: p
     assert result["speedup_cpu_time"] == pytest.approx(
         result["transformers_generate"]["cpu_s_p50"] / result["captionkit"]["cpu_s_p50"]
     )
+    theirs, ours = result["transformers_generate"]["batch_times_s"], result["captionkit"]["batch_times_s"]
+    ratios = [t / o for t, o in zip(theirs, ours, strict=True)]
+    assert result["speedup_spread"] == {"min": min(ratios), "max": max(ratios)}
     assert "min_new_tokens = max_new_tokens" in result["forced_length"]
     assert result["compute"]["matmul_gflops"] > 0.1
     assert "speedup" in err and "transformers_generate" in err
@@ -69,6 +81,9 @@ def test_flop_estimate_of_the_base_preset() -> None:
         (["--preset", "tiny", "--repeats", "0"], "--repeats: must be at least 1"),
         (["--preset", "tiny", "--threads", "0"], "--threads: must be at least 1"),
         (["--model", "/no/such/model"], "/no/such/model"),
+        (["--preset", "tiny", "--device", "cpu", "--dtype", "fp16"], "--dtype: fp16 needs a GPU"),
+        (["--preset", "tiny", "--dtype", "fp64"], "--dtype: unknown dtype 'fp64' (expected one of fp32, bf16, fp16)"),
+        (["--preset", "tiny", "--device", "tpu:x"], "--device: unknown device 'tpu:x'"),
     ],
 )
 def test_bad_arguments_exit_1_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -309,3 +309,19 @@ def test_generate_from_encoded_and_mode_restored(make_vit_gpt2: Callable, make_p
     assert generate(model, pixels[:0], config=config) == []
     with pytest.raises(ValueError, match="exactly one"):
         generate(model, pixels, encoded=encoded, config=config)
+
+
+def test_decoding_options_table_names_defaults_and_errors() -> None:
+    from captionkit.decoding import DEFAULT_BEAMS, decoding_options
+
+    assert decoding_options() == DecodingConfig(num_beams=DEFAULT_BEAMS) and DEFAULT_BEAMS == 4
+    assert decoding_options(sample=True, n_best=3) == DecodingConfig(do_sample=True, num_return_sequences=3)
+    assert decoding_options(7, max_length=9, beams=2) == DecodingConfig(max_new_tokens=9, num_beams=2, start_token_id=7)
+    with pytest.raises(InputError, match=r"^max_length: must be between 1 and 1024, got 0$"):
+        decoding_options(max_length=0)
+    with pytest.raises(InputError, match=r"^n_best: beam search returns at most 4 caption\(s\) per image, got 5"):
+        decoding_options(n_best=5)
+    with pytest.raises(InputError, match=r"^beams: given twice, as num_beams and as beams$"):
+        decoding_options(num_beams=2, beams=3)
+    with pytest.raises(InputError, match=r"^temprature: unknown decoding option \(known: beams, do_sample, "):
+        decoding_options(temprature=0.5)

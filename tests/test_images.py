@@ -817,3 +817,24 @@ def test_fixed_size_processors_with_and_without_a_crop_match_transformers(
     tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
 ) -> None:
     assert_matches_transformers(tmp_path, settings, size)
+
+
+def test_draft_decodes_large_jpegs_reduced_and_close_to_a_full_decode() -> None:
+    from _data import SHARED_DATA
+
+    preprocessing = Preprocessing.for_size(224, 224)
+    coco = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:6]
+    flickr = sorted((SHARED_DATA / "flickr8k" / "Images").glob("*.jpg"))[:3]
+    assert len(coco) == 6 and len(flickr) == 3, f"real photos missing under {SHARED_DATA}"
+    for path in coco + flickr:
+        full, reduced = load_image(path), load_image(path, draft=(224, 224))
+        if min(full.size) >= 448:  # halving keeps both sides >= 224: decoded at half size
+            assert reduced.size == ((full.size[0] + 1) // 2, (full.size[1] + 1) // 2)
+        else:
+            assert reduced.size == full.size and np.array_equal(np.asarray(reduced), np.asarray(full))
+        difference = np.abs(preprocessing([full])[0] - preprocessing([reduced])[0]).mean() * 127.5
+        assert difference < 6.0, f"{path.name}: {difference:.2f}/255 from a full decode"
+    assert any(min(load_image(path).size) >= 448 for path in coco)
+    png = io.BytesIO()
+    Image.new("RGB", (900, 900), (10, 20, 30)).save(png, format="PNG")
+    assert load_image(png.getvalue(), draft=(224, 224)).size == (900, 900)  # only JPEGs have a draft mode

@@ -255,3 +255,16 @@ def test_unknown_order_or_layout_is_refused() -> None:
         SceneOptions(order="alphabetical")
     with pytest.raises(ValueError, match="unknown layout 'grid'"):
         SceneOptions(layout="grid")
+
+
+def test_drawing_in_worker_processes_writes_the_serial_files(tmp_path: Path) -> None:
+    serial = write_synthetic_dataset(tmp_path / "serial", num_train=20, num_val=4, num_test=6, seed=3, image_size=24)
+    parallel = write_synthetic_dataset(
+        tmp_path / "parallel", num_train=20, num_val=4, num_test=6, seed=3, image_size=24, workers=2
+    )
+    files = sorted(p.relative_to(serial.parent) for p in (serial.parent / "images").rglob("*.png"))
+    assert len(files) == 30
+    assert files == sorted(p.relative_to(parallel.parent) for p in (parallel.parent / "images").rglob("*.png"))
+    assert all((serial.parent / f).read_bytes() == (parallel.parent / f).read_bytes() for f in files)
+    # The records differ only in where the images live.
+    assert serial.read_text().replace("serial", "parallel") == parallel.read_text()

@@ -17,14 +17,15 @@ import torch
 from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
-from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
-from captionkit.errors import ModelLoadError
+from captionkit.decoding import Caption, DecodingConfig, decoding_options, generate, to_captions
+from captionkit.errors import InputError, ModelLoadError
 from captionkit.export.onnx import ONNX_CONFIG
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.loading import load_pretrained
 from captionkit.models.base import CaptionModel
 from captionkit.parts import CaptionerParts
+from captionkit.precision import resolve_dtype
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
 
@@ -55,9 +56,12 @@ class Captioner:
         preprocessing: Preprocessing,
         device: str | torch.device | None = None,
         limits: ImageLimits | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        # fp32 (the default), bf16 or fp16 (GPU only): the weights are cast once, here.
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
         self.preprocessing = preprocessing
         self.limits = limits or ImageLimits()
@@ -65,11 +69,19 @@ class Captioner:
         self.name = "this model"
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None) -> Captioner:
+    def from_pretrained(
+        cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None
+    ) -> Captioner:
         """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
-        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says."""
+        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says.
+
+        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run in fp32 only.
+        """
         loaded = load_pretrained(name_or_dir)
-        captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device or _cpu_if(loaded.cpu_only))
+        device = device or _cpu_if(loaded.cpu_only)
+        if loaded.cpu_only and resolve_dtype(dtype, torch.device(device or "cpu")) != torch.float32:
+            raise InputError("dtype", f"{name_or_dir} is an int8 or ONNX export: it runs in fp32 only")
+        captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device, dtype=dtype)
         captioner.name = str(name_or_dir)
         return captioner
 
@@ -106,7 +118,7 @@ class Captioner:
         """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral) and, with a
         ``prompt`` (BLIP's conditional captioning: "a photography of"), continuing that text."""
         prompt_ids = tuple(self.tokenizer.encode(prompt)) if prompt else ()
-        return DecodingConfig(**decoding, start_token_id=self.style_start_token(style), prompt_ids=prompt_ids)
+        return decoding_options(self.style_start_token(style), **decoding, prompt_ids=prompt_ids)
 
     def caption(
         self,
@@ -118,21 +130,19 @@ class Captioner:
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
-        """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields.
+        """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields or their aliases
+        (``captionkit.decoding.options``).
 
-        Defaults: beam search with 4 beams, at most 20 new tokens. ``style`` ("positive", "negative", "neutral")
-        asks a style-controlled model for captions in that style (see :attr:`styles`). ``prompt`` is text the
-        caption continues (the caption is what follows it, without it). ``attention=True`` fills
-        each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
+        Defaults: beam search with 4 beams (1 when sampling), at most 20 new tokens. ``style`` ("positive",
+        "negative", "neutral") asks a style-controlled model for captions in that style (see :attr:`styles`).
+        ``prompt`` is text the caption continues (the caption is what follows it, without it). ``attention=True``
+        fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
         """
         if isinstance(images, str | Path | bytes | Image.Image):
             images = [images]
         if attention:
             check_attention(self.model)
-        # Beam search with 4 beams unless sampling (which decodes one row per sample).
-        config = self.decoding_config(
-            style, prompt, **({"num_beams": 1 if decoding.get("do_sample") else 4} | decoding)
-        )
+        config = self.decoding_config(style, prompt, **decoding)
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []
@@ -152,7 +162,7 @@ class Captioner:
         """
         if not images:
             return []
-        pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device)
+        pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device, self.dtype)
         hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
         captions = to_captions(hypotheses, self.tokenizer)
         if not attention:

@@ -22,6 +22,7 @@ from PIL import Image
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
 from captionkit.models.base import CaptionModel
+from captionkit.precision import model_dtype
 from captionkit.text import CaptionTokenizer
 
 __all__ = ["caption_maps", "check_attention", "overlay", "overlay_name", "token_texts", "write_overlays"]
@@ -79,7 +80,8 @@ def caption_maps(
     model.eval()
     try:
         with torch.inference_mode():
-            maps = model.attention_maps(pixels.index_select(0, index), input_ids.to(device), attention_mask.to(device))
+            chosen = pixels.index_select(0, index).to(model_dtype(model))
+            maps = model.attention_maps(chosen, input_ids.to(device), attention_mask.to(device))
     finally:
         model.train(training)
     assert maps is not None  # check_attention passed

@@ -6,8 +6,9 @@ shared machine hits both alike. Every caption is forced to exactly ``max_new_tok
 and captionkit's ``DecodingConfig.min_new_tokens``), so both do the same amount of work whatever the weights.
 
 The result also says how close each comes to the machine's compute limit: the arithmetic the task needs (encoder,
-cross-attention keys/values once per image, then one decoder step per row and token) divided by a measured fp32
-matmul rate.
+cross-attention keys/values once per image, then one decoder step per row and token) divided by a measured matmul
+rate in the benchmark's dtype on its device. On a GPU it adds each engine's peak GPU memory; in bf16/fp16 the share
+of captions equal to the fp32 model's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
+from captionkit.precision import model_dtype, resolve_dtype
 
 FORCED_LENGTH_NOTE = (
     "min_new_tokens = max_new_tokens in both captionkit and transformers generate: eos is masked until the limit, "
@@ -46,6 +48,8 @@ class BenchmarkSettings:
     images: Path | None = None
     repeats: int = 3
     threads: int | None = None
+    device: str = "cpu"
+    dtype: str = "fp32"
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.preset is None):
@@ -55,6 +59,13 @@ class BenchmarkSettings:
                 raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise InputError("--threads", f"must be at least 1, got {self.threads}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:
+            raise InputError("--device", f"unknown device {self.device!r} (expected cpu, cuda, cuda:N)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device", f"{self.device}: no CUDA device is available")
+        resolve_dtype(self.dtype, device, "--dtype")
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -67,37 +78,45 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         raise InputError(
             "--model", f"is a {model.family} model; the comparison with generate needs vit-gpt2, blip or git"
         )
-    config = DecodingConfig(
-        max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
-    )
+    config = _config(settings)
+    fp32_captions = _captions(model, pixels, config)
+    dtype = resolve_dtype(settings.dtype, pixels.device)
+    model.to(dtype)
 
     def ours() -> list[list[int]]:
-        return [found[0].token_ids for found in generate(model, pixels, config=config)]
+        return _captions(model, pixels, config)
 
     def reference() -> list[list[int]]:
         return _generate_reference(model, pixels, settings)
 
     say("warming up")
-    ours_captions, reference_captions = ours(), reference()
+    if pixels.device.type == "cuda":
+        # One process holds both engines on a GPU: the allocator's peak, reset before each, is the engine's own.
+        (ours_captions, peak_ours), (reference_captions, peak_reference) = _gpu_peak(ours), _gpu_peak(reference)
+        peaks = {"captionkit": (None, peak_ours), "transformers_generate": (None, peak_reference)}
+    else:
+        ours_captions, reference_captions = ours(), reference()
+        say("peak memory: one batch per engine, each in a fresh process")
+        peaks = {name: _peaks_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     timings: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
     cpu_times: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
-    say("peak memory: one batch per engine, each in a fresh process")
-    peaks = {name: _peak_rss_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     for repeat in range(settings.repeats):
         for name, run in (("captionkit", ours), ("transformers_generate", reference)):
             say(f"repeat {repeat + 1}/{settings.repeats}: {name}")
             start, cpu_start = time.perf_counter(), time.process_time()
             run()
+            _synchronize(pixels.device)
             timings[name].append(time.perf_counter() - start)
             cpu_times[name].append(time.process_time() - cpu_start)
-    matmul_rate = measure_matmul_gflops()
+    matmul_rate = measure_matmul_gflops(device=pixels.device, dtype=dtype)
     flops = estimate_flops(model, settings.batch_size, settings.beams, settings.max_length)
     limit_s = flops["total_gflop"] / matmul_rate
     engines = {
-        name: _engine_figures(timings[name], cpu_times[name], settings.batch_size, peaks[name], limit_s)
+        name: _engine_figures(timings[name], cpu_times[name], settings.batch_size, *peaks[name], limit_s)
         for name in timings
     }
     agree = sum(a == b for a, b in zip(ours_captions, reference_captions, strict=True))
+    ratios = [t / o for t, o in zip(timings["transformers_generate"], timings["captionkit"], strict=True)]
     return {
         "model": settings.model or f"preset:{settings.preset} (random weights)",
         "inputs": source,
@@ -105,16 +124,22 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         "beams": settings.beams,
         "max_new_tokens": settings.max_length,
         "repeats": settings.repeats,
+        "device": str(pixels.device),
+        "dtype": settings.dtype,
         "torch_threads": torch.get_num_threads(),
         "forced_length": FORCED_LENGTH_NOTE,
         "captionkit": engines["captionkit"],
         "transformers_generate": engines["transformers_generate"],
         "speedup": statistics.median(timings["transformers_generate"]) / statistics.median(timings["captionkit"]),
+        # Each repeat's own ratio: how steady the speedup is.
+        "speedup_spread": {"min": min(ratios), "max": max(ratios)},
         # CPU seconds (all threads) are steadier than wall time on a shared machine.
         "speedup_cpu_time": statistics.median(cpu_times["transformers_generate"])
         / statistics.median(cpu_times["captionkit"]),
         "captions_identical": agree == len(ours_captions),
         "caption_agreement": agree / len(ours_captions),
+        "captions_equal_to_fp32": sum(a == b for a, b in zip(ours_captions, fp32_captions, strict=True))
+        / len(ours_captions),
         "compute": {
             **flops,
             "matmul_gflops": matmul_rate,
@@ -124,7 +149,38 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
     }
 
 
+def _config(settings: BenchmarkSettings) -> DecodingConfig:
+    return DecodingConfig(
+        max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
+    )
+
+
+def _captions(model: CaptionModel, pixels: torch.Tensor, config: DecodingConfig) -> list[list[int]]:
+    return [found[0].token_ids for found in generate(model, pixels, config=config)]
+
+
+def _gpu_peak(run: Callable[[], list[list[int]]]) -> tuple[list[list[int]], int]:
+    """``run()``'s captions and the peak GPU memory allocated while it ran."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    captions = run()
+    torch.cuda.synchronize()
+    return captions, torch.cuda.max_memory_allocated()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _model_and_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, torch.Tensor, str]:
+    """The fp32 model and pixels on the benchmark's device, and what the pixels are."""
+    model, pixels, source = _model_and_cpu_pixels(settings)
+    device = torch.device(settings.device)
+    return model.to(device), pixels.to(device), source
+
+
+def _model_and_cpu_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, torch.Tensor, str]:
     from captionkit.images import Preprocessing, load_image
 
     if settings.preset is not None:
@@ -166,7 +222,7 @@ def _generate_reference(model: CaptionModel, pixels: torch.Tensor, settings: Ben
         rows = (
             _transformers_model(model)
             .generate(
-                pixel_values=pixels,
+                pixel_values=pixels.to(model_dtype(model)),
                 max_new_tokens=settings.max_length,
                 min_new_tokens=settings.max_length,
                 num_beams=settings.beams,
@@ -190,7 +246,7 @@ def _transformers_model(model: CaptionModel) -> Any:
 
 
 def _engine_figures(
-    times: list[float], cpu_times: list[float], batch: int, peak: int | None, limit_s: float
+    times: list[float], cpu_times: list[float], batch: int, peak: int | None, peak_gpu: int | None, limit_s: float
 ) -> dict[str, Any]:
     median = statistics.median(times)
     return {
@@ -200,6 +256,7 @@ def _engine_figures(
         "batch_times_s": times,
         "cpu_s_p50": statistics.median(cpu_times),
         "peak_rss_mb": None if peak is None else peak / 2**20,
+        "peak_gpu_mb": None if peak_gpu is None else peak_gpu / 2**20,
         "fraction_of_compute_limit": limit_s / median,
     }
 
@@ -213,29 +270,31 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def _peak_rss_in_child(settings: BenchmarkSettings, engine: str) -> int | None:
-    """Peak resident memory of a fresh process that loads the model and decodes one batch with ``engine``.
+def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
+    """Peak resident memory of a fresh process that loads the model and decodes one batch with ``engine`` (CPU runs;
+    the second value, peak GPU memory, is None).
 
     A process of its own per engine: in a shared process the second engine's peak would include what the first
     left behind (allocator caches, captionkit's packed weights), and neither peak would be the engine's own.
     """
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_decode_once_and_report_peak, (settings, engine))
+        return pool.apply(_decode_once_and_report_peaks, (settings, engine))
 
 
-def _decode_once_and_report_peak(settings: BenchmarkSettings, engine: str) -> int | None:
+def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # a fresh process: the command's quiet settings did not come with it
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     model, pixels, _source = _model_and_pixels(settings)
+    model.to(resolve_dtype(settings.dtype, pixels.device))
     if engine == "captionkit":
-        config = DecodingConfig(
-            max_new_tokens=settings.max_length, min_new_tokens=settings.max_length, num_beams=settings.beams
-        )
-        generate(model, pixels, config=config)
+        _captions(model, pixels, _config(settings))
     else:
         _generate_reference(model, pixels, settings)
-    return _peak_rss_bytes()
+    return _peak_rss_bytes(), None
 
 
 def _peak_rss_bytes() -> int | None:
@@ -249,14 +308,22 @@ def _peak_rss_bytes() -> int | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def measure_matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
-    """This machine's fp32 matmul rate (best of ``repeats`` square matmuls) with torch's current threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_matmul_gflops(
+    size: int | None = None, repeats: int = 5, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> float:
+    """The matmul rate (best of ``repeats`` square matmuls) of ``device`` (default: the CPU, with torch's current
+    threads) in ``dtype``; ``size`` defaults to 1024 on a CPU and 8192 on a GPU (which small matmuls cannot fill)."""
+    device = device or torch.device("cpu")
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
+        _synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        _synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
 
@@ -362,19 +429,22 @@ def format_table(result: dict[str, Any]) -> str:
     """A human summary of :func:`run_benchmark`'s result."""
     lines = [
         f"model {result['model']}, batch {result['batch_size']}, beams {result['beams']}, "
-        f"{result['max_new_tokens']} tokens, {result['torch_threads']} threads, {result['inputs']}",
-        f"{'engine':<22} {'images/s':>9} {'p50 s':>8} {'p95 s':>8} {'peak RSS MB':>12} {'of limit':>9}",
+        f"{result['max_new_tokens']} tokens, {result['device']} {result['dtype']}, {result['torch_threads']} threads, "
+        f"{result['inputs']}",
+        f"{'engine':<22} {'images/s':>9} {'p50 s':>8} {'p95 s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12} "
+        f"{'of limit':>9}",
     ]
     for name in ("captionkit", "transformers_generate"):
         row = result[name]
-        rss = "n/a" if row["peak_rss_mb"] is None else f"{row['peak_rss_mb']:.0f}"
+        rss, gpu = (("n/a" if row[key] is None else f"{row[key]:.0f}") for key in ("peak_rss_mb", "peak_gpu_mb"))
         lines.append(
             f"{name:<22} {row['images_per_s']:>9.3f} {row['latency_p50_s']:>8.3f} {row['latency_p95_s']:>8.3f} "
-            f"{rss:>12} {row['fraction_of_compute_limit']:>8.1%}"
+            f"{rss:>12} {gpu:>12} {row['fraction_of_compute_limit']:>8.1%}"
         )
     compute = result["compute"]
     lines.append(
-        f"speedup {result['speedup']:.2f}x (CPU time {result['speedup_cpu_time']:.2f}x), "
+        f"speedup {result['speedup']:.2f}x (repeats {result['speedup_spread']['min']:.2f}-"
+        f"{result['speedup_spread']['max']:.2f}x, CPU time {result['speedup_cpu_time']:.2f}x), "
         f"captions identical: {result['captions_identical']} ({result['caption_agreement']:.0%}); "
         f"compute limit {compute['limit_s_per_batch']:.3f} s/batch "
         f"({compute['total_gflop']:.1f} GFLOP at {compute['matmul_gflops']:.1f} GFLOP/s matmul)"

@@ -11,9 +11,10 @@ import base64
 import html
 import io
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,15 @@ class DemoData:
     # Boxes made of whole cells of an 8 x 8 grid: at 32 px a cell is one 4 px ViT patch, so every patch sees either
     # the inside of one shape or one clean edge of it. Shape identity is learned in a few hundred steps this way.
     grid: int = 8
+    # Processes drawing the scenes (0: in this process): all but one of the CPUs, at most 16, and none when that
+    # leaves fewer than 2 (one worker only adds its start-up). The files are the same whatever the number.
+    workers: int = field(default_factory=lambda: _drawing_workers())
+
+
+def _drawing_workers() -> int:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(16, cpus - 1)
+    return workers if workers >= 2 else 0
 
 
 def demo_recipe_path() -> Path:
@@ -96,7 +106,7 @@ def run_demo(
         held_out_fraction=data.held_out_fraction, order=data.order, layout=data.layout, grid=data.grid
     )
     data_file = write_synthetic_dataset(
-        output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options
+        output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options, data.workers
     )
     data_seconds = time.perf_counter() - started
     extra = [f"train.seed={data.seed}", *overrides, *([f"train.steps={steps}"] if steps is not None else [])]
@@ -110,7 +120,9 @@ def run_demo(
     started_captioning = time.perf_counter()
     # Every test scene in every style the model was trained to write (neutral first).
     generated = {
-        style: _caption_all(captioner, tests, captioner.decoding_config(style, max_new_tokens=config.data.max_length))
+        style: _caption_all(
+            captioner, tests, captioner.decoding_config(style, num_beams=1, max_new_tokens=config.data.max_length)
+        )
         for style in captioner.styles
     }
     caption_seconds = time.perf_counter() - started_captioning

@@ -10,6 +10,8 @@ from typing import NoReturn
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 1
 EXIT_PARTIAL = 2
+# --dtype's help, the same in every command that loads a captioner.
+DTYPE_HELP = "Weights' precision: fp32, bf16 or fp16 (GPU only); cast on load."
 
 
 def fail(message: str) -> NoReturn:

@@ -1,6 +1,7 @@
 """``captionkit benchmark``: captionkit's decoding against transformers' ``generate`` on the same inputs, one run.
 
-JSON on stdout (images/s, latency p50/p95, peak RSS per engine (each in a fresh process decoding one batch),
+JSON on stdout (images/s, latency p50/p95, peak RSS per engine (each in a fresh process decoding one batch; on a GPU
+peak GPU memory instead, measured in the one process),
 ``speedup``, whether captions are identical, the fraction of this machine's compute limit), a table on stderr.
 Figures are ratios measured side by side: on a shared machine, compare runs only through them.
 """
@@ -14,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, fail, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, fail, quiet_libraries
 
 
 def benchmark(
@@ -28,6 +29,8 @@ def benchmark(
     images: Annotated[Path | None, typer.Option(help="Folder of images to caption (default: random pixels).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed batches per engine, interleaved.")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
     """Measure images/s, latency and peak memory of captionkit and transformers generate side by side."""
     quiet_libraries()
@@ -35,7 +38,9 @@ def benchmark(
     from captionkit.errors import CaptionkitError
 
     try:
-        settings = BenchmarkSettings(model, preset, batch_size, beams, max_length, images, repeats, threads)
+        settings = BenchmarkSettings(
+            model, preset, batch_size, beams, max_length, images, repeats, threads, device, dtype
+        )
         result = run_benchmark(settings, progress=lambda message: print(message, file=sys.stderr))
     except CaptionkitError as error:
         fail(str(error))

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 from captionkit.hub import DEFAULT_MODEL
 
 
@@ -27,11 +27,14 @@ def caption(
     style: Annotated[
         str | None, typer.Option(help="positive, negative or neutral: for models trained with style control.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
+    batch_size: Annotated[
+        str, typer.Option(help="Images per batch, or auto: the most that fit on the GPU (8 on a CPU).")
+    ] = "8",
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     workers: Annotated[
         str, typer.Option(help="Processes decoding images while the model runs: a number (0 = in-process) or auto.")
     ] = "0",
@@ -53,6 +56,7 @@ def caption(
     quiet_libraries()
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
+    from captionkit.jobs.batch_size import parse_batch_size
     from captionkit.jobs.run import CaptionJobOptions, run_caption_job
 
     try:
@@ -72,11 +76,12 @@ def caption(
             model=model,
             decoding=decoding,
             style=style,
-            batch_size=batch_size,
+            batch_size=parse_batch_size(batch_size),
             output=output,
             fmt=fmt,
             resume=resume,
             device=device,
+            dtype=dtype,
             workers=workers,
             prefetch=prefetch,
             shard=shard,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
 from captionkit.data.records import STYLES
 from captionkit.files import write_atomic
 
@@ -29,6 +29,7 @@ def compare(
         Path | None, typer.Option(help="Write JSONL records {image, captions: {model: caption}}.")
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
     """Caption the same images with several models (e.g. a hub baseline and a SentiCap fine-tune); print a table.
 
@@ -51,7 +52,7 @@ def compare(
         paths = [item.path for item in collect_inputs(inputs)]
         captioners = {}
         for name, source, style in specs:
-            captioner = Captioner.from_pretrained(source, device=device)
+            captioner = Captioner.from_pretrained(source, device=device, dtype=dtype)
             captioners[name] = (captioner, captioner.decoding_config(style, num_beams=beams, max_new_tokens=max_length))
         for path in paths:
             try:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
 from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ def evaluate(
     max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     styles: Annotated[
         bool, typer.Option("--styles", help="Caption in every style the model writes; print the style table.")
     ] = False,
@@ -65,7 +66,7 @@ def evaluate(
         train_captions = [r.caption for r in records if r.split == "train"]
         if styles:
             classifier = _style_classifier(records, data, lexicon)
-        captioner = Captioner.from_pretrained(model, device=device)
+        captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
         if styles:
             with progress_bar("styles", len({r.image_id for r in chosen})) as advance:
                 table = evaluate_model_styles(captioner, chosen, classifier, decoding, None, batch_size, advance)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_INPUT_ERROR, fail, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, fail, quiet_libraries
 
 # Import names of what the `serve` extra installs.
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart")
@@ -34,6 +34,7 @@ def serve(
     ] = 30.0,
     max_connections: Annotated[int, typer.Option(help="Open connections at most (503 and close beyond).")] = 256,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
     """Serve models over HTTP: POST /v1/captions, GET /v1/models, /healthz, /readyz, /metrics, a page at /."""
     if not all(importlib.util.find_spec(name) for name in SERVE_MODULES):
@@ -64,7 +65,7 @@ def serve(
         captioners = {}
         for name, source in names.items():
             print(f"loading {name} from {source}", file=sys.stderr)
-            captioners[name] = Captioner.from_pretrained(source, device=device)
+            captioners[name] = Captioner.from_pretrained(source, device=device, dtype=dtype)
         app = create_app(captioners, settings)
     except CaptionkitError as error:
         fail(str(error))

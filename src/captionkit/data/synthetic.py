@@ -27,6 +27,7 @@ seeds agree on it.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,18 +495,34 @@ def write_synthetic_dataset(
     seed: int = 0,
     image_size: int = 32,
     options: SceneOptions | None = None,
+    workers: int = 0,
 ) -> Path:
     """Write ``images/<split>/<scene_id>.png`` and ``captions.jsonl`` in ``directory``; return the JSONL path.
 
-    The first neutral caption of each image is its canonical one.
+    The first neutral caption of each image is its canonical one. Scenes are chosen in this process (one seeded
+    sequence); ``workers`` > 0 processes draw and save them, byte for byte the files a serial run writes.
     """
     directory = Path(directory)
     records: list[CaptionRecord] = []
+    drawings: list[tuple[Scene, int, Path]] = []
     for split, count in zip(SPLITS, (num_train, num_val, num_test), strict=True):
         image_dir = directory / "images" / split
         image_dir.mkdir(parents=True, exist_ok=True)
         for scene in generate_scenes(count, seed, split, options):
             image_path = image_dir / f"{scene.scene_id}.png"
-            render(scene, image_size).save(image_path, format="PNG")
+            drawings.append((scene, image_size, image_path))
             records.extend(scene_records(scene, image_path))
+    if workers > 0 and len(drawings) > 1:
+        # spawn, not fork: the caller may hold threads (torch's), and a forked child could deadlock on their locks.
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(min(workers, len(drawings))) as pool:
+            pool.map(_draw, drawings, chunksize=max(1, len(drawings) // (8 * workers)))
+    else:
+        for drawing in drawings:
+            _draw(drawing)
     return write_jsonl(records, directory / "captions.jsonl")
+
+
+def _draw(drawing: tuple[Scene, int, Path]) -> None:
+    scene, image_size, path = drawing
+    render(scene, image_size).save(path, format="PNG")

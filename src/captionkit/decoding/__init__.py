@@ -10,5 +10,16 @@ from __future__ import annotations
 from captionkit.decoding.captions import Caption, to_captions
 from captionkit.decoding.config import DecodingConfig, EarlyStopping, Hypothesis
 from captionkit.decoding.engine import check_length, generate
+from captionkit.decoding.options import DEFAULT_BEAMS, decoding_options
 
-__all__ = ["Caption", "DecodingConfig", "EarlyStopping", "Hypothesis", "check_length", "generate", "to_captions"]
+__all__ = [
+    "DEFAULT_BEAMS",
+    "Caption",
+    "DecodingConfig",
+    "EarlyStopping",
+    "Hypothesis",
+    "check_length",
+    "decoding_options",
+    "generate",
+    "to_captions",
+]

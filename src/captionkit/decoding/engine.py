@@ -12,6 +12,7 @@ from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.greedy import greedy_or_sample
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.precision import model_dtype
 
 
 def generate(
@@ -40,7 +41,8 @@ def generate(
             assert pixel_values is not None  # checked above; for type checkers
             if pixel_values.shape[0] == 0:  # ViT cannot run on an empty batch
                 return []
-            encoded = model.encode(pixel_values)
+            # Pixels follow the model's precision (bf16/fp16 weights take bf16/fp16 pixels).
+            encoded = model.encode(pixel_values.to(model_dtype(model)))
         if encoded.tokens.shape[0] == 0:
             return []
         if config.strategy == "beam":

@@ -21,6 +21,7 @@ from captionkit.decoding import DecodingConfig, check_length
 from captionkit.errors import CaptionkitError, InputError
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_files
+from captionkit.jobs.batch_size import choose_batch_size
 from captionkit.jobs.inputs import InputImage, collect_inputs
 from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, read_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
@@ -40,11 +41,12 @@ class CaptionJobOptions:
     model: str = DEFAULT_MODEL
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(num_beams=4))
     style: str | None = None
-    batch_size: int = 8
+    batch_size: int | None = 8  # None: the most that fit (see jobs.batch_size)
     output: Path | None = None
     fmt: str = "jsonl"
     resume: bool = False
     device: str | None = None
+    dtype: str = "fp32"
     workers: str = "0"
     prefetch: int = 2
     shard: str | None = None
@@ -62,7 +64,7 @@ class CaptionJobOptions:
             )
         if self.style is not None and self.style not in STYLES:
             raise InputError("--style", f"unknown style {self.style!r} (expected one of {', '.join(STYLES)})")
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
@@ -113,9 +115,15 @@ def run_caption_job(
     options.check()
     plan = _plan(options, env)
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
-    captioner = Captioner.from_pretrained(options.model, device=choose_device(options.device, plan.dist))
+    captioner = Captioner.from_pretrained(
+        options.model, device=choose_device(options.device, plan.dist), dtype=options.dtype
+    )
     config = dataclasses.replace(options.decoding, start_token_id=captioner.style_start_token(options.style))
     check_length(captioner.model, config)
+    batch_size = options.batch_size
+    if batch_size is None:
+        batch_size = choose_batch_size(captioner.model, captioner.preprocessing.size, config, captioner.device)
+        print(f"--batch-size auto: {batch_size}", file=sys.stderr)
     on_captions = None
     if options.attention_maps is not None:
         check_attention(captioner.model, "--attention-maps")
@@ -136,7 +144,7 @@ def run_caption_job(
                 [path for _, path in todo],
                 config,
                 writer,
-                options.batch_size,
+                batch_size,
                 advance,
                 positions=[i for i, _ in todo],
                 workers=workers,

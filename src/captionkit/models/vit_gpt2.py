@@ -364,7 +364,7 @@ class VitGpt2Model(CaptionModel):
             raise ValueError(f"{memory.shape[1]} encoder tokens are not CLS + a {grid[0]}x{grid[1]} patch grid")
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        with _eager_attention(self.ved.decoder):
+        with _eager_attention(self.ved):
             output = self.ved.decoder(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
@@ -396,14 +396,22 @@ class VitGpt2Model(CaptionModel):
 
 
 @contextmanager
-def _eager_attention(decoder: Any) -> Iterator[None]:
-    """Run ``decoder`` with eager attention (the one that returns weights), then restore its implementation."""
-    previous = decoder.config._attn_implementation
-    decoder.set_attn_implementation("eager")
+def _eager_attention(ved: Any) -> Iterator[None]:
+    """Run the decoder with eager attention (the one that returns weights), then restore every part's implementation.
+
+    The encoder's and the whole model's settings are restored too: some transformers versions carry the decoder's
+    switch over to its parent, and an encoder left in eager attention would round differently from sdpa, so the
+    next decoding could pick another caption at a near-tie (seen on a GPU machine).
+    """
+    parts = (ved, ved.encoder, ved.decoder)
+    previous = [part.config._attn_implementation for part in parts]
+    ved.decoder.set_attn_implementation("eager")
     try:
         yield
     finally:
-        decoder.set_attn_implementation(previous)
+        for part, implementation in zip(parts, previous, strict=True):
+            if part.config._attn_implementation != implementation:
+                part.set_attn_implementation(implementation)
 
 
 def _memory(encoded: Encoded) -> torch.Tensor:

@@ -1,0 +1,194 @@
+"""Helpers of ``benchmarks/gpu_check.sh``: the environment, a random-weight model saved to a directory, a folder of
+photos replicated to a size, the train recipe, and the JSON summary of every step's output.
+
+    python benchmarks/gpu_check.py env
+    python benchmarks/gpu_check.py save-model DIR --preset base --captions DATA/flickr8k/captions.txt
+    python benchmarks/gpu_check.py photos SRC DST --count 3000
+    python benchmarks/gpu_check.py recipe FILE --preset base --data DATA --batch-size 64 --precision bf16 --steps 40
+    python benchmarks/gpu_check.py summary OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+PHOTO_SUFFIXES = (".jpg", ".jpeg")
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "device_name": torch.cuda.get_device_name(0) if cuda else None,
+        "device_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if cuda else None,
+        "bf16_supported": torch.cuda.is_bf16_supported() if cuda else None,
+        "cpus": len(os.sched_getaffinity(0)),
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+    }
+
+
+def caption_texts(captions_csv: Path, limit: int = 20_000) -> list[str]:
+    """Flickr8k's captions.txt (image,caption rows) as a list of captions."""
+    with captions_csv.open(encoding="utf-8", newline="") as handle:
+        return [row["caption"] for _, row in zip(range(limit), csv.DictReader(handle), strict=False)]
+
+
+def save_model(directory: Path, preset: str, captions_csv: Path, vocab_size: int) -> None:
+    """A random-weight vit-gpt2 of ``preset`` with a BPE tokenizer trained on the captions, saved as a checkpoint."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from captionkit.images import Preprocessing
+    from captionkit.models.registry import create_model
+    from captionkit.text import train_bpe_tokenizer
+    from captionkit.training.checkpoint import save_checkpoint
+
+    hf_logging.disable_progress_bar()
+    tokenizer = train_bpe_tokenizer(caption_texts(captions_csv), vocab_size)
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", preset, tokenizer)
+    size = model.config.image_size
+    save_checkpoint(directory, model, tokenizer, Preprocessing.for_size(size, size))
+    print(f"saved {preset} (vocabulary {tokenizer.vocab_size}) to {directory}")
+
+
+def replicate_photos(source: Path, target: Path, count: int) -> None:
+    """``count`` JPEGs in ``target``: the photos under ``source`` (recursive), hard-linked (copied across devices)
+    round-robin under distinct names."""
+    photos = sorted(p for p in source.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+    if not photos:
+        raise SystemExit(f"{source}: no JPEGs found")
+    target.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        copy = target / f"{index:05d}-{photo.name}"
+        try:
+            os.link(photo, copy)
+        except OSError:
+            shutil.copy(photo, copy)
+    print(f"{count} files from {len(photos)} photos under {source} in {target}")
+
+
+def write_recipe(path: Path, preset: str, data: Path, batch_size: int, precision: str, steps: int) -> None:
+    """A from-scratch vit-gpt2 training recipe on Flickr8k (Karpathy json) with no evaluation and no checkpoints."""
+    recipe = {
+        "model": {"family": "vit-gpt2", "preset": preset},
+        "tokenizer": {"vocab_size": 8000},
+        "data": {"train": str(data / "flickr8k" / "dataset_flickr8k.json"), "workers": 8, "max_length": 24},
+        "train": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "precision": precision,
+            "eval_every": steps + 1,  # no evaluation and no checkpoint inside the measured steps
+            "checkpoint_every": 0,
+            "log_every": 5,
+            "tensorboard": False,
+        },
+    }
+    path.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
+
+
+def summary(out: Path) -> dict[str, Any]:
+    """Every step's figures from the files the steps left in ``out``."""
+    result: dict[str, Any] = {"steps": _steps(out / "steps.tsv")}
+    env = out / "env.json"
+    if env.exists():
+        result["environment"] = json.loads(env.read_text())
+    result["benchmark"] = [_benchmark_row(path) for path in sorted(out.glob("bench_*.json")) if path.stat().st_size]
+    for name in ("caption", "demo"):
+        found = out / f"{name}.json"
+        if found.exists() and found.stat().st_size:
+            result[name] = json.loads(found.read_text())
+    metrics = out / "train_metrics.jsonl"
+    if metrics.exists():
+        # The last logged entries: images/s and the step time split, as the trainer reports them.
+        result["train"] = [json.loads(line) for line in metrics.read_text().splitlines()[-3:] if line.strip()]
+    busy = out / "gpu_busy_caption.txt"
+    if busy.exists():
+        samples = [float(line) for line in busy.read_text().split() if line.strip().replace(".", "").isdigit()]
+        result.setdefault("caption", {})["gpu_busy_share"] = statistics.mean(samples) / 100 if samples else None
+    (out / "gpu_summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _steps(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    return [{"step": name, "exit": int(code), "seconds": float(seconds)} for name, code, seconds in rows]
+
+
+def _benchmark_row(path: Path) -> dict[str, Any]:
+    try:
+        found = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {"file": path.name, "error": "no JSON (the step failed or timed out)"}
+    ours, theirs = found["captionkit"], found["transformers_generate"]
+    return {
+        "file": path.name,
+        "dtype": found["dtype"],
+        "batch_size": found["batch_size"],
+        "captionkit_images_per_s": ours["images_per_s"],
+        "generate_images_per_s": theirs["images_per_s"],
+        "speedup": found["speedup"],
+        "speedup_spread": found["speedup_spread"],
+        "captionkit_peak_gpu_mb": ours["peak_gpu_mb"],
+        "generate_peak_gpu_mb": theirs["peak_gpu_mb"],
+        "captions_equal_to_fp32": found["captions_equal_to_fp32"],
+        "captions_identical_to_generate": found["captions_identical"],
+        "fraction_of_compute_limit": ours["fraction_of_compute_limit"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("env")
+    model = commands.add_parser("save-model")
+    model.add_argument("directory", type=Path)
+    model.add_argument("--preset", default="base")
+    model.add_argument("--captions", type=Path, required=True)
+    model.add_argument("--vocab-size", type=int, default=8000)
+    photos = commands.add_parser("photos")
+    photos.add_argument("source", type=Path)
+    photos.add_argument("target", type=Path)
+    photos.add_argument("--count", type=int, default=3000)
+    recipe = commands.add_parser("recipe")
+    recipe.add_argument("path", type=Path)
+    recipe.add_argument("--preset", default="base")
+    recipe.add_argument("--data", type=Path, required=True)
+    recipe.add_argument("--batch-size", type=int, default=64)
+    recipe.add_argument("--precision", default="bf16")
+    recipe.add_argument("--steps", type=int, default=40)
+    done = commands.add_parser("summary")
+    done.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "env":
+        print(json.dumps(environment(), indent=2))
+    elif args.command == "save-model":
+        save_model(args.directory, args.preset, args.captions, args.vocab_size)
+    elif args.command == "photos":
+        replicate_photos(args.source, args.target, args.count)
+    elif args.command == "recipe":
+        write_recipe(args.path, args.preset, args.data, args.batch_size, args.precision, args.steps)
+    else:
+        print(json.dumps(summary(args.out), indent=2))
+
+
+if __name__ == "__main__":
+    main()
