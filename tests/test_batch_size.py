@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from _captioning import PHOTO_DIRS, run_cli, save_tiny_model
+from _captioning import PHOTO_DIRS
+from _helpers import run_cli, save_tiny_model
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import InputError
 from captionkit.jobs.batch_size import CPU_BATCH, choose_batch_size, parse_batch_size

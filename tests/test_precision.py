@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _captioning import PHOTO_DIRS, run_cli, save_tiny_model
+from _captioning import PHOTO_DIRS
+from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.errors import InputError
 from captionkit.precision import model_dtype, resolve_dtype
