@@ -162,7 +162,7 @@ def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[P
     captioner.save_pretrained(tmp_path)
     reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
     images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
     assert expected.shape == (3, 3, 32, 32)
     np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
@@ -321,7 +321,7 @@ def test_the_clipcap_recipes_train_from_parts(
     )
     # CLIP's own preprocessing, saved in the run: the same pixels as CLIP's image processor on real photos.
     images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
@@ -380,7 +380,7 @@ def test_the_resnet50_lstm_recipes_train_from_parts(
     assert captioner.model.vocab_size == captioner.tokenizer.vocab_size <= 4096
     # The ResNet's own preprocessing (ConvNeXt: shorter edge to 36, centre 32 crop), saved in the run.
     images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(resnet)(images, return_tensors="np")["pixel_values"]
+    expected = AutoImageProcessor.from_pretrained(resnet, use_fast=False)(images, return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
@@ -428,7 +428,9 @@ def test_vit_gpt2_from_other_vision_transformers(
     assert torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(2, 3))
     # The part's own preprocessing: the same pixels as its image processor on real photos.
     images = [load_image(photo) for photo in PHOTOS]
-    expected_pixels = AutoImageProcessor.from_pretrained(encoder)(images, return_tensors="np")["pixel_values"]
+    expected_pixels = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")[
+        "pixel_values"
+    ]
     assert model.preprocessing is not None
     np.testing.assert_allclose(model.preprocessing(images), expected_pixels, rtol=0, atol=1e-6)
 

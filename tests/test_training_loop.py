@@ -75,10 +75,12 @@ def test_gradient_accumulation_matches_the_bigger_batch(scenes, tmp_path, single
     )
     assert [e["loss"] for e in big_result.history] == pytest.approx([e["loss"] for e in acc_result.history], abs=1e-5)
     # Adam moves every weight by about lr whatever the gradient's size, so float noise in tiny gradients shows in
-    # the weights: the two runs must agree to within 1% of how far training moved each tensor.
+    # the weights: the two runs must agree to within 1% of how far training moved each tensor. A tensor whose true
+    # gradient is zero (attention key biases: softmax ignores a shift shared by every key) moves by float noise
+    # alone, about 1e-7 on some machines' kernels (measured 1.2e-7 on an H200 host's CPU): hence the 1e-6 floor.
     for name, value in big.items():
         moved = (value - initial[name]).abs().max().item()
-        assert (value - accumulated[name]).abs().max().item() <= 0.01 * moved + 1e-7, name
+        assert (value - accumulated[name]).abs().max().item() <= 0.01 * moved + 1e-6, name
 
 
 def test_loader_workers_give_the_same_training(scenes, tmp_path, single_thread):
