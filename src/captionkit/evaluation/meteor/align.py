@@ -56,7 +56,7 @@ def _extend(
         joined = end == (m.start1, m.start2)
         _extend(
             search, i + m.length1, used2 | span, path, covered + m.length1 + m.length2, chunks + (not joined),
-            distance + abs(m.start1 - m.start2), (m.start1 + m.length1, m.start2 + m.length2),
+            distance, (m.start1 + m.length1, m.start2 + m.length2),
         )  # fmt: skip
         path.pop()
     _extend(search, i + 1, used2, path, covered, chunks, distance, end)
