@@ -1,15 +1,18 @@
 """METEOR's alignment: the subset of candidate matches, each word in at most one, that covers the most words of
-both sentences, then has the fewest chunks, then the smallest sum of distances between the start positions of
-matched phrases (Denkowski & Lavie 2011). The search here is exact (depth-first with bounds); the jar's is a
-beam search, so on rare ties the two may pick different alignments.
+both sentences, then has the fewest chunks (Denkowski & Lavie 2011), found here by an exact depth-first search.
+
+Observed on the jar: words matched twice over (by two stages, or by a paraphrase listed both ways) are aligned only
+inside a chunk that holds another match: ``the women`` against ``the qqq woman`` aligns ``the`` alone, while
+``the women`` against ``the woman`` and ``office women`` against ``placed woman`` align both words.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from captionkit.evaluation.meteor.matching import Match
+from captionkit.evaluation.meteor.matching import EXACT, Match
 
 # An alignment's cost: (-words covered, chunks, distance); smaller is better.
 _Cost = tuple[int, int, int]
@@ -17,7 +20,7 @@ _Cost = tuple[int, int, int]
 
 @dataclass
 class _Search:
-    by_start: list[list[Match]]
+    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether its words are matched twice)
     reach: list[int]  # reach[i]: most words that matches starting at i or later could still cover
     best: _Cost = (1, 0, 0)
     chosen: list[Match] = field(default_factory=list)
@@ -25,38 +28,50 @@ class _Search:
 
 def align(matches: Sequence[Match], test_length: int) -> list[Match]:
     """The chosen matches, in test order."""
-    by_start: list[list[Match]] = [[] for _ in range(test_length)]
+    users1: Counter[int] = Counter(i for m in matches for i in range(m.start1, m.start1 + m.length1))
+    users2: Counter[int] = Counter(j for m in matches for j in range(m.start2, m.start2 + m.length2))
+    by_start: list[list[tuple[Match, bool]]] = [[] for _ in range(test_length)]
+    seen = set()
     for m in matches:
-        by_start[m.start1].append(m)
+        span = (m.start1, m.length1, m.start2, m.length2)
+        if span not in seen:
+            seen.add(span)
+            shared = any(users1[i] > 1 for i in range(m.start1, m.start1 + m.length1)) or any(
+                users2[j] > 1 for j in range(m.start2, m.start2 + m.length2)
+            )
+            by_start[m.start1].append((m, m.stage != EXACT and shared))
     reach = [0] * (test_length + 1)
     for i in range(test_length - 1, -1, -1):
-        reach[i] = reach[i + 1] + max((m.length1 + m.length2 for m in by_start[i]), default=0)
+        reach[i] = reach[i + 1] + max((m.length1 + m.length2 for m, _ in by_start[i]), default=0)
     search = _Search(by_start, reach)
-    _extend(search, 0, 0, [], 0, 0, 0, (-1, -1))
+    _extend(search, 0, 0, [], 0, 0, 0, (-1, -1), False)
     return search.chosen
 
 
 def _extend(
     search: _Search, i: int, used2: int, path: list[Match], covered: int, chunks: int, distance: int,
-    end: tuple[int, int],
+    end: tuple[int, int], twice_only: bool,
 ) -> None:  # fmt: skip
     best = search.best
     if -(covered + search.reach[i]) > best[0] or (-(covered + search.reach[i]) == best[0] and chunks > best[1]):
         return
     if i == len(search.by_start):
         cost = (-covered, chunks, distance)
-        if cost < best:
+        if cost < best and not twice_only:
             search.best, search.chosen = cost, list(path)
         return
-    for m in search.by_start[i]:
+    for m, twice in search.by_start[i]:
         span = ((1 << m.length2) - 1) << m.start2
         if used2 & span:
             continue
-        path.append(m)
         joined = end == (m.start1, m.start2)
+        if not joined and twice_only:
+            continue  # the chunk that ends here holds only words matched twice
+        path.append(m)
         _extend(
             search, i + m.length1, used2 | span, path, covered + m.length1 + m.length2, chunks + (not joined),
-            distance, (m.start1 + m.length1, m.start2 + m.length2),
+            distance + abs(m.start1 - m.start2), (m.start1 + m.length1, m.start2 + m.length2),
+            twice and (twice_only or not joined),
         )  # fmt: skip
         path.pop()
-    _extend(search, i + 1, used2, path, covered, chunks, distance, end)
+    _extend(search, i + 1, used2, path, covered, chunks, distance, end, twice_only)

@@ -94,10 +94,10 @@ class Matcher:
             targets = self.paraphrases(" ".join(test[i : i + length1]))
             if not len(targets):
                 continue
-            hits = np.searchsorted(targets, keys)
-            hits[hits == len(targets)] = 0
-            for key in keys[targets[hits] == keys].tolist():
-                found += [Match(PARAPHRASE, i, length1, j, length2) for j, length2 in spans2[key]]
+            # A pair listed both ways in the table is two candidate matches, as in the jar (see align).
+            counts = np.searchsorted(targets, keys, side="right") - np.searchsorted(targets, keys)
+            for key, count in zip(keys[counts > 0].tolist(), counts[counts > 0].tolist(), strict=True):
+                found += [Match(PARAPHRASE, i, length1, j, length2) for j, length2 in spans2[key]] * count
         return found
 
 
