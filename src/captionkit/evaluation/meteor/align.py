@@ -1,9 +1,11 @@
-"""METEOR's alignment: the subset of candidate matches, each word in at most one, that covers the most words of
-both sentences, then has the fewest chunks (Denkowski & Lavie 2011), found here by an exact depth-first search.
+"""METEOR's alignment, as far as it has been observed on the jar: the subset of candidate matches, each word in at
+most one, with the most matches, then the fewest chunks, then the most words covered, then the smallest sum of
+distances between match starts; found here by an exact depth-first search.
 
-Observed on the jar: words matched twice over (by two stages, or by a paraphrase listed both ways) are aligned only
-inside a chunk that holds another match: ``the women`` against ``the qqq woman`` aligns ``the`` alone, while
-``the women`` against ``the woman`` and ``office women`` against ``placed woman`` align both words.
+Also observed: a stem, synonym or paraphrase match whose words have other candidates is aligned only inside a chunk
+that holds another match: ``the women`` against ``the qqq woman`` aligns ``the`` alone, while ``the women`` against
+``the woman`` and ``office women`` against ``placed woman`` align both words. The jar's beam search still differs
+on some pairs (see the README's scoring section), so this module is not yet equal to the jar.
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from dataclasses import dataclass, field
 
 from captionkit.evaluation.meteor.matching import EXACT, Match
 
-# An alignment's cost: (-words covered, chunks, distance); smaller is better.
-_Cost = tuple[int, int, int]
+# An alignment's cost: (-matches, chunks, -words covered, distance); smaller is better.
+_Cost = tuple[int, int, int, int]
 
 
 @dataclass
 class _Search:
-    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether its words are matched twice)
-    reach: list[int]  # reach[i]: most words that matches starting at i or later could still cover
-    best: _Cost = (1, 0, 0)
+    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether non-exact and sharing words)
+    reach: list[int]  # reach[i]: most matches that could still start at i or later
+    best: _Cost = (1, 0, 0, 0)
     chosen: list[Match] = field(default_factory=list)
 
 
@@ -42,7 +44,7 @@ def align(matches: Sequence[Match], test_length: int) -> list[Match]:
             by_start[m.start1].append((m, m.stage != EXACT and shared))
     reach = [0] * (test_length + 1)
     for i in range(test_length - 1, -1, -1):
-        reach[i] = reach[i + 1] + max((m.length1 + m.length2 for m, _ in by_start[i]), default=0)
+        reach[i] = reach[i + 1] + (1 if by_start[i] else 0)
     search = _Search(by_start, reach)
     _extend(search, 0, 0, [], 0, 0, 0, (-1, -1), False)
     return search.chosen
@@ -50,28 +52,29 @@ def align(matches: Sequence[Match], test_length: int) -> list[Match]:
 
 def _extend(
     search: _Search, i: int, used2: int, path: list[Match], covered: int, chunks: int, distance: int,
-    end: tuple[int, int], twice_only: bool,
+    end: tuple[int, int], shared_only: bool,
 ) -> None:  # fmt: skip
     best = search.best
-    if -(covered + search.reach[i]) > best[0] or (-(covered + search.reach[i]) == best[0] and chunks > best[1]):
+    bound = -(len(path) + search.reach[i])
+    if bound > best[0] or (bound == best[0] and chunks > best[1]):
         return
     if i == len(search.by_start):
-        cost = (-covered, chunks, distance)
-        if cost < best and not twice_only:
+        cost = (-len(path), chunks, -covered, distance)
+        if cost < best and not shared_only:
             search.best, search.chosen = cost, list(path)
         return
-    for m, twice in search.by_start[i]:
+    for m, shared in search.by_start[i]:
         span = ((1 << m.length2) - 1) << m.start2
         if used2 & span:
             continue
         joined = end == (m.start1, m.start2)
-        if not joined and twice_only:
-            continue  # the chunk that ends here holds only words matched twice
+        if not joined and shared_only:
+            continue  # the chunk that ends here holds only shared non-exact matches
         path.append(m)
         _extend(
             search, i + m.length1, used2 | span, path, covered + m.length1 + m.length2, chunks + (not joined),
             distance + abs(m.start1 - m.start2), (m.start1 + m.length1, m.start2 + m.length2),
-            twice and (twice_only or not joined),
+            shared and (shared_only or not joined),
         )  # fmt: skip
         path.pop()
-    _extend(search, i + 1, used2, path, covered, chunks, distance, end, twice_only)
+    _extend(search, i + 1, used2, path, covered, chunks, distance, end, shared_only)
