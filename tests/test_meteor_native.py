@@ -1,5 +1,5 @@
 """The Java-free METEOR parts that already equal pycocoevalcap's jar: ``-norm`` normalisation, the Snowball stems,
-the jar's statistics and scores of an alignment, and the data cache.
+the jar's statistics and scores of an alignment, and the data cache; and the aligner on crafted pairs.
 
 The jar is run once per module in its plaintext mode with ``-writeAlignments``, which prints each pair's normalised
 words, the matches it chose and the score; pairs are real captions (COCO val2017, Flickr8k, SentiCap: first caption
@@ -21,7 +21,8 @@ import pytest
 from _data import SHARED_DATA
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.meteor import resources
-from captionkit.evaluation.meteor.matching import Match
+from captionkit.evaluation.meteor.align import align
+from captionkit.evaluation.meteor.matching import EXACT, PARAPHRASE, STEM, SYNONYM, Match
 from captionkit.evaluation.meteor.normalize import normalize
 from captionkit.evaluation.meteor.resources import load_meteor_data, phrase_hash
 from captionkit.evaluation.meteor.scoring import Stats, alignment_stats
@@ -197,3 +198,19 @@ def test_without_pycocoevalcap_the_message_names_the_extra(monkeypatch: pytest.M
     assert str(error.value) == (
         "METEOR needs pycocoevalcap's data files: install the extra (pip install 'captionkit[meteor]')"
     )
+
+
+def test_alignment_follows_what_the_jar_does_on_crafted_pairs() -> None:
+    # "a b c sitting" / "a b sits": the jar drops a stem match that would open a chunk of its own...
+    exact_a, exact_b = Match(EXACT, 0, 1, 0, 1), Match(EXACT, 1, 1, 1, 1)
+    assert align([exact_a, exact_b, Match(STEM, 3, 1, 2, 1)], 4) == [exact_a, exact_b]
+    # ... and keeps one that extends a chunk ("a sitting" / "a sits").
+    assert align([exact_a, Match(STEM, 1, 1, 1, 1)], 2) == [exact_a, Match(STEM, 1, 1, 1, 1)]
+    # "the office" / "the qqq placed": a synonym with no rival opens its own chunk.
+    assert align([exact_a, Match(SYNONYM, 1, 1, 2, 1)], 2) == [exact_a, Match(SYNONYM, 1, 1, 2, 1)]
+    # "the women" / "the qqq woman": the synonym is also a paraphrase, so it does not.
+    twice = [Match(SYNONYM, 1, 1, 2, 1), Match(PARAPHRASE, 1, 1, 2, 1)]
+    assert align([exact_a, *twice], 2) == [exact_a]
+    # "a x y a" / "z z a": among equal alignments, the earliest candidate, though the later "a" sits closer.
+    first, closer = Match(EXACT, 0, 1, 2, 1), Match(EXACT, 3, 1, 2, 1)
+    assert align([first, closer], 4) == [first]

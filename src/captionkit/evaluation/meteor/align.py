@@ -1,11 +1,14 @@
 """METEOR's alignment, as far as it has been observed on the jar: the subset of candidate matches, each word in at
-most one, with the most matches, then the fewest chunks, then the most words covered, then the smallest sum of
-distances between match starts; found here by an exact depth-first search.
+most one, with the most matches, then the fewest chunks, then the most words covered; among equals, the one that
+takes each test word's earliest candidate (no distance criterion: the jar aligns the first ``a`` of the test to
+the reference's only ``a`` even when a later one sits closer). Found here by an exact depth-first search.
 
-Also observed: a stem, synonym or paraphrase match whose words have other candidates is aligned only inside a chunk
-that holds another match: ``the women`` against ``the qqq woman`` aligns ``the`` alone, while ``the women`` against
-``the woman`` and ``office women`` against ``placed woman`` align both words. The jar's beam search still differs
-on some pairs (see the README's scoring section), so this module is not yet equal to the jar.
+Also observed: a stem match, a match found twice (by two stages, or a paraphrase listed both ways in the table)
+and a synonym or paraphrase match whose words have other candidates are aligned only inside a chunk that holds
+another match: ``a b c sitting`` against ``a b sits`` and ``the women`` against ``the qqq woman`` align no
+``sitting`` and no ``women``, while ``a sitting`` against ``a sits``, ``office women`` against ``placed woman`` and
+``the office`` against ``the qqq placed`` align every word. The jar's beam search still differs on some pairs (see
+the README's scoring section), so this module is not yet equal to the jar.
 """
 
 from __future__ import annotations
@@ -14,52 +17,52 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from captionkit.evaluation.meteor.matching import EXACT, Match
+from captionkit.evaluation.meteor.matching import EXACT, STEM, Match
 
-# An alignment's cost: (-matches, chunks, -words covered, distance); smaller is better.
-_Cost = tuple[int, int, int, int]
+# An alignment's cost: (-matches, chunks, -words covered); smaller is better.
+_Cost = tuple[int, int, int]
 
 
 @dataclass
 class _Search:
-    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether non-exact and sharing words)
+    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether it may not open a chunk)
     reach: list[int]  # reach[i]: most matches that could still start at i or later
-    best: _Cost = (1, 0, 0, 0)
+    best: _Cost = (1, 0, 0)
     chosen: list[Match] = field(default_factory=list)
 
 
 def align(matches: Sequence[Match], test_length: int) -> list[Match]:
     """The chosen matches, in test order."""
+    spans = Counter((m.start1, m.length1, m.start2, m.length2) for m in matches)
     users1: Counter[int] = Counter(i for m in matches for i in range(m.start1, m.start1 + m.length1))
     users2: Counter[int] = Counter(j for m in matches for j in range(m.start2, m.start2 + m.length2))
     by_start: list[list[tuple[Match, bool]]] = [[] for _ in range(test_length)]
-    seen = set()
     for m in matches:
         span = (m.start1, m.length1, m.start2, m.length2)
-        if span not in seen:
-            seen.add(span)
+        if spans[span]:
             shared = any(users1[i] > 1 for i in range(m.start1, m.start1 + m.length1)) or any(
                 users2[j] > 1 for j in range(m.start2, m.start2 + m.length2)
             )
-            by_start[m.start1].append((m, m.stage != EXACT and shared))
+            by_start[m.start1].append((m, m.stage == STEM or (m.stage != EXACT and shared)))
+            spans[span] = 0
     reach = [0] * (test_length + 1)
     for i in range(test_length - 1, -1, -1):
         reach[i] = reach[i + 1] + (1 if by_start[i] else 0)
     search = _Search(by_start, reach)
-    _extend(search, 0, 0, [], 0, 0, 0, (-1, -1), False)
+    _extend(search, 0, 0, [], 0, 0, (-1, -1), False)
     return search.chosen
 
 
 def _extend(
-    search: _Search, i: int, used2: int, path: list[Match], covered: int, chunks: int, distance: int,
-    end: tuple[int, int], shared_only: bool,
+    search: _Search, i: int, used2: int, path: list[Match], covered: int, chunks: int, end: tuple[int, int],
+    shared_only: bool,
 ) -> None:  # fmt: skip
     best = search.best
     bound = -(len(path) + search.reach[i])
     if bound > best[0] or (bound == best[0] and chunks > best[1]):
         return
     if i == len(search.by_start):
-        cost = (-len(path), chunks, -covered, distance)
+        cost = (-len(path), chunks, -covered)
         if cost < best and not shared_only:
             search.best, search.chosen = cost, list(path)
         return
@@ -69,12 +72,12 @@ def _extend(
             continue
         joined = end == (m.start1, m.start2)
         if not joined and shared_only:
-            continue  # the chunk that ends here holds only shared non-exact matches
+            continue  # the chunk that ends here holds only matches that may not open one
         path.append(m)
         _extend(
             search, i + m.length1, used2 | span, path, covered + m.length1 + m.length2, chunks + (not joined),
-            distance + abs(m.start1 - m.start2), (m.start1 + m.length1, m.start2 + m.length2),
+            (m.start1 + m.length1, m.start2 + m.length2),
             shared and (shared_only or not joined),
         )  # fmt: skip
         path.pop()
-    _extend(search, i + 1, used2, path, covered, chunks, distance, end, shared_only)
+    _extend(search, i + 1, used2, path, covered, chunks, end, shared_only)
