@@ -4,8 +4,8 @@ takes each test word's earliest candidate (no distance criterion: the jar aligns
 the reference's only ``a`` even when a later one sits closer). Found here by an exact depth-first search.
 
 Also observed: a stem match, a match found twice (by two stages, or a paraphrase listed both ways in the table)
-and a synonym or paraphrase match whose words have other candidates are aligned only inside a chunk that holds
-another match: ``a b c sitting`` against ``a b sits`` and ``the women`` against ``the qqq woman`` align no
+and a one-word synonym or paraphrase match whose words have other candidates are aligned only inside a chunk that
+holds another match: ``a b c sitting`` against ``a b sits`` and ``the women`` against ``the qqq woman`` align no
 ``sitting`` and no ``women``, while ``a sitting`` against ``a sits``, ``office women`` against ``placed woman`` and
 ``the office`` against ``the qqq placed`` align every word. The jar's beam search still differs on some pairs (see
 the README's scoring section), so this module is not yet equal to the jar.
@@ -25,7 +25,7 @@ _Cost = tuple[int, int, int]
 
 @dataclass
 class _Search:
-    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether it may not open a chunk)
+    by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether it may not open a chunk alone)
     reach: list[int]  # reach[i]: most matches that could still start at i or later
     best: _Cost = (1, 0, 0)
     chosen: list[Match] = field(default_factory=list)
@@ -39,12 +39,15 @@ def align(matches: Sequence[Match], test_length: int) -> list[Match]:
     by_start: list[list[tuple[Match, bool]]] = [[] for _ in range(test_length)]
     for m in matches:
         span = (m.start1, m.length1, m.start2, m.length2)
-        if spans[span]:
-            shared = any(users1[i] > 1 for i in range(m.start1, m.start1 + m.length1)) or any(
-                users2[j] > 1 for j in range(m.start2, m.start2 + m.length2)
-            )
-            by_start[m.start1].append((m, m.stage == STEM or (m.stage != EXACT and shared)))
-            spans[span] = 0
+        if not spans[span]:
+            continue  # the same words matched again: listed once, as the first stage that found them
+        shared = any(users1[i] > 1 for i in range(m.start1, m.start1 + m.length1)) or any(
+            users2[j] > 1 for j in range(m.start2, m.start2 + m.length2)
+        )
+        one_to_one = m.length1 == m.length2 == 1
+        follower = m.stage == STEM or spans[span] > 1 or (m.stage != EXACT and shared and one_to_one)
+        by_start[m.start1].append((m, follower))
+        spans[span] = 0
     reach = [0] * (test_length + 1)
     for i in range(test_length - 1, -1, -1):
         reach[i] = reach[i + 1] + (1 if by_start[i] else 0)
