@@ -1,6 +1,7 @@
 """METEOR's alignment, as far as it has been observed on the jar: the subset of candidate matches, each word in at
-most one, with the most matches, then the fewest chunks, then the most words covered; among equals, the one that
-takes each test word's earliest candidate (no distance criterion: the jar aligns the first ``a`` of the test to
+most one, that covers the most words of both sentences, each word weighted by its match's module weight (exact 1.0,
+stem 0.6, synonym 0.8, paraphrase 0.6), then has the fewest chunks; among equals, the one that takes each test
+word's earliest candidate (no distance criterion: the jar aligns the first ``a`` of the test to
 the reference's only ``a`` even when a later one sits closer). Found here by an exact depth-first search.
 
 Also observed: a stem match, a match found twice (by two stages, or a paraphrase listed both ways in the table)
@@ -18,16 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from captionkit.evaluation.meteor.matching import EXACT, STEM, Match
+from captionkit.evaluation.meteor.scoring import STAGE_WEIGHTS
 
-# An alignment's cost: (-matches, chunks, -words covered); smaller is better.
-_Cost = tuple[int, int, int]
+# An alignment's cost: (-weighted words covered, chunks); smaller is better. Weights in tenths keep ties exact.
+_Cost = tuple[int, int]
+_TENTHS = tuple(round(10 * w) for w in STAGE_WEIGHTS)
 
 
 @dataclass
 class _Search:
     by_start: list[list[tuple[Match, bool]]]  # per test position: (match, whether it may not open a chunk alone)
-    reach: list[int]  # reach[i]: most matches that could still start at i or later
-    best: _Cost = (1, 0, 0)
+    reach: list[int]  # reach[i]: most weighted words that matches starting at i or later could still cover
+    best: _Cost = (1, 0)
     chosen: list[Match] = field(default_factory=list)
 
 
@@ -50,10 +53,14 @@ def align(matches: Sequence[Match], test_length: int) -> list[Match]:
         spans[span] = 0
     reach = [0] * (test_length + 1)
     for i in range(test_length - 1, -1, -1):
-        reach[i] = reach[i + 1] + (1 if by_start[i] else 0)
+        reach[i] = reach[i + 1] + max((_weight(m) for m, _ in by_start[i]), default=0)
     search = _Search(by_start, reach)
     _extend(search, 0, 0, [], 0, 0, (-1, -1), False)
     return search.chosen
+
+
+def _weight(m: Match) -> int:
+    return (m.length1 + m.length2) * _TENTHS[m.stage]
 
 
 def _extend(
@@ -61,11 +68,11 @@ def _extend(
     shared_only: bool,
 ) -> None:  # fmt: skip
     best = search.best
-    bound = -(len(path) + search.reach[i])
+    bound = -(covered + search.reach[i])
     if bound > best[0] or (bound == best[0] and chunks > best[1]):
         return
     if i == len(search.by_start):
-        cost = (-len(path), chunks, -covered)
+        cost = (-covered, chunks)
         if cost < best and not shared_only:
             search.best, search.chosen = cost, list(path)
         return
@@ -78,7 +85,7 @@ def _extend(
             continue  # the chunk that ends here holds only matches that may not open one
         path.append(m)
         _extend(
-            search, i + m.length1, used2 | span, path, covered + m.length1 + m.length2, chunks + (not joined),
+            search, i + m.length1, used2 | span, path, covered + _weight(m), chunks + (not joined),
             (m.start1 + m.length1, m.start2 + m.length2),
             shared and (shared_only or not joined),
         )  # fmt: skip
