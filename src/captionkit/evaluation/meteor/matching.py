@@ -1,7 +1,9 @@
 """METEOR's four matching stages: exact words, Snowball English stems, shared WordNet synsets, paraphrases.
 
-A later stage only matches words that no earlier stage matched (observed on the jar: ``dog dogs`` against
-``dogs dog`` keeps its two exact matches, though two stem matches would make one chunk).
+The stem and synonym stages only match words that no earlier stage matched (observed on the jar: ``dog dogs``
+against ``dogs dog`` keeps its two exact matches, though two stem matches would make one chunk). Paraphrases may
+span matched words (``an elderly man`` against ``an old man`` aligns ``an`` exactly and ``elderly man`` with
+``old man``), and a pair listed both ways in the table is two candidates (see :mod:`.align`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class Matcher:
             ]
             _cover(new, covered1, covered2)
             found += new
-        found += self._paraphrase_matches(test, ref, [False] * len(test), [False] * len(ref))
+        found += self._paraphrase_matches(test, ref)
         return found
 
     def _same_stem(self, a: str, b: str) -> bool:
@@ -80,17 +82,15 @@ class Matcher:
     def _paraphrases(self, phrase: str) -> np.ndarray:
         return self.data.paraphrases.lookup(phrase_hash(phrase))
 
-    def _paraphrase_matches(
-        self, test: list[str], ref: list[str], covered1: list[bool], covered2: list[bool]
-    ) -> list[Match]:
+    def _paraphrase_matches(self, test: list[str], ref: list[str]) -> list[Match]:
         spans2: dict[int, list[tuple[int, int]]] = {}
-        for j, length in _free_spans(covered2):
+        for j, length in _spans(len(ref)):
             spans2.setdefault(phrase_hash(" ".join(ref[j : j + length])), []).append((j, length))
         if not spans2:
             return []
         keys = np.fromiter(spans2, np.uint64, len(spans2))
         found: list[Match] = []
-        for i, length1 in _free_spans(covered1):
+        for i, length1 in _spans(len(test)):
             targets = self.paraphrases(" ".join(test[i : i + length1]))
             if not len(targets):
                 continue
@@ -107,12 +107,6 @@ def _cover(matches: list[Match], covered1: list[bool], covered2: list[bool]) -> 
         covered2[m.start2 : m.start2 + m.length2] = [True] * m.length2
 
 
-def _free_spans(covered: list[bool]) -> list[tuple[int, int]]:
-    """``(start, length)`` of every phrase of up to :data:`MAX_PHRASE` words that no earlier stage matched."""
-    spans = []
-    for start in range(len(covered)):
-        for length in range(1, MAX_PHRASE + 1):
-            if start + length > len(covered) or covered[start + length - 1]:
-                break
-            spans.append((start, length))
-    return spans
+def _spans(length: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of every phrase of up to :data:`MAX_PHRASE` words in a sentence of ``length`` words."""
+    return [(start, n) for start in range(length) for n in range(1, min(MAX_PHRASE, length - start) + 1)]
