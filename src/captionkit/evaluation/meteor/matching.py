@@ -19,7 +19,9 @@ from captionkit.evaluation.meteor.resources import MeteorData, phrase_hash
 EXACT, STEM, SYNONYM, PARAPHRASE = range(4)
 #: The longest phrase in the paraphrase table.
 MAX_PHRASE = 7
-# WordNet's detachment rules (nouns, verbs, adjectives), applied to any word, as base forms of inflected words.
+# WordNet's detachment rules in its order (nouns, verbs, adjectives). A word's synsets are its own plus those of its
+# base forms: its entries in the exceptions list, else the first rule's result that WordNet knows (observed on the
+# jar: "siting" gives "site", not "sit", so it does not match "sitting"; "runs" gives "run" and matches "ran").
 _SUFFIXES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
              ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", ""),
              ("er", ""), ("est", ""), ("er", "e"), ("est", "e"))  # fmt: skip
@@ -72,12 +74,17 @@ class Matcher:
         return not self.synsets(a).isdisjoint(self.synsets(b))
 
     def _synsets(self, word: str) -> frozenset[int]:
-        forms = {word, *self.data.exceptions.get(word, ())}
-        forms.update(word[: -len(end)] + base for end, base in _SUFFIXES if word.endswith(end) and len(word) > len(end))
-        ids: set[int] = set()
-        for form in forms:
-            ids.update(self.data.synsets.lookup(phrase_hash(form)).tolist())
+        ids = set(self._lookup(word).tolist())
+        bases = self.data.exceptions.get(word)
+        if bases is None:
+            detached = (word[: -len(end)] + to for end, to in _SUFFIXES if word.endswith(end) and len(word) > len(end))
+            bases = next(([base] for base in detached if len(self._lookup(base))), [])
+        for base in bases:
+            ids.update(self._lookup(base).tolist())
         return frozenset(ids)
+
+    def _lookup(self, word: str) -> np.ndarray:
+        return self.data.synsets.lookup(phrase_hash(word))
 
     def _paraphrases(self, phrase: str) -> np.ndarray:
         return self.data.paraphrases.lookup(phrase_hash(phrase))
