@@ -26,7 +26,7 @@ def segment_stats(candidate: str, references: Sequence[str], cache_root: Path | 
     best: Stats | None = None
     for reference in references:
         ref = normalize(reference, data.prefixes)
-        stats = alignment_stats(test, ref, align(matcher.matches(test, ref), len(test)), data.function_words)
+        stats = alignment_stats(test, ref, align(matcher.matches(test, ref), len(ref)), data.function_words)
         if best is None or stats.score() > best.score():
             best = stats
     if best is None:
