@@ -25,7 +25,7 @@ from captionkit.evaluation.meteor.align import align
 from captionkit.evaluation.meteor.matching import EXACT, PARAPHRASE, STEM, SYNONYM, Match
 from captionkit.evaluation.meteor.normalize import normalize
 from captionkit.evaluation.meteor.resources import load_meteor_data, phrase_hash
-from captionkit.evaluation.meteor.scoring import Stats, alignment_stats
+from captionkit.evaluation.meteor.scoring import Stats, alignment_stats, corpus_score
 
 CRAFTED = [
     ("A man's dog, \"running\" (fast) -- at 5:30 p.m. in the U.S.A. on Mr. Smith's t-shirt!", "a dog runs fast"),
@@ -44,6 +44,8 @@ CRAFTED = [
     ("...", "a dog"),
     ("dog", "a dog"),
     ("a dog a dog a dog", "a dog"),
+    ("a man riding a horse", "a man riding a horse"),
+    ("he runs fast", "he runs quickly"),
 ]
 
 
@@ -70,8 +72,14 @@ def real_pairs(limit: int) -> list[tuple[str, str]]:
     return [(" ".join(g[0].split()), " ".join(g[1].split())) for g in groups if len(g) > 1]
 
 
+@dataclass
+class JarRun:
+    pairs: list[tuple[str, str, JarPair]]  # test line, reference line, what the jar made of them
+    corpus: float
+
+
 @pytest.fixture(scope="module")
-def jar_pairs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, JarPair]]:
+def jar_run(tmp_path_factory: pytest.TempPathFactory) -> JarRun:
     try:
         jar, _ = resources.source_files()
     except MetricUnavailable as error:
@@ -83,10 +91,11 @@ def jar_pairs(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, str, 
     (folder / "test.txt").write_text("".join(t + "\n" for t, _ in pairs), encoding="utf-8")
     (folder / "ref.txt").write_text("".join(r + "\n" for _, r in pairs), encoding="utf-8")
     command = ["java", "-Xmx2G", "-jar", str(jar), "test.txt", "ref.txt", "-l", "en", "-norm", "-writeAlignments"]
-    subprocess.run([*command, "-f", "out"], cwd=folder, capture_output=True, check=True, timeout=300)
+    done = subprocess.run([*command, "-f", "out"], cwd=folder, capture_output=True, check=True, timeout=300)
     parsed = _parse_alignments((folder / "out-align.out").read_text(encoding="utf-8"))
     assert len(parsed) == len(pairs)
-    return [(t, r, p) for (t, r), p in zip(pairs, parsed, strict=True)]
+    corpus = float(done.stdout.decode().split("Final score:")[1].split()[0])
+    return JarRun([(t, r, p) for (t, r), p in zip(pairs, parsed, strict=True)], corpus)
 
 
 def _parse_alignments(text: str) -> list[JarPair]:
@@ -113,20 +122,23 @@ def prefixes() -> dict[str, int]:
         return resources._prefixes(archive.read("nonbreaking/english.prefixes").decode("utf-8"))
 
 
-def test_normalize_equals_the_jar(jar_pairs: list[tuple[str, str, JarPair]], prefixes: dict[str, int]) -> None:
-    assert len(jar_pairs) > 300
-    for test, ref, pair in jar_pairs:
+def test_normalize_equals_the_jar(jar_run: JarRun, prefixes: dict[str, int]) -> None:
+    assert len(jar_run.pairs) > 300
+    for test, ref, pair in jar_run.pairs:
         assert normalize(test, prefixes) == pair.test, test
         assert normalize(ref, prefixes) == pair.ref, ref
 
 
-def test_alignment_scores_equal_the_jar(jar_pairs: list[tuple[str, str, JarPair]]) -> None:
+def test_alignment_scores_equal_the_jar(jar_run: JarRun) -> None:
     function_words = frozenset(
         zipfile.ZipFile(resources.source_files()[0]).read("function/english.words").decode("utf-8").split()
     )
-    for _, _, pair in jar_pairs:
-        stats = alignment_stats(pair.test, pair.ref, pair.matches, function_words)
-        assert abs(stats.score() - pair.score) < 1e-12, (pair.test, pair.ref)
+    segments = []
+    for _, _, pair in jar_run.pairs:
+        segments.append(alignment_stats(pair.test, pair.ref, pair.matches, function_words))
+        assert abs(segments[-1].score() - pair.score) < 1e-12, (pair.test, pair.ref)
+    assert sum(s.whole for s in segments) >= 2  # identical lines, whose chunk the corpus score does not count
+    assert abs(corpus_score(segments) - jar_run.corpus) < 1e-12
 
 
 def test_scores_from_the_jars_statistic_lines() -> None:

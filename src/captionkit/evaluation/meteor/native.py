@@ -10,7 +10,7 @@ from captionkit.evaluation.meteor.align import align
 from captionkit.evaluation.meteor.matching import Matcher
 from captionkit.evaluation.meteor.normalize import normalize
 from captionkit.evaluation.meteor.resources import load_meteor_data
-from captionkit.evaluation.meteor.scoring import Stats, alignment_stats
+from captionkit.evaluation.meteor.scoring import Stats, alignment_stats, corpus_score
 
 
 @lru_cache(maxsize=2)
@@ -42,9 +42,4 @@ def meteor_python(
         segment_stats(candidate.replace("|||", "").replace("  ", " "), refs, cache_root)
         for candidate, refs in zip(candidates, references, strict=True)
     ]
-    if not stats:
-        return 0.0, []
-    total = stats[0]
-    for s in stats[1:]:
-        total = total + s
-    return total.score(), [s.score() for s in stats]
+    return corpus_score(stats), [s.score() for s in stats]

@@ -4,7 +4,8 @@ Precision and recall weight each matched word by its stage (exact 1.0, stem 0.6,
 content words against function words by ``delta``; ``Fmean = P R / (alpha P + (1 - alpha) R)``; the fragmentation
 penalty is ``gamma (chunks / matched words) ** beta``, zero when the sentences match word for word in one chunk.
 A segment takes its best reference. The corpus score is computed from the statistics summed over segments (the
-jar's ``EVAL``), not as a mean of segment scores.
+jar's ``EVAL``), not as a mean of segment scores; there a segment matched whole in one chunk counts no chunk
+(observed: the jar's corpus chunks are the sum of the segments' chunks less the number of such segments).
 """
 
 from __future__ import annotations
@@ -34,10 +35,16 @@ class Stats:
     def __add__(self, other: Stats) -> Stats:
         return Stats(tuple(a + b for a, b in zip(self.values, other.values, strict=True)))
 
-    def score(self) -> float:
+    @property
+    def whole(self) -> bool:
+        """Every word of both sentences matched, in one chunk: no fragmentation penalty."""
+        return self.values[21] == self.values[0] and self.values[22] == self.values[1] and self.values[20] == 1
+
+    def score(self, chunks: int | None = None) -> float:
+        """The METEOR score; ``chunks`` overrides the chunk count (the corpus score's)."""
         test_length, ref_length, test_function, ref_function = self.values[:4]
         stages = [self.values[4 + 4 * k : 8 + 4 * k] for k in range(len(STAGE_WEIGHTS))]
-        chunks, test_matched, ref_matched = self.values[20:23]
+        test_matched, ref_matched = self.values[21:23]
         test_weight = sum(w * (DELTA * s[0] + (1 - DELTA) * s[2]) for w, s in zip(STAGE_WEIGHTS, stages, strict=True))
         ref_weight = sum(w * (DELTA * s[1] + (1 - DELTA) * s[3]) for w, s in zip(STAGE_WEIGHTS, stages, strict=True))
         if test_weight == 0 or ref_weight == 0:
@@ -45,9 +52,19 @@ class Stats:
         precision = test_weight / (DELTA * (test_length - test_function) + (1 - DELTA) * test_function)
         recall = ref_weight / (DELTA * (ref_length - ref_function) + (1 - DELTA) * ref_function)
         fmean = precision * recall / (ALPHA * precision + (1 - ALPHA) * recall)
-        whole = test_matched == test_length and ref_matched == ref_length and chunks == 1
-        fragmentation = 0.0 if whole else chunks / ((test_matched + ref_matched) / 2)
-        return fmean * (1 - GAMMA * fragmentation**BETA)
+        if chunks is None:
+            chunks = 0 if self.whole else self.values[20]
+        return fmean * (1 - GAMMA * (chunks / ((test_matched + ref_matched) / 2)) ** BETA)
+
+
+def corpus_score(segments: Sequence[Stats]) -> float:
+    """The jar's corpus score: from the summed statistics, each whole segment counting no chunk."""
+    if not segments:
+        return 0.0
+    total = segments[0]
+    for stats in segments[1:]:
+        total = total + stats
+    return total.score(chunks=total.values[20] - sum(s.whole for s in segments))
 
 
 def alignment_stats(
