@@ -41,7 +41,7 @@ def no_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
     def unavailable(*parts: str, metric: str) -> Path:
         raise external.MetricUnavailable(f"{metric} needs Java on PATH (java not found)")
 
-    monkeypatch.setattr("captionkit.evaluation.meteor.require_java_tool", unavailable)
+    monkeypatch.setattr("captionkit.evaluation.meteor.java.require_java_tool", unavailable)
 
 
 def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> None:

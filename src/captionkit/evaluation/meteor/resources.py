@@ -1,0 +1,160 @@
+"""METEOR's English data, read without Java from pycocoevalcap's ``meteor-1.5.jar`` (a zip) and
+``data/paraphrase-en.gz``, kept as a compact cache that loads in a fraction of a second.
+
+The cache is a folder of plain data (``meta.json`` and NumPy ``.npy`` arrays, memory-mapped with
+``allow_pickle=False``), so it cannot run code. Its name carries a format version and the size and modification
+time of both source files, so a new pycocoevalcap installation builds a new cache.
+Words and phrases are looked up by a 64-bit BLAKE2b hash of their text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captionkit.evaluation.external import MetricUnavailable, pycocoevalcap_dir
+
+_FORMAT = 2
+_TABLES = ("synsets", "paraphrases")
+_PARTS = ("keys", "offsets", "values")
+_INSTALL = "install the extra (pip install 'captionkit[meteor]')"
+
+
+def phrase_hash(phrase: str) -> int:
+    """The 64-bit key of a word or a space-joined phrase."""
+    return int.from_bytes(hashlib.blake2b(phrase.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class HashedTable:
+    """A multimap from hashed keys to values: ``values[offsets[k]:offsets[k + 1]]`` belong to ``keys[k]``."""
+
+    keys: np.ndarray
+    offsets: np.ndarray
+    values: np.ndarray
+
+    def lookup(self, key: int) -> np.ndarray:
+        """The values of ``key`` (empty when it is absent); paraphrase values are sorted within a key."""
+        k = int(np.searchsorted(self.keys, np.uint64(key)))
+        if k == len(self.keys) or int(self.keys[k]) != key:
+            return self.values[:0]
+        return self.values[self.offsets[k] : self.offsets[k + 1]]
+
+    @classmethod
+    def build(cls, pairs_keys: np.ndarray, pairs_values: np.ndarray) -> HashedTable:
+        order = np.lexsort((pairs_values, pairs_keys))
+        keys_sorted, values = pairs_keys[order], pairs_values[order]
+        keys, starts = np.unique(keys_sorted, return_index=True)
+        offsets = np.append(starts, len(keys_sorted)).astype(np.int64)
+        return cls(keys, offsets, values)
+
+
+@dataclass(frozen=True)
+class MeteorData:
+    """Function words, nonbreaking prefixes (1: always, 2: before a number), WordNet synsets and exceptions
+    (irregular form -> base forms), and the paraphrase table (phrase hash -> paraphrase hashes, both ways)."""
+
+    function_words: frozenset[str]
+    prefixes: dict[str, int]
+    exceptions: dict[str, list[str]]
+    synsets: HashedTable
+    paraphrases: HashedTable
+
+
+def source_files() -> tuple[Path, Path]:
+    """pycocoevalcap's jar and paraphrase table, or :class:`MetricUnavailable` naming the extra to install."""
+    package = pycocoevalcap_dir()
+    if package is None:
+        raise MetricUnavailable(f"METEOR needs pycocoevalcap's data files: {_INSTALL}")
+    jar = package / "meteor" / "meteor-1.5.jar"
+    table = package / "meteor" / "data" / "paraphrase-en.gz"
+    for path in (jar, table):
+        if not path.is_file():
+            raise MetricUnavailable(f"METEOR: {path} is missing from the pycocoevalcap installation; {_INSTALL}")
+    return jar, table
+
+
+def default_cache_root() -> Path:
+    """``$CAPTIONKIT_CACHE`` or ``$XDG_CACHE_HOME/captionkit`` or ``~/.cache/captionkit``."""
+    if os.environ.get("CAPTIONKIT_CACHE"):
+        return Path(os.environ["CAPTIONKIT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "captionkit"
+
+
+def cache_dir(jar: Path, table: Path, root: Path | None = None) -> Path:
+    """The cache folder for these source files: a new one whenever either file changes."""
+    stamp = [_FORMAT] + [(p.stat().st_size, p.stat().st_mtime_ns) for p in (jar, table)]
+    key = hashlib.sha256(json.dumps(stamp).encode()).hexdigest()[:16]
+    return (root or default_cache_root()) / f"meteor-1.5-{key}"
+
+
+def load_meteor_data(root: Path | None = None) -> MeteorData:
+    """The English data, from the cache (built on first use, in ``root`` or :func:`default_cache_root`)."""
+    jar, table = source_files()
+    folder = cache_dir(jar, table, root)
+    if not (folder / "meta.json").is_file():
+        _build(jar, table, folder)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    synsets, paraphrases = (
+        HashedTable(*(np.load(folder / f"{name}_{part}.npy", mmap_mode="r", allow_pickle=False) for part in _PARTS))
+        for name in _TABLES
+    )
+    return MeteorData(frozenset(meta["function_words"]), meta["prefixes"], meta["exceptions"], synsets, paraphrases)
+
+
+def _build(jar: Path, table: Path, folder: Path) -> None:
+    with zipfile.ZipFile(jar) as archive:
+        function_words = archive.read("function/english.words").decode("utf-8").split()
+        prefixes = _prefixes(archive.read("nonbreaking/english.prefixes").decode("utf-8"))
+        exceptions = _pairs(archive.read("synonym/english.exceptions").decode("utf-8"))
+        synsets = _pairs(archive.read("synonym/english.synsets").decode("utf-8"))
+    base_forms: dict[str, list[str]] = {}
+    for base, irregular_forms in exceptions:
+        for irregular in irregular_forms.split():
+            base_forms.setdefault(irregular, []).append(base)
+    syn_words = [phrase_hash(word) for word, ids in synsets for _ in ids.split()]
+    syn_ids = [int(i) for _, ids in synsets for i in ids.split()]
+    synset_table = HashedTable.build(np.array(syn_words, np.uint64), np.array(syn_ids, np.int64))
+    paraphrase_table = _paraphrases(table)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, built in zip(_TABLES, (synset_table, paraphrase_table), strict=True):
+        for part in _PARTS:
+            partial = folder / f"{name}_{part}.{os.getpid()}.npy"
+            np.save(partial, getattr(built, part), allow_pickle=False)
+            os.replace(partial, folder / f"{name}_{part}.npy")
+    meta = {"function_words": function_words, "prefixes": prefixes, "exceptions": base_forms}
+    partial_meta = folder / f"meta.{os.getpid()}.json"
+    partial_meta.write_text(json.dumps(meta), encoding="utf-8")
+    os.replace(partial_meta, folder / "meta.json")  # written last: its presence marks a complete cache
+
+
+def _prefixes(text: str) -> dict[str, int]:
+    prefixes: dict[str, int] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            prefixes[word] = 2 if "#NUMERIC_ONLY#" in rest else 1
+    return prefixes
+
+
+def _pairs(text: str) -> list[tuple[str, str]]:
+    lines = text.split("\n")
+    return [(lines[k].strip(), lines[k + 1].strip()) for k in range(0, len(lines) - 1, 2)]
+
+
+def _paraphrases(table: Path) -> HashedTable:
+    with gzip.open(table, "rt", encoding="utf-8") as lines:
+        text = lines.read().split("\n")
+    firsts = np.array([phrase_hash(p) for p in text[1::3]], np.uint64)
+    seconds = np.array([phrase_hash(p) for p in text[2::3]], np.uint64)
+    n = min(len(firsts), len(seconds))
+    firsts, seconds = firsts[:n], seconds[:n]
+    return HashedTable.build(np.concatenate([firsts, seconds]), np.concatenate([seconds, firsts]))

@@ -1,0 +1,228 @@
+"""The Java-free METEOR parts that already equal pycocoevalcap's jar: ``-norm`` normalisation, the Snowball stems,
+the jar's statistics and scores of an alignment, and the data cache; and the aligner on crafted pairs.
+
+The jar is run once per module in its plaintext mode with ``-writeAlignments``, which prints each pair's normalised
+words, the matches it chose and the score; pairs are real captions (COCO val2017, Flickr8k, SentiCap: first caption
+against the second, raw, so that ``-norm`` has work) and crafted lines.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from _data import SHARED_DATA
+from captionkit.evaluation.external import MetricUnavailable
+from captionkit.evaluation.meteor import resources
+from captionkit.evaluation.meteor.align import align
+from captionkit.evaluation.meteor.matching import EXACT, PARAPHRASE, STEM, SYNONYM, Match
+from captionkit.evaluation.meteor.normalize import normalize
+from captionkit.evaluation.meteor.resources import load_meteor_data, phrase_hash
+from captionkit.evaluation.meteor.scoring import Stats, alignment_stats, corpus_score
+
+CRAFTED = [
+    ("A man's dog, \"running\" (fast) -- at 5:30 p.m. in the U.S.A. on Mr. Smith's t-shirt!", "a dog runs fast"),
+    ("It's 3.5 km/h; isn't it? Yes... 1,000 people & cats @home #tag $5.00 50% off.", "it is fast"),
+    ("Dr. Who won't go... e.g. the end. Mr. Bean. i.e. no", "the end"),
+    ("The CAT'S  hats' don't   can't I'm we're they've he'd she'll X. Y. Z", "the cat's hat"),
+    ("<tag> &amp; a&b a-b a--b a/b it\u2019s \u201cquoted\u201d \u2014 dash", "a b"),
+    ("st. t.v. 3/4 12:43 & # ground.a 11.01.2009 w. ky. rd. ho'ohu p-51 close-up n't 's", "a close up tv"),
+    ("No. 5 and no. 5 and No 5 Art. 3 Mr. jones Dr. Smith went. He ran.", "he runs"),
+    ("U.S. army a.b.c. ok. Fine x.y i.e U.S", "the us army"),
+    ("he said 'hello' to ''them'' and `this` 5-4 -5 5- a- -a 'tis rock'n'roll o'clock", "he said hello"),
+    ("three carved jack-o-lanterns \u2026 end\u2026 5.5. $5 5,5 ,a a, .a a..b a...b", "three jack o lanterns"),
+    ("a big dog runs", "a large dog ran"),
+    ("dog a runs big", "a large dog ran"),
+    ("the the the", "the cat"),
+    ("...", "a dog"),
+    ("dog", "a dog"),
+    ("a dog a dog a dog", "a dog"),
+    ("a man riding a horse", "a man riding a horse"),
+    ("he runs fast", "he runs quickly"),
+]
+
+
+@dataclass
+class JarPair:
+    test: list[str]
+    ref: list[str]
+    matches: list[Match]
+    score: float
+
+
+def real_pairs(limit: int) -> list[tuple[str, str]]:
+    coco = json.loads((SHARED_DATA / "coco" / "captions_val2017.json").read_text(encoding="utf-8"))
+    by_image: dict[int, list[str]] = {}
+    for annotation in coco["annotations"]:
+        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
+    flickr: dict[str, list[str]] = {}
+    for line in (SHARED_DATA / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
+        name, caption = line.split("\t", 1)
+        flickr.setdefault(name.split("#")[0], []).append(caption)
+    senticap = json.loads((SHARED_DATA / "senticap" / "senticap_subset.json").read_text(encoding="utf-8"))
+    senti = [[s["raw"] for s in image["sentences"]] for image in senticap["images"]]
+    groups = [*list(by_image.values())[:limit], *list(flickr.values())[:limit], *senti[:limit]]
+    return [(" ".join(g[0].split()), " ".join(g[1].split())) for g in groups if len(g) > 1]
+
+
+@dataclass
+class JarRun:
+    pairs: list[tuple[str, str, JarPair]]  # test line, reference line, what the jar made of them
+    corpus: float
+
+
+@pytest.fixture(scope="module")
+def jar_run(tmp_path_factory: pytest.TempPathFactory) -> JarRun:
+    try:
+        jar, _ = resources.source_files()
+    except MetricUnavailable as error:
+        pytest.skip(str(error))
+    if shutil.which("java") is None:
+        pytest.skip("needs Java to run the reference jar")
+    pairs = CRAFTED + real_pairs(150)
+    folder = tmp_path_factory.mktemp("meteor-jar")
+    (folder / "test.txt").write_text("".join(t + "\n" for t, _ in pairs), encoding="utf-8")
+    (folder / "ref.txt").write_text("".join(r + "\n" for _, r in pairs), encoding="utf-8")
+    command = ["java", "-Xmx2G", "-jar", str(jar), "test.txt", "ref.txt", "-l", "en", "-norm", "-writeAlignments"]
+    done = subprocess.run([*command, "-f", "out"], cwd=folder, capture_output=True, check=True, timeout=300)
+    parsed = _parse_alignments((folder / "out-align.out").read_text(encoding="utf-8"))
+    assert len(parsed) == len(pairs)
+    corpus = float(done.stdout.decode().split("Final score:")[1].split()[0])
+    return JarRun([(t, r, p) for (t, r), p in zip(pairs, parsed, strict=True)], corpus)
+
+
+def _parse_alignments(text: str) -> list[JarPair]:
+    out = []
+    for block in text.split("Alignment\t")[1:]:
+        lines = [line for line in block.split("\n") if line.strip()]
+        matches = []
+        for row in lines[4:]:
+            ref_span, test_span, stage = row.split()[:3]
+            (start2, length2), (start1, length1) = (map(int, s.split(":")) for s in (ref_span, test_span))
+            matches.append(Match(int(stage), start1, length1, start2, length2))
+        matches.sort(key=lambda m: m.start1)
+        out.append(JarPair(lines[1].split(" "), lines[2].split(" "), matches, float(lines[0].split("\t")[-1])))
+    return out
+
+
+@pytest.fixture(scope="module")
+def prefixes() -> dict[str, int]:
+    try:
+        jar, _ = resources.source_files()
+    except MetricUnavailable as error:
+        pytest.skip(str(error))
+    with zipfile.ZipFile(jar) as archive:
+        return resources._prefixes(archive.read("nonbreaking/english.prefixes").decode("utf-8"))
+
+
+def test_normalize_equals_the_jar(jar_run: JarRun, prefixes: dict[str, int]) -> None:
+    assert len(jar_run.pairs) > 300
+    for test, ref, pair in jar_run.pairs:
+        assert normalize(test, prefixes) == pair.test, test
+        assert normalize(ref, prefixes) == pair.ref, ref
+
+
+def test_alignment_scores_equal_the_jar(jar_run: JarRun) -> None:
+    function_words = frozenset(
+        zipfile.ZipFile(resources.source_files()[0]).read("function/english.words").decode("utf-8").split()
+    )
+    segments = []
+    for _, _, pair in jar_run.pairs:
+        segments.append(alignment_stats(pair.test, pair.ref, pair.matches, function_words))
+        assert abs(segments[-1].score() - pair.score) < 1e-12, (pair.test, pair.ref)
+    assert sum(s.whole for s in segments) >= 2  # identical lines, whose chunk the corpus score does not count
+    assert abs(corpus_score(segments) - jar_run.corpus) < 1e-12
+
+
+def test_scores_from_the_jars_statistic_lines() -> None:
+    # SCORE lines and scores the jar answered (-stdio -l en -norm) for "a man riding a horse" against "a man is
+    # riding a horse", "the the the" against "the cat", and "a man" against itself.
+    zeros = " 0.0" * 12
+    lines = {
+        f"5.0 6.0 2.0 3.0 3.0 3.0 2.0 2.0{zeros} 2.0 5.0 5.0": 0.4645695216158345,
+        f"3.0 2.0 3.0 1.0 0.0 0.0 1.0 1.0{zeros} 1.0 1.0 1.0": 0.10389610389610389,
+        f"2.0 2.0 1.0 1.0 1.0 1.0 1.0 1.0{zeros} 1.0 2.0 2.0": 1.0,
+    }
+    for line, score in lines.items():
+        assert abs(Stats.parse(line).score() - score) < 1e-12
+    total = Stats.parse(next(iter(lines))) + Stats.parse(next(iter(lines)))
+    assert total.values[:3] == (10, 12, 4) and total.values[20:] == (4, 10, 10)
+
+
+def test_stems_are_the_jars_snowball_english() -> None:
+    import snowballstemmer
+
+    stem = snowballstemmer.stemmer("english").stemWord
+    # The jar's org.tartarus.snowball englishStemmer on words that Snowball 3 stems differently.
+    observed = {"evening": "even", "university": "univers", "added": "ad", "paste": "past", "organized": "organ"}
+    assert {word: stem(word) for word in observed} == observed
+
+
+@pytest.fixture()
+def fake_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    jar, table = tmp_path / "meteor-1.5.jar", tmp_path / "paraphrase-en.gz"
+    with zipfile.ZipFile(jar, "w") as archive:
+        archive.writestr("function/english.words", "the\na\nof\n")
+        archive.writestr("nonbreaking/english.prefixes", "# comment\nMr\nNo #NUMERIC_ONLY#\n")
+        archive.writestr("synonym/english.exceptions", "run\nran running\nmouse\nmice\n")
+        archive.writestr("synonym/english.synsets", "big\n01 02\nlarge\n02 03\n")
+    with gzip.open(table, "wt", encoding="utf-8") as out:
+        out.write("0.5\nfast\nquickly\n0.25\na dog\nthe hound\n")
+    monkeypatch.setattr(resources, "source_files", lambda: (jar, table))
+    return jar, table
+
+
+def test_cache_is_built_once_and_answers_lookups(fake_install: tuple[Path, Path], tmp_path: Path) -> None:
+    data = load_meteor_data(tmp_path / "cache")
+    assert data.function_words == {"the", "a", "of"}
+    assert data.prefixes == {"Mr": 1, "No": 2}
+    assert data.exceptions == {"ran": ["run"], "running": ["run"], "mice": ["mouse"]}
+    assert data.synsets.lookup(phrase_hash("large")).tolist() == [2, 3]
+    assert data.synsets.lookup(phrase_hash("small")).tolist() == []
+    assert data.paraphrases.lookup(phrase_hash("quickly")).tolist() == [phrase_hash("fast")]
+    assert data.paraphrases.lookup(phrase_hash("the hound")).tolist() == [phrase_hash("a dog")]
+    (folder,) = (tmp_path / "cache").iterdir()
+    built = (folder / "meta.json").stat().st_mtime_ns
+    load_meteor_data(tmp_path / "cache")
+    assert (folder / "meta.json").stat().st_mtime_ns == built
+    assert not list(folder.glob("*.pkl")) and sorted(p.suffix for p in folder.iterdir()) == [".json"] + [".npy"] * 6
+
+
+def test_cache_follows_the_installed_files(fake_install: tuple[Path, Path], tmp_path: Path) -> None:
+    jar, table = fake_install
+    before = resources.cache_dir(jar, table, tmp_path)
+    with gzip.open(table, "wt", encoding="utf-8") as out:
+        out.write("0.5\nfast\nrapid\n")
+    assert resources.cache_dir(jar, table, tmp_path) != before
+
+
+def test_without_pycocoevalcap_the_message_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resources, "pycocoevalcap_dir", lambda: None)
+    with pytest.raises(MetricUnavailable) as error:
+        resources.source_files()
+    assert str(error.value) == (
+        "METEOR needs pycocoevalcap's data files: install the extra (pip install 'captionkit[meteor]')"
+    )
+
+
+def test_alignment_follows_what_the_jar_does_on_crafted_pairs() -> None:
+    # "a b c sitting" / "a b sits": the jar drops a stem match that would open a chunk of its own...
+    exact_a, exact_b = Match(EXACT, 0, 1, 0, 1), Match(EXACT, 1, 1, 1, 1)
+    assert align([exact_a, exact_b, Match(STEM, 3, 1, 2, 1)], 3) == [exact_a, exact_b]
+    # ... and keeps one that extends a chunk ("a sitting" / "a sits").
+    assert align([exact_a, Match(STEM, 1, 1, 1, 1)], 2) == [exact_a, Match(STEM, 1, 1, 1, 1)]
+    # "the office" / "the qqq placed": a synonym with no rival opens its own chunk.
+    assert align([exact_a, Match(SYNONYM, 1, 1, 2, 1)], 3) == [exact_a, Match(SYNONYM, 1, 1, 2, 1)]
+    # "the women" / "the qqq woman": the synonym is also a paraphrase, so it does not.
+    twice = [Match(SYNONYM, 1, 1, 2, 1), Match(PARAPHRASE, 1, 1, 2, 1)]
+    assert align([exact_a, *twice], 3) == [exact_a]
+    # "a x y a" / "z z a": among equal alignments, the earliest candidate, though the later "a" sits closer.
+    first, closer = Match(EXACT, 0, 1, 2, 1), Match(EXACT, 3, 1, 2, 1)
+    assert align([first, closer], 3) == [first]
