@@ -18,6 +18,7 @@ from PIL import Image
 from captionkit.errors import ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
+from captionkit.jsontext import parse_json
 
 PAPER_MODEL = "openai/clip-vit-base-patch32"
 PREFIX = "A photo depicts "
@@ -31,6 +32,7 @@ class ClipScorer:
         from transformers import AutoTokenizer, CLIPModel
 
         directory = resolve_model_source(source)
+        _check_clip(directory, str(source))
         try:
             self.model = CLIPModel.from_pretrained(directory).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -86,6 +88,17 @@ class ClipScorer:
         names = ["CLIPScore", *(["RefCLIPScore"] if references is not None else [])]
         corpus = {name: sum(s[name] for s in per_image.values()) / len(ids) for name in names}
         return corpus, per_image
+
+
+def _check_clip(directory: Path, source: str) -> None:
+    """Refuse, in one line, a directory that holds no CLIP (transformers' own errors for that run to pages)."""
+    config = directory / "config.json"
+    if not config.is_file():
+        raise ModelLoadError(source, "not a CLIP model (no config.json)")
+    data = parse_json(config.read_text(encoding="utf-8"), config, error=ModelLoadError)
+    model_type = data.get("model_type") if isinstance(data, dict) else None
+    if model_type != "clip":
+        raise ModelLoadError(source, f"not a CLIP model (model_type {model_type!r}; expected 'clip')")
 
 
 def _unit(features: torch.Tensor) -> torch.Tensor:
