@@ -177,7 +177,7 @@ def write_report(
     """A self-contained HTML page: the metric table, the per-style table, the training curves (when ``curves`` is a
     PNG), then the test images beside their generated captions (one column per style the model writes, neutral
     first) and their reference caption, failures first."""
-    from captionkit.report import escape, image_cell, metric_table, png_figure, style_table, write_page
+    from captionkit.report import escape, grid_table, image_cell, metric_table, png_figure, write_page
 
     styled = [style for style in generated if style != "neutral"]
     rows = []
@@ -197,7 +197,7 @@ def write_report(
     if "style_accuracy" in metrics:
         columns = {"style accuracy": metrics["style_accuracy"]}
         columns["content exact match"] = metrics.get("style_content_exact_match", {})
-        sections += ["<h2>Styles</h2>", style_table(columns)]
+        sections += ["<h2>Styles</h2>", grid_table(columns)]
     if curves is not None and curves.is_file():
         sections += ["<h2>Training</h2>", png_figure(curves, "training curves (log axes for loss and perplexity)")]
     headers = "".join(f"<th>{escape(style)}</th>" for style in styled)

@@ -81,17 +81,17 @@ def metric_table(metrics: Mapping[str, Any]) -> str:
     return f'<table class="metrics">{rows}</table>'
 
 
-def style_table(columns: Mapping[str, Mapping[str, Any]]) -> str:
-    """A table with one row per style and one column per metric: ``columns`` is metric -> style -> value."""
-    styles = list(dict.fromkeys(style for values in columns.values() for style in values))
+def grid_table(columns: Mapping[str, Mapping[str, Any]], row_label: str = "style") -> str:
+    """A table with one row per style (or model) and one column per metric: ``columns`` is metric -> row -> value."""
+    names = list(dict.fromkeys(row for values in columns.values() for row in values))
     head = "".join(f"<th>{escape(name)}</th>" for name in columns)
     rows = "".join(
-        f"<tr><th>{escape(style)}</th>"
-        + "".join(f'<td class="number">{format_number(values.get(style, "-"))}</td>' for values in columns.values())
+        f"<tr><th>{escape(name)}</th>"
+        + "".join(f'<td class="number">{format_number(values.get(name, "-"))}</td>' for values in columns.values())
         + "</tr>"
-        for style in styles
+        for name in names
     )
-    return f'<table class="styles"><tr><th>style</th>{head}</tr>{rows}</table>'
+    return f'<table class="grid"><tr><th>{escape(row_label)}</th>{head}</tr>{rows}</table>'
 
 
 def references_list(references: Iterable[str]) -> str:
@@ -135,3 +135,50 @@ def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any
     )
     table = f"<table><tr><th>image</th><th>caption</th><th>references</th>{head}</tr>{''.join(rows)}</table>"
     return write_page(path, "captionkit evaluation", ["<h2>Metrics</h2>", metric_table(metrics), intro, table])
+
+
+def write_comparison_report(
+    path: str | Path,
+    records: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    references: Mapping[str, Sequence[str]] | None = None,
+    scores: Mapping[str, Mapping[str, float]] | None = None,
+    per_image: Mapping[str, Mapping[str, float]] | None = None,
+) -> Path:
+    """``compare --report``: each image with every model's caption; with ``references`` (image path -> captions),
+    also the references, each caption's CIDEr-D (``per_image``: image path -> model -> score) and the corpus metric
+    table (``scores``: metric -> model -> value), images where some model scores worst first."""
+    per_image = per_image or {}
+    failed = [r for r in records if "error" in r]
+    worst = {image: min(by_model.values()) for image, by_model in per_image.items()}
+    shown = sorted((r for r in records if "error" not in r), key=lambda r: worst.get(r["image"], 0.0))
+    rows = [
+        f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{len(names) + 1}">{escape(r["error"])}</td></tr>'
+        for r in failed
+    ]
+    for record in shown:
+        image = record["image"]
+        cells = "".join(
+            f"<td>{escape(record['captions'][name])}"
+            + (
+                f' <span class="number">(CIDEr-D {format_number(per_image[image][name])})</span>'
+                if image in per_image
+                else ""
+            )
+            + "</td>"
+            for name in names
+        )
+        refs = references_list(references.get(image, ())) if references is not None else ""
+        rows.append(f'<tr data-image="{escape(image)}">{image_cell(image)}{cells}<td>{refs}</td></tr>')
+    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+    sections = []
+    if scores:
+        sections += ["<h2>Metrics</h2>", grid_table(scores, row_label="model")]
+    order = "images where some model scores worst first" if per_image else "in input order"
+    sections += [
+        f"<p>{len(shown)} images, {order}"
+        + (f"; {len(failed)} could not be read (listed first)" if failed else "")
+        + ".</p>",
+        f"<table><tr><th>image</th>{head}<th>references</th></tr>{''.join(rows)}</table>",
+    ]
+    return write_page(path, "captionkit comparison", sections)
