@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
 from _data import SHARED_DATA
+from _helpers import run_cli
 from _hub_parts import save_clip
 from captionkit.errors import ModelLoadError
 from captionkit.evaluation.clipscore import ClipScorer
@@ -75,3 +78,31 @@ def test_a_directory_without_clip_weights_is_one_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ModelLoadError, match=rf"^{tmp_path}: not a CLIP model"):
         ClipScorer(tmp_path, device="cpu")
+
+
+def test_score_cli_adds_clipscore_with_the_images_directory(clip_dir, tmp_path, capsys):
+    names = {image_id: photo.name for image_id, photo in zip(CANDIDATES, IMAGES, strict=True)}
+    refs, cands = tmp_path / "refs.json", tmp_path / "cands.json"
+    refs.write_text(json.dumps({names[i]: REFERENCES[i] for i in names}))
+    cands.write_text(json.dumps({names[i]: CANDIDATES[i] for i in names}))
+    per_image = tmp_path / "per_image.json"
+    args = ["score", "--refs", refs, "--cands", cands, "--metrics", "CIDEr,CLIPScore", "--clip-model", clip_dir]
+    code, stdout, err = run_cli([*args, "--images", IMAGES[0].parent, "--per-image", per_image], capsys)
+    assert code == 0, err
+    expected = paper_scores(clip_dir, [Image.open(p).convert("RGB") for p in IMAGES], CANDIDATES, REFERENCES)
+    scores = json.loads(stdout)
+    assert scores["CLIPScore"] == pytest.approx(sum(s for s, _ in expected.values()) / 3, abs=1e-4)
+    assert scores["RefCLIPScore"] == pytest.approx(sum(r for _, r in expected.values()) / 3, abs=1e-4)
+    saved = json.loads(per_image.read_text())["per_image"]
+    for image_id, (clip_s, ref_clip_s) in expected.items():
+        assert saved[names[image_id]]["CLIPScore"] == pytest.approx(clip_s, abs=1e-4)
+        assert saved[names[image_id]]["RefCLIPScore"] == pytest.approx(ref_clip_s, abs=1e-4)
+        assert "CIDEr" in saved[names[image_id]]
+
+
+def test_score_cli_clipscore_without_images_is_a_usage_error(clip_dir, tmp_path, capsys):
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"a.jpg": ["a cat"]}))
+    code, _, err = run_cli(["score", "--refs", refs, "--cands", refs, "--metrics", "CLIPScore"], capsys)
+    assert code == 1
+    assert err.strip() == "captionkit: error: --images: CLIPScore needs the directory of the images"

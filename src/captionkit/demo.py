@@ -204,7 +204,7 @@ def write_report(
     styles_note = "; the style columns show the captions written on request in each style" if styled else ""
     sections += [
         "<h2>Test images</h2>",
-        f"<p>Showing {len(rows)} of {len(records)} test images, the {failures} failures first. Exact match compares "
+        f"<p>Showing {len(rows)} of {len(records)} test images, failures ({failures}) first. Exact match compares "
         f"the generated (neutral) caption with the canonical reference caption{styles_note}.</p>",
         f"<table><tr><th>image</th><th>generated</th>{headers}<th>reference</th><th></th></tr>{''.join(rows)}</table>",
     ]

@@ -15,8 +15,8 @@ from captionkit.data.dataset import CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError, InputError
-from captionkit.evaluation import parse_metrics, score_captions
-from captionkit.evaluation.api import IMAGE_METRICS
+from captionkit.evaluation import score_captions
+from captionkit.evaluation.api import split_image_metrics
 from captionkit.training.loss import token_nll
 
 if TYPE_CHECKING:
@@ -76,10 +76,10 @@ def evaluate_model(
     references = references_by_image(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
-    chosen, _ = parse_metrics(metrics)
-    if "CLIPScore" in chosen and clip is None:
+    text_metrics, wants_clip = split_image_metrics(metrics)
+    if wants_clip and clip is None:
         raise InputError("metrics", "CLIPScore needs a CLIP model")
-    clip = clip if "CLIPScore" in chosen else None
+    clip = clip if wants_clip else None
     images = [(image_id, group[0].image_path) for image_id, group in references.items()]
     results: list[dict[str, Any]] = []
     candidates: dict[str, str] = {}
@@ -103,8 +103,6 @@ def evaluate_model(
         if on_progress is not None:
             on_progress(len(chunk))
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
-    # With CLIPScore asked for alone, CIDEr-D still gives the per-image scores that reports sort by.
-    text_metrics = [m for m in chosen if m not in IMAGE_METRICS] or ["CIDEr"] if clip is not None else metrics
     evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True)
     scores = evaluation.to_dict()
     per_image = evaluation.per_image

@@ -79,6 +79,15 @@ def parse_metrics(metrics: str | Iterable[str] | None) -> tuple[tuple[str, ...],
     return tuple(chosen), True
 
 
+def split_image_metrics(metrics: str | Iterable[str] | None) -> tuple[str | Iterable[str] | None, bool]:
+    """The metrics for :func:`score_captions` and whether CLIPScore was asked for too (the caller, who holds the
+    images, computes it). With CLIPScore alone, CIDEr-D is scored as well: reports sort images by it."""
+    chosen, _ = parse_metrics(metrics)
+    if not any(name in chosen for name in IMAGE_METRICS):
+        return metrics, False
+    return [name for name in chosen if name not in IMAGE_METRICS] or ["CIDEr"], True
+
+
 def _examples(names: list[str], limit: int = 3) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from captionkit.errors import ModelLoadError
 from captionkit.hub import resolve_model_source
-from captionkit.images import Preprocessing
+from captionkit.images import Preprocessing, load_image
 from captionkit.jsontext import parse_json
 
 PAPER_MODEL = "openai/clip-vit-base-patch32"
@@ -88,6 +88,22 @@ class ClipScorer:
         names = ["CLIPScore", *(["RefCLIPScore"] if references is not None else [])]
         corpus = {name: sum(s[name] for s in per_image.values()) / len(ids) for name in names}
         return corpus, per_image
+
+
+def score_image_files(
+    scorer: ClipScorer,
+    files: Mapping[str, Path],
+    candidates: Mapping[str, str],
+    references: Mapping[str, Sequence[str]] | None = None,
+    batch_size: int = 32,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """:meth:`ClipScorer.score` of the candidates' images read from ``files`` (image id -> path), in batches."""
+    ids = list(candidates)
+    features: dict[str, torch.Tensor] = {}
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        features.update(zip(chunk, scorer.image_features([load_image(files[i]) for i in chunk]), strict=True))
+    return scorer.score(features, candidates, references)
 
 
 def _check_clip(directory: Path, source: str) -> None:
