@@ -111,3 +111,12 @@ def test_compare_report_scores_each_models_captions_against_the_references(scene
     assert [min(cider[name]) for name in order] == sorted(min(values) for values in cider.values())
     for (reference,) in references.values():
         assert f"<li>{reference}</li>" in page
+
+
+def test_report_with_styles_is_a_usage_error(scenes, model_dir, tmp_path, capsys):
+    code, _, err = evaluate(scenes, model_dir, tmp_path, capsys, "--styles", "--report", tmp_path / "r.html")
+    assert code == 1 and not (tmp_path / "r.html").exists()
+    assert err.strip() == (
+        "captionkit: error: --report: not with --styles (the style table goes to stderr, and to styles.json with "
+        "--output)"
+    )

@@ -65,6 +65,8 @@ def evaluate(
 
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
+    if styles and report is not None:
+        fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
     try:
         decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
         records = _split_as_trained(load_records(data), model, data)
