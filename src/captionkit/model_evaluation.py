@@ -83,7 +83,7 @@ def evaluate_model(
     images = [(image_id, group[0].image_path) for image_id, group in references.items()]
     results: list[dict[str, Any]] = []
     candidates: dict[str, str] = {}
-    image_features: dict[str, Any] = {}
+    image_features: dict[str, torch.Tensor] = {}
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         opened, kept = [], []

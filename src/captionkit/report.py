@@ -64,6 +64,7 @@ def png_figure(path: Path, caption: str) -> str:
 
 
 def format_number(value: Any) -> str:
+    """Counts with thousands separators, scores to 4 decimals, anything else as text."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return escape(value)
     if isinstance(value, int):
@@ -152,33 +153,29 @@ def write_comparison_report(
     failed = [r for r in records if "error" in r]
     worst = {image: min(by_model.values()) for image, by_model in per_image.items()}
     shown = sorted((r for r in records if "error" not in r), key=lambda r: worst.get(r["image"], 0.0))
+    span = len(names) + (references is not None)
     rows = [
-        f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{len(names) + 1}">{escape(r["error"])}</td></tr>'
+        f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{span}">{escape(r["error"])}</td></tr>'
         for r in failed
     ]
     for record in shown:
         image = record["image"]
-        cells = "".join(
-            f"<td>{escape(record['captions'][name])}"
-            + (
-                f' <span class="number">(CIDEr-D {format_number(per_image[image][name])})</span>'
-                if image in per_image
-                else ""
-            )
-            + "</td>"
-            for name in names
-        )
-        refs = references_list(references.get(image, ())) if references is not None else ""
-        rows.append(f'<tr data-image="{escape(image)}">{image_cell(image)}{cells}<td>{refs}</td></tr>')
-    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+        cells = "".join(_caption_cell(record["captions"][name], per_image.get(image, {}).get(name)) for name in names)
+        refs = f"<td>{references_list(references.get(image, ()))}</td>" if references is not None else ""
+        rows.append(f'<tr data-image="{escape(image)}">{image_cell(image)}{cells}{refs}</tr>')
+    head = "".join(f"<th>{escape(name)}</th>" for name in names) + ("<th>references</th>" if references else "")
     sections = []
     if scores:
         sections += ["<h2>Metrics</h2>", grid_table(scores, row_label="model")]
     order = "images where some model scores worst first" if per_image else "in input order"
+    unread = f"; {len(failed)} could not be read (listed first)" if failed else ""
     sections += [
-        f"<p>{len(shown)} images, {order}"
-        + (f"; {len(failed)} could not be read (listed first)" if failed else "")
-        + ".</p>",
-        f"<table><tr><th>image</th>{head}<th>references</th></tr>{''.join(rows)}</table>",
+        f"<p>{len(shown)} images, {order}{unread}.</p>",
+        f"<table><tr><th>image</th>{head}</tr>{''.join(rows)}</table>",
     ]
     return write_page(path, "captionkit comparison", sections)
+
+
+def _caption_cell(caption: str, cider: float | None) -> str:
+    score = f' <span class="number">(CIDEr-D {format_number(cider)})</span>' if cider is not None else ""
+    return f"<td>{escape(caption)}{score}</td>"
