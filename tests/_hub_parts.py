@@ -150,8 +150,9 @@ CLIP_T4_PREPROCESSOR: dict[str, Any] = {
 }
 
 
-def save_clip(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
-    """A tiny CLIP (openai/clip-vit-base-patch32's layout): both towers' weights, CLIP's feature extractor."""
+def save_clip(directory: Path, layout: str = "t4", seed: int = 0, tokenizer: bool = False) -> Path:
+    """A tiny CLIP (openai/clip-vit-base-patch32's layout): both towers' weights, CLIP's feature extractor, and with
+    ``tokenizer`` a CLIP BPE tokenizer (``vocab.json`` + ``merges.txt``: lowercase letters, no merges)."""
     from transformers import CLIPConfig, CLIPModel
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -159,11 +160,21 @@ def save_clip(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
     towers = {key: CLIP_T4_CONFIG[key] for key in ("text_config", "vision_config", "projection_dim")}
     CLIPModel(CLIPConfig(**towers)).eval().save_pretrained(directory)
     _write_json(directory / "preprocessor_config.json", CLIP_T4_PREPROCESSOR)
+    if tokenizer:
+        _write_clip_tokenizer(directory)
     if layout == "t4":
         _write_json(directory / "config.json", CLIP_T4_CONFIG)
     else:
         AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
     return directory
+
+
+def _write_clip_tokenizer(directory: Path) -> None:
+    """Ids 0 and 1 are the tiny CLIP's bos and eos; every other character maps to eos as CLIP's unknown token."""
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tokens = ["<|startoftext|>", ENDOFTEXT, *letters, *(c + "</w>" for c in letters), ".</w>", ",</w>"]
+    _write_json(directory / "vocab.json", {token: index for index, token in enumerate(tokens)})
+    (directory / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
 
 
 # microsoft/resnet-50: config.json (an image classifier; sizes shrunk) and its ConvNeXt feature extractor (the shorter

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,16 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
     )
     page = (out / "report.html").read_text()
     assert "<th>positive</th><th>negative</th>" in page
-    assert page.count("data:image/png;base64,") == 10
+    assert page.count('<img class="thumb" src="data:image/png;base64,') == 10
+    # Style metrics as a table with one row per style, not Python dicts; the curves inlined; failures first.
+    assert "{" not in page.split("<body>")[1] and "style_accuracy</th>" not in page
+    for style in ("positive", "negative"):
+        accuracy, content = metrics["style_accuracy"][style], metrics["style_content_exact_match"][style]
+        assert f'<tr><th>{style}</th><td class="number">{accuracy:.4f}</td><td class="number">{content:.4f}' in page
+    assert page.count('<figure><img src="data:image/png;base64,') == 1
+    marks = re.findall(r'<tr class="(ok|bad)">', page)
+    assert len(marks) == 10 and marks == sorted(marks)  # "bad" sorts before "ok"
+    assert marks.count("ok") == round(metrics["exact_match"] * 10)
     assert "http://" not in page and "https://" not in page  # self-contained
     assert "exact match" in err
     assert (out / "model" / "COMPLETE").is_file()

@@ -59,7 +59,9 @@ def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys
     assert 10 < metrics["perplexity"] < 1000 and math.isfinite(metrics["perplexity"])
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(results) == 6
-    assert all(set(r) == {"image", "image_id", "caption", "score"} for r in results)
+    assert all(set(r) == {"image", "image_id", "caption", "score", "references", "metrics"} for r in results)
+    cider = [r["metrics"]["CIDEr"] for r in results]
+    assert sum(cider) / len(cider) == pytest.approx(metrics["CIDEr"])
 
 
 def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):

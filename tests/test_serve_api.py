@@ -158,10 +158,21 @@ def test_metrics_count_requests_errors_and_batches(client):
     assert re.search(r'captionkit_http_requests_total\{path="/v1/captions",status="200"\} [1-9]', text)
     assert re.search(r'captionkit_http_errors_total\{path="/v1/captions",status="422"\} [1-9]', text)
     assert re.search(r'captionkit_http_request_duration_seconds_count\{path="/v1/captions"\} [1-9]', text)
-    assert re.search(r'captionkit_batch_size_bucket\{model="base",le="1"\} [1-9]', text)
-    assert 'captionkit_queue_images{model="base"} 0' in text
+    assert re.search(r'captionkit_batch_size_bucket\{le="1.0",model="base"\} [1-9]', text)
+    assert 'captionkit_queue_images{model="base"} 0.0' in text
     client.get("/no/such/page")
     assert 'path="other",status="404"' in client.get("/metrics").text
+
+
+def test_metrics_have_the_standard_collectors_and_one_registry_per_app(captioners):
+    with TestClient(create_app(captioners)) as first, TestClient(create_app(captioners)) as second:
+        post_image(first, num_beams=1)
+        text = first.get("/metrics").text
+        other = second.get("/metrics").text
+    for series in ("process_resident_memory_bytes", "python_info", "python_gc_collections_total"):
+        assert re.search(rf"^{series}(\{{.*\}})? \S+$", text, re.MULTILINE), series
+    assert re.search(r'captionkit_http_requests_total\{path="/v1/captions",status="200"\} 1.0', text)
+    assert 'path="/v1/captions"' not in other  # the second app counted nothing of the first one's requests
 
 
 def concurrent_posts(client, count: int, **params) -> list[int]:
@@ -177,7 +188,7 @@ def test_micro_batching_joins_concurrent_requests(captioners, monkeypatch, max_b
         assert concurrent_posts(client, 4, num_beams=2, max_length=5) == [200] * 4
         metrics = client.get("/metrics").text
     assert counting.batches == [max_batch] * calls
-    assert f'captionkit_batch_size_count{{model="base"}} {calls}' in metrics
+    assert f'captionkit_batch_size_count{{model="base"}} {calls}.0' in metrics
 
 
 def test_different_decoding_settings_are_not_batched_together(captioners, monkeypatch):
@@ -281,7 +292,7 @@ def test_a_failing_batch_fails_its_requests_with_500_and_the_next_one_runs(
         after = post_image(client, num_beams=1, max_length=5)
         assert after.status_code == 200, after.text
         assert client.get("/readyz").status_code == 200
-        assert 'captionkit_http_errors_total{path="/v1/captions",status="500"} 1' in client.get("/metrics").text
+        assert 'captionkit_http_errors_total{path="/v1/captions",status="500"} 1.0' in client.get("/metrics").text
     assert "error in a batch of 2 images" in caplog.text  # the traceback goes to the server log
 
 

@@ -1,49 +1,25 @@
-"""The page end to end in headless Chromium: Playwright drives Debian's chromium (``make browser`` installs it).
-
-Skips, with the reason shown in pytest's summary, when chromium or playwright is absent; with
-``CAPTIONKIT_REQUIRE_BROWSER=1`` (set by CI after ``make browser``) their absence fails instead.
-"""
+"""The page end to end in headless Chromium (see _browser.py: skipped without chromium unless required)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 
+from _browser import chromium_browser
 from _data import SHARED_DATA
 from _serve import load_tiny, running_server, save_tiny_model
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CHROMIUM = next((path for name in ("chromium", "chromium-browser") if (path := shutil.which(name))), None)
-MISSING = [
-    what
-    for what, present in (
-        ("chromium (apt-get install chromium; `make browser`)", CHROMIUM is not None),
-        ("playwright (pip install 'captionkit[browser]')", importlib.util.find_spec("playwright") is not None),
-    )
-    if not present
-]
 PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
 
 
 @pytest.fixture(scope="module")
 def browser():
-    if MISSING:
-        reason = "browser test needs " + " and ".join(MISSING)
-        if os.environ.get("CAPTIONKIT_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI and the dev machines run as root, where Chromium's sandbox refuses to start.
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
-        yield launched
-        launched.close()
+    yield from chromium_browser()
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ greedily. Results: ``metrics.json`` (machine-readable) and ``report.html`` (self
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
 import time
@@ -97,7 +94,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics."""
     from captionkit.api import Captioner
-    from captionkit.training.loop import train
+    from captionkit.training.loop import CURVES, train
 
     output = Path(output)
     data = data or DemoData()
@@ -142,7 +139,7 @@ def run_demo(
     if len(generated) > 1:
         metrics |= style_metrics(generated, tests, select_split(records, "train"))
     write_atomic(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_report(output / "report.html", tests, generated, metrics)
+    write_report(output / "report.html", tests, generated, metrics, curves=output / "model" / CURVES)
     return metrics
 
 
@@ -181,54 +178,46 @@ def style_metrics(
     }
 
 
-def _image_data_uri(path: Path) -> str:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        # Scale the tiny scenes up (nearest neighbour keeps them crisp) so a reader can see them.
-        buffer = io.BytesIO()
-        image.resize((image.width * 3, image.height * 3), Image.Resampling.NEAREST).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
 def write_report(
     path: Path,
     records: Sequence[CaptionRecord],
     generated: dict[str, list[str]],
     metrics: dict[str, Any],
     limit: int = 120,
+    curves: Path | None = None,
 ) -> Path:
-    """A self-contained HTML page: metrics, then each test image beside its generated captions (one column per style
-    the model writes, neutral first) and its reference caption."""
+    """A self-contained HTML page: the metric table, the per-style table, the training curves (when ``curves`` is a
+    PNG), then the test images beside their generated captions (one column per style the model writes, neutral
+    first) and their reference caption, failures first."""
+    from captionkit.report import escape, grid_table, image_cell, metric_table, png_figure, write_page
+
     styled = [style for style in generated if style != "neutral"]
     rows = []
-    for index, record in enumerate(records[:limit]):
+    shown = list(enumerate(records))
+    shown.sort(key=lambda item: generated["neutral"][item[0]] == item[1].caption)  # stable: failures first
+    for index, record in shown[:limit]:
         caption = generated["neutral"][index]
         ok = caption == record.caption
-        extra = "".join(f"<td>{html.escape(generated[style][index])}</td>" for style in styled)
+        extra = "".join(f"<td>{escape(generated[style][index])}</td>" for style in styled)
         rows.append(
-            f'<tr class="{"ok" if ok else "bad"}"><td><img src="{_image_data_uri(record.image_path)}" alt=""></td>'
-            f"<td>{html.escape(caption)}</td>{extra}<td>{html.escape(record.caption)}</td>"
-            f"<td>{'✓' if ok else '✗'}</td></tr>"
+            f'<tr class="{"ok" if ok else "bad"}">{image_cell(record.image_path)}'
+            f'<td>{escape(caption)}</td>{extra}<td>{escape(record.caption)}</td><td class="mark">{"✓" if ok else "✗"}'
+            "</td></tr>"
         )
-    summary = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in metrics.items())
-    headers = "".join(f"<th>{html.escape(style)}</th>" for style in styled)
+    failures = sum(gen != r.caption for gen, r in zip(generated["neutral"], records, strict=True))
+    sections = ["<h2>Metrics</h2>", metric_table(metrics)]
+    if "style_accuracy" in metrics:
+        columns = {"style accuracy": metrics["style_accuracy"]}
+        columns["content exact match"] = metrics.get("style_content_exact_match", {})
+        sections += ["<h2>Styles</h2>", grid_table(columns)]
+    if curves is not None and curves.is_file():
+        sections += ["<h2>Training</h2>", png_figure(curves, "training curves (log axes for loss and perplexity)")]
+    headers = "".join(f"<th>{escape(style)}</th>" for style in styled)
     styles_note = "; the style columns show the captions written on request in each style" if styled else ""
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>captionkit demo</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
-table {{ border-collapse: collapse; }}
-td, th {{ padding: .3rem .8rem; border-bottom: 1px solid #ddd; text-align: left; }}
-img {{ image-rendering: pixelated; }} tr.bad td {{ background: #fdecea; }} tr.ok td:last-child {{ color: #1a7f37; }}
-</style></head><body>
-<h1>captionkit demo: captions of unseen synthetic scenes</h1>
-<ul>{summary}</ul>
-<p>Showing {len(rows)} of {len(records)} test images. Exact match compares the generated (neutral) caption with the
-canonical reference caption{styles_note}.</p>
-<table><tr><th>image</th><th>generated</th>{headers}<th>reference</th><th></th></tr>
-{"".join(rows)}
-</table></body></html>
-"""
-    write_atomic(path, page)
-    return path
+    sections += [
+        "<h2>Test images</h2>",
+        f"<p>Showing {len(rows)} of {len(records)} test images, failures ({failures}) first. Exact match compares "
+        f"the generated (neutral) caption with the canonical reference caption{styles_note}.</p>",
+        f"<table><tr><th>image</th><th>generated</th>{headers}<th>reference</th><th></th></tr>{''.join(rows)}</table>",
+    ]
+    return write_page(path, "captionkit demo: captions of unseen synthetic scenes", sections)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import DataLoader
@@ -15,14 +15,19 @@ from captionkit.data.dataset import CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError, InputError
-from captionkit.evaluation import evaluate_captions
+from captionkit.evaluation import score_captions
+from captionkit.evaluation.api import split_image_metrics
 from captionkit.training.loss import token_nll
+
+if TYPE_CHECKING:
+    from captionkit.evaluation.clipscore import ClipScorer
 
 
 @dataclass
 class ModelEvaluation:
     metrics: dict[str, Any]
-    results: list[dict[str, Any]]  # one record per image: image, image_id, caption, score (or error)
+    # One record per image: image, image_id, caption, score, references and the per-image metrics (or error).
+    results: list[dict[str, Any]]
 
 
 def references_by_image(records: Sequence[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
@@ -62,14 +67,23 @@ def evaluate_model(
     train_captions: Sequence[str] | None = None,
     batch_size: int = 16,
     on_progress: Callable[[int], None] | None = None,
+    clip: ClipScorer | None = None,
 ) -> ModelEvaluation:
-    """Caption each image of ``records`` once, score with the COCO metrics, and add perplexity and counts."""
+    """Caption each image of ``records`` once, score with the COCO metrics, and add perplexity and counts.
+
+    CLIPScore and RefCLIPScore (``metrics`` naming CLIPScore) need ``clip``, the CLIP model to embed with.
+    """
     references = references_by_image(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
+    text_metrics, wants_clip = split_image_metrics(metrics)
+    if wants_clip and clip is None:
+        raise InputError("metrics", "CLIPScore needs a CLIP model")
+    clip = clip if wants_clip else None
     images = [(image_id, group[0].image_path) for image_id, group in references.items()]
     results: list[dict[str, Any]] = []
     candidates: dict[str, str] = {}
+    image_features: dict[str, torch.Tensor] = {}
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         opened, kept = [], []
@@ -84,10 +98,22 @@ def evaluate_model(
             results.append(
                 {"image": str(path), "image_id": image_id, "caption": found[0].text, "score": found[0].score}
             )
+        if clip is not None and opened:
+            image_features.update(zip((i for i, _ in kept), clip.image_features(opened), strict=True))
         if on_progress is not None:
             on_progress(len(chunk))
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
-    scores = evaluate_captions(scored_refs, candidates, metrics, train_captions, allow_empty=True)
+    evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True)
+    scores = evaluation.to_dict()
+    per_image = evaluation.per_image
+    if clip is not None:
+        clip_scores, clip_per_image = clip.score(image_features, candidates, scored_refs)
+        scores |= clip_scores
+        per_image = {i: per_image[i] | clip_per_image[i] for i in per_image}
+    for result in results:
+        if "caption" in result:
+            result["references"] = scored_refs[result["image_id"]]
+            result["metrics"] = per_image[result["image_id"]]
     reference_records = [r for image_id in candidates for r in references[image_id]]
     scores["perplexity"] = dataset_perplexity(captioner, reference_records)
     scores["images"] = len(images)

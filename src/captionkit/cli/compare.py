@@ -30,6 +30,13 @@ def compare(
     ] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
+    refs: Annotated[
+        Path | None,
+        typer.Option("--refs", help="Reference captions (any `score --refs` format): score each model's captions."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Write a self-contained HTML page of the images and every model's caption.")
+    ] = None,
 ) -> None:
     """Caption the same images with several models (e.g. a hub baseline and a SentiCap fine-tune); print a table.
 
@@ -40,6 +47,7 @@ def compare(
     from captionkit.api import Captioner
     from captionkit.errors import CaptionkitError, ImageError
     from captionkit.jobs.inputs import collect_inputs
+    from captionkit.report import write_comparison_report
 
     specs = [_parse_model(spec) for spec in model]
     names = [name for name, _, _ in specs]
@@ -62,9 +70,15 @@ def compare(
                 continue
             captions = {name: c.caption_pil([image], config)[0][0].text for name, (c, config) in captioners.items()}
             records.append({"image": str(path), "captions": captions})
+        scored = _score_against(refs, records, names) if refs is not None else None
     except CaptionkitError as error:
         fail(str(error))
     _show(records, names)
+    if report is not None:
+        try:
+            write_comparison_report(report, records, names, *(scored or ()))
+        except OSError as error:
+            fail(f"{report}: cannot write ({error.strerror or error})")
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
@@ -72,6 +86,36 @@ def compare(
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
     raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
+
+
+def _score_against(
+    refs: Path, records: list[dict[str, Any]], names: list[str]
+) -> tuple[dict[str, list[str]], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Each readable image's references (by path), the corpus metrics per model (metric -> model -> value) and each
+    caption's CIDEr-D (path -> model -> score); every image needs references in ``refs``."""
+    from captionkit.errors import InputError
+    from captionkit.evaluation import score_captions
+    from captionkit.evaluation.readers import read_references
+
+    references = read_references(refs)
+    ids: dict[str, str] = {}
+    for record in records:
+        if "captions" in record:
+            image_id = references.resolve(record["image"])
+            if image_id is None:
+                raise InputError(refs, f"no references for image {record['image']}")
+            ids[record["image"]] = image_id
+    by_id = {image_id: references.captions[image_id] for image_id in ids.values()}
+    scores: dict[str, dict[str, float]] = {}
+    per_image: dict[str, dict[str, float]] = {path: {} for path in ids}
+    for name in names:
+        captions = {ids[r["image"]]: r["captions"][name] for r in records if "captions" in r}
+        evaluation = score_captions(by_id, captions, "BLEU,ROUGE_L,CIDEr", ref_source=str(refs), allow_empty=True)
+        for metric in ("Bleu_4", "ROUGE_L", "CIDEr"):
+            scores.setdefault(metric, {})[name] = evaluation.scores[metric]
+        for path, image_id in ids.items():
+            per_image[path][name] = evaluation.per_image[image_id]["CIDEr"]
+    return {path: by_id[image_id] for path, image_id in ids.items()}, scores, per_image
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:

@@ -14,6 +14,7 @@ from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
     from captionkit.data.records import CaptionRecord
+    from captionkit.evaluation.clipscore import ClipScorer
 
 
 def evaluate(
@@ -39,6 +40,14 @@ def evaluate(
     lexicon: Annotated[
         Path | None, typer.Option(help="SentiCap json whose marked sentiment words weigh more in the style classifier.")
     ] = None,
+    clip_model: Annotated[
+        str,
+        typer.Option(help="CLIP model (hub id or directory) for --metrics ...,CLIPScore (CLIPScore, RefCLIPScore)."),
+    ] = "openai/clip-vit-base-patch32",
+    report: Annotated[
+        Path | None,
+        typer.Option(help="Write a self-contained HTML page: each image, caption, references, scores, worst first."),
+    ] = None,
 ) -> None:
     """Caption every image of a split, score against its references; metrics JSON on stdout.
 
@@ -53,9 +62,12 @@ def evaluate(
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
     from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
+    from captionkit.report import write_evaluation_report
 
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
+    if styles and report is not None:
+        fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
     try:
         decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
         records = _split_as_trained(load_records(data), model, data)
@@ -76,10 +88,18 @@ def evaluate(
                 write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
+        clip = _clip_scorer(metrics, clip_model, device)
         with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
-            result = evaluate_model(captioner, chosen, decoding, metrics, train_captions or None, batch_size, advance)
+            result = evaluate_model(
+                captioner, chosen, decoding, metrics, train_captions or None, batch_size, advance, clip
+            )
     except CaptionkitError as error:
         fail(str(error))
+    if report is not None:
+        try:
+            write_evaluation_report(report, result.results, result.metrics)
+        except OSError as error:
+            fail(f"{report}: cannot write ({error.strerror or error})")
     if output is not None:
         output.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.results)
@@ -89,6 +109,14 @@ def evaluate(
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+
+
+def _clip_scorer(metrics: str | None, source: str, device: str | None) -> ClipScorer | None:
+    """The CLIP model when --metrics names CLIPScore (loaded before captioning, so a bad --clip-model fails fast)."""
+    from captionkit.evaluation import parse_metrics
+    from captionkit.evaluation.clipscore import ClipScorer
+
+    return ClipScorer(source, device) if "CLIPScore" in parse_metrics(metrics)[0] else None
 
 
 def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:

@@ -50,21 +50,33 @@ def score(
         Path | None,
         typer.Option("--train-captions", help="Training references (any --refs format) for copied_from_train."),
     ] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="Directory of the images, for CLIPScore (named as in --refs).")
+    ] = None,
+    clip_model: Annotated[
+        str, typer.Option("--clip-model", help="CLIP model (hub id or directory) for CLIPScore and RefCLIPScore.")
+    ] = "openai/clip-vit-base-patch32",
 ) -> None:
-    """Score candidate captions against reference captions (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE)."""
+    """Score candidate captions against reference captions (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE; CLIPScore and
+    RefCLIPScore with --images)."""
     from captionkit.errors import InputError
-    from captionkit.evaluation.api import score_captions
+    from captionkit.evaluation.api import score_captions, split_image_metrics
     from captionkit.evaluation.readers import read_candidates, read_references
 
     try:
+        text_metrics, wants_clip = split_image_metrics(metrics)
+        if wants_clip and images is None:
+            raise InputError("--images", "CLIPScore needs the directory of the images")
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))
         train = None
         if train_captions is not None:
             train = [c for caps in read_references(train_captions).captions.values() for c in caps]
         evaluation = score_captions(
-            references.captions, candidates, metrics, train, ref_source=str(refs), cand_source=str(cands)
+            references.captions, candidates, text_metrics, train, ref_source=str(refs), cand_source=str(cands)
         )
+        if wants_clip and images is not None:
+            _add_clip_scores(evaluation, references, candidates, images, clip_model)
         if per_image is not None:
             payload = {
                 "overall": {k: _json_value(v) for k, v in evaluation.scores.items()},
@@ -82,3 +94,14 @@ def score(
     for note in evaluation.notes:
         print(f"captionkit: note: {note}", file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if evaluation.missing else EXIT_OK)
+
+
+def _add_clip_scores(evaluation: Any, references: Any, candidates: dict[str, str], images: Path, source: str) -> None:
+    """CLIPScore and RefCLIPScore of every candidate on its image, into the corpus and per-image scores."""
+    from captionkit.evaluation.clipscore import ClipScorer, score_image_files
+
+    files = references.image_files(images)
+    corpus, per_image = score_image_files(ClipScorer(source), files, candidates, references.captions)
+    evaluation.scores.update(corpus)
+    for image_id, scores in per_image.items():
+        evaluation.per_image[image_id].update(scores)

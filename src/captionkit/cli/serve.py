@@ -13,7 +13,7 @@ import typer
 from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, fail, quiet_libraries
 
 # Import names of what the `serve` extra installs.
-SERVE_MODULES = ("fastapi", "uvicorn", "multipart")
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
 INSTALL_HINT = "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
 
 

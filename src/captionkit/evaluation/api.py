@@ -26,11 +26,14 @@ MAX_CAPTION_TOKENS = 1000
 #: ... and only their first this many characters are tokenized (50 per token: far more than any real token).
 MAX_CAPTION_CHARS = 50 * MAX_CAPTION_TOKENS
 #: Metric names accepted in ``metrics`` (case-insensitive; "BLEU" gives Bleu_1..Bleu_4).
-METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE", "CLIPScore")
+#: Metrics of captions and their images (a CLIP model, see :mod:`.clipscore`): computed by whoever holds the images.
+IMAGE_METRICS = ("CLIPScore",)
 #: The default: the COCO metrics but SPICE (METEOR only where Java and the ``captionkit[meteor]`` extra exist).
 DEFAULT_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
 _ALIASES = {"bleu": "BLEU", "meteor": "METEOR", "rouge_l": "ROUGE_L", "rouge": "ROUGE_L", "rougel": "ROUGE_L",
-            "cider": "CIDEr", "cider-d": "CIDEr", "ciderd": "CIDEr", "spice": "SPICE"}  # fmt: skip
+            "cider": "CIDEr", "cider-d": "CIDEr", "ciderd": "CIDEr", "spice": "SPICE", "clipscore": "CLIPScore",
+            "clip-s": "CLIPScore", "refclipscore": "CLIPScore", "refclip-s": "CLIPScore"}  # fmt: skip
 
 
 @dataclass
@@ -74,6 +77,15 @@ def parse_metrics(metrics: str | Iterable[str] | None) -> tuple[tuple[str, ...],
     if not chosen:
         raise InputError("metrics", "no metric named")
     return tuple(chosen), True
+
+
+def split_image_metrics(metrics: str | Iterable[str] | None) -> tuple[str | Iterable[str] | None, bool]:
+    """The metrics for :func:`score_captions` and whether CLIPScore was asked for too (the caller, who holds the
+    images, computes it). With CLIPScore alone, CIDEr-D is scored as well: reports sort images by it."""
+    chosen, _ = parse_metrics(metrics)
+    if not any(name in chosen for name in IMAGE_METRICS):
+        return metrics, False
+    return [name for name in chosen if name not in IMAGE_METRICS] or ["CIDEr"], True
 
 
 def _examples(names: list[str], limit: int = 3) -> str:
@@ -183,6 +195,11 @@ def score_captions(
         from captionkit.evaluation.spice import spice
 
         _run_external(evaluation, "SPICE", True, lambda: spice(candidates, references, ids), record)
+
+    for name in IMAGE_METRICS:
+        if name in chosen:
+            evaluation.notes.append(f"{name} left out: it needs the images and a CLIP model (evaluate --clip-model)")
+            evaluation.missing.append(name)
 
     train = tokenize_captions(train_captions) if train_captions is not None else None
     scores.update(diversity(candidates, train))

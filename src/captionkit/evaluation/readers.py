@@ -71,6 +71,20 @@ class ReferenceSet:
             return str(int(name))
         return None
 
+    def image_files(self, directory: Path) -> dict[str, Path]:
+        """Each image's file in ``directory``, found under its id or any file name the references give it."""
+        names: dict[str, list[str]] = {image_id: [image_id] for image_id in self.captions}
+        for name, image_id in self.aliases.items():
+            if image_id is not None:
+                names[image_id].append(name)
+        files: dict[str, Path] = {}
+        for image_id, candidates in names.items():
+            found = next((directory / n for n in candidates if (directory / n).is_file()), None)
+            if found is None:
+                raise InputError(directory, f"no image file for image {image_id!r} (tried {_examples(candidates)})")
+            files[image_id] = found
+        return files
+
     def match(self, candidates: Mapping[str, str], source: str) -> dict[str, str]:
         """Candidates keyed by reference image ids; names that match no image are kept (scoring reports them)."""
         matched: dict[str, str] = {}

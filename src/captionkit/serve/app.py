@@ -49,7 +49,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     metrics = Metrics()
     batchers = {name: _batcher(model, settings, metrics) for name, model in served.items()}
     for name, batcher in batchers.items():
-        metrics.queue_gauges[name] = lambda batcher=batcher: batcher.queued
+        metrics.watch_queue(name, lambda batcher=batcher: batcher.queued)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -1,0 +1,108 @@
+"""CLIPScore and RefCLIPScore against the paper's formula computed here with transformers' CLIP directly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+from _data import SHARED_DATA
+from _helpers import run_cli
+from _hub_parts import save_clip
+from captionkit.errors import ModelLoadError
+from captionkit.evaluation.clipscore import ClipScorer
+
+IMAGES = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+CANDIDATES = {"a": "a man riding a wave", "b": "a dog runs through the grass", "c": "zebra"}
+REFERENCES = {"a": ["a surfer on a wave", "a man surfing"], "b": ["a dog on grass"], "c": ["two zebras", "a horse"]}
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_clip(tmp_path_factory.mktemp("clip") / "clip", tokenizer=True)
+
+
+def paper_scores(directory, images, candidates, references):
+    """Hessel et al. 2021, eq. 1 and 2: unit embeddings, "A photo depicts " before every text, w = 2.5."""
+    model = CLIPModel.from_pretrained(directory).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    pixels = CLIPImageProcessor.from_pretrained(directory)(images=images, return_tensors="pt").pixel_values
+
+    def embed(captions):  # CLIPModel's forward returns unit-length image_embeds and text_embeds
+        tokens = tokenizer(
+            ["A photo depicts " + c for c in captions],
+            padding=True,
+            truncation=True,
+            max_length=16,
+            return_tensors="pt",
+        )
+        return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels)
+
+    with torch.no_grad():
+        image_embeds = embed(["x"]).image_embeds
+        scores = {}
+        for row, image_id in enumerate(candidates):
+            caption = embed([candidates[image_id]]).text_embeds[0]
+            refs = embed(references[image_id]).text_embeds
+            clip_s = 2.5 * max(float(image_embeds[row] @ caption), 0.0)
+            text_s = max(max(float(ref @ caption) for ref in refs), 0.0)
+            scores[image_id] = (clip_s, 2 * clip_s * text_s / (clip_s + text_s))
+    return scores
+
+
+def test_clipscore_and_refclipscore_equal_the_papers_formula(clip_dir):
+    images = [Image.open(path).convert("RGB") for path in IMAGES]
+    scorer = ClipScorer(clip_dir, device="cpu")
+    features = dict(zip(CANDIDATES, scorer.image_features(images), strict=True))
+    corpus, per_image = scorer.score(features, CANDIDATES, REFERENCES)
+    expected = paper_scores(clip_dir, images, CANDIDATES, REFERENCES)
+    for image_id, (clip_s, ref_clip_s) in expected.items():
+        assert per_image[image_id]["CLIPScore"] == pytest.approx(clip_s, abs=1e-4)
+        assert per_image[image_id]["RefCLIPScore"] == pytest.approx(ref_clip_s, abs=1e-4)
+    assert corpus["CLIPScore"] == pytest.approx(sum(s for s, _ in expected.values()) / 3, abs=1e-4)
+    assert corpus["RefCLIPScore"] == pytest.approx(sum(r for _, r in expected.values()) / 3, abs=1e-4)
+    assert 0 < corpus["CLIPScore"] <= 2.5
+
+
+def test_without_references_only_clipscore(clip_dir):
+    scorer = ClipScorer(clip_dir, device="cpu")
+    features = dict(zip(["a"], scorer.image_features([Image.open(IMAGES[0]).convert("RGB")]), strict=True))
+    corpus, per_image = scorer.score(features, {"a": "a man"})
+    assert set(corpus) == {"CLIPScore"} and set(per_image["a"]) == {"CLIPScore"}
+
+
+def test_a_directory_without_clip_weights_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(ModelLoadError, match=rf"^{tmp_path}: not a CLIP model"):
+        ClipScorer(tmp_path, device="cpu")
+
+
+def test_score_cli_adds_clipscore_with_the_images_directory(clip_dir, tmp_path, capsys):
+    names = {image_id: photo.name for image_id, photo in zip(CANDIDATES, IMAGES, strict=True)}
+    refs, cands = tmp_path / "refs.json", tmp_path / "cands.json"
+    refs.write_text(json.dumps({names[i]: REFERENCES[i] for i in names}))
+    cands.write_text(json.dumps({names[i]: CANDIDATES[i] for i in names}))
+    per_image = tmp_path / "per_image.json"
+    args = ["score", "--refs", refs, "--cands", cands, "--metrics", "CIDEr,CLIPScore", "--clip-model", clip_dir]
+    code, stdout, err = run_cli([*args, "--images", IMAGES[0].parent, "--per-image", per_image], capsys)
+    assert code == 0, err
+    expected = paper_scores(clip_dir, [Image.open(p).convert("RGB") for p in IMAGES], CANDIDATES, REFERENCES)
+    scores = json.loads(stdout)
+    assert scores["CLIPScore"] == pytest.approx(sum(s for s, _ in expected.values()) / 3, abs=1e-4)
+    assert scores["RefCLIPScore"] == pytest.approx(sum(r for _, r in expected.values()) / 3, abs=1e-4)
+    saved = json.loads(per_image.read_text())["per_image"]
+    for image_id, (clip_s, ref_clip_s) in expected.items():
+        assert saved[names[image_id]]["CLIPScore"] == pytest.approx(clip_s, abs=1e-4)
+        assert saved[names[image_id]]["RefCLIPScore"] == pytest.approx(ref_clip_s, abs=1e-4)
+        assert "CIDEr" in saved[names[image_id]]
+
+
+def test_score_cli_clipscore_without_images_is_a_usage_error(clip_dir, tmp_path, capsys):
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"a.jpg": ["a cat"]}))
+    code, _, err = run_cli(["score", "--refs", refs, "--cands", refs, "--metrics", "CLIPScore"], capsys)
+    assert code == 1
+    assert err.strip() == "captionkit: error: --images: CLIPScore needs the directory of the images"

@@ -1,0 +1,122 @@
+"""HTML reports: ``evaluate --report`` (with CLIPScore from a tiny hub-layout CLIP) and the report's pieces."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from _helpers import run_cli, save_tiny_model
+from _hub_parts import save_clip
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.evaluation import score_captions
+from captionkit.report import format_number, grid_table, metric_table
+
+EXTERNAL = re.compile(r"""(src|href)=["']?(https?:)?//""")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 20, 4, 6, seed=1, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def model_dir(scenes, tmp_path_factory):
+    captions = tuple(json.loads(line)["caption"] for line in scenes.read_text().splitlines())
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", captions=captions)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return save_clip(tmp_path_factory.mktemp("clip") / "clip", tokenizer=True)
+
+
+def evaluate(scenes, model_dir, out, capsys, *extra):
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--beams", "1", "--max-length", "6", "--output", out]
+    return run_cli([*args, *extra], capsys)
+
+
+def test_evaluate_with_clipscore_and_an_html_report_worst_first(scenes, model_dir, clip_dir, tmp_path, capsys):
+    page_path = tmp_path / "report.html"
+    metrics_arg = ["--metrics", "CIDEr,CLIPScore", "--clip-model", clip_dir, "--report", page_path]
+    code, stdout, _ = evaluate(scenes, model_dir, tmp_path / "out", capsys, *metrics_arg)
+    assert code == 0
+    metrics = json.loads(stdout)
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert len(results) == metrics["images"] == 6
+    for name in ("CIDEr", "CLIPScore", "RefCLIPScore"):
+        assert metrics[name] == pytest.approx(sum(r["metrics"][name] for r in results) / 6)
+    assert all(0 <= r["metrics"]["CLIPScore"] <= 2.5 for r in results)
+    page = page_path.read_text()
+    assert not EXTERNAL.search(page) and "<script" not in page
+    assert page.count('<img class="thumb" src="data:image/png;base64,') == 6
+    cider = {r["image_id"]: r["metrics"]["CIDEr"] for r in results}
+    order = re.findall(r'<tr data-image-id="([^"]+)">', page)
+    assert sorted(order) == sorted(cider) and [cider[i] for i in order] == sorted(cider.values())
+    for result in results:
+        assert f"<li>{result['references'][0]}</li>" in page
+    assert f'<tr><th>CLIPScore</th><td class="number">{metrics["CLIPScore"]:.4f}</td></tr>' in page
+
+
+def test_clipscore_with_a_model_that_is_not_clip_exits_1(scenes, model_dir, tmp_path, capsys):
+    code, _, err = evaluate(scenes, model_dir, tmp_path, capsys, "--metrics", "CLIPScore", "--clip-model", model_dir)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith(f"captionkit: error: {model_dir}: not a CLIP model")
+
+
+def test_metric_and_grid_tables_show_numbers_not_dicts():
+    assert format_number(5000) == "5,000" and format_number(0.123456) == "0.1235" and format_number(None) == "None"
+    table = metric_table({"CIDEr": 1.5, "images": 12, "style_accuracy": {"positive": 0.5}})
+    assert table == (
+        '<table class="metrics"><tr><th>CIDEr</th><td class="number">1.5000</td></tr>'
+        '<tr><th>images</th><td class="number">12</td></tr></table>'
+    )
+    styles = grid_table({"style accuracy": {"neutral": 1.0, "positive": 0.75}, "content": {"positive": 0.5}})
+    assert "{" not in styles
+    assert '<tr><th>positive</th><td class="number">0.7500</td><td class="number">0.5000</td></tr>' in styles
+    assert '<tr><th>neutral</th><td class="number">1.0000</td><td class="number">-</td></tr>' in styles
+
+
+def test_compare_report_scores_each_models_captions_against_the_references(scenes, model_dir, tmp_path, capsys):
+    other = save_tiny_model(
+        tmp_path / "other", seed=1, captions=(json.loads(scenes.read_text().splitlines()[0])["caption"],)
+    )
+    records = [json.loads(line) for line in scenes.read_text().splitlines()]
+    tests = {r["image"]: r["caption"] for r in records if r["split"] == "test" and r["style"] == "neutral"}
+    images = sorted(str(scenes.parent / image) for image in tests)[:4]
+    references = {Path(image).name: [tests[str(Path(image).relative_to(scenes.parent))]] for image in images}
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps(references))
+    page_path = tmp_path / "compare.html"
+    args = ["compare", *images, "--model", f"a={model_dir}", "--model", f"b={other}", "--beams", "1"]
+    code, stdout, err = run_cli([*args, "--max-length", "6", "--refs", refs, "--report", page_path], capsys)
+    assert code == 0, err
+    captions = {Path(r["image"]).name: r["captions"] for r in map(json.loads, stdout.splitlines())}
+    page = page_path.read_text()
+    assert not EXTERNAL.search(page) and page.count('<img class="thumb" src="data:image/png;base64,') == 4
+    cider: dict[str, list[float]] = {name: [] for name in references}
+    for model in ("a", "b"):
+        candidates = {name: captions[name][model] for name in references}
+        expected = score_captions(references, candidates, "BLEU,ROUGE_L,CIDEr", allow_empty=True)
+        for name in references:
+            cider[name].append(expected.per_image[name]["CIDEr"])
+            caption = captions[name][model]
+            assert f'{caption} <span class="number">(CIDEr-D {expected.per_image[name]["CIDEr"]:.4f})</span>' in page
+        row = "".join(f'<td class="number">{expected.scores[k]:.4f}</td>' for k in ("Bleu_4", "ROUGE_L", "CIDEr"))
+        assert f"<tr><th>{model}</th>{row}</tr>" in page
+    order = [Path(image).name for image in re.findall(r'<tr data-image="([^"]+)">', page)]
+    assert sorted(order) == sorted(references)
+    assert [min(cider[name]) for name in order] == sorted(min(values) for values in cider.values())
+    for (reference,) in references.values():
+        assert f"<li>{reference}</li>" in page
+
+
+def test_report_with_styles_is_a_usage_error(scenes, model_dir, tmp_path, capsys):
+    code, _, err = evaluate(scenes, model_dir, tmp_path, capsys, "--styles", "--report", tmp_path / "r.html")
+    assert code == 1 and not (tmp_path / "r.html").exists()
+    assert err.strip() == (
+        "captionkit: error: --report: not with --styles (the style table goes to stderr, and to styles.json with "
+        "--output)"
+    )
