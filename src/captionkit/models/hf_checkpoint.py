@@ -7,10 +7,8 @@ The wrapped model is kept as ``.hf``; its ``config.json`` carries captionkit's m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,24 +16,11 @@ from transformers import Cache, PreTrainedModel
 
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
+from captionkit.models.config_file import read_config_json
 from captionkit.models.native import METADATA_KEY
 from captionkit.version import __version__
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
-
-
-def read_hub_config(path: Path, source: str) -> dict[str, Any]:
-    """``config.json`` of a hub-layout directory as a dict (one-line errors for a missing or broken file)."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {error}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
-    return raw
 
 
 def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path) -> PreTrainedModel:
@@ -45,7 +30,7 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
     """
     source = str(name_or_dir)
     path = resolve_model_source(name_or_dir)
-    raw = read_hub_config(path, source)
+    raw = read_config_json(path, source)
     if raw.get("model_type") != model_type:
         raise ModelLoadError(source, f"model_type is {raw.get('model_type')!r}; expected {model_type!r}")
     architectures = raw.get("architectures") or [model_class.__name__]

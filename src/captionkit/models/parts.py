@@ -8,7 +8,6 @@ the layers a part lacks (GPT-2's cross-attention) start from transformers' own i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from transformers.utils import logging as hf_logging
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
+from captionkit.models.config_file import CONFIG_FILE, read_config_json
 
 # Vision transformers whose last hidden state is a sequence of patch tokens (CLIP and SigLIP: their vision tower).
 VISION_TRANSFORMER_TYPES = (
@@ -46,16 +46,9 @@ _CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
 
 def model_type_of(directory: Path, source: str) -> str:
     """The ``model_type`` in a part's config.json."""
-    config_file = directory / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(source, "no config.json: not a model directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {first_line(error)}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    model_type = read_config_json(directory, source).get("model_type")
     if not isinstance(model_type, str):
-        raise ModelLoadError(config_file, "names no model_type")
+        raise ModelLoadError(directory / CONFIG_FILE, "names no model_type")
     return model_type
 
 

@@ -11,7 +11,6 @@ families, a ``word`` vocabulary for the LSTM ones) and whether its encoder takes
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -21,6 +20,7 @@ from typing import Any
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
+from captionkit.models.config_file import read_config_json
 from captionkit.text import CaptionTokenizer, train_bpe_tokenizer, train_word_tokenizer
 
 METADATA_KEY = "captionkit"
@@ -293,15 +293,7 @@ def train_tokenizer(family: str, captions: Iterable[str], vocab_size: int, lower
 
 def family_of(directory: Path) -> str:
     """The family a checkpoint directory holds: captionkit's metadata key, else the Hugging Face model type."""
-    config_file = Path(directory) / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(directory, "no config.json (not a model directory)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(config_file, f"invalid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
+    config = read_config_json(directory, directory)
     metadata = config.get(METADATA_KEY)
     family = metadata.get("family") if isinstance(metadata, dict) else None
     if family is None:

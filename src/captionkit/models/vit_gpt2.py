@@ -12,7 +12,6 @@ Checkpoints are directories in the hub layout (``config.json``, ``generation_con
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.config_file import read_config_json
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
@@ -458,16 +458,7 @@ def _check_model_types(model_type: Any, encoder_type: Any, decoder_type: Any, so
 
 def _check_directory(path: Path, source: str) -> None:
     """Everything that can be said from the files alone, before transformers reads any weights."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {error}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
-    _check_raw_config(raw, source)
+    _check_raw_config(read_config_json(path, source), source)
     if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
         unsafe = [name for name in UNSAFE_WEIGHT_FILES if (path / name).exists()]
         found = f" (found {', '.join(unsafe)})" if unsafe else ""
