@@ -133,13 +133,15 @@ def test_the_saved_model_loads_in_plain_transformers(parts: tuple[Path, Path], t
     assert load_model(tmp_path).bos_token_id == 0
 
 
-def test_a_recipe_from_parts_trains_saves_reloads_and_captions(parts: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_recipe_from_parts_trains_saves_reloads_and_captions(
+    parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from test_recipes import COCO, PHOTO, run_recipe
 
     encoder, decoder = parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
-    summary = run_recipe("coco-vit-gpt2-from-parts.yaml", out, *overrides, "train.lr=0", "train.warmup_steps=0")
+    summary = run_recipe(capsys, "coco-vit-gpt2-from-parts.yaml", out, *overrides, "train.lr=0", "train.warmup_steps=0")
     assert summary["steps"] == 3
     captioner = Captioner.from_pretrained(out, device="cpu")
     # lr 0: every pretrained tensor of both parts is in the run unchanged.
@@ -300,14 +302,16 @@ def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
 
 
 @pytest.mark.parametrize("recipe", ["flickr30k-clipcap.yaml", "flickr30k-clipcap-transformer.yaml"])
-def test_the_clipcap_recipes_train_from_parts(clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path) -> None:
+def test_the_clipcap_recipes_train_from_parts(
+    clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from test_recipes import FLICKR, PHOTO, run_recipe
 
     encoder, decoder = clip_parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
     # The tiny GPT-2 has 64 positions: 40 prefix tokens leave room for 20-token captions.
-    summary = run_recipe(recipe, out, *overrides, "train.warmup_steps=0", "data.max_length=20")
+    summary = run_recipe(capsys, recipe, out, *overrides, "train.warmup_steps=0", "data.max_length=20")
     assert summary["steps"] == 3
     assert_prefix_parts_unchanged(out, encoder, decoder)
     captioner = Captioner.from_pretrained(out, device="cpu")
@@ -361,11 +365,13 @@ def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("recipe", ["flickr30k-resnet50-lstm.yaml", "flickr30k-resnet50-lstm-attention.yaml"])
-def test_the_resnet50_lstm_recipes_train_from_parts(resnet: Path, recipe: str, tmp_path: Path) -> None:
+def test_the_resnet50_lstm_recipes_train_from_parts(
+    resnet: Path, recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from test_recipes import FLICKR, PHOTO, run_recipe
 
     out = tmp_path / "run"
-    summary = run_recipe(recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
+    summary = run_recipe(capsys, recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
     assert summary["steps"] == 3
     assert_resnet_unchanged(out, resnet)
     captioner = Captioner.from_pretrained(out, device="cpu")
