@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -84,6 +86,18 @@ def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, P
     # GPT-2's ids: its <|endoftext|> starts and ends captions and pads.
     assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (0, 0, 0)
     assert model.preprocessing is not None and model.preprocessing.size == (32, 32)
+
+
+def test_a_part_that_lacks_a_pretrained_tensor_is_refused(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    shutil.copytree(decoder, tmp_path / "gpt2")
+    weights = part_weights(decoder)
+    (dropped,) = [key for key in weights if key.endswith("ln_f.bias")]
+    save_file({key: value for key, value in weights.items() if key != dropped}, tmp_path / "gpt2" / "model.safetensors")
+    with pytest.raises(ModelLoadError) as raised:
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(tmp_path / "gpt2"))
+    reason = "weights do not match the config (1 tensors: transformer.ln_f.bias)"
+    assert str(raised.value) == f"{tmp_path / 'gpt2'}: {reason}"
 
 
 def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: Path) -> None:

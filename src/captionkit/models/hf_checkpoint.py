@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from transformers import Cache, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
@@ -39,15 +41,39 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
         raise ModelLoadError(
             source, f"is a {', '.join(map(str, architectures))}; captioning needs {model_class.__name__}"
         )
+    return load_safetensors_model(model_class, path, source)
+
+
+def load_safetensors_model(
+    model_class: Any, path: Path, source: str, *, may_lack: tuple[str, ...] = (), report: bool = True, **options: Any
+) -> PreTrainedModel:
+    """``model_class.from_pretrained(path, **options)`` in eval mode: local files, safetensors only, no remote code.
+
+    Every failure is one :class:`ModelLoadError` line, and so is a tensor the weights lack (it would silently stay
+    random) unless its name holds one of ``may_lack``: layers a model adds new or never uses. ``report=False``
+    silences transformers' load report, which would list those as problems.
+    """
     if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
         raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
+    previous = hf_logging.get_verbosity()
+    if not report:
+        hf_logging.set_verbosity_error()
     try:
         model, info = model_class.from_pretrained(
-            path, use_safetensors=True, output_loading_info=True, local_files_only=True
+            path, use_safetensors=True, output_loading_info=True, local_files_only=True, **options
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise ModelLoadError(source, first_line(error)) from None
+        # transformers' load report names each tensor; its exception only mentions ignore_mismatched_sizes.
+        seen = " (see the load report)" if report else ""
+        raise ModelLoadError(source, f"weight shapes do not match config.json{seen}") from None
+    except (OSError, ValueError, SafetensorError) as error:
         raise ModelLoadError(source, first_line(error)) from None
-    problems = sorted(info["missing_keys"]) or sorted(str(key) for key in info["mismatched_keys"])
+    finally:
+        hf_logging.set_verbosity(previous)
+    missing = [key for key in sorted(info["missing_keys"]) if not any(part in key for part in may_lack)]
+    problems = missing or sorted(str(key) for key in info["mismatched_keys"])
     if problems:
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
         raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
