@@ -210,7 +210,9 @@ def test_coco_recipe_unfreezes_in_three_stages(
     assert_loadable(out, "vit-gpt2")
 
 
-def test_coco_blip_recipe_fine_tunes_a_hub_blip(tmp_path: Path, single_thread: None) -> None:
+def test_coco_blip_recipe_fine_tunes_a_hub_blip(
+    tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     recipe = load_train_config(CONFIGS / "coco-blip-finetune.yaml")
     assert recipe.model.pretrained == "Salesforce/blip-image-captioning-base"
     hub = tmp_path / "blip-hub"
@@ -219,6 +221,7 @@ def test_coco_blip_recipe_fine_tunes_a_hub_blip(tmp_path: Path, single_thread: N
     stages = [{"until_step": 1, "train": recipe.train.stages[0].train}, {"train": recipe.train.stages[1].train}]
     out = tmp_path / "run"
     summary = run_recipe(
+        capsys,
         "coco-blip-finetune.yaml",
         out,
         f"model.pretrained={hub}",
