@@ -38,6 +38,7 @@ from _hub_parts import (
     save_vit,
     save_vit_gpt2_t4,
 )
+from _recipes import COCO, CONFIGS, FLICKR, PHOTO, run_recipe
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -150,8 +151,6 @@ def test_the_saved_model_loads_in_plain_transformers(parts: tuple[Path, Path], t
 def test_a_recipe_from_parts_trains_saves_reloads_and_captions(
     parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import COCO, PHOTO, run_recipe
-
     encoder, decoder = parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
@@ -319,8 +318,6 @@ def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
 def test_the_clipcap_recipes_train_from_parts(
     clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import FLICKR, PHOTO, run_recipe
-
     encoder, decoder = clip_parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
@@ -382,8 +379,6 @@ def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> No
 def test_the_resnet50_lstm_recipes_train_from_parts(
     resnet: Path, recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import FLICKR, PHOTO, run_recipe
-
     out = tmp_path / "run"
     summary = run_recipe(capsys, recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
     assert summary["steps"] == 3
@@ -462,8 +457,6 @@ def test_vit_gpt2_from_other_vision_transformers(
 def test_a_parts_recipe_without_the_hub_fails_in_one_line(
     environment: dict[str, str], reason: str, tmp_path: Path
 ) -> None:
-    from test_recipes import COCO, CONFIGS
-
     recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
     command = [sys.executable, "-m", "captionkit.cli", "train", str(recipe), "--output", str(tmp_path / "run")]
     command += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
