@@ -1,6 +1,6 @@
 """The training loop: one explicit loop, readable in one sitting.
 
-Each optimizer step: pick the stage (which parameter groups train), set the learning rate from :func:`lr_at`, draw
+Each optimizer step: pick the stage (which parameter groups train), set the learning rate (schedule.py), draw
 ``grad_accumulation`` micro-batches and hand them to the step object (steps.py: forward under autocast, the loss
 over the step's token count, backward, unscale, clip, AdamW). Every ``log_every`` steps: a line in
 ``metrics.jsonl`` with the loss and where the step's time went. Every ``eval_every`` steps: validation loss,
