@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from _captioning import PHOTO_DIRS
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, run_cli_process, save_tiny_model
 from captionkit import Captioner
 from captionkit.errors import ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
@@ -63,9 +60,8 @@ def test_a_hub_id_offline_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     ids=["offline", "unreachable"],
 )
 def test_the_cli_names_an_unloadable_hub_id_in_one_line(environment: dict[str, str], tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **environment}
-    command = [sys.executable, "-m", "captionkit.cli", "caption", str(PHOTOS[0]), "--model", "captionkit-test/none"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    env = {"HF_HOME": str(tmp_path / "hf"), **environment}
+    done = run_cli_process(["caption", PHOTOS[0], "--model", "captionkit-test/none"], env, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("captionkit: error: captionkit-test/none: "), done.stderr

@@ -8,10 +8,7 @@ and tokenizer.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +25,7 @@ from transformers import (
 )
 
 from _data import SHARED_DATA
+from _helpers import run_cli_process
 from _hub_parts import (
     LAYOUTS,
     part_weights,
@@ -458,10 +456,9 @@ def test_a_parts_recipe_without_the_hub_fails_in_one_line(
     environment: dict[str, str], reason: str, tmp_path: Path
 ) -> None:
     recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
-    command = [sys.executable, "-m", "captionkit.cli", "train", str(recipe), "--output", str(tmp_path / "run")]
-    command += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
-    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"} | environment
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    args = ["train", recipe, "--output", tmp_path / "run"]
+    args += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
+    done = run_cli_process(args, {"HF_HOME": str(tmp_path / "hf")} | environment)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     # The decoder's tokenizer is the first part read.
