@@ -1,4 +1,4 @@
-"""Test helpers, once: the in-process CLI runner, and tiny models of every registered family.
+"""Test helpers, once: the CLI runners (in this process, or in a new one), and tiny models of every registered family.
 
 The family list comes from the registry (:func:`captionkit.models.registry.list_models`), so a new family is swept
 by every test that parametrizes over :data:`FAMILIES` without editing a test.
@@ -6,6 +6,9 @@ by every test that parametrizes over :data:`FAMILIES` without editing a test.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,18 @@ def run_cli(args: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         main([str(arg) for arg in args])
     captured = capsys.readouterr()
     return int(done.value.code or 0), captured.out, captured.err
+
+
+def run_cli_process(
+    args: list[Any], env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m captionkit.cli ARGS`` in a new process, where settings read at import time (HF_HUB_OFFLINE,
+    HF_ENDPOINT) take effect: its exit code, stdout and stderr. ``env`` is added to this process's environment."""
+    command = [sys.executable, "-m", "captionkit.cli", *map(str, args)]
+    environment = os.environ | {"OMP_NUM_THREADS": "1"} | (env or {})
+    return subprocess.run(
+        command, capture_output=True, text=True, env=environment, cwd=cwd, timeout=timeout, check=False
+    )
 
 
 def tiny_model(family: str, seed: int = 0, tokenizer: CaptionTokenizer | None = None, **overrides: Any) -> CaptionModel:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import BertTokenizerFast, BlipForConditionalGeneration, GitForCausalLM
 
+from _helpers import tiny_model
 from captionkit.models.blip import BlipModel
 from captionkit.models.git import GitModel
 
@@ -90,29 +91,22 @@ def tiny_tokenizer(directory: Path, family: str) -> BertTokenizerFast:
     return tokenizer
 
 
-def tiny_model(family: str, tokenizer: BertTokenizerFast, seed: int = 0) -> BlipModel | GitModel:
+def _peaked_model(family: str, tokenizer: BertTokenizerFast, seed: int = 0) -> BlipModel | GitModel:
     """A tiny eval-mode model with the tokenizer's ids (BLIP: bos [DEC], eos [SEP]; GIT: bos [CLS], eos [SEP])."""
-    torch.manual_seed(seed)
     bos = tokenizer.bos_token_id if family == "blip" else tokenizer.cls_token_id
-    model_class = BlipModel if family == "blip" else GitModel
-    model = model_class.from_config(
-        "tiny",
-        bos_token_id=bos,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        vocab_size=len(tokenizer),
-    )
+    ids = {"bos_token_id": bos, "eos_token_id": tokenizer.sep_token_id, "pad_token_id": tokenizer.pad_token_id}
+    model = tiny_model(family, seed, vocab_size=len(tokenizer), **ids)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.3 if "vision" not in name and "image_encoder" not in name else 0.1)
-    return model.eval()
+    return model.eval()  # type: ignore[return-value]
 
 
 def hub_layout(family: str, directory: Path, legacy: bool = False, seed: int = 0) -> BlipModel | GitModel:
     """Write a tiny ``family`` checkpoint into ``directory`` as the hub stores it; returns the model."""
     tokenizer = tiny_tokenizer(directory, family)
-    model = tiny_model(family, tokenizer, seed)
+    model = _peaked_model(family, tokenizer, seed)
     model.hf.save_pretrained(directory)  # plain transformers, no captionkit metadata
     tokenizer.save_pretrained(str(directory))
     processor = PROCESSORS[family] | {

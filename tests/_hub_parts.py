@@ -94,22 +94,25 @@ def _save_weights(path: Path, state: dict[str, torch.Tensor]) -> None:
     save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(path), metadata={"format": "pt"})
 
 
+def _image_part_files(directory: Path, layout: str, config: dict[str, Any], preprocessor: dict[str, Any]) -> Path:
+    """An image part's config.json and image processor settings, after transformers saved its weights: "t4" as the
+    hub repository holds them (its config.json, its feature extractor file), or as transformers 5 rewrites them."""
+    _write_json(directory / "preprocessor_config.json", preprocessor)
+    if layout == "t4":
+        _write_json(directory / "config.json", config)
+    else:
+        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
+    return directory
+
+
 def save_vit(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
     """A tiny ViT (google/vit-base-patch16-224-in21k's layout): ViTModel weights with the pooler."""
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = {
-        key: value for key, value in VIT_T4_CONFIG.items() if key not in ("architectures", "transformers_version")
-    }
-    model = ViTModel(ViTConfig(**config)).eval()
-    _write_json(directory / "preprocessor_config.json", VIT_T4_PREPROCESSOR)
+    config = {key: value for key, value in VIT_T4_CONFIG.items() if key not in _FILE_ONLY}
     # transformers 5 saves tensors under the names the hub's files use (its modules are named otherwise).
-    model.save_pretrained(directory)
-    if layout == "t4":
-        _write_json(directory / "config.json", VIT_T4_CONFIG)
-    else:
-        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
-    return directory
+    ViTModel(ViTConfig(**config)).eval().save_pretrained(directory)
+    return _image_part_files(directory, layout, VIT_T4_CONFIG, VIT_T4_PREPROCESSOR)
 
 
 # openai/clip-vit-base-patch32: config.json (the text and the vision tower; sizes shrunk) and its feature extractor.
@@ -159,13 +162,9 @@ def save_clip(directory: Path, layout: str = "t4", seed: int = 0, tokenizer: boo
     torch.manual_seed(seed)
     towers = {key: CLIP_T4_CONFIG[key] for key in ("text_config", "vision_config", "projection_dim")}
     CLIPModel(CLIPConfig(**towers)).eval().save_pretrained(directory)
-    _write_json(directory / "preprocessor_config.json", CLIP_T4_PREPROCESSOR)
+    _image_part_files(directory, layout, CLIP_T4_CONFIG, CLIP_T4_PREPROCESSOR)
     if tokenizer:
         _write_clip_tokenizer(directory)
-    if layout == "t4":
-        _write_json(directory / "config.json", CLIP_T4_CONFIG)
-    else:
-        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
     return directory
 
 
@@ -219,12 +218,7 @@ def save_resnet(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
             if name.endswith(("running_mean", "running_var")):
                 buffer.uniform_(0.5, 1.5)
     model.save_pretrained(directory)
-    _write_json(directory / "preprocessor_config.json", RESNET_T4_PREPROCESSOR)
-    if layout == "t4":
-        _write_json(directory / "config.json", RESNET_T4_CONFIG)
-    else:
-        AutoImageProcessor.from_pretrained(directory).save_pretrained(directory)
-    return directory
+    return _image_part_files(directory, layout, RESNET_T4_CONFIG, RESNET_T4_PREPROCESSOR)
 
 
 def _tokenizer_files(directory: Path) -> int:

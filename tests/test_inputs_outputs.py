@@ -133,3 +133,14 @@ def test_a_raw_line_separator_in_a_caption_stays_in_its_record(tmp_path):
     writer.close()
     assert "\u2028" in path.read_text(encoding="utf-8")  # JSON lines keep it unescaped
     assert read_records(path, "jsonl") == [record]
+
+
+def test_a_hostile_results_file_is_one_error_naming_it_and_a_minus_infinity_score_reads_back(tmp_path):
+    deep = tmp_path / "deep.jsonl"
+    deep.write_text('{"image": "a.jpg", "caption": "a dog"}\n' + "[" * 1500 + "]" * 1500 + "\n")
+    with pytest.raises(InputError) as error:
+        read_records(deep, "jsonl")
+    assert str(error.value) == f"{deep}: not valid jsonl (invalid JSON: nested more than 64 levels deep)"
+    torn = tmp_path / "torn.jsonl"
+    torn.write_text('{"image": "a.jpg", "score": -Infinity}\n' + "[" * 1500)  # killed mid-line
+    assert read_records_and_tail(torn, "jsonl") == ([{"image": "a.jpg", "score": float("-inf")}], "[" * 1500)

@@ -49,3 +49,10 @@ def test_duplicate_keys_only_when_asked_and_error_type() -> None:
         parse_json('{"x": {"k": 1, "k": 2}}', "f.json", unique_keys=True)
     with pytest.raises(ConfigError, match="nested more than"):
         parse_json("[" * 2000 + "]" * 2000, "config.json", error=ConfigError)
+
+
+def test_non_finite_numbers_only_for_files_captionkit_wrote() -> None:
+    document = parse_json('{"loss": NaN, "best": -Infinity, "big": 1e999}', "trainer_state.json", non_finite=True)
+    assert document["best"] == document["big"] * -1 == float("-inf") and document["loss"] != document["loss"]
+    with pytest.raises(InputError, match=r"^trainer_state.json: invalid JSON: nested more than 64 levels deep$"):
+        parse_json("[" * 1500 + "]" * 1500, "trainer_state.json", non_finite=True)

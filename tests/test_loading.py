@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from _captioning import PHOTO_DIRS
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, run_cli_process, save_tiny_model
 from captionkit import Captioner
 from captionkit.errors import ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
@@ -63,10 +60,40 @@ def test_a_hub_id_offline_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     ids=["offline", "unreachable"],
 )
 def test_the_cli_names_an_unloadable_hub_id_in_one_line(environment: dict[str, str], tmp_path: Path) -> None:
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), **environment}
-    command = [sys.executable, "-m", "captionkit.cli", "caption", str(PHOTOS[0]), "--model", "captionkit-test/none"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    env = {"HF_HOME": str(tmp_path / "hf"), **environment}
+    done = run_cli_process(["caption", PHOTOS[0], "--model", "captionkit-test/none"], env, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("captionkit: error: captionkit-test/none: "), done.stderr
     assert "Traceback" not in done.stderr
+
+
+HOSTILE_CONFIGS = {
+    "deep": ("[" * 1500 + "]" * 1500, "invalid JSON: nested more than 64 levels deep"),
+    "bigint": ('{"model_type": ' + "9" * 5000 + "}", "invalid JSON: a number longer than 4300 digits"),
+    "nan": ('{"model_type": NaN}', "invalid JSON: NaN is not a JSON number"),
+    "list": ("[1, 2]", "is not a JSON object"),
+    "latin-1": (b'{"model_type": "caf\xe9"}', "unreadable config: 'utf-8' codec can't decode byte 0xe9"),
+}
+
+
+@pytest.mark.parametrize("family", ["vit-gpt2", "cnn-lstm"])
+@pytest.mark.parametrize("case", sorted(HOSTILE_CONFIGS))
+def test_a_hostile_config_json_is_one_model_load_error_naming_the_file(family: str, case: str, tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model", family)
+    text, reason = HOSTILE_CONFIGS[case]
+    config_file = source / "config.json"
+    config_file.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ModelLoadError) as error:
+        Captioner.from_pretrained(source, device="cpu")
+    assert error.value.source == str(config_file)
+    assert error.value.reason.startswith(reason) and "\n" not in str(error.value)
+
+
+def test_the_cli_refuses_a_hostile_config_json_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = save_tiny_model(tmp_path / "model")
+    (source / "config.json").write_text("[" * 1500 + "]" * 1500)
+    capsys.readouterr()  # saving's own progress output
+    code, out, err = run_cli(["caption", PHOTOS[0], "--model", source], capsys)
+    expected = f"captionkit: error: {source / 'config.json'}: invalid JSON: nested more than 64 levels deep"
+    assert (code, out, err.strip()) == (1, "", expected)

@@ -8,14 +8,13 @@ and tokenizer.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from transformers import (
     AutoImageProcessor,
     AutoModel,
@@ -26,6 +25,7 @@ from transformers import (
 )
 
 from _data import SHARED_DATA
+from _helpers import run_cli_process
 from _hub_parts import (
     LAYOUTS,
     part_weights,
@@ -36,6 +36,7 @@ from _hub_parts import (
     save_vit,
     save_vit_gpt2_t4,
 )
+from _recipes import COCO, CONFIGS, FLICKR, PHOTO, run_recipe
 from captionkit import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
@@ -84,6 +85,18 @@ def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, P
     # GPT-2's ids: its <|endoftext|> starts and ends captions and pads.
     assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (0, 0, 0)
     assert model.preprocessing is not None and model.preprocessing.size == (32, 32)
+
+
+def test_a_part_that_lacks_a_pretrained_tensor_is_refused(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    shutil.copytree(decoder, tmp_path / "gpt2")
+    weights = part_weights(decoder)
+    (dropped,) = [key for key in weights if key.endswith("ln_f.bias")]
+    save_file({key: value for key, value in weights.items() if key != dropped}, tmp_path / "gpt2" / "model.safetensors")
+    with pytest.raises(ModelLoadError) as raised:
+        create_model("vit-gpt2", encoder=str(encoder), decoder=str(tmp_path / "gpt2"))
+    reason = "weights do not match the config (1 tensors: transformer.ln_f.bias)"
+    assert str(raised.value) == f"{tmp_path / 'gpt2'}: {reason}"
 
 
 def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: Path) -> None:
@@ -136,8 +149,6 @@ def test_the_saved_model_loads_in_plain_transformers(parts: tuple[Path, Path], t
 def test_a_recipe_from_parts_trains_saves_reloads_and_captions(
     parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import COCO, PHOTO, run_recipe
-
     encoder, decoder = parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
@@ -305,8 +316,6 @@ def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
 def test_the_clipcap_recipes_train_from_parts(
     clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import FLICKR, PHOTO, run_recipe
-
     encoder, decoder = clip_parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
@@ -368,8 +377,6 @@ def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> No
 def test_the_resnet50_lstm_recipes_train_from_parts(
     resnet: Path, recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from test_recipes import FLICKR, PHOTO, run_recipe
-
     out = tmp_path / "run"
     summary = run_recipe(capsys, recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
     assert summary["steps"] == 3
@@ -450,13 +457,10 @@ def test_vit_gpt2_from_other_vision_transformers(
 def test_a_parts_recipe_without_the_hub_fails_in_one_line(
     environment: dict[str, str], reason: str, tmp_path: Path
 ) -> None:
-    from test_recipes import COCO, CONFIGS
-
     recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
-    command = [sys.executable, "-m", "captionkit.cli", "train", str(recipe), "--output", str(tmp_path / "run")]
-    command += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
-    env = os.environ | {"HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"} | environment
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    args = ["train", recipe, "--output", tmp_path / "run"]
+    args += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
+    done = run_cli_process(args, {"HF_HOME": str(tmp_path / "hf")} | environment)
     assert done.returncode == 1
     lines = done.stderr.strip().splitlines()
     # The decoder's tokenizer is the first part read.

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import is_dataclass
 from pathlib import Path
@@ -25,8 +22,9 @@ import yaml
 from transformers import BlipForConditionalGeneration
 
 from _data import SHARED_DATA
-from _helpers import run_cli
+from _helpers import run_cli, run_cli_process
 from _hub_models import hub_layout
+from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, run_recipe
 from captionkit import Captioner
 from captionkit.config import TrainConfig, load_train_config, read_yaml
 from captionkit.data.sources import load_records
@@ -34,32 +32,11 @@ from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
 # The demo recipe has its own tests; the scenes XE -> SCST recipes (data named on the command line) belong to the
 # SCST tests.
 RECIPES = sorted(
     path for path in CONFIGS.glob("*.yaml") if path.name != "demo.yaml" and not path.name.startswith("scenes-")
 )
-
-SENTICAP = (
-    f"{SHARED_DATA}/senticap/senticap_subset.json"
-    f"?images={SHARED_DATA}/coco/val2017&images={SHARED_DATA}/senticap/images"
-)
-COCO = f"{SHARED_DATA}/coco/captions_val2017_subset.json"
-FLICKR = f"{SHARED_DATA}/flickr8k"  # Flickr8k in the Flickr30k layout: token file, split lists, Images/
-PHOTO = SHARED_DATA / "coco" / "val2017" / "000000000139.jpg"
-
-TINY = [
-    "train.steps=3",
-    "train.batch_size=2",
-    "train.warmup_steps=1",
-    "train.eval_batches=1",
-    "train.eval_images=2",
-    "train.checkpoint_every=3",
-    "train.threads=1",
-    "train.tensorboard=false",
-    "data.workers=0",  # worker processes cost seconds to start and decode only a dozen images here
-]
 
 
 # The recipes this file trains in a tiny form.
@@ -104,16 +81,6 @@ def _defaults_repeated(data: dict[str, Any], defaults: Any, prefix: str = "") ->
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def run_recipe(capsys: pytest.CaptureFixture[str], recipe: str, output: Path, *overrides: str) -> dict[str, Any]:
-    """``captionkit train configs/RECIPE --output OUTPUT --set ...``; the run's JSON summary."""
-    args = ["train", CONFIGS / recipe, "--output", output, "--no-progress"]
-    for assignment in [*TINY, *overrides]:
-        args += ["--set", assignment]
-    code, out, err = run_cli(args, capsys)
-    assert code == 0, err
-    return json.loads(out.strip().splitlines()[-1])
 
 
 def assert_loadable(output: Path, family: str) -> Captioner:
@@ -310,10 +277,9 @@ def test_a_hub_recipe_offline_fails_fast_with_one_line(tmp_path: Path) -> None:
     for split in ("train2017", "val2017"):
         (coco / "annotations" / f"captions_{split}.json").symlink_to(subset)
         (coco / split).symlink_to(SHARED_DATA / "coco" / "val2017")
-    environment = os.environ | {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "captionkit.cli", "train", str(CONFIGS / "coco-vit-gpt2.yaml"), "--output", "run"]
+    environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     started = time.perf_counter()
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    result = run_cli_process(["train", CONFIGS / "coco-vit-gpt2.yaml", "--output", "run"], environment, tmp_path, 120)
     seconds = time.perf_counter() - started
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +17,16 @@ from _helpers import FAMILIES as SWEEP
 from captionkit.api import Captioner
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
+from captionkit.models.family import Family
 from captionkit.models.registry import (
     FAMILIES,
     create_model,
     family_of,
+    hub_model_types,
     list_models,
     load_model,
     preprocessing_for,
+    register_model,
     train_tokenizer,
 )
 
@@ -32,12 +37,37 @@ CAPTIONS = ["a large red circle left of a small blue square", "a small green tri
 
 def test_list_models_names_every_family_and_its_presets() -> None:
     models = list_models()
-    assert list(models) == ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"]
+    # Declared module by module in captionkit.models.families, in module name order.
+    assert list(models) == ["blip", "cnn-lstm", "cnn-lstm-attention", "git", "prefix-gpt2", "vit-gpt2"]
     for family, presets in models.items():
         # The registry's list is the module's own (the registry does not import the module to answer).
         module = FAMILIES[family].load_class().__module__
         assert presets == tuple(importlib.import_module(module).PRESETS)
         assert {"tiny", "base"} <= set(presets)
+
+
+def test_list_models_imports_no_model_module() -> None:
+    # The declarations alone answer: a model module (and transformers' model code) loads only when a model is built.
+    code = (
+        "import sys; from captionkit.models.registry import FAMILIES, list_models; list_models(); "
+        "print(sorted({f.module for f in FAMILIES.values()} & set(sys.modules)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
+
+
+def test_each_declaration_names_its_class_and_the_hub_model_type_it_loads() -> None:
+    assert hub_model_types() == {"blip": "blip", "git": "git", "vision-encoder-decoder": "vit-gpt2"}
+    for name, family in FAMILIES.items():
+        assert family.load_class().family == name
+        assert (family.from_parts is not None) == hasattr(family.load_class(), "from_parts")
+
+
+def test_a_second_family_of_the_same_name_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"^model family 'git' is already registered$"):
+        register_model(FAMILIES["git"])
+    with pytest.raises(ValueError, match=r"^tokenizer kind must be one of \('bpe', 'word'\), got 'chars'$"):
+        Family("toy", "captionkit.models.git", "GitModel", ("tiny",), "chars", "a toy")
 
 
 @pytest.mark.parametrize("family", SWEEP)

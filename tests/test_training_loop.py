@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from _helpers import FAMILIES
 from captionkit.config import StageSection, load_train_config
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_dataset
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
-from captionkit.models.registry import list_models
 from captionkit.training.curves import PANEL_HEIGHT, WIDTH
 from captionkit.training.loop import train
 from captionkit.training.run_log import ProgressLine
@@ -275,7 +275,7 @@ def test_resumed_run_log_drops_later_entries_and_a_torn_line(tmp_path):
     assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [2, 4, 5]
 
 
-@pytest.mark.parametrize("family", list(list_models()))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_a_stage_that_freezes_the_encoder_leaves_every_buffer_alone(scenes, family, single_thread):
     # Batch norms in training mode update their running statistics even without gradients. cnn-lstm's ResNet has
     # them and must keep them in eval mode while frozen; the transformer families have only constant buffers.
@@ -344,3 +344,25 @@ def test_deterministic_runs_switch_deterministic_algorithms_on_for_the_run_only(
     train(config, tmp_path / "run", log=lambda _: seen.append(torch.are_deterministic_algorithms_enabled()))
     assert seen == [True]
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_resumed_run_log_keeps_a_diverged_loss_and_drops_a_hostile_line(tmp_path):
+    from captionkit.training.run_log import RunLog
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": NaN}\n' + "[" * 1500 + "]" * 1500 + '\n{"step": 3, "loss": 1.0}\n')
+    RunLog(tmp_path, resume_step=2, tensorboard=False).close()
+    assert path.read_text() == '{"step": 1, "loss": NaN}\n'
+
+
+def test_a_hostile_trainer_state_is_one_input_error_naming_it(tmp_path):
+    from captionkit.training import checkpoint as ckpt
+
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    (directory / ckpt.COMPLETE).touch()
+    (directory / ckpt.TRAINER_STATE).write_text('{"step": ' + "9" * 5000 + "}")
+    with pytest.raises(InputError) as error:
+        ckpt.read_training_state(directory)
+    expected = f"{directory / ckpt.TRAINER_STATE}: invalid JSON: a number longer than 4300 digits"
+    assert str(error.value) == expected

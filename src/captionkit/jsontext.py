@@ -24,16 +24,25 @@ class _Refused(ValueError):
     """Raised inside the parser's hooks; its message is the reason given to the user."""
 
 
-def parse_json(text: str, source: object, *, unique_keys: bool = False, error: type[InputError] = InputError) -> Any:
+def parse_json(
+    text: str,
+    source: object,
+    *,
+    unique_keys: bool = False,
+    non_finite: bool = False,
+    error: type[InputError] = InputError,
+) -> Any:
     """``text`` as JSON; ``error(source, "invalid JSON: <reason>")`` for anything malformed or hostile.
 
     ``unique_keys``: refuse an object that names a key twice (``json.loads`` silently keeps the last one).
+    ``non_finite``: accept ``NaN`` and ``Infinity`` as ``json.dumps`` writes them, for files captionkit wrote
+    itself (a diverged loss, a score of minus infinity); depth and digit limits still hold.
     """
     try:
         document = json.loads(
             text,
-            parse_constant=_refuse_constant,
-            parse_float=_finite_float,
+            parse_constant=None if non_finite else _refuse_constant,
+            parse_float=float if non_finite else _finite_float,
             object_pairs_hook=_unique_object if unique_keys else None,
         )
     except json.JSONDecodeError as decode_error:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
+from captionkit.jsontext import parse_json
 
 FORMATS = ("jsonl", "csv", "json")
 CSV_FIELDS = ("image", "caption", "score", "error")
@@ -55,20 +56,28 @@ def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
     body, torn = split_torn_tail(text, fmt)
     try:
         if fmt == "jsonl":
-            records = [json.loads(line) for line in body.split("\n") if line.strip()]
+            records = [_parse(line, path, fmt) for line in body.split("\n") if line.strip()]
         elif fmt == "json":
-            records, torn = (json.loads(text) if text.strip() else []), ""
+            records, torn = (_parse(text, path, fmt) if text.strip() else []), ""
             if not isinstance(records, list):
                 raise InputError(path, "not a results file (expected a JSON list of records)")
         else:
             # The csv module's own reading: a caption may hold \x1c, \x85 or \u2028, which splitlines() breaks at.
             return [_csv_record(row) for row in csv.DictReader(io.StringIO(body, newline=""))], torn
-    except (json.JSONDecodeError, csv.Error) as error:
+    except csv.Error as error:
         raise InputError(path, f"not valid {fmt} ({error})") from None
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise InputError(path, f"record {number} is not a JSON object")
     return records, torn
+
+
+def _parse(text: str, path: Path, fmt: str) -> Any:
+    """A JSON document of results file ``path``: anything malformed or hostile is one line naming the file."""
+    try:
+        return parse_json(text, path, non_finite=True)
+    except InputError as error:
+        raise InputError(path, f"not valid {fmt} ({error.reason})") from None
 
 
 def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
@@ -83,9 +92,9 @@ def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
     body, tail = text[:cut], text[cut:]
     if fmt == "jsonl":
         try:
-            if isinstance(json.loads(tail), dict):
+            if isinstance(parse_json(tail, "last line", non_finite=True), dict):
                 return text + "\n", ""
-        except json.JSONDecodeError:
+        except InputError:
             pass
     return body, tail
 

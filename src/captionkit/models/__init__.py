@@ -1,6 +1,7 @@
 """Captioning model families behind one interface, :class:`CaptionModel` (see ``base.py``).
 
-``registry``: families by name (``create_model``, ``list_models``, ``load_model``). The families:
+``registry``: families by name (``create_model``, ``list_models``, ``load_model``), each declared in a tiny module of
+``families`` (see ``family.py``) so that the registry answers without importing model code. The families:
 
 * ``vit_gpt2``: ViT encoder + GPT-2 decoder with cross-attention (Hugging Face ``VisionEncoderDecoderModel``);
 * ``prefix_gpt2``: frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap style);

@@ -21,8 +21,8 @@ from transformers import BlipConfig, BlipForConditionalGeneration
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import CachedState, load_hub_model, save_hub_model
-from captionkit.models.native import FamilyConfig, check_token_ids
+from captionkit.models.hf_checkpoint import CachedState, VisionTextConfig, load_hub_model, save_hub_model
+from captionkit.models.native import check_token_ids
 
 __all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
 
@@ -30,74 +30,28 @@ FAMILY = "blip"
 
 
 @dataclass(frozen=True)
-class BlipCaptionConfig(FamilyConfig):
+class BlipCaptionConfig(VisionTextConfig):
     """Architecture of a BLIP captioner; the defaults are ``blip-image-captioning-base`` (ViT-B/16 at 384 px)."""
 
     family: ClassVar[str] = FAMILY
 
     image_size: int = 384
-    patch_size: int = 16
-    vision_hidden_size: int = 768
-    vision_layers: int = 12
-    vision_heads: int = 12
-    vision_intermediate_size: int = 3072
-    text_hidden_size: int = 768
-    text_layers: int = 12
-    text_heads: int = 12
-    text_intermediate_size: int = 3072
-    text_positions: int = 512
     # bert-base-uncased's 30522 WordPiece tokens + [DEC] + [ENC].
     vocab_size: int = 30524
 
-    def check(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
-        for side in ("vision", "text"):
-            hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
-            if hidden % heads:
-                raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
-
     @classmethod
     def from_hf(cls, config: BlipConfig) -> BlipCaptionConfig:
-        vision, text = config.vision_config, config.text_config
-        return cls(
-            image_size=vision.image_size,
-            patch_size=vision.patch_size,
-            vision_hidden_size=vision.hidden_size,
-            vision_layers=vision.num_hidden_layers,
-            vision_heads=vision.num_attention_heads,
-            vision_intermediate_size=vision.intermediate_size,
-            text_hidden_size=text.hidden_size,
-            text_layers=text.num_hidden_layers,
-            text_heads=text.num_attention_heads,
-            text_intermediate_size=text.intermediate_size,
-            text_positions=text.max_position_embeddings,
-            vocab_size=text.vocab_size,
-        )
+        return cls.from_hf_parts(config.vision_config, config.text_config)
 
     def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> BlipConfig:
-        vision = {
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "hidden_size": self.vision_hidden_size,
-            "num_hidden_layers": self.vision_layers,
-            "num_attention_heads": self.vision_heads,
-            "intermediate_size": self.vision_intermediate_size,
-        }
-        text = {
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.text_hidden_size,
+        text = self.text_hf() | {
             "encoder_hidden_size": self.vision_hidden_size,
-            "num_hidden_layers": self.text_layers,
-            "num_attention_heads": self.text_heads,
-            "intermediate_size": self.text_intermediate_size,
-            "max_position_embeddings": self.text_positions,
             "bos_token_id": bos_token_id,
             "sep_token_id": eos_token_id,
             "eos_token_id": eos_token_id,
             "pad_token_id": pad_token_id,
         }
-        return BlipConfig(text_config=text, vision_config=vision)
+        return BlipConfig(text_config=text, vision_config=self.vision_hf())
 
 
 PRESETS: dict[str, BlipCaptionConfig] = {

@@ -23,8 +23,8 @@ from transformers import DynamicCache, GitConfig, GitForCausalLM
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import CachedState, load_hub_model, save_hub_model
-from captionkit.models.native import FamilyConfig, check_token_ids
+from captionkit.models.hf_checkpoint import CachedState, VisionTextConfig, load_hub_model, save_hub_model
+from captionkit.models.native import check_token_ids
 
 __all__ = ["PRESETS", "GitCaptionConfig", "GitModel"]
 
@@ -32,72 +32,21 @@ FAMILY = "git"
 
 
 @dataclass(frozen=True)
-class GitCaptionConfig(FamilyConfig):
+class GitCaptionConfig(VisionTextConfig):
     """Architecture of a GIT captioner; the defaults are ``git-base-coco`` (CLIP ViT-B/16 at 224 px, 6 text layers)."""
 
     family: ClassVar[str] = FAMILY
 
-    image_size: int = 224
-    patch_size: int = 16
-    vision_hidden_size: int = 768
-    vision_layers: int = 12
-    vision_heads: int = 12
-    vision_intermediate_size: int = 3072
-    text_hidden_size: int = 768
     text_layers: int = 6
-    text_heads: int = 12
-    text_intermediate_size: int = 3072
     text_positions: int = 1024
-    # bert-base-uncased's WordPiece vocabulary.
-    vocab_size: int = 30522
-
-    def check(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
-        for side in ("vision", "text"):
-            hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
-            if hidden % heads:
-                raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
 
     @classmethod
     def from_hf(cls, config: GitConfig) -> GitCaptionConfig:
-        vision = config.vision_config
-        return cls(
-            image_size=vision.image_size,
-            patch_size=vision.patch_size,
-            vision_hidden_size=vision.hidden_size,
-            vision_layers=vision.num_hidden_layers,
-            vision_heads=vision.num_attention_heads,
-            vision_intermediate_size=vision.intermediate_size,
-            text_hidden_size=config.hidden_size,
-            text_layers=config.num_hidden_layers,
-            text_heads=config.num_attention_heads,
-            text_intermediate_size=config.intermediate_size,
-            text_positions=config.max_position_embeddings,
-            vocab_size=config.vocab_size,
-        )
+        return cls.from_hf_parts(config.vision_config, config)  # the text decoder's sizes are the top level
 
     def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> GitConfig:
-        vision = {
-            "image_size": self.image_size,
-            "patch_size": self.patch_size,
-            "hidden_size": self.vision_hidden_size,
-            "num_hidden_layers": self.vision_layers,
-            "num_attention_heads": self.vision_heads,
-            "intermediate_size": self.vision_intermediate_size,
-        }
-        return GitConfig(
-            vision_config=vision,
-            vocab_size=self.vocab_size,
-            hidden_size=self.text_hidden_size,
-            num_hidden_layers=self.text_layers,
-            num_attention_heads=self.text_heads,
-            intermediate_size=self.text_intermediate_size,
-            max_position_embeddings=self.text_positions,
-            bos_token_id=bos_token_id,
-            eos_token_id=eos_token_id,
-            pad_token_id=pad_token_id,
-        )
+        ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        return GitConfig(vision_config=self.vision_hf(), **self.text_hf(), **ids)
 
 
 PRESETS: dict[str, GitCaptionConfig] = {

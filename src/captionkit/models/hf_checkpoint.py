@@ -1,5 +1,6 @@
-"""What the families that wrap a whole Hugging Face captioner (BLIP, GIT) share: loading a hub-layout directory
-safely, saving it back with captionkit's metadata, and a decoder state on transformers' own KV cache.
+"""What the families that wrap a whole Hugging Face captioner (BLIP, GIT) share: their architecture fields (a ViT
+and a BERT-style text decoder), loading a hub-layout directory safely, saving it back with captionkit's metadata,
+and a decoder state on transformers' own KV cache.
 
 The wrapped model is kept as ``.hf``; its ``config.json`` carries captionkit's metadata under ``"captionkit"``
 (transformers keeps unknown keys through save and load), so a saved run loads with plain ``transformers`` too.
@@ -7,35 +8,89 @@ The wrapped model is kept as ``.hf``; its ``config.json`` carries captionkit's m
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 from safetensors import SafetensorError
 from transformers import Cache, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
-from captionkit.errors import ModelLoadError, first_line
+from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
-from captionkit.models.native import METADATA_KEY
+from captionkit.models.config_file import read_config_json
+from captionkit.models.native import METADATA_KEY, FamilyConfig
 from captionkit.version import __version__
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-def read_hub_config(path: Path, source: str) -> dict[str, Any]:
-    """``config.json`` of a hub-layout directory as a dict (one-line errors for a missing or broken file)."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {error}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
-    return raw
+@dataclass(frozen=True)
+class VisionTextConfig(FamilyConfig):
+    """A ViT image encoder and a BERT-style text decoder: the fields BLIP and GIT share (defaults: ViT-B/16 and
+    bert-base). A family's subclass sets its own defaults and maps the fields onto its transformers config."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision_hidden_size: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_intermediate_size: int = 3072
+    text_hidden_size: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_intermediate_size: int = 3072
+    text_positions: int = 512
+    vocab_size: int = 30522
+
+    def check(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
+        for side in ("vision", "text"):
+            hidden, heads = getattr(self, f"{side}_hidden_size"), getattr(self, f"{side}_heads")
+            if hidden % heads:
+                raise ConfigError(f"{side}_heads", f"{heads} heads do not divide {side}_hidden_size {hidden}")
+
+    @classmethod
+    def from_hf_parts(cls, vision: Any, text: Any) -> Self:
+        """From transformers' vision config and the config holding the text decoder's sizes."""
+        return cls(
+            image_size=vision.image_size,
+            patch_size=vision.patch_size,
+            vision_hidden_size=vision.hidden_size,
+            vision_layers=vision.num_hidden_layers,
+            vision_heads=vision.num_attention_heads,
+            vision_intermediate_size=vision.intermediate_size,
+            text_hidden_size=text.hidden_size,
+            text_layers=text.num_hidden_layers,
+            text_heads=text.num_attention_heads,
+            text_intermediate_size=text.intermediate_size,
+            text_positions=text.max_position_embeddings,
+            vocab_size=text.vocab_size,
+        )
+
+    def vision_hf(self) -> dict[str, int]:
+        """The vision config's fields, as transformers names them."""
+        return {
+            "image_size": self.image_size,
+            "patch_size": self.patch_size,
+            "hidden_size": self.vision_hidden_size,
+            "num_hidden_layers": self.vision_layers,
+            "num_attention_heads": self.vision_heads,
+            "intermediate_size": self.vision_intermediate_size,
+        }
+
+    def text_hf(self) -> dict[str, int]:
+        """The text decoder's size fields, as transformers names them."""
+        return {
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.text_hidden_size,
+            "num_hidden_layers": self.text_layers,
+            "num_attention_heads": self.text_heads,
+            "intermediate_size": self.text_intermediate_size,
+            "max_position_embeddings": self.text_positions,
+        }
 
 
 def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path) -> PreTrainedModel:
@@ -45,7 +100,7 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
     """
     source = str(name_or_dir)
     path = resolve_model_source(name_or_dir)
-    raw = read_hub_config(path, source)
+    raw = read_config_json(path, source)
     if raw.get("model_type") != model_type:
         raise ModelLoadError(source, f"model_type is {raw.get('model_type')!r}; expected {model_type!r}")
     architectures = raw.get("architectures") or [model_class.__name__]
@@ -54,15 +109,39 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
         raise ModelLoadError(
             source, f"is a {', '.join(map(str, architectures))}; captioning needs {model_class.__name__}"
         )
+    return load_safetensors_model(model_class, path, source)
+
+
+def load_safetensors_model(
+    model_class: Any, path: Path, source: str, *, may_lack: tuple[str, ...] = (), report: bool = True, **options: Any
+) -> PreTrainedModel:
+    """``model_class.from_pretrained(path, **options)`` in eval mode: local files, safetensors only, no remote code.
+
+    Every failure is one :class:`ModelLoadError` line, and so is a tensor the weights lack (it would silently stay
+    random) unless its name holds one of ``may_lack``: layers a model adds new or never uses. ``report=False``
+    silences transformers' load report, which would list those as problems.
+    """
     if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
         raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
+    previous = hf_logging.get_verbosity()
+    if not report:
+        hf_logging.set_verbosity_error()
     try:
         model, info = model_class.from_pretrained(
-            path, use_safetensors=True, output_loading_info=True, local_files_only=True
+            path, use_safetensors=True, output_loading_info=True, local_files_only=True, **options
         )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+    except RuntimeError as error:
+        if "mismatch" not in str(error):
+            raise ModelLoadError(source, first_line(error)) from None
+        # transformers' load report names each tensor; its exception only mentions ignore_mismatched_sizes.
+        seen = " (see the load report)" if report else ""
+        raise ModelLoadError(source, f"weight shapes do not match config.json{seen}") from None
+    except (OSError, ValueError, SafetensorError) as error:
         raise ModelLoadError(source, first_line(error)) from None
-    problems = sorted(info["missing_keys"]) or sorted(str(key) for key in info["mismatched_keys"])
+    finally:
+        hf_logging.set_verbosity(previous)
+    missing = [key for key in sorted(info["missing_keys"]) if not any(part in key for part in may_lack)]
+    problems = missing or sorted(str(key) for key in info["mismatched_keys"])
     if problems:
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
         raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")

@@ -26,10 +26,10 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from captionkit.errors import ConfigError, ModelLoadError, first_line
+from captionkit.models.config_file import CONFIG_FILE, read_config_json
 from captionkit.version import __version__
 
 METADATA_KEY = "captionkit"
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKEN_ID_NAMES = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -145,22 +145,16 @@ def save_native(
 
 def read_native_config(directory: Path, family: str, source: str) -> tuple[dict[str, Any], dict[str, int]]:
     """(architecture fields, token ids) from ``config.json``, after checking it was saved as ``family``."""
-    config_file = directory / CONFIG_FILE
     if not directory.is_dir():
         raise ModelLoadError(source, "no such directory")
-    if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {first_line(error)}") from None
-    metadata = raw.get(METADATA_KEY) if isinstance(raw, dict) else None
+    raw = read_config_json(directory, source)
+    metadata = raw.get(METADATA_KEY)
     saved = metadata.get("family") if isinstance(metadata, dict) else None
     if saved != family:
         raise ModelLoadError(source, f"config.json names family {saved!r}, not {family!r}")
     fields, token_ids = raw.get("config"), {name: raw.get(name) for name in TOKEN_ID_NAMES}
     if not isinstance(fields, dict) or any(not isinstance(v, int) for v in token_ids.values()):
-        raise ModelLoadError(config_file, "needs a 'config' object and integer bos/eos/pad token ids")
+        raise ModelLoadError(directory / CONFIG_FILE, "needs a 'config' object and integer bos/eos/pad token ids")
     return fields, token_ids  # type: ignore[return-value]
 
 

@@ -8,17 +8,15 @@ the layers a part lacks (GPT-2's cross-attention) start from transformers' own i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-from safetensors import SafetensorError
 from transformers import AutoModel, CLIPVisionModel, GPT2LMHeadModel, PreTrainedModel, SiglipVisionModel
-from transformers.utils import logging as hf_logging
 
-from captionkit.errors import ModelLoadError, first_line
+from captionkit.errors import ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
+from captionkit.models.config_file import CONFIG_FILE, read_config_json
+from captionkit.models.hf_checkpoint import load_safetensors_model
 
 # Vision transformers whose last hidden state is a sequence of patch tokens (CLIP and SigLIP: their vision tower).
 VISION_TRANSFORMER_TYPES = (
@@ -39,23 +37,18 @@ _VISION_TOWERS: dict[str, type[PreTrainedModel]] = {
     "siglip": SiglipVisionModel,
     "siglip_vision_model": SiglipVisionModel,
 }
-# Weights a part may lack without harm: a ViT's pooling head, which no captioner here uses.
+# Weights a part may lack without harm: a ViT's pooling head, which no captioner here uses. Parts load without
+# transformers' load report, which would list these (and GPT-2's new cross-attention, CLIP's text tower left behind)
+# as problems.
 _UNUSED_WEIGHT = "pooler."
 _CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
 
 
 def model_type_of(directory: Path, source: str) -> str:
     """The ``model_type`` in a part's config.json."""
-    config_file = directory / "config.json"
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelLoadError(source, "no config.json: not a model directory") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {first_line(error)}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    model_type = read_config_json(directory, source).get("model_type")
     if not isinstance(model_type, str):
-        raise ModelLoadError(config_file, "names no model_type")
+        raise ModelLoadError(directory / CONFIG_FILE, "names no model_type")
     return model_type
 
 
@@ -66,9 +59,7 @@ def load_vision_encoder(source: str | Path, kinds: tuple[str, ...] = VISION_TRAN
     if model_type not in kinds:
         raise ModelLoadError(source, f"is a {model_type!r} model; an encoder part must be one of {', '.join(kinds)}")
     model_class = _VISION_TOWERS.get(model_type, AutoModel)
-    model, missing = _from_pretrained(model_class, directory, str(source))
-    _refuse_missing(source, [key for key in missing if _UNUSED_WEIGHT not in key])
-    return model
+    return load_safetensors_model(model_class, directory, str(source), may_lack=(_UNUSED_WEIGHT,), report=False)
 
 
 def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHeadModel:
@@ -78,40 +69,12 @@ def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHea
     if model_type not in DECODER_TYPES:
         raise ModelLoadError(source, f"is a {model_type!r} model; a decoder part must be a GPT-2-family LM")
     extra = {"add_cross_attention": True} if cross_attention else {}
-    model, missing = _from_pretrained(GPT2LMHeadModel, directory, str(source), **extra)
-    _refuse_missing(source, [key for key in missing if not any(part in key for part in _CROSS_ATTENTION)])
+    model = load_safetensors_model(
+        GPT2LMHeadModel, directory, str(source), may_lack=_CROSS_ATTENTION, report=False, **extra
+    )
     return model  # type: ignore[return-value]
 
 
 def part_preprocessing(source: str | Path) -> Preprocessing:
     """The preprocessing of an encoder part: its own image processor's size, mean and std."""
     return Preprocessing.load(resolve_model_source(source))
-
-
-def _from_pretrained(
-    model_class: Any, directory: Path, source: str, **config_overrides: Any
-) -> tuple[PreTrainedModel, list[str]]:
-    if not (directory / "model.safetensors").is_file() and not (directory / "model.safetensors.index.json").is_file():
-        raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
-    # transformers' load report would list the layers a part lacks by design (GPT-2's new cross-attention) and the
-    # ones left behind (CLIP's text tower) as problems; the callers check what is missing themselves.
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = model_class.from_pretrained(
-            directory, use_safetensors=True, local_files_only=True, output_loading_info=True, **config_overrides
-        )
-    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-        raise ModelLoadError(source, first_line(error)) from None
-    finally:
-        hf_logging.set_verbosity(previous)
-    if info["mismatched_keys"]:
-        raise ModelLoadError(source, f"weight shapes do not match its config.json ({len(info['mismatched_keys'])})")
-    return model.eval(), sorted(info["missing_keys"])
-
-
-def _refuse_missing(source: str | Path, missing: list[str]) -> None:
-    # A part with weights missing would start partly random while claiming to be pretrained.
-    if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise ModelLoadError(source, f"lacks {len(missing)} pretrained tensors ({shown})")

@@ -5,124 +5,32 @@
 >>> list_models()["prefix-gpt2"]
 ('tiny', 'small', 'base')
 
-A family's entry says how to build a model from a preset, which tokenizer it reads (``bpe`` subwords for the GPT-2
-families, a ``word`` vocabulary for the LSTM ones) and whether its encoder takes a sin-cos position start.
+Families register themselves: each declares its :class:`Family` (presets, tokenizer kind, hub model_type, how it
+starts from pretrained parts) in a tiny module of :mod:`captionkit.models.families`, which the registry reads without
+importing any model module; a model module is imported when one of its models is built or loaded.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from functools import partial
+import importlib
+import pkgutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import Preprocessing
+from captionkit.models import families
 from captionkit.models.base import CaptionModel
+from captionkit.models.config_file import read_config_json
+from captionkit.models.family import Family
 from captionkit.text import CaptionTokenizer, train_bpe_tokenizer, train_word_tokenizer
 
 METADATA_KEY = "captionkit"
 VIT_GPT2 = "vit-gpt2"
 POSITION_INITS = ("random", "sincos")
-TOKENIZER_KINDS = ("bpe", "word")
 # Special ids of a model made without a tokenizer (overridable as bos_token_id=... etc.).
 DEFAULT_TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
-
-
-@dataclass(frozen=True)
-class Family:
-    """A registered model family: its class and presets are imported only when used (transformers is slow)."""
-
-    name: str
-    load_class: Callable[[], type[CaptionModel]]
-    presets: tuple[str, ...]
-    tokenizer: str  # one of TOKENIZER_KINDS
-    description: str
-    # Sets a new model's encoder position embeddings from a 2-D sin-cos table; None: the family has none.
-    sincos_init: Callable[[CaptionModel], None] | None = None
-    # Builds a new model around pretrained parts (encoder, decoder: hub ids or directories, None where the family
-    # takes none; then the config fields the parts do not fix); None: the family cannot start from parts.
-    from_parts: Callable[..., CaptionModel] | None = None
-
-
-def _vit_gpt2() -> type[CaptionModel]:
-    from captionkit.models.vit_gpt2 import VitGpt2Model
-
-    return VitGpt2Model
-
-
-def _prefix_gpt2() -> type[CaptionModel]:
-    from captionkit.models.prefix_gpt2 import PrefixGpt2Model
-
-    return PrefixGpt2Model
-
-
-def _cnn_lstm() -> type[CaptionModel]:
-    from captionkit.models.cnn_lstm import CnnLstmModel
-
-    return CnnLstmModel
-
-
-def _cnn_lstm_attention() -> type[CaptionModel]:
-    from captionkit.models.cnn_lstm import CnnLstmAttentionModel
-
-    return CnnLstmAttentionModel
-
-
-def _blip() -> type[CaptionModel]:
-    from captionkit.models.blip import BlipModel
-
-    return BlipModel
-
-
-def _git() -> type[CaptionModel]:
-    from captionkit.models.git import GitModel
-
-    return GitModel
-
-
-def _both_parts(family: str, encoder: str | None, decoder: str | None) -> tuple[str, str]:
-    if encoder is None or decoder is None:
-        raise ConfigError("model.encoder", f"{family} from parts needs both model.encoder and model.decoder")
-    return encoder, decoder
-
-
-def _vit_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
-    from captionkit.models.vit_gpt2 import VitGpt2Model
-
-    encoder, decoder = _both_parts(VIT_GPT2, encoder, decoder)
-    if overrides:
-        given = ", ".join(overrides)
-        raise ConfigError("model.overrides", f"the architecture comes from the pretrained parts; remove {given}")
-    return VitGpt2Model.from_parts(encoder, decoder)
-
-
-def _prefix_gpt2_parts(encoder: str | None, decoder: str | None, **overrides: Any) -> CaptionModel:
-    from captionkit.models.prefix_gpt2 import PrefixGpt2Model
-
-    return PrefixGpt2Model.from_parts(*_both_parts("prefix-gpt2", encoder, decoder), **overrides)
-
-
-def _cnn_lstm_parts(
-    family: Callable[[], type[CaptionModel]], encoder: str | None, decoder: str | None, **fields: Any
-) -> CaptionModel:
-    if encoder is None or decoder is not None:
-        raise ConfigError("model.decoder", "a CNN + LSTM starts from a pretrained model.encoder only (its LSTM is new)")
-    return family().from_parts(encoder, **fields)  # type: ignore[attr-defined]
-
-
-def _vit_gpt2_sincos(model: CaptionModel) -> None:
-    from captionkit.models.vit_gpt2 import init_sincos_positions
-
-    init_sincos_positions(model)  # type: ignore[arg-type]
-
-
-def _prefix_gpt2_sincos(model: CaptionModel) -> None:
-    from captionkit.models.prefix_gpt2 import init_sincos_positions
-
-    init_sincos_positions(model)  # type: ignore[arg-type]
 
 
 FAMILIES: dict[str, Family] = {}
@@ -132,62 +40,23 @@ def register_model(family: Family) -> Family:
     """Add a family (a new name; replacing one is refused so two modules cannot silently fight over it)."""
     if family.name in FAMILIES:
         raise ValueError(f"model family {family.name!r} is already registered")
-    if family.tokenizer not in TOKENIZER_KINDS:
-        raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, got {family.tokenizer!r}")
     FAMILIES[family.name] = family
     return family
 
 
-register_model(
-    Family(
-        VIT_GPT2,
-        _vit_gpt2,
-        ("tiny", "small", "base"),
-        "bpe",
-        "ViT + GPT-2 with cross-attention",
-        _vit_gpt2_sincos,
-        _vit_gpt2_parts,
-    )
-)
-register_model(
-    Family(
-        "prefix-gpt2",
-        _prefix_gpt2,
-        ("tiny", "small", "base"),
-        "bpe",
-        "frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap)",
-        _prefix_gpt2_sincos,
-        _prefix_gpt2_parts,
-    )
-)
-register_model(
-    Family(
-        "cnn-lstm",
-        _cnn_lstm,
-        ("tiny", "small", "base"),
-        "word",
-        "ResNet + LSTM (Show and Tell)",
-        from_parts=partial(_cnn_lstm_parts, _cnn_lstm),
-    )
-)
-register_model(
-    Family(
-        "cnn-lstm-attention",
-        _cnn_lstm_attention,
-        ("tiny", "small", "base"),
-        "word",
-        "ResNet + LSTM with soft attention (Show, Attend and Tell)",
-        from_parts=partial(_cnn_lstm_parts, _cnn_lstm_attention),
-    )
-)
+def _register_declared_families() -> None:
+    """Every family declared in :mod:`captionkit.models.families`, module by module in name order."""
+    for module in pkgutil.iter_modules(families.__path__):
+        for family in importlib.import_module(f"{families.__name__}.{module.name}").FAMILIES:
+            register_model(family)
 
 
-register_model(
-    Family("blip", _blip, ("tiny", "base"), "bpe", "BLIP: ViT + BERT-style decoder with cross-attention (Salesforce)")
-)
-register_model(Family("git", _git, ("tiny", "base"), "bpe", "GIT: CLIP ViT tokens as a prefix of a BERT-style decoder"))
-# Families of checkpoints in the Hugging Face layout without captionkit's metadata, by their config's model_type.
-HF_MODEL_TYPES = {"vision-encoder-decoder": VIT_GPT2, "blip": "blip", "git": "git"}
+_register_declared_families()
+
+
+def hub_model_types() -> dict[str, str]:
+    """The family of a Hugging Face checkpoint without captionkit's metadata, by its config's model_type."""
+    return {family.hub_model_type: name for name, family in FAMILIES.items() if family.hub_model_type}
 
 
 def list_models() -> dict[str, tuple[str, ...]]:
@@ -230,7 +99,7 @@ def create_model(
         raise ConfigError("model.preset", f"unknown {name} preset {preset!r} (known: {', '.join(family.presets)})")
     if position_init not in POSITION_INITS:
         raise ConfigError("model.position_init", f"unknown {position_init!r} (known: {', '.join(POSITION_INITS)})")
-    if position_init == "sincos" and family.sincos_init is None:
+    if position_init == "sincos" and not family.sincos_positions:
         raise ConfigError("model.position_init", f"'sincos' needs a ViT encoder; {name} has none")
     token_ids = {key: overrides.pop(key, default) for key, default in DEFAULT_TOKEN_IDS.items()}
     if tokenizer is not None:
@@ -242,8 +111,7 @@ def create_model(
         overrides = {"vocab_size": tokenizer.vocab_size} | overrides
     model = family.load_class().from_config(preset, **token_ids, **overrides)  # type: ignore[attr-defined]
     if position_init == "sincos":
-        assert family.sincos_init is not None
-        family.sincos_init(model)
+        family.init_sincos_positions(model)
     return model
 
 
@@ -293,19 +161,11 @@ def train_tokenizer(family: str, captions: Iterable[str], vocab_size: int, lower
 
 def family_of(directory: Path) -> str:
     """The family a checkpoint directory holds: captionkit's metadata key, else the Hugging Face model type."""
-    config_file = Path(directory) / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(directory, "no config.json (not a model directory)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelLoadError(config_file, f"invalid JSON ({error})") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
+    config = read_config_json(directory, directory)
     metadata = config.get(METADATA_KEY)
     family = metadata.get("family") if isinstance(metadata, dict) else None
     if family is None:
-        family = HF_MODEL_TYPES.get(config.get("model_type"))  # type: ignore[arg-type]
+        family = hub_model_types().get(config.get("model_type"))  # type: ignore[arg-type]
     if family not in FAMILIES:
         raise ModelLoadError(
             directory, f"unknown model family {family!r} in config.json (known: {', '.join(FAMILIES)})"

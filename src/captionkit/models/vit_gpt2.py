@@ -12,7 +12,6 @@ Checkpoints are directories in the hub layout (``config.json``, ``generation_con
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,13 +19,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
 from transformers import VisionEncoderDecoderConfig, VisionEncoderDecoderModel
 
-from captionkit.errors import ConfigError, ModelLoadError, first_line
+from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.config_file import read_config_json
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
+from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, load_safetensors_model
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
 from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
@@ -48,7 +48,6 @@ UNSAFE_WEIGHT_FILES = (
     "flax_model.msgpack",
     "model.ckpt.index",
 )
-SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # How many tokens an encoder puts before its patch tokens (see attention_maps).
 _LEADING_TOKENS = (0, 1, 2)
 
@@ -466,16 +465,7 @@ def _check_model_types(model_type: Any, encoder_type: Any, decoder_type: Any, so
 
 def _check_directory(path: Path, source: str) -> None:
     """Everything that can be said from the files alone, before transformers reads any weights."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
-    try:
-        raw = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelLoadError(config_file, f"unreadable config: {error}") from None
-    if not isinstance(raw, dict):
-        raise ModelLoadError(config_file, "is not a JSON object")
-    _check_raw_config(raw, source)
+    _check_raw_config(read_config_json(path, source), source)
     if not any((path / name).is_file() for name in SAFE_WEIGHT_FILES):
         unsafe = [name for name in UNSAFE_WEIGHT_FILES if (path / name).exists()]
         found = f" (found {', '.join(unsafe)})" if unsafe else ""
@@ -492,25 +482,10 @@ def _check_raw_config(raw: dict[str, Any], source: str) -> None:
 
 def _load_directory(path: Path, source: str, attn_implementation: str | None) -> VisionEncoderDecoderModel:
     _check_directory(path, source)
-    kwargs: dict[str, Any] = {"use_safetensors": True, "output_loading_info": True, "local_files_only": True}
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    try:
-        ved, info = VisionEncoderDecoderModel.from_pretrained(path, **kwargs)
-    except RuntimeError as error:
-        if "mismatch" not in str(error):
-            raise
-        # transformers logs a report naming each tensor; its exception only mentions ignore_mismatched_sizes.
-        raise ModelLoadError(source, "weight shapes do not match config.json (see the load report)") from None
-    except (OSError, ValueError, SafetensorError) as error:
-        raise ModelLoadError(source, first_line(error)) from None
-    # The pooler is never used by VisionEncoderDecoderModel; anything else missing would be silently random.
-    missing = sorted(key for key in info["missing_keys"] if ".pooler." not in key)
-    if missing or info["mismatched_keys"]:
-        problems = missing or sorted(str(key) for key in info["mismatched_keys"])
-        shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
-        raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
-    return ved.eval()
+    options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    # The pooler is never used by VisionEncoderDecoderModel.
+    ved = load_safetensors_model(VisionEncoderDecoderModel, path, source, may_lack=(".pooler.",), **options)
+    return ved  # type: ignore[return-value]
 
 
 def sincos_2d_table(grid: int, dim: int) -> torch.Tensor:

@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from captionkit.errors import InputError
 from captionkit.files import honour_umask
 from captionkit.images import Preprocessing
+from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
 
@@ -113,7 +115,10 @@ def read_training_state(directory: str | Path) -> tuple[dict[str, Any], dict[str
     directory = Path(directory)
     if not is_complete(directory):
         raise ValueError(f"{directory}: not a COMPLETE checkpoint")
-    state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+    state_file = directory / TRAINER_STATE
+    state = parse_json(state_file.read_text(encoding="utf-8"), state_file, non_finite=True)
+    if not isinstance(state, dict):
+        raise InputError(state_file, "is not a JSON object")
     return state, load_file(str(directory / TRAINING_STATE))
 
 

@@ -1,82 +1,35 @@
 """The training loop: one explicit loop, readable in one sitting.
 
-Each optimizer step: pick the stage (which parameter groups train), set the learning rate from :func:`lr_at`, draw
+Each optimizer step: pick the stage (which parameter groups train), set the learning rate (schedule.py), draw
 ``grad_accumulation`` micro-batches and hand them to the step object (steps.py: forward under autocast, the loss
 over the step's token count, backward, unscale, clip, AdamW). Every ``log_every`` steps: a line in
 ``metrics.jsonl`` with the loss and where the step's time went. Every ``eval_every`` steps: validation loss,
 perplexity and CIDEr-D, the best checkpoint, early stopping. Every ``checkpoint_every`` steps: a resumable
 checkpoint (resume.py). SIGTERM or Ctrl-C saves one and returns. At the end the final model is written into the run
 directory, where ``Captioner.from_pretrained`` and plain ``transformers`` load it, with ``metrics.jsonl`` and
-``curves.png`` beside it. The run is put together in run.py, its model and data in setup.py.
+``curves.png`` beside it (finish.py). The run is put together in run.py, its model and data in setup.py.
 """
 
 from __future__ import annotations
 
-import logging
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from captionkit.config import TrainConfig
-from captionkit.data.dataset import Batch
 from captionkit.errors import InputError
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.curves import draw_curves
-from captionkit.training.resume import publish_final_model
+from captionkit.training.finish import Progress, TrainResult, finish, save_step
 from captionkit.training.run import Run, deterministic_algorithms, prepare_run
 from captionkit.training.run_log import ProgressLine
-from captionkit.training.schedule import lr_at
 from captionkit.training.setup import Setup
 from captionkit.training.stop import StopSignal
 from captionkit.training.timing import PhaseTimer
 
 LogFn = Callable[[dict[str, Any]], None]
-logger = logging.getLogger("captionkit.training")
-CURVES = "curves.png"
-
-
-@dataclass
-class TrainResult:
-    output_dir: Path
-    steps: int
-    seconds: float
-    train_loss: float
-    val_loss: float | None
-    val_perplexity: float | None
-    skipped_samples: int
-    history: list[dict[str, Any]] = field(default_factory=list)
-    val_cider: float | None = None
-    best_metric: float | None = None
-    unreadable_images: int = 0
-    empty_captions: int = 0
-    # Stopped by SIGTERM/SIGINT after saving a checkpoint; the final model was not written.
-    interrupted: bool = False
-    stopped_early: bool = False
-    resumed_from: Path | None = None
-
-
-@dataclass
-class Progress:
-    """What the loop tracks beside the checkpointed state: the clock, the loss on the device, how it ended."""
-
-    started: float
-    seconds_before: float
-    loss: torch.Tensor  # the smoothed loss, read (a host sync) only when logged or saved
-    samples_seen: int = 0
-    unreadable_run: int = 0  # samples since the last step with a readable image
-    last_saved: int = -1
-    stop_requested: bool = False
-    stopped_early: bool = False
-    out_of_time: bool = False
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
 
 
 def train(
@@ -98,7 +51,7 @@ def train(
         shown = progress and run.parallel.is_main
         with StopSignal() as stop, ProgressLine(config.train.steps, run.state.step, shown) as line:
             ended = _loop(run, stop, line, log or (lambda _: None))
-        return _finish(run, ended)
+        return finish(run, ended)
 
 
 def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progress:
@@ -113,9 +66,9 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
         if run.stages.apply(state.step) or run.step.module is None:
             run.step.rewrap()
         timer = PhaseTimer(device, enabled=_timed(state.step + 1, config))
-        micro = _micro_batches(run)
+        micro = run.draw_micro_batches()
         timer.lap("data")
-        lr = _set_lr(run)
+        lr = run.set_lr()
         output = run.step(micro, state.step, timer)
         if output is None:  # every image of the step was unreadable
             _check_some_readable(run, now)
@@ -141,7 +94,7 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
             _log(run, now, lr, speed, timer.split(), evaluate, emit)
         now.stopped_early = parallel.broadcast_flag(now.stopped_early)
         if config.train.checkpoint_every and state.step % config.train.checkpoint_every == 0:
-            _save_step(run, now)
+            save_step(run, now)
         if now.stopped_early or now.out_of_time:
             break
     state.running_loss = float(now.loss)
@@ -151,32 +104,6 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
 def _timed(step: int, config: TrainConfig) -> bool:
     """Whether step number ``step`` (counted from 1) is logged, and so has its time split measured."""
     return step % config.train.log_every == 0 or step == config.train.steps
-
-
-def _micro_batches(run: Run) -> list[Batch]:
-    micro = []
-    for _ in range(run.config.train.grad_accumulation):
-        batch = next(run.batches)
-        run.state.cursor += run.stream.global_batch
-        _count_skipped(run, batch)
-        micro.append(batch)
-    return micro
-
-
-def _count_skipped(run: Run, batch: Batch) -> None:
-    run.state.skipped += batch.skipped
-    for bad in batch.unreadable:
-        if bad.image not in run.state.unreadable:
-            run.state.unreadable[bad.image] = bad.reason
-            logger.warning("skipping unreadable training image %s: %s", bad.image, bad.reason)
-
-
-def _set_lr(run: Run) -> float:
-    train = run.config.train
-    lr = lr_at(run.state.step, train.lr, train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule)
-    for group in run.step.optimizer.param_groups:
-        group["lr"] = lr
-    return lr
 
 
 def _check_some_readable(run: Run, now: Progress) -> None:
@@ -219,48 +146,3 @@ def _log(
         assert run.run_log is not None
         run.run_log.write(entry)
         emit(entry)
-
-
-def _save_step(run: Run, now: Progress) -> None:
-    """A resumable checkpoint of the current step, and the old ones pruned."""
-    run.state.running_loss = float(now.loss)
-    run.save(ckpt.step_name(run.state.step))
-    now.last_saved = run.state.step
-    if run.parallel.is_main:
-        ckpt.prune_checkpoints(run.checkpoints, run.config.train.keep_checkpoints)
-
-
-def _finish(run: Run, now: Progress) -> TrainResult:
-    """The last checkpoint, every process's unreadable images, the log closed, the curves and the final model."""
-    state, parallel = run.state, run.parallel
-    interrupted = now.stop_requested and state.step < run.config.train.steps
-    interrupted = interrupted and not (now.stopped_early or now.out_of_time)
-    if (interrupted or run.config.train.checkpoint_every) and now.last_saved != state.step:
-        _save_step(run, now)
-    # Each process skipped the unreadable images it drew: the run's result and final model list them all.
-    state.unreadable = {image: why for part in parallel.gather(state.unreadable) for image, why in part.items()}
-    if parallel.is_main:
-        assert run.run_log is not None
-        run.run_log.close()
-        draw_curves(state.history, run.run_dir / CURVES)
-        if not interrupted:
-            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions)
-    parallel.barrier()
-    val_loss = state.val.get("val_loss")
-    return TrainResult(
-        output_dir=run.run_dir,
-        steps=state.step,
-        seconds=state.seconds,
-        train_loss=state.running_loss,
-        val_loss=val_loss,
-        val_perplexity=math.exp(val_loss) if val_loss is not None else None,
-        skipped_samples=state.skipped,
-        history=state.history,
-        val_cider=state.val.get("val_cider"),
-        best_metric=state.best,
-        unreadable_images=len(state.unreadable),
-        empty_captions=run.empty_captions,
-        interrupted=interrupted,
-        stopped_early=now.stopped_early,
-        resumed_from=run.resumed_from,
-    )

@@ -33,6 +33,7 @@ from captionkit.training.resume import (
 )
 from captionkit.training.run_log import RunLog
 from captionkit.training.sampling import SampleStream
+from captionkit.training.schedule import lr_at
 from captionkit.training.setup import (
     Setup,
     build_optimizer,
@@ -91,6 +92,28 @@ class Run:
             optimizer, scaler = self.step.optimizer, self.step.scaler
             directory = self.checkpoints / name
             save_training_checkpoint(directory, self.setup, self.config, self.state, optimizer, scaler, rng)
+
+    def draw_micro_batches(self) -> list[Batch]:
+        """The step's ``grad_accumulation`` micro-batches, their skipped and unreadable samples counted."""
+        micro = []
+        for _ in range(self.config.train.grad_accumulation):
+            batch = next(self.batches)
+            self.state.cursor += self.stream.global_batch
+            self.state.skipped += batch.skipped
+            for bad in batch.unreadable:
+                if bad.image not in self.state.unreadable:
+                    self.state.unreadable[bad.image] = bad.reason
+                    logger.warning("skipping unreadable training image %s: %s", bad.image, bad.reason)
+            micro.append(batch)
+        return micro
+
+    def set_lr(self) -> float:
+        """The schedule's learning rate for the current step, set on every parameter group."""
+        train = self.config.train
+        lr = lr_at(self.state.step, train.lr, train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule)
+        for group in self.step.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
 
 def training_device(config: TrainConfig) -> tuple[Distributed, torch.device]:

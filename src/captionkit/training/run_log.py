@@ -9,7 +9,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from captionkit.errors import InputError
 from captionkit.files import text_lines
+from captionkit.jsontext import parse_json
 
 logger = logging.getLogger("captionkit.training")
 
@@ -43,8 +45,8 @@ class RunLog:
         kept = []
         for line in text_lines(self.path.read_text(encoding="utf-8", errors="replace")):
             try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
+                entry = parse_json(line, self.path, non_finite=True)
+            except InputError:
                 continue
             if isinstance(entry, dict) and entry.get("step", 0) <= step:
                 kept.append(line)

@@ -1,0 +1,103 @@
+"""How a run ends: what the loop tracked beside the checkpointed state, the step checkpoints, the last one, the
+curves and the final model, and the :class:`TrainResult` handed back to the caller."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.curves import draw_curves
+from captionkit.training.resume import publish_final_model
+from captionkit.training.run import Run
+
+CURVES = "curves.png"
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    seconds: float
+    train_loss: float
+    val_loss: float | None
+    val_perplexity: float | None
+    skipped_samples: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_cider: float | None = None
+    best_metric: float | None = None
+    unreadable_images: int = 0
+    empty_captions: int = 0
+    # Stopped by SIGTERM/SIGINT after saving a checkpoint; the final model was not written.
+    interrupted: bool = False
+    stopped_early: bool = False
+    resumed_from: Path | None = None
+
+
+@dataclass
+class Progress:
+    """What the loop tracks beside the checkpointed state: the clock, the loss on the device, how it ended."""
+
+    started: float
+    seconds_before: float
+    loss: torch.Tensor  # the smoothed loss, read (a host sync) only when logged or saved
+    samples_seen: int = 0
+    unreadable_run: int = 0  # samples since the last step with a readable image
+    last_saved: int = -1
+    stop_requested: bool = False
+    stopped_early: bool = False
+    out_of_time: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def save_step(run: Run, now: Progress) -> None:
+    """A resumable checkpoint of the current step, and the old ones pruned."""
+    run.state.running_loss = float(now.loss)
+    run.save(ckpt.step_name(run.state.step))
+    now.last_saved = run.state.step
+    if run.parallel.is_main:
+        ckpt.prune_checkpoints(run.checkpoints, run.config.train.keep_checkpoints)
+
+
+def finish(run: Run, now: Progress) -> TrainResult:
+    """The last checkpoint, every process's unreadable images, the log closed, the curves and the final model."""
+    state, parallel = run.state, run.parallel
+    interrupted = now.stop_requested and state.step < run.config.train.steps
+    interrupted = interrupted and not (now.stopped_early or now.out_of_time)
+    if (interrupted or run.config.train.checkpoint_every) and now.last_saved != state.step:
+        save_step(run, now)
+    # Each process skipped the unreadable images it drew: the run's result and final model list them all.
+    state.unreadable = {image: why for part in parallel.gather(state.unreadable) for image, why in part.items()}
+    if parallel.is_main:
+        assert run.run_log is not None
+        run.run_log.close()
+        draw_curves(state.history, run.run_dir / CURVES)
+        if not interrupted:
+            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions)
+    parallel.barrier()
+    val_loss = state.val.get("val_loss")
+    return TrainResult(
+        output_dir=run.run_dir,
+        steps=state.step,
+        seconds=state.seconds,
+        train_loss=state.running_loss,
+        val_loss=val_loss,
+        val_perplexity=math.exp(val_loss) if val_loss is not None else None,
+        skipped_samples=state.skipped,
+        history=state.history,
+        val_cider=state.val.get("val_cider"),
+        best_metric=state.best,
+        unreadable_images=len(state.unreadable),
+        empty_captions=run.empty_captions,
+        interrupted=interrupted,
+        stopped_early=now.stopped_early,
+        resumed_from=run.resumed_from,
+    )
