@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,10 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
     assert set(result) >= COCO_KEYS and "METEOR" not in result
     assert 0.5 < result["Bleu_1"] < 1 and 0.2 < result["CIDEr"] < 3
     assert {"distinct_1", "distinct_2", "vocab_size", "unique_captions", "length_mean", "length_p90"} <= set(result)
-    assert result["num_images"] == 100
+    assert result["num_images"] == 100 and isinstance(result["num_images"], int)
+    assert isinstance(result["unique_captions"], int) and isinstance(result["vocab_size"], int)
     assert "CIDEr" in done.stderr and "Bleu_4" in done.stderr
+    assert re.search(r"^  num_images +100$", done.stderr, re.MULTILINE), done.stderr
     written = json.loads(per_image.read_text())
     assert written["overall"]["CIDEr"] == result["CIDEr"]
     assert len(written["per_image"]) == 100 and set(written["per_image"]["139"]) == COCO_KEYS
@@ -135,7 +138,7 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     assert code == 0
     result = json.loads(out)
     assert set(result) >= {"Bleu_1", "Bleu_4"} and "CIDEr" not in result
-    assert result["unique_captions"] == pytest.approx(1 / 200)
+    assert result["unique_captions"] == 1 and result["unique_share"] == pytest.approx(1 / 200)
     assert result["notes"] == ["the caption 'a dog runs through the grass' was given to 200 of 200 images (100%)"]
 
 

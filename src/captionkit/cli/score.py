@@ -26,10 +26,13 @@ def _json_value(value: Any) -> Any:
 
 
 def _table(scores: dict[str, Any]) -> str:
+    """One row per score; counts (ints) print as integers, scores with four decimals."""
     rows = [(k, scores[k]) for k in _ORDER if k in scores]
-    rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, float)]
+    rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, int | float)]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v:10.4f}" for k, v in rows)
+    return "\n".join(
+        f"  {k:<{width}}  {v:10d}" if isinstance(v, int) else f"  {k:<{width}}  {v:10.4f}" for k, v in rows
+    )
 
 
 def score(

@@ -187,7 +187,7 @@ def score_captions(
     train = tokenize_captions(train_captions) if train_captions is not None else None
     scores.update(diversity(candidates, train))
     scores.update(length_stats(candidates))
-    scores["num_images"] = float(len(ids))
+    scores["num_images"] = len(ids)
     for caption, count in repeated_captions(candidates)[:3]:
         evaluation.notes.append(
             f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"
