@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from captionkit.config import TrainConfig, apply_overrides, read_yaml, train_config
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
@@ -56,8 +56,8 @@ def demo_recipe_path() -> Path:
 def demo_config(data_file: Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """The demo's training recipe pointed at ``data_file``, with ``--set``-style overrides."""
     data = read_yaml(demo_recipe_path())
-    data = apply_overrides(data, [f"data.train={data_file}", f"data.val={data_file}", *overrides])
-    return from_dict(TrainConfig, data, where=RECIPE)
+    data = apply_overrides(data, [f"data.train={data_file}", f"data.val={data_file}"])
+    return train_config(data, overrides, where=RECIPE)
 
 
 def word_accuracy(generated: str, reference: str) -> float:
