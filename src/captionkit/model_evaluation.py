@@ -34,9 +34,13 @@ def references_by_image(records: Sequence[CaptionRecord]) -> dict[str, list[Capt
 
 
 @torch.no_grad()
-def dataset_perplexity(captioner: Captioner, records: Sequence[CaptionRecord], batch_size: int = 32) -> float:
-    """exp(mean token NLL) of the captions given their images, teacher forced (bos excluded, eos included)."""
-    max_length = captioner.model.max_positions or 1024
+def dataset_perplexity(
+    captioner: Captioner, records: Sequence[CaptionRecord], batch_size: int = 32, max_length: int | None = None
+) -> float:
+    """exp(mean token NLL) of the captions given their images, teacher forced (start token excluded, eos included),
+    each caption started with its style's token as in training and cut to ``max_length`` tokens (default: as many
+    as the model takes)."""
+    max_length = max_length or captioner.model.max_positions or 1024
     dataset = CaptionDataset(records, captioner.tokenizer, captioner.preprocessing, max_length=max_length)
     loader = DataLoader(
         dataset, batch_size=batch_size, collate_fn=lambda s: collate(s, captioner.tokenizer.pad_token_id)
@@ -62,8 +66,11 @@ def evaluate_model(
     train_captions: Sequence[str] | None = None,
     batch_size: int = 16,
     on_progress: Callable[[int], None] | None = None,
+    max_length: int | None = None,
 ) -> ModelEvaluation:
-    """Caption each image of ``records`` once, score with the COCO metrics, and add perplexity and counts."""
+    """Caption each image of ``records`` once (``decoding``'s style, neutral by default), score against the image's
+    neutral references with the COCO metrics, and add perplexity over every caption of ``records`` (every style,
+    cut to ``max_length`` tokens), counts, and ``computed_over``: what each figure was computed over."""
     references = references_by_image(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
@@ -88,11 +95,30 @@ def evaluate_model(
             on_progress(len(chunk))
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
     scores = evaluate_captions(scored_refs, candidates, metrics, train_captions, allow_empty=True)
-    reference_records = [r for image_id in candidates for r in references[image_id]]
-    scores["perplexity"] = dataset_perplexity(captioner, reference_records)
+    readable = [r for r in records if r.image_id in candidates]
+    scores["perplexity"] = dataset_perplexity(captioner, readable, max_length=max_length)
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
+    scores["computed_over"] = _computed_over(decoding, scored_refs, readable, max_length)
     return ModelEvaluation(scores, results)
+
+
+def _computed_over(
+    decoding: DecodingConfig, refs: dict[str, list[str]], records: Sequence[CaptionRecord], max_length: int | None
+) -> dict[str, str]:
+    """One line per figure: which captions, which references, which style."""
+    search = f"beam search ({decoding.num_beams} beams)" if decoding.num_beams > 1 else "greedy search"
+    style = "neutral" if decoding.start_token_id is None else "styled"
+    styles = sorted({r.style for r in records})
+    cut = f", cut to {max_length} tokens" if max_length else ""
+    return {
+        "captions": f"one {style} caption per image ({search}, at most {decoding.max_new_tokens} new tokens) "
+        f"of {len(refs)} images",
+        "references": f"{sum(map(len, refs.values()))} neutral reference captions of those images (all of an "
+        "image's captions where it has no neutral one)",
+        "perplexity": f"{len(records)} reference captions of those images ({', '.join(styles)}), teacher forced, "
+        f"each from its style's start token{cut}",
+    }
 
 
 def evaluate_model_styles(
