@@ -124,7 +124,7 @@ def run_demo(
         "data_seconds": round(data_seconds, 2),
         "caption_seconds": round(caption_seconds, 2),
         "val_loss": result.val_loss,
-        "model_parameters": sum(p.numel() for p in captioner.model.parameters()),
+        "model_parameters": captioner.num_parameters,
         "seed": data.seed,
     }
     if len(generated) > 1:

@@ -16,6 +16,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError, InputError
 from captionkit.evaluation import evaluate_captions
+from captionkit.models.base import CaptionModel
 from captionkit.training.loss import token_nll
 
 
@@ -50,12 +51,27 @@ def dataset_perplexity(
         if not len(batch):
             continue
         ids, mask = batch.input_ids.to(captioner.device), batch.attention_mask.to(captioner.device)
-        logits = captioner.model(batch.pixel_values.to(captioner.device), ids, mask)
+        pixels = batch.pixel_values.to(captioner.device)
+        try:
+            logits = captioner.model(pixels, ids, mask)
+        except NotImplementedError:  # a decode-only model (an ONNX export): the same figure through its steps
+            logits = _stepwise_log_probs(captioner.model, pixels, ids)
         nll, tokens = token_nll(logits, ids, mask)
         total, count = total + nll, count + tokens
     if count == 0:
         raise InputError("data", "no readable image with a caption to compute perplexity on")
     return math.exp(total / count)
+
+
+def _stepwise_log_probs(model: CaptionModel, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) log-probabilities of each next token, fed ``ids`` one step at a time through the step protocol:
+    what teacher forcing gives, for models that only decode."""
+    state = model.init_state(model.encode(pixels))
+    steps = []
+    for position in range(ids.shape[1]):
+        log_probs, state = model.step(ids[:, position], state)
+        steps.append(log_probs)
+    return torch.stack(steps, dim=1)
 
 
 def evaluate_model(

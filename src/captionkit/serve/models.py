@@ -32,7 +32,7 @@ class ServedModel:
         return {
             "name": self.name,
             "family": getattr(model, "family", type(model).__name__),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": self.captioner.num_parameters,
             "device": str(self.captioner.device),
             "styles": list(self.styles),
             "attention": self.attention,
