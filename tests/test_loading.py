@@ -70,3 +70,14 @@ def test_the_cli_names_an_unloadable_hub_id_in_one_line(environment: dict[str, s
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("captionkit: error: captionkit-test/none: "), done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_loading_shows_no_transformers_progress_bars(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    directory = save_tiny_model(tmp_path / "m")
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    Captioner.from_pretrained(directory)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting comes back
