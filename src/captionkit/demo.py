@@ -13,7 +13,6 @@ import io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,30 +22,10 @@ from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
+from captionkit.demo_data import DemoData
 from captionkit.files import write_atomic
 
 RECIPE = "demo.yaml"
-
-
-@dataclass(frozen=True)
-class DemoData:
-    """How many scenes the demo draws (the recipe's ``train.steps`` sets how long it trains)."""
-
-    num_train: int = 20000
-    num_val: int = 200
-    num_test: int = 500
-    image_size: int = 32
-    seed: int = 0
-    # 0: test scenes are new renderings (new positions, sizes, shades) of descriptions that may occur in training.
-    # > 0: that share of two-object descriptions is held out of training (a compositional test): every two-object
-    # test caption is one the model never saw.
-    held_out_fraction: float = 0.1
-    # Canonical captions in reading order, objects anywhere (see SceneOptions).
-    order: str = "reading"
-    layout: str = "free"
-    # Boxes made of whole cells of an 8 x 8 grid: at 32 px a cell is one 4 px ViT patch, so every patch sees either
-    # the inside of one shape or one clean edge of it. Shape identity is learned in a few hundred steps this way.
-    grid: int = 8
 
 
 def demo_recipe_path() -> Path:

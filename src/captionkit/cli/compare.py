@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
-from captionkit.data.records import STYLES
 from captionkit.files import write_atomic
 
 
@@ -77,6 +76,8 @@ def compare(
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
     """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written."""
+    from captionkit.data.records import STYLES
+
     name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     source, style = rest, None
     if "@" in rest:
