@@ -201,3 +201,23 @@ def test_hostile_json_files_exit_1_with_one_line_naming_the_file(
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {hostile}")
     assert reason in err
+
+
+def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
+    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captionkit.evaluation.api import java_note
+
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: None)  # Java is there
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor", lambda cands, refs: (0.25, [0.25] * len(cands)))
+    note = "METEOR runs in Java (seconds more than the others); --metrics BLEU,ROUGE_L,CIDEr leaves it out"
+    assert java_note(None) == note
+    assert java_note("BLEU,ROUGE_L,CIDEr") is None
+    assert java_note("cider,meteor,spice") == (
+        "METEOR and SPICE run in Java (seconds more than the others); --metrics CIDEr leaves them out"
+    )
+    code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates], capsys)
+    assert code == 0 and json.loads(out)["METEOR"] == 0.25
+    assert err.startswith(f"captionkit: note: {note}\n")
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: "java not found")
+    assert java_note(None) is None  # METEOR is left out with its own note

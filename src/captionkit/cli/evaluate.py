@@ -53,6 +53,7 @@ def evaluate(
     from captionkit.data.splits import evaluation_split
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
+    from captionkit.evaluation.api import java_note
     from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
     from captionkit.trained_on import TrainedOn
 
@@ -80,6 +81,9 @@ def evaluate(
                 write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
+        note = java_note(metrics)
+        if note is not None:
+            print(f"captionkit: note: {note}", file=sys.stderr)
         with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
             result = evaluate_model(
                 captioner,

@@ -56,10 +56,13 @@ def score(
 ) -> None:
     """Score candidate captions against reference captions (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE)."""
     from captionkit.errors import InputError
-    from captionkit.evaluation.api import score_captions
+    from captionkit.evaluation.api import java_note, score_captions
     from captionkit.evaluation.readers import read_candidates, read_references
 
     try:
+        note = java_note(metrics)
+        if note is not None:
+            print(f"captionkit: note: {note}", file=sys.stderr)
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))
         train = None

@@ -76,6 +76,22 @@ def parse_metrics(metrics: str | Iterable[str] | None) -> tuple[tuple[str, ...],
     return tuple(chosen), True
 
 
+def java_note(metrics: str | Iterable[str] | None) -> str | None:
+    """A one-line note when ``metrics`` will start Java here (METEOR where Java is installed, SPICE always): it
+    costs seconds the other metrics do not, so say how to leave it out. ``None`` when nothing runs Java."""
+    from captionkit.evaluation.meteor import meteor_unavailable_reason
+
+    chosen, _ = parse_metrics(metrics)
+    java = [name for name in ("METEOR", "SPICE") if name in chosen]
+    if "METEOR" in java and meteor_unavailable_reason() is not None:
+        java.remove("METEOR")  # left out with its own note
+    if not java:
+        return None
+    rest = ",".join(name for name in chosen if name not in java) or "BLEU,ROUGE_L,CIDEr"
+    runs, them = ("runs", "it") if len(java) == 1 else ("run", "them")
+    return f"{' and '.join(java)} {runs} in Java (seconds more than the others); --metrics {rest} leaves {them} out"
+
+
 def _examples(names: list[str], limit: int = 3) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
 
