@@ -9,6 +9,10 @@ CPU seconds are the steadier figure. Usage::
 
 The timings of a repeat are taken in one process; ``--repeat N`` reports each stage's best of N. pycocoevalcap is
 the reference as shipped (its tokenizer starts Java and writes a temporary file into its package folder).
+
+Then both again as a user runs them, as processes from files (start-up, imports and reading included):
+``captionkit score --metrics BLEU,ROUGE_L,CIDEr`` against a script that does what pycocoevalcap's ``COCOEvalCap``
+does for those metrics (pycocotools reads both files; PTB tokenizer; Bleu, Rouge, Cider).
 """
 
 from __future__ import annotations
@@ -109,6 +113,57 @@ def run_pycocoevalcap(
     return scores
 
 
+# pycocoevalcap as its README runs it, less METEOR and SPICE (COCOEvalCap.evaluate always runs all five).
+PYCOCOEVALCAP_SCRIPT = """
+import sys
+from pycocotools.coco import COCO
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+coco = COCO(sys.argv[1])
+results = coco.loadRes(sys.argv[2])
+ids = results.getImgIds()
+tokenizer = PTBTokenizer()
+gts = tokenizer.tokenize({i: coco.imgToAnns[i] for i in ids})
+res = tokenizer.tokenize({i: results.imgToAnns[i] for i in ids})
+for scorer in (Bleu(4), Rouge(), Cider()):
+    print(scorer.method(), scorer.compute_score(gts, res)[0])
+"""
+
+
+def time_processes(ids: list[str], refs: dict[str, list[str]], cands: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds of (pycocoevalcap, captionkit score), each run as a process on the same two files."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        refs_file, cands_file = Path(folder) / "refs.json", Path(folder) / "cands.json"
+        annotations = [(i, c) for i in ids for c in refs[i]]
+        document = {
+            "info": {},
+            "licenses": [],
+            "type": "captions",
+            "images": [{"id": int(i), "file_name": f"{i}.jpg"} for i in ids],
+            "annotations": [{"id": n, "image_id": int(i), "caption": c} for n, (i, c) in enumerate(annotations)],
+        }
+        refs_file.write_text(json.dumps(document), encoding="utf-8")
+        cands_file.write_text(json.dumps([{"image_id": int(i), "caption": cands[i]} for i in ids]), encoding="utf-8")
+        score = ["score", "--refs", str(refs_file), "--cands", str(cands_file), "--metrics", "BLEU,ROUGE_L,CIDEr"]
+        commands = [
+            [sys.executable, "-c", PYCOCOEVALCAP_SCRIPT, str(refs_file), str(cands_file)],
+            [sys.executable, "-m", "captionkit.cli", *score],
+        ]
+        seconds = []
+        for command in commands:
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            seconds.append(time.perf_counter() - started)
+    return seconds[0], seconds[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=5000)
@@ -143,6 +198,9 @@ def main() -> None:
         worst = max(worst, corpus_diff, image_diff)
         print(f"  {name:<8} {value:.6f}  {corpus_diff:.1e} / {image_diff:.1e}")
     print("identical to 1e-6:", "yes" if worst <= 1e-6 else f"NO (max difference {worst:.2e})")
+    best = [min(pair) for pair in zip(*(time_processes(ids, refs, cands) for _ in range(args.repeat)), strict=True)]
+    print(f"as processes (start-up and reading included), wall s: pycocoevalcap {best[0]:.2f}, captionkit score "
+          f"{best[1]:.2f}, ratio {best[0] / best[1]:.1f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ def test_folder_with_bad_files_gives_one_record_each_and_exit_2(model_dir, photo
 def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path, capsys):
     out = tmp_path / "captions.jsonl"
     first = sorted((photos / "sub").glob("*.jpg"))[0]
-    code, _, _ = run_cli(
+    code, _, first_err = run_cli(
         [
             "caption",
             str(first),
@@ -94,6 +94,7 @@ def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path,
         capsys,
     )
     assert code == 0
+    assert "captioned 1 image, 0 errors" in first_err
     code, _, err = run_cli(
         [
             "caption",
@@ -244,5 +245,6 @@ def test_resuming_a_finished_run_keeps_exit_2_for_its_recorded_errors(model_dir,
     code, _, err = run_cli([*args, "--max-length", "4", "--resume", "--workers", "1"], capsys)
     assert code == 2
     assert "9 of 9 images already done" in err
-    assert "captioned 0 images, 0 errors (and 4 recorded before resuming)" in err
+    assert "already complete: 9 images done before (4 errors recorded before resuming), nothing left to do" in err
+    assert "captioned" not in err and "0/0" not in err
     assert out.read_text() == before

@@ -69,13 +69,13 @@ def test_base_recipe_is_merged_section_by_section(tmp_path):
 @pytest.mark.parametrize(
     ("assignment", "where", "reason"),
     [
-        ("train.stpes=3", "config.train.stpes", "unknown key"),
-        ("nonsense.x=1", "config.nonsense", "unknown key"),
-        ("train.steps=many", "config.train.steps", "expected an integer"),
-        ("train.steps=1.5", "config.train.steps", "expected an integer"),
-        ("data.cache_images=maybe", "config.data.cache_images", "expected true or false"),
-        ("train.lr=fast", "config.train.lr", "expected a number"),
-        ("train.betas=[0.9]", "config.train.betas", "expected a list of 2 values"),
+        ("train.stpes=3", "--set train.stpes", "unknown key"),
+        ("nonsense.x=1", "--set nonsense.x", "unknown key"),
+        ("train.steps=many", "--set train.steps", "expected an integer"),
+        ("train.steps=1.5", "--set train.steps", "expected an integer"),
+        ("data.cache_images=maybe", "--set data.cache_images", "expected true or false"),
+        ("train.lr=fast", "--set train.lr", "expected a number"),
+        ("train.betas=[0.9]", "--set train.betas", "expected a list of 2 values"),
         ("train", "train", "expected --set key=value"),
     ],
 )
@@ -85,6 +85,17 @@ def test_bad_overrides_name_the_key(assignment, where, reason):
     assert caught.value.source == where
     assert reason in caught.value.reason
     assert "\n" not in str(caught.value)
+
+
+def test_a_typo_in_set_blames_the_command_line_and_one_in_the_file_the_file(tmp_path):
+    recipe = write(tmp_path / "demo.yaml", "train:\n  steps: 10\n")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe, ["train.lr=0.1", "train.stpes=10"])
+    assert str(caught.value).startswith("--set train.stpes: unknown key (did you mean 'steps'? known: ")
+    assert str(recipe) not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(write(tmp_path / "typo.yaml", "train:\n  stpes: 10\n"), ["train.lr=0.1"])
+    assert caught.value.source == f"{tmp_path / 'typo.yaml'}.train.stpes"
 
 
 def test_missing_and_invalid_files(tmp_path):
@@ -138,11 +149,11 @@ def test_apply_overrides_does_not_mutate_input():
 def test_unknown_key_names_the_closest_valid_key():
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["train.grad_acumulation=2"])
-    assert caught.value.source == "config.train.grad_acumulation"
+    assert caught.value.source == "--set train.grad_acumulation"
     assert "did you mean 'grad_accumulation'?" in caught.value.reason
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["train.stages=[{until: 3, train: [decoder]}]"])
-    assert caught.value.source == "config.train.stages[0].until"
+    assert caught.value.source == "--set train.stages[0].until"
     assert "did you mean 'until_step'?" in caught.value.reason
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["train.zzz=1"])
@@ -165,7 +176,7 @@ def test_stages_and_choices_are_checked_when_loaded():
     ]:
         with pytest.raises(ConfigError) as caught:
             load_train_config(None, [assignment])
-        assert caught.value.source == key, assignment
+        assert caught.value.source == f"--set {key}", assignment
 
 
 @pytest.mark.parametrize(

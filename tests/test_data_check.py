@@ -38,10 +38,28 @@ def test_check_coco_subset_text_table(capsys):
         ["data", "check", str(COCO / "captions_val2017_subset.json"), "--val-fraction", "0.2"], capsys
     )
     assert code == 0
-    assert "coco" in out and "assigned by image (seed 0, val 0.2, test 0)" in out
+    assert "coco" in out and "splits: none in the data; shown as a training run splits it: by image, seed 0" in out
+    assert ", val 0.2\n" in out
+    # The same rule as evaluate's: no test split in the data, so evaluate scores it whole.
+    assert "evaluate's default split: all 100 images (the data has no test split)" in out
     total = next(line for line in out.splitlines() if line.strip().startswith("total"))
     assert total.replace("│", " ").split()[1:4] == ["100", "500", "500"]
     assert "ok: no errors" in out
+
+
+def test_a_folder_with_two_coco_caption_files_checks_each(capsys):
+    code, out, _ = run_cli(["data", "check", str(COCO), "--no-images"], capsys)
+    assert code == 0, out
+    files = [COCO / "captions_val2017.json", COCO / "captions_val2017_subset.json"]
+    assert out.startswith(f"{COCO}: 2 COCO caption files of one split each, checked one by one:\n")
+    assert all(f"  {path}\n" in out for path in files)
+    assert [line for line in out.splitlines() if line.startswith("evaluate's default split")] == [
+        "evaluate's default split: all 5000 images (the data has no test split)",
+        "evaluate's default split: all 100 images (the data has no test split)",
+    ]
+    code, out, _ = run_cli(["data", "check", str(COCO), "--no-images", "--json"], capsys)
+    reports = json.loads(out)["datasets"]
+    assert [(r["files"], r["total"]["images"]) for r in reports] == [([str(files[0])], 5000), ([str(files[1])], 100)]
 
 
 def test_check_one_split_only(capsys):
@@ -197,3 +215,14 @@ def test_senticap_csv_with_a_quote_left_open_names_the_line(tmp_path, capsys):
         f"captionkit: error: {path}:2: unterminated quote: the quoted field opened in this row is still open at the "
         "end (line 3)\n"
     )
+
+
+def test_senticap_with_its_images_elsewhere_gets_the_images_hint(tmp_path, capsys):
+    spec = tmp_path / "senticap_subset.json"
+    shutil.copy(SHARED_DATA / "senticap" / "senticap_subset.json", spec)
+    code, out, _ = run_cli(["data", "check", spec], capsys)
+    images = json.loads(run_cli(["data", "check", spec, "--json"], capsys)[1])["total"]["images"]
+    assert code == 1 and f"{images} missing images:" in out
+    assert f"hint: images kept in another folder? name it: {spec}?images=DIR" in out
+    code, out, _ = run_cli(["data", "check", f"{spec}?val=0.5"], capsys)
+    assert f"hint: images kept in another folder? name it: {spec}?val=0.5&images=DIR" in out

@@ -72,4 +72,4 @@ def test_bad_demo_arguments_exit_1(tmp_path, capsys):
     assert code == 1 and "--steps" in err
     args = ["demo", "--output", tmp_path, "--set", "train.nonsense=1", "--train-scenes", "4", "--test-scenes", "2"]
     code, _, err = run_cli(args, capsys)
-    assert code == 1 and "train.nonsense: unknown key" in err
+    assert code == 1 and "--set train.nonsense: unknown key" in err

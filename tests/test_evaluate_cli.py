@@ -67,7 +67,7 @@ def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys
 def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):
     code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", str(scenes), "--split", "nope"], capsys)
     assert code == 1
-    assert "no captions in split 'nope' (splits: test, train, val)" in err
+    assert f"{scenes}: no captions in split 'nope' (its splits: test, train, val; --split all takes every" in err
     code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", "/no/data"], capsys)
     assert code == 1
     assert "/no/data: no such file or directory" in err
@@ -97,4 +97,19 @@ def test_unsplit_data_without_the_runs_settings_names_the_splits(scenes, model_d
     data = write_jsonl([dataclasses.replace(r, split=None) for r in load_records(scenes)], tmp_path / "u.jsonl")
     code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "val"], capsys)
     assert code == 1
-    assert f"{data}: no captions in split 'val' (splits: none; use --split all)" in err
+    assert f"{data}: no captions in split 'val' (it has no split labels; --split all takes every caption)" in err
+
+
+def test_the_default_split_evaluates_unsplit_data_whole_and_says_so(scenes, model_dir, tmp_path, capsys):
+    records = [dataclasses.replace(r, split=None) for r in load_records(scenes)]
+    data = write_jsonl(records, tmp_path / "unsplit.jsonl")
+    args = ["evaluate", "--model", model_dir, "--data", data, "--beams", "1", "--max-length", "4", "--metrics", "BLEU"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    images = len({r.image_id for r in records})
+    assert json.loads(out)["images"] == images == 30
+    assert f"captionkit: evaluating all 30 images (the data has no test split) of {data}" in err
+    args[4] = scenes  # data with split labels: the default is its test split
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 6 and "evaluating the test split: 6 of 30 images" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,8 +55,10 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
     assert set(result) >= COCO_KEYS and "METEOR" not in result
     assert 0.5 < result["Bleu_1"] < 1 and 0.2 < result["CIDEr"] < 3
     assert {"distinct_1", "distinct_2", "vocab_size", "unique_captions", "length_mean", "length_p90"} <= set(result)
-    assert result["num_images"] == 100
+    assert result["num_images"] == 100 and isinstance(result["num_images"], int)
+    assert isinstance(result["unique_captions"], int) and isinstance(result["vocab_size"], int)
     assert "CIDEr" in done.stderr and "Bleu_4" in done.stderr
+    assert re.search(r"^  num_images +100$", done.stderr, re.MULTILINE), done.stderr
     written = json.loads(per_image.read_text())
     assert written["overall"]["CIDEr"] == result["CIDEr"]
     assert len(written["per_image"]) == 100 and set(written["per_image"]["139"]) == COCO_KEYS
@@ -135,7 +138,7 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     assert code == 0
     result = json.loads(out)
     assert set(result) >= {"Bleu_1", "Bleu_4"} and "CIDEr" not in result
-    assert result["unique_captions"] == pytest.approx(1 / 200)
+    assert result["unique_captions"] == 1 and result["unique_share"] == pytest.approx(1 / 200)
     assert result["notes"] == ["the caption 'a dog runs through the grass' was given to 200 of 200 images (100%)"]
 
 
@@ -198,3 +201,23 @@ def test_hostile_json_files_exit_1_with_one_line_naming_the_file(
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {hostile}")
     assert reason in err
+
+
+def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
+    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from captionkit.evaluation.api import java_note
+
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: None)  # Java is there
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor", lambda cands, refs: (0.25, [0.25] * len(cands)))
+    note = "METEOR runs in Java (seconds more than the others); --metrics BLEU,ROUGE_L,CIDEr leaves it out"
+    assert java_note(None) == note
+    assert java_note("BLEU,ROUGE_L,CIDEr") is None
+    assert java_note("cider,meteor,spice") == (
+        "METEOR and SPICE run in Java (seconds more than the others); --metrics CIDEr leaves them out"
+    )
+    code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates], capsys)
+    assert code == 0 and json.loads(out)["METEOR"] == 0.25
+    assert err.startswith(f"captionkit: note: {note}\n")
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: "java not found")
+    assert java_note(None) is None  # METEOR is left out with its own note

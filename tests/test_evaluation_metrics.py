@@ -133,8 +133,8 @@ def test_diversity_statistics() -> None:
     assert distinct_n(captions, 1) == pytest.approx(7 / 12)  # a, dog, runs, cat, sleeps, on, mat
     assert distinct_n(captions, 2) == pytest.approx(7 / 9)
     stats = diversity(captions, train_captions=["a dog runs", "something else"])
-    assert stats["vocab_size"] == 7
-    assert stats["unique_captions"] == pytest.approx(2 / 3)
+    assert stats["vocab_size"] == 7 and stats["unique_captions"] == 2
+    assert stats["unique_share"] == pytest.approx(2 / 3)
     assert stats["copied_from_train"] == pytest.approx(2 / 3)
     lengths = length_stats(captions)
     assert lengths["length_mean"] == pytest.approx(4.0)

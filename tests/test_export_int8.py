@@ -78,6 +78,10 @@ def test_export_int8_loads_quantized(tmp_path: Path, capsys: pytest.CaptureFixtu
     plain = Captioner.from_pretrained(source)
     assert loaded.device == torch.device("cpu")
     assert (quantized_linears(plain.model), quantized_linears(loaded.model)) == (0, 27)
+    # The true parameter count, the 27 int8 layers' weights and biases included (parameters() skips them).
+    fp32_count = sum(p.numel() for p in plain.model.parameters())
+    assert loaded.num_parameters == plain.num_parameters == fp32_count
+    assert sum(p.numel() for p in loaded.model.parameters()) < fp32_count
     # Exporting an export is refused; a bad backend is a usage error.
     code, _, err = run_cli(["export", "int8", "--model", tmp_path / "int8", "--output", tmp_path / "again"], capsys)
     assert code == 1 and "already an int8 export" in err

@@ -97,3 +97,14 @@ def test_the_cli_refuses_a_hostile_config_json_in_one_line(tmp_path: Path, capsy
     code, out, err = run_cli(["caption", PHOTOS[0], "--model", source], capsys)
     expected = f"captionkit: error: {source / 'config.json'}: invalid JSON: nested more than 64 levels deep"
     assert (code, out, err.strip()) == (1, "", expected)
+
+
+def test_loading_shows_no_transformers_progress_bars(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    from transformers.utils import logging as hf_logging
+
+    directory = save_tiny_model(tmp_path / "m")
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    Captioner.from_pretrained(directory)
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting comes back

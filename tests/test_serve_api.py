@@ -83,18 +83,18 @@ def test_multipart_caption_matches_the_captioner(client, captioners):
     response = post_image(client, num_beams=3, n_best=3, max_length=8)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == "base" and body["style"] == "none"
+    assert body["model"] == "base" and body["style"] == "neutral"
     assert body["decoding"]["num_beams"] == 3 and body["decoding"]["n_best"] == 3
     assert body["decoding"]["max_length"] == 8
     [result] = body["results"]
     assert result["image"] == "photo.jpg" and result["index"] == 0
     scores = [c["score"] for c in result["captions"]]
     assert len(scores) == 3 and scores == sorted(scores, reverse=True)
-    assert result["caption"] == result["captions"][0]["text"]
+    assert result["caption"] == result["captions"][0]["caption"]
     expected = captioners["base"].caption_pil(
         [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=3, max_new_tokens=8)
     )[0]
-    assert [c["text"] for c in result["captions"]] == [c.text for c in expected]
+    assert [c["caption"] for c in result["captions"]] == [c.text for c in expected]
     assert scores == pytest.approx([c.score for c in expected])
     assert body["latency_ms"] > 0
 
@@ -130,7 +130,7 @@ def test_models_health_ready_and_docs(client):
     models = client.get("/v1/models").json()
     assert models["default"] == "base"
     assert [m["name"] for m in models["models"]] == ["base", "tuned"]
-    assert all(m["styles"] == ["none"] and m["attention"] is True for m in models["models"])  # vit-gpt2 attends
+    assert all(m["styles"] == ["neutral"] and m["attention"] is True for m in models["models"])  # vit-gpt2 attends
     assert models["models"][0]["parameters"] > 1000
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "models": ["base", "tuned"]}
@@ -344,7 +344,7 @@ def test_attention_maps_come_with_each_caption(client, captioners):
         [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=2, max_new_tokens=6), 0, True
     )[0]
     captions = response.json()["results"][0]["captions"]
-    assert [c["text"] for c in captions] == [c.text for c in expected]
+    assert [c["caption"] for c in captions] == [c.text for c in expected]
     for served, caption in zip(captions, expected, strict=True):
         assert [entry["token"] for entry in served["attention"]] == caption.tokens
         grids = [entry["grid"] for entry in served["attention"]]
@@ -353,7 +353,7 @@ def test_attention_maps_come_with_each_caption(client, captioners):
         assert all(sum(map(sum, grid)) == pytest.approx(1.0, abs=0.01) for grid in grids)
     plain = post_image(client, model="tuned", num_beams=3, n_best=2, max_length=6).json()["results"][0]
     assert all("attention" not in c for c in plain["captions"])
-    assert [c["text"] for c in plain["captions"]] == [c["text"] for c in captions]
+    assert [c["caption"] for c in plain["captions"]] == [c["caption"] for c in captions]
 
 
 def test_attention_is_refused_for_a_model_without_it(captioners, monkeypatch):
@@ -393,7 +393,8 @@ def test_styles_are_served_by_models_trained_with_them(model_dirs):
     served = {"base": load_tiny(model_dirs[0]), "styled": styled}
     with TestClient(create_app(served, ServeSettings(max_wait_ms=0))) as client:
         listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
-        assert listed["styled"]["styles"] == ["none", "positive", "negative"] and listed["base"]["styles"] == ["none"]
+        assert listed["styled"]["styles"] == ["neutral", "positive", "negative"]
+        assert listed["base"]["styles"] == ["neutral"]
         for style in ("positive", "negative"):
             response = post_image(client, model="styled", style=style, num_beams=1)
             assert response.status_code == 200 and response.json()["style"] == style
@@ -403,9 +404,9 @@ def test_styles_are_served_by_models_trained_with_them(model_dirs):
             )[0][0].text
             assert response.json()["results"][0]["caption"] == expected
         plain = post_image(client, model="base", style="positive").json()["detail"]
-        assert plain == "style: model 'base' has no style 'positive' (allowed: none, neutral)"
+        assert plain == "style: model 'base' has no style 'positive' (allowed: neutral)"
         unknown = post_image(client, model="styled", style="sarcastic").json()["detail"]
-        assert unknown == "style: model 'styled' has no style 'sarcastic' (allowed: none, neutral, positive, negative)"
+        assert unknown == "style: model 'styled' has no style 'sarcastic' (allowed: neutral, positive, negative)"
         assert post_image(client, model="styled", style="neutral", num_beams=1).status_code == 200
 
 

@@ -226,7 +226,7 @@ def test_json_base64_of_a_bad_image(client):
         ({"seed": -1}, "seed", "must be in [0, "),
         ({"length_penalty": "inf"}, "length_penalty", "must be a finite number"),
         ({"model": "gpt-17"}, "model", "unknown model 'gpt-17' (served: tiny)"),
-        ({"style": "positive"}, "style", "model 'tiny' has no style 'positive' (allowed: none, neutral)"),
+        ({"style": "positive"}, "style", "model 'tiny' has no style 'positive' (allowed: neutral)"),
         ({"attention": "maybe"}, "attention", "must be true or false, got 'maybe'"),
         ({"beams": 4}, "beams", "unknown parameter"),
     ],
@@ -244,9 +244,11 @@ def test_all_bad_parameters_are_listed(client):
     assert body["detail"].endswith("(and 2 more)")
 
 
-def test_neutral_styles_are_accepted(client):
-    for style in ("none", "neutral"):
-        assert post(client, image_bytes(), style=style, num_beams=1).json()["style"] == style
+def test_neutral_is_the_one_name_of_the_plain_style(client):
+    assert post(client, image_bytes(), style="neutral", num_beams=1).json()["style"] == "neutral"
+    assert post(client, image_bytes(), num_beams=1).json()["style"] == "neutral"
+    body = refused(post(client, image_bytes(), style="none", num_beams=1), 422)
+    assert body["detail"] == "style: model 'tiny' has no style 'none' (allowed: neutral)"
 
 
 def test_parameter_in_query_and_body_is_refused(client):

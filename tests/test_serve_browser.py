@@ -44,6 +44,7 @@ def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_ur
     page.wait_for_selector("#model-list input[value='fine-tuned']")
     assert page.locator("#model-list input:checked").count() == 2
     assert page.locator("#attention-toggle").is_visible()  # both served models (vit-gpt2) report attention
+    assert page.locator("#style option").all_inner_texts() == ["neutral"]  # the API's word, not "none"
     page.check("#attention")
     page.set_input_files("#files", str(PHOTO))
     page.select_option("#strategy", "beam")

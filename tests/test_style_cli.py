@@ -29,20 +29,21 @@ def _train(root, data_file, styles):
             "model": {"preset": "tiny"},
             "tokenizer": {"vocab_size": 300},
             "data": data,
-            "train": {**steps, "batch_size": 8, "warmup_steps": 1, "eval_images": 0, "threads": 1},
+            "train": {**steps, "batch_size": 8, "warmup_steps": 1, "eval_images": 4 if styles else 0, "threads": 1},
         },
     )
-    train(config, root, resume=False)
-    return root
+    return train(config, root, resume=False)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("styles")
     data_file = write_synthetic_dataset(root / "scenes", 24, 4, 4, seed=0, image_size=32)
+    styled = _train(root / "styled", data_file, styles=True)
     return {
-        "styled": _train(root / "styled", data_file, styles=True),
-        "plain": _train(root / "plain", data_file, styles=False),
+        "styled": styled.output_dir,
+        "styled_run": styled,
+        "plain": _train(root / "plain", data_file, styles=False).output_dir,
         "data": data_file,
         "images": root / "scenes" / "images" / "test",
     }
@@ -107,5 +108,31 @@ def test_compare_shows_models_side_by_side(models, capsys, tmp_path, single_thre
     first = sorted(models["images"].iterdir())[0]
     expected = styled.caption([first], style="positive", num_beams=1)[0].caption
     assert next(r for r in records if r["image"] == str(first))["captions"]["happy"] == expected
+    # The table names each image by its path under the shared folder, whole (never cut to a common prefix).
+    assert f"images in {models['images']}" in " ".join(err.split())
+    assert all(path.name in err for path in models["images"].iterdir()) and "…" not in err
     code, _, err = run_cli(["compare", models["images"], "--model", str(models["plain"])], capsys)
     assert code == 1 and "at least two models" in err
+
+
+def test_evaluate_agrees_with_the_training_runs_validation(models, capsys, tmp_path, single_thread):
+    """The same model on the same split: evaluate's perplexity and CIDEr-D are the run's last validation figures
+    (its greedy neutral captions against the neutral references; perplexity over every style's caption)."""
+    run = models["styled_run"]
+    args = ["evaluate", "--model", models["styled"], "--data", models["data"], "--split", "val", "--beams", "1"]
+    code, out, err = run_cli([*args, "--max-length", "39", "--metrics", "CIDEr"], capsys)  # data.max_length - 1
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert run.val_cider is not None and run.val_perplexity is not None
+    assert metrics["CIDEr"] == pytest.approx(run.val_cider, abs=1e-5)
+    assert metrics["perplexity"] == pytest.approx(run.val_perplexity, rel=1e-4)
+    assert metrics["images"] == 4
+    assert metrics["computed_over"] == {
+        "captions": "one neutral caption per image (greedy search, at most 39 new tokens) of 4 images",
+        "references": "4 neutral reference captions of those images (all of an image's captions where it has no "
+        "neutral one)",
+        "perplexity": "12 reference captions of those images (negative, neutral, positive), teacher forced, each "
+        "from its style's start token, cut to 40 tokens",
+    }
+    assert "evaluating the val split: 4 of 32 images" in err
+    assert "data: the first caption of each image and style in the styles negative, neutral, positive (as the" in err

@@ -19,6 +19,7 @@ from PIL import Image
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import Caption, DecodingConfig, decoding_options, generate, to_captions
 from captionkit.errors import InputError, ModelLoadError
+from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
@@ -94,6 +95,11 @@ class Captioner:
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device="cpu")
         captioner.name = str(directory)
         return captioner
+
+    @property
+    def num_parameters(self) -> int:
+        """The model's parameter count, int8 layers of an int8 export included."""
+        return count_parameters(self.model)
 
     def save_pretrained(self, directory: str | Path) -> None:
         CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)

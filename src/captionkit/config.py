@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -413,5 +413,27 @@ def _assign(data: Mapping[str, Any], path: list[str], value: Any) -> dict[str, A
 def load_train_config(path: str | Path | None, assignments: list[str] | None = None) -> TrainConfig:
     """A TrainConfig from a recipe file (or the defaults) plus ``--set`` overrides."""
     data = read_yaml(path) if path is not None else {}
-    data = apply_overrides(data, assignments or [])
-    return from_dict(TrainConfig, data, where=str(path) if path is not None else "config")
+    return train_config(data, assignments or [], where=str(path) if path is not None else "config")
+
+
+def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str) -> TrainConfig:
+    """A TrainConfig from recipe ``data`` (read from ``where``) plus ``--set`` overrides; an error in a key an
+    override set names ``--set KEY``, not the recipe."""
+    merged = apply_overrides(data, list(assignments))
+    try:
+        return from_dict(TrainConfig, merged, where=where)
+    except ConfigError as error:
+        raise _blame_override(error, where, assignments) from None
+
+
+def _blame_override(error: ConfigError, where: str, assignments: Sequence[str]) -> ConfigError:
+    """``error`` renamed ``--set KEY`` when the key it names came from a ``--set`` (a command-line typo is not the
+    recipe file's); KEY is the deeper of the override's key and the error's."""
+    location = error.source.removeprefix(f"{where}.")
+    for assignment in assignments:
+        key = assignment.partition("=")[0].strip()
+        if key.startswith(f"{location}."):
+            return ConfigError(f"--set {key}", error.reason)
+        if location == key or location.startswith((f"{key}.", f"{key}[")):
+            return ConfigError(f"--set {location}", error.reason)
+    return error

@@ -8,52 +8,21 @@ greedily. Results: ``metrics.json`` (machine-readable) and ``report.html`` (self
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from captionkit.config import TrainConfig, apply_overrides, from_dict, read_yaml
+from captionkit.config import TrainConfig, apply_overrides, read_yaml, train_config
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
 from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
+from captionkit.demo_data import DemoData
 from captionkit.files import write_atomic
 
 RECIPE = "demo.yaml"
-
-
-@dataclass(frozen=True)
-class DemoData:
-    """How many scenes the demo draws (the recipe's ``train.steps`` sets how long it trains)."""
-
-    num_train: int = 20000
-    num_val: int = 200
-    num_test: int = 500
-    image_size: int = 32
-    seed: int = 0
-    # 0: test scenes are new renderings (new positions, sizes, shades) of descriptions that may occur in training.
-    # > 0: that share of two-object descriptions is held out of training (a compositional test): every two-object
-    # test caption is one the model never saw.
-    held_out_fraction: float = 0.1
-    # Canonical captions in reading order, objects anywhere (see SceneOptions).
-    order: str = "reading"
-    layout: str = "free"
-    # Boxes made of whole cells of an 8 x 8 grid: at 32 px a cell is one 4 px ViT patch, so every patch sees either
-    # the inside of one shape or one clean edge of it. Shape identity is learned in a few hundred steps this way.
-    grid: int = 8
-    # Processes drawing the scenes (0: in this process): all but one of the CPUs, at most 16, and none when that
-    # leaves fewer than 2 (one worker only adds its start-up). The files are the same whatever the number.
-    workers: int = field(default_factory=lambda: _drawing_workers())
-
-
-def _drawing_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    workers = min(16, cpus - 1)
-    return workers if workers >= 2 else 0
 
 
 def demo_recipe_path() -> Path:
@@ -63,8 +32,8 @@ def demo_recipe_path() -> Path:
 def demo_config(data_file: Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """The demo's training recipe pointed at ``data_file``, with ``--set``-style overrides."""
     data = read_yaml(demo_recipe_path())
-    data = apply_overrides(data, [f"data.train={data_file}", f"data.val={data_file}", *overrides])
-    return from_dict(TrainConfig, data, where=RECIPE)
+    data = apply_overrides(data, [f"data.train={data_file}", f"data.val={data_file}"])
+    return train_config(data, overrides, where=RECIPE)
 
 
 def word_accuracy(generated: str, reference: str) -> float:
@@ -133,7 +102,7 @@ def run_demo(
         "data_seconds": round(data_seconds, 2),
         "caption_seconds": round(caption_seconds, 2),
         "val_loss": result.val_loss,
-        "model_parameters": sum(p.numel() for p in captioner.model.parameters()),
+        "model_parameters": captioner.num_parameters,
         "seed": data.seed,
     }
     if len(generated) > 1:

@@ -17,6 +17,7 @@ from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError, InputError
 from captionkit.evaluation import score_captions
 from captionkit.evaluation.api import split_image_metrics
+from captionkit.models.base import CaptionModel
 from captionkit.training.loss import token_nll
 
 if TYPE_CHECKING:
@@ -39,9 +40,13 @@ def references_by_image(records: Sequence[CaptionRecord]) -> dict[str, list[Capt
 
 
 @torch.no_grad()
-def dataset_perplexity(captioner: Captioner, records: Sequence[CaptionRecord], batch_size: int = 32) -> float:
-    """exp(mean token NLL) of the captions given their images, teacher forced (bos excluded, eos included)."""
-    max_length = captioner.model.max_positions or 1024
+def dataset_perplexity(
+    captioner: Captioner, records: Sequence[CaptionRecord], batch_size: int = 32, max_length: int | None = None
+) -> float:
+    """exp(mean token NLL) of the captions given their images, teacher forced (start token excluded, eos included),
+    each caption started with its style's token as in training and cut to ``max_length`` tokens (default: as many
+    as the model takes)."""
+    max_length = max_length or captioner.model.max_positions or 1024
     dataset = CaptionDataset(records, captioner.tokenizer, captioner.preprocessing, max_length=max_length)
     loader = DataLoader(
         dataset, batch_size=batch_size, collate_fn=lambda s: collate(s, captioner.tokenizer.pad_token_id)
@@ -51,12 +56,27 @@ def dataset_perplexity(captioner: Captioner, records: Sequence[CaptionRecord], b
         if not len(batch):
             continue
         ids, mask = batch.input_ids.to(captioner.device), batch.attention_mask.to(captioner.device)
-        logits = captioner.model(batch.pixel_values.to(captioner.device), ids, mask)
+        pixels = batch.pixel_values.to(captioner.device)
+        try:
+            logits = captioner.model(pixels, ids, mask)
+        except NotImplementedError:  # a decode-only model (an ONNX export): the same figure through its steps
+            logits = _stepwise_log_probs(captioner.model, pixels, ids)
         nll, tokens = token_nll(logits, ids, mask)
         total, count = total + nll, count + tokens
     if count == 0:
         raise InputError("data", "no readable image with a caption to compute perplexity on")
     return math.exp(total / count)
+
+
+def _stepwise_log_probs(model: CaptionModel, pixels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) log-probabilities of each next token, fed ``ids`` one step at a time through the step protocol:
+    what teacher forcing gives, for models that only decode."""
+    state = model.init_state(model.encode(pixels))
+    steps = []
+    for position in range(ids.shape[1]):
+        log_probs, state = model.step(ids[:, position], state)
+        steps.append(log_probs)
+    return torch.stack(steps, dim=1)
 
 
 def evaluate_model(
@@ -68,8 +88,11 @@ def evaluate_model(
     batch_size: int = 16,
     on_progress: Callable[[int], None] | None = None,
     clip: ClipScorer | None = None,
+    max_length: int | None = None,
 ) -> ModelEvaluation:
-    """Caption each image of ``records`` once, score with the COCO metrics, and add perplexity and counts.
+    """Caption each image of ``records`` once (``decoding``'s style, neutral by default), score against the image's
+    neutral references with the COCO metrics, and add perplexity over every caption of ``records`` (every style,
+    cut to ``max_length`` tokens), counts, and ``computed_over``: what each figure was computed over.
 
     CLIPScore and RefCLIPScore (``metrics`` naming CLIPScore) need ``clip``, the CLIP model to embed with.
     """
@@ -114,11 +137,30 @@ def evaluate_model(
         if "caption" in result:
             result["references"] = scored_refs[result["image_id"]]
             result["metrics"] = per_image[result["image_id"]]
-    reference_records = [r for image_id in candidates for r in references[image_id]]
-    scores["perplexity"] = dataset_perplexity(captioner, reference_records)
+    readable = [r for r in records if r.image_id in candidates]
+    scores["perplexity"] = dataset_perplexity(captioner, readable, max_length=max_length)
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
+    scores["computed_over"] = _computed_over(decoding, scored_refs, readable, max_length)
     return ModelEvaluation(scores, results)
+
+
+def _computed_over(
+    decoding: DecodingConfig, refs: dict[str, list[str]], records: Sequence[CaptionRecord], max_length: int | None
+) -> dict[str, str]:
+    """One line per figure: which captions, which references, which style."""
+    search = f"beam search ({decoding.num_beams} beams)" if decoding.num_beams > 1 else "greedy search"
+    style = "neutral" if decoding.start_token_id is None else "styled"
+    styles = sorted({r.style for r in records})
+    cut = f", cut to {max_length} tokens" if max_length else ""
+    return {
+        "captions": f"one {style} caption per image ({search}, at most {decoding.max_new_tokens} new tokens) "
+        f"of {len(refs)} images",
+        "references": f"{sum(map(len, refs.values()))} neutral reference captions of those images (all of an "
+        "image's captions where it has no neutral one)",
+        "perplexity": f"{len(records)} reference captions of those images ({', '.join(styles)}), teacher forced, "
+        f"each from its style's start token{cut}",
+    }
 
 
 def evaluate_model_styles(

@@ -8,11 +8,13 @@ results with errors recorded.
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 
 from captionkit.cli import benchmark, caption, compare, demo, evaluate, export, merge, score, serve, train
 from captionkit.cli.data import app as data_app
+from captionkit.version import __version__
 
 app = typer.Typer(
     name="captionkit",
@@ -22,6 +24,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 # Commands are registered here, one line each, from their modules in captionkit.cli.
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print captionkit's version and exit.")] = False,
+) -> None:
+    if version:
+        print(f"captionkit {__version__}")
+        raise typer.Exit(0)
+
+
 app.command("caption")(caption.caption)
 app.command("train")(train.train)
 app.command("demo")(demo.demo)

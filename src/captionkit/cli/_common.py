@@ -14,6 +14,11 @@ EXIT_PARTIAL = 2
 DTYPE_HELP = "Weights' precision: fp32, bf16 or fp16 (GPU only); cast on load."
 
 
+def plural(count: int, noun: str) -> str:
+    """``plural(1, "image")`` -> "1 image", ``plural(2, "image")`` -> "2 images"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def fail(message: str) -> NoReturn:
     """Print ``captionkit: error: MESSAGE`` on stderr and exit 1."""
     print(f"captionkit: error: {message}", file=sys.stderr)

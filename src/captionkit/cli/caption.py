@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, plural, progress_bar, quiet_libraries
 from captionkit.hub import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from captionkit.jobs.run import JobOutcome
 
 
 def caption(
@@ -90,7 +93,16 @@ def caption(
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:
         fail(str(error))
-    summary = outcome.summary
-    before = f" (and {outcome.earlier_errors} recorded before resuming)" if outcome.earlier_errors else ""
-    print(f"captioned {summary.captioned} images, {summary.errors} errors{before}", file=sys.stderr)
+    print(_summary_line(outcome), file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
+
+
+def _summary_line(outcome: JobOutcome) -> str:
+    """The closing line: "captioned 1 image, 0 errors", or, when a resumed run found nothing left, so."""
+    summary = outcome.summary
+    before = f"{plural(outcome.earlier_errors, 'error')} recorded before resuming" if outcome.earlier_errors else ""
+    if outcome.already_complete:
+        recorded = f" ({before})" if before else ""
+        return f"already complete: {plural(outcome.done_before, 'image')} done before{recorded}, nothing left to do"
+    counts = f"captioned {plural(summary.captioned, 'image')}, {plural(summary.errors, 'error')}"
+    return counts + (f" (and {before})" if before else "")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -120,6 +122,7 @@ def _score_against(
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
     """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written."""
+
     name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     source, style = rest, None
     if "@" in rest:
@@ -136,10 +139,30 @@ def _show(records: list[dict[str, Any]], names: list[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table("image", *map(escape, names))
-    for record in records:
+    shown = _short_paths([record["image"] for record in records])
+    title = f"images in {shown.folder}" if shown.folder else None
+    table = Table(title=escape(title) if title else None)
+    # The image column folds rather than cuts: rows whose paths share a long prefix must stay distinguishable.
+    table.add_column("image", overflow="fold", min_width=min(40, max(map(len, shown.paths), default=5)))
+    for name in names:
+        table.add_column(escape(name))
+    for record, image in zip(records, shown.paths, strict=True):
         if "error" in record:
-            table.add_row(escape(record["image"]), f"[red]{escape(record['error'])}[/red]", *[""] * (len(names) - 1))
+            table.add_row(escape(image), f"[red]{escape(record['error'])}[/red]", *[""] * (len(names) - 1))
         else:
-            table.add_row(escape(record["image"]), *(escape(record["captions"][name]) for name in names))
+            table.add_row(escape(image), *(escape(record["captions"][name]) for name in names))
     Console(file=sys.stderr).print(table)
+
+
+@dataclass
+class _ShortPaths:
+    folder: str
+    paths: list[str]
+
+
+def _short_paths(paths: list[str]) -> _ShortPaths:
+    """The folder all ``paths`` share and each path relative to it (whole paths when they share none)."""
+    folder = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    if not folder or folder == os.sep or any(os.path.isabs(p) != os.path.isabs(paths[0]) for p in paths):
+        return _ShortPaths("", list(paths))
+    return _ShortPaths(folder, [os.path.relpath(p, folder) for p in paths])

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, progress_bar
+from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, plural, progress_bar
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
@@ -37,29 +38,71 @@ def check(
 ) -> None:
     """Counts per split, missing and unreadable images, caption lengths, duplicates, images in several splits.
 
-    Exit 1 when it finds errors (missing or unreadable images, images in two splits), else 0.
+    A folder with several COCO caption files that are not one dataset (two files of one split) gets each file
+    checked on its own. Exit 1 when it finds errors (missing or unreadable images, images in two splits), else 0.
     """
+    from captionkit.data.sources import separate_datasets
+    from captionkit.errors import CaptionkitError
+
+    if workers < 1:
+        fail(f"--workers: must be at least 1, got {workers}")
+    try:
+        specs = separate_datasets(spec) or [spec]
+    except CaptionkitError as error:
+        fail(str(error))
+    if len(specs) > 1 and not json_output:
+        print(f"{spec}: {plural(len(specs), 'COCO caption file')} of one split each, checked one by one:")
+        print("".join(f"  {one}\n" for one in specs), end="")
+    splitting = _Splitting(val_fraction, test_fraction, seed)
+    reports = [_check_one(one, split, splitting, images, workers, json_output) for one in specs]
+    if json_output:
+        print(json.dumps(reports[0] if len(reports) == 1 else {"spec": spec, "datasets": reports}, indent=2))
+    errors = sum(report["errors"] for report in reports)
+    raise typer.Exit(EXIT_INPUT_ERROR if errors else EXIT_OK)
+
+
+@dataclass(frozen=True)
+class _Splitting:
+    """How data without split labels is shown split: as a training run would hold out val (and test)."""
+
+    val: float
+    test: float
+    seed: int
+
+    def describe(self, total: int, unsplit: int) -> str:
+        if not unsplit:
+            return "data"
+        test = f", test {self.test:g}" if self.test else ""
+        how = f"shown as a training run splits it: by image, seed {self.seed}, val {self.val:g}{test}"
+        return f"none in the data; {how}" if unsplit == total else f"data; {unsplit} captions without one {how}"
+
+
+def _check_one(
+    spec: str, split: str | None, splitting: _Splitting, images: bool, workers: int, quiet: bool
+) -> dict[str, Any]:
+    """The report of one dataset, printed as text unless ``quiet``."""
     from captionkit.data.check import check_records
     from captionkit.data.sources import load_dataset
-    from captionkit.data.splits import assign_splits, select_split
+    from captionkit.data.splits import assign_splits, evaluation_split, select_split
     from captionkit.errors import CaptionkitError
 
     try:
         loaded = load_dataset(spec)
         unsplit = sum(record.split is None for record in loaded.records)
-        records = assign_splits(loaded.records, val_fraction, test_fraction, seed) if unsplit else loaded.records
+        evaluated = evaluation_split(loaded.records, None)[1]
+        records = loaded.records
+        if unsplit:
+            records = assign_splits(records, splitting.val, splitting.test, splitting.seed)
     except CaptionkitError as error:
         fail(str(error))
     except ValueError as error:
         fail(str(error))
-    if workers < 1:
-        fail(f"--workers: must be at least 1, got {workers}")
     chosen = select_split(records, split) if split else records
     if not chosen:
         names = ", ".join(sorted({r.split for r in records if r.split}))
         fail(f"{spec}: no captions in split {split!r} (splits: {names})")
     count = len({record.image_path for record in chosen}) if images else 0
-    if images and not json_output:
+    if images and not quiet:
         with progress_bar("checking images", count) as advance:
             report = check_records(chosen, all_records=records, workers=workers, advance=advance)
     else:
@@ -68,22 +111,14 @@ def check(
         "spec": spec,
         "format": loaded.format,
         "files": [str(path) for path in loaded.files],
-        "splits_from": _splits_from(len(records), unsplit, val_fraction, test_fraction, seed),
+        "splits_from": splitting.describe(len(records), unsplit),
+        "evaluate_default": evaluated,
         "dropped": loaded.dropped,
         **report,
     }
-    if json_output:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
-    else:
+    if not quiet:
         _print_report(report)
-    raise typer.Exit(EXIT_INPUT_ERROR if report["errors"] else EXIT_OK)
-
-
-def _splits_from(total: int, unsplit: int, val: float, test: float, seed: int) -> str:
-    if not unsplit:
-        return "data"
-    how = f"assigned by image (seed {seed}, val {val:g}, test {test:g})"
-    return how if unsplit == total else f"data; {unsplit} captions without one {how}"
+    return report
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -96,6 +131,7 @@ def _print_report(report: dict[str, Any]) -> None:
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     console.print(f"{report['spec']}: {report['format']} ({', '.join(report['files'])})")
     console.print(f"splits: {report['splits_from']}")
+    console.print(f"evaluate's default split: {report['evaluate_default']}")
     table = Table(show_edge=False)
     for column in ("split", "images", "captions", "neutral", "positive", "negative", "words min/mean/median/max"):
         table.add_column(column, justify="left" if column == "split" else "right")
@@ -117,6 +153,9 @@ def _print_report(report: dict[str, Any]) -> None:
     if not report["images_checked"]:
         console.print("images: not opened (--no-images)")
     _list(console, "missing image", report["missing_images"])
+    if report["missing_images"]:
+        more = "&" if "?" in report["spec"] else "?"
+        console.print(f"hint: images kept in another folder? name it: {report['spec']}{more}images=DIR", markup=False)
     _list(console, "unreadable image", [f"{item['image']}: {item['reason']}" for item in report["unreadable_images"]])
     shared = report["images_in_several_splits"]
     leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
@@ -125,13 +164,13 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"warning: captions over {LONG_CAPTION_WORDS} words (a quote left open in a table?)")
         _list(console, "long caption", [f"{item['image']}: {item['words']} words" for item in report["long_captions"]])
     errors = report["errors"]
-    console.print(f"{errors} error{'s' if errors != 1 else ''}" if errors else "ok: no errors")
+    console.print(plural(errors, "error") if errors else "ok: no errors")
 
 
 def _list(console: Any, what: str, items: list[str]) -> None:
     if not items:
         return
-    console.print(f"{len(items)} {what}{'s' if len(items) != 1 else ''}:")
+    console.print(f"{plural(len(items), what)}:")
     for item in items[:_SHOWN]:
         console.print(f"  {item}", markup=False)
     if len(items) > _SHOWN:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import fail, quiet_libraries
-from captionkit.demo import DemoData
+from captionkit.demo_data import DemoData
 
 
 def demo(

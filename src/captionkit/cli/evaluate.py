@@ -15,18 +15,20 @@ from captionkit.files import write_atomic
 if TYPE_CHECKING:
     from captionkit.data.records import CaptionRecord
     from captionkit.evaluation.clipscore import ClipScorer
+    from captionkit.trained_on import TrainedOn
 
 
 def evaluate(
     model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")],
     data: Annotated[str, typer.Option(help="Dataset: a file or directory captionkit reads (COCO, Flickr, CSV...).")],
     split: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Split to evaluate (train, val, test, or all). Data without split labels is split as the model's "
-            "training run split it, when its train_config.json is there."
+            help="Split to evaluate (train, val, test, or all; default: test, or all of data without a test split). "
+            "Data without split labels is split as the model's training run split it, when its train_config.json "
+            "is there."
         ),
-    ] = "test",
+    ] = None,
     output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: the COCO set).")] = None,
     beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
@@ -58,11 +60,13 @@ def evaluate(
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.data.sources import load_records
-    from captionkit.data.splits import select_split
+    from captionkit.data.splits import evaluation_split
     from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
+    from captionkit.evaluation.api import java_note
     from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
     from captionkit.report import write_evaluation_report
+    from captionkit.trained_on import TrainedOn
 
     if batch_size < 1:
         fail(f"--batch-size: must be at least 1, got {batch_size}")
@@ -70,11 +74,13 @@ def evaluate(
         fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
     try:
         decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
-        records = _split_as_trained(load_records(data), model, data)
-        chosen = records if split == "all" else select_split(records, split)
-        if not chosen:
-            splits = sorted({r.split for r in records if r.split})
-            fail(f"{data}: no captions in split {split!r} (splits: {', '.join(splits) or 'none; use --split all'})")
+        trained = TrainedOn.read(model)
+        records = _split_as_trained(load_records(data), trained, data)
+        chosen, which = evaluation_split(records, split, data)
+        print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
+        if trained is not None:
+            chosen = trained.captions(chosen)
+            print(f"captionkit: data: {trained.describe()}", file=sys.stderr)
         train_captions = [r.caption for r in records if r.split == "train"]
         if styles:
             classifier = _style_classifier(records, data, lexicon)
@@ -88,10 +94,21 @@ def evaluate(
                 write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
+        note = java_note(metrics)
+        if note is not None:
+            print(f"captionkit: note: {note}", file=sys.stderr)
         clip = _clip_scorer(metrics, clip_model, device)
         with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
             result = evaluate_model(
-                captioner, chosen, decoding, metrics, train_captions or None, batch_size, advance, clip
+                captioner,
+                chosen,
+                decoding,
+                metrics,
+                train_captions or None,
+                batch_size,
+                advance,
+                clip,
+                max_length=trained.max_length if trained is not None else None,
             )
     except CaptionkitError as error:
         fail(str(error))
@@ -106,6 +123,8 @@ def evaluate(
         write_atomic(output / "results.jsonl", lines)
         write_atomic(output / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
     print(json.dumps(result.metrics))
+    for figure, over in result.metrics["computed_over"].items():
+        print(f"captionkit: {figure}: {over}", file=sys.stderr)
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
@@ -129,31 +148,18 @@ def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:
     return StyleClassifier.fit(train, lexicon=senticap_sentiment_words(lexicon) if lexicon else None)
 
 
-def _split_as_trained(records: list[CaptionRecord], model: str, data: str) -> list[CaptionRecord]:
-    """Data without split labels, split the way the model's training run split it (its ``train_config.json``: the
-    seeded ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never
-    trained on. Records are returned as they are when they have splits or the run's settings are not there."""
-    from captionkit.data.splits import assign_splits
-    from captionkit.errors import InputError
-    from captionkit.jsontext import parse_json
-
-    settings = Path(model) / "train_config.json"
-    if any(record.split for record in records) or not settings.is_file():
+def _split_as_trained(records: list[CaptionRecord], trained: TrainedOn | None, data: str) -> list[CaptionRecord]:
+    """Data without split labels, split the way the model's training run split it (the seeded
+    ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never trained on."""
+    if trained is None:
         return records
-    try:
-        saved = parse_json(settings.read_text(encoding="utf-8"), settings)
-        fraction, seed = saved["data"]["val_fraction"], saved["train"]["seed"]
-        held_out_here = not saved["data"].get("val")  # a run given separate val data held nothing out of these
-        split = assign_splits(records, fraction, 0.0, seed) if held_out_here else None
-    except (OSError, ValueError, KeyError, TypeError, InputError):
-        return records
-    if split is None:
-        return records
-    print(
-        f"{data}: no split labels; using the split of the model's training run ({fraction:g} of the images held out "
-        f"as val, seed {seed})",
-        file=sys.stderr,
-    )
+    split = trained.split(records)
+    if split != records:
+        print(
+            f"{data}: no split labels; using the split of the model's training run ({trained.val_fraction:g} of the "
+            f"images held out as val, seed {trained.seed})",
+            file=sys.stderr,
+        )
     return split
 
 

@@ -26,10 +26,13 @@ def _json_value(value: Any) -> Any:
 
 
 def _table(scores: dict[str, Any]) -> str:
+    """One row per score; counts (ints) print as integers, scores with four decimals."""
     rows = [(k, scores[k]) for k in _ORDER if k in scores]
-    rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, float)]
+    rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, int | float)]
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k:<{width}}  {v:10.4f}" for k, v in rows)
+    return "\n".join(
+        f"  {k:<{width}}  {v:10d}" if isinstance(v, int) else f"  {k:<{width}}  {v:10.4f}" for k, v in rows
+    )
 
 
 def score(
@@ -60,10 +63,13 @@ def score(
     """Score candidate captions against reference captions (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE; CLIPScore and
     RefCLIPScore with --images)."""
     from captionkit.errors import InputError
-    from captionkit.evaluation.api import score_captions, split_image_metrics
+    from captionkit.evaluation.api import java_note, score_captions, split_image_metrics
     from captionkit.evaluation.readers import read_candidates, read_references
 
     try:
+        note = java_note(metrics)
+        if note is not None:
+            print(f"captionkit: note: {note}", file=sys.stderr)
         text_metrics, wants_clip = split_image_metrics(metrics)
         if wants_clip and images is None:
             raise InputError("--images", "CLIPScore needs the directory of the images")

@@ -9,7 +9,7 @@ pixels and no image is opened at all.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -107,6 +107,17 @@ class CaptionDataset(Dataset):
         if self._pixels is not None:
             self._pixels[key] = pixels
         return pixels
+
+    def cache_all(self, on_image: Callable[[int, int], None] | None = None) -> None:
+        """Read every image into the cache now (a cached dataset otherwise fills it during the first epoch);
+        ``on_image(done, total)`` after each distinct image."""
+        if self._pixels is None:
+            return
+        firsts = {str(record.image_path): record for record in self.records}
+        for done, record in enumerate(firsts.values(), start=1):
+            self.pixels_of(record)
+            if on_image is not None:
+                on_image(done, len(firsts))
 
     def __getitem__(self, index: int) -> Sample | Unreadable:
         record = self.records[index]

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from captionkit.data.formats import detect, format_names, get_format
+from captionkit.data.formats import coco, detect, format_names, get_format
 from captionkit.data.formats.base import Probe, ReadOptions
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import assign_splits
@@ -126,6 +126,16 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
         assigned = sum(record.split is None for record in records)
         records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
     return LoadResult(records, chosen.name, path, result.files, result.dropped, assigned)
+
+
+def separate_datasets(spec: str) -> list[str]:
+    """Specs of the datasets in a folder that holds several COCO caption files without one split each (one spec
+    per file, the options kept), which ``data check`` checks one by one; empty for any other spec."""
+    parsed = parse_spec(spec)
+    if parsed.format not in (None, "coco") or not parsed.path.is_dir():
+        return []
+    options = spec.partition("?")[2]
+    return [f"{path}?{options}" if options else str(path) for path in coco.separate_files(parsed.path)]
 
 
 def load_records(spec: str | Path) -> list[CaptionRecord]:

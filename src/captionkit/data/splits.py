@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Sequence
 
 from captionkit.data.records import CaptionRecord
+from captionkit.errors import InputError
 
 
 def _unit_interval(image_id: str, seed: int) -> float:
@@ -70,3 +71,25 @@ def first_caption_per_image(records: Sequence[CaptionRecord], by_style: bool = F
             seen.add(key)
             kept.append(record)
     return kept
+
+
+def evaluation_split(
+    records: Sequence[CaptionRecord], split: str | None, source: object = "--split"
+) -> tuple[list[CaptionRecord], str]:
+    """The records ``evaluate`` scores for ``--split`` (None: the default) and one line saying which they are.
+
+    The default is the test split where the data has one, else every record (data without a test split, such as an
+    unsplit COCO captions file, is evaluated whole). ``all``: every record. Another name with no records is an
+    error naming the splits there are.
+    """
+    images = len({record.image_id for record in records})
+    if split == "all" or (split is None and not any(record.split == "test" for record in records)):
+        reason = "" if split == "all" else " (the data has no test split)"
+        return list(records), f"all {images} images{reason}"
+    name = split or "test"
+    chosen = select_split(records, name)
+    if not chosen:
+        found = sorted({record.split for record in records if record.split})
+        there = f"its splits: {', '.join(found)}" if found else "it has no split labels"
+        raise InputError(source, f"no captions in split {name!r} ({there}; --split all takes every caption)")
+    return chosen, f"the {name} split: {len({record.image_id for record in chosen})} of {images} images"

@@ -88,6 +88,22 @@ def split_image_metrics(metrics: str | Iterable[str] | None) -> tuple[str | Iter
     return [name for name in chosen if name not in IMAGE_METRICS] or ["CIDEr"], True
 
 
+def java_note(metrics: str | Iterable[str] | None) -> str | None:
+    """A one-line note when ``metrics`` will start Java here (METEOR where Java is installed, SPICE always): it
+    costs seconds the other metrics do not, so say how to leave it out. ``None`` when nothing runs Java."""
+    from captionkit.evaluation.meteor import meteor_unavailable_reason
+
+    chosen, _ = parse_metrics(metrics)
+    java = [name for name in ("METEOR", "SPICE") if name in chosen]
+    if "METEOR" in java and meteor_unavailable_reason() is not None:
+        java.remove("METEOR")  # left out with its own note
+    if not java:
+        return None
+    rest = ",".join(name for name in chosen if name not in java) or "BLEU,ROUGE_L,CIDEr"
+    runs, them = ("runs", "it") if len(java) == 1 else ("run", "them")
+    return f"{' and '.join(java)} {runs} in Java (seconds more than the others); --metrics {rest} leaves {them} out"
+
+
 def _examples(names: list[str], limit: int = 3) -> str:
     return ", ".join(repr(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
 
@@ -204,7 +220,7 @@ def score_captions(
     train = tokenize_captions(train_captions) if train_captions is not None else None
     scores.update(diversity(candidates, train))
     scores.update(length_stats(candidates))
-    scores["num_images"] = float(len(ids))
+    scores["num_images"] = len(ids)
     for caption, count in repeated_captions(candidates)[:3]:
         evaluation.notes.append(
             f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"

@@ -5,7 +5,8 @@ All statistics read tokenized captions (words are ``caption.split()``), the same
 - ``distinct_1`` / ``distinct_2``: distinct unigrams / bigrams over all captions divided by their total count
   (Li et al. 2016), bigrams taken within captions.
 - ``vocab_size``: number of distinct words.
-- ``unique_captions``: distinct caption strings divided by the number of captions (1.0: no caption repeats).
+- ``unique_captions``: the number of distinct caption strings.
+- ``unique_share``: ``unique_captions`` divided by the number of captions (1.0: no caption repeats).
 - ``copied_from_train``: share of captions identical to some training caption (when those are given).
 - ``length_*``: caption length in tokens: mean, population standard deviation, min, max, and the 10th, 50th and
   90th percentiles (linear interpolation, as numpy's default).
@@ -54,8 +55,8 @@ def length_stats(captions: Sequence[str]) -> dict[str, float]:
     return {
         "length_mean": mean,
         "length_std": math.sqrt(sum((x - mean) ** 2 for x in lengths) / len(lengths)),
-        "length_min": float(lengths[0]),
-        "length_max": float(lengths[-1]),
+        "length_min": lengths[0],
+        "length_max": lengths[-1],
         "length_p10": _percentile(lengths, 0.10),
         "length_p50": _percentile(lengths, 0.50),
         "length_p90": _percentile(lengths, 0.90),
@@ -63,14 +64,17 @@ def length_stats(captions: Sequence[str]) -> dict[str, float]:
 
 
 def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = None) -> dict[str, float]:
-    """Distinct-1/2, vocabulary size, share of unique captions and (with training captions) the copied share."""
+    """Distinct-1/2, vocabulary size, unique captions (count and share) and (with training captions) the copied
+    share. Counts are ints."""
     if not captions:
         return {}
-    stats = {
+    unique = len(set(captions))
+    stats: dict[str, float] = {
         "distinct_1": distinct_n(captions, 1),
         "distinct_2": distinct_n(captions, 2),
-        "vocab_size": float(len({w for c in captions for w in c.split()})),
-        "unique_captions": len(set(captions)) / len(captions),
+        "vocab_size": len({w for c in captions for w in c.split()}),
+        "unique_captions": unique,
+        "unique_share": unique / len(captions),
     }
     if train_captions is not None:
         train = set(train_captions)

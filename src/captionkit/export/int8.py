@@ -99,6 +99,19 @@ def _quantizable(module: nn.Module, name: str) -> bool:
     return isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] not in KEEP_FP32
 
 
+def count_parameters(model: nn.Module) -> int:
+    """Parameters of ``model``, those packed in torch.ao's int8 linear layers included (``parameters()`` skips
+    them: they are not ``nn.Parameter``)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    total = sum(parameter.numel() for parameter in model.parameters())
+    for module in model.modules():
+        if isinstance(module, DynamicInt8Linear):
+            weight, bias = module._weight_bias()
+            total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return total
+
+
 def write_quantization_file(directory: Path, info: dict[str, Any]) -> None:
     write_atomic((directory / QUANTIZATION_FILE), json.dumps(info, indent=2) + "\n")
 

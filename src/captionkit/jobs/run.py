@@ -78,6 +78,12 @@ class JobOutcome:
     summary: JobSummary
     earlier_errors: int
     one_of_many_ranks: bool
+    done_before: int = 0  # images of this share an earlier run (``--resume``) had already written
+
+    @property
+    def already_complete(self) -> bool:
+        """A resumed run found nothing left to caption."""
+        return self.done_before > 0 and self.summary.captioned + self.summary.errors == 0
 
     @property
     def partial(self) -> bool:
@@ -136,7 +142,7 @@ def run_caption_job(
     _announce(plan)
     todo = plan.todo()
     # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
-    show_progress = progress is not None and (plan.dist is None or plan.dist.local_rank == 0)
+    show_progress = progress is not None and bool(todo) and (plan.dist is None or plan.dist.local_rank == 0)
     try:
         with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
             summary = caption_files(
@@ -154,7 +160,7 @@ def run_caption_job(
     finally:
         writer.close()
     one_of_many = plan.dist is not None and plan.dist.world_size > 1
-    return JobOutcome(summary, plan.earlier_errors(), one_of_many)
+    return JobOutcome(summary, plan.earlier_errors(), one_of_many, len(plan.mine) - len(todo))
 
 
 def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:

@@ -1,6 +1,6 @@
 """A served model: a :class:`~captionkit.api.Captioner` under a name, with what the page and API need to know.
 
-``styles``: the styles the model was trained to control (``Captioner.styles``; a request for another style is a
+``styles``: "neutral" and the styles the model was trained to control (``Captioner.styles``; another style is a
 422 naming the model). ``attention``: the model returns attention maps (``model.has_attention``), which
 ``attention=true`` adds to each caption of a response.
 """
@@ -20,7 +20,7 @@ class ServedModel:
 
     @property
     def styles(self) -> tuple[str, ...]:
-        return tuple(style for style in self.captioner.styles if style != "neutral")
+        return tuple(self.captioner.styles)
 
     @property
     def attention(self) -> bool:
@@ -32,8 +32,8 @@ class ServedModel:
         return {
             "name": self.name,
             "family": getattr(model, "family", type(model).__name__),
-            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameters": self.captioner.num_parameters,
             "device": str(self.captioner.device),
-            "styles": ["none", *self.styles],
+            "styles": list(self.styles),
             "attention": self.attention,
         }

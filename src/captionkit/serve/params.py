@@ -17,8 +17,8 @@ from captionkit.errors import InputError
 from captionkit.serve.errors import field_error, invalid_fields
 from captionkit.serve.models import ServedModel
 from captionkit.serve.settings import ServeSettings
+from captionkit.text.styles import NEUTRAL
 
-NEUTRAL_STYLES = ("none", "neutral")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -48,7 +48,7 @@ def parameters(settings: ServeSettings) -> tuple[Parameter, ...]:
         Parameter("top_k", int, "Sample from the k most likely tokens; 0 = all (default 0).", 0, 100_000),
         Parameter("top_p", float, "Nucleus sampling mass (default 1).", 0.0, 1.0, low_open=True),
         Parameter("seed", int, "Seed for sampling: the same request gives the same captions.", 0, MAX_SEED),
-        Parameter("style", str, "Caption style; 'none' for models trained without styles (default 'none')."),
+        Parameter("style", str, "Caption style: 'neutral' (the default) or another the model lists in /v1/models."),
         Parameter(
             "attention",
             bool,
@@ -80,16 +80,16 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     if errors:
         raise invalid_fields(errors)
     model = _pick_model(values.get("model"), models)
-    style = values.get("style", "none")
+    style = values.get("style", NEUTRAL)
     attention = values.get("attention", False)
-    if style not in NEUTRAL_STYLES and style not in model.styles:
-        allowed = ", ".join([*NEUTRAL_STYLES, *model.styles])
+    if style not in model.styles:
+        allowed = ", ".join(model.styles)
         errors.append(field_error("style", f"model {model.name!r} has no style {style!r} (allowed: {allowed})"))
     if attention and not model.attention:
         errors.append(field_error("attention", f"model {model.name!r} does not report attention maps"))
     if errors:
         raise invalid_fields(errors)
-    start = None if style in NEUTRAL_STYLES else model.captioner.style_start_token(style)
+    start = model.captioner.style_start_token(style)
     decoding = _decoding(values, start)
     try:
         check_length(model.captioner.model, decoding)

@@ -214,14 +214,28 @@ def _step(
 
 
 def _dataset(config: TrainConfig, setup: Setup, records: list[CaptionRecord], features: Any = None) -> CaptionDataset:
-    return CaptionDataset(
-        records,
-        setup.tokenizer,
-        setup.preprocessing,
-        config.data.max_length,
-        cache_images=config.data.cache_images and features is None,
-        features=features,
+    cache = config.data.cache_images and features is None
+    data = CaptionDataset(
+        records, setup.tokenizer, setup.preprocessing, config.data.max_length, cache_images=cache, features=features
     )
+    if cache:
+        _cache_images(data)
+    return data
+
+
+def _cache_images(data: CaptionDataset) -> None:
+    """Fill the image cache now, logging "caching N images" and then each tenth done: minutes of silence otherwise
+    in a run whose stderr is no terminal (no progress bar there)."""
+    started = time.perf_counter()
+    total = len({str(record.image_path) for record in data.records})
+    logger.info("caching %d images", total)
+    every = max(1, total // 10)
+
+    def report(done: int, total: int) -> None:
+        if done % every == 0 or done == total:
+            logger.info("cached %d/%d images (%.1f s)", done, total, time.perf_counter() - started)
+
+    data.cache_all(report)
 
 
 def _training_data(

@@ -46,6 +46,14 @@ def caption_files(directory: Path) -> list[Path]:
     return found
 
 
+def separate_files(directory: Path) -> list[Path]:
+    """The caption files of ``directory`` when they are not one dataset: several, without one split each (such as
+    ``captions_val2017.json`` beside ``captions_val2017_subset.json``); empty otherwise."""
+    files = caption_files(directory)
+    splits = [tag[0] if (tag := split_tag(path)) else None for path in files]
+    return files if len(files) > 1 and (None in splits or len(set(splits)) < len(splits)) else []
+
+
 def detect_dir(directory: Path) -> bool:
     return bool(caption_files(directory))
 
@@ -60,9 +68,8 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
     collector = Collector()
     if probe.path.is_dir():
         files = caption_files(probe.path)
-        tags = [split_tag(path) for path in files]
-        splits = [tag[0] if tag else None for tag in tags]
-        if len(files) > 1 and (None in splits or len(set(splits)) < len(splits)):
+        splits = [tag[0] if (tag := split_tag(path)) else None for path in files]
+        if separate_files(probe.path):
             names = ", ".join(path.name for path in files)
             raise InputError(probe.path, f"several COCO caption files without one split each ({names}); name one")
         for path, split in zip(files, splits, strict=True):

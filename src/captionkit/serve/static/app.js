@@ -38,7 +38,7 @@ function selectedModels() {
 function refreshControls() {
   const models = selectedModels();
   // Styles every selected model knows; attention only when every selected model reports it.
-  const styles = models.length ? models.map((m) => m.styles).reduce((a, b) => a.filter((s) => b.includes(s))) : ["none"];
+  const styles = models.length ? models.map((m) => m.styles).reduce((a, b) => a.filter((s) => b.includes(s))) : ["neutral"];
   const styleSelect = $("style");
   const current = styleSelect.value;
   styleSelect.replaceChildren(...styles.map((s) => element("option", { value: s }, s)));
@@ -86,7 +86,7 @@ async function captionWith(model) {
 function captionList(result) {
   const list = element("ol", { class: "nbest" });
   for (const caption of result.captions) {
-    list.append(element("li", {}, element("span", { class: "text" }, caption.text || "(empty)"),
+    list.append(element("li", {}, element("span", { class: "text" }, caption.caption || "(empty)"),
       element("span", { class: "score", title: "mean log-probability per token" }, caption.score.toFixed(3))));
   }
   return list;
