@@ -63,7 +63,8 @@ def run_demo(
 ) -> dict[str, Any]:
     """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics."""
     from captionkit.api import Captioner
-    from captionkit.training.loop import CURVES, train
+    from captionkit.training.finish import CURVES
+    from captionkit.training.loop import train
 
     output = Path(output)
     data = data or DemoData()
