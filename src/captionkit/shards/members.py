@@ -1,0 +1,70 @@
+"""Member paths (``CONTAINER/MEMBER``) and the samples of containers, read one container at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from captionkit.shards.parquet import parquet_index, read_parquet_member
+from captionkit.shards.patterns import CONTAINER_SUFFIXES
+from captionkit.shards.tar import read_tar_member, sample_captions, tar_index
+
+
+@dataclass(frozen=True)
+class ShardSample:
+    """A sample of a collection: its key, its image as a member path, its captions and where it sits (which
+    container of the list, which sample in it: the cursor a resumed reader starts from)."""
+
+    key: str
+    image: Path
+    captions: tuple[str, ...]
+    container: int
+    offset: int
+    problem: str | None = None
+
+
+def split_member(path: Path) -> tuple[Path, str] | None:
+    """``(container, member)`` when ``path`` lies inside a ``.tar``/``.parquet`` file, else ``None``."""
+    for parent in path.parents:
+        if parent.suffix.lower() in CONTAINER_SUFFIXES and parent.is_file():
+            return parent, path.relative_to(parent).as_posix()
+    return None
+
+
+def read_member(path: Path, limit: int) -> bytes | None:
+    """The bytes of the member ``path`` names (at most ``limit + 1``); ``None`` when it is not a member path."""
+    found = split_member(path)
+    if found is None:
+        return None
+    container, member = found
+    if container.suffix.lower() == ".tar":
+        return read_tar_member(container, member, limit)
+    return read_parquet_member(container, member, limit)
+
+
+def iter_samples(containers: Iterable[Path], start: tuple[int, int] = (0, 0)) -> Iterator[ShardSample]:
+    """The samples of ``containers`` in order, from cursor ``start`` = (container, sample in it); only the
+    container being read is indexed in memory. Tar samples without an image are skipped."""
+    first, skip = start
+    for number, container in enumerate(containers):
+        if number < first:
+            continue
+        samples = _tar_samples(container, number) if container.suffix.lower() == ".tar" else _rows(container, number)
+        for sample in samples:
+            if number > first or sample.offset >= skip:
+                yield sample
+
+
+def _tar_samples(container: Path, number: int) -> Iterator[ShardSample]:
+    images = (sample for sample in tar_index(container).samples if sample.image is not None)
+    for offset, sample in enumerate(images):
+        image = container / str(sample.image)
+        yield ShardSample(sample.key, image, tuple(sample_captions(sample)), number, offset, sample.problem)
+
+
+def _rows(container: Path, number: int) -> Iterator[ShardSample]:
+    index = parquet_index(container)
+    for offset, (key, caption) in enumerate(zip(index.keys, index.captions, strict=True)):
+        captions = (caption,) if caption and caption.strip() else ()
+        yield ShardSample(key, container / key, captions, number, offset)
