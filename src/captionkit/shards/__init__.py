@@ -9,6 +9,7 @@ user typed (a container, a brace pattern ``shards/{00000..00099}.tar`` or a dire
 
 from captionkit.shards.members import ShardSample, iter_samples, read_member, split_member
 from captionkit.shards.patterns import CONTAINER_SUFFIXES, container_files, is_container_input
+from captionkit.shards.tar import sample_captions
 
 __all__ = [
     "CONTAINER_SUFFIXES",
@@ -17,5 +18,6 @@ __all__ = [
     "is_container_input",
     "iter_samples",
     "read_member",
+    "sample_captions",
     "split_member",
 ]

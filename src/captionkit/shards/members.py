@@ -60,7 +60,9 @@ def _tar_samples(container: Path, number: int) -> Iterator[ShardSample]:
     images = (sample for sample in tar_index(container).samples if sample.image is not None)
     for offset, sample in enumerate(images):
         image = container / str(sample.image)
-        yield ShardSample(sample.key, image, tuple(sample_captions(sample)), number, offset, sample.problem)
+        yield ShardSample(
+            sample.key, image, tuple(sample_captions(sample.captions, sample.meta)), number, offset, sample.problem
+        )
 
 
 def _rows(container: Path, number: int) -> Iterator[ShardSample]:

@@ -15,21 +15,22 @@ _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
 
 def expand_braces(text: str) -> list[str]:
-    """``a{01..03}.tar`` -> ``a01.tar a02.tar a03.tar``; ``{x,y}`` -> both; nested and repeated groups expand in
-    order. A range counting down is an error naming the pattern."""
-    found = _RANGE.search(text)
-    if found is not None:
-        first, last = found.group(1), found.group(2)
-        if int(last) < int(first):
-            raise InputError(text, f"brace range {found.group(0)} counts down")
-        width = len(first) if first.startswith("0") else 0
-        head, tail = text[: found.start()], text[found.end() :]
-        return [out for n in range(int(first), int(last) + 1) for out in expand_braces(f"{head}{n:0{width}d}{tail}")]
-    found = _LIST.search(text)
-    if found is not None:
-        head, tail = text[: found.start()], text[found.end() :]
+    """``a{01..03}.tar`` -> ``a01.tar a02.tar a03.tar``; ``{x,y}`` -> both; several groups expand left to right,
+    as a shell does. A range counting down is an error naming the pattern."""
+    groups = [found for found in (_RANGE.search(text), _LIST.search(text)) if found is not None]
+    if not groups:
+        return [text]
+    found = min(groups, key=lambda match: match.start())
+    head, tail = text[: found.start()], text[found.end() :]
+    if found.re is _LIST:
         return [out for choice in found.group(1).split(",") for out in expand_braces(head + choice + tail)]
-    return [text]
+    first, last = found.group(1), found.group(2)
+    if int(last) < int(first):
+        raise InputError(text, f"brace range {found.group(0)} counts down")
+    width = len(first) if first.startswith("0") else 0
+    return [
+        out for number in range(int(first), int(last) + 1) for out in expand_braces(f"{head}{number:0{width}d}{tail}")
+    ]
 
 
 def _is_container(path: Path) -> bool:

@@ -96,11 +96,11 @@ def _read_text(archive: tarfile.TarFile, member: tarfile.TarInfo) -> str:
     return data.decode("utf-8")
 
 
-def sample_captions(sample: TarSample) -> list[str]:
-    """The ``.txt`` lines, else the ``.json``'s ``caption`` field (a string or a list of strings)."""
-    if sample.captions:
-        return list(sample.captions)
-    caption = sample.meta.get("caption")
+def sample_captions(lines: tuple[str, ...], meta: dict[str, Any]) -> list[str]:
+    """A sample's captions: its ``.txt`` lines, else its ``.json``'s ``caption`` (a string or a list of them)."""
+    if lines:
+        return list(lines)
+    caption = meta.get("caption")
     if isinstance(caption, str):
         return [caption] if caption.strip() else []
     if isinstance(caption, list):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from captionkit.data.formats import coco, flickr, folder, karpathy, senticap, table
+from captionkit.data.formats import coco, flickr, folder, karpathy, senticap, shards, table
 from captionkit.data.formats.base import Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
 
@@ -30,6 +30,21 @@ class Format:
 # Detection order matters where a directory holds several layouts (Flickr8k ships a token file, Kaggle's
 # captions.txt and a Karpathy json side by side): the most specific, split-carrying one wins.
 FORMATS: tuple[Format, ...] = (
+    Format(
+        "webdataset",
+        "WebDataset tar shards (KEY.jpg + KEY.txt/KEY.json): a .tar, a brace pattern {00000..00099}.tar or a folder",
+        shards.detect_tar,
+        shards.detect_tar_dir,
+        shards.read_containers,
+        ("wds", "tar"),
+    ),
+    Format(
+        "parquet",
+        "Parquet with image bytes (img2dataset's jpg, key, caption columns): a .parquet file or a folder of them",
+        shards.detect_parquet,
+        shards.detect_parquet_dir,
+        shards.read_containers,
+    ),
     Format(
         "jsonl",
         "captionkit's captions.jsonl (the synthetic scenes) or any JSONL of {image, caption[, style][, split]}",
@@ -75,6 +90,14 @@ FORMATS: tuple[Format, ...] = (
         table.detect_csv_dir,
         table.read_csv,
         ("kaggle", "tsv"),
+    ),
+    Format(
+        "img2dataset",
+        "img2dataset's files layout: numbered folders (00000/) of KEY.jpg + KEY.txt + KEY.json",
+        shards.detect_files,
+        shards.detect_files_dir,
+        shards.read_files,
+        ("files",),
     ),
     Format(
         "folder",
