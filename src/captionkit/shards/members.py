@@ -32,6 +32,24 @@ def split_member(path: Path) -> tuple[Path, str] | None:
     return None
 
 
+def container_runs(paths: Iterable[Path]) -> list[int] | None:
+    """Lengths of the runs of consecutive ``paths`` inside the same container (a loose file is a run of its own);
+    ``None`` when no path lies inside a container."""
+    runs: list[int] = []
+    previous: Path | None = None
+    inside = False
+    for path in paths:
+        found = split_member(path)
+        container = found[0] if found is not None else None
+        inside = inside or container is not None
+        if container is not None and container == previous:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+        previous = container
+    return runs if inside else None
+
+
 def read_member(path: Path, limit: int) -> bytes | None:
     """The bytes of the member ``path`` names (at most ``limit + 1``); ``None`` when it is not a member path."""
     found = split_member(path)
