@@ -29,7 +29,7 @@ def caption(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, json or parquet.")] = "jsonl",
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     workers: Annotated[

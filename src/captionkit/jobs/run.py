@@ -22,7 +22,7 @@ from captionkit.errors import CaptionkitError, InputError
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_files
 from captionkit.jobs.inputs import InputImage, collect_inputs
-from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, read_records, repair_torn_tail
+from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, read_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
@@ -54,6 +54,8 @@ class CaptionJobOptions:
         """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
         if self.fmt not in FORMATS:
             raise InputError("--format", f"unknown format {self.fmt!r} (expected one of {', '.join(FORMATS)})")
+        if self.fmt == "parquet" and self.output is None:
+            raise InputError("--format", "parquet output needs --output (a .parquet file)")
         if self.resume and self.output is None:
             raise CaptionkitError("--resume needs --output (the file to continue)")
         if self.decoding.num_return_sequences > 1 and self.fmt == "csv":
@@ -122,8 +124,8 @@ def run_caption_job(
         folders = overlay_folders([item.path for item in plan.items])
         on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
-    if plan.target is not None and not options.resume and options.fmt != "json" and plan.target.exists():
-        plan.target.unlink()
+    if plan.target is not None and not options.resume and options.fmt != "json":
+        discard_output(plan.target, options.fmt)
     writer = RecordWriter(plan.target, options.fmt, plan.existing)
     _announce(plan)
     todo = plan.todo()

@@ -7,7 +7,14 @@ user typed (a container, a brace pattern ``shards/{00000..00099}.tar`` or a dire
 :func:`iter_samples` walks the samples of containers one at a time, so memory does not grow with their number.
 """
 
-from captionkit.shards.members import ShardSample, container_runs, iter_samples, read_member, split_member
+from captionkit.shards.members import (
+    ShardSample,
+    container_runs,
+    iter_samples,
+    read_member,
+    sample_key,
+    split_member,
+)
 from captionkit.shards.patterns import CONTAINER_SUFFIXES, container_files, is_container_input
 from captionkit.shards.tar import sample_captions
 
@@ -20,5 +27,6 @@ __all__ = [
     "iter_samples",
     "read_member",
     "sample_captions",
+    "sample_key",
     "split_member",
 ]

@@ -32,6 +32,16 @@ def split_member(path: Path) -> tuple[Path, str] | None:
     return None
 
 
+def sample_key(image: str) -> str:
+    """The key of a sample named by a member path (``shards/00000.tar/000000017.jpg`` -> ``000000017``); any other
+    image is its own key."""
+    found = split_member(Path(image))
+    if found is None:
+        return image
+    member = found[1]
+    return member.rsplit(".", 1)[0] if found[0].suffix.lower() == ".tar" else member
+
+
 def container_runs(paths: Iterable[Path]) -> list[int] | None:
     """Lengths of the runs of consecutive ``paths`` inside the same container (a loose file is a run of its own);
     ``None`` when no path lies inside a container."""
