@@ -92,7 +92,33 @@ def evaluate_model(
     scores["perplexity"] = dataset_perplexity(captioner, reference_records)
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
+    domains = _per_domain(references, candidates, metrics)
+    if domains:
+        scores["domains"] = domains
     return ModelEvaluation(scores, results)
+
+
+def _per_domain(
+    references: dict[str, list[CaptionRecord]], candidates: dict[str, str], metrics: str | None
+) -> dict[str, dict[str, Any]]:
+    """The metrics over each domain's images, for data whose records carry one (nocaps: in/near/out-domain)."""
+    groups: dict[str, list[str]] = {}
+    for image_id in candidates:
+        domain = references[image_id][0].domain
+        if domain is not None:
+            groups.setdefault(domain, []).append(image_id)
+    return {
+        domain: {
+            **evaluate_captions(
+                {i: [r.caption for r in references[i]] for i in ids},
+                {i: candidates[i] for i in ids},
+                metrics,
+                allow_empty=True,
+            ),
+            "images": len(ids),
+        }
+        for domain, ids in sorted(groups.items())
+    }
 
 
 def evaluate_model_styles(

@@ -21,11 +21,11 @@ CAPTION_COLUMNS = ("caption", "text", "TEXT")
 INSTALL = "reading Parquet needs pyarrow: pip install 'captionkit[parquet]'"
 
 
-def download_hint(path: Path | str, url_column: str) -> str:
+def download_hint(path: Path | str, input_format: str, url_column: str, caption_column: str = "caption") -> str:
     """The one-line advice for a table of URLs: download with img2dataset first, then read its shards."""
     return (
-        f"column {url_column!r} holds image URLs, not images: download them first, e.g. "
-        f"img2dataset --url_list {path} --input_format parquet --url_col {url_column} --caption_col caption "
+        f"column {url_column!r} holds image URLs, not images: download them first, e.g. img2dataset --url_list {path} "
+        f"--input_format {input_format} --url_col {url_column} --caption_col {caption_column} "
         "--output_format webdataset --output_folder shards, then read shards/"
     )
 
@@ -65,7 +65,7 @@ def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtim
     if image_column is None:
         url_column = next((name for name in URL_COLUMNS if name in names), None)
         if url_column is not None:
-            raise InputError(path, download_hint(path, url_column))
+            raise InputError(path, download_hint(path, "parquet", url_column))
         raise InputError(path, f"no image bytes column (expected one of {', '.join(IMAGE_COLUMNS)})")
     caption_column = next((name for name in CAPTION_COLUMNS if name in names), None)
     wanted = [name for name in ("key", caption_column) if name is not None and name in names]

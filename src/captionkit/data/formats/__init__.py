@@ -10,7 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from captionkit.data.formats import coco, flickr, folder, karpathy, senticap, shards, table
+from captionkit.data.formats import (
+    coco,
+    conceptual,
+    flickr,
+    folder,
+    karpathy,
+    nocaps,
+    senticap,
+    shards,
+    table,
+    textcaps,
+)
 from captionkit.data.formats.base import Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
 
@@ -69,6 +80,20 @@ FORMATS: tuple[Format, ...] = (
         karpathy.read,
     ),
     Format(
+        "nocaps",
+        "nocaps json (COCO-like; each image's in/near/out-domain kept, evaluate reports per domain)",
+        nocaps.detect_file,
+        nocaps.detect_dir,
+        nocaps.read,
+    ),
+    Format(
+        "textcaps",
+        "TextCaps json (data entries with image_path, caption_str, set_name)",
+        textcaps.detect_file,
+        textcaps.detect_dir,
+        textcaps.read,
+    ),
+    Format(
         "coco",
         "COCO captions json (captions_train2017.json; VizWiz-Captions train.json/val.json)",
         coco.detect_file,
@@ -82,6 +107,14 @@ FORMATS: tuple[Format, ...] = (
         senticap.detect_file,
         senticap.detect_dir,
         senticap.read,
+    ),
+    Format(
+        "conceptual",
+        "Conceptual Captions TSV (caption<TAB>url, CC3M/CC12M): URLs only, so images=DIR of downloaded N.jpg",
+        conceptual.detect_file,
+        conceptual.detect_dir,
+        conceptual.read,
+        ("cc3m", "cc12m", "gcc"),
     ),
     Format(
         "csv",
