@@ -5,15 +5,14 @@ Each sample's key is the photo's stem, its caption ``a photo number N`` (N = its
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from _data import SHARED_DATA
+from captionkit.shards import writing
 
 COCO = SHARED_DATA / "coco" / "val2017"
 
@@ -28,43 +27,30 @@ def caption_of(index: int) -> str:
     return f"a photo number {index}"
 
 
-def _add(archive: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    archive.addfile(info, io.BytesIO(data))
+def samples(photos: list[Path], image_bytes: dict[int, bytes] | None = None) -> list[writing.Sample]:
+    """The photos as samples; ``image_bytes`` replaces the bytes at those positions (e.g. with a corrupt JPEG)."""
+    replaced = image_bytes or {}
+    return [
+        writing.Sample(photo.stem, replaced.get(index, photo.read_bytes()), caption_of(index))
+        for index, photo in enumerate(photos)
+    ]
 
 
 def write_webdataset(
     photos: list[Path], directory: Path, per_shard: int, image_bytes: dict[int, bytes] | None = None
 ) -> list[Path]:
-    """Shards ``00000.tar, 00001.tar, ...`` of ``per_shard`` samples: KEY.jpg, KEY.txt, KEY.json (``image_bytes``
-    replaces the bytes of the photos at those positions, e.g. with a corrupt JPEG)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for number, start in enumerate(range(0, len(photos), per_shard)):
-        shard = directory / f"{number:05d}.tar"
-        with tarfile.open(shard, "w") as archive:
-            for index in range(start, min(start + per_shard, len(photos))):
-                key = photos[index].stem
-                data = (image_bytes or {}).get(index, photos[index].read_bytes())
-                _add(archive, f"{key}.jpg", data)
-                _add(archive, f"{key}.txt", caption_of(index).encode())
-                _add(archive, f"{key}.json", json.dumps({"key": key, "caption": caption_of(index)}).encode())
-        shards.append(shard)
-    return shards
+    return writing.write_webdataset(samples(photos, image_bytes), directory, per_shard)
 
 
 def write_parquet(photos: list[Path], path: Path, row_group_size: int = 4, with_images: bool = True) -> Path:
     """img2dataset's Parquet layout: key, caption, jpg (bytes); ``with_images=False`` leaves only a url column."""
-    columns: dict[str, list] = {
+    if with_images:
+        return writing.write_parquet(samples(photos), path, row_group_size)
+    columns = {
         "key": [photo.stem for photo in photos],
         "caption": [caption_of(index) for index in range(len(photos))],
+        "url": [f"https://example.org/{photo.name}" for photo in photos],
     }
-    if with_images:
-        columns["jpg"] = [photo.read_bytes() for photo in photos]
-    else:
-        columns["url"] = [f"https://example.org/{photo.name}" for photo in photos]
-    path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table(columns), path, row_group_size=row_group_size)
     return path
 
