@@ -44,6 +44,13 @@ def caption(
         Path | None,
         typer.Option(help="Write DIR/<image>/<NNN>-<token>.png attention heatmaps of each best caption."),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: a Ray Data pipeline with --workers captioner actors.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto or HOST:PORT); default: start Ray locally.")
+    ] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per captioner actor with --engine ray.")] = 0.0,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
 
@@ -81,6 +88,9 @@ def caption(
             prefetch=prefetch,
             shard=shard,
             attention_maps=attention_maps,
+            engine=engine,
+            ray_address=ray_address,
+            gpus_per_worker=gpus_per_worker,
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:

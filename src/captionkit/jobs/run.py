@@ -49,6 +49,9 @@ class CaptionJobOptions:
     prefetch: int = 2
     shard: str | None = None
     attention_maps: Path | None = None
+    engine: str = "local"  # or ray (jobs/ray_engine.py)
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
 
     def check(self) -> None:
         """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
@@ -68,6 +71,14 @@ class CaptionJobOptions:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
+        if self.engine not in ("local", "ray"):
+            raise InputError("--engine", f"unknown engine {self.engine!r} (expected local or ray)")
+        if self.engine == "ray" and self.attention_maps is not None:
+            raise InputError("--attention-maps", "not available with --engine ray")
+        if self.engine == "ray":
+            from captionkit.jobs.ray_engine import require_ray
+
+            require_ray()  # before the output is touched
 
 
 @dataclass
@@ -133,22 +144,53 @@ def run_caption_job(
     show_progress = progress is not None and (plan.dist is None or plan.dist.local_rank == 0)
     try:
         with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
-            summary = caption_files(
-                captioner,
-                [path for _, path in todo],
-                config,
-                writer,
-                options.batch_size,
-                advance,
-                positions=[i for i, _ in todo],
-                workers=workers,
-                prefetch=options.prefetch,
-                on_captions=on_captions,
-            )
+            if options.engine == "ray":
+                summary = _caption_on_ray(options, captioner, config, todo, writer, advance)
+            else:
+                summary = caption_files(
+                    captioner,
+                    [path for _, path in todo],
+                    config,
+                    writer,
+                    options.batch_size,
+                    advance,
+                    positions=[i for i, _ in todo],
+                    workers=workers,
+                    prefetch=options.prefetch,
+                    on_captions=on_captions,
+                )
     finally:
         writer.close()
     one_of_many = plan.dist is not None and plan.dist.world_size > 1
     return JobOutcome(summary, plan.earlier_errors(), one_of_many)
+
+
+def _caption_on_ray(
+    options: CaptionJobOptions,
+    captioner: Captioner,
+    config: DecodingConfig,
+    todo: list[tuple[int, Path]],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None,
+) -> JobSummary:
+    """The job on Ray: ``--workers N`` captioner actors (default 1), ``--gpus-per-worker`` GPUs each."""
+    from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
+
+    actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
+    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker)
+    preprocessing, limits = captioner.preprocessing, captioner.limits
+    return caption_on_ray(
+        todo,
+        options.model,
+        options.device,
+        config,
+        preprocessing,
+        limits,
+        writer,
+        options.batch_size,
+        settings,
+        advance,
+    )
 
 
 def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
