@@ -13,14 +13,12 @@ from captionkit.shards.tar import read_tar_member, sample_captions, tar_index
 
 @dataclass(frozen=True)
 class ShardSample:
-    """A sample of a collection: its key, its image as a member path, its captions and where it sits (which
-    container of the list, which sample in it: the cursor a resumed reader starts from)."""
+    """A sample of a collection: its key, its image as a member path, its captions, and why its text members could
+    not be read (if so)."""
 
     key: str
     image: Path
     captions: tuple[str, ...]
-    container: int
-    offset: int
     problem: str | None = None
 
 
@@ -71,30 +69,21 @@ def read_member(path: Path, limit: int) -> bytes | None:
     return read_parquet_member(container, member, limit)
 
 
-def iter_samples(containers: Iterable[Path], start: tuple[int, int] = (0, 0)) -> Iterator[ShardSample]:
-    """The samples of ``containers`` in order, from cursor ``start`` = (container, sample in it); only the
-    container being read is indexed in memory. Tar samples without an image are skipped."""
-    first, skip = start
-    for number, container in enumerate(containers):
-        if number < first:
-            continue
-        samples = _tar_samples(container, number) if container.suffix.lower() == ".tar" else _rows(container, number)
-        for sample in samples:
-            if number > first or sample.offset >= skip:
-                yield sample
+def iter_samples(containers: Iterable[Path]) -> Iterator[ShardSample]:
+    """The samples of ``containers`` in order; only the containers being read keep their index in memory. Tar
+    samples without an image are skipped."""
+    for container in containers:
+        yield from _tar_samples(container) if container.suffix.lower() == ".tar" else _rows(container)
 
 
-def _tar_samples(container: Path, number: int) -> Iterator[ShardSample]:
-    images = (sample for sample in tar_index(container).samples if sample.image is not None)
-    for offset, sample in enumerate(images):
-        image = container / str(sample.image)
-        yield ShardSample(
-            sample.key, image, tuple(sample_captions(sample.captions, sample.meta)), number, offset, sample.problem
-        )
+def _tar_samples(container: Path) -> Iterator[ShardSample]:
+    for sample in tar_index(container).samples:
+        if sample.image is not None:
+            captions = tuple(sample_captions(sample.captions, sample.meta))
+            yield ShardSample(sample.key, container / sample.image, captions, sample.problem)
 
 
-def _rows(container: Path, number: int) -> Iterator[ShardSample]:
+def _rows(container: Path) -> Iterator[ShardSample]:
     index = parquet_index(container)
-    for offset, (key, caption) in enumerate(zip(index.keys, index.captions, strict=True)):
-        captions = (caption,) if caption and caption.strip() else ()
-        yield ShardSample(key, container / key, captions, number, offset)
+    for key, caption in zip(index.keys, index.captions, strict=True):
+        yield ShardSample(key, container / key, (caption,) if caption and caption.strip() else ())
