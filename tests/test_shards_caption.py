@@ -23,9 +23,9 @@ def photos():
     return real_photos(7)
 
 
-def _captions(model_dir, source, tmp_path, capsys, name="out.jsonl") -> tuple[int, list[dict]]:
+def _captions(model_dir, source, tmp_path, capsys, name="out.jsonl", *extra) -> tuple[int, list[dict]]:
     out = tmp_path / name
-    code, _, _ = run_cli(["caption", source, "--model", model_dir, "--output", out, *ARGS], capsys)
+    code, _, _ = run_cli(["caption", source, "--model", model_dir, "--output", out, *ARGS, *extra], capsys)
     return code, read_jsonl(out)
 
 
@@ -41,6 +41,8 @@ def test_folder_shards_and_parquet_give_the_same_captions(model_dir, photos, tmp
         "directory of shards": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "dir.jsonl"),
         "brace pattern": _captions(model_dir, tmp_path / "shards/{00000..00002}.tar", tmp_path, capsys, "b.jsonl"),
         "parquet": _captions(model_dir, parquet, tmp_path, capsys, "parquet.jsonl"),
+        "parquet, 2 workers": _captions(model_dir, parquet, tmp_path, capsys, "p2.jsonl", "--workers", "2"),
+        "shards, 2 workers": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "s2.jsonl", "--workers", "2"),
     }
     assert all(code == 0 for code, _ in runs.values())
     reference = [record["caption"] for record in runs["folder"][1]]

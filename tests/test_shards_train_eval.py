@@ -37,12 +37,12 @@ def test_evaluate_scores_a_collection_by_sample_key(layout, photos, model_dir, t
     assert [result["image_id"] for result in results] == [photo.stem for photo in photos]
 
 
-def test_train_reads_shards(photos, tmp_path, capsys, single_thread):
+def test_train_reads_shards_in_dataloader_workers(photos, tmp_path, capsys, single_thread):
     write_webdataset(photos, tmp_path / "shards", per_shard=2)
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(
         "model:\n  preset: tiny\ntokenizer:\n  vocab_size: 300\n"
-        f"data:\n  train: {tmp_path / 'shards'}\n  val: {tmp_path / 'shards'}\n"
+        f"data:\n  train: {tmp_path / 'shards'}\n  val: {tmp_path / 'shards'}\n  workers: 2\n"
         "train:\n  steps: 2\n  batch_size: 3\n  warmup_steps: 1\n  eval_every: 2\n  eval_images: 2\n"
         "  checkpoint_every: 2\n  threads: 1\n  tensorboard: false\n",
         encoding="utf-8",
