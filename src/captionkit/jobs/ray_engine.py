@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 
 from captionkit.decoding import DecodingConfig
-from captionkit.errors import ImageError, InputError, first_line
-from captionkit.images import ImageLimits, Preprocessing, load_image
+from captionkit.errors import InputError
+from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs.batch import JobSummary
 from captionkit.jobs.outputs import RecordWriter
+from captionkit.jobs.pipeline import ImageFiles
 
 INSTALL = "needs Ray: pip install 'captionkit[ray]'"
 
@@ -46,17 +47,15 @@ def require_ray() -> Any:
 
 def _decode(batch: dict[str, np.ndarray], preprocessing: Preprocessing, limits: ImageLimits) -> dict[str, np.ndarray]:
     """A CPU task: image paths -> preprocessed pixels (zeros for a bad image) and the one-line error, if any."""
+    files = ImageFiles([str(path) for path in batch["image"]], preprocessing, limits)  # the default engine's reader
     height, width = preprocessing.size
-    pixels = np.zeros((len(batch["image"]), 3, height, width), dtype=np.float32)
+    pixels = np.zeros((len(files), 3, height, width), dtype=np.float32)
     errors = []
-    for row, path in enumerate(batch["image"]):
-        try:
-            pixels[row] = preprocessing(load_image(str(path), limits=limits))[0]
-            errors.append("")
-        except ImageError as error:
-            errors.append(error.reason)
-        except Exception as error:  # a decoder bug costs one record, not the task
-            errors.append(f"cannot decode image ({type(error).__name__}: {first_line(error)})")
+    for row in range(len(files)):
+        _, decoded, error = files[row]
+        if decoded is not None:
+            pixels[row] = decoded
+        errors.append(error or "")
     return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
 
 
