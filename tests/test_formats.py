@@ -358,7 +358,7 @@ def test_every_format_has_a_unique_name():
             "sentiment must be 1 (positive) or 0 (negative)",
         ),
         ("Flickr8k.token.txt", "a.jpg#0\tx\nno tab here\n", "expected NAME.jpg#N<TAB>caption"),
-        ("data.parquet", "PAR1", "unknown dataset format"),
+        ("data.parquet", "PAR1", "not a readable Parquet file"),
     ],
 )
 def test_malformed_files_name_the_file_and_reason(tmp_path, name, content, reason):

@@ -24,6 +24,7 @@ TOP = ("captionkit", "captionkit.api")
 LOWER = (
     "captionkit.errors",
     "captionkit.version",
+    "captionkit.shards",
     "captionkit.images",
     "captionkit.hub",
     "captionkit.config",

@@ -66,7 +66,7 @@ def test_load_records_errors(tmp_path):
         load_records(tmp_path / "missing")
     with pytest.raises(InputError, match="directory holds no dataset"):
         load_records(tmp_path)
-    other = tmp_path / "captions.parquet"
+    other = tmp_path / "captions.bin"
     other.write_bytes(b"PAR1")
     with pytest.raises(InputError, match="unknown dataset format"):
         load_records(other)

@@ -29,9 +29,10 @@ from typing import Any, BinaryIO, TypeAlias
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from captionkit.errors import ConfigError, ImageError
+from captionkit.errors import ConfigError, ImageError, InputError
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
+from captionkit.shards import read_member
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -190,6 +191,8 @@ def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:
     """Read a regular file whose size, from ``stat``, is within the cap: a huge file is never read at all."""
     try:
         info = path.stat()
+    except NotADirectoryError as exc:  # a file on the way: the path may name a member of a tar or Parquet shard
+        return _read_member(path, limits, label, exc)
     except OSError as exc:
         raise _fail(label, _os_error_reason(exc)) from exc
     if stat.S_ISDIR(info.st_mode):
@@ -203,6 +206,17 @@ def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:
     except OSError as exc:
         raise _fail(label, _os_error_reason(exc)) from exc
     _check_byte_count(len(data), limits, label, read_capped=True)  # it may have grown since stat
+    return data
+
+
+def _read_member(path: Path, limits: ImageLimits, label: str, not_a_directory: OSError) -> bytes:
+    try:
+        data = read_member(path, limits.max_bytes)
+    except InputError as exc:
+        raise _fail(label, exc.reason) from exc
+    if data is None:
+        raise _fail(label, _os_error_reason(not_a_directory)) from not_a_directory
+    _check_byte_count(len(data), limits, label, read_capped=True)
     return data
 
 

@@ -15,7 +15,7 @@ from captionkit.data.dataset import CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ImageError, InputError
-from captionkit.evaluation import score_captions
+from captionkit.evaluation import evaluate_captions, score_captions
 from captionkit.evaluation.api import split_image_metrics
 from captionkit.models.base import CaptionModel
 from captionkit.training.loss import token_nll
@@ -142,6 +142,9 @@ def evaluate_model(
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
     scores["computed_over"] = _computed_over(decoding, scored_refs, readable, max_length)
+    domains = _per_domain(references, candidates, text_metrics)
+    if domains:
+        scores["domains"] = domains
     return ModelEvaluation(scores, results)
 
 
@@ -160,6 +163,29 @@ def _computed_over(
         "image's captions where it has no neutral one)",
         "perplexity": f"{len(records)} reference captions of those images ({', '.join(styles)}), teacher forced, "
         f"each from its style's start token{cut}",
+    }
+
+
+def _per_domain(
+    references: dict[str, list[CaptionRecord]], candidates: dict[str, str], metrics: str | None
+) -> dict[str, dict[str, Any]]:
+    """The metrics over each domain's images, for data whose records carry one (nocaps: in/near/out-domain)."""
+    groups: dict[str, list[str]] = {}
+    for image_id in candidates:
+        domain = references[image_id][0].domain
+        if domain is not None:
+            groups.setdefault(domain, []).append(image_id)
+    return {
+        domain: {
+            **evaluate_captions(
+                {i: [r.caption for r in references[i]] for i in ids},
+                {i: candidates[i] for i in ids},
+                metrics,
+                allow_empty=True,
+            ),
+            "images": len(ids),
+        }
+        for domain, ids in sorted(groups.items())
     }
 
 

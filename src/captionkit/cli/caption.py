@@ -34,7 +34,7 @@ def caption(
         str, typer.Option(help="Images per batch, or auto: the most that fit on the GPU (8 on a CPU).")
     ] = "8",
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv or json.")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, json or parquet.")] = "jsonl",
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
@@ -50,6 +50,13 @@ def caption(
         Path | None,
         typer.Option(help="Write DIR/<image>/<NNN>-<token>.png attention heatmaps of each best caption."),
     ] = None,
+    engine: Annotated[
+        str, typer.Option(help="local, or ray: a Ray Data pipeline with --workers captioner actors.")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (auto or HOST:PORT); default: start Ray locally.")
+    ] = None,
+    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per captioner actor with --engine ray.")] = 0.0,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
 
@@ -89,6 +96,9 @@ def caption(
             prefetch=prefetch,
             shard=shard,
             attention_maps=attention_maps,
+            engine=engine,
+            ray_address=ray_address,
+            gpus_per_worker=gpus_per_worker,
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:

@@ -19,7 +19,9 @@ def merge(
         list[str] | None,
         typer.Option(help="The caption run's inputs (repeat the option): check that each has a record."),
     ] = None,
-    fmt: Annotated[str | None, typer.Option("--format", help="jsonl, csv or json (default: from --output).")] = None,
+    fmt: Annotated[
+        str | None, typer.Option("--format", help="jsonl, csv, json or parquet (default: from --output).")
+    ] = None,
 ) -> None:
     """Merge result parts: one record per image, duplicates dropped, gaps reported.
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.data.records import STYLES, CaptionRecord
-from captionkit.errors import ImageError
+from captionkit.errors import ImageError, InputError
 from captionkit.images import DEFAULT_LIMITS, ImageLimits, load_image
+from captionkit.shards import read_member
 
 # Words for length statistics: runs of letters/digits, with an inner apostrophe ("man's"); punctuation is not a word.
 _WORD = re.compile(r"\w+(?:'\w+)?")
@@ -64,11 +65,15 @@ def _split_of(record: CaptionRecord) -> str:
 
 def _inspect_image(path: Path, limits: ImageLimits) -> tuple[str | None, str | None]:
     """(sha256 of the bytes, None) for a good image, (None, reason) for a bad one; reason "missing" if absent."""
-    if not path.is_file():
-        return None, "missing"
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limits.max_bytes + 1)
+        data = read_member(path, limits.max_bytes)  # None: not a sample inside a tar or Parquet shard
+        if data is None:
+            if not path.is_file():
+                return None, "missing"
+            with path.open("rb") as handle:
+                data = handle.read(limits.max_bytes + 1)
+    except InputError as error:
+        return None, error.reason
     except OSError as error:
         return None, f"cannot read ({error.strerror or error})"
     try:

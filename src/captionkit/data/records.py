@@ -26,13 +26,15 @@ STYLES = ("neutral", "positive", "negative")
 
 @dataclass(frozen=True)
 class CaptionRecord:
-    """One caption of one image. Splits are made by ``image_id``, never by caption."""
+    """One caption of one image. Splits are made by ``image_id``, never by caption. ``domain`` is a dataset's own
+    grouping that evaluation reports separately (nocaps: in-domain, near-domain, out-domain)."""
 
     image_path: Path
     caption: str
     style: str = "neutral"
     image_id: str = ""
     split: str | None = None
+    domain: str | None = None
 
 
 def write_jsonl(records: Iterable[CaptionRecord], path: str | Path) -> Path:

@@ -8,6 +8,7 @@ A spec is a file or a directory whose format is detected (see :mod:`captionkit.d
                                           # senticap, csv, kaggle, jsonl, synthetic, folder)
     senticap.json?images=val2014&images=val2017   # image roots, searched in order
     photos/?val=0.1&test=0.1&seed=3       # assign splits by image to records that have none
+    shards/{00000..00099}.tar             # WebDataset shards (also a .tar, a .parquet or a folder of them)
 
 Options after ``?`` (``&``-separated): ``images=DIR`` (repeatable; relative to the current directory),
 ``val=F`` and ``test=F`` (fractions of images; assigning happens only when one is given) and ``seed=N``.
@@ -25,6 +26,7 @@ from captionkit.data.formats.base import Probe, ReadOptions
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import assign_splits
 from captionkit.errors import InputError
+from captionkit.shards import is_container_input
 
 OPTION_KEYS = ("images", "val", "test", "seed")
 
@@ -112,7 +114,7 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     """Read the dataset at ``spec`` with what was dropped and why; one clear error when it cannot be read."""
     parsed = spec if isinstance(spec, DataSpec) else parse_spec(spec)
     path = parsed.path
-    if not path.exists():
+    if not path.exists() and not is_container_input(path):  # a brace pattern of shards names no one file
         raise InputError(path, "no such file or directory")
     for root in parsed.image_roots:
         if not root.is_dir():

@@ -56,7 +56,7 @@ def caption_files(
             on_captions([paths[i] for i in batch.good], pixels, captions)
         found = dict(zip(batch.good, captions, strict=True))
         records = [
-            _record(paths[i], found[i]) if i in found else {"image": str(paths[i]), "error": batch.errors[i]}
+            caption_record(paths[i], found[i]) if i in found else {"image": str(paths[i]), "error": batch.errors[i]}
             for i in batch.positions
         ]
         writer.write(records)
@@ -98,7 +98,8 @@ def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _record(path: Path, captions: Sequence[Caption]) -> Record:
+def caption_record(path: Path, captions: Sequence[Caption]) -> Record:
+    """The result record of one image: its best caption and score, and the n-best list when there are several."""
     record: Record = {"image": str(path), "caption": captions[0].text, "score": captions[0].score}
     if len(captions) > 1:
         record["captions"] = [{"caption": c.text, "score": c.score} for c in captions]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from captionkit.errors import InputError
 from captionkit.files import text_lines
+from captionkit.shards import container_files, is_container_input, iter_samples
 
 # Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -34,14 +35,19 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
 def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
     """Images in a stable order, without duplicates, each with its sharding key.
 
-    A directory contributes its image files (by extension, recursively, sorted); a ``.txt`` file is a list of
-    paths, one a line (relative to the list's directory; blank lines and ``#`` comments skipped); any other file
-    is taken as an image. A missing input is an error naming it. A path met twice keeps its first key.
+    A collection (a ``.tar`` or ``.parquet`` file, a brace pattern of them or a directory of them) contributes its
+    samples as member paths, each keyed by its sample key. A directory contributes its image files (by extension,
+    recursively, sorted); a ``.txt`` file is a list of paths, one a line (relative to the list's directory; blank
+    lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an error naming it.
+    A path met twice keeps its first key.
     """
     found: dict[Path, InputImage] = {}
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_container_input(item):
+            samples = iter_samples(container_files(item))
+            images = [InputImage(sample.image, sample.key) for sample in samples]
+        elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             images = [InputImage(p, p.relative_to(path).as_posix()) for p in files]
         elif path.is_file() and path.suffix.lower() == ".txt":

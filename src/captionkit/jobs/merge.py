@@ -9,7 +9,7 @@ from pathlib import Path
 from captionkit.jobs.outputs import Record, read_records_and_tail
 from captionkit.jobs.sharding import part_of
 
-SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json"}
+SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json", ".parquet": "parquet"}
 
 
 @dataclass

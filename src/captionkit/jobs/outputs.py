@@ -1,9 +1,10 @@
-"""Result records of a captioning run, written as JSONL, CSV or JSON, and read back for ``--resume``.
+"""Result records of a captioning run, written as JSONL, CSV, JSON or Parquet, and read back for ``--resume``.
 
 A record is ``{"image", "caption", "score"}`` (plus ``"captions"`` for n-best) or ``{"image", "error"}``.
 JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished (a write
 cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes); JSON (one
-array) is written whole at the end, atomically, so only JSON keeps every record in memory.
+array) is written whole at the end, atomically, so only JSON keeps every record in memory. Parquet goes through a
+JSONL journal while the run goes (see :mod:`captionkit.jobs.parquet_records`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any, TextIO
 
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
+from captionkit.jobs.parquet_records import journal_path, read_parquet_records, write_parquet_records
 from captionkit.jsontext import parse_json
 
-FORMATS = ("jsonl", "csv", "json")
+FORMATS = ("jsonl", "csv", "json", "parquet")
 CSV_FIELDS = ("image", "caption", "score", "error")
 
 Record = dict[str, Any]
@@ -50,6 +52,9 @@ def read_records(path: Path, fmt: str) -> list[Record]:
 
 def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
     """``(records, torn)``: the records in ``path`` and the unfinished last line left out ('' if none)."""
+    if fmt == "parquet":  # the file's rows, then those an interrupted run left in its journal
+        journal, torn = read_records_and_tail(journal_path(path), "jsonl")
+        return [*(read_parquet_records(path) if path.exists() else ()), *journal], torn
     if not path.exists():
         return [], ""
     text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
@@ -102,6 +107,8 @@ def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
 def repair_torn_tail(path: Path, fmt: str) -> str:
     """Make ``path`` end with a whole line before appending to it: drop a torn last line (returned), or add the
     missing newline after a complete one. Nothing to do for JSON, which is rewritten whole."""
+    if fmt == "parquet":
+        return repair_torn_tail(journal_path(path), "jsonl")
     if fmt == "json" or not path.exists():
         return ""
     text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
@@ -109,6 +116,13 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     if body != text:
         write_atomic(path, body, errors=PATH_ERRORS)
     return torn
+
+
+def discard_output(path: Path, fmt: str) -> None:
+    """Remove what an earlier run wrote to ``path`` (and, for Parquet, its journal) before a fresh run."""
+    path.unlink(missing_ok=True)
+    if fmt == "parquet":
+        journal_path(path).unlink(missing_ok=True)
 
 
 def _csv_record(row: dict[str, str | None]) -> Record:
@@ -125,6 +139,8 @@ class RecordWriter:
     def __init__(self, path: Path | None, fmt: str, existing: Iterable[Record] = ()) -> None:
         if fmt not in FORMATS:
             raise InputError("--format", f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+        if fmt == "parquet" and path is None:
+            raise InputError("--format", "parquet output needs --output (a .parquet file)")
         self.path, self.fmt = path, fmt
         # Only JSON (one array, written at the end) needs every record in memory; JSONL/CSV stream them.
         self._all: list[Record] = list(existing) if fmt == "json" else []
@@ -135,19 +151,21 @@ class RecordWriter:
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fresh = not path.exists() or path.stat().st_size == 0
-                self._handle = path.open("a", encoding="utf-8", errors=PATH_ERRORS, newline="")
+                target = journal_path(path) if fmt == "parquet" else path
+                self._handle = target.open("a", encoding="utf-8", errors=PATH_ERRORS, newline="")
                 if fmt == "csv" and fresh:
                     csv.writer(self._handle).writerow(CSV_FIELDS)
             if fmt == "csv" and path is None:
                 csv.writer(self._handle).writerow(CSV_FIELDS)
 
     def write(self, records: Iterable[Record]) -> None:
+        """Append ``records`` (Parquet: to the journal, which :meth:`close` turns into the file)."""
         records = list(records)
         if self._handle is None:
             self._all.extend(records)
             return
         for record in records:
-            if self.fmt == "jsonl":
+            if self.fmt in ("jsonl", "parquet"):
                 self._handle.write(_to_json(record) + "\n")
             else:
                 csv.writer(self._handle).writerow([record.get(name, "") for name in CSV_FIELDS])
@@ -163,3 +181,5 @@ class RecordWriter:
                 write_atomic(self.path, text)
         elif self._handle is not None and self._handle is not sys.stdout:
             self._handle.close()
+            if self.fmt == "parquet" and self.path is not None:
+                write_parquet_records(self.path)

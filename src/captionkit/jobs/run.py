@@ -23,7 +23,7 @@ from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_files
 from captionkit.jobs.batch_size import choose_batch_size
 from captionkit.jobs.inputs import InputImage, collect_inputs
-from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, read_records, repair_torn_tail
+from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, read_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
@@ -51,11 +51,16 @@ class CaptionJobOptions:
     prefetch: int = 2
     shard: str | None = None
     attention_maps: Path | None = None
+    engine: str = "local"  # or ray (jobs/ray_engine.py)
+    ray_address: str | None = None
+    gpus_per_worker: float = 0.0
 
     def check(self) -> None:
         """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
         if self.fmt not in FORMATS:
             raise InputError("--format", f"unknown format {self.fmt!r} (expected one of {', '.join(FORMATS)})")
+        if self.fmt == "parquet" and self.output is None:
+            raise InputError("--format", "parquet output needs --output (a .parquet file)")
         if self.resume and self.output is None:
             raise CaptionkitError("--resume needs --output (the file to continue)")
         if self.decoding.num_return_sequences > 1 and self.fmt == "csv":
@@ -68,6 +73,14 @@ class CaptionJobOptions:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
+        if self.engine not in ("local", "ray"):
+            raise InputError("--engine", f"unknown engine {self.engine!r} (expected local or ray)")
+        if self.engine == "ray" and self.attention_maps is not None:
+            raise InputError("--attention-maps", "not available with --engine ray")
+        if self.engine == "ray":
+            from captionkit.jobs.ray_engine import require_ray
+
+            require_ray()  # before the output is touched
 
 
 @dataclass
@@ -136,8 +149,8 @@ def run_caption_job(
         folders = overlay_folders([item.path for item in plan.items])
         on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
-    if plan.target is not None and not options.resume and options.fmt != "json" and plan.target.exists():
-        plan.target.unlink()
+    if plan.target is not None and not options.resume and options.fmt != "json":
+        discard_output(plan.target, options.fmt)
     writer = RecordWriter(plan.target, options.fmt, plan.existing)
     _announce(plan)
     todo = plan.todo()
@@ -145,22 +158,53 @@ def run_caption_job(
     show_progress = progress is not None and bool(todo) and (plan.dist is None or plan.dist.local_rank == 0)
     try:
         with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
-            summary = caption_files(
-                captioner,
-                [path for _, path in todo],
-                config,
-                writer,
-                batch_size,
-                advance,
-                positions=[i for i, _ in todo],
-                workers=workers,
-                prefetch=options.prefetch,
-                on_captions=on_captions,
-            )
+            if options.engine == "ray":
+                summary = _caption_on_ray(options, captioner, config, todo, writer, advance)
+            else:
+                summary = caption_files(
+                    captioner,
+                    [path for _, path in todo],
+                    config,
+                    writer,
+                    batch_size,
+                    advance,
+                    positions=[i for i, _ in todo],
+                    workers=workers,
+                    prefetch=options.prefetch,
+                    on_captions=on_captions,
+                )
     finally:
         writer.close()
     one_of_many = plan.dist is not None and plan.dist.world_size > 1
     return JobOutcome(summary, plan.earlier_errors(), one_of_many, len(plan.mine) - len(todo))
+
+
+def _caption_on_ray(
+    options: CaptionJobOptions,
+    captioner: Captioner,
+    config: DecodingConfig,
+    todo: list[tuple[int, Path]],
+    writer: RecordWriter,
+    advance: Callable[[int], None] | None,
+) -> JobSummary:
+    """The job on Ray: ``--workers N`` captioner actors (default 1), ``--gpus-per-worker`` GPUs each."""
+    from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
+
+    actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
+    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker)
+    preprocessing, limits = captioner.preprocessing, captioner.limits
+    return caption_on_ray(
+        todo,
+        options.model,
+        options.device,
+        config,
+        preprocessing,
+        limits,
+        writer,
+        options.batch_size,
+        settings,
+        advance,
+    )
 
 
 def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:

@@ -21,6 +21,7 @@ from captionkit.data.dataset import Batch, CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import first_caption_per_image
 from captionkit.errors import ConfigError, InputError
+from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.distributed import Distributed
 from captionkit.training.features import encode_images
@@ -163,8 +164,9 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     if resume_from is not None:
         state, restore_rng = restore_training_checkpoint(resume_from, step.optimizer, step.scaler, parallel.rank)
         logger.info("resuming from %s (step %d)", resume_from, state.step)
+    blocks = container_runs(record.image_path for record in train_records)  # shards: read one at a time
     stream = SampleStream(
-        len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size
+        len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size, blocks
     )
     batches = iter(_loader(setup, train_data, device, config.data.workers, batch_sampler=stream.batches(state.cursor)))
     validation = _validation(config, setup, device) if parallel.is_main else None

@@ -10,7 +10,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from captionkit.data.formats import coco, flickr, folder, karpathy, senticap, table
+from captionkit.data.formats import (
+    coco,
+    conceptual,
+    flickr,
+    folder,
+    karpathy,
+    nocaps,
+    senticap,
+    shards,
+    table,
+    textcaps,
+)
 from captionkit.data.formats.base import Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
 
@@ -30,6 +41,21 @@ class Format:
 # Detection order matters where a directory holds several layouts (Flickr8k ships a token file, Kaggle's
 # captions.txt and a Karpathy json side by side): the most specific, split-carrying one wins.
 FORMATS: tuple[Format, ...] = (
+    Format(
+        "webdataset",
+        "WebDataset tar shards (KEY.jpg + KEY.txt/KEY.json): a .tar, a brace pattern {00000..00099}.tar or a folder",
+        shards.detect_tar,
+        shards.detect_tar_dir,
+        shards.read_containers,
+        ("wds", "tar"),
+    ),
+    Format(
+        "parquet",
+        "Parquet with image bytes (img2dataset's jpg, key, caption columns): a .parquet file or a folder of them",
+        shards.detect_parquet,
+        shards.detect_parquet_dir,
+        shards.read_containers,
+    ),
     Format(
         "jsonl",
         "captionkit's captions.jsonl (the synthetic scenes) or any JSONL of {image, caption[, style][, split]}",
@@ -54,6 +80,20 @@ FORMATS: tuple[Format, ...] = (
         karpathy.read,
     ),
     Format(
+        "nocaps",
+        "nocaps json (COCO-like; each image's in/near/out-domain kept, evaluate reports per domain)",
+        nocaps.detect_file,
+        nocaps.detect_dir,
+        nocaps.read,
+    ),
+    Format(
+        "textcaps",
+        "TextCaps json (data entries with image_path, caption_str, set_name)",
+        textcaps.detect_file,
+        textcaps.detect_dir,
+        textcaps.read,
+    ),
+    Format(
         "coco",
         "COCO captions json (captions_train2017.json; VizWiz-Captions train.json/val.json)",
         coco.detect_file,
@@ -69,12 +109,28 @@ FORMATS: tuple[Format, ...] = (
         senticap.read,
     ),
     Format(
+        "conceptual",
+        "Conceptual Captions TSV (caption<TAB>url, CC3M/CC12M): URLs only, so images=DIR of downloaded N.jpg",
+        conceptual.detect_file,
+        conceptual.detect_dir,
+        conceptual.read,
+        ("cc3m", "cc12m", "gcc"),
+    ),
+    Format(
         "csv",
         "CSV/TSV with image, caption[, style][, split] columns, Kaggle's captions.txt among them",
         table.detect_csv,
         table.detect_csv_dir,
         table.read_csv,
         ("kaggle", "tsv"),
+    ),
+    Format(
+        "img2dataset",
+        "img2dataset's files layout: numbered folders (00000/) of KEY.jpg + KEY.txt + KEY.json",
+        shards.detect_files,
+        shards.detect_files_dir,
+        shards.read_files,
+        ("files",),
     ),
     Format(
         "folder",

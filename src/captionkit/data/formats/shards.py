@@ -1,0 +1,94 @@
+"""Web-scale collections as datasets: WebDataset tar shards and Parquet files (see :mod:`captionkit.shards`), and
+img2dataset's "files" layout (``00000/KEY.jpg`` + ``KEY.txt`` + ``KEY.json``).
+
+Each sample's key is its ``image_id``; its captions come from ``KEY.txt`` (one a line), else from the ``caption``
+field of ``KEY.json`` (or the Parquet ``caption`` column). A sample without a caption is dropped and counted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from captionkit.data.formats.base import IMAGE_SUFFIXES, Collector, Probe, ReadOptions, ReadResult, read_text
+from captionkit.errors import InputError
+from captionkit.jsontext import parse_json
+from captionkit.shards import container_files, iter_samples, sample_captions
+
+NO_CAPTION = "sample without a caption"
+
+
+def detect_tar(probe: Probe) -> bool:
+    return probe.suffix == ".tar"
+
+
+def detect_parquet(probe: Probe) -> bool:
+    return probe.suffix == ".parquet"
+
+
+def detect_tar_dir(directory: Path) -> bool:
+    return any(child.suffix.lower() == ".tar" and child.is_file() for child in directory.iterdir())
+
+
+def detect_parquet_dir(directory: Path) -> bool:
+    return any(child.suffix.lower() == ".parquet" and child.is_file() for child in directory.iterdir())
+
+
+def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
+    collector = Collector()
+    files = container_files(probe.path)
+    for sample in iter_samples(files):
+        if sample.problem is not None:
+            collector.drop(sample.problem)
+        if not sample.captions:
+            collector.drop(NO_CAPTION)
+        for caption in sample.captions:
+            collector.add(sample.image, caption, sample.key)
+    collector.files = files
+    return collector.result(probe.path)
+
+
+def _numbered_folders(directory: Path) -> list[Path]:
+    return sorted(child for child in directory.iterdir() if child.name.isdigit() and child.is_dir())
+
+
+def detect_files_dir(directory: Path) -> bool:
+    """img2dataset's files layout: numbered folders whose images have ``.json`` sidecars."""
+    for folder in _numbered_folders(directory)[:1]:
+        return any(path.with_suffix(".json").is_file() for path in _images(folder))
+    return False
+
+
+def detect_files(probe: Probe) -> bool:
+    return False
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+
+
+def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
+    if not probe.path.is_dir():
+        raise InputError(probe.path, "img2dataset's files layout needs a directory")
+    collector = Collector()
+    for folder in _numbered_folders(probe.path):
+        for image in _images(folder):
+            lines = _sidecar_lines(image.with_suffix(".txt"))
+            captions = sample_captions(lines, _sidecar_json(image.with_suffix(".json")))
+            if not captions:
+                collector.drop(NO_CAPTION)
+            for caption in captions:
+                collector.add(image, caption, image.stem)
+    return collector.result(probe.path)
+
+
+def _sidecar_lines(path: Path) -> tuple[str, ...]:
+    if not path.is_file():
+        return ()
+    return tuple(line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
+
+
+def _sidecar_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    meta = parse_json(read_text(path), path)
+    return meta if isinstance(meta, dict) else {}

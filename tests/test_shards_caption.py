@@ -1,0 +1,89 @@
+"""`captionkit caption` on web-scale collections: WebDataset shards, Parquet and img2dataset folders of real photos."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from _captioning import read_jsonl
+from _helpers import run_cli, save_tiny_model
+from _shards import real_photos, write_parquet, write_webdataset
+
+ARGS = ["--beams", "1", "--max-length", "5", "--batch-size", "3"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return real_photos(7)
+
+
+def _captions(model_dir, source, tmp_path, capsys, name="out.jsonl", *extra) -> tuple[int, list[dict]]:
+    out = tmp_path / name
+    code, _, _ = run_cli(["caption", source, "--model", model_dir, "--output", out, *ARGS, *extra], capsys)
+    return code, read_jsonl(out)
+
+
+def test_folder_shards_and_parquet_give_the_same_captions(model_dir, photos, tmp_path, capsys):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    write_webdataset(photos, tmp_path / "shards", per_shard=3)
+    parquet = write_parquet(photos, tmp_path / "parquet" / "part-0.parquet", row_group_size=4)
+    runs = {
+        "folder": _captions(model_dir, folder, tmp_path, capsys, "folder.jsonl"),
+        "directory of shards": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "dir.jsonl"),
+        "brace pattern": _captions(model_dir, tmp_path / "shards/{00000..00002}.tar", tmp_path, capsys, "b.jsonl"),
+        "parquet": _captions(model_dir, parquet, tmp_path, capsys, "parquet.jsonl"),
+        "parquet, 2 workers": _captions(model_dir, parquet, tmp_path, capsys, "p2.jsonl", "--workers", "2"),
+        "shards, 2 workers": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "s2.jsonl", "--workers", "2"),
+    }
+    assert all(code == 0 for code, _ in runs.values())
+    reference = [record["caption"] for record in runs["folder"][1]]
+    assert len(reference) == 7
+    for name, (_, records) in runs.items():
+        assert [record["caption"] for record in records] == reference, name
+        assert [record["score"] for record in records] == pytest.approx([r["score"] for r in runs["folder"][1]])
+    shard_images = [record["image"] for record in runs["directory of shards"][1]]
+    assert shard_images[:4] == [str(tmp_path / "shards" / "00000.tar" / f"{photos[i].stem}.jpg") for i in range(3)] + [
+        str(tmp_path / "shards" / "00001.tar" / f"{photos[3].stem}.jpg")
+    ]
+    assert runs["parquet"][1][0]["image"] == str(parquet / photos[0].stem)
+
+
+def test_corrupt_member_and_torn_tar_give_error_records_and_the_rest_is_read(model_dir, photos, tmp_path, capsys):
+    corrupt = photos[1].read_bytes()[:2000]  # a JPEG cut short
+    shards = write_webdataset(photos[:6], tmp_path / "shards", per_shard=3, image_bytes={1: corrupt})
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # torn: the copy stopped half way through the second shard
+    code, records = _captions(model_dir, tmp_path / "shards", tmp_path, capsys)
+    assert code == 2
+    names = [record["image"].removeprefix(f"{tmp_path}/shards/") for record in records]
+    assert names == [f"0000{i // 3}.tar/{photos[i].stem}.jpg" for i in range(len(names))]
+    errors = {name: record["error"] for name, record in zip(names, records, strict=True) if "error" in record}
+    corrupt_name = f"00000.tar/{photos[1].stem}.jpg"
+    assert errors.pop(corrupt_name) == (
+        "corrupt or truncated JPEG data (OSError: image file is truncated (1 bytes not processed))"
+    )
+    assert len(errors) == 1
+    ((torn_name, torn_error),) = errors.items()
+    assert torn_name.startswith("00001.tar/") and torn_error.endswith("bytes (torn tar)")
+    assert torn_error.startswith("cut short: ")
+    assert sum("caption" in record for record in records) == len(records) - 2  # the rest of both shards is read
+
+
+def test_parquet_of_urls_says_how_to_download_first(model_dir, photos, tmp_path, capsys):
+    urls = write_parquet(photos, tmp_path / "urls.parquet", with_images=False)
+    code, _, err = run_cli(["caption", urls, "--model", model_dir], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: {urls}: column 'url' holds image URLs, not images: download them first, e.g. img2dataset "
+        f"--url_list {urls} --input_format parquet --url_col url --caption_col caption --output_format webdataset "
+        "--output_folder shards, then read shards/"
+    )

@@ -1,0 +1,91 @@
+"""Web-scale collections as datasets: shards, Parquet and img2dataset folders read by ``load_dataset`` and checked
+by ``captionkit data check``, with sample keys as image ids and captions from ``.txt``/``.json``."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from _helpers import run_cli
+from _shards import caption_of, real_photos, write_files_layout, write_parquet, write_webdataset
+from captionkit.data.sources import load_dataset
+from captionkit.errors import InputError
+from captionkit.images import load_image
+from captionkit.shards.patterns import expand_braces
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return real_photos(5)
+
+
+@pytest.fixture(scope="module")
+def collections(photos, tmp_path_factory):
+    root = tmp_path_factory.mktemp("collections")
+    write_webdataset(photos, root / "shards", per_shard=2)
+    write_parquet(photos, root / "parquet" / "part-0.parquet", row_group_size=2)
+    write_files_layout(photos, root / "files", per_folder=2)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("spec", "fmt"),
+    [
+        ("shards", "webdataset"),
+        ("shards/{00000..00002}.tar", "webdataset"),
+        ("parquet", "parquet"),
+        ("parquet/part-0.parquet", "parquet"),
+        ("files", "img2dataset"),
+    ],
+)
+def test_every_layout_gives_keys_as_image_ids_and_its_captions(collections, photos, spec, fmt):
+    result = load_dataset(f"{collections}/{spec}")
+    assert result.format == fmt
+    assert [(record.image_id, record.caption) for record in result.records] == [
+        (photo.stem, caption_of(index)) for index, photo in enumerate(photos)
+    ]
+    for record, photo in zip(result.records, photos, strict=True):
+        assert load_image(record.image_path).size == load_image(photo).size
+
+
+def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
+    shard = tmp_path / "only-json.tar"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(photos[0], "k1.jpg")
+        meta = tmp_path / "k1.json"
+        meta.write_text(json.dumps({"caption": "from the json"}))
+        archive.add(meta, "k1.json")
+        archive.add(photos[1], "k2.jpg")  # no caption at all: dropped and counted
+    result = load_dataset(shard)
+    assert [(r.image_id, r.caption) for r in result.records] == [("k1", "from the json")]
+    assert result.dropped == {"sample without a caption": 1}
+
+
+def test_data_check_opens_shard_members_and_reports_a_corrupt_one(tmp_path, photos, capsys):
+    write_webdataset(photos[:3], tmp_path / "shards", per_shard=3, image_bytes={2: b"not a jpeg"})
+    code, out, _ = run_cli(["data", "check", tmp_path / "shards", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 1
+    assert report["total"]["captions"] == 3
+    assert report["unreadable_images"] == [
+        {
+            "image": str(tmp_path / "shards" / "00000.tar" / f"{photos[2].stem}.jpg"),
+            "reason": report["unreadable_images"][0]["reason"],
+        }
+    ]
+    assert report["unreadable_images"][0]["reason"].startswith("unsupported image format")
+
+
+def test_brace_patterns_expand_in_order_with_padding():
+    assert expand_braces("s/{08..11}.tar") == ["s/08.tar", "s/09.tar", "s/10.tar", "s/11.tar"]
+    assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+    with pytest.raises(InputError, match=r"brace range \{3\.\.1\} counts down"):
+        expand_braces("{3..1}.tar")
+
+
+def test_missing_shard_of_a_pattern_is_named(collections):
+    with pytest.raises(InputError) as error:
+        load_dataset(f"{collections}/shards/{{00000..00003}}.tar")
+    assert str(error.value) == f"{collections}/shards/00003.tar: no such file"

@@ -1,0 +1,74 @@
+"""Training from WebDataset shards: an epoch reads one shard at a time, ranks never overlap, resume is exact."""
+
+from __future__ import annotations
+
+import pytest
+
+from _resume import assert_same_weights, crash_at, untimed
+from _shards import real_photos, write_webdataset
+from captionkit.config import load_train_config
+from captionkit.data.sources import load_records
+from captionkit.shards import container_runs
+from captionkit.training import checkpoint as ckpt
+from captionkit.training.loop import train
+from captionkit.training.sampling import SampleStream
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    write_webdataset(real_photos(12), root, per_shard=4)
+    return root
+
+
+def assignments(shards) -> list[str]:
+    return [
+        f"data.train={shards}/{{00000..00002}}.tar",
+        f"data.val={shards}/00002.tar",
+        "data.cache_images=true",
+        "model.preset=tiny",
+        "model.overrides={decoder_dropout: 0.1, encoder_dropout: 0.1}",
+        "tokenizer.vocab_size=300",
+        f"train.steps={STEPS}",
+        "train.batch_size=4",
+        "train.warmup_steps=1",
+        "train.eval_every=3",
+        "train.eval_images=2",
+        "train.log_every=1",
+        "train.checkpoint_every=2",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.tensorboard=false",
+    ]
+
+
+def test_records_of_shards_form_one_block_per_shard(shards):
+    records = load_records(shards)
+    assert container_runs(record.image_path for record in records) == [4, 4, 4]
+    assert container_runs([shards / "loose.jpg", shards / "other.jpg"]) is None
+
+
+def test_an_epoch_reads_shard_by_shard_and_ranks_split_each_global_batch():
+    blocks = [4, 4, 4]
+    stream = SampleStream(12, batch_size=2, seed=5, blocks=blocks)
+    epoch = stream.indices(0, 12)
+    assert sorted(epoch) == list(range(12))
+    assert [len({index // 4 for index in epoch[start : start + 4]}) for start in (0, 4, 8)] == [1, 1, 1]
+    ranks = [SampleStream(12, 2, 5, rank, 2, blocks).batches(0) for rank in (0, 1)]
+    first = [next(batches) for batches in ranks]
+    assert first[0] + first[1] == epoch[:4]  # rank r takes its slice of each global batch: no overlap
+    resumed = SampleStream(12, 2, 5, blocks=blocks).batches(6)
+    assert next(resumed) == epoch[6:8]  # the integer cursor lands mid-shard exactly
+
+
+def test_crash_then_resume_from_shards_equals_uninterrupted(shards, tmp_path, single_thread):
+    reference = train(load_train_config(None, assignments(shards)), tmp_path / "reference")
+    assert reference.steps == STEPS and reference.unreadable_images == 0
+    out = tmp_path / "run"
+    crash_at(5, load_train_config(None, assignments(shards)), out)
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
+    resumed = train(load_train_config(None, assignments(shards)), out)
+    assert_same_weights(tmp_path / "reference", out)
+    assert untimed(resumed.history) == untimed(reference.history)
