@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from _helpers import tiny_model
 from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding.engine import STATIC_CACHE_ENV, static_cache
 from captionkit.errors import InputError
 from captionkit.models.gpt2_step import INITIAL_CAPACITY, Gpt2StepState, gpt2_step, start_gpt2_state
 
@@ -39,6 +41,7 @@ class StepRecorder:
                 "group": state.group,
                 "cross_ptr": state.cross_keys[0].data_ptr(),
                 "cache_ptr": state.keys[0].data_ptr(),
+                "capacity": state.keys[0].shape[2],
             }
         )
         return self.step(tokens, state)
@@ -154,3 +157,46 @@ def test_step_without_cross_attention_equals_gpt2_forward() -> None:
     torch.testing.assert_close(stepped, reference, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs memory or a row count"):
         start_gpt2_state(decoder, None)
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_static_cache_is_allocated_once_and_token_identical(
+    make_vit_gpt2: Callable, make_pixels: Callable, monkeypatch: pytest.MonkeyPatch, beams: int
+) -> None:
+    model = make_vit_gpt2(seed=0)
+    config = DecodingConfig(max_new_tokens=12, num_beams=beams)
+    pixels = mixed_lengths(model, make_pixels(32, 3), config)
+    runs = {}
+    for static in ("0", "1"):
+        monkeypatch.setenv(STATIC_CACHE_ENV, static)
+        recorder = StepRecorder(model)
+        runs[static] = (generate(model, pixels, config=config), recorder.calls)
+        model.step = recorder.step
+    (eager, eager_calls), (static, calls) = runs["0"], runs["1"]
+    # Static: exactly the 12 positions fed (bos + 11 generated tokens fed back); eager: the small initial capacity.
+    assert {call["capacity"] for call in calls} == {12} and {c["capacity"] for c in eager_calls} == {INITIAL_CAPACITY}
+    assert [h[0].token_ids for h in static] == [h[0].token_ids for h in eager]
+    assert [h[0].score for h in static] == [h[0].score for h in eager]
+    assert len({len(h[0].token_ids) for h in static}) >= 3  # rows and images left the batch on the way
+    assert min(call["rows"] for call in calls) < 8 * beams == calls[1]["rows"]
+    # One buffer from the first step with every row (after the expand to beams) to the last: never reallocated.
+    assert len({call["cache_ptr"] for call in calls[1:]}) == 1
+
+
+def test_static_cache_of_prefix_captioning_is_token_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("prefix-gpt2", seed=3).eval()
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    config = DecodingConfig(max_new_tokens=9, num_beams=3)
+    found = {}
+    for static in ("0", "1"):
+        monkeypatch.setenv(STATIC_CACHE_ENV, static)
+        found[static] = [h[0].token_ids for h in generate(model, pixels, config=config)]
+    assert found["1"] == found["0"] and len(found["0"]) == 5
+
+
+def test_static_cache_setting_is_checked(make_vit_gpt2: Callable, make_pixels: Callable, monkeypatch) -> None:
+    monkeypatch.setenv(STATIC_CACHE_ENV, "yes")
+    with pytest.raises(InputError, match="CAPTIONKIT_STATIC_CACHE: must be 0 or 1 \\(or unset\\), got 'yes'"):
+        generate(make_vit_gpt2(seed=0), make_pixels(1, 0), config=DecodingConfig())
+    monkeypatch.delenv(STATIC_CACHE_ENV)
+    assert not static_cache(torch.device("cpu")) and static_cache(torch.device("cuda"))
