@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from captionkit.models.base import positions_to_reserve
+from captionkit.models.gpt2_graph import StaticStep, cuda_graphs
 from captionkit.models.packed_linear import linear
 
 __all__ = ["Gpt2StepState", "gpt2_embeddings_step", "gpt2_step", "start_gpt2_state"]
@@ -57,6 +58,10 @@ class Gpt2StepState:
     cross_values: list[torch.Tensor]
     row_image: torch.Tensor
     group: int
+    # Fixed-shape steps (CUDA graphs on a GPU, see captionkit.models.gpt2_graph): wanted, and the one in use.
+    graphs: bool = False
+    static: StaticStep | None = None
+    steps: int = 0  # tokens fed through gpt2_step
 
     @property
     def rows(self) -> int:
@@ -70,7 +75,8 @@ class Gpt2StepState:
                 if index.shape[0] <= tensor.shape[0]:  # same or fewer rows: into the same buffer
                     cache[layer] = _select_in_place(tensor, index, filled)
                 else:
-                    fresh = tensor.new_empty((index.shape[0], *tensor.shape[1:]))
+                    # Zeroed: fixed-shape steps attend to positions not yet written (masked, weight 0).
+                    fresh = tensor.new_zeros((index.shape[0], *tensor.shape[1:]))
                     fresh[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
                     cache[layer] = fresh
         row_image = self.row_image.index_select(0, index)
@@ -92,7 +98,7 @@ class Gpt2StepState:
         capacity = min(max(needed, 2 * capacity), limit)
         for cache in (self.keys, self.values):
             for layer, tensor in enumerate(cache):
-                grown = tensor.new_empty((*tensor.shape[:2], capacity, tensor.shape[3]))
+                grown = tensor.new_zeros((*tensor.shape[:2], capacity, tensor.shape[3]))
                 grown[:, :, : self.length] = tensor[:, :, : self.length]
                 cache[layer] = grown
 
@@ -140,16 +146,34 @@ def start_gpt2_state(
     capacity = min(INITIAL_CAPACITY if reserve is None else prefix + reserve, config.n_positions)
     shape = (rows, heads, capacity, head_dim)
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
-    keys = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
-    values = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
     row_image = torch.arange(rows, device=weight.device)
-    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0)
+    graphs = reserve is not None and cuda_graphs()
+    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0, graphs)
 
 
 def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
     """Feed one token per row: (rows,) ids -> (rows, vocab) logits; ``state`` advances in place by one position."""
-    hidden = gpt2_embeddings_step(decoder, decoder.transformer.wte(tokens), state)
-    return linear(decoder.lm_head, hidden)
+    state.steps += 1
+    static = _static_step(decoder, state)
+    if static is None:
+        return linear(decoder.lm_head, gpt2_embeddings_step(decoder, decoder.transformer.wte(tokens), state))
+    logits = static(tokens)
+    state.length += 1
+    return logits
+
+
+def _static_step(decoder: nn.Module, state: Gpt2StepState) -> StaticStep | None:
+    """The fixed-shape step for this state's buffers (kept while they stay the same), or None: eager."""
+    # The first token runs eagerly: beam search and sampling then expand the rows into new buffers.
+    if not state.graphs or state.steps == 1 or (state.cross_keys and not state.group):
+        return None
+    state.ensure_capacity(state.length + 1, decoder.config.n_positions)
+    if state.static is None or not state.static.owns(state.keys, state.group):
+        cross = (state.cross_keys, state.cross_values, state.group)
+        state.static = StaticStep(decoder, state.keys, state.values, cross, state.length)
+    return state.static
 
 
 def gpt2_embeddings_step(decoder: nn.Module, embeddings: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
