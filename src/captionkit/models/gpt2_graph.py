@@ -111,7 +111,8 @@ class StaticStep:
             logits = _forward(self.decoder, self.buffers)
         torch.cuda.current_stream().wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: the batch job's pin-memory thread may allocate pinned memory while this thread captures.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.logits = _forward(self.decoder, self.buffers)
         return logits
 
