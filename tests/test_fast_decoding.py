@@ -43,7 +43,7 @@ class StepRecorder:
                 "cross_ptr": state.cross_keys[0].data_ptr(),
                 "cache_ptr": state.keys[0].data_ptr(),
                 "capacity": state.keys[0].shape[2],
-                "static": state.static is not None and state.static.owns(state.keys, state.group),
+                "static": state.static is not None and state.static.owns(state.keys, state.group, state.length),
             }
         )
         return self.step(tokens, state)

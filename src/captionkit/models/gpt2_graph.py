@@ -80,20 +80,21 @@ class StaticStep:
         )
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.length = length  # the position of the next call, kept on the host too
 
-    def owns(self, keys: list[torch.Tensor], group: int) -> bool:
-        """Whether the state's cache ``keys`` are (front views of) these buffers, its rows grouped alike."""
+    def owns(self, keys: list[torch.Tensor], group: int, length: int) -> bool:
+        """Whether the state's cache ``keys`` are (front views of) these buffers, its rows grouped alike, and no
+        step ran elsewhere since this one's last call (``length`` is its next position)."""
         full = self.buffers.keys[0]
-        return (
-            keys[0].data_ptr() == full.data_ptr()
-            and keys[0].shape[0] <= full.shape[0]
-            and (not self.buffers.cross_keys or group == self.buffers.group)
-        )
+        same_buffers = keys[0].data_ptr() == full.data_ptr() and keys[0].shape[0] <= full.shape[0]
+        same_rows = not self.buffers.cross_keys or group == self.buffers.group
+        return same_buffers and same_rows and length == self.length
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """(live rows,) ids -> (live rows, vocab) logits; the buffers advance by one position."""
         live = tokens.shape[0]
         self.buffers.tokens[:live].copy_(tokens)
+        self.length += 1
         if self.graph is not None:
             self.graph.replay()
             assert self.logits is not None  # captured with the graph

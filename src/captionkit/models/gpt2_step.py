@@ -170,7 +170,7 @@ def _static_step(decoder: nn.Module, state: Gpt2StepState) -> StaticStep | None:
     if not state.graphs or state.steps == 1 or (state.cross_keys and not state.group):
         return None
     state.ensure_capacity(state.length + 1, decoder.config.n_positions)
-    if state.static is None or not state.static.owns(state.keys, state.group):
+    if state.static is None or not state.static.owns(state.keys, state.group, state.length):
         cross = (state.cross_keys, state.cross_values, state.group)
         state.static = StaticStep(decoder, state.keys, state.values, cross, state.length)
     return state.static
