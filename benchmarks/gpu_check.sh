@@ -47,25 +47,8 @@ else
     LIMIT_TESTS=150 LIMIT_BENCH=35 LIMIT_CAPTION=50 LIMIT_TRAIN=60 LIMIT_DEMO=90
 fi
 
-# step NAME LIMIT_S COMMAND...: run COMMAND under `timeout`, log its exit code and wall time.
-step() {
-    local name=$1 limit=$2
-    shift 2
-    echo "=== $name (at most ${limit}s): $*"
-    local start end code
-    start=$(date +%s.%N)
-    timeout -k 10 "$limit" "$@"
-    code=$?
-    end=$(date +%s.%N)
-    local seconds
-    seconds=$(awk "BEGIN {printf \"%.2f\", $end - $start}")
-    [ "$code" -eq 124 ] && echo "=== $name: TIMED OUT after ${limit}s"
-    echo "=== $name: exit $code in ${seconds}s"
-    printf '%s\t%s\t%s\n' "$name" "$code" "$seconds" >>"$OUT/steps.tsv"
-    # The summary so far: if the whole run is cut short, what was measured is still in gpu_summary.json.
-    "$PYTHON" benchmarks/gpu_check.py summary "$OUT" >/dev/null 2>&1
-    return 0
-}
+# step NAME LIMIT_S COMMAND...: time-boxed, logged, summarised.
+source benchmarks/gpu_steps.sh
 
 CLI=("$PYTHON" -m captionkit.cli)
 

@@ -15,7 +15,7 @@ from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.attention import MAX_ALPHA, MIN_ALPHA, caption_maps, overlay, overlay_name, write_overlays
 from captionkit.errors import InputError
-from captionkit.images import Preprocessing
+from captionkit.images import Preprocessing, load_image
 from captionkit.models.registry import create_model
 from captionkit.models.vit_gpt2 import VitGpt2Model
 from captionkit.text import train_bpe_tokenizer, train_word_tokenizer
@@ -216,7 +216,9 @@ def test_cli_writes_a_heatmap_per_token_of_each_best_caption(captioner, tmp_path
     assert sorted(p.name for p in maps.iterdir()) == sorted(inputs)
     total = 0
     for folder, path in inputs.items():
-        [result] = captioner.caption([path], num_beams=1, max_new_tokens=6, attention=True)
+        # The job's workers decode JPEGs in draft mode: the API gets the same pixels.
+        drafted = load_image(path, draft=captioner.preprocessing.draft_size)
+        [result] = captioner.caption([drafted], num_beams=1, max_new_tokens=6, attention=True)
         expected = [overlay_name(i, token) for i, token in enumerate(result.captions[0].tokens)]
         written = sorted(p.name for p in (maps / folder).iterdir())
         assert written == expected

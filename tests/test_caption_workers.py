@@ -8,12 +8,17 @@ import signal
 import time
 
 import pytest
+import torch
 from PIL import Image
 
 import captionkit.jobs.pipeline
 from _captioning import BAD_FILES, assert_same_records, make_photo_folder, read_jsonl, spawn_cli
+from _data import SHARED_DATA
 from _helpers import run_cli, save_tiny_model
-from captionkit.images import DEFAULT_LIMITS, Preprocessing
+from captionkit import Captioner
+from captionkit.decoding import DecodingConfig
+from captionkit.images import DEFAULT_LIMITS, Preprocessing, load_image
+from captionkit.jobs.batch import caption_pixels
 from captionkit.jobs.pipeline import load_batches
 
 ARGS = ["--beams", "2", "--max-length", "5", "--batch-size", "3"]
@@ -118,3 +123,25 @@ def test_killed_shard_resumes_without_losing_or_duplicating(job, tmp_path, capsy
     assert code == 2 and "more than one record" not in err and "no record" not in err
     assert read_jsonl(part)[: len(written)] == written  # kept what the killed run finished
     assert_same_records(read_jsonl(tmp_path / "merged.jsonl"), reference)
+
+
+def test_workers_decode_large_jpegs_in_draft_mode_and_small_ones_exactly(tmp_path):
+    coco = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:4]
+    small = []
+    for index, photo in enumerate(coco[:3]):  # below twice the 32 px target: no draft reduction is possible
+        small.append(tmp_path / f"small{index}.jpg")
+        Image.open(photo).resize((60 - 10 * index, 50)).save(small[-1], quality=90)
+    preprocessing = Preprocessing.for_size(32, 32)
+    assert preprocessing.draft_size == (32, 32)
+    assert Preprocessing(size=(32, 32), crop_from=40).draft_size == (40, 40)  # the shorter edge before the crop
+    assert Preprocessing(size=(32, 32), crop_from=(48, 36)).draft_size == (36, 48)
+    assert Preprocessing(do_resize=False).draft_size is None
+    [batch] = list(load_batches([*coco, *small], preprocessing, DEFAULT_LIMITS, batch_size=7))
+    full = torch.from_numpy(preprocessing([load_image(path) for path in [*coco, *small]]))
+    drafted = (batch.pixels[:4] - full[:4]).abs().mean(dim=(1, 2, 3)) * 127.5  # in 1/255 steps
+    assert all(0.0 < difference < 6.0 for difference in drafted.tolist()), drafted
+    assert torch.equal(batch.pixels[4:], full[4:])
+    captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "tiny"))
+    config = DecodingConfig(num_beams=2, max_new_tokens=6)
+    job = [captions[0].text for captions in caption_pixels(captioner, batch.pixels[4:], [0, 1, 2], config)]
+    assert job == [result.caption for result in captioner.caption(small, num_beams=2, max_new_tokens=6)]

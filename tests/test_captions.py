@@ -10,6 +10,7 @@ from _data import SHARED_DATA
 from _helpers import CAPTIONS, run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import Caption, Hypothesis, to_captions
+from captionkit.images import load_image
 from captionkit.models.registry import train_tokenizer
 
 
@@ -29,7 +30,11 @@ def test_the_batch_job_writes_the_api_captions(tmp_path, capsys):
     photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
     code, out, err = run_cli(["caption", *photos, "--model", model, "--beams", "2", "--n-best", "2"], capsys)
     assert code == 0, err
-    expected = Captioner.from_pretrained(model, device="cpu").caption(photos, num_beams=2, num_return_sequences=2)
+    captioner = Captioner.from_pretrained(model, device="cpu")
+    # The job's workers decode JPEGs in draft mode (these photos at 1/8 for this 32 px model): the same here.
+    drafted = [load_image(photo, draft=captioner.preprocessing.draft_size) for photo in photos]
+    assert [image.size for image in drafted] == [(80, 54), (53, 80), (42, 63)]
+    expected = captioner.caption(drafted, num_beams=2, num_return_sequences=2)
     records = [json.loads(line) for line in out.splitlines()]
     assert [[(c["caption"], c["score"]) for c in r["captions"]] for r in records] == [
         [(c.text, pytest.approx(c.score, abs=1e-5)) for c in result.captions] for result in expected

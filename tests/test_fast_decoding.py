@@ -9,8 +9,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from _helpers import tiny_model
 from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding.engine import STATIC_CACHE_ENV, static_cache
 from captionkit.errors import InputError
+from captionkit.models.gpt2_graph import CUDA_GRAPHS_ENV
 from captionkit.models.gpt2_step import INITIAL_CAPACITY, Gpt2StepState, gpt2_step, start_gpt2_state
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -39,6 +42,8 @@ class StepRecorder:
                 "group": state.group,
                 "cross_ptr": state.cross_keys[0].data_ptr(),
                 "cache_ptr": state.keys[0].data_ptr(),
+                "capacity": state.keys[0].shape[2],
+                "static": state.static is not None and state.static.owns(state.keys, state.group, state.length),
             }
         )
         return self.step(tokens, state)
@@ -154,3 +159,98 @@ def test_step_without_cross_attention_equals_gpt2_forward() -> None:
     torch.testing.assert_close(stepped, reference, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs memory or a row count"):
         start_gpt2_state(decoder, None)
+
+
+@pytest.mark.parametrize("beams", [1, 4])
+def test_static_cache_is_allocated_once_and_token_identical(
+    make_vit_gpt2: Callable, make_pixels: Callable, monkeypatch: pytest.MonkeyPatch, beams: int
+) -> None:
+    model = make_vit_gpt2(seed=0)
+    config = DecodingConfig(max_new_tokens=12, num_beams=beams)
+    pixels = mixed_lengths(model, make_pixels(32, 3), config)
+    runs = {}
+    for static in ("0", "1"):
+        monkeypatch.setenv(STATIC_CACHE_ENV, static)
+        recorder = StepRecorder(model)
+        runs[static] = (generate(model, pixels, config=config), recorder.calls)
+        model.step = recorder.step
+    (eager, eager_calls), (static, calls) = runs["0"], runs["1"]
+    # Static: exactly the 12 positions fed (bos + 11 generated tokens fed back); eager: the small initial capacity.
+    assert {call["capacity"] for call in calls} == {12} and {c["capacity"] for c in eager_calls} == {INITIAL_CAPACITY}
+    assert [h[0].token_ids for h in static] == [h[0].token_ids for h in eager]
+    assert [h[0].score for h in static] == [h[0].score for h in eager]
+    assert len({len(h[0].token_ids) for h in static}) >= 3  # rows and images left the batch on the way
+    assert min(call["rows"] for call in calls) < 8 * beams == calls[1]["rows"]
+    # One buffer from the first step with every row (after the expand to beams) to the last: never reallocated.
+    assert len({call["cache_ptr"] for call in calls[1:]}) == 1
+
+
+def test_static_cache_of_prefix_captioning_is_token_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("prefix-gpt2", seed=3).eval()
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    config = DecodingConfig(max_new_tokens=9, num_beams=3)
+    found = {}
+    for static in ("0", "1"):
+        monkeypatch.setenv(STATIC_CACHE_ENV, static)
+        found[static] = [h[0].token_ids for h in generate(model, pixels, config=config)]
+    assert found["1"] == found["0"] and len(found["0"]) == 5
+
+
+def test_static_cache_setting_is_checked(make_vit_gpt2: Callable, make_pixels: Callable, monkeypatch) -> None:
+    monkeypatch.setenv(STATIC_CACHE_ENV, "yes")
+    with pytest.raises(InputError, match="CAPTIONKIT_STATIC_CACHE: must be 0 or 1 \\(or unset\\), got 'yes'"):
+        generate(make_vit_gpt2(seed=0), make_pixels(1, 0), config=DecodingConfig())
+    monkeypatch.delenv(STATIC_CACHE_ENV)
+    assert not static_cache(torch.device("cpu")) and static_cache(torch.device("cuda"))
+
+
+SAMPLING = {"do_sample": True, "seed": 5}
+
+
+@pytest.mark.parametrize(
+    ("settings", "fixed_steps"),
+    [
+        ({"num_beams": 1}, 10),
+        ({"num_beams": 4}, 10),
+        ({**SAMPLING, "num_return_sequences": 1}, 10),
+        # An image's samples end at different steps: rows are then not grouped per image, and steps run eagerly.
+        ({**SAMPLING, "num_return_sequences": 3}, 0),
+    ],
+)
+def test_fixed_shape_step_is_token_identical_to_the_eager_step(
+    make_vit_gpt2: Callable,
+    make_pixels: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+    settings: dict[str, Any],
+    fixed_steps: int,
+) -> None:
+    # The step that CUDA graphs replay, run eagerly on the CPU: full buffers, masked positions, padded rows.
+    model = make_vit_gpt2(seed=0)
+    pixels = mixed_lengths(model, make_pixels(32, 3), DecodingConfig(max_new_tokens=12, num_beams=4))
+    config = DecodingConfig(max_new_tokens=12, **settings)
+    monkeypatch.setenv(STATIC_CACHE_ENV, "1")
+    found, static_calls = {}, {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv(CUDA_GRAPHS_ENV, graphs)
+        recorder = StepRecorder(model)
+        found[graphs] = generate(model, pixels, config=config)
+        static_calls[graphs] = sum(call["static"] for call in recorder.calls)
+        model.step = recorder.step
+    assert [[h.token_ids for h in image] for image in found["1"]] == [[h.token_ids for h in i] for i in found["0"]]
+    # Scores agree to float rounding: attention sums over every reserved position (weight 0 past the current one).
+    scores = [[h.score for image in found[graphs] for h in image] for graphs in ("1", "0")]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5) and min(scores[0]) < -0.1
+    # Steps 3 to 12 see the fixed-shape step built at step 2 (step 1 runs eagerly, before rows expand).
+    assert static_calls == {"0": 0, "1": fixed_steps}
+    assert len({len(image[0].token_ids) for image in found["1"]}) >= 2  # rows left the batch while it ran
+
+
+def test_fixed_shape_step_of_prefix_captioning_is_token_identical(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model("prefix-gpt2", seed=3).eval()
+    pixels = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    monkeypatch.setenv(STATIC_CACHE_ENV, "1")
+    found = {}
+    for graphs in ("0", "1"):
+        monkeypatch.setenv(CUDA_GRAPHS_ENV, graphs)
+        found[graphs] = [h[0].token_ids for h in generate(model, pixels, config=DecodingConfig(max_new_tokens=9))]
+    assert found["1"] == found["0"] and len(found["0"]) == 5

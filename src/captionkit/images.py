@@ -561,6 +561,19 @@ class Preprocessing:
             values = (values - mean) / std
         return values.transpose(2, 0, 1)
 
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """(width, height) that :func:`load_image`'s ``draft`` may reduce a JPEG to before this preprocessing
+        resizes it (None: no resize, so the full image is needed). With ``crop_from`` as a shorter edge, both
+        sides at least that edge."""
+        if not self.do_resize:
+            return None
+        if self.crop_from is None:
+            return self.size[1], self.size[0]
+        if isinstance(self.crop_from, tuple):
+            return self.crop_from[1], self.crop_from[0]
+        return self.crop_from, self.crop_from
+
     def _resized_size(self, image: Image.Image) -> tuple[int, int]:
         """PIL's (width, height) before the crop: ``crop_from`` itself, or the shorter edge at ``crop_from`` with
         the longer one truncated as transformers does."""

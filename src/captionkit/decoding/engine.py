@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 
 from captionkit.decoding.beam import beam_search
 from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.greedy import greedy_or_sample
-from captionkit.errors import InputError
-from captionkit.models.base import CaptionModel, Encoded
+from captionkit.errors import ConfigError, InputError
+from captionkit.models.base import CaptionModel, Encoded, reserved_positions
 from captionkit.precision import model_dtype
+
+STATIC_CACHE_ENV = "CAPTIONKIT_STATIC_CACHE"
 
 
 def generate(
@@ -32,6 +35,9 @@ def generate(
 
     Beam search returns at most ``num_return_sequences`` hypotheses per image (fewer only if fewer finished,
     which needs a vocabulary smaller than the beam); greedy returns one, sampling ``num_return_sequences``.
+
+    Decoder states allocate their caches once for the whole call (a static cache) where :data:`STATIC_CACHE_ENV`
+    says so: ``1`` on, ``0`` off, unset: on for a GPU model (allocation per step costs there), off on a CPU.
     """
     if (pixel_values is None) == (encoded is None):
         raise ValueError("generate needs exactly one of pixel_values and encoded")
@@ -45,9 +51,20 @@ def generate(
             encoded = model.encode(pixel_values.to(model_dtype(model)))
         if encoded.tokens.shape[0] == 0:
             return []
-        if config.strategy == "beam":
-            return beam_search(model, encoded, config)
-        return greedy_or_sample(model, encoded, config, image_offset)
+        # start token + prompt, then every generated token but the last is fed back.
+        positions = len(config.prompt_ids) + config.max_new_tokens
+        with reserved_positions(positions) if static_cache(encoded.tokens.device) else nullcontext():
+            if config.strategy == "beam":
+                return beam_search(model, encoded, config)
+            return greedy_or_sample(model, encoded, config, image_offset)
+
+
+def static_cache(device: torch.device) -> bool:
+    """Whether decoding on ``device`` allocates its caches once per call (see :func:`generate`)."""
+    value = os.environ.get(STATIC_CACHE_ENV, "").strip()
+    if value not in ("", "0", "1"):
+        raise ConfigError(STATIC_CACHE_ENV, f"must be 0 or 1 (or unset), got {value!r}")
+    return device.type == "cuda" if value == "" else value == "1"
 
 
 def check_length(model: CaptionModel, config: DecodingConfig) -> None:

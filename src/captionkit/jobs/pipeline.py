@@ -3,6 +3,9 @@
 Decoding JPEGs takes as long as running a small captioner, so with ``workers > 0`` a torch ``DataLoader`` opens
 and preprocesses the next batches in other processes (through :func:`captionkit.images.load_image` and the
 captioner's :class:`~captionkit.images.Preprocessing`, nothing else) while the model captions the current one.
+JPEGs much larger than the model's input are decoded reduced (``load_image``'s draft mode, to the preprocessing's
+:attr:`~captionkit.images.Preprocessing.draft_size`): several times less decoding work, pixels within the
+tolerance ``load_image`` documents; images at or below twice the target size decode exactly as in the API.
 At most ``prefetch`` batches per worker are in flight, so memory stays bounded however many images there are.
 A file that cannot be read comes back as its error message: a worker never raises on a bad image.
 """
@@ -75,7 +78,7 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, position: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            image = load_image(self._paths[position], limits=self._limits)
+            image = load_image(self._paths[position], limits=self._limits, draft=self._preprocessing.draft_size)
             return position, self._preprocessing(image)[0], None
         except ImageError as error:
             return position, None, error.reason

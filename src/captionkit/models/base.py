@@ -18,6 +18,9 @@ Token conventions shared by all families:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,6 +30,24 @@ from torch import nn
 
 from captionkit.errors import ConfigError
 from captionkit.images import Preprocessing
+
+_RESERVED_POSITIONS: ContextVar[int | None] = ContextVar("reserved_positions", default=None)
+
+
+@contextmanager
+def reserved_positions(count: int) -> Iterator[None]:
+    """Within this block a decoding call feeds at most ``count`` tokens after ``init_state``: a decoder state may
+    allocate its cache for all of them once, up front (a static cache), instead of growing it as it goes."""
+    token = _RESERVED_POSITIONS.set(count)
+    try:
+        yield
+    finally:
+        _RESERVED_POSITIONS.reset(token)
+
+
+def positions_to_reserve() -> int | None:
+    """The ``count`` of the enclosing :func:`reserved_positions`, or None outside one (grow as needed)."""
+    return _RESERVED_POSITIONS.get()
 
 
 @dataclass

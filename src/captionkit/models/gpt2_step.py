@@ -7,7 +7,11 @@ self-attention cache by concatenation. Decoding needs much less, and this step d
 * cross-attention keys/values are computed once per image and kept per image; the rows (beams, samples) of an
   image index into them. When every image has the same number of consecutive rows (beam search; greedy) the
   queries of an image's rows attend to its keys/values in one batched call, with no per-row copy at all;
-* the self-attention cache is preallocated (capacity doubled when full) and each step writes one position;
+* the self-attention cache is preallocated and each step writes one position: inside
+  :func:`~captionkit.models.base.reserved_positions` (a static cache, which the decoding engine asks for on a GPU)
+  it is allocated once for every position the call will feed, otherwise with a small capacity doubled when full.
+  Reorders copy into the same buffers; when rows (or images) leave, the survivors move to the front of the
+  buffers and the state keeps a view of them, so nothing is reallocated;
 * every row is at the same position (decoding runs in lockstep), so no mask is needed;
 * on a CPU in fp32 the weight matrices run through oneDNN with prepacked weights
   (:mod:`captionkit.models.packed_linear`), which reads them about twice as fast at these few rows.
@@ -26,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
+from captionkit.models.base import positions_to_reserve
+from captionkit.models.gpt2_graph import StaticStep, cuda_graphs
 from captionkit.models.packed_linear import linear
 
 __all__ = ["Gpt2StepState", "gpt2_embeddings_step", "gpt2_step", "start_gpt2_state"]
@@ -52,6 +58,10 @@ class Gpt2StepState:
     cross_values: list[torch.Tensor]
     row_image: torch.Tensor
     group: int
+    # Fixed-shape steps (CUDA graphs on a GPU, see captionkit.models.gpt2_graph): wanted, and the one in use.
+    graphs: bool = False
+    static: StaticStep | None = None
+    steps: int = 0  # tokens fed through gpt2_step
 
     @property
     def rows(self) -> int:
@@ -62,10 +72,11 @@ class Gpt2StepState:
         filled = self.length
         for cache in (self.keys, self.values):
             for layer, tensor in enumerate(cache):
-                if index.shape[0] == tensor.shape[0]:
-                    tensor[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
+                if index.shape[0] <= tensor.shape[0]:  # same or fewer rows: into the same buffer
+                    cache[layer] = _select_in_place(tensor, index, filled)
                 else:
-                    fresh = tensor.new_empty((index.shape[0], *tensor.shape[1:]))
+                    # Zeroed: fixed-shape steps attend to positions not yet written (masked, weight 0).
+                    fresh = tensor.new_zeros((index.shape[0], *tensor.shape[1:]))
                     fresh[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
                     cache[layer] = fresh
         row_image = self.row_image.index_select(0, index)
@@ -73,8 +84,8 @@ class Gpt2StepState:
         if images:
             used = torch.unique(row_image)  # sorted
             if used.shape[0] < images:  # some images are done: drop their keys/values, renumber the rest
-                self.cross_keys = [k.index_select(0, used) for k in self.cross_keys]
-                self.cross_values = [v.index_select(0, used) for v in self.cross_values]
+                self.cross_keys = [_select_in_place(k, used, k.shape[2]) for k in self.cross_keys]
+                self.cross_values = [_select_in_place(v, used, v.shape[2]) for v in self.cross_values]
                 row_image = torch.searchsorted(used, row_image)
                 images = used.shape[0]
         self.row_image = row_image
@@ -87,9 +98,16 @@ class Gpt2StepState:
         capacity = min(max(needed, 2 * capacity), limit)
         for cache in (self.keys, self.values):
             for layer, tensor in enumerate(cache):
-                grown = tensor.new_empty((*tensor.shape[:2], capacity, tensor.shape[3]))
+                grown = tensor.new_zeros((*tensor.shape[:2], capacity, tensor.shape[3]))
                 grown[:, :, : self.length] = tensor[:, :, : self.length]
                 cache[layer] = grown
+
+
+def _select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
+    """Rows ``index`` of ``tensor`` (its first ``filled`` positions) copied to its front; returns that front view."""
+    rows = index.shape[0]
+    tensor[:rows, :, :filled] = tensor[:, :, :filled].index_select(0, index)
+    return tensor[:rows]
 
 
 def _group_size(row_image: torch.Tensor, images: int) -> int:
@@ -101,11 +119,14 @@ def _group_size(row_image: torch.Tensor, images: int) -> int:
     return group if torch.equal(row_image, expected) else 0
 
 
-def start_gpt2_state(decoder: nn.Module, memory: torch.Tensor | None, rows: int | None = None) -> Gpt2StepState:
+def start_gpt2_state(
+    decoder: nn.Module, memory: torch.Tensor | None, rows: int | None = None, prefix: int = 0
+) -> Gpt2StepState:
     """An empty state; with ``memory`` (images, tokens, width), one row per image and its cross keys/values.
 
     ``decoder`` is a transformers ``GPT2LMHeadModel`` (with ``add_cross_attention`` when ``memory`` is given).
-    ``rows`` is needed only without memory.
+    ``rows`` is needed only without memory. ``prefix``: positions the caller feeds before decoding starts (prefix
+    captioning's image tokens), counted on top of :func:`~captionkit.models.base.positions_to_reserve`.
     """
     config = decoder.config
     heads, head_dim = config.n_head, config.n_embd // config.n_head
@@ -121,19 +142,38 @@ def start_gpt2_state(decoder: nn.Module, memory: torch.Tensor | None, rows: int 
             cross_values.append(values.view(images, tokens, heads, head_dim).transpose(1, 2).contiguous())
     if rows is None:
         raise ValueError("start_gpt2_state needs memory or a row count")
-    capacity = min(INITIAL_CAPACITY, config.n_positions)
+    reserve = positions_to_reserve()
+    capacity = min(INITIAL_CAPACITY if reserve is None else prefix + reserve, config.n_positions)
     shape = (rows, heads, capacity, head_dim)
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
-    keys = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
-    values = [torch.empty(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
     row_image = torch.arange(rows, device=weight.device)
-    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0)
+    graphs = reserve is not None and cuda_graphs()
+    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0, graphs)
 
 
 def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
     """Feed one token per row: (rows,) ids -> (rows, vocab) logits; ``state`` advances in place by one position."""
-    hidden = gpt2_embeddings_step(decoder, decoder.transformer.wte(tokens), state)
-    return linear(decoder.lm_head, hidden)
+    state.steps += 1
+    static = _static_step(decoder, state)
+    if static is None:
+        return linear(decoder.lm_head, gpt2_embeddings_step(decoder, decoder.transformer.wte(tokens), state))
+    logits = static(tokens)
+    state.length += 1
+    return logits
+
+
+def _static_step(decoder: nn.Module, state: Gpt2StepState) -> StaticStep | None:
+    """The fixed-shape step for this state's buffers (kept while they stay the same), or None: eager."""
+    # The first token runs eagerly: beam search and sampling then expand the rows into new buffers.
+    if not state.graphs or state.steps == 1 or (state.cross_keys and not state.group):
+        return None
+    state.ensure_capacity(state.length + 1, decoder.config.n_positions)
+    if state.static is None or not state.static.owns(state.keys, state.group, state.length):
+        cross = (state.cross_keys, state.cross_values, state.group)
+        state.static = StaticStep(decoder, state.keys, state.values, cross, state.length)
+    return state.static
 
 
 def gpt2_embeddings_step(decoder: nn.Module, embeddings: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:

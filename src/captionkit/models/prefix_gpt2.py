@@ -402,7 +402,7 @@ class PrefixGpt2Model(CaptionModel):
     def init_state(self, encoded: Encoded) -> Gpt2StepState:
         """Feed the prefix tokens once per image: the self-attention cache then holds the image for every step."""
         prefix = self.prefix(encoded)
-        state = start_gpt2_state(self.gpt2, None, rows=prefix.shape[0])
+        state = start_gpt2_state(self.gpt2, None, rows=prefix.shape[0], prefix=prefix.shape[1])
         for position in range(prefix.shape[1]):
             gpt2_embeddings_step(self.gpt2, prefix[:, position], state)
         return state
