@@ -167,16 +167,16 @@ def test_cnn_lstm_attention_with_accumulation_and_the_greedy_baseline(scenes, tm
 def test_bad_scst_settings_name_the_key():
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["train.objective=rl"])
-    assert caught.value.source == "train.objective"
+    assert caught.value.source == "--set train.objective"
     with pytest.raises(ConfigError) as caught:
         load_train_config(None, ["train.objective=scst", "train.scst.num_samples=1"])
-    assert caught.value.source == "train.scst.num_samples"
+    assert caught.value.source == "--set train.scst.num_samples"
     greedy = load_train_config(None, ["train.scst.num_samples=1", "train.scst.baseline=greedy"])
     assert greedy.train.scst.num_samples == 1
     for key, value in (("baseline", "best"), ("temperature", "0"), ("max_new_tokens", "0"), ("entropy_weight", "-1")):
         with pytest.raises(ConfigError) as caught:
             load_train_config(None, [f"train.scst.{key}={value}"])
-        assert caught.value.source == f"train.scst.{key}"
+        assert caught.value.source == f"--set train.scst.{key}"
 
 
 COCO_SUBSET = SHARED_DATA / "coco" / "captions_val2017_subset.json"

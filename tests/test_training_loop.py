@@ -325,7 +325,7 @@ def test_train_compile_compiles_the_trained_module_and_trains_the_same(scenes, t
     assert [e["loss"] for e in compiled.history] == pytest.approx([e["loss"] for e in plain.history], abs=1e-5)
     with pytest.raises(ConfigError) as caught:
         config_for(scenes, "train.compile=sometimes")
-    assert str(caught.value) == "config.train.compile: expected true or false, got 'sometimes'"
+    assert str(caught.value) == "--set train.compile: expected true or false, got 'sometimes'"
 
 
 def test_train_device_is_checked(scenes, tmp_path, monkeypatch):
