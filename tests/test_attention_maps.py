@@ -139,8 +139,8 @@ def test_captioner_returns_one_map_per_token_of_every_caption(captioner):
             assert caption.attention.shape == (len(caption.token_ids), *GRID)
             assert caption.attention.dtype == np.float32
             assert_distributions(caption.attention)
-            # Byte-level BPE: the tokens' (stripped) texts put together are the caption without its whitespace (a newline
-            # token, which random weights on another machine wrote, is whitespace too).
+            # Byte-level BPE: the tokens' (stripped) texts put together are the caption without its whitespace (a
+            # newline token, which random weights on another machine wrote, is whitespace too).
             assert len(caption.tokens) == len(caption.token_ids)
             assert "".join(caption.tokens) == "".join(caption.text.split())
             lengths.append(len(caption.token_ids))
