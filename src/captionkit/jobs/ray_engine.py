@@ -34,6 +34,7 @@ class RaySettings:
     address: str | None
     actors: int
     gpus_per_actor: float
+    dtype: str = "fp32"  # the actors' weights (--dtype)
 
 
 def require_ray() -> Any:
@@ -62,10 +63,10 @@ def _decode(batch: dict[str, np.ndarray], preprocessing: Preprocessing, limits: 
 class _CaptionActor:
     """One captioner, loaded once per actor; a batch of pixels -> one JSON record per image."""
 
-    def __init__(self, model: str, device: str | None, config: DecodingConfig) -> None:
+    def __init__(self, model: str, device: str | None, config: DecodingConfig, dtype: str) -> None:
         from captionkit.api import Captioner
 
-        self.captioner = Captioner.from_pretrained(model, device=device)
+        self.captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
         self.config = config
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -74,7 +75,9 @@ class _CaptionActor:
         from captionkit.jobs.batch import caption_pixels, caption_record
 
         good = [row for row, error in enumerate(batch["error"]) if not error]
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).to(self.captioner.device)
+        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).to(
+            self.captioner.device, self.captioner.dtype
+        )
         positions = [int(batch["position"][row]) for row in good]
         found = dict(zip(good, caption_pixels(self.captioner, pixels, positions, self.config), strict=True))
         records = [
@@ -109,7 +112,7 @@ def caption_on_ray(
     )
     dataset = dataset.map_batches(
         _CaptionActor,
-        fn_constructor_args=(model, device, config),
+        fn_constructor_args=(model, device, config, settings.dtype),
         batch_size=batch_size,
         concurrency=settings.actors,
         num_gpus=settings.gpus_per_actor,

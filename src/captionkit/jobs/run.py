@@ -159,7 +159,7 @@ def run_caption_job(
     try:
         with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
             if options.engine == "ray":
-                summary = _caption_on_ray(options, captioner, config, todo, writer, advance)
+                summary = _caption_on_ray(options, captioner, config, todo, writer, batch_size, advance)
             else:
                 summary = caption_files(
                     captioner,
@@ -185,13 +185,14 @@ def _caption_on_ray(
     config: DecodingConfig,
     todo: list[tuple[int, Path]],
     writer: RecordWriter,
+    batch_size: int,
     advance: Callable[[int], None] | None,
 ) -> JobSummary:
     """The job on Ray: ``--workers N`` captioner actors (default 1), ``--gpus-per-worker`` GPUs each."""
     from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
 
     actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
-    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker)
+    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker, options.dtype)
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,
@@ -201,7 +202,7 @@ def _caption_on_ray(
         preprocessing,
         limits,
         writer,
-        options.batch_size,
+        batch_size,
         settings,
         advance,
     )
