@@ -104,10 +104,7 @@ class BlipModel(CaptionModel):
         **overrides: Any,
     ) -> BlipModel:
         """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        if isinstance(config, str):
-            config = BlipCaptionConfig.from_preset(config, **overrides)
-        elif overrides:
-            config = config.replace(**overrides)
+        config = BlipCaptionConfig.resolve(config, **overrides)
         token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
         check_token_ids(token_ids, config.vocab_size)
         return cls(BlipForConditionalGeneration(config.to_hf(**token_ids)))

@@ -207,10 +207,7 @@ class CnnLstmModel(CaptionModel):
         cls, config: CnnLstmConfig | str, *, bos_token_id: int, eos_token_id: int, pad_token_id: int, **overrides: Any
     ) -> CnnLstmModel:
         """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        if isinstance(config, str):
-            config = CnnLstmConfig.from_preset(config, **overrides)
-        elif overrides:
-            config = config.replace(**overrides)
+        config = CnnLstmConfig.resolve(config, **overrides)
         return cls(config, bos_token_id, eos_token_id, pad_token_id)
 
     @classmethod

@@ -102,10 +102,7 @@ class GitModel(CaptionModel):
         **overrides: Any,
     ) -> GitModel:
         """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        if isinstance(config, str):
-            config = GitCaptionConfig.from_preset(config, **overrides)
-        elif overrides:
-            config = config.replace(**overrides)
+        config = GitCaptionConfig.resolve(config, **overrides)
         token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
         check_token_ids(token_ids, config.vocab_size)
         return cls(GitForCausalLM(config.to_hf(**token_ids)))

@@ -85,6 +85,13 @@ class FamilyConfig:
             raise ConfigError("preset", f"unknown {cls.family} preset {name!r} (known: {', '.join(cls.presets)})")
         return cls.presets[name].replace(**overrides)
 
+    @classmethod
+    def resolve(cls, config: Self | str, **overrides: Any) -> Self:
+        """``config`` itself, or the preset it names, with ``overrides`` applied (each family's ``from_config``)."""
+        if isinstance(config, str):
+            return cls.from_preset(config, **overrides)
+        return config.replace(**overrides) if overrides else config
+
     def replace(self, **overrides: Any) -> Self:
         return self.from_dict({**self.to_dict(), **overrides})
 

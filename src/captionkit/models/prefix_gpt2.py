@@ -274,10 +274,7 @@ class PrefixGpt2Model(CaptionModel):
         **overrides: Any,
     ) -> PrefixGpt2Model:
         """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        if isinstance(config, str):
-            config = PrefixGpt2Config.from_preset(config, **overrides)
-        elif overrides:
-            config = config.replace(**overrides)
+        config = PrefixGpt2Config.resolve(config, **overrides)
         return cls(config, bos_token_id, eos_token_id, pad_token_id)
 
     @classmethod

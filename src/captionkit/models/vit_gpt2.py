@@ -243,10 +243,7 @@ class VitGpt2Model(CaptionModel):
 
         ``attn_implementation`` ("eager", "sdpa") goes to transformers (:meth:`attention_maps` uses "eager" anyway).
         """
-        if isinstance(config, str):
-            config = VitGpt2Config.from_preset(config, **overrides)
-        elif overrides:
-            config = config.replace(**overrides)
+        config = VitGpt2Config.resolve(config, **overrides)
         token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
         for name, token_id in token_ids.items():
             _check_token_id(name, token_id, config.vocab_size)
