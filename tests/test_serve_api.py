@@ -57,6 +57,7 @@ class SlowCounting:
         self.delay_s = delay_s
         self.batches: list[int] = []
         self.started = threading.Event()
+        self.finished = threading.Event()  # set when a call returns
         self.lock = threading.Lock()
 
     def __call__(self, images, config, image_offset=0, attention=False):
@@ -64,7 +65,10 @@ class SlowCounting:
             self.batches.append(len(images))
         self.started.set()
         time.sleep(self.delay_s)
-        return self.inner(images, config, image_offset, attention)
+        try:
+            return self.inner(images, config, image_offset, attention)
+        finally:
+            self.finished.set()
 
 
 def slow_counting(captioner, monkeypatch, delay_s: float = 0.0) -> SlowCounting:
@@ -240,7 +244,7 @@ def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeyp
         assert response.status_code == 504
         assert response.json()["detail"] == "model 'base': no answer within 0.3 s"
         counting.delay_s = 0.0
-        time.sleep(1.0)  # the abandoned batch finishes in the background
+        assert counting.finished.wait(timeout=60)  # the abandoned batch finishes in the background
         assert post_image(client, num_beams=1).status_code == 200
         assert client.app.state.batchers["base"].queued == 0
 

@@ -115,15 +115,18 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
         finished.merge(active, scores, cand, joins, position + 1)
         improvable[active] &= _may_improve(running_scores, finished, active, position, config)
         full = finished.filled[active].all(dim=1) & (config.early_stopping is True)
-        searching = improvable[active] & ~full
-        if position + 1 == max_new or not bool(searching.any()):
+        # The loop's one host synchronisation: which images go on (the batch shrinks as images close).
+        searching = (improvable[active] & ~full).tolist()
+        if position + 1 == max_new or not any(searching):
             break
         # Row r of the next batch continues beam source[image, beam] of its image; closed images drop out.
         batch_image = torch.arange(active.numel(), device=device)[:, None]
-        rows = (batch_image * beams + source)[searching].flatten()
-        state = model.reorder_state(state, rows)
-        running_scores, running_tokens = running_scores[searching], running_tokens[searching]
-        active = active[searching]
+        rows = batch_image * beams + source
+        if not all(searching):
+            going_on = torch.tensor([i for i, on in enumerate(searching) if on], device=device)
+            rows, active = rows.index_select(0, going_on), active.index_select(0, going_on)
+            running_scores, running_tokens = running_scores[going_on], running_tokens[going_on]
+        state = model.reorder_state(state, rows.flatten())
         log_probs, state = model.step(running_tokens[:, :, position].flatten(), state)
     return finished.hypotheses(config.num_return_sequences, model.eos_token_id)
 

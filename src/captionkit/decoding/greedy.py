@@ -11,8 +11,8 @@ from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
 from captionkit.decoding.steps import first_step, forbid_early_eos
 from captionkit.models.base import CaptionModel, Encoded
 
-# (R, V) log-probs, (R,) image of each row -> (R,) next tokens
-Chooser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (R, V) log-probs, the image of each row (kept on the host) -> (R,) next tokens
+Chooser = Callable[[torch.Tensor, list[int]], torch.Tensor]
 
 
 def greedy_or_sample(
@@ -31,16 +31,20 @@ def greedy_or_sample(
     num_rows = num_images * per_image
     out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
     alive = torch.arange(num_rows, device=device)  # output row of each batch row
+    row_image = [row // per_image for row in range(num_rows)]  # the image of each batch row, on the host
     for position in range(config.max_new_tokens):
         log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
-        tokens = choose(log_probs, alive // per_image)
+        tokens = choose(log_probs, row_image)
         ended = out.record(alive, position, tokens, log_probs, model.eos_token_id)
         if position + 1 == config.max_new_tokens:
             break
-        if bool(ended.any()):
-            keep = (~ended).nonzero().squeeze(1)
-            if keep.numel() == 0:
+        ended_rows = ended.tolist()  # the loop's one host synchronisation: which rows go on
+        if any(ended_rows):
+            going_on = [row for row, end in enumerate(ended_rows) if not end]
+            if not going_on:
                 break
+            row_image = [row_image[row] for row in going_on]
+            keep = torch.tensor(going_on, device=device)
             alive, tokens = alive[keep], tokens[keep]
             state = model.reorder_state(state, keep)
         log_probs, state = model.step(tokens, state)
@@ -84,7 +88,7 @@ def _best_first(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
     return sorted(hypotheses, key=lambda hypothesis: -hypothesis.score)
 
 
-def _argmax(log_probs: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
+def _argmax(log_probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
     return log_probs.argmax(dim=-1)
 
 
@@ -92,7 +96,7 @@ def _sampler(config: DecodingConfig, num_images: int, image_offset: int, device:
     seed = draw_seed() if config.seed is None else config.seed
     generators = ImageGenerators(num_images, seed + image_offset, device)
 
-    def sample(log_probs: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
+    def sample(log_probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
         scores = warp_scores(log_probs, config.temperature, config.top_k, config.top_p)
         return generators.sample(scores.softmax(dim=-1), row_image)
 

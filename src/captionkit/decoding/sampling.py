@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 SEED_MODULUS = 2**63
@@ -46,14 +48,15 @@ class ImageGenerators:
             torch.Generator(device=device).manual_seed((seed + image) % SEED_MODULUS) for image in range(num_images)
         ]
 
-    def sample(self, probs: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
-        """One token per row of (R, V) ``probs``; rows of an image must be contiguous (image-major order)."""
+    def sample(self, probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
+        """One token per row of (R, V) ``probs``; ``row_image`` (on the host, so that nothing waits for the device)
+        names each row's image, and rows of an image must be contiguous (image-major order)."""
         tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-        images, counts = torch.unique_consecutive(row_image, return_counts=True)
         start = 0
-        for image, count in zip(images.tolist(), counts.tolist(), strict=True):
-            rows = slice(start, start + count)
-            tokens[rows] = torch.multinomial(probs[rows], 1, generator=self.generators[image]).squeeze(1)
+        for image, rows in itertools.groupby(row_image):
+            count = len(list(rows))
+            span = slice(start, start + count)
+            tokens[span] = torch.multinomial(probs[span], 1, generator=self.generators[image]).squeeze(1)
             start += count
         return tokens
 
