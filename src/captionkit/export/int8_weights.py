@@ -49,7 +49,9 @@ def load_int8_weights(model: nn.Module, path: Path) -> nn.Module:
     ``path``: each stored int8 layer replaces its linear layer, and every other tensor must match the model's by
     name, dtype and shape. Anything else is one :class:`ModelLoadError` naming the file."""
     tensors = _read(path)
-    for name in [key.removesuffix(SCALE_SUFFIX) for key in tensors if key.endswith(SCALE_SUFFIX)]:
+    layers = {key.removesuffix(SCALE_SUFFIX) for key in tensors if key.endswith(SCALE_SUFFIX)}
+    layers |= {key.removesuffix(".weight") for key, value in tensors.items() if _is_int8_weight(key, value)}
+    for name in sorted(layers):
         parent, _, child = name.rpartition(".")
         model.get_submodule(parent).register_module(child, _int8_linear(model, name, tensors, path))
     expected = _plain_tensors(model, _int8_layers(model))
@@ -83,7 +85,7 @@ def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], 
         raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: {name} is a {type(linear).__name__}, not a linear layer")
     weight = _check(path, f"{name}.weight", tensors.pop(f"{name}.weight", None), torch.int8, linear.weight.shape)
     scales = _check(
-        path, f"{name}{SCALE_SUFFIX}", tensors.pop(f"{name}{SCALE_SUFFIX}"), torch.float32, (weight.shape[0],)
+        path, f"{name}{SCALE_SUFFIX}", tensors.pop(f"{name}{SCALE_SUFFIX}", None), torch.float32, (weight.shape[0],)
     )
     if not bool(torch.isfinite(scales).all() and (scales > 0).all()):
         raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: scales must be positive and finite")
@@ -134,3 +136,7 @@ def _plain_tensors(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[st
         seen.add(identity)
         tensors[name] = tensor
     return tensors
+
+
+def _is_int8_weight(name: str, tensor: torch.Tensor) -> bool:
+    return name.endswith(".weight") and tensor.dtype == torch.int8
