@@ -13,8 +13,9 @@ The output head (tied to the token embedding) stays fp32. An exported directory 
 tokenizer and preprocessing files plus ``quantization.json``, whose ``storage`` says where the weights are:
 
 * ``int8`` (torch.ao): ``model.int8.safetensors`` (:mod:`captionkit.export.int8_weights`), the int8 layers as int8
-  with their scales, about a quarter of the fp32 size; a load builds the model from its config and the int8 layers
-  from the stored values, so it computes exactly what the quantized model computed at export;
+  with their scales (a quarter of their fp32 bytes; 0.38x in all for ViT-B + GPT-2, whose token embedding stays
+  fp32); a load builds the model from its config and the int8 layers from the stored values, so it computes exactly
+  what the quantized model computed at export;
 * ``fp32`` (torchao, and every export written before int8 storage): the fp32 ``model.safetensors``, quantized again
   on each load.
 """
@@ -101,16 +102,10 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
     note = (
         "torch.ao.quantization is deprecated; its successor torchao measured far slower on CPU"
         if backend == "torch.ao"
-        else "weights stored fp32 and quantized again on every load"
+        else ""
     )
-    return {
-        "method": METHOD,
-        "backend": backend,
-        "layers": len(names),
-        "kept_fp32": [name for name in linears if name not in names],
-        "storage": "int8" if backend == "torch.ao" else "fp32",
-        "note": note,
-    }
+    kept = [name for name in linears if name not in names]
+    return {"method": METHOD, "backend": backend, "layers": len(names), "kept_fp32": kept, "note": note}
 
 
 def _check_backend(backend: str | None) -> str:
@@ -152,6 +147,7 @@ def load_int8_model(directory: Path) -> CaptionModel:
         load_int8_weights(model, directory / INT8_WEIGHTS_FILE)
         return model
     model = load_model(directory)
+    # torchao is an optional extra; without it, torch.ao quantizes with the same int8 scheme.
     backend = info["backend"]
     quantize_int8(model, "torch.ao" if backend == "torchao" and not torchao_installed() else backend)
     return model
@@ -189,6 +185,8 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     parts = CaptionerParts.load(source)
     parts.save(output)
     info = quantize_int8(parts.model, backend)
+    # torchao's int8 tensors have no safetensors form here: its exports keep the fp32 weights.
+    info["storage"] = "int8" if backend == "torch.ao" else "fp32"
     if info["storage"] == "int8":
         save_int8_weights(parts.model, output / INT8_WEIGHTS_FILE)
         (output / WEIGHTS_FILE).unlink()
