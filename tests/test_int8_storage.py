@@ -16,6 +16,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from _data import SHARED_DATA
 from _helpers import FAMILIES, run_cli, save_tiny_model
 from captionkit.api import Captioner
+from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ModelLoadError
 from captionkit.export.int8 import QUANTIZATION_FILE, export_int8, quantize_int8
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, SCALE_SUFFIX
@@ -180,3 +181,25 @@ def test_a_truncated_or_missing_int8_file_is_one_line(
     with pytest.raises(ModelLoadError) as error:
         Captioner.from_pretrained(export)
     assert str(error.value) == f"{export}: no {INT8_WEIGHTS_FILE} (the int8 export's weights)"
+
+
+def test_caption_and_evaluate_take_the_int8_export(
+    int8_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands read the int8 export through the one loader: ``caption`` writes the in-memory quantized model's
+    captions, and ``evaluate`` gives the same figures as an export of the same model with fp32 weights."""
+    source = int8_export.parent / "fp32"
+    wanted = [r.caption for r in in_memory_reference(source).caption(PHOTOS, num_beams=2, max_new_tokens=6)]
+    code, out, err = run_cli(["caption", *PHOTOS, "--model", int8_export, "--beams", "2", "--max-length", "6"], capsys)
+    assert code == 0, err
+    assert [json.loads(line)["caption"] for line in out.splitlines()] == wanted
+    legacy = Path(shutil.copytree(source, tmp_path / "legacy"))
+    (legacy / QUANTIZATION_FILE).write_text(json.dumps({"method": "int8-dynamic", "backend": "torch.ao"}))
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 4, 2, 3, seed=0, image_size=32)
+    metrics = []
+    for model in (int8_export, legacy):
+        args = ["evaluate", "--model", model, "--data", scenes, "--beams", "1", "--metrics", "BLEU,CIDEr"]
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        metrics.append(json.loads(out))
+    assert metrics[0]["images"] == 3 and metrics[0] == metrics[1]
