@@ -185,7 +185,7 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     parts = CaptionerParts.load(source)
     parts.save(output)
     info = quantize_int8(parts.model, backend)
-    # torchao's int8 tensors have no safetensors form here: its exports keep the fp32 weights.
+    # torchao's quantized tensors are not stored here: its exports keep the fp32 weights and quantize on load.
     info["storage"] = "int8" if backend == "torch.ao" else "fp32"
     if info["storage"] == "int8":
         save_int8_weights(parts.model, output / INT8_WEIGHTS_FILE)

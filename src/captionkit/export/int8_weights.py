@@ -39,7 +39,8 @@ def save_int8_weights(model: nn.Module, path: Path) -> None:
         tensors[f"{name}.weight"] = weight.int_repr()
         tensors[f"{name}{SCALE_SUFFIX}"] = weight.q_per_channel_scales().float()
         if bias is not None:
-            tensors[f"{name}.bias"] = bias.detach().clone()  # may share memory with a kept tensor (BLIP's head bias)
+            # A copy: a bias may share memory with a kept tensor, which safetensors refuses to write.
+            tensors[f"{name}.bias"] = bias.detach().clone()
     tensors |= _plain_tensors(model, layers)
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata={"format": "pt"})
 
