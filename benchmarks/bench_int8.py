@@ -7,8 +7,10 @@ Exports ``--model`` with ``captionkit export int8`` into a temporary directory, 
         [--beams 4] [--threads 2] [--backend torchao|torch.ao]
 
 Token accuracy: the fraction of positions (over the longer caption of each pair) where both have the same token.
-With ``--speed-preset base`` it also times fp32 against int8 on a random-weight model of that preset (greedy, 10
-forced tokens): a small trained model is dominated by per-layer overhead, a large one by its matmuls.
+``size_mb``: the weights on disk, the fp32 checkpoint's ``model.safetensors`` against the export's
+``model.int8.safetensors``. With ``--speed-preset base`` it also times fp32 against int8 on a random-weight model of
+that preset (greedy, 10 forced tokens): a small trained model is dominated by per-layer overhead, a large one by its
+matmuls. With ``--size-preset base`` it also writes both weights files of a random-weight model of that preset.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from _side_by_side import caption_side_by_side, photo_arguments
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import export_int8, quantize_int8
+from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, save_int8_weights
 from captionkit.jobs.inputs import collect_images
 
 
@@ -34,6 +37,32 @@ def token_accuracy(pairs: list[tuple[list[int], list[int]]]) -> float:
     same = sum(sum(a == b for a, b in zip(x, y, strict=False)) for x, y in pairs)
     total = sum(max(len(x), len(y), 1) for x, y in pairs)
     return same / total
+
+
+def megabytes(path: Path) -> float:
+    return round(path.stat().st_size / 1e6, 2)
+
+
+def weight_sizes(fp32: Path, int8: Path) -> dict[str, float]:
+    """MB on disk of an fp32 checkpoint's weights and of its int8 export's, and their ratio."""
+    sizes = {"fp32": megabytes(fp32 / "model.safetensors"), "int8": megabytes(int8 / INT8_WEIGHTS_FILE)}
+    return sizes | {"int8_over_fp32": round(sizes["int8"] / sizes["fp32"], 3)}
+
+
+def preset_sizes(preset: str) -> dict[str, object]:
+    """The weights files of a random-weight vit-gpt2 preset, fp32 and int8 (as ``export int8`` writes them)."""
+    from captionkit.models.vit_gpt2 import VitGpt2Model
+
+    torch.manual_seed(0)
+    model = VitGpt2Model.from_config(preset, bos_token_id=0, eos_token_id=0, pad_token_id=0).eval()
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32, int8 = Path(scratch) / "fp32", Path(scratch) / "int8"
+        model.save_pretrained(fp32)
+        quantize_int8(model)
+        int8.mkdir()
+        save_int8_weights(model, int8 / INT8_WEIGHTS_FILE)
+        return {"preset": preset, "parameters": parameters, "size_mb": weight_sizes(fp32, int8)}
 
 
 def preset_speed(preset: str, backend: str | None, images: int = 4, repeats: int = 3) -> dict[str, object]:
@@ -70,6 +99,7 @@ def main() -> None:
     photo_arguments(parser, beams=4)
     parser.add_argument("--backend", default=None)
     parser.add_argument("--speed-preset", default=None, help="also time a random-weight preset (e.g. base)")
+    parser.add_argument("--size-preset", default=None, help="also size a random-weight preset's weights (e.g. base)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
@@ -78,6 +108,8 @@ def main() -> None:
             "fp32": Captioner.from_pretrained(args.model),
             "int8": Captioner.from_pretrained(Path(scratch) / "int8"),
         }
+        # torchao's export keeps the fp32 weights (quantized on load): nothing smaller to weigh.
+        sizes = weight_sizes(Path(args.model), Path(scratch) / "int8") if info["storage"] == "int8" else None
     config = DecodingConfig(num_beams=args.beams)
     paths = collect_images([args.images])[: args.count]
     images = engines["fp32"].load_images(paths)
@@ -89,12 +121,15 @@ def main() -> None:
         "beams": args.beams,
         "threads": torch.get_num_threads(),
         "quantization": info,
+        "size_mb": sizes,
         "caption_equality": sum(a == b for a, b in pairs) / len(pairs),
         "token_accuracy": token_accuracy(pairs),
         "images_per_s": {name: len(paths) / sum(values) for name, values in times.items()},
         "median_batch_s": {name: statistics.median(values) for name, values in times.items()},
         "int8_speedup": sum(times["fp32"]) / sum(times["int8"]),
     }
+    if args.size_preset:
+        result["random_weight_size"] = preset_sizes(args.size_preset)
     if args.speed_preset:
         result["random_weight_speed"] = preset_speed(args.speed_preset, args.backend)
     print(json.dumps(result, indent=2))

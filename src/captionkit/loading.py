@@ -5,7 +5,8 @@ a checkpoint, resuming a run), the batch job and the server through the API. Wha
 loads:
 
 * ``onnx_config.json``: an ONNX export, decoded by onnxruntime (CPU);
-* ``quantization.json``: an int8 export, quantized on load (its int8 kernels run on the CPU);
+* ``quantization.json``: an int8 export, its int8 layers built from the stored int8 weights (or, for an export that
+  kept fp32 weights, quantized on load); its int8 kernels run on the CPU;
 * otherwise a checkpoint of any registered family (``config.json`` names it; a Hugging Face VisionEncoderDecoder,
   BLIP or GIT layout is recognised by its ``model_type``): :class:`captionkit.parts.CaptionerParts`.
 
@@ -20,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from captionkit.export.int8 import apply_saved_quantization, is_quantized
+from captionkit.export.int8 import is_quantized, load_int8_model
 from captionkit.export.onnx import ONNX_CONFIG, OnnxCaptionModel
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
@@ -58,7 +59,8 @@ def _load(name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: i
         model = OnnxCaptionModel(directory, onnx_threads)
         words = load_tokenizer(model, tokenizer or directory)
         return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True, is_onnx=True)
-    parts = CaptionerParts.load(directory, tokenizer)
-    parts.model = apply_saved_quantization(parts.model, directory)  # type: ignore[assignment]
-    parts.cpu_only = is_quantized(directory)
-    return parts
+    if is_quantized(directory):
+        model = load_int8_model(directory)
+        words = load_tokenizer(model, tokenizer or directory)
+        return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True)
+    return CaptionerParts.load(directory, tokenizer)

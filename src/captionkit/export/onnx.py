@@ -279,6 +279,10 @@ class OnnxCaptionModel(CaptionModel):
     def from_pretrained(cls, name_or_dir: str | Path) -> OnnxCaptionModel:
         return cls(name_or_dir)
 
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> OnnxCaptionModel:
+        raise NotImplementedError("an ONNX export holds its graphs, not a config to build from")
+
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().cpu().numpy()

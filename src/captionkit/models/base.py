@@ -172,3 +172,9 @@ class CaptionModel(nn.Module, ABC):
     @abstractmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> CaptionModel:
         """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / hub-layout directory)."""
+
+    @classmethod
+    @abstractmethod
+    def from_saved_config(cls, directory: Path) -> CaptionModel:
+        """The architecture ``directory``'s config.json describes, its weights new (random), in eval mode: for an
+        export that stores the weights its own way (int8) and fills them in itself."""

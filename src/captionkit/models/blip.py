@@ -21,7 +21,13 @@ from transformers import BlipConfig, BlipForConditionalGeneration
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import CachedState, VisionTextConfig, load_hub_model, save_hub_model
+from captionkit.models.hf_checkpoint import (
+    CachedState,
+    VisionTextConfig,
+    build_hub_model,
+    load_hub_model,
+    save_hub_model,
+)
 from captionkit.models.native import check_token_ids
 
 __all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
@@ -113,6 +119,10 @@ class BlipModel(CaptionModel):
     def from_pretrained(cls, name_or_dir: str | Path) -> BlipModel:
         """A hub id or a directory in the hub layout (``BlipForConditionalGeneration``, safetensors)."""
         return cls(load_hub_model(BlipForConditionalGeneration, FAMILY, name_or_dir))
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> BlipModel:
+        return cls(build_hub_model(BlipForConditionalGeneration, FAMILY, directory))
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_hub_model(self.hf, FAMILY, directory)

@@ -35,16 +35,16 @@ from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.native import (
     FamilyConfig,
+    build_native,
     check_token_ids,
-    config_load_error,
     float_log_softmax,
     load_native_weights,
-    read_native_config,
     save_native,
     set_trainable,
     trains,
 )
 from captionkit.models.parts import load_vision_encoder, part_preprocessing
+from captionkit.precision import model_dtype
 
 __all__ = ["PRESETS", "CnnLstmAttentionModel", "CnnLstmConfig", "CnnLstmModel"]
 
@@ -249,12 +249,13 @@ class CnnLstmModel(CaptionModel):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> CnnLstmModel:
         directory, source = Path(name_or_dir), str(name_or_dir)
-        fields, token_ids = read_native_config(directory, cls.family, source)
-        try:
-            model = cls(CnnLstmConfig.from_dict(fields), **token_ids)
-        except ConfigError as error:
-            raise config_load_error(error, source) from None
+        model: CnnLstmModel = build_native(cls, CnnLstmConfig, directory, source)
         load_native_weights(model, directory, source)
+        return model.eval()
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> CnnLstmModel:
+        model: CnnLstmModel = build_native(cls, CnnLstmConfig, directory, str(directory))
         return model.eval()
 
     # --- encoder
@@ -266,7 +267,7 @@ class CnnLstmModel(CaptionModel):
     def _feature_map(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> the last ResNet stage's (B, channels, h, w)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
-            pixels = pixel_values.to(self.output.weight.dtype)
+            pixels = pixel_values.to(model_dtype(self.encoder))
             return self.encoder(pixel_values=pixels).last_hidden_state
 
     def parameter_groups(self) -> dict[str, list[str]]:

@@ -23,7 +23,13 @@ from transformers import DynamicCache, GitConfig, GitForCausalLM
 
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import CachedState, VisionTextConfig, load_hub_model, save_hub_model
+from captionkit.models.hf_checkpoint import (
+    CachedState,
+    VisionTextConfig,
+    build_hub_model,
+    load_hub_model,
+    save_hub_model,
+)
 from captionkit.models.native import check_token_ids
 
 __all__ = ["PRESETS", "GitCaptionConfig", "GitModel"]
@@ -111,6 +117,10 @@ class GitModel(CaptionModel):
     def from_pretrained(cls, name_or_dir: str | Path) -> GitModel:
         """A hub id or a directory in the hub layout (``GitForCausalLM``, safetensors)."""
         return cls(load_hub_model(GitForCausalLM, FAMILY, name_or_dir))
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> GitModel:
+        return cls(build_hub_model(GitForCausalLM, FAMILY, directory))
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_hub_model(self.hf, FAMILY, directory)

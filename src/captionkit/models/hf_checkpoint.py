@@ -14,7 +14,8 @@ from typing import Any, Self
 
 import torch
 from safetensors import SafetensorError
-from transformers import Cache, PreTrainedModel
+from transformers import Cache, GenerationConfig, PreTrainedModel
+from transformers.utils import GENERATION_CONFIG_NAME
 from transformers.utils import logging as hf_logging
 
 from captionkit.errors import ConfigError, ModelLoadError, first_line
@@ -100,6 +101,28 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
     """
     source = str(name_or_dir)
     path = resolve_model_source(name_or_dir)
+    _check_hub_config(model_class, model_type, path, source)
+    return load_safetensors_model(model_class, path, source)
+
+
+def build_hub_model(model_class: type[PreTrainedModel], model_type: str, directory: Path) -> PreTrainedModel:
+    """``model_class`` of the architecture a hub-layout directory's config describes, its weights new (random)."""
+    _check_hub_config(model_class, model_type, directory, str(directory))
+    return build_hf_model(model_class, directory)
+
+
+def build_hf_model(model_class: Any, directory: Path) -> PreTrainedModel:
+    """``model_class`` from ``directory``'s config.json (and generation_config.json), in eval mode, weights new."""
+    try:
+        model = model_class(model_class.config_class.from_pretrained(directory))
+        if (directory / GENERATION_CONFIG_NAME).is_file():
+            model.generation_config = GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(directory, first_line(error)) from None
+    return model.eval()  # type: ignore[no-any-return]
+
+
+def _check_hub_config(model_class: type[PreTrainedModel], model_type: str, path: Path, source: str) -> None:
     raw = read_config_json(path, source)
     if raw.get("model_type") != model_type:
         raise ModelLoadError(source, f"model_type is {raw.get('model_type')!r}; expected {model_type!r}")
@@ -109,7 +132,6 @@ def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_
         raise ModelLoadError(
             source, f"is a {', '.join(map(str, architectures))}; captioning needs {model_class.__name__}"
         )
-    return load_safetensors_model(model_class, path, source)
 
 
 def load_safetensors_model(

@@ -165,6 +165,15 @@ def read_native_config(directory: Path, family: str, source: str) -> tuple[dict[
     return fields, token_ids  # type: ignore[return-value]
 
 
+def build_native(model_class: Any, config_class: type[FamilyConfig], directory: Path, source: str) -> Any:
+    """``model_class`` of the architecture ``directory``'s config.json describes, its weights new (random)."""
+    fields, token_ids = read_native_config(directory, model_class.family, source)
+    try:
+        return model_class(config_class.from_dict(fields), **token_ids)
+    except ConfigError as error:
+        raise config_load_error(error, source) from None
+
+
 def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
     """Fill ``model`` from ``model.safetensors``; any missing, extra or misshapen tensor is a ModelLoadError."""
     weights = directory / WEIGHTS_FILE

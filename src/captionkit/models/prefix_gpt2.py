@@ -31,16 +31,16 @@ from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import (
     FamilyConfig,
+    build_native,
     check_token_ids,
-    config_load_error,
     float_log_softmax,
     load_native_weights,
-    read_native_config,
     save_native,
     set_trainable,
     trains,
 )
 from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
+from captionkit.precision import model_dtype
 
 __all__ = ["PRESETS", "PrefixGpt2Config", "PrefixGpt2Model"]
 
@@ -322,12 +322,13 @@ class PrefixGpt2Model(CaptionModel):
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path) -> PrefixGpt2Model:
         directory, source = Path(name_or_dir), str(name_or_dir)
-        fields, token_ids = read_native_config(directory, FAMILY, source)
-        try:
-            model = cls(PrefixGpt2Config.from_dict(fields), **token_ids)
-        except ConfigError as error:
-            raise config_load_error(error, source) from None
+        model: PrefixGpt2Model = build_native(cls, PrefixGpt2Config, directory, source)
         load_native_weights(model, directory, source)
+        return model.eval()
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> PrefixGpt2Model:
+        model: PrefixGpt2Model = build_native(cls, PrefixGpt2Config, directory, str(directory))
         return model.eval()
 
     def resize_vocabulary(self, size: int) -> None:
@@ -353,7 +354,7 @@ class PrefixGpt2Model(CaptionModel):
         once per image, in ``init_state``.
         """
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
-            output = self.encoder(pixel_values=pixel_values.to(self.project.weight.dtype))
+            output = self.encoder(pixel_values=pixel_values.to(model_dtype(self.encoder)))
         # A CLIP / SigLIP vision tower's image embedding is its pooled output (the final layer norm applied);
         # a ViT's is its CLS token (ViTModel normalises the whole last hidden state).
         if self.encoder.config.model_type in _POOLED_TOWERS:

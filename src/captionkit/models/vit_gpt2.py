@@ -26,7 +26,7 @@ from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.config_file import read_config_json
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
-from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, load_safetensors_model
+from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, build_hf_model, load_safetensors_model
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
 from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
@@ -283,6 +283,11 @@ class VitGpt2Model(CaptionModel):
         # Hub ids become a local snapshot (safetensors and configs only, failing fast offline): one code path.
         directory = resolve_model_source(name_or_dir)
         return cls(_load_directory(directory, str(name_or_dir), attn_implementation))
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> VitGpt2Model:
+        _check_raw_config(read_config_json(directory, str(directory)), str(directory))
+        return cls(build_hf_model(VisionEncoderDecoderModel, directory))  # type: ignore[arg-type]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write config.json (with the "captionkit" key), generation_config.json and model.safetensors."""

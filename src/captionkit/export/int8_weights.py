@@ -1,0 +1,143 @@
+"""An int8 export's weights file: int8 linear layers stored as int8, every other tensor as the model holds it.
+
+``model.int8.safetensors`` (safetensors, never a pickle) holds, for each torch.ao dynamic int8 linear layer ``L``:
+
+* ``L.weight``: int8, (out, in), the quantized values;
+* ``L.weight_scale``: float32, (out,), one scale per output channel (symmetric: every zero point is 0);
+* ``L.bias``: float32, (out,), when the layer has one;
+
+and every other parameter and buffer under its own name and dtype (embeddings, layer norms, the tied output head,
+convolutions, LSTMs), a tensor tied to an earlier one (a head sharing the token embedding) only once. The fp32 copies
+of quantized weights are not stored: a model dominated by linear layers takes about a quarter of its fp32 size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+from captionkit.errors import ModelLoadError, first_line
+
+INT8_WEIGHTS_FILE = "model.int8.safetensors"
+SCALE_SUFFIX = ".weight_scale"
+
+
+def save_int8_weights(model: nn.Module, path: Path) -> None:
+    """Write ``model`` (its linear layers quantized by torch.ao, per output channel) to ``path``."""
+    layers = _int8_layers(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in layers.items():
+        weight, bias = layer._weight_bias()
+        if weight.qscheme() != torch.per_channel_affine or weight.q_per_channel_zero_points().any():
+            raise ValueError(f"{name}: its int8 weight is not quantized per output channel, symmetric")
+        tensors[f"{name}.weight"] = weight.int_repr()
+        tensors[f"{name}{SCALE_SUFFIX}"] = weight.q_per_channel_scales().float()
+        if bias is not None:
+            # A copy: a bias may share memory with a kept tensor, which safetensors refuses to write.
+            tensors[f"{name}.bias"] = bias.detach().clone()
+    tensors |= _plain_tensors(model, layers)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def load_int8_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Fill ``model`` (the exported architecture with new weights, GPT-2's Conv1D already ``nn.Linear``) from
+    ``path``: each stored int8 layer replaces its linear layer, and every other tensor must match the model's by
+    name, dtype and shape. Anything else is one :class:`ModelLoadError` naming the file."""
+    tensors = _read(path)
+    layers = {key.removesuffix(SCALE_SUFFIX) for key in tensors if key.endswith(SCALE_SUFFIX)}
+    layers |= {key.removesuffix(".weight") for key, value in tensors.items() if _is_int8_weight(key, value)}
+    for name in sorted(layers):
+        parent, _, child = name.rpartition(".")
+        model.get_submodule(parent).register_module(child, _int8_linear(model, name, tensors, path))
+    expected = _plain_tensors(model, _int8_layers(model))
+    unexpected, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
+    if unexpected or missing:
+        name = (unexpected or missing)[0]
+        raise ModelLoadError(path, f"{name}: {'not a tensor of this model' if unexpected else 'missing'}")
+    with torch.no_grad():
+        for name, target in expected.items():
+            _check(path, name, tensors[name], target.dtype, target.shape)
+            target.copy_(tensors[name])
+    return model
+
+
+def _read(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelLoadError(path.parent, f"no {INT8_WEIGHTS_FILE} (the int8 export's weights)")
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise ModelLoadError(path, f"unreadable int8 weights ({first_line(error)})") from None
+
+
+def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> DynamicInt8Linear:
+    """The int8 layer stored under ``name`` (its tensors taken out of ``tensors``), in place of that linear layer."""
+    try:
+        linear = model.get_submodule(name)
+    except AttributeError:
+        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: the model has no layer {name!r}") from None
+    if type(linear) is not nn.Linear:
+        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: {name} is a {type(linear).__name__}, not a linear layer")
+    weight = _check(path, f"{name}.weight", tensors.pop(f"{name}.weight", None), torch.int8, linear.weight.shape)
+    scales = _check(
+        path, f"{name}{SCALE_SUFFIX}", tensors.pop(f"{name}{SCALE_SUFFIX}", None), torch.float32, (weight.shape[0],)
+    )
+    if not bool(torch.isfinite(scales).all() and (scales > 0).all()):
+        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: scales must be positive and finite")
+    bias = tensors.pop(f"{name}.bias", None)
+    if linear.bias is not None:
+        bias = _check(path, f"{name}.bias", bias, torch.float32, linear.bias.shape)
+    elif bias is not None:
+        raise ModelLoadError(path, f"{name}.bias: the model's layer {name} has no bias")
+    zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+    quantized = torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
+    layer = DynamicInt8Linear(linear.in_features, linear.out_features, bias_=bias is not None, dtype=torch.qint8)
+    layer.set_weight_bias(quantized, bias)
+    return layer
+
+
+def _check(
+    path: Path, name: str, tensor: torch.Tensor | None, dtype: torch.dtype, shape: tuple[int, ...] | torch.Size
+) -> torch.Tensor:
+    if tensor is None:
+        raise ModelLoadError(path, f"{name}: missing")
+    if tensor.dtype != dtype:
+        raise ModelLoadError(path, f"{name}: dtype {_dtype_name(tensor.dtype)}, expected {_dtype_name(dtype)}")
+    if tensor.shape != shape:
+        raise ModelLoadError(path, f"{name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    return tensor
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _int8_layers(model: nn.Module) -> dict[str, DynamicInt8Linear]:
+    return {name: module for name, module in model.named_modules() if isinstance(module, DynamicInt8Linear)}
+
+
+def _plain_tensors(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """``model``'s parameters and persistent buffers outside ``layers`` by state-dict name (sharing the model's
+    memory), each tied group once, under its first name."""
+    inside = tuple(f"{name}." for name in layers)
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
+    for name, tensor in model.state_dict().items():
+        if name.startswith(inside):
+            continue
+        identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
+        if tensor.numel() and identity in seen:
+            continue
+        seen.add(identity)
+        tensors[name] = tensor
+    return tensors
+
+
+def _is_int8_weight(name: str, tensor: torch.Tensor) -> bool:
+    return name.endswith(".weight") and tensor.dtype == torch.int8
