@@ -56,8 +56,12 @@ def _import(library: str, source: str) -> Any:
         import torchvision.models
 
         return torchvision.models
+    except ModuleNotFoundError as error:
+        if (error.name or "").partition(".")[0] != library:
+            raise ModelLoadError(source, f"{install_hint(library)} ({first_line(error)})") from None
+        raise ModelLoadError(source, install_hint(library)) from None
     except (ImportError, RuntimeError) as error:  # a torchvision built for another torch fails at import
-        raise ModelLoadError(source, f"{install_hint(library)} ({first_line(error)})") from None
+        raise ModelLoadError(source, f"{install_hint(library)} (it does not import: {first_line(error)})") from None
 
 
 class Backbone(nn.Module):
@@ -232,7 +236,7 @@ def _torchvision(name: str) -> LoadedBackbone:
     _load_state(model, _torchvision_state(weights, file, name), name)
     num_features = int(model.fc.in_features)
     model.fc = nn.Identity()
-    return LoadedBackbone(TorchvisionResNet(model, architecture, num_features, {}), _torchvision_preprocessing(weights))
+    return LoadedBackbone(TorchvisionResNet(model, architecture, num_features, {}), torchvision_preprocessing(weights))
 
 
 def _torchvision_state(weights: Any, file: str, source: str) -> dict[str, torch.Tensor]:
@@ -256,7 +260,7 @@ def _torchvision_state(weights: Any, file: str, source: str) -> dict[str, torch.
         raise ModelLoadError(source, f"{reason}; offline, pass a local file as {source}@FILE") from None
 
 
-def _torchvision_preprocessing(weights: Any) -> Preprocessing:
+def torchvision_preprocessing(weights: Any) -> Preprocessing:
     """``weights.transforms()`` (``ImageClassification``): shorter edge to resize_size, centre crop, mean, std."""
     transform = weights.transforms()
     (crop,), (resize,) = transform.crop_size, transform.resize_size
