@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import run_cli
+from _helpers import run_cli, tiny_model
 from _recipes import CONFIGS, FLICKR
 from captionkit.errors import ModelLoadError
-from captionkit.models.registry import create_model
+from captionkit.models.registry import create_model, load_model
 
 
 @pytest.fixture
@@ -65,3 +65,15 @@ def test_the_recipe_with_a_torchvision_backbone_exits_1(tmp_path: Path, capsys: 
         "captionkit: error: torchvision:resnet50: needs torchvision: pip install 'captionkit[torchvision]'"
     ]
     assert not (tmp_path / "run" / "COMPLETE").exists()
+
+
+@pytest.mark.usefixtures("without_extras")
+def test_a_run_on_a_timm_backbone_does_not_load_without_timm(tmp_path: Path) -> None:
+    tiny_model("cnn-lstm").save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    part = {"library": "timm", "architecture": "resnet18", "model_args": {}, "num_features": 512}
+    saved["config"]["encoder_part"] = part
+    (tmp_path / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as raised:
+        load_model(tmp_path)
+    assert str(raised.value) == f"{tmp_path}: needs timm: pip install 'captionkit[timm]'"

@@ -288,6 +288,8 @@ class CnnLstmModel(CaptionModel):
             model = cls(CnnLstmConfig.from_dict(fields), **token_ids)
         except ConfigError as error:
             raise config_load_error(error, source) from None
+        except ModelLoadError as error:  # its timm / torchvision encoder cannot be built here
+            raise ModelLoadError(source, error.reason) from None
         load_native_weights(model, directory, source)
         return model.eval()
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, GPT2Config, GPT2LMHeadModel, PretrainedConfig, ViTConfig, ViTModel
 
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.models.backbones import Backbone, LoadedBackbone, build_backbone, is_backbone_part, open_backbone
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt2_step, start_gpt2_state
@@ -330,6 +330,8 @@ class PrefixGpt2Model(CaptionModel):
             model = cls(PrefixGpt2Config.from_dict(fields), **token_ids)
         except ConfigError as error:
             raise config_load_error(error, source) from None
+        except ModelLoadError as error:  # its timm / torchvision encoder cannot be built here
+            raise ModelLoadError(source, error.reason) from None
         load_native_weights(model, directory, source)
         return model.eval()
 
