@@ -20,6 +20,7 @@ What rebuilds it without the network (:meth:`Backbone.part`) is saved in the run
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -42,7 +43,7 @@ _TIMM_DEFAULT_CROP_PCT = 0.875
 _TORCHVISION_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
-def install_hint(library: str) -> str:
+def _install_hint(library: str) -> str:
     return f"needs {library}: pip install 'captionkit[{library}]'"
 
 
@@ -58,13 +59,13 @@ def _import(library: str, source: str) -> Any:
         return torchvision.models
     except ModuleNotFoundError as error:
         if (error.name or "").partition(".")[0] != library:
-            raise ModelLoadError(source, f"{install_hint(library)} ({first_line(error)})") from None
-        raise ModelLoadError(source, install_hint(library)) from None
+            raise ModelLoadError(source, f"{_install_hint(library)} ({first_line(error)})") from None
+        raise ModelLoadError(source, _install_hint(library)) from None
     except (ImportError, RuntimeError) as error:  # a torchvision built for another torch fails at import
-        raise ModelLoadError(source, f"{install_hint(library)} (it does not import: {first_line(error)})") from None
+        raise ModelLoadError(source, f"{_install_hint(library)} (it does not import: {first_line(error)})") from None
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, ABC):
     """A classifier without its head (kept as ``.model``, so its tensors keep their names under ``model.``)."""
 
     library: ClassVar[str]
@@ -83,13 +84,13 @@ class Backbone(nn.Module):
             "num_features": self.num_features,
         }
 
+    @abstractmethod
     def feature_map(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the last stage's (B, C, h, w)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def embedding(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> the pooled (B, C) features its classifier head reads."""
-        raise NotImplementedError
 
 
 class TimmBackbone(Backbone):
@@ -135,8 +136,10 @@ def is_backbone_part(part: dict[str, Any] | None) -> bool:
     return part is not None and part.get(LIBRARY_KEY) in (TIMM, TORCHVISION)
 
 
-def build_backbone(part: dict[str, Any], source: str = "config.json") -> Backbone:
-    """The backbone a run's config describes, with random weights (the run's weights are loaded over them)."""
+def build_backbone(part: dict[str, Any]) -> Backbone:
+    """The backbone a run's config describes, with random weights (the run's weights are loaded over them); a
+    missing library is an error naming config.json (the loader names the run)."""
+    source = "config.json"
     library, architecture, args = part[LIBRARY_KEY], part["architecture"], dict(part.get("model_args") or {})
     if library == TIMM:
         model = _import(TIMM, source).create_model(architecture, pretrained=False, num_classes=0, **args)
