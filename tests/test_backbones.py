@@ -48,6 +48,17 @@ def gpt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_gpt2(tmp_path_factory.mktemp("gpt2") / "gpt2", seed=1)
 
 
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither the Hugging Face Hub nor torchvision's download server can be reached, and neither cache holds a
+    thing: what loads now loads from the run alone."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # nothing listens on the discard port
+
+
 def assert_backbone_unchanged(run: Path, backbone: dict[str, torch.Tensor], head: str) -> None:
     """Every backbone tensor (batch-norm statistics too) is in the run under ``encoder.model.``, unchanged; the
     classifier head (``head``) is not."""
@@ -100,13 +111,14 @@ def test_cnn_lstm_on_a_timm_resnet(timm_resnet: Path, family: str, tmp_path: Pat
 
 
 def test_the_lstm_attention_recipe_trains_on_a_timm_resnet(
-    timm_resnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    timm_resnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     out = tmp_path / "run"
     overrides = [f"model.encoder={timm_resnet}", f"data.train={FLICKR}", "train.lr=0"]
     summary = run_recipe(capsys, "flickr30k-resnet50-lstm-attention.yaml", out, *overrides)
     assert summary["steps"] == 3
     assert_backbone_unchanged(out, part_weights(timm_resnet), head="fc")
+    request.getfixturevalue("offline")
     captioner = Captioner.from_pretrained(out, device="cpu")
     # timm's eval transform (shorter edge to 67, centre 64 crop, bicubic, ImageNet mean and std), saved in the run.
     images = [load_image(photo) for photo in PHOTOS]
@@ -168,10 +180,8 @@ def test_a_timm_vit_gives_no_lstm_regions(timm_vit: Path) -> None:
     assert str(raised.value) == f"{timm_vit}: {reason}"
 
 
-def test_a_timm_name_without_the_hub_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+@pytest.mark.usefixtures("offline")
+def test_a_timm_name_without_the_hub_fails_in_one_line() -> None:
     with pytest.raises(ModelLoadError) as raised:
         create_model("cnn-lstm", encoder="timm:vit_base_patch16_224", vocab_size=50)
     # timm's registry names the hub repository of its default weights.
@@ -182,7 +192,9 @@ def test_a_timm_name_without_the_hub_fails_in_one_line(monkeypatch: pytest.Monke
 # --- torchvision
 
 
-def test_the_lstm_recipe_trains_on_a_torchvision_resnet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_lstm_recipe_trains_on_a_torchvision_resnet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
+) -> None:
     from safetensors.torch import load_file
     from torchvision.models import ResNet18_Weights
 
@@ -191,6 +203,8 @@ def test_the_lstm_recipe_trains_on_a_torchvision_resnet(tmp_path: Path, capsys: 
     overrides = [f"model.encoder=torchvision:resnet18@{weights}", f"data.train={FLICKR}", "train.lr=0"]
     assert run_recipe(capsys, "flickr30k-resnet50-lstm.yaml", out, *overrides)["steps"] == 3
     assert_backbone_unchanged(out, load_file(str(weights)), head="fc")
+    request.getfixturevalue("offline")
+    weights.unlink()  # the run holds the weights
     captioner = Captioner.from_pretrained(out, device="cpu")
     assert captioner.model.config.encoder_part == {
         "library": "torchvision",
@@ -220,11 +234,8 @@ def test_torchvision_resnet50_preprocessing_is_its_weights_transform() -> None:
         )
 
 
-def test_torchvision_weights_without_a_network_fail_in_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no cached download
-    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # nothing listens on the discard port
+@pytest.mark.usefixtures("offline")
+def test_torchvision_weights_without_a_network_fail_in_one_line() -> None:
     with pytest.raises(ModelLoadError) as raised:
         create_model("cnn-lstm", encoder="torchvision:resnet18", vocab_size=50)
     message = str(raised.value)
