@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-output
 
-.PHONY: venv demo test test-slow lint format clean browser
+.PHONY: venv demo test test-slow test-vision lint format clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,22 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
+# timm and torchvision backbones, in their own venv: PyPI's torchvision imports only beside the torch release it was
+# built for (with .venv's torch 2.13.0 it fails: "operator torchvision::nms does not exist"), and timm imports it.
+VISION_VENV := .venv-vision
+VISION_STAMP := $(VISION_VENV)/.installed-stamp
+
+$(VISION_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VISION_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	# torch pinned again: pip keeps the pair instead of resolving another torch for captionkit.
+	$(VISION_VENV)/bin/python -m pip install --quiet -e '.[dev,timm,torchvision]' torch==2.14.1 torchvision==0.29.1
+	touch $(VISION_STAMP)
+
+test-vision: $(VISION_STAMP)
+	$(VISION_VENV)/bin/python -m pytest -q -m vision
+
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
@@ -42,4 +58,4 @@ format: venv
 	$(BIN)/ruff check --fix src tests benchmarks
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VISION_VENV) $(DEMO_DIR) .pytest_cache .ruff_cache

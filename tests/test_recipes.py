@@ -209,6 +209,9 @@ def test_coco_blip_recipe_fine_tunes_a_hub_blip(
         {"embeddings", "cross_attention", "decoder", "encoder"},
     ]
     assert_loadable(out, "blip")
+    # BLIP's fine-tuning prompt, fed before every caption (and kept out of the loss: tests/test_blip_prompt.py).
+    run = Captioner.from_pretrained(out, device="cpu")
+    assert run.model.prompt_ids == tuple(run.tokenizer.encode("a picture of"))  # type: ignore[attr-defined]
     # The run is in the hub layout: plain transformers loads it, with the weights the run trained.
     plain = BlipForConditionalGeneration.from_pretrained(out)
     trained = load_model(out)

@@ -38,6 +38,9 @@ class ModelSection:
     # encoder and a GPT-2-family decoder (see README "Starting points"). The preset is then unused.
     encoder: str | None = None
     decoder: str | None = None
+    # BLIP's conditional fine-tuning: text every caption follows (BLIP's own fine-tune: "a picture of"), fed after the
+    # start token and kept out of the loss; saved with the model, whose captions then continue it.
+    prompt: str | None = None
 
     def __post_init__(self) -> None:
         if self.pretrained and (self.encoder or self.decoder):

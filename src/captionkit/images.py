@@ -451,6 +451,7 @@ PREPROCESSOR_CONFIG = "preprocessor_config.json"
 PROCESSOR_CONFIG = "processor_config.json"
 
 _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
+CROP_ROUNDINGS = ("floor", "half-even")
 # Names under which transformers has saved a ViT image processor, and BLIP's, which does the same (a resize to a
 # fixed output size): one preprocessing.
 _VIT_PROCESSOR_TYPES = frozenset(
@@ -506,6 +507,9 @@ class Preprocessing:
     # Set: resize to this first, then take the centre ``size`` crop (CLIP, ResNet, DeiT): an int is the shorter
     # edge (the aspect ratio kept), a pair (height, width) exactly. None: resize straight to ``size`` (ViT).
     crop_from: int | tuple[int, int] | None = None
+    # How the centre crop's offsets round when the margin is odd: "floor" as transformers' processors do, or
+    # "half-even" as torchvision's CenterCrop (Python's round), which timm and torchvision backbones use.
+    crop_rounding: str = "floor"
 
     def __post_init__(self) -> None:
         # Lists (from JSON or callers) become the declared tuples, through object.__setattr__ as it is frozen.
@@ -518,6 +522,10 @@ class Preprocessing:
             if not isinstance(value, bool):
                 raise ConfigError("Preprocessing", f"{name} must be true or false, got {value!r}")
         object.__setattr__(self, "crop_from", _check_crop_from(self.crop_from, self.size))
+        if self.crop_rounding not in CROP_ROUNDINGS:
+            raise ConfigError(
+                "Preprocessing", f"crop_rounding must be one of {CROP_ROUNDINGS}, got {self.crop_rounding!r}"
+            )
         factor = self.rescale_factor
         if not _is_number(factor) or not 0 < factor < math.inf:
             raise ConfigError("Preprocessing", f"rescale_factor must be a positive number, got {factor!r}")
@@ -546,7 +554,8 @@ class Preprocessing:
     def _one(self, image: Image.Image) -> np.ndarray:
         rgb = _to_rgb(image)
         if self.do_resize and self.crop_from is not None:
-            rgb = _centre_crop(rgb.resize(self._resized_size(rgb), resample=self.resample), self.size)
+            resized = rgb.resize(self._resized_size(rgb), resample=self.resample)
+            rgb = _centre_crop(resized, self.size, self.crop_rounding)
         elif self.do_resize:
             height, width = self.size
             rgb = rgb.resize((width, height), resample=self.resample)
@@ -609,7 +618,9 @@ class Preprocessing:
             resize = {"height": self.crop_from[0], "width": self.crop_from[1]}
         else:
             resize = {"shortest_edge": self.crop_from}
-        return {
+        # Written only when not transformers' own rounding: the file stays a plain CLIPImageProcessor's.
+        rounding = {} if self.crop_rounding == "floor" else {"crop_rounding": self.crop_rounding}
+        return rounding | {
             "crop_size": {"height": height, "width": width},
             "do_center_crop": True,
             "do_normalize": self.do_normalize,
@@ -723,10 +734,12 @@ def _check_crop_from(crop_from: Any, size: tuple[int, int]) -> int | tuple[int, 
     raise ConfigError("Preprocessing", f"crop_from must be an int or a pair no smaller than {size}, got {crop_from!r}")
 
 
-def _centre_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """The centre ``size`` (height, width) of ``image`` (at least that large), offsets rounded down."""
+def _centre_crop(image: Image.Image, size: tuple[int, int], rounding: str) -> Image.Image:
+    """The centre ``size`` (height, width) of ``image`` (at least that large), offsets rounded down or half to even
+    (``rounding``)."""
     height, width = size
-    top, left = (image.height - height) // 2, (image.width - width) // 2
+    margins = (image.height - height, image.width - width)
+    top, left = (m // 2 for m in margins) if rounding == "floor" else (round(m / 2) for m in margins)
     return image.crop((left, top, left + width, top + height))
 
 

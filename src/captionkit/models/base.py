@@ -157,6 +157,11 @@ class CaptionModel(nn.Module, ABC):
         added to a pretrained checkpoint's tokenizer. Families that support fine-tuning with new tokens override it."""
         raise ConfigError("data.styles", f"the {self.family} family cannot add tokens to a pretrained vocabulary")
 
+    def set_prompt(self, prompt_ids: tuple[int, ...]) -> None:
+        """Fine-tune with a conditional prompt (BLIP's "a picture of"): fed after the start token of every caption,
+        in training and decoding, and kept out of the loss. Families that support it override it."""
+        raise ConfigError("model.prompt", f"the {self.family} family takes no training prompt (blip does)")
+
     def auxiliary_loss(self) -> torch.Tensor | None:
         """A training term the last ``forward`` computed besides the logits (e.g. an attention penalty), or None.
 

@@ -5,6 +5,12 @@ presets. The decoder starts from the ``[DEC]`` token (the text config's ``bos_to
 (its ``sep_token_id``), as ``BlipForConditionalGeneration.generate`` does; a conditional prompt ("a photography of")
 goes in as ``DecodingConfig.prompt_ids``. Checkpoints keep the hub layout, so plain ``transformers`` loads them.
 
+Fine-tuned with a prompt (:meth:`BlipModel.set_prompt`, a recipe's ``model.prompt``: BLIP's own fine-tune uses
+"a picture of"), the model feeds it after the start token of every caption: ``forward`` returns the logits of the
+caption positions only, so the prompt's never reach the loss (the same as labelling them -100, as transformers' BLIP
+fine-tuning does), and decoding feeds it with the start token; captions are what follows it. The prompt's ids are
+saved in config.json (``captionkit_prompt_ids``).
+
 >>> model = BlipModel.from_config("tiny", bos_token_id=1, eos_token_id=2, pad_token_id=0)
 >>> model.config.image_size, model.vocab_size
 (32, 64)
@@ -33,6 +39,7 @@ from captionkit.models.native import check_token_ids
 __all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
 
 FAMILY = "blip"
+PROMPT_KEY = "captionkit_prompt_ids"
 
 
 @dataclass(frozen=True)
@@ -95,9 +102,21 @@ class BlipModel(CaptionModel):
         self.bos_token_id, self.eos_token_id = text.bos_token_id, text.sep_token_id
         self.pad_token_id = text.pad_token_id
         self.vocab_size = text.vocab_size
-        self.max_positions = text.max_position_embeddings
         self.config = BlipCaptionConfig.from_hf(hf.config)
+        self.prompt_ids: tuple[int, ...] = ()
+        self.max_positions = text.max_position_embeddings
+        saved_prompt = getattr(hf.config, PROMPT_KEY, None)
+        if saved_prompt:
+            self.set_prompt(tuple(saved_prompt))
         self.train(hf.training)
+
+    def set_prompt(self, prompt_ids: tuple[int, ...]) -> None:
+        for token in prompt_ids:
+            if not 0 <= token < self.vocab_size:
+                raise ConfigError("model.prompt", f"token id {token} is not a token of this model")
+        self.prompt_ids = prompt_ids
+        self.hf.config.update({PROMPT_KEY: list(prompt_ids)})
+        self.max_positions = self.hf.config.text_config.max_position_embeddings - len(prompt_ids)
 
     @classmethod
     def from_config(
@@ -165,10 +184,24 @@ class BlipModel(CaptionModel):
         encoded: Encoded | None = None,
     ) -> torch.Tensor:
         memory = self.encoded_or_encode(pixel_values, encoded).tokens
+        input_ids, attention_mask = self._prompted(input_ids, attention_mask)
         output = self.hf.text_decoder(
             input_ids=input_ids, attention_mask=attention_mask, encoder_hidden_states=memory, use_cache=False
         )
-        return output.logits
+        return output.logits[:, len(self.prompt_ids) :]
+
+    def _prompted(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sequences with the training prompt after their start token (and its positions in the mask)."""
+        if not self.prompt_ids:
+            return input_ids, attention_mask
+        prompt = input_ids.new_tensor(self.prompt_ids).expand(input_ids.shape[0], -1)
+        ids = torch.cat([input_ids[:, :1], prompt, input_ids[:, 1:]], dim=1)
+        if attention_mask is None:
+            return ids, None
+        ones = attention_mask.new_ones(prompt.shape)
+        return ids, torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)
 
     def attention_maps(
         self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
@@ -177,6 +210,7 @@ class BlipModel(CaptionModel):
         CLS token's share is dropped and each map renormalised over the patch grid."""
         memory = self.encode(pixel_values).tokens
         side = self.config.image_size // self.config.patch_size
+        input_ids, attention_mask = self._prompted(input_ids, attention_mask)
         output = self.hf.text_decoder(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -184,7 +218,7 @@ class BlipModel(CaptionModel):
             use_cache=False,
             output_attentions=True,
         )
-        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[..., 1:]
+        weights = torch.stack(output.cross_attentions).float().mean(dim=(0, 2))[:, len(self.prompt_ids) :, 1:]
         weights = weights / weights.sum(dim=-1, keepdim=True)
         return weights.unflatten(-1, (side, side))
 
@@ -194,10 +228,13 @@ class BlipModel(CaptionModel):
         return CachedState(cache=None, memory=encoded.tokens)
 
     def step(self, tokens: torch.Tensor, state: CachedState) -> tuple[torch.Tensor, CachedState]:
+        fed = tokens[:, None]
+        if state.length == 0 and self.prompt_ids:  # the start token, then the training prompt
+            fed = torch.cat([fed, tokens.new_tensor(self.prompt_ids).expand(len(tokens), -1)], dim=1)
         output = self.hf.text_decoder(
-            input_ids=tokens[:, None], encoder_hidden_states=state.memory, cache=state.cache, use_cache=True
+            input_ids=fed, encoder_hidden_states=state.memory, cache=state.cache, use_cache=True
         )
-        state.cache, state.length = output.cache, state.length + 1
+        state.cache, state.length = output.cache, state.length + fed.shape[1]
         return torch.log_softmax(output.logits[:, -1].float(), dim=-1), state
 
     def reorder_state(self, state: CachedState, index: torch.Tensor) -> CachedState:

@@ -1,7 +1,8 @@
 """CNN + LSTM captioners: Show and Tell (``cnn-lstm``) and Show, Attend and Tell (``cnn-lstm-attention``).
 
 The encoder is a Hugging Face ``ResNetModel`` built from config (the ``base`` preset is ResNet-50 with its conv
-stages frozen); its last feature map, (B, C, h, w), becomes h*w region tokens. The decoder is one LSTM cell over a
+stages frozen), or a timm / torchvision backbone (:mod:`captionkit.models.backbones`); its last feature map,
+(B, C, h, w), becomes h*w region tokens. The decoder is one LSTM cell over a
 word vocabulary (``captionkit.text.train_word_tokenizer``):
 
 * ``cnn-lstm``: the mean region feature, projected to the word-embedding width, is the LSTM's first input (before
@@ -32,6 +33,7 @@ from torch import nn
 from transformers import ResNetConfig, ResNetModel
 
 from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.models.backbones import Backbone, LoadedBackbone, build_backbone, open_backbone
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.native import (
     FamilyConfig,
@@ -80,6 +82,9 @@ class CnnLstmConfig(FamilyConfig):
     dropout: float = 0.5
     # Words + <pad>, <bos>, <eos>, <unk>; training sets it from the word tokenizer.
     vocab_size: int = 10004
+    # A timm / torchvision backbone as the encoder (what builds it: library, architecture, model_args,
+    # num_features), instead of the Hugging Face ResNet the encoder_* fields describe (which it leaves unused).
+    encoder_part: dict[str, Any] | None = None
     # Probability of feeding the reference word in training (1.0: plain teacher forcing; less: scheduled sampling).
     teacher_forcing_ratio: float = 1.0
     # Weight lambda of the doubly stochastic attention penalty (attention family only; 0: off).
@@ -168,8 +173,13 @@ class CnnLstmModel(CaptionModel):
         self.bos_token_id, self.eos_token_id, self.pad_token_id = bos_token_id, eos_token_id, pad_token_id
         self.vocab_size = config.vocab_size
         self.max_positions = None
-        features, hidden = config.encoder_hidden_sizes[-1], config.hidden_size
-        self.encoder = ResNetModel(config.encoder_hf())
+        hidden = config.hidden_size
+        if config.encoder_part is None:
+            self.encoder: nn.Module = ResNetModel(config.encoder_hf())
+            features = config.encoder_hidden_sizes[-1]
+        else:
+            self.encoder = build_backbone(config.encoder_part)
+            features = config.encoder_part["num_features"]
         self.embed = nn.Embedding(config.vocab_size, config.embedding_size)
         self.dropout = nn.Dropout(config.dropout)
         self.output = nn.Linear(hidden, config.vocab_size)
@@ -216,7 +226,11 @@ class CnnLstmModel(CaptionModel):
     ) -> CnnLstmModel:
         """A new model on a pretrained Hugging Face ResNet (e.g. microsoft/resnet-50): its weights are copied
         unchanged and its conv stages frozen (``freeze_encoder``); the LSTM is new. ``overrides`` set the decoder
-        fields (vocab_size from the word tokenizer, widths, dropout, ...)."""
+        fields (vocab_size from the word tokenizer, widths, dropout, ...). ``encoder`` may also name a timm or
+        torchvision backbone (:func:`captionkit.models.backbones.open_backbone`), equally frozen by default."""
+        loaded = open_backbone(str(encoder))
+        if loaded is not None:
+            return cls._on_backbone(loaded, str(encoder), bos_token_id, eos_token_id, pad_token_id, overrides)
         resnet = load_vision_encoder(encoder, RESNET_TYPES)
         preprocessing = part_preprocessing(encoder)
         seen = resnet.config
@@ -239,6 +253,26 @@ class CnnLstmModel(CaptionModel):
             raise ModelLoadError(encoder, f"a ResNet with non-default {', '.join(differs)} is not supported")
         model = cls(config, bos_token_id, eos_token_id, pad_token_id)
         model.encoder.load_state_dict(resnet.state_dict())
+        model.preprocessing = preprocessing
+        return model
+
+    @classmethod
+    def _on_backbone(
+        cls, loaded: LoadedBackbone, source: str, bos: int, eos: int, pad: int, overrides: dict[str, Any]
+    ) -> CnnLstmModel:
+        backbone, preprocessing = loaded.backbone, loaded.preprocessing
+        fields = {"image_size": preprocessing.size[0], "encoder_part": backbone.part()}
+        if set(fields) & set(overrides):
+            raise ConfigError(
+                "model.overrides", f"{', '.join(sorted(set(fields) & set(overrides)))} come from the encoder"
+            )
+        try:  # one blank image: a vision transformer's tokens are no feature map
+            with torch.no_grad():
+                backbone.eval().feature_map(torch.zeros(1, 3, *preprocessing.size))
+        except ValueError as error:
+            raise ModelLoadError(source, f"cannot give the LSTM regions: {error}") from None
+        model = cls(PRESETS["base"].replace(**fields, **overrides), bos, eos, pad)
+        model.encoder.load_state_dict(backbone.state_dict())
         model.preprocessing = preprocessing
         return model
 
@@ -268,6 +302,8 @@ class CnnLstmModel(CaptionModel):
         """(B, C, H, W) -> the last ResNet stage's (B, channels, h, w)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
             pixels = pixel_values.to(model_dtype(self.encoder))
+            if isinstance(self.encoder, Backbone):
+                return self.encoder.feature_map(pixels)
             return self.encoder(pixel_values=pixels).last_hidden_state
 
     def parameter_groups(self) -> dict[str, list[str]]:

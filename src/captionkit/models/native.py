@@ -172,6 +172,8 @@ def build_native(model_class: Any, config_class: type[FamilyConfig], directory: 
         return model_class(config_class.from_dict(fields), **token_ids)
     except ConfigError as error:
         raise config_load_error(error, source) from None
+    except ModelLoadError as error:  # a part it names (a timm / torchvision encoder) cannot be built here
+        raise ModelLoadError(source, error.reason) from None
 
 
 def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, GPT2Config, GPT2LMHeadModel, PretrainedConfig, ViTConfig, ViTModel
 
 from captionkit.errors import ConfigError
+from captionkit.models.backbones import Backbone, LoadedBackbone, build_backbone, is_backbone_part, open_backbone
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
@@ -89,14 +90,17 @@ class PrefixGpt2Config(FamilyConfig):
     freeze_decoder: bool = False
     initializer_range: float = 0.02
     # A model started from pretrained parts: their transformers configs (config.json's fields), from which the
-    # encoder and GPT-2 are built instead of from the fields above (which then only describe them).
+    # encoder and GPT-2 are built instead of from the fields above (which then only describe them). A timm
+    # backbone's encoder_part says what builds it instead (library, architecture, model_args, num_features).
     encoder_part: dict[str, Any] | None = None
     decoder_part: dict[str, Any] | None = None
 
     def check(self) -> None:
-        if self.image_size % self.patch_size:
+        # A pretrained encoder part is whatever it is; the ViT fields only describe a transformers one.
+        built_here = self.encoder_part is None
+        if built_here and self.image_size % self.patch_size:
             raise ConfigError("patch_size", f"{self.patch_size} does not divide image_size {self.image_size}")
-        for prefix in ("encoder", "decoder", "mapper"):
+        for prefix in ("encoder", "decoder", "mapper") if built_here else ("decoder", "mapper"):
             hidden = self.decoder_hidden_size if prefix == "mapper" else getattr(self, f"{prefix}_hidden_size")
             heads = getattr(self, f"{prefix}_heads")
             if hidden % heads:
@@ -235,7 +239,9 @@ class PrefixGpt2Model(CaptionModel):
         self.vocab_size = config.vocab_size
         self.max_positions = config.decoder_positions - config.prefix_length
         if config.encoder_part is None:
-            self.encoder = ViTModel(config.encoder_hf(), add_pooling_layer=False)
+            self.encoder: nn.Module = ViTModel(config.encoder_hf(), add_pooling_layer=False)
+        elif is_backbone_part(config.encoder_part):
+            self.encoder = build_backbone(config.encoder_part)
         else:
             self.encoder = AutoModel.from_config(_hf_config(config.encoder_part))
         self.project = nn.Linear(config.encoder_hidden_size, config.decoder_hidden_size)
@@ -281,24 +287,21 @@ class PrefixGpt2Model(CaptionModel):
     def from_parts(cls, encoder: str | Path, decoder: str | Path, **overrides: Any) -> PrefixGpt2Model:
         """A new model from a pretrained vision encoder (the CLIP vision tower, a ViT, ...) and a GPT-2-family LM:
         their weights are copied unchanged, the mapper is new. ``overrides`` set the mapper and freezing fields
-        (``mapper``, ``prefix_length``, ``freeze_decoder``, ...); the encoder is frozen unless they say otherwise."""
-        vision, language = load_vision_encoder(encoder), load_gpt2_decoder(decoder, cross_attention=False)
-        seen, lm = vision.config, language.config
-        fields = {
-            "image_size": _side(seen.image_size),
-            "patch_size": _side(seen.patch_size),
-            "num_channels": seen.num_channels,
-            "encoder_hidden_size": seen.hidden_size,
-            "encoder_layers": seen.num_hidden_layers,
-            "encoder_heads": seen.num_attention_heads,
-            "encoder_intermediate_size": seen.intermediate_size,
+        (``mapper``, ``prefix_length``, ``freeze_decoder``, ...); the encoder is frozen unless they say otherwise.
+        ``encoder`` may also name a timm model (:func:`captionkit.models.backbones.open_backbone`): its pooled
+        pre-logits features are the image embedding."""
+        backbone = open_backbone(str(encoder))
+        vision: nn.Module = load_vision_encoder(encoder) if backbone is None else backbone.backbone
+        language = load_gpt2_decoder(decoder, cross_attention=False)
+        lm = language.config
+        fields = _encoder_fields(vision) if backbone is None else _backbone_fields(backbone)
+        fields |= {
             "decoder_hidden_size": lm.n_embd,
             "decoder_layers": lm.n_layer,
             "decoder_heads": lm.n_head,
             "decoder_positions": lm.n_positions,
             "decoder_dropout": float(lm.resid_pdrop),
             "vocab_size": lm.vocab_size,
-            "encoder_part": vision.config.to_dict(),
             "decoder_part": lm.to_dict(),
         }
         parts_fields = set(fields)
@@ -313,7 +316,7 @@ class PrefixGpt2Model(CaptionModel):
         model = cls(config, **ids)
         model.encoder.load_state_dict(vision.state_dict())
         model.gpt2.load_state_dict(language.state_dict())
-        model.preprocessing = part_preprocessing(encoder)
+        model.preprocessing = part_preprocessing(encoder) if backbone is None else backbone.preprocessing
         return model
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -353,8 +356,11 @@ class PrefixGpt2Model(CaptionModel):
         Only the (frozen) encoder runs here, so a trainer may cache its output; the mapper runs in ``forward`` and,
         once per image, in ``init_state``.
         """
+        pixels = pixel_values.to(model_dtype(self.encoder))
         with torch.set_grad_enabled(torch.is_grad_enabled() and trains(self.encoder)):
-            output = self.encoder(pixel_values=pixel_values.to(model_dtype(self.encoder)))
+            if isinstance(self.encoder, Backbone):
+                return Encoded(self.encoder.embedding(pixels)[:, None])
+            output = self.encoder(pixel_values=pixels)
         # A CLIP / SigLIP vision tower's image embedding is its pooled output (the final layer norm applied);
         # a ViT's is its CLS token (ViTModel normalises the whole last hidden state).
         if self.encoder.config.model_type in _POOLED_TOWERS:
@@ -411,6 +417,31 @@ class PrefixGpt2Model(CaptionModel):
     def reorder_state(self, state: Gpt2StepState, index: torch.Tensor) -> Gpt2StepState:
         state.reorder(index)
         return state
+
+
+def _encoder_fields(vision: Any) -> dict[str, Any]:
+    """The config fields a transformers vision encoder part fixes."""
+    seen = vision.config
+    return {
+        "image_size": _side(seen.image_size),
+        "patch_size": _side(seen.patch_size),
+        "num_channels": seen.num_channels,
+        "encoder_hidden_size": seen.hidden_size,
+        "encoder_layers": seen.num_hidden_layers,
+        "encoder_heads": seen.num_attention_heads,
+        "encoder_intermediate_size": seen.intermediate_size,
+        "encoder_part": seen.to_dict(),
+    }
+
+
+def _backbone_fields(loaded: LoadedBackbone) -> dict[str, Any]:
+    """The config fields a timm / torchvision backbone fixes: its input size, embedding width and build recipe."""
+    backbone = loaded.backbone
+    return {
+        "image_size": loaded.preprocessing.size[0],
+        "encoder_hidden_size": backbone.num_features,
+        "encoder_part": backbone.part(),
+    }
 
 
 def _hf_config(fields: dict[str, Any]) -> PretrainedConfig:

@@ -79,6 +79,8 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
         model, tokenizer, preprocessing = _pretrained(config)
     else:
         model, tokenizer, preprocessing = _new_model(config, train_records)
+    if resume_from is None and config.model.prompt:
+        model.set_prompt(tuple(tokenizer.encode(config.model.prompt)))
     return Setup(model, tokenizer, preprocessing, train_records, val_records, empty)
 
 
