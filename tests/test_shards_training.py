@@ -97,3 +97,14 @@ def test_fewer_samples_than_shard_readers_is_an_error_naming_the_data(tmp_path, 
         str(raised.value)
         == f"{tmp_path / 'few'}: 3 training captions cannot be split over 4 readers (processes x data.workers)"
     )
+
+
+def test_resuming_with_another_number_of_shard_readers_warns(shards, tmp_path, caplog, single_thread):
+    crash_at(3, load_train_config(None, assignments(shards)), tmp_path / "run")
+    resumed = train(load_train_config(None, [*assignments(shards), "data.workers=2"]), tmp_path / "run")
+    assert resumed.steps == STEPS
+    warned = [r.getMessage() for r in caplog.records if "shard readers" in r.getMessage()]
+    assert warned == [
+        "resuming with 2 shard readers (processes x data.workers) instead of 1: the samples' order differs from the "
+        "interrupted run's"
+    ]
