@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from _shards import real_photos, write_webdataset
+from _shards import real_photos, write_parquet, write_webdataset
 from captionkit.config import load_train_config
 from captionkit.data.dataset import Sample, Unreadable
 from captionkit.data.shard_set import scan_shards
@@ -126,6 +126,15 @@ def test_an_unreadable_member_becomes_a_marker_naming_it(shard_set):
     keys = [key for batch in drawn(stream(shard_set), 0, 6) for key in batch]
     broken = f"{shard_set.shards[1]}/{real_photos(12)[5].stem}.jpg"
     assert broken in keys and len(keys) == 12
+
+
+def test_parquet_files_stream_like_tar_shards(tmp_path):
+    photos = real_photos(6)
+    files = [write_parquet(photos[:4], tmp_path / "a.parquet", 3), write_parquet(photos[4:], tmp_path / "b.parquet")]
+    parquet = scan_shards(files).train
+    assert parquet.counts == (4, 2)
+    keys = [key for batch in drawn(stream(parquet), 0, 3) for key in batch]
+    assert sorted(keys) == sorted(photo.stem for photo in photos)  # decoded samples carry the key: no marker
 
 
 def test_a_run_streams_shards_and_holds_out_the_images_the_map_style_split_would(shard_set):
