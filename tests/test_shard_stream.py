@@ -23,7 +23,7 @@ from captionkit.data.splits import split_by_image
 from captionkit.images import Preprocessing
 from captionkit.models.registry import train_tokenizer
 from captionkit.shards import container_files, writing
-from captionkit.training.setup import build_setup
+from captionkit.training.setup import build_setup, streamed_shards
 from captionkit.training.shard_order import buffer_shuffle, epoch_items, epoch_length, slot_stream
 from captionkit.training.shard_stream import ShardStream
 
@@ -146,6 +146,14 @@ def test_a_run_streams_shards_and_holds_out_the_images_the_map_style_split_would
     assert setup.train_records == [] and setup.train_shards is not None
     assert setup.val_records == val and setup.train_shards.size == len(train)
     assert sum(len(setup.train_shards.records(i)) for i in range(3)) == len(train)
+
+
+def test_runs_that_need_every_record_at_hand_read_shards_map_style(shard_set):
+    data = f"data.train={shard_set.shards[0].parent}"
+    assert streamed_shards(load_train_config(None, [data])) == list(shard_set.shards)
+    for needs_records in ("train.objective=scst", "data.styles={neutral: 0.5, positive: 0.5}"):
+        assert streamed_shards(load_train_config(None, [data, needs_records])) is None
+    assert streamed_shards(load_train_config(None, [f"data.train={real_photos(1)[0].parent}"])) is None
 
 
 def test_memory_of_scanning_and_streaming_does_not_grow_with_the_number_of_shards(tmp_path):

@@ -181,7 +181,7 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
 
 def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionRecord], int]:
     """The training records without empty captions (and, for SCST, one per image); the empty captions counted,
-    those the readers dropped included. None for streamed shards (the stream reads them)."""
+    those the readers dropped included. No records for streamed shards (the stream reads them)."""
     train_records, empty = drop_empty_captions(setup.train_records)
     empty += setup.empty_captions
     if empty:
@@ -248,6 +248,8 @@ def _training_data(
     streamed (pixels always)."""
     train = config.train
     if setup.train_shards is not None:
+        if config.data.cache_images or (train.cache_features and stages.encoder_always_frozen()):
+            logger.info("training streams shards: images and encoder features are not cached")
         return ShardStream(
             setup.train_shards, setup.tokenizer, setup.preprocessing, config.data.max_length, train.batch_size,
             train.seed, parallel.rank, parallel.world_size, config.data.shuffle_buffer,

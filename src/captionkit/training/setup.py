@@ -6,7 +6,6 @@ the family's preset with a tokenizer trained on the captions.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.scst import CiderReward
 from captionkit.training.validation import references
-
-logger = logging.getLogger("captionkit.training")
 
 # Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
 _NO_DECAY_NAMES = ("position_embeddings", "wpe")
@@ -118,8 +115,6 @@ def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
         scanned.val_records = _val_records(config)
         if data.first_caption_only:
             scanned.val_records = first_caption_per_image(scanned.val_records)
-    if data.cache_images or config.train.cache_features:
-        logger.info("training streams %d shards: images and features are not cached", len(shards))
     return scanned
 
 
