@@ -1,17 +1,24 @@
-"""Images per second of batch captioning from loose JPEG files vs WebDataset tar shards vs Parquet.
+"""Images per second of batch captioning from loose JPEG files vs WebDataset tar shards vs Parquet, and of the
+default engine vs ``--engine ray`` on the same shards.
 
 The same real JPEGs (Flickr8k and COCO val2017 from ../shared/data) are packed into tar shards and one Parquet file
 in a scratch directory, then captioned by a randomly initialised tiny ViT + GPT-2 (32 px input: reading and
 decoding dominate). Each layout is timed as its best of ``--repeat`` runs, alternating, after a warm-up; the lines
-to compare are the ratios against loose files. Usage::
+to compare are the ratios against loose files. The Ray rows (skipped with ``--no-ray`` or without the ``ray``
+extra) run the WebDataset job on a local Ray with ``--ray-actors`` captioner actors, timed from the job's start to
+its last record (actors load the model each run; Ray itself is started once, in the warm-up), against the default
+engine's WebDataset figure. Usage::
 
     .venv/bin/python benchmarks/bench_shards.py [--images 200] [--per-shard 50] [--workers 0] [--batch-size 16]
-        [--repeat 2] [--preset tiny|base] [--device cpu|cuda]
+        [--repeat 2] [--preset tiny|base] [--device cpu|cuda] [--no-ray] [--ray-actors 1]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
+import io
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +31,7 @@ from captionkit.decoding import DecodingConfig
 from captionkit.jobs.batch import caption_files
 from captionkit.jobs.inputs import collect_images
 from captionkit.jobs.outputs import RecordWriter
+from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
 from captionkit.shards.writing import Sample, write_parquet, write_webdataset
 
 
@@ -39,6 +47,38 @@ def images_per_second(captioner: Captioner, source: Path, config: DecodingConfig
     return args.images / seconds
 
 
+def ray_images_per_second(model: Path, captioner: Captioner, source: Path, config: DecodingConfig, args) -> float:
+    settings = RaySettings(None, args.ray_actors, 0.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        writer = RecordWriter(Path(scratch) / "out.jsonl", "jsonl")
+        start = time.perf_counter()
+        todo = list(enumerate(collect_images([source])))
+        with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress lines
+            summary = caption_on_ray(
+                todo, str(model), args.device, config, captioner.preprocessing, captioner.limits, writer,
+                args.batch_size, settings,
+            )  # fmt: skip
+        seconds = time.perf_counter() - start
+        writer.close()
+    assert summary.captioned == args.images, f"{summary.errors} images failed"
+    return args.images / seconds
+
+
+def ray_rows(captioner: Captioner, shards: Path, config: DecodingConfig, args, default_rate: float) -> None:
+    """The default engine vs --engine ray on the same shards, side by side."""
+    import ray
+
+    model = shards.parent / "model"
+    captioner.save_pretrained(model)
+    try:
+        ray_images_per_second(model, captioner, shards, config, args)  # warm-up: starts Ray
+        rate = max(ray_images_per_second(model, captioner, shards, config, args) for _ in range(args.repeat))
+    finally:
+        ray.shutdown()
+    print(f"{'default':10s} {default_rate:8.1f} images/s  (WebDataset, this process, workers {args.workers})")
+    print(f"{'ray':10s} {rate:8.1f} images/s  ({rate / default_rate:.2f}x default; {args.ray_actors} actor(s))")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
@@ -48,6 +88,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--preset", default="tiny", choices=("tiny", "base"))
     parser.add_argument("--device", default=None)
+    parser.add_argument("--no-ray", dest="ray", action="store_false")
+    parser.add_argument("--ray-actors", type=int, default=1)
     args = parser.parse_args()
 
     photos = [path for folder in FOLDERS for path in sorted(folder.glob("*.jpg"))][: args.images]
@@ -75,8 +117,12 @@ def main() -> None:
         for _ in range(args.repeat):
             for name, source in sources.items():
                 best[name] = max(best[name], images_per_second(captioner, source, config, args))
-    for name, rate in best.items():
-        print(f"{name:10s} {rate:8.1f} images/s  ({rate / best['files']:.2f}x files)")
+        for name, rate in best.items():
+            print(f"{name:10s} {rate:8.1f} images/s  ({rate / best['files']:.2f}x files)")
+        if args.ray and importlib.util.find_spec("ray") is not None:
+            ray_rows(captioner, sources["webdataset"], config, args, best["webdataset"])
+        elif args.ray:
+            print("ray rows skipped: pip install 'captionkit[ray]'")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,7 @@ def test_stages_and_choices_are_checked_when_loaded():
         ("data.val_fraction", 1.5, "data.val_fraction: must be in [0, 1), got 1.5"),
         ("data.max_length", 2, "data.max_length: must be at least 3"),
         ("data.workers", -1, "data.workers: must be 0 or more"),
+        ("data.shuffle_buffer", 0, "data.shuffle_buffer: must be 1 or more, got 0"),
         ("train.lr", -1, "train.lr: must be 0 or more"),
         ("train.eval_images", -4, "train.eval_images: must be 0 or more"),
         ("train.grad_clip", -1, "train.grad_clip: must be 0 or more"),

@@ -4,6 +4,7 @@ captioner actor is killed mid-run; without Ray, one line on how to install it.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,8 @@ def test_ray_run_equals_the_default_run_record_for_record(tmp_path, capsys):
         ray.shutdown()
     assert code == 2, err
     assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "local.jsonl")
+    progress = [line for line in err.splitlines() if line.startswith("ray: ")]
+    assert re.fullmatch(r"ray: 6/6 images, \d+\.\d images/s, 1 error", progress[-1]), progress
 
 
 def _actor_pids(root: int) -> list[int]:

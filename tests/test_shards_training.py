@@ -8,6 +8,7 @@ from _resume import assert_same_weights, crash_at, untimed
 from _shards import real_photos, write_webdataset
 from captionkit.config import load_train_config
 from captionkit.data.sources import load_records
+from captionkit.errors import InputError
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.loop import train
@@ -63,12 +64,47 @@ def test_an_epoch_reads_shard_by_shard_and_ranks_split_each_global_batch():
     assert next(resumed) == epoch[6:8]  # the integer cursor lands mid-shard exactly
 
 
-def test_crash_then_resume_from_shards_equals_uninterrupted(shards, tmp_path, single_thread):
-    reference = train(load_train_config(None, assignments(shards)), tmp_path / "reference")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_crash_then_resume_from_shards_equals_uninterrupted(workers, shards, tmp_path, single_thread):
+    settings = [*assignments(shards), f"data.workers={workers}"]
+    reference = train(load_train_config(None, settings), tmp_path / "reference")
     assert reference.steps == STEPS and reference.unreadable_images == 0
     out = tmp_path / "run"
-    crash_at(5, load_train_config(None, assignments(shards)), out)
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
-    resumed = train(load_train_config(None, assignments(shards)), out)
+    crash_at(5, load_train_config(None, settings), out)
+    saved = ckpt.latest_checkpoint(out / "checkpoints")
+    assert saved.name == "step-000004"
+    loop = ckpt.read_training_state(saved)[0]["loop"]
+    assert (loop["cursor"], loop["data_slots"]) == (16, max(1, workers))  # 4 steps of 4 samples; readers
+    resumed = train(load_train_config(None, settings), out)
     assert_same_weights(tmp_path / "reference", out)
     assert untimed(resumed.history) == untimed(reference.history)
+
+
+def test_training_skips_and_counts_a_corrupt_member(tmp_path, single_thread):
+    write_webdataset(real_photos(8), tmp_path / "broken", per_shard=4, image_bytes={2: b"not a jpeg"})
+    data = [f"data.train={tmp_path / 'broken'}", f"data.val={tmp_path / 'broken' / '00001.tar'}"]
+    result = train(load_train_config(None, [*data, *assignments(tmp_path)[2:], "train.steps=2"]), tmp_path / "run")
+    assert result.steps == 2 and result.unreadable_images == 1  # one epoch of 8 samples, the corrupt one in it
+    assert result.history[-1]["skipped_samples"] == 1
+
+
+def test_fewer_samples_than_shard_readers_is_an_error_naming_the_data(tmp_path, single_thread):
+    write_webdataset(real_photos(3), tmp_path / "few", per_shard=2)
+    data = [f"data.train={tmp_path / 'few'}", f"data.val={tmp_path / 'few' / '00001.tar'}", "data.workers=4"]
+    with pytest.raises(InputError) as raised:
+        train(load_train_config(None, [*data, *assignments(tmp_path)[2:]]), tmp_path / "run")
+    assert (
+        str(raised.value)
+        == f"{tmp_path / 'few'}: 3 training captions cannot be split over 4 readers (processes x data.workers)"
+    )
+
+
+def test_resuming_with_another_number_of_shard_readers_warns(shards, tmp_path, caplog, single_thread):
+    crash_at(3, load_train_config(None, assignments(shards)), tmp_path / "run")
+    resumed = train(load_train_config(None, [*assignments(shards), "data.workers=2"]), tmp_path / "run")
+    assert resumed.steps == STEPS
+    warned = [r.getMessage() for r in caplog.records if "shard readers" in r.getMessage()]
+    assert warned == [
+        "resuming with 2 shard readers (processes x data.workers) instead of 1: the samples' order differs from the "
+        "interrupted run's"
+    ]

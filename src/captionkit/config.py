@@ -73,6 +73,9 @@ class DataSection:
     first_caption_only: bool = False
     # Processes that decode training images ahead of the loop (0: in the training process).
     workers: int = 0
+    # Training from WebDataset/Parquet shards: each reading process shuffles its samples through a buffer of this
+    # many (memory: this many records, never the whole set).
+    shuffle_buffer: int = 1000
     # Style control: the caption styles to train (neutral, positive, negative) and their shares of the training
     # samples, e.g. {neutral: 0.5, positive: 0.25, negative: 0.25}. Each style gets a decoder start token, so the
     # model writes the style it is asked for. Empty: no style control (every caption trains as a plain caption).
@@ -88,6 +91,8 @@ class DataSection:
             raise ConfigError("data.max_length", f"must be at least 3 (start, one token, eos), got {self.max_length}")
         if self.workers < 0:
             raise ConfigError("data.workers", f"must be 0 or more, got {self.workers}")
+        if self.shuffle_buffer < 1:
+            raise ConfigError("data.shuffle_buffer", f"must be 1 or more, got {self.shuffle_buffer}")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,14 @@ Inputs (their positions and paths) -> decode and preprocess as CPU tasks -> a po
 GPU, or ``workers`` on CPU) -> records streamed back to this process in input order and written by the usual
 :class:`~captionkit.jobs.outputs.RecordWriter`, so ``--resume``, ``--format`` and ``merge`` work as for the default
 engine. Ray retries the tasks of a dead worker and restarts a dead actor, so a lost process costs time, not records.
-Without ``ray_address`` Ray starts locally. Ray is the optional extra ``captionkit[ray]``.
+Without ``ray_address`` Ray starts locally. Ray is the optional extra ``captionkit[ray]``. Progress: a line on
+stderr every ``PROGRESS_EVERY`` seconds and at the end (images, images/s, errors), beside the caller's bar.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,10 @@ from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs.batch import JobSummary
 from captionkit.jobs.outputs import RecordWriter
 from captionkit.jobs.pipeline import ImageFiles
+from captionkit.jobs.throughput import Throughput
 
 INSTALL = "needs Ray: pip install 'captionkit[ray]'"
+PROGRESS_EVERY = 10.0  # seconds between progress lines
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,17 @@ def caption_on_ray(
         max_task_retries=-1,
     )
     summary = JobSummary()
+    throughput = Throughput(len(todo), PROGRESS_EVERY)
     for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
         records = [json.loads(text) for text in batch["record"]]
         writer.write(records)
+        errors = sum("error" in record for record in records)
         summary.images += len(records)
-        summary.errors += sum("error" in record for record in records)
-        summary.captioned += sum("error" not in record for record in records)
+        summary.errors += errors
+        summary.captioned += len(records) - errors
         if on_progress is not None:
             on_progress(len(records))
+        line = throughput.add(len(records), errors)
+        if line is not None:
+            print(f"ray: {line}", file=sys.stderr)
     return summary

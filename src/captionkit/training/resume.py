@@ -51,7 +51,8 @@ class LoopState:
     """Where the loop is; saved in every checkpoint's trainer_state.json."""
 
     step: int = 0
-    cursor: int = 0  # samples of the endless data stream consumed (sampling.py)
+    cursor: int = 0  # samples of the endless data stream consumed (sampling.py, shard_stream.py)
+    data_slots: int = 0  # processes x workers reading streamed shards (0: map-style data); the cursor's layout
     running_loss: float = 0.0
     seconds: float = 0.0
     skipped: int = 0

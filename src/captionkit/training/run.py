@@ -43,6 +43,7 @@ from captionkit.training.setup import (
     scst_reward,
     seed_everything,
 )
+from captionkit.training.shard_stream import ShardStream
 from captionkit.training.stages import Stages
 from captionkit.training.state import capture_rng
 from captionkit.training.steps import (
@@ -70,7 +71,7 @@ class Run:
     setup: Setup
     step: TrainingStep
     stages: Stages
-    stream: SampleStream
+    stream: SampleStream | ShardStream
     batches: Iterator[Batch]
     train_size: int  # samples in the training data: a whole pass of unreadable ones stops the run
     validation: Validation | None
@@ -158,17 +159,13 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     setup.model.to(device).train()
     train_records, empty_captions = _usable_records(config, setup)
     stages = Stages(setup.model, config.train.stages)
-    train_data = _training_data(config, setup, train_records, stages, device, autocast)
-    step = _step(config, setup, train_records, train_data, device, parallel)
+    train_data = _training_data(config, setup, train_records, stages, device, autocast, parallel)
+    step = _step(config, setup, train_data, device, parallel)
     state, restore_rng = LoopState(), None
     if resume_from is not None:
         state, restore_rng = restore_training_checkpoint(resume_from, step.optimizer, step.scaler, parallel.rank)
         logger.info("resuming from %s (step %d)", resume_from, state.step)
-    blocks = container_runs(record.image_path for record in train_records)  # shards: read one at a time
-    stream = SampleStream(
-        len(train_data), config.train.batch_size, config.train.seed, parallel.rank, parallel.world_size, blocks
-    )
-    batches = iter(_loader(setup, train_data, device, config.data.workers, batch_sampler=stream.batches(state.cursor)))
+    stream, batches = _batches(config, setup, train_data, train_records, state, parallel, device)
     validation = _validation(config, setup, device) if parallel.is_main else None
     run_log = None
     if parallel.is_main:
@@ -184,11 +181,13 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
 
 def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionRecord], int]:
     """The training records without empty captions (and, for SCST, one per image); the empty captions counted,
-    those the readers dropped included."""
+    those the readers dropped included. No records for streamed shards (the stream reads them)."""
     train_records, empty = drop_empty_captions(setup.train_records)
     empty += setup.empty_captions
     if empty:
         logger.warning("dropped %d empty training captions", empty)
+    if setup.train_shards is not None:
+        return [], empty
     if not train_records:
         raise InputError(config.data.train, "no training captions (all are empty)")
     if config.train.objective == "scst":  # batches of images, each rewarded against all its training references
@@ -197,17 +196,13 @@ def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionReco
 
 
 def _step(
-    config: TrainConfig,
-    setup: Setup,
-    records: list[CaptionRecord],
-    data: CaptionDataset,
-    device: torch.device,
-    parallel: Distributed,
+    config: TrainConfig, setup: Setup, data: CaptionDataset | ShardStream, device: torch.device, parallel: Distributed
 ) -> TrainingStep:
     optimizer = build_optimizer(setup.model, config, device)
     placeholder = None
     if parallel.enabled:
-        placeholder = make_placeholder(data.features, setup.preprocessing.size, setup.model)
+        features = data.features if isinstance(data, CaptionDataset) else None
+        placeholder = make_placeholder(features, setup.preprocessing.size, setup.model)
     if config.train.objective == "scst":
         # The reward's references: every training caption of an image, not only the one SCST batches carry.
         reward = scst_reward(config, drop_empty_captions(setup.train_records)[0])
@@ -247,8 +242,18 @@ def _training_data(
     stages: Stages,
     device: torch.device,
     autocast: Autocast,
-) -> CaptionDataset:
-    """The training samples: pixels, or cached encoder features when no stage trains the encoder."""
+    parallel: Distributed,
+) -> CaptionDataset | ShardStream:
+    """The training samples: pixels, or cached encoder features when no stage trains the encoder; shards are
+    streamed (pixels always)."""
+    train = config.train
+    if setup.train_shards is not None:
+        if config.data.cache_images or (train.cache_features and stages.encoder_always_frozen()):
+            logger.info("training streams shards: images and encoder features are not cached")
+        return ShardStream(
+            setup.train_shards, setup.tokenizer, setup.preprocessing, config.data.max_length, train.batch_size,
+            train.seed, parallel.rank, parallel.world_size, config.data.shuffle_buffer,
+        )  # fmt: skip
     data = _dataset(config, setup, records)
     if not (config.train.cache_features and stages.encoder_always_frozen()):
         return data
@@ -259,7 +264,39 @@ def _training_data(
     return _dataset(config, setup, records, features)
 
 
-def _loader(setup: Setup, data: CaptionDataset, device: torch.device, workers: int, **batching: Any) -> DataLoader:
+def _batches(
+    config: TrainConfig,
+    setup: Setup,
+    data: CaptionDataset | ShardStream,
+    records: list[CaptionRecord],
+    state: LoopState,
+    parallel: Distributed,
+    device: torch.device,
+) -> tuple[SampleStream | ShardStream, Iterator[Batch]]:
+    """The order of the training samples and this process's micro-batches, from the state's cursor on."""
+    workers = config.data.workers
+    if isinstance(data, ShardStream):
+        data.start = state.cursor // data.global_batch
+        slots = data.slots(workers)
+        if len(data) < slots:
+            reason = f"{len(data)} training captions cannot be split over {slots} readers (processes x data.workers)"
+            raise InputError(config.data.train, reason)
+        if state.data_slots and state.data_slots != slots:
+            logger.warning(
+                "resuming with %d shard readers (processes x data.workers) instead of %d: the samples' order "
+                "differs from the interrupted run's", slots, state.data_slots,
+            )  # fmt: skip
+        state.data_slots = slots
+        return data, iter(_loader(setup, data, device, workers, batch_size=None))
+    blocks = container_runs(record.image_path for record in records)  # shards: read one at a time
+    train = config.train
+    stream = SampleStream(len(data), train.batch_size, train.seed, parallel.rank, parallel.world_size, blocks)
+    return stream, iter(_loader(setup, data, device, workers, batch_sampler=stream.batches(state.cursor)))
+
+
+def _loader(
+    setup: Setup, data: CaptionDataset | ShardStream, device: torch.device, workers: int, **batching: Any
+) -> DataLoader:
     """Worker processes stay up between passes; on a GPU, batches come in page-locked memory (non-blocking
     copies)."""
     return DataLoader(

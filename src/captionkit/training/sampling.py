@@ -5,7 +5,8 @@ micro-batches of ``batch_size * world_size`` consecutive samples (a batch may st
 or short). Process ``rank`` takes its ``batch_size`` slice of each. The whole position in the data is one integer,
 the number of samples of the stream consumed so far, which is what a checkpoint stores.
 
-Samples read from tar or Parquet shards come in *blocks* (one per shard): an epoch then permutes the blocks and the
+Samples read from tar or Parquet shards as a map-style dataset (runs with style mixing or SCST; other runs stream
+shards, see shard_stream.py) come in *blocks* (one per shard): an epoch then permutes the blocks and the
 samples within each, so consecutive batches read one shard at a time instead of seeking across all of them. The
 integer cursor still says exactly where the run is: which shard of the epoch's order, and how far into it.
 """

@@ -7,6 +7,7 @@ the family's preset with a tokenizer trained on the captions.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from captionkit.config import TrainConfig
 from captionkit.data.formats.base import EMPTY_CAPTION
 from captionkit.data.records import CaptionRecord
+from captionkit.data.shard_set import ScannedShards, ShardSet, scan_shards
 from captionkit.data.sources import load_dataset
 from captionkit.data.splits import first_caption_per_image, split_by_image
 from captionkit.data.styles import first_caption_per_style, mix_styles
@@ -25,6 +27,7 @@ from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import create_model, preprocessing_for, train_tokenizer
 from captionkit.parts import CaptionerParts
+from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.scst import CiderReward
@@ -41,10 +44,11 @@ class Setup:
     model: CaptionModel
     tokenizer: CaptionTokenizer
     preprocessing: Preprocessing
-    train_records: list[CaptionRecord]
+    train_records: list[CaptionRecord]  # empty when the run streams shards (train_shards)
     val_records: list[CaptionRecord]
     # Empty captions the readers dropped from the training data (as `data check` counts them).
     empty_captions: int = 0
+    train_shards: ShardSet | None = None  # WebDataset/Parquet training data, streamed (training/shard_stream.py)
 
 
 def seed_everything(seed: int) -> None:
@@ -71,17 +75,54 @@ def load_all_records(specs: str | list[str]) -> tuple[list[CaptionRecord], int]:
 
 
 def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
-    """Read the data, then get the tokenizer and model: pretrained ones, a checkpoint's to resume, or new ones."""
-    train_records, val_records, empty = _records(config)
+    """Read the data, then get the tokenizer and model: pretrained ones, a checkpoint's to resume, or new ones.
+    Shards are scanned (counted) rather than read into records, when the run can stream them."""
+    shards = streamed_shards(config)
+    train_shards = None
+    if shards is not None:
+        scanned = _scanned(config, shards)
+        train_records, val_records, empty, train_shards = [], scanned.val_records, scanned.empty_captions, scanned.train
+        captions: Iterable[str] = train_shards.captions()
+    else:
+        train_records, val_records, empty = _records(config)
+        captions = (r.caption for r in train_records if r.caption.strip())
     if resume_from is not None:
         model, tokenizer, preprocessing = from_checkpoint(resume_from)
     elif config.model.pretrained:
         model, tokenizer, preprocessing = _pretrained(config)
     else:
-        model, tokenizer, preprocessing = _new_model(config, train_records)
+        model, tokenizer, preprocessing = _new_model(config, captions)
     if resume_from is None and config.model.prompt:
         model.set_prompt(tuple(tokenizer.encode(config.model.prompt)))
-    return Setup(model, tokenizer, preprocessing, train_records, val_records, empty)
+    return Setup(model, tokenizer, preprocessing, train_records, val_records, empty, train_shards)
+
+
+def streamed_shards(config: TrainConfig) -> list[Path] | None:
+    """The shard files of ``data.train`` when the run streams them: every spec names WebDataset/Parquet shards
+    (without a format prefix or options) and no option needs every record at hand (style mixing, SCST's grouping
+    by image); ``None`` otherwise."""
+    if not config.data.train or config.data.styles or config.train.objective == "scst":
+        return None
+    specs = [config.data.train] if isinstance(config.data.train, str) else config.data.train
+    if not all(is_container_input(spec) for spec in specs):
+        return None
+    return [file for spec in specs for file in container_files(spec)]
+
+
+def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
+    data = config.data
+    val_fraction = 0.0 if data.val else data.val_fraction
+    scanned = scan_shards(shards, val_fraction, config.train.seed, data.first_caption_only)
+    if data.val:
+        scanned.val_records = _val_records(config)
+        if data.first_caption_only:
+            scanned.val_records = first_caption_per_image(scanned.val_records)
+    return scanned
+
+
+def _val_records(config: TrainConfig) -> list[CaptionRecord]:
+    """The records of ``data.val`` without a split or in a validation split."""
+    return [r for r in load_all_records(config.data.val)[0] if r.split in (None, "val", "dev", "validation")]
 
 
 def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
@@ -91,8 +132,7 @@ def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionReco
     records, empty = load_all_records(config.data.train)
     if config.data.val:
         train_records = [r for r in records if r.split in (None, "train")]
-        val_records = load_all_records(config.data.val)[0]
-        val_records = [r for r in val_records if r.split in (None, "val", "dev", "validation")]
+        val_records = _val_records(config)
     else:
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
     styles = config.data.styles
@@ -117,16 +157,14 @@ def _pretrained(config: TrainConfig) -> tuple[CaptionModel, CaptionTokenizer, Pr
     return model, tokenizer, parts.preprocessing
 
 
-def _new_model(
-    config: TrainConfig, train_records: list[CaptionRecord]
-) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
+def _new_model(config: TrainConfig, captions: Iterable[str]) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
     if config.tokenizer.pretrained:
         tokenizer = CaptionTokenizer.load(config.tokenizer.pretrained)
     else:
         # The family picks the tokenizer kind: byte-level BPE (GPT-2 families) or words (cnn-lstm*).
         tokenizer = train_tokenizer(
             config.model.family,
-            (r.caption for r in train_records if r.caption.strip()),
+            captions,
             config.tokenizer.vocab_size,
             config.tokenizer.lowercase,
         )
@@ -156,7 +194,8 @@ def prepared_setup(config: TrainConfig, setup: Setup | None, resume_from: Path |
         return build_setup(config, resume_from)
     if resume_from is None:
         return setup
-    return Setup(*from_checkpoint(resume_from), setup.train_records, setup.val_records, setup.empty_captions)
+    parts = from_checkpoint(resume_from)
+    return Setup(*parts, setup.train_records, setup.val_records, setup.empty_captions, setup.train_shards)
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:

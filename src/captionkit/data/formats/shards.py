@@ -34,8 +34,12 @@ def detect_parquet_dir(directory: Path) -> bool:
 
 
 def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
+    return collect_samples(container_files(probe.path)).result(probe.path)
+
+
+def collect_samples(files: list[Path]) -> Collector:
+    """The records of the containers ``files`` (one per caption), with the dropped ones counted."""
     collector = Collector()
-    files = container_files(probe.path)
     for sample in iter_samples(files):
         if sample.problem is not None:
             collector.drop(sample.problem)
@@ -44,7 +48,7 @@ def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
         for caption in sample.captions:
             collector.add(sample.image, caption, sample.key)
     collector.files = files
-    return collector.result(probe.path)
+    return collector
 
 
 def _numbered_folders(directory: Path) -> list[Path]:
