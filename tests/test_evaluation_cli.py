@@ -65,15 +65,17 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
 
 
 def test_scoring_imports_no_heavy_library(coco_candidates: Path) -> None:
-    # Start-up is most of what `captionkit score` costs: no model library, image library, server or dataset layer.
-    heavy = ("torch", "transformers", "PIL", "fastapi", "captionkit.data", "captionkit.models")
+    # Start-up is most of what `captionkit score` costs: no model library, image library, server or dataset layer,
+    # and no other command's module.
+    heavy = ("torch", "transformers", "PIL", "fastapi", "captionkit.data", "captionkit.models", "captionkit.cli.")
+    light = ("captionkit.cli.score", "captionkit.cli._common")
     code = (
         "import sys\n"
         "from captionkit.cli import main\n"
         f"try:\n    main(['score', '--refs', {str(COCO_SUBSET)!r}, '--cands', {str(coco_candidates)!r},"
         " '--metrics', 'BLEU,ROUGE_L,CIDEr'])\n"
         "except SystemExit as done:\n    assert done.code == 0, done.code\n"
-        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r}) and m not in {light!r}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
