@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, without_cyclic_gc
 from captionkit.files import write_atomic
 
 _ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
@@ -35,6 +35,7 @@ def _table(scores: dict[str, Any]) -> str:
     )
 
 
+@without_cyclic_gc
 def score(
     refs: Annotated[
         Path, typer.Option("--refs", help="COCO captions JSON, {id: list of captions} JSON or Flickr token file.")
