@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 
 from _data import SHARED_DATA
 from _helpers import run_cli
+from captionkit.cli._common import without_cyclic_gc
 from captionkit.evaluation import external, spice
 
 DATA = SHARED_DATA
@@ -64,18 +66,43 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
     assert len(written["per_image"]) == 100 and set(written["per_image"]["139"]) == COCO_KEYS
 
 
-def test_scoring_imports_neither_torch_nor_transformers(coco_candidates: Path) -> None:
+def test_scoring_imports_no_heavy_library(coco_candidates: Path) -> None:
+    # Start-up is most of what `captionkit score` costs: no model library, image library, server or dataset layer,
+    # and no other command's module.
+    heavy = ("torch", "transformers", "PIL", "fastapi", "captionkit.data", "captionkit.models", "captionkit.cli.")
+    light = ("captionkit.cli.score", "captionkit.cli._common")
     code = (
         "import sys\n"
         "from captionkit.cli import main\n"
         f"try:\n    main(['score', '--refs', {str(COCO_SUBSET)!r}, '--cands', {str(coco_candidates)!r},"
         " '--metrics', 'BLEU,ROUGE_L,CIDEr'])\n"
-        "except SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n"
+        "except SystemExit as done:\n    assert done.code == 0, done.code\n"
+        f"print(sorted(m for m in sys.modules if m.startswith({heavy!r}) and m not in {light!r}))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_score_pauses_the_cyclic_collector_only_while_it_runs(
+    coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[bool] = []
+
+    @without_cyclic_gc
+    def command(fail: bool) -> int:
+        seen.append(gc.isenabled())
+        if fail:
+            raise SystemExit(1)
+        return 7
+
+    assert command(fail=False) == 7 and gc.isenabled()
+    with pytest.raises(SystemExit):
+        command(fail=True)
+    assert seen == [False, False] and gc.isenabled()
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU"]
+    assert run_cli(args, capsys)[0] == 0 and gc.isenabled()
+    assert run_cli([*args[:-4], "--cands", str(COCO_SUBSET)], capsys)[0] == 1 and gc.isenabled()
 
 
 def test_importing_the_evaluation_package_is_light() -> None:

@@ -16,6 +16,7 @@ TOO_DEEP = f"invalid JSON: nested more than {MAX_DEPTH} levels deep"
         ("[" * 1500 + "]" * 1500, TOO_DEEP),
         ("[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1), TOO_DEEP),
         ('{"a": ' * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1), TOO_DEEP),
+        ('[[], {"k": 1}, ' + '{"k": [' * (MAX_DEPTH // 2) + "]}" * (MAX_DEPTH // 2) + "]", TOO_DEEP),  # 65, mixed
         ("[" + "7" * 5000 + "]", "invalid JSON: a number longer than 4300 digits"),
         ('{"x": NaN}', "invalid JSON: NaN is not a JSON number"),
         ("[Infinity]", "invalid JSON: Infinity is not a JSON number"),
@@ -40,6 +41,11 @@ def test_limits_keep_what_real_files_hold() -> None:
     for _ in range(MAX_DEPTH - 1):
         nested = [nested]
     assert parse_json(deepest, "f.json") == nested
+    mixed = '[[], {"k": 1}, ' + '{"k": [' * (MAX_DEPTH // 2 - 1) + '{"k": 1}' + "]}" * (MAX_DEPTH // 2 - 1) + "]"
+    inner: dict = {"k": 1}
+    for _ in range(MAX_DEPTH // 2 - 1):
+        inner = {"k": [inner]}
+    assert parse_json(mixed, "f.json") == [[], {"k": 1}, inner]  # 64 levels: the list, 31 x (object, list), object
     assert parse_json("[" + "7" * 4300 + ", 1.5e300, -0.0]", "f.json") == [int("7" * 4300), 1.5e300, -0.0]
     assert parse_json('{"a": 1, "a": 2}', "f.json") == {"a": 2}
 

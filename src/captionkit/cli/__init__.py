@@ -7,26 +7,32 @@ results with errors recorded.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Annotated
 
 import typer
 
-from captionkit.cli import benchmark, caption, compare, demo, evaluate, export, merge, score, serve, train
-from captionkit.cli.data import app as data_app
 from captionkit.version import __version__
 
-app = typer.Typer(
-    name="captionkit",
-    help="Caption images, train and evaluate captioners.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-# Commands are registered here, one line each, from their modules in captionkit.cli.
+# Commands in the order `captionkit --help` lists them: name -> (module in captionkit.cli, its attribute, whether
+# that is a typer app of subcommands). Modules are imported when their command is built: `captionkit score` builds
+# and imports only itself (building every command's parser took tens of milliseconds of each command's start-up).
+_COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "caption": ("caption", "caption", False),
+    "train": ("train", "train", False),
+    "demo": ("demo", "demo", False),
+    "score": ("score", "score", False),
+    "evaluate": ("evaluate", "evaluate", False),
+    "compare": ("compare", "compare", False),
+    "benchmark": ("benchmark", "benchmark", False),
+    "export": ("export", "app", True),
+    "merge": ("merge", "merge", False),
+    "data": ("data", "app", True),
+    "serve": ("serve", "serve", False),
+}
 
 
-@app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print captionkit's version and exit.")] = False,
 ) -> None:
@@ -35,24 +41,32 @@ def _root(
         raise typer.Exit(0)
 
 
-app.command("caption")(caption.caption)
-app.command("train")(train.train)
-app.command("demo")(demo.demo)
-app.command("score")(score.score)
-app.command("evaluate")(evaluate.evaluate)
-app.command("compare")(compare.compare)
-app.command("benchmark")(benchmark.benchmark)
-app.add_typer(export.app, name="export")
-app.command("merge")(merge.merge)
-app.add_typer(data_app, name="data")
-app.command("serve")(serve.serve)
+def build_app(only: str | None = None) -> typer.Typer:
+    """The typer app with every command, or with only the command named ``only``."""
+    app = typer.Typer(
+        name="captionkit",
+        help="Caption images, train and evaluate captioners.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback(invoke_without_command=True)(_root)
+    for name, (module, attribute, is_group) in _COMMANDS.items():
+        if only in (None, name):
+            target = getattr(importlib.import_module(f"captionkit.cli.{module}"), attribute)
+            if is_group:
+                app.add_typer(target, name=name)
+            else:
+                app.command(name)(target)
+    return app
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``captionkit`` script; maps click's usage errors (exit 2) to our exit code 1."""
-    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else argv
+    command = typer.main.get_command(build_app(args[0] if args and args[0] in _COMMANDS else None))
     try:
-        code = command.main(args=argv, prog_name="captionkit", standalone_mode=False)
+        code = command.main(args=args, prog_name="captionkit", standalone_mode=False)
     except typer.Abort:
         print("captionkit: aborted", file=sys.stderr)
         sys.exit(1)

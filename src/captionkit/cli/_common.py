@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import NoReturn, ParamSpec, TypeVar
+
+_Options = ParamSpec("_Options")
+_Result = TypeVar("_Result")
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 1
@@ -23,6 +28,28 @@ def fail(message: str) -> NoReturn:
     """Print ``captionkit: error: MESSAGE`` on stderr and exit 1."""
     print(f"captionkit: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_INPUT_ERROR)
+
+
+def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:
+    """``command`` with Python's cyclic garbage collector paused while it runs.
+
+    For commands that build a few hundred thousand lists, dicts and strings without cycles (``score`` reading and
+    scoring COCO val2017): the collector would walk them again and again for nothing, about 7% of the run.
+    Reference counting still frees everything; the collector is back when the command returns (tests run
+    commands in one long process).
+    """
+
+    @functools.wraps(command)
+    def paused(*args: _Options.args, **kwargs: _Options.kwargs) -> _Result:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return paused
 
 
 @contextmanager

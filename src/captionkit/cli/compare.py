@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
-from captionkit.data.records import STYLES
 from captionkit.files import write_atomic
 
 
@@ -122,6 +121,7 @@ def _score_against(
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
     """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written."""
+    from captionkit.data.records import STYLES  # here: importing captionkit.data costs every command ~50 ms
 
     name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     source, style = rest, None

@@ -29,11 +29,11 @@ def distinct_n(captions: Sequence[str], n: int) -> float:
     >>> distinct_n(["a dog", "a cat"], 1)
     0.75
     """
-    grams: set[tuple[str, ...]] = set()
+    grams: set[str | tuple[str, ...]] = set()  # words themselves for n = 1: no tuple to build per word
     total = 0
     for caption in captions:
         words = caption.split()
-        grams.update(zip(*(words[i:] for i in range(n)), strict=False))
+        grams.update(words if n == 1 else zip(*[words[i:] for i in range(n)], strict=False))
         total += max(0, len(words) - n + 1)
     return len(grams) / total if total else 0.0
 
@@ -72,7 +72,7 @@ def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = No
     stats: dict[str, float] = {
         "distinct_1": distinct_n(captions, 1),
         "distinct_2": distinct_n(captions, 2),
-        "vocab_size": len({w for c in captions for w in c.split()}),
+        "vocab_size": len(set(" ".join(captions).split())),
         "unique_captions": unique,
         "unique_share": unique / len(captions),
     }

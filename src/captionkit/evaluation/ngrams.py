@@ -11,6 +11,7 @@ Each n-gram of order k gets a dense id: the 1-gram id is the word id, and a k-gr
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -47,25 +48,24 @@ class NGramTable:
         import numpy as np
 
         words, lengths = _split_all(captions)
-        vocabulary = {w: i for i, w in enumerate(dict.fromkeys(words))}
+        vocabulary: defaultdict[str, int] = defaultdict()
+        vocabulary.default_factory = vocabulary.__len__  # a new word gets the next id: one lookup per word
         ids = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
         caption_of = np.repeat(np.arange(len(captions), dtype=np.int64), lengths)
         starts = np.concatenate(([0], np.cumsum(lengths)))
         position = np.arange(len(words), dtype=np.int64) - starts[:-1][caption_of]
+        words_left = lengths[caption_of] - position  # from each token to the end of its caption
         orders = []
-        dense, size = ids, max(1, len(vocabulary))
+        at, dense, size = np.arange(len(words), dtype=np.int64), ids, max(1, len(vocabulary))
         for k in range(1, n + 1):
-            usable = max(0, len(words) - k + 1)  # token positions where a k-gram can start
-            if k > 1:
-                keys = dense[:usable] * max(1, len(vocabulary)) + ids[k - 1 :]
-                unique_keys, dense = np.unique(keys, return_inverse=True)
+            if k > 1:  # k-grams start where (k-1)-grams do, in captions with a word more: only those are sorted
+                longer = words_left[at] >= k
+                at = at[longer]
+                unique_keys, dense = np.unique(dense[longer] * len(vocabulary) + ids[at + k - 1], return_inverse=True)
                 size = max(1, len(unique_keys))
-            valid = position[:usable] <= lengths[caption_of[:usable]] - k  # k-grams inside one caption
-            at = np.flatnonzero(valid)
-            pairs = caption_of[at] * size + dense[at]
-            unique_pairs, counts = np.unique(pairs, return_counts=True)
+            unique_pairs, counts = np.unique(caption_of[at] * size + dense, return_counts=True)
             example = np.zeros(size, dtype=np.int64)
-            example[dense[at]] = at  # any occurrence will do
+            example[dense] = at  # any occurrence will do
             caption = unique_pairs // size
             offsets = np.searchsorted(caption, np.arange(len(captions) + 1))
             orders.append(OrderTable(caption, unique_pairs % size, counts, offsets, example, size))
