@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from captionkit.evaluation.meteor.align import align
-from captionkit.evaluation.meteor.matching import Matcher
+from captionkit.evaluation.meteor.matching import Matcher, Sentence
 from captionkit.evaluation.meteor.normalize import normalize
 from captionkit.evaluation.meteor.resources import load_meteor_data
 from captionkit.evaluation.meteor.scoring import Stats, alignment_stats, corpus_score
@@ -21,17 +21,23 @@ def _matcher(cache_root: Path | None) -> Matcher:
 def segment_stats(candidate: str, references: Sequence[str], cache_root: Path | None = None) -> Stats:
     """The statistics of ``candidate`` against its best-scoring reference (the first one on a tie)."""
     matcher = _matcher(cache_root)
-    data = matcher.data
-    test = normalize(candidate, data.prefixes)
+    test = _sentence(matcher, candidate)
     best: Stats | None = None
+    best_score = -1.0
     for reference in references:
-        ref = normalize(reference, data.prefixes)
-        stats = alignment_stats(test, ref, align(matcher.matches(test, ref), len(ref)), data.function_words)
-        if best is None or stats.score() > best.score():
-            best = stats
+        ref = _sentence(matcher, reference)
+        chosen = align(matcher.matches(test, ref), len(test.words))
+        stats = alignment_stats(test.words, ref.words, chosen, matcher.data.function_words)
+        score = stats.score()
+        if score > best_score:
+            best, best_score = stats, score
     if best is None:
         raise ValueError("METEOR needs at least one reference per candidate")
     return best
+
+
+def _sentence(matcher: Matcher, text: str) -> Sentence:
+    return matcher.sentence(normalize(text, matcher.data.prefixes))
 
 
 def meteor_python(
