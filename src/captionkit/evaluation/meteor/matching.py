@@ -21,7 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from captionkit.evaluation.meteor.resources import MeteorData, extend_key, word_hash
+from captionkit.evaluation.meteor.phrases import SentencePhrases, sentence_phrases
+from captionkit.evaluation.meteor.resources import MeteorData, word_hash
 
 EXACT, STEM, SYNONYM, PARAPHRASE = range(4)
 # WordNet's detachment rules (nouns, verbs, adjectives), in its order: suffix, ending.
@@ -50,20 +51,19 @@ class _Word(NamedTuple):
 class Sentence:
     """A normalised sentence with what matching needs of it, computed once."""
 
-    def __init__(self, words: Sequence[str], info: Sequence[_Word], paraphrases: list[tuple[int, int, int, int]]):
+    def __init__(self, words: Sequence[str], info: Sequence[_Word], phrases: SentencePhrases) -> None:
         self.words = tuple(words)
         self.keys = tuple(w.key for w in info)
+        self.stems = tuple(w.stem for w in info)
         self.by_key: dict[int, list[int]] = {}
         self.by_stem: dict[int, list[int]] = {}
         for i, w in enumerate(info):
             self.by_key.setdefault(w.key, []).append(i)
             self.by_stem.setdefault(w.stem, []).append(i)
-        self.stems = tuple(w.stem for w in info)
         self.synonyms = [(i, w.key, w.synsets) for i, w in enumerate(info) if w.synsets]
-        #: (start, length, paraphrase key, paraphrase length) per table record of a phrase here, in the jar's order
-        self.paraphrases = paraphrases
-        self.targets = frozenset(p[2] for p in paraphrases)
-        self.phrases: dict[int, list[int]] = {}
+        self.paraphrases = phrases.records
+        self.targets = frozenset(r[2] for r in phrases.records)
+        self.phrases = phrases.starts
 
 
 class Matcher:
@@ -75,14 +75,12 @@ class Matcher:
         self.data = data
         self._stem: Callable[[str], str] = snowballstemmer.stemmer("english").stemWord
         self._words: dict[str, _Word] = {}
-        self._sentences: dict[tuple[str, ...], Sentence] = {}
 
-    def sentence(self, words: Sequence[str]) -> Sentence:
-        """The prepared sentence of these normalised words (kept for reuse)."""
-        found = self._sentences.get(tuple(words))
-        if found is None:
-            found = self._sentences[tuple(words)] = self._prepare(words)
-        return found
+    def prepare(self, sentences: Sequence[Sequence[str]]) -> list[Sentence]:
+        """The prepared sentences of these normalised words, looked up in the paraphrase table together."""
+        info = [[self._word(w) for w in words] for words in sentences]
+        phrases = sentence_phrases(self.data.paraphrases, [[w.hash for w in words] for words in info])
+        return [Sentence(*args) for args in zip(sentences, info, phrases, strict=True)]
 
     def matches(self, test: Sentence, ref: Sentence) -> list[list[Match]]:
         """The candidate matches starting at each reference position, in the jar's order."""
@@ -101,44 +99,15 @@ class Matcher:
                 for i, other, others in test.synonyms
                 if other != key and not synsets.isdisjoint(others)
             ]
-        if ref.targets & test.phrases.keys():
+        if not ref.targets.isdisjoint(test.phrases):
             for start, length, target, target_length in ref.paraphrases:
                 for i in test.phrases.get(target, ()):
                     by_start[start].append(Match(PARAPHRASE, i, target_length, start, length))
-        if test.targets & ref.phrases.keys():
+        if not test.targets.isdisjoint(ref.phrases):
             for start, length, target, target_length in test.paraphrases:
                 for j in ref.phrases.get(target, ()):
                     by_start[j].append(Match(PARAPHRASE, start, length, j, target_length))
         return by_start
-
-    def _prepare(self, words: Sequence[str]) -> Sentence:
-        info = [self._word(w) for w in words]
-        longest = self.data.paraphrases.longest
-        spans: list[tuple[int, int, int]] = []  # start, length, phrase key
-        for start in range(len(words)):
-            key = 0
-            for end in range(start, min(start + longest, len(words))):
-                key = extend_key(key, info[end].hash)
-                spans.append((start, end - start + 1, key))
-        sentence = Sentence(words, info, self._paraphrases(spans))
-        for start, _, key in spans:
-            sentence.phrases.setdefault(key, []).append(start)
-        return sentence
-
-    def _paraphrases(self, spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int, int]]:
-        table = self.data.paraphrases
-        records = table.records
-        if not spans or not len(records.keys):
-            return []
-        wanted = np.fromiter((key for _, _, key in spans), np.uint64, len(spans))
-        at = np.minimum(np.searchsorted(records.keys, wanted), len(records.keys) - 1)
-        found: list[tuple[int, int, int, int]] = []
-        for span, k in zip(spans, np.where(records.keys[at] == wanted, at, -1).tolist(), strict=True):
-            if k >= 0:
-                numbers = records.values[records.offsets[k] : records.offsets[k + 1]]
-                targets, lengths = table.targets[numbers].tolist(), table.target_lengths[numbers].tolist()
-                found += [(span[0], span[1], t, n) for t, n in zip(targets, lengths, strict=True)]
-        return found
 
     def _word(self, word: str) -> _Word:
         found = self._words.get(word)

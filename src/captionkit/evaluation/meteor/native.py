@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 from captionkit.evaluation.meteor.align import align
@@ -18,14 +19,30 @@ def _matcher(cache_root: Path | None) -> Matcher:
     return Matcher(load_meteor_data(cache_root))
 
 
-def segment_stats(candidate: str, references: Sequence[str], cache_root: Path | None = None) -> Stats:
-    """The statistics of ``candidate`` against its best-scoring reference (the first one on a tie)."""
+def meteor_python(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], cache_root: Path | None = None
+) -> tuple[float, list[float]]:
+    """``(corpus METEOR, per-image METEOR)``, as pycocoevalcap reports them (its ``|||`` clean-up included)."""
     matcher = _matcher(cache_root)
-    test = _sentence(matcher, candidate)
+    tests = [candidate.replace("|||", "").replace("  ", " ") for candidate in candidates]
+    words: dict[str, tuple[str, ...]] = {}
+    for text in chain(tests, chain.from_iterable(references)):
+        if text not in words:
+            words[text] = tuple(normalize(text, matcher.data.prefixes))
+    distinct = list(dict.fromkeys(words.values()))
+    prepared = dict(zip(distinct, matcher.prepare(distinct), strict=True))
+    stats = [
+        _best(matcher, prepared[words[test]], [prepared[words[r]] for r in refs])
+        for test, refs in zip(tests, references, strict=True)
+    ]
+    return corpus_score(stats), [s.score() for s in stats]
+
+
+def _best(matcher: Matcher, test: Sentence, refs: Sequence[Sentence]) -> Stats:
+    """The statistics of ``test`` against its best-scoring reference (the first one on a tie)."""
     best: Stats | None = None
     best_score = -1.0
-    for reference in references:
-        ref = _sentence(matcher, reference)
+    for ref in refs:
         chosen = align(matcher.matches(test, ref), len(test.words))
         stats = alignment_stats(test.words, ref.words, chosen, matcher.data.function_words)
         score = stats.score()
@@ -34,18 +51,3 @@ def segment_stats(candidate: str, references: Sequence[str], cache_root: Path | 
     if best is None:
         raise ValueError("METEOR needs at least one reference per candidate")
     return best
-
-
-def _sentence(matcher: Matcher, text: str) -> Sentence:
-    return matcher.sentence(normalize(text, matcher.data.prefixes))
-
-
-def meteor_python(
-    candidates: Sequence[str], references: Sequence[Sequence[str]], cache_root: Path | None = None
-) -> tuple[float, list[float]]:
-    """``(corpus METEOR, per-image METEOR)``, as pycocoevalcap reports them (its ``|||`` clean-up included)."""
-    stats = [
-        segment_stats(candidate.replace("|||", "").replace("  ", " "), refs, cache_root)
-        for candidate, refs in zip(candidates, references, strict=True)
-    ]
-    return corpus_score(stats), [s.score() for s in stats]
