@@ -1,5 +1,5 @@
-"""The Java-free METEOR parts that already equal pycocoevalcap's jar: ``-norm`` normalisation, the Snowball stems,
-the jar's statistics and scores of an alignment, and the data cache; and the aligner on crafted pairs.
+"""The Java-free METEOR's parts against pycocoevalcap's jar: ``-norm`` normalisation, the Snowball stems, the
+matches the aligner chooses, the jar's statistics and scores of an alignment, and the data cache.
 
 The jar is run once per module in its plaintext mode with ``-writeAlignments``, which prints each pair's normalised
 words, the matches it chose and the score; pairs are real captions (COCO val2017, Flickr8k, SentiCap: first caption
@@ -9,7 +9,6 @@ against the second, raw, so that ``-norm`` has work) and crafted lines.
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import subprocess
 import zipfile
@@ -18,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from _data import SHARED_DATA
+from _meteor_cases import caption_groups
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.meteor import resources
-from captionkit.evaluation.meteor.matching import Match
+from captionkit.evaluation.meteor.align import align
+from captionkit.evaluation.meteor.matching import Match, Matcher
 from captionkit.evaluation.meteor.normalize import normalize
 from captionkit.evaluation.meteor.resources import load_meteor_data, phrase_key, word_hash
 from captionkit.evaluation.meteor.scoring import Stats, alignment_stats, corpus_score
@@ -57,18 +57,7 @@ class JarPair:
 
 
 def real_pairs(limit: int) -> list[tuple[str, str]]:
-    coco = json.loads((SHARED_DATA / "coco" / "captions_val2017.json").read_text(encoding="utf-8"))
-    by_image: dict[int, list[str]] = {}
-    for annotation in coco["annotations"]:
-        by_image.setdefault(annotation["image_id"], []).append(annotation["caption"])
-    flickr: dict[str, list[str]] = {}
-    for line in (SHARED_DATA / "flickr8k" / "Flickr8k.token.txt").read_text(encoding="utf-8").splitlines():
-        name, caption = line.split("\t", 1)
-        flickr.setdefault(name.split("#")[0], []).append(caption)
-    senticap = json.loads((SHARED_DATA / "senticap" / "senticap_subset.json").read_text(encoding="utf-8"))
-    senti = [[s["raw"] for s in image["sentences"]] for image in senticap["images"]]
-    groups = [*list(by_image.values())[:limit], *list(flickr.values())[:limit], *senti[:limit]]
-    return [(" ".join(g[0].split()), " ".join(g[1].split())) for g in groups if len(g) > 1]
+    return [(g[0], g[1]) for groups in caption_groups(limit).values() for g in groups]
 
 
 @dataclass
@@ -126,6 +115,18 @@ def test_normalize_equals_the_jar(jar_run: JarRun, prefixes: dict[str, int]) -> 
     for test, ref, pair in jar_run.pairs:
         assert normalize(test, prefixes) == pair.test, test
         assert normalize(ref, prefixes) == pair.ref, ref
+
+
+def test_aligner_chooses_the_jars_matches(jar_run: JarRun) -> None:
+    matcher = Matcher(load_meteor_data())
+    sentences = matcher.prepare([words for _, _, pair in jar_run.pairs for words in (pair.test, pair.ref)])
+    chose_stages = set()
+    for k, (_, _, pair) in enumerate(jar_run.pairs):
+        test, ref = sentences[2 * k], sentences[2 * k + 1]
+        chosen = align(matcher.matches(test, ref), len(test.words))
+        assert sorted(chosen) == sorted(pair.matches), (pair.test, pair.ref)
+        chose_stages.update(m.stage for m in chosen)
+    assert chose_stages == {0, 1, 2, 3}
 
 
 def test_alignment_scores_equal_the_jar(jar_run: JarRun) -> None:

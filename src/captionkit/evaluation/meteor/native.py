@@ -23,6 +23,14 @@ def meteor_python(
     candidates: Sequence[str], references: Sequence[Sequence[str]], cache_root: Path | None = None
 ) -> tuple[float, list[float]]:
     """``(corpus METEOR, per-image METEOR)``, as pycocoevalcap reports them (its ``|||`` clean-up included)."""
+    stats = meteor_stats(candidates, references, cache_root)
+    return corpus_score(stats), [s.score() for s in stats]
+
+
+def meteor_stats(
+    candidates: Sequence[str], references: Sequence[Sequence[str]], cache_root: Path | None = None
+) -> list[Stats]:
+    """Each candidate's statistics against its best reference, as the jar's ``SCORE`` answers them."""
     matcher = _matcher(cache_root)
     tests = [candidate.replace("|||", "").replace("  ", " ") for candidate in candidates]
     words: dict[str, tuple[str, ...]] = {}
@@ -31,11 +39,10 @@ def meteor_python(
             words[text] = tuple(normalize(text, matcher.data.prefixes))
     distinct = list(dict.fromkeys(words.values()))
     prepared = dict(zip(distinct, matcher.prepare(distinct), strict=True))
-    stats = [
+    return [
         _best(matcher, prepared[words[test]], [prepared[words[r]] for r in refs])
         for test, refs in zip(tests, references, strict=True)
     ]
-    return corpus_score(stats), [s.score() for s in stats]
 
 
 def _best(matcher: Matcher, test: Sentence, refs: Sequence[Sentence]) -> Stats:
