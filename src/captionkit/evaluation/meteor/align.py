@@ -29,30 +29,45 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
     """The matches the jar chooses, in reference order, from the candidates starting at each reference
     position (``by_start``, as :meth:`Matcher.matches` lists them)."""
     fixed, used1, used2 = _fixed(by_start, test_length)
+    if all(len(options) == (j in fixed) for j, options in enumerate(by_start)):
+        return [fixed[j] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
     paths: list[list] = [[0, 0, 0, 0, -1, used1, used2, None]]
     for current, options in enumerate(by_start):
-        paths.sort(key=_RANK)
+        if len(paths) > 1:
+            paths.sort(key=_RANK)
+            del paths[BEAM:]
         bit = 1 << current
+        choices = [
+            (
+                m,
+                ((1 << m.length1) - 1) << m.start1,
+                ((1 << m.length2) - 1) << current,
+                abs(m.start2 - m.start1),
+                m.length1 + m.length2 if m.stage == EXACT else m.length1 // 2 + m.length2 // 2,
+                m.start1 + m.length1,
+                current + m.length2,
+            )
+            for m in options
+        ]
         extended: list[list] = []
-        for path in paths[:BEAM]:
+        for path in paths:
             if path[6] & bit:
                 if current < path[3]:
                     extended.append(path)
                 elif path[3] in fixed:
                     _take(path, fixed[path[3]])
+                    path[2] += abs(current - fixed[current].start1)
                     extended.append(path)
                 continue
-            for m in options:
-                mask1 = ((1 << m.length1) - 1) << m.start1
-                mask2 = ((1 << m.length2) - 1) << current
+            for m, mask1, mask2, distance, weight, end1, end2 in choices:
                 if path[5] & mask1 or path[6] & mask2:
                     continue
-                new = path.copy()
-                new[5] |= mask1
-                new[6] |= mask2
-                _take(new, m)
-                new[2] = path[2]
-                path[2] += abs(m.start2 - m.start1)
+                new = path.copy()  # the same steps as _take, inline: this is the search's innermost loop
+                new[0] -= weight
+                if new[4] != -1 and m.start1 != new[4]:
+                    new[1] += 1
+                new[3], new[4], new[5], new[6], new[7] = end2, end1, new[5] | mask1, new[6] | mask2, (m, new[7])
+                path[2] += distance
                 extended.append(new)
             if path[4] != -1:
                 path[1] += 1
@@ -75,7 +90,7 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
 
 
 def _take(path: list, m: Match) -> None:
-    """Add match ``m`` to ``path`` (its words already marked used)."""
+    """Add match ``m`` to ``path`` (its words already marked used), but not its distance (see the quirk)."""
     if m.stage == EXACT:
         path[0] -= m.length1 + m.length2
     else:
@@ -84,7 +99,6 @@ def _take(path: list, m: Match) -> None:
         path[1] += 1
     path[3] = m.start2 + m.length2
     path[4] = m.start1 + m.length1
-    path[2] += abs(m.start2 - m.start1)
     path[7] = (m, path[7])
 
 

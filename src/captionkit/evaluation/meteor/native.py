@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from functools import lru_cache
 from itertools import chain
@@ -31,7 +32,17 @@ def meteor_stats(
     candidates: Sequence[str], references: Sequence[Sequence[str]], cache_root: Path | None = None
 ) -> list[Stats]:
     """Each candidate's statistics against its best reference, as the jar's ``SCORE`` answers them."""
-    matcher = _matcher(cache_root)
+    # Millions of small tuples live here and none forms a cycle: the cyclic collector would only rescan them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _stats(_matcher(cache_root), candidates, references)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _stats(matcher: Matcher, candidates: Sequence[str], references: Sequence[Sequence[str]]) -> list[Stats]:
     tests = [candidate.replace("|||", "").replace("  ", " ") for candidate in candidates]
     words: dict[str, tuple[str, ...]] = {}
     for text in chain(tests, chain.from_iterable(references)):

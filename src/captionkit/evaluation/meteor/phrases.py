@@ -30,12 +30,13 @@ def sentence_phrases(table: ParaphraseTable, word_hashes: Sequence[Sequence[int]
     firsts = np.cumsum(lengths) - lengths
     starts_at = np.arange(len(hashes)) - np.repeat(firsts, lengths)
     tokens, spans, keys = _phrases(hashes, np.repeat(lengths, lengths) - starts_at, table.longest)
-    records, phrase = _records(table.records, keys)
-    kept = np.isin(table.targets[records], keys)
+    by_key = np.argsort(keys)
+    records, phrase = _records(table.records, keys, by_key)
+    kept = _member(table.targets[records], keys[by_key])
     records, phrase = records[kept], phrase[kept]
     order = np.lexsort((records, spans[phrase], tokens[phrase]))
     records, phrase = records[order], phrase[order]
-    indexed = np.nonzero(np.isin(keys, table.targets[records]))[0]
+    indexed = np.nonzero(_member(keys, np.sort(table.targets[records])))[0]
     indexed = indexed[np.argsort(tokens[indexed], kind="stable")]
     bounds = np.append(firsts, len(hashes))
     record_cuts = np.searchsorted(tokens[phrase], bounds).tolist()
@@ -76,13 +77,26 @@ def _phrases(hashes: np.ndarray, remaining: np.ndarray, longest: int) -> tuple[n
     return np.concatenate(tokens), np.concatenate(spans), np.concatenate(keys)
 
 
-def _records(table: HashedTable, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The record numbers of each key that the table has (in table order), and the index of the key of each."""
+def _member(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
+    """Whether each of ``values`` is in the sorted ``pool`` (searching in sorted order: many times faster on large
+    arrays than random probes or ``np.isin``)."""
+    found = np.zeros(len(values), bool)
+    if len(values) and len(pool):
+        order = np.argsort(values)
+        at = np.minimum(np.searchsorted(pool, values[order]), len(pool) - 1)
+        found[order] = pool[at] == values[order]
+    return found
+
+
+def _records(table: HashedTable, keys: np.ndarray, by_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The record numbers of each key that the table has (in table order), and the index of the key of each;
+    ``by_key`` sorts ``keys``."""
     if not len(table.keys) or not len(keys):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    at = np.minimum(np.searchsorted(table.keys, keys), len(table.keys) - 1)
-    hit = np.nonzero(table.keys[at] == keys)[0]
-    first = table.offsets[at[hit]]
-    counts = table.offsets[at[hit] + 1] - first
+    at = np.minimum(np.searchsorted(table.keys, keys[by_key]), len(table.keys) - 1)
+    found = table.keys[at] == keys[by_key]
+    hit, at = by_key[found], at[found]
+    first = table.offsets[at]
+    counts = table.offsets[at + 1] - first
     within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     return table.values[np.repeat(first, counts) + within].astype(np.int64), np.repeat(hit, counts)
