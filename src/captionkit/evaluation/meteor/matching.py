@@ -76,10 +76,11 @@ class Matcher:
         self._stem: Callable[[str], str] = snowballstemmer.stemmer("english").stemWord
         self._words: dict[str, _Word] = {}
 
-    def prepare(self, sentences: Sequence[Sequence[str]]) -> list[Sentence]:
-        """The prepared sentences of these normalised words, looked up in the paraphrase table together."""
+    def prepare(self, sentences: Sequence[Sequence[str]], groups: Sequence[int]) -> list[Sentence]:
+        """The prepared sentences of these normalised words, looked up in the paraphrase table together; only
+        sentences of one group (``groups[k]``: sentence ``k``'s) are matched with one another."""
         info = [[self._word(w) for w in words] for words in sentences]
-        phrases = sentence_phrases(self.data.paraphrases, [[w.hash for w in words] for words in info])
+        phrases = sentence_phrases(self.data.paraphrases, [[w.hash for w in words] for words in info], groups)
         return [Sentence(*args) for args in zip(sentences, info, phrases, strict=True)]
 
     def matches(self, test: Sentence, ref: Sentence) -> list[list[Match]]:

@@ -48,12 +48,10 @@ def _stats(matcher: Matcher, candidates: Sequence[str], references: Sequence[Seq
     for text in chain(tests, chain.from_iterable(references)):
         if text not in words:
             words[text] = tuple(normalize(text, matcher.data.prefixes))
-    distinct = list(dict.fromkeys(words.values()))
-    prepared = dict(zip(distinct, matcher.prepare(distinct), strict=True))
-    return [
-        _best(matcher, prepared[words[test]], [prepared[words[r]] for r in refs])
-        for test, refs in zip(tests, references, strict=True)
-    ]
+    texts = [[test, *refs] for test, refs in zip(tests, references, strict=True)]
+    groups = [g for g, group in enumerate(texts) for _ in group]
+    prepared = iter(matcher.prepare([words[text] for group in texts for text in group], groups))
+    return [_best(matcher, next(prepared), [next(prepared) for _ in group[1:]]) for group in texts]
 
 
 def _best(matcher: Matcher, test: Sentence, refs: Sequence[Sentence]) -> Stats:

@@ -1,8 +1,9 @@
 """The paraphrase table's records for a batch of sentences, looked up at once with NumPy.
 
-Every phrase of every sentence, up to the table's longest, is keyed (:func:`.resources.phrase_key`) and looked up;
-a record is kept only when its paraphrase is itself a phrase somewhere in the batch, since no other record can
-match, and a sentence's phrases are indexed only when they are some kept record's paraphrase.
+Every phrase of every sentence, up to the table's longest, is keyed (:func:`.resources.phrase_key`) and looked up.
+Sentences come in groups (a candidate and its references): a record is kept only when its paraphrase is a phrase
+of a sentence of its group, since no other record can match, and a sentence's phrases are indexed only when they
+are the paraphrase of a record kept in their group. Nearly all records go: the rest costs little in Python.
 """
 
 from __future__ import annotations
@@ -23,20 +24,28 @@ class SentencePhrases(NamedTuple):
     starts: dict[int, list[int]]
 
 
-def sentence_phrases(table: ParaphraseTable, word_hashes: Sequence[Sequence[int]]) -> list[SentencePhrases]:
-    """The records and indexed phrases of each sentence, given its words' :func:`.resources.word_hash`."""
+def sentence_phrases(
+    table: ParaphraseTable, word_hashes: Sequence[Sequence[int]], groups: Sequence[int]
+) -> list[SentencePhrases]:
+    """The records and indexed phrases of each sentence, given its words' :func:`.resources.word_hash` and its
+    group number."""
     lengths = np.array([len(h) for h in word_hashes], np.int64)
     hashes = np.fromiter((h for sentence in word_hashes for h in sentence), np.uint64, int(lengths.sum()))
     firsts = np.cumsum(lengths) - lengths
     starts_at = np.arange(len(hashes)) - np.repeat(firsts, lengths)
     tokens, spans, keys = _phrases(hashes, np.repeat(lengths, lengths) - starts_at, table.longest)
-    by_key = np.argsort(keys)
-    records, phrase = _records(table.records, keys, by_key)
-    kept = _member(table.targets[records], keys[by_key])
+    records, phrase = _records(table.records, keys, np.argsort(keys))
+    phrase_groups = np.repeat(np.asarray(groups, np.uint64), lengths)[tokens]
+    grouped = _in_group(keys, phrase_groups)
+    by_grouped = np.argsort(grouped)
+    kept = _member(_in_group(table.targets[records], phrase_groups[phrase]), grouped[by_grouped])
     records, phrase = records[kept], phrase[kept]
     order = np.lexsort((records, spans[phrase], tokens[phrase]))
     records, phrase = records[order], phrase[order]
-    indexed = np.nonzero(_member(keys, np.sort(table.targets[records])))[0]
+    wanted = np.sort(_in_group(table.targets[records], phrase_groups[phrase]))
+    indexed = np.zeros(len(keys), bool)
+    indexed[by_grouped] = _member(grouped[by_grouped], wanted)
+    indexed = np.nonzero(indexed)[0]
     indexed = indexed[np.argsort(tokens[indexed], kind="stable")]
     bounds = np.append(firsts, len(hashes))
     record_cuts = np.searchsorted(tokens[phrase], bounds).tolist()
@@ -75,6 +84,11 @@ def _phrases(hashes: np.ndarray, remaining: np.ndarray, longest: int) -> tuple[n
     if not tokens:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint64)
     return np.concatenate(tokens), np.concatenate(spans), np.concatenate(keys)
+
+
+def _in_group(keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One 64-bit key for a phrase key within a group."""
+    return keys * np.uint64(MULTIPLIER) + groups
 
 
 def _member(values: np.ndarray, pool: np.ndarray) -> np.ndarray:
