@@ -23,6 +23,8 @@ BEAM = 40
 # A path: [-weighted matches, chunks, distance, next reference position, test end of the open chunk (-1: none),
 # used test words, used reference words (bit masks), chosen matches (a linked list: (match, rest) or None)].
 _RANK = itemgetter(0, 1, 2)
+# A match as the search takes it: (match, test mask, reference mask, distance, weight, test end, reference end).
+_Choice = tuple[Match, int, int, int, int, int, int]
 
 
 def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
@@ -30,44 +32,30 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
     position (``by_start``, as :meth:`Matcher.matches` lists them)."""
     fixed, used1, used2 = _fixed(by_start, test_length)
     if all(len(options) == (j in fixed) for j, options in enumerate(by_start)):
-        return [fixed[j] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
+        return [fixed[j][0] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
     paths: list[list] = [[0, 0, 0, 0, -1, used1, used2, None]]
     for current, options in enumerate(by_start):
         if len(paths) > 1:
             paths.sort(key=_RANK)
             del paths[BEAM:]
         bit = 1 << current
-        choices = [
-            (
-                m,
-                ((1 << m.length1) - 1) << m.start1,
-                ((1 << m.length2) - 1) << current,
-                abs(m.start2 - m.start1),
-                m.length1 + m.length2 if m.stage == EXACT else m.length1 // 2 + m.length2 // 2,
-                m.start1 + m.length1,
-                current + m.length2,
-            )
-            for m in options
-        ]
+        choices = [_choice(m) for m in options]
         extended: list[list] = []
         for path in paths:
             if path[6] & bit:
                 if current < path[3]:
                     extended.append(path)
-                elif path[3] in fixed:
-                    _take(path, fixed[path[3]])
-                    path[2] += abs(current - fixed[current].start1)
+                elif current in fixed:  # the path has come to a fixed match (path[3] == current)
+                    _take(path, fixed[current])
+                    path[2] += fixed[current][3]
                     extended.append(path)
                 continue
-            for m, mask1, mask2, distance, weight, end1, end2 in choices:
-                if path[5] & mask1 or path[6] & mask2:
+            for choice in choices:
+                if path[5] & choice[1] or path[6] & choice[2]:
                     continue
-                new = path.copy()  # the same steps as _take, inline: this is the search's innermost loop
-                new[0] -= weight
-                if new[4] != -1 and m.start1 != new[4]:
-                    new[1] += 1
-                new[3], new[4], new[5], new[6], new[7] = end2, end1, new[5] | mask1, new[6] | mask2, (m, new[7])
-                path[2] += distance
+                new = path.copy()
+                _take(new, choice)
+                path[2] += choice[3]
                 extended.append(new)
             if path[4] != -1:
                 path[1] += 1
@@ -89,20 +77,23 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
     return chosen[::-1]
 
 
-def _take(path: list, m: Match) -> None:
-    """Add match ``m`` to ``path`` (its words already marked used), but not its distance (see the quirk)."""
-    if m.stage == EXACT:
-        path[0] -= m.length1 + m.length2
-    else:
-        path[0] -= m.length1 // 2 + m.length2 // 2
+def _choice(m: Match) -> _Choice:
+    weight = m.length1 + m.length2 if m.stage == EXACT else m.length1 // 2 + m.length2 // 2
+    mask1 = ((1 << m.length1) - 1) << m.start1
+    mask2 = ((1 << m.length2) - 1) << m.start2
+    return m, mask1, mask2, abs(m.start2 - m.start1), weight, m.start1 + m.length1, m.start2 + m.length2
+
+
+def _take(path: list, choice: _Choice) -> None:
+    """Add a match to ``path``, but not its distance (see the quirk)."""
+    m, mask1, mask2, _, weight, end1, end2 = choice
+    path[0] -= weight
     if path[4] != -1 and m.start1 != path[4]:
         path[1] += 1
-    path[3] = m.start2 + m.length2
-    path[4] = m.start1 + m.length1
-    path[7] = (m, path[7])
+    path[3], path[4], path[5], path[6], path[7] = end2, end1, path[5] | mask1, path[6] | mask2, (m, path[7])
 
 
-def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[int, Match], int, int]:
+def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[int, _Choice], int, int]:
     """The fixed matches by reference position, and the bit masks of the test and reference words they use."""
     cover1 = [0] * test_length
     cover2 = [0] * len(by_start)
@@ -112,14 +103,14 @@ def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[
                 cover1[i] += 1
             for j in range(m.start2, m.start2 + m.length2):
                 cover2[j] += 1
-    fixed: dict[int, Match] = {}
+    fixed: dict[int, _Choice] = {}
     used1 = used2 = 0
     for j, options in enumerate(by_start):
         if len(options) == 1:
             m = options[0]
             alone2 = all(cover2[k] == 1 for k in range(j, j + m.length2))
             if alone2 and all(cover1[k] == 1 for k in range(m.start1, m.start1 + m.length1)):
-                fixed[j] = m
-                used1 |= ((1 << m.length1) - 1) << m.start1
-                used2 |= ((1 << m.length2) - 1) << j
+                fixed[j] = _choice(m)
+                used1 |= fixed[j][1]
+                used2 |= fixed[j][2]
     return fixed, used1, used2
