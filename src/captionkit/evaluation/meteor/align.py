@@ -20,8 +20,9 @@ from operator import itemgetter
 from captionkit.evaluation.meteor.matching import EXACT, Match
 
 BEAM = 40
-# A path: [-weighted matches, chunks, distance, next reference position, test end of the open chunk (-1: none),
-# used test words, used reference words (bit masks), chosen matches (a linked list: (match, rest) or None)].
+# A path: (-weighted matches, chunks, distance, next reference position, test end of the open chunk (-1: none),
+# used test words, used reference words (bit masks), chosen matches (a linked list: (match, rest) or None)).
+_Path = tuple[int, int, int, int, int, int, int, "tuple | None"]
 _RANK = itemgetter(0, 1, 2)
 # A match as the search takes it: (match, test mask, reference mask, distance, weight, test end, reference end).
 _Choice = tuple[Match, int, int, int, int, int, int]
@@ -33,48 +34,38 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
     fixed, used1, used2 = _fixed(by_start, test_length)
     if all(len(options) == (j in fixed) for j, options in enumerate(by_start)):
         return [fixed[j][0] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
-    paths: list[list] = [[0, 0, 0, 0, -1, used1, used2, None]]
+    paths: list[_Path] = [(0, 0, 0, 0, -1, used1, used2, None)]
     for current, options in enumerate(by_start):
         if len(paths) > 1:
             paths.sort(key=_RANK)
             del paths[BEAM:]
         bit = 1 << current
         choices = [_choice(m) for m in options]
-        extended: list[list] = []
+        extended: list[_Path] = []
         for path in paths:
-            if path[6] & bit:
-                if current < path[3]:
+            score, chunks, distance, position, end, used1, used2, chosen = path
+            if used2 & bit:
+                if current < position:
                     extended.append(path)
-                elif current in fixed:  # the path has come to a fixed match (path[3] == current)
-                    _take(path, fixed[current])
-                    path[2] += fixed[current][3]
-                    extended.append(path)
+                elif current in fixed:  # the path has come to a fixed match (position == current)
+                    extended.append(_take(path, fixed[current], distance + fixed[current][3]))
                 continue
             for choice in choices:
-                if path[5] & choice[1] or path[6] & choice[2]:
-                    continue
-                new = path.copy()
-                _take(new, choice)
-                path[2] += choice[3]
-                extended.append(new)
-            if path[4] != -1:
-                path[1] += 1
-                path[4] = -1
-            path[3] += 1
-            extended.append(path)
+                if not (used1 & choice[1] or used2 & choice[2]):
+                    extended.append(_take(path, choice, distance))
+                    distance += choice[3]
+            extended.append((score, chunks + (end != -1), distance, position + 1, -1, used1, used2, chosen))
         paths = extended or paths[:1]
     paths.sort(key=_RANK)
     del paths[BEAM:]
-    for path in paths:
-        if path[4] != -1:
-            path[1] += 1
+    paths = [(p[0], p[1] + (p[4] != -1), *p[2:]) for p in paths]
     paths.sort(key=_RANK)
-    chosen: list[Match] = []
+    matches: list[Match] = []
     node = paths[0][7]
     while node is not None:
-        chosen.append(node[0])
+        matches.append(node[0])
         node = node[1]
-    return chosen[::-1]
+    return matches[::-1]
 
 
 def _choice(m: Match) -> _Choice:
@@ -84,13 +75,11 @@ def _choice(m: Match) -> _Choice:
     return m, mask1, mask2, abs(m.start2 - m.start1), weight, m.start1 + m.length1, m.start2 + m.length2
 
 
-def _take(path: list, choice: _Choice) -> None:
-    """Add a match to ``path``, but not its distance (see the quirk)."""
+def _take(path: _Path, choice: _Choice, distance: int) -> _Path:
+    """``path`` with a match added, at ``distance`` (the jar's quirk: not always the path's plus the match's)."""
     m, mask1, mask2, _, weight, end1, end2 = choice
-    path[0] -= weight
-    if path[4] != -1 and m.start1 != path[4]:
-        path[1] += 1
-    path[3], path[4], path[5], path[6], path[7] = end2, end1, path[5] | mask1, path[6] | mask2, (m, path[7])
+    chunks = path[1] + (path[4] != -1 and m.start1 != path[4])
+    return path[0] - weight, chunks, distance, end2, end1, path[5] | mask1, path[6] | mask2, (m, path[7])
 
 
 def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[int, _Choice], int, int]:
