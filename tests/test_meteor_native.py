@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,8 @@ def test_alignment_scores_equal_the_jar(jar_run: JarRun) -> None:
     )
     segments = []
     for _, _, pair in jar_run.pairs:
-        segments.append(alignment_stats(pair.test, pair.ref, pair.matches, function_words))
+        flags = [w in function_words for w in pair.test], [w in function_words for w in pair.ref]
+        segments.append(alignment_stats(*flags, sorted(pair.matches, key=lambda m: m.start2)))
         assert abs(segments[-1].score() - pair.score) < 1e-12, (pair.test, pair.ref)
     assert sum(s.whole for s in segments) >= 2  # identical lines, whose chunk the corpus score does not count
     assert abs(corpus_score(segments) - jar_run.corpus) < 1e-12
@@ -210,6 +212,13 @@ def test_cache_follows_the_installed_files(fake_install: tuple[Path, Path], tmp_
     with gzip.open(table, "wt", encoding="utf-8") as out:
         out.write("0.5\nfast\nrapid\n")
     assert resources.cache_dir(jar, table, tmp_path) != before
+
+
+def test_without_snowballstemmer_the_message_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "snowballstemmer", None)  # importing it raises ImportError
+    with pytest.raises(MetricUnavailable) as error:
+        Matcher(load_meteor_data())
+    assert str(error.value) == ("METEOR needs snowballstemmer: install the extra (pip install 'captionkit[meteor]')")
 
 
 def test_without_pycocoevalcap_the_message_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

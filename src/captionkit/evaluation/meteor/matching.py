@@ -21,8 +21,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.meteor.phrases import SentencePhrases, sentence_phrases
-from captionkit.evaluation.meteor.resources import MeteorData, word_hash
+from captionkit.evaluation.meteor.resources import INSTALL, MeteorData, word_hash
 
 EXACT, STEM, SYNONYM, PARAPHRASE = range(4)
 # WordNet's detachment rules (nouns, verbs, adjectives), in its order: suffix, ending.
@@ -46,6 +47,7 @@ class _Word(NamedTuple):
     stem: int  # the hashCode of its stem
     synsets: frozenset[int]
     hash: int  # resources.word_hash
+    function: bool  # a function word
 
 
 class Sentence:
@@ -55,6 +57,7 @@ class Sentence:
         self.words = tuple(words)
         self.keys = tuple(w.key for w in info)
         self.stems = tuple(w.stem for w in info)
+        self.function = tuple(w.function for w in info)
         self.by_key: dict[int, list[int]] = {}
         self.by_stem: dict[int, list[int]] = {}
         for i, w in enumerate(info):
@@ -70,8 +73,10 @@ class Matcher:
     """Prepares sentences and finds the candidate matches between a test and a reference sentence."""
 
     def __init__(self, data: MeteorData) -> None:
-        import snowballstemmer
-
+        try:
+            import snowballstemmer
+        except ImportError:
+            raise MetricUnavailable(f"METEOR needs snowballstemmer: {INSTALL}") from None
         self.data = data
         self._stem: Callable[[str], str] = snowballstemmer.stemmer("english").stemWord
         self._words: dict[str, _Word] = {}
@@ -113,8 +118,9 @@ class Matcher:
     def _word(self, word: str) -> _Word:
         found = self._words.get(word)
         if found is None:
+            stem, function = self._stem(word), word in self.data.function_words
             found = self._words[word] = _Word(
-                java_hash(word), java_hash(self._stem(word)), self._synsets(word), word_hash(word)
+                java_hash(word), java_hash(stem), self._synsets(word), word_hash(word), function
             )
         return found
 

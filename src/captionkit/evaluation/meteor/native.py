@@ -60,7 +60,7 @@ def _best(matcher: Matcher, test: Sentence, refs: Sequence[Sentence]) -> Stats:
     best_score = -1.0
     for ref in refs:
         chosen = align(matcher.matches(test, ref), len(test.words))
-        stats = alignment_stats(test.words, ref.words, chosen, matcher.data.function_words)
+        stats = alignment_stats(test.function, ref.function, chosen)
         score = stats.score()
         if score > best_score:
             best, best_score = stats, score

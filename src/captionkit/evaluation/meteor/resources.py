@@ -27,7 +27,7 @@ from captionkit.evaluation.external import MetricUnavailable, pycocoevalcap_dir
 
 _FORMAT = 3
 _PARTS = ("keys", "offsets", "values")
-_INSTALL = "install the extra (pip install 'captionkit[meteor]')"
+INSTALL = "install the extra (pip install 'captionkit[meteor]')"
 _MASK = (1 << 64) - 1
 MULTIPLIER = 0x9E3779B97F4A7C15
 
@@ -101,12 +101,12 @@ def source_files() -> tuple[Path, Path]:
     """pycocoevalcap's jar and paraphrase table, or :class:`MetricUnavailable` naming the extra to install."""
     package = pycocoevalcap_dir()
     if package is None:
-        raise MetricUnavailable(f"METEOR needs pycocoevalcap's data files: {_INSTALL}")
+        raise MetricUnavailable(f"METEOR needs pycocoevalcap's data files: {INSTALL}")
     jar = package / "meteor" / "meteor-1.5.jar"
     table = package / "meteor" / "data" / "paraphrase-en.gz"
     for path in (jar, table):
         if not path.is_file():
-            raise MetricUnavailable(f"METEOR: {path} is missing from the pycocoevalcap installation; {_INSTALL}")
+            raise MetricUnavailable(f"METEOR: {path} is missing from the pycocoevalcap installation; {INSTALL}")
     return jar, table
 
 

@@ -65,10 +65,8 @@ def corpus_score(segments: Sequence[Stats]) -> float:
     return Stats(tuple(total)).score()
 
 
-def alignment_stats(
-    test: Sequence[str], ref: Sequence[str], chosen: Iterable[Match], function: frozenset[str]
-) -> Stats:
-    """The statistics of one aligned test/reference pair (normalised words)."""
+def alignment_stats(test_function: Sequence[bool], ref_function: Sequence[bool], chosen: Iterable[Match]) -> Stats:
+    """The statistics of one aligned test/reference pair, given whether each of their words is a function word."""
     stages = [[0, 0, 0, 0] for _ in STAGE_WEIGHTS]
     chunks = test_matched = ref_matched = 0
     end = (-1, -1)
@@ -77,9 +75,10 @@ def alignment_stats(
         end = (m.start1 + m.length1, m.start2 + m.length2)
         test_matched += m.length1
         ref_matched += m.length2
-        for word in test[m.start1 : end[0]]:
-            stages[m.stage][0 if word not in function else 2] += 1
-        for word in ref[m.start2 : end[1]]:
-            stages[m.stage][1 if word not in function else 3] += 1
-    lengths = (len(test), len(ref), sum(w in function for w in test), sum(w in function for w in ref))
+        counts = stages[m.stage]
+        for function in test_function[m.start1 : end[0]]:
+            counts[2 if function else 0] += 1
+        for function in ref_function[m.start2 : end[1]]:
+            counts[3 if function else 1] += 1
+    lengths = (len(test_function), len(ref_function), sum(test_function), sum(ref_function))
     return Stats((*lengths, *(v for stage in stages for v in stage), chunks, test_matched, ref_matched))
