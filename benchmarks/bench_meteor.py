@@ -1,4 +1,4 @@
-"""METEOR on COCO val2017 (first caption against the other four): captionkit's Java-free port against the jar
+"""METEOR on COCO val2017 (first caption against the other four): METEOR in Python (the default) against the jar
 through pycocoevalcap, each run as its own process, as a user would run it.
 
 Rows: the jar (``pycocoevalcap.meteor.Meteor``), captionkit cold (a fresh cache folder: the jar's data files are

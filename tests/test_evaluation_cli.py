@@ -41,10 +41,9 @@ def coco_candidates(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def no_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
-    def unavailable(*parts: str, metric: str) -> Path:
-        raise external.MetricUnavailable(f"{metric} needs Java on PATH (java not found)")
-
-    monkeypatch.setattr("captionkit.evaluation.meteor.java.require_java_tool", unavailable)
+    """pycocoevalcap (the ``meteor`` extra) is not installed: neither METEOR engine has its data files."""
+    monkeypatch.setattr("captionkit.evaluation.meteor.resources.pycocoevalcap_dir", lambda: None)
+    monkeypatch.setattr("captionkit.evaluation.external.pycocoevalcap_dir", lambda: None)
 
 
 def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> None:
@@ -122,8 +121,10 @@ def test_default_metrics_leave_out_meteor_with_a_note(
     assert code == 0
     result = json.loads(out)
     assert set(result) >= COCO_KEYS and "METEOR" not in result
-    assert result["notes"] == ["METEOR left out: METEOR needs Java on PATH (java not found)"]
+    extra = "install the extra (pip install 'captionkit[meteor]')"
+    assert result["notes"] == [f"METEOR left out: METEOR needs pycocoevalcap's data files: {extra}"]
     assert "captionkit: note: METEOR left out" in err
+    assert "Java" not in err  # METEOR in Python never needs Java
 
 
 def test_asked_for_meteor_unavailable_exits_2(
@@ -235,16 +236,30 @@ def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
 ) -> None:
     from captionkit.evaluation.api import java_note
 
-    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: None)  # Java is there
-    monkeypatch.setattr("captionkit.evaluation.meteor.meteor", lambda cands, refs: (0.25, [0.25] * len(cands)))
+    runs: list[str] = []
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda engine: None)  # Java is there
+    monkeypatch.setattr(
+        "captionkit.evaluation.meteor.meteor",
+        lambda cands, refs, engine: (runs.append(engine), (0.25, [0.25] * len(cands)))[1],
+    )
     note = "METEOR runs in Java (seconds more than the others); --metrics BLEU,ROUGE_L,CIDEr leaves it out"
-    assert java_note(None) == note
-    assert java_note("BLEU,ROUGE_L,CIDEr") is None
-    assert java_note("cider,meteor,spice") == (
+    assert java_note(None) is None  # METEOR runs in Python by default
+    assert java_note(None, "java") == note
+    assert java_note("BLEU,ROUGE_L,CIDEr", "java") is None
+    assert java_note("cider,meteor,spice", "java") == (
         "METEOR and SPICE run in Java (seconds more than the others); --metrics CIDEr leaves them out"
     )
-    code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates], capsys)
-    assert code == 0 and json.loads(out)["METEOR"] == 0.25
+    assert (
+        java_note("cider,meteor,spice")
+        == "SPICE runs in Java (seconds more than the others); --metrics CIDEr,METEOR leaves it out"
+    )
+    code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--meteor", "java"], capsys)
+    assert code == 0 and json.loads(out)["METEOR"] == 0.25 and runs == ["java"]
     assert err.startswith(f"captionkit: note: {note}\n")
-    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda: "java not found")
-    assert java_note(None) is None  # METEOR is left out with its own note
+    code, _, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates], capsys)
+    assert code == 0 and runs == ["java", "python"] and "Java" not in err
+    monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda engine: "java not found")
+    assert java_note(None, "java") is None  # METEOR is left out with its own note
+    code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--meteor", "jvm"], capsys)
+    assert code == 1 and out == ""
+    assert err == "captionkit: error: --meteor: unknown METEOR engine 'jvm' (known: python, java)\n"

@@ -141,10 +141,10 @@ def test_meteor_equals_pycocoevalcap(needs_java: None, tmp_path: Path) -> None:
 
 
 def test_meteor_runs_through_the_jar(needs_java: None) -> None:
-    if meteor_unavailable_reason():
-        pytest.skip(meteor_unavailable_reason())
+    if meteor_unavailable_reason("java"):
+        pytest.skip(meteor_unavailable_reason("java"))
     refs, cands = coco_split(5)
-    result = score_captions(refs, cands, metrics="METEOR")
+    result = score_captions(refs, cands, metrics="METEOR", meteor="java")
     assert 0.1 < result.scores["METEOR"] < 0.6
     assert all(0 <= s["METEOR"] <= 1 for s in result.per_image.values())
     assert result.notes == [] and result.missing == []

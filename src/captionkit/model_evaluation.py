@@ -89,12 +89,14 @@ def evaluate_model(
     on_progress: Callable[[int], None] | None = None,
     clip: ClipScorer | None = None,
     max_length: int | None = None,
+    meteor: str = "python",
 ) -> ModelEvaluation:
     """Caption each image of ``records`` once (``decoding``'s style, neutral by default), score against the image's
     neutral references with the COCO metrics, and add perplexity over every caption of ``records`` (every style,
     cut to ``max_length`` tokens), counts, and ``computed_over``: what each figure was computed over.
 
     CLIPScore and RefCLIPScore (``metrics`` naming CLIPScore) need ``clip``, the CLIP model to embed with.
+    ``meteor``: the METEOR engine (``"python"`` or ``"java"``).
     """
     references = references_by_image(records)
     if not references:
@@ -126,7 +128,7 @@ def evaluate_model(
         if on_progress is not None:
             on_progress(len(chunk))
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
-    evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True)
+    evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True, meteor=meteor)
     scores = evaluation.to_dict()
     per_image = evaluation.per_image
     if clip is not None:

@@ -50,6 +50,9 @@ def evaluate(
         Path | None,
         typer.Option(help="Write a self-contained HTML page: each image, caption, references, scores, worst first."),
     ] = None,
+    meteor: Annotated[
+        str, typer.Option(help="METEOR engine: python (default) or java (pycocoevalcap's jar).")
+    ] = "python",
 ) -> None:
     """Caption every image of a split, score against its references; metrics JSON on stdout.
 
@@ -94,7 +97,7 @@ def evaluate(
                 write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
-        note = java_note(metrics)
+        note = java_note(metrics, meteor)
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
         clip = _clip_scorer(metrics, clip_model, device)
@@ -109,6 +112,7 @@ def evaluate(
                 advance,
                 clip,
                 max_length=trained.max_length if trained is not None else None,
+                meteor=meteor,
             )
     except CaptionkitError as error:
         fail(str(error))

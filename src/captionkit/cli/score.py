@@ -61,6 +61,9 @@ def score(
     clip_model: Annotated[
         str, typer.Option("--clip-model", help="CLIP model (hub id or directory) for CLIPScore and RefCLIPScore.")
     ] = "openai/clip-vit-base-patch32",
+    meteor: Annotated[
+        str, typer.Option("--meteor", help="METEOR engine: python (default) or java (pycocoevalcap's jar).")
+    ] = "python",
 ) -> None:
     """Score candidate captions against reference captions (BLEU, METEOR, ROUGE-L, CIDEr-D, SPICE; CLIPScore and
     RefCLIPScore with --images)."""
@@ -69,7 +72,7 @@ def score(
     from captionkit.evaluation.readers import read_candidates, read_references
 
     try:
-        note = java_note(metrics)
+        note = java_note(metrics, meteor)
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
         text_metrics, wants_clip = split_image_metrics(metrics)
@@ -81,7 +84,13 @@ def score(
         if train_captions is not None:
             train = [c for caps in read_references(train_captions).captions.values() for c in caps]
         evaluation = score_captions(
-            references.captions, candidates, text_metrics, train, ref_source=str(refs), cand_source=str(cands)
+            references.captions,
+            candidates,
+            text_metrics,
+            train,
+            ref_source=str(refs),
+            cand_source=str(cands),
+            meteor=meteor,
         )
         if wants_clip and images is not None:
             _add_clip_scores(evaluation, references, candidates, images, clip_model)

@@ -29,7 +29,7 @@ MAX_CAPTION_CHARS = 50 * MAX_CAPTION_TOKENS
 METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE", "CLIPScore")
 #: Metrics of captions and their images (a CLIP model, see :mod:`.clipscore`): computed by whoever holds the images.
 IMAGE_METRICS = ("CLIPScore",)
-#: The default: the COCO metrics but SPICE (METEOR only where Java and the ``captionkit[meteor]`` extra exist).
+#: The default: the COCO metrics but SPICE (METEOR only where the ``captionkit[meteor]`` extra is installed).
 DEFAULT_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
 _ALIASES = {"bleu": "BLEU", "meteor": "METEOR", "rouge_l": "ROUGE_L", "rouge": "ROUGE_L", "rougel": "ROUGE_L",
             "cider": "CIDEr", "cider-d": "CIDEr", "ciderd": "CIDEr", "spice": "SPICE", "clipscore": "CLIPScore",
@@ -88,15 +88,16 @@ def split_image_metrics(metrics: str | Iterable[str] | None) -> tuple[str | Iter
     return [name for name in chosen if name not in IMAGE_METRICS] or ["CIDEr"], True
 
 
-def java_note(metrics: str | Iterable[str] | None) -> str | None:
-    """A one-line note when ``metrics`` will start Java here (METEOR where Java is installed, SPICE always): it
-    costs seconds the other metrics do not, so say how to leave it out. ``None`` when nothing runs Java."""
-    from captionkit.evaluation.meteor import meteor_unavailable_reason
+def java_note(metrics: str | Iterable[str] | None, meteor: str = "python") -> str | None:
+    """A one-line note when ``metrics`` will start Java here (METEOR with ``meteor="java"`` where Java is
+    installed, SPICE always): it costs seconds the other metrics do not, so say how to leave it out. ``None`` when
+    nothing runs Java."""
+    from captionkit.evaluation.meteor import check_engine, meteor_unavailable_reason
 
     chosen, _ = parse_metrics(metrics)
     java = [name for name in ("METEOR", "SPICE") if name in chosen]
-    if "METEOR" in java and meteor_unavailable_reason() is not None:
-        java.remove("METEOR")  # left out with its own note
+    if "METEOR" in java and (check_engine(meteor) != "java" or meteor_unavailable_reason("java") is not None):
+        java.remove("METEOR")  # in Python, or left out with its own note
     if not java:
         return None
     rest = ",".join(name for name in chosen if name not in java) or "BLEU,ROUGE_L,CIDEr"
@@ -150,6 +151,7 @@ def score_captions(
     ref_source: str = "references",
     cand_source: str = "candidates",
     allow_empty: bool = False,
+    meteor: str = "python",
 ) -> Evaluation:
     """Score one candidate caption per image against that image's references.
 
@@ -157,8 +159,12 @@ def score_captions(
     from :data:`METRICS` (a list or a comma-separated string; ``None`` = :data:`DEFAULT_METRICS`).
     ``train_captions`` (raw training captions) add ``copied_from_train``. Bad input raises
     :class:`~captionkit.errors.InputError` naming ``ref_source`` / ``cand_source``. An empty candidate is bad
-    input in a results file, but a fair (zero-scoring) output of a model: ``allow_empty`` scores it.
+    input in a results file, but a fair (zero-scoring) output of a model: ``allow_empty`` scores it. ``meteor``:
+    the METEOR engine, ``"python"`` or ``"java"`` (pycocoevalcap's jar; same scores).
     """
+    from captionkit.evaluation.meteor import check_engine
+
+    check_engine(meteor)
     chosen, explicit = parse_metrics(metrics)
     _check(refs, cands, ref_source, cand_source, allow_empty)
     ids = list(refs)
@@ -196,9 +202,9 @@ def score_captions(
             for k in range(4):
                 record(f"Bleu_{k + 1}", bleu.corpus[k], [row[k] for row in bleu.per_image])
     if "METEOR" in chosen:
-        from captionkit.evaluation.meteor import meteor
+        from captionkit.evaluation.meteor import meteor as run_meteor
 
-        _run_external(evaluation, "METEOR", explicit, lambda: meteor(candidates, references), record)
+        _run_external(evaluation, "METEOR", explicit, lambda: run_meteor(candidates, references, meteor), record)
     if "ROUGE_L" in chosen:
         from captionkit.evaluation.rouge import rouge_l
 
@@ -257,9 +263,10 @@ def evaluate_captions(
     metrics: str | Iterable[str] | None = None,
     train_captions: Iterable[str] | None = None,
     allow_empty: bool = False,
+    meteor: str = "python",
 ) -> dict[str, Any]:
     """The flat result of :func:`score_captions`: pycocoevalcap's keys, the extras, and ``notes`` if any.
 
     Per-image scores: use :func:`score_captions` and its ``per_image``.
     """
-    return score_captions(refs, cands, metrics, train_captions, allow_empty=allow_empty).to_dict()
+    return score_captions(refs, cands, metrics, train_captions, allow_empty=allow_empty, meteor=meteor).to_dict()

@@ -1,94 +1,105 @@
-"""METEOR's alignment, as far as it has been observed on the jar: the subset of candidate matches, each word in at
-most one, that covers the most words of both sentences, each word weighted by its match's module weight (exact 1.0,
-stem 0.6, synonym 0.8, paraphrase 0.6), then has the fewest chunks; among equals, the one that takes each test
-word's earliest candidate (no distance criterion: the jar aligns the first ``a`` of the test to
-the reference's only ``a`` even when a later one sits closer). Found here by an exact depth-first search over the
-reference's words, in order, as the jar lists its alignments.
+"""METEOR 1.5's aligner: the jar's beam search over the candidate matches, reproduced step for step.
 
-Also observed: a stem match, a match found twice (by two stages, or a paraphrase listed both ways in the table)
-and a one-word synonym or paraphrase match whose words have other candidates are aligned only inside a chunk that
-holds another match: ``a b c sitting`` against ``a b sits`` and ``the women`` against ``the qqq woman`` align no
-``sitting`` and no ``women``, while ``a sitting`` against ``a sits``, ``office women`` against ``placed woman`` and
-``the office`` against ``the qqq placed`` align every word. The jar's beam search still differs on some pairs (see
-the README's scoring section), so this module is not yet equal to the jar.
+Before the search, a match is fixed when it is the only one starting at its reference position and no other match
+covers any of its words. The search walks the reference left to right, keeping at most :data:`BEAM` partial
+alignments, ranked by: the most matched words, weighted 1 for exact and 0.5 for the other stages, each side
+truncated to a whole number as the jar's integer sums do (so a one-word stem, synonym or paraphrase match counts
+nothing and is kept only when it saves a chunk); then the fewest chunks closed; then the least distance (the
+summed ``|reference position - test position|`` of the matches). At each position a path either takes a match
+starting there whose words are free (one new path per match, in the matcher's order) or skips the position (kept
+last); a fixed match is taken when its position is reached. The ranking sort is stable, so equal paths keep the
+order they were made in. One quirk is kept: when the jar branches on a match, it adds that match's distance to the
+path being extended (which goes on to branch on the next matches and to skip), not to the new path.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from operator import itemgetter
 
-from captionkit.evaluation.meteor.matching import EXACT, STEM, Match
-from captionkit.evaluation.meteor.scoring import STAGE_WEIGHTS
+from captionkit.evaluation.meteor.matching import EXACT, Match
 
-# An alignment's cost: (-weighted words covered, chunks); smaller is better. Weights in tenths keep ties exact.
-_Cost = tuple[int, int]
-_TENTHS = tuple(round(10 * w) for w in STAGE_WEIGHTS)
-
-
-@dataclass
-class _Search:
-    by_start: list[list[tuple[Match, bool]]]  # per reference position: (match, whether it may not open a chunk alone)
-    reach: list[int]  # reach[j]: most weighted words that matches starting at j or later could still cover
-    best: _Cost = (1, 0)
-    chosen: list[Match] = field(default_factory=list)
+BEAM = 40
+# A path: (-weighted matches, chunks, distance, next reference position, test end of the open chunk (-1: none),
+# used test words, used reference words (bit masks), chosen matches (a linked list: (match, rest) or None)).
+_Path = tuple[int, int, int, int, int, int, int, "tuple | None"]
+_RANK = itemgetter(0, 1, 2)
+# A match as the search takes it: (match, test mask, reference mask, distance, weight, test end, reference end).
+_Choice = tuple[Match, int, int, int, int, int, int]
 
 
-def align(matches: Sequence[Match], ref_length: int) -> list[Match]:
-    """The chosen matches, in test order."""
-    spans = Counter((m.start1, m.length1, m.start2, m.length2) for m in matches)
-    users1: Counter[int] = Counter(i for m in matches for i in range(m.start1, m.start1 + m.length1))
-    users2: Counter[int] = Counter(j for m in matches for j in range(m.start2, m.start2 + m.length2))
-    by_start: list[list[tuple[Match, bool]]] = [[] for _ in range(ref_length)]
-    for m in sorted(matches, key=lambda m: m.start1):
-        span = (m.start1, m.length1, m.start2, m.length2)
-        if not spans[span]:
-            continue  # the same words matched again: listed once, as the first stage that found them
-        shared = any(users1[i] > 1 for i in range(m.start1, m.start1 + m.length1)) or any(
-            users2[j] > 1 for j in range(m.start2, m.start2 + m.length2)
-        )
-        one_to_one = m.length1 == m.length2 == 1
-        follower = m.stage == STEM or spans[span] > 1 or (m.stage != EXACT and shared and one_to_one)
-        by_start[m.start2].append((m, follower))
-        spans[span] = 0
-    reach = [0] * (ref_length + 1)
-    for i in range(ref_length - 1, -1, -1):
-        reach[i] = reach[i + 1] + max((_weight(m) for m, _ in by_start[i]), default=0)
-    search = _Search(by_start, reach)
-    _extend(search, 0, 0, [], 0, 0, (-1, -1), False)
-    return sorted(search.chosen, key=lambda m: m.start1)
+def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
+    """The matches the jar chooses, in reference order, from the candidates starting at each reference
+    position (``by_start``, as :meth:`Matcher.matches` lists them)."""
+    fixed, used1, used2 = _fixed(by_start, test_length)
+    if all(len(options) == (j in fixed) for j, options in enumerate(by_start)):
+        return [fixed[j][0] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
+    paths: list[_Path] = [(0, 0, 0, 0, -1, used1, used2, None)]
+    for current, options in enumerate(by_start):
+        if len(paths) > 1:
+            paths.sort(key=_RANK)
+            del paths[BEAM:]
+        bit = 1 << current
+        choices = [_choice(m) for m in options]
+        extended: list[_Path] = []
+        for path in paths:
+            score, chunks, distance, position, end, used1, used2, chosen = path
+            if used2 & bit:
+                if current < position:
+                    extended.append(path)
+                elif current in fixed:  # the path has come to a fixed match (position == current)
+                    extended.append(_take(path, fixed[current], distance + fixed[current][3]))
+                continue
+            for choice in choices:
+                if not (used1 & choice[1] or used2 & choice[2]):
+                    extended.append(_take(path, choice, distance))
+                    distance += choice[3]
+            extended.append((score, chunks + (end != -1), distance, position + 1, -1, used1, used2, chosen))
+        paths = extended or paths[:1]
+    paths.sort(key=_RANK)
+    del paths[BEAM:]
+    paths = [(p[0], p[1] + (p[4] != -1), *p[2:]) for p in paths]
+    paths.sort(key=_RANK)
+    matches: list[Match] = []
+    node = paths[0][7]
+    while node is not None:
+        matches.append(node[0])
+        node = node[1]
+    return matches[::-1]
 
 
-def _weight(m: Match) -> int:
-    return (m.length1 + m.length2) * _TENTHS[m.stage]
+def _choice(m: Match) -> _Choice:
+    weight = m.length1 + m.length2 if m.stage == EXACT else m.length1 // 2 + m.length2 // 2
+    mask1 = ((1 << m.length1) - 1) << m.start1
+    mask2 = ((1 << m.length2) - 1) << m.start2
+    return m, mask1, mask2, abs(m.start2 - m.start1), weight, m.start1 + m.length1, m.start2 + m.length2
 
 
-def _extend(
-    search: _Search, j: int, used1: int, path: list[Match], covered: int, chunks: int, end: tuple[int, int],
-    shared_only: bool,
-) -> None:  # fmt: skip
-    best = search.best
-    bound = -(covered + search.reach[j])
-    if bound > best[0] or (bound == best[0] and chunks > best[1]):
-        return
-    if j == len(search.by_start):
-        cost = (-covered, chunks)
-        if cost < best and not shared_only:
-            search.best, search.chosen = cost, list(path)
-        return
-    for m, shared in search.by_start[j]:
-        span = ((1 << m.length1) - 1) << m.start1
-        if used1 & span:
-            continue
-        joined = end == (m.start1, m.start2)
-        if not joined and shared_only:
-            continue  # the chunk that ends here holds only matches that may not open one
-        path.append(m)
-        _extend(
-            search, j + m.length2, used1 | span, path, covered + _weight(m), chunks + (not joined),
-            (m.start1 + m.length1, m.start2 + m.length2),
-            shared and (shared_only or not joined),
-        )  # fmt: skip
-        path.pop()
-    _extend(search, j + 1, used1, path, covered, chunks, end, shared_only)
+def _take(path: _Path, choice: _Choice, distance: int) -> _Path:
+    """``path`` with a match added, at ``distance`` (the jar's quirk: not always the path's plus the match's)."""
+    m, mask1, mask2, _, weight, end1, end2 = choice
+    chunks = path[1] + (path[4] != -1 and m.start1 != path[4])
+    return path[0] - weight, chunks, distance, end2, end1, path[5] | mask1, path[6] | mask2, (m, path[7])
+
+
+def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[int, _Choice], int, int]:
+    """The fixed matches by reference position, and the bit masks of the test and reference words they use."""
+    cover1 = [0] * test_length
+    cover2 = [0] * len(by_start)
+    for options in by_start:
+        for m in options:
+            for i in range(m.start1, m.start1 + m.length1):
+                cover1[i] += 1
+            for j in range(m.start2, m.start2 + m.length2):
+                cover2[j] += 1
+    fixed: dict[int, _Choice] = {}
+    used1 = used2 = 0
+    for j, options in enumerate(by_start):
+        if len(options) == 1:
+            m = options[0]
+            alone2 = all(cover2[k] == 1 for k in range(j, j + m.length2))
+            if alone2 and all(cover1[k] == 1 for k in range(m.start1, m.start1 + m.length1)):
+                fixed[j] = _choice(m)
+                used1 |= fixed[j][1]
+                used2 |= fixed[j][2]
+    return fixed, used1, used2

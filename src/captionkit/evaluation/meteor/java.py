@@ -12,24 +12,21 @@ from __future__ import annotations
 import subprocess
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from captionkit.evaluation.external import MetricUnavailable, require_java_tool
 
 
-def meteor_unavailable_reason() -> str | None:
-    """Why METEOR cannot run here, or ``None`` when it can."""
-    try:
-        require_java_tool("meteor", "meteor-1.5.jar", metric="METEOR")
-    except MetricUnavailable as error:
-        return str(error)
-    return None
+def require_jar() -> Path:
+    """The jar's path, or :class:`MetricUnavailable` saying what is missing (Java or the extra)."""
+    return require_java_tool("meteor", "meteor-1.5.jar", metric="METEOR")
 
 
 def meteor(
     candidates: Sequence[str], references: Sequence[Sequence[str]], timeout: float = 600.0
 ) -> tuple[float, list[float]]:
     """``(corpus METEOR, per-image METEOR)`` of tokenized candidates against tokenized references."""
-    jar = require_java_tool("meteor", "meteor-1.5.jar", metric="METEOR")
+    jar = require_jar()
     command = ["java", "-jar", "-Xmx2G", jar.name, "-", "-", "-stdio", "-l", "en", "-norm"]
     lines = [
         " ||| ".join(("SCORE", " ||| ".join(refs), candidate.replace("|||", "").replace("  ", " "))) + "\n"

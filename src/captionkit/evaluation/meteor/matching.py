@@ -1,34 +1,38 @@
-"""METEOR's four matching stages: exact words, Snowball English stems, shared WordNet synsets, paraphrases.
+"""METEOR 1.5's four matching stages, as the jar runs them: exact words, Snowball English stems, shared WordNet
+synsets, paraphrases.
 
-The stem and synonym stages only match words that no earlier stage matched (observed on the jar: ``dog dogs``
-against ``dogs dog`` keeps its two exact matches, though two stem matches would make one chunk). Paraphrases may
-span matched words (``an elderly man`` against ``an old man`` aligns ``an`` exactly and ``elderly man`` with
-``old man``), and a pair listed both ways in the table is two candidates (see :mod:`.align`).
+Each stage adds every match it finds, whatever earlier stages matched (the aligner chooses among them). The jar
+compares words by Java's ``String.hashCode``, so two words with one hash are the same word to it. Exact: equal
+words. Stem: different words with equal stems. Synonym: different words sharing a synset, a word's synsets being
+its own and those of its base forms (its WordNet exceptions, else the first of WordNet's detachment rules whose
+result has synsets). Paraphrase: a phrase of the reference whose paraphrase in the table occurs in the test, then
+a phrase of the test whose paraphrase occurs in the reference (the table is directed: a pair listed both ways is
+found twice). Identical sentences get exact matches only.
+
+Matches are listed per reference position in the jar's order: by stage; within exact, stem and synonym by test
+position; paraphrases of reference phrases by phrase length, table order, test position; then paraphrases of
+test phrases by test position, phrase length, table order. The aligner's ties follow this order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from captionkit.evaluation.meteor.resources import MeteorData, phrase_hash
+from captionkit.evaluation.external import MetricUnavailable
+from captionkit.evaluation.meteor.phrases import SentencePhrases, sentence_phrases
+from captionkit.evaluation.meteor.resources import INSTALL, MeteorData, word_hash
 
 EXACT, STEM, SYNONYM, PARAPHRASE = range(4)
-#: The longest phrase in the paraphrase table.
-MAX_PHRASE = 7
-# WordNet's detachment rules in its order (nouns, verbs, adjectives). A word's synsets are its own plus those of its
-# base forms: its entries in the exceptions list, else the first rule's result that WordNet knows (observed on the
-# jar: "siting" gives "site", not "sit", so it does not match "sitting"; "runs" gives "run" and matches "ran").
-_SUFFIXES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
-             ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", ""),
-             ("er", ""), ("est", ""), ("er", "e"), ("est", "e"))  # fmt: skip
+# WordNet's detachment rules (nouns, verbs, adjectives), in its order: suffix, ending.
+_RULES = (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"),
+          ("ies", "y"), ("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"),
+          ("ing", ""), ("er", ""), ("est", ""), ("er", "e"), ("est", "e"))  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Match:
+class Match(NamedTuple):
     """Test words ``[start1, start1 + length1)`` matched to reference words ``[start2, start2 + length2)``."""
 
     stage: int
@@ -38,82 +42,114 @@ class Match:
     length2: int
 
 
+class _Word(NamedTuple):
+    key: int  # Java's String.hashCode
+    stem: int  # the hashCode of its stem
+    synsets: frozenset[int]
+    hash: int  # resources.word_hash
+    function: bool  # a function word
+
+
+class Sentence:
+    """A normalised sentence with what matching needs of it, computed once."""
+
+    def __init__(self, words: Sequence[str], info: Sequence[_Word], phrases: SentencePhrases) -> None:
+        self.words = tuple(words)
+        self.keys = tuple(w.key for w in info)
+        self.stems = tuple(w.stem for w in info)
+        self.function = tuple(w.function for w in info)
+        self.by_key: dict[int, list[int]] = {}
+        self.by_stem: dict[int, list[int]] = {}
+        for i, w in enumerate(info):
+            self.by_key.setdefault(w.key, []).append(i)
+            self.by_stem.setdefault(w.stem, []).append(i)
+        self.synonyms = [(i, w.key, w.synsets) for i, w in enumerate(info) if w.synsets]
+        self.paraphrases = phrases.records
+        self.targets = frozenset(r[2] for r in phrases.records)
+        self.phrases = phrases.starts
+
+
 class Matcher:
-    """Finds the candidate matches between a test and a reference sentence (lists of normalised words)."""
+    """Prepares sentences and finds the candidate matches between a test and a reference sentence."""
 
     def __init__(self, data: MeteorData) -> None:
-        import snowballstemmer
-
+        try:
+            import snowballstemmer
+        except ImportError:
+            raise MetricUnavailable(f"METEOR needs snowballstemmer: {INSTALL}") from None
         self.data = data
-        stemmer = snowballstemmer.stemmer("english")
-        self.stem: Callable[[str], str] = lru_cache(maxsize=None)(stemmer.stemWord)
-        self.synsets: Callable[[str], frozenset[int]] = lru_cache(maxsize=None)(self._synsets)
-        self.paraphrases: Callable[[str], np.ndarray] = lru_cache(maxsize=None)(self._paraphrases)
+        self._stem: Callable[[str], str] = snowballstemmer.stemmer("english").stemWord
+        self._words: dict[str, _Word] = {}
 
-    def matches(self, test: list[str], ref: list[str]) -> list[Match]:
-        covered1 = [False] * len(test)
-        covered2 = [False] * len(ref)
-        found: list[Match] = []
-        for stage, same in ((EXACT, str.__eq__), (STEM, self._same_stem), (SYNONYM, self._synonyms)):
-            new = [
-                Match(stage, i, 1, j, 1)
-                for i, a in enumerate(test)
-                if not covered1[i]
-                for j, b in enumerate(ref)
-                if not covered2[j] and same(a, b)
+    def prepare(self, sentences: Sequence[Sequence[str]], groups: Sequence[int]) -> list[Sentence]:
+        """The prepared sentences of these normalised words, looked up in the paraphrase table together; only
+        sentences of one group (``groups[k]``: sentence ``k``'s) are matched with one another."""
+        info = [[self._word(w) for w in words] for words in sentences]
+        phrases = sentence_phrases(self.data.paraphrases, [[w.hash for w in words] for words in info], groups)
+        return [Sentence(*args) for args in zip(sentences, info, phrases, strict=True)]
+
+    def matches(self, test: Sentence, ref: Sentence) -> list[list[Match]]:
+        """The candidate matches starting at each reference position, in the jar's order."""
+        by_start: list[list[Match]] = [[] for _ in ref.keys]
+        for j, key in enumerate(ref.keys):
+            by_start[j] += [Match(EXACT, i, 1, j, 1) for i in test.by_key.get(key, ())]
+        if test.keys == ref.keys:
+            return by_start
+        for j, (key, stem) in enumerate(zip(ref.keys, ref.stems, strict=True)):
+            same = test.by_stem.get(stem)
+            if same:
+                by_start[j] += [Match(STEM, i, 1, j, 1) for i in same if test.keys[i] != key]
+        for j, key, synsets in ref.synonyms:
+            by_start[j] += [
+                Match(SYNONYM, i, 1, j, 1)
+                for i, other, others in test.synonyms
+                if other != key and not synsets.isdisjoint(others)
             ]
-            _cover(new, covered1, covered2)
-            found += new
-        found += self._paraphrase_matches(test, ref)
+        if not ref.targets.isdisjoint(test.phrases):
+            for start, length, target, target_length in ref.paraphrases:
+                for i in test.phrases.get(target, ()):
+                    by_start[start].append(Match(PARAPHRASE, i, target_length, start, length))
+        if not test.targets.isdisjoint(ref.phrases):
+            for start, length, target, target_length in test.paraphrases:
+                for j in ref.phrases.get(target, ()):
+                    by_start[j].append(Match(PARAPHRASE, start, length, j, target_length))
+        return by_start
+
+    def _word(self, word: str) -> _Word:
+        found = self._words.get(word)
+        if found is None:
+            stem, function = self._stem(word), word in self.data.function_words
+            found = self._words[word] = _Word(
+                java_hash(word), java_hash(stem), self._synsets(word), word_hash(word), function
+            )
         return found
-
-    def _same_stem(self, a: str, b: str) -> bool:
-        return self.stem(a) == self.stem(b)
-
-    def _synonyms(self, a: str, b: str) -> bool:
-        return not self.synsets(a).isdisjoint(self.synsets(b))
 
     def _synsets(self, word: str) -> frozenset[int]:
         ids = set(self._lookup(word).tolist())
-        bases = self.data.exceptions.get(word)
-        if bases is None:
-            detached = (word[: -len(end)] + to for end, to in _SUFFIXES if word.endswith(end) and len(word) > len(end))
-            bases = next(([base] for base in detached if len(self._lookup(base))), [])
-        for base in bases:
+        for base in self.data.exceptions.get(word) or [self._detached(word)]:
             ids.update(self._lookup(base).tolist())
         return frozenset(ids)
 
+    def _detached(self, word: str) -> str:
+        """WordNet's base form of a word without exceptions: itself for ``-ss`` and short words, else the first
+        rule's result that has synsets, else nothing."""
+        if word.endswith("ss") or len(word) <= 2:
+            return word
+        for suffix, ending in _RULES:
+            if word.endswith(suffix):
+                base = word[: len(word) - len(suffix)] + ending
+                if len(self._lookup(base)):
+                    return base
+        return ""
+
     def _lookup(self, word: str) -> np.ndarray:
-        return self.data.synsets.lookup(phrase_hash(word))
-
-    def _paraphrases(self, phrase: str) -> np.ndarray:
-        return self.data.paraphrases.lookup(phrase_hash(phrase))
-
-    def _paraphrase_matches(self, test: list[str], ref: list[str]) -> list[Match]:
-        spans2: dict[int, list[tuple[int, int]]] = {}
-        for j, length in _spans(len(ref)):
-            spans2.setdefault(phrase_hash(" ".join(ref[j : j + length])), []).append((j, length))
-        if not spans2:
-            return []
-        keys = np.fromiter(spans2, np.uint64, len(spans2))
-        found: list[Match] = []
-        for i, length1 in _spans(len(test)):
-            targets = self.paraphrases(" ".join(test[i : i + length1]))
-            if not len(targets):
-                continue
-            # A pair listed both ways in the table is two candidate matches, as in the jar (see align).
-            counts = np.searchsorted(targets, keys, side="right") - np.searchsorted(targets, keys)
-            for key, count in zip(keys[counts > 0].tolist(), counts[counts > 0].tolist(), strict=True):
-                found += [Match(PARAPHRASE, i, length1, j, length2) for j, length2 in spans2[key]] * count
-        return found
+        return self.data.synsets.lookup(word_hash(word))
 
 
-def _cover(matches: list[Match], covered1: list[bool], covered2: list[bool]) -> None:
-    for m in matches:
-        covered1[m.start1 : m.start1 + m.length1] = [True] * m.length1
-        covered2[m.start2 : m.start2 + m.length2] = [True] * m.length2
-
-
-def _spans(length: int) -> list[tuple[int, int]]:
-    """``(start, length)`` of every phrase of up to :data:`MAX_PHRASE` words in a sentence of ``length`` words."""
-    return [(start, n) for start in range(length) for n in range(1, min(MAX_PHRASE, length - start) + 1)]
+def java_hash(text: str) -> int:
+    """Java's ``String.hashCode`` (over UTF-16 code units, modulo 2**32)."""
+    h = 0
+    units = text.encode("utf-16-le")
+    for k in range(0, len(units), 2):
+        h = (31 * h + units[k] + (units[k + 1] << 8)) & 0xFFFFFFFF
+    return h

@@ -27,10 +27,13 @@ _APOSTROPHES = (
 )
 _ACRONYM = re.compile(rf"(?:{_LETTER}\.){{2,}}")
 _LOWER_START = re.compile(r"[^\W\d_]")
+_PLAIN = re.compile(r"[a-z0-9 ]*")  # nothing to split off or lowercase, as in PTB-tokenized captions
 
 
 def normalize(text: str, prefixes: Mapping[str, int]) -> list[str]:
     """The jar's ``-norm`` tokens of one line. ``prefixes``: nonbreaking prefix -> 1 (always) or 2 (before digits)."""
+    if _PLAIN.fullmatch(text):
+        return text.split()
     text = " ".join(text.translate(_QUOTES).replace("''", '"').split())
     text = _SYMBOL.sub(r" \1 ", text)
     text = _DASHES.sub("-", _INNER_HYPHEN.sub(r"\1 \2", text))
