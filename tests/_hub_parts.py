@@ -105,14 +105,27 @@ def _image_part_files(directory: Path, layout: str, config: dict[str, Any], prep
     return directory
 
 
-def save_vit(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
-    """A tiny ViT (google/vit-base-patch16-224-in21k's layout): ViTModel weights with the pooler."""
+# google/vit-base-patch16-224 (fine-tuned on ImageNet-1k): an image classifier, its labels in config.json.
+VIT_CLASSIFIER_T4_CONFIG: dict[str, Any] = VIT_T4_CONFIG | {
+    "architectures": ["ViTForImageClassification"],
+    "id2label": {"0": "tench, Tinca tinca", "1": "goldfish, Carassius auratus"},
+    "label2id": {"tench, Tinca tinca": 0, "goldfish, Carassius auratus": 1},
+}
+
+
+def save_vit(directory: Path, layout: str = "t4", seed: int = 0, classifier: bool = False) -> Path:
+    """A tiny ViT: google/vit-base-patch16-224-in21k's layout (ViTModel weights with the pooler), or with
+    ``classifier`` google/vit-base-patch16-224's (ViTForImageClassification: "vit."-prefixed weights, no pooler, an
+    ImageNet head)."""
+    from transformers import ViTForImageClassification
+
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    config = {key: value for key, value in VIT_T4_CONFIG.items() if key not in _FILE_ONLY}
+    hub_config = VIT_CLASSIFIER_T4_CONFIG if classifier else VIT_T4_CONFIG
+    config = ViTConfig(**{key: value for key, value in hub_config.items() if key not in _FILE_ONLY})
     # transformers 5 saves tensors under the names the hub's files use (its modules are named otherwise).
-    ViTModel(ViTConfig(**config)).eval().save_pretrained(directory)
-    return _image_part_files(directory, layout, VIT_T4_CONFIG, VIT_T4_PREPROCESSOR)
+    (ViTForImageClassification if classifier else ViTModel)(config).eval().save_pretrained(directory)
+    return _image_part_files(directory, layout, hub_config, VIT_T4_PREPROCESSOR)
 
 
 # openai/clip-vit-base-patch32: config.json (the text and the vision tower; sizes shrunk) and its feature extractor.

@@ -7,6 +7,7 @@ and tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import save_file
 from transformers import (
     AutoImageProcessor,
@@ -36,12 +38,15 @@ from _hub_parts import (
     save_vit,
     save_vit_gpt2_t4,
 )
-from _recipes import COCO, CONFIGS, FLICKR, PHOTO, run_recipe
+from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, TINY, run_recipe
 from captionkit import Captioner
+from captionkit.config import StageSection, load_train_config
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.images import load_image
 from captionkit.models.registry import create_model, load_model
 from captionkit.text import CaptionTokenizer
+from captionkit.training.setup import build_setup, seed_everything
+from captionkit.training.stages import Stages
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -57,17 +62,46 @@ def parts(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def assert_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
-    """Every tensor the parts' files store is in the run's model.safetensors, under the hub's name, unchanged."""
+    """Every tensor the parts' files store is in the run's model.safetensors, under the hub's name, unchanged (an
+    image classifier's head stays behind; style tokens add rows after GPT-2's)."""
     saved = part_weights(run)
     for key, tensor in part_weights(encoder).items():
-        assert torch.equal(saved[f"encoder.{key}"], tensor), key
+        if not key.startswith("classifier."):
+            assert torch.equal(saved[f"encoder.{key.removeprefix('vit.')}"], tensor), key
+    assert not any(key.startswith("encoder.classifier.") for key in saved)
     stored = {key.removeprefix("transformer."): value for key, value in part_weights(decoder).items()}
     for key, tensor in stored.items():
-        assert torch.equal(saved[f"decoder.transformer.{key}"], tensor), key
+        assert torch.equal(saved[f"decoder.transformer.{key}"][: len(tensor)], tensor), key
     # GPT-2's output layer is its token table (tied), as in the part.
-    assert torch.equal(
-        saved.get("decoder.lm_head.weight", saved["decoder.transformer.wte.weight"]), stored["wte.weight"]
-    )
+    output = saved.get("decoder.lm_head.weight", saved["decoder.transformer.wte.weight"])
+    assert torch.equal(output[: len(stored["wte.weight"])], stored["wte.weight"])
+
+
+def one_step_stages(recipe: str) -> str:
+    """The recipe's stages, each one step long (step k trains stage k), as a ``--set train.stages=`` value."""
+    stages = load_train_config(CONFIGS / recipe).train.stages
+    short = [{"until_step": index + 1, "train": stage.train} for index, stage in enumerate(stages[:-1])]
+    short.append({"train": stages[-1].train})
+    return yaml.safe_dump(short, default_flow_style=True).strip()
+
+
+def start_of_run(recipe: str, *overrides: str) -> torch.nn.Module:
+    """The model ``run_recipe(recipe, *overrides)`` starts training from: built as the trainer builds it, from the
+    same seed (the new layers' random start included)."""
+    config = load_train_config(CONFIGS / recipe, [*TINY, *overrides])
+    seed_everything(config.train.seed)
+    return build_setup(config).model
+
+
+def changed_groups(before: torch.nn.Module, after: torch.nn.Module, groups: dict[str, list[str]]) -> set[str]:
+    """The groups with a parameter that differs; every parameter of the others is bit-identical."""
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    assert set(old) == set(new) == {name for names in groups.values() for name in names}
+    return {group for group, names in groups.items() if any(not torch.equal(old[n], new[n]) for n in names)}
+
+
+def checkpoints(run: Path, steps: int) -> list[torch.nn.Module]:
+    return [load_model(run / "checkpoints" / f"step-{step:06d}") for step in range(1, steps + 1)]
 
 
 def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, Path], tmp_path: Path) -> None:
@@ -82,6 +116,14 @@ def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, P
     assert len(new) == 18 and all(any(p in key for p in CROSS_ATTENTION) for key in new[:16]), new
     assert new[16:] == ["enc_to_dec_proj.bias", "enc_to_dec_proj.weight"]
     assert model.ved.enc_to_dec_proj.weight.shape == (32, 48)
+    # The projection is new, like the cross-attention layers: it trains with them (a from-parts recipe's stage 1),
+    # and since ``encode`` runs it, training it turns off the frozen-encoder feature cache.
+    projection = ["ved.enc_to_dec_proj.weight", "ved.enc_to_dec_proj.bias"]
+    groups = model.parameter_groups()
+    assert set(projection) <= set(groups["cross_attention"]) and not set(projection) & set(groups["encoder"])
+    assert set(model.encode_parameter_names()) == set(groups["encoder"]) | set(projection)
+    assert not Stages(model, [StageSection(train=["cross_attention"])]).encoder_always_frozen()
+    assert Stages(model, [StageSection(train=["decoder", "embeddings"])]).encoder_always_frozen()
     # GPT-2's ids: its <|endoftext|> starts and ends captions and pads.
     assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (0, 0, 0)
     assert model.preprocessing is not None and model.preprocessing.size == (32, 32)
@@ -152,7 +194,9 @@ def test_a_recipe_from_parts_trains_saves_reloads_and_captions(
     encoder, decoder = parts
     out = tmp_path / "run"
     overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
-    summary = run_recipe(capsys, "coco-vit-gpt2-from-parts.yaml", out, *overrides, "train.lr=0", "train.warmup_steps=0")
+    # lr 0 with every group trainable from the first step (the recipe's stage 1 would freeze both parts anyway).
+    everything = ["train.lr=0", "train.warmup_steps=0", "train.stages=[{train: [all]}]"]
+    summary = run_recipe(capsys, "coco-vit-gpt2-from-parts.yaml", out, *overrides, *everything)
     assert summary["steps"] == 3
     captioner = Captioner.from_pretrained(out, device="cpu")
     # lr 0: every pretrained tensor of both parts is in the run unchanged.
@@ -164,6 +208,83 @@ def test_a_recipe_from_parts_trains_saves_reloads_and_captions(
     assert captioner.tokenizer.pad_token_id == captioner.tokenizer.eos_token_id == reference.eos_token_id
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
+
+
+def test_the_from_parts_recipe_unfreezes_in_three_stages(
+    parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = "coco-vit-gpt2-from-parts.yaml"
+    trained = [stage.train for stage in load_train_config(CONFIGS / recipe).train.stages]
+    assert trained == [["cross_attention"], ["cross_attention", "decoder"], ["all"]]
+    encoder, decoder = parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={COCO}", f"data.val={COCO}"]
+    # lr > 0 (the recipe's 1e-4, no warm-up) and the recipe's stages one step each.
+    steps = ["train.warmup_steps=0", f"train.stages={one_step_stages(recipe)}", "train.checkpoint_every=1"]
+    steps.append("train.keep_checkpoints=3")
+    start = start_of_run(recipe, *overrides, *steps)
+    summary = run_recipe(capsys, recipe, out, *overrides, *steps)
+    assert summary["steps"] == 3
+    groups = start.parameter_groups()
+    after = [start, *checkpoints(out, 3)]
+    changed = [changed_groups(before, now, groups) for before, now in itertools.pairwise(after)]
+    assert changed == [
+        {"cross_attention"},
+        {"cross_attention", "decoder"},
+        {"cross_attention", "decoder", "encoder", "embeddings"},
+    ]
+    # The projection to GPT-2's width (48 -> 32 here) is new and trains from stage 1, with the cross-attention.
+    projection = start.ved.enc_to_dec_proj.weight
+    assert not torch.equal(after[1].ved.enc_to_dec_proj.weight, projection)
+    # Stage 1 left both parts as published (tensor by tensor, under the hub's names); the last stage trained them.
+    assert_parts_unchanged(out / "checkpoints" / "step-000001", encoder, decoder)
+    with pytest.raises(AssertionError):
+        assert_parts_unchanged(out, encoder, decoder)
+
+
+def test_the_senticap_recipe_trains_from_parts_with_sentiment_styles(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = "senticap-vit-gpt2-from-parts.yaml"
+    config = load_train_config(CONFIGS / recipe)
+    assert (config.model.encoder, config.model.decoder) == ("google/vit-base-patch16-224", "gpt2")
+    assert config.data.styles == {"positive": 0.5, "negative": 0.5}
+    assert [stage.train for stage in config.train.stages] == [["cross_attention"], ["all"]]
+    # google/vit-base-patch16-224 is an ImageNet classifier ("vit."-prefixed weights and a head), as the hub has it.
+    encoder = save_vit(tmp_path / "vit", "t4", classifier=True)
+    decoder = save_gpt2(tmp_path / "gpt2", "t4", seed=1)
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={SENTICAP}"]
+    # fp16 needs a CUDA GPU; lr > 0 (the recipe's 1e-4, no warm-up) and the recipe's two stages one step each.
+    overrides += ["train.precision=bf16", "train.steps=2", "train.warmup_steps=0", "train.checkpoint_every=1"]
+    overrides.append(f"train.stages={one_step_stages(recipe)}")
+    start = start_of_run(recipe, *overrides)
+    summary = run_recipe(capsys, recipe, out, *overrides)
+    assert summary["steps"] == 2 and summary["val_cider"] is not None and summary["unreadable_images"] == 0
+    # Each step drew the recipe's 4 micro-batches of 2 captions.
+    state = json.loads((out / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
+    assert state["loop"]["cursor"] == 2 * 4 * 2
+    groups = start.parameter_groups()
+    after = [start, *checkpoints(out, 2)]
+    changed = [changed_groups(before, now, groups) for before, now in itertools.pairwise(after)]
+    assert changed == [{"cross_attention"}, {"cross_attention", "decoder", "encoder", "embeddings"}]
+    assert_parts_unchanged(out / "checkpoints" / "step-000001", encoder, decoder)
+    # GPT-2's tokenizer with a start token per style: two new rows in its token table.
+    captioner = Captioner.from_pretrained(out, device="cpu")
+    gpt2 = AutoTokenizer.from_pretrained(decoder)
+    assert captioner.styles == ["neutral", "positive", "negative"]  # neutral: GPT-2's own start token
+    assert captioner.model.vocab_size == captioner.tokenizer.vocab_size == len(gpt2) + 2
+    assert captioner.tokenizer.encode("a happy dog") == gpt2("a happy dog")["input_ids"]
+    # The ViT's own preprocessing, saved in the run: the same pixels as its image processor on real photos.
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    # A style starts the decoder from its own token: the two styles score a photo's captions differently.
+    results = {s: captioner.caption([PHOTO], style=s, num_beams=1, max_new_tokens=4)[0] for s in captioner.styles}
+    assert results["positive"].score != results["negative"].score
+    # The run is in the VisionEncoderDecoder hub layout: plain transformers loads it.
+    plain = VisionEncoderDecoderModel.from_pretrained(out)
+    assert plain.config.decoder.vocab_size == len(gpt2) + 2
 
 
 def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[Path, Path], tmp_path: Path) -> None:

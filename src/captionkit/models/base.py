@@ -147,10 +147,16 @@ class CaptionModel(nn.Module, ABC):
     def parameter_groups(self) -> dict[str, list[str]]:
         """Named groups of parameter names, for staged unfreezing (``train.stages``). Families override this.
 
-        Groups should not overlap. If there is an ``encoder`` group it must hold every parameter :meth:`encode`
-        uses: with it frozen, the trainer caches ``encode`` outputs. The trainer adds ``all`` itself.
+        Groups should not overlap. The trainer adds ``all`` itself. While no parameter of
+        :meth:`encode_parameter_names` trains, the trainer caches ``encode`` outputs.
         """
         return {}
+
+    def encode_parameter_names(self) -> list[str]:
+        """Names of every parameter :meth:`encode` uses: by default the ``encoder`` group (none without one: then
+        ``encode`` outputs are never cached). A family whose ``encode`` also runs a parameter of another group
+        (vit-gpt2's new projection to the decoder width) overrides this."""
+        return self.parameter_groups().get("encoder", [])
 
     def resize_vocabulary(self, size: int) -> None:
         """Grow the token embedding and output layer to ``size`` tokens (new rows random), e.g. for style tokens

@@ -304,11 +304,15 @@ class VitGpt2Model(CaptionModel):
         self.config = VitGpt2Config.from_hf(self.ved.config)
 
     def parameter_groups(self) -> dict[str, list[str]]:
-        """encoder (ViT and the projection to the decoder width: all that ``encode`` runs), embeddings (token
-        and position tables; the output layer is tied to the token table), cross_attention, decoder (the rest)."""
+        """encoder (the vision transformer), embeddings (token and position tables; the output layer is tied to the
+        token table), cross_attention (GPT-2's cross-attention layers and, when the widths differ, the projection of
+        the encoder's tokens to the decoder width: the new layers that join image and text, trained from the first
+        stage of a from-parts recipe), decoder (the rest)."""
         groups: dict[str, list[str]] = {"encoder": [], "embeddings": [], "cross_attention": [], "decoder": []}
         for name, _ in self.named_parameters():
-            if name.startswith(("ved.encoder.", "ved.enc_to_dec_proj.")):
+            if name.startswith("ved.enc_to_dec_proj."):
+                groups["cross_attention"].append(name)
+            elif name.startswith("ved.encoder."):
                 groups["encoder"].append(name)
             elif name.startswith(("ved.decoder.transformer.wte.", "ved.decoder.transformer.wpe.")):
                 groups["embeddings"].append(name)
@@ -317,6 +321,11 @@ class VitGpt2Model(CaptionModel):
             else:
                 groups["decoder"].append(name)
         return groups
+
+    def encode_parameter_names(self) -> list[str]:
+        """The vision transformer's parameters and the projection's (``encode`` projects to the decoder width)."""
+        encoding = ("ved.encoder.", "ved.enc_to_dec_proj.")
+        return [name for name, _ in self.named_parameters() if name.startswith(encoding)]
 
     # --- teacher forcing
 

@@ -63,11 +63,16 @@ class Stages:
         return True
 
     def encoder_always_frozen(self) -> bool:
-        """True when no stage trains the model's ``encoder`` group, or, without stages, when the model's encoder is
-        frozen already: then ``encode`` outputs can be cached."""
-        if "encoder" not in self.groups:
+        """True when no stage trains a parameter that ``encode`` uses, or, without stages, when they are all frozen
+        already: then ``encode`` outputs can be cached."""
+        encoding = set(self.model.encode_parameter_names())
+        if not encoding:
             return False
         if not self.stages:
             parameters = dict(self.model.named_parameters())
-            return not any(parameters[name].requires_grad for name in self.groups["encoder"])
-        return all(ALL not in stage.train and "encoder" not in stage.train for stage in self.stages)
+            return not any(parameters[name].requires_grad for name in encoding)
+        for index in range(len(self.stages)):
+            trained = self.trained_names(index)
+            if trained is None or trained & encoding:
+                return False
+        return True
