@@ -433,19 +433,39 @@ def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
         assert torch.equal(load_model(tmp_path)(pixels, ids), logits)
 
 
+def gpt2_weights_unchanged(before: torch.nn.Module, after: torch.nn.Module) -> bool:
+    old, new = dict(before.named_parameters()), dict(after.named_parameters())
+    return all(torch.equal(old[name], new[name]) for name in old if name.startswith("gpt2."))
+
+
 @pytest.mark.parametrize("recipe", ["flickr30k-clipcap.yaml", "flickr30k-clipcap-transformer.yaml"])
 def test_the_clipcap_recipes_train_from_parts(
     clip_parts: tuple[Path, Path], recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     encoder, decoder = clip_parts
     out = tmp_path / "run"
-    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "train.lr=0"]
-    # The tiny GPT-2 has 64 positions: 40 prefix tokens leave room for 20-token captions.
-    summary = run_recipe(capsys, recipe, out, *overrides, "train.warmup_steps=0", "data.max_length=20")
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}"]
+    # The tiny GPT-2 has 64 positions: 40 prefix tokens leave room for 20-token captions. lr > 0, large enough for
+    # bf16 autocast steps to show in 3 steps: what is trainable changes, what is frozen does not.
+    overrides += ["train.lr=1e-3", "train.warmup_steps=0", "data.max_length=20"]
+    start = start_of_run(recipe, *overrides)
+    summary = run_recipe(capsys, recipe, out, *overrides)
     assert summary["steps"] == 3
-    assert_prefix_parts_unchanged(out, encoder, decoder)
-    captioner = Captioner.from_pretrained(out, device="cpu")
     transformer = recipe == "flickr30k-clipcap-transformer.yaml"
+    # ClipCap's two variants: an MLP mapper with GPT-2 fine-tuned, a transformer mapper with GPT-2 frozen.
+    parameters = dict(start.named_parameters())
+    gpt2 = [name for name in parameters if name.startswith("gpt2.")]
+    assert gpt2 and start.config.freeze_decoder is transformer
+    assert [parameters[name].requires_grad for name in gpt2] == [not transformer] * len(gpt2)
+    trained = load_model(out)
+    assert gpt2_weights_unchanged(start, trained) is transformer
+    groups = start.parameter_groups()
+    assert changed_groups(start, trained, groups) == ({"mapper"} if transformer else {"mapper", "decoder"})
+    # The CLIP vision tower is frozen in both: every one of its tensors is in the run as published.
+    saved = part_weights(out)
+    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
+    assert all(torch.equal(saved[tower_key(saved, key)], tensor) for key, tensor in vision.items())
+    captioner = Captioner.from_pretrained(out, device="cpu")
     assert (captioner.model.config.mapper, captioner.model.config.prefix_length) == (
         ("transformer", 40) if transformer else ("mlp", 10)
     )
@@ -455,6 +475,19 @@ def test_the_clipcap_recipes_train_from_parts(
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
+
+
+def test_at_lr_0_a_clipcap_run_with_every_group_trainable_keeps_both_parts(
+    clip_parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    encoder, decoder = clip_parts
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={encoder}", f"model.decoder={decoder}", f"data.train={FLICKR}", "data.max_length=20"]
+    # A stage that trains every group overrides the recipe's frozen CLIP tower: lr 0 alone keeps the parts.
+    overrides += ["train.lr=0", "train.warmup_steps=0", "train.stages=[{train: [all]}]"]
+    summary = run_recipe(capsys, "flickr30k-clipcap.yaml", out, *overrides)
+    assert summary["steps"] == 3
+    assert_prefix_parts_unchanged(out, encoder, decoder)
 
 
 # --- cnn-lstm and cnn-lstm-attention: a Hugging Face ResNet under a new LSTM
@@ -499,9 +532,13 @@ def test_the_resnet50_lstm_recipes_train_from_parts(
     resnet: Path, recipe: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    summary = run_recipe(capsys, recipe, out, f"model.encoder={resnet}", f"data.train={FLICKR}", "train.lr=0")
+    # lr > 0 (the recipe's): the LSTM trains, the frozen ResNet (batch-norm statistics included) does not.
+    overrides = [f"model.encoder={resnet}", f"data.train={FLICKR}", "train.warmup_steps=0"]
+    start = start_of_run(recipe, *overrides)
+    summary = run_recipe(capsys, recipe, out, *overrides)
     assert summary["steps"] == 3
     assert_resnet_unchanged(out, resnet)
+    assert changed_groups(start, load_model(out), start.parameter_groups()) == {"decoder"}
     captioner = Captioner.from_pretrained(out, device="cpu")
     assert captioner.model.config.teacher_forcing_ratio == 0.9
     # A word vocabulary trained on the captions (the LSTM has no pretrained tokenizer).
@@ -512,6 +549,27 @@ def test_the_resnet50_lstm_recipes_train_from_parts(
     np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
+
+
+def test_at_lr_0_an_unfrozen_resnet_keeps_its_weights(
+    resnet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    overrides = [f"model.encoder={resnet}", f"data.train={FLICKR}", "model.overrides={freeze_encoder: false}"]
+    overrides.append("train.lr=0")
+    start = start_of_run("flickr30k-resnet50-lstm.yaml", *overrides)
+    assert all(parameter.requires_grad for parameter in start.parameters())
+    summary = run_recipe(capsys, "flickr30k-resnet50-lstm.yaml", out, *overrides)
+    assert summary["steps"] == 3
+    saved = part_weights(out)
+    stored = {key.removeprefix("resnet."): value for key, value in part_weights(resnet).items()}
+    statistics = [key for key in stored if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    weights = [key for key in stored if key not in statistics and not key.startswith("classifier.")]
+    assert len(weights) > 20
+    # Every ResNet weight trained at lr 0 and is unchanged ...
+    assert all(torch.equal(saved[f"encoder.{key}"], stored[key]) for key in weights)
+    # ... while its batch norms ran in training mode: their statistics moved, as an unfrozen encoder's do.
+    assert not all(torch.equal(saved[f"encoder.{key}"], stored[key]) for key in statistics)
 
 
 def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path], tmp_path: Path) -> None:
