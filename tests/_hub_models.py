@@ -43,8 +43,7 @@ WORDS = [
 ]
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # The processors' own settings at the tiny image size (32 px): BLIP's (bicubic, CLIP mean and std) and GIT's CLIP
-# processor. git-base-coco's resizes the shorter edge and crops the centre; until captionkit reads that (issue 16
-# item 1 adds it for CLIP encoders), the tiny GIT's processor resizes straight to 32 x 32.
+# processor.
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 PROCESSORS = {
     "blip": {"image_processor_type": "BlipImageProcessor", "size": {"height": 32, "width": 32}},

@@ -16,19 +16,21 @@ from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import yaml
-from transformers import BlipForConditionalGeneration
+from transformers import AutoImageProcessor, AutoTokenizer, BlipForConditionalGeneration, GitForCausalLM
 
 from _data import SHARED_DATA
 from _helpers import run_cli, run_cli_process
 from _hub_models import hub_layout
-from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, run_recipe
+from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, TINY, run_recipe
 from captionkit import Captioner
 from captionkit.config import TrainConfig, load_train_config, read_yaml
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.images import load_image
 from captionkit.models.registry import create_model, load_model, preprocessing_for, train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,6 +227,60 @@ def test_coco_blip_recipe_fine_tunes_a_hub_blip(
     plain = BlipForConditionalGeneration.from_pretrained(out)
     trained = load_model(out)
     assert all(torch.equal(p, trained.hf.state_dict()[n]) for n, p in plain.state_dict().items())
+
+
+def test_a_hub_git_fine_tunes_in_stages_and_keeps_the_hub_layout(
+    tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hub = tmp_path / "git-hub"
+    hub_layout("git", hub, legacy=True)  # the layout microsoft/git-base-coco has
+    # A fine-tune of the hub checkpoint, as a user's recipe would say it: the text side first, then everything.
+    recipe = tmp_path / "coco-git.yaml"
+    stages = [{"until_step": 1, "train": ["embeddings", "decoder"]}, {"train": ["all"]}]
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"pretrained": str(hub)},
+                "data": {"train": COCO, "val": COCO},
+                "train": {"lr": 1.0e-3, "warmup_steps": 0, "stages": stages, "checkpoint_every": 1},
+            }
+        ),
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    args = ["train", recipe, "--output", out, "--no-progress"]
+    for assignment in [*TINY, "train.checkpoint_every=1", "train.keep_checkpoints=3"]:
+        args += ["--set", assignment]
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 3 and summary["val_cider"] is not None
+    start = load_model(hub)
+    groups = start.parameter_groups()
+    assert set(groups) == {"encoder", "embeddings", "decoder"}
+    after = [start] + [load_model(out / "checkpoints" / f"step-00000{step}") for step in (1, 2)]
+    changed = [_changed_groups(before, now, groups) for before, now in itertools.pairwise(after)]
+    assert changed == [{"embeddings", "decoder"}, {"embeddings", "decoder", "encoder"}]
+    assert_loadable(out, "git")
+    # The run is in the hub layout: plain transformers loads it, with the weights the run trained.
+    plain = GitForCausalLM.from_pretrained(out)
+    trained = load_model(out)
+    state = trained.hf.state_dict()
+    assert all(torch.equal(parameter, state[name]) for name, parameter in plain.state_dict().items())
+    assert set(plain.state_dict()) == set(state)
+    assert _changed_groups(start, trained, groups) == set(groups)
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["GitForCausalLM"]
+    # ... and its tokenizer and image processor, as the hub checkpoint's.
+    caption = "a dog sitting on the grass"
+    assert (
+        AutoTokenizer.from_pretrained(out)(caption)["input_ids"]
+        == AutoTokenizer.from_pretrained(hub)(caption)["input_ids"]
+    )
+    image = [load_image(PHOTO)]
+    pixels = [
+        AutoImageProcessor.from_pretrained(where)(image, return_tensors="np")["pixel_values"] for where in (out, hub)
+    ]
+    np.testing.assert_allclose(pixels[0], pixels[1], rtol=0, atol=1e-6)
 
 
 def _changed_groups(before: torch.nn.Module, after: torch.nn.Module, groups: dict[str, list[str]]) -> set[str]:
