@@ -382,7 +382,17 @@ def save_vision_transformer(directory: Path, model_type: str, seed: int = 0) -> 
     torch.manual_seed(seed)
     model(config(**sizes, num_hidden_layers=2, num_attention_heads=2)).eval().save_pretrained(directory)
     side = VIT_T4_CONFIG["image_size"]
-    processor(size={"height": side + 4, "width": side + 4}, crop_size={"height": side, "width": side}).save_pretrained(
-        directory
-    )
+    # As the hub repositories store them, scaled down: facebook/dinov2-* resize the shorter edge (256) and crop the
+    # centre (224); facebook/deit-*-224 resize to a square (256) and crop; both normalise with ImageNet's mean and
+    # std. microsoft/beit-* and google/siglip-* resize straight to the model's size (224), without a crop (mean = std =
+    # 0.5).
+    crop = {"height": side, "width": side}
+    imagenet = {"image_mean": RESNET_T4_PREPROCESSOR["image_mean"], "image_std": RESNET_T4_PREPROCESSOR["image_std"]}
+    settings = {
+        "deit": {"size": {"height": side + 4, "width": side + 4}, "crop_size": crop} | imagenet,
+        "beit": {"size": crop, "do_center_crop": False},
+        "dinov2": {"size": {"shortest_edge": side + 4}, "crop_size": crop} | imagenet,
+        "siglip_vision_model": {"size": crop},
+    }
+    processor(**settings[model_type]).save_pretrained(directory)
     return directory

@@ -301,6 +301,33 @@ def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[P
     assert (saved["image_mean"], saved["image_std"]) == ([0.5] * 3, [0.5] * 3)
 
 
+def test_the_default_image_processor_without_torchvision_gives_the_runs_pixels(
+    parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """``AutoImageProcessor.from_pretrained(part)`` with its defaults (no ``use_fast``/``backend``), as a user calls it.
+
+    transformers 5 then picks its torchvision backend (the "fast" processor) when torchvision is installed, and falls
+    back to the PIL backend without it. captionkit needs no torchvision and reproduces the PIL backend, which the
+    other tests name explicitly (``use_fast=False``); here, where torchvision is absent, the default is that same PIL
+    processor and gives the run's pixels to 1e-6. The torchvision backend is not compared: it resizes with torch,
+    not PIL, and transformers says its outputs may differ slightly from the PIL backend's, so a 1e-6 match is not
+    what to expect of it.
+    """
+    from transformers.utils import is_torchvision_available
+
+    if is_torchvision_available():
+        pytest.skip("torchvision is installed: the default processor is the torchvision backend (see the docstring)")
+    encoder, decoder = parts
+    processor = AutoImageProcessor.from_pretrained(encoder)
+    assert type(processor).__name__ == "ViTImageProcessorPil"
+    model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
+    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(tmp_path)  # type: ignore[arg-type]
+    reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = processor(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+
+
 def _tokenizer(decoder: Path) -> CaptionTokenizer:
     return CaptionTokenizer.load(decoder)
 
@@ -589,6 +616,20 @@ def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path],
         # Cross-attention over CLIP's CLS + 4 x 4 patches gives attention maps as for a ViT.
         assert model.attention_maps(pixels, ids).shape == (2, 3, 4, 4)
     assert model.preprocessing is not None and model.preprocessing.crop_from == 32
+    # A run saved and reloaded preprocesses as CLIP's own image processor (shorter edge, centre crop, CLIP's mean
+    # and std) on real photos.
+    assert_reloaded_run_preprocesses_as(model, decoder, encoder, tmp_path / "captioner")
+
+
+def assert_reloaded_run_preprocesses_as(model: torch.nn.Module, decoder: Path, encoder: Path, run: Path) -> None:
+    """``model`` saved as a run with the decoder's tokenizer and reloaded: its pixels of real photos are those of the
+    encoder part's own image processor (transformers' PIL backend), to 1e-6."""
+    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(run)  # type: ignore[arg-type]
+    reloaded = Captioner.from_pretrained(run, device="cpu")
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
+    assert expected.shape == (len(PHOTOS), 3, 32, 32)
+    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -612,13 +653,11 @@ def test_vit_gpt2_from_other_vision_transformers(
         maps = model.attention_maps(pixels, ids)
     assert maps.shape == (2, 3, 4, 4)
     assert torch.allclose(maps.sum(dim=(-2, -1)), torch.ones(2, 3))
-    # The part's own preprocessing: the same pixels as its image processor on real photos.
-    images = [load_image(photo) for photo in PHOTOS]
-    expected_pixels = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")[
-        "pixel_values"
-    ]
-    assert model.preprocessing is not None
-    np.testing.assert_allclose(model.preprocessing(images), expected_pixels, rtol=0, atol=1e-6)
+    # The part's own preprocessing, saved in a run and reloaded: the same pixels as its image processor on real
+    # photos (DINOv2's resizes the shorter edge, as facebook/dinov2-* store it).
+    if model_type == "dinov2":
+        assert json.loads((encoder / "preprocessor_config.json").read_text())["size"] == {"shortest_edge": 36}
+    assert_reloaded_run_preprocesses_as(model, parts[1], encoder, tmp_path / "captioner")
 
 
 @pytest.mark.parametrize(
