@@ -218,20 +218,25 @@ RESNET_T4_PREPROCESSOR: dict[str, Any] = {
 }
 
 
-def save_resnet(directory: Path, layout: str = "t4", seed: int = 0) -> Path:
-    """A tiny ResNet (microsoft/resnet-50's layout): ResNetForImageClassification weights, ConvNeXt preprocessing."""
+def save_resnet(directory: Path, layout: str = "t4", seed: int = 0, layer_type: str = "basic") -> Path:
+    """A tiny ResNet (microsoft/resnet-50's layout): ResNetForImageClassification weights, ConvNeXt preprocessing.
+    ``layer_type``: "basic" blocks (two 3 x 3 convolutions, as resnet-18/34) or "bottleneck" ones (1 x 1, 3 x 3, 1 x 1
+    with a 4x narrower middle, as microsoft/resnet-50 and -101 have)."""
     from transformers import ResNetConfig, ResNetForImageClassification
 
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    fields = {key: value for key, value in RESNET_T4_CONFIG.items() if key not in (*_FILE_ONLY, "torch_dtype")}
+    hub_config = RESNET_T4_CONFIG | {"layer_type": layer_type}
+    if layer_type == "bottleneck":  # resnet-50's field set (transformers 4.18 wrote it), the widths shrunk
+        hub_config |= {"downsample_in_bottleneck": False, "out_features": None}
+    fields = {key: value for key, value in hub_config.items() if key not in (*_FILE_ONLY, "torch_dtype")}
     model = ResNetForImageClassification(ResNetConfig(**fields)).eval()
     with torch.no_grad():  # batch-norm statistics as a trained network has them, not the fresh 0 / 1
         for name, buffer in model.named_buffers():
             if name.endswith(("running_mean", "running_var")):
                 buffer.uniform_(0.5, 1.5)
     model.save_pretrained(directory)
-    return _image_part_files(directory, layout, RESNET_T4_CONFIG, RESNET_T4_PREPROCESSOR)
+    return _image_part_files(directory, layout, hub_config, RESNET_T4_PREPROCESSOR)
 
 
 def _tokenizer_files(directory: Path) -> int:

@@ -444,6 +444,43 @@ def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings:
         assert torch.equal(reloaded(pixels, ids), model.eval()(pixels, ids))
 
 
+@pytest.mark.parametrize("classifier", [False, True], ids=["vit-in21k", "vit-imagenet-classifier"])
+def test_prefix_gpt2_from_a_plain_vit_and_gpt2(
+    parts: tuple[Path, Path], classifier: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Hugging Face ViT as ClipCap's encoder (google/vit-base-patch16-224-in21k, or -224 with its ImageNet head):
+    its CLS token is the image embedding."""
+    _, decoder = parts
+    encoder = parts[0] if not classifier else save_vit(tmp_path / "vit-classifier", "t4", classifier=True)
+    model = create_model("prefix-gpt2", encoder=str(encoder), decoder=str(decoder))
+    assert type(model.encoder).__name__ == "ViTModel"
+    vit = AutoModel.from_pretrained(encoder).eval()
+    own = model.encoder.state_dict()
+    # Every tensor but the pooler's (unused; the classifier's file has none, which transformers fills randomly).
+    stored = {name: tensor for name, tensor in vit.state_dict().items() if not name.startswith("pooler.")}
+    assert len(stored) > 20 and all(torch.equal(own[name], tensor) for name, tensor in stored.items())
+    gpt2 = GPT2LMHeadModel.from_pretrained(decoder).eval()
+    assert all(torch.equal(model.gpt2.state_dict()[name], tensor) for name, tensor in gpt2.state_dict().items())
+    trainable = {
+        group: any(dict(model.named_parameters())[name].requires_grad for name in names)
+        for group, names in model.parameter_groups().items()
+    }
+    assert trainable == {"encoder": False, "mapper": True, "decoder": True}
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.encode(pixels).tokens[:, 0], vit(pixel_values=pixels).last_hidden_state[:, 0])
+    # Saved and reloaded: the same logits, and the ViT's own preprocessing (mean = std = 0.5) on real photos.
+    run = tmp_path / "run"
+    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(run)  # type: ignore[arg-type]
+    reloaded = Captioner.from_pretrained(run, device="cpu")
+    ids = torch.tensor([[0, 5, 9], [0, 7, 3]])
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(pixels, ids), model.eval()(pixels, ids))
+    images = [load_image(photo) for photo in PHOTOS]
+    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+
+
 def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
     clip_parts: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -520,10 +557,13 @@ def test_at_lr_0_a_clipcap_run_with_every_group_trainable_keeps_both_parts(
 # --- cnn-lstm and cnn-lstm-attention: a Hugging Face ResNet under a new LSTM
 
 
-@pytest.fixture(scope="module", params=LAYOUTS)
+@pytest.fixture(scope="module", params=[*LAYOUTS, "t4-bottleneck"])
 def resnet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ResNet image classifier, as microsoft/resnet-50 stores it, in one layout."""
-    return save_resnet(tmp_path_factory.mktemp(f"resnet-{request.param}") / "resnet", request.param)
+    """A tiny ResNet image classifier, as microsoft/resnet-50 stores it, in one layout; with basic blocks, or with
+    resnet-50's bottleneck blocks."""
+    layout, _, layer_type = request.param.partition("-")
+    directory = tmp_path_factory.mktemp(f"resnet-{request.param}") / "resnet"
+    return save_resnet(directory, layout, layer_type=layer_type or "basic")
 
 
 def assert_resnet_unchanged(run: Path, resnet: Path) -> None:
@@ -548,8 +588,16 @@ def test_cnn_lstm_from_a_resnet(resnet: Path, family: str, tmp_path: Path) -> No
     assert not any(parameters[name].requires_grad for name in groups["encoder"])
     assert all(parameters[name].requires_grad for name in groups["decoder"])
     assert not model.train().encoder.training
-    # Its regions: the last stage's 32 channels on a 4 x 4 grid (stride 8) of a 32 px image (the preprocessing's crop).
-    assert model.encode(torch.randn(1, 3, 32, 32)).tokens.shape == (1, 16, 32)
+    # Its regions: the last stage's 32 channels on a 4 x 4 grid (stride 8) of a 32 px image (the preprocessing's crop),
+    # the feature map of transformers' own ResNetModel of the part (basic or bottleneck blocks).
+    pixels = torch.randn(2, 3, 32, 32)
+    reference = AutoModel.from_pretrained(resnet).eval()
+    assert reference.config.layer_type == json.loads((resnet / "config.json").read_text())["layer_type"]
+    with torch.no_grad():
+        regions = model.eval().encode(pixels).tokens
+        expected = reference(pixel_values=pixels).last_hidden_state.flatten(2).transpose(1, 2)
+    assert regions.shape == (2, 16, 32)
+    torch.testing.assert_close(regions, expected, rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match=r"starts from a pretrained model\.encoder only"):
         create_model(family, encoder=str(resnet), decoder=str(resnet))
 
