@@ -98,7 +98,7 @@ def test_families_without_spatial_attention_return_none_and_are_refused(family):
         caption_maps(model, pixels(1), [0], [[3, 4]])
     assert str(refused.value) == (
         f"attention: the {family} family has no spatial attention to show "
-        "(maps come from vit-gpt2, blip and cnn-lstm-attention)"
+        "(maps come from blip, cnn-lstm-attention and vit-gpt2)"
     )
 
 
@@ -262,7 +262,7 @@ def test_cli_refuses_attention_maps_for_a_model_without_attention(family, tmp_pa
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [
         f"captionkit: error: --attention-maps: the {family} family has no spatial attention to show "
-        "(maps come from vit-gpt2, blip and cnn-lstm-attention)"
+        "(maps come from blip, cnn-lstm-attention and vit-gpt2)"
     ]
     assert not (tmp_path / "maps").exists()
 

@@ -203,8 +203,8 @@ def test_blip_attention_maps_and_git_refuses_them(tmp_path: Path) -> None:
     with pytest.raises(InputError) as raised:
         git.caption(PHOTOS[:1], attention=True)
     assert str(raised.value) == (
-        "attention: the git family has no spatial attention to show (maps come from vit-gpt2, blip and "
-        "cnn-lstm-attention)"
+        "attention: the git family has no spatial attention to show (maps come from blip, cnn-lstm-attention and "
+        "vit-gpt2)"
     )
 
 

@@ -52,7 +52,7 @@ def test_git_attention_maps_are_refused_in_one_line(hub: dict[str, Path], capsys
     assert (code, out) == (1, "")
     assert err.strip().splitlines()[-1] == (
         "captionkit: error: --attention-maps: the git family has no spatial attention to show "
-        "(maps come from vit-gpt2, blip and cnn-lstm-attention)"
+        "(maps come from blip, cnn-lstm-attention and vit-gpt2)"
     )
 
 

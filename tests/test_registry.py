@@ -21,7 +21,9 @@ from captionkit.models.family import Family
 from captionkit.models.registry import (
     FAMILIES,
     create_model,
+    families_with_attention_maps,
     family_of,
+    hub_layout_families,
     hub_model_types,
     list_models,
     load_model,
@@ -54,6 +56,21 @@ def test_list_models_imports_no_model_module() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", SWEEP)
+def test_each_declaration_says_what_its_models_do(name: str) -> None:
+    # The registry answers from the declarations (attention.py's message, benchmark's FLOP shape); the model
+    # classes must agree with them.
+    family = FAMILIES[name]
+    assert family.attention_maps is family.load_class().has_attention
+    reads_a_prefix = {"git", "prefix-gpt2"}
+    assert family.image_prefix is (name in reads_a_prefix)
+
+
+def test_the_registry_lists_the_families_with_maps_and_those_in_the_hub_layout() -> None:
+    assert families_with_attention_maps() == ["blip", "cnn-lstm-attention", "vit-gpt2"]
+    assert hub_layout_families() == ["blip", "git", "vit-gpt2"]
 
 
 def test_each_declaration_names_its_class_and_the_hub_model_type_it_loads() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from _helpers import FAMILIES
 from captionkit.config import DataSection
 from captionkit.data.dataset import CaptionDataset
 from captionkit.data.records import CaptionRecord
@@ -126,7 +127,7 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
         assert abs(results[style].score - results["neutral"].score) > 0.05
 
 
-@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2", "cnn-lstm", "cnn-lstm-attention", "blip", "git"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_thread):
     import torch
 

@@ -41,11 +41,13 @@ WORD_CHARACTERS = re.compile(r"[^\w-]+")
 def check_attention(model: CaptionModel, source: str = "attention") -> None:
     """Raise an ``InputError`` naming ``source`` unless ``model`` returns attention maps."""
     if not model.has_attention:
+        from captionkit.models.registry import families_with_attention_maps
+
         family = getattr(model, "family", type(model).__name__)
+        *others, last = families_with_attention_maps()
         raise InputError(
             source,
-            f"the {family} family has no spatial attention to show "
-            "(maps come from vit-gpt2, blip and cnn-lstm-attention)",
+            f"the {family} family has no spatial attention to show (maps come from {', '.join(others)} and {last})",
         )
 
 

@@ -28,6 +28,7 @@ import torch
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
+from captionkit.models.registry import get_family, hub_layout_families
 from captionkit.precision import model_dtype, resolve_dtype
 
 FORCED_LENGTH_NOTE = (
@@ -75,9 +76,9 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         torch.set_num_threads(settings.threads)
     model, pixels, source = _model_and_pixels(settings)
     if _transformers_model(model) is None:
-        raise InputError(
-            "--model", f"is a {model.family} model; the comparison with generate needs vit-gpt2, blip or git"
-        )
+        *others, last = hub_layout_families()
+        needs = f"{', '.join(others)} or {last}"
+        raise InputError("--model", f"is a {model.family} model; the comparison with generate needs {needs}")
     config = _config(settings)
     fp32_captions = _captions(model, pixels, config)
     dtype = resolve_dtype(settings.dtype, pixels.device)
@@ -366,7 +367,8 @@ def _shape(config: Any) -> _Shape:
             config.encoder_hidden_size != width,
             False,
         )
-    prefix = config.family == "git"  # GIT projects the image tokens to the text width; BLIP cross-attends to them
+    # GIT projects the image tokens to the text width and reads them as a prefix; BLIP cross-attends to them.
+    prefix = get_family(config.family).image_prefix
     return _Shape(
         patches,
         3,

@@ -34,6 +34,12 @@ class Family:
     hub_model_type: str | None = None
     # Whether the module's init_sincos_positions(model) sets the encoder's positions from a 2-D sin-cos table.
     sincos_positions: bool = False
+    # Whether its models return spatial attention maps (``CaptionModel.has_attention``: cross-attention over image
+    # patches, or soft attention over CNN regions).
+    attention_maps: bool = False
+    # Whether its decoder reads the image as prefix tokens in its own self-attention (GIT, ClipCap) rather than
+    # through cross-attention (vit-gpt2, BLIP): the benchmark's FLOP estimate counts the image side accordingly.
+    image_prefix: bool = False
     # Builds a new model around pretrained parts (encoder, decoder: hub ids or directories, None where the family
     # takes none; then the config fields the parts do not fix); None: the family cannot start from parts.
     from_parts: Callable[..., CaptionModel] | None = None

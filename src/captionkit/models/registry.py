@@ -59,6 +59,16 @@ def hub_model_types() -> dict[str, str]:
     return {family.hub_model_type: name for name, family in FAMILIES.items() if family.hub_model_type}
 
 
+def families_with_attention_maps() -> list[str]:
+    """The families whose models return spatial attention maps, as they declare it."""
+    return [name for name, family in FAMILIES.items() if family.attention_maps]
+
+
+def hub_layout_families() -> list[str]:
+    """The families that wrap a transformers model and save it in the Hugging Face layout (a hub model_type)."""
+    return [name for name, family in FAMILIES.items() if family.hub_model_type]
+
+
 def list_models() -> dict[str, tuple[str, ...]]:
     """Every registered family and its presets."""
     return {name: family.presets for name, family in FAMILIES.items()}

@@ -13,5 +13,6 @@ FAMILIES = (
         "bpe",
         "BLIP: ViT + BERT-style decoder with cross-attention (Salesforce)",
         hub_model_type="blip",
+        attention_maps=True,
     ),
 )

@@ -29,10 +29,16 @@ FAMILIES = tuple(
         ("tiny", "small", "base"),
         "word",
         description,
+        attention_maps=attention,
         from_parts=partial(_from_parts, class_name),
     )
-    for name, class_name, description in (
-        ("cnn-lstm", "CnnLstmModel", "ResNet + LSTM (Show and Tell)"),
-        ("cnn-lstm-attention", "CnnLstmAttentionModel", "ResNet + LSTM with soft attention (Show, Attend and Tell)"),
+    for name, class_name, description, attention in (
+        ("cnn-lstm", "CnnLstmModel", "ResNet + LSTM (Show and Tell)", False),
+        (
+            "cnn-lstm-attention",
+            "CnnLstmAttentionModel",
+            "ResNet + LSTM with soft attention (Show, Attend and Tell)",
+            True,
+        ),
     )
 )

@@ -13,5 +13,6 @@ FAMILIES = (
         "bpe",
         "GIT: CLIP ViT tokens as a prefix of a BERT-style decoder",
         hub_model_type="git",
+        image_prefix=True,
     ),
 )

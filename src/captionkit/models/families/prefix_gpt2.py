@@ -27,6 +27,7 @@ FAMILIES = (
         "bpe",
         "frozen ViT -> mapper -> prefix tokens -> GPT-2 (ClipCap)",
         sincos_positions=True,
+        image_prefix=True,
         from_parts=_from_parts,
     ),
 )

@@ -33,6 +33,7 @@ FAMILIES = (
         "ViT + GPT-2 with cross-attention",
         hub_model_type="vision-encoder-decoder",
         sincos_positions=True,
+        attention_maps=True,
         from_parts=_from_parts,
     ),
 )
