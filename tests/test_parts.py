@@ -233,9 +233,11 @@ def test_the_from_parts_recipe_unfreezes_in_three_stages(
         {"cross_attention", "decoder"},
         {"cross_attention", "decoder", "encoder", "embeddings"},
     ]
-    # The projection to GPT-2's width (48 -> 32 here) is new and trains from stage 1, with the cross-attention.
-    projection = start.ved.enc_to_dec_proj.weight
-    assert not torch.equal(after[1].ved.enc_to_dec_proj.weight, projection)
+    # Stage 1 moved every parameter of its group, the projection to GPT-2's width (48 -> 32 here) included: new, it
+    # trains from the start with the cross-attention layers.
+    old, new = dict(start.named_parameters()), dict(after[1].named_parameters())
+    assert "ved.enc_to_dec_proj.weight" in groups["cross_attention"]
+    assert all(not torch.equal(old[name], new[name]) for name in groups["cross_attention"])
     # Stage 1 left both parts as published (tensor by tensor, under the hub's names); the last stage trained them.
     assert_parts_unchanged(out / "checkpoints" / "step-000001", encoder, decoder)
     with pytest.raises(AssertionError):
