@@ -33,8 +33,9 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow
 
-# timm and torchvision backbones, in their own venv: PyPI's torchvision imports only beside the torch release it was
-# built for (with .venv's torch 2.13.0 it fails: "operator torchvision::nms does not exist"), and timm imports it.
+# The optional extras timm, torchvision (backbones) and torchao (int8), in their own venv: PyPI's torchvision imports
+# only beside the torch release it was built for (with .venv's torch 2.13.0 it fails: "operator torchvision::nms does
+# not exist"), timm imports it, and transformers imports torchao in every process once it is installed.
 VISION_VENV := .venv-vision
 VISION_STAMP := $(VISION_VENV)/.installed-stamp
 
@@ -43,11 +44,11 @@ $(VISION_STAMP): pyproject.toml
 	$(VISION_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VISION_VENV)/bin/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	# torch pinned again: pip keeps the pair instead of resolving another torch for captionkit.
-	$(VISION_VENV)/bin/python -m pip install --quiet -e '.[dev,timm,torchvision]' torch==2.14.1 torchvision==0.29.1
+	$(VISION_VENV)/bin/python -m pip install --quiet -e '.[dev,timm,torchvision,int8]' torch==2.14.1 torchvision==0.29.1
 	touch $(VISION_STAMP)
 
 test-vision: $(VISION_STAMP)
-	$(VISION_VENV)/bin/python -m pytest -q -m vision
+	$(VISION_VENV)/bin/python -m pytest -q -rs -m 'vision or torchao'
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks

@@ -12,9 +12,10 @@ from typing import Any
 
 from PIL import Image
 
+from _data import SHARED_DATA
 from captionkit.decoding import DecodingConfig
 
-PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "val2017"
+PHOTOS = SHARED_DATA / "coco" / "val2017"
 
 
 def photo_arguments(parser: argparse.ArgumentParser, beams: int) -> None:

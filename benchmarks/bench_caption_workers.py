@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from _data import SHARED_DATA
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig
 from captionkit.images import Preprocessing
@@ -26,7 +27,7 @@ from captionkit.jobs.outputs import RecordWriter
 from captionkit.models.registry import create_model
 from captionkit.text import train_bpe_tokenizer
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 FOLDERS = (DATA / "flickr8k" / "Images", DATA / "coco" / "val2017")
 
 

@@ -20,7 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "captions_val2017.json"
+from _data import SHARED_DATA
+
+DATA = SHARED_DATA / "coco" / "captions_val2017.json"
 
 
 def tokenized(images: int) -> tuple[list[str], list[list[str]]]:

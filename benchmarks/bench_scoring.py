@@ -26,7 +26,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco" / "captions_val2017.json"
+from _data import SHARED_DATA
+
+DATA = SHARED_DATA / "coco" / "captions_val2017.json"
 STAGES = ("tokenize", "BLEU", "ROUGE_L", "CIDEr")
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from collections import defaultdict
@@ -37,6 +36,7 @@ from typing import Any
 
 import torch
 
+from _data import SHARED_DATA
 from _tables import markdown_table
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict, merge, read_yaml
@@ -48,7 +48,6 @@ from captionkit.demo import DemoData
 from captionkit.evaluation.api import score_captions
 from captionkit.training.loop import train
 
-SHARED_DATA = Path(os.environ.get("CAPTIONKIT_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 COLUMNS = ("data", "seed", "arm", "steps (XE + SCST)", "train s", "CIDEr-D", "BLEU-4", "mean length")
 QUIET = {"train": {"tensorboard": False, "checkpoint_every": 0, "log_every": 50}}
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +265,28 @@ def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
     code, out, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--meteor", "jvm"], capsys)
     assert code == 1 and out == ""
     assert err == "captionkit: error: --meteor: unknown METEOR engine 'jvm' (known: python, java)\n"
+
+
+def test_meteor_needs_no_java(tmp_path: Path) -> None:
+    """Issue 19's "done when": `score` reports METEOR where no `java` can be found, equal to the jar's engine here."""
+    from captionkit.evaluation.meteor import meteor_unavailable_reason
+
+    assert meteor_unavailable_reason("python") is None, "the dev install has the meteor extra (pycocoevalcap)"
+    by_image: dict[str, list[str]] = {}
+    for annotation in json.loads(COCO_SUBSET.read_text(encoding="utf-8"))["annotations"]:
+        by_image.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
+    refs, cands = tmp_path / "refs.json", tmp_path / "cands.json"  # each image's first caption against the others
+    refs.write_text(json.dumps({i: captions[1:] for i, captions in by_image.items()}), encoding="utf-8")
+    cands.write_text(json.dumps({i: captions[0] for i, captions in by_image.items()}), encoding="utf-8")
+    caches = {k: v for k, v in os.environ.items() if k in ("CAPTIONKIT_CACHE", "XDG_CACHE_HOME")}
+    no_java = {"PATH": str(SCRIPT.parent), "HOME": str(Path.home()), **caches}
+    args = ["score", "--refs", str(refs), "--cands", str(cands), "--metrics", "METEOR"]
+    done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=no_java)
+    assert done.returncode == 0, done.stderr
+    assert "Java" not in done.stderr
+    python_meteor = json.loads(done.stdout)["METEOR"]
+    assert 0.1 < python_meteor < 0.5
+    if shutil.which("java") is not None:
+        java = subprocess.run([str(SCRIPT), *args, "--meteor", "java"], capture_output=True, text=True)
+        assert java.returncode == 0, java.stderr
+        assert abs(json.loads(java.stdout)["METEOR"] - python_meteor) <= 1e-4

@@ -124,3 +124,16 @@ def test_all_coco_val2017_images_equal_the_jar() -> None:
     corpus, images = meteor_python(candidates, references)
     assert abs(corpus - jar_corpus) <= CORPUS_TOLERANCE
     assert sum(abs(a - b) > SEGMENT_TOLERANCE for a, b in zip(images, jar_images, strict=True)) == 0
+
+
+def test_processes_give_the_statistics_of_one_process() -> None:
+    try:
+        resources.source_files()
+    except MetricUnavailable as error:
+        pytest.skip(str(error))
+    cases = build_cases()
+    one = meteor_stats(cases.candidates, cases.references, processes=1)
+    assert len(one) == len(cases.candidates)
+    assert meteor_stats(cases.candidates, cases.references, processes=3) == one
+    with pytest.raises(ValueError, match="3 candidates but 2 reference lists"):
+        meteor_stats(cases.candidates[:3], cases.references[:2])

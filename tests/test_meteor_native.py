@@ -183,8 +183,12 @@ def fake_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path,
     return jar, table
 
 
-def test_cache_is_built_once_and_answers_lookups(fake_install: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cache_is_built_once_and_answers_lookups(
+    fake_install: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = load_meteor_data(tmp_path / "cache")
+    (folder,) = (tmp_path / "cache").iterdir()
+    assert capsys.readouterr().err == f"METEOR: building its data cache in {folder} (once; about 30 s)\n"
     assert data.function_words == {"the", "a", "of"}
     assert data.prefixes == {"Mr": 1, "No": 2}
     assert data.exceptions == {"ran": ["run"], "running": ["run"], "mice": ["mouse"]}
@@ -199,10 +203,10 @@ def test_cache_is_built_once_and_answers_lookups(fake_install: tuple[Path, Path]
         2,
     )
     assert table.longest == 2
-    (folder,) = (tmp_path / "cache").iterdir()
     built = (folder / "meta.json").stat().st_mtime_ns
     load_meteor_data(tmp_path / "cache")
     assert (folder / "meta.json").stat().st_mtime_ns == built
+    assert capsys.readouterr().err == ""  # a built cache is loaded without a word
     assert not list(folder.glob("*.pkl")) and sorted(p.suffix for p in folder.iterdir()) == [".json"] + [".npy"] * 8
 
 

@@ -64,3 +64,20 @@ def test_module_runs_itself_where_packing_does_not_apply(monkeypatch: pytest.Mon
     assert layer not in packed_linear._PACKED
     assert wrapped not in packed_linear._PACKED
     assert plain not in packed_linear._PACKED
+
+
+class _Marked(torch.Tensor):
+    """A tensor subclass, as torchao's int8 weights are: only the module knows how to multiply it."""
+
+
+def test_a_weight_of_a_tensor_subclass_runs_the_module() -> None:
+    layer = nn.Linear(32, 48)
+    layer.weight = nn.Parameter(torch.Tensor._make_subclass(_Marked, layer.weight.detach()), requires_grad=False)
+    assert type(layer.weight) is _Marked
+    inputs = torch.randn(4, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            linear(layer, inputs).as_subclass(torch.Tensor),
+            inputs @ layer.weight.T.as_subclass(torch.Tensor) + layer.bias,
+        )
+    assert layer not in packed_linear._PACKED

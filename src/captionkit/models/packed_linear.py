@@ -7,10 +7,11 @@ product 1.5-2.7x faster on an AVX2 CPU (measured: GPT-2's 768 x 50257 output lay
 The result is the same fp32 product up to float rounding (differences of about 1e-6).
 
 :func:`linear` applies a ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2's transposed linear) through a packed
-copy of its weight when that applies: CPU tensors in float32, gradients off, oneDNN built in. Anything else (a GPU,
-bf16, int8 replacements, training) runs the module itself. Packed copies are cached per module and rebuilt when
-the weight changes (a new tensor, or an in-place update such as an optimizer step, which bumps its version). They
-cost one extra copy of the packed weights' memory while the module lives.
+copy of its weight when that applies: plain CPU tensors in float32, gradients off, oneDNN built in. Anything else
+(a GPU, bf16, int8 replacements, tensor subclasses such as torchao's int8 weights, training) runs the module itself.
+Packed copies are cached per module and rebuilt when the weight changes (a new tensor, or an in-place update such as
+an optimizer step, which bumps its version). They cost one extra copy of the packed weights' memory while the module
+lives.
 
 ``CAPTIONKIT_PACKED_LINEAR=0`` in the environment turns packing off (every call runs the module).
 """
@@ -56,7 +57,9 @@ def _plain_weight(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor | Non
     if type(module) not in (nn.Linear, Conv1D):
         return None  # subclasses and replacements (int8 linears, LoRA wrappers, ...) run as they are
     weight = module.weight
-    if not isinstance(weight, torch.Tensor) or weight.dtype != torch.float32 or weight.device.type != "cpu":
+    if type(weight) not in (torch.Tensor, nn.Parameter):
+        return None  # a tensor subclass, such as torchao's int8 weights: only the module knows how to multiply it
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
         return None
     if not packing_enabled():
         return None

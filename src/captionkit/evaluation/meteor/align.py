@@ -20,12 +20,17 @@ from operator import itemgetter
 from captionkit.evaluation.meteor.matching import EXACT, Match
 
 BEAM = 40
-# A path: (-weighted matches, chunks, distance, next reference position, test end of the open chunk (-1: none),
-# used test words, used reference words (bit masks), chosen matches (a linked list: (match, rest) or None)).
-_Path = tuple[int, int, int, int, int, int, int, "tuple | None"]
-_RANK = itemgetter(0, 1, 2)
-# A match as the search takes it: (match, test mask, reference mask, distance, weight, test end, reference end).
-_Choice = tuple[Match, int, int, int, int, int, int]
+# A path's rank packs (-weighted matches, chunks closed, distance) into one integer, ordered as those tuples are:
+# chunks and distance stay far below 2**20 for any caption.
+_CHUNK = 1 << 20
+_WEIGHT = 1 << 40
+# A path: (rank, next reference position, test end of the open chunk (-1: none), used test words, used reference
+# words (bit masks), chosen matches (a linked list: (match, rest) or None)).
+_Path = tuple[int, int, int, int, int, "tuple | None"]
+_RANK = itemgetter(0)
+# A match as the search takes it: (match, test mask, reference mask, distance, weight, test start, test end,
+# reference end).
+_Choice = tuple[Match, int, int, int, int, int, int, int]
 
 
 def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
@@ -34,7 +39,7 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
     fixed, used1, used2 = _fixed(by_start, test_length)
     if all(len(options) == (j in fixed) for j, options in enumerate(by_start)):
         return [fixed[j][0] for j in sorted(fixed)]  # nothing to choose: every path takes the fixed matches
-    paths: list[_Path] = [(0, 0, 0, 0, -1, used1, used2, None)]
+    paths: list[_Path] = [(0, 0, -1, used1, used2, None)]
     for current, options in enumerate(by_start):
         if len(paths) > 1:
             paths.sort(key=_RANK)
@@ -43,25 +48,28 @@ def align(by_start: Sequence[Sequence[Match]], test_length: int) -> list[Match]:
         choices = [_choice(m) for m in options]
         extended: list[_Path] = []
         for path in paths:
-            score, chunks, distance, position, end, used1, used2, chosen = path
+            rank, position, end, used1, used2, chosen = path
             if used2 & bit:
                 if current < position:
                     extended.append(path)
                 elif current in fixed:  # the path has come to a fixed match (position == current)
-                    extended.append(_take(path, fixed[current], distance + fixed[current][3]))
+                    fix = fixed[current]
+                    extended.append(_take(path, fix, rank + fix[3]))
                 continue
-            for choice in choices:
-                if not (used1 & choice[1] or used2 & choice[2]):
-                    extended.append(_take(path, choice, distance))
-                    distance += choice[3]
-            extended.append((score, chunks + (end != -1), distance, position + 1, -1, used1, used2, chosen))
+            for m, mask1, mask2, distance, weight, start1, end1, end2 in choices:
+                if not (used1 & mask1 or used2 & mask2):
+                    # The jar's quirk: the new path gets the distance so far; the path it extends gets the match's.
+                    chunk = _CHUNK if end != -1 and start1 != end else 0
+                    extended.append((rank - weight + chunk, end2, end1, used1 | mask1, used2 | mask2, (m, chosen)))
+                    rank += distance
+            extended.append((rank + (_CHUNK if end != -1 else 0), position + 1, -1, used1, used2, chosen))
         paths = extended or paths[:1]
     paths.sort(key=_RANK)
     del paths[BEAM:]
-    paths = [(p[0], p[1] + (p[4] != -1), *p[2:]) for p in paths]
+    paths = [(p[0] + (_CHUNK if p[2] != -1 else 0), *p[1:]) for p in paths]
     paths.sort(key=_RANK)
     matches: list[Match] = []
-    node = paths[0][7]
+    node = paths[0][5]
     while node is not None:
         matches.append(node[0])
         node = node[1]
@@ -72,14 +80,15 @@ def _choice(m: Match) -> _Choice:
     weight = m.length1 + m.length2 if m.stage == EXACT else m.length1 // 2 + m.length2 // 2
     mask1 = ((1 << m.length1) - 1) << m.start1
     mask2 = ((1 << m.length2) - 1) << m.start2
-    return m, mask1, mask2, abs(m.start2 - m.start1), weight, m.start1 + m.length1, m.start2 + m.length2
+    end1, end2 = m.start1 + m.length1, m.start2 + m.length2
+    return m, mask1, mask2, abs(m.start2 - m.start1), weight * _WEIGHT, m.start1, end1, end2
 
 
-def _take(path: _Path, choice: _Choice, distance: int) -> _Path:
-    """``path`` with a match added, at ``distance`` (the jar's quirk: not always the path's plus the match's)."""
-    m, mask1, mask2, _, weight, end1, end2 = choice
-    chunks = path[1] + (path[4] != -1 and m.start1 != path[4])
-    return path[0] - weight, chunks, distance, end2, end1, path[5] | mask1, path[6] | mask2, (m, path[7])
+def _take(path: _Path, choice: _Choice, rank: int) -> _Path:
+    """``path`` with a match added, from ``rank`` (the jar's quirk: not always the path's plus the match's)."""
+    m, mask1, mask2, _, weight, start1, end1, end2 = choice
+    chunk = _CHUNK if path[2] != -1 and start1 != path[2] else 0
+    return rank - weight + chunk, end2, end1, path[3] | mask1, path[4] | mask2, (m, path[5])
 
 
 def _fixed(by_start: Sequence[Sequence[Match]], test_length: int) -> tuple[dict[int, _Choice], int, int]:

@@ -16,7 +16,7 @@ test phrases by test position, phrase length, table order. The aligner's ties fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -43,6 +43,7 @@ class Match(NamedTuple):
 
 
 class _Word(NamedTuple):
+    id: int  # its number among the words this matcher has seen
     key: int  # Java's String.hashCode
     stem: int  # the hashCode of its stem
     synsets: frozenset[int]
@@ -53,7 +54,13 @@ class _Word(NamedTuple):
 class Sentence:
     """A normalised sentence with what matching needs of it, computed once."""
 
-    def __init__(self, words: Sequence[str], info: Sequence[_Word], phrases: SentencePhrases) -> None:
+    def __init__(
+        self,
+        words: Sequence[str],
+        info: Sequence[_Word],
+        phrases: SentencePhrases,
+        neighbours: Mapping[int, frozenset[int]],
+    ) -> None:
         self.words = tuple(words)
         self.keys = tuple(w.key for w in info)
         self.stems = tuple(w.stem for w in info)
@@ -63,7 +70,11 @@ class Sentence:
         for i, w in enumerate(info):
             self.by_key.setdefault(w.key, []).append(i)
             self.by_stem.setdefault(w.stem, []).append(i)
-        self.synonyms = [(i, w.key, w.synsets) for i, w in enumerate(info) if w.synsets]
+        # As a test sentence: (position, word id) of its words with synsets; as a reference: (position, the ids of
+        # the words sharing a synset with the word there).
+        self.synonyms = [(i, w.id) for i, w in enumerate(info) if w.synsets]
+        self.synonym_ids = frozenset(w for _, w in self.synonyms)
+        self.neighbours = [(i, neighbours[w]) for i, w in self.synonyms]
         self.paraphrases = phrases.records
         self.targets = frozenset(r[2] for r in phrases.records)
         self.phrases = phrases.starts
@@ -86,7 +97,8 @@ class Matcher:
         sentences of one group (``groups[k]``: sentence ``k``'s) are matched with one another."""
         info = [[self._word(w) for w in words] for words in sentences]
         phrases = sentence_phrases(self.data.paraphrases, [[w.hash for w in words] for words in info], groups)
-        return [Sentence(*args) for args in zip(sentences, info, phrases, strict=True)]
+        neighbours = _neighbours({w.id: w for words in info for w in words if w.synsets}.values())
+        return [Sentence(*args, neighbours) for args in zip(sentences, info, phrases, strict=True)]
 
     def matches(self, test: Sentence, ref: Sentence) -> list[list[Match]]:
         """The candidate matches starting at each reference position, in the jar's order."""
@@ -99,12 +111,10 @@ class Matcher:
             same = test.by_stem.get(stem)
             if same:
                 by_start[j] += [Match(STEM, i, 1, j, 1) for i in same if test.keys[i] != key]
-        for j, key, synsets in ref.synonyms:
-            by_start[j] += [
-                Match(SYNONYM, i, 1, j, 1)
-                for i, other, others in test.synonyms
-                if other != key and not synsets.isdisjoint(others)
-            ]
+        ids = test.synonym_ids
+        for j, near in ref.neighbours:
+            if not near.isdisjoint(ids):
+                by_start[j] += [Match(SYNONYM, i, 1, j, 1) for i, other in test.synonyms if other in near]
         if not ref.targets.isdisjoint(test.phrases):
             for start, length, target, target_length in ref.paraphrases:
                 for i in test.phrases.get(target, ()):
@@ -120,7 +130,7 @@ class Matcher:
         if found is None:
             stem, function = self._stem(word), word in self.data.function_words
             found = self._words[word] = _Word(
-                java_hash(word), java_hash(stem), self._synsets(word), word_hash(word), function
+                len(self._words), java_hash(word), java_hash(stem), self._synsets(word), word_hash(word), function
             )
         return found
 
@@ -144,6 +154,20 @@ class Matcher:
 
     def _lookup(self, word: str) -> np.ndarray:
         return self.data.synsets.lookup(word_hash(word))
+
+
+def _neighbours(words: Iterable[_Word]) -> dict[int, frozenset[int]]:
+    """For each of these words (by id), the ids of the others that share a synset with it and are a different word
+    to the jar (another hash)."""
+    by_synset: dict[int, list[_Word]] = {}
+    for w in words:
+        for synset in w.synsets:
+            by_synset.setdefault(synset, []).append(w)
+    near: dict[int, set[int]] = {}
+    for group in by_synset.values():
+        for w in group:
+            near.setdefault(w.id, set()).update(other.id for other in group if other.key != w.key)
+    return {w: frozenset(ids) for w, ids in near.items()}
 
 
 def java_hash(text: str) -> int:

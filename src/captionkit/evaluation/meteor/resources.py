@@ -16,6 +16,7 @@ import gzip
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -129,6 +130,8 @@ def load_meteor_data(root: Path | None = None) -> MeteorData:
     jar, table = source_files()
     folder = cache_dir(jar, table, root)
     if not (folder / "meta.json").is_file():
+        # Half a minute with nothing to show for it otherwise: say what is happening, once.
+        print(f"METEOR: building its data cache in {folder} (once; about 30 s)", file=sys.stderr, flush=True)
         _build(jar, table, folder)
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
 
