@@ -9,13 +9,14 @@ Weights are quantized per output channel, activations per token at run time (dyn
   beside torch 2.13, but its ``Int8DynamicActivationInt8WeightConfig`` measured 20x slower than fp32 on this CPU
   (no fused CPU kernel), and once installed transformers imports it in every process (seconds, warnings).
 
-The output head (tied to the token embedding) stays fp32. An exported directory is the checkpoint's config,
+The output head (tied to the token embedding) is not an int8 layer: with torch.ao the embedding tables, and so the
+tied head, are rounded to int8 values per row and used in float. An exported directory is the checkpoint's config,
 tokenizer and preprocessing files plus ``quantization.json``, whose ``storage`` says where the weights are:
 
-* ``int8`` (torch.ao): ``model.int8.safetensors`` (:mod:`captionkit.export.int8_weights`), the int8 layers as int8
-  with their scales (a quarter of their fp32 bytes; 0.38x in all for ViT-B + GPT-2, whose token embedding stays
-  fp32); a load builds the model from its config and the int8 layers from the stored values, so it computes exactly
-  what the quantized model computed at export;
+* ``int8`` (torch.ao): ``model.int8.safetensors`` (:mod:`captionkit.export.int8_weights`), the int8 layers and the
+  embedding tables as int8 with their scales (about a quarter of the fp32 file); a load builds the model from its
+  config, the int8 layers and the tables from the stored values, so it computes exactly what the quantized model
+  computed at export;
 * ``fp32`` (torchao, and every export written before int8 storage): the fp32 ``model.safetensors``, quantized again
   on each load.
 """
@@ -32,7 +33,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, save_int8_weights
+from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
@@ -99,13 +100,23 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
         with warnings.catch_warnings():  # its deprecation notice: we say so in quantization.json instead
             warnings.simplefilter("ignore")
             quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, inplace=True)
+    # The embedding tables (and so a head tied to the token table) are rounded to int8 per row where the export
+    # stores int8 (torch.ao): the model then computes what a loaded export computes.
+    tables = round_embeddings(model) if backend == "torch.ao" else []
     note = (
         "torch.ao.quantization is deprecated; its successor torchao measured far slower on CPU"
         if backend == "torch.ao"
         else ""
     )
     kept = [name for name in linears if name not in names]
-    return {"method": METHOD, "backend": backend, "layers": len(names), "kept_fp32": kept, "note": note}
+    return {
+        "method": METHOD,
+        "backend": backend,
+        "layers": len(names),
+        "embeddings": tables,
+        "kept_fp32": kept,
+        "note": note,
+    }
 
 
 def _check_backend(backend: str | None) -> str:

@@ -1,4 +1,5 @@
-"""An int8 export's weights file: int8 linear layers stored as int8, every other tensor as the model holds it.
+"""An int8 export's weights file: int8 linear layers and embedding tables stored as int8, every other tensor as the
+model holds it.
 
 ``model.int8.safetensors`` (safetensors, never a pickle) holds, for each torch.ao dynamic int8 linear layer ``L``:
 
@@ -6,14 +7,21 @@
 * ``L.weight_scale``: float32, (out,), one scale per output channel (symmetric: every zero point is 0);
 * ``L.bias``: float32, (out,), when the layer has one;
 
-and every other parameter and buffer under its own name and dtype (embeddings, layer norms, the tied output head,
-convolutions, LSTMs), a tensor tied to an earlier one (a head sharing the token embedding) only once. The fp32 copies
-of quantized weights are not stored: a model dominated by linear layers takes about a quarter of its fp32 size.
+for each embedding table ``E`` (``nn.Embedding``: token and position tables, and so an output head tied to the
+token table) rounded to int8 at quantization (:func:`round_embeddings`):
+
+* ``E.weight``: int8, (rows, dim), and ``E.weight_scale``: float32, (rows,), one scale per row; a load turns them
+  back into the float table the quantized model used (lookups need float rows), bit for bit;
+
+and every other parameter and buffer under its own name and dtype (layer norms, position parameters,
+convolutions, LSTMs), a tensor tied to one stored above or to an earlier one only once. The fp32 copies of quantized
+weights are not stored: a model made of linear layers and embeddings takes about a quarter of its fp32 size. Files
+written before embeddings were rounded (their tables in fp32, without scales) still load.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,12 +34,46 @@ from captionkit.errors import ModelLoadError, first_line
 
 INT8_WEIGHTS_FILE = "model.int8.safetensors"
 SCALE_SUFFIX = ".weight_scale"
+# The per-row scales of a rounded embedding table, kept on its module (not in its state dict) for the export.
+ROW_SCALES = "int8_row_scales"
+
+
+def int8_rows(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``table`` (2-D, float) as int8 values and one float32 scale per row (symmetric, -127..127)."""
+    peak = table.detach().float().abs().amax(dim=1)
+    scales = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    return torch.round(table.detach().float() / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
+
+
+def float_rows(values: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """The float32 table that int8 ``values`` with per-row ``scales`` stand for."""
+    return values.float() * scales[:, None]
+
+
+def round_embeddings(model: nn.Module) -> list[str]:
+    """Round every float ``nn.Embedding`` table of ``model`` to int8 per row, in place (a tied output head follows),
+    keeping each table's scales on its module; returns their names."""
+    names = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Embedding and module.weight.is_floating_point():
+            values, scales = int8_rows(module.weight)
+            with torch.no_grad():
+                module.weight.copy_(float_rows(values, scales))
+            module.register_buffer(ROW_SCALES, scales, persistent=False)
+            names.append(name)
+    return names
 
 
 def save_int8_weights(model: nn.Module, path: Path) -> None:
     """Write ``model`` (its linear layers quantized by torch.ao, per output channel) to ``path``."""
     layers = _int8_layers(model)
+    tables = _rounded_tables(model)
     tensors: dict[str, torch.Tensor] = {}
+    for name, table in tables.items():
+        scales = getattr(table, ROW_SCALES)
+        # Exact: the table holds int8 values times these scales, so dividing gives the values back.
+        tensors[f"{name}.weight"] = torch.round(table.weight.detach() / scales[:, None]).clamp(-127, 127).to(torch.int8)
+        tensors[f"{name}{SCALE_SUFFIX}"] = scales.clone()
     for name, layer in layers.items():
         weight, bias = layer._weight_bias()
         if weight.qscheme() != torch.per_channel_affine or weight.q_per_channel_zero_points().any():
@@ -41,7 +83,7 @@ def save_int8_weights(model: nn.Module, path: Path) -> None:
         if bias is not None:
             # A copy: a bias may share memory with a kept tensor, which safetensors refuses to write.
             tensors[f"{name}.bias"] = bias.detach().clone()
-    tensors |= _plain_tensors(model, layers)
+    tensors |= _plain_tensors(model, [*layers, *tables])
     save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path), metadata={"format": "pt"})
 
 
@@ -52,10 +94,15 @@ def load_int8_weights(model: nn.Module, path: Path) -> nn.Module:
     tensors = _read(path)
     layers = {key.removesuffix(SCALE_SUFFIX) for key in tensors if key.endswith(SCALE_SUFFIX)}
     layers |= {key.removesuffix(".weight") for key, value in tensors.items() if _is_int8_weight(key, value)}
+    tables = []
     for name in sorted(layers):
-        parent, _, child = name.rpartition(".")
-        model.get_submodule(parent).register_module(child, _int8_linear(model, name, tensors, path))
-    expected = _plain_tensors(model, _int8_layers(model))
+        if type(_submodule(model, name)) is nn.Embedding:
+            _fill_table(model.get_submodule(name), name, tensors, path)
+            tables.append(name)
+        else:
+            parent, _, child = name.rpartition(".")
+            model.get_submodule(parent).register_module(child, _int8_linear(model, name, tensors, path))
+    expected = _plain_tensors(model, [*_int8_layers(model), *tables])
     unexpected, missing = sorted(set(tensors) - set(expected)), sorted(set(expected) - set(tensors))
     if unexpected or missing:
         name = (unexpected or missing)[0]
@@ -76,20 +123,42 @@ def _read(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(path, f"unreadable int8 weights ({first_line(error)})") from None
 
 
-def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> DynamicInt8Linear:
-    """The int8 layer stored under ``name`` (its tensors taken out of ``tensors``), in place of that linear layer."""
+def _submodule(model: nn.Module, name: str) -> nn.Module | None:
     try:
-        linear = model.get_submodule(name)
+        return model.get_submodule(name)
     except AttributeError:
-        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: the model has no layer {name!r}") from None
-    if type(linear) is not nn.Linear:
-        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: {name} is a {type(linear).__name__}, not a linear layer")
-    weight = _check(path, f"{name}.weight", tensors.pop(f"{name}.weight", None), torch.int8, linear.weight.shape)
+        return None
+
+
+def _int8_values(
+    path: Path, name: str, tensors: dict[str, torch.Tensor], shape: torch.Size
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The int8 weight stored under ``name`` and its per-row scales, checked and taken out of ``tensors``."""
+    weight = _check(path, f"{name}.weight", tensors.pop(f"{name}.weight", None), torch.int8, shape)
     scales = _check(
         path, f"{name}{SCALE_SUFFIX}", tensors.pop(f"{name}{SCALE_SUFFIX}", None), torch.float32, (weight.shape[0],)
     )
     if not bool(torch.isfinite(scales).all() and (scales > 0).all()):
         raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: scales must be positive and finite")
+    return weight, scales
+
+
+def _fill_table(table: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """The embedding table stored under ``name`` as int8 values and row scales, back in float (a tied head too)."""
+    values, scales = _int8_values(path, name, tensors, table.weight.shape)
+    with torch.no_grad():
+        table.weight.copy_(float_rows(values, scales))
+    table.register_buffer(ROW_SCALES, scales, persistent=False)
+
+
+def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> DynamicInt8Linear:
+    """The int8 layer stored under ``name`` (its tensors taken out of ``tensors``), in place of that linear layer."""
+    linear = _submodule(model, name)
+    if linear is None:
+        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: the model has no layer {name!r}")
+    if type(linear) is not nn.Linear:
+        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: {name} is a {type(linear).__name__}, not a linear layer")
+    weight, scales = _int8_values(path, name, tensors, linear.weight.shape)
     bias = tensors.pop(f"{name}.bias", None)
     if linear.bias is not None:
         bias = _check(path, f"{name}.bias", bias, torch.float32, linear.bias.shape)
@@ -122,19 +191,28 @@ def _int8_layers(model: nn.Module) -> dict[str, DynamicInt8Linear]:
     return {name: module for name, module in model.named_modules() if isinstance(module, DynamicInt8Linear)}
 
 
-def _plain_tensors(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """``model``'s parameters and persistent buffers outside ``layers`` by state-dict name (sharing the model's
-    memory), each tied group once, under its first name."""
-    inside = tuple(f"{name}." for name in layers)
+def _rounded_tables(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: module for name, module in model.named_modules() if hasattr(module, ROW_SCALES)}
+
+
+def _plain_tensors(model: nn.Module, stored: Iterable[str]) -> dict[str, torch.Tensor]:
+    """``model``'s parameters and persistent buffers outside the modules named in ``stored`` (kept as int8) by
+    state-dict name (sharing the model's memory), each tied group once, under its first name; a tensor tied to one
+    inside those modules (a head sharing a rounded token table) not at all."""
+    inside = tuple(f"{name}." for name in stored)
+    state = model.state_dict()
+
+    def identity(tensor: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        return tensor.data_ptr(), tuple(tensor.shape), tensor.stride()
+
+    seen = {identity(t) for name, t in state.items() if name.startswith(inside) and isinstance(t, torch.Tensor)}
     tensors: dict[str, torch.Tensor] = {}
-    seen: set[tuple[int, tuple[int, ...], tuple[int, ...]]] = set()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         if name.startswith(inside):
             continue
-        identity = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride())
-        if tensor.numel() and identity in seen:
+        if tensor.numel() and identity(tensor) in seen:
             continue
-        seen.add(identity)
+        seen.add(identity(tensor))
         tensors[name] = tensor
     return tensors
 
