@@ -3,6 +3,7 @@ captioner actor is killed mid-run; without Ray, one line on how to install it.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -31,7 +32,9 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path, capsys, monkeyp
 def test_ray_run_equals_the_default_run_record_for_record(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "tiny")
     write_webdataset(real_photos(6), tmp_path / "shards", per_shard=3, image_bytes={2: b"not an image"})
+    # One torch thread in both engines: float sums depend on the thread count, so equal settings give equal scores.
     args = ["caption", tmp_path / "shards", "--model", model, "--beams", "2", "--max-length", "5", "--batch-size", "2"]
+    args += ["--threads", "1"]
     code, _, _ = run_cli([*args, "--output", tmp_path / "local.jsonl"], capsys)
     assert code == 2
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
@@ -66,6 +69,7 @@ def test_killing_a_captioner_actor_mid_run_still_gives_every_record_once(tmp_pat
     model = save_tiny_model(tmp_path / "tiny")
     write_webdataset(real_photos(60), tmp_path / "shards", per_shard=20)
     args = ["caption", tmp_path / "shards", "--model", model, "--beams", "4", "--max-length", "20", "--batch-size", "2"]
+    args += ["--threads", "2"]  # not Ray's 1: the actors must take the setting, as the default engine does
     assert run_cli([*args, "--output", tmp_path / "local.jsonl"], capsys)[0] == 0
     out = tmp_path / "ray.jsonl"
     command = [sys.executable, "-m", "captionkit.cli", *map(str, args), "--output", str(out), "--engine", "ray"]
@@ -84,3 +88,15 @@ def test_killing_a_captioner_actor_mid_run_still_gives_every_record_once(tmp_pat
     assert killed is not None, "the run ended before an actor could be killed"
     assert run.returncode == 0, err.decode()[-2000:]
     assert read_jsonl(out) == read_jsonl(tmp_path / "local.jsonl")
+
+
+def test_ray_batches_are_the_default_engines_batches():
+    from captionkit.jobs.ray_engine import _batches
+
+    todo = [(position, Path(f"/photos/{position}.jpg")) for position in (3, 4, 5, 9, 10)]
+    rows = [json.loads(row["items"]) for row in _batches(todo, 2)]
+    assert rows == [
+        [[3, "/photos/3.jpg"], [4, "/photos/4.jpg"]],
+        [[5, "/photos/5.jpg"], [9, "/photos/9.jpg"]],
+        [[10, "/photos/10.jpg"]],
+    ]

@@ -57,6 +57,13 @@ def caption(
         str | None, typer.Option(help="Ray cluster to join (auto or HOST:PORT); default: start Ray locally.")
     ] = None,
     gpus_per_worker: Annotated[float, typer.Option(help="GPUs per captioner actor with --engine ray.")] = 0.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch threads (each Ray actor's with --engine ray). Default: torch's choice; 1 per Ray actor. "
+            "Scores depend on it in the last digits: give both engines the same value for identical records."
+        ),
+    ] = None,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
 
@@ -99,6 +106,7 @@ def caption(
             engine=engine,
             ray_address=ray_address,
             gpus_per_worker=gpus_per_worker,
+            threads=threads,
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from captionkit.api import Captioner
 from captionkit.attention import check_attention
@@ -54,6 +56,7 @@ class CaptionJobOptions:
     engine: str = "local"  # or ray (jobs/ray_engine.py)
     ray_address: str | None = None
     gpus_per_worker: float = 0.0
+    threads: int | None = None  # torch threads (per Ray actor with --engine ray); None: torch's choice, 1 on Ray
 
     def check(self) -> None:
         """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
@@ -71,6 +74,8 @@ class CaptionJobOptions:
             raise InputError("--style", f"unknown style {self.style!r} (expected one of {', '.join(STYLES)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError("--threads", f"must be at least 1, got {self.threads}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
         if self.engine not in ("local", "ray"):
@@ -132,6 +137,23 @@ def run_caption_job(
     """Run the job ``options`` describe in this process; raises a :class:`CaptionkitError` before captioning anything
     (and before touching the output) when the options, inputs or model cannot be used."""
     options.check()
+    with _torch_threads(options.threads if options.engine == "local" else None):
+        return _run(options, progress, env)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch runs ``threads`` threads inside (None: unchanged); the caller's setting comes back after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str, str]) -> JobOutcome:
     plan = _plan(options, env)
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
     captioner = Captioner.from_pretrained(
@@ -192,7 +214,8 @@ def _caption_on_ray(
     from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
 
     actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
-    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker, options.dtype)
+    threads = options.threads or 1
+    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker, options.dtype, threads)
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,
