@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tarfile
 
 import pytest
 
@@ -76,6 +77,54 @@ def test_corrupt_member_and_torn_tar_give_error_records_and_the_rest_is_read(mod
     assert torn_name.startswith("00001.tar/") and torn_error.endswith("bytes (torn tar)")
     assert torn_error.startswith("cut short: ")
     assert sum("caption" in record for record in records) == len(records) - 2  # the rest of both shards is read
+
+
+def _header_offsets(shard) -> dict[str, int]:
+    """Member name -> the offset of its header block."""
+    with tarfile.open(shard) as archive:
+        return {member.name: member.offset for member in archive}
+
+
+def test_a_tar_cut_between_members_gives_an_error_record_naming_the_shard(model_dir, photos, tmp_path, capsys):
+    (shard,) = write_webdataset(photos[:6], tmp_path / "shards", per_shard=6)
+    cut = _header_offsets(shard)[f"{photos[3].stem}.jpg"]
+    shard.write_bytes(shard.read_bytes()[:cut])  # a copy that stopped exactly where sample 3 begins
+    code, records = _captions(model_dir, shard, tmp_path, capsys)
+    assert code == 2
+    assert [record["image"] for record in records] == [
+        *(str(shard / f"{photo.stem}.jpg") for photo in photos[:3]),
+        str(shard / f"@{cut}"),
+    ]
+    assert all("caption" in record for record in records[:3])
+    assert records[3]["error"] == f"torn tar: cut at byte {cut}, between members (no end-of-archive blocks)"
+
+
+def test_a_garbage_header_mid_shard_gives_an_error_record_and_the_later_members_are_read(
+    model_dir, photos, tmp_path, capsys
+):
+    (shard,) = write_webdataset(photos[:6], tmp_path / "shards", per_shard=6)
+    offsets = _header_offsets(shard)
+    bad = offsets[f"{photos[2].stem}.jpg"]
+    data = bytearray(shard.read_bytes())
+    data[bad : bad + 512] = bytes(range(256)) * 2  # sample 2's image header is garbage; its data follows
+    shard.write_bytes(bytes(data))
+    code, records = _captions(model_dir, shard, tmp_path, capsys)
+    assert code == 2
+    kept = [0, 1, 3, 4, 5]  # sample 2 lost its image member; its .txt and .json are read but hold no image
+    assert [record["image"] for record in records] == [
+        *(str(shard / f"{photos[i].stem}.jpg") for i in kept[:2]),
+        str(shard / f"@{bad}"),
+        *(str(shard / f"{photos[i].stem}.jpg") for i in kept[2:]),
+    ]
+    skipped = offsets[f"{photos[2].stem}.txt"] - bad
+    assert records[2]["error"] == (
+        f"damaged tar: bad header at byte {bad} (invalid header), {skipped} bytes skipped to the next member"
+    )
+    assert sum("caption" in record for record in records) == 5
+    clean = tmp_path / "clean"
+    write_webdataset([photos[i] for i in kept], clean, per_shard=6)
+    _, reference = _captions(model_dir, clean, tmp_path, capsys, "clean.jpg.jsonl")
+    assert [r["caption"] for r in records if "caption" in r] == [r["caption"] for r in reference]
 
 
 def test_parquet_of_urls_says_how_to_download_first(model_dir, photos, tmp_path, capsys):

@@ -14,12 +14,14 @@ from captionkit.shards.tar import read_tar_member, sample_captions, tar_index
 @dataclass(frozen=True)
 class ShardSample:
     """A sample of a collection: its key, its image as a member path, its captions, and why its text members could
-    not be read (if so)."""
+    not be read (if so). A ``damaged`` one is no sample but damage to its shard (a torn or garbage stretch), named
+    ``SHARD/@OFFSET``: ``problem`` says what, and reading its image raises that."""
 
     key: str
     image: Path
     captions: tuple[str, ...]
     problem: str | None = None
+    damaged: bool = False
 
 
 def split_member(path: Path) -> tuple[Path, str] | None:
@@ -71,7 +73,7 @@ def read_member(path: Path, limit: int) -> bytes | None:
 
 def iter_samples(containers: Iterable[Path]) -> Iterator[ShardSample]:
     """The samples of ``containers`` in order; only the containers being read keep their index in memory. Tar
-    samples without an image are skipped."""
+    samples without an image are skipped; damage to a tar comes where it was found, as a ``damaged`` sample."""
     for container in containers:
         yield from _tar_samples(container) if container.suffix.lower() == ".tar" else _rows(container)
 
@@ -80,7 +82,7 @@ def _tar_samples(container: Path) -> Iterator[ShardSample]:
     for sample in tar_index(container).samples:
         if sample.image is not None:
             captions = tuple(sample_captions(sample.captions, sample.meta))
-            yield ShardSample(sample.key, container / sample.image, captions, sample.problem)
+            yield ShardSample(sample.key, container / sample.image, captions, sample.problem, sample.damaged)
 
 
 def _rows(container: Path) -> Iterator[ShardSample]:
