@@ -12,8 +12,9 @@ stderr every ``PROGRESS_EVERY`` seconds and at the end (images, images/s, errors
 from __future__ import annotations
 
 import json
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from captionkit.decoding import DecodingConfig
-from captionkit.errors import InputError
+from captionkit.errors import InputError, first_line
 from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs.batch import JobSummary
 from captionkit.jobs.outputs import RecordWriter
@@ -30,16 +31,17 @@ from captionkit.jobs.throughput import Throughput
 
 INSTALL = "needs Ray: pip install 'captionkit[ray]'"
 PROGRESS_EVERY = 10.0  # seconds between progress lines
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a --ray-address to answer
 
 
 @dataclass(frozen=True)
 class RaySettings:
     """Where Ray runs (``None``: a local Ray started here), and the captioner actors: how many, GPUs and torch
-    threads each."""
+    threads each; ``None`` for actors or GPUs is auto (see :func:`actor_pool`)."""
 
     address: str | None
-    actors: int
-    gpus_per_actor: float
+    actors: int | None
+    gpus_per_actor: float | None
     dtype: str = "fp32"  # the actors' weights (--dtype)
     threads: int = 1  # torch threads per actor (--threads; the default engine takes the same setting)
 
@@ -51,6 +53,46 @@ def require_ray() -> Any:
     except ImportError:
         raise InputError("--engine", INSTALL) from None
     return ray
+
+
+def connect(address: str | None) -> Any:
+    """Join the Ray cluster at ``address`` (``auto``: the one running here), or start Ray locally (``None``).
+
+    An address nobody answers at fails in one line: ``ray.init`` would wait for it for many minutes.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT).close()
+        except (OSError, ValueError) as error:
+            reason = "expected auto or HOST:PORT" if isinstance(error, ValueError) else first_line(error)
+            raise InputError("--ray-address", f"no Ray cluster answers at {address} ({reason})") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise InputError("--ray-address", f"cannot join Ray at {address}: {first_line(error)}") from None
+    return ray
+
+
+def actor_pool(settings: RaySettings, resources: Mapping[str, float], device: str | None) -> tuple[int, float]:
+    """``(actors, GPUs each)`` on a cluster with ``resources`` (Ray's ``cluster_resources()``).
+
+    GPUs each, auto: 1 when the cluster has a GPU (and ``device`` is not ``cpu``), else 0. Actors, auto: one per
+    GPU share, or on CPUs half the cluster's CPUs (the other half decodes images), at least 1.
+    """
+    cluster_gpus = float(resources.get("GPU", 0.0))
+    gpus = settings.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 and device != "cpu" else 0.0
+    if gpus > cluster_gpus:
+        raise InputError("--gpus-per-worker", f"{gpus:g} GPUs per worker, but the Ray cluster has {cluster_gpus:g}")
+    actors = settings.actors
+    if actors is None:
+        actors = int(cluster_gpus // gpus) if gpus else int(resources.get("CPU", 2.0)) // 2
+    return max(1, actors), gpus
 
 
 def _batches(todo: Sequence[tuple[int, Path]], batch_size: int) -> list[dict[str, str]]:
@@ -126,11 +168,11 @@ def caption_on_ray(
     on_progress: Callable[[int], None] | None = None,
 ) -> JobSummary:
     """Caption ``todo`` (position, path) on Ray and write the records in input order."""
-    ray = require_ray()
     if not todo:
         return JobSummary()
-    if not ray.is_initialized():
-        ray.init(address=settings.address, include_dashboard=False, log_to_driver=False)
+    ray = connect(settings.address)
+    actors, gpus = actor_pool(settings, ray.cluster_resources(), device)
+    print(f"ray: {actors} captioner {'actor' if actors == 1 else 'actors'}, {gpus:g} GPUs each", file=sys.stderr)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as the default engine writes them
     context.enable_progress_bars = False
@@ -140,8 +182,8 @@ def caption_on_ray(
     dataset = dataset.map(
         _CaptionActor,
         fn_constructor_args=(model, device, config, settings.dtype, settings.threads),
-        concurrency=settings.actors,
-        num_gpus=settings.gpus_per_actor,
+        concurrency=actors,
+        num_gpus=gpus,
         num_cpus=0.5,  # half a CPU each: whole ones could take every CPU and starve the decoding tasks
         # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1): a killed actor comes back and its
         # batches are retried. Passing them again is deprecated.

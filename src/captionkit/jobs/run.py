@@ -55,7 +55,7 @@ class CaptionJobOptions:
     attention_maps: Path | None = None
     engine: str = "local"  # or ray (jobs/ray_engine.py)
     ray_address: str | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: str = "auto"  # a number, or auto: 1 when the Ray cluster has GPUs, else 0
     threads: int | None = None  # torch threads (per Ray actor with --engine ray); None: torch's choice, 1 on Ray
 
     def check(self) -> None:
@@ -85,7 +85,32 @@ class CaptionJobOptions:
         if self.engine == "ray":
             from captionkit.jobs.ray_engine import require_ray
 
+            self.ray_actors()
+            self.ray_gpus_per_actor()
             require_ray()  # before the output is touched
+
+    def ray_actors(self) -> int | None:
+        """``--workers`` with ``--engine ray``: a number of captioner actors, or ``None`` (0 or auto: see
+        :func:`~captionkit.jobs.ray_engine.actor_pool`)."""
+        text = self.workers.strip()
+        if text == "auto" or text == "0":
+            return None
+        if not text.isdigit():
+            raise InputError("--workers", f"expected a number of captioner actors or auto, got {self.workers!r}")
+        return int(text)
+
+    def ray_gpus_per_actor(self) -> float | None:
+        """``--gpus-per-worker``: a number >= 0, or ``None`` for auto."""
+        text = self.gpus_per_worker.strip()
+        if text == "auto":
+            return None
+        try:
+            gpus = float(text)
+        except ValueError:
+            gpus = -1.0
+        if not gpus >= 0:
+            raise InputError("--gpus-per-worker", f"expected a number >= 0 or auto, got {self.gpus_per_worker!r}")
+        return gpus
 
 
 @dataclass
@@ -170,6 +195,10 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
         check_attention(captioner.model, "--attention-maps")
         folders = overlay_folders([item.path for item in plan.items])
         on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
+    if options.engine == "ray":
+        from captionkit.jobs.ray_engine import connect
+
+        connect(options.ray_address)  # a wrong --ray-address must not cost the old results either
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
     if plan.target is not None and not options.resume and options.fmt != "json":
         discard_output(plan.target, options.fmt)
@@ -210,12 +239,11 @@ def _caption_on_ray(
     batch_size: int,
     advance: Callable[[int], None] | None,
 ) -> JobSummary:
-    """The job on Ray: ``--workers N`` captioner actors (default 1), ``--gpus-per-worker`` GPUs each."""
+    """The job on Ray: ``--workers N`` captioner actors, ``--gpus-per-worker`` GPUs each (both auto by default)."""
     from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
 
-    actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
-    threads = options.threads or 1
-    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker, options.dtype, threads)
+    actors, gpus = options.ray_actors(), options.ray_gpus_per_actor()
+    settings = RaySettings(options.ray_address, actors, gpus, options.dtype, options.threads or 1)
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,
