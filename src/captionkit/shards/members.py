@@ -32,12 +32,18 @@ def split_member(path: Path) -> tuple[Path, str] | None:
     return None
 
 
+def is_files_layout_image(path: Path) -> bool:
+    """An image of img2dataset's "files" layout: in a numbered folder, beside its ``KEY.json`` sidecar."""
+    return path.parent.name.isdigit() and path.with_suffix(".json").is_file()
+
+
 def sample_key(image: str) -> str:
-    """The key of a sample named by a member path (``shards/00000.tar/000000017.jpg`` -> ``000000017``); any other
-    image is its own key."""
+    """The key of a sample named by a member path (``shards/00000.tar/000000017.jpg`` -> ``000000017``) or of an
+    image in img2dataset's "files" layout (``files/00000/000000017.jpg`` -> ``000000017``); any other image is its
+    own key."""
     found = split_member(Path(image))
     if found is None:
-        return image
+        return Path(image).stem if is_files_layout_image(Path(image)) else image
     member = found[1]
     return member.rsplit(".", 1)[0] if found[0].suffix.lower() == ".tar" else member
 
