@@ -31,7 +31,7 @@ test: venv
 	$(BIN)/python -m pytest -q -rs
 
 test-slow: venv
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -rs -m slow
 
 # The optional extras timm, torchvision (backbones) and torchao (int8), in their own venv: PyPI's torchvision imports
 # only beside the torch release it was built for (with .venv's torch 2.13.0 it fails: "operator torchvision::nms does

@@ -3,11 +3,15 @@ captioner actor is killed mid-run; without Ray, one line on how to install it.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,7 +19,7 @@ import pytest
 
 import captionkit
 from _captioning import QUIET_ENV, read_jsonl
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, run_cli_process, save_tiny_model
 from _shards import real_photos, write_webdataset
 
 
@@ -31,7 +35,9 @@ def test_without_ray_the_engine_says_how_to_install_it(tmp_path, capsys, monkeyp
 def test_ray_run_equals_the_default_run_record_for_record(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "tiny")
     write_webdataset(real_photos(6), tmp_path / "shards", per_shard=3, image_bytes={2: b"not an image"})
+    # One torch thread in both engines: float sums depend on the thread count, so equal settings give equal scores.
     args = ["caption", tmp_path / "shards", "--model", model, "--beams", "2", "--max-length", "5", "--batch-size", "2"]
+    args += ["--threads", "1"]
     code, _, _ = run_cli([*args, "--output", tmp_path / "local.jsonl"], capsys)
     assert code == 2
     ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
@@ -66,6 +72,7 @@ def test_killing_a_captioner_actor_mid_run_still_gives_every_record_once(tmp_pat
     model = save_tiny_model(tmp_path / "tiny")
     write_webdataset(real_photos(60), tmp_path / "shards", per_shard=20)
     args = ["caption", tmp_path / "shards", "--model", model, "--beams", "4", "--max-length", "20", "--batch-size", "2"]
+    args += ["--threads", "2"]  # not Ray's 1: the actors must take the setting, as the default engine does
     assert run_cli([*args, "--output", tmp_path / "local.jsonl"], capsys)[0] == 0
     out = tmp_path / "ray.jsonl"
     command = [sys.executable, "-m", "captionkit.cli", *map(str, args), "--output", str(out), "--engine", "ray"]
@@ -84,3 +91,138 @@ def test_killing_a_captioner_actor_mid_run_still_gives_every_record_once(tmp_pat
     assert killed is not None, "the run ended before an actor could be killed"
     assert run.returncode == 0, err.decode()[-2000:]
     assert read_jsonl(out) == read_jsonl(tmp_path / "local.jsonl")
+
+
+def test_ray_batches_are_the_default_engines_batches():
+    from captionkit.jobs.ray_engine import _batches
+
+    todo = [(position, Path(f"/photos/{position}.jpg")) for position in (3, 4, 5, 9, 10)]
+    rows = [json.loads(row["items"]) for row in _batches(todo, 2)]
+    assert rows == [
+        [[3, "/photos/3.jpg"], [4, "/photos/4.jpg"]],
+        [[5, "/photos/5.jpg"], [9, "/photos/9.jpg"]],
+        [[10, "/photos/10.jpg"]],
+    ]
+
+
+def test_ray_actors_and_gpus_default_to_one_per_gpu_else_half_the_cpus():
+    from captionkit.errors import InputError
+    from captionkit.jobs.ray_engine import RaySettings, actor_pool
+
+    auto = RaySettings(None, None, None)
+    assert actor_pool(auto, {"CPU": 64.0, "GPU": 8.0}, None) == (8, 1.0)
+    assert actor_pool(auto, {"CPU": 64.0, "GPU": 8.0}, "cpu") == (32, 0.0)
+    assert actor_pool(auto, {"CPU": 2.0}, None) == (1, 0.0)
+    assert actor_pool(auto, {"CPU": 1.0}, None) == (1, 0.0)
+    assert actor_pool(RaySettings(None, None, 0.5), {"CPU": 16.0, "GPU": 2.0}, None) == (4, 0.5)
+    assert actor_pool(RaySettings(None, 3, None), {"CPU": 16.0, "GPU": 2.0}, None) == (3, 1.0)
+    with pytest.raises(InputError, match=r"^--gpus-per-worker: 1 GPUs per worker, but the Ray cluster has 0$"):
+        actor_pool(RaySettings(None, None, 1.0), {"CPU": 4.0}, None)
+
+
+@pytest.mark.parametrize(
+    ("option", "error"),
+    [
+        (["--gpus-per-worker", "two"], "--gpus-per-worker: expected a number >= 0 or auto, got 'two'"),
+        (["--workers", "-1"], "--workers: expected a number of captioner actors or auto, got '-1'"),
+    ],
+)
+def test_bad_ray_options_fail_in_one_line(tmp_path, capsys, option, error):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
+    model = save_tiny_model(tmp_path / "tiny")
+    code, _, err = run_cli(["caption", real_photos(1)[0], "--model", model, "--engine", "ray", *option], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [f"captionkit: error: {error}"]
+
+
+def test_a_ray_address_nobody_answers_at_fails_in_one_line_and_keeps_the_output(tmp_path, capsys):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
+    model = save_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"image": "earlier.jpg", "caption": "kept"}\n')
+    with socket.socket() as probe:  # a port nothing listens on: bound, never listening
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+        args = ["caption", real_photos(1)[0], "--model", model, "--engine", "ray", "--ray-address", address]
+        code, _, err = run_cli([*args, "--output", out], capsys)
+    assert code == 1
+    ((line,),) = [err.strip().splitlines()]
+    assert line.startswith(f"captionkit: error: --ray-address: no Ray cluster answers at {address} (")
+    assert out.read_text() == '{"image": "earlier.jpg", "caption": "kept"}\n'
+
+
+@pytest.mark.slow  # a minute: Ray twice in subprocesses
+def test_a_resumed_ray_run_gives_every_record_once_equal_to_the_plain_run(tmp_path, capsys):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
+    model = save_tiny_model(tmp_path / "tiny")
+    write_webdataset(real_photos(10), tmp_path / "shards", per_shard=5, image_bytes={7: b"not an image"})
+    args = ["caption", tmp_path / "shards", "--model", model, "--beams", "2", "--max-length", "8", "--batch-size", "2"]
+    args += ["--threads", "1"]
+    assert run_cli([*args, "--output", tmp_path / "plain.jsonl"], capsys)[0] == 2
+    plain = (tmp_path / "plain.jsonl").read_text().splitlines(keepends=True)
+    out = tmp_path / "ray.jsonl"
+    # An interrupted run: 4 whole records (2 batches, so the rest is batched as in the plain run) and a torn line.
+    out.write_text("".join(plain[:4]) + plain[4][:25])
+    done = run_cli_process([*args, "--output", out, "--engine", "ray", "--resume"], env=CHILD_ENV)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "resuming: 4 of 10 images already done" in done.stderr
+    assert read_jsonl(out) == read_jsonl(tmp_path / "plain.jsonl")
+
+
+# This checkout's captionkit in the child processes, whatever is installed.
+CHILD_ENV = {**QUIET_ENV, "PYTHONPATH": str(Path(captionkit.__file__).parents[1])}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow  # a minute: a Ray head node and a run that joins it
+def test_a_run_joins_a_running_ray_cluster_by_its_address(tmp_path, capsys):
+    pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
+    model = save_tiny_model(tmp_path / "tiny")
+    write_webdataset(real_photos(6), tmp_path / "shards", per_shard=3)
+    args = ["caption", tmp_path / "shards", "--model", model, "--beams", "2", "--max-length", "5", "--batch-size", "2"]
+    args += ["--threads", "1"]
+    assert run_cli([*args, "--output", tmp_path / "plain.jsonl"], capsys)[0] == 0
+    port = _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ck-ray-")  # short: Ray's socket paths live under it
+    ray_cli = Path(sys.executable).parent / "ray"
+    head_args = ["start", "--head", "--block", "--num-cpus", "2", "--port", str(port), "--temp-dir", temp_dir]
+    head_args += ["--include-dashboard", "false", "--disable-usage-stats"]
+    # A throwaway cluster on loopback: no token authentication (recent Ray turns it on for `ray start`).
+    no_auth = {"RAY_AUTH_MODE": "disabled"}
+    # Its own session, so that this test ends exactly the processes it started (never `ray stop`: it ends every
+    # Ray on the machine).
+    head = subprocess.Popen(
+        [str(ray_cli), *head_args],
+        env={**os.environ, **QUIET_ENV, **no_auth},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head failed"
+                time.sleep(0.5)
+        out = tmp_path / "ray.jsonl"
+        address = ["--engine", "ray", "--ray-address", f"127.0.0.1:{port}", "--workers", "2"]
+        done = run_cli_process([*args, "--output", out, *address], env={**CHILD_ENV, **no_auth}, timeout=240)
+    finally:
+        os.killpg(head.pid, signal.SIGINT)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ray: 2 captioner actors, 0 GPUs each" in done.stderr
+    assert read_jsonl(out) == read_jsonl(tmp_path / "plain.jsonl")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import tarfile
 
+import pyarrow.parquet as pq
 import pytest
 
 from _captioning import read_jsonl
 from _helpers import run_cli, save_tiny_model
-from _shards import real_photos, write_parquet, write_webdataset
+from _shards import real_photos, write_files_layout, write_parquet, write_webdataset
 
 ARGS = ["--beams", "1", "--max-length", "5", "--batch-size", "3"]
 
@@ -35,7 +37,11 @@ def test_folder_shards_and_parquet_give_the_same_captions(model_dir, photos, tmp
     for photo in photos:
         shutil.copy(photo, folder / photo.name)
     write_webdataset(photos, tmp_path / "shards", per_shard=3)
+    (single,) = write_webdataset(photos, tmp_path / "one", per_shard=7)
     parquet = write_parquet(photos, tmp_path / "parquet" / "part-0.parquet", row_group_size=4)
+    write_parquet(photos[:4], tmp_path / "parquets" / "part-0.parquet", row_group_size=3)
+    write_parquet(photos[4:], tmp_path / "parquets" / "part-1.parquet", row_group_size=3)
+    files = write_files_layout(photos, tmp_path / "files", per_folder=3)
     runs = {
         "folder": _captions(model_dir, folder, tmp_path, capsys, "folder.jsonl"),
         "directory of shards": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "dir.jsonl"),
@@ -43,6 +49,9 @@ def test_folder_shards_and_parquet_give_the_same_captions(model_dir, photos, tmp
         "parquet": _captions(model_dir, parquet, tmp_path, capsys, "parquet.jsonl"),
         "parquet, 2 workers": _captions(model_dir, parquet, tmp_path, capsys, "p2.jsonl", "--workers", "2"),
         "shards, 2 workers": _captions(model_dir, tmp_path / "shards", tmp_path, capsys, "s2.jsonl", "--workers", "2"),
+        "a single tar": _captions(model_dir, single, tmp_path, capsys, "single.jsonl"),
+        "parquet directory": _captions(model_dir, tmp_path / "parquets", tmp_path, capsys, "pdir.jsonl"),
+        "files layout": _captions(model_dir, files, tmp_path, capsys, "files.jsonl"),
     }
     assert all(code == 0 for code, _ in runs.values())
     reference = [record["caption"] for record in runs["folder"][1]]
@@ -55,6 +64,20 @@ def test_folder_shards_and_parquet_give_the_same_captions(model_dir, photos, tmp
         str(tmp_path / "shards" / "00001.tar" / f"{photos[3].stem}.jpg")
     ]
     assert runs["parquet"][1][0]["image"] == str(parquet / photos[0].stem)
+    assert runs["parquet directory"][1][4]["image"] == str(tmp_path / "parquets" / "part-1.parquet" / photos[4].stem)
+    assert runs["files layout"][1][3]["image"] == str(files / "00001" / f"{photos[3].stem}.jpg")
+
+
+def test_every_layout_keys_parquet_records_by_the_sample_key(model_dir, photos, tmp_path, capsys):
+    write_webdataset(photos[:4], tmp_path / "shards", per_shard=2)
+    write_files_layout(photos[:4], tmp_path / "files", per_folder=2)
+    parquet = write_parquet(photos[:4], tmp_path / "photos.parquet")
+    keys = {}
+    for name, source in {"shards": tmp_path / "shards", "files": tmp_path / "files", "parquet": parquet}.items():
+        out = tmp_path / f"{name}.out.parquet"
+        run_cli(["caption", source, "--model", model_dir, "--output", out, "--format", "parquet", *ARGS], capsys)
+        keys[name] = pq.read_table(out).column("key").to_pylist()
+    assert keys == {name: [photo.stem for photo in photos[:4]] for name in keys}
 
 
 def test_corrupt_member_and_torn_tar_give_error_records_and_the_rest_is_read(model_dir, photos, tmp_path, capsys):
@@ -76,6 +99,54 @@ def test_corrupt_member_and_torn_tar_give_error_records_and_the_rest_is_read(mod
     assert torn_name.startswith("00001.tar/") and torn_error.endswith("bytes (torn tar)")
     assert torn_error.startswith("cut short: ")
     assert sum("caption" in record for record in records) == len(records) - 2  # the rest of both shards is read
+
+
+def _header_offsets(shard) -> dict[str, int]:
+    """Member name -> the offset of its header block."""
+    with tarfile.open(shard) as archive:
+        return {member.name: member.offset for member in archive}
+
+
+def test_a_tar_cut_between_members_gives_an_error_record_naming_the_shard(model_dir, photos, tmp_path, capsys):
+    (shard,) = write_webdataset(photos[:6], tmp_path / "shards", per_shard=6)
+    cut = _header_offsets(shard)[f"{photos[3].stem}.jpg"]
+    shard.write_bytes(shard.read_bytes()[:cut])  # a copy that stopped exactly where sample 3 begins
+    code, records = _captions(model_dir, shard, tmp_path, capsys)
+    assert code == 2
+    assert [record["image"] for record in records] == [
+        *(str(shard / f"{photo.stem}.jpg") for photo in photos[:3]),
+        str(shard / f"@{cut}"),
+    ]
+    assert all("caption" in record for record in records[:3])
+    assert records[3]["error"] == f"torn tar: cut at byte {cut}, between members (no end-of-archive blocks)"
+
+
+def test_a_garbage_header_mid_shard_gives_an_error_record_and_the_later_members_are_read(
+    model_dir, photos, tmp_path, capsys
+):
+    (shard,) = write_webdataset(photos[:6], tmp_path / "shards", per_shard=6)
+    offsets = _header_offsets(shard)
+    bad = offsets[f"{photos[2].stem}.jpg"]
+    data = bytearray(shard.read_bytes())
+    data[bad : bad + 512] = bytes(range(256)) * 2  # sample 2's image header is garbage; its data follows
+    shard.write_bytes(bytes(data))
+    code, records = _captions(model_dir, shard, tmp_path, capsys)
+    assert code == 2
+    kept = [0, 1, 3, 4, 5]  # sample 2 lost its image member; its .txt and .json are read but hold no image
+    assert [record["image"] for record in records] == [
+        *(str(shard / f"{photos[i].stem}.jpg") for i in kept[:2]),
+        str(shard / f"@{bad}"),
+        *(str(shard / f"{photos[i].stem}.jpg") for i in kept[2:]),
+    ]
+    skipped = offsets[f"{photos[2].stem}.txt"] - bad
+    assert records[2]["error"] == (
+        f"damaged tar: bad header at byte {bad} (invalid header), {skipped} bytes skipped to the next member"
+    )
+    assert sum("caption" in record for record in records) == 5
+    clean = tmp_path / "clean"
+    write_webdataset([photos[i] for i in kept], clean, per_shard=6)
+    _, reference = _captions(model_dir, clean, tmp_path, capsys, "clean.jpg.jsonl")
+    assert [r["caption"] for r in records if "caption" in r] == [r["caption"] for r in reference]
 
 
 def test_parquet_of_urls_says_how_to_download_first(model_dir, photos, tmp_path, capsys):

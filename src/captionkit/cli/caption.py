@@ -39,7 +39,11 @@ def caption(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     workers: Annotated[
-        str, typer.Option(help="Processes decoding images while the model runs: a number (0 = in-process) or auto.")
+        str,
+        typer.Option(
+            help="Processes decoding images while the model runs: a number (0 = in-process) or auto. With --engine "
+            "ray: captioner actors; 0 or auto: one per GPU in the cluster, else half its CPUs."
+        ),
     ] = "0",
     prefetch: Annotated[int, typer.Option(help="Batches each worker prepares ahead (bounds memory).")] = 2,
     shard: Annotated[
@@ -56,7 +60,19 @@ def caption(
     ray_address: Annotated[
         str | None, typer.Option(help="Ray cluster to join (auto or HOST:PORT); default: start Ray locally.")
     ] = None,
-    gpus_per_worker: Annotated[float, typer.Option(help="GPUs per captioner actor with --engine ray.")] = 0.0,
+    gpus_per_worker: Annotated[
+        str,
+        typer.Option(
+            help="GPUs per captioner actor with --engine ray: a number, or auto: 1 when the cluster has GPUs, else 0."
+        ),
+    ] = "auto",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="torch threads (each Ray actor's with --engine ray). Default: torch's choice; 1 per Ray actor. "
+            "Scores depend on it in the last digits: give both engines the same value for identical records."
+        ),
+    ] = None,
 ) -> None:
     """Caption images; one record per image. Exit 0 when all succeed, 2 when some images failed.
 
@@ -99,6 +115,7 @@ def caption(
             engine=engine,
             ray_address=ray_address,
             gpus_per_worker=gpus_per_worker,
+            threads=threads,
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from captionkit.errors import InputError
 from captionkit.files import text_lines
-from captionkit.shards import container_files, is_container_input, iter_samples
+from captionkit.shards import container_files, is_container_input, is_files_layout_image, iter_samples
 
 # Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -19,8 +19,9 @@ class InputImage:
     """An image to caption: ``path`` as records name it, and ``key``, its path relative to the input it came from.
 
     The key is what sharding hashes: ``photos/a/b.jpg`` found under ``photos/`` has key ``a/b.jpg`` whether the
-    folder is mounted at ``/data/photos`` or ``/mnt/photos``; a list entry's key is the entry as written; a file
-    named on the command line is its own key.
+    folder is mounted at ``/data/photos`` or ``/mnt/photos``; an image of img2dataset's "files" layout
+    (``00000/KEY.jpg`` beside ``KEY.json``) has its sample key ``KEY``, as in shards; a list entry's key is the entry
+    as written; a file named on the command line is its own key.
     """
 
     path: Path
@@ -49,7 +50,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
             images = [InputImage(sample.image, sample.key) for sample in samples]
         elif path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            images = [InputImage(p, p.relative_to(path).as_posix()) for p in files]
+            images = [InputImage(p, _folder_key(p, path)) for p in files]
         elif path.is_file() and path.suffix.lower() == ".txt":
             images = _read_list(path)
         elif path.exists():
@@ -59,6 +60,11 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
         for image in images:
             found.setdefault(image.path, image)
     return list(found.values())
+
+
+def _folder_key(image: Path, folder: Path) -> str:
+    """An image's key: its sample key in img2dataset's "files" layout (as in shards), else its relative path."""
+    return image.stem if is_files_layout_image(image) else image.relative_to(folder).as_posix()
 
 
 def _read_list(path: Path) -> list[InputImage]:

@@ -1,7 +1,8 @@
 """``caption --engine ray``: the same job as a Ray Data pipeline, on a laptop or a cluster with one command.
 
-Inputs (their positions and paths) -> decode and preprocess as CPU tasks -> a pool of captioner actors (one per
-GPU, or ``workers`` on CPU) -> records streamed back to this process in input order and written by the usual
+Inputs (their positions and paths, in the default engine's batches) -> decode and preprocess as CPU tasks -> a pool
+of captioner actors (one per GPU, or ``workers`` on CPU), each running a known number of torch threads -> records
+streamed back to this process in input order and written by the usual
 :class:`~captionkit.jobs.outputs.RecordWriter`, so ``--resume``, ``--format`` and ``merge`` work as for the default
 engine. Ray retries the tasks of a dead worker and restarts a dead actor, so a lost process costs time, not records.
 Without ``ray_address`` Ray starts locally. Ray is the optional extra ``captionkit[ray]``. Progress: a line on
@@ -11,8 +12,9 @@ stderr every ``PROGRESS_EVERY`` seconds and at the end (images, images/s, errors
 from __future__ import annotations
 
 import json
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from captionkit.decoding import DecodingConfig
-from captionkit.errors import InputError
+from captionkit.errors import InputError, first_line
 from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs.batch import JobSummary
 from captionkit.jobs.outputs import RecordWriter
@@ -29,16 +31,19 @@ from captionkit.jobs.throughput import Throughput
 
 INSTALL = "needs Ray: pip install 'captionkit[ray]'"
 PROGRESS_EVERY = 10.0  # seconds between progress lines
+CONNECT_TIMEOUT = 10.0  # seconds to wait for a --ray-address to answer
 
 
 @dataclass(frozen=True)
 class RaySettings:
-    """Where Ray runs (``None``: a local Ray started here), and the captioner actors: how many, GPUs each."""
+    """Where Ray runs (``None``: a local Ray started here), and the captioner actors: how many, GPUs and torch
+    threads each; ``None`` for actors or GPUs is auto (see :func:`actor_pool`)."""
 
     address: str | None
-    actors: int
-    gpus_per_actor: float
+    actors: int | None
+    gpus_per_actor: float | None
     dtype: str = "fp32"  # the actors' weights (--dtype)
+    threads: int = 1  # torch threads per actor (--threads; the default engine takes the same setting)
 
 
 def require_ray() -> Any:
@@ -50,45 +55,104 @@ def require_ray() -> Any:
     return ray
 
 
-def _decode(batch: dict[str, np.ndarray], preprocessing: Preprocessing, limits: ImageLimits) -> dict[str, np.ndarray]:
-    """A CPU task: image paths -> preprocessed pixels (zeros for a bad image) and the one-line error, if any."""
-    files = ImageFiles([str(path) for path in batch["image"]], preprocessing, limits)  # the default engine's reader
+def connect(address: str | None) -> Any:
+    """Join the Ray cluster at ``address`` (``auto``: the one running here), or start Ray locally (``None``).
+
+    An address nobody answers at fails in one line: ``ray.init`` would wait for it for many minutes.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return ray
+    if address is not None and address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=CONNECT_TIMEOUT).close()
+        except (OSError, ValueError) as error:
+            reason = "expected auto or HOST:PORT" if isinstance(error, ValueError) else first_line(error)
+            raise InputError("--ray-address", f"no Ray cluster answers at {address} ({reason})") from None
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise InputError("--ray-address", f"cannot join Ray at {address}: {first_line(error)}") from None
+    return ray
+
+
+def actor_pool(settings: RaySettings, resources: Mapping[str, float], device: str | None) -> tuple[int, float]:
+    """``(actors, GPUs each)`` on a cluster with ``resources`` (Ray's ``cluster_resources()``).
+
+    GPUs each, auto: 1 when the cluster has a GPU (and ``device`` is not ``cpu``), else 0. Actors, auto: one per
+    GPU share, or on CPUs half the cluster's CPUs (the other half decodes images), at least 1.
+    """
+    cluster_gpus = float(resources.get("GPU", 0.0))
+    gpus = settings.gpus_per_actor
+    if gpus is None:
+        gpus = 1.0 if cluster_gpus >= 1 and device != "cpu" else 0.0
+    if gpus > cluster_gpus:
+        raise InputError("--gpus-per-worker", f"{gpus:g} GPUs per worker, but the Ray cluster has {cluster_gpus:g}")
+    actors = settings.actors
+    if actors is None:
+        actors = int(cluster_gpus // gpus) if gpus else int(resources.get("CPU", 2.0)) // 2
+    return max(1, actors), gpus
+
+
+def _batches(todo: Sequence[tuple[int, Path]], batch_size: int) -> list[dict[str, str]]:
+    """The default engine's batches (``batch_size`` consecutive images of ``todo``), one row each.
+
+    A Ray batch is one row, so an actor decodes exactly the images the default engine puts together: beam search
+    over a different batch can round differently, and records must be equal by design, not by luck.
+    """
+    items = [[position, str(path)] for position, path in todo]
+    return [{"items": json.dumps(items[start : start + batch_size])} for start in range(0, len(items), batch_size)]
+
+
+def _decode(row: dict[str, Any], preprocessing: Preprocessing, limits: ImageLimits) -> dict[str, Any]:
+    """A CPU task: one batch's image paths -> preprocessed pixels of its good images and each image's error."""
+    items = json.loads(row["items"])
+    files = ImageFiles([path for _, path in items], preprocessing, limits)  # the default engine's reader
+    decoded = [files[index] for index in range(len(files))]
+    good = [pixels for _, pixels, _ in decoded if pixels is not None]
     height, width = preprocessing.size
-    pixels = np.zeros((len(files), 3, height, width), dtype=np.float32)
-    errors = []
-    for row in range(len(files)):
-        _, decoded, error = files[row]
-        if decoded is not None:
-            pixels[row] = decoded
-        errors.append(error or "")
-    return {**batch, "pixels": pixels, "error": np.array(errors, dtype=object)}
+    pixels = np.stack(good).astype(np.float32) if good else np.zeros((0, 3, height, width), np.float32)
+    errors = [error or "" for _, _, error in decoded]
+    return {
+        "items": row["items"],
+        "errors": json.dumps(errors),
+        "pixels": pixels.tobytes(),
+        "size": f"{height}x{width}",
+    }
 
 
 class _CaptionActor:
-    """One captioner, loaded once per actor; a batch of pixels -> one JSON record per image."""
+    """One captioner, loaded once per actor; one batch of pixels -> its records as a JSON list."""
 
-    def __init__(self, model: str, device: str | None, config: DecodingConfig, dtype: str) -> None:
+    def __init__(self, model: str, device: str | None, config: DecodingConfig, dtype: str, threads: int) -> None:
+        import torch
+
         from captionkit.api import Captioner
 
+        # A known thread count, not Ray's OMP_NUM_THREADS: float reductions depend on it, so --threads N gives
+        # the default engine's scores to the last digit.
+        torch.set_num_threads(threads)
         self.captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
         self.config = config
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         from captionkit.jobs.batch import caption_pixels, caption_record
 
-        good = [row for row, error in enumerate(batch["error"]) if not error]
-        pixels = torch.from_numpy(np.ascontiguousarray(batch["pixels"][good])).to(
-            self.captioner.device, self.captioner.dtype
-        )
-        positions = [int(batch["position"][row]) for row in good]
+        items, errors = json.loads(row["items"]), json.loads(row["errors"])
+        height, width = (int(side) for side in row["size"].split("x"))
+        array = np.frombuffer(row["pixels"], dtype=np.float32).reshape(-1, 3, height, width)
+        pixels = torch.from_numpy(array.copy()).to(self.captioner.device, self.captioner.dtype)
+        good = [index for index, error in enumerate(errors) if not error]
+        positions = [items[index][0] for index in good]
         found = dict(zip(good, caption_pixels(self.captioner, pixels, positions, self.config), strict=True))
         records = [
-            caption_record(Path(str(image)), found[row]) if row in found else {"image": str(image), "error": error}
-            for row, (image, error) in enumerate(zip(batch["image"], batch["error"], strict=True))
+            caption_record(Path(path), found[index]) if index in found else {"image": path, "error": errors[index]}
+            for index, (_, path) in enumerate(items)
         ]
-        return {"record": np.array([json.dumps(record) for record in records], dtype=object)}
+        return {"records": json.dumps(records)}
 
 
 def caption_on_ray(
@@ -104,30 +168,30 @@ def caption_on_ray(
     on_progress: Callable[[int], None] | None = None,
 ) -> JobSummary:
     """Caption ``todo`` (position, path) on Ray and write the records in input order."""
-    ray = require_ray()
-    if not ray.is_initialized():
-        ray.init(address=settings.address, include_dashboard=False, log_to_driver=False)
+    if not todo:
+        return JobSummary()
+    ray = connect(settings.address)
+    actors, gpus = actor_pool(settings, ray.cluster_resources(), device)
+    print(f"ray: {actors} captioner {'actor' if actors == 1 else 'actors'}, {gpus:g} GPUs each", file=sys.stderr)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as the default engine writes them
     context.enable_progress_bars = False
-    items = [{"position": position, "image": str(path)} for position, path in todo]
-    dataset = ray.data.from_items(items).map_batches(
-        _decode, fn_kwargs={"preprocessing": preprocessing, "limits": limits}, batch_size=batch_size
-    )
-    dataset = dataset.map_batches(
+    batches = _batches(todo, batch_size)
+    dataset = ray.data.from_items(batches, override_num_blocks=max(1, len(batches)))
+    dataset = dataset.map(_decode, fn_kwargs={"preprocessing": preprocessing, "limits": limits})
+    dataset = dataset.map(
         _CaptionActor,
-        fn_constructor_args=(model, device, config, settings.dtype),
-        batch_size=batch_size,
-        concurrency=settings.actors,
-        num_gpus=settings.gpus_per_actor,
+        fn_constructor_args=(model, device, config, settings.dtype, settings.threads),
+        concurrency=actors,
+        num_gpus=gpus,
         num_cpus=0.5,  # half a CPU each: whole ones could take every CPU and starve the decoding tasks
-        max_restarts=-1,  # a killed actor comes back and its batches are retried
-        max_task_retries=-1,
+        # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1): a killed actor comes back and its
+        # batches are retried. Passing them again is deprecated.
     )
     summary = JobSummary()
     throughput = Throughput(len(todo), PROGRESS_EVERY)
-    for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        records = [json.loads(text) for text in batch["record"]]
+    for row in dataset.iter_rows():
+        records = json.loads(row["records"])
         writer.write(records)
         errors = sum("error" in record for record in records)
         summary.images += len(records)

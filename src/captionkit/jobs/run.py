@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from captionkit.api import Captioner
 from captionkit.attention import check_attention
@@ -53,7 +55,8 @@ class CaptionJobOptions:
     attention_maps: Path | None = None
     engine: str = "local"  # or ray (jobs/ray_engine.py)
     ray_address: str | None = None
-    gpus_per_worker: float = 0.0
+    gpus_per_worker: str = "auto"  # a number, or auto: 1 when the Ray cluster has GPUs, else 0
+    threads: int | None = None  # torch threads (per Ray actor with --engine ray); None: torch's choice, 1 on Ray
 
     def check(self) -> None:
         """Raise a :class:`CaptionkitError` naming the option for a value or combination the job cannot run."""
@@ -71,6 +74,8 @@ class CaptionJobOptions:
             raise InputError("--style", f"unknown style {self.style!r} (expected one of {', '.join(STYLES)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
+        if self.threads is not None and self.threads < 1:
+            raise InputError("--threads", f"must be at least 1, got {self.threads}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
         if self.engine not in ("local", "ray"):
@@ -80,7 +85,32 @@ class CaptionJobOptions:
         if self.engine == "ray":
             from captionkit.jobs.ray_engine import require_ray
 
+            self.ray_actors()
+            self.ray_gpus_per_actor()
             require_ray()  # before the output is touched
+
+    def ray_actors(self) -> int | None:
+        """``--workers`` with ``--engine ray``: a number of captioner actors, or ``None`` (0 or auto: see
+        :func:`~captionkit.jobs.ray_engine.actor_pool`)."""
+        text = self.workers.strip()
+        if text == "auto" or text == "0":
+            return None
+        if not text.isdigit():
+            raise InputError("--workers", f"expected a number of captioner actors or auto, got {self.workers!r}")
+        return int(text)
+
+    def ray_gpus_per_actor(self) -> float | None:
+        """``--gpus-per-worker``: a number >= 0, or ``None`` for auto."""
+        text = self.gpus_per_worker.strip()
+        if text == "auto":
+            return None
+        try:
+            gpus = float(text)
+        except ValueError:
+            gpus = -1.0
+        if not gpus >= 0:
+            raise InputError("--gpus-per-worker", f"expected a number >= 0 or auto, got {self.gpus_per_worker!r}")
+        return gpus
 
 
 @dataclass
@@ -132,6 +162,23 @@ def run_caption_job(
     """Run the job ``options`` describe in this process; raises a :class:`CaptionkitError` before captioning anything
     (and before touching the output) when the options, inputs or model cannot be used."""
     options.check()
+    with _torch_threads(options.threads if options.engine == "local" else None):
+        return _run(options, progress, env)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch runs ``threads`` threads inside (None: unchanged); the caller's setting comes back after."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str, str]) -> JobOutcome:
     plan = _plan(options, env)
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
     captioner = Captioner.from_pretrained(
@@ -148,6 +195,10 @@ def run_caption_job(
         check_attention(captioner.model, "--attention-maps")
         folders = overlay_folders([item.path for item in plan.items])
         on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
+    if options.engine == "ray":
+        from captionkit.jobs.ray_engine import connect
+
+        connect(options.ray_address)  # a wrong --ray-address must not cost the old results either
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
     if plan.target is not None and not options.resume and options.fmt != "json":
         discard_output(plan.target, options.fmt)
@@ -188,11 +239,11 @@ def _caption_on_ray(
     batch_size: int,
     advance: Callable[[int], None] | None,
 ) -> JobSummary:
-    """The job on Ray: ``--workers N`` captioner actors (default 1), ``--gpus-per-worker`` GPUs each."""
+    """The job on Ray: ``--workers N`` captioner actors, ``--gpus-per-worker`` GPUs each (both auto by default)."""
     from captionkit.jobs.ray_engine import RaySettings, caption_on_ray
 
-    actors = int(options.workers) if options.workers.strip().isdigit() and int(options.workers) > 0 else 1
-    settings = RaySettings(options.ray_address, actors, options.gpus_per_worker, options.dtype)
+    actors, gpus = options.ray_actors(), options.ray_gpus_per_actor()
+    settings = RaySettings(options.ray_address, actors, gpus, options.dtype, options.threads or 1)
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,

@@ -10,6 +10,7 @@ user typed (a container, a brace pattern ``shards/{00000..00099}.tar`` or a dire
 from captionkit.shards.members import (
     ShardSample,
     container_runs,
+    is_files_layout_image,
     iter_samples,
     read_member,
     sample_key,
@@ -24,6 +25,7 @@ __all__ = [
     "container_files",
     "container_runs",
     "is_container_input",
+    "is_files_layout_image",
     "iter_samples",
     "read_member",
     "sample_captions",

@@ -14,12 +14,14 @@ from captionkit.shards.tar import read_tar_member, sample_captions, tar_index
 @dataclass(frozen=True)
 class ShardSample:
     """A sample of a collection: its key, its image as a member path, its captions, and why its text members could
-    not be read (if so)."""
+    not be read (if so). A ``damaged`` one is no sample but damage to its shard (a torn or garbage stretch), named
+    ``SHARD/@OFFSET``: ``problem`` says what, and reading its image raises that."""
 
     key: str
     image: Path
     captions: tuple[str, ...]
     problem: str | None = None
+    damaged: bool = False
 
 
 def split_member(path: Path) -> tuple[Path, str] | None:
@@ -30,12 +32,18 @@ def split_member(path: Path) -> tuple[Path, str] | None:
     return None
 
 
+def is_files_layout_image(path: Path) -> bool:
+    """An image of img2dataset's "files" layout: in a numbered folder, beside its ``KEY.json`` sidecar."""
+    return path.parent.name.isdigit() and path.with_suffix(".json").is_file()
+
+
 def sample_key(image: str) -> str:
-    """The key of a sample named by a member path (``shards/00000.tar/000000017.jpg`` -> ``000000017``); any other
-    image is its own key."""
+    """The key of a sample named by a member path (``shards/00000.tar/000000017.jpg`` -> ``000000017``) or of an
+    image in img2dataset's "files" layout (``files/00000/000000017.jpg`` -> ``000000017``); any other image is its
+    own key."""
     found = split_member(Path(image))
     if found is None:
-        return image
+        return Path(image).stem if is_files_layout_image(Path(image)) else image
     member = found[1]
     return member.rsplit(".", 1)[0] if found[0].suffix.lower() == ".tar" else member
 
@@ -71,7 +79,7 @@ def read_member(path: Path, limit: int) -> bytes | None:
 
 def iter_samples(containers: Iterable[Path]) -> Iterator[ShardSample]:
     """The samples of ``containers`` in order; only the containers being read keep their index in memory. Tar
-    samples without an image are skipped."""
+    samples without an image are skipped; damage to a tar comes where it was found, as a ``damaged`` sample."""
     for container in containers:
         yield from _tar_samples(container) if container.suffix.lower() == ".tar" else _rows(container)
 
@@ -80,7 +88,7 @@ def _tar_samples(container: Path) -> Iterator[ShardSample]:
     for sample in tar_index(container).samples:
         if sample.image is not None:
             captions = tuple(sample_captions(sample.captions, sample.meta))
-            yield ShardSample(sample.key, container / sample.image, captions, sample.problem)
+            yield ShardSample(sample.key, container / sample.image, captions, sample.problem, sample.damaged)
 
 
 def _rows(container: Path) -> Iterator[ShardSample]:

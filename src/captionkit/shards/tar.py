@@ -4,22 +4,28 @@
 A shard is indexed once (headers only, plus the small text members) with the standard library's ``tarfile``; an
 image's bytes are read at its offset when asked for. Indexes are cached for the few shards last used, so memory
 does not grow with the number of shards. A torn tar (a copy cut short) keeps every sample before the cut; the
-member the cut went through reads as an error naming it.
+member the cut went through reads as an error naming it, and a cut between members (no end-of-archive blocks) as a
+damage record ``SHARD/@OFFSET``. A garbage header is such a record too, and reading goes on at the next valid ustar
+header (headers sit on 512-byte boundaries), so the members after the damage are still read.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from captionkit.errors import InputError, first_line
 
 IMAGE_MEMBER_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _TEXT_LIMIT = 1 << 20  # a caption or metadata member larger than this is not text
+BLOCK = tarfile.BLOCKSIZE
+ZERO_BLOCK = bytes(BLOCK)
+_SCAN_CHUNK = 1 << 20  # bytes read at a time while looking for the next header past damage
 
 
 @dataclass
@@ -32,7 +38,8 @@ class TarSample:
     size: int = 0
     captions: tuple[str, ...] = ()
     meta: dict[str, Any] = field(default_factory=dict)
-    problem: str | None = None  # why its text members could not be read
+    problem: str | None = None  # why its text members could not be read, or the damage it stands for
+    damaged: bool = False  # not a sample: damage to the shard (a garbage header, a cut between members)
 
 
 @dataclass
@@ -53,28 +60,107 @@ def tar_index(path: Path) -> TarIndex:
 def _cached_index(path: Path, mtime_ns: int, size: int) -> TarIndex:  # mtime and size: the cache key
     samples: dict[str, TarSample] = {}
     try:
-        with tarfile.open(path, "r:") as archive:
-            for member in archive:
-                if member.isfile():
-                    _add_member(archive, member, samples)
-    except (tarfile.TarError, OSError, EOFError) as error:
+        with path.open("rb") as handle:
+            _walk(path, handle, size, samples)
+    except OSError as error:
         if not samples:
             raise InputError(path, f"not a readable tar file ({first_line(error)})") from None
     return TarIndex(list(samples.values()), {s.image: s for s in samples.values() if s.image is not None})
 
 
-def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict[str, TarSample]) -> None:
+def _walk(path: Path, handle: BinaryIO, size: int, samples: dict[str, TarSample]) -> None:
+    """Index the members at 512-byte header offsets; where a header is garbage, resync at the next ustar header.
+
+    Damage that no member's record reports (a garbage header, a cut between members) becomes a damage sample.
+    """
+    archive = _reader(handle)
+    offset, reported = 0, True  # reported: a cut through the last member shows in that member's record
+    while True:
+        handle.seek(offset)
+        block = handle.read(BLOCK)
+        if not block or len(block) < BLOCK:
+            if offset == 0:
+                raise InputError(path, "not a readable tar file (empty file)")
+            if not block and offset == size:
+                _damage(samples, offset, f"torn tar: cut at byte {offset}, between members (no end-of-archive blocks)")
+            elif block or not reported:
+                _damage(samples, offset, f"torn tar: cut at byte {size}, inside the member at byte {offset}")
+            return
+        if block == ZERO_BLOCK:  # the end of the archive, unless members follow (a hole left by a broken copy)
+            found = _next_header(handle, offset + BLOCK)
+            if found is None:
+                return
+            _damage(samples, offset, f"damaged tar: zero blocks at byte {offset}, {found - offset} bytes skipped")
+            offset = found
+            continue
+        try:
+            handle.seek(offset)
+            archive.offset = offset
+            member = tarfile.TarInfo.fromtarfile(archive)
+        except (tarfile.TarError, EOFError, ValueError) as error:  # HeaderError and the like: a garbage header
+            found = _next_header(handle, offset + BLOCK)
+            if offset == 0 and found is None:
+                raise InputError(path, f"not a readable tar file ({first_line(error)})") from None
+            skipped = f"{found - offset} bytes skipped to the next member" if found else "no member after it"
+            _damage(samples, offset, f"damaged tar: bad header at byte {offset} ({first_line(error)}), {skipped}")
+            if found is None:
+                return
+            offset = found
+            continue
+        reported = _add_member(archive, member, samples) if member.isfile() else False
+        offset = archive.offset  # past the member's data (tarfile rounds it up to whole blocks)
+
+
+def _reader(handle: BinaryIO) -> tarfile.TarFile:
+    """A ``TarFile`` whose header parsing (pax and GNU long names included) reads ``handle`` wherever we seek.
+
+    It is opened on an empty archive, so that a garbage first header of the real file is ours to handle.
+    """
+    archive = tarfile.TarFile(fileobj=io.BytesIO(ZERO_BLOCK * 2))
+    archive.fileobj = handle
+    return archive
+
+
+def _next_header(handle: BinaryIO, offset: int) -> int | None:
+    """The offset of the first valid ustar header at or after ``offset`` (on a block boundary), if any."""
+    handle.seek(offset)
+    while chunk := handle.read(_SCAN_CHUNK):
+        for start in range(0, len(chunk) - BLOCK + 1, BLOCK):
+            block = chunk[start : start + BLOCK]
+            if block[257:262] == b"ustar" and _parses(block):
+                return offset + start
+        offset += len(chunk)
+    return None
+
+
+def _parses(block: bytes) -> bool:
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
+
+
+def _damage(samples: dict[str, TarSample], offset: int, reason: str) -> None:
+    """A sample standing for the damage at ``offset``: reading its image member raises ``reason``."""
+    name = f"@{offset}"
+    samples[name] = TarSample(name, image=name, problem=reason, damaged=True)
+
+
+def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict[str, TarSample]) -> bool:
+    """Index ``member``; whether it is one whose record would show a cut through it (an image or text member)."""
     # WebDataset's key is everything before the first dot of the file name (in its folder).
     folder, _, name = member.name.rpartition("/")
     stem, dot, extension = name.partition(".")
     if not dot:
-        return
+        return False
     key = f"{folder}/{stem}" if folder else stem
     sample = samples.setdefault(key, TarSample(key))
     suffix = f".{extension.lower()}"
     if suffix in IMAGE_MEMBER_SUFFIXES and sample.image is None:
         sample.image, sample.offset, sample.size = member.name, member.offset_data, member.size
-    elif suffix in (".txt", ".json"):
+        return True
+    if suffix in (".txt", ".json"):
         try:
             text = _read_text(archive, member)
             if suffix == ".txt":
@@ -84,6 +170,8 @@ def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict
                 sample.meta = meta if isinstance(meta, dict) else {}
         except (ValueError, OSError, tarfile.TarError, EOFError) as error:
             sample.problem = f"{member.name}: unreadable ({first_line(error)})"
+        return True
+    return False
 
 
 def _read_text(archive: tarfile.TarFile, member: tarfile.TarInfo) -> str:
@@ -113,6 +201,8 @@ def read_tar_member(path: Path, member: str, limit: int) -> bytes:
     sample = tar_index(path).by_member.get(member)
     if sample is None:
         raise InputError(f"{path}/{member}", "no such image member in the tar")
+    if sample.damaged:
+        raise InputError(f"{path}/{member}", sample.problem or "damaged tar")
     with path.open("rb") as handle:
         handle.seek(sample.offset)
         data = handle.read(min(sample.size, limit + 1))

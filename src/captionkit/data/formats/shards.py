@@ -42,7 +42,9 @@ def collect_samples(files: list[Path]) -> Collector:
     collector = Collector()
     for sample in iter_samples(files):
         if sample.problem is not None:
-            collector.drop(sample.problem)
+            collector.drop(f"{sample.image.parent}: {sample.problem}" if sample.damaged else sample.problem)
+            if sample.damaged:
+                continue
         if not sample.captions:
             collector.drop(NO_CAPTION)
         for caption in sample.captions:
