@@ -408,7 +408,7 @@ def test_styles_are_served_by_models_trained_with_them(model_dirs):
             )[0][0].text
             assert response.json()["results"][0]["caption"] == expected
         plain = post_image(client, model="base", style="positive").json()["detail"]
-        assert plain == "style: model 'base' has no style 'positive' (allowed: neutral)"
+        assert plain == "style: model 'base' was trained without styles: it cannot write positive captions"
         unknown = post_image(client, model="styled", style="sarcastic").json()["detail"]
         assert unknown == "style: model 'styled' has no style 'sarcastic' (allowed: neutral, positive, negative)"
         assert post_image(client, model="styled", style="neutral", num_beams=1).status_code == 200

@@ -7,7 +7,10 @@ import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from captionkit.decoding.options import DecodingRequest
 
 _Options = ParamSpec("_Options")
 _Result = TypeVar("_Result")
@@ -17,6 +20,27 @@ EXIT_INPUT_ERROR = 1
 EXIT_PARTIAL = 2
 # --dtype's help, the same in every command that loads a captioner.
 DTYPE_HELP = "Weights' precision: fp32, bf16 or fp16 (GPU only); cast on load."
+
+
+def cli_flag(name: str) -> str:
+    """A decoding option's flag: ``max_length`` -> ``--max-length``."""
+    return "--" + name.replace("_", "-")
+
+
+def decoding_help(field: str) -> str:
+    """A decoding option's help, from the one options table (captionkit.decoding.options), default included."""
+    from captionkit.decoding.options import BY_FIELD  # light: no torch
+
+    option = BY_FIELD[field]
+    return f"{option.help} Default: {option.default}."
+
+
+def decoding_flags(**flags: Any) -> DecodingRequest:
+    """Decoding flags as given (None: not given) -> a checked request, defaults and errors from the options table,
+    errors naming the flag (``--beams: must be in [1, 64], got 0``)."""
+    from captionkit.decoding.options import decoding_request
+
+    return decoding_request(naming=cli_flag, **flags)
 
 
 def plural(count: int, noun: str) -> str:
