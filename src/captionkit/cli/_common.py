@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
+from captionkit.errors import CaptionkitError, InputError
+
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
 
@@ -46,6 +48,17 @@ def decoding_flags(**flags: Any) -> DecodingRequest:
 def plural(count: int, noun: str) -> str:
     """``plural(1, "image")`` -> "1 image", ``plural(2, "image")`` -> "2 images"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# Errors from the layers below that name an API keyword, and the flag that names it on the command line.
+_FLAGS = {"dtype": "--dtype"}
+
+
+def error_line(error: CaptionkitError) -> str:
+    """``str(error)``, naming a keyword by its flag (``--dtype: fp16 needs a GPU...`` in every command)."""
+    if isinstance(error, InputError) and error.source in _FLAGS:
+        return f"{_FLAGS[error.source]}: {error.reason}"
+    return str(error)
 
 
 def fail(message: str) -> NoReturn:

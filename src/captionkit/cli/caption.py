@@ -14,6 +14,7 @@ from captionkit.cli._common import (
     EXIT_PARTIAL,
     decoding_flags,
     decoding_help,
+    error_line,
     fail,
     plural,
     progress_bar,
@@ -111,7 +112,7 @@ def caption(
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     print(_summary_line(outcome), file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
 

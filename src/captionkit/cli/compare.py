@@ -18,6 +18,7 @@ from captionkit.cli._common import (
     EXIT_PARTIAL,
     cli_flag,
     decoding_help,
+    error_line,
     fail,
     quiet_libraries,
 )
@@ -88,7 +89,7 @@ def compare(
             records.append({"image": str(path), "captions": captions})
         scored = _score_against(refs, records, names) if refs is not None else None
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     _show(records, names)
     if report is not None:
         try:

@@ -15,6 +15,7 @@ from captionkit.cli._common import (
     EXIT_PARTIAL,
     decoding_flags,
     decoding_help,
+    error_line,
     fail,
     progress_bar,
     quiet_libraries,
@@ -123,7 +124,7 @@ def evaluate(
                 meteor=meteor,
             )
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     if report is not None:
         try:
             write_evaluation_report(report, result.results, result.metrics)
