@@ -41,7 +41,7 @@ class CaptionResult:
 
     @property
     def caption(self) -> str:
-        return self.captions[0].text
+        return self.captions[0].caption
 
     @property
     def score(self) -> float:

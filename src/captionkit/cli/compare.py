@@ -85,7 +85,7 @@ def compare(
             except ImageError as error:
                 records.append({"image": str(path), "error": error.reason})
                 continue
-            captions = {name: c.caption_pil([image], config)[0][0].text for name, (c, config) in captioners.items()}
+            captions = {name: c.caption_pil([image], config)[0][0].caption for name, (c, config) in captioners.items()}
             records.append({"image": str(path), "captions": captions})
         scored = _score_against(refs, records, names) if refs is not None else None
     except CaptionkitError as error:
