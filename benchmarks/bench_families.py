@@ -102,7 +102,7 @@ def caption_all(captioner: Captioner, images: torch.Tensor, max_new_tokens: int)
     for start in range(0, len(images), 64):
         batch = images[start : start + 64].to(captioner.device)
         found = generate(captioner.model, batch, config=config)
-        texts.extend(per_image[0].text for per_image in to_captions(found, captioner.tokenizer))
+        texts.extend(per_image[0].caption for per_image in to_captions(found, captioner.tokenizer))
     if captioner.device.type == "cuda":
         torch.cuda.synchronize()
     return texts, time.perf_counter() - started

@@ -107,7 +107,7 @@ def score(
     texts: list[str] = []
     for start in range(0, len(pixels), 64):
         found = generate(captioner.model, pixels[start : start + 64], config=DecodingConfig(max_new_tokens=max_tokens))
-        texts.extend(per_image[0].text for per_image in to_captions(found, captioner.tokenizer))
+        texts.extend(per_image[0].caption for per_image in to_captions(found, captioner.tokenizer))
     candidates = {record.image_id: text for record, text in zip(images, texts, strict=True)}
     scores = score_captions(references, candidates, "BLEU,CIDEr", allow_empty=True).scores
     return {

@@ -130,7 +130,7 @@ def test_captioner_returns_one_map_per_token_of_every_caption(captioner):
     # The maps switch the decoder to eager attention for their call only: every part is as it was.
     assert [part.config._attn_implementation for part in (ved, ved.encoder, ved.decoder)] == implementations
     plain = captioner.caption(images, num_beams=3, num_return_sequences=2, max_new_tokens=6)
-    assert [[c.text for c in r.captions] for r in results] == [[c.text for c in r.captions] for r in plain]
+    assert [[c.caption for c in r.captions] for r in results] == [[c.caption for c in r.captions] for r in plain]
     assert all(c.attention is None and c.tokens is None for r in plain for c in r.captions)
     pixels_of = torch.from_numpy(captioner.preprocessing(images))
     lengths = []
@@ -142,7 +142,7 @@ def test_captioner_returns_one_map_per_token_of_every_caption(captioner):
             # Byte-level BPE: the tokens' (stripped) texts put together are the caption without its whitespace (a
             # newline token, which random weights on another machine wrote, is whitespace too).
             assert len(caption.tokens) == len(caption.token_ids)
-            assert "".join(caption.tokens) == "".join(caption.text.split())
+            assert "".join(caption.tokens) == "".join(caption.caption.split())
             lengths.append(len(caption.token_ids))
             ids = torch.tensor([[captioner.model.bos_token_id, *caption.token_ids]])
             with torch.no_grad():

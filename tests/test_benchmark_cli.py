@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from _data import SHARED_DATA
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, run_cli_process, save_tiny_model
 from _hub_models import hub_layout
 from captionkit.benchmark import estimate_flops
 from captionkit.models.git import GitCaptionConfig
@@ -126,3 +126,20 @@ def test_flop_estimate_of_git_base() -> None:
     assert flops["encoder_gflop"] == pytest.approx(2 * 17.56 + 2 * 197 * 768 * 768 / 1e9, abs=0.05)
     # The 197 image tokens through 6 text layers: projections and MLP (2 x 197 x 768 x 9216) + attention.
     assert flops["cross_keys_values_gflop"] == pytest.approx(6 * (2 * 197 * 768 * 9216 + 4 * 197**2 * 768) / 1e9)
+
+
+def test_benchmark_as_a_process_is_quiet(tmp_path: Path) -> None:
+    """Issue 18.5/22.5: stderr holds captionkit's own lines only: no transformers "Loading weights" bars, no tqdm
+    progress bars, no leaked-semaphore warning from the peak-memory child processes."""
+    model = save_tiny_model(tmp_path / "tiny")
+    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+    assert len(photos) == 2, f"real photos missing under {SHARED_DATA}"
+    for photo in photos:
+        shutil.copy(photo, tmp_path / photo.name)
+    args = ["benchmark", "--model", model, "--images", tmp_path, "--batch-size", "2", "--beams", "2"]
+    done = run_cli_process([*args, "--max-length", "4", "--repeats", "1", "--threads", "1"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["captions_identical"] is True
+    for noise in ("Loading weights", "leaked semaphore", "%|", "it/s]", "s/it]", "Warning", "warn("):
+        assert noise not in done.stderr, f"{noise!r} in stderr:\n{done.stderr}"
+    assert done.stderr.splitlines()[0] == "warming up"

@@ -91,7 +91,7 @@ def test_serve_answers_with_blip_and_git(hub: dict[str, Path]) -> None:
             response = client.post("/v1/captions", files=files, data=data)
             assert response.status_code == 200, response.text
             config = DecodingConfig(num_beams=2, max_new_tokens=6)
-            expected = captioner.caption_pil([load_image(photo)], config)[0][0].text
+            expected = captioner.caption_pil([load_image(photo)], config)[0][0].caption
             assert response.json()["results"][0]["caption"] == expected
         files = [("image", ("photo.jpg", photo, "image/jpeg"))]
         refused = client.post("/v1/captions", files=files, data={"model": "git", "attention": "true"})

@@ -143,5 +143,5 @@ def test_workers_decode_large_jpegs_in_draft_mode_and_small_ones_exactly(tmp_pat
     assert torch.equal(batch.pixels[4:], full[4:])
     captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "tiny"))
     config = DecodingConfig(num_beams=2, max_new_tokens=6)
-    job = [captions[0].text for captions in caption_pixels(captioner, batch.pixels[4:], [0, 1, 2], config)]
+    job = [captions[0].caption for captions in caption_pixels(captioner, batch.pixels[4:], [0, 1, 2], config)]
     assert job == [result.caption for result in captioner.caption(small, num_beams=2, max_new_tokens=6)]

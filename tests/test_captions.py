@@ -37,5 +37,13 @@ def test_the_batch_job_writes_the_api_captions(tmp_path, capsys):
     expected = captioner.caption(drafted, num_beams=2, num_return_sequences=2)
     records = [json.loads(line) for line in out.splitlines()]
     assert [[(c["caption"], c["score"]) for c in r["captions"]] for r in records] == [
-        [(c.text, pytest.approx(c.score, abs=1e-5)) for c in result.captions] for result in expected
+        [(c.caption, pytest.approx(c.score, abs=1e-5)) for c in result.captions] for result in expected
     ]
+
+
+def test_caption_is_the_one_word_and_text_a_deprecated_alias():
+    """Issue 18.4: the Python object names the text ``caption``, as every JSON output does."""
+    caption = Caption("a dog runs", -0.5, [5, 6])
+    assert caption.caption == "a dog runs"
+    with pytest.warns(DeprecationWarning, match=r"Caption\.text is deprecated; use Caption\.caption"):
+        assert caption.text == "a dog runs"

@@ -254,14 +254,14 @@ def test_warpers_match_transformers(temperature: float, top_k: int, top_p: float
 @pytest.mark.parametrize(
     ("settings", "param", "reason"),
     [
-        ({"max_new_tokens": 0}, "max_new_tokens", "between 1 and 1024"),
+        ({"max_new_tokens": 0}, "max_new_tokens", "in [1, 1024]"),
         ({"max_new_tokens": 2.5}, "max_new_tokens", "must be an integer"),
-        ({"num_beams": 0}, "num_beams", "between 1 and 64"),
-        ({"num_beams": 65}, "num_beams", "between 1 and 64"),
+        ({"num_beams": 0}, "num_beams", "in [1, 64]"),
+        ({"num_beams": 65}, "num_beams", "in [1, 64]"),
         ({"num_beams": True}, "num_beams", "must be an integer"),
         ({"num_beams": 4, "num_return_sequences": 5}, "num_return_sequences", "at most 4"),
         ({"num_return_sequences": 2}, "num_return_sequences", "greedy decoding returns 1"),
-        ({"do_sample": True, "num_return_sequences": 65}, "num_return_sequences", "between 1 and 64"),
+        ({"do_sample": True, "num_return_sequences": 65}, "num_return_sequences", "in [1, 64]"),
         ({"length_penalty": float("inf")}, "length_penalty", "finite"),
         ({"early_stopping": "sometimes"}, "early_stopping", "true, false or 'never'"),
         ({"early_stopping": 1}, "early_stopping", "true, false or 'never'"),
@@ -274,7 +274,7 @@ def test_warpers_match_transformers(temperature: float, top_k: int, top_p: float
         ({"do_sample": True, "top_p": 1.5}, "top_p", "(0, 1]"),
         ({"temperature": 0.7}, "temperature", "only used when sampling"),
         ({"top_k": 5, "num_beams": 4}, "top_k", "only used when sampling"),
-        ({"do_sample": True, "seed": -1}, "seed", "between 0 and"),
+        ({"do_sample": True, "seed": -1}, "seed", "in [0, "),
     ],
 )
 def test_decoding_config_rejects_bad_values(settings: dict[str, Any], param: str, reason: str) -> None:
@@ -317,7 +317,7 @@ def test_decoding_options_table_names_defaults_and_errors() -> None:
     assert decoding_options() == DecodingConfig(num_beams=DEFAULT_BEAMS) and DEFAULT_BEAMS == 4
     assert decoding_options(sample=True, n_best=3) == DecodingConfig(do_sample=True, num_return_sequences=3)
     assert decoding_options(7, max_length=9, beams=2) == DecodingConfig(max_new_tokens=9, num_beams=2, start_token_id=7)
-    with pytest.raises(InputError, match=r"^max_length: must be between 1 and 1024, got 0$"):
+    with pytest.raises(InputError, match=r"^max_length: must be in \[1, 1024\], got 0$"):
         decoding_options(max_length=0)
     with pytest.raises(InputError, match=r"^n_best: beam search returns at most 4 caption\(s\) per image, got 5"):
         decoding_options(n_best=5)

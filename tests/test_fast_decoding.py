@@ -88,7 +88,7 @@ def test_min_new_tokens_matches_transformers(make_vit_gpt2: Callable, make_pixel
     reference = hf_captions(model, pixels, max_new_tokens=10, min_new_tokens=6, num_beams=beams)
     assert [h.token_ids for h in ours] == reference
     assert all(len(h.token_ids) >= 6 for h in ours)
-    with pytest.raises(InputError, match="min_new_tokens: must be between 0 and 10"):
+    with pytest.raises(InputError, match=r"min_new_tokens: must be in \[0, 10\]"):
         DecodingConfig(max_new_tokens=10, min_new_tokens=11)
 
 

@@ -1,6 +1,10 @@
-"""--dtype / ``Captioner.from_pretrained(dtype=...)``: weights cast on load, fp16 refused on the CPU."""
+"""--dtype / ``Captioner.from_pretrained(dtype=...)``: weights cast on load, fp16 refused on the CPU, in every command
+that loads a captioner (caption, evaluate, compare, serve) with the one error prefix ``--dtype:``."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +16,13 @@ from captionkit.errors import InputError
 from captionkit.precision import model_dtype, resolve_dtype
 
 PHOTOS = sorted(PHOTO_DIRS[0].glob("*.jpg"))[:3]
+FP16_ON_CPU = "captionkit: error: --dtype: fp16 needs a GPU; on the CPU use bf16 or fp32"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_photos() -> None:
+    """Every test here captions PHOTOS: without the data they would pass on nothing."""
+    assert len(PHOTOS) == 3, f"expected real photos in {PHOTO_DIRS[0]} (set CAPTIONKIT_DATA)"
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +66,81 @@ def test_fp32_is_the_default_and_identical_to_no_dtype(model_dir) -> None:
 def test_caption_cli_dtype(model_dir, tmp_path, capsys) -> None:
     on_cpu = ["--model", model_dir, "--device", "cpu"]
     code, _out, err = run_cli(["caption", PHOTOS[0], *on_cpu, "--dtype", "fp16"], capsys)
-    assert (code, err.strip()) == (1, "captionkit: error: dtype: fp16 needs a GPU; on the CPU use bf16 or fp32")
+    assert (code, err.strip()) == (1, FP16_ON_CPU)
     output = tmp_path / "out.jsonl"
     args = ["caption", *PHOTOS, *on_cpu, "--dtype", "bf16", "--output", output]
     code, _out, _err = run_cli([*args, "--max-length", "4"], capsys)
     assert code == 0 and len(output.read_text().splitlines()) == 3
+
+
+def coco_file(directory: Path) -> Path:
+    """A COCO caption file over PHOTOS, two references each, in the test split."""
+    images = [{"id": i, "file_name": str(p), "split": "test"} for i, p in enumerate(PHOTOS)]
+    words = ("a dog runs on the grass", "a cat sits on a red couch")
+    annotations = [
+        {"id": 10 * i + j, "image_id": i, "caption": caption}
+        for i in range(len(PHOTOS))
+        for j, caption in enumerate(words)
+    ]
+    path = directory / "captions.json"
+    path.write_text(json.dumps({"images": images, "annotations": annotations}))
+    return path
+
+
+def test_evaluate_cli_dtype(model_dir, tmp_path, capsys) -> None:
+    args = ["evaluate", "--model", model_dir, "--data", coco_file(tmp_path), "--device", "cpu"]
+    args += ["--metrics", "BLEU,CIDEr", "--beams", "2", "--max-length", "4"]
+    code, _out, err = run_cli([*args, "--dtype", "fp16"], capsys)
+    assert (code, err.strip().splitlines()[-1]) == (1, FP16_ON_CPU)
+    code, out, err = run_cli([*args, "--dtype", "bf16"], capsys)
+    assert code == 0, err
+    metrics = json.loads(out)
+    assert metrics["images"] == 3 and metrics["failed_images"] == 0 and metrics["perplexity"] > 1
+
+
+def test_compare_cli_dtype(model_dir, tmp_path, capsys) -> None:
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    args = ["compare", *PHOTOS, "--model", f"a={model_dir}", "--model", f"b={other}", "--device", "cpu"]
+    args += ["--beams", "2", "--max-length", "4"]
+    code, _out, err = run_cli([*args, "--dtype", "fp16"], capsys)
+    assert (code, err.strip()) == (1, FP16_ON_CPU)
+    code, out, err = run_cli([*args, "--dtype", "bf16"], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [r["image"] for r in records] == [str(p) for p in PHOTOS]
+    assert all(set(r["captions"]) == {"a", "b"} for r in records)
+
+
+def test_serve_cli_dtype(model_dir, monkeypatch, capsys) -> None:
+    """The serve command loads every model in the dtype (uvicorn.run replaced: the app it gets is checked)."""
+    pytest.importorskip("fastapi")
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    served = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    args = ["serve", "--model", f"tiny={model_dir}", "--device", "cpu"]
+    code, _out, err = run_cli([*args, "--dtype", "fp16"], capsys)
+    assert (code, err.strip().splitlines()[-1]) == (1, FP16_ON_CPU)
+    assert served == []
+    with pytest.raises(SystemExit) as done:
+        from captionkit.cli import main
+
+        main([str(a) for a in [*args, "--dtype", "bf16"]])
+    assert done.value.code in (0, None)
+    (app,) = served
+    with TestClient(app) as client:
+        (model,) = client.get("/v1/models").json()["models"]
+        files = [("image", ("a.jpg", PHOTOS[0].read_bytes(), "image/jpeg"))]
+        response = client.post("/v1/captions", files=files, data={"num_beams": "2", "max_length": "4"})
+    assert (model["name"], model["device"], model["dtype"]) == ("tiny", "cpu", "bf16")
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["caption"]
+
+
+def test_an_unknown_dtype_is_named_by_its_flag(model_dir, capsys) -> None:
+    code, _out, err = run_cli(["caption", PHOTOS[0], "--model", model_dir, "--dtype", "float8"], capsys)
+    assert (code, err.strip()) == (
+        1,
+        "captionkit: error: --dtype: unknown dtype 'float8' (expected one of fp32, bf16, fp16)",
+    )

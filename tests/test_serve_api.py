@@ -98,7 +98,7 @@ def test_multipart_caption_matches_the_captioner(client, captioners):
     expected = captioners["base"].caption_pil(
         [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=3, max_new_tokens=8)
     )[0]
-    assert [c["caption"] for c in result["captions"]] == [c.text for c in expected]
+    assert [c["caption"] for c in result["captions"]] == [c.caption for c in expected]
     assert scores == pytest.approx([c.score for c in expected])
     assert body["latency_ms"] > 0
 
@@ -111,7 +111,7 @@ def test_json_base64_and_model_choice(client, captioners):
     body = response.json()
     assert body["model"] == "tuned"
     assert [r["image"] for r in body["results"]] == ["images[0]", "images[1]"]
-    expected = captioners["tuned"].caption_pil([load_image(png)], DecodingConfig(max_new_tokens=6))[0][0].text
+    expected = captioners["tuned"].caption_pil([load_image(png)], DecodingConfig(max_new_tokens=6))[0][0].caption
     assert [r["caption"] for r in body["results"]] == [expected, expected]
 
 
@@ -348,7 +348,7 @@ def test_attention_maps_come_with_each_caption(client, captioners):
         [load_image(image_bytes())], DecodingConfig(num_beams=3, num_return_sequences=2, max_new_tokens=6), 0, True
     )[0]
     captions = response.json()["results"][0]["captions"]
-    assert [c["caption"] for c in captions] == [c.text for c in expected]
+    assert [c["caption"] for c in captions] == [c.caption for c in expected]
     for served, caption in zip(captions, expected, strict=True):
         assert [entry["token"] for entry in served["attention"]] == caption.tokens
         grids = [entry["grid"] for entry in served["attention"]]
@@ -405,12 +405,12 @@ def test_styles_are_served_by_models_trained_with_them(model_dirs):
             # The caption is the one the model writes when its decoder starts with the style's token.
             expected = styled.caption_pil(
                 [load_image(image_bytes())], DecodingConfig(num_beams=1, start_token_id=ids[style])
-            )[0][0].text
+            )[0][0].caption
             assert response.json()["results"][0]["caption"] == expected
         plain = post_image(client, model="base", style="positive").json()["detail"]
-        assert plain == "style: model 'base' has no style 'positive' (allowed: neutral)"
+        assert plain == "style: model 'base' was trained without styles: it cannot write positive captions"
         unknown = post_image(client, model="styled", style="sarcastic").json()["detail"]
-        assert unknown == "style: model 'styled' has no style 'sarcastic' (allowed: neutral, positive, negative)"
+        assert unknown == "style: unknown style 'sarcastic' (known: neutral, positive, negative)"
         assert post_image(client, model="styled", style="neutral", num_beams=1).status_code == 200
 
 

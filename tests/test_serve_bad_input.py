@@ -211,14 +211,17 @@ def test_json_base64_of_a_bad_image(client):
 @pytest.mark.parametrize(
     ("params", "field", "reason"),
     [
-        ({"num_beams": 0}, "num_beams", "must be in [1, 8], got 0"),
-        ({"num_beams": 1000}, "num_beams", "must be in [1, 8], got 1000"),
+        ({"num_beams": 0}, "num_beams", "must be in [1, 64], got 0"),
+        ({"num_beams": 1000}, "num_beams", "must be in [1, 64], got 1000"),
+        ({"num_beams": 9}, "num_beams", "must be at most 8 on this server, got 9"),
         ({"num_beams": "abc"}, "num_beams", "must be an integer, got 'abc'"),
         ({"num_beams": "2.5"}, "num_beams", "must be an integer"),
-        ({"max_length": 10_000}, "max_length", "must be in [1, 64], got 10000"),
+        ({"max_length": 10_000}, "max_length", "must be in [1, 1024], got 10000"),
+        ({"max_length": 100}, "max_length", "must be at most 64 on this server, got 100"),
         ({"n_best": 3, "num_beams": 2}, "n_best", "beam search returns at most 2 caption(s) per image"),
         ({"do_sample": "maybe"}, "do_sample", "must be true or false, got 'maybe'"),
-        ({"do_sample": "true", "temperature": 0}, "temperature", "must be in (0, 10], got 0"),
+        ({"do_sample": "true", "temperature": 0}, "temperature", "must be > 0, got 0"),
+        ({"do_sample": "true", "temperature": 11}, "temperature", "must be at most 10 on this server, got 11"),
         ({"do_sample": "true", "temperature": "nan"}, "temperature", "must be a finite number"),
         ({"do_sample": "true", "top_p": 1.5}, "top_p", "must be in (0, 1], got 1.5"),
         ({"do_sample": "true", "num_beams": 4}, "num_beams", "beam sampling is not supported"),
@@ -226,7 +229,9 @@ def test_json_base64_of_a_bad_image(client):
         ({"seed": -1}, "seed", "must be in [0, "),
         ({"length_penalty": "inf"}, "length_penalty", "must be a finite number"),
         ({"model": "gpt-17"}, "model", "unknown model 'gpt-17' (served: tiny)"),
-        ({"style": "positive"}, "style", "model 'tiny' has no style 'positive' (allowed: neutral)"),
+        ({"style": "positive"}, "style", "model 'tiny' was trained without styles: it cannot write positive captions"),
+        ({"style": "happy"}, "style", "unknown style 'happy' (known: neutral, positive, negative)"),
+        ({"prompt": "a photo of"}, "prompt", "model 'tiny' is a vit-gpt2 model: it takes no text prompt (blip does)"),
         ({"attention": "maybe"}, "attention", "must be true or false, got 'maybe'"),
         ({"beams": 4}, "beams", "unknown parameter"),
     ],
@@ -248,7 +253,7 @@ def test_neutral_is_the_one_name_of_the_plain_style(client):
     assert post(client, image_bytes(), style="neutral", num_beams=1).json()["style"] == "neutral"
     assert post(client, image_bytes(), num_beams=1).json()["style"] == "neutral"
     body = refused(post(client, image_bytes(), style="none", num_beams=1), 422)
-    assert body["detail"] == "style: model 'tiny' has no style 'none' (allowed: neutral)"
+    assert body["detail"] == "style: unknown style 'none' (known: neutral, positive, negative)"
 
 
 def test_parameter_in_query_and_body_is_refused(client):
@@ -295,7 +300,7 @@ def test_max_length_beyond_the_models_positions_is_422(tmp_path):
     short = load_tiny(save_checkpoint(tmp_path / "short", model, tokenizer, Preprocessing.for_size(32, 32)))
     with TestClient(create_app({"short": short}, ServeSettings(max_wait_ms=0))) as short_client:
         body = refused(post(short_client, image_bytes(), num_beams=1, max_length=20), 422)
-        assert body["detail"] == "max_length: model 'short': must be at most 16 for this model, got 20"
+        assert body["detail"] == "max_length: must be at most 16 for this model, got 20"
         assert post(short_client, image_bytes(), num_beams=1, max_length=16).status_code == 200
 
 

@@ -113,7 +113,7 @@ def test_checkpoint_loads_in_plain_transformers_with_identical_outputs(trained):
     pixels = torch.from_numpy(captioner.preprocessing([image]))
     ours = captioner.caption_pil([image], DecodingConfig(max_new_tokens=8))[0][0]
     theirs = plain.generate(pixels, max_new_tokens=8, num_beams=1, do_sample=False)
-    assert plain_tokenizer.decode(theirs[0], skip_special_tokens=True).strip() == ours.text
+    assert plain_tokenizer.decode(theirs[0], skip_special_tokens=True).strip() == ours.caption
     ids = torch.tensor([[captioner.model.bos_token_id, *ours.token_ids[:3]]])
     with torch.no_grad():
         expected = plain(pixel_values=pixels, decoder_input_ids=ids).logits
@@ -136,7 +136,7 @@ def test_captioner_api_accepts_paths_bytes_and_pil(trained, scenes):
     # Sampling needs no num_beams=1 from the caller (the beam default applies to beam search only).
     samples = captioner.caption(image_path, do_sample=True, num_return_sequences=4, seed=7, max_new_tokens=10)[0]
     again = captioner.caption(image_path, do_sample=True, num_return_sequences=4, seed=7, max_new_tokens=10)[0]
-    assert len(samples.captions) == 4 and [c.text for c in samples.captions] == [c.text for c in again.captions]
+    assert len(samples.captions) == 4 and [c.caption for c in samples.captions] == [c.caption for c in again.captions]
 
 
 def test_save_pretrained_round_trip(trained, tmp_path):
@@ -145,7 +145,7 @@ def test_save_pretrained_round_trip(trained, tmp_path):
     again = Captioner.from_pretrained(tmp_path / "copy", device="cpu")
     image = Image.new("RGB", (32, 32), (20, 200, 30))
     config = DecodingConfig(max_new_tokens=8, num_beams=2)
-    assert captioner.caption_pil([image], config)[0][0].text == again.caption_pil([image], config)[0][0].text
+    assert captioner.caption_pil([image], config)[0][0].caption == again.caption_pil([image], config)[0][0].caption
 
 
 def test_missing_training_data_is_a_clear_error(tmp_path):

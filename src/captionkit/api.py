@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from captionkit.attention import caption_maps, check_attention, token_texts
-from captionkit.decoding import Caption, DecodingConfig, decoding_options, generate, to_captions
+from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
+from captionkit.decoding.options import DecodingRequest, decoding_request, resolve_decoding
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
@@ -40,7 +41,7 @@ class CaptionResult:
 
     @property
     def caption(self) -> str:
-        return self.captions[0].text
+        return self.captions[0].caption
 
     @property
     def score(self) -> float:
@@ -121,10 +122,15 @@ class Captioner:
         return start_token_id(self.tokenizer, style, self.name)
 
     def decoding_config(self, style: str | None = None, prompt: str | None = None, **decoding: Any) -> DecodingConfig:
-        """A :class:`DecodingConfig` from keyword fields, starting captions in ``style`` (None: neutral) and, with a
-        ``prompt`` (BLIP's conditional captioning: "a photography of"), continuing that text."""
-        prompt_ids = tuple(self.tokenizer.encode(prompt)) if prompt else ()
-        return decoding_options(self.style_start_token(style), **decoding, prompt_ids=prompt_ids)
+        """A :class:`DecodingConfig` from keyword fields or aliases (``captionkit.decoding.options``, the table the
+        CLI and the server use too), starting captions in ``style`` (None: neutral) and, with a ``prompt`` (BLIP's
+        conditional captioning: "a photography of"), continuing that text."""
+        return self.resolve_decoding(decoding_request(style=style, prompt=prompt, **decoding))
+
+    def resolve_decoding(self, request: DecodingRequest, name: str | None = None) -> DecodingConfig:
+        """``request`` (checked options) for this model: its style's start token, its prompt's tokens, its length.
+        Errors name the model as ``name`` (default: where it was loaded from)."""
+        return resolve_decoding(request, self.model, self.tokenizer, name or self.name)
 
     def caption(
         self,

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from captionkit.decoding import DecodingConfig, generate
+from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, generate
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import get_family, hub_layout_families
@@ -44,7 +44,7 @@ class BenchmarkSettings:
     model: str | None = None
     preset: str | None = None
     batch_size: int = 8
-    beams: int = 4
+    beams: int = DEFAULT_BEAMS
     max_length: int = 20
     images: Path | None = None
     repeats: int = 3

@@ -118,7 +118,7 @@ def _caption_all(captioner: Any, records: Sequence[CaptionRecord], decoding: Any
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
         captions = captioner.caption_pil(captioner.load_images([r.image_path for r in chunk]), decoding)
-        generated.extend(found[0].text for found in captions)
+        generated.extend(found[0].caption for found in captions)
     return generated
 
 

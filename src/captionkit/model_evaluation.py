@@ -119,9 +119,9 @@ def evaluate_model(
             except ImageError as error:
                 results.append({"image": str(path), "image_id": image_id, "error": error.reason})
         for (image_id, path), found in zip(kept, captioner.caption_pil(opened, decoding), strict=True):
-            candidates[image_id] = found[0].text
+            candidates[image_id] = found[0].caption
             results.append(
-                {"image": str(path), "image_id": image_id, "caption": found[0].text, "score": found[0].score}
+                {"image": str(path), "image_id": image_id, "caption": found[0].caption, "score": found[0].score}
             )
         if clip is not None and opened:
             image_features.update(zip((i for i, _ in kept), clip.image_features(opened), strict=True))
@@ -232,7 +232,7 @@ def evaluate_model_styles(
         for style in styles:
             config = dataclasses.replace(decoding, start_token_id=starts[style])
             for image_id, found in zip(chunk, captioner.caption_pil(opened, config), strict=True):
-                generated[style][image_id] = found[0].text
+                generated[style][image_id] = found[0].caption
         if on_progress is not None:
             on_progress(len(ids[start : start + batch_size]))
     table = evaluate_styles(generated, classifier, references)

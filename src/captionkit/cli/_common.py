@@ -7,7 +7,12 @@ import gc
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+
+from captionkit.errors import CaptionkitError, InputError
+
+if TYPE_CHECKING:
+    from captionkit.decoding.options import DecodingRequest
 
 _Options = ParamSpec("_Options")
 _Result = TypeVar("_Result")
@@ -19,9 +24,41 @@ EXIT_PARTIAL = 2
 DTYPE_HELP = "Weights' precision: fp32, bf16 or fp16 (GPU only); cast on load."
 
 
+def cli_flag(name: str) -> str:
+    """A decoding option's flag: ``max_length`` -> ``--max-length``."""
+    return "--" + name.replace("_", "-")
+
+
+def decoding_help(field: str) -> str:
+    """A decoding option's help, from the one options table (captionkit.decoding.options), default included."""
+    from captionkit.decoding.options import BY_FIELD  # light: no torch
+
+    option = BY_FIELD[field]
+    return f"{option.help} Default: {option.default}."
+
+
+def decoding_flags(**flags: Any) -> DecodingRequest:
+    """Decoding flags as given (None: not given) -> a checked request, defaults and errors from the options table,
+    errors naming the flag (``--beams: must be in [1, 64], got 0``)."""
+    from captionkit.decoding.options import decoding_request
+
+    return decoding_request(naming=cli_flag, **flags)
+
+
 def plural(count: int, noun: str) -> str:
     """``plural(1, "image")`` -> "1 image", ``plural(2, "image")`` -> "2 images"."""
     return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+# Errors from the layers below that name an API keyword, and the flag that names it on the command line.
+_FLAGS = {"dtype": "--dtype"}
+
+
+def error_line(error: CaptionkitError) -> str:
+    """``str(error)``, naming a keyword by its flag (``--dtype: fp16 needs a GPU...`` in every command)."""
+    if isinstance(error, InputError) and error.source in _FLAGS:
+        return f"{_FLAGS[error.source]}: {error.reason}"
+    return str(error)
 
 
 def fail(message: str) -> NoReturn:

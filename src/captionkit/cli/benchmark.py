@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, fail, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_OK, decoding_flags, decoding_help, fail, quiet_libraries
 
 
 def benchmark(
@@ -24,8 +24,10 @@ def benchmark(
         str | None, typer.Option(help="Instead of --model: a random-weight vit-gpt2 preset (tiny, small, base).")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 8,
-    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
-    max_length: Annotated[int, typer.Option(help="Generated tokens per caption (forced in both engines).")] = 20,
+    beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
+    max_length: Annotated[
+        int | None, typer.Option(help="Generated tokens per caption (forced in both engines). Default: 20.")
+    ] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of images to caption (default: random pixels).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed batches per engine, interleaved.")] = 3,
     threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
@@ -38,8 +40,18 @@ def benchmark(
     from captionkit.errors import CaptionkitError
 
     try:
+        decoding = decoding_flags(beams=beams, max_length=max_length).config
         settings = BenchmarkSettings(
-            model, preset, batch_size, beams, max_length, images, repeats, threads, device, dtype
+            model,
+            preset,
+            batch_size,
+            decoding.num_beams,
+            decoding.max_new_tokens,
+            images,
+            repeats,
+            threads,
+            device,
+            dtype,
         )
         result = run_benchmark(settings, progress=lambda message: print(message, file=sys.stderr))
     except CaptionkitError as error:

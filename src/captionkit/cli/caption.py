@@ -8,7 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, plural, progress_bar, quiet_libraries
+from captionkit.cli._common import (
+    DTYPE_HELP,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    decoding_flags,
+    decoding_help,
+    error_line,
+    fail,
+    plural,
+    progress_bar,
+    quiet_libraries,
+)
 from captionkit.hub import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -18,18 +29,17 @@ if TYPE_CHECKING:
 def caption(
     inputs: Annotated[list[str], typer.Argument(help="Image files, directories (recursive) or .txt lists.")],
     model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")] = DEFAULT_MODEL,
-    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
-    max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
-    length_penalty: Annotated[float, typer.Option(help="Beam score = log-prob / length ** this.")] = 1.0,
-    n_best: Annotated[int, typer.Option(help="Captions per image (<= beams, or samples).")] = 1,
-    sample: Annotated[bool, typer.Option(help="Sample instead of beam/greedy search.")] = False,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="Sample from the k most likely tokens (0 = all).")] = 0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    seed: Annotated[int | None, typer.Option(help="Seed for sampling.")] = None,
-    style: Annotated[
-        str | None, typer.Option(help="positive, negative or neutral: for models trained with style control.")
-    ] = None,
+    beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=decoding_help("max_new_tokens"))] = None,
+    length_penalty: Annotated[float | None, typer.Option(help=decoding_help("length_penalty"))] = None,
+    n_best: Annotated[int | None, typer.Option(help=decoding_help("num_return_sequences"))] = None,
+    sample: Annotated[bool, typer.Option(help=decoding_help("do_sample"))] = False,
+    temperature: Annotated[float | None, typer.Option(help=decoding_help("temperature"))] = None,
+    top_k: Annotated[int | None, typer.Option(help=decoding_help("top_k"))] = None,
+    top_p: Annotated[float | None, typer.Option(help=decoding_help("top_p"))] = None,
+    seed: Annotated[int | None, typer.Option(help=decoding_help("seed"))] = None,
+    style: Annotated[str | None, typer.Option(help=decoding_help("style"))] = None,
+    prompt: Annotated[str | None, typer.Option(help=decoding_help("prompt"))] = None,
     batch_size: Annotated[
         str, typer.Option(help="Images per batch, or auto: the most that fit on the GPU (8 on a CPU).")
     ] = "8",
@@ -80,28 +90,28 @@ def caption(
     .part-K-of-N before its suffix; `captionkit merge` joins the parts.
     """
     quiet_libraries()
-    from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
     from captionkit.jobs.batch_size import parse_batch_size
     from captionkit.jobs.run import CaptionJobOptions, run_caption_job
 
     try:
-        decoding = DecodingConfig(
-            max_new_tokens=max_length,
-            num_beams=1 if sample else beams,
+        decoding = decoding_flags(
+            beams=beams,
+            max_length=max_length,
             length_penalty=length_penalty,
-            num_return_sequences=n_best,
-            do_sample=sample,
+            n_best=n_best,
+            sample=sample,
             temperature=temperature,
             top_k=top_k,
             top_p=top_p,
             seed=seed,
+            style=style,
+            prompt=prompt,
         )
         options = CaptionJobOptions(
             inputs=inputs,
             model=model,
             decoding=decoding,
-            style=style,
             batch_size=parse_batch_size(batch_size),
             output=output,
             fmt=fmt,
@@ -119,7 +129,7 @@ def caption(
         )
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     print(_summary_line(outcome), file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
 

@@ -5,13 +5,23 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, quiet_libraries
+from captionkit.cli._common import (
+    DTYPE_HELP,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    cli_flag,
+    decoding_help,
+    error_line,
+    fail,
+    quiet_libraries,
+)
 from captionkit.files import write_atomic
 
 
@@ -24,8 +34,8 @@ def compare(
             "for a style."
         ),
     ],
-    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
-    max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
+    beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=decoding_help("max_new_tokens"))] = None,
     output: Annotated[
         Path | None, typer.Option(help="Write JSONL records {image, captions: {model: caption}}.")
     ] = None,
@@ -46,6 +56,7 @@ def compare(
     """
     quiet_libraries()
     from captionkit.api import Captioner
+    from captionkit.decoding.options import decoding_request
     from captionkit.errors import CaptionkitError, ImageError
     from captionkit.jobs.inputs import collect_inputs
     from captionkit.report import write_comparison_report
@@ -58,22 +69,27 @@ def compare(
         fail(f"--model: two models are named {next(n for n in names if names.count(n) > 1)!r}; name them NAME=MODEL")
     records: list[dict[str, Any]] = []
     try:
+        # Checked before any model loads; the style of MODEL@STYLE is blamed on its --model.
+        requests = [
+            decoding_request(naming=_blaming(spec), beams=beams, max_length=max_length, style=style)
+            for spec, (_, _, style) in zip(model, specs, strict=True)
+        ]
         paths = [item.path for item in collect_inputs(inputs)]
         captioners = {}
-        for name, source, style in specs:
+        for (name, source, _), request in zip(specs, requests, strict=True):
             captioner = Captioner.from_pretrained(source, device=device, dtype=dtype)
-            captioners[name] = (captioner, captioner.decoding_config(style, num_beams=beams, max_new_tokens=max_length))
+            captioners[name] = (captioner, captioner.resolve_decoding(request))
         for path in paths:
             try:
                 image = next(iter(captioners.values()))[0].load_images([path])[0]
             except ImageError as error:
                 records.append({"image": str(path), "error": error.reason})
                 continue
-            captions = {name: c.caption_pil([image], config)[0][0].text for name, (c, config) in captioners.items()}
+            captions = {name: c.caption_pil([image], config)[0][0].caption for name, (c, config) in captioners.items()}
             records.append({"image": str(path), "captions": captions})
         scored = _score_against(refs, records, names) if refs is not None else None
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     _show(records, names)
     if report is not None:
         try:
@@ -120,18 +136,20 @@ def _score_against(
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
-    """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written."""
-    from captionkit.data.records import STYLES  # here: importing captionkit.data costs every command ~50 ms
-
+    """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written. The style is
+    checked with the other decoding options (captionkit.decoding.options)."""
     name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
     source, style = rest, None
     if "@" in rest:
         source, style = rest.rsplit("@", 1)
-        if style not in STYLES:
-            fail(f"--model {spec}: unknown style {style!r} (expected one of {', '.join(STYLES)})")
     if not source:
         fail(f"--model {spec!r}: no model given")
     return name or rest, source, style
+
+
+def _blaming(spec: str) -> Callable[[str], str]:
+    """How errors name a decoding option of ``--model SPEC``: its style is the spec's, the rest are flags."""
+    return lambda name: f"--model {spec}" if name == "style" else cli_flag(name)
 
 
 def _show(records: list[dict[str, Any]], names: list[str]) -> None:

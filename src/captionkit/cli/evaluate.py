@@ -9,7 +9,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, EXIT_PARTIAL, fail, progress_bar, quiet_libraries
+from captionkit.cli._common import (
+    DTYPE_HELP,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    decoding_flags,
+    decoding_help,
+    error_line,
+    fail,
+    progress_bar,
+    quiet_libraries,
+)
 from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
@@ -31,8 +41,8 @@ def evaluate(
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
     metrics: Annotated[str | None, typer.Option(help="Comma-separated metrics (default: the COCO set).")] = None,
-    beams: Annotated[int, typer.Option(help="Beam width (1 = greedy).")] = 4,
-    max_length: Annotated[int, typer.Option(help="At most this many generated tokens.")] = 20,
+    beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
+    max_length: Annotated[int | None, typer.Option(help=decoding_help("max_new_tokens"))] = None,
     batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 16,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
@@ -64,7 +74,6 @@ def evaluate(
     from captionkit.api import Captioner
     from captionkit.data.sources import load_records
     from captionkit.data.splits import evaluation_split
-    from captionkit.decoding import DecodingConfig
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.api import java_note
     from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
@@ -76,7 +85,7 @@ def evaluate(
     if styles and report is not None:
         fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
     try:
-        decoding = DecodingConfig(max_new_tokens=max_length, num_beams=beams)
+        decoding = decoding_flags(beams=beams, max_length=max_length).config
         trained = TrainedOn.read(model)
         records = _split_as_trained(load_records(data), trained, data)
         chosen, which = evaluation_split(records, split, data)
@@ -115,7 +124,7 @@ def evaluate(
                 meteor=meteor,
             )
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     if report is not None:
         try:
             write_evaluation_report(report, result.results, result.metrics)

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, fail, quiet_libraries
+from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, error_line, fail, quiet_libraries
 
 # Import names of what the `serve` extra installs.
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
@@ -68,7 +68,7 @@ def serve(
             captioners[name] = Captioner.from_pretrained(source, device=device, dtype=dtype)
         app = create_app(captioners, settings)
     except CaptionkitError as error:
-        fail(str(error))
+        fail(error_line(error))
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes in-flight requests, runs the shutdown, then
     # re-raises the signal to the handler that was there before it: ours, so a requested stop exits 0.
     stopped_by: list[str] = []

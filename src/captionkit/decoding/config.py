@@ -74,11 +74,11 @@ class DecodingConfig:
             raise InputError("do_sample", f"must be true or false, got {self.do_sample!r}")
         _check_float("temperature", self.temperature)
         if self.temperature <= 0:
-            raise InputError("temperature", f"must be > 0, got {self.temperature}")
+            raise InputError("temperature", out_of_bounds(self.temperature, 0, None, low_open=True) or "")
         _check_int("top_k", self.top_k, 0, None)
         _check_float("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
-            raise InputError("top_p", f"must be in (0, 1], got {self.top_p}")
+            raise InputError("top_p", out_of_bounds(self.top_p, 0, 1, low_open=True) or "")
         if self.seed is not None:
             _check_int("seed", self.seed, 0, MAX_SEED)
         self._check_strategy()
@@ -131,9 +131,25 @@ def _check_int(name: str, value: object, low: int, high: int | None) -> None:
     # bool is an int subclass, but `num_beams=True` is a mistake.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(name, f"must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else f"between {low} and {high}"
-        raise InputError(name, f"must be {bounds}, got {value}")
+    reason = out_of_bounds(value, low, high)
+    if reason is not None:
+        raise InputError(name, reason)
+
+
+def out_of_bounds(value: float, low: float | None, high: float | None, low_open: bool = False) -> str | None:
+    """Why ``value`` is outside [low, high] (``(low, high]`` when ``low_open``; None: unbounded), in the one wording
+    every front end uses, or None when it is inside."""
+    below = low is not None and (value <= low if low_open else value < low)
+    if not below and (high is None or value <= high):
+        return None
+    if high is None:
+        return f"must be {'>' if low_open else '>='} {_number(low)}, got {_number(value)}"
+    return f"must be in {'(' if low_open else '['}{_number(low)}, {_number(high)}], got {_number(value)}"
+
+
+def _number(value: float | None) -> str:
+    text = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_float(name: str, value: object) -> None:

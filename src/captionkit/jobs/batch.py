@@ -100,7 +100,7 @@ def _runs(positions: Sequence[int]) -> list[tuple[int, int]]:
 
 def caption_record(path: Path, captions: Sequence[Caption]) -> Record:
     """The result record of one image: its best caption and score, and the n-best list when there are several."""
-    record: Record = {"image": str(path), "caption": captions[0].text, "score": captions[0].score}
+    record: Record = {"image": str(path), "caption": captions[0].caption, "score": captions[0].score}
     if len(captions) > 1:
-        record["captions"] = [{"caption": c.text, "score": c.score} for c in captions]
+        record["captions"] = [{"caption": c.caption, "score": c.score} for c in captions]
     return record

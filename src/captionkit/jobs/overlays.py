@@ -17,7 +17,7 @@ import torch
 
 from captionkit.api import Captioner
 from captionkit.attention import write_overlays
-from captionkit.decoding import Caption
+from captionkit.decoding import Caption, DecodingConfig
 from captionkit.errors import CaptionkitError
 
 # Characters kept in a folder name; anything else (separators, NUL, controls, ...) becomes "_".
@@ -59,7 +59,7 @@ def overlay_folders(paths: Sequence[Path]) -> dict[Path, str]:
 
 
 def overlay_writer(
-    captioner: Captioner, start_token_id: int | None, directory: Path, folders: dict[Path, str]
+    captioner: Captioner, config: DecodingConfig, directory: Path, folders: dict[Path, str]
 ) -> Callable[[list[Path], torch.Tensor, list[list[Caption]]], None]:
     """``caption_files``' callback drawing the best caption's attention maps into DIR/<folders[image]>/.
 
@@ -67,7 +67,9 @@ def overlay_writer(
     """
 
     def draw(paths: list[Path], pixels: torch.Tensor, captions: list[list[Caption]]) -> None:
-        best = captioner.add_attention(pixels, [found[:1] for found in captions], start_token_id)
+        best = captioner.add_attention(
+            pixels, [found[:1] for found in captions], config.start_token_id, config.prompt_ids
+        )
         for path, (caption,) in zip(paths, best, strict=True):
             assert caption.tokens is not None and caption.attention is not None
             try:

@@ -7,7 +7,6 @@ repair the output's torn last line and skip the images it already holds; load th
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -19,7 +18,8 @@ import torch
 
 from captionkit.api import Captioner
 from captionkit.attention import check_attention
-from captionkit.decoding import DecodingConfig, check_length
+from captionkit.decoding import DecodingConfig
+from captionkit.decoding.options import DecodingRequest, decoding_request
 from captionkit.errors import CaptionkitError, InputError
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_files
@@ -29,7 +29,6 @@ from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_outpu
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
-from captionkit.text.styles import STYLES
 
 # progress(description, total) -> a context giving advance(n); the command line passes a progress bar.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
@@ -41,8 +40,8 @@ class CaptionJobOptions:
 
     inputs: list[str]
     model: str = DEFAULT_MODEL
-    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(num_beams=4))
-    style: str | None = None
+    # Checked options; the style and prompt are resolved once the model is loaded.
+    decoding: DecodingRequest = field(default_factory=decoding_request)
     batch_size: int | None = 8  # None: the most that fit (see jobs.batch_size)
     output: Path | None = None
     fmt: str = "jsonl"
@@ -66,12 +65,10 @@ class CaptionJobOptions:
             raise InputError("--format", "parquet output needs --output (a .parquet file)")
         if self.resume and self.output is None:
             raise CaptionkitError("--resume needs --output (the file to continue)")
-        if self.decoding.num_return_sequences > 1 and self.fmt == "csv":
+        if self.decoding.config.num_return_sequences > 1 and self.fmt == "csv":
             raise InputError(
                 "--n-best", "CSV output holds one caption per image; use --format jsonl or json for several"
             )
-        if self.style is not None and self.style not in STYLES:
-            raise InputError("--style", f"unknown style {self.style!r} (expected one of {', '.join(STYLES)})")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
         if self.threads is not None and self.threads < 1:
@@ -184,8 +181,7 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     captioner = Captioner.from_pretrained(
         options.model, device=choose_device(options.device, plan.dist), dtype=options.dtype
     )
-    config = dataclasses.replace(options.decoding, start_token_id=captioner.style_start_token(options.style))
-    check_length(captioner.model, config)
+    config = captioner.resolve_decoding(options.decoding)
     batch_size = options.batch_size
     if batch_size is None:
         batch_size = choose_batch_size(captioner.model, captioner.preprocessing.size, config, captioner.device)
@@ -194,7 +190,7 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     if options.attention_maps is not None:
         check_attention(captioner.model, "--attention-maps")
         folders = overlay_folders([item.path for item in plan.items])
-        on_captions = overlay_writer(captioner, config.start_token_id, options.attention_maps, folders)
+        on_captions = overlay_writer(captioner, config, options.attention_maps, folders)
     if options.engine == "ray":
         from captionkit.jobs.ray_engine import connect
 

@@ -163,6 +163,10 @@ class CaptionModel(nn.Module, ABC):
         added to a pretrained checkpoint's tokenizer. Families that support fine-tuning with new tokens override it."""
         raise ConfigError("data.styles", f"the {self.family} family cannot add tokens to a pretrained vocabulary")
 
+    # Whether captions may continue a text prompt at decoding time (DecodingConfig.prompt_ids; BLIP's conditional
+    # captioning). Other families were never trained to read one.
+    takes_prompt: ClassVar[bool] = False
+
     def set_prompt(self, prompt_ids: tuple[int, ...]) -> None:
         """Fine-tune with a conditional prompt (BLIP's "a picture of"): fed after the start token of every caption,
         in training and decoding, and kept out of the loss. Families that support it override it."""

@@ -93,6 +93,7 @@ class BlipModel(CaptionModel):
 
     family: ClassVar[str] = FAMILY
     has_attention: ClassVar[bool] = True
+    takes_prompt: ClassVar[bool] = True
 
     def __init__(self, hf: BlipForConditionalGeneration) -> None:
         super().__init__()

@@ -200,7 +200,7 @@ def _result(index: int, name: str, captions: list[Caption]) -> dict[str, Any]:
     return {
         "index": index,
         "image": name,
-        "caption": captions[0].text,
+        "caption": captions[0].caption,
         "score": captions[0].score,
         "captions": [_caption_record(caption) for caption in captions],
     }
@@ -209,7 +209,7 @@ def _result(index: int, name: str, captions: list[Caption]) -> dict[str, Any]:
 def _caption_record(caption: Caption) -> dict[str, Any]:
     """A caption's JSON; with attention, one ``{"token", "grid"}`` per token, the (h, w) grid as nested lists of
     weights rounded to 3 decimals (each grid sums to 1 before rounding; see ``captionkit.attention``)."""
-    record: dict[str, Any] = {"caption": caption.text, "score": caption.score}
+    record: dict[str, Any] = {"caption": caption.caption, "score": caption.score}
     if caption.attention is not None and caption.tokens is not None:
         record["attention"] = [
             {"token": token, "grid": grid.round(3).tolist()}

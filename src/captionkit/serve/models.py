@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captionkit.api import Captioner
+from captionkit.precision import DTYPES
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class ServedModel:
             "family": getattr(model, "family", type(model).__name__),
             "parameters": self.captioner.num_parameters,
             "device": str(self.captioner.device),
+            "dtype": next(name for name, dtype in DTYPES.items() if dtype == self.captioner.dtype),
             "styles": list(self.styles),
             "attention": self.attention,
         }

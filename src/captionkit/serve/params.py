@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from captionkit.decoding import DecodingConfig, check_length
-from captionkit.decoding.config import MAX_SEED
+from captionkit.decoding import DecodingConfig
+from captionkit.decoding.options import BY_FIELD, decoding_request, option_errors
 from captionkit.errors import InputError
 from captionkit.serve.errors import field_error, invalid_fields
 from captionkit.serve.models import ServedModel
@@ -25,7 +25,8 @@ _FALSE = {"false", "0", "no", "off"}
 
 @dataclass(frozen=True)
 class Parameter:
-    """One request parameter: its JSON type, bounds (inclusive unless ``low_open``) and what it does."""
+    """One request parameter: its JSON type, bounds for the OpenAPI schema (inclusive unless ``low_open``) and what
+    it does. The decoding ones come from the options table (captionkit.decoding.options), which checks them."""
 
     name: str
     kind: type
@@ -35,20 +36,48 @@ class Parameter:
     low_open: bool = False
 
 
+# The request's names of the decoding options (DecodingConfig fields or the table's aliases) and the table's field.
+_DECODING_NAMES = {
+    "num_beams": "num_beams",
+    "max_length": "max_new_tokens",
+    "length_penalty": "length_penalty",
+    "n_best": "num_return_sequences",
+    "do_sample": "do_sample",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "seed": "seed",
+    "style": "style",
+    "prompt": "prompt",
+}
+
+
+def _limits(settings: ServeSettings) -> dict[str, float]:
+    """This server's bounds, tighter than the table's, since every request shares the same machine."""
+    return {
+        "num_beams": settings.max_beams,
+        "max_length": settings.max_new_tokens,
+        "n_best": settings.max_n_best,
+        "length_penalty": 5.0,
+        "temperature": 10.0,
+        "top_k": 100_000,
+    }
+
+
 def parameters(settings: ServeSettings) -> tuple[Parameter, ...]:
     """The parameter table, with the bounds this server was started with."""
+    limits = _limits(settings)
+    decoding = []
+    for name, field in _DECODING_NAMES.items():
+        option = BY_FIELD[field]
+        high = limits.get(name, option.high)
+        low = -limits[name] if name == "length_penalty" else option.low
+        decoding.append(
+            Parameter(name, option.kind, f"{option.help} Default: {option.default}.", low, high, option.low_open)
+        )
     return (
         Parameter("model", str, "Model name from GET /v1/models (default: the first one)."),
-        Parameter("num_beams", int, "Beam width; 1 = greedy (default 4, or 1 when sampling).", 1, settings.max_beams),
-        Parameter("max_length", int, "At most this many generated tokens (default 20).", 1, settings.max_new_tokens),
-        Parameter("length_penalty", float, "Beam score = log-prob / length ** this (default 1).", -5.0, 5.0),
-        Parameter("n_best", int, "Captions per image: <= num_beams, or samples (default 1).", 1, settings.max_n_best),
-        Parameter("do_sample", bool, "Sample instead of beam/greedy search (default false)."),
-        Parameter("temperature", float, "Sampling temperature (default 1).", 0.0, 10.0, low_open=True),
-        Parameter("top_k", int, "Sample from the k most likely tokens; 0 = all (default 0).", 0, 100_000),
-        Parameter("top_p", float, "Nucleus sampling mass (default 1).", 0.0, 1.0, low_open=True),
-        Parameter("seed", int, "Seed for sampling: the same request gives the same captions.", 0, MAX_SEED),
-        Parameter("style", str, "Caption style: 'neutral' (the default) or another the model lists in /v1/models."),
+        *decoding,
         Parameter(
             "attention",
             bool,
@@ -67,7 +96,11 @@ class CaptionParams:
 
 
 def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: ServeSettings) -> CaptionParams:
-    """Validate raw values (strings from a query or form, or JSON values); raises a 422 ``ApiError``."""
+    """Validate raw values (strings from a query or form, or JSON values); raises a 422 ``ApiError``.
+
+    Strings become the parameter's type here; every decoding check, default and the style and prompt are the options
+    table's (captionkit.decoding.options), as for the CLI and the Python API, with this server's tighter limits.
+    """
     table = {p.name: p for p in parameters(settings)}
     errors = [field_error(name, f"unknown parameter (known: {', '.join(table)})") for name in raw if name not in table]
     values: dict[str, Any] = {}
@@ -77,25 +110,21 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
                 values[name] = _convert(table[name], value)
             except ValueError as error:
                 errors.append(field_error(name, str(error)))
+    limits = _limits(settings)
+    decoding_values = {name: value for name, value in values.items() if name in _DECODING_NAMES}
+    errors += [field_error(error.source, error.reason) for error in option_errors(limits, **decoding_values)]
     if errors:
         raise invalid_fields(errors)
     model = _pick_model(values.get("model"), models)
-    style = values.get("style", NEUTRAL)
     attention = values.get("attention", False)
-    if style not in model.styles:
-        allowed = ", ".join(model.styles)
-        errors.append(field_error("style", f"model {model.name!r} has no style {style!r} (allowed: {allowed})"))
     if attention and not model.attention:
-        errors.append(field_error("attention", f"model {model.name!r} does not report attention maps"))
-    if errors:
-        raise invalid_fields(errors)
-    start = model.captioner.style_start_token(style)
-    decoding = _decoding(values, start)
+        raise invalid_fields([field_error("attention", f"model {model.name!r} does not report attention maps")])
     try:
-        check_length(model.captioner.model, decoding)
+        request = decoding_request(limits, **decoding_values)
+        decoding = model.captioner.resolve_decoding(request, f"model {model.name!r}")
     except InputError as error:
-        raise invalid_fields([field_error("max_length", f"model {model.name!r}: {error.reason}")]) from None
-    return CaptionParams(model, decoding, style, attention)
+        raise invalid_fields([field_error(error.source, error.reason)]) from None
+    return CaptionParams(model, decoding, request.style or NEUTRAL, attention)
 
 
 def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:
@@ -106,41 +135,16 @@ def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel
     return models[name]
 
 
-def _decoding(values: dict[str, Any], start_token_id: int | None) -> DecodingConfig:
-    sample = values.get("do_sample", False)
-    try:
-        return DecodingConfig(
-            max_new_tokens=values.get("max_length", 20),
-            num_beams=values.get("num_beams", 1 if sample else 4),
-            length_penalty=values.get("length_penalty", 1.0),
-            num_return_sequences=values.get("n_best", 1),
-            do_sample=sample,
-            temperature=values.get("temperature", 1.0),
-            top_k=values.get("top_k", 0),
-            top_p=values.get("top_p", 1.0),
-            seed=values.get("seed"),
-            start_token_id=start_token_id,
-        )
-    except InputError as error:
-        field = {"max_new_tokens": "max_length", "num_return_sequences": "n_best"}.get(error.source, error.source)
-        raise invalid_fields([field_error(field, error.reason)]) from None
-
-
 def _convert(parameter: Parameter, value: Any) -> Any:
-    """``value`` as the parameter's type, within bounds; raises ``ValueError`` with the reason."""
+    """``value`` (a string from a query or form, or a JSON value) as the parameter's type; raises ``ValueError`` with
+    the reason. Bounds are the options table's to check."""
     if parameter.kind is bool:
         return _to_bool(value)
     if parameter.kind is str:
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
             raise ValueError(f"must be a non-empty string of at most 200 characters, got {_show(value)}")
         return value.strip()
-    number = _to_int(value) if parameter.kind is int else _to_float(value)
-    low, high = parameter.low, parameter.high
-    below = low is not None and (number <= low if parameter.low_open else number < low)
-    if below or (high is not None and number > high):
-        opening = "(" if parameter.low_open else "["
-        raise ValueError(f"must be in {opening}{_num(low)}, {_num(high)}], got {_num(number)}")
-    return number
+    return _to_int(value) if parameter.kind is int else _to_float(value)
 
 
 def _to_bool(value: Any) -> bool:
@@ -174,11 +178,6 @@ def _to_float(value: Any) -> float:
     if number is None or not math.isfinite(number):
         raise ValueError(f"must be a finite number, got {_show(value)}")
     return number
-
-
-def _num(value: float | None) -> str:
-    text = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _show(value: Any) -> str:

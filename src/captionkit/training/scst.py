@@ -133,7 +133,7 @@ def rollout(
     its first image in the global batch, so N processes sample exactly what one process with the whole batch would.
     """
     samples = generate(model, encoded=encoded, config=sampling_config(config, seed), image_offset=image_offset)
-    texts = [[caption.text for caption in group] for group in to_captions(samples, tokenizer)]
+    texts = [[caption.caption for caption in group] for group in to_captions(samples, tokenizer)]
     rewards = reward(image_ids, texts)
     unfinished = torch.tensor([[not h.finished for h in group] for group in samples])
     rewards = rewards - config.unfinished_penalty * unfinished.float()
@@ -141,7 +141,7 @@ def rollout(
         baseline = leave_one_out_baseline(rewards)
     else:
         greedy = generate(model, encoded=encoded, config=DecodingConfig(max_new_tokens=config.max_new_tokens))
-        greedy_texts = [[group[0].text] for group in to_captions(greedy, tokenizer)]
+        greedy_texts = [[group[0].caption] for group in to_captions(greedy, tokenizer)]
         baseline = reward(image_ids, greedy_texts).expand_as(rewards)
     device = encoded.tokens.device
     ids, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)

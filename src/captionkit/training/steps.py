@@ -28,7 +28,7 @@ from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.text import CaptionTokenizer
 from captionkit.training.distributed import Distributed
-from captionkit.training.loss import caption_loss_sum
+from captionkit.training.loss import caption_loss_total
 from captionkit.training.scst import (
     CiderReward,
     Rollout,
@@ -179,7 +179,7 @@ class CrossEntropyStep(TrainingStep):
                     continue
                 with self.autocast():
                     logits, ids, mask = self.logits(batch)
-                loss_sum, _ = caption_loss_sum(logits, ids, mask, self.settings.label_smoothing)
+                loss_sum = caption_loss_total(logits, ids, mask, self.settings.label_smoothing)
                 # DDP averages gradients over processes: scale by their number so the result is the global mean.
                 self._backward(loss_sum * (self.parallel.world_size / tokens), per_process, timer)
             total += loss_sum.detach().double()

@@ -85,7 +85,7 @@ def validation_cider(
             continue
         hypotheses = generate(model, torch.from_numpy(np.stack(pixels)).to(device), config=decoding)
         for image_id, best in zip(chunk, to_captions(hypotheses, tokenizer), strict=True):
-            candidates[image_id] = best[0].text
+            candidates[image_id] = best[0].caption
     if not candidates:
         return None
     scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}

@@ -1,0 +1,253 @@
+"""The GPU-only branches of training and captioning, checked on the CPU (issue 22.3-22.4): the device check is
+mocked, or the call is recorded rather than run.
+
+- AdamW is fused on CUDA (one kernel for all parameters), not on the CPU;
+- DataLoaders keep worker processes up (persistent) and page-lock batches (pinned) on CUDA;
+- ``--batch-size auto`` probes powers of two until the GPU runs out of memory, then halves the last that fit;
+- a training step reads no tensor value back to the host (``.item()``, ``float()``...) except at log steps.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from _helpers import tiny_model
+from captionkit.config import load_train_config
+from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.decoding import DecodingConfig
+from captionkit.jobs import batch_size as auto_batch
+from captionkit.jobs.pipeline import load_batches
+from captionkit.training import run as training_run
+from captionkit.training.loop import train
+from captionkit.training.setup import build_optimizer
+from captionkit.training.steps import CrossEntropyStep
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CUDA, CPU = torch.device("cuda"), torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_dataset(tmp_path_factory.mktemp("scenes"), 16, 4, 2, seed=1, image_size=32)
+
+
+def config_for(scenes: Path, *extra: str) -> Any:
+    return load_train_config(
+        None,
+        [
+            "train.device=cpu",
+            f"data.train={scenes}",
+            "data.first_caption_only=true",
+            "model.preset=tiny",
+            "tokenizer.vocab_size=300",
+            "train.batch_size=4",
+            "train.warmup_steps=1",
+            "train.threads=1",
+            "train.tensorboard=false",
+            *extra,
+        ],
+    )
+
+
+# --- fused AdamW ---------------------------------------------------------------------------------------------
+
+
+def test_adamw_is_fused_on_cuda_only(scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[dict[str, Any]] = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, params: Any, **options: Any) -> None:
+            made.append(options)
+            super().__init__(params, **(options | {"fused": None}))  # only the choice is under test
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    model, config = tiny_model("vit-gpt2"), config_for(scenes)
+    build_optimizer(model, config, CUDA)
+    build_optimizer(model, config, CPU)
+    assert [options["fused"] for options in made] == [True, None]
+    assert made[0]["lr"] == config.train.lr and made[0]["betas"] == config.train.betas
+
+
+# --- DataLoader arguments -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("device", "workers", "persistent", "pinned"),
+    [(CUDA, 2, True, True), (CPU, 2, True, False), (CUDA, 0, False, True), (CPU, 0, False, False)],
+)
+def test_training_loader_keeps_workers_and_pins_on_cuda(
+    device: torch.device, workers: int, persistent: bool, pinned: bool
+) -> None:
+    setup = SimpleNamespace(tokenizer=SimpleNamespace(pad_token_id=0))
+    loader = training_run._loader(setup, list(range(8)), device, workers, batch_size=4)  # type: ignore[arg-type]
+    assert (loader.num_workers, loader.persistent_workers, loader.pin_memory) == (workers, persistent, pinned)
+
+
+def test_caption_job_pins_its_worker_batches_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Recorded:
+        def __init__(self, data: Any, **options: Any) -> None:
+            seen.append(options)
+
+        def __iter__(self) -> Iterator[Any]:
+            return iter(())
+
+    monkeypatch.setattr("captionkit.jobs.pipeline.DataLoader", Recorded)
+    preprocessing = SimpleNamespace(size=(32, 32), draft_size=None)
+    for workers, pin in ((2, True), (2, False), (0, True)):
+        load_batches([Path("a.jpg")], preprocessing, None, 4, workers, 3, pin_memory=pin)  # type: ignore[arg-type]
+    assert [(o["num_workers"], o["pin_memory"], o["prefetch_factor"]) for o in seen] == [
+        (2, True, 3),
+        (2, False, 3),
+        (0, False, None),  # in-process decoding: no pinning thread to overlap with
+    ]
+
+
+# --- --batch-size auto ------------------------------------------------------------------------------------------
+
+
+class FakeCuda:
+    """``generate`` on a pretend GPU holding ``room`` images: beyond, CUDA's out-of-memory error."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+        self.tried: list[int] = []
+        self.configs: list[DecodingConfig] = []
+        self.dtypes: set[torch.dtype] = set()
+
+    def generate(self, model: Any, pixels: torch.Tensor, config: DecodingConfig) -> list[Any]:
+        self.tried.append(len(pixels))
+        self.configs.append(config)
+        self.dtypes.add(pixels.dtype)
+        if len(pixels) > self.room:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (pretend)")
+        return []
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    real_randn = torch.randn
+
+    def randn(*shape: Any, device: Any = None, dtype: Any = None, **kwargs: Any) -> torch.Tensor:
+        return real_randn(*shape, dtype=dtype, **kwargs)  # the pretend GPU's tensors live on the CPU
+
+    monkeypatch.setattr(torch, "randn", randn)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    def make(room: int) -> FakeCuda:
+        fake = FakeCuda(room)
+        monkeypatch.setattr(auto_batch, "generate", fake.generate)
+        return fake
+
+    yield make
+
+
+@pytest.mark.parametrize(
+    ("room", "tried", "chosen"),
+    [
+        (100, [8, 16, 32, 64, 128], 32),  # 64 fit, 128 did not: half of 64
+        (8, [8, 16], 4),
+        (5, [8], 1),  # not even 8: one image at a time
+        (10_000, [8, 16, 32, 64, 128, 256, 512, 1024], auto_batch.MAX_AUTO_BATCH),  # the cap, not halved
+    ],
+)
+def test_auto_batch_size_probes_until_out_of_memory(fake_cuda: Any, room: int, tried: list[int], chosen: int) -> None:
+    fake = fake_cuda(room)
+    model = tiny_model("vit-gpt2").to(torch.bfloat16)
+    config = DecodingConfig(num_beams=4, max_new_tokens=7)
+    assert auto_batch.choose_batch_size(model, (32, 32), config, CUDA) == chosen
+    assert fake.tried == tried
+    # Every probe decodes the run's settings with each caption forced to full length, in the model's dtype.
+    assert {(c.num_beams, c.max_new_tokens, c.min_new_tokens) for c in fake.configs} == {(4, 7, 7)}
+    assert fake.dtypes == {torch.bfloat16}
+
+
+def test_auto_batch_size_on_a_cpu_is_fixed(fake_cuda: Any) -> None:
+    fake = fake_cuda(100)
+    assert auto_batch.choose_batch_size(tiny_model("vit-gpt2"), (32, 32), DecodingConfig(), CPU) == auto_batch.CPU_BATCH
+    assert fake.tried == []
+
+
+# --- host reads in the training step ----------------------------------------------------------------------------
+
+_READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__}
+_TORCH = str(Path(torch.__file__).parent)
+
+
+class HostReads(TorchFunctionMode):
+    """Every read of a tensor's value into Python (what waits for a GPU), with the captionkit line that made it,
+    and a "step" marker at each training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func in _READS or (func is torch.Tensor.__setitem__ and _has_mask(args[1])):
+            self.events.append(_caller())
+        return func(*args, **(kwargs or {}))
+
+
+def _has_mask(index: Any) -> bool:
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+def _caller() -> str:
+    frame = sys._getframe(2)
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_TORCH) or "overrides" in frame.f_code.co_filename
+    ):
+        frame = frame.f_back
+    if frame is None:
+        return "?"
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_code.co_name}"
+
+
+def test_a_training_step_reads_tensors_back_only_at_log_steps(
+    scenes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = HostReads()
+    step_call = CrossEntropyStep.__call__
+
+    def marked(self: CrossEntropyStep, *args: Any, **kwargs: Any) -> Any:
+        reads.events.append("step")
+        return step_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(CrossEntropyStep, "__call__", marked)
+
+    class Fused(torch.optim.AdamW):  # what a GPU runs (torch's CPU kernels have it too): no per-parameter reads
+        def __init__(self, params: Any, **options: Any) -> None:
+            super().__init__(params, **(options | {"fused": True}))
+
+    monkeypatch.setattr(torch.optim, "AdamW", Fused)
+    config = config_for(
+        scenes, "train.steps=8", "train.log_every=4", "train.eval_every=100", "train.checkpoint_every=0"
+    )
+    with reads:
+        train(config, tmp_path / "run", progress=False)
+    steps = [i for i, event in enumerate(reads.events) if event == "step"]
+    assert len(steps) == 8
+    # What each step reads: from its start to the next step's (the loop's logging in between included).
+    per_step = [reads.events[a + 1 : b] for a, b in zip(steps, [*steps[1:], len(reads.events)], strict=True)]
+    # The token count of the step's batch is read on the host side, from the batch as collated (before it goes
+    # to the device): no wait for the GPU. transformers' SDPA attention checks the padding mask itself
+    # (``padding_mask.all()``), inside the model's forward: not captionkit's to remove. Nothing else between two
+    # steps that are not logged.
+    host_side = {"steps.py:<genexpr>", "masking_utils.py:_ignore_causal_mask_sdpa"}
+    for number, events in enumerate(per_step, start=1):
+        device_reads = [event for event in events if event not in host_side]
+        if number % 4:
+            assert device_reads == [], (number, sorted(__import__("collections").Counter(device_reads).items()))
+        else:  # a log step reads the smoothed loss once (and finishing the run reads it again)
+            assert "loop.py:_loop" in device_reads, (number, device_reads)
