@@ -46,7 +46,10 @@ def test_benchmark_on_real_images_reports_both_engines(
         assert figures["images_per_s"] == pytest.approx(3 / figures["latency_p50_s"])
         assert figures["latency_p50_s"] <= figures["latency_p95_s"] <= max(figures["batch_times_s"])
         assert figures["peak_rss_mb"] > 50 and figures["cpu_s_p50"] > 0 and figures["peak_gpu_mb"] is None
-        assert 0 < figures["fraction_of_compute_limit"] < 1
+        # The time the measured matmul rate allows, over the time taken; both are timings on a shared machine (and a
+        # CPU's small bf16 matmul may run slower than the model's mix), so only their quotient is checked.
+        limit = result["compute"]["limit_s_per_batch"]
+        assert figures["fraction_of_compute_limit"] == pytest.approx(limit / figures["latency_p50_s"]) and limit > 0
     assert result["speedup"] == pytest.approx(
         result["transformers_generate"]["latency_p50_s"] / result["captionkit"]["latency_p50_s"]
     )

@@ -85,6 +85,26 @@ def test_merge_reads_and_writes_parquet_parts(model_dir, shards, tmp_path, capsy
     assert len(read_jsonl(tmp_path / "merged.jsonl")) == 5
 
 
+def test_merge_counts_an_interrupted_parquet_part_by_its_journal(model_dir, shards, tmp_path, capsys):
+    root, photos = shards
+    out = tmp_path / "out.parquet"
+    for index in range(2):
+        code, _, _ = caption_parquet([root, "--model", model_dir, "--output", out, "--shard", f"{index}/2"], capsys)
+        assert code in (0, 2)
+    first, second = sorted(tmp_path.glob("out.part-*.parquet"))
+    whole = tmp_path / "whole.jsonl"
+    assert run_cli(["merge", first, second, "--output", whole, "--inputs", root], capsys)[0] == 2
+    # What a run of part 1 killed before closing leaves: no Parquet file, its records in the journal.
+    rows = [{k: v for k, v in row.items() if v is not None and k != "key"} for row in pq.read_table(second).to_pylist()]
+    second.unlink()
+    journal_path(second).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    merged = tmp_path / "merged.jsonl"
+    code, _, err = run_cli(["merge", first, journal_path(second), "--output", merged, "--inputs", root], capsys)
+    assert code == 2, err  # the corrupt image's error record, as in a whole run; no part is missing
+    assert "missing parts" not in err and "missing" not in err
+    assert read_jsonl(merged) == read_jsonl(whole) and len(read_jsonl(whole)) == len(photos)
+
+
 def test_parquet_to_stdout_is_a_usage_error(model_dir, shards, capsys):
     code, _, err = caption_parquet([shards[0], "--model", model_dir], capsys)
     assert code == 1

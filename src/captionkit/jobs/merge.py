@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captionkit.jobs.outputs import Record, read_records_and_tail
+from captionkit.jobs.parquet_records import journal_owner
 from captionkit.jobs.sharding import part_of
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json", ".parquet": "parquet"}
@@ -43,8 +44,11 @@ def merge_parts(parts: Sequence[Path], inputs: Sequence[str] | None = None, defa
 
     A duplicate keeps its captioned record over an error record, else the first met. With ``inputs`` (the
     records' ``image`` values a full run would give), records come in that order and missing inputs are listed;
-    without, records are sorted by image. Part names (``.part-K-of-N``) are checked for gaps and mixed N.
+    without, records are sorted by image. Part names (``.part-K-of-N``) are checked for gaps and mixed N. A Parquet
+    part's journal (what an interrupted run leaves, ``OUT.part-K-of-N.parquet.partial.jsonl``) counts as part K.
     """
+    # An interrupted Parquet part is its journal: it stands for the part (read with its file, if one was written).
+    parts = list(dict.fromkeys(journal_owner(part) or part for part in parts))
     kept: dict[str, Record] = {}
     duplicates: dict[str, None] = {}
     torn: list[str] = []

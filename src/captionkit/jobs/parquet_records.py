@@ -24,8 +24,17 @@ ROWS_PER_GROUP = 10_000
 FIELDS = ("image", "caption", "score", "captions", "error")
 
 
+JOURNAL_SUFFIX = ".partial.jsonl"
+
+
 def journal_path(path: Path) -> Path:
-    return path.with_name(path.name + ".partial.jsonl")
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
+def journal_owner(path: Path) -> Path | None:
+    """The Parquet output whose journal ``path`` is (``OUT.parquet`` for ``OUT.parquet.partial.jsonl``), or None."""
+    name = path.name.removesuffix(JOURNAL_SUFFIX)
+    return path.with_name(name) if name != path.name and name.lower().endswith(".parquet") else None
 
 
 def _pyarrow(path: Path) -> tuple[Any, Any]:
