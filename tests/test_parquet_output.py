@@ -68,14 +68,19 @@ def test_an_interrupted_parquet_run_resumes_from_its_journal(model_dir, shards, 
     assert not journal_path(out).exists()
 
 
-def test_merge_reads_and_writes_parquet_parts(model_dir, shards, tmp_path, capsys):
-    root, photos = shards
-    out = tmp_path / "out.parquet"
+def caption_two_parts(model_dir, root, tmp_path, capsys) -> list:
+    """``out.part-0-of-2.parquet`` and ``out.part-1-of-2.parquet``: the shards captioned as two parts."""
     for index in range(2):
-        code, _, _ = caption_parquet([root, "--model", model_dir, "--output", out, "--shard", f"{index}/2"], capsys)
-        assert code in (0, 2)
+        args = [root, "--model", model_dir, "--output", tmp_path / "out.parquet", "--shard", f"{index}/2"]
+        assert caption_parquet(args, capsys)[0] in (0, 2)
     parts = sorted(tmp_path.glob("out.part-*.parquet"))
     assert len(parts) == 2
+    return parts
+
+
+def test_merge_reads_and_writes_parquet_parts(model_dir, shards, tmp_path, capsys):
+    root, photos = shards
+    parts = caption_two_parts(model_dir, root, tmp_path, capsys)
     merged = tmp_path / "merged.parquet"
     code, _, err = run_cli(["merge", *parts, "--output", merged, "--inputs", root], capsys)
     assert code == 2, err  # one corrupt image: its error record is kept
@@ -87,11 +92,7 @@ def test_merge_reads_and_writes_parquet_parts(model_dir, shards, tmp_path, capsy
 
 def test_merge_counts_an_interrupted_parquet_part_by_its_journal(model_dir, shards, tmp_path, capsys):
     root, photos = shards
-    out = tmp_path / "out.parquet"
-    for index in range(2):
-        code, _, _ = caption_parquet([root, "--model", model_dir, "--output", out, "--shard", f"{index}/2"], capsys)
-        assert code in (0, 2)
-    first, second = sorted(tmp_path.glob("out.part-*.parquet"))
+    first, second = caption_two_parts(model_dir, root, tmp_path, capsys)
     whole = tmp_path / "whole.jsonl"
     assert run_cli(["merge", first, second, "--output", whole, "--inputs", root], capsys)[0] == 2
     # What a run of part 1 killed before closing leaves: no Parquet file, its records in the journal.
