@@ -19,22 +19,14 @@ saved in config.json (``captionkit_prompt_ids``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from transformers import BlipConfig, BlipForConditionalGeneration
 
 from captionkit.errors import ConfigError
-from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import (
-    CachedState,
-    VisionTextConfig,
-    build_hub_model,
-    load_hub_model,
-    save_hub_model,
-)
-from captionkit.models.native import check_token_ids
+from captionkit.models.base import Encoded
+from captionkit.models.hf_checkpoint import CachedState, HubCaptionModel, VisionTextConfig
 
 __all__ = ["PRESETS", "BlipCaptionConfig", "BlipModel"]
 
@@ -88,16 +80,17 @@ PRESETS: dict[str, BlipCaptionConfig] = {
 BlipCaptionConfig.presets = PRESETS
 
 
-class BlipModel(CaptionModel):
+class BlipModel(HubCaptionModel):
     """A ``BlipForConditionalGeneration``, kept as ``.hf``, behind the captionkit interface."""
 
     family: ClassVar[str] = FAMILY
+    hf_class = BlipForConditionalGeneration
+    config_class = BlipCaptionConfig
     has_attention: ClassVar[bool] = True
     takes_prompt: ClassVar[bool] = True
 
     def __init__(self, hf: BlipForConditionalGeneration) -> None:
-        super().__init__()
-        self.hf = hf
+        super().__init__(hf)
         text = hf.config.text_config
         # generate starts from bos ([DEC]) and stops at sep ([SEP]).
         self.bos_token_id, self.eos_token_id = text.bos_token_id, text.sep_token_id
@@ -118,34 +111,6 @@ class BlipModel(CaptionModel):
         self.prompt_ids = prompt_ids
         self.hf.config.update({PROMPT_KEY: list(prompt_ids)})
         self.max_positions = self.hf.config.text_config.max_position_embeddings - len(prompt_ids)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: BlipCaptionConfig | str,
-        *,
-        bos_token_id: int,
-        eos_token_id: int,
-        pad_token_id: int,
-        **overrides: Any,
-    ) -> BlipModel:
-        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        config = BlipCaptionConfig.resolve(config, **overrides)
-        token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
-        check_token_ids(token_ids, config.vocab_size)
-        return cls(BlipForConditionalGeneration(config.to_hf(**token_ids)))
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> BlipModel:
-        """A hub id or a directory in the hub layout (``BlipForConditionalGeneration``, safetensors)."""
-        return cls(load_hub_model(BlipForConditionalGeneration, FAMILY, name_or_dir))
-
-    @classmethod
-    def from_saved_config(cls, directory: Path) -> BlipModel:
-        return cls(build_hub_model(BlipForConditionalGeneration, FAMILY, directory))
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        save_hub_model(self.hf, FAMILY, directory)
 
     def resize_vocabulary(self, size: int) -> None:
         """The token table and the tied output layer (with its bias) grow to ``size`` rows."""

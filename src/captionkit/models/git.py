@@ -15,22 +15,14 @@ text; text tokens see every image token and the text before them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from transformers import DynamicCache, GitConfig, GitForCausalLM
 
 from captionkit.errors import ConfigError
-from captionkit.models.base import CaptionModel, Encoded
-from captionkit.models.hf_checkpoint import (
-    CachedState,
-    VisionTextConfig,
-    build_hub_model,
-    load_hub_model,
-    save_hub_model,
-)
-from captionkit.models.native import check_token_ids
+from captionkit.models.base import Encoded
+from captionkit.models.hf_checkpoint import CachedState, HubCaptionModel, VisionTextConfig
 
 __all__ = ["PRESETS", "GitCaptionConfig", "GitModel"]
 
@@ -76,16 +68,17 @@ PRESETS: dict[str, GitCaptionConfig] = {
 GitCaptionConfig.presets = PRESETS
 
 
-class GitModel(CaptionModel):
+class GitModel(HubCaptionModel):
     """A ``GitForCausalLM``, kept as ``.hf``, behind the captionkit interface."""
 
     family: ClassVar[str] = FAMILY
+    hf_class = GitForCausalLM
+    config_class = GitCaptionConfig
 
     def __init__(self, hf: GitForCausalLM) -> None:
-        super().__init__()
         if hf.config.num_image_with_embedding is not None:
             raise ConfigError("num_image_with_embedding", "video GIT models (several frames) are not supported")
-        self.hf = hf
+        super().__init__(hf)
         config = hf.config
         self.bos_token_id, self.eos_token_id, self.pad_token_id = (
             config.bos_token_id,
@@ -96,34 +89,6 @@ class GitModel(CaptionModel):
         self.max_positions = config.max_position_embeddings
         self.config = GitCaptionConfig.from_hf(config)
         self.train(hf.training)
-
-    @classmethod
-    def from_config(
-        cls,
-        config: GitCaptionConfig | str,
-        *,
-        bos_token_id: int,
-        eos_token_id: int,
-        pad_token_id: int,
-        **overrides: Any,
-    ) -> GitModel:
-        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
-        config = GitCaptionConfig.resolve(config, **overrides)
-        token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
-        check_token_ids(token_ids, config.vocab_size)
-        return cls(GitForCausalLM(config.to_hf(**token_ids)))
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> GitModel:
-        """A hub id or a directory in the hub layout (``GitForCausalLM``, safetensors)."""
-        return cls(load_hub_model(GitForCausalLM, FAMILY, name_or_dir))
-
-    @classmethod
-    def from_saved_config(cls, directory: Path) -> GitModel:
-        return cls(build_hub_model(GitForCausalLM, FAMILY, directory))
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        save_hub_model(self.hf, FAMILY, directory)
 
     def resize_vocabulary(self, size: int) -> None:
         """The token table and the output layer grow to ``size`` rows (transformers' resize, new rows random)."""

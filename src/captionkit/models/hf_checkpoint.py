@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import torch
 from safetensors import SafetensorError
@@ -20,8 +20,9 @@ from transformers.utils import logging as hf_logging
 
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
+from captionkit.models.base import CaptionModel
 from captionkit.models.config_file import read_config_json
-from captionkit.models.native import METADATA_KEY, FamilyConfig
+from captionkit.models.native import METADATA_KEY, FamilyConfig, check_token_ids
 from captionkit.version import __version__
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -70,6 +71,10 @@ class VisionTextConfig(FamilyConfig):
             text_positions=text.max_position_embeddings,
             vocab_size=text.vocab_size,
         )
+
+    def to_hf(self, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> Any:
+        """transformers' config of the whole model, with these token ids."""
+        raise NotImplementedError(f"{type(self).__name__} must define to_hf")
 
     def vision_hf(self) -> dict[str, int]:
         """The vision config's fields, as transformers names them."""
@@ -174,6 +179,47 @@ def save_hub_model(model: PreTrainedModel, family: str, directory: str | Path) -
     """config.json (with the "captionkit" key), generation_config.json and model.safetensors, as the hub has them."""
     model.config.update({METADATA_KEY: {"family": family, "captionkit_version": __version__}})
     model.save_pretrained(directory)
+
+
+class HubCaptionModel(CaptionModel):
+    """A transformers captioner kept whole as ``.hf`` and saved in its hub layout (BLIP, GIT): how such a family is
+    built, loaded and saved. Subclasses set ``hf_class`` (e.g. ``GitForCausalLM``) and ``config_class``; their
+    ``family`` is the hub config's ``model_type``."""
+
+    hf_class: ClassVar[type[PreTrainedModel]]
+    config_class: ClassVar[type[VisionTextConfig]]
+
+    def __init__(self, hf: PreTrainedModel) -> None:
+        super().__init__()
+        self.hf = hf
+
+    @classmethod
+    def from_config(
+        cls,
+        config: VisionTextConfig | str,
+        *,
+        bos_token_id: int,
+        eos_token_id: int,
+        pad_token_id: int,
+        **overrides: Any,
+    ) -> Self:
+        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
+        resolved = cls.config_class.resolve(config, **overrides)
+        token_ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        check_token_ids(token_ids, resolved.vocab_size)
+        return cls(cls.hf_class(resolved.to_hf(**token_ids)))
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path) -> Self:
+        """A hub id or a directory in the hub layout (``hf_class``, safetensors)."""
+        return cls(load_hub_model(cls.hf_class, cls.family, name_or_dir))
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> Self:
+        return cls(build_hub_model(cls.hf_class, cls.family, directory))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        save_hub_model(self.hf, self.family, directory)
 
 
 @dataclass
