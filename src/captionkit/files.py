@@ -1,4 +1,7 @@
-"""How captionkit writes whole files and splits text files into lines.
+"""How captionkit reads and writes whole text files and splits them into lines.
+
+Reads: :func:`read_text` is the one way a text input is read: UTF-8 (a byte-order mark allowed), and every
+failure one :class:`~captionkit.errors.InputError` naming the file.
 
 Writes: a file written whole goes to a temporary sibling first and is renamed over the target, so a crash or a
 full disk leaves the old file or the new one, never a torn one. (Files appended record by record, such as JSONL
@@ -18,7 +21,29 @@ import os
 import re
 from pathlib import Path
 
+from captionkit.errors import InputError
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def read_text(path: Path) -> str:
+    """A UTF-8 file's text (a byte-order mark is allowed); a missing, unreadable, non-UTF-8 or empty file is an
+    :class:`InputError` naming it."""
+    if not path.exists():
+        raise InputError(path, "no such file")
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise InputError(path, "not a file") from None
+    except OSError as error:
+        raise InputError(path, f"cannot read ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise InputError(path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+    if not text.strip():
+        raise InputError(path, "empty file")
+    return text
 
 
 def text_lines(text: str) -> list[str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.errors import InputError
-from captionkit.files import text_lines
+from captionkit.files import read_text, text_lines
 from captionkit.jsontext import parse_json
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
@@ -110,21 +110,6 @@ def _stem(name: str) -> str:
     base = _basename(name)
     head, dot, _ = base.rpartition(".")
     return head if dot and head.strip(".") and not base.endswith(".") else base
-
-
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content; :class:`InputError` for a missing, empty or non-UTF-8 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "no such file" if not path.exists() else "not a file")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
-    if not text.strip():
-        raise InputError(path, "empty file")
-    return text
 
 
 def _parse_json(text: str, path: Path) -> Any:

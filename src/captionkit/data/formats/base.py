@@ -17,6 +17,7 @@ from typing import Any
 
 from captionkit.data.records import STYLES, CaptionRecord
 from captionkit.errors import InputError
+from captionkit.files import read_text
 from captionkit.jsontext import parse_json
 
 # Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
@@ -136,21 +137,6 @@ class Probe:
             self._json = parse_json(self.text(), self.path)
             self._json_read = True
         return self._json
-
-
-def read_text(path: Path) -> str:
-    """A UTF-8 file's text (a byte-order mark is allowed); an empty file is an error."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise InputError(path, f"cannot read ({error.strerror or error})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    if not text.strip():
-        raise InputError(path, "empty file")
-    return text
 
 
 def csv_rows(probe: Probe, delimiter: str = ",") -> Iterator[tuple[list[str], str]]:

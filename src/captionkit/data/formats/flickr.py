@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, read_text
+from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult
 from captionkit.data.formats.karpathy import image_roots
 from captionkit.errors import InputError
-from captionkit.files import text_lines
+from captionkit.files import read_text, text_lines
 
 LINE = re.compile(r"^(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)$")
 SPLIT_LISTS = {"train": "*trainImages.txt", "val": "*devImages.txt", "test": "*testImages.txt"}

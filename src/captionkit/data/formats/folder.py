@@ -18,10 +18,9 @@ from captionkit.data.formats.base import (
     Probe,
     ReadOptions,
     ReadResult,
-    read_text,
 )
 from captionkit.errors import InputError
-from captionkit.files import text_lines
+from captionkit.files import read_text, text_lines
 
 NO_SIDECAR = "image without a caption file"
 

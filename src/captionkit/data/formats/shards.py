@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captionkit.data.formats.base import IMAGE_SUFFIXES, Collector, Probe, ReadOptions, ReadResult, read_text
+from captionkit.data.formats.base import IMAGE_SUFFIXES, Collector, Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
+from captionkit.files import read_text
 from captionkit.jsontext import parse_json
 from captionkit.shards import container_files, iter_samples, sample_captions
 
