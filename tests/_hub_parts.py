@@ -105,6 +105,68 @@ def _image_part_files(directory: Path, layout: str, config: dict[str, Any], prep
     return directory
 
 
+# The call settings that transformers 4's fast (torchvision) processors write into their files, as 4.57 does.
+_FAST_NONE_SETTINGS = ("crop_size", "device", "disable_grouping", "do_center_crop", "do_convert_rgb", "do_pad")
+FAST_CALL_SETTINGS: dict[str, Any] = dict.fromkeys(
+    [*_FAST_NONE_SETTINGS, "input_data_format", "pad_size", "return_tensors"]
+) | {"data_format": "channels_first"}
+
+_CLIP_MEAN, _CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+_CROP_224 = {"crop_size": {"height": 224, "width": 224}, "do_center_crop": True, "do_convert_rgb": True}
+# preprocessor_config.json as transformers 4.57 saves each fast processor with its defaults (use_fast=True): the
+# hub holds such files. transformers 5 saves the same processors under their plain names (ViTImageProcessor).
+FAST_FILES: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {
+    "ViT": ({"default_to_square": True, "resample": 2, "size": {"height": 224, "width": 224}}, (224, 224)),
+    "CLIP": ({"default_to_square": False, "resample": 3, "size": {"shortest_edge": 224}} | _CROP_224, (224, 224)),
+    "Bit": ({"default_to_square": False, "resample": 3, "size": {"shortest_edge": 224}} | _CROP_224, (224, 224)),
+    "DeiT": (
+        {"default_to_square": True, "resample": 3, "size": {"height": 256, "width": 256}}
+        | _CROP_224
+        | {"do_convert_rgb": None},
+        (224, 224),
+    ),
+    "Beit": (
+        {"crop_size": {"height": 224, "width": 224}, "default_to_square": True, "do_center_crop": False}
+        | {"do_reduce_labels": False, "resample": 3, "size": {"height": 224, "width": 224}},
+        (224, 224),
+    ),
+    "Siglip": ({"default_to_square": False, "resample": 3, "size": {"height": 224, "width": 224}}, (224, 224)),
+    "ConvNext": (
+        {"crop_pct": 0.875, "default_to_square": False, "resample": 2, "size": {"shortest_edge": 384}},
+        (384, 384),
+    ),
+    "Blip": (
+        {"default_to_square": True, "do_convert_rgb": True, "resample": 3, "size": {"height": 384, "width": 384}},
+        (384, 384),
+    ),
+}
+
+
+def fast_processor_file(name: str) -> tuple[dict[str, Any], tuple[int, int]]:
+    """``{name}ImageProcessorFast``'s file as transformers 4.57 writes it, and the pixel size it gives."""
+    settings, size = FAST_FILES[name]
+    clip_statistics = name in ("CLIP", "Bit", "Blip")
+    mean, std = (_CLIP_MEAN, _CLIP_STD) if clip_statistics else ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
+    common = {"do_normalize": True, "do_rescale": True, "do_resize": True, "rescale_factor": 1 / 255}
+    named = {"image_mean": mean, "image_processor_type": f"{name}ImageProcessorFast", "image_std": std}
+    return FAST_CALL_SETTINGS | common | named | settings, size
+
+
+def resave_as_fast_processor(directory: Path) -> Path:
+    """Rewrite a part's image processor file as transformers 4.57 saves the same processor loaded with ``use_fast=True``
+    (torchvision installed): named ``...ImageProcessorFast``, with ``default_to_square`` and the call settings above.
+    Returns the file."""
+    processor = AutoImageProcessor.from_pretrained(directory, backend="pil")
+    settings = processor.to_dict()  # transformers 5's form: the plain name, no call settings
+    fast = {
+        "image_processor_type": f"{settings['image_processor_type']}Fast",
+        "default_to_square": processor.default_to_square,
+    }
+    path = directory / "preprocessor_config.json"
+    _write_json(path, FAST_CALL_SETTINGS | settings | fast)
+    return path
+
+
 # google/vit-base-patch16-224 (fine-tuned on ImageNet-1k): an image classifier, its labels in config.json.
 VIT_CLASSIFIER_T4_CONFIG: dict[str, Any] = VIT_T4_CONFIG | {
     "architectures": ["ViTForImageClassification"],

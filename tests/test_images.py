@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from _data import SHARED_DATA
+from _hub_parts import FAST_FILES, fast_processor_file
 from captionkit.errors import ConfigError, ImageError
 from captionkit.images import (
     ALLOWED_FORMATS,
@@ -675,8 +676,11 @@ def test_reads_legacy_feature_extractor_config(tmp_path: Path) -> None:
         ({"image_std": [0.5, 0.0, 0.5]}, "image_std must be 3 positive numbers"),
         ({"resample": 99}, "resample must be one of 0 (NEAREST)"),
         ({"do_normalize": "yes"}, "do_normalize must be true or false, got 'yes'"),
+        # An int size with default_to_square false is a shorter edge: images of different shapes.
+        ({"size": 224, "default_to_square": False}, "size {'shortest_edge': 224} is not supported"),
+        ({"device": "cuda"}, "device='cuda' is not supported"),
     ],
-    ids=["shortest-edge", "crop", "other-processor", "unknown", "size", "std", "resample", "bool"],
+    ids=["shortest-edge", "crop", "other-processor", "unknown", "size", "std", "resample", "bool", "edge", "device"],
 )
 def test_unsupported_or_invalid_config_is_a_clear_error(
     tmp_path: Path, changes: dict[str, object], reason: str
@@ -814,12 +818,47 @@ def assert_matches_transformers(tmp_path: Path, settings: dict[str, object], siz
             },
             (224, 224),
         ),
+        # The transformers 4 feature extractors' spelling: an int size, which DeiT and BEiT read as N x N (their
+        # default_to_square), CLIP, BiT and SigLIP as the shorter edge.
+        (
+            {
+                "crop_size": 224,
+                "do_center_crop": True,
+                "feature_extractor_type": "DeiTFeatureExtractor",
+                "image_mean": IMAGENET_MEAN,
+                "image_std": IMAGENET_STD,
+                "resample": 3,
+                "size": 256,
+            },
+            (224, 224),
+        ),
+        (
+            {
+                "do_center_crop": False,
+                "feature_extractor_type": "BeitFeatureExtractor",
+                "image_mean": [0.5, 0.5, 0.5],
+                "image_std": [0.5, 0.5, 0.5],
+                "resample": 2,
+                "size": 224,
+            },
+            (224, 224),
+        ),
+        # An int size with default_to_square set in the file: it decides, whatever the processor's own default.
+        (CLIP_FILE | {"size": 256, "default_to_square": True}, (224, 224)),
     ],
-    ids=["deit", "beit", "siglip"],
+    ids=["deit", "beit", "siglip", "deit-int-size", "beit-int-size", "clip-square"],
 )
 def test_fixed_size_processors_with_and_without_a_crop_match_transformers(
     tmp_path: Path, settings: dict[str, object], size: tuple[int, int]
 ) -> None:
+    assert_matches_transformers(tmp_path, settings, size)
+
+
+@pytest.mark.parametrize("name", sorted(FAST_FILES))
+def test_files_of_fast_processors_match_transformers(tmp_path: Path, name: str) -> None:
+    """A file naming a fast processor (``...ImageProcessorFast``) loads without torchvision, and gives the pixels of
+    transformers' PIL backend for it (what ``use_fast=False`` picks) to 1e-6."""
+    settings, size = fast_processor_file(name)
     assert_matches_transformers(tmp_path, settings, size)
 
 

@@ -475,15 +475,27 @@ _CONVNEXT_PROCESSOR_TYPES = frozenset(
 )
 _CONVNEXT_CROP_BELOW = 384
 _TYPE_KEYS = ("image_processor_type", "feature_extractor_type")
+# Processors whose ``size: N`` means the shorter edge when the file has no ``default_to_square``; for all others (ViT,
+# BLIP, DeiT, BEiT) it means N x N, as transformers reads it.
+_SHORTER_EDGE_BY_DEFAULT = frozenset(
+    f"{name}{kind}{suffix}"
+    for name in ("CLIP", "Bit", "Siglip", "ConvNext")
+    for kind in ("ImageProcessor", "FeatureExtractor")
+    for suffix in ("", "Pil", "Fast")
+)
 # Settings transformers may write that change nothing while they hold these values; other values are refused.
 _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
     "do_center_crop": (None, False),
     "do_pad": (None, False),
     "data_format": (None, "channels_first"),
     "input_data_format": (None,),
-    "default_to_square": (None, True),
     "do_convert_rgb": (None, True, False),  # captionkit's images are RGB by the time they get here
     "do_reduce_labels": (None, False),  # BEiT's segmentation labels: none here
+    # A fast (torchvision) processor's call settings, which transformers 4 writes into its file: where it computes,
+    # what array type it returns, and whether it batches images by shape. None of them changes what a pixel means.
+    "device": (None, "cpu"),
+    "return_tensors": (None, "np", "pt"),
+    "disable_grouping": (None, True, False),
 }
 _IGNORED_KEYS = frozenset({"crop_size", "pad_size", "processor_class"})  # read only when the above are on
 
@@ -645,7 +657,7 @@ class Preprocessing:
         """
         if not isinstance(data, Mapping):
             raise ConfigError(source, f"expected a JSON object, got {type(data).__name__}")
-        data = _crop_settings(data, source)
+        data = _crop_settings(_explicit_size(data), source)
         field_keys = {field.name for field in dataclasses.fields(cls)}
         _check_known_keys(data, source, field_keys)
         fields = {key: value for key, value in data.items() if key in field_keys and value is not None}
@@ -686,6 +698,20 @@ class Preprocessing:
                 raise ConfigError(file, "has no image_processor settings")
             data = data["image_processor"]
         return cls.from_dict(data, source=str(file))
+
+
+def _explicit_size(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The settings with an int ``size`` spelled out as transformers reads it, by ``default_to_square`` (the file's, or
+    its processor's default): ``{"height": N, "width": N}`` or ``{"shortest_edge": N}``. A size given as a mapping
+    already says which; ``default_to_square`` then changes nothing and is dropped."""
+    rest = {key: value for key, value in data.items() if key != "default_to_square"}
+    size = data.get("size")
+    if not _is_number(size, integer=True):
+        return rest
+    square = data.get("default_to_square")
+    if square is None:
+        square = next((data[key] for key in _TYPE_KEYS if key in data), None) not in _SHORTER_EDGE_BY_DEFAULT
+    return rest | {"size": {"height": size, "width": size} if square else {"shortest_edge": size}}
 
 
 def _crop_settings(data: Mapping[str, Any], source: str) -> Mapping[str, Any]:
