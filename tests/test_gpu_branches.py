@@ -124,6 +124,7 @@ class FakeCuda:
         self.tried: list[int] = []
         self.configs: list[DecodingConfig] = []
         self.dtypes: set[torch.dtype] = set()
+        self.released: list[Any] = []  # models whose captured decoder steps were freed
 
     def generate(self, model: Any, pixels: torch.Tensor, config: DecodingConfig) -> list[Any]:
         self.tried.append(len(pixels))
@@ -147,6 +148,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def make(room: int) -> FakeCuda:
         fake = FakeCuda(room)
         monkeypatch.setattr(auto_batch, "generate", fake.generate)
+        monkeypatch.setattr(auto_batch, "release_graphs", fake.released.append)
         return fake
 
     yield make
@@ -170,6 +172,7 @@ def test_auto_batch_size_probes_until_out_of_memory(fake_cuda: Any, room: int, t
     # Every probe decodes the run's settings with each caption forced to full length, in the model's dtype.
     assert {(c.num_beams, c.max_new_tokens, c.min_new_tokens) for c in fake.configs} == {(4, 7, 7)}
     assert fake.dtypes == {torch.bfloat16}
+    assert fake.released == [model]  # the probes' CUDA graphs do not stay to take the run's memory
 
 
 def test_auto_batch_size_on_a_cpu_is_fixed(fake_cuda: Any) -> None:
