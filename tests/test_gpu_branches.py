@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 import torch
+from PIL import Image
 from torch.overrides import TorchFunctionMode
 
 from _helpers import tiny_model
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.decoding import DecodingConfig
+from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs import batch_size as auto_batch
 from captionkit.jobs.pipeline import load_batches
 from captionkit.training import run as training_run
@@ -104,13 +106,37 @@ def test_caption_job_pins_its_worker_batches_on_cuda(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("captionkit.jobs.pipeline.DataLoader", Recorded)
     preprocessing = SimpleNamespace(size=(32, 32), draft_size=None)
-    for workers, pin in ((2, True), (2, False), (0, True)):
+    for workers, pin in ((2, True), (2, False), (0, True), (0, False)):
         load_batches([Path("a.jpg")], preprocessing, None, 4, workers, 3, pin_memory=pin)  # type: ignore[arg-type]
     assert [(o["num_workers"], o["pin_memory"], o["prefetch_factor"]) for o in seen] == [
         (2, True, 3),
         (2, False, 3),
-        (0, False, None),  # in-process decoding: no pinning thread to overlap with
+        (0, True, None),  # in-process decoding pins too (in this process, before the batch is handed out)
+        (0, False, None),
     ]
+
+
+@pytest.mark.parametrize("pin", [True, False])  # what caption_files asks for on CUDA, and on the CPU
+def test_caption_job_without_workers_pins_each_batch_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin: bool
+) -> None:
+    pinned: list[torch.Tensor] = []
+
+    def record(tensor: torch.Tensor, *args: Any) -> torch.Tensor:  # page-locking needs a GPU: recorded instead
+        pinned.append(tensor.clone())
+        return pinned[-1]
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", record)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)  # what the DataLoader asks before pinning
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: CUDA)
+    paths = [tmp_path / f"{index}.png" for index in range(3)]
+    for index, path in enumerate(paths):
+        Image.new("RGB", (40, 30), (index * 80, 10, 200)).save(path)
+    batches = list(load_batches(paths, Preprocessing.for_size(32, 32), ImageLimits(), 2, 0, pin_memory=pin))
+    assert [batch.good for batch in batches] == [[0, 1], [2]]
+    assert [batch.pixels.shape for batch in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+    # Pinned: each batch hands out the page-locked copy of its pixels; else nothing is pinned.
+    assert [id(tensor) for tensor in pinned] == ([id(batch.pixels) for batch in batches] if pin else [])
 
 
 # --- --batch-size auto ------------------------------------------------------------------------------------------

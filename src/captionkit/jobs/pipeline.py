@@ -7,6 +7,8 @@ JPEGs much larger than the model's input are decoded reduced (``load_image``'s d
 :attr:`~captionkit.images.Preprocessing.draft_size`): several times less decoding work, pixels within the
 tolerance ``load_image`` documents; images at or below twice the target size decode exactly as in the API.
 At most ``prefetch`` batches per worker are in flight, so memory stays bounded however many images there are.
+For a GPU, batches are page-locked (pinned) before they are handed out, by the DataLoader's pinning thread with
+workers and in this process without, so that their copy to the device can run without blocking.
 A file that cannot be read comes back as its error message: a worker never raises on a bad image.
 """
 
@@ -103,14 +105,15 @@ def load_batches(
     prefetch: int = 2,
     pin_memory: bool = False,
 ) -> Iterator[ImageBatch]:
-    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process)."""
+    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process), page-locked when
+    ``pin_memory`` (only where torch sees a GPU)."""
     loader = DataLoader(
         ImageFiles(paths, preprocessing, limits),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=pin_memory and workers > 0,
+        pin_memory=pin_memory,
         prefetch_factor=prefetch if workers > 0 else None,
     )
     return iter(loader)
