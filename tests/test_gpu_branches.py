@@ -139,6 +139,50 @@ def test_caption_job_without_workers_pins_each_batch_when_asked(
     assert [id(tensor) for tensor in pinned] == ([id(batch.pixels) for batch in batches] if pin else [])
 
 
+# --- deterministic cuBLAS -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "cuda_in_use", "after", "warning"),
+    [
+        (None, False, ":4096:8", None),  # set before cuBLAS first runs: it takes effect
+        (":16:8", True, ":16:8", None),  # the user's deterministic setting is kept
+        (None, True, None, "CUDA was in use before CUBLAS_WORKSPACE_CONFIG could be set"),
+        (":0:0", False, ":0:0", "CUBLAS_WORKSPACE_CONFIG=:0:0 is not one of cuBLAS's deterministic settings"),
+    ],
+)
+def test_deterministic_runs_set_cublas_workspace_before_cuda_runs_or_say_why_not(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    before: str | None,
+    cuda_in_use: bool,
+    after: str | None,
+    warning: str | None,
+) -> None:
+    variable = training_run.CUBLAS_WORKSPACE
+    monkeypatch.setenv(variable, before or "")  # recorded, so that whatever the run sets is undone after the test
+    if before is None:
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_in_use)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level("WARNING", logger="captionkit.training"), training_run.deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert training_run.os.environ.get(variable) == after
+    advice = "so cuBLAS sums may differ run to run; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before Python starts"
+    expected = [] if warning is None else [f"train.deterministic: {warning}, {advice}"]
+    assert [record.getMessage() for record in caplog.records] == expected
+
+
+def test_deterministic_cublas_says_nothing_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(training_run.CUBLAS_WORKSPACE, ":0:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="captionkit.training"):
+        training_run.deterministic_cublas()
+    assert caplog.records == []
+
+
 # --- --batch-size auto ------------------------------------------------------------------------------------------
 
 
