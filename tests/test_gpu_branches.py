@@ -15,18 +15,21 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from _helpers import tiny_model
+from _helpers import save_tiny_model, tiny_model
+from captionkit.api import Captioner
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.decoding import DecodingConfig
 from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs import batch_size as auto_batch
-from captionkit.jobs.pipeline import load_batches
+from captionkit.jobs.batch import caption_files
+from captionkit.jobs.pipeline import load_batches, normalise_on_device
 from captionkit.training import run as training_run
 from captionkit.training.loop import train
 from captionkit.training.setup import build_optimizer
@@ -137,6 +140,81 @@ def test_caption_job_without_workers_pins_each_batch_when_asked(
     assert [batch.pixels.shape for batch in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
     # Pinned: each batch hands out the page-locked copy of its pixels; else nothing is pinned.
     assert [id(tensor) for tensor in pinned] == ([id(batch.pixels) for batch in batches] if pin else [])
+
+
+# --- preprocessing finished on the device ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        Preprocessing.for_size(32, 32),  # ViT: mean = std = 0.5
+        Preprocessing(  # CLIP's constants, resized then centre-cropped
+            size=(24, 24),
+            image_mean=(0.48145466, 0.4578275, 0.40821073),
+            image_std=(0.26862954, 0.26130258, 0.27577711),
+            crop_from=28,
+        ),
+        Preprocessing(size=(16, 20), do_rescale=False, image_mean=(100.0, 110.0, 120.0), image_std=(50.0, 60.0, 70.0)),
+        Preprocessing(size=(16, 16), do_normalize=False),
+    ],
+)
+def test_normalising_on_the_device_gives_the_cpu_pixels_bit_for_bit(preprocessing: Preprocessing) -> None:
+    # The same torch operations a GPU runs, here on CPU tensors.
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (17, 50))]
+    uint8 = torch.from_numpy(np.stack([preprocessing.resized(image) for image in images]))
+    found = normalise_on_device(preprocessing, uint8)
+    expected = torch.from_numpy(preprocessing(images))
+    assert uint8.dtype == torch.uint8 and found.dtype == torch.float32 and found.is_contiguous()
+    assert found.shape == expected.shape == (2, 3, *preprocessing.size)
+    assert torch.equal(found, expected)
+
+
+class Records:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self.records.extend(records)
+
+
+def test_caption_job_on_cuda_copies_pinned_uint8_batches_and_normalises_them_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "model"), device="cpu")
+    paths = [tmp_path / f"{index}.png" for index in range(5)]
+    for index, path in enumerate(paths):
+        Image.new("RGB", (40 + index, 30), (index * 50, 90, 200 - index * 30)).save(path)
+    paths.insert(2, tmp_path / "missing.png")
+    config = DecodingConfig(max_new_tokens=6, num_beams=2)
+    on_cpu = Records()
+    caption_files(captioner, paths, config, on_cpu, batch_size=2)  # type: ignore[arg-type]
+
+    copies: list[tuple[torch.dtype, bool]] = []
+    pinned: list[torch.Tensor] = []
+    real_to = torch.Tensor.to
+
+    def to(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args and args[0] == CUDA:  # the batch's copy to the pretend GPU: recorded, left on the CPU
+            copies.append((tensor.dtype, kwargs.get("non_blocking", False)))
+            return tensor
+        return real_to(tensor, *args, **kwargs)
+
+    def pin(tensor: torch.Tensor, *args: Any) -> torch.Tensor:
+        pinned.append(tensor)
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: CUDA)
+    monkeypatch.setattr(captioner, "device", CUDA)
+    on_gpu = Records()
+    caption_files(captioner, paths, config, on_gpu, batch_size=2)  # type: ignore[arg-type]
+    assert on_gpu.records == on_cpu.records and len(on_cpu.records) == 6
+    assert copies == [(torch.uint8, True)] * 3  # every batch: pinned, a quarter of the bytes, without blocking
+    assert len(pinned) == 3
 
 
 # --- deterministic cuBLAS -----------------------------------------------------------------------------------------
