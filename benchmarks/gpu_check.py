@@ -1,10 +1,11 @@
 """Helpers of ``benchmarks/gpu_check.sh``: the environment, a random-weight model saved to a directory, a folder of
-photos replicated to a size, the train recipe, and the JSON summary of every step's output.
+photos replicated to a size, the train recipe, the exact-resume check, and the JSON summary of every step's output.
 
     python benchmarks/gpu_check.py env
     python benchmarks/gpu_check.py save-model DIR --preset base --captions DATA/flickr8k/captions.txt
     python benchmarks/gpu_check.py photos SRC DST --count 3000
     python benchmarks/gpu_check.py recipe FILE --preset base --data DATA --batch-size 64 --precision bf16 --steps 40
+    python benchmarks/gpu_check.py resume-check OUT/resume_det.json --device cuda --preset base --deterministic
     python benchmarks/gpu_check.py summary OUT
 """
 
@@ -17,6 +18,7 @@ import os
 import platform
 import shutil
 import statistics
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,65 @@ def write_recipe(path: Path, preset: str, data: Path, batch_size: int, precision
     path.write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
 
 
+def resume_check(work: Path, device: str, preset: str, steps: int, batch_size: int, deterministic: bool) -> dict:
+    """Train ``steps`` steps; train again, crash after step ``steps // 2`` (its checkpoint) and resume to the end;
+    compare the two runs' final weights: bitwise, and the largest difference."""
+    import torch
+    from safetensors.torch import load_file
+
+    from captionkit.config import load_train_config
+    from captionkit.data.synthetic import write_synthetic_dataset
+    from captionkit.training.loop import train
+
+    half = steps // 2
+    size = 224 if preset == "base" else 32
+    scenes = write_synthetic_dataset(work / "scenes", 4 * batch_size, 8, 0, seed=0, image_size=size, workers=4)
+    config = load_train_config(
+        None,
+        [
+            f"data.train={scenes}",
+            f"model.preset={preset}",
+            "tokenizer.vocab_size=300",
+            f"train.device={device}",
+            f"train.steps={steps}",
+            f"train.batch_size={batch_size}",
+            "train.precision=bf16",
+            f"train.deterministic={str(deterministic).lower()}",
+            f"train.checkpoint_every={half}",
+            f"train.eval_every={steps + 1}",
+            "train.log_every=1",
+            "train.tensorboard=false",
+        ],
+    )
+
+    def crash(entry: dict[str, Any]) -> None:
+        if entry["step"] == half + 1:
+            raise RuntimeError("crash after the checkpoint")
+
+    train(config, work / "reference")
+    try:
+        train(config, work / "resumed", log=crash)
+    except RuntimeError as error:
+        if "crash after the checkpoint" not in str(error):
+            raise
+    resumed = train(config, work / "resumed")
+    first, second = (load_file(str(work / run / "model.safetensors")) for run in ("reference", "resumed"))
+    differences = {name: (first[name].float() - second[name].float()).abs().max().item() for name in first}
+    return {
+        "device": device,
+        "device_name": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "preset": preset,
+        "precision": "bf16",
+        "deterministic": deterministic,
+        "steps": steps,
+        "resumed_from": resumed.resumed_from.name if resumed.resumed_from else None,
+        "tensors": len(first),
+        "tensors_bitwise_equal": sum(torch.equal(first[name], second[name]) for name in first),
+        "bitwise_equal": all(torch.equal(first[name], second[name]) for name in first),
+        "max_abs_difference": max(differences.values()),
+    }
+
+
 def summary(out: Path) -> dict[str, Any]:
     """Every step's figures from the files the steps left in ``out``."""
     result: dict[str, Any] = {"steps": _steps(out / "steps.tsv")}
@@ -110,6 +171,9 @@ def summary(out: Path) -> dict[str, Any]:
     if env.exists():
         result["environment"] = json.loads(env.read_text())
     result["benchmark"] = [_benchmark_row(path) for path in sorted(out.glob("bench_*.json")) if path.stat().st_size]
+    resume = [json.loads(path.read_text()) for path in sorted(out.glob("resume_*.json")) if path.stat().st_size]
+    if resume:
+        result["exact_resume"] = resume
     for name in ("caption", "demo"):
         found = out / f"{name}.json"
         if found.exists() and found.stat().st_size:
@@ -175,6 +239,13 @@ def main() -> None:
     recipe.add_argument("--batch-size", type=int, default=64)
     recipe.add_argument("--precision", default="bf16")
     recipe.add_argument("--steps", type=int, default=40)
+    resume = commands.add_parser("resume-check")
+    resume.add_argument("output", type=Path)
+    resume.add_argument("--device", default="cuda")
+    resume.add_argument("--preset", default="base")
+    resume.add_argument("--steps", type=int, default=8)
+    resume.add_argument("--batch-size", type=int, default=32)
+    resume.add_argument("--deterministic", action="store_true")
     done = commands.add_parser("summary")
     done.add_argument("out", type=Path)
     args = parser.parse_args()
@@ -186,6 +257,11 @@ def main() -> None:
         replicate_photos(args.source, args.target, args.count)
     elif args.command == "recipe":
         write_recipe(args.path, args.preset, args.data, args.batch_size, args.precision, args.steps)
+    elif args.command == "resume-check":
+        with tempfile.TemporaryDirectory() as work:
+            found = resume_check(Path(work), args.device, args.preset, args.steps, args.batch_size, args.deterministic)
+        args.output.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
+        print(json.dumps(found, indent=2))
     else:
         print(json.dumps(summary(args.out), indent=2))
 

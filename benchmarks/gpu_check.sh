@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issue 22 in one time-boxed run (at most about 10 minutes on one H200, typically 7: every step is time-boxed), from the repository root:
+# Every GPU measurement of issue 22 in one time-boxed run (every step is time-boxed), from the repository root:
 #
-#   bash benchmarks/gpu_check.sh DATA_DIR            # on the GPU machine
-#   bash benchmarks/gpu_check.sh DATA_DIR --smoke    # here, on a CPU: every step at a tiny size (~2 minutes)
+#   bash benchmarks/gpu_check.sh DATA_DIR            # on the GPU machine: all groups, typically 11 minutes on an H200
+#   ONLY=graphs,resume bash benchmarks/gpu_check.sh DATA_DIR   # some groups only (graphs + resume: about 4 minutes)
+#   bash benchmarks/gpu_check.sh DATA_DIR --smoke    # here, on a CPU: every step at a tiny size (~3 minutes)
+#
+# Groups (ONLY, comma-separated; default all): bench (the decoding benchmark per dtype), caption (a folder of JPEGs,
+# and --batch-size auto), train, tests (the GPU-relevant test files), demo, graphs (decoding with the captured
+# CUDA-graph step, torch.compile(mode="reduce-overhead") and eager, same benchmark, bf16 and fp32), resume (exact
+# resume on the device: N steps against N/2 + crash + resume, with and without deterministic algorithms).
 #
 # DATA_DIR holds JPEGs (searched recursively; replicated to 3,000 files for the captioning throughput); when it has
 # the shared layout (flickr8k/captions.txt, flickr8k/dataset_flickr8k.json, coco/...) the tests and the training
@@ -13,6 +19,7 @@ set -u -o pipefail
 
 DATA_DIR=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [--smoke]}
 MODE=${2:-full}
+ONLY=${ONLY:-}
 OUT=${OUT:-$PWD/gpu-check-out}
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"
@@ -38,6 +45,8 @@ if [ "$MODE" = "--smoke" ]; then
     DEMO_ARGS=(--steps 5 --train-scenes 16 --test-scenes 4)
     PYTEST_ARGS=(--collect-only -q)
     LIMIT_TESTS=120 LIMIT_BENCH=120 LIMIT_CAPTION=120 LIMIT_TRAIN=180 LIMIT_DEMO=180
+    GRAPHS=("0 bf16 8" "1 bf16 8" "compile bf16 8" "1 fp32 4") RESUME=(--preset tiny --steps 4 --batch-size 4)
+    LIMIT_GRAPHS=90 LIMIT_RESUME=120
 else
     DEVICE=cuda PRESET=base PHOTOS=3000 TRAIN_STEPS=40 TRAIN_BATCH=64 TRAIN_PRESET=base CAPTION_BATCH=128 WORKERS=12
     BENCH=("bf16 256" "fp32 256" "fp16 256" "fp32 64" "bf16 64")
@@ -45,10 +54,15 @@ else
     # One line per test (PASSED/FAILED as it goes): a run cut short by its time limit still says what failed.
     PYTEST_ARGS=(-v --tb=short -rfE --durations=10 -p no:cacheprovider)
     LIMIT_TESTS=150 LIMIT_BENCH=35 LIMIT_CAPTION=50 LIMIT_TRAIN=60 LIMIT_DEMO=90
+    # MODE DTYPE BATCH: CAPTIONKIT_CUDA_GRAPHS=MODE (0 eager, 1 captured CUDA graphs, compile: torch.compile).
+    GRAPHS=("0 bf16 256" "1 bf16 256" "compile bf16 256" "0 fp32 64" "1 fp32 64" "compile fp32 64")
+    RESUME=(--preset base --steps 8 --batch-size 32)
+    LIMIT_GRAPHS=50 LIMIT_RESUME=120
 fi
 
 # step NAME LIMIT_S COMMAND...: time-boxed, logged, summarised.
 source benchmarks/gpu_steps.sh
+want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }  # want GROUP: whether ONLY selects it
 
 CLI=("$PYTHON" -m captionkit.cli)
 
@@ -56,46 +70,79 @@ echo "=== environment ($MODE): $(date -u), data $DATA_DIR, tests' data $SHARED"
 nvidia-smi 2>/dev/null || echo "no nvidia-smi"
 step env 30 sh -c "$PYTHON benchmarks/gpu_check.py env | tee '$OUT/env.json'"
 
-for spec in "${BENCH[@]}"; do
-    read -r dtype batch <<<"$spec"
-    step "benchmark-$dtype-$batch" "$LIMIT_BENCH" sh -c "${CLI[*]} benchmark --preset $PRESET --device $DEVICE \
-        --dtype $dtype --batch-size $batch --repeats 3 >'$OUT/bench_${dtype}_$(printf %03d "$batch").json'"
-done
-
-step prepare-model 60 "$PYTHON" benchmarks/gpu_check.py save-model "$WORK/model" --preset "$PRESET" \
-    --captions "$SHARED/flickr8k/captions.txt"
-step prepare-photos 30 "$PYTHON" benchmarks/gpu_check.py photos "$DATA_DIR" "$WORK/photos" --count "$PHOTOS"
-
-# GPU busy share while captioning: utilisation sampled every 200 ms by nvidia-smi.
-SAMPLER=""
-if command -v nvidia-smi >/dev/null; then
-    nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$OUT/gpu_busy_caption.txt" &
-    SAMPLER=$!
+if want bench; then
+    for spec in "${BENCH[@]}"; do
+        read -r dtype batch <<<"$spec"
+        step "benchmark-$dtype-$batch" "$LIMIT_BENCH" sh -c "${CLI[*]} benchmark --preset $PRESET --device $DEVICE \
+            --dtype $dtype --batch-size $batch --repeats 3 >'$OUT/bench_${dtype}_$(printf %03d "$batch").json'"
+    done
 fi
-CAPTION_DTYPE=bf16
-step caption "$LIMIT_CAPTION" "${CLI[@]}" caption "$WORK/photos" --model "$WORK/model" --device "$DEVICE" \
-    --dtype "$CAPTION_DTYPE" --batch-size "$CAPTION_BATCH" --workers "$WORKERS" --output "$WORK/captions.jsonl"
-[ -n "$SAMPLER" ] && kill "$SAMPLER"
-SECONDS_CAPTION=$(tail -n 1 "$OUT/steps.tsv" | cut -f 3)
-CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
-echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": $SECONDS_CAPTION, \
+
+# Decoding with the fixed-shape GPT-2 step captured as a CUDA graph per bucket (1), through
+# torch.compile(mode="reduce-overhead") (compile) and eager (0), static cache on: images/s side by side, and in fp32
+# whether the captions stay identical to transformers' generate. The warm-up call captures/compiles; the timed
+# repeats reuse the bucket's graph.
+if want graphs; then
+    for spec in "${GRAPHS[@]}"; do
+        read -r graphs dtype batch <<<"$spec"
+        step "benchmark-graphs-$graphs-$dtype-$batch" "$LIMIT_GRAPHS" sh -c "CAPTIONKIT_STATIC_CACHE=1 \
+            CAPTIONKIT_CUDA_GRAPHS=$graphs ${CLI[*]} benchmark --preset $PRESET --device $DEVICE --dtype $dtype \
+            --batch-size $batch --repeats 3 >'$OUT/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
+    done
+fi
+
+if want caption; then
+    step prepare-model 60 "$PYTHON" benchmarks/gpu_check.py save-model "$WORK/model" --preset "$PRESET" \
+        --captions "$SHARED/flickr8k/captions.txt"
+    step prepare-photos 30 "$PYTHON" benchmarks/gpu_check.py photos "$DATA_DIR" "$WORK/photos" --count "$PHOTOS"
+
+    # GPU busy share while captioning: utilisation sampled every 200 ms by nvidia-smi.
+    SAMPLER=""
+    if command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$OUT/gpu_busy_caption.txt" &
+        SAMPLER=$!
+    fi
+    CAPTION_DTYPE=bf16
+    step caption "$LIMIT_CAPTION" "${CLI[@]}" caption "$WORK/photos" --model "$WORK/model" --device "$DEVICE" \
+        --dtype "$CAPTION_DTYPE" --batch-size "$CAPTION_BATCH" --workers "$WORKERS" --output "$WORK/captions.jsonl"
+    [ -n "$SAMPLER" ] && kill "$SAMPLER"
+    SECONDS_CAPTION=$(tail -n 1 "$OUT/steps.tsv" | cut -f 3)
+    CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
+    echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": $SECONDS_CAPTION, \
 \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}")}" >"$OUT/caption.json"
 
-# --batch-size auto on the original photos: the log says which size it chose.
-step caption-auto-batch "$LIMIT_CAPTION" "${CLI[@]}" caption "$DATA_DIR" --model "$WORK/model" --device "$DEVICE" \
-    --dtype "$CAPTION_DTYPE" --batch-size auto --workers "$WORKERS" --output "$WORK/captions-auto.jsonl"
+    # --batch-size auto on the original photos: the log says which size it chose.
+    step caption-auto-batch "$LIMIT_CAPTION" "${CLI[@]}" caption "$DATA_DIR" --model "$WORK/model" \
+        --device "$DEVICE" --dtype "$CAPTION_DTYPE" --batch-size auto --workers "$WORKERS" \
+        --output "$WORK/captions-auto.jsonl"
+fi
 
-"$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
-    --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
-step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
-cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
+if want train; then
+    "$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
+        --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
+    step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
+    cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
+fi
 
-step tests "$LIMIT_TESTS" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" \
-    tests/test_decoding.py tests/test_fast_decoding.py tests/test_attention_maps.py tests/test_vit_gpt2.py \
-    tests/test_prefix_gpt2.py tests/test_cnn_lstm.py tests/test_training_loop.py tests/test_registry.py \
-    tests/test_precision.py tests/test_images.py
+# Exact resume on the device: does N/2 steps + crash + resume give the uninterrupted run's weights bit for bit,
+# with deterministic algorithms (train.deterministic) and without? Else the JSON says by how much they differ.
+if want resume; then
+    step resume-deterministic "$LIMIT_RESUME" "$PYTHON" benchmarks/gpu_check.py resume-check \
+        "$OUT/resume_deterministic.json" --device "$DEVICE" "${RESUME[@]}" --deterministic
+    step resume-default "$LIMIT_RESUME" "$PYTHON" benchmarks/gpu_check.py resume-check \
+        "$OUT/resume_default.json" --device "$DEVICE" "${RESUME[@]}"
+fi
 
-step demo "$LIMIT_DEMO" sh -c "${CLI[*]} demo --output '$WORK/demo' ${DEMO_ARGS[*]} >'$OUT/demo.json'"
+if want tests; then
+    step tests "$LIMIT_TESTS" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" \
+        tests/test_decoding.py tests/test_fast_decoding.py tests/test_graph_cache.py tests/test_attention_maps.py \
+        tests/test_vit_gpt2.py tests/test_prefix_gpt2.py tests/test_cnn_lstm.py tests/test_training_loop.py \
+        tests/test_registry.py tests/test_precision.py tests/test_images.py
+fi
+
+if want demo; then
+    step demo "$LIMIT_DEMO" sh -c "${CLI[*]} demo --output '$WORK/demo' ${DEMO_ARGS[*]} >'$OUT/demo.json'"
+fi
 
 echo "=== summary"
 "$PYTHON" benchmarks/gpu_check.py summary "$OUT"

@@ -34,8 +34,8 @@ CLI=("$PYTHON" -m captionkit.cli)
 echo "=== environment ($MODE): $(date -u), data $DATA_DIR"
 step env 20 sh -c "$PYTHON benchmarks/gpu_check.py env >'$OUT/env.json'"
 
-# CAPTIONKIT_CUDA_GRAPHS: the fixed-shape decoder step, one CUDA graph per decoding call (static cache: on, the
-# default on a GPU). On a CPU the same step runs eagerly.
+# CAPTIONKIT_CUDA_GRAPHS: the fixed-shape decoder step as a CUDA graph, captured per shape bucket and kept across
+# decoding calls (static cache: on, the default on a GPU). On a CPU the same step runs eagerly.
 # The fp32 run at batch 64 checks that the graphed step's captions stay identical to transformers' generate.
 for spec in "1 bf16 $BATCH" "0 bf16 $BATCH" "1 fp32 $SMALL_BATCH"; do
     read -r graphs dtype batch <<<"$spec"

@@ -20,7 +20,8 @@ from _helpers import FAMILIES, tiny_model
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.beam import beam_search
 from captionkit.decoding.greedy import greedy_or_sample
-from captionkit.models.base import CaptionModel
+from captionkit.models.base import CaptionModel, reserved_positions
+from captionkit.models.gpt2_graph import CUDA_GRAPHS_ENV, graph_cache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -85,3 +86,15 @@ def test_one_host_read_between_token_steps(make_vit_gpt2: Callable, search: Call
 def test_no_family_step_reads_from_the_device(family: str) -> None:
     between = _reads_between_steps(tiny_model(family, seed=2), beam_search, DecodingConfig(num_beams=3), images=3)
     assert between == [["tolist"]] * len(between)
+
+
+def test_fixed_shape_steps_add_no_host_read(make_vit_gpt2: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA graphs' step (run eagerly on the CPU), its bucket captured by the first call and reused by the second.
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+    model = make_vit_gpt2(seed=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = DecodingConfig(num_beams=4, max_new_tokens=12)
+    with reserved_positions(config.max_new_tokens):  # the static cache, as generate asks for it on a GPU
+        for _ in range(2):
+            between = _reads_between_steps(model, beam_search, config, images=6)
+            assert between == [["tolist"]] * len(between)
+    assert len(graph_cache(model.ved.decoder)) == 1

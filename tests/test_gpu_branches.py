@@ -15,16 +15,21 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.overrides import TorchFunctionMode
 
-from _helpers import tiny_model
+from _helpers import save_tiny_model, tiny_model
+from captionkit.api import Captioner
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.decoding import DecodingConfig
+from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs import batch_size as auto_batch
-from captionkit.jobs.pipeline import load_batches
+from captionkit.jobs.batch import caption_files
+from captionkit.jobs.pipeline import load_batches, normalise_on_device
 from captionkit.training import run as training_run
 from captionkit.training.loop import train
 from captionkit.training.setup import build_optimizer
@@ -104,13 +109,156 @@ def test_caption_job_pins_its_worker_batches_on_cuda(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("captionkit.jobs.pipeline.DataLoader", Recorded)
     preprocessing = SimpleNamespace(size=(32, 32), draft_size=None)
-    for workers, pin in ((2, True), (2, False), (0, True)):
+    for workers, pin in ((2, True), (2, False), (0, True), (0, False)):
         load_batches([Path("a.jpg")], preprocessing, None, 4, workers, 3, pin_memory=pin)  # type: ignore[arg-type]
     assert [(o["num_workers"], o["pin_memory"], o["prefetch_factor"]) for o in seen] == [
         (2, True, 3),
         (2, False, 3),
-        (0, False, None),  # in-process decoding: no pinning thread to overlap with
+        (0, True, None),  # in-process decoding pins too (in this process, before the batch is handed out)
+        (0, False, None),
     ]
+
+
+@pytest.mark.parametrize("pin", [True, False])  # what caption_files asks for on CUDA, and on the CPU
+def test_caption_job_without_workers_pins_each_batch_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pin: bool
+) -> None:
+    pinned: list[torch.Tensor] = []
+
+    def record(tensor: torch.Tensor, *args: Any) -> torch.Tensor:  # page-locking needs a GPU: recorded instead
+        pinned.append(tensor.clone())
+        return pinned[-1]
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", record)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)  # what the DataLoader asks before pinning
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: CUDA)
+    paths = [tmp_path / f"{index}.png" for index in range(3)]
+    for index, path in enumerate(paths):
+        Image.new("RGB", (40, 30), (index * 80, 10, 200)).save(path)
+    batches = list(load_batches(paths, Preprocessing.for_size(32, 32), ImageLimits(), 2, 0, pin_memory=pin))
+    assert [batch.good for batch in batches] == [[0, 1], [2]]
+    assert [batch.pixels.shape for batch in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+    # Pinned: each batch hands out the page-locked copy of its pixels; else nothing is pinned.
+    assert [id(tensor) for tensor in pinned] == ([id(batch.pixels) for batch in batches] if pin else [])
+
+
+# --- preprocessing finished on the device ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "preprocessing",
+    [
+        Preprocessing.for_size(32, 32),  # ViT: mean = std = 0.5
+        Preprocessing(  # CLIP's constants, resized then centre-cropped
+            size=(24, 24),
+            image_mean=(0.48145466, 0.4578275, 0.40821073),
+            image_std=(0.26862954, 0.26130258, 0.27577711),
+            crop_from=28,
+        ),
+        Preprocessing(size=(16, 20), do_rescale=False, image_mean=(100.0, 110.0, 120.0), image_std=(50.0, 60.0, 70.0)),
+        Preprocessing(size=(16, 16), do_normalize=False),
+    ],
+)
+def test_normalising_on_the_device_gives_the_cpu_pixels_bit_for_bit(preprocessing: Preprocessing) -> None:
+    # The same torch operations a GPU runs, here on CPU tensors.
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in ((40, 30), (17, 50))]
+    uint8 = torch.from_numpy(np.stack([preprocessing.resized(image) for image in images]))
+    found = normalise_on_device(preprocessing, uint8)
+    expected = torch.from_numpy(preprocessing(images))
+    assert uint8.dtype == torch.uint8 and found.dtype == torch.float32 and found.is_contiguous()
+    assert found.shape == expected.shape == (2, 3, *preprocessing.size)
+    assert torch.equal(found, expected)
+
+
+class Records:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self.records.extend(records)
+
+
+def test_caption_job_on_cuda_copies_pinned_uint8_batches_and_normalises_them_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "model"), device="cpu")
+    paths = [tmp_path / f"{index}.png" for index in range(5)]
+    for index, path in enumerate(paths):
+        Image.new("RGB", (40 + index, 30), (index * 50, 90, 200 - index * 30)).save(path)
+    paths.insert(2, tmp_path / "missing.png")
+    config = DecodingConfig(max_new_tokens=6, num_beams=2)
+    on_cpu = Records()
+    caption_files(captioner, paths, config, on_cpu, batch_size=2)  # type: ignore[arg-type]
+
+    copies: list[tuple[torch.dtype, bool]] = []
+    pinned: list[torch.Tensor] = []
+    real_to = torch.Tensor.to
+
+    def to(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if args and args[0] == CUDA:  # the batch's copy to the pretend GPU: recorded, left on the CPU
+            copies.append((tensor.dtype, kwargs.get("non_blocking", False)))
+            return tensor
+        return real_to(tensor, *args, **kwargs)
+
+    def pin(tensor: torch.Tensor, *args: Any) -> torch.Tensor:
+        pinned.append(tensor)
+        return tensor
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin)
+    monkeypatch.setattr(torch.accelerator, "is_available", lambda: True)
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda *args: CUDA)
+    monkeypatch.setattr(captioner, "device", CUDA)
+    on_gpu = Records()
+    caption_files(captioner, paths, config, on_gpu, batch_size=2)  # type: ignore[arg-type]
+    assert on_gpu.records == on_cpu.records and len(on_cpu.records) == 6
+    assert copies == [(torch.uint8, True)] * 3  # every batch: pinned, a quarter of the bytes, without blocking
+    assert len(pinned) == 3
+
+
+# --- deterministic cuBLAS -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "cuda_in_use", "after", "warning"),
+    [
+        (None, False, ":4096:8", None),  # set before cuBLAS first runs: it takes effect
+        (":16:8", True, ":16:8", None),  # the user's deterministic setting is kept
+        (None, True, None, "CUDA was in use before CUBLAS_WORKSPACE_CONFIG could be set"),
+        (":0:0", False, ":0:0", "CUBLAS_WORKSPACE_CONFIG=:0:0 is not one of cuBLAS's deterministic settings"),
+    ],
+)
+def test_deterministic_runs_set_cublas_workspace_before_cuda_runs_or_say_why_not(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    before: str | None,
+    cuda_in_use: bool,
+    after: str | None,
+    warning: str | None,
+) -> None:
+    variable = training_run.CUBLAS_WORKSPACE
+    monkeypatch.setenv(variable, before or "")  # recorded, so that whatever the run sets is undone after the test
+    if before is None:
+        monkeypatch.delenv(variable)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_in_use)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with caplog.at_level("WARNING", logger="captionkit.training"), training_run.deterministic_algorithms(True):
+        assert torch.are_deterministic_algorithms_enabled()
+    assert training_run.os.environ.get(variable) == after
+    advice = "so cuBLAS sums may differ run to run; set CUBLAS_WORKSPACE_CONFIG=:4096:8 before Python starts"
+    expected = [] if warning is None else [f"train.deterministic: {warning}, {advice}"]
+    assert [record.getMessage() for record in caplog.records] == expected
+
+
+def test_deterministic_cublas_says_nothing_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(training_run.CUBLAS_WORKSPACE, ":0:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level("WARNING", logger="captionkit.training"):
+        training_run.deterministic_cublas()
+    assert caplog.records == []
 
 
 # --- --batch-size auto ------------------------------------------------------------------------------------------
@@ -124,6 +272,7 @@ class FakeCuda:
         self.tried: list[int] = []
         self.configs: list[DecodingConfig] = []
         self.dtypes: set[torch.dtype] = set()
+        self.released: list[Any] = []  # models whose captured decoder steps were freed
 
     def generate(self, model: Any, pixels: torch.Tensor, config: DecodingConfig) -> list[Any]:
         self.tried.append(len(pixels))
@@ -147,6 +296,7 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     def make(room: int) -> FakeCuda:
         fake = FakeCuda(room)
         monkeypatch.setattr(auto_batch, "generate", fake.generate)
+        monkeypatch.setattr(auto_batch, "release_graphs", fake.released.append)
         return fake
 
     yield make
@@ -170,6 +320,7 @@ def test_auto_batch_size_probes_until_out_of_memory(fake_cuda: Any, room: int, t
     # Every probe decodes the run's settings with each caption forced to full length, in the model's dtype.
     assert {(c.num_beams, c.max_new_tokens, c.min_new_tokens) for c in fake.configs} == {(4, 7, 7)}
     assert fake.dtypes == {torch.bfloat16}
+    assert fake.released == [model]  # the probes' CUDA graphs do not stay to take the run's memory
 
 
 def test_auto_batch_size_on_a_cpu_is_fixed(fake_cuda: Any) -> None:

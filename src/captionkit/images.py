@@ -564,6 +564,13 @@ class Preprocessing:
         return np.stack(arrays)
 
     def _one(self, image: Image.Image) -> np.ndarray:
+        return self.normalised(self.resized(image))
+
+    def resized(self, image: Image.Image) -> np.ndarray:
+        """The first half of :meth:`__call__` for one image: RGB, resized and cropped, as uint8 (H, W, 3).
+
+        The batch job's workers stop here on a GPU (a quarter of the bytes to hand over and copy); the device then
+        does the second half (:func:`captionkit.jobs.pipeline.normalise_on_device`, the same operations)."""
         rgb = _to_rgb(image)
         if self.do_resize and self.crop_from is not None:
             resized = rgb.resize(self._resized_size(rgb), resample=self.resample)
@@ -571,7 +578,10 @@ class Preprocessing:
         elif self.do_resize:
             height, width = self.size
             rgb = rgb.resize((width, height), resample=self.resample)
-        pixels = np.asarray(rgb, dtype=np.uint8)  # (H, W, 3)
+        return np.asarray(rgb, dtype=np.uint8)
+
+    def normalised(self, pixels: np.ndarray) -> np.ndarray:
+        """The second half of :meth:`__call__`: uint8 (H, W, 3) -> rescaled, normalised float32 (3, H, W)."""
         # transformers' order (x scale in float64, to float32, normalise in float32) makes results identical.
         if self.do_rescale:
             values = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)

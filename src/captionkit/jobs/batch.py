@@ -11,7 +11,7 @@ import torch
 from captionkit.api import Captioner
 from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.jobs.outputs import Record, RecordWriter
-from captionkit.jobs.pipeline import load_batches
+from captionkit.jobs.pipeline import load_batches, normalise_on_device
 
 
 @dataclass
@@ -40,17 +40,21 @@ def caption_files(
     the captions of its position, so a shard or a resumed run samples what one uninterrupted run would.
     Images are decoded in ``workers`` DataLoader processes (0: in this one), ``prefetch`` batches ahead each.
     ``on_captions(paths, pixels, captions)`` sees each batch's good images, e.g. to draw attention maps.
+    On a GPU, batches come pinned and as uint8, copied without blocking and normalised on the device.
     """
     positions = list(range(len(paths))) if positions is None else list(positions)
     if len(positions) != len(paths):
         raise ValueError(f"{len(paths)} paths but {len(positions)} positions")
-    pin = captioner.device.type == "cuda"
+    gpu = captioner.device.type == "cuda"
+    preprocessing = captioner.preprocessing
     batches = load_batches(
-        paths, captioner.preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=pin
+        paths, preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=gpu, uint8=gpu
     )
     summary = JobSummary()
     for batch in batches:
-        pixels = batch.pixels.to(captioner.device, non_blocking=pin)
+        pixels = batch.pixels.to(captioner.device, non_blocking=gpu)
+        if pixels.dtype == torch.uint8:  # not for a batch without good images
+            pixels = normalise_on_device(preprocessing, pixels)
         captions = caption_pixels(captioner, pixels, [positions[i] for i in batch.good], config)
         if on_captions is not None:
             on_captions([paths[i] for i in batch.good], pixels, captions)

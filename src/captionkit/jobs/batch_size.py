@@ -16,6 +16,7 @@ import torch
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
+from captionkit.models.gpt2_graph import release_graphs
 from captionkit.precision import model_dtype
 
 __all__ = ["CPU_BATCH", "MAX_AUTO_BATCH", "choose_batch_size", "parse_batch_size"]
@@ -52,4 +53,5 @@ def choose_batch_size(
             del pixels
             torch.cuda.empty_cache()
         fits, size = size, size * 2
+    release_graphs(model)  # the probes' CUDA graphs (CAPTIONKIT_CUDA_GRAPHS) hold memory the run needs
     return max(1, fits // 2) if fits < MAX_AUTO_BATCH else MAX_AUTO_BATCH

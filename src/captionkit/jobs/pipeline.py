@@ -7,6 +7,10 @@ JPEGs much larger than the model's input are decoded reduced (``load_image``'s d
 :attr:`~captionkit.images.Preprocessing.draft_size`): several times less decoding work, pixels within the
 tolerance ``load_image`` documents; images at or below twice the target size decode exactly as in the API.
 At most ``prefetch`` batches per worker are in flight, so memory stays bounded however many images there are.
+For a GPU, batches are page-locked (pinned) before they are handed out, by the DataLoader's pinning thread with
+workers and in this process without, so that their copy to the device can run without blocking; and they are
+uint8, resized but not yet rescaled or normalised (a quarter of float32's bytes to hand over, pin and copy):
+:func:`normalise_on_device` finishes them there with the same operations as the CPU, so the pixels are the same.
 A file that cannot be read comes back as its error message: a worker never raises on a bad image.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -66,12 +71,16 @@ class _PathTable:
 
 
 class ImageFiles(Dataset):
-    """Image files by position -> ``(position, pixels (3, H, W) float32 or None, error or None)``."""
+    """Image files by position -> ``(position, pixels or None, error or None)``; pixels (3, H, W) float32 as the
+    preprocessing gives them, or with ``uint8`` its first half only (:meth:`Preprocessing.resized`, (H, W, 3))."""
 
-    def __init__(self, paths: Sequence[str | Path], preprocessing: Preprocessing, limits: ImageLimits) -> None:
+    def __init__(
+        self, paths: Sequence[str | Path], preprocessing: Preprocessing, limits: ImageLimits, uint8: bool = False
+    ) -> None:
         self._paths = _PathTable(paths)
         self._preprocessing = preprocessing
         self._limits = limits
+        self._uint8 = uint8
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -79,7 +88,8 @@ class ImageFiles(Dataset):
     def __getitem__(self, position: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
             image = load_image(self._paths[position], limits=self._limits, draft=self._preprocessing.draft_size)
-            return position, self._preprocessing(image)[0], None
+            pixels = self._preprocessing.resized(image) if self._uint8 else self._preprocessing(image)[0]
+            return position, pixels, None
         except ImageError as error:
             return position, None, error.reason
         except Exception as error:  # a decoder bug must cost one record, not the worker and the whole run
@@ -102,18 +112,38 @@ def load_batches(
     workers: int = 0,
     prefetch: int = 2,
     pin_memory: bool = False,
+    uint8: bool = False,
 ) -> Iterator[ImageBatch]:
-    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process)."""
+    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process), page-locked when
+    ``pin_memory`` (only where torch sees a GPU); with ``uint8``, pixels for :func:`normalise_on_device`."""
     loader = DataLoader(
-        ImageFiles(paths, preprocessing, limits),
+        ImageFiles(paths, preprocessing, limits, uint8),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=collate,
-        pin_memory=pin_memory and workers > 0,
+        pin_memory=pin_memory,
         prefetch_factor=prefetch if workers > 0 else None,
     )
     return iter(loader)
+
+
+def normalise_on_device(preprocessing: Preprocessing, pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) pixels of :meth:`Preprocessing.resized` -> float32 (B, 3, H, W), on their device: the
+    second half of ``preprocessing`` (:meth:`Preprocessing.normalised`), its operations in its precisions (float64
+    scale, float32 normalise, a true division), so that the result is the CPU's bit for bit."""
+    scaled = pixels.double() * preprocessing.rescale_factor if preprocessing.do_rescale else pixels
+    values = scaled.float()
+    if preprocessing.do_normalize:
+        mean = _per_channel(preprocessing.image_mean, pixels.device)
+        values = (values - mean) / _per_channel(preprocessing.image_std, pixels.device)
+    return values.permute(0, 3, 1, 2).contiguous()
+
+
+@lru_cache(maxsize=8)
+def _per_channel(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """float32 (3,) on ``device``, made once per run (a copy to a GPU from a list waits for the device)."""
+    return torch.tensor(values, dtype=torch.float32, device=device)
 
 
 def parse_workers(text: str, processes_per_node: int) -> int:

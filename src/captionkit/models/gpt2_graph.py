@@ -1,26 +1,40 @@
-"""The GPT-2 decoder step with fixed shapes, replayed as one CUDA graph per decoding call.
+"""The GPT-2 decoder step with fixed shapes, replayed as a CUDA graph kept per shape bucket across decoding calls.
 
 On a GPU the eager step (:mod:`captionkit.models.gpt2_step`) is bound by launching its ~150 small kernels from
 Python, not by the GPU. A CUDA graph launches them all at once, but replays exactly the shapes and buffers it was
-captured with. This step therefore works on the static cache's full buffers (every row the state started with,
-every reserved position) and never on their shrinking views:
+captured with. So a :class:`StaticStep` owns full-size buffers for one :class:`Bucket` (rows, reserved positions,
+images, cross-attention tokens, dtype, device) and the step works on them, never on shrinking views:
 
 * the position is a device tensor that the step advances itself; the new key/value is written at it with
-  ``index_copy_`` and attention covers every reserved position, later ones masked out (the cache starts zeroed,
-  so masked positions are finite and weigh exactly 0);
-* rows that left the batch (finished captions, closed images) stay in the buffers at the end and are computed
-  along with the others; the live rows are always the first ones, as the state's reorders keep them;
+  ``index_copy_`` and attention covers every reserved position, later ones masked out (positions past the filled
+  ones are zeroed when a state moves in, so they are finite and weigh exactly 0);
+* rows past the live ones (rows that left the batch, and the padding up to the bucket's size) are computed along
+  with the others and ignored; the live rows are always the first ones, as the state's reorders keep them;
 * cross-attention keys/values stay grouped per image (``group`` rows each), which reorders also preserve.
 
-``CAPTIONKIT_CUDA_GRAPHS=1`` turns it on (it needs the static cache, which a GPU has by default). On a CPU the same
-fixed-shape step runs eagerly, which is how the tests check it against the eager step. A state whose rows are not
-grouped per image (sampling after some rows ended) goes back to the eager step.
+Buckets round the image (or row) count up to a power of two and the reserved positions up to a multiple of
+:data:`CAPACITY_STEP`, so that a job's last, smaller batch and the server's varying batches reuse a captured graph.
+Each decoder keeps at most :data:`MAX_GRAPHS` of them (least recently used evicted first); they go when the model
+goes, or at once with :func:`release_graphs`. A state moves into a bucket's buffers at its second step (the first
+runs eagerly, before beam search and sampling expand the rows): its filled positions are copied in and it keeps
+front views of the buffers from then on. A bucket in use by another live decoding call is not shared: that call
+gets a private one.
+
+``CAPTIONKIT_CUDA_GRAPHS=1`` turns it on (it needs the static cache, which a GPU has by default); ``compile``
+replays the same fixed-shape step through ``torch.compile(mode="reduce-overhead")`` instead, to compare the two.
+On a CPU the same step runs eagerly, which is how the tests check it against the eager step. A state whose rows
+are not grouped per image (sampling after some rows ended) goes back to the eager step.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -29,17 +43,117 @@ from torch.nn.functional import scaled_dot_product_attention
 from captionkit.errors import ConfigError
 from captionkit.models.packed_linear import linear
 
-__all__ = ["CUDA_GRAPHS_ENV", "StaticStep", "cuda_graphs"]
+__all__ = [
+    "CAPACITY_STEP",
+    "CUDA_GRAPHS_ENV",
+    "MAX_GRAPHS",
+    "Bucket",
+    "GraphCache",
+    "StaticStep",
+    "choose_bucket",
+    "graph_mode",
+    "release_graphs",
+    "static_step_for",
+]
 
 CUDA_GRAPHS_ENV = "CAPTIONKIT_CUDA_GRAPHS"
+MAX_GRAPHS = 8  # per decoder: a job's full and last batch, a server's few batch sizes, with room to spare
+CAPACITY_STEP = 16
+
+Run = Callable[[], torch.Tensor]
+Key = TypeVar("Key", bound=Hashable)
+Value = TypeVar("Value")
 
 
-def cuda_graphs() -> bool:
-    """Whether :data:`CUDA_GRAPHS_ENV` asks for the fixed-shape (graphed on a GPU) step: ``1`` yes, ``0``/unset no."""
+def graph_mode() -> str | None:
+    """What :data:`CUDA_GRAPHS_ENV` asks for: ``"graphs"`` (``1``), ``"compile"``, or None (``0``/unset)."""
     value = os.environ.get(CUDA_GRAPHS_ENV, "").strip()
-    if value not in ("", "0", "1"):
-        raise ConfigError(CUDA_GRAPHS_ENV, f"must be 0 or 1 (or unset), got {value!r}")
-    return value == "1"
+    modes = {"": None, "0": None, "1": "graphs", "compile": "compile"}
+    if value not in modes:
+        raise ConfigError(CUDA_GRAPHS_ENV, f"must be 0, 1 or compile (or unset), got {value!r}")
+    return modes[value]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """The shapes a captured step is fixed to. ``images`` is 0 (and ``group`` too) without cross-attention."""
+
+    rows: int
+    capacity: int
+    images: int
+    group: int
+    cross_tokens: int
+    dtype: torch.dtype
+    device: torch.device
+
+
+class CacheState(Protocol):
+    """What a step reads of the decoder state (:class:`~captionkit.models.gpt2_step.Gpt2StepState`)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    cross_keys: list[torch.Tensor]
+    cross_values: list[torch.Tensor]
+    length: int
+    group: int
+
+
+def choose_bucket(state: CacheState, limit: int) -> Bucket:
+    """The bucket a state's cache fits in: images (rows without cross-attention) rounded up to a power of two,
+    reserved positions up to a multiple of :data:`CAPACITY_STEP` (at most ``limit``, the model's positions)."""
+    rows, _, capacity, _ = state.keys[0].shape
+    capacity = max(capacity, min(_round_up(capacity, CAPACITY_STEP), limit))
+    images = tokens = 0
+    if state.cross_keys:
+        images, _, tokens, _ = state.cross_keys[0].shape
+        images = _power_of_two(images)
+        rows = images * state.group
+    else:
+        rows = _power_of_two(rows)
+    keys = state.keys[0]
+    return Bucket(rows, capacity, images, state.group, tokens, keys.dtype, keys.device)
+
+
+def _power_of_two(count: int) -> int:
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def _round_up(count: int, step: int) -> int:
+    return -(-count // step) * step
+
+
+class GraphCache(Generic[Key, Value]):
+    """At most ``size`` values by key, the least recently used evicted first; safe to share between threads."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Key, Value] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Key, build: Callable[[], Value]) -> Value:
+        """The value kept for ``key``, else ``build()``'s, kept (built outside the lock: capturing takes time)."""
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = build()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def oldest_first(self) -> list[Key]:
+        """The keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass
@@ -54,33 +168,70 @@ class _Buffers:
     tokens: torch.Tensor  # (rows,) input ids
     position: torch.Tensor  # () the position this step writes
 
+    @classmethod
+    def zeros(cls, config: object, bucket: Bucket) -> _Buffers:
+        heads, width, layers = config.n_head, config.n_embd, config.n_layer  # type: ignore[attr-defined]
+        options = {"dtype": bucket.dtype, "device": bucket.device}
+        own = (bucket.rows, heads, bucket.capacity, width // heads)
+        cross = (bucket.images, heads, bucket.cross_tokens, width // heads)
+        with_cross = range(layers if bucket.images else 0)
+        return cls(
+            [torch.zeros(own, **options) for _ in range(layers)],  # type: ignore[arg-type]
+            [torch.zeros(own, **options) for _ in range(layers)],  # type: ignore[arg-type]
+            [torch.zeros(cross, **options) for _ in with_cross],  # type: ignore[arg-type]
+            [torch.zeros(cross, **options) for _ in with_cross],  # type: ignore[arg-type]
+            bucket.group,
+            torch.zeros(bucket.rows, dtype=torch.long, device=bucket.device),
+            torch.zeros((), dtype=torch.long, device=bucket.device),
+        )
+
+
+class StepRun:
+    """The fixed-shape step of one decoder over one set of buffers, as a call without arguments."""
+
+    def __init__(self, decoder: nn.Module, buffers: _Buffers) -> None:
+        self._decoder = weakref.ref(decoder)  # no cycle through the decoder: the cache goes when the model goes
+        self.buffers = buffers
+
+    def decoder(self) -> nn.Module:
+        found = self._decoder()
+        if found is None:
+            raise RuntimeError("the decoder of this fixed-shape step was freed")
+        return found
+
+    def __call__(self) -> torch.Tensor:
+        return _forward(self.decoder(), self.buffers)
+
+
+Capture = Callable[[StepRun], Run]  # the step -> what each later call runs instead (a replay)
+
 
 class StaticStep:
-    """One decoding call's fixed-shape step over the full buffers of a state's cache (see the module doc)."""
+    """A bucket's fixed-shape step over its own buffers, captured once (see the module doc)."""
 
-    def __init__(
-        self,
-        decoder: nn.Module,
-        keys: list[torch.Tensor],
-        values: list[torch.Tensor],
-        cross: tuple[list[torch.Tensor], list[torch.Tensor], int],
-        length: int,
-    ) -> None:
-        device = keys[0].device
-        rows = keys[0].shape[0]
-        self.decoder = decoder
-        self.buffers = _Buffers(
-            list(keys),  # copies of the lists: the state's reorders replace their items with front views
-            list(values),
-            list(cross[0]),
-            list(cross[1]),
-            cross[2],
-            torch.zeros(rows, dtype=torch.long, device=device),
-            torch.tensor(length, dtype=torch.long, device=device),
-        )
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
-        self.length = length  # the position of the next call, kept on the host too
+    def __init__(self, decoder: nn.Module, bucket: Bucket, capture: Capture) -> None:
+        self.bucket = bucket
+        self.buffers = buffers = _Buffers.zeros(decoder.config, bucket)
+        self.length = 0  # the position of the next call, kept on the host too
+        self._user: weakref.ref[CacheState] | None = None
+        self._replay = capture(StepRun(decoder, buffers))
+
+    def busy(self, state: CacheState) -> bool:
+        """Whether another live state (a decoding call in another thread) is using these buffers."""
+        user = None if self._user is None else self._user()
+        return user is not None and user is not state
+
+    def adopt(self, state: CacheState) -> None:
+        """Move ``state``'s cache into these buffers (its filled positions copied, the rest zeroed); the state keeps
+        front views of them from now on."""
+        filled = self.length = state.length
+        own = self.buffers
+        _move_in(own.keys, state.keys, filled)
+        _move_in(own.values, state.values, filled)
+        _move_in(own.cross_keys, state.cross_keys, None)
+        _move_in(own.cross_values, state.cross_values, None)
+        own.position.fill_(filled)
+        self._user = weakref.ref(state)
 
     def owns(self, keys: list[torch.Tensor], group: int, length: int) -> bool:
         """Whether the state's cache ``keys`` are (front views of) these buffers, its rows grouped alike, and no
@@ -95,27 +246,109 @@ class StaticStep:
         live = tokens.shape[0]
         self.buffers.tokens[:live].copy_(tokens)
         self.length += 1
-        if self.graph is not None:
-            self.graph.replay()
-            assert self.logits is not None  # captured with the graph
-            return self.logits[:live]
-        if self.buffers.tokens.device.type != "cuda":
-            return _forward(self.decoder, self.buffers)[:live]
-        return self._run_and_capture()[:live]
+        return self._replay()[:live]
 
-    def _run_and_capture(self) -> torch.Tensor:
-        """The first call on a GPU: run the step for real on a side stream (which also warms up the kernels), then
-        capture it for the later calls (capturing runs nothing)."""
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            logits = _forward(self.decoder, self.buffers)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: the batch job's pin-memory thread may allocate pinned memory while this thread captures.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.logits = _forward(self.decoder, self.buffers)
+
+def _move_in(fulls: list[torch.Tensor], parts: list[torch.Tensor], filled: int | None) -> None:
+    """Copy each layer's ``parts`` (rows, heads, positions, head_dim) to the front of ``fulls``, its first
+    ``filled`` positions (all: None) and zeros after them; ``parts`` then hold the front views."""
+    for layer, (full, part) in enumerate(zip(fulls, parts, strict=True)):
+        rows = part.shape[0]
+        if part.data_ptr() != full.data_ptr():  # not already there (a state moving back into its own bucket)
+            full[:rows, :, :filled] = part[:, :, :filled]
+        if filled is not None:
+            full[:, :, filled:].zero_()
+        parts[layer] = full[:rows]
+
+
+def capture_cuda_graph(run: StepRun) -> Run:
+    """Run the step once on a side stream (warming up its kernels and cuBLAS), capture it, return the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    # thread_local: the batch job's pin-memory thread may allocate pinned memory while this thread captures.
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        logits = run()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
         return logits
+
+    return replay
+
+
+def capture_compiled(run: StepRun) -> Run:
+    """The step through ``torch.compile(mode="reduce-overhead")`` (inductor's CUDA graphs), to compare with
+    :func:`capture_cuda_graph`. Its buffers are marked static, so that their in-place writes stay in the graph;
+    shapes are not made dynamic, each bucket compiles its own."""
+    buffers = run.buffers
+    for tensor in (*buffers.keys, *buffers.values, *buffers.cross_keys, *buffers.cross_values):
+        torch._dynamo.mark_static_address(tensor)
+    torch._dynamo.mark_static_address(buffers.tokens)
+    torch._dynamo.mark_static_address(buffers.position)
+    compiled = torch.compile(_forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
+
+    def step() -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits are no longer read
+        return compiled(run.decoder(), buffers)
+
+    return step
+
+
+def capture_for(device: torch.device, mode: str) -> Capture:
+    """How a bucket's step is captured on ``device``: a CUDA graph or ``torch.compile`` on a GPU, none on a CPU."""
+    if device.type != "cuda":
+        return lambda run: run
+    return capture_compiled if mode == "compile" else capture_cuda_graph
+
+
+# Per decoder: the weights' addresses the graphs were captured with, and the graphs by bucket. Weakly keyed, and
+# the steps hold their decoder weakly, so a model's graphs are freed with it.
+_CACHES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, ...], GraphCache[Bucket, StaticStep]]] = (
+    weakref.WeakKeyDictionary()
+)
+_CACHES_LOCK = threading.Lock()
+
+
+def graph_cache(decoder: nn.Module) -> GraphCache[Bucket, StaticStep]:
+    """The decoder's graphs; emptied when its weights moved (a graph reads them at the addresses it was captured
+    with, e.g. before a ``.to(dtype)``)."""
+    addresses = tuple(t.data_ptr() for t in (*decoder.parameters(), *decoder.buffers()))
+    with _CACHES_LOCK:
+        found = _CACHES.get(decoder)
+        if found is None or found[0] != addresses:
+            found = _CACHES[decoder] = (addresses, GraphCache(MAX_GRAPHS))
+        return found[1]
+
+
+def release_graphs(model: nn.Module) -> int:
+    """Free the captured steps (their graphs and buffers) of every decoder in ``model``; returns how many."""
+    released = 0
+    with _CACHES_LOCK:
+        for module in model.modules():
+            found = _CACHES.pop(module, None)
+            if found is not None:
+                released += len(found[1])
+                found[1].clear()
+    return released
+
+
+def static_step_for(decoder: nn.Module, state: CacheState, mode: str) -> StaticStep:
+    """The captured step of the state's bucket (captured now if new, or private while another call uses it),
+    with the state moved into its buffers."""
+    bucket = choose_bucket(state, decoder.config.n_positions)
+
+    def build() -> StaticStep:
+        return StaticStep(decoder, bucket, capture_for(bucket.device, mode))
+
+    step = graph_cache(decoder).get(bucket, build)
+    if step.busy(state):
+        step = build()
+    step.adopt(state)
+    return step
 
 
 def _forward(decoder: nn.Module, buffers: _Buffers) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from captionkit.models.base import positions_to_reserve
-from captionkit.models.gpt2_graph import StaticStep, cuda_graphs
+from captionkit.models.gpt2_graph import StaticStep, graph_mode, static_step_for
 from captionkit.models.packed_linear import linear
 
 __all__ = ["Gpt2StepState", "gpt2_embeddings_step", "gpt2_step", "start_gpt2_state"]
@@ -58,8 +58,9 @@ class Gpt2StepState:
     cross_values: list[torch.Tensor]
     row_image: torch.Tensor
     group: int
-    # Fixed-shape steps (CUDA graphs on a GPU, see captionkit.models.gpt2_graph): wanted, and the one in use.
-    graphs: bool = False
+    # Fixed-shape steps (CUDA graphs on a GPU, see captionkit.models.gpt2_graph): the mode wanted (None: eager),
+    # and the step whose buffers the state is in.
+    graphs: str | None = None
     static: StaticStep | None = None
     steps: int = 0  # tokens fed through gpt2_step
 
@@ -149,7 +150,7 @@ def start_gpt2_state(
     keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
     values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
     row_image = torch.arange(rows, device=weight.device)
-    graphs = reserve is not None and cuda_graphs()
+    graphs = graph_mode() if reserve is not None else None
     return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0, graphs)
 
 
@@ -165,14 +166,14 @@ def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) ->
 
 
 def _static_step(decoder: nn.Module, state: Gpt2StepState) -> StaticStep | None:
-    """The fixed-shape step for this state's buffers (kept while they stay the same), or None: eager."""
+    """The fixed-shape step whose buffers hold this state (moved into its bucket's when they do not), or None:
+    eager."""
     # The first token runs eagerly: beam search and sampling then expand the rows into new buffers.
-    if not state.graphs or state.steps == 1 or (state.cross_keys and not state.group):
+    if state.graphs is None or state.steps == 1 or (state.cross_keys and not state.group):
         return None
     state.ensure_capacity(state.length + 1, decoder.config.n_positions)
     if state.static is None or not state.static.owns(state.keys, state.group, state.length):
-        cross = (state.cross_keys, state.cross_values, state.group)
-        state.static = StaticStep(decoder, state.keys, state.values, cross, state.length)
+        state.static = static_step_for(decoder, state, state.graphs)
     return state.static
 
 

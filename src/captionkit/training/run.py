@@ -126,6 +126,10 @@ def training_device(config: TrainConfig) -> tuple[Distributed, torch.device]:
     return parallel, device
 
 
+CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG"
+DETERMINISTIC_WORKSPACES = (":4096:8", ":16:8")  # cuBLAS's settings under which its sums are deterministic
+
+
 @contextmanager
 def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     """cuDNN and cuBLAS pick deterministic kernels while the run lasts (what exact resume needs on a GPU)."""
@@ -133,7 +137,7 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
         yield
         return
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for deterministic sums
+    deterministic_cublas()
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     try:
@@ -141,6 +145,30 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
     finally:
         torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark = before[1]
+
+
+def deterministic_cublas() -> None:
+    """Set :data:`CUBLAS_WORKSPACE` for deterministic cuBLAS sums. PyTorch reads it once, when it first calls
+    cuBLAS; in a process that already used CUDA, setting it would change nothing (and silence PyTorch's own check),
+    so it is left alone and one warning line says what to do. A deterministic value set beforehand is kept."""
+    current = os.environ.get(CUBLAS_WORKSPACE)
+    if current in DETERMINISTIC_WORKSPACES:
+        return
+    if current is None and not torch.cuda.is_initialized():
+        os.environ[CUBLAS_WORKSPACE] = DETERMINISTIC_WORKSPACES[0]
+        return
+    if not torch.cuda.is_available():  # no cuBLAS in this run: nothing to warn about
+        return
+    if current is None:
+        reason = f"CUDA was in use before {CUBLAS_WORKSPACE} could be set"
+    else:
+        reason = f"{CUBLAS_WORKSPACE}={current} is not one of cuBLAS's deterministic settings"
+    logger.warning(
+        "train.deterministic: %s, so cuBLAS sums may differ run to run; set %s=%s before Python starts",
+        reason,
+        CUBLAS_WORKSPACE,
+        DETERMINISTIC_WORKSPACES[0],
+    )
 
 
 def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume: bool | None) -> Run:
