@@ -18,7 +18,9 @@ from captionkit.errors import ImageError, InputError
 from captionkit.evaluation import evaluate_captions, score_captions
 from captionkit.evaluation.api import split_image_metrics
 from captionkit.models.base import CaptionModel
+from captionkit.trained_on import TrainedOn
 from captionkit.training.loss import token_nll
+from captionkit.training.validation import caption_budget, first_images, loss_records, neutral_references
 
 if TYPE_CHECKING:
     from captionkit.evaluation.clipscore import ClipScorer
@@ -29,14 +31,6 @@ class ModelEvaluation:
     metrics: dict[str, Any]
     # One record per image: image, image_id, caption, score, references and the per-image metrics (or error).
     results: list[dict[str, Any]]
-
-
-def references_by_image(records: Sequence[CaptionRecord]) -> dict[str, list[CaptionRecord]]:
-    """Each image's reference records: its neutral captions, or all of them when it has no neutral one."""
-    grouped: dict[str, list[CaptionRecord]] = {}
-    for record in records:
-        grouped.setdefault(record.image_id, []).append(record)
-    return {image_id: [r for r in group if r.style == "neutral"] or group for image_id, group in grouped.items()}
 
 
 @torch.no_grad()
@@ -90,15 +84,17 @@ def evaluate_model(
     clip: ClipScorer | None = None,
     max_length: int | None = None,
     meteor: str = "python",
+    perplexity_over: Perplexity | None = None,
 ) -> ModelEvaluation:
     """Caption each image of ``records`` once (``decoding``'s style, neutral by default), score against the image's
-    neutral references with the COCO metrics, and add perplexity over every caption of ``records`` (every style,
-    cut to ``max_length`` tokens), counts, and ``computed_over``: what each figure was computed over.
+    neutral references with the COCO metrics, and add perplexity over every caption of ``records`` whose image was
+    read (every style, cut to ``max_length`` tokens; or over ``perplexity_over``), counts, and ``computed_over``:
+    what each figure was computed over.
 
     CLIPScore and RefCLIPScore (``metrics`` naming CLIPScore) need ``clip``, the CLIP model to embed with.
     ``meteor``: the METEOR engine (``"python"`` or ``"java"``).
     """
-    references = references_by_image(records)
+    references = neutral_references(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
     text_metrics, wants_clip = split_image_metrics(metrics)
@@ -139,33 +135,91 @@ def evaluate_model(
         if "caption" in result:
             result["references"] = scored_refs[result["image_id"]]
             result["metrics"] = per_image[result["image_id"]]
-    readable = [r for r in records if r.image_id in candidates]
-    scores["perplexity"] = dataset_perplexity(captioner, readable, max_length=max_length)
+    if perplexity_over is None:
+        readable = [r for r in records if r.image_id in candidates]
+        perplexity_over = Perplexity(readable, f"{len(readable)} reference captions of those images")
+    scores["perplexity"] = dataset_perplexity(
+        captioner, perplexity_over.records, perplexity_over.batch_size, max_length
+    )
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
-    scores["computed_over"] = _computed_over(decoding, scored_refs, readable, max_length)
+    scores["computed_over"] = _computed_over(decoding, scored_refs, perplexity_over, max_length)
     domains = _per_domain(references, candidates, text_metrics)
     if domains:
         scores["domains"] = domains
     return ModelEvaluation(scores, results)
 
 
+@dataclass(frozen=True)
+class Perplexity:
+    """The captions to compute perplexity over, what they are (for ``computed_over``), and the batch to read them in
+    (the sum over tokens is the same in any batch; the run's own batch gives its float rounding too)."""
+
+    records: Sequence[CaptionRecord]
+    description: str
+    batch_size: int = 32
+
+
 def _computed_over(
-    decoding: DecodingConfig, refs: dict[str, list[str]], records: Sequence[CaptionRecord], max_length: int | None
+    decoding: DecodingConfig, refs: dict[str, list[str]], perplexity: Perplexity, max_length: int | None
 ) -> dict[str, str]:
     """One line per figure: which captions, which references, which style."""
     search = f"beam search ({decoding.num_beams} beams)" if decoding.num_beams > 1 else "greedy search"
     style = "neutral" if decoding.start_token_id is None else "styled"
-    styles = sorted({r.style for r in records})
+    styles = sorted({r.style for r in perplexity.records})
     cut = f", cut to {max_length} tokens" if max_length else ""
     return {
         "captions": f"one {style} caption per image ({search}, at most {decoding.max_new_tokens} new tokens) "
         f"of {len(refs)} images",
         "references": f"{sum(map(len, refs.values()))} neutral reference captions of those images (all of an "
         "image's captions where it has no neutral one)",
-        "perplexity": f"{len(records)} reference captions of those images ({', '.join(styles)}), teacher forced, "
-        f"each from its style's start token{cut}",
+        "perplexity": f"{perplexity.description} ({', '.join(styles)}), teacher forced, each from its style's start "
+        f"token{cut}",
     }
+
+
+def evaluate_as_validation(
+    captioner: Captioner,
+    validation: Sequence[CaptionRecord],
+    trained: TrainedOn,
+    metrics: str | None = None,
+    train_captions: Sequence[str] | None = None,
+    batch_size: int = 16,
+    on_progress: Callable[[int], None] | None = None,
+    clip: ClipScorer | None = None,
+    meteor: str = "python",
+) -> ModelEvaluation:
+    """What the run's validation computed, on ``validation``, the run's validation captions in its order
+    (``TrainedOn.validation_records``): greedy neutral captions of the first ``train.eval_images`` images, at most
+    ``data.max_length - 1`` new tokens, scored against their neutral references (so CIDEr is its ``val_cider``), and
+    perplexity over the first ``train.eval_batches × train.batch_size`` captions (its ``val_perplexity``)."""
+    decoding = DecodingConfig(max_new_tokens=caption_budget(trained.max_length, captioner.model.max_positions))
+    images = first_images(validation, trained.eval_images)
+    captions = loss_records(validation, trained.eval_batches, trained.batch_size)
+    subset = (
+        f"the first {len(captions)} (train.eval_batches {trained.eval_batches} × train.batch_size "
+        f"{trained.batch_size}) of the run's {len(validation)} validation captions"
+        if trained.eval_batches
+        else f"the run's {len(validation)} validation captions (train.eval_batches 0: all)"
+    )
+    result = evaluate_model(
+        captioner,
+        images,
+        decoding,
+        metrics,
+        train_captions,
+        batch_size,
+        on_progress,
+        clip,
+        max_length=trained.max_length,
+        meteor=meteor,
+        perplexity_over=Perplexity(captions, subset, trained.batch_size),
+    )
+    shown = (
+        f"the first {trained.eval_images} (train.eval_images)" if trained.eval_images else "all (no train.eval_images)"
+    )
+    result.metrics["computed_over"]["captions"] += f": {shown} of the run's validation images"
+    return result
 
 
 def _per_domain(

@@ -3,23 +3,27 @@
 A training run keeps its settings in the model directory (``train_config.json``). Three of them change which
 captions count: the seeded share of images it held out as val (when the data had no split labels), one canonical
 caption per image and style (``data.first_caption_only``), and the styles it trained on (``data.styles``). A fourth,
-``data.max_length``, cuts the captions it computed perplexity on.
+``data.max_length``, cuts the captions it computed perplexity on. Three more say which part of its validation data
+each validation used: ``train.eval_batches`` batches of ``train.batch_size`` captions for the loss and perplexity,
+``train.eval_images`` images for CIDEr-D. The figures it logged last are in the model's ``trainer_state.json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from captionkit.config import DataSection
+from captionkit.config import DataSection, TrainSection
 from captionkit.data.records import CaptionRecord
-from captionkit.data.splits import assign_splits, first_caption_per_image
+from captionkit.data.splits import assign_splits, separate_val_records, split_by_image, validation_captions
 from captionkit.errors import InputError
 from captionkit.jsontext import parse_json
 
 TRAIN_CONFIG = "train_config.json"
+TRAINER_STATE = "trainer_state.json"
+VALIDATION_KEYS = ("val_loss", "val_perplexity", "val_cider")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,13 @@ class TrainedOn:
     first_caption_only: bool
     styles: tuple[str, ...]  # empty: trained without style control
     max_length: int
+    eval_batches: int = TrainSection.eval_batches
+    batch_size: int = TrainSection.batch_size
+    eval_images: int = TrainSection.eval_images
+    # Where the run read its validation data (data.val, or data.train that it held val out of), when one spec.
+    validation_data: str | None = None
+    # The run's last logged validation: step and VALIDATION_KEYS (None: no trainer_state.json, or no validation).
+    last_validation: dict[str, float] | None = None
 
     @classmethod
     def read(cls, model: str | Path) -> TrainedOn | None:
@@ -42,35 +53,77 @@ class TrainedOn:
             return None
         try:
             saved: Any = parse_json(settings.read_text(encoding="utf-8"), settings)
-            data, train = saved["data"], saved["train"]
-            return cls(
-                val_fraction=float(data["val_fraction"]),
-                seed=int(train["seed"]),
-                held_out_val=not data.get("val"),
-                first_caption_only=bool(data.get("first_caption_only", DataSection.first_caption_only)),
-                styles=tuple(data.get("styles") or ()),
-                max_length=int(data.get("max_length", DataSection.max_length)),
-            )
-        except (OSError, ValueError, KeyError, TypeError, InputError):
+            found = cls.read_config(saved)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
             return None
+        return replace(found, last_validation=_last_validation(Path(model) / TRAINER_STATE))
+
+    @classmethod
+    def read_config(cls, saved: Mapping[str, Any]) -> TrainedOn:
+        """The settings of a run's saved config (``TrainConfig.to_dict()``); KeyError, TypeError or ValueError when
+        it lacks them."""
+        data, train = saved["data"], saved["train"]
+        source = data.get("val") or data.get("train")
+        return cls(
+            val_fraction=float(data["val_fraction"]),
+            seed=int(train["seed"]),
+            held_out_val=not data.get("val"),
+            first_caption_only=bool(data.get("first_caption_only", DataSection.first_caption_only)),
+            styles=tuple(data.get("styles") or ()),
+            max_length=int(data.get("max_length", DataSection.max_length)),
+            eval_batches=int(train.get("eval_batches", TrainSection.eval_batches)),
+            batch_size=int(train.get("batch_size", TrainSection.batch_size)),
+            eval_images=int(train.get("eval_images", TrainSection.eval_images)),
+            validation_data=source if isinstance(source, str) else None,
+        )
 
     def split(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
-        """Records without split labels get the run's train/val split (when it held val out of them)."""
-        if not self.held_out_val or any(record.split for record in records):
+        """Records without split labels get the run's train/val split (when it held val out of them): an image is
+        in val exactly when the run's ``split_by_image`` held it out."""
+        if not self.held_out_val:
             return list(records)
         return assign_splits(records, self.val_fraction, 0.0, self.seed)
 
     def captions(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
         """The captions the run trained and validated on: of its styles only, the first of each image (and style)
         with ``first_caption_only``."""
-        if self.styles:
-            records = [record for record in records if record.style in self.styles]
-        if self.first_caption_only:
-            records = first_caption_per_image(records, by_style=bool(self.styles))
-        return list(records)
+        return validation_captions(records, self.first_caption_only, self.styles)
+
+    def validation_records(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+        """The captions the run validated on, in its order, from the records of its validation data: the images it
+        held out of them (``data.train``), or every record in a val split or without a split (``data.val``)."""
+        if self.held_out_val:
+            return self.captions(split_by_image(records, self.val_fraction, self.seed)[1])
+        return self.captions(separate_val_records(records))
+
+    def describe_validation(self) -> str:
+        """One line: what the run's validation computed its figures over."""
+        source = "the images it held out of data.train" if self.held_out_val else "data.val (its val split, or all)"
+        batches = f"train.eval_batches {self.eval_batches} × train.batch_size {self.batch_size}"
+        captions = f"the first {self.eval_batches * self.batch_size} ({batches})" if self.eval_batches else "all"
+        cider = (
+            f"CIDEr-D of greedy neutral captions of the first {self.eval_images} images (train.eval_images) against "
+            "their neutral references"
+            if self.eval_images
+            else "no CIDEr-D (train.eval_images 0)"
+        )
+        return f"validation data {source}; perplexity over {captions} of its captions; {cider}"
 
     def describe(self) -> str:
         """One line for the output: how the captions were chosen."""
         chosen = "the first caption of each image" + (" and style" if self.styles else "")
         styles = f" in the styles {', '.join(self.styles)}" if self.styles else ""
         return (chosen if self.first_caption_only else "every caption") + styles + " (as the model's training run)"
+
+
+def _last_validation(state_file: Path) -> dict[str, float] | None:
+    """The last entry of a run's history with validation figures: its step and those figures."""
+    try:
+        state: Any = parse_json(state_file.read_text(encoding="utf-8"), state_file, non_finite=True)
+    except (OSError, InputError):
+        return None
+    history = state.get("history") if isinstance(state, dict) else None
+    entries = [e for e in history if isinstance(e, dict) and "val_loss" in e] if isinstance(history, list) else []
+    if not entries:
+        return None
+    return {key: entries[-1][key] for key in ("step", *VALIDATION_KEYS) if key in entries[-1]}

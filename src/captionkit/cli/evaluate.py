@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +14,7 @@ from captionkit.cli._common import (
     DTYPE_HELP,
     EXIT_OK,
     EXIT_PARTIAL,
+    cli_flag,
     decoding_flags,
     decoding_help,
     error_line,
@@ -63,20 +65,31 @@ def evaluate(
     meteor: Annotated[
         str, typer.Option(help="METEOR engine: python (default) or java (pycocoevalcap's jar).")
     ] = "python",
+    as_validation: Annotated[
+        bool,
+        typer.Option(
+            "--as-validation",
+            help="Compute what the model's training run logged as validation: --data is the run's validation data "
+            "(its data.val, or the data.train it held val out of), perplexity over the captions its validation "
+            "loss read (train.eval_batches), CIDEr-D of greedy captions of its train.eval_images images.",
+        ),
+    ] = False,
 ) -> None:
     """Caption every image of a split, score against its references; metrics JSON on stdout.
 
     With --styles: caption each image in each style the model was trained to write and report, per style, style
     accuracy (a naive Bayes sentiment classifier trained on the data's train-split captions), CIDEr-D against that
     style's references, and content match with the model's neutral caption.
+
+    With --as-validation: the figures of the run's last validation, recomputed (`val_perplexity` and `val_cider`
+    are `perplexity` and `CIDEr`), and those it logged beside them.
     """
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.data.sources import load_records
-    from captionkit.data.splits import evaluation_split
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.api import java_note
-    from captionkit.model_evaluation import evaluate_model, evaluate_model_styles
+    from captionkit.model_evaluation import evaluate_as_validation, evaluate_model, evaluate_model_styles
     from captionkit.report import write_evaluation_report
     from captionkit.trained_on import TrainedOn
 
@@ -84,15 +97,14 @@ def evaluate(
         fail(f"--batch-size: must be at least 1, got {batch_size}")
     if styles and report is not None:
         fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
+    if as_validation:
+        _check_as_validation(split=split, beams=beams, max_length=max_length, styles=styles)
     try:
         decoding = decoding_flags(beams=beams, max_length=max_length).config
         trained = TrainedOn.read(model)
         records = _split_as_trained(load_records(data), trained, data)
-        chosen, which = evaluation_split(records, split, data)
-        print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
-        if trained is not None:
-            chosen = trained.captions(chosen)
-            print(f"captionkit: data: {trained.describe()}", file=sys.stderr)
+        as_run = _validation_run(model, trained) if as_validation else None
+        chosen = _chosen_records(records, split, data, trained, as_run)
         train_captions = [r.caption for r in records if r.split == "train"]
         if styles:
             classifier = _style_classifier(records, data, lexicon)
@@ -110,21 +122,33 @@ def evaluate(
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
         clip = _clip_scorer(metrics, clip_model, device)
-        with progress_bar("evaluating", len({r.image_id for r in chosen})) as advance:
-            result = evaluate_model(
-                captioner,
-                chosen,
-                decoding,
-                metrics,
-                train_captions or None,
-                batch_size,
-                advance,
-                clip,
-                max_length=trained.max_length if trained is not None else None,
-                meteor=meteor,
-            )
+        images = len({r.image_id for r in chosen})
+        if as_run is not None and as_run.eval_images:
+            images = min(images, as_run.eval_images)
+        with progress_bar("evaluating", images) as advance:
+            if as_run is not None:
+                result = evaluate_as_validation(
+                    captioner, chosen, as_run, metrics, train_captions or None, batch_size, advance, clip, meteor
+                )
+            else:
+                result = evaluate_model(
+                    captioner,
+                    chosen,
+                    decoding,
+                    metrics,
+                    train_captions or None,
+                    batch_size,
+                    advance,
+                    clip,
+                    max_length=trained.max_length if trained is not None else None,
+                    meteor=meteor,
+                )
     except CaptionkitError as error:
         fail(error_line(error))
+    if as_run is not None:
+        result.metrics["logged_validation"] = as_run.last_validation
+    elif trained is not None and trained.last_validation is not None:
+        print(_reproduce_hint(model, data, trained), file=sys.stderr)
     if report is not None:
         try:
             write_evaluation_report(report, result.results, result.metrics)
@@ -138,9 +162,79 @@ def evaluate(
     print(json.dumps(result.metrics))
     for figure, over in result.metrics["computed_over"].items():
         print(f"captionkit: {figure}: {over}", file=sys.stderr)
+    if as_run is not None:
+        print(_logged_beside(result.metrics), file=sys.stderr)
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+
+
+def _chosen_records(
+    records: list[CaptionRecord], split: str | None, data: str, trained: TrainedOn | None, as_run: TrainedOn | None
+) -> list[CaptionRecord]:
+    """The captions to evaluate, saying on stderr which they are: the split's (read as the model's training run read
+    them, when it is one), or those the run ``as_run`` validated on."""
+    from captionkit.data.splits import evaluation_split
+    from captionkit.errors import InputError
+
+    if as_run is not None:
+        chosen = as_run.validation_records(records)
+        if not chosen:
+            raise InputError(data, "no validation captions where the model's training run found them")
+        print(f"captionkit: evaluating as the run's validation: {as_run.describe_validation()}", file=sys.stderr)
+    else:
+        chosen, which = evaluation_split(records, split, data)
+        print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
+        chosen = trained.captions(chosen) if trained is not None else chosen
+    if trained is not None:
+        print(f"captionkit: data: {trained.describe()}", file=sys.stderr)
+    return chosen
+
+
+def _check_as_validation(**given: object) -> None:
+    """--as-validation sets what those flags would: the run's split, greedy search, its caption length, neutral."""
+    for name, value in given.items():
+        if value not in (None, False):
+            fail(f"{cli_flag(name)}: not with --as-validation (it evaluates as the run's validation did)")
+
+
+def _validation_run(model: str, trained: TrainedOn | None) -> TrainedOn:
+    """The settings of the training run ``model`` comes from, or a one-line error."""
+    from captionkit.errors import InputError
+    from captionkit.trained_on import TRAIN_CONFIG
+
+    if trained is None:
+        raise InputError(
+            model, f"--as-validation needs a training run's model directory (with a readable {TRAIN_CONFIG})"
+        )
+    return trained
+
+
+def _reproduce_hint(model: str, data: str, trained: TrainedOn) -> str:
+    """What the run's log holds, over what, and the command that recomputes it."""
+    assert trained.last_validation is not None
+    logged = trained.last_validation
+    figures = ", ".join(f"{key} {logged[key]}" for key in ("val_perplexity", "val_cider") if key in logged)
+    source = trained.validation_data or data
+    command = shlex.join(["captionkit", "evaluate", "--model", str(model), "--data", source, "--as-validation"])
+    return (
+        f"captionkit: note: the run's last validation (step {logged.get('step')}) logged {figures}; "
+        f"{trained.describe_validation()}; `{command}` recomputes them"
+    )
+
+
+def _logged_beside(metrics: dict) -> str:
+    """The run's logged validation figures beside the ones just computed."""
+    logged = metrics.get("logged_validation")
+    if logged is None:
+        return "captionkit: the model's trainer_state.json holds no logged validation to compare with"
+    pairs = [("val_perplexity", "perplexity"), ("val_cider", "CIDEr")]
+    shown = [
+        f"{key} {logged[key]} (evaluate: {metrics[ours]:.6g})"
+        for key, ours in pairs
+        if key in logged and ours in metrics
+    ]
+    return f"captionkit: the run logged at step {logged.get('step')}: " + ", ".join(shown)
 
 
 def _clip_scorer(metrics: str | None, source: str, device: str | None) -> ClipScorer | None:
@@ -167,10 +261,11 @@ def _split_as_trained(records: list[CaptionRecord], trained: TrainedOn | None, d
     if trained is None:
         return records
     split = trained.split(records)
+    unlabelled = len({record.image_id for record in records if record.split is None})
     if split != records:
         print(
-            f"{data}: no split labels; using the split of the model's training run ({trained.val_fraction:g} of the "
-            f"images held out as val, seed {trained.seed})",
+            f"{data}: {unlabelled} images without split labels; using the split of the model's training run "
+            f"({trained.val_fraction:g} of the images held out as val, seed {trained.seed})",
             file=sys.stderr,
         )
     return split

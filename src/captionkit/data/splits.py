@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
+
+# The split names that mean validation data.
+VAL_SPLITS = frozenset({"val", "dev", "validation"})
 
 
 def _unit_interval(image_id: str, seed: int) -> float:
@@ -26,7 +29,7 @@ def split_by_image(
     val: list[CaptionRecord] = []
     for record in records:
         if record.split is not None:
-            side = val if record.split in ("val", "dev", "validation") else train if record.split == "train" else None
+            side = val if record.split in VAL_SPLITS else train if record.split == "train" else None
         else:
             side = val if _unit_interval(record.image_id, seed) < val_fraction else train
         if side is not None:
@@ -57,7 +60,7 @@ def assign_splits(
 
 def select_split(records: Sequence[CaptionRecord], split: str) -> list[CaptionRecord]:
     """Records whose ``split`` is ``split`` (``val`` also matches ``dev`` and ``validation``)."""
-    names = {"val", "dev", "validation"} if split in ("val", "dev", "validation") else {split}
+    names = VAL_SPLITS if split in VAL_SPLITS else {split}
     return [record for record in records if record.split in names]
 
 
@@ -71,6 +74,23 @@ def first_caption_per_image(records: Sequence[CaptionRecord], by_style: bool = F
             seen.add(key)
             kept.append(record)
     return kept
+
+
+def separate_val_records(records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+    """What a training run validates on of its ``data.val``: every record in a val split or without a split."""
+    return [record for record in records if record.split is None or record.split in VAL_SPLITS]
+
+
+def validation_captions(
+    records: Sequence[CaptionRecord], first_caption_only: bool, styles: Collection[str]
+) -> list[CaptionRecord]:
+    """The captions of validation ``records`` a training run keeps, in order: those of its ``styles`` (every caption
+    without styles), and of those the first of each image (and style) with ``first_caption_only``."""
+    if styles:
+        records = [record for record in records if record.style in styles]
+    if first_caption_only:
+        return first_caption_per_image(records, by_style=bool(styles))
+    return list(records)
 
 
 def evaluation_split(

@@ -20,7 +20,12 @@ from captionkit.data.formats.base import EMPTY_CAPTION
 from captionkit.data.records import CaptionRecord
 from captionkit.data.shard_set import ScannedShards, ShardSet, scan_shards
 from captionkit.data.sources import load_dataset
-from captionkit.data.splits import first_caption_per_image, split_by_image
+from captionkit.data.splits import (
+    first_caption_per_image,
+    separate_val_records,
+    split_by_image,
+    validation_captions,
+)
 from captionkit.data.styles import first_caption_per_style, mix_styles
 from captionkit.errors import InputError
 from captionkit.images import Preprocessing
@@ -31,7 +36,7 @@ from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.scst import CiderReward
-from captionkit.training.validation import references
+from captionkit.training.validation import neutral_references
 
 # Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
 _NO_DECAY_NAMES = ("position_embeddings", "wpe")
@@ -114,15 +119,13 @@ def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
     val_fraction = 0.0 if data.val else data.val_fraction
     scanned = scan_shards(shards, val_fraction, config.train.seed, data.first_caption_only)
     if data.val:
-        scanned.val_records = _val_records(config)
-        if data.first_caption_only:
-            scanned.val_records = first_caption_per_image(scanned.val_records)
+        scanned.val_records = validation_captions(_val_records(config), data.first_caption_only, ())
     return scanned
 
 
 def _val_records(config: TrainConfig) -> list[CaptionRecord]:
     """The records of ``data.val`` without a split or in a validation split."""
-    return [r for r in load_all_records(config.data.val)[0] if r.split in (None, "val", "dev", "validation")]
+    return separate_val_records(load_all_records(config.data.val)[0])
 
 
 def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
@@ -137,13 +140,13 @@ def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionReco
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
     styles = config.data.styles
     if config.data.first_caption_only:
-        pick = first_caption_per_style if styles else first_caption_per_image
-        train_records, val_records = pick(train_records), pick(val_records)
+        train_records = (first_caption_per_style if styles else first_caption_per_image)(train_records)
+    # The same choice as `evaluate --as-validation` makes (captionkit.trained_on).
+    val_records = validation_captions(val_records, config.data.first_caption_only, styles)
     if not train_records:
         raise InputError(config.data.train, "no training captions after splitting")
     if styles:
         train_records = mix_styles(train_records, styles, config.train.seed, config.data.train)
-        val_records = [r for r in val_records if r.style in styles]
     return train_records, val_records, empty
 
 
@@ -221,5 +224,5 @@ def scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderRewar
     (``data.styles``) SCST trains the neutral captions."""
     if config.data.styles:  # style mixing repeats records: each reference counts once
         records = list(dict.fromkeys(records))
-    grouped = references(records, max_images=len(records))
+    grouped = neutral_references(records)
     return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})

@@ -51,13 +51,38 @@ def evaluate_loss(
     return total / max(count, 1)
 
 
-def references(records: Sequence[CaptionRecord], max_images: int) -> dict[str, list[CaptionRecord]]:
-    """The first ``max_images`` images' reference records: neutral captions, or all when an image has none."""
-    grouped: dict[str, list[CaptionRecord]] = {}
+def loss_records(records: Sequence[CaptionRecord], eval_batches: int, batch_size: int) -> list[CaptionRecord]:
+    """The captions that :func:`evaluate_loss` reads with ``max_batches=eval_batches`` from the run's unshuffled
+    validation loader of ``batch_size``: the first ``eval_batches × batch_size`` (every one with 0)."""
+    return list(records[: eval_batches * batch_size] if eval_batches else records)
+
+
+def first_images(records: Sequence[CaptionRecord], max_images: int) -> list[CaptionRecord]:
+    """The records of the first ``max_images`` images, in order (every record with 0)."""
+    kept: set[str] = set()
+    chosen = []
     for record in records:
-        if record.image_id in grouped or len(grouped) < max_images:
-            grouped.setdefault(record.image_id, []).append(record)
+        if record.image_id not in kept and (len(kept) < max_images or not max_images):
+            kept.add(record.image_id)
+        if record.image_id in kept:
+            chosen.append(record)
+    return chosen
+
+
+def neutral_references(records: Sequence[CaptionRecord], max_images: int = 0) -> dict[str, list[CaptionRecord]]:
+    """Each of the first ``max_images`` images' reference records (every image's with 0): its neutral captions, or
+    all of them when it has no neutral one."""
+    grouped: dict[str, list[CaptionRecord]] = {}
+    for record in first_images(records, max_images):
+        grouped.setdefault(record.image_id, []).append(record)
     return {key: [r for r in group if r.style == "neutral"] or group for key, group in grouped.items()}
+
+
+def caption_budget(max_length: int, max_positions: int | None) -> int:
+    """Validation's ``max_new_tokens``: a training caption's length (``data.max_length``) less its start token,
+    within the positions the model has."""
+    budget = max_length - 1
+    return budget if max_positions is None else min(budget, max_positions - 1)
 
 
 def validation_cider(
@@ -70,7 +95,7 @@ def validation_cider(
     batch_size: int = 32,
 ) -> float | None:
     """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of the first ``max_images`` validation images."""
-    refs = references(dataset.records, max_images)
+    refs = neutral_references(dataset.records, max_images)
     candidates: dict[str, str] = {}
     ids = list(refs)
     decoding = DecodingConfig(max_new_tokens=max_new_tokens)
@@ -112,9 +137,7 @@ class Validation:
         val_loss = evaluate_loss(model, self.loader, device, config.train.eval_batches, autocast)
         entry: dict[str, Any] = {"val_loss": round(val_loss, 5), "val_perplexity": round(math.exp(val_loss), 4)}
         if config.train.eval_images:
-            max_new_tokens = config.data.max_length - 1
-            if model.max_positions is not None:
-                max_new_tokens = min(max_new_tokens, model.max_positions - 1)
+            max_new_tokens = caption_budget(config.data.max_length, model.max_positions)
             cider = validation_cider(model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device)
             if cider is not None:
                 entry["val_cider"] = round(cider, 5)
