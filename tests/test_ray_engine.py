@@ -226,3 +226,87 @@ def test_a_run_joins_a_running_ray_cluster_by_its_address(tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "ray: 2 captioner actors, 0 GPUs each" in done.stderr
     assert read_jsonl(out) == read_jsonl(tmp_path / "plain.jsonl")
+
+
+@pytest.fixture
+def local_ray():
+    """Ray started in this process for one test (its runs join it), shut down after."""
+    ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'captionkit[ray]')")
+    from captionkit.jobs.ray_engine import connect
+
+    connect(None)
+    yield ray
+    ray.shutdown()
+
+
+def _decode_killing_its_worker(monkeypatch, image: str, tries: Path, kills: int) -> None:
+    """Make the Ray decode task of the batch holding ``image`` kill its own worker process (SIGKILL, as the OOM
+    killer would) on its first ``kills`` tries, a line appended to ``tries`` per try. The function reaches the
+    workers pickled by value (it is local), the real decode inside; a batch's tries run one after another."""
+    from captionkit.jobs import ray_engine
+
+    decode = ray_engine._decode
+
+    def dying(row, preprocessing, limits):
+        if image in row["items"]:
+            with tries.open("a") as log:
+                log.write(f"{os.getpid()}\n")
+            if len(tries.read_text().splitlines()) <= kills:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return decode(row, preprocessing, limits)
+
+    monkeypatch.setattr(ray_engine, "_decode", dying)
+
+
+@pytest.mark.slow  # half a minute: a local Ray, a worker killed and its task run again
+def test_killing_a_decode_tasks_worker_loses_nothing_and_merge_finds_every_input_once(
+    tmp_path, capsys, monkeypatch, local_ray
+):
+    from captionkit.jobs.sharding import parse_shard
+
+    model = save_tiny_model(tmp_path / "tiny")
+    photos = real_photos(8)
+    write_webdataset(photos, tmp_path / "shards", per_shard=4)
+    args = ["caption", tmp_path / "shards", "--model", model, "--beams", "2", "--max-length", "5", "--batch-size", "2"]
+    args += ["--threads", "1"]
+    assert run_cli([*args, "--output", tmp_path / "plain.jsonl"], capsys)[0] == 0
+    # Part 0 of 2 on the default engine, part 1 on Ray, where the decode task of its first image's batch dies once.
+    assert run_cli([*args, "--output", tmp_path / "out.jsonl", "--shard", "0/2"], capsys)[0] == 0
+    victim = next(photo.stem for photo in photos if parse_shard("1/2").owns(photo.stem))
+    tries = tmp_path / "tries"
+    _decode_killing_its_worker(monkeypatch, victim, tries, kills=1)
+    code, _, err = run_cli([*args, "--output", tmp_path / "out.jsonl", "--shard", "1/2", "--engine", "ray"], capsys)
+    assert code == 0, err
+    assert len(set(tries.read_text().splitlines())) == 2  # two tries of that batch, in two worker processes
+    parts = sorted(tmp_path.glob("out.part-*.jsonl"))
+    merged = tmp_path / "all.jsonl"
+    code, _, err = run_cli(["merge", *parts, "--output", merged, "--inputs", tmp_path / "shards"], capsys)
+    assert code == 0, err
+    images = [record["image"] for record in read_jsonl(merged)]
+    assert len(images) == len(set(images)) == 8 and any(victim in image for image in images)
+    assert read_jsonl(merged) == read_jsonl(tmp_path / "plain.jsonl")
+
+
+@pytest.mark.slow  # half a minute: a local Ray, a worker killed on every try of one task
+def test_a_batch_whose_worker_dies_on_every_try_stops_the_ray_run_in_one_line(tmp_path, capsys, monkeypatch, local_ray):
+    from captionkit.jobs.ray_engine import DECODE_RETRIES
+
+    model = save_tiny_model(tmp_path / "tiny")
+    photos = real_photos(6)
+    write_webdataset(photos, tmp_path / "shards", per_shard=3)
+    args = ["caption", tmp_path / "shards", "--model", model, "--max-length", "5", "--batch-size", "2"]
+    assert run_cli([*args, "--output", tmp_path / "plain.jsonl"], capsys)[0] == 0
+    tries = tmp_path / "tries"
+    _decode_killing_its_worker(monkeypatch, photos[-1].stem, tries, kills=1000)  # the last batch: an image that kills
+    out = tmp_path / "ray.jsonl"
+    code, _, err = run_cli([*args, "--output", out, "--engine", "ray", "--workers", "1"], capsys)
+    assert code == 1
+    line = [line for line in err.splitlines() if line.startswith("captionkit: error:")]
+    assert line == [
+        f"captionkit: error: --engine ray: a worker process died on each of {DECODE_RETRIES + 1} tries of the same "
+        "batch (The worker died unexpectedly while executing this task. Check python-core-worker-*.log files for "
+        "more information.); the records before that batch are written"
+    ]
+    assert len(tries.read_text().splitlines()) == DECODE_RETRIES + 1  # retried, then given up: never forever
+    written, plain = read_jsonl(out), read_jsonl(tmp_path / "plain.jsonl")
+    assert written == plain[: len(written)] and len(written) <= 4  # whole batches before the one that kills

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import gc
+import io
 import shutil
 import tarfile
+import weakref
 
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from _captioning import read_jsonl
 from _helpers import run_cli, save_tiny_model
 from _shards import real_photos, write_files_layout, write_parquet, write_webdataset
+from captionkit.api import Captioner
+from captionkit.decoding.options import decoding_request
+from captionkit.jobs import batch
+from captionkit.jobs.batch import caption_files
+from captionkit.jobs.inputs import collect_images
+from captionkit.jobs.outputs import RecordWriter, read_records
+from captionkit.shards import writing
 
 ARGS = ["--beams", "1", "--max-length", "5", "--batch-size", "3"]
 
@@ -158,3 +169,64 @@ def test_parquet_of_urls_says_how_to_download_first(model_dir, photos, tmp_path,
         f"--url_list {urls} --input_format parquet --url_col url --caption_col caption --output_format webdataset "
         "--output_folder shards, then read shards/"
     )
+
+
+class _Record(dict):
+    """A result record that a weak reference can watch (a plain dict cannot be)."""
+
+
+class _WatchingWriter(RecordWriter):
+    """A real writer that, after each batch it writes, counts the records written so far still alive anywhere (no
+    garbage collection on the way: a record must go the moment nothing refers to it)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: list[weakref.ref] = []
+        self.alive: list[int] = []
+        self.on_write = lambda: None
+
+    def write(self, records) -> None:
+        records = list(records)
+        super().write(records)
+        self.records += [weakref.ref(record) for record in records]
+        del records
+        self.alive.append(sum(ref() is not None for ref in self.records))
+        self.on_write()
+
+
+def test_captioning_shards_holds_one_batch_of_records_and_pixels_whatever_the_shard_count(
+    model_dir, tmp_path, monkeypatch
+):
+    buffer = io.BytesIO()
+    Image.open(real_photos(1)[0]).resize((8, 8)).save(buffer, "JPEG")
+    samples = [writing.Sample(f"{i:06d}", buffer.getvalue(), f"caption {i}") for i in range(48)]
+    captioner = Captioner.from_pretrained(model_dir)
+    config = captioner.resolve_decoding(decoding_request(max_new_tokens=3))
+    record = batch.caption_record
+    monkeypatch.setattr(batch, "caption_record", lambda *args: _Record(record(*args)))
+    pixels: list[weakref.ref] = []
+    load = batch.load_batches
+    monkeypatch.setattr(batch, "load_batches", lambda *a, **k: (_watch(b, pixels) for b in load(*a, **k)))
+
+    def held(shards: int, fmt: str) -> tuple[int, int, int]:
+        """(most records alive after a write, most batches of pixels alive then, records alive at the end)."""
+        source = writing.write_webdataset(samples[: shards * 8], tmp_path / f"{shards}", per_shard=8)[0].parent
+        writer = _WatchingWriter(tmp_path / f"{shards}.{fmt}", fmt)
+        alive_pixels: list[int] = []
+        writer.on_write = lambda: alive_pixels.append(sum(ref() is not None for ref in pixels))
+        pixels.clear()
+        caption_files(captioner, collect_images([source]), config, writer, batch_size=8)
+        writer.close()
+        assert len(writer.alive) == shards and len(read_records(writer.path, fmt)) == shards * 8
+        gc.collect()
+        return max(writer.alive), max(alive_pixels), sum(ref() is not None for ref in writer.records)
+
+    # Streamed formats: the batch being written is all that is held, with 2 shards as with 6; nothing after.
+    assert held(2, "jsonl") == held(6, "jsonl") == held(4, "parquet") == (8, 1, 0)
+    # JSON is written whole at the end, so it holds every record: what the watch sees when records are kept.
+    assert held(6, "json") == (48, 1, 48)
+
+
+def _watch(image_batch, pixels: list[weakref.ref]):
+    pixels.append(weakref.ref(image_batch.pixels))
+    return image_batch

@@ -4,6 +4,7 @@ by ``captionkit data check``, with sample keys as image ids and captions from ``
 from __future__ import annotations
 
 import json
+import math
 import tarfile
 
 import pytest
@@ -13,6 +14,7 @@ from _shards import caption_of, real_photos, write_files_layout, write_parquet, 
 from captionkit.data.sources import load_dataset
 from captionkit.errors import InputError
 from captionkit.images import load_image
+from captionkit.shards import parquet, read_member
 from captionkit.shards.patterns import expand_braces
 
 
@@ -89,3 +91,30 @@ def test_missing_shard_of_a_pattern_is_named(collections):
     with pytest.raises(InputError) as error:
         load_dataset(f"{collections}/shards/{{00000..00003}}.tar")
     assert str(error.value) == f"{collections}/shards/00003.tar: no such file"
+
+
+def _read_in_order(monkeypatch, photos, cap: int, tmp_path) -> tuple[int, int]:
+    """Read every image of a one-row-group Parquet file of ``photos`` in order, the row cache capped at ``cap``
+    bytes: checks each image's bytes and returns (reads of the group, most bytes the cache held)."""
+    path = write_parquet(photos, tmp_path / f"{cap}.parquet", row_group_size=len(photos))
+    monkeypatch.setattr(parquet, "_ROWS", parquet.RowCache(cap))
+    reads = []
+    column_rows = parquet._column_rows
+    monkeypatch.setattr(parquet, "_column_rows", lambda *args: reads.append(args) or column_rows(*args))
+    held = 0
+    for photo in photos:
+        assert read_member(path / photo.stem, 1 << 30) == photo.read_bytes()
+        held = max(held, parquet._ROWS.size)
+    return len(reads), held
+
+
+def test_parquet_row_cache_holds_at_most_its_cap_and_reads_stay_equal(monkeypatch, tmp_path):
+    photos = real_photos(8)
+    sizes = sorted(photo.stat().st_size for photo in photos)
+    # Under the default cap the group is cached whole: one read for all eight images.
+    assert _read_in_order(monkeypatch, photos, parquet.ROW_GROUP_CACHE_BYTES, tmp_path) == (1, sum(sizes))
+    # A cap of any three images: windows of at least three rows, never the whole group, never a read per image.
+    reads, held = _read_in_order(monkeypatch, photos, sum(sizes[-3:]), tmp_path)
+    assert 2 <= reads <= math.ceil(len(photos) / 3) and 0 < held <= sum(sizes[-3:])
+    # A cap below every image: nothing is kept, each image is read on its own, bytes still right.
+    assert _read_in_order(monkeypatch, photos, sizes[0] - 1, tmp_path) == (len(photos), 0)

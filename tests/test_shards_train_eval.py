@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import weakref
 
 import pytest
 
 from _helpers import run_cli, save_tiny_model
 from _shards import caption_of, real_photos, write_parquet, write_webdataset
+from captionkit.api import Captioner
+from captionkit.data import load_records
+from captionkit.decoding.options import decoding_request
+from captionkit.model_evaluation import evaluate_model
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +40,36 @@ def test_evaluate_scores_a_collection_by_sample_key(layout, photos, model_dir, t
     assert json.loads(stdout)["images"] == 6 and json.loads(stdout)["failed_images"] == 0
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [result["image_id"] for result in results] == [photo.stem for photo in photos]
+
+
+def test_evaluate_keeps_each_images_caption_but_no_opened_image_past_its_batch(
+    photos, model_dir, tmp_path, monkeypatch
+):
+    write_webdataset(photos, tmp_path / "shards", per_shard=2)
+    captioner = Captioner.from_pretrained(model_dir)
+    opened: list[weakref.ref] = []
+    load = captioner.load_images
+
+    def watched_load(images):
+        loaded = load(images)
+        opened.extend(weakref.ref(image) for image in loaded)
+        return loaded
+
+    monkeypatch.setattr(captioner, "load_images", watched_load)
+    alive: list[int] = []  # opened images still alive as each batch of 2 ends (no garbage collection on the way)
+    config = captioner.resolve_decoding(decoding_request(max_new_tokens=3))
+    evaluation = evaluate_model(
+        captioner,
+        load_records(tmp_path / "shards"),
+        config,
+        metrics="BLEU",
+        batch_size=2,
+        on_progress=lambda _: alive.append(sum(ref() is not None for ref in opened)),
+    )
+    assert [result["image_id"] for result in evaluation.results] == [photo.stem for photo in photos]
+    assert all("caption" in result for result in evaluation.results)  # what corpus metrics need, kept
+    assert len(opened) == 6 and alive == [2, 2, 2]  # the batch being captioned, never an earlier one
+    assert sum(ref() is not None for ref in opened) == 0
 
 
 def test_train_reads_shards_in_dataloader_workers(photos, tmp_path, capsys, single_thread):

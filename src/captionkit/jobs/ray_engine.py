@@ -4,7 +4,9 @@ Inputs (their positions and paths, in the default engine's batches) -> decode an
 of captioner actors (one per GPU, or ``workers`` on CPU), each running a known number of torch threads -> records
 streamed back to this process in input order and written by the usual
 :class:`~captionkit.jobs.outputs.RecordWriter`, so ``--resume``, ``--format`` and ``merge`` work as for the default
-engine. Ray retries the tasks of a dead worker and restarts a dead actor, so a lost process costs time, not records.
+engine. Ray runs a decode task again when its worker process dies (up to ``DECODE_RETRIES`` times; then the job stops
+in one line, the records before that batch written) and restarts a dead actor, retrying its batches, so a lost
+process costs time, not records.
 Without ``ray_address`` Ray starts locally. Ray is the optional extra ``captionkit[ray]``. Progress: a line on
 stderr every ``PROGRESS_EVERY`` seconds and at the end (images, images/s, errors), beside the caller's bar.
 """
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,19 @@ from typing import Any
 import numpy as np
 
 from captionkit.decoding import DecodingConfig
-from captionkit.errors import InputError, first_line
+from captionkit.errors import CaptionkitError, InputError, first_line
 from captionkit.images import ImageLimits, Preprocessing
 from captionkit.jobs.batch import JobSummary
-from captionkit.jobs.outputs import RecordWriter
+from captionkit.jobs.outputs import Record, RecordWriter
 from captionkit.jobs.pipeline import ImageFiles
 from captionkit.jobs.throughput import Throughput
 
 INSTALL = "needs Ray: pip install 'captionkit[ray]'"
 PROGRESS_EVERY = 10.0  # seconds between progress lines
 CONNECT_TIMEOUT = 10.0  # seconds to wait for a --ray-address to answer
+# Runs of a decode task after its worker died, as Ray's default for tasks; not Ray Data's default (forever): an image
+# that kills its decoder every time would hang the job instead of stopping it.
+DECODE_RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -178,7 +183,10 @@ def caption_on_ray(
     context.enable_progress_bars = False
     batches = _batches(todo, batch_size)
     dataset = ray.data.from_items(batches, override_num_blocks=max(1, len(batches)))
-    dataset = dataset.map(_decode, fn_kwargs={"preprocessing": preprocessing, "limits": limits})
+    decode_args = {"preprocessing": preprocessing, "limits": limits}
+    # max_retries travels as a Ray remote argument, which Ray 2.60 deprecates (removal planned for 2.64) without a
+    # named parameter for it yet.
+    dataset = dataset.map(_decode, fn_kwargs=decode_args, max_retries=DECODE_RETRIES)
     dataset = dataset.map(
         _CaptionActor,
         fn_constructor_args=(model, device, config, settings.dtype, settings.threads),
@@ -190,8 +198,7 @@ def caption_on_ray(
     )
     summary = JobSummary()
     throughput = Throughput(len(todo), PROGRESS_EVERY)
-    for row in dataset.iter_rows():
-        records = json.loads(row["records"])
+    for records in _records(dataset, ray):
         writer.write(records)
         errors = sum("error" in record for record in records)
         summary.images += len(records)
@@ -203,3 +210,14 @@ def caption_on_ray(
         if line is not None:
             print(f"ray: {line}", file=sys.stderr)
     return summary
+
+
+def _records(dataset: Any, ray: Any) -> Iterator[list[Record]]:
+    """Each batch's records, in input order. A task whose worker died on every try stops the job in one line."""
+    try:
+        for row in dataset.iter_rows():
+            yield json.loads(row["records"])
+    except ray.exceptions.WorkerCrashedError as error:
+        tries = DECODE_RETRIES + 1
+        reason = f"a worker process died on each of {tries} tries of the same batch ({first_line(error)})"
+        raise CaptionkitError(f"--engine ray: {reason}; the records before that batch are written") from None

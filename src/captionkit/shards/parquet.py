@@ -1,13 +1,19 @@
 """Parquet files with image bytes, as img2dataset writes them (``--output_format parquet``): a ``jpg`` (or
 ``image``/``img``/``png``/``webp``) binary column, ``key`` and ``caption`` columns.
 
-Only the key and caption columns are read to index a file; an image's bytes come from its row group when asked for,
-and the last row groups read are cached, so reading rows in order decodes each group once. A file of URLs only is
-an error saying how to download the images first. pyarrow is the optional extra ``captionkit[parquet]``.
+Only the key and caption columns are read to index a file; an image's bytes come from its row group when asked for.
+The rows read last are cached, at most :data:`ROW_GROUP_CACHE_BYTES` of image bytes per process: a row group that
+fits is cached whole, so reading rows in order decodes each group once; of a larger one, a window of rows that fits
+is cached from the row asked for on, so reading in order decodes it about (group bytes / cap) + 1 times, never once
+per image. A file of URLs only is an error saying how to download the images first. pyarrow is the optional extra
+``captionkit[parquet]``.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +24,9 @@ from captionkit.errors import InputError, first_line
 IMAGE_COLUMNS = ("jpg", "image", "img", "png", "webp")
 URL_COLUMNS = ("url", "URL", "image_url")
 CAPTION_COLUMNS = ("caption", "text", "TEXT")
+ROW_GROUP_CACHE_BYTES = 256 << 20  # image bytes of row groups kept per process (see RowCache)
+ROW_GROUP_CACHE_ENTRIES = 2  # windows of rows kept: the group being read and the one before
+_STREAM_ROWS = 64  # rows decoded at a time while filling a window
 INSTALL = "reading Parquet needs pyarrow: pip install 'captionkit[parquet]'"
 
 
@@ -84,10 +93,77 @@ def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtim
     return ParquetIndex(keys, rows, captions, image_column)
 
 
-@lru_cache(maxsize=2)
-def _row_group_images(path: Path, mtime_ns: int, group: int, column: str) -> list[bytes | None]:
-    pq = _pyarrow_parquet(path)
-    return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(column).to_pylist()
+@dataclass(frozen=True)
+class RowWindow:
+    """Consecutive rows ``first, first + 1, ...`` of one row group's image column, and their bytes in all."""
+
+    first: int
+    images: list[bytes | None]
+    size: int
+
+    def get(self, row: int) -> bytes | None:
+        return self.images[row - self.first]
+
+    def holds(self, row: int) -> bool:
+        return self.first <= row < self.first + len(self.images)
+
+
+class RowCache:
+    """The windows of rows read last, by ``(file, mtime, group, column)``: at most ``entries`` of them and
+    ``capacity`` image bytes in all; a window larger than ``capacity`` (one huge image) is not kept."""
+
+    def __init__(self, capacity: int, entries: int = ROW_GROUP_CACHE_ENTRIES) -> None:
+        self.capacity, self.entries = capacity, entries
+        self._windows: OrderedDict[tuple[Path, int, int, str], RowWindow] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def size(self) -> int:
+        """Image bytes held now."""
+        return sum(window.size for window in self._windows.values())
+
+    def row(self, path: Path, group: int, row: int, column: str) -> bytes | None:
+        """The image bytes of ``row`` of ``group``, from a cached window or a new one read from the file."""
+        key = (path.resolve(), path.stat().st_mtime_ns, group, column)
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and window.holds(row):
+                self._windows.move_to_end(key)
+                return window.get(row)
+        window = _read_window(path, group, column, row, self.capacity)
+        with self._lock:
+            self._windows.pop(key, None)
+            if window.size <= self.capacity:
+                self._windows[key] = window
+                while len(self._windows) > self.entries or self.size > self.capacity:
+                    self._windows.popitem(last=False)
+        return window.get(row)
+
+
+def _column_rows(path: Path, group: int, column: str) -> Iterator[bytes | None]:
+    """The values of ``column`` in row group ``group``, decoded a few rows at a time."""
+    handle = _pyarrow_parquet(path).ParquetFile(path)
+    for batch in handle.iter_batches(batch_size=_STREAM_ROWS, row_groups=[group], columns=[column]):
+        yield from batch.column(0).to_pylist()
+
+
+def _read_window(path: Path, group: int, column: str, row: int, budget: int) -> RowWindow:
+    """Rows of ``group`` holding ``row``, as many as fit in ``budget`` bytes: the whole group when it fits, else a
+    window from at most ``row`` on (rows before ``row`` are dropped when the budget fills up before it)."""
+    kept: list[bytes | None] = []
+    first = total = 0
+    for index, value in enumerate(_column_rows(path, group, column)):
+        size = len(value) if value else 0
+        if total + size > budget and kept:
+            if index > row:
+                break  # full, and the row asked for is in
+            kept, first, total = [], index, 0
+        kept.append(value)
+        total += size
+    return RowWindow(first, kept, total)
+
+
+_ROWS = RowCache(ROW_GROUP_CACHE_BYTES)
 
 
 def read_parquet_member(path: Path, key: str, limit: int) -> bytes:
@@ -96,8 +172,7 @@ def read_parquet_member(path: Path, key: str, limit: int) -> bytes:
     where = index.rows.get(key)
     if where is None:
         raise InputError(f"{path}/{key}", "no such key in the Parquet file")
-    images = _row_group_images(path.resolve(), path.stat().st_mtime_ns, where[0], index.image_column)
-    data = images[where[1]]
+    data = _ROWS.row(path, where[0], where[1], index.image_column)
     if not data:
         raise InputError(f"{path}/{key}", f"no image bytes in column {index.image_column!r}")
     return bytes(data[: limit + 1])
