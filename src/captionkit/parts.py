@@ -9,12 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from captionkit.errors import ModelLoadError
 from captionkit.files import honour_umask
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
 from captionkit.text import CaptionTokenizer
+
+#: The files that mark an export directory: ONNX (``captionkit export onnx``) and int8 (``captionkit export int8``).
+ONNX_CONFIG = "onnx_config.json"
+QUANTIZATION_FILE = "quantization.json"
 
 
 @dataclass
@@ -34,6 +39,7 @@ class CaptionerParts:
         """The parts of a captionkit checkpoint directory, or of a hub id / directory in the Hugging Face layout;
         ``tokenizer`` names other tokenizer files to read instead of the model's own (its special ids are kept)."""
         source = resolve_model_source(name_or_dir)
+        _refuse_export(source, name_or_dir)
         model = load_model(source)
         return cls(model, load_tokenizer(model, tokenizer or source), Preprocessing.load(source), source)
 
@@ -44,6 +50,16 @@ class CaptionerParts:
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
         honour_umask(directory)
+
+
+def _refuse_export(directory: Path, name: str | Path) -> None:
+    """An export is for inference only (:mod:`captionkit.loading` loads it): training from it, or exporting it
+    again, needs the checkpoint it was exported from."""
+    for marker, kind in ((ONNX_CONFIG, "an ONNX export"), (QUANTIZATION_FILE, "an int8 export")):
+        if (directory / marker).is_file():
+            raise ModelLoadError(
+                name, f"is {kind} ({marker}), for captioning only: use the checkpoint it was exported from"
+            )
 
 
 def load_tokenizer(model: CaptionModel, source: str | Path) -> CaptionTokenizer:

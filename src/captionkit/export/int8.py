@@ -39,8 +39,8 @@ from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.models.native import WEIGHTS_FILE
 from captionkit.models.registry import family_of, get_family, load_model
+from captionkit.parts import QUANTIZATION_FILE, CaptionerParts
 
-QUANTIZATION_FILE = "quantization.json"
 METHOD = "int8-dynamic"
 BACKENDS = ("torch.ao", "torchao")
 DEFAULT_BACKEND = "torch.ao"
@@ -187,7 +187,6 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     With torch.ao the quantized layers are stored as int8 (the fp32 weights file is not kept); with torchao the fp32
     weights stay, for the loader to quantize.
     """
-    from captionkit.parts import CaptionerParts
 
     backend = _check_backend(backend)
     if is_quantized(source):

@@ -27,8 +27,8 @@ from captionkit.errors import ModelLoadError, first_line
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.parts import ONNX_CONFIG, CaptionerParts
 
-ONNX_CONFIG = "onnx_config.json"
 GRAPHS = ("encoder.onnx", "cross.onnx", "decoder.onnx")
 OPSET = 17
 
@@ -107,7 +107,6 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale
 
 def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the three graphs plus tokenizer, preprocessing and ``onnx_config.json`` into ``output``."""
-    from captionkit.parts import CaptionerParts
 
     parts = CaptionerParts.load(source)
     if not hasattr(parts.model, "ved"):
