@@ -145,10 +145,11 @@ def check_steps_equal_teacher_forcing(model: CaptionModel, atol: float = 1e-5) -
         state = model.init_state(model.encode(images))
         first, state = model.step(sequences[[0, 2], 0], state)
         torch.testing.assert_close(first, teacher[[0, 2], 0], rtol=0, atol=atol)
-        state, rows = model.reorder_state(state, row_image), torch.arange(5)
+        state, rows = model.reorder_state(state, row_image, tuple(row_image.tolist())), torch.arange(5)
         for position in range(1, 6):
             if position in reorders:
-                state, rows = model.reorder_state(state, reorders[position]), rows[reorders[position]]
+                rows = rows[reorders[position]]
+                state = model.reorder_state(state, reorders[position], tuple(row_image[rows].tolist()))
             stepped, state = model.step(sequences[rows, position], state)
             torch.testing.assert_close(stepped, teacher[rows, position], rtol=0, atol=atol)
 

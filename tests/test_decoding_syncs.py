@@ -3,7 +3,9 @@
 On a GPU every value a Python ``if`` reads from a tensor waits for the device; the loop is built so that the only such
 read per step is the list of rows (greedy) or images (beam search) that continue. A ``TorchFunctionMode`` sees every
 tensor operation, so the reads that would synchronise are counted here without a GPU: ``tolist``, ``item``,
-``bool``/``int``/``float`` of a tensor, ``nonzero`` and indexing with a boolean mask.
+``bool``/``int``/``float`` of a tensor, copies to the host (``cpu``, ``numpy``, ``to("cpu")``), the operations whose
+result's size or value depends on the data (``unique``, ``equal``, ``allclose``, ``nonzero``, ``masked_select``) and
+indexing with a boolean mask. The models' own steps and reorders run inside the counted span.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
+from _families import peaked
 from _helpers import FAMILIES, tiny_model
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.beam import beam_search
@@ -25,44 +28,85 @@ from captionkit.models.gpt2_graph import CUDA_GRAPHS_ENV, graph_cache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-_READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__}
+_READS = {
+    torch.Tensor.tolist,
+    torch.Tensor.item,
+    torch.Tensor.__bool__,
+    torch.Tensor.__int__,
+    torch.Tensor.__float__,
+    torch.Tensor.__index__,
+    torch.Tensor.cpu,
+    torch.Tensor.numpy,
+    torch.unique,
+    torch.Tensor.unique,
+    torch.unique_consecutive,
+    torch.Tensor.unique_consecutive,
+    torch.equal,
+    torch.Tensor.equal,
+    torch.allclose,
+    torch.Tensor.allclose,
+    torch.nonzero,
+    torch.Tensor.nonzero,
+    torch.masked_select,
+    torch.Tensor.masked_select,
+}
 
 
 class _Events(TorchFunctionMode):
-    """The model steps and the host reads of tensor values, in order, while active."""
+    """The model steps and the host reads of tensor values, in order, while active; and every reorder's arguments."""
 
     def __init__(self, model: CaptionModel) -> None:
         super().__init__()
         self.events: list[str] = []
-        original = model.step
+        self.reorders: list[tuple[torch.Tensor, tuple[int, ...]]] = []
+        step, reorder_state = model.step, model.reorder_state
 
-        def step(*args: Any, **kwargs: Any) -> Any:
+        def counted_step(*args: Any, **kwargs: Any) -> Any:
             self.events.append("step")
-            return original(*args, **kwargs)
+            return step(*args, **kwargs)
 
-        model.step = step  # type: ignore[method-assign]
+        def recorded_reorder(state: Any, index: torch.Tensor, row_image: tuple[int, ...]) -> Any:
+            self.reorders.append((index.clone(), row_image))
+            return reorder_state(state, index, row_image)
+
+        model.step = counted_step  # type: ignore[method-assign]
+        model.reorder_state = recorded_reorder  # type: ignore[method-assign]
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if func in _READS or (func is torch.Tensor.__getitem__ and _has_mask(args[1])):
+        if func in _READS or _is_masked_index(func, args) or _is_copy_to_host(func, args, kwargs or {}):
             self.events.append(getattr(func, "__name__", str(func)))
         return func(*args, **(kwargs or {}))
 
 
-def _reads_between_steps(model: CaptionModel, search: Callable, config: DecodingConfig, images: int) -> list[list[str]]:
-    """The host reads between each two consecutive model steps of one ``search`` over random images."""
+def _search(model: CaptionModel, search: Callable, config: DecodingConfig, images: int) -> _Events:
+    """What one ``search`` over random images did, recorded."""
     with torch.no_grad():
         encoded = model.eval().encode(torch.randn(images, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
         events = _Events(model)
         with events:
             search(model, encoded, config)
-    steps = [i for i, event in enumerate(events.events) if event == "step"]
+    return events
+
+
+def _reads_between_steps(model: CaptionModel, search: Callable, config: DecodingConfig, images: int) -> list[list[str]]:
+    """The host reads between each two consecutive model steps of one ``search`` over random images."""
+    events = _search(model, search, config, images).events
+    steps = [i for i, event in enumerate(events) if event == "step"]
     assert len(steps) >= 3
-    return [events.events[a + 1 : b] for a, b in itertools.pairwise(steps)]
+    return [events[a + 1 : b] for a, b in itertools.pairwise(steps)]
 
 
-def _has_mask(index: Any) -> bool:
-    parts = index if isinstance(index, tuple) else (index,)
+def _is_masked_index(func: Any, args: Any) -> bool:
+    if func is not torch.Tensor.__getitem__:
+        return False
+    parts = args[1] if isinstance(args[1], tuple) else (args[1],)
     return any(isinstance(part, torch.Tensor) and part.dtype == torch.bool for part in parts)
+
+
+def _is_copy_to_host(func: Any, args: Any, kwargs: dict[str, Any]) -> bool:
+    """``tensor.to("cpu")``: on a GPU a copy the host waits for. Only the spelled-out host is told apart here: on the
+    CPU, ``.to(other.device)`` (a no-op on a GPU too) looks the same as a copy to the host."""
+    return func is torch.Tensor.to and "cpu" in (*args[1:], kwargs.get("device"))
 
 
 @pytest.mark.parametrize(
@@ -98,3 +142,37 @@ def test_fixed_shape_steps_add_no_host_read(make_vit_gpt2: Callable, monkeypatch
             between = _reads_between_steps(model, beam_search, config, images=6)
             assert between == [["tolist"]] * len(between)
     assert len(graph_cache(model.ved.decoder)) == 1
+
+
+@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2"])
+def test_gpt2_reorders_read_nothing_while_images_close(make_vit_gpt2: Callable, family: str) -> None:
+    # Images close at different steps (peaked weights, eos made likely), so reorders both keep every row on its
+    # image and drop images (vit-gpt2 then drops their cross-attention keys/values): the reorder's bookkeeping comes
+    # from the host's row map, so beam search's one read per step stays the only one.
+    model = make_vit_gpt2(seed=1) if family == "vit-gpt2" else peaked(family, seed=1)
+    config = DecodingConfig(num_beams=3, max_new_tokens=12, early_stopping=True)
+    events = _search(model, beam_search, config, images=6)
+    steps = [i for i, event in enumerate(events.events) if event == "step"]
+    between = [events.events[a + 1 : b] for a, b in itertools.pairwise(steps)]
+    assert between == [["tolist"]] * len(between)
+    images_left = [len(set(row_image)) for _, row_image in events.reorders]
+    assert images_left[0] == 6 and 1 <= images_left[-1] < 6
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DecodingConfig(num_beams=3, max_new_tokens=12, early_stopping=True),
+        DecodingConfig(max_new_tokens=12),
+        DecodingConfig(do_sample=True, num_return_sequences=2, seed=3, max_new_tokens=12),
+    ],
+    ids=["beam", "greedy", "sample"],
+)
+def test_engine_tells_each_reorder_the_image_of_every_row(make_vit_gpt2: Callable, config: DecodingConfig) -> None:
+    model = make_vit_gpt2(seed=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    reorders = _search(model, beam_search if config.num_beams > 1 else greedy_or_sample, config, images=6).reorders
+    truth = torch.arange(6)  # the image of each row of init_state's batch, followed through every reorder
+    for index, row_image in reorders:
+        truth = truth.index_select(0, index)
+        assert row_image == tuple(truth.tolist())
+    assert len(reorders) >= 2 and len(reorders[-1][1]) < len(reorders[0][1])  # rows did leave

@@ -124,10 +124,11 @@ def test_steps_with_reordering_equal_teacher_forcing(make_vit_gpt2: Callable, ma
         state = model.init_state(model.encode(pixels))
         first, state = model.step(sequences[[0, 2], 0], state)  # once per image
         torch.testing.assert_close(first, teacher[[0, 2], 0], rtol=0, atol=1e-5)
-        state, rows = model.reorder_state(state, row_image), torch.arange(5)
+        state, rows = model.reorder_state(state, row_image, tuple(row_image.tolist())), torch.arange(5)
         for position in range(1, 6):
             if position in reorders:
-                state, rows = model.reorder_state(state, reorders[position]), rows[reorders[position]]
+                rows = rows[reorders[position]]
+                state = model.reorder_state(state, reorders[position], tuple(row_image[rows].tolist()))
             stepped, state = model.step(sequences[rows, position], state)
             torch.testing.assert_close(stepped, teacher[rows, position], rtol=0, atol=1e-5)
 

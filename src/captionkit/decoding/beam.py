@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
-from captionkit.decoding.steps import first_step, forbid_early_eos
+from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows
 from captionkit.models.base import CaptionModel, Encoded
 
 NEG = -1.0e9
@@ -100,8 +100,11 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
     running_scores[:, 1:] = NEG
     running_tokens = torch.full((num_images, beams, max_new), model.pad_token_id, device=device)
     finished = _Finished.empty(num_images, beams, max_new, model.pad_token_id, device)
-    # Images still searched, in batch order, and transformers' is_early_stop_heuristic_unsatisfied per image.
+    # Images still searched, in batch order (on the device and, with the image of each row, on the host), and
+    # transformers' is_early_stop_heuristic_unsatisfied per image.
     active = torch.arange(num_images, device=device)
+    active_images = list(range(num_images))
+    row_image = image_major_rows(active_images, beams)
     improvable = torch.ones(num_images, dtype=torch.bool, device=device)
     # Of the 2K candidates, only the first K may join the finished set.
     in_top_k = torch.arange(2 * beams, device=device) < beams
@@ -126,7 +129,9 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
             going_on = torch.tensor([i for i, on in enumerate(searching) if on], device=device)
             rows, active = rows.index_select(0, going_on), active.index_select(0, going_on)
             running_scores, running_tokens = running_scores[going_on], running_tokens[going_on]
-        state = model.reorder_state(state, rows.flatten())
+            active_images = [image for image, on in zip(active_images, searching, strict=True) if on]
+            row_image = image_major_rows(active_images, beams)
+        state = model.reorder_state(state, rows.flatten(), row_image)
         log_probs, state = model.step(running_tokens[:, :, position].flatten(), state)
     return finished.hypotheses(config.num_return_sequences, model.eos_token_id)
 

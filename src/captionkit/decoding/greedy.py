@@ -8,11 +8,11 @@ import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
-from captionkit.decoding.steps import first_step, forbid_early_eos
+from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows
 from captionkit.models.base import CaptionModel, Encoded
 
 # (R, V) log-probs, the image of each row (kept on the host) -> (R,) next tokens
-Chooser = Callable[[torch.Tensor, list[int]], torch.Tensor]
+Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
 
 
 def greedy_or_sample(
@@ -31,7 +31,7 @@ def greedy_or_sample(
     num_rows = num_images * per_image
     out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
     alive = torch.arange(num_rows, device=device)  # output row of each batch row
-    row_image = [row // per_image for row in range(num_rows)]  # the image of each batch row, on the host
+    row_image = image_major_rows(range(num_images), per_image)  # the image of each batch row, on the host
     for position in range(config.max_new_tokens):
         log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
         tokens = choose(log_probs, row_image)
@@ -43,10 +43,10 @@ def greedy_or_sample(
             going_on = [row for row, end in enumerate(ended_rows) if not end]
             if not going_on:
                 break
-            row_image = [row_image[row] for row in going_on]
+            row_image = tuple(row_image[row] for row in going_on)
             keep = torch.tensor(going_on, device=device)
             alive, tokens = alive[keep], tokens[keep]
-            state = model.reorder_state(state, keep)
+            state = model.reorder_state(state, keep, row_image)
         log_probs, state = model.step(tokens, state)
     return out.hypotheses(per_image, config.length_penalty, model.eos_token_id)
 
@@ -88,7 +88,7 @@ def _best_first(hypotheses: list[Hypothesis]) -> list[Hypothesis]:
     return sorted(hypotheses, key=lambda hypothesis: -hypothesis.score)
 
 
-def _argmax(log_probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
+def _argmax(log_probs: torch.Tensor, row_image: tuple[int, ...]) -> torch.Tensor:
     return log_probs.argmax(dim=-1)
 
 
@@ -96,7 +96,7 @@ def _sampler(config: DecodingConfig, num_images: int, image_offset: int, device:
     seed = draw_seed() if config.seed is None else config.seed
     generators = ImageGenerators(num_images, seed + image_offset, device)
 
-    def sample(log_probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
+    def sample(log_probs: torch.Tensor, row_image: tuple[int, ...]) -> torch.Tensor:
         scores = warp_scores(log_probs, config.temperature, config.top_k, config.top_p)
         return generators.sample(scores.softmax(dim=-1), row_image)
 

@@ -48,7 +48,7 @@ class ImageGenerators:
             torch.Generator(device=device).manual_seed((seed + image) % SEED_MODULUS) for image in range(num_images)
         ]
 
-    def sample(self, probs: torch.Tensor, row_image: list[int]) -> torch.Tensor:
+    def sample(self, probs: torch.Tensor, row_image: tuple[int, ...]) -> torch.Tensor:
         """One token per row of (R, V) ``probs``; ``row_image`` (on the host, so that nothing waits for the device)
         names each row's image, and rows of an image must be contiguous (image-major order)."""
         tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)

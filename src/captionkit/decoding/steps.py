@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from captionkit.errors import InputError
@@ -33,9 +35,14 @@ def first_step(
         log_probs, state = model.step(torch.full((num_images,), token, dtype=torch.long, device=device), state)
     if rows_per_image > 1:
         expand = torch.arange(num_images, device=device).repeat_interleave(rows_per_image)
-        state = model.reorder_state(state, expand)
+        state = model.reorder_state(state, expand, image_major_rows(range(num_images), rows_per_image))
         log_probs = log_probs.index_select(0, expand)
     return log_probs, state
+
+
+def image_major_rows(images: Iterable[int], rows_per_image: int) -> tuple[int, ...]:
+    """The image of each row when every image of ``images`` owns ``rows_per_image`` consecutive rows, in order."""
+    return tuple(image for image in images for _ in range(rows_per_image))
 
 
 def forbid_early_eos(log_probs: torch.Tensor, position: int, min_new_tokens: int, eos: int) -> torch.Tensor:

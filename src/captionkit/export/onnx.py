@@ -239,7 +239,7 @@ class OnnxCaptionModel(CaptionModel):
         return {
             "cross": (keys, values),
             "row_cross": (keys, values),
-            "row_image": np.arange(rows),
+            "row_image": tuple(range(rows)),
             "keys": empty,
             "values": empty,
         }
@@ -261,13 +261,13 @@ class OnnxCaptionModel(CaptionModel):
         state["keys"], state["values"] = keys, values
         return torch.log_softmax(torch.from_numpy(logits).float(), dim=-1), state
 
-    def reorder_state(self, state: dict[str, Any], index: torch.Tensor) -> dict[str, Any]:
+    def reorder_state(self, state: dict[str, Any], index: torch.Tensor, row_image: tuple[int, ...]) -> dict[str, Any]:
         rows = _numpy(index)
         state["keys"], state["values"] = state["keys"][:, rows], state["values"][:, rows]
-        row_image = state["row_image"][rows]
-        if not np.array_equal(row_image, state["row_image"]):
+        if row_image != state["row_image"]:
             keys, values = state["cross"]
-            state["row_cross"] = (keys[:, row_image], values[:, row_image])
+            images = np.asarray(row_image)
+            state["row_cross"] = (keys[:, images], values[:, images])
             state["row_image"] = row_image
         return state
 

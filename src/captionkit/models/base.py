@@ -126,11 +126,14 @@ class CaptionModel(nn.Module, ABC):
         """
 
     @abstractmethod
-    def reorder_state(self, state: DecoderState, index: torch.Tensor) -> DecoderState:
+    def reorder_state(self, state: DecoderState, index: torch.Tensor, row_image: tuple[int, ...]) -> DecoderState:
         """Row ``i`` of the result is row ``index[i]`` of ``state``.
 
         ``index`` (long, on the state's device) may repeat rows (expanding images to beams), permute them
-        (beam reordering) or leave some out (dropping finished rows). May update ``state`` in place.
+        (beam reordering) or leave some out (dropping finished rows). ``row_image`` (on the host, one entry per
+        result row) is the image row ``i`` decodes, as a row of the ``encoded`` given to :meth:`init_state`: the
+        engine knows it without reading the device, so a state tells from it which images still have rows and
+        whether rows changed image, with no host synchronisation. May update ``state`` in place.
         """
 
     def attention_maps(

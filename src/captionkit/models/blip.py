@@ -203,6 +203,6 @@ class BlipModel(HubCaptionModel):
         state.cache, state.length = output.cache, state.length + fed.shape[1]
         return torch.log_softmax(output.logits[:, -1].float(), dim=-1), state
 
-    def reorder_state(self, state: CachedState, index: torch.Tensor) -> CachedState:
-        state.reorder(index)
+    def reorder_state(self, state: CachedState, index: torch.Tensor, row_image: tuple[int, ...]) -> CachedState:
+        state.reorder(index)  # transformers' cache keeps a copy per row: nothing is shared per image
         return state

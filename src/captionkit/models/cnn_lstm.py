@@ -147,8 +147,9 @@ CnnLstmConfig.presets = PRESETS
 class LstmState:
     """One row per sequence: the LSTM's (h, c) and, with attention, the regions and their attention keys.
 
-    ``row_image[r]`` is the image row r decodes: a reorder that keeps every row on its image (beam reordering)
-    leaves the image-side tensors as they are instead of copying them.
+    ``row_image[r]`` (on the host) is the image row r decodes, as a row of the batch the state started from: a
+    reorder that keeps every row on its image (beam reordering) leaves the image-side tensors as they are instead
+    of copying them, and tells so without reading the device.
     """
 
     h: torch.Tensor  # (R, hidden)
@@ -156,7 +157,7 @@ class LstmState:
     regions: torch.Tensor | None = None  # (R, N, C)
     keys: torch.Tensor | None = None  # (R, N, attention)
     mask: torch.Tensor | None = None  # (R, N) bool, True where a region is valid
-    row_image: torch.Tensor | None = None  # (R,) long
+    row_image: tuple[int, ...] | None = None  # R entries
 
 
 class CnnLstmModel(CaptionModel):
@@ -319,7 +320,7 @@ class CnnLstmModel(CaptionModel):
         regions, mask = encoded.tokens, encoded.mask
         mean = _mean_region(regions, mask)
         if self.attends:
-            row_image = torch.arange(regions.shape[0], device=regions.device)
+            row_image = tuple(range(regions.shape[0]))
             return LstmState(self.init_h(mean), self.init_c(mean), regions, self.region_keys(regions), mask, row_image)
         zeros = mean.new_zeros(mean.shape[0], self.config.hidden_size)
         h, c = self.cell(self.image_input(mean), (zeros, zeros))  # the image is the input before bos
@@ -364,12 +365,11 @@ class CnnLstmModel(CaptionModel):
         logits, state, _ = self._advance(tokens, state)
         return float_log_softmax(logits), state
 
-    def reorder_state(self, state: LstmState, index: torch.Tensor) -> LstmState:
+    def reorder_state(self, state: LstmState, index: torch.Tensor, row_image: tuple[int, ...]) -> LstmState:
         h, c = state.h.index_select(0, index), state.c.index_select(0, index)
         if state.row_image is None:
             return LstmState(h, c)
-        row_image = state.row_image.index_select(0, index)
-        if row_image.shape == state.row_image.shape and torch.equal(row_image, state.row_image):
+        if row_image == state.row_image:
             return LstmState(h, c, state.regions, state.keys, state.mask, state.row_image)
 
         def pick(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -146,8 +146,8 @@ class GitModel(HubCaptionModel):
         state.length += 1
         return torch.log_softmax(self.hf.output(hidden[:, -1]).float(), dim=-1), state
 
-    def reorder_state(self, state: CachedState, index: torch.Tensor) -> CachedState:
-        state.reorder(index)
+    def reorder_state(self, state: CachedState, index: torch.Tensor, row_image: tuple[int, ...]) -> CachedState:
+        state.reorder(index)  # transformers' cache keeps a copy per row: nothing is shared per image
         return state
 
     def _decode(

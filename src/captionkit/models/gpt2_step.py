@@ -46,9 +46,12 @@ class Gpt2StepState:
 
     ``keys``/``values``: per layer, (rows, heads, capacity, head_dim); positions ``< length`` are filled.
     ``cross_keys``/``cross_values``: per layer, (images, heads, tokens, head_dim), or empty without
-    cross-attention. ``row_image[r]``: the image (index into the cross tensors) row r decodes. ``group``: when
-    rows are image-major with ``group`` rows per image (``row_image == arange(images).repeat_interleave(group)``),
-    else 0 (rows are then matched to their image's keys/values by a gather).
+    cross-attention. ``row_image[r]``: the image (index into the cross tensors) row r decodes. ``host_row_image``:
+    the same map on the host, each image numbered as a row of the batch the state started from (not renumbered when
+    images leave), which the decoding engine passes along with every reorder: the state's bookkeeping (which images
+    are left, ``group``) is done on it, with no read of the device. ``group``: when rows are image-major with
+    ``group`` rows per image (``row_image == arange(images).repeat_interleave(group)``), else 0 (rows are then
+    matched to their image's keys/values by a gather).
     """
 
     keys: list[torch.Tensor]
@@ -57,6 +60,7 @@ class Gpt2StepState:
     cross_keys: list[torch.Tensor]
     cross_values: list[torch.Tensor]
     row_image: torch.Tensor
+    host_row_image: tuple[int, ...]
     group: int
     # Fixed-shape steps (CUDA graphs on a GPU, see captionkit.models.gpt2_graph): the mode wanted (None: eager),
     # and the step whose buffers the state is in.
@@ -68,8 +72,9 @@ class Gpt2StepState:
     def rows(self) -> int:
         return self.row_image.shape[0]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row i becomes row ``index[i]``: the filled cache positions are gathered; cross keys/values only shrink."""
+    def reorder(self, index: torch.Tensor, row_image: tuple[int, ...]) -> None:
+        """Row i becomes row ``index[i]``, which decodes image ``row_image[i]`` (the new ``host_row_image``): the
+        filled cache positions are gathered; cross keys/values only shrink, when images have no row left."""
         filled = self.length
         for cache in (self.keys, self.values):
             for layer, tensor in enumerate(cache):
@@ -80,17 +85,19 @@ class Gpt2StepState:
                     fresh = tensor.new_zeros((index.shape[0], *tensor.shape[1:]))
                     fresh[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
                     cache[layer] = fresh
-        row_image = self.row_image.index_select(0, index)
-        images = self.cross_keys[0].shape[0] if self.cross_keys else 0
-        if images:
-            used = torch.unique(row_image)  # sorted
-            if used.shape[0] < images:  # some images are done: drop their keys/values, renumber the rest
-                self.cross_keys = [_select_in_place(k, used, k.shape[2]) for k in self.cross_keys]
-                self.cross_values = [_select_in_place(v, used, v.shape[2]) for v in self.cross_values]
-                row_image = torch.searchsorted(used, row_image)
-                images = used.shape[0]
-        self.row_image = row_image
-        self.group = _group_size(row_image, images)
+        if row_image == self.host_row_image:  # every row kept its image (beam reordering): nothing else moves
+            return
+        self.host_row_image = row_image
+        self.row_image = self.row_image.index_select(0, index)
+        if not self.cross_keys:
+            return
+        live = sorted(set(row_image))
+        if len(live) < self.cross_keys[0].shape[0]:  # some images are done: drop their keys/values, renumber the rest
+            used = _used_images(self.row_image, self.cross_keys[0].shape[0], len(live))
+            self.cross_keys = [_select_in_place(k, used, k.shape[2]) for k in self.cross_keys]
+            self.cross_values = [_select_in_place(v, used, v.shape[2]) for v in self.cross_values]
+            self.row_image = torch.searchsorted(used, self.row_image)
+        self.group = _group_size(row_image, live)
 
     def ensure_capacity(self, needed: int, limit: int) -> None:
         capacity = self.keys[0].shape[2]
@@ -111,13 +118,20 @@ def _select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> 
     return tensor[:rows]
 
 
-def _group_size(row_image: torch.Tensor, images: int) -> int:
-    rows = row_image.shape[0]
-    if images == 0 or rows % images:
+def _used_images(row_image: torch.Tensor, images: int, count: int) -> torch.Tensor:
+    """The ``count`` images (of ``images``) that ``row_image`` names, in order, found on the device: the count comes
+    from the host, so no read waits for the device (``torch.unique`` would)."""
+    unused = torch.ones(images, dtype=torch.uint8, device=row_image.device).index_fill_(0, row_image, 0)
+    return torch.argsort(unused, stable=True)[:count]  # the used ones first, in order
+
+
+def _group_size(row_image: tuple[int, ...], live: list[int]) -> int:
+    """``group`` when the rows are image-major, ``group`` consecutive rows for each of the ``live`` images in
+    order, else 0."""
+    if len(row_image) % len(live):
         return 0
-    group = rows // images
-    expected = torch.arange(images, device=row_image.device).repeat_interleave(group)
-    return group if torch.equal(row_image, expected) else 0
+    group = len(row_image) // len(live)
+    return group if row_image == tuple(image for image in live for _ in range(group)) else 0
 
 
 def start_gpt2_state(
@@ -151,7 +165,8 @@ def start_gpt2_state(
     values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
     row_image = torch.arange(rows, device=weight.device)
     graphs = graph_mode() if reserve is not None else None
-    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, 1 if cross_keys else 0, graphs)
+    group = 1 if cross_keys else 0
+    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, tuple(range(rows)), group, graphs)
 
 
 def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:

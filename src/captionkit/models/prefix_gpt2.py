@@ -414,8 +414,8 @@ class PrefixGpt2Model(CaptionModel):
     def step(self, tokens: torch.Tensor, state: Gpt2StepState) -> tuple[torch.Tensor, Gpt2StepState]:
         return float_log_softmax(gpt2_step(self.gpt2, tokens, state)), state
 
-    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor) -> Gpt2StepState:
-        state.reorder(index)
+    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor, row_image: tuple[int, ...]) -> Gpt2StepState:
+        state.reorder(index, row_image)
         return state
 
 

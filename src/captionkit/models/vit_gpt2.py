@@ -397,8 +397,8 @@ class VitGpt2Model(CaptionModel):
         # float32 log-softmax, as transformers' generate does, whatever the model's dtype.
         return torch.log_softmax(logits.float(), dim=-1), state
 
-    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor) -> Gpt2StepState:
-        state.reorder(index)
+    def reorder_state(self, state: Gpt2StepState, index: torch.Tensor, row_image: tuple[int, ...]) -> Gpt2StepState:
+        state.reorder(index, row_image)
         return state
 
 
