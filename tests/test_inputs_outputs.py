@@ -5,8 +5,9 @@ import json
 import pytest
 
 from captionkit.errors import InputError
-from captionkit.jobs.inputs import collect_images, collect_inputs
+from captionkit.jobs.inputs import collect_images, collect_inputs, iter_inputs
 from captionkit.jobs.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
+from captionkit.shards import writing
 
 
 def touch(path):
@@ -144,3 +145,25 @@ def test_a_hostile_results_file_is_one_error_naming_it_and_a_minus_infinity_scor
     torn = tmp_path / "torn.jsonl"
     torn.write_text('{"image": "a.jpg", "score": -Infinity}\n' + "[" * 1500)  # killed mid-line
     assert read_records_and_tail(torn, "jsonl") == ([{"image": "a.jpg", "score": float("-inf")}], "[" * 1500)
+
+
+def test_inputs_are_read_lazily_and_a_member_path_met_twice_keeps_its_first_key(tmp_path):
+    samples = [writing.Sample(f"{i:03d}", b"not an image", f"caption {i}") for i in range(4)]
+    first, second = writing.write_webdataset(samples, tmp_path / "shards", per_shard=2)
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{first}/001.jpg\n{second}/002.jpg\n", encoding="utf-8")
+    # A member a list names after its shard was read is not given again; one named before its shard keeps its key.
+    found = collect_inputs([first, listing, second])
+    assert [(item.path.relative_to(tmp_path).as_posix(), item.key) for item in found] == [
+        ("shards/00000.tar/000.jpg", "000"),
+        ("shards/00000.tar/001.jpg", "001"),
+        ("shards/00001.tar/002.jpg", f"{second}/002.jpg"),
+        ("shards/00001.tar/003.jpg", "003"),
+    ]
+    assert collect_inputs([tmp_path / "shards", first]) == collect_inputs([tmp_path / "shards"])
+    # A stream: the first shard's samples come before the second shard is even opened.
+    second.write_bytes(b"garbage" * 100)
+    stream = iter_inputs([f"{tmp_path}/shards/{{00000..00001}}.tar"])
+    assert [next(stream).key, next(stream).key] == ["000", "001"]
+    with pytest.raises(InputError, match="not a readable tar file"):
+        next(stream)

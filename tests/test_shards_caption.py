@@ -17,11 +17,12 @@ from _helpers import run_cli, save_tiny_model
 from _shards import real_photos, write_files_layout, write_parquet, write_webdataset
 from captionkit.api import Captioner
 from captionkit.decoding.options import decoding_request
-from captionkit.jobs import batch
+from captionkit.jobs import batch, run
 from captionkit.jobs.batch import caption_files
-from captionkit.jobs.inputs import collect_images
+from captionkit.jobs.inputs import InputImage, collect_images
 from captionkit.jobs.outputs import RecordWriter, read_records
-from captionkit.shards import writing
+from captionkit.jobs.run import CaptionJobOptions
+from captionkit.shards import ShardSample, writing
 
 ARGS = ["--beams", "1", "--max-length", "5", "--batch-size", "3"]
 
@@ -205,8 +206,8 @@ def test_captioning_shards_holds_one_batch_of_records_and_pixels_whatever_the_sh
     record = batch.caption_record
     monkeypatch.setattr(batch, "caption_record", lambda *args: _Record(record(*args)))
     pixels: list[weakref.ref] = []
-    load = batch.load_batches
-    monkeypatch.setattr(batch, "load_batches", lambda *a, **k: (_watch(b, pixels) for b in load(*a, **k)))
+    load = batch.load_items
+    monkeypatch.setattr(batch, "load_items", lambda *a, **k: (_watch(b, pixels) for b in load(*a, **k)))
 
     def held(shards: int, fmt: str) -> tuple[int, int, int]:
         """(most records alive after a write, most batches of pixels alive then, records alive at the end)."""
@@ -230,3 +231,32 @@ def test_captioning_shards_holds_one_batch_of_records_and_pixels_whatever_the_sh
 def _watch(image_batch, pixels: list[weakref.ref]):
     pixels.append(weakref.ref(image_batch.pixels))
     return image_batch
+
+
+def test_a_caption_job_holds_a_few_input_samples_whatever_the_sample_count(model_dir, tmp_path, monkeypatch):
+    """The job streams shard inputs: at each write, the per-sample input objects alive anywhere (no garbage
+    collection on the way) are the few being read, with 16 samples as with 64, not one per sample."""
+    buffer = io.BytesIO()
+    Image.open(real_photos(1)[0]).resize((8, 8)).save(buffer, "JPEG")
+    samples = [writing.Sample(f"{i:06d}", buffer.getvalue(), f"caption {i}") for i in range(64)]
+    alive: list[int] = []
+
+    class CountingWriter(RecordWriter):
+        def write(self, records) -> None:
+            super().write(records)
+            alive.append(sum(type(o) in (InputImage, ShardSample) for o in gc.get_objects()))
+
+    monkeypatch.setattr(run, "RecordWriter", CountingWriter)
+
+    def most_alive(shards: int, fmt: str) -> int:
+        source = writing.write_webdataset(samples[: shards * 8], tmp_path / f"{shards}", per_shard=8)[0].parent
+        alive.clear()
+        output = tmp_path / f"{shards}.{fmt}"
+        request = decoding_request(max_new_tokens=3)
+        options = CaptionJobOptions([str(source)], str(model_dir), request, batch_size=4, output=output, fmt=fmt)
+        outcome = run.run_caption_job(options)
+        assert outcome.summary.captioned == shards * 8 == len(read_records(output, fmt))
+        assert len(alive) == shards * 2  # a write per batch of 4
+        return max(alive)
+
+    assert most_alive(2, "jsonl") == most_alive(8, "jsonl") == most_alive(8, "parquet") <= 2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,10 @@ import torch
 from captionkit.api import Captioner
 from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.jobs.outputs import Record, RecordWriter
-from captionkit.jobs.pipeline import load_batches, normalise_on_device
+from captionkit.jobs.pipeline import load_items, normalise_on_device
+
+# on_captions(paths, pixels, captions): each batch's good images, e.g. to draw their attention maps.
+OnCaptions = Callable[[list[Path], torch.Tensor, list[list[Caption]]], None]
 
 
 @dataclass
@@ -32,35 +35,64 @@ def caption_files(
     positions: Sequence[int] | None = None,
     workers: int = 0,
     prefetch: int = 2,
-    on_captions: Callable[[list[Path], torch.Tensor, list[list[Caption]]], None] | None = None,
+    on_captions: OnCaptions | None = None,
 ) -> JobSummary:
-    """Caption ``paths`` in batches and write one record per image, in input order.
+    """Caption ``paths`` at ``positions`` (default 0, 1, ...): :func:`caption_items` of the pairs."""
+    positions = range(len(paths)) if positions is None else positions
+    if len(positions) != len(paths):
+        raise ValueError(f"{len(paths)} paths but {len(positions)} positions")
+    items = zip(positions, paths, strict=True)
+    return caption_items(
+        captioner,
+        items,
+        config,
+        writer,
+        batch_size,
+        on_progress,
+        workers=workers,
+        prefetch=prefetch,
+        on_captions=on_captions,
+    )
 
-    ``positions`` are the images' places in the whole job (default 0, 1, ...): seeded sampling gives an image
-    the captions of its position, so a shard or a resumed run samples what one uninterrupted run would.
+
+def caption_items(
+    captioner: Captioner,
+    items: Iterable[tuple[int, Path]],
+    config: DecodingConfig,
+    writer: RecordWriter,
+    batch_size: int = 8,
+    on_progress: Callable[[int], None] | None = None,
+    *,
+    workers: int = 0,
+    prefetch: int = 2,
+    on_captions: OnCaptions | None = None,
+) -> JobSummary:
+    """Caption ``items`` (position, path) in batches and write one record per image, in input order.
+
+    ``items`` is read lazily, a batch at a time as the loader sends batches out, so a stream of any length costs the
+    same memory. A position is the image's place in the whole job: seeded sampling gives an image the captions of its
+    position, so a shard or a resumed run samples what one uninterrupted run would.
     Images are decoded in ``workers`` DataLoader processes (0: in this one), ``prefetch`` batches ahead each.
     ``on_captions(paths, pixels, captions)`` sees each batch's good images, e.g. to draw attention maps.
     On a GPU, batches come pinned and as uint8, copied without blocking and normalised on the device.
     """
-    positions = list(range(len(paths))) if positions is None else list(positions)
-    if len(positions) != len(paths):
-        raise ValueError(f"{len(paths)} paths but {len(positions)} positions")
     gpu = captioner.device.type == "cuda"
     preprocessing = captioner.preprocessing
-    batches = load_batches(
-        paths, preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=gpu, uint8=gpu
+    batches = load_items(
+        items, preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=gpu, uint8=gpu
     )
     summary = JobSummary()
     for batch in batches:
         pixels = batch.pixels.to(captioner.device, non_blocking=gpu)
         if pixels.dtype == torch.uint8:  # not for a batch without good images
             pixels = normalise_on_device(preprocessing, pixels)
-        captions = caption_pixels(captioner, pixels, [positions[i] for i in batch.good], config)
+        captions = caption_pixels(captioner, pixels, batch.good, config)
+        paths = dict(zip(batch.positions, batch.paths, strict=True))
         if on_captions is not None:
-            on_captions([paths[i] for i in batch.good], pixels, captions)
+            on_captions([Path(paths[i]) for i in batch.good], pixels, captions)
         found = dict(zip(batch.good, captions, strict=True))
         records = [
-            caption_record(paths[i], found[i]) if i in found else {"image": str(paths[i]), "error": batch.errors[i]}
+            caption_record(Path(paths[i]), found[i]) if i in found else {"image": paths[i], "error": batch.errors[i]}
             for i in batch.positions
         ]
         writer.write(records)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from captionkit.errors import InputError
 from captionkit.files import text_lines
-from captionkit.shards import container_files, is_container_input, is_files_layout_image, iter_samples
+from captionkit.shards import (
+    container_files,
+    is_container_input,
+    is_files_layout_image,
+    iter_samples,
+    split_member,
+)
+from captionkit.shards.parquet import parquet_index
+from captionkit.shards.tar import tar_index
 
 # Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -29,26 +37,32 @@ class InputImage:
 
 
 def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image paths in a stable order, without duplicates (see :func:`collect_inputs`)."""
-    return [item.path for item in collect_inputs(inputs)]
+    """Image paths in a stable order, without duplicates (see :func:`iter_inputs`)."""
+    return [item.path for item in iter_inputs(inputs)]
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
-    """Images in a stable order, without duplicates, each with its sharding key.
+    """:func:`iter_inputs` as a list, for callers that need every image at hand."""
+    return list(iter_inputs(inputs))
+
+
+def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
+    """Images in a stable order, without duplicates, each with its sharding key, made one at a time as read.
 
     A collection (a ``.tar`` or ``.parquet`` file, a brace pattern of them or a directory of them) contributes its
-    samples as member paths, each keyed by its sample key. A directory contributes its image files (by extension,
-    recursively, sorted); a ``.txt`` file is a list of paths, one a line (relative to the list's directory; blank
-    lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an error naming it.
-    A path met twice keeps its first key.
+    samples as member paths, each keyed by its sample key, read one container at a time: what the stream holds for
+    collections is the names of the containers met, not their samples. A directory contributes its image files (by
+    extension, recursively, sorted); a ``.txt`` file is a list of paths, one a line (relative to the list's
+    directory; blank lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an
+    error naming it. A path met twice keeps its first key.
     """
-    found: dict[Path, InputImage] = {}
+    seen = _Seen()
     for item in inputs:
         path = Path(item)
         if is_container_input(item):
-            samples = iter_samples(container_files(item))
-            images = [InputImage(sample.image, sample.key) for sample in samples]
-        elif path.is_dir():
+            yield from _container_images(container_files(item), seen)
+            continue
+        if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             images = [InputImage(p, _folder_key(p, path)) for p in files]
         elif path.is_file() and path.suffix.lower() == ".txt":
@@ -57,9 +71,47 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
             images = [InputImage(path, path.as_posix())]
         else:
             raise InputError(path, "no such file or directory")
-        for image in images:
-            found.setdefault(image.path, image)
-    return list(found.values())
+        yield from (image for image in images if seen.first_loose(image.path))
+
+
+class _Seen:
+    """What the stream has given, to give each path once: loose paths one by one (their number grows with the loose
+    files), containers by name only (a container's members are unique within it)."""
+
+    def __init__(self) -> None:
+        self.loose: set[Path] = set()
+        self.containers: set[Path] = set()
+
+    def first_loose(self, path: Path) -> bool:
+        """Whether ``path`` (a file, or a member path a list names) is met for the first time; remembers it."""
+        if path in self.loose:
+            return False
+        found = split_member(path) if self.containers else None
+        if found is not None and found[0] in self.containers and _holds(*found):
+            return False
+        self.loose.add(path)
+        return True
+
+
+def _holds(container: Path, member: str) -> bool:
+    """Whether reading ``container`` gives the image ``member`` (from its cached index)."""
+    if container.suffix.lower() == ".tar":
+        return member in tar_index(container).by_member
+    return member in parquet_index(container).rows
+
+
+def _container_images(containers: Iterable[Path], seen: _Seen) -> Iterator[InputImage]:
+    """The samples of ``containers`` not met before, one container in memory at a time (a Parquet key that
+    repeats within its file is given once)."""
+    for container in containers:
+        if container in seen.containers:
+            continue
+        seen.containers.add(container)
+        members: set[Path] = set()
+        for sample in iter_samples([container]):
+            if sample.image not in members and sample.image not in seen.loose:
+                members.add(sample.image)
+                yield InputImage(sample.image, sample.key)
 
 
 def _folder_key(image: Path, folder: Path) -> str:

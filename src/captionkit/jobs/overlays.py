@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -39,7 +39,7 @@ def safe_folder_name(stem: str) -> str:
     return name
 
 
-def overlay_folders(paths: Sequence[Path]) -> dict[Path, str]:
+def overlay_folders(paths: Iterable[Path]) -> dict[Path, str]:
     """Each input's overlay folder name: its stem made safe; inputs that share one (ignoring case) get ``name``,
     ``name-2``, ... in input order. Made from the whole input list, which every shard, torchrun rank and resumed
     run sees alike, so no two of them give one name to different images."""

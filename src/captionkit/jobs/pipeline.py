@@ -6,7 +6,8 @@ captioner's :class:`~captionkit.images.Preprocessing`, nothing else) while the m
 JPEGs much larger than the model's input are decoded reduced (``load_image``'s draft mode, to the preprocessing's
 :attr:`~captionkit.images.Preprocessing.draft_size`): several times less decoding work, pixels within the
 tolerance ``load_image`` documents; images at or below twice the target size decode exactly as in the API.
-At most ``prefetch`` batches per worker are in flight, so memory stays bounded however many images there are.
+At most ``prefetch`` batches per worker are in flight, and the images to read are taken from their (lazy) stream only
+as batches are sent out, so memory stays bounded however many images there are.
 For a GPU, batches are page-locked (pinned) before they are handed out, by the DataLoader's pinning thread with
 workers and in this process without, so that their copy to the device can run without blocking; and they are
 uint8, resized but not yet rescaled or normalised (a quarter of float32's bytes to hand over, pin and copy):
@@ -17,9 +18,10 @@ A file that cannot be read comes back as its error message: a worker never raise
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +34,18 @@ from captionkit.images import ImageLimits, Preprocessing, load_image
 
 @dataclass
 class ImageBatch:
-    """One batch from the loader: the positions it covers, the pixels of its good images, the errors of the rest.
+    """One batch from the loader: the positions it covers and their paths, the pixels of its good images, the errors
+    of the rest.
 
-    ``pixels[i]`` belongs to position ``good[i]``; ``errors`` maps each bad position to its one-line reason.
+    ``paths[i]`` is the image at ``positions[i]``; ``pixels[i]`` belongs to position ``good[i]``; ``errors`` maps each
+    bad position to its one-line reason.
     """
 
     positions: list[int]
     good: list[int]
     pixels: torch.Tensor
     errors: dict[int, str] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
 
     def pin_memory(self) -> ImageBatch:
         """Called by the DataLoader (``pin_memory=True``) so that the copy to the GPU can overlap compute."""
@@ -48,64 +53,60 @@ class ImageBatch:
         return self
 
 
-class _PathTable:
-    """Many paths in two numpy arrays (UTF-8 bytes and offsets) instead of a list of str objects.
-
-    Forked DataLoader workers share the parent's memory copy-on-write; reading a Python object touches its
-    reference count and copies its page, so a list of a million paths ends up copied into every worker. Numpy
-    buffers are never written to, so they stay shared.
-    """
-
-    def __init__(self, paths: Sequence[str | Path]) -> None:
-        encoded = [str(path).encode("utf-8", "surrogateescape") for path in paths]
-        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum([len(item) for item in encoded], out=self._offsets[1:])
-        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
-
-    def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def __getitem__(self, index: int) -> str:
-        start, end = self._offsets[index], self._offsets[index + 1]
-        return self._blob[start:end].tobytes().decode("utf-8", "surrogateescape")
+# An image to read: its position in the job and its path (a file or a member path).
+Item = tuple[int, str]
+# What reading one gives: its position and path, and its pixels or the reason it has none.
+Decoded = tuple[int, str, np.ndarray | None, str | None]
 
 
 class ImageFiles(Dataset):
-    """Image files by position -> ``(position, pixels or None, error or None)``; pixels (3, H, W) float32 as the
-    preprocessing gives them, or with ``uint8`` its first half only (:meth:`Preprocessing.resized`, (H, W, 3))."""
+    """Reads the image an item names: ``(position, path)`` -> ``(position, path, pixels or None, error or None)``;
+    pixels (3, H, W) float32 as the preprocessing gives them, or with ``uint8`` its first half only
+    (:meth:`Preprocessing.resized`, (H, W, 3)). It holds no list of images: the items come from the batch sampler,
+    one batch at a time."""
 
-    def __init__(
-        self, paths: Sequence[str | Path], preprocessing: Preprocessing, limits: ImageLimits, uint8: bool = False
-    ) -> None:
-        self._paths = _PathTable(paths)
+    def __init__(self, preprocessing: Preprocessing, limits: ImageLimits, uint8: bool = False) -> None:
         self._preprocessing = preprocessing
         self._limits = limits
         self._uint8 = uint8
 
-    def __len__(self) -> int:
-        return len(self._paths)
-
-    def __getitem__(self, position: int) -> tuple[int, np.ndarray | None, str | None]:
+    def __getitem__(self, item: Item) -> Decoded:
+        position, path = item
         try:
-            image = load_image(self._paths[position], limits=self._limits, draft=self._preprocessing.draft_size)
+            image = load_image(path, limits=self._limits, draft=self._preprocessing.draft_size)
             pixels = self._preprocessing.resized(image) if self._uint8 else self._preprocessing(image)[0]
-            return position, pixels, None
+            return position, path, pixels, None
         except ImageError as error:
-            return position, None, error.reason
+            return position, path, None, error.reason
         except Exception as error:  # a decoder bug must cost one record, not the worker and the whole run
-            return position, None, f"cannot decode image ({type(error).__name__}: {first_line(error)})"
+            return position, path, None, f"cannot decode image ({type(error).__name__}: {first_line(error)})"
 
 
-def collate(items: Sequence[tuple[int, np.ndarray | None, str | None]]) -> ImageBatch:
+class _Batches:
+    """The DataLoader's batch sampler: ``batch_size`` consecutive items at a time, taken from ``items`` only as the
+    loader asks for the next batch (``prefetch`` per worker ahead), so an input stream is never held whole."""
+
+    def __init__(self, items: Iterable[tuple[int, str | Path]], batch_size: int) -> None:
+        self._items = items
+        self._batch_size = batch_size
+
+    def __iter__(self) -> Iterator[list[Item]]:
+        items = ((position, str(path)) for position, path in self._items)
+        while batch := list(islice(items, self._batch_size)):
+            yield batch
+
+
+def collate(items: Sequence[Decoded]) -> ImageBatch:
     """Stack the good images' pixels (in the worker, so one tensor crosses the process boundary)."""
-    good = [(position, pixels) for position, pixels, _ in items if pixels is not None]
+    good = [(position, pixels) for position, _, pixels, _ in items if pixels is not None]
     pixels = torch.from_numpy(np.stack([array for _, array in good])) if good else torch.zeros(0)
-    errors = {position: error for position, _, error in items if error is not None}
-    return ImageBatch([position for position, _, _ in items], [position for position, _ in good], pixels, errors)
+    errors = {position: error for position, _, _, error in items if error is not None}
+    positions = [position for position, _, _, _ in items]
+    return ImageBatch(positions, [position for position, _ in good], pixels, errors, [path for _, path, _, _ in items])
 
 
 def load_batches(
-    paths: Sequence[str | Path],
+    paths: Iterable[str | Path],
     preprocessing: Preprocessing,
     limits: ImageLimits,
     batch_size: int,
@@ -114,12 +115,26 @@ def load_batches(
     pin_memory: bool = False,
     uint8: bool = False,
 ) -> Iterator[ImageBatch]:
-    """Batches of ``paths`` in order, decoded in ``workers`` processes (0: in this process), page-locked when
-    ``pin_memory`` (only where torch sees a GPU); with ``uint8``, pixels for :func:`normalise_on_device`."""
+    """Batches of ``paths`` in order, at positions 0, 1, ... (see :func:`load_items`)."""
+    return load_items(enumerate(paths), preprocessing, limits, batch_size, workers, prefetch, pin_memory, uint8)
+
+
+def load_items(
+    items: Iterable[tuple[int, str | Path]],
+    preprocessing: Preprocessing,
+    limits: ImageLimits,
+    batch_size: int,
+    workers: int = 0,
+    prefetch: int = 2,
+    pin_memory: bool = False,
+    uint8: bool = False,
+) -> Iterator[ImageBatch]:
+    """Batches of ``items`` (position, path) in order, decoded in ``workers`` processes (0: in this process),
+    page-locked when ``pin_memory`` (only where torch sees a GPU); with ``uint8``, pixels for
+    :func:`normalise_on_device`. ``items`` is read lazily, a batch at a time as batches are sent to be decoded."""
     loader = DataLoader(
-        ImageFiles(paths, preprocessing, limits, uint8),
-        batch_size=batch_size,
-        shuffle=False,
+        ImageFiles(preprocessing, limits, uint8),
+        batch_sampler=_Batches(items, batch_size),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin_memory,

@@ -113,12 +113,12 @@ def _batches(todo: Sequence[tuple[int, Path]], batch_size: int) -> list[dict[str
 def _decode(row: dict[str, Any], preprocessing: Preprocessing, limits: ImageLimits) -> dict[str, Any]:
     """A CPU task: one batch's image paths -> preprocessed pixels of its good images and each image's error."""
     items = json.loads(row["items"])
-    files = ImageFiles([path for _, path in items], preprocessing, limits)  # the default engine's reader
-    decoded = [files[index] for index in range(len(files))]
-    good = [pixels for _, pixels, _ in decoded if pixels is not None]
+    files = ImageFiles(preprocessing, limits)  # the default engine's reader
+    decoded = [files[(position, path)] for position, path in items]
+    good = [pixels for _, _, pixels, _ in decoded if pixels is not None]
     height, width = preprocessing.size
     pixels = np.stack(good).astype(np.float32) if good else np.zeros((0, 3, height, width), np.float32)
-    errors = [error or "" for _, _, error in decoded]
+    errors = [error or "" for _, _, _, error in decoded]
     return {
         "items": row["items"],
         "errors": json.dumps(errors),

@@ -1,14 +1,18 @@
 """One batch captioning job from its options: which inputs this process takes, what a resumed run skips, where
 records and attention overlays go, and the summary the command line turns into an exit code.
 
-Steps: check the options; collect the inputs and keep this shard's (``--shard`` and/or torchrun); on ``--resume``
-repair the output's torn last line and skip the images it already holds; load the model; caption the rest.
+Steps: check the options; on ``--resume`` repair the output's torn last line and note the images it already holds;
+count the inputs in one pass (this shard's, ``--shard`` and/or torchrun; those left); load the model; caption the
+rest, reading the inputs again as a stream. Neither pass holds the inputs: memory does not grow with the number of
+samples in collections (only with loose files met, the images a resumed output holds, and ``--attention-maps``'
+folder names).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -22,9 +26,9 @@ from captionkit.decoding import DecodingConfig
 from captionkit.decoding.options import DecodingRequest, decoding_request
 from captionkit.errors import CaptionkitError, InputError
 from captionkit.hub import DEFAULT_MODEL
-from captionkit.jobs.batch import JobSummary, caption_files
+from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
-from captionkit.jobs.inputs import InputImage, collect_inputs
+from captionkit.jobs.inputs import InputImage, iter_inputs
 from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, read_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
@@ -132,25 +136,52 @@ class JobOutcome:
         return not self.one_of_many_ranks and bool(self.summary.errors or self.earlier_errors)
 
 
+@dataclass(frozen=True)
+class _Counts:
+    """What one pass over the inputs found: images in all, this share's, those left to caption, and this share's
+    images an interrupted run recorded as errors (resume does not retry them)."""
+
+    images: int = 0
+    mine: int = 0
+    todo: int = 0
+    earlier_errors: int = 0
+
+
 @dataclass
 class _Plan:
-    """This process's share of the job: its shard, its output file, its images (by position) and those done."""
+    """This process's share of the job: its shard, its output file, the inputs (read as a stream, never held whole)
+    and, on ``--resume``, the images the output holds (``existing``: the records themselves, kept for JSON only)."""
 
     dist: DistributedEnv | None
     shard: Shard | None
     target: Path | None
-    items: list[InputImage]
-    mine: list[tuple[int, InputImage]]
-    existing: list[Record]
+    inputs: list[str]
+    done: set[str] = field(default_factory=set)
+    failed: Counter[str] = field(default_factory=Counter)  # error records an earlier run wrote, by image
+    existing: list[Record] = field(default_factory=list)
+    counts: _Counts = field(default_factory=_Counts)
 
-    def todo(self) -> list[tuple[int, Path]]:
-        done = {record.get("image") for record in self.existing}
-        return [(i, item.path) for i, item in self.mine if str(item.path) not in done]
+    def mine(self) -> Iterator[tuple[int, InputImage]]:
+        """This share's images with their positions, which index the whole input stream, the same in every shard:
+        seeded sampling depends on them."""
+        for position, item in enumerate(iter_inputs(self.inputs)):
+            if self.shard is None or self.shard.owns(item.key):
+                yield position, item
 
-    def earlier_errors(self) -> int:
-        """Errors an interrupted run recorded for this share (resume does not retry them)."""
-        names = {str(item.path) for _, item in self.mine}
-        return sum("error" in record and record.get("image") in names for record in self.existing)
+    def todo(self) -> Iterator[tuple[int, Path]]:
+        return ((i, item.path) for i, item in self.mine() if str(item.path) not in self.done)
+
+    def count(self) -> _Counts:
+        """One pass over the inputs (every container indexed, so a bad one fails before anything is written)."""
+        images = mine = todo = errors = 0
+        for item in iter_inputs(self.inputs):
+            images += 1
+            if self.shard is None or self.shard.owns(item.key):
+                name = str(item.path)
+                mine += 1
+                todo += name not in self.done
+                errors += self.failed[name]
+        return _Counts(images, mine, todo, errors)
 
 
 def run_caption_job(
@@ -189,7 +220,7 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     on_captions = None
     if options.attention_maps is not None:
         check_attention(captioner.model, "--attention-maps")
-        folders = overlay_folders([item.path for item in plan.items])
+        folders = overlay_folders(item.path for item in iter_inputs(plan.inputs))
         on_captions = overlay_writer(captioner, config, options.attention_maps, folders)
     if options.engine == "ray":
         from captionkit.jobs.ray_engine import connect
@@ -200,22 +231,22 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
         discard_output(plan.target, options.fmt)
     writer = RecordWriter(plan.target, options.fmt, plan.existing)
     _announce(plan)
-    todo = plan.todo()
+    counts = plan.counts
     # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
-    show_progress = progress is not None and bool(todo) and (plan.dist is None or plan.dist.local_rank == 0)
+    show_progress = progress is not None and counts.todo > 0 and (plan.dist is None or plan.dist.local_rank == 0)
     try:
-        with progress("captioning", len(todo)) if show_progress else nullcontext(None) as advance:
+        with progress("captioning", counts.todo) if show_progress else nullcontext(None) as advance:
             if options.engine == "ray":
+                todo = list(plan.todo())  # Ray takes the job as a list of batches (see ray_engine)
                 summary = _caption_on_ray(options, captioner, config, todo, writer, batch_size, advance)
             else:
-                summary = caption_files(
+                summary = caption_items(
                     captioner,
-                    [path for _, path in todo],
+                    plan.todo(),
                     config,
                     writer,
                     batch_size,
                     advance,
-                    positions=[i for i, _ in todo],
                     workers=workers,
                     prefetch=options.prefetch,
                     on_captions=on_captions,
@@ -223,7 +254,7 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     finally:
         writer.close()
     one_of_many = plan.dist is not None and plan.dist.world_size > 1
-    return JobOutcome(summary, plan.earlier_errors(), one_of_many, len(plan.mine) - len(todo))
+    return JobOutcome(summary, counts.earlier_errors, one_of_many, counts.mine - counts.todo)
 
 
 def _caption_on_ray(
@@ -261,11 +292,16 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
     if shard is not None and options.output is None:
         raise CaptionkitError("--shard (or torchrun) needs --output: each shard writes its own part file")
     target = shard.part_path(options.output) if (shard is not None and options.output is not None) else options.output
-    # Positions index the whole input list, the same in every shard: seeded sampling depends on them.
-    items = collect_inputs(options.inputs)
-    mine = [(i, item) for i, item in enumerate(items) if shard is None or shard.owns(item.key)]
-    existing = _resumed_records(target, options.fmt) if options.resume and target is not None else []
-    return _Plan(dist, shard, target, items, mine, existing)
+    plan = _Plan(dist, shard, target, options.inputs)
+    if options.resume and target is not None:
+        existing = _resumed_records(target, options.fmt)
+        plan.done = {image for record in existing if isinstance(image := record.get("image"), str)}
+        plan.failed = Counter(
+            image for record in existing if "error" in record and isinstance(image := record.get("image"), str)
+        )
+        plan.existing = existing if options.fmt == "json" else []  # only JSON is rewritten whole
+    plan.counts = plan.count()
+    return plan
 
 
 def _resumed_records(target: Path, fmt: str) -> list[Record]:
@@ -277,8 +313,9 @@ def _resumed_records(target: Path, fmt: str) -> list[Record]:
 
 
 def _announce(plan: _Plan) -> None:
+    counts = plan.counts
     if plan.shard is not None:
-        print(f"shard {plan.shard}: {len(plan.mine)} of {len(plan.items)} images -> {plan.target}", file=sys.stderr)
-    done = len(plan.mine) - len(plan.todo())
+        print(f"shard {plan.shard}: {counts.mine} of {counts.images} images -> {plan.target}", file=sys.stderr)
+    done = counts.mine - counts.todo
     if done:
-        print(f"resuming: {done} of {len(plan.mine)} images already done", file=sys.stderr)
+        print(f"resuming: {done} of {counts.mine} images already done", file=sys.stderr)
