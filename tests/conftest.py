@@ -8,8 +8,18 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
+from _data import SHARED_DATA
+
 if TYPE_CHECKING:  # importing transformers only for the tests that build a model
     from captionkit.models.vit_gpt2 import VitGpt2Model
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, in one line, when the real test data is not where the tests look for it."""
+    if not (SHARED_DATA / "coco" / "val2017").is_dir():
+        raise pytest.UsageError(
+            f"no real test data at {SHARED_DATA} (no coco/val2017 there): set CAPTIONKIT_DATA to the shared data folder"
+        )
 
 
 @pytest.fixture
