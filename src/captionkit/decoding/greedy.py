@@ -8,7 +8,7 @@ import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
-from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows
+from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows, kept_rows
 from captionkit.models.base import CaptionModel, Encoded
 
 # (R, V) log-probs, the image of each row (kept on the host) -> (R,) next tokens
@@ -44,7 +44,7 @@ def greedy_or_sample(
             if not going_on:
                 break
             row_image = tuple(row_image[row] for row in going_on)
-            keep = torch.tensor(going_on, device=device)
+            keep = kept_rows(~ended, len(going_on))
             alive, tokens = alive[keep], tokens[keep]
             state = model.reorder_state(state, keep, row_image)
         log_probs, state = model.step(tokens, state)
