@@ -74,14 +74,12 @@ def caption_items(
     position, so a shard or a resumed run samples what one uninterrupted run would.
     Images are decoded in ``workers`` DataLoader processes (0: in this one), ``prefetch`` batches ahead each.
     ``on_captions(paths, pixels, captions)`` sees each batch's good images, e.g. to draw attention maps.
-    Batches come as uint8, resized only, and are normalised a batch at a time where the model runs: a quarter of the
-    bytes for the workers to hand over, and no per-image float work in them. On a GPU they also come pinned and are
-    copied without blocking.
+    On a GPU, batches come pinned and as uint8, copied without blocking and normalised on the device.
     """
     gpu = captioner.device.type == "cuda"
     preprocessing = captioner.preprocessing
     batches = load_items(
-        items, preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=gpu, uint8=True
+        items, preprocessing, captioner.limits, batch_size, workers, prefetch, pin_memory=gpu, uint8=gpu
     )
     summary = JobSummary()
     for batch in batches:

@@ -8,11 +8,10 @@ JPEGs much larger than the model's input are decoded reduced (``load_image``'s d
 tolerance ``load_image`` documents; images at or below twice the target size decode exactly as in the API.
 At most ``prefetch`` batches per worker are in flight, and the images to read are taken from their (lazy) stream only
 as batches are sent out, so memory stays bounded however many images there are.
-The batch job asks for uint8 batches, resized but not yet rescaled or normalised (a quarter of float32's bytes to
-hand over, pin and copy, and no per-image float work in the workers): :func:`normalise_on_device` finishes a whole
-batch where the model runs, with the same operations as the preprocessing, so the pixels are the same. For a GPU,
-batches are also page-locked (pinned) before they are handed out, by the DataLoader's pinning thread with workers and
-in this process without, so that their copy to the device can run without blocking.
+For a GPU, batches are page-locked (pinned) before they are handed out, by the DataLoader's pinning thread with
+workers and in this process without, so that their copy to the device can run without blocking; and they are
+uint8, resized but not yet rescaled or normalised (a quarter of float32's bytes to hand over, pin and copy):
+:func:`normalise_on_device` finishes them there with the same operations as the CPU, so the pixels are the same.
 A file that cannot be read comes back as its error message: a worker never raises on a bad image.
 """
 
