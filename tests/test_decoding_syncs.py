@@ -142,6 +142,23 @@ def test_one_host_read_between_token_steps(make_vit_gpt2: Callable, search: Call
     assert len(events.reorders[-1][1]) < len(events.reorders[0][1])
 
 
+@pytest.mark.parametrize(
+    ("search", "config"),
+    [
+        (beam_search, DecodingConfig(num_beams=3, num_return_sequences=2, max_new_tokens=12)),
+        (greedy_or_sample, DecodingConfig(max_new_tokens=12)),
+        (greedy_or_sample, DecodingConfig(do_sample=True, num_return_sequences=2, seed=3, max_new_tokens=12)),
+    ],
+    ids=["beam", "greedy", "sample"],
+)
+def test_results_are_read_a_tensor_at_a_time(make_vit_gpt2: Callable, search: Callable, config: DecodingConfig) -> None:
+    # After the last step the hypotheses are read back whole tensors at once, never a value per row or image.
+    model = make_vit_gpt2(seed=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    events = _search(model, search, config, images=6)
+    after = events.events[_steps(events)[-1] + 1 :]
+    assert set(after) == {"tolist"} and len(after) <= 6
+
+
 def test_kept_rows_are_the_true_positions_in_order() -> None:
     generator = torch.Generator().manual_seed(0)
     for size in (1, 5, 64, 300):
