@@ -5,7 +5,9 @@ read per step is the list of rows (greedy) or images (beam search) that continue
 tensor operation, so the reads that would synchronise are counted here without a GPU: ``tolist``, ``item``,
 ``bool``/``int``/``float`` of a tensor, copies to the host (``cpu``, ``numpy``, ``to("cpu")``), the operations whose
 result's size or value depends on the data (``unique``, ``equal``, ``allclose``, ``nonzero``, ``masked_select``) and
-indexing with a boolean mask. The models' own steps and reorders run inside the counted span.
+indexing with a boolean mask. So are the copies the other way that wait: a tensor made from Python data
+(``torch.tensor``, ``torch.as_tensor``, ``new_tensor``, ...) is copied from pageable host memory, which on a GPU waits
+for the device's queue. The models' own steps and reorders run inside the counted span.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from _helpers import FAMILIES, tiny_model
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.beam import beam_search
 from captionkit.decoding.greedy import greedy_or_sample
+from captionkit.decoding.steps import kept_rows
 from captionkit.models.base import CaptionModel, reserved_positions
 from captionkit.models.gpt2_graph import CUDA_GRAPHS_ENV, graph_cache
 
@@ -50,6 +53,9 @@ _READS = {
     torch.masked_select,
     torch.Tensor.masked_select,
 }
+# Tensors made from host data: on a GPU a copy from pageable memory, which waits until the device has caught up. An
+# empty one copies nothing (transformers' caches start from ``torch.tensor([])``) and is not counted.
+_HOST_COPIES = {torch.tensor, torch.as_tensor, torch.asarray, torch.scalar_tensor, torch.Tensor.new_tensor}
 
 
 class _Events(TorchFunctionMode):
@@ -75,7 +81,10 @@ class _Events(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         if func in _READS or _is_masked_index(func, args) or _is_copy_to_host(func, args, kwargs or {}):
             self.events.append(getattr(func, "__name__", str(func)))
-        return func(*args, **(kwargs or {}))
+        result = func(*args, **(kwargs or {}))
+        if func in _HOST_COPIES and result.numel() > 0:
+            self.events.append(f"copy from the host ({func.__name__})")
+        return result
 
 
 def _search(model: CaptionModel, search: Callable, config: DecodingConfig, images: int) -> _Events:
@@ -90,10 +99,14 @@ def _search(model: CaptionModel, search: Callable, config: DecodingConfig, image
 
 def _reads_between_steps(model: CaptionModel, search: Callable, config: DecodingConfig, images: int) -> list[list[str]]:
     """The host reads between each two consecutive model steps of one ``search`` over random images."""
-    events = _search(model, search, config, images).events
-    steps = [i for i, event in enumerate(events) if event == "step"]
+    events = _search(model, search, config, images)
+    steps = _steps(events)
     assert len(steps) >= 3
-    return [events[a + 1 : b] for a, b in itertools.pairwise(steps)]
+    return [events.events[a + 1 : b] for a, b in itertools.pairwise(steps)]
+
+
+def _steps(events: _Events) -> list[int]:
+    return [i for i, event in enumerate(events.events) if event == "step"]
 
 
 def _is_masked_index(func: Any, args: Any) -> bool:
@@ -121,9 +134,37 @@ def _is_copy_to_host(func: Any, args: Any, kwargs: dict[str, Any]) -> bool:
 )
 def test_one_host_read_between_token_steps(make_vit_gpt2: Callable, search: Callable, config: DecodingConfig) -> None:
     model = make_vit_gpt2(seed=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    between = _reads_between_steps(model, search, config, images=6)
-    # Inside the token loop: exactly one read (the list of which rows or images go on) between two model steps.
-    assert between == [["tolist"]] * len(between)
+    events = _search(model, search, config, images=6)
+    between = [events.events[a + 1 : b] for a, b in itertools.pairwise(_steps(events))]
+    # Inside the token loop: exactly one read (the list of which rows or images go on) between two model steps, and
+    # no copy from the host, also on the steps where rows or images end and the batch shrinks.
+    assert len(between) >= 3 and between == [["tolist"]] * len(between)
+    assert len(events.reorders[-1][1]) < len(events.reorders[0][1])
+
+
+@pytest.mark.parametrize(
+    ("search", "config"),
+    [
+        (beam_search, DecodingConfig(num_beams=3, num_return_sequences=2, max_new_tokens=12)),
+        (greedy_or_sample, DecodingConfig(max_new_tokens=12)),
+        (greedy_or_sample, DecodingConfig(do_sample=True, num_return_sequences=2, seed=3, max_new_tokens=12)),
+    ],
+    ids=["beam", "greedy", "sample"],
+)
+def test_results_are_read_a_tensor_at_a_time(make_vit_gpt2: Callable, search: Callable, config: DecodingConfig) -> None:
+    # After the last step the hypotheses are read back whole tensors at once, never a value per row or image.
+    model = make_vit_gpt2(seed=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    events = _search(model, search, config, images=6)
+    after = events.events[_steps(events)[-1] + 1 :]
+    assert set(after) == {"tolist"} and len(after) <= 6
+
+
+def test_kept_rows_are_the_true_positions_in_order() -> None:
+    generator = torch.Generator().manual_seed(0)
+    for size in (1, 5, 64, 300):
+        going_on = torch.rand(size, generator=generator) < 0.6
+        expected = going_on.nonzero().squeeze(1)
+        assert torch.equal(kept_rows(going_on, expected.numel()), expected)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,7 +193,7 @@ def test_gpt2_reorders_read_nothing_while_images_close(make_vit_gpt2: Callable, 
     model = make_vit_gpt2(seed=1) if family == "vit-gpt2" else peaked(family, seed=1)
     config = DecodingConfig(num_beams=3, max_new_tokens=12, early_stopping=True)
     events = _search(model, beam_search, config, images=6)
-    steps = [i for i, event in enumerate(events.events) if event == "step"]
+    steps = _steps(events)
     between = [events.events[a + 1 : b] for a, b in itertools.pairwise(steps)]
     assert between == [["tolist"]] * len(between)
     images_left = [len(set(row_image)) for _, row_image in events.reorders]

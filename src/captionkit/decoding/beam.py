@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
-from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows
+from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows, kept_rows
 from captionkit.models.base import CaptionModel, Encoded
 
 NEG = -1.0e9
@@ -119,16 +119,17 @@ def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -
         improvable[active] &= _may_improve(running_scores, finished, active, position, config)
         full = finished.filled[active].all(dim=1) & (config.early_stopping is True)
         # The loop's one host synchronisation: which images go on (the batch shrinks as images close).
-        searching = (improvable[active] & ~full).tolist()
+        going_on = improvable[active] & ~full
+        searching = going_on.tolist()
         if position + 1 == max_new or not any(searching):
             break
         # Row r of the next batch continues beam source[image, beam] of its image; closed images drop out.
         batch_image = torch.arange(active.numel(), device=device)[:, None]
         rows = batch_image * beams + source
         if not all(searching):
-            going_on = torch.tensor([i for i, on in enumerate(searching) if on], device=device)
-            rows, active = rows.index_select(0, going_on), active.index_select(0, going_on)
-            running_scores, running_tokens = running_scores[going_on], running_tokens[going_on]
+            kept = kept_rows(going_on, sum(searching))
+            rows, active = rows.index_select(0, kept), active.index_select(0, kept)
+            running_scores, running_tokens = running_scores[kept], running_tokens[kept]
             active_images = [image for image, on in zip(active_images, searching, strict=True) if on]
             row_image = image_major_rows(active_images, beams)
         state = model.reorder_state(state, rows.flatten(), row_image)

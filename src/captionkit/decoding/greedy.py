@@ -8,7 +8,7 @@ import torch
 
 from captionkit.decoding.config import DecodingConfig, Hypothesis
 from captionkit.decoding.sampling import ImageGenerators, draw_seed, warp_scores
-from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows
+from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_rows, kept_rows
 from captionkit.models.base import CaptionModel, Encoded
 
 # (R, V) log-probs, the image of each row (kept on the host) -> (R,) next tokens
@@ -44,7 +44,7 @@ def greedy_or_sample(
             if not going_on:
                 break
             row_image = tuple(row_image[row] for row in going_on)
-            keep = torch.tensor(going_on, device=device)
+            keep = kept_rows(~ended, len(going_on))
             alive, tokens = alive[keep], tokens[keep]
             state = model.reorder_state(state, keep, row_image)
         log_probs, state = model.step(tokens, state)
@@ -74,12 +74,16 @@ class _Outputs:
     def hypotheses(self, per_image: int, length_penalty: float, eos: int) -> list[list[Hypothesis]]:
         tokens, log_prob = self.tokens.tolist(), self.log_prob.tolist()
         length, finished = self.length.tolist(), self.finished.tolist()
+        # float32 tensor / Python float, as beam search (and transformers) compute it: equal bit for bit. One division
+        # of all rows per length found, read back at once, rather than a division and a read per row (on a GPU a
+        # wait each; the division by a host number is the same element by element whatever the tensor's size).
+        lengths = sorted(set(length))
+        by_length = torch.stack([self.log_prob / (n**length_penalty) for n in lengths]).tolist()
+        scores = dict(zip(lengths, by_length, strict=True))
         rows = []
         for row in range(len(tokens)):
             kept = length[row] - int(finished[row])  # the final eos is not part of the caption
-            # float32 tensor / Python float, as beam search (and transformers) compute it: equal bit for bit.
-            score = float(self.log_prob[row] / (length[row] ** length_penalty))
-            rows.append(Hypothesis(tokens[row][:kept], score, log_prob[row], finished[row]))
+            rows.append(Hypothesis(tokens[row][:kept], scores[length[row]][row], log_prob[row], finished[row]))
         return [_best_first(rows[i : i + per_image]) for i in range(0, len(rows), per_image)]
 
 

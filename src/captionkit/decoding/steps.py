@@ -52,3 +52,13 @@ def forbid_early_eos(log_probs: torch.Tensor, position: int, min_new_tokens: int
     log_probs = log_probs.clone()
     log_probs[:, eos] = float("-inf")
     return log_probs
+
+
+def kept_rows(going_on: torch.Tensor, count: int) -> torch.Tensor:
+    """The positions of the ``count`` true entries of bool (R,) ``going_on``, in order, found on its device.
+
+    ``count`` comes from the host (the loop's one read), so nothing here waits for the device: ``nonzero`` would read
+    the size back, and a tensor made from a host list is a copy from pageable memory, which waits for the device's
+    queue to drain before it starts.
+    """
+    return torch.argsort((~going_on).to(torch.uint8), stable=True)[:count]  # the rows going on first, in order
