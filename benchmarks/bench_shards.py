@@ -52,10 +52,10 @@ def ray_images_per_second(model: Path, captioner: Captioner, source: Path, confi
     with tempfile.TemporaryDirectory() as scratch:
         writer = RecordWriter(Path(scratch) / "out.jsonl", "jsonl")
         start = time.perf_counter()
-        todo = list(enumerate(collect_images([source])))
+        todo = enumerate(collect_images([source]))
         with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress lines
             summary = caption_on_ray(
-                todo, str(model), args.device, config, captioner.preprocessing, captioner.limits, writer,
+                todo, args.images, str(model), args.device, config, captioner.preprocessing, captioner.limits, writer,
                 args.batch_size, settings,
             )  # fmt: skip
         seconds = time.perf_counter() - start

@@ -237,8 +237,8 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     try:
         with progress("captioning", counts.todo) if show_progress else nullcontext(None) as advance:
             if options.engine == "ray":
-                todo = list(plan.todo())  # Ray takes the job as a list of batches (see ray_engine)
-                summary = _caption_on_ray(options, captioner, config, todo, writer, batch_size, advance)
+                todo = plan.todo()
+                summary = _caption_on_ray(options, captioner, config, todo, counts.todo, writer, batch_size, advance)
             else:
                 summary = caption_items(
                     captioner,
@@ -261,7 +261,8 @@ def _caption_on_ray(
     options: CaptionJobOptions,
     captioner: Captioner,
     config: DecodingConfig,
-    todo: list[tuple[int, Path]],
+    todo: Iterator[tuple[int, Path]],
+    total: int,
     writer: RecordWriter,
     batch_size: int,
     advance: Callable[[int], None] | None,
@@ -274,6 +275,7 @@ def _caption_on_ray(
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,
+        total,
         options.model,
         options.device,
         config,
