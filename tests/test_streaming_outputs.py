@@ -54,7 +54,8 @@ def test_writing_holds_no_record_whatever_the_count(tmp_path, fmt):
 
     few, many = peak_bytes(write(N)), peak_bytes(write(4 * N))
     assert read_records(tmp_path / f"{4 * N}.{fmt}", fmt) == list(records(4 * N))
-    assert many - few < 3 * N, (few, many)  # under a byte per extra record; holding them costs ~300 B each
+    # Under 10 bytes per extra record (allocator noise, when other tests ran first); holding them costs ~300 B each.
+    assert many - few < 10 * 3 * N, (few, many)
 
 
 @pytest.mark.parametrize("fmt", ["json", "jsonl", "csv"])
@@ -72,7 +73,7 @@ def test_reading_holds_one_record_at_a_time_whatever_the_count(tmp_path, fmt):
         return work
 
     few, many = peak_bytes(read(N)), peak_bytes(read(4 * N))
-    assert many - few < 3 * N, (few, many)
+    assert many - few < 10 * 3 * N, (few, many)  # reading them all at once cost ~500-750 B each
 
 
 def test_a_json_array_is_written_as_json_dumps_writes_it(tmp_path):
