@@ -58,8 +58,12 @@ def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
 
 def iter_records(path: Path, fmt: str) -> tuple[Iterator[Record], str]:
     """``(records, torn)``: the records in ``path``, read one at a time, and its unfinished last line, which is left
-    out ('' if none; see :func:`split_torn_tail`). No records when the file does not exist; anything else invalid is
-    an error naming the file, met as the records are read."""
+    out ('' if none). No records when the file does not exist; anything else invalid is an error naming the file, met
+    as the records are read.
+
+    Records are written whole lines at a time, so a JSONL/CSV last line without its newline is a torn write, unless
+    (JSONL only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
+    """
     if fmt == "parquet":  # the file's rows, then those an interrupted run left in its journal
         journal, torn = iter_records(journal_path(path), "jsonl")
         return itertools.chain(read_parquet_records(path) if path.exists() else (), journal), torn
@@ -67,7 +71,7 @@ def iter_records(path: Path, fmt: str) -> tuple[Iterator[Record], str]:
         return iter(()), ""
     if fmt == "json":
         return _checked(iter_json_array(path), path), ""
-    cut, tail = _torn_tail(path, fmt)
+    cut, tail = _torn_tail(path)
     if fmt == "jsonl":
         records = (_parse(line, path, fmt) for line in _lines(path, cut) if line.strip())
         if tail and _whole_record(tail):
@@ -118,7 +122,7 @@ def _whole_record(line: str) -> bool:
         return False
 
 
-def _torn_tail(path: Path, fmt: str) -> tuple[int, str]:
+def _torn_tail(path: Path) -> tuple[int, str]:
     """``(cut, tail)``: the bytes of ``path`` up to its last newline, and the text after it (read from the end)."""
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -136,21 +140,6 @@ def _torn_tail(path: Path, fmt: str) -> tuple[int, str]:
     return cut, tail
 
 
-def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
-    """Split JSONL/CSV ``text`` into its complete lines and an unfinished last line left by an interrupted write.
-
-    Records are written whole lines at a time, so a last line without its newline is a torn write, unless (JSONL
-    only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
-    """
-    if fmt == "json" or not text or text.endswith("\n"):
-        return text, ""
-    cut = text.rfind("\n") + 1
-    body, tail = text[:cut], text[cut:]
-    if fmt == "jsonl" and _whole_record(tail):
-        return text + "\n", ""
-    return body, tail
-
-
 def repair_torn_tail(path: Path, fmt: str) -> str:
     """Make ``path`` end with a whole line before appending to it: drop a torn last line (returned), or add the
     missing newline after a complete one; the file is replaced whole, streamed. Nothing to do for JSON, which is
@@ -159,7 +148,7 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
         return repair_torn_tail(journal_path(path), "jsonl")
     if fmt == "json" or not path.exists():
         return ""
-    cut, tail = _torn_tail(path, fmt)
+    cut, tail = _torn_tail(path)
     if not tail:
         return ""
     whole = fmt == "jsonl" and _whole_record(tail)
