@@ -43,8 +43,8 @@ def test_merge_of_csv_parts_keeps_every_row(tmp_path):
         writer = RecordWriter(tmp_path / f"c.part-{index}-of-2.csv", "csv")
         writer.write(part)
         writer.close()
-    result = merge_parts(sorted(tmp_path.glob("*.csv")))
-    assert result.records == records and result.complete
+    with merge_parts(sorted(tmp_path.glob("*.csv"))) as result:
+        assert list(result.records()) == records and result.complete
 
 
 def test_image_lists_split_only_at_newlines(tmp_path):

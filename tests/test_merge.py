@@ -117,8 +117,9 @@ def test_formats_mix_csv_parts_keep_numeric_scores(tmp_path, capsys, out_name):
     out = tmp_path / out_name
     code, _, _ = run_cli(["merge", *parts, "--output", out], capsys)
     assert code == 2  # c.jpg's error
-    result = merge_parts([out], None)
-    assert result.records == [caption("a.jpg", "a dog, running", -0.25), caption("b.jpg"), failed("c.jpg")]
+    with merge_parts([out], None) as result:
+        merged = list(result.records())
+    assert merged == [caption("a.jpg", "a dog, running", -0.25), caption("b.jpg"), failed("c.jpg")]
     if out_name.endswith(".json"):
         assert isinstance(json.loads(out.read_text()), list)
 

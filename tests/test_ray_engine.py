@@ -97,7 +97,7 @@ def test_ray_batches_are_the_default_engines_batches():
     from captionkit.jobs.ray_engine import _batches
 
     todo = [(position, Path(f"/photos/{position}.jpg")) for position in (3, 4, 5, 9, 10)]
-    rows = [json.loads(row["items"]) for row in _batches(todo, 2)]
+    rows = [json.loads(row["items"]) for row in _batches(iter(todo), 2)]
     assert rows == [
         [[3, "/photos/3.jpg"], [4, "/photos/4.jpg"]],
         [[5, "/photos/5.jpg"], [9, "/photos/9.jpg"]],
@@ -310,3 +310,58 @@ def test_a_batch_whose_worker_dies_on_every_try_stops_the_ray_run_in_one_line(tm
     assert len(tries.read_text().splitlines()) == DECODE_RETRIES + 1  # retried, then given up: never forever
     written, plain = read_jsonl(out), read_jsonl(tmp_path / "plain.jsonl")
     assert written == plain[: len(written)] and len(written) <= 4  # whole batches before the one that kills
+
+
+@pytest.mark.slow  # a minute: a local Ray, one Ray Data run per window of two batches
+def test_the_ray_driver_holds_a_window_of_inputs_whatever_the_sample_count(tmp_path, monkeypatch, local_ray):
+    """The driver streams the inputs into Ray a window at a time: at each write, the objects alive in it that name an
+    input sample (member paths, input records; no garbage collection on the way) are one window's, with 8 samples as
+    with 32, not one per sample (the shards' own paths are held, one per shard)."""
+    import gc
+    import io
+
+    from PIL import Image
+
+    from captionkit.decoding.options import decoding_request
+    from captionkit.jobs import ray_engine, run
+    from captionkit.jobs.inputs import InputImage
+    from captionkit.jobs.outputs import RecordWriter, read_records
+    from captionkit.jobs.run import CaptionJobOptions
+    from captionkit.shards import ShardSample, writing
+
+    monkeypatch.setattr(ray_engine, "WINDOW_BATCHES", 2)
+    model = save_tiny_model(tmp_path / "tiny")
+    buffer = io.BytesIO()
+    Image.open(real_photos(1)[0]).resize((8, 8)).save(buffer, "JPEG")
+    samples = [writing.Sample(f"{i:06d}", buffer.getvalue(), f"caption {i}") for i in range(32)]
+    alive: list[int] = []
+    source = tmp_path / "shards"
+
+    def names_an_input(thing: object) -> bool:
+        if type(thing) is type(source):  # a member: shards/00001.tar/000005.jpg (type(): no lazy module's warning)
+            return thing.parent.suffix == ".tar" and str(thing).startswith(str(source))
+        return type(thing) in (InputImage, ShardSample)
+
+    class CountingWriter(RecordWriter):
+        def write(self, records) -> None:
+            super().write(records)
+            alive.append(sum(names_an_input(thing) for thing in gc.get_objects()))
+
+    monkeypatch.setattr(run, "RecordWriter", CountingWriter)
+
+    def most_alive(count: int) -> int:
+        shutil.rmtree(source, ignore_errors=True)
+        writing.write_webdataset(samples[:count], source, per_shard=4)
+        alive.clear()
+        output = tmp_path / f"{count}.jsonl"
+        request = decoding_request(max_new_tokens=3)
+        options = CaptionJobOptions(
+            [str(source)], model, request, batch_size=4, output=output, engine="ray", workers="1", threads=1
+        )
+        outcome = run.run_caption_job(options)
+        assert outcome.summary.captioned == count == len(read_records(output, "jsonl"))
+        assert len(alive) == count // 4  # a write per batch of 4
+        return max(alive)
+
+    few, many = most_alive(8), most_alive(32)
+    assert many == few, (few, many)  # the list the driver used to build held 24 more with 32 samples than with 8

@@ -29,7 +29,7 @@ def merge(
     images failed (their error records are kept), 1 on unreadable parts or bad usage.
     """
     from captionkit.errors import CaptionkitError
-    from captionkit.jobs.inputs import collect_images
+    from captionkit.jobs.inputs import iter_inputs
     from captionkit.jobs.merge import format_of, merge_parts, some
     from captionkit.jobs.outputs import FORMATS, RecordWriter
 
@@ -42,16 +42,17 @@ def merge(
         if part.resolve() == output.resolve():
             fail(f"{part}: is also --output; write the merged result to a new file")
     try:
-        expected = [str(path) for path in collect_images(inputs)] if inputs else None
+        expected = (str(item.path) for item in iter_inputs(inputs)) if inputs else None
         result = merge_parts(parts, expected, out_fmt)
     except CaptionkitError as error:
         fail(str(error))
-    staging = output.with_name(output.name + ".tmp")
-    staging.unlink(missing_ok=True)
-    writer = RecordWriter(staging, out_fmt)
-    writer.write(result.records)
-    writer.close()
-    os.replace(staging, output)
+    with result:
+        staging = output.with_name(output.name + ".tmp")
+        staging.unlink(missing_ok=True)
+        writer = RecordWriter(staging, out_fmt)
+        writer.write(result.records())
+        writer.close()
+        os.replace(staging, output)
 
     def warn(message: str) -> None:
         print(f"captionkit merge: {message}", file=sys.stderr)
@@ -69,5 +70,5 @@ def merge(
     if result.missing:
         warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
     errors = result.errors
-    print(f"merged {len(parts)} parts: {len(result.records)} records ({errors} errors) -> {output}", file=sys.stderr)
+    print(f"merged {len(parts)} parts: {result.count} records ({errors} errors) -> {output}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)

@@ -3,23 +3,25 @@
 A record is ``{"image", "caption", "score"}`` (plus ``"captions"`` for n-best) or ``{"image", "error"}``.
 JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished (a write
 cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes); JSON (one
-array) is written whole at the end, atomically, so only JSON keeps every record in memory. Parquet goes through a
-JSONL journal while the run goes (see :mod:`captionkit.jobs.parquet_records`).
+array) goes to a staging file, record by record, that replaces the output whole at the end
+(:mod:`captionkit.jobs.json_array`). Reading is a stream too: no format holds every record in memory. Parquet goes
+through a JSONL journal while the run goes (see :mod:`captionkit.jobs.parquet_records`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import io
+import itertools
 import json
+import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from captionkit.errors import InputError
-from captionkit.files import write_atomic
+from captionkit.jobs.json_array import JsonArrayWriter, iter_json_array
 from captionkit.jobs.parquet_records import journal_path, read_parquet_records, write_parquet_records
 from captionkit.jsontext import parse_json
 
@@ -30,6 +32,7 @@ Record = dict[str, Any]
 # File names that are not valid UTF-8 reach Python as lone surrogates ("caf\udce9.jpg"). CSV writes their
 # original bytes back (as the file system has them) and reads them back the same way; JSON escapes them instead.
 PATH_ERRORS = "surrogateescape"
+TAIL_CHUNK = 1 << 16  # bytes read at a time, looking back for the last newline or copying
 
 
 def _to_json(value: Any, indent: int | None = None) -> str:
@@ -43,38 +46,64 @@ def _to_json(value: Any, indent: int | None = None) -> str:
 
 
 def read_records(path: Path, fmt: str) -> list[Record]:
-    """Records already in ``path`` (for resuming and merging); an empty list when the file does not exist.
-
-    An unfinished last line (see :func:`split_torn_tail`) is left out; anything else invalid is an error.
-    """
+    """Records already in ``path`` as a list; an empty list when the file does not exist (see :func:`iter_records`)."""
     return read_records_and_tail(path, fmt)[0]
 
 
 def read_records_and_tail(path: Path, fmt: str) -> tuple[list[Record], str]:
-    """``(records, torn)``: the records in ``path`` and the unfinished last line left out ('' if none)."""
+    """``(records, torn)``: :func:`iter_records` as a list."""
+    records, torn = iter_records(path, fmt)
+    return list(records), torn
+
+
+def iter_records(path: Path, fmt: str) -> tuple[Iterator[Record], str]:
+    """``(records, torn)``: the records in ``path``, read one at a time, and its unfinished last line, which is left
+    out ('' if none). No records when the file does not exist; anything else invalid is an error naming the file, met
+    as the records are read.
+
+    Records are written whole lines at a time, so a JSONL/CSV last line without its newline is a torn write, unless
+    (JSONL only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
+    """
     if fmt == "parquet":  # the file's rows, then those an interrupted run left in its journal
-        journal, torn = read_records_and_tail(journal_path(path), "jsonl")
-        return [*(read_parquet_records(path) if path.exists() else ()), *journal], torn
+        journal, torn = iter_records(journal_path(path), "jsonl")
+        return itertools.chain(read_parquet_records(path) if path.exists() else (), journal), torn
     if not path.exists():
-        return [], ""
-    text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
-    body, torn = split_torn_tail(text, fmt)
-    try:
-        if fmt == "jsonl":
-            records = [_parse(line, path, fmt) for line in body.split("\n") if line.strip()]
-        elif fmt == "json":
-            records, torn = (_parse(text, path, fmt) if text.strip() else []), ""
-            if not isinstance(records, list):
-                raise InputError(path, "not a results file (expected a JSON list of records)")
-        else:
-            # The csv module's own reading: a caption may hold \x1c, \x85 or \u2028, which splitlines() breaks at.
-            return [_csv_record(row) for row in csv.DictReader(io.StringIO(body, newline=""))], torn
-    except csv.Error as error:
-        raise InputError(path, f"not valid {fmt} ({error})") from None
+        return iter(()), ""
+    if fmt == "json":
+        return _checked(iter_json_array(path), path), ""
+    cut, tail = _torn_tail(path)
+    if fmt == "jsonl":
+        records = (_parse(line, path, fmt) for line in _lines(path, cut) if line.strip())
+        if tail and _whole_record(tail):
+            records, tail = itertools.chain(records, [_parse(tail, path, fmt)]), ""
+        return _checked(records, path), tail
+    return _csv_records(_lines(path, cut), path), tail
+
+
+def _checked(records: Iterable[Any], path: Path) -> Iterator[Record]:
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise InputError(path, f"record {number} is not a JSON object")
-    return records, torn
+        yield record
+
+
+def _csv_records(lines: Iterable[str], path: Path) -> Iterator[Record]:
+    # The csv module's own reading: a caption may hold \x1c, \x85 or \u2028, which splitlines() breaks at.
+    try:
+        yield from (_csv_record(row) for row in csv.DictReader(lines))
+    except csv.Error as error:
+        raise InputError(path, f"not valid csv ({error})") from None
+
+
+def _lines(path: Path, length: int) -> Iterator[str]:
+    """The lines (split at ``\n`` only) of the first ``length`` bytes of ``path``, which end with a newline."""
+    with path.open("rb") as handle:
+        left = length
+        for line in handle:
+            if left <= 0:
+                return
+            left -= len(line)
+            yield line.decode("utf-8", PATH_ERRORS)
 
 
 def _parse(text: str, path: Path, fmt: str) -> Any:
@@ -85,37 +114,63 @@ def _parse(text: str, path: Path, fmt: str) -> Any:
         raise InputError(path, f"not valid {fmt} ({error.reason})") from None
 
 
-def split_torn_tail(text: str, fmt: str) -> tuple[str, str]:
-    """Split JSONL/CSV ``text`` into its complete lines and an unfinished last line left by an interrupted write.
+def _whole_record(line: str) -> bool:
+    """Whether a JSONL last line without its newline is a whole record: a truncated object never parses."""
+    try:
+        return isinstance(parse_json(line, "last line", non_finite=True), dict)
+    except InputError:
+        return False
 
-    Records are written whole lines at a time, so a last line without its newline is a torn write, unless (JSONL
-    only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
-    """
-    if fmt == "json" or not text or text.endswith("\n"):
-        return text, ""
-    cut = text.rfind("\n") + 1
-    body, tail = text[:cut], text[cut:]
-    if fmt == "jsonl":
-        try:
-            if isinstance(parse_json(tail, "last line", non_finite=True), dict):
-                return text + "\n", ""
-        except InputError:
-            pass
-    return body, tail
+
+def _torn_tail(path: Path) -> tuple[int, str]:
+    """``(cut, tail)``: the bytes of ``path`` up to its last newline, and the text after it (read from the end)."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        cut, end = size, size
+        while end > 0:
+            start = max(0, end - TAIL_CHUNK)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                cut = start + newline + 1
+                break
+            end = cut = start
+        handle.seek(cut)
+        tail = handle.read().decode("utf-8", PATH_ERRORS)
+    return cut, tail
 
 
 def repair_torn_tail(path: Path, fmt: str) -> str:
     """Make ``path`` end with a whole line before appending to it: drop a torn last line (returned), or add the
-    missing newline after a complete one. Nothing to do for JSON, which is rewritten whole."""
+    missing newline after a complete one; the file is replaced whole, streamed. Nothing to do for JSON, which is
+    rewritten whole."""
     if fmt == "parquet":
         return repair_torn_tail(journal_path(path), "jsonl")
     if fmt == "json" or not path.exists():
         return ""
-    text = path.read_text(encoding="utf-8", errors=PATH_ERRORS)
-    body, torn = split_torn_tail(text, fmt)
-    if body != text:
-        write_atomic(path, body, errors=PATH_ERRORS)
-    return torn
+    cut, tail = _torn_tail(path)
+    if not tail:
+        return ""
+    whole = fmt == "jsonl" and _whole_record(tail)
+    _replace_with_prefix(path, path.stat().st_size if whole else cut, b"\n" if whole else b"")
+    return "" if whole else tail
+
+
+def _replace_with_prefix(path: Path, length: int, suffix: bytes) -> None:
+    """Replace ``path`` atomically by its first ``length`` bytes and ``suffix``, copied a chunk at a time."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with path.open("rb") as source, staging.open("wb") as target:
+            left = length
+            while left > 0 and (chunk := source.read(min(left, TAIL_CHUNK))):
+                target.write(chunk)
+                left -= len(chunk)
+            target.write(suffix)
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def discard_output(path: Path, fmt: str) -> None:
@@ -134,36 +189,42 @@ def _csv_record(row: dict[str, str | None]) -> Record:
 
 
 class RecordWriter:
-    """Writes records to a file (or stdout) in one of :data:`FORMATS`."""
+    """Writes records to a file (or stdout) in one of :data:`FORMATS`, as they come: none is kept in memory."""
 
     def __init__(self, path: Path | None, fmt: str, existing: Iterable[Record] = ()) -> None:
+        """``existing``: for JSON, the records the array starts with (a resumed run's, read again as a stream);
+        the other formats append to the file."""
         if fmt not in FORMATS:
             raise InputError("--format", f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
         if fmt == "parquet" and path is None:
             raise InputError("--format", "parquet output needs --output (a .parquet file)")
         self.path, self.fmt = path, fmt
-        # Only JSON (one array, written at the end) needs every record in memory; JSONL/CSV stream them.
-        self._all: list[Record] = list(existing) if fmt == "json" else []
+        self._array: JsonArrayWriter | None = None
         self._handle: TextIO | None = None
-        if fmt != "json":
-            if path is None:
-                self._handle = sys.stdout
-            else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fresh = not path.exists() or path.stat().st_size == 0
-                target = journal_path(path) if fmt == "parquet" else path
-                self._handle = target.open("a", encoding="utf-8", errors=PATH_ERRORS, newline="")
-                if fmt == "csv" and fresh:
-                    csv.writer(self._handle).writerow(CSV_FIELDS)
-            if fmt == "csv" and path is None:
+        if fmt == "json":
+            self._array = JsonArrayWriter(path, _to_json)
+            for record in existing:
+                self._array.write(record)
+            return
+        if path is None:
+            self._handle = sys.stdout
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not path.exists() or path.stat().st_size == 0
+            target = journal_path(path) if fmt == "parquet" else path
+            self._handle = target.open("a", encoding="utf-8", errors=PATH_ERRORS, newline="")
+            if fmt == "csv" and fresh:
                 csv.writer(self._handle).writerow(CSV_FIELDS)
+        if fmt == "csv" and path is None:
+            csv.writer(self._handle).writerow(CSV_FIELDS)
 
     def write(self, records: Iterable[Record]) -> None:
         """Append ``records`` (Parquet: to the journal, which :meth:`close` turns into the file)."""
-        records = list(records)
-        if self._handle is None:
-            self._all.extend(records)
+        if self._array is not None:
+            for record in records:
+                self._array.write(record)
             return
+        assert self._handle is not None
         for record in records:
             if self.fmt in ("jsonl", "parquet"):
                 self._handle.write(_to_json(record) + "\n")
@@ -172,13 +233,8 @@ class RecordWriter:
         self._handle.flush()
 
     def close(self) -> None:
-        if self.fmt == "json":
-            text = _to_json(self._all, indent=2) + "\n"
-            if self.path is None:
-                sys.stdout.write(text)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                write_atomic(self.path, text)
+        if self._array is not None:
+            self._array.close()
         elif self._handle is not None and self._handle is not sys.stdout:
             self._handle.close()
             if self.fmt == "parquet" and self.path is not None:

@@ -7,16 +7,20 @@ streamed back to this process in input order and written by the usual
 engine. Ray runs a decode task again when its worker process dies (up to ``DECODE_RETRIES`` times; then the job stops
 in one line, the records before that batch written) and restarts a dead actor, retrying its batches, so a lost
 process costs time, not records.
+The driver streams the inputs: it reads them as it goes and hands Ray ``WINDOW_BATCHES`` batches at a time, one
+Ray Data run each, so it holds a window of paths, never one object per image of the job (each window starts its
+actors, and so loads the model, anew: the price of a bounded driver, paid every ``WINDOW_BATCHES`` batches).
 Without ``ray_address`` Ray starts locally. Ray is the optional extra ``captionkit[ray]``. Progress: a line on
 stderr every ``PROGRESS_EVERY`` seconds and at the end (images, images/s, errors), beside the caller's bar.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,8 @@ CONNECT_TIMEOUT = 10.0  # seconds to wait for a --ray-address to answer
 # Runs of a decode task after its worker died, as Ray's default for tasks; not Ray Data's default (forever): an image
 # that kills its decoder every time would hang the job instead of stopping it.
 DECODE_RETRIES = 3
+# Batches per Ray Data run: the driver holds one window's paths. Large, since each run loads the model again.
+WINDOW_BATCHES = 4096
 
 
 @dataclass(frozen=True)
@@ -100,14 +106,22 @@ def actor_pool(settings: RaySettings, resources: Mapping[str, float], device: st
     return max(1, actors), gpus
 
 
-def _batches(todo: Sequence[tuple[int, Path]], batch_size: int) -> list[dict[str, str]]:
-    """The default engine's batches (``batch_size`` consecutive images of ``todo``), one row each.
+def _batches(todo: Iterable[tuple[int, Path]], batch_size: int) -> Iterator[dict[str, str]]:
+    """The default engine's batches (``batch_size`` consecutive images of ``todo``), one row each, read lazily.
 
     A Ray batch is one row, so an actor decodes exactly the images the default engine puts together: beam search
     over a different batch can round differently, and records must be equal by design, not by luck.
     """
-    items = [[position, str(path)] for position, path in todo]
-    return [{"items": json.dumps(items[start : start + batch_size])} for start in range(0, len(items), batch_size)]
+    items = iter(todo)
+    while chunk := [[position, str(path)] for position, path in itertools.islice(items, batch_size)]:
+        yield {"items": json.dumps(chunk)}
+
+
+def _windows(todo: Iterable[tuple[int, Path]], batch_size: int) -> Iterator[list[dict[str, str]]]:
+    """:func:`_batches` of ``todo``, ``WINDOW_BATCHES`` at a time."""
+    batches = _batches(todo, batch_size)
+    while window := list(itertools.islice(batches, WINDOW_BATCHES)):
+        yield window
 
 
 def _decode(row: dict[str, Any], preprocessing: Preprocessing, limits: ImageLimits) -> dict[str, Any]:
@@ -161,7 +175,8 @@ class _CaptionActor:
 
 
 def caption_on_ray(
-    todo: Sequence[tuple[int, Path]],
+    todo: Iterable[tuple[int, Path]],
+    total: int,
     model: str,
     device: str | None,
     config: DecodingConfig,
@@ -172,8 +187,9 @@ def caption_on_ray(
     settings: RaySettings,
     on_progress: Callable[[int], None] | None = None,
 ) -> JobSummary:
-    """Caption ``todo`` (position, path) on Ray and write the records in input order."""
-    if not todo:
+    """Caption ``todo`` (position, path; ``total`` of them, read as a stream) on Ray and write the records in input
+    order."""
+    if total == 0:
         return JobSummary()
     ray = connect(settings.address)
     actors, gpus = actor_pool(settings, ray.cluster_resources(), device)
@@ -181,35 +197,48 @@ def caption_on_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # records in input order, as the default engine writes them
     context.enable_progress_bars = False
-    batches = _batches(todo, batch_size)
-    dataset = ray.data.from_items(batches, override_num_blocks=max(1, len(batches)))
+    actor_args = (model, device, config, settings.dtype, settings.threads)
+    summary = JobSummary()
+    throughput = Throughput(total, PROGRESS_EVERY)
+    for window in _windows(todo, batch_size):
+        for records in _records(_pipeline(ray, window, preprocessing, limits, actor_args, actors, gpus), ray):
+            writer.write(records)
+            errors = sum("error" in record for record in records)
+            summary.images += len(records)
+            summary.errors += errors
+            summary.captioned += len(records) - errors
+            if on_progress is not None:
+                on_progress(len(records))
+            line = throughput.add(len(records), errors)
+            if line is not None:
+                print(f"ray: {line}", file=sys.stderr)
+    return summary
+
+
+def _pipeline(
+    ray: Any,
+    batches: list[dict[str, str]],
+    preprocessing: Preprocessing,
+    limits: ImageLimits,
+    actor_args: tuple[Any, ...],
+    actors: int,
+    gpus: float,
+) -> Any:
+    """The Ray dataset of ``batches``: a decode task per batch, then the captioner actors."""
+    dataset = ray.data.from_items(batches, override_num_blocks=len(batches))
     decode_args = {"preprocessing": preprocessing, "limits": limits}
     # max_retries travels as a Ray remote argument, which Ray 2.60 deprecates (removal planned for 2.64) without a
     # named parameter for it yet.
     dataset = dataset.map(_decode, fn_kwargs=decode_args, max_retries=DECODE_RETRIES)
-    dataset = dataset.map(
+    return dataset.map(
         _CaptionActor,
-        fn_constructor_args=(model, device, config, settings.dtype, settings.threads),
+        fn_constructor_args=actor_args,
         concurrency=actors,
         num_gpus=gpus,
         num_cpus=0.5,  # half a CPU each: whole ones could take every CPU and starve the decoding tasks
         # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1): a killed actor comes back and its
         # batches are retried. Passing them again is deprecated.
     )
-    summary = JobSummary()
-    throughput = Throughput(len(todo), PROGRESS_EVERY)
-    for records in _records(dataset, ray):
-        writer.write(records)
-        errors = sum("error" in record for record in records)
-        summary.images += len(records)
-        summary.errors += errors
-        summary.captioned += len(records) - errors
-        if on_progress is not None:
-            on_progress(len(records))
-        line = throughput.add(len(records), errors)
-        if line is not None:
-            print(f"ray: {line}", file=sys.stderr)
-    return summary
 
 
 def _records(dataset: Any, ray: Any) -> Iterator[list[Record]]:

@@ -4,15 +4,14 @@ records and attention overlays go, and the summary the command line turns into a
 Steps: check the options; on ``--resume`` repair the output's torn last line and note the images it already holds;
 count the inputs in one pass (this shard's, ``--shard`` and/or torchrun; those left); load the model; caption the
 rest, reading the inputs again as a stream. Neither pass holds the inputs: memory does not grow with the number of
-samples in collections (only with loose files met, the images a resumed output holds, and ``--attention-maps``'
-folder names).
+samples in collections (only with loose files met and ``--attention-maps``' folder names); the images a resumed
+output holds are looked up in an index on disk (:mod:`captionkit.jobs.done_index`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from captionkit.errors import CaptionkitError, InputError
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
+from captionkit.jobs.done_index import DoneIndex
 from captionkit.jobs.inputs import InputImage, iter_inputs
-from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, read_records, repair_torn_tail
+from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, iter_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
@@ -150,15 +150,13 @@ class _Counts:
 @dataclass
 class _Plan:
     """This process's share of the job: its shard, its output file, the inputs (read as a stream, never held whole)
-    and, on ``--resume``, the images the output holds (``existing``: the records themselves, kept for JSON only)."""
+    and, on ``--resume``, the images the output holds, with their error records (an index on disk)."""
 
     dist: DistributedEnv | None
     shard: Shard | None
     target: Path | None
     inputs: list[str]
-    done: set[str] = field(default_factory=set)
-    failed: Counter[str] = field(default_factory=Counter)  # error records an earlier run wrote, by image
-    existing: list[Record] = field(default_factory=list)
+    done: DoneIndex | None = None
     counts: _Counts = field(default_factory=_Counts)
 
     def mine(self) -> Iterator[tuple[int, InputImage]]:
@@ -169,7 +167,8 @@ class _Plan:
                 yield position, item
 
     def todo(self) -> Iterator[tuple[int, Path]]:
-        return ((i, item.path) for i, item in self.mine() if str(item.path) not in self.done)
+        done = self.done
+        return ((i, item.path) for i, item in self.mine() if done is None or str(item.path) not in done)
 
     def count(self) -> _Counts:
         """One pass over the inputs (every container indexed, so a bad one fails before anything is written)."""
@@ -177,10 +176,13 @@ class _Plan:
         for item in iter_inputs(self.inputs):
             images += 1
             if self.shard is None or self.shard.owns(item.key):
-                name = str(item.path)
                 mine += 1
+                if self.done is None:
+                    todo += 1
+                    continue
+                name = str(item.path)
                 todo += name not in self.done
-                errors += self.failed[name]
+                errors += self.done.errors(name)
         return _Counts(images, mine, todo, errors)
 
 
@@ -191,7 +193,12 @@ def run_caption_job(
     (and before touching the output) when the options, inputs or model cannot be used."""
     options.check()
     with _torch_threads(options.threads if options.engine == "local" else None):
-        return _run(options, progress, env)
+        plan = _plan(options, env)
+        try:
+            return _run(options, plan, progress)
+        finally:
+            if plan.done is not None:
+                plan.done.close()
 
 
 @contextmanager
@@ -206,8 +213,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str, str]) -> JobOutcome:
-    plan = _plan(options, env)
+def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> JobOutcome:
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
     captioner = Captioner.from_pretrained(
         options.model, device=choose_device(options.device, plan.dist), dtype=options.dtype
@@ -229,7 +235,7 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
     if plan.target is not None and not options.resume and options.fmt != "json":
         discard_output(plan.target, options.fmt)
-    writer = RecordWriter(plan.target, options.fmt, plan.existing)
+    writer = RecordWriter(plan.target, options.fmt, _rewritten(options, plan.target))
     _announce(plan)
     counts = plan.counts
     # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
@@ -237,8 +243,8 @@ def _run(options: CaptionJobOptions, progress: Progress | None, env: Mapping[str
     try:
         with progress("captioning", counts.todo) if show_progress else nullcontext(None) as advance:
             if options.engine == "ray":
-                todo = list(plan.todo())  # Ray takes the job as a list of batches (see ray_engine)
-                summary = _caption_on_ray(options, captioner, config, todo, writer, batch_size, advance)
+                todo = plan.todo()
+                summary = _caption_on_ray(options, captioner, config, todo, counts.todo, writer, batch_size, advance)
             else:
                 summary = caption_items(
                     captioner,
@@ -261,7 +267,8 @@ def _caption_on_ray(
     options: CaptionJobOptions,
     captioner: Captioner,
     config: DecodingConfig,
-    todo: list[tuple[int, Path]],
+    todo: Iterator[tuple[int, Path]],
+    total: int,
     writer: RecordWriter,
     batch_size: int,
     advance: Callable[[int], None] | None,
@@ -274,6 +281,7 @@ def _caption_on_ray(
     preprocessing, limits = captioner.preprocessing, captioner.limits
     return caption_on_ray(
         todo,
+        total,
         options.model,
         options.device,
         config,
@@ -294,22 +302,31 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
     target = shard.part_path(options.output) if (shard is not None and options.output is not None) else options.output
     plan = _Plan(dist, shard, target, options.inputs)
     if options.resume and target is not None:
-        existing = _resumed_records(target, options.fmt)
-        plan.done = {image for record in existing if isinstance(image := record.get("image"), str)}
-        plan.failed = Counter(
-            image for record in existing if "error" in record and isinstance(image := record.get("image"), str)
-        )
-        plan.existing = existing if options.fmt == "json" else []  # only JSON is rewritten whole
-    plan.counts = plan.count()
+        plan.done = DoneIndex(_resumed_records(target, options.fmt))
+    try:
+        plan.counts = plan.count()
+    except BaseException:
+        if plan.done is not None:
+            plan.done.close()
+        raise
     return plan
 
 
-def _resumed_records(target: Path, fmt: str) -> list[Record]:
-    """The records an interrupted run left in ``target``, after dropping its unfinished last line (said on stderr)."""
+def _resumed_records(target: Path, fmt: str) -> Iterator[Record]:
+    """The records an interrupted run left in ``target`` (a stream), after dropping its unfinished last line (said on
+    stderr)."""
     torn = repair_torn_tail(target, fmt)
     if torn:
         print(f"{target}: dropped an unfinished last line (interrupted write): {torn[:60]!r}", file=sys.stderr)
-    return read_records(target, fmt)
+    return iter_records(target, fmt)[0]
+
+
+def _rewritten(options: CaptionJobOptions, target: Path | None) -> Iterator[Record]:
+    """The records a resumed JSON output starts with (JSON is one array, rewritten whole); none for the other
+    formats, which are appended to."""
+    if options.resume and options.fmt == "json" and target is not None:
+        return iter_records(target, "json")[0]
+    return iter(())
 
 
 def _announce(plan: _Plan) -> None:

@@ -1,0 +1,131 @@
+"""Results as one JSON array (``--format json``), written and read one record at a time.
+
+The writer streams records into a staging file beside the output and renames it over the output on close, so the
+file is always a whole array (the old one until the run ends) and no record waits in memory. The bytes are those of
+``json.dumps(records, indent=2)`` (each record's text ASCII-escaped only where it holds a name that is not valid
+UTF-8). The reader parses the array element by element from a buffer of a few chunks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from captionkit.errors import InputError
+from captionkit.jsontext import parse_json
+
+CHUNK = 1 << 20  # characters read at a time
+PATH_ERRORS = "surrogateescape"  # as outputs.PATH_ERRORS: names that are not UTF-8 keep their bytes
+
+
+class JsonArrayWriter:
+    """Appends the text of each record (``to_json(record, indent)``) to an array in ``path`` (None: stdout)."""
+
+    def __init__(self, path: Path | None, to_json: Callable[[Any, int], str]) -> None:
+        self.path = path
+        self.to_json = to_json
+        self.count = 0
+        self._staging = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        if self._staging is not None:
+            self._staging.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: TextIO = sys.stdout if self._staging is None else self._staging.open("w", encoding="utf-8")
+
+    def write(self, record: Any) -> None:
+        text = self.to_json(record, 2).replace("\n", "\n  ")
+        self._handle.write(("[\n  " if self.count == 0 else ",\n  ") + text)
+        self.count += 1
+
+    def close(self) -> None:
+        """End the array and, for a file, put it in place of the old one at once."""
+        self._handle.write("\n]\n" if self.count else "[]\n")
+        if self._staging is None or self.path is None:
+            self._handle.flush()
+            return
+        try:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            os.replace(self._staging, self.path)
+        finally:
+            self._handle.close()
+            self._staging.unlink(missing_ok=True)
+
+
+def iter_json_array(path: Path, what: str = "a JSON list of records") -> Iterator[Any]:
+    """The elements of the JSON array in ``path``, one at a time; anything else is one error naming the file."""
+    with path.open(encoding="utf-8", errors=PATH_ERRORS) as handle:
+        reader = _Reader(handle, path)
+        if not reader.skip_space():
+            return  # an empty file: no records, as before
+        if not reader.take("["):
+            raise InputError(path, f"not a results file (expected {what})")
+        if reader.skip_space() and reader.take("]"):
+            reader.expect_end()
+            return
+        while True:
+            yield reader.element()
+            reader.skip_space()
+            if reader.take("]"):
+                reader.expect_end()
+                return
+            if not reader.take(","):
+                raise reader.invalid("expected ',' or ']' after a record")
+
+
+class _Reader:
+    """A window on the file's text: ``buffer[at:]`` is what is not parsed yet."""
+
+    def __init__(self, handle: TextIO, path: Path) -> None:
+        self.handle, self.path = handle, path
+        self.buffer, self.at, self.done = "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def more(self) -> bool:
+        """Read another chunk (dropping what is parsed); False at the end of the file."""
+        chunk = "" if self.done else self.handle.read(CHUNK)
+        self.done = not chunk
+        self.buffer, self.at = self.buffer[self.at :] + chunk, 0
+        return bool(chunk)
+
+    def skip_space(self) -> bool:
+        """Skip whitespace; False when the file ends first."""
+        while True:
+            while self.at < len(self.buffer) and self.buffer[self.at] in " \t\r\n":
+                self.at += 1
+            if self.at < len(self.buffer) or not self.more():
+                return self.at < len(self.buffer)
+
+    def take(self, char: str) -> bool:
+        if self.skip_space() and self.buffer[self.at] == char:
+            self.at += 1
+            return True
+        return False
+
+    def element(self) -> Any:
+        """The next JSON value, read on until it is whole (checked by :func:`parse_json`)."""
+        self.skip_space()
+        while True:
+            try:
+                _, end = self.decoder.raw_decode(self.buffer, self.at)
+            except (json.JSONDecodeError, RecursionError, ValueError) as error:
+                if self.more():
+                    continue
+                if isinstance(error, json.JSONDecodeError):
+                    raise self.invalid(f"invalid JSON: {error.msg}") from None
+                end = len(self.buffer)  # parse_json says why
+            text, self.at = self.buffer[self.at : end], end
+            try:
+                return parse_json(text, self.path, non_finite=True)
+            except InputError as error:
+                raise InputError(self.path, f"not valid json ({error.reason})") from None
+
+    def expect_end(self) -> None:
+        if self.skip_space():
+            raise self.invalid("extra data after the list")
+
+    def invalid(self, reason: str) -> InputError:
+        return InputError(self.path, f"not valid json ({reason})")
