@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from captionkit.errors import InputError
-from captionkit.evaluation.diversity import diversity, length_stats, repeated_captions
+from captionkit.evaluation.diversity import caption_statistics, repeated_captions
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.tokenize import tokenize_captions
 
@@ -224,8 +224,7 @@ def score_captions(
             evaluation.missing.append(name)
 
     train = tokenize_captions(train_captions) if train_captions is not None else None
-    scores.update(diversity(candidates, train))
-    scores.update(length_stats(candidates))
+    scores.update(caption_statistics(candidates, train))
     scores["num_images"] = len(ids)
     for caption, count in repeated_captions(candidates)[:3]:
         evaluation.notes.append(

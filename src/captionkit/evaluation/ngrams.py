@@ -86,28 +86,15 @@ def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
 
     # U+00A0 (inside PTB tokens such as "2\xa01/2") splits words for str.split, as a space does.
     text = "\n".join(captions).replace("\u00a0", " ")
-    single_spaced = (
-        "  " not in text
-        and " \n" not in text
-        and "\n " not in text
-        and not text.startswith(" ")
-        and not text.endswith(" ")
-        and _OTHER_WHITESPACE.search(text) is None
-        and text.count("\n") == len(captions) - 1
-    )
-    if not single_spaced:  # the general way, one caption at a time
-        split = [c.split() for c in captions]
-        return [w for ws in split for w in ws], np.fromiter(map(len, split), np.int64, len(split))
-    # Tokenized captions are single-spaced: count spaces per line in one pass over the UTF-8 bytes (multi-byte
-    # characters never contain the bytes of a space or a newline).
-    data = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
-    breaks = np.flatnonzero(data == 10)
-    line_ends = np.concatenate((breaks, [len(data)]))
-    line_starts = np.concatenate(([0], breaks + 1))
-    spaces = np.concatenate(([0], np.cumsum(data == 32)))
-    count = spaces[line_ends] - spaces[line_starts]
-    lengths = np.where(line_ends > line_starts, count + 1, 0).astype(np.int64)
-    return text.split(), lengths
+    words = text.split()
+    if _OTHER_WHITESPACE.search(text) is None and text.count("\n") == len(captions) - 1:
+        # Only spaces separate words: a caption has at most one word more than spaces, exactly that many when it is
+        # single-spaced (as tokenized captions are). If the sum matches the words found, every caption does.
+        lengths = [caption.count(" ") + 1 if caption else 0 for caption in text.split("\n")]
+        if sum(lengths) == len(words):
+            return words, np.array(lengths, dtype=np.int64)
+    split = [c.split() for c in captions]  # the general way, one caption at a time
+    return words, np.fromiter(map(len, split), np.int64, len(split))
 
 
 def gather(table: OrderTable, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

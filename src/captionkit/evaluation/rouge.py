@@ -39,12 +39,15 @@ def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
 
 
 def _lcs(masks: dict[str, int], length: int, other: Sequence[str]) -> int:
-    full = (1 << length) - 1
-    row = full  # ones where the LCS has not yet grown
-    for word in other:
-        matches = row & masks.get(word, 0)
-        row = ((row + matches) | (row - matches)) & full
-    return length - row.bit_count()
+    # Bits above ``length`` collect carries but never reach the low bits (carries run upwards, and ``matches`` is
+    # a subset of ``row``, so nothing borrows): they are masked off once at the end. A word absent from the other
+    # caption leaves the row as it is, so it is skipped.
+    row = (1 << length) - 1  # ones where the LCS has not yet grown
+    for mask in map(masks.get, other):
+        if mask:
+            matches = row & mask
+            row = (row + matches) | (row - matches)
+    return length - (row & ((1 << length) - 1)).bit_count()
 
 
 def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> RougeScores:
@@ -54,12 +57,15 @@ def rouge_l(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> R
     for candidate, refs in zip(candidates, references, strict=True):
         words = candidate.split(" ")
         masks, length = _match_masks(words), len(words)
-        prec_max = rec_max = 0.0
+        # P's maximum is the longest LCS over the length (division by one number keeps the order); R's is taken
+        # ratio by ratio, as pycocoevalcap does.
+        lcs_max, rec_max = 0, 0.0
         for ref in refs:
             ref_words = ref.split(" ")
             lcs = _lcs(masks, length, ref_words)
-            prec_max = max(prec_max, lcs / float(length))
+            lcs_max = max(lcs_max, lcs)
             rec_max = max(rec_max, lcs / float(len(ref_words)))
+        prec_max = lcs_max / float(length)
         if prec_max != 0 and rec_max != 0:
             scores.append(((1 + beta2) * prec_max * rec_max) / float(rec_max + beta2 * prec_max))
         else:

@@ -35,7 +35,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 __all__ = ["PUNCTUATION", "ptb_tokens", "tokenize", "tokenize_captions"]
 
@@ -164,13 +164,17 @@ class _Rule:
     """One lexer rule: ``pattern`` matches the token in group ``t`` followed by its trailing context."""
 
     name: str
-    pattern: re.Pattern[str]
+    source: str  # the regex of ``pattern``, compiled on first use: most rules never run on real captions
     first: re.Pattern[str]
     action: Callable[[str], str | None]
     # (text to emit, characters consumed) when the rule gives input back to be lexed again (JFlex's yypushback).
     split: Callable[[str], tuple[str, int]] | None = None
     # The token cannot match unless the line holds one of these characters (a cheap filter; "" = no filter).
     needs: str = ""
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.source, re.DOTALL)
 
 
 def _same(token: str) -> str:
@@ -352,7 +356,7 @@ def _rules(full_unicode: bool) -> tuple[_Rule, ...]:
         split: Callable[[str], tuple[str, int]] | None = None,
     ) -> _Rule:
         needs = _NEEDS.get(name, _NEEDS.get(name.split("_")[0], ""))
-        return _Rule(name, re.compile(pattern, re.DOTALL), re.compile(first), action, split, needs)
+        return _Rule(name, pattern, re.compile(first), action, split, needs)
 
     def tok(token: str, trailing: str = "") -> str:
         """The token in group ``t``, then its trailing context (matched, so that it counts towards the length)."""
