@@ -67,7 +67,7 @@ def run_captionkit(ids: list[str], refs: dict[str, list[str]], cands: dict[str, 
     from captionkit.evaluation.bleu import bleu_from_corpus
     from captionkit.evaluation.cider import cider_from_corpus
     from captionkit.evaluation.corpus import Corpus
-    from captionkit.evaluation.rouge import rouge_l
+    from captionkit.evaluation.rouge import rouge_l_from_corpus
     from captionkit.evaluation.tokenize import tokenize_captions
 
     def tokenize() -> tuple[list[list[str]], list[str]]:
@@ -82,7 +82,7 @@ def run_captionkit(ids: list[str], refs: dict[str, list[str]], cands: dict[str, 
     # The n-gram table serves BLEU and CIDEr-D; its cost is counted in BLEU, the first metric that needs it.
     corpus = clock.time("BLEU", lambda: Corpus(candidates, references))
     bleu = clock.time("BLEU+", lambda: bleu_from_corpus(corpus))
-    rouge = clock.time("ROUGE_L", lambda: rouge_l(candidates, references))
+    rouge = clock.time("ROUGE_L", lambda: rouge_l_from_corpus(corpus))
     cider = clock.time("CIDEr", lambda: cider_from_corpus(corpus).tolist())
     clock.wall["BLEU"] += clock.wall.pop("BLEU+")
     clock.cpu["BLEU"] += clock.cpu.pop("BLEU+")

@@ -41,12 +41,16 @@ class NGramTable:
     lengths: np.ndarray  # words per caption
     words: list[str]  # all words, caption after caption
     orders: list[OrderTable]
+    word_ids: np.ndarray  # the id of each of ``words`` (its 1-gram id)
+    # Per caption, whether it is its words joined by single spaces (no other whitespace, no U+00A0, not empty):
+    # then ``caption.split(" ")``, as ROUGE-L splits, gives the same words as ``str.split``.
+    single_spaced: np.ndarray
 
     @classmethod
     def build(cls, captions: Sequence[str], n: int = 4) -> NGramTable:
         import numpy as np
 
-        words, lengths = _split_all(captions)
+        words, lengths, single_spaced = _split_all(captions)
         vocabulary: defaultdict[str, int] = defaultdict()
         vocabulary.default_factory = vocabulary.__len__  # a new word gets the next id: one lookup per word
         ids = np.fromiter(map(vocabulary.__getitem__, words), np.int64, len(words))
@@ -68,7 +72,8 @@ class NGramTable:
             caption = unique_pairs // size
             offsets = np.searchsorted(caption, np.arange(len(captions) + 1))
             orders.append(OrderTable(caption, unique_pairs % size, counts, offsets, example, size))
-        return cls(captions, lengths, words, orders)
+        single_spaced &= lengths > 0
+        return cls(captions, lengths, words, orders, ids, single_spaced)
 
     def ngram(self, order: int, gram: int) -> NGram:
         """The words of n-gram id ``gram`` of order ``order`` (1-based)."""
@@ -84,12 +89,18 @@ _OTHER_WHITESPACE = (
 )
 
 
-def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
-    """All words (``str.split`` of each caption, in order) and the number of words per caption."""
+def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """All words (``str.split`` of each caption, in order), the number of words per caption, and per caption
+    whether it is single-spaced (only single spaces between words, none before or after, no U+00A0)."""
     import numpy as np
 
     # U+00A0 (inside PTB tokens such as "2\xa01/2") splits words for str.split, as a space does.
-    text = "\n".join(captions).replace("\u00a0", " ")
+    text = "\n".join(captions)
+    if "\u00a0" in text:
+        text = text.replace("\u00a0", " ")
+        without_nbsp = np.fromiter(("\u00a0" not in caption for caption in captions), bool, len(captions))
+    else:
+        without_nbsp = np.ones(len(captions), dtype=bool)
     words = text.split()
     only_spaces = not any(character in text for character in _OTHER_WHITESPACE)
     if only_spaces and text.count("\n") == len(captions) - 1:
@@ -97,9 +108,9 @@ def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray]:
         # single-spaced (as tokenized captions are). If the sum matches the words found, every caption does.
         lengths = [caption.count(" ") + 1 if caption else 0 for caption in text.split("\n")]
         if sum(lengths) == len(words):
-            return words, np.array(lengths, dtype=np.int64)
+            return words, np.array(lengths, dtype=np.int64), without_nbsp
     split = [c.split() for c in captions]  # the general way, one caption at a time
-    return words, np.fromiter(map(len, split), np.int64, len(split))
+    return words, np.fromiter(map(len, split), np.int64, len(split)), np.zeros(len(captions), dtype=bool)
 
 
 def gather(table: OrderTable, captions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
