@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 from _data import SHARED_DATA
 
 DATA = SHARED_DATA / "coco" / "captions_val2017.json"
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 STAGES = ("tokenize", "BLEU", "ROUGE_L", "CIDEr")
 
 
@@ -145,6 +147,9 @@ class Processes:
         # As an installed package runs: with bytecode caches (this environment may set PYTHONDONTWRITEBYTECODE,
         # which would make every captionkit run compile its modules again, while site-packages have theirs).
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        # The captionkit of this checkout, whatever the environment has installed (an editable install may point
+        # at another checkout).
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
 
     def run(self, name: str, command: list[str], check: bool = True) -> None:
         import resource
@@ -243,6 +248,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="Best of N, in process and as processes.")
     parser.add_argument("--processes-only", action="store_true", help="Only the comparison as processes.")
     args = parser.parse_args()
+    sys.path.insert(0, str(SOURCE))  # in this process too, the captionkit of this checkout
     ids, refs, cands = load(args.images)
     print(f"{len(ids)} images, {sum(len(r) for r in refs.values())} references")
     if not args.processes_only:
