@@ -36,6 +36,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
+from itertools import accumulate
 
 __all__ = ["PUNCTUATION", "ptb_tokens", "tokenize", "tokenize_captions"]
 
@@ -95,9 +96,12 @@ def _lines_needing_lexer(text: str, lowered: str) -> list[int]:
     return offsets
 
 
-# Lower-case, and punctuation to spaces (all of . , ; : ! ? alone are in PUNCTUATION).
+# Lower-case A-Z: the text keeps its length, so offsets in it still name lines ...
+_ASCII_LOWER = str.maketrans({chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)})
+# ... and for the captions the fast path tokenizes, also delete . , ; : ! ? (each alone is in PUNCTUATION, and in
+# those captions each follows a word or stands alone) and read tabs as spaces.
 _FAST_TABLE = str.maketrans(
-    {**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, **dict.fromkeys(".,;:!?", " ")}
+    {**{chr(c): chr(c + 32) for c in range(ord("A"), ord("Z") + 1)}, **dict.fromkeys(".,;:!?"), "\t": " "}
 )
 
 
@@ -648,13 +652,12 @@ def ptb_tokens(caption: str, following: str = "") -> list[str]:
     return [_java_lower(token) for token in _lex(line + following, len(line))]
 
 
-def _squeeze_spaces(text: str) -> str:
-    """Each line's words joined by single spaces, as ``" ".join(line.split())`` per line, in a few C-speed passes."""
-    if "\t" in text:
-        text = text.replace("\t", " ")
-    while "  " in text:
-        text = text.replace("  ", " ")
-    return text.replace(" \n", "\n").replace("\n ", "\n").strip(" ")
+def _single_spaced_lines(text: str) -> list[str]:
+    """Each line's words joined by single spaces (``" ".join(line.split())``); most lines already are, as they are."""
+    return [
+        line if "  " not in line and line[:1] != " " and line[-1:] != " " else " ".join(line.split())
+        for line in text.split("\n")
+    ]
 
 
 def _tokenize_line(line: str, following: str) -> str:
@@ -681,12 +684,10 @@ def tokenize_captions(captions: Iterable[str]) -> list[str]:
     if any(char in text for char in "\r\u2028\u2029\x0b\x0c"):
         text = text.translate(_LINE_BREAKS)
         lines = text.split("\n")
-    starts = [0]
-    for line in lines:
-        starts.append(starts[-1] + len(line) + 1)
-    fast = text.translate(_FAST_TABLE)
-    needs_lexer = {bisect.bisect_right(starts, offset) - 1 for offset in _lines_needing_lexer(text, fast)}
-    out = _squeeze_spaces(fast).split("\n")
+    starts = list(accumulate((len(line) + 1 for line in lines), initial=0))
+    offsets = _lines_needing_lexer(text, text.translate(_ASCII_LOWER))
+    needs_lexer = {bisect.bisect_right(starts, offset) - 1 for offset in offsets}
+    out = _single_spaced_lines(text.translate(_FAST_TABLE))
     done: dict[str, str] = {}
     for i in sorted(needs_lexer):
         line = lines[i]
