@@ -39,10 +39,18 @@ class Corpus:
         self.reference_lengths = self.table.lengths[self.pair_caption]
         self.references_per_image = np.bincount(self.pair_image, minlength=self.num_images)
         self._candidate_ngrams: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._reference_entries: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @cached_property
     def references(self) -> References:
-        return reference_ngrams(self.table, self.pair_image, self.pair_caption)
+        return reference_ngrams(self.table, self.pair_image, self.pair_caption, self.reference_entries)
+
+    def reference_entries(self, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pair, n-gram id, count)`` of every distinct n-gram of this order in each (image, reference) pair,
+        pairs in order (shared by BLEU's clipping and CIDEr-D's vectors)."""
+        if order not in self._reference_entries:
+            self._reference_entries[order] = gather(self.table.orders[order - 1], self.pair_caption)
+        return self._reference_entries[order]
 
     def candidate_ngrams(self, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(image, n-gram id, count)`` of every distinct candidate n-gram of this order, sorted by image, id."""

@@ -11,7 +11,7 @@ Each n-gram of order k gets a dense id: the 1-gram id is the word id, and a k-gr
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -133,13 +133,20 @@ class References:
     max_count: list[np.ndarray]
 
 
-def reference_ngrams(table: NGramTable, image_of_ref: np.ndarray, ref_caption: np.ndarray) -> References:
-    """Merge the references of each image (``image_of_ref[j]`` holds reference caption ``ref_caption[j]``)."""
+def reference_ngrams(
+    table: NGramTable,
+    image_of_ref: np.ndarray,
+    ref_caption: np.ndarray,
+    entries: Callable[[int], tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+) -> References:
+    """Merge the references of each image (``image_of_ref[j]`` holds reference caption ``ref_caption[j]``).
+
+    ``entries(k)``, when given, is ``gather(table.orders[k - 1], ref_caption)`` computed already."""
     import numpy as np
 
     pairs, maxima = [], []
-    for order in table.orders:
-        rows, grams, counts = gather(order, ref_caption)
+    for k, order in enumerate(table.orders, start=1):
+        rows, grams, counts = entries(k) if entries is not None else gather(order, ref_caption)
         keys = image_of_ref[rows] * order.size + grams
         sort = np.argsort(keys, kind="stable")  # runs: each reference's n-grams come sorted; timsort merges them
         keys, counts = keys[sort], counts[sort]
