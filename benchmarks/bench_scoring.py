@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 from _data import SHARED_DATA
 
 DATA = SHARED_DATA / "coco" / "captions_val2017.json"
+SOURCE = Path(__file__).resolve().parents[1] / "src"
 STAGES = ("tokenize", "BLEU", "ROUGE_L", "CIDEr")
 
 
@@ -67,7 +69,7 @@ def run_captionkit(ids: list[str], refs: dict[str, list[str]], cands: dict[str, 
     from captionkit.evaluation.bleu import bleu_from_corpus
     from captionkit.evaluation.cider import cider_from_corpus
     from captionkit.evaluation.corpus import Corpus
-    from captionkit.evaluation.rouge import rouge_l
+    from captionkit.evaluation.rouge import rouge_l_from_corpus
     from captionkit.evaluation.tokenize import tokenize_captions
 
     def tokenize() -> tuple[list[list[str]], list[str]]:
@@ -82,7 +84,7 @@ def run_captionkit(ids: list[str], refs: dict[str, list[str]], cands: dict[str, 
     # The n-gram table serves BLEU and CIDEr-D; its cost is counted in BLEU, the first metric that needs it.
     corpus = clock.time("BLEU", lambda: Corpus(candidates, references))
     bleu = clock.time("BLEU+", lambda: bleu_from_corpus(corpus))
-    rouge = clock.time("ROUGE_L", lambda: rouge_l(candidates, references))
+    rouge = clock.time("ROUGE_L", lambda: rouge_l_from_corpus(corpus))
     cider = clock.time("CIDEr", lambda: cider_from_corpus(corpus).tolist())
     clock.wall["BLEU"] += clock.wall.pop("BLEU+")
     clock.cpu["BLEU"] += clock.cpu.pop("BLEU+")
@@ -145,6 +147,9 @@ class Processes:
         # As an installed package runs: with bytecode caches (this environment may set PYTHONDONTWRITEBYTECODE,
         # which would make every captionkit run compile its modules again, while site-packages have theirs).
         self.env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        # The captionkit of this checkout, whatever the environment has installed (an editable install may point
+        # at another checkout).
+        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), os.environ.get("PYTHONPATH")]))
 
     def run(self, name: str, command: list[str], check: bool = True) -> None:
         import resource
@@ -243,6 +248,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="Best of N, in process and as processes.")
     parser.add_argument("--processes-only", action="store_true", help="Only the comparison as processes.")
     args = parser.parse_args()
+    sys.path.insert(0, str(SOURCE))  # in this process too, the captionkit of this checkout
     ids, refs, cands = load(args.images)
     print(f"{len(ids)} images, {sum(len(r) for r in refs.values())} references")
     if not args.processes_only:

@@ -15,6 +15,7 @@ import pytest
 
 from _data import SHARED_DATA
 from _helpers import run_cli
+from captionkit.cli import scoring
 from captionkit.cli._common import without_cyclic_gc
 from captionkit.evaluation import external, spice
 
@@ -69,9 +70,10 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
 
 def test_scoring_imports_no_heavy_library(coco_candidates: Path) -> None:
     # Start-up is most of what `captionkit score` costs: no model library, image library, server or dataset layer,
-    # and no other command's module.
+    # no other command's module, and no typer (nor the pydantic it imports): well-formed options skip its parser.
     heavy = ("torch", "transformers", "PIL", "fastapi", "captionkit.data", "captionkit.models", "captionkit.cli.")
-    light = ("captionkit.cli.score", "captionkit.cli._common")
+    heavy += ("typer", "pydantic", "click", "rich")
+    light = ("captionkit.cli.scoring", "captionkit.cli._common")
     code = (
         "import sys\n"
         "from captionkit.cli import main\n"
@@ -83,6 +85,60 @@ def test_scoring_imports_no_heavy_library(coco_candidates: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_fast_parser_knows_the_typer_commands_options() -> None:
+    import inspect
+
+    import typer
+
+    from captionkit.cli.app import build_app
+
+    command = typer.main.get_command(build_app("score")).commands["score"]
+    declared = {opt: param.name for param in command.params for opt in param.opts}
+    assert declared == {flag: name for flag, (name, _) in scoring.SCORE_OPTIONS.items()}
+    assert {param.name for param in command.params if param.required} == set(scoring.REQUIRED_OPTIONS)
+    defaults = inspect.signature(scoring.run_score).parameters
+    for param in command.params:
+        if not param.required:
+            assert param.default == defaults[param.name].default, param.name
+
+
+@pytest.mark.parametrize(
+    ("args", "parsed"),
+    [
+        (["--refs", "r.json", "--cands=c.json"], {"refs": Path("r.json"), "cands": Path("c.json")}),
+        (
+            ["--cands", "c", "--metrics", "BLEU", "--refs", "r"],
+            {"cands": Path("c"), "metrics": "BLEU", "refs": Path("r")},
+        ),
+        (["--refs", "r.json"], None),  # missing --cands: typer says so
+        (["--refs", "r", "--cands", "c", "--help"], None),
+        (["--refs", "r", "--cands", "c", "--refs", "s"], None),  # repeated
+        (["--refs", "r", "--cands", "c", "--metric", "BLEU"], None),  # mistyped
+        (["--refs", "r", "--cands", "c", "--metrics"], None),  # no value
+        (["--refs", "r", "--cands", "--metrics", "BLEU"], None),  # a flag where a value should be
+        (["--refs", "r", "--cands", ""], None),
+        (["--refs", "r", "--cands", "c", "extra"], None),
+    ],
+)
+def test_the_fast_parser_takes_only_well_formed_command_lines(args: list[str], parsed: dict | None) -> None:
+    assert scoring.parse_score_options(args) == parsed
+
+
+def test_score_without_typer_equals_score_through_typer(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU,ROUGE_L,CIDEr"]
+    fast = run_cli([*args, "--per-image", tmp_path / "fast.json"], capsys)
+    monkeypatch.setattr(scoring, "parse_score_options", lambda _args: None)
+    typed = run_cli([*args, "--per-image", tmp_path / "typed.json"], capsys)
+    assert fast == typed and fast[0] == 0
+    assert (tmp_path / "fast.json").read_text() == (tmp_path / "typed.json").read_text()
+    bad = ["score", "--refs", COCO_SUBSET, "--cands", COCO_SUBSET, "--metrics", "BLEU"]
+    typed_error = run_cli(bad, capsys)
+    monkeypatch.undo()
+    assert run_cli(bad, capsys) == typed_error and typed_error[0] == 1
 
 
 def test_score_pauses_the_cyclic_collector_only_while_it_runs(

@@ -181,3 +181,25 @@ def test_scoring_cuts_captions_at_the_token_cap_with_a_note():
     huge = score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 60_000 + " cat"}, "BLEU", cand_source="c")
     assert huge.scores == score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 49_994}, "BLEU").scores
     assert huge.notes[0].startswith("c: 1 caption(s) over 1000 tokens or 50000 characters were cut")
+
+
+def test_rouge_l_from_the_corpus_equals_rouge_l_caption_by_caption() -> None:
+    # Single-spaced captions go through numpy's 64-bit rows; captions with U+00A0 or doubled spaces, empty ones and
+    # candidates over 63 words are scored one by one: every image's score is the same float either way.
+    from captionkit.evaluation.corpus import Corpus
+    from captionkit.evaluation.rouge import rouge_l, rouge_l_from_corpus
+
+    rng = random.Random(7)
+    words = ["a", "b", "c", "dog", "on", "the", "2\u00a01/2"]
+
+    def caption(length: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(length))
+
+    for _ in range(200):
+        images = rng.randint(1, 6)
+        cands = [caption(rng.choice([0, 1, 3, 8, 63, 64, 70])) for _ in range(images)]
+        refs = [[caption(rng.choice([0, 1, 2, 5, 12, 80])) for _ in range(rng.randint(1, 4))] for _ in range(images)]
+        if rng.random() < 0.2:
+            cands = [c.replace(" ", "  ", 1) for c in cands]
+        expected, scored = rouge_l(cands, refs), rouge_l_from_corpus(Corpus(cands, refs))
+        assert scored.per_image == expected.per_image and scored.mean == expected.mean

@@ -1,79 +1,25 @@
-"""The ``captionkit`` command line: a typer app whose commands are thin calls into the layers below.
+"""The ``captionkit`` command line: a typer app (:mod:`captionkit.cli.app`) whose commands are thin calls into the
+layers below.
 
 Each command lives in its own module and imports heavy libraries (torch, transformers) inside its body, so that
-light commands such as ``captionkit score`` start fast. Exit codes: 0 ok, 1 usage or input error, 2 partial
-results with errors recorded.
+light commands start fast; ``captionkit score`` with well-formed options does not even import typer (see
+:mod:`captionkit.cli.scoring`). Exit codes: 0 ok, 1 usage or input error, 2 partial results with errors recorded.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import Annotated
-
-import typer
-
-from captionkit.version import __version__
-
-# Commands in the order `captionkit --help` lists them: name -> (module in captionkit.cli, its attribute, whether
-# that is a typer app of subcommands). Modules are imported when their command is built: `captionkit score` builds
-# and imports only itself (building every command's parser took tens of milliseconds of each command's start-up).
-_COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "caption": ("caption", "caption", False),
-    "train": ("train", "train", False),
-    "demo": ("demo", "demo", False),
-    "score": ("score", "score", False),
-    "evaluate": ("evaluate", "evaluate", False),
-    "compare": ("compare", "compare", False),
-    "benchmark": ("benchmark", "benchmark", False),
-    "export": ("export", "app", True),
-    "merge": ("merge", "merge", False),
-    "data": ("data", "app", True),
-    "serve": ("serve", "serve", False),
-}
-
-
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print captionkit's version and exit.")] = False,
-) -> None:
-    if version:
-        print(f"captionkit {__version__}")
-        raise typer.Exit(0)
-
-
-def build_app(only: str | None = None) -> typer.Typer:
-    """The typer app with every command, or with only the command named ``only``."""
-    app = typer.Typer(
-        name="captionkit",
-        help="Caption images, train and evaluate captioners.",
-        no_args_is_help=True,
-        add_completion=False,
-        pretty_exceptions_enable=False,
-    )
-    app.callback(invoke_without_command=True)(_root)
-    for name, (module, attribute, is_group) in _COMMANDS.items():
-        if only in (None, name):
-            target = getattr(importlib.import_module(f"captionkit.cli.{module}"), attribute)
-            if is_group:
-                app.add_typer(target, name=name)
-            else:
-                app.command(name)(target)
-    return app
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``captionkit`` script; maps click's usage errors (exit 2) to our exit code 1."""
+    """Entry point of the ``captionkit`` script: runs the command and exits with its code."""
     args = sys.argv[1:] if argv is None else argv
-    command = typer.main.get_command(build_app(args[0] if args and args[0] in _COMMANDS else None))
-    try:
-        code = command.main(args=args, prog_name="captionkit", standalone_mode=False)
-    except typer.Abort:
-        print("captionkit: aborted", file=sys.stderr)
-        sys.exit(1)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except typer.TyperException as error:  # usage errors: bad option, missing argument, bad value
-        show = getattr(error, "show", None)
-        show() if callable(show) else print(f"captionkit: error: {error}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code or 0)
+    if args[:1] == ["score"]:
+        from captionkit.cli.scoring import parse_score_options, run_score
+
+        options = parse_score_options(args[1:])
+        if options is not None:
+            sys.exit(run_score(**options))
+    from captionkit.cli.app import run_app
+
+    sys.exit(run_app(args))

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from captionkit.evaluation.corpus import Corpus
-from captionkit.evaluation.ngrams import NGram, NGramTable, gather, reference_ngrams
+from captionkit.evaluation.ngrams import NGram, NGramTable, reference_ngrams
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,7 +56,7 @@ def cider_from_corpus(
         rows, grams, counts = corpus.candidate_ngrams(k)
         mine = counts * idf[grams]
         my_keys = rows * table.size + grams  # sorted: rows ascending, ids ascending within a row
-        pair, ref_grams, ref_counts = gather(table, corpus.pair_caption)
+        pair, ref_grams, ref_counts = corpus.reference_entries(k)
         theirs = ref_counts * idf[ref_grams]
         keys = corpus.pair_image[pair] * table.size + ref_grams
         at = np.minimum(np.searchsorted(my_keys, keys), max(0, len(my_keys) - 1))

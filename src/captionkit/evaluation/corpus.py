@@ -20,29 +20,37 @@ class Corpus:
 
         if len(candidates) != len(references):
             raise ValueError(f"{len(candidates)} candidates but {len(references)} reference lists")
-        index: dict[str, int] = {}
-        candidate_caption = [index.setdefault(c, len(index)) for c in candidates]
-        pair_image, pair_caption = [], []
-        for image, refs in enumerate(references):
-            if not refs:
-                raise ValueError(f"image {image} has no references")
-            for ref in refs:
-                pair_image.append(image)
-                pair_caption.append(index.setdefault(ref, len(index)))
+        references_per_image = [len(refs) for refs in references]
+        if not all(references_per_image):
+            raise ValueError(f"image {references_per_image.index(0)} has no references")
+        flat = [ref for refs in references for ref in refs]
+        # Each distinct caption once (candidates first, then references, in order), numbered in that order.
+        distinct = dict.fromkeys(candidates)
+        distinct.update(dict.fromkeys(flat))
+        index = {caption: number for number, caption in enumerate(distinct)}
         self.n = n
         self.num_images = len(candidates)
         self.table = NGramTable.build(list(index), n)
-        self.candidate_caption = np.array(candidate_caption, dtype=np.int64)
-        self.pair_image = np.array(pair_image, dtype=np.int64)  # one entry per (image, reference), image order
-        self.pair_caption = np.array(pair_caption, dtype=np.int64)
+        self.candidate_caption = np.fromiter(map(index.__getitem__, candidates), np.int64, len(candidates))
+        # One entry per (image, reference), in image order.
+        self.pair_image = np.repeat(np.arange(len(candidates), dtype=np.int64), references_per_image)
+        self.pair_caption = np.fromiter(map(index.__getitem__, flat), np.int64, len(flat))
         self.candidate_lengths = self.table.lengths[self.candidate_caption]
         self.reference_lengths = self.table.lengths[self.pair_caption]
         self.references_per_image = np.bincount(self.pair_image, minlength=self.num_images)
         self._candidate_ngrams: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._reference_entries: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @cached_property
     def references(self) -> References:
-        return reference_ngrams(self.table, self.pair_image, self.pair_caption)
+        return reference_ngrams(self.table, self.pair_image, self.pair_caption, self.reference_entries)
+
+    def reference_entries(self, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(pair, n-gram id, count)`` of every distinct n-gram of this order in each (image, reference) pair,
+        pairs in order (shared by BLEU's clipping and CIDEr-D's vectors)."""
+        if order not in self._reference_entries:
+            self._reference_entries[order] = gather(self.table.orders[order - 1], self.pair_caption)
+        return self._reference_entries[order]
 
     def candidate_ngrams(self, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(image, n-gram id, count)`` of every distinct candidate n-gram of this order, sorted by image, id."""

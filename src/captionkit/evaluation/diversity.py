@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 
 REPEAT_SHARE = 0.05
 REPEAT_MIN_COUNT = 3
@@ -29,12 +30,19 @@ def distinct_n(captions: Sequence[str], n: int) -> float:
     >>> distinct_n(["a dog", "a cat"], 1)
     0.75
     """
+    return _distinct([caption.split() for caption in captions], n)
+
+
+def _distinct(words: Sequence[list[str]], n: int) -> float:
+    """:func:`distinct_n` of captions already split into words."""
     grams: set[str | tuple[str, ...]] = set()  # words themselves for n = 1: no tuple to build per word
-    total = 0
-    for caption in captions:
-        words = caption.split()
-        grams.update(words if n == 1 else zip(*[words[i:] for i in range(n)], strict=False))
-        total += max(0, len(words) - n + 1)
+    if n == 1:
+        grams.update(word for caption in words for word in caption)
+    elif n == 2:  # the common case, without building n shifted copies of each caption
+        grams.update(gram for caption in words for gram in pairwise(caption))
+    else:
+        grams.update(gram for caption in words for gram in zip(*[caption[i:] for i in range(n)], strict=False))
+    total = sum(max(0, len(caption) - n + 1) for caption in words)
     return len(grams) / total if total else 0.0
 
 
@@ -48,7 +56,11 @@ def _percentile(ordered: Sequence[int], q: float) -> float:
 def length_stats(captions: Sequence[str]) -> dict[str, float]:
     """Caption length in tokens: ``length_mean``, ``length_std``, ``length_min``, ``length_max``, ``length_p10``,
     ``length_p50``, ``length_p90``."""
-    lengths = sorted(len(c.split()) for c in captions)
+    return _length_stats([len(c.split()) for c in captions])
+
+
+def _length_stats(lengths: list[int]) -> dict[str, float]:
+    lengths = sorted(lengths)
     if not lengths:
         return {}
     mean = sum(lengths) / len(lengths)
@@ -68,11 +80,17 @@ def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = No
     share. Counts are ints."""
     if not captions:
         return {}
+    return _diversity([caption.split() for caption in captions], captions, train_captions)
+
+
+def _diversity(
+    words: Sequence[list[str]], captions: Sequence[str], train_captions: Iterable[str] | None
+) -> dict[str, float]:
     unique = len(set(captions))
     stats: dict[str, float] = {
-        "distinct_1": distinct_n(captions, 1),
-        "distinct_2": distinct_n(captions, 2),
-        "vocab_size": len(set(" ".join(captions).split())),
+        "distinct_1": _distinct(words, 1),
+        "distinct_2": _distinct(words, 2),
+        "vocab_size": len({word for caption in words for word in caption}),  # distinct_1's numerator
         "unique_captions": unique,
         "unique_share": unique / len(captions),
     }
@@ -80,6 +98,14 @@ def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = No
         train = set(train_captions)
         stats["copied_from_train"] = sum(c in train for c in captions) / len(captions)
     return stats
+
+
+def caption_statistics(captions: Sequence[str], train_captions: Iterable[str] | None = None) -> dict[str, float]:
+    """:func:`diversity` and :func:`length_stats` together, splitting each caption into words once."""
+    if not captions:
+        return {}
+    words = [caption.split() for caption in captions]
+    return _diversity(words, captions, train_captions) | _length_stats([len(caption) for caption in words])
 
 
 def repeated_captions(

@@ -1,0 +1,154 @@
+"""``captionkit score`` without typer: the command's work as one function, and a parser for its well-formed
+command lines.
+
+typer 0.29 imports pydantic and builds a validator for every option: about 0.15 s of start-up, a fifth of the whole
+command on COCO val2017's 5,000 images. :func:`captionkit.cli.main` therefore hands a ``score`` command line that
+:func:`parse_score_options` understands straight to :func:`run_score`; anything else (``--help``, a mistyped,
+repeated or missing option) goes through the typer command in :mod:`captionkit.cli.score`, which calls the same
+:func:`run_score` and gives typer's help and usage errors. ``tests/test_evaluation_cli.py`` checks that
+:data:`SCORE_OPTIONS` and the defaults here match the typer command's options.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, without_cyclic_gc
+from captionkit.files import write_atomic
+
+DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_METEOR = "python"
+
+#: The options of ``captionkit score``: flag -> (keyword of :func:`run_score`, whether its value is a path).
+SCORE_OPTIONS: dict[str, tuple[str, bool]] = {
+    "--refs": ("refs", True),
+    "--cands": ("cands", True),
+    "--metrics": ("metrics", False),
+    "--per-image": ("per_image", True),
+    "--train-captions": ("train_captions", True),
+    "--images": ("images", True),
+    "--clip-model": ("clip_model", False),
+    "--meteor": ("meteor", False),
+}
+REQUIRED_OPTIONS = ("refs", "cands")
+
+_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+
+
+def parse_score_options(args: Sequence[str]) -> dict[str, Any] | None:
+    """The keywords of :func:`run_score` from ``score``'s arguments (after the command name), or ``None`` when they
+    are anything but ``--flag value`` / ``--flag=value`` pairs of known flags, each at most once, the required ones
+    present and no value empty or starting with ``-`` (typer's parser then decides, and words any error)."""
+    options: dict[str, Any] = {}
+    position = 0
+    while position < len(args):
+        flag, equals, value = args[position].partition("=")
+        if flag not in SCORE_OPTIONS:
+            return None
+        if not equals:
+            position += 1
+            if position == len(args):
+                return None
+            value = args[position]
+        name, is_path = SCORE_OPTIONS[flag]
+        if name in options or not value or value.startswith("-"):
+            return None
+        options[name] = Path(value) if is_path else value
+        position += 1
+    if any(name not in options for name in REQUIRED_OPTIONS):
+        return None
+    return options
+
+
+def _json_value(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _table(scores: dict[str, Any]) -> str:
+    """One row per score; counts (ints) print as integers, scores with four decimals."""
+    rows = [(k, scores[k]) for k in _ORDER if k in scores]
+    rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, int | float)]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(
+        f"  {k:<{width}}  {v:10d}" if isinstance(v, int) else f"  {k:<{width}}  {v:10.4f}" for k, v in rows
+    )
+
+
+@without_cyclic_gc
+def run_score(
+    refs: Path,
+    cands: Path,
+    metrics: str | None = None,
+    per_image: Path | None = None,
+    train_captions: Path | None = None,
+    images: Path | None = None,
+    clip_model: str = DEFAULT_CLIP_MODEL,
+    meteor: str = DEFAULT_METEOR,
+) -> int:
+    """``captionkit score``: the JSON result on stdout, the table and notes on stderr; returns the exit code (bad
+    input prints one line and exits 1 through :func:`~captionkit.cli._common.fail`)."""
+    if "numpy" not in sys.modules:
+        # Scoring multiplies no matrices; OpenBLAS would start a thread per core at numpy's import, which spins and
+        # doubles the import's CPU time (0.15 s instead of 0.07 s) on a machine whose cores are busy anyway.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from captionkit.errors import InputError
+    from captionkit.evaluation.api import java_note, score_captions, split_image_metrics
+    from captionkit.evaluation.readers import read_candidates, read_references
+
+    try:
+        note = java_note(metrics, meteor)
+        if note is not None:
+            print(f"captionkit: note: {note}", file=sys.stderr)
+        text_metrics, wants_clip = split_image_metrics(metrics)
+        if wants_clip and images is None:
+            raise InputError("--images", "CLIPScore needs the directory of the images")
+        references = read_references(refs)
+        candidates = references.match(read_candidates(cands), str(cands))
+        train = None
+        if train_captions is not None:
+            train = [c for caps in read_references(train_captions).captions.values() for c in caps]
+        evaluation = score_captions(
+            references.captions,
+            candidates,
+            text_metrics,
+            train,
+            ref_source=str(refs),
+            cand_source=str(cands),
+            meteor=meteor,
+        )
+        if wants_clip and images is not None:
+            _add_clip_scores(evaluation, references, candidates, images, clip_model)
+        if per_image is not None:
+            payload = {
+                "overall": {k: _json_value(v) for k, v in evaluation.scores.items()},
+                "per_image": {i: {k: _json_value(v) for k, v in s.items()} for i, s in evaluation.per_image.items()},
+            }
+            try:
+                write_atomic(per_image, json.dumps(payload, indent=1) + "\n")
+            except OSError as error:
+                raise InputError(per_image, f"cannot write: {error.strerror or error}") from None
+    except InputError as error:
+        fail(str(error))
+    result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
+    print(json.dumps(result))
+    print(_table(evaluation.scores), file=sys.stderr)
+    for note in evaluation.notes:
+        print(f"captionkit: note: {note}", file=sys.stderr)
+    return EXIT_PARTIAL if evaluation.missing else EXIT_OK
+
+
+def _add_clip_scores(evaluation: Any, references: Any, candidates: dict[str, str], images: Path, source: str) -> None:
+    """CLIPScore and RefCLIPScore of every candidate on its image, into the corpus and per-image scores."""
+    from captionkit.evaluation.clipscore import ClipScorer, score_image_files
+
+    files = references.image_files(images)
+    corpus, per_image = score_image_files(ClipScorer(source), files, candidates, references.captions)
+    evaluation.scores.update(corpus)
+    for image_id, scores in per_image.items():
+        evaluation.per_image[image_id].update(scores)
