@@ -4,6 +4,8 @@ an interruption; `merge` reads and writes Parquet parts."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pyarrow.parquet as pq
 import pytest
@@ -112,3 +114,22 @@ def test_parquet_to_stdout_is_a_usage_error(model_dir, shards, capsys):
     assert (
         err.strip().splitlines()[-1] == "captionkit: error: --format: parquet output needs --output (a .parquet file)"
     )
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_in_one_line_before_parquet_holds_it(model_dir, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 bytes: a name Linux allows and UTF-8 cannot decode
+    shutil.copy(real_photos(1)[0], photos / name)
+    out = tmp_path / "out.parquet"
+    code, _, err = caption_parquet([photos, "--model", model_dir, "--output", out], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: {out}: cannot hold the image '{photos}/caf\\udce9.jpg': it is not valid UTF-8, which "
+        "Parquet's strings must be (write --format jsonl, csv or json instead)"
+    )
+    assert not out.exists() or pq.read_table(out).num_rows == 0  # nothing written under a mangled name
+    # JSON lines keep the name's bytes.
+    code, _, err = caption([photos, "--model", model_dir, "--output", tmp_path / "out.jsonl"], capsys)
+    assert code == 0, err
+    assert os.fsencode(read_jsonl(tmp_path / "out.jsonl")[0]["image"]).endswith(b"caf\xe9.jpg")

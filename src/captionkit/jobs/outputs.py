@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from captionkit.errors import InputError
 from captionkit.jobs.json_array import JsonArrayWriter, iter_json_array
-from captionkit.jobs.parquet_records import journal_path, read_parquet_records, write_parquet_records
+from captionkit.jobs.parquet_records import check_utf8, journal_path, read_parquet_records, write_parquet_records
 from captionkit.jsontext import parse_json
 
 FORMATS = ("jsonl", "csv", "json", "parquet")
@@ -226,6 +226,8 @@ class RecordWriter:
             return
         assert self._handle is not None
         for record in records:
+            if self.fmt == "parquet" and self.path is not None:
+                check_utf8(record, self.path)
             if self.fmt in ("jsonl", "parquet"):
                 self._handle.write(_to_json(record) + "\n")
             else:

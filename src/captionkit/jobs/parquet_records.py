@@ -27,6 +27,22 @@ FIELDS = ("image", "caption", "score", "captions", "error")
 JOURNAL_SUFFIX = ".partial.jsonl"
 
 
+def check_utf8(record: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming ``path``, a record Parquet cannot hold: its strings must be UTF-8, and a file name
+    that is not (kept in a ``str`` by ``surrogateescape``) is not. Checked before the record reaches the journal."""
+    for name in ("image", "caption", "error"):
+        value = record.get(name)
+        if isinstance(value, str) and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError(
+                    path,
+                    f"cannot hold the {name} {value!a}: it is not valid UTF-8, which Parquet's strings must be "
+                    "(write --format jsonl, csv or json instead)",
+                ) from None
+
+
 def journal_path(path: Path) -> Path:
     return path.with_name(path.name + JOURNAL_SUFFIX)
 
