@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,16 @@ def test_usage_errors_exit_1(tmp_path, capsys):
     assert code == 1 and "bad.jsonl: not valid jsonl" in err
     code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.xml", "--format", "xml"], capsys)
     assert code == 1 and "unknown format 'xml'" in err
+
+
+def test_a_name_parquet_cannot_hold_is_one_line_naming_the_output_and_leaves_nothing(tmp_path, capsys):
+    latin1 = os.fsdecode(b"/photos/caf\xe9.jpg")  # a file name that is not UTF-8, as Linux allows
+    part = write(tmp_path / "r.part-0-of-1.jsonl", [caption("/photos/a.jpg"), caption(latin1)])
+    out = tmp_path / "all.parquet"
+    code, _, err = run_cli(["merge", part, "--output", out], capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"captionkit: error: {out}: cannot hold the image '/photos/caf\\udce9.jpg'")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [part.name]  # no output, staging file or journal left
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 0, err
+    assert [os.fsencode(r["image"]) for r in read_jsonl(tmp_path / "all.jsonl")][1] == b"/photos/caf\xe9.jpg"

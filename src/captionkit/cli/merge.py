@@ -28,10 +28,11 @@ def merge(
     Exit 0 when complete, 2 when inputs or parts are missing, parts come from runs with different N, or some
     images failed (their error records are kept), 1 on unreadable parts or bad usage.
     """
-    from captionkit.errors import CaptionkitError
+    from captionkit.errors import CaptionkitError, InputError
     from captionkit.jobs.inputs import iter_inputs
     from captionkit.jobs.merge import format_of, merge_parts, some
     from captionkit.jobs.outputs import FORMATS, RecordWriter
+    from captionkit.jobs.parquet_records import journal_path
 
     out_fmt = fmt or format_of(output)
     if out_fmt not in FORMATS:
@@ -50,7 +51,15 @@ def merge(
         staging = output.with_name(output.name + ".tmp")
         staging.unlink(missing_ok=True)
         writer = RecordWriter(staging, out_fmt)
-        writer.write(result.records())
+        try:
+            writer.write(result.records())
+        except CaptionkitError as error:  # a part unreadable midway, or a record the output format cannot hold
+            writer.close()
+            for leftover in (staging, journal_path(staging)):
+                leftover.unlink(missing_ok=True)
+            if isinstance(error, InputError) and error.source == str(staging):
+                fail(f"{output}: {error.reason}")
+            fail(str(error))
         writer.close()
         os.replace(staging, output)
 
