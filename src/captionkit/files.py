@@ -17,9 +17,12 @@ them (:func:`honour_umask`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 from captionkit.errors import InputError
 
@@ -57,23 +60,32 @@ def text_lines(text: str) -> list[str]:
 def write_atomic(
     path: str | os.PathLike[str], data: str | bytes, encoding: str = "utf-8", errors: str = "strict"
 ) -> Path:
-    """Write ``data`` to ``path`` whole: into ``.NAME.PID.tmp`` beside it, flushed to disk, then renamed over it.
+    """Write ``data`` to ``path`` whole (see :func:`atomic_writer`). Returns ``path``."""
+    path = Path(path)
+    payload = data.encode(encoding, errors) if isinstance(data, str) else data
+    with atomic_writer(path) as handle:
+        handle.write(payload)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """A handle (``open(..., mode, encoding=...)``) on ``.NAME.PID.tmp`` beside ``path``, whose file is flushed to
+    disk and renamed over ``path`` when the block ends; an error in the block leaves ``path`` as it was.
 
     The temporary file is opened like any other (mode 0666 less the umask), so the result has the permissions a
-    plain write would give it. Returns ``path``.
+    plain write would give it.
     """
     path = Path(path)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    payload = data.encode(encoding, errors) if isinstance(data, str) else data
     try:
-        with staging.open("wb") as handle:
-            handle.write(payload)
+        with staging.open(mode, encoding=encoding) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
-    return path
 
 
 def new_file_mode(directory: Path) -> int:

@@ -8,14 +8,15 @@ UTF-8). The reader parses the array element by element from a buffer of a few ch
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from captionkit.errors import InputError
+from captionkit.files import atomic_writer
 from captionkit.jsontext import parse_json
 
 CHUNK = 1 << 20  # characters read at a time
@@ -29,10 +30,12 @@ class JsonArrayWriter:
         self.path = path
         self.to_json = to_json
         self.count = 0
-        self._staging = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        if self._staging is not None:
-            self._staging.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: TextIO = sys.stdout if self._staging is None else self._staging.open("w", encoding="utf-8")
+        self._staged = contextlib.ExitStack()  # for a file: the staging file, put in place on close
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle: TextIO = (
+            sys.stdout if path is None else self._staged.enter_context(atomic_writer(path, "w", encoding="utf-8"))
+        )
 
     def write(self, record: Any) -> None:
         text = self.to_json(record, 2).replace("\n", "\n  ")
@@ -42,17 +45,8 @@ class JsonArrayWriter:
     def close(self) -> None:
         """End the array and, for a file, put it in place of the old one at once."""
         self._handle.write("\n]\n" if self.count else "[]\n")
-        if self._staging is None or self.path is None:
-            self._handle.flush()
-            return
-        try:
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
-            os.replace(self._staging, self.path)
-        finally:
-            self._handle.close()
-            self._staging.unlink(missing_ok=True)
+        self._handle.flush()
+        self._staged.close()
 
 
 def iter_json_array(path: Path, what: str = "a JSON list of records") -> Iterator[Any]:

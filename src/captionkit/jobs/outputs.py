@@ -14,13 +14,13 @@ import contextlib
 import csv
 import itertools
 import json
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from captionkit.errors import InputError
+from captionkit.files import atomic_writer
 from captionkit.jobs.json_array import JsonArrayWriter, iter_json_array
 from captionkit.jobs.parquet_records import check_utf8, journal_path, read_parquet_records, write_parquet_records
 from captionkit.jsontext import parse_json
@@ -158,19 +158,12 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
 
 def _replace_with_prefix(path: Path, length: int, suffix: bytes) -> None:
     """Replace ``path`` atomically by its first ``length`` bytes and ``suffix``, copied a chunk at a time."""
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with path.open("rb") as source, staging.open("wb") as target:
-            left = length
-            while left > 0 and (chunk := source.read(min(left, TAIL_CHUNK))):
-                target.write(chunk)
-                left -= len(chunk)
-            target.write(suffix)
-            target.flush()
-            os.fsync(target.fileno())
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with path.open("rb") as source, atomic_writer(path) as target:
+        left = length
+        while left > 0 and (chunk := source.read(min(left, TAIL_CHUNK))):
+            target.write(chunk)
+            left -= len(chunk)
+        target.write(suffix)
 
 
 def discard_output(path: Path, fmt: str) -> None:
