@@ -9,33 +9,25 @@ stored as UTF-8 bytes, lone surrogates (file names that are not UTF-8) included.
 from __future__ import annotations
 
 import itertools
-import sqlite3
-import tempfile
 from collections.abc import Iterable
-from pathlib import Path
 
 from captionkit.jobs.outputs import Record
+from captionkit.jobs.scratch_index import ScratchIndex, image_key
 
 INSERT_BATCH = 1000  # records per executemany while building
 # A name met twice (a retried image) adds up its error records.
 INSERT = "INSERT INTO done VALUES (?, ?) ON CONFLICT (image) DO UPDATE SET errors = errors + excluded.errors"
 
 
-def _name(image: str) -> bytes:
-    return image.encode("utf-8", "surrogatepass")
-
-
-class DoneIndex:
+class DoneIndex(ScratchIndex):
     """The images of ``records`` (an output's, read as a stream), each with its count of error records."""
 
     def __init__(self, records: Iterable[Record] = ()) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="captionkit-resume-")
-        self._db = sqlite3.connect(Path(self._directory.name) / "done.sqlite")
-        self._db.execute("PRAGMA journal_mode = OFF")  # a scratch file: nothing to recover after a crash
-        self._db.execute("PRAGMA synchronous = OFF")
-        self._db.execute("CREATE TABLE done (image BLOB PRIMARY KEY, errors INTEGER NOT NULL) WITHOUT ROWID")
+        super().__init__(
+            "captionkit-resume-", ["CREATE TABLE done (image BLOB PRIMARY KEY, errors INTEGER NOT NULL) WITHOUT ROWID"]
+        )
         rows = (
-            (_name(image), int("error" in record))
+            (image_key(image), int("error" in record))
             for record in records
             if isinstance(image := record.get("image"), str)
         )
@@ -51,12 +43,8 @@ class DoneIndex:
         return self._errors(image) or 0
 
     def _errors(self, image: str) -> int | None:
-        row = self._db.execute("SELECT errors FROM done WHERE image = ?", (_name(image),)).fetchone()
+        row = self._db.execute("SELECT errors FROM done WHERE image = ?", (image_key(image),)).fetchone()
         return None if row is None else int(row[0])
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM done").fetchone()[0])
-
-    def close(self) -> None:
-        self._db.close()
-        self._directory.cleanup()

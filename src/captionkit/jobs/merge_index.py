@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import sqlite3
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from captionkit.jobs.outputs import Record
+from captionkit.jobs.scratch_index import ScratchIndex, image_key, image_name
 
 SHOWN = 5  # names kept of each finding, for the one-line report
 INSERT_BATCH = 1000  # inputs per executemany
@@ -39,25 +37,12 @@ class Names:
         return self.count
 
 
-def _blob(image: str) -> bytes:
-    return image.encode("utf-8", "surrogatepass")
-
-
-def _text(blob: bytes) -> str:
-    return blob.decode("utf-8", "surrogatepass")
-
-
-class MergeIndex:
+class MergeIndex(ScratchIndex):
     """One record per image (a captioned record wins over an error record, else the first met), the images met
     more than once, and the expected inputs in their order."""
 
     def __init__(self) -> None:
-        self._directory = tempfile.TemporaryDirectory(prefix="captionkit-merge-")
-        self._db = sqlite3.connect(Path(self._directory.name) / "merge.sqlite")
-        self._db.execute("PRAGMA journal_mode = OFF")  # a scratch file: nothing to recover after a crash
-        self._db.execute("PRAGMA synchronous = OFF")
-        for statement in SCHEMA:
-            self._db.execute(statement)
+        super().__init__("captionkit-merge-", SCHEMA)
 
     def add(self, records: Iterable[Record]) -> None:
         with self._db:
@@ -65,7 +50,7 @@ class MergeIndex:
                 self._add(record)
 
     def _add(self, record: Record) -> None:
-        image = _blob(str(record.get("image", "")))
+        image = image_key(str(record.get("image", "")))
         error = int("error" in record)
         row = self._db.execute("SELECT error FROM kept WHERE image = ?", (image,)).fetchone()
         if row is None:
@@ -77,7 +62,7 @@ class MergeIndex:
 
     def expect(self, inputs: Iterable[str]) -> None:
         """Note ``inputs`` in order (one met twice keeps its first place)."""
-        rows = ((_blob(image), position) for position, image in enumerate(inputs))
+        rows = ((image_key(image), position) for position, image in enumerate(inputs))
         with self._db:
             while chunk := list(itertools.islice(rows, INSERT_BATCH)):
                 self._db.executemany("INSERT OR IGNORE INTO inputs VALUES (?, ?)", chunk)
@@ -111,14 +96,10 @@ class MergeIndex:
 
     def _names(self, source: str, order: str) -> Names:
         (count,) = self._db.execute(f"SELECT count(*) {source}").fetchone()
-        shown = [_text(image) for (image,) in self._db.execute(f"SELECT image {source} {order} LIMIT {SHOWN}")]
+        shown = [image_name(image) for (image,) in self._db.execute(f"SELECT image {source} {order} LIMIT {SHOWN}")]
         return Names(int(count), shown)
 
     def counts(self) -> tuple[int, int]:
         """``(records kept, of which errors)``."""
         kept, errors = self._db.execute("SELECT count(*), coalesce(sum(error), 0) FROM kept").fetchone()
         return int(kept), int(errors)
-
-    def close(self) -> None:
-        self._db.close()
-        self._directory.cleanup()
