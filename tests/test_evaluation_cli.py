@@ -68,6 +68,16 @@ def test_score_subprocess_end_to_end(coco_candidates: Path, tmp_path: Path) -> N
     assert len(written["per_image"]) == 100 and set(written["per_image"]["139"]) == COCO_KEYS
 
 
+def test_a_score_process_ends_with_its_exit_code_and_all_its_output(coco_candidates: Path) -> None:
+    # The process ends without the interpreter's clean-up (os._exit): output flushed first, a partial result's 2 kept.
+    no_java = {"PATH": str(SCRIPT.parent), "HOME": str(Path.home())}
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,SPICE"]
+    done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=no_java)
+    assert done.returncode == 2, done.stderr
+    assert json.loads(done.stdout)["num_images"] == 100
+    assert "captionkit: note: SPICE left out:" in done.stderr and done.stderr.endswith("\n")
+
+
 def test_scoring_imports_no_heavy_library(coco_candidates: Path) -> None:
     # Start-up is most of what `captionkit score` costs: no model library, image library, server or dataset layer,
     # no other command's module, and no typer (nor the pydantic it imports): well-formed options skip its parser.

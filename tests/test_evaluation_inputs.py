@@ -78,6 +78,8 @@ def test_non_ascii_captions_work() -> None:
         ({"1": ["a dog"], "2": ["a cat"]}, {"1": "a dog"}, "1 of 2 reference images have no candidate caption"),
         ({"1": []}, {"1": "a dog"}, "image '1' has no reference captions"),
         ({"1": ["a dog", ""]}, {"1": "a dog"}, "empty or non-text reference caption"),
+        ({"1": ["a dog"], "2": ["a cat", 5]}, {"1": "a dog", "2": "a cat"}, "image '2': empty or non-text reference"),
+        ({"1": ["a dog"], "2": ["a cat"]}, {"1": "a dog", "2": None}, "image '2': caption must be a string"),
         ({"1": "a dog"}, {"1": "a dog"}, "references must be a list"),
         ({}, {"1": "a dog"}, "no reference captions"),
         ({"1": ["a dog"]}, {}, "no candidate captions"),
@@ -86,6 +88,11 @@ def test_non_ascii_captions_work() -> None:
 def test_bad_caption_sets(refs: dict, cands: dict, message: str) -> None:
     with pytest.raises(InputError, match=re.escape(message)):
         score_captions(refs, cands, metrics="BLEU")
+
+
+def test_references_may_be_any_sequence_of_captions() -> None:
+    as_lists = score_captions({"1": ["a dog", "a cat"]}, {"1": "a dog"}, metrics="BLEU").scores
+    assert score_captions({"1": ("a dog", "a cat")}, {"1": "a dog"}, metrics="BLEU").scores == as_lists
 
 
 def test_missing_ids_are_counted_with_examples() -> None:

@@ -203,3 +203,66 @@ def test_rouge_l_from_the_corpus_equals_rouge_l_caption_by_caption() -> None:
             cands = [c.replace(" ", "  ", 1) for c in cands]
         expected, scored = rouge_l(cands, refs), rouge_l_from_corpus(Corpus(cands, refs))
         assert scored.per_image == expected.per_image and scored.mean == expected.mean
+
+
+def test_statistics_from_the_corpus_equal_statistics_from_split_captions() -> None:
+    # Duplicated candidates, repeated words, empty captions, U+00A0 and doubled spaces: the corpus's counts give the
+    # same diversity and length figures as splitting each caption.
+    from captionkit.evaluation.corpus import Corpus
+    from captionkit.evaluation.diversity import caption_statistics, corpus_statistics
+
+    rng = random.Random(11)
+    words = ["a", "b", "dog", "dog", "on", "2\u00a01/2"]
+
+    def caption(length: int) -> str:
+        return " ".join(rng.choice(words) for _ in range(length))
+
+    for _ in range(200):
+        images = rng.randint(1, 8)
+        cands = [caption(rng.choice([0, 1, 2, 3, 9])) for _ in range(images)]
+        if images > 1 and rng.random() < 0.3:
+            cands[-1] = cands[0]
+        if rng.random() < 0.2:
+            cands = [c.replace(" ", "  ", 1) for c in cands]
+        refs = [[caption(rng.randint(1, 6))] for _ in range(images)]
+        train = [cands[0], "a dog"] if rng.random() < 0.5 else None
+        expected, got = caption_statistics(cands, train), corpus_statistics(Corpus(cands, refs), cands, train)
+        assert got == expected
+        assert {k: type(v) for k, v in got.items()} == {k: type(v) for k, v in expected.items()}  # counts stay ints
+
+
+def test_ngram_ranks_equal_numpys_unique_inverse() -> None:
+    import numpy as np
+
+    from captionkit.evaluation.ngrams import _ranks
+
+    rng = np.random.default_rng(3)
+    for keys in (
+        rng.integers(0, 50, 1000),
+        rng.integers(0, 2**40, 5000),  # packs with the positions into one int64
+        rng.integers(2**55, 2**62, 300),  # too large to pack: np.unique's way
+        np.array([7], dtype=np.int64),
+        np.zeros(0, dtype=np.int64),
+    ):
+        unique, inverse = np.unique(keys, return_inverse=True)
+        ranks, distinct = _ranks(keys)
+        assert distinct == len(unique) and np.array_equal(ranks, inverse)
+
+
+def test_corpus_words_are_str_split_of_each_caption() -> None:
+    # The whole-text split (single spaces, U+00A0 inside words, empty captions) and the caption-by-caption one
+    # (doubled spaces, tabs); a caption flagged single-spaced splits at " " into the same words.
+    from captionkit.evaluation.ngrams import NGramTable
+
+    rng = random.Random(5)
+    for _ in range(300):
+        captions = [" ".join(rng.choices(["a", "b", "c\u00a0d"], k=rng.randint(0, 5))) for _ in range(6)]
+        spaced = rng.random() < 0.2
+        if spaced:
+            captions[rng.randrange(6)] += rng.choice(["  e", "\tf", " "])
+        table = NGramTable.build(captions, 2)
+        assert table.words == [word for caption in captions for word in caption.split()]
+        assert table.lengths.tolist() == [len(caption.split()) for caption in captions]
+        for caption, flag in zip(captions, table.single_spaced.tolist(), strict=True):
+            single = bool(caption) and caption.split(" ") == caption.split() and "\u00a0" not in caption
+            assert flag == single if not spaced else not flag or single  # the general split flags none

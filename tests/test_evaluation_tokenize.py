@@ -135,6 +135,15 @@ def test_batch_equals_one_by_one_for_plain_captions() -> None:
     assert tokenize_captions(captions) == [tokenize(c) for c in captions]
 
 
+def test_lines_for_the_full_lexer_are_found_after_multi_byte_characters() -> None:
+    # Odd characters, glued marks, abbreviation suspects and assimilations, each after lines whose characters take
+    # several UTF-8 bytes (byte and character offsets part there): the batch still equals caption by caption.
+    captions = ["é" * 40, "a", "x.y z", "b c", "\U0001f600 b", "near St. Paul", "d", "gonna go", "sit at b.", "a cat"]
+    tokenized = tokenize_captions(captions)
+    assert tokenized == [tokenize(c) for c in captions]
+    assert tokenized[1:9] == ["a", "x.y z", "b c", "b", "near st. paul", "d", "gon na go", "sit at b."]
+
+
 def test_probes_match_java(java_tokenize: JavaTokenizer) -> None:
     assert tokenize_captions(PROBES) == java_tokenize(PROBES)
 

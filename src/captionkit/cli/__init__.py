@@ -8,6 +8,7 @@ light commands start fast; ``captionkit score`` with well-formed options does no
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -19,7 +20,21 @@ def main(argv: list[str] | None = None) -> None:
 
         options = parse_score_options(args[1:])
         if options is not None:
-            sys.exit(run_score(**options))
+            code = run_score(**options)
+            if argv is None:
+                _exit_now(code)
+            sys.exit(code)
     from captionkit.cli.app import run_app
 
     sys.exit(run_app(args))
+
+
+def _exit_now(code: int) -> None:
+    """End a ``captionkit score`` process as soon as its output is out, without freeing every object the
+    interpreter holds one by one (a twentieth of the command's time on COCO val2017), as mypy ends its runs. Only
+    where the command is the whole process: it has written and closed its files, and it starts no threads."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)

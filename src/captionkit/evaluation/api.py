@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from importlib import import_module
+from itertools import chain
 from typing import Any
 
 from captionkit.errors import InputError
-from captionkit.evaluation.diversity import caption_statistics, repeated_captions
+from captionkit.evaluation import forked
+from captionkit.evaluation.diversity import caption_statistics, corpus_statistics, repeated_captions
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.tokenize import tokenize_captions
 
@@ -25,6 +29,9 @@ from captionkit.evaluation.tokenize import tokenize_captions
 MAX_CAPTION_TOKENS = 1000
 #: ... and only their first this many characters are tokenized (50 per token: far more than any real token).
 MAX_CAPTION_CHARS = 50 * MAX_CAPTION_TOKENS
+#: From this many references on, captions are tokenized in a forked process (:mod:`.forked`) while this one loads
+#: numpy; fewer take less time than starting it.
+FORK_MIN_REFERENCES = 5000
 #: Metric names accepted in ``metrics`` (case-insensitive; "BLEU" gives Bleu_1..Bleu_4).
 METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr", "SPICE", "CLIPScore")
 #: Metrics of captions and their images (a CLIP model, see :mod:`.clipscore`): computed by whoever holds the images.
@@ -116,18 +123,26 @@ def _check(
         raise InputError(ref_source, "no reference captions")
     if not cands:
         raise InputError(cand_source, "no candidate captions")
-    for image_id, captions in refs.items():
-        if isinstance(captions, str) or not isinstance(captions, Sequence):
-            raise InputError(ref_source, f"image {image_id!r}: references must be a list of captions")
-        if not captions:
-            raise InputError(ref_source, f"image {image_id!r} has no reference captions")
-        if not all(isinstance(c, str) and c.strip() for c in captions):
-            raise InputError(ref_source, f"image {image_id!r}: empty or non-text reference caption")
-    for image_id, caption in cands.items():
-        if not isinstance(caption, str):
-            raise InputError(cand_source, f"image {image_id!r}: caption must be a string")
-        if not caption.strip() and not allow_empty:
-            raise InputError(cand_source, f"image {image_id!r}: empty caption")
+    # The common case checked at C speed (lists of non-blank strings); image by image only to find what is wrong.
+    lists = list(refs.values())
+    flat = list(chain.from_iterable(lists)) if set(map(type, lists)) == {list} and all(lists) else None
+    if flat is None or set(map(type, flat)) != {str} or not all(map(str.strip, flat)):
+        for image_id, captions in refs.items():
+            if isinstance(captions, str) or not isinstance(captions, Sequence):
+                raise InputError(ref_source, f"image {image_id!r}: references must be a list of captions")
+            if not captions:
+                raise InputError(ref_source, f"image {image_id!r} has no reference captions")
+            if not all(isinstance(c, str) and c.strip() for c in captions):
+                raise InputError(ref_source, f"image {image_id!r}: empty or non-text reference caption")
+    captions = list(cands.values())
+    if set(map(type, captions)) != {str} or not (allow_empty or all(map(str.strip, captions))):
+        for image_id, caption in cands.items():
+            if not isinstance(caption, str):
+                raise InputError(cand_source, f"image {image_id!r}: caption must be a string")
+            if not caption.strip() and not allow_empty:
+                raise InputError(cand_source, f"image {image_id!r}: empty caption")
+    if cands.keys() == refs.keys():
+        return
     unknown = [i for i in cands if i not in refs]
     if unknown:
         raise InputError(
@@ -168,13 +183,23 @@ def score_captions(
     chosen, explicit = parse_metrics(metrics)
     _check(refs, cands, ref_source, cand_source, allow_empty)
     ids = list(refs)
-    flat, cut_references = _tokenize_capped([c for i in ids for c in refs[i]])
+    reference_captions = [c for i in ids for c in refs[i]]
+    tokenized = partial(_tokenize_both, reference_captions, [cands[i] for i in ids])
+    if len(reference_captions) >= FORK_MIN_REFERENCES:
+        # In a child process, while this one loads the n-gram tables' library.
+        tokenized = forked.start(tokenized)
+        try:
+            if "BLEU" in chosen or "CIDEr" in chosen:
+                import_module("numpy")
+        except BaseException:
+            tokenized()  # reaps the child
+            raise
+    (flat, cut_references), (candidates, cut_candidates) = tokenized()
     references: list[list[str]] = []
     start = 0
     for i in ids:
         references.append(flat[start : start + len(refs[i])])
         start += len(refs[i])
-    candidates, cut_candidates = _tokenize_capped([cands[i] for i in ids])
 
     scores: dict[str, float] = {}
     per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
@@ -226,13 +251,21 @@ def score_captions(
             evaluation.missing.append(name)
 
     train = tokenize_captions(train_captions) if train_captions is not None else None
-    scores.update(caption_statistics(candidates, train))
+    if corpus is not None:
+        scores.update(corpus_statistics(corpus, candidates, train))
+    else:
+        scores.update(caption_statistics(candidates, train))
     scores["num_images"] = len(ids)
     for caption, count in repeated_captions(candidates)[:3]:
         evaluation.notes.append(
             f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"
         )
     return evaluation
+
+
+def _tokenize_both(references: list[str], candidates: list[str]) -> tuple[tuple[list[str], int], tuple[list[str], int]]:
+    """:func:`_tokenize_capped` of the references, then of the candidates: two batches, as pycocoevalcap has them."""
+    return _tokenize_capped(references), _tokenize_capped(candidates)
 
 
 def _tokenize_capped(captions: list[str]) -> tuple[list[str], int]:

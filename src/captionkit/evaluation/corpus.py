@@ -27,7 +27,7 @@ class Corpus:
         # Each distinct caption once (candidates first, then references, in order), numbered in that order.
         distinct = dict.fromkeys(candidates)
         distinct.update(dict.fromkeys(flat))
-        index = {caption: number for number, caption in enumerate(distinct)}
+        index = dict(zip(distinct, range(len(distinct)), strict=True))
         self.n = n
         self.num_images = len(candidates)
         self.table = NGramTable.build(list(index), n)

@@ -19,6 +19,10 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from itertools import pairwise
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from captionkit.evaluation.corpus import Corpus
 
 REPEAT_SHARE = 0.05
 REPEAT_MIN_COUNT = 3
@@ -35,6 +39,12 @@ def distinct_n(captions: Sequence[str], n: int) -> float:
 
 def _distinct(words: Sequence[list[str]], n: int) -> float:
     """:func:`distinct_n` of captions already split into words."""
+    distinct, total = _distinct_counts(words, n)
+    return distinct / total if total else 0.0
+
+
+def _distinct_counts(words: Sequence[list[str]], n: int) -> tuple[int, int]:
+    """The number of distinct n-grams over captions split into words, and the number of all their n-grams."""
     grams: set[str | tuple[str, ...]] = set()  # words themselves for n = 1: no tuple to build per word
     if n == 1:
         grams.update(word for caption in words for word in caption)
@@ -42,8 +52,7 @@ def _distinct(words: Sequence[list[str]], n: int) -> float:
         grams.update(gram for caption in words for gram in pairwise(caption))
     else:
         grams.update(gram for caption in words for gram in zip(*[caption[i:] for i in range(n)], strict=False))
-    total = sum(max(0, len(caption) - n + 1) for caption in words)
-    return len(grams) / total if total else 0.0
+    return len(grams), sum(max(0, len(caption) - n + 1) for caption in words)
 
 
 def _percentile(ordered: Sequence[int], q: float) -> float:
@@ -80,17 +89,22 @@ def diversity(captions: Sequence[str], train_captions: Iterable[str] | None = No
     share. Counts are ints."""
     if not captions:
         return {}
-    return _diversity([caption.split() for caption in captions], captions, train_captions)
+    words = [caption.split() for caption in captions]
+    return _diversity(_distinct_counts(words, 1), _distinct_counts(words, 2), captions, train_captions)
 
 
 def _diversity(
-    words: Sequence[list[str]], captions: Sequence[str], train_captions: Iterable[str] | None
+    unigrams: tuple[int, int],
+    bigrams: tuple[int, int],
+    captions: Sequence[str],
+    train_captions: Iterable[str] | None,
 ) -> dict[str, float]:
+    """The statistics from the (distinct, all) counts of unigrams and bigrams and the captions themselves."""
     unique = len(set(captions))
     stats: dict[str, float] = {
-        "distinct_1": _distinct(words, 1),
-        "distinct_2": _distinct(words, 2),
-        "vocab_size": len({word for caption in words for word in caption}),  # distinct_1's numerator
+        "distinct_1": unigrams[0] / unigrams[1] if unigrams[1] else 0.0,
+        "distinct_2": bigrams[0] / bigrams[1] if bigrams[1] else 0.0,
+        "vocab_size": unigrams[0],
         "unique_captions": unique,
         "unique_share": unique / len(captions),
     }
@@ -105,7 +119,28 @@ def caption_statistics(captions: Sequence[str], train_captions: Iterable[str] | 
     if not captions:
         return {}
     words = [caption.split() for caption in captions]
-    return _diversity(words, captions, train_captions) | _length_stats([len(caption) for caption in words])
+    counts = _distinct_counts(words, 1), _distinct_counts(words, 2)
+    return _diversity(*counts, captions, train_captions) | _length_stats([len(caption) for caption in words])
+
+
+def corpus_statistics(
+    corpus: Corpus, captions: Sequence[str], train_captions: Iterable[str] | None = None
+) -> dict[str, float]:
+    """:func:`caption_statistics` of ``captions``, the corpus's candidates in its image order, from the words and
+    n-grams the corpus has counted already (for BLEU and CIDEr-D): the same numbers, without splitting again."""
+    import numpy as np
+
+    if not captions:
+        return {}
+    lengths = corpus.candidate_lengths
+
+    def counts(n: int) -> tuple[int, int]:
+        grams = corpus.candidate_ngrams(n)[1]
+        seen = np.zeros(corpus.table.orders[n - 1].size, dtype=bool)
+        seen[grams] = True
+        return int(np.count_nonzero(seen)), int(np.maximum(lengths - (n - 1), 0).sum())
+
+    return _diversity(counts(1), counts(2), captions, train_captions) | _length_stats(lengths.tolist())
 
 
 def repeated_captions(

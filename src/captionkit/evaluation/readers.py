@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -52,13 +53,19 @@ class ReferenceSet:
 
     captions: dict[str, list[str]]
     source: str = "references"
-    aliases: dict[str, str | None] = field(default_factory=dict)  # None: the name fits several images
+    #: ``(path, image id)``: the image also answers to the path's file name and stem (see :attr:`aliases`).
+    paths: list[tuple[str, str]] = field(default_factory=list)
 
-    def add_alias(self, name: str, image_id: str) -> None:
-        if name in self.captions and name != image_id:
-            return
-        known = self.aliases.get(name, image_id)
-        self.aliases[name] = image_id if known == image_id else None
+    @cached_property
+    def aliases(self) -> dict[str, str | None]:
+        """The file names and stems of :attr:`paths` -> their image id (``None``: the name fits several images),
+        but names that are image ids themselves. Built on first use: candidates named by image id never need it."""
+        aliases: dict[str, str | None] = {}
+        for path, image_id in self.paths:
+            for name in (_basename(path), _stem(path)):
+                if name not in self.captions:
+                    aliases[name] = image_id if aliases.get(name, image_id) == image_id else None
+        return aliases
 
     def resolve(self, name: str) -> str | None:
         """The image id a candidate's name refers to, or ``None``."""
@@ -140,9 +147,7 @@ def read_references(path: str | Path) -> ReferenceSet:
             if not all(isinstance(c, str) for c in captions):
                 raise InputError(path, f"image {image_id!r}: captions must be strings")
             references.captions[image_id] = list(captions)
-        for image_id in references.captions:
-            for alias in {_basename(image_id), _stem(_basename(image_id))} - {image_id}:
-                references.add_alias(alias, image_id)
+        references.paths.extend((image_id, image_id) for image_id in references.captions)
         return references
     raise InputError(path, f"not a references file: {_REFERENCE_FORMATS}")
 
@@ -152,21 +157,26 @@ def _coco_references(data: dict[str, Any], path: Path) -> ReferenceSet:
     if not isinstance(annotations, list):
         raise InputError(path, '"annotations" must be a list of {"image_id", "caption"} objects')
     references = ReferenceSet({}, str(path))
+    captions = references.captions
     for number, annotation in enumerate(annotations):
         if not isinstance(annotation, dict) or "image_id" not in annotation or "caption" not in annotation:
             raise InputError(path, f'annotation {number}: expected an object with "image_id" and "caption"')
         caption = annotation["caption"]
         if not isinstance(caption, str):
             raise InputError(path, f"annotation {number}: caption must be a string")
-        references.captions.setdefault(str(annotation["image_id"]), []).append(caption)
+        image_id = str(annotation["image_id"])
+        if image_id in captions:
+            captions[image_id].append(caption)
+        else:
+            captions[image_id] = [caption]
     images = data.get("images", [])
     if isinstance(images, list):
-        for image in images:
-            if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image:
-                image_id = str(image["id"])
-                if image_id in references.captions:
-                    references.add_alias(_basename(image["file_name"]), image_id)
-                    references.add_alias(_stem(image["file_name"]), image_id)
+        references.paths.extend(
+            (image["file_name"], image_id)
+            for image in images
+            if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image
+            if (image_id := str(image["id"])) in captions
+        )
     return references
 
 
@@ -179,8 +189,7 @@ def _flickr_references(text: str, path: Path) -> ReferenceSet:
         if match is None:
             raise InputError(path, f"line {number} is not NAME#N<TAB>caption ({_REFERENCE_FORMATS})")
         references.captions.setdefault(match["name"], []).append(match["caption"])
-    for name in references.captions:
-        references.add_alias(_stem(name), name)
+    references.paths.extend((name, name) for name in references.captions)
     return references
 
 

@@ -116,10 +116,11 @@ def rouge_l_from_corpus(corpus: Corpus) -> RougeScores:
     others = np.flatnonzero(~fits).tolist()
     if others:
         captions = table.captions
-        refs = np.split(corpus.pair_caption, first_pair[1:])
+        pair_caption = corpus.pair_caption.tolist()
+        starts, counts = first_pair.tolist(), corpus.references_per_image.tolist()
         exact = rouge_l(
             [captions[corpus.candidate_caption[i]] for i in others],
-            [[captions[j] for j in refs[i].tolist()] for i in others],
+            [[captions[j] for j in pair_caption[starts[i] : starts[i] + counts[i]]] for i in others],
         )
         for i, score in zip(others, exact.per_image, strict=True):
             per_image[i] = score

@@ -30,13 +30,13 @@ characters are spaces, as pycocoevalcap intends.
 
 from __future__ import annotations
 
-import bisect
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
-from itertools import accumulate
+from itertools import compress, count
+from typing import AnyStr
 
 __all__ = ["PUNCTUATION", "ptb_tokens", "tokenize", "tokenize_captions"]
 
@@ -52,7 +52,7 @@ _LINE_BREAKS = str.maketrans({"\r": " ", "\u2028": " ", "\u2029": " ", "\x0b": "
 # ---------------------------------------------------------------------------------------------------------------
 # Fast path: captions made only of ASCII words, spaces and single punctuation marks (after a word or alone) tokenize
 # to their lower-cased words, unless a word before a period may be an abbreviation or a word is an assimilation
-# (``gonna``). One regex pass over all captions finds the lines that need the full lexer.
+# (``gonna``). A few passes over all captions at C speed find the lines that need the full lexer.
 def _words(text: str) -> list[str]:
     """A word list written as one string."""
     return text.split()
@@ -71,29 +71,52 @@ _ABBREVIATION_WORDS = _words(
     "msgr sfc vs alex wm jos cie cf treas ph invt elec natl mfg mtg dept blvd rd ca fig figs prop no nos "
     "art pp op so"
 )
-_ODD_CHARACTER = re.compile("[^A-Za-z .,;:!?\\t\\n]")  # digits, quotes, "é", ...
-_GLUED_PUNCTUATION = re.compile("[.,;:!?][^ \\t\\n]")  # "a.b", "?!", "etc.,"
+# The bytes a fast-path caption is made of (UTF-8: any other character has bytes outside this set) ...
+_PLAIN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz .,;:!?\t"
+# ... and punctuation glued to what follows ("a.b", "?!", "etc.,"), found as "." followed by anything but a space
+# once every mark reads "." and a tab a space: a literal first byte, which the regex engine finds at memchr speed.
+_MARKS_AS_PERIODS = bytes.maketrans(b",;:!?\t", b"..... ")
+_GLUED_PERIOD = re.compile(rb"\.[^ \n]")
 # Searched in the reversed text so that the regex engine scans for a literal period first: "x." and "st." reversed.
 _REVERSED_WORD_PERIOD = re.compile("\\.([a-z]{1,7})(?![a-z])")
 _ABBREVIATIONS_REVERSED = frozenset(w[::-1] for w in _ABBREVIATION_WORDS)
-_ASSIMILATION = re.compile(f"(?<![a-z])(?:{'|'.join(_ASSIMILATED)})(?![a-z])")
 
 
-def _lines_needing_lexer(text: str, lowered: str) -> list[int]:
-    """Character offsets in ``text`` (captions joined by newlines) that the fast path cannot tokenize."""
-    offsets = [m.start() for m in _ODD_CHARACTER.finditer(text)]
-    offsets.extend(m.start() for m in _GLUED_PUNCTUATION.finditer(text))
+def _lines_needing_lexer(text: str, lowered: str) -> set[int]:
+    """The numbers of the lines of ``text`` (captions joined by newlines; ``lowered`` is it with A-Z lower-cased)
+    that the fast path cannot tokenize. Each pass runs at C speed; Python sees only the (few) lines it finds."""
+    data = text.encode()  # a newline is the byte 0x0A, and no other character's UTF-8 holds it
+    # Characters other than ASCII letters, spaces and single marks: each line's, with the others deleted.
+    odd = data.translate(None, _PLAIN_BYTES).split(b"\n")
+    lines = set(compress(count(), odd))
+    glued = [m.start() for m in _GLUED_PERIOD.finditer(data.translate(_MARKS_AS_PERIODS))]
+    lines.update(_line_numbers(data, glued, b"\n"))
     # Words before a period, read backwards; then the positions of the few that may be abbreviations.
-    reversed_lower = text.lower()[::-1]
+    reversed_lower = lowered[::-1]
     words = set(_REVERSED_WORD_PERIOD.findall(reversed_lower))
     suspects = {w for w in words if len(w) == 1} | (words & _ABBREVIATIONS_REVERSED)
+    offsets: list[int] = []
     if suspects:
         pattern = re.compile(f"\\.(?:{'|'.join(suspects)})(?![a-z])")
         last = len(text) - 1
         offsets.extend(last - m.start() for m in pattern.finditer(reversed_lower))
-    if any(word in lowered for word in _ASSIMILATED):
-        offsets.extend(m.start() for m in _ASSIMILATION.finditer(lowered))
-    return offsets
+    for word in _ASSIMILATED:  # anywhere, even inside a longer word: a line too many only takes the exact path
+        at = lowered.find(word)
+        while at != -1:
+            offsets.append(at)
+            at = lowered.find(word, at + 1)
+    lines.update(_line_numbers(text, offsets, "\n"))
+    return lines
+
+
+def _line_numbers(text: AnyStr, offsets: list[int], newline: AnyStr) -> list[int]:
+    """The line of ``text`` each offset falls in (newlines counted once over the text, at C speed)."""
+    numbers, line, counted = [], 0, 0
+    for offset in sorted(offsets):
+        line += text.count(newline, counted, offset)
+        counted = offset
+        numbers.append(line)
+    return numbers
 
 
 # Lower-case A-Z: the text keeps its length, so offsets in it still name lines ...
@@ -189,18 +212,20 @@ def _remove_soft_hyphens(token: str) -> str:
     return token.replace("\u00ad", "") or "-"
 
 
+# latexQuotes' character classes: single quotes to ` and ', double quotes to `` and ''.
+_LATEX_QUOTES = str.maketrans(
+    dict.fromkeys("\u0091\u2018\u201b\u2039", "`")
+    | dict.fromkeys("\u0092\u2019\u203a", "'")
+    | dict.fromkeys("\u0093\u201c\u00ab", "``")
+    | dict.fromkeys("\u0094\u201d\u00bb", "''")
+)
+
+
 def _quotes(token: str, left: bool) -> str:
-    """LaTeX-style quote normalisation (``latexQuotes``)."""
-    if left:
-        token = re.sub("&apos;|'", "`", token)
-        token = re.sub('"|&quot;', "``", token)
-    else:
-        token = re.sub("&apos;|'", "'", token)
-        token = re.sub('"|&quot;', "''", token)
-    token = re.sub("[\u0091\u2018\u201b\u2039]", "`", token)
-    token = re.sub("[\u0092\u2019\u203a]", "'", token)
-    token = re.sub("[\u0093\u201c\u00ab]", "``", token)
-    return re.sub("[\u0094\u201d\u00bb]", "''", token)
+    """LaTeX-style quote normalisation (``latexQuotes``): no replacement makes what a later one replaces."""
+    single, double = ("`", "``") if left else ("'", "''")
+    token = token.replace("&apos;", single).replace("'", single).replace('"', double).replace("&quot;", double)
+    return token.translate(_LATEX_QUOTES)
 
 
 def _left_quote(token: str) -> str:
@@ -560,9 +585,13 @@ def _rules(full_unicode: bool) -> tuple[_Rule, ...]:
 @cache
 def _candidates(char: str, full_unicode: bool, present: str) -> tuple[_Rule, ...]:
     """The rules whose token can start with ``char`` in a line holding the filter characters ``present``."""
-    return tuple(
-        r for r in _rules(full_unicode) if r.first.match(char) and (not r.needs or any(c in present for c in r.needs))
-    )
+    return tuple(r for r in _starting_with(char, full_unicode) if not r.needs or any(c in present for c in r.needs))
+
+
+@cache
+def _starting_with(char: str, full_unicode: bool) -> tuple[_Rule, ...]:
+    """The rules whose token can start with ``char`` (lines hold far fewer distinct characters than filter sets)."""
+    return tuple(r for r in _rules(full_unicode) if r.first.match(char))
 
 
 # A run of ASCII letters followed by a space or the end of the line, or by one punctuation mark and then a space or
@@ -587,6 +616,9 @@ def _lex(text: str, end: int) -> list[str]:
     tokens: list[str] = []
     pos = 0
     while pos < end:
+        if text[pos] == " ":  # a space run is one SPACES token, which writes nothing: skip a space at a time
+            pos += 1
+            continue
         plain = _PLAIN_WORD.match(text, pos)
         if plain is not None and plain.end() <= end and _plain_token(plain):
             if not plain[0].isspace():
@@ -684,9 +716,7 @@ def tokenize_captions(captions: Iterable[str]) -> list[str]:
     if any(char in text for char in "\r\u2028\u2029\x0b\x0c"):
         text = text.translate(_LINE_BREAKS)
         lines = text.split("\n")
-    starts = list(accumulate((len(line) + 1 for line in lines), initial=0))
-    offsets = _lines_needing_lexer(text, text.translate(_ASCII_LOWER))
-    needs_lexer = {bisect.bisect_right(starts, offset) - 1 for offset in offsets}
+    needs_lexer = _lines_needing_lexer(text, text.translate(_ASCII_LOWER))
     out = _single_spaced_lines(text.translate(_FAST_TABLE))
     done: dict[str, str] = {}
     for i in sorted(needs_lexer):
