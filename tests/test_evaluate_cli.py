@@ -113,3 +113,12 @@ def test_the_default_split_evaluates_unsplit_data_whole_and_says_so(scenes, mode
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     assert json.loads(out)["images"] == 6 and "evaluating the test split: 6 of 30 images" in err
+
+
+def test_an_unknown_metric_fails_naming_the_flag_before_any_model_loads(scenes, tmp_path, capsys):
+    missing = tmp_path / "no-model"  # never read: the metric is checked first
+    args = ["evaluate", "--model", str(missing), "--data", str(scenes), "--metrics", "BLEU,WER"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1 and out == ""
+    known = "BLEU, METEOR, ROUGE_L, CIDEr, SPICE, CLIPScore"
+    assert err == f"captionkit: error: --metrics: unknown metric 'WER' (known: {known})\n"

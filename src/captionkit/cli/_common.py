@@ -51,11 +51,12 @@ def plural(count: int, noun: str) -> str:
 
 
 # Errors from the layers below that name an API keyword, and the flag that names it on the command line.
-_FLAGS = {"dtype": "--dtype"}
+_FLAGS = {"dtype": "--dtype", "metrics": "--metrics"}
 
 
 def error_line(error: CaptionkitError) -> str:
-    """``str(error)``, naming a keyword by its flag (``--dtype: fp16 needs a GPU...`` in every command)."""
+    """``str(error)``, naming a keyword by its flag (``--dtype: fp16 needs a GPU...``, ``--metrics: unknown metric
+    ...`` in every command)."""
     if isinstance(error, InputError) and error.source in _FLAGS:
         return f"{_FLAGS[error.source]}: {error.reason}"
     return str(error)

@@ -88,7 +88,7 @@ def evaluate(
     from captionkit.api import Captioner
     from captionkit.data.sources import load_records
     from captionkit.errors import CaptionkitError
-    from captionkit.evaluation.api import java_note
+    from captionkit.evaluation.api import java_note, parse_metrics
     from captionkit.model_evaluation import evaluate_as_validation, evaluate_model, evaluate_model_styles
     from captionkit.report import write_evaluation_report
     from captionkit.trained_on import TrainedOn
@@ -100,6 +100,7 @@ def evaluate(
     if as_validation:
         _check_as_validation(split=split, beams=beams, max_length=max_length, styles=styles)
     try:
+        parse_metrics(metrics)  # before any model loads
         decoding = decoding_flags(beams=beams, max_length=max_length).config
         trained = TrainedOn.read(model)
         records = _split_as_trained(load_records(data), trained, data)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, without_cyclic_gc
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, error_line, fail, without_cyclic_gc
 from captionkit.files import write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -134,7 +134,7 @@ def run_score(
             except OSError as error:
                 raise InputError(per_image, f"cannot write: {error.strerror or error}") from None
     except InputError as error:
-        fail(str(error))
+        fail(error_line(error))
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
     print(json.dumps(result))
     print(_table(evaluation.scores), file=sys.stderr)
