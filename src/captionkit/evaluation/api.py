@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import import_module
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 from captionkit.errors import InputError
@@ -185,15 +185,10 @@ def score_captions(
     ids = list(refs)
     reference_captions = [c for i in ids for c in refs[i]]
     tokenized = partial(_tokenize_both, reference_captions, [cands[i] for i in ids])
-    if len(reference_captions) >= FORK_MIN_REFERENCES:
-        # In a child process, while this one loads the n-gram tables' library.
+    if len(reference_captions) >= FORK_MIN_REFERENCES:  # in a child process, while this one loads numpy
         tokenized = forked.start(tokenized)
-        try:
-            if "BLEU" in chosen or "CIDEr" in chosen:
-                import_module("numpy")
-        except BaseException:
-            tokenized()  # reaps the child
-            raise
+        if "BLEU" in chosen or "CIDEr" in chosen:
+            import_module("numpy")
     (flat, cut_references), (candidates, cut_candidates) = tokenized()
     references: list[list[str]] = []
     start = 0
@@ -202,8 +197,8 @@ def score_captions(
         start += len(refs[i])
 
     scores: dict[str, float] = {}
-    per_image: dict[str, dict[str, float]] = {i: {} for i in ids}
-    evaluation = Evaluation(scores, per_image)
+    columns: dict[str, list[float]] = {}  # metric -> its score of each image, in the order of ids
+    evaluation = Evaluation(scores, {})
     for cut, source in ((cut_candidates, cand_source), (cut_references, ref_source)):
         if cut:
             evaluation.notes.append(
@@ -212,9 +207,10 @@ def score_captions(
             )
 
     def record(name: str, corpus: float, images: Sequence[float]) -> None:
+        if len(images) != len(ids):
+            raise ValueError(f"{name}: {len(images)} scores for {len(ids)} images")
         scores[name] = float(corpus)
-        for image_id, value in zip(ids, images, strict=True):
-            per_image[image_id][name] = float(value)
+        columns[name] = list(map(float, images))
 
     corpus = None
     if "BLEU" in chosen or "CIDEr" in chosen:
@@ -225,8 +221,8 @@ def score_captions(
         corpus = Corpus(candidates, references)
         if "BLEU" in chosen:
             bleu = bleu_from_corpus(corpus)
-            for k in range(4):
-                record(f"Bleu_{k + 1}", bleu.corpus[k], [row[k] for row in bleu.per_image])
+            for k, per_image in enumerate(zip(*bleu.per_image, strict=True)):
+                record(f"Bleu_{k + 1}", bleu.corpus[k], per_image)
     if "METEOR" in chosen:
         from captionkit.evaluation.meteor import meteor as run_meteor
 
@@ -245,6 +241,10 @@ def score_captions(
 
         _run_external(evaluation, "SPICE", True, lambda: spice(candidates, references, ids), record)
 
+    evaluation.per_image.update(
+        (image_id, dict(zip(columns, values, strict=True)))
+        for image_id, values in zip(ids, zip(*columns.values(), strict=True) if columns else repeat(()), strict=False)
+    )
     for name in IMAGE_METRICS:
         if name in chosen:
             evaluation.notes.append(f"{name} left out: it needs the images and a CLIP model (evaluate --clip-model)")

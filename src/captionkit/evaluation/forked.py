@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import sys
+import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,7 +23,7 @@ T = TypeVar("T")
 def start(work: Callable[[], T]) -> Callable[[], T]:
     """Begin ``work()`` in a child process when :func:`can_fork`; returns the function that waits for its result.
 
-    Call the returned function exactly once: it also reaps the child.
+    Call the returned function at most once: it also reaps the child, as dropping it uncalled does.
     """
     if not can_fork():
         return work
@@ -47,6 +48,7 @@ def start(work: Callable[[], T]) -> Callable[[], T]:
     os.close(write_end)
 
     def result() -> T:
+        reap.detach()
         try:
             with os.fdopen(read_end, "rb") as pipe:
                 payload = pipe.read()
@@ -58,7 +60,14 @@ def start(work: Callable[[], T]) -> Callable[[], T]:
             done, value = False, None
         return value if done else work()
 
+    # Never asked (the caller failed first): the child is reaped when the result's function is dropped.
+    reap = weakref.finalize(result, _reap, pid, read_end)
     return result
+
+
+def _reap(pid: int, read_end: int) -> None:
+    os.close(read_end)  # the child's write fails, and it exits
+    os.waitpid(pid, 0)
 
 
 def can_fork() -> bool:
