@@ -139,7 +139,8 @@ for scorer in (Bleu(4), Rouge(), Cider()):
 
 
 class Processes:
-    """Best wall-clock and CPU seconds (the process and its children: Java) of command lines run as processes."""
+    """Best wall-clock and CPU seconds of command lines run as processes, with their children's (Java; the child
+    process in which `captionkit score` tokenizes)."""
 
     def __init__(self) -> None:
         self.wall: dict[str, float] = {}
