@@ -30,6 +30,8 @@ def test_the_loss_leaves_out_the_prompt() -> None:
     model = tiny_model("blip", bos_token_id=1, eos_token_id=2, pad_token_id=0).eval()
     prompt = (5, 6, 7)
     model.set_prompt(prompt)
+    # On the model's device for every call, and not a weight of the checkpoint.
+    assert model.prompt_tensor.tolist() == list(prompt) and "prompt_tensor" not in model.state_dict()
     pixels = torch.randn(2, 3, 32, 32)
     ids = torch.tensor([[1, 10, 11, 12, 2], [1, 13, 14, 2, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])

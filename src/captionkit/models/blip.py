@@ -98,6 +98,8 @@ class BlipModel(HubCaptionModel):
         self.vocab_size = text.vocab_size
         self.config = BlipCaptionConfig.from_hf(hf.config)
         self.prompt_ids: tuple[int, ...] = ()
+        # The prompt's ids on the model's device (moved with it; not saved): no copy from the host per call.
+        self.register_buffer("prompt_tensor", torch.zeros(0, dtype=torch.long), persistent=False)
         self.max_positions = text.max_position_embeddings
         saved_prompt = getattr(hf.config, PROMPT_KEY, None)
         if saved_prompt:
@@ -109,6 +111,7 @@ class BlipModel(HubCaptionModel):
             if not 0 <= token < self.vocab_size:
                 raise ConfigError("model.prompt", f"token id {token} is not a token of this model")
         self.prompt_ids = prompt_ids
+        self.prompt_tensor = torch.tensor(prompt_ids, dtype=torch.long, device=self.prompt_tensor.device)
         self.hf.config.update({PROMPT_KEY: list(prompt_ids)})
         self.max_positions = self.hf.config.text_config.max_position_embeddings - len(prompt_ids)
 
@@ -162,7 +165,7 @@ class BlipModel(HubCaptionModel):
         """The sequences with the training prompt after their start token (and its positions in the mask)."""
         if not self.prompt_ids:
             return input_ids, attention_mask
-        prompt = input_ids.new_tensor(self.prompt_ids).expand(input_ids.shape[0], -1)
+        prompt = self.prompt_tensor.expand(input_ids.shape[0], -1)
         ids = torch.cat([input_ids[:, :1], prompt, input_ids[:, 1:]], dim=1)
         if attention_mask is None:
             return ids, None
@@ -196,7 +199,7 @@ class BlipModel(HubCaptionModel):
     def step(self, tokens: torch.Tensor, state: CachedState) -> tuple[torch.Tensor, CachedState]:
         fed = tokens[:, None]
         if state.length == 0 and self.prompt_ids:  # the start token, then the training prompt
-            fed = torch.cat([fed, tokens.new_tensor(self.prompt_ids).expand(len(tokens), -1)], dim=1)
+            fed = torch.cat([fed, self.prompt_tensor.expand(len(tokens), -1)], dim=1)
         output = self.hf.text_decoder(
             input_ids=fed, encoder_hidden_states=state.memory, cache=state.cache, use_cache=True
         )
