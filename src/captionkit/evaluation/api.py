@@ -241,10 +241,8 @@ def score_captions(
 
         _run_external(evaluation, "SPICE", True, lambda: spice(candidates, references, ids), record)
 
-    evaluation.per_image.update(
-        (image_id, dict(zip(columns, values, strict=True)))
-        for image_id, values in zip(ids, zip(*columns.values(), strict=True) if columns else repeat(()), strict=False)
-    )
+    rows = zip(*columns.values(), strict=True) if columns else repeat((), len(ids))
+    evaluation.per_image.update((i, dict(zip(columns, row, strict=True))) for i, row in zip(ids, rows, strict=True))
     for name in IMAGE_METRICS:
         if name in chosen:
             evaluation.notes.append(f"{name} left out: it needs the images and a CLIP model (evaluate --clip-model)")

@@ -10,6 +10,7 @@ any error are the same either way. The child sends its result back pickled throu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import sys
@@ -53,7 +54,7 @@ def start(work: Callable[[], T]) -> Callable[[], T]:
             with os.fdopen(read_end, "rb") as pipe:
                 payload = pipe.read()
         finally:
-            os.waitpid(pid, 0)
+            _wait(pid)
         try:
             done, value = pickle.loads(payload)
         except Exception:  # the child died before it wrote everything
@@ -67,7 +68,12 @@ def start(work: Callable[[], T]) -> Callable[[], T]:
 
 def _reap(pid: int, read_end: int) -> None:
     os.close(read_end)  # the child's write fails, and it exits
-    os.waitpid(pid, 0)
+    _wait(pid)
+
+
+def _wait(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # reaped already (a process that ignores SIGCHLD)
+        os.waitpid(pid, 0)
 
 
 def can_fork() -> bool:
