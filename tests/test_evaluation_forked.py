@@ -82,6 +82,20 @@ def test_a_failing_child_leaves_the_work_and_its_error_to_this_process() -> None
     assert out == "bad input in parent"
 
 
+def test_a_process_that_ignores_its_children_still_gets_the_result() -> None:
+    # With SIGCHLD ignored the kernel reaps children itself, and waiting for one finds none.
+    out = run_python(
+        """
+        import os, signal
+        from captionkit.evaluation import forked
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        parent = os.getpid()
+        print(forked.start(lambda: os.getpid() != parent)())
+        """
+    )
+    assert out == "True"
+
+
 def test_a_process_with_threads_does_not_fork() -> None:
     out = run_python(
         """
