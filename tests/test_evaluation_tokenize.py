@@ -220,3 +220,13 @@ def test_mutated_captions_match_java(java_tokenize: JavaTokenizer) -> None:
 def test_all_captions_match_java(java_tokenize: JavaTokenizer, source: Callable[[], list[str]]) -> None:
     captions = source()
     assert tokenize_captions(captions) == java_tokenize(_java_lines(captions))
+
+
+def test_line_numbers_of_offsets_in_text_and_bytes() -> None:
+    from captionkit.evaluation.lines import line_numbers, occurrences
+
+    text = "ab\n\ncab\nb"
+    assert list(occurrences(text, "b")) == [1, 6, 8]
+    assert line_numbers(text, [8, 1, 6, 0, 3]) == [0, 0, 1, 2, 3]  # sorted by offset; the empty line is line 1
+    data = "é\nb".encode()
+    assert line_numbers(data, occurrences(data, b"b")) == [1]

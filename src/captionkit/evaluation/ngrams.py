@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import TYPE_CHECKING
 
+from captionkit.evaluation.lines import line_numbers, occurrences
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -99,7 +101,7 @@ def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarr
     text = "\n".join(captions)
     without_nbsp = np.ones(len(captions), dtype=bool)
     if "\u00a0" in text:
-        without_nbsp[_lines_holding(text, "\u00a0")] = False
+        without_nbsp[line_numbers(text, occurrences(text, "\u00a0"))] = False
         text = text.replace("\u00a0", " ")
     words = text.split()
     only_spaces = not any(character in text for character in _OTHER_WHITESPACE)
@@ -113,20 +115,6 @@ def _split_all(captions: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarr
             return words, lengths, without_nbsp
     split = [c.split() for c in captions]  # the general way, one caption at a time
     return words, np.fromiter(map(len, split), np.int64, len(split)), np.zeros(len(captions), dtype=bool)
-
-
-def _lines_holding(text: str, character: str) -> list[int]:
-    """The numbers of the lines of ``text`` that hold ``character`` (found with ``str.find``: it is rare)."""
-    lines: list[int] = []
-    line, counted = 0, 0
-    at = text.find(character)
-    while at != -1:
-        line += text.count("\n", counted, at)
-        counted = at
-        if not lines or lines[-1] != line:
-            lines.append(line)
-        at = text.find(character, at + 1)
-    return lines
 
 
 def _ranks(keys: np.ndarray) -> tuple[np.ndarray, int]:

@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, cached_property
 from itertools import compress, count
-from typing import AnyStr
+
+from captionkit.evaluation.lines import line_numbers, occurrences
 
 __all__ = ["PUNCTUATION", "ptb_tokens", "tokenize", "tokenize_captions"]
 
@@ -90,7 +91,7 @@ def _lines_needing_lexer(text: str, lowered: str) -> set[int]:
     odd = data.translate(None, _PLAIN_BYTES).split(b"\n")
     lines = set(compress(count(), odd))
     glued = [m.start() for m in _GLUED_PERIOD.finditer(data.translate(_MARKS_AS_PERIODS))]
-    lines.update(_line_numbers(data, glued, b"\n"))
+    lines.update(line_numbers(data, glued))
     # Words before a period, read backwards; then the positions of the few that may be abbreviations.
     reversed_lower = lowered[::-1]
     words = set(_REVERSED_WORD_PERIOD.findall(reversed_lower))
@@ -101,22 +102,9 @@ def _lines_needing_lexer(text: str, lowered: str) -> set[int]:
         last = len(text) - 1
         offsets.extend(last - m.start() for m in pattern.finditer(reversed_lower))
     for word in _ASSIMILATED:  # anywhere, even inside a longer word: a line too many only takes the exact path
-        at = lowered.find(word)
-        while at != -1:
-            offsets.append(at)
-            at = lowered.find(word, at + 1)
-    lines.update(_line_numbers(text, offsets, "\n"))
+        offsets.extend(occurrences(lowered, word))
+    lines.update(line_numbers(text, offsets))
     return lines
-
-
-def _line_numbers(text: AnyStr, offsets: list[int], newline: AnyStr) -> list[int]:
-    """The line of ``text`` each offset falls in (newlines counted once over the text, at C speed)."""
-    numbers, line, counted = [], 0, 0
-    for offset in sorted(offsets):
-        line += text.count(newline, counted, offset)
-        counted = offset
-        numbers.append(line)
-    return numbers
 
 
 # Lower-case A-Z: the text keeps its length, so offsets in it still name lines ...
