@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 
 from _resume import assert_same_weights, crash_at, untimed
@@ -108,3 +110,14 @@ def test_resuming_with_another_number_of_shard_readers_warns(shards, tmp_path, c
         "resuming with 2 shard readers (processes x data.workers) instead of 1: the samples' order differs from the "
         "interrupted run's"
     ]
+
+
+def test_a_run_stops_its_loader_workers_when_it_ends_or_crashes(shards, tmp_path, single_thread):
+    # torch leaves persistent workers to garbage collection, which then waited 5 s per worker (a 20 s stall in some
+    # later, unrelated code): train() stops them itself, on a crash too.
+    before = set(multiprocessing.active_children())
+    settings = [*assignments(shards), "data.workers=2"]
+    crash_at(4, load_train_config(None, settings), tmp_path / "crashed")
+    assert set(multiprocessing.active_children()) <= before
+    train(load_train_config(None, settings), tmp_path / "run")
+    assert set(multiprocessing.active_children()) <= before

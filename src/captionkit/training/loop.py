@@ -48,9 +48,12 @@ def train(
     """
     with deterministic_algorithms(config.train.deterministic):
         run = prepare_run(config, Path(output_dir), setup, resume)
-        shown = progress and run.parallel.is_main
-        with StopSignal() as stop, ProgressLine(config.train.steps, run.state.step, shown) as line:
-            ended = _loop(run, stop, line, log or (lambda _: None))
+        try:
+            shown = progress and run.parallel.is_main
+            with StopSignal() as stop, ProgressLine(config.train.steps, run.state.step, shown) as line:
+                ended = _loop(run, stop, line, log or (lambda _: None))
+        finally:
+            run.close()
         return finish(run, ended)
 
 
