@@ -175,3 +175,18 @@ def test_unknown_position_init_is_a_config_error(scenes, tmp_path):
     with pytest.raises(ConfigError) as caught:
         train(config, tmp_path / "out")
     assert caught.value.source == "model.position_init"
+
+
+def test_training_through_the_api_shows_no_transformers_progress_bars(scenes, tmp_path, capfd):
+    # Checkpoints and the final model are saved with transformers' "Writing model shards" bars off; the caller's
+    # setting comes back.
+    from transformers.utils import logging as hf_logging
+
+    settings = [f"data.train={scenes}", "model.preset=tiny", "tokenizer.vocab_size=300", "train.steps=2"]
+    config = load_train_config(None, [*settings, "train.batch_size=8", "train.checkpoint_every=1"])
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    train(config, tmp_path / "run")
+    err = capfd.readouterr().err
+    assert "Writing model shards" not in err and "it/s]" not in err, err
+    assert hf_logging.is_progress_bar_enabled()

@@ -17,8 +17,6 @@ checkpoints through :mod:`captionkit.parts`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from captionkit.export.int8 import is_quantized, load_int8_model
@@ -26,6 +24,7 @@ from captionkit.export.onnx import ONNX_CONFIG, OnnxCaptionModel
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.parts import CaptionerParts, load_tokenizer
+from captionkit.quiet import no_transformers_progress_bars
 
 
 def load_pretrained(
@@ -34,23 +33,9 @@ def load_pretrained(
     """Load ``name_or_dir`` (a directory or hub id); ``tokenizer`` names other tokenizer files to read instead of
     the model's own (the model's special ids are kept); ``onnx_threads`` sets onnxruntime's thread count.
 
-    transformers' own progress bars ("Loading weights") stay off meanwhile: loading a small model is no long job,
-    and the bars would leak into the Python API's and ``benchmark``'s output."""
-    with _no_transformers_progress_bars():
+    transformers' own progress bars ("Loading weights") stay off meanwhile (:mod:`captionkit.quiet`)."""
+    with no_transformers_progress_bars():
         return _load(name_or_dir, tokenizer, onnx_threads)
-
-
-@contextmanager
-def _no_transformers_progress_bars() -> Iterator[None]:
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _load(name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: int | None) -> CaptionerParts:

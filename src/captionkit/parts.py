@@ -15,6 +15,7 @@ from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
+from captionkit.quiet import no_transformers_progress_bars
 from captionkit.text import CaptionTokenizer
 
 #: The files that mark an export directory: ONNX (``captionkit export onnx``) and int8 (``captionkit export int8``).
@@ -46,7 +47,8 @@ class CaptionerParts:
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory)
+        with no_transformers_progress_bars():
+            self.model.save_pretrained(directory)
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
         honour_umask(directory)

@@ -28,6 +28,7 @@ from captionkit.files import honour_umask
 from captionkit.images import Preprocessing
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
+from captionkit.quiet import no_transformers_progress_bars
 from captionkit.text import CaptionTokenizer
 
 COMPLETE = "COMPLETE"
@@ -55,7 +56,8 @@ def save_checkpoint(
     staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
-        model.save_pretrained(staging)
+        with no_transformers_progress_bars():  # a short write; the bars would leak into train()'s output
+            model.save_pretrained(staging)
         tokenizer.save(staging)
         preprocessing.save(staging)
         if train_config is not None:
