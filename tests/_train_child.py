@@ -12,6 +12,7 @@ import signal
 import sys
 
 import torch
+import torch.distributed as dist
 
 from captionkit.config import load_train_config
 from captionkit.training.loop import train
@@ -27,7 +28,8 @@ def main() -> None:
             os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
     result = train(config, output, log=log)
-    print(json.dumps({"steps": result.steps, "interrupted": result.interrupted}))
+    # train() ends the process group it started (under torchrun), before this process exits.
+    print(json.dumps({"steps": result.steps, "interrupted": result.interrupted, "group": dist.is_initialized()}))
 
 
 if __name__ == "__main__":

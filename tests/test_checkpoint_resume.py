@@ -108,7 +108,7 @@ def test_sigterm_in_a_child_process_saves_a_checkpoint_and_exits_0(reference, sc
     out = tmp_path / "run"
     done = run_child("TERM", 4, out, scenes)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"steps": 4, "interrupted": True}
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"steps": 4, "interrupted": True, "group": False}
     assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
     assert not ckpt.is_complete(out)
     result = train(load_train_config(None, assignments(scenes)), out)

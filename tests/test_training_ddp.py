@@ -63,6 +63,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
     double = [*launcher, str(CHILD), "KILL", "0", str(tmp_path / "two"), *settings(scenes, 4)]
     done = subprocess.run(double, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    ends = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert ends == [{"steps": 4, "interrupted": False, "group": False}] * 2  # each rank closed its process group
     one, two = (
         load_file(str(tmp_path / "one" / "model.safetensors")),
         load_file(str(tmp_path / "two" / "model.safetensors")),

@@ -39,6 +39,8 @@ class Distributed:
     local_rank: int = 0
     # Train on the CPU even where a GPU is present (train.device=cpu): gloo, and CPU tensors throughout.
     cpu: bool = False
+    # Whether this object started the process group (and so ends it in close()), not a caller before it.
+    owns_group: bool = False
 
     @property
     def enabled(self) -> bool:
@@ -63,6 +65,7 @@ class Distributed:
             torch.cuda.set_device(local_rank)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if parallel.uses_cuda else "gloo")
+            parallel.owns_group = True
         return parallel
 
     def device(self) -> torch.device:
@@ -109,5 +112,8 @@ class Distributed:
             dist.barrier()
 
     def close(self) -> None:
-        if self.enabled and dist.is_initialized():
+        """End the process group this object started, before the interpreter does: torch asks for it, and left to
+        the exit, gloo's teardown can abort the process ("terminate called without an active exception")."""
+        if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
+            self.owns_group = False

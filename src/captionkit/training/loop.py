@@ -54,7 +54,9 @@ def train(
                 ended = _loop(run, stop, line, log or (lambda _: None))
         finally:
             run.close()
-        return finish(run, ended)
+        result = finish(run, ended)
+        run.parallel.close()
+        return result
 
 
 def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progress:
