@@ -89,14 +89,22 @@ if want caption; then
         SAMPLER=$!
     fi
     CAPTION_DTYPE=bf16
-    step caption "$LIMIT_CAPTION" "${CLI[@]}" caption "$WORK/photos" --model "$WORK/model" --device "$DEVICE" \
-        --dtype "$CAPTION_DTYPE" --batch-size "$CAPTION_BATCH" --workers "$WORKERS" --output "$WORK/captions.jsonl"
+    # stderr kept apart for the closing line: "...: R images/s (S s; loading the model L s)", the pace without the
+    # process start and the model load (which the step's wall time includes).
+    step caption "$LIMIT_CAPTION" sh -c "${CLI[*]} caption '$WORK/photos' --model '$WORK/model' --device $DEVICE \
+        --dtype $CAPTION_DTYPE --batch-size $CAPTION_BATCH --workers $WORKERS --output '$WORK/captions.jsonl' \
+        2>'$OUT/caption_stderr.txt'"
     [ -n "$SAMPLER" ] && kill "$SAMPLER"
+    tail -n 3 "$OUT/caption_stderr.txt" 2>/dev/null
     SECONDS_CAPTION=$(tail -n 1 "$OUT/steps.tsv" | cut -f 3)
     CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
+    PACE=$(sed -nE 's/.*: ([0-9.]+) images\/s \(([0-9.]+) s; loading the model ([0-9.]+) s\)$/\1 \2 \3/p' \
+        "$OUT/caption_stderr.txt" 2>/dev/null | tail -n 1)
+    read -r RATE CAPTION_S LOAD_S <<<"${PACE:-null null null}"
     if awk "BEGIN {exit !($SECONDS_CAPTION > 0)}"; then  # not when the budget skipped the step
         echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": \
-$SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}")}" \
+$SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}"), \
+\"images_per_s_captioning\": $RATE, \"captioning_seconds\": $CAPTION_S, \"model_load_seconds\": $LOAD_S}" \
             >"$OUT/caption.json"
     fi
 

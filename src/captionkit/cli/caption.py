@@ -135,11 +135,20 @@ def caption(
 
 
 def _summary_line(outcome: JobOutcome) -> str:
-    """The closing line: "captioned 1 image, 0 errors", or, when a resumed run found nothing left, so."""
+    """The closing line: "captioned 1 image, 0 errors: 9.5 images/s (...)", or, when a resumed run found nothing
+    left, so."""
     summary = outcome.summary
     before = f"{plural(outcome.earlier_errors, 'error')} recorded before resuming" if outcome.earlier_errors else ""
     if outcome.already_complete:
         recorded = f" ({before})" if before else ""
         return f"already complete: {plural(outcome.done_before, 'image')} done before{recorded}, nothing left to do"
     counts = f"captioned {plural(summary.captioned, 'image')}, {plural(summary.errors, 'error')}"
-    return counts + (f" (and {before})" if before else "")
+    line = counts + (f" (and {before})" if before else "")
+    return line + _rate(summary.images, outcome.caption_seconds, outcome.load_seconds)
+
+
+def _rate(images: int, seconds: float, load_seconds: float) -> str:
+    """ ": 244.1 images/s (12.29 s; loading the model 3.10 s)": the job's pace, without the model's load."""
+    if images == 0 or seconds <= 0.0:
+        return ""
+    return f": {images / seconds:.1f} images/s ({seconds:.2f} s; loading the model {load_seconds:.2f} s)"

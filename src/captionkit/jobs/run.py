@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -123,6 +124,8 @@ class JobOutcome:
     earlier_errors: int
     one_of_many_ranks: bool
     done_before: int = 0  # images of this share an earlier run (``--resume``) had already written
+    load_seconds: float = 0.0  # loading the model and getting ready (``--batch-size auto``'s probe included)
+    caption_seconds: float = 0.0  # from the first batch to the last record written: images / this is the job's rate
 
     @property
     def already_complete(self) -> bool:
@@ -214,6 +217,7 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> JobOutcome:
+    started = time.perf_counter()
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
     captioner = Captioner.from_pretrained(
         options.model, device=choose_device(options.device, plan.dist), dtype=options.dtype
@@ -240,6 +244,7 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
     counts = plan.counts
     # Under torchrun, one progress bar per node (local rank 0's): several would overwrite each other.
     show_progress = progress is not None and counts.todo > 0 and (plan.dist is None or plan.dist.local_rank == 0)
+    ready = time.perf_counter()
     try:
         with progress("captioning", counts.todo) if show_progress else nullcontext(None) as advance:
             if options.engine == "ray":
@@ -260,7 +265,8 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
     finally:
         writer.close()
     one_of_many = plan.dist is not None and plan.dist.world_size > 1
-    return JobOutcome(summary, counts.earlier_errors, one_of_many, counts.mine - counts.todo)
+    seconds = {"load_seconds": ready - started, "caption_seconds": time.perf_counter() - ready}
+    return JobOutcome(summary, counts.earlier_errors, one_of_many, counts.mine - counts.todo, **seconds)
 
 
 def _caption_on_ray(
