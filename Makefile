@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo-output
 
-.PHONY: venv demo test test-slow test-vision lint format clean browser
+.PHONY: venv demo test test-slow test-vision lint format clean browser java
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ browser: venv
 	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	$(BIN)/python -m pip install --quiet -e '.[browser]'
 	chromium --version
+
+# Java runs pycocoevalcap's PTB tokenizer and METEOR jar, which the evaluation tests compare captionkit with (captionkit
+# itself needs Java only for SPICE). Debian's headless JRE, through apt like chromium.
+java:
+	command -v java >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless; }
+	java -version 2>&1 | head -n 1
 
 test: venv
 	$(BIN)/python -m pytest -q -rs

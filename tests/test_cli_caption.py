@@ -80,22 +80,23 @@ def test_closing_line_gives_the_jobs_pace_without_the_model_load(model_dir, phot
     code, _, err = run_cli(["caption", str(photos), "--model", str(model_dir), "--beams", "1"], capsys)
     assert code == 2  # the bad files
     closing = err.strip().splitlines()[-1]
-    found = re.fullmatch(
-        r"captioned 5 images, 4 errors: ([\d.]+) images/s \(([\d.]+) s; loading the model ([\d.]+) s\)", closing
-    )
+    pattern = r"captioned 5 images, 4 errors: ([\d.]+) images/s \(([\d.]+) s; loading the model ([\d.]+) s\)"
+    found = re.fullmatch(pattern, closing)
     assert found, closing
-    rate, seconds, load = (float(value) for value in found.groups())
-    assert seconds > 0 and load > 0
-    # The pace counts every image read (failed ones too) over the captioning time alone (printed to 0.01 s).
-    assert 9 / rate == pytest.approx(seconds, abs=0.006)
+    assert all(float(value) > 0 for value in found.groups())
 
 
-def test_a_job_with_nothing_to_caption_gives_no_pace():
+def test_pace_counts_every_image_read_over_the_captioning_time_alone():
     from captionkit.cli.caption import _summary_line
     from captionkit.jobs.batch import JobSummary
     from captionkit.jobs.run import JobOutcome
 
+    summary = JobSummary(images=9, captioned=5, errors=4)
+    outcome = JobOutcome(summary, 0, False, load_seconds=3.104, caption_seconds=0.36)
+    assert _summary_line(outcome) == "captioned 5 images, 4 errors: 25.0 images/s (0.36 s; loading the model 3.10 s)"
+    # Nothing captioned (or no time measured): no pace.
     assert _summary_line(JobOutcome(JobSummary(), 0, False, caption_seconds=0.5)) == "captioned 0 images, 0 errors"
+    assert _summary_line(JobOutcome(summary, 0, False)) == "captioned 5 images, 4 errors"
 
 
 def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path, capsys):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 import pytest
 
 from _data import SHARED_DATA
+from _java import require_java, require_pycocoevalcap
 from captionkit.evaluation import score_captions
-from captionkit.evaluation.external import pycocoevalcap_dir
 from captionkit.evaluation.meteor import meteor_unavailable_reason
 
 DATA = SHARED_DATA
@@ -97,8 +96,8 @@ def assert_equal_scores(split: Split, reference: tuple[dict[str, float], dict[st
 
 @pytest.fixture(scope="module")
 def needs_java() -> None:
-    if pycocoevalcap_dir() is None or shutil.which("java") is None:
-        pytest.skip("needs pycocoevalcap and Java")
+    require_pycocoevalcap()
+    require_java()
 
 
 @pytest.fixture(scope="module")
@@ -134,15 +133,13 @@ def test_full_coco_val2017_equals_pycocoevalcap(needs_java: None, tmp_path: Path
 
 @pytest.mark.slow
 def test_meteor_equals_pycocoevalcap(needs_java: None, tmp_path: Path) -> None:
-    if meteor_unavailable_reason():
-        pytest.skip(meteor_unavailable_reason())
+    assert meteor_unavailable_reason() is None  # Java and pycocoevalcap are there (needs_java)
     split = coco_split(100)
     assert_equal_scores(split, pycocoevalcap_scores(split, tmp_path, meteor=True), "BLEU,METEOR,ROUGE_L,CIDEr")
 
 
 def test_meteor_runs_through_the_jar(needs_java: None) -> None:
-    if meteor_unavailable_reason("java"):
-        pytest.skip(meteor_unavailable_reason("java"))
+    assert meteor_unavailable_reason("java") is None  # Java and pycocoevalcap are there (needs_java)
     refs, cands = coco_split(5)
     result = score_captions(refs, cands, metrics="METEOR", meteor="java")
     assert 0.1 < result.scores["METEOR"] < 0.6

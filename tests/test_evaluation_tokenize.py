@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 from collections.abc import Callable
 
 import pytest
 
 from _data import SHARED_DATA
-from captionkit.evaluation.external import pycocoevalcap_dir
+from _java import require_java, require_pycocoevalcap
 from captionkit.evaluation.tokenize import ptb_tokens, tokenize, tokenize_captions
 
 DATA = SHARED_DATA
@@ -66,9 +65,8 @@ PROBES = [
 
 @pytest.fixture(scope="module")
 def java_tokenize(tmp_path_factory: pytest.TempPathFactory) -> JavaTokenizer:
-    package = pycocoevalcap_dir()
-    if package is None or shutil.which("java") is None:
-        pytest.skip("needs pycocoevalcap and Java")
+    package = require_pycocoevalcap()
+    require_java()
     from pycocoevalcap.tokenizer import ptbtokenizer
 
     jar = package / "tokenizer" / ptbtokenizer.STANFORD_CORENLP_3_4_1_JAR

@@ -14,9 +14,6 @@ from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import ModelLoadError
-
-pytest.importorskip("onnxruntime", reason="onnxruntime is the optional extra 'onnx' (also in 'dev')")
-
 from captionkit.export.onnx import GRAPHS, OnnxCaptionModel, export_onnx_graphs
 
 pytestmark = pytest.mark.usefixtures("single_thread")

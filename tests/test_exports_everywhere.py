@@ -15,8 +15,6 @@ from captionkit.api import Captioner
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.serve import ServeSettings, create_app
 
-pytest.importorskip("onnxruntime", reason="onnxruntime is the optional extra 'onnx' (also in 'dev')")
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]

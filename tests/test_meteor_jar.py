@@ -9,14 +9,12 @@ Tolerances (issue 19): the corpus score within 1e-4, every image within 1e-3.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 
 import pytest
 
+from _java import require_java, require_pycocoevalcap
 from _meteor_cases import EDGE_CANDIDATES, PERTURBATIONS, caption_groups
-from captionkit.evaluation.external import MetricUnavailable
-from captionkit.evaluation.meteor import resources
 from captionkit.evaluation.meteor.matching import PARAPHRASE, STEM, SYNONYM
 from captionkit.evaluation.meteor.native import meteor_python, meteor_stats
 
@@ -61,12 +59,8 @@ class Scored:
 def scored() -> Scored:
     from captionkit.evaluation.meteor.java import meteor as meteor_java
 
-    try:
-        resources.source_files()
-    except MetricUnavailable as error:
-        pytest.skip(str(error))
-    if shutil.which("java") is None:
-        pytest.skip("needs Java to run the reference jar")
+    require_pycocoevalcap()  # the jar and the METEOR data come from it
+    require_java()
     cases = build_cases()
     return Scored(
         cases, meteor_java(cases.candidates, cases.references), meteor_python(cases.candidates, cases.references)
@@ -127,10 +121,7 @@ def test_all_coco_val2017_images_equal_the_jar() -> None:
 
 
 def test_processes_give_the_statistics_of_one_process() -> None:
-    try:
-        resources.source_files()
-    except MetricUnavailable as error:
-        pytest.skip(str(error))
+    require_pycocoevalcap()
     cases = build_cases()
     one = meteor_stats(cases.candidates, cases.references, processes=1)
     assert len(one) == len(cases.candidates)

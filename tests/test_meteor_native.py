@@ -9,7 +9,6 @@ against the second, raw, so that ``-norm`` has work) and crafted lines.
 from __future__ import annotations
 
 import gzip
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from _java import require_java, require_pycocoevalcap
 from _meteor_cases import caption_groups
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.meteor import resources
@@ -69,12 +69,9 @@ class JarRun:
 
 @pytest.fixture(scope="module")
 def jar_run(tmp_path_factory: pytest.TempPathFactory) -> JarRun:
-    try:
-        jar, _ = resources.source_files()
-    except MetricUnavailable as error:
-        pytest.skip(str(error))
-    if shutil.which("java") is None:
-        pytest.skip("needs Java to run the reference jar")
+    require_pycocoevalcap()  # the jar and the METEOR data come from it
+    require_java()
+    jar, _ = resources.source_files()
     pairs = CRAFTED + real_pairs(150)
     folder = tmp_path_factory.mktemp("meteor-jar")
     (folder / "test.txt").write_text("".join(t + "\n" for t, _ in pairs), encoding="utf-8")
@@ -103,10 +100,8 @@ def _parse_alignments(text: str) -> list[JarPair]:
 
 @pytest.fixture(scope="module")
 def prefixes() -> dict[str, int]:
-    try:
-        jar, _ = resources.source_files()
-    except MetricUnavailable as error:
-        pytest.skip(str(error))
+    require_pycocoevalcap()
+    jar, _ = resources.source_files()
     with zipfile.ZipFile(jar) as archive:
         return resources._prefixes(archive.read("nonbreaking/english.prefixes").decode("utf-8"))
 

@@ -101,7 +101,6 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     # The same command under `accelerate launch` as under torchrun: the launcher's environment is all the trainer
     # reads. `--multi_gpu` is accelerate's torchrun path, which sets RANK/WORLD_SIZE (on this CPU machine the
     # trainer then uses gloo); accelerate's `--cpu` path starts ONE process unless MPI is set up.
-    pytest.importorskip("accelerate", reason="accelerate is in the dev extra")
     scenes = write_synthetic_dataset(tmp_path / "scenes", 32, 8, 4, seed=2, image_size=32)
     env = dict(os.environ, OMP_NUM_THREADS="1", OMP_WAIT_POLICY="PASSIVE")
     train = [sys.executable, "-m", "captionkit.cli", "train", "--no-progress"]
