@@ -548,8 +548,9 @@ def test_images_module_does_not_import_torch() -> None:
 @pytest.fixture(scope="module")
 def vit_processor() -> type:
     """transformers' PIL-backed ViTImageProcessor: the default backend needs torchvision, not a dependency."""
-    transformers = pytest.importorskip("transformers")
-    return transformers.ViTImageProcessorPil
+    from transformers import ViTImageProcessorPil  # a core dependency: never skipped
+
+    return ViTImageProcessorPil
 
 
 def _reference(vit_processor: type, preprocessing: Preprocessing, images: list[Image.Image]) -> np.ndarray:

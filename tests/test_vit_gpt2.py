@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from transformers import VisionEncoderDecoderModel
 from captionkit import __version__
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.hub import PROBE_TIMEOUT_S
 from captionkit.models.base import Encoded
 from captionkit.models.vit_gpt2 import PRESETS, VitGpt2Config, VitGpt2Model
 
@@ -256,26 +257,98 @@ def test_missing_paths_are_refused_without_the_network(tmp_path: Path, monkeypat
         VitGpt2Model.from_pretrained("file.txt")
 
 
-def test_unreachable_hub_id_fails_fast() -> None:
-    # Offline here: one failed request, then the (empty) cache: well under a second, not ~25 s of retries.
-    # Online, the id does not exist: the hub's 404 is as quick.
-    start = time.monotonic()
+# Nothing listens on the discard port: a connection there is refused at once.
+UNREACHABLE = "http://127.0.0.1:9"
+MISSING = "captionkit-tests/no-such-model"
+
+
+def record_hub_calls(
+    monkeypatch: pytest.MonkeyPatch, probe: Callable[..., Any] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    """The calls captionkit.hub makes into huggingface_hub, in order, each passed on to the real function (the probe
+    to ``probe`` instead, when given): ("probe", its url and options) or ("snapshot", its options)."""
+    import huggingface_hub
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    real_probe, real_snapshot = probe or huggingface_hub.get_hf_file_metadata, huggingface_hub.snapshot_download
+
+    def get_hf_file_metadata(url: str, **options: Any) -> Any:
+        calls.append(("probe", {"url": url, **options}))
+        return real_probe(url, **options)
+
+    def snapshot_download(repo_id: str, **options: Any) -> str:
+        calls.append(("snapshot", {"repo_id": repo_id, **options}))
+        return real_snapshot(repo_id, **options)
+
+    # captionkit.hub imports both from huggingface_hub when called, so patching the package reaches it.
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", get_hf_file_metadata)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return calls
+
+
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache (huggingface_hub reads the setting from its constants when it looks)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+def test_an_unreachable_hub_is_probed_once_then_only_the_cache_is_read(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Why it fails fast: one HEAD request with the short timeout (not the hub client's ~25 s of retries), then the
+    # cache alone, without another request.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    # huggingface_hub turns HF_ENDPOINT into these at import time.
+    monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", UNREACHABLE + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    calls = record_hub_calls(monkeypatch)
     with pytest.raises(ModelLoadError) as raised:
-        VitGpt2Model.from_pretrained("captionkit-tests/no-such-model")
-    assert time.monotonic() - start < 10
-    assert raised.value.source == "captionkit-tests/no-such-model"
-    # Offline by network failure, missing on the hub, or offline by HF_HUB_OFFLINE=1 (as on a GPU machine): each
-    # reason is one line that says why.
-    reasons = ("cannot download", "not found on the Hugging Face Hub", "HF_HUB_OFFLINE is set")
-    assert any(reason in raised.value.reason for reason in reasons), raised.value.reason
+        VitGpt2Model.from_pretrained(MISSING)
+    assert str(raised.value) == (
+        f"{MISSING}: cannot download from the Hugging Face Hub (offline?); pass a local directory, "
+        "or set HF_HUB_OFFLINE=1 with a cached copy"
+    )
+    url = f"{UNREACHABLE}/{MISSING}/resolve/main/config.json"
+    assert [name for name, _ in calls] == ["probe", "snapshot"]
+    assert calls[0][1] == {"url": url, "timeout": PROBE_TIMEOUT_S}
+    assert calls[1][1]["local_files_only"] is True
 
 
-def test_offline_mode_uses_only_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_id_the_hub_does_not_know_fails_after_the_probe(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hub answers the probe with 404 (or 401 for a private or gated repository): nothing more is asked.
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    def not_found(url: str, **_: Any) -> None:
+        # The error reads only headers and request of a response: a stand-in for the transport library's (by version).
+        raise RepositoryNotFoundError(f"404 Client Error: {url}", response=SimpleNamespace(headers={}, request=None))
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = record_hub_calls(monkeypatch, probe=not_found)
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained(MISSING)
+    assert str(raised.value) == f"{MISSING}: not found on the Hugging Face Hub (private or gated: log in first)"
+    assert [name for name, _ in calls] == ["probe"]
+
+
+def test_offline_mode_uses_only_the_cache(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache and HF_HUB_OFFLINE is set"):
-        VitGpt2Model.from_pretrained("captionkit-tests/no-such-model")
+    calls = record_hub_calls(monkeypatch)
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained(MISSING)
+    assert str(raised.value) == f"{MISSING}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
+    # No request at all: no probe, and the snapshot is looked up in the cache only.
+    assert [name for name, _ in calls] == ["snapshot"]
+    assert calls[0][1]["local_files_only"] is True
 
 
 def test_eager_attention_decodes_like_sdpa(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
