@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,7 +52,8 @@ def client(captioners):
 
 
 class SlowCounting:
-    """Wraps a captioner's caption_pil: counts calls and batch sizes, optionally waits before each call."""
+    """Wraps a captioner's caption_pil: counts calls and batch sizes, optionally waits before each call (for
+    ``delay_s``, and until ``release`` is set: a test clears it to hold the model)."""
 
     def __init__(self, captioner, delay_s: float = 0.0) -> None:
         self.inner = captioner.caption_pil
@@ -58,12 +61,15 @@ class SlowCounting:
         self.batches: list[int] = []
         self.started = threading.Event()
         self.finished = threading.Event()  # set when a call returns
+        self.release = threading.Event()
+        self.release.set()
         self.lock = threading.Lock()
 
     def __call__(self, images, config, image_offset=0, attention=False):
         with self.lock:
             self.batches.append(len(images))
         self.started.set()
+        self.release.wait(60)  # bounded: a test that never releases fails on its results, it does not hang
         time.sleep(self.delay_s)
         try:
             return self.inner(images, config, image_offset, attention)
@@ -179,29 +185,65 @@ def test_metrics_have_the_standard_collectors_and_one_registry_per_app(captioner
     assert 'path="/v1/captions"' not in other  # the second app counted nothing of the first one's requests
 
 
-def concurrent_posts(client, count: int, **params) -> list[int]:
-    with ThreadPoolExecutor(count) as pool:
-        return [r.status_code for r in pool.map(lambda _: post_image(client, **params), range(count))]
+def wait_until_queued(client, images: int, model: str = "base") -> None:
+    """Poll the model's batcher until ``images`` images wait in its queue (60 s at most, then fail)."""
+    batcher = client.app.state.batchers[model]
+    deadline = time.monotonic() + 60
+    while batcher.queued < images and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert batcher.queued == images
+
+
+def queued_together(client, counting: SlowCounting, pool: ThreadPoolExecutor, posts: list[dict]) -> list:
+    """Send ``posts`` (each one image, with those parameters) while the model is held in a first call, wait until
+    all their images are queued, then release the model: the batcher finds them all waiting at once, however the
+    posts were scheduled. The futures of their responses; the first call is ``counting.batches[0]``."""
+    counting.release.clear()
+    try:
+        first = pool.submit(post_image, client, num_beams=1, max_length=5)
+        assert counting.started.wait(60)  # the worker is in the model: what comes now queues behind it
+        answers = [pool.submit(post_image, client, **params) for params in posts]
+        wait_until_queued(client, len(posts))
+    finally:
+        counting.release.set()
+    assert first.result().status_code == 200
+    return answers
 
 
 @pytest.mark.parametrize(("max_batch", "calls"), [(4, 1), (1, 4)])
 def test_micro_batching_joins_concurrent_requests(captioners, monkeypatch, max_batch, calls):
     counting = slow_counting(captioners["base"], monkeypatch)
-    settings = ServeSettings(max_batch=max_batch, max_wait_ms=1500)
-    with TestClient(create_app(captioners, settings)) as client:
-        assert concurrent_posts(client, 4, num_beams=2, max_length=5) == [200] * 4
+    # max_wait 0: whatever is queued when the model frees up is one batch of up to max_batch; no timing decides.
+    settings = ServeSettings(max_batch=max_batch, max_wait_ms=0)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(5) as pool:
+        answers = queued_together(client, counting, pool, [{"num_beams": 2, "max_length": 5}] * 4)
+        assert [a.result().status_code for a in answers] == [200] * 4
         metrics = client.get("/metrics").text
-    assert counting.batches == [max_batch] * calls
-    assert f'captionkit_batch_size_count{{model="base"}} {calls}.0' in metrics
+    assert counting.batches == [1] + [max_batch] * calls
+    assert f'captionkit_batch_size_count{{model="base"}} {calls + 1}.0' in metrics
+
+
+def test_a_lone_image_waits_for_company_until_the_batch_is_full(captioners, monkeypatch):
+    """max_wait is how long the first image may wait for others: with a minute of it and max_batch 2, an image
+    sent only once the first is seen waiting in the queue still joins it."""
+    counting = slow_counting(captioners["base"], monkeypatch)
+    settings = ServeSettings(max_batch=2, max_wait_ms=60_000)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post_image, client, num_beams=1, max_length=5)
+        wait_until_queued(client, 1)
+        second = post_image(client, num_beams=1, max_length=5)
+        assert (first.result().status_code, second.status_code) == (200, 200)
+    assert counting.batches == [2]
 
 
 def test_different_decoding_settings_are_not_batched_together(captioners, monkeypatch):
     counting = slow_counting(captioners["base"], monkeypatch)
-    settings = ServeSettings(max_batch=8, max_wait_ms=300)
-    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(4) as pool:
-        beams = [pool.submit(post_image, client, num_beams=b, max_length=5) for b in (1, 2, 1, 2)]
-        assert [f.result().status_code for f in beams] == [200] * 4
-    assert sorted(counting.batches) == [2, 2]
+    settings = ServeSettings(max_batch=8, max_wait_ms=0)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(5) as pool:
+        posts = [{"num_beams": b, "max_length": 5} for b in (1, 2, 1, 2)]
+        answers = queued_together(client, counting, pool, posts)
+        assert [a.result().status_code for a in answers] == [200] * 4
+    assert counting.batches[1:] == [2, 2]  # all four waited together, and ran as two batches of one setting each
 
 
 def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypatch):
@@ -210,31 +252,27 @@ def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypa
     with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0))) as client:
         alone = post_image(client, **params).json()["results"][0]["captions"]
     counting = slow_counting(captioners["base"], monkeypatch)
-    settings = ServeSettings(max_batch=8, max_wait_ms=300)
-    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(3) as pool:
-        responses = list(pool.map(lambda _: post_image(client, **params), range(3)))
+    settings = ServeSettings(max_batch=8, max_wait_ms=0)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(4) as pool:
+        responses = [a.result() for a in queued_together(client, counting, pool, [params] * 3)]
     assert [r.json()["results"][0]["captions"] for r in responses] == [alone] * 3
-    assert counting.batches == [1, 1, 1]
+    assert counting.batches[1:] == [1, 1, 1]  # all three waited together, and still ran one by one
 
 
 def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
     counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
     settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, max_images=1, retry_after_s=3)
-    with TestClient(create_app(captioners, settings)) as client:
-        batcher = client.app.state.batchers["base"]
-        with ThreadPoolExecutor(2) as pool:
-            running = pool.submit(post_image, client, num_beams=1)
-            assert counting.started.wait(10)  # the first request is in the model now
-            queued = pool.submit(post_image, client, num_beams=1)
-            deadline = time.monotonic() + 10
-            while batcher.queued < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            refused = post_image(client, num_beams=1)
-            assert refused.status_code == 503
-            assert refused.headers["retry-after"] == "3"
-            assert "queue full" in refused.json()["detail"]
-            assert post_image(client, model="tuned", num_beams=1).status_code == 200  # other models still serve
-            assert running.result().status_code == 200 and queued.result().status_code == 200
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(2) as pool:
+        running = pool.submit(post_image, client, num_beams=1)
+        assert counting.started.wait(10)  # the first request is in the model now
+        queued = pool.submit(post_image, client, num_beams=1)
+        wait_until_queued(client, 1)
+        refused = post_image(client, num_beams=1)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "3"
+        assert "queue full" in refused.json()["detail"]
+        assert post_image(client, model="tuned", num_beams=1).status_code == 200  # other models still serve
+        assert running.result().status_code == 200 and queued.result().status_code == 200
 
 
 def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeypatch):
@@ -312,13 +350,13 @@ def test_a_dead_batching_worker_is_not_ready_and_refuses_at_once(captioners, mon
     async def broken() -> None:
         raise RuntimeError("bug in batching")
 
-    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0, request_timeout_s=30))) as client:
+    # An hour's request timeout: a 503 in this test can only come from the dead worker failing the request, since
+    # the timeout path would answer 504, and only after an hour.
+    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=0, request_timeout_s=3600))) as client:
         monkeypatch.setattr(client.app.state.batchers["base"], "_run_one_batch", broken)
         stopped = "the captioning worker stopped (RuntimeError: bug in batching)"
         for _ in range(2):  # the request queued when the worker died, then one sent after
-            started = time.monotonic()
             response = post_image(client, num_beams=1)
-            assert time.monotonic() - started < 5
             assert response.status_code == 503
             assert response.json() == {"detail": f"model 'base': not available: {stopped}; the server needs a restart"}
             assert "retry-after" not in response.headers
@@ -510,15 +548,40 @@ def test_serve_refuses_a_missing_model(tmp_path, capsys):
     assert "no such directory" in err
 
 
+def read_response(sock: socket.socket) -> tuple[int, bytes]:
+    """One HTTP response: its status and its Content-Length body (none for an interim 1xx)."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after sending {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    lengths = [line[15:] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    while len(body) < (int(lengths[0]) if lengths else 0):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection inside the body"
+        body += chunk
+    return status, body
+
+
 def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path):
+    """The client holds its request in flight across the SIGTERM, so no timing decides whether it was: the head
+    goes first (with Expect: 100-continue, the server's 100 Continue says the app is reading the body), the body only
+    once the server logs that it is shutting down. The images then wait max-wait-ms in the batcher, which must
+    still run."""
     port = free_port()
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    # max-wait 1500 ms: a lone request waits that long for company, so it is still in flight at SIGTERM.
     command = [sys.executable, "-m", "captionkit.cli", "serve", "--model", f"base={model_dirs[0]}"]
-    command += ["--port", str(port), "--max-wait-ms", "1500", "--device", "cpu"]
+    # Read and request timeouts far beyond the test: the body may come as late as the scheduling makes it.
+    command += ["--port", str(port), "--max-wait-ms", "500", "--device", "cpu"]
+    command += ["--read-timeout-s", "300", "--timeout-s", "300"]
     log = (tmp_path / "server.log").open("w")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    body = json.dumps({"images": [base64.b64encode(image_bytes()).decode()], "num_beams": 1}).encode()
+    head = b"POST /v1/captions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\nexpect: 100-continue\r\n"
+    head += f"content-length: {len(body)}\r\n\r\n".encode()
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -529,15 +592,19 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path
                 pass
             assert server.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
             time.sleep(0.1)
-        with ThreadPoolExecutor(1) as pool:
-            files = {"image": ("photo.jpg", image_bytes())}
-            pending = pool.submit(httpx.post, f"{url}/v1/captions", files=files, data={"num_beams": "1"}, timeout=30)
-            time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(head)
+            assert read_response(sock) == (100, b"")  # the request is in flight: the app waits for its body
             server.send_signal(signal.SIGTERM)
-            response = pending.result()
-        assert response.status_code == 200
-        assert response.json()["results"][0]["image"] == "photo.jpg"
-        assert server.wait(timeout=30) == 0
+            deadline = time.monotonic() + 60
+            while "Shutting down" not in Path(log.name).read_text():  # uvicorn has taken the signal
+                assert server.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
+                time.sleep(0.05)
+            sock.sendall(body)
+            status, answer = read_response(sock)
+        assert status == 200, answer
+        assert json.loads(answer)["results"][0]["image"] == "images[0]"
+        assert server.wait(timeout=60) == 0
     finally:
         if server.poll() is None:
             server.kill()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import socket
 import struct
 import zlib
 
@@ -13,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _data import SHARED_DATA
-from _serve import image_bytes, load_tiny, save_tiny_model
+from _serve import image_bytes, load_tiny, running_server, save_tiny_model
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -23,8 +25,12 @@ PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
-    captioner = load_tiny(save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", seed=0))
+def captioner(tmp_path_factory):
+    return load_tiny(save_tiny_model(tmp_path_factory.mktemp("m") / "tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def client(captioner):
     settings = ServeSettings(max_upload_bytes=MAX_UPLOAD, max_images=4, max_wait_ms=0)
     with TestClient(create_app({"tiny": captioner}, settings), raise_server_exceptions=False) as test_client:
         yield test_client
@@ -150,9 +156,38 @@ def test_huge_body_is_413(client):
     assert body["detail"] == "request body: over the 1 MiB upload limit"
 
 
-def test_huge_declared_length_is_413_before_reading(client):
-    headers = {"content-type": "application/json", "content-length": str(10**12)}
-    refused(client.post("/v1/captions", content=b"{}", headers=headers), 413)
+def test_huge_declared_length_is_413_before_reading(captioner):
+    """Through uvicorn on a raw socket: only the head goes out (Content-Length 10**12, not one body byte) and the 413
+    comes back. A server that read the body first would still be waiting for it (its read timeout is an hour here),
+    and the socket's timeout would fail the test."""
+    settings = ServeSettings(max_upload_bytes=MAX_UPLOAD, read_timeout_s=3600, max_wait_ms=0)
+    head = b"POST /v1/captions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+    head += f"content-length: {10**12}\r\n\r\n".encode()
+    with running_server(create_app({"tiny": captioner}, settings)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as sock:
+            sock.sendall(head)
+            status, headers, body = read_response(sock)
+    assert status == 413
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {"detail": "request body: over the 1 MiB upload limit"}
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP response: status, headers (lower-case names) and its Content-Length body."""
+    received = b""
+    while b"\r\n\r\n" not in received:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after sending {received!r}"
+        received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection inside the body"
+        body += chunk
+    return int(status_line.split(" ")[1]), headers, body
 
 
 @pytest.mark.parametrize(

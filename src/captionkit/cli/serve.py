@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import signal
 import sys
 from pathlib import Path
@@ -50,6 +51,10 @@ def serve(
 
     if not 1 <= port <= 65535:
         fail(f"--port: must be between 1 and 65535, got {port}")
+    # Checked here, not left to ServeSettings: the MiB -> bytes conversion below would turn 0 or a negative size
+    # into a 1-byte limit that refuses every request, and nan or inf into a traceback.
+    if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
+        fail(f"--max-upload-mb: must be a finite number > 0, got {max_upload_mb:g}")
     try:
         names = model_names(model)
         settings = ServeSettings(
