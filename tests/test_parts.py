@@ -168,6 +168,10 @@ def test_hub_ids_without_a_network_fail_in_one_line(monkeypatch: pytest.MonkeyPa
 def test_hub_ids_with_an_unreachable_hub_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
     monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", "http://127.0.0.1:9")
+    # The probe's URL comes from this template, fixed when huggingface_hub is imported: without it the test would
+    # ask the real hub (and pass only where there is no internet).
+    template = "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr("huggingface_hub.constants.HUGGINGFACE_CO_URL_TEMPLATE", template)
     with pytest.raises(ModelLoadError) as error:
         create_model("vit-gpt2", encoder="captionkit-test/no-such-vit", decoder="gpt2")
     message = str(error.value)
