@@ -19,6 +19,7 @@ from PIL import Image
 from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.decoding.options import DecodingRequest, decoding_request, resolve_decoding
+from captionkit.devices import resolve_device
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
@@ -60,7 +61,7 @@ class Captioner:
         limits: ImageLimits | None = None,
         dtype: str | torch.dtype | None = None,
     ) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(device)
         # fp32 (the default), bf16 or fp16 (GPU only): the weights are cast once, here.
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device, self.dtype).eval()
@@ -79,6 +80,8 @@ class Captioner:
 
         ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run in fp32 only.
         """
+        if device is not None:
+            resolve_device(device)  # a device this machine lacks fails before the weights load
         loaded = load_pretrained(name_or_dir)
         device = device or _cpu_if(loaded.cpu_only)
         if loaded.cpu_only and resolve_dtype(dtype, torch.device(device or "cpu")) != torch.float32:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, generate
+from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import get_family, hub_layout_families
@@ -60,13 +61,7 @@ class BenchmarkSettings:
                 raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
             raise InputError("--threads", f"must be at least 1, got {self.threads}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise InputError("--device", f"unknown device {self.device!r} (expected cpu, cuda, cuda:N)") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise InputError("--device", f"{self.device}: no CUDA device is available")
-        resolve_dtype(self.dtype, device, "--dtype")
+        resolve_dtype(self.dtype, resolve_device(self.device, "--device"), "--dtype")
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

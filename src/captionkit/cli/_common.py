@@ -51,7 +51,7 @@ def plural(count: int, noun: str) -> str:
 
 
 # Errors from the layers below that name an API keyword, and the flag that names it on the command line.
-_FLAGS = {"dtype": "--dtype", "metrics": "--metrics"}
+_FLAGS = {"device": "--device", "dtype": "--dtype", "metrics": "--metrics"}
 
 
 def error_line(error: CaptionkitError) -> str:
