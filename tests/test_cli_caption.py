@@ -272,3 +272,18 @@ def test_resuming_a_finished_run_keeps_exit_2_for_its_recorded_errors(model_dir,
     assert "already complete: 9 images done before (4 errors recorded before resuming), nothing left to do" in err
     assert "captioned" not in err and "0/0" not in err
     assert out.read_text() == before
+
+
+@pytest.mark.parametrize("kind", ["folder", "list"])
+def test_inputs_without_images_fail_in_one_line_and_keep_the_old_output(kind, model_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    if kind == "list":
+        empty = tmp_path / "images.txt"
+        empty.write_text("", encoding="utf-8")
+    out = tmp_path / "captions.jsonl"
+    out.write_text('{"image": "a.jpg", "caption": "kept"}\n', encoding="utf-8")
+    code, _, err = run_cli(["caption", str(empty), "--model", str(model_dir), "--output", str(out)], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [f"captionkit: error: {empty}: no images found"]
+    assert out.read_text(encoding="utf-8") == '{"image": "a.jpg", "caption": "kept"}\n'

@@ -311,6 +311,8 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
         plan.done = DoneIndex(_resumed_records(target, options.fmt))
     try:
         plan.counts = plan.count()
+        if plan.counts.images == 0:  # before the model loads and the output is touched: a wrong path costs nothing
+            raise InputError(", ".join(options.inputs), "no images found")
     except BaseException:
         if plan.done is not None:
             plan.done.close()
