@@ -4,6 +4,8 @@ that loads a captioner (caption, evaluate, compare, serve) with the one error pr
 from __future__ import annotations
 
 import json
+import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -112,12 +114,15 @@ def test_compare_cli_dtype(model_dir, tmp_path, capsys) -> None:
 
 
 def test_serve_cli_dtype(model_dir, monkeypatch, capsys) -> None:
-    """The serve command loads every model in the dtype (uvicorn.run replaced: the app it gets is checked)."""
-    import uvicorn  # the serve extra is in the test extras: a broken install fails here rather than skips
-    from fastapi.testclient import TestClient
+    """The serve command loads every model in the dtype (uvicorn replaced: the app it gets is checked)."""
+    from fastapi.testclient import TestClient  # the serve extra is in the test extras: a broken install fails here
+
+    from captionkit.cli import serve as serve_cli
 
     served = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: served.append(app))
+    monkeypatch.setattr(serve_cli, "listening_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, listener, **options: served.append(app) or True)
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: None)  # pytest keeps its own handlers
     args = ["serve", "--model", f"tiny={model_dir}", "--device", "cpu"]
     code, _out, err = run_cli([*args, "--dtype", "fp16"], capsys)
     assert (code, err.strip().splitlines()[-1]) == (1, FP16_ON_CPU)

@@ -610,5 +610,6 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path
             server.kill()
         log.close()
     output = Path(log.name).read_text()
+    assert f"captionkit serve: web page at {url}/, API at /v1/captions, docs at /docs" in output
     assert "Finished server process" in output
     assert "captionkit serve: stopped by SIGTERM after finishing in-flight requests" in output

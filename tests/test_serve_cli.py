@@ -1,17 +1,18 @@
 """`captionkit serve --max-upload-mb / --timeout-s` reach the served app's settings, and nonsense values are refused
-in one line before any model loads (uvicorn.run replaced: the app it would serve is inspected, nothing listens)."""
+in one line before any model loads (uvicorn replaced: the app it would serve is inspected, nothing listens)."""
 
 from __future__ import annotations
 
 import signal
+import socket
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from _helpers import run_cli
 from _serve import image_bytes, save_tiny_model
+from captionkit.cli import serve as serve_cli
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -23,9 +24,11 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture
 def served(monkeypatch) -> list[tuple[Any, dict[str, Any]]]:
-    """What `captionkit serve` hands to uvicorn.run (app, options), which returns at once instead of serving."""
+    """What `captionkit serve` hands to uvicorn (app, options), which returns at once instead of serving; the port is
+    not taken either."""
     runs: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: runs.append((app, options)))
+    monkeypatch.setattr(serve_cli, "listening_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(serve_cli, "run_server", lambda app, listener, **options: runs.append((app, options)) or True)
     # The command installs its own SIGINT/SIGTERM handlers for the run; pytest keeps its handlers.
     monkeypatch.setattr(signal, "signal", lambda signum, handler: None)
     return runs
@@ -75,3 +78,21 @@ def test_bad_upload_or_timeout_values_are_one_line_errors(tmp_path, served, caps
     assert code == 1
     assert err.strip() == f"captionkit: error: {message}"  # one line: no traceback, no model loaded first
     assert served == []
+
+
+def test_a_port_in_use_fails_in_one_line_before_any_model_loads(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["serve", "--model", str(tmp_path / "never-loaded"), "--port", str(port)]
+        code, _out, err = run_cli(args, capsys)
+    assert code == 1
+    assert err.strip() == f"captionkit: error: --port: cannot listen on 127.0.0.1:{port} (Address already in use)"
+
+
+def test_an_unknown_host_fails_in_one_line(tmp_path, capsys):
+    args = ["serve", "--model", str(tmp_path / "never-loaded"), "--host", "no-such-host.invalid"]
+    code, _out, err = run_cli(args, capsys)
+    assert code == 1
+    assert err.strip().startswith("captionkit: error: --host: no-such-host.invalid: unknown address (")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import math
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -42,8 +43,6 @@ def serve(
         print(INSTALL_HINT, file=sys.stderr)
         raise typer.Exit(EXIT_INPUT_ERROR)
     quiet_libraries()
-    import uvicorn
-
     from captionkit.api import Captioner
     from captionkit.errors import CaptionkitError
     from captionkit.serve import ServeSettings, create_app
@@ -55,6 +54,7 @@ def serve(
     # into a 1-byte limit that refuses every request, and nan or inf into a traceback.
     if not (math.isfinite(max_upload_mb) and max_upload_mb > 0):
         fail(f"--max-upload-mb: must be a finite number > 0, got {max_upload_mb:g}")
+    listener: socket.socket | None = None
     try:
         names = model_names(model)
         settings = ServeSettings(
@@ -67,26 +67,31 @@ def serve(
             read_timeout_s=read_timeout_s,
             max_connections=max_connections,
         )
+        # The port is taken now, before the models load: one taken by another process fails in a second, not
+        # after minutes of loading (and uvicorn would say so in several log lines and exit 3).
+        listener = listening_socket(host, port)
         captioners = {}
         for name, source in names.items():
             print(f"loading {name} from {source}", file=sys.stderr)
             captioners[name] = Captioner.from_pretrained(source, device=device, dtype=dtype)
         app = create_app(captioners, settings)
     except CaptionkitError as error:
+        if listener is not None:
+            listener.close()
         fail(error_line(error))
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes in-flight requests, runs the shutdown, then
     # re-raises the signal to the handler that was there before it: ours, so a requested stop exits 0.
     stopped_by: list[str] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        timeout_graceful_shutdown=int(timeout_s) + 5,
-        **uvicorn_options(settings),
-    )
+    options = {"log_level": "info", "timeout_graceful_shutdown": int(timeout_s) + 5, **uvicorn_options(settings)}
+    assert listener is not None  # taken in the try above, which fails otherwise
+    # uvicorn names the address only for sockets it binds itself; with --port 0 the system picked the port.
+    address = f"[{host}]" if ":" in host else host
+    url = f"http://{address}:{listener.getsockname()[1]}"
+    print(f"captionkit serve: web page at {url}/, API at /v1/captions, docs at /docs", file=sys.stderr)
+    if not run_server(app, listener, host=host, port=port, **options):
+        fail("the server did not start (its log above says why)")
     if stopped_by:
         print(f"captionkit serve: stopped by {stopped_by[0]} after finishing in-flight requests", file=sys.stderr)
 
@@ -106,3 +111,32 @@ def model_names(specs: list[str]) -> dict[str, str]:
             raise InputError("--model", f"two models named {name!r}; name them with NAME=PATH")
         names[name] = source
     return names
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for uvicorn to listen on; an ``InputError`` naming ``--host`` or
+    ``--port`` when the address is unknown or taken."""
+    from captionkit.errors import InputError
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    except socket.gaierror as error:
+        raise InputError("--host", f"{host}: unknown address ({error.strerror})") from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn binds: a restarted server gets its port back at once, while old connections wait out TIME_WAIT.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as error:
+        listener.close()
+        raise InputError("--port", f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    return listener
+
+
+def run_server(app: Any, listener: socket.socket, **options: Any) -> bool:
+    """Serve ``app`` with uvicorn on ``listener`` until a signal stops it; whether it started."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, **options))
+    server.run(sockets=[listener])
+    return server.started
