@@ -108,3 +108,45 @@ def honour_umask(directory: Path) -> None:
     for path in directory.glob("*.safetensors"):
         if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
             path.chmod(mode)
+
+
+def check_output_file(path: Path, flag: str) -> None:
+    """Refuse, before any work is done, a file path ``flag`` names that could not be written: a directory, a path
+    under a file, or one in a directory this process may not write in. Raises an :class:`InputError` naming
+    ``flag``; a missing parent directory is fine (commands create it)."""
+    if path.is_dir():
+        raise InputError(flag, f"{path} is a directory")
+    if os.path.lexists(path) and not os.access(path, os.W_OK):
+        raise InputError(flag, f"{path} is not writable")
+    _check_creatable_in(path, flag)
+
+
+def check_output_dir(path: Path, flag: str, noun: str = "directory") -> None:
+    """Refuse, before any work is done, a directory path ``flag`` names that could not be written: an existing file,
+    a path under a file, or one this process may not write in; ``noun`` says what the directory is for (``run
+    directory``). Raises an :class:`InputError` naming ``flag``; a directory yet to be made is fine."""
+    if os.path.lexists(path) and not path.is_dir():
+        raise InputError(flag, f"{path} is a file, not a {noun}")
+    if path.is_dir():
+        _check_writable(path, path, flag)
+        return
+    _check_creatable_in(path, flag)
+
+
+def _check_creatable_in(path: Path, flag: str) -> None:
+    """``path`` (not there yet, or a file to replace) can be made: its nearest existing ancestor is a directory
+    this process may write in. Writing would otherwise fail only after the work, with an OSError."""
+    for ancestor in path.parents:
+        # lexists: a dangling link is there (mkdir would fail on it) but is no directory.
+        if os.path.lexists(ancestor):
+            if not ancestor.is_dir():
+                raise InputError(flag, f"{path}: {ancestor} is not a directory")
+            _check_writable(ancestor, path, flag)
+            return
+
+
+def _check_writable(directory: Path, path: Path, flag: str) -> None:
+    """New files can be made in ``directory`` (write and search permission), where ``path`` is to be written."""
+    if not os.access(directory, os.W_OK | os.X_OK):
+        where = f"{path}" if directory == path else f"{path}: {directory}"
+        raise InputError(flag, f"{where} is not writable")

@@ -95,6 +95,7 @@ def caption(
     from captionkit.jobs.run import CaptionJobOptions, run_caption_job
 
     try:
+        _check_outputs(output, attention_maps)
         decoding = decoding_flags(
             beams=beams,
             max_length=max_length,
@@ -132,6 +133,17 @@ def caption(
         fail(error_line(error))
     print(_summary_line(outcome), file=sys.stderr)
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
+
+
+def _check_outputs(output: Path | None, attention_maps: Path | None) -> None:
+    """Refuse paths the job could not write before the model loads: the job would fail only after captioning (or,
+    for attention maps, note each image and still exit 0)."""
+    from captionkit.files import check_output_dir, check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+    if attention_maps is not None:
+        check_output_dir(attention_maps, "--attention-maps")
 
 
 def _summary_line(outcome: JobOutcome) -> str:

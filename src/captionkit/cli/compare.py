@@ -57,7 +57,7 @@ def compare(
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.decoding.options import decoding_request
-    from captionkit.errors import CaptionkitError, ImageError
+    from captionkit.errors import CaptionkitError, ImageError, InputError
     from captionkit.jobs.inputs import collect_inputs
     from captionkit.report import write_comparison_report
 
@@ -69,12 +69,15 @@ def compare(
         fail(f"--model: two models are named {next(n for n in names if names.count(n) > 1)!r}; name them NAME=MODEL")
     records: list[dict[str, Any]] = []
     try:
+        _check_outputs(output, report)  # else they fail only after every model captioned every image
         # Checked before any model loads; the style of MODEL@STYLE is blamed on its --model.
         requests = [
             decoding_request(naming=_blaming(spec), beams=beams, max_length=max_length, style=style)
             for spec, (_, _, style) in zip(model, specs, strict=True)
         ]
         paths = [item.path for item in collect_inputs(inputs)]
+        if not paths:  # an empty table and exit 0 would pass for a comparison
+            raise InputError(", ".join(inputs), "no images found")
         captioners = {}
         for (name, source, _), request in zip(specs, requests, strict=True):
             captioner = Captioner.from_pretrained(source, device=device, dtype=dtype)
@@ -91,18 +94,38 @@ def compare(
     except CaptionkitError as error:
         fail(error_line(error))
     _show(records, names)
-    if report is not None:
-        try:
-            write_comparison_report(report, records, names, *(scored or ()))
-        except OSError as error:
-            fail(f"{report}: cannot write ({error.strerror or error})")
+    # The records first: a report that cannot be written must not cost them.
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        _write_records(output, records)
     else:
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
+    if report is not None:
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
+            write_comparison_report(report, records, names, *(scored or ()))
+        except OSError as error:
+            fail(f"{report}: cannot write ({error.strerror or error})")
     raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
+
+
+def _check_outputs(output: Path | None, report: Path | None) -> None:
+    """Refuse an --output or --report file that could not be written, before any model loads."""
+    from captionkit.files import check_output_file
+
+    if output is not None:
+        check_output_file(output, "--output")
+    if report is not None:
+        check_output_file(report, "--report")
+
+
+def _write_records(output: Path, records: list[dict[str, Any]]) -> None:
+    """The records as JSONL in ``output``; a failure the up-front check cannot foresee (a full disk) is one line."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    except OSError as error:
+        fail(f"--output: {output}: cannot write ({error.strerror or error})")
 
 
 def _score_against(

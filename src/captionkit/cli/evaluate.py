@@ -100,6 +100,7 @@ def evaluate(
     if as_validation:
         _check_as_validation(split=split, beams=beams, max_length=max_length, styles=styles)
     try:
+        _check_outputs(output, report)  # before the data is read or any model loads: writing comes last
         parse_metrics(metrics)  # before any model loads
         decoding = decoding_flags(beams=beams, max_length=max_length).config
         trained = TrainedOn.read(model)
@@ -115,8 +116,7 @@ def evaluate(
                 table = evaluate_model_styles(captioner, chosen, classifier, decoding, None, batch_size, advance)
             _print_style_table(table)
             if output is not None:
-                output.mkdir(parents=True, exist_ok=True)
-                write_atomic(output / "styles.json", json.dumps(table, indent=2) + "\n")
+                _write_results(output, {"styles.json": json.dumps(table, indent=2) + "\n"})
             print(json.dumps(table))
             raise typer.Exit(EXIT_PARTIAL if table["failed_images"] else EXIT_OK)
         note = java_note(metrics, meteor)
@@ -150,16 +150,10 @@ def evaluate(
         result.metrics["logged_validation"] = as_run.last_validation
     elif trained is not None and trained.last_validation is not None:
         print(_reproduce_hint(model, data, trained), file=sys.stderr)
-    if report is not None:
-        try:
-            write_evaluation_report(report, result.results, result.metrics)
-        except OSError as error:
-            fail(f"{report}: cannot write ({error.strerror or error})")
+    # The results and metrics first: a report page that cannot be written must not cost them.
     if output is not None:
-        output.mkdir(parents=True, exist_ok=True)
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.results)
-        write_atomic(output / "results.jsonl", lines)
-        write_atomic(output / "metrics.json", json.dumps(result.metrics, indent=2) + "\n")
+        _write_results(output, {"results.jsonl": lines, "metrics.json": json.dumps(result.metrics, indent=2) + "\n"})
     print(json.dumps(result.metrics))
     for figure, over in result.metrics["computed_over"].items():
         print(f"captionkit: {figure}: {over}", file=sys.stderr)
@@ -167,7 +161,35 @@ def evaluate(
         print(_logged_beside(result.metrics), file=sys.stderr)
     if result.metrics["failed_images"]:
         print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
+    if report is not None:
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
+            write_evaluation_report(report, result.results, result.metrics)
+        except OSError as error:
+            fail(f"{report}: cannot write ({error.strerror or error})")
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+
+
+def _check_outputs(output: Path | None, report: Path | None) -> None:
+    """Refuse a results directory or report page that could not be written, which would otherwise fail only after
+    every image was captioned and scored."""
+    from captionkit.files import check_output_dir, check_output_file
+
+    if output is not None:
+        check_output_dir(output, "--output")
+    if report is not None:
+        check_output_file(report, "--report")
+
+
+def _write_results(output: Path, files: dict[str, str]) -> None:
+    """Write each of ``files`` (name -> text) into the directory ``output``; a failure checked paths cannot foresee
+    (a full disk) is one line, not a traceback."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            write_atomic(output / name, text)
+    except OSError as error:
+        fail(f"--output: {output}: cannot write ({error.strerror or error})")
 
 
 def _chosen_records(

@@ -31,6 +31,7 @@ def int8(
     if backend is not None and backend not in BACKENDS:
         fail(f"--backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
     try:
+        _check_export_output(model, output)
         info = export_int8(model, output, backend)
     except CaptionkitError as error:
         fail(str(error))
@@ -50,9 +51,25 @@ def onnx(
     from captionkit.export.onnx import export_onnx
 
     try:
+        _check_export_output(model, output)
         info = export_onnx(model, output)
     except CaptionkitError as error:
         fail(str(error))
     print(f"wrote {output} (run it with captionkit.api.Captioner.from_onnx)", file=sys.stderr)
     print(json.dumps(info))
     raise typer.Exit(EXIT_OK)
+
+
+def _check_export_output(model: str, output: Path) -> None:
+    """Refuse, before the model loads, an --output the export would write over: the model directory itself (the
+    export replaces its weights), or any directory that already holds files (a model, or anything else). An empty
+    directory is fine."""
+    from captionkit.errors import InputError
+    from captionkit.files import check_output_dir
+
+    source = Path(model)
+    if source.is_dir() and source.resolve() == output.resolve():
+        raise InputError("--output", f"{output} is the model being exported; choose a new directory")
+    check_output_dir(output, "--output")
+    if output.is_dir() and any(output.iterdir()):
+        raise InputError("--output", f"{output} is not empty; export into a new or empty directory")

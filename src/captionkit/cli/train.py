@@ -55,6 +55,7 @@ def train(
             print(json.dumps(entry), file=sys.stderr, flush=True)
 
     try:
+        _check_paths(config, output)
         recipe = load_train_config(config, set_ or [])
         result = run_training(recipe, output, log=log, resume=resume, progress=progress)
     except CaptionkitError as error:
@@ -81,3 +82,15 @@ def train(
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
         print(json.dumps(summary))
+
+
+def _check_paths(config: Path, output: Path) -> None:
+    """A directory given as the recipe, or a run directory that cannot be made or written, is a one-line error
+    before anything is read or trained (the reader would call the directory missing; the run would fail on
+    mkdir)."""
+    from captionkit.errors import ConfigError
+    from captionkit.files import check_output_dir
+
+    if config.is_dir():
+        raise ConfigError(config, "is a directory, not a config file")
+    check_output_dir(output, "--output", noun="run directory")
