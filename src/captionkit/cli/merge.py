@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail
+from captionkit.errors import first_line
+
+if TYPE_CHECKING:
+    from captionkit.jobs.merge import MergeResult
 
 
 def merge(
@@ -28,11 +33,11 @@ def merge(
     Exit 0 when complete, 2 when inputs or parts are missing, parts come from runs with different N, or some
     images failed (their error records are kept), 1 on unreadable parts or bad usage.
     """
-    from captionkit.errors import CaptionkitError, InputError
+    from captionkit.errors import CaptionkitError
+    from captionkit.files import check_output_file
     from captionkit.jobs.inputs import iter_inputs
-    from captionkit.jobs.merge import format_of, merge_parts, some
-    from captionkit.jobs.outputs import FORMATS, RecordWriter
-    from captionkit.jobs.parquet_records import journal_path
+    from captionkit.jobs.merge import format_of, merge_parts
+    from captionkit.jobs.outputs import FORMATS
 
     out_fmt = fmt or format_of(output)
     if out_fmt not in FORMATS:
@@ -43,25 +48,56 @@ def merge(
         if part.resolve() == output.resolve():
             fail(f"{part}: is also --output; write the merged result to a new file")
     try:
+        check_output_file(output, "--output")  # before reading the parts: a bad --output costs no merging
         expected = (str(item.path) for item in iter_inputs(inputs)) if inputs else None
         result = merge_parts(parts, expected, out_fmt)
     except CaptionkitError as error:
         fail(str(error))
     with result:
-        staging = output.with_name(output.name + ".tmp")
+        _write_merged(result, output, out_fmt)
+    _report(result, len(parts), output)
+
+
+def _write_merged(result: MergeResult, output: Path, fmt: str) -> None:
+    """Stage the merged records beside ``output`` and put them in its place at once. Any failure leaves ``output`` as
+    it was and no staging file behind, and is one line (naming ``output`` for what the format cannot hold)."""
+    from captionkit.errors import CaptionkitError, InputError
+    from captionkit.jobs.outputs import RecordWriter
+
+    staging = output.with_name(output.name + ".tmp")
+    try:
         staging.unlink(missing_ok=True)
-        writer = RecordWriter(staging, out_fmt)
+        writer = RecordWriter(staging, fmt)
         try:
             writer.write(result.records())
-        except CaptionkitError as error:  # a part unreadable midway, or a record the output format cannot hold
-            writer.close()
-            for leftover in (staging, journal_path(staging)):
-                leftover.unlink(missing_ok=True)
-            if isinstance(error, InputError) and error.source == str(staging):
-                fail(f"{output}: {error.reason}")
-            fail(str(error))
+        except BaseException:
+            writer.abort()
+            raise
         writer.close()
         os.replace(staging, output)
+    except BaseException as error:
+        _remove_staged(staging)
+        if isinstance(error, InputError) and error.source == str(staging):
+            fail(f"{output}: {error.reason}")  # a record the output format cannot hold
+        if isinstance(error, CaptionkitError):
+            fail(str(error))  # a part unreadable midway
+        if isinstance(error, OSError):
+            fail(f"{error.filename or output}: cannot write ({error.strerror or first_line(error)})")
+        raise
+
+
+def _remove_staged(staging: Path) -> None:
+    """Delete what writing ``staging`` may have left: the file, a Parquet journal and Parquet's own staging file."""
+    from captionkit.jobs.parquet_records import journal_path
+
+    for leftover in (staging, journal_path(staging), staging.with_name(staging.name + ".tmp")):
+        with contextlib.suppress(OSError):  # a directory in the way is not ours to delete
+            leftover.unlink(missing_ok=True)
+
+
+def _report(result: MergeResult, parts: int, output: Path) -> None:
+    """Say on stderr what the merge found and exit: 0 when complete, 2 otherwise."""
+    from captionkit.jobs.merge import some
 
     def warn(message: str) -> None:
         print(f"captionkit merge: {message}", file=sys.stderr)
@@ -79,5 +115,5 @@ def merge(
     if result.missing:
         warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
     errors = result.errors
-    print(f"merged {len(parts)} parts: {result.count} records ({errors} errors) -> {output}", file=sys.stderr)
+    print(f"merged {parts} parts: {result.count} records ({errors} errors) -> {output}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)

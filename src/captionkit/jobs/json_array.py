@@ -48,6 +48,11 @@ class JsonArrayWriter:
         self._handle.flush()
         self._staged.close()
 
+    def abort(self) -> None:
+        """Stop after a failure: a file's staging file is deleted and the old file left as it was."""
+        error = RuntimeError("aborted")  # atomic_writer deletes the staging file when its block ends in an error
+        self._staged.__exit__(type(error), error, None)
+
 
 def iter_json_array(path: Path, what: str = "a JSON list of records") -> Iterator[Any]:
     """The elements of the JSON array in ``path``, one at a time; anything else is one error naming the file."""

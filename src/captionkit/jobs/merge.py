@@ -6,8 +6,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from captionkit.errors import InputError
 from captionkit.jobs.merge_index import SHOWN, MergeIndex, Names
-from captionkit.jobs.outputs import Record, iter_records
+from captionkit.jobs.outputs import Located, Record, iter_located_records
 from captionkit.jobs.parquet_records import journal_owner
 from captionkit.jobs.sharding import part_of
 
@@ -66,10 +67,10 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
     result = MergeResult(MergeIndex(), inputs is not None)
     try:
         for part in parts:
-            records, tail = iter_records(part, format_of(part, default_fmt))
+            records, tail = iter_located_records(part, format_of(part, default_fmt))
             if tail:
                 result.torn.append(str(part))
-            result.index.add(records)
+            result.index.add(_result_records(records, part))
         if inputs is not None:
             result.index.expect(inputs)
             result.missing, result.unexpected = result.index.missing(), result.index.unexpected()
@@ -80,6 +81,18 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
     result.count, result.errors = result.index.counts()
     _check_part_names(parts, result)
     return result
+
+
+def _result_records(records: Iterable[Located], part: Path) -> Iterator[Record]:
+    """The records of ``part``, each checked to be a result: an image with its caption(s) or its error. Anything else
+    (a table that is not captionkit's, a row cut short) would be counted as an image done with nothing to show."""
+    for where, record in records:
+        image = record.get("image")
+        if not isinstance(image, str) or not image:
+            raise InputError(part, f"{where} has no image")
+        if not any(name in record for name in ("caption", "captions", "error")):
+            raise InputError(part, f"{where} ({image[:60]!r}) has neither a caption nor an error")
+        yield record
 
 
 def _check_part_names(parts: Sequence[Path], result: MergeResult) -> None:

@@ -2,7 +2,8 @@
 
 A record is ``{"image", "caption", "score"}`` (plus ``"captions"`` for n-best) or ``{"image", "error"}``.
 JSONL and CSV are appended and flushed batch by batch, so an interrupted run keeps what it finished (a write
-cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes); JSON (one
+cut short leaves at most one unfinished last line, which reading skips and ``--resume`` removes; ``--resume`` first
+checks that a CSV has the header it writes and no quoted field left open); JSON (one
 array) goes to a staging file, record by record, that replaces the output whole at the end
 (:mod:`captionkit.jobs.json_array`). Reading is a stream too: no format holds every record in memory. Parquet goes
 through a JSONL journal while the run goes (see :mod:`captionkit.jobs.parquet_records`).
@@ -17,7 +18,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 from captionkit.errors import InputError
 from captionkit.files import atomic_writer
@@ -29,6 +30,7 @@ FORMATS = ("jsonl", "csv", "json", "parquet")
 CSV_FIELDS = ("image", "caption", "score", "error")
 
 Record = dict[str, Any]
+Located = tuple[str, Record]  # where a record is in its file ("line 3", "record 2", "row 7"), and the record
 # File names that are not valid UTF-8 reach Python as lone surrogates ("caf\udce9.jpg"). CSV writes their
 # original bytes back (as the file system has them) and reads them back the same way; JSON escapes them instead.
 PATH_ERRORS = "surrogateescape"
@@ -64,35 +66,138 @@ def iter_records(path: Path, fmt: str) -> tuple[Iterator[Record], str]:
     Records are written whole lines at a time, so a JSONL/CSV last line without its newline is a torn write, unless
     (JSONL only) it parses as a whole JSON object: a truncated object never does, while a truncated CSV row can.
     """
+    located, torn = iter_located_records(path, fmt)
+    return (record for _, record in located), torn
+
+
+def iter_located_records(path: Path, fmt: str) -> tuple[Iterator[Located], str]:
+    """:func:`iter_records` with where each record is in its file (``line 3``, ``record 2``, ``row 7``), for errors
+    about one record that the reader of the file can find."""
     if fmt == "parquet":  # the file's rows, then those an interrupted run left in its journal
-        journal, torn = iter_records(journal_path(path), "jsonl")
-        return itertools.chain(read_parquet_records(path) if path.exists() else (), journal), torn
+        journal = journal_path(path)
+        lines, torn = iter_located_records(journal, "jsonl")
+        rows = _numbered(read_parquet_records(path), "row") if path.exists() else iter(())
+        return itertools.chain(rows, ((f"{where} of {journal.name}", record) for where, record in lines)), torn
     if not path.exists():
         return iter(()), ""
     if fmt == "json":
-        return _checked(iter_json_array(path), path), ""
-    cut, tail = _torn_tail(path)
+        return _checked(_numbered(iter_json_array(path), "record"), path), ""
+    cut, tail = _cut_and_tail(path, fmt)
     if fmt == "jsonl":
-        records = (_parse(line, path, fmt) for line in _lines(path, cut) if line.strip())
-        if tail and _whole_record(tail):
-            records, tail = itertools.chain(records, [_parse(tail, path, fmt)]), ""
-        return _checked(records, path), tail
+        return _checked(_jsonl_records(path, cut, tail), path), "" if _whole_record(tail) else tail
     return _csv_records(_lines(path, cut), path), tail
 
 
-def _checked(records: Iterable[Any], path: Path) -> Iterator[Record]:
-    for number, record in enumerate(records, start=1):
+def _numbered(records: Iterable[Any], noun: str) -> Iterator[tuple[str, Any]]:
+    return ((f"{noun} {number}", record) for number, record in enumerate(records, start=1))
+
+
+def _checked(records: Iterable[tuple[str, Any]], path: Path) -> Iterator[Located]:
+    for where, record in records:
         if not isinstance(record, dict):
-            raise InputError(path, f"record {number} is not a JSON object")
-        yield record
+            raise InputError(path, f"{where} is not a JSON object")
+        yield where, record
 
 
-def _csv_records(lines: Iterable[str], path: Path) -> Iterator[Record]:
-    # The csv module's own reading: a caption may hold \x1c, \x85 or \u2028, which splitlines() breaks at.
+def _jsonl_records(path: Path, cut: int, tail: str) -> Iterator[tuple[str, Any]]:
+    """The JSON documents of the first ``cut`` bytes' lines, by line number, and ``tail`` if it is a whole record."""
+    number = 0
+    for number, line in enumerate(_lines(path, cut), start=1):
+        if line.strip():
+            yield f"line {number}", _parse(line, path, "jsonl")
+    if tail and _whole_record(tail):
+        yield f"line {number + 1}", _parse(tail, path, "jsonl")
+
+
+def _csv_rows(lines: Iterable[str], path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(first line, fields)`` of each row that is not blank. The csv module's own reading: a caption may hold
+    \x1c, \x85 or \u2028, which splitlines() breaks at, or a quoted newline."""
+    reader = csv.reader(lines)
+    start = 1
     try:
-        yield from (_csv_record(row) for row in csv.DictReader(lines))
+        for fields in reader:
+            if fields:
+                yield start, fields
+            start = reader.line_num + 1
     except csv.Error as error:
         raise InputError(path, f"not valid csv ({error})") from None
+
+
+def _csv_records(lines: Iterable[str], path: Path) -> Iterator[Located]:
+    """The rows under the header as records; a row with more or fewer fields than the header is an error, as the
+    columns it would fill are a guess."""
+    rows = _csv_rows(lines, path)
+    header = next(rows, None)
+    if header is None:
+        return
+    names = header[1]
+    for line, fields in rows:
+        if len(fields) != len(names):
+            reason = f"line {line} has {len(fields)} fields, the header {len(names)}"
+            raise InputError(path, f"not valid csv ({reason})")
+        yield f"line {line}", _csv_record(dict(zip(names, fields, strict=True)))
+
+
+class _CountedLines:
+    """The lines of a binary file, decoded, for the csv module, counting the bytes taken: a row the reader gives
+    after the file ran out is one that the end of the file cut inside a quoted field."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+        self.taken = 0  # bytes of the lines given so far
+        self.last = b""  # the last line given
+        self.ran_out = False
+
+    def __iter__(self) -> _CountedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = self._handle.readline()
+        if not line:
+            self.ran_out = True
+            raise StopIteration
+        self.taken += len(line)
+        self.last = line
+        return line.decode("utf-8", PATH_ERRORS)
+
+
+def _csv_end(path: Path) -> tuple[int, int]:
+    """``(cut, unclosed)``: the bytes of ``path`` up to the end of its last whole row (ended by a newline outside
+    quotes), and the line of a row whose quoted field is still open where the file ends with a newline (0 if none).
+
+    The last newline is not the end of the last row when a quoted caption holds one, so the csv module decides. A
+    torn write ends without a newline and is dropped; a file that ends with one inside quotes was not torn but is
+    broken, and appending to it would put the new rows inside that field."""
+    cut, start = 0, 1
+    with path.open("rb") as handle:
+        lines = _CountedLines(handle)
+        reader = csv.reader(lines)
+        try:
+            for _ in reader:
+                if lines.ran_out:
+                    return cut, start if lines.last.endswith(b"\n") else 0
+                if lines.last.endswith(b"\n"):
+                    cut = lines.taken
+                start = reader.line_num + 1
+        except csv.Error as error:
+            raise InputError(path, f"not valid csv ({error})") from None
+    return cut, 0
+
+
+def _cut_and_tail(path: Path, fmt: str) -> tuple[int, str]:
+    """``(cut, tail)``: the bytes of the whole lines (CSV: rows) at the start of ``path``, and the text after them."""
+    if fmt != "csv":
+        return _torn_tail(path)
+    cut, unclosed = _csv_end(path)
+    if unclosed:
+        raise InputError(path, f"not valid csv (the quoted field of the row on line {unclosed} is never closed)")
+    return cut, _text_from(path, cut)
+
+
+def _text_from(path: Path, start: int) -> str:
+    with path.open("rb") as handle:
+        handle.seek(start)
+        return handle.read().decode("utf-8", PATH_ERRORS)
 
 
 def _lines(path: Path, length: int) -> Iterator[str]:
@@ -116,6 +221,8 @@ def _parse(text: str, path: Path, fmt: str) -> Any:
 
 def _whole_record(line: str) -> bool:
     """Whether a JSONL last line without its newline is a whole record: a truncated object never parses."""
+    if not line:
+        return False
     try:
         return isinstance(parse_json(line, "last line", non_finite=True), dict)
     except InputError:
@@ -135,25 +242,37 @@ def _torn_tail(path: Path) -> tuple[int, str]:
                 cut = start + newline + 1
                 break
             end = cut = start
-        handle.seek(cut)
-        tail = handle.read().decode("utf-8", PATH_ERRORS)
-    return cut, tail
+    return cut, _text_from(path, cut)
 
 
 def repair_torn_tail(path: Path, fmt: str) -> str:
-    """Make ``path`` end with a whole line before appending to it: drop a torn last line (returned), or add the
-    missing newline after a complete one; the file is replaced whole, streamed. Nothing to do for JSON, which is
-    rewritten whole."""
+    """Make ``path`` fit to append to: check what the records will be appended to (CSV: the header is the columns
+    written, no quoted field left open), then drop a torn last line (returned), or add the missing newline after a
+    complete one; the file is replaced whole, streamed, and left as it was when a check fails. Nothing to do for
+    JSON, which is rewritten whole."""
     if fmt == "parquet":
         return repair_torn_tail(journal_path(path), "jsonl")
     if fmt == "json" or not path.exists():
         return ""
-    cut, tail = _torn_tail(path)
+    if fmt == "csv":
+        _check_csv_header(path)
+    cut, tail = _cut_and_tail(path, fmt)
     if not tail:
         return ""
     whole = fmt == "jsonl" and _whole_record(tail)
     _replace_with_prefix(path, path.stat().st_size if whole else cut, b"\n" if whole else b"")
     return "" if whole else tail
+
+
+def _check_csv_header(path: Path) -> None:
+    """Rows are appended under the header already there: one that is not :data:`CSV_FIELDS` would misname them.
+    A file whose only line is torn has no header yet (the repair empties it and the writer writes one)."""
+    cut, _ = _csv_end(path)
+    header = next(_csv_rows(_lines(path, cut), path), None)
+    if (cut or header) and (header is None or header[1] != list(CSV_FIELDS)):
+        found = ",".join(header[1]) if header else ""
+        shown = found if len(found) <= 60 else found[:57] + "..."
+        raise InputError(path, f"not captionkit csv results (header {shown!r}, expected {','.join(CSV_FIELDS)!r})")
 
 
 def _replace_with_prefix(path: Path, length: int, suffix: bytes) -> None:
@@ -173,11 +292,13 @@ def discard_output(path: Path, fmt: str) -> None:
         journal_path(path).unlink(missing_ok=True)
 
 
-def _csv_record(row: dict[str, str | None]) -> Record:
-    record: Record = {key: value for key, value in row.items() if value not in ("", None)}
+def _csv_record(row: dict[str, str]) -> Record:
+    record: Record = {key: value for key, value in row.items() if value != ""}
     if "score" in record:
         with contextlib.suppress(ValueError):  # else keep what the file says; merge passes it through
             record["score"] = float(record["score"])
+        if "error" not in record:  # a scored row was captioned: CSV cannot tell an empty caption from none
+            record.setdefault("caption", "")
     return record
 
 
@@ -234,3 +355,11 @@ class RecordWriter:
             self._handle.close()
             if self.fmt == "parquet" and self.path is not None:
                 write_parquet_records(self.path)
+
+    def abort(self) -> None:
+        """Stop without finishing, after a failure: close the file as it is, leave a Parquet journal unconverted and a
+        JSON array's staging file unplaced (deleted). The caller removes what it wrote to ``path``."""
+        if self._array is not None:
+            self._array.abort()
+        elif self._handle is not None and self._handle is not sys.stdout:
+            self._handle.close()

@@ -70,7 +70,7 @@ def _schema(pa: Any) -> Any:
 
 def read_parquet_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a Parquet results file, row group by row group (null columns left out, ``key`` too)."""
-    _, pq = _pyarrow(path)
+    pa, pq = _pyarrow(path)
     try:
         handle = pq.ParquetFile(path)
         names = set(handle.schema_arrow.names)
@@ -80,8 +80,9 @@ def read_parquet_records(path: Path) -> Iterator[dict[str, Any]]:
         for group in range(handle.num_row_groups):
             for row in handle.read_row_group(group, columns=columns).to_pylist():
                 yield {name: value for name, value in row.items() if value is not None}
-    except OSError as error:  # pyarrow's ArrowInvalid is an OSError subclass too
-        raise InputError(path, f"not valid parquet ({first_line(error)})") from None
+    # ArrowInvalid (no magic bytes, a bad footer) is a ValueError, ArrowIOError an OSError: both say the file is bad.
+    except (OSError, pa.ArrowException) as error:
+        raise InputError(path, f"not a valid parquet file ({first_line(error)})") from None
 
 
 def _journal_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -100,13 +101,22 @@ def write_parquet_records(path: Path) -> None:
     schema = _schema(pa)
     staging = path.with_name(path.name + ".tmp")
     earlier = read_parquet_records(path) if path.exists() else iter(())
-    with pq.ParquetWriter(staging, schema) as writer:
-        rows: list[dict[str, Any]] = []
-        for record in itertools.chain(earlier, _journal_records(path)):
-            rows.append({"key": sample_key(record["image"]), **{name: record.get(name) for name in FIELDS}})
-            if len(rows) == ROWS_PER_GROUP:
-                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-                rows = []
-        writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+    try:
+        with pq.ParquetWriter(staging, schema) as writer:
+            _write_rows(pa, writer, schema, itertools.chain(earlier, _journal_records(path)))
+    except BaseException:  # a bad row, a full disk, an interrupt: the output stays as it was, with no staging file
+        staging.unlink(missing_ok=True)
+        raise
     os.replace(staging, path)
     journal_path(path).unlink(missing_ok=True)
+
+
+def _write_rows(pa: Any, writer: Any, schema: Any, records: Iterator[dict[str, Any]]) -> None:
+    """``records`` as rows of ``schema`` (keyed by image), :data:`ROWS_PER_GROUP` to a row group."""
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        rows.append({"key": sample_key(record["image"]), **{name: record.get(name) for name in FIELDS}})
+        if len(rows) == ROWS_PER_GROUP:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            rows = []
+    writer.write_table(pa.Table.from_pylist(rows, schema=schema))
