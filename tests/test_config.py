@@ -98,6 +98,28 @@ def test_a_typo_in_set_blames_the_command_line_and_one_in_the_file_the_file(tmp_
     assert caught.value.source == f"{tmp_path / 'typo.yaml'}.train.stpes"
 
 
+def test_a_section_that_is_not_a_mapping_stays_an_error_whatever_set_puts_into_it(tmp_path):
+    # Without the check, `--set train.steps=1` would replace `train: 5` by {steps: 1} and hide the recipe's error.
+    recipe = write(tmp_path / "r.yaml", "train: 5\nmodel:\n  overrides: [1]\n")
+    for assignments in ([], ["train.steps=1"]):
+        with pytest.raises(ConfigError) as caught:
+            load_train_config(recipe, assignments)
+        assert (caught.value.source, caught.value.reason) == (f"{recipe}.train", "expected a mapping, got int")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(write(tmp_path / "m.yaml", "model:\n  overrides: [1]\n"), ["model.overrides.x=1"])
+    assert (caught.value.source, caught.value.reason) == (
+        f"{tmp_path / 'm.yaml'}.model.overrides",
+        "expected a mapping, got [1]",
+    )
+    # A section an earlier --set made a scalar is the command line's error.
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["train=5", "train.steps=1"])
+    assert (caught.value.source, caught.value.reason) == ("--set train", "expected a mapping, got int")
+    # A section the recipe leaves out, or one that is a mapping, takes the override.
+    config = load_train_config(write(tmp_path / "ok.yaml", "model:\n  preset: tiny\n"), ["train.steps=1"])
+    assert (config.train.steps, config.model.preset) == (1, "tiny")
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_train_config(tmp_path / "nope.yaml")

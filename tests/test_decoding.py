@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -191,6 +192,16 @@ def test_log_prob_and_score_are_the_models(make_vit_gpt2: Callable, make_pixels:
             assert hypothesis.score == pytest.approx(hypothesis.log_prob / len(generated) ** config.length_penalty)
 
 
+@pytest.mark.parametrize("length_penalty", [-1.0, 5.0])
+def test_the_length_penalty_bounds_give_every_image_its_captions(
+    make_vit_gpt2: Callable, make_pixels: Callable, length_penalty: float
+) -> None:
+    config = DecodingConfig(max_new_tokens=MAX_NEW, num_beams=3, num_return_sequences=3, length_penalty=length_penalty)
+    found = generate(make_vit_gpt2(seed=4), make_pixels(3, 4), config=config)
+    assert [len(hypotheses) for hypotheses in found] == [3, 3, 3]
+    assert all(math.isfinite(h.score) for hypotheses in found for h in hypotheses)
+
+
 def test_seeded_sampling_repeats_and_leaves_the_global_generator(
     make_vit_gpt2: Callable, make_pixels: Callable
 ) -> None:
@@ -216,7 +227,9 @@ def test_unseeded_sampling_follows_torch_manual_seed(make_vit_gpt2: Callable, ma
     assert generate(model, pixels, config=config) == first
 
 
-@pytest.mark.parametrize("truncation", [{"top_k": 1}, {"top_p": 1e-6}, {"top_k": 1, "temperature": 5.0}])
+@pytest.mark.parametrize(
+    "truncation", [{"top_k": 1}, {"top_p": 1e-6}, {"top_k": 1, "temperature": 5.0}, {"temperature": 1e-4}]
+)
 def test_sampling_from_the_top_token_only_is_greedy(
     make_vit_gpt2: Callable, make_pixels: Callable, truncation: dict[str, Any]
 ) -> None:
@@ -267,7 +280,10 @@ def test_warpers_match_transformers(temperature: float, top_k: int, top_p: float
         ({"early_stopping": 1}, "early_stopping", "true, false or 'never'"),
         ({"do_sample": "yes"}, "do_sample", "true or false"),
         ({"do_sample": True, "num_beams": 2}, "num_beams", "beam sampling"),
-        ({"do_sample": True, "temperature": 0.0}, "temperature", "> 0"),
+        ({"do_sample": True, "temperature": 0.0}, "temperature", ">= 0.0001, got 0 (a smaller temperature is greedy"),
+        ({"do_sample": True, "temperature": 5e-5}, "temperature", ">= 0.0001, got 5e-05"),
+        ({"length_penalty": 5.5}, "length_penalty", "in [-1, 5], got 5.5"),
+        ({"length_penalty": -1.5}, "length_penalty", "in [-1, 5], got -1.5"),
         ({"do_sample": True, "temperature": float("nan")}, "temperature", "finite"),
         ({"do_sample": True, "top_k": -1}, "top_k", ">= 0"),
         ({"do_sample": True, "top_p": 0.0}, "top_p", "(0, 1]"),

@@ -49,12 +49,20 @@ REQUESTS = [
         DecodingConfig(num_beams=2, max_new_tokens=7, num_return_sequences=2, length_penalty=0.5),
     ),
     ({"beams": 1, "style": "neutral"}, DecodingConfig(num_beams=1)),
+    ({"sample": True, "temperature": 1e-4}, DecodingConfig(do_sample=True, temperature=1e-4)),  # the bounds are in
+    ({"length_penalty": -1}, DecodingConfig(num_beams=4, max_new_tokens=20, length_penalty=-1.0)),
+    ({"length_penalty": 5}, DecodingConfig(num_beams=4, max_new_tokens=20, length_penalty=5.0)),
 ]
+# Sampling divides float32 log-probs by the temperature: below 1e-4 the quotient may overflow to inf and nan.
+TOO_COLD = "must be >= 0.0001, got {} (a smaller temperature is greedy decoding in effect: decode without sampling)"
 BAD = [
     ({"beams": 0}, "beams", "must be in [1, 64], got 0"),
     ({"max_length": 0}, "max_length", "must be in [1, 1024], got 0"),
     ({"sample": True, "top_p": 1.5}, "top_p", "must be in (0, 1], got 1.5"),
-    ({"sample": True, "temperature": 0}, "temperature", "must be > 0, got 0"),
+    ({"sample": True, "temperature": 0}, "temperature", TOO_COLD.format(0)),
+    ({"sample": True, "temperature": 1e-30}, "temperature", TOO_COLD.format("1e-30")),
+    ({"length_penalty": 6}, "length_penalty", "must be in [-1, 5], got 6"),
+    ({"length_penalty": -2}, "length_penalty", "must be in [-1, 5], got -2"),
     ({"n_best": 5}, "n_best", "beam search returns at most 4 caption(s) per image, got 5 (raise num_beams or sample)"),
     ({"beams": 2, "sample": True}, "beams", "beam sampling is not supported: use num_beams=1 with do_sample"),
     ({"temperature": 0.5}, "temperature", "only used when sampling (do_sample=True); got 0.5"),

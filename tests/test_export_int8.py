@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +18,14 @@ from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.errors import ModelLoadError
-from captionkit.export.int8 import BACKENDS, QUANTIZATION_FILE, conv1d_to_linear, quantize_int8, torchao_installed
+from captionkit.export.int8 import (
+    BACKENDS,
+    QUANTIZATION_FILE,
+    conv1d_to_linear,
+    export_int8,
+    quantize_int8,
+    torchao_installed,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -92,6 +101,20 @@ def test_export_int8_loads_quantized(tmp_path: Path, capsys: pytest.CaptureFixtu
         ["export", "int8", "--model", source, "--output", tmp_path / "x", "--backend", "fbgemm"], capsys
     )
     assert code == 1 and "--backend: unknown backend 'fbgemm'" in err
+
+
+def test_loading_an_int8_export_prints_no_deprecation_notice(tmp_path: Path) -> None:
+    """torch deprecates making quantized tensors, which its int8 linear layers need; the export's note says so once.
+    torch warns once per process, so a fresh one loads the export and captions."""
+    source = save_tiny_model(tmp_path / "fp32")
+    export_int8(source, tmp_path / "int8")
+    script = "import sys; from captionkit.api import Captioner; from PIL import Image; "
+    script += "Captioner.from_pretrained(sys.argv[1]).caption(Image.new('RGB', (40, 30), 'teal'), num_beams=1)"
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", script, str(tmp_path / "int8")], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "deprecated" not in done.stderr, done.stderr[-2000:]
 
 
 def test_int8_export_of_a_trained_model_writes_the_fp32_captions(

@@ -269,7 +269,7 @@ def _to_plain(value: Any) -> Any:
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from a mapping, recursively; unknown keys and wrong types raise ConfigError."""
     if not isinstance(data, Mapping):
-        raise ConfigError(where, f"expected a mapping, got {type(data).__name__}")
+        raise ConfigError(where, _not_a_section(data))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
@@ -277,6 +277,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T
         raise ConfigError(f"{where}.{unknown[0]}", _unknown_key_reason(unknown[0], sorted(fields)))
     values = {name: _coerce(hints[name], data[name], f"{where}.{name}") for name in data}
     return cls(**values)
+
+
+def _not_a_section(value: Any) -> str:
+    return f"expected a mapping, got {type(value).__name__}"
 
 
 def _unknown_key_reason(key: str, known: list[str]) -> str:
@@ -427,11 +431,57 @@ def load_train_config(path: str | Path | None, assignments: list[str] | None = N
 def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str) -> TrainConfig:
     """A TrainConfig from recipe ``data`` (read from ``where``) plus ``--set`` overrides; an error in a key an
     override set names ``--set KEY``, not the recipe."""
-    merged = apply_overrides(data, list(assignments))
+    merged = dict(data)
+    for index, assignment in enumerate(assignments):
+        _check_sections_on_the_way(merged, assignment, assignments[:index], where)
+        merged = apply_overrides(merged, [assignment])
     try:
         return from_dict(TrainConfig, merged, where=where)
     except ConfigError as error:
         raise _blame_override(error, where, assignments) from None
+
+
+def _check_sections_on_the_way(data: Mapping[str, Any], assignment: str, earlier: Sequence[str], where: str) -> None:
+    """A ConfigError if a section that ``assignment``'s key goes into is not a mapping in ``data``: the override
+    would replace it (``train: 5`` becoming ``{steps: 1}``), and the error it has without the override would be
+    lost. It names the recipe, or ``--set SECTION`` when an ``earlier`` override put it there."""
+    found = _bad_section(data, assignment.partition("=")[0].strip().split("."))
+    if found is None:
+        return
+    section, reason = found
+    from_command_line = any(section == key or section.startswith(f"{key}.") for key in _keys(earlier))
+    raise ConfigError(f"--set {section}" if from_command_line else f"{where}.{section}", reason)
+
+
+def _bad_section(data: Mapping[str, Any], path: list[str]) -> tuple[str, str] | None:
+    """The first section along ``path`` (its last key excluded) that ``data`` holds as something other than a
+    mapping, where TrainConfig wants one (a section, or a dict field such as ``model.overrides``), as (its dotted
+    key, the reason that loading ``data`` alone gives), or None."""
+    owner: Any = TrainConfig
+    value: Any = data
+    for depth, name in enumerate(path[:-1]):
+        if not dataclasses.is_dataclass(owner) or name not in value:
+            return None  # a free-form value, or a key the recipe leaves out: nothing of the recipe's is replaced
+        hint, value = typing.get_type_hints(owner).get(name), value[name]
+        reason = _section_reason(hint, value)
+        if reason is not None:
+            return ".".join(path[: depth + 1]), reason
+        owner = hint
+    return None
+
+
+def _section_reason(hint: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the mapping ``hint`` wants, worded as :func:`from_dict` and :func:`_coerce` say it;
+    None when it can, or when ``hint`` is not a mapping type."""
+    if dataclasses.is_dataclass(hint) and not isinstance(value, Mapping):
+        return _not_a_section(value)
+    if typing.get_origin(hint) is dict and value is not None and not isinstance(value, Mapping):
+        return f"expected a mapping, got {value!r}"  # None is an empty dict field (see _coerce)
+    return None
+
+
+def _keys(assignments: Sequence[str]) -> list[str]:
+    return [assignment.partition("=")[0].strip() for assignment in assignments]
 
 
 def _blame_override(error: ConfigError, where: str, assignments: Sequence[str]) -> ConfigError:

@@ -12,6 +12,18 @@ MAX_NEW_TOKENS = 1024
 MAX_BEAMS = 64
 MAX_RETURN_SEQUENCES = 64
 MAX_SEED = 2**63 - 1
+# Sampling divides the model's float32 log-probs (every family's step returns float32) by the temperature. A Python
+# float below ~1e-38 becomes 0 or a denormal in float32, the division gives inf and nan, and torch.multinomial fails.
+# 1e-4 keeps |log-prob| / temperature far inside float32's range (and bf16's: the same 8-bit exponent) for any
+# log-prob a model gives, and is greedy decoding already: a log-prob gap of 0.01 becomes odds of e**-100.
+MIN_TEMPERATURE = 1e-4
+TEMPERATURE_NOTE = "a smaller temperature is greedy decoding in effect: decode without sampling"
+# Scores are log_prob / length ** length_penalty for lengths up to MAX_NEW_TOKENS. Above: 1024 ** 5 (1.1e15) is far
+# inside float32 (a Python power overflows from ~102, a float32 divisor from ~13). Below: past -1 a long hypothesis's
+# score (log_prob * length ** 1.5: about -4e8 at 1024 tokens) sinks under beam search's placeholder scores
+# (beam.REAL_SCORE_FLOOR) and is dropped as an empty slot, leaving an image with no caption.
+MIN_LENGTH_PENALTY = -1.0
+MAX_LENGTH_PENALTY = 5.0
 
 EarlyStopping = bool | Literal["never"]
 
@@ -68,13 +80,13 @@ class DecodingConfig:
         _check_int("num_beams", self.num_beams, 1, MAX_BEAMS)
         _check_int("num_return_sequences", self.num_return_sequences, 1, MAX_RETURN_SEQUENCES)
         _check_float("length_penalty", self.length_penalty)
+        _check_range("length_penalty", self.length_penalty, MIN_LENGTH_PENALTY, MAX_LENGTH_PENALTY)
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise InputError("early_stopping", f"must be true, false or 'never', got {self.early_stopping!r}")
         if not isinstance(self.do_sample, bool):
             raise InputError("do_sample", f"must be true or false, got {self.do_sample!r}")
         _check_float("temperature", self.temperature)
-        if self.temperature <= 0:
-            raise InputError("temperature", out_of_bounds(self.temperature, 0, None, low_open=True) or "")
+        _check_range("temperature", self.temperature, MIN_TEMPERATURE, None, note=TEMPERATURE_NOTE)
         _check_int("top_k", self.top_k, 0, None)
         _check_float("top_p", self.top_p)
         if not 0 < self.top_p <= 1:
@@ -136,15 +148,25 @@ def _check_int(name: str, value: object, low: int, high: int | None) -> None:
         raise InputError(name, reason)
 
 
-def out_of_bounds(value: float, low: float | None, high: float | None, low_open: bool = False) -> str | None:
+def out_of_bounds(
+    value: float, low: float | None, high: float | None, low_open: bool = False, note: str | None = None
+) -> str | None:
     """Why ``value`` is outside [low, high] (``(low, high]`` when ``low_open``; None: unbounded), in the one wording
-    every front end uses, or None when it is inside."""
+    every front end uses, ``note`` (what the bound means) added in parentheses, or None when it is inside."""
     below = low is not None and (value <= low if low_open else value < low)
     if not below and (high is None or value <= high):
         return None
     if high is None:
-        return f"must be {'>' if low_open else '>='} {_number(low)}, got {_number(value)}"
-    return f"must be in {'(' if low_open else '['}{_number(low)}, {_number(high)}], got {_number(value)}"
+        reason = f"must be {'>' if low_open else '>='} {_number(low)}, got {_number(value)}"
+    else:
+        reason = f"must be in {'(' if low_open else '['}{_number(low)}, {_number(high)}], got {_number(value)}"
+    return f"{reason} ({note})" if note else reason
+
+
+def _check_range(name: str, value: float, low: float, high: float | None, note: str | None = None) -> None:
+    reason = out_of_bounds(value, low, high, note=note)
+    if reason is not None:
+        raise InputError(name, reason)
 
 
 def _number(value: float | None) -> str:

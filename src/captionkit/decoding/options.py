@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from captionkit.decoding.config import (
     MAX_BEAMS,
+    MAX_LENGTH_PENALTY,
     MAX_NEW_TOKENS,
     MAX_RETURN_SEQUENCES,
     MAX_SEED,
+    MIN_LENGTH_PENALTY,
+    MIN_TEMPERATURE,
+    TEMPERATURE_NOTE,
     DecodingConfig,
     out_of_bounds,
 )
@@ -54,7 +58,8 @@ DEFAULT_MAX_LENGTH = 20
 @dataclass(frozen=True)
 class DecodingOption:
     """One option: its :class:`DecodingConfig` field (None: resolved against the model), its short alias, its JSON
-    type, bounds (inclusive unless ``low_open``; None: unbounded), its default as shown, and what it does."""
+    type, bounds (inclusive unless ``low_open``; None: unbounded), its default as shown, what it does, and what its
+    bounds mean (``note``, added to an out-of-bounds error)."""
 
     field: str
     alias: str | None
@@ -64,6 +69,7 @@ class DecodingOption:
     low: float | None = None
     high: float | None = None
     low_open: bool = False
+    note: str | None = None
 
     @property
     def cli_flag(self) -> str:
@@ -75,12 +81,31 @@ OPTIONS: tuple[DecodingOption, ...] = (
     DecodingOption(
         "num_beams", "beams", int, "Beam width; 1 = greedy.", f"{DEFAULT_BEAMS}, or 1 when sampling", 1, MAX_BEAMS
     ),
-    DecodingOption("length_penalty", None, float, "Beam score = log-prob / length ** this.", "1"),
+    # Bounded so that scores stay finite and above beam search's placeholders (see decoding.config).
+    DecodingOption(
+        "length_penalty",
+        None,
+        float,
+        f"Beam score = log-prob / length ** this, in [{MIN_LENGTH_PENALTY:g}, {MAX_LENGTH_PENALTY:g}].",
+        "1",
+        MIN_LENGTH_PENALTY,
+        MAX_LENGTH_PENALTY,
+    ),
     DecodingOption(
         "num_return_sequences", "n_best", int, "Captions per image: <= beams, or samples.", "1", 1, MAX_RETURN_SEQUENCES
     ),
     DecodingOption("do_sample", "sample", bool, "Sample instead of beam/greedy search.", "false"),
-    DecodingOption("temperature", None, float, "Sampling temperature.", "1", 0.0, None, low_open=True),
+    # Bounded below so that float32 log-probs / temperature stay finite (see decoding.config).
+    DecodingOption(
+        "temperature",
+        None,
+        float,
+        f"Sampling temperature, at least {MIN_TEMPERATURE:g}.",
+        "1",
+        MIN_TEMPERATURE,
+        None,
+        note=TEMPERATURE_NOTE,
+    ),
     DecodingOption("top_k", None, int, "Sample from the k most likely tokens; 0 = all.", "0", 0),
     DecodingOption("top_p", None, float, "Nucleus sampling mass.", "1", 0.0, 1.0, low_open=True),
     DecodingOption(
@@ -181,7 +206,7 @@ def check_value(option: DecodingOption, value: Any) -> str | None:
         return f"must be an integer, got {_show(value)}"
     if isinstance(value, float) and not math.isfinite(value):  # (an int of 4000 digits has no float)
         return f"must be a finite number, got {_show(value)}"
-    return out_of_bounds(value, option.low, option.high, option.low_open)
+    return out_of_bounds(value, option.low, option.high, option.low_open, option.note)
 
 
 def resolve_decoding(

@@ -18,7 +18,9 @@ def warp_scores(scores: torch.Tensor, temperature: float, top_k: int, top_p: flo
     most likely one. Log-probabilities and logits give the same result (they differ by a per-row constant).
     """
     if temperature != 1.0:
-        scores = scores / temperature
+        # In float32 (a no-op for every family's log-probs): the table's least temperature keeps the quotient
+        # finite there, but not in fp16, whose largest number is 65504.
+        scores = scores.float() / temperature
     if top_k > 0:
         kth_best = torch.topk(scores, min(top_k, scores.shape[-1]), dim=-1).values[..., -1:]
         scores = scores.masked_fill(scores < kth_best, float("-inf"))

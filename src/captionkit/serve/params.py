@@ -53,12 +53,12 @@ _DECODING_NAMES = {
 
 
 def _limits(settings: ServeSettings) -> dict[str, float]:
-    """This server's bounds, tighter than the table's, since every request shares the same machine."""
+    """This server's bounds, tighter than the table's, since every request shares the same machine. (The length
+    penalty costs nothing to decode: its range is the table's, as on the CLI and in the Python API.)"""
     return {
         "num_beams": settings.max_beams,
         "max_length": settings.max_new_tokens,
         "n_best": settings.max_n_best,
-        "length_penalty": 5.0,
         "temperature": 10.0,
         "top_k": 100_000,
     }
@@ -71,9 +71,8 @@ def parameters(settings: ServeSettings) -> tuple[Parameter, ...]:
     for name, field in _DECODING_NAMES.items():
         option = BY_FIELD[field]
         high = limits.get(name, option.high)
-        low = -limits[name] if name == "length_penalty" else option.low
         decoding.append(
-            Parameter(name, option.kind, f"{option.help} Default: {option.default}.", low, high, option.low_open)
+            Parameter(name, option.kind, f"{option.help} Default: {option.default}.", option.low, high, option.low_open)
         )
     return (
         Parameter("model", str, "Model name from GET /v1/models (default: the first one)."),
