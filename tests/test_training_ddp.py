@@ -52,6 +52,19 @@ def torchrun(out: Path, scenes: Path, signal_name: str, at_step: int, *extra: st
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
 
 
+def assert_same_training(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
+    """The weights of two runs that took the same optimizer steps, one summing its batch in another order (two half
+    batches and gloo's all-reduce). Rounding moves a weight by about 1e-9, except where AdamW divides a gradient that
+    is itself rounding noise by its own size: such a weight may move by up to the learning rate, and how many there
+    are depends on the CPU's kernels (1 in 241,664 here, more on another machine). A run whose ranks skip the
+    all-reduce differs by about the learning rate in 96 % of its weights, so a per-weight tolerance is not the test."""
+    assert one.keys() == two.keys()
+    differences = torch.cat([(one[name] - two[name]).abs().flatten() for name in one])
+    apart = int((differences > 1e-5).sum())
+    assert apart <= differences.numel() // 10_000, f"{apart} of {differences.numel()} weights differ by > 1e-5"
+    assert differences.mean() < 1e-7, f"mean difference {differences.mean():.2e}"
+
+
 @pytest.mark.slow  # three Python start-ups with torch and transformers
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_path):
     scenes = write_synthetic_dataset(tmp_path / "scenes", 32, 8, 4, seed=2, image_size=32)
@@ -69,9 +82,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         load_file(str(tmp_path / "one" / "model.safetensors")),
         load_file(str(tmp_path / "two" / "model.safetensors")),
     )
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    assert_same_training(one, two)
     metrics_one = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
     metrics_two = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics_one) == len(metrics_two) == 4  # rank 0 alone writes the log
@@ -120,9 +131,7 @@ def test_accelerate_launch_matches_one_process(tmp_path):
     run(launcher, "two", 4)
     one = load_file(str(tmp_path / "one" / "model.safetensors"))
     two = load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert one.keys() == two.keys()
-    for name in one:
-        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    assert_same_training(one, two)
 
 
 DDP_CHILD = Path(__file__).with_name("_ddp_child.py")
@@ -195,6 +204,7 @@ def test_a_process_whose_micro_batch_is_all_unreadable_joins_the_others_step(tmp
     break_records(setup.train_records, missing, tmp_path / "one")
     result = train(config, tmp_path / "one", setup=setup)
     assert result.steps == 2 and result.unreadable_images == 8
-    for name, value in setup.model.named_parameters():
+    one = {name: value.detach() for name, value in setup.model.named_parameters()}
+    for name in one:
         assert torch.equal(rank0[name], rank1[name]), name
-        assert torch.allclose(rank0[name], value.detach(), atol=1e-5), name
+    assert_same_training(one, rank0)
