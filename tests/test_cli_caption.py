@@ -202,8 +202,31 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
         args += ["--model", str(model_dir)]
     code, out, err = run_cli(args, capsys)
     assert code == 1
+    assert err.startswith("captionkit: error: ") and err.count("\n") == 1, err
     assert message in err
     assert out == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "line", "help_of"),
+    [
+        (["caption", "x.jpg", "--beams", "many"], "Invalid value for '--beams': ", "caption"),
+        (["caption", "x.jpg", "--nope"], "No such option: --nope", "caption"),
+        (["caption"], "Missing argument 'INPUTS'", "caption"),
+        (["caption", "x.jpg", "--beams"], "Option '--beams' requires an argument", "caption"),
+        (["train"], "Missing argument 'RECIPE'", "train"),
+        (["merge", "--output", "x.jsonl"], "Missing argument 'PARTS'", "merge"),
+        (["data", "check"], "Missing argument 'DATASET'", "data check"),
+        (["export", "onnx", "--output", "x"], "Missing option '--model'", "export onnx"),
+        (["captoin"], "No such command 'captoin'", ""),
+    ],
+)
+def test_usage_errors_are_one_line_that_says_where_the_help_is(capsys, args, line, help_of):
+    """click's usage block (Usage:, Try ..., a blank line, Error: ...) becomes one line, like every other error."""
+    code, out, err = run_cli(args, capsys)
+    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert err.startswith(f"captionkit: error: {line}")
+    assert err.rstrip().endswith(f" (see '{' '.join(['captionkit', *help_of.split()])} --help')")
 
 
 def test_a_bad_model_keeps_the_previous_results(model_dir, photos, tmp_path, capsys):

@@ -67,7 +67,19 @@ def run_app(args: list[str]) -> int:
     except typer.Exit as done:
         return done.exit_code
     except typer.TyperException as error:  # usage errors: bad option, missing argument, bad value
-        show = getattr(error, "show", None)
-        show() if callable(show) else print(f"captionkit: error: {error}", file=sys.stderr)
+        print(f"captionkit: error: {usage_error_line(error, args)}", file=sys.stderr)
         return 1
     return code or 0
+
+
+def usage_error_line(error: Exception, args: list[str]) -> str:
+    """A usage error in one line, as every other error: click's message (which names the option or argument) and
+    where the help is, instead of click's usage block and blank line."""
+    format_message = getattr(error, "format_message", None)
+    message = " ".join((format_message() if callable(format_message) else str(error)).split())
+    context = getattr(error, "ctx", None)
+    if context is not None:
+        command = context.command_path
+    else:  # an option without its value fails before click makes the command's context
+        command = "captionkit" + (f" {args[0]}" if args and args[0] in COMMANDS else "")
+    return f"{message.rstrip('.')} (see '{command} --help')"

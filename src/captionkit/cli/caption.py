@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 
 def caption(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, directories (recursive) or .txt lists.")],
+    inputs: Annotated[
+        list[str], typer.Argument(metavar="INPUTS", help="Image files, directories (recursive) or .txt lists.")
+    ],
     model: Annotated[str, typer.Option(help="Checkpoint directory or Hugging Face hub id.")] = DEFAULT_MODEL,
     beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
     max_length: Annotated[int | None, typer.Option(help=decoding_help("max_new_tokens"))] = None,

@@ -26,7 +26,9 @@ from captionkit.files import write_atomic
 
 
 def compare(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, directories (recursive) or .txt lists.")],
+    inputs: Annotated[
+        list[str], typer.Argument(metavar="INPUTS", help="Image files, directories (recursive) or .txt lists.")
+    ],
     model: Annotated[
         list[str],
         typer.Option(

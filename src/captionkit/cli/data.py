@@ -24,7 +24,10 @@ def data() -> None:
 @app.command("check")
 def check(
     spec: Annotated[
-        str, typer.Argument(help="Dataset: a file or directory, [FORMAT:]PATH[?images=DIR&val=F&test=F&seed=N].")
+        str,
+        typer.Argument(
+            metavar="DATASET", help="Dataset: a file or directory, [FORMAT:]PATH[?images=DIR&val=F&test=F&seed=N]."
+        ),
     ],
     split: Annotated[str | None, typer.Option(help="Check only this split (train, val, test).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,

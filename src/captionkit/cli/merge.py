@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 
 def merge(
-    parts: Annotated[list[Path], typer.Argument(help="Part files (OUTPUT.part-K-of-N.jsonl ...), any format.")],
+    parts: Annotated[
+        list[Path], typer.Argument(metavar="PARTS", help="Part files (OUTPUT.part-K-of-N.jsonl ...), any format.")
+    ],
     output: Annotated[Path, typer.Option(help="The merged result file.")],
     inputs: Annotated[
         list[str] | None,

@@ -15,7 +15,7 @@ from captionkit.cli._common import fail, quiet_libraries
 
 
 def train(
-    config: Annotated[Path, typer.Argument(help="YAML recipe (see configs/).")],
+    config: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe (see configs/).")],
     output: Annotated[
         Path, typer.Option(help="Run directory: the final model, checkpoints/, metrics.jsonl, curves.png.")
     ],
