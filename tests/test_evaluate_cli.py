@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -62,6 +63,52 @@ def test_evaluate_writes_results_and_metrics(scenes, model_dir, tmp_path, capsys
     assert all(set(r) == {"image", "image_id", "caption", "score", "references", "metrics"} for r in results)
     cider = [r["metrics"]["CIDEr"] for r in results]
     assert sum(cider) / len(cider) == pytest.approx(metrics["CIDEr"])
+
+
+def broken_copy(scenes, root, broken: int):
+    """The scenes' data beside copies of their images, the first ``broken`` test images overwritten with text."""
+    shutil.copytree(scenes.parent / "images", root / "images")
+    shutil.copy(scenes, root / scenes.name)
+    for path in sorted((root / "images" / "test").iterdir())[:broken]:
+        path.write_text("not an image")
+    return root / scenes.name
+
+
+def test_unreadable_images_are_recorded_and_the_rest_scored_exit_2(scenes, model_dir, tmp_path, capsys):
+    data = broken_copy(scenes, tmp_path / "data", broken=2)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", model_dir, "--data", data, "--split", "test", "--metrics", "CIDEr", "--output", out]
+    code, stdout, err = run_cli([*args, "--beams", "1", "--max-length", "4"], capsys)
+    assert code == 2, err
+    metrics = json.loads(stdout)
+    assert (metrics["images"], metrics["failed_images"]) == (6, 2)
+    assert "captions" in metrics["computed_over"] and " of 4 images" in metrics["computed_over"]["captions"]
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    errors = [r for r in results if "error" in r]
+    assert sorted(Path(r["image"]).name for r in errors) == sorted(p.name for p in data_images(data)[:2])
+    assert all(r["error"].startswith("unsupported image format (text)") for r in errors)
+    assert f"captionkit: 2 of 6 images could not be read: their errors are in {out / 'results.jsonl'}" in err
+
+
+def test_an_evaluation_whose_every_image_is_unreadable_fails_in_one_line_and_keeps_the_errors(
+    scenes, model_dir, tmp_path, capsys
+):
+    data = broken_copy(scenes, tmp_path / "data", broken=6)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", model_dir, "--data", data, "--split", "test", "--output", out, "--beams", "1"]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (1, "")
+    first = data_images(data)[0]
+    line = f"captionkit: error: data: none of its 6 images could be read ({first}: unsupported image format (text)"
+    assert err.strip().splitlines()[-1].startswith(line)
+    assert err.strip().endswith(f"; every image's error is in {out / 'results.jsonl'}")
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 6 and all(set(r) == {"image", "image_id", "error"} for r in results)
+    assert not (out / "metrics.json").exists()
+
+
+def data_images(data):
+    return sorted((data.parent / "images" / "test").iterdir())
 
 
 def test_unknown_split_and_missing_data_exit_1(scenes, model_dir, capsys):

@@ -4,6 +4,7 @@ control (a few steps on the synthetic scenes) beside one trained without."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -94,6 +95,17 @@ def test_evaluate_styles_prints_the_style_table(models, capsys, tmp_path, single
         assert row["cider_d"] > 0.4
     assert json.loads((tmp_path / "styles.json").read_text()) == table
     assert "CIDEr" in err and "negative" in err  # the rich table
+
+
+def test_evaluate_styles_of_unreadable_images_fails_in_one_line(models, capsys, tmp_path, single_thread):
+    data = tmp_path / "scenes"
+    shutil.copytree(models["data"].parent, data)
+    for image in (data / "images").rglob("*.png"):
+        image.write_text("not an image")
+    args = ["evaluate", "--model", models["styled"], "--data", data / models["data"].name, "--styles", "--beams", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[-1].startswith("captionkit: error: data: none of its 4 images could be read (")
 
 
 def test_compare_shows_models_side_by_side(models, capsys, tmp_path, single_thread):

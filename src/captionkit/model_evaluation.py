@@ -33,6 +33,18 @@ class ModelEvaluation:
     results: list[dict[str, Any]]
 
 
+class NoImageRead(InputError):
+    """Not one image of an evaluation could be read: there is nothing to score. ``results`` holds each image's error
+    record (``image``, ``image_id``, ``error``)."""
+
+    def __init__(self, results: list[dict[str, Any]]) -> None:
+        first = results[0]
+        super().__init__(
+            "data", f"none of its {len(results)} images could be read ({first['image']}: {first['error']})"
+        )
+        self.results = results
+
+
 @torch.no_grad()
 def dataset_perplexity(
     captioner: Captioner, records: Sequence[CaptionRecord], batch_size: int = 32, max_length: int | None = None
@@ -123,6 +135,8 @@ def evaluate_model(
             image_features.update(zip((i for i, _ in kept), clip.image_features(opened), strict=True))
         if on_progress is not None:
             on_progress(len(chunk))
+    if not candidates:
+        raise NoImageRead(results)
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
     evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True, meteor=meteor)
     scores = evaluation.to_dict()
@@ -274,6 +288,7 @@ def evaluate_model_styles(
         if record.style in references:
             references[record.style].setdefault(record.image_id, []).append(record.caption)
     generated: dict[str, dict[str, str]] = {style: {} for style in styles}
+    failed: list[dict[str, Any]] = []
     ids = list(images)
     for start in range(0, len(ids), batch_size):
         chunk, opened = [], []
@@ -281,14 +296,16 @@ def evaluate_model_styles(
             try:
                 opened.append(captioner.load_images([images[image_id]])[0])
                 chunk.append(image_id)
-            except ImageError:
-                pass  # counted below: an unreadable image has no caption in any style
+            except ImageError as error:  # counted below: an unreadable image has no caption in any style
+                failed.append({"image": str(images[image_id]), "image_id": image_id, "error": error.reason})
         for style in styles:
             config = dataclasses.replace(decoding, start_token_id=starts[style])
             for image_id, found in zip(chunk, captioner.caption_pil(opened, config), strict=True):
                 generated[style][image_id] = found[0].caption
         if on_progress is not None:
             on_progress(len(ids[start : start + batch_size]))
+    if ids and not generated["neutral"]:
+        raise NoImageRead(failed)
     table = evaluate_styles(generated, classifier, references)
     return {
         "styles": {style: scores.as_dict() for style, scores in table.items()},

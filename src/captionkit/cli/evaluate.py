@@ -89,7 +89,12 @@ def evaluate(
     from captionkit.data.sources import load_records
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.api import java_note, parse_metrics
-    from captionkit.model_evaluation import evaluate_as_validation, evaluate_model, evaluate_model_styles
+    from captionkit.model_evaluation import (
+        NoImageRead,
+        evaluate_as_validation,
+        evaluate_model,
+        evaluate_model_styles,
+    )
     from captionkit.report import write_evaluation_report
     from captionkit.trained_on import TrainedOn
 
@@ -144,6 +149,13 @@ def evaluate(
                     max_length=trained.max_length if trained is not None else None,
                     meteor=meteor,
                 )
+    except NoImageRead as error:
+        if output is None:
+            fail(error_line(error))
+        _write_results(
+            output, {"results.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in error.results)}
+        )
+        fail(f"{error_line(error)}; every image's error is in {output / 'results.jsonl'}")
     except CaptionkitError as error:
         fail(error_line(error))
     if as_run is not None:
@@ -160,7 +172,9 @@ def evaluate(
     if as_run is not None:
         print(_logged_beside(result.metrics), file=sys.stderr)
     if result.metrics["failed_images"]:
-        print(f"{result.metrics['failed_images']} images could not be read", file=sys.stderr)
+        failed = result.metrics["failed_images"]
+        where = f": their errors are in {output / 'results.jsonl'}" if output is not None else ""
+        print(f"captionkit: {failed} of {result.metrics['images']} images could not be read{where}", file=sys.stderr)
     if report is not None:
         try:
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
