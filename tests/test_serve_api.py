@@ -519,9 +519,9 @@ def test_serve_refuses_two_models_with_one_name(model_dirs, capsys):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--max-batch", "0", "serve.max_batch: must be a positive integer, got 0"),
-        ("--read-timeout-s", "0", "serve.read_timeout_s: must be > 0, got 0.0"),
-        ("--max-connections", "0", "serve.max_connections: must be a positive integer, got 0"),
+        ("--max-batch", "0", "--max-batch: must be a positive integer, got 0"),
+        ("--read-timeout-s", "0", "--read-timeout-s: must be a finite number > 0, got 0"),
+        ("--max-connections", "0", "--max-connections: must be a positive integer, got 0"),
     ],
 )
 def test_serve_refuses_bad_limits_before_loading_models(tmp_path, capsys, option, value, message):
@@ -535,7 +535,7 @@ def test_serve_refuses_more_images_per_request_than_the_queue_holds(tmp_path, ca
     code, _, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "9"], capsys)
     assert code == 1
     assert err.strip() == (
-        "captionkit: error: serve.max_images: must be <= serve.max_queue (8), got 9: "
+        "captionkit: error: --max-images: must be <= --max-queue (8), got 9: "
         "a request with more images than the queue holds could never run"
     )
     code, _, err = run_cli(["serve", "--model", never, "--max-queue", "8", "--max-images", "8"], capsys)

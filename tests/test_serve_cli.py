@@ -69,8 +69,10 @@ def test_a_fraction_of_a_mib_is_that_many_bytes(model_dir, served, capsys):
         ("--max-upload-mb", "-1", "--max-upload-mb: must be a finite number > 0, got -1"),
         ("--max-upload-mb", "nan", "--max-upload-mb: must be a finite number > 0, got nan"),
         ("--max-upload-mb", "inf", "--max-upload-mb: must be a finite number > 0, got inf"),
-        ("--timeout-s", "0", "serve.request_timeout_s: must be > 0, got 0.0"),
-        ("--timeout-s", "inf", "serve.request_timeout_s: must be a finite number >= 0, got inf"),
+        ("--timeout-s", "0", "--timeout-s: must be a finite number > 0, got 0"),
+        ("--timeout-s", "-1", "--timeout-s: must be a finite number > 0, got -1"),
+        ("--max-wait-ms", "-1", "--max-wait-ms: must be a finite number >= 0, got -1"),
+        ("--timeout-s", "inf", "--timeout-s: must be a finite number > 0, got inf"),
     ],
 )
 def test_bad_upload_or_timeout_values_are_one_line_errors(tmp_path, served, capsys, option, value, message):

@@ -8,13 +8,16 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, error_line, fail, quiet_libraries
 
 # Import names of what the `serve` extra installs.
+if TYPE_CHECKING:
+    from captionkit.errors import CaptionkitError
+
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
 INSTALL_HINT = "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
 
@@ -78,7 +81,7 @@ def serve(
     except CaptionkitError as error:
         if listener is not None:
             listener.close()
-        fail(error_line(error))
+        fail(error_line(_named_by_flags(error)))
     # uvicorn handles SIGINT/SIGTERM: it stops accepting, finishes in-flight requests, runs the shutdown, then
     # re-raises the signal to the handler that was there before it: ours, so a requested stop exits 0.
     stopped_by: list[str] = []
@@ -94,6 +97,31 @@ def serve(
         fail("the server did not start (its log above says why)")
     if stopped_by:
         print(f"captionkit serve: stopped by {stopped_by[0]} after finishing in-flight requests", file=sys.stderr)
+
+
+# ServeSettings' fields that `captionkit serve` sets from a flag of another name.
+FLAGS = {
+    "max_batch": "--max-batch",
+    "max_wait_ms": "--max-wait-ms",
+    "max_queue": "--max-queue",
+    "max_images": "--max-images",
+    "request_timeout_s": "--timeout-s",
+    "read_timeout_s": "--read-timeout-s",
+    "max_connections": "--max-connections",
+}
+
+
+def _named_by_flags(error: CaptionkitError) -> CaptionkitError:
+    """A settings error (``serve.max_images: must be <= serve.max_queue ...``) in the words of the command line
+    (``--max-images: must be <= --max-queue ...``); other errors as they are."""
+    from captionkit.errors import ConfigError
+
+    if not (isinstance(error, ConfigError) and error.source.startswith("serve.")):
+        return error
+    reason = error.reason
+    for field, flag in FLAGS.items():
+        reason = reason.replace(f"serve.{field}", flag)
+    return ConfigError(FLAGS.get(error.source.removeprefix("serve."), error.source), reason)
 
 
 def model_names(specs: list[str]) -> dict[str, str]:

@@ -10,6 +10,10 @@ from captionkit.errors import ConfigError
 MiB = 1024 * 1024
 
 
+# Float settings that must be above 0 (the others may be 0).
+POSITIVE = ("request_timeout_s", "read_timeout_s")
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """What ``captionkit serve`` accepts and how it batches; every field is checked when built."""
@@ -42,13 +46,14 @@ class ServeSettings:
             value = getattr(self, field.name)
             if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"serve.{field.name}", f"must be a positive integer, got {value!r}")
-            if field.type == "float" and (
-                isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0
-            ):
-                raise ConfigError(f"serve.{field.name}", f"must be a finite number >= 0, got {value!r}")
-        for name in ("request_timeout_s", "read_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"serve.{name}", f"must be > 0, got {getattr(self, name)}")
+            if field.type == "float":
+                positive = field.name in POSITIVE  # a timeout of 0 would refuse every request
+                number = not isinstance(value, bool) and isinstance(value, int | float)
+                if not (number and math.isfinite(value) and (value > 0 if positive else value >= 0)):
+                    shown = f"{value:g}" if number else repr(value)
+                    raise ConfigError(
+                        f"serve.{field.name}", f"must be a finite number {'>' if positive else '>='} 0, got {shown}"
+                    )
         if self.max_images > self.max_queue:  # a request of more images than the queue holds could never run
             raise ConfigError(
                 "serve.max_images",
