@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,11 +85,20 @@ def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
     assert decoded.value == 200
 
 
-@pytest.mark.parametrize(("workers", "message"), [("many", "--workers"), ("-1", "--workers")])
-def test_bad_worker_counts_exit_1(job, capsys, workers, message):
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--workers", "many", "--workers: expected a number of processes (0 = none) or auto, got 'many'"),
+        ("--workers", "-1", "--workers: expected a number of processes (0 = none) or auto, got '-1'"),
+        ("--prefetch", "0", "--prefetch: must be at least 1, got 0"),
+        ("--prefetch", "-1", "--prefetch: must be at least 1, got -1"),
+    ],
+)
+def test_bad_worker_counts_exit_1(job, capsys, option, value, message):
     model, photos = job
-    code, _, err = run_cli(["caption", photos, "--model", model, "--workers", workers], capsys)
-    assert code == 1 and message in err
+    code, out, err = run_cli(["caption", photos, "--model", model, "--workers", "2", option, value], capsys)
+    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert err.startswith(f"captionkit: error: {message}")
 
 
 def test_killed_shard_resumes_without_losing_or_duplicating(job, tmp_path, capsys):
@@ -116,13 +126,20 @@ def test_killed_shard_resumes_without_losing_or_duplicating(job, tmp_path, capsy
     code, _, err = run_cli([*args, "--resume", "--workers", "2"], capsys)
     assert "dropped an unfinished last line" in err
     assert f"resuming: {len(written)} of" in err
-    assert code in (0, 2)
-    code, _, _ = run_cli(["caption", photos, "--model", model, *slow, "--output", out, "--shard", "1/2"], capsys)
+    assert code == exit_code_of(part), err  # 2 when the part holds an error record, the killed run's included
+    other = tmp_path / "run.part-1-of-2.jsonl"
+    code, _, err = run_cli(["caption", photos, "--model", model, *slow, "--output", out, "--shard", "1/2"], capsys)
+    assert code == exit_code_of(other), err
     parts = sorted(tmp_path.glob("run.part-*"))
     code, _, err = run_cli(["merge", *parts, "--output", tmp_path / "merged.jsonl", "--inputs", photos], capsys)
     assert code == 2 and "more than one record" not in err and "no record" not in err
     assert read_jsonl(part)[: len(written)] == written  # kept what the killed run finished
     assert_same_records(read_jsonl(tmp_path / "merged.jsonl"), reference)
+
+
+def exit_code_of(results: Path) -> int:
+    """What a caption run that wrote ``results`` exits with: 2 when an image failed, else 0."""
+    return 2 if any("error" in record for record in read_jsonl(results)) else 0
 
 
 def test_workers_decode_large_jpegs_in_draft_mode_and_small_ones_exactly(tmp_path):

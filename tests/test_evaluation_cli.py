@@ -225,6 +225,23 @@ def test_spice_offline_gives_one_clear_line_and_exit_2(
     assert f"captionkit: note: {note}" in err
 
 
+def test_train_captions_give_the_share_of_captions_copied_from_them(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    captions = [json.loads(line)["caption"] for line in coco_candidates.read_text(encoding="utf-8").splitlines()]
+    train = tmp_path / "train.token.txt"  # any --refs format: Flickr's tokens here, two captions verbatim
+    train.write_text(f"a.jpg#0\t{captions[0]}\na.jpg#1\t{captions[5]}\nb.jpg#0\ta caption of no candidate\n")
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU"]
+    code, out, _ = run_cli([*args, "--train-captions", train], capsys)
+    assert code == 0
+    assert json.loads(out)["copied_from_train"] == pytest.approx(2 / 100)
+    code, out, _ = run_cli(args, capsys)
+    assert code == 0 and "copied_from_train" not in json.loads(out)  # only with training captions to compare
+    code, out, err = run_cli([*args, "--train-captions", tmp_path / "missing.txt"], capsys)
+    assert (code, out) == (1, "")
+    assert err.strip() == f"captionkit: error: {tmp_path / 'missing.txt'}: no such file"
+
+
 def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = sorted({line.split("#")[0] for line in FLICKR_TOKENS.read_text(encoding="utf-8").splitlines() if line})
     cands = tmp_path / "cands.json"

@@ -10,7 +10,14 @@ from transformers.pytorch_utils import Conv1D
 from captionkit.models import packed_linear
 from captionkit.models.packed_linear import linear, packing_enabled
 
-pytestmark = pytest.mark.skipif(not packing_enabled(), reason="this torch build has no oneDNN (mkldnn)")
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def packing_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are of packing: one run with CAPTIONKIT_PACKED_LINEAR=0 in its environment tests it too."""
+    monkeypatch.delenv("CAPTIONKIT_PACKED_LINEAR", raising=False)
+    assert packing_enabled()
 
 
 def _layers() -> list[nn.Module]:

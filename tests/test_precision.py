@@ -53,10 +53,12 @@ def test_bf16_captioner_casts_weights_and_captions_like_fp32_in_shape(model_dir)
     assert [r.image for r in found] == [str(p) for p in PHOTOS]
     assert all(1 <= len(r.captions[0].token_ids) <= 5 for r in found)
     # Scores are float32 log-probabilities in every precision; bf16 moves them by rounding only.
-    for ours, theirs in zip(found, reference, strict=True):
+    for ours in found:
         assert ours.captions[0].attention.shape[0] == len(ours.captions[0].token_ids)
-        if ours.caption == theirs.caption:
-            assert ours.score == pytest.approx(theirs.score, abs=0.1)
+    same = [(ours, theirs) for ours, theirs in zip(found, reference, strict=True) if ours.caption == theirs.caption]
+    assert same, "bf16 changed every caption: the score comparison below would check nothing"  # 3 of 3 here
+    for ours, theirs in same:
+        assert ours.score == pytest.approx(theirs.score, abs=0.1)
 
 
 def test_fp32_is_the_default_and_identical_to_no_dtype(model_dir) -> None:
