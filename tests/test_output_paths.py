@@ -6,12 +6,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, copy_coco_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.errors import InputError
@@ -29,12 +28,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two real COCO photos in a folder."""
-    root = tmp_path_factory.mktemp("photos")
-    good = sorted(COCO.glob("*.jpg"))[:2]
-    assert len(good) == 2, f"expected real photos in {COCO}"
-    for path in good:
-        shutil.copy(path, root / path.name)
-    return root
+    return copy_coco_photos(tmp_path_factory.mktemp("photos"), 2)
 
 
 @pytest.fixture

@@ -4,13 +4,12 @@ one line naming the file and the reason, exit 1, the file left as it was and no 
 from __future__ import annotations
 
 import errno
-import shutil
 from pathlib import Path
 
 import pytest
 
 from _captioning import read_jsonl
-from _data import SHARED_DATA
+from _data import SHARED_DATA, copy_coco_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.errors import InputError
 from captionkit.jobs.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
@@ -26,13 +25,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("photos")
-    good = sorted(COCO.glob("*.jpg"))[:2]
-    assert len(good) == 2, f"expected real photos in {COCO}"
-    for path in good:
-        shutil.copy(path, root / path.name)
-    return root
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real COCO photos in a folder."""
+    return copy_coco_photos(tmp_path_factory.mktemp("photos"), 2)
 
 
 def write(path: Path, records: list[dict], fmt: str = "jsonl") -> Path:

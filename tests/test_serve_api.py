@@ -20,7 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from _helpers import run_cli
-from _serve import free_port, image_bytes, load_tiny, running_server, save_tiny_model
+from _serve import free_port, image_bytes, load_tiny, read_response, running_server, save_tiny_model
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ConfigError
 from captionkit.images import load_image
@@ -548,23 +548,6 @@ def test_serve_refuses_a_missing_model(tmp_path, capsys):
     assert "no such directory" in err
 
 
-def read_response(sock: socket.socket) -> tuple[int, bytes]:
-    """One HTTP response: its status and its Content-Length body (none for an interim 1xx)."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after sending {received!r}"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    status = int(head.split(b" ")[1])
-    lengths = [line[15:] for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-    while len(body) < (int(lengths[0]) if lengths else 0):
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection inside the body"
-        body += chunk
-    return status, body
-
-
 def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path):
     """The client holds its request in flight across the SIGTERM, so no timing decides whether it was: the head
     goes first (with Expect: 100-continue, the server's 100 Continue says the app is reading the body), the body only
@@ -594,14 +577,15 @@ def test_sigterm_finishes_the_in_flight_request_and_exits_0(model_dirs, tmp_path
             time.sleep(0.1)
         with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
             sock.sendall(head)
-            assert read_response(sock) == (100, b"")  # the request is in flight: the app waits for its body
+            interim, _, nothing = read_response(sock)
+            assert (interim, nothing) == (100, b"")  # the request is in flight: the app waits for its body
             server.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + 60
             while "Shutting down" not in Path(log.name).read_text():  # uvicorn has taken the signal
                 assert server.poll() is None and time.monotonic() < deadline, Path(log.name).read_text()
                 time.sleep(0.05)
             sock.sendall(body)
-            status, answer = read_response(sock)
+            status, _, answer = read_response(sock)
         assert status == 200, answer
         assert json.loads(answer)["results"][0]["image"] == "images[0]"
         assert server.wait(timeout=60) == 0

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from _data import SHARED_DATA
-from _serve import image_bytes, load_tiny, running_server, save_tiny_model
+from _serve import image_bytes, load_tiny, read_response, running_server, save_tiny_model
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -171,23 +171,6 @@ def test_huge_declared_length_is_413_before_reading(captioner):
     assert status == 413
     assert headers["content-type"] == "application/json"
     assert json.loads(body) == {"detail": "request body: over the 1 MiB upload limit"}
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP response: status, headers (lower-case names) and its Content-Length body."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed the connection after sending {received!r}"
-        received += chunk
-    head, _, body = received.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
-    while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection inside the body"
-        body += chunk
-    return int(status_line.split(" ")[1]), headers, body
 
 
 @pytest.mark.parametrize(
