@@ -89,9 +89,8 @@ def serve(
         signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
     options = {"log_level": "info", "timeout_graceful_shutdown": int(timeout_s) + 5, **uvicorn_options(settings)}
     assert listener is not None  # taken in the try above, which fails otherwise
-    # uvicorn names the address only for sockets it binds itself; with --port 0 the system picked the port.
-    address = f"[{host}]" if ":" in host else host
-    url = f"http://{address}:{listener.getsockname()[1]}"
+    # uvicorn names the address only for sockets it binds itself.
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     print(f"captionkit serve: web page at {url}/, API at /v1/captions, docs at /docs", file=sys.stderr)
     if not run_server(app, listener, host=host, port=port, **options):
         fail("the server did not start (its log above says why)")
