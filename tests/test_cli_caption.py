@@ -210,7 +210,9 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
 @pytest.mark.parametrize(
     ("args", "line", "help_of"),
     [
-        (["caption", "x.jpg", "--beams", "many"], "Invalid value for '--beams': ", "caption"),
+        (["caption", "x.jpg", "--beams", "many"], "--beams: must be an integer, got 'many'", "caption"),
+        (["caption", "x.jpg", "--temperature=hot"], "--temperature: must be a number, got 'hot'", "caption"),
+        (["serve", "--model", "m", "--port", "80.5"], "--port: must be an integer, got '80.5'", "serve"),
         (["caption", "x.jpg", "--nope"], "No such option: --nope", "caption"),
         (["caption"], "Missing argument 'INPUTS'", "caption"),
         (["caption", "x.jpg", "--beams"], "Option '--beams' requires an argument", "caption"),

@@ -72,14 +72,43 @@ def run_app(args: list[str]) -> int:
     return code or 0
 
 
+# What typer says of a value that is not of the option's type, and the words captionkit's own checks use for it.
+EXPECTED = {
+    "Input should be a valid integer": "an integer",
+    "Input should be a valid number": "a number",
+    "Input should be a valid boolean": "true or false",
+}
+
+
 def usage_error_line(error: Exception, args: list[str]) -> str:
     """A usage error in one line, as every other error: click's message (which names the option or argument) and
     where the help is, instead of click's usage block and blank line."""
     format_message = getattr(error, "format_message", None)
-    message = " ".join((format_message() if callable(format_message) else str(error)).split())
+    message = _value_error(error, args) or " ".join(
+        (format_message() if callable(format_message) else str(error)).split()
+    )
     context = getattr(error, "ctx", None)
     if context is not None:
         command = context.command_path
     else:  # an option without its value fails before click makes the command's context
         command = "captionkit" + (f" {args[0]}" if args and args[0] in COMMANDS else "")
     return f"{message.rstrip('.')} (see '{command} --help')"
+
+
+def _value_error(error: Exception, args: list[str]) -> str | None:
+    """``--beams: must be an integer, got 'many'``, as captionkit's own checks word a bad value, for an option whose
+    value is not of its type; None for any other error."""
+    param, reason = getattr(error, "param", None), getattr(error, "message", "")
+    kind = next((kind for prefix, kind in EXPECTED.items() if str(reason).startswith(prefix)), None)
+    flags = [opt for opt in getattr(param, "opts", ()) if opt.startswith("-")]
+    if kind is None or not flags:
+        return None
+    values: list[str] = []
+    for index, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and index + 1 < len(args):
+                values.append(args[index + 1])
+            elif arg.startswith(f"{flag}="):
+                values.append(arg.removeprefix(f"{flag}="))
+    got = f", got {values[-1]!r}" if values else ""  # the last one given is the one that counts
+    return f"{flags[0]}: must be {kind}{got}"
