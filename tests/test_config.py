@@ -77,6 +77,9 @@ def test_base_recipe_is_merged_section_by_section(tmp_path):
         ("train.lr=fast", "--set train.lr", "expected a number"),
         ("train.betas=[0.9]", "--set train.betas", "expected a list of 2 values"),
         ("train", "train", "expected --set key=value"),
+        # A value that fits none of a union's types gets one reason, and a bad item of a list names that item.
+        ("data.train=", "--set data.train", "expected a string or a list, got None"),
+        ("data.train=[a.csv, 7]", "--set data.train[1]", "expected a string, got 7"),
     ],
 )
 def test_bad_overrides_name_the_key(assignment, where, reason):
@@ -211,6 +214,8 @@ def test_stages_and_choices_are_checked_when_loaded():
         ("train.lr", -1, "train.lr: must be 0 or more"),
         ("train.eval_images", -4, "train.eval_images: must be 0 or more"),
         ("train.grad_clip", -1, "train.grad_clip: must be 0 or more"),
+        ("tokenizer.vocab_size", -4, "tokenizer.vocab_size: must be at least 1, got -4"),  # was an OverflowError
+        ("tokenizer.vocab_size", 0, "tokenizer.vocab_size: must be at least 1, got 0"),
     ],
 )
 def test_out_of_range_values_are_config_errors(key, value, message):

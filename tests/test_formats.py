@@ -370,6 +370,50 @@ def test_malformed_files_name_the_file_and_reason(tmp_path, name, content, reaso
     assert reason in caught.value.reason
 
 
+def test_a_misspelt_split_is_an_error_naming_the_line_not_captions_training_leaves_out(tmp_path):
+    # Training reads only train and val records: a split name it does not know would drop its captions unseen.
+    table = tmp_path / "t.csv"
+    table.write_text("image,caption,split\na.jpg,x,train\nb.jpg,y,trian\n")
+    lines = tmp_path / "t.jsonl"
+    lines.write_text(
+        '{"image": "a.jpg", "caption": "x", "split": "Dev"}\n{"image": "b.jpg", "caption": "y", "split": "tst"}\n'
+    )
+    karpathy = json.loads((FLICKR / "dataset_flickr8k.json").read_text(encoding="utf-8"))
+    karpathy["images"][3]["split"] = "tset"
+    (tmp_path / "dataset_flickr8k.json").write_text(json.dumps(karpathy))
+    senticap = json.loads((SENTICAP / "senticap_subset.json").read_text(encoding="utf-8"))
+    senticap["images"][1]["split"] = "valid ation"
+    (tmp_path / "senticap.json").write_text(json.dumps(senticap))
+    cases = [
+        (table, f"{table}:3", "'trian'"),
+        (lines, f"{lines}:2", "'tst'"),
+        (tmp_path / "dataset_flickr8k.json", f"{tmp_path / 'dataset_flickr8k.json'}: images[3]", "'tset'"),
+        (tmp_path / "senticap.json", f"{tmp_path / 'senticap.json'}: images[1]", "'valid ation'"),
+    ]
+    for path, source, name in cases:
+        with pytest.raises(InputError) as caught:
+            load_records(path)
+        assert caught.value.source == source
+        assert (
+            caught.value.reason == f"unknown split {name} (expected train, restval, val, valid, validation, dev, test)"
+        )
+    table.write_text("image,caption,split\na.jpg,x,Train\nb.jpg,y,validation\nc.jpg,z,\n")
+    assert [r.split for r in load_records(table)] == ["train", "val", None]
+
+
+def test_senticap_json_whose_first_image_has_no_sentences_keeps_its_sentiments(tmp_path):
+    # Only a sentence's sentiment tells SentiCap from Karpathy's outline: an empty first entry must not hide it.
+    document = json.loads((SENTICAP / "senticap_subset.json").read_text(encoding="utf-8"))
+    styles = Counter(record.style for record in load_records(SENTICAP / "senticap_subset.json"))
+    document["images"].insert(0, {"filename": "COCO_val2014_000000000139.jpg", "split": "train", "sentences": []})
+    path = tmp_path / "senticap.json"
+    path.write_text(json.dumps(document))
+    result = load_dataset(path)
+    assert result.format == "senticap"
+    assert Counter(record.style for record in result.records) == styles == {"positive": 23, "negative": 12}
+    assert result.dropped == {"image entry without sentences": 1}
+
+
 def test_line_numbers_in_table_errors(tmp_path):
     path = tmp_path / "t.csv"
     path.write_text('image,caption\na.jpg,"two\nlines"\nb.jpg,x,extra\n')

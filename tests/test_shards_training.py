@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 
 import pytest
 
 from _resume import assert_same_weights, crash_at, untimed
-from _shards import real_photos, write_webdataset
+from _shards import real_photos, samples, write_webdataset
 from captionkit.config import load_train_config
 from captionkit.data.sources import load_records
 from captionkit.errors import InputError
-from captionkit.shards import container_runs
+from captionkit.shards import container_runs, writing
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.loop import train
 from captionkit.training.sampling import SampleStream
+from captionkit.training.setup import build_setup
 
 STEPS = 6
 
@@ -88,6 +90,17 @@ def test_training_skips_and_counts_a_corrupt_member(tmp_path, single_thread):
     result = train(load_train_config(None, [*data, *assignments(tmp_path)[2:], "train.steps=2"]), tmp_path / "run")
     assert result.steps == 2 and result.unreadable_images == 1  # one epoch of 8 samples, the corrupt one in it
     assert result.history[-1]["skipped_samples"] == 1
+
+
+def test_samples_the_shard_reader_drops_are_logged_naming_the_data(tmp_path, caplog):
+    items = samples(real_photos(4))
+    items[1] = writing.Sample(items[1].key, items[1].image, "")  # a sample whose caption file is empty
+    writing.write_webdataset(items, tmp_path / "shards", per_shard=2)
+    data = [f"data.train={tmp_path / 'shards'}", f"data.val={tmp_path / 'shards' / '00001.tar'}"]
+    with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+        setup = build_setup(load_train_config(None, [*data, *assignments(tmp_path)[2:]]))
+    assert setup.train_shards is not None and setup.train_shards.size == 3
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'shards'}: dropped 1 sample without a caption"]
 
 
 def test_fewer_samples_than_shard_readers_is_an_error_naming_the_data(tmp_path, single_thread):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _data import SHARED_DATA
 from _helpers import FAMILIES
 from captionkit.config import StageSection, load_train_config
 from captionkit.data.records import CaptionRecord
@@ -309,6 +310,21 @@ def test_empty_captions_the_reader_drops_are_counted_and_logged_as_data_check_co
     assert json.loads((tmp_path / "run" / "trainer_state.json").read_text())["empty_captions"] == 5
 
 
+def test_what_else_the_reader_drops_is_logged_naming_the_data(scenes, tmp_path, caplog):
+    # A folder of real photos, one without its caption file: `data check` reports it dropped, and so must training.
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index, photo in enumerate(sorted((SHARED_DATA / "flickr8k" / "Images").glob("*.jpg"))[:3]):
+        (folder / photo.name).write_bytes(photo.read_bytes())
+        if index:
+            (folder / photo.name).with_suffix(".txt").write_text(f"a photo number {index}\n")
+    assert load_dataset(folder).dropped == {"image without a caption file": 1}
+    with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+        setup = build_setup(config_for(scenes, f"data.train={folder}"))
+    assert len(setup.train_records) == 2
+    assert [record.getMessage() for record in caplog.records] == [f"{folder}: dropped 1 image without a caption file"]
+
+
 def test_train_compile_compiles_the_trained_module_and_trains_the_same(scenes, tmp_path, single_thread, monkeypatch):
     plain = train(config_for(scenes, "train.steps=2"), tmp_path / "plain")
     compiled_modules = []
@@ -366,3 +382,28 @@ def test_a_hostile_trainer_state_is_one_input_error_naming_it(tmp_path):
         ckpt.read_training_state(directory)
     expected = f"{directory / ckpt.TRAINER_STATE}: invalid JSON: a number longer than 4300 digits"
     assert str(error.value) == expected
+
+
+@pytest.mark.parametrize("damage", ["cut", "removed"])
+def test_a_damaged_training_state_is_one_input_error_naming_it(tmp_path, damage):
+    from safetensors.torch import save_file
+
+    from captionkit.training import checkpoint as ckpt
+
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    (directory / ckpt.COMPLETE).touch()
+    (directory / ckpt.TRAINER_STATE).write_text('{"step": 4}')
+    tensors = directory / ckpt.TRAINING_STATE
+    save_file({"moments": torch.ones(64)}, str(tensors))
+    assert ckpt.read_training_state(directory)[0] == {"step": 4}
+    if damage == "cut":
+        tensors.write_bytes(tensors.read_bytes()[:100])  # a copy cut short
+    else:
+        tensors.unlink()
+    with pytest.raises(InputError) as error:
+        ckpt.read_training_state(directory)
+    reason = "Error while deserializing header" if damage == "cut" else "no such file)"  # safetensors' words
+    hint = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
+    assert str(error.value).startswith(f"{tensors}: cannot be read ({reason}")
+    assert str(error.value).endswith(f"); {hint}") and "\n" not in str(error.value)

@@ -55,6 +55,10 @@ class TokenizerSection:
     # A directory or hub id with tokenizer files; defaults to `model.pretrained`'s tokenizer, or `model.decoder`'s.
     pretrained: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.vocab_size < 1:
+            raise ConfigError("tokenizer.vocab_size", f"must be at least 1, got {self.vocab_size}")
+
 
 @dataclass(frozen=True)
 class DataSection:
@@ -289,6 +293,14 @@ def _unknown_key_reason(key: str, known: list[str]) -> str:
     return f"unknown key ({hint}known: {', '.join(known)})"
 
 
+def _none_of(errors: list[ConfigError], value: Any) -> str:
+    """One reason for a value that fits none of a union's types: "expected a string or a list, got None"."""
+    got = f", got {value!r}"
+    if all(error.reason.startswith("expected ") and error.reason.endswith(got) for error in errors):
+        return " or ".join(error.reason.removesuffix(got) for error in errors).replace(" or expected ", " or ") + got
+    return "; ".join(error.reason for error in errors)
+
+
 def _coerce(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -298,13 +310,17 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         options = [arg for arg in args if arg is not type(None)]
-        errors = []
+        errors: list[ConfigError] = []
         for option in options:
             try:
                 return _coerce(option, value, where)
             except ConfigError as error:
-                errors.append(error.reason)
-        raise ConfigError(where, "; ".join(errors))
+                errors.append(error)
+        # An option whose shape the value has (a list) but with a bad item inside: that item is what is wrong.
+        inside = [error for error in errors if error.source != where]
+        if inside:
+            raise inside[0]
+        raise ConfigError(where, _none_of(errors, value))
     if hint is Any:
         return value
     if origin is dict:

@@ -9,8 +9,9 @@ map-style path would put it).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from captionkit.data.formats.base import EMPTY_CAPTION
@@ -43,13 +44,14 @@ class ShardSet:
         for index in range(len(self.shards)):
             yield from (record.caption for record in self.records(index))
 
-    def _split(self, index: int) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
-        """(training records, held-out validation records, empty captions dropped) of shard ``index``."""
+    def _split(self, index: int) -> tuple[list[CaptionRecord], list[CaptionRecord], Counter[str]]:
+        """(training records, held-out validation records, what the reader dropped: reason -> count) of shard
+        ``index``."""
         collector = collect_samples([self.shards[index]])
         train, val = split_by_image(collector.records, self.val_fraction, self.seed)
         if self.first_caption_only:
             train, val = first_caption_per_image(train), first_caption_per_image(val)
-        return train, val, collector.dropped.get(EMPTY_CAPTION, 0)
+        return train, val, collector.dropped
 
 
 @dataclass
@@ -59,6 +61,8 @@ class ScannedShards:
     train: ShardSet
     val_records: list[CaptionRecord]
     empty_captions: int
+    # What else the readers dropped (reason -> count): samples without a caption, unreadable text, damaged shards.
+    dropped: dict[str, int] = field(default_factory=dict)
 
 
 def scan_shards(
@@ -69,12 +73,13 @@ def scan_shards(
     unscanned = ShardSet(tuple(files), (), val_fraction, seed, first_caption_only)
     counts: list[int] = []
     val_records: list[CaptionRecord] = []
-    empty = 0
+    dropped: Counter[str] = Counter()
     for index in range(len(files)):
-        train, val, dropped = unscanned._split(index)
+        train, val, shard_dropped = unscanned._split(index)
         counts.append(len(train))
         val_records += val
-        empty += dropped
+        dropped.update(shard_dropped)
     if not sum(counts):
         raise InputError(files[0], f"no training captions in {len(files)} shard(s)")
-    return ScannedShards(replace(unscanned, counts=tuple(counts)), val_records, empty)
+    empty = dropped.pop(EMPTY_CAPTION, 0)
+    return ScannedShards(replace(unscanned, counts=tuple(counts)), val_records, empty, dict(dropped))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from captionkit.errors import InputError
@@ -121,7 +122,13 @@ def read_training_state(directory: str | Path) -> tuple[dict[str, Any], dict[str
     state = parse_json(state_file.read_text(encoding="utf-8"), state_file, non_finite=True)
     if not isinstance(state, dict):
         raise InputError(state_file, "is not a JSON object")
-    return state, load_file(str(directory / TRAINING_STATE))
+    tensors_file = directory / TRAINING_STATE
+    try:
+        return state, load_file(str(tensors_file))
+    except (SafetensorError, OSError) as error:  # a copy cut short, a full disk, a file removed by hand
+        reason = "no such file" if isinstance(error, FileNotFoundError) else str(error)
+        hint = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
+        raise InputError(tensors_file, f"cannot be read ({reason}); {hint}") from None
 
 
 def publish_files(directory: str | Path, target: str | Path) -> None:

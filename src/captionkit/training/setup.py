@@ -6,8 +6,9 @@ the family's preset with a tokenizer trained on the captions.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.scst import CiderReward
 from captionkit.training.validation import neutral_references
+
+logger = logging.getLogger(__name__)
 
 # Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
 _NO_DECAY_NAMES = ("position_embeddings", "wpe")
@@ -76,7 +79,16 @@ def load_all_records(specs: str | list[str]) -> tuple[list[CaptionRecord], int]:
         loaded = load_dataset(spec)
         records += loaded.records
         empty += loaded.dropped.get(EMPTY_CAPTION, 0)
+        report_dropped(spec, loaded.dropped)
     return records, empty
+
+
+def report_dropped(source: object, dropped: Mapping[str, int]) -> None:
+    """Log what a reader left out besides empty captions (which the run counts and logs): captions of images in no
+    split list, images without a caption file, rejected captions, damaged shards... so that none goes unseen."""
+    for reason, count in sorted(dropped.items()):
+        if reason != EMPTY_CAPTION:
+            logger.warning("%s: dropped %d %s", source, count, reason)
 
 
 def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
@@ -118,6 +130,8 @@ def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
     data = config.data
     val_fraction = 0.0 if data.val else data.val_fraction
     scanned = scan_shards(shards, val_fraction, config.train.seed, data.first_caption_only)
+    specs = [data.train] if isinstance(data.train, str) else data.train
+    report_dropped(", ".join(specs), scanned.dropped)
     if data.val:
         scanned.val_records = validation_captions(_val_records(config), data.first_caption_only, ())
     return scanned

@@ -32,6 +32,7 @@ SPLIT_ALIASES = {
 }
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 EMPTY_CAPTION = "empty caption"
+NO_SENTENCES = "image entry without sentences"
 
 
 def normalize_split(split: str | None) -> str | None:
@@ -93,6 +94,25 @@ class Collector:
 
 def format_dropped(dropped: dict[str, int]) -> str:
     return ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items()))
+
+
+def first_sentence(images: list[Any]) -> Any:
+    """The first sentence of the first image entry that has any: SentiCap and Karpathy files share one outline and
+    only a sentence (SentiCap's carry a sentiment) tells them apart; an image without sentences tells nothing."""
+    for image in images:
+        sentences = image.get("sentences") if isinstance(image, dict) else None
+        if isinstance(sentences, list) and sentences:
+            return sentences[0]
+    return None
+
+
+def check_split(split: str | None, where: str) -> str | None:
+    """``split`` as captionkit names it (see :data:`SPLIT_ALIASES`); any other name is an error, since training reads
+    only train and val records and would silently leave out a misspelt split's captions."""
+    name = normalize_split(split)
+    if name is not None and name not in SPLIT_ALIASES.values():
+        raise InputError(where, f"unknown split {split!r} (expected {', '.join(SPLIT_ALIASES)})")
+    return name
 
 
 def check_style(style: object, where: str) -> str:

@@ -10,7 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, pick_root, require
+from captionkit.data.formats.base import (
+    NO_SENTENCES,
+    Collector,
+    ImageResolver,
+    Probe,
+    ReadOptions,
+    ReadResult,
+    check_split,
+    first_sentence,
+    pick_root,
+    require,
+)
 from captionkit.errors import InputError
 
 IMAGE_FOLDERS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images")
@@ -26,7 +37,8 @@ def detect_document(document: Any) -> bool:
     if not isinstance(sentences, list) or "filename" not in images[0]:
         return False
     # SentiCap's json has the same outline, with a sentiment on every sentence.
-    return not (sentences and isinstance(sentences[0], dict) and "sentiment" in sentences[0])
+    first = first_sentence(images)
+    return not (isinstance(first, dict) and "sentiment" in first)
 
 
 def detect_file(probe: Probe) -> bool:
@@ -67,9 +79,12 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         entries.append((where, image, f"{folder}/{name}" if folder else name))
     resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options))
     for where, image, relative in entries:
-        split = require(image, "split", str, where)
+        split = check_split(require(image, "split", str, where), where)
         image_id = str(image.get("cocoid", image["filename"]))
-        for number, sentence in enumerate(require(image, "sentences", list, where)):
+        sentences = require(image, "sentences", list, where)
+        if not sentences:
+            collector.drop(NO_SENTENCES)
+        for number, sentence in enumerate(sentences):
             caption = _sentence_text(sentence, f"{where}.sentences[{number}]")
             collector.add(resolve(relative), caption, image_id, split=split)
     return collector.result(path)

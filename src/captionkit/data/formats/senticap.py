@@ -16,7 +16,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, csv_rows, require
+from captionkit.data.formats.base import (
+    NO_SENTENCES,
+    Collector,
+    ImageResolver,
+    Probe,
+    ReadOptions,
+    ReadResult,
+    check_split,
+    csv_rows,
+    first_sentence,
+    require,
+)
 from captionkit.errors import InputError
 
 CSV_COLUMNS = ("filename", "is_positive_sentiment", "caption")
@@ -38,13 +49,8 @@ def detect_document(document: Any) -> bool:
     images = document.get("images")
     if not isinstance(images, list) or not images or not isinstance(images[0], dict):
         return False
-    sentences = images[0].get("sentences")
-    return (
-        isinstance(sentences, list)
-        and bool(sentences)
-        and isinstance(sentences[0], dict)
-        and ("sentiment" in sentences[0])
-    )
+    first = first_sentence(images)
+    return isinstance(first, dict) and "sentiment" in first
 
 
 def _csv_header(probe: Probe) -> list[str]:
@@ -96,14 +102,19 @@ def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> No
         where = f"{probe.path}: images[{index}]"
         name = require(image, "filename", str, where)
         split = image.get("split")
-        for number, sentence in enumerate(require(image, "sentences", list, where)):
+        if split is not None and not isinstance(split, str):
+            raise InputError(where, f"'split' must be a string, got {type(split).__name__}")
+        split = check_split(split, where)
+        sentences = require(image, "sentences", list, where)
+        if not sentences:
+            collector.drop(NO_SENTENCES)
+        for number, sentence in enumerate(sentences):
             here = f"{where}.sentences[{number}]"
             sentiment = require(sentence, "sentiment", (int, str), here)
             if sentiment not in _STYLE:
                 raise InputError(here, f"sentiment must be 1 (positive) or 0 (negative), got {sentiment!r}")
             raw = sentence.get("raw")
             caption = raw if isinstance(raw, str) else " ".join(map(str, require(sentence, "tokens", list, here)))
-            split = split if isinstance(split, str) else None
             collector.add(resolve(name), caption, coco_image_id(name), _STYLE[sentiment], split)
 
 

@@ -21,6 +21,7 @@ from captionkit.data.formats.base import (
     Probe,
     ReadOptions,
     ReadResult,
+    check_split,
     check_style,
     csv_rows,
     pick_root,
@@ -133,7 +134,7 @@ def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], w
         raise InputError(where, "'image_id' must be a string or an integer")
     image = image.strip()
     style = check_style(row.get("style"), where)
-    collector.add(resolve(image), caption, str(image_id or image), style, split or None)
+    collector.add(resolve(image), caption, str(image_id or image), style, check_split(split or None, where))
 
 
 def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:

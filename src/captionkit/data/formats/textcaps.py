@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, require
+from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, check_split, require
 from captionkit.errors import InputError
 
 NO_CAPTION = "entry without caption_str (test split)"
@@ -48,6 +48,6 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         if not isinstance(caption, str):
             collector.drop(NO_CAPTION)
             continue
-        split = entry.get("set_name") if isinstance(entry.get("set_name"), str) else None
+        split = check_split(entry.get("set_name") if isinstance(entry.get("set_name"), str) else None, where)
         collector.add(resolve(image), caption, image_id, split=split)
     return collector.result(path)
