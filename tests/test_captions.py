@@ -47,3 +47,20 @@ def test_caption_is_the_one_word_and_text_a_deprecated_alias():
     assert caption.caption == "a dog runs"
     with pytest.warns(DeprecationWarning, match=r"Caption\.text is deprecated; use Caption\.caption"):
         assert caption.text == "a dog runs"
+
+
+def test_one_image_of_any_source_kind_or_any_iterable_of_them_is_captioned(tmp_path):
+    """Every ImageSource is one image (bytearray, memoryview and streams were iterated, or had no len()); a
+    generator of images is a list; anything else is a TypeError saying what caption() takes."""
+    captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "model"), device="cpu")
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    data = photo.read_bytes()
+    expected = captioner.caption(photo, num_beams=2)[0].captions
+    with photo.open("rb") as stream:
+        for source in (bytearray(data), memoryview(data), stream):
+            (result,) = captioner.caption(source, num_beams=2)
+            assert (result.image, result.captions) == ("<image>", expected)
+    from_generator = captioner.caption((path for path in [photo, str(photo)]), num_beams=2)
+    assert [(r.image, r.captions) for r in from_generator] == [(str(photo), expected)] * 2
+    with pytest.raises(TypeError, match=r"^cannot caption a int: give a path, bytes, a binary stream, a PIL image"):
+        captioner.caption(5)

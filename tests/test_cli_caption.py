@@ -312,3 +312,34 @@ def test_inputs_without_images_fail_in_one_line_and_keep_the_old_output(kind, mo
     assert code == 1
     assert err.strip().splitlines() == [f"captionkit: error: {empty}: no images found"]
     assert out.read_text(encoding="utf-8") == '{"image": "a.jpg", "caption": "kept"}\n'
+
+
+def test_without_format_the_output_suffix_decides_so_merge_and_resume_read_parts(model_dir, photos, tmp_path, capsys):
+    # --output c.csv wrote JSON lines, which `merge c.part-*.csv` then failed to read as CSV.
+    out = tmp_path / "c.csv"
+    base = ["caption", photos, "--model", model_dir, "--output", out, "--beams", "1", "--max-length", "4"]
+    for shard in ("0/2", "1/2"):
+        code, _, err = run_cli([*base, "--shard", shard], capsys)
+        assert code in (0, 2), err
+    parts = sorted(tmp_path.glob("c.part-*-of-2.csv"))
+    assert [part.read_text().splitlines()[0] for part in parts] == ["image,caption,score,error"] * 2
+    merged = tmp_path / "all.jsonl"
+    code, _, err = run_cli(["merge", *parts, "--output", merged, "--inputs", str(photos)], capsys)
+    assert code == 2 and "merged 2 parts: 9 records (4 errors)" in err
+    code, _, err = run_cli([*base, "--shard", "0/2", "--resume"], capsys)
+    assert code == 2 and "already complete" in err
+
+
+def test_an_output_that_is_also_an_input_is_refused_and_left_as_it_was(model_dir, photos, tmp_path, capsys):
+    # A fresh run deletes its output before captioning: a list given as both lost its paths and captioned nothing.
+    listing = tmp_path / "list.txt"
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(next(photos.glob("*.jpg")), photo)
+    listing.write_text(f"{photo}\n", encoding="utf-8")
+    for inputs, output in (([listing], listing), ([photo], photo), ([listing], photo)):
+        before = output.read_bytes()
+        code, out, err = run_cli(["caption", *inputs, "--model", model_dir, "--output", output], capsys)
+        assert (code, out) == (1, "")
+        reason = f"{output} is also an input ({output}); write the results to a new file"
+        assert err == f"captionkit: error: --output: {reason}\n"
+        assert output.read_bytes() == before

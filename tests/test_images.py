@@ -222,6 +222,23 @@ def test_pillow_bomb_warning_as_error_becomes_image_error(tmp_path: Path) -> Non
     assert pillow_limit == Image.MAX_IMAGE_PIXELS  # Pillow's process-wide limit is left alone
 
 
+def test_an_image_over_pillows_warning_limit_is_refused_without_pillows_warning(tmp_path: Path) -> None:
+    # Over 89 MP Pillow warns in two lines on stderr; captionkit's own limit refuses the image in one.
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_bomb_png(10_000, 10_000))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        error = _load_error(path)
+    assert str(error) == f"{path}: image is 10000x10000 = 100,000,000 pixels, over the 40,000,000-pixel limit " + (
+        "(possible decompression bomb)"
+    )
+    assert [str(warning.message) for warning in seen] == []
+    with warnings.catch_warnings(record=True) as seen:  # a limit raised past Pillow's: its warning still comes
+        warnings.simplefilter("always")
+        assert load_image(path, limits=ImageLimits(max_pixels=150_000_000)).size == (10_000, 10_000)
+    assert [warning.category for warning in seen] == [Image.DecompressionBombWarning]
+
+
 def test_absurd_aspect_ratio_is_refused(tmp_path: Path) -> None:
     path = _save(Image.new("RGB", (2100, 100), RED), tmp_path / "strip.png", "PNG")
     assert str(_load_error(path)) == f"{path}: aspect ratio 21.0:1 (2100x100) is over the 20:1 limit"

@@ -167,3 +167,17 @@ def test_inputs_are_read_lazily_and_a_member_path_met_twice_keeps_its_first_key(
     assert [next(stream).key, next(stream).key] == ["000", "001"]
     with pytest.raises(InputError, match="not a readable tar file"):
         next(stream)
+
+
+@pytest.mark.parametrize(
+    ("content", "first"),
+    [(b"\xff\xd8\xff\xe0 a JPEG\n with a newline", "b'\\xff'"), (b"photos/a.jpg\nphotos/b.jpg", "b'p'")],
+)
+def test_resuming_into_a_file_that_is_not_jsonl_results_refuses_it_untouched(tmp_path, content, first):
+    # Its last line would otherwise be dropped as torn before the records failed to read: an image lost its end.
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        repair_torn_tail(path, "jsonl")
+    assert str(caught.value) == f"{path}: not captionkit jsonl results (it starts with {first}, not a JSON object)"
+    assert path.read_bytes() == content

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,18 @@ def test_compare_makes_the_folders_of_its_output_and_report(places, photos, mode
     records = [json.loads(line) for line in (places / "new" / "x.jsonl").read_text().splitlines()]
     assert [Path(r["image"]).name for r in records] == sorted(p.name for p in photos.iterdir())
     assert (places / "pages" / "r.html").read_text().startswith("<!")
+
+
+def test_compare_takes_a_model_directory_whose_name_holds_an_equals_sign(places, photos, model_dir, capsys):
+    # runs/lr=0.1 was split at its "=" into a column "runs/lr" and a hub id "0.1", named or not.
+    shutil.copytree(model_dir, places / "runs" / "lr=0.1")
+    models = ["--model", "runs/lr=0.1", "--model", "b=runs/lr=0.1", "--max-length", "4"]
+    code, out, err = run_cli(["compare", photos, *models], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 2
+    assert all(list(r["captions"]) == ["runs/lr=0.1", "b"] for r in records)
+    assert all(r["captions"]["runs/lr=0.1"] == r["captions"]["b"] for r in records)
 
 
 # export

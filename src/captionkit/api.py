@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Captioner:
 
     def caption(
         self,
-        images: ImageSource | Sequence[ImageSource],
+        images: ImageSource | Iterable[ImageSource],
         *,
         batch_size: int = 8,
         style: str | None = None,
@@ -145,16 +146,15 @@ class Captioner:
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
-        """Caption paths, bytes or PIL images; keyword arguments are :class:`DecodingConfig` fields or their aliases
-        (``captionkit.decoding.options``).
+        """Caption paths, bytes, binary streams or PIL images (one, or a list of them); keyword arguments are
+        :class:`DecodingConfig` fields or their aliases (``captionkit.decoding.options``).
 
         Defaults: beam search with 4 beams (1 when sampling), at most 20 new tokens. ``style`` ("positive",
         "negative", "neutral") asks a style-controlled model for captions in that style (see :attr:`styles`).
         ``prompt`` is text the caption continues (the caption is what follows it, without it). ``attention=True``
         fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
         """
-        if isinstance(images, str | Path | bytes | Image.Image):
-            images = [images]
+        images = _image_list(images)
         if attention:
             check_attention(self.model)
         config = self.decoding_config(style, prompt, **decoding)
@@ -201,11 +201,21 @@ class Captioner:
         ]
 
 
+def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
+    """``images`` as a list: one image (a path, bytes of any kind, a binary stream, a PIL image) or many."""
+    if isinstance(images, str | os.PathLike | bytes | bytearray | memoryview | Image.Image) or hasattr(images, "read"):
+        return [images]
+    if not isinstance(images, Iterable):
+        kind = type(images).__name__
+        raise TypeError(f"cannot caption a {kind}: give a path, bytes, a binary stream, a PIL image, or a list of them")
+    return list(images)
+
+
 def _cpu_if(cpu_only: bool) -> str | None:
     return "cpu" if cpu_only else None
 
 
 def _name(image: ImageSource) -> str:
-    if isinstance(image, str | Path):
-        return str(image)
+    if isinstance(image, str | os.PathLike):
+        return str(os.fspath(image))
     return "<image>"

@@ -46,7 +46,10 @@ def caption(
         str, typer.Option(help="Images per batch, or auto: the most that fit on the GPU (8 on a CPU).")
     ] = "8",
     output: Annotated[Path | None, typer.Option(help="Output file (default: stdout).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="jsonl, csv, json or parquet.")] = "jsonl",
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="jsonl, csv, json or parquet (default: from --output's suffix, else jsonl)."),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
@@ -94,6 +97,7 @@ def caption(
     quiet_libraries()
     from captionkit.errors import CaptionkitError
     from captionkit.jobs.batch_size import parse_batch_size
+    from captionkit.jobs.merge import format_of
     from captionkit.jobs.run import CaptionJobOptions, run_caption_job
 
     try:
@@ -117,7 +121,8 @@ def caption(
             decoding=decoding,
             batch_size=parse_batch_size(batch_size),
             output=output,
-            fmt=fmt,
+            # As merge reads parts: out.csv is CSV, and a resumed out.parquet finds its journal.
+            fmt=fmt or (format_of(output) if output is not None else "jsonl"),
             resume=resume,
             device=device,
             dtype=dtype,

@@ -162,14 +162,24 @@ def _score_against(
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
     """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written. The style is
-    checked with the other decoding options (captionkit.decoding.options)."""
-    name, _, rest = spec.rpartition("=") if "=" in spec else ("", "", spec)
+    checked with the other decoding options (captionkit.decoding.options).
+
+    The name ends at the first "=", and a spec (or its part before "@STYLE") that is an existing path is a source
+    whole: a run directory may be named ``runs/lr=1e-4`` or ``runs/model@v2``."""
+    name, rest = "", spec
+    if "=" in spec and not _is_source(spec):
+        name, _, rest = spec.partition("=")
     source, style = rest, None
-    if "@" in rest:
+    if "@" in rest and not Path(rest).exists():
         source, style = rest.rsplit("@", 1)
     if not source:
         fail(f"--model {spec!r}: no model given")
     return name or rest, source, style
+
+
+def _is_source(spec: str) -> bool:
+    """Whether ``spec`` names an existing path, alone or before an "@STYLE"."""
+    return Path(spec).exists() or ("@" in spec and Path(spec.rsplit("@", 1)[0]).exists())
 
 
 def _blaming(spec: str) -> Callable[[str], str]:

@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
@@ -63,6 +64,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _SNIFF_BYTES = 4096
+_WARNINGS_LOCK = threading.Lock()
+_WARNED_ABOUT: dict[object, object] = {}  # as a module's __warningregistry__: a "default" warning shows once
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})
@@ -132,8 +135,7 @@ def load_image(
     kind = _sniff(data[:_SNIFF_BYTES])
     if kind not in _PILLOW_FORMAT:
         raise _fail(label, f"unsupported image format ({kind}); allowed: {', '.join(ALLOWED_FORMATS)}")
-    with _STRICT_TRUNCATION, _open(data, kind, label) as image:
-        _check_geometry(image.size, limits, label)
+    with _STRICT_TRUNCATION, _open(data, kind, label, limits) as image:
         if draft is not None and kind == "JPEG":
             # Both sides at least the longer target side: an EXIF rotation may swap them afterwards.
             image.draft(image.mode, (max(draft), max(draft)))
@@ -272,12 +274,37 @@ def _sniff_text(head: bytes) -> str | None:
 # --- decoding ------------------------------------------------------------------------------------------
 
 
-def _open(data: bytes, kind: str, label: str) -> ImageFile.ImageFile:
-    """Read the header only (Pillow is lazy), trying nothing but the sniffed format's decoder."""
+def _open(data: bytes, kind: str, label: str, limits: ImageLimits) -> ImageFile.ImageFile:
+    """Read the header only (Pillow is lazy), trying nothing but the sniffed format's decoder, and check the
+    dimensions it gives.
+
+    Pillow warns on stderr about a header over its own pixel limit (about 89 MP), which is over captionkit's default
+    limit too: its warnings are held until the image passes :func:`_check_geometry`, so an image refused in one line
+    is not also a two-line warning. One that passes (``max_pixels`` raised) gets them, under the caller's filters.
+    """
+    # catch_warnings swaps process-wide state: two threads in it at once could leave each other's filters behind.
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)  # held, even where the caller says error
+        image = _open_header(data, kind, label)
+    try:
+        _check_geometry(image.size, limits, label)
+        for warning in held:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno, registry=_WARNED_ABOUT
+            )
+    except Image.DecompressionBombWarning as exc:  # the caller made Pillow's warning an error (-W error)
+        image.close()
+        raise _fail(label, f"image too large, possible decompression bomb ({describe_error(exc)})") from exc
+    except BaseException:
+        image.close()
+        raise
+    return image
+
+
+def _open_header(data: bytes, kind: str, label: str) -> ImageFile.ImageFile:
     try:
         return Image.open(io.BytesIO(data), formats=[_PILLOW_FORMAT[kind]])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's global limit fired before ours could look (the warning is raised under -W error).
+    except Image.DecompressionBombError as exc:  # Pillow's hard limit, twice its warning's
         raise _fail(label, f"image too large, possible decompression bomb ({describe_error(exc)})") from exc
     except Image.UnidentifiedImageError as exc:
         raise _fail(label, f"corrupt {kind} header (Pillow cannot identify the image data)") from exc

@@ -256,6 +256,8 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
         return ""
     if fmt == "csv":
         _check_csv_header(path)
+    else:
+        _check_jsonl_start(path)
     cut, tail = _cut_and_tail(path, fmt)
     if not tail:
         return ""
@@ -273,6 +275,17 @@ def _check_csv_header(path: Path) -> None:
         found = ",".join(header[1]) if header else ""
         shown = found if len(found) <= 60 else found[:57] + "..."
         raise InputError(path, f"not captionkit csv results (header {shown!r}, expected {','.join(CSV_FIELDS)!r})")
+
+
+def _check_jsonl_start(path: Path) -> None:
+    """Every record line starts with "{": a file that does not (an image, a list of paths, a JSON array) is no
+    results file, and its last line must not be dropped as torn before the records fail to read."""
+    with path.open("rb") as handle:
+        while (chunk := handle.read(TAIL_CHUNK)) and not chunk.strip():
+            pass
+    start = chunk.lstrip()[:1]
+    if start and start != b"{":
+        raise InputError(path, f"not captionkit jsonl results (it starts with {start!r}, not a JSON object)")
 
 
 def _replace_with_prefix(path: Path, length: int, suffix: bytes) -> None:

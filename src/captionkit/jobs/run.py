@@ -178,6 +178,7 @@ class _Plan:
         images = mine = todo = errors = 0
         for item in iter_inputs(self.inputs):
             images += 1
+            self.check_not_output(item.path)
             if self.shard is None or self.shard.owns(item.key):
                 mine += 1
                 if self.done is None:
@@ -187,6 +188,14 @@ class _Plan:
                 todo += name not in self.done
                 errors += self.done.errors(name)
         return _Counts(images, mine, todo, errors)
+
+    def check_not_output(self, path: Path) -> None:
+        """Refuse an input (an image, a list, a shard) that is also the output file: a fresh run deletes the output
+        before it captions, and would lose that input with the results."""
+        target = self.target
+        # The names first: one string comparison per image, a system call only for a namesake.
+        if target is not None and path.name == target.name and _same_file(path, target):
+            raise InputError("--output", f"{target} is also an input ({path}); write the results to a new file")
 
 
 def run_caption_job(
@@ -307,6 +316,8 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
         raise CaptionkitError("--shard (or torchrun) needs --output: each shard writes its own part file")
     target = shard.part_path(options.output) if (shard is not None and options.output is not None) else options.output
     plan = _Plan(dist, shard, target, options.inputs)
+    for given in options.inputs:
+        plan.check_not_output(Path(given))
     if options.resume and target is not None:
         plan.done = DoneIndex(_resumed_records(target, options.fmt))
     try:
@@ -318,6 +329,14 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
             plan.done.close()
         raise
     return plan
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether both name one existing file (a shard member or a missing file is no output)."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def _resumed_records(target: Path, fmt: str) -> Iterator[Record]:
