@@ -65,6 +65,40 @@ def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
     assert result.dropped == {"sample without a caption": 1}
 
 
+def test_a_tar_cut_inside_an_image_before_its_caption_says_where_it_was_cut(tmp_path, photos):
+    shard = tmp_path / "torn.tar"
+    with tarfile.open(shard, "w") as archive:
+        for key, photo in (("k1", photos[0]), ("k2", photos[1])):
+            archive.add(photo, f"{key}.jpg")
+            caption = tmp_path / f"{key}.txt"
+            caption.write_text(f"caption of {key}\n")
+            archive.add(caption, f"{key}.txt")
+    with tarfile.open(shard) as archive:
+        member = archive.getmember("k2.jpg")
+    cut = member.offset_data + member.size // 2  # the copy stopped inside k2's image: its caption came after it
+    shard.write_bytes(shard.read_bytes()[:cut])
+    result = load_dataset(shard)
+    assert [(r.image_id, r.caption) for r in result.records] == [("k1", "caption of k1")]
+    # Counted once, by the cut and naming the shard, not as a sample that came without a caption.
+    assert result.dropped == {f"{shard}: torn tar: cut at byte {cut}, inside k2.jpg": 1}
+
+
+def test_an_unreadable_caption_member_names_its_shard(tmp_path, photos):
+    shard = tmp_path / "bad-text.tar"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(photos[0], "k1.jpg")
+        caption = tmp_path / "k1.txt"
+        caption.write_bytes(b"caf\xe9 latin-1\n")
+        archive.add(caption, "k1.txt")
+        archive.add(photos[1], "k2.jpg")
+        caption.write_text("a good caption\n")
+        archive.add(caption, "k2.txt")
+    result = load_dataset(shard)
+    assert [(r.image_id, r.caption) for r in result.records] == [("k2", "a good caption")]
+    ((reason, count),) = result.dropped.items()
+    assert count == 1 and reason.startswith(f"{shard}: k1.txt: unreadable (")
+
+
 def test_data_check_opens_shard_members_and_reports_a_corrupt_one(tmp_path, photos, capsys):
     write_webdataset(photos[:3], tmp_path / "shards", per_shard=3, image_bytes={2: b"not a jpeg"})
     code, out, _ = run_cli(["data", "check", tmp_path / "shards", "--json"], capsys)

@@ -13,9 +13,10 @@ from captionkit.shards.tar import read_tar_member, sample_captions, tar_index
 
 @dataclass(frozen=True)
 class ShardSample:
-    """A sample of a collection: its key, its image as a member path, its captions, and why its text members could
-    not be read (if so). A ``damaged`` one is no sample but damage to its shard (a torn or garbage stretch), named
-    ``SHARD/@OFFSET``: ``problem`` says what, and reading its image raises that."""
+    """A sample of a collection: its key, its image as a member path, its captions, and what is wrong with it (if
+    anything), naming its container: a text member that could not be read, a cut through it. A ``damaged`` one is no
+    sample but damage to its shard (a torn or garbage stretch), named ``SHARD/@OFFSET``: ``problem`` says what, and
+    reading its image raises that."""
 
     key: str
     image: Path
@@ -88,7 +89,8 @@ def _tar_samples(container: Path) -> Iterator[ShardSample]:
     for sample in tar_index(container).samples:
         if sample.image is not None:
             captions = tuple(sample_captions(sample.captions, sample.meta))
-            yield ShardSample(sample.key, container / sample.image, captions, sample.problem, sample.damaged)
+            problem = f"{container}: {sample.problem}" if sample.problem is not None else None
+            yield ShardSample(sample.key, container / sample.image, captions, problem, sample.damaged)
 
 
 def _rows(container: Path) -> Iterator[ShardSample]:

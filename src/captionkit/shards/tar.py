@@ -4,7 +4,8 @@
 A shard is indexed once (headers only, plus the small text members) with the standard library's ``tarfile``; an
 image's bytes are read at its offset when asked for. Indexes are cached for the few shards last used, so memory
 does not grow with the number of shards. A torn tar (a copy cut short) keeps every sample before the cut; the
-member the cut went through reads as an error naming it, and a cut between members (no end-of-archive blocks) as a
+member the cut went through reads as an error naming it (its sample's problem says so too: the cut may have taken
+its caption), and a cut between members (no end-of-archive blocks) as a
 damage record ``SHARD/@OFFSET``. A garbage header is such a record too, and reading goes on at the next valid ustar
 header (headers sit on 512-byte boundaries), so the members after the damage are still read.
 """
@@ -74,7 +75,8 @@ def _walk(path: Path, handle: BinaryIO, size: int, samples: dict[str, TarSample]
     Damage that no member's record reports (a garbage header, a cut between members) becomes a damage sample.
     """
     archive = _reader(handle)
-    offset, reported = 0, True  # reported: a cut through the last member shows in that member's record
+    offset = 0
+    last: tuple[TarSample, str] | None = None  # the sample the last member went to (an image or text), and it
     while True:
         handle.seek(offset)
         block = handle.read(BLOCK)
@@ -83,8 +85,11 @@ def _walk(path: Path, handle: BinaryIO, size: int, samples: dict[str, TarSample]
                 raise InputError(path, "not a readable tar file (empty file)")
             if not block and offset == size:
                 _damage(samples, offset, f"torn tar: cut at byte {offset}, between members (no end-of-archive blocks)")
-            elif block or not reported:
+            elif block or last is None:
                 _damage(samples, offset, f"torn tar: cut at byte {size}, inside the member at byte {offset}")
+            else:  # the cut went through the last member: its sample says so (its caption may be what was lost)
+                sample, name = last
+                sample.problem = sample.problem or f"torn tar: cut at byte {size}, inside {name}"
             return
         if block == ZERO_BLOCK:  # the end of the archive, unless members follow (a hole left by a broken copy)
             found = _next_header(handle, offset + BLOCK)
@@ -107,7 +112,8 @@ def _walk(path: Path, handle: BinaryIO, size: int, samples: dict[str, TarSample]
                 return
             offset = found
             continue
-        reported = _add_member(archive, member, samples) if member.isfile() else False
+        indexed = _add_member(archive, member, samples) if member.isfile() else None
+        last = (indexed, member.name) if indexed is not None else None
         offset = archive.offset  # past the member's data (tarfile rounds it up to whole blocks)
 
 
@@ -147,19 +153,19 @@ def _damage(samples: dict[str, TarSample], offset: int, reason: str) -> None:
     samples[name] = TarSample(name, image=name, problem=reason, damaged=True)
 
 
-def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict[str, TarSample]) -> bool:
-    """Index ``member``; whether it is one whose record would show a cut through it (an image or text member)."""
+def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict[str, TarSample]) -> TarSample | None:
+    """Index ``member``; the sample it went to, if it is an image or text member (None: a member of no sample)."""
     # WebDataset's key is everything before the first dot of the file name (in its folder).
     folder, _, name = member.name.rpartition("/")
     stem, dot, extension = name.partition(".")
     if not dot:
-        return False
+        return None
     key = f"{folder}/{stem}" if folder else stem
     sample = samples.setdefault(key, TarSample(key))
     suffix = f".{extension.lower()}"
     if suffix in IMAGE_MEMBER_SUFFIXES and sample.image is None:
         sample.image, sample.offset, sample.size = member.name, member.offset_data, member.size
-        return True
+        return sample
     if suffix in (".txt", ".json"):
         try:
             text = _read_text(archive, member)
@@ -170,8 +176,8 @@ def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict
                 sample.meta = meta if isinstance(meta, dict) else {}
         except (ValueError, OSError, tarfile.TarError, EOFError) as error:
             sample.problem = f"{member.name}: unreadable ({first_line(error)})"
-        return True
-    return False
+        return sample
+    return None
 
 
 def _read_text(archive: tarfile.TarFile, member: tarfile.TarInfo) -> str:

@@ -42,9 +42,9 @@ def collect_samples(files: list[Path]) -> Collector:
     """The records of the containers ``files`` (one per caption), with the dropped ones counted."""
     collector = Collector()
     for sample in iter_samples(files):
-        if sample.problem is not None:
-            collector.drop(f"{sample.image.parent}: {sample.problem}" if sample.damaged else sample.problem)
-            if sample.damaged:
+        if sample.problem is not None:  # counted once, by what is wrong, even where that took its caption
+            collector.drop(sample.problem)
+            if sample.damaged or not sample.captions:
                 continue
         if not sample.captions:
             collector.drop(NO_CAPTION)
