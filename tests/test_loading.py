@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from _captioning import PHOTO_DIRS
-from _helpers import run_cli, run_cli_process, save_tiny_model
+from _helpers import FAMILIES, run_cli, run_cli_process, save_tiny_model
 from captionkit import Captioner
 from captionkit.errors import ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
@@ -88,6 +88,20 @@ def test_a_hostile_config_json_is_one_model_load_error_naming_the_file(family: s
         Captioner.from_pretrained(source, device="cpu")
     assert error.value.source == str(config_file)
     assert error.value.reason.startswith(reason) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_weights_cut_short_are_one_model_load_error_naming_the_file(family: str, tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model", family)
+    weights = source / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a download or copy cut short
+    with pytest.raises(ModelLoadError) as error:
+        Captioner.from_pretrained(source, device="cpu")
+    assert error.value.source == str(source)
+    assert (
+        error.value.reason
+        == "model.safetensors: unreadable weights (Error while deserializing header: invalid header length)"
+    )
 
 
 def test_the_cli_refuses_a_hostile_config_json_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

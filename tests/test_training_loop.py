@@ -384,6 +384,22 @@ def test_a_hostile_trainer_state_is_one_input_error_naming_it(tmp_path):
     assert str(error.value) == expected
 
 
+def test_resuming_from_a_checkpoint_whose_weights_were_cut_says_how_to_go_on(scenes, tmp_path, single_thread):
+    from captionkit.training import checkpoint as ckpt
+
+    config = config_for(scenes, "train.steps=2", "train.checkpoint_every=2")
+    train(config, tmp_path / "run")
+    (tmp_path / "run" / ckpt.COMPLETE).unlink()  # as if the run had been stopped after its checkpoint
+    weights = tmp_path / "run" / "checkpoints" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(InputError) as error:
+        train(config_for(scenes, "train.steps=4", "train.checkpoint_every=2"), tmp_path / "run", resume=True)
+    assert str(error.value) == (
+        f"{weights.parent}: model.safetensors: unreadable weights (Error while deserializing header: invalid header "
+        "length); remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
+    )
+
+
 @pytest.mark.parametrize("damage", ["cut", "removed"])
 def test_a_damaged_training_state_is_one_input_error_naming_it(tmp_path, damage):
     from safetensors.torch import save_file

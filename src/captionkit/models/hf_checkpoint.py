@@ -163,7 +163,10 @@ def load_safetensors_model(
         # transformers' load report names each tensor; its exception only mentions ignore_mismatched_sizes.
         seen = " (see the load report)" if report else ""
         raise ModelLoadError(source, f"weight shapes do not match config.json{seen}") from None
-    except (OSError, ValueError, SafetensorError) as error:
+    except SafetensorError as error:  # a file cut short or not safetensors at all
+        weights = next(name for name in SAFE_WEIGHT_FILES if (path / name).is_file())
+        raise ModelLoadError(source, f"{weights}: unreadable weights ({first_line(error)})") from None
+    except (OSError, ValueError) as error:
         raise ModelLoadError(source, first_line(error)) from None
     finally:
         hf_logging.set_verbosity(previous)

@@ -186,7 +186,7 @@ def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
     except RuntimeError as error:  # shape mismatches
         raise ModelLoadError(source, f"weights do not match config.json ({first_line(error)[:200]})") from None
     except (OSError, SafetensorError) as error:
-        raise ModelLoadError(source, f"unreadable weights ({first_line(error)})") from None
+        raise ModelLoadError(source, f"{WEIGHTS_FILE}: unreadable weights ({first_line(error)})") from None
     problems = sorted(missing) + sorted(unexpected)
     if problems:
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")

@@ -32,6 +32,9 @@ from captionkit.models.base import CaptionModel
 from captionkit.quiet import no_transformers_progress_bars
 from captionkit.text import CaptionTokenizer
 
+# What to do about a checkpoint that cannot be read, when resuming from it.
+DAMAGED_CHECKPOINT_HINT = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
+
 COMPLETE = "COMPLETE"
 TRAINING_STATE = "training_state.safetensors"
 TRAINER_STATE = "trainer_state.json"
@@ -127,8 +130,7 @@ def read_training_state(directory: str | Path) -> tuple[dict[str, Any], dict[str
         return state, load_file(str(tensors_file))
     except (SafetensorError, OSError) as error:  # a copy cut short, a full disk, a file removed by hand
         reason = "no such file" if isinstance(error, FileNotFoundError) else str(error)
-        hint = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
-        raise InputError(tensors_file, f"cannot be read ({reason}); {hint}") from None
+        raise InputError(tensors_file, f"cannot be read ({reason}); {DAMAGED_CHECKPOINT_HINT}") from None
 
 
 def publish_files(directory: str | Path, target: str | Path) -> None:

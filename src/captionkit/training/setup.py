@@ -28,7 +28,7 @@ from captionkit.data.splits import (
     validation_captions,
 )
 from captionkit.data.styles import first_caption_per_style, mix_styles
-from captionkit.errors import InputError
+from captionkit.errors import InputError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import create_model, preprocessing_for, train_tokenizer
@@ -36,6 +36,7 @@ from captionkit.parts import CaptionerParts
 from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
+from captionkit.training.checkpoint import DAMAGED_CHECKPOINT_HINT
 from captionkit.training.scst import CiderReward
 from captionkit.training.validation import neutral_references
 
@@ -200,7 +201,12 @@ def _new_model(config: TrainConfig, captions: Iterable[str]) -> tuple[CaptionMod
 
 
 def from_checkpoint(directory: Path) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
-    parts = CaptionerParts.load(directory)
+    """The model, tokenizer and preprocessing of the checkpoint to resume from; one that cannot be loaded (weights
+    cut short) is an error that says how to go on."""
+    try:
+        parts = CaptionerParts.load(directory)
+    except ModelLoadError as error:
+        raise ModelLoadError(error.source, f"{error.reason}; {DAMAGED_CHECKPOINT_HINT}") from None
     return parts.model, parts.tokenizer, parts.preprocessing
 
 
