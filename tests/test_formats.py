@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, copy_coco_photos
+from _helpers import run_cli, save_tiny_model
 from captionkit.data.formats import FORMATS, detect
 from captionkit.data.formats.base import Probe
 from captionkit.data.sources import load_dataset, load_records, parse_spec
 from captionkit.data.splits import assign_splits, split_by_image
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import InputError
+from captionkit.jobs.outputs import iter_records
 
 FLICKR = SHARED_DATA / "flickr8k"
 COCO = SHARED_DATA / "coco"
@@ -243,11 +245,22 @@ def test_jsonl_and_captions_jsonl_directory(tmp_path):
     assert [r.caption for r in result.records] == ["one"] and result.dropped == {"empty caption": 1}
 
 
-def test_caption_results_read_back_as_training_data(tmp_path):
-    # `captionkit caption --format jsonl` writes {"image", "caption", "score"}: pseudo-labels to train on.
-    results = tmp_path / "results.jsonl"
-    results.write_text('{"image": "a.jpg", "caption": "a cat", "score": -0.41}\n')
-    assert [(r.caption, r.image_path.name) for r in load_records(results)] == [("a cat", "a.jpg")]
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_caption_results_read_back_as_training_data(tmp_path, capsys, fmt):
+    # Pseudo-labels to train on: each image's best caption; n-best lists and scores ignored, error records counted.
+    photos = copy_coco_photos(tmp_path / "photos", 2)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    model = save_tiny_model(tmp_path / "model")
+    results = tmp_path / f"results.{fmt}"
+    n_best = ["--n-best", "2"] if fmt == "jsonl" else []
+    args = ["caption", photos, "--model", model, "--beams", "2", "--max-length", "4", "--output", results, *n_best]
+    assert run_cli(args, capsys)[0] == 2  # the broken image's error record is in the results
+    written, _ = iter_records(results, fmt)
+    loaded = load_dataset(results)
+    assert [(r.image_path, r.caption) for r in loaded.records] == [
+        (Path(w["image"]), w["caption"]) for w in written if "error" not in w
+    ]
+    assert len(loaded.records) == 2 and loaded.dropped == {"error record (an image captioning failed on)": 1}
 
 
 def test_senticap_csv(tmp_path):
@@ -350,7 +363,7 @@ def test_every_format_has_a_unique_name():
         ("t.csv", "image,caption\na.jpg,\n", "no captions (1 dropped: 1 empty caption)"),
         ("t.jsonl", '{"image": "a.jpg", "text": "x"}\n', "unknown key 'text'"),
         ("t.jsonl", '{"image": "a.jpg", "caption": "x"}\n{oops\n', "invalid JSON"),
-        ("t.jsonl", '{"image": "a.jpg", "caption": 3}\n', "missing 'caption'"),
+        ("t.jsonl", '{"image": "a.jpg", "caption": 3}\n', "'caption' must be a string, got int"),
         ("s.csv", "filename,is_positive_sentiment,caption\na.jpg,2,x\n", "is_positive_sentiment must be 1 or 0"),
         (
             "s.json",

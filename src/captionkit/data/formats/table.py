@@ -4,9 +4,11 @@
 Columns (CSV header names or JSONL keys): ``image`` and ``caption``, optionally ``style`` (neutral, positive,
 negative), ``split`` and ``image_id``. Kaggle's names are accepted too: ``image_name``/``filename``/``file_name`` for
 ``image``, ``comment`` for ``caption`` (``comment_number`` and ``score`` are ignored), as is the ``|`` separator of
-Kaggle's Flickr30k ``results.csv``. Any other column is an error, so that a misspelt ``style`` is not silently
-lost. Image paths are relative to the file (or to an ``Images/`` folder beside it, as Kaggle lays Flickr out) unless
-image roots are given; ``image_id`` defaults to the image path as written.
+Kaggle's Flickr30k ``results.csv``. The results ``captionkit caption`` writes read as pseudo-labels: each image's best
+``caption`` (``score`` and the n-best ``captions`` ignored), and its ``error`` records dropped and counted. Any other
+column is an error, so that a misspelt ``style`` is not silently lost. Image paths are relative to the file (or to an
+``Images/`` folder beside it, as Kaggle lays Flickr out) unless image roots are given; ``image_id`` defaults to the
+image path as written.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ ALIASES = {
     "style": "style",
     "split": "split",
     "image_id": "image_id",
+    "error": "error",
 }
-# Kaggle's caption numbers, and the score of `captionkit caption` results (so they can be trained on: pseudo-labels).
-IGNORED = frozenset({"comment_number", "score"})
+# Kaggle's caption numbers, and the score and n-best list of `captionkit caption` results (so they can be trained on:
+# pseudo-labels, the best caption of each image; its error records are dropped and counted).
+IGNORED = frozenset({"comment_number", "score", "captions"})
+FAILED_IMAGE = "error record (an image captioning failed on)"
 EXPECTED = "expected image, caption[, style][, split][, image_id]"
 CSV_SUFFIXES = (".csv", ".tsv")
 KAGGLE_FILES = ("captions.txt", "captions.csv", "results.csv")
@@ -123,9 +128,14 @@ def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], w
     image = row.get("image")
     if not isinstance(image, str) or not image.strip():
         raise InputError(where, "missing 'image' (a path)")
+    if row.get("error") not in (None, ""):
+        collector.drop(FAILED_IMAGE)
+        return
     caption = row.get("caption")
-    if not isinstance(caption, str):
+    if caption is None:
         raise InputError(where, "missing 'caption' (a string)")
+    if not isinstance(caption, str):
+        raise InputError(where, f"'caption' must be a string, got {type(caption).__name__}")
     split = row.get("split")
     if split is not None and not isinstance(split, str):
         raise InputError(where, "'split' must be a string")
