@@ -96,7 +96,11 @@ def test_export_int8_loads_quantized(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert sum(p.numel() for p in loaded.model.parameters()) < fp32_count
     # Exporting an export is refused; a bad backend is a usage error.
     code, _, err = run_cli(["export", "int8", "--model", tmp_path / "int8", "--output", tmp_path / "again"], capsys)
-    assert code == 1 and "already an int8 export" in err
+    assert (code, err.strip()) == (
+        1,
+        f"captionkit: error: {tmp_path / 'int8'}: is an int8 export (quantization.json), for captioning only: use the "
+        "checkpoint it was exported from",
+    )
     code, _, err = run_cli(
         ["export", "int8", "--model", source, "--output", tmp_path / "x", "--backend", "fbgemm"], capsys
     )

@@ -88,7 +88,7 @@ def test_missing_parts_and_mixed_shard_counts_exit_2(tmp_path, capsys):
 def test_error_records_are_kept_and_exit_2(tmp_path, capsys):
     part = write(tmp_path / "out.jsonl", [caption("a.jpg"), failed("b.jpg")])
     code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
-    assert code == 2 and "(1 errors)" in err
+    assert code == 2 and "merged 1 part: 2 records (1 error) -> " in err
     assert read_jsonl(tmp_path / "all.jsonl")[1] == failed("b.jpg")
 
 

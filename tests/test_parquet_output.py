@@ -86,7 +86,7 @@ def test_merge_reads_and_writes_parquet_parts(model_dir, shards, tmp_path, capsy
     merged = tmp_path / "merged.parquet"
     code, _, err = run_cli(["merge", *parts, "--output", merged, "--inputs", root], capsys)
     assert code == 2, err  # one corrupt image: its error record is kept
-    assert "merged 2 parts: 5 records (1 errors)" in err
+    assert "merged 2 parts: 5 records (1 error)" in err
     assert pq.read_table(merged).column("key").to_pylist() == [photo.stem for photo in photos]
     code, _, _ = run_cli(["merge", *parts, "--output", tmp_path / "merged.jsonl"], capsys)
     assert len(read_jsonl(tmp_path / "merged.jsonl")) == 5

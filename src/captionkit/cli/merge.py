@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, plural
 from captionkit.errors import first_line
 
 if TYPE_CHECKING:
@@ -117,5 +117,6 @@ def _report(result: MergeResult, parts: int, output: Path) -> None:
     if result.missing:
         warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
     errors = result.errors
-    print(f"merged {parts} parts: {result.count} records ({errors} errors) -> {output}", file=sys.stderr)
+    counts = f"{plural(result.count, 'record')} ({plural(errors, 'error')})"
+    print(f"merged {plural(parts, 'part')}: {counts} -> {output}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)

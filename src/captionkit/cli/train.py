@@ -33,7 +33,7 @@ def train(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress line (loss, lr, images/s, ETA) on stderr.")] = True,
 ) -> None:
-    """Train per CONFIG in OUTPUT; `captionkit caption --model OUTPUT` loads the result.
+    """Train per RECIPE in OUTPUT; `captionkit caption --model OUTPUT` loads the result.
 
     SIGTERM or Ctrl-C saves a checkpoint and exits 0; run the same command again to continue. Under
     `torchrun --nproc-per-node N` the same command trains with N processes (data parallel).

@@ -189,8 +189,6 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     """
 
     backend = _check_backend(backend)
-    if is_quantized(source):
-        raise ModelLoadError(source, "is already an int8 export")
     output = Path(output)
     parts = CaptionerParts.load(source)
     parts.save(output)
