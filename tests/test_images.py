@@ -298,6 +298,22 @@ def test_exif_orientation_is_applied(tmp_path: Path, orientation: int) -> None:
         _assert_close(image.getpixel((x, y)), colour, tolerance=12)
 
 
+def test_a_damaged_exif_block_is_read_without_pillows_warning(tmp_path: Path) -> None:
+    # A TIFF header whose first directory claims 50 entries and holds less than one: Pillow warns "Corrupt EXIF data".
+    damaged = (
+        b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + struct.pack("<H", 50) + b"\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00"
+    )
+    path = _save(Image.new("RGB", (40, 20), RED), tmp_path / "photo.jpg", "JPEG", exif=damaged)
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        Image.open(path).getexif()  # Pillow alone warns
+        assert [str(w.message) for w in shown if "EXIF" in str(w.message)], "the block is not damaged"
+        shown.clear()
+        image = load_image(path)
+    assert image.size == (40, 20)
+    assert [str(w.message) for w in shown] == []
+
+
 # --- modes -------------------------------------------------------------------------------------------------
 
 

@@ -65,6 +65,8 @@ _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _SNIFF_BYTES = 4096
 _WARNINGS_LOCK = threading.Lock()
+# Pillow's warnings about a damaged EXIF block: the photo decodes all the same (see _read_exif).
+DAMAGED_EXIF = r"(Possibly )?[Cc]orrupt EXIF"
 _WARNED_ABOUT: dict[object, object] = {}  # as a module's __warningregistry__: a "default" warning shows once
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -285,6 +287,7 @@ def _open(data: bytes, kind: str, label: str, limits: ImageLimits) -> ImageFile.
     # catch_warnings swaps process-wide state: two threads in it at once could leave each other's filters behind.
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as held:
         warnings.simplefilter("always", Image.DecompressionBombWarning)  # held, even where the caller says error
+        warnings.filterwarnings("ignore", message=DAMAGED_EXIF, category=UserWarning)  # JPEG reads it for its DPI
         image = _open_header(data, kind, label)
     try:
         _check_geometry(image.size, limits, label)
@@ -331,6 +334,7 @@ def _decode(image: Image.Image, label: str, kind: str) -> Image.Image:
     """Decode every pixel now, turn the image upright and make it RGB; a new image, never ``image`` itself."""
     try:
         image.load()  # the first frame only, for animated GIF, WebP and PNG
+        _read_exif(image)
         upright = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError as exc:
         raise _fail(label, f"image too large, possible decompression bomb ({describe_error(exc)})") from exc
@@ -340,6 +344,16 @@ def _decode(image: Image.Image, label: str, kind: str) -> Image.Image:
         return to_rgb(upright)
     except Exception as exc:
         raise _fail(label, f"cannot convert a {upright.mode} image to RGB ({describe_error(exc)})") from exc
+
+
+def _read_exif(image: Image.Image) -> None:
+    """Parse ``image``'s EXIF block (Pillow keeps it for :func:`ImageOps.exif_transpose`) without Pillow's warnings
+    about a damaged one: the photo is decoded all the same, upright as far as the block says, and a two-line warning
+    per photo would bury a batch job's output."""
+    # catch_warnings swaps process-wide state, so under the lock that the header's warnings are held with.
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DAMAGED_EXIF, category=UserWarning)
+        image.getexif()
 
 
 class _StrictTruncation:
