@@ -123,6 +123,31 @@ def test_a_section_that_is_not_a_mapping_stays_an_error_whatever_set_puts_into_i
     assert (config.train.steps, config.model.preset) == (1, "tiny")
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("model.family", "lsmt", "unknown model family 'lsmt' (known: blip, cnn-lstm, cnn-lstm-attention, git, "),
+        ("model.preset", "huge", "unknown vit-gpt2 preset 'huge' (known: tiny, small, base)"),
+        ("model.position_init", "zeros", "unknown 'zeros' (known: random, sincos)"),
+    ],
+)
+def test_the_model_section_is_checked_as_the_recipe_is_read(tmp_path, key, value, reason):
+    # Before any data is read or model built; blamed on --set, or on the recipe file with the key inside it.
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, [f"{key}={value}"])
+    assert caught.value.source == f"--set {key}" and caught.value.reason.startswith(reason)
+    section, _, name = key.partition(".")
+    recipe = write(tmp_path / "r.yaml", f"{section}:\n  {name}: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe)
+    assert caught.value.source == f"{recipe}.{key}" and caught.value.reason.startswith(reason)
+
+
+def test_a_preset_is_not_checked_when_pretrained_weights_replace_it():
+    config = load_train_config(None, ["model.preset=huge", "model.pretrained=some/checkpoint"])
+    assert config.model.pretrained == "some/checkpoint"
+
+
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_train_config(tmp_path / "nope.yaml")

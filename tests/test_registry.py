@@ -137,7 +137,11 @@ def test_families_read_their_own_tokenizer_kind() -> None:
         (lambda: create_model("cnn-lstm/huge"), "model.preset", "unknown cnn-lstm preset 'huge'"),
         (lambda: create_model("cnn-lstm", position_init="sincos"), "model.position_init", "needs a ViT encoder"),
         (lambda: create_model("prefix-gpt2", position_init="zeros"), "model.position_init", "unknown 'zeros'"),
-        (lambda: create_model("prefix-gpt2", mapper_layer=2), "mapper_layer", "unknown prefix-gpt2 config key"),
+        (
+            lambda: create_model("prefix-gpt2", mapper_layer=2),
+            "model.overrides.mapper_layer",
+            "unknown prefix-gpt2 config",
+        ),
         (lambda: train_tokenizer("rnn", CAPTIONS, 10), "model.family", "unknown model family"),
     ],
 )

@@ -168,15 +168,6 @@ def test_model_sources_are_not_guessed(tmp_path):
         resolve_model_source(str(file))
 
 
-def test_unknown_position_init_is_a_config_error(scenes, tmp_path):
-    from captionkit.errors import ConfigError
-
-    config = load_train_config(None, [f"data.train={scenes}", "model.preset=tiny", "model.position_init=fourier"])
-    with pytest.raises(ConfigError) as caught:
-        train(config, tmp_path / "out")
-    assert caught.value.source == "model.position_init"
-
-
 def test_training_through_the_api_shows_no_transformers_progress_bars(scenes, tmp_path, capfd):
     # Checkpoints and the final model are saved with transformers' "Writing model shards" bars off; the caller's
     # setting comes back.

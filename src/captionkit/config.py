@@ -45,6 +45,16 @@ class ModelSection:
     def __post_init__(self) -> None:
         if self.pretrained and (self.encoder or self.decoder):
             raise ConfigError("model.pretrained", "a whole checkpoint or pretrained parts (model.encoder/decoder)")
+        # Checked as the recipe is read, so that a typo fails before the data is (and is blamed on --set or the file).
+        from captionkit.models.registry import POSITION_INITS, get_family
+
+        family = get_family(self.family)
+        if not (self.pretrained or self.encoder or self.decoder) and self.preset not in family.presets:
+            known = ", ".join(family.presets)
+            raise ConfigError("model.preset", f"unknown {self.family} preset {self.preset!r} (known: {known})")
+        if self.position_init not in POSITION_INITS:
+            known = ", ".join(POSITION_INITS)
+            raise ConfigError("model.position_init", f"unknown {self.position_init!r} (known: {known})")
 
 
 @dataclass(frozen=True)
@@ -454,7 +464,12 @@ def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str
     try:
         return from_dict(TrainConfig, merged, where=where)
     except ConfigError as error:
-        raise _blame_override(error, where, assignments) from None
+        blamed = _blame_override(error, where, assignments)
+        sections = {section.name for section in dataclasses.fields(TrainConfig)}
+        if blamed is error and where != "config" and error.source.partition(".")[0] in sections:
+            # A section's own check names its key from the root (model.preset): in the recipe, as its readers do.
+            blamed = ConfigError(f"{where}.{error.source}", error.reason)
+        raise blamed from None
 
 
 def _check_sections_on_the_way(data: Mapping[str, Any], assignment: str, earlier: Sequence[str], where: str) -> None:

@@ -119,7 +119,12 @@ def create_model(
             "pad_token_id": tokenizer.pad_token_id,
         }
         overrides = {"vocab_size": tokenizer.vocab_size} | overrides
-    model = family.load_class().from_config(preset, **token_ids, **overrides)  # type: ignore[attr-defined]
+    try:
+        model = family.load_class().from_config(preset, **token_ids, **overrides)  # type: ignore[attr-defined]
+    except ConfigError as error:  # an override's key or value: named as the recipe names it
+        if error.source not in overrides:
+            raise
+        raise ConfigError(f"model.overrides.{error.source}", error.reason) from None
     if position_init == "sincos":
         family.init_sincos_positions(model)
     return model
