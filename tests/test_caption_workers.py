@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,8 @@ def test_a_decoder_crash_is_one_error_record_not_a_dead_worker(job, monkeypatch)
 
 
 def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
+    """Paths are drawn a batch at a time as batches are sent to the workers, so what is decoded ahead is bounded by
+    what was drawn: counted where it is drawn, in this process, with no waiting on the workers."""
     decoded = multiprocessing.get_context("fork").Value("i", 0)
 
     def counting_load(path, **kwargs):
@@ -74,15 +77,22 @@ def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
             decoded.value += 1
         return Image.new("RGB", (8, 8))
 
-    monkeypatch.setattr(captionkit.jobs.pipeline, "load_image", counting_load)
-    batches = load_batches([f"img{i}.jpg" for i in range(200)], Preprocessing.for_size(8, 8), DEFAULT_LIMITS, 2, 2, 1)
-    first = next(batches)
-    time.sleep(1.0)  # give the workers every chance to run ahead
-    assert first.positions == [0, 1]
-    # 2 workers x prefetch 1 batches in flight, plus the one refilled after the first was taken: 3 batches of 2.
-    assert decoded.value <= 6
-    assert sum(len(b.positions) for b in batches) == 198
-    assert decoded.value == 200
+    drawn = 0
+
+    def paths() -> Iterator[str]:
+        nonlocal drawn
+        for index in range(200):
+            drawn += 1
+            yield f"img{index}.jpg"
+
+    monkeypatch.setattr(captionkit.jobs.pipeline, "load_image", counting_load)  # forked workers inherit it
+    batches = load_batches(paths(), Preprocessing.for_size(8, 8), DEFAULT_LIMITS, 2, 2, 1)
+    assert next(batches).positions == [0, 1]
+    # 2 workers x prefetch 1 batches sent at the start, plus the one sent when the first was taken: 3 batches of 2.
+    assert drawn == 6
+    assert next(batches).positions == [2, 3] and drawn == 8  # one more batch for each one taken
+    assert sum(len(b.positions) for b in batches) == 196
+    assert drawn == decoded.value == 200
 
 
 @pytest.mark.parametrize(

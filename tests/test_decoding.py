@@ -221,10 +221,14 @@ def test_unseeded_sampling_follows_torch_manual_seed(make_vit_gpt2: Callable, ma
     model = make_vit_gpt2(seed=0)
     pixels = make_pixels(2, 0)
     config = DecodingConfig(max_new_tokens=MAX_NEW, do_sample=True, num_return_sequences=3)
-    torch.manual_seed(5)
-    first = generate(model, pixels, config=config)
-    torch.manual_seed(5)
-    assert generate(model, pixels, config=config) == first
+    with torch.random.fork_rng():  # the global seed set here is not left to later tests
+        torch.manual_seed(5)
+        first = generate(model, pixels, config=config)
+        torch.manual_seed(5)
+        assert generate(model, pixels, config=config) == first
+        torch.manual_seed(6)  # another global seed, other samples: the global generator is what drew them
+        other = generate(model, pixels, config=config)
+    assert [h.token_ids for f in other for h in f] != [h.token_ids for f in first for h in f]
 
 
 @pytest.mark.parametrize(

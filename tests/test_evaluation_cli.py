@@ -14,7 +14,7 @@ import pytest
 
 from _data import SHARED_DATA
 from _helpers import run_cli
-from _java import require_java
+from _java import require_java, require_pycocoevalcap
 from captionkit.cli import scoring
 from captionkit.cli._common import without_cyclic_gc
 from captionkit.evaluation import external, spice
@@ -205,11 +205,14 @@ def test_asked_for_meteor_unavailable_exits_2(
 
 
 def test_spice_offline_gives_one_clear_line_and_exit_2(
-    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    package = external.pycocoevalcap_dir()
-    if package is None or (package / "spice" / "lib" / "stanford-corenlp-3.6.0.jar").exists():
-        pytest.skip("needs pycocoevalcap without CoreNLP downloaded")
+    # pycocoevalcap's SPICE jar in a package copy whose lib/ lacks CoreNLP, whether or not the real one has it.
+    jar = require_pycocoevalcap() / "spice" / "spice-1.0.jar"
+    package = tmp_path / "pycocoevalcap"
+    (package / "spice" / "lib").mkdir(parents=True)
+    (package / "spice" / "spice-1.0.jar").symlink_to(jar)
+    monkeypatch.setattr(external, "pycocoevalcap_dir", lambda: package)
     # A refused connection stands in for being offline (this machine is offline anyway; never start a 400 MB
     # download from a test run).
     monkeypatch.setattr(spice, "CORENLP_URL", "http://127.0.0.1:9/stanford-corenlp-full-2015-12-09.zip")

@@ -4,12 +4,15 @@ timed step reports where its time went."""
 from __future__ import annotations
 
 import copy
+import itertools
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from captionkit.config import TrainSection
 from captionkit.data.dataset import Batch
+from captionkit.training import timing
 from captionkit.training.loss import caption_loss_sum
 from captionkit.training.steps import CrossEntropyStep
 from captionkit.training.timing import PHASES, PhaseTimer
@@ -67,12 +70,15 @@ def test_a_step_without_tokens_does_nothing(make_vit_gpt2, make_pixels):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_a_timed_step_splits_its_time_into_the_four_phases(make_vit_gpt2, make_pixels, single_thread):
+def test_a_timed_step_splits_its_time_into_the_four_phases(make_vit_gpt2, make_pixels, single_thread, monkeypatch):
+    # A clock that moves 1 s each time it is read: each lap books exactly the reads between it and the previous one.
+    ticks = itertools.count()
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     model = make_vit_gpt2()
     timer = PhaseTimer(CPU, enabled=True)
-    step_for(model, precision="bf16")([micro_batch(make_pixels(2), [4, 6], seed=0)], step=0, timer=timer)
-    split = timer.split()
-    assert list(split) == list(PHASES)
-    assert split["data"] == 0.0  # nothing drawn between the timer's start and the step
-    assert all(split[phase] > 0 for phase in ("forward", "backward", "optimizer"))
+    batches = [micro_batch(make_pixels(2), [4, 6], seed=0), micro_batch(make_pixels(2), [3, 5], seed=1)]
+    step_for(model, precision="bf16")(batches, step=0, timer=timer)
+    # Two micro-batches, each a forward and a backward lap, then one optimizer lap; nothing drawn in between.
+    assert timer.split() == {"data": 0.0, "forward": 2.0, "backward": 2.0, "optimizer": 1.0}
+    assert list(timer.split()) == list(PHASES)
     assert PhaseTimer(CPU, enabled=False).split() == {}
