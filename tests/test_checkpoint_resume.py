@@ -50,6 +50,7 @@ def assignments(scenes: Path, *extra: str) -> list[str]:
         "train.lr=3e-3",
         "train.threads=1",
         "train.tensorboard=false",
+        "train.deterministic=true",  # bitwise equal resumes on a GPU too (cuDNN and cuBLAS kernels)
         *extra,
     ]
 

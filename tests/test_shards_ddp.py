@@ -19,6 +19,7 @@ CHILD = Path(__file__).with_name("_consuming_child.py")
 
 def settings(shards: Path) -> list[str]:
     return [
+        "train.device=cpu",  # two CPU processes (gloo), also where a GPU is present: one GPU has no cuda:1
         f"data.train={shards}",
         f"data.val={shards / '00000.tar'}",
         "model.preset=tiny",

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from _ddp_child import break_records
+from _resume import assert_same_training
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.training.loop import train
@@ -25,6 +26,7 @@ CHILD = Path(__file__).with_name("_train_child.py")
 
 def settings(scenes: Path, batch_size: int, *extra: str) -> list[str]:
     return [
+        "train.device=cpu",  # two CPU processes (gloo), also where a GPU is present: one GPU has no cuda:1
         f"data.train={scenes}",
         f"data.val={scenes}",
         "data.first_caption_only=true",
@@ -50,19 +52,6 @@ def torchrun(out: Path, scenes: Path, signal_name: str, at_step: int, *extra: st
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29534"]
     command = [*launcher, str(CHILD), signal_name, str(at_step), str(out), *settings(scenes, 4, *extra)]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-
-
-def assert_same_training(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
-    """The weights of two runs that took the same optimizer steps, one summing its batch in another order (two half
-    batches and gloo's all-reduce). Rounding moves a weight by about 1e-9, except where AdamW divides a gradient that
-    is itself rounding noise by its own size: such a weight may move by up to the learning rate, and how many there
-    are depends on the CPU's kernels (1 in 241,664 here, more on another machine). A run whose ranks skip the
-    all-reduce differs by about the learning rate in 96 % of its weights, so a per-weight tolerance is not the test."""
-    assert one.keys() == two.keys()
-    differences = torch.cat([(one[name] - two[name]).abs().flatten() for name in one])
-    apart = int((differences > 1e-5).sum())
-    assert apart <= differences.numel() // 10_000, f"{apart} of {differences.numel()} weights differ by > 1e-5"
-    assert differences.mean() < 1e-7, f"mean difference {differences.mean():.2e}"
 
 
 @pytest.mark.slow  # three Python start-ups with torch and transformers
@@ -139,6 +128,7 @@ DDP_CHILD = Path(__file__).with_name("_ddp_child.py")
 
 def ddp_settings(scenes: Path, *extra: str) -> list[str]:
     return [
+        "train.device=cpu",  # two CPU processes (gloo), also where a GPU is present
         "model.family=cnn-lstm",  # batch norms and a ResNet a stage can freeze
         "model.preset=tiny",
         f"data.train={scenes}",
