@@ -270,7 +270,8 @@ def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
         refused = post_image(client, num_beams=1)
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "3"
-        assert "queue full" in refused.json()["detail"]
+        # It says how full the queue is against what the request needs (not "1 queued, room for 1").
+        assert refused.json()["detail"] == "model 'base': queue full (1 of 1 image places taken, 1 needed); retry later"
         assert post_image(client, model="tuned", num_beams=1).status_code == 200  # other models still serve
         assert running.result().status_code == 200 and queued.result().status_code == 200
 
@@ -285,6 +286,32 @@ def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeyp
         assert counting.finished.wait(timeout=60)  # the abandoned batch finishes in the background
         assert post_image(client, num_beams=1).status_code == 200
         assert client.app.state.batchers["base"].queued == 0
+
+
+def test_decoding_the_images_counts_toward_the_request_timeout(captioners, monkeypatch):
+    """The time limit bounds the whole request once its body is in (so that a graceful stop, which waits
+    --read-timeout-s + --timeout-s, sees it end): images that took it all to decode answer 504 with no model work."""
+    from captionkit.serve import app as app_module
+
+    counting = slow_counting(captioners["base"], monkeypatch)
+    late = [0.0]  # seconds the app's clock is ahead of the real one
+    monkeypatch.setattr(app_module, "monotonic", lambda: time.monotonic() + late[0])
+    real_load = app_module.load_uploads
+
+    def slow_load(uploads, settings):
+        images = real_load(uploads, settings)
+        late[0] = settings.request_timeout_s  # as if decoding had taken the whole time limit
+        return images
+
+    monkeypatch.setattr(app_module, "load_uploads", slow_load)
+    with TestClient(create_app(captioners, ServeSettings(request_timeout_s=5, max_wait_ms=0))) as client:
+        response = post_image(client, num_beams=1)
+        assert response.status_code == 504
+        assert response.json()["detail"] == "model 'base': no answer within 5 s"
+        assert counting.batches == [] and client.app.state.batchers["base"].queued == 0
+        late[0] = 0.0  # the next request decodes in no time: the server runs it as before
+        monkeypatch.setattr(app_module, "load_uploads", real_load)
+        assert post_image(client, num_beams=1).status_code == 200 and counting.batches == [1]
 
 
 def fail_once(monkeypatch, owner, name: str, failing) -> None:

@@ -305,6 +305,18 @@ def test_wrong_method_and_path_are_json_4xx(client):
     assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
 
 
+def test_head_is_answered_as_get_without_the_body(client):
+    # Load balancers and `curl -I` probe with HEAD: a GET route answers it, headers and all, never 405.
+    for path in ("/", "/docs", "/healthz", "/readyz", "/v1/models", "/openapi.json", "/metrics", "/static/app.js"):
+        head, get = client.head(path), client.get(path)
+        assert (head.status_code, head.content) == (200, b""), path
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head("/").headers["content-length"] == str(len(client.get("/").content))
+    refused = client.head("/v1/captions")  # no GET there: still 405, saying what is allowed
+    assert (refused.status_code, refused.headers["allow"]) == (405, "POST")
+    assert client.head("/v1/nothing").status_code == 404
+
+
 def test_max_length_beyond_the_models_positions_is_422(tmp_path):
     # A model with 16 decoder positions cannot write 20 tokens: refused up front, not a 500 from the model thread.
     import torch
@@ -377,6 +389,11 @@ def with_image(fields: str) -> bytes:
         # invalid UTF-8, bare or inside a string
         (b'{"images": ["\xff"]}', 400, "request body: not UTF-8 (byte 0xff at offset 13)"),
         (with_image('"style": "?"').replace(b"?", b"\xc3\x28"), 400, "request body: not UTF-8 (byte 0xc3 at offset"),
+        # a \u escape of a lone surrogate, in a key (an unknown parameter's name is quoted back) or a value
+        (with_image('"\\ud800": 1'), 400, "request body: invalid JSON: a \\u escape of a lone surrogate"),
+        (with_image('"x": {"a": ["\\udfff"]}'), 400, "request body: invalid JSON: a \\u escape of a lone surrogate"),
+        (with_image('"style": "\\ud83d"'), 400, "request body: invalid JSON: a \\u escape of a lone surrogate"),
+        (with_image('"style": "\\ud83d\\ude00"'), 422, "style: unknown style '\U0001f600'"),  # a pair is one character
     ],
 )
 def test_hostile_json_bodies_are_4xx_json(client, content, status, reason):

@@ -17,6 +17,7 @@ from captionkit.cli._common import DTYPE_HELP, EXIT_INPUT_ERROR, error_line, fai
 # Import names of what the `serve` extra installs.
 if TYPE_CHECKING:
     from captionkit.errors import CaptionkitError
+    from captionkit.serve import ServeSettings
 
 SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
 INSTALL_HINT = "captionkit serve needs the serve extra: pip install 'captionkit[serve]'"
@@ -87,7 +88,8 @@ def serve(
     stopped_by: list[str] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
-    options = {"log_level": "info", "timeout_graceful_shutdown": int(timeout_s) + 5, **uvicorn_options(settings)}
+    options = {"log_level": "info", "timeout_graceful_shutdown": graceful_shutdown_s(settings)}
+    options |= uvicorn_options(settings)
     assert listener is not None  # taken in the try above, which fails otherwise
     # uvicorn names the address only for sockets it binds itself.
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -96,6 +98,12 @@ def serve(
         fail("the server did not start (its log above says why)")
     if stopped_by:
         print(f"captionkit serve: stopped by {stopped_by[0]} after finishing in-flight requests", file=sys.stderr)
+
+
+def graceful_shutdown_s(settings: ServeSettings) -> int:
+    """How long a stop waits for the requests in flight: the longest one still gets its body (read timeout) and
+    then its answer (request timeout), with a margin; uvicorn cancels what is left, answering 500."""
+    return math.ceil(settings.read_timeout_s + settings.request_timeout_s) + 5
 
 
 # ServeSettings' fields that `captionkit serve` sets from a flag of another name.

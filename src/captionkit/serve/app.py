@@ -5,9 +5,10 @@ worker has died, so that an orchestrator restarts the server), ``/readyz`` (mode
 and batchers running; 503 while starting or shutting down, or once a model's batching worker has died; its
 ``detail`` says which and why), ``/metrics`` (Prometheus text), ``/`` (the page),
 ``/docs`` (API docs rendered from ``/openapi.json`` by a page shipped in the package: FastAPI's own docs pages
-load their scripts from a CDN, so they are switched off). Every refusal is JSON ``{"detail", "errors"?}`` (see
-``captionkit.serve.errors``); nothing a client sends answers 5xx. A model that fails on a valid request (a bug,
-out of memory) answers that batch's requests 500 with the error in ``detail``; later requests run as before.
+load their scripts from a CDN, so they are switched off); each GET route answers HEAD too. Every refusal is JSON
+``{"detail", "errors"?}`` (see ``captionkit.serve.errors``); nothing a client sends answers 5xx. A model that
+fails on a valid request (a bug, out of memory) answers that batch's requests 500 with the error in ``detail``;
+later requests run as before.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from importlib import resources
+from time import monotonic
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +27,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import captionkit
 from captionkit.api import Caption, Captioner
@@ -73,6 +76,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     app.state.settings = settings
     app.state.batchers = batchers
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: _route_paths(app))
+    app.add_middleware(HeadAsGet)
 
     @app.exception_handler(ApiError)
     async def refuse(request: Request, error: ApiError) -> JSONResponse:
@@ -86,10 +90,13 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     async def captions(request: Request) -> dict[str, Any]:
         started = time.perf_counter()
         body = await read_body(request, settings.max_upload_bytes, settings.read_timeout_s)
+        # The time limit runs from here, decoding the images included: a request whose body has arrived ends within
+        # request_timeout_s (plus one image decoding), which is what a graceful shutdown waits for.
+        deadline = monotonic() + settings.request_timeout_s
         uploads, body_params = await parse_body(request, body, settings)
         params = parse_params(_merge(_query_params(request), body_params), served, settings)
         images = await run_in_threadpool(load_uploads, uploads, settings)
-        found = await _caption(batchers[params.model.name], images, params, settings)
+        found = await _caption(batchers[params.model.name], images, params, settings, deadline)
         return {
             "model": params.model.name,
             "style": params.style,
@@ -138,6 +145,27 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     return app
 
 
+class HeadAsGet:
+    """ASGI middleware answering HEAD as GET without the body (RFC 9110: a server that answers GET answers HEAD):
+    FastAPI's GET routes would refuse it with 405, and load balancers and ``curl -I`` probe with HEAD. A route
+    without GET still answers 405, with its ``Allow`` header."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_head(message: Message) -> None:
+            if message["type"] == "http.response.body":  # the headers (Content-Length too) are GET's
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_head)
+
+
 def _batcher(model: ServedModel, settings: ServeSettings, metrics: Metrics) -> MicroBatcher:
     return MicroBatcher(
         model.captioner.caption_pil,
@@ -149,12 +177,15 @@ def _batcher(model: ServedModel, settings: ServeSettings, metrics: Metrics) -> M
 
 
 async def _caption(
-    batcher: MicroBatcher, images: list[Image.Image], params: CaptionParams, settings: ServeSettings
+    batcher: MicroBatcher, images: list[Image.Image], params: CaptionParams, settings: ServeSettings, deadline: float
 ) -> list[list[Caption]]:
+    """The n-best captions of ``images``, answered by ``deadline`` (a :func:`time.monotonic` time)."""
     name = params.model.name
     try:
-        found = batcher.submit(images, params.decoding, params.attention)
-        return await asyncio.wait_for(found, settings.request_timeout_s)
+        remaining = deadline - monotonic()
+        if remaining <= 0:  # decoding the images took the whole time: no model work for an answer nobody awaits
+            raise TimeoutError
+        return await asyncio.wait_for(batcher.submit(images, params.decoding, params.attention), remaining)
     except QueueFull as full:
         retry = {"Retry-After": str(settings.retry_after_s)}
         raise ApiError(503, f"model {name!r}: queue full ({full}); retry later", headers=retry) from None

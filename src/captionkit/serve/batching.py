@@ -137,7 +137,7 @@ class MicroBatcher:
         if self._worker is None:
             raise BatcherStopped()
         if self._queued + len(images) > self.max_queue:
-            raise QueueFull(f"{self._queued} images queued, room for {self.max_queue}")
+            raise QueueFull(f"{self._queued} of {self.max_queue} image places taken, {len(images)} needed")
         own = config.do_sample and config.seed is not None
         key = _Key(config, next(self._requests) if own else None, attention)
         loop = asyncio.get_running_loop()

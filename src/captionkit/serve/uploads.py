@@ -3,8 +3,9 @@
 Statuses: a body not all arrived within the read timeout 408; a body over the cap 413 (refused from
 Content-Length before reading, or as soon as the stream passes it); a content type other than multipart/form-data
 or application/json 415; a malformed body 400; missing or bad fields 422. A JSON body must be UTF-8 with finite
-numbers, no key twice in an object and at most :data:`captionkit.jsontext.MAX_DEPTH` levels of nesting (400
-otherwise). Images are judged by their bytes, never by file name or declared type: a format outside
+numbers, no key twice in an object, no ``\\u`` escape of a lone surrogate (keys and values end up in error
+messages, which must encode) and at most :data:`captionkit.jsontext.MAX_DEPTH` levels of nesting (400 otherwise).
+Images are judged by their bytes, never by file name or declared type: a format outside
 :data:`captionkit.images.ALLOWED_FORMATS` (SVG, PDF, text ...) is 415; empty, truncated, corrupt or oversized
 in pixels is 422.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +41,8 @@ JSON_IMAGES = "images"
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 4096
 _UNSUPPORTED_PREFIX = "unsupported image format"
+# What a \uD800-\uDFFF JSON escape left unpaired decodes to: not Unicode text, and unencodable in any answer.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,8 @@ def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
         document = parse_json(text, "request body", unique_keys=True)
     except InputError as error:
         raise ApiError(400, str(error)) from None
+    if _has_lone_surrogate(document):
+        raise ApiError(400, "request body: invalid JSON: a \\u escape of a lone surrogate (not Unicode text)")
     if not isinstance(document, dict):
         raise invalid_fields([field_error("body", f"must be a JSON object, got {type(document).__name__}")])
     images = document.pop(JSON_IMAGES, None)
@@ -177,6 +183,18 @@ def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
     if errors:
         raise invalid_fields(errors)
     return uploads, document
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a key or string anywhere in a parsed JSON document holds a lone surrogate (the parser has already
+    joined every valid pair into one character, and capped the nesting)."""
+    if isinstance(value, str):
+        return not value.isascii() and _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(key) or _has_lone_surrogate(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    return False
 
 
 def _decode_base64(text: str) -> bytes:
