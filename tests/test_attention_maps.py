@@ -151,6 +151,19 @@ def test_captioner_returns_one_map_per_token_of_every_caption(captioner):
     assert max(lengths) > 0
 
 
+def test_a_caption_as_long_as_the_models_positions_gets_its_maps(captioner):
+    # Decoding feeds the start token and every token but the last: the maps need no more positions than that.
+    positions = captioner.model.max_positions
+    image = Image.open(PHOTOS[0]).convert("RGB")
+    (result,) = captioner.caption(
+        image, attention=True, num_beams=1, max_new_tokens=positions, min_new_tokens=positions
+    )
+    caption = result.captions[0]
+    assert len(caption.token_ids) == positions
+    assert caption.attention.shape == (positions, *GRID)
+    assert_distributions(caption.attention)
+
+
 @pytest.mark.parametrize("family", ["prefix-gpt2", "cnn-lstm"])
 def test_captioner_refuses_attention_for_a_model_without_it(family, tmp_path):
     tokenizer = (train_word_tokenizer if family == "cnn-lstm" else train_bpe_tokenizer)(CAPTIONS * 10, 300)

@@ -70,12 +70,15 @@ def caption_maps(
     start = model.bos_token_id if start_token_id is None else start_token_id
     fed = 1 + len(prompt_ids)  # tokens before the caption's first
     longest = max(len(ids) for ids in sequences)
-    # Input: start token, prompt, then the caption; right padding leaves every earlier position's attention unchanged.
-    input_ids = torch.full((len(sequences), longest + fed), model.pad_token_id, dtype=torch.long)
+    # Input: start token, prompt, then the caption but its last token, which predicts nothing: the positions decoding
+    # used, so a caption as long as the model's positions allow fits too. Right padding leaves every earlier
+    # position's attention unchanged.
+    input_ids = torch.full((len(sequences), fed + max(longest - 1, 0)), model.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
     for row, ids in enumerate(sequences):
-        input_ids[row, : len(ids) + fed] = torch.tensor([start, *prompt_ids, *ids], dtype=torch.long)
-        attention_mask[row, : len(ids) + fed] = 1
+        fed_ids = [start, *prompt_ids, *ids[:-1]]
+        input_ids[row, : len(fed_ids)] = torch.tensor(fed_ids, dtype=torch.long)
+        attention_mask[row, : len(fed_ids)] = 1
     device = pixels.device
     index = torch.tensor(list(rows), dtype=torch.long, device=device)
     training = model.training
