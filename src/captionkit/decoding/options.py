@@ -158,13 +158,22 @@ def option_errors(
         if value is None:
             continue
         option = BY_FIELD.get(field)
-        reason = check_value(option, value) if option is not None else None
         most = (limits or {}).get(name, (limits or {}).get(field))
-        if reason is None and most is not None and value > most:
-            reason = f"must be at most {most:g} on this server, got {value}"
+        reason = _value_error(option, value, most) if option is not None else None
         if reason is not None:
             errors.append(InputError(naming(name), reason))
     return errors
+
+
+def _value_error(option: DecodingOption, value: Any, most: float | None) -> str | None:
+    """Why ``value`` cannot be ``option``'s: its type first, then a caller's tighter upper bound ``most`` (so 99
+    beams on a server of 8 hears of the 8, not of the table's 64), then the table's bounds."""
+    kind = check_value(replace(option, low=None, high=None), value)
+    if kind is not None:
+        return kind
+    if most is not None and value > most:
+        return f"must be at most {most:g} on this server, got {value}"
+    return check_value(option, value)
 
 
 def decoding_request(
