@@ -52,12 +52,11 @@ def client(captioners):
 
 
 class SlowCounting:
-    """Wraps a captioner's caption_pil: counts calls and batch sizes, optionally waits before each call (for
-    ``delay_s``, and until ``release`` is set: a test clears it to hold the model)."""
+    """Wraps a captioner's caption_pil: counts calls and batch sizes, and waits before each call until ``release``
+    is set (a test clears it to hold the model: an event, never a sleep, decides what happens meanwhile)."""
 
-    def __init__(self, captioner, delay_s: float = 0.0) -> None:
+    def __init__(self, captioner) -> None:
         self.inner = captioner.caption_pil
-        self.delay_s = delay_s
         self.batches: list[int] = []
         self.started = threading.Event()
         self.finished = threading.Event()  # set when a call returns
@@ -70,16 +69,15 @@ class SlowCounting:
             self.batches.append(len(images))
         self.started.set()
         self.release.wait(60)  # bounded: a test that never releases fails on its results, it does not hang
-        time.sleep(self.delay_s)
         try:
             return self.inner(images, config, image_offset, attention)
         finally:
             self.finished.set()
 
 
-def slow_counting(captioner, monkeypatch, delay_s: float = 0.0) -> SlowCounting:
+def slow_counting(captioner, monkeypatch) -> SlowCounting:
     """Route the captioner's model calls through a :class:`SlowCounting` for this test."""
-    counting = SlowCounting(captioner, delay_s)
+    counting = SlowCounting(captioner)
     monkeypatch.setattr(captioner, "caption_pil", counting)
     return counting
 
@@ -106,7 +104,7 @@ def test_multipart_caption_matches_the_captioner(client, captioners):
     )[0]
     assert [c["caption"] for c in result["captions"]] == [c.caption for c in expected]
     assert scores == pytest.approx([c.score for c in expected])
-    assert body["latency_ms"] > 0
+    assert isinstance(body["latency_ms"], float | int)  # a timing: its value is not the test's to judge
 
 
 def test_json_base64_and_model_choice(client, captioners):
@@ -260,29 +258,37 @@ def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypa
 
 
 def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
-    counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
+    counting = slow_counting(captioners["base"], monkeypatch)
     settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, max_images=1, retry_after_s=3)
+    counting.release.clear()  # the model is held until the refusals are seen: no timing decides what is queued
     with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(2) as pool:
-        running = pool.submit(post_image, client, num_beams=1)
-        assert counting.started.wait(10)  # the first request is in the model now
-        queued = pool.submit(post_image, client, num_beams=1)
-        wait_until_queued(client, 1)
-        refused = post_image(client, num_beams=1)
-        assert refused.status_code == 503
-        assert refused.headers["retry-after"] == "3"
-        # It says how full the queue is against what the request needs (not "1 queued, room for 1").
-        assert refused.json()["detail"] == "model 'base': queue full (1 of 1 image places taken, 1 needed); retry later"
+        try:
+            running = pool.submit(post_image, client, num_beams=1)
+            assert counting.started.wait(60)  # the first request is in the model now
+            queued = pool.submit(post_image, client, num_beams=1)
+            wait_until_queued(client, 1)
+            refused = post_image(client, num_beams=1)
+            assert refused.status_code == 503
+            assert refused.headers["retry-after"] == "3"
+            # It says how full the queue is against what the request needs (not "1 queued, room for 1").
+            detail = "model 'base': queue full (1 of 1 image places taken, 1 needed); retry later"
+            assert refused.json()["detail"] == detail
+        finally:
+            counting.release.set()
         assert post_image(client, model="tuned", num_beams=1).status_code == 200  # other models still serve
         assert running.result().status_code == 200 and queued.result().status_code == 200
 
 
 def test_slow_request_times_out_with_504_and_server_recovers(captioners, monkeypatch):
-    counting = slow_counting(captioners["base"], monkeypatch, delay_s=1.0)
+    counting = slow_counting(captioners["base"], monkeypatch)
+    counting.release.clear()  # the model is held past the time limit, however slow the machine
     with TestClient(create_app(captioners, ServeSettings(request_timeout_s=0.3, max_wait_ms=0))) as client:
-        response = post_image(client, num_beams=1)
+        try:
+            response = post_image(client, num_beams=1)
+        finally:
+            counting.release.set()
         assert response.status_code == 504
         assert response.json()["detail"] == "model 'base': no answer within 0.3 s"
-        counting.delay_s = 0.0
         assert counting.finished.wait(timeout=60)  # the abandoned batch finishes in the background
         assert post_image(client, num_beams=1).status_code == 200
         assert client.app.state.batchers["base"].queued == 0
@@ -437,22 +443,25 @@ def test_attention_is_refused_for_a_model_without_it(captioners, monkeypatch):
 
 
 def test_attention_and_plain_requests_batch_apart(captioners, monkeypatch):
-    """Concurrent requests with and without attention=true never share a model call: each gets what it asked."""
+    """Concurrent requests with and without attention=true never share a model call: all four wait together behind
+    a held first call, then run as one batch of each kind, and each gets what it asked for."""
     counting = slow_counting(captioners["base"], monkeypatch)
-    flags_seen: list[bool] = []
+    calls: list[tuple[int, bool]] = []  # (images, attention) of each model call
     inner = counting.inner
 
     def run(images, config, offset, attention):
-        flags_seen.append(attention)
+        calls.append((len(images), attention))
         return inner(images, config, offset, attention)
 
     counting.inner = run
     flags = ["true", "false", "true", "false"]
-    with TestClient(create_app(captioners, ServeSettings(max_wait_ms=100))) as client, ThreadPoolExecutor(4) as pool:
-        answers = list(pool.map(lambda flag: post_image(client, attention=flag, num_beams=1), flags))
+    settings = ServeSettings(max_batch=8, max_wait_ms=0)
+    with TestClient(create_app(captioners, settings)) as client, ThreadPoolExecutor(5) as pool:
+        posts = [{"attention": flag, "num_beams": 1, "max_length": 5} for flag in flags]
+        answers = [a.result() for a in queued_together(client, counting, pool, posts)]
     assert [r.status_code for r in answers] == [200] * 4
     assert [("attention" in r.json()["results"][0]["captions"][0]) for r in answers] == [True, False, True, False]
-    assert set(flags_seen) == {True, False} and sum(counting.batches) == 4
+    assert sorted(calls[1:]) == [(2, False), (2, True)]  # the first call is queued_together's own
 
 
 def test_styles_are_served_by_models_trained_with_them(model_dirs):
@@ -497,9 +506,9 @@ def test_loopback_load_smoke(captioners):
         report = run_load(url, image_bytes(), {"num_beams": "1", "max_length": "5"}, requests=12, concurrency=4)
     assert report.statuses == {200: 12}
     assert report.error_rate == 0.0
-    assert 0 < report.p50_ms <= report.p95_ms < 30_000
-    assert report.throughput > 0
-    assert "p95" in report.line()
+    assert report.p50_ms <= report.p95_ms  # the report's own consistency; how fast is the benchmark's business
+    assert report.throughput == pytest.approx(12 / report.seconds)
+    assert report.line().startswith("12 requests at concurrency 4: p50 ")
 
 
 def test_real_server_answers_413_to_declared_and_streamed_oversized_bodies(captioners):
