@@ -102,6 +102,14 @@ def test_bad_arguments_exit_1_with_one_line(args: list[str], message: str, capsy
     assert message in err and err.count("\n") == 1
 
 
+def test_a_length_the_model_cannot_take_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    limit = PRESETS["tiny"].decoder_positions
+    args = ["benchmark", "--preset", "tiny", "--max-length", str(limit + 1), "--batch-size", "1", "--repeats", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 1 and out == ""
+    assert err == f"captionkit: error: --max-length: must be at most {limit} for this model, got {limit + 1}\n"
+
+
 def test_a_folder_without_images_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_cli(["benchmark", "--preset", "tiny", "--images", str(tmp_path)], capsys)
     assert code == 1

@@ -73,3 +73,35 @@ def test_bad_demo_arguments_exit_1(tmp_path, capsys):
     args = ["demo", "--output", tmp_path, "--set", "train.nonsense=1", "--train-scenes", "4", "--test-scenes", "2"]
     code, _, err = run_cli(args, capsys)
     assert code == 1 and "--set train.nonsense: unknown key" in err
+
+
+@pytest.mark.parametrize(
+    ("seed", "message"),
+    [(-1, "--seed: must be in [0, 4294967295], got -1"), (2**32, "--seed: must be in [0, 4294967295], got 4294967296")],
+)
+def test_a_seed_numpy_cannot_take_exits_1_in_one_line(tmp_path, capsys, seed, message):
+    args = ["demo", "--output", tmp_path / "out", "--seed", seed, "--train-scenes", "4", "--test-scenes", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out, err) == (1, "", f"captionkit: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_file_exits_1_before_drawing(tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    for output, reason in (
+        (taken, f"{taken} is a file, not a directory"),
+        (taken / "x", f"{taken} is not a directory"),
+    ):
+        args = ["demo", "--output", output, "--steps", "1", "--train-scenes", "4", "--test-scenes", "2"]
+        code, out, err = run_cli(args, capsys)
+        assert code == 1 and out == ""
+        assert err.endswith(f"{reason}\n") and err.startswith("captionkit: error: --output: ") and err.count("\n") == 1
+    assert taken.read_text() == "mine"
+
+
+def test_a_bad_override_fails_before_any_scene_is_drawn(tmp_path, capsys):
+    args = ["demo", "--output", tmp_path / "out", "--set", "train.lr=abc", "--train-scenes", "4", "--test-scenes", "2"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and err == "captionkit: error: --set train.lr: expected a number, got 'abc'\n"
+    assert not (tmp_path / "out").exists()

@@ -99,12 +99,26 @@ def test_an_evaluation_whose_every_image_is_unreadable_fails_in_one_line_and_kee
     code, stdout, err = run_cli(args, capsys)
     assert (code, stdout) == (1, "")
     first = data_images(data)[0]
-    line = f"captionkit: error: data: none of its 6 images could be read ({first}: unsupported image format (text)"
+    line = f"captionkit: error: {data}: none of its 6 images could be read ({first}: unsupported image format (text)"
     assert err.strip().splitlines()[-1].startswith(line)
     assert err.strip().endswith(f"; every image's error is in {out / 'results.jsonl'}")
     results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(results) == 6 and all(set(r) == {"image", "image_id", "error"} for r in results)
     assert not (out / "metrics.json").exists()
+
+
+def test_a_length_the_model_cannot_take_names_the_flag_before_captioning(scenes, model_dir, tmp_path, capsys):
+    from captionkit.api import Captioner
+
+    limit = Captioner.from_pretrained(model_dir).model.max_positions
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--output", out, "--max-length", limit + 1]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (1, "")
+    assert err.splitlines()[-1] == (
+        f"captionkit: error: --max-length: must be at most {limit} for this model, got {limit + 1}"
+    )
+    assert not out.exists()
 
 
 def data_images(data):

@@ -287,6 +287,17 @@ def test_unknown_metric_and_missing_option_exit_1(coco_candidates: Path, capsys:
     assert code == 1
 
 
+def test_clipscore_with_an_images_path_that_is_no_directory_exits_1_naming_the_flag(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "CIDEr,CLIPScore"]
+    nowhere = tmp_path / "nowhere"
+    for images, reason in ((nowhere, f"{nowhere}: no such directory"), (coco_candidates, f"{coco_candidates} is not")):
+        code, out, err = run_cli([*args, "--images", str(images), "--clip-model", str(tmp_path / "no-clip")], capsys)
+        assert (code, out) == (1, "")
+        assert err.startswith(f"captionkit: error: --images: {reason}") and err.count("\n") == 1
+
+
 DEEP = "[" * 1500 + "]" * 1500
 BIG = "9" * 5000
 

@@ -120,3 +120,71 @@ def test_report_with_styles_is_a_usage_error(scenes, model_dir, tmp_path, capsys
         "captionkit: error: --report: not with --styles (the style table goes to stderr, and to styles.json with "
         "--output)"
     )
+
+
+def test_compare_reads_the_references_before_any_model_loads(scenes, model_dir, tmp_path, capsys):
+    images = sorted((scenes.parent / "images" / "test").iterdir())[:3]
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({images[0].name: ["a red circle"]}))
+    out = tmp_path / "out.jsonl"
+    # The second model cannot load: an error about it would mean the references were read after the models.
+    models = ["--model", f"a={model_dir}", "--model", f"b={tmp_path / 'no-model'}", "--output", out]
+    code, stdout, err = run_cli(["compare", *images, *models, "--refs", tmp_path / "missing.json"], capsys)
+    assert (code, stdout) == (1, "")
+    assert err == f"captionkit: error: {tmp_path / 'missing.json'}: no such file\n"
+    code, stdout, err = run_cli(["compare", *images, *models, "--refs", refs], capsys)
+    assert (code, stdout) == (1, "")
+    assert err == f"captionkit: error: {refs}: no references for 2 of the 3 images: {images[1]}, {images[2]}\n"
+    assert not out.exists()
+
+
+def test_compare_scores_the_same_photo_in_two_folders_as_two_images(scenes, model_dir, tmp_path, capsys):
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    photo, second = sorted((scenes.parent / "images" / "test").iterdir())[:2]
+    copies = []
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        copies.append(tmp_path / folder / photo.name)
+        copies[-1].write_bytes(photo.read_bytes())
+    references = {photo.name: ["a small red circle", "a red circle"], second.name: ["a large blue square"]}
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps(references))
+    page_path = tmp_path / "compare.html"
+    args = ["compare", *copies, second, "--model", f"a={model_dir}", "--model", f"b={other}", "--beams", "1"]
+    code, stdout, err = run_cli([*args, "--max-length", "6", "--refs", refs, "--report", page_path], capsys)
+    assert code == 0, err
+    captions = {r["image"]: r["captions"] for r in map(json.loads, stdout.splitlines())}
+    assert len(captions) == 3
+    page = page_path.read_text()
+    by_path = {str(path): references[path.name] for path in (*copies, second)}
+    for model in ("a", "b"):
+        expected = score_captions(by_path, {path: captions[path][model] for path in by_path}, "CIDEr", allow_empty=True)
+        row = re.search(rf"<tr><th>{model}</th>(?:<td[^>]*>[^<]*</td>){{2}}<td[^>]*>([^<]*)</td></tr>", page)
+        assert row is not None and row.group(1) == f"{expected.scores['CIDEr']:.4f}"
+    assert len(re.findall(r'<tr data-image="[^"]+">', page)) == 3
+
+
+def test_compare_of_unreadable_images_against_references_keeps_their_errors_exit_2(scenes, model_dir, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({"broken.png": ["a red circle"]}))
+    page_path = tmp_path / "compare.html"
+    args = ["compare", broken, "--model", f"a={model_dir}", "--model", f"b={model_dir}", "--refs", refs]
+    code, stdout, err = run_cli([*args, "--report", page_path], capsys)
+    assert code == 2
+    assert [set(json.loads(line)) for line in stdout.splitlines()] == [{"image", "error"}]
+    assert "captionkit: note: no image could be read: nothing to score against --refs" in err
+    assert "captionkit: error" not in err
+    page = page_path.read_text()
+    assert '<tr class="bad"><td>' + str(broken) in page and "<h2>Metrics</h2>" not in page
+
+
+def test_an_evaluation_report_without_cider_keeps_the_input_order_and_says_so(scenes, model_dir, tmp_path, capsys):
+    page_path = tmp_path / "report.html"
+    code, _, err = evaluate(scenes, model_dir, tmp_path / "out", capsys, "--metrics", "BLEU", "--report", page_path)
+    assert code == 0, err
+    results = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    page = page_path.read_text()
+    assert "6 images, in input order (no CIDEr-D to sort by)." in page and "worst CIDEr-D" not in page
+    assert re.findall(r'<tr data-image-id="([^"]+)">', page) == [r["image_id"] for r in results]

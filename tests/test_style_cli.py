@@ -105,7 +105,8 @@ def test_evaluate_styles_of_unreadable_images_fails_in_one_line(models, capsys, 
     args = ["evaluate", "--model", models["styled"], "--data", data / models["data"].name, "--styles", "--beams", "1"]
     code, out, err = run_cli(args, capsys)
     assert (code, out) == (1, "")
-    assert err.strip().splitlines()[-1].startswith("captionkit: error: data: none of its 4 images could be read (")
+    line = f"captionkit: error: {data / models['data'].name}: none of its 4 images could be read ("
+    assert err.strip().splitlines()[-1].startswith(line)
 
 
 def test_compare_shows_models_side_by_side(models, capsys, tmp_path, single_thread):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, generate
+from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, check_length, generate
 from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
@@ -75,6 +75,10 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         needs = f"{', '.join(others)} or {last}"
         raise InputError("--model", f"is a {model.family} model; the comparison with generate needs {needs}")
     config = _config(settings)
+    try:
+        check_length(model, config)
+    except InputError as error:  # named by the command's flag, before any decoding starts
+        raise InputError("--max-length", error.reason) from None
     fp32_captions = _captions(model, pixels, config)
     dtype = resolve_dtype(settings.dtype, pixels.device)
     model.to(dtype)

@@ -68,6 +68,9 @@ def run_demo(
 
     output = Path(output)
     data = data or DemoData()
+    extra = [f"train.seed={data.seed}", *overrides, *([f"train.steps={steps}"] if steps is not None else [])]
+    # The recipe and its overrides checked first: a mistyped --set must not wait for 20,000 scenes to be drawn.
+    demo_config(output / "data" / "captions.jsonl", extra)
     started = time.perf_counter()
     options = SceneOptions(
         held_out_fraction=data.held_out_fraction, order=data.order, layout=data.layout, grid=data.grid
@@ -75,9 +78,8 @@ def run_demo(
     data_file = write_synthetic_dataset(
         output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options, data.workers
     )
-    data_seconds = time.perf_counter() - started
-    extra = [f"train.seed={data.seed}", *overrides, *([f"train.steps={steps}"] if steps is not None else [])]
     config = demo_config(data_file, extra)
+    data_seconds = time.perf_counter() - started
     # Always a fresh run: the scenes were just drawn again, so an old checkpoint in the same place is stale.
     result = train(config, output / "model", log=log, resume=False)
 

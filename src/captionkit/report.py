@@ -111,7 +111,7 @@ def write_page(path: str | Path, title: str, sections: Sequence[str]) -> Path:
 
 def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) -> Path:
     """``evaluate --report``: the metric table, then each image with its caption, references and per-image scores,
-    worst CIDEr-D first (unreadable images before all)."""
+    worst CIDEr-D first when it was computed (unreadable images before all)."""
     scored = [r for r in results if "caption" in r]
     names = list(dict.fromkeys(name for r in scored for name in r.get("metrics", {})))
     failed = [r for r in results if "caption" not in r]
@@ -129,8 +129,9 @@ def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any
             f"<td>{escape(result['caption'])}</td>"
             f"<td>{references_list(result.get('references', ()))}</td>{cells}</tr>"
         )
+    order = "worst CIDEr-D first" if "CIDEr" in names else "in input order (no CIDEr-D to sort by)"
     intro = (
-        f"<p>{len(scored)} images, worst CIDEr-D first"
+        f"<p>{len(scored)} images, {order}"
         + (f"; {len(failed)} could not be read (listed first)" if failed else "")
         + ". Per-image scores are each image's caption against that image's references.</p>"
     )

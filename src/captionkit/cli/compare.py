@@ -80,6 +80,8 @@ def compare(
         paths = [item.path for item in collect_inputs(inputs)]
         if not paths:  # an empty table and exit 0 would pass for a comparison
             raise InputError(", ".join(inputs), "no images found")
+        # Read before any model loads: a references file that fails must not cost every model's captions.
+        references = _references_of(refs, paths) if refs is not None else None
         captioners = {}
         for (name, source, _), request in zip(specs, requests, strict=True):
             captioner = Captioner.from_pretrained(source, device=device, dtype=dtype)
@@ -92,7 +94,7 @@ def compare(
                 continue
             captions = {name: c.caption_pil([image], config)[0][0].caption for name, (c, config) in captioners.items()}
             records.append({"image": str(path), "captions": captions})
-        scored = _score_against(refs, records, names) if refs is not None else None
+        scored = _score_against(references, records, names) if references is not None else None
     except CaptionkitError as error:
         fail(error_line(error))
     _show(records, names)
@@ -130,34 +132,50 @@ def _write_records(output: Path, records: list[dict[str, Any]]) -> None:
         fail(f"--output: {output}: cannot write ({error.strerror or error})")
 
 
-def _score_against(
-    refs: Path, records: list[dict[str, Any]], names: list[str]
-) -> tuple[dict[str, list[str]], dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Each readable image's references (by path), the corpus metrics per model (metric -> model -> value) and each
-    caption's CIDEr-D (path -> model -> score); every image needs references in ``refs``."""
+def _references_of(refs: Path, paths: list[Path]) -> dict[str, list[str]]:
+    """Each input image's reference captions in ``refs`` (any ``score --refs`` format), by path; every image needs
+    some."""
     from captionkit.errors import InputError
-    from captionkit.evaluation import score_captions
     from captionkit.evaluation.readers import read_references
 
     references = read_references(refs)
-    ids: dict[str, str] = {}
-    for record in records:
-        if "captions" in record:
-            image_id = references.resolve(record["image"])
-            if image_id is None:
-                raise InputError(refs, f"no references for image {record['image']}")
-            ids[record["image"]] = image_id
-    by_id = {image_id: references.captions[image_id] for image_id in ids.values()}
+    found: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for path in map(str, paths):
+        image_id = references.resolve(path)
+        if image_id is None:
+            missing.append(path)
+        else:
+            found[path] = references.captions[image_id]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise InputError(refs, f"no references for {len(missing)} of the {len(paths)} images: {shown}")
+    return found
+
+
+def _score_against(
+    references: dict[str, list[str]], records: list[dict[str, Any]], names: list[str]
+) -> tuple[dict[str, list[str]], dict[str, dict[str, float]], dict[str, dict[str, float]]] | None:
+    """Each readable image's references (by path), the corpus metrics per model (metric -> model -> value) and each
+    caption's CIDEr-D (path -> model -> score); None when no image could be read. Images are scored by path, so two
+    files that the references name alike (the same photo in two folders) are two images."""
+    from captionkit.evaluation import score_captions
+
+    read = [r["image"] for r in records if "captions" in r]
+    if not read:
+        print("captionkit: note: no image could be read: nothing to score against --refs", file=sys.stderr)
+        return None
+    by_path = {path: references[path] for path in read}
     scores: dict[str, dict[str, float]] = {}
-    per_image: dict[str, dict[str, float]] = {path: {} for path in ids}
+    per_image: dict[str, dict[str, float]] = {path: {} for path in read}
     for name in names:
-        captions = {ids[r["image"]]: r["captions"][name] for r in records if "captions" in r}
-        evaluation = score_captions(by_id, captions, "BLEU,ROUGE_L,CIDEr", ref_source=str(refs), allow_empty=True)
+        captions = {r["image"]: r["captions"][name] for r in records if "captions" in r}
+        evaluation = score_captions(by_path, captions, "BLEU,ROUGE_L,CIDEr", allow_empty=True)
         for metric in ("Bleu_4", "ROUGE_L", "CIDEr"):
             scores.setdefault(metric, {})[name] = evaluation.scores[metric]
-        for path, image_id in ids.items():
-            per_image[path][name] = evaluation.per_image[image_id]["CIDEr"]
-    return {path: by_id[image_id] for path, image_id in ids.items()}, scores, per_image
+        for path in read:
+            per_image[path][name] = evaluation.per_image[path]["CIDEr"]
+    return by_path, scores, per_image
 
 
 def _parse_model(spec: str) -> tuple[str, str, str | None]:

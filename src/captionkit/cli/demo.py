@@ -12,6 +12,8 @@ import typer
 from captionkit.cli._common import fail, quiet_libraries
 from captionkit.demo_data import DemoData
 
+MAX_SEED = 2**32 - 1
+
 
 def demo(
     output: Annotated[Path, typer.Option(help="Directory for data, model, metrics.json and report.html.")] = Path(
@@ -30,11 +32,18 @@ def demo(
     quiet_libraries()
     from captionkit.demo import run_demo
     from captionkit.errors import CaptionkitError
+    from captionkit.files import check_output_dir
 
     if steps is not None and steps < 1:
         fail(f"--steps: must be at least 1, got {steps}")
     if train_scenes < 1 or test_scenes < 1:
         fail("--train-scenes and --test-scenes must be at least 1")
+    if not 0 <= seed <= MAX_SEED:  # numpy's seeds, which training sets from it
+        fail(f"--seed: must be in [0, {MAX_SEED}], got {seed}")
+    try:
+        check_output_dir(output, "--output")
+    except CaptionkitError as error:
+        fail(str(error))
     data = DemoData(num_train=train_scenes, num_test=test_scenes, seed=seed)
 
     def log(entry: dict[str, Any]) -> None:
@@ -44,6 +53,8 @@ def demo(
         metrics = run_demo(output, steps=steps, data=data, overrides=set_ or [], log=log)
     except CaptionkitError as error:
         fail(str(error))
+    except OSError as error:  # a disk that fills or a directory removed midway: what the check above cannot foresee
+        fail(f"--output: {error.filename or output}: {error.strerror or error}")
     print(json.dumps(metrics, indent=2))
     print(
         f"exact match {metrics['exact_match']:.1%} on {metrics['test_images']} unseen scenes after "

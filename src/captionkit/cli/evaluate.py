@@ -26,6 +26,7 @@ from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
     from captionkit.data.records import CaptionRecord
+    from captionkit.errors import CaptionkitError
     from captionkit.evaluation.clipscore import ClipScorer
     from captionkit.trained_on import TrainedOn
 
@@ -107,7 +108,7 @@ def evaluate(
     try:
         _check_outputs(output, report)  # before the data is read or any model loads: writing comes last
         parse_metrics(metrics)  # before any model loads
-        decoding = decoding_flags(beams=beams, max_length=max_length).config
+        request = decoding_flags(beams=beams, max_length=max_length)
         trained = TrainedOn.read(model)
         records = _split_as_trained(load_records(data), trained, data)
         as_run = _validation_run(model, trained) if as_validation else None
@@ -116,6 +117,7 @@ def evaluate(
         if styles:
             classifier = _style_classifier(records, data, lexicon)
         captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
+        decoding = captioner.resolve_decoding(request)  # a length the model cannot take names --max-length
         if styles:
             with progress_bar("styles", len({r.image_id for r in chosen})) as advance:
                 table = evaluate_model_styles(captioner, chosen, classifier, decoding, None, batch_size, advance)
@@ -151,13 +153,13 @@ def evaluate(
                 )
     except NoImageRead as error:
         if output is None:
-            fail(error_line(error))
+            fail(_naming_data(error, data))
         _write_results(
             output, {"results.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in error.results)}
         )
-        fail(f"{error_line(error)}; every image's error is in {output / 'results.jsonl'}")
+        fail(f"{_naming_data(error, data)}; every image's error is in {output / 'results.jsonl'}")
     except CaptionkitError as error:
-        fail(error_line(error))
+        fail(_naming_data(error, data))
     if as_run is not None:
         result.metrics["logged_validation"] = as_run.last_validation
     elif trained is not None and trained.last_validation is not None:
@@ -182,6 +184,15 @@ def evaluate(
         except OSError as error:
             fail(f"{report}: cannot write ({error.strerror or error})")
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+
+
+def _naming_data(error: CaptionkitError, data: str) -> str:
+    """The error's line, naming the evaluated data as --data gave it where the layers below call it "data"."""
+    from captionkit.errors import InputError
+
+    if isinstance(error, InputError) and error.source == "data":
+        return f"{data}: {error.reason}"
+    return error_line(error)
 
 
 def _check_outputs(output: Path | None, report: Path | None) -> None:

@@ -108,6 +108,9 @@ def run_score(
         text_metrics, wants_clip = split_image_metrics(metrics)
         if wants_clip and images is None:
             raise InputError("--images", "CLIPScore needs the directory of the images")
+        if wants_clip and images is not None and not images.is_dir():
+            reason = f"{images} is not a directory" if images.exists() else f"{images}: no such directory"
+            raise InputError("--images", reason)
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))
         train = None
