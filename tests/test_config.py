@@ -75,6 +75,8 @@ def test_base_recipe_is_merged_section_by_section(tmp_path):
         ("train.steps=1.5", "--set train.steps", "expected an integer"),
         ("data.cache_images=maybe", "--set data.cache_images", "expected true or false"),
         ("train.lr=fast", "--set train.lr", "expected a number"),
+        ("train.seed=-1", "--set train.seed", "must be in [0, 4294967295], got -1"),
+        ("train.seed=4294967296", "--set train.seed", "must be in [0, 4294967295], got 4294967296"),
         ("train.betas=[0.9]", "--set train.betas", "expected a list of 2 values"),
         ("train", "train", "expected --set key=value"),
         # A value that fits none of a union's types gets one reason, and a bad item of a list names that item.

@@ -154,6 +154,8 @@ class ScstSection:
 
 
 SCST_BASELINES = ("mean", "greedy")
+# The seeds numpy takes (training seeds python, numpy and torch from train.seed).
+MAX_SEED = 2**32 - 1
 OBJECTIVES = ("xe", "scst")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -238,6 +240,8 @@ class TrainSection:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy's generator, seeded from it, takes no other
+            raise ConfigError("train.seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
         _check_stages(self.stages)
 
 

@@ -10,9 +10,8 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import fail, quiet_libraries
+from captionkit.config import MAX_SEED
 from captionkit.demo_data import DemoData
-
-MAX_SEED = 2**32 - 1
 
 
 def demo(
