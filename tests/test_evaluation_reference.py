@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from _data import SHARED_DATA
+from _helpers import run_cli
 from _java import require_java, require_pycocoevalcap
 from captionkit.evaluation import score_captions
 from captionkit.evaluation.meteor import meteor_unavailable_reason
@@ -110,6 +111,33 @@ def coco_sample(needs_java: None, tmp_path_factory: pytest.TempPathFactory) -> t
 def flickr(needs_java: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Split, Any]:
     split = flickr_split()
     return split, pycocoevalcap_scores(split, tmp_path_factory.mktemp("flickr"))
+
+
+def test_score_over_the_results_images_of_a_larger_reference_file_equals_pycocoevalcap(
+    needs_java: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As papers score a Karpathy test split against all of captions_val2014.json: pycocoevalcap scores the images
+    # of the results, and so does `captionkit score`, saying what it left out.
+    references_file = DATA / "coco" / "captions_val2017.json"
+    by_image: dict[str, list[str]] = {}
+    for annotation in json.loads(references_file.read_text(encoding="utf-8"))["annotations"]:
+        by_image.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
+    chosen = list(by_image)[::25]  # 200 of the 5,000 images
+    candidates = {image_id: by_image[image_id][0] for image_id in chosen}
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": int(i), "caption": c} for i, c in candidates.items()]))
+    args = ["score", "--refs", references_file, "--cands", results, "--metrics", "BLEU,ROUGE_L,CIDEr"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    ours = json.loads(out)
+    corpus, _ = pycocoevalcap_scores(({i: by_image[i] for i in chosen}, candidates), tmp_path)
+    for name, value in corpus.items():
+        assert math.isclose(ours[name], value, rel_tol=0, abs_tol=TOLERANCE), name
+    assert ours["num_images"] == 200
+    note = (
+        "scored the 200 images with a candidate caption; 4800 of the 5000 reference images have none and are left out"
+    )
+    assert f"captionkit: note: {note}, as pycocoevalcap leaves them out" in err
 
 
 def test_coco_sample_equals_pycocoevalcap(coco_sample: tuple[Split, Any]) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, error_line, fail, without_cyclic_gc
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, error_line, fail, plural, without_cyclic_gc
 from captionkit.files import write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -113,11 +113,12 @@ def run_score(
             raise InputError("--images", reason)
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))
+        scored_references, left_out = _of_candidates(references.captions, candidates)
         train = None
         if train_captions is not None:
             train = [c for caps in read_references(train_captions).captions.values() for c in caps]
         evaluation = score_captions(
-            references.captions,
+            scored_references,
             candidates,
             text_metrics,
             train,
@@ -141,9 +142,26 @@ def run_score(
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
     print(json.dumps(result))
     print(_table(evaluation.scores), file=sys.stderr)
-    for note in evaluation.notes:
+    for note in [*evaluation.notes, *left_out]:
         print(f"captionkit: note: {note}", file=sys.stderr)
     return EXIT_PARTIAL if evaluation.missing else EXIT_OK
+
+
+def _of_candidates(
+    references: dict[str, list[str]], candidates: dict[str, str]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """The references of the images that have a candidate, as pycocoevalcap scores the images of its results (a
+    Karpathy test split against all of captions_val2014.json), and a note when that leaves images out. A candidate
+    without references stays an error (scoring names it), and so do candidates that match no image at all."""
+    kept = {image_id: captions for image_id, captions in references.items() if image_id in candidates}
+    if len(kept) == len(references) or not kept:
+        return references, []
+    left_out = len(references) - len(kept)
+    note = (
+        f"scored the {plural(len(kept), 'image')} with a candidate caption; {left_out} of the {len(references)} "
+        "reference images have none and are left out, as pycocoevalcap leaves them out"
+    )
+    return kept, [note]
 
 
 def _add_clip_scores(evaluation: Any, references: Any, candidates: dict[str, str], images: Path, source: str) -> None:
