@@ -78,6 +78,26 @@ def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_ur
     page.close()
 
 
+def test_a_refused_request_tells_each_row_why(browser, server_url, tmp_path):
+    # One good photo and one text file dressed as a JPEG: the server refuses the whole request (415), and names
+    # the bad image; the good photo's row must not show the other image's error as its own.
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(server_url + "/")
+    page.wait_for_selector("#model-list input[value='fine-tuned']")
+    page.uncheck("#model-list input[value='fine-tuned']")
+    page.set_input_files("#files", [str(PHOTO), str(bad)])
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('#results .card.error').length === 2", timeout=30_000)
+    rows = page.locator("#results .row")
+    good, refused = (rows.nth(i).locator(".card.error p").inner_text() for i in range(2))
+    assert good == "not captioned: another image of the request was refused (415)"
+    assert refused.startswith("415: unsupported image format (text)")
+    assert page.locator("#status").inner_text() == "1 model(s) refused the request"
+    page.close()
+
+
 def test_docs_page_renders_the_api_offline(browser, server_url):
     page = browser.new_page()
     page.goto(server_url + "/docs")

@@ -141,6 +141,16 @@ function attentionStrip(file, attention) {
   return strip;
 }
 
+// A refused request captions none of its images: each row says why for its own image, where the server's
+// per-image errors name it, and that another image was refused where they do not.
+function refusalOf(outcome, file) {
+  const errors = outcome.body.errors || [];
+  const own = errors.find((error) => error.image === file.name);
+  if (own) return `${outcome.status}: ${own.error}`;
+  if (errors.some((error) => "image" in error)) return `not captioned: another image of the request was refused (${outcome.status})`;
+  return `${outcome.status}: ${outcome.body.detail}`;
+}
+
 function render(outcomes) {
   const results = $("results");
   results.replaceChildren();
@@ -157,7 +167,7 @@ function render(outcomes) {
         card.append(element("p", { class: "latency" }, `${outcome.body.latency_ms.toFixed(0)} ms server, ${outcome.roundTrip.toFixed(0)} ms round trip`));
       } else {
         card.classList.add("error");
-        card.append(element("p", {}, `${outcome.status}: ${outcome.body.detail}`));
+        card.append(element("p", {}, refusalOf(outcome, file)));
       }
       columns.append(card);
     }
