@@ -381,13 +381,15 @@ def with_image(fields: str) -> bytes:
         (b'{"images": [["x"]]}', 422, "images: must be a list of base64 strings"),
         (b'{"images": []}', 422, "image: no image in the request"),
         (with_image('"num_beams": [1]'), 422, "num_beams: must be an integer, got [1]"),
-        (with_image('"num_beams": {"a": 1}'), 422, "num_beams: must be an integer, got {'a': 1}"),
-        (with_image('"num_beams": true'), 422, "num_beams: must be an integer, got True"),
+        (with_image('"num_beams": {"a": 1}'), 422, "num_beams: must be an integer, got {\"a\": 1}"),
+        (with_image('"num_beams": true'), 422, "num_beams: must be an integer, got true"),
         (with_image('"num_beams": 2.5'), 422, "num_beams: must be an integer, got 2.5"),
         (with_image('"do_sample": 1'), 422, "do_sample: must be true or false, got 1"),
         (with_image('"style": 5'), 422, "style: must be a non-empty string of at most 200 characters, got 5"),
-        (with_image('"model": null'), 422, "model: must be a non-empty string of at most 200 characters, got None"),
+        (with_image('"model": null'), 422, "model: must be a non-empty string of at most 200 characters, got null"),
         (with_image('"attention": []'), 422, "attention: must be true or false, got []"),
+        (with_image('"seed": null'), 422, "seed: must be an integer, got null"),  # JSON's words, not Python's
+        (with_image('"do_sample": null'), 422, "do_sample: must be true or false, got null"),
         (with_image('"top_p": "0.5"'), 422, "top_p: only used when sampling"),
         # invalid UTF-8, bare or inside a string
         (b'{"images": ["\xff"]}', 400, "request body: not UTF-8 (byte 0xff at offset 13)"),

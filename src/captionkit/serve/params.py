@@ -7,6 +7,7 @@ OpenAPI schema, so what the docs say is what the server checks. Unknown names ar
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -180,5 +181,8 @@ def _to_float(value: Any) -> float:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """``value`` as the client wrote it: JSON's null, true, false, lists and objects in JSON's words (Python would
+    say None and True), a text in quotes; cut to 40 characters."""
+    json_only = value is None or isinstance(value, bool | list | dict)
+    text = json.dumps(value, ensure_ascii=False) if json_only else repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
