@@ -50,7 +50,7 @@ def running_server(app: FastAPI) -> Iterator[str]:
     import uvicorn
 
     port = free_port()
-    options = uvicorn_options(app.state.settings)
+    options = uvicorn_options(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

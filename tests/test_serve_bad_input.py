@@ -381,7 +381,7 @@ def with_image(fields: str) -> bytes:
         (b'{"images": [["x"]]}', 422, "images: must be a list of base64 strings"),
         (b'{"images": []}', 422, "image: no image in the request"),
         (with_image('"num_beams": [1]'), 422, "num_beams: must be an integer, got [1]"),
-        (with_image('"num_beams": {"a": 1}'), 422, "num_beams: must be an integer, got {\"a\": 1}"),
+        (with_image('"num_beams": {"a": 1}'), 422, 'num_beams: must be an integer, got {"a": 1}'),
         (with_image('"num_beams": true'), 422, "num_beams: must be an integer, got true"),
         (with_image('"num_beams": 2.5'), 422, "num_beams: must be an integer, got 2.5"),
         (with_image('"do_sample": 1'), 422, "do_sample: must be true or false, got 1"),

@@ -91,13 +91,22 @@ def waited_out_the_read_timeout(since: float) -> bool:
     return time.monotonic() - since >= READ_TIMEOUT_S * 0.95
 
 
+def connection_refusals(url: str, status: int) -> float:
+    """How many connections the server at ``url`` answered ``status`` before any request reached its app."""
+    line = f'captionkit_http_connection_refusals_total{{status="{status}"}} '
+    rows = [row for row in httpx.get(f"{url}/metrics", timeout=GIVE_UP_S).text.splitlines() if row.startswith(line)]
+    return float(rows[0].removeprefix(line)) if rows else 0.0
+
+
 def test_unfinished_request_head_gets_408_and_is_closed(url):
+    before = connection_refusals(url, 408)
     opened = time.monotonic()  # the head deadline runs from the connection's opening: no later than this
     with connect(url) as sock:
         sock.sendall(b"POST /v1/captions HTTP/1.1\r\nHost: x\r\n")
         response = until_closed(sock, trickle=b"X-Slow: " + b"a" * 200)
     assert status_and_detail(response) == (408, f"request not received within {READ_TIMEOUT_S:g} s")
     assert waited_out_the_read_timeout(opened)  # the trickle kept it busy, not alive
+    assert connection_refusals(url, 408) == before + 1  # counted, though no request reached the app
 
 
 def test_silent_connection_is_closed_without_a_word(url):
@@ -159,7 +168,8 @@ def test_connections_beyond_the_cap_get_503_at_once(captioner):
     # A server of its own with an hour's read timeout: the held connections stay open however slowly this runs,
     # and a close of the extra one can only be the cap's doing.
     settings = ServeSettings(read_timeout_s=3600, max_connections=MAX_CONNECTIONS, max_wait_ms=0)
-    with running_server(create_app({"tiny": captioner}, settings)) as capped:
+    app = create_app({"tiny": captioner}, settings)
+    with running_server(app) as capped:
         held: list[socket.socket] = []
         try:
             for _ in range(MAX_CONNECTIONS):
@@ -168,6 +178,11 @@ def test_connections_beyond_the_cap_get_503_at_once(captioner):
                 response = until_closed(extra)
             assert status_and_detail(response) == (503, f"server busy: {MAX_CONNECTIONS} connections open; retry later")
             assert b"retry-after: 1" in response.lower()
+            # Counted in /metrics (read in this process: the cap holds every connection a GET would need).
+            refusals = app.state.metrics.registry.get_sample_value(
+                "captionkit_http_connection_refusals_total", {"status": "503"}
+            )
+            assert refusals == 1
             for sock in held:  # the held requests go on: each is answered once its body comes
                 sock.sendall(b"{}")
                 assert one_response(sock).startswith(b"HTTP/1.1 422 ")

@@ -89,7 +89,7 @@ def serve(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda number, frame: stopped_by.append(signal.Signals(number).name))
     options = {"log_level": "info", "timeout_graceful_shutdown": graceful_shutdown_s(settings)}
-    options |= uvicorn_options(settings)
+    options |= uvicorn_options(app)
     assert listener is not None  # taken in the try above, which fails otherwise
     # uvicorn names the address only for sockets it binds itself.
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

@@ -75,6 +75,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     app.state.ready = False
     app.state.settings = settings
     app.state.batchers = batchers
+    app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: _route_paths(app))
     app.add_middleware(HeadAsGet)
 

@@ -16,16 +16,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 from captionkit.serve.settings import ServeSettings
 
 
-def uvicorn_options(settings: ServeSettings) -> dict[str, Any]:
-    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that enforce ``settings``' connection limits."""
+def uvicorn_options(app: Any) -> dict[str, Any]:
+    """Keyword arguments for ``uvicorn.run`` / ``uvicorn.Config`` that enforce the connection limits of ``app``'s
+    settings (:func:`captionkit.serve.create_app`'s app), counting each refusal in its metrics."""
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-    return {"http": guarded_protocol(AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections)}
+    settings: ServeSettings = app.state.settings
+    counter = app.state.metrics.connection_refusals
+
+    def refused(status: int) -> None:
+        counter.labels(status=str(status)).inc()
+
+    return {"http": guarded_protocol(AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections, refused)}
 
 
 def _raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes:
@@ -37,9 +45,13 @@ def _raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes
 
 
 def guarded_protocol(
-    base: type[asyncio.Protocol], read_timeout_s: float, max_connections: int
+    base: type[asyncio.Protocol],
+    read_timeout_s: float,
+    max_connections: int,
+    refused: Callable[[int], None] = lambda status: None,
 ) -> type[asyncio.Protocol]:
-    """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class."""
+    """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class.
+    ``refused(status)`` is told of each 408 and 503 it answers (no request reaches the app's metrics then)."""
     open_connections: set[asyncio.Protocol] = set()
     too_many = _raw_response(
         503, "Service Unavailable", f"server busy: {max_connections} connections open; retry later", "retry-after: 1"
@@ -69,6 +81,7 @@ def guarded_protocol(
             if len(open_connections) >= max_connections:
                 transport.write(too_many)
                 transport.close()
+                refused(503)
                 return
             open_connections.add(self)
             self._arm()
@@ -100,6 +113,7 @@ def guarded_protocol(
                 return
             if self._heard:
                 self._guarded.write(timed_out)
+                refused(408)
             self._guarded.close()
 
     return GuardedProtocol

@@ -54,6 +54,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.connection_refusals = Counter(
+            "captionkit_http_connection_refusals",
+            "Connections answered before any request reached the app: 408 (head not received in time), 503 (too many "
+            "connections open).",
+            ("status",),
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "captionkit_batch_size", "Images per model call.", ("model",), buckets=BATCH_BUCKETS, registry=self.registry
         )
