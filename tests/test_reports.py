@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
+from _data import SHARED_DATA
 from _helpers import run_cli, save_tiny_model
 from _hub_parts import save_clip
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.evaluation import score_captions
-from captionkit.report import format_number, grid_table, metric_table
+from captionkit.images import load_image
+from captionkit.report import THUMBNAIL, format_number, grid_table, image_data_uri, metric_table
 
 EXTERNAL = re.compile(r"""(src|href)=["']?(https?:)?//""")
 
@@ -64,6 +69,22 @@ def test_clipscore_with_a_model_that_is_not_clip_exits_1(scenes, model_dir, tmp_
     code, _, err = evaluate(scenes, model_dir, tmp_path, capsys, "--metrics", "CLIPScore", "--clip-model", model_dir)
     assert code == 1
     assert err.strip().splitlines()[-1].startswith(f"captionkit: error: {model_dir}: not a CLIP model")
+
+
+def test_thumbnails_are_jpeg_for_photos_and_png_for_flat_scenes(scenes):
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    scene = sorted((scenes.parent / "images" / "test").glob("*.png"))[0]
+    as_png = io.BytesIO()
+    thumbnail = load_image(photo)
+    thumbnail.thumbnail((THUMBNAIL, THUMBNAIL))
+    thumbnail.save(as_png, format="PNG")
+    photo_uri, scene_uri = image_data_uri(photo), image_data_uri(scene)
+    assert photo_uri is not None and scene_uri is not None
+    assert photo_uri.startswith("data:image/jpeg;base64,")
+    assert len(base64.b64decode(photo_uri.split(",", 1)[1])) < len(as_png.getvalue()) / 3  # a report of photos
+    assert scene_uri.startswith("data:image/png;base64,")  # exact colours, and smaller than JPEG here
+    decoded = Image.open(io.BytesIO(base64.b64decode(scene_uri.split(",", 1)[1])))
+    assert max(decoded.size) == THUMBNAIL
 
 
 def test_metric_and_grid_tables_show_numbers_not_dicts():
