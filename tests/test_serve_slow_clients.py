@@ -109,6 +109,21 @@ def test_unfinished_request_head_gets_408_and_is_closed(url):
     assert connection_refusals(url, 408) == before + 1  # counted, though no request reached the app
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"GET /\x00 HTTP/1.1\r\n\r\n"],
+    ids=["request-line", "content-length", "nul-in-target"],
+)
+def test_a_request_http_cannot_parse_gets_a_json_400_and_is_counted(url, request_bytes):
+    before = connection_refusals(url, 400)
+    with connect(url) as sock:
+        sock.sendall(request_bytes)
+        response = until_closed(sock)
+    status, detail = status_and_detail(response)  # JSON, as every refusal: uvicorn alone answers in plain text
+    assert (status, detail.startswith("malformed HTTP request (")) == (400, True), detail
+    assert connection_refusals(url, 400) == before + 1
+
+
 def test_silent_connection_is_closed_without_a_word(url):
     opened = time.monotonic()
     with connect(url) as sock:

@@ -51,7 +51,7 @@ def guarded_protocol(
     refused: Callable[[int], None] = lambda status: None,
 ) -> type[asyncio.Protocol]:
     """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class.
-    ``refused(status)`` is told of each 408 and 503 it answers (no request reaches the app's metrics then)."""
+    ``refused(status)`` is told of each 400, 408 and 503 it answers (no request reaches the app's metrics then)."""
     open_connections: set[asyncio.Protocol] = set()
     too_many = _raw_response(
         503, "Service Unavailable", f"server busy: {max_connections} connections open; retry later", "retry-after: 1"
@@ -94,6 +94,14 @@ def guarded_protocol(
         def data_received(self, data: bytes) -> None:
             self._heard = True
             super().data_received(data)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request line or head uvicorn cannot parse: refused in JSON like every other refusal (uvicorn answers
+            in plain text), and counted."""
+            if self._guarded is not None and not self._guarded.is_closing():
+                self._guarded.write(_raw_response(400, "Bad Request", f"malformed HTTP request ({msg.rstrip('.')})"))
+                self._guarded.close()
+            refused(400)
 
         def _arm(self) -> None:
             self._disarm()

@@ -56,8 +56,8 @@ class Metrics:
         )
         self.connection_refusals = Counter(
             "captionkit_http_connection_refusals",
-            "Connections answered before any request reached the app: 408 (head not received in time), 503 (too many "
-            "connections open).",
+            "Connections answered before any request reached the app: 400 (a request HTTP cannot parse), 408 (head "
+            "not received in time), 503 (too many connections open).",
             ("status",),
             registry=self.registry,
         )
