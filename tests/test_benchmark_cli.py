@@ -145,6 +145,7 @@ def test_flop_estimate_of_git_base() -> None:
     assert flops["cross_keys_values_gflop"] == pytest.approx(6 * (2 * 197 * 768 * 9216 + 4 * 197**2 * 768) / 1e9)
 
 
+@pytest.mark.slow  # the benchmark in a process of its own, with its engines' fresh processes for peak memory
 def test_benchmark_as_a_process_is_quiet(tmp_path: Path) -> None:
     """Issue 18.5/22.5: stderr holds captionkit's own lines only: no transformers "Loading weights" bars, no tqdm
     progress bars, no leaked-semaphore warning from the peak-memory child processes."""

@@ -111,6 +111,7 @@ def test_bad_worker_counts_exit_1(job, capsys, option, value, message):
     assert err.startswith(f"captionkit: error: {message}")
 
 
+@pytest.mark.slow  # a caption process killed midway, then resumed with worker processes
 def test_killed_shard_resumes_without_losing_or_duplicating(job, tmp_path, capsys):
     """SIGKILL a shard's run after some records, tear its last line, resume it; merged = one full run."""
     model, photos = job

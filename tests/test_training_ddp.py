@@ -159,6 +159,7 @@ def weights_of_two_processes(out: Path, missing: str, settings: list[str], port:
     return [load_file(str(out / f"rank{rank}.safetensors")) for rank in (0, 1)]
 
 
+@pytest.mark.slow  # a torchrun launch of two processes with torch and transformers
 def test_a_stage_that_unfreezes_the_encoder_keeps_processes_identical(tmp_path):
     # freeze_encoder: the ResNet is frozen when the run starts, so the first DDP leaves it out of its all-reduce;
     # the second stage trains it, and each process would train its own copy without a new DDP.
@@ -175,6 +176,7 @@ def test_a_stage_that_unfreezes_the_encoder_keeps_processes_identical(tmp_path):
         assert not torch.equal(rank0[name], initial[name].detach()), name  # every part trained
 
 
+@pytest.mark.slow  # a torchrun launch of two processes with torch and transformers
 def test_a_process_whose_micro_batch_is_all_unreadable_joins_the_others_step(tmp_path, single_thread):
     # Every image process 1 draws in the two steps is missing: it has nothing to train on, yet process 0's backward
     # waits in an all-reduce for it. It must join with a zero gradient, so the pair trains like one process on the
