@@ -188,7 +188,12 @@ def _cut_and_tail(path: Path, fmt: str) -> tuple[int, str]:
     """``(cut, tail)``: the bytes of the whole lines (CSV: rows) at the start of ``path``, and the text after them."""
     if fmt != "csv":
         return _torn_tail(path)
-    cut, unclosed = _csv_end(path)
+    return _csv_cut_and_tail(path, _csv_end(path))
+
+
+def _csv_cut_and_tail(path: Path, end: tuple[int, int]) -> tuple[int, str]:
+    """:func:`_cut_and_tail` of a CSV whose :func:`_csv_end` is ``end``; an error when a quoted field never closes."""
+    cut, unclosed = end
     if unclosed:
         raise InputError(path, f"not valid csv (the quoted field of the row on line {unclosed} is never closed)")
     return cut, _text_from(path, cut)
@@ -255,10 +260,12 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     if fmt == "json" or not path.exists():
         return ""
     if fmt == "csv":
-        _check_csv_header(path)
+        end = _csv_end(path)  # one pass over the file for the header's check and the cut
+        _check_csv_header(path, end[0])
+        cut, tail = _csv_cut_and_tail(path, end)
     else:
         _check_jsonl_start(path)
-    cut, tail = _cut_and_tail(path, fmt)
+        cut, tail = _torn_tail(path)
     if not tail:
         return ""
     whole = fmt == "jsonl" and _whole_record(tail)
@@ -266,10 +273,10 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     return "" if whole else tail
 
 
-def _check_csv_header(path: Path) -> None:
-    """Rows are appended under the header already there: one that is not :data:`CSV_FIELDS` would misname them.
-    A file whose only line is torn has no header yet (the repair empties it and the writer writes one)."""
-    cut, _ = _csv_end(path)
+def _check_csv_header(path: Path, cut: int) -> None:
+    """Rows are appended under the header already there (in the first ``cut`` bytes, the file's whole rows): one that
+    is not :data:`CSV_FIELDS` would misname them. A file whose only line is torn has no header yet (the repair
+    empties it and the writer writes one)."""
     header = next(_csv_rows(_lines(path, cut), path), None)
     if (cut or header) and (header is None or header[1] != list(CSV_FIELDS)):
         found = ",".join(header[1]) if header else ""
