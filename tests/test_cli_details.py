@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 
 import pytest
 
 from _helpers import run_cli
-from captionkit.cli._common import plural
+from captionkit.cli._common import fail_writing, os_error_line, plural
 from captionkit.version import __version__
 
 
@@ -25,3 +26,19 @@ def test_version_flag_as_a_process() -> None:
 @pytest.mark.parametrize(("count", "expected"), [(0, "0 images"), (1, "1 image"), (2, "2 images")])
 def test_plural(count: int, expected: str) -> None:
     assert plural(count, "image") == expected
+
+
+def test_os_errors_are_one_line_naming_the_file_asked_for(tmp_path, capsys):
+    # A full disk while writing a run directory names the file inside it; a staging file is named as its target.
+    inside = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "config.json"))
+    assert os_error_line(inside, tmp_path / "run") == f"{tmp_path}/run/config.json: No space left on device"
+    staged = OSError(errno.EACCES, "Permission denied", str(tmp_path / ".r.html.77.tmp"))
+    with pytest.raises(SystemExit) as exit_info:
+        fail_writing(tmp_path / "r.html", staged)
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == f"captionkit: error: {tmp_path}/r.html: cannot write (Permission denied)\n"
+    # No file in the error (a library's own OSError): the target, and the error's first line as the reason.
+    bare = OSError("disk quota exceeded\n  more detail")
+    with pytest.raises(SystemExit):
+        fail_writing("out.jsonl", bare, "--output")
+    assert capsys.readouterr().err == "captionkit: error: --output: out.jsonl: cannot write (disk quota exceeded)\n"

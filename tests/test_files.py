@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from captionkit.files import text_lines, write_atomic
+from captionkit.files import text_lines, write_atomic, written_path
 from captionkit.jobs.inputs import collect_images
 from captionkit.jobs.merge import merge_parts
 from captionkit.jobs.outputs import RecordWriter, read_records, repair_torn_tail
@@ -102,3 +102,11 @@ def test_write_atomic_honours_the_umask(tmp_path):
         os.umask(before)
     assert path.stat().st_mode & 0o777 == 0o644
     assert isinstance(path, Path)
+
+
+def test_written_path_names_the_target_of_a_staging_file(tmp_path):
+    assert written_path(tmp_path / ".r.html.4242.tmp") == tmp_path / "r.html"
+    assert written_path(tmp_path / ".archive.tar.gz.7.tmp") == tmp_path / "archive.tar.gz"
+    # Only atomic_writer's own pattern: other hidden or .tmp files are named as they are.
+    for name in (".hidden", "notes.tmp", ".x.tmp", ".x.pid.tmp"):
+        assert written_path(tmp_path / name) == tmp_path / name

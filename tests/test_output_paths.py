@@ -300,3 +300,61 @@ def test_train_says_a_directory_given_as_the_recipe_is_one(places, capsys):
     assert (code, out) == (1, "")
     assert one_error(err) == "captionkit: error: dir.jpg: is a directory, not a config file"
     assert not (places / "run").exists()
+
+
+# Writes that fail after the checks (a full disk, a permission taken away midway) are one line naming the file asked
+# for, not the temporary file it was written through.
+
+
+@pytest.fixture
+def refused_rename(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``os.replace`` onto a file named in the returned list fails as a full disk would, naming the staging file (the
+    source) as the OS does; every other rename goes through."""
+    refused: list[str] = []
+    real_replace = os.replace
+
+    def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(target).name in refused:
+            raise OSError(28, "No space left on device", os.fspath(source))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    return refused
+
+
+@pytest.mark.parametrize(
+    ("flag", "path", "refused", "message"),
+    [
+        ("--output", "x.jsonl", "x.jsonl", "--output: x.jsonl: cannot write (No space left on device)"),
+        ("--report", "r.html", "r.html", "r.html: cannot write (No space left on device)"),
+    ],
+)
+def test_compare_names_the_file_it_could_not_write(
+    places, photos, model_dir, capsys, refused_rename, flag, path, refused, message
+):
+    refused_rename.append(refused)
+    models = ["--model", f"a={model_dir}", "--model", f"b={model_dir}", "--max-length", "4"]
+    code, _, err = run_cli(["compare", photos, *models, flag, path], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == f"captionkit: error: {message}"  # after the table of captions
+    assert sorted(p.name for p in places.iterdir()) == ["dir.jpg", "emptydir", "notadir"]  # no staging file left
+
+
+@pytest.mark.parametrize(
+    ("flag", "path", "refused", "message"),
+    [
+        ("--output", "eval", "metrics.json", "--output: eval/metrics.json: cannot write (No space left on device)"),
+        ("--report", "r.html", "r.html", "r.html: cannot write (No space left on device)"),
+    ],
+)
+def test_evaluate_names_the_file_it_could_not_write(
+    places, photos, model_dir, capsys, refused_rename, flag, path, refused, message
+):
+    refused_rename.append(refused)
+    data = shutil.copytree(photos, places / "data")
+    for photo in data.glob("*.jpg"):
+        photo.with_suffix(".txt").write_text("a photo\n")  # a folder with sidecar captions
+    code, _, err = run_cli(["evaluate", "--model", model_dir, "--data", data, "--max-length", "4", flag, path], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == f"captionkit: error: {message}"  # after the progress lines
+    assert not list(places.rglob(".*.tmp"))

@@ -77,7 +77,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str 
     plain write would give it.
     """
     path = Path(path)
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    staging = _staging_path(path)
     try:
         with staging.open(mode, encoding=encoding) as handle:
             yield handle
@@ -86,6 +86,22 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str 
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _staging_path(path: Path) -> Path:
+    """The temporary sibling :func:`atomic_writer` writes ``path`` through: ``.NAME.PID.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+_STAGING_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
+
+
+def written_path(path: str | os.PathLike[str]) -> Path:
+    """The file a write to ``path`` was for: ``path`` itself, or the target of an :func:`atomic_writer` staging
+    file, so that an error names the file the user asked for, not ``.NAME.PID.tmp``."""
+    path = Path(path)
+    staged = _STAGING_NAME.fullmatch(path.name)
+    return path.with_name(staged["name"]) if staged else path
 
 
 def new_file_mode(directory: Path) -> int:

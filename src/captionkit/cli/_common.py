@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import gc
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
-from captionkit.errors import CaptionkitError, InputError
+from captionkit.errors import CaptionkitError, InputError, first_line
 
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
@@ -66,6 +68,25 @@ def fail(message: str) -> NoReturn:
     """Print ``captionkit: error: MESSAGE`` on stderr and exit 1."""
     print(f"captionkit: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_INPUT_ERROR)
+
+
+def _os_error_file(error: OSError, target: str | os.PathLike[str]) -> Path:
+    """The file an OSError is about: the one it names (a staging file as the file it was for), else ``target``."""
+    from captionkit.files import written_path
+
+    return written_path(os.fsdecode(error.filename) if error.filename is not None else target)
+
+
+def os_error_line(error: OSError, target: str | os.PathLike[str]) -> str:
+    """``FILE: REASON`` for an OSError from work on ``target`` (a run directory: FILE may be one inside it)."""
+    return f"{_os_error_file(error, target)}: {error.strerror or first_line(error)}"
+
+
+def fail_writing(target: str | os.PathLike[str], error: OSError, flag: str | None = None) -> NoReturn:
+    """Exit 1 for a write the up-front path checks could not foresee (a full disk, a directory removed midway):
+    ``[FLAG: ]FILE: cannot write (REASON)``."""
+    prefix = f"{flag}: " if flag else ""
+    fail(f"{prefix}{_os_error_file(error, target)}: cannot write ({error.strerror or first_line(error)})")
 
 
 def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:

@@ -20,6 +20,7 @@ from captionkit.cli._common import (
     decoding_help,
     error_line,
     fail,
+    fail_writing,
     quiet_libraries,
 )
 from captionkit.files import write_atomic
@@ -109,7 +110,7 @@ def compare(
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
             write_comparison_report(report, records, names, *(scored or ()))
         except OSError as error:
-            fail(f"{report}: cannot write ({error.strerror or error})")
+            fail_writing(report, error)
     raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
 
 
@@ -129,7 +130,7 @@ def _write_records(output: Path, records: list[dict[str, Any]]) -> None:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     except OSError as error:
-        fail(f"--output: {output}: cannot write ({error.strerror or error})")
+        fail_writing(output, error, "--output")
 
 
 def _references_of(refs: Path, paths: list[Path]) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail, quiet_libraries
+from captionkit.cli._common import fail, os_error_line, quiet_libraries
 from captionkit.config import MAX_SEED
 from captionkit.demo_data import DemoData
 
@@ -53,7 +53,7 @@ def demo(
     except CaptionkitError as error:
         fail(str(error))
     except OSError as error:  # a disk that fills or a directory removed midway: what the check above cannot foresee
-        fail(f"--output: {error.filename or output}: {error.strerror or error}")
+        fail(f"--output: {os_error_line(error, output)}")
     print(json.dumps(metrics, indent=2))
     print(
         f"exact match {metrics['exact_match']:.1%} on {metrics['test_images']} unseen scenes after "

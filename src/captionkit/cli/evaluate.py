@@ -19,6 +19,7 @@ from captionkit.cli._common import (
     decoding_help,
     error_line,
     fail,
+    fail_writing,
     progress_bar,
     quiet_libraries,
 )
@@ -182,7 +183,7 @@ def evaluate(
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
             write_evaluation_report(report, result.results, result.metrics)
         except OSError as error:
-            fail(f"{report}: cannot write ({error.strerror or error})")
+            fail_writing(report, error)
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
 
 
@@ -214,7 +215,7 @@ def _write_results(output: Path, files: dict[str, str]) -> None:
         for name, text in files.items():
             write_atomic(output / name, text)
     except OSError as error:
-        fail(f"--output: {output}: cannot write ({error.strerror or error})")
+        fail_writing(output, error, "--output")
 
 
 def _chosen_records(

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, plural
-from captionkit.errors import first_line
+from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, fail_writing, plural
 
 if TYPE_CHECKING:
     from captionkit.jobs.merge import MergeResult
@@ -84,7 +83,7 @@ def _write_merged(result: MergeResult, output: Path, fmt: str) -> None:
         if isinstance(error, CaptionkitError):
             fail(str(error))  # a part unreadable midway
         if isinstance(error, OSError):
-            fail(f"{error.filename or output}: cannot write ({error.strerror or first_line(error)})")
+            fail_writing(output, error)
         raise
 
 

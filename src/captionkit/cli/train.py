@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail, quiet_libraries
+from captionkit.cli._common import fail, os_error_line, quiet_libraries
 
 
 def train(
@@ -61,7 +61,7 @@ def train(
     except CaptionkitError as error:
         fail(str(error))
     except OSError as error:  # e.g. an output directory that cannot be written
-        fail(f"{error.filename or output}: {error.strerror or error}")
+        fail(os_error_line(error, output))
     finally:
         training_logger.removeHandler(handler)
     summary = {
