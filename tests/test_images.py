@@ -569,6 +569,52 @@ def test_pil_image_gets_the_geometry_limits() -> None:
     assert str(error) == "strip: aspect ratio 100.0:1 (100x1) is over the 20:1 limit"
 
 
+def test_a_url_is_refused_as_a_url_not_as_a_missing_file() -> None:
+    """A URL was "no such file", as if it had been looked for; captionkit opens local files only."""
+    reason = "a URL: captionkit opens local files only (download the image first)"
+    assert str(_load_error("https://example.com/cat.jpg")) == f"https://example.com/cat.jpg: {reason}"
+
+
+def test_an_empty_path_is_refused_as_empty_not_as_a_directory() -> None:
+    """Path("") is the current directory: "": is a directory, not an image file" said nothing useful."""
+    assert str(_load_error("")) == "'': empty path: name an image file"
+
+
+ARRAY_PIXELS = [
+    (np.full((2, 3, 3), (10, 200, 30), np.uint8), (10, 200, 30)),
+    (np.full((2, 3), 77, np.uint8), (77, 77, 77)),
+    (np.full((2, 3, 1), 77, np.uint8), (77, 77, 77)),
+    (np.full((2, 3, 4), (10, 20, 30, 0), np.uint8), WHITE),  # alpha over white, as for a PIL image
+    (np.full((2, 3, 3), 0.5, np.float32), (128, 128, 128)),  # floats in [0, 1] scale by 255
+    (np.full((2, 3), 200.0), (200, 200, 200)),  # floats beyond it are 0..255
+    (np.full((2, 3, 3), 65535, np.uint16), WHITE),  # 16-bit by value
+    (np.ones((2, 3), bool), WHITE),
+    (np.full((2, 3, 3), 9, np.int64), (9, 9, 9)),  # np.zeros(..., dtype=int) and the like
+]
+
+
+@pytest.mark.parametrize(("array", "pixel"), ARRAY_PIXELS, ids=[f"{a.dtype}{a.shape}" for a, _ in ARRAY_PIXELS])
+def test_numpy_arrays_load_by_value(array: np.ndarray, pixel: tuple[int, ...]) -> None:
+    image = load_image(array)
+    assert (image.mode, image.size, image.getpixel((2, 1))) == ("RGB", (3, 2), pixel)
+
+
+NOT_AN_IMAGE = "is not an image: give (height, width) or (height, width, 3 or 4)"
+ARRAY_ERRORS = [
+    (np.zeros((3, 8, 9), np.uint8), f"an array of shape (3, 8, 9) {NOT_AN_IMAGE}"),  # channels first
+    (np.zeros((2, 8, 8, 3), np.uint8), f"an array of shape (2, 8, 8, 3) {NOT_AN_IMAGE} (one array per image)"),
+    (np.full((2, 2), 300), "int64 samples must lie in 0..255, got 300..300"),
+    (np.zeros((2, 2), complex), "an array of complex128 is not an image: give integer, bool or float samples"),
+    (np.zeros((100, 1, 3), np.uint8), "aspect ratio 100.0:1 (1x100) is over the 20:1 limit"),
+]
+
+
+@pytest.mark.parametrize(("array", "reason"), ARRAY_ERRORS, ids=[f"{a.dtype}{a.shape}" for a, _ in ARRAY_ERRORS])
+def test_arrays_that_are_not_one_image_are_refused_in_one_line(array: np.ndarray, reason: str) -> None:
+    assert str(_load_error(array)) == f"<array>: {reason}"
+    assert str(_load_error(array, name="images[3]")) == f"images[3]: {reason}"
+
+
 def test_images_module_does_not_import_torch() -> None:
     code = "import sys, captionkit.images; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,7 +1,7 @@
 """The public Python API.
 
 >>> from captionkit import Captioner
->>> captioner = Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")  # or a local checkpoint dir
+>>> captioner = Captioner.from_pretrained("nlpconnect/vit-gpt2-image-captioning")  # doctest: +SKIP
 >>> [result.caption for result in captioner.caption(["photo.jpg"], num_beams=4)]  # doctest: +SKIP
 ['a cat laying on top of a couch next to another cat']
 """
@@ -12,8 +12,9 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -74,7 +75,10 @@ class Captioner:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_dir: str | Path = DEFAULT_MODEL, device: str | None = None, dtype: str | torch.dtype | None = None
+        cls,
+        name_or_dir: str | Path = DEFAULT_MODEL,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> Captioner:
         """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
         layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says.
@@ -109,9 +113,13 @@ class Captioner:
     def save_pretrained(self, directory: str | Path) -> None:
         CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
 
-    def load_images(self, images: Sequence[ImageSource]) -> list[Image.Image]:
-        """Open images safely (raises ``ImageError`` naming the bad one)."""
-        return [load_image(image, limits=self.limits) for image in images]
+    def load_images(self, images: Sequence[ImageSource], first: int | None = None) -> list[Image.Image]:
+        """Open images safely (raises ``ImageError`` naming the bad one). With ``first``, the position of
+        ``images[0]`` in the caller's list, an image that has no path is named by its position, ``images[i]``."""
+        return [
+            load_image(image, limits=self.limits, name=_position_name(image, first, index))
+            for index, image in enumerate(images)
+        ]
 
     @property
     def styles(self) -> list[str]:
@@ -146,24 +154,38 @@ class Captioner:
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
-        """Caption paths, bytes, binary streams or PIL images (one, or a list of them); keyword arguments are
-        :class:`DecodingConfig` fields or their aliases (``captionkit.decoding.options``).
+        """Caption one image or an iterable of them (a list, a generator): one :class:`CaptionResult` per image, in
+        input order. An image is a path, bytes, a binary stream, a PIL image (any mode: alpha over white, EXIF
+        rotation applied) or a numpy array ((height, width) or (height, width, 3|4); uint8, or floats in [0, 1]).
 
-        Defaults: beam search with 4 beams (1 when sampling), at most 20 new tokens. ``style`` ("positive",
-        "negative", "neutral") asks a style-controlled model for captions in that style (see :attr:`styles`).
-        ``prompt`` is text the caption continues (the caption is what follows it, without it). ``attention=True``
-        fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model without attention).
+        Decoding options (``captionkit.decoding.options``, the table the CLI and the server use; alias in brackets):
+
+        * ``num_beams`` (``beams``): beam width, default 4 (1 when sampling); 1 is greedy decoding.
+        * ``max_new_tokens`` (``max_length``): at most this many generated tokens, default 20.
+        * ``num_return_sequences`` (``n_best``): captions per image, at most ``num_beams`` (or samples), default 1.
+        * ``length_penalty``: beam score = log-prob / length ** this, in [-1, 5], default 1.
+        * ``do_sample`` (``sample``): sample instead of searching, with ``temperature`` (default 1), ``top_k``
+          (default 0: all tokens), ``top_p`` (in (0, 1], default 1) and ``seed`` (the same seed, the same captions,
+          whatever ``batch_size``).
+        * ``early_stopping`` (True, False, "never") and ``min_new_tokens``, as transformers' ``generate`` has them.
+
+        ``style`` ("positive", "negative", "neutral") asks a style-controlled model for captions in that style (see
+        :attr:`styles`). ``prompt`` is text the caption continues (the caption is what follows it, without it).
+        ``attention=True`` fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model
+        without attention). A bad option or image raises an ``InputError`` (``ImageError`` for an image) naming it:
+        an image of a list by its path, else as ``images[i]``; an object that is no image kind is a ``TypeError``.
         """
+        _check_batch_size(batch_size)
+        first = None if _is_one_image(images) else 0
         images = _image_list(images)
         if attention:
             check_attention(self.model)
         config = self.decoding_config(style, prompt, **decoding)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results: list[CaptionResult] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            captions = self.caption_pil(self.load_images(chunk), config, image_offset=start, attention=attention)
+            opened = self.load_images(chunk, None if first is None else start)
+            captions = self.caption_pil(opened, config, image_offset=start, attention=attention)
             results.extend(CaptionResult(_name(image), found) for image, found in zip(chunk, captions, strict=True))
         return results
 
@@ -201,14 +223,39 @@ class Captioner:
         ]
 
 
+_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
+_SOURCES = "a path, bytes, a binary stream, a PIL image, a numpy array"
+
+
+def _is_one_image(images: object) -> bool:
+    return isinstance(images, _ONE_IMAGE) or hasattr(images, "read")
+
+
 def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
-    """``images`` as a list: one image (a path, bytes of any kind, a binary stream, a PIL image) or many."""
-    if isinstance(images, str | os.PathLike | bytes | bytearray | memoryview | Image.Image) or hasattr(images, "read"):
-        return [images]
-    if not isinstance(images, Iterable):
-        kind = type(images).__name__
-        raise TypeError(f"cannot caption a {kind}: give a path, bytes, a binary stream, a PIL image, or a list of them")
-    return list(images)
+    """``images`` as a list: one image (a path, bytes of any kind, a binary stream, a PIL image, a numpy array) or
+    many. Every item is checked here, before any is decoded: a bad one is a ``TypeError`` naming its position."""
+    if _is_one_image(images):
+        return [cast(ImageSource, images)]  # (a type checker cannot see what _is_one_image checked)
+    # A tensor iterates over its rows, each of which would then be refused as if it were the input.
+    if not isinstance(images, Iterable) or hasattr(images, "shape"):
+        raise TypeError(f"cannot caption a {type(images).__name__}: give {_SOURCES}, or a list of them")
+    listed = list(images)
+    for index, image in enumerate(listed):
+        if not _is_one_image(image):
+            raise TypeError(f"images[{index}]: cannot caption a {type(image).__name__}: give {_SOURCES}")
+    return listed
+
+
+def _position_name(image: ImageSource, first: int | None, index: int) -> str | None:
+    """What errors call ``image``: its path where it has one (None: load_image's default), else its position."""
+    if first is None or isinstance(image, str | os.PathLike):
+        return None
+    return f"images[{first + index}]"
+
+
+def _check_batch_size(batch_size: object) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
 
 
 def _cpu_if(cpu_only: bool) -> str | None:

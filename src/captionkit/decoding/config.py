@@ -96,20 +96,22 @@ class DecodingConfig:
         self._check_strategy()
 
     def _check_strategy(self) -> None:
+        # The reasons name no option: the CLI (--beams, --sample), the API and the server name them differently, and
+        # the option at fault is named before the reason in each front end's own words.
         if self.do_sample:
             if self.num_beams > 1:
-                raise InputError("num_beams", "beam sampling is not supported: use num_beams=1 with do_sample")
+                raise InputError("num_beams", "beam sampling is not supported: sample with 1 beam (the default)")
             return
         for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
             if getattr(self, name) != default:
-                raise InputError(name, f"only used when sampling (do_sample=True); got {getattr(self, name)}")
+                raise InputError(name, f"only used when sampling; got {getattr(self, name)} without sampling")
         if self.num_return_sequences > self.num_beams:
             what = (
                 "greedy decoding returns 1" if self.num_beams == 1 else f"beam search returns at most {self.num_beams}"
             )
             raise InputError(
                 "num_return_sequences",
-                f"{what} caption(s) per image, got {self.num_return_sequences} (raise num_beams or sample)",
+                f"{what} caption(s) per image, got {self.num_return_sequences} (use more beams, or sample)",
             )
 
     @property

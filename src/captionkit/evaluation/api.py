@@ -119,6 +119,10 @@ def _examples(names: list[str], limit: int = 3) -> str:
 def _check(
     refs: Mapping[str, Sequence[str]], cands: Mapping[str, str], ref_source: str, cand_source: str, allow_empty: bool
 ) -> None:
+    # A list of captions (the usual slip from Python) would otherwise fail with "'list' object has no attribute".
+    for source, given, shape in ((ref_source, refs, "a list of captions"), (cand_source, cands, "its caption")):
+        if not isinstance(given, Mapping):
+            raise InputError(source, f"must map each image id to {shape} (a dict), got a {type(given).__name__}")
     if not refs:
         raise InputError(ref_source, "no reference captions")
     if not cands:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import stat
 import threading
 import warnings
@@ -27,7 +28,7 @@ from captionkit.shards import read_member
 
 MiB = 1024 * 1024
 
-ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image
+ImageSource: TypeAlias = str | os.PathLike[str] | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 # Formats a user may hand us, named as errors show them. Everything else Pillow reads (ICO, PSD, EPS, FITS,
 # ...) is refused: each extra decoder is extra attack surface, and none of them holds photos to caption.
@@ -64,6 +65,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _SNIFF_BYTES = 4096
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs://, ...
 _WARNINGS_LOCK = threading.Lock()
 # Pillow's warnings about a damaged EXIF block: the photo decodes all the same (see _read_exif).
 DAMAGED_EXIF = r"(Possibly )?[Cc]orrupt EXIF"
@@ -117,9 +119,10 @@ def load_image(
 ) -> Image.Image:
     """Open, check and fully decode one image; return it upright, 8-bit RGB, with alpha over white.
 
-    ``source`` is a path, the bytes of an upload, a binary stream, or an already-open PIL image (which skips
-    the byte-level checks and gets every other rule). ``name`` is what errors call the image: by default the
-    path, ``<bytes>``, ``<stream>`` or the PIL image's filename. Every problem raises :class:`ImageError`.
+    ``source`` is a path, the bytes of an upload, a binary stream, or an already-open PIL image or numpy array
+    (which skip the byte-level checks and get every other rule; arrays: see :func:`array_to_image`). ``name`` is
+    what errors call the image: by default the path, ``<bytes>``, ``<stream>``, ``<array>`` or the PIL image's
+    filename. Every problem raises :class:`ImageError`.
 
     ``draft`` (width, height): the size the caller will resize to. A JPEG at least twice as large on both sides is
     then decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode, the largest reduction that keeps both sides at
@@ -133,6 +136,10 @@ def load_image(
         with _STRICT_TRUNCATION:
             _check_geometry(source.size, limits, label)
             return _decode(source, label, source.format or "image")
+    if isinstance(source, np.ndarray):
+        label = name or "<array>"
+        _check_geometry(_array_size(source, label), limits, label)
+        return to_rgb(array_to_image(source, label))
     label, data = _read_source(source, limits, name)
     kind = _sniff(data[:_SNIFF_BYTES])
     if kind not in _PILLOW_FORMAT:
@@ -155,7 +162,9 @@ def _read_source(source: ImageSource, limits: ImageLimits, name: str | None) -> 
         _check_byte_count(view.nbytes, limits, label)
         return label, bytes(view)
     if isinstance(source, str | os.PathLike):
-        label = name or os.fspath(source)
+        path = os.fspath(source)
+        label = name or path or "''"
+        _check_path_text(path, label)
         return label, _read_file(Path(source), limits, label)
     if hasattr(source, "read"):
         label = name or str(getattr(source, "name", "") or "<stream>")
@@ -168,7 +177,18 @@ def _read_source(source: ImageSource, limits: ImageLimits, name: str | None) -> 
         _check_byte_count(len(data), limits, label, read_capped=True)
         return label, data
     kind = type(source).__name__
-    raise TypeError(f"cannot load an image from a {kind}; give a path, bytes, a binary stream or a PIL image")
+    raise TypeError(
+        f"cannot load an image from a {kind}; give a path, bytes, a binary stream, a numpy array or a PIL image"
+    )
+
+
+def _check_path_text(path: str | bytes, label: str) -> None:
+    """Refuse the two path strings that would otherwise get a misleading reason: "" (which ``Path`` reads as the
+    current directory) and a URL ("no such file", when the file was never looked for where it is)."""
+    if not path:
+        raise _fail(label, "empty path: name an image file")
+    if isinstance(path, str) and _URL.match(path) and not os.path.exists(path):
+        raise _fail(label, "a URL: captionkit opens local files only (download the image first)")
 
 
 def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:
@@ -410,6 +430,42 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.alpha_composite(white, rgba).convert("RGB")
     # L, 1, P, RGBX, CMYK (Pillow has already undone Adobe's inverted CMYK JPEGs), YCbCr, LAB, HSV.
     return image.convert("RGB")
+
+
+def array_to_image(array: np.ndarray, label: str = "<array>") -> Image.Image:
+    """A numpy image as a PIL image, by value: (height, width) grey, or (height, width, channels) with 1, 3 (RGB)
+    or 4 (RGBA) channels. uint8 and bool as they are; uint16 scaled from 0..65535; floats in [0, 1] scaled by 255
+    (other floats taken as 0..255, clipped); other integers if they lie in 0..255. Anything else is an
+    :class:`ImageError` naming ``label``: channels-first (3, H, W) arrays too, since a (3, H, 4) one is ambiguous."""
+    _array_size(array, label)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    return Image.fromarray(np.ascontiguousarray(_array_samples(array, label)))
+
+
+def _array_size(array: np.ndarray, label: str) -> tuple[int, int]:
+    """(width, height) of an image array, or an ``ImageError`` for a shape that is not one image."""
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        return int(array.shape[1]), int(array.shape[0])
+    reason = f"an array of shape {tuple(array.shape)} is not an image: give (height, width) or (height, width, 3 or 4)"
+    raise _fail(label, reason + (" (one array per image)" if array.ndim == 4 else ""))
+
+
+def _array_samples(array: np.ndarray, label: str) -> np.ndarray:
+    """``array``'s samples as uint8 (Pillow reads a 3- or 4-channel array only in uint8)."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return _sixteen_bit_to_8(array)
+    if np.issubdtype(array.dtype, np.floating):
+        return _float_to_8(array.astype(np.float64))
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise _fail(label, f"{array.dtype} samples must lie in 0..255, got {array.min()}..{array.max()}")
+        return array.astype(np.uint8)
+    raise _fail(label, f"an array of {array.dtype} is not an image: give integer, bool or float samples")
 
 
 def _has_alpha(image: Image.Image) -> bool:

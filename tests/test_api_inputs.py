@@ -1,0 +1,136 @@
+"""Captioner.caption() with what Python users pass: numpy arrays, mixed lists, bad items, bad batch sizes; errors are
+one line naming the item (its path, else its position in the list); help() lists the decoding options."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pydoc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from _data import COCO_PHOTOS
+from _helpers import save_tiny_model
+from captionkit.api import Captioner
+from captionkit.decoding.options import OPTIONS
+from captionkit.errors import ImageError, InputError
+from captionkit.evaluation import evaluate_captions
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+GREEDY = {"num_beams": 1, "max_new_tokens": 4}
+
+
+@pytest.fixture(scope="module")
+def captioner(tmp_path_factory: pytest.TempPathFactory) -> Captioner:
+    return Captioner.from_pretrained(save_tiny_model(tmp_path_factory.mktemp("m") / "tiny"), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def photo() -> Path:
+    return sorted(COCO_PHOTOS.glob("*.jpg"))[0]
+
+
+def token_ids(results: list) -> list[list[list[int]]]:
+    return [[caption.token_ids for caption in result.captions] for result in results]
+
+
+def test_numpy_arrays_are_images_of_their_own(captioner: Captioner, photo: Path) -> None:
+    """An array was iterated row by row (each row then refused as "cannot load an image from a ndarray")."""
+    rgb = np.asarray(Image.open(photo).convert("RGB"))
+    grey = np.asarray(Image.open(photo).convert("L"))
+    expected = token_ids(captioner.caption([Image.fromarray(rgb), Image.fromarray(grey)], **GREEDY))
+    assert token_ids(captioner.caption(rgb, **GREEDY)) == expected[:1]  # one array: one image, not its rows
+    assert token_ids(captioner.caption([rgb, grey], **GREEDY)) == expected
+    assert token_ids(captioner.caption(rgb / 255.0, **GREEDY)) == expected[:1]  # floats in [0, 1]
+    assert token_ids(captioner.caption([rgb[..., None, 0], rgb], **GREEDY))[1] == expected[0]
+
+
+def test_results_follow_the_input_order_whatever_the_source(captioner: Captioner, photo: Path) -> None:
+    other = np.zeros((40, 30, 3), np.uint8)
+    sources = [str(photo), other, photo.read_bytes(), Image.fromarray(other), photo]
+    results = captioner.caption(sources, batch_size=2, **GREEDY)
+    assert [r.image for r in results] == [str(photo), "<image>", "<image>", "<image>", str(photo)]
+    assert token_ids(results)[0] == token_ids(results)[2] == token_ids(results)[4]
+    assert token_ids(results)[1] == token_ids(results)[3]
+    assert captioner.caption([], **GREEDY) == []
+
+
+def test_an_unreadable_item_of_a_list_is_named_by_its_position(captioner: Captioner, photo: Path) -> None:
+    """Bytes, arrays and PIL images of a list were all "<bytes>", "<array>", "<image>": which one failed?"""
+    with pytest.raises(ImageError, match=r"^images\[2\]: unsupported image format \(text\); allowed: JPEG"):
+        captioner.caption([photo, photo, b"not an image"], batch_size=2, **GREEDY)  # positions span batches
+    with pytest.raises(ImageError, match=r"^images\[1\]: an array of shape \(3, 8, 8\) is not an image"):
+        captioner.caption([photo, np.zeros((3, 8, 8), np.uint8)], **GREEDY)
+    missing = photo.parent / "missing.jpg"
+    with pytest.raises(ImageError, match=rf"^{missing}: no such file$"):  # a path names itself
+        captioner.caption([photo, missing], **GREEDY)
+    with pytest.raises(ImageError, match=r"^<bytes>: unsupported image format"):  # one image: no list to count in
+        captioner.caption(b"not an image", **GREEDY)
+
+
+def test_an_item_of_the_wrong_type_is_refused_by_position_before_any_decoding(
+    captioner: Captioner, photo: Path
+) -> None:
+    """The type of every item is checked first: a missing file before it does not hide it, nor cost a decode."""
+    with pytest.raises(TypeError, match=r"^images\[1\]: cannot caption a NoneType: give a path, bytes, "):
+        captioner.caption([photo.parent / "missing.jpg", None], **GREEDY)
+    # A tensor iterates over its rows: each was refused as though it were the input.
+    with pytest.raises(TypeError, match=r"^cannot caption a Tensor: give a path, .*, or a list of them$"):
+        captioner.caption(torch.zeros(3, 32, 32), **GREEDY)
+
+
+def test_a_url_says_it_is_a_url(captioner: Captioner) -> None:
+    with pytest.raises(ImageError, match=r"^https://example\.com/cat\.jpg: a URL: captionkit opens local files only"):
+        captioner.caption("https://example.com/cat.jpg", **GREEDY)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, True, 2.5, "2"], ids=repr)
+def test_a_bad_batch_size_is_one_input_error_before_the_images_are_read(
+    captioner: Captioner, photo: Path, batch_size: object
+) -> None:
+    """2.5 and "2" failed deep in range() with "'float' object cannot be interpreted as an integer"; True passed as
+    1; 0 was a ValueError, where every other bad option is an InputError."""
+    images = iter([photo])
+    with pytest.raises(InputError, match=rf"^batch_size: must be an integer >= 1, got {batch_size!r}$"):
+        captioner.caption(images, batch_size=batch_size, **GREEDY)  # type: ignore[arg-type]
+    assert next(images) == photo  # nothing consumed
+
+
+def test_help_on_caption_names_every_decoding_option() -> None:
+    """help(Captioner.caption) said only "DecodingConfig fields or their aliases": name them, and their defaults."""
+    text = pydoc.render_doc(Captioner.caption, renderer=pydoc.plaintext)
+    names = {option.field for option in OPTIONS} | {o.alias for o in OPTIONS if o.alias} | {"early_stopping"}
+    assert sorted(name for name in names | {"min_new_tokens"} if f"``{name}``" not in text) == []
+    assert "default 4 (1 when sampling)" in text and "default 20" in text and "numpy array" in text
+
+
+def test_the_package_names_its_public_api() -> None:
+    captionkit = importlib.import_module("captionkit")
+    assert captionkit.__all__ == ["CaptionResult", "Captioner", "__version__"]
+    assert set(captionkit.__all__) <= set(dir(captionkit))  # the lazy names too, for tab completion
+    assert captionkit.CaptionResult is importlib.import_module("captionkit.api").CaptionResult
+
+
+@pytest.mark.parametrize("module", ["captionkit", "captionkit.api", "captionkit.decoding", "captionkit.evaluation.api"])
+def test_usage_examples_in_docstrings_run_offline(module: str) -> None:
+    """captionkit.api's example loaded the hub model unskipped: doctest failed offline (and downloaded online)."""
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert (result.failed, result.attempted > 0) == (0, True)
+
+
+@pytest.mark.parametrize(
+    ("refs", "cands", "message"),
+    [
+        ([["a cat"]], {"1": "a cat"}, "references: must map each image id to a list of captions (a dict), got a list"),
+        ({"1": ["a cat"]}, ["a cat"], "candidates: must map each image id to its caption (a dict), got a list"),
+    ],
+)
+def test_evaluate_captions_refuses_lists_in_one_line(refs: object, cands: object, message: str) -> None:
+    """A list where a dict belongs was an AttributeError: "'list' object has no attribute 'values'"."""
+    with pytest.raises(InputError) as error:
+        evaluate_captions(refs, cands, metrics="BLEU")  # type: ignore[arg-type]
+    assert str(error.value) == message
