@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from _data import SHARED_DATA
 from _helpers import run_cli
 from _hub_parts import save_clip
 from captionkit.errors import ModelLoadError
+from captionkit.evaluation import clipscore
 from captionkit.evaluation.clipscore import ClipScorer
 
 IMAGES = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
@@ -22,7 +23,14 @@ REFERENCES = {"a": ["a surfer on a wave", "a man surfing"], "b": ["a dog on gras
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    return save_clip(tmp_path_factory.mktemp("clip") / "clip", tokenizer=True)
+    """The tiny CLIP with CLIP's 77 text positions: its letter tokenizer spends a token per letter, and in the tiny
+    CLIP's 16 every caption above was cut after its first letter, so the scores could not tell captions apart."""
+    directory = save_clip(tmp_path_factory.mktemp("clip") / "clip", tokenizer=True)
+    config = CLIPConfig.from_pretrained(directory)
+    config.text_config.max_position_embeddings = 77
+    torch.manual_seed(0)
+    CLIPModel(config).eval().save_pretrained(directory)
+    return directory
 
 
 def paper_scores(directory, images, candidates, references):
@@ -36,7 +44,7 @@ def paper_scores(directory, images, candidates, references):
             ["A photo depicts " + c for c in captions],
             padding=True,
             truncation=True,
-            max_length=16,
+            max_length=77,
             return_tensors="pt",
         )
         return model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, pixel_values=pixels)
@@ -65,6 +73,18 @@ def test_clipscore_and_refclipscore_equal_the_papers_formula(clip_dir):
     assert corpus["CLIPScore"] == pytest.approx(sum(s for s, _ in expected.values()) / 3, abs=1e-4)
     assert corpus["RefCLIPScore"] == pytest.approx(sum(r for _, r in expected.values()) / 3, abs=1e-4)
     assert 0 < corpus["CLIPScore"] <= 2.5
+    # Captions that share their first words still score apart: the whole caption reaches CLIP.
+    same_image = scorer.score({"a": features["a"], "b": features["a"]}, {"a": "a man", "b": "a dog"})[1]
+    assert same_image["a"]["CLIPScore"] != pytest.approx(same_image["b"]["CLIPScore"], abs=1e-6)
+
+
+def test_a_caption_longer_than_clips_77_tokens_is_cut_as_the_paper_cuts_it(clip_dir):
+    # clip.tokenize(truncate=True): the first 76 tokens and the end token. The tiny tokenizer spends two tokens on
+    # "ab" and 13 on "a photo depicts ", so 31 words of "ab" fill the 75 between the start and end tokens.
+    scorer = ClipScorer(clip_dir, device="cpu")
+    long, cut, shorter = scorer.text_features(["ab " * 500, "ab " * 31, "ab " * 30])
+    assert torch.allclose(long, cut, atol=1e-6)
+    assert not torch.allclose(long, shorter, atol=1e-3)
 
 
 def test_without_references_only_clipscore(clip_dir):
@@ -106,3 +126,41 @@ def test_score_cli_clipscore_without_images_is_a_usage_error(clip_dir, tmp_path,
     code, _, err = run_cli(["score", "--refs", refs, "--cands", refs, "--metrics", "CLIPScore"], capsys)
     assert code == 1
     assert err.strip() == "captionkit: error: --images: CLIPScore needs the directory of the images"
+
+
+def test_texts_are_embedded_in_batches_with_the_same_result(clip_dir, monkeypatch):
+    # A split's references all in one forward pass would not fit in memory (COCO val: 25,000 of them).
+    scorer = ClipScorer(clip_dir, device="cpu")
+    features = dict(zip(CANDIDATES, scorer.image_features([Image.open(p).convert("RGB") for p in IMAGES]), strict=True))
+    whole = scorer.score(features, CANDIDATES, REFERENCES)
+    rows: list[int] = []
+    embed = scorer.model.get_text_features
+
+    def counted(input_ids, attention_mask):
+        rows.append(len(input_ids))
+        return embed(input_ids=input_ids, attention_mask=attention_mask)
+
+    monkeypatch.setattr(scorer.model, "get_text_features", counted)
+    monkeypatch.setattr(clipscore, "TEXT_BATCH", 2)
+    batched = scorer.score(features, CANDIDATES, REFERENCES)
+    assert rows == [2, 1, 2, 2, 1]  # 3 candidates, then 5 references, 2 a pass
+    assert batched[0] == pytest.approx(whole[0], abs=1e-6)
+    for image_id in CANDIDATES:
+        assert batched[1][image_id] == pytest.approx(whole[1][image_id], abs=1e-6)
+
+
+def test_score_cli_clipscore_needs_only_the_images_of_its_candidates(clip_dir, tmp_path, capsys):
+    # As pycocoevalcap, `score` scores the images that have a candidate; the others need no file in --images.
+    refs, cands, photos = tmp_path / "refs.json", tmp_path / "cands.json", tmp_path / "photos"
+    photos.mkdir()
+    (photos / IMAGES[0].name).write_bytes(IMAGES[0].read_bytes())
+    refs.write_text(json.dumps({photo.name: ["a photo"] for photo in IMAGES}))
+    cands.write_text(json.dumps({IMAGES[0].name: CANDIDATES["a"]}))
+    args = ["score", "--refs", refs, "--cands", cands, "--metrics", "CLIPScore", "--clip-model", clip_dir]
+    code, stdout, err = run_cli([*args, "--images", photos], capsys)
+    assert code == 0, err
+    scorer = ClipScorer(clip_dir, device="cpu")
+    features = {"a": scorer.image_features([Image.open(IMAGES[0]).convert("RGB")])[0]}
+    expected, _ = scorer.score(features, {"a": CANDIDATES["a"]}, {"a": ["a photo"]})
+    assert json.loads(stdout)["CLIPScore"] == pytest.approx(expected["CLIPScore"], abs=1e-6)
+    assert "2 of the 3 reference images have none" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -171,3 +172,96 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_a_raw_line_separator_inside_a_jsonl_caption_is_part_of_it(tmp_path: Path) -> None:
     line = json.dumps({"image": "x.jpg", "caption": "a sign\u2028that says open"}, ensure_ascii=False)
     assert read_candidates(write(tmp_path / "c.jsonl", line + "\n")) == {"x.jpg": "a sign\u2028that says open"}
+
+
+FLICKR_KARPATHY = DATA / "flickr8k" / "dataset_flickr8k.json"
+FLICKR_KAGGLE_CSV = DATA / "flickr8k" / "captions.txt"
+SENTICAP = DATA / "senticap" / "senticap.json"
+
+
+def test_karpathy_json_references_equal_the_flickr_token_file() -> None:
+    tokens = read_references(FLICKR_TOKENS).captions
+    karpathy = read_references(FLICKR_KARPATHY)
+    assert karpathy.captions == tokens  # "raw" is the token file's caption; every split is read
+    assert karpathy.resolve("1000268201_693b08cb0e") == "1000268201_693b08cb0e.jpg"
+
+
+def test_a_senticap_image_listed_twice_has_the_captions_of_both() -> None:
+    data = json.loads(SENTICAP.read_text())
+    expected: dict[str, list[str]] = {}
+    for image in data["images"]:
+        expected.setdefault(image["filename"], []).extend(s["raw"] for s in image["sentences"])
+    assert len(expected) < len(data["images"])  # 2,360 entries, 2,225 images: some once per sentiment
+    assert read_references(SENTICAP).captions == expected
+
+
+def test_karpathy_coco_images_answer_to_their_coco_id(tmp_path: Path) -> None:
+    image = {"filename": "COCO_val2014_000000000042.jpg", "cocoid": 42, "split": "test",
+             "sentences": [{"raw": "A dog.", "tokens": ["a", "dog"]}, {"tokens": ["a", "puppy"]}]}  # fmt: skip
+    refs = read_references(write(tmp_path / "dataset_coco.json", {"images": [image], "dataset": "coco"}))
+    assert refs.captions == {"COCO_val2014_000000000042.jpg": ["A dog.", "a puppy"]}
+    results = write(tmp_path / "r.json", [{"image_id": 42, "caption": "a dog"}])
+    assert refs.match(read_candidates(results), "r.json") == {"COCO_val2014_000000000042.jpg": "a dog"}
+    assert refs.resolve("val2017/000000000042.jpg") == refs.resolve("42") == "COCO_val2014_000000000042.jpg"
+    assert refs.resolve("42.5") is None
+
+
+def test_a_karpathy_image_without_sentences_text_is_one_clear_error(tmp_path: Path) -> None:
+    bad = {"images": [{"filename": "x.jpg", "sentences": [{"imgid": 0}]}]}
+    with pytest.raises(InputError, match=r"x\.jpg': a sentence without \"raw\" text or \"tokens\"$"):
+        read_references(write(tmp_path / "k.json", bad))
+
+
+def test_kaggle_csv_references_equal_the_flickr_token_file() -> None:
+    assert read_references(FLICKR_KAGGLE_CSV).captions == read_references(FLICKR_TOKENS).captions
+
+
+def test_every_output_format_of_captionkit_caption_is_a_candidates_file(tmp_path: Path) -> None:
+    records = [{"image": "/photos/a.jpg", "caption": "a dog, running", "score": -1.5},
+               {"image": "/photos/b.jpg", "caption": "un café", "score": -2.0}]  # fmt: skip
+    expected = {"a.jpg": "a dog, running", "b.jpg": "un café"}
+    jsonl = write(tmp_path / "c.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    as_json = write(tmp_path / "c.json", records)
+    rows = "".join(f'{r["image"]},"{r["caption"]}",{r["score"]},\n' for r in records)
+    as_csv = write(tmp_path / "c.csv", "image,caption,score,error\n" + rows)
+    for path in (jsonl, as_json, as_csv):
+        assert read_candidates(path) == expected, path.name
+
+
+def test_coco_results_one_a_line_are_a_candidates_file(tmp_path: Path) -> None:
+    lines = '{"image_id": 139, "caption": "a room"}\n{"image_id": "000000249025", "caption": "a bear"}\n'
+    refs = read_references(COCO_SUBSET)
+    assert refs.match(read_candidates(write(tmp_path / "r.jsonl", lines)), "r.jsonl") == {
+        "139": "a room",
+        "249025": "a bear",
+    }
+
+
+def test_numeric_ids_match_by_value_as_in_pycocoevalcap(tmp_path: Path) -> None:
+    results = write(tmp_path / "r.json", [{"image_id": 139.0, "caption": "a room"}])
+    assert read_references(COCO_SUBSET).match(read_candidates(results), "r.json") == {"139": "a room"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"image,caption,score,error\nx.jpg,,,truncated image\n", "1 image(s) failed to caption, e.g. x.jpg: trunc"),
+        (b"image,caption\nx.jpg,a dog\nx.jpg,a cat\n", "row 3: duplicate image 'x.jpg'"),
+        (b"image,caption\nx.jpg\n", "row 2: 1 of the header's 2 columns"),
+        (b'image,caption\nx.jpg,"a dog\n', "bad CSV at line 2"),
+        (b"file,text\nx.jpg,a dog\n", "not a candidates file"),
+    ],
+)
+def test_bad_csv_candidate_files(tmp_path: Path, content: bytes, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)) as error:
+        read_candidates(write(tmp_path / "cands.csv", content))
+    assert "\n" not in str(error.value) and str(tmp_path) in str(error.value)
+
+
+def test_image_files_are_needed_only_for_the_images_asked_for(tmp_path: Path) -> None:
+    # CLIPScore over the images that have a candidate: the other reference images need no file.
+    shutil.copy(DATA / "coco" / "val2017" / "000000000139.jpg", tmp_path)
+    files = read_references(COCO_SUBSET).image_files(tmp_path)
+    assert files["139"] == tmp_path / "000000000139.jpg" and len(files) == 100 and "249025" in files
+    with pytest.raises(InputError, match=r"no image file for image '249025' \(tried '249025', '000000249025\.jpg'"):
+        files["249025"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,15 @@ from _hub_parts import save_clip
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.evaluation import score_captions
 from captionkit.images import load_image
-from captionkit.report import THUMBNAIL, format_number, grid_table, image_data_uri, metric_table
+from captionkit.report import (
+    THUMBNAIL,
+    format_number,
+    grid_table,
+    image_data_uri,
+    metric_table,
+    write_comparison_report,
+    write_evaluation_report,
+)
 
 EXTERNAL = re.compile(r"""(src|href)=["']?(https?:)?//""")
 
@@ -209,3 +219,19 @@ def test_an_evaluation_report_without_cider_keeps_the_input_order_and_says_so(sc
     page = page_path.read_text()
     assert "6 images, in input order (no CIDEr-D to sort by)." in page and "worst CIDEr-D" not in page
     assert re.findall(r'<tr data-image-id="([^"]+)">', page) == [r["image_id"] for r in results]
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_its_image_inlined(tmp_path):
+    # Linux hands such a name to Python with a lone surrogate ("caf\udce9.jpg"), which UTF-8 cannot encode.
+    photo = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.jpg"))
+    shutil.copy(sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0], photo)
+    result = {"image": str(photo), "image_id": photo.stem, "caption": "a dog <b>", "references": ["a dog"]}
+    failed = {"image": str(tmp_path / "gone\udcff.png"), "error": "no such file"}
+    page = write_evaluation_report(
+        tmp_path / "e.html", [result | {"metrics": {"CIDEr": 1.0}}, failed], {"CIDEr": 1.0}
+    ).read_text(encoding="utf-8")
+    assert 'data-image-id="caf\\udce9"' in page and "gone\\udcff.png" in page and "a dog &lt;b&gt;" in page
+    assert page.count('<img class="thumb" src="data:image/jpeg;base64,') == 1
+    records = [{"image": str(photo), "captions": {"m\udce9": "a dog"}}]
+    page = write_comparison_report(tmp_path / "c.html", records, ["m\udce9"]).read_text(encoding="utf-8")
+    assert "<th>m\\udce9</th>" in page and f'data-image="{tmp_path}/caf\\udce9.jpg"' in page

@@ -28,7 +28,8 @@ def _senticap(split: str) -> list[tuple[str, str]]:
 
 def test_classifier_tells_senticap_sentiment_from_coco_captions():
     # Trained on SentiCap train+val and the COCO captions of half the val2017 images; tested on SentiCap test
-    # (other images) and the other half of COCO. Measured when written: neutral 0.887, positive 0.893, negative 0.901.
+    # (other images) and the other half of COCO. Measured: neutral 0.893, positive 0.909, negative 0.911 (0.817, 0.931,
+    # 0.922 without the lexicon).
     train, test = _senticap("train+val"), _senticap("test")
     by_image: dict[int, list[str]] = {}
     for note in json.loads(COCO.read_text())["annotations"]:
@@ -41,12 +42,30 @@ def test_classifier_tells_senticap_sentiment_from_coco_captions():
     test += rng.sample(neutral_test, len(test))
     lexicon = senticap_sentiment_words(SENTICAP)
     assert lexicon["beautiful"] == "positive" and lexicon["ugly"] == "negative"
+    assert lexicon["dead"] == "negative" and lexicon["nice"] == "positive"
     classifier = StyleClassifier.fit(train, lexicon=lexicon)
     predicted = classifier.predict([caption for caption, _ in test])
     for style in ("neutral", "positive", "negative"):
         pairs = [(p, s) for p, (_, s) in zip(predicted, test, strict=True) if s == style]
         accuracy = sum(p == s for p, s in pairs) / len(pairs)
         assert accuracy > 0.87, (style, accuracy)
+
+
+def test_the_senticap_lexicon_holds_the_adjectives_of_its_pairs_not_the_nouns():
+    # SentiCap marks both words of a pair ("a plate of delicious food": delicious and food). The nouns are content:
+    # as style words they would count as sentiment and drop out of content matching.
+    lexicon = senticap_sentiment_words(SENTICAP)
+    assert {"delicious", "beautiful", "lonely", "dirty", "broken"} <= set(lexicon)
+    assert not {"food", "lake", "ocean", "bathroom", "mug", "coffee", "garden"} & set(lexicon)
+    neutral = [("a lake in the mountains", "neutral"), ("a mug of coffee on a table", "neutral")]
+    styled = [("a beautiful lake in the mountains", "positive"), ("a dirty mug of coffee", "negative")]
+    classifier = StyleClassifier.fit(neutral + styled, lexicon=lexicon)
+    assert {"beautiful", "dirty"} <= classifier.style_words and not {"lake", "mug"} & classifier.style_words
+    table = evaluate_styles(
+        {"neutral": {"1": "a lake", "2": "a mug"}, "positive": {"1": "a beautiful ocean", "2": "a nice mug"}},
+        classifier,
+    )
+    assert table["positive"].content_match == 0.5  # the ocean is not the lake; the mug is kept
 
 
 def _scene_examples(count: int, seed: int) -> list[tuple[str, str]]:

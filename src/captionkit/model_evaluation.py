@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -158,7 +158,7 @@ def evaluate_model(
     scores["images"] = len(images)
     scores["failed_images"] = len(images) - len(candidates)
     scores["computed_over"] = _computed_over(decoding, scored_refs, perplexity_over, max_length)
-    domains = _per_domain(references, candidates, text_metrics)
+    domains = _per_domain(references, candidates, text_metrics, meteor)
     if domains:
         scores["domains"] = domains
     return ModelEvaluation(scores, results)
@@ -237,9 +237,13 @@ def evaluate_as_validation(
 
 
 def _per_domain(
-    references: dict[str, list[CaptionRecord]], candidates: dict[str, str], metrics: str | None
+    references: dict[str, list[CaptionRecord]],
+    candidates: dict[str, str],
+    metrics: str | Iterable[str] | None,
+    meteor: str = "python",
 ) -> dict[str, dict[str, Any]]:
-    """The metrics over each domain's images, for data whose records carry one (nocaps: in/near/out-domain)."""
+    """The metrics over each domain's images, for data whose records carry one (nocaps: in/near/out-domain), with the
+    same METEOR engine as the whole split's: a ``--meteor java`` figure is the jar's in every row."""
     groups: dict[str, list[str]] = {}
     for image_id in candidates:
         domain = references[image_id][0].domain
@@ -252,6 +256,7 @@ def _per_domain(
                 {i: candidates[i] for i in ids},
                 metrics,
                 allow_empty=True,
+                meteor=meteor,
             ),
             "images": len(ids),
         }

@@ -32,7 +32,10 @@ ul.refs { margin: 0; padding-left: 1rem; color: #555; }
 
 
 def escape(value: object) -> str:
-    return html.escape(str(value))
+    """``value`` as HTML text. A file name that is not valid UTF-8 reaches Python with lone surrogates
+    (``"caf\\udce9.jpg"``), which no UTF-8 page can hold: they are written as that escape, as the JSON outputs
+    write them, instead of failing the whole page."""
+    return html.escape(str(value)).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def image_data_uri(path: str | Path, size: int = THUMBNAIL) -> str | None:

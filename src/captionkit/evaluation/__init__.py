@@ -1,5 +1,6 @@
-"""COCO caption evaluation without Java: PTB tokenization, BLEU, ROUGE-L, CIDEr-D equal to pycocoevalcap's, METEOR
-and SPICE through pycocoevalcap's jars when available, and diversity statistics.
+"""COCO caption evaluation without Java: PTB tokenization, BLEU, ROUGE-L and CIDEr-D equal to pycocoevalcap's,
+METEOR as its jar computes it (from the jar's data files; or the jar itself), SPICE through its jar when available
+(opt-in), CLIPScore with a CLIP model, and diversity statistics.
 
 Entry points: :func:`evaluate_captions` (a flat dict with pycocoevalcap's key names), :func:`score_captions` (with
 per-image scores), :class:`CiderD` (fixed document frequencies, for self-critical training), :func:`tokenize_captions`

@@ -2,8 +2,11 @@
 
 All statistics read tokenized captions (words are ``caption.split()``), the same tokens the metrics score.
 
-- ``distinct_1`` / ``distinct_2``: distinct unigrams / bigrams over all captions divided by their total count
-  (Li et al. 2016), bigrams taken within captions.
+- ``distinct_1`` / ``distinct_2``: distinct unigrams / bigrams over all captions (corpus level, not averaged per
+  image) divided by the number of all unigrams / bigrams, bigrams taken within captions. Li et al. (2016) scale by
+  the number of generated *tokens* instead: the same ``distinct_1``, while their ``distinct_2`` is this one times
+  ``(tokens - captions) / tokens`` for non-empty captions (many implementations divide by n-grams, as here: say
+  which when comparing).
 - ``vocab_size``: number of distinct words.
 - ``unique_captions``: the number of distinct caption strings.
 - ``unique_share``: ``unique_captions`` divided by the number of captions (1.0: no caption repeats).

@@ -5,14 +5,24 @@ References (:func:`read_references`):
 - COCO captions JSON: ``{"annotations": [{"image_id": 139, "caption": "..."}], "images": [{"id": 139,
   "file_name": "000000000139.jpg"}]}``; images are named by ``image_id``, and also by ``file_name`` and its stem;
 - a plain JSON object ``{"image id": ["caption", ...]}`` (ids that look like file names also match by name/stem);
-- a Flickr token file, ``NAME.jpg#N<TAB>caption`` a line; images are named ``NAME.jpg`` (or its stem).
+- a Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr8k.json``, SentiCap's json): ``{"images":
+  [{"filename", "sentences": [{"raw"}]}]}``, every split; images are named by ``filename`` (and its stem), and by
+  ``cocoid`` where given; an image listed twice (SentiCap: once per sentiment) has the captions of both;
+- a Flickr token file, ``NAME.jpg#N<TAB>caption`` a line; images are named ``NAME.jpg`` (or its stem);
+- a CSV (or TSV) with a header naming ``image`` and ``caption`` columns, a row per caption (Kaggle's Flickr8k
+  ``captions.txt``).
 
 Candidates (:func:`read_candidates`):
 
 - COCO results JSON: ``[{"image_id": 139, "caption": "..."}]``;
 - a plain JSON object ``{"image id": "caption"}``;
 - the JSONL that ``captionkit caption`` writes, ``{"image": "path/x.jpg", "caption": "...", "score": ...}`` a
-  line; the image's file name names it. A failed image (``{"image": ..., "error": ...}``) is an error here.
+  line; the image's file name names it. A failed image (``{"image": ..., "error": ...}``) is an error here. COCO
+  results one a line (``{"image_id": 139, "caption": "..."}``) are read too, and so are the other formats of
+  ``captionkit caption``: ``--format json`` (the same records in one array) and ``--format csv`` (or any CSV with
+  ``image`` and ``caption`` columns; a non-empty ``error`` column marks a failed image).
+
+Numeric image ids are read as pycocoevalcap compares them, by value: ``139``, ``"139"`` and ``139.0`` name one image.
 
 Files must be UTF-8 (a byte-order mark is allowed). :meth:`ReferenceSet.match` maps candidate names onto reference
 image ids.
@@ -20,8 +30,10 @@ image ids.
 
 from __future__ import annotations
 
+import csv
+import io
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,12 +45,13 @@ from captionkit.jsontext import parse_json
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
 _REFERENCE_FORMATS = (
-    'expected COCO captions JSON ({"annotations": [{"image_id", "caption"}]}), a JSON object {"id": [captions]} '
+    'expected COCO captions JSON ({"annotations": [{"image_id", "caption"}]}), a JSON object {"id": [captions]}, '
+    'a Karpathy split JSON ({"images": [{"filename", "sentences"}]}), a CSV with image and caption columns '
     "or a Flickr token file (NAME.jpg#N<TAB>caption)"
 )
 _CANDIDATE_FORMATS = (
-    'expected COCO results JSON ([{"image_id", "caption"}]), a JSON object {"id": "caption"} or the JSONL of '
-    '"captionkit caption" ({"image": ..., "caption": ...} a line)'
+    'expected COCO results JSON ([{"image_id", "caption"}]), a JSON object {"id": "caption"}, the JSONL, JSON or '
+    'CSV of "captionkit caption" ({"image": ..., "caption": ...} a line) or a CSV with image and caption columns'
 )
 
 
@@ -74,23 +87,23 @@ class ReferenceSet:
                 return key
             if self.aliases.get(key):
                 return self.aliases[key]
-        if name.isdigit() and str(int(name)) in self.captions:
-            return str(int(name))
+        # A COCO number however written: "139", "000000000139", "000000000139.jpg" (a 2017 file name; Karpathy's
+        # files name the image COCO_val2014_000000000139.jpg and give 139 as its cocoid).
+        suffix = _basename(name).rpartition(".")[2]
+        number = _stem(name) if suffix.isalpha() else name  # "12.5" is no file name of image 12
+        if number.isdigit():
+            number = str(int(number))
+            return number if number in self.captions else self.aliases.get(number)
         return None
 
-    def image_files(self, directory: Path) -> dict[str, Path]:
-        """Each image's file in ``directory``, found under its id or any file name the references give it."""
+    def image_files(self, directory: Path) -> ImageFiles:
+        """Each image's file in ``directory``, found under its id or any file name the references give it, looked up
+        when asked for: only the images scored need a file there (see :class:`ImageFiles`)."""
         names: dict[str, list[str]] = {image_id: [image_id] for image_id in self.captions}
         for name, image_id in self.aliases.items():
             if image_id is not None:
                 names[image_id].append(name)
-        files: dict[str, Path] = {}
-        for image_id, candidates in names.items():
-            found = next((directory / n for n in candidates if (directory / n).is_file()), None)
-            if found is None:
-                raise InputError(directory, f"no image file for image {image_id!r} (tried {_examples(candidates)})")
-            files[image_id] = found
-        return files
+        return ImageFiles(directory, names)
 
     def match(self, candidates: Mapping[str, str], source: str) -> dict[str, str]:
         """Candidates keyed by reference image ids; names that match no image are kept (scoring reports them)."""
@@ -105,6 +118,32 @@ class ReferenceSet:
             matched[image_id] = caption
             named[image_id] = name
         return matched
+
+
+class ImageFiles(Mapping[str, Path]):
+    """Image id -> its file in a directory, found on first access. A score over the images that have a candidate
+    (a test split against all of ``captions_val2014.json``) needs only their files, not every reference image's;
+    an image without a file is an :class:`InputError` naming it and the names tried."""
+
+    def __init__(self, directory: Path, names: dict[str, list[str]]) -> None:
+        self.directory = directory
+        self._names = names  # image id -> the file names it answers to, its id first
+
+    def __getitem__(self, image_id: str) -> Path:
+        tried = self._names[image_id]  # a KeyError for an image the references do not have
+        found = next((self.directory / n for n in tried if (self.directory / n).is_file()), None)
+        if found is None:
+            raise InputError(self.directory, f"no image file for image {image_id!r} (tried {_examples(tried)})")
+        return found
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _basename(name: str) -> str:
@@ -137,10 +176,13 @@ def read_references(path: str | Path) -> ReferenceSet:
     path = Path(path)
     text = read_text(path)
     if not _looks_like_json(text):
-        return _flickr_references(text, path)
+        rows = _csv_rows(text, path)
+        return _csv_references(rows, path) if rows is not None else _flickr_references(text, path)
     data = _parse_json(text, path)
     if isinstance(data, dict) and "annotations" in data:
         return _coco_references(data, path)
+    if _is_karpathy(data):
+        return _karpathy_references(data, path)
     if isinstance(data, dict) and data and all(isinstance(v, list) for v in data.values()):
         references = ReferenceSet({}, str(path))
         for image_id, captions in data.items():
@@ -164,7 +206,7 @@ def _coco_references(data: dict[str, Any], path: Path) -> ReferenceSet:
         caption = annotation["caption"]
         if not isinstance(caption, str):
             raise InputError(path, f"annotation {number}: caption must be a string")
-        image_id = str(annotation["image_id"])
+        image_id = _id_text(annotation["image_id"])
         if image_id in captions:
             captions[image_id].append(caption)
         else:
@@ -175,8 +217,64 @@ def _coco_references(data: dict[str, Any], path: Path) -> ReferenceSet:
             (image["file_name"], image_id)
             for image in images
             if isinstance(image, dict) and isinstance(image.get("file_name"), str) and "id" in image
-            if (image_id := str(image["id"])) in captions
+            if (image_id := _id_text(image["id"])) in captions
         )
+    return references
+
+
+def _id_text(value: object) -> str:
+    """An image id as text; an integral float (``139.0``) as its integer, since pycocoevalcap matches ids by value
+    and ``139.0 == 139`` there."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _is_karpathy(data: Any) -> bool:
+    """Karpathy's split layout: ``{"images": [{"filename", "sentences"}, ...]}`` (no "annotations")."""
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) or not data["images"]:
+        return False
+    first = data["images"][0]
+    return isinstance(first, dict) and "sentences" in first
+
+
+def _karpathy_references(data: dict[str, Any], path: Path) -> ReferenceSet:
+    """Captions by ``filename`` from every split: ``score`` keeps the images that have a candidate, as it does with
+    a COCO file, so a test split's results need no filtering here."""
+    references = ReferenceSet({}, str(path))
+    for number, image in enumerate(data["images"]):
+        name = image.get("filename") if isinstance(image, dict) else None
+        sentences = image.get("sentences") if isinstance(image, dict) else None
+        if not isinstance(name, str) or not isinstance(sentences, list):
+            raise InputError(path, f'image {number}: expected an object with "filename" and "sentences"')
+        captions = references.captions.setdefault(name, [])
+        captions.extend(_karpathy_caption(sentence, name, path) for sentence in sentences)
+        if "cocoid" in image:  # COCO results name the image by its COCO id
+            references.paths.append((_id_text(image["cocoid"]), name))
+    references.paths.extend((name, name) for name in references.captions)
+    return references
+
+
+def _karpathy_caption(sentence: Any, name: str, path: Path) -> str:
+    """A sentence's ``raw`` text (what pycocoevalcap tokenizes), else its ``tokens`` joined."""
+    raw = sentence.get("raw") if isinstance(sentence, dict) else None
+    if isinstance(raw, str):
+        return raw
+    tokens = sentence.get("tokens") if isinstance(sentence, dict) else None
+    if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+        return " ".join(tokens)
+    raise InputError(path, f'image {name!r}: a sentence without "raw" text or "tokens"')
+
+
+def _csv_references(rows: list[tuple[str, dict[str, str]]], path: Path) -> ReferenceSet:
+    """Captions by image from ``image,caption`` rows (Kaggle's Flickr8k ``captions.txt``), several rows an image."""
+    references = ReferenceSet({}, str(path))
+    for where, row in rows:
+        name = row.get("image") or row.get("image_id")
+        if not name:
+            raise InputError(path, f"{where}: no image named")
+        references.captions.setdefault(name, []).append(row["caption"])
+    references.paths.extend((name, name) for name in references.captions)
     return references
 
 
@@ -199,11 +297,17 @@ def read_candidates(path: str | Path) -> dict[str, str]:
     path = Path(path)
     text = read_text(path)
     if not _looks_like_json(text):
-        raise InputError(path, f"not a candidates file: {_CANDIDATE_FORMATS}")
+        rows = _csv_rows(text, path)
+        if rows is None:
+            raise InputError(path, f"not a candidates file: {_CANDIDATE_FORMATS}")
+        return _record_candidates(rows, path)
     first_line = text.lstrip().split("\n", 1)[0]
-    if text.lstrip().startswith("{") and '"image"' in first_line and _is_jsonl(text):
-        return _jsonl_candidates(text, path)
+    if text.lstrip().startswith("{") and ('"image"' in first_line or '"image_id"' in first_line) and _is_jsonl(text):
+        return _record_candidates(_jsonl_records(text, path), path)
     data = _parse_json(text, path)
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "image_id" not in data[0]:
+        # ``captionkit caption --format json``: the JSONL's records in one array, named by "image".
+        return _record_candidates(((f"record {n}", r) for n, r in enumerate(data)), path)
     if isinstance(data, list):
         return _coco_candidates(data, path)
     if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
@@ -216,7 +320,8 @@ def _is_jsonl(text: str) -> bool:
         record = parse_json(text.lstrip().split("\n", 1)[0], "first line")
     except InputError:
         return False
-    return isinstance(record, dict) and "image" in record and ("caption" in record or "error" in record)
+    named = "image" in record or "image_id" in record if isinstance(record, dict) else False
+    return named and ("caption" in record or "error" in record)
 
 
 def _coco_candidates(data: list[Any], path: Path) -> dict[str, str]:
@@ -224,7 +329,7 @@ def _coco_candidates(data: list[Any], path: Path) -> dict[str, str]:
     for number, result in enumerate(data):
         if not isinstance(result, dict) or "image_id" not in result or "caption" not in result:
             raise InputError(path, f'result {number}: expected an object with "image_id" and "caption"')
-        image_id, caption = str(result["image_id"]), result["caption"]
+        image_id, caption = _id_text(result["image_id"]), result["caption"]
         if not isinstance(caption, str):
             raise InputError(path, f"result {number} (image {image_id!r}): caption must be a string")
         if image_id in candidates:
@@ -233,27 +338,65 @@ def _coco_candidates(data: list[Any], path: Path) -> dict[str, str]:
     return candidates
 
 
-def _jsonl_candidates(text: str, path: Path) -> dict[str, str]:
+def _record_name(record: Any) -> str | None:
+    """The name a record gives its image: the file name of ``image`` (``captionkit caption``'s records), else
+    ``image_id`` (COCO results one a line)."""
+    if not isinstance(record, dict):
+        return None
+    if isinstance(record.get("image"), str) and record["image"]:
+        return _basename(record["image"])
+    if "image_id" in record and not isinstance(record["image_id"], dict | list | None):
+        return _id_text(record["image_id"])
+    return None
+
+
+def _jsonl_records(text: str, path: Path) -> Iterator[tuple[str, Any]]:
+    """``("line N", record)`` for each non-blank line."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield f"line {number}", parse_json(line, f"{path}: line {number}")
+
+
+def _record_candidates(records: Iterable[tuple[str, Any]], path: Path) -> dict[str, str]:
+    """Captions of ``captionkit caption``'s records (JSONL, JSON or CSV), each at a place (``"line 3"``); a failed
+    image (a non-empty ``error``) is an error: every image needs a caption to score."""
     candidates: dict[str, str] = {}
     failed: list[str] = []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        record = parse_json(line, f"{path}: line {number}")
-        if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-            raise InputError(path, f'line {number}: expected an object with "image" and "caption"')
-        name = _basename(record["image"])
-        if "error" in record:
+    for where, record in records:
+        name = _record_name(record)
+        if name is None:
+            raise InputError(path, f'{where}: expected an object with "image" (or "image_id") and "caption"')
+        if record.get("error") not in (None, ""):  # CSV leaves the error column of a captioned image empty
             failed.append(f"{name}: {record['error']}")
             continue
         caption = record.get("caption")
         if not isinstance(caption, str):
-            raise InputError(path, f"line {number} ({name}): caption must be a string")
+            raise InputError(path, f"{where} ({name}): caption must be a string")
         if name in candidates:
-            raise InputError(path, f"line {number}: duplicate image {name!r}")
+            raise InputError(path, f"{where}: duplicate image {name!r}")
         candidates[name] = caption
     if failed:
         raise InputError(
             path, f"{len(failed)} image(s) failed to caption, e.g. {failed[0]}; every image needs a caption to score"
         )
     return candidates
+
+
+def _csv_rows(text: str, path: Path) -> list[tuple[str, dict[str, str]]] | None:
+    """``("row N", {column: value})`` of a CSV or TSV whose header names an ``image`` (or ``image_id``) and a
+    ``caption`` column (Kaggle's Flickr8k ``captions.txt``, ``captionkit caption --format csv``); ``None`` when the
+    header does not, so that other formats get their own errors."""
+    header = text.split("\n", 1)[0]
+    delimiter = "\t" if "\t" in header and "," not in header else ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    try:
+        columns = [name.strip() for name in next(reader)]
+        if "caption" not in columns or not {"image", "image_id"} & set(columns):
+            return None
+        rows = [(f"row {reader.line_num}", dict(zip(columns, row, strict=False))) for row in reader if any(row)]
+    except csv.Error as error:
+        raise InputError(path, f"bad CSV at line {reader.line_num} ({error})") from None
+    for where, row in rows:
+        if len(row) < len(columns):
+            raise InputError(path, f"{where}: {len(row)} of the header's {len(columns)} columns")
+    return rows

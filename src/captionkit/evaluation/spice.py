@@ -66,8 +66,6 @@ def spice(
     """``(mean SPICE, per-image SPICE)`` of tokenized candidates against tokenized references."""
     jar = require_java_tool("spice", "spice-1.0.jar", metric="SPICE")
     ensure_corenlp(jar.parent / "lib", timeout=download_timeout)
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         source, target = Path(tmp) / "input.json", Path(tmp) / "output.json"
         items = [
@@ -75,20 +73,34 @@ def spice(
             for i, c, r in zip(image_ids, candidates, references, strict=True)
         ]
         source.write_text(json.dumps(items), encoding="utf-8")
-        command = ["java", "-jar", "-Xmx8G", jar.name, str(source), "-cache", str(cache), "-out", str(target)]
+        command = ["java", "-jar", "-Xmx8G", jar.name, str(source), *_cache_options(), "-out", str(target)]
         try:
             subprocess.run(
                 [*command, "-subset", "-silent"], cwd=jar.parent, check=True, capture_output=True, timeout=timeout
             )
             results = json.loads(target.read_text(encoding="utf-8"))
+            by_id = {str(item["image_id"]): _as_float(item["scores"]["All"]["f"]) for item in results}
         except subprocess.CalledProcessError as error:
             detail = error.stderr.decode("utf-8", "replace").strip().splitlines()
             raise MetricUnavailable(f"SPICE: the jar failed ({detail[-1] if detail else error})") from None
         except (OSError, subprocess.TimeoutExpired, ValueError) as error:
             raise MetricUnavailable(f"SPICE: the jar failed ({error})") from None
-    by_id = {str(item["image_id"]): _as_float(item["scores"]["All"]["f"]) for item in results}
+        except (KeyError, TypeError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            raise MetricUnavailable(f"SPICE: the jar wrote unexpected results ({reason})") from None
     per_image = [by_id.get(str(i), math.nan) for i in image_ids]
     return (sum(per_image) / len(per_image) if per_image else math.nan), per_image
+
+
+def _cache_options() -> list[str]:
+    """SPICE's cache of parses, in the user's cache directory; none where that cannot be made (a read-only home):
+    the jar then parses every caption again, slower, with the same scores."""
+    cache = _cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return []
+    return ["-cache", str(cache)]
 
 
 def _as_float(value: object) -> float:

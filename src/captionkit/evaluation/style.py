@@ -4,9 +4,9 @@ The classifier is a multinomial naive Bayes over PTB tokens (the COCO evaluation
 whose style is known: SentiCap's positive and negative captions and neutral (factual) captions such as COCO's, or a
 model's own training captions. Its priors are uniform (a style request fixes how often each style occurs, not the
 training mix), its smoothing additive. SentiCap marks the words of each adjective-noun pair (ANP) that carries the
-sentiment (``word_sentiment``); :func:`senticap_sentiment_words` collects them, and :meth:`StyleClassifier.fit`
-counts each marked word ``lexicon_weight`` more times, so the sentiment adjectives weigh more than the nouns that
-happen to occur beside them.
+sentiment (``word_sentiment``); :func:`senticap_sentiment_words` collects the adjectives among them, and
+:meth:`StyleClassifier.fit` counts each ``lexicon_weight`` more times, so the sentiment adjectives weigh more than
+the nouns that happen to occur beside them.
 
 The style table (:func:`evaluate_styles`) reports, for each requested style: **style accuracy** (share of captions
 the classifier assigns to the requested style), **CIDEr-D** against that style's references, and **content match**
@@ -144,10 +144,12 @@ class StyleClassifier:
 
 
 def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
-    """Words SentiCap marks as part of a sentiment-bearing adjective-noun pair, with their majority style.
+    """The sentiment words of SentiCap's adjective-noun pairs (ANPs), with their majority style.
 
-    Only the adjective-like half is kept: a marked word that is also common in the other sentiment's marks (a noun
-    such as "food") is dropped by the majority rule when it is split evenly.
+    SentiCap marks both words of each ANP (``word_sentiment``: "beautiful lake" is 1, 1). Only the adjective is taken
+    (see :func:`_pair_adjectives`), the word that carries the sentiment: the noun is content ("lake", "bathroom"),
+    and as a style word it would count as sentiment evidence and drop out of content matching. A word marked with
+    both sentiments is kept only where one has at least three times the other's votes.
     """
     try:
         data = parse_json(Path(path).read_text(encoding="utf-8"), path)
@@ -160,15 +162,23 @@ def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
     for image in images:
         for sentence in image.get("sentences", []):
             style = "positive" if sentence.get("sentiment") == 1 else "negative"
-            for word, mark in zip(sentence.get("tokens", []), sentence.get("word_sentiment", []), strict=False):
-                if mark:
-                    votes.setdefault(word.lower(), Counter())[style] += 1
+            for word in _pair_adjectives(sentence.get("tokens", []), sentence.get("word_sentiment", [])):
+                votes.setdefault(word.lower(), Counter())[style] += 1
     lexicon = {}
     for word, tally in votes.items():
         (top, n), *rest = tally.most_common()
         if not rest or n >= 3 * rest[0][1]:
             lexicon[word] = top
     return lexicon
+
+
+def _pair_adjectives(tokens: Sequence[str], marks: Sequence[Any]) -> list[str]:
+    """The first token of each run of at least two adjacent marked tokens: the pair's adjective ("dirty" in "dirty
+    bathroom sink"; a noun compound follows it). A lone marked token is left out: in SentiCap it is as often the
+    noun of a pair split by other words ("a good cup of coffee")."""
+    flags = [bool(mark) for mark in marks[: len(tokens)]]
+    flags += [False] * (len(tokens) + 1 - len(flags))  # unmarked past the marks' end, and after the last token
+    return [tokens[i] for i in range(len(tokens)) if flags[i] and flags[i + 1] and not (i and flags[i - 1])]
 
 
 @dataclass(frozen=True)
