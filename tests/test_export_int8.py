@@ -156,3 +156,28 @@ def test_unknown_quantization_file_is_a_load_error(tmp_path: Path) -> None:
     (source / QUANTIZATION_FILE).write_text('{"method": ' + "9" * 5000 + "}")
     with pytest.raises(ModelLoadError, match=r"quantization\.json: invalid JSON: a number longer than 4300 digits$"):
         Captioner.from_pretrained(source)
+
+
+def test_the_export_functions_refuse_to_write_over_a_model(tmp_path: Path) -> None:
+    """Called from Python (the CLI checks first): an export into its own checkpoint would delete (int8) or bury
+    (ONNX) the fp32 weights, and one over another kind of export would load as that export."""
+    from captionkit.errors import InputError
+    from captionkit.export.onnx import export_onnx
+
+    source = save_tiny_model(tmp_path / "fp32")
+    files = sorted(path.name for path in source.iterdir())
+    for export in (export_int8, export_onnx):
+        with pytest.raises(InputError) as raised:
+            export(source, source)
+        assert str(raised.value) == f"{source}: is the model being exported; choose a new directory"
+    assert sorted(path.name for path in source.iterdir()) == files
+    export_onnx(source, tmp_path / "onnx")
+    export_int8(source, tmp_path / "int8")
+    with pytest.raises(InputError) as raised:
+        export_int8(source, tmp_path / "onnx")
+    assert str(raised.value) == (
+        f"{tmp_path / 'onnx'}: holds an ONNX export (onnx_config.json); export into a new or empty directory"
+    )
+    with pytest.raises(InputError, match=r"holds an int8 export \(quantization\.json\)"):
+        export_onnx(source, tmp_path / "int8")
+    assert Captioner.from_pretrained(source).model.family == "vit-gpt2"

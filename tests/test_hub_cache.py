@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.utils import filter_repo_objects
 
@@ -143,3 +144,19 @@ def test_a_download_fetches_safetensors_and_configs_but_no_pickles(
     # Filtered as huggingface_hub filters a repository's files by allow_patterns.
     fetched = filter_repo_objects([*PICKLES, *wanted], allow_patterns=downloads[0]["allow_patterns"])
     assert list(fetched) == list(wanted)
+
+
+@pytest.mark.usefixtures("no_hub")
+@pytest.mark.parametrize("family", ["blip", "git"])
+def test_load_model_takes_a_cached_hub_id_of_any_family(family: str, hub_cache: Path, tmp_path: Path) -> None:
+    """A hub id's family is read from its snapshot's config.json, as a directory's is (it was taken for vit-gpt2)."""
+    from _hub_models import hub_layout
+    from captionkit.models.registry import load_model
+
+    source = tmp_path / "source"
+    model = hub_layout(family, source)
+    cache_snapshot(hub_cache, REPO_ID, downloaded(source))
+    loaded = load_model(REPO_ID)
+    assert loaded.family == family
+    expected, found = model.state_dict(), loaded.state_dict()
+    assert set(found) == set(expected) and all(torch.equal(found[name], expected[name]) for name in expected)

@@ -122,3 +122,145 @@ def test_loading_shows_no_transformers_progress_bars(tmp_path: Path, capfd: pyte
     Captioner.from_pretrained(directory)
     assert "Loading weights" not in capfd.readouterr().err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting comes back
+
+
+# --- hub layouts a real fine-tune may have (tests/_hub_parts.py writes them as the hub stores them)
+
+
+@pytest.fixture(scope="module")
+def hub_vit_gpt2(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished ViT-GPT2 in nlpconnect's transformers 4 layout, and the GPT-2 part its tokenizer files came from."""
+    from _hub_parts import save_gpt2, save_vit, save_vit_gpt2_t4
+
+    root = tmp_path_factory.mktemp("hub-vit-gpt2")
+    gpt2 = save_gpt2(root / "gpt2", "t4", seed=1)
+    return save_vit_gpt2_t4(root / "run", save_vit(root / "vit", "t4"), gpt2), gpt2
+
+
+def _copy_without(source: Path, target: Path, *names: str) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        if path.name not in names:
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("settings", ["none", "no-class"])
+def test_gpt2_bpe_files_that_name_no_tokenizer_class_load(
+    hub_vit_gpt2: tuple[Path, Path], settings: str, tmp_path: Path
+) -> None:
+    """vocab.json + merges.txt only, with no tokenizer_config.json or one without ``tokenizer_class`` (fine-tunes
+    saved by older transformers 4): AutoTokenizer cannot tell the class from a VisionEncoderDecoder's config.json."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    run, gpt2 = hub_vit_gpt2
+    run = _copy_without(run, tmp_path / "run", "tokenizer_config.json")
+    if settings == "no-class":
+        (run / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64, "add_prefix_space": False}))
+    loaded = load_pretrained(run)
+    reference = AutoTokenizer.from_pretrained(gpt2)
+    caption = "a dog runs through the grass, zebra!"
+    assert loaded.tokenizer.encode(caption) == reference.encode(caption, add_special_tokens=False)
+    assert loaded.tokenizer.decode(reference.encode(caption)) == caption
+    assert (loaded.tokenizer.bos_token_id, loaded.tokenizer.eos_token_id) == (reference.eos_token_id,) * 2
+    assert loaded.tokenizer.vocab_size == loaded.model.vocab_size
+
+
+def test_a_directory_without_tokenizer_files_says_so(hub_vit_gpt2: tuple[Path, Path], tmp_path: Path) -> None:
+    tokenizer_files = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+    run = _copy_without(hub_vit_gpt2[0], tmp_path / "run", *tokenizer_files)
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(run)
+    assert str(error.value) == (
+        f"{run}: no tokenizer files (tokenizer.json, or vocab.json + merges.txt): copy the base model's here"
+    )
+
+
+@pytest.mark.parametrize("part", ["gpt2", "vit"])
+def test_a_pretrained_part_given_as_the_model_is_refused_by_its_model_type(part: str, tmp_path: Path) -> None:
+    from _hub_parts import save_gpt2, save_vit
+
+    directory = (save_gpt2 if part == "gpt2" else save_vit)(tmp_path / part, "t4")
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(directory)
+    assert str(error.value) == (
+        f"{directory}: is a '{part}' model, not one of the captioners loaded here "
+        "(hub types: blip, git, vision-encoder-decoder)"
+    )
+
+
+def test_a_config_json_naming_no_family_and_no_model_type_says_so(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text('{"architectures": ["VisionEncoderDecoderModel"]}')
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(tmp_path)
+    assert str(error.value) == f"{tmp_path}: config.json names neither a captionkit family nor a model_type"
+
+
+# Where each hub-layout family keeps a text width in config.json, and the error transformers 5's check gives for it.
+WRONG_TYPES = {
+    "vit-gpt2": (("decoder", "n_embd"), "bad config.json: Validation error for field 'n_embd': TypeError: "),
+    "blip": (("text_config", "hidden_size"), "bad config.json: Validation error for field 'hidden_size': TypeError: "),
+    "git": (("hidden_size",), "bad config.json: Validation error for field 'hidden_size': TypeError: "),
+}
+
+
+@pytest.mark.parametrize("family", sorted(WRONG_TYPES))
+def test_a_config_field_of_the_wrong_type_is_one_load_error(family: str, tmp_path: Path) -> None:
+    """Valid JSON, but a width given as text: transformers 5 refuses it with a two-line error of its own class."""
+    import json
+
+    source = save_tiny_model(tmp_path / "model", family)
+    keys, reason = WRONG_TYPES[family]
+    config = json.loads((source / "config.json").read_text())
+    settings = config
+    for key in keys[:-1]:
+        settings = settings[key]
+    settings[keys[-1]] = "wide"
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(source)
+    assert error.value.source == str(source)
+    assert error.value.reason.startswith(reason) and "'wide'" in error.value.reason
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("key", ["encoder", "decoder"])
+def test_a_vit_gpt2_config_whose_part_settings_are_not_an_object_is_one_load_error(key: str, tmp_path: Path) -> None:
+    import json
+
+    source = save_tiny_model(tmp_path / "model")
+    config = json.loads((source / "config.json").read_text())
+    config[key] = "gpt2"
+    (source / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(source)
+    assert str(error.value) == f"{source}: bad config.json: '{key}' is a str, not an object"
+
+
+@pytest.mark.parametrize(("part", "field"), [("encoder_part", "hidden_size"), ("decoder_part", "n_embd")])
+def test_a_prefix_run_whose_part_settings_have_a_wrong_type_is_one_load_error(
+    part: str, field: str, tmp_path: Path
+) -> None:
+    """A prefix-gpt2 run from CLIP and GPT-2 parts keeps each part's transformers config in its own config.json."""
+    import json
+
+    from _hub_parts import save_clip, save_gpt2
+    from captionkit.models.registry import create_model
+    from captionkit.parts import CaptionerParts
+    from captionkit.text import CaptionTokenizer
+
+    clip, gpt2 = save_clip(tmp_path / "clip"), save_gpt2(tmp_path / "gpt2", seed=1)
+    model = create_model("prefix-gpt2", encoder=str(clip), decoder=str(gpt2))
+    run = tmp_path / "run"
+    CaptionerParts(model, CaptionTokenizer.load(gpt2), model.preprocessing, clip).save(run)  # type: ignore[arg-type]
+    config = json.loads((run / "config.json").read_text())
+    config["config"][part][field] = "wide"
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        load_pretrained(run)
+    assert str(error.value) == (
+        f"{run}: bad config.json: Validation error for field '{field}': TypeError: Field '{field}' expected int, "
+        "got str (value: 'wide')"
+    )

@@ -142,6 +142,31 @@ def test_a_part_that_lacks_a_pretrained_tensor_is_refused(parts: tuple[Path, Pat
     assert str(raised.value) == f"{tmp_path / 'gpt2'}: {reason}"
 
 
+@pytest.mark.parametrize("part", ["encoder", "decoder"])
+def test_a_part_whose_weights_do_not_fit_its_config_names_a_tensor(
+    part: str, parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A config.json edited (or copied from another size) after the weights were saved: one line naming a tensor
+    and both shapes, not transformers' advice to pass ignore_mismatched_sizes."""
+    given = dict(zip(("encoder", "decoder"), parts, strict=True))
+    changed = shutil.copytree(given[part], tmp_path / part)
+    config = json.loads((changed / "config.json").read_text())
+    config |= {"hidden_size": 64} if part == "encoder" else {"n_embd": 64}
+    (changed / "config.json").write_text(json.dumps(config))
+    given[part] = changed
+    with pytest.raises(ModelLoadError) as raised:
+        create_model("vit-gpt2", encoder=str(given["encoder"]), decoder=str(given["decoder"]))
+    first = (
+        "embeddings.cls_token: [1, 1, 48] in the weights, [1, 1, 64]"
+        if part == "encoder"
+        else "transformer.h.0.attn.c_attn.bias: [96] in the weights, [192]"
+    )
+    # How many tensors differ depends on the layout (a transformers 5 ViT saves no unused pooler weights).
+    message = str(raised.value)
+    assert message.startswith(f"{changed}: weight shapes do not match config.json (")
+    assert message.endswith(f" tensors; {first} by config.json)") and "\n" not in message
+
+
 def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: Path) -> None:
     encoder, decoder = parts
     with pytest.raises(ConfigError, match=r"needs both model\.encoder and model\.decoder"):
@@ -376,6 +401,48 @@ def test_a_checkpoint_in_the_hubs_transformers4_layout_captions(tmp_path: Path) 
     model = captioner.model
     assert (model.bos_token_id, model.eos_token_id, model.pad_token_id) == (endoftext,) * 3
     assert_greedy_as_transformers(captioner, run, endoftext)
+
+
+def test_a_transformers4_checkpoint_with_generation_settings_in_config_json_resaves(tmp_path: Path) -> None:
+    """Fine-tunes of transformers 4 often set beam settings on the model config (no generation_config.json):
+    captionkit loads the checkpoint, saves it again, and plain transformers loads that with the same settings."""
+    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
+    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    config = json.loads((run / "config.json").read_text())
+    settings = {"max_length": 16, "num_beams": 4, "early_stopping": True, "length_penalty": 2.0}
+    (run / "config.json").write_text(json.dumps(config | settings))
+    captioner = Captioner.from_pretrained(run, device="cpu")
+    endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
+    assert_greedy_as_transformers(captioner, run, endoftext)
+    captioner.save_pretrained(tmp_path / "resaved")
+    plain = VisionEncoderDecoderModel.from_pretrained(tmp_path / "resaved")
+    assert {key: getattr(plain.generation_config, key) for key in settings} == settings
+    assert_greedy_as_transformers(Captioner.from_pretrained(tmp_path / "resaved", device="cpu"), run, endoftext)
+
+
+def _resave_sharded(model: torch.nn.Module, source: Path, target: Path) -> Path:
+    """``model`` saved by transformers in several shards (model.safetensors.index.json), with ``source``'s other
+    files (tokenizer, preprocessing) beside them."""
+    model.save_pretrained(target, max_shard_size="40KB")  # type: ignore[operator]
+    for path in source.iterdir():
+        if not path.name.startswith("model") and not (target / path.name).exists():
+            shutil.copy(path, target / path.name)
+    assert (target / "model.safetensors.index.json").is_file() and len(list(target.glob("model-*.safetensors"))) > 2
+    return target
+
+
+def test_sharded_checkpoints_and_parts_load_as_single_files_do(tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
+    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    sharded = _resave_sharded(VisionEncoderDecoderModel.from_pretrained(run), run, tmp_path / "sharded")
+    expected = load_model(run).state_dict()
+    found = Captioner.from_pretrained(sharded, device="cpu").model.state_dict()
+    assert set(found) == set(expected) and all(torch.equal(found[key], expected[key]) for key in expected)
+    decoder = _resave_sharded(GPT2LMHeadModel.from_pretrained(gpt2), gpt2, tmp_path / "gpt2-sharded")
+    expected = create_model("vit-gpt2", encoder=str(vit), decoder=str(gpt2)).ved.decoder.transformer.state_dict()
+    found = create_model("vit-gpt2", encoder=str(vit), decoder=str(decoder)).ved.decoder.transformer.state_dict()
+    pretrained = [key for key in expected if ".crossattention." not in key and ".ln_cross_attn." not in key]
+    assert len(pretrained) > 20 and all(torch.equal(found[key], expected[key]) for key in pretrained)
 
 
 def assert_greedy_as_transformers(captioner: Captioner, run: Path, endoftext: int) -> None:

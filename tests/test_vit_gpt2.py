@@ -241,8 +241,13 @@ def test_weights_that_do_not_fit_the_config_are_refused(make_vit_gpt2: Callable,
     config = json.loads((tmp_path / "config.json").read_text())
     config["decoder"]["n_inner"] = 96
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ModelLoadError, match=r"weight shapes do not match config\.json"):
+    with pytest.raises(ModelLoadError) as raised:
         VitGpt2Model.from_pretrained(tmp_path)
+    # Named: how many tensors, and the first with both shapes (2 layers x the MLP's c_fc weight and bias, c_proj).
+    assert str(raised.value) == (
+        f"{tmp_path}: weight shapes do not match config.json (6 tensors; decoder.transformer.h.0.mlp.c_fc.bias: "
+        "[256] in the weights, [96] by config.json)"
+    )
 
 
 def test_missing_paths_are_refused_without_the_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,6 +340,26 @@ def test_an_id_the_hub_does_not_know_fails_after_the_probe(empty_cache: Path, mo
     with pytest.raises(ModelLoadError) as raised:
         VitGpt2Model.from_pretrained(MISSING)
     assert str(raised.value) == f"{MISSING}: not found on the Hugging Face Hub (private or gated: log in first)"
+    assert [name for name, _ in calls] == ["probe"]
+
+
+def test_a_repository_without_config_json_says_so_after_the_probe(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The repository exists but holds no config.json (GGUF files only, say): the hub answers the probe with 404 and
+    # the EntryNotFound error code, whose first line names only the status and a request id.
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    def no_config(url: str, **_: Any) -> None:
+        message = f"404 Client Error. (Request ID: Root=1-abc)\n\nEntry Not Found for url: {url}."
+        raise RemoteEntryNotFoundError(message, response=SimpleNamespace(headers={}, request=None))
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    calls = record_hub_calls(monkeypatch, probe=no_config)
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained(MISSING)
+    assert str(raised.value) == f"{MISSING}: has no config.json on the Hugging Face Hub: not a model captionkit loads"
     assert [name for name, _ in calls] == ["probe"]
 
 

@@ -46,7 +46,7 @@ def resolve_model_source(name_or_dir: str | Path) -> Path:
 def snapshot(repo_id: str) -> Path:
     """Download (or find in the local cache) the files of ``repo_id`` that captionkit loads."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
     online = not constants.HF_HUB_OFFLINE
     if online:
@@ -55,6 +55,12 @@ def snapshot(repo_id: str) -> Path:
         except RepositoryNotFoundError:
             raise ModelLoadError(
                 repo_id, "not found on the Hugging Face Hub (private or gated: log in first)"
+            ) from None
+        except EntryNotFoundError:
+            # The repository exists without a config.json (GGUF files, a dataset-like repo): the hub's own first
+            # line says only "404 Client Error. (Request ID: ...)".
+            raise ModelLoadError(
+                repo_id, "has no config.json on the Hugging Face Hub: not a model captionkit loads"
             ) from None
         except HfHubHTTPError as error:
             raise ModelLoadError(repo_id, first_line(error)) from None

@@ -6,8 +6,11 @@ exports read their source checkpoints through it, so that they need not import t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import GPT2TokenizerFast
 
 from captionkit.errors import ModelLoadError
 from captionkit.files import honour_umask
@@ -21,6 +24,12 @@ from captionkit.text import CaptionTokenizer
 #: The files that mark an export directory: ONNX (``captionkit export onnx``) and int8 (``captionkit export int8``).
 ONNX_CONFIG = "onnx_config.json"
 QUANTIZATION_FILE = "quantization.json"
+# Families whose decoder is GPT-2, and GPT-2's tokenizer files as transformers 4 saved them.
+GPT2_DECODER_FAMILIES = ("vit-gpt2", "prefix-gpt2")
+GPT2_BPE_FILES = ("vocab.json", "merges.txt")
+# Files one of transformers' tokenizers reads: a directory with none of them has no tokenizer at all.
+TOKENIZER_FILE_PATTERNS = ("tokenizer.json", "vocab.*", "merges.txt", "*.model", "*.spm")
+NO_TOKENIZER = "no tokenizer files (tokenizer.json, or vocab.json + merges.txt): copy the base model's here"
 
 
 @dataclass
@@ -66,4 +75,33 @@ def _refuse_export(directory: Path, name: str | Path) -> None:
 
 def load_tokenizer(model: CaptionModel, source: str | Path) -> CaptionTokenizer:
     """The tokenizer files in ``source``, with ``model``'s special token ids."""
-    return CaptionTokenizer.load(source, model.bos_token_id, model.eos_token_id, model.pad_token_id)
+    ids = (model.bos_token_id, model.eos_token_id, model.pad_token_id)
+    directory = resolve_model_source(source)
+    if model.family in GPT2_DECODER_FAMILIES and _unnamed_bpe_pair(directory):
+        return CaptionTokenizer(GPT2TokenizerFast.from_pretrained(str(directory)), *ids)
+    try:
+        return CaptionTokenizer.load(directory, *ids)
+    except ModelLoadError as error:
+        if any(next(directory.glob(pattern), None) for pattern in TOKENIZER_FILE_PATTERNS):
+            raise ModelLoadError(source, error.reason) from None
+        # transformers' own words here ("Couldn't instantiate the backend tokenizer from one of: ") name nothing.
+        raise ModelLoadError(source, NO_TOKENIZER) from None
+
+
+def _unnamed_bpe_pair(directory: Path) -> bool:
+    """Whether ``directory`` holds only GPT-2's BPE files (vocab.json + merges.txt) and no file names their class.
+
+    Fine-tunes saved by transformers 4 may hold just these (no tokenizer.json, a tokenizer_config.json without
+    ``tokenizer_class``, or none). AutoTokenizer then guesses the class from config.json's model_type, and a
+    VisionEncoderDecoder's implies none: the decoder's model_type (GPT-2) does.
+    """
+    if (directory / "tokenizer.json").is_file() or not all((directory / n).is_file() for n in GPT2_BPE_FILES):
+        return False
+    settings = directory / "tokenizer_config.json"
+    if not settings.is_file():
+        return True
+    try:
+        named = json.loads(settings.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False  # CaptionTokenizer.load reports an unreadable file
+    return named is None

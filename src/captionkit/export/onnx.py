@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import ModelLoadError, first_line
+from captionkit.export import check_export_output
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel, Encoded
@@ -112,6 +113,7 @@ def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     if not hasattr(parts.model, "ved"):
         raise ModelLoadError(source, f"is a {parts.model.family} model; ONNX export supports vit-gpt2")
     output = Path(output)
+    check_export_output(parts.source, output, ONNX_CONFIG)
     output.mkdir(parents=True, exist_ok=True)
     parts.tokenizer.save(output)
     parts.preprocessing.save(output)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from transformers import Cache, GenerationConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME
@@ -22,7 +23,7 @@ from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel
 from captionkit.models.config_file import read_config_json
-from captionkit.models.native import METADATA_KEY, FamilyConfig, check_token_ids
+from captionkit.models.native import METADATA_KEY, FamilyConfig, bad_config_reason, check_token_ids
 from captionkit.version import __version__
 
 SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
@@ -124,6 +125,8 @@ def build_hf_model(model_class: Any, directory: Path) -> PreTrainedModel:
             model.generation_config = GenerationConfig.from_pretrained(directory)
     except (OSError, ValueError) as error:
         raise ModelLoadError(directory, first_line(error)) from None
+    except StrictDataclassError as error:
+        raise ModelLoadError(directory, bad_config_reason(error)) from None
     return model.eval()  # type: ignore[no-any-return]
 
 
@@ -154,28 +157,43 @@ def load_safetensors_model(
     if not report:
         hf_logging.set_verbosity_error()
     try:
+        # ignore_mismatched_sizes: a misshapen tensor then comes back in the loading info with both shapes (the
+        # error transformers raises names neither); the model is refused below either way.
         model, info = model_class.from_pretrained(
-            path, use_safetensors=True, output_loading_info=True, local_files_only=True, **options
+            path,
+            use_safetensors=True,
+            output_loading_info=True,
+            local_files_only=True,
+            ignore_mismatched_sizes=True,
+            **options,
         )
-    except RuntimeError as error:
-        if "mismatch" not in str(error):
-            raise ModelLoadError(source, first_line(error)) from None
-        # transformers' load report names each tensor; its exception only mentions ignore_mismatched_sizes.
-        seen = " (see the load report)" if report else ""
-        raise ModelLoadError(source, f"weight shapes do not match config.json{seen}") from None
     except SafetensorError as error:  # a file cut short or not safetensors at all
         weights = next(name for name in SAFE_WEIGHT_FILES if (path / name).is_file())
         raise ModelLoadError(source, f"{weights}: unreadable weights ({first_line(error)})") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(source, first_line(error)) from None
+    except StrictDataclassError as error:
+        raise ModelLoadError(source, bad_config_reason(error)) from None
     finally:
         hf_logging.set_verbosity(previous)
-    missing = [key for key in sorted(info["missing_keys"]) if not any(part in key for part in may_lack)]
-    problems = missing or sorted(str(key) for key in info["mismatched_keys"])
-    if problems:
-        shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
-        raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
+    _check_loaded_tensors(info, may_lack, source)
     return model.eval()
+
+
+def _check_loaded_tensors(info: dict[str, Any], may_lack: tuple[str, ...], source: str) -> None:
+    """Refuse weights that lack a tensor the model needs, or hold one of another shape than config.json makes."""
+    missing = [key for key in sorted(info["missing_keys"]) if not any(part in key for part in may_lack)]
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        raise ModelLoadError(source, f"weights do not match the config ({len(missing)} tensors: {shown})")
+    mismatched = sorted(info["mismatched_keys"], key=lambda entry: str(entry[0]))
+    if mismatched:
+        name, stored, built = mismatched[0]
+        raise ModelLoadError(
+            source,
+            f"weight shapes do not match config.json ({len(mismatched)} tensors; {name}: "
+            f"{list(stored)} in the weights, {list(built)} by config.json)",
+        )
 
 
 def save_hub_model(model: PreTrainedModel, family: str, directory: str | Path) -> None:

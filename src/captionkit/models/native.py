@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -174,6 +175,8 @@ def build_native(model_class: Any, config_class: type[FamilyConfig], directory: 
         raise config_load_error(error, source) from None
     except ModelLoadError as error:  # a part it names (a timm / torchvision encoder) cannot be built here
         raise ModelLoadError(source, error.reason) from None
+    except StrictDataclassError as error:  # a field of a transformers part it names (encoder_part, decoder_part)
+        raise ModelLoadError(source, bad_config_reason(error)) from None
 
 
 def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
@@ -196,6 +199,12 @@ def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
 def config_load_error(error: ConfigError, source: str) -> ModelLoadError:
     """A bad field in a saved config.json, as a load error naming the checkpoint."""
     return ModelLoadError(source, f"bad config.json field {error.source}: {error.reason}")
+
+
+def bad_config_reason(error: StrictDataclassError) -> str:
+    """transformers 5's check of a config field (a wrong type in config.json), on one line: its message puts the
+    field on one line and the cause on the next."""
+    return "bad config.json: " + " ".join(line.strip() for line in str(error).splitlines())
 
 
 def trains(module: nn.Module) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.models import families
 from captionkit.models.base import CaptionModel
@@ -27,7 +28,6 @@ from captionkit.models.family import Family
 from captionkit.text import CaptionTokenizer, train_bpe_tokenizer, train_word_tokenizer
 
 METADATA_KEY = "captionkit"
-VIT_GPT2 = "vit-gpt2"
 POSITION_INITS = ("random", "sincos")
 # Special ids of a model made without a tokenizer (overridable as bos_token_id=... etc.).
 DEFAULT_TOKEN_IDS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
@@ -180,7 +180,7 @@ def family_of(directory: Path) -> str:
     metadata = config.get(METADATA_KEY)
     family = metadata.get("family") if isinstance(metadata, dict) else None
     if family is None:
-        family = hub_model_types().get(config.get("model_type"))  # type: ignore[arg-type]
+        return _hub_family(config.get("model_type"), directory)
     if family not in FAMILIES:
         raise ModelLoadError(
             directory, f"unknown model family {family!r} in config.json (known: {', '.join(FAMILIES)})"
@@ -188,11 +188,23 @@ def family_of(directory: Path) -> str:
     return family
 
 
+def _hub_family(model_type: object, directory: Path) -> str:
+    """The family of a checkpoint without captionkit's key, by its model_type: a pretrained part given as the model
+    (GPT-2, ViT) or a captioner no family wraps (BLIP-2) is refused by its model_type, not by a family of None."""
+    known = hub_model_types()
+    if isinstance(model_type, str) and model_type in known:
+        return known[model_type]
+    if model_type is None:
+        raise ModelLoadError(directory, "config.json names neither a captionkit family nor a model_type")
+    raise ModelLoadError(
+        directory, f"is a {model_type!r} model, not one of the captioners loaded here (hub types: {', '.join(known)})"
+    )
+
+
 def load_model(source: str | Path) -> CaptionModel:
-    """Load a saved model: a local checkpoint directory (any family), or a hub id (Hugging Face families)."""
-    path = Path(source)
-    family = family_of(path) if path.is_dir() else VIT_GPT2
-    return FAMILIES[family].load_class().from_pretrained(source)
+    """Load a saved model: a local checkpoint directory (any family), or a hub id (its snapshot; any family)."""
+    directory = resolve_model_source(source)
+    return FAMILIES[family_of(directory)].load_class().from_pretrained(directory)
 
 
 def preprocessing_for(model: CaptionModel) -> Preprocessing:

@@ -484,11 +484,19 @@ def _check_directory(path: Path, source: str) -> None:
 
 
 def _check_raw_config(raw: dict[str, Any], source: str) -> None:
-    encoder, decoder = raw.get("encoder") or {}, raw.get("decoder") or {}
+    encoder, decoder = _sub_config(raw, "encoder", source), _sub_config(raw, "decoder", source)
     _check_model_types(raw.get("model_type"), encoder.get("model_type"), decoder.get("model_type"), source)
     metadata = raw.get(METADATA_KEY)
     if isinstance(metadata, dict) and metadata.get("family", FAMILY) != FAMILY:
         raise ModelLoadError(source, f"was saved by captionkit as family {metadata['family']!r}, not {FAMILY!r}")
+
+
+def _sub_config(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
+    """config.json's "encoder" or "decoder" settings ({} when absent: the model types then say what is wrong)."""
+    value = raw.get(key) or {}
+    if not isinstance(value, dict):
+        raise ModelLoadError(source, f"bad config.json: {key!r} is a {type(value).__name__}, not an object")
+    return value
 
 
 def _load_directory(path: Path, source: str, attn_implementation: str | None) -> VisionEncoderDecoderModel:
