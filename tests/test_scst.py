@@ -148,6 +148,23 @@ def test_greedy_baseline_uses_the_greedy_captions_reward(single_thread):
     assert output is not None and output.stats["reward_baseline"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_greedy_baseline_pays_the_unfinished_penalty_as_the_samples_do(single_thread):
+    # One new token: captions that do not end at once are cut, and their reward loses the penalty. The greedy
+    # baseline is the greedy caption's reward under the same rule, or cut samples would lose against an uncut bar.
+    tokenizer, model, pixels, ids = _setup()
+    reward = CiderReward(REFERENCES)
+    config = ScstSection(num_samples=2, baseline="greedy", max_new_tokens=1, unfinished_penalty=0.5)
+    output = scst_step(model, tokenizer, reward, config)(images(pixels, ids), step=3)
+    from captionkit.decoding import DecodingConfig, generate
+
+    greedy = generate(model, pixels, config=DecodingConfig(max_new_tokens=1))
+    cut = torch.tensor([float(not g[0].finished) for g in greedy])
+    assert cut.sum() > 0  # the check below is about cut greedy captions
+    plain = reward(ids, [[tokenizer.decode(g[0].token_ids)] for g in greedy])[:, 0]
+    expected = (plain - 0.5 * cut).mean().item()
+    assert output is not None and output.stats["reward_baseline"] == pytest.approx(expected, abs=1e-6)
+
+
 def test_a_tiny_run_raises_the_mean_reward(single_thread):
     tokenizer, model, pixels, ids = _setup(seed=2)
     config = ScstSection(num_samples=6, max_new_tokens=8)

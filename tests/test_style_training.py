@@ -47,6 +47,8 @@ def test_bad_style_settings_name_the_key():
         DataSection(styles={"joyful": 1.0})
     with pytest.raises(ConfigError, match=r"data.styles.positive: must be a positive number"):
         DataSection(styles={"positive": 0})
+    with pytest.raises(ConfigError, match=r"data.styles.neutral: must be a positive number, got inf"):
+        DataSection(styles={"neutral": float("inf"), "positive": 1})  # YAML .inf: mix_styles failed with a traceback
     with pytest.raises(InputError, match="no negative captions"):
         mix_styles(_records({"neutral": 3}), {"neutral": 1, "negative": 1}, seed=0)
 

@@ -154,6 +154,40 @@ def test_unknown_stage_group_names_the_known_ones(scenes):
         config_for(scenes, "train.stages=[{until_step: 5, train: [decoder]}, {until_step: 5, train: [all]}]")
 
 
+def test_a_last_stage_with_an_end_is_a_config_error_naming_it(scenes):
+    # The last stage runs to the end of the run whatever until_step says: refused rather than ignored.
+    setup = build_setup(config_for(scenes))
+    with pytest.raises(ConfigError) as caught:
+        Stages(setup.model, [StageSection(until_step=2, train=["decoder"]), StageSection(until_step=4, train=["all"])])
+    assert caught.value.source == "train.stages[1].until_step" and "leave until_step out" in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "reason"),
+    [
+        ("train.betas=[1.5, 0.9]", "train.betas[0]", "must be in [0, 1), got 1.5"),
+        ("train.betas=[0.9, 1.0]", "train.betas[1]", "must be in [0, 1), got 1.0"),
+        ("train.min_lr_ratio=2", "train.min_lr_ratio", "must be at most 1"),
+        ("model.overrides={decoder_positions: 8}", "data.max_length", "must be at most 8"),
+        (("train.objective=scst", "train.scst.max_new_tokens=65"), "train.scst.max_new_tokens", "must be at most 64"),
+        ("data.val_fraction=0", "train.patience", "early stopping needs validation captions"),
+    ],
+)
+def test_values_a_run_cannot_use_are_one_config_error_naming_the_key(scenes, tmp_path, setting, key, reason):
+    # Before: torch's ValueError on the betas, an IndexError in the first step past 8 positions (captions of up to
+    # data.max_length=40 tokens), a floor above lr and patience without validation data accepted and ignored.
+    train_only = tmp_path / "train.jsonl"  # the scenes' training images alone: no validation split to hold out
+    rows = [json.loads(line) for line in scenes.read_text().splitlines()]
+    rows = [row | {"image": str(scenes.parent / row["image"])} for row in rows if row["split"] == "train"]
+    train_only.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = (setting,) if isinstance(setting, str) else setting
+    data = [f"data.train={train_only}", "data.val=''"] if "data.val_fraction=0" in settings else []
+    config = config_for(scenes, *data, "train.patience=1", *settings)
+    with pytest.raises(ConfigError) as caught:
+        train(config, tmp_path / "run")
+    assert caught.value.source == key and reason in caught.value.reason
+
+
 def test_staged_run_leaves_frozen_groups_untouched(scenes, tmp_path, single_thread):
     config = config_for(
         scenes, "train.stages=[{until_step: 2, train: [cross_attention]}, {train: [cross_attention, decoder]}]"
@@ -195,6 +229,19 @@ def test_validation_best_checkpoint_and_early_stopping(scenes, tmp_path, single_
     assert evaluated[0]["val_cider"] == evaluated[1]["val_cider"]  # the same greedy captions of the same images
     best = json.loads((tmp_path / "run" / "checkpoints" / "best" / "trainer_state.json").read_text())
     assert best["loop"]["step"] == 2 and best["loop"]["best"] == evaluated[0]["val_loss"]
+
+
+def test_a_run_that_stopped_early_stays_stopped_when_its_command_runs_again(scenes, tmp_path, single_thread):
+    # lr 0: no evaluation improves on the first, so patience 1 stops the run at its second evaluation (step 4).
+    settings = ("train.steps=10", "train.lr=0", "train.eval_every=2", "train.patience=1", "train.checkpoint_every=2")
+    first = train(config_for(scenes, *settings), tmp_path / "run")
+    assert first.stopped_early and first.steps == 4
+    again = train(config_for(scenes, *settings), tmp_path / "run")  # e.g. a scheduler restarting the job
+    assert again.resumed_from is not None and again.resumed_from.name == "step-000004"
+    assert again.stopped_early and again.steps == 4
+    assert [e["step"] for e in again.history] == [e["step"] for e in first.history]
+    more_patience = train(config_for(scenes, *settings[:3], "train.patience=2", settings[4]), tmp_path / "run")
+    assert more_patience.stopped_early and more_patience.steps == 6  # the third evaluation without a better one
 
 
 def test_metrics_jsonl_curves_png_and_tensorboard_notice(scenes, tmp_path, single_thread, caplog):

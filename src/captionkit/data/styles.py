@@ -9,6 +9,7 @@ the shares hold for the samples it draws.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Mapping, Sequence
 
@@ -21,7 +22,8 @@ def check_style_shares(shares: Mapping[str, float], key: str = "data.styles") ->
     for style, share in shares.items():
         if style not in STYLES:
             raise ConfigError(key, f"unknown style {style!r} (known: {', '.join(STYLES)})")
-        if isinstance(share, bool) or not isinstance(share, int | float) or not share > 0:
+        # Finite too: an infinite share (YAML .inf) makes every mix length infinite, a traceback in mix_styles.
+        if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share < math.inf:
             raise ConfigError(f"{key}.{style}", f"must be a positive number, got {share!r}")
 
 

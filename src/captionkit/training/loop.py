@@ -63,7 +63,8 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
     config, state, parallel, device = run.config, run.state, run.parallel, run.step.device
     loss = torch.tensor(state.running_loss, dtype=torch.float64, device=device)
     now = Progress(time.perf_counter(), state.seconds, loss, last_saved=state.step if run.resumed_from else -1)
-    while state.step < config.train.steps:
+    now.stopped_early = _stopped_early_before(run)
+    while state.step < config.train.steps and not now.stopped_early:
         # Every process must agree, or one saves (a collective) while the others wait elsewhere.
         now.stop_requested = parallel.any(stop.received is not None)
         if now.stop_requested:
@@ -104,6 +105,13 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
             break
     state.running_loss = float(now.loss)
     return now
+
+
+def _stopped_early_before(run: Run) -> bool:
+    """Whether the checkpoint resumed from is where early stopping ended the run. Running the same command again
+    must not train past that point; a larger ``train.patience`` (a change a resumed run may make) continues it."""
+    patience = run.config.train.patience
+    return run.resumed_from is not None and patience > 0 and run.state.evals_since_best >= patience
 
 
 def _timed(step: int, config: TrainConfig) -> bool:

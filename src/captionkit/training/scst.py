@@ -117,6 +117,20 @@ def sequences_from(hypotheses: Sequence[Sequence[Hypothesis]], bos: int, eos: in
     return ids, mask
 
 
+def penalised_rewards(
+    reward: CiderReward,
+    image_ids: Sequence[str],
+    hypotheses: Sequence[Sequence[Hypothesis]],
+    tokenizer: CaptionTokenizer,
+    unfinished_penalty: float,
+) -> torch.Tensor:
+    """(B, K) rewards of ``hypotheses[i]`` (K captions of image ``image_ids[i]``), less ``unfinished_penalty`` for
+    each caption cut at the length limit."""
+    texts = [[caption.caption for caption in group] for group in to_captions(hypotheses, tokenizer)]
+    unfinished = torch.tensor([[not h.finished for h in group] for group in hypotheses])
+    return reward(image_ids, texts) - unfinished_penalty * unfinished.float()
+
+
 def rollout(
     model: CaptionModel,
     tokenizer: CaptionTokenizer,
@@ -133,16 +147,15 @@ def rollout(
     its first image in the global batch, so N processes sample exactly what one process with the whole batch would.
     """
     samples = generate(model, encoded=encoded, config=sampling_config(config, seed), image_offset=image_offset)
-    texts = [[caption.caption for caption in group] for group in to_captions(samples, tokenizer)]
-    rewards = reward(image_ids, texts)
-    unfinished = torch.tensor([[not h.finished for h in group] for group in samples])
-    rewards = rewards - config.unfinished_penalty * unfinished.float()
+    rewards = penalised_rewards(reward, image_ids, samples, tokenizer, config.unfinished_penalty)
     if config.baseline == "mean":
         baseline = leave_one_out_baseline(rewards)
     else:
         greedy = generate(model, encoded=encoded, config=DecodingConfig(max_new_tokens=config.max_new_tokens))
-        greedy_texts = [[group[0].caption] for group in to_captions(greedy, tokenizer)]
-        baseline = reward(image_ids, greedy_texts).expand_as(rewards)
+        # The greedy caption is judged by the same reward as the samples, its penalty included: without it, a
+        # greedy caption cut at the limit would set the bar higher than the reward it actually earns.
+        greedy_rewards = penalised_rewards(reward, image_ids, greedy, tokenizer, config.unfinished_penalty)
+        baseline = greedy_rewards.expand_as(rewards)
     device = encoded.tokens.device
     ids, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
     rows = torch.arange(len(image_ids)).repeat_interleave(config.num_samples)

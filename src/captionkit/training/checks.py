@@ -1,0 +1,48 @@
+"""Recipe values that parse but that a run cannot use: each one is one ``ConfigError`` line naming the key, raised
+before the step that would fail on it (with a traceback from torch, or an IndexError in the middle of a run).
+
+Some of these belong with the other value checks in config.py; they are made here, where a run starts, so that
+every way into training (the CLI, ``captionkit.training.loop.train``) passes through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from captionkit.config import TrainConfig, TrainSection
+from captionkit.data.records import CaptionRecord
+from captionkit.errors import ConfigError
+from captionkit.models.base import CaptionModel
+
+
+def check_optimizer_settings(train: TrainSection) -> None:
+    """AdamW's betas and the schedule's floor: torch refuses betas outside [0, 1) with a traceback, and a floor above
+    ``lr`` would make the "decay" climb."""
+    for index, beta in enumerate(train.betas):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"train.betas[{index}]", f"must be in [0, 1), got {beta}")
+    if train.min_lr_ratio > 1.0:
+        reason = f"must be at most 1 (the schedule decays from lr to lr x min_lr_ratio), got {train.min_lr_ratio}"
+        raise ConfigError("train.min_lr_ratio", reason)
+
+
+def check_lengths(config: TrainConfig, model: CaptionModel) -> None:
+    """Captions (``data.max_length`` tokens, start and eos included) and SCST samples must fit the decoder's
+    positions: past them its position table has no row, and the first long caption would crash the run."""
+    limit = model.max_positions
+    if limit is None:  # an LSTM: no position table
+        return
+    if config.data.max_length > limit:
+        reason = f"must be at most {limit} (the positions of this model's decoder), got {config.data.max_length}"
+        raise ConfigError("data.max_length", reason)
+    scst = config.train.scst
+    if config.train.objective == "scst" and scst.max_new_tokens > limit:
+        reason = f"must be at most {limit} (the positions of this model's decoder), got {scst.max_new_tokens}"
+        raise ConfigError("train.scst.max_new_tokens", reason)
+
+
+def check_validation(config: TrainConfig, val_records: Sequence[CaptionRecord]) -> None:
+    """Early stopping without validation data would never stop: refused rather than ignored."""
+    if config.train.patience and not any(record.caption.strip() for record in val_records):
+        reason = "early stopping needs validation captions (data.val, or data.val_fraction > 0), and there are none"
+        raise ConfigError("train.patience", reason)
