@@ -257,6 +257,15 @@ def test_seeded_sampling_is_batched_only_within_its_request(captioners, monkeypa
     assert counting.batches[1:] == [1, 1, 1]  # all three waited together, and still ran one by one
 
 
+def test_seeded_sampling_does_not_wait_for_company_it_cannot_get(captioners):
+    """A seeded request batches alone, so max_wait cannot bring it company: with ten minutes of max_wait it still
+    answers within the request timeout (before, it waited out max_wait and answered 504)."""
+    settings = ServeSettings(max_batch=8, max_wait_ms=600_000, request_timeout_s=20)
+    with TestClient(create_app(captioners, settings)) as client:
+        response = post_image(client, do_sample="true", seed=3, max_length=5)
+    assert response.status_code == 200, response.text
+
+
 def test_full_queue_answers_503_with_retry_after(captioners, monkeypatch):
     counting = slow_counting(captioners["base"], monkeypatch)
     settings = ServeSettings(max_batch=1, max_wait_ms=0, max_queue=1, max_images=1, retry_after_s=3)

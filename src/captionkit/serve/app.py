@@ -37,6 +37,7 @@ from captionkit.serve.errors import ApiError, field_error, invalid_fields
 from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from captionkit.serve.models import ServedModel
 from captionkit.serve.params import CaptionParams, Parameter, parameters, parse_params
+from captionkit.serve.schemas import CAPTIONS, MODELS, REFUSAL, json_content
 from captionkit.serve.settings import ServeSettings
 from captionkit.serve.uploads import IMAGE_FIELD, JSON_IMAGES, load_uploads, parse_body, read_body
 
@@ -86,6 +87,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     @app.post(
         "/v1/captions",
         summary="Caption one or more images",
+        response_model=None,  # the answer's schema is schemas.CAPTIONS, in openapi_extra
         openapi_extra=_captions_openapi(parameters(settings)),
     )
     async def captions(request: Request) -> dict[str, Any]:
@@ -109,9 +111,18 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
 
-    @app.get("/v1/models", summary="The models this server captions with")
+    @app.get(
+        "/v1/models",
+        summary="The models this server captions with, what each takes, and the server's limits",
+        response_model=None,
+        openapi_extra={"responses": {"200": {"description": "The models", "content": json_content(MODELS)}}},
+    )
     async def list_models() -> dict[str, Any]:
-        return {"default": next(iter(served)), "models": [model.describe() for model in served.values()]}
+        return {
+            "default": next(iter(served)),
+            "limits": _limits(settings),
+            "models": [model.describe(settings.max_new_tokens) for model in served.values()],
+        }
 
     @app.get("/healthz", summary="Liveness: the process answers and every model's batching worker runs")
     async def healthz() -> JSONResponse:
@@ -257,6 +268,18 @@ def _describe_decoding(params: CaptionParams) -> dict[str, Any]:
     return config
 
 
+def _limits(settings: ServeSettings) -> dict[str, int]:
+    """What a client (the page) needs to know to send requests this server takes: it splits many images into
+    requests of at most max_images and max_upload_bytes."""
+    return {
+        "max_images": settings.max_images,
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_beams": settings.max_beams,
+        "max_n_best": settings.max_n_best,
+        "max_length": settings.max_new_tokens,
+    }
+
+
 def _route_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(getattr(route, "path", "") for route in app.routes)
 
@@ -270,8 +293,9 @@ def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
     properties = {p.name: _schema(p) for p in table}
     image_files = {"type": "array", "items": {"type": "string", "format": "binary"}}
     base64_list = {"type": "array", "items": {"type": "string", "description": "base64 or data: URL"}}
-    refusal = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}}}}}
     return {
+        "description": "Parameters go in the query string or in the body (form fields or JSON keys), not both: a name"
+        " in both, or given twice in one, is refused with 422 rather than one of them picked.",
         "parameters": [
             {"name": p.name, "in": "query", "required": False, "description": p.help, "schema": _schema(p)}
             for p in table
@@ -288,19 +312,22 @@ def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:
             },
         },
         "responses": {
-            str(status): {"description": why, "content": refusal}
-            for status, why in (
-                (400, "Malformed body"),
-                (408, "Request head or body not received within the read timeout"),
-                (413, "Body over the upload limit"),
-                (415, "Content type or image format not accepted"),
-                (422, "Invalid parameter or unreadable image"),
-                (500, "The model failed on this request's batch (internal error)"),
-                (503, "Queue full (see Retry-After), or the model's worker stopped"),
-                (504, "No answer within the request timeout"),
-            )
+            "200": {"description": "The n-best captions of each image", "content": json_content(CAPTIONS)},
+            **{str(status): {"description": why, "content": json_content(REFUSAL)} for status, why in _REFUSALS},
         },
     }
+
+
+_REFUSALS = (
+    (400, "Malformed body"),
+    (408, "Request head or body not received within the read timeout"),
+    (413, "Body over the upload limit"),
+    (415, "Content type or image format not accepted"),
+    (422, "Invalid parameter or unreadable image"),
+    (500, "The model failed on this request's batch (internal error)"),
+    (503, "Queue full (see Retry-After), or the model's worker stopped"),
+    (504, "No answer within the request timeout"),
+)
 
 
 def _schema(parameter: Parameter) -> dict[str, Any]:

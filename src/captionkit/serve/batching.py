@@ -6,7 +6,8 @@ there or ``max_wait`` has passed since the oldest arrived, and runs them in one 
 thread per model: a model is never run by two threads at once, and the event loop stays free meanwhile).
 
 Seeded sampling is batched only within its request: sample ``i`` of image ``j`` then comes from
-``seed + j`` whatever else is in flight, so the same request always gets the same captions.
+``seed + j`` whatever else is in flight, so the same request always gets the same captions. It does not wait
+``max_wait`` either, since no other request can join it.
 
 The queue is bounded: a request whose images do not fit raises :class:`QueueFull` at once (the API answers 503
 with Retry-After) instead of waiting behind work it cannot finish in time. A request that is cancelled (its
@@ -187,7 +188,9 @@ class MicroBatcher:
 
     async def _run_one_batch(self) -> None:
         key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
-        deadline = self._queues[key][0].arrived + self.max_wait_s
+        # A seeded request's key is its own, and all its images came at once: nothing can join it, so waiting
+        # max_wait for company would only delay it.
+        deadline = self._queues[key][0].arrived + (self.max_wait_s if key.request is None else 0.0)
         while len(self._queues.get(key, ())) < self.max_batch and (wait := deadline - time.monotonic()) > 0:
             self._arrived.clear()
             try:

@@ -3,7 +3,8 @@
 Every refusal is ``{"detail": "<one line naming the input and the reason>", "errors": [...]}``: ``detail`` is
 what :class:`captionkit.errors.CaptionkitError` messages look like; ``errors`` (present when there is more than
 the one line to say) lists each bad parameter as ``{"field", "error"}`` and each bad image as
-``{"image", "error"}``, the same record the ``caption`` CLI writes for a file it could not read.
+``{"index", "image", "error"}``: the record the ``caption`` CLI writes for a file it could not read, plus the
+image's position in the request (two uploads may share a file name).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class ApiError(Exception):
         self,
         status: int,
         detail: str,
-        errors: list[dict[str, str]] | None = None,
+        errors: list[dict[str, Any]] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)

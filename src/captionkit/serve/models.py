@@ -2,7 +2,9 @@
 
 ``styles``: "neutral" and the styles the model was trained to control (``Captioner.styles``; another style is a
 422 naming the model). ``attention``: the model returns attention maps (``model.has_attention``), which
-``attention=true`` adds to each caption of a response.
+``attention=true`` adds to each caption of a response. ``prompt``: the model continues a text prompt (BLIP; another
+family refuses one with a 422). ``max_length``: the most new tokens a request may ask of it, the server's bound or
+the model's positions if fewer (a prompt's tokens take positions too).
 """
 
 from __future__ import annotations
@@ -27,8 +29,18 @@ class ServedModel:
     def attention(self) -> bool:
         return bool(self.captioner.model.has_attention)
 
-    def describe(self) -> dict[str, Any]:
-        """The ``GET /v1/models`` record."""
+    @property
+    def prompt(self) -> bool:
+        return bool(getattr(self.captioner.model, "takes_prompt", False))
+
+    def max_length(self, server_limit: int) -> int:
+        """The most new tokens a request may ask for: ``server_limit``, or fewer where the model has fewer positions
+        (the check that refuses more is :func:`captionkit.decoding.engine.check_length`)."""
+        positions = self.captioner.model.max_positions
+        return server_limit if positions is None else max(1, min(server_limit, positions))
+
+    def describe(self, server_max_length: int) -> dict[str, Any]:
+        """The ``GET /v1/models`` record; ``server_max_length`` is the server's bound on ``max_length``."""
         model = self.captioner.model
         return {
             "name": self.name,
@@ -38,4 +50,6 @@ class ServedModel:
             "dtype": next(name for name, dtype in DTYPES.items() if dtype == self.captioner.dtype),
             "styles": list(self.styles),
             "attention": self.attention,
+            "prompt": self.prompt,
+            "max_length": self.max_length(server_max_length),
         }

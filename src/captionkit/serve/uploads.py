@@ -10,8 +10,8 @@ Images are judged by their bytes, never by file name or declared type: a format 
 in pixels is 422.
 
 A request with any bad image is refused whole, before any model work: the status is that of the first bad
-image, and ``errors`` lists every bad one as ``{"image", "error"}``. A client resends the good ones; it never
-has to pick results apart from failures.
+image, and ``errors`` lists every bad one as ``{"index", "image", "error"}`` (its position in the request, its
+name). A client resends the good ones; it never has to pick results apart from failures.
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ JSON_IMAGES = "images"
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 4096
 _UNSUPPORTED_PREFIX = "unsupported image format"
+# How Starlette's form parser words the max_files refusal (it has no exception type of its own). The parser stops at
+# max_images + 1 files, so a request of many more images would otherwise read as a malformed body (400).
+_TOO_MANY_FILES = "Too many files"
 # What a \uD800-\uDFFF JSON escape left unpaired decodes to: not Unicode text, and unencodable in any answer.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -97,13 +100,14 @@ def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.I
     """Decode every upload safely; refuse the request (415/422) listing each image that failed."""
     limits = ImageLimits(max_bytes=settings.max_upload_bytes)
     images: list[Image.Image] = []
-    failures: list[tuple[int, dict[str, str]]] = []
-    for upload in uploads:
+    failures: list[tuple[int, dict[str, Any]]] = []
+    for index, upload in enumerate(uploads):
         try:
             images.append(load_image(upload.data, limits=limits, name=upload.name))
         except ImageError as error:
             status = 415 if error.reason.startswith(_UNSUPPORTED_PREFIX) else 422
-            failures.append((status, {"image": upload.name, "error": error.reason}))
+            # The index tells apart two uploads of one file name (photo.jpg from two folders).
+            failures.append((status, {"index": index, "image": upload.name, "error": error.reason}))
     if failures:
         status, first = failures[0]
         more = f" (and {len(failures) - 1} more bad images)" if len(failures) > 1 else ""
@@ -129,6 +133,9 @@ async def _parse_multipart(
         )
     except (MultiPartException, HTTPException) as error:  # Starlette turns the former into the latter in an app
         reason = error.detail if isinstance(error, HTTPException) else str(error)
+        if reason.startswith(_TOO_MANY_FILES):  # too many images is a 422 whatever the count, as in parse_body
+            count = f"more than {settings.max_images} images, at most {settings.max_images} per request"
+            raise invalid_fields([field_error(IMAGE_FIELD, count)]) from None
         raise ApiError(400, f"request body: malformed or over-limit multipart data ({reason})") from None
     uploads: list[Upload] = []
     params: dict[str, Any] = {}

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { models: [], files: [] };
+const state = { models: [], files: [], limits: null, thumbnails: [] };
 
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
@@ -16,18 +16,31 @@ function element(tag, attributes = {}, ...children) {
 
 async function loadModels() {
   const response = await fetch("/v1/models");
-  const body = await response.json();
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
   state.models = body.models;
+  state.limits = body.limits;
+  $("num_beams").max = body.limits.max_beams;
+  $("n_best").max = body.limits.max_n_best;
   const list = $("model-list");
   list.replaceChildren();
   body.models.forEach((model, index) => {
     const box = element("input", { type: "checkbox", value: model.name, name: "model" });
     box.checked = index < 2; // two models side by side by default (baseline vs fine-tuned)
     box.addEventListener("change", refreshControls);
-    const note = `${model.family}, ${(model.parameters / 1e6).toFixed(2)}M params, ${model.device}`;
-    list.append(element("label", { class: "model" }, box, ` ${model.name} `, element("small", {}, note)));
+    list.append(element("label", { class: "model" }, box, ` ${model.name} `, element("small", {}, modelNote(model))));
   });
   refreshControls();
+}
+
+// What a model is and which of the optional controls it takes, next to its checkbox.
+function modelNote(model) {
+  const takes = [];
+  if (model.styles.length > 1) takes.push(`styles: ${model.styles.filter((s) => s !== "neutral").join(", ")}`);
+  if (model.prompt) takes.push("prompt");
+  if (model.attention) takes.push("attention");
+  const size = `${(model.parameters / 1e6).toFixed(2)}M params`;
+  return [model.family, size, model.device, ...takes].join(" · ");
 }
 
 function selectedModels() {
@@ -37,57 +50,165 @@ function selectedModels() {
 
 function refreshControls() {
   const models = selectedModels();
-  // Styles every selected model knows; attention only when every selected model reports it.
-  const styles = models.length ? models.map((m) => m.styles).reduce((a, b) => a.filter((s) => b.includes(s))) : ["neutral"];
-  const styleSelect = $("style");
-  const current = styleSelect.value;
-  styleSelect.replaceChildren(...styles.map((s) => element("option", { value: s }, s)));
-  if (styles.includes(current)) styleSelect.value = current;
-  const attention = models.length > 0 && models.every((m) => m.attention);
-  $("attention-toggle").hidden = !attention;
-  if (!attention) $("attention").checked = false;
+  refreshStyles(models);
+  explain("prompt", models, (m) => m.prompt, "a prompt");
+  explain("attention", models, (m) => m.attention, "attention maps");
+  // The longest caption every selected model takes (a model with few positions takes fewer tokens).
+  const lengths = models.map((m) => m.max_length);
+  if (lengths.length) $("max_length").max = Math.min(...lengths);
   const strategy = $("strategy").value;
   document.querySelectorAll(".beam-only").forEach((n) => (n.hidden = strategy !== "beam"));
   document.querySelectorAll(".sample-only").forEach((n) => (n.hidden = strategy !== "sample"));
+  document.querySelectorAll(".not-greedy").forEach((n) => (n.hidden = strategy === "greedy")); // greedy: 1 caption
   $("run").disabled = !(models.length && state.files.length);
 }
 
+// Styles any selected model knows; each model is sent the style only if it knows it (the others caption neutral).
+function refreshStyles(models) {
+  const styles = [...new Set(["neutral", ...models.flatMap((m) => m.styles)])];
+  const select = $("style");
+  const current = select.value;
+  select.replaceChildren(...styles.map((s) => element("option", { value: s }, s)));
+  if (styles.includes(current)) select.value = current;
+  select.disabled = styles.length === 1;
+  const styled = models.filter((m) => m.styles.length > 1).map((m) => m.name);
+  $("style-note").textContent = select.disabled
+    ? "no selected model was trained with styles"
+    : styled.length < models.length ? `styles apply to ${styled.join(", ")}; the others caption neutral` : "";
+}
+
+// A control only some models take: disabled when no selected model takes it, and a note naming who does.
+function explain(id, models, takes, what) {
+  const takers = models.filter(takes).map((m) => m.name);
+  const control = $(id);
+  control.disabled = takers.length === 0;
+  if (control.disabled && control.type === "checkbox") control.checked = false;
+  let note = "";
+  if (!takers.length) note = `no selected model takes ${what}`;
+  else if (takers.length < models.length) note = `${what}: sent to ${takers.join(", ")} only`;
+  $(`${id}-note`).textContent = note;
+}
+
 function setFiles(files) {
-  state.files = [...files].filter((file) => file.size > 0);
+  state.files = [...files];
   $("drop").querySelector("strong").textContent = state.files.length
     ? `${state.files.length} image(s): ${state.files.map((f) => f.name).join(", ")}`
     : "Drop images here";
   refreshControls();
 }
 
+// The number inputs each strategy uses; an empty one is left out, so that the server's default applies.
+const NUMBERS = { beam: ["num_beams", "length_penalty"], greedy: [], sample: ["temperature", "top_k", "top_p", "seed"] };
+
+function numberInputs() {
+  return ["max_length", "n_best", ...NUMBERS[$("strategy").value]].map($);
+}
+
+// A number field the browser could not read (its value is then ""): said, rather than sent as the default.
+function unreadableNumber() {
+  const bad = numberInputs().find((input) => input.validity.badInput);
+  return bad ? `${bad.parentElement.textContent.trim()}: not a number` : null;
+}
+
 function parameters(model) {
+  const params = { model: model.name };
+  for (const input of numberInputs()) if (input.value.trim() !== "") params[input.id] = input.value.trim();
   const strategy = $("strategy").value;
-  const params = { model: model.name, max_length: $("max_length").value, n_best: $("n_best").value, style: $("style").value };
-  if (strategy === "beam") params.num_beams = $("num_beams").value;
   if (strategy === "greedy") Object.assign(params, { num_beams: "1", n_best: "1" });
-  if (strategy === "sample") {
-    Object.assign(params, { do_sample: "true", temperature: $("temperature").value, top_k: $("top_k").value, top_p: $("top_p").value });
-    if ($("seed").value !== "") params.seed = $("seed").value;
-  }
-  if ($("attention").checked) params.attention = "true";
+  if (strategy === "sample") params.do_sample = "true";
+  const style = $("style").value;
+  if (style !== "neutral" && model.styles.includes(style)) params.style = style;
+  const prompt = $("prompt").value.trim();
+  if (prompt && model.prompt) params.prompt = prompt;
+  if ($("attention").checked && model.attention) params.attention = "true";
   return params;
 }
 
-async function captionWith(model) {
+// Room a multipart part takes beyond the file's bytes (boundary, headers), and the parameters' part of a body.
+const PART_BYTES = 1024;
+const FORM_BYTES = 16 * 1024;
+
+// The files' indices in groups the server takes in one request: at most max_images, within max_upload_bytes.
+// A file over the limit on its own goes alone, and the server's 413 names it.
+function requestGroups(files) {
+  const room = state.limits.max_upload_bytes - FORM_BYTES;
+  const groups = [];
+  let group = [], size = 0;
+  files.forEach((file, index) => {
+    const bytes = file.size + PART_BYTES;
+    if (group.length && (group.length === state.limits.max_images || size + bytes > room)) {
+      groups.push(group);
+      group = [];
+      size = 0;
+    }
+    group.push(index);
+    size += bytes;
+  });
+  if (group.length) groups.push(group);
+  return groups;
+}
+
+async function post(model, indices) {
   const form = new FormData();
-  for (const file of state.files) form.append("image", file, file.name);
+  for (const index of indices) form.append("image", state.files[index], state.files[index].name);
   for (const [key, value] of Object.entries(parameters(model))) form.append(key, value);
   const started = performance.now();
-  const response = await fetch("/v1/captions", { method: "POST", body: form });
-  const body = await response.json().catch(() => ({ detail: `HTTP ${response.status}` }));
-  return { model, ok: response.ok, status: response.status, body, roundTrip: performance.now() - started };
+  let response;
+  try {
+    response = await fetch("/v1/captions", { method: "POST", body: form });
+  } catch (error) {
+    return { ok: false, status: 0, body: { detail: `request failed: ${error.message}` } };
+  }
+  const body = await response.json().catch(() => ({ detail: `HTTP ${response.status} ${response.statusText}` }));
+  const retryAfter = response.headers.get("retry-after");
+  return { ok: response.ok, status: response.status, body, retryAfter, roundTrip: performance.now() - started };
+}
+
+// A refusal in one line: every bad parameter when there are several, and when to retry a busy server.
+function describe(outcome) {
+  const fields = (outcome.body.errors || []).filter((error) => "field" in error);
+  const reason = fields.length > 1 ? fields.map((e) => `${e.field}: ${e.error}`).join("; ") : outcome.body.detail;
+  const retry = outcome.retryAfter ? ` (server busy: retry in ${outcome.retryAfter} s)` : "";
+  return outcome.status ? `${outcome.status}: ${reason}${retry}` : reason;
+}
+
+// One model's answers for the files at `indices`: file index -> {result, latency} or {error}. A request the
+// server refuses for some of its images names them (by position); the others are sent again without them, as
+// the API asks of its clients.
+async function captionFiles(model, indices) {
+  const outcome = await post(model, indices);
+  const answers = new Map();
+  if (outcome.ok) {
+    const latency = `${outcome.body.latency_ms.toFixed(0)} ms server, ${outcome.roundTrip.toFixed(0)} ms round trip`;
+    outcome.body.results.forEach((result, i) => answers.set(indices[i], { result, latency }));
+    return answers;
+  }
+  const refused = (outcome.body.errors || []).filter((error) => Number.isInteger(error.index));
+  if (!refused.length) {
+    const error = describe(outcome);
+    for (const index of indices) answers.set(index, { error });
+    return answers;
+  }
+  for (const bad of refused) answers.set(indices[bad.index], { error: `${outcome.status}: ${bad.error}` });
+  const rest = indices.filter((index) => !answers.has(index));
+  if (rest.length) for (const [index, answer] of await captionFiles(model, rest)) answers.set(index, answer);
+  return answers;
+}
+
+// Every file with one model, a request per group in turn (not all at once: the server's queue is bounded).
+async function captionAll(model, groups) {
+  const answers = new Map();
+  for (const group of groups) for (const [index, answer] of await captionFiles(model, group)) answers.set(index, answer);
+  return { model, answers };
 }
 
 function captionList(result) {
   const list = element("ol", { class: "nbest" });
   for (const caption of result.captions) {
-    list.append(element("li", {}, element("span", { class: "text" }, caption.caption || "(empty)"),
-      element("span", { class: "score", title: "mean log-probability per token" }, caption.score.toFixed(3))));
+    const text = element("span", { class: "text" }, caption.caption || "(empty)");
+    const score = element("span", { class: "score", title: "log-probability / length ** length penalty (1: per token)" });
+    score.textContent = caption.score.toFixed(3);
+    list.append(element("li", {}, element("div", { class: "line" }, text, score)));
   }
   return list;
 }
@@ -125,12 +246,13 @@ function drawHeatmap(canvas, bitmap, grid) {
 function attentionStrip(file, attention) {
   const strip = element("div", { class: "attention", "aria-label": "attention per token" });
   const figures = attention.map(({ token }) => {
-    const canvas = element("canvas", { class: "attention-map", width: MAP_WIDTH, height: MAP_WIDTH });
+    const canvas = element("canvas", { class: "attention-map", width: MAP_WIDTH, height: MAP_WIDTH, role: "img" });
+    canvas.setAttribute("aria-label", `attention of the token ${JSON.stringify(token)}`);
     const figure = element("figure", { title: token }, canvas, element("figcaption", {}, token || "·"));
     strip.append(figure);
     return canvas;
   });
-  createImageBitmap(file).then((bitmap) => {
+  createImageBitmap(file, { imageOrientation: "from-image" }).then((bitmap) => {
     const height = Math.max(1, Math.round((MAP_WIDTH * bitmap.height) / bitmap.width));
     figures.forEach((canvas, i) => {
       canvas.height = height;
@@ -141,52 +263,65 @@ function attentionStrip(file, attention) {
   return strip;
 }
 
-// A refused request captions none of its images: each row says why for its own image, where the server's
-// per-image errors name it, and that another image was refused where they do not.
-function refusalOf(outcome, file) {
-  const errors = outcome.body.errors || [];
-  const own = errors.find((error) => error.image === file.name);
-  if (own) return `${outcome.status}: ${own.error}`;
-  if (errors.some((error) => "image" in error)) return `not captioned: another image of the request was refused (${outcome.status})`;
-  return `${outcome.status}: ${outcome.body.detail}`;
+// What a model was not sent of what the user asked (a style it lacks, a prompt it does not take).
+function notSent(model) {
+  const notes = [];
+  const style = $("style").value;
+  if (style !== "neutral" && !model.styles.includes(style)) notes.push(`no ${style} style: neutral caption`);
+  if ($("prompt").value.trim() && !model.prompt) notes.push("takes no prompt");
+  if ($("attention").checked && !model.attention) notes.push("no attention maps");
+  return notes;
+}
+
+function card(model, file, answer) {
+  const box = element("div", { class: "card", "data-model": model.name }, element("h2", {}, model.name));
+  const notes = notSent(model);
+  if (notes.length) box.append(element("p", { class: "note" }, notes.join("; ")));
+  if (answer.error !== undefined) {
+    box.classList.add("error");
+    box.append(element("p", { class: "refusal" }, answer.error));
+    return box;
+  }
+  box.append(captionList(answer.result));
+  const attention = answer.result.captions[0].attention;
+  if (attention) box.append(attentionStrip(file, attention));
+  box.append(element("p", { class: "latency" }, answer.latency));
+  return box;
 }
 
 function render(outcomes) {
   const results = $("results");
   results.replaceChildren();
+  state.thumbnails.forEach((url) => URL.revokeObjectURL(url)); // the last run's, or every run keeps its images
+  state.thumbnails = state.files.map((file) => URL.createObjectURL(file));
   state.files.forEach((file, index) => {
-    const thumb = element("img", { src: URL.createObjectURL(file), alt: file.name });
+    const thumb = element("img", { src: state.thumbnails[index], alt: file.name });
     const row = element("article", { class: "row" }, element("figure", {}, thumb, element("figcaption", {}, file.name)));
     const columns = element("div", { class: "columns" });
-    for (const outcome of outcomes) {
-      const card = element("div", { class: "card", "data-model": outcome.model.name }, element("h2", {}, outcome.model.name));
-      if (outcome.ok) {
-        const result = outcome.body.results[index];
-        card.append(captionList(result));
-        if (result.captions[0].attention) card.append(attentionStrip(file, result.captions[0].attention));
-        card.append(element("p", { class: "latency" }, `${outcome.body.latency_ms.toFixed(0)} ms server, ${outcome.roundTrip.toFixed(0)} ms round trip`));
-      } else {
-        card.classList.add("error");
-        card.append(element("p", {}, refusalOf(outcome, file)));
-      }
-      columns.append(card);
-    }
+    for (const { model, answers } of outcomes) columns.append(card(model, file, answers.get(index)));
     row.append(columns);
     results.append(row);
   });
 }
 
 async function run() {
+  const unreadable = unreadableNumber();
+  if (unreadable) {
+    $("status").textContent = unreadable;
+    return;
+  }
   const models = selectedModels();
+  const groups = requestGroups(state.files);
   $("run").disabled = true;
-  $("status").textContent = `captioning with ${models.map((m) => m.name).join(", ")}…`;
+  $("status").textContent = `captioning ${state.files.length} image(s) with ${models.map((m) => m.name).join(", ")}…`;
   try {
-    const outcomes = await Promise.all(models.map(captionWith));
+    const outcomes = await Promise.all(models.map((model) => captionAll(model, groups)));
     render(outcomes);
-    const failed = outcomes.filter((o) => !o.ok).length;
-    $("status").textContent = failed ? `${failed} model(s) refused the request` : "done";
+    const answers = outcomes.flatMap(({ answers }) => [...answers.values()]);
+    const refused = answers.filter((answer) => answer.error !== undefined).length;
+    $("status").textContent = refused ? `done; ${refused} of ${answers.length} refused (in red)` : "done";
   } catch (error) {
-    $("status").textContent = `request failed: ${error}`;
+    $("status").textContent = `request failed: ${error.message}`;
   } finally {
     refreshControls();
   }
@@ -201,11 +336,15 @@ function wireDropZone() {
     drop.classList.remove("over");
     setFiles(event.dataTransfer.files);
   });
-  drop.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") $("files").click(); });
+  drop.addEventListener("keydown", (event) => {
+    if (event.key !== "Enter" && event.key !== " ") return;
+    event.preventDefault(); // Space would scroll the page too
+    $("files").click();
+  });
   $("files").addEventListener("change", (event) => setFiles(event.target.files));
 }
 
 wireDropZone();
 $("strategy").addEventListener("change", refreshControls);
 $("run").addEventListener("click", run);
-loadModels().catch((error) => { $("model-list").textContent = `cannot list models: ${error}`; });
+loadModels().catch((error) => { $("model-list").textContent = `cannot list models: ${error.message}`; });

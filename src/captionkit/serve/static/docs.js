@@ -31,6 +31,9 @@ function route(path, method, operation) {
   if (operation.requestBody) {
     box.append(element("p", {}, "Body: ", Object.keys(operation.requestBody.content).map((t) => t).join(" or ")));
   }
+  const answer = (((operation.responses || {})["200"] || {}).content || {})["application/json"];
+  const fields = Object.keys((answer && answer.schema.properties) || {});
+  if (fields.length) box.append(element("p", {}, "Answer: ", element("code", {}, `{${fields.join(", ")}}`), " (schema in /openapi.json)"));
   const statuses = Object.entries(operation.responses || {}).map(([code, r]) => `${code} ${r.description}`);
   if (statuses.length) box.append(element("p", {}, "Responses: " + statuses.join("; ")));
   return box;
