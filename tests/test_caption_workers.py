@@ -102,6 +102,8 @@ def test_prefetch_bounds_the_images_decoded_ahead(monkeypatch):
         ("--workers", "-1", "--workers: expected a number of processes (0 = none) or auto, got '-1'"),
         ("--prefetch", "0", "--prefetch: must be at least 1, got 0"),
         ("--prefetch", "-1", "--prefetch: must be at least 1, got -1"),
+        # Not a hang: the DataLoader would loop prefetch x workers times before its first batch.
+        ("--prefetch", "100000000000000000000", "--prefetch: must be at most 1024, got 100000000000000000000"),
     ],
 )
 def test_bad_worker_counts_exit_1(job, capsys, option, value, message):

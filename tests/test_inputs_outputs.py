@@ -181,3 +181,30 @@ def test_resuming_into_a_file_that_is_not_jsonl_results_refuses_it_untouched(tmp
         repair_torn_tail(path, "jsonl")
     assert str(caught.value) == f"{path}: not captionkit jsonl results (it starts with {first}, not a JSON object)"
     assert path.read_bytes() == content
+
+
+class _FullDisk(io.StringIO):
+    """A file on a disk that fills up: what is written never reaches it."""
+
+    def flush(self) -> None:
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+def test_a_write_that_fails_is_one_line_naming_the_output_not_a_traceback(tmp_path, monkeypatch, fmt):
+    out = tmp_path / f"out.{fmt}"
+    monkeypatch.setattr("captionkit.jobs.outputs.Path.open", lambda *args, **kwargs: _FullDisk())
+    monkeypatch.setattr("captionkit.jobs.json_array.atomic_writer", lambda *args, **kwargs: _FullDisk())
+    writer = RecordWriter(out, fmt)
+    with pytest.raises(InputError) as raised:
+        writer.write([{"image": "a.jpg", "caption": "a dog", "score": -0.5}])
+        writer.close()
+    assert str(raised.value) == f"{out}: cannot write (No space left on device)"
+
+
+def test_an_output_that_cannot_be_created_is_one_line_naming_it(tmp_path):
+    (tmp_path / "taken").write_text("a file, where the output's folder would go")
+    out = tmp_path / "taken" / "out.jsonl"
+    with pytest.raises(InputError) as raised:
+        RecordWriter(out, "jsonl")
+    assert str(raised.value) == f"{out}: cannot write (File exists)"

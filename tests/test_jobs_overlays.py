@@ -67,3 +67,24 @@ def test_cli_keeps_maps_of_dot_named_images_inside_dir(tmp_path, capsys):
     assert sorted(p.name for p in maps.iterdir()) == ["_", "__"]
     assert all(p.is_dir() and any(p.glob("000-*.png")) for p in maps.iterdir())
     assert not list(maps.glob("*.png"))  # nothing written into DIR itself
+
+
+def test_attention_maps_inside_an_input_folder_are_refused_before_anything_is_written(tmp_path, capsys):
+    """Overlays written into the photo folder were captioned, and overlaid again, by the next (resumed) run."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(PHOTO, photos / PHOTO.name)
+    out = tmp_path / "o.jsonl"
+    args = ["caption", photos, "--model", model_dir, "--max-length", "3", "--output", out]
+    code, _, err = run_cli([*args, "--attention-maps", photos / "maps"], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"captionkit: error: --attention-maps: {photos / 'maps'} is inside the input folder {photos}: later runs "
+        "would caption its overlays; write them outside it"
+    ]
+    assert not out.exists() and not (photos / "maps").exists()
+    code, _, err = run_cli([*args, "--attention-maps", tmp_path / "maps"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*args, "--attention-maps", tmp_path / "maps", "--resume"], capsys)
+    assert code == 0 and "nothing left to do" in err, err

@@ -7,6 +7,7 @@ import io
 import shutil
 import tarfile
 import weakref
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -22,7 +23,7 @@ from captionkit.jobs.batch import caption_files
 from captionkit.jobs.inputs import InputImage, collect_images
 from captionkit.jobs.outputs import RecordWriter, read_records
 from captionkit.jobs.run import CaptionJobOptions
-from captionkit.shards import ShardSample, writing
+from captionkit.shards import ShardSample, container_files, iter_samples, writing
 
 ARGS = ["--beams", "1", "--max-length", "5", "--batch-size", "3"]
 
@@ -169,6 +170,89 @@ def test_parquet_of_urls_says_how_to_download_first(model_dir, photos, tmp_path,
         f"captionkit: error: {urls}: column 'url' holds image URLs, not images: download them first, e.g. img2dataset "
         f"--url_list {urls} --input_format parquet --url_col url --caption_col caption --output_format webdataset "
         "--output_folder shards, then read shards/"
+    )
+
+
+def _metadata_parquet(path, photos) -> None:
+    """img2dataset's per-shard metadata, written beside each shard by default: urls and statuses, no image bytes."""
+    write_parquet(photos, path, with_images=False)
+
+
+def test_img2dataset_output_folders_skip_their_metadata_parquet_files(model_dir, photos, tmp_path, capsys):
+    write_webdataset(photos, tmp_path / "shards", per_shard=4)
+    write_files_layout(photos, tmp_path / "files", per_folder=4)
+    for folder in ("shards", "files"):
+        _metadata_parquet(tmp_path / folder / "00000.parquet", photos[:4])
+        _metadata_parquet(tmp_path / folder / "00001.parquet", photos[4:])
+        (tmp_path / folder / "00000_stats.json").write_text("{}")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    _, reference = _captions(model_dir, folder, tmp_path, capsys, "folder.jsonl")
+    for name in ("shards", "files"):
+        code, records = _captions(model_dir, tmp_path / name, tmp_path, capsys, f"{name}.jsonl")
+        assert code == 0, name
+        assert [Path(r["image"]).stem for r in records] == [photo.stem for photo in photos], name
+        assert [r["caption"] for r in records] == [r["caption"] for r in reference], name
+    shards = tmp_path / "shards"
+    assert container_files(shards) == [shards / "00000.tar", shards / "00001.tar"]
+
+
+def test_a_tar_made_with_dot_member_names_reads_every_image(model_dir, photos, tmp_path, capsys):
+    """``tar -cf s.tar -C DIR .`` names members ``./KEY.jpg``, in folders too; member paths drop the ``./``."""
+    shard = tmp_path / "dot.tar"
+    with tarfile.open(shard, "w") as archive:
+        for index, photo in enumerate(photos[:3]):
+            folder = "./sub/" if index == 2 else "./"
+            archive.add(photo, f"{folder}{photo.stem}.jpg")
+    code, records = _captions(model_dir, shard, tmp_path, capsys, "dot.jsonl")
+    assert code == 0, records
+    names = [f"{photos[0].stem}.jpg", f"{photos[1].stem}.jpg", f"sub/{photos[2].stem}.jpg"]
+    assert [r["image"] for r in records] == [str(shard / name) for name in names]
+    assert all("caption" in r for r in records)
+    out = tmp_path / "dot.parquet"
+    assert run_cli(["caption", shard, "--model", model_dir, "--output", out, *ARGS], capsys)[0] == 0
+    assert pq.read_table(out).column("key").to_pylist() == [photos[0].stem, photos[1].stem, f"sub/{photos[2].stem}"]
+
+
+def test_a_parquet_key_that_repeats_is_its_first_row_image_and_caption(model_dir, photos, tmp_path, capsys):
+    rows = [writing.Sample("k", photos[0].read_bytes(), "first"), writing.Sample("k", b"not an image", "second")]
+    parquet = writing.write_parquet([*rows, writing.Sample("z", photos[1].read_bytes(), "z")], tmp_path / "d.parquet")
+    code, records = _captions(model_dir, parquet, tmp_path, capsys, "dup.jsonl")
+    assert code == 0, records  # the second row's bytes are not an image: reading them would be an error record
+    assert [r["image"] for r in records] == [str(parquet / "k"), str(parquet / "z")]
+    samples = list(iter_samples([parquet]))
+    assert [(s.key, s.captions) for s in samples] == [("k", ("first",)), ("z", ("z",))]
+
+
+def test_results_and_a_tar_beside_the_photos_do_not_hide_them(model_dir, photos, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos[:3]:
+        shutil.copy(photo, folder / photo.name)
+    out = folder / "captions.parquet"  # the results written among the photos
+    args = ["caption", folder, "--model", model_dir, "--output", out, *ARGS]
+    assert run_cli(args, capsys)[0] == 0
+    first = pq.read_table(out).to_pylist()
+    assert [row["image"] for row in first] == [str(folder / photo.name) for photo in photos[:3]]
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert "nothing left to do" in err
+    assert pq.read_table(out).to_pylist() == first
+    write_webdataset(photos[3:5], folder, per_shard=2)  # a shard beside the photos: the folder is still photos
+    code, records = _captions(model_dir, folder, tmp_path, capsys, "with_tar.jsonl")
+    assert code == 0
+    assert [r["image"] for r in records] == [str(folder / photo.name) for photo in photos[:3]]
+
+
+def test_a_results_parquet_is_no_image_collection(model_dir, photos, tmp_path, capsys):
+    out = tmp_path / "results.parquet"
+    assert run_cli(["caption", photos[0], "--model", model_dir, "--output", out, *ARGS], capsys)[0] == 0
+    code, _, err = run_cli(["caption", out, "--model", model_dir], capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: {out}: no image bytes column (expected one of jpg, image, img, png, webp)"
     )
 
 

@@ -16,10 +16,11 @@ from captionkit.shards import (
     split_member,
 )
 from captionkit.shards.parquet import parquet_index
+from captionkit.shards.patterns import IMAGE_SUFFIXES
 from captionkit.shards.tar import tar_index
 
 # Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)

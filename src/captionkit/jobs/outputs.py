@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from captionkit.errors import InputError
+from captionkit.errors import InputError, first_line
 from captionkit.files import atomic_writer
 from captionkit.jobs.json_array import JsonArrayWriter, iter_json_array
 from captionkit.jobs.parquet_records import check_utf8, journal_path, read_parquet_records, write_parquet_records
@@ -322,6 +322,18 @@ def _csv_record(row: dict[str, str]) -> Record:
     return record
 
 
+@contextlib.contextmanager
+def _writing(path: Path | None) -> Iterator[None]:
+    """An OSError writing ``path`` (a full disk, a directory removed midway, a file system that refuses the name) as
+    one line naming the file, not a traceback; the records flushed before it stay there for ``--resume``."""
+    try:
+        yield
+    except OSError as error:
+        if path is None:  # stdout: a closed pipe is the reader's doing, not a file to name
+            raise
+        raise InputError(path, f"cannot write ({error.strerror or first_line(error)})") from None
+
+
 class RecordWriter:
     """Writes records to a file (or stdout) in one of :data:`FORMATS`, as they come: none is kept in memory."""
 
@@ -335,6 +347,11 @@ class RecordWriter:
         self.path, self.fmt = path, fmt
         self._array: JsonArrayWriter | None = None
         self._handle: TextIO | None = None
+        with _writing(path):
+            self._open(existing)
+
+    def _open(self, existing: Iterable[Record]) -> None:
+        path, fmt = self.path, self.fmt
         if fmt == "json":
             self._array = JsonArrayWriter(path, _to_json)
             for record in existing:
@@ -354,6 +371,10 @@ class RecordWriter:
 
     def write(self, records: Iterable[Record]) -> None:
         """Append ``records`` (Parquet: to the journal, which :meth:`close` turns into the file)."""
+        with _writing(self.path):
+            self._write(records)
+
+    def _write(self, records: Iterable[Record]) -> None:
         if self._array is not None:
             for record in records:
                 self._array.write(record)
@@ -369,12 +390,13 @@ class RecordWriter:
         self._handle.flush()
 
     def close(self) -> None:
-        if self._array is not None:
-            self._array.close()
-        elif self._handle is not None and self._handle is not sys.stdout:
-            self._handle.close()
-            if self.fmt == "parquet" and self.path is not None:
-                write_parquet_records(self.path)
+        with _writing(self.path):
+            if self._array is not None:
+                self._array.close()
+            elif self._handle is not None and self._handle is not sys.stdout:
+                self._handle.close()
+                if self.fmt == "parquet" and self.path is not None:
+                    write_parquet_records(self.path)
 
     def abort(self) -> None:
         """Stop without finishing, after a failure: close the file as it is, leave a Parquet journal unconverted and a

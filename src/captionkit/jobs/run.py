@@ -34,7 +34,10 @@ from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_outpu
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
+from captionkit.shards import is_container_input
 
+# Batches each decoding worker prepares ahead, at most: far beyond what keeps a GPU fed, and each holds a batch.
+MAX_PREFETCH = 1024
 # progress(description, total) -> a context giving advance(n); the command line passes a progress bar.
 Progress = Callable[[str, int], AbstractContextManager[Callable[[int], None] | None]]
 
@@ -80,6 +83,8 @@ class CaptionJobOptions:
             raise InputError("--threads", f"must be at least 1, got {self.threads}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
+        if self.prefetch > MAX_PREFETCH:  # the DataLoader loops prefetch x workers times at the start: a typo hangs
+            raise InputError("--prefetch", f"must be at most {MAX_PREFETCH}, got {self.prefetch}")
         if self.engine not in ("local", "ray"):
             raise InputError("--engine", f"unknown engine {self.engine!r} (expected local or ray)")
         if self.engine == "ray" and self.attention_maps is not None:
@@ -318,6 +323,7 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
     plan = _Plan(dist, shard, target, options.inputs)
     for given in options.inputs:
         plan.check_not_output(Path(given))
+    _check_overlays_outside_inputs(options.inputs, options.attention_maps)
     if options.resume and target is not None:
         plan.done = DoneIndex(_resumed_records(target, options.fmt))
     try:
@@ -329,6 +335,19 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
             plan.done.close()
         raise
     return plan
+
+
+def _check_overlays_outside_inputs(inputs: list[str], attention_maps: Path | None) -> None:
+    """Refuse ``--attention-maps`` inside a folder of inputs: its overlays are PNG files, which the next run over that
+    folder (``--resume`` included) would caption as images, and draw overlays of, inside it again."""
+    if attention_maps is None:
+        return
+    maps = attention_maps.resolve()
+    for given in inputs:
+        folder = Path(given)
+        if folder.is_dir() and not is_container_input(given) and maps.is_relative_to(folder.resolve()):
+            reason = f"{attention_maps} is inside the input folder {given}: later runs would caption its overlays"
+            raise InputError("--attention-maps", f"{reason}; write them outside it")
 
 
 def _same_file(path: Path, other: Path) -> bool:

@@ -16,7 +16,7 @@ from captionkit.shards.members import (
     sample_key,
     split_member,
 )
-from captionkit.shards.patterns import CONTAINER_SUFFIXES, container_files, is_container_input
+from captionkit.shards.patterns import CONTAINER_SUFFIXES, container_files, directory_containers, is_container_input
 from captionkit.shards.tar import sample_captions
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "ShardSample",
     "container_files",
     "container_runs",
+    "directory_containers",
     "is_container_input",
     "is_files_layout_image",
     "iter_samples",

@@ -94,6 +94,11 @@ def _tar_samples(container: Path) -> Iterator[ShardSample]:
 
 
 def _rows(container: Path) -> Iterator[ShardSample]:
+    """The rows as samples; a key that repeats is its first row only: its member path reads that row's image, so a
+    later row's caption would be paired with another row's image."""
     index = parquet_index(container)
+    met: set[str] = set()
     for key, caption in zip(index.keys, index.captions, strict=True):
-        yield ShardSample(key, container / key, (caption,) if caption and caption.strip() else ())
+        if key not in met:
+            met.add(key)
+            yield ShardSample(key, container / key, (caption,) if caption and caption.strip() else ())

@@ -62,6 +62,17 @@ def parquet_index(path: Path) -> ParquetIndex:
     return _cached_index(path.resolve(), info.st_mtime_ns, info.st_size)
 
 
+def _holds_bytes(schema: Any, name: str) -> bool:
+    """Whether column ``name`` holds bytes: captionkit's own results have an ``image`` column of file names, which
+    read as images would give one undecodable "image" per result (a results file left among the photos)."""
+    import pyarrow as pa
+
+    if name not in schema.names:
+        return False
+    kind = schema.field(name).type
+    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind))
+
+
 @lru_cache(maxsize=4)
 def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtime and size: the cache key
     pq = _pyarrow_parquet(path)
@@ -70,7 +81,7 @@ def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtim
     except Exception as error:  # pyarrow raises its own ArrowInvalid and OSError subclasses
         raise InputError(path, f"not a readable Parquet file ({first_line(error)})") from None
     names = handle.schema_arrow.names
-    image_column = next((name for name in IMAGE_COLUMNS if name in names), None)
+    image_column = next((name for name in IMAGE_COLUMNS if _holds_bytes(handle.schema_arrow, name)), None)
     if image_column is None:
         url_column = next((name for name in URL_COLUMNS if name in names), None)
         if url_column is not None:
@@ -87,7 +98,7 @@ def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtim
         group_keys = table.get("key") or [None] * count
         for row in range(count):
             key = str(group_keys[row]) if group_keys[row] is not None else f"{len(keys):09d}"
-            rows[key] = (group, row)
+            rows.setdefault(key, (group, row))  # a key that repeats names its first row, as readers give it once
             keys.append(key)
         captions.extend(table[caption_column] if caption_column in table else [None] * count)
     return ParquetIndex(keys, rows, captions, image_column)

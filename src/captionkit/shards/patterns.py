@@ -1,6 +1,10 @@
 """What a user types for a collection -> its container files: a ``.tar``/``.parquet`` file, a brace pattern
 ``shards/{00000..00099}.tar`` (numbers keep their zero padding; ``{a,b}`` lists are expanded too) or a directory
-holding such files (not recursive: img2dataset writes them side by side)."""
+holding such files (not recursive: img2dataset writes them side by side).
+
+In a directory, a ``.parquet`` file named like a ``.tar`` shard or a folder beside it (``00000.parquet`` next to
+``00000.tar`` or ``00000/``) is img2dataset's per-shard metadata (urls, keys, statuses; no image bytes), which it
+writes by default: it is no collection, and reading it would fail the whole run on its url column."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from pathlib import Path
 from captionkit.errors import InputError
 
 CONTAINER_SUFFIXES = (".tar", ".parquet")
+# The image files a folder walk takes (captionkit.jobs.inputs.IMAGE_EXTENSIONS).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
@@ -37,15 +43,34 @@ def _is_container(path: Path) -> bool:
     return path.suffix.lower() in CONTAINER_SUFFIXES
 
 
+def directory_containers(directory: Path) -> list[Path]:
+    """The container files of ``directory``, sorted, without img2dataset's metadata Parquet files."""
+    children = sorted(directory.iterdir())
+    taken = {child.stem for child in children if child.is_dir() or child.suffix.lower() == ".tar"}
+    return [
+        child
+        for child in children
+        if _is_container(child) and child.is_file() and not (child.suffix.lower() == ".parquet" and child.stem in taken)
+    ]
+
+
 def is_container_input(item: str | Path) -> bool:
-    """True when ``item`` names a collection: a container file, a brace pattern of them, or a directory of them."""
+    """True when ``item`` names a collection: a container file, a brace pattern of them, or a directory of them
+    that holds no image file itself (a folder of photos stays one, whatever else lies in it)."""
     text = str(item)
     if "{" in text and _is_container(Path(text)):
         return True
     path = Path(text)
     if path.is_file():
         return _is_container(path)
-    return path.is_dir() and any(_is_container(child) and child.is_file() for child in path.iterdir())
+    return path.is_dir() and not _holds_images(path) and bool(directory_containers(path))
+
+
+def _holds_images(directory: Path) -> bool:
+    """Whether ``directory`` holds image files itself: a folder of photos, which a ``.tar`` or ``.parquet`` beside them
+    (a backup, the results of an earlier run written there) must not turn into a collection that hides them.
+    img2dataset writes no image beside its shards."""
+    return any(child.suffix.lower() in IMAGE_SUFFIXES and child.is_file() for child in directory.iterdir())
 
 
 def container_files(item: str | Path) -> list[Path]:
@@ -54,7 +79,7 @@ def container_files(item: str | Path) -> list[Path]:
     text = str(item)
     path = Path(text)
     if path.is_dir():
-        files = sorted(child for child in path.iterdir() if _is_container(child) and child.is_file())
+        files = directory_containers(path)
         if not files:
             raise InputError(path, f"directory holds no {' or '.join(CONTAINER_SUFFIXES)} files")
         return files

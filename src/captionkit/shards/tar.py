@@ -17,7 +17,7 @@ import json
 import tarfile
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
 from captionkit.errors import InputError, first_line
@@ -153,18 +153,26 @@ def _damage(samples: dict[str, TarSample], offset: int, reason: str) -> None:
     samples[name] = TarSample(name, image=name, problem=reason, damaged=True)
 
 
+def _member_name(name: str) -> str:
+    """A member's name as a member path gives it back: ``tar -C DIR .`` writes ``./KEY.jpg``, and a path joined with
+    ``./KEY.jpg`` (or ``a//b.jpg``, or ``/KEY.jpg``) loses the ``./`` (or the doubled or leading slash), so the index
+    keeps the name in that form, or no image of such a shard could be found again."""
+    return PurePosixPath(name.lstrip("/")).as_posix()
+
+
 def _add_member(archive: tarfile.TarFile, member: tarfile.TarInfo, samples: dict[str, TarSample]) -> TarSample | None:
     """Index ``member``; the sample it went to, if it is an image or text member (None: a member of no sample)."""
     # WebDataset's key is everything before the first dot of the file name (in its folder).
-    folder, _, name = member.name.rpartition("/")
-    stem, dot, extension = name.partition(".")
+    name = _member_name(member.name)
+    folder, _, file_name = name.rpartition("/")
+    stem, dot, extension = file_name.partition(".")
     if not dot:
         return None
     key = f"{folder}/{stem}" if folder else stem
     sample = samples.setdefault(key, TarSample(key))
     suffix = f".{extension.lower()}"
     if suffix in IMAGE_MEMBER_SUFFIXES and sample.image is None:
-        sample.image, sample.offset, sample.size = member.name, member.offset_data, member.size
+        sample.image, sample.offset, sample.size = name, member.offset_data, member.size
         return sample
     if suffix in (".txt", ".json"):
         try:
