@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tarfile
 
 import pytest
@@ -50,6 +51,19 @@ def test_every_layout_gives_keys_as_image_ids_and_its_captions(collections, phot
     ]
     for record, photo in zip(result.records, photos, strict=True):
         assert load_image(record.image_path).size == load_image(photo).size
+
+
+@pytest.mark.parametrize(("layout", "fmt"), [("shards", "webdataset"), ("files", "img2dataset")])
+def test_img2dataset_metadata_parquet_beside_each_shard_is_not_data(collections, photos, tmp_path, layout, fmt):
+    # img2dataset writes 00000.parquet (url, key, caption: no image bytes) beside each 00000.tar or 00000/ folder.
+    copy = shutil.copytree(collections / layout, tmp_path / layout)
+    for shard in sorted({path.stem for path in copy.iterdir()}):
+        write_parquet(photos, copy / f"{shard}.parquet", with_images=False)
+    result = load_dataset(copy)
+    assert result.format == fmt
+    assert [(record.image_id, record.caption) for record in result.records] == [
+        (photo.stem, caption_of(index)) for index, photo in enumerate(photos)
+    ]
 
 
 def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):

@@ -13,7 +13,7 @@ from captionkit.data.formats.base import IMAGE_SUFFIXES, Collector, Probe, ReadO
 from captionkit.errors import InputError
 from captionkit.files import read_text
 from captionkit.jsontext import parse_json
-from captionkit.shards import container_files, iter_samples, sample_captions
+from captionkit.shards import container_files, directory_containers, iter_samples, sample_captions
 
 NO_CAPTION = "sample without a caption"
 
@@ -27,11 +27,12 @@ def detect_parquet(probe: Probe) -> bool:
 
 
 def detect_tar_dir(directory: Path) -> bool:
-    return any(child.suffix.lower() == ".tar" and child.is_file() for child in directory.iterdir())
+    return any(child.suffix.lower() == ".tar" for child in directory_containers(directory))
 
 
 def detect_parquet_dir(directory: Path) -> bool:
-    return any(child.suffix.lower() == ".parquet" and child.is_file() for child in directory.iterdir())
+    # img2dataset writes a metadata 00000.parquet (URLs, no images) beside each 00000.tar or 00000/ folder: not data.
+    return any(child.suffix.lower() == ".parquet" for child in directory_containers(directory))
 
 
 def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
