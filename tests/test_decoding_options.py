@@ -196,3 +196,15 @@ def test_a_blip_prompt_is_the_same_option_everywhere(
     assert cli_config == api_config == server_config
     assert cli_config.prompt_ids == tuple(captioner.tokenizer.encode("a picture of")) != ()
     assert f'"caption": "{api.caption}"' in out.read_text()
+
+
+def test_a_tighter_bound_lowers_the_defaults_it_is_below() -> None:
+    from captionkit.decoding.options import decoding_request
+
+    limits = {"num_beams": 2, "max_length": 6, "n_best": 2}
+    lowered = decoding_request(limits).config
+    assert (lowered.num_beams, lowered.max_new_tokens) == (2, 6)  # the table's 4 and 20 would be over the bounds
+    assert decoding_request(limits, beams=1, max_length=3).config.num_beams == 1  # given values stay as given
+    assert decoding_request(limits, sample=True).config.num_beams == 1  # sampling's default is below the bound
+    roomy = decoding_request({"num_beams": 8, "max_length": 64}).config
+    assert (roomy.num_beams, roomy.max_new_tokens) == (4, 20)  # bounds above the defaults change nothing

@@ -100,3 +100,36 @@ def test_an_unknown_host_fails_in_one_line(tmp_path, capsys):
     code, _out, err = run_cli(args, capsys)
     assert code == 1
     assert err.strip().startswith("captionkit: error: --host: no-such-host.invalid: unknown address (")
+
+
+def test_decoding_bounds_reach_the_app_and_lower_its_defaults(model_dir, served, capsys):
+    bounds = ["--max-beams", "2", "--max-new-tokens", "6", "--max-n-best", "2"]
+    code, _out, err = run_cli(["serve", "--model", f"tiny={model_dir}", "--device", "cpu", *bounds], capsys)
+    assert code == 0, err
+    ((app, _options),) = served
+    settings = app.state.settings
+    assert (settings.max_beams, settings.max_new_tokens, settings.max_n_best) == (2, 6, 2)
+    with TestClient(app) as client:
+        assert client.get("/v1/models").json()["limits"]["max_beams"] == 2
+        plain = client.post("/v1/captions", files={"image": ("a.jpg", image_bytes())})
+        over = client.post("/v1/captions", files={"image": ("a.jpg", image_bytes())}, data={"num_beams": "3"})
+    assert plain.status_code == 200, plain.text
+    decoding = plain.json()["decoding"]
+    assert (decoding["num_beams"], decoding["max_length"]) == (2, 6)  # not the table's 4 beams and 20 tokens
+    assert over.status_code == 422
+    assert over.json()["detail"] == "num_beams: must be at most 2 on this server, got 3"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--max-beams", "0"], "--max-beams: must be a positive integer, got 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens: must be a positive integer, got 0"),
+        (["--max-beams", "2", "--max-n-best", "3"], "--max-n-best: must be <= --max-beams (2), got 3"),
+    ],
+)
+def test_bad_decoding_bounds_are_one_line_errors(tmp_path, served, capsys, args, message):
+    code, _out, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), *args], capsys)
+    assert code == 1
+    assert err.strip() == f"captionkit: error: {message}"
+    assert served == []

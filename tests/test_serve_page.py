@@ -357,3 +357,15 @@ def test_the_drop_zone_works_from_the_keyboard(browser):
     pressed += " document.getElementById('drop').dispatchEvent(e); return e.defaultPrevented; })()"
     assert page.evaluate(pressed)
     assert not errors, errors
+
+
+def test_a_server_with_tighter_bounds_lowers_the_starting_values(browser, tmp_path):
+    # `captionkit serve --max-beams 2 --max-new-tokens 6`: the page's 4 beams and 20 tokens would be refused (422).
+    api = ScriptedApi([served("plain", max_length=6)], limits=LIMITS | {"max_beams": 2, "max_n_best": 2})
+    page, errors = open_page(browser, api)
+    assert [page.locator(f"#{name}").input_value() for name in ("num_beams", "max_length", "n_best")] == ["2", "6", "1"]
+    page.set_input_files("#files", str(photo(tmp_path)))
+    assert run_and_wait(page) == "done"
+    ((fields, _),) = api.requests
+    assert (fields["num_beams"], fields["max_length"]) == ("2", "6")
+    assert not errors, errors

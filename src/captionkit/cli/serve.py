@@ -39,6 +39,13 @@ def serve(
         float, typer.Option(help="Seconds for a request's head, and again for its body, to arrive (408 beyond).")
     ] = 30.0,
     max_connections: Annotated[int, typer.Option(help="Open connections at most (503 and close beyond).")] = 256,
+    max_beams: Annotated[
+        int, typer.Option(help="Most beams a request may ask for (422 beyond; lowers the default of 4).")
+    ] = 8,
+    max_new_tokens: Annotated[
+        int, typer.Option(help="Longest max_length a request may ask for (422 beyond; lowers the default of 20).")
+    ] = 64,
+    max_n_best: Annotated[int, typer.Option(help="Most n-best captions a request may ask for (<= --max-beams).")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
@@ -70,6 +77,9 @@ def serve(
             request_timeout_s=timeout_s,
             read_timeout_s=read_timeout_s,
             max_connections=max_connections,
+            max_beams=max_beams,
+            max_new_tokens=max_new_tokens,
+            max_n_best=max_n_best,
         )
         # The port is taken now, before the models load: one taken by another process fails in a second, not
         # after minutes of loading (and uvicorn would say so in several log lines and exit 3).
@@ -115,6 +125,9 @@ FLAGS = {
     "request_timeout_s": "--timeout-s",
     "read_timeout_s": "--read-timeout-s",
     "max_connections": "--max-connections",
+    "max_beams": "--max-beams",
+    "max_new_tokens": "--max-new-tokens",
+    "max_n_best": "--max-n-best",
 }
 
 

@@ -194,11 +194,23 @@ def decoding_request(
     if style is not None and style not in STYLES:
         raise InputError(names["style"], f"unknown style {style!r} (known: {', '.join(STYLES)})")
     values.setdefault("num_beams", 1 if values.get("do_sample") else DEFAULT_BEAMS)
+    _defaults_within(values, options, limits or {})
     try:
         config = DecodingConfig(**values)
     except InputError as error:
         raise InputError(names.get(error.source, error.source), error.reason) from None
     return DecodingRequest(config, None if style == NEUTRAL else style, prompt, names)
+
+
+def _defaults_within(values: dict[str, Any], given: dict[str, Any], limits: dict[str, float]) -> None:
+    """Lower the default beams and length to a caller's tighter bounds (a server started with ``--max-beams 2``):
+    a request that names neither would otherwise get more than the server allows. Given values were checked."""
+    bounds = {ALIASES.get(name, name): most for name, most in limits.items()}
+    named = {ALIASES.get(name, name) for name, value in given.items() if value is not None}
+    defaults = {"num_beams": values["num_beams"], "max_new_tokens": DEFAULT_MAX_LENGTH}
+    for field_name, default in defaults.items():
+        if field_name not in named and field_name in bounds and bounds[field_name] < default:
+            values[field_name] = int(bounds[field_name])
 
 
 def check_value(option: DecodingOption, value: Any) -> str | None:

@@ -61,4 +61,5 @@ class ServeSettings:
                 "a request with more images than the queue holds could never run",
             )
         if self.max_n_best > self.max_beams:
-            raise ConfigError("serve.max_n_best", f"must be <= max_beams ({self.max_beams}), got {self.max_n_best}")
+            reason = f"must be <= serve.max_beams ({self.max_beams}), got {self.max_n_best}"
+            raise ConfigError("serve.max_n_best", reason)

@@ -14,6 +14,12 @@ function element(tag, attributes = {}, ...children) {
   return node;
 }
 
+// A number control's value lowered to its maximum (an empty one stays empty: the server's default applies).
+function withinMax(id) {
+  const input = $(id);
+  if (input.value !== "" && input.max !== "" && Number(input.value) > Number(input.max)) input.value = input.max;
+}
+
 async function loadModels() {
   const response = await fetch("/v1/models");
   const body = await response.json().catch(() => ({}));
@@ -22,6 +28,7 @@ async function loadModels() {
   state.limits = body.limits;
   $("num_beams").max = body.limits.max_beams;
   $("n_best").max = body.limits.max_n_best;
+  ["num_beams", "n_best"].forEach(withinMax); // a server started with --max-beams 2 lowers the default of 4
   const list = $("model-list");
   list.replaceChildren();
   body.models.forEach((model, index) => {
@@ -56,6 +63,7 @@ function refreshControls() {
   // The longest caption every selected model takes (a model with few positions takes fewer tokens).
   const lengths = models.map((m) => m.max_length);
   if (lengths.length) $("max_length").max = Math.min(...lengths);
+  withinMax("max_length");
   const strategy = $("strategy").value;
   document.querySelectorAll(".beam-only").forEach((n) => (n.hidden = strategy !== "beam"));
   document.querySelectorAll(".sample-only").forEach((n) => (n.hidden = strategy !== "sample"));
