@@ -160,3 +160,50 @@ def test_load_model_takes_a_cached_hub_id_of_any_family(family: str, hub_cache: 
     assert loaded.family == family
     expected, found = model.state_dict(), loaded.state_dict()
     assert set(found) == set(expected) and all(torch.equal(found[name], expected[name]) for name in expected)
+
+
+def test_building_from_hub_parts_probes_each_hub_id_once(
+    hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each hub id is looked up once per process: a part's config, weights, preprocessing and tokenizer, and a
+    second captioner from the same part, reuse its snapshot (each probe may take PROBE_TIMEOUT_S on a lossy network)."""
+    import huggingface_hub
+    from huggingface_hub import constants, hf_hub_url
+
+    from _hub_parts import save_clip, save_gpt2, save_vit
+    from captionkit.models.registry import create_model
+    from captionkit.text import CaptionTokenizer
+
+    vit, clip, gpt2 = "captionkit-tests/vit", "captionkit-tests/clip", "captionkit-tests/gpt2"
+    folders = {vit: save_vit(tmp_path / "vit"), clip: save_clip(tmp_path / "clip"), gpt2: save_gpt2(tmp_path / "gpt2")}
+    probes: list[str] = []
+    downloads: list[str] = []
+
+    def probe(url: str, **_: Any) -> None:
+        probes.append(url)
+
+    def snapshot_download(repo_id: str, **_: Any) -> str:
+        downloads.append(repo_id)
+        return str(folders[repo_id])
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", probe)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    assert create_model("vit-gpt2", encoder=vit, decoder=gpt2).family == "vit-gpt2"
+    assert create_model("prefix-gpt2", encoder=clip, decoder=gpt2).family == "prefix-gpt2"
+    assert CaptionTokenizer.load(gpt2).vocab_size > 0  # a recipe's tokenizer: the decoder part's own
+    assert sorted(downloads) == sorted(folders)
+    assert sorted(probes) == sorted(hf_hub_url(repo_id, "config.json") for repo_id in folders)
+
+
+def test_a_failed_hub_lookup_is_tried_again(hub_cache: Path, saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a snapshot found is kept: a hub id that failed (offline, not cached) resolves once it is cached."""
+    from huggingface_hub import constants
+
+    from captionkit.errors import ModelLoadError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        resolve_model_source(REPO_ID)
+    snapshot = cache_snapshot(hub_cache, REPO_ID, downloaded(saved))
+    assert resolve_model_source(REPO_ID) == snapshot

@@ -10,7 +10,7 @@ import torch
 from _captioning import PHOTO_DIRS
 from _helpers import FAMILIES, run_cli, run_cli_process, save_tiny_model
 from captionkit import Captioner
-from captionkit.errors import ModelLoadError
+from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
 from captionkit.loading import load_pretrained
 
@@ -263,4 +263,18 @@ def test_a_prefix_run_whose_part_settings_have_a_wrong_type_is_one_load_error(
     assert str(error.value) == (
         f"{run}: bad config.json: Validation error for field '{field}': TypeError: Field '{field}' expected int, "
         "got str (value: 'wide')"
+    )
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_checkpoint_without_its_image_settings_says_what_to_copy(family: str, tmp_path: Path) -> None:
+    """Size, mean and std belong to the weights: a checkpoint without preprocessor_config.json is refused with the
+    remedy, in one line, for every family (none is given defaults)."""
+    source = save_tiny_model(tmp_path / "model", family)
+    (source / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError) as error:
+        Captioner.from_pretrained(source, device="cpu")
+    assert str(error.value) == (
+        f"{source / 'preprocessor_config.json'}: no such file: copy the base model's preprocessor_config.json here "
+        "(its image size, mean and std are not guessed)"
     )

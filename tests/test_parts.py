@@ -826,3 +826,64 @@ def test_a_parts_recipe_without_the_hub_fails_in_one_line(
     # The decoder's tokenizer is the first part read.
     assert lines[-1] == f"captionkit: error: gpt2: {reason}", done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "run" / "COMPLETE").exists()
+
+
+# --- defects: a GPT-2 part's token ids, a sharded checkpoint's bad shard, an encoder part without preprocessing
+
+
+@pytest.mark.parametrize("family", ["vit-gpt2", "prefix-gpt2"])
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("bos_token_id", None, "config.json names no bos_token_id"),
+        ("eos_token_id", 10**6, "eos_token_id 1000000 is not a token id in its vocabulary [0, {size}): set it in"),
+        # Left out of config.json, transformers fills in gpt2's 50256: no row of a smaller vocabulary.
+        ("bos_token_id", "absent", "bos_token_id 50256 is not a token id in its vocabulary [0, {size})"),
+        ("pad_token_id", -1, "pad_token_id -1 is not a token id in its vocabulary [0, {size})"),
+    ],
+)
+def test_a_gpt2_part_whose_token_ids_do_not_fit_is_refused_naming_the_part_and_field(
+    family: str, field: str, value: object, reason: str, parts: tuple[Path, Path], tmp_path: Path
+) -> None:
+    encoder, decoder = parts
+    changed = shutil.copytree(decoder, tmp_path / "gpt2")
+    config = json.loads((changed / "config.json").read_text(encoding="utf-8"))
+    config.pop(field) if value == "absent" else config.update({field: value})
+    (changed / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as error:
+        create_model(family, encoder=str(encoder), decoder=str(changed))
+    assert error.value.source == str(changed)
+    assert error.value.reason.startswith(reason.format(size=config["vocab_size"]))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("damage", ["header", "tail"])
+def test_a_damaged_shard_is_named_not_the_index(damage: str, tmp_path: Path) -> None:
+    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
+    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    sharded = _resave_sharded(VisionEncoderDecoderModel.from_pretrained(run), run, tmp_path / "sharded")
+    decoder = _resave_sharded(GPT2LMHeadModel.from_pretrained(gpt2), gpt2, tmp_path / "gpt2-sharded")
+    for directory, load in (
+        (sharded, lambda: Captioner.from_pretrained(sharded, device="cpu")),
+        (decoder, lambda: create_model("vit-gpt2", encoder=str(vit), decoder=str(decoder))),
+    ):
+        shard = sorted(directory.glob("model-*.safetensors"))[1]
+        data = shard.read_bytes()
+        shard.write_bytes(data[:100] if damage == "header" else data[:-8])  # a copy or download cut short
+        with pytest.raises(ModelLoadError) as error:
+            load()
+        assert error.value.source == str(directory)
+        assert error.value.reason.startswith(f"{shard.name}: unreadable weights (")
+        assert "\n" not in str(error.value)
+
+
+def test_an_encoder_part_without_its_image_settings_says_what_to_copy(parts: tuple[Path, Path], tmp_path: Path) -> None:
+    encoder, decoder = parts
+    bare = shutil.copytree(encoder, tmp_path / "vit")
+    (bare / "preprocessor_config.json").unlink()
+    with pytest.raises(ConfigError) as error:
+        create_model("vit-gpt2", encoder=str(bare), decoder=str(decoder))
+    assert str(error.value) == (
+        f"{bare / 'preprocessor_config.json'}: no such file: copy the base model's preprocessor_config.json here "
+        "(its image size, mean and std are not guessed)"
+    )

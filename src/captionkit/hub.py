@@ -20,6 +20,11 @@ PROBE_TIMEOUT_S = 5.0
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # Files a snapshot fetches: configs, safetensors weights, tokenizer files. Never *.bin / *.h5 / *.msgpack.
 SNAPSHOT_PATTERNS = ("*.json", "*.safetensors", "*.txt", "*.model")
+# Each hub id's snapshot folder once found, by (id, cache folder, endpoint): building a captioner reads a part several
+# times (config, weights, preprocessing, tokenizer), and each lookup would otherwise probe the hub again (up to
+# PROBE_TIMEOUT_S apiece on a lossy network). Only the default revision is ever fetched, so the id stands for it.
+# Failures are not kept: the next call tries again. A race between threads at worst probes twice.
+_SNAPSHOTS: dict[tuple[str, str, str], Path] = {}
 
 
 def is_hub_id(name: str) -> bool:
@@ -44,7 +49,25 @@ def resolve_model_source(name_or_dir: str | Path) -> Path:
 
 
 def snapshot(repo_id: str) -> Path:
-    """Download (or find in the local cache) the files of ``repo_id`` that captionkit loads."""
+    """Download (or find in the local cache) the files of ``repo_id`` that captionkit loads: once per process."""
+    key = _snapshot_key(repo_id)
+    known = _SNAPSHOTS.get(key)
+    if known is not None and known.is_dir():  # a cache cleaned meanwhile is fetched again
+        return known
+    folder = _fetch_snapshot(repo_id)
+    _SNAPSHOTS[key] = folder
+    return folder
+
+
+def _snapshot_key(repo_id: str) -> tuple[str, str, str]:
+    # The cache folder and endpoint are read when looked up (not at import): another cache or hub is another copy.
+    from huggingface_hub import constants
+
+    return repo_id, str(constants.HF_HUB_CACHE), str(constants.ENDPOINT)
+
+
+def _fetch_snapshot(repo_id: str) -> Path:
+    """Probe the hub once for ``repo_id``, then download its snapshot, or take the cached copy when unreachable."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 

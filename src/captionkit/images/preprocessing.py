@@ -28,6 +28,10 @@ from captionkit.jsontext import parse_json
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 # transformers >= 4.47 saves a processor's image settings here, under "image_processor", instead.
 PROCESSOR_CONFIG = "processor_config.json"
+# A model directory without its image settings: size, mean and std belong to the weights, so none is guessed.
+NO_PREPROCESSOR = (
+    f"no such file: copy the base model's {PREPROCESSOR_CONFIG} here (its image size, mean and std are not guessed)"
+)
 
 _RESAMPLE_NAMES = {int(f): f.name for f in Image.Resampling}
 CROP_ROUNDINGS = ("floor", "half-even")
@@ -278,7 +282,7 @@ class Preprocessing:
         try:
             text = file.read_text(encoding="utf-8")
         except FileNotFoundError:
-            raise ConfigError(file, "no such file") from None
+            raise ConfigError(file, NO_PREPROCESSOR if path.is_dir() else "no such file") from None
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(file, f"cannot read ({describe_error(exc)})") from exc
         data = parse_json(text, file, error=ConfigError)

@@ -8,13 +8,14 @@ The wrapped model is kept as ``.hf``; its ``config.json`` carries captionkit's m
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from transformers import Cache, GenerationConfig, PreTrainedModel
 from transformers.utils import GENERATION_CONFIG_NAME
 from transformers.utils import logging as hf_logging
@@ -168,7 +169,7 @@ def load_safetensors_model(
             **options,
         )
     except SafetensorError as error:  # a file cut short or not safetensors at all
-        weights = next(name for name in SAFE_WEIGHT_FILES if (path / name).is_file())
+        weights = _unreadable_weights_file(path)
         raise ModelLoadError(source, f"{weights}: unreadable weights ({first_line(error)})") from None
     except (OSError, ValueError, RuntimeError) as error:
         raise ModelLoadError(source, first_line(error)) from None
@@ -178,6 +179,31 @@ def load_safetensors_model(
         hf_logging.set_verbosity(previous)
     _check_loaded_tensors(info, may_lack, source)
     return model.eval()
+
+
+def _unreadable_weights_file(path: Path) -> str:
+    """The weights file safetensors could not read: model.safetensors, or in a sharded checkpoint the first shard
+    its index lists that does not open (safetensors' error names no file; the index itself is JSON, read fine)."""
+    index = path / SAFE_WEIGHT_FILES[1]
+    if not index.is_file():
+        return SAFE_WEIGHT_FILES[0]
+    for shard in _shard_names(index):
+        try:
+            # Opening reads and checks the header against the file's length: a shard cut short fails here.
+            with safe_open(str(path / shard), framework="pt"):
+                pass
+        except (OSError, SafetensorError):
+            return shard
+    return index.name  # every shard opens: what failed cannot be told apart
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files ``model.safetensors.index.json`` maps tensors to, in order, each once."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map") or {}
+        return sorted({str(name) for name in weight_map.values()})
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return []
 
 
 def _check_loaded_tensors(info: dict[str, Any], may_lack: tuple[str, ...], source: str) -> None:

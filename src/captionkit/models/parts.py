@@ -75,6 +75,28 @@ def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHea
     return model  # type: ignore[return-value]
 
 
+def decoder_token_ids(language: GPT2LMHeadModel, source: str | Path) -> dict[str, int]:
+    """The bos, eos and pad ids of a GPT-2 part, each a row of its vocabulary; pad is eos when it has none (GPT-2).
+
+    transformers fills a config.json that lacks them with gpt2's 50256, which a smaller vocabulary has no row for:
+    refused here, naming the part and the field, before a captioner is built around them.
+    """
+    config = language.config
+    eos = config.eos_token_id
+    ids = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": eos,
+        "pad_token_id": eos if config.pad_token_id is None else config.pad_token_id,
+    }
+    for name, token_id in ids.items():
+        if token_id is None:
+            raise ModelLoadError(source, f"config.json names no {name}")
+        if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < config.vocab_size:
+            reason = f"{name} {token_id!r} is not a token id in its vocabulary [0, {config.vocab_size})"
+            raise ModelLoadError(source, f"{reason}: set it in config.json")
+    return ids
+
+
 def part_preprocessing(source: str | Path) -> Preprocessing:
     """The preprocessing of an encoder part: its own image processor's size, mean and std."""
     return Preprocessing.load(resolve_model_source(source))

@@ -40,7 +40,7 @@ from captionkit.models.native import (
     set_trainable,
     trains,
 )
-from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
+from captionkit.models.parts import decoder_token_ids, load_gpt2_decoder, load_vision_encoder, part_preprocessing
 from captionkit.precision import model_dtype
 
 __all__ = ["PRESETS", "PrefixGpt2Config", "PrefixGpt2Model"]
@@ -311,9 +311,7 @@ class PrefixGpt2Model(CaptionModel):
         # ClipCap's MLP: hidden width prefix_length * decoder width / 2.
         length = overrides.get("prefix_length", PRESETS["base"].prefix_length)
         config = PRESETS["base"].replace(mapper_hidden_size=length * lm.n_embd // 2, **fields, **overrides)
-        eos = lm.eos_token_id
-        ids = {"bos_token_id": lm.bos_token_id, "eos_token_id": eos, "pad_token_id": _or(lm.pad_token_id, eos)}
-        model = cls(config, **ids)
+        model = cls(config, **decoder_token_ids(language, decoder))
         model.encoder.load_state_dict(vision.state_dict())
         model.gpt2.load_state_dict(language.state_dict())
         model.preprocessing = part_preprocessing(encoder) if backbone is None else backbone.preprocessing
@@ -464,7 +462,3 @@ def init_sincos_positions(model: PrefixGpt2Model) -> None:
     table = model.encoder.embeddings.position_embeddings
     table[0, 0].zero_()
     table[0, 1:].copy_(sincos_2d_table(config.image_size // config.patch_size, config.encoder_hidden_size))
-
-
-def _or(value: int | None, default: int) -> int:
-    return default if value is None else value

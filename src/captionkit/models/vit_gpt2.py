@@ -29,7 +29,7 @@ from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_sta
 from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, build_hf_model, load_safetensors_model
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
-from captionkit.models.parts import load_gpt2_decoder, load_vision_encoder, part_preprocessing
+from captionkit.models.parts import decoder_token_ids, load_gpt2_decoder, load_vision_encoder, part_preprocessing
 from captionkit.version import __version__
 
 __all__ = ["PRESETS", "VitGpt2Config", "VitGpt2Model"]
@@ -262,11 +262,9 @@ class VitGpt2Model(CaptionModel):
         """
         vision = load_vision_encoder(encoder)
         language = load_gpt2_decoder(decoder, cross_attention=True)
+        ids = decoder_token_ids(language, decoder)
+        bos, eos, pad = ids["bos_token_id"], ids["eos_token_id"], ids["pad_token_id"]
         ved = VisionEncoderDecoderModel(encoder=vision, decoder=language)
-        bos, eos = language.config.bos_token_id, language.config.eos_token_id
-        pad = eos if language.config.pad_token_id is None else language.config.pad_token_id
-        if bos is None or eos is None:
-            raise ModelLoadError(decoder, "config.json names no bos_token_id / eos_token_id")
         for settings in (ved.config, ved.generation_config):
             settings.decoder_start_token_id, settings.eos_token_id, settings.pad_token_id = bos, eos, pad
         model = cls(ved.eval())
