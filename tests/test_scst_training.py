@@ -190,6 +190,28 @@ def test_bad_scst_settings_name_the_key():
         assert caught.value.source == f"--set train.scst.{key}"
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("temperature", ".inf", "must be a finite number > 0, got inf"),  # before: accepted, uniform samples
+        ("temperature", ".nan", "must be a finite number > 0, got nan"),  # before: accepted, NaN logits
+        ("temperature", "-0.5", "must be a finite number > 0, got -0.5"),
+        ("temperature", "0", "must be a finite number > 0, got 0.0"),
+        ("unfinished_penalty", ".nan", "must be a finite number >= 0, got nan"),
+        ("entropy_weight", ".inf", "must be a finite number >= 0, got inf"),
+    ],
+)
+def test_scst_numbers_that_sampling_cannot_use_are_one_config_error(tmp_path, key, value, reason):
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, [f"train.scst.{key}={value}"])
+    assert (caught.value.source, caught.value.reason) == (f"--set train.scst.{key}", reason)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"train:\n  scst:\n    {key}: {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe)
+    assert (caught.value.source, caught.value.reason) == (f"{recipe}.train.scst.{key}", reason)
+
+
 COCO_SUBSET = SHARED_DATA / "coco" / "captions_val2017_subset.json"
 
 

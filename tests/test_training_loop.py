@@ -8,11 +8,12 @@ import logging
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from _data import SHARED_DATA
 from _helpers import FAMILIES
-from captionkit.config import StageSection, load_train_config
+from captionkit.config import StageSection, TrainSection, apply_overrides, load_train_config
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_dataset
 from captionkit.data.synthetic import write_synthetic_dataset
@@ -155,11 +156,14 @@ def test_unknown_stage_group_names_the_known_ones(scenes):
 
 
 def test_a_last_stage_with_an_end_is_a_config_error_naming_it(scenes):
-    # The last stage runs to the end of the run whatever until_step says: refused rather than ignored.
-    setup = build_setup(config_for(scenes))
+    # The last stage runs to the end of the run whatever until_step says: refused rather than ignored, as the recipe
+    # is read.
     with pytest.raises(ConfigError) as caught:
-        Stages(setup.model, [StageSection(until_step=2, train=["decoder"]), StageSection(until_step=4, train=["all"])])
-    assert caught.value.source == "train.stages[1].until_step" and "leave until_step out" in caught.value.reason
+        config_for(scenes, "train.stages=[{until_step: 2, train: [decoder]}, {until_step: 4, train: [all]}]")
+    assert caught.value.source == "--set train.stages[1].until_step" and "leave until_step out" in caught.value.reason
+    with pytest.raises(ConfigError) as caught:
+        TrainSection(stages=[StageSection(until_step=2, train=["decoder"])])  # the one stage is the last
+    assert caught.value.source == "train.stages[0].until_step"
 
 
 @pytest.mark.parametrize(
@@ -167,15 +171,35 @@ def test_a_last_stage_with_an_end_is_a_config_error_naming_it(scenes):
     [
         ("train.betas=[1.5, 0.9]", "train.betas[0]", "must be in [0, 1), got 1.5"),
         ("train.betas=[0.9, 1.0]", "train.betas[1]", "must be in [0, 1), got 1.0"),
+        ("train.betas=[-0.1, 0.9]", "train.betas[0]", "must be in [0, 1), got -0.1"),
         ("train.min_lr_ratio=2", "train.min_lr_ratio", "must be at most 1"),
+        (("train.best_metric=val_cider", "train.eval_images=0"), "train.best_metric", "needs train.eval_images > 0"),
+    ],
+)
+def test_values_wrong_alone_are_refused_as_the_recipe_is_read(scenes, tmp_path, setting, key, reason):
+    # Before: accepted by load_train_config and refused only when a run started (after the data and model loaded).
+    settings = (setting,) if isinstance(setting, str) else setting
+    with pytest.raises(ConfigError) as caught:
+        config_for(scenes, *settings)
+    assert caught.value.source == f"--set {key}" and reason in caught.value.reason
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(apply_overrides({}, list(settings))))
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(recipe)
+    assert caught.value.source == f"{recipe}.{key}" and reason in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("setting", "key", "reason"),
+    [
         ("model.overrides={decoder_positions: 8}", "data.max_length", "must be at most 8"),
         (("train.objective=scst", "train.scst.max_new_tokens=65"), "train.scst.max_new_tokens", "must be at most 64"),
         ("data.val_fraction=0", "train.patience", "early stopping needs validation captions"),
     ],
 )
 def test_values_a_run_cannot_use_are_one_config_error_naming_the_key(scenes, tmp_path, setting, key, reason):
-    # Before: torch's ValueError on the betas, an IndexError in the first step past 8 positions (captions of up to
-    # data.max_length=40 tokens), a floor above lr and patience without validation data accepted and ignored.
+    # Checks that need the model or the data, made as the run starts. Before: an IndexError in the first step past 8
+    # positions (captions of up to data.max_length=40 tokens), patience without validation data accepted and ignored.
     train_only = tmp_path / "train.jsonl"  # the scenes' training images alone: no validation split to hold out
     rows = [json.loads(line) for line in scenes.read_text().splitlines()]
     rows = [row | {"image": str(scenes.parent / row["image"])} for row in rows if row["split"] == "train"]

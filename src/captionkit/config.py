@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -146,11 +147,12 @@ class ScstSection:
             )
         if self.max_new_tokens < 1:
             raise ConfigError("train.scst.max_new_tokens", f"must be at least 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ConfigError("train.scst.temperature", f"must be > 0, got {self.temperature}")
+        # Sampling divides the logits by it: 0 or inf makes every sample greedy or uniform, nan makes them NaN.
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ConfigError("train.scst.temperature", f"must be a finite number > 0, got {self.temperature}")
         for key in ("unfinished_penalty", "entropy_weight"):
-            if getattr(self, key) < 0:
-                raise ConfigError(f"train.scst.{key}", f"must be >= 0, got {getattr(self, key)}")
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ConfigError(f"train.scst.{key}", f"must be a finite number >= 0, got {getattr(self, key)}")
 
 
 SCST_BASELINES = ("mean", "greedy")
@@ -242,7 +244,21 @@ class TrainSection:
             raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.seed <= MAX_SEED:  # numpy's generator, seeded from it, takes no other
             raise ConfigError("train.seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
+        if self.best_metric == "val_cider" and not self.eval_images:
+            raise ConfigError("train.best_metric", "val_cider needs train.eval_images > 0")
+        _check_optimizer_settings(self)
         _check_stages(self.stages)
+
+
+def _check_optimizer_settings(train: TrainSection) -> None:
+    """AdamW's betas and the schedule's floor: torch refuses betas outside [0, 1) with a traceback, and a floor above
+    ``lr`` would make the "decay" climb."""
+    for index, beta in enumerate(train.betas):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"train.betas[{index}]", f"must be in [0, 1), got {beta}")
+    if train.min_lr_ratio > 1.0:
+        reason = f"must be at most 1 (the schedule decays from lr to lr x min_lr_ratio), got {train.min_lr_ratio}"
+        raise ConfigError("train.min_lr_ratio", reason)
 
 
 def _check_stages(stages: list[StageSection]) -> None:
@@ -258,6 +274,13 @@ def _check_stages(stages: list[StageSection]) -> None:
             raise ConfigError(f"{where}.until_step", f"must be greater than {previous}, got {stage.until_step}")
         else:
             previous = stage.until_step
+    last = len(stages) - 1
+    if stages and stages[last].until_step is not None:
+        # The last stage runs on to the end of the run whatever its until_step says: an end that ends nothing.
+        raise ConfigError(
+            f"train.stages[{last}].until_step",
+            "the last stage runs to the end of the run: leave until_step out, or add a stage for what trains after",
+        )
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,9 +18,19 @@ from captionkit.errors import ImageError, InputError
 from captionkit.evaluation import evaluate_captions, score_captions
 from captionkit.evaluation.api import split_image_metrics
 from captionkit.models.base import CaptionModel
+from captionkit.text.styles import NEUTRAL
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loss import token_nll
-from captionkit.training.validation import caption_budget, first_images, loss_records, neutral_references
+from captionkit.training.validation import (
+    caption_budget,
+    first_images,
+    loss_records,
+    mean_over_styles,
+    neutral_references,
+    style_references,
+    validation_start_token,
+    validation_styles,
+)
 
 if TYPE_CHECKING:
     from captionkit.evaluation.clipscore import ClipScorer
@@ -109,6 +119,46 @@ def evaluate_model(
     references = neutral_references(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
+    captioned = _caption_and_score(
+        captioner, references, decoding, metrics, train_captions, batch_size, on_progress, clip, meteor
+    )
+    candidates, scores = captioned.candidates, captioned.scores
+    if perplexity_over is None:
+        readable = [r for r in records if r.image_id in candidates]
+        perplexity_over = Perplexity(readable, f"{len(readable)} reference captions of those images")
+    scores["perplexity"] = dataset_perplexity(
+        captioner, perplexity_over.records, perplexity_over.batch_size, max_length
+    )
+    scores["images"] = len(references)
+    scores["failed_images"] = len(references) - len(candidates)
+    scores["computed_over"] = _computed_over(decoding, captioned.references, perplexity_over, max_length)
+    return ModelEvaluation(scores, captioned.results)
+
+
+@dataclass
+class _Captioned:
+    """One caption per image of ``references``, scored: the scores (``domains`` too, where the data has them), one
+    result per image (caption or error), the captions, and the references they were scored against."""
+
+    scores: dict[str, Any]
+    results: list[dict[str, Any]]
+    candidates: dict[str, str]
+    references: dict[str, list[str]]
+
+
+def _caption_and_score(
+    captioner: Captioner,
+    references: dict[str, list[CaptionRecord]],
+    decoding: DecodingConfig,
+    metrics: str | None,
+    train_captions: Sequence[str] | None,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None,
+    clip: ClipScorer | None,
+    meteor: str,
+) -> _Captioned:
+    """Caption each image of ``references`` (image id -> its reference records) with ``decoding`` and score the
+    captions against those references; :class:`NoImageRead` when not one image could be read."""
     text_metrics, wants_clip = split_image_metrics(metrics)
     if wants_clip and clip is None:
         raise InputError("metrics", "CLIPScore needs a CLIP model")
@@ -149,19 +199,10 @@ def evaluate_model(
         if "caption" in result:
             result["references"] = scored_refs[result["image_id"]]
             result["metrics"] = per_image[result["image_id"]]
-    if perplexity_over is None:
-        readable = [r for r in records if r.image_id in candidates]
-        perplexity_over = Perplexity(readable, f"{len(readable)} reference captions of those images")
-    scores["perplexity"] = dataset_perplexity(
-        captioner, perplexity_over.records, perplexity_over.batch_size, max_length
-    )
-    scores["images"] = len(images)
-    scores["failed_images"] = len(images) - len(candidates)
-    scores["computed_over"] = _computed_over(decoding, scored_refs, perplexity_over, max_length)
     domains = _per_domain(references, candidates, text_metrics, meteor)
     if domains:
         scores["domains"] = domains
-    return ModelEvaluation(scores, results)
+    return _Captioned(scores, results, candidates, scored_refs)
 
 
 @dataclass(frozen=True)
@@ -204,11 +245,13 @@ def evaluate_as_validation(
     meteor: str = "python",
 ) -> ModelEvaluation:
     """What the run's validation computed, on ``validation``, the run's validation captions in its order
-    (``TrainedOn.validation_records``): greedy neutral captions of the first ``train.eval_images`` images, at most
-    ``data.max_length - 1`` new tokens, scored against their neutral references (so CIDEr is its ``val_cider``), and
-    perplexity over the first ``train.eval_batches × train.batch_size`` captions (its ``val_perplexity``)."""
+    (``TrainedOn.validation_records``): greedy captions of the first ``train.eval_images`` images, at most
+    ``data.max_length - 1`` new tokens, in the styles and against the references its validation used
+    (``captionkit.training.validation.style_references``: neutral captions against neutral references, or, for a
+    run whose styles leave neutral out, each style's captions against that style's references, the metrics then the
+    mean over styles with each style's under ``styles``), so CIDEr is its ``val_cider``; and perplexity over the
+    first ``train.eval_batches × train.batch_size`` captions (its ``val_perplexity``)."""
     decoding = DecodingConfig(max_new_tokens=caption_budget(trained.max_length, captioner.model.max_positions))
-    images = first_images(validation, trained.eval_images)
     captions = loss_records(validation, trained.eval_batches, trained.batch_size)
     subset = (
         f"the first {len(captions)} (train.eval_batches {trained.eval_batches} × train.batch_size "
@@ -216,24 +259,114 @@ def evaluate_as_validation(
         if trained.eval_batches
         else f"the run's {len(validation)} validation captions (train.eval_batches 0: all)"
     )
-    result = evaluate_model(
+    perplexity = Perplexity(captions, subset, trained.batch_size)
+    shown = (
+        f"the first {trained.eval_images} (train.eval_images)" if trained.eval_images else "all (no train.eval_images)"
+    )
+    if validation_styles(trained.styles) == (NEUTRAL,):
+        result = evaluate_model(
+            captioner,
+            first_images(validation, trained.eval_images),
+            decoding,
+            metrics,
+            train_captions,
+            batch_size,
+            on_progress,
+            clip,
+            max_length=trained.max_length,
+            meteor=meteor,
+            perplexity_over=perplexity,
+        )
+        result.metrics["computed_over"]["captions"] += f": {shown} of the run's validation images"
+        return result
+    return _evaluate_styles_as_validation(
         captioner,
-        images,
+        validation,
+        trained,
         decoding,
+        perplexity,
+        shown,
         metrics,
         train_captions,
         batch_size,
         on_progress,
         clip,
-        max_length=trained.max_length,
-        meteor=meteor,
-        perplexity_over=Perplexity(captions, subset, trained.batch_size),
+        meteor,
     )
-    shown = (
-        f"the first {trained.eval_images} (train.eval_images)" if trained.eval_images else "all (no train.eval_images)"
-    )
-    result.metrics["computed_over"]["captions"] += f": {shown} of the run's validation images"
-    return result
+
+
+def _evaluate_styles_as_validation(
+    captioner: Captioner,
+    validation: Sequence[CaptionRecord],
+    trained: TrainedOn,
+    decoding: DecodingConfig,
+    perplexity: Perplexity,
+    shown: str,
+    metrics: str | None,
+    train_captions: Sequence[str] | None,
+    batch_size: int,
+    on_progress: Callable[[int], None] | None,
+    clip: ClipScorer | None,
+    meteor: str,
+) -> ModelEvaluation:
+    """:func:`evaluate_as_validation` for a run validated in several styles: each style's captions scored against
+    that style's references; each metric the mean over styles, as ``val_cider`` is."""
+    by_style = style_references(validation, trained.styles, trained.eval_images)
+    advance = _shared_progress(on_progress, len(by_style))
+    per_style: dict[str, dict[str, Any]] = {}
+    results: list[dict[str, Any]] = []
+    read: set[str] = set()
+    for style, references in by_style.items():
+        styled = replace(decoding, start_token_id=validation_start_token(captioner.tokenizer, style))
+        try:
+            captioned = _caption_and_score(
+                captioner, references, styled, metrics, train_captions, batch_size, advance, clip, meteor
+            )
+        except NoImageRead as error:  # left out of the mean, as validation leaves a style without a caption
+            results.extend(result | {"style": style} for result in error.results)
+            continue
+        per_style[style] = captioned.scores
+        results.extend(result | {"style": style} for result in captioned.results)
+        read.update(captioned.candidates)
+    if not per_style:
+        raise NoImageRead(results) if results else InputError("data", "no captions to evaluate on")
+    scores: dict[str, Any] = {
+        key: mean_over_styles({style: figures[key] for style, figures in per_style.items()})
+        for key, value in next(iter(per_style.values())).items()
+        if isinstance(value, int | float) and all(isinstance(f.get(key), int | float) for f in per_style.values())
+    }
+    scores["styles"] = per_style
+    scores["perplexity"] = dataset_perplexity(captioner, perplexity.records, perplexity.batch_size, trained.max_length)
+    images = {image_id for references in by_style.values() for image_id in references}
+    scores["images"] = len(images)
+    scores["failed_images"] = len(images - read)
+    search = f"greedy search, at most {decoding.max_new_tokens} new tokens"
+    counts = ", ".join(f"{len(references)} {style}" for style, references in by_style.items())
+    refs = ", ".join(f"{sum(len(group) for group in by_style[style].values())} {style}" for style in by_style)
+    styles = sorted({r.style for r in perplexity.records})
+    scores["computed_over"] = {
+        "captions": f"one caption per image in each of the run's styles ({search}), each from its style's start "
+        f"token, of the images with that style's references ({counts}) among {shown} of the run's validation "
+        "images; each metric the mean over styles (each style's under styles)",
+        "references": f"each style's references of those images ({refs} reference captions)",
+        "perplexity": f"{perplexity.description} ({', '.join(styles)}), teacher forced, each from its style's start "
+        f"token, cut to {trained.max_length} tokens",
+    }
+    return ModelEvaluation(scores, results)
+
+
+def _shared_progress(on_progress: Callable[[int], None] | None, parts: int) -> Callable[[int], None] | None:
+    """``on_progress`` counting images, for work that captions them ``parts`` times (once per style)."""
+    if on_progress is None or parts == 1:
+        return on_progress
+    done = [0]
+
+    def advance(count: int) -> None:
+        before = done[0] // parts
+        done[0] += count
+        on_progress(done[0] // parts - before)
+
+    return advance
 
 
 def _per_domain(

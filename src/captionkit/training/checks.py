@@ -1,29 +1,19 @@
 """Recipe values that parse but that a run cannot use: each one is one ``ConfigError`` line naming the key, raised
 before the step that would fail on it (with a traceback from torch, or an IndexError in the middle of a run).
 
-Some of these belong with the other value checks in config.py; they are made here, where a run starts, so that
-every way into training (the CLI, ``captionkit.training.loop.train``) passes through them.
+These need the model or the data, so they are made where a run starts, which every way into training (the CLI,
+``captionkit.training.loop.train``) passes through. Checks of a value alone (betas, ``min_lr_ratio``, the last
+stage's ``until_step``) are config.py's, made as the recipe is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from captionkit.config import TrainConfig, TrainSection
+from captionkit.config import TrainConfig
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import ConfigError
 from captionkit.models.base import CaptionModel
-
-
-def check_optimizer_settings(train: TrainSection) -> None:
-    """AdamW's betas and the schedule's floor: torch refuses betas outside [0, 1) with a traceback, and a floor above
-    ``lr`` would make the "decay" climb."""
-    for index, beta in enumerate(train.betas):
-        if not 0.0 <= beta < 1.0:
-            raise ConfigError(f"train.betas[{index}]", f"must be in [0, 1), got {beta}")
-    if train.min_lr_ratio > 1.0:
-        reason = f"must be at most 1 (the schedule decays from lr to lr x min_lr_ratio), got {train.min_lr_ratio}"
-        raise ConfigError("train.min_lr_ratio", reason)
 
 
 def check_lengths(config: TrainConfig, model: CaptionModel) -> None:

@@ -23,7 +23,7 @@ from captionkit.data.splits import first_caption_per_image
 from captionkit.errors import ConfigError, InputError
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.checks import check_lengths, check_optimizer_settings, check_validation
+from captionkit.training.checks import check_lengths, check_validation
 from captionkit.training.distributed import Distributed
 from captionkit.training.features import encode_images
 from captionkit.training.resume import (
@@ -185,9 +185,6 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     """Find the checkpoint to resume from, build the setup on the device, the data and the step; restore."""
     parallel, device = training_device(config)
     autocast = autocast_for(config.train.precision, device)  # a precision the device cannot run fails here
-    if config.train.best_metric == "val_cider" and not config.train.eval_images:
-        raise ConfigError("train.best_metric", "val_cider needs train.eval_images > 0")
-    check_optimizer_settings(config.train)
     resume_from = find_resume_checkpoint(config, run_dir / CHECKPOINTS, resume) if parallel.is_main else None
     if parallel.enabled:
         resume_from = broadcast_path(resume_from)

@@ -30,13 +30,8 @@ class Stages:
                         f"train.stages[{index}].train",
                         f"unknown parameter group {name!r} for {model.family} (known: {', '.join(known)})",
                     )
-        last = len(self.stages) - 1
-        if self.stages and self.stages[last].until_step is not None:
-            # index_at keeps the last stage to the end whatever its until_step says: an end that ends nothing.
-            raise ConfigError(
-                f"train.stages[{last}].until_step",
-                "the last stage runs to the end of the run: leave until_step out, or add a stage for what trains after",
-            )
+        # That the last stage has no until_step (index_at keeps it to the end) is checked as the recipe is read
+        # (captionkit.config).
         self.current: int | None = None
 
     def index_at(self, step: int) -> int | None:

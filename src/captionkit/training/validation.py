@@ -1,9 +1,10 @@
-"""Validation during training: teacher-forced loss and perplexity, and CIDEr-D of greedy captions."""
+"""Validation during training: teacher-forced loss and perplexity, and CIDEr-D of greedy captions (per style, for a
+run trained without the neutral style)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.evaluation import evaluate_captions
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import NEUTRAL, STYLES, start_token_id
 from captionkit.training.loss import token_nll
 
 Autocast = Callable[[], AbstractContextManager[object]]
@@ -85,6 +87,55 @@ def caption_budget(max_length: int, max_positions: int | None) -> int:
     return budget if max_positions is None else min(budget, max_positions - 1)
 
 
+def validation_styles(styles: Collection[str]) -> tuple[str, ...]:
+    """The styles validation captions in, for a run trained with ``styles`` (``data.styles``' names).
+
+    Neutral alone for a run without styles or with neutral among them: its neutral captions start from the plain
+    start token, which it trains. A run whose styles leave neutral out never trains the plain start token, so a
+    caption from it means nothing: validation captions in each of its styles, from that style's start token."""
+    if not styles or NEUTRAL in styles:
+        return (NEUTRAL,)
+    return tuple(style for style in STYLES if style in styles)  # one order, however the recipe lists them
+
+
+def style_references(
+    records: Sequence[CaptionRecord], styles: Collection[str], max_images: int = 0
+) -> dict[str, dict[str, list[CaptionRecord]]]:
+    """Style (:func:`validation_styles`) -> image -> reference records, over the first ``max_images`` images of
+    ``records`` (every image with 0): neutral captions are scored against :func:`neutral_references`, each other
+    style's against the image's captions of that style (an image without one is left out of that style)."""
+    chosen = validation_styles(styles)
+    if chosen == (NEUTRAL,):
+        return {NEUTRAL: neutral_references(records, max_images)}
+    found: dict[str, dict[str, list[CaptionRecord]]] = {style: {} for style in chosen}
+    for record in first_images(records, max_images):
+        if record.style in found:
+            found[record.style].setdefault(record.image_id, []).append(record)
+    return found
+
+
+def validation_start_token(tokenizer: CaptionTokenizer, style: str) -> int | None:
+    """The token validation's captions in ``style`` start from, as decoding with ``style=...`` starts them (None:
+    the model's bos)."""
+    return None if style == NEUTRAL else start_token_id(tokenizer, style)
+
+
+def mean_over_styles(per_style: Mapping[str, float]) -> float:
+    """The figure validation logs for several styles (``val_cider``): the plain mean of each style's."""
+    return sum(per_style.values()) / len(per_style)
+
+
+def validation_cider_entries(per_style: Mapping[str, float]) -> dict[str, float]:
+    """The log entry's CIDEr-D keys: ``val_cider`` (the mean over styles) and, when captions were written in several
+    styles, ``val_cider_<style>`` for each."""
+    if not per_style:
+        return {}
+    entry = {"val_cider": round(mean_over_styles(per_style), 5)}
+    if len(per_style) > 1:
+        entry |= {f"val_cider_{style}": round(value, 5) for style, value in per_style.items()}
+    return entry
+
+
 def validation_cider(
     model: CaptionModel,
     tokenizer: CaptionTokenizer,
@@ -93,12 +144,39 @@ def validation_cider(
     max_new_tokens: int,
     device: torch.device,
     batch_size: int = 32,
-) -> float | None:
-    """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of the first ``max_images`` validation images."""
-    refs = neutral_references(dataset.records, max_images)
+    styles: Collection[str] = (),
+) -> dict[str, float]:
+    """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of the first ``max_images`` validation images, per
+    style of :func:`validation_styles` (``styles``: the run's ``data.styles``), each style's captions started from
+    its start token and scored against its references (:func:`style_references`). A style without a readable image
+    or a finite score is left out."""
+    per_style: dict[str, float] = {}
+    for style, refs in style_references(dataset.records, styles, max_images).items():
+        decoding = DecodingConfig(
+            max_new_tokens=max_new_tokens, start_token_id=validation_start_token(tokenizer, style)
+        )
+        candidates = _greedy_captions(model, tokenizer, dataset, refs, decoding, device, batch_size)
+        if not candidates:
+            continue
+        scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
+        value = evaluate_captions(scored, candidates, metrics="CIDEr", allow_empty=True)["CIDEr"]
+        if math.isfinite(value):
+            per_style[style] = float(value)
+    return per_style
+
+
+def _greedy_captions(
+    model: CaptionModel,
+    tokenizer: CaptionTokenizer,
+    dataset: CaptionDataset,
+    refs: Mapping[str, list[CaptionRecord]],
+    decoding: DecodingConfig,
+    device: torch.device,
+    batch_size: int,
+) -> dict[str, str]:
+    """Image id -> the caption ``decoding`` gives, for each image of ``refs`` whose pixels can be read."""
     candidates: dict[str, str] = {}
     ids = list(refs)
-    decoding = DecodingConfig(max_new_tokens=max_new_tokens)
     for start in range(0, len(ids), batch_size):
         chunk, pixels = [], []
         for image_id in ids[start : start + batch_size]:
@@ -111,16 +189,13 @@ def validation_cider(
         hypotheses = generate(model, torch.from_numpy(np.stack(pixels)).to(device), config=decoding)
         for image_id, best in zip(chunk, to_captions(hypotheses, tokenizer), strict=True):
             candidates[image_id] = best[0].caption
-    if not candidates:
-        return None
-    scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
-    value = evaluate_captions(scored, candidates, metrics="CIDEr", allow_empty=True)["CIDEr"]
-    return float(value) if math.isfinite(value) else None
+    return candidates
 
 
 @dataclass
 class Validation:
-    """What a run validates on (rank 0 only): the loss over ``loader`` and CIDEr-D of greedy captions."""
+    """What a run validates on (rank 0 only): the loss over ``loader`` and CIDEr-D of greedy captions (per style for
+    a run whose styles leave neutral out: see :func:`validation_styles`)."""
 
     loader: DataLoader
     data: CaptionDataset
@@ -133,12 +208,14 @@ class Validation:
         device: torch.device,
         autocast: Autocast,
     ) -> dict[str, Any]:
-        """The log entry's validation keys: val_loss, val_perplexity and, with ``train.eval_images``, val_cider."""
+        """The log entry's validation keys: val_loss, val_perplexity and, with ``train.eval_images``, val_cider (and
+        val_cider_<style> for a run validated in several styles)."""
         val_loss = evaluate_loss(model, self.loader, device, config.train.eval_batches, autocast)
         entry: dict[str, Any] = {"val_loss": round(val_loss, 5), "val_perplexity": round(math.exp(val_loss), 4)}
         if config.train.eval_images:
             max_new_tokens = caption_budget(config.data.max_length, model.max_positions)
-            cider = validation_cider(model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device)
-            if cider is not None:
-                entry["val_cider"] = round(cider, 5)
+            per_style = validation_cider(
+                model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device, styles=config.data.styles
+            )
+            entry |= validation_cider_entries(per_style)
         return entry
