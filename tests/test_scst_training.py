@@ -133,17 +133,20 @@ def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes
     assert max(neutral.values()) > 1  # the paraphrases too, not only the canonical caption
 
 
-def test_with_style_control_the_references_are_the_distinct_neutral_captions(scenes, single_thread):
+def test_with_style_control_each_styles_references_are_its_distinct_captions(scenes, single_thread):
     styles = "data.styles={neutral: 0.5, positive: 0.25, negative: 0.25}"
     config = load_train_config(None, common(scenes, "train.objective=scst", styles))
     setup = build_setup(config)
     reward = scst_reward(config, setup.train_records)
-    distinct: dict[str, set[str]] = {}
+    distinct: dict[str, dict[str, set[str]]] = {}
     for record in setup.train_records:  # style mixing repeats records; a reference must count once
-        if record.style == "neutral":
-            distinct.setdefault(record.image_id, set()).add(record.caption)
+        distinct.setdefault(record.style, {}).setdefault(record.image_id, set()).add(record.caption)
     assert len(setup.train_records) > len(set(setup.train_records))
-    assert {i: len(refs) for i, refs in reward.scorer.references.items()} == {i: len(c) for i, c in distinct.items()}
+    assert set(reward.by_style) == {"neutral", "positive", "negative"}
+    for style, scorer in reward.by_style.items():  # (tokenized) references of the images with captions in the style
+        got = {image_id: len(refs) for image_id, refs in scorer.scorer.references.items()}
+        assert got == {image_id: len(refs) for image_id, refs in distinct[style].items()}, style
+        assert scorer.scorer.num_documents == len(distinct[style])  # the style's own document frequencies
 
 
 def test_a_crashed_scst_run_resumes_exactly(scenes, xe_model, tmp_path, single_thread):

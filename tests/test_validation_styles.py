@@ -135,6 +135,29 @@ def test_as_validation_recomputes_a_style_runs_validation_cider(run, capsys, tmp
     assert [sum(r["style"] == style for r in results) for style in STYLES] == [EVAL_IMAGES, EVAL_IMAGES - 2]
     assert "each from its style's start token" in metrics["computed_over"]["captions"]
     assert "(6 positive, 4 negative)" in metrics["computed_over"]["captions"], metrics["computed_over"]
+    # stderr says what val_cider is over: per style, their mean (it said "greedy neutral captions").
+    assert (
+        "CIDEr-D per style (positive, negative) of greedy captions of the first 6 images (train.eval_images) in that "
+        "style, each from its style's start token, against the image's references in that style (images without one "
+        "left out); val_cider the mean over styles" in err
+    ), err
+    assert "neutral" not in err.split("evaluating as the run's validation:")[1].splitlines()[0]
+
+
+def test_the_validation_description_names_what_val_cider_is_over():
+    def described(styles: dict) -> str:
+        saved = {"data": {"val_fraction": 0.1, "styles": styles}, "train": {"seed": 0, "eval_images": 4}}
+        return TrainedOn.read_config(saved).describe_validation()
+
+    neutral = "CIDEr-D of greedy neutral captions of the first 4 images (train.eval_images) against their neutral"
+    assert neutral in described({}) and neutral in described({"neutral": 0.5, "positive": 0.5})
+    styled = described({"negative": 0.5, "positive": 0.5})
+    assert "CIDEr-D per style (positive, negative) of greedy captions" in styled and "neutral" not in styled
+    assert described({"negative": 1.0}).endswith(
+        "CIDEr-D per style (negative) of greedy captions of the first 4 images (train.eval_images) in that style, "
+        "each from its style's start token, against the image's references in that style (images without one left "
+        "out); val_cider the mean over styles"
+    )
 
 
 def test_which_styles_validation_captions_in():

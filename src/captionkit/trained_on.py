@@ -101,13 +101,24 @@ class TrainedOn:
         source = "the images it held out of data.train" if self.held_out_val else "data.val (its val split, or all)"
         batches = f"train.eval_batches {self.eval_batches} × train.batch_size {self.batch_size}"
         captions = f"the first {self.eval_batches * self.batch_size} ({batches})" if self.eval_batches else "all"
-        cider = (
-            f"CIDEr-D of greedy neutral captions of the first {self.eval_images} images (train.eval_images) against "
-            "their neutral references"
-            if self.eval_images
-            else "no CIDEr-D (train.eval_images 0)"
+        return f"validation data {source}; perplexity over {captions} of its captions; {self._describe_cider()}"
+
+    def _describe_cider(self) -> str:
+        """What val_cider is over: neutral captions, or, for a run whose styles leave neutral out, each style's."""
+        # Imported here: training's validation brings torch, which reading a run's settings does not need.
+        from captionkit.training.validation import validation_styles
+
+        if not self.eval_images:
+            return "no CIDEr-D (train.eval_images 0)"
+        images = f"the first {self.eval_images} images (train.eval_images)"
+        styles = validation_styles(self.styles)
+        if styles == ("neutral",):
+            return f"CIDEr-D of greedy neutral captions of {images} against their neutral references"
+        return (
+            f"CIDEr-D per style ({', '.join(styles)}) of greedy captions of {images} in that style, each from its "
+            "style's start token, against the image's references in that style (images without one left out); "
+            "val_cider the mean over styles"
         )
-        return f"validation data {source}; perplexity over {captions} of its captions; {cider}"
 
     def describe(self) -> str:
         """One line for the output: how the captions were chosen."""

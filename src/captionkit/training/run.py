@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader
 from captionkit.config import TrainConfig
 from captionkit.data.dataset import Batch, CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
-from captionkit.data.splits import first_caption_per_image
 from captionkit.errors import ConfigError, InputError
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
@@ -41,6 +40,7 @@ from captionkit.training.setup import (
     build_optimizer,
     drop_empty_captions,
     prepared_setup,
+    scst_records,
     scst_reward,
     seed_everything,
 )
@@ -218,8 +218,9 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
 
 
 def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionRecord], int]:
-    """The training records without empty captions (and, for SCST, one per image); the empty captions counted,
-    those the readers dropped included. No records for streamed shards (the stream reads them)."""
+    """The training records without empty captions (and, for SCST, one per image, or per image and style: see
+    :func:`scst_records`); the empty captions counted, those the readers dropped included. No records for streamed
+    shards (the stream reads them)."""
     train_records, empty = drop_empty_captions(setup.train_records)
     empty += setup.empty_captions
     if empty:
@@ -229,7 +230,7 @@ def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionReco
     if not train_records:
         raise InputError(config.data.train, "no training captions (all are empty)")
     if config.train.objective == "scst":  # batches of images, each rewarded against all its training references
-        train_records = first_caption_per_image(train_records)
+        train_records = scst_records(config, train_records)
     return train_records, empty
 
 

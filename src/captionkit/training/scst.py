@@ -12,6 +12,11 @@ One SCST step on a batch of images:
    (:class:`SampleScorer`, the module a data-parallel trainer wraps in DDP), and minimise
    ``-(reward - baseline) * log p(token)`` averaged over the sampled tokens (eos included; :func:`policy_loss_sums`).
 
+A run with style control (``data.styles``) samples each image's captions, greedy baseline included, from its training
+sample's style start token, and rewards them against the image's references in that style, with each style's own
+document frequencies (:class:`StyleCiderReward`): that is the style the sample's teacher-forced caption would have
+trained, and the figure validation reports per style.
+
 Rewards and baselines are constants: gradients flow only through the log-probabilities of the sampled tokens.
 Sampling runs in eval mode (no dropout) and re-scoring in the model's current mode, so recipes for SCST set dropout
 to 0 or accept that small mismatch. Optional safeguards: an entropy bonus against collapse, and a penalty for
@@ -21,7 +26,7 @@ captions cut at the length limit (a common failure: long repetitive captions tha
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -32,6 +37,8 @@ from captionkit.evaluation.cider import CiderD
 from captionkit.evaluation.tokenize import tokenize_captions
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import NEUTRAL, style_token_ids
+from captionkit.training.validation import validation_start_token
 
 
 def sampling_config(config: ScstSection, seed: int) -> DecodingConfig:
@@ -79,6 +86,84 @@ class CiderReward:
         return torch.tensor([per_image[key] for key in keys], dtype=torch.float32)
 
 
+class StyleCiderReward:
+    """CIDEr-D of each caption against its image's references in the caption's style: a run with ``data.styles``.
+
+    One :class:`CiderReward` per style, each with document frequencies and ``N`` from that style's references alone.
+    CIDEr-D's idf counts, among the reference sets captions are scored against, those that hold an n-gram; a styled
+    caption is scored against its image's references in its style, so its corpus is that style's reference sets.
+    Frequencies pooled over styles would count an n-gram in images where only another style's captions use it (and
+    images without a reference in the style), making "beautiful" look rarer, and worth more, to a positive caption
+    than it is among positive references. Per style, a reward equals ``captionkit.evaluation``'s CIDEr-D of the same
+    caption against that style's references of the same images, as validation's ``val_cider_<style>`` computes it.
+    """
+
+    def __init__(self, references: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """``references``: style -> image id -> reference captions."""
+        found = {style: refs for style, refs in references.items() if refs}
+        if not found:
+            raise ConfigError("scst", "no training references to compute CIDEr-D document frequencies from")
+        self.by_style = {style: CiderReward(refs) for style, refs in found.items()}
+
+    def __call__(
+        self, image_ids: Sequence[str], captions: Sequence[Sequence[str]], styles: Sequence[str]
+    ) -> torch.Tensor:
+        """(B, K) rewards: ``captions[i]`` are K captions of image ``image_ids[i]`` in style ``styles[i]``."""
+        rewards = torch.zeros((len(image_ids), len(captions[0]) if captions else 0), dtype=torch.float32)
+        for style in dict.fromkeys(styles):
+            if style not in self.by_style:
+                raise ConfigError("scst", f"no {style} training references to reward {style} captions against")
+            rows = [row for row, of in enumerate(styles) if of == style]
+            scored = self.by_style[style]([image_ids[row] for row in rows], [captions[row] for row in rows])
+            rewards[rows] = scored
+        return rewards
+
+
+Reward = CiderReward | StyleCiderReward
+
+
+def sample_styles(tokenizer: CaptionTokenizer, input_ids: torch.Tensor) -> list[str]:
+    """The style of each training sample of a batch, read from its caption's first token, the start token the
+    dataset gave it (bos for neutral, else its style's token)."""
+    styles = {token: style for style, token in style_token_ids(tokenizer).items()}
+    styles[tokenizer.bos_token_id] = NEUTRAL
+    found = []
+    for token in input_ids[:, 0].tolist():
+        if token not in styles:
+            raise ConfigError("scst", f"a training caption starts with token {token}, which is no style's start token")
+        found.append(styles[token])
+    return found
+
+
+def generate_from(
+    model: CaptionModel,
+    encoded: Encoded,
+    config: DecodingConfig,
+    starts: Sequence[int | None] | None = None,
+    image_offset: int = 0,
+) -> list[list[Hypothesis]]:
+    """``generate`` with image i of ``encoded`` started from ``starts[i]`` (None, or no ``starts``: bos).
+
+    Image i still draws from ``config.seed + image_offset + i``, as in one call: each distinct start token decodes
+    the span of images from its first to its last (one call per start token, not per image) and keeps its own.
+    """
+    distinct = list(dict.fromkeys(starts or [None]))
+    if starts is None or len(distinct) == 1:
+        config = config if distinct[0] is None else replace(config, start_token_id=distinct[0])
+        return generate(model, encoded=encoded, config=config, image_offset=image_offset)
+    found: list[list[Hypothesis]] = [[] for _ in starts]
+    for start in distinct:
+        rows = [row for row, of in enumerate(starts) if of == start]
+        first = rows[0]
+        span = encoded.index_select(torch.arange(first, rows[-1] + 1, device=encoded.tokens.device))
+        decoded = generate(
+            model, encoded=span, config=replace(config, start_token_id=start), image_offset=image_offset + first
+        )
+        for row in rows:
+            found[row] = decoded[row - first]
+    return found
+
+
 @dataclass
 class Rollout:
     """Sampled captions of a batch of images with their advantages: everything the gradient pass needs."""
@@ -102,12 +187,20 @@ def leave_one_out_baseline(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
 
 
-def sequences_from(hypotheses: Sequence[Sequence[Hypothesis]], bos: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher-forcing inputs for sampled captions, one row per sample (image-major): ``[bos] tokens [eos]``.
+def sequences_from(
+    hypotheses: Sequence[Sequence[Hypothesis]], bos: int, eos: int, starts: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forcing inputs for sampled captions, one row per sample (image-major): ``[bos] tokens [eos]``, or
+    ``starts[i]`` in place of bos for the samples of image i (the style start token they were sampled from).
 
     The eos is kept for finished samples only: its probability is part of what the reward judges.
     """
-    rows = [[bos, *h.token_ids, *([eos] if h.finished else [])] for group in hypotheses for h in group]
+    firsts = starts if starts is not None else [bos] * len(hypotheses)
+    rows = [
+        [first, *h.token_ids, *([eos] if h.finished else [])]
+        for first, group in zip(firsts, hypotheses, strict=True)
+        for h in group
+    ]
     width = max(len(row) for row in rows)
     ids = torch.full((len(rows), width), eos, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -118,17 +211,24 @@ def sequences_from(hypotheses: Sequence[Sequence[Hypothesis]], bos: int, eos: in
 
 
 def penalised_rewards(
-    reward: CiderReward,
+    reward: Reward,
     image_ids: Sequence[str],
     hypotheses: Sequence[Sequence[Hypothesis]],
     tokenizer: CaptionTokenizer,
     unfinished_penalty: float,
+    styles: Sequence[str] | None = None,
 ) -> torch.Tensor:
-    """(B, K) rewards of ``hypotheses[i]`` (K captions of image ``image_ids[i]``), less ``unfinished_penalty`` for
-    each caption cut at the length limit."""
+    """(B, K) rewards of ``hypotheses[i]`` (K captions of image ``image_ids[i]``, in style ``styles[i]`` for a
+    :class:`StyleCiderReward`), less ``unfinished_penalty`` for each caption cut at the length limit."""
     texts = [[caption.caption for caption in group] for group in to_captions(hypotheses, tokenizer)]
     unfinished = torch.tensor([[not h.finished for h in group] for group in hypotheses])
-    return reward(image_ids, texts) - unfinished_penalty * unfinished.float()
+    if isinstance(reward, StyleCiderReward):
+        if styles is None:
+            raise ValueError("a style reward needs each image's style")
+        scored = reward(image_ids, texts, styles)
+    else:
+        scored = reward(image_ids, texts)
+    return scored - unfinished_penalty * unfinished.float()
 
 
 def rollout(
@@ -136,28 +236,36 @@ def rollout(
     tokenizer: CaptionTokenizer,
     encoded: Encoded,
     image_ids: Sequence[str],
-    reward: CiderReward,
+    reward: Reward,
     config: ScstSection,
     seed: int,
     image_offset: int = 0,
+    styles: Sequence[str] | None = None,
 ) -> Rollout:
     """Sample ``num_samples`` captions per image (no gradients), reward them and subtract the baseline.
 
     Image i of the batch draws from ``seed + image_offset + i``: a data-parallel process passes the position of
     its first image in the global batch, so N processes sample exactly what one process with the whole batch would.
+    With ``styles`` (a run with style control: the style of each image's training sample), image i's captions, its
+    greedy one included, start from the start token of ``styles[i]`` and ``reward`` (a :class:`StyleCiderReward`)
+    judges them against the image's references in that style.
     """
-    samples = generate(model, encoded=encoded, config=sampling_config(config, seed), image_offset=image_offset)
-    rewards = penalised_rewards(reward, image_ids, samples, tokenizer, config.unfinished_penalty)
+    starts = None if styles is None else [validation_start_token(tokenizer, style) for style in styles]
+    samples = generate_from(model, encoded, sampling_config(config, seed), starts, image_offset)
+    penalty = config.unfinished_penalty
+    rewards = penalised_rewards(reward, image_ids, samples, tokenizer, penalty, styles)
     if config.baseline == "mean":
         baseline = leave_one_out_baseline(rewards)
     else:
-        greedy = generate(model, encoded=encoded, config=DecodingConfig(max_new_tokens=config.max_new_tokens))
+        greedy = generate_from(model, encoded, DecodingConfig(max_new_tokens=config.max_new_tokens), starts)
         # The greedy caption is judged by the same reward as the samples, its penalty included: without it, a
         # greedy caption cut at the limit would set the bar higher than the reward it actually earns.
-        greedy_rewards = penalised_rewards(reward, image_ids, greedy, tokenizer, config.unfinished_penalty)
+        greedy_rewards = penalised_rewards(reward, image_ids, greedy, tokenizer, penalty, styles)
         baseline = greedy_rewards.expand_as(rewards)
     device = encoded.tokens.device
-    ids, mask = sequences_from(samples, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    firsts = None if starts is None else [bos if start is None else start for start in starts]
+    ids, mask = sequences_from(samples, bos, eos, firsts)
     rows = torch.arange(len(image_ids)).repeat_interleave(config.num_samples)
     advantage = (rewards - baseline).reshape(-1)
     return Rollout(ids.to(device), mask.to(device), rows.to(device), advantage.to(device), rewards, baseline)

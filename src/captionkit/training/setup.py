@@ -37,7 +37,7 @@ from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import add_style_tokens
 from captionkit.training.checkpoint import DAMAGED_CHECKPOINT_HINT
-from captionkit.training.scst import CiderReward
+from captionkit.training.scst import CiderReward, StyleCiderReward
 from captionkit.training.validation import neutral_references
 
 logger = logging.getLogger(__name__)
@@ -238,11 +238,24 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward:
-    """CIDEr-D against each training image's references (its neutral captions, or all when it has none); the
-    document frequencies come from all of them, computed once. Samples start from bos: with style control
-    (``data.styles``) SCST trains the neutral captions."""
-    if config.data.styles:  # style mixing repeats records: each reference counts once
-        records = list(dict.fromkeys(records))
-    grouped = neutral_references(records)
-    return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})
+def scst_records(config: TrainConfig, records: list[CaptionRecord]) -> list[CaptionRecord]:
+    """SCST's training samples: one record per image, rewarded against all the image's references; with style
+    control (``data.styles``) one per image and style, in the recipe's shares, each sampled and rewarded in its
+    style (the style its caption's start token names)."""
+    if not config.data.styles:
+        return first_caption_per_image(records)
+    distinct = first_caption_per_style(list(dict.fromkeys(records)))  # style mixing repeats records
+    return mix_styles(distinct, config.data.styles, config.train.seed, config.data.train)
+
+
+def scst_reward(config: TrainConfig, records: list[CaptionRecord]) -> CiderReward | StyleCiderReward:
+    """CIDEr-D against each training image's references: its neutral captions (all when it has none), document
+    frequencies from all of them, computed once; with style control (``data.styles``) its captions in the sampled
+    caption's style, document frequencies per style (:class:`StyleCiderReward` says why)."""
+    if not config.data.styles:
+        grouped = neutral_references(records)
+        return CiderReward({image_id: [r.caption for r in group] for image_id, group in grouped.items()})
+    by_style: dict[str, dict[str, list[str]]] = {}
+    for record in dict.fromkeys(records):  # style mixing repeats records: each reference counts once
+        by_style.setdefault(record.style, {}).setdefault(record.image_id, []).append(record.caption)
+    return StyleCiderReward(by_style)

@@ -30,12 +30,14 @@ from captionkit.text import CaptionTokenizer
 from captionkit.training.distributed import Distributed
 from captionkit.training.loss import caption_loss_total
 from captionkit.training.scst import (
-    CiderReward,
+    Reward,
     Rollout,
     SampleScorer,
+    StyleCiderReward,
     encode_for_sampling,
     policy_loss_sums,
     rollout,
+    sample_styles,
 )
 from captionkit.training.timing import PhaseTimer
 from captionkit.training.validation import Autocast
@@ -204,7 +206,9 @@ class ScstStep(TrainingStep):
     normalised by the step's sampled-token count over all processes (as the cross-entropy step is).
 
     The samples of a step are a function of the step number alone (:meth:`seed`), so a resumed run samples
-    exactly what the uninterrupted one did.
+    exactly what the uninterrupted one did. With a :class:`StyleCiderReward` (a run with ``data.styles``) each
+    image's captions are sampled in its training sample's style (its caption's start token) and rewarded against
+    the image's references in that style.
     """
 
     def __init__(
@@ -214,13 +218,17 @@ class ScstStep(TrainingStep):
         settings: TrainSection,
         device: torch.device,
         tokenizer: CaptionTokenizer,
-        reward: CiderReward,
+        reward: Reward,
         parallel: Distributed | None = None,
         placeholder: Batch | None = None,
     ) -> None:
         super().__init__(model, optimizer, settings, device, parallel, placeholder)
         self.tokenizer = tokenizer
         self.reward = reward
+
+    @property
+    def _styled(self) -> bool:
+        return isinstance(self.reward, StyleCiderReward)
 
     def _forward_module(self) -> torch.nn.Module:
         return SampleScorer(self.model)  # its forward runs the encoder too: DDP sees every trained parameter
@@ -249,9 +257,11 @@ class ScstStep(TrainingStep):
                 else:
                     encoded = encode_for_sampling(self.model, self._to_device(batch.pixel_values))
                 seed = (self.seed(step) + index * self._global_batch) % SEED_MODULUS
+                styles = sample_styles(self.tokenizer, batch.input_ids) if self._styled else None
                 sampled = rollout(
-                    self.model, self.tokenizer, encoded, batch.image_ids, self.reward, self.settings.scst, seed, offset
-                )
+                    self.model, self.tokenizer, encoded, batch.image_ids, self.reward, self.settings.scst, seed, offset,
+                    styles,
+                )  # fmt: skip
             work.append((batch, sampled))
         return work
 
