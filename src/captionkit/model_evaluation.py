@@ -119,9 +119,8 @@ def evaluate_model(
     references = neutral_references(records)
     if not references:
         raise InputError("data", "no captions to evaluate on")
-    captioned = _caption_and_score(
-        captioner, references, decoding, metrics, train_captions, batch_size, on_progress, clip, meteor
-    )
+    scoring = _Scoring(metrics, train_captions, batch_size, on_progress, clip, meteor)
+    captioned = _caption_and_score(captioner, references, decoding, scoring)
     candidates, scores = captioned.candidates, captioned.scores
     if perplexity_over is None:
         readable = [r for r in records if r.image_id in candidates]
@@ -133,6 +132,19 @@ def evaluate_model(
     scores["failed_images"] = len(references) - len(candidates)
     scores["computed_over"] = _computed_over(decoding, captioned.references, perplexity_over, max_length)
     return ModelEvaluation(scores, captioned.results)
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How each caption-and-score pass scores its captions (``metrics``, METEOR engine, CLIP model, the training
+    captions for novelty), the batch it captions in, and where it reports progress (images done)."""
+
+    metrics: str | None
+    train_captions: Sequence[str] | None
+    batch_size: int
+    on_progress: Callable[[int], None] | None
+    clip: ClipScorer | None
+    meteor: str
 
 
 @dataclass
@@ -147,22 +159,15 @@ class _Captioned:
 
 
 def _caption_and_score(
-    captioner: Captioner,
-    references: dict[str, list[CaptionRecord]],
-    decoding: DecodingConfig,
-    metrics: str | None,
-    train_captions: Sequence[str] | None,
-    batch_size: int,
-    on_progress: Callable[[int], None] | None,
-    clip: ClipScorer | None,
-    meteor: str,
+    captioner: Captioner, references: dict[str, list[CaptionRecord]], decoding: DecodingConfig, scoring: _Scoring
 ) -> _Captioned:
     """Caption each image of ``references`` (image id -> its reference records) with ``decoding`` and score the
     captions against those references; :class:`NoImageRead` when not one image could be read."""
-    text_metrics, wants_clip = split_image_metrics(metrics)
-    if wants_clip and clip is None:
+    text_metrics, wants_clip = split_image_metrics(scoring.metrics)
+    if wants_clip and scoring.clip is None:
         raise InputError("metrics", "CLIPScore needs a CLIP model")
-    clip = clip if wants_clip else None
+    clip = scoring.clip if wants_clip else None
+    batch_size, on_progress, meteor = scoring.batch_size, scoring.on_progress, scoring.meteor
     images = [(image_id, group[0].image_path) for image_id, group in references.items()]
     results: list[dict[str, Any]] = []
     candidates: dict[str, str] = {}
@@ -188,7 +193,9 @@ def _caption_and_score(
     if not candidates:
         raise NoImageRead(results)
     scored_refs = {image_id: [r.caption for r in references[image_id]] for image_id in candidates}
-    evaluation = score_captions(scored_refs, candidates, text_metrics, train_captions, allow_empty=True, meteor=meteor)
+    evaluation = score_captions(
+        scored_refs, candidates, text_metrics, scoring.train_captions, allow_empty=True, meteor=meteor
+    )
     scores = evaluation.to_dict()
     per_image = evaluation.per_image
     if clip is not None:
@@ -279,20 +286,8 @@ def evaluate_as_validation(
         )
         result.metrics["computed_over"]["captions"] += f": {shown} of the run's validation images"
         return result
-    return _evaluate_styles_as_validation(
-        captioner,
-        validation,
-        trained,
-        decoding,
-        perplexity,
-        shown,
-        metrics,
-        train_captions,
-        batch_size,
-        on_progress,
-        clip,
-        meteor,
-    )
+    scoring = _Scoring(metrics, train_captions, batch_size, on_progress, clip, meteor)
+    return _evaluate_styles_as_validation(captioner, validation, trained, decoding, perplexity, shown, scoring)
 
 
 def _evaluate_styles_as_validation(
@@ -302,26 +297,19 @@ def _evaluate_styles_as_validation(
     decoding: DecodingConfig,
     perplexity: Perplexity,
     shown: str,
-    metrics: str | None,
-    train_captions: Sequence[str] | None,
-    batch_size: int,
-    on_progress: Callable[[int], None] | None,
-    clip: ClipScorer | None,
-    meteor: str,
+    scoring: _Scoring,
 ) -> ModelEvaluation:
     """:func:`evaluate_as_validation` for a run validated in several styles: each style's captions scored against
     that style's references; each metric the mean over styles, as ``val_cider`` is."""
     by_style = style_references(validation, trained.styles, trained.eval_images)
-    advance = _shared_progress(on_progress, len(by_style))
+    scoring = replace(scoring, on_progress=_shared_progress(scoring.on_progress, len(by_style)))
     per_style: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     read: set[str] = set()
     for style, references in by_style.items():
         styled = replace(decoding, start_token_id=validation_start_token(captioner.tokenizer, style))
         try:
-            captioned = _caption_and_score(
-                captioner, references, styled, metrics, train_captions, batch_size, advance, clip, meteor
-            )
+            captioned = _caption_and_score(captioner, references, styled, scoring)
         except NoImageRead as error:  # left out of the mean, as validation leaves a style without a caption
             results.extend(result | {"style": style} for result in error.results)
             continue
