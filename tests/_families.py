@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,31 @@ def check_batched_equals_one_at_a_time(model: CaptionModel, setting: str) -> Non
         assert [h.token_ids for h in alone] == [h.token_ids for h in batched[image]]
         # Batch size changes float32 rounding in the matmuls; peaked weights make it ~1e-5 of the logits.
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[image]], abs=1e-4)
+    check_start_per_image_equals_one_at_a_time(model, config, images)
     first = batched[0][0]  # the engine's log-probability is the model's teacher-forced one
     expected = teacher_forced_log_prob(model, images[:1], full_ids(first, model.eos_token_id))
     assert first.log_prob == pytest.approx(expected, abs=1e-4)
+
+
+def check_start_per_image_equals_one_at_a_time(
+    model: CaptionModel, config: DecodingConfig, images: torch.Tensor
+) -> None:
+    """``generate(..., starts=...)`` (each image its own start token, as a style run's SCST batch) decodes each of
+    the 4 ``images`` as a call of its own with that ``start_token_id`` would; None is the config's start (bos)."""
+    starts = [None, 3, 5, 3]
+    mixed = generate(model, images, config=config, starts=starts)
+    for image, start in enumerate(starts):
+        own = replace(config, start_token_id=start)
+        alone = generate(model, images[image : image + 1], config=own, image_offset=image)[0]
+        assert [h.token_ids for h in alone] == [h.token_ids for h in mixed[image]]
+        assert [h.score for h in alone] == pytest.approx([h.score for h in mixed[image]], abs=1e-4)
+    plain = generate(model, images, config=config)
+    # The starts were used: captions or their log-probabilities differ from the plain start's.
+    changed = [
+        (m[0].token_ids, round(m[0].log_prob, 4)) != (p[0].token_ids, round(p[0].log_prob, 4))
+        for m, p in zip(mixed, plain, strict=True)
+    ]
+    assert changed == [False, True, True, True]
 
 
 def check_beam_finds_brute_force_best(model: CaptionModel) -> None:

@@ -16,7 +16,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from _families import brute_force_ranking, full_ids, teacher_forced_log_prob
+from _families import brute_force_ranking, check_start_per_image_equals_one_at_a_time, full_ids, teacher_forced_log_prob
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.decoding.beam import beam_search
 from captionkit.decoding.sampling import warp_scores
@@ -159,6 +159,23 @@ def test_batched_equals_one_at_a_time(make_vit_gpt2: Callable, make_pixels: Call
         alone = generate(model, pixels[image : image + 1], config=config, image_offset=image)[0]
         assert [h.token_ids for h in alone] == [h.token_ids for h in batched[image]]
         assert [h.score for h in alone] == pytest.approx([h.score for h in batched[image]], abs=1e-5)
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+def test_a_start_token_per_image_equals_one_call_per_image(
+    make_vit_gpt2: Callable, make_pixels: Callable, setting: str
+) -> None:
+    check_start_per_image_equals_one_at_a_time(make_vit_gpt2(seed=1), SETTINGS[setting], make_pixels(4, 2))
+
+
+def test_a_start_token_per_image_is_checked(make_vit_gpt2: Callable, make_pixels: Callable) -> None:
+    model, pixels, config = make_vit_gpt2(seed=1), make_pixels(2, 2), DecodingConfig(max_new_tokens=MAX_NEW)
+    with pytest.raises(ValueError, match=r"starts: one start token per image \(2\), got 1"):
+        generate(model, pixels, config=config, starts=[3])
+    with pytest.raises(
+        InputError, match=f"start_token_id: must be a token id of this model \\(below {model.vocab_size}\\)"
+    ):
+        generate(model, pixels, config=config, starts=[3, model.vocab_size])
 
 
 def test_beam_search_with_one_beam_and_early_stopping_is_greedy(make_vit_gpt2: Callable, make_pixels: Callable) -> None:

@@ -14,6 +14,7 @@ order, so ties and near-ties resolve the same way and results (tokens and scores
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,12 +90,14 @@ class _Finished:
         return results
 
 
-def beam_search(model: CaptionModel, encoded: Encoded, config: DecodingConfig) -> list[list[Hypothesis]]:
+def beam_search(
+    model: CaptionModel, encoded: Encoded, config: DecodingConfig, starts: Sequence[int | None] | None = None
+) -> list[list[Hypothesis]]:
     """The ``num_return_sequences`` best hypotheses per image, best first (transformers' beam search)."""
     beams, max_new = config.num_beams, config.max_new_tokens
     num_images = encoded.tokens.shape[0]
     device = encoded.tokens.device
-    log_probs, state = first_step(model, encoded, beams, config.start_token_id, config.prompt_ids)
+    log_probs, state = first_step(model, encoded, beams, config.start_token_id, config.prompt_ids, starts)
     # Only beam 0 is live at first; the others start at NEG so that the first step does not pick K copies.
     running_scores = torch.zeros((num_images, beams), dtype=torch.float32, device=device)
     running_scores[:, 1:] = NEG

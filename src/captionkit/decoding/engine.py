@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -25,6 +25,7 @@ def generate(
     encoded: Encoded | None = None,
     config: DecodingConfig,
     image_offset: int = 0,
+    starts: Sequence[int | None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Decode captions for a batch of images: one list per image, its n best hypotheses, best first.
 
@@ -32,6 +33,9 @@ def generate(
     is the position of the first image in the caller's whole input: with a seed, image j of the input then
     samples the same captions whatever the batch size (it draws from seed + j). The model runs in eval mode
     under ``torch.inference_mode``; its training flag is restored afterwards.
+
+    ``starts``: image i's own start token (a style's; None: the config's), so that one call captions images in
+    different styles, each exactly as a call of its own with that ``start_token_id`` would.
 
     Beam search returns at most ``num_return_sequences`` hypotheses per image (fewer only if fewer finished,
     which needs a vocabulary smaller than the beam); greedy returns one, sampling ``num_return_sequences``.
@@ -55,8 +59,8 @@ def generate(
         positions = len(config.prompt_ids) + config.max_new_tokens
         with reserved_positions(positions) if static_cache(encoded.tokens.device) else nullcontext():
             if config.strategy == "beam":
-                return beam_search(model, encoded, config)
-            return greedy_or_sample(model, encoded, config, image_offset)
+                return beam_search(model, encoded, config, starts)
+            return greedy_or_sample(model, encoded, config, image_offset, starts)
 
 
 def static_cache(device: torch.device) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -16,7 +16,11 @@ Chooser = Callable[[torch.Tensor, tuple[int, ...]], torch.Tensor]
 
 
 def greedy_or_sample(
-    model: CaptionModel, encoded: Encoded, config: DecodingConfig, image_offset: int = 0
+    model: CaptionModel,
+    encoded: Encoded,
+    config: DecodingConfig,
+    image_offset: int = 0,
+    starts: Sequence[int | None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Greedy (argmax) or, with ``config.do_sample``, ``num_return_sequences`` samples per image.
 
@@ -27,7 +31,7 @@ def greedy_or_sample(
     device = encoded.tokens.device
     choose: Chooser = _sampler(config, num_images, image_offset, device) if config.do_sample else _argmax
 
-    log_probs, state = first_step(model, encoded, per_image, config.start_token_id, config.prompt_ids)
+    log_probs, state = first_step(model, encoded, per_image, config.start_token_id, config.prompt_ids, starts)
     num_rows = num_images * per_image
     out = _Outputs(num_rows, config.max_new_tokens, model.pad_token_id, device)
     alive = torch.arange(num_rows, device=device)  # output row of each batch row

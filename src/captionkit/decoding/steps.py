@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -16,9 +16,11 @@ def first_step(
     rows_per_image: int,
     start_token_id: int | None = None,
     prompt_ids: tuple[int, ...] = (),
+    starts: Sequence[int | None] | None = None,
 ) -> tuple[torch.Tensor, DecoderState]:
     """Feed the start token (bos unless given) and then the ``prompt_ids`` once per image, then expand to
-    ``rows_per_image`` image-major rows (beams or samples).
+    ``rows_per_image`` image-major rows (beams or samples). ``starts``: image i's own start token instead
+    (None: ``start_token_id``'s), for a batch whose images are captioned in different styles.
 
     Every row of an image sees the same first distribution, so the image-side work of the first step (GPT-2's
     cross-attention keys/values) is done once per image rather than once per row.
@@ -26,10 +28,20 @@ def first_step(
     num_images = encoded.tokens.shape[0]
     device = encoded.tokens.device
     state = model.init_state(encoded)
-    start = model.bos_token_id if start_token_id is None else start_token_id
-    if not 0 <= start < model.vocab_size:
-        raise InputError("start_token_id", f"must be a token id of this model (below {model.vocab_size}), got {start}")
-    for token in (start, *prompt_ids):
+    default = model.bos_token_id if start_token_id is None else start_token_id
+    if starts is not None and len(starts) != num_images:
+        raise ValueError(f"starts: one start token per image ({num_images}), got {len(starts)}")
+    firsts = [default if start is None else start for start in starts] if starts is not None else [default]
+    for start in dict.fromkeys(firsts):
+        if not 0 <= start < model.vocab_size:
+            reason = f"must be a token id of this model (below {model.vocab_size}), got {start}"
+            raise InputError("start_token_id", reason)
+    if starts is None:  # made on the device: a copy from the host would wait for the device's queue
+        first = torch.full((num_images,), default, dtype=torch.long, device=device)
+    else:
+        first = torch.tensor(firsts, dtype=torch.long, device=device)
+    log_probs, state = model.step(first, state)
+    for token in prompt_ids:
         if not 0 <= token < model.vocab_size:
             raise InputError("prompt", f"token id {token} is not a token of this model (below {model.vocab_size})")
         log_probs, state = model.step(torch.full((num_images,), token, dtype=torch.long, device=device), state)

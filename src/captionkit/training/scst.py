@@ -26,7 +26,7 @@ captions cut at the length limit (a common failure: long repetitive captions tha
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -135,35 +135,6 @@ def sample_styles(tokenizer: CaptionTokenizer, input_ids: torch.Tensor) -> list[
     return found
 
 
-def generate_from(
-    model: CaptionModel,
-    encoded: Encoded,
-    config: DecodingConfig,
-    starts: Sequence[int | None] | None = None,
-    image_offset: int = 0,
-) -> list[list[Hypothesis]]:
-    """``generate`` with image i of ``encoded`` started from ``starts[i]`` (None, or no ``starts``: bos).
-
-    Image i still draws from ``config.seed + image_offset + i``, as in one call: each distinct start token decodes
-    the span of images from its first to its last (one call per start token, not per image) and keeps its own.
-    """
-    distinct = list(dict.fromkeys(starts or [None]))
-    if starts is None or len(distinct) == 1:
-        config = config if distinct[0] is None else replace(config, start_token_id=distinct[0])
-        return generate(model, encoded=encoded, config=config, image_offset=image_offset)
-    found: list[list[Hypothesis]] = [[] for _ in starts]
-    for start in distinct:
-        rows = [row for row, of in enumerate(starts) if of == start]
-        first = rows[0]
-        span = encoded.index_select(torch.arange(first, rows[-1] + 1, device=encoded.tokens.device))
-        decoded = generate(
-            model, encoded=span, config=replace(config, start_token_id=start), image_offset=image_offset + first
-        )
-        for row in rows:
-            found[row] = decoded[row - first]
-    return found
-
-
 @dataclass
 class Rollout:
     """Sampled captions of a batch of images with their advantages: everything the gradient pass needs."""
@@ -251,13 +222,17 @@ def rollout(
     judges them against the image's references in that style.
     """
     starts = None if styles is None else [validation_start_token(tokenizer, style) for style in styles]
-    samples = generate_from(model, encoded, sampling_config(config, seed), starts, image_offset)
+    samples = generate(
+        model, encoded=encoded, config=sampling_config(config, seed), image_offset=image_offset, starts=starts
+    )
     penalty = config.unfinished_penalty
     rewards = penalised_rewards(reward, image_ids, samples, tokenizer, penalty, styles)
     if config.baseline == "mean":
         baseline = leave_one_out_baseline(rewards)
     else:
-        greedy = generate_from(model, encoded, DecodingConfig(max_new_tokens=config.max_new_tokens), starts)
+        greedy = generate(
+            model, encoded=encoded, config=DecodingConfig(max_new_tokens=config.max_new_tokens), starts=starts
+        )
         # The greedy caption is judged by the same reward as the samples, its penalty included: without it, a
         # greedy caption cut at the limit would set the bar higher than the reward it actually earns.
         greedy_rewards = penalised_rewards(reward, image_ids, greedy, tokenizer, penalty, styles)
