@@ -19,6 +19,16 @@ def _unit_interval(image_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def _given_splits(records: Sequence[CaptionRecord]) -> dict[str, str]:
+    """image id -> the split the data gives one of its captions: a table may label only some rows of an image, and
+    its other captions must follow them rather than be hashed into another split (a leak)."""
+    given: dict[str, str] = {}
+    for record in records:
+        if record.split is not None:
+            given.setdefault(record.image_id, record.split)
+    return given
+
+
 def split_by_image(
     records: Sequence[CaptionRecord], val_fraction: float, seed: int = 0
 ) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
@@ -27,9 +37,11 @@ def split_by_image(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     train: list[CaptionRecord] = []
     val: list[CaptionRecord] = []
+    given = _given_splits(records)
     for record in records:
-        if record.split is not None:
-            side = val if record.split in VAL_SPLITS else train if record.split == "train" else None
+        split = record.split or given.get(record.image_id)
+        if split is not None:
+            side = val if split in VAL_SPLITS else train if split == "train" else None
         else:
             side = val if _unit_interval(record.image_id, seed) < val_fraction else train
         if side is not None:
@@ -40,7 +52,8 @@ def split_by_image(
 def assign_splits(
     records: Sequence[CaptionRecord], val_fraction: float, test_fraction: float = 0.0, seed: int = 0
 ) -> list[CaptionRecord]:
-    """Records with a split each: those without one get train/val/test by image, seeded, others keep theirs.
+    """Records with a split each: those without one get their image's split from its other records, else
+    train/val/test by image, seeded; others keep theirs.
 
     The same hash as :func:`split_by_image` (with ``test_fraction`` 0 an image lands in val exactly when
     ``split_by_image`` would put it there), so ``data check`` shows the split a training run will use.
@@ -49,11 +62,12 @@ def assign_splits(
         fractions = f"{val_fraction}, {test_fraction}"
         raise ValueError(f"val and test fractions must be in [0, 1) and sum below 1, got {fractions}")
     assigned = []
+    given = _given_splits(records)
     for record in records:
         if record.split is None:
             where = _unit_interval(record.image_id, seed)
             split = "val" if where < val_fraction else "test" if where < val_fraction + test_fraction else "train"
-            record = dataclasses.replace(record, split=split)
+            record = dataclasses.replace(record, split=given.get(record.image_id, split))
         assigned.append(record)
     return assigned
 

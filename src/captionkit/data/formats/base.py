@@ -7,8 +7,10 @@ naming the file (and line, where there is one) and the reason.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -116,11 +118,13 @@ def check_split(split: str | None, where: str) -> str | None:
 
 
 def check_style(style: object, where: str) -> str:
-    if style is None or style == "":
+    """``style`` as captionkit names it; case is ignored (a spreadsheet's "Positive"), as it is for splits."""
+    name = style.strip().lower() if isinstance(style, str) else style
+    if name is None or name == "":
         return "neutral"
-    if style not in STYLES:
+    if name not in STYLES:
         raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
-    return str(style)
+    return str(name)
 
 
 class Probe:
@@ -150,6 +154,9 @@ class Probe:
                 head = handle.read(limit)
         except OSError as error:
             raise InputError(self.path, f"cannot read ({error.strerror or error})") from None
+        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            # Excel's "Unicode Text" and PowerShell's default: sniffing it as UTF-8 would show a garbled header.
+            raise InputError(self.path, "UTF-16 text: save it as UTF-8")
         return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig", errors="replace")
 
     def json(self) -> Any:
@@ -194,8 +201,18 @@ def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
     return kind if isinstance(kind, tuple) else (kind,)
 
 
+def spellings(name: str) -> list[str]:
+    """The ways a file name written in a table may be spelt on disk, most likely first: Windows separators as ``/``
+    (a table written on Windows says ``Images\\a.jpg``), then its NFC and NFD forms (macOS file systems store NFD
+    names, most tools write NFC, and the two look identical)."""
+    name = name.replace("\\", "/")
+    if name.isascii():
+        return [name]
+    return list(dict.fromkeys([name, unicodedata.normalize("NFC", name), unicodedata.normalize("NFD", name)]))
+
+
 class ImageResolver:
-    """Finds each image under the first root (and first alias name) where it exists.
+    """Finds each image under the first root (and first alias name and spelling) where it exists.
 
     A missing image still gets a path (under the first root) so that ``data check`` can name it and training can
     skip it; the reader does not decide that a dataset with a few missing files is unusable.
@@ -206,17 +223,18 @@ class ImageResolver:
         self.aliases = aliases
 
     def __call__(self, name: str) -> Path:
-        path = Path(name)
-        if path.is_absolute():
-            return path
-        if len(self.roots) > 1 or self.aliases is not None:
-            names = list(self.aliases(name)) if self.aliases is not None else [name]
+        aliases = list(self.aliases(name)) if self.aliases is not None else [name]
+        names = list(dict.fromkeys(spelt for alias in aliases for spelt in spellings(alias)))
+        if Path(names[0]).is_absolute():
+            return next((Path(spelt) for spelt in names[1:] if Path(spelt).is_file()), Path(names[0]))
+        # One root and one spelling: the path is known without asking the disk (a stat per caption adds up).
+        if len(self.roots) > 1 or len(names) > 1:
             for root in self.roots:
-                for alias in names:
-                    candidate = root / alias
+                for spelt in names:
+                    candidate = root / spelt
                     if candidate.is_file():
                         return candidate
-        return self.roots[0] / name
+        return self.roots[0] / names[0]
 
 
 def pick_root(candidates: Iterable[Path], names: Sequence[str], explicit: Sequence[Path] = ()) -> list[Path]:
@@ -228,7 +246,7 @@ def pick_root(candidates: Iterable[Path], names: Sequence[str], explicit: Sequen
     if explicit:
         return list(explicit)
     candidates = list(dict.fromkeys(candidates))
-    sample = [name for name in names[:5] if not Path(name).is_absolute()]
+    sample = [spelt for name in names[:5] for spelt in spellings(name) if not Path(spelt).is_absolute()]
     for root in candidates:
         if any((root / name).is_file() for name in sample):
             return [root]

@@ -2,9 +2,9 @@
 
 ``{"images": [{"id": 139, "file_name": "000000000139.jpg"}], "annotations": [{"image_id": 139, "caption": "..."}]}``.
 VizWiz adds ``is_rejected`` (such captions are dropped and counted) and ``is_precanned`` (kept: they are real
-references). Images are looked for in a sibling folder named after the file's split tag (``val2017/`` next to
-``captions_val2017.json`` or next to its ``annotations/`` folder; ``train/`` for VizWiz's ``train.json``), unless
-image roots are given.
+references); a caption whose ``image_id`` is not in ``images`` is dropped and counted. Images are looked for in a
+sibling folder named after the file's split tag (``val2017/`` next to ``captions_val2017.json`` or next to its
+``annotations/`` folder; ``train/`` for VizWiz's ``train.json``), unless image roots are given.
 
 A single file carries no split: every record's split is ``None`` (split by image, seeded, later). A directory with
 several caption files (``captions_train2017.json`` and ``captions_val2017.json``) takes each file's split from its
@@ -23,6 +23,7 @@ from captionkit.errors import InputError
 _SPLIT_TAG = re.compile(r"(?:^|_)(?P<tag>(?P<split>train|val|test)(?:\d{4})?)(?:_|$)")
 _VIZWIZ_NAMES = ("train.json", "val.json")
 REJECTED = "rejected caption (is_rejected)"
+NO_IMAGE = "caption of an image_id not in 'images'"
 
 
 def detect_document(document: Any) -> bool:
@@ -105,7 +106,10 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
         image_id = require(annotation, "image_id", (int, str), where)
         caption = require(annotation, "caption", str, where)
         if image_id not in file_names:
-            raise InputError(where, f"image_id {image_id!r} is not in 'images'")
+            # A subset whose images were filtered but not its annotations (pycocotools reads it too): the caption
+            # has no file to go with, so it is dropped and counted rather than making the whole file unusable.
+            collector.drop(NO_IMAGE)
+            continue
         if annotation.get("is_rejected") is True:
             collector.drop(REJECTED)
             continue

@@ -4,7 +4,8 @@ A token file holds ``NAME.jpg#N<TAB>caption`` a line. Split lists beside it (``F
 ``...devImages.txt``, ``...testImages.txt``: one file name a line) give the splits; when there are lists, an image
 that is in none of them is dropped and counted. Images are looked for in ``Images/``, ``Flicker8k_Dataset/``,
 ``flickr30k-images/`` (beside the file or one folder up), unless image roots are given. A directory is read when it
-(or a folder in it, such as ``Flickr8k_text/``) holds one token file.
+(or a folder in it, such as ``Flickr8k_text/``) holds one token file, except when that has no split lists and the
+directory holds a Karpathy split file: that carries the splits, so the directory reads as ``karpathy``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from pathlib import Path
 
 from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult
-from captionkit.data.formats.karpathy import image_roots
+from captionkit.data.formats.karpathy import image_roots, split_files
 from captionkit.errors import InputError
 from captionkit.files import read_text, text_lines
 
@@ -37,7 +38,12 @@ def token_files(directory: Path) -> list[Path]:
 
 
 def detect_dir(directory: Path) -> bool:
-    return bool(token_files(directory))
+    """A token file, unless it has no split lists and a Karpathy split file beside it has the splits (Flickr30k is
+    shipped so: results_20130124.token and dataset_flickr30k.json, whose splits are the ones papers use)."""
+    files = token_files(directory)
+    folders = {path.parent for path in files}
+    with_lists = any(next(folder.glob(pattern), None) for folder in folders for pattern in SPLIT_LISTS.values())
+    return bool(files) and (with_lists or not split_files(directory))
 
 
 def split_lists(folder: Path) -> dict[str, Path]:

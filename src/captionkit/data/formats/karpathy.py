@@ -2,7 +2,8 @@
 
 ``{"images": [{"filename", "filepath"?, "split", "cocoid"?, "sentences": [{"raw", "tokens"}]}], "dataset"}``.
 ``split`` is train/val/test (``restval`` counts as train). The caption is ``raw`` (else the tokens joined). COCO
-images live in ``<root>/<filepath>/<filename>``; Flickr ones in the usual image folder beside the file.
+images live in ``<root>/<filepath>/<filename>``, or under their COCO 2017 names (``000000000139.jpg``) in the
+image roots given; Flickr ones in the usual image folder beside the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from captionkit.data.formats.base import (
     pick_root,
     require,
 )
+from captionkit.data.formats.senticap import coco_aliases
 from captionkit.errors import InputError
 
 IMAGE_FOLDERS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", "flickr30k_images")
@@ -53,10 +55,14 @@ def detect_dir(directory: Path) -> bool:
     return bool(split_files(directory))
 
 
-def image_roots(here: Path, names: list[str], options: ReadOptions) -> list[Path]:
+def image_folders(here: Path) -> list[Path]:
+    """Where a caption file's images usually are: beside it, in an image folder beside it, or one folder up."""
     candidates = [here, *(here / folder for folder in IMAGE_FOLDERS), here.parent]
-    candidates += [here.parent / folder for folder in IMAGE_FOLDERS]
-    return pick_root(candidates, names, options.image_roots)
+    return candidates + [here.parent / folder for folder in IMAGE_FOLDERS]
+
+
+def image_roots(here: Path, names: list[str], options: ReadOptions) -> list[Path]:
+    return pick_root(image_folders(here), names, options.image_roots)
 
 
 def read(probe: Probe, options: ReadOptions) -> ReadResult:
@@ -77,16 +83,19 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         name = require(image, "filename", str, where)
         folder = image.get("filepath") or ""
         entries.append((where, image, f"{folder}/{name}" if folder else name))
-    resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options))
+    # dataset_coco.json names the 2014 files; whoever has only COCO 2017 (the same photos, renamed) gives
+    # ?images=train2017&images=val2017 and each image is found under its 2017 name.
+    resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options), coco_aliases)
     for where, image, relative in entries:
         split = check_split(require(image, "split", str, where), where)
         image_id = str(image.get("cocoid", image["filename"]))
         sentences = require(image, "sentences", list, where)
         if not sentences:
             collector.drop(NO_SENTENCES)
+        image_path = resolve(relative)  # once per image: a lookup may ask the disk
         for number, sentence in enumerate(sentences):
             caption = _sentence_text(sentence, f"{where}.sentences[{number}]")
-            collector.add(resolve(relative), caption, image_id, split=split)
+            collector.add(image_path, caption, image_id, split=split)
     return collector.result(path)
 
 

@@ -2,20 +2,24 @@
 ``captions.jsonl``, which the synthetic scenes write).
 
 Columns (CSV header names or JSONL keys): ``image`` and ``caption``, optionally ``style`` (neutral, positive,
-negative), ``split`` and ``image_id``. Kaggle's names are accepted too: ``image_name``/``filename``/``file_name`` for
-``image``, ``comment`` for ``caption`` (``comment_number`` and ``score`` are ignored), as is the ``|`` separator of
-Kaggle's Flickr30k ``results.csv``. The results ``captionkit caption`` writes read as pseudo-labels: each image's best
-``caption`` (``score`` and the n-best ``captions`` ignored), and its ``error`` records dropped and counted. Any other
-column is an error, so that a misspelt ``style`` is not silently lost. Image paths are relative to the file (or to an
-``Images/`` folder beside it, as Kaggle lays Flickr out) unless image roots are given; ``image_id`` defaults to the
-image path as written.
+negative), ``split`` and ``image_id``. Other common names are accepted too: ``image_name``, ``filename``,
+``file_name``, ``path`` and ``image_path`` for ``image``; ``comment``, ``text`` and ``sentence`` for ``caption``
+(Hugging Face ImageFolder's ``metadata.jsonl`` is ``file_name, text``); ``comment_number`` and ``score`` are
+ignored, and the ``|`` separator of Kaggle's Flickr30k ``results.csv`` is read. The results ``captionkit caption``
+writes read as pseudo-labels: each image's best ``caption`` (``score`` and the n-best ``captions`` ignored), and its
+``error`` records dropped and counted. Any other column is an error, so that a misspelt ``style`` is not silently
+lost. Image paths (``/`` or Windows ``\\`` separators, absolute or relative) are relative to the file, or to an
+image folder beside it (``Images/``, ``flickr30k_images/``, ... as Kaggle lays Flickr out), or, when the first
+images are found from there only, to the working directory, unless image roots are given. ``image_id`` defaults
+to the image path as written, with ``/`` separators and NFC Unicode.
 """
 
 from __future__ import annotations
 
 import csv
+import unicodedata
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from captionkit.data.formats.base import (
     Collector,
@@ -27,7 +31,9 @@ from captionkit.data.formats.base import (
     check_style,
     csv_rows,
     pick_root,
+    spellings,
 )
+from captionkit.data.formats.karpathy import image_folders
 from captionkit.data.records import json_objects
 from captionkit.errors import InputError
 
@@ -36,8 +42,12 @@ ALIASES = {
     "image_name": "image",
     "filename": "image",
     "file_name": "image",
+    "path": "image",
+    "image_path": "image",
     "caption": "caption",
     "comment": "caption",
+    "text": "caption",  # Hugging Face ImageFolder's metadata.csv / metadata.jsonl: file_name, text
+    "sentence": "caption",
     "style": "style",
     "split": "split",
     "image_id": "image_id",
@@ -120,8 +130,10 @@ def detect_jsonl_dir(directory: Path) -> bool:
 
 
 def _roots(path: Path, names: list[str], options: ReadOptions) -> list[Path]:
-    here = path.parent
-    return pick_root([here, here / "Images", here / "images"], names, options.image_roots)
+    # Kaggle's Flickr30k keeps results.csv beside a flickr30k_images/ folder of the photos, Flickr8k an Images/ one.
+    # Last, the working directory: a table written by a script run from a project's root names paths from there.
+    candidates = [*image_folders(path.parent), Path.cwd()]
+    return pick_root(candidates, names, options.image_roots)
 
 
 def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], where: str) -> None:
@@ -143,8 +155,10 @@ def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], w
     if (image_id is not None and not isinstance(image_id, str | int)) or isinstance(image_id, bool):
         raise InputError(where, "'image_id' must be a string or an integer")
     image = image.strip()
+    # One image, one id: "a\\b.jpg", "./a/b.jpg" and "a/b.jpg", or a name's NFC and NFD spellings, must not split.
+    default_id = unicodedata.normalize("NFC", PurePosixPath(spellings(image)[0]).as_posix())
     style = check_style(row.get("style"), where)
-    collector.add(resolve(image), caption, str(image_id or image), style, check_split(split or None, where))
+    collector.add(resolve(image), caption, str(image_id or default_id), style, check_split(split or None, where))
 
 
 def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
