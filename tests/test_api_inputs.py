@@ -72,6 +72,19 @@ def test_an_unreadable_item_of_a_list_is_named_by_its_position(captioner: Captio
         captioner.caption(b"not an image", **GREEDY)
 
 
+def test_an_open_file_or_pil_image_of_a_list_keeps_its_file_name(captioner: Captioner, photo: Path, tmp_path) -> None:
+    """Only items without a file name are named by position: an open file or a PIL image opened from a path keeps
+    the name load_image gives it (it was replaced by images[i])."""
+    bad = tmp_path / "notes.jpg"
+    bad.write_bytes(b"not an image")
+    with bad.open("rb") as stream, pytest.raises(ImageError, match=rf"^{bad}: unsupported image format"):
+        captioner.caption([photo, stream], **GREEDY)
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (100, 1)).save(strip)
+    with Image.open(strip) as opened, pytest.raises(ImageError, match=rf"^{strip}: aspect ratio"):
+        captioner.caption([photo, opened], **GREEDY)
+
+
 def test_an_item_of_the_wrong_type_is_refused_by_position_before_any_decoding(
     captioner: Captioner, photo: Path
 ) -> None:
@@ -81,6 +94,16 @@ def test_an_item_of_the_wrong_type_is_refused_by_position_before_any_decoding(
     # A tensor iterates over its rows: each was refused as though it were the input.
     with pytest.raises(TypeError, match=r"^cannot caption a Tensor: give a path, .*, or a list of them$"):
         captioner.caption(torch.zeros(3, 32, 32), **GREEDY)
+
+
+def test_a_column_of_paths_is_a_list_of_images(captioner: Captioner, photo: Path) -> None:
+    """A pandas Series (it has a shape) was refused as a tensor, and an array of path strings read as one image."""
+    pandas = pytest.importorskip("pandas")
+    expected = token_ids(captioner.caption([photo, photo], **GREEDY))
+    assert token_ids(captioner.caption(np.array([str(photo), str(photo)]), **GREEDY)) == expected
+    assert token_ids(captioner.caption(pandas.Series([str(photo), str(photo)]), **GREEDY)) == expected
+    with pytest.raises(TypeError, match=r"^cannot caption a DataFrame: give a path, "):
+        captioner.caption(pandas.DataFrame({"image": [str(photo)]}), **GREEDY)
 
 
 def test_a_url_says_it_is_a_url(captioner: Captioner) -> None:

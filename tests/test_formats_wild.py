@@ -13,6 +13,8 @@ import pytest
 
 from _data import SHARED_DATA, copy_coco_photos
 from _helpers import run_cli
+from captionkit.data.formats.base import ImageResolver
+from captionkit.data.formats.senticap import coco_aliases
 from captionkit.data.sources import load_dataset
 from captionkit.data.splits import assign_splits, split_by_image
 
@@ -96,6 +98,21 @@ def test_nfc_names_in_a_table_find_nfd_files_on_disk(tmp_path):
     records = load_dataset(tmp_path / "labels.csv").records
     assert [r.image_path for r in records] == [tmp_path / nfd, tmp_path / nfd]
     assert [r.image_id for r in records] == [nfc, nfc]
+
+
+def test_an_absolute_path_that_exists_is_taken_as_written(tmp_path, monkeypatch):
+    """Its other spelling was tried first (both NFC and NFD files may exist on Linux), and a relative COCO 2017
+    alias was looked for in the working directory."""
+    photo = sorted(FLICKR_IMAGES.glob("*.jpg"))[0]
+    nfc, nfd = (unicodedata.normalize(form, "café.jpg") for form in ("NFC", "NFD"))
+    for name in (nfc, nfd):
+        shutil.copy(photo, tmp_path / name)
+    assert ImageResolver([tmp_path])(str(tmp_path / nfc)) == tmp_path / nfc
+    assert ImageResolver([tmp_path])(str(tmp_path / nfd)) == tmp_path / nfd
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(photo, tmp_path / "000000000139.jpg")  # the 2017 name, in the working directory only
+    missing = tmp_path / "val2014" / "COCO_val2014_000000000139.jpg"
+    assert ImageResolver([tmp_path / "elsewhere"], coco_aliases)(str(missing)) == missing
 
 
 def test_coco_caption_of_an_image_id_not_in_images_is_dropped_and_counted(tmp_path, capsys):

@@ -573,6 +573,9 @@ def test_a_url_is_refused_as_a_url_not_as_a_missing_file() -> None:
     """A URL was "no such file", as if it had been looked for; captionkit opens local files only."""
     reason = "a URL: captionkit opens local files only (download the image first)"
     assert str(_load_error("https://example.com/cat.jpg")) == f"https://example.com/cat.jpg: {reason}"
+    assert str(_load_error("s3://bucket/cat.jpg")) == f"s3://bucket/cat.jpg: {reason}"
+    # A drive letter is no URL scheme: a Windows path written with forward slashes is looked for, as any path.
+    assert str(_load_error("C://photos/cat.jpg")) == "C://photos/cat.jpg: no such file"
 
 
 def test_an_empty_path_is_refused_as_empty_not_as_a_directory() -> None:

@@ -185,16 +185,12 @@ def test_img2dataset_output_folders_skip_their_metadata_parquet_files(model_dir,
         _metadata_parquet(tmp_path / folder / "00000.parquet", photos[:4])
         _metadata_parquet(tmp_path / folder / "00001.parquet", photos[4:])
         (tmp_path / folder / "00000_stats.json").write_text("{}")
-    folder = tmp_path / "folder"
-    folder.mkdir()
-    for photo in photos:
-        shutil.copy(photo, folder / photo.name)
-    _, reference = _captions(model_dir, folder, tmp_path, capsys, "folder.jsonl")
+    # (That every layout gives a folder's captions is test_folder_shards_and_parquet_give_the_same_captions.)
     for name in ("shards", "files"):
         code, records = _captions(model_dir, tmp_path / name, tmp_path, capsys, f"{name}.jsonl")
         assert code == 0, name
         assert [Path(r["image"]).stem for r in records] == [photo.stem for photo in photos], name
-        assert [r["caption"] for r in records] == [r["caption"] for r in reference], name
+        assert all("caption" in r and "error" not in r for r in records), name
     shards = tmp_path / "shards"
     assert container_files(shards) == [shards / "00000.tar", shards / "00001.tar"]
 

@@ -173,7 +173,8 @@ class Captioner:
         :attr:`styles`). ``prompt`` is text the caption continues (the caption is what follows it, without it).
         ``attention=True`` fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model
         without attention). A bad option or image raises an ``InputError`` (``ImageError`` for an image) naming it:
-        an image of a list by its path, else as ``images[i]``; an object that is no image kind is a ``TypeError``.
+        an image of a list by its path (or file name), else as ``images[i]``; an object that is no image kind is a
+        ``TypeError``.
         """
         _check_batch_size(batch_size)
         first = None if _is_one_image(images) else 0
@@ -228,6 +229,8 @@ _SOURCES = "a path, bytes, a binary stream, a PIL image, a numpy array"
 
 
 def _is_one_image(images: object) -> bool:
+    if isinstance(images, np.ndarray):  # an array of strings or objects holds paths or images: np.array(paths)
+        return images.dtype.kind not in "OSU"
     return isinstance(images, _ONE_IMAGE) or hasattr(images, "read")
 
 
@@ -236,8 +239,9 @@ def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource
     many. Every item is checked here, before any is decoded: a bad one is a ``TypeError`` naming its position."""
     if _is_one_image(images):
         return [cast(ImageSource, images)]  # (a type checker cannot see what _is_one_image checked)
-    # A tensor iterates over its rows, each of which would then be refused as if it were the input.
-    if not isinstance(images, Iterable) or hasattr(images, "shape"):
+    # A tensor iterates over its rows, each of which would then be refused as if it were the input; a column of
+    # one dimension (a pandas Series of paths, an array of them) is a list.
+    if not isinstance(images, Iterable) or len(getattr(images, "shape", ())) > 1:
         raise TypeError(f"cannot caption a {type(images).__name__}: give {_SOURCES}, or a list of them")
     listed = list(images)
     for index, image in enumerate(listed):
@@ -248,9 +252,17 @@ def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource
 
 def _position_name(image: ImageSource, first: int | None, index: int) -> str | None:
     """What errors call ``image``: its path where it has one (None: load_image's default), else its position."""
-    if first is None or isinstance(image, str | os.PathLike):
+    if first is None or _has_file_name(image):
         return None
     return f"images[{first + index}]"
+
+
+def _has_file_name(image: ImageSource) -> bool:
+    """Whether load_image names ``image`` by a file: a path, an open file's ``name``, a PIL image's ``filename``."""
+    if isinstance(image, str | os.PathLike):
+        return True
+    name = getattr(image, "filename", None) if isinstance(image, Image.Image) else getattr(image, "name", None)
+    return isinstance(name, str) and name != ""
 
 
 def _check_batch_size(batch_size: object) -> None:

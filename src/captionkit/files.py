@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from captionkit.errors import InputError
+from captionkit.errors import InputError, first_line
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -102,6 +102,11 @@ def written_path(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     staged = _STAGING_NAME.fullmatch(path.name)
     return path.with_name(staged["name"]) if staged else path
+
+
+def cannot_write(error: OSError) -> str:
+    """The one wording of a failed write, for an error that names the file before it: ``cannot write (REASON)``."""
+    return f"cannot write ({error.strerror or first_line(error)})"
 
 
 def new_file_mode(directory: Path) -> int:

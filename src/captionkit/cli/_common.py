@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from captionkit.errors import CaptionkitError, InputError, first_line
+from captionkit.files import cannot_write, written_path
 
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
@@ -72,8 +73,6 @@ def fail(message: str) -> NoReturn:
 
 def _os_error_file(error: OSError, target: str | os.PathLike[str]) -> Path:
     """The file an OSError is about: the one it names (a staging file as the file it was for), else ``target``."""
-    from captionkit.files import written_path
-
     return written_path(os.fsdecode(error.filename) if error.filename is not None else target)
 
 
@@ -86,7 +85,7 @@ def fail_writing(target: str | os.PathLike[str], error: OSError, flag: str | Non
     """Exit 1 for a write the up-front path checks could not foresee (a full disk, a directory removed midway):
     ``[FLAG: ]FILE: cannot write (REASON)``."""
     prefix = f"{flag}: " if flag else ""
-    fail(f"{prefix}{_os_error_file(error, target)}: cannot write ({error.strerror or first_line(error)})")
+    fail(f"{prefix}{_os_error_file(error, target)}: {cannot_write(error)}")
 
 
 def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, error_line, fail, plural, without_cyclic_gc
-from captionkit.files import write_atomic
+from captionkit.files import cannot_write, write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_METEOR = "python"
@@ -97,7 +97,7 @@ def run_score(
         # Scoring multiplies no matrices; OpenBLAS would start a thread per core at numpy's import, which spins and
         # doubles the import's CPU time (0.15 s instead of 0.07 s) on a machine whose cores are busy anyway.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    from captionkit.errors import InputError, first_line
+    from captionkit.errors import InputError
     from captionkit.evaluation.api import java_note, score_captions, split_image_metrics
     from captionkit.evaluation.readers import read_candidates, read_references
 
@@ -136,7 +136,7 @@ def run_score(
             try:
                 write_atomic(per_image, json.dumps(payload, indent=1) + "\n")
             except OSError as error:
-                raise InputError(per_image, f"cannot write ({error.strerror or first_line(error)})") from None
+                raise InputError(per_image, cannot_write(error)) from None
     except InputError as error:
         fail(error_line(error))
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}

@@ -65,7 +65,8 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _SNIFF_BYTES = 4096
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # http://, https://, s3://, gs://, ...
+# http://, https://, s3://, gs://, ...: two letters at least, since C://photos/cat.jpg is a Windows drive's path.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 _WARNINGS_LOCK = threading.Lock()
 # Pillow's warnings about a damaged EXIF block: the photo decodes all the same (see _read_exif).
 DAMAGED_EXIF = r"(Possibly )?[Cc]orrupt EXIF"

@@ -20,8 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO
 
-from captionkit.errors import InputError, first_line
-from captionkit.files import atomic_writer
+from captionkit.errors import InputError
+from captionkit.files import atomic_writer, cannot_write
 from captionkit.jobs.json_array import JsonArrayWriter, iter_json_array
 from captionkit.jobs.parquet_records import check_utf8, journal_path, read_parquet_records, write_parquet_records
 from captionkit.jsontext import parse_json
@@ -331,7 +331,7 @@ def _writing(path: Path | None) -> Iterator[None]:
     except OSError as error:
         if path is None:  # stdout: a closed pipe is the reader's doing, not a file to name
             raise
-        raise InputError(path, f"cannot write ({error.strerror or first_line(error)})") from None
+        raise InputError(path, cannot_write(error)) from None
 
 
 class RecordWriter:

@@ -14,7 +14,7 @@ from pathlib import Path
 from captionkit.errors import InputError
 
 CONTAINER_SUFFIXES = (".tar", ".parquet")
-# The image files a folder walk takes (captionkit.jobs.inputs.IMAGE_EXTENSIONS).
+# The image files a folder walk takes: the caption job's (captionkit.jobs.inputs) and the data readers' (folder, files).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
@@ -45,13 +45,12 @@ def _is_container(path: Path) -> bool:
 
 def directory_containers(directory: Path) -> list[Path]:
     """The container files of ``directory``, sorted, without img2dataset's metadata Parquet files."""
-    children = sorted(directory.iterdir())
-    taken = {child.stem for child in children if child.is_dir() or child.suffix.lower() == ".tar"}
-    return [
-        child
-        for child in children
-        if _is_container(child) and child.is_file() and not (child.suffix.lower() == ".parquet" and child.stem in taken)
-    ]
+    # Names first, the disk only for containers: a folder of 100,000 photos is not stat'ed file by file.
+    containers = sorted(child for child in directory.iterdir() if _is_container(child) and child.is_file())
+    parquet_stems = {child.stem for child in containers if child.suffix.lower() == ".parquet"}
+    shard_stems = {child.stem for child in containers if child.suffix.lower() == ".tar"}
+    shard_stems |= {stem for stem in parquet_stems - shard_stems if (directory / stem).is_dir()}
+    return [child for child in containers if not (child.suffix.lower() == ".parquet" and child.stem in shard_stems)]
 
 
 def is_container_input(item: str | Path) -> bool:

@@ -32,7 +32,6 @@ SPLIT_ALIASES = {
     "dev": "val",
     "test": "test",
 }
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 EMPTY_CAPTION = "empty caption"
 NO_SENTENCES = "image entry without sentences"
 
@@ -226,7 +225,11 @@ class ImageResolver:
         aliases = list(self.aliases(name)) if self.aliases is not None else [name]
         names = list(dict.fromkeys(spelt for alias in aliases for spelt in spellings(alias)))
         if Path(names[0]).is_absolute():
-            return next((Path(spelt) for spelt in names[1:] if Path(spelt).is_file()), Path(names[0]))
+            # The name as written first; a relative alias (COCO's bare 2017 name) is no place to look without a root.
+            absolute = [Path(spelt) for spelt in names if Path(spelt).is_absolute()]
+            if len(absolute) == 1:
+                return absolute[0]
+            return next((path for path in absolute if path.is_file()), absolute[0])
         # One root and one spelling: the path is known without asking the disk (a stat per caption adds up).
         if len(self.roots) > 1 or len(names) > 1:
             for root in self.roots:

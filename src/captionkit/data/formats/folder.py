@@ -12,7 +12,6 @@ from pathlib import Path
 
 from captionkit.data.formats.base import (
     EMPTY_CAPTION,
-    IMAGE_SUFFIXES,
     SPLIT_ALIASES,
     Collector,
     Probe,
@@ -21,6 +20,7 @@ from captionkit.data.formats.base import (
 )
 from captionkit.errors import InputError
 from captionkit.files import read_text, text_lines
+from captionkit.shards.patterns import IMAGE_SUFFIXES
 
 NO_SIDECAR = "image without a caption file"
 

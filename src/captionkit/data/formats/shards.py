@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captionkit.data.formats.base import IMAGE_SUFFIXES, Collector, Probe, ReadOptions, ReadResult
+from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
 from captionkit.files import read_text
 from captionkit.jsontext import parse_json
 from captionkit.shards import container_files, directory_containers, iter_samples, sample_captions
+from captionkit.shards.patterns import IMAGE_SUFFIXES
 
 NO_CAPTION = "sample without a caption"
 
