@@ -80,6 +80,23 @@ def test_listing_a_directory_asks_the_disk_about_its_containers_only(tmp_path, m
     assert not [name for name in asked if name.endswith(".jpg")]
 
 
+def test_a_hugging_face_image_column_is_read_by_its_bytes(photos, tmp_path):
+    # `datasets` writes an Image feature to Parquet as a struct {bytes, path}, beside a "text" column.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = pa.array([{"bytes": photo.read_bytes(), "path": photo.name} for photo in photos], type=image_type)
+    texts = [caption_of(index) for index in range(len(photos))]
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"image": images, "text": texts}), path, row_group_size=2)
+    result = load_dataset(path)
+    assert result.format == "parquet"
+    assert [record.caption for record in result.records] == texts
+    for record, photo in zip(result.records, photos, strict=True):
+        assert load_image(record.image_path).tobytes() == load_image(photo).tobytes()
+
+
 def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
     shard = tmp_path / "only-json.tar"
     with tarfile.open(shard, "w") as archive:

@@ -1,5 +1,6 @@
 """Parquet files with image bytes, as img2dataset writes them (``--output_format parquet``): a ``jpg`` (or
-``image``/``img``/``png``/``webp``) binary column, ``key`` and ``caption`` columns.
+``image``/``img``/``png``/``webp``) binary column, ``key`` and ``caption`` columns. A Hugging Face dataset's ``Image``
+column (a struct of ``bytes`` and ``path``, as ``datasets`` writes Parquet) is read by its ``bytes``.
 
 Only the key and caption columns are read to index a file; an image's bytes come from its row group when asked for.
 The rows read last are cached, at most :data:`ROW_GROUP_CACHE_BYTES` of image bytes per process: a row group that
@@ -70,7 +71,23 @@ def _holds_bytes(schema: Any, name: str) -> bool:
     if name not in schema.names:
         return False
     kind = schema.field(name).type
+    if pa.types.is_struct(kind):  # a Hugging Face Image column: {bytes, path}
+        at = kind.get_field_index("bytes")
+        return at >= 0 and _is_binary(kind.field(at).type)
+    return _is_binary(kind)
+
+
+def _is_binary(kind: Any) -> bool:
+    import pyarrow as pa
+
     return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind))
+
+
+def _image_bytes(column: Any) -> Any:
+    """An image column's bytes: the column itself, or a Hugging Face Image column's ``bytes`` field."""
+    import pyarrow as pa
+
+    return column.field("bytes") if pa.types.is_struct(column.type) else column
 
 
 @lru_cache(maxsize=4)
@@ -155,7 +172,7 @@ def _column_rows(path: Path, group: int, column: str) -> Iterator[bytes | None]:
     """The values of ``column`` in row group ``group``, decoded a few rows at a time."""
     handle = _pyarrow_parquet(path).ParquetFile(path)
     for batch in handle.iter_batches(batch_size=_STREAM_ROWS, row_groups=[group], columns=[column]):
-        yield from batch.column(0).to_pylist()
+        yield from _image_bytes(batch.column(0)).to_pylist()
 
 
 def _read_window(path: Path, group: int, column: str, row: int, budget: int) -> RowWindow:
