@@ -6,12 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from captionkit.config import ScstSection, TrainSection
+from captionkit.config import ScstSection, TrainSection, load_train_config
 from captionkit.data.dataset import Batch
 from captionkit.errors import ConfigError
 from captionkit.evaluation import score_captions
 from captionkit.models.registry import create_model
 from captionkit.text import train_bpe_tokenizer
+from captionkit.training.checks import check_lengths
 from captionkit.training.scst import (
     CiderReward,
     leave_one_out_baseline,
@@ -163,6 +164,27 @@ def test_greedy_baseline_pays_the_unfinished_penalty_as_the_samples_do(single_th
     plain = reward(ids, [[tokenizer.decode(g[0].token_ids)] for g in greedy])[:, 0]
     expected = (plain - 0.5 * cut).mean().item()
     assert output is not None and output.stats["reward_baseline"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_longest_samples_the_length_check_allows_fit_the_decoder(single_thread):
+    # A sample cut at max_new_tokens is re-scored behind its start token: max_new_tokens + 1 positions. The check
+    # allows max_positions - 1 (at max_positions the step failed with an IndexError in the position table).
+    tokenizer, _, pixels, ids = _setup()
+    torch.manual_seed(0)
+    model = create_model("vit-gpt2", "tiny", tokenizer, decoder_positions=8)
+    limit = model.max_positions
+    recipe = ["train.objective=scst", "data.max_length=8"]
+    with pytest.raises(ConfigError) as caught:
+        check_lengths(load_train_config(None, [*recipe, f"train.scst.max_new_tokens={limit}"]), model)
+    assert (caught.value.source, caught.value.reason) == (
+        "train.scst.max_new_tokens",
+        f"must be at most {limit - 1} (the {limit} positions of this model's decoder less the start token), "
+        f"got {limit}",
+    )
+    check_lengths(load_train_config(None, [*recipe, f"train.scst.max_new_tokens={limit - 1}"]), model)
+    config = ScstSection(num_samples=2, max_new_tokens=limit - 1, temperature=5.0)  # hot: samples run to the limit
+    output = scst_step(model, tokenizer, _FixedReward(torch.rand(3, 2)), config)(images(pixels, ids), step=1)
+    assert output is not None and output.stats["sample_length"] == limit - 1
 
 
 def test_a_tiny_run_raises_the_mean_reward(single_thread):

@@ -193,7 +193,8 @@ def test_values_wrong_alone_are_refused_as_the_recipe_is_read(scenes, tmp_path, 
     ("setting", "key", "reason"),
     [
         ("model.overrides={decoder_positions: 8}", "data.max_length", "must be at most 8"),
-        (("train.objective=scst", "train.scst.max_new_tokens=65"), "train.scst.max_new_tokens", "must be at most 64"),
+        # 64 positions: a sample of 64 new tokens behind its start token would need 65.
+        (("train.objective=scst", "train.scst.max_new_tokens=64"), "train.scst.max_new_tokens", "must be at most 63"),
         ("data.val_fraction=0", "train.patience", "early stopping needs validation captions"),
     ],
 )

@@ -17,6 +17,7 @@ from captionkit.data.records import write_jsonl
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.evaluation import evaluate_captions
+from captionkit.model_evaluation import evaluate_as_validation
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loop import train
 from captionkit.training.validation import validation_styles
@@ -142,6 +143,18 @@ def test_as_validation_recomputes_a_style_runs_validation_cider(run, capsys, tmp
         "left out); val_cider the mean over styles" in err
     ), err
     assert "neutral" not in err.split("evaluating as the run's validation:")[1].splitlines()[0]
+
+
+def test_as_validation_progress_counts_each_validation_image_once(run, single_thread):
+    # 6 positive and 4 negative captions of 6 images: the CLI's bar, sized to 6 images, must end at 6 (it stopped
+    # at 5, the 10 captions halved).
+    trained = TrainedOn.read(run["model"])
+    assert trained is not None
+    validation = trained.validation_records(load_records(run["data"]))
+    captioner = Captioner.from_pretrained(run["model"], device="cpu")
+    counted: list[int] = []
+    evaluate_as_validation(captioner, validation, trained, "CIDEr", batch_size=4, on_progress=counted.append)
+    assert sum(counted) == EVAL_IMAGES and min(counted) >= 0
 
 
 def test_the_validation_description_names_what_val_cider_is_over():

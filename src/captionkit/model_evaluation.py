@@ -302,7 +302,9 @@ def _evaluate_styles_as_validation(
     """:func:`evaluate_as_validation` for a run validated in several styles: each style's captions scored against
     that style's references; each metric the mean over styles, as ``val_cider`` is."""
     by_style = style_references(validation, trained.styles, trained.eval_images)
-    scoring = replace(scoring, on_progress=_shared_progress(scoring.on_progress, len(by_style)))
+    images = {image_id for references in by_style.values() for image_id in references}
+    captions = sum(len(references) for references in by_style.values())
+    scoring = replace(scoring, on_progress=_shared_progress(scoring.on_progress, len(images), captions))
     per_style: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     read: set[str] = set()
@@ -325,7 +327,6 @@ def _evaluate_styles_as_validation(
     }
     scores["styles"] = per_style
     scores["perplexity"] = dataset_perplexity(captioner, perplexity.records, perplexity.batch_size, trained.max_length)
-    images = {image_id for references in by_style.values() for image_id in references}
     scores["images"] = len(images)
     scores["failed_images"] = len(images - read)
     search = f"greedy search, at most {decoding.max_new_tokens} new tokens"
@@ -343,16 +344,19 @@ def _evaluate_styles_as_validation(
     return ModelEvaluation(scores, results)
 
 
-def _shared_progress(on_progress: Callable[[int], None] | None, parts: int) -> Callable[[int], None] | None:
-    """``on_progress`` counting images, for work that captions them ``parts`` times (once per style)."""
-    if on_progress is None or parts == 1:
+def _shared_progress(
+    on_progress: Callable[[int], None] | None, images: int, captions: int
+) -> Callable[[int], None] | None:
+    """``on_progress`` counting ``images`` images, for work that writes ``captions`` captions of them (one in each
+    style an image has references of: styles may cover different images, so not a whole number per image)."""
+    if on_progress is None or captions == images:
         return on_progress
     done = [0]
 
     def advance(count: int) -> None:
-        before = done[0] // parts
+        before = done[0] * images // captions
         done[0] += count
-        on_progress(done[0] // parts - before)
+        on_progress(done[0] * images // captions - before)
 
     return advance
 

@@ -26,8 +26,12 @@ def check_lengths(config: TrainConfig, model: CaptionModel) -> None:
         reason = f"must be at most {limit} (the positions of this model's decoder), got {config.data.max_length}"
         raise ConfigError("data.max_length", reason)
     scst = config.train.scst
-    if config.train.objective == "scst" and scst.max_new_tokens > limit:
-        reason = f"must be at most {limit} (the positions of this model's decoder), got {scst.max_new_tokens}"
+    # A sample is re-scored behind its start token: max_new_tokens + 1 positions (validation's caption_budget too).
+    if config.train.objective == "scst" and scst.max_new_tokens > limit - 1:
+        reason = (
+            f"must be at most {limit - 1} (the {limit} positions of this model's decoder less the start token), "
+            f"got {scst.max_new_tokens}"
+        )
         raise ConfigError("train.scst.max_new_tokens", reason)
 
 
