@@ -37,8 +37,9 @@ def add_style_tokens(tokenizer: CaptionTokenizer, styles: Iterable[str] = tuple(
 
 def style_token_ids(tokenizer: CaptionTokenizer) -> dict[str, int]:
     """The styles ``tokenizer`` has tokens for (style -> id); empty for a model trained without styles."""
-    vocabulary = tokenizer.hf.get_vocab()
-    return {style: vocabulary[token] for style, token in STYLE_TOKENS.items() if token in vocabulary}
+    # One lookup a style: get_vocab() copies the whole vocabulary (50,257 entries for GPT-2's) on every call.
+    found = {style: tokenizer.hf.backend_tokenizer.token_to_id(token) for style, token in STYLE_TOKENS.items()}
+    return {style: token_id for style, token_id in found.items() if token_id is not None}
 
 
 def start_token_id(tokenizer: CaptionTokenizer, style: str | None, model_name: str = "this model") -> int:
