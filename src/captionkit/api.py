@@ -156,7 +156,8 @@ class Captioner:
     ) -> list[CaptionResult]:
         """Caption one image or an iterable of them (a list, a generator): one :class:`CaptionResult` per image, in
         input order. An image is a path, bytes, a binary stream, a PIL image (any mode: alpha over white, EXIF
-        rotation applied) or a numpy array ((height, width) or (height, width, 3|4); uint8, or floats in [0, 1]).
+        rotation applied) or a numpy array ((height, width) or (height, width, 3|4), RGB(A); uint8, uint16, bool, or
+        floats: in [0, 1], or else read as 0..255).
 
         Decoding options (``captionkit.decoding.options``, the table the CLI and the server use; alias in brackets):
 
