@@ -168,7 +168,7 @@ def summary(out: Path) -> dict[str, Any]:
     """Every step's figures from the files the steps left in ``out``."""
     result: dict[str, Any] = {"steps": _steps(out / "steps.tsv")}
     env = out / "env.json"
-    if env.exists():
+    if env.exists() and env.stat().st_size:  # empty when the env step failed (its error is in steps.tsv)
         result["environment"] = json.loads(env.read_text())
     result["benchmark"] = [_benchmark_row(path) for path in sorted(out.glob("bench_*.json")) if path.stat().st_size]
     resume = [json.loads(path.read_text()) for path in sorted(out.glob("resume_*.json")) if path.stat().st_size]

@@ -19,14 +19,15 @@
 # the shared layout (flickr8k/captions.txt, flickr8k/dataset_flickr8k.json, coco/...) the tests and the training
 # step use it too, else the first of $CAPTIONKIT_DATA, shared/data and ../shared/data that has it. Output: $OUT/gpu_check.log (everything) and
 # $OUT/gpu_summary.json ($OUT defaults to ./gpu-check-out). A failed or timed-out step is recorded and the next one
-# runs. PYTHON (default: python) runs everything, with PYTHONPATH=src.
+# runs. PYTHON (default: .venv/bin/python where it exists, else python) runs everything, with PYTHONPATH=src.
 set -u -o pipefail
 
 DATA_DIR=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [--smoke]}
 MODE=${2:-full}
 ONLY=${ONLY:-}
 OUT=${OUT:-$PWD/gpu-check-out}
-PYTHON=${PYTHON:-python}
+# The repository's environment where `make venv` made one (its python has captionkit's dependencies), else python.
+if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python}; fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
