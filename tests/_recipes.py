@@ -46,3 +46,26 @@ def run_recipe(capsys: pytest.CaptureFixture[str], recipe: str, output: Path, *o
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
     return json.loads(out.strip().splitlines()[-1])
+
+
+def scenes_run(scenes: Path, *extra: str) -> list[str]:
+    """``--set`` values of a tiny training run (preset tiny, 300 tokens, batch 8, on the CPU, one thread) on the
+    synthetic scenes ``scenes`` for training and validation; ``extra`` come last, so they win."""
+    return [
+        "train.device=cpu",  # the loop's arithmetic (SCST's, a gloo pair's) is checked on the CPU, GPU or not
+        f"data.train={scenes}",
+        f"data.val={scenes}",
+        "data.cache_images=true",
+        "model.preset=tiny",
+        "tokenizer.vocab_size=300",
+        "train.batch_size=8",
+        "train.warmup_steps=1",
+        "train.eval_every=4",
+        "train.eval_images=4",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "train.lr=3e-3",
+        "train.threads=1",
+        "train.tensorboard=false",
+        *extra,
+    ]

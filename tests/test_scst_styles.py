@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _recipes import scenes_run
 from captionkit.config import ScstSection, TrainSection, load_train_config
 from captionkit.data.dataset import CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
@@ -152,25 +153,8 @@ def scenes(tmp_path_factory):
 
 
 def _settings(scenes: Path, *extra: str) -> list[str]:
-    return [
-        "train.device=cpu",
-        f"data.train={scenes}",
-        f"data.val={scenes}",
-        "data.cache_images=true",
-        "data.styles={positive: 0.5, negative: 0.5}",
-        "model.preset=tiny",
-        "tokenizer.vocab_size=300",
-        "train.batch_size=4",
-        "train.warmup_steps=1",
-        "train.eval_every=2",
-        "train.eval_images=4",
-        "train.log_every=1",
-        "train.checkpoint_every=0",
-        "train.lr=3e-3",
-        "train.threads=1",
-        "train.tensorboard=false",
-        *extra,
-    ]
+    styles = "data.styles={positive: 0.5, negative: 0.5}"
+    return scenes_run(scenes, styles, "train.batch_size=4", "train.eval_every=2", *extra)
 
 
 def test_a_positive_negative_scst_run_trains_each_style_of_each_image(scenes, tmp_path, single_thread):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from _data import SHARED_DATA
+from _recipes import scenes_run
 from _resume import assert_same_training, assert_same_weights, crash_at, untimed, weights
 from captionkit.config import load_train_config
 from captionkit.data.splits import first_caption_per_image
@@ -29,29 +30,8 @@ CHILD = Path(__file__).with_name("_train_child.py")
 SCST_KEYS = {"reward", "reward_baseline", "sample_length", "entropy"}
 
 
-def common(scenes: Path, *extra: str) -> list[str]:
-    return [
-        "train.device=cpu",  # the loop's SCST arithmetic and the gloo pair are checked on the CPU, GPU or not
-        f"data.train={scenes}",
-        f"data.val={scenes}",
-        "data.cache_images=true",
-        "model.preset=tiny",
-        "tokenizer.vocab_size=300",
-        "train.batch_size=8",
-        "train.warmup_steps=1",
-        "train.eval_every=4",
-        "train.eval_images=4",
-        "train.log_every=1",
-        "train.checkpoint_every=0",
-        "train.lr=3e-3",
-        "train.threads=1",
-        "train.tensorboard=false",
-        *extra,
-    ]
-
-
 def scst(scenes: Path, pretrained: Path, *extra: str) -> list[str]:
-    return common(
+    return scenes_run(
         scenes,
         f"model.pretrained={pretrained}",
         "train.objective=scst",
@@ -73,7 +53,7 @@ def xe_model(scenes, tmp_path_factory):
     """A tiny ViT-GPT2 after a few cross-entropy steps: the SCST stage's starting point."""
     before = torch.get_num_threads()
     out = tmp_path_factory.mktemp("xe") / "run"
-    train(load_train_config(None, common(scenes, "train.steps=4", "data.first_caption_only=true")), out)
+    train(load_train_config(None, scenes_run(scenes, "train.steps=4", "data.first_caption_only=true")), out)
     torch.set_num_threads(before)
     return out
 
@@ -121,7 +101,7 @@ def test_an_unreadable_training_image_is_skipped_and_counted(xe_model, tmp_path,
 
 
 def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes, single_thread):
-    config = load_train_config(None, common(scenes, "train.objective=scst"))
+    config = load_train_config(None, scenes_run(scenes, "train.objective=scst"))
     setup = build_setup(config)
     reward = scst_reward(config, setup.train_records)
     neutral: dict[str, int] = {}
@@ -135,7 +115,7 @@ def test_reward_references_are_every_neutral_training_caption_of_an_image(scenes
 
 def test_with_style_control_each_styles_references_are_its_distinct_captions(scenes, single_thread):
     styles = "data.styles={neutral: 0.5, positive: 0.25, negative: 0.25}"
-    config = load_train_config(None, common(scenes, "train.objective=scst", styles))
+    config = load_train_config(None, scenes_run(scenes, "train.objective=scst", styles))
     setup = build_setup(config)
     reward = scst_reward(config, setup.train_records)
     distinct: dict[str, dict[str, set[str]]] = {}
@@ -161,7 +141,7 @@ def test_a_crashed_scst_run_resumes_exactly(scenes, xe_model, tmp_path, single_t
 
 def test_cnn_lstm_attention_with_accumulation_and_the_greedy_baseline(scenes, tmp_path, single_thread):
     family = ["model.family=cnn-lstm-attention", "train.eval_images=0"]
-    xe = train(load_train_config(None, common(scenes, "train.steps=2", *family)), tmp_path / "xe")
+    xe = train(load_train_config(None, scenes_run(scenes, "train.steps=2", *family)), tmp_path / "xe")
     assert xe.steps == 2
     settings = scst(
         scenes,
