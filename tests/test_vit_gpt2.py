@@ -326,40 +326,39 @@ def test_an_unreachable_hub_is_probed_once_then_only_the_cache_is_read(
     assert calls[1][1]["local_files_only"] is True
 
 
-def test_an_id_the_hub_does_not_know_fails_after_the_probe(empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The hub answers the probe with 404 (or 401 for a private or gated repository): nothing more is asked.
-    from huggingface_hub import constants
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    def not_found(url: str, **_: Any) -> None:
-        # The error reads only headers and request of a response: a stand-in for the transport library's (by version).
-        raise RepositoryNotFoundError(f"404 Client Error: {url}", response=SimpleNamespace(headers={}, request=None))
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    calls = record_hub_calls(monkeypatch, probe=not_found)
-    with pytest.raises(ModelLoadError) as raised:
-        VitGpt2Model.from_pretrained(MISSING)
-    assert str(raised.value) == f"{MISSING}: not found on the Hugging Face Hub (private or gated: log in first)"
-    assert [name for name, _ in calls] == ["probe"]
-
-
-def test_a_repository_without_config_json_says_so_after_the_probe(
-    empty_cache: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "first_line", "reason"),
+    [
+        # 404 (or 401 for a private or gated repository): the id is unknown.
+        (
+            "RepositoryNotFoundError",
+            "404 Client Error: {url}",
+            "not found on the Hugging Face Hub (private or gated: log in first)",
+        ),
+        # The repository exists but holds no config.json (GGUF files only, say): 404 with the EntryNotFound code,
+        # whose first line names only the status and a request id.
+        (
+            "RemoteEntryNotFoundError",
+            "404 Client Error. (Request ID: Root=1-abc)\n\nEntry Not Found for url: {url}.",
+            "has no config.json on the Hugging Face Hub: not a model captionkit loads",
+        ),
+    ],
+    ids=["unknown-id", "no-config-json"],
+)
+def test_a_refused_probe_is_one_line_and_nothing_more_is_asked(
+    empty_cache: Path, monkeypatch: pytest.MonkeyPatch, error: str, first_line: str, reason: str
 ) -> None:
-    # The repository exists but holds no config.json (GGUF files only, say): the hub answers the probe with 404 and
-    # the EntryNotFound error code, whose first line names only the status and a request id.
-    from huggingface_hub import constants
-    from huggingface_hub.errors import RemoteEntryNotFoundError
+    from huggingface_hub import constants, errors
 
-    def no_config(url: str, **_: Any) -> None:
-        message = f"404 Client Error. (Request ID: Root=1-abc)\n\nEntry Not Found for url: {url}."
-        raise RemoteEntryNotFoundError(message, response=SimpleNamespace(headers={}, request=None))
+    def refuse(url: str, **_: Any) -> None:
+        # The error reads only headers and request of a response: a stand-in for the transport library's (by version).
+        raise getattr(errors, error)(first_line.format(url=url), response=SimpleNamespace(headers={}, request=None))
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    calls = record_hub_calls(monkeypatch, probe=no_config)
+    calls = record_hub_calls(monkeypatch, probe=refuse)
     with pytest.raises(ModelLoadError) as raised:
         VitGpt2Model.from_pretrained(MISSING)
-    assert str(raised.value) == f"{MISSING}: has no config.json on the Hugging Face Hub: not a model captionkit loads"
+    assert str(raised.value) == f"{MISSING}: {reason}"
     assert [name for name, _ in calls] == ["probe"]
 
 
