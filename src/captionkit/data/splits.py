@@ -65,9 +65,11 @@ def assign_splits(
     given = _given_splits(records)
     for record in records:
         if record.split is None:
-            where = _unit_interval(record.image_id, seed)
-            split = "val" if where < val_fraction else "test" if where < val_fraction + test_fraction else "train"
-            record = dataclasses.replace(record, split=given.get(record.image_id, split))
+            split = given.get(record.image_id)
+            if split is None:
+                where = _unit_interval(record.image_id, seed)
+                split = "val" if where < val_fraction else "test" if where < val_fraction + test_fraction else "train"
+            record = dataclasses.replace(record, split=split)
         assigned.append(record)
     return assigned
 
