@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 
 from _helpers import run_cli
 from _serve import free_port, image_bytes, load_tiny, read_response, running_server, save_tiny_model
+from captionkit import Captioner
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import ConfigError
 from captionkit.images import load_image
@@ -64,13 +65,13 @@ class SlowCounting:
         self.release.set()
         self.lock = threading.Lock()
 
-    def __call__(self, images, config, image_offset=0, attention=False):
+    def __call__(self, images, config, image_offset=0, attention=False, starts=None):
         with self.lock:
             self.batches.append(len(images))
         self.started.set()
         self.release.wait(60)  # bounded: a test that never releases fails on its results, it does not hang
         try:
-            return self.inner(images, config, image_offset, attention)
+            return self.inner(images, config, image_offset, attention, starts)
         finally:
             self.finished.set()
 
@@ -458,9 +459,9 @@ def test_attention_and_plain_requests_batch_apart(captioners, monkeypatch):
     calls: list[tuple[int, bool]] = []  # (images, attention) of each model call
     inner = counting.inner
 
-    def run(images, config, offset, attention):
+    def run(images, config, offset, attention, starts):
         calls.append((len(images), attention))
-        return inner(images, config, offset, attention)
+        return inner(images, config, offset, attention, starts)
 
     counting.inner = run
     flags = ["true", "false", "true", "false"]
@@ -473,10 +474,50 @@ def test_attention_and_plain_requests_batch_apart(captioners, monkeypatch):
     assert sorted(calls[1:]) == [(2, False), (2, True)]  # the first call is queued_together's own
 
 
-def test_styles_are_served_by_models_trained_with_them(model_dirs):
-    styled = load_tiny(model_dirs[1])
+def styled_captioner(directory) -> tuple[Captioner, dict[str, int]]:
+    """The tiny model of ``directory`` given style tokens (their rows random): a model that writes styles."""
+    styled = load_tiny(directory)
     ids = add_style_tokens(styled.tokenizer)
     styled.model.resize_vocabulary(styled.tokenizer.vocab_size)
+    return styled, ids
+
+
+def test_requests_of_different_styles_share_a_batch(model_dirs, monkeypatch):
+    """Held behind a first call, requests in three styles (with and without attention maps) run as one model call
+    per attention kind, and each gets the captions (and maps) its style gets alone."""
+    styled, ids = styled_captioner(model_dirs[1])
+    counting = slow_counting(styled, monkeypatch)
+    styles = ["positive", "neutral", "negative", "positive"]
+    settings = ServeSettings(max_batch=8, max_wait_ms=0)
+    with TestClient(create_app({"base": styled}, settings)) as client, ThreadPoolExecutor(9) as pool:
+        posts = [
+            {"style": style, "num_beams": 2, "n_best": 2, "max_length": 6, "attention": attention}
+            for attention in ("false", "true")
+            for style in styles
+        ]
+        answers = [a.result() for a in queued_together(client, counting, pool, posts)]
+    assert counting.batches == [1, 4, 4]  # the first call is queued_together's own
+    image = [load_image(image_bytes())]
+    for params, answer in zip(posts, answers, strict=True):
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["style"] == params["style"]
+        start = ids.get(params["style"])
+        alone = counting.inner(
+            image, DecodingConfig(num_beams=2, num_return_sequences=2, max_new_tokens=6, start_token_id=start), 0, True
+        )[0]
+        served = body["results"][0]["captions"]
+        assert [c["caption"] for c in served] == [c.caption for c in alone]
+        if params["attention"] == "true":
+            assert [[e["grid"] for e in c["attention"]] for c in served] == [
+                c.attention.round(3).tolist() for c in alone
+            ]
+    # The styles write different captions, so a batch that decoded every image from one start would fail above.
+    assert len({answer.json()["results"][0]["caption"] for answer in answers[:3]}) > 1
+
+
+def test_styles_are_served_by_models_trained_with_them(model_dirs):
+    styled, ids = styled_captioner(model_dirs[1])
     served = {"base": load_tiny(model_dirs[0]), "styled": styled}
     with TestClient(create_app(served, ServeSettings(max_wait_ms=0))) as client:
         listed = {m["name"]: m for m in client.get("/v1/models").json()["models"]}

@@ -192,21 +192,27 @@ class Captioner:
         return results
 
     def caption_pil(
-        self, images: Sequence[Image.Image], config: DecodingConfig, image_offset: int = 0, attention: bool = False
+        self,
+        images: Sequence[Image.Image],
+        config: DecodingConfig,
+        image_offset: int = 0,
+        attention: bool = False,
+        starts: Sequence[int | None] | None = None,
     ) -> list[list[Caption]]:
         """n-best captions of already-opened RGB images, one batch.
 
         ``image_offset`` is the first image's position in the caller's whole input: seeded sampling then gives
-        each image the same captions whatever the batching.
+        each image the same captions whatever the batching. ``starts``: each image's own start token (a style's;
+        None: the config's), so that one batch holds images of several styles.
         """
         if not images:
             return []
         pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device, self.dtype)
-        hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset)
+        hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset, starts=starts)
         captions = to_captions(hypotheses, self.tokenizer)
         if not attention:
             return captions
-        return self.add_attention(pixels, captions, config.start_token_id, config.prompt_ids)
+        return self.add_attention(pixels, captions, config.start_token_id, config.prompt_ids, starts)
 
     def add_attention(
         self,
@@ -214,11 +220,19 @@ class Captioner:
         captions: list[list[Caption]],
         start_token_id: int | None = None,
         prompt_ids: tuple[int, ...] = (),
+        starts: Sequence[int | None] | None = None,
     ) -> list[list[Caption]]:
-        """``captions`` (n-best per image of the preprocessed ``pixels``) with ``tokens`` and ``attention`` filled."""
+        """``captions`` (n-best per image of the preprocessed ``pixels``) with ``tokens`` and ``attention`` filled;
+        they were decoded from ``start_token_id`` (None: the model's bos), or image i's from ``starts[i]`` where
+        that is given and not None."""
+        own = [start_token_id if starts is None or starts[row] is None else starts[row] for row in range(len(captions))]
         flat = [(row, caption) for row, per_image in enumerate(captions) for caption in per_image]
-        rows, sequences = [row for row, _ in flat], [caption.token_ids for _, caption in flat]
-        maps = iter(caption_maps(self.model, pixels, rows, sequences, start_token_id, prompt_ids))
+        found: dict[int, np.ndarray] = {}  # position in flat -> map; one model call per start token
+        for start in dict.fromkeys(own):
+            chosen = [i for i, (row, _) in enumerate(flat) if own[row] == start]
+            rows, sequences = [flat[i][0] for i in chosen], [flat[i][1].token_ids for i in chosen]
+            found.update(zip(chosen, caption_maps(self.model, pixels, rows, sequences, start, prompt_ids), strict=True))
+        maps = iter(found[i] for i in range(len(flat)))
         return [
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
             for per_image in captions

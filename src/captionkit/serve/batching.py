@@ -1,5 +1,8 @@
 """Micro-batching: images from concurrent requests that share a model and decoding settings run as one batch.
 
+Requests that differ only in style share batches too: each image starts from its own style's token (the engine's
+``starts``), exactly as it would in a batch of its style alone.
+
 One :class:`MicroBatcher` per model. Requests add their images to a queue keyed by the decoding config; one
 worker takes the key whose oldest image has waited longest, waits until ``max_batch`` images of that key are
 there or ``max_wait`` has passed since the oldest arrived, and runs them in one model call on its own thread (one
@@ -28,7 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
@@ -38,8 +41,8 @@ from captionkit.errors import CaptionkitError, first_line
 
 logger = logging.getLogger("captionkit.serve")
 
-# (images, config, image_offset, attention) -> n-best captions per image: Captioner.caption_pil's signature.
-RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int, bool], list[list[Caption]]]
+# (images, config, image_offset, attention, starts) -> n-best captions per image: Captioner.caption_pil's signature.
+RunBatch = Callable[[Sequence[Image.Image], DecodingConfig, int, bool, Sequence[int | None]], list[list[Caption]]]
 
 
 class QueueFull(Exception):
@@ -58,13 +61,14 @@ class BatcherFailed(Exception):
 class _Item:
     image: Image.Image
     offset: int
+    start: int | None  # its request's start token (a style's; None: the model's bos)
     future: asyncio.Future[list[Caption]]
     arrived: float = field(default_factory=time.monotonic)
 
 
 @dataclass(frozen=True)
 class _Key:
-    config: DecodingConfig
+    config: DecodingConfig  # without the start token, which each item carries: styles batch together
     request: int | None  # set for seeded sampling: batch only with the same request
     attention: bool = False  # requests for attention maps batch together
 
@@ -140,9 +144,10 @@ class MicroBatcher:
         if self._queued + len(images) > self.max_queue:
             raise QueueFull(f"{self._queued} of {self.max_queue} image places taken, {len(images)} needed")
         own = config.do_sample and config.seed is not None
-        key = _Key(config, next(self._requests) if own else None, attention)
+        key = _Key(replace(config, start_token_id=None), next(self._requests) if own else None, attention)
         loop = asyncio.get_running_loop()
-        items = [_Item(image, index, loop.create_future()) for index, image in enumerate(images)]
+        start = config.start_token_id
+        items = [_Item(image, index, start, loop.create_future()) for index, image in enumerate(images)]
         self._queues.setdefault(key, deque()).extend(items)
         self._queued += len(items)
         self._arrived.set()
@@ -220,7 +225,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         images = [item.image for item in live]
         offset = live[0].offset if key.request is not None else 0
-        results = await loop.run_in_executor(self._executor, self._run, images, key.config, offset, key.attention)
+        starts = [item.start for item in live]
+        results = await loop.run_in_executor(
+            self._executor, self._run, images, key.config, offset, key.attention, starts
+        )
         if len(results) != len(live):
             raise RuntimeError(f"the model returned captions for {len(results)} of {len(live)} images")
         for item, captions in zip(live, results, strict=True):
