@@ -294,6 +294,37 @@ def test_many_images_go_in_requests_the_server_takes_and_bad_ones_do_not_sink_th
     assert not errors, errors
 
 
+def test_seeded_sampling_gives_each_file_its_seed_however_the_files_are_split(browser, tmp_path):
+    """The server samples image j of a request from seed + j: each request carries seed + its first file's index
+    and holds consecutive files (a refused file's neighbours are resent apart), so file k always gets seed + k."""
+
+    def refuse_notes(fields, images):
+        bad = [{"index": i, "image": n, "error": "unsupported image format (text)"} for i, n in enumerate(images)]
+        bad = [error for error in bad if error["image"] == "notes.jpg"]
+        return (
+            (415, {"detail": "notes.jpg: refused", "errors": bad}, {}) if bad else ScriptedApi.captions(fields, images)
+        )
+
+    api = ScriptedApi(MODELS, limits=LIMITS | {"max_images": 3}, answer=refuse_notes)
+    page, errors = open_page(browser, api)
+    pick(page, ["plain"])
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("not an image")
+    files = [photo(tmp_path, "a.jpg"), notes, photo(tmp_path, "b.jpg"), photo(tmp_path, "c.jpg")]
+    page.set_input_files("#files", [str(f) for f in files])
+    page.select_option("#strategy", "sample")
+    page.fill("#seed", "7")
+    assert run_and_wait(page) == "done; 1 of 4 refused (in red)"
+    sent = [(images, fields["seed"]) for fields, images in api.requests]
+    assert sent == [(["a.jpg", "notes.jpg", "b.jpg"], "7"), (["a.jpg"], "7"), (["b.jpg"], "9"), (["c.jpg"], "10")]
+    api.requests.clear()
+    page.select_option("#strategy", "beam")  # no seed: the good files of a refused request go back together
+    run_and_wait(page)
+    assert [images for _, images in api.requests] == [["a.jpg", "notes.jpg", "b.jpg"], ["a.jpg", "b.jpg"], ["c.jpg"]]
+    assert all("seed" not in fields for fields, _ in api.requests)
+    assert not errors, errors
+
+
 def test_html_in_file_names_and_captions_is_shown_as_text(browser):
     markup = '<img src=x onerror="document.title=1">'
 

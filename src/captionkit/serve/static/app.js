@@ -156,10 +156,29 @@ function requestGroups(files) {
   return groups;
 }
 
+// Seeded sampling: the server samples image j of a request from seed + j. So that a file's captions do not depend
+// on how the files were split into requests, a request holds consecutive files and carries seed + its first
+// file's index: file k samples from seed + k, as in one request of all the files. (A seed that is no integer goes
+// as typed, for the server to refuse.)
+function seedFor(params, first) {
+  if (params.do_sample !== "true" || !/^-?\d+$/.test(params.seed ?? "")) return params;
+  return { ...params, seed: String(BigInt(params.seed) + BigInt(first)) };
+}
+
+function consecutiveRuns(indices) {
+  const runs = [];
+  for (const index of indices) {
+    const run = runs.at(-1);
+    if (run && run.at(-1) === index - 1) run.push(index);
+    else runs.push([index]);
+  }
+  return runs;
+}
+
 async function post(model, indices) {
   const form = new FormData();
   for (const index of indices) form.append("image", state.files[index], state.files[index].name);
-  for (const [key, value] of Object.entries(parameters(model))) form.append(key, value);
+  for (const [key, value] of Object.entries(seedFor(parameters(model), indices[0]))) form.append(key, value);
   const started = performance.now();
   let response;
   try {
@@ -199,7 +218,10 @@ async function captionFiles(model, indices) {
   }
   for (const bad of refused) answers.set(indices[bad.index], { error: `${outcome.status}: ${bad.error}` });
   const rest = indices.filter((index) => !answers.has(index));
-  if (rest.length) for (const [index, answer] of await captionFiles(model, rest)) answers.set(index, answer);
+  const resent = parameters(model).seed === undefined ? [rest] : consecutiveRuns(rest);
+  for (const group of resent.filter((run) => run.length)) {
+    for (const [index, answer] of await captionFiles(model, group)) answers.set(index, answer);
+  }
   return answers;
 }
 
