@@ -16,9 +16,10 @@ from captionkit.api import Captioner
 from captionkit.attention import MAX_ALPHA, MIN_ALPHA, caption_maps, overlay, overlay_name, write_overlays
 from captionkit.errors import InputError
 from captionkit.images import Preprocessing, load_image
-from captionkit.models.registry import create_model
+from captionkit.models.registry import create_model, families_with_attention_maps, train_tokenizer
 from captionkit.models.vit_gpt2 import VitGpt2Model
 from captionkit.text import train_bpe_tokenizer, train_word_tokenizer
+from captionkit.text.styles import add_style_tokens
 from captionkit.training.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -298,3 +299,44 @@ def test_cli_draws_cnn_lstm_attention_maps_with_word_names(tmp_path, capsys):
     assert sorted(p.name for p in (maps / PHOTOS[1].stem).iterdir()) == [
         overlay_name(i, w) for i, w in enumerate(words)
     ]
+
+
+@pytest.mark.parametrize("family", families_with_attention_maps())
+def test_styled_beam_captions_get_the_maps_of_their_own_style_start(family, tmp_path):
+    """Every family with maps, a style model, beams and n-best: each caption's maps are those of that caption fed
+    alone after its style's token (not bos), and asking for maps leaves the captions as they were."""
+    tokenizer = train_tokenizer(family, list(CAPTIONS) * 10, 300)
+    styles = add_style_tokens(tokenizer)
+    torch.manual_seed(0)
+    model = create_model(family, "tiny", tokenizer)
+    with torch.no_grad():  # weights redrawn large (as tests/_hub_models.py's): maps that differ between tokens
+        for name, parameter in model.named_parameters():
+            if parameter.ndim >= 2 and "encoder" not in name:  # a ResNet's or ViT's own start stays
+                parameter.normal_(0.0, 0.1 if "vision_model" in name else 0.3)
+    directory = save_checkpoint(tmp_path / family, model, tokenizer, Preprocessing.for_size(32, 32))
+    styled = Captioner.from_pretrained(directory, device="cpu")
+    images = [Image.open(path).convert("RGB") for path in PHOTOS]
+    options = {"style": "negative", "num_beams": 3, "num_return_sequences": 2, "max_new_tokens": 5}
+    results = styled.caption(images, attention=True, **options)
+    plain = styled.caption(images, **options)
+    assert [[c.caption for c in r.captions] for r in results] == [[c.caption for c in r.captions] for r in plain]
+    pixels_of = torch.from_numpy(styled.preprocessing(images))
+    checked = 0
+    for row, result in enumerate(results):
+        for caption in result.captions:
+            ids = caption.token_ids
+            assert caption.attention.shape == (len(ids), *GRID) and len(caption.tokens) == len(ids)
+            if not ids:
+                continue
+            with torch.no_grad():
+                alone = styled.model.attention_maps(
+                    pixels_of[row : row + 1], torch.tensor([[styles["negative"], *ids]])
+                )
+                from_bos = styled.model.attention_maps(
+                    pixels_of[row : row + 1], torch.tensor([[model.bos_token_id, *ids]])
+                )
+            np.testing.assert_allclose(caption.attention, alone[0, : len(ids)].numpy(), rtol=0, atol=1e-5)
+            assert not np.allclose(caption.attention, from_bos[0, : len(ids)].numpy(), atol=1e-5)
+            assert_distributions(caption.attention)
+            checked += 1
+    assert checked == 4

@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from _data import SHARED_DATA
 from _helpers import run_cli
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict
@@ -149,3 +150,103 @@ def test_evaluate_agrees_with_the_training_runs_validation(models, capsys, tmp_p
     }
     assert "evaluating the val split: 4 of 32 images" in err
     assert "data: the first caption of each image and style in the styles negative, neutral, positive (as the" in err
+
+
+def test_style_names_in_any_case_ask_for_the_same_captions(models, capsys, single_thread):
+    """The data readers take a style column in any case; the CLI, compare's MODEL@STYLE and the API take the style
+    asked for the same way (they answered "unknown style 'Negative'")."""
+    captioner = Captioner.from_pretrained(models["styled"], device="cpu")
+    images = sorted(models["images"].iterdir())
+    expected = [r.caption for r in captioner.caption(images, style="negative", num_beams=1)]
+    assert [r.caption for r in captioner.caption(images, style="Negative", num_beams=1)] == expected
+    code, out, err = run_cli(
+        ["caption", models["images"], "--model", models["styled"], "--beams", "1", "--style", "NEGATIVE"], capsys
+    )
+    assert code == 0, err
+    got = {json.loads(line)["image"]: json.loads(line)["caption"] for line in out.splitlines()}
+    assert [got[str(path)] for path in images] == expected
+    specs = [f"plain={models['plain']}", f"sad={models['styled']}@Negative"]
+    args = ["compare", images[0], *[x for spec in specs for x in ("--model", spec)], "--beams", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(out.splitlines()[0])["captions"]["sad"] == expected[0]
+
+
+def test_evaluate_styles_of_a_model_trained_without_styles_fails_in_one_line(models, capsys, single_thread):
+    """As `caption --style`: a table of neutral captions alone would pass for a style evaluation."""
+    args = ["evaluate", "--model", models["plain"], "--data", models["data"], "--styles", "--beams", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: --styles: {models['plain']} was trained without styles: it writes neutral captions "
+        "only (evaluate without --styles scores them)"
+    )
+
+
+def test_evaluate_styles_on_senticap_alone_has_no_neutral_style_accuracy(models, capsys, single_thread):
+    """The README's command: SentiCap's captions train the classifier on positive and negative only, so the neutral
+    row has no style accuracy (it was 0.000, every neutral caption counted wrong) and no references."""
+    senticap = SHARED_DATA / "senticap" / "senticap_subset.json"
+    data = f"{senticap}?images={SHARED_DATA / 'coco' / 'val2017'}&images={SHARED_DATA / 'senticap' / 'images'}"
+    args = ["evaluate", "--model", models["styled"], "--data", data, "--split", "train", "--styles", "--beams", "1"]
+    code, out, err = run_cli([*args, "--lexicon", SHARED_DATA / "senticap" / "senticap.json"], capsys)
+    assert code == 0, err
+    table = json.loads(out.strip().splitlines()[-1])
+    assert table["images"] == 4 and table["failed_images"] == 0
+    assert table["styles"]["neutral"]["style_accuracy"] is None and table["styles"]["neutral"]["cider_d"] is None
+    assert all(isinstance(table["styles"][s]["style_accuracy"], float) for s in ("positive", "negative"))
+
+
+def test_evaluate_styles_says_why_the_data_cannot_train_its_style_classifier(models, capsys, tmp_path, single_thread):
+    coco = SHARED_DATA / "coco" / "captions_val2017_subset.json"
+    code, out, err = run_cli(["evaluate", "--model", models["styled"], "--data", coco, "--styles"], capsys)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[-1] == (
+        f"captionkit: error: {coco}: --styles trains its style classifier on the train-split captions of two styles "
+        "or more: they are all neutral"
+    )
+    test_only = tmp_path / "test-only.csv"  # every caption in the test split: no train captions at all
+    photo = next((SHARED_DATA / "coco" / "val2017").iterdir())
+    test_only.write_text(f"image,caption,style,split\n{photo},a nice dog,positive,test\n{photo},a dog,neutral,test\n")
+    code, out, err = run_cli(["evaluate", "--model", models["styled"], "--data", test_only, "--styles"], capsys)
+    assert (code, out) == (1, "")
+    assert err.strip().splitlines()[-1].endswith("on the train-split captions of two styles or more: it has none")
+
+
+def test_a_style_token_the_weights_lack_is_blamed_on_the_style(tmp_path, capsys, single_thread):
+    """Style tokens added to a checkpoint's tokenizer but not to its weights: one line naming --style, before any
+    image is captioned (it was `start_token_id: must be a token id of this model` from the first decoding step)."""
+    from _helpers import save_tiny_model
+    from captionkit.errors import InputError
+    from captionkit.text import CaptionTokenizer
+    from captionkit.text.styles import add_style_tokens
+
+    directory = save_tiny_model(tmp_path / "model")
+    tokenizer = CaptionTokenizer.load(directory)
+    rows = tokenizer.vocab_size
+    assert add_style_tokens(tokenizer)["positive"] == rows
+    tokenizer.save(directory)
+    photo = next((SHARED_DATA / "coco" / "val2017").iterdir())
+    code, out, err = run_cli(["caption", photo, "--model", directory, "--style", "positive"], capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"captionkit: error: --style: {directory}'s tokenizer has <positive> (id {rows}) but its weights have {rows} "
+        "token rows: its tokenizer and weights do not match\n"
+    )
+    captioner = Captioner.from_pretrained(directory, device="cpu")
+    with pytest.raises(InputError, match=r"^style: .* tokenizer has <positive> \(id \d+\) but its weights have"):
+        captioner.caption([photo], style="Positive")
+
+
+def test_compare_blames_a_style_the_model_lacks_on_its_model_spec(models, capsys, single_thread):
+    spec = f"mine={models['plain']}@negative"
+    args = ["compare", models["images"], "--model", f"plain={models['plain']}", "--model", spec, "--beams", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"captionkit: error: --model {spec}: {models['plain']} was trained without styles: it cannot write negative "
+        "captions\n"
+    )
+    code, _, err = run_cli([*args[:-4], "--model", f"mine={models['styled']}@sarcastic"], capsys)
+    assert code == 1
+    assert err.endswith("@sarcastic: unknown style 'sarcastic' (known: neutral, positive, negative)\n")

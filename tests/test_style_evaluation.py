@@ -131,3 +131,79 @@ def test_content_exact_reads_an_as_a():
     neutral = {"1": "a small green triangle"}
     generated = {"negative": {"1": "an ugly small green triangle"}}
     assert evaluate_styles(generated, classifier, neutral=neutral)["negative"].content_exact == 1.0
+
+
+def test_style_accuracy_of_a_style_the_classifier_never_saw_is_none_not_zero():
+    # SentiCap alone (the README's `evaluate --styles` command) trains the classifier on positive and negative
+    # captions: it cannot read a caption as neutral, so a neutral accuracy would be 0 whatever the model wrote.
+    classifier = StyleClassifier.fit(_senticap("train"))
+    assert classifier.styles == ("positive", "negative")
+    generated = {
+        "neutral": {"1": "a dog on the grass", "2": "a cat on a couch"},
+        "positive": {"1": "a happy dog on the beautiful grass", "2": "a cute cat on a nice couch"},
+        "negative": {"1": "a dirty dog on the dead grass", "2": "an ugly cat on a broken couch"},
+    }
+    table = evaluate_styles(generated, classifier)
+    assert table["neutral"].style_accuracy is None and table["neutral"].count == 2
+    assert table["positive"].style_accuracy == table["negative"].style_accuracy == 1.0
+    assert table["neutral"].as_dict()["style_accuracy"] is None
+
+
+def _senticap_file(tmp_path, sentiments):
+    images = [
+        {
+            "filename": f"COCO_val2014_{index:012d}.jpg",
+            "split": "train",
+            "sentences": [
+                {"tokens": ["a", word, "dog"], "word_sentiment": [0, 1, 1], "sentiment": sentiment}
+                for word, sentiment in sentiments
+            ],
+        }
+        for index in range(2)
+    ]
+    path = tmp_path / "senticap.json"
+    path.write_text(json.dumps({"images": images}))
+    return path
+
+
+def test_the_lexicon_reads_sentiments_as_the_senticap_reader_does(tmp_path):
+    # The reader reads "1" as positive and "0" as negative; the lexicon read every value but 1 as negative.
+    path = _senticap_file(tmp_path, [("lovely", "1"), ("gross", "0"), ("happy", 1), ("sad", 0)])
+    lexicon = senticap_sentiment_words(path)
+    assert lexicon == {"lovely": "positive", "gross": "negative", "happy": "positive", "sad": "negative"}
+    # A sentence without a sentiment is no vote (it was a negative one).
+    assert senticap_sentiment_words(_senticap_file(tmp_path, [("cute", 1), ("cute", None)])) == {"cute": "positive"}
+    assert senticap_sentiment_words(_senticap_file(tmp_path, [("cute", 1), ("cute", False)])) == {"cute": "positive"}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"images": [{"file_name": "1.jpg", "id": 1}]}, {"images": {"a": 1}}, {"images": [{"sentences": [["x"]]}]}],
+)
+def test_a_lexicon_file_without_sentiments_is_one_line_error(tmp_path, document):
+    path = tmp_path / "not-senticap.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(InputError, match="not a SentiCap json \\(no sentence carries a sentiment of 1 or 0\\)"):
+        senticap_sentiment_words(path)
+
+
+def test_a_missing_lexicon_file_says_it_cannot_be_read(tmp_path):
+    with pytest.raises(InputError) as caught:
+        senticap_sentiment_words(tmp_path / "nope.json")
+    assert str(caught.value) == f"{tmp_path / 'nope.json'}: cannot be read (No such file or directory)"
+
+
+def test_the_demo_reports_no_style_accuracy_for_a_style_its_classifier_never_saw():
+    from pathlib import Path
+
+    from captionkit.data.records import CaptionRecord
+    from captionkit.demo import style_metrics
+
+    train = [
+        CaptionRecord(Path(f"{i}.png"), f"a {word} red circle", style, str(i))
+        for i, (word, style) in enumerate([("lovely", "positive"), ("ugly", "negative")] * 3)
+    ]
+    tests = [CaptionRecord(Path("t.png"), "a red circle", "neutral", "t")]
+    generated = {"neutral": ["a red circle"], "positive": ["a lovely red circle"], "negative": ["an ugly red circle"]}
+    metrics = style_metrics(generated, tests, train)
+    assert metrics["style_accuracy"] == {"neutral": None, "positive": 1.0, "negative": 1.0}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from captionkit.errors import InputError
@@ -40,3 +42,32 @@ def test_style_requests_a_model_cannot_serve_are_one_line_errors():
         start_token_id(only_positive, "negative")
     with pytest.raises(InputError, match="unknown style 'sarcastic'"):
         add_style_tokens(only_positive, ["sarcastic"])
+
+
+def test_style_names_are_read_in_any_case_as_the_data_readers_read_them(tmp_path):
+    from captionkit.decoding.options import decoding_request
+
+    tokenizer = train_bpe_tokenizer(CAPTIONS, vocab_size=300, min_frequency=1)
+    ids = add_style_tokens(tokenizer)
+    assert start_token_id(tokenizer, " Negative ") == start_token_id(tokenizer, "NEGATIVE") == ids["negative"]
+    assert start_token_id(tokenizer, "Neutral") == tokenizer.bos_token_id
+    assert decoding_request(style="POSITIVE").style == "positive"
+    assert decoding_request(style=" Neutral ").style is None  # neutral: the model's own start, as when not asked
+    with pytest.raises(InputError, match=r"^--style: unknown style 'Happy' \(known: neutral, positive, negative\)$"):
+        decoding_request(naming=lambda name: f"--{name}", style="Happy")
+    plain = train_bpe_tokenizer(CAPTIONS, vocab_size=300, min_frequency=1)
+    with pytest.raises(InputError, match="hub/model was trained without styles: it cannot write positive captions"):
+        start_token_id(plain, "Positive", "hub/model")
+
+
+def test_both_jsonl_readers_read_a_style_in_any_case(tmp_path):
+    from captionkit.data import load_records, read_jsonl
+
+    path = tmp_path / "captions.jsonl"
+    rows = [("Positive", "a lovely red circle"), (" NEGATIVE ", "an ugly blue square"), (None, "a red circle")]
+    path.write_text("".join(json.dumps({"image": "a.png", "caption": c, "style": s}) + "\n" for s, c in rows))
+    expected = ["positive", "negative", "neutral"]
+    assert [r.style for r in read_jsonl(path)] == [r.style for r in load_records(path)] == expected
+    path.write_text(json.dumps({"image": "a.png", "caption": "x", "style": "pos"}) + "\n")
+    with pytest.raises(InputError, match="unknown style 'pos' \\(expected one of neutral, positive, negative\\)"):
+        read_jsonl(path)

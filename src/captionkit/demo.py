@@ -143,7 +143,10 @@ def style_metrics(
         neutral={r.image_id: r.caption for r in tests},
     )
     return {
-        "style_accuracy": {style: round(scores.style_accuracy, 4) for style, scores in table.items()},
+        "style_accuracy": {
+            style: None if scores.style_accuracy is None else round(scores.style_accuracy, 4)
+            for style, scores in table.items()
+        },
         "style_content_exact_match": {
             style: round(scores.content_exact or 0.0, 4) for style, scores in table.items() if style != "neutral"
         },

@@ -26,6 +26,7 @@ from captionkit.cli._common import (
 from captionkit.files import write_atomic
 
 if TYPE_CHECKING:
+    from captionkit.api import Captioner
     from captionkit.data.records import CaptionRecord
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.clipscore import ClipScorer
@@ -120,6 +121,7 @@ def evaluate(
         captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
         decoding = captioner.resolve_decoding(request)  # a length the model cannot take names --max-length
         if styles:
+            _check_writes_styles(captioner)
             with progress_bar("styles", len({r.image_id for r in chosen})) as advance:
                 table = evaluate_model_styles(captioner, chosen, classifier, decoding, None, batch_size, advance)
             _print_style_table(table)
@@ -294,13 +296,29 @@ def _clip_scorer(metrics: str | None, source: str, device: str | None) -> ClipSc
     return ClipScorer(source, device) if "CLIPScore" in parse_metrics(metrics)[0] else None
 
 
+def _check_writes_styles(captioner: Captioner) -> None:
+    """A model trained without styles (every hub checkpoint) has no style table: one error, as `caption --style`."""
+    from captionkit.errors import InputError
+
+    if len(captioner.styles) < 2:
+        raise InputError(
+            "--styles",
+            f"{captioner.name} was trained without styles: it writes neutral captions only "
+            "(evaluate without --styles scores them)",
+        )
+
+
 def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:
     from captionkit.errors import InputError
     from captionkit.evaluation.style import StyleClassifier, senticap_sentiment_words
 
     train = [(r.caption, r.style) for r in records if r.split in (None, "train")]
-    if len({style for _, style in train}) < 2:
-        raise InputError(data, "--styles trains its style classifier on the train-split captions: they hold one style")
+    found = sorted({style for _, style in train})
+    if len(found) < 2:
+        held = f"they are all {found[0]}" if found else "it has none"
+        raise InputError(
+            data, f"--styles trains its style classifier on the train-split captions of two styles or more: {held}"
+        )
     return StyleClassifier.fit(train, lexicon=senticap_sentiment_words(lexicon) if lexicon else None)
 
 

@@ -24,6 +24,17 @@ from captionkit.jsontext import parse_json
 STYLES = ("neutral", "positive", "negative")
 
 
+def check_style(style: object, where: object) -> str:
+    """``style`` as captionkit names it: case and surrounding spaces are ignored (a spreadsheet's "Positive"), as
+    for splits; missing or empty is neutral; anything else is an ``InputError`` naming ``where``."""
+    name = style.strip().lower() if isinstance(style, str) else style
+    if name is None or name == "":
+        return "neutral"
+    if name not in STYLES:
+        raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
+    return str(name)
+
+
 @dataclass(frozen=True)
 class CaptionRecord:
     """One caption of one image. Splits are made by ``image_id``, never by caption. ``domain`` is a dataset's own
@@ -86,9 +97,7 @@ def read_jsonl(path: str | Path) -> list[CaptionRecord]:
             raise InputError(where, "missing 'image' (a path)")
         if not isinstance(caption, str) or not caption.strip():
             raise InputError(where, "missing or empty 'caption'")
-        style = row.get("style", "neutral")
-        if style not in STYLES:
-            raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
+        style = check_style(row.get("style"), where)
         split = row.get("split")
         if split is not None and not isinstance(split, str):
             raise InputError(where, "'split' must be a string")

@@ -111,7 +111,9 @@ OPTIONS: tuple[DecodingOption, ...] = (
     DecodingOption(
         "seed", None, int, "Seed for sampling: the same request gives the same captions.", "random", 0, MAX_SEED
     ),
-    DecodingOption("style", None, str, "Caption style: neutral, or positive/negative for a style model.", "neutral"),
+    DecodingOption(
+        "style", None, str, "Caption style: neutral, or positive/negative for a style model (any case).", "neutral"
+    ),
     DecodingOption(
         "prompt", None, str, "Text the caption continues (BLIP's conditional captioning, e.g. 'a photo of').", "none"
     ),
@@ -183,7 +185,7 @@ def decoding_request(
     defaults. ``limits`` (field or alias -> most allowed) are a caller's tighter upper bounds, checked after the
     table's. An unknown name, a field given twice or a bad value is an ``InputError`` naming the option as given,
     through ``naming`` (the CLI's: ``beams`` -> ``--beams``)."""
-    from captionkit.text.styles import NEUTRAL, STYLES
+    from captionkit.text.styles import NEUTRAL, STYLES, style_name
 
     errors = option_errors(limits, naming, **options)
     if errors:
@@ -191,8 +193,10 @@ def decoding_request(
     names = {ALIASES.get(name, name): naming(name) for name in options}  # field -> the name the caller used
     values = {ALIASES.get(name, name): value for name, value in options.items() if value is not None}
     style, prompt = values.pop("style", None), values.pop("prompt", None)
-    if style is not None and style not in STYLES:
-        raise InputError(names["style"], f"unknown style {style!r} (known: {', '.join(STYLES)})")
+    if style is not None:
+        if style_name(style) not in STYLES:
+            raise InputError(names["style"], f"unknown style {style!r} (known: {', '.join(STYLES)})")
+        style = style_name(style)
     values.setdefault("num_beams", 1 if values.get("do_sample") else DEFAULT_BEAMS)
     _defaults_within(values, options, limits or {})
     try:
@@ -236,12 +240,11 @@ def resolve_decoding(
     """``request``'s config for ``model``: the style's start token, the prompt's tokens (a family that takes no
     prompt is an ``InputError``), and the length checked against the model's positions."""
     from captionkit.decoding.engine import check_length
-    from captionkit.text.styles import start_token_id
 
     config = request.config
     try:
         if request.style is not None:
-            config = replace(config, start_token_id=start_token_id(tokenizer, request.style, model_name))
+            config = replace(config, start_token_id=_style_start(model, tokenizer, request.style, model_name))
         if request.prompt is not None:
             if not getattr(model, "takes_prompt", False):
                 family = getattr(model, "family", type(model).__name__)
@@ -251,6 +254,22 @@ def resolve_decoding(
     except InputError as error:
         raise InputError(request.name(error.source), error.reason) from None
     return config
+
+
+def _style_start(model: CaptionModel, tokenizer: CaptionTokenizer, style: str, model_name: str) -> int:
+    """``style``'s start token, which the model's weights must have a row for: a token added to a checkpoint's
+    tokenizer alone would otherwise fail at the first decoding step, naming no style."""
+    from captionkit.text.styles import STYLE_TOKENS, start_token_id, style_name
+
+    start = start_token_id(tokenizer, style, model_name)
+    rows = getattr(model, "vocab_size", None)
+    if isinstance(rows, int) and start >= rows:
+        raise InputError(
+            "style",
+            f"{model_name}'s tokenizer has {STYLE_TOKENS[style_name(style)]} (id {start}) but its weights have "
+            f"{rows} token rows: its tokenizer and weights do not match",
+        )
+    return start
 
 
 def decoding_options(start_token_id: int | None = None, **options: Any) -> DecodingConfig:

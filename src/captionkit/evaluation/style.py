@@ -9,11 +9,11 @@ sentiment (``word_sentiment``); :func:`senticap_sentiment_words` collects the ad
 the nouns that happen to occur beside them.
 
 The style table (:func:`evaluate_styles`) reports, for each requested style: **style accuracy** (share of captions
-the classifier assigns to the requested style), **CIDEr-D** against that style's references, and **content match**
-(share of styled captions whose content words still cover at least half of the content words of the neutral
-caption for the same image; content words are the caption's tokens minus stop words and the classifier's style
-words). ``content_exact`` is the strict form: the styled caption with its style words removed (and "an" read as "a")
-equals the neutral one.
+the classifier assigns to the requested style; None for a style it was not trained on), **CIDEr-D** against that
+style's references, and **content match** (share of styled captions whose content words still cover at least half
+of the content words of the neutral caption for the same image; content words are the caption's tokens minus stop
+words and the classifier's style words). ``content_exact`` is the strict form: the styled caption with its style
+words removed (and "an" read as "a") equals the neutral one.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 
 STYLES = ("neutral", "positive", "negative")
+# SentiCap's sentence-level ``sentiment`` values (captionkit.data.formats.senticap reads them the same way).
+SENTICAP_SENTIMENTS: dict[object, str] = {1: "positive", 0: "negative", "1": "positive", "0": "negative"}
 # Function words of captions: not content (whatever their style evidence).
 STOP_WORDS = frozenset(
     "a an the of on in at to with and is are there it its this that some two three by for from near next into onto "  # noqa: SIM905
@@ -156,20 +158,38 @@ def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
         images = data["images"]
     except InputError as error:
         raise InputError(path, f"not a SentiCap json ({error.reason})") from None
-    except (OSError, UnicodeDecodeError, KeyError, TypeError) as error:
+    except OSError as error:
+        raise InputError(path, f"cannot be read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, KeyError, TypeError) as error:
         raise InputError(path, f"not a SentiCap json ({error})") from None
     votes: dict[str, Counter[str]] = {}
-    for image in images:
-        for sentence in image.get("sentences", []):
-            style = "positive" if sentence.get("sentiment") == 1 else "negative"
-            for word in _pair_adjectives(sentence.get("tokens", []), sentence.get("word_sentiment", [])):
-                votes.setdefault(word.lower(), Counter())[style] += 1
+    marked = 0
+    for style, tokens, marks in _sentiment_sentences(images):
+        marked += 1
+        for word in _pair_adjectives(tokens, marks):
+            votes.setdefault(word.lower(), Counter())[style] += 1
+    if not marked:
+        raise InputError(path, "not a SentiCap json (no sentence carries a sentiment of 1 or 0)")
     lexicon = {}
     for word, tally in votes.items():
         (top, n), *rest = tally.most_common()
         if not rest or n >= 3 * rest[0][1]:
             lexicon[word] = top
     return lexicon
+
+
+def _sentiment_sentences(images: object) -> Iterator[tuple[str, list[str], list[Any]]]:
+    """(style, tokens, word marks) of each SentiCap sentence whose ``sentiment`` the SentiCap reader reads (1 or "1"
+    positive, 0 or "0" negative); anything else in the file is passed over."""
+    for image in images if isinstance(images, list) else []:
+        sentences = image.get("sentences") if isinstance(image, dict) else None
+        for sentence in sentences if isinstance(sentences, list) else []:
+            sentiment = sentence.get("sentiment") if isinstance(sentence, dict) else None
+            readable = isinstance(sentiment, int | str) and not isinstance(sentiment, bool)  # the reader's types
+            style = SENTICAP_SENTIMENTS.get(sentiment) if readable else None
+            tokens, marks = (sentence.get(key) for key in ("tokens", "word_sentiment")) if style else (None, None)
+            if style and isinstance(tokens, list) and isinstance(marks, list):
+                yield style, [str(token) for token in tokens], marks
 
 
 def _pair_adjectives(tokens: Sequence[str], marks: Sequence[Any]) -> list[str]:
@@ -185,7 +205,7 @@ def _pair_adjectives(tokens: Sequence[str], marks: Sequence[Any]) -> list[str]:
 class StyleScores:
     style: str
     count: int
-    style_accuracy: float
+    style_accuracy: float | None
     cider_d: float | None
     content_match: float | None
     content_exact: float | None
@@ -203,7 +223,8 @@ def evaluate_styles(
     """The style table: ``generated[style][image_id]`` is the caption made when ``style`` was requested.
 
     ``references[style][image_id]`` (optional) gives CIDEr-D per style; ``neutral[image_id]`` (optional, default
-    ``generated["neutral"]``) is what content match compares with.
+    ``generated["neutral"]``) is what content match compares with. A style the classifier was not trained on
+    (neutral, where the training captions are SentiCap's alone) has no style accuracy (None), not 0.
     """
     from captionkit.evaluation.api import score_captions
 
@@ -214,8 +235,10 @@ def evaluate_styles(
         ids = list(captions)
         if not ids:
             continue
-        predicted = classifier.predict([captions[i] for i in ids])
-        accuracy = sum(p == style for p in predicted) / len(ids)
+        accuracy = None
+        if style in classifier.styles:  # else every caption would count as wrong, whatever it says
+            predicted = classifier.predict([captions[i] for i in ids])
+            accuracy = sum(p == style for p in predicted) / len(ids)
         cider = None
         refs = (references or {}).get(style)
         if refs:

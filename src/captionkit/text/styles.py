@@ -23,6 +23,12 @@ STYLE_TOKENS = {"positive": "<positive>", "negative": "<negative>"}
 STYLES = (NEUTRAL, *STYLE_TOKENS)
 
 
+def style_name(style: str) -> str:
+    """``style`` as captionkit names it: case and surrounding spaces ignored ("Positive", " NEGATIVE "), as the
+    data readers read a style column, so a name that trains a style also asks for it."""
+    return style.strip().lower()
+
+
 def add_style_tokens(tokenizer: CaptionTokenizer, styles: Iterable[str] = tuple(STYLE_TOKENS)) -> dict[str, int]:
     """Add the tokens of ``styles`` (neutral needs none) to ``tokenizer``; returns style -> token id."""
     wanted = [s for s in dict.fromkeys(styles) if s != NEUTRAL]
@@ -43,14 +49,18 @@ def style_token_ids(tokenizer: CaptionTokenizer) -> dict[str, int]:
 
 
 def start_token_id(tokenizer: CaptionTokenizer, style: str | None, model_name: str = "this model") -> int:
-    """The decoder start token for ``style`` (None or "neutral": bos); a clear error for a style the model lacks."""
-    if style is None or style == NEUTRAL:
+    """The decoder start token for ``style`` (None or "neutral", in any case: bos); a clear error for a style the
+    model lacks."""
+    if style is None:
         return tokenizer.bos_token_id
-    if style not in STYLE_TOKENS:
+    name = style_name(style)
+    if name == NEUTRAL:
+        return tokenizer.bos_token_id
+    if name not in STYLE_TOKENS:
         raise InputError("style", f"unknown style {style!r} (known: {', '.join(STYLES)})")
     known = style_token_ids(tokenizer)
-    if style not in known:
+    if name not in known:
         if not known:
-            raise InputError("style", f"{model_name} was trained without styles: it cannot write {style} captions")
-        raise InputError("style", f"{model_name} knows the styles {', '.join([NEUTRAL, *known])}, not {style!r}")
-    return known[style]
+            raise InputError("style", f"{model_name} was trained without styles: it cannot write {name} captions")
+        raise InputError("style", f"{model_name} knows the styles {', '.join([NEUTRAL, *known])}, not {name!r}")
+    return known[name]

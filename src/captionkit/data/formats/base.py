@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
 from captionkit.files import read_text
 from captionkit.jsontext import parse_json
@@ -114,16 +114,6 @@ def check_split(split: str | None, where: str) -> str | None:
     if name is not None and name not in SPLIT_ALIASES.values():
         raise InputError(where, f"unknown split {split!r} (expected {', '.join(SPLIT_ALIASES)})")
     return name
-
-
-def check_style(style: object, where: str) -> str:
-    """``style`` as captionkit names it; case is ignored (a spreadsheet's "Positive"), as it is for splits."""
-    name = style.strip().lower() if isinstance(style, str) else style
-    if name is None or name == "":
-        return "neutral"
-    if name not in STYLES:
-        raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
-    return str(name)
 
 
 class Probe:

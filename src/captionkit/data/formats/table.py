@@ -28,13 +28,12 @@ from captionkit.data.formats.base import (
     ReadOptions,
     ReadResult,
     check_split,
-    check_style,
     csv_rows,
     pick_root,
     spellings,
 )
 from captionkit.data.formats.karpathy import image_folders
-from captionkit.data.records import json_objects
+from captionkit.data.records import check_style, json_objects
 from captionkit.errors import InputError
 
 ALIASES = {
