@@ -32,23 +32,67 @@ def _config(data: dict, **train_settings: object) -> TrainConfig:
     )
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A style model validated on 2 batches of 8 of its 36 validation captions and on 5 of its 12 validation images
-    (100 steps, about 3 s on one CPU thread): enough for captions that share words with the references."""
-    root = tmp_path_factory.mktemp("as-validation")
+def _trained(root, styles: dict) -> dict:
+    """A model validated on 2 batches of 8 of its validation captions and on 5 of its 12 validation images (100
+    steps, about 3 s on one CPU thread): enough for captions that share words with the references."""
     data_file = write_synthetic_dataset(root / "scenes", 24, 12, 4, seed=0, image_size=32)
     data = {"train": str(data_file), "val": str(data_file), "cache_images": True, "first_caption_only": True}
-    config = _config(data | {"styles": STYLES}, steps=100, lr=2e-3, eval_every=50, eval_batches=2, eval_images=5)
+    config = _config(data | {"styles": styles}, steps=100, lr=2e-3, eval_every=50, eval_batches=2, eval_images=5)
     result = train(config, root / "run", resume=False)
     logged = [entry for entry in result.history if "val_loss" in entry][-1]
     return {"model": result.output_dir, "data": data_file, "logged": logged}
 
 
-def test_as_validation_recomputes_the_logged_validation(run, capsys, tmp_path, single_thread):
-    logged = run["logged"]
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A style model (neutral, positive, negative): 36 validation captions."""
+    return _trained(tmp_path_factory.mktemp("as-validation"), STYLES)
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+    """A model trained without styles."""
+    return _trained(tmp_path_factory.mktemp("as-validation-plain"), {})
+
+
+VALIDATION_NOTE = (
+    "evaluating as the run's validation: validation data data.val (its val split, or all); perplexity over the "
+    "first 16 (train.eval_batches 2 × train.batch_size 8) of its captions; "
+)
+COMPUTED_OVER = {
+    "plain_run": {
+        "captions": "one neutral caption per image (greedy search, at most 39 new tokens) of 5 images: the first 5 "
+        "(train.eval_images) of the run's validation images",
+        "references": "5 neutral reference captions of those images (all of an image's captions where it has no "
+        "neutral one)",
+        "perplexity": "the run's 12 validation captions (all: train.eval_batches 2 × train.batch_size 8 hold more) "
+        "(neutral), teacher forced, each from its style's start token, cut to 40 tokens",
+    },
+    "run": {
+        "captions": "one caption per image in each of the run's styles (greedy search, at most 39 new tokens), each "
+        "from its style's start token, of the first 5 (train.eval_images) of the run's validation images with "
+        "references in that style (5 neutral, 5 positive, 5 negative); each metric the mean over styles (each "
+        "style's under styles)",
+        "references": "each style's references of those images (5 neutral, 5 positive, 5 negative reference captions)",
+        "perplexity": "the first 16 (train.eval_batches 2 × train.batch_size 8) of the run's 36 validation captions "
+        "(negative, neutral, positive), teacher forced, each from its style's start token, cut to 40 tokens",
+    },
+}
+CIDER_NOTE = {
+    "plain_run": "CIDEr-D of greedy neutral captions of the first 5 images (train.eval_images) against their neutral "
+    "references",
+    "run": "CIDEr-D per style (neutral, positive, negative) of greedy captions, each from its style's start token, of "
+    "the first 5 images (train.eval_images) with references in that style, against those references; val_cider the "
+    "mean over styles",
+}
+
+
+@pytest.mark.parametrize("which", ["plain_run", "run"])
+def test_as_validation_recomputes_the_logged_validation(request, which, capsys, tmp_path, single_thread):
+    trained = request.getfixturevalue(which)
+    logged = trained["logged"]
     assert logged["step"] == 100 and logged["val_cider"] > 0.1  # captions that score: a comparison that means something
-    args = ["evaluate", "--model", run["model"], "--data", run["data"], "--as-validation", "--metrics", "CIDEr"]
+    args = ["evaluate", "--model", trained["model"], "--data", trained["data"], "--as-validation", "--metrics", "CIDEr"]
     code, out, err = run_cli([*args, "--output", tmp_path], capsys)
     assert code == 0, err
     metrics = json.loads(out)
@@ -56,24 +100,16 @@ def test_as_validation_recomputes_the_logged_validation(run, capsys, tmp_path, s
     assert round(metrics["CIDEr"], 5) == logged["val_cider"]
     assert round(math.log(metrics["perplexity"]), 5) == logged["val_loss"]
     assert metrics["perplexity"] == pytest.approx(logged["val_perplexity"], abs=5e-5 + 1e-12)
-    assert metrics["logged_validation"] == {
-        key: logged[key] for key in ("step", "val_loss", "val_perplexity", "val_cider")
-    }
+    kept = ("step", "val_loss", "val_perplexity", "val_cider")
+    assert metrics["logged_validation"] == {key: value for key, value in logged.items() if key in kept}
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert metrics["images"] == 5
-    assert metrics["computed_over"] == {
-        "captions": "one neutral caption per image (greedy search, at most 39 new tokens) of 5 images: the first 5 "
-        "(train.eval_images) of the run's validation images",
-        "references": "5 neutral reference captions of those images (all of an image's captions where it has no "
-        "neutral one)",
-        "perplexity": "the first 16 (train.eval_batches 2 × train.batch_size 8) of the run's 36 validation captions "
-        "(negative, neutral, positive), teacher forced, each from its style's start token, cut to 40 tokens",
-    }
-    assert (
-        "evaluating as the run's validation: validation data data.val (its val split, or all); perplexity over the "
-        "first 16 (train.eval_batches 2 × train.batch_size 8) of its captions; CIDEr-D of greedy neutral captions of "
-        "the first 5 images (train.eval_images) against their neutral references" in err
-    )
+    over = metrics["computed_over"]
+    assert over == COMPUTED_OVER[which]
+    if which == "run":
+        for style in STYLES:
+            assert round(metrics["styles"][style]["CIDEr"], 5) == logged[f"val_cider_{style}"]
+    assert VALIDATION_NOTE + CIDER_NOTE[which] in err
     assert f"the run logged at step 100: val_perplexity {logged['val_perplexity']} (evaluate: " in err
 
 

@@ -131,14 +131,18 @@ def test_compare_shows_models_side_by_side(models, capsys, tmp_path, single_thre
 
 def test_evaluate_agrees_with_the_training_runs_validation(models, capsys, tmp_path, single_thread):
     """The same model on the same split: evaluate's perplexity and CIDEr-D are the run's last validation figures
-    (its greedy neutral captions against the neutral references; perplexity over every style's caption)."""
+    (its greedy neutral captions against the neutral references: val_cider_neutral, one of the styles whose mean is
+    val_cider; perplexity over every style's caption)."""
     run = models["styled_run"]
     args = ["evaluate", "--model", models["styled"], "--data", models["data"], "--split", "val", "--beams", "1"]
     code, out, err = run_cli([*args, "--max-length", "39", "--metrics", "CIDEr"], capsys)  # data.max_length - 1
     assert code == 0, err
     metrics = json.loads(out)
     assert run.val_cider is not None and run.val_perplexity is not None
-    assert metrics["CIDEr"] == pytest.approx(run.val_cider, abs=1e-5)
+    logged = [entry for entry in run.history if "val_loss" in entry][-1]
+    assert metrics["CIDEr"] == pytest.approx(logged["val_cider_neutral"], abs=1e-5)
+    per_style = [logged[f"val_cider_{style}"] for style in ("neutral", "positive", "negative")]
+    assert run.val_cider == pytest.approx(sum(per_style) / 3, abs=1e-5)
     assert metrics["perplexity"] == pytest.approx(run.val_perplexity, rel=1e-4)
     assert metrics["images"] == 4
     assert metrics["computed_over"] == {

@@ -1,32 +1,35 @@
-"""Validation CIDEr-D of a run trained with styles that leave neutral out (SentiCap's positive and negative, as in
-configs/senticap-vit-gpt2-from-parts.yaml): such a run never trains the plain start token, so its validation captions
-each style from that style's start token and scores them against that style's references; `val_cider` is the mean
-over styles, and `evaluate --as-validation` recomputes it."""
+"""Validation CIDEr-D of a run trained with styles (SentiCap's positive and negative, as in
+configs/senticap-vit-gpt2-from-parts.yaml; COCO's neutral beside them, as in configs/senticap-style.yaml): its
+validation captions the first images that have references in each style, from that style's start token, and scores
+them against that style's references; `val_cider` is the mean over styles, and `evaluate --as-validation` recomputes
+it."""
 
 from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
 from _helpers import run_cli
 from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict
-from captionkit.data.records import write_jsonl
+from captionkit.data.records import CaptionRecord, write_jsonl
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.evaluation import evaluate_captions
 from captionkit.model_evaluation import evaluate_as_validation
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loop import train
-from captionkit.training.validation import validation_styles
+from captionkit.training.validation import style_references, validation_styles
 
 STYLES = {"positive": 0.5, "negative": 0.5}
 EVAL_IMAGES = 6
-# Validation images (by position) left without a negative caption: a style is scored on the images that have its
-# references.
+# Validation images (by position) left without a negative caption: a style is scored on the first EVAL_IMAGES images
+# that have its references (positive: images 0-5; negative: 0, 2, 3, 5, 6, 7).
 NO_NEGATIVE = (1, 4)
+VALIDATED_IMAGES = 8
 
 
 def _config(data: dict, **train_settings: object) -> TrainConfig:
@@ -70,11 +73,11 @@ def _by_hand(run) -> dict[str, float]:
     trained = TrainedOn.read(run["model"])
     assert trained is not None
     validation = trained.validation_records(load_records(run["data"]))
-    first = list(dict.fromkeys(r.image_id for r in validation))[:EVAL_IMAGES]
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     budget = run["config"].data.max_length - 1
     figures = {}
     for style in STYLES:
+        first = list(dict.fromkeys(r.image_id for r in validation if r.style == style))[:EVAL_IMAGES]
         refs: dict[str, list[str]] = {}
         paths = {}
         for record in validation:
@@ -130,31 +133,31 @@ def test_as_validation_recomputes_a_style_runs_validation_cider(run, capsys, tmp
     for style in STYLES:
         assert round(metrics["styles"][style]["CIDEr"], 5) == logged[f"val_cider_{style}"]
     assert round(metrics["perplexity"], 4) == logged["val_perplexity"]
-    assert metrics["images"] == EVAL_IMAGES and metrics["failed_images"] == 0
+    assert metrics["images"] == VALIDATED_IMAGES and metrics["failed_images"] == 0
     results = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
-    # Each image once per style it has references of: 6 positive, 4 negative.
-    assert [sum(r["style"] == style for r in results) for style in STYLES] == [EVAL_IMAGES, EVAL_IMAGES - 2]
+    # Per style the first 6 images with its references: images 0-5 positive, images 0, 2, 3, 5, 6, 7 negative.
+    assert [sum(r["style"] == style for r in results) for style in STYLES] == [EVAL_IMAGES, EVAL_IMAGES]
     assert "each from its style's start token" in metrics["computed_over"]["captions"]
-    assert "(6 positive, 4 negative)" in metrics["computed_over"]["captions"], metrics["computed_over"]
+    assert "(6 positive, 6 negative)" in metrics["computed_over"]["captions"], metrics["computed_over"]
     # stderr says what val_cider is over: per style, their mean (it said "greedy neutral captions").
     assert (
-        "CIDEr-D per style (positive, negative) of greedy captions of the first 6 images (train.eval_images) in that "
-        "style, each from its style's start token, against the image's references in that style (images without one "
-        "left out); val_cider the mean over styles" in err
+        "CIDEr-D per style (positive, negative) of greedy captions, each from its style's start token, of the first 6 "
+        "images (train.eval_images) with references in that style, against those references; val_cider the mean over "
+        "styles" in err
     ), err
     assert "neutral" not in err.split("evaluating as the run's validation:")[1].splitlines()[0]
 
 
 def test_as_validation_progress_counts_each_validation_image_once(run, single_thread):
-    # 6 positive and 4 negative captions of 6 images: the CLI's bar, sized to 6 images, must end at 6 (it stopped
-    # at 5, the 10 captions halved).
+    # 6 positive and 6 negative captions of 8 images: the CLI's bar, sized to 8 images, must end at 8 (it stopped
+    # short when the captions were counted as whole images).
     trained = TrainedOn.read(run["model"])
     assert trained is not None
     validation = trained.validation_records(load_records(run["data"]))
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     counted: list[int] = []
     evaluate_as_validation(captioner, validation, trained, "CIDEr", batch_size=4, on_progress=counted.append)
-    assert sum(counted) == EVAL_IMAGES and min(counted) >= 0
+    assert sum(counted) == VALIDATED_IMAGES and min(counted) >= 0
 
 
 def test_the_validation_description_names_what_val_cider_is_over():
@@ -162,33 +165,63 @@ def test_the_validation_description_names_what_val_cider_is_over():
         saved = {"data": {"val_fraction": 0.1, "styles": styles}, "train": {"seed": 0, "eval_images": 4}}
         return TrainedOn.read_config(saved).describe_validation()
 
-    neutral = "CIDEr-D of greedy neutral captions of the first 4 images (train.eval_images) against their neutral"
-    assert neutral in described({}) and neutral in described({"neutral": 0.5, "positive": 0.5})
-    styled = described({"negative": 0.5, "positive": 0.5})
-    assert "CIDEr-D per style (positive, negative) of greedy captions" in styled and "neutral" not in styled
+    assert described({}).endswith(
+        "CIDEr-D of greedy neutral captions of the first 4 images (train.eval_images) against their neutral references"
+    )
+    styled = described({"negative": 0.25, "positive": 0.25, "neutral": 0.5})
+    assert "CIDEr-D per style (neutral, positive, negative) of greedy captions" in styled
     assert described({"negative": 1.0}).endswith(
-        "CIDEr-D per style (negative) of greedy captions of the first 4 images (train.eval_images) in that style, "
-        "each from its style's start token, against the image's references in that style (images without one left "
-        "out); val_cider the mean over styles"
+        "CIDEr-D per style (negative) of greedy captions, each from its style's start token, of the first 4 images "
+        "(train.eval_images) with references in that style, against those references; val_cider the mean over styles"
     )
 
 
 def test_which_styles_validation_captions_in():
     assert validation_styles({}) == ("neutral",)
-    assert validation_styles({"neutral": 0.5, "positive": 0.25, "negative": 0.25}) == ("neutral",)
+    assert validation_styles({"neutral": 0.5, "positive": 0.25, "negative": 0.25}) == (
+        "neutral",
+        "positive",
+        "negative",
+    )
+    assert validation_styles({"negative": 0.5, "positive": 0.25, "neutral": 0.25}) == (
+        "neutral",
+        "positive",
+        "negative",
+    )
     assert validation_styles({"neutral": 1.0}) == ("neutral",)
     assert validation_styles({"positive": 0.5, "negative": 0.5}) == ("positive", "negative")
     assert validation_styles({"negative": 0.5, "positive": 0.5}) == ("positive", "negative")  # one order
     assert validation_styles(("negative",)) == ("negative",)
 
 
-def test_a_run_with_neutral_among_its_styles_logs_one_neutral_figure(tmp_path, single_thread):
-    # Neutral captions start from the plain start token, which such a run trains: validation captions neutral, as
-    # before, with no per-style keys (tests/test_evaluate_as_validation.py checks the figure against evaluate).
+def test_each_style_is_validated_on_the_first_images_that_have_its_references():
+    """COCO's neutral images first, SentiCap's styled ones after them (configs/senticap-style.yaml): every style is
+    measured on train.eval_images images of its own, not only those among the data's first images."""
+    records = [CaptionRecord(Path(f"coco{i}.jpg"), f"neutral {i}", image_id=f"coco{i}") for i in range(5)]
+    for i in range(3):
+        for style in ("positive", "negative"):
+            records.append(CaptionRecord(Path(f"senti{i}.jpg"), f"{style} {i}", style, image_id=f"senti{i}"))
+    records.append(CaptionRecord(Path("senti0.jpg"), "positive again", "positive", image_id="senti0"))
+    found = style_references(records, {"neutral": 0.5, "positive": 0.25, "negative": 0.25}, max_images=2)
+    assert {style: list(images) for style, images in found.items()} == {
+        "neutral": ["coco0", "coco1"],
+        "positive": ["senti0", "senti1"],
+        "negative": ["senti0", "senti1"],
+    }
+    assert [r.caption for r in found["positive"]["senti0"]] == ["positive 0", "positive again"]  # all its captions
+    # Without styles: the first images, each against its neutral captions (all of them where it has none).
+    plain = style_references(records, {}, max_images=2)
+    assert {style: list(images) for style, images in plain.items()} == {"neutral": ["coco0", "coco1"]}
+
+
+def test_a_run_with_neutral_among_its_styles_validates_every_style(tmp_path, single_thread):
+    # Each style, neutral too, captioned from its start token and scored against its references; val_cider their
+    # mean (tests/test_evaluate_as_validation.py checks the figures against evaluate --as-validation).
     data_file = write_synthetic_dataset(tmp_path / "scenes", 8, 4, 0, seed=3, image_size=32)
     data = {"train": str(data_file), "val": str(data_file), "cache_images": True, "first_caption_only": True}
     styles = {"neutral": 0.5, "positive": 0.25, "negative": 0.25}
     config = _config(data | {"styles": styles}, steps=2, eval_every=2, eval_images=2)
     result = train(config, tmp_path / "run", resume=False)
     logged = [entry for entry in result.history if "val_loss" in entry][-1]
-    assert "val_cider" in logged and not any(key.startswith("val_cider_") for key in logged)
+    per_style = [logged[f"val_cider_{style}"] for style in ("neutral", "positive", "negative")]
+    assert logged["val_cider"] == pytest.approx(statistics.mean(per_style), abs=1e-5)

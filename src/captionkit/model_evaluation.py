@@ -18,7 +18,6 @@ from captionkit.errors import ImageError, InputError
 from captionkit.evaluation import evaluate_captions, score_captions
 from captionkit.evaluation.api import split_image_metrics
 from captionkit.models.base import CaptionModel
-from captionkit.text.styles import NEUTRAL
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loss import token_nll
 from captionkit.training.validation import (
@@ -29,7 +28,6 @@ from captionkit.training.validation import (
     neutral_references,
     style_references,
     validation_start_token,
-    validation_styles,
 )
 
 if TYPE_CHECKING:
@@ -252,25 +250,27 @@ def evaluate_as_validation(
     meteor: str = "python",
 ) -> ModelEvaluation:
     """What the run's validation computed, on ``validation``, the run's validation captions in its order
-    (``TrainedOn.validation_records``): greedy captions of the first ``train.eval_images`` images, at most
-    ``data.max_length - 1`` new tokens, in the styles and against the references its validation used
-    (``captionkit.training.validation.style_references``: neutral captions against neutral references, or, for a
-    run whose styles leave neutral out, each style's captions against that style's references, the metrics then the
-    mean over styles with each style's under ``styles``), so CIDEr is its ``val_cider``; and perplexity over the
+    (``TrainedOn.validation_records``): greedy captions, at most ``data.max_length - 1`` new tokens, of the images
+    and in the styles its validation used, against the same references
+    (``captionkit.training.validation.style_references``: the first ``train.eval_images`` images' neutral captions
+    against their neutral references, or, for a run with styles, per style the first ``train.eval_images`` images
+    with references in that style against those, the metrics then the mean over styles with each style's under
+    ``styles``), so CIDEr is its ``val_cider``; and perplexity over the
     first ``train.eval_batches × train.batch_size`` captions (its ``val_perplexity``)."""
     decoding = DecodingConfig(max_new_tokens=caption_budget(trained.max_length, captioner.model.max_positions))
     captions = loss_records(validation, trained.eval_batches, trained.batch_size)
-    subset = (
-        f"the first {len(captions)} (train.eval_batches {trained.eval_batches} × train.batch_size "
-        f"{trained.batch_size}) of the run's {len(validation)} validation captions"
-        if trained.eval_batches
-        else f"the run's {len(validation)} validation captions (train.eval_batches 0: all)"
-    )
+    batches = f"train.eval_batches {trained.eval_batches} × train.batch_size {trained.batch_size}"
+    if not trained.eval_batches:
+        subset = f"the run's {len(validation)} validation captions (train.eval_batches 0: all)"
+    elif len(captions) < len(validation):
+        subset = f"the first {len(captions)} ({batches}) of the run's {len(validation)} validation captions"
+    else:
+        subset = f"the run's {len(validation)} validation captions (all: {batches} hold more)"
     perplexity = Perplexity(captions, subset, trained.batch_size)
     shown = (
         f"the first {trained.eval_images} (train.eval_images)" if trained.eval_images else "all (no train.eval_images)"
     )
-    if validation_styles(trained.styles) == (NEUTRAL,):
+    if not trained.styles:
         result = evaluate_model(
             captioner,
             first_images(validation, trained.eval_images),
@@ -299,8 +299,8 @@ def _evaluate_styles_as_validation(
     shown: str,
     scoring: _Scoring,
 ) -> ModelEvaluation:
-    """:func:`evaluate_as_validation` for a run validated in several styles: each style's captions scored against
-    that style's references; each metric the mean over styles, as ``val_cider`` is."""
+    """:func:`evaluate_as_validation` for a run with styles: each style's captions scored against that style's
+    references; each metric the mean over styles, as ``val_cider`` is."""
     by_style = style_references(validation, trained.styles, trained.eval_images)
     images = {image_id for references in by_style.values() for image_id in references}
     captions = sum(len(references) for references in by_style.values())
@@ -335,8 +335,8 @@ def _evaluate_styles_as_validation(
     styles = sorted({r.style for r in perplexity.records})
     scores["computed_over"] = {
         "captions": f"one caption per image in each of the run's styles ({search}), each from its style's start "
-        f"token, of the images with that style's references ({counts}) among {shown} of the run's validation "
-        "images; each metric the mean over styles (each style's under styles)",
+        f"token, of {shown} of the run's validation images with references in that style ({counts}); each metric "
+        "the mean over styles (each style's under styles)",
         "references": f"each style's references of those images ({refs} reference captions)",
         "perplexity": f"{perplexity.description} ({', '.join(styles)}), teacher forced, each from its style's start "
         f"token, cut to {trained.max_length} tokens",

@@ -104,20 +104,21 @@ class TrainedOn:
         return f"validation data {source}; perplexity over {captions} of its captions; {self._describe_cider()}"
 
     def _describe_cider(self) -> str:
-        """What val_cider is over: neutral captions, or, for a run whose styles leave neutral out, each style's."""
+        """What val_cider is over: neutral captions, or, for a run with styles, each style's."""
         # Imported here: training's validation brings torch, which reading a run's settings does not need.
         from captionkit.training.validation import validation_styles
 
         if not self.eval_images:
             return "no CIDEr-D (train.eval_images 0)"
-        images = f"the first {self.eval_images} images (train.eval_images)"
-        styles = validation_styles(self.styles)
-        if styles == ("neutral",):
-            return f"CIDEr-D of greedy neutral captions of {images} against their neutral references"
+        if not self.styles:
+            return (
+                f"CIDEr-D of greedy neutral captions of the first {self.eval_images} images (train.eval_images) "
+                "against their neutral references"
+            )
         return (
-            f"CIDEr-D per style ({', '.join(styles)}) of greedy captions of {images} in that style, each from its "
-            "style's start token, against the image's references in that style (images without one left out); "
-            "val_cider the mean over styles"
+            f"CIDEr-D per style ({', '.join(validation_styles(self.styles))}) of greedy captions, each from its "
+            f"style's start token, of the first {self.eval_images} images (train.eval_images) with references in "
+            "that style, against those references; val_cider the mean over styles"
         )
 
     def describe(self) -> str:

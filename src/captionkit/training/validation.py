@@ -1,5 +1,5 @@
 """Validation during training: teacher-forced loss and perplexity, and CIDEr-D of greedy captions (per style, for a
-run trained without the neutral style)."""
+run trained with styles)."""
 
 from __future__ import annotations
 
@@ -88,29 +88,27 @@ def caption_budget(max_length: int, max_positions: int | None) -> int:
 
 
 def validation_styles(styles: Collection[str]) -> tuple[str, ...]:
-    """The styles validation captions in, for a run trained with ``styles`` (``data.styles``' names).
-
-    Neutral alone for a run without styles or with neutral among them: its neutral captions start from the plain
-    start token, which it trains. A run whose styles leave neutral out never trains the plain start token, so a
-    caption from it means nothing: validation captions in each of its styles, from that style's start token."""
-    if not styles or NEUTRAL in styles:
+    """The styles validation captions in, for a run trained with ``styles`` (``data.styles``' names): every one
+    (neutral too), in one order however the recipe lists them; neutral alone for a run without styles."""
+    if not styles:
         return (NEUTRAL,)
-    return tuple(style for style in STYLES if style in styles)  # one order, however the recipe lists them
+    return tuple(style for style in STYLES if style in styles)
 
 
 def style_references(
     records: Sequence[CaptionRecord], styles: Collection[str], max_images: int = 0
 ) -> dict[str, dict[str, list[CaptionRecord]]]:
-    """Style (:func:`validation_styles`) -> image -> reference records, over the first ``max_images`` images of
-    ``records`` (every image with 0): neutral captions are scored against :func:`neutral_references`, each other
-    style's against the image's captions of that style (an image without one is left out of that style)."""
-    chosen = validation_styles(styles)
-    if chosen == (NEUTRAL,):
+    """Style (:func:`validation_styles`) -> image -> reference records. A run without styles: the first
+    ``max_images`` images of ``records`` (every image with 0), each with :func:`neutral_references`. A run with
+    styles: per style, the first ``max_images`` images that have captions in that style, with those captions (a
+    style none of whose images is among the first few of the data, as SentiCap's after COCO's, is still measured)."""
+    if not styles:
         return {NEUTRAL: neutral_references(records, max_images)}
-    found: dict[str, dict[str, list[CaptionRecord]]] = {style: {} for style in chosen}
-    for record in first_images(records, max_images):
-        if record.style in found:
-            found[record.style].setdefault(record.image_id, []).append(record)
+    found: dict[str, dict[str, list[CaptionRecord]]] = {style: {} for style in validation_styles(styles)}
+    for record in records:
+        images = found.get(record.style)
+        if images is not None and (record.image_id in images or not max_images or len(images) < max_images):
+            images.setdefault(record.image_id, []).append(record)
     return found
 
 
@@ -146,10 +144,10 @@ def validation_cider(
     batch_size: int = 32,
     styles: Collection[str] = (),
 ) -> dict[str, float]:
-    """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of the first ``max_images`` validation images, per
-    style of :func:`validation_styles` (``styles``: the run's ``data.styles``), each style's captions started from
-    its start token and scored against its references (:func:`style_references`). A style without a readable image
-    or a finite score is left out."""
+    """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of validation images (``max_images`` of them, per style
+    for a run with ``styles``, the run's ``data.styles``), each style's captions started from its start token and
+    scored against its references (:func:`style_references`). A style without a readable image or a finite score is
+    left out."""
     per_style: dict[str, float] = {}
     for style, refs in style_references(dataset.records, styles, max_images).items():
         decoding = DecodingConfig(
@@ -195,7 +193,7 @@ def _greedy_captions(
 @dataclass
 class Validation:
     """What a run validates on (rank 0 only): the loss over ``loader`` and CIDEr-D of greedy captions (per style for
-    a run whose styles leave neutral out: see :func:`validation_styles`)."""
+    a run with styles: see :func:`style_references`)."""
 
     loader: DataLoader
     data: CaptionDataset
