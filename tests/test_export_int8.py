@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -104,7 +105,10 @@ def test_export_int8_loads_quantized(tmp_path: Path, capsys: pytest.CaptureFixtu
     code, _, err = run_cli(
         ["export", "int8", "--model", source, "--output", tmp_path / "x", "--backend", "fbgemm"], capsys
     )
-    assert code == 1 and "--backend: unknown backend 'fbgemm'" in err
+    assert (code, err.strip()) == (
+        1,
+        "captionkit: error: --backend: unknown int8 backend 'fbgemm' (known: torch.ao, torchao)",
+    )
 
 
 def test_loading_an_int8_export_prints_no_deprecation_notice(tmp_path: Path) -> None:
@@ -144,7 +148,11 @@ def test_torchao_backend_without_torchao_is_an_input_error(
     source = save_tiny_model(tmp_path / "fp32")
     args = ["export", "int8", "--model", source, "--output", tmp_path / "int8", "--backend", "torchao"]
     code, _, err = run_cli(args, capsys)
-    assert code == 1 and "torchao is not installed" in err
+    # The flag is named, as for an unknown backend (it said "backend:").
+    assert (code, err.strip()) == (
+        1,
+        "captionkit: error: --backend: torchao is not installed (pip install 'captionkit[int8]')",
+    )
     assert not (tmp_path / "int8").exists()  # nothing half-written
 
 
@@ -181,3 +189,63 @@ def test_the_export_functions_refuse_to_write_over_a_model(tmp_path: Path) -> No
     with pytest.raises(InputError, match=r"holds an int8 export \(quantization\.json\)"):
         export_onnx(source, tmp_path / "int8")
     assert Captioner.from_pretrained(source).model.family == "vit-gpt2"
+
+
+@pytest.mark.parametrize("kind", ["int8", "onnx"])
+def test_the_cli_refuses_the_model_as_output_before_loading_it(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI asks the export's own rule (the same directory, however spelt: here a link to it) before any load."""
+    from captionkit.parts import CaptionerParts
+
+    source = save_tiny_model(tmp_path / "fp32")
+    files = {path.name: path.read_bytes() for path in source.iterdir()}
+    link = tmp_path / "link"
+    link.symlink_to(source, target_is_directory=True)
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(CaptionerParts, "load", never)
+    code, out, err = run_cli(["export", kind, "--model", source, "--output", link], capsys)
+    assert (code, out, err.strip()) == (
+        1,
+        "",
+        f"captionkit: error: --output: {link} is the model being exported; choose a new directory",
+    )
+    assert {path.name: path.read_bytes() for path in source.iterdir()} == files
+
+
+def test_the_export_functions_print_no_progress_bars(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """From Python as from the CLI: reading the checkpoint printed transformers' "Loading weights" bar."""
+    from captionkit.export.onnx import export_onnx
+
+    source = save_tiny_model(tmp_path / "fp32")
+    capfd.readouterr()
+    export_int8(source, tmp_path / "int8")
+    export_onnx(source, tmp_path / "onnx")
+    assert capfd.readouterr() == ("", "")
+
+
+def test_the_export_functions_refuse_another_models_checkpoint(tmp_path: Path) -> None:
+    """From Python (the CLI refuses any non-empty --output): an int8 export over another checkpoint deleted its
+    weights, an ONNX one made it load as the export. An export of the same kind may still be written again."""
+    from captionkit.errors import InputError
+    from captionkit.export.onnx import export_onnx
+
+    source = save_tiny_model(tmp_path / "fp32")
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    files = {path.name: path.read_bytes() for path in other.iterdir()}
+    for export in (export_int8, export_onnx):
+        with pytest.raises(InputError) as raised:
+            export(source, other)
+        assert str(raised.value) == f"{other}: holds a model (config.json); export into a new or empty directory"
+    assert {path.name: path.read_bytes() for path in other.iterdir()} == files
+    (tmp_path / "weights only").mkdir()
+    (tmp_path / "weights only" / "model.safetensors").write_bytes(files["model.safetensors"])
+    with pytest.raises(InputError, match=r"holds a model \(model\.safetensors\)"):
+        export_int8(source, tmp_path / "weights only")
+    for export, name in ((export_int8, "int8"), (export_onnx, "onnx")):
+        export(source, tmp_path / name)
+        export(source, tmp_path / name)  # written again over itself
+    assert Captioner.from_pretrained(tmp_path / "int8").caption(Image.new("RGB", (40, 30), "teal"), num_beams=1)

@@ -78,3 +78,14 @@ def test_serve_lists_exports_with_their_true_parameter_counts(dirs: dict[str, Pa
         )
         assert response.status_code == 200, response.text
         assert response.json()["results"][0]["caption"] == _greedy(captioners["fp32"])[0]
+
+
+def test_an_onnx_export_counts_the_parameters_of_its_model(dirs: dict[str, Path]) -> None:
+    """Its weights live in the graphs, not in torch parameters: the export records the fp32 model's count, which
+    ``num_parameters`` and ``GET /v1/models`` report (they said 0)."""
+    fp32_count = sum(p.numel() for p in Captioner.from_pretrained(dirs["fp32"]).model.parameters())
+    assert json.loads((dirs["onnx"] / "onnx_config.json").read_text())["parameters"] == fp32_count
+    onnx = Captioner.from_pretrained(dirs["onnx"])
+    assert onnx.num_parameters == fp32_count
+    with TestClient(create_app({"onnx": onnx}, ServeSettings(max_wait_ms=0))) as client:
+        assert client.get("/v1/models").json()["models"][0]["parameters"] == fp32_count

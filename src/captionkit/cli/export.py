@@ -25,11 +25,13 @@ def int8(
 ) -> None:
     """Quantize linear layers to int8 (dynamic): prints what was done as JSON."""
     quiet_libraries()
-    from captionkit.errors import CaptionkitError
-    from captionkit.export.int8 import BACKENDS, export_int8
+    from captionkit.errors import CaptionkitError, InputError
+    from captionkit.export.int8 import check_backend, export_int8
 
-    if backend is not None and backend not in BACKENDS:
-        fail(f"--backend: unknown backend {backend!r} (expected one of {', '.join(BACKENDS)})")
+    try:
+        check_backend(backend)
+    except InputError as error:
+        fail(f"--backend: {error.reason}")
     try:
         _check_export_output(model, output)
         info = export_int8(model, output, backend)
@@ -65,10 +67,10 @@ def _check_export_output(model: str, output: Path) -> None:
     export replaces its weights), or any directory that already holds files (a model, or anything else). An empty
     directory is fine."""
     from captionkit.errors import InputError
+    from captionkit.export import is_model_being_exported
     from captionkit.files import check_output_dir
 
-    source = Path(model)
-    if source.is_dir() and source.resolve() == output.resolve():
+    if is_model_being_exported(model, output):
         raise InputError("--output", f"{output} is the model being exported; choose a new directory")
     check_output_dir(output, "--output")
     if output.is_dir() and any(output.iterdir()):

@@ -5,17 +5,39 @@ from __future__ import annotations
 from pathlib import Path
 
 from captionkit.errors import InputError
-from captionkit.parts import ONNX_CONFIG, QUANTIZATION_FILE
+from captionkit.parts import ONNX_CONFIG, QUANTIZATION_FILE, CaptionerParts
+from captionkit.quiet import no_transformers_progress_bars
 
 EXPORT_MARKERS = {ONNX_CONFIG: "an ONNX export", QUANTIZATION_FILE: "an int8 export"}
+# The files of a model checkpoint that an export would write over.
+CHECKPOINT_FILES = ("config.json", "model.safetensors")
+
+
+def is_model_being_exported(source: str | Path, output: str | Path) -> bool:
+    """Whether ``output`` is the directory ``source`` names (a directory path; a hub id is never a local output).
+    Light (no model is loaded): the CLI asks it before loading, :func:`check_export_output` after."""
+    source, output = Path(source), Path(output)
+    return source.is_dir() and source.resolve() == output.resolve()
 
 
 def check_export_output(source: Path, output: Path, marker: str) -> None:
     """Refuse an ``output`` that would spoil a model: the checkpoint being exported (int8 deletes its fp32 weights;
     either marker turns it into an export, which training refuses), or another kind of export, whose marker would
-    still decide how the directory loads (ONNX before int8). The CLI refuses any non-empty directory beforehand."""
-    if output.resolve() == source.resolve():
+    still decide how the directory loads (ONNX before int8), or another model's checkpoint. The CLI refuses any
+    non-empty directory beforehand."""
+    if is_model_being_exported(source, output):
         raise InputError(output, "is the model being exported; choose a new directory")
     for other, kind in EXPORT_MARKERS.items():
         if other != marker and (output / other).is_file():
             raise InputError(output, f"holds {kind} ({other}); export into a new or empty directory")
+    # Another checkpoint: an int8 export would replace its config and delete its weights, an ONNX one bury them.
+    # (An export of the same kind may be written again: its marker says so.)
+    held = next((name for name in CHECKPOINT_FILES if (output / name).is_file()), None)
+    if held is not None and not (output / marker).is_file():
+        raise InputError(output, f"holds a model ({held}); export into a new or empty directory")
+
+
+def load_source(source: str | Path) -> CaptionerParts:
+    """The checkpoint to export, read without transformers' own progress bars (as every model load is)."""
+    with no_transformers_progress_bars():
+        return CaptionerParts.load(source)

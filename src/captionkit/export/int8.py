@@ -33,14 +33,14 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export import check_export_output
+from captionkit.export import check_export_output, load_source
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.models.native import WEIGHTS_FILE
 from captionkit.models.registry import family_of, get_family, load_model
-from captionkit.parts import QUANTIZATION_FILE, CaptionerParts
+from captionkit.parts import QUANTIZATION_FILE
 
 METHOD = "int8-dynamic"
 BACKENDS = ("torch.ao", "torchao")
@@ -80,7 +80,7 @@ def conv1d_to_linear(model: nn.Module) -> int:
 
 def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any]:
     """Quantize ``model``'s linear layers in place (CPU, eval); returns what was done, for quantization.json."""
-    backend = _check_backend(backend)
+    backend = check_backend(backend)
     model.cpu().eval()
     conv1d_to_linear(model)
     # Exactly nn.Linear: subclasses such as attention's NonDynamicallyQuantizableLinear are used by their weights.
@@ -120,7 +120,8 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
     }
 
 
-def _check_backend(backend: str | None) -> str:
+def check_backend(backend: str | None) -> str:
+    """``backend`` (None: the default) if it is known and installed; else an ``InputError`` saying which."""
     backend = backend or DEFAULT_BACKEND
     if backend not in BACKENDS:
         raise InputError("backend", f"unknown int8 backend {backend!r} (known: {', '.join(BACKENDS)})")
@@ -131,9 +132,13 @@ def _check_backend(backend: str | None) -> str:
 
 def count_parameters(model: nn.Module) -> int:
     """Parameters of ``model``, those packed in torch.ao's int8 linear layers included (``parameters()`` skips
-    them: they are not ``nn.Parameter``)."""
+    them: they are not ``nn.Parameter``); for an ONNX export, whose weights live in its graphs, the count of the
+    model it was exported from."""
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
+    exported = getattr(model, "exported_parameters", None)
+    if exported is not None:
+        return int(exported)
     total = sum(parameter.numel() for parameter in model.parameters())
     for module in model.modules():
         if isinstance(module, DynamicInt8Linear):
@@ -189,9 +194,9 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     weights stay, for the loader to quantize.
     """
 
-    backend = _check_backend(backend)
+    backend = check_backend(backend)
     output = Path(output)
-    parts = CaptionerParts.load(source)
+    parts = load_source(source)
     check_export_output(parts.source, output, QUANTIZATION_FILE)
     parts.save(output)
     info = quantize_int8(parts.model, backend)

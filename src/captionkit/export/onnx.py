@@ -23,14 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from captionkit.errors import ModelLoadError, first_line
-from captionkit.export import check_export_output
+from captionkit.errors import InputError, ModelLoadError
+from captionkit.export import check_export_output, load_source
+from captionkit.export.onnx_files import GRAPHS, load_session, read_onnx_config
 from captionkit.files import write_atomic
-from captionkit.jsontext import parse_json
+from captionkit.images import PREPROCESSOR_CONFIG, Preprocessing
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.parts import ONNX_CONFIG, CaptionerParts
+from captionkit.parts import ONNX_CONFIG
 
-GRAPHS = ("encoder.onnx", "cross.onnx", "decoder.onnx")
 OPSET = 17
 
 
@@ -108,8 +108,8 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale
 
 def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the three graphs plus tokenizer, preprocessing and ``onnx_config.json`` into ``output``."""
-
-    parts = CaptionerParts.load(source)
+    _require_onnx()
+    parts = load_source(source)
     if not hasattr(parts.model, "ved"):
         raise ModelLoadError(source, f"is a {parts.model.family} model; ONNX export supports vit-gpt2")
     output = Path(output)
@@ -118,6 +118,15 @@ def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     parts.tokenizer.save(output)
     parts.preprocessing.save(output)
     return export_onnx_graphs(parts.model.cpu(), parts.preprocessing.size, output)
+
+
+def _require_onnx() -> None:
+    """torch's exporter writes the graphs with the onnx package: without it, fail before anything is loaded or
+    written (torch would fail after the tokenizer and preprocessing files, with a traceback)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise InputError("export onnx", "needs the onnx package (pip install 'captionkit[onnx]')") from None
 
 
 def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path) -> dict[str, Any]:
@@ -162,6 +171,7 @@ def export_onnx_graphs(model: CaptionModel, size: tuple[int, int], output: Path)
         "heads": heads,
         "head_dim": head_dim,
         "opset": OPSET,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
     }
     write_atomic((output / ONNX_CONFIG), json.dumps(info, indent=2) + "\n")
     return info
@@ -192,7 +202,8 @@ def _export(
 
 
 class OnnxCaptionModel(CaptionModel):
-    """An ONNX export run by onnxruntime behind the step protocol (decoding only: no teacher forcing)."""
+    """An ONNX export run by onnxruntime behind the step protocol (decoding only: no teacher forcing), with
+    ``threads`` onnxruntime threads (None: as many as torch runs when the export loads)."""
 
     family: ClassVar[str] = "vit-gpt2-onnx"
 
@@ -203,27 +214,18 @@ class OnnxCaptionModel(CaptionModel):
             import onnxruntime
         except ImportError:
             raise ModelLoadError(directory, "needs onnxruntime (pip install 'captionkit[onnx]')") from None
-        config_file = directory / ONNX_CONFIG
-        if not config_file.is_file():
-            raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
-        try:
-            info = parse_json(config_file.read_text(encoding="utf-8"), config_file, error=ModelLoadError)
-            self.bos_token_id, self.eos_token_id = info["bos_token_id"], info["eos_token_id"]
-            self.pad_token_id, self.vocab_size = info["pad_token_id"], info["vocab_size"]
-            self.max_positions = info["max_positions"]
-            self.shape = (info["layers"], info["heads"], info["head_dim"])
-        except (OSError, UnicodeDecodeError, KeyError, TypeError) as error:
-            raise ModelLoadError(config_file, f"unreadable ONNX export settings ({first_line(error)})") from None
+        info = read_onnx_config(directory)
+        self.bos_token_id, self.eos_token_id = info["bos_token_id"], info["eos_token_id"]
+        self.pad_token_id, self.vocab_size = info["pad_token_id"], info["vocab_size"]
+        self.max_positions = info["max_positions"]
+        self.shape = (info["layers"], info["heads"], info["head_dim"])
+        # The source model's parameter count (exports written before it was recorded: None).
+        self.exported_parameters: int | None = info.get("parameters")
         options = onnxruntime.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = threads
-        self.sessions = {}
-        for name in GRAPHS:
-            if not (directory / name).is_file():
-                raise ModelLoadError(directory, f"missing {name}")
-            self.sessions[name] = onnxruntime.InferenceSession(
-                str(directory / name), options, providers=["CPUExecutionProvider"]
-            )
+        # None: torch's thread count, so that one setting (--threads, torch.set_num_threads) holds for both engines.
+        options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
+        self.sessions = {name: load_session(directory, name, options, info) for name in GRAPHS}
+        _check_image_size(directory, self.sessions[GRAPHS[0]])
 
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
         (tokens,) = self.sessions["encoder.onnx"].run(None, {"pixel_values": _numpy(pixel_values)})
@@ -283,6 +285,19 @@ class OnnxCaptionModel(CaptionModel):
     @classmethod
     def from_saved_config(cls, directory: Path) -> OnnxCaptionModel:
         raise NotImplementedError("an ONNX export holds its graphs, not a config to build from")
+
+
+def _check_image_size(directory: Path, encoder: Any) -> None:
+    """The preprocessing's image size is the one the encoder graph was traced at (its height and width are fixed).
+    Without a preprocessing file there is nothing to compare: the loader reports it missing."""
+    if not (directory / PREPROCESSOR_CONFIG).is_file():
+        return
+    channels_height_width = tuple(encoder.get_inputs()[0].shape[1:])
+    size = Preprocessing.load(directory).size
+    if channels_height_width != (3, *size):
+        taken = "x".join(map(str, channels_height_width[1:]))
+        reason = f"takes {taken} images but the preprocessing gives {size[0]}x{size[1]}: a mismatched export"
+        raise ModelLoadError(directory / GRAPHS[0], reason)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
