@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 from _data import SHARED_DATA
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.errors import InputError
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -63,6 +65,29 @@ def test_caption_compare_and_evaluate_take_an_onnx_export(dirs, tmp_path, capsys
     assert metrics["onnx"]["images"] == 3
     assert metrics["onnx"]["CIDEr"] == pytest.approx(metrics["fp32"]["CIDEr"], abs=1e-6)
     assert metrics["onnx"]["perplexity"] == pytest.approx(metrics["fp32"]["perplexity"], rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["int8", "onnx"])
+def test_an_export_runs_on_the_cpu_only_and_is_not_saved_again(dirs, kind, tmp_path, monkeypatch) -> None:
+    """Its int8 layers (or onnxruntime session) run on the CPU: a GPU asked for is one line, not a failure in the
+    middle of decoding; saving it as a checkpoint is one line too (it was a traceback from transformers)."""
+    captioner = Captioner.from_pretrained(dirs[kind])
+    assert captioner.export == {"int8": "int8", "onnx": "ONNX"}[kind]
+    assert Captioner.from_pretrained(dirs["fp32"]).export is None
+    with pytest.raises(InputError) as refused:
+        captioner.save_pretrained(tmp_path / "copy")
+    assert str(refused.value) == (
+        f"{dirs[kind]}: is an {captioner.export} export: it cannot be saved as a checkpoint; copy its directory, or "
+        "save the checkpoint it was exported from"
+    )
+    assert not (tmp_path / "copy").exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as far as the check can tell
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError) as refused:
+        Captioner.from_pretrained(dirs[kind], device="cuda")
+    article = "an ONNX" if kind == "onnx" else "an int8"
+    assert str(refused.value) == f"device: {dirs[kind]} is {article} export: it runs on the CPU only, got cuda"
+    assert Captioner.from_pretrained(dirs[kind]).device.type == "cpu"  # no device given: the CPU, GPU or not
 
 
 def test_serve_lists_exports_with_their_true_parameter_counts(dirs: dict[str, Path]) -> None:

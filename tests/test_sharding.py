@@ -92,6 +92,22 @@ def test_torchrun_environment_chooses_shard_and_device():
     assert choose_device(None, dist) == (f"cuda:{1 % gpus}" if gpus else None)  # LOCAL_RANK's GPU
 
 
+def test_under_torchrun_an_export_stays_on_the_cpu(tmp_path, monkeypatch):
+    """An int8 or ONNX export runs on the CPU: torchrun's processes do not each take a GPU for one (the export would
+    refuse it), while a checkpoint's do."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    dist = DistributedEnv(rank=3, world_size=4, local_rank=1, local_world_size=2)
+    for marker in ("quantization.json", "onnx_config.json"):
+        export = tmp_path / marker.split(".")[0]
+        export.mkdir()
+        (export / marker).write_text("{}")
+        assert choose_device(None, dist, export) is None
+        assert choose_device("cuda", dist, str(export)) == "cuda"  # asked for: the export refuses it in one line
+    assert choose_device(None, dist, tmp_path) == "cuda:1"
+    assert choose_device(None, dist, "nlpconnect/vit-gpt2-image-captioning") == "cuda:1"
+
+
 # --- whole runs ----------------------------------------------------------------------------------------------
 
 COMMON = ["--beams", "2", "--max-length", "5", "--batch-size", "3"]

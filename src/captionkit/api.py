@@ -72,6 +72,8 @@ class Captioner:
         self.limits = limits or ImageLimits()
         # How errors name the model: the directory or hub id it was loaded from.
         self.name = "this model"
+        # "int8" or "ONNX" for a model loaded from an export (which runs on the CPU in fp32, and is not saved again).
+        self.export: str | None = None
 
     @classmethod
     def from_pretrained(
@@ -83,16 +85,22 @@ class Captioner:
         """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
         layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says.
 
-        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run in fp32 only.
+        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run on the CPU in
+        fp32 only.
         """
         if device is not None:
             resolve_device(device)  # a device this machine lacks fails before the weights load
         loaded = load_pretrained(name_or_dir)
-        device = device or _cpu_if(loaded.cpu_only)
-        if loaded.cpu_only and resolve_dtype(dtype, torch.device(device or "cpu")) != torch.float32:
-            raise InputError("dtype", f"{name_or_dir} is an int8 or ONNX export: it runs in fp32 only")
+        if loaded.cpu_only:
+            kind = "an ONNX" if loaded.is_onnx else "an int8"
+            if device is not None and resolve_device(device).type != "cpu":
+                raise InputError("device", f"{name_or_dir} is {kind} export: it runs on the CPU only, got {device}")
+            if resolve_dtype(dtype, torch.device("cpu")) != torch.float32:
+                raise InputError("dtype", f"{name_or_dir} is {kind} export: it runs in fp32 only")
+            device = "cpu"
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device, dtype=dtype)
         captioner.name = str(name_or_dir)
+        captioner.export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
         return captioner
 
     @classmethod
@@ -103,6 +111,7 @@ class Captioner:
             raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device="cpu")
         captioner.name = str(directory)
+        captioner.export = "ONNX"
         return captioner
 
     @property
@@ -111,6 +120,14 @@ class Captioner:
         return count_parameters(self.model)
 
     def save_pretrained(self, directory: str | Path) -> None:
+        """Save the model, its tokenizer and preprocessing as a captionkit checkpoint in ``directory``. A model loaded
+        from an export is not saved again (an ``InputError``): copy the export's directory instead."""
+        if self.export is not None:
+            raise InputError(
+                self.name,
+                f"is an {self.export} export: it cannot be saved as a checkpoint; copy its directory, or save the "
+                "checkpoint it was exported from",
+            )
         CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
 
     def load_images(self, images: Sequence[ImageSource], first: int | None = None) -> list[Image.Image]:
@@ -283,10 +300,6 @@ def _has_file_name(image: ImageSource) -> bool:
 def _check_batch_size(batch_size: object) -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
-
-
-def _cpu_if(cpu_only: bool) -> str | None:
-    return "cpu" if cpu_only else None
 
 
 def _name(image: ImageSource) -> str:

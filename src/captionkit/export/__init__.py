@@ -20,6 +20,12 @@ def is_model_being_exported(source: str | Path, output: str | Path) -> bool:
     return source.is_dir() and source.resolve() == output.resolve()
 
 
+def is_export_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a directory holding an int8 or ONNX export (its marker file); light, loads nothing."""
+    directory = Path(path)
+    return any((directory / marker).is_file() for marker in EXPORT_MARKERS)
+
+
 def check_export_output(source: Path, output: Path, marker: str) -> None:
     """Refuse an ``output`` that would spoil a model: the checkpoint being exported (int8 deletes its fp32 weights;
     either marker turns it into an export, which training refuses), or another kind of export, whose marker would

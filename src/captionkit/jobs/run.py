@@ -234,7 +234,7 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
     started = time.perf_counter()
     workers = parse_workers(options.workers, plan.dist.local_world_size if plan.dist else 1)
     captioner = Captioner.from_pretrained(
-        options.model, device=choose_device(options.device, plan.dist), dtype=options.dtype
+        options.model, device=choose_device(options.device, plan.dist, options.model), dtype=options.dtype
     )
     config = captioner.resolve_decoding(options.decoding)
     batch_size = options.batch_size

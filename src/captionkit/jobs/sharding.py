@@ -102,10 +102,13 @@ def choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None:
     return outer if outer.count > 1 else None
 
 
-def choose_device(device: str | None, dist: DistributedEnv | None) -> str | None:
-    """Under torchrun, each process on a node takes its own GPU (cuda:LOCAL_RANK) unless told otherwise."""
+def choose_device(device: str | None, dist: DistributedEnv | None, model: str | Path = "") -> str | None:
+    """Under torchrun, each process on a node takes its own GPU (cuda:LOCAL_RANK) unless told otherwise, or unless
+    ``model`` is an int8 or ONNX export (which runs on the CPU)."""
     import torch
 
-    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available():
+    from captionkit.export import is_export_dir
+
+    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available() or is_export_dir(model):
         return device
     return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
