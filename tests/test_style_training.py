@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from _helpers import FAMILIES
-from captionkit.config import DataSection
+from captionkit.config import DataSection, TrainConfig, from_dict
 from captionkit.data.dataset import CaptionDataset
 from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_records
 from captionkit.data.styles import first_caption_per_style, mix_styles
+from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
 from captionkit.images import Preprocessing
 from captionkit.text import train_bpe_tokenizer
 from captionkit.text.styles import add_style_tokens
+from captionkit.training.setup import build_setup
 
 
 def _records(counts: dict[str, int]) -> list[CaptionRecord]:
@@ -164,3 +168,33 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
         state = model.init_state(model.encode(pixels[:1]))
         first[style] = model.step(torch.tensor([ids[style]]), state)[0]
     assert not torch.allclose(first["positive"], first["negative"])
+
+
+def test_styled_captions_without_data_styles_are_reported(tmp_path, caplog):
+    """A style column (or SentiCap) in data whose recipe sets no data.styles trains as plain captions: said, not
+    silent; with data.styles, nothing to say."""
+    data_file = write_synthetic_dataset(tmp_path / "scenes", 6, 2, 0, seed=0, image_size=32)
+    styled = Counter(r.style for r in load_records(data_file) if r.style != "neutral")
+    assert styled["positive"] and styled["negative"]
+    for styles in ({}, {"neutral": 0.5, "positive": 0.25, "negative": 0.25}):
+        caplog.clear()
+        config = from_dict(
+            TrainConfig,
+            {
+                "model": {"preset": "tiny"},
+                "tokenizer": {"vocab_size": 300},
+                "data": {"train": str(data_file), "styles": styles},
+                "train": {"steps": 1, "batch_size": 4, "device": "cpu"},
+            },
+        )
+        with caplog.at_level(logging.WARNING, logger="captionkit.training"):
+            build_setup(config)
+        warned = [r.getMessage() for r in caplog.records if "data.styles is not set" in r.getMessage()]
+        if styles:
+            assert warned == []
+        else:
+            assert warned == [
+                f"{data_file}: {styled['positive']} positive and {styled['negative']} negative captions train "
+                "as plain captions: data.styles is not set (set it, e.g. {neutral: 0.5, positive: 0.25, negative: "
+                "0.25}, for captions in a chosen style)"
+            ]

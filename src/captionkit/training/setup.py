@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from captionkit.models.registry import create_model, preprocessing_for, train_to
 from captionkit.parts import CaptionerParts
 from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
-from captionkit.text.styles import add_style_tokens
+from captionkit.text.styles import NEUTRAL, add_style_tokens
 from captionkit.training.checkpoint import DAMAGED_CHECKPOINT_HINT
 from captionkit.training.scst import CiderReward, StyleCiderReward
 from captionkit.training.validation import neutral_references
@@ -90,6 +91,20 @@ def report_dropped(source: object, dropped: Mapping[str, int]) -> None:
     for reason, count in sorted(dropped.items()):
         if reason != EMPTY_CAPTION:
             logger.warning("%s: dropped %d %s", source, count, reason)
+
+
+def report_unused_styles(source: object, records: Sequence[CaptionRecord]) -> None:
+    """Warn that styled captions (a style column, SentiCap) train as plain ones in a run without ``data.styles``:
+    the data says positive or negative, and without the setting no start token learns it."""
+    styled = Counter(record.style for record in records if record.style != NEUTRAL)
+    if styled:
+        counts = " and ".join(f"{count} {style}" for style, count in sorted(styled.items(), reverse=True))
+        logger.warning(
+            "%s: %s captions train as plain captions: data.styles is not set (set it, e.g. {neutral: 0.5, "
+            "positive: 0.25, negative: 0.25}, for captions in a chosen style)",
+            source,
+            counts,
+        )
 
 
 def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
@@ -148,6 +163,9 @@ def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionReco
     if not config.data.train:
         raise InputError("data.train", "no training data given (a dataset file or directory, see README 'Data')")
     records, empty = load_all_records(config.data.train)
+    if not config.data.styles:
+        train = config.data.train
+        report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), records)
     if config.data.val:
         train_records = [r for r in records if r.split in (None, "train")]
         val_records = _val_records(config)
