@@ -11,6 +11,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
 from _helpers import run_cli
 from captionkit.api import Captioner
@@ -18,8 +19,11 @@ from captionkit.config import TrainConfig, from_dict
 from captionkit.data.records import CaptionRecord, write_jsonl
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import write_synthetic_dataset
+from captionkit.decoding import DecodingConfig
+from captionkit.errors import InputError
 from captionkit.evaluation import evaluate_captions
 from captionkit.model_evaluation import evaluate_as_validation
+from captionkit.serve import ServeSettings, create_app
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loop import train
 from captionkit.training.validation import style_references, validation_styles
@@ -107,9 +111,54 @@ def _plain_start_figure(run) -> float:
             paths[record.image_id] = record.image_path
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     budget = run["config"].data.max_length - 1
-    found = captioner.caption([paths[i] for i in first], num_beams=1, max_new_tokens=budget)
-    candidates = {image_id: result.captions[0].caption for image_id, result in zip(first, found, strict=True)}
+    # caption_pil takes the config as given: caption() refuses neutral for this model (see the test below).
+    images = captioner.load_images([paths[i] for i in first])
+    found = captioner.caption_pil(images, DecodingConfig(num_beams=1, max_new_tokens=budget))
+    candidates = {image_id: captions[0].caption for image_id, captions in zip(first, found, strict=True)}
     return evaluate_captions(refs, candidates, metrics="CIDEr")["CIDEr"]
+
+
+def test_a_model_trained_without_neutral_writes_only_its_styles(run, capsys, tmp_path, single_thread):
+    """Its plain start token was never trained, so neutral captions would be noise: the API, the CLI and the server
+    refuse them in one line (asked for, or by default), and list only the styles it writes."""
+    captioner = Captioner.from_pretrained(run["model"], device="cpu")
+    assert captioner.styles == ["positive", "negative"]
+    image = load_records(run["data"])[0].image_path
+    refusal = (
+        f"{run['model']} was trained on positive and negative captions only (its data.styles leave neutral out): "
+        "ask for positive or negative"
+    )
+    for style in (None, "neutral", "Neutral"):
+        with pytest.raises(InputError) as refused:
+            captioner.caption(image, style=style)
+        assert str(refused.value) == f"style: {refusal}"
+    with pytest.raises(InputError, match="positive and negative captions only"):
+        captioner.style_start_token("neutral")
+    assert captioner.caption(image, style="negative", num_beams=1)[0].caption
+    code, _, err = run_cli(["caption", image, "--model", run["model"]], capsys)
+    assert code == 1 and err == f"captionkit: error: --style: {refusal}\n"
+    code, out, err = run_cli(["caption", image, "--model", run["model"], "--style", "positive"], capsys)
+    assert code == 0 and json.loads(out)["caption"], err
+    code, _, err = run_cli(["evaluate", "--model", run["model"], "--data", run["data"], "--split", "val"], capsys)
+    assert code == 1 and err.splitlines()[-1] == (
+        f"captionkit: error: {run['model']} was trained on positive and negative captions only (its data.styles leave "
+        "neutral out): evaluate it with --styles, each style against its references"
+    )
+    args = ["evaluate", "--model", run["model"], "--data", run["data"], "--split", "val", "--styles", "--beams", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    table = json.loads(out)
+    assert list(table["styles"]) == ["positive", "negative"] and table["failed_images"] == 0
+    assert all(row["content_match"] is None for row in table["styles"].values())  # no neutral caption to compare
+    with TestClient(create_app({"styled": captioner}, ServeSettings(max_wait_ms=0))) as client:
+        assert client.get("/v1/models").json()["models"][0]["styles"] == ["positive", "negative"]
+        files = {"image": ("a.png", image.read_bytes(), "image/png")}
+        refused = client.post("/v1/captions", files=files, data={"num_beams": "1"})
+        assert refused.status_code == 422
+        served_refusal = refusal.replace(str(run["model"]), "model 'styled'", 1)
+        assert refused.json()["detail"] == f"style: {served_refusal}"
+        answered = client.post("/v1/captions", files=files, data={"num_beams": "1", "style": "positive"})
+        assert answered.status_code == 200, answered.text
 
 
 def test_validation_cider_is_the_mean_of_each_styles_cider_against_its_own_references(run, single_thread):

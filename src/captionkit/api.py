@@ -32,7 +32,8 @@ from captionkit.models.base import CaptionModel
 from captionkit.parts import CaptionerParts
 from captionkit.precision import resolve_dtype
 from captionkit.text import CaptionTokenizer
-from captionkit.text.styles import NEUTRAL, start_token_id, style_token_ids
+from captionkit.text.styles import NEUTRAL, start_token_id, style_name, style_token_ids
+from captionkit.trained_on import TrainedOn
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class Captioner:
         self.name = "this model"
         # "int8" or "ONNX" for a model loaded from an export (which runs on the CPU in fp32, and is not saved again).
         self.export: str | None = None
+        # The styles its training run trained (data.styles in the model directory's train_config.json; empty: none,
+        # or not known). A run whose styles leave neutral out never trained the plain start token.
+        self.trained_styles: tuple[str, ...] = ()
 
     @classmethod
     def from_pretrained(
@@ -101,6 +105,8 @@ class Captioner:
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device, dtype=dtype)
         captioner.name = str(name_or_dir)
         captioner.export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
+        trained = TrainedOn.read(loaded.source)
+        captioner.trained_styles = trained.styles if trained is not None else ()
         return captioner
 
     @classmethod
@@ -140,15 +146,31 @@ class Captioner:
 
     @property
     def styles(self) -> list[str]:
-        """Caption styles this model writes on request: ["neutral"] plus those it was trained to control."""
-        return [NEUTRAL, *style_token_ids(self.tokenizer)]
+        """Caption styles this model writes on request: "neutral" (unless its training run's ``data.styles`` left it
+        out) and those it was trained to control."""
+        controlled = list(style_token_ids(self.tokenizer))
+        if self.trained_styles and NEUTRAL not in self.trained_styles:
+            return [style for style in controlled if style in self.trained_styles]
+        return [NEUTRAL, *controlled]
 
     def style_start_token(self, style: str | None) -> int | None:
         """The decoder start token for ``style`` (None for neutral: the model's bos); a style the model was not
-        trained to control is an ``InputError`` saying so."""
-        if style is None or style == NEUTRAL:
+        trained to control, or neutral for a model trained without it, is an ``InputError`` saying so."""
+        if style is None or style_name(style) == NEUTRAL:
+            self._check_writes_neutral(self.name)
             return None
         return start_token_id(self.tokenizer, style, self.name)
+
+    def _check_writes_neutral(self, name: str, source: str = "style") -> None:
+        """Neutral captions start from the plain start token, which a run whose styles leave neutral out (SentiCap's
+        positive and negative alone) never trained: its "neutral" captions would be noise."""
+        if NEUTRAL not in self.styles:
+            written = " and ".join(self.styles)
+            raise InputError(
+                source,
+                f"{name} was trained on {written} captions only (its data.styles leave neutral out): ask for "
+                f"{' or '.join(self.styles)}",
+            )
 
     def decoding_config(self, style: str | None = None, prompt: str | None = None, **decoding: Any) -> DecodingConfig:
         """A :class:`DecodingConfig` from keyword fields or aliases (``captionkit.decoding.options``, the table the
@@ -159,6 +181,8 @@ class Captioner:
     def resolve_decoding(self, request: DecodingRequest, name: str | None = None) -> DecodingConfig:
         """``request`` (checked options) for this model: its style's start token, its prompt's tokens, its length.
         Errors name the model as ``name`` (default: where it was loaded from)."""
+        if request.style is None or request.style == NEUTRAL:
+            self._check_writes_neutral(name or self.name, request.name("style"))
         return resolve_decoding(request, self.model, self.tokenizer, name or self.name)
 
     def caption(

@@ -401,14 +401,15 @@ def evaluate_model_styles(
     """Caption each image of ``records`` in each style and build the style table (``captionkit.evaluation.style``).
 
     ``styles`` default to every style the model writes; the references of a style are the records of that style,
-    and content match compares each styled caption with the model's own neutral caption of the image.
+    and content match compares each styled caption with the model's own neutral caption of the image (none for a
+    model trained without neutral).
     """
     import dataclasses
 
     from captionkit.evaluation.style import evaluate_styles
 
     styles = list(styles or captioner.styles)
-    if "neutral" not in styles:
+    if "neutral" not in styles and "neutral" in captioner.styles:
         styles.insert(0, "neutral")  # content match needs the neutral caption
     starts = {style: captioner.style_start_token(style) for style in styles}  # fails early on a missing style
     images: dict[str, Any] = {}
@@ -434,11 +435,12 @@ def evaluate_model_styles(
                 generated[style][image_id] = found[0].caption
         if on_progress is not None:
             on_progress(len(ids[start : start + batch_size]))
-    if ids and not generated["neutral"]:
+    captioned = len(generated[styles[0]])  # every readable image has a caption in each style
+    if ids and not captioned:
         raise NoImageRead(failed)
     table = evaluate_styles(generated, classifier, references)
     return {
         "styles": {style: scores.as_dict() for style, scores in table.items()},
         "images": len(ids),
-        "failed_images": len(ids) - len(generated["neutral"]),
+        "failed_images": len(ids) - captioned,
     }

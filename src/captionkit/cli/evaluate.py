@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shlex
 import sys
@@ -119,6 +120,15 @@ def evaluate(
         if styles:
             classifier = _style_classifier(records, data, lexicon)
         captioner = Captioner.from_pretrained(model, device=device, dtype=dtype)
+        if "neutral" not in captioner.styles:
+            # Trained on positive and negative alone: no neutral captions to score; each style is scored on its own
+            # (--styles, --as-validation), from a config whose start token those replace per style.
+            if not (styles or as_validation):
+                fail(
+                    f"{model} was trained on {' and '.join(captioner.styles)} captions only (its data.styles leave "
+                    "neutral out): evaluate it with --styles, each style against its references"
+                )
+            request = dataclasses.replace(request, style=captioner.styles[0])
         decoding = captioner.resolve_decoding(request)  # a length the model cannot take names --max-length
         if styles:
             _check_writes_styles(captioner)
@@ -300,7 +310,7 @@ def _check_writes_styles(captioner: Captioner) -> None:
     """A model trained without styles (every hub checkpoint) has no style table: one error, as `caption --style`."""
     from captionkit.errors import InputError
 
-    if len(captioner.styles) < 2:
+    if captioner.styles == ["neutral"]:
         raise InputError(
             "--styles",
             f"{captioner.name} was trained without styles: it writes neutral captions only "
