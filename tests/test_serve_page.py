@@ -190,6 +190,26 @@ def test_controls_a_model_does_not_take_are_disabled_and_explained(browser):
     assert not errors, errors
 
 
+def test_a_model_without_neutral_asks_for_a_style(browser, tmp_path):
+    """A model trained on positive and negative alone lists no neutral: the page says it needs a style while neutral
+    is chosen, and sends the style once one is."""
+    models = [served("plain"), served("pn", styles=("positive", "negative"))]
+    api = ScriptedApi(models)
+    page, errors = open_page(browser, api)
+    note = page.locator("#model-list label", has_text="pn").locator("small").inner_text()
+    assert note == "vit-gpt2 · 0.00M params · cpu · styles: positive, negative · attention"
+    pick(page, ["plain", "pn"])
+    assert page.locator("#style option").all_inner_texts() == ["neutral", "positive", "negative"]
+    assert page.locator("#style-note").inner_text() == "pn: no neutral captions (trained on styles alone); pick a style"
+    page.select_option("#style", "negative")
+    assert page.locator("#style-note").inner_text() == "styles apply to pn; the others caption neutral"
+    page.set_input_files("#files", str(photo(tmp_path)))
+    run_and_wait(page)
+    sent = {fields["model"]: fields.get("style") for fields, _ in api.requests}
+    assert sent == {"plain": None, "pn": "negative"}
+    assert not errors, errors
+
+
 def test_each_model_gets_the_parameters_it_takes_with_the_tables_defaults(browser, tmp_path):
     api = ScriptedApi(MODELS)
     page, errors = open_page(browser, api)

@@ -40,10 +40,15 @@ async function loadModels() {
   refreshControls();
 }
 
+// A model trained with styles (one trained on positive and negative alone lists no neutral).
+function isStyled(model) {
+  return model.styles.some((style) => style !== "neutral");
+}
+
 // What a model is and which of the optional controls it takes, next to its checkbox.
 function modelNote(model) {
   const takes = [];
-  if (model.styles.length > 1) takes.push(`styles: ${model.styles.filter((s) => s !== "neutral").join(", ")}`);
+  if (isStyled(model)) takes.push(`styles: ${model.styles.filter((s) => s !== "neutral").join(", ")}`);
   if (model.prompt) takes.push("prompt");
   if (model.attention) takes.push("attention");
   const size = `${(model.parameters / 1e6).toFixed(2)}M params`;
@@ -79,7 +84,13 @@ function refreshStyles(models) {
   select.replaceChildren(...styles.map((s) => element("option", { value: s }, s)));
   if (styles.includes(current)) select.value = current;
   select.disabled = styles.length === 1;
-  const styled = models.filter((m) => m.styles.length > 1).map((m) => m.name);
+  const styled = models.filter(isStyled).map((m) => m.name);
+  // A model trained without neutral refuses neutral captions: say so before the server does.
+  const noNeutral = models.filter((m) => !m.styles.includes("neutral")).map((m) => m.name);
+  if (select.value === "neutral" && noNeutral.length) {
+    $("style-note").textContent = `${noNeutral.join(", ")}: no neutral captions (trained on styles alone); pick a style`;
+    return;
+  }
   $("style-note").textContent = select.disabled
     ? "no selected model was trained with styles"
     : styled.length < models.length ? `styles apply to ${styled.join(", ")}; the others caption neutral` : "";
@@ -376,5 +387,6 @@ function wireDropZone() {
 
 wireDropZone();
 $("strategy").addEventListener("change", refreshControls);
+$("style").addEventListener("change", refreshControls);
 $("run").addEventListener("click", run);
 loadModels().catch((error) => { $("model-list").textContent = `cannot list models: ${error.message}`; });
