@@ -141,6 +141,42 @@ def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path,
     assert len(images) == 9 == len(set(images))
 
 
+def test_resume_continues_only_with_the_settings_the_output_was_begun_with(model_dir, photos, tmp_path, capsys):
+    """Another style, beam width, length or model would mix two kinds of captions in one file: refused in one line,
+    the output left as it was; the same settings (the model named by another path too) resume."""
+    out = tmp_path / "captions.jsonl"
+    first = sorted((photos / "sub").glob("*.jpg"))[0]
+    base = ["caption", "--model", str(model_dir), "--output", str(out), "--beams", "1", "--max-length", "4"]
+    code, _, err = run_cli([*base, str(first)], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / ".captions.jsonl.settings.json").read_text())
+    assert saved["model"] == str(model_dir.resolve()) and saved["num_beams"] == 1 and saved["style"] == "neutral"
+    before = out.read_text()
+    for changed, shown in (
+        (["--beams", "2"], "num_beams 1; this run asks for num_beams 2:"),
+        (["--max-length", "5"], "max_new_tokens 4; this run asks for max_new_tokens 5"),
+        (["--dtype", "bf16"], 'dtype "fp32"; this run asks for dtype "bf16"'),
+    ):
+        code, _, err = run_cli([*base, *changed, str(photos), "--resume"], capsys)
+        assert code == 1 and err.count("\n") == 1, err
+        assert err.startswith(f"captionkit: error: --resume: {out} was begun with "), err
+        assert shown in err and err.endswith("resume with the same settings, or caption into a new --output\n")
+        assert out.read_text() == before
+    elsewhere = os.path.relpath(model_dir, tmp_path)  # the same model by a relative path, from another directory
+    args = [*base, "--resume", str(photos)]
+    args[2] = elsewhere
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        code, _, err = run_cli(args, capsys)
+    finally:
+        os.chdir(cwd)
+    assert code == 2 and "1 of 9 images already done" in err
+    (tmp_path / ".captions.jsonl.settings.json").write_text("{not json")
+    code, _, err = run_cli([*base, str(photos), "--resume"], capsys)
+    assert code == 1 and "unreadable run settings" in err and "delete it to resume unchecked" in err
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_other_formats(model_dir, photos, tmp_path, capsys, fmt):
     out = tmp_path / f"captions.{fmt}"

@@ -33,6 +33,7 @@ from captionkit.jobs.inputs import InputImage, iter_inputs
 from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, iter_records, repair_torn_tail
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
+from captionkit.jobs.run_settings import check_resumed, run_settings, write_settings
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
 from captionkit.shards import is_container_input
 
@@ -250,9 +251,16 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
         from captionkit.jobs.ray_engine import connect
 
         connect(options.ray_address)  # a wrong --ray-address must not cost the old results either
+    if plan.target is not None:
+        request = options.decoding
+        settings = run_settings(options.model, options.dtype, request.style, request.prompt, config)
+        if options.resume:
+            check_resumed(plan.target, settings)
     # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
     if plan.target is not None and not options.resume and options.fmt != "json":
         discard_output(plan.target, options.fmt)
+    if plan.target is not None:
+        write_settings(plan.target, settings)
     writer = RecordWriter(plan.target, options.fmt, _rewritten(options, plan.target))
     _announce(plan)
     counts = plan.counts
