@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -161,3 +164,107 @@ def test_benchmark_as_a_process_is_quiet(tmp_path: Path) -> None:
     for noise in ("Loading weights", "leaked semaphore", "%|", "it/s]", "s/it]", "Warning", "warn("):
         assert noise not in done.stderr, f"{noise!r} in stderr:\n{done.stderr}"
     assert done.stderr.splitlines()[0] == "warming up"
+
+
+def test_engines_take_turns_going_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fixed order would give one engine, every repeat, whatever running right after the other brings."""
+    calls: list[str] = []
+
+    def engine(name: str):
+        return lambda model, pixels, *_: calls.append(name) or [[1, 2]] * pixels.shape[0]
+
+    monkeypatch.setattr(benchmark, "_captions", engine("captionkit"))
+    monkeypatch.setattr(benchmark, "_generate_reference", engine("generate"))
+    monkeypatch.setattr(benchmark, "_peaks_in_child", lambda *_: (2**20, None))
+    settings = BenchmarkSettings(preset="tiny", batch_size=1, beams=1, max_length=2, repeats=3)
+    result = benchmark.run_benchmark(settings)
+    warm_up = ["captionkit", "captionkit", "generate"]  # the fp32 captions, then each engine's warm-up
+    assert calls == [*warm_up, "captionkit", "generate", "generate", "captionkit", "captionkit", "generate"]
+    assert len(result["captionkit"]["batch_times_s"]) == len(result["transformers_generate"]["batch_times_s"]) == 3
+
+
+def test_on_a_gpu_generate_is_measured_before_captionkit_keeps_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Peak GPU memory is the allocator's in one process: captionkit's kept CUDA graphs (CAPTIONKIT_CUDA_GRAPHS),
+    those of its fp32 run included, must not be counted in generate's peak."""
+    calls: list[str] = []
+    monkeypatch.setattr(benchmark, "release_graphs", lambda model: calls.append(f"release {model}") or 1)
+    monkeypatch.setattr(benchmark, "_gpu_peak", lambda run: (run(), 100 * len(calls)))
+    ours = lambda: calls.append("captionkit") or [[1]]  # noqa: E731
+    reference = lambda: calls.append("generate") or [[2]]  # noqa: E731
+    found = benchmark._peaks_on_gpu("model", ours, reference)  # type: ignore[arg-type]
+    assert calls == ["release model", "generate", "captionkit"]
+    assert found == ([[1]], [[2]], {"captionkit": (None, 300), "transformers_generate": (None, 200)})
+
+
+def bench_inference(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_inference.py"
+    environment = os.environ | {"OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(script), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, check=False)
+
+
+def test_bench_inference_names_a_bad_argument_in_one_line() -> None:
+    done = bench_inference("--preset", "tiny", "--batch-size", "0")
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == "bench_inference: error: --batch-size: must be at least 1, got 0\n"
+
+
+@pytest.mark.slow  # two benchmarks, each with its engines' fresh processes for peak memory
+def test_bench_inference_is_quiet() -> None:
+    """Its stderr is the two tables: no transformers warning about generate's defaults ("Both `max_new_tokens` and
+    `max_length` seem to have been set")."""
+    done = bench_inference(
+        "--preset", "tiny", "--threads", "1", "--repeats", "1", "--batch-size", "1", "--max-length", "2"
+    )
+    assert done.returncode == 0, done.stderr
+    assert [result["beams"] for result in json.loads(done.stdout)] == [4, 1]
+    for noise in ("[transformers]", "Warning", "warn("):
+        assert noise not in done.stderr, f"{noise!r} in stderr:\n{done.stderr}"
+    assert done.stderr.count("speedup") == 2
+
+
+def test_one_photo_fills_the_batch_and_is_counted_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    shutil.copy(photo, tmp_path / photo.name)
+    monkeypatch.setattr(benchmark, "_peaks_in_child", lambda *_: (2**20, None))
+    settings = BenchmarkSettings(preset="tiny", batch_size=2, beams=1, max_length=2, repeats=1, images=tmp_path)
+    result = benchmark.run_benchmark(settings)
+    assert result["inputs"] == f"1 image from {tmp_path}"
+    assert result["captions_identical"] is True
+
+
+def test_export_benchmarks_take_turns_going_first() -> None:
+    """benchmarks/_side_by_side.py (bench_int8, bench_onnx): each engine goes first in every other batch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from _side_by_side import caption_side_by_side
+    finally:
+        sys.path.pop(0)
+    calls: list[str] = []
+
+    class Engine:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def caption_pil(self, images: list, config: object) -> list:
+            calls.append(self.name)
+            return [[SimpleNamespace(token_ids=[len(calls)])] for _ in images]
+
+    images = [object()] * 6
+    engines = {"a": Engine("a"), "b": Engine("b")}
+    captions, seconds = caption_side_by_side(engines, images, None, batch_size=2)  # type: ignore[arg-type]
+    warm_up = ["a", "b"]
+    assert calls == [*warm_up, "a", "b", "b", "a", "a", "b"]  # three batches
+    assert [len(captions[name]) for name in "ab"] == [6, 6] and [len(seconds[name]) for name in "ab"] == [3, 3]
+
+
+def test_a_family_generate_cannot_run_is_named_with_the_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = save_tiny_model(tmp_path / "lstm", family="cnn-lstm")
+    code, out, err = run_cli(["benchmark", "--model", source, "--batch-size", "1", "--repeats", "1"], capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"captionkit: error: --model: {source} is a cnn-lstm model; the comparison with generate needs blip, git or "
+        "vit-gpt2\n"
+    )

@@ -149,3 +149,75 @@ def test_a_name_parquet_cannot_hold_is_one_line_naming_the_output_and_leaves_not
     code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
     assert code == 0, err
     assert [os.fsencode(r["image"]) for r in read_jsonl(tmp_path / "all.jsonl")][1] == b"/photos/caf\xe9.jpg"
+
+
+@pytest.mark.parametrize(("name", "written"), [("out.part-0-of-1.json", "[]"), ("out.part-0-of-1.csv", "a header row")])
+def test_a_blank_json_or_csv_part_is_cut_off_exit_1(tmp_path, capsys, name, written):
+    """A caption run writes ``[]`` or a header even for a shard with no images: 0 bytes is a part that lost them."""
+    part = tmp_path / name
+    part.write_bytes(b"")
+    code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl"], capsys)
+    assert (code, err.count("\n")) == (1, 1)
+    fmt = name.rsplit(".", 1)[1]
+    assert err == (
+        f"captionkit: error: {part}: empty file: caption writes {written} even for no images, so this {fmt} part is "
+        "damaged or its run was cut off: caption its shard again\n"
+    )
+    assert not (tmp_path / "all.jsonl").exists()
+    empty = write(tmp_path / "out.part-0-of-1.jsonl", [])  # what an empty shard's JSON lines part is
+    code, _, err = run_cli(["merge", empty, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 0 and "merged 1 part: 0 records (0 errors)" in err
+
+
+def test_a_part_named_twice_is_read_once_and_counted_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = write(tmp_path / "out.part-0-of-2.jsonl", [caption("a.jpg")])
+    second = write(tmp_path / "out.part-1-of-2.jsonl", [caption("b.jpg")])
+    args = ["merge", first, second, "./out.part-0-of-2.jsonl", first, "--output", "all.jsonl"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert "merged 2 parts: 2 records (0 errors)" in err and "more than one record" not in err
+    assert read_jsonl(tmp_path / "all.jsonl") == [caption("a.jpg"), caption("b.jpg")]
+
+
+def test_a_directory_given_as_a_part_is_named_as_one(tmp_path, capsys):
+    (tmp_path / "parts").mkdir()
+    code, _, err = run_cli(["merge", tmp_path / "parts", "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 1
+    assert err == f"captionkit: error: {tmp_path / 'parts'}: is a directory, not a part file\n"
+
+
+def test_output_may_not_be_the_parquet_file_or_journal_of_a_part(tmp_path, capsys):
+    """Writing the merged result over an interrupted part's Parquet file (or as a part's journal) would leave the
+    part's journal (or the part) to be read again, with every other part's records, as that part."""
+    journal = write(tmp_path / "out.part-0-of-2.parquet.partial.jsonl", [caption("a.jpg")])
+    other = write(tmp_path / "out.part-1-of-2.parquet", [caption("b.jpg")], "parquet")
+    for output in (tmp_path / "out.part-0-of-2.parquet", tmp_path / "out.part-1-of-2.parquet.partial.jsonl"):
+        code, _, err = run_cli(["merge", journal, other, "--output", output], capsys)
+        assert code == 1 and err.count("\n") == 1 and "is also --output" in err
+        assert not output.exists()
+    code, _, err = run_cli(["merge", journal, other, "--output", tmp_path / "all.parquet"], capsys)
+    assert code == 0, err
+
+
+def test_inputs_spelled_otherwise_than_the_run_gave_them_get_a_hint(tmp_path, photos, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    relative = [os.path.relpath(photos / name, tmp_path) for name in ("a.jpg", "b.jpg", "c.jpg", "sub/d.png")]
+    part = write(tmp_path / "out.part-0-of-1.jsonl", [caption(image) for image in relative])
+    code, _, err = run_cli(["merge", part, "--output", "all.jsonl", "--inputs", photos], capsys)
+    assert code == 2
+    assert "4 inputs have no record" in err and "4 records are not among --inputs" in err
+    assert "no record is of an image among --inputs: images are matched by their path as written" in err
+    code, _, err = run_cli(["merge", part, "--output", "all.jsonl", "--inputs", os.path.relpath(photos)], capsys)
+    assert code == 0 and "matched by their path" not in err
+    code, _, err = run_cli(["merge", part, "--output", "all.jsonl", "--inputs", photos / "a.jpg"], capsys)
+    assert code == 2 and "matched by their path" in err  # the one input is missing, and no record is of it
+
+
+def test_a_torn_line_of_a_parquet_parts_journal_names_the_journal(tmp_path, capsys):
+    journal = write(tmp_path / "out.part-0-of-1.parquet.partial.jsonl", [caption("a.jpg")])
+    journal.write_text(journal.read_text() + '{"image": "b.jpg", "capt')
+    code, _, err = run_cli(["merge", journal, "--output", tmp_path / "all.jsonl"], capsys)
+    assert code == 2
+    assert f"left out an unfinished last line (interrupted run) in {journal}\n" in err
+    assert read_jsonl(tmp_path / "all.jsonl") == [caption("a.jpg")]

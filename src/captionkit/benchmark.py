@@ -29,6 +29,7 @@ from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, check_length, gen
 from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
+from captionkit.models.gpt2_graph import release_graphs
 from captionkit.models.registry import get_family, hub_layout_families
 from captionkit.precision import model_dtype, resolve_dtype
 
@@ -73,7 +74,9 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
     if _transformers_model(model) is None:
         *others, last = hub_layout_families()
         needs = f"{', '.join(others)} or {last}"
-        raise InputError("--model", f"is a {model.family} model; the comparison with generate needs {needs}")
+        raise InputError(
+            "--model", f"{settings.model} is a {model.family} model; the comparison with generate needs {needs}"
+        )
     config = _config(settings)
     try:
         check_length(model, config)
@@ -91,17 +94,18 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
 
     say("warming up")
     if pixels.device.type == "cuda":
-        # One process holds both engines on a GPU: the allocator's peak, reset before each, is the engine's own.
-        (ours_captions, peak_ours), (reference_captions, peak_reference) = _gpu_peak(ours), _gpu_peak(reference)
-        peaks = {"captionkit": (None, peak_ours), "transformers_generate": (None, peak_reference)}
+        ours_captions, reference_captions, peaks = _peaks_on_gpu(model, ours, reference)
     else:
         ours_captions, reference_captions = ours(), reference()
         say("peak memory: one batch per engine, each in a fresh process")
         peaks = {name: _peaks_in_child(settings, name) for name in ("captionkit", "transformers_generate")}
     timings: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
     cpu_times: dict[str, list[float]] = {"captionkit": [], "transformers_generate": []}
+    engines_in_turn = (("captionkit", ours), ("transformers_generate", reference))
     for repeat in range(settings.repeats):
-        for name, run in (("captionkit", ours), ("transformers_generate", reference)):
+        # Each engine goes first in every other repeat: whatever the second one gains or loses from running right
+        # after the other (caches, clocks) falls on both alike.
+        for name, run in engines_in_turn if repeat % 2 == 0 else engines_in_turn[::-1]:
             say(f"repeat {repeat + 1}/{settings.repeats}: {name}")
             start, cpu_start = time.perf_counter(), time.process_time()
             run()
@@ -159,6 +163,24 @@ def _captions(model: CaptionModel, pixels: torch.Tensor, config: DecodingConfig)
     return [found[0].token_ids for found in generate(model, pixels, config=config)]
 
 
+def _peaks_on_gpu(
+    model: CaptionModel, ours: Callable[[], list[list[int]]], reference: Callable[[], list[list[int]]]
+) -> tuple[list[list[int]], list[list[int]], dict[str, tuple[None, int]]]:
+    """Each engine's captions and peak GPU memory, both in this process: the allocator's peak, reset before each.
+
+    What captionkit keeps between calls (CUDA graphs' buffers, ``CAPTIONKIT_CUDA_GRAPHS``) would count in whatever
+    runs after it: those of the fp32 run are freed, ``generate`` goes first, and captionkit's peak holds its own.
+    """
+    release_graphs(model)
+    reference_captions, peak_reference = _gpu_peak(reference)
+    ours_captions, peak_ours = _gpu_peak(ours)
+    return (
+        ours_captions,
+        reference_captions,
+        {"captionkit": (None, peak_ours), "transformers_generate": (None, peak_reference)},
+    )
+
+
 def _gpu_peak(run: Callable[[], list[list[int]]]) -> tuple[list[list[int]], int]:
     """``run()``'s captions and the peak GPU memory allocated while it ran."""
     torch.cuda.synchronize()
@@ -213,7 +235,8 @@ def _model_and_cpu_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, to
         raise InputError(settings.images, "no images found")
     chosen = [paths[i % len(paths)] for i in range(settings.batch_size)]  # repeat a short folder to fill the batch
     pixels = torch.from_numpy(preprocessing([load_image(path) for path in chosen]))
-    return model, pixels, f"{len(set(chosen))} images from {settings.images}"
+    count = len(set(chosen))
+    return model, pixels, f"{count} image{'' if count == 1 else 's'} from {settings.images}"
 
 
 def _generate_reference(model: CaptionModel, pixels: torch.Tensor, settings: BenchmarkSettings) -> list[list[int]]:

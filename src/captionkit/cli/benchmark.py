@@ -19,7 +19,9 @@ from captionkit.cli._common import DTYPE_HELP, EXIT_OK, decoding_flags, decoding
 
 
 def benchmark(
-    model: Annotated[str | None, typer.Option(help="Checkpoint directory or hub id (a vit-gpt2 model).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Checkpoint directory or hub id (a vit-gpt2, BLIP or GIT model).")
+    ] = None,
     preset: Annotated[
         str | None, typer.Option(help="Instead of --model: a random-weight vit-gpt2 preset (tiny, small, base).")
     ] = None,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -23,7 +22,11 @@ from captionkit.cli._common import (
     fail_writing,
     quiet_libraries,
 )
-from captionkit.files import write_atomic
+from captionkit.cli._compare_records import json_text, write_records
+
+if TYPE_CHECKING:
+    from captionkit.api import Captioner
+    from captionkit.decoding import DecodingConfig
 
 
 def compare(
@@ -39,14 +42,30 @@ def compare(
     ],
     beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
     max_length: Annotated[int | None, typer.Option(help=decoding_help("max_new_tokens"))] = None,
+    length_penalty: Annotated[float | None, typer.Option(help=decoding_help("length_penalty"))] = None,
+    sample: Annotated[bool, typer.Option(help=decoding_help("do_sample"))] = False,
+    temperature: Annotated[float | None, typer.Option(help=decoding_help("temperature"))] = None,
+    top_k: Annotated[int | None, typer.Option(help=decoding_help("top_k"))] = None,
+    top_p: Annotated[float | None, typer.Option(help=decoding_help("top_p"))] = None,
+    seed: Annotated[int | None, typer.Option(help=decoding_help("seed"))] = None,
+    prompt: Annotated[str | None, typer.Option(help=decoding_help("prompt") + " Every model is given it.")] = None,
     output: Annotated[
-        Path | None, typer.Option(help="Write JSONL records {image, captions: {model: caption}}.")
+        Path | None,
+        typer.Option(
+            help="Write the records here: JSON lines {image, captions: {model: caption}} (.jsonl, or any other "
+            "name), a JSON list (.json), or a table with a column per model (.csv)."
+        ),
     ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images each model captions at once.")] = 8,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     refs: Annotated[
         Path | None,
-        typer.Option("--refs", help="Reference captions (any `score --refs` format): score each model's captions."),
+        typer.Option(
+            "--refs",
+            help="Reference captions (any `score --refs` format): score each model's captions (a BLEU-4 / ROUGE-L / "
+            "CIDEr-D table on stderr, each caption's CIDEr-D in its record).",
+        ),
     ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Write a self-contained HTML page of the images and every model's caption.")
@@ -54,13 +73,13 @@ def compare(
 ) -> None:
     """Caption the same images with several models (e.g. a hub baseline and a SentiCap fine-tune); print a table.
 
-    One record per image: {"image", "captions": {name: caption}}, or {"image", "error"} for an unreadable image
-    (exit 2 then).
+    One record per image: {"image", "captions": {name: caption}} (with --refs also "CIDEr": {name: score}), or
+    {"image", "error"} for an unreadable image (exit 2 then).
     """
     quiet_libraries()
     from captionkit.api import Captioner
     from captionkit.decoding.options import decoding_request
-    from captionkit.errors import CaptionkitError, ImageError, InputError
+    from captionkit.errors import CaptionkitError, InputError
     from captionkit.jobs.inputs import collect_inputs
     from captionkit.report import write_comparison_report
 
@@ -68,14 +87,26 @@ def compare(
     names = [name for name, _, _ in specs]
     if len(specs) < 2:
         fail("--model: give at least two models to compare")
+    if batch_size < 1:
+        fail(f"--batch-size: must be at least 1, got {batch_size}")
     if len(set(names)) < len(names):
         fail(f"--model: two models are named {next(n for n in names if names.count(n) > 1)!r}; name them NAME=MODEL")
-    records: list[dict[str, Any]] = []
     try:
         _check_outputs(output, report)  # else they fail only after every model captioned every image
         # Checked before any model loads; the style of MODEL@STYLE is blamed on its --model.
+        options = {
+            "beams": beams,
+            "max_length": max_length,
+            "length_penalty": length_penalty,
+            "sample": sample,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "seed": seed,
+            "prompt": prompt,
+        }
         requests = [
-            decoding_request(naming=_blaming(spec), beams=beams, max_length=max_length, style=style)
+            decoding_request(naming=_blaming(spec), style=style, **options)
             for spec, (_, _, style) in zip(model, specs, strict=True)
         ]
         paths = [item.path for item in collect_inputs(inputs)]
@@ -87,24 +118,21 @@ def compare(
         for (name, source, _), request in zip(specs, requests, strict=True):
             captioner = Captioner.from_pretrained(source, device=device, dtype=dtype)
             captioners[name] = (captioner, captioner.resolve_decoding(request))
-        for path in paths:
-            try:
-                image = next(iter(captioners.values()))[0].load_images([path])[0]
-            except ImageError as error:
-                records.append({"image": str(path), "error": error.reason})
-                continue
-            captions = {name: c.caption_pil([image], config)[0][0].caption for name, (c, config) in captioners.items()}
-            records.append({"image": str(path), "captions": captions})
+        records = _caption_all(paths, captioners, batch_size)
         scored = _score_against(references, records, names) if references is not None else None
     except CaptionkitError as error:
         fail(error_line(error))
+    if scored is not None:
+        _add_cider(records, scored[2])
     _show(records, names)
+    if scored is not None:
+        _show_scores(scored[1])
     # The records first: a report that cannot be written must not cost them.
     if output is not None:
-        _write_records(output, records)
+        write_records(output, records, names)
     else:
         for record in records:
-            print(json.dumps(record, ensure_ascii=False))
+            print(json_text(record))
     if report is not None:
         try:
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
@@ -114,23 +142,58 @@ def compare(
     raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
 
 
+def _caption_all(
+    paths: list[Path], captioners: dict[str, tuple[Captioner, DecodingConfig]], batch_size: int
+) -> list[dict[str, Any]]:
+    """One record per path, in order: each model's best caption, or the reason the image could not be read.
+
+    Each batch's readable images are captioned together, in runs of consecutive positions: image i of the inputs is
+    then sampled from ``seed + i``, as ``Captioner.caption(paths, seed=...)`` samples it, however the batch falls."""
+    from captionkit.errors import ImageError
+
+    loader = next(iter(captioners.values()))[0]
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(paths), batch_size):
+        batch = [{"image": str(path)} for path in paths[start : start + batch_size]]
+        images = {}
+        for position, record in enumerate(batch, start):
+            try:
+                images[position] = loader.load_images([paths[position]])[0]
+            except ImageError as error:
+                record["error"] = error.reason
+        for run in _consecutive(list(images)):
+            for record in batch[run[0] - start : run[-1] + 1 - start]:
+                record["captions"] = {}
+            for name, (captioner, config) in captioners.items():
+                found = captioner.caption_pil([images[p] for p in run], config, image_offset=run[0])
+                for position, captions in zip(run, found, strict=True):
+                    batch[position - start]["captions"][name] = captions[0].caption
+        records += batch
+    return records
+
+
+def _consecutive(positions: list[int]) -> list[list[int]]:
+    """``[0, 1, 3]`` -> ``[[0, 1], [3]]``: ascending positions cut where one is skipped."""
+    runs: list[list[int]] = []
+    for position in positions:
+        if runs and runs[-1][-1] == position - 1:
+            runs[-1].append(position)
+        else:
+            runs.append([position])
+    return runs
+
+
 def _check_outputs(output: Path | None, report: Path | None) -> None:
     """Refuse an --output or --report file that could not be written, before any model loads."""
+    from captionkit.errors import InputError
     from captionkit.files import check_output_file
 
     if output is not None:
         check_output_file(output, "--output")
+        if output.suffix.lower() == ".parquet":
+            raise InputError("--output", f"{output}: compare writes .jsonl, .json or .csv, not Parquet")
     if report is not None:
         check_output_file(report, "--report")
-
-
-def _write_records(output: Path, records: list[dict[str, Any]]) -> None:
-    """The records as JSONL in ``output``; a failure the up-front check cannot foresee (a full disk) is one line."""
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    except OSError as error:
-        fail_writing(output, error, "--output")
 
 
 def _references_of(refs: Path, paths: list[Path]) -> dict[str, list[str]]:
@@ -179,6 +242,28 @@ def _score_against(
     return by_path, scores, per_image
 
 
+def _add_cider(records: list[dict[str, Any]], per_image: dict[str, dict[str, float]]) -> None:
+    """Each captioned record's CIDEr-D per model (``--refs``), under the metric's pycocoevalcap name."""
+    for record in records:
+        if record["image"] in per_image and "captions" in record:
+            record["CIDEr"] = per_image[record["image"]]
+
+
+def _show_scores(scores: dict[str, dict[str, float]]) -> None:
+    """The corpus metrics against ``--refs`` (metric -> model -> value), one row per model, on stderr."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="against --refs")
+    table.add_column("model")
+    for metric in scores:
+        table.add_column(metric, justify="right")
+    for name in next(iter(scores.values())):
+        table.add_row(escape(name), *(f"{scores[metric][name]:.4f}" for metric in scores))
+    Console(file=sys.stderr).print(table)
+
+
 def _parse_model(spec: str) -> tuple[str, str, str | None]:
     """NAME=SOURCE@STYLE -> (name, source, style); the name defaults to SOURCE@STYLE as written. The style is
     checked with the other decoding options (captionkit.decoding.options).
@@ -211,7 +296,8 @@ def _show(records: list[dict[str, Any]], names: list[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    shown = _short_paths([record["image"] for record in records])
+    # A file name that is not UTF-8 is shown escaped (caf\\udce9.jpg): stderr may not take its lone surrogates.
+    shown = _short_paths([_printable(record["image"]) for record in records])
     title = f"images in {shown.folder}" if shown.folder else None
     table = Table(title=escape(title) if title else None)
     # The image column folds rather than cuts: rows whose paths share a long prefix must stay distinguishable.
@@ -224,6 +310,10 @@ def _show(records: list[dict[str, Any]], names: list[str]) -> None:
         else:
             table.add_row(escape(image), *(escape(record["captions"][name]) for name in names))
     Console(file=sys.stderr).print(table)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass

@@ -44,10 +44,7 @@ def merge(
     if out_fmt not in FORMATS:
         fail(f"--format: unknown format {out_fmt!r} (expected one of {', '.join(FORMATS)})")
     for part in parts:
-        if not part.is_file():
-            fail(f"{part}: no such file")
-        if part.resolve() == output.resolve():
-            fail(f"{part}: is also --output; write the merged result to a new file")
+        _check_part(part, output)
     try:
         check_output_file(output, "--output")  # before reading the parts: a bad --output costs no merging
         expected = (str(item.path) for item in iter_inputs(inputs)) if inputs else None
@@ -56,7 +53,22 @@ def merge(
         fail(str(error))
     with result:
         _write_merged(result, output, out_fmt)
-    _report(result, len(parts), output)
+    _report(result, output)
+
+
+def _check_part(part: Path, output: Path) -> None:
+    """A part must be a file, and --output none of the files it stands for: the part, its Parquet journal, or the
+    Parquet file a journal belongs to (writing one would leave the other to be read as the same part again)."""
+    from captionkit.jobs.parquet_records import journal_owner, journal_path
+
+    if part.is_dir():
+        fail(f"{part}: is a directory, not a part file")
+    if not part.is_file():
+        fail(f"{part}: no such file")
+    owner = journal_owner(part) or part
+    taken = {owner.resolve(), *([journal_path(owner).resolve()] if owner.suffix.lower() == ".parquet" else [])}
+    if output.resolve() in taken:
+        fail(f"{part}: is also --output (or its Parquet file or journal); write the merged result to a new file")
 
 
 def _write_merged(result: MergeResult, output: Path, fmt: str) -> None:
@@ -96,7 +108,7 @@ def _remove_staged(staging: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _report(result: MergeResult, parts: int, output: Path) -> None:
+def _report(result: MergeResult, output: Path) -> None:
     """Say on stderr what the merge found and exit: 0 when complete, 2 otherwise."""
     from captionkit.jobs.merge import some
 
@@ -115,7 +127,12 @@ def _report(result: MergeResult, parts: int, output: Path) -> None:
         warn(f"{len(result.unexpected)} records are not among --inputs (kept): {some(result.unexpected)}")
     if result.missing:
         warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
+    if result.missing and result.count and len(result.unexpected) == result.count:
+        warn(
+            "no record is of an image among --inputs: images are matched by their path as written, so give "
+            "--inputs as the caption run was given them (relative or absolute alike)"
+        )
     errors = result.errors
     counts = f"{plural(result.count, 'record')} ({plural(errors, 'error')})"
-    print(f"merged {plural(parts, 'part')}: {counts} -> {output}", file=sys.stderr)
+    print(f"merged {plural(result.parts, 'part')}: {counts} -> {output}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)

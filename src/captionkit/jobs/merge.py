@@ -9,7 +9,7 @@ from pathlib import Path
 from captionkit.errors import InputError
 from captionkit.jobs.merge_index import SHOWN, MergeIndex, Names
 from captionkit.jobs.outputs import Located, Record, iter_located_records
-from captionkit.jobs.parquet_records import journal_owner
+from captionkit.jobs.parquet_records import journal_owner, journal_path
 from captionkit.jobs.sharding import part_of
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json", ".parquet": "parquet"}
@@ -22,6 +22,7 @@ class MergeResult:
 
     index: MergeIndex
     expected: bool  # whether the inputs were given: records come in their order
+    parts: int = 0  # distinct parts read (a part named twice, or by its journal too, is read once)
     count: int = 0  # records kept, one per image
     errors: int = 0  # of which error records
     duplicates: Names = field(default_factory=Names)  # images met more than once; one record kept
@@ -63,13 +64,20 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
     counts as part K.
     """
     # An interrupted Parquet part is its journal: it stands for the part (read with its file, if one was written).
-    parts = list(dict.fromkeys(journal_owner(part) or part for part in parts))
-    result = MergeResult(MergeIndex(), inputs is not None)
+    # A file named twice (``out/p`` and ``./out/p``, a link to it) is one part, read once.
+    distinct: dict[Path, Path] = {}
+    for part in parts:
+        owner = journal_owner(part) or part
+        distinct.setdefault(owner.resolve(), owner)
+    parts = list(distinct.values())
+    result = MergeResult(MergeIndex(), inputs is not None, len(parts))
     try:
         for part in parts:
-            records, tail = iter_located_records(part, format_of(part, default_fmt))
-            if tail:
-                result.torn.append(str(part))
+            fmt = format_of(part, default_fmt)
+            _check_not_blank(part, fmt)
+            records, tail = iter_located_records(part, fmt)
+            if tail:  # named by the file that holds the line: a Parquet part's is its journal
+                result.torn.append(str(journal_path(part) if fmt == "parquet" else part))
             result.index.add(_result_records(records, part))
         if inputs is not None:
             result.index.expect(inputs)
@@ -81,6 +89,18 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
     result.count, result.errors = result.index.counts()
     _check_part_names(parts, result)
     return result
+
+
+def _check_not_blank(part: Path, fmt: str) -> None:
+    """A JSON or CSV part of 0 bytes is cut off: a caption run writes ``[]`` or the header row even for a shard with
+    no images (an empty JSON lines part, though, is a shard with none)."""
+    if fmt in ("json", "csv") and part.is_file() and part.stat().st_size == 0:
+        written = "[]" if fmt == "json" else "a header row"
+        raise InputError(
+            part,
+            f"empty file: caption writes {written} even for no images, so this {fmt} part is damaged or its run was "
+            "cut off: caption its shard again",
+        )
 
 
 def _result_records(records: Iterable[Located], part: Path) -> Iterator[Record]:
