@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +14,21 @@ from captionkit.files import write_atomic
 def write_records(output: Path, records: list[dict[str, Any]], names: list[str]) -> None:
     """The records in ``output``, in the format its suffix names; a failure the up-front check cannot foresee (a full
     disk) is one line."""
+    from captionkit.jobs.outputs import to_json
+
     suffix = output.suffix.lower()
     if suffix == ".csv":
         text = csv_text(records, names)
     elif suffix == ".json":
-        text = json_text(records, indent=2) + "\n"
+        text = to_json(records, indent=2) + "\n"
     else:
-        text = "".join(json_text(record) + "\n" for record in records)
+        text = "".join(to_json(record) + "\n" for record in records)
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         # A file name that is not UTF-8 is kept as its bytes in CSV, as `caption` writes it (JSON escapes it).
         write_atomic(output, text, errors="surrogateescape")
     except OSError as error:
         fail_writing(output, error, "--output")
-
-
-def json_text(value: Any, indent: int | None = None) -> str:
-    """JSON with non-ASCII text readable, or ASCII-escaped where a file name is not valid UTF-8 (``caf\\udce9``)."""
-    text = json.dumps(value, ensure_ascii=False, indent=indent)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(value, ensure_ascii=True, indent=indent)
-    return text
 
 
 def csv_text(records: list[dict[str, Any]], names: list[str]) -> str:

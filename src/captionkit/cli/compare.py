@@ -22,7 +22,7 @@ from captionkit.cli._common import (
     fail_writing,
     quiet_libraries,
 )
-from captionkit.cli._compare_records import json_text, write_records
+from captionkit.cli._compare_records import write_records
 
 if TYPE_CHECKING:
     from captionkit.api import Captioner
@@ -81,6 +81,7 @@ def compare(
     from captionkit.decoding.options import decoding_request
     from captionkit.errors import CaptionkitError, InputError
     from captionkit.jobs.inputs import collect_inputs
+    from captionkit.jobs.outputs import to_json
     from captionkit.report import write_comparison_report
 
     specs = [_parse_model(spec) for spec in model]
@@ -132,7 +133,7 @@ def compare(
         write_records(output, records, names)
     else:
         for record in records:
-            print(json_text(record))
+            print(to_json(record))
     if report is not None:
         try:
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made

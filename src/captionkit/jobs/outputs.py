@@ -37,7 +37,7 @@ PATH_ERRORS = "surrogateescape"
 TAIL_CHUNK = 1 << 16  # bytes read at a time, looking back for the last newline or copying
 
 
-def _to_json(value: Any, indent: int | None = None) -> str:
+def to_json(value: Any, indent: int | None = None) -> str:
     """JSON text with non-ASCII kept readable, or escaped as ``\\udce9`` where a name is not valid UTF-8."""
     text = json.dumps(value, ensure_ascii=False, indent=indent)
     try:
@@ -353,7 +353,7 @@ class RecordWriter:
     def _open(self, existing: Iterable[Record]) -> None:
         path, fmt = self.path, self.fmt
         if fmt == "json":
-            self._array = JsonArrayWriter(path, _to_json)
+            self._array = JsonArrayWriter(path, to_json)
             for record in existing:
                 self._array.write(record)
             return
@@ -384,7 +384,7 @@ class RecordWriter:
             if self.fmt == "parquet" and self.path is not None:
                 check_utf8(record, self.path)
             if self.fmt in ("jsonl", "parquet"):
-                self._handle.write(_to_json(record) + "\n")
+                self._handle.write(to_json(record) + "\n")
             else:
                 csv.writer(self._handle).writerow([record.get(name, "") for name in CSV_FIELDS])
         self._handle.flush()
