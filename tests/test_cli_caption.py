@@ -177,6 +177,37 @@ def test_resume_continues_only_with_the_settings_the_output_was_begun_with(model
     assert code == 1 and "unreadable run settings" in err and "delete it to resume unchecked" in err
 
 
+def test_run_settings_go_into_a_new_output_directory(model_dir, photos, tmp_path, capsys):
+    """The output's directory is made for its hidden settings file too: no traceback for a folder yet to exist."""
+    out = tmp_path / "new" / "deeper" / "captions.jsonl"
+    first = sorted((photos / "sub").glob("*.jpg"))[0]
+    code, _, err = run_cli(["caption", str(first), "--model", str(model_dir), "--output", str(out)], capsys)
+    assert code == 0, err
+    assert len(read_jsonl(out)) == 1
+    assert json.loads((out.parent / ".captions.jsonl.settings.json").read_text())["model"] == str(model_dir.resolve())
+
+
+def test_resume_of_a_deleted_output_starts_afresh_whatever_its_old_settings(model_dir, photos, tmp_path, capsys):
+    """Settings left behind by an output that is gone name no captions to mix with: --resume captions afresh (and
+    keeps the new settings); an interrupted Parquet output, only its journal written, is still checked."""
+    first = sorted((photos / "sub").glob("*.jpg"))[0]
+    for name in ("captions.jsonl", "captions.parquet"):
+        out = tmp_path / name
+        base = ["caption", str(first), "--model", str(model_dir), "--output", str(out), "--max-length", "4"]
+        code, _, err = run_cli([*base, "--beams", "1"], capsys)
+        assert code == 0, err
+        out.unlink()
+        if name.endswith(".parquet"):  # an interrupted run: its records in the journal, no Parquet file yet
+            (tmp_path / f"{name}.partial.jsonl").write_text(json.dumps({"image": "x.jpg", "caption": "a"}) + "\n")
+            code, _, err = run_cli([*base, "--beams", "2", "--resume"], capsys)
+            assert code == 1 and "was begun with num_beams 1; this run asks for num_beams 2" in err, err
+            continue
+        code, _, err = run_cli([*base, "--beams", "2", "--resume"], capsys)
+        assert code == 0, err
+        assert [r["image"] for r in read_jsonl(out)] == [str(first)]
+        assert json.loads((tmp_path / f".{name}.settings.json").read_text())["num_beams"] == 2
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json"])
 def test_other_formats(model_dir, photos, tmp_path, capsys, fmt):
     out = tmp_path / f"captions.{fmt}"

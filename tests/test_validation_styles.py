@@ -6,8 +6,10 @@ it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -207,6 +209,25 @@ def test_as_validation_progress_counts_each_validation_image_once(run, single_th
     counted: list[int] = []
     evaluate_as_validation(captioner, validation, trained, "CIDEr", batch_size=4, on_progress=counted.append)
     assert sum(counted) == VALIDATED_IMAGES and min(counted) >= 0
+
+
+def test_the_as_validation_progress_bar_is_sized_to_the_images_it_counts(run, capsys, monkeypatch, single_thread):
+    # Each style's first 6 images make 8 images in all: the CLI's bar is sized to 8 and ends there (it was sized to
+    # train.eval_images, 6, and ran past its end).
+    bars: list[list[int]] = []
+
+    @contextlib.contextmanager
+    def recording(description: str, total: int) -> Iterator[Callable[[int], None]]:
+        counted = [total]
+        bars.append(counted)
+        yield counted.append
+
+    monkeypatch.setattr("captionkit.cli.evaluate.progress_bar", recording)
+    args = ["evaluate", "--model", run["model"], "--data", run["data"], "--as-validation", "--metrics", "CIDEr"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    ((total, *advances),) = bars
+    assert total == sum(advances) == VALIDATED_IMAGES
 
 
 def test_the_validation_description_names_what_val_cider_is_over():

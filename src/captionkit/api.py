@@ -87,7 +87,8 @@ class Captioner:
         dtype: str | torch.dtype | None = None,
     ) -> Captioner:
         """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
-        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU unless ``device`` says.
+        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU (another ``device`` is an
+        ``InputError``).
 
         ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run on the CPU in
         fp32 only.

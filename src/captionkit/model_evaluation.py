@@ -290,6 +290,15 @@ def evaluate_as_validation(
     return _evaluate_styles_as_validation(captioner, validation, trained, decoding, perplexity, shown, scoring)
 
 
+def validation_images(validation: Sequence[CaptionRecord], trained: TrainedOn) -> int:
+    """How many images :func:`evaluate_as_validation` captions (its progress counts each once): the first
+    ``train.eval_images`` of ``validation``, or, for a run with styles, those among each style's first ones."""
+    if not trained.styles:
+        return len({record.image_id for record in first_images(validation, trained.eval_images)})
+    by_style = style_references(validation, trained.styles, trained.eval_images)
+    return len({image_id for references in by_style.values() for image_id in references})
+
+
 def _evaluate_styles_as_validation(
     captioner: Captioner,
     validation: Sequence[CaptionRecord],

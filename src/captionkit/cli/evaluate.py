@@ -98,6 +98,7 @@ def evaluate(
         evaluate_as_validation,
         evaluate_model,
         evaluate_model_styles,
+        validation_images,
     )
     from captionkit.report import write_evaluation_report
     from captionkit.trained_on import TrainedOn
@@ -143,9 +144,8 @@ def evaluate(
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
         clip = _clip_scorer(metrics, clip_model, device)
-        images = len({r.image_id for r in chosen})
-        if as_run is not None and as_run.eval_images:
-            images = min(images, as_run.eval_images)
+        # With styles, each style's first train.eval_images images: together more than train.eval_images.
+        images = validation_images(chosen, as_run) if as_run is not None else len({r.image_id for r in chosen})
         with progress_bar("evaluating", images) as advance:
             if as_run is not None:
                 result = evaluate_as_validation(

@@ -11,7 +11,8 @@ from typing import Any
 
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import InputError, first_line
-from captionkit.files import write_atomic
+from captionkit.files import cannot_write, write_atomic
+from captionkit.jobs.parquet_records import journal_path
 
 # Resolved into the style and prompt the settings name: token ids say less to a reader than the words asked for.
 _TOKEN_FIELDS = ("start_token_id", "prompt_ids")
@@ -40,11 +41,12 @@ def run_settings(
     return json.loads(json.dumps(settings))
 
 
-def check_resumed(target: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume ``target`` with other ``settings`` than it was begun with (none kept: an output written
-    before captionkit kept them, which resumes unchecked)."""
+def check_resumed(target: Path, fmt: str, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``target`` (in format ``fmt``) with other ``settings`` than it was begun with (none kept: an
+    output written before captionkit kept them, which resumes unchecked). An output that is gone (deleted, its
+    hidden settings left behind) holds no captions to mix with: the run starts afresh, as ``--resume`` does."""
     path = settings_path(target)
-    if not path.is_file():
+    if not path.is_file() or not _has_output(target, fmt):
         return
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
@@ -64,8 +66,19 @@ def check_resumed(target: Path, settings: dict[str, Any]) -> None:
 
 
 def write_settings(target: Path, settings: dict[str, Any]) -> None:
-    """Keep ``settings`` beside the output ``target`` (see :func:`settings_path`)."""
-    write_atomic(settings_path(target), json.dumps(settings, indent=2) + "\n")
+    """Keep ``settings`` beside the output ``target`` (see :func:`settings_path`), making its directory as the
+    output's writer does; a failed write is one line naming the file."""
+    path = settings_path(target)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    except OSError as error:
+        raise InputError(path, cannot_write(error)) from None
+
+
+def _has_output(target: Path, fmt: str) -> bool:
+    """Whether an earlier run left ``target``, or, for Parquet, the journal an interrupted one writes first."""
+    return target.exists() or (fmt == "parquet" and journal_path(target).exists())
 
 
 def _shown(settings: dict[str, Any], keys: list[str]) -> str:
