@@ -162,6 +162,10 @@ def test_resume_continues_only_with_the_settings_the_output_was_begun_with(model
         assert err.startswith(f"captionkit: error: --resume: {out} was begun with "), err
         assert shown in err and err.endswith("resume with the same settings, or caption into a new --output\n")
         assert out.read_text() == before
+    # A setting one side lacks is not compared (one added to captionkit since the output began, or dropped).
+    kept = tmp_path / ".captions.jsonl.settings.json"
+    edited = {key: value for key, value in json.loads(kept.read_text()).items() if key != "top_k"}
+    kept.write_text(json.dumps(edited | {"a_later_option": 3}))
     elsewhere = os.path.relpath(model_dir, tmp_path)  # the same model by a relative path, from another directory
     args = [*base, "--resume", str(photos)]
     args[2] = elsewhere

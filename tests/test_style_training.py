@@ -57,6 +57,13 @@ def test_bad_style_settings_name_the_key():
         mix_styles(_records({"neutral": 3}), {"neutral": 1, "negative": 1}, seed=0)
 
 
+def test_recipe_style_names_are_read_in_any_case():
+    """As a data file's style column and --style are: {Positive: 0.5} is positive (it was a config error)."""
+    assert DataSection(styles={"Positive": 0.5, " NEGATIVE ": 0.5}).styles == {"positive": 0.5, "negative": 0.5}
+    with pytest.raises(ConfigError, match=r"data.styles: the style 'positive' is given twice"):
+        DataSection(styles={"Positive": 0.5, "positive": 0.5})
+
+
 def test_first_caption_per_style_keeps_one_canonical_caption_per_style_and_image():
     records = [
         CaptionRecord(Path("a.png"), "one", style="neutral", image_id="a"),

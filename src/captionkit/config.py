@@ -97,8 +97,10 @@ class DataSection:
     styles: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from captionkit.data.styles import check_style_shares
+        from captionkit.data.styles import check_style_shares, named_style_shares
 
+        # Style names in any case ({Positive: 0.5}), as a data file's style column and --style take them.
+        object.__setattr__(self, "styles", named_style_shares(self.styles))
         check_style_shares(self.styles)
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError("data.val_fraction", f"must be in [0, 1), got {self.val_fraction}")

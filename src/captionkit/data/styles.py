@@ -18,6 +18,20 @@ from captionkit.data.splits import first_caption_per_image
 from captionkit.errors import ConfigError, InputError
 
 
+def named_style_shares(shares: Mapping[str, float], key: str = "data.styles") -> dict[str, float]:
+    """``shares`` keyed by style names as captionkit spells them (case and spaces ignored: "Positive"); a style
+    given twice so ("positive" and "Positive") is a ``ConfigError``."""
+    if not isinstance(shares, Mapping):
+        return shares  # type: ignore[return-value]  # check_style_shares says what is wrong with it
+    named: dict[str, float] = {}
+    for style, share in shares.items():
+        name = style.strip().lower() if isinstance(style, str) else style
+        if name in named:
+            raise ConfigError(key, f"the style {name!r} is given twice")
+        named[name] = share
+    return named
+
+
 def check_style_shares(shares: Mapping[str, float], key: str = "data.styles") -> None:
     for style, share in shares.items():
         if style not in STYLES:

@@ -55,8 +55,9 @@ def check_resumed(target: Path, fmt: str, settings: dict[str, Any]) -> None:
         raise InputError(path, reason) from None
     if not isinstance(saved, dict):
         raise InputError(path, "unreadable run settings (not a JSON object); delete it to resume unchecked")
-    differ = [key for key in settings if saved.get(key) != settings[key]]
-    differ += [key for key in saved if key not in settings]
+    # A setting one side lacks is not compared: one added to captionkit since the output began (its default then
+    # applied), or one since dropped.
+    differ = [key for key in settings if key in saved and saved[key] != settings[key]]
     if differ:
         raise InputError(
             "--resume",
