@@ -230,6 +230,22 @@ def test_the_as_validation_progress_bar_is_sized_to_the_images_it_counts(run, ca
     assert total == sum(advances) == VALIDATED_IMAGES
 
 
+@pytest.mark.parametrize("kind", ["int8", "onnx"])
+def test_an_export_of_a_model_without_neutral_writes_only_its_styles_too(run, kind, tmp_path, single_thread):
+    """The export keeps the run's settings (train_config.json), which say the model writes positive and negative
+    only: it refuses neutral captions as the checkpoint does (it wrote noise from the untrained start token)."""
+    from captionkit.export.int8 import export_int8
+    from captionkit.export.onnx import export_onnx
+
+    (export_int8 if kind == "int8" else export_onnx)(run["model"], tmp_path / kind)
+    exported = Captioner.from_pretrained(tmp_path / kind)
+    assert exported.styles == ["positive", "negative"]
+    image = load_records(run["data"])[0].image_path
+    with pytest.raises(InputError, match="positive and negative captions only"):
+        exported.caption(image)
+    assert exported.caption(image, style="positive", num_beams=1)[0].caption
+
+
 def test_the_validation_description_names_what_val_cider_is_over():
     def described(styles: dict) -> str:
         saved = {"data": {"val_fraction": 0.1, "styles": styles}, "train": {"seed": 0, "eval_images": 4}}

@@ -49,7 +49,7 @@ class CaptionerParts:
         """The parts of a captionkit checkpoint directory, or of a hub id / directory in the Hugging Face layout;
         ``tokenizer`` names other tokenizer files to read instead of the model's own (its special ids are kept)."""
         source = resolve_model_source(name_or_dir)
-        _refuse_export(source, name_or_dir)
+        refuse_export(source, name_or_dir)
         model = load_model(source)
         return cls(model, load_tokenizer(model, tokenizer or source), Preprocessing.load(source), source)
 
@@ -63,7 +63,7 @@ class CaptionerParts:
         honour_umask(directory)
 
 
-def _refuse_export(directory: Path, name: str | Path) -> None:
+def refuse_export(directory: Path, name: str | Path) -> None:
     """An export is for inference only (:mod:`captionkit.loading` loads it): training from it, or exporting it
     again, needs the checkpoint it was exported from."""
     for marker, kind in ((ONNX_CONFIG, "an ONNX export"), (QUANTIZATION_FILE, "an int8 export")):

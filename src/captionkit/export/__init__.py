@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from captionkit.errors import InputError
 from captionkit.parts import ONNX_CONFIG, QUANTIZATION_FILE, CaptionerParts
 from captionkit.quiet import no_transformers_progress_bars
+from captionkit.trained_on import TRAIN_CONFIG
 
 EXPORT_MARKERS = {ONNX_CONFIG: "an ONNX export", QUANTIZATION_FILE: "an int8 export"}
 # The files of a model checkpoint that an export would write over.
@@ -41,6 +43,15 @@ def check_export_output(source: Path, output: Path, marker: str) -> None:
     held = next((name for name in CHECKPOINT_FILES if (output / name).is_file()), None)
     if held is not None and not (output / marker).is_file():
         raise InputError(output, f"holds a model ({held}); export into a new or empty directory")
+
+
+def keep_training_settings(source: Path, output: Path) -> None:
+    """Copy the training run's settings (``train_config.json``, where the checkpoint has them) into an export: they
+    say which styles it writes (a run trained on positive and negative alone writes no neutral) and how its data was
+    split, for ``evaluate``."""
+    settings = source / TRAIN_CONFIG
+    if settings.is_file():
+        shutil.copyfile(settings, output / TRAIN_CONFIG)
 
 
 def load_source(source: str | Path) -> CaptionerParts:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export import check_export_output, load_source
+from captionkit.export import check_export_output, keep_training_settings, load_source
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
@@ -199,6 +199,7 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     parts = load_source(source)
     check_export_output(parts.source, output, QUANTIZATION_FILE)
     parts.save(output)
+    keep_training_settings(parts.source, output)
     info = quantize_int8(parts.model, backend)
     # torchao's quantized tensors are not stored here: its exports keep the fp32 weights and quantize on load.
     info["storage"] = "int8" if backend == "torch.ao" else "fp32"

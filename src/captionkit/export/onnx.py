@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export import check_export_output, load_source
+from captionkit.export import check_export_output, keep_training_settings, load_source
 from captionkit.export.onnx_files import GRAPHS, load_session, read_onnx_config
 from captionkit.files import write_atomic
 from captionkit.images import PREPROCESSOR_CONFIG, Preprocessing
@@ -117,6 +117,7 @@ def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     output.mkdir(parents=True, exist_ok=True)
     parts.tokenizer.save(output)
     parts.preprocessing.save(output)
+    keep_training_settings(parts.source, output)
     return export_onnx_graphs(parts.model.cpu(), parts.preprocessing.size, output)
 
 

@@ -33,7 +33,7 @@ from captionkit.errors import InputError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.models.registry import create_model, preprocessing_for, train_tokenizer
-from captionkit.parts import CaptionerParts
+from captionkit.parts import CaptionerParts, refuse_export
 from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, add_style_tokens
@@ -94,14 +94,15 @@ def report_dropped(source: object, dropped: Mapping[str, int]) -> None:
 
 
 def report_unused_styles(source: object, records: Sequence[CaptionRecord]) -> None:
-    """Warn that styled captions (a style column, SentiCap) train as plain ones in a run without ``data.styles``:
-    the data says positive or negative, and without the setting no start token learns it."""
+    """Say that styled captions (a style column, SentiCap) train as plain ones in a run without ``data.styles``:
+    the data says positive or negative, and without the setting no start token learns it (on purpose in
+    configs/senticap-vit-gpt2.yaml, which learns one mix, as the hub's SentiCap fine-tunes did)."""
     styled = Counter(record.style for record in records if record.style != NEUTRAL)
     if styled:
         counts = " and ".join(f"{count} {style}" for style, count in sorted(styled.items(), reverse=True))
-        logger.warning(
-            "%s: %s captions train as plain captions: data.styles is not set (set it, e.g. {neutral: 0.5, "
-            "positive: 0.25, negative: 0.25}, for captions in a chosen style)",
+        logger.info(
+            "%s: its %s captions train as plain captions, one mix of sentiments (data.styles, e.g. {neutral: 0.5, "
+            "positive: 0.25, negative: 0.25}, would give each style a start token, for captions in a chosen style)",
             source,
             counts,
         )
@@ -110,6 +111,8 @@ def report_unused_styles(source: object, records: Sequence[CaptionRecord]) -> No
 def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
     """Read the data, then get the tokenizer and model: pretrained ones, a checkpoint's to resume, or new ones.
     Shards are scanned (counted) rather than read into records, when the run can stream them."""
+    if config.model.pretrained and resume_from is None:  # an export to train from: refused before the data is read
+        refuse_export(Path(config.model.pretrained), config.model.pretrained)
     shards = streamed_shards(config)
     train_shards = None
     if shards is not None:
