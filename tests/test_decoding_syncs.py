@@ -4,10 +4,11 @@ On a GPU every value a Python ``if`` reads from a tensor waits for the device; t
 read per step is the list of rows (greedy) or images (beam search) that continue. A ``TorchFunctionMode`` sees every
 tensor operation, so the reads that would synchronise are counted here without a GPU: ``tolist``, ``item``,
 ``bool``/``int``/``float`` of a tensor, copies to the host (``cpu``, ``numpy``, ``to("cpu")``), the operations whose
-result's size or value depends on the data (``unique``, ``equal``, ``allclose``, ``nonzero``, ``masked_select``) and
-indexing with a boolean mask. So are the copies the other way that wait: a tensor made from Python data
-(``torch.tensor``, ``torch.as_tensor``, ``new_tensor``, ...) is copied from pageable host memory, which on a GPU waits
-for the device's queue. The models' own steps and reorders run inside the counted span.
+result's size or value depends on the data (``unique``, ``equal``, ``allclose``, ``nonzero``, ``masked_select``),
+``multinomial`` (which checks its input with reads of its own) and indexing with a boolean mask. So are the copies
+the other way that wait: a tensor made from Python data (``torch.tensor``, ``torch.as_tensor``, ``new_tensor``, ...)
+is copied from pageable host memory, which on a GPU waits for the device's queue. The models' own steps and reorders
+run inside the counted span.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ _READS = {
     torch.Tensor.nonzero,
     torch.masked_select,
     torch.Tensor.masked_select,
+    # multinomial checks its probabilities with two reads of the device per call (one call per image and step).
+    torch.multinomial,
+    torch.Tensor.multinomial,
 }
 # Tensors made from host data: on a GPU a copy from pageable memory, which waits until the device has caught up. An
 # empty one copies nothing (transformers' caches start from ``torch.tensor([])``) and is not counted.

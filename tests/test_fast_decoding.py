@@ -41,9 +41,9 @@ class StepRecorder:
                 "images": state.cross_keys[0].shape[0],
                 "group": state.group,
                 "cross_ptr": state.cross_keys[0].data_ptr(),
-                "cache_ptr": state.keys[0].data_ptr(),
-                "capacity": state.keys[0].shape[2],
-                "static": state.static is not None and state.static.owns(state.keys, state.group, state.length),
+                "cache_ptr": state.cache.data_ptr(),
+                "capacity": state.cache.shape[-2],
+                "static": state.static is not None and state.static.owns(state.cache, state.group, state.length),
             }
         )
         return self.step(tokens, state)
@@ -181,8 +181,9 @@ def test_static_cache_is_allocated_once_and_token_identical(
     assert [h[0].score for h in static] == [h[0].score for h in eager]
     assert len({len(h[0].token_ids) for h in static}) >= 3  # rows and images left the batch on the way
     assert min(call["rows"] for call in calls) < 8 * beams == calls[1]["rows"]
-    # One buffer from the first step with every row (after the expand to beams) to the last: never reallocated.
-    assert len({call["cache_ptr"] for call in calls[1:]}) == 1
+    # From the first step with every row (after the expand to beams) to the last, the cache lives in two buffers,
+    # each allocated once: reorders gather into the spare one, then the two swap roles.
+    assert len({call["cache_ptr"] for call in calls[1:]}) == 2
 
 
 def test_static_cache_of_prefix_captioning_is_token_identical(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -254,3 +255,44 @@ def test_fixed_shape_step_of_prefix_captioning_is_token_identical(monkeypatch: p
         monkeypatch.setenv(CUDA_GRAPHS_ENV, graphs)
         found[graphs] = [h[0].token_ids for h in generate(model, pixels, config=DecodingConfig(max_new_tokens=9))]
     assert found["1"] == found["0"] and len(found["0"]) == 5
+
+
+def test_reorders_gather_every_layer_into_the_spare_buffer_and_back() -> None:
+    # Eager reorders gather the whole (layers, 2, rows, ...) cache into a spare buffer and swap: after permutations,
+    # a shrink and another permutation, every layer's filled keys/values are the reference rows, and only two
+    # buffers were ever used.
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32, n_positions=16, n_embd=32, n_layer=3, n_head=2)
+    decoder = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        state = start_gpt2_state(decoder, None, rows=6)
+        for token in range(4):
+            gpt2_step(decoder, torch.full((6,), token), state)
+        reference = [(k[:, :, :4].clone(), v[:, :, :4].clone()) for k, v in zip(state.keys, state.values, strict=True)]
+        buffers = set()
+        for index in ([5, 4, 3, 2, 1, 0], [0, 0, 2, 3, 3, 1], [4, 1, 5], [2, 2, 0]):
+            index_tensor = torch.tensor(index)
+            state.reorder(index_tensor, tuple(range(len(index))))
+            reference = [(k[index_tensor], v[index_tensor]) for k, v in reference]
+            buffers.add(state.cache.data_ptr())
+        assert state.cache.shape[:3] == (3, 2, 3) and state.rows == 3 and len(buffers) == 2
+        for (keys, values), (expected_keys, expected_values) in zip(
+            zip(state.keys, state.values, strict=True), reference, strict=True
+        ):
+            assert torch.equal(keys[:, :, :4], expected_keys) and torch.equal(values[:, :, :4], expected_values)
+
+
+def test_gpt2_mlp_keeps_transformers_gelu_in_fp32_and_fuses_it_in_half_precision():
+    """float32 captions are token-identical to generate's: there the MLP runs transformers' own gelu_new, bit for bit
+    (torch's fused tanh GELU is an ulp or so apart); in bf16 the fused kernel replaces its eight operations."""
+    from captionkit.models.gpt2_graph import gpt2_mlp
+
+    torch.manual_seed(0)
+    block = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=50)).eval().transformer.h[0]
+    hidden = torch.randn(4, 3, 32) * 3
+    with torch.no_grad():
+        assert torch.equal(gpt2_mlp(block.mlp, hidden), block.mlp(hidden))
+        half = block.mlp.to(torch.bfloat16)
+        inner = half.c_fc(hidden.bfloat16())
+        fused = half.c_proj(torch.nn.functional.gelu(inner, approximate="tanh"))
+        assert torch.equal(gpt2_mlp(half, hidden.bfloat16()), fused)

@@ -67,19 +67,19 @@ def fake_capture(monkeypatch: pytest.MonkeyPatch) -> FakeCapture:
 
 @dataclass
 class CacheStub:
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    cross_keys: list[torch.Tensor]
-    cross_values: list[torch.Tensor]
+    cache: torch.Tensor  # (layers, 2, rows, heads, capacity, head_dim)
+    cross: torch.Tensor | None  # (layers, 2, images, heads, tokens, head_dim)
     length: int
     group: int
 
 
-def cache_state(rows: int, capacity: int, images: int = 0, group: int = 0, length: int = 1) -> Any:
-    """A decoder state's cache as a step sees it: 2 layers, 2 heads of 4, 7 image tokens when ``images``."""
-    own = [torch.randn(rows, 2, capacity, 4) for _ in range(2)]
-    cross = [torch.randn(images, 2, 7, 4) for _ in range(2 if images else 0)]
-    return CacheStub(own, [t.clone() for t in own], cross, [t.clone() for t in cross], length, group)
+def cache_state(
+    rows: int, capacity: int, images: int = 0, group: int = 0, length: int = 1, layers: int = 2, width: int = 8
+) -> Any:
+    """A decoder state's cache as a step sees it: 2 heads of ``width / 2``, 7 image tokens when ``images``."""
+    own = torch.randn(layers, 2, rows, 2, capacity, width // 2)
+    cross = torch.randn(layers, 2, images, 2, 7, width // 2) if images else None
+    return CacheStub(own, cross, length, group)
 
 
 def tokens_and_scores(hypotheses: list[list[Any]]) -> tuple[list[list[list[int]]], list[float]]:
@@ -179,23 +179,20 @@ def test_a_bucket_in_use_by_a_live_call_is_not_shared(make_vit_gpt2: Callable, f
     config = decoder.config
     heads, width = config.n_head, config.n_embd
 
+    assert heads == 2
+
     def state() -> Any:
-        found = cache_state(8, 12, images=2, group=4)
-        found.keys = [torch.randn(8, heads, 12, width // heads) for _ in range(config.n_layer)]
-        found.values = [t.clone() for t in found.keys]
-        found.cross_keys = [torch.randn(2, heads, 7, width // heads) for _ in range(config.n_layer)]
-        found.cross_values = [t.clone() for t in found.cross_keys]
-        return found
+        return cache_state(8, 12, images=2, group=4, layers=config.n_layer, width=width)
 
     first, second = state(), state()
-    filled = first.keys[0][:, :, :1].clone()
+    filled = first.cache[..., :1, :].clone()
     step = static_step_for(decoder, first, "graphs")
     other = static_step_for(decoder, second, "graphs")  # another thread's call, while the first is live
     assert other is not step and fake_capture.captured == 2
     assert graph_cache(decoder).get(step.bucket, never_built) is step
     # The state moved into the step's buffers: its filled position copied, the rest zeroed.
-    assert first.keys[0].data_ptr() == step.buffers.keys[0].data_ptr() and first.keys[0].shape[:3] == (8, heads, 16)
-    assert torch.equal(first.keys[0][:, :, :1], filled) and not first.keys[0][:, :, 1:].any()
+    assert first.cache.data_ptr() == step.buffers.cache.data_ptr() and first.cache.shape[:5] == (2, 2, 8, heads, 16)
+    assert torch.equal(first.cache[..., :1, :], filled) and not first.cache[..., 1:, :].any()
     del first
     gc.collect()
     assert static_step_for(decoder, state(), "graphs") is step  # free again: reused, nothing captured

@@ -40,7 +40,8 @@ class _Candidates:
 
 @dataclass
 class _Finished:
-    """Per image (all images, not just the active ones): the best finished hypotheses so far, best first."""
+    """Per image: the best finished hypotheses so far, best first. During the search, one row per image still
+    searched (the batch's images, in batch order); the closed images' rows move to an all-images copy."""
 
     scores: torch.Tensor  # (B, K) length-penalised; NEG-ish for empty slots
     log_prob: torch.Tensor  # (B, K) summed log-probs
@@ -58,20 +59,29 @@ class _Finished:
             filled=torch.zeros((num_images, beams), dtype=torch.bool, device=device),
         )
 
-    def merge(
-        self, images: torch.Tensor, scores: torch.Tensor, cand: _Candidates, joins: torch.Tensor, length: int
-    ) -> None:
-        """Keep the K best of the slots and the candidates of ``images`` (scores already penalised)."""
+    def merge(self, scores: torch.Tensor, cand: _Candidates, joins: torch.Tensor, length: torch.Tensor) -> None:
+        """Keep the K best of the slots and the candidates (scores already penalised; ``length``: (b, 2K), the
+        candidates' generated tokens)."""
         beams = self.scores.shape[1]
-        merged = torch.cat((self.scores[images], scores), dim=1)
+        merged = torch.cat((self.scores, scores), dim=1)
         pick = torch.topk(merged, beams, dim=1).indices
-        self.scores[images] = merged.gather(1, pick)
-        self.log_prob[images] = torch.cat((self.log_prob[images], cand.scores), dim=1).gather(1, pick)
-        self.filled[images] = torch.cat((self.filled[images], joins), dim=1).gather(1, pick)
-        new_length = torch.full_like(cand.source, length)
-        self.length[images] = torch.cat((self.length[images], new_length), dim=1).gather(1, pick)
-        tokens = torch.cat((self.tokens[images], cand.tokens), dim=1)
-        self.tokens[images] = _gather_beams(tokens, pick)
+        self.scores = merged.gather(1, pick)
+        self.log_prob = torch.cat((self.log_prob, cand.scores), dim=1).gather(1, pick)
+        self.filled = torch.cat((self.filled, joins), dim=1).gather(1, pick)
+        self.length = torch.cat((self.length, length), dim=1).gather(1, pick)
+        self.tokens = _gather_beams(torch.cat((self.tokens, cand.tokens), dim=1), pick)
+
+    def select(self, rows: torch.Tensor) -> _Finished:
+        """Rows ``rows`` (the images that go on)."""
+        return _Finished(*(field.index_select(0, rows) for field in self._fields()))
+
+    def store_into(self, everyone: _Finished, images: torch.Tensor) -> None:
+        """Write these rows into ``everyone`` (all images) as the rows ``images``."""
+        for mine, theirs in zip(self._fields(), everyone._fields(), strict=True):
+            theirs.index_copy_(0, images, mine)
+
+    def _fields(self) -> tuple[torch.Tensor, ...]:
+        return (self.scores, self.log_prob, self.tokens, self.length, self.filled)
 
     def hypotheses(self, count: int, eos: int) -> list[list[Hypothesis]]:
         scores, log_prob = self.scores.tolist(), self.log_prob.tolist()
@@ -102,41 +112,54 @@ def beam_search(
     running_scores = torch.zeros((num_images, beams), dtype=torch.float32, device=device)
     running_scores[:, 1:] = NEG
     running_tokens = torch.full((num_images, beams, max_new), model.pad_token_id, device=device)
+    # The searched images' finished hypotheses and transformers' is_early_stop_heuristic_unsatisfied, one row per
+    # image still searched; ``active``: those images, in batch order (on the device and, with the image of each
+    # row, on the host). Closed images' finished rows go to ``closed`` (all images) as they leave.
     finished = _Finished.empty(num_images, beams, max_new, model.pad_token_id, device)
-    # Images still searched, in batch order (on the device and, with the image of each row, on the host), and
-    # transformers' is_early_stop_heuristic_unsatisfied per image.
+    closed: _Finished | None = None
+    improvable = torch.ones(num_images, dtype=torch.bool, device=device)
     active = torch.arange(num_images, device=device)
     active_images = list(range(num_images))
     row_image = image_major_rows(active_images, beams)
-    improvable = torch.ones(num_images, dtype=torch.bool, device=device)
-    # Of the 2K candidates, only the first K may join the finished set.
+    # Made once: which of the 2K candidates may join the finished set (the first K), the first row of each image's
+    # beams, and each step's candidate length.
     in_top_k = torch.arange(2 * beams, device=device) < beams
+    first_rows = torch.arange(num_images, device=device)[:, None] * beams
+    lengths = torch.arange(1, max_new + 1, device=device)[:, None, None].expand(-1, num_images, 2 * beams)
 
     for position in range(max_new):
+        batch = active.shape[0]
         log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
         cand = _candidates(log_probs, running_scores, running_tokens, position, model.eos_token_id, max_new)
         running_scores, running_tokens, source = _next_running(cand, beams)
         joins = cand.ends & in_top_k
-        scores = _finished_scores(cand, joins, finished.filled[active], improvable[active], position, config)
-        finished.merge(active, scores, cand, joins, position + 1)
-        improvable[active] &= _may_improve(running_scores, finished, active, position, config)
-        full = finished.filled[active].all(dim=1) & (config.early_stopping is True)
+        scores = _finished_scores(cand, joins, finished.filled, improvable, position, config)
+        finished.merge(scores, cand, joins, lengths[position, :batch])
+        improvable = improvable & _may_improve(running_scores, finished, position, config)
+        going_on = improvable
+        if config.early_stopping is True:
+            going_on = going_on & ~finished.filled.all(dim=1)
         # The loop's one host synchronisation: which images go on (the batch shrinks as images close).
-        going_on = improvable[active] & ~full
         searching = going_on.tolist()
         if position + 1 == max_new or not any(searching):
             break
         # Row r of the next batch continues beam source[image, beam] of its image; closed images drop out.
-        batch_image = torch.arange(active.numel(), device=device)[:, None]
-        rows = batch_image * beams + source
+        rows = first_rows[:batch] + source
         if not all(searching):
             kept = kept_rows(going_on, sum(searching))
+            if closed is None:
+                closed = _Finished.empty(num_images, beams, max_new, model.pad_token_id, device)
+            finished.store_into(closed, active)
+            finished, improvable = finished.select(kept), improvable.index_select(0, kept)
             rows, active = rows.index_select(0, kept), active.index_select(0, kept)
             running_scores, running_tokens = running_scores[kept], running_tokens[kept]
             active_images = [image for image, on in zip(active_images, searching, strict=True) if on]
             row_image = image_major_rows(active_images, beams)
         state = model.reorder_state(state, rows.flatten(), row_image)
         log_probs, state = model.step(running_tokens[:, :, position].flatten(), state)
+    if closed is not None:
+        finished.store_into(closed, active)
+        finished = closed
     return finished.hypotheses(config.num_return_sequences, model.eos_token_id)
 
 
@@ -156,13 +179,13 @@ def _candidates(
     tokens = _gather_beams(running_tokens, source)
     tokens[:, :, position] = token
     # transformers' stopping criteria: eos, or the sequence reaching max_new_tokens generated tokens.
-    ends = (token == eos) | (position + 1 >= max_new)
+    ends = token == eos if position + 1 < max_new else torch.ones_like(token, dtype=torch.bool)
     return _Candidates(scores, tokens, source, ends)
 
 
 def _next_running(cand: _Candidates, beams: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best K candidates that do not end: (b, K) scores, (b, K, L) tokens, (b, K) source beams."""
-    scores = cand.scores + cand.ends.to(torch.float32) * NEG
+    scores = _plus_neg(cand.scores, cand.ends)
     keep = torch.topk(scores, beams, dim=1).indices
     return scores.gather(1, keep), _gather_beams(cand.tokens, keep), cand.source.gather(1, keep)
 
@@ -177,18 +200,19 @@ def _finished_scores(
 ) -> torch.Tensor:
     """Length-penalised candidate scores, plus NEG where a candidate may not join (transformers' order)."""
     scores = cand.scores / ((position + 1) ** config.length_penalty)
-    full = filled.all(dim=1, keepdim=True) & (config.early_stopping is True)
-    scores = scores + full.to(torch.float32) * NEG
-    scores = scores + (~improvable[:, None]).to(torch.float32) * NEG
-    return scores + (~joins).to(torch.float32) * NEG
+    if config.early_stopping is True:  # otherwise transformers adds 0.0 here, which changes no score
+        scores = _plus_neg(scores, filled.all(dim=1, keepdim=True))
+    scores = _plus_neg(scores, ~improvable[:, None])
+    return _plus_neg(scores, ~joins)
+
+
+def _plus_neg(scores: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """``scores + where.float() * NEG`` in one operation, bit for bit (NEG x 1 and NEG x 0 are exact)."""
+    return torch.add(scores, where, alpha=NEG)
 
 
 def _may_improve(
-    running_scores: torch.Tensor,
-    finished: _Finished,
-    active: torch.Tensor,
-    position: int,
-    config: DecodingConfig,
+    running_scores: torch.Tensor, finished: _Finished, position: int, config: DecodingConfig
 ) -> torch.Tensor:
     """transformers' early-stop heuristic: can the best running beam still beat the worst finished hypothesis?
 
@@ -198,8 +222,7 @@ def _may_improve(
     penalty = config.length_penalty
     length = config.max_new_tokens if config.early_stopping == "never" and penalty > 0.0 else position + 1
     best_running = running_scores[:, :1] / (length**penalty)
-    scores, filled = finished.scores[active], finished.filled[active]
-    worst_finished = torch.where(filled, scores.min(dim=1, keepdim=True).values, NEG)
+    worst_finished = torch.where(finished.filled, finished.scores.min(dim=1, keepdim=True).values, NEG)
     return (best_running > worst_finished).any(dim=1)
 
 

@@ -49,18 +49,39 @@ class ImageGenerators:
         self.generators = [
             torch.Generator(device=device).manual_seed((seed + image) % SEED_MODULUS) for image in range(num_images)
         ]
+        self._spans: tuple[tuple[int, ...], list[tuple[int, int, int]]] | None = None
+        self._noise: torch.Tensor | None = None
 
     def sample(self, probs: torch.Tensor, row_image: tuple[int, ...]) -> torch.Tensor:
         """One token per row of (R, V) ``probs``; ``row_image`` (on the host, so that nothing waits for the device)
-        names each row's image, and rows of an image must be contiguous (image-major order)."""
-        tokens = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-        start = 0
-        for image, rows in itertools.groupby(row_image):
-            count = len(list(rows))
-            span = slice(start, start + count)
-            tokens[span] = torch.multinomial(probs[span], 1, generator=self.generators[image]).squeeze(1)
-            start += count
-        return tokens
+        names each row's image, and rows of an image must be contiguous (image-major order).
+
+        Exactly what ``torch.multinomial(probs[rows of image i], 1, generator=generators[i])`` draws, image by image:
+        for one sample it takes ``argmax(probs / q)`` with ``q`` exponential noise drawn from the generator for the
+        image's rows. Here each image only draws its noise (one call per image, into one buffer) and the division
+        and argmax run once for the whole batch. Unlike ``multinomial`` this reads nothing back from the device (it
+        checks its input for invalid values, two reads per call); the probabilities come from a softmax over
+        warped scores that keep at least one finite token, so they are valid.
+        """
+        rows, vocab = probs.shape
+        noise = self._noise
+        if noise is None or noise.shape[0] < rows or noise.shape[1] != vocab or noise.dtype != probs.dtype:
+            noise = self._noise = torch.empty_like(probs)
+        noise = noise[:rows]  # the front rows: each image's slice is contiguous, as multinomial's own noise is
+        for image, start, stop in self._image_spans(row_image):
+            noise[start:stop].exponential_(generator=self.generators[image])
+        return torch.div(probs, noise, out=noise).argmax(dim=-1)
+
+    def _image_spans(self, row_image: tuple[int, ...]) -> list[tuple[int, int, int]]:
+        """(image, first row, row after the last) for each run of ``row_image``; kept while the rows stay the same."""
+        if self._spans is None or self._spans[0] is not row_image:
+            spans, start = [], 0
+            for image, rows in itertools.groupby(row_image):
+                count = len(list(rows))
+                spans.append((image, start, start + count))
+                start += count
+            self._spans = (row_image, spans)
+        return self._spans[1]
 
 
 def draw_seed() -> int:

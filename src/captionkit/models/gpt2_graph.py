@@ -38,7 +38,8 @@ from typing import Generic, Protocol, TypeVar
 
 import torch
 from torch import nn
-from torch.nn.functional import scaled_dot_product_attention
+from torch.nn.functional import gelu, scaled_dot_product_attention
+from transformers.activations import NewGELUActivation
 
 from captionkit.errors import ConfigError
 from captionkit.models.packed_linear import linear
@@ -51,6 +52,7 @@ __all__ = [
     "GraphCache",
     "StaticStep",
     "choose_bucket",
+    "gpt2_mlp",
     "graph_mode",
     "release_graphs",
     "static_step_for",
@@ -90,10 +92,8 @@ class Bucket:
 class CacheState(Protocol):
     """What a step reads of the decoder state (:class:`~captionkit.models.gpt2_step.Gpt2StepState`)."""
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    cross_keys: list[torch.Tensor]
-    cross_values: list[torch.Tensor]
+    cache: torch.Tensor  # (layers, 2, rows, heads, capacity, head_dim)
+    cross: torch.Tensor | None  # (layers, 2, images, heads, tokens, head_dim)
     length: int
     group: int
 
@@ -101,17 +101,17 @@ class CacheState(Protocol):
 def choose_bucket(state: CacheState, limit: int) -> Bucket:
     """The bucket a state's cache fits in: images (rows without cross-attention) rounded up to a power of two,
     reserved positions up to a multiple of :data:`CAPACITY_STEP` (at most ``limit``, the model's positions)."""
-    rows, _, capacity, _ = state.keys[0].shape
+    rows, capacity = state.cache.shape[2], state.cache.shape[-2]
     capacity = max(capacity, min(_round_up(capacity, CAPACITY_STEP), limit))
     images = tokens = 0
-    if state.cross_keys:
-        images, _, tokens, _ = state.cross_keys[0].shape
+    if state.cross is not None:
+        images, tokens = state.cross.shape[2], state.cross.shape[-2]
         images = _power_of_two(images)
         rows = images * state.group
     else:
         rows = _power_of_two(rows)
-    keys = state.keys[0]
-    return Bucket(rows, capacity, images, state.group, tokens, keys.dtype, keys.device)
+    cache = state.cache
+    return Bucket(rows, capacity, images, state.group, tokens, cache.dtype, cache.device)
 
 
 def _power_of_two(count: int) -> int:
@@ -160,10 +160,8 @@ class GraphCache(Generic[Key, Value]):
 class _Buffers:
     """Everything the step reads and writes, at fixed addresses: the graph's inputs and outputs."""
 
-    keys: list[torch.Tensor]  # per layer (rows, heads, capacity, head_dim)
-    values: list[torch.Tensor]
-    cross_keys: list[torch.Tensor]  # per layer (images, heads, tokens, head_dim), or empty
-    cross_values: list[torch.Tensor]
+    cache: torch.Tensor  # (layers, 2, rows, heads, capacity, head_dim): self-attention keys and values
+    cross: torch.Tensor | None  # (layers, 2, images, heads, tokens, head_dim), or None
     group: int
     tokens: torch.Tensor  # (rows,) input ids
     position: torch.Tensor  # () the position this step writes
@@ -172,14 +170,11 @@ class _Buffers:
     def zeros(cls, config: object, bucket: Bucket) -> _Buffers:
         heads, width, layers = config.n_head, config.n_embd, config.n_layer  # type: ignore[attr-defined]
         options = {"dtype": bucket.dtype, "device": bucket.device}
-        own = (bucket.rows, heads, bucket.capacity, width // heads)
-        cross = (bucket.images, heads, bucket.cross_tokens, width // heads)
-        with_cross = range(layers if bucket.images else 0)
+        own = (layers, 2, bucket.rows, heads, bucket.capacity, width // heads)
+        cross = (layers, 2, bucket.images, heads, bucket.cross_tokens, width // heads)
         return cls(
-            [torch.zeros(own, **options) for _ in range(layers)],  # type: ignore[arg-type]
-            [torch.zeros(own, **options) for _ in range(layers)],  # type: ignore[arg-type]
-            [torch.zeros(cross, **options) for _ in with_cross],  # type: ignore[arg-type]
-            [torch.zeros(cross, **options) for _ in with_cross],  # type: ignore[arg-type]
+            torch.zeros(own, **options),  # type: ignore[arg-type]
+            torch.zeros(cross, **options) if bucket.images else None,  # type: ignore[arg-type]
             bucket.group,
             torch.zeros(bucket.rows, dtype=torch.long, device=bucket.device),
             torch.zeros((), dtype=torch.long, device=bucket.device),
@@ -226,19 +221,18 @@ class StaticStep:
         front views of them from now on."""
         filled = self.length = state.length
         own = self.buffers
-        _move_in(own.keys, state.keys, filled)
-        _move_in(own.values, state.values, filled)
-        _move_in(own.cross_keys, state.cross_keys, None)
-        _move_in(own.cross_values, state.cross_values, None)
+        state.cache = _move_in(own.cache, state.cache, filled)
+        if own.cross is not None and state.cross is not None:
+            state.cross = _move_in(own.cross, state.cross, None)
         own.position.fill_(filled)
         self._user = weakref.ref(state)
 
-    def owns(self, keys: list[torch.Tensor], group: int, length: int) -> bool:
-        """Whether the state's cache ``keys`` are (front views of) these buffers, its rows grouped alike, and no
+    def owns(self, cache: torch.Tensor, group: int, length: int) -> bool:
+        """Whether the state's ``cache`` is (a front view of) these buffers, its rows grouped alike, and no
         step ran elsewhere since this one's last call (``length`` is its next position)."""
-        full = self.buffers.keys[0]
-        same_buffers = keys[0].data_ptr() == full.data_ptr() and keys[0].shape[0] <= full.shape[0]
-        same_rows = not self.buffers.cross_keys or group == self.buffers.group
+        full = self.buffers.cache
+        same_buffers = cache.data_ptr() == full.data_ptr() and cache.shape[2] <= full.shape[2]
+        same_rows = self.buffers.cross is None or group == self.buffers.group
         return same_buffers and same_rows and length == self.length
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -249,16 +243,15 @@ class StaticStep:
         return self._replay()[:live]
 
 
-def _move_in(fulls: list[torch.Tensor], parts: list[torch.Tensor], filled: int | None) -> None:
-    """Copy each layer's ``parts`` (rows, heads, positions, head_dim) to the front of ``fulls``, its first
-    ``filled`` positions (all: None) and zeros after them; ``parts`` then hold the front views."""
-    for layer, (full, part) in enumerate(zip(fulls, parts, strict=True)):
-        rows = part.shape[0]
-        if part.data_ptr() != full.data_ptr():  # not already there (a state moving back into its own bucket)
-            full[:rows, :, :filled] = part[:, :, :filled]
-        if filled is not None:
-            full[:, :, filled:].zero_()
-        parts[layer] = full[:rows]
+def _move_in(full: torch.Tensor, part: torch.Tensor, filled: int | None) -> torch.Tensor:
+    """Copy ``part`` (layers, 2, rows, heads, positions, head_dim) to the front rows of ``full``, its first ``filled``
+    positions (all: None) and zeros after them; returns the front view, which the state holds from then on."""
+    rows = part.shape[2]
+    if part.data_ptr() != full.data_ptr():  # not already there (a state moving back into its own bucket)
+        full[:, :, :rows, :, :filled] = part[..., :filled, :]
+    if filled is not None:
+        full[..., filled:, :].zero_()
+    return full[:, :, :rows]
 
 
 def capture_cuda_graph(run: StepRun) -> Run:
@@ -285,8 +278,9 @@ def capture_compiled(run: StepRun) -> Run:
     :func:`capture_cuda_graph`. Its buffers are marked static, so that their in-place writes stay in the graph;
     shapes are not made dynamic, each bucket compiles its own."""
     buffers = run.buffers
-    for tensor in (*buffers.keys, *buffers.values, *buffers.cross_keys, *buffers.cross_values):
-        torch._dynamo.mark_static_address(tensor)
+    for tensor in (buffers.cache, buffers.cross):
+        if tensor is not None:
+            torch._dynamo.mark_static_address(tensor)
     torch._dynamo.mark_static_address(buffers.tokens)
     torch._dynamo.mark_static_address(buffers.position)
     compiled = torch.compile(_forward, mode="reduce-overhead", fullgraph=True, dynamic=False)
@@ -355,16 +349,30 @@ def _forward(decoder: nn.Module, buffers: _Buffers) -> torch.Tensor:
     """GPT-2 for one token per row at ``buffers.position``, fixed shapes throughout; advances the position."""
     transformer = decoder.transformer
     position = buffers.position.view(1)
-    capacity = buffers.keys[0].shape[2]
+    capacity = buffers.cache.shape[-2]
     visible = (torch.arange(capacity, device=position.device) <= position).view(1, capacity)  # query x keys
     hidden = transformer.wte(buffers.tokens) + transformer.wpe(position)
     for layer, block in enumerate(transformer.h):
         hidden = hidden + _self_attention(block.attn, block.ln_1(hidden), buffers, layer, position, visible)
-        if buffers.cross_keys:
+        if buffers.cross is not None:
             hidden = hidden + _cross_attention(block.crossattention, block.ln_cross_attn(hidden), buffers, layer)
-        hidden = hidden + linear(block.mlp.c_proj, block.mlp.act(linear(block.mlp.c_fc, block.ln_2(hidden))))
+        hidden = hidden + gpt2_mlp(block.mlp, block.ln_2(hidden))
     buffers.position.add_(1)
     return linear(decoder.lm_head, transformer.ln_f(hidden))
+
+
+def gpt2_mlp(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """GPT-2's feed-forward block (eval: no dropout), its two matrices through :func:`linear`.
+
+    GPT-2's ``gelu_new`` (transformers' ``NewGELUActivation``, the tanh formula in eight elementwise operations) runs
+    in half precision as torch's fused tanh GELU, the same formula in one kernel (seven fewer kernels per layer and
+    step, rounded once instead of eight times). In float32 it stays transformers' own formula: the fused kernel is an
+    ulp or so apart there, and float32 captions are token-identical to ``generate``'s.
+    """
+    hidden = linear(mlp.c_fc, hidden)
+    fused = type(mlp.act) is NewGELUActivation and hidden.dtype != torch.float32
+    hidden = gelu(hidden, approximate="tanh") if fused else mlp.act(hidden)
+    return linear(mlp.c_proj, hidden)
 
 
 def _self_attention(
@@ -375,14 +383,18 @@ def _self_attention(
     position: torch.Tensor,
     visible: torch.Tensor,
 ) -> torch.Tensor:
-    heads = attention.num_heads
+    heads, width = attention.num_heads, attention.split_size
     rows = hidden.shape[0]
-    query, key, value = linear(attention.c_attn, hidden).split(attention.split_size, dim=1)
-    keys, values = buffers.keys[layer], buffers.values[layer]
-    keys.index_copy_(2, position, key.view(rows, heads, 1, -1))
-    values.index_copy_(2, position, value.view(rows, heads, 1, -1))
+    projected = linear(attention.c_attn, hidden)  # (rows, 3 * width): query, key, value
+    cache = buffers.cache[layer]  # (2, rows, heads, capacity, head_dim)
+    key_value = projected[:, width:].view(rows, 2, heads, 1, -1).transpose(0, 1)
+    cache.index_copy_(3, position, key_value)  # key and value at once
     out = scaled_dot_product_attention(
-        query.view(rows, heads, 1, -1), keys, values, attn_mask=visible, scale=attention.scaling
+        projected[:, :width].view(rows, heads, 1, -1),
+        cache[0],
+        cache[1],
+        attn_mask=visible,
+        scale=attention.scaling,
     )
     return linear(attention.c_proj, out.reshape(hidden.shape))
 
@@ -392,6 +404,7 @@ def _cross_attention(attention: nn.Module, hidden: torch.Tensor, buffers: _Buffe
     query = linear(attention.q_attn, hidden)
     rows, width = query.shape
     grouped = query.view(-1, buffers.group, heads, width // heads).transpose(1, 2)
-    keys, values = buffers.cross_keys[layer], buffers.cross_values[layer]
+    assert buffers.cross is not None
+    keys, values = buffers.cross[layer]
     out = scaled_dot_product_attention(grouped, keys, values, scale=attention.scaling)
     return linear(attention.c_proj, out.transpose(1, 2).reshape(rows, width))

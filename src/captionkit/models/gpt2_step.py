@@ -10,9 +10,15 @@ self-attention cache by concatenation. Decoding needs much less, and this step d
 * the self-attention cache is preallocated and each step writes one position: inside
   :func:`~captionkit.models.base.reserved_positions` (a static cache, which the decoding engine asks for on a GPU)
   it is allocated once for every position the call will feed, otherwise with a small capacity doubled when full.
-  Reorders copy into the same buffers; when rows (or images) leave, the survivors move to the front of the
-  buffers and the state keeps a view of them, so nothing is reallocated;
+  Every layer's keys and values live in one tensor, so a reorder is one gather for the whole cache (not two
+  operations per layer and tensor) and a step writes a layer's key and value in one copy. A reorder gathers into a
+  second buffer of the same size, allocated once, and the two swap roles (in place would take two passes: into a
+  temporary, then back; a fixed-shape step's buffers, which must stay put, are reordered in place); when rows (or
+  images) leave, the survivors are the front of the buffers and the state keeps a view of them, so nothing is
+  reallocated;
 * every row is at the same position (decoding runs in lockstep), so no mask is needed;
+* in half precision GPT-2's ``gelu_new`` runs as torch's fused tanh GELU (see
+  :func:`~captionkit.models.gpt2_graph.gpt2_mlp`);
 * on a CPU in fp32 the weight matrices run through oneDNN with prepacked weights
   (:mod:`captionkit.models.packed_linear`), which reads them about twice as fast at these few rows.
 
@@ -31,22 +37,26 @@ from torch import nn
 from torch.nn.functional import scaled_dot_product_attention
 
 from captionkit.models.base import positions_to_reserve
-from captionkit.models.gpt2_graph import StaticStep, graph_mode, static_step_for
+from captionkit.models.gpt2_graph import StaticStep, gpt2_mlp, graph_mode, static_step_for
 from captionkit.models.packed_linear import linear
 
 __all__ = ["Gpt2StepState", "gpt2_embeddings_step", "gpt2_step", "start_gpt2_state"]
 
 # Self-attention positions allocated up front; doubled whenever a step needs more (up to n_positions).
 INITIAL_CAPACITY = 32
+ROWS = 2  # the rows' dimension of the caches (layers, 2, rows, heads, positions, head_dim)
 
 
 @dataclass
 class Gpt2StepState:
     """Decoder state: one row per sequence, lockstep positions, per-image cross-attention keys/values.
 
-    ``keys``/``values``: per layer, (rows, heads, capacity, head_dim); positions ``< length`` are filled.
-    ``cross_keys``/``cross_values``: per layer, (images, heads, tokens, head_dim), or empty without
-    cross-attention. ``row_image[r]``: the image (index into the cross tensors) row r decodes. ``host_row_image``:
+    ``cache``: every layer's self-attention keys and values in one tensor, (layers, 2, rows, heads, capacity,
+    head_dim) (``[layer, 0]`` keys, ``[layer, 1]`` values); positions ``< length`` are filled. One tensor, so that
+    a reorder is one gather for all layers, not two per layer, and a step writes a layer's key and value at once;
+    rows after layers, so that attention reads each layer's keys as one block, as from a tensor of its own.
+    ``cross``: the cross-attention keys/values alike, (layers, 2, images, heads, tokens, head_dim), or None without
+    cross-attention. ``row_image[r]``: the image (index into ``cross``) row r decodes. ``host_row_image``:
     the same map on the host, each image numbered as a row of the batch the state started from (not renumbered when
     images leave), which the decoding engine passes along with every reorder: the state's bookkeeping (which images
     are left, ``group``) is done on it, with no read of the device. ``group``: when rows are image-major with
@@ -54,11 +64,9 @@ class Gpt2StepState:
     matched to their image's keys/values by a gather).
     """
 
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
+    cache: torch.Tensor
     length: int
-    cross_keys: list[torch.Tensor]
-    cross_values: list[torch.Tensor]
+    cross: torch.Tensor | None
     row_image: torch.Tensor
     host_row_image: tuple[int, ...]
     group: int
@@ -67,55 +75,92 @@ class Gpt2StepState:
     graphs: str | None = None
     static: StaticStep | None = None
     steps: int = 0  # tokens fed through gpt2_step
+    # Eager reorders gather in one pass into a second buffer, ``spare``, and the two swap roles (gathering in place
+    # takes two: into a temporary, then back). ``allocation``: the whole buffer whose front ``cache`` views then.
+    spare: torch.Tensor | None = None
+    allocation: torch.Tensor | None = None
 
     @property
     def rows(self) -> int:
         return self.row_image.shape[0]
 
+    @property
+    def keys(self) -> list[torch.Tensor]:
+        """Per layer, views (rows, heads, capacity, head_dim) of ``cache``'s keys."""
+        return list(self.cache[:, 0])
+
+    @property
+    def values(self) -> list[torch.Tensor]:
+        return list(self.cache[:, 1])
+
+    @property
+    def cross_keys(self) -> list[torch.Tensor]:
+        """Per layer, views (images, heads, tokens, head_dim) of ``cross``'s keys; empty without cross-attention."""
+        return [] if self.cross is None else list(self.cross[:, 0])
+
+    @property
+    def cross_values(self) -> list[torch.Tensor]:
+        return [] if self.cross is None else list(self.cross[:, 1])
+
     def reorder(self, index: torch.Tensor, row_image: tuple[int, ...]) -> None:
         """Row i becomes row ``index[i]``, which decodes image ``row_image[i]`` (the new ``host_row_image``): the
         filled cache positions are gathered; cross keys/values only shrink, when images have no row left."""
         filled = self.length
-        for cache in (self.keys, self.values):
-            for layer, tensor in enumerate(cache):
-                if index.shape[0] <= tensor.shape[0]:  # same or fewer rows: into the same buffer
-                    cache[layer] = _select_in_place(tensor, index, filled)
-                else:
-                    # Zeroed: fixed-shape steps attend to positions not yet written (masked, weight 0).
-                    fresh = tensor.new_zeros((index.shape[0], *tensor.shape[1:]))
-                    fresh[:, :, :filled] = tensor[:, :, :filled].index_select(0, index)
-                    cache[layer] = fresh
+        if index.shape[0] <= self.cache.shape[ROWS] and self.static is not None:
+            self.cache = select_in_place(self.cache, index, filled)  # a fixed-shape step reads this very buffer
+        elif index.shape[0] <= self.cache.shape[ROWS]:  # same or fewer rows: gathered into the spare buffer
+            full = self.allocation
+            if full is None or full.data_ptr() != self.cache.data_ptr():  # cache was replaced: it is whole
+                full = self.cache
+            self.cache, self.allocation, self.spare = _select_into_spare(self.cache, full, self.spare, index, filled)
+        else:
+            # Zeroed: fixed-shape steps attend to positions not yet written (masked, weight 0).
+            layers, _, _, heads, capacity, head_dim = self.cache.shape
+            fresh = self.cache.new_zeros((layers, 2, index.shape[0], heads, capacity, head_dim))
+            fresh[..., :filled, :] = self.cache[..., :filled, :].index_select(ROWS, index)
+            self.cache = fresh
         if row_image == self.host_row_image:  # every row kept its image (beam reordering): nothing else moves
             return
         self.host_row_image = row_image
         self.row_image = self.row_image.index_select(0, index)
-        if not self.cross_keys:
+        if self.cross is None:
             return
         live = sorted(set(row_image))
-        if len(live) < self.cross_keys[0].shape[0]:  # some images are done: drop their keys/values, renumber the rest
-            used = _used_images(self.row_image, self.cross_keys[0].shape[0], len(live))
-            self.cross_keys = [_select_in_place(k, used, k.shape[2]) for k in self.cross_keys]
-            self.cross_values = [_select_in_place(v, used, v.shape[2]) for v in self.cross_values]
+        if len(live) < self.cross.shape[ROWS]:  # some images are done: drop their keys/values, renumber the rest
+            used = _used_images(self.row_image, self.cross.shape[ROWS], len(live))
+            self.cross = select_in_place(self.cross, used, self.cross.shape[-2])
             self.row_image = torch.searchsorted(used, self.row_image)
         self.group = _group_size(row_image, live)
 
     def ensure_capacity(self, needed: int, limit: int) -> None:
-        capacity = self.keys[0].shape[2]
+        capacity = self.cache.shape[-2]
         if needed <= capacity:
             return
         capacity = min(max(needed, 2 * capacity), limit)
-        for cache in (self.keys, self.values):
-            for layer, tensor in enumerate(cache):
-                grown = tensor.new_zeros((*tensor.shape[:2], capacity, tensor.shape[3]))
-                grown[:, :, : self.length] = tensor[:, :, : self.length]
-                cache[layer] = grown
+        grown = self.cache.new_zeros((*self.cache.shape[:-2], capacity, self.cache.shape[-1]))
+        grown[..., : self.length, :] = self.cache[..., : self.length, :]
+        self.cache = grown
 
 
-def _select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
-    """Rows ``index`` of ``tensor`` (its first ``filled`` positions) copied to its front; returns that front view."""
+def select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
+    """Rows ``index`` of (layers, 2, rows, heads, positions, head_dim) ``tensor``, its first ``filled`` positions,
+    copied to its front; returns that front view."""
     rows = index.shape[0]
-    tensor[:rows, :, :filled] = tensor[:, :, :filled].index_select(0, index)
-    return tensor[:rows]
+    tensor[:, :, :rows, :, :filled] = tensor[..., :filled, :].index_select(ROWS, index)
+    return tensor[:, :, :rows]
+
+
+def _select_into_spare(
+    cache: torch.Tensor, full: torch.Tensor, spare: torch.Tensor | None, index: torch.Tensor, filled: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows ``index`` of ``cache`` (its first ``filled`` positions; a front view of ``full``) gathered into the
+    front of ``spare`` (made when missing or of another shape); returns that front view, the buffer behind it
+    and ``full``, the next spare."""
+    if spare is None or spare.shape != full.shape:
+        spare = torch.empty_like(full)
+    front = spare[:, :, : index.shape[0]]
+    torch.index_select(cache[..., :filled, :], ROWS, index, out=front[..., :filled, :])
+    return front, spare, full
 
 
 def _used_images(row_image: torch.Tensor, images: int, count: int) -> torch.Tensor:
@@ -146,27 +191,25 @@ def start_gpt2_state(
     config = decoder.config
     heads, head_dim = config.n_head, config.n_embd // config.n_head
     weight = decoder.transformer.wte.weight
-    cross_keys: list[torch.Tensor] = []
-    cross_values: list[torch.Tensor] = []
+    cross = None
     if memory is not None:
         rows = memory.shape[0]
         images, tokens = memory.shape[:2]
-        for block in decoder.transformer.h:
-            keys, values = block.crossattention.c_attn(memory).split(config.n_embd, dim=2)
-            cross_keys.append(keys.view(images, tokens, heads, head_dim).transpose(1, 2).contiguous())
-            cross_values.append(values.view(images, tokens, heads, head_dim).transpose(1, 2).contiguous())
+        # (images, tokens, 2 * width) per layer -> (layers, 2, images, heads, tokens, head_dim)
+        per_layer = [block.crossattention.c_attn(memory) for block in decoder.transformer.h]
+        stacked = torch.stack(per_layer).view(len(per_layer), images, tokens, 2, heads, head_dim)
+        cross = stacked.permute(0, 3, 1, 4, 2, 5).contiguous()
     if rows is None:
         raise ValueError("start_gpt2_state needs memory or a row count")
     reserve = positions_to_reserve()
     capacity = min(INITIAL_CAPACITY if reserve is None else prefix + reserve, config.n_positions)
-    shape = (rows, heads, capacity, head_dim)
     dtype = weight.dtype if weight.is_floating_point() else torch.float32
-    keys = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
-    values = [torch.zeros(shape, dtype=dtype, device=weight.device) for _ in range(config.n_layer)]
+    shape = (config.n_layer, 2, rows, heads, capacity, head_dim)
+    cache = torch.zeros(shape, dtype=dtype, device=weight.device)
     row_image = torch.arange(rows, device=weight.device)
     graphs = graph_mode() if reserve is not None else None
-    group = 1 if cross_keys else 0
-    return Gpt2StepState(keys, values, 0, cross_keys, cross_values, row_image, tuple(range(rows)), group, graphs)
+    group = 1 if cross is not None else 0
+    return Gpt2StepState(cache, 0, cross, row_image, tuple(range(rows)), group, graphs)
 
 
 def gpt2_step(decoder: nn.Module, tokens: torch.Tensor, state: Gpt2StepState) -> torch.Tensor:
@@ -184,10 +227,10 @@ def _static_step(decoder: nn.Module, state: Gpt2StepState) -> StaticStep | None:
     """The fixed-shape step whose buffers hold this state (moved into its bucket's when they do not), or None:
     eager."""
     # The first token runs eagerly: beam search and sampling then expand the rows into new buffers.
-    if state.graphs is None or state.steps == 1 or (state.cross_keys and not state.group):
+    if state.graphs is None or state.steps == 1 or (state.cross is not None and not state.group):
         return None
     state.ensure_capacity(state.length + 1, decoder.config.n_positions)
-    if state.static is None or not state.static.owns(state.keys, state.group, state.length):
+    if state.static is None or not state.static.owns(state.cache, state.group, state.length):
         state.static = static_step_for(decoder, state, state.graphs)
     return state.static
 
@@ -202,9 +245,9 @@ def gpt2_embeddings_step(decoder: nn.Module, embeddings: torch.Tensor, state: Gp
     hidden = embeddings + transformer.wpe.weight[position]  # (rows, width)
     for layer, block in enumerate(transformer.h):
         hidden = hidden + _self_attention(block.attn, block.ln_1(hidden), state, layer, position)
-        if state.cross_keys:
+        if state.cross is not None:
             hidden = hidden + _cross_attention(block.crossattention, block.ln_cross_attn(hidden), state, layer)
-        hidden = hidden + _mlp(block.mlp, block.ln_2(hidden))
+        hidden = hidden + gpt2_mlp(block.mlp, block.ln_2(hidden))
     state.length = position + 1
     return transformer.ln_f(hidden)
 
@@ -218,14 +261,15 @@ def _self_attention(
     attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int, position: int
 ) -> torch.Tensor:
     heads = attention.num_heads
-    query, key, value = linear(attention.c_attn, hidden).split(attention.split_size, dim=1)
-    keys, values = state.keys[layer], state.values[layer]
-    keys[:, :, position : position + 1] = _heads(key, heads)
-    values[:, :, position : position + 1] = _heads(value, heads)
+    width = attention.split_size
+    projected = linear(attention.c_attn, hidden)  # (rows, 3 * width): query, key, value
+    cache = state.cache[layer]  # (2, rows, heads, capacity, head_dim)
+    key_value = projected[:, width:].view(hidden.shape[0], 2, heads, -1).transpose(0, 1)
+    cache[:, :, :, position] = key_value  # key and value at once
     out = scaled_dot_product_attention(
-        _heads(query, heads),
-        keys[:, :, : position + 1],
-        values[:, :, : position + 1],
+        _heads(projected[:, :width], heads),
+        cache[0, :, :, : position + 1],
+        cache[1, :, :, : position + 1],
         scale=attention.scaling,
     )
     return linear(attention.c_proj, out.reshape(hidden.shape))
@@ -234,7 +278,8 @@ def _self_attention(
 def _cross_attention(attention: nn.Module, hidden: torch.Tensor, state: Gpt2StepState, layer: int) -> torch.Tensor:
     heads = attention.num_heads
     query = linear(attention.q_attn, hidden)
-    keys, values = state.cross_keys[layer], state.cross_values[layer]
+    assert state.cross is not None
+    keys, values = state.cross[layer]
     rows, width = query.shape
     if state.group:
         # (images, group) rows -> queries (images, heads, group, head_dim) against the image's keys/values.
@@ -246,8 +291,3 @@ def _cross_attention(attention: nn.Module, hidden: torch.Tensor, state: Gpt2Step
         out = scaled_dot_product_attention(_heads(query, heads), keys, values, scale=attention.scaling)
         out = out.reshape(rows, width)
     return linear(attention.c_proj, out)
-
-
-def _mlp(mlp: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-    """GPT-2's feed-forward block (eval: no dropout), its two matrices through :func:`linear`."""
-    return linear(mlp.c_proj, mlp.act(linear(mlp.c_fc, hidden)))
