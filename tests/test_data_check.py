@@ -95,7 +95,7 @@ def test_check_reports_corrupt_image_and_leak_by_bytes(broken_folder, capsys):
     assert str(root / "train" / "corrupt.jpg") in out
     assert "1 unreadable image" in out
     assert "image in several splits" in out and "same bytes" in out
-    assert "1 captions repeated on one image" in out
+    assert "1 caption repeated on one image" in out
     assert "2 errors" in out
     code, out, _ = run_cli(["data", "check", str(root), "--json"], capsys)
     report = json.loads(out)
@@ -142,8 +142,14 @@ def test_check_image_id_in_two_splits(tmp_path, capsys):
 def test_check_bad_input_and_unknown_split(tmp_path, capsys):
     code, _, err = run_cli(["data", "check", str(tmp_path / "nothing")], capsys)
     assert code == 1 and "no such file or directory" in err
-    code, _, err = run_cli(["data", "check", str(FLICKR), "--split", "extra"], capsys)
-    assert code == 1 and "no captions in split 'extra' (splits: test, train, val)" in err
+    code, out, err = run_cli(["data", "check", str(FLICKR), "--split", "extra"], capsys)
+    assert (code, out, err) == (
+        1,
+        "",
+        "captionkit: error: --split: must be one of train, val, test or all, got 'extra'\n",
+    )
+    code, _, err = run_cli(["data", "check", str(FLICKR / "captions.txt"), "--split", "test", "--no-images"], capsys)
+    assert code == 1 and "no captions in split 'test' (splits: train, val)" in err
 
 
 def test_length_stats_and_words():
@@ -226,3 +232,97 @@ def test_senticap_with_its_images_elsewhere_gets_the_images_hint(tmp_path, capsy
     assert f"hint: images kept in another folder? name it: {spec}?images=DIR" in out
     code, out, _ = run_cli(["data", "check", f"{spec}?val=0.5"], capsys)
     assert f"hint: images kept in another folder? name it: {spec}?val=0.5&images=DIR" in out
+
+
+@pytest.fixture
+def leaky_table(tmp_path):
+    """A CSV of one image in two splits (by id), a copy of it in a third (by bytes), and a row naming a directory."""
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.png")
+    shutil.copy(tmp_path / "a.png", tmp_path / "copy.png")
+    (tmp_path / "folder.png").mkdir()
+    rows = "a.png,a red square,train\na.png,a red square,test\ncopy.png,red,val\nfolder.png,a folder,train\n"
+    (tmp_path / "c.csv").write_text("image,caption,split\n" + rows)
+    return tmp_path / "c.csv"
+
+
+def test_check_text_counts_are_in_good_english(leaky_table, capsys):
+    code, out, _ = run_cli(["data", "check", leaky_table], capsys)
+    assert code == 1
+    root = leaky_table.parent
+    assert "duplicates: 1 caption repeated on one image, 0 captions on several images, 1 group of identical " in out
+    assert f"2 images in several splits:\n  {root / 'a.png'} (image id): test, train\n" in out
+    assert f"  {root / 'a.png'}, {root / 'copy.png'} (same bytes): test, train, val\n" in out
+
+
+def test_check_names_a_directory_given_as_an_image_not_missing(leaky_table, capsys):
+    code, out, _ = run_cli(["data", "check", leaky_table, "--json"], capsys)
+    report = json.loads(out)
+    assert code == 1 and report["missing_images"] == []
+    folder = str(leaky_table.parent / "folder.png")
+    assert report["unreadable_images"] == [{"image": folder, "reason": "is a directory, not an image file"}]
+    code, out, _ = run_cli(["data", "check", leaky_table], capsys)
+    assert f"1 unreadable image:\n  {folder}: is a directory, not an image file\n" in out
+    assert "missing image" not in out and "hint: images kept in another folder?" not in out
+
+
+def test_split_flags_on_data_with_splits_say_they_change_nothing(capsys):
+    args = ["data", "check", FLICKR / "dataset_flickr8k.json", "--no-images", "--json"]
+    code, out, err = run_cli([*args, "--val-fraction", "0.5", "--seed", "7"], capsys)
+    assert code == 0 and json.loads(out)["splits"]["val"]["images"] == 25
+    note = f"captionkit: note: --val-fraction, --seed change nothing here: every caption of {args[2]} has its split"
+    assert err == f"{note} in the data\n"
+    code, _, err = run_cli(args, capsys)
+    assert (code, err) == (0, "")
+    # Splits the spec gives are not the data's: both say so.
+    spec = f"{FLICKR / 'captions.txt'}?val=0.2"
+    code, out, err = run_cli(["data", "check", spec, "--no-images", "--seed", "1"], capsys)
+    assert code == 0 and "\nsplits: data, and the spec's val=/test= for captions without one\n" in out
+    where = "in the data or by the spec's val=/test="
+    assert err == f"captionkit: note: --seed changes nothing here: every caption of {spec} has its split {where}\n"
+    # Data without splits uses them, and says nothing.
+    code, out, err = run_cli(["data", "check", FLICKR / "captions.txt", "--no-images", "--val-fraction", "0.5"], capsys)
+    assert (code, err) == (0, "") and "val 0.5\n" in out
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--val-fraction", "1.5"], "--val-fraction: must be in [0, 1), got 1.5"),
+        (["--test-fraction", "-0.1"], "--test-fraction: must be in [0, 1), got -0.1"),
+        (["--val-fraction", "0.6", "--test-fraction", "0.6"], "--val-fraction and --test-fraction: must sum below 1"),
+        (["--seed", "-1"], "--seed: must be in [0, 4294967295], got -1"),
+        (["--split", "trian"], "--split: must be one of train, val, test or all, got 'trian'"),
+    ],
+)
+def test_bad_split_options_are_one_line_naming_the_flag(flags, message, tmp_path, capsys):
+    code, out, err = run_cli(["data", "check", tmp_path / "not-read-yet.csv", *flags], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"captionkit: error: {message}") and err.count("\n") == 1
+
+
+def test_split_all_and_split_aliases(capsys):
+    spec = FLICKR / "dataset_flickr8k.json"
+    whole = json.loads(run_cli(["data", "check", spec, "--no-images", "--json"], capsys)[1])
+    assert json.loads(run_cli(["data", "check", spec, "--no-images", "--json", "--split", "all"], capsys)[1]) == whole
+    val = json.loads(run_cli(["data", "check", spec, "--no-images", "--json", "--split", "val"], capsys)[1])
+    for alias in ("dev", "validation", "VAL"):
+        code, out, _ = run_cli(["data", "check", spec, "--no-images", "--json", "--split", alias], capsys)
+        assert code == 0 and json.loads(out) == val
+
+
+def test_one_split_is_checked_for_its_own_leaks_byte_copies_included(leaky_table, capsys):
+    # val holds copy.png, the bytes of a.png (train and test): a leak of val, found without opening all of train.
+    root = leaky_table.parent
+    by_bytes = {
+        "image": f"{root / 'a.png'}, {root / 'copy.png'}",
+        "splits": ["test", "train", "val"],
+        "by": "same bytes",
+    }
+    by_id = {"image": str(root / "a.png"), "image_id": "a.png", "splits": ["test", "train"], "by": "image id"}
+    leaks = {}
+    for split in ("val", "test", "all"):
+        code, out, _ = run_cli(["data", "check", leaky_table, "--split", split, "--json"], capsys)
+        leaks[split] = json.loads(out)["images_in_several_splits"]
+        assert code == 1
+    # a.png in train and test is no leak of val; the copy in val is.
+    assert leaks == {"val": [by_bytes], "test": [by_id, by_bytes], "all": [by_id, by_bytes]}

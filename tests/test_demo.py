@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 
 from _helpers import run_cli
 from captionkit.config import load_train_config
-from captionkit.demo import demo_config, demo_recipe_path, score_captions, word_accuracy
+from captionkit.demo import demo_config, demo_recipe_path, remove_old_scenes, score_captions, word_accuracy
 
 
 def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys):
@@ -104,4 +106,87 @@ def test_a_bad_override_fails_before_any_scene_is_drawn(tmp_path, capsys):
     args = ["demo", "--output", tmp_path / "out", "--set", "train.lr=abc", "--train-scenes", "4", "--test-scenes", "2"]
     code, _, err = run_cli(args, capsys)
     assert code == 1 and err == "captionkit: error: --set train.lr: expected a number, got 'abc'\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_remove_old_scenes_deletes_only_scene_images(tmp_path):
+    for split in ("train", "val", "test"):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        for name in (f"{split}-000000.png", f"{split}-000123.png"):
+            (tmp_path / "images" / split / name).write_bytes(b"old")
+    kept = [tmp_path / "images" / "test" / name for name in ("notes.txt", "test-1.png", "mine.png", "train-000000.png")]
+    for path in kept:
+        path.write_bytes(b"mine")
+    assert remove_old_scenes(tmp_path) == 6
+    assert sorted(path.name for path in (tmp_path / "images").rglob("*")) == sorted(
+        ["train", "val", "test", *(path.name for path in kept)]
+    )
+    assert remove_old_scenes(tmp_path / "nothing-here") == 0
+
+
+def test_a_smaller_demo_in_an_old_demos_directory_leaves_no_stale_scenes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    old_test = out / "data" / "images" / "test"
+    old_test.mkdir(parents=True)
+    for index in range(5):  # an earlier run's test scenes, more than this run draws
+        (old_test / f"test-{index:06d}.png").write_bytes(b"stale")
+    settings = ["--steps", "1", "--train-scenes", "4", "--test-scenes", "1"]
+    overrides = ["--set", "model.preset=tiny", "--set", "train.batch_size=4"]
+    code, _, err = run_cli(["demo", "--output", out, *settings, *overrides], capsys)
+    assert code == 0, err
+    assert sorted(path.name for path in old_test.iterdir()) == ["test-000000.png"]
+    assert (old_test / "test-000000.png").read_bytes().startswith(b"\x89PNG")
+    assert len(list((out / "data" / "images" / "train").iterdir())) == 4
+    # One scene and one step are counted in the singular.
+    assert re.search(r"exact match \d+\.\d% on 1 unseen scene after 1 step \(\d+ s\); report: ", err), err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--train-scenes", "0"], "--train-scenes: must be at least 1, got 0"),
+        (["--test-scenes", "-2"], "--test-scenes: must be at least 1, got -2"),
+    ],
+)
+def test_a_bad_scene_count_is_named_with_its_value(tmp_path, capsys, flags, message):
+    code, out, err = run_cli(["demo", "--output", tmp_path / "out", *flags], capsys)
+    assert (code, out, err) == (1, "", f"captionkit: error: {message}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_path_that_is_not_utf8_exits_1_before_drawing(tmp_path, capsys):
+    # Linux hands such a name to Python with a lone surrogate; the tokenizer library cannot save a model there.
+    output = Path(os.fsdecode(bytes(tmp_path) + b"/d\xe9mo"))
+    args = ["demo", "--output", output, "--steps", "1", "--train-scenes", "4", "--test-scenes", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    reason = "the path is not valid UTF-8, and the model's tokenizer cannot be saved there"
+    assert err == f"captionkit: error: --output: {tmp_path}/d\\udce9mo: {reason}\n"
+    assert not output.exists()
+
+
+@pytest.mark.parametrize("key", ["data.train", "data.val", " data.train "])
+def test_an_override_of_the_demos_own_data_exits_1_before_drawing(tmp_path, capsys, key):
+    # Training on other data and then scoring the drawn scenes would report a model that never saw them.
+    args = ["demo", "--output", tmp_path / "out", "--set", f"{key}=my.csv", "--train-scenes", "4", "--test-scenes", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    name = key.strip()
+    assert err == (
+        f"captionkit: error: --set {name}: the demo trains on the scenes it draws; to train its recipe on other data, "
+        f"run `captionkit train configs/demo.yaml --output DIR --set {name}=...`\n"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_styles_without_neutral_exit_1_before_drawing(tmp_path, capsys):
+    # The demo's exact match is over neutral captions; a model trained without them once failed after training.
+    styles = "data.styles={positive: 0.5, negative: 0.5}"
+    args = ["demo", "--output", tmp_path / "out", "--set", styles, "--train-scenes", "4", "--test-scenes", "2"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        "captionkit: error: --set data.styles: the demo scores neutral captions: keep neutral among the styles, or "
+        "turn style control off with data.styles={}\n"
+    )
     assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -235,3 +236,66 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_its_image_inlined(tmp
     records = [{"image": str(photo), "captions": {"m\udce9": "a dog"}}]
     page = write_comparison_report(tmp_path / "c.html", records, ["m\udce9"]).read_text(encoding="utf-8")
     assert "<th>m\\udce9</th>" in page and f'data-image="{tmp_path}/caf\\udce9.jpg"' in page
+
+
+def test_an_evaluation_report_keeps_what_its_metric_table_leaves_out(tmp_path):
+    # A page shared alone must still say what the figures are over, the notes on them, and nocaps' domains.
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    result = {"image": str(photo), "image_id": "1", "caption": "a dog", "references": ["a dog"]}
+    metrics = {
+        "CIDEr": 0.5,
+        "notes": ["the caption 'a <dog>' was given to 2 of 2 images (100%)"],
+        "computed_over": {"captions": "one neutral caption per image & more", "references": "2 references"},
+        "domains": {"in-domain": {"CIDEr": 0.25, "images": 1}, "out-domain": {"CIDEr": 0.75, "images": 3}},
+        "logged_validation": {"val_cider": 0.125},
+    }
+    page = write_evaluation_report(tmp_path / "e.html", [result | {"metrics": {"CIDEr": 0.5}}], metrics).read_text()
+    note = "<li>the caption &#x27;a &lt;dog&gt;&#x27; was given to 2 of 2 images (100%)</li>"
+    assert f"<h2>Notes</h2>\n<ul>{note}</ul>" in page
+    assert "<tr><th>captions</th><td>one neutral caption per image &amp; more</td></tr>" in page
+    assert "<tr><th>references</th><td>2 references</td></tr>" in page
+    domains = page.split("<h2>Per domain</h2>", 1)[1]
+    assert domains.startswith('\n<table class="grid"><tr><th>domain</th><th>CIDEr</th><th>images</th></tr>')
+    assert '<tr><th>out-domain</th><td class="number">0.7500</td><td class="number">3</td></tr>' in domains
+    assert '<h2>logged_validation</h2>\n<table class="metrics"><tr><th>val_cider</th><td class="number">0.1250' in page
+    assert "{" not in page.split("<body>")[1]
+
+
+def test_a_comparison_report_has_as_many_header_cells_as_row_cells(tmp_path):
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    records = [{"image": str(photo), "captions": {"a": "a dog", "b": "a cat"}}, {"image": "gone.png", "error": "no"}]
+    for references in (None, {}, {str(photo): ["a dog"]}):
+        page = write_comparison_report(tmp_path / "c.html", records, ["a", "b"], references).read_text()
+        table = page.split("<table>", 1)[1]
+        header, captioned, failed = (
+            re.findall(r"<tr[^>]*>(.*?)</tr>", table)[:1]
+            + re.findall(r"<tr data-image=[^>]*>(.*?)</tr>", table)
+            + re.findall(r'<tr class="bad">(.*?)</tr>', table)
+        )
+        width = header.count("<th>")
+        assert width == 3 + (references is not None), references
+        assert len(re.findall(r"<td[ >]", re.sub(r"<ul.*?</ul>", "", captioned))) == width
+        span = re.search(r'colspan="(\d+)"', failed)
+        assert span is not None and 1 + int(span.group(1)) == width
+
+
+def test_an_evaluation_report_of_captions_in_several_styles_counts_images_not_captions(tmp_path):
+    # evaluate --as-validation of a style model gives one result per image and style.
+    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    results: list[dict[str, Any]] = [
+        {"image": str(photo), "image_id": image_id, "caption": f"a {style} dog", "references": ["a dog"]}
+        | {"style": style, "metrics": {"CIDEr": cider}}
+        for image_id, cider in (("1", 0.5), ("2", 0.25))
+        for style in ("neutral", "positive")
+    ]
+    failed = {"image": "gone.png", "error": "no such file"}
+    styles = {"neutral": {"CIDEr": 0.5, "notes": ["x"]}, "positive": {"CIDEr": 0.25}}
+    page = write_evaluation_report(tmp_path / "e.html", [*results, failed], {"CIDEr": 0.375, "styles": styles})
+    text = page.read_text()
+    assert "<p>4 captions of 2 images (one per style), worst CIDEr-D first; 1 could not be read" in text
+    assert "<th>references</th><th>style</th><th>CIDEr</th></tr>" in text
+    assert '<td colspan="4">no such file</td>' in text  # caption, references, style, CIDEr
+    assert len(re.findall(r"</ul></td><td>positive</td><td class=\"number\">", text)) == 2
+    grid = text.split("<h2>Per style</h2>", 1)[1]
+    assert grid.startswith('\n<table class="grid"><tr><th>style</th><th>CIDEr</th></tr>')
+    assert '<tr><th>positive</th><td class="number">0.2500</td></tr>' in grid

@@ -8,6 +8,7 @@ greedily. Results: ``metrics.json`` (machine-readable) and ``report.html`` (self
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -18,8 +19,9 @@ from captionkit.config import TrainConfig, apply_overrides, read_yaml, train_con
 from captionkit.data.records import CaptionRecord
 from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
-from captionkit.data.synthetic import SceneOptions, write_synthetic_dataset
+from captionkit.data.synthetic import SPLITS, SceneOptions, write_synthetic_dataset
 from captionkit.demo_data import DemoData
+from captionkit.errors import ConfigError
 from captionkit.files import write_atomic
 
 RECIPE = "demo.yaml"
@@ -34,6 +36,23 @@ def demo_config(data_file: Path, overrides: Sequence[str] = ()) -> TrainConfig:
     data = read_yaml(demo_recipe_path())
     data = apply_overrides(data, [f"data.train={data_file}", f"data.val={data_file}"])
     return train_config(data, overrides, where=RECIPE)
+
+
+#: Recipe keys the demo sets itself: it trains and validates on the scenes it draws, then captions their test split.
+DEMO_SETS = ("data.train", "data.val")
+
+
+def refuse_data_overrides(overrides: Sequence[str]) -> None:
+    """Refuse ``--set data.train=...`` (or ``data.val``): the demo would train on that data, then caption and score
+    the scenes it drew, as if the model had learnt them. Other data is trained with ``captionkit train``."""
+    for override in overrides:
+        key = override.partition("=")[0].strip()
+        if key in DEMO_SETS:
+            raise ConfigError(
+                f"--set {key}",
+                "the demo trains on the scenes it draws; to train its recipe on other data, run "
+                f"`captionkit train configs/demo.yaml --output DIR --set {key}=...`",
+            )
 
 
 def word_accuracy(generated: str, reference: str) -> float:
@@ -68,13 +87,22 @@ def run_demo(
 
     output = Path(output)
     data = data or DemoData()
+    refuse_data_overrides(overrides)
     extra = [f"train.seed={data.seed}", *overrides, *([f"train.steps={steps}"] if steps is not None else [])]
     # The recipe and its overrides checked first: a mistyped --set must not wait for 20,000 scenes to be drawn.
-    demo_config(output / "data" / "captions.jsonl", extra)
+    checked = demo_config(output / "data" / "captions.jsonl", extra)
+    if checked.data.styles and "neutral" not in checked.data.styles:
+        # The demo scores the neutral captions against the canonical ones: a model without them has nothing to score.
+        raise ConfigError(
+            "--set data.styles",
+            "the demo scores neutral captions: keep neutral among the styles, or turn style control off with "
+            "data.styles={}",
+        )
     started = time.perf_counter()
     options = SceneOptions(
         held_out_fraction=data.held_out_fraction, order=data.order, layout=data.layout, grid=data.grid
     )
+    remove_old_scenes(output / "data")
     data_file = write_synthetic_dataset(
         output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options, data.workers
     )
@@ -113,6 +141,23 @@ def run_demo(
     write_atomic(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(output / "report.html", tests, generated, metrics, curves=output / "model" / CURVES)
     return metrics
+
+
+def remove_old_scenes(data_dir: Path) -> int:
+    """Delete the scene images an earlier demo drew in ``data_dir`` (``images/<split>/<split>-NNNNNN.png``) and
+    return how many: a smaller draw overwrites only its own, and the others would stay in ``images/test`` with no
+    caption in ``captions.jsonl`` (and be captioned by ``captionkit caption DIR/data/images/test``). Any other file is
+    left alone."""
+    removed = 0
+    for split in SPLITS:
+        folder = data_dir / "images" / split
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(f"{split}-*.png"):
+            if re.fullmatch(rf"{split}-[0-9]{{6,}}\.png", path.name) and path.is_file() and not path.is_symlink():
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _caption_all(captioner: Any, records: Sequence[CaptionRecord], decoding: Any, batch: int = 64) -> list[str]:

@@ -120,32 +120,72 @@ def write_page(path: str | Path, title: str, sections: Sequence[str]) -> Path:
 
 def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any]) -> Path:
     """``evaluate --report``: the metric table, then each image with its caption, references and per-image scores,
-    worst CIDEr-D first when it was computed (unreadable images before all)."""
+    worst CIDEr-D first when it was computed (unreadable images before all). Results in several styles
+    (``--as-validation`` of a style model: one caption per image and style) get a style column."""
     scored = [r for r in results if "caption" in r]
     names = list(dict.fromkeys(name for r in scored for name in r.get("metrics", {})))
     failed = [r for r in results if "caption" not in r]
     scored.sort(key=lambda r: r.get("metrics", {}).get("CIDEr", 0.0))
-    head = "".join(f"<th>{escape(name)}</th>" for name in names)
-    span = len(names) + 2
+    styled = any("style" in r for r in scored)
+    head = ("<th>style</th>" if styled else "") + "".join(f"<th>{escape(name)}</th>" for name in names)
+    span = len(names) + 2 + styled
     rows = [
         f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{span}">{escape(r.get("error"))}</td></tr>'
         for r in failed
     ]
     for result in scored:
-        cells = "".join(f'<td class="number">{format_number(result["metrics"].get(n, "-"))}</td>' for n in names)
+        style = f"<td>{escape(result.get('style', '-'))}</td>" if styled else ""
+        scores = result.get("metrics", {})
+        cells = "".join(f'<td class="number">{format_number(scores.get(n, "-"))}</td>' for n in names)
         rows.append(
             f'<tr data-image-id="{escape(result["image_id"])}">{image_cell(result["image"])}'
             f"<td>{escape(result['caption'])}</td>"
-            f"<td>{references_list(result.get('references', ()))}</td>{cells}</tr>"
+            f"<td>{references_list(result.get('references', ()))}</td>{style}{cells}</tr>"
         )
     order = "worst CIDEr-D first" if "CIDEr" in names else "in input order (no CIDEr-D to sort by)"
+    images = len({r["image_id"] for r in scored})
+    shown = f"{len(scored)} captions of {images} images (one per style)" if styled else f"{len(scored)} images"
     intro = (
-        f"<p>{len(scored)} images, {order}"
+        f"<p>{shown}, {order}"
         + (f"; {len(failed)} could not be read (listed first)" if failed else "")
         + ". Per-image scores are each image's caption against that image's references.</p>"
     )
     table = f"<table><tr><th>image</th><th>caption</th><th>references</th>{head}</tr>{''.join(rows)}</table>"
-    return write_page(path, "captionkit evaluation", ["<h2>Metrics</h2>", metric_table(metrics), intro, table])
+    sections = ["<h2>Metrics</h2>", metric_table(metrics), *metric_details(metrics), intro, table]
+    return write_page(path, "captionkit evaluation", sections)
+
+
+#: Tables of a table per row (metric -> value for each domain or style) in an evaluation's metrics: their titles.
+_PER_ROW = {"domains": ("Per domain", "domain"), "styles": ("Per style", "style")}
+
+
+def metric_details(metrics: Mapping[str, Any]) -> list[str]:
+    """What :func:`metric_table` leaves out of an evaluation's metrics, so that a page shared alone still says it:
+    its notes (a caption given to every image, a metric left out), what each figure is computed over, the metrics
+    per domain (nocaps) or per style (``--as-validation``), and any other table of figures (``logged_validation``)."""
+    sections = []
+    for key, value in metrics.items():
+        if key == "notes" and isinstance(value, list) and value:
+            sections += ["<h2>Notes</h2>", "<ul>" + "".join(f"<li>{escape(note)}</li>" for note in value) + "</ul>"]
+        elif key == "computed_over" and isinstance(value, Mapping) and value:
+            rows = "".join(f"<tr><th>{escape(name)}</th><td>{escape(text)}</td></tr>" for name, text in value.items())
+            sections += ["<h2>Computed over</h2>", f'<table class="computed-over">{rows}</table>']
+        elif isinstance(value, Mapping) and value and all(isinstance(row, Mapping) for row in value.values()):
+            title, label = _PER_ROW.get(key, (key, key))
+            sections += [f"<h2>{escape(title)}</h2>", grid_table(_by_metric(value), row_label=label)]
+        elif isinstance(value, Mapping) and value:
+            sections += [f"<h2>{escape(key)}</h2>", metric_table(value)]
+    return sections
+
+
+def _by_metric(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """row -> metric -> value as metric -> row -> value (what :func:`grid_table` takes), scalars only."""
+    columns: dict[str, dict[str, Any]] = {}
+    for row, values in rows.items():
+        for name, value in values.items():
+            if value is None or isinstance(value, int | float | str):
+                columns.setdefault(name, {})[row] = value
+    return columns
 
 
 def write_comparison_report(
@@ -173,7 +213,8 @@ def write_comparison_report(
         cells = "".join(_caption_cell(record["captions"][name], per_image.get(image, {}).get(name)) for name in names)
         refs = f"<td>{references_list(references.get(image, ()))}</td>" if references is not None else ""
         rows.append(f'<tr data-image="{escape(image)}">{image_cell(image)}{cells}{refs}</tr>')
-    head = "".join(f"<th>{escape(name)}</th>" for name in names) + ("<th>references</th>" if references else "")
+    head = "".join(f"<th>{escape(name)}</th>" for name in names)
+    head += "<th>references</th>" if references is not None else ""
     sections = []
     if scores:
         sections += ["<h2>Metrics</h2>", grid_table(scores, row_label="model")]

@@ -14,6 +14,8 @@ from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, plural, prog
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
 _SHOWN = 10  # problems listed one per line in the text output; --json has them all
+_SPLITS = ("train", "val", "test")
+_VAL_FRACTION = 0.05  # a training run's data.val_fraction default
 
 
 @app.callback()
@@ -29,13 +31,21 @@ def check(
             metavar="DATASET", help="Dataset: a file or directory, [FORMAT:]PATH[?images=DIR&val=F&test=F&seed=N]."
         ),
     ],
-    split: Annotated[str | None, typer.Option(help="Check only this split (train, val, test).")] = None,
+    split: Annotated[str | None, typer.Option(help="Check only this split (train, val, test; all: every one).")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     val_fraction: Annotated[
-        float, typer.Option(help="For data without splits: fraction of images shown as val (as training holds out).")
-    ] = 0.05,
-    test_fraction: Annotated[float, typer.Option(help="For data without splits: fraction of images as test.")] = 0.0,
-    seed: Annotated[int, typer.Option(help="Seed of the split by image for data without splits.")] = 0,
+        float | None,
+        typer.Option(
+            help=f"For data without splits: fraction of images shown as val (as training holds out). "
+            f"Default: {_VAL_FRACTION}."
+        ),
+    ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="For data without splits: fraction of images as test. Default: 0.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the split by image for data without splits. Default: 0.")
+    ] = None,
     images: Annotated[bool, typer.Option("--images/--no-images", help="Open every image (slow on big sets).")] = True,
     workers: Annotated[int, typer.Option(help="Threads that open images.")] = 4,
 ) -> None:
@@ -49,6 +59,8 @@ def check(
 
     if workers < 1:
         fail(f"--workers: must be at least 1, got {workers}")
+    chosen_split = _split_option(split)
+    splitting = _splitting_options(val_fraction, test_fraction, seed)
     try:
         specs = separate_datasets(spec) or [spec]
     except CaptionkitError as error:
@@ -56,12 +68,43 @@ def check(
     if len(specs) > 1 and not json_output:
         print(f"{spec}: {plural(len(specs), 'COCO caption file')} of one split each, checked one by one:")
         print("".join(f"  {one}\n" for one in specs), end="")
-    splitting = _Splitting(val_fraction, test_fraction, seed)
-    reports = [_check_one(one, split, splitting, images, workers, json_output) for one in specs]
+    reports = [_check_one(one, chosen_split, splitting, images, workers, json_output) for one in specs]
     if json_output:
         print(json.dumps(reports[0] if len(reports) == 1 else {"spec": spec, "datasets": reports}, indent=2))
     errors = sum(report["errors"] for report in reports)
     raise typer.Exit(EXIT_INPUT_ERROR if errors else EXIT_OK)
+
+
+def _split_option(split: str | None) -> str | None:
+    """``--split`` as captionkit names splits (``dev`` -> ``val``, ``restval`` -> ``train``); None for all of them."""
+    from captionkit.data.formats.base import normalize_split
+
+    if split is None:
+        return None
+    name = normalize_split(split)
+    if name == "all":
+        return None
+    if name not in _SPLITS:
+        fail(f"--split: must be one of {', '.join(_SPLITS)} or all, got {split!r}")
+    return name
+
+
+def _splitting_options(val_fraction: float | None, test_fraction: float | None, seed: int | None) -> _Splitting:
+    """The split options, checked here so that a bad one is named before any data is read."""
+    from captionkit.config import MAX_SEED
+
+    val = _VAL_FRACTION if val_fraction is None else val_fraction
+    test = 0.0 if test_fraction is None else test_fraction
+    for flag, value in (("--val-fraction", val), ("--test-fraction", test)):
+        if not 0.0 <= value < 1.0:
+            fail(f"{flag}: must be in [0, 1), got {value:g}")
+    if val + test >= 1.0:
+        fail(f"--val-fraction and --test-fraction: must sum below 1, got {val:g} + {test:g}")
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # a training run's train.seed takes no other
+        fail(f"--seed: must be in [0, {MAX_SEED}], got {seed}")
+    flags = (("--val-fraction", val_fraction), ("--test-fraction", test_fraction), ("--seed", seed))
+    given = tuple(flag for flag, value in flags if value is not None)
+    return _Splitting(val, test, 0 if seed is None else seed, given)
 
 
 @dataclass(frozen=True)
@@ -71,10 +114,21 @@ class _Splitting:
     val: float
     test: float
     seed: int
+    given: tuple[str, ...] = ()  # the flags given on the command line, which data with splits leaves unused
 
-    def describe(self, total: int, unsplit: int) -> str:
+    def unused_note(self, spec: str, by_spec: bool) -> str | None:
+        """A note when split flags were given for data that names every caption's split (or whose spec's ``val=`` /
+        ``test=`` gave the others one), where they change nothing."""
+        if not self.given:
+            return None
+        flags = ", ".join(self.given)
+        verb = "changes" if len(self.given) == 1 else "change"
+        where = "in the data or by the spec's val=/test=" if by_spec else "in the data"
+        return f"captionkit: note: {flags} {verb} nothing here: every caption of {spec} has its split {where}"
+
+    def describe(self, total: int, unsplit: int, by_spec: bool = False) -> str:
         if not unsplit:
-            return "data"
+            return "data, and the spec's val=/test= for captions without one" if by_spec else "data"
         test = f", test {self.test:g}" if self.test else ""
         how = f"shown as a training run splits it: by image, seed {self.seed}, val {self.val:g}{test}"
         return f"none in the data; {how}" if unsplit == total else f"data; {unsplit} captions without one {how}"
@@ -85,7 +139,7 @@ def _check_one(
 ) -> dict[str, Any]:
     """The report of one dataset, printed as text unless ``quiet``."""
     from captionkit.data.check import check_records
-    from captionkit.data.sources import load_dataset
+    from captionkit.data.sources import load_dataset, parse_spec
     from captionkit.data.splits import assign_splits, evaluation_split, select_split
     from captionkit.errors import CaptionkitError
 
@@ -96,10 +150,12 @@ def _check_one(
         records = loaded.records
         if unsplit:
             records = assign_splits(records, splitting.val, splitting.test, splitting.seed)
-    except CaptionkitError as error:
+    except (CaptionkitError, ValueError) as error:
         fail(str(error))
-    except ValueError as error:
-        fail(str(error))
+    by_spec = parse_spec(spec).assigns_splits  # the reader gave captions without a split one: unsplit is 0
+    note = None if unsplit else splitting.unused_note(spec, by_spec)
+    if note is not None:
+        print(note, file=sys.stderr)
     chosen = select_split(records, split) if split else records
     if not chosen:
         names = ", ".join(sorted({r.split for r in records if r.split}))
@@ -114,7 +170,7 @@ def _check_one(
         "spec": spec,
         "format": loaded.format,
         "files": [str(path) for path in loaded.files],
-        "splits_from": splitting.describe(len(records), unsplit),
+        "splits_from": splitting.describe(len(records), unsplit, by_spec),
         "evaluate_default": evaluated,
         "dropped": loaded.dropped,
         **report,
@@ -149,31 +205,35 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"dropped: {count} {reason}")
     duplicates = report["duplicate_captions"]
     console.print(
-        f"duplicates: {duplicates['repeated_on_one_image']} captions repeated on one image, "
-        f"{duplicates['captions_on_several_images']} captions on several images, "
-        f"{len(report['duplicate_images'])} groups of identical image files"
+        f"duplicates: {plural(duplicates['repeated_on_one_image'], 'caption')} repeated on one image, "
+        f"{plural(duplicates['captions_on_several_images'], 'caption')} on several images, "
+        f"{plural(len(report['duplicate_images']), 'group')} of identical image files"
     )
     if not report["images_checked"]:
         console.print("images: not opened (--no-images)")
-    _list(console, "missing image", report["missing_images"])
-    if report["missing_images"]:
+    missing = report["missing_images"]
+    _list(console, plural(len(missing), "missing image"), missing)
+    if missing:
         more = "&" if "?" in report["spec"] else "?"
         console.print(f"hint: images kept in another folder? name it: {report['spec']}{more}images=DIR", markup=False)
-    _list(console, "unreadable image", [f"{item['image']}: {item['reason']}" for item in report["unreadable_images"]])
+    unreadable = [f"{item['image']}: {item['reason']}" for item in report["unreadable_images"]]
+    _list(console, plural(len(unreadable), "unreadable image"), unreadable)
     shared = report["images_in_several_splits"]
     leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
-    _list(console, "image in several splits", leaks)
+    _list(console, f"{plural(len(leaks), 'image')} in several splits", leaks)
     if report["long_captions"]:
         console.print(f"warning: captions over {LONG_CAPTION_WORDS} words (a quote left open in a table?)")
-        _list(console, "long caption", [f"{item['image']}: {item['words']} words" for item in report["long_captions"]])
+        long = [f"{item['image']}: {item['words']} words" for item in report["long_captions"]]
+        _list(console, plural(len(long), "long caption"), long)
     errors = report["errors"]
     console.print(plural(errors, "error") if errors else "ok: no errors")
 
 
-def _list(console: Any, what: str, items: list[str]) -> None:
+def _list(console: Any, heading: str, items: list[str]) -> None:
+    """``heading`` (the count and what they are), then the first items, one a line."""
     if not items:
         return
-    console.print(f"{plural(len(items), what)}:")
+    console.print(f"{heading}:", markup=False)
     for item in items[:_SHOWN]:
         console.print(f"  {item}", markup=False)
     if len(items) > _SHOWN:

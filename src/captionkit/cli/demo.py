@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail, os_error_line, quiet_libraries
+from captionkit.cli._common import fail, os_error_line, plural, quiet_libraries
 from captionkit.config import MAX_SEED
 from captionkit.demo_data import DemoData
 
@@ -35,14 +35,19 @@ def demo(
 
     if steps is not None and steps < 1:
         fail(f"--steps: must be at least 1, got {steps}")
-    if train_scenes < 1 or test_scenes < 1:
-        fail("--train-scenes and --test-scenes must be at least 1")
+    for flag, scenes in (("--train-scenes", train_scenes), ("--test-scenes", test_scenes)):
+        if scenes < 1:
+            fail(f"{flag}: must be at least 1, got {scenes}")
     if not 0 <= seed <= MAX_SEED:  # numpy's seeds, which training sets from it
         fail(f"--seed: must be in [0, {MAX_SEED}], got {seed}")
     try:
         check_output_dir(output, "--output")
     except CaptionkitError as error:
         fail(str(error))
+    if not _is_utf8(output.absolute()):
+        # The tokenizer library saves only to UTF-8 paths: training would fail at its first checkpoint.
+        shown = str(output.absolute()).encode("utf-8", "backslashreplace").decode("utf-8")
+        fail(f"--output: {shown}: the path is not valid UTF-8, and the model's tokenizer cannot be saved there")
     data = DemoData(num_train=train_scenes, num_test=test_scenes, seed=seed)
 
     def log(entry: dict[str, Any]) -> None:
@@ -55,8 +60,18 @@ def demo(
     except OSError as error:  # a disk that fills or a directory removed midway: what the check above cannot foresee
         fail(f"--output: {os_error_line(error, output)}")
     print(json.dumps(metrics, indent=2))
+    scenes, steps_done = plural(metrics["test_images"], "unseen scene"), plural(metrics["train_steps"], "step")
     print(
-        f"exact match {metrics['exact_match']:.1%} on {metrics['test_images']} unseen scenes after "
-        f"{metrics['train_steps']} steps ({metrics['train_seconds']:.0f} s); report: {output / 'report.html'}",
+        f"exact match {metrics['exact_match']:.1%} on {scenes} after {steps_done} ({metrics['train_seconds']:.0f} s); "
+        f"report: {output / 'report.html'}",
         file=sys.stderr,
     )
+
+
+def _is_utf8(path: Path) -> bool:
+    """Whether ``path`` is valid UTF-8 (a name that is not reaches Python with lone surrogates)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import stat
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -68,8 +69,12 @@ def _inspect_image(path: Path, limits: ImageLimits) -> tuple[str | None, str | N
     try:
         data = read_member(path, limits.max_bytes)  # None: not a sample inside a tar or Parquet shard
         if data is None:
-            if not path.is_file():
+            if not path.exists():
                 return None, "missing"
+            if path.is_dir():  # there, so not missing: a hint to look in another folder would mislead
+                return None, "is a directory, not an image file"
+            if not path.is_file():  # a FIFO or a device: reading it may never end
+                return None, "not a regular file"
             with path.open("rb") as handle:
                 data = handle.read(limits.max_bytes + 1)
     except InputError as error:
@@ -132,6 +137,45 @@ def _shared_between_splits(records: Sequence[CaptionRecord], digests: dict[Path,
     return shared
 
 
+def _leaks_of(
+    records: Sequence[CaptionRecord],
+    all_records: Sequence[CaptionRecord],
+    digests: dict[Path, str],
+    limits: ImageLimits,
+) -> list[dict[str, Any]]:
+    """The images of ``records`` (one split, say) that are also in another split of ``all_records``: by id, by file,
+    or by bytes. For the last, the other splits' files of the same size as an opened one are read and hashed (not
+    decoded): identical bytes have identical sizes, so the rest cannot match."""
+    checked = {_split_of(record) for record in records}
+    sizes = {size for size in map(_file_size, digests) if size is not None}
+    others = dict.fromkeys(record.image_path for record in all_records if record.image_path not in digests)
+    all_digests = dict(digests)
+    for path in others:
+        if _file_size(path) in sizes:
+            digest = _file_digest(path, limits)
+            if digest is not None:
+                all_digests[path] = digest
+    return [leak for leak in _shared_between_splits(all_records, all_digests) if checked & set(leak["splits"])]
+
+
+def _file_size(path: Path) -> int | None:
+    """The size of a regular file; None for anything else (a member of a shard, a file gone)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _file_digest(path: Path, limits: ImageLimits) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limits.max_bytes + 1)
+    except OSError:
+        return None
+    return hashlib.sha256(data).hexdigest()
+
+
 def _record_outcome(
     path: Path,
     digest: str | None,
@@ -179,7 +223,10 @@ def check_records(
     same_bytes: dict[str, list[str]] = defaultdict(list)
     for path, digest in digests.items():
         same_bytes[digest].append(str(path))
-    shared = _shared_between_splits(all_records if all_records is not None else records, digests)
+    if all_records is None:
+        shared = _shared_between_splits(records, digests)
+    else:
+        shared = _leaks_of(records, all_records, digests, limits)
     return {
         "splits": {name: split_counts(splits[name]) for name in order},
         "total": split_counts(records),
