@@ -1,10 +1,10 @@
 """A served model: a :class:`~captionkit.api.Captioner` under a name, with what the page and API need to know.
 
 ``styles``: the styles the model writes (``Captioner.styles``: "neutral", unless its run trained styles alone, and
-those it was trained to control; another style is a 422 naming the model). ``attention``: the model returns attention maps (``model.has_attention``), which
-``attention=true`` adds to each caption of a response. ``prompt``: the model continues a text prompt (BLIP; another
-family refuses one with a 422). ``max_length``: the most new tokens a request may ask of it, the server's bound or
-the model's positions if fewer (a prompt's tokens take positions too).
+those it was trained to control; another style is a 422 naming the model). ``attention``: the model returns
+attention maps (``model.has_attention``), which ``attention=true`` adds to each caption of a response. ``prompt``:
+the model continues a text prompt (BLIP; another family refuses one with a 422). ``max_length``: the most new tokens
+a request may ask of it, the server's bound or the model's positions if fewer (a prompt's tokens take positions too).
 """
 
 from __future__ import annotations
