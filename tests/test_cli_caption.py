@@ -302,6 +302,16 @@ def test_usage_errors_are_one_line_that_says_where_the_help_is(capsys, args, lin
     assert err.rstrip().endswith(f" (see '{' '.join(['captionkit', *help_of.split()])} --help')")
 
 
+@pytest.mark.parametrize(("args", "commands"), [([], ("caption", "train", "data")), (["data"], ("check",))])
+def test_a_command_group_alone_prints_its_help_and_no_empty_error(capsys, args, commands):
+    """`captionkit` or `captionkit data` alone: the help, exit 1, and no "captionkit: error:  (see ...)" line with
+    nothing to say (typer's rich help leaves click's message empty)."""
+    code, out, err = run_cli(args, capsys)
+    shown = out + err
+    assert code == 1 and "captionkit: error" not in shown
+    assert "Usage: captionkit" in shown and all(command in shown for command in commands)
+
+
 def test_a_bad_model_keeps_the_previous_results(model_dir, photos, tmp_path, capsys):
     output = tmp_path / "captions.jsonl"
     output.write_text('{"image": "old.jpg", "caption": "earlier work"}\n')

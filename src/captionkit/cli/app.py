@@ -67,6 +67,13 @@ def run_app(args: list[str]) -> int:
     except typer.Exit as done:
         return done.exit_code
     except typer.TyperException as error:  # usage errors: bad option, missing argument, bad value
+        # `captionkit` or a group alone: the help is the answer (click's NoArgsIsHelpError, by name: typer vendors
+        # click). Typer's rich help has printed itself already and left the message empty; plain help is in it.
+        if type(error).__name__ == "NoArgsIsHelpError":
+            message = str(getattr(error, "message", ""))
+            if message.strip():
+                print(message, file=sys.stderr)
+            return 1
         print(f"captionkit: error: {usage_error_line(error, args)}", file=sys.stderr)
         return 1
     return code or 0
