@@ -166,6 +166,19 @@ def test_utf16_tables_are_one_error_saying_so(tmp_path, capsys, name):
     assert err.strip().splitlines() == [f"captionkit: error: {table}: UTF-16 text: save it as UTF-8"]
 
 
+@pytest.mark.parametrize("name", ["labels.csv", "labels.tsv"])
+def test_an_empty_table_says_it_is_empty(tmp_path, capsys, name):
+    # It said "no image and caption columns in header ''".
+    table = tmp_path / name
+    table.write_bytes(b"")
+    code, _, err = run_cli(["data", "check", str(table)], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"captionkit: error: {table}: empty file (expected image, caption[, style][, split][, image_id] in a header "
+        "row, then a row per caption)"
+    ]
+
+
 def test_styles_written_in_any_case(tmp_path):
     names = flickr_photos(tmp_path, 1)
     rows = "".join(f"{names[0]},a dog,{style}\n" for style in ("Positive", " NEGATIVE", "Neutral", ""))

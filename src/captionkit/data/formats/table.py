@@ -78,6 +78,8 @@ def _columns(names: list[str], where: object) -> dict[int, str] | None:
 def _header(probe: Probe) -> tuple[str, dict[int, str], int]:
     """(delimiter, columns, number of fields) of a table's header line."""
     header = probe.first_line()
+    if not header.strip() and probe.path.is_file() and probe.path.stat().st_size == 0:
+        raise InputError(probe.path, f"empty file ({EXPECTED} in a header row, then a row per caption)")
     order = ("\t",) if probe.suffix == ".tsv" else (",", "\t", "|")
     for delimiter in order:
         names = next(csv.reader([header], delimiter=delimiter))
