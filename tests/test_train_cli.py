@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +53,19 @@ def test_unknown_key_is_one_line_naming_the_closest_key(recipe, tmp_path, capsys
     assert "captionkit: error: --set train.stpes: unknown key (did you mean 'steps'?" in err and "tiny.yaml" not in err
     assert err.startswith("captionkit: error: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["train", "export"])
+def test_a_model_directory_whose_path_is_not_utf8_is_refused_before_any_work(tmp_path, capsys, command):
+    """The tokenizers library saves only to UTF-8 paths: a run would fail at its first checkpoint, after training,
+    and an export after loading the model; both are one line naming --output, before anything is read."""
+    output = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9sultat"))
+    if command == "train":
+        args = ["train", Path(__file__).parents[1] / "configs" / "scenes-xe.yaml", "--output", output]
+    else:
+        args = ["export", "int8", "--model", tmp_path / "no-model-needed", "--output", output]
+    code, out, err = run_cli(args, capsys)
+    reason = "the path is not valid UTF-8, and the model's tokenizer cannot be saved there"
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: --output: {tmp_path}/r\\udce9sultat: {reason}\n"
+    assert not output.exists()

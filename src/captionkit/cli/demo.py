@@ -31,7 +31,7 @@ def demo(
     quiet_libraries()
     from captionkit.demo import run_demo
     from captionkit.errors import CaptionkitError
-    from captionkit.files import check_output_dir
+    from captionkit.files import check_model_dir
 
     if steps is not None and steps < 1:
         fail(f"--steps: must be at least 1, got {steps}")
@@ -41,13 +41,9 @@ def demo(
     if not 0 <= seed <= MAX_SEED:  # numpy's seeds, which training sets from it
         fail(f"--seed: must be in [0, {MAX_SEED}], got {seed}")
     try:
-        check_output_dir(output, "--output")
+        check_model_dir(output, "--output")
     except CaptionkitError as error:
         fail(str(error))
-    if not _is_utf8(output.absolute()):
-        # The tokenizer library saves only to UTF-8 paths: training would fail at its first checkpoint.
-        shown = str(output.absolute()).encode("utf-8", "backslashreplace").decode("utf-8")
-        fail(f"--output: {shown}: the path is not valid UTF-8, and the model's tokenizer cannot be saved there")
     data = DemoData(num_train=train_scenes, num_test=test_scenes, seed=seed)
 
     def log(entry: dict[str, Any]) -> None:
@@ -66,12 +62,3 @@ def demo(
         f"report: {output / 'report.html'}",
         file=sys.stderr,
     )
-
-
-def _is_utf8(path: Path) -> bool:
-    """Whether ``path`` is valid UTF-8 (a name that is not reaches Python with lone surrogates)."""
-    try:
-        str(path).encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

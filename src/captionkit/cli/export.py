@@ -68,10 +68,10 @@ def _check_export_output(model: str, output: Path) -> None:
     directory is fine."""
     from captionkit.errors import InputError
     from captionkit.export import is_model_being_exported
-    from captionkit.files import check_output_dir
+    from captionkit.files import check_model_dir
 
     if is_model_being_exported(model, output):
         raise InputError("--output", f"{output} is the model being exported; choose a new directory")
-    check_output_dir(output, "--output")
+    check_model_dir(output, "--output")
     if output.is_dir() and any(output.iterdir()):
         raise InputError("--output", f"{output} is not empty; export into a new or empty directory")

@@ -89,8 +89,8 @@ def _check_paths(config: Path, output: Path) -> None:
     before anything is read or trained (the reader would call the directory missing; the run would fail on
     mkdir)."""
     from captionkit.errors import ConfigError
-    from captionkit.files import check_output_dir
+    from captionkit.files import check_model_dir
 
     if config.is_dir():
         raise ConfigError(config, "is a directory, not a config file")
-    check_output_dir(output, "--output", noun="run directory")
+    check_model_dir(output, "--output", noun="run directory")
