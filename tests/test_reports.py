@@ -17,6 +17,7 @@ from PIL import Image
 from _data import SHARED_DATA
 from _helpers import run_cli, save_tiny_model
 from _hub_parts import save_clip
+from captionkit import report
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.evaluation import score_captions
 from captionkit.images import load_image
@@ -299,3 +300,25 @@ def test_an_evaluation_report_of_captions_in_several_styles_counts_images_not_ca
     grid = text.split("<h2>Per style</h2>", 1)[1]
     assert grid.startswith('\n<table class="grid"><tr><th>style</th><th>CIDEr</th></tr>')
     assert '<tr><th>positive</th><td class="number">0.2500</td></tr>' in grid
+
+
+def test_rows_past_the_thumbnail_cap_show_their_image_by_name(tmp_path, monkeypatch):
+    """A report of thousands of images inlines thumbnails for the first rows (the worst) and names the rest: a page
+    of 5,000 COCO images would otherwise weigh tens of MB."""
+    monkeypatch.setattr(report, "MAX_THUMBNAILS", 2)
+    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+    results = [
+        {"image": str(p), "image_id": p.stem, "caption": "a dog", "references": ["a dog"], "metrics": {"CIDEr": c}}
+        for p, c in zip(photos, (0.9, 0.1, 0.5), strict=True)
+    ]
+    page = write_evaluation_report(tmp_path / "e.html", results, {"CIDEr": 0.5}).read_text()
+    assert page.count('<img class="thumb"') == 2
+    assert f'<td class="name" title="{photos[0]}">{photos[0].name}</td>' in page  # the best: last, named
+    assert "worst CIDEr-D first; thumbnails of the first 2, the others by name." in page
+    records = [{"image": str(p), "captions": {"a": "a dog"}} for p in photos]
+    page = write_comparison_report(tmp_path / "c.html", records, ["a"]).read_text()
+    assert page.count('<img class="thumb"') == 2 and page.count('<td class="name"') == 1
+    assert "<p>3 images, in input order; thumbnails of the first 2, the others by name.</p>" in page
+    monkeypatch.setattr(report, "MAX_THUMBNAILS", 3)
+    page = write_comparison_report(tmp_path / "c.html", records, ["a"]).read_text()
+    assert page.count('<img class="thumb"') == 3 and "thumbnails of the first" not in page

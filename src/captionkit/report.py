@@ -58,7 +58,15 @@ def image_data_uri(path: str | Path, size: int = THUMBNAIL) -> str | None:
     return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
 
 
-def image_cell(path: str | Path) -> str:
+# Rows past this many show their image by name, not as an inlined thumbnail (10-20 KB each): a report of 5,000 COCO
+# images stays a few MB and opens quickly, with the worst-scoring images, which come first, in view.
+MAX_THUMBNAILS = 500
+
+
+def image_cell(path: str | Path, thumbnail: bool = True) -> str:
+    """A table cell with the image inlined as a thumbnail, or (``thumbnail=False``) its file name."""
+    if not thumbnail:
+        return f'<td class="name" title="{escape(path)}">{escape(Path(path).name)}</td>'
     uri = image_data_uri(path)
     if uri is None:
         return f"<td>(unreadable: {escape(Path(path).name)})</td>"
@@ -133,12 +141,13 @@ def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any
         f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{span}">{escape(r.get("error"))}</td></tr>'
         for r in failed
     ]
-    for result in scored:
+    for row, result in enumerate(scored):
         style = f"<td>{escape(result.get('style', '-'))}</td>" if styled else ""
         scores = result.get("metrics", {})
         cells = "".join(f'<td class="number">{format_number(scores.get(n, "-"))}</td>' for n in names)
+        picture = image_cell(result["image"], row < MAX_THUMBNAILS)
         rows.append(
-            f'<tr data-image-id="{escape(result["image_id"])}">{image_cell(result["image"])}'
+            f'<tr data-image-id="{escape(result["image_id"])}">{picture}'
             f"<td>{escape(result['caption'])}</td>"
             f"<td>{references_list(result.get('references', ()))}</td>{style}{cells}</tr>"
         )
@@ -148,6 +157,7 @@ def write_evaluation_report(path: str | Path, results: Sequence[Mapping[str, Any
     intro = (
         f"<p>{shown}, {order}"
         + (f"; {len(failed)} could not be read (listed first)" if failed else "")
+        + _thumbnails_note(len(scored))
         + ". Per-image scores are each image's caption against that image's references.</p>"
     )
     table = f"<table><tr><th>image</th><th>caption</th><th>references</th>{head}</tr>{''.join(rows)}</table>"
@@ -208,11 +218,11 @@ def write_comparison_report(
         f'<tr class="bad"><td>{escape(r["image"])}</td><td colspan="{span}">{escape(r["error"])}</td></tr>'
         for r in failed
     ]
-    for record in shown:
+    for row, record in enumerate(shown):
         image = record["image"]
         cells = "".join(_caption_cell(record["captions"][name], per_image.get(image, {}).get(name)) for name in names)
         refs = f"<td>{references_list(references.get(image, ()))}</td>" if references is not None else ""
-        rows.append(f'<tr data-image="{escape(image)}">{image_cell(image)}{cells}{refs}</tr>')
+        rows.append(f'<tr data-image="{escape(image)}">{image_cell(image, row < MAX_THUMBNAILS)}{cells}{refs}</tr>')
     head = "".join(f"<th>{escape(name)}</th>" for name in names)
     head += "<th>references</th>" if references is not None else ""
     sections = []
@@ -221,10 +231,15 @@ def write_comparison_report(
     order = "images where some model scores worst first" if per_image else "in input order"
     unread = f"; {len(failed)} could not be read (listed first)" if failed else ""
     sections += [
-        f"<p>{len(shown)} images, {order}{unread}.</p>",
+        f"<p>{len(shown)} images, {order}{unread}{_thumbnails_note(len(shown))}.</p>",
         f"<table><tr><th>image</th>{head}</tr>{''.join(rows)}</table>",
     ]
     return write_page(path, "captionkit comparison", sections)
+
+
+def _thumbnails_note(rows: int) -> str:
+    """What the page says when rows past :data:`MAX_THUMBNAILS` show their images by name."""
+    return f"; thumbnails of the first {MAX_THUMBNAILS:,}, the others by name" if rows > MAX_THUMBNAILS else ""
 
 
 def _caption_cell(caption: str, cider: float | None) -> str:
