@@ -154,18 +154,21 @@ def check_output_dir(path: Path, flag: str, noun: str = "directory") -> None:
     _check_creatable_in(path, flag)
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a file name that is not reaches Python with lone surrogates (``caf\\udce9.jpg``), shown
+    as that escape, as the JSON outputs write it, where a page, a terminal or a message must hold it."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_model_dir(path: Path, flag: str, noun: str = "directory") -> None:
     """:func:`check_output_dir` for a directory a model is saved in (a run, an export, the demo's): its path must
     also be valid UTF-8, where the tokenizers library can save the model's tokenizer (a name that is not reaches
     Python with lone surrogates, and would fail at the first save, after the training)."""
     check_output_dir(path, flag, noun)
     absolute = str(path.absolute())
-    try:
-        absolute.encode("utf-8")
-    except UnicodeEncodeError:
-        shown = absolute.encode("utf-8", "backslashreplace").decode("utf-8")
-        reason = f"{shown}: the path is not valid UTF-8, and the model's tokenizer cannot be saved there"
-        raise InputError(flag, reason) from None
+    shown = printable(absolute)
+    if shown != absolute:
+        raise InputError(flag, f"{shown}: the path is not valid UTF-8, and the model's tokenizer cannot be saved there")
 
 
 def _check_creatable_in(path: Path, flag: str) -> None:

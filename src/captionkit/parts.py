@@ -24,6 +24,8 @@ from captionkit.text import CaptionTokenizer
 #: The files that mark an export directory: ONNX (``captionkit export onnx``) and int8 (``captionkit export int8``).
 ONNX_CONFIG = "onnx_config.json"
 QUANTIZATION_FILE = "quantization.json"
+# Each export kind's marker file, which decides how a directory loads (ONNX before int8).
+EXPORT_MARKERS = {ONNX_CONFIG: "an ONNX export", QUANTIZATION_FILE: "an int8 export"}
 # Families whose decoder is GPT-2, and GPT-2's tokenizer files as transformers 4 saved them.
 GPT2_DECODER_FAMILIES = ("vit-gpt2", "prefix-gpt2")
 GPT2_BPE_FILES = ("vocab.json", "merges.txt")
@@ -66,7 +68,7 @@ class CaptionerParts:
 def refuse_export(directory: Path, name: str | Path) -> None:
     """An export is for inference only (:mod:`captionkit.loading` loads it): training from it, or exporting it
     again, needs the checkpoint it was exported from."""
-    for marker, kind in ((ONNX_CONFIG, "an ONNX export"), (QUANTIZATION_FILE, "an int8 export")):
+    for marker, kind in EXPORT_MARKERS.items():
         if (directory / marker).is_file():
             raise ModelLoadError(
                 name, f"is {kind} ({marker}), for captioning only: use the checkpoint it was exported from"

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from captionkit.errors import ImageError
-from captionkit.files import write_atomic
+from captionkit.files import printable, write_atomic
 from captionkit.images import load_image
 
 THUMBNAIL = 160  # pixels on the longer side; smaller images are enlarged (crisply) up to it
@@ -35,7 +35,7 @@ def escape(value: object) -> str:
     """``value`` as HTML text. A file name that is not valid UTF-8 reaches Python with lone surrogates
     (``"caf\\udce9.jpg"``), which no UTF-8 page can hold: they are written as that escape, as the JSON outputs
     write them, instead of failing the whole page."""
-    return html.escape(str(value)).encode("utf-8", "backslashreplace").decode("utf-8")
+    return printable(html.escape(str(value)))
 
 
 def image_data_uri(path: str | Path, size: int = THUMBNAIL) -> str | None:

@@ -297,8 +297,10 @@ def _show(records: list[dict[str, Any]], names: list[str]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from captionkit.files import printable
+
     # A file name that is not UTF-8 is shown escaped (caf\\udce9.jpg): stderr may not take its lone surrogates.
-    shown = _short_paths([_printable(record["image"]) for record in records])
+    shown = _short_paths([printable(record["image"]) for record in records])
     title = f"images in {shown.folder}" if shown.folder else None
     table = Table(title=escape(title) if title else None)
     # The image column folds rather than cuts: rows whose paths share a long prefix must stay distinguishable.
@@ -311,10 +313,6 @@ def _show(records: list[dict[str, Any]], names: list[str]) -> None:
         else:
             table.add_row(escape(image), *(escape(record["captions"][name]) for name in names))
     Console(file=sys.stderr).print(table)
-
-
-def _printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass

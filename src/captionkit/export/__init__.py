@@ -6,11 +6,10 @@ import shutil
 from pathlib import Path
 
 from captionkit.errors import InputError
-from captionkit.parts import ONNX_CONFIG, QUANTIZATION_FILE, CaptionerParts
+from captionkit.parts import EXPORT_MARKERS, CaptionerParts
 from captionkit.quiet import no_transformers_progress_bars
 from captionkit.trained_on import TRAIN_CONFIG
 
-EXPORT_MARKERS = {ONNX_CONFIG: "an ONNX export", QUANTIZATION_FILE: "an int8 export"}
 # The files of a model checkpoint that an export would write over.
 CHECKPOINT_FILES = ("config.json", "model.safetensors")
 
