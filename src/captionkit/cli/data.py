@@ -10,12 +10,12 @@ from typing import Annotated, Any
 import typer
 
 from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, plural, progress_bar
+from captionkit.config import DataSection
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
 _SHOWN = 10  # problems listed one per line in the text output; --json has them all
 _SPLITS = ("train", "val", "test")
-_VAL_FRACTION = 0.05  # a training run's data.val_fraction default
 
 
 @app.callback()
@@ -37,7 +37,7 @@ def check(
         float | None,
         typer.Option(
             help=f"For data without splits: fraction of images shown as val (as training holds out). "
-            f"Default: {_VAL_FRACTION}."
+            f"Default: {DataSection.val_fraction}."
         ),
     ] = None,
     test_fraction: Annotated[
@@ -93,7 +93,7 @@ def _splitting_options(val_fraction: float | None, test_fraction: float | None, 
     """The split options, checked here so that a bad one is named before any data is read."""
     from captionkit.config import MAX_SEED
 
-    val = _VAL_FRACTION if val_fraction is None else val_fraction
+    val = DataSection.val_fraction if val_fraction is None else val_fraction
     test = 0.0 if test_fraction is None else test_fraction
     for flag, value in (("--val-fraction", val), ("--test-fraction", test)):
         if not 0.0 <= value < 1.0:

@@ -256,10 +256,9 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
         settings = run_settings(options.model, options.dtype, request.style, request.prompt, config)
         if options.resume:
             check_resumed(plan.target, options.fmt, settings)
-    # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
-    if plan.target is not None and not options.resume and options.fmt != "json":
-        discard_output(plan.target, options.fmt)
-    if plan.target is not None:
+        elif options.fmt != "json":
+            # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
+            discard_output(plan.target, options.fmt)
         write_settings(plan.target, settings)
     writer = RecordWriter(plan.target, options.fmt, _rewritten(options, plan.target))
     _announce(plan)

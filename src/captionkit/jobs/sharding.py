@@ -102,13 +102,14 @@ def choose_shard(text: str | None, dist: DistributedEnv | None) -> Shard | None:
     return outer if outer.count > 1 else None
 
 
-def choose_device(device: str | None, dist: DistributedEnv | None, model: str | Path = "") -> str | None:
+def choose_device(device: str | None, dist: DistributedEnv | None, model: str | Path | None = None) -> str | None:
     """Under torchrun, each process on a node takes its own GPU (cuda:LOCAL_RANK) unless told otherwise, or unless
     ``model`` is an int8 or ONNX export (which runs on the CPU)."""
     import torch
 
     from captionkit.export import is_export_dir
 
-    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available() or is_export_dir(model):
+    exported = model is not None and is_export_dir(model)
+    if dist is None or device not in (None, "cuda") or not torch.cuda.is_available() or exported:
         return device
     return f"cuda:{dist.local_rank % torch.cuda.device_count()}"
