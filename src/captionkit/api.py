@@ -96,17 +96,18 @@ class Captioner:
         if device is not None:
             resolve_device(device)  # a device this machine lacks fails before the weights load
         loaded = load_pretrained(name_or_dir)
-        if loaded.cpu_only:
-            kind = "an ONNX" if loaded.is_onnx else "an int8"
+        export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
+        if export is not None:
             if device is not None and resolve_device(device).type != "cpu":
-                raise InputError("device", f"{name_or_dir} is {kind} export: it runs on the CPU only, got {device}")
+                reason = f"{name_or_dir} is an {export} export: it runs on the CPU only, got {device}"
+                raise InputError("device", reason)
             if resolve_dtype(dtype, torch.device("cpu")) != torch.float32:
-                raise InputError("dtype", f"{name_or_dir} is {kind} export: it runs in fp32 only")
+                raise InputError("dtype", f"{name_or_dir} is an {export} export: it runs in fp32 only")
             device = "cpu"
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device, dtype=dtype)
         captioner.name = str(name_or_dir)
-        captioner.export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
-        trained = TrainedOn.read(loaded.source)
+        captioner.export = export
+        trained = TrainedOn.read(loaded.source, history=False)  # the run's settings alone: its log is not needed
         captioner.trained_styles = trained.styles if trained is not None else ()
         return captioner
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -293,10 +293,12 @@ def evaluate_as_validation(
 def validation_images(validation: Sequence[CaptionRecord], trained: TrainedOn) -> int:
     """How many images :func:`evaluate_as_validation` captions (its progress counts each once): the first
     ``train.eval_images`` of ``validation``, or, for a run with styles, those among each style's first ones."""
-    if not trained.styles:
-        return len({record.image_id for record in first_images(validation, trained.eval_images)})
-    by_style = style_references(validation, trained.styles, trained.eval_images)
-    return len({image_id for references in by_style.values() for image_id in references})
+    return len(_images_of(style_references(validation, trained.styles, trained.eval_images)))
+
+
+def _images_of(by_style: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The image ids of :func:`~captionkit.training.validation.style_references`' answer, each once."""
+    return {image_id for references in by_style.values() for image_id in references}
 
 
 def _evaluate_styles_as_validation(
@@ -311,7 +313,7 @@ def _evaluate_styles_as_validation(
     """:func:`evaluate_as_validation` for a run with styles: each style's captions scored against that style's
     references; each metric the mean over styles, as ``val_cider`` is."""
     by_style = style_references(validation, trained.styles, trained.eval_images)
-    images = {image_id for references in by_style.values() for image_id in references}
+    images = _images_of(by_style)
     captions = sum(len(references) for references in by_style.values())
     scoring = replace(scoring, on_progress=_shared_progress(scoring.on_progress, len(images), captions))
     per_style: dict[str, dict[str, Any]] = {}

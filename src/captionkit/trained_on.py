@@ -45,9 +45,10 @@ class TrainedOn:
     last_validation: dict[str, float] | None = None
 
     @classmethod
-    def read(cls, model: str | Path) -> TrainedOn | None:
+    def read(cls, model: str | Path, history: bool = True) -> TrainedOn | None:
         """The settings in ``model``'s ``train_config.json``; None when ``model`` is no directory with one (a hub
-        id, an export) or the file cannot be read."""
+        id, an export) or the file cannot be read. With ``history``, also the last validation its
+        ``trainer_state.json`` logged (a file that grows with the run: loading a model does without it)."""
         settings = Path(model) / TRAIN_CONFIG
         if not settings.is_file():
             return None
@@ -56,6 +57,8 @@ class TrainedOn:
             found = cls.read_config(saved)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, InputError):
             return None
+        if not history:
+            return found
         return replace(found, last_validation=_last_validation(Path(model) / TRAINER_STATE))
 
     @classmethod
