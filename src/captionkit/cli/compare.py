@@ -148,9 +148,13 @@ def _caption_all(
 ) -> list[dict[str, Any]]:
     """One record per path, in order: each model's best caption, or the reason the image could not be read.
 
-    Each batch's readable images are captioned together, in runs of consecutive positions: image i of the inputs is
-    then sampled from ``seed + i``, as ``Captioner.caption(paths, seed=...)`` samples it, however the batch falls."""
+    Each batch's readable images are captioned together, by position in the inputs (``jobs.batch.caption_pixels``):
+    with a seed, image i is sampled from ``seed + i``, as ``Captioner.caption(paths, seed=...)`` samples it, however
+    the batch falls."""
+    import torch
+
     from captionkit.errors import ImageError
+    from captionkit.jobs.batch import caption_pixels
 
     loader = next(iter(captioners.values()))[0]
     records: list[dict[str, Any]] = []
@@ -162,26 +166,18 @@ def _caption_all(
                 images[position] = loader.load_images([paths[position]])[0]
             except ImageError as error:
                 record["error"] = error.reason
-        for run in _consecutive(list(images)):
-            for record in batch[run[0] - start : run[-1] + 1 - start]:
-                record["captions"] = {}
-            for name, (captioner, config) in captioners.items():
-                found = captioner.caption_pil([images[p] for p in run], config, image_offset=run[0])
-                for position, captions in zip(run, found, strict=True):
-                    batch[position - start]["captions"][name] = captions[0].caption
+        positions = list(images)
+        for position in positions:
+            batch[position - start]["captions"] = {}
+        for name, (captioner, config) in captioners.items():
+            if not positions:
+                break
+            pixels = torch.from_numpy(captioner.preprocessing(list(images.values())))
+            found = caption_pixels(captioner, pixels.to(captioner.device, captioner.dtype), positions, config)
+            for position, captions in zip(positions, found, strict=True):
+                batch[position - start]["captions"][name] = captions[0].caption
         records += batch
     return records
-
-
-def _consecutive(positions: list[int]) -> list[list[int]]:
-    """``[0, 1, 3]`` -> ``[[0, 1], [3]]``: ascending positions cut where one is skipped."""
-    runs: list[list[int]] = []
-    for position in positions:
-        if runs and runs[-1][-1] == position - 1:
-            runs[-1].append(position)
-        else:
-            runs.append([position])
-    return runs
 
 
 def _check_outputs(output: Path | None, report: Path | None) -> None:
