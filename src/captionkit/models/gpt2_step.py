@@ -106,19 +106,19 @@ class Gpt2StepState:
         """Row i becomes row ``index[i]``, which decodes image ``row_image[i]`` (the new ``host_row_image``): the
         filled cache positions are gathered; cross keys/values only shrink, when images have no row left."""
         filled = self.length
-        if index.shape[0] <= self.cache.shape[ROWS] and self.static is not None:
-            self.cache = select_in_place(self.cache, index, filled)  # a fixed-shape step reads this very buffer
-        elif index.shape[0] <= self.cache.shape[ROWS]:  # same or fewer rows: gathered into the spare buffer
-            full = self.allocation
-            if full is None or full.data_ptr() != self.cache.data_ptr():  # cache was replaced: it is whole
-                full = self.cache
-            self.cache, self.allocation, self.spare = _select_into_spare(self.cache, full, self.spare, index, filled)
-        else:
-            # Zeroed: fixed-shape steps attend to positions not yet written (masked, weight 0).
+        if index.shape[0] > self.cache.shape[ROWS]:
+            # More rows: a new buffer, zeroed (fixed-shape steps attend to positions not yet written, weight 0).
             layers, _, _, heads, capacity, head_dim = self.cache.shape
             fresh = self.cache.new_zeros((layers, 2, index.shape[0], heads, capacity, head_dim))
             fresh[..., :filled, :] = self.cache[..., :filled, :].index_select(ROWS, index)
             self.cache = fresh
+        elif self.static is not None:
+            self.cache = _select_in_place(self.cache, index, filled)  # a fixed-shape step reads this very buffer
+        else:  # same or fewer rows: gathered into the spare buffer
+            full = self.allocation
+            if full is None or full.data_ptr() != self.cache.data_ptr():  # cache was replaced: it is whole
+                full = self.cache
+            self.cache, self.allocation, self.spare = _select_into_spare(self.cache, full, self.spare, index, filled)
         if row_image == self.host_row_image:  # every row kept its image (beam reordering): nothing else moves
             return
         self.host_row_image = row_image
@@ -128,7 +128,7 @@ class Gpt2StepState:
         live = sorted(set(row_image))
         if len(live) < self.cross.shape[ROWS]:  # some images are done: drop their keys/values, renumber the rest
             used = _used_images(self.row_image, self.cross.shape[ROWS], len(live))
-            self.cross = select_in_place(self.cross, used, self.cross.shape[-2])
+            self.cross = _select_in_place(self.cross, used, self.cross.shape[-2])
             self.row_image = torch.searchsorted(used, self.row_image)
         self.group = _group_size(row_image, live)
 
@@ -142,7 +142,7 @@ class Gpt2StepState:
         self.cache = grown
 
 
-def select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
+def _select_in_place(tensor: torch.Tensor, index: torch.Tensor, filled: int) -> torch.Tensor:
     """Rows ``index`` of (layers, 2, rows, heads, positions, head_dim) ``tensor``, its first ``filled`` positions,
     copied to its front; returns that front view."""
     rows = index.shape[0]
