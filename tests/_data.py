@@ -10,11 +10,16 @@ SHARED_DATA = Path(os.environ.get("CAPTIONKIT_DATA") or Path(__file__).resolve()
 COCO_PHOTOS = SHARED_DATA / "coco" / "val2017"
 
 
-def copy_coco_photos(root: Path, count: int) -> Path:
-    """``root``, a new folder holding the first ``count`` real COCO photos."""
+def real_photos(count: int) -> list[Path]:
+    """The first ``count`` real COCO photos (sorted by name), checked to be there."""
     photos = sorted(COCO_PHOTOS.glob("*.jpg"))[:count]
     assert len(photos) == count, f"expected {count} real photos in {COCO_PHOTOS}"
+    return photos
+
+
+def copy_coco_photos(root: Path, count: int) -> Path:
+    """``root``, a new folder holding the first ``count`` real COCO photos."""
     root.mkdir(parents=True, exist_ok=True)
-    for path in photos:
+    for path in real_photos(count):
         shutil.copy(path, root / path.name)
     return root

@@ -11,16 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from _data import SHARED_DATA
+from _data import real_photos as real_photos  # shard tests import it from here
 from captionkit.shards import writing
-
-COCO = SHARED_DATA / "coco" / "val2017"
-
-
-def real_photos(count: int) -> list[Path]:
-    photos = sorted(COCO.glob("*.jpg"))[:count]
-    assert len(photos) == count, f"expected {count} real photos in {COCO}"
-    return photos
 
 
 def caption_of(index: int) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _families import peaked, pixels
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
@@ -25,7 +25,7 @@ from captionkit.training.checkpoint import save_checkpoint
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 CAPTIONS = ("a dog runs on the grass", "a cat sits on a red couch", "two birds fly over the sea")
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+PHOTOS = real_photos(2)
 GRID = (4, 4)  # tiny presets: 32 px images; ViT 8 px patches, ResNet 8x downsampling
 
 

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, real_photos
 from _helpers import run_cli, run_cli_process, save_tiny_model
 from _hub_models import hub_layout
 from captionkit import benchmark
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def test_benchmark_on_real_images_reports_both_engines(
     dtype: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+    photos = real_photos(2)
     assert len(photos) == 2, f"real photos missing under {SHARED_DATA}"
     for photo in photos:
         shutil.copy(photo, tmp_path / photo.name)
@@ -153,7 +153,7 @@ def test_benchmark_as_a_process_is_quiet(tmp_path: Path) -> None:
     """Issue 18.5/22.5: stderr holds captionkit's own lines only: no transformers "Loading weights" bars, no tqdm
     progress bars, no leaked-semaphore warning from the peak-memory child processes."""
     model = save_tiny_model(tmp_path / "tiny")
-    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+    photos = real_photos(2)
     assert len(photos) == 2, f"real photos missing under {SHARED_DATA}"
     for photo in photos:
         shutil.copy(photo, tmp_path / photo.name)
@@ -224,7 +224,7 @@ def test_bench_inference_is_quiet() -> None:
 
 
 def test_one_photo_fills_the_batch_and_is_counted_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     shutil.copy(photo, tmp_path / photo.name)
     monkeypatch.setattr(benchmark, "_peaks_in_child", lambda *_: (2**20, None))
     settings = BenchmarkSettings(preset="tiny", batch_size=2, beams=1, max_length=2, repeats=1, images=tmp_path)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _families import (
     check_batched_equals_one_at_a_time,
     check_beam_finds_brute_force_best,
@@ -31,7 +31,7 @@ from captionkit.text.styles import add_style_tokens
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 FAMILIES = ("blip", "git")
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:4]
+PHOTOS = real_photos(4)
 
 
 @pytest.fixture(scope="module", params=[(family, legacy) for family in FAMILIES for legacy in (False, True)])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, real_photos
 from _helpers import run_cli
 from _hub_models import hub_layout
 from captionkit import Captioner
@@ -19,7 +19,7 @@ from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+PHOTOS = real_photos(2)
 COCO = SHARED_DATA / "coco" / "captions_val2017_subset.json"
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BlipForConditionalGeneration
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
@@ -21,7 +21,7 @@ from captionkit.training.loss import caption_loss_sum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+PHOTOS = real_photos(3)
 PROMPT = "a picture of"
 
 

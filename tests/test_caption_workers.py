@@ -15,7 +15,7 @@ from PIL import Image
 
 import captionkit.jobs.pipeline
 from _captioning import BAD_FILES, assert_same_records, make_photo_folder, read_jsonl, spawn_cli
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit import Captioner
 from captionkit.decoding import DecodingConfig
@@ -156,7 +156,7 @@ def exit_code_of(results: Path) -> int:
 
 
 def test_workers_decode_large_jpegs_in_draft_mode_and_small_ones_exactly(tmp_path):
-    coco = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:4]
+    coco = real_photos(4)
     small = []
     for index, photo in enumerate(coco[:3]):  # below twice the 32 px target: no draft reduction is possible
         small.append(tmp_path / f"small{index}.jpg")

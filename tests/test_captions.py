@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import CAPTIONS, run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import Caption, Hypothesis, to_captions
@@ -27,7 +27,7 @@ def test_to_captions_decodes_each_hypothesis_in_place():
 @pytest.mark.usefixtures("single_thread")
 def test_the_batch_job_writes_the_api_captions(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model")
-    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+    photos = real_photos(3)
     code, out, err = run_cli(["caption", *photos, "--model", model, "--beams", "2", "--n-best", "2"], capsys)
     assert code == 0, err
     captioner = Captioner.from_pretrained(model, device="cpu")
@@ -53,7 +53,7 @@ def test_one_image_of_any_source_kind_or_any_iterable_of_them_is_captioned(tmp_p
     """Every ImageSource is one image (bytearray, memoryview and streams were iterated, or had no len()); a
     generator of images is a list; anything else is a TypeError saying what caption() takes."""
     captioner = Captioner.from_pretrained(save_tiny_model(tmp_path / "model"), device="cpu")
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     data = photo.read_bytes()
     expected = captioner.caption(photo, num_beams=2)[0].captions
     with photo.open("rb") as stream:

@@ -9,14 +9,14 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli
 from _hub_parts import save_clip
 from captionkit.errors import ModelLoadError
 from captionkit.evaluation import clipscore
 from captionkit.evaluation.clipscore import ClipScorer
 
-IMAGES = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+IMAGES = real_photos(3)
 CANDIDATES = {"a": "a man riding a wave", "b": "a dog runs through the grass", "c": "zebra"}
 REFERENCES = {"a": ["a surfer on a wave", "a man surfing"], "b": ["a dog on grass"], "c": ["two zebras", "a horse"]}
 

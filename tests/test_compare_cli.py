@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
@@ -19,7 +19,7 @@ from captionkit.evaluation import score_captions
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+PHOTOS = real_photos(3)
 
 
 @pytest.fixture(scope="module")

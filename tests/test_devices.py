@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, real_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 
-PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+PHOTO = real_photos(1)[0]
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import save_tiny_model
 from captionkit.api import Captioner
 from captionkit.data.records import CaptionRecord
@@ -13,7 +13,7 @@ from captionkit.decoding import DecodingConfig
 from captionkit.evaluation import meteor, score_captions
 from captionkit.model_evaluation import evaluate_model
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:4]
+PHOTOS = real_photos(4)
 DOMAINS = ["in-domain", "in-domain", "out-domain", "out-domain"]
 
 

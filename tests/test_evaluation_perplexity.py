@@ -10,13 +10,13 @@ from itertools import pairwise
 import pytest
 import torch
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import save_tiny_model
 from captionkit.api import Captioner
 from captionkit.data.records import CaptionRecord
 from captionkit.model_evaluation import dataset_perplexity
 
-IMAGES = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+IMAGES = real_photos(2)
 # Lengths differ (so batches hold padding), and the last is longer than max_length below.
 CAPTIONS = ["a dog", "a cat sits on a red couch", "a dog runs on the grass " * 4]
 MAX_LENGTH = 12

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
@@ -64,7 +64,7 @@ def test_export_onnx_cli_and_captioner_on_real_photos(tmp_path: Path, capsys: py
     assert (info["layers"], info["heads"], info["head_dim"]) == (2, 2, 32)
     assert all((tmp_path / "onnx" / name).is_file() for name in GRAPHS)
 
-    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+    photos = real_photos(3)
     reference = Captioner.from_pretrained(source).caption(photos, num_beams=2, max_new_tokens=8)
     found = Captioner.from_onnx(tmp_path / "onnx", threads=1).caption(photos, num_beams=2, max_new_tokens=8)
     assert [r.captions[0].token_ids for r in found] == [r.captions[0].token_ids for r in reference]
@@ -153,7 +153,7 @@ def test_a_damaged_onnx_export_is_one_line_naming_the_file(
     edit, name, reason = DAMAGES[damage]
     export = Path(shutil.copytree(onnx_export, tmp_path / "onnx"))
     edit(export)
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     code, out, err = run_cli(["caption", photo, "--model", export], capsys)
     assert (code, out) == (1, "")
     assert len(err.strip().splitlines()) == 1
@@ -197,7 +197,7 @@ def test_onnxruntime_runs_as_many_threads_as_torch(
         threads.extend(s.get_session_options().intra_op_num_threads for s in self.sessions.values())
 
     monkeypatch.setattr(OnnxCaptionModel, "__init__", spy)
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     args = ["caption", photo, "--model", onnx_export, "--threads", "2", "--beams", "1", "--max-length", "3"]
     code, _, err = run_cli(args, capsys)
     assert code == 0, err

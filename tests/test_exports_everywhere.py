@@ -10,7 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.data.synthetic import write_synthetic_dataset
@@ -19,7 +19,7 @@ from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:2]
+PHOTOS = real_photos(2)
 
 
 @pytest.fixture(scope="module")

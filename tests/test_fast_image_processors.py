@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, real_photos
 from _hub_parts import FAST_FILES, fast_processor_file
 from captionkit.images import Preprocessing, load_image
 
 pytestmark = [pytest.mark.vision, pytest.mark.usefixtures("single_thread")]
 
 # 20 COCO and 10 Flickr8k photos: landscape and portrait, odd sizes.
-PHOTO_PATHS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:20]
+PHOTO_PATHS = real_photos(20)
 PHOTO_PATHS += sorted((SHARED_DATA / "flickr8k" / "Images").glob("*.jpg"))[:10]
 # Measured on these photos (torch 2.14.1, torchvision 0.29.1, transformers 5.25), in grey levels (|difference| x std x
 # 255): at most 1 level for the bilinear resizes and the shorter-edge bicubic ones (ViT, CLIP, BiT, ConvNeXt); up to

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from _data import SHARED_DATA
+from _data import SHARED_DATA, real_photos
 from _hub_parts import FAST_FILES, fast_processor_file
 from captionkit.errors import ConfigError, ImageError
 from captionkit.images import (
@@ -949,7 +949,7 @@ def test_draft_decodes_large_jpegs_reduced_and_close_to_a_full_decode() -> None:
     from _data import SHARED_DATA
 
     preprocessing = Preprocessing.for_size(224, 224)
-    coco = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:6]
+    coco = real_photos(6)
     flickr = sorted((SHARED_DATA / "flickr8k" / "Images").glob("*.jpg"))[:3]
     assert len(coco) == 6 and len(flickr) == 3, f"real photos missing under {SHARED_DATA}"
     for path in coco + flickr:

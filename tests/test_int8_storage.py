@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import FAMILIES, run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.data.synthetic import write_synthetic_dataset
@@ -23,7 +23,7 @@ from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, SCALE_SUFFIX
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+PHOTOS = real_photos(3)
 # A GPT-2 MLP layer of the tiny vit-gpt2 (Conv1D (64, 256) in the checkpoint, Linear (256, 64) once exported).
 LAYER = "ved.decoder.transformer.h.0.mlp.c_fc"
 

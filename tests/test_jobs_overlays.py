@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from captionkit.jobs.overlays import MAX_FOLDER_BYTES, overlay_folders, safe_folder_name
 
-PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+PHOTO = real_photos(1)[0]
 HOSTILE_STEMS = ["..", ".", "...", "", "/etc/passwd", "a/../../b", "a\\..\\b", "nul\0byte", "é" * 300, ".hidden"]
 
 

@@ -26,7 +26,7 @@ from transformers import (
     VisionEncoderDecoderModel,
 )
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli_process
 from _hub_parts import (
     LAYOUTS,
@@ -51,7 +51,7 @@ from captionkit.training.stages import Stages
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+PHOTOS = real_photos(3)
 CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
 
 

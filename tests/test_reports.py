@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _helpers import run_cli, save_tiny_model
 from _hub_parts import save_clip
 from captionkit import report
@@ -84,7 +84,7 @@ def test_clipscore_with_a_model_that_is_not_clip_exits_1(scenes, model_dir, tmp_
 
 
 def test_thumbnails_are_jpeg_for_photos_and_png_for_flat_scenes(scenes):
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     scene = sorted((scenes.parent / "images" / "test").glob("*.png"))[0]
     as_png = io.BytesIO()
     thumbnail = load_image(photo)
@@ -226,7 +226,7 @@ def test_an_evaluation_report_without_cider_keeps_the_input_order_and_says_so(sc
 def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_its_image_inlined(tmp_path):
     # Linux hands such a name to Python with a lone surrogate ("caf\udce9.jpg"), which UTF-8 cannot encode.
     photo = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9.jpg"))
-    shutil.copy(sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0], photo)
+    shutil.copy(real_photos(1)[0], photo)
     result = {"image": str(photo), "image_id": photo.stem, "caption": "a dog <b>", "references": ["a dog"]}
     failed = {"image": str(tmp_path / "gone\udcff.png"), "error": "no such file"}
     page = write_evaluation_report(
@@ -241,7 +241,7 @@ def test_a_file_name_that_is_not_utf8_is_shown_escaped_and_its_image_inlined(tmp
 
 def test_an_evaluation_report_keeps_what_its_metric_table_leaves_out(tmp_path):
     # A page shared alone must still say what the figures are over, the notes on them, and nocaps' domains.
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     result = {"image": str(photo), "image_id": "1", "caption": "a dog", "references": ["a dog"]}
     metrics = {
         "CIDEr": 0.5,
@@ -263,7 +263,7 @@ def test_an_evaluation_report_keeps_what_its_metric_table_leaves_out(tmp_path):
 
 
 def test_a_comparison_report_has_as_many_header_cells_as_row_cells(tmp_path):
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     records = [{"image": str(photo), "captions": {"a": "a dog", "b": "a cat"}}, {"image": "gone.png", "error": "no"}]
     for references in (None, {}, {str(photo): ["a dog"]}):
         page = write_comparison_report(tmp_path / "c.html", records, ["a", "b"], references).read_text()
@@ -282,7 +282,7 @@ def test_a_comparison_report_has_as_many_header_cells_as_row_cells(tmp_path):
 
 def test_an_evaluation_report_of_captions_in_several_styles_counts_images_not_captions(tmp_path):
     # evaluate --as-validation of a style model gives one result per image and style.
-    photo = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+    photo = real_photos(1)[0]
     results: list[dict[str, Any]] = [
         {"image": str(photo), "image_id": image_id, "caption": f"a {style} dog", "references": ["a dog"]}
         | {"style": style, "metrics": {"CIDEr": cider}}
@@ -306,7 +306,7 @@ def test_rows_past_the_thumbnail_cap_show_their_image_by_name(tmp_path, monkeypa
     """A report of thousands of images inlines thumbnails for the first rows (the worst) and names the rest: a page
     of 5,000 COCO images would otherwise weigh tens of MB."""
     monkeypatch.setattr(report, "MAX_THUMBNAILS", 2)
-    photos = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+    photos = real_photos(3)
     results = [
         {"image": str(p), "image_id": p.stem, "caption": "a dog", "references": ["a dog"], "metrics": {"CIDEr": c}}
         for p, c in zip(photos, (0.9, 0.1, 0.5), strict=True)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 from _browser import chromium_browser
-from _data import SHARED_DATA
+from _data import real_photos
 from captionkit.data.records import CaptionRecord
 from captionkit.demo import write_report
 from captionkit.report import THUMBNAIL, write_comparison_report, write_evaluation_report
 from captionkit.training.curves import WIDTH, draw_curves
 
-PHOTOS = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[:3]
+PHOTOS = real_photos(3)
 IMAGES_DECODED = "[...document.images].every((i) => i.complete && i.naturalWidth > 0)"
 LONGEST_THUMB = (
     "Math.max(...[...document.querySelectorAll('img.thumb')].map((i) => Math.max(i.naturalWidth, i.naturalHeight)))"

@@ -14,14 +14,14 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from _data import SHARED_DATA
+from _data import real_photos
 from _serve import image_bytes, load_tiny, read_response, running_server, save_tiny_model
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 MAX_UPLOAD = 1024 * 1024  # room for a body of 10k small multipart parts
-PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+PHOTO = real_photos(1)[0]
 
 
 @pytest.fixture(scope="module")

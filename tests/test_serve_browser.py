@@ -9,13 +9,13 @@ import pytest
 from PIL import Image
 
 from _browser import chromium_browser
-from _data import SHARED_DATA
+from _data import real_photos
 from _serve import load_tiny, running_server, save_tiny_model
 from captionkit.serve import ServeSettings, create_app
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-PHOTO = sorted((SHARED_DATA / "coco" / "val2017").glob("*.jpg"))[0]
+PHOTO = real_photos(1)[0]
 
 
 @pytest.fixture(scope="module")
