@@ -151,6 +151,8 @@ def test_resume_continues_only_with_the_settings_the_output_was_begun_with(model
     assert code == 0, err
     saved = json.loads((tmp_path / ".captions.jsonl.settings.json").read_text())
     assert saved["model"] == str(model_dir.resolve()) and saved["num_beams"] == 1 and saved["style"] == "neutral"
+    with out.open("a") as handle:  # an interrupted write: the refusals must not drop it either
+        handle.write('{"image": "torn')
     before = out.read_text()
     for changed, shown in (
         (["--beams", "2"], "num_beams 1; this run asks for num_beams 2:"),
@@ -176,6 +178,7 @@ def test_resume_continues_only_with_the_settings_the_output_was_begun_with(model
     finally:
         os.chdir(cwd)
     assert code == 2 and "1 of 9 images already done" in err
+    assert "dropped an unfinished last line" in err and '"torn' not in out.read_text()
     (tmp_path / ".captions.jsonl.settings.json").write_text("{not json")
     code, _, err = run_cli([*base, str(photos), "--resume"], capsys)
     assert code == 1 and "unreadable run settings" in err and "delete it to resume unchecked" in err

@@ -257,8 +257,28 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     JSON, which is rewritten whole."""
     if fmt == "parquet":
         return repair_torn_tail(journal_path(path), "jsonl")
-    if fmt == "json" or not path.exists():
+    cut, tail, whole = _appendable_end(path, fmt)
+    if not tail:
         return ""
+    _replace_with_prefix(path, path.stat().st_size if whole else cut, b"\n" if whole else b"")
+    return "" if whole else tail
+
+
+def check_appendable(path: Path, fmt: str) -> str:
+    """:func:`repair_torn_tail`'s checks, the file left as it is: the torn last line the repair would drop ('' if
+    none), so that a run can refuse to resume before it changes anything."""
+    if fmt == "parquet":
+        return check_appendable(journal_path(path), "jsonl")
+    _, tail, whole = _appendable_end(path, fmt)
+    return "" if whole else tail
+
+
+def _appendable_end(path: Path, fmt: str) -> tuple[int, str, bool]:
+    """``(cut, tail, whole)`` of a JSONL or CSV results file, after checking that records may be appended to it: the
+    bytes of its whole lines (rows), the text after them, and whether that text is a whole JSONL record whose newline
+    is missing. Nothing for JSON or a file that is not there."""
+    if fmt == "json" or not path.exists():
+        return 0, "", False
     if fmt == "csv":
         end = _csv_end(path)  # one pass over the file for the header's check and the cut
         _check_csv_header(path, end[0])
@@ -266,11 +286,7 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     else:
         _check_jsonl_start(path)
         cut, tail = _torn_tail(path)
-    if not tail:
-        return ""
-    whole = fmt == "jsonl" and _whole_record(tail)
-    _replace_with_prefix(path, path.stat().st_size if whole else cut, b"\n" if whole else b"")
-    return "" if whole else tail
+    return cut, tail, fmt == "jsonl" and _whole_record(tail)
 
 
 def _check_csv_header(path: Path, cut: int) -> None:

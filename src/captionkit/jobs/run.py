@@ -1,11 +1,12 @@
 """One batch captioning job from its options: which inputs this process takes, what a resumed run skips, where
 records and attention overlays go, and the summary the command line turns into an exit code.
 
-Steps: check the options; on ``--resume`` repair the output's torn last line and note the images it already holds;
-count the inputs in one pass (this shard's, ``--shard`` and/or torchrun; those left); load the model; caption the
-rest, reading the inputs again as a stream. Neither pass holds the inputs: memory does not grow with the number of
-samples in collections (only with loose files met and ``--attention-maps``' folder names); the images a resumed
-output holds are looked up in an index on disk (:mod:`captionkit.jobs.done_index`).
+Steps: check the options; on ``--resume`` check the output and note the images it already holds; count the inputs in
+one pass (this shard's, ``--shard`` and/or torchrun; those left); load the model; on ``--resume`` check that the run
+asks for the settings the output was begun with, and only then drop its torn last line; caption the rest, reading the
+inputs again as a stream. Neither pass holds the inputs: memory does not grow with the number of samples in
+collections (only with loose files met and ``--attention-maps``' folder names); the images a resumed output holds
+are looked up in an index on disk (:mod:`captionkit.jobs.done_index`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
 from captionkit.jobs.done_index import DoneIndex
 from captionkit.jobs.inputs import InputImage, iter_inputs
-from captionkit.jobs.outputs import FORMATS, Record, RecordWriter, discard_output, iter_records, repair_torn_tail
+from captionkit.jobs.outputs import (
+    FORMATS,
+    Record,
+    RecordWriter,
+    check_appendable,
+    discard_output,
+    iter_records,
+    repair_torn_tail,
+)
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.run_settings import check_resumed, run_settings, write_settings
@@ -256,6 +265,7 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
         settings = run_settings(options.model, options.dtype, request.style, request.prompt, config)
         if options.resume:
             check_resumed(plan.target, options.fmt, settings)
+            _drop_torn_tail(plan.target, options.fmt)  # only now: a refused resume leaves the output as it was
         elif options.fmt != "json":
             # Only now that the model loads and takes the settings: a typo in --model must not cost the old results.
             discard_output(plan.target, options.fmt)
@@ -366,12 +376,17 @@ def _same_file(path: Path, other: Path) -> bool:
 
 
 def _resumed_records(target: Path, fmt: str) -> Iterator[Record]:
-    """The records an interrupted run left in ``target`` (a stream), after dropping its unfinished last line (said on
-    stderr)."""
+    """The records an interrupted run left in ``target`` (a stream), its unfinished last line left out; the file is
+    checked fit to append to, and left as it is until the run is known to resume it (:func:`_drop_torn_tail`)."""
+    check_appendable(target, fmt)
+    return iter_records(target, fmt)[0]
+
+
+def _drop_torn_tail(target: Path, fmt: str) -> None:
+    """Cut the unfinished last line an interrupted run left in ``target`` before appending to it (said on stderr)."""
     torn = repair_torn_tail(target, fmt)
     if torn:
         print(f"{target}: dropped an unfinished last line (interrupted write): {torn[:60]!r}", file=sys.stderr)
-    return iter_records(target, fmt)[0]
 
 
 def _rewritten(options: CaptionJobOptions, target: Path | None) -> Iterator[Record]:
