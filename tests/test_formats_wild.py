@@ -115,6 +115,18 @@ def test_an_absolute_path_that_exists_is_taken_as_written(tmp_path, monkeypatch)
     assert ImageResolver([tmp_path / "elsewhere"], coco_aliases)(str(missing)) == missing
 
 
+def test_each_image_name_is_looked_up_on_disk_once(tmp_path, monkeypatch):
+    # Two roots make every lookup ask the disk; a COCO file names each image once per caption (five times).
+    names = flickr_photos(tmp_path / "Images", 3)
+    resolve = ImageResolver([tmp_path / "Images", tmp_path / "elsewhere"])
+    asked: list[Path] = []
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda path: asked.append(path) or is_file(path))
+    found = [resolve(name) for _ in range(5) for name in names]
+    assert found == [tmp_path / "Images" / name for _ in range(5) for name in names]
+    assert asked == [tmp_path / "Images" / name for name in names]
+
+
 def test_coco_caption_of_an_image_id_not_in_images_is_dropped_and_counted(tmp_path, capsys):
     # A subset whose image list was filtered but not its annotations; images without captions give no records.
     copy_coco_photos(tmp_path / "train2017", 2)

@@ -204,14 +204,22 @@ class ImageResolver:
     """Finds each image under the first root (and first alias name and spelling) where it exists.
 
     A missing image still gets a path (under the first root) so that ``data check`` can name it and training can
-    skip it; the reader does not decide that a dataset with a few missing files is unusable.
+    skip it; the reader does not decide that a dataset with a few missing files is unusable. Each name is looked up
+    once: a file names the same image once per caption (five times in COCO), and a lookup may ask the disk.
     """
 
     def __init__(self, roots: Sequence[Path], aliases: Callable[[str], Iterable[str]] | None = None) -> None:
         self.roots = list(roots) or [Path(".")]
         self.aliases = aliases
+        self._found: dict[str, Path] = {}
 
     def __call__(self, name: str) -> Path:
+        found = self._found.get(name)
+        if found is None:
+            found = self._found[name] = self._find(name)
+        return found
+
+    def _find(self, name: str) -> Path:
         aliases = list(self.aliases(name)) if self.aliases is not None else [name]
         names = list(dict.fromkeys(spelt for alias in aliases for spelt in spellings(alias)))
         if Path(names[0]).is_absolute():
@@ -220,7 +228,7 @@ class ImageResolver:
             if len(absolute) == 1:
                 return absolute[0]
             return next((path for path in absolute if path.is_file()), absolute[0])
-        # One root and one spelling: the path is known without asking the disk (a stat per caption adds up).
+        # One root and one spelling: the path is known without asking the disk (a stat per image adds up).
         if len(self.roots) > 1 or len(names) > 1:
             for root in self.roots:
                 for spelt in names:

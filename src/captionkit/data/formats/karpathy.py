@@ -92,10 +92,9 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         sentences = require(image, "sentences", list, where)
         if not sentences:
             collector.drop(NO_SENTENCES)
-        image_path = resolve(relative)  # once per image: a lookup may ask the disk
         for number, sentence in enumerate(sentences):
             caption = _sentence_text(sentence, f"{where}.sentences[{number}]")
-            collector.add(image_path, caption, image_id, split=split)
+            collector.add(resolve(relative), caption, image_id, split=split)
     return collector.result(path)
 
 
