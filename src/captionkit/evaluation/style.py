@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from captionkit.data.formats.senticap import SENTIMENTS as SENTICAP_SENTIMENTS
 from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import tokenize_captions
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 
 STYLES = ("neutral", "positive", "negative")
-# SentiCap's sentence-level ``sentiment`` values (captionkit.data.formats.senticap reads them the same way).
-SENTICAP_SENTIMENTS: dict[object, str] = {1: "positive", 0: "negative", "1": "positive", "0": "negative"}
 # Function words of captions: not content (whatever their style evidence).
 STOP_WORDS = frozenset(
     "a an the of on in at to with and is are there it its this that some two three by for from near next into onto "  # noqa: SIM905

@@ -32,7 +32,8 @@ from captionkit.errors import InputError
 
 CSV_COLUMNS = ("filename", "is_positive_sentiment", "caption")
 _COCO_2014 = re.compile(r"^COCO_(?:train|val)2014_(\d{12}\.jpg)$")
-_STYLE = {1: "positive", 0: "negative", "1": "positive", "0": "negative"}
+# The sentence-level ``sentiment`` (JSON) and ``is_positive_sentiment`` (CSV) values -> captionkit style names.
+SENTIMENTS: dict[object, str] = {1: "positive", 0: "negative", "1": "positive", "0": "negative"}
 
 
 def coco_aliases(name: str) -> Iterator[str]:
@@ -111,11 +112,11 @@ def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> No
         for number, sentence in enumerate(sentences):
             here = f"{where}.sentences[{number}]"
             sentiment = require(sentence, "sentiment", (int, str), here)
-            if sentiment not in _STYLE:
+            if sentiment not in SENTIMENTS:
                 raise InputError(here, f"sentiment must be 1 (positive) or 0 (negative), got {sentiment!r}")
             raw = sentence.get("raw")
             caption = raw if isinstance(raw, str) else " ".join(map(str, require(sentence, "tokens", list, here)))
-            collector.add(resolve(name), caption, coco_image_id(name), _STYLE[sentiment], split)
+            collector.add(resolve(name), caption, coco_image_id(name), SENTIMENTS[sentiment], split)
 
 
 def coco_image_id(name: str) -> str:
@@ -137,8 +138,8 @@ def _read_csv(probe: Probe, resolve: ImageResolver, collector: Collector) -> Non
         if len(row) != 3:
             raise InputError(where, f"expected 3 fields (filename, is_positive_sentiment, caption), got {len(row)}")
         name, sentiment, caption = (field.strip() for field in row)
-        if sentiment not in _STYLE:
+        if sentiment not in SENTIMENTS:
             raise InputError(where, f"is_positive_sentiment must be 1 or 0, got {sentiment!r}")
         if not name:
             raise InputError(where, "empty filename")
-        collector.add(resolve(name), caption, coco_image_id(name), _STYLE[sentiment])
+        collector.add(resolve(name), caption, coco_image_id(name), SENTIMENTS[sentiment])
