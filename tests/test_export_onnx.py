@@ -207,6 +207,18 @@ def test_onnxruntime_runs_as_many_threads_as_torch(
     assert threads == [3, 3, 3]
 
 
+def test_loading_an_export_reads_its_preprocessing_once(onnx_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from captionkit.images import Preprocessing
+    from captionkit.loading import load_pretrained
+
+    read = []
+    original = Preprocessing.load.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Preprocessing, "load", classmethod(lambda cls, path: read.append(path) or original(cls, path)))
+    parts = load_pretrained(onnx_export, onnx_threads=1)
+    assert read == [onnx_export]
+    assert parts.preprocessing.size == (32, 32)
+
+
 def test_onnx_export_of_a_wider_clip_encoder_decodes_as_pytorch(tmp_path: Path, make_pixels: Callable) -> None:
     """A captioner built from parts: a CLIP vision tower 48 wide (so a projection to GPT-2's 32) and a style's
     start token instead of bos; captions forced to full length, so that every step's tokens are compared."""

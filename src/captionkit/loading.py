@@ -43,7 +43,8 @@ def _load(name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: i
     if (directory / ONNX_CONFIG).is_file():
         model = OnnxCaptionModel(directory, onnx_threads)
         words = load_tokenizer(model, tokenizer or directory)
-        return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True, is_onnx=True)
+        preprocessing = model.preprocessing if model.preprocessing is not None else Preprocessing.load(directory)
+        return CaptionerParts(model, words, preprocessing, directory, cpu_only=True, is_onnx=True)
     if is_quantized(directory):
         model = load_int8_model(directory)
         words = load_tokenizer(model, tokenizer or directory)

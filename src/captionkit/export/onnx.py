@@ -226,7 +226,8 @@ class OnnxCaptionModel(CaptionModel):
         # None: torch's thread count, so that one setting (--threads, torch.set_num_threads) holds for both engines.
         options.intra_op_num_threads = torch.get_num_threads() if threads is None else threads
         self.sessions = {name: load_session(directory, name, options, info) for name in GRAPHS}
-        _check_image_size(directory, self.sessions[GRAPHS[0]])
+        # Read once here (to check it) and handed to the loader, which reports it missing when it is None.
+        self.preprocessing = _checked_preprocessing(directory, self.sessions[GRAPHS[0]])
 
     def encode(self, pixel_values: torch.Tensor) -> Encoded:
         (tokens,) = self.sessions["encoder.onnx"].run(None, {"pixel_values": _numpy(pixel_values)})
@@ -288,17 +289,19 @@ class OnnxCaptionModel(CaptionModel):
         raise NotImplementedError("an ONNX export holds its graphs, not a config to build from")
 
 
-def _check_image_size(directory: Path, encoder: Any) -> None:
-    """The preprocessing's image size is the one the encoder graph was traced at (its height and width are fixed).
-    Without a preprocessing file there is nothing to compare: the loader reports it missing."""
+def _checked_preprocessing(directory: Path, encoder: Any) -> Preprocessing | None:
+    """The export's preprocessing, checked to give the image size the encoder graph was traced at (its height and
+    width are fixed). Without a preprocessing file there is nothing to compare (None): the loader reports it missing."""
     if not (directory / PREPROCESSOR_CONFIG).is_file():
-        return
+        return None
     channels_height_width = tuple(encoder.get_inputs()[0].shape[1:])
-    size = Preprocessing.load(directory).size
+    preprocessing = Preprocessing.load(directory)
+    size = preprocessing.size
     if channels_height_width != (3, *size):
         taken = "x".join(map(str, channels_height_width[1:]))
         reason = f"takes {taken} images but the preprocessing gives {size[0]}x{size[1]}: a mismatched export"
         raise ModelLoadError(directory / GRAPHS[0], reason)
+    return preprocessing
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -83,7 +83,8 @@ class CaptionModel(nn.Module, ABC):
     max_positions: int | None = None
     # True when :meth:`attention_maps` returns maps (the decoder attends over image positions).
     has_attention: ClassVar[bool] = False
-    # A model built from pretrained parts: its encoder part's own image preprocessing (None: the family default).
+    # A model built from pretrained parts: its encoder part's own image preprocessing (an ONNX export: its own, as
+    # read on load); None: the family default.
     preprocessing: Preprocessing | None = None
 
     @abstractmethod
