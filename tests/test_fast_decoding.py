@@ -38,9 +38,9 @@ class StepRecorder:
         self.calls.append(
             {
                 "rows": state.rows,
-                "images": state.cross_keys[0].shape[0],
+                "images": state.cross.shape[2],  # (layers, 2, images, heads, tokens, head_dim)
                 "group": state.group,
-                "cross_ptr": state.cross_keys[0].data_ptr(),
+                "cross_ptr": state.cross.data_ptr(),
                 "cache_ptr": state.cache.data_ptr(),
                 "capacity": state.cache.shape[-2],
                 "static": state.static is not None and state.static.owns(state.cache, state.group, state.length),
@@ -155,7 +155,7 @@ def test_step_without_cross_attention_equals_gpt2_forward() -> None:
         reference = decoder(ids).logits
         state = start_gpt2_state(decoder, None, rows=3)
         stepped = torch.stack([gpt2_step(decoder, ids[:, t], state) for t in range(6)], dim=1)
-    assert state.length == 6 and not state.cross_keys
+    assert state.length == 6 and state.cross is None
     torch.testing.assert_close(stepped, reference, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="needs memory or a row count"):
         start_gpt2_state(decoder, None)
@@ -268,18 +268,15 @@ def test_reorders_gather_every_layer_into_the_spare_buffer_and_back() -> None:
         state = start_gpt2_state(decoder, None, rows=6)
         for token in range(4):
             gpt2_step(decoder, torch.full((6,), token), state)
-        reference = [(k[:, :, :4].clone(), v[:, :, :4].clone()) for k, v in zip(state.keys, state.values, strict=True)]
+        reference = state.cache[..., :4, :].clone()  # (layers, 2, rows, heads, positions, head_dim)
         buffers = set()
         for index in ([5, 4, 3, 2, 1, 0], [0, 0, 2, 3, 3, 1], [4, 1, 5], [2, 2, 0]):
             index_tensor = torch.tensor(index)
             state.reorder(index_tensor, tuple(range(len(index))))
-            reference = [(k[index_tensor], v[index_tensor]) for k, v in reference]
+            reference = reference[:, :, index_tensor]
             buffers.add(state.cache.data_ptr())
         assert state.cache.shape[:3] == (3, 2, 3) and state.rows == 3 and len(buffers) == 2
-        for (keys, values), (expected_keys, expected_values) in zip(
-            zip(state.keys, state.values, strict=True), reference, strict=True
-        ):
-            assert torch.equal(keys[:, :, :4], expected_keys) and torch.equal(values[:, :, :4], expected_values)
+        assert torch.equal(state.cache[..., :4, :], reference)
 
 
 def test_gpt2_mlp_keeps_transformers_gelu_in_fp32_and_fuses_it_in_half_precision():

@@ -154,7 +154,7 @@ def test_padded_encoder_tokens_are_refused(make_vit_gpt2: Callable, make_pixels:
         tokens = model.encode(make_pixels(2)).tokens
     mask = torch.ones(tokens.shape[:2], dtype=torch.bool)
     state = model.init_state(Encoded(tokens, mask))  # an all-true mask is no mask
-    assert state.cross_keys[0].shape == (2, 2, tokens.shape[1], 32)  # (images, heads, tokens, head_dim)
+    assert state.cross.shape[2:] == (2, 2, tokens.shape[1], 32)  # (images, heads, tokens, head_dim)
     mask[0, -1] = False
     with pytest.raises(ValueError, match="not supported"):
         model.init_state(Encoded(tokens, mask))

@@ -84,24 +84,6 @@ class Gpt2StepState:
     def rows(self) -> int:
         return self.row_image.shape[0]
 
-    @property
-    def keys(self) -> list[torch.Tensor]:
-        """Per layer, views (rows, heads, capacity, head_dim) of ``cache``'s keys."""
-        return list(self.cache[:, 0])
-
-    @property
-    def values(self) -> list[torch.Tensor]:
-        return list(self.cache[:, 1])
-
-    @property
-    def cross_keys(self) -> list[torch.Tensor]:
-        """Per layer, views (images, heads, tokens, head_dim) of ``cross``'s keys; empty without cross-attention."""
-        return [] if self.cross is None else list(self.cross[:, 0])
-
-    @property
-    def cross_values(self) -> list[torch.Tensor]:
-        return [] if self.cross is None else list(self.cross[:, 1])
-
     def reorder(self, index: torch.Tensor, row_image: tuple[int, ...]) -> None:
         """Row i becomes row ``index[i]``, which decodes image ``row_image[i]`` (the new ``host_row_image``): the
         filled cache positions are gathered; cross keys/values only shrink, when images have no row left."""
