@@ -14,6 +14,7 @@ later requests run as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -284,6 +285,7 @@ def _route_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(getattr(route, "path", "") for route in app.routes)
 
 
+@functools.cache  # the package's files do not change while it runs: read once, not on every request
 def _static_text(name: str) -> str:
     return resources.files(STATIC[0]).joinpath(STATIC[1], name).read_text(encoding="utf-8")
 
