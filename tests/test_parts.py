@@ -11,6 +11,7 @@ import itertools
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, TINY, run_recipe
 from captionkit import Captioner
 from captionkit.config import StageSection, load_train_config
 from captionkit.errors import ConfigError, ModelLoadError
-from captionkit.images import load_image
+from captionkit.images import Preprocessing, load_image
 from captionkit.models.registry import create_model, load_model
 from captionkit.text import CaptionTokenizer
 from captionkit.training.setup import build_setup, seed_everything
@@ -103,6 +104,30 @@ def changed_groups(before: torch.nn.Module, after: torch.nn.Module, groups: dict
 
 def checkpoints(run: Path, steps: int) -> list[torch.nn.Module]:
     return [load_model(run / "checkpoints" / f"step-{step:06d}") for step in range(1, steps + 1)]
+
+
+def trainable_groups(model: torch.nn.Module) -> dict[str, bool]:
+    """Per parameter group, whether any of its parameters trains."""
+    parameters = dict(model.named_parameters())
+    return {group: any(parameters[n].requires_grad for n in names) for group, names in model.parameter_groups().items()}
+
+
+def assert_pixels_as_part(preprocessing: Preprocessing, part: Path, processor: Any = None) -> None:
+    """``preprocessing`` gives the real photos the pixels of ``part``'s own image processor (``processor``; by default
+    transformers' PIL backend of it) at the 32 px every tiny part here takes, to 1e-6."""
+    images = [load_image(photo) for photo in PHOTOS]
+    if processor is None:
+        processor = AutoImageProcessor.from_pretrained(part, use_fast=False)
+    expected = processor(images, return_tensors="np")["pixel_values"]
+    assert expected.shape == (len(PHOTOS), 3, 32, 32)
+    np.testing.assert_allclose(preprocessing(images), expected, rtol=0, atol=1e-6)
+
+
+def reloaded_run(model: torch.nn.Module, decoder: Path, run: Path) -> Captioner:
+    """``model`` saved as a run (with the decoder part's tokenizer and its own preprocessing) and loaded back."""
+    tokenizer = CaptionTokenizer.load(decoder)
+    Captioner(model, tokenizer, model.preprocessing, device="cpu").save_pretrained(run)  # type: ignore[arg-type]
+    return Captioner.from_pretrained(run, device="cpu")
 
 
 def test_vit_gpt2_from_parts_copies_every_pretrained_weight(parts: tuple[Path, Path], tmp_path: Path) -> None:
@@ -309,9 +334,7 @@ def test_the_senticap_recipe_trains_from_parts_with_sentiment_styles(
     assert captioner.model.vocab_size == captioner.tokenizer.vocab_size == len(gpt2) + 2
     assert captioner.tokenizer.encode("a happy dog") == gpt2("a happy dog")["input_ids"]
     # The ViT's own preprocessing, saved in the run: the same pixels as its image processor on real photos.
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_pixels_as_part(captioner.preprocessing, encoder)
     # A style starts the decoder from its own token: the two styles score a photo's captions differently.
     results = {s: captioner.caption([PHOTO], style=s, num_beams=1, max_new_tokens=4)[0] for s in captioner.styles}
     assert results["positive"].score != results["negative"].score
@@ -323,13 +346,7 @@ def test_the_senticap_recipe_trains_from_parts_with_sentiment_styles(
 def test_the_run_preprocesses_as_the_encoders_own_image_processor(parts: tuple[Path, Path], tmp_path: Path) -> None:
     encoder, decoder = parts
     model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
-    captioner = Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu")  # type: ignore[arg-type]
-    captioner.save_pretrained(tmp_path)
-    reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    assert expected.shape == (3, 3, 32, 32)
-    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_reloaded_run_preprocesses_as(model, decoder, encoder, tmp_path)
     saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
     assert (saved["image_mean"], saved["image_std"]) == ([0.5] * 3, [0.5] * 3)
 
@@ -353,18 +370,16 @@ def test_the_default_image_processor_without_torchvision_gives_the_runs_pixels(
     processor = AutoImageProcessor.from_pretrained(encoder)
     assert type(processor).__name__ == "ViTImageProcessorPil"
     model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder))
-    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(tmp_path)  # type: ignore[arg-type]
-    reloaded = Captioner.from_pretrained(tmp_path, device="cpu")
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = processor(images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
-
-
-def _tokenizer(decoder: Path) -> CaptionTokenizer:
-    return CaptionTokenizer.load(decoder)
+    assert_pixels_as_part(reloaded_run(model, decoder, tmp_path).preprocessing, encoder, processor)
 
 
 # --- issue 20, defect 1: finished ViT-GPT2 checkpoints in the transformers 4 (hub) and 5 layouts
+
+
+def t4_checkpoint(root: Path) -> tuple[Path, Path, Path]:
+    """A tiny ViT, a tiny GPT-2 and a vit-gpt2 checkpoint of the two, all in the hub's transformers 4 layout."""
+    vit, gpt2 = save_vit(root / "vit", "t4"), save_gpt2(root / "gpt2", "t4")
+    return vit, gpt2, save_vit_gpt2_t4(root / "run", vit, gpt2)
 
 
 def _plain_transformers5_fine_tune(directory: Path, vit: Path, gpt2: Path, ids_in: str) -> Path:
@@ -395,8 +410,7 @@ def test_a_checkpoint_saved_by_transformers5_captions(ids_in: str, tmp_path: Pat
 
 
 def test_a_checkpoint_in_the_hubs_transformers4_layout_captions(tmp_path: Path) -> None:
-    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
-    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    _, gpt2, run = t4_checkpoint(tmp_path)
     captioner = Captioner.from_pretrained(run, device="cpu")
     endoftext = AutoTokenizer.from_pretrained(gpt2).eos_token_id
     model = captioner.model
@@ -407,8 +421,7 @@ def test_a_checkpoint_in_the_hubs_transformers4_layout_captions(tmp_path: Path) 
 def test_a_transformers4_checkpoint_with_generation_settings_in_config_json_resaves(tmp_path: Path) -> None:
     """Fine-tunes of transformers 4 often set beam settings on the model config (no generation_config.json):
     captionkit loads the checkpoint, saves it again, and plain transformers loads that with the same settings."""
-    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
-    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    _, gpt2, run = t4_checkpoint(tmp_path)
     config = json.loads((run / "config.json").read_text())
     settings = {"max_length": 16, "num_beams": 4, "early_stopping": True, "length_penalty": 2.0}
     (run / "config.json").write_text(json.dumps(config | settings))
@@ -433,8 +446,7 @@ def _resave_sharded(model: torch.nn.Module, source: Path, target: Path) -> Path:
 
 
 def test_sharded_checkpoints_and_parts_load_as_single_files_do(tmp_path: Path) -> None:
-    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
-    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    vit, gpt2, run = t4_checkpoint(tmp_path)
     sharded = _resave_sharded(VisionEncoderDecoderModel.from_pretrained(run), run, tmp_path / "sharded")
     expected = load_model(run).state_dict()
     found = Captioner.from_pretrained(sharded, device="cpu").model.state_dict()
@@ -475,13 +487,19 @@ def tower_key(saved: dict[str, torch.Tensor], key: str) -> str:
     return name if name in saved else f"encoder.{key.removeprefix('vision_model.')}"
 
 
-def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
-    """Every tensor of the CLIP vision tower and of GPT-2 is in the run's (native) weights, unchanged."""
+def assert_clip_tower_unchanged(run: Path, encoder: Path) -> None:
+    """Every tensor of the CLIP part's vision tower is in the run's weights, unchanged."""
     saved = part_weights(run)
     vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
     assert vision
     for key, tensor in vision.items():
         assert torch.equal(saved[tower_key(saved, key)], tensor), key
+
+
+def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
+    """Every tensor of the CLIP vision tower and of GPT-2 is in the run's (native) weights, unchanged."""
+    assert_clip_tower_unchanged(run, encoder)
+    saved = part_weights(run)
     for key, tensor in part_weights(decoder).items():
         name = f"gpt2.transformer.{key.removeprefix('transformer.')}"
         # Tied tensors are stored once: GPT-2's token table under its output layer's name.
@@ -500,11 +518,8 @@ def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings:
     model.save_pretrained(tmp_path)
     assert_prefix_parts_unchanged(tmp_path, encoder, decoder)
     # The encoder is frozen by default (ClipCap); GPT-2 is fine-tuned with the MLP mapper, frozen with the other.
-    trainable = {
-        group: any(dict(model.named_parameters())[name].requires_grad for name in names)
-        for group, names in model.parameter_groups().items()
-    }
-    assert trainable == {"encoder": False, "mapper": True, "decoder": not settings.get("freeze_decoder", False)}
+    trained_decoder = not settings.get("freeze_decoder", False)
+    assert trainable_groups(model) == {"encoder": False, "mapper": True, "decoder": trained_decoder}
     # ClipCap's MLP width: prefix_length * GPT-2 width / 2.
     assert model.config.mapper_hidden_size == model.config.prefix_length * 32 // 2
     # The image embedding is CLIP's pooled output (after its final layer norm), as ClipCap reads it.
@@ -535,24 +550,16 @@ def test_prefix_gpt2_from_a_plain_vit_and_gpt2(
     assert len(stored) > 20 and all(torch.equal(own[name], tensor) for name, tensor in stored.items())
     gpt2 = GPT2LMHeadModel.from_pretrained(decoder).eval()
     assert all(torch.equal(model.gpt2.state_dict()[name], tensor) for name, tensor in gpt2.state_dict().items())
-    trainable = {
-        group: any(dict(model.named_parameters())[name].requires_grad for name in names)
-        for group, names in model.parameter_groups().items()
-    }
-    assert trainable == {"encoder": False, "mapper": True, "decoder": True}
+    assert trainable_groups(model) == {"encoder": False, "mapper": True, "decoder": True}
     pixels = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model.encode(pixels).tokens[:, 0], vit(pixel_values=pixels).last_hidden_state[:, 0])
     # Saved and reloaded: the same logits, and the ViT's own preprocessing (mean = std = 0.5) on real photos.
-    run = tmp_path / "run"
-    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(run)  # type: ignore[arg-type]
-    reloaded = Captioner.from_pretrained(run, device="cpu")
+    reloaded = reloaded_run(model, decoder, tmp_path / "run")
     ids = torch.tensor([[0, 5, 9], [0, 7, 3]])
     with torch.no_grad():
         assert torch.equal(reloaded.model(pixels, ids), model.eval()(pixels, ids))
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_pixels_as_part(reloaded.preprocessing, encoder)
 
 
 def test_prefix_gpt2_from_parts_grows_its_vocabulary_for_style_tokens(
@@ -600,17 +607,13 @@ def test_the_clipcap_recipes_train_from_parts(
     groups = start.parameter_groups()
     assert changed_groups(start, trained, groups) == ({"mapper"} if transformer else {"mapper", "decoder"})
     # The CLIP vision tower is frozen in both: every one of its tensors is in the run as published.
-    saved = part_weights(out)
-    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
-    assert all(torch.equal(saved[tower_key(saved, key)], tensor) for key, tensor in vision.items())
+    assert_clip_tower_unchanged(out, encoder)
     captioner = Captioner.from_pretrained(out, device="cpu")
     assert (captioner.model.config.mapper, captioner.model.config.prefix_length) == (
         ("transformer", 40) if transformer else ("mlp", 10)
     )
     # CLIP's own preprocessing, saved in the run: the same pixels as CLIP's image processor on real photos.
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_pixels_as_part(captioner.preprocessing, encoder)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
 
@@ -693,9 +696,7 @@ def test_the_resnet50_lstm_recipes_train_from_parts(
     # A word vocabulary trained on the captions (the LSTM has no pretrained tokenizer).
     assert captioner.model.vocab_size == captioner.tokenizer.vocab_size <= 4096
     # The ResNet's own preprocessing (ConvNeXt: shorter edge to 36, centre 32 crop), saved in the run.
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(resnet, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(captioner.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_pixels_as_part(captioner.preprocessing, resnet)
     (result,) = captioner.caption([PHOTO], max_new_tokens=4, num_beams=2)
     assert len(result.captions[0].token_ids) <= 4
 
@@ -726,10 +727,10 @@ def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path],
     model = create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder)).eval()
     assert type(model.ved.encoder).__name__ == "CLIPVisionModel"
     model.save_pretrained(tmp_path)
-    saved = part_weights(tmp_path)
-    vision = {key: value for key, value in part_weights(encoder).items() if key.startswith("vision_model.")}
-    assert all(torch.equal(saved[tower_key(saved, key)], tensor) for key, tensor in vision.items())
-    assert not any(key.startswith("encoder.text_model.") for key in saved)  # the text tower stays behind
+    assert_clip_tower_unchanged(tmp_path, encoder)
+    assert not any(
+        key.startswith("encoder.text_model.") for key in part_weights(tmp_path)
+    )  # the text tower stays behind
     plain = VisionEncoderDecoderModel.from_pretrained(tmp_path).eval()
     pixels, ids = torch.randn(2, 3, 32, 32), torch.tensor([[0, 5, 9], [0, 7, 3]])
     with torch.no_grad():
@@ -746,12 +747,7 @@ def test_vit_gpt2_from_the_vision_tower_of_a_clip(clip_parts: tuple[Path, Path],
 def assert_reloaded_run_preprocesses_as(model: torch.nn.Module, decoder: Path, encoder: Path, run: Path) -> None:
     """``model`` saved as a run with the decoder's tokenizer and reloaded: its pixels of real photos are those of the
     encoder part's own image processor (transformers' PIL backend), to 1e-6."""
-    Captioner(model, _tokenizer(decoder), model.preprocessing, device="cpu").save_pretrained(run)  # type: ignore[arg-type]
-    reloaded = Captioner.from_pretrained(run, device="cpu")
-    images = [load_image(photo) for photo in PHOTOS]
-    expected = AutoImageProcessor.from_pretrained(encoder, use_fast=False)(images, return_tensors="np")["pixel_values"]
-    assert expected.shape == (len(PHOTOS), 3, 32, 32)
-    np.testing.assert_allclose(reloaded.preprocessing(images), expected, rtol=0, atol=1e-6)
+    assert_pixels_as_part(reloaded_run(model, decoder, run).preprocessing, encoder)
 
 
 @pytest.mark.parametrize(
@@ -860,8 +856,7 @@ def test_a_gpt2_part_whose_token_ids_do_not_fit_is_refused_naming_the_part_and_f
 
 @pytest.mark.parametrize("damage", ["header", "tail"])
 def test_a_damaged_shard_is_named_not_the_index(damage: str, tmp_path: Path) -> None:
-    vit, gpt2 = save_vit(tmp_path / "vit", "t4"), save_gpt2(tmp_path / "gpt2", "t4")
-    run = save_vit_gpt2_t4(tmp_path / "run", vit, gpt2)
+    vit, gpt2, run = t4_checkpoint(tmp_path)
     sharded = _resave_sharded(VisionEncoderDecoderModel.from_pretrained(run), run, tmp_path / "sharded")
     decoder = _resave_sharded(GPT2LMHeadModel.from_pretrained(gpt2), gpt2, tmp_path / "gpt2-sharded")
     for directory, load in (

@@ -54,7 +54,7 @@ class Inputs(HTMLParser):
 
 def test_the_page_starts_with_the_options_tables_defaults():
     parser = Inputs()
-    parser.feed(resources.files("captionkit.serve").joinpath("static", "index.html").read_text(encoding="utf-8"))
+    parser.feed(static("index.html"))
     page = parser.values
     for name, field in _DECODING_NAMES.items():
         default = BY_FIELD[field].default.split(",")[0]  # "4, or 1 when sampling": the page starts on beam search
@@ -281,18 +281,20 @@ def test_refusals_read_in_full(browser, tmp_path):
     assert not errors, errors
 
 
-def test_many_images_go_in_requests_the_server_takes_and_bad_ones_do_not_sink_the_rest(browser, tmp_path):
-    def refuse_the_bad_one(fields, images):
-        bad = [
-            {"index": i, "image": name, "error": "unsupported image format (text)"}
-            for i, name in enumerate(images)
-            if name == "notes.jpg"
-        ]
-        if bad:
-            return 415, {"detail": f"notes.jpg: {bad[0]['error']}", "errors": bad}, {}
-        return ScriptedApi.captions(fields, images)
+def refusing_notes(fields: dict[str, str], images: list[str]):
+    """Refuses a request holding notes.jpg (415, naming it in ``errors``); captions any other."""
+    bad = [
+        {"index": i, "image": name, "error": "unsupported image format (text)"}
+        for i, name in enumerate(images)
+        if name == "notes.jpg"
+    ]
+    if bad:
+        return 415, {"detail": f"notes.jpg: {bad[0]['error']}", "errors": bad}, {}
+    return ScriptedApi.captions(fields, images)
 
-    api = ScriptedApi(MODELS, limits=LIMITS | {"max_images": 2}, answer=refuse_the_bad_one)
+
+def test_many_images_go_in_requests_the_server_takes_and_bad_ones_do_not_sink_the_rest(browser, tmp_path):
+    api = ScriptedApi(MODELS, limits=LIMITS | {"max_images": 2}, answer=refusing_notes)
     page, errors = open_page(browser, api)
     pick(page, ["plain"])
     files = [photo(tmp_path, f"{i}.jpg") for i in range(4)]
@@ -317,15 +319,7 @@ def test_many_images_go_in_requests_the_server_takes_and_bad_ones_do_not_sink_th
 def test_seeded_sampling_gives_each_file_its_seed_however_the_files_are_split(browser, tmp_path):
     """The server samples image j of a request from seed + j: each request carries seed + its first file's index
     and holds consecutive files (a refused file's neighbours are resent apart), so file k always gets seed + k."""
-
-    def refuse_notes(fields, images):
-        bad = [{"index": i, "image": n, "error": "unsupported image format (text)"} for i, n in enumerate(images)]
-        bad = [error for error in bad if error["image"] == "notes.jpg"]
-        return (
-            (415, {"detail": "notes.jpg: refused", "errors": bad}, {}) if bad else ScriptedApi.captions(fields, images)
-        )
-
-    api = ScriptedApi(MODELS, limits=LIMITS | {"max_images": 3}, answer=refuse_notes)
+    api = ScriptedApi(MODELS, limits=LIMITS | {"max_images": 3}, answer=refusing_notes)
     page, errors = open_page(browser, api)
     pick(page, ["plain"])
     notes = tmp_path / "notes.jpg"

@@ -73,23 +73,33 @@ def run(tmp_path_factory):
     return {"model": result.output_dir, "data": data_file, "logged": logged, "config": config}
 
 
+def _validation(run) -> tuple[TrainedOn, list[CaptionRecord]]:
+    trained = TrainedOn.read(run["model"])
+    assert trained is not None
+    return trained, trained.validation_records(load_records(run["data"]))
+
+
+def _references(validation: list[CaptionRecord], images: list[str], style: str | None = None) -> tuple[dict, dict]:
+    """Each of ``images``' captions (of ``style``; all of them when None) in ``validation``, and its path."""
+    refs: dict[str, list[str]] = {}
+    paths = {}
+    for record in validation:
+        if record.image_id in images and style in (None, record.style):
+            refs.setdefault(record.image_id, []).append(record.caption)
+            paths[record.image_id] = record.image_path
+    return refs, paths
+
+
 def _by_hand(run) -> dict[str, float]:
     """Per style: greedy captions in that style (Captioner.caption(style=...)) of the first EVAL_IMAGES validation
     images that have a caption of that style, CIDEr-D against the image's captions of that style."""
-    trained = TrainedOn.read(run["model"])
-    assert trained is not None
-    validation = trained.validation_records(load_records(run["data"]))
+    _, validation = _validation(run)
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     budget = run["config"].data.max_length - 1
     figures = {}
     for style in STYLES:
         first = list(dict.fromkeys(r.image_id for r in validation if r.style == style))[:EVAL_IMAGES]
-        refs: dict[str, list[str]] = {}
-        paths = {}
-        for record in validation:
-            if record.image_id in first and record.style == style:
-                refs.setdefault(record.image_id, []).append(record.caption)
-                paths[record.image_id] = record.image_path
+        refs, paths = _references(validation, first, style)
         ids = list(refs)
         found = captioner.caption([paths[i] for i in ids], style=style, num_beams=1, max_new_tokens=budget)
         candidates = {image_id: result.captions[0].caption for image_id, result in zip(ids, found, strict=True)}
@@ -101,16 +111,9 @@ def _by_hand(run) -> dict[str, float]:
 def _plain_start_figure(run) -> float:
     """What validation logged before: captions from the plain start token (never trained here) against every
     caption of each image (it has no neutral one)."""
-    trained = TrainedOn.read(run["model"])
-    assert trained is not None
-    validation = trained.validation_records(load_records(run["data"]))
+    _, validation = _validation(run)
     first = list(dict.fromkeys(r.image_id for r in validation))[:EVAL_IMAGES]
-    refs: dict[str, list[str]] = {}
-    paths = {}
-    for record in validation:
-        if record.image_id in first:
-            refs.setdefault(record.image_id, []).append(record.caption)
-            paths[record.image_id] = record.image_path
+    refs, paths = _references(validation, first)
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     budget = run["config"].data.max_length - 1
     # caption_pil takes the config as given: caption() refuses neutral for this model (see the test below).
@@ -202,9 +205,7 @@ def test_as_validation_recomputes_a_style_runs_validation_cider(run, capsys, tmp
 def test_as_validation_progress_counts_each_validation_image_once(run, single_thread):
     # 6 positive and 6 negative captions of 8 images: the CLI's bar, sized to 8 images, must end at 8 (it stopped
     # short when the captions were counted as whole images).
-    trained = TrainedOn.read(run["model"])
-    assert trained is not None
-    validation = trained.validation_records(load_records(run["data"]))
+    trained, validation = _validation(run)
     captioner = Captioner.from_pretrained(run["model"], device="cpu")
     counted: list[int] = []
     evaluate_as_validation(captioner, validation, trained, "CIDEr", batch_size=4, on_progress=counted.append)
