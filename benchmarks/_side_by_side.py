@@ -50,3 +50,10 @@ def caption_side_by_side(
             seconds[name].append(time.perf_counter() - began)
             captions[name] += [per_image[0].token_ids for per_image in found]
     return captions, seconds
+
+
+def token_accuracy(pairs: list[tuple[list[int], list[int]]]) -> float:
+    """The share of positions (over the longer caption of each pair) where both captions have the same token."""
+    same = sum(sum(a == b for a, b in zip(x, y, strict=False)) for x, y in pairs)
+    total = sum(max(len(x), len(y), 1) for x, y in pairs)
+    return same / total

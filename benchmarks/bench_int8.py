@@ -25,18 +25,12 @@ from pathlib import Path
 
 import torch
 
-from _side_by_side import caption_side_by_side, photo_arguments
+from _side_by_side import caption_side_by_side, photo_arguments, token_accuracy
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import export_int8, quantize_int8
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, save_int8_weights
 from captionkit.jobs.inputs import collect_images
-
-
-def token_accuracy(pairs: list[tuple[list[int], list[int]]]) -> float:
-    same = sum(sum(a == b for a, b in zip(x, y, strict=False)) for x, y in pairs)
-    total = sum(max(len(x), len(y), 1) for x, y in pairs)
-    return same / total
 
 
 def megabytes(path: Path) -> float:

@@ -40,6 +40,21 @@ def test_packed_product_equals_the_module(rows: int) -> None:
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not packed_linear._native_bf16(), reason="this CPU has no bf16 instructions for oneDNN")
+def test_bf16_weights_are_packed_where_the_cpu_computes_in_bf16() -> None:
+    """Products rounded to bf16 as the module's are, from float32 sums added up in another order: within bf16's
+    rounding of them."""
+    inputs = torch.randn(8, 32, dtype=torch.bfloat16)
+    for layer in _layers():
+        layer = layer.to(torch.bfloat16)
+        with torch.no_grad():
+            expected = layer(inputs)
+            got = linear(layer, inputs)
+        assert layer in packed_linear._PACKED, type(layer).__name__
+        assert got.dtype == torch.bfloat16 and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1.6e-2, atol=1e-2)
+
+
 def test_packed_weight_is_rebuilt_after_an_in_place_update() -> None:
     layer = nn.Linear(32, 48)
     inputs = torch.randn(4, 32)
@@ -62,15 +77,18 @@ def test_module_runs_itself_where_packing_does_not_apply(monkeypatch: pytest.Mon
     out.sum().backward()
     assert layer.weight.grad is not None
     with torch.no_grad():
-        assert linear(layer.to(torch.bfloat16), inputs.to(torch.bfloat16)).dtype == torch.bfloat16
+        half = nn.Linear(32, 48).half()  # fp16: never packed on a CPU
+        assert linear(half, inputs.half()).dtype == torch.float16
+        monkeypatch.setattr(packed_linear, "_native_bf16", lambda: False)  # bf16 emulated: the module's own path
+        bf16 = nn.Linear(32, 48).to(torch.bfloat16)
+        torch.testing.assert_close(linear(bf16, inputs.to(torch.bfloat16)), bf16(inputs.to(torch.bfloat16)))
         wrapped = nn.Sequential(nn.Linear(32, 48))  # not a Linear/Conv1D itself (as int8 replacements)
         torch.testing.assert_close(linear(wrapped, inputs), wrapped(inputs))
         monkeypatch.setenv("CAPTIONKIT_PACKED_LINEAR", "0")
         plain = nn.Linear(32, 48)
         torch.testing.assert_close(linear(plain, inputs), plain(inputs))
-    assert layer not in packed_linear._PACKED
-    assert wrapped not in packed_linear._PACKED
-    assert plain not in packed_linear._PACKED
+    for unpacked in (layer, half, bf16, wrapped, plain):
+        assert unpacked not in packed_linear._PACKED
 
 
 class _Marked(torch.Tensor):
