@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.data.formats.senticap import SENTIMENTS as SENTICAP_SENTIMENTS
+from captionkit.data.records import STYLES
 from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import tokenize_captions
 from captionkit.files import write_atomic
 from captionkit.jsontext import parse_json
 
-STYLES = ("neutral", "positive", "negative")
 # Function words of captions: not content (whatever their style evidence).
 STOP_WORDS = frozenset(
     "a an the of on in at to with and is are there it its this that some two three by for from near next into onto "  # noqa: SIM905
