@@ -116,6 +116,9 @@ def test_check_without_opening_images_finds_no_image_errors(broken_folder, capsy
     code, out, _ = run_cli(["data", "check", str(csv), "--no-images", "--json"], capsys)
     assert code == 0
     assert json.loads(out)["images_checked"] is False
+    code, out, _ = run_cli(["data", "check", str(csv), "--no-images"], capsys)
+    assert code == 0 and "missing image" not in out and "identical image files" not in out
+    assert "images: not opened (--no-images): missing, unreadable and identical files not looked for\n" in out
 
 
 def test_check_reports_dropped_captions(tmp_path, capsys):

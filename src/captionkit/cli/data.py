@@ -204,13 +204,15 @@ def _print_report(report: dict[str, Any]) -> None:
     for reason, count in sorted(report["dropped"].items()):
         console.print(f"dropped: {count} {reason}")
     duplicates = report["duplicate_captions"]
-    console.print(
-        f"duplicates: {plural(duplicates['repeated_on_one_image'], 'caption')} repeated on one image, "
-        f"{plural(duplicates['captions_on_several_images'], 'caption')} on several images, "
-        f"{plural(len(report['duplicate_images']), 'group')} of identical image files"
-    )
+    found = [
+        f"{plural(duplicates['repeated_on_one_image'], 'caption')} repeated on one image",
+        f"{plural(duplicates['captions_on_several_images'], 'caption')} on several images",
+    ]
+    if report["images_checked"]:
+        found.append(f"{plural(len(report['duplicate_images']), 'group')} of identical image files")
+    console.print("duplicates: " + ", ".join(found))
     if not report["images_checked"]:
-        console.print("images: not opened (--no-images)")
+        console.print("images: not opened (--no-images): missing, unreadable and identical files not looked for")
     missing = report["missing_images"]
     _list(console, plural(len(missing), "missing image"), missing)
     if missing:
