@@ -156,6 +156,32 @@ def test_evaluate_agrees_with_the_training_runs_validation(models, capsys, tmp_p
     assert "data: the first caption of each image and style in the styles negative, neutral, positive (as the" in err
 
 
+def test_first_caption_only_holds_on_the_runs_own_data_only(models, capsys, tmp_path, single_thread):
+    """A run with data.first_caption_only scored on its own data (by any spelling of its path) counts the first
+    caption of each image, as its validation did; on other data, every caption of an image is a reference."""
+    copy = tmp_path / "copy"
+    shutil.copytree(models["data"].parent, copy)
+    neutral = [json.loads(line) for line in models["data"].read_text().splitlines()]
+    val_images = {r["image_id"] for r in neutral if r["split"] == "val" and r["style"] == "neutral"}
+    every = sum(r["split"] == "val" and r["style"] == "neutral" for r in neutral)
+    assert every > len(val_images)  # several neutral captions per image: the two readings differ
+    base = ["evaluate", "--model", models["plain"], "--split", "val", "--beams", "1", "--max-length", "3"]
+    own = models["data"].parent / ".." / models["data"].parent.name / models["data"].name
+    counts = {}
+    for name, data in (("own", own), ("other", copy / models["data"].name)):
+        code, out, err = run_cli([*base, "--data", str(data), "--metrics", "CIDEr"], capsys)
+        assert code == 0, err
+        counts[name] = json.loads(out)["computed_over"]["references"]
+        if name == "other":
+            assert (
+                "data: every caption (the model's training run kept the first caption of each image of its own " in err
+            )
+        else:
+            assert "data: the first caption of each image (as the model's training run)" in err
+    assert counts["own"].startswith(f"{len(val_images)} neutral reference captions"), counts
+    assert counts["other"].startswith(f"{every} neutral reference captions"), counts
+
+
 def test_style_names_in_any_case_ask_for_the_same_captions(models, capsys, single_thread):
     """The data readers take a style column in any case; the CLI, compare's MODEL@STYLE and the API take the style
     asked for the same way (they answered "unknown style 'Negative'")."""

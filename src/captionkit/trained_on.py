@@ -2,10 +2,12 @@
 
 A training run keeps its settings in the model directory (``train_config.json``). Three of them change which
 captions count: the seeded share of images it held out as val (when the data had no split labels), one canonical
-caption per image and style (``data.first_caption_only``), and the styles it trained on (``data.styles``). A fourth,
-``data.max_length``, cuts the captions it computed perplexity on. Three more say which part of its validation data
-each validation used: ``train.eval_batches`` batches of ``train.batch_size`` captions for the loss and perplexity,
-``train.eval_images`` images for CIDEr-D. The figures it logged last are in the model's ``trainer_state.json``.
+caption per image and style (``data.first_caption_only``, which holds on the data the run read only: other data is
+scored against every caption of an image, as papers score it), and the styles it trained on (``data.styles``). A
+fourth, ``data.max_length``, cuts the captions it computed perplexity on. Three more say which part of its validation
+data each validation used: ``train.eval_batches`` batches of ``train.batch_size`` captions for the loss and
+perplexity, ``train.eval_images`` images for CIDEr-D. The figures it logged last are in the model's
+``trainer_state.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class TrainedOn:
     eval_images: int = TrainSection.eval_images
     # Where the run read its validation data (data.val, or data.train that it held val out of), when one spec.
     validation_data: str | None = None
+    # Every spec of data.train and data.val, as the run's config wrote them.
+    run_data: tuple[str, ...] = ()
     # The run's last logged validation: step and VALIDATION_KEYS (None: no trainer_state.json, or no validation).
     last_validation: dict[str, float] | None = None
 
@@ -67,6 +71,7 @@ class TrainedOn:
         it lacks them."""
         data, train = saved["data"], saved["train"]
         source = data.get("val") or data.get("train")
+        specs = [spec for key in ("train", "val") for spec in _specs(data.get(key))]
         return cls(
             val_fraction=float(data["val_fraction"]),
             seed=int(train["seed"]),
@@ -78,6 +83,7 @@ class TrainedOn:
             batch_size=int(train.get("batch_size", TrainSection.batch_size)),
             eval_images=int(train.get("eval_images", TrainSection.eval_images)),
             validation_data=source if isinstance(source, str) else None,
+            run_data=tuple(specs),
         )
 
     def split(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
@@ -87,10 +93,23 @@ class TrainedOn:
             return list(records)
         return assign_splits(records, self.val_fraction, 0.0, self.seed)
 
-    def captions(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
+    def captions(self, records: Sequence[CaptionRecord], data: str | None = None) -> list[CaptionRecord]:
         """The captions the run trained and validated on: of its styles only, the first of each image (and style)
-        with ``first_caption_only``."""
-        return validation_captions(records, self.first_caption_only, self.styles)
+        with ``first_caption_only``, which applies to the data the run read only (``data`` None: that data)."""
+        return validation_captions(records, self._first_only(data), self.styles)
+
+    def read_data(self, data: str) -> bool:
+        """Whether ``data`` is a spec of the run's data.train or data.val: as written, or naming the same file or
+        folder (with the same options after ``?``)."""
+        path, _, options = data.partition("?")
+        for spec in self.run_data:
+            spec_path, _, spec_options = spec.partition("?")
+            if spec == data or (options == spec_options and _same_path(path, spec_path)):
+                return True
+        return False
+
+    def _first_only(self, data: str | None) -> bool:
+        return self.first_caption_only and (data is None or self.read_data(data))
 
     def validation_records(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
         """The captions the run validated on, in its order, from the records of its validation data: the images it
@@ -124,11 +143,31 @@ class TrainedOn:
             "that style, against those references; val_cider the mean over styles"
         )
 
-    def describe(self) -> str:
-        """One line for the output: how the captions were chosen."""
+    def describe(self, data: str | None = None) -> str:
+        """One line for the output: how the captions of ``data`` (None: the run's own) were chosen."""
         chosen = "the first caption of each image" + (" and style" if self.styles else "")
         styles = f" in the styles {', '.join(self.styles)}" if self.styles else ""
-        return (chosen if self.first_caption_only else "every caption") + styles + " (as the model's training run)"
+        if self._first_only(data) or not self.first_caption_only:
+            return (chosen if self.first_caption_only else "every caption") + styles + " (as the model's training run)"
+        return (
+            f"every caption{styles} (the model's training run kept {chosen} of its own data only, "
+            "data.first_caption_only)"
+        )
+
+
+def _specs(value: Any) -> list[str]:
+    """The data specs of a saved data.train or data.val: one string, or a list of them."""
+    if isinstance(value, str):
+        return [value] if value else []
+    return [spec for spec in value if isinstance(spec, str)] if isinstance(value, list) else []
+
+
+def _same_path(path: str, other: str) -> bool:
+    """Whether two paths name one existing file or folder."""
+    try:
+        return Path(path).exists() and Path(path).resolve() == Path(other).resolve()
+    except (OSError, ValueError):
+        return False
 
 
 def _last_validation(state_file: Path) -> dict[str, float] | None:

@@ -246,9 +246,9 @@ def _chosen_records(
     else:
         chosen, which = evaluation_split(records, split, data)
         print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
-        chosen = trained.captions(chosen) if trained is not None else chosen
+        chosen = trained.captions(chosen, data) if trained is not None else chosen
     if trained is not None:
-        print(f"captionkit: data: {trained.describe()}", file=sys.stderr)
+        print(f"captionkit: data: {trained.describe(None if as_run is not None else data)}", file=sys.stderr)
     return chosen
 
 
