@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--runs", nargs="+", choices=list(RUNS), default=list(RUNS))
     args = parser.parse_args()
+    if args.steps < 2 * args.warmup:
+        # Logged every --warmup steps: the timed span runs from the first log to the last, so two logs are needed.
+        parser.error(f"--steps {args.steps}: at least twice --warmup ({args.warmup}), or nothing is timed")
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
