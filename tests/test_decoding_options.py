@@ -68,6 +68,8 @@ BAD = [
     ({"n_best": 5}, "n_best", "beam search returns at most 4 caption(s) per image, got 5 (use more beams, or sample)"),
     ({"beams": 2, "sample": True}, "beams", "beam sampling is not supported: sample with 1 beam (the default)"),
     ({"temperature": 0.5}, "temperature", "only used when sampling; got 0.5 without sampling"),
+    ({"seed": 3}, "seed", "only used when sampling; got 3 without sampling"),
+    ({"beams": 1, "seed": 0}, "seed", "only used when sampling; got 0 without sampling"),
     ({"style": "happy"}, "style", "unknown style 'happy' (known: neutral, positive, negative)"),
     ({"style": "positive"}, "style", "MODEL was trained without styles: it cannot write positive captions"),
     ({"prompt": "a photo of"}, "prompt", "MODEL is a vit-gpt2 model: it takes no text prompt (blip does)"),
