@@ -189,3 +189,27 @@ def test_captions_are_the_same_whatever_the_batch_size(
         ] * 2
     code, out, err = run_cli([*args, "--batch-size", "0"], capsys)
     assert (code, out, err) == (1, "", "captionkit: error: --batch-size: must be at least 1, got 0\n")
+
+
+def test_an_output_that_would_replace_an_input_or_the_other_output_is_refused_before_any_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--output or --report used to overwrite an input image (or --refs) after captioning, exit 0."""
+    photos = [tmp_path / photo.name for photo in PHOTOS[:2]]
+    for photo, source in zip(photos, PHOTOS[:2], strict=True):
+        photo.write_bytes(source.read_bytes())
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"a.jpg": ["a photo"]}', encoding="utf-8")
+    kept = {path: path.read_bytes() for path in (*photos, refs)}
+    args = ["compare", *photos, "--model", f"a={tmp_path / 'none'}", "--model", f"b={tmp_path / 'none2'}"]
+    for flag, target in (("--output", photos[1]), ("--report", photos[0]), ("--output", refs)):
+        code, out, err = run_cli([*args, "--refs", refs, flag, target], capsys)
+        assert (code, out) == (1, "")
+        assert (
+            err == f"captionkit: error: {flag}: {target} is also an input ({target}); write the results to a new file\n"
+        )
+    page = tmp_path / "c.html"
+    code, out, err = run_cli([*args, "--output", page, "--report", page], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: --report: {page} is also written by --output; write each to its own file\n"
+    assert {path: path.read_bytes() for path in kept} == kept

@@ -183,3 +183,29 @@ def test_an_unknown_metric_fails_naming_the_flag_before_any_model_loads(scenes, 
     assert code == 1 and out == ""
     known = "BLEU, METEOR, ROUGE_L, CIDEr, SPICE, CLIPScore"
     assert err == f"captionkit: error: --metrics: unknown metric 'WER' (known: {known})\n"
+
+
+def test_a_report_or_results_file_that_would_replace_an_input_is_refused_before_captioning(
+    scenes, model_dir, tmp_path, capsys
+):
+    """--report used to overwrite the data's caption file (or an image) with the HTML page, exit 0."""
+    data = tmp_path / "data"
+    shutil.copytree(scenes.parent, data)
+    captions = data / scenes.name
+    image = sorted(data.rglob("*.png"))[0]
+    kept = {path: path.read_bytes() for path in (captions, image)}
+    args = ["evaluate", "--model", model_dir, "--data", captions, "--split", "test", "--metrics", "CIDEr"]
+    for report in (captions, image):
+        code, out, err = run_cli([*args, "--report", report], capsys)
+        assert (code, out) == (1, "")
+        assert (
+            err
+            == f"captionkit: error: --report: {report} is also an input ({report}); write the results to a new file\n"
+        )
+    code, out, err = run_cli(
+        [*args, "--output", tmp_path / "eval", "--report", tmp_path / "eval" / "metrics.json"], capsys
+    )
+    assert (code, out) == (1, "")
+    written = tmp_path / "eval" / "metrics.json"
+    assert err == f"captionkit: error: --report: {written} is also written by --output; write each to its own file\n"
+    assert {path: path.read_bytes() for path in kept} == kept

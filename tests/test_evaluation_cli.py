@@ -385,3 +385,24 @@ def test_meteor_needs_no_java(tmp_path: Path) -> None:
     java = subprocess.run([str(SCRIPT), *args, "--meteor", "java"], capture_output=True, text=True)
     assert java.returncode == 0, java.stderr
     assert abs(json.loads(java.stdout)["METEOR"] - python_meteor) <= 1e-4
+
+
+@pytest.mark.parametrize("which", ["--refs", "--cands", "--train-captions"])
+def test_a_per_image_file_that_is_an_input_is_refused_before_scoring(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], which: str
+) -> None:
+    """--per-image used to replace the candidates (or references) with the scores, exit 0."""
+    refs = tmp_path / "refs.json"
+    refs.write_bytes(COCO_SUBSET.read_bytes())
+    files = {"--refs": refs, "--cands": coco_candidates, "--train-captions": refs}
+    kept = {path: path.read_bytes() for path in files.values()}
+    args = ["score", "--refs", refs, "--cands", coco_candidates, "--metrics", "BLEU"]
+    if which == "--train-captions":
+        args += ["--train-captions", refs]
+    code, out, err = run_cli([*args, "--per-image", files[which]], capsys)
+    assert (code, out) == (1, "")
+    shown = files[which]
+    assert (
+        err == f"captionkit: error: --per-image: {shown} is also an input ({shown}); write the results to a new file\n"
+    )
+    assert {path: path.read_bytes() for path in kept} == kept

@@ -6,7 +6,7 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
@@ -86,6 +86,36 @@ def fail_writing(target: str | os.PathLike[str], error: OSError, flag: str | Non
     ``[FLAG: ]FILE: cannot write (REASON)``."""
     prefix = f"{flag}: " if flag else ""
     fail(f"{prefix}{_os_error_file(error, target)}: {cannot_write(error)}")
+
+
+def check_not_overwriting(
+    outputs: Iterable[tuple[str, Path | None]], inputs: Iterable[str | os.PathLike[str] | None]
+) -> None:
+    """Refuse, before any work, an output file that is also an input or another output: ``outputs`` are (flag, file
+    it writes; None: not asked for) pairs, ``inputs`` the files the command reads (None: not given). Writing it
+    would replace the input (or the output written before it) without a word. Raises an :class:`InputError` naming
+    the flag."""
+    given = [(flag, path) for flag, path in outputs if path is not None]
+    for position, (flag, path) in enumerate(given):
+        for earlier_flag, earlier in given[:position]:
+            if path.resolve() == earlier.resolve():
+                raise InputError(flag, f"{path} is also written by {earlier_flag}; write each to its own file")
+    by_name: dict[str, list[tuple[str, Path]]] = {}
+    for flag, path in given:
+        by_name.setdefault(path.name, []).append((flag, path))
+    for source in (Path(item) for item in inputs if item is not None):
+        # The names first: one string comparison per input, a system call only for a namesake.
+        for flag, path in by_name.get(source.name, ()):
+            if _same_file(source, path):
+                raise InputError(flag, f"{path} is also an input ({source}); write the results to a new file")
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether both name one existing file."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:

@@ -15,6 +15,7 @@ from captionkit.cli._common import (
     DTYPE_HELP,
     EXIT_OK,
     EXIT_PARTIAL,
+    check_not_overwriting,
     cli_flag,
     decoding_help,
     error_line,
@@ -113,6 +114,7 @@ def compare(
         paths = [item.path for item in collect_inputs(inputs)]
         if not paths:  # an empty table and exit 0 would pass for a comparison
             raise InputError(", ".join(inputs), "no images found")
+        check_not_overwriting([("--output", output), ("--report", report)], [*inputs, *paths, refs])
         # Read before any model loads: a references file that fails must not cost every model's captions.
         references = _references_of(refs, paths) if refs is not None else None
         captioners = {}

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import shlex
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,6 +16,7 @@ from captionkit.cli._common import (
     DTYPE_HELP,
     EXIT_OK,
     EXIT_PARTIAL,
+    check_not_overwriting,
     cli_flag,
     decoding_flags,
     decoding_help,
@@ -90,7 +92,7 @@ def evaluate(
     """
     quiet_libraries()
     from captionkit.api import Captioner
-    from captionkit.data.sources import load_records
+    from captionkit.data.sources import load_dataset
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.api import java_note, parse_metrics
     from captionkit.model_evaluation import (
@@ -114,7 +116,9 @@ def evaluate(
         parse_metrics(metrics)  # before any model loads
         request = decoding_flags(beams=beams, max_length=max_length)
         trained = TrainedOn.read(model)
-        records = _split_as_trained(load_records(data), trained, data)
+        loaded = load_dataset(data)
+        _check_not_inputs(output, report, [*loaded.files, *(r.image_path for r in loaded.records), lexicon])
+        records = _split_as_trained(loaded.records, trained, data)
         as_run = _validation_run(model, trained) if as_validation else None
         chosen = _chosen_records(records, split, data, trained, as_run)
         train_captions = [r.caption for r in records if r.split == "train"]
@@ -217,6 +221,14 @@ def _check_outputs(output: Path | None, report: Path | None) -> None:
         check_output_dir(output, "--output")
     if report is not None:
         check_output_file(report, "--report")
+
+
+def _check_not_inputs(output: Path | None, report: Path | None, inputs: Iterable[Path | None]) -> None:
+    """Refuse a results file or report page that would replace a file the evaluation reads (the data, an image, the
+    lexicon) or one another."""
+    written = [("--output", output / name if output else None) for name in ("results.jsonl", "metrics.json")]
+    styles = ("--output", output / "styles.json" if output else None)
+    check_not_overwriting([*written, styles, ("--report", report)], inputs)
 
 
 def _write_results(output: Path, files: dict[str, str]) -> None:

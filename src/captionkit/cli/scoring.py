@@ -19,7 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, error_line, fail, plural, without_cyclic_gc
+from captionkit.cli._common import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    check_not_overwriting,
+    error_line,
+    fail,
+    plural,
+    without_cyclic_gc,
+)
 from captionkit.files import cannot_write, write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
@@ -111,6 +119,7 @@ def run_score(
         if wants_clip and images is not None and not images.is_dir():
             reason = f"{images} is not a directory" if images.exists() else f"{images}: no such directory"
             raise InputError("--images", reason)
+        check_not_overwriting([("--per-image", per_image)], [refs, cands, train_captions])
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))
         scored_references, left_out = _of_candidates(references.captions, candidates)
