@@ -88,3 +88,14 @@ def test_attention_maps_inside_an_input_folder_are_refused_before_anything_is_wr
     assert code == 0, err
     code, _, err = run_cli([*args, "--attention-maps", tmp_path / "maps", "--resume"], capsys)
     assert code == 0 and "nothing left to do" in err, err
+
+
+def test_attention_maps_in_the_output_file_are_refused_before_anything_is_written(tmp_path, capsys):
+    """The output file was made first, so every overlay failed ("Not a directory") and the job still exited 0."""
+    model_dir = save_tiny_model(tmp_path / "model")
+    out = tmp_path / "o.jsonl"
+    args = ["caption", PHOTO, "--model", model_dir, "--max-length", "3", "--output", out, "--attention-maps", out]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1
+    assert err == f"captionkit: error: --attention-maps: {out} is also --output; write them to a folder of their own\n"
+    assert not out.exists()

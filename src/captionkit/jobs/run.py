@@ -341,6 +341,7 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
     for given in options.inputs:
         plan.check_not_output(Path(given))
     _check_overlays_outside_inputs(options.inputs, options.attention_maps)
+    _check_overlays_not_output(options.attention_maps, target)
     if options.resume and target is not None:
         plan.done = DoneIndex(_resumed_records(target, options.fmt))
     try:
@@ -365,6 +366,13 @@ def _check_overlays_outside_inputs(inputs: list[str], attention_maps: Path | Non
         if folder.is_dir() and not is_container_input(given) and maps.is_relative_to(folder.resolve()):
             reason = f"{attention_maps} is inside the input folder {given}: later runs would caption its overlays"
             raise InputError("--attention-maps", f"{reason}; write them outside it")
+
+
+def _check_overlays_not_output(attention_maps: Path | None, target: Path | None) -> None:
+    """Refuse ``--attention-maps`` that names the output file: the job makes that file first, so every overlay
+    would fail to be written, and the job still end in success."""
+    if attention_maps is not None and target is not None and attention_maps.resolve() == target.resolve():
+        raise InputError("--attention-maps", f"{attention_maps} is also --output; write them to a folder of their own")
 
 
 def _same_file(path: Path, other: Path) -> bool:
