@@ -133,3 +133,18 @@ def test_a_file_name_that_is_not_utf8_is_refused_in_one_line_before_parquet_hold
     code, _, err = caption([photos, "--model", model_dir, "--output", tmp_path / "out.jsonl"], capsys)
     assert code == 0, err
     assert os.fsencode(read_jsonl(tmp_path / "out.jsonl")[0]["image"]).endswith(b"caf\xe9.jpg")
+
+
+def test_a_parquet_output_whose_own_name_is_not_utf8_is_written_resumed_and_merged(model_dir, tmp_path, capsys):
+    """pyarrow opened the path itself and ended in a UnicodeEncodeError traceback, the records left in the journal."""
+    photos = real_photos(2)
+    out = tmp_path / os.fsdecode(b"r\xe9sultats.parquet")
+    code, _, err = caption_parquet([photos[0], "--model", model_dir, "--output", out], capsys)
+    assert code == 0, err
+    code, _, err = caption_parquet([*photos, "--model", model_dir, "--output", out, "--resume"], capsys)
+    assert code == 0 and "resuming: 1 of 2 images already done" in err, err
+    assert not journal_path(out).exists()
+    merged = tmp_path / "merged.parquet"
+    code, _, err = run_cli(["merge", out, "--output", merged], capsys)
+    assert code == 0, err
+    assert pq.read_table(merged).column("image").to_pylist() == [str(photo) for photo in photos]

@@ -72,14 +72,16 @@ def read_parquet_records(path: Path) -> Iterator[dict[str, Any]]:
     """The records of a Parquet results file, row group by row group (null columns left out, ``key`` too)."""
     pa, pq = _pyarrow(path)
     try:
-        handle = pq.ParquetFile(path)
-        names = set(handle.schema_arrow.names)
-        if "image" not in names:
-            raise InputError(path, "not a results file (no 'image' column)")
-        columns = [name for name in FIELDS if name in names]
-        for group in range(handle.num_row_groups):
-            for row in handle.read_row_group(group, columns=columns).to_pylist():
-                yield {name: value for name, value in row.items() if value is not None}
+        # Opened here, not by pyarrow, which takes a path for a UTF-8 URI and fails on a name that is not UTF-8.
+        with path.open("rb") as source:
+            handle = pq.ParquetFile(source)
+            names = set(handle.schema_arrow.names)
+            if "image" not in names:
+                raise InputError(path, "not a results file (no 'image' column)")
+            columns = [name for name in FIELDS if name in names]
+            for group in range(handle.num_row_groups):
+                for row in handle.read_row_group(group, columns=columns).to_pylist():
+                    yield {name: value for name, value in row.items() if value is not None}
     # ArrowInvalid (no magic bytes, a bad footer) is a ValueError, ArrowIOError an OSError: both say the file is bad.
     except (OSError, pa.ArrowException) as error:
         raise InputError(path, f"not a valid parquet file ({first_line(error)})") from None
@@ -102,7 +104,7 @@ def write_parquet_records(path: Path) -> None:
     staging = path.with_name(path.name + ".tmp")
     earlier = read_parquet_records(path) if path.exists() else iter(())
     try:
-        with pq.ParquetWriter(staging, schema) as writer:
+        with staging.open("wb") as sink, pq.ParquetWriter(sink, schema) as writer:  # as read_parquet_records opens
             _write_rows(pa, writer, schema, itertools.chain(earlier, _journal_records(path)))
     except BaseException:  # a bad row, a full disk, an interrupt: the output stays as it was, with no staging file
         staging.unlink(missing_ok=True)
