@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import shutil
 import tarfile
 import weakref
@@ -220,6 +221,16 @@ def test_a_parquet_key_that_repeats_is_its_first_row_image_and_caption(model_dir
     assert [r["image"] for r in records] == [str(parquet / "k"), str(parquet / "z")]
     samples = list(iter_samples([parquet]))
     assert [(s.key, s.captions) for s in samples] == [("k", ("first",)), ("z", ("z",))]
+
+
+def test_a_parquet_shard_whose_name_is_not_utf8_is_written_and_read(model_dir, photos, tmp_path, capsys):
+    """pyarrow takes a path for a UTF-8 URI: a Latin-1 file name (Linux allows it) is opened by Python instead."""
+    parquet = write_parquet(photos[:2], tmp_path / os.fsdecode(b"caf\xe9.parquet"))
+    code, records = _captions(model_dir, parquet, tmp_path, capsys, "latin.jsonl")
+    assert code == 0, records
+    assert [r["image"] for r in records] == [str(parquet / photo.stem) for photo in photos[:2]]
+    assert all("caption" in record for record in records)
+    assert [s.key for s in iter_samples([parquet])] == [photo.stem for photo in photos[:2]]
 
 
 def test_results_and_a_tar_beside_the_photos_do_not_hide_them(model_dir, photos, tmp_path, capsys):

@@ -94,9 +94,17 @@ def _image_bytes(column: Any) -> Any:
 def _cached_index(path: Path, mtime_ns: int, size: int) -> ParquetIndex:  # mtime and size: the cache key
     pq = _pyarrow_parquet(path)
     try:
-        handle = pq.ParquetFile(path)
+        with path.open("rb") as source:
+            return _index(pq.ParquetFile(source), path)
+    except InputError:
+        raise
     except Exception as error:  # pyarrow raises its own ArrowInvalid and OSError subclasses
         raise InputError(path, f"not a readable Parquet file ({first_line(error)})") from None
+
+
+def _index(handle: Any, path: Path) -> ParquetIndex:
+    """The index of the open Parquet file ``handle`` (opened by Python: pyarrow takes a path for a UTF-8 URI, and
+    fails on a file name that is not UTF-8)."""
     names = handle.schema_arrow.names
     image_column = next((name for name in IMAGE_COLUMNS if _holds_bytes(handle.schema_arrow, name)), None)
     if image_column is None:
@@ -170,9 +178,11 @@ class RowCache:
 
 def _column_rows(path: Path, group: int, column: str) -> Iterator[bytes | None]:
     """The values of ``column`` in row group ``group``, decoded a few rows at a time."""
-    handle = _pyarrow_parquet(path).ParquetFile(path)
-    for batch in handle.iter_batches(batch_size=_STREAM_ROWS, row_groups=[group], columns=[column]):
-        yield from _image_bytes(batch.column(0)).to_pylist()
+    pq = _pyarrow_parquet(path)
+    with path.open("rb") as source:  # as _cached_index opens it
+        handle = pq.ParquetFile(source)
+        for batch in handle.iter_batches(batch_size=_STREAM_ROWS, row_groups=[group], columns=[column]):
+            yield from _image_bytes(batch.column(0)).to_pylist()
 
 
 def _read_window(path: Path, group: int, column: str, row: int, budget: int) -> RowWindow:

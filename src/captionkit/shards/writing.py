@@ -51,5 +51,6 @@ def write_parquet(samples: Iterable[Sample], path: Path, row_group_size: int = 1
         raise InputError(path, INSTALL) from None
     rows = [{"key": s.key, "caption": s.caption, "jpg": s.image} for s in samples]
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+    with path.open("wb") as sink:  # opened by Python: pyarrow fails on a file name that is not UTF-8
+        pq.write_table(pa.Table.from_pylist(rows), sink, row_group_size=row_group_size)
     return path
