@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from _helpers import run_cli
+from _helpers import run_cli, save_tiny_model
 from captionkit.data.synthetic import write_synthetic_dataset
 
 
@@ -45,6 +45,27 @@ def test_train_then_the_same_command_resumes(recipe, tmp_path, capsys, single_th
     code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.lr=0.1"], capsys)
     assert code == 1
     assert "train.lr: differs from the run" in err
+
+
+def test_a_run_never_writes_over_a_model_it_starts_from_or_that_no_run_wrote(recipe, tmp_path, capsys):
+    """The final model replaced the files of such a directory (a GPT-2 part as --output: its weights were lost)."""
+    model = save_tiny_model(tmp_path / "model")
+    other = save_tiny_model(tmp_path / "other", seed=1)
+    weights = (model / "model.safetensors").read_bytes()
+    args = ["train", recipe, "--no-progress", "--set", f"model.pretrained={model}", "--output"]
+    code, out, err = run_cli([*args, model], capsys)
+    assert (code, out) == (1, "")
+    assert (
+        err == f"captionkit: error: {model}: is model.pretrained, which this run starts from: train into another "
+        "directory\n"
+    )
+    code, out, err = run_cli([*args, other], capsys)
+    assert (code, out) == (1, "")
+    assert (
+        err == f"captionkit: error: {other}: holds a model that no training run wrote (config.json without "
+        "train_config.json): train into a new or empty directory\n"
+    )
+    assert (model / "model.safetensors").read_bytes() == weights and not (other / "metrics.jsonl").exists()
 
 
 def test_unknown_key_is_one_line_naming_the_closest_key(recipe, tmp_path, capsys):

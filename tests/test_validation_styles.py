@@ -20,6 +20,7 @@ from captionkit.api import Captioner
 from captionkit.config import TrainConfig, from_dict
 from captionkit.data.records import CaptionRecord, write_jsonl
 from captionkit.data.sources import load_records
+from captionkit.data.styles import validation_styles
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.decoding import DecodingConfig
 from captionkit.errors import InputError
@@ -28,7 +29,7 @@ from captionkit.model_evaluation import evaluate_as_validation
 from captionkit.serve import ServeSettings, create_app
 from captionkit.trained_on import TrainedOn
 from captionkit.training.loop import train
-from captionkit.training.validation import style_references, validation_styles
+from captionkit.training.validation import style_references
 
 STYLES = {"positive": 0.5, "negative": 0.5}
 EVAL_IMAGES = 6

@@ -20,6 +20,7 @@ from typing import Any
 from captionkit.config import DataSection, TrainSection
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import assign_splits, separate_val_records, split_by_image, validation_captions
+from captionkit.data.styles import validation_styles
 from captionkit.errors import InputError
 from captionkit.jsontext import parse_json
 
@@ -127,9 +128,6 @@ class TrainedOn:
 
     def _describe_cider(self) -> str:
         """What val_cider is over: neutral captions, or, for a run with styles, each style's."""
-        # Imported here: training's validation brings torch, which reading a run's settings does not need.
-        from captionkit.training.validation import validation_styles
-
         if not self.eval_images:
             return "no CIDEr-D (train.eval_images 0)"
         if not self.styles:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from captionkit.data.records import STYLES, CaptionRecord
 from captionkit.data.splits import first_caption_per_image
@@ -68,3 +68,11 @@ def mix_styles(
         passes, rest = divmod(want, len(found))
         mixed += list(found) * passes + rng.sample(list(found), rest)
     return mixed
+
+
+def validation_styles(styles: Collection[str]) -> tuple[str, ...]:
+    """The styles validation captions in, for a run trained with ``styles`` (``data.styles``' names): every one
+    (neutral too), in one order however the recipe lists them; neutral alone for a run without styles."""
+    if not styles:
+        return ("neutral",)
+    return tuple(style for style in STYLES if style in styles)

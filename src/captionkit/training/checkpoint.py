@@ -31,6 +31,7 @@ from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.quiet import no_transformers_progress_bars
 from captionkit.text import CaptionTokenizer
+from captionkit.trained_on import TRAIN_CONFIG
 
 # What to do about a checkpoint that cannot be read, when resuming from it.
 DAMAGED_CHECKPOINT_HINT = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
@@ -65,7 +66,7 @@ def save_checkpoint(
         tokenizer.save(staging)
         preprocessing.save(staging)
         if train_config is not None:
-            _write_json(staging / "train_config.json", train_config)
+            _write_json(staging / TRAIN_CONFIG, train_config)
         if trainer_state is not None:
             _write_json(staging / TRAINER_STATE, trainer_state)
         if tensors is not None:

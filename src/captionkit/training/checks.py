@@ -9,11 +9,33 @@ stage's ``until_step``) are config.py's, made as the recipe is read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from captionkit.config import TrainConfig
 from captionkit.data.records import CaptionRecord
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, InputError
 from captionkit.models.base import CaptionModel
+from captionkit.models.config_file import CONFIG_FILE
+from captionkit.trained_on import TRAIN_CONFIG
+
+
+def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
+    """The final model replaces the run directory's model files one by one: a directory this run starts from (a part,
+    the checkpoint it fine-tunes) or one holding a model that no training run wrote (a hub download, an export's
+    source) would lose its files. Refused before any work."""
+    starts = {
+        "model.pretrained": config.model.pretrained,
+        "model.encoder": config.model.encoder,
+        "model.decoder": config.model.decoder,
+        "tokenizer.pretrained": config.tokenizer.pretrained,
+    }
+    for key, source in starts.items():
+        if source and Path(source).is_dir() and Path(source).resolve() == run_dir.resolve():
+            raise InputError(run_dir, f"is {key}, which this run starts from: train into another directory")
+    if (run_dir / CONFIG_FILE).is_file() and not (run_dir / TRAIN_CONFIG).is_file():
+        written = f"{CONFIG_FILE} without {TRAIN_CONFIG}"
+        reason = f"holds a model that no training run wrote ({written}): train into a new or empty directory"
+        raise InputError(run_dir, reason)
 
 
 def check_lengths(config: TrainConfig, model: CaptionModel) -> None:

@@ -22,7 +22,7 @@ from captionkit.data.records import CaptionRecord
 from captionkit.errors import ConfigError, InputError
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.checks import check_lengths, check_validation
+from captionkit.training.checks import check_lengths, check_run_dir, check_validation
 from captionkit.training.distributed import Distributed
 from captionkit.training.features import encode_images
 from captionkit.training.resume import (
@@ -183,6 +183,7 @@ def deterministic_cublas() -> None:
 
 def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume: bool | None) -> Run:
     """Find the checkpoint to resume from, build the setup on the device, the data and the step; restore."""
+    check_run_dir(config, run_dir)
     parallel, device = training_device(config)
     autocast = autocast_for(config.train.precision, device)  # a precision the device cannot run fails here
     resume_from = find_resume_checkpoint(config, run_dir / CHECKPOINTS, resume) if parallel.is_main else None

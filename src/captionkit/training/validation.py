@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader
 from captionkit.config import TrainConfig
 from captionkit.data.dataset import CaptionDataset, Unreadable
 from captionkit.data.records import CaptionRecord
+from captionkit.data.styles import validation_styles
 from captionkit.decoding import DecodingConfig, generate, to_captions
 from captionkit.evaluation import evaluate_captions
 from captionkit.models.base import CaptionModel
 from captionkit.text import CaptionTokenizer
-from captionkit.text.styles import NEUTRAL, STYLES, start_token_id
+from captionkit.text.styles import NEUTRAL, start_token_id
 from captionkit.training.loss import token_nll
 
 Autocast = Callable[[], AbstractContextManager[object]]
@@ -85,14 +86,6 @@ def caption_budget(max_length: int, max_positions: int | None) -> int:
     within the positions the model has."""
     budget = max_length - 1
     return budget if max_positions is None else min(budget, max_positions - 1)
-
-
-def validation_styles(styles: Collection[str]) -> tuple[str, ...]:
-    """The styles validation captions in, for a run trained with ``styles`` (``data.styles``' names): every one
-    (neutral too), in one order however the recipe lists them; neutral alone for a run without styles."""
-    if not styles:
-        return (NEUTRAL,)
-    return tuple(style for style in STYLES if style in styles)
 
 
 def style_references(
