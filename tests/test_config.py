@@ -156,6 +156,11 @@ def test_missing_and_invalid_files(tmp_path):
     bad = write(tmp_path / "bad.yaml", "train: [unclosed\n")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_train_config(bad)
+    # PyYAML keeps the last of two equal keys: the run trained with lr 2e-3, and nothing said so.
+    twice = write(tmp_path / "twice.yaml", "train:\n  lr: 1.0e-3\n  steps: 5\n  lr: 2.0e-3\n")
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(twice)
+    assert str(caught.value) == f"{twice}: invalid YAML (duplicate key 'lr' on line 4)"
     listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_train_config(listing)
@@ -241,6 +246,8 @@ def test_stages_and_choices_are_checked_when_loaded():
         ("train.lr", -1, "train.lr: must be 0 or more"),
         ("train.eval_images", -4, "train.eval_images: must be 0 or more"),
         ("train.grad_clip", -1, "train.grad_clip: must be 0 or more"),
+        ("train.lr", float("inf"), "train.lr: must be a finite number, got inf"),  # trained to NaN weights, exit 0
+        ("train.weight_decay", float("inf"), "train.weight_decay: must be a finite number, got inf"),
         ("tokenizer.vocab_size", -4, "tokenizer.vocab_size: must be at least 1, got -4"),  # was an OverflowError
         ("tokenizer.vocab_size", 0, "tokenizer.vocab_size: must be at least 1, got 0"),
     ],

@@ -12,7 +12,7 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -242,6 +242,9 @@ class TrainSection:
         for key in ("lr", "weight_decay", "max_seconds", "min_lr_ratio", "grad_clip"):  # grad_clip 0: no clipping
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
+        for key in ("lr", "weight_decay"):  # an infinite step turns every weight into NaN at the first update
+            if not math.isfinite(getattr(self, key)):
+                raise ConfigError(f"train.{key}", f"must be a finite number, got {getattr(self, key)}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError("train.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.seed <= MAX_SEED:  # numpy's generator, seeded from it, takes no other
@@ -413,7 +416,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ConfigError(path, "_base_ chain loops back to itself")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_RecipeLoader) or {}
     except (yaml.YAMLError, UnicodeDecodeError, RecursionError, ValueError) as error:
         raise ConfigError(path, f"invalid YAML ({_yaml_failure(error)})") from None
     if not isinstance(data, dict):
@@ -423,6 +426,25 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         return data
     merged = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
     return merge(merged, data)
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping: it keeps the last silently, so a recipe that
+    sets ``lr`` twice would train with whichever comes later."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may repeat keys on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML refuses it below
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} on line {line}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def _yaml_failure(error: Exception) -> str:
