@@ -204,6 +204,17 @@ def test_a_missing_part_is_a_one_line_error(parts: tuple[Path, Path], tmp_path: 
         create_model("vit-gpt2", encoder=str(encoder), decoder=str(decoder), decoder_layers=4)
 
 
+def test_a_recipe_whose_decoder_part_is_not_gpt2_names_the_part_and_kind(parts: tuple[Path, Path]) -> None:
+    """The decoder part's tokenizer is read first: a ViT there failed as "cannot load a tokenizer (Couldn't
+    instantiate the backend tokenizer from one of: )"."""
+    encoder, _ = parts
+    overrides = [f"model.encoder={encoder}", f"model.decoder={encoder}", f"data.train={COCO}", f"data.val={COCO}"]
+    config = load_train_config(CONFIGS / "coco-vit-gpt2-from-parts.yaml", [*TINY, *overrides])
+    with pytest.raises(ModelLoadError) as raised:
+        build_setup(config)
+    assert str(raised.value) == f"{encoder}: is a 'vit' model; a decoder part must be a GPT-2-family LM"
+
+
 def test_hub_ids_without_a_network_fail_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     from huggingface_hub import constants
 

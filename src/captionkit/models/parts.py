@@ -62,12 +62,19 @@ def load_vision_encoder(source: str | Path, kinds: tuple[str, ...] = VISION_TRAN
     return load_safetensors_model(model_class, directory, str(source), may_lack=(_UNUSED_WEIGHT,), report=False)
 
 
-def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHeadModel:
-    """A GPT-2-family LM; with ``cross_attention`` its new cross-attention layers start from GPT-2's initialisation."""
+def check_decoder_part(source: str | Path) -> Path:
+    """The directory of ``source``, refused unless it holds a GPT-2-family LM (before its tokenizer is read, whose
+    failure on another kind of model would not say what is wrong)."""
     directory = resolve_model_source(source)
     model_type = model_type_of(directory, str(source))
     if model_type not in DECODER_TYPES:
         raise ModelLoadError(source, f"is a {model_type!r} model; a decoder part must be a GPT-2-family LM")
+    return directory
+
+
+def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHeadModel:
+    """A GPT-2-family LM; with ``cross_attention`` its new cross-attention layers start from GPT-2's initialisation."""
+    directory = check_decoder_part(source)
     extra = {"add_cross_attention": True} if cross_attention else {}
     model = load_safetensors_model(
         GPT2LMHeadModel, directory, str(source), may_lack=_CROSS_ATTENTION, report=False, **extra

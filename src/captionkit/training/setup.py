@@ -32,6 +32,7 @@ from captionkit.data.styles import first_caption_per_style, mix_styles
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
+from captionkit.models.parts import check_decoder_part
 from captionkit.models.registry import create_model, preprocessing_for, train_tokenizer
 from captionkit.parts import CaptionerParts, refuse_export
 from captionkit.shards import container_files, is_container_input
@@ -197,6 +198,8 @@ def _pretrained(config: TrainConfig) -> tuple[CaptionModel, CaptionTokenizer, Pr
 
 
 def _new_model(config: TrainConfig, captions: Iterable[str]) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
+    if config.model.decoder:
+        check_decoder_part(config.model.decoder)
     if config.tokenizer.pretrained:
         tokenizer = CaptionTokenizer.load(config.tokenizer.pretrained)
     else:
