@@ -16,7 +16,7 @@ from _data import real_photos
 from _helpers import tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, InputError
 from captionkit.training.loss import caption_loss_sum
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -82,3 +82,22 @@ def test_other_families_take_no_training_prompt() -> None:
     with pytest.raises(ConfigError) as raised:
         tiny_model("vit-gpt2").set_prompt((5,))
     assert str(raised.value) == "model.prompt: the vit-gpt2 family takes no training prompt (blip does)"
+
+
+def test_a_prompt_too_long_for_the_model_is_blamed_on_the_prompt(tmp_path: Path) -> None:
+    """A prompt that fills the model's positions was refused as "max_new_tokens: must be at most -39"."""
+    hub_layout("blip", tmp_path / "hub")
+    captioner = Captioner.from_pretrained(tmp_path / "hub", device="cpu")
+    limit = captioner.model.max_positions
+    with pytest.raises(InputError) as raised:
+        captioner.caption(PHOTOS[0], prompt=" ".join(["a"] * (limit + 36)), max_new_tokens=3)
+    assert (
+        str(raised.value) == f"prompt: is {limit + 36} tokens; this model takes at most {limit - 1}, leaving room "
+        "for a caption"
+    )
+    with pytest.raises(InputError) as raised:
+        captioner.caption(PHOTOS[0], prompt=" ".join(["a"] * (limit - 6)), max_new_tokens=20)
+    assert (
+        str(raised.value)
+        == f"max_new_tokens: must be at most 6 for this model after a {limit - 6}-token prompt, got 20"
+    )

@@ -76,9 +76,16 @@ def check_length(model: CaptionModel, config: DecodingConfig) -> None:
     # bos takes position 0 and the last generated token is never fed back, so L new tokens need L positions
     # (plus one per prompt token).
     limit = model.max_positions
-    if limit is not None and config.max_new_tokens + len(config.prompt_ids) > limit:
-        limit -= len(config.prompt_ids)
-        raise InputError("max_new_tokens", f"must be at most {limit} for this model, got {config.max_new_tokens}")
+    prompt = len(config.prompt_ids)
+    if limit is None or config.max_new_tokens + prompt <= limit:
+        return
+    if prompt >= limit:  # no max_new_tokens fits: the prompt is what is too long
+        raise InputError(
+            "prompt", f"is {prompt} tokens; this model takes at most {limit - 1}, leaving room for a caption"
+        )
+    after = f" after a {prompt}-token prompt" if prompt else ""
+    reason = f"must be at most {limit - prompt} for this model{after}, got {config.max_new_tokens}"
+    raise InputError("max_new_tokens", reason)
 
 
 @contextmanager
