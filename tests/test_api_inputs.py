@@ -106,6 +106,16 @@ def test_a_column_of_paths_is_a_list_of_images(captioner: Captioner, photo: Path
         captioner.caption(pandas.DataFrame({"image": [str(photo)]}), **GREEDY)
 
 
+@pytest.mark.parametrize("source", [5, None, b"/models/tiny"], ids=repr)
+def test_a_model_that_is_no_path_or_hub_id_is_a_type_error(source: object) -> None:
+    """5 and None were looked up on the hub: "5: cannot download from the Hugging Face Hub (offline?)"."""
+    name = type(source).__name__
+    with pytest.raises(TypeError, match=rf"^name_or_dir: expected a model directory or hub id, got {name}$"):
+        Captioner.from_pretrained(source)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=rf"^directory: expected a model directory or hub id, got {name}$"):
+        Captioner.from_onnx(source)  # type: ignore[arg-type]
+
+
 def test_a_url_says_it_is_a_url(captioner: Captioner) -> None:
     with pytest.raises(ImageError, match=r"^https://example\.com/cat\.jpg: a URL: captionkit opens local files only"):
         captioner.caption("https://example.com/cat.jpg", **GREEDY)

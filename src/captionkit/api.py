@@ -93,6 +93,7 @@ class Captioner:
         ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run on the CPU in
         fp32 only.
         """
+        _check_model_source(name_or_dir, "name_or_dir")
         if device is not None:
             resolve_device(device)  # a device this machine lacks fails before the weights load
         loaded = load_pretrained(name_or_dir)
@@ -114,6 +115,7 @@ class Captioner:
     @classmethod
     def from_onnx(cls, directory: str | Path, threads: int | None = None) -> Captioner:
         """A captioner decoding with onnxruntime from an ONNX export, with ``threads`` onnxruntime threads."""
+        _check_model_source(directory, "directory")
         loaded = load_pretrained(directory, onnx_threads=threads)
         if not loaded.is_onnx:
             raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
@@ -321,6 +323,13 @@ def _has_file_name(image: ImageSource) -> bool:
         return True
     name = getattr(image, "filename", None) if isinstance(image, Image.Image) else getattr(image, "name", None)
     return isinstance(name, str) and name != ""
+
+
+def _check_model_source(source: object, argument: str) -> None:
+    """A TypeError for a model given as anything but a path or hub id: ``str(source)`` would be looked up on the
+    hub, and ``5`` or ``None`` fail as "cannot download from the Hugging Face Hub"."""
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(f"{argument}: expected a model directory or hub id, got {type(source).__name__}")
 
 
 def _check_batch_size(batch_size: object) -> None:
