@@ -154,6 +154,14 @@ def check_output_dir(path: Path, flag: str, noun: str = "directory") -> None:
     _check_creatable_in(path, flag)
 
 
+def same_file(path: str | os.PathLike[str], other: str | os.PathLike[str]) -> bool:
+    """Whether both name one existing file (a missing one, or a member path inside a shard, names none)."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
+
+
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: a file name that is not reaches Python with lone surrogates (``caf\\udce9.jpg``), shown
     as that escape, as the JSON outputs write it, where a page, a terminal or a message must hold it."""

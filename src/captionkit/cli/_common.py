@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from captionkit.errors import CaptionkitError, InputError, first_line
-from captionkit.files import cannot_write, written_path
+from captionkit.files import cannot_write, same_file, written_path
 
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
@@ -106,16 +106,8 @@ def check_not_overwriting(
     for source in (Path(item) for item in inputs if item is not None):
         # The names first: one string comparison per input, a system call only for a namesake.
         for flag, path in by_name.get(source.name, ()):
-            if _same_file(source, path):
+            if same_file(source, path):
                 raise InputError(flag, f"{path} is also an input ({source}); write the results to a new file")
-
-
-def _same_file(path: Path, other: Path) -> bool:
-    """Whether both name one existing file."""
-    try:
-        return os.path.samefile(path, other)
-    except OSError:
-        return False
 
 
 def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:

@@ -26,6 +26,7 @@ from captionkit.attention import check_attention
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.options import DecodingRequest, decoding_request
 from captionkit.errors import CaptionkitError, InputError
+from captionkit.files import same_file
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
@@ -209,7 +210,7 @@ class _Plan:
         before it captions, and would lose that input with the results."""
         target = self.target
         # The names first: one string comparison per image, a system call only for a namesake.
-        if target is not None and path.name == target.name and _same_file(path, target):
+        if target is not None and path.name == target.name and same_file(path, target):
             raise InputError("--output", f"{target} is also an input ({path}); write the results to a new file")
 
 
@@ -373,14 +374,6 @@ def _check_overlays_not_output(attention_maps: Path | None, target: Path | None)
     would fail to be written, and the job still end in success."""
     if attention_maps is not None and target is not None and attention_maps.resolve() == target.resolve():
         raise InputError("--attention-maps", f"{attention_maps} is also --output; write them to a folder of their own")
-
-
-def _same_file(path: Path, other: Path) -> bool:
-    """Whether both name one existing file (a shard member or a missing file is no output)."""
-    try:
-        return os.path.samefile(path, other)
-    except OSError:
-        return False
 
 
 def _resumed_records(target: Path, fmt: str) -> Iterator[Record]:
