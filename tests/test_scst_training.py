@@ -20,7 +20,9 @@ from captionkit.config import load_train_config
 from captionkit.data.splits import first_caption_per_image
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.parts import CaptionerParts
 from captionkit.training import checkpoint as ckpt
+from captionkit.training.checks import check_overrides_kept
 from captionkit.training.loop import train
 from captionkit.training.sampling import SampleStream
 from captionkit.training.setup import build_setup, drop_empty_captions, scst_reward
@@ -229,6 +231,26 @@ def test_coco_recipe_in_a_tiny_form(scenes, xe_model, tmp_path, single_thread):
     result = train(config, tmp_path / "coco")
     assert result.steps == 2 and result.val_cider is not None
     assert all(set(entry) >= SCST_KEYS for entry in result.history)
+
+
+def test_fine_tuning_takes_overrides_equal_to_the_checkpoints_and_refuses_others(scenes, xe_model, tmp_path):
+    """model.overrides with model.pretrained are not applied: equal ones (a recipe's _base_ carries the ones its
+    checkpoint was trained with) pass, one that differs or that the family lacks is refused before any training."""
+    model = CaptionerParts.load(xe_model).model
+    layers, dropout, bos = model.config.decoder_layers, model.config.decoder_dropout, model.bos_token_id
+    same = f"model.overrides={{decoder_layers: {layers}, decoder_dropout: {dropout}, bos_token_id: {bos}}}"
+    check_overrides_kept(load_train_config(None, scst(scenes, xe_model, same)), model)
+    for override, reason in (
+        (f"{{decoder_layers: {layers + 1}}}", f"decoder_layers: is {layers + 1}, but {xe_model} has {layers}:"),
+        ("{decoder_dropout: 0.3}", f"decoder_dropout: is 0.3, but {xe_model} has {dropout}:"),
+        ("{bos_token_id: 99}", f"bos_token_id: is 99, but {xe_model} has {bos}:"),
+        ("{hidden_size: 8}", f"hidden_size: {xe_model} is a vit-gpt2 model, which has no hidden_size"),
+    ):
+        config = load_train_config(None, scst(scenes, xe_model, f"model.overrides={override}"))
+        with pytest.raises(ConfigError) as error:
+            train(config, tmp_path / "never")
+        assert str(error.value).startswith(f"model.overrides.{reason}"), str(error.value)
+    assert not (tmp_path / "never" / "model.safetensors").exists()
 
 
 def test_scenes_recipes_load(xe_model):

@@ -38,6 +38,21 @@ def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
         raise InputError(run_dir, reason)
 
 
+def check_overrides_kept(config: TrainConfig, model: CaptionModel) -> None:
+    """Fine-tuning keeps the checkpoint's own config (``model.pretrained``): ``model.overrides`` must agree with it
+    (a recipe may inherit through ``_base_`` the ones its checkpoint was trained with). One that differs would be
+    ignored, so it is refused; so is one the checkpoint's family has no setting for."""
+    source = config.model.pretrained
+    for key, value in config.model.overrides.items():
+        holder = model if key.endswith("_token_id") else model.config
+        if not hasattr(holder, key):
+            raise ConfigError(f"model.overrides.{key}", f"{source} is a {model.family} model, which has no {key}")
+        kept = getattr(holder, key)
+        if kept != value:
+            reason = f"is {value!r}, but {source} has {kept!r}: fine-tuning keeps the checkpoint's config"
+            raise ConfigError(f"model.overrides.{key}", f"{reason} (leave the override out)")
+
+
 def check_lengths(config: TrainConfig, model: CaptionModel) -> None:
     """Captions (``data.max_length`` tokens, start and eos included) and SCST samples must fit the decoder's
     positions: past them its position table has no row, and the first long caption would crash the run."""

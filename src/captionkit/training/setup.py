@@ -39,6 +39,7 @@ from captionkit.shards import container_files, is_container_input
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, add_style_tokens
 from captionkit.training.checkpoint import DAMAGED_CHECKPOINT_HINT
+from captionkit.training.checks import check_overrides_kept
 from captionkit.training.scst import CiderReward, StyleCiderReward
 from captionkit.training.validation import neutral_references
 
@@ -190,6 +191,7 @@ def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionReco
 def _pretrained(config: TrainConfig) -> tuple[CaptionModel, CaptionTokenizer, Preprocessing]:
     parts = CaptionerParts.load(config.model.pretrained, config.tokenizer.pretrained)
     model, tokenizer = parts.model, parts.tokenizer
+    check_overrides_kept(config, model)
     if config.data.styles:
         add_style_tokens(tokenizer, config.data.styles)
         if tokenizer.vocab_size > model.vocab_size:
