@@ -219,6 +219,12 @@ def test_too_many_images(client):
     )
 
 
+def test_too_many_json_images_are_said_before_any_is_decoded(client):
+    payload = {"images": ["not base64!"] * 5}
+    body = refused(client.post("/v1/captions", json=payload), 422)
+    assert body["detail"] == "images: 5 images, at most 4 per request" and len(body["errors"]) == 1
+
+
 def test_json_base64_of_a_bad_image(client):
     payload = {"images": [base64.b64encode(b"GIF89a broken").decode()]}
     body = refused(client.post("/v1/captions", json=payload), 422)

@@ -83,7 +83,7 @@ async def parse_body(request: Request, body: bytes, settings: ServeSettings) -> 
     if media_type == "multipart/form-data":
         uploads, params = await _parse_multipart(request, body, settings)
     elif media_type == "application/json":
-        uploads, params = _parse_json(body)
+        uploads, params = _parse_json(body, settings.max_images)
     else:
         shown = media_type or "none"
         raise ApiError(415, f"Content-Type: {shown} is not accepted; send multipart/form-data or application/json")
@@ -160,7 +160,7 @@ async def _parse_multipart(
     return uploads, params
 
 
-def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
+def _parse_json(body: bytes, max_images: int) -> tuple[list[Upload], dict[str, Any]]:
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -179,6 +179,8 @@ def _parse_json(body: bytes) -> tuple[list[Upload], dict[str, Any]]:
         return [], document
     if not isinstance(images, list) or not all(isinstance(item, str) for item in images):
         raise invalid_fields([field_error(JSON_IMAGES, "must be a list of base64 strings")])
+    if len(images) > max_images:  # said before decoding any: a bad one among too many is not the request's fault
+        raise invalid_fields([field_error(JSON_IMAGES, f"{len(images)} images, at most {max_images} per request")])
     uploads: list[Upload] = []
     errors: list[dict[str, str]] = []
     for index, text in enumerate(images):
