@@ -117,9 +117,10 @@ def test_a_section_that_is_not_a_mapping_stays_an_error_whatever_set_puts_into_i
         "expected a mapping, got [1]",
     )
     # A section an earlier --set made a scalar is the command line's error.
-    with pytest.raises(ConfigError) as caught:
-        load_train_config(None, ["train=5", "train.steps=1"])
-    assert (caught.value.source, caught.value.reason) == ("--set train", "expected a mapping, got int")
+    for assignments in (["train=5", "train.steps=1"], ["train.steps=1", "train=5"]):
+        with pytest.raises(ConfigError) as caught:
+            load_train_config(None, assignments)
+        assert (caught.value.source, caught.value.reason) == ("--set train", "expected a mapping, got int")
     # A section the recipe leaves out, or one that is a mapping, takes the override.
     config = load_train_config(write(tmp_path / "ok.yaml", "model:\n  preset: tiny\n"), ["train.steps=1"])
     assert (config.train.steps, config.model.preset) == (1, "tiny")

@@ -570,10 +570,11 @@ def _blame_override(error: ConfigError, where: str, assignments: Sequence[str]) 
     """``error`` renamed ``--set KEY`` when the key it names came from a ``--set`` (a command-line typo is not the
     recipe file's); KEY is the deeper of the override's key and the error's."""
     location = error.source.removeprefix(f"{where}.")
-    for assignment in assignments:
-        key = assignment.partition("=")[0].strip()
+    keys = [assignment.partition("=")[0].strip() for assignment in assignments]
+    # The key itself or one above it first: with `--set train.steps=3 --set train=3`, "train" is `--set train`'s.
+    if any(location == key or location.startswith((f"{key}.", f"{key}[")) for key in keys):
+        return ConfigError(f"--set {location}", error.reason)
+    for key in keys:
         if key.startswith(f"{location}."):
             return ConfigError(f"--set {key}", error.reason)
-        if location == key or location.startswith((f"{key}.", f"{key}[")):
-            return ConfigError(f"--set {location}", error.reason)
     return error
