@@ -427,3 +427,12 @@ def test_an_output_that_is_also_an_input_is_refused_and_left_as_it_was(model_dir
         reason = f"{output} is also an input ({output}); write the results to a new file"
         assert err == f"captionkit: error: --output: {reason}\n"
         assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--ray-address", "auto"), ("--gpus-per-worker", "1")])
+def test_ray_flags_without_engine_ray_are_refused(model_dir, photos, tmp_path, capsys, flag, value):
+    """The local engine would ignore them: a forgotten --engine ray is said before any work."""
+    out = tmp_path / "out.jsonl"
+    code, _, err = run_cli(["caption", photos, "--model", model_dir, "--output", out, flag, value], capsys)
+    assert code == 1 and err == f"captionkit: error: {flag}: only with --engine ray\n"
+    assert not out.exists()

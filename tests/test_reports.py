@@ -155,6 +155,14 @@ def test_report_with_styles_is_a_usage_error(scenes, model_dir, tmp_path, capsys
     )
 
 
+def test_lexicon_without_styles_is_a_usage_error(scenes, model_dir, tmp_path, capsys):
+    lexicon = tmp_path / "words.txt"
+    lexicon.write_text("good 1\n")
+    code, out, err = evaluate(scenes, model_dir, tmp_path, capsys, "--lexicon", lexicon)
+    assert code == 1 and out == ""
+    assert err == "captionkit: error: --lexicon: only with --styles (its words train the style classifier)\n"
+
+
 def test_compare_reads_the_references_before_any_model_loads(scenes, model_dir, tmp_path, capsys):
     images = sorted((scenes.parent / "images" / "test").iterdir())[:3]
     refs = tmp_path / "refs.json"

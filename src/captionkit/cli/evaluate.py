@@ -109,6 +109,8 @@ def evaluate(
         fail(f"--batch-size: must be at least 1, got {batch_size}")
     if styles and report is not None:
         fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
+    if lexicon is not None and not styles:
+        fail("--lexicon: only with --styles (its words train the style classifier)")
     if as_validation:
         _check_as_validation(split=split, beams=beams, max_length=max_length, styles=styles)
     try:

@@ -100,6 +100,10 @@ class CaptionJobOptions:
             raise InputError("--engine", f"unknown engine {self.engine!r} (expected local or ray)")
         if self.engine == "ray" and self.attention_maps is not None:
             raise InputError("--attention-maps", "not available with --engine ray")
+        ray_only = {"--ray-address": self.ray_address is not None, "--gpus-per-worker": self.gpus_per_worker != "auto"}
+        for flag, given in ray_only.items():
+            if self.engine == "local" and given:  # ignored by the local engine: a forgotten --engine ray
+                raise InputError(flag, "only with --engine ray")
         if self.engine == "ray":
             from captionkit.jobs.ray_engine import require_ray
 
