@@ -406,3 +406,17 @@ def test_a_per_image_file_that_is_an_input_is_refused_before_scoring(
         err == f"captionkit: error: --per-image: {shown} is also an input ({shown}); write the results to a new file\n"
     )
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_a_per_image_path_that_cannot_be_written_is_refused_before_scoring(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import captionkit.evaluation.api as api
+
+    scored: list[object] = []
+    score = api.score_captions
+    monkeypatch.setattr(api, "score_captions", lambda *a, **k: scored.append(1) or score(*a, **k))
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU", "--per-image", tmp_path]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out, scored) == (1, "", [])
+    assert err == f"captionkit: error: --per-image: {tmp_path} is a directory\n"

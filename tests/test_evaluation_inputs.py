@@ -106,6 +106,9 @@ def test_unknown_metric() -> None:
     with pytest.raises(InputError, match="unknown metric 'BLUE'"):
         parse_metrics("BLUE,CIDEr")
     assert parse_metrics("bleu, cider-d,rouge") == (("BLEU", "CIDEr", "ROUGE_L"), True)
+    for empty in (",", " ", []):
+        with pytest.raises(InputError, match=r"^metrics: names no metric \(known: BLEU, "):
+            parse_metrics(empty)
     assert parse_metrics(None)[1] is False
 
 

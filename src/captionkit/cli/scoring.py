@@ -28,7 +28,7 @@ from captionkit.cli._common import (
     plural,
     without_cyclic_gc,
 )
-from captionkit.files import cannot_write, write_atomic
+from captionkit.files import cannot_write, check_output_file, write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_METEOR = "python"
@@ -119,6 +119,8 @@ def run_score(
         if wants_clip and images is not None and not images.is_dir():
             reason = f"{images} is not a directory" if images.exists() else f"{images}: no such directory"
             raise InputError("--images", reason)
+        if per_image is not None:  # before the scoring, which a path that cannot be written would waste
+            check_output_file(per_image, "--per-image")
         check_not_overwriting([("--per-image", per_image)], [refs, cands, train_captions])
         references = read_references(refs)
         candidates = references.match(read_candidates(cands), str(cands))

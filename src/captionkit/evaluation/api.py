@@ -82,7 +82,7 @@ def parse_metrics(metrics: str | Iterable[str] | None) -> tuple[tuple[str, ...],
         if canonical not in chosen:
             chosen.append(canonical)
     if not chosen:
-        raise InputError("metrics", "no metric named")
+        raise InputError("metrics", f"names no metric (known: {', '.join(METRICS)})")
     return tuple(chosen), True
 
 
