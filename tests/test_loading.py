@@ -278,3 +278,21 @@ def test_a_checkpoint_without_its_image_settings_says_what_to_copy(family: str, 
         f"{source / 'preprocessor_config.json'}: no such file: copy the base model's preprocessor_config.json here "
         "(its image size, mean and std are not guessed)"
     )
+
+
+def test_an_unfinished_training_run_points_at_its_latest_checkpoint(tmp_path: Path) -> None:
+    """A run stopped before its final save holds checkpoints only: loading it names the latest one to load."""
+    run = tmp_path / "run"
+    for step in (5, 20, 10):
+        (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
+        (run / "checkpoints" / f"step-{step:06d}" / "config.json").write_text("{}")
+    (run / "checkpoints" / "step-000030").mkdir()  # torn: no config.json yet
+    latest = run / "checkpoints" / "step-000020"
+    with pytest.raises(ModelLoadError) as caught:
+        Captioner.from_pretrained(run)
+    assert str(caught.value) == (
+        f"{run}: no config.json: a training run without its final model yet; its latest checkpoint is {latest} "
+        "(load it, or resume the run)"
+    )
+    with pytest.raises(ModelLoadError, match=r"no config\.json: not a model directory$"):
+        Captioner.from_pretrained(run / "checkpoints")

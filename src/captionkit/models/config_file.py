@@ -16,7 +16,7 @@ def read_config_json(directory: Path, source: object) -> dict[str, Any]:
     """``directory/config.json`` as a dict; ``source`` (what the user named) is blamed when there is none."""
     config_file = Path(directory) / CONFIG_FILE
     if not config_file.is_file():
-        raise ModelLoadError(source, "no config.json: not a model directory")
+        raise ModelLoadError(source, f"no config.json: {_what_instead(Path(directory))}")
     try:
         text = config_file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -25,3 +25,15 @@ def read_config_json(directory: Path, source: object) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelLoadError(config_file, "is not a JSON object")
     return config
+
+
+def _what_instead(directory: Path) -> str:
+    """What a directory without config.json is: a training run that has not written its final model yet (pointing
+    at its latest checkpoint), or no model directory."""
+    checkpoints = directory / "checkpoints"
+    found = checkpoints.glob("step-*") if checkpoints.is_dir() else ()
+    saved = sorted(path for path in found if (path / CONFIG_FILE).is_file())  # step-000020: names sort by step
+    if not saved:
+        return "not a model directory"
+    latest = saved[-1]
+    return f"a training run without its final model yet; its latest checkpoint is {latest} (load it, or resume the run)"
