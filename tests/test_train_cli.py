@@ -47,6 +47,27 @@ def test_train_then_the_same_command_resumes(recipe, tmp_path, capsys, single_th
     assert "train.lr: differs from the run" in err
 
 
+def test_a_run_that_skipped_unreadable_images_exits_2_and_says_where_they_are_listed(tmp_path, capsys, single_thread):
+    """A model trained without some of its images is a partial result with its errors recorded, as `caption`'s."""
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 4, 0, seed=0, image_size=32)
+    broken = sorted((tmp_path / "scenes" / "images" / "train").glob("*.png"))[0]
+    broken.write_bytes(b"not a png")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model:\n  preset: tiny\ntokenizer:\n  vocab_size: 300\ndata:\n  train: {scenes}\n  val_fraction: 0\n"
+        "train:\n  steps: 2\n  batch_size: 16\n  eval_images: 0\n  threads: 1\n  tensorboard: false\n"
+    )
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 2, err
+    assert json.loads(stdout.strip().splitlines()[-1])["unreadable_images"] == 1
+    assert err.endswith(
+        f"captionkit: 1 training images could not be read and were skipped (unreadable_images in {out}: "
+        "trainer_state.json)\n"
+    )
+    assert list(json.loads((out / "trainer_state.json").read_text())["unreadable_images"]) == [str(broken)]
+
+
 def test_a_run_never_writes_over_a_model_it_starts_from_or_that_no_run_wrote(recipe, tmp_path, capsys):
     """The final model replaced the files of such a directory (a GPT-2 part as --output: its weights were lost)."""
     model = save_tiny_model(tmp_path / "model")

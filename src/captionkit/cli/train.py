@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail, os_error_line, quiet_libraries
+from captionkit.cli._common import EXIT_PARTIAL, fail, os_error_line, quiet_libraries
 
 
 def train(
@@ -82,6 +82,15 @@ def train(
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
         print(json.dumps(summary))
+    if result.unreadable_images:  # a model, trained without some of its images: partial, as `caption`'s exit 2
+        if int(os.environ.get("RANK", "0")) == 0:
+            state = "its latest checkpoint's trainer_state.json" if result.interrupted else "trainer_state.json"
+            print(
+                f"captionkit: {result.unreadable_images} training images could not be read and were skipped "
+                f"(unreadable_images in {result.output_dir}: {state})",
+                file=sys.stderr,
+            )
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _check_paths(config: Path, output: Path) -> None:
