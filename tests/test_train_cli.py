@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import run_cli, save_tiny_model
+from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 
 
@@ -66,6 +67,25 @@ def test_a_run_that_skipped_unreadable_images_exits_2_and_says_where_they_are_li
         "trainer_state.json)\n"
     )
     assert list(json.loads((out / "trainer_state.json").read_text())["unreadable_images"]) == [str(broken)]
+
+
+def test_under_torchrun_a_run_with_unreadable_images_exits_0_on_every_rank(recipe, tmp_path, capsys, monkeypatch):
+    """torchrun reports a nonzero exit as a crashed worker: there rank 0's note alone says it."""
+    import dataclasses
+
+    from captionkit.training import loop
+
+    finished = loop.train(load_train_config(recipe, ["train.steps=1", "train.eval_images=0"]), tmp_path / "run")
+    monkeypatch.setattr(loop, "train", lambda *_, **__: dataclasses.replace(finished, unreadable_images=3))
+    args = ["train", recipe, "--output", tmp_path / "run", "--no-progress"]
+    note = f"captionkit: 3 training images could not be read and were skipped (unreadable_images in {tmp_path / 'run'}"
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and note in err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("RANK", rank)
+        code, out, err = run_cli(args, capsys)
+        assert code == 0 and (note in err) == (rank == "0") and (out != "") == (rank == "0")
 
 
 def test_a_run_never_writes_over_a_model_it_starts_from_or_that_no_run_wrote(recipe, tmp_path, capsys):

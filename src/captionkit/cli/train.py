@@ -90,7 +90,8 @@ def train(
                 f"(unreadable_images in {result.output_dir}: {state})",
                 file=sys.stderr,
             )
-        raise typer.Exit(EXIT_PARTIAL)
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun would report a nonzero exit as a crashed worker
+            raise typer.Exit(EXIT_PARTIAL)
 
 
 def _check_paths(config: Path, output: Path) -> None:
