@@ -172,6 +172,11 @@ def test_resume_rules(reference, scenes, tmp_path, single_thread):
     longer = train(load_train_config(None, assignments(scenes, "train.steps=9")), out)  # train longer: allowed
     assert longer.resumed_from is not None and longer.resumed_from.name == "step-000008"
     assert longer.steps == 9
+    kept = [p.name for p in ckpt.step_checkpoints(out / "checkpoints")]
+    refused = load_train_config(None, [*assignments(scenes, "train.steps=2"), f"data.train={tmp_path / 'gone.jsonl'}"])
+    with pytest.raises(InputError):
+        train(refused, out, resume=False)  # starting over, refused on the way: the old checkpoints stay
+    assert [p.name for p in ckpt.step_checkpoints(out / "checkpoints")] == kept and kept
     fresh = train(load_train_config(None, assignments(scenes, "train.steps=2")), out, resume=False)
     assert fresh.resumed_from is None and fresh.steps == 2
     assert [p.name for p in ckpt.step_checkpoints(out / "checkpoints")] == ["step-000002"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -79,9 +78,10 @@ class LoopState:
 
 
 def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool | None) -> Path | None:
-    """The checkpoint to resume from: the newest COMPLETE one, if ``resume`` is None (auto) or True."""
+    """The checkpoint to resume from: the newest COMPLETE one, if ``resume`` is None (auto) or True. With False
+    none: the run starts over, and deletes the old checkpoints only once it is ready to train (a run refused on the
+    way must not cost them)."""
     if resume is False:
-        shutil.rmtree(checkpoints, ignore_errors=True)
         return None
     latest = ckpt.latest_checkpoint(checkpoints)
     if latest is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -209,6 +210,8 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     run_log = None
     if parallel.is_main:
         run_log = RunLog(run_dir, state.step if resume_from else None, config.train.tensorboard)
+    if resume is False and parallel.is_main:  # --no-resume: starting over, now that everything is checked
+        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
     (run_dir / ckpt.COMPLETE).unlink(missing_ok=True)  # the run directory's model is about to be replaced
     if restore_rng is not None:
         restore_rng()  # last: building the data loader draws from torch's generator
