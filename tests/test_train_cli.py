@@ -63,26 +63,32 @@ def test_a_run_that_skipped_unreadable_images_exits_2_and_says_where_they_are_li
     assert code == 2, err
     assert json.loads(stdout.strip().splitlines()[-1])["unreadable_images"] == 1
     assert err.endswith(
-        f"captionkit: 1 training images could not be read and were skipped (unreadable_images in {out}: "
-        "trainer_state.json)\n"
+        f"captionkit: skipped 1 training image that could not be read (unreadable_images in "
+        f"{out / 'trainer_state.json'})\n"
     )
     assert list(json.loads((out / "trainer_state.json").read_text())["unreadable_images"]) == [str(broken)]
 
 
-def test_under_torchrun_a_run_with_unreadable_images_exits_0_on_every_rank(recipe, tmp_path, capsys, monkeypatch):
-    """torchrun reports a nonzero exit as a crashed worker: there rank 0's note alone says it."""
+def test_an_interrupted_or_torchrun_run_with_unreadable_images_exits_0(recipe, tmp_path, capsys, monkeypatch):
+    """SIGTERM's contract is exit 0 (the resumed run reports the images at its end); torchrun reports a nonzero
+    exit as a crashed worker, so there rank 0's note alone says it."""
     import dataclasses
 
     from captionkit.training import loop
 
     finished = loop.train(load_train_config(recipe, ["train.steps=1", "train.eval_images=0"]), tmp_path / "run")
-    monkeypatch.setattr(loop, "train", lambda *_, **__: dataclasses.replace(finished, unreadable_images=3))
+    result = dataclasses.replace(finished, unreadable_images=3)
+    monkeypatch.setattr(loop, "train", lambda *_, **__: result)
     args = ["train", recipe, "--output", tmp_path / "run", "--no-progress"]
-    note = f"captionkit: 3 training images could not be read and were skipped (unreadable_images in {tmp_path / 'run'}"
+    note = f"captionkit: skipped 3 training images that could not be read (unreadable_images in {tmp_path / 'run'}"
     code, _, err = run_cli(args, capsys)
     assert code == 2 and note in err
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    for rank in ("0", "1"):
+    result = dataclasses.replace(result, interrupted=True)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0 and note not in err
+    result = dataclasses.replace(result, interrupted=False)
+    for world, rank in (("1", "0"), ("2", "0"), ("2", "1")):
+        monkeypatch.setenv("WORLD_SIZE", world)
         monkeypatch.setenv("RANK", rank)
         code, out, err = run_cli(args, capsys)
         assert code == 0 and (note in err) == (rank == "0") and (out != "") == (rank == "0")

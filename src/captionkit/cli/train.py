@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_PARTIAL, fail, os_error_line, quiet_libraries
+from captionkit.cli._common import EXIT_PARTIAL, fail, os_error_line, plural, quiet_libraries
 
 
 def train(
@@ -82,16 +82,24 @@ def train(
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
         print(json.dumps(summary))
-    if result.unreadable_images:  # a model, trained without some of its images: partial, as `caption`'s exit 2
-        if int(os.environ.get("RANK", "0")) == 0:
-            state = "its latest checkpoint's trainer_state.json" if result.interrupted else "trainer_state.json"
-            print(
-                f"captionkit: {result.unreadable_images} training images could not be read and were skipped "
-                f"(unreadable_images in {result.output_dir}: {state})",
-                file=sys.stderr,
-            )
-        if int(os.environ.get("WORLD_SIZE", "1")) == 1:  # torchrun would report a nonzero exit as a crashed worker
-            raise typer.Exit(EXIT_PARTIAL)
+    _exit_for_unreadable(result)
+
+
+def _exit_for_unreadable(result: Any) -> None:
+    """A finished run that skipped unreadable images is a partial result with its errors recorded: said on stderr,
+    exit 2 (as `caption`'s). An interrupted one keeps SIGTERM's exit 0 (its resume reports them at the end), and so
+    does a torchrun process, which torchrun would report as crashed."""
+    if not result.unreadable_images or result.interrupted:
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        images = plural(result.unreadable_images, "training image")
+        print(
+            f"captionkit: skipped {images} that could not be read (unreadable_images in "
+            f"{result.output_dir / 'trainer_state.json'})",
+            file=sys.stderr,
+        )
+    if "RANK" not in os.environ:
+        raise typer.Exit(EXIT_PARTIAL)
 
 
 def _check_paths(config: Path, output: Path) -> None:
