@@ -253,6 +253,18 @@ def test_fine_tuning_takes_overrides_equal_to_the_checkpoints_and_refuses_others
     assert not (tmp_path / "never" / "model.safetensors").exists()
 
 
+def test_an_override_equal_to_the_checkpoints_as_a_list_passes():
+    """A recipe writes a list, a saved config holds a tuple: equal all the same."""
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(family="cnn-lstm", config=SimpleNamespace(sizes=(16, 32)), bos_token_id=1)
+    config = SimpleNamespace(model=SimpleNamespace(pretrained="run", overrides={"sizes": [16, 32]}))
+    check_overrides_kept(config, model)  # type: ignore[arg-type]
+    config.model.overrides = {"sizes": [16, 64]}
+    with pytest.raises(ConfigError, match=r"^model\.overrides\.sizes: is \[16, 64\], but run has \(16, 32\)"):
+        check_overrides_kept(config, model)  # type: ignore[arg-type]
+
+
 def test_scenes_recipes_load(xe_model):
     xe = load_train_config(REPO / "configs" / "scenes-xe.yaml")
     # XE on every neutral reference of a scene, as COCO models train on all five; no style control.

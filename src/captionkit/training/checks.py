@@ -48,9 +48,13 @@ def check_overrides_kept(config: TrainConfig, model: CaptionModel) -> None:
         if not hasattr(holder, key):
             raise ConfigError(f"model.overrides.{key}", f"{source} is a {model.family} model, which has no {key}")
         kept = getattr(holder, key)
-        if kept != value:
+        if _comparable(kept) != _comparable(value):  # a recipe's list, a config's tuple
             reason = f"is {value!r}, but {source} has {kept!r}: fine-tuning keeps the checkpoint's config"
             raise ConfigError(f"model.overrides.{key}", f"{reason} (leave the override out)")
+
+
+def _comparable(value: object) -> object:
+    return tuple(map(_comparable, value)) if isinstance(value, list | tuple) else value
 
 
 def check_lengths(config: TrainConfig, model: CaptionModel) -> None:
