@@ -166,20 +166,40 @@ def test_first_caption_only_holds_on_the_runs_own_data_only(models, capsys, tmp_
     every = sum(r["split"] == "val" and r["style"] == "neutral" for r in neutral)
     assert every > len(val_images)  # several neutral captions per image: the two readings differ
     base = ["evaluate", "--model", models["plain"], "--split", "val", "--beams", "1", "--max-length", "3"]
-    own = models["data"].parent / ".." / models["data"].parent.name / models["data"].name
-    counts = {}
-    for name, data in (("own", own), ("other", copy / models["data"].name)):
-        code, out, err = run_cli([*base, "--data", str(data), "--metrics", "CIDEr"], capsys)
-        assert code == 0, err
-        counts[name] = json.loads(out)["computed_over"]["references"]
-        if name == "other":
-            assert (
-                "data: every caption (the model's training run kept the first caption of each image of its own " in err
-            )
-        else:
-            assert "data: the first caption of each image (as the model's training run)" in err
-    assert counts["own"].startswith(f"{len(val_images)} neutral reference captions"), counts
-    assert counts["other"].startswith(f"{every} neutral reference captions"), counts
+    folder = models["data"].parent
+    spellings = {
+        "own": [folder / ".." / folder.name / models["data"].name, folder],  # the file the run named, its folder
+        "other": [copy / models["data"].name, copy],
+    }
+    for which, specs in spellings.items():
+        for data in specs:
+            code, out, err = run_cli([*base, "--data", str(data), "--metrics", "CIDEr"], capsys)
+            assert code == 0, err
+            references = json.loads(out)["computed_over"]["references"]
+            if which == "own":
+                assert references.startswith(f"{len(val_images)} neutral reference captions"), (data, references)
+                assert "data: the first caption of each image (as the model's training run)" in err
+            else:
+                assert references.startswith(f"{every} neutral reference captions"), (data, references)
+                said = "data: every caption (the model's training run kept the first caption of each image of its own"
+                assert said in err
+
+
+def test_a_run_that_named_a_folder_reads_a_file_of_it_as_its_own_data(tmp_path):
+    """The run named the folder, evaluate names the captions file its reader read: one dataset. Another file in the
+    folder, which the reader did not read, is other data."""
+    from captionkit.data.sources import load_dataset
+    from captionkit.trained_on import TrainedOn
+
+    data_file = write_synthetic_dataset(tmp_path / "scenes", 4, 2, 2, seed=0, image_size=32)
+    folder = data_file.parent
+    run = TrainedOn(0.0, 0, False, True, (), 40, run_data=(str(folder),))
+    assert run.read_data(str(data_file), load_dataset(data_file).files)
+    assert run.read_data(str(folder), load_dataset(folder).files)
+    other = folder / "images" / "other.jsonl"
+    other.write_text(data_file.read_text().replace('"images/', '"../images/'))
+    assert not run.read_data(str(other), load_dataset(other).files)
+    assert not TrainedOn(0.0, 0, False, True, (), 40).read_data(str(data_file), [data_file])  # no data recorded
 
 
 def test_style_names_in_any_case_ask_for_the_same_captions(models, capsys, single_thread):

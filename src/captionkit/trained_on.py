@@ -19,6 +19,7 @@ from typing import Any
 
 from captionkit.config import DataSection, TrainSection
 from captionkit.data.records import CaptionRecord
+from captionkit.data.sources import load_dataset, parse_spec
 from captionkit.data.splits import assign_splits, separate_val_records, split_by_image, validation_captions
 from captionkit.data.styles import validation_styles
 from captionkit.errors import InputError
@@ -94,23 +95,28 @@ class TrainedOn:
             return list(records)
         return assign_splits(records, self.val_fraction, 0.0, self.seed)
 
-    def captions(self, records: Sequence[CaptionRecord], data: str | None = None) -> list[CaptionRecord]:
+    def captions(self, records: Sequence[CaptionRecord], own_data: bool = True) -> list[CaptionRecord]:
         """The captions the run trained and validated on: of its styles only, the first of each image (and style)
-        with ``first_caption_only``, which applies to the data the run read only (``data`` None: that data)."""
-        return validation_captions(records, self._first_only(data), self.styles)
+        with ``first_caption_only``, which applies to the data the run read only (``own_data``, see
+        :meth:`read_data`)."""
+        return validation_captions(records, self.first_caption_only and own_data, self.styles)
 
-    def read_data(self, data: str) -> bool:
-        """Whether ``data`` is a spec of the run's data.train or data.val: as written, or naming the same file or
-        folder (with the same options after ``?``)."""
-        path, _, options = data.partition("?")
+    def read_data(self, data: str, files: Sequence[Path] = ()) -> bool:
+        """Whether ``data`` (whose reading opened ``files``) is data the run read, a spec of its data.train or
+        data.val: one that names the same file or folder, or the file the run named (a folder and the captions file
+        in it are one dataset, whichever way either names it). Relative paths are the current directory's."""
+        read = {_resolved(path) for path in files}
+        given = _spec_path(data)
         for spec in self.run_data:
-            spec_path, _, spec_options = spec.partition("?")
-            if spec == data or (options == spec_options and _same_path(path, spec_path)):
+            named = _spec_path(spec)
+            if named is None:
+                continue
+            if named in (given, *read):
+                return True
+            inside = read and named.is_dir() and all(path.is_relative_to(named) for path in read)
+            if inside and read <= _files_read(spec):  # files of the folder the run named: those its reader read?
                 return True
         return False
-
-    def _first_only(self, data: str | None) -> bool:
-        return self.first_caption_only and (data is None or self.read_data(data))
 
     def validation_records(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
         """The captions the run validated on, in its order, from the records of its validation data: the images it
@@ -141,11 +147,11 @@ class TrainedOn:
             "that style, against those references; val_cider the mean over styles"
         )
 
-    def describe(self, data: str | None = None) -> str:
-        """One line for the output: how the captions of ``data`` (None: the run's own) were chosen."""
+    def describe(self, own_data: bool = True) -> str:
+        """One line for the output: how the captions were chosen, on the run's own data or on other data."""
         chosen = "the first caption of each image" + (" and style" if self.styles else "")
         styles = f" in the styles {', '.join(self.styles)}" if self.styles else ""
-        if self._first_only(data) or not self.first_caption_only:
+        if own_data or not self.first_caption_only:
             return (chosen if self.first_caption_only else "every caption") + styles + " (as the model's training run)"
         return (
             f"every caption{styles} (the model's training run kept {chosen} of its own data only, "
@@ -160,12 +166,27 @@ def _specs(value: Any) -> list[str]:
     return [spec for spec in value if isinstance(spec, str)] if isinstance(value, list) else []
 
 
-def _same_path(path: str, other: str) -> bool:
-    """Whether two paths name one existing file or folder."""
+def _spec_path(spec: str) -> Path | None:
+    """The resolved path a data spec names (its format prefix and options aside); None for a spec that names none."""
     try:
-        return Path(path).exists() and Path(path).resolve() == Path(other).resolve()
-    except (OSError, ValueError):
-        return False
+        return _resolved(parse_spec(spec).path)
+    except InputError:
+        return None
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return path.absolute()
+
+
+def _files_read(spec: str) -> set[Path]:
+    """The files reading ``spec`` opens (none when it cannot be read any more)."""
+    try:
+        return {_resolved(path) for path in load_dataset(spec).files}
+    except (InputError, OSError):
+        return set()
 
 
 def _last_validation(state_file: Path) -> dict[str, float] | None:

@@ -122,7 +122,7 @@ def evaluate(
         _check_not_inputs(output, report, [*loaded.files, *(r.image_path for r in loaded.records), lexicon])
         records = _split_as_trained(loaded.records, trained, data)
         as_run = _validation_run(model, trained) if as_validation else None
-        chosen = _chosen_records(records, split, data, trained, as_run)
+        chosen = _chosen_records(records, split, data, loaded.files, trained, as_run)
         train_captions = [r.caption for r in records if r.split == "train"]
         if styles:
             classifier = _style_classifier(records, data, lexicon)
@@ -245,13 +245,19 @@ def _write_results(output: Path, files: dict[str, str]) -> None:
 
 
 def _chosen_records(
-    records: list[CaptionRecord], split: str | None, data: str, trained: TrainedOn | None, as_run: TrainedOn | None
+    records: list[CaptionRecord],
+    split: str | None,
+    data: str,
+    files: list[Path],
+    trained: TrainedOn | None,
+    as_run: TrainedOn | None,
 ) -> list[CaptionRecord]:
     """The captions to evaluate, saying on stderr which they are: the split's (read as the model's training run read
-    them, when it is one), or those the run ``as_run`` validated on."""
+    them, when it is one; ``files`` are those reading ``data`` opened), or those the run ``as_run`` validated on."""
     from captionkit.data.splits import evaluation_split
     from captionkit.errors import InputError
 
+    own = True  # the run's own data, where data.first_caption_only holds (as_run: always)
     if as_run is not None:
         chosen = as_run.validation_records(records)
         if not chosen:
@@ -260,9 +266,11 @@ def _chosen_records(
     else:
         chosen, which = evaluation_split(records, split, data)
         print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
-        chosen = trained.captions(chosen, data) if trained is not None else chosen
+        if trained is not None:
+            own = not trained.first_caption_only or trained.read_data(data, files)  # reading the run's data costs
+            chosen = trained.captions(chosen, own)
     if trained is not None:
-        print(f"captionkit: data: {trained.describe(None if as_run is not None else data)}", file=sys.stderr)
+        print(f"captionkit: data: {trained.describe(own)}", file=sys.stderr)
     return chosen
 
 
