@@ -9,7 +9,8 @@ its captions far more often (the benchmark command's ``captions_equal`` share me
         [--batch-size 8] [--threads 2] [--dtype bf16|fp16] [--device cpu|cuda]
 
 Token accuracy: the share of positions (over the longer caption of each pair) where both have the same token.
-On a CPU bf16 runs without fp32's packed kernels, so its speed there says little about a GPU's.
+A CPU with bf16 instructions (AVX-512 bf16, AMX) runs bf16 natively, one without emulates it: either way its speed
+there says little about a GPU's.
 """
 
 from __future__ import annotations
