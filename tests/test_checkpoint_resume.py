@@ -198,3 +198,19 @@ def test_every_family_resumes_exactly(family, scenes, tmp_path, single_thread):
     resumed = train(load_train_config(None, settings), tmp_path / "run")
     assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-000002"
     assert_same_weights(tmp_path / "reference", tmp_path / "run")
+
+
+def test_publishing_moves_the_run_settings_before_the_model(tmp_path, monkeypatch):
+    """A crash between two renames must not leave config.json without train_config.json: the directory would read
+    as a model no run wrote, and the same command would refuse to go on."""
+    staged, target = tmp_path / "staged", tmp_path / "run"
+    staged.mkdir()
+    target.mkdir()
+    for name in ("config.json", "model.safetensors", "train_config.json", "a_first.json", ckpt.COMPLETE):
+        (staged / name).write_text("{}")
+    moved: list[str] = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda source, to: moved.append(Path(source).name) or replace(source, to))
+    ckpt.publish_files(staged, target)
+    assert moved[0] == "train_config.json" and moved[-1] == ckpt.COMPLETE
+    assert moved.index("train_config.json") < moved.index("config.json")

@@ -136,10 +136,12 @@ def read_training_state(directory: str | Path) -> tuple[dict[str, Any], dict[str
 
 def publish_files(directory: str | Path, target: str | Path) -> None:
     """Move the files of a complete checkpoint ``directory`` into ``target`` (a run directory that holds other
-    things too), each by an atomic rename and ``COMPLETE`` last, then remove ``directory``."""
+    things too), each by an atomic rename, ``train_config.json`` first (a crash after ``config.json`` must leave a
+    directory that reads as a run's, which the same command resumes) and ``COMPLETE`` last, then remove
+    ``directory``."""
     directory, target = Path(directory), Path(target)
     (target / COMPLETE).unlink(missing_ok=True)
-    for path in sorted(directory.iterdir()):
+    for path in sorted(directory.iterdir(), key=lambda path: (path.name != TRAIN_CONFIG, path.name)):
         if path.name != COMPLETE:
             os.replace(path, target / path.name)
     os.replace(directory / COMPLETE, target / COMPLETE)
