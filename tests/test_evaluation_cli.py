@@ -420,3 +420,11 @@ def test_a_per_image_path_that_cannot_be_written_is_refused_before_scoring(
     code, out, err = run_cli(args, capsys)
     assert (code, out, scored) == (1, "", [])
     assert err == f"captionkit: error: --per-image: {tmp_path} is a directory\n"
+
+
+def test_a_per_image_file_in_a_folder_yet_to_exist_is_written(coco_candidates: Path, tmp_path: Path, capsys) -> None:
+    per_image = tmp_path / "new" / "deeper" / "scores.json"
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU", "--per-image", per_image]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert set(json.loads(per_image.read_text())) == {"overall", "per_image"}

@@ -145,6 +145,7 @@ def run_score(
                 "per_image": {i: {k: _json_value(v) for k, v in s.items()} for i, s in evaluation.per_image.items()},
             }
             try:
+                per_image.parent.mkdir(parents=True, exist_ok=True)  # as the other commands make their outputs' folders
                 write_atomic(per_image, json.dumps(payload, indent=1) + "\n")
             except OSError as error:
                 raise InputError(per_image, cannot_write(error)) from None
