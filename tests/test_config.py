@@ -162,6 +162,9 @@ def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_train_config(twice)
     assert str(caught.value) == f"{twice}: invalid YAML (duplicate key 'lr' on line 4)"
+    with pytest.raises(ConfigError) as caught:
+        load_train_config(None, ["model.overrides={decoder_layers: 1, decoder_layers: 2}"])
+    assert str(caught.value) == "--set model.overrides: invalid value (duplicate key 'decoder_layers' on line 1)"
     listing = write(tmp_path / "list.yaml", "- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping of sections"):
         load_train_config(listing)

@@ -428,6 +428,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     return merge(merged, data)
 
 
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A mapping that gives one key twice."""
+
+
 class _RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping: it keeps the last silently, so a recipe that
     sets ``lr`` twice would train with whichever comes later."""
@@ -442,7 +446,7 @@ class _RecipeLoader(yaml.SafeLoader):
                 continue  # PyYAML refuses it below
             if key in seen:
                 line = key_node.start_mark.line + 1
-                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} on line {line}")
+                raise _DuplicateKeyError(None, None, f"duplicate key {key!r} on line {line}")
             seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -478,7 +482,9 @@ def apply_overrides(data: Mapping[str, Any], assignments: list[str]) -> dict[str
         if not sep or not key.strip():
             raise ConfigError(assignment, "expected --set key=value (e.g. --set train.lr=3e-4)")
         try:
-            value = yaml.safe_load(text)
+            value = yaml.load(text, Loader=_RecipeLoader)
+        except _DuplicateKeyError as error:  # valid YAML, so not text: the same mistake as in a recipe
+            raise ConfigError(f"--set {key.strip()}", f"invalid value ({error.problem})") from None
         except yaml.YAMLError:
             value = text
         except (RecursionError, ValueError) as error:
