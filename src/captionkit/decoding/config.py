@@ -102,7 +102,7 @@ class DecodingConfig:
             if self.num_beams > 1:
                 raise InputError("num_beams", "beam sampling is not supported: sample with 1 beam (the default)")
             return
-        for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0)):
+        for name, default in (("temperature", 1.0), ("top_k", 0), ("top_p", 1.0), ("seed", None)):
             if getattr(self, name) != default:
                 raise InputError(name, f"only used when sampling; got {getattr(self, name)} without sampling")
         if self.num_return_sequences > self.num_beams:

@@ -203,9 +203,6 @@ def decoding_request(
         config = DecodingConfig(**values)
     except InputError as error:
         raise InputError(names.get(error.source, error.source), error.reason) from None
-    if config.seed is not None and not config.do_sample:
-        # As temperature, top_k and top_p: a seed that greedy and beam search would ignore is a mistake to name.
-        raise InputError(names["seed"], f"only used when sampling; got {config.seed} without sampling")
     return DecodingRequest(config, None if style == NEUTRAL else style, prompt, names)
 
 

@@ -40,7 +40,8 @@ def choose_batch_size(
     """The batch size for ``--batch-size auto`` (see the module's notes)."""
     if device.type != "cuda":
         return CPU_BATCH
-    forced = dataclasses.replace(config, min_new_tokens=config.max_new_tokens, seed=config.seed or 0)
+    seed = (config.seed or 0) if config.do_sample else None  # a probe that samples draws no random seed
+    forced = dataclasses.replace(config, min_new_tokens=config.max_new_tokens, seed=seed)
     fits = 0
     size = 8
     while size <= MAX_AUTO_BATCH:
