@@ -18,6 +18,7 @@ from _resume import assert_same_weights, crash_at, untimed
 from captionkit.config import load_train_config
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.errors import ConfigError, InputError
+from captionkit.run_layout import latest_checkpoint
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.loop import train
 
@@ -94,7 +95,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(reference, scenes, tmp
     done = run_child("KILL", 5, out, scenes)  # killed after step 5: the checkpoint of step 3 is the newest
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     assert not ckpt.is_complete(out)  # no final model
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000003"
+    assert latest_checkpoint(out / "checkpoints").name == "step-000003"
     result = train(load_train_config(None, assignments(scenes)), out)
     assert result.resumed_from is not None and result.resumed_from.name == "step-000003"
     assert result.steps == STEPS
@@ -110,7 +111,7 @@ def test_sigterm_in_a_child_process_saves_a_checkpoint_and_exits_0(reference, sc
     done = run_child("TERM", 4, out, scenes)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == {"steps": 4, "interrupted": True, "group": False}
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
+    assert latest_checkpoint(out / "checkpoints").name == "step-000004"
     assert not ckpt.is_complete(out)
     result = train(load_train_config(None, assignments(scenes)), out)
     assert result.steps == STEPS
@@ -143,7 +144,7 @@ def test_sigterm_saves_a_checkpoint_and_returns_then_resume_equals_uninterrupted
 
     stopped = train(load_train_config(None, assignments(scenes)), out, log=terminate)
     assert stopped.interrupted and stopped.steps == 4
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000004"
+    assert latest_checkpoint(out / "checkpoints").name == "step-000004"
     assert not ckpt.is_complete(out)  # no final model: the run is not over
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed after the run
     resumed = train(load_train_config(None, assignments(scenes)), out)
@@ -155,7 +156,7 @@ def test_sigterm_saves_a_checkpoint_and_returns_then_resume_equals_uninterrupted
 def test_in_process_crash_then_resume_equals_uninterrupted(reference, scenes, tmp_path, single_thread):
     out = tmp_path / "run"
     crash_at(7, load_train_config(None, assignments(scenes)), out)
-    assert ckpt.latest_checkpoint(out / "checkpoints").name == "step-000006"
+    assert latest_checkpoint(out / "checkpoints").name == "step-000006"
     train(load_train_config(None, assignments(scenes)), out)
     assert_same_weights(reference[0], out)
 

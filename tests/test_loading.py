@@ -283,11 +283,12 @@ def test_a_checkpoint_without_its_image_settings_says_what_to_copy(family: str, 
 def test_an_unfinished_training_run_points_at_its_latest_checkpoint(tmp_path: Path) -> None:
     """A run stopped before its final save holds checkpoints only: loading it names the latest one to load."""
     run = tmp_path / "run"
-    for step in (5, 20, 10):
-        (run / "checkpoints" / f"step-{step:06d}").mkdir(parents=True)
-        (run / "checkpoints" / f"step-{step:06d}" / "config.json").write_text("{}")
-    (run / "checkpoints" / "step-000030").mkdir()  # torn: no config.json yet
-    latest = run / "checkpoints" / "step-000020"
+    for name in ("step-000005", "step-999999", "step-1000000", "step-000010"):  # steps, not names, give the order
+        (run / "checkpoints" / name).mkdir(parents=True)
+        (run / "checkpoints" / name / "config.json").write_text("{}")
+        (run / "checkpoints" / name / "COMPLETE").touch()
+    (run / "checkpoints" / "step-2000000").mkdir()  # not COMPLETE: never loaded
+    latest = run / "checkpoints" / "step-1000000"
     with pytest.raises(ModelLoadError) as caught:
         Captioner.from_pretrained(run)
     assert str(caught.value) == (

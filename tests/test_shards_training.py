@@ -12,6 +12,7 @@ from _shards import real_photos, samples, write_webdataset
 from captionkit.config import load_train_config
 from captionkit.data.sources import load_records
 from captionkit.errors import InputError
+from captionkit.run_layout import latest_checkpoint
 from captionkit.shards import container_runs, writing
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.loop import train
@@ -75,7 +76,7 @@ def test_crash_then_resume_from_shards_equals_uninterrupted(workers, shards, tmp
     assert reference.steps == STEPS and reference.unreadable_images == 0
     out = tmp_path / "run"
     crash_at(5, load_train_config(None, settings), out)
-    saved = ckpt.latest_checkpoint(out / "checkpoints")
+    saved = latest_checkpoint(out / "checkpoints")
     assert saved.name == "step-000004"
     loop = ckpt.read_training_state(saved)[0]["loop"]
     assert (loop["cursor"], loop["data_slots"]) == (16, max(1, workers))  # 4 steps of 4 samples; readers

@@ -8,6 +8,7 @@ from typing import Any
 
 from captionkit.errors import ModelLoadError, first_line
 from captionkit.jsontext import parse_json
+from captionkit.run_layout import CHECKPOINTS, latest_checkpoint
 
 CONFIG_FILE = "config.json"
 
@@ -30,10 +31,7 @@ def read_config_json(directory: Path, source: object) -> dict[str, Any]:
 def _what_instead(directory: Path) -> str:
     """What a directory without config.json is: a training run that has not written its final model yet (pointing
     at its latest checkpoint), or no model directory."""
-    checkpoints = directory / "checkpoints"
-    found = checkpoints.glob("step-*") if checkpoints.is_dir() else ()
-    saved = sorted(path for path in found if (path / CONFIG_FILE).is_file())  # step-000020: names sort by step
-    if not saved:
+    latest = latest_checkpoint(directory / CHECKPOINTS)
+    if latest is None:
         return "not a model directory"
-    latest = saved[-1]
     return f"a training run without its final model yet; its latest checkpoint is {latest} (load it, or resume the run)"

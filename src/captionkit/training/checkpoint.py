@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import uuid
 from pathlib import Path
@@ -30,17 +29,16 @@ from captionkit.images import Preprocessing
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.quiet import no_transformers_progress_bars
+from captionkit.run_layout import COMPLETE, is_complete, step_checkpoints
 from captionkit.text import CaptionTokenizer
 from captionkit.trained_on import TRAIN_CONFIG
 
 # What to do about a checkpoint that cannot be read, when resuming from it.
 DAMAGED_CHECKPOINT_HINT = "remove this checkpoint to resume from an earlier one, or pass --no-resume to start over"
 
-COMPLETE = "COMPLETE"
 TRAINING_STATE = "training_state.safetensors"
 TRAINER_STATE = "trainer_state.json"
 BEST = "best"
-_STEP_NAME = re.compile(r"step-(\d+)")
 
 
 def save_checkpoint(
@@ -79,32 +77,6 @@ def save_checkpoint(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
-
-
-def is_complete(directory: str | Path) -> bool:
-    return (Path(directory) / COMPLETE).is_file()
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:06d}"
-
-
-def step_checkpoints(root: str | Path) -> list[Path]:
-    """The COMPLETE ``step-N`` checkpoints under ``root``, oldest first; incomplete ones are left out."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    found = []
-    for path in root.iterdir():
-        match = _STEP_NAME.fullmatch(path.name)
-        if match and path.is_dir() and is_complete(path):
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(root: str | Path) -> Path | None:
-    found = step_checkpoints(root)
-    return found[-1] if found else None
 
 
 def prune_checkpoints(root: str | Path, keep: int) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from captionkit.run_layout import step_name
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.curves import draw_curves
 from captionkit.training.resume import publish_final_model
@@ -61,7 +62,7 @@ class Progress:
 def save_step(run: Run, now: Progress) -> None:
     """A resumable checkpoint of the current step, and the old ones pruned."""
     run.state.running_loss = float(now.loss)
-    run.save(ckpt.step_name(run.state.step))
+    run.save(step_name(run.state.step))
     now.last_saved = run.state.step
     if run.parallel.is_main:
         ckpt.prune_checkpoints(run.checkpoints, run.config.train.keep_checkpoints)

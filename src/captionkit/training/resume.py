@@ -19,6 +19,7 @@ import torch
 
 from captionkit.config import TrainConfig
 from captionkit.errors import ConfigError, InputError
+from captionkit.run_layout import latest_checkpoint
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.setup import Setup
 from captionkit.training.state import load_optimizer_state, optimizer_state, restore_rng
@@ -83,7 +84,7 @@ def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool 
     way must not cost them)."""
     if resume is False:
         return None
-    latest = ckpt.latest_checkpoint(checkpoints)
+    latest = latest_checkpoint(checkpoints)
     if latest is None:
         if resume:
             raise InputError(checkpoints, "no complete checkpoint to resume from")

@@ -21,6 +21,7 @@ from captionkit.config import TrainConfig
 from captionkit.data.dataset import Batch, CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import ConfigError, InputError
+from captionkit.run_layout import CHECKPOINTS
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.checks import check_lengths, check_run_dir, check_validation
@@ -59,8 +60,6 @@ from captionkit.training.steps import (
 from captionkit.training.validation import Validation
 
 logger = logging.getLogger("captionkit.training")
-
-CHECKPOINTS = "checkpoints"
 
 
 @dataclass
