@@ -424,7 +424,7 @@ def test_an_output_that_is_also_an_input_is_refused_and_left_as_it_was(model_dir
         before = output.read_bytes()
         code, out, err = run_cli(["caption", *inputs, "--model", model_dir, "--output", output], capsys)
         assert (code, out) == (1, "")
-        reason = f"{output} is also an input ({output}); write the results to a new file"
+        reason = f"{output} is also an input; write the results to a new file"
         assert err == f"captionkit: error: --output: {reason}\n"
         assert output.read_bytes() == before
 

@@ -205,9 +205,7 @@ def test_an_output_that_would_replace_an_input_or_the_other_output_is_refused_be
     for flag, target in (("--output", photos[1]), ("--report", photos[0]), ("--output", refs)):
         code, out, err = run_cli([*args, "--refs", refs, flag, target], capsys)
         assert (code, out) == (1, "")
-        assert (
-            err == f"captionkit: error: {flag}: {target} is also an input ({target}); write the results to a new file\n"
-        )
+        assert err == f"captionkit: error: {flag}: {target} is also an input; write the results to a new file\n"
     page = tmp_path / "c.html"
     code, out, err = run_cli([*args, "--output", page, "--report", page], capsys)
     assert (code, out) == (1, "")

@@ -198,10 +198,7 @@ def test_a_report_or_results_file_that_would_replace_an_input_is_refused_before_
     for report in (captions, image):
         code, out, err = run_cli([*args, "--report", report], capsys)
         assert (code, out) == (1, "")
-        assert (
-            err
-            == f"captionkit: error: --report: {report} is also an input ({report}); write the results to a new file\n"
-        )
+        assert err == f"captionkit: error: --report: {report} is also an input; write the results to a new file\n"
     code, out, err = run_cli(
         [*args, "--output", tmp_path / "eval", "--report", tmp_path / "eval" / "metrics.json"], capsys
     )

@@ -402,9 +402,7 @@ def test_a_per_image_file_that_is_an_input_is_refused_before_scoring(
     code, out, err = run_cli([*args, "--per-image", files[which]], capsys)
     assert (code, out) == (1, "")
     shown = files[which]
-    assert (
-        err == f"captionkit: error: --per-image: {shown} is also an input ({shown}); write the results to a new file\n"
-    )
+    assert err == f"captionkit: error: --per-image: {shown} is also an input; write the results to a new file\n"
     assert {path: path.read_bytes() for path in kept} == kept
 
 

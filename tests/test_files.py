@@ -110,3 +110,12 @@ def test_written_path_names_the_target_of_a_staging_file(tmp_path):
     # Only atomic_writer's own pattern: other hidden or .tmp files are named as they are.
     for name in (".hidden", "notes.tmp", ".x.tmp", ".x.pid.tmp"):
         assert written_path(tmp_path / name) == tmp_path / name
+
+
+def test_an_output_that_is_an_input_is_named_once_or_by_both_names(tmp_path):
+    from captionkit.files import also_an_input
+
+    out = tmp_path / "a.jsonl"
+    assert also_an_input(out, out) == f"{out} is also an input; write the results to a new file"
+    other = tmp_path / "sub" / ".." / "a.jsonl"
+    assert also_an_input(out, other) == f"{out} is also an input ({other}); write the results to a new file"

@@ -162,6 +162,12 @@ def same_file(path: str | os.PathLike[str], other: str | os.PathLike[str]) -> bo
         return False
 
 
+def also_an_input(output: Path, source: Path) -> str:
+    """Why an output that is the input ``source`` is refused (naming the input when it is spelt otherwise)."""
+    named = "" if str(source) == str(output) else f" ({source})"
+    return f"{output} is also an input{named}; write the results to a new file"
+
+
 def printable(text: str) -> str:
     """``text`` as valid UTF-8: a file name that is not reaches Python with lone surrogates (``caf\\udce9.jpg``), shown
     as that escape, as the JSON outputs write it, where a page, a terminal or a message must hold it."""

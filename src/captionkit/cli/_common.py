@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from captionkit.errors import CaptionkitError, InputError, first_line
-from captionkit.files import cannot_write, same_file, written_path
+from captionkit.files import also_an_input, cannot_write, same_file, written_path
 
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
@@ -107,7 +107,7 @@ def check_not_overwriting(
         # The names first: one string comparison per input, a system call only for a namesake.
         for flag, path in by_name.get(source.name, ()):
             if same_file(source, path):
-                raise InputError(flag, f"{path} is also an input ({source}); write the results to a new file")
+                raise InputError(flag, also_an_input(path, source))
 
 
 def without_cyclic_gc(command: Callable[_Options, _Result]) -> Callable[_Options, _Result]:

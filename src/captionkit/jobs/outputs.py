@@ -264,13 +264,10 @@ def repair_torn_tail(path: Path, fmt: str) -> str:
     return "" if whole else tail
 
 
-def check_appendable(path: Path, fmt: str) -> str:
-    """:func:`repair_torn_tail`'s checks, the file left as it is: the torn last line the repair would drop ('' if
-    none), so that a run can refuse to resume before it changes anything."""
-    if fmt == "parquet":
-        return check_appendable(journal_path(path), "jsonl")
-    _, tail, whole = _appendable_end(path, fmt)
-    return "" if whole else tail
+def check_appendable(path: Path, fmt: str) -> None:
+    """:func:`repair_torn_tail`'s checks, the file left as it is, so that a run can refuse to resume before it
+    changes anything."""
+    _appendable_end(journal_path(path) if fmt == "parquet" else path, "jsonl" if fmt == "parquet" else fmt)
 
 
 def _appendable_end(path: Path, fmt: str) -> tuple[int, str, bool]:

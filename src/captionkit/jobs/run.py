@@ -26,7 +26,7 @@ from captionkit.attention import check_attention
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.options import DecodingRequest, decoding_request
 from captionkit.errors import CaptionkitError, InputError
-from captionkit.files import same_file
+from captionkit.files import also_an_input, same_file
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
@@ -215,7 +215,7 @@ class _Plan:
         target = self.target
         # The names first: one string comparison per image, a system call only for a namesake.
         if target is not None and path.name == target.name and same_file(path, target):
-            raise InputError("--output", f"{target} is also an input ({path}); write the results to a new file")
+            raise InputError("--output", also_an_input(target, path))
 
 
 def run_caption_job(
