@@ -164,3 +164,14 @@ def test_score_cli_clipscore_needs_only_the_images_of_its_candidates(clip_dir, t
     expected, _ = scorer.score(features, {"a": CANDIDATES["a"]}, {"a": ["a photo"]})
     assert json.loads(stdout)["CLIPScore"] == pytest.approx(expected["CLIPScore"], abs=1e-6)
     assert "2 of the 3 reference images have none" in err
+
+
+def test_loading_the_clip_model_shows_no_transformers_progress_bars(clip_dir, capfd):
+    """`score --metrics ...,CLIPScore` printed transformers' "Loading weights" bar among its own stderr lines."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()
+    capfd.readouterr()
+    ClipScorer(clip_dir, device="cpu")
+    assert "Loading weights" not in capfd.readouterr().err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting comes back

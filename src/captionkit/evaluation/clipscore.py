@@ -19,6 +19,7 @@ from captionkit.errors import ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing, load_image
 from captionkit.jsontext import parse_json
+from captionkit.quiet import no_transformers_progress_bars
 
 PAPER_MODEL = "openai/clip-vit-base-patch32"
 PREFIX = "A photo depicts "
@@ -37,8 +38,9 @@ class ClipScorer:
         directory = resolve_model_source(source)
         _check_clip(directory, str(source))
         try:
-            self.model = CLIPModel.from_pretrained(directory).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(directory)
+            with no_transformers_progress_bars():
+                self.model = CLIPModel.from_pretrained(directory).eval()
+                self.tokenizer = AutoTokenizer.from_pretrained(directory)
         except (OSError, ValueError) as error:
             raise ModelLoadError(str(source), f"not a CLIP model ({str(error).splitlines()[0]})") from None
         self.preprocessing = Preprocessing.load(directory)
