@@ -249,3 +249,18 @@ def test_the_export_functions_refuse_another_models_checkpoint(tmp_path: Path) -
         export(source, tmp_path / name)
         export(source, tmp_path / name)  # written again over itself
     assert Captioner.from_pretrained(tmp_path / "int8").caption(Image.new("RGB", (40, 30), "teal"), num_beams=1)
+
+
+def test_the_int8_weights_get_the_mode_a_new_file_gets(tmp_path: Path) -> None:
+    """safetensors writes through a private temporary file: model.int8.safetensors was 0600 beside 0644 files."""
+    import os
+
+    source = save_tiny_model(tmp_path / "fp32")
+    before = os.umask(0o022)
+    try:
+        export_int8(source, tmp_path / "int8")
+    finally:
+        os.umask(before)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "int8").iterdir()}
+    assert modes["model.int8.safetensors"] == 0o644
+    assert set(modes.values()) == {0o644}

@@ -35,7 +35,7 @@ from torch import nn
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.export import check_export_output, keep_training_settings, load_source
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
-from captionkit.files import write_atomic
+from captionkit.files import honour_umask, write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
 from captionkit.models.native import WEIGHTS_FILE
@@ -206,5 +206,6 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     if info["storage"] == "int8":
         save_int8_weights(parts.model, output / INT8_WEIGHTS_FILE)
         (output / WEIGHTS_FILE).unlink()
+        honour_umask(output)  # safetensors wrote the int8 weights through a private (0600) temporary file
     write_quantization_file(output, info)
     return info
