@@ -95,15 +95,22 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
     if not detect_document(document):
         raise InputError(path, "not COCO captions JSON (expected 'images' and 'annotations' lists with captions)")
     collector.files.append(path)
-    file_names: dict[Any, str] = {}
+    # Ids as strings: one tool writes "image_id": "139" for the image whose "id" is 139, and records carry str ids.
+    file_names: dict[str, str] = {}
+    first_index: dict[str, int] = {}
     for index, image in enumerate(document["images"]):
         where = f"{path}: images[{index}]"
-        image_id = require(image, "id", (int, str), where)
-        file_names[image_id] = require(image, "file_name", str, where)
+        image_id = str(require(image, "id", (int, str), where))
+        file_name = require(image, "file_name", str, where)
+        known = file_names.setdefault(image_id, file_name)
+        if known != file_name:
+            reason = f"id {image_id!r} is also the id of {known} (images[{first_index[image_id]}]), not of {file_name}"
+            raise InputError(where, reason)
+        first_index.setdefault(image_id, index)
     resolve = ImageResolver(_image_roots(path, list(file_names.values()), options))
     for index, annotation in enumerate(document["annotations"]):
         where = f"{path}: annotations[{index}]"
-        image_id = require(annotation, "image_id", (int, str), where)
+        image_id = str(require(annotation, "image_id", (int, str), where))
         caption = require(annotation, "caption", str, where)
         if image_id not in file_names:
             # A subset whose images were filtered but not its annotations (pycocotools reads it too): the caption
@@ -113,4 +120,4 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
         if annotation.get("is_rejected") is True:
             collector.drop(REJECTED)
             continue
-        collector.add(resolve(file_names[image_id]), caption, str(image_id), split=split)
+        collector.add(resolve(file_names[image_id]), caption, image_id, split=split)
