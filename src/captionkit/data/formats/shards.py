@@ -11,7 +11,7 @@ from pathlib import Path
 
 from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResult
 from captionkit.errors import InputError
-from captionkit.files import read_text
+from captionkit.files import read_text, text_lines
 from captionkit.jsontext import parse_json
 from captionkit.shards import container_files, directory_containers, iter_samples, sample_captions
 from captionkit.shards.patterns import IMAGE_SUFFIXES
@@ -81,8 +81,11 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
     collector = Collector()
     for folder in _numbered_folders(probe.path):
         for image in _images(folder):
-            lines = _sidecar_lines(image.with_suffix(".txt"))
-            captions = sample_captions(lines, _sidecar_json(image.with_suffix(".json")))
+            try:
+                captions = sample_captions(_sidecar_lines(image), _sidecar_json(image.with_suffix(".json")))
+            except InputError as error:  # one bad sidecar drops its sample, as an unreadable tar member does
+                collector.drop(str(error))
+                continue
             if not captions:
                 collector.drop(NO_CAPTION)
             for caption in captions:
@@ -90,10 +93,11 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
     return collector.result(probe.path)
 
 
-def _sidecar_lines(path: Path) -> tuple[str, ...]:
-    if not path.is_file():
+def _sidecar_lines(image: Path) -> tuple[str, ...]:
+    path = image.with_suffix(".txt")
+    if not path.is_file() or path.stat().st_size == 0:  # img2dataset writes an empty one for an empty caption
         return ()
-    return tuple(line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip())
+    return tuple(line.strip() for line in text_lines(read_text(path)) if line.strip())
 
 
 def _sidecar_json(path: Path) -> dict:
