@@ -495,3 +495,16 @@ def test_ambiguous_or_foreign_directories(directory, message):
         load_records(directory)
     assert caught.value.source == str(directory)
     assert message in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("senticap", "no SentiCap file (senticap*.json, senticap*.csv)"),
+        ("flickr", "no Flickr token file (*.token.txt, *.token)"),
+    ],
+)
+def test_a_forced_format_on_a_directory_without_its_file_says_none_is_there(tmp_path, spec, message):
+    with pytest.raises(InputError) as caught:
+        load_records(f"{spec}:{tmp_path}")
+    assert str(caught.value) == f"{tmp_path}: {message}"

@@ -197,3 +197,17 @@ def test_parquet_row_cache_holds_at_most_its_cap_and_reads_stay_equal(monkeypatc
     assert 2 <= reads <= math.ceil(len(photos) / 3) and 0 < held <= sum(sizes[-3:])
     # A cap below every image: nothing is kept, each image is read on its own, bytes still right.
     assert _read_in_order(monkeypatch, photos, sizes[0] - 1, tmp_path) == (len(photos), 0)
+
+
+def test_img2dataset_sidecar_text_is_read_as_utf8_without_its_bom(tmp_path, photos):
+    files = write_files_layout(photos[:3], tmp_path / "files", per_folder=3)
+    folder = files / "00000"
+    (folder / f"{photos[0].stem}.txt").write_bytes(b"\xef\xbb\xbfa caption saved by Notepad\r\n")
+    latin1 = folder / f"{photos[1].stem}.txt"
+    latin1.write_bytes(b"caf\xe9 latin-1\n")
+    result = load_dataset(files)
+    assert [(r.image_id, r.caption) for r in result.records] == [
+        (photos[0].stem, "a caption saved by Notepad"),
+        (photos[2].stem, caption_of(2)),
+    ]
+    assert result.dropped == {f"{latin1}: not UTF-8 text (byte 0xe9 at offset 3)": 1}

@@ -38,6 +38,21 @@ def test_conceptual_captions_tsv_needs_downloaded_images(tmp_path):
     ]
 
 
+def test_conceptual_captions_tsv_numbers_rows_as_img2dataset_keys_them(tmp_path):
+    # img2dataset reads the TSV with its header line (which the download hint says to add) and skips blank lines:
+    # row keys count caption rows only, so the caption after a blank line must not get the next row's image.
+    tsv = tmp_path / "cc.tsv"
+    tsv.write_text("caption\turl\r\na dog\thttp://x.org/1.jpg\r\n\r\na cat\thttp://x.org/2.jpg\r\n\r\n")
+    images = tmp_path / "images"
+    images.mkdir()
+    result = load_dataset(f"{tsv}?images={images}")
+    assert result.format == "conceptual"
+    assert [(r.image_path.name, r.caption, r.image_id) for r in result.records] == [
+        ("000000000.jpg", "a dog", "000000000"),
+        ("000000001.jpg", "a cat", "000000001"),
+    ]
+
+
 def test_textcaps_json_reads_entries_with_their_split(tmp_path):
     photos = real_photos(2)
     (tmp_path / "train_images").mkdir()
@@ -98,6 +113,29 @@ def test_nocaps_keeps_each_images_domain(nocaps):
         (str(index), domain) for index, domain in enumerate(DOMAINS) for _ in (0, 1)
     ]
     assert all(r.image_path.is_file() for r in result.records)
+
+
+def test_nocaps_image_ids_written_as_strings_are_the_same_images(nocaps):
+    # One tool writes "image_id": "3" for the image whose "id" is 3: the captions are still that image's.
+    document = json.loads(nocaps.read_text())
+    for annotation in document["annotations"]:
+        annotation["image_id"] = str(annotation["image_id"])
+    nocaps.write_text(json.dumps(document))
+    result = load_dataset(nocaps)
+    assert result.dropped == {}
+    assert [(r.image_id, r.domain) for r in result.records] == [
+        (str(index), domain) for index, domain in enumerate(DOMAINS) for _ in (0, 1)
+    ]
+
+
+def test_nocaps_image_id_given_to_two_files_is_an_error(nocaps):
+    document = json.loads(nocaps.read_text())
+    document["images"][1]["id"] = "0"
+    nocaps.write_text(json.dumps(document))
+    with pytest.raises(InputError) as error:
+        load_dataset(nocaps)
+    first, second = (image["file_name"] for image in document["images"][:2])
+    assert str(error.value) == f"{nocaps}: images[1]: id '0' is also the id of {first} (images[0]), not of {second}"
 
 
 def test_evaluate_reports_nocaps_metrics_per_domain(nocaps, tmp_path, capsys):

@@ -61,6 +61,8 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
     path = probe.path
     if path.is_dir():
         files = token_files(path)
+        if not files:
+            raise InputError(path, "no Flickr token file (*.token.txt, *.token)")
         if len(files) != 1:
             names = ", ".join(file.name for file in files)
             raise InputError(path, f"several Flickr token files ({names}); name one")

@@ -82,6 +82,8 @@ def _roots(here: Path, options: ReadOptions) -> list[Path]:
 def read(probe: Probe, options: ReadOptions) -> ReadResult:
     if probe.path.is_dir():
         files = _files(probe.path)
+        if not files:
+            raise InputError(probe.path, "no SentiCap file (senticap*.json, senticap*.csv)")
         if len(files) != 1:
             names = ", ".join(path.name for path in files)
             raise InputError(probe.path, f"several SentiCap files ({names}); name one")
