@@ -97,6 +97,22 @@ def test_a_hugging_face_image_column_is_read_by_its_bytes(photos, tmp_path):
         assert load_image(record.image_path).tobytes() == load_image(photo).tobytes()
 
 
+def test_a_parquet_caption_column_of_lists_gives_each_caption_and_a_repeated_key_is_counted(photos, tmp_path):
+    """Hugging Face datasets keep several captions per row as a list (it crashed on .strip()); a later row whose key
+    repeats an earlier one's is left out, as before, and now counted instead of vanishing."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    captions = [["a dog", " ", "a brown dog"], [], ["a cat"]]
+    table = pa.table({"key": ["5", "7", "5"], "jpg": [photo.read_bytes() for photo in photos[:3]], "caption": captions})
+    path = tmp_path / "data.parquet"
+    pq.write_table(table, path)
+    result = load_dataset(path)
+    assert [(record.image_id, record.caption) for record in result.records] == [("5", "a dog"), ("5", "a brown dog")]
+    repeated = f"{path}: a row whose key repeats an earlier row's (left out: the key names the first row's image)"
+    assert result.dropped == {"sample without a caption": 1, repeated: 1}
+
+
 def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
     shard = tmp_path / "only-json.tar"
     with tarfile.open(shard, "w") as archive:

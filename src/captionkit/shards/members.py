@@ -98,7 +98,11 @@ def _rows(container: Path) -> Iterator[ShardSample]:
     later row's caption would be paired with another row's image."""
     index = parquet_index(container)
     met: set[str] = set()
+    repeated = f"{container}: a row whose key repeats an earlier row's (left out: the key names the first row's image)"
     for key, caption in zip(index.keys, index.captions, strict=True):
-        if key not in met:
-            met.add(key)
-            yield ShardSample(key, container / key, (caption,) if caption and caption.strip() else ())
+        if key in met:  # counted by the readers, its captions with it
+            yield ShardSample(key, container / key, (), problem=repeated)
+            continue
+        met.add(key)
+        # A caption column may hold a list of captions per row (Hugging Face datasets), read as a .json's would be.
+        yield ShardSample(key, container / key, tuple(sample_captions((), {"caption": caption})))

@@ -54,7 +54,7 @@ class ParquetIndex:
 
     keys: list[str]
     rows: dict[str, tuple[int, int]]
-    captions: list[str | None]
+    captions: list[Any]  # per row: a caption, a list of them (Hugging Face datasets), or None
     image_column: str
 
 
@@ -115,7 +115,7 @@ def _index(handle: Any, path: Path) -> ParquetIndex:
     caption_column = next((name for name in CAPTION_COLUMNS if name in names), None)
     wanted = [name for name in ("key", caption_column) if name is not None and name in names]
     keys: list[str] = []
-    captions: list[str | None] = []
+    captions: list[Any] = []
     rows: dict[str, tuple[int, int]] = {}
     for group in range(handle.num_row_groups):
         table = handle.read_row_group(group, columns=wanted).to_pydict()
