@@ -220,7 +220,11 @@ def test_a_parquet_key_that_repeats_is_its_first_row_image_and_caption(model_dir
     assert code == 0, records  # the second row's bytes are not an image: reading them would be an error record
     assert [r["image"] for r in records] == [str(parquet / "k"), str(parquet / "z")]
     samples = list(iter_samples([parquet]))
-    assert [(s.key, s.captions) for s in samples] == [("k", ("first",)), ("z", ("z",))]
+    assert [(s.key, s.captions, s.problem is None) for s in samples] == [
+        ("k", ("first",), True),
+        ("k", (), False),  # the repeat: no captions, a problem the readers count
+        ("z", ("z",), True),
+    ]
 
 
 def test_a_parquet_shard_whose_name_is_not_utf8_is_written_and_read(model_dir, photos, tmp_path, capsys):
