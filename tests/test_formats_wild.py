@@ -168,11 +168,20 @@ def test_table_paths_relative_to_the_file_win_over_the_working_directory(tmp_pat
     assert load_dataset("labels/l.csv").records[0].image_path == Path("labels", "images", names[0])
 
 
-@pytest.mark.parametrize("name", ["labels.csv", "captions.txt", "labels.tsv"])
-def test_utf16_tables_are_one_error_saying_so(tmp_path, capsys, name):
-    # Excel's "Unicode Text" export: UTF-16 with a byte-order mark, which no reader can sniff as UTF-8.
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("labels.csv", "image\tcaption\r\na.jpg\ta dog\r\n"),
+        ("captions.txt", "image\tcaption\r\na.jpg\ta dog\r\n"),
+        ("labels.tsv", "image\tcaption\r\na.jpg\ta dog\r\n"),
+        ("captions.json", '{"images": [], "annotations": []}'),  # read whole, not sniffed: the same words
+        ("Flickr8k.token.txt", "a.jpg#0\ta dog\n"),
+    ],
+)
+def test_utf16_files_are_one_error_saying_so(tmp_path, capsys, name, text):
+    # Excel's "Unicode Text" export, PowerShell's default: UTF-16 with a byte-order mark, which no reader can read.
     table = tmp_path / name
-    table.write_text("image\tcaption\r\na.jpg\ta dog\r\n", encoding="utf-16")
+    table.write_text(text, encoding="utf-16")
     code, _, err = run_cli(["data", "check", str(table)], capsys)
     assert code == 1
     assert err.strip().splitlines() == [f"captionkit: error: {table}: UTF-16 text: save it as UTF-8"]

@@ -17,6 +17,7 @@ them (:func:`honour_umask`).
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import re
@@ -27,6 +28,15 @@ from typing import IO, Any
 from captionkit.errors import InputError, first_line
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+# Excel's "Unicode Text" and PowerShell's default: decoded as UTF-8 it would read as garbage from its first byte.
+UTF16_REASON = "UTF-16 text: save it as UTF-8"
+
+
+def is_utf16(head: bytes) -> bool:
+    """Whether bytes start with a UTF-16 byte-order mark."""
+    return head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
 
 
 def read_text(path: Path) -> str:
@@ -40,6 +50,8 @@ def read_text(path: Path) -> str:
         raise InputError(path, "not a file") from None
     except OSError as error:
         raise InputError(path, f"cannot read ({error.strerror or error})") from None
+    if is_utf16(data):
+        raise InputError(path, UTF16_REASON)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:

@@ -7,7 +7,6 @@ naming the file (and line, where there is one) and the reason.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import io
 import unicodedata
@@ -19,7 +18,7 @@ from typing import Any
 
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
-from captionkit.files import read_text
+from captionkit.files import UTF16_REASON, is_utf16, read_text
 from captionkit.jsontext import parse_json
 
 # Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
@@ -143,9 +142,8 @@ class Probe:
                 head = handle.read(limit)
         except OSError as error:
             raise InputError(self.path, f"cannot read ({error.strerror or error})") from None
-        if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-            # Excel's "Unicode Text" and PowerShell's default: sniffing it as UTF-8 would show a garbled header.
-            raise InputError(self.path, "UTF-16 text: save it as UTF-8")
+        if is_utf16(head):
+            raise InputError(self.path, UTF16_REASON)
         return head.split(b"\n", 1)[0].rstrip(b"\r").decode("utf-8-sig", errors="replace")
 
     def json(self) -> Any:
