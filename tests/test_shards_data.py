@@ -227,3 +227,12 @@ def test_img2dataset_sidecar_text_is_read_as_utf8_without_its_bom(tmp_path, phot
         (photos[2].stem, caption_of(2)),
     ]
     assert result.dropped == {f"{latin1}: not UTF-8 text (byte 0xe9 at offset 3)": 1}
+
+
+@pytest.mark.parametrize("forced", ["webdataset", "parquet"])
+def test_a_shard_format_forced_on_another_file_says_it_is_no_shard(tmp_path, forced):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a dog\n")
+    with pytest.raises(InputError) as caught:
+        load_dataset(f"{forced}:{notes}")
+    assert str(caught.value) == f"{notes}: not a shard: a WebDataset or Parquet shard is a .tar or .parquet file"

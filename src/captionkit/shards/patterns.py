@@ -86,4 +86,7 @@ def container_files(item: str | Path) -> list[Path]:
     for file in files:
         if not file.is_file():
             raise InputError(file, "no such file")
+        if file.suffix.lower() not in CONTAINER_SUFFIXES:  # a format forced on another file (webdataset:notes.txt)
+            expected = " or ".join(CONTAINER_SUFFIXES)
+            raise InputError(file, f"not a shard: a WebDataset or Parquet shard is a {expected} file")
     return files
