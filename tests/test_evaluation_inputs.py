@@ -136,7 +136,8 @@ def test_bad_reference_files(tmp_path: Path, content: bytes, message: str) -> No
     ("content", "message"),
     [
         (b"", "empty file"),
-        (b"\xff\xfe\x00{", "not UTF-8 text"),
+        (b"\xff\xfe\x00{", "UTF-16 text: save it as UTF-8"),
+        (b"\xe9t\xe9", "not UTF-8 text"),
         (b"[{", "invalid JSON"),
         (b"a dog\n", "not a candidates file"),
         (b'{"1": ["a dog"]}', "not a candidates file"),
