@@ -152,6 +152,19 @@ def test_shard_needs_output(job, capsys, monkeypatch):
     assert code == 1 and "needs --output" in err
 
 
+def test_a_torchrun_process_with_bad_images_exits_0_even_alone(job, tmp_path, capsys, monkeypatch):
+    """torchrun reports a nonzero exit as a crashed worker, even with --nproc-per-node 1 (as train): the bad images
+    are the output's error records and the summary line's count; merge (or reading the output) reports them."""
+    model, photos = job
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    code, _, err = run_cli(["caption", photos, "--model", model, *COMMON, "--output", tmp_path / "out.jsonl"], capsys)
+    assert code == 0, err
+    written = [read_jsonl(path) for path in tmp_path.glob("out*.jsonl")]
+    assert len(written) == 1 and len(written[0]) == 18 and sum("error" in r for r in written[0]) == 4
+    assert "4 errors" in err, err
+
+
 @pytest.mark.slow  # ~30 s on the shared 2-core machine: torchrun's agent and two ranks each import torch
 def test_torchrun_two_ranks_on_cpu_merge_to_the_one_process_result(job, tmp_path, capsys):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))

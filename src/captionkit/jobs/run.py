@@ -137,12 +137,12 @@ class CaptionJobOptions:
 
 @dataclass
 class JobOutcome:
-    """What a job did: this run's summary, the errors an interrupted run recorded before, and whether it ran as one
-    rank of several (torchrun)."""
+    """What a job did: this run's summary, the errors an interrupted run recorded before, and whether it ran under
+    torchrun."""
 
     summary: JobSummary
     earlier_errors: int
-    one_of_many_ranks: bool
+    under_torchrun: bool
     done_before: int = 0  # images of this share an earlier run (``--resume``) had already written
     load_seconds: float = 0.0  # loading the model and getting ready (``--batch-size auto``'s probe included)
     caption_seconds: float = 0.0  # from the first batch to the last record written: images / this is the job's rate
@@ -154,9 +154,10 @@ class JobOutcome:
 
     @property
     def partial(self) -> bool:
-        """Some images failed. A torchrun rank never says so: torchrun would stop the other ranks; their errors are
-        in the part files, and ``captionkit merge`` reports them."""
-        return not self.one_of_many_ranks and bool(self.summary.errors or self.earlier_errors)
+        """Some images failed. A torchrun process never says so (as ``train`` under torchrun): torchrun would report
+        it as a crashed worker and stop the other ranks; the errors are in the output (the part files), and
+        ``captionkit merge`` reports them."""
+        return not self.under_torchrun and bool(self.summary.errors or self.earlier_errors)
 
 
 @dataclass(frozen=True)
@@ -300,9 +301,8 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
                 )
     finally:
         writer.close()
-    one_of_many = plan.dist is not None and plan.dist.world_size > 1
     seconds = {"load_seconds": ready - started, "caption_seconds": time.perf_counter() - ready}
-    return JobOutcome(summary, counts.earlier_errors, one_of_many, counts.mine - counts.todo, **seconds)
+    return JobOutcome(summary, counts.earlier_errors, plan.dist is not None, counts.mine - counts.todo, **seconds)
 
 
 def _caption_on_ray(
