@@ -16,6 +16,7 @@ from _helpers import run_cli, save_tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
 from captionkit.evaluation import score_captions
+from captionkit.images.preprocessing import Preprocessing
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -189,6 +190,28 @@ def test_captions_are_the_same_whatever_the_batch_size(
         ] * 2
     code, out, err = run_cli([*args, "--batch-size", "0"], capsys)
     assert (code, out, err) == (1, "", "captionkit: error: --batch-size: must be at least 1, got 0\n")
+
+
+def test_models_that_read_images_alike_share_each_batchs_pixels(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two BLIPs preprocess alike: one batch is preprocessed once for both, and once more for the ViT-GPT2 whose
+    preprocessing differs; the captions are each model's own (as every test here checks)."""
+    loaded = {name: Captioner.from_pretrained(path, device="cpu").preprocessing for name, path in models.items()}
+    assert loaded["blip"] == loaded["other"] != loaded["vit"]
+    calls: list[Preprocessing] = []
+    original = Preprocessing.__call__
+
+    def counted(self: Preprocessing, images: Any) -> Any:
+        calls.append(self)
+        return original(self, images)
+
+    monkeypatch.setattr(Preprocessing, "__call__", counted)
+    args = ["compare", *PHOTOS, *(f"--model={name}={path}" for name, path in models.items()), "--max-length", "3"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert calls == [loaded["blip"], loaded["vit"]]
+    assert all(set(record["captions"]) == set(models) for record in records_of(out))
 
 
 def test_an_output_that_would_replace_an_input_or_the_other_output_is_refused_before_any_model_loads(

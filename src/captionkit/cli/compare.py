@@ -156,6 +156,7 @@ def _caption_all(
     import torch
 
     from captionkit.errors import ImageError
+    from captionkit.images.preprocessing import Preprocessing
     from captionkit.jobs.batch import caption_pixels
 
     loader = next(iter(captioners.values()))[0]
@@ -171,11 +172,15 @@ def _caption_all(
         positions = list(images)
         for position in positions:
             batch[position - start]["captions"] = {}
+        pixels_for: dict[Preprocessing, torch.Tensor] = {}  # models that read images alike share their pixels
         for name, (captioner, config) in captioners.items():
             if not positions:
                 break
-            pixels = torch.from_numpy(captioner.preprocessing(list(images.values())))
-            found = caption_pixels(captioner, pixels.to(captioner.device, captioner.dtype), positions, config)
+            prepare = captioner.preprocessing
+            if prepare not in pixels_for:
+                pixels_for[prepare] = torch.from_numpy(prepare(list(images.values())))
+            pixels = pixels_for[prepare].to(captioner.device, captioner.dtype)
+            found = caption_pixels(captioner, pixels, positions, config)
             for position, captions in zip(positions, found, strict=True):
                 batch[position - start]["captions"][name] = captions[0].caption
         records += batch
