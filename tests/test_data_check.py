@@ -303,6 +303,24 @@ def test_bad_split_options_are_one_line_naming_the_flag(flags, message, tmp_path
     assert err.startswith(f"captionkit: error: {message}") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("flags", "options", "reason"),
+    [
+        (["--val-fraction", "1.5"], "val=1.5", "must be in [0, 1), got 1.5"),
+        (["--test-fraction", "0.5", "--val-fraction", "0.5"], "test=0.5&val=0.5", "must sum below 1, got 0.5 + 0.5"),
+        (["--seed", "-1"], "seed=-1", "must be in [0, 4294967295], got -1"),
+    ],
+)
+def test_split_flags_and_the_specs_split_options_are_one_check(flags, options, reason, tmp_path, capsys):
+    table = tmp_path / "data.csv"
+    table.write_text("image,caption\na.jpg,a dog\n")
+    by_flags = run_cli(["data", "check", table, "--no-images", *flags], capsys)
+    by_spec = run_cli(["data", "check", f"{table}?{options}", "--no-images"], capsys)
+    assert by_flags[:2] == by_spec[:2] == (1, "")
+    assert by_flags[2].endswith(f": {reason}\n") and by_spec[2].endswith(f" {reason}\n")
+    assert by_spec[2].count("\n") == 1 and by_spec[2].startswith(f"captionkit: error: {table}?{options}: ")
+
+
 def test_split_all_and_split_aliases(capsys):
     spec = FLICKR / "dataset_flickr8k.json"
     whole = json.loads(run_cli(["data", "check", spec, "--no-images", "--json"], capsys)[1])

@@ -414,6 +414,46 @@ def test_a_misspelt_split_is_an_error_naming_the_line_not_captions_training_leav
     assert [r.split for r in load_records(table)] == ["train", "val", None]
 
 
+def test_karpathy_and_senticap_fields_of_the_wrong_type_are_named(tmp_path):
+    # A null cocoid made every such image the one image "None"; a number for filepath a folder "5/"; a raw that is
+    # no string read as "missing key 'tokens'".
+    karpathy = json.loads((FLICKR / "dataset_flickr8k.json").read_text(encoding="utf-8"))
+    path = tmp_path / "dataset_flickr8k.json"
+    for index, field, value, reason in [
+        (2, "cocoid", None, "'cocoid' must be int or str, got NoneType"),
+        (3, "filepath", 5, "'filepath' must be str, got int"),
+    ]:
+        broken = json.loads(json.dumps(karpathy))
+        broken["images"][index][field] = value
+        path.write_text(json.dumps(broken))
+        with pytest.raises(InputError) as caught:
+            load_records(path)
+        assert str(caught.value) == f"{path}: images[{index}]: {reason}"
+    karpathy["images"][4]["sentences"][1]["raw"] = 7
+    path.write_text(json.dumps(karpathy))
+    senticap = json.loads((SENTICAP / "senticap_subset.json").read_text(encoding="utf-8"))
+    senticap["images"][4]["sentences"][1]["raw"] = ["a", "dog"]
+    (tmp_path / "senticap.json").write_text(json.dumps(senticap))
+    for broken, reason in [(path, "got int"), (tmp_path / "senticap.json", "got list")]:
+        with pytest.raises(InputError) as caught:
+            load_records(broken)
+        assert str(caught.value) == f"{broken}: images[4].sentences[1]: 'raw' must be str, {reason}"
+
+
+def test_lines_of_only_spaces_in_a_csv_are_blank_lines_not_rows(tmp_path):
+    # An editor leaves them at the end of a file; they read as a row of one field ("expected 2 fields, got 1").
+    table = tmp_path / "t.csv"
+    table.write_text("image,caption\r\na.jpg,a dog\r\n  \r\nb.jpg,a cat\r\n \t\r\n")
+    assert [(r.image_id, r.caption) for r in load_records(table)] == [("a.jpg", "a dog"), ("b.jpg", "a cat")]
+    senticap = tmp_path / "senticap.csv"
+    senticap.write_text("filename,is_positive_sentiment,caption\na.jpg,1,a nice dog\n   \n")
+    assert [(r.caption, r.style) for r in load_records(senticap)] == [("a nice dog", "positive")]
+    table.write_text("image,caption\na.jpg,a dog\n  \nb.jpg\n")  # a short row still names its line
+    with pytest.raises(InputError) as caught:
+        load_records(table)
+    assert str(caught.value) == f"{table}:4: expected 2 fields, got 1"
+
+
 def test_senticap_json_whose_first_image_has_no_sentences_keeps_its_sentiments(tmp_path):
     # Only a sentence's sentiment tells SentiCap from Karpathy's outline: an empty first entry must not hide it.
     document = json.loads((SENTICAP / "senticap_subset.json").read_text(encoding="utf-8"))
@@ -447,7 +487,8 @@ def test_non_utf8_file(tmp_path):
     [
         ("yaml:{dir}/x.yaml", "unknown format 'yaml'"),
         ("{dir}/data.csv?colour=red", "unknown option 'colour'"),
-        ("{dir}/data.csv?val=1.5", "val must be a fraction in [0, 1)"),
+        ("{dir}/data.csv?val=1.5", "val must be in [0, 1), got 1.5"),
+        ("{dir}/data.csv?val=x", "val must be a fraction in [0, 1), got 'x'"),
         ("{dir}/data.csv?seed=x", "seed must be an integer"),
         ("{dir}/data.csv?images={dir}/nowhere", "image root is not a directory"),
         ("{dir}/missing.csv", "no such file or directory"),
@@ -460,6 +501,25 @@ def test_bad_specs(tmp_path, spec, message):
     with pytest.raises(InputError) as caught:
         load_records(spec.format(dir=tmp_path))
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ("val=0.6&test=0.5", "val and test must sum below 1, got 0.6 + 0.5"),  # was a ValueError from assign_splits
+        ("test=nan", "test must be in [0, 1), got nan"),
+        ("seed=-1", "seed must be in [0, 4294967295], got -1"),  # as --seed and train.seed take
+        ("seed=4294967296", "seed must be in [0, 4294967295], got 4294967296"),
+        ("seed=--3", "seed must be an integer, got '--3'"),  # int() raised a ValueError: a traceback
+        ("seed=\u00b2", "seed must be an integer, got '\u00b2'"),
+    ],
+)
+def test_spec_split_options_are_checked_as_data_checks_flags_are(tmp_path, options, message):
+    (tmp_path / "data.csv").write_text("image,caption\na.jpg,x\n")
+    with pytest.raises(InputError) as caught:
+        load_records(f"{tmp_path}/data.csv?{options}")
+    assert str(caught.value) == f"{tmp_path}/data.csv?{options}: {message}"
+    assert parse_spec(f"{tmp_path}/data.csv?seed=+7&val=0.5&test=0.25").seed == 7
 
 
 def test_parse_spec_keeps_unknown_prefixes_that_are_paths(tmp_path):

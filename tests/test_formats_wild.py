@@ -17,6 +17,7 @@ from captionkit.data.formats.base import ImageResolver
 from captionkit.data.formats.senticap import coco_aliases
 from captionkit.data.sources import load_dataset
 from captionkit.data.splits import assign_splits, split_by_image
+from captionkit.errors import InputError
 
 FLICKR_IMAGES = SHARED_DATA / "flickr8k" / "Images"
 
@@ -76,6 +77,33 @@ def test_kaggle_flickr30k_results_csv_finds_photos_in_the_flickr30k_images_folde
     assert {r.image_path for r in result.records} == {folder / "flickr30k_images" / name for name in names}
     assert all(r.image_path.is_file() for r in result.records)
     assert result.records[0].caption == "A dog , running ."
+
+
+def test_kaggle_flickr30k_results_csv_keeps_quotes_and_mends_the_row_that_lost_a_separator(tmp_path):
+    # results.csv is no quoted CSV: a quote belongs to its caption. Its line 19999 lost the "| " after the number.
+    names = flickr_photos(tmp_path / "flickr30k_images", 2)
+    rows = [
+        f'{names[0]}| 0| "A man" said the sign .',
+        f'{names[0]}| 1|"Stop" , says a sign with an open quote " .',
+        f"{names[0]}| 2| A sign reads a | b .",
+        f"{names[1]}| 4   A dog runs across the grass .",
+        f"{names[1]}| 3 2 dogs play .",
+    ]
+    table = tmp_path / "results.csv"
+    table.write_bytes(("\ufeffimage_name| comment_number| comment\r\n" + "\r\n".join(rows) + "\r\n\r\n").encode())
+    result = load_dataset(table)
+    assert [(r.image_path, r.caption) for r in result.records] == [
+        (tmp_path / "flickr30k_images" / names[0], '"A man" said the sign .'),
+        (tmp_path / "flickr30k_images" / names[0], '"Stop" , says a sign with an open quote " .'),
+        (tmp_path / "flickr30k_images" / names[0], "A sign reads a | b ."),
+        (tmp_path / "flickr30k_images" / names[1], "A dog runs across the grass ."),
+        (tmp_path / "flickr30k_images" / names[1], "2 dogs play ."),
+    ]
+    # A row short of a field with no number to mend it by is one error naming its line.
+    table.write_text(f"image_name| comment_number| comment\n{names[0]}| 0| a dog\n{names[1]}| a dog .\n")
+    with pytest.raises(InputError) as caught:
+        load_dataset(table)
+    assert str(caught.value) == f"{table}:3: expected 3 fields, got 2"
 
 
 def test_windows_backslash_paths_with_bom_and_crlf(tmp_path):

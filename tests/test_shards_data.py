@@ -229,6 +229,40 @@ def test_img2dataset_sidecar_text_is_read_as_utf8_without_its_bom(tmp_path, phot
     assert result.dropped == {f"{latin1}: not UTF-8 text (byte 0xe9 at offset 3)": 1}
 
 
+def test_img2dataset_sidecar_of_only_whitespace_holds_no_caption_as_an_empty_one_does(tmp_path, photos):
+    """Such a .txt is no broken file ('empty file' dropped its sample, and lost the .json's caption): its sample
+    reads as one without a .txt, the .json's caption else a sample without a caption, as a 0-byte .txt does."""
+    files = write_files_layout(photos[:4], tmp_path / "files", per_folder=4)
+    folder = files / "00000"
+    (folder / f"{photos[0].stem}.txt").write_text(" \r\n\t\n")  # the .json still holds its caption
+    for index in (1, 2):  # nothing anywhere: whitespace, and a 0-byte file as img2dataset writes
+        (folder / f"{photos[index].stem}.txt").write_text(" \n" if index == 1 else "")
+        (folder / f"{photos[index].stem}.json").write_text(json.dumps({"key": photos[index].stem}))
+    result = load_dataset(files)
+    assert [(r.image_id, r.caption) for r in result.records] == [
+        (photos[0].stem, caption_of(0)),
+        (photos[3].stem, caption_of(3)),
+    ]
+    assert result.dropped == {"sample without a caption": 2}
+
+
+def test_img2dataset_broken_json_sidecar_is_counted_but_keeps_the_captions_of_its_txt(tmp_path, photos):
+    # As a tar's unreadable .json member: the .txt captions were read, so the sample was lost for nothing.
+    files = write_files_layout(photos[:3], tmp_path / "files", per_folder=3)
+    folder = files / "00000"
+    empty, broken = folder / f"{photos[0].stem}.json", folder / f"{photos[1].stem}.json"
+    empty.write_text("")
+    broken.write_text("{")
+    (folder / f"{photos[1].stem}.txt").write_text("")  # nothing else to caption it: dropped, counted once
+    result = load_dataset(files)
+    assert [(r.image_id, r.caption) for r in result.records] == [
+        (photos[0].stem, caption_of(0)),
+        (photos[2].stem, caption_of(2)),
+    ]
+    bad_json = f"{broken}: invalid JSON: Expecting property name enclosed in double quotes (column 2)"
+    assert result.dropped == {f"{empty}: empty file": 1, bad_json: 1}
+
+
 @pytest.mark.parametrize("forced", ["webdataset", "parquet"])
 def test_a_shard_format_forced_on_another_file_says_it_is_no_shard(tmp_path, forced):
     notes = tmp_path / "notes.txt"

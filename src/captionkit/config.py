@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from captionkit.data.splits import MAX_SEED
 from captionkit.errors import ConfigError, first_line
 
 T = TypeVar("T")
@@ -158,8 +159,6 @@ class ScstSection:
 
 
 SCST_BASELINES = ("mean", "greedy")
-# The seeds numpy takes (training seeds python, numpy and torch from train.seed).
-MAX_SEED = 2**32 - 1
 OBJECTIVES = ("xe", "scst")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")

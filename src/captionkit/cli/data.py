@@ -16,6 +16,13 @@ app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
 _SHOWN = 10  # problems listed one per line in the text output; --json has them all
 _SPLITS = ("train", "val", "test")
+# splitting_problem's names of the options -> the flags that give them here.
+_SPLITTING_FLAGS = {
+    "val": "--val-fraction",
+    "test": "--test-fraction",
+    "val and test": "--val-fraction and --test-fraction",
+    "seed": "--seed",
+}
 
 
 @app.callback()
@@ -91,17 +98,14 @@ def _split_option(split: str | None) -> str | None:
 
 def _splitting_options(val_fraction: float | None, test_fraction: float | None, seed: int | None) -> _Splitting:
     """The split options, checked here so that a bad one is named before any data is read."""
-    from captionkit.config import MAX_SEED
+    from captionkit.data.splits import splitting_problem
 
     val = DataSection.val_fraction if val_fraction is None else val_fraction
     test = 0.0 if test_fraction is None else test_fraction
-    for flag, value in (("--val-fraction", val), ("--test-fraction", test)):
-        if not 0.0 <= value < 1.0:
-            fail(f"{flag}: must be in [0, 1), got {value:g}")
-    if val + test >= 1.0:
-        fail(f"--val-fraction and --test-fraction: must sum below 1, got {val:g} + {test:g}")
-    if seed is not None and not 0 <= seed <= MAX_SEED:  # a training run's train.seed takes no other
-        fail(f"--seed: must be in [0, {MAX_SEED}], got {seed}")
+    problem = splitting_problem(val, test, seed)
+    if problem is not None:
+        option, reason = problem
+        fail(f"{_SPLITTING_FLAGS[option]}: {reason}")
     flags = (("--val-fraction", val_fraction), ("--test-fraction", test_fraction), ("--seed", seed))
     given = tuple(flag for flag, value in flags if value is not None)
     return _Splitting(val, test, 0 if seed is None else seed, given)

@@ -18,13 +18,14 @@ Without ``val``/``test``, records whose data give no split keep ``split=None`` a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from captionkit.data.formats import coco, detect, format_names, get_format
 from captionkit.data.formats.base import Probe, ReadOptions
 from captionkit.data.records import CaptionRecord
-from captionkit.data.splits import assign_splits
+from captionkit.data.splits import assign_splits, splitting_problem
 from captionkit.errors import InputError
 from captionkit.shards import is_container_input
 
@@ -90,24 +91,27 @@ def _parse_options(query: str, spec: str) -> dict:
         elif key in ("val", "test"):
             options[f"{key}_fraction"] = _fraction(value, key, spec)
         elif key == "seed":
-            if not value.lstrip("-").isdigit():
+            if _INTEGER.fullmatch(value) is None:  # not int(): it takes "1_000", " 3" and other digits than 0-9
                 raise InputError(spec, f"seed must be an integer, got {value!r}")
             options["seed"] = int(value)
         else:
             raise InputError(spec, f"unknown option {key!r} (options: {', '.join(OPTION_KEYS)})")
+    problem = splitting_problem(options.get("val_fraction"), options.get("test_fraction"), options.get("seed"))
+    if problem is not None:
+        raise InputError(spec, f"{problem[0]} {problem[1]}")
     if roots:
         options["image_roots"] = tuple(roots)
     return options
 
 
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
 def _fraction(value: str, key: str, spec: str) -> float:
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise InputError(spec, f"{key} must be a fraction in [0, 1), got {value!r}") from None
-    if not 0.0 <= number < 1.0:
-        raise InputError(spec, f"{key} must be a fraction in [0, 1), got {value!r}")
-    return number
 
 
 def load_dataset(spec: str | Path | DataSpec) -> LoadResult:

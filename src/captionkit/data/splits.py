@@ -9,8 +9,30 @@ from collections.abc import Collection, Sequence
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
 
+#: The largest seed of a split by image, and of a training run (``train.seed``): numpy's generator, seeded from it,
+#: takes no other. ``data check`` and a spec's ``seed=`` take the seeds a run can split with.
+MAX_SEED = 2**32 - 1
+
 # The split names that mean validation data.
 VAL_SPLITS = frozenset({"val", "dev", "validation"})
+
+
+def splitting_problem(
+    val_fraction: float | None, test_fraction: float | None, seed: int | None = None
+) -> tuple[str, str] | None:
+    """The first of the options that split data by image that cannot be used, as ``(option, reason)``: option
+    ``"val"``, ``"test"``, ``"val and test"`` (their sum) or ``"seed"``; ``None`` when every one given (not
+    ``None``) can. The one check of a spec's ``val=``/``test=``/``seed=`` and of ``data check``'s flags, each
+    naming the option as its user spells it."""
+    for option, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if fraction is not None and not 0.0 <= fraction < 1.0:
+            return option, f"must be in [0, 1), got {fraction:g}"
+    val, test = val_fraction or 0.0, test_fraction or 0.0
+    if val + test >= 1.0:
+        return "val and test", f"must sum below 1, got {val:g} + {test:g}"
+    if seed is not None and not 0 <= seed <= MAX_SEED:  # a training run's train.seed takes no other
+        return "seed", f"must be in [0, {MAX_SEED}], got {seed}"
+    return None
 
 
 def _unit_interval(image_id: str, seed: int) -> float:
@@ -58,9 +80,9 @@ def assign_splits(
     The same hash as :func:`split_by_image` (with ``test_fraction`` 0 an image lands in val exactly when
     ``split_by_image`` would put it there), so ``data check`` shows the split a training run will use.
     """
-    if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 or val_fraction + test_fraction >= 1.0:
-        fractions = f"{val_fraction}, {test_fraction}"
-        raise ValueError(f"val and test fractions must be in [0, 1) and sum below 1, got {fractions}")
+    problem = splitting_problem(val_fraction, test_fraction)
+    if problem is not None:
+        raise ValueError(f"{problem[0]} fraction {problem[1]}")
     assigned = []
     given = _given_splits(records)
     for record in records:

@@ -18,7 +18,7 @@ from typing import Any
 
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
-from captionkit.files import UTF16_REASON, is_utf16, read_text
+from captionkit.files import UTF16_REASON, is_utf16, read_text, text_lines
 from captionkit.jsontext import parse_json
 
 # Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
@@ -154,13 +154,15 @@ class Probe:
 
 
 def csv_rows(probe: Probe, delimiter: str = ",") -> Iterator[tuple[list[str], str]]:
-    """Each row of a CSV file with ``path:line`` (the line it ends on). Strict: a quote left open is one error naming
-    the line its row starts on, where the csv module's default would swallow the rest of the file into one field."""
+    """Each row of a CSV file with ``path:line`` (the line it ends on); a blank line (nothing, or only spaces, as an
+    editor leaves at the end) is no row. Strict: a quote left open is one error naming the line its row starts on,
+    where the csv module's default would swallow the rest of the file into one field."""
     rows = csv.reader(io.StringIO(probe.text(), newline=""), delimiter=delimiter, strict=True)
     start = 1  # the line the row being read starts on
     try:
         for fields in rows:
-            yield fields, f"{probe.path}:{rows.line_num}"
+            if len(fields) > 1 or (fields and fields[0].strip()):
+                yield fields, f"{probe.path}:{rows.line_num}"
             start = rows.line_num + 1
     except csv.Error as error:
         if str(error) == "unexpected end of data":
@@ -169,6 +171,22 @@ def csv_rows(probe: Probe, delimiter: str = ",") -> Iterator[tuple[list[str], st
         else:
             reason = f"malformed CSV at line {rows.line_num} ({error}); is a quote in this row left open?"
         raise InputError(f"{probe.path}:{start}", reason) from None
+
+
+def sidecar_lines(path: Path) -> list[str]:
+    """The non-blank lines of the caption file ``path`` beside an image, stripped. One that is empty or holds only
+    whitespace holds no caption (img2dataset writes an empty one for an image without a caption), which is not a
+    broken file; one that cannot be read (not UTF-8, UTF-16, unreadable) is an :class:`InputError` naming it."""
+    try:
+        text = read_text(path)
+    except InputError as error:
+        if error.reason != _EMPTY_FILE:
+            raise
+        return []
+    return [line.strip() for line in text_lines(text) if line.strip()]
+
+
+_EMPTY_FILE = "empty file"  # read_text's reason for a file of nothing but whitespace
 
 
 def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -182,6 +200,15 @@ def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str
         expected = " or ".join(k.__name__ for k in _as_tuple(kind))
         raise InputError(where, f"{key!r} must be {expected}, got {type(value).__name__}")
     return value
+
+
+def sentence_text(sentence: Any, where: str) -> str:
+    """The caption of a Karpathy or SentiCap sentence: its ``raw`` text, else its ``tokens`` joined by spaces. A
+    ``raw`` that is there but no string is an error saying so (not that ``tokens`` is missing)."""
+    if isinstance(sentence, dict) and sentence.get("raw") is not None:
+        return require(sentence, "raw", str, where)
+    tokens = require(sentence, "tokens", list, where)
+    return " ".join(str(token) for token in tokens)
 
 
 def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:

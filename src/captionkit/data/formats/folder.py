@@ -17,9 +17,9 @@ from captionkit.data.formats.base import (
     Probe,
     ReadOptions,
     ReadResult,
+    sidecar_lines,
 )
 from captionkit.errors import InputError
-from captionkit.files import read_text, text_lines
 from captionkit.shards.patterns import IMAGE_SUFFIXES
 
 NO_SIDECAR = "image without a caption file"
@@ -50,12 +50,7 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         relative = image.relative_to(directory)
         top = relative.parts[0].lower() if len(relative.parts) > 1 else ""
         split = SPLIT_ALIASES.get(top) if top != "restval" else None
-        try:
-            lines = [line for line in text_lines(read_text(sidecar)) if line.strip()]
-        except InputError as error:
-            if error.reason != "empty file":
-                raise
-            lines = []
+        lines = sidecar_lines(sidecar)
         if not lines:
             collector.drop(EMPTY_CAPTION)
         for line in lines:

@@ -22,6 +22,7 @@ from captionkit.data.formats.base import (
     first_sentence,
     pick_root,
     require,
+    sentence_text,
 )
 from captionkit.data.formats.senticap import coco_aliases
 from captionkit.errors import InputError
@@ -81,25 +82,19 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
     for index, image in enumerate(document["images"]):
         where = f"{path}: images[{index}]"
         name = require(image, "filename", str, where)
-        folder = image.get("filepath") or ""
+        folder = require(image, "filepath", str, where) if image.get("filepath") is not None else ""
         entries.append((where, image, f"{folder}/{name}" if folder else name))
     # dataset_coco.json names the 2014 files; whoever has only COCO 2017 (the same photos, renamed) gives
     # ?images=train2017&images=val2017 and each image is found under its 2017 name.
     resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options), coco_aliases)
     for where, image, relative in entries:
         split = check_split(require(image, "split", str, where), where)
-        image_id = str(image.get("cocoid", image["filename"]))
+        # A null cocoid would make every such image one image "None" (a split by image would keep them together).
+        image_id = str(require(image, "cocoid", (int, str), where) if "cocoid" in image else image["filename"])
         sentences = require(image, "sentences", list, where)
         if not sentences:
             collector.drop(NO_SENTENCES)
         for number, sentence in enumerate(sentences):
-            caption = _sentence_text(sentence, f"{where}.sentences[{number}]")
+            caption = sentence_text(sentence, f"{where}.sentences[{number}]")
             collector.add(resolve(relative), caption, image_id, split=split)
     return collector.result(path)
-
-
-def _sentence_text(sentence: Any, where: str) -> str:
-    if isinstance(sentence, dict) and isinstance(sentence.get("raw"), str):
-        return sentence["raw"]
-    tokens = require(sentence, "tokens", list, where)
-    return " ".join(str(token) for token in tokens)

@@ -27,6 +27,7 @@ from captionkit.data.formats.base import (
     csv_rows,
     first_sentence,
     require,
+    sentence_text,
 )
 from captionkit.errors import InputError
 
@@ -116,8 +117,7 @@ def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> No
             sentiment = require(sentence, "sentiment", (int, str), here)
             if sentiment not in SENTIMENTS:
                 raise InputError(here, f"sentiment must be 1 (positive) or 0 (negative), got {sentiment!r}")
-            raw = sentence.get("raw")
-            caption = raw if isinstance(raw, str) else " ".join(map(str, require(sentence, "tokens", list, here)))
+            caption = sentence_text(sentence, here)
             collector.add(resolve(name), caption, coco_image_id(name), SENTIMENTS[sentiment], split)
 
 

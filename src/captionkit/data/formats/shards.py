@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResult
+from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResult, sidecar_lines
 from captionkit.errors import InputError
-from captionkit.files import read_text, text_lines
+from captionkit.files import read_text
 from captionkit.jsontext import parse_json
 from captionkit.shards import container_files, directory_containers, iter_samples, sample_captions
 from captionkit.shards.patterns import IMAGE_SUFFIXES
@@ -82,10 +82,19 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
     for folder in _numbered_folders(probe.path):
         for image in _images(folder):
             try:
-                captions = sample_captions(_sidecar_lines(image), _sidecar_json(image.with_suffix(".json")))
-            except InputError as error:  # one bad sidecar drops its sample, as an unreadable tar member does
+                lines = _sidecar_lines(image)
+            except InputError as error:  # its captions are unknown: the sample is dropped, counted by the reason
                 collector.drop(str(error))
                 continue
+            try:
+                meta = _sidecar_json(image.with_suffix(".json"))
+            except InputError as error:
+                # Counted, as a tar's unreadable .json member is; the captions of its .txt are still good.
+                collector.drop(str(error))
+                if not lines:
+                    continue
+                meta = {}
+            captions = sample_captions(lines, meta)
             if not captions:
                 collector.drop(NO_CAPTION)
             for caption in captions:
@@ -94,10 +103,10 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
 
 
 def _sidecar_lines(image: Path) -> tuple[str, ...]:
+    """The captions of ``KEY.txt``; none when there is none, or it holds no caption (empty, or only whitespace), so
+    that ``KEY.json``'s caption is used, as a WebDataset sample's is without a ``.txt`` member."""
     path = image.with_suffix(".txt")
-    if not path.is_file() or path.stat().st_size == 0:  # img2dataset writes an empty one for an empty caption
-        return ()
-    return tuple(line.strip() for line in text_lines(read_text(path)) if line.strip())
+    return tuple(sidecar_lines(path)) if path.is_file() else ()
 
 
 def _sidecar_json(path: Path) -> dict:

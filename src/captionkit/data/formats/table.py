@@ -1,22 +1,24 @@
 """Tables of captions: CSV/TSV (Kaggle's Flickr ``captions.txt`` among them) and JSONL (captionkit's own
 ``captions.jsonl``, which the synthetic scenes write).
 
-Columns (CSV header names or JSONL keys): ``image`` and ``caption``, optionally ``style`` (neutral, positive,
-negative), ``split`` and ``image_id``. Other common names are accepted too: ``image_name``, ``filename``,
-``file_name``, ``path`` and ``image_path`` for ``image``; ``comment``, ``text`` and ``sentence`` for ``caption``
-(Hugging Face ImageFolder's ``metadata.jsonl`` is ``file_name, text``); ``comment_number`` and ``score`` are
-ignored, and the ``|`` separator of Kaggle's Flickr30k ``results.csv`` is read. The results ``captionkit caption``
-writes read as pseudo-labels: each image's best ``caption`` (``score`` and the n-best ``captions`` ignored), and its
-``error`` records dropped and counted. Any other column is an error, so that a misspelt ``style`` is not silently
-lost. Image paths (``/`` or Windows ``\\`` separators, absolute or relative) are relative to the file, or to an
-image folder beside it (``Images/``, ``flickr30k_images/``, ... as Kaggle lays Flickr out), or, when the first
-images are found from there only, to the working directory, unless image roots are given. ``image_id`` defaults
-to the image path as written, with ``/`` separators and NFC Unicode.
+Columns (CSV header names or JSONL keys): ``image`` and ``caption``, optionally ``style`` (neutral, positive, negative),
+``split`` and ``image_id``. Other common names are accepted too: ``image_name``, ``filename``, ``file_name``, ``path``
+and ``image_path`` for ``image``; ``comment``, ``text`` and ``sentence`` for ``caption`` (Hugging Face ImageFolder's
+``metadata.jsonl`` is ``file_name, text``); ``comment_number`` and ``score`` are ignored, and the ``|`` separator of
+Kaggle's Flickr30k ``results.csv`` is read (such a table is not CSV-quoted: quotes are kept as part of the caption; a
+row whose ``comment_number`` runs into its caption is mended). The results ``captionkit caption`` writes read as
+pseudo-labels: each image's best ``caption`` (``score`` and the n-best ``captions`` ignored), and its ``error`` records
+dropped and counted. Any other column is an error, so that a misspelt ``style`` is not silently lost. Image paths (``/``
+or Windows ``\\`` separators, absolute or relative) are relative to the file, or to an image folder beside it
+(``Images/``, ``flickr30k_images/``, ... as Kaggle lays Flickr out), or, when the first images are found from there
+only, to the working directory, unless image roots are given. ``image_id`` defaults to the image path as written, with
+``/`` separators and NFC Unicode.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -35,6 +37,7 @@ from captionkit.data.formats.base import (
 from captionkit.data.formats.karpathy import image_folders
 from captionkit.data.records import check_style, json_objects
 from captionkit.errors import InputError
+from captionkit.files import text_lines
 
 ALIASES = {
     "image": "image",
@@ -75,8 +78,8 @@ def _columns(names: list[str], where: object) -> dict[int, str] | None:
     return columns
 
 
-def _header(probe: Probe) -> tuple[str, dict[int, str], int]:
-    """(delimiter, columns, number of fields) of a table's header line."""
+def _header(probe: Probe) -> tuple[str, dict[int, str], list[str]]:
+    """(delimiter, columns, names of the fields, lower-cased) of a table's header line."""
     header = probe.first_line()
     if not header.strip() and probe.path.is_file() and probe.path.stat().st_size == 0:
         raise InputError(probe.path, f"empty file ({EXPECTED} in a header row, then a row per caption)")
@@ -85,7 +88,7 @@ def _header(probe: Probe) -> tuple[str, dict[int, str], int]:
         names = next(csv.reader([header], delimiter=delimiter))
         columns = _columns(names, probe.path)
         if columns is not None:
-            return delimiter, columns, len(names)
+            return delimiter, columns, [name.strip().lower() for name in names]
     raise InputError(probe.path, f"no image and caption columns in header {header[:80]!r} ({EXPECTED})")
 
 
@@ -165,17 +168,45 @@ def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], w
 def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
     if probe.path.is_dir():
         probe = Probe(_one(probe.path, _csv_files(probe.path), "caption table (*.csv, *.tsv, captions.txt)"))
-    delimiter, columns, width = _header(probe)
-    rows = csv_rows(probe, delimiter)
+    delimiter, columns, names = _header(probe)
+    width = len(names)
+    rows = _pipe_rows(probe, width, columns) if delimiter == "|" else csv_rows(probe, delimiter)
     next(rows)
     parsed: list[tuple[dict[str, object], str]] = []
     for fields, where in rows:
         if not fields or fields == [""]:
             continue
+        if len(fields) == width - 1:
+            fields = _unfused(fields, names)
         if len(fields) != width:
             raise InputError(where, f"expected {width} fields, got {len(fields)}")
         parsed.append(({column: fields[index].strip() for index, column in columns.items()}, where))
     return _collect(probe.path, parsed, options)
+
+
+def _pipe_rows(probe: Probe, width: int, columns: dict[int, str]) -> Iterator[tuple[list[str], str]]:
+    """The rows of a ``|``-separated table (Kaggle's Flickr30k ``results.csv``) with ``path:line``. Such a file is not
+    CSV-quoted: a quote is part of the caption (``"A man" said the sign .``), kept as written, where the csv module
+    would read it as an open quote. A caption in the last column keeps any ``|`` it holds."""
+    last_is_caption = columns.get(width - 1) == "caption"
+    for number, line in enumerate(text_lines(probe.text()), start=1):
+        fields = line.split("|", width - 1) if last_is_caption else line.split("|")
+        yield ([] if not line.strip() else fields), f"{probe.path}:{number}"
+
+
+_FUSED_NUMBER = re.compile(r"\s*(\d+)\s+(\S.*)")
+
+
+def _unfused(fields: list[str], names: list[str]) -> list[str]:
+    """A row one field short whose ``comment_number`` field runs into its caption (``2199200615.jpg| 4 A dog runs
+    across the grass .``: a line of Kaggle's Flickr30k ``results.csv`` lost its separator) as the two fields it
+    should be; any other row as it is."""
+    if "comment_number" not in names or names.index("comment_number") + 1 >= len(names):
+        return fields
+    at = names.index("comment_number")
+    if ALIASES.get(names[at + 1]) != "caption" or (match := _FUSED_NUMBER.fullmatch(fields[at])) is None:
+        return fields
+    return [*fields[:at], match[1], match[2], *fields[at + 1 :]]
 
 
 def read_jsonl(probe: Probe, options: ReadOptions) -> ReadResult:
