@@ -440,6 +440,25 @@ def test_karpathy_and_senticap_fields_of_the_wrong_type_are_named(tmp_path):
         assert str(caught.value) == f"{broken}: images[4].sentences[1]: 'raw' must be str, {reason}"
 
 
+@pytest.mark.parametrize(
+    ("source", "key"),
+    [
+        (COCO / "captions_val2017_subset.json", "file_name"),
+        (FLICKR / "dataset_flickr8k.json", "filename"),
+        (SENTICAP / "senticap_subset.json", "filename"),
+    ],
+    ids=["coco", "karpathy", "senticap"],
+)
+def test_an_empty_image_file_name_is_named_not_read_as_the_image_folder(tmp_path, source, key):
+    document = json.loads(source.read_text(encoding="utf-8"))
+    document["images"][1][key] = " "
+    path = tmp_path / source.name
+    path.write_text(json.dumps(document))
+    with pytest.raises(InputError) as caught:
+        load_records(path)
+    assert str(caught.value) == f"{path}: images[1]: {key!r} is empty: it names no image file"
+
+
 def test_lines_of_only_spaces_in_a_csv_are_blank_lines_not_rows(tmp_path):
     # An editor leaves them at the end of a file; they read as a row of one field ("expected 2 fields, got 1").
     table = tmp_path / "t.csv"

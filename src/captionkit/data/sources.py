@@ -57,7 +57,6 @@ class LoadResult:
     path: Path
     files: list[Path]
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count (empty captions, ...)
-    splits_assigned: int = 0  # records that had no split and got one from the spec's val/test fractions
 
 
 def parse_spec(spec: str | Path) -> DataSpec:

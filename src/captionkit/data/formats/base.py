@@ -202,6 +202,15 @@ def require(mapping: object, key: str, kind: type | tuple[type, ...], where: str
     return value
 
 
+def require_file_name(mapping: object, key: str, where: str) -> str:
+    """``mapping[key]``, the name of an image file: a string that is not empty (an empty one would name the image
+    folder itself)."""
+    name = require(mapping, key, str, where)
+    if not name.strip():
+        raise InputError(where, f"{key!r} is empty: it names no image file")
+    return name
+
+
 def sentence_text(sentence: Any, where: str) -> str:
     """The caption of a Karpathy or SentiCap sentence: its ``raw`` text, else its ``tokens`` joined by spaces. A
     ``raw`` that is there but no string is an error saying so (not that ``tokens`` is missing)."""

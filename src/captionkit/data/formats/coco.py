@@ -17,7 +17,16 @@ import re
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.formats.base import Collector, ImageResolver, Probe, ReadOptions, ReadResult, pick_root, require
+from captionkit.data.formats.base import (
+    Collector,
+    ImageResolver,
+    Probe,
+    ReadOptions,
+    ReadResult,
+    pick_root,
+    require,
+    require_file_name,
+)
 from captionkit.errors import InputError
 
 _SPLIT_TAG = re.compile(r"(?:^|_)(?P<tag>(?P<split>train|val|test)(?:\d{4})?)(?:_|$)")
@@ -101,7 +110,7 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
     for index, image in enumerate(document["images"]):
         where = f"{path}: images[{index}]"
         image_id = str(require(image, "id", (int, str), where))
-        file_name = require(image, "file_name", str, where)
+        file_name = require_file_name(image, "file_name", where)
         known = file_names.setdefault(image_id, file_name)
         if known != file_name:
             reason = f"id {image_id!r} is also the id of {known} (images[{first_index[image_id]}]), not of {file_name}"

@@ -22,6 +22,7 @@ from captionkit.data.formats.base import (
     first_sentence,
     pick_root,
     require,
+    require_file_name,
     sentence_text,
 )
 from captionkit.data.formats.senticap import coco_aliases
@@ -81,7 +82,7 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
     entries = []
     for index, image in enumerate(document["images"]):
         where = f"{path}: images[{index}]"
-        name = require(image, "filename", str, where)
+        name = require_file_name(image, "filename", where)
         folder = require(image, "filepath", str, where) if image.get("filepath") is not None else ""
         entries.append((where, image, f"{folder}/{name}" if folder else name))
     # dataset_coco.json names the 2014 files; whoever has only COCO 2017 (the same photos, renamed) gives

@@ -27,6 +27,7 @@ from captionkit.data.formats.base import (
     csv_rows,
     first_sentence,
     require,
+    require_file_name,
     sentence_text,
 )
 from captionkit.errors import InputError
@@ -104,7 +105,7 @@ def _read_json(probe: Probe, resolve: ImageResolver, collector: Collector) -> No
         raise InputError(probe.path, "not SentiCap JSON (expected 'images' with 'sentences' that carry 'sentiment')")
     for index, image in enumerate(probe.json()["images"]):
         where = f"{probe.path}: images[{index}]"
-        name = require(image, "filename", str, where)
+        name = require_file_name(image, "filename", where)
         split = image.get("split")
         if split is not None and not isinstance(split, str):
             raise InputError(where, f"'split' must be a string, got {type(split).__name__}")
