@@ -126,11 +126,9 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
     result = chosen.read(probe, ReadOptions(parsed.image_roots))
     records = result.records
-    assigned = 0
     if parsed.assigns_splits:
-        assigned = sum(record.split is None for record in records)
         records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
-    return LoadResult(records, chosen.name, path, result.files, result.dropped, assigned)
+    return LoadResult(records, chosen.name, path, result.files, result.dropped)
 
 
 def separate_datasets(spec: str) -> list[str]:
