@@ -154,6 +154,45 @@ def test_unsplit_data_is_split_as_the_models_training_run_split_it(scenes, model
     assert "using the split of the model's training run (0.3 of the images held out as val, seed 3)" in err
 
 
+def test_by_default_a_runs_own_unsplit_data_is_evaluated_on_the_images_it_held_out(scenes, model_dir, tmp_path, capsys):
+    """The run trained on the other images: evaluating them all reported its training images' scores unasked. Data
+    the run never read stays whole by default (the run's split means nothing there)."""
+    records = [dataclasses.replace(r, split=None) for r in load_records(scenes)]
+    data = write_jsonl(records, tmp_path / "unsplit.jsonl")
+    other = write_jsonl(records, tmp_path / "other.jsonl")  # the same captions, but not the file the run read
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir)
+    saved = {"data": {"train": str(data), "val_fraction": 0.3, "val": ""}, "train": {"seed": 3}}
+    (run_dir / "train_config.json").write_text(json.dumps(saved))
+    args = ["evaluate", "--model", str(run_dir), "--beams", "1", "--max-length", "4", "--metrics", "BLEU"]
+    code, out, err = run_cli([*args, "--data", str(data)], capsys)
+    assert code == 0, err
+    held_out = len({r.image_id for r in split_by_image(records, 0.3, seed=3)[1]})
+    assert json.loads(out)["images"] == held_out < 30
+    assert f"evaluating the val split: {held_out} of 30 images (the data has no test split; its other images" in err
+    code, out, err = run_cli([*args, "--data", str(other)], capsys)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 30 and "evaluating all 30 images (the data has no test split) of" in err
+    code, out, err = run_cli([*args, "--data", str(data), "--split", "all"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 30
+
+
+def test_by_default_data_labelled_train_and_val_without_test_is_evaluated_on_val(scenes, model_dir, tmp_path, capsys):
+    records = [r for r in load_records(scenes) if r.split != "test"]
+    data = write_jsonl(records, tmp_path / "train-val.jsonl")
+    args = ["evaluate", "--model", model_dir, "--data", data, "--beams", "1", "--max-length", "4", "--metrics", "BLEU"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    val = len({r.image_id for r in records if r.split == "val"})
+    assert json.loads(out)["images"] == val and f"evaluating the val split: {val} of 24 images" in err
+    train_only = write_jsonl([r for r in records if r.split == "train"], tmp_path / "train.jsonl")
+    code, out, err = run_cli([*args[:4], train_only, *args[5:]], capsys)
+    assert code == 0, err
+    trained = len({r.image_id for r in records if r.split == "train"})
+    assert f"evaluating all {trained} images (the data has no test split; {trained} of them are in its train" in err
+
+
 def test_unsplit_data_without_the_runs_settings_names_the_splits(scenes, model_dir, tmp_path, capsys):
     data = write_jsonl([dataclasses.replace(r, split=None) for r in load_records(scenes)], tmp_path / "u.jsonl")
     code, _, err = run_cli(["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "val"], capsys)

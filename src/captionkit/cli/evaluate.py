@@ -6,7 +6,7 @@ import dataclasses
 import json
 import shlex
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -42,9 +42,9 @@ def evaluate(
     split: Annotated[
         str | None,
         typer.Option(
-            help="Split to evaluate (train, val, test, or all; default: test, or all of data without a test split). "
-            "Data without split labels is split as the model's training run split it, when its train_config.json "
-            "is there."
+            help="Split to evaluate (train, val, test, or all; default: test; without one, val where the data has "
+            "train and val splits; else all). The run's own data without split labels is split as the model's "
+            "training run split it (its train_config.json), so by default it is evaluated on the images it held out."
         ),
     ] = None,
     output: Annotated[Path | None, typer.Option(help="Directory for results.jsonl and metrics.json.")] = None,
@@ -120,9 +120,12 @@ def evaluate(
         trained = TrainedOn.read(model)
         loaded = load_dataset(data)
         _check_not_inputs(output, report, [*loaded.files, *(r.image_path for r in loaded.records), lexicon])
-        records = _split_as_trained(loaded.records, trained, data)
+        own_data = _OwnData(trained, data, loaded.files)
+        records = _split_as_trained(
+            loaded.records, trained, data, lambda: split is not None or as_validation or own_data()
+        )
         as_run = _validation_run(model, trained) if as_validation else None
-        chosen = _chosen_records(records, split, data, loaded.files, trained, as_run)
+        chosen = _chosen_records(records, split, data, own_data, trained, as_run)
         train_captions = [r.caption for r in records if r.split == "train"]
         if styles:
             classifier = _style_classifier(records, data, lexicon)
@@ -244,16 +247,30 @@ def _write_results(output: Path, files: dict[str, str]) -> None:
         fail_writing(output, error, "--output")
 
 
+class _OwnData:
+    """Whether the evaluated data is data the model's training run read (``TrainedOn.read_data``), asked at most
+    once: the answer may cost reading the run's data."""
+
+    def __init__(self, trained: TrainedOn | None, data: str, files: list[Path]) -> None:
+        self._ask = (lambda: trained.read_data(data, files)) if trained is not None else (lambda: False)
+        self._answer: bool | None = None
+
+    def __call__(self) -> bool:
+        if self._answer is None:
+            self._answer = self._ask()
+        return self._answer
+
+
 def _chosen_records(
     records: list[CaptionRecord],
     split: str | None,
     data: str,
-    files: list[Path],
+    own_data: _OwnData,
     trained: TrainedOn | None,
     as_run: TrainedOn | None,
 ) -> list[CaptionRecord]:
     """The captions to evaluate, saying on stderr which they are: the split's (read as the model's training run read
-    them, when it is one; ``files`` are those reading ``data`` opened), or those the run ``as_run`` validated on."""
+    them, when it is one), or those the run ``as_run`` validated on."""
     from captionkit.data.splits import evaluation_split
     from captionkit.errors import InputError
 
@@ -267,7 +284,7 @@ def _chosen_records(
         chosen, which = evaluation_split(records, split, data)
         print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
         if trained is not None:
-            own = not trained.first_caption_only or trained.read_data(data, files)  # reading the run's data costs
+            own = not trained.first_caption_only or own_data()
             chosen = trained.captions(chosen, own)
     if trained is not None:
         print(f"captionkit: data: {trained.describe(own)}", file=sys.stderr)
@@ -354,10 +371,14 @@ def _style_classifier(records: list, data: str, lexicon: Path | None) -> object:
     return StyleClassifier.fit(train, lexicon=senticap_sentiment_words(lexicon) if lexicon else None)
 
 
-def _split_as_trained(records: list[CaptionRecord], trained: TrainedOn | None, data: str) -> list[CaptionRecord]:
+def _split_as_trained(
+    records: list[CaptionRecord], trained: TrainedOn | None, data: str, wanted: Callable[[], bool]
+) -> list[CaptionRecord]:
     """Data without split labels, split the way the model's training run split it (the seeded
-    ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never trained on."""
-    if trained is None:
+    ``data.val_fraction`` of the images held out), so ``--split val`` scores the images that run never trained on.
+    Only where ``wanted``: a split was asked for, or the data is the run's own, whose default is then the images it
+    held out (other data, which the run never read, is evaluated whole by default)."""
+    if trained is None or not trained.held_out_val or all(record.split for record in records) or not wanted():
         return records
     split = trained.split(records)
     unlabelled = len({record.image_id for record in records if record.split is None})

@@ -136,14 +136,23 @@ def evaluation_split(
 ) -> tuple[list[CaptionRecord], str]:
     """The records ``evaluate`` scores for ``--split`` (None: the default) and one line saying which they are.
 
-    The default is the test split where the data has one, else every record (data without a test split, such as an
-    unsplit COCO captions file, is evaluated whole). ``all``: every record. Another name with no records is an
-    error naming the splits there are.
+    The default is the test split where the data has one; else, where it has train and val splits, the val split
+    (its other images are training images, whose scores say little); else every record (data without a test split,
+    such as an unsplit COCO captions file, is evaluated whole). ``all``: every record. Another name with no records
+    is an error naming the splits there are.
     """
     images = len({record.image_id for record in records})
-    if split == "all" or (split is None and not any(record.split == "test" for record in records)):
-        reason = "" if split == "all" else " (the data has no test split)"
-        return list(records), f"all {images} images{reason}"
+    if split is None and not any(record.split == "test" for record in records):
+        training = len({record.image_id for record in records if record.split == "train"})
+        val = select_split(records, "val")
+        if training and val:
+            held_out = len({record.image_id for record in val})
+            reason = "the data has no test split; its other images are in its train split: --split all takes them too"
+            return val, f"the val split: {held_out} of {images} images ({reason})"
+        trained_on = f"; {training} of them are in its train split" if training else ""
+        return list(records), f"all {images} images (the data has no test split{trained_on})"
+    if split == "all":
+        return list(records), f"all {images} images"
     name = split or "test"
     chosen = select_split(records, name)
     if not chosen:
