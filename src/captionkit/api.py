@@ -65,7 +65,8 @@ class Captioner:
         dtype: str | torch.dtype | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        # fp32 (the default), bf16 or fp16 (GPU only): the weights are cast once, here.
+        # fp32 (the default), bf16 or fp16 (GPU only): the weights are cast once, here (from_pretrained reads them in
+        # this dtype already: then this only moves them, each tensor as it is).
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device, self.dtype).eval()
         self.tokenizer = tokenizer
@@ -90,13 +91,13 @@ class Captioner:
         layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU (another ``device`` is an
         ``InputError``).
 
-        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are cast on load. Exports run on the CPU in
-        fp32 only.
+        ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are read in it (a half-precision load never
+        holds the fp32 weights, on the CPU or the device). Exports run on the CPU in fp32 only.
         """
         _check_model_source(name_or_dir, "name_or_dir")
         if device is not None:
             resolve_device(device)  # a device this machine lacks fails before the weights load
-        loaded = load_pretrained(name_or_dir)
+        loaded = load_pretrained(name_or_dir, dtype=_load_dtype(dtype, device))
         export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
         if export is not None:
             if device is not None and resolve_device(device).type != "cpu":
@@ -330,6 +331,17 @@ def _check_model_source(source: object, argument: str) -> None:
     hub, and ``5`` or ``None`` fail as "cannot download from the Hugging Face Hub"."""
     if not isinstance(source, str | os.PathLike):
         raise TypeError(f"{argument}: expected a model directory or hub id, got {type(source).__name__}")
+
+
+def _load_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype | None:
+    """The dtype a checkpoint's weights are read in: ``dtype`` on the device they go to (None for fp32, read as
+    stored, as before). A name that does not resolve is left to the check after loading, so that an export's own
+    error (it runs on the CPU, in fp32) comes first where it did."""
+    try:
+        resolved = resolve_dtype(dtype, resolve_device(device))
+    except InputError:
+        return None
+    return None if resolved == torch.float32 else resolved
 
 
 def _check_batch_size(batch_size: object) -> None:

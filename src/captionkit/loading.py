@@ -8,7 +8,8 @@ loads:
 * ``quantization.json``: an int8 export, its int8 layers built from the stored int8 weights (or, for an export that
   kept fp32 weights, quantized on load); its int8 kernels run on the CPU;
 * otherwise a checkpoint of any registered family (``config.json`` names it; a Hugging Face VisionEncoderDecoder,
-  BLIP or GIT layout is recognised by its ``model_type``): :class:`captionkit.parts.CaptionerParts`.
+  BLIP or GIT layout is recognised by its ``model_type``): :class:`captionkit.parts.CaptionerParts`, its weights read
+  in the ``dtype`` asked for (bf16, fp16: never in fp32 first; :mod:`captionkit.precision`).
 
 A hub id is fetched once as a local snapshot (failing in one line when offline) and then loaded like a directory.
 This module sits above ``export/`` because the export markers are theirs; the exports themselves read plain
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from captionkit.export.int8 import is_quantized, load_int8_model
 from captionkit.export.onnx import ONNX_CONFIG, OnnxCaptionModel
 from captionkit.hub import resolve_model_source
@@ -28,17 +31,25 @@ from captionkit.quiet import no_transformers_progress_bars
 
 
 def load_pretrained(
-    name_or_dir: str | Path, *, tokenizer: str | Path | None = None, onnx_threads: int | None = None
+    name_or_dir: str | Path,
+    *,
+    tokenizer: str | Path | None = None,
+    onnx_threads: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> CaptionerParts:
     """Load ``name_or_dir`` (a directory or hub id); ``tokenizer`` names other tokenizer files to read instead of
-    the model's own (the model's special ids are kept); ``onnx_threads`` sets onnxruntime's thread count.
+    the model's own (the model's special ids are kept); ``onnx_threads`` sets onnxruntime's thread count; ``dtype``
+    (None: fp32, or a Hugging Face checkpoint's stored dtype) is the one a checkpoint's weights are built and read in.
+    Exports load as they are stored whatever ``dtype`` says: the caller refuses a dtype they do not run in.
 
     transformers' own progress bars ("Loading weights") stay off meanwhile (:mod:`captionkit.quiet`)."""
     with no_transformers_progress_bars():
-        return _load(name_or_dir, tokenizer, onnx_threads)
+        return _load(name_or_dir, tokenizer, onnx_threads, dtype)
 
 
-def _load(name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: int | None) -> CaptionerParts:
+def _load(
+    name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: int | None, dtype: torch.dtype | None
+) -> CaptionerParts:
     directory = resolve_model_source(name_or_dir)
     if (directory / ONNX_CONFIG).is_file():
         model = OnnxCaptionModel(directory, onnx_threads)
@@ -49,4 +60,4 @@ def _load(name_or_dir: str | Path, tokenizer: str | Path | None, onnx_threads: i
         model = load_int8_model(directory)
         words = load_tokenizer(model, tokenizer or directory)
         return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True)
-    return CaptionerParts.load(directory, tokenizer)
+    return CaptionerParts.load(directory, tokenizer, dtype)

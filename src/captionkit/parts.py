@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers import GPT2TokenizerFast
 
 from captionkit.errors import ModelLoadError
@@ -47,12 +48,15 @@ class CaptionerParts:
     is_onnx: bool = False
 
     @classmethod
-    def load(cls, name_or_dir: str | Path, tokenizer: str | Path | None = None) -> CaptionerParts:
+    def load(
+        cls, name_or_dir: str | Path, tokenizer: str | Path | None = None, dtype: torch.dtype | None = None
+    ) -> CaptionerParts:
         """The parts of a captionkit checkpoint directory, or of a hub id / directory in the Hugging Face layout;
-        ``tokenizer`` names other tokenizer files to read instead of the model's own (its special ids are kept)."""
+        ``tokenizer`` names other tokenizer files to read instead of the model's own (its special ids are kept);
+        ``dtype`` (None: fp32) is the one the model's weights are built and read in."""
         source = resolve_model_source(name_or_dir)
         refuse_export(source, name_or_dir)
-        model = load_model(source)
+        model = load_model(source, dtype=dtype)
         return cls(model, load_tokenizer(model, tokenizer or source), Preprocessing.load(source), source)
 
     def save(self, directory: str | Path) -> None:

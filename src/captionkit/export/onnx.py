@@ -281,7 +281,9 @@ class OnnxCaptionModel(CaptionModel):
         raise NotImplementedError("copy the export directory instead")
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> OnnxCaptionModel:
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> OnnxCaptionModel:
+        if dtype not in (None, torch.float32):
+            raise InputError("dtype", f"{name_or_dir} is an ONNX export: it runs in fp32 only")
         return cls(name_or_dir)
 
     @classmethod

@@ -189,8 +189,12 @@ class CaptionModel(nn.Module, ABC):
 
     @classmethod
     @abstractmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> CaptionModel:
-        """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / hub-layout directory)."""
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> CaptionModel:
+        """Load what :meth:`save_pretrained` wrote (or, for HF families, a hub id / hub-layout directory).
+
+        ``dtype`` (None: fp32, or for HF families the dtype stored): the floating-point weights are built and read in
+        it, each stored tensor cast as it loads, so that a half-precision load never holds the fp32 weights; the
+        result equals the fp32 model cast afterwards (:mod:`captionkit.precision`)."""
 
     @classmethod
     @abstractmethod

@@ -40,7 +40,7 @@ from captionkit.models.native import (
     build_native,
     check_token_ids,
     float_log_softmax,
-    load_native_weights,
+    load_native,
     save_native,
     set_trainable,
     trains,
@@ -282,11 +282,9 @@ class CnnLstmModel(CaptionModel):
         save_native(self, self.family, self.config, ids, Path(directory))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> CnnLstmModel:
-        directory, source = Path(name_or_dir), str(name_or_dir)
-        model: CnnLstmModel = build_native(cls, CnnLstmConfig, directory, source)
-        load_native_weights(model, directory, source)
-        return model.eval()
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> CnnLstmModel:
+        model: CnnLstmModel = load_native(cls, CnnLstmConfig, name_or_dir, dtype)
+        return model
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> CnnLstmModel:

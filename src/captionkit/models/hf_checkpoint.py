@@ -101,15 +101,24 @@ class VisionTextConfig(FamilyConfig):
         }
 
 
-def load_hub_model(model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path) -> PreTrainedModel:
-    """``model_class`` from a hub id or hub-layout directory, in eval mode: safetensors only, never remote code.
+def load_hub_model(
+    model_class: type[PreTrainedModel], model_type: str, name_or_dir: str | Path, dtype: torch.dtype | None = None
+) -> PreTrainedModel:
+    """``model_class`` from a hub id or hub-layout directory, in eval mode: safetensors only, never remote code; its
+    weights in ``dtype`` as they load (None: transformers' default, the dtype they are stored in).
 
     A missing or mismatched tensor is an error: it would silently stay random.
     """
     source = str(name_or_dir)
     path = resolve_model_source(name_or_dir)
     _check_hub_config(model_class, model_type, path, source)
-    return load_safetensors_model(model_class, path, source)
+    return load_safetensors_model(model_class, path, source, **dtype_option(dtype))
+
+
+def dtype_option(dtype: torch.dtype | None) -> dict[str, torch.dtype]:
+    """transformers' ``from_pretrained`` option that builds the model in ``dtype`` and casts each stored tensor as
+    it loads (``dtype``; ``torch_dtype`` is its deprecated name in transformers 5), or none for None."""
+    return {} if dtype is None else {"dtype": dtype}
 
 
 def build_hub_model(model_class: type[PreTrainedModel], model_type: str, directory: Path) -> PreTrainedModel:
@@ -257,9 +266,10 @@ class HubCaptionModel(CaptionModel):
         return cls(cls.hf_class(resolved.to_hf(**token_ids)))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> Self:
-        """A hub id or a directory in the hub layout (``hf_class``, safetensors)."""
-        return cls(load_hub_model(cls.hf_class, cls.family, name_or_dir))
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> Self:
+        """A hub id or a directory in the hub layout (``hf_class``, safetensors), its weights loaded in ``dtype``
+        (None: as stored)."""
+        return cls(load_hub_model(cls.hf_class, cls.family, name_or_dir, dtype))
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> Self:

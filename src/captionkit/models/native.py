@@ -6,7 +6,9 @@ A checkpoint directory holds ``config.json`` and ``model.safetensors``. ``config
      "config": {...architecture fields...}, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
 
 Weights are safetensors only (tied tensors are stored once); a load checks every tensor name and shape against the
-model the config builds, so a wrong file is one clear error instead of silently random weights.
+model the config builds, so a wrong file is one clear error instead of silently random weights. A load in another
+dtype (bf16, fp16) builds the model in that dtype and casts the stored tensors one at a time as they are copied in:
+neither the fp32 model nor the whole fp32 file is ever in memory.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ import json
 import math
 import types
 import typing
+from collections import defaultdict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_model
 from torch import nn
 
 from captionkit.errors import ConfigError, ModelLoadError, first_line
 from captionkit.models.config_file import CONFIG_FILE, read_config_json
+from captionkit.precision import default_dtype
 from captionkit.version import __version__
 
 METADATA_KEY = "captionkit"
@@ -166,11 +170,15 @@ def read_native_config(directory: Path, family: str, source: str) -> tuple[dict[
     return fields, token_ids  # type: ignore[return-value]
 
 
-def build_native(model_class: Any, config_class: type[FamilyConfig], directory: Path, source: str) -> Any:
-    """``model_class`` of the architecture ``directory``'s config.json describes, its weights new (random)."""
+def build_native(
+    model_class: Any, config_class: type[FamilyConfig], directory: Path, source: str, dtype: torch.dtype | None = None
+) -> Any:
+    """``model_class`` of the architecture ``directory``'s config.json describes, its weights new (random), its
+    floating-point tensors in ``dtype`` (None: torch's default, fp32)."""
     fields, token_ids = read_native_config(directory, model_class.family, source)
     try:
-        return model_class(config_class.from_dict(fields), **token_ids)
+        with default_dtype(dtype):
+            return model_class(config_class.from_dict(fields), **token_ids)
     except ConfigError as error:
         raise config_load_error(error, source) from None
     except ModelLoadError as error:  # a part it names (a timm / torchvision encoder) cannot be built here
@@ -179,21 +187,71 @@ def build_native(model_class: Any, config_class: type[FamilyConfig], directory: 
         raise ModelLoadError(source, bad_config_reason(error)) from None
 
 
+def load_native(
+    model_class: Any, config_class: type[FamilyConfig], name_or_dir: str | Path, dtype: torch.dtype | None = None
+) -> Any:
+    """A saved ``model_class`` in eval mode, built in ``dtype`` (None: fp32) and filled from its weights."""
+    directory, source = Path(name_or_dir), str(name_or_dir)
+    model = build_native(model_class, config_class, directory, source, dtype)
+    load_native_weights(model, directory, source)
+    return model.eval()
+
+
 def load_native_weights(model: nn.Module, directory: Path, source: str) -> None:
-    """Fill ``model`` from ``model.safetensors``; any missing, extra or misshapen tensor is a ModelLoadError."""
+    """Fill ``model`` from ``model.safetensors``, each tensor cast to the dtype of the model's own as it is copied in;
+    any missing, extra or misshapen tensor is a ModelLoadError."""
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ModelLoadError(source, "no model.safetensors: only safetensors weights are loaded, never pickles")
     try:
-        missing, unexpected = load_model(model, str(weights), strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ModelLoadError(source, f"weights do not match config.json ({first_line(error)[:200]})") from None
+        missing, unexpected = _copy_weights(model, weights)
+    except _ShapeMismatch as error:
+        raise ModelLoadError(source, f"weights do not match config.json ({error})") from None
     except (OSError, SafetensorError) as error:
         raise ModelLoadError(source, f"{WEIGHTS_FILE}: unreadable weights ({first_line(error)})") from None
     problems = sorted(missing) + sorted(unexpected)
     if problems:
         shown = ", ".join(problems[:3]) + (", ..." if len(problems) > 3 else "")
         raise ModelLoadError(source, f"weights do not match the config ({len(problems)} tensors: {shown})")
+
+
+class _ShapeMismatch(Exception):
+    """A stored tensor of another shape than the model's tensor of that name."""
+
+
+def _copy_weights(model: nn.Module, weights: Path) -> tuple[set[str], list[str]]:
+    """Copy every tensor of the safetensors file ``weights`` into ``model``'s tensor of that name, one at a time (the
+    file's tensors are never all in memory at once; a copy casts to the model's dtype): (missing, unexpected) names,
+    as safetensors' ``load_model`` reports them. Tensors the model ties together are stored once: such a group is
+    filled from whichever of its names the file holds, and another of its names stored too is unexpected."""
+    targets = model.state_dict()  # the model's own storage: copying into these fills the model
+    with safe_open(str(weights), framework="pt") as file:
+        stored = set(file.keys())
+        for name in sorted(stored & targets.keys()):
+            tensor = file.get_tensor(name)
+            if tensor.shape != targets[name].shape:
+                built = list(targets[name].shape)
+                raise _ShapeMismatch(f"{name}: {list(tensor.shape)} in the weights, {built} by config.json")
+            with torch.no_grad():
+                targets[name].copy_(tensor)
+            del tensor  # before the next one is read
+    missing, unexpected = set(targets) - stored, sorted(stored - targets.keys())
+    for group in _tied_groups(targets):
+        present = sorted(group & stored)
+        kept = present[0] if present else min(group)
+        missing -= group - {kept}
+        unexpected += present[1:]
+    return missing, unexpected
+
+
+def _tied_groups(state: Mapping[str, torch.Tensor]) -> list[set[str]]:
+    """The names of each tensor stored under several names (the same storage), as safetensors groups them."""
+    groups: defaultdict[tuple[torch.device, int, int], set[str]] = defaultdict(set)
+    for name, tensor in state.items():
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() != 0 and storage.nbytes() != 0:
+            groups[(tensor.device, storage.data_ptr(), storage.nbytes())].add(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def config_load_error(error: ConfigError, source: str) -> ModelLoadError:

@@ -35,7 +35,7 @@ from captionkit.models.native import (
     build_native,
     check_token_ids,
     float_log_softmax,
-    load_native_weights,
+    load_native,
     save_native,
     set_trainable,
     trains,
@@ -321,11 +321,9 @@ class PrefixGpt2Model(CaptionModel):
         save_native(self, FAMILY, self.config, self._token_ids(), Path(directory))
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path) -> PrefixGpt2Model:
-        directory, source = Path(name_or_dir), str(name_or_dir)
-        model: PrefixGpt2Model = build_native(cls, PrefixGpt2Config, directory, source)
-        load_native_weights(model, directory, source)
-        return model.eval()
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> PrefixGpt2Model:
+        model: PrefixGpt2Model = load_native(cls, PrefixGpt2Config, name_or_dir, dtype)
+        return model
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> PrefixGpt2Model:

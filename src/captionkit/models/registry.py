@@ -18,6 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
@@ -201,10 +203,11 @@ def _hub_family(model_type: object, directory: Path) -> str:
     )
 
 
-def load_model(source: str | Path) -> CaptionModel:
-    """Load a saved model: a local checkpoint directory (any family), or a hub id (its snapshot; any family)."""
+def load_model(source: str | Path, *, dtype: torch.dtype | None = None) -> CaptionModel:
+    """Load a saved model: a local checkpoint directory (any family), or a hub id (its snapshot; any family); with a
+    ``dtype``, its weights are read in it (:meth:`CaptionModel.from_pretrained`)."""
     directory = resolve_model_source(source)
-    return FAMILIES[family_of(directory)].load_class().from_pretrained(directory)
+    return FAMILIES[family_of(directory)].load_class().from_pretrained(directory, dtype=dtype)
 
 
 def preprocessing_for(model: CaptionModel) -> Preprocessing:

@@ -26,7 +26,7 @@ from captionkit.hub import resolve_model_source
 from captionkit.models.base import CaptionModel, Encoded
 from captionkit.models.config_file import read_config_json
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_step, start_gpt2_state
-from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, build_hf_model, load_safetensors_model
+from captionkit.models.hf_checkpoint import SAFE_WEIGHT_FILES, build_hf_model, dtype_option, load_safetensors_model
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import FamilyConfig
 from captionkit.models.parts import decoder_token_ids, load_gpt2_decoder, load_vision_encoder, part_preprocessing
@@ -272,15 +272,18 @@ class VitGpt2Model(CaptionModel):
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, *, attn_implementation: str | None = None) -> VitGpt2Model:
-        """Load a directory in the hub layout or a hub id; safetensors weights only, never remote code.
+    def from_pretrained(
+        cls, name_or_dir: str | Path, *, attn_implementation: str | None = None, dtype: torch.dtype | None = None
+    ) -> VitGpt2Model:
+        """Load a directory in the hub layout or a hub id; safetensors weights only, never remote code; the weights
+        in ``dtype`` as they load (None: as stored).
 
         Raises :class:`ModelLoadError` with one line for: a missing directory, a directory that is not a
         ViT+GPT-2 VisionEncoderDecoder, pickle-only weights, missing weights, a hub id that cannot be fetched.
         """
         # Hub ids become a local snapshot (safetensors and configs only, failing fast offline): one code path.
         directory = resolve_model_source(name_or_dir)
-        return cls(_load_directory(directory, str(name_or_dir), attn_implementation))
+        return cls(_load_directory(directory, str(name_or_dir), attn_implementation, dtype))
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> VitGpt2Model:
@@ -497,9 +500,13 @@ def _sub_config(raw: dict[str, Any], key: str, source: str) -> dict[str, Any]:
     return value
 
 
-def _load_directory(path: Path, source: str, attn_implementation: str | None) -> VisionEncoderDecoderModel:
+def _load_directory(
+    path: Path, source: str, attn_implementation: str | None, dtype: torch.dtype | None
+) -> VisionEncoderDecoderModel:
     _check_directory(path, source)
-    options = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    options: dict[str, Any] = dtype_option(dtype)
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
     # The pooler is never used by VisionEncoderDecoderModel.
     ved = load_safetensors_model(VisionEncoderDecoderModel, path, source, may_lack=(".pooler.",), **options)
     return ved  # type: ignore[return-value]
