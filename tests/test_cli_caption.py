@@ -281,6 +281,21 @@ def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, 
     assert out == ""
 
 
+def test_a_url_input_exits_1_naming_the_url_as_given(model_dir, tmp_path, capsys):
+    """`caption https://example.com/cat.jpg` said "https:/example.com/cat.jpg: no such file or directory" (the URL
+    mangled by Path(), no hint that URLs are not fetched); a URL in a list became an error record per URL."""
+    url = "https://example.com/cat.jpg"
+    reason = "a URL: captionkit opens local files only (download the image first)"
+    out = tmp_path / "captions.jsonl"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{next(COCO.glob('*.jpg'))}\n{url}\n", encoding="utf-8")
+    for given, line in ((url, f"{url}: {reason}"), (listing, f"{listing}: line 2: {url}: {reason}")):
+        code, stdout, err = run_cli(["caption", given, "--model", model_dir, "--output", out], capsys)
+        assert (code, stdout) == (1, "")
+        assert err == f"captionkit: error: {line}\n"
+        assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("args", "line", "help_of"),
     [

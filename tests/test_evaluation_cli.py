@@ -261,8 +261,7 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     ("cands_content", "message"),
     [
         ("", "empty file"),
-        ('{"image": "x.jpg", "error": "truncated image"}\n', "1 image(s) failed to caption, e.g. x.jpg: truncated"),
-        ('{"000000000139.jpg": ""}', "image '139': empty caption"),
+        ('{"image": "x.jpg", "error": "truncated image"}\n', "not one image has a caption: 1 image failed to caption"),
         ('{"nope.jpg": "a room"}', "1 candidate image(s) have no references in"),
         ("[1, 2]", "result 0: expected an object"),
     ],
@@ -276,6 +275,89 @@ def test_bad_input_exits_1_with_one_line(
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"captionkit: error: {cands}: ")
     assert message in err
+
+
+def _second_references() -> dict[str, str]:
+    """The COCO subset's second reference of each image, by image id: captions a good model could write."""
+    data = json.loads(COCO_SUBSET.read_text(encoding="utf-8"))
+    captions: dict[str, list[str]] = {}
+    for annotation in data["annotations"]:
+        captions.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
+    return {image_id: refs[1] for image_id, refs in captions.items()}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_caption_results_with_an_empty_caption_and_a_failed_image_are_scored_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    """`caption` writes empty captions and error records; `score` refused both ("1 image(s) failed to caption ...
+    every image needs a caption to score", then "image '139': empty caption"). Now, as `evaluate`: the empty caption
+    is scored (0 on its image), the failed image is left out, counted and said in one line, and the exit is 2."""
+    if fmt == "parquet":
+        pytest.importorskip("pyarrow")
+    from captionkit.evaluation import score_captions
+    from captionkit.evaluation.readers import read_references
+    from captionkit.jobs.outputs import RecordWriter
+
+    captions = _second_references()
+    ids = list(captions)
+    empty, failed = ids[0], ids[1]
+    captions[empty] = ""
+    records = [
+        {"image": f"photos/{int(i):012d}.jpg", "error": "cannot identify image file"}
+        if i == failed
+        else {"image": f"photos/{int(i):012d}.jpg", "caption": captions[i], "score": -4.0}
+        for i in ids
+    ]
+    cands = tmp_path / f"caps.{fmt}"
+    writer = RecordWriter(cands, fmt)  # as `captionkit caption --output caps.FMT` writes it
+    writer.write(records)
+    writer.close()
+    per_image = tmp_path / "per_image.json"
+    args = ["score", "--refs", COCO_SUBSET, "--cands", cands, "--metrics", "BLEU,ROUGE_L,CIDEr"]
+    code, out, err = run_cli([*args, "--per-image", per_image], capsys)
+    assert code == 2, err
+    result = json.loads(out)
+    assert (result["num_images"], result["failed_images"]) == (99, 1)
+    references = read_references(COCO_SUBSET).captions
+    scored = {i: captions[i] for i in ids if i != failed}
+    expected = score_captions({i: references[i] for i in scored}, scored, "BLEU,ROUGE_L,CIDEr", allow_empty=True)
+    for key in ("Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"):
+        assert result[key] == pytest.approx(expected.scores[key], abs=1e-12), key
+    written = json.loads(per_image.read_text(encoding="utf-8"))["per_image"]
+    assert failed not in written and written[empty] == {k: 0.0 for k in written[empty]}
+    line = (
+        f"captionkit: 1 of 100 images in {cands} failed to caption ({int(failed):012d}.jpg: cannot identify image "
+        "file), left out of the scores, which are over the other 99 images"
+    )
+    assert line in err.splitlines()
+    assert "captionkit: note: 1 of the 99 candidate captions is empty, scored as captions (0 on their images)" in err
+    assert "error:" not in err and "left out, as pycocoevalcap" not in err  # the failed image has its own line
+
+
+def test_an_empty_caption_in_coco_results_is_scored_and_a_retried_image_keeps_its_caption(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A model's empty caption scores 0 (it was "image '139': empty caption", exit 1); an image that failed and
+    was captioned later (an error record, then its caption) is captioned, as `merge` keeps its caption."""
+    captions = _second_references()
+    captions["139"] = ""
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps([{"image_id": int(i), "caption": c} for i, c in captions.items()]), encoding="utf-8")
+    args = ["score", "--refs", COCO_SUBSET, "--cands", results, "--metrics", "BLEU,CIDEr", "--per-image"]
+    code, out, err = run_cli([*args, tmp_path / "scores.json"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["num_images"] == 100 and "failed_images" not in json.loads(out)
+    assert json.loads((tmp_path / "scores.json").read_text())["per_image"]["139"]["CIDEr"] == 0.0
+    assert "captionkit: note: 1 of the 100 candidate captions is empty" in err
+
+    lines = [json.dumps({"image": "photos/000000000139.jpg", "error": "cannot identify image file"})]
+    lines += [json.dumps({"image": f"photos/{int(i):012d}.jpg", "caption": c}) for i, c in captions.items()]
+    retried = tmp_path / "retried.jsonl"
+    retried.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    code, again, err = run_cli(["score", "--refs", COCO_SUBSET, "--cands", retried, "--metrics", "BLEU,CIDEr"], capsys)
+    assert code == 0 and "failed" not in err
+    assert json.loads(again) == json.loads(out)
 
 
 def test_unknown_metric_and_missing_option_exit_1(coco_candidates: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -161,6 +161,33 @@ def test_failed_captions_are_reported_with_their_reason(tmp_path: Path) -> None:
         read_candidates(write(tmp_path / "c.jsonl", lines))
 
 
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_failed_images_go_to_failed_when_asked_and_a_retried_image_keeps_its_caption(tmp_path: Path, fmt: str) -> None:
+    """`score` leaves the images that failed to caption out (it collects them); a library caller without ``failed``
+    still gets the error. An image met as an error, then captioned (a retry), has its caption, as `merge` keeps it."""
+    records = [
+        {"image": "x.jpg", "caption": "a dog"},
+        {"image": "dir/y.png", "error": "cannot identify image file"},
+        {"image": "z.jpg", "error": "truncated image"},
+        {"image": "z.jpg", "error": "truncated image again"},
+        {"image": "w.jpg", "error": "truncated image"},
+        {"image": "w.jpg", "caption": ""},
+    ]
+    if fmt == "jsonl":
+        content = "".join(json.dumps(r) + "\n" for r in records)
+    else:
+        content = "image,caption,score,error\n" + "".join(
+            f"{r['image']},{r.get('caption', '')},{'' if 'error' in r else -1.0},{r.get('error', '')}\n"
+            for r in records
+        )
+    path = write(tmp_path / f"c.{fmt}", content)
+    failed: dict[str, str] = {}
+    assert read_candidates(path, failed) == {"x.jpg": "a dog", "w.jpg": ""}
+    assert failed == {"y.png": "cannot identify image file", "z.jpg": "truncated image"}
+    with pytest.raises(InputError, match=r"2 image\(s\) failed to caption, e\.g\. y\.png: cannot identify image file"):
+        read_candidates(path)
+
+
 def test_two_names_for_one_image_are_duplicates(tmp_path: Path) -> None:
     refs = read_references(COCO_SUBSET)
     cands = read_candidates(write(tmp_path / "c.json", {"139": "a room", "000000000139.jpg": "a kitchen"}))

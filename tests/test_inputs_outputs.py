@@ -33,6 +33,32 @@ def test_missing_input_is_named(tmp_path):
     assert caught.value.source == str(tmp_path / "nope")
 
 
+def test_a_url_is_named_as_given_and_said_to_be_a_url(tmp_path, monkeypatch):
+    """It was "https:/example.com/cat.jpg: no such file or directory": Path() had mangled it, and nothing said that
+    URLs are not fetched."""
+    reason = "a URL: captionkit opens local files only (download the image first)"
+    for url in ("https://example.com/cat.jpg", "s3://bucket/shards/{000..009}.tar"):
+        with pytest.raises(InputError) as caught:
+            collect_images([url])
+        assert str(caught.value) == f"{url}: {reason}"
+    # A folder that happens to be called "https:" is a path like any other.
+    monkeypatch.chdir(tmp_path)
+    local = touch(tmp_path / "https:" / "example.com" / "cat.jpg")
+    assert [p.resolve() for p in collect_images(["https://example.com/cat.jpg"])] == [local]
+
+
+def test_a_url_in_an_image_list_is_named_with_its_line(tmp_path):
+    """A list's URL became a missing file relative to the list (lists/https:/example.com/cat.jpg), an error record
+    per URL at caption time; it is refused before anything runs, naming the list, the line and the URL."""
+    touch(tmp_path / "a.jpg")
+    listing = tmp_path / "list.txt"
+    listing.write_text("# photos\na.jpg\nhttps://example.com/cat.jpg\n\nhttp://example.com/dog.png\n", encoding="utf-8")
+    with pytest.raises(InputError) as caught:
+        collect_images([listing])
+    reason = "a URL: captionkit opens local files only (download the image first)"
+    assert str(caught.value) == f"{listing}: line 3 (and 1 more line): https://example.com/cat.jpg: {reason}"
+
+
 def test_non_utf8_list(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_bytes(b"\xff\xfe\x00a")

@@ -1,7 +1,8 @@
 """``captionkit score``: COCO caption metrics of candidate captions against references, without models.
 
 Prints one JSON object on stdout (pycocoevalcap's keys plus diversity extras and ``notes``) and a table on stderr.
-Exit codes: 0 ok; 1 bad input; 2 a metric that was asked for (``--metrics``) could not be computed here.
+Exit codes: 0 ok; 1 bad input; 2 partial: a metric that was asked for (``--metrics``) could not be computed here, or
+images of ``--cands`` failed to caption (``captionkit caption``'s error records) and were left out of the scores.
 This module declares the options for typer (help, usage errors); the work is :func:`captionkit.cli.scoring.run_score`,
 which well-formed command lines reach without typer (see :mod:`captionkit.cli.scoring`).
 """
@@ -21,7 +22,12 @@ def score(
         Path, typer.Option("--refs", help="COCO captions JSON, {id: list of captions} JSON or Flickr token file.")
     ],
     cands: Annotated[
-        Path, typer.Option("--cands", help='COCO results JSON, {id: caption} JSON or "captionkit caption" JSONL.')
+        Path,
+        typer.Option(
+            "--cands",
+            help='COCO results JSON, {id: caption} JSON or what "captionkit caption" writes (JSONL, JSON, CSV, '
+            "Parquet; its failed images are left out, with exit code 2).",
+        ),
     ],
     metrics: Annotated[
         str | None,

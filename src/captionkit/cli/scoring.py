@@ -15,7 +15,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +100,18 @@ def run_score(
     meteor: str = DEFAULT_METEOR,
 ) -> int:
     """``captionkit score``: the JSON result on stdout, the table and notes on stderr; returns the exit code (bad
-    input prints one line and exits 1 through :func:`~captionkit.cli._common.fail`)."""
+    input prints one line and exits 1 through :func:`~captionkit.cli._common.fail`).
+
+    As ``evaluate`` scores a model's captions: an empty caption is a caption (it scores 0 on its image), and an
+    image that failed to caption (an error record of ``captionkit caption``) has none, so it is left out of the
+    scores, counted (``failed_images``) and said on stderr, and the exit code is 2: the figures are partial."""
     if "numpy" not in sys.modules:
         # Scoring multiplies no matrices; OpenBLAS would start a thread per core at numpy's import, which spins and
         # doubles the import's CPU time (0.15 s instead of 0.07 s) on a machine whose cores are busy anyway.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from captionkit.errors import InputError
     from captionkit.evaluation.api import java_note, score_captions, split_image_metrics
-    from captionkit.evaluation.readers import read_candidates, read_references
+    from captionkit.evaluation.readers import read_references
 
     try:
         note = java_note(metrics, meteor)
@@ -123,8 +127,15 @@ def run_score(
             check_output_file(per_image, "--per-image")
         check_not_overwriting([("--per-image", per_image)], [refs, cands, train_captions])
         references = read_references(refs)
-        candidates = references.match(read_candidates(cands), str(cands))
-        scored_references, left_out = _of_candidates(references.captions, candidates)
+        failed: dict[str, str] = {}  # the images that failed to caption, by name -> their error
+        candidates = references.match(_read_candidates(cands, failed), str(cands))
+        failed = {name: error for name, error in failed.items() if (references.resolve(name) or name) not in candidates}
+        if failed and not candidates:
+            raise InputError(
+                cands, f"not one image has a caption: {plural(len(failed), 'image')} {_failed_images(failed)}"
+            )
+        failed_ids = {references.resolve(name) or name for name in failed}
+        scored_references, left_out = _of_candidates(references.captions, candidates, failed_ids)
         train = None
         if train_captions is not None:
             train = [c for caps in read_references(train_captions).captions.values() for c in caps]
@@ -135,8 +146,11 @@ def run_score(
             train,
             ref_source=str(refs),
             cand_source=str(cands),
+            allow_empty=True,
             meteor=meteor,
         )
+        if failed:
+            evaluation.scores["failed_images"] = len(failed)
         if wants_clip and images is not None:
             _add_clip_scores(evaluation, references, candidates, images, clip_model)
         if per_image is not None:
@@ -154,21 +168,73 @@ def run_score(
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
     print(json.dumps(result))
     print(_table(evaluation.scores), file=sys.stderr)
-    for note in [*evaluation.notes, *left_out]:
+    for note in [*evaluation.notes, *left_out, *_empty_note(candidates)]:
         print(f"captionkit: note: {note}", file=sys.stderr)
-    return EXIT_PARTIAL if evaluation.missing else EXIT_OK
+    if failed:
+        total = len(failed) + len(candidates)
+        print(
+            f"captionkit: {len(failed)} of {total} images in {cands} {_failed_images(failed)}, left out of the "
+            f"scores, which are over the other {plural(len(candidates), 'image')}",
+            file=sys.stderr,
+        )
+    return EXIT_PARTIAL if evaluation.missing or failed else EXIT_OK
+
+
+def _read_candidates(path: Path, failed: dict[str, str]) -> dict[str, str]:
+    """The captions of ``--cands`` in any format it may have (Parquet too, read here: the evaluation layer does not
+    import the captioning job's files); the images that failed to caption go to ``failed``."""
+    from captionkit.evaluation.readers import candidates_from_records, read_candidates
+
+    if not _is_parquet(path):
+        return read_candidates(path, failed)
+    from captionkit.jobs.parquet_records import read_parquet_records
+
+    rows = ((f"row {number}", record) for number, record in enumerate(read_parquet_records(path), start=1))
+    return candidates_from_records(rows, path, failed)
+
+
+def _is_parquet(path: Path) -> bool:
+    """Whether ``path`` is a regular file that starts as Parquet does (whatever its suffix)."""
+    try:
+        if not path.is_file():
+            return False
+        with path.open("rb") as handle:
+            return handle.read(4) == b"PAR1"
+    except OSError:
+        return False  # reading it as text names the problem
+
+
+def _failed_images(failed: dict[str, str]) -> str:
+    """The words after a count of failed images: "failed to caption (bad.jpg: truncated image)"."""
+    name, error = next(iter(failed.items()))
+    example = f"e.g. {name}: {error}" if len(failed) > 1 else f"{name}: {error}"
+    return f"failed to caption ({example})"
+
+
+def _empty_note(candidates: dict[str, str]) -> list[str]:
+    """A note counting the empty captions, which are scored (0 on their images) as ``evaluate`` scores them."""
+    empty = sum(1 for caption in candidates.values() if not caption.strip())
+    if not empty:
+        return []
+    return [
+        f"{empty} of the {len(candidates)} candidate captions {'is' if empty == 1 else 'are'} empty, scored as "
+        "captions (0 on their images), as evaluate scores a model's empty captions"
+    ]
 
 
 def _of_candidates(
-    references: dict[str, list[str]], candidates: dict[str, str]
+    references: dict[str, list[str]], candidates: dict[str, str], failed: Collection[str] = ()
 ) -> tuple[dict[str, list[str]], list[str]]:
     """The references of the images that have a candidate, as pycocoevalcap scores the images of its results (a
-    Karpathy test split against all of captions_val2014.json), and a note when that leaves images out. A candidate
-    without references stays an error (scoring names it), and so do candidates that match no image at all."""
+    Karpathy test split against all of captions_val2014.json), and a note when that leaves images out (but the
+    ``failed`` ones, which have their own line). A candidate without references stays an error (scoring names it),
+    and so do candidates that match no image at all."""
     kept = {image_id: captions for image_id, captions in references.items() if image_id in candidates}
     if len(kept) == len(references) or not kept:
         return references, []
-    left_out = len(references) - len(kept)
+    left_out = sum(1 for image_id in references if image_id not in candidates and image_id not in failed)
+    if not left_out:
+        return kept, []
     note = (
         f"scored the {plural(len(kept), 'image')} with a candidate caption; {left_out} of the {len(references)} "
         "reference images have none and are left out, as pycocoevalcap leaves them out"

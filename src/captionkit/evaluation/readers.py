@@ -17,10 +17,15 @@ Candidates (:func:`read_candidates`):
 - COCO results JSON: ``[{"image_id": 139, "caption": "..."}]``;
 - a plain JSON object ``{"image id": "caption"}``;
 - the JSONL that ``captionkit caption`` writes, ``{"image": "path/x.jpg", "caption": "...", "score": ...}`` a
-  line; the image's file name names it. A failed image (``{"image": ..., "error": ...}``) is an error here. COCO
-  results one a line (``{"image_id": 139, "caption": "..."}``) are read too, and so are the other formats of
-  ``captionkit caption``: ``--format json`` (the same records in one array) and ``--format csv`` (or any CSV with
-  ``image`` and ``caption`` columns; a non-empty ``error`` column marks a failed image).
+  line; the image's file name names it. A failed image (``{"image": ..., "error": ...}``) has no caption: it is an
+  error, unless the caller collects the failed images (``failed``) and leaves them out. COCO results one a line
+  (``{"image_id": 139, "caption": "..."}``) are read too, and so are the other formats of ``captionkit caption``:
+  ``--format json`` (the same records in one array), ``--format csv`` (or any CSV with ``image`` and ``caption``
+  columns; a non-empty ``error`` column marks a failed image) and ``--format parquet`` (whose rows the caller reads
+  and gives to :func:`candidates_from_records`).
+
+An empty caption is a caption here, as a model may write one; :func:`~captionkit.evaluation.api.score_captions`
+decides whether to score it (``allow_empty``).
 
 Numeric image ids are read as pycocoevalcap compares them, by value: ``139``, ``"139"`` and ``139.0`` name one image.
 
@@ -50,8 +55,9 @@ _REFERENCE_FORMATS = (
     "or a Flickr token file (NAME.jpg#N<TAB>caption)"
 )
 _CANDIDATE_FORMATS = (
-    'expected COCO results JSON ([{"image_id", "caption"}]), a JSON object {"id": "caption"}, the JSONL, JSON or '
-    'CSV of "captionkit caption" ({"image": ..., "caption": ...} a line) or a CSV with image and caption columns'
+    'expected COCO results JSON ([{"image_id", "caption"}]), a JSON object {"id": "caption"}, the JSONL, JSON, '
+    'CSV or Parquet of "captionkit caption" ({"image": ..., "caption": ...} a line) or a CSV with image and caption '
+    "columns"
 )
 
 
@@ -292,22 +298,25 @@ def _flickr_references(text: str, path: Path) -> ReferenceSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def read_candidates(path: str | Path) -> dict[str, str]:
-    """Candidate captions by the name each file gives its images (see :meth:`ReferenceSet.match`)."""
+def read_candidates(path: str | Path, failed: dict[str, str] | None = None) -> dict[str, str]:
+    """Candidate captions by the name each file gives its images (see :meth:`ReferenceSet.match`).
+
+    Images that ``captionkit caption`` could not read (error records) have no caption: with ``failed`` given, each
+    goes there (its name -> its error) and is left out; without, they are an :class:`InputError`."""
     path = Path(path)
     text = read_text(path)
     if not _looks_like_json(text):
         rows = _csv_rows(text, path)
         if rows is None:
             raise InputError(path, f"not a candidates file: {_CANDIDATE_FORMATS}")
-        return _record_candidates(rows, path)
+        return candidates_from_records(rows, path, failed)
     first_line = text.lstrip().split("\n", 1)[0]
     if text.lstrip().startswith("{") and ('"image"' in first_line or '"image_id"' in first_line) and _is_jsonl(text):
-        return _record_candidates(_jsonl_records(text, path), path)
+        return candidates_from_records(_jsonl_records(text, path), path, failed)
     data = _parse_json(text, path)
     if isinstance(data, list) and data and isinstance(data[0], dict) and "image_id" not in data[0]:
         # ``captionkit caption --format json``: the JSONL's records in one array, named by "image".
-        return _record_candidates(((f"record {n}", r) for n, r in enumerate(data)), path)
+        return candidates_from_records(((f"record {n}", r) for n, r in enumerate(data)), path, failed)
     if isinstance(data, list):
         return _coco_candidates(data, path)
     if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
@@ -357,17 +366,22 @@ def _jsonl_records(text: str, path: Path) -> Iterator[tuple[str, Any]]:
             yield f"line {number}", parse_json(line, f"{path}: line {number}")
 
 
-def _record_candidates(records: Iterable[tuple[str, Any]], path: Path) -> dict[str, str]:
-    """Captions of ``captionkit caption``'s records (JSONL, JSON or CSV), each at a place (``"line 3"``); a failed
-    image (a non-empty ``error``) is an error: every image needs a caption to score."""
+def candidates_from_records(
+    records: Iterable[tuple[str, Any]], path: str | Path, failed: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Captions of ``captionkit caption``'s records (JSONL, JSON, CSV or Parquet), each at a place (``"line 3"``).
+
+    A failed image (a non-empty ``error``) has no caption: with ``failed`` given, its name and error go there (the
+    first error of an image met twice, none for an image that also has a caption, as ``merge`` keeps a retried
+    image's caption); without, the failed images are an :class:`InputError`."""
     candidates: dict[str, str] = {}
-    failed: list[str] = []
+    errors: dict[str, str] = {}
     for where, record in records:
         name = _record_name(record)
         if name is None:
             raise InputError(path, f'{where}: expected an object with "image" (or "image_id") and "caption"')
         if record.get("error") not in (None, ""):  # CSV leaves the error column of a captioned image empty
-            failed.append(f"{name}: {record['error']}")
+            errors.setdefault(name, _one_line(str(record["error"])))
             continue
         caption = record.get("caption")
         if not isinstance(caption, str):
@@ -375,11 +389,18 @@ def _record_candidates(records: Iterable[tuple[str, Any]], path: Path) -> dict[s
         if name in candidates:
             raise InputError(path, f"{where}: duplicate image {name!r}")
         candidates[name] = caption
-    if failed:
-        raise InputError(
-            path, f"{len(failed)} image(s) failed to caption, e.g. {failed[0]}; every image needs a caption to score"
-        )
+    errors = {name: error for name, error in errors.items() if name not in candidates}
+    if failed is not None:
+        failed.update(errors)
+    elif errors:
+        name, error = next(iter(errors.items()))
+        reason = f"{len(errors)} image(s) failed to caption, e.g. {name}: {error}"
+        raise InputError(path, f"{reason}; every image needs a caption to score")
     return candidates
+
+
+def _one_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "error"
 
 
 def _csv_rows(text: str, path: Path) -> list[tuple[str, dict[str, str]]] | None:

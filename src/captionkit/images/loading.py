@@ -67,6 +67,8 @@ _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", 
 _SNIFF_BYTES = 4096
 # http://, https://, s3://, gs://, ...: two letters at least, since C://photos/cat.jpg is a Windows drive's path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+#: Why a URL is refused, wherever one is given (an image, a command-line input, a line of an image list).
+URL_REASON = "a URL: captionkit opens local files only (download the image first)"
 _WARNINGS_LOCK = threading.Lock()
 # Pillow's warnings about a damaged EXIF block: the photo decodes all the same (see _read_exif).
 DAMAGED_EXIF = r"(Possibly )?[Cc]orrupt EXIF"
@@ -188,8 +190,14 @@ def _check_path_text(path: str | bytes, label: str) -> None:
     current directory) and a URL ("no such file", when the file was never looked for where it is)."""
     if not path:
         raise _fail(label, "empty path: name an image file")
-    if isinstance(path, str) and _URL.match(path) and not os.path.exists(path):
-        raise _fail(label, "a URL: captionkit opens local files only (download the image first)")
+    if isinstance(path, str) and is_url(path):
+        raise _fail(label, URL_REASON)
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL (``https://``, ``s3://``, ...) and no local path: ``Path`` would read it as a path,
+    mangled (``https:/host/cat.jpg``), and the file would be "missing" where it was never looked for."""
+    return bool(_URL.match(text)) and not os.path.exists(text)
 
 
 def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:

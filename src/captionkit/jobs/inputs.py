@@ -55,10 +55,13 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
     collections is the names of the containers met, not their samples. A directory contributes its image files (by
     extension, recursively, sorted); a ``.txt`` file is a list of paths, one a line (relative to the list's
     directory; blank lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an
-    error naming it. A path met twice keeps its first key.
+    error naming it, and so is a URL, as given (on the command line or in a list): only local files are read. A path
+    met twice keeps its first key.
     """
     seen = _Seen()
     for item in inputs:
+        if isinstance(item, str) and _is_url(item):
+            raise InputError(item, _url_reason())
         path = Path(item)
         if is_container_input(item):
             yield from _container_images(container_files(item), seen)
@@ -120,15 +123,40 @@ def _folder_key(image: Path, folder: Path) -> str:
     return image.stem if is_files_layout_image(image) else image.relative_to(folder).as_posix()
 
 
+def _is_url(text: str, folder: Path | None = None) -> bool:
+    """Whether an input, or a line of a list in ``folder``, is a URL (see :func:`captionkit.images.loading.is_url`)
+    and no path there."""
+    if "://" not in text:  # every path of a long list, without importing the image library
+        return False
+    from captionkit.images.loading import is_url
+
+    return is_url(text) and (folder is None or not (folder / text).exists())
+
+
+def _url_reason() -> str:
+    from captionkit.images.loading import URL_REASON
+
+    return URL_REASON
+
+
 def _read_list(path: Path) -> list[InputImage]:
     try:
         lines = text_lines(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise InputError(path, "image list is not UTF-8 text") from None
     entries = []
-    for line in lines:
+    urls: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
         line = line.strip()
-        if line and not line.startswith("#"):
-            entry = Path(line)
-            entries.append(InputImage(entry if entry.is_absolute() else path.parent / entry, entry.as_posix()))
+        if not line or line.startswith("#"):
+            continue
+        if _is_url(line, path.parent):  # Path() would mangle it, and it would fail later as a missing file
+            urls.append((number, line))
+            continue
+        entry = Path(line)
+        entries.append(InputImage(entry if entry.is_absolute() else path.parent / entry, entry.as_posix()))
+    if urls:
+        (number, url), more = urls[0], len(urls) - 1
+        others = f" (and {more} more line{'s' if more > 1 else ''})" if more else ""
+        raise InputError(path, f"line {number}{others}: {url}: {_url_reason()}")
     return entries
