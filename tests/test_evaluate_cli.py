@@ -215,6 +215,17 @@ def test_the_default_split_evaluates_unsplit_data_whole_and_says_so(scenes, mode
     assert json.loads(out)["images"] == 6 and "evaluating the test split: 6 of 30 images" in err
 
 
+def test_the_scores_are_a_table_on_stderr_as_score_prints_them(scenes, model_dir, capsys):
+    """The JSON on stdout is for programs; a person reading the terminal gets the table `score` prints."""
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--beams", "1", "--max-length", "4"]
+    code, out, err = run_cli([*args, "--metrics", "BLEU,CIDEr"], capsys)
+    assert code == 0, err
+    metrics = json.loads(out)
+    rows = [line.split() for line in err.splitlines() if line.startswith("  ")]
+    assert [name for name, _ in rows[:6]] == ["Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr", "perplexity"]
+    assert {name: value for name, value in rows[:6]} == {name: f"{metrics[name]:.4f}" for name, _ in rows[:6]}
+
+
 def test_an_unknown_metric_fails_naming_the_flag_before_any_model_loads(scenes, tmp_path, capsys):
     missing = tmp_path / "no-model"  # never read: the metric is checked first
     args = ["evaluate", "--model", str(missing), "--data", str(scenes), "--metrics", "BLEU,WER"]

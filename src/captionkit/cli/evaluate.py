@@ -81,7 +81,7 @@ def evaluate(
         ),
     ] = False,
 ) -> None:
-    """Caption every image of a split, score against its references; metrics JSON on stdout.
+    """Caption every image of a split, score against its references; metrics JSON on stdout, a table on stderr.
 
     With --styles: caption each image in each style the model was trained to write and report, per style, style
     accuracy (a naive Bayes sentiment classifier trained on the data's train-split captions), CIDEr-D against that
@@ -92,6 +92,7 @@ def evaluate(
     """
     quiet_libraries()
     from captionkit.api import Captioner
+    from captionkit.cli.scoring import score_table
     from captionkit.data.sources import load_dataset
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.api import java_note, parse_metrics
@@ -191,6 +192,7 @@ def evaluate(
         lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.results)
         _write_results(output, {"results.jsonl": lines, "metrics.json": json.dumps(result.metrics, indent=2) + "\n"})
     print(json.dumps(result.metrics))
+    print(score_table(result.metrics), file=sys.stderr)
     for figure, over in result.metrics["computed_over"].items():
         print(f"captionkit: {figure}: {over}", file=sys.stderr)
     if as_run is not None:

@@ -46,7 +46,7 @@ SCORE_OPTIONS: dict[str, tuple[str, bool]] = {
 }
 REQUIRED_OPTIONS = ("refs", "cands")
 
-_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE")
+_ORDER = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "SPICE", "perplexity")
 
 
 def parse_score_options(args: Sequence[str]) -> dict[str, Any] | None:
@@ -78,8 +78,9 @@ def _json_value(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _table(scores: dict[str, Any]) -> str:
-    """One row per score; counts (ints) print as integers, scores with four decimals."""
+def score_table(scores: dict[str, Any]) -> str:
+    """The table ``score`` and ``evaluate`` print on stderr: one row per score, the COCO metrics first; counts (ints)
+    print as integers, scores with four decimals (anything else, such as notes, is left out)."""
     rows = [(k, scores[k]) for k in _ORDER if k in scores]
     rows += [(k, v) for k, v in scores.items() if k not in _ORDER and isinstance(v, int | float)]
     width = max(len(k) for k, _ in rows)
@@ -167,7 +168,7 @@ def run_score(
         fail(error_line(error))
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
     print(json.dumps(result))
-    print(_table(evaluation.scores), file=sys.stderr)
+    print(score_table(evaluation.scores), file=sys.stderr)
     for note in [*evaluation.notes, *left_out, *_empty_note(candidates)]:
         print(f"captionkit: note: {note}", file=sys.stderr)
     if failed:
