@@ -51,9 +51,8 @@ from captionkit.training.loop import train
 COLUMNS = ("data", "seed", "arm", "steps (XE + SCST)", "train s", "CIDEr-D", "BLEU-4", "mean length")
 QUIET = {"train": {"tensorboard": False, "checkpoint_every": 0, "log_every": 50}}
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
-# What each data set trains with: the XE recipe, and what the SCST stage changes in it.
-SCENES_SCST = {"train": read_yaml(RECIPES / "scenes-xe-scst.yaml")["train"]}
+# What each data set trains with: the XE recipe (a packaged one for the scenes), and what the SCST stage changes in it.
+SCENES_SCST = {"train": read_yaml("scenes-xe-scst")["train"]}
 FLICKR_XE: dict[str, Any] = {
     "model": {
         "family": "vit-gpt2",
@@ -164,7 +163,7 @@ def scenes(work: Path, scale: float, held_out_fraction: float, seeds: list[int])
         work / "data", int(4000 * scale) or 64, 50, int(300 * scale) or 20, demo.seed, demo.image_size, options
     )
     recipe = merge(
-        read_yaml(RECIPES / "scenes-xe.yaml"),
+        read_yaml("scenes-xe"),
         {"data": {"train": str(data_file), "val": str(data_file)}, "train": {"eval_every": 1000, "eval_images": 50}},
     )
     heldout = held_out(load_records(data_file), ("test",))

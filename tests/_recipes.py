@@ -1,7 +1,8 @@
 """Recipes run in a tiny form: the shared data they train on and ``captionkit train RECIPE --set ...`` in process.
 
-A tiny form is a recipe in configs/ run with :data:`TINY`'s overrides (3 steps of 2-caption micro-batches, one
-thread), the real data in ../shared/data standing in for the full datasets (tests/test_recipes.py, test_parts.py).
+A tiny form is a packaged recipe (captionkit/recipes/) run with :data:`TINY`'s overrides (3 steps of 2-caption
+micro-batches, one thread), the real data in ../shared/data standing in for the full datasets (tests/test_recipes.py,
+test_parts.py).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import pytest
 
 from _data import SHARED_DATA
 from _helpers import run_cli
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 SENTICAP = (
     f"{SHARED_DATA}/senticap/senticap_subset.json"
@@ -39,8 +38,9 @@ TINY = [
 
 
 def run_recipe(capsys: pytest.CaptureFixture[str], recipe: str, output: Path, *overrides: str) -> dict[str, Any]:
-    """``captionkit train configs/RECIPE --output OUTPUT --set ...``; the run's JSON summary."""
-    args = ["train", CONFIGS / recipe, "--output", output, "--no-progress"]
+    """``captionkit train RECIPE --output OUTPUT --set ...`` (RECIPE: a packaged recipe's name, ``.yaml`` or not);
+    the run's JSON summary."""
+    args = ["train", recipe, "--output", output, "--no-progress"]
     for assignment in [*TINY, *overrides]:
         args += ["--set", assignment]
     code, out, err = run_cli(args, capsys)

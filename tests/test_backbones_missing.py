@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import run_cli, tiny_model
-from _recipes import CONFIGS, FLICKR
+from _recipes import FLICKR
 from captionkit.errors import ModelLoadError
 from captionkit.models.registry import create_model, load_model
 
@@ -57,7 +57,7 @@ def test_a_directory_in_timms_layout_without_timm(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("without_extras")
 def test_the_recipe_with_a_torchvision_backbone_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["train", CONFIGS / "flickr30k-resnet50-lstm.yaml", "--output", tmp_path / "run", "--no-progress"]
+    args = ["train", "flickr30k-resnet50-lstm", "--output", tmp_path / "run", "--no-progress"]
     args += ["--set", "model.encoder=torchvision:resnet50", "--set", f"data.train={FLICKR}", "--set", "data.workers=0"]
     code, _, err = run_cli(args, capsys)
     assert code == 1

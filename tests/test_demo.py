@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import run_cli
-from captionkit.config import load_train_config
+from captionkit.config import load_train_config, resolve_recipe
 from captionkit.demo import demo_config, demo_recipe_path, remove_old_scenes, score_captions, word_accuracy
 
 
@@ -52,13 +52,12 @@ def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys)
     assert (out / "model" / "COMPLETE").is_file()
 
 
-def test_demo_recipe_is_the_configs_recipe(tmp_path):
-    # configs/demo.yaml is the packaged recipe (through _base_), so `captionkit train configs/demo.yaml` trains
-    # exactly what the demo trains.
+def test_demo_recipe_is_the_packaged_recipe_named_demo(tmp_path):
+    # `captionkit train demo` trains exactly what the demo trains.
     data_file = tmp_path / "captions.jsonl"
-    repo_recipe = demo_recipe_path().parents[3] / "configs" / "demo.yaml"
-    via_configs = load_train_config(repo_recipe, [f"data.train={data_file}", f"data.val={data_file}"])
-    assert via_configs == demo_config(data_file)
+    assert resolve_recipe("demo") == demo_recipe_path()
+    via_name = load_train_config("demo", [f"data.train={data_file}", f"data.val={data_file}"])
+    assert via_name == demo_config(data_file)
 
 
 def test_scores():
@@ -174,7 +173,7 @@ def test_an_override_of_the_demos_own_data_exits_1_before_drawing(tmp_path, caps
     name = key.strip()
     assert err == (
         f"captionkit: error: --set {name}: the demo trains on the scenes it draws; to train its recipe on other data, "
-        f"run `captionkit train configs/demo.yaml --output DIR --set {name}=...`\n"
+        f"run `captionkit train demo --output DIR --set {name}=...`\n"
     )
     assert not (tmp_path / "out").exists()
 

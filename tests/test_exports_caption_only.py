@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from _helpers import run_cli, save_tiny_model
-from _recipes import CONFIGS, SENTICAP
+from _recipes import SENTICAP
 from captionkit.errors import ModelLoadError
 from captionkit.parts import CaptionerParts
 
@@ -40,7 +40,7 @@ def test_the_plain_checkpoint_loader_refuses_an_export(exports: dict[str, Path],
 def test_training_from_an_export_fails_in_one_line(
     exports: dict[str, Path], kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["train", CONFIGS / "senticap-vit-gpt2.yaml", "--output", tmp_path / "run"]
+    args = ["train", "senticap-vit-gpt2", "--output", tmp_path / "run"]
     settings = [f"model.pretrained={exports[kind]}", f"data.train={SENTICAP}", "train.precision=bf16"]
     code, _, err = run_cli([*args, *(a for s in settings for a in ("--set", s))], capsys)
     assert code == 1

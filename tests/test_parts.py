@@ -40,7 +40,7 @@ from _hub_parts import (
     save_vit,
     save_vit_gpt2_t4,
 )
-from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, TINY, run_recipe
+from _recipes import COCO, FLICKR, PHOTO, SENTICAP, TINY, run_recipe
 from captionkit import Captioner
 from captionkit.config import StageSection, load_train_config
 from captionkit.errors import ConfigError, ModelLoadError
@@ -81,7 +81,7 @@ def assert_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> None:
 
 def one_step_stages(recipe: str) -> str:
     """The recipe's stages, each one step long (step k trains stage k), as a ``--set train.stages=`` value."""
-    stages = load_train_config(CONFIGS / recipe).train.stages
+    stages = load_train_config(recipe).train.stages
     short = [{"until_step": index + 1, "train": stage.train} for index, stage in enumerate(stages[:-1])]
     short.append({"train": stages[-1].train})
     return yaml.safe_dump(short, default_flow_style=True).strip()
@@ -90,7 +90,7 @@ def one_step_stages(recipe: str) -> str:
 def start_of_run(recipe: str, *overrides: str) -> torch.nn.Module:
     """The model ``run_recipe(recipe, *overrides)`` starts training from: built as the trainer builds it, from the
     same seed (the new layers' random start included)."""
-    config = load_train_config(CONFIGS / recipe, [*TINY, *overrides])
+    config = load_train_config(recipe, [*TINY, *overrides])
     seed_everything(config.train.seed)
     return build_setup(config).model
 
@@ -209,7 +209,7 @@ def test_a_recipe_whose_decoder_part_is_not_gpt2_names_the_part_and_kind(parts: 
     instantiate the backend tokenizer from one of: )"."""
     encoder, _ = parts
     overrides = [f"model.encoder={encoder}", f"model.decoder={encoder}", f"data.train={COCO}", f"data.val={COCO}"]
-    config = load_train_config(CONFIGS / "coco-vit-gpt2-from-parts.yaml", [*TINY, *overrides])
+    config = load_train_config("coco-vit-gpt2-from-parts", [*TINY, *overrides])
     with pytest.raises(ModelLoadError) as raised:
         build_setup(config)
     assert str(raised.value) == f"{encoder}: is a 'vit' model; a decoder part must be a GPT-2-family LM"
@@ -280,7 +280,7 @@ def test_the_from_parts_recipe_unfreezes_in_three_stages(
     parts: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = "coco-vit-gpt2-from-parts.yaml"
-    trained = [stage.train for stage in load_train_config(CONFIGS / recipe).train.stages]
+    trained = [stage.train for stage in load_train_config(recipe).train.stages]
     assert trained == [["cross_attention"], ["cross_attention", "decoder"], ["all"]]
     encoder, decoder = parts
     out = tmp_path / "run"
@@ -314,7 +314,7 @@ def test_the_senticap_recipe_trains_from_parts_with_sentiment_styles(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     recipe = "senticap-vit-gpt2-from-parts.yaml"
-    config = load_train_config(CONFIGS / recipe)
+    config = load_train_config(recipe)
     assert (config.model.encoder, config.model.decoder) == ("google/vit-base-patch16-224", "gpt2")
     assert config.data.styles == {"positive": 0.5, "negative": 0.5}
     assert [stage.train for stage in config.train.stages] == [["cross_attention"], ["all"]]
@@ -825,7 +825,7 @@ def test_a_part_whose_file_names_a_fast_image_processor(kind: str, parts: tuple[
 def test_a_parts_recipe_without_the_hub_fails_in_one_line(
     environment: dict[str, str], reason: str, tmp_path: Path
 ) -> None:
-    recipe = CONFIGS / "coco-vit-gpt2-from-parts.yaml"
+    recipe = "coco-vit-gpt2-from-parts"
     args = ["train", recipe, "--output", tmp_path / "run"]
     args += ["--set", f"data.train={COCO}", "--set", f"data.val={COCO}", "--set", "data.workers=0"]
     done = run_cli_process(args, {"HF_HOME": str(tmp_path / "hf")} | environment)

@@ -18,7 +18,7 @@ import pytest
 import typer
 
 from captionkit.cli.app import build_app
-from captionkit.config import TrainConfig
+from captionkit.config import TrainConfig, packaged_recipes
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -115,12 +115,24 @@ def test_every_readme_recipe_key_exists() -> None:
 
 
 def test_every_cited_file_exists() -> None:
-    cited = set(re.findall(r"\b((?:configs|benchmarks|tests)/[\w.-]+\.(?:yaml|py|sh))\b", README))
+    cited = set(re.findall(r"\b((?:benchmarks|tests)/[\w.-]+\.(?:yaml|py|sh))\b", README))
     cited |= {f"tests/{name}" for name in re.findall(r"(?<![/\w])(test_\w+\.py)\b", README)}
     cited |= set(re.findall(r"\bsrc/captionkit/[\w/.-]+\.(?:yaml|py)\b", README))
     assert len(cited) > 20
     missing = sorted(path for path in cited if not (ROOT / path).is_file())
     assert not missing, f"README cites files that do not exist: {missing}"
+
+
+def test_every_recipe_named_is_packaged() -> None:
+    """`captionkit train NAME`, the recipes table's `NAME` and the parts tables' `NAME.yaml` are packaged recipes."""
+    table = README.split("### Recipes for the usual setups", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"\btrain ([a-z][\w.-]*) --", README))
+    named |= {name for row in re.findall(r"^\| (`[^|]*`) \|", table, re.MULTILINE) for name in INLINE.findall(row)}
+    named |= set(re.findall(r"\| `([a-z][\w-]*\.yaml)`", README))
+    recipes = {name.removesuffix(".yaml") for name in named}
+    assert len(recipes) >= 15
+    missing = sorted(recipes - set(packaged_recipes()))
+    assert not missing, f"README names recipes that captionkit/recipes lacks: {missing}"
 
 
 def test_layout_lists_the_package() -> None:

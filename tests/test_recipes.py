@@ -1,4 +1,5 @@
-"""The recipes in configs/: every one parses; the five dataset recipes repeat no default and train in a tiny form.
+"""The packaged recipes (captionkit/recipes/): every dataset recipe parses; the five dataset recipes repeat no
+default and train in a tiny form.
 
 A tiny form is the recipe itself run through ``captionkit train`` with ``--set`` overrides that shrink it: the
 family's tiny preset (or, for a hub checkpoint, a tiny model saved in the same layout), 3 steps of 2-caption
@@ -24,9 +25,9 @@ from transformers import AutoImageProcessor, AutoTokenizer, BlipForConditionalGe
 from _data import SHARED_DATA
 from _helpers import run_cli, run_cli_process
 from _hub_models import hub_layout
-from _recipes import COCO, CONFIGS, FLICKR, PHOTO, SENTICAP, run_recipe
+from _recipes import COCO, FLICKR, PHOTO, SENTICAP, run_recipe
 from captionkit import Captioner
-from captionkit.config import TrainConfig, load_train_config, read_yaml
+from captionkit.config import TrainConfig, load_train_config, packaged_recipes, read_yaml
 from captionkit.data.sources import load_records
 from captionkit.data.synthetic import write_synthetic_dataset
 from captionkit.images import load_image
@@ -35,9 +36,7 @@ from captionkit.models.registry import create_model, load_model, preprocessing_f
 REPO = Path(__file__).resolve().parents[1]
 # The demo recipe has its own tests; the scenes XE -> SCST recipes (data named on the command line) belong to the
 # SCST tests.
-RECIPES = sorted(
-    path for path in CONFIGS.glob("*.yaml") if path.name != "demo.yaml" and not path.name.startswith("scenes-")
-)
+RECIPES = sorted(path for name, path in packaged_recipes().items() if name != "demo" and not name.startswith("scenes-"))
 
 
 # The recipes this file trains in a tiny form.
@@ -75,7 +74,7 @@ def test_recipe_parses(recipe: Path) -> None:
 @pytest.mark.parametrize("name", TRAINED + FROM_PARTS)
 def test_recipe_repeats_no_default(name: str) -> None:
     # A recipe (merged with its _base_) holds only what differs from config.py's defaults.
-    repeated = _defaults_repeated(read_yaml(CONFIGS / name), TrainConfig())
+    repeated = _defaults_repeated(read_yaml(name), TrainConfig())
     assert not repeated, f"{name} repeats defaults: {repeated}"
 
 
@@ -123,7 +122,7 @@ def hub_like(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_senticap_recipe_fine_tunes_with_accumulation(
     hub_like: Path, tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = load_train_config(CONFIGS / "senticap-vit-gpt2.yaml")
+    recipe = load_train_config("senticap-vit-gpt2")
     assert recipe.model.pretrained == "nlpconnect/vit-gpt2-image-captioning"
     assert (recipe.train.precision, recipe.train.grad_accumulation) == ("fp16", 4)
     out = tmp_path / "run"
@@ -147,7 +146,7 @@ def test_senticap_recipe_fine_tunes_with_accumulation(
 def test_senticap_recipe_refuses_fp16_on_cpu(
     hub_like: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["train", CONFIGS / "senticap-vit-gpt2.yaml", "--output", tmp_path / "run"]
+    args = ["train", "senticap-vit-gpt2", "--output", tmp_path / "run"]
     data = ["--set", f"model.pretrained={hub_like}", "--set", f"data.train={SENTICAP}"]
     code, _, err = run_cli([*args, *data], capsys)
     assert code == 1
@@ -157,7 +156,7 @@ def test_senticap_recipe_refuses_fp16_on_cpu(
 def test_coco_recipe_unfreezes_in_three_stages(
     hub_like: Path, tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = load_train_config(CONFIGS / "coco-vit-gpt2.yaml")
+    recipe = load_train_config("coco-vit-gpt2")
     trained = [stage.train for stage in recipe.train.stages]
     assert trained == [["cross_attention"], ["cross_attention", "decoder"], ["all"]]
     # The recipe's stages, each one step long: step 1 trains stage 1, step 2 stage 2, step 3 stage 3.
@@ -191,7 +190,7 @@ def test_coco_recipe_unfreezes_in_three_stages(
 def test_coco_blip_recipe_fine_tunes_a_hub_blip(
     tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = load_train_config(CONFIGS / "coco-blip-finetune.yaml")
+    recipe = load_train_config("coco-blip-finetune")
     assert recipe.model.pretrained == "Salesforce/blip-image-captioning-base"
     hub = tmp_path / "blip-hub"
     hub_layout("blip", hub, legacy=True)  # the layout Salesforce's repository has
@@ -232,7 +231,7 @@ def test_coco_blip_recipe_fine_tunes_a_hub_blip(
 def test_the_git_recipe_fine_tunes_a_hub_git_in_stages(
     tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = load_train_config(CONFIGS / "flickr30k-git-finetune.yaml")
+    recipe = load_train_config("flickr30k-git-finetune")
     assert recipe.model.pretrained == "microsoft/git-base-coco"
     hub = tmp_path / "git-hub"
     hub_layout("git", hub, legacy=True)  # the layout microsoft/git-base-coco has
@@ -289,7 +288,7 @@ def test_flickr30k_prefix_recipe_trains(
     tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    recipe = load_train_config(CONFIGS / "flickr30k-prefix-gpt2.yaml")
+    recipe = load_train_config("flickr30k-prefix-gpt2")
     assert (recipe.model.family, recipe.model.preset) == ("prefix-gpt2", "base")
     summary = run_recipe(capsys, "flickr30k-prefix-gpt2.yaml", out, "model.preset=tiny", f"data.train={FLICKR}")
     assert summary["steps"] == 3 and summary["val_cider"] is not None
@@ -302,7 +301,7 @@ def test_flickr30k_prefix_recipe_trains(
 def test_flickr30k_lstm_recipes_train(
     name: str, tmp_path: Path, single_thread: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    recipe = load_train_config(CONFIGS / f"{name}.yaml")
+    recipe = load_train_config(name)
     assert recipe.model.preset == "base" and recipe.tokenizer.vocab_size == 4096
     out = tmp_path / "run"
     summary = run_recipe(capsys, f"{name}.yaml", out, "model.preset=tiny", f"data.train={FLICKR}")
@@ -351,7 +350,7 @@ def test_a_hub_recipe_offline_fails_with_one_line(tmp_path: Path) -> None:
     # import time, and stray warnings would reach its stderr), with an empty Hugging Face cache.
     coco_layout(tmp_path)
     environment = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
-    result = run_cli_process(["train", CONFIGS / "coco-vit-gpt2.yaml", "--output", "run"], environment, tmp_path, 120)
+    result = run_cli_process(["train", "coco-vit-gpt2", "--output", "run"], environment, tmp_path, 120)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines() == [f"captionkit: error: {OFFLINE_ERROR}"]
 
@@ -379,7 +378,7 @@ def test_a_hub_recipe_offline_asks_nothing_of_the_hub(
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *_, **__: calls.append("probe"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
-    code, _, err = run_cli(["train", CONFIGS / "coco-vit-gpt2.yaml", "--output", "run"], capsys)
+    code, _, err = run_cli(["train", "coco-vit-gpt2", "--output", "run"], capsys)
     assert (code, err.strip().splitlines()) == (1, [f"captionkit: error: {OFFLINE_ERROR}"])
     assert calls == ["snapshot_download"]
     assert fetches[0]["local_files_only"] is True

@@ -27,7 +27,6 @@ from captionkit.training.loop import train
 from captionkit.training.sampling import SampleStream
 from captionkit.training.setup import build_setup, drop_empty_captions, scst_reward
 
-REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_train_child.py")
 SCST_KEYS = {"reward", "reward_baseline", "sample_length", "entropy"}
 
@@ -204,7 +203,7 @@ def test_coco_recipe_offline_fails_with_the_hubs_message(monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    config = load_train_config(REPO / "configs" / "coco-scst.yaml", [f"data.train={COCO_SUBSET}"])
+    config = load_train_config("coco-scst", [f"data.train={COCO_SUBSET}"])
     assert config.train.objective == "scst" and config.model.pretrained == "nlpconnect/vit-gpt2-image-captioning"
     with pytest.raises(ModelLoadError, match=r"nlpconnect/vit-gpt2-image-captioning.*HF_HUB_OFFLINE"):
         build_setup(config)
@@ -227,7 +226,7 @@ def test_coco_recipe_in_a_tiny_form(scenes, xe_model, tmp_path, single_thread):
         "train.threads=1",
         "train.tensorboard=false",
     ]
-    config = load_train_config(REPO / "configs" / "coco-scst.yaml", overrides)
+    config = load_train_config("coco-scst", overrides)
     result = train(config, tmp_path / "coco")
     assert result.steps == 2 and result.val_cider is not None
     assert all(set(entry) >= SCST_KEYS for entry in result.history)
@@ -266,10 +265,10 @@ def test_an_override_equal_to_the_checkpoints_as_a_list_passes():
 
 
 def test_scenes_recipes_load(xe_model):
-    xe = load_train_config(REPO / "configs" / "scenes-xe.yaml")
+    xe = load_train_config("scenes-xe")
     # XE on every neutral reference of a scene, as COCO models train on all five; no style control.
     assert xe.train.objective == "xe" and not xe.data.first_caption_only and xe.data.styles == {"neutral": 1.0}
-    config = load_train_config(REPO / "configs" / "scenes-xe-scst.yaml", [f"model.pretrained={xe_model}"])
+    config = load_train_config("scenes-xe-scst", [f"model.pretrained={xe_model}"])
     assert config.train.objective == "scst" and not config.data.first_caption_only
     assert config.data.styles == xe.data.styles and config.model.overrides == xe.model.overrides
     assert config.train.scst.max_new_tokens < config.data.max_length

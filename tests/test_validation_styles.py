@@ -1,5 +1,5 @@
 """Validation CIDEr-D of a run trained with styles (SentiCap's positive and negative, as in
-configs/senticap-vit-gpt2-from-parts.yaml; COCO's neutral beside them, as in configs/senticap-style.yaml): its
+the recipe senticap-vit-gpt2-from-parts; COCO's neutral beside them, as in the recipe senticap-style): its
 validation captions the first images that have references in each style, from that style's start token, and scores
 them against that style's references; `val_cider` is the mean over styles, and `evaluate --as-validation` recomputes
 it."""
@@ -283,7 +283,7 @@ def test_which_styles_validation_captions_in():
 
 
 def test_each_style_is_validated_on_the_first_images_that_have_its_references():
-    """COCO's neutral images first, SentiCap's styled ones after them (configs/senticap-style.yaml): every style is
+    """COCO's neutral images first, SentiCap's styled ones after them (the recipe senticap-style): every style is
     measured on train.eval_images images of its own, not only those among the data's first images."""
     records = [CaptionRecord(Path(f"coco{i}.jpg"), f"neutral {i}", image_id=f"coco{i}") for i in range(5)]
     for i in range(3):

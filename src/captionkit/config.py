@@ -1,8 +1,10 @@
 """Typed configs: dataclasses filled from YAML recipes and ``--set key=value`` overrides.
 
-A recipe lists only what differs from the defaults. It may name a base recipe with ``_base_: other.yaml`` (relative
-to the recipe's directory); the recipe's keys override the base's, section by section. Unknown keys and values of
-the wrong type are errors that name the key, never silently ignored.
+A recipe lists only what differs from the defaults. It is a YAML file, or one that ships in the package
+(captionkit/recipes/NAME.yaml) named by NAME alone; a file on disk wins over a packaged recipe of the same name. It
+may name a base recipe with ``_base_: other.yaml`` (relative to the recipe's directory, else a packaged recipe's
+name); the recipe's keys override the base's, section by section. Unknown keys and values of the wrong type are
+errors that name the key, never silently ignored.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import types
 import typing
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -403,13 +406,75 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     raise ConfigError(where, f"unsupported config type {hint!r}")
 
 
+# The recipes that ship in the package (captionkit/recipes/NAME.yaml), named NAME on the command line.
+RECIPES_PACKAGE = "captionkit.recipes"
+RECIPE_SUFFIX = ".yaml"
+# The data keys that recipes fill with placeholders (data/coco/...) for the user to point at their copy.
+PLACEHOLDER_KEYS = ("train", "val")
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """The packaged recipes, name (the file name without ``.yaml``) -> file, in name order."""
+    directory = Path(str(resources.files(RECIPES_PACKAGE)))
+    recipes = {path.name.removesuffix(RECIPE_SUFFIX): path for path in directory.glob(f"*{RECIPE_SUFFIX}")}
+    return dict(sorted(recipes.items()))
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """The file a recipe argument names: a file on disk as given (it wins over a packaged recipe of the same name:
+    an edited copy is used), else the packaged recipe a bare name names (``coco-vit-gpt2`` or
+    ``coco-vit-gpt2.yaml``, from any directory); a ConfigError listing the packaged recipes otherwise."""
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    packaged = _packaged_recipe(path)
+    if packaged is not None:
+        return packaged
+    if path.is_dir():
+        raise ConfigError(path, "is a directory, not a config file")
+    raise ConfigError(path, _no_recipe_reason(path))
+
+
+def _packaged_recipe(path: Path) -> Path | None:
+    """The packaged recipe that ``path`` names if it is a bare name (no directory part), else None."""
+    if path.parent != Path("."):
+        return None
+    return packaged_recipes().get(path.name.removesuffix(RECIPE_SUFFIX))
+
+
+def _no_recipe_reason(path: Path) -> str:
+    """Why ``path`` names no recipe: a bare name lists the packaged recipes (the closest first); a path whose
+    file name is a packaged recipe's (``configs/demo.yaml``, from before they shipped) says how to name it."""
+    names = list(packaged_recipes())
+    name = path.name.removesuffix(RECIPE_SUFFIX)
+    if path.parent != Path("."):
+        packaged = f" (a packaged recipe has its name: {name}, without a directory)" if name in names else ""
+        return f"no such config file{packaged}"
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"no such config file or packaged recipe ({hint}recipes: {', '.join(names)})"
+
+
+def is_packaged_recipe(path: Path) -> bool:
+    """Whether ``path`` is one of the packaged recipes' files."""
+    return path.resolve() in {recipe.resolve() for recipe in packaged_recipes().values()}
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe, following ``_base_`` chains; sections merge key by key."""
-    path = Path(path)
-    return _read_yaml(path, seen=())
+    """Read a YAML recipe (a file, or a packaged recipe's name: see :func:`resolve_recipe`), following ``_base_``
+    chains; sections merge key by key."""
+    return _merged(_read_chain(resolve_recipe(path), seen=()))
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _merged(chain: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for _, data in chain:
+        result = merge(result, data)
+    return result
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...]) -> list[tuple[Path, dict[str, Any]]]:
+    """The recipe at ``path`` and its ``_base_`` recipes, each file with its own keys, the deepest base first."""
     if not path.is_file():
         raise ConfigError(path, "no such config file")
     if path.resolve() in seen:
@@ -422,9 +487,21 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
         raise ConfigError(path, "a recipe must be a mapping of sections")
     base = data.pop("_base_", None)
     if base is None:
-        return data
-    merged = _read_yaml(path.parent / str(base), (*seen, path.resolve()))
-    return merge(merged, data)
+        return [(path, data)]
+    return [*_read_chain(_base_path(path, str(base)), (*seen, path.resolve())), (path, data)]
+
+
+def _base_path(recipe: Path, base: str) -> Path:
+    """The file of ``_base_: base`` in ``recipe``: a path relative to the recipe's directory (so a packaged
+    recipe's base is a packaged recipe), else the packaged recipe a bare name names (so that a copy of one, or a
+    user's recipe, can build on a packaged one); a ConfigError naming the missing file otherwise."""
+    path = recipe.parent / base
+    if path.is_file():
+        return path
+    packaged = _packaged_recipe(Path(base))
+    if packaged is not None:
+        return packaged
+    raise ConfigError(path, _no_recipe_reason(Path(base)).replace(" or packaged recipe", ""))
 
 
 class _DuplicateKeyError(yaml.constructor.ConstructorError):
@@ -505,9 +582,63 @@ def _assign(data: Mapping[str, Any], path: list[str], value: Any) -> dict[str, A
 
 
 def load_train_config(path: str | Path | None, assignments: list[str] | None = None) -> TrainConfig:
-    """A TrainConfig from a recipe file (or the defaults) plus ``--set`` overrides."""
+    """A TrainConfig from a recipe (a file, or a packaged recipe's name) or the defaults, plus ``--set``
+    overrides."""
     data = read_yaml(path) if path is not None else {}
     return train_config(data, assignments or [], where=str(path) if path is not None else "config")
+
+
+def load_recipe(recipe: str | Path, assignments: Sequence[str] = ()) -> TrainConfig:
+    """What ``captionkit train RECIPE --set ...`` trains: :func:`load_train_config`'s TrainConfig, once the data
+    paths still at a packaged recipe's placeholders (``data/coco/...``: set neither by a ``--set`` nor by the
+    user's own YAML) are found to exist; a ConfigError naming the key and how to change it otherwise."""
+    chain = _read_chain(resolve_recipe(recipe), seen=())
+    config = train_config(_merged(chain), assignments, where=str(recipe))
+    overridden = _keys(assignments)
+    for key in _placeholder_keys(chain):
+        if not any(key == other or key.startswith(f"{other}.") for other in overridden):
+            _check_placeholder(key, getattr(config.data, key.removeprefix("data.")))
+    return config
+
+
+def _placeholder_keys(chain: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """The data keys (``data.val``) whose value comes from a packaged recipe in ``chain``: the last file that sets
+    one decides."""
+    keys = []
+    for name in PLACEHOLDER_KEYS:
+        setters = [path for path, data in chain if isinstance(data.get("data"), Mapping) and name in data["data"]]
+        if setters and is_packaged_recipe(setters[-1]):
+            keys.append(f"data.{name}")
+    return keys
+
+
+def _check_placeholder(key: str, value: str | list[str]) -> None:
+    """A ConfigError naming ``key`` when a dataset spec of its placeholder ``value`` names no file (or no image
+    root); the reader's own words, with how to point the key elsewhere."""
+    from captionkit.data.sources import parse_spec
+    from captionkit.shards import is_container_input
+
+    for spec in [value] if isinstance(value, str) else value:
+        if not spec:
+            continue
+        parsed = parse_spec(spec)
+        missing_roots = [root for root in parsed.image_roots if not root.is_dir()]
+        if not parsed.path.exists() and not is_container_input(parsed.path):
+            problem = f"{parsed.path}: no such file or directory"
+        elif missing_roots:
+            problem = f"{missing_roots[0]}: image root is not a directory"
+        else:
+            continue
+        raise ConfigError(key, f"{problem} ({_placeholder_hint(key, value)})")
+
+
+def _placeholder_hint(key: str, value: str | list[str]) -> str:
+    hint = f"the recipe's placeholder: --set {key}=PATH"
+    if isinstance(value, list):
+        hint += f" or --set '{key}=[PATH, PATH]'"
+    if key == "data.val":
+        hint += f", or --set \"{key}=''\" to hold out data.val_fraction of data.train"
+    return hint
 
 
 def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str) -> TrainConfig:

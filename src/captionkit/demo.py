@@ -51,7 +51,7 @@ def refuse_data_overrides(overrides: Sequence[str]) -> None:
             raise ConfigError(
                 f"--set {key}",
                 "the demo trains on the scenes it draws; to train its recipe on other data, run "
-                f"`captionkit train configs/demo.yaml --output DIR --set {key}=...`",
+                f"`captionkit train demo --output DIR --set {key}=...`",
             )
 
 

@@ -15,7 +15,14 @@ from captionkit.cli._common import EXIT_PARTIAL, fail, os_error_line, plural, qu
 
 
 def train(
-    config: Annotated[Path, typer.Argument(metavar="RECIPE", help="YAML recipe (see configs/).")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RECIPE",
+            help="A packaged recipe's name (coco-vit-gpt2; see --list-recipes) or a YAML file; a file on disk wins "
+            "over a packaged recipe of the same name.",
+        ),
+    ],
     output: Annotated[
         Path, typer.Option(help="Run directory: the final model, checkpoints/, metrics.jsonl, curves.png.")
     ],
@@ -32,6 +39,15 @@ def train(
         ),
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress line (loss, lr, images/s, ETA) on stderr.")] = True,
+    list_recipes: Annotated[
+        bool,
+        typer.Option(
+            "--list-recipes",
+            is_eager=True,
+            callback=lambda value: _list_recipes(value),
+            help="List the packaged recipes and their files (copy one to edit it) and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Train per RECIPE in OUTPUT; `captionkit caption --model OUTPUT` loads the result.
 
@@ -39,7 +55,7 @@ def train(
     `torchrun --nproc-per-node N` the same command trains with N processes (data parallel).
     """
     quiet_libraries()
-    from captionkit.config import load_train_config
+    from captionkit.config import load_recipe
     from captionkit.errors import CaptionkitError
     from captionkit.training.loop import train as run_training
 
@@ -56,7 +72,7 @@ def train(
 
     try:
         _check_paths(config, output)
-        recipe = load_train_config(config, set_ or [])
+        recipe = load_recipe(config, set_ or [])
         result = run_training(recipe, output, log=log, resume=resume, progress=progress)
     except CaptionkitError as error:
         fail(str(error))
@@ -69,6 +85,7 @@ def train(
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "train_loss": round(result.train_loss, 5),
+        "train_perplexity": result.train_perplexity,
         "val_loss": result.val_loss,
         "val_perplexity": result.val_perplexity,
         "val_cider": result.val_cider,
@@ -79,6 +96,7 @@ def train(
         "interrupted": result.interrupted,
         "stopped_early": result.stopped_early,
         "resumed_from": str(result.resumed_from) if result.resumed_from else None,
+        "already_complete": result.already_complete,
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
         print(json.dumps(summary))
@@ -103,12 +121,29 @@ def _exit_for_unreadable(result: Any) -> None:
 
 
 def _check_paths(config: Path, output: Path) -> None:
-    """A directory given as the recipe, or a run directory that cannot be made or written, is a one-line error
-    before anything is read or trained (the reader would call the directory missing; the run would fail on
+    """A recipe that names neither a file nor a packaged recipe (a directory included), or a run directory that
+    cannot be made or written, is a one-line error before anything is read or trained (the run would fail on
     mkdir)."""
-    from captionkit.errors import ConfigError
+    from captionkit.config import resolve_recipe
     from captionkit.files import check_model_dir
 
-    if config.is_dir():
-        raise ConfigError(config, "is a directory, not a config file")
+    resolve_recipe(config)
     check_model_dir(output, "--output", noun="run directory")
+
+
+def _list_recipes(value: bool) -> None:
+    """``--list-recipes``: each packaged recipe's name and file, one a line, then how to train or edit one."""
+    if not value:
+        return
+    from captionkit.config import packaged_recipes
+
+    recipes = packaged_recipes()
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {path}")
+    print(
+        "captionkit: train one with `captionkit train NAME --output DIR`; to edit one, copy its file and train the "
+        "copy (its _base_, if any, is still found among the packaged recipes)",
+        file=sys.stderr,
+    )
+    raise typer.Exit(0)

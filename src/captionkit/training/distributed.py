@@ -7,11 +7,11 @@ writes checkpoints. A single process needs none of this and gets the no-op versi
 ``train.batch_size`` is per process: one optimizer step sees ``batch_size * grad_accumulation * processes`` samples,
 so N processes with batch_size B/N train like one with B. Examples::
 
-    torchrun --nproc-per-node 2 -m captionkit.cli train configs/X.yaml --output runs/x        # one machine
-    accelerate launch --multi_gpu --num_processes 2 -m captionkit.cli train configs/X.yaml --output runs/x
+    torchrun --nproc-per-node 2 -m captionkit.cli train RECIPE --output runs/x        # one machine
+    accelerate launch --multi_gpu --num_processes 2 -m captionkit.cli train RECIPE --output runs/x
     # two machines, 8 GPUs each: run on both, with --node-rank 0 and 1
     torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 --master-addr HOST0 --master-port 29500 \
-        -m captionkit.cli train configs/X.yaml --output /shared/runs/x
+        -m captionkit.cli train RECIPE --output /shared/runs/x
 
 Checkpoints hold every process's RNG states, so a resumed run continues exactly; every node must see the run
 directory (a shared filesystem). accelerate's ``--multi_gpu`` path is torchrun underneath (on a machine without
