@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from captionkit.data import CaptionRecord, load_records, read_jsonl, write_jsonl
-from captionkit.data.splits import first_caption_per_image, select_split, split_by_image
+from captionkit.data.splits import first_caption_per_image, select_split, split_by_image, training_records
 from captionkit.errors import InputError
 
 
@@ -97,6 +97,23 @@ def test_records_own_split_wins_and_test_is_left_out():
     assert [r.image_id for r in val] == ["b"]
     assert [r.image_id for r in select_split(data, "test")] == ["c"]
     assert [r.image_id for r in select_split(data, "dev")] == ["b"]
+
+
+def test_training_records_leave_out_images_held_out_elsewhere_by_their_file():
+    """data.train of COCO captions (no splits) and SentiCap (splits): the COCO captions of SentiCap's test images
+    trained the model that was then tested on them; so did those of data.val's images."""
+    coco = [CaptionRecord(Path(f"/coco/{i}.jpg"), f"coco {i}", image_id=str(i)) for i in range(5)]
+    senticap = [
+        CaptionRecord(Path("/coco/1.jpg"), "a lovely dog", image_id="s1", style="positive", split="test"),
+        CaptionRecord(Path("/coco/2.jpg"), "an ugly cat", image_id="s2", style="negative", split="val"),
+        CaptionRecord(Path("/coco/3.jpg"), "a nice cup", image_id="s3", style="positive", split="train"),
+    ]
+    other_id_same_number = CaptionRecord(Path("/flickr/1.jpg"), "a flickr photo", image_id="1")
+    val = [CaptionRecord(Path("/coco/4.jpg"), "a bus", image_id="4", split="val")]
+    kept, left_out = training_records([*coco, *senticap, other_id_same_number], val)
+    assert [r.caption for r in kept] == ["coco 0", "coco 3", "a nice cup", "a flickr photo"]
+    assert left_out == 3  # 1 (test), 2 (val split), 4 (data.val)
+    assert training_records(coco) == (coco, 0)
 
 
 def test_first_caption_per_image():

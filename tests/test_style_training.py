@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from _helpers import FAMILIES
 from captionkit.config import DataSection, TrainConfig, from_dict
 from captionkit.data.dataset import CaptionDataset
@@ -104,7 +105,7 @@ def test_senticap_style_recipe_adds_style_tokens_to_a_pretrained_checkpoint(tmp_
         tmp_path / "hub", create_model("vit-gpt2", "tiny", tokenizer), tokenizer, Preprocessing.for_size(32, 32)
     )
     coco, senticap = SHARED_DATA / "coco", SHARED_DATA / "senticap"
-    recipe = Path(__file__).parents[1] / "configs" / "senticap-style.yaml"
+    recipe = "senticap-style"
     data = apply_overrides(
         read_yaml(recipe),
         [
@@ -179,7 +180,7 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
 
 def test_styled_captions_without_data_styles_are_reported(tmp_path, caplog):
     """A style column (or SentiCap) in data whose recipe sets no data.styles trains as plain captions: said, not
-    silent (as information: configs/senticap-vit-gpt2.yaml does it on purpose); with data.styles, nothing to say."""
+    silent (as information: the recipe senticap-vit-gpt2 does it on purpose); with data.styles, nothing to say."""
     data_file = write_synthetic_dataset(tmp_path / "scenes", 6, 2, 0, seed=0, image_size=32)
     styled = Counter(r.style for r in load_records(data_file) if r.style != "neutral")
     assert styled["positive"] and styled["negative"]
@@ -205,3 +206,45 @@ def test_styled_captions_without_data_styles_are_reported(tmp_path, caplog):
                 "as plain captions, one mix of sentiments (data.styles, e.g. {neutral: 0.5, positive: 0.25, "
                 "negative: 0.25}, would give each style a start token, for captions in a chosen style)"
             ]
+
+
+def test_images_of_data_val_or_another_datasets_test_split_are_not_trained_on(caplog):
+    """COCO captions (no splits) beside SentiCap in data.train: the COCO captions of SentiCap's test and val photos
+    trained the model that evaluate then scored on them."""
+    coco = SHARED_DATA / "coco"
+    senticap = f"{SHARED_DATA / 'senticap' / 'senticap_subset.json'}?images={coco / 'val2017'}"
+    config = from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": "tiny"},
+            "tokenizer": {"vocab_size": 300},
+            "data": {"train": [str(coco / "captions_val2017_subset.json"), senticap], "val": senticap},
+            "train": {"steps": 1, "batch_size": 4, "device": "cpu"},
+        },
+    )
+    held_out = {r.image_path for r in load_records(senticap) if r.split in ("val", "test")}
+    coco_records = load_records(coco / "captions_val2017_subset.json")
+    assert held_out & {r.image_path for r in coco_records}  # COCO's file holds SentiCap's held-out photos
+    with caplog.at_level(logging.INFO, logger="captionkit.training"):
+        setup = build_setup(config)
+    assert not held_out & {r.image_path for r in setup.train_records}
+    assert {r.image_path for r in coco_records} - held_out <= {r.image_path for r in setup.train_records}
+    left_out = len(held_out & {r.image_path for r in coco_records})
+    assert f"data.train: left out {left_out} images that are validation or test images" in caplog.text
+
+
+def test_data_val_that_is_data_train_itself_trains_on_it_and_says_it_validates_on_training_images(caplog):
+    captions = str(SHARED_DATA / "coco" / "captions_val2017_subset.json")  # no splits: every image is data.val's
+    config = from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": "tiny"},
+            "tokenizer": {"vocab_size": 300},
+            "data": {"train": captions, "val": captions},
+            "train": {"steps": 1, "batch_size": 4, "device": "cpu"},
+        },
+    )
+    with caplog.at_level(logging.INFO, logger="captionkit.training"):
+        setup = build_setup(config)
+    assert len(setup.train_records) == len(load_records(captions))
+    assert "data.val holds every image of data.train: the run validates on the images it trains on" in caplog.text

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
 
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import InputError
@@ -49,6 +50,27 @@ def _given_splits(records: Sequence[CaptionRecord]) -> dict[str, str]:
         if record.split is not None:
             given.setdefault(record.image_id, record.split)
     return given
+
+
+def training_records(
+    records: Sequence[CaptionRecord], held_out: Iterable[CaptionRecord] = ()
+) -> tuple[list[CaptionRecord], int]:
+    """The records a run with separate validation data (``data.val``, ``held_out``) trains on: those of the train
+    split or of none, but no image held out, by its file: one that another record puts in another split (data.train
+    read from several datasets: a COCO captions file without splits holds SentiCap's test images) or one of the
+    validation data; and how many images that left out."""
+    elsewhere = {record.image_path for record in records if record.split not in (None, "train")}
+    elsewhere |= {record.image_path for record in held_out}
+    kept: list[CaptionRecord] = []
+    left_out: set[Path] = set()
+    for record in records:
+        if record.split not in (None, "train"):
+            continue
+        if record.image_path in elsewhere:
+            left_out.add(record.image_path)
+        else:
+            kept.append(record)
+    return kept, len(left_out)
 
 
 def split_by_image(

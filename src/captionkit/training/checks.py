@@ -13,6 +13,7 @@ from pathlib import Path
 
 from captionkit.config import TrainConfig
 from captionkit.data.records import CaptionRecord
+from captionkit.data.splits import first_caption_per_image, split_by_image
 from captionkit.errors import ConfigError, InputError
 from captionkit.models.base import CaptionModel
 from captionkit.models.config_file import CONFIG_FILE
@@ -76,8 +77,35 @@ def check_lengths(config: TrainConfig, model: CaptionModel) -> None:
         raise ConfigError("train.scst.max_new_tokens", reason)
 
 
-def check_validation(config: TrainConfig, val_records: Sequence[CaptionRecord]) -> None:
-    """Early stopping without validation data would never stop: refused rather than ignored."""
+def check_validation(
+    config: TrainConfig, val_records: Sequence[CaptionRecord], train_records: Sequence[CaptionRecord] = ()
+) -> None:
+    """Early stopping without validation data would never stop: refused rather than ignored. Where
+    ``data.val_fraction`` held out no image of a small data set, the error says so and what fraction would."""
     if config.train.patience and not any(record.caption.strip() for record in val_records):
         reason = "early stopping needs validation captions (data.val, or data.val_fraction > 0), and there are none"
+        fraction = config.data.val_fraction
+        if fraction and not config.data.val and train_records:
+            reason = f"{reason}: {_held_out_none(train_records, fraction, config.train.seed)}"
         raise ConfigError("train.patience", reason)
+
+
+SMALL_DATA = 1000  # images: a larger set held out none only through its own splits
+
+
+def _held_out_none(records: Sequence[CaptionRecord], fraction: float, seed: int) -> str:
+    """Why ``data.val_fraction`` held out nothing and what to do: each image without a split of its own goes to
+    validation with that chance (a seeded hash of its id, captionkit.data.splits), so a few may all stay in training;
+    images the data itself puts in training stay there."""
+    images = first_caption_per_image(records)
+    movable = split_by_image(images, 0.999999, seed)[1]  # those the data gives no split of their own
+    if not movable:
+        own = f"the data's own splits put all {len(images):,} images in training (data.val_fraction applies to none)"
+        return f"{own}; give data.val, or set train.patience: 0"
+    said = f"data.val_fraction {fraction:g} of {len(movable):,} images holds out none"
+    remedy = "give data.val, or set train.patience: 0"
+    if len(movable) <= SMALL_DATA:
+        enough = next((step / 100 for step in range(1, 100) if split_by_image(movable, step / 100, seed)[1]), None)
+        if enough is not None and enough > fraction:
+            remedy = f"give data.val, set data.val_fraction to {enough:g} or more, or set train.patience: 0"
+    return f"{said} (each image goes with that chance); {remedy}"

@@ -1,6 +1,6 @@
 """A PNG of a run's curves, drawn with matplotlib (the optional ``plots`` extra).
 
-One panel per quantity: training loss with validation loss and validation perplexity on log axes (their values
+One panel per quantity: training and validation loss, training and validation perplexity, on log axes (their values
 shrink by orders of magnitude), validation CIDEr-D on a linear one; every axis with labelled ticks and a grid.
 Without matplotlib no PNG is written and one log line says how to get it: ``metrics.jsonl`` holds the same numbers.
 """
@@ -19,11 +19,17 @@ logger = logging.getLogger("captionkit.training")
 
 PANELS = (
     ("loss", ("loss", "val_loss")),
-    ("perplexity", ("val_perplexity",)),
+    ("perplexity", ("perplexity", "val_perplexity")),
     ("CIDEr-D", ("val_cider",)),
 )
 LOG_PANELS = frozenset({"loss", "perplexity"})
-COLOURS = {"loss": "tab:blue", "val_loss": "tab:red", "val_perplexity": "tab:green", "val_cider": "tab:purple"}
+COLOURS = {
+    "loss": "tab:blue",
+    "val_loss": "tab:red",
+    "perplexity": "tab:orange",
+    "val_perplexity": "tab:green",
+    "val_cider": "tab:purple",
+}
 WIDTH, PANEL_HEIGHT, DPI = 800, 260, 100  # pixels of the PNG: WIDTH x PANEL_HEIGHT per panel
 
 

@@ -14,7 +14,7 @@ import torch
 from captionkit.run_layout import step_name
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.curves import draw_curves
-from captionkit.training.resume import publish_final_model
+from captionkit.training.resume import last_logged, publish_final_model
 from captionkit.training.run import Run
 
 CURVES = "curves.png"
@@ -38,6 +38,9 @@ class TrainResult:
     interrupted: bool = False
     stopped_early: bool = False
     resumed_from: Path | None = None
+    # Resumed at or past its end (train.steps, or early stopping): nothing was trained, the final model rewritten.
+    already_complete: bool = False
+    train_perplexity: float | None = None
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Progress:
     started: float
     seconds_before: float
     loss: torch.Tensor  # the smoothed loss, read (a host sync) only when logged or saved
+    window_nll: torch.Tensor  # the token NLL since the last log step, read likewise (LoopState.window_nll)
+    start_step: int = 0
     samples_seen: int = 0
     unreadable_run: int = 0  # samples since the last step with a readable image
     last_saved: int = -1
@@ -62,6 +67,7 @@ class Progress:
 def save_step(run: Run, now: Progress) -> None:
     """A resumable checkpoint of the current step, and the old ones pruned."""
     run.state.running_loss = float(now.loss)
+    run.state.window_nll = float(now.window_nll)
     run.save(step_name(run.state.step))
     now.last_saved = run.state.step
     if run.parallel.is_main:
@@ -101,4 +107,6 @@ def finish(run: Run, now: Progress) -> TrainResult:
         interrupted=interrupted,
         stopped_early=now.stopped_early,
         resumed_from=run.resumed_from,
+        already_complete=run.resumed_from is not None and state.step == now.start_step and not interrupted,
+        train_perplexity=last_logged(state.history, "perplexity"),
     )

@@ -12,6 +12,8 @@ directory, where ``Captioner.from_pretrained`` and plain ``transformers`` load i
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,13 +25,17 @@ from captionkit.config import TrainConfig
 from captionkit.errors import InputError
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.finish import Progress, TrainResult, finish, save_step
+from captionkit.training.resume import LoopState, stopped_early_before
 from captionkit.training.run import Run, deterministic_algorithms, prepare_run
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.setup import Setup
 from captionkit.training.stop import StopSignal
+from captionkit.training.summary import stage_line
 from captionkit.training.timing import PhaseTimer
 
 LogFn = Callable[[dict[str, Any]], None]
+logger = logging.getLogger("captionkit.training")
+MAX_LOG_PERPLEXITY = 700.0  # exp of more overflows a float
 
 
 def train(
@@ -62,8 +68,10 @@ def train(
 def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progress:
     config, state, parallel, device = run.config, run.state, run.parallel, run.step.device
     loss = torch.tensor(state.running_loss, dtype=torch.float64, device=device)
-    now = Progress(time.perf_counter(), state.seconds, loss, last_saved=state.step if run.resumed_from else -1)
-    now.stopped_early = _stopped_early_before(run)
+    window = torch.tensor(state.window_nll, dtype=torch.float64, device=device)
+    last_saved = state.step if run.resumed_from else -1
+    now = Progress(time.perf_counter(), state.seconds, loss, window, start_step=state.step, last_saved=last_saved)
+    now.stopped_early = run.resumed_from is not None and stopped_early_before(config, state)
     while state.step < config.train.steps and not now.stopped_early:
         # Every process must agree, or one saves (a collective) while the others wait elsewhere.
         now.stop_requested = parallel.any(stop.received is not None)
@@ -71,6 +79,7 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
             break
         if run.stages.apply(state.step) or run.step.module is None:
             run.step.rewrap()
+            _report_stage(run)
         timer = PhaseTimer(device, enabled=_timed(state.step + 1, config))
         micro = run.draw_micro_batches()
         timer.lap("data")
@@ -83,6 +92,9 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
         state.step += 1
         now.samples_seen += sum(len(b) for b in micro) * parallel.world_size
         now.loss = output.loss if state.step == 1 else 0.9 * now.loss + 0.1 * output.loss
+        if output.nll_sum is not None:  # on the device: read at the next log step
+            now.window_nll += output.nll_sum
+            state.window_tokens += output.tokens
         for key, value in output.stats.items():  # SCST reward statistics, smoothed like the loss
             state.scst[key] = 0.9 * state.scst.get(key, value) + 0.1 * value
         state.seconds = now.seconds_before + now.elapsed
@@ -107,11 +119,12 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
     return now
 
 
-def _stopped_early_before(run: Run) -> bool:
-    """Whether the checkpoint resumed from is where early stopping ended the run. Running the same command again
-    must not train past that point; a larger ``train.patience`` (a change a resumed run may make) continues it."""
-    patience = run.config.train.patience
-    return run.resumed_from is not None and patience > 0 and run.state.evals_since_best >= patience
+def _report_stage(run: Run) -> None:
+    """A line at each switch of staged unfreezing (and at a resume into a later stage): the first stage is in the
+    run's summary."""
+    index = run.stages.current
+    if run.parallel.is_main and index:
+        logger.info("%s", stage_line(run.stages, index, run.state.step))
 
 
 def _timed(step: int, config: TrainConfig) -> bool:
@@ -127,6 +140,17 @@ def _check_some_readable(run: Run, now: Progress) -> None:
         raise InputError(run.config.data.train, f"no readable training image ({unreadable} unreadable)")
 
 
+def _train_perplexity(state: LoopState, now: Progress) -> dict[str, float]:
+    """exp of the mean token NLL (unsmoothed, whatever train.label_smoothing) over the steps since the last log
+    step; the window starts again. Nothing for SCST, whose loss is no likelihood."""
+    if not state.window_tokens:
+        return {}
+    mean = float(now.window_nll) / state.window_tokens  # the host sync of a log step
+    now.window_nll.zero_()
+    state.window_nll = state.window_tokens = 0.0
+    return {"perplexity": round(math.exp(min(mean, MAX_LOG_PERPLEXITY)), 4)}
+
+
 def _log(
     run: Run, now: Progress, lr: float, speed: float, split: dict[str, float], evaluate: bool, emit: LogFn
 ) -> None:
@@ -135,6 +159,7 @@ def _log(
     entry: dict[str, Any] = {
         "step": state.step,
         "loss": round(state.running_loss, 5),
+        **_train_perplexity(state, now),
         "lr": lr,
         "seconds": round(state.seconds, 2),
         "images_per_second": round(speed, 2),

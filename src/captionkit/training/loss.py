@@ -28,10 +28,22 @@ def caption_loss_sum(
 
 def caption_loss_total(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """The summed loss alone, as a tensor: the training step counts tokens on the host, from the collated batch, so
-    that nothing here waits for the GPU."""
-    return _summed_loss(logits, shifted_labels(input_ids, attention_mask), label_smoothing)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed loss, summed negative log-likelihood), as tensors: the training step counts tokens on the host, from
+    the collated batch, so that nothing here waits for the GPU. Without label smoothing both are one tensor; with it
+    the NLL (what a perplexity is made of) comes from the same log-softmax as the loss, at no extra pass."""
+    labels = shifted_labels(input_ids, attention_mask)
+    if not label_smoothing:
+        loss = _summed_loss(logits, labels, 0.0)
+        return loss, loss
+    # torch's label-smoothed cross-entropy, in its own two terms: (1 - e) * NLL + e / V * sum over the vocabulary of
+    # -log p, both summed over the target tokens.
+    log_probs = logits[:, :-1].reshape(-1, logits.size(-1)).float().log_softmax(-1)
+    flat = labels.reshape(-1)
+    nll = F.nll_loss(log_probs, flat, ignore_index=IGNORE_INDEX, reduction="sum")
+    uniform = -(log_probs.sum(-1) * (flat != IGNORE_INDEX)).sum()
+    loss = (1.0 - label_smoothing) * nll + label_smoothing / log_probs.size(-1) * uniform
+    return loss, nll
 
 
 def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 
 from captionkit.config import TrainConfig
 from captionkit.errors import ConfigError, InputError
+from captionkit.jsontext import parse_json
 from captionkit.run_layout import latest_checkpoint
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.setup import Setup
@@ -54,6 +55,9 @@ class LoopState:
     cursor: int = 0  # samples of the endless data stream consumed (sampling.py, shard_stream.py)
     data_slots: int = 0  # processes x workers reading streamed shards (0: map-style data); the cursor's layout
     running_loss: float = 0.0
+    # The token NLL and token count since the last logged step: the logged train perplexity's window.
+    window_nll: float = 0.0
+    window_tokens: float = 0.0
     seconds: float = 0.0
     skipped: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)  # image path -> reason
@@ -76,6 +80,24 @@ class LoopState:
         else:
             self.evals_since_best += 1
         return better
+
+
+def stopped_early_before(config: TrainConfig, state: LoopState) -> bool:
+    """Whether the checkpoint resumed from (its ``state``) is where early stopping ended the run. Running the same
+    command again must not train past that point; a larger ``train.patience`` (a change a resumed run may make)
+    continues it."""
+    patience = config.train.patience
+    return patience > 0 and state.evals_since_best >= patience
+
+
+def saved_steps(checkpoint: Path) -> int | None:
+    """The ``train.steps`` of the run that wrote ``checkpoint`` (its trainer_state.json alone is read)."""
+    try:
+        saved = parse_json((checkpoint / ckpt.TRAINER_STATE).read_text(encoding="utf-8"), checkpoint, non_finite=True)
+        steps = saved["train_config"]["train"]["steps"]
+    except (OSError, InputError, KeyError, TypeError):
+        return None
+    return steps if isinstance(steps, int) else None
 
 
 def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool | None) -> Path | None:
@@ -179,6 +201,7 @@ def publish_final_model(
         "step": state.step,
         "seconds": round(state.seconds, 2),
         "train_loss": state.running_loss,
+        "train_perplexity": last_logged(state.history, "perplexity"),
         "val_loss": state.val.get("val_loss"),
         "val_cider": state.val.get("val_cider"),
         "best_metric": state.best,
@@ -192,6 +215,10 @@ def publish_final_model(
     staging = run_dir / f".final.tmp-{time.time_ns()}"
     ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, config.to_dict(), final_state)
     ckpt.publish_files(staging, run_dir)
+
+
+def last_logged(history: list[dict[str, Any]], key: str) -> float | None:
+    return next((entry[key] for entry in reversed(history) if key in entry), None)
 
 
 def broadcast_path(path: Path | None) -> Path | None:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from captionkit.training.resume import (
     find_resume_checkpoint,
     restore_training_checkpoint,
     save_training_checkpoint,
+    saved_steps,
 )
 from captionkit.training.run_log import RunLog
 from captionkit.training.sampling import SampleStream
@@ -57,6 +59,7 @@ from captionkit.training.steps import (
     autocast_for,
     make_placeholder,
 )
+from captionkit.training.summary import log_summary, resume_line, summary_lines
 from captionkit.training.validation import Validation
 
 logger = logging.getLogger("captionkit.training")
@@ -194,16 +197,19 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
         torch.set_num_threads(config.train.threads)
     setup = prepared_setup(config, setup, resume_from)
     check_lengths(config, setup.model)
-    check_validation(config, setup.val_records)
+    check_validation(config, setup.val_records, setup.train_records)
     setup.model.to(device).train()
     train_records, empty_captions = _usable_records(config, setup)
     stages = Stages(setup.model, config.train.stages)
+    if parallel.is_main:  # before the images are cached or encoded: what the wait is for
+        log_summary(summary_lines(config, setup, stages, empty_captions, device, parallel.world_size))
     train_data = _training_data(config, setup, train_records, stages, device, autocast, parallel)
     step = _step(config, setup, train_data, device, parallel)
     state, restore_rng = LoopState(), None
     if resume_from is not None:
         state, restore_rng = restore_training_checkpoint(resume_from, step.optimizer, step.scaler, parallel.rank)
-        logger.info("resuming from %s (step %d)", resume_from, state.step)
+        if parallel.is_main:
+            logger.info("%s", resume_line(config, state, resume_from, saved_steps(resume_from)))
     stream, batches = _batches(config, setup, train_data, train_records, state, parallel, device)
     validation = _validation(config, setup, device) if parallel.is_main else None
     run_log = None
@@ -329,11 +335,25 @@ def _batches(
                 "differs from the interrupted run's", slots, state.data_slots,
             )  # fmt: skip
         state.data_slots = slots
-        return data, iter(_loader(setup, data, device, workers, batch_size=None))
+        with _no_worker_count_warning():
+            return data, iter(_loader(setup, data, device, workers, batch_size=None))
     blocks = container_runs(record.image_path for record in records)  # shards: read one at a time
     train = config.train
     stream = SampleStream(len(data), train.batch_size, train.seed, parallel.rank, parallel.world_size, blocks)
-    return stream, iter(_loader(setup, data, device, workers, batch_sampler=stream.batches(state.cursor)))
+    with _no_worker_count_warning():
+        return stream, iter(_loader(setup, data, device, workers, batch_sampler=stream.batches(state.cursor)))
+
+
+# torch warns as the loader is built, and again as its workers start, when data.workers exceeds the CPUs this
+# process may use: the user's number is kept, and the run's summary says so once (summary.py).
+TOO_MANY_WORKERS = r"This DataLoader will create \d+ worker processes in total"
+
+
+@contextmanager
+def _no_worker_count_warning() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TOO_MANY_WORKERS, category=UserWarning)
+        yield
 
 
 def _loader(

@@ -10,7 +10,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from captionkit.data.splits import (
     first_caption_per_image,
     separate_val_records,
     split_by_image,
+    training_records,
     validation_captions,
 )
 from captionkit.data.styles import first_caption_per_style, mix_styles
@@ -61,6 +62,18 @@ class Setup:
     # Empty captions the readers dropped from the training data (as `data check` counts them).
     empty_captions: int = 0
     train_shards: ShardSet | None = None  # WebDataset/Parquet training data, streamed (training/shard_stream.py)
+    # Each data.train spec as read (what the run's summary reports per dataset); empty for a caller's setup.
+    sources: list[DataSource] = field(default_factory=list)
+
+
+@dataclass
+class DataSource:
+    """One dataset of ``data.train``: what its reader dropped (reason -> count) and, when there are several, its
+    records, to count each one's share of the training data after the split."""
+
+    spec: str
+    dropped: dict[str, int]
+    records: frozenset[CaptionRecord] = frozenset()
 
 
 def seed_everything(seed: int) -> None:
@@ -74,16 +87,22 @@ def drop_empty_captions(records: list[CaptionRecord]) -> tuple[list[CaptionRecor
     return kept, len(records) - len(kept)
 
 
-def load_all_records(specs: str | list[str]) -> tuple[list[CaptionRecord], int]:
+def load_all_records(
+    specs: str | list[str], sources: list[DataSource] | None = None
+) -> tuple[list[CaptionRecord], int]:
     """The records of one dataset spec, or of several read as one dataset; and how many empty captions the readers
-    dropped."""
+    dropped. Each spec is added to ``sources`` when given."""
     records: list[CaptionRecord] = []
     empty = 0
+    several = not isinstance(specs, str) and len(specs) > 1
     for spec in [specs] if isinstance(specs, str) else specs:
         loaded = load_dataset(spec)
         records += loaded.records
         empty += loaded.dropped.get(EMPTY_CAPTION, 0)
         report_dropped(spec, loaded.dropped)
+        if sources is not None:
+            kept = frozenset(loaded.records) if several else frozenset()
+            sources.append(DataSource(str(spec), dict(loaded.dropped), kept))
     return records, empty
 
 
@@ -98,7 +117,7 @@ def report_dropped(source: object, dropped: Mapping[str, int]) -> None:
 def report_unused_styles(source: object, records: Sequence[CaptionRecord]) -> None:
     """Say that styled captions (a style column, SentiCap) train as plain ones in a run without ``data.styles``:
     the data says positive or negative, and without the setting no start token learns it (on purpose in
-    configs/senticap-vit-gpt2.yaml, which learns one mix, as the hub's SentiCap fine-tunes did)."""
+    the recipe senticap-vit-gpt2, which learns one mix, as the hub's SentiCap fine-tunes did)."""
     styled = Counter(record.style for record in records if record.style != NEUTRAL)
     if styled:
         counts = " and ".join(f"{count} {style}" for style, count in sorted(styled.items(), reverse=True))
@@ -121,8 +140,10 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
         scanned = _scanned(config, shards)
         train_records, val_records, empty, train_shards = [], scanned.val_records, scanned.empty_captions, scanned.train
         captions: Iterable[str] = train_shards.captions()
+        sources = [DataSource(", ".join(map(str, shards_specs(config))), dict(scanned.dropped))]
     else:
-        train_records, val_records, empty = _records(config)
+        sources = []
+        train_records, val_records, empty = _records(config, sources)
         captions = (r.caption for r in train_records if r.caption.strip())
     if resume_from is not None:
         model, tokenizer, preprocessing = from_checkpoint(resume_from)
@@ -132,7 +153,12 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
         model, tokenizer, preprocessing = _new_model(config, captions)
     if resume_from is None and config.model.prompt:
         model.set_prompt(tuple(tokenizer.encode(config.model.prompt)))
-    return Setup(model, tokenizer, preprocessing, train_records, val_records, empty, train_shards)
+    return Setup(model, tokenizer, preprocessing, train_records, val_records, empty, train_shards, sources)
+
+
+def shards_specs(config: TrainConfig) -> list[str]:
+    train = config.data.train
+    return [train] if isinstance(train, str) else list(train)
 
 
 def streamed_shards(config: TrainConfig) -> list[Path] | None:
@@ -163,17 +189,32 @@ def _val_records(config: TrainConfig) -> list[CaptionRecord]:
     return separate_val_records(load_all_records(config.data.val)[0])
 
 
-def _records(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
-    """(training records, validation records, empty captions dropped from the training data)."""
+def _records(
+    config: TrainConfig, sources: list[DataSource] | None = None
+) -> tuple[list[CaptionRecord], list[CaptionRecord], int]:
+    """(training records, validation records, empty captions dropped from the training data); each spec of
+    ``data.train`` added to ``sources`` when given."""
     if not config.data.train:
         raise InputError("data.train", "no training data given (a dataset file or directory, see README 'Data')")
-    records, empty = load_all_records(config.data.train)
+    records, empty = load_all_records(config.data.train, sources)
     if not config.data.styles:
         train = config.data.train
         report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), records)
     if config.data.val:
-        train_records = [r for r in records if r.split in (None, "train")]
         val_records = _val_records(config)
+        train_records, held_out = training_records(records, val_records)
+        if held_out and not train_records:  # data.val is data.train (without splits): validating on training images
+            train_records = training_records(records)[0]
+            logger.warning(
+                "data.val holds every image of data.train: the run validates on the images it trains on (give "
+                "data.val other images, or leave it empty to hold out data.val_fraction of data.train)"
+            )
+        elif held_out:
+            logger.info(
+                "data.train: left out %d images that are validation or test images (data.val, or another split of "
+                "the data), so that no score is over images the run trained on",
+                held_out,
+            )
     else:
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)
     styles = config.data.styles
@@ -244,7 +285,9 @@ def prepared_setup(config: TrainConfig, setup: Setup | None, resume_from: Path |
     if resume_from is None:
         return setup
     parts = from_checkpoint(resume_from)
-    return Setup(*parts, setup.train_records, setup.val_records, setup.empty_captions, setup.train_shards)
+    return Setup(
+        *parts, setup.train_records, setup.val_records, setup.empty_captions, setup.train_shards, setup.sources
+    )
 
 
 def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:

@@ -58,10 +58,13 @@ def autocast_for(precision: str, device: torch.device) -> Autocast:
 @dataclass
 class StepOutput:
     """A step's mean token loss over all processes (a float64 scalar on the device) and, for SCST, its reward
-    statistics."""
+    statistics. A cross-entropy step also gives its summed token NLL over all processes (on the device; the loss
+    itself when there is no label smoothing) and the token count it is over: the parts of a train perplexity."""
 
     loss: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    nll_sum: torch.Tensor | None = None
+    tokens: float = 0.0
 
 
 class TrainingStep:
@@ -173,7 +176,7 @@ class CrossEntropyStep(TrainingStep):
         if tokens == 0:
             return None
         self.optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss, NLL
         for index, batch in enumerate(chosen):
             with self._sync(last=index == len(chosen) - 1):
                 if batch is None:  # another process holds data: only under DDP
@@ -181,12 +184,13 @@ class CrossEntropyStep(TrainingStep):
                     continue
                 with self.autocast():
                     logits, ids, mask = self.logits(batch)
-                loss_sum = caption_loss_total(logits, ids, mask, self.settings.label_smoothing)
+                loss_sum, nll_sum = caption_loss_total(logits, ids, mask, self.settings.label_smoothing)
                 # DDP averages gradients over processes: scale by their number so the result is the global mean.
                 self._backward(loss_sum * (self.parallel.world_size / tokens), per_process, timer)
-            total += loss_sum.detach().double()
+            total += torch.stack([loss_sum.detach(), nll_sum.detach()]).double()
         self._optimizer_step(timer)
-        return StepOutput(self.parallel.sum_tensor(total) / tokens)
+        total = self.parallel.sum_tensor(total)  # one all-reduce for both
+        return StepOutput(total[0] / tokens, nll_sum=total[1], tokens=tokens)
 
     def _placeholder_logits(self) -> torch.Tensor:
         assert self.placeholder is not None
