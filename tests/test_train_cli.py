@@ -129,7 +129,7 @@ def test_a_model_directory_whose_path_is_not_utf8_is_refused_before_any_work(tmp
     and an export after loading the model; both are one line naming --output, before anything is read."""
     output = Path(os.fsdecode(bytes(tmp_path) + b"/r\xe9sultat"))
     if command == "train":
-        args = ["train", Path(__file__).parents[1] / "configs" / "scenes-xe.yaml", "--output", output]
+        args = ["train", "scenes-xe", "--output", output]
     else:
         args = ["export", "int8", "--model", tmp_path / "no-model-needed", "--output", output]
     code, out, err = run_cli(args, capsys)
