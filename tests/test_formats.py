@@ -541,6 +541,36 @@ def test_spec_split_options_are_checked_as_data_checks_flags_are(tmp_path, optio
     assert parse_spec(f"{tmp_path}/data.csv?seed=+7&val=0.5&test=0.25").seed == 7
 
 
+def test_a_fraction_of_the_images_keeps_each_with_all_its_captions_seeded_and_apart_from_the_split(tmp_path):
+    """Train on 30% of COCO (as seed 003 did): a seeded share of the images, stable as images come and go, and not
+    the val split's images first (a share drawn with the split's own hash would be mostly val)."""
+    table = tmp_path / "captions.csv"
+    rows = [f"{i}.jpg,caption {j} of {i}" for i in range(2000) for j in range(2)]
+    table.write_text("image,caption\n" + "\n".join(rows) + "\n")
+    whole = load_records(table)
+    loaded = load_dataset(f"{table}?fraction=0.3&seed=4")
+    images = {r.image_id for r in loaded.records}
+    assert 540 < len(images) < 660 and len(loaded.records) == 2 * len(images)
+    assert loaded.dropped["images outside fraction=0.3"] == 2000 - len(images)
+    assert {r.image_id for r in load_records(f"{table}?fraction=0.3&seed=5")} != images
+    fewer = tmp_path / "fewer.csv"  # the same images are kept whatever other images the data holds
+    fewer.write_text("image,caption\n" + "\n".join(rows[:2000]) + "\n")
+    assert {r.image_id for r in load_records(f"{fewer}?fraction=0.3&seed=4")} == images & {
+        f"{i}.jpg" for i in range(1000)
+    }
+    split = load_records(f"{table}?fraction=0.3&seed=4&val=0.2")
+    val = {r.image_id for r in split if r.split == "val"}
+    assert 0.12 < len(val) / len(images) < 0.28  # the val share of the kept images stays about val=
+    assert load_records(f"{table}?fraction=1") == whole
+    for bad, reason in (
+        ("0", "must be in (0, 1] (the share of the images kept), got '0'"),
+        ("x", "must be a fraction in (0, 1], got 'x'"),
+    ):
+        with pytest.raises(InputError) as caught:
+            load_records(f"{table}?fraction={bad}")
+        assert str(caught.value) == f"{table}?fraction={bad}: fraction {reason}"
+
+
 def test_parse_spec_keeps_unknown_prefixes_that_are_paths(tmp_path):
     parsed = parse_spec(f"karpathy:{tmp_path}/d.json?images={tmp_path}&seed=2")
     assert (parsed.format, parsed.path, parsed.image_roots, parsed.seed) == (

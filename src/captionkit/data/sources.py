@@ -8,10 +8,12 @@ A spec is a file or a directory whose format is detected (see :mod:`captionkit.d
                                           # senticap, csv, kaggle, jsonl, synthetic, folder)
     senticap.json?images=val2014&images=val2017   # image roots, searched in order
     photos/?val=0.1&test=0.1&seed=3       # assign splits by image to records that have none
+    coco/captions_train2017.json?fraction=0.3   # a seeded 30% of the images, all their captions
     shards/{00000..00099}.tar             # WebDataset shards (also a .tar, a .parquet or a folder of them)
 
 Options after ``?`` (``&``-separated): ``images=DIR`` (repeatable; relative to the current directory),
-``val=F`` and ``test=F`` (fractions of images; assigning happens only when one is given) and ``seed=N``.
+``val=F`` and ``test=F`` (fractions of images; assigning happens only when one is given), ``fraction=F`` (keep a
+seeded share F in (0, 1] of the images, before any split is assigned) and ``seed=N`` (of both).
 Without ``val``/``test``, records whose data give no split keep ``split=None`` and the trainer holds out
 ``data.val_fraction`` of the images (by image, seeded).
 """
@@ -25,11 +27,11 @@ from pathlib import Path
 from captionkit.data.formats import coco, detect, format_names, get_format
 from captionkit.data.formats.base import Probe, ReadOptions
 from captionkit.data.records import CaptionRecord
-from captionkit.data.splits import assign_splits, splitting_problem
+from captionkit.data.splits import assign_splits, keep_fraction, splitting_problem
 from captionkit.errors import InputError
 from captionkit.shards import is_container_input
 
-OPTION_KEYS = ("images", "val", "test", "seed")
+OPTION_KEYS = ("images", "val", "test", "fraction", "seed")
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class DataSpec:
     image_roots: tuple[Path, ...] = ()
     val_fraction: float | None = None
     test_fraction: float | None = None
+    fraction: float | None = None  # the share of the images kept (None: all)
     seed: int = 0
 
     @property
@@ -89,6 +92,10 @@ def _parse_options(query: str, spec: str) -> dict:
             roots.append(Path(value))
         elif key in ("val", "test"):
             options[f"{key}_fraction"] = _fraction(value, key, spec)
+        elif key == "fraction":
+            options["fraction"] = _fraction(value, key, spec, "(0, 1]")
+            if not 0.0 < options["fraction"] <= 1.0:
+                raise InputError(spec, f"fraction must be in (0, 1] (the share of the images kept), got {value!r}")
         elif key == "seed":
             if _INTEGER.fullmatch(value) is None:  # not int(): it takes "1_000", " 3" and other digits than 0-9
                 raise InputError(spec, f"seed must be an integer, got {value!r}")
@@ -106,11 +113,11 @@ def _parse_options(query: str, spec: str) -> dict:
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
-def _fraction(value: str, key: str, spec: str) -> float:
+def _fraction(value: str, key: str, spec: str, interval: str = "[0, 1)") -> float:
     try:
         return float(value)
     except ValueError:
-        raise InputError(spec, f"{key} must be a fraction in [0, 1), got {value!r}") from None
+        raise InputError(spec, f"{key} must be a fraction in {interval}, got {value!r}") from None
 
 
 def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
@@ -125,10 +132,14 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     probe = Probe(path)
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
     result = chosen.read(probe, ReadOptions(parsed.image_roots))
-    records = result.records
+    records, dropped = result.records, result.dropped
+    if parsed.fraction is not None and parsed.fraction < 1.0:
+        kept = keep_fraction(records, parsed.fraction, parsed.seed)
+        left_out = len({record.image_id for record in records}) - len({record.image_id for record in kept})
+        records, dropped = kept, {**dropped, f"images outside fraction={parsed.fraction:g}": left_out}
     if parsed.assigns_splits:
         records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
-    return LoadResult(records, chosen.name, path, result.files, result.dropped)
+    return LoadResult(records, chosen.name, path, result.files, dropped)
 
 
 def separate_datasets(spec: str) -> list[str]:

@@ -42,6 +42,13 @@ def _unit_interval(image_id: str, seed: int) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def keep_fraction(records: Sequence[CaptionRecord], fraction: float, seed: int = 0) -> list[CaptionRecord]:
+    """The records of a seeded ``fraction`` of the images (each image with all its captions), to train on part of a
+    dataset: the same images whatever other images there are, and drawn apart from the val/test split's hash (a
+    share of the images that keeps the data's val share)."""
+    return [record for record in records if _unit_interval(f"fraction:{record.image_id}", seed) < fraction]
+
+
 def _given_splits(records: Sequence[CaptionRecord]) -> dict[str, str]:
     """image id -> the split the data gives one of its captions: a table may label only some rows of an image, and
     its other captions must follow them rather than be hashed into another split (a leak)."""
