@@ -268,17 +268,25 @@ def _dataset(config: TrainConfig, setup: Setup, records: list[CaptionRecord], fe
     return data
 
 
+CACHE_REPORT_SECONDS = 5.0
+
+
 def _cache_images(data: CaptionDataset) -> None:
-    """Fill the image cache now, logging "caching N images" and then each tenth done: minutes of silence otherwise
-    in a run whose stderr is no terminal (no progress bar there)."""
+    """Fill the image cache now, logging "caching N images", then each tenth done at most every
+    ``CACHE_REPORT_SECONDS`` (minutes of silence otherwise in a run whose stderr is no terminal: no progress bar
+    there), and the end."""
     started = time.perf_counter()
     total = len({str(record.image_path) for record in data.records})
     logger.info("caching %d images", total)
     every = max(1, total // 10)
+    last = started
 
     def report(done: int, total: int) -> None:
-        if done % every == 0 or done == total:
-            logger.info("cached %d/%d images (%.1f s)", done, total, time.perf_counter() - started)
+        nonlocal last
+        now = time.perf_counter()
+        if done == total or (done % every == 0 and now - last >= CACHE_REPORT_SECONDS):
+            logger.info("cached %d/%d images (%.1f s)", done, total, now - started)
+            last = now
 
     data.cache_all(report)
 
