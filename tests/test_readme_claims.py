@@ -19,6 +19,8 @@ import typer
 
 from captionkit.cli.app import build_app
 from captionkit.config import TrainConfig, packaged_recipes
+from captionkit.models.native import FamilyConfig
+from captionkit.models.registry import get_family, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -90,8 +92,24 @@ def test_every_readme_flag_is_an_option_of_its_command(name: str) -> None:
     assert not unknown, f"README gives `captionkit {name}` options it does not have: {unknown}"
 
 
+def _family_fields() -> set[str]:
+    """The fields of every family's config: the keys ``model.overrides`` takes."""
+    for name in list_models():
+        get_family(name).load_class()  # defines its config class
+    classes, fields = [FamilyConfig], set()
+    while classes:
+        cls = classes.pop()
+        classes += cls.__subclasses__()
+        if dataclasses.is_dataclass(cls):
+            fields |= {field.name for field in dataclasses.fields(cls)}
+    return fields
+
+
 def _resolves(key: str) -> bool:
-    """Whether the dotted ``key`` names a field of the recipe config (nested sections followed)."""
+    """Whether the dotted ``key`` names a field of the recipe config (nested sections followed; a key of
+    ``model.overrides``, a field of a family's config)."""
+    if key.startswith("model.overrides."):
+        return key.removeprefix("model.overrides.") in _family_fields()
     owner: typing.Any = TrainConfig
     for part in key.split("."):
         if not (dataclasses.is_dataclass(owner) and isinstance(owner, type)):
