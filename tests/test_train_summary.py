@@ -73,7 +73,7 @@ def test_the_cli_says_what_it_trains_where_it_resumes_and_when_it_is_already_don
     lines = err.splitlines()
     assert "captionkit: train data: 24 images, 24 captions" in lines
     assert "captionkit: validation: 4 images, 4 captions, from data.val" in lines
-    assert "captionkit: cpu, fp32; 4 steps, 8 captions a step (batch 4 x 2 accumulated)" in lines
+    assert "captionkit: cpu, fp32; 4 steps (1.33 epochs), 8 captions a step (batch 4 x 2 accumulated)" in lines
     model = next(line for line in lines if line.startswith("captionkit: model: "))
     assert model.startswith("captionkit: model: vit-gpt2, ") and model.endswith(" trainable in stage 1 of 2 (decoder)")
     total = int(model.split(", ")[1].split()[0].replace(",", ""))
@@ -227,5 +227,5 @@ def test_more_data_workers_than_cpus_is_said_once_without_torchs_warning(scenes,
         result = train(config_for(scenes, "data.workers=2", "train.steps=2"), tmp_path / "run")
     assert result.steps == 2
     assert not [w for w in caught if "worker processes in total" in str(w.message)]
-    assert [m for m in messages(caplog) if "data.workers" in m] == ["cpu, fp32; 2 steps, 8 captions a step; 2 "
-                                                                    "data.workers on 1 CPU"]  # fmt: skip
+    said = [m for m in messages(caplog) if "data.workers" in m]
+    assert said == ["cpu, fp32; 2 steps (0.667 epochs), 8 captions a step; 2 data.workers on 1 CPU"]

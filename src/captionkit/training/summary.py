@@ -52,7 +52,7 @@ def summary_lines(
         _validation(config, setup.val_records),
         _model(setup, stages),
         _tokenizer(config, setup),
-        _schedule(config, device, world_size),
+        _schedule(config, device, world_size, setup.train_shards.size if setup.train_shards else len(usable)),
     ]
 
 
@@ -142,7 +142,8 @@ def _tokenizer(config: TrainConfig, setup: Setup) -> str:
     return f"{line}, fewer than tokenizer.vocab_size {wanted:,}: {why}"
 
 
-def _schedule(config: TrainConfig, device: torch.device, world_size: int) -> str:
+def _schedule(config: TrainConfig, device: torch.device, world_size: int, samples: int) -> str:
+    """Where and how it trains; ``samples``: the training captions an epoch passes over (once each)."""
     train = config.train
     where = str(device)
     if device.type == "cuda":
@@ -155,7 +156,8 @@ def _schedule(config: TrainConfig, device: torch.device, world_size: int) -> str
     if world_size > 1:
         parts.append(f"{world_size} processes")
     batch = f"{per_step:,} {unit} a step" + (f" ({' x '.join(parts)})" if len(parts) > 1 else "")
-    line = f"{where}, {train.precision}; {train.steps:,} steps, {batch}"
+    epochs = f" ({train.steps * per_step / samples:.3g} epochs)" if samples and train.objective != "scst" else ""
+    line = f"{where}, {train.precision}; {train.steps:,} steps{epochs}, {batch}"
     workers = config.data.workers
     cpus = usable_cpus()
     if workers > cpus:  # torch's own warning about it is silenced (run.py): said once here instead
