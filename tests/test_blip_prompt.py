@@ -17,7 +17,7 @@ from _helpers import tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
 from captionkit.errors import ConfigError, InputError
-from captionkit.training.loss import caption_loss_sum
+from captionkit.training.loss import token_nll
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -36,7 +36,7 @@ def test_the_loss_leaves_out_the_prompt() -> None:
     ids = torch.tensor([[1, 10, 11, 12, 2], [1, 13, 14, 2, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]])
     with torch.no_grad():
-        total, count = caption_loss_sum(model(pixels, ids, mask), ids, mask)
+        total, count = token_nll(model(pixels, ids, mask), ids, mask)
         # By hand: the decoder reads [bos, prompt, caption, eos]; only the caption tokens and eos are targets.
         full = torch.cat([ids[:, :1], torch.tensor([prompt, prompt]), ids[:, 1:]], dim=1)
         full_mask = torch.cat([mask[:, :1], torch.ones(2, 3, dtype=torch.long), mask[:, 1:]], dim=1)
@@ -52,11 +52,11 @@ def test_the_loss_leaves_out_the_prompt() -> None:
                 expected -= log_probs[row, position - 1, full[row, position]]
                 targets += 1
     assert (count, targets) == (7, 7)  # 3 + eos, 2 + eos: no prompt token, no padding
-    assert torch.allclose(total, expected, atol=1e-5)
+    assert total == pytest.approx(float(expected), abs=1e-5)
     # The prompt is context, not target: the same captions without it score otherwise.
     model.set_prompt(())
     with torch.no_grad():
-        assert not torch.allclose(caption_loss_sum(model(pixels, ids, mask), ids, mask)[0], total, atol=1e-3)
+        assert token_nll(model(pixels, ids, mask), ids, mask)[0] != pytest.approx(total, abs=1e-3)
 
 
 def test_a_prompted_model_captions_after_its_prompt_and_keeps_it(tmp_path: Path) -> None:

@@ -178,6 +178,24 @@ def test_by_default_a_runs_own_unsplit_data_is_evaluated_on_the_images_it_held_o
     assert json.loads(out)["images"] == 30
 
 
+def test_the_data_train_of_a_run_with_its_own_data_val_is_said_to_be_training_images(
+    scenes, model_dir, tmp_path, capsys
+):
+    """That run held none of data.train out: evaluating it by default scored training images without a word."""
+    records = [dataclasses.replace(r, split=None) for r in load_records(scenes)]
+    data = write_jsonl(records, tmp_path / "unsplit.jsonl")
+    run_dir = tmp_path / "run"
+    shutil.copytree(model_dir, run_dir)
+    saved = {"data": {"train": str(data), "val": str(scenes), "val_fraction": 0.05}, "train": {"seed": 3}}
+    (run_dir / "train_config.json").write_text(json.dumps(saved))
+    args = ["evaluate", "--model", str(run_dir), "--beams", "1", "--max-length", "4", "--metrics", "BLEU"]
+    note = f"captionkit: note: {data} is the data.train of the model's training run, which validated on its data.val"
+    code, _, err = run_cli([*args, "--data", str(data)], capsys)
+    assert code == 0 and note in err, err
+    code, _, err = run_cli([*args, "--data", str(scenes)], capsys)  # its data.val: a test split, not trained on
+    assert code == 0 and "is the data.train" not in err, err
+
+
 def test_by_default_data_labelled_train_and_val_without_test_is_evaluated_on_val(scenes, model_dir, tmp_path, capsys):
     records = [r for r in load_records(scenes) if r.split != "test"]
     data = write_jsonl(records, tmp_path / "train-val.jsonl")

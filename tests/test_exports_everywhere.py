@@ -88,6 +88,9 @@ def test_an_export_runs_on_the_cpu_only_and_is_not_saved_again(dirs, kind, tmp_p
     article = "an ONNX" if kind == "onnx" else "an int8"
     assert str(refused.value) == f"device: {dirs[kind]} is {article} export: it runs on the CPU only, got cuda"
     assert Captioner.from_pretrained(dirs[kind]).device.type == "cpu"  # no device given: the CPU, GPU or not
+    with pytest.raises(InputError) as refused:
+        Captioner.from_pretrained(dirs[kind], dtype="bf16")  # read as stored: half precision is no export's
+    assert str(refused.value) == f"dtype: {dirs[kind]} is {article} export: it runs in fp32 only"
 
 
 def test_serve_lists_exports_with_their_true_parameter_counts(dirs: dict[str, Path]) -> None:

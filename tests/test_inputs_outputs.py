@@ -1,10 +1,13 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
+from _helpers import run_cli
 from captionkit.errors import InputError
+from captionkit.files import url_of
 from captionkit.jobs.inputs import collect_images, collect_inputs, iter_inputs
 from captionkit.jobs.outputs import RecordWriter, read_records, read_records_and_tail, repair_torn_tail
 from captionkit.shards import writing
@@ -45,6 +48,29 @@ def test_a_url_is_named_as_given_and_said_to_be_a_url(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = touch(tmp_path / "https:" / "example.com" / "cat.jpg")
     assert [p.resolve() for p in collect_images(["https://example.com/cat.jpg"])] == [local]
+
+
+def test_a_url_given_as_data_or_as_scores_file_is_named_as_written(tmp_path, capsys, monkeypatch):
+    """`evaluate --data https://...` said "unknown format 'https'", `score --cands https://...` "https:/...: no such
+    file" (Path() had mangled it)."""
+    url = "https://example.com/coco/captions_val2017.json"
+    reason = "a URL: captionkit reads datasets from local files only (download it first)"
+    for args in (["data", "check", url], ["evaluate", "--model", tmp_path, "--data", url]):
+        code, out, err = run_cli(args, capsys)
+        assert (code, out, err) == (1, "", f"captionkit: error: {url}: {reason}\n")
+    refs = tmp_path / "refs.json"
+    refs.write_text('{"a": ["a dog"]}')
+    for flag, args in (("--cands", ["--refs", refs, "--cands", url]), ("--refs", ["--refs", url, "--cands", refs])):
+        code, out, err = run_cli(["score", *args], capsys)
+        why = "a URL: captionkit reads local files only (download it first)"
+        assert (code, out, err) == (1, "", f"captionkit: error: {flag}: {url}: {why}\n")
+    monkeypatch.chdir(tmp_path)  # a folder called "https:" is a path like any other
+    local = tmp_path / "https:" / "example.com" / "c.json"
+    local.parent.mkdir(parents=True)
+    local.write_text("{}")
+    assert url_of(Path("https://example.com/c.json")) is None
+    assert url_of(Path("https://example.com/d.json")) == "https://example.com/d.json"
+    assert url_of(Path("data/https:/x")) is None
 
 
 def test_a_url_in_an_image_list_is_named_with_its_line(tmp_path):

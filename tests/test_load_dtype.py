@@ -27,7 +27,6 @@ from _data import real_photos
 from _helpers import FAMILIES, save_tiny_model
 from _hub_models import hub_layout
 from captionkit import Captioner
-from captionkit.errors import InputError
 from captionkit.loading import load_pretrained
 from captionkit.models import native
 from captionkit.models.registry import load_model
@@ -182,10 +181,3 @@ def test_default_dtype_builds_in_it_and_restores_torch_default() -> None:
     assert torch.get_default_dtype() == torch.float32
     with default_dtype(None):
         assert torch.nn.Linear(2, 2).weight.dtype == torch.float32
-
-
-def test_an_onnx_export_refuses_to_be_read_in_half_precision(tmp_path: Path) -> None:
-    from captionkit.export.onnx import OnnxCaptionModel
-
-    with pytest.raises(InputError, match="is an ONNX export: it runs in fp32 only"):
-        OnnxCaptionModel.from_pretrained(tmp_path, dtype=torch.bfloat16)

@@ -4,7 +4,13 @@ from pathlib import Path
 import pytest
 
 from captionkit.data import CaptionRecord, load_records, read_jsonl, write_jsonl
-from captionkit.data.splits import first_caption_per_image, select_split, split_by_image, training_records
+from captionkit.data.splits import (
+    assign_splits,
+    first_caption_per_image,
+    select_split,
+    split_by_image,
+    training_records,
+)
 from captionkit.errors import InputError
 
 
@@ -114,6 +120,17 @@ def test_training_records_leave_out_images_held_out_elsewhere_by_their_file():
     assert [r.caption for r in kept] == ["coco 0", "coco 3", "a nice cup", "a flickr photo"]
     assert left_out == 3  # 1 (test), 2 (val split), 4 (data.val)
     assert training_records(coco) == (coco, 0)
+
+
+def test_a_file_another_dataset_puts_in_a_split_follows_it_under_any_id():
+    """Held out by val_fraction: a COCO caption (id "139") of the photo SentiCap (id "COCO_val2014_...139") puts in
+    test was trained on: the split followed ids only."""
+    coco = CaptionRecord(Path("/coco/139.jpg"), "a room", image_id="139")
+    senticap = CaptionRecord(Path("/coco/139.jpg"), "a lovely room", image_id="s139", split="test")
+    other = CaptionRecord(Path("/coco/140.jpg"), "a dog", image_id="140")
+    train, val = split_by_image([coco, senticap, other], 0.0)
+    assert (train, val) == ([other], [])
+    assert [r.split for r in assign_splits([coco, senticap, other], 0.0)] == ["test", "test", "train"]
 
 
 def test_first_caption_per_image():

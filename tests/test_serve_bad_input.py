@@ -262,7 +262,9 @@ def test_json_base64_of_a_bad_image(client):
         ({"style": "happy"}, "style", "unknown style 'happy' (known: neutral, positive, negative)"),
         ({"prompt": "a photo of"}, "prompt", "model 'tiny' is a vit-gpt2 model: it takes no text prompt (blip does)"),
         ({"attention": "maybe"}, "attention", "must be true or false, got 'maybe'"),
-        ({"beams": 4}, "beams", "unknown parameter"),
+        ({"beam": 4}, "beam", "unknown parameter"),
+        ({"beams": 0}, "beams", "must be in [1, 64], got 0"),  # the options table's alias, named as given
+        ({"num_beams": 2, "beams": 3}, "beams", "the same parameter as num_beams: give one of them"),
     ],
 )
 def test_out_of_range_parameters_are_422_naming_the_field(client, params, field, reason):
@@ -270,6 +272,16 @@ def test_out_of_range_parameters_are_422_naming_the_field(client, params, field,
     assert body["detail"].startswith(f"{field}: ")
     assert reason in body["detail"]
     assert body["errors"][0]["field"] == field
+
+
+def test_the_options_tables_other_names_are_taken_as_the_cli_and_the_api_take_them(client):
+    """README: the CLI, the API and the server share names and aliases; the server refused beams, max_new_tokens,
+    num_return_sequences and sample with "unknown parameter"."""
+    plain = post(client, image_bytes(), num_beams=2, max_length=5, n_best=2).json()["results"]
+    other = post(client, image_bytes(), beams=2, max_new_tokens=5, num_return_sequences=2).json()["results"]
+    assert other == plain and len(plain[0]["captions"]) == 2
+    sampled = post(client, image_bytes(), sample="true", seed=3, max_length=5).json()["results"]
+    assert sampled == post(client, image_bytes(), do_sample="true", seed=3, max_length=5).json()["results"]
 
 
 def test_all_bad_parameters_are_listed(client):

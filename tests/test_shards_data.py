@@ -246,21 +246,24 @@ def test_img2dataset_sidecar_of_only_whitespace_holds_no_caption_as_an_empty_one
     assert result.dropped == {"sample without a caption": 2}
 
 
-def test_img2dataset_broken_json_sidecar_is_counted_but_keeps_the_captions_of_its_txt(tmp_path, photos):
-    # As a tar's unreadable .json member: the .txt captions were read, so the sample was lost for nothing.
-    files = write_files_layout(photos[:3], tmp_path / "files", per_folder=3)
+def test_img2dataset_json_sidecar_is_read_only_for_a_caption_the_txt_does_not_give(tmp_path, photos):
+    # A broken .json beside a good .txt lost the sample (its captions were read), then counted a kept sample as
+    # dropped; an empty .json is no metadata, as an empty .txt is no caption.
+    files = write_files_layout(photos[:4], tmp_path / "files", per_folder=4)
     folder = files / "00000"
-    empty, broken = folder / f"{photos[0].stem}.json", folder / f"{photos[1].stem}.json"
+    empty, broken, broken_alone = (folder / f"{photos[i].stem}.json" for i in range(3))
     empty.write_text("")
     broken.write_text("{")
-    (folder / f"{photos[1].stem}.txt").write_text("")  # nothing else to caption it: dropped, counted once
+    broken_alone.write_text("{")
+    (folder / f"{photos[2].stem}.txt").write_text("")  # nothing else to caption it: dropped, counted once
     result = load_dataset(files)
     assert [(r.image_id, r.caption) for r in result.records] == [
         (photos[0].stem, caption_of(0)),
-        (photos[2].stem, caption_of(2)),
+        (photos[1].stem, caption_of(1)),
+        (photos[3].stem, caption_of(3)),
     ]
-    bad_json = f"{broken}: invalid JSON: Expecting property name enclosed in double quotes (column 2)"
-    assert result.dropped == {f"{empty}: empty file": 1, bad_json: 1}
+    bad_json = f"{broken_alone}: invalid JSON: Expecting property name enclosed in double quotes (column 2)"
+    assert result.dropped == {bad_json: 1}
 
 
 @pytest.mark.parametrize("forced", ["webdataset", "parquet"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from _data import SHARED_DATA
 from _helpers import FAMILIES
 from captionkit.config import DataSection, TrainConfig, from_dict
 from captionkit.data.dataset import CaptionDataset
-from captionkit.data.records import CaptionRecord
+from captionkit.data.records import CaptionRecord, write_jsonl
 from captionkit.data.sources import load_records
 from captionkit.data.styles import first_caption_per_style, mix_styles
 from captionkit.data.synthetic import write_synthetic_dataset
@@ -147,7 +148,7 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
 
     from captionkit.decoding import DecodingConfig, generate
     from captionkit.models.registry import create_model, train_tokenizer
-    from captionkit.training.loss import caption_loss_sum
+    from captionkit.training.loss import caption_loss_total
 
     records = _records({"neutral": 2, "positive": 2, "negative": 2})
     tokenizer = train_tokenizer(family, [r.caption for r in records] * 3, 300)
@@ -162,8 +163,8 @@ def test_every_family_trains_and_decodes_with_style_start_tokens(family, single_
     input_ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
     pixels = torch.randn(len(rows), 3, size, size)
-    loss_sum, tokens = caption_loss_sum(model(pixels, input_ids, mask), input_ids, mask)
-    loss = loss_sum / tokens
+    loss_sum, _ = caption_loss_total(model(pixels, input_ids, mask), input_ids, mask)
+    loss = loss_sum / mask[:, 1:].sum()
     loss.backward()
     assert torch.isfinite(loss)
     # Decoding starts from the style's token: different starts, different first distributions.
@@ -248,3 +249,22 @@ def test_data_val_that_is_data_train_itself_trains_on_it_and_says_it_validates_o
         setup = build_setup(config)
     assert len(setup.train_records) == len(load_records(captions))
     assert "data.val holds every image of data.train: the run validates on the images it trains on" in caplog.text
+
+
+def test_the_test_split_of_data_val_is_not_trained_on_either(tmp_path):
+    """data.train: every scene without its split label; data.val: the labelled file. Its test images were trained
+    on (only its val split was held out), and `evaluate` on that file then scored them by default."""
+    labelled = write_synthetic_dataset(tmp_path / "scenes", 12, 4, 4, seed=0, image_size=32)
+    records = load_records(labelled)
+    unlabelled = write_jsonl([dataclasses.replace(r, split=None) for r in records], tmp_path / "unsplit.jsonl")
+    config = from_dict(
+        TrainConfig,
+        {
+            "model": {"preset": "tiny"},
+            "tokenizer": {"vocab_size": 300},
+            "data": {"train": str(unlabelled), "val": str(labelled)},
+            "train": {"steps": 1, "batch_size": 4, "device": "cpu"},
+        },
+    )
+    trained = {r.image_path for r in build_setup(config).train_records}
+    assert trained == {r.image_path for r in records if r.split == "train"}

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +96,8 @@ def test_the_cli_says_what_it_trains_where_it_resumes_and_when_it_is_already_don
         "past its old end"
     ) in err.splitlines()
     assert f"captionkit: step 4: stage 2 of 2 trains everything ({total:,} parameters)" in err.splitlines()
+    model = next(line for line in err.splitlines() if line.startswith("captionkit: model: "))
+    assert model.endswith(f"{total:,} trainable in stage 2 of 2 (everything)"), model  # the stage it resumes in
     summary = json.loads(stdout.splitlines()[-1])
     assert summary["steps"] == 6 and summary["already_complete"] is False
 
@@ -229,3 +232,13 @@ def test_more_data_workers_than_cpus_is_said_once_without_torchs_warning(scenes,
     assert not [w for w in caught if "worker processes in total" in str(w.message)]
     said = [m for m in messages(caplog) if "data.workers" in m]
     assert said == ["cpu, fp32; 2 steps (0.667 epochs), 8 captions a step; 2 data.workers on 1 CPU"]
+
+
+def test_two_equal_captions_of_an_image_count_twice_a_record_repeated_by_style_mixing_once():
+    from captionkit.data.records import CaptionRecord
+    from captionkit.training.summary import _images_captions
+
+    first, second = (CaptionRecord(Path("a.jpg"), "a dog", image_id="a") for _ in range(2))
+    other = CaptionRecord(Path("b.jpg"), "a cat", image_id="b")
+    assert first == second
+    assert _images_captions([first, second, other, first, other]) == "2 images, 3 captions"

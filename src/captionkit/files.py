@@ -214,3 +214,24 @@ def _check_writable(directory: Path, path: Path, flag: str) -> None:
     if not os.access(directory, os.W_OK | os.X_OK):
         where = f"{path}" if directory == path else f"{path}: {directory}"
         raise InputError(flag, f"{where} is not writable")
+
+
+# http://, https://, s3://, gs://, ...: two letters at least, since C://photos/cat.jpg is a Windows drive's path.
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+# What ``Path`` makes of one: the double slash collapsed (``https:/host/cat.jpg``).
+_URL_AS_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL (``https://``, ``s3://``, ...) and no local path: ``Path`` would read it as a path,
+    mangled (``https:/host/cat.jpg``), and the file would be "missing" where it was never looked for."""
+    return bool(_URL.match(text)) and not os.path.exists(text)
+
+
+def url_of(path: Path) -> str | None:
+    """The URL a ``Path`` was made of (``Path("https://host/x")`` is ``https:/host/x``), as it was written; None for a
+    path that is no URL, or names a local file."""
+    text = str(path)
+    if _URL_AS_PATH.match(text) is None or path.exists():
+        return None
+    return _URL_AS_PATH.sub(r"\1://", text, count=1)

@@ -20,6 +20,12 @@ def step_name(step: int) -> str:
     return f"step-{step:06d}"
 
 
+def step_of(checkpoint: str | Path) -> int | None:
+    """The step a ``step-N`` checkpoint's name says it was written at; None for another name."""
+    match = _STEP_NAME.fullmatch(Path(checkpoint).name)
+    return int(match.group(1)) if match else None
+
+
 def step_checkpoints(root: str | Path) -> list[Path]:
     """The COMPLETE ``step-N`` checkpoints under ``root``, oldest first (by step); incomplete ones are left out."""
     root = Path(root)
@@ -27,9 +33,9 @@ def step_checkpoints(root: str | Path) -> list[Path]:
         return []
     found = []
     for path in root.iterdir():
-        match = _STEP_NAME.fullmatch(path.name)
-        if match and path.is_dir() and is_complete(path):
-            found.append((int(match.group(1)), path))
+        step = step_of(path)
+        if step is not None and path.is_dir() and is_complete(path):
+            found.append((step, path))
     return [path for _, path in sorted(found)]
 
 

@@ -47,6 +47,8 @@ class TrainedOn:
     validation_data: str | None = None
     # Every spec of data.train and data.val, as the run's config wrote them.
     run_data: tuple[str, ...] = ()
+    # Those of data.train alone.
+    train_data: tuple[str, ...] = ()
     # The run's last logged validation: step and VALIDATION_KEYS (None: no trainer_state.json, or no validation).
     last_validation: dict[str, float] | None = None
 
@@ -86,6 +88,7 @@ class TrainedOn:
             eval_images=int(train.get("eval_images", TrainSection.eval_images)),
             validation_data=source if isinstance(source, str) else None,
             run_data=tuple(specs),
+            train_data=tuple(_specs(data.get("train"))),
         )
 
     def split(self, records: Sequence[CaptionRecord]) -> list[CaptionRecord]:
@@ -101,13 +104,14 @@ class TrainedOn:
         :meth:`read_data`)."""
         return validation_captions(records, self.first_caption_only and own_data, self.styles)
 
-    def read_data(self, data: str, files: Sequence[Path] = ()) -> bool:
+    def read_data(self, data: str, files: Sequence[Path] = (), train_only: bool = False) -> bool:
         """Whether ``data`` (whose reading opened ``files``) is data the run read, a spec of its data.train or
-        data.val: one that names the same file or folder, or the file the run named (a folder and the captions file
-        in it are one dataset, whichever way either names it). Relative paths are the current directory's."""
+        data.val (of its data.train alone with ``train_only``): one that names the same file or folder, or the file
+        the run named (a folder and the captions file in it are one dataset, whichever way either names it).
+        Relative paths are the current directory's."""
         read = {_resolved(path) for path in files}
         given = _spec_path(data)
-        for spec in self.run_data:
+        for spec in self.train_data if train_only else self.run_data:
             named = _spec_path(spec)
             if named is None:
                 continue

@@ -254,13 +254,15 @@ class _OwnData:
     once: the answer may cost reading the run's data."""
 
     def __init__(self, trained: TrainedOn | None, data: str, files: list[Path]) -> None:
-        self._ask = (lambda: trained.read_data(data, files)) if trained is not None else (lambda: False)
-        self._answer: bool | None = None
+        self._trained, self._data, self._files = trained, data, files
+        self._answers: dict[bool, bool] = {}
 
-    def __call__(self) -> bool:
-        if self._answer is None:
-            self._answer = self._ask()
-        return self._answer
+    def __call__(self, train_only: bool = False) -> bool:
+        """Whether the data is the run's (its data.train alone with ``train_only``)."""
+        if train_only not in self._answers:
+            trained = self._trained
+            self._answers[train_only] = trained is not None and trained.read_data(self._data, self._files, train_only)
+        return self._answers[train_only]
 
 
 def _chosen_records(
@@ -285,12 +287,27 @@ def _chosen_records(
     else:
         chosen, which = evaluation_split(records, split, data)
         print(f"captionkit: evaluating {which} of {data}", file=sys.stderr)
+        if split is None and trained is not None and _holds_training_images(chosen, trained, own_data):
+            print(
+                f"captionkit: note: {data} is the data.train of the model's training run, which validated on its "
+                "data.val: the images evaluated are images it trained on (a held-out split: --split)",
+                file=sys.stderr,
+            )
         if trained is not None:
             own = not trained.first_caption_only or own_data()
             chosen = trained.captions(chosen, own)
     if trained is not None:
         print(f"captionkit: data: {trained.describe(own)}", file=sys.stderr)
     return chosen
+
+
+def _holds_training_images(chosen: list[CaptionRecord], trained: TrainedOn, own_data: _OwnData) -> bool:
+    """Whether ``chosen``, the default split of the run's own data.train, holds images the run trained on: it read
+    data.val for validation, so no image of data.train without a split was held out (a run that held
+    data.val_fraction out has its split reproduced instead, see :func:`_split_as_trained`)."""
+    if trained.held_out_val or not any(record.split in (None, "train") for record in chosen):
+        return False
+    return own_data(train_only=True)
 
 
 def _check_as_validation(**given: object) -> None:

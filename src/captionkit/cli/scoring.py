@@ -28,7 +28,7 @@ from captionkit.cli._common import (
     plural,
     without_cyclic_gc,
 )
-from captionkit.files import cannot_write, check_output_file, write_atomic
+from captionkit.files import cannot_write, check_output_file, url_of, write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_METEOR = "python"
@@ -127,6 +127,10 @@ def run_score(
         if per_image is not None:  # before the scoring, which a path that cannot be written would waste
             check_output_file(per_image, "--per-image")
         check_not_overwriting([("--per-image", per_image)], [refs, cands, train_captions])
+        for flag, given in (("--refs", refs), ("--cands", cands), ("--train-captions", train_captions)):
+            url = url_of(given) if given is not None else None
+            if url is not None:
+                raise InputError(flag, f"{url}: a URL: captionkit reads local files only (download it first)")
         references = read_references(refs)
         failed: dict[str, str] = {}  # the images that failed to caption, by name -> their error
         candidates = references.match(_read_candidates(cands, failed), str(cands))

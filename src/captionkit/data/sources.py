@@ -29,6 +29,7 @@ from captionkit.data.formats.base import Probe, ReadOptions
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import assign_splits, keep_fraction, splitting_problem
 from captionkit.errors import InputError
+from captionkit.files import is_url
 from captionkit.shards import is_container_input
 
 OPTION_KEYS = ("images", "val", "test", "fraction", "seed")
@@ -69,6 +70,8 @@ def parse_spec(spec: str | Path) -> DataSpec:
     text = spec.strip()
     if not text:
         raise InputError("data", "empty data spec")
+    if is_url(text.partition("?")[0]):
+        raise InputError(spec, "a URL: captionkit reads datasets from local files only (download it first)")
     forced = None
     head, sep, rest = text.partition(":")
     named = get_format(head) if sep else None
@@ -94,15 +97,15 @@ def _parse_options(query: str, spec: str) -> dict:
             options[f"{key}_fraction"] = _fraction(value, key, spec)
         elif key == "fraction":
             options["fraction"] = _fraction(value, key, spec, "(0, 1]")
-            if not 0.0 < options["fraction"] <= 1.0:
-                raise InputError(spec, f"fraction must be in (0, 1] (the share of the images kept), got {value!r}")
         elif key == "seed":
             if _INTEGER.fullmatch(value) is None:  # not int(): it takes "1_000", " 3" and other digits than 0-9
                 raise InputError(spec, f"seed must be an integer, got {value!r}")
             options["seed"] = int(value)
         else:
             raise InputError(spec, f"unknown option {key!r} (options: {', '.join(OPTION_KEYS)})")
-    problem = splitting_problem(options.get("val_fraction"), options.get("test_fraction"), options.get("seed"))
+    problem = splitting_problem(
+        options.get("val_fraction"), options.get("test_fraction"), options.get("seed"), options.get("fraction")
+    )
     if problem is not None:
         raise InputError(spec, f"{problem[0]} {problem[1]}")
     if roots:
@@ -117,7 +120,7 @@ def _fraction(value: str, key: str, spec: str, interval: str = "[0, 1)") -> floa
     try:
         return float(value)
     except ValueError:
-        raise InputError(spec, f"{key} must be a fraction in {interval}, got {value!r}") from None
+        raise InputError(spec, f"{key} must be a number in {interval}, got {value!r}") from None
 
 
 def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
@@ -132,14 +135,12 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     probe = Probe(path)
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
     result = chosen.read(probe, ReadOptions(parsed.image_roots))
-    records, dropped = result.records, result.dropped
-    if parsed.fraction is not None and parsed.fraction < 1.0:
-        kept = keep_fraction(records, parsed.fraction, parsed.seed)
-        left_out = len({record.image_id for record in records}) - len({record.image_id for record in kept})
-        records, dropped = kept, {**dropped, f"images outside fraction={parsed.fraction:g}": left_out}
+    records = result.records
+    if parsed.fraction is not None and parsed.fraction < 1.0:  # asked for: not "dropped" (data check, training count)
+        records = keep_fraction(records, parsed.fraction, parsed.seed)
     if parsed.assigns_splits:
         records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
-    return LoadResult(records, chosen.name, path, result.files, dropped)
+    return LoadResult(records, chosen.name, path, result.files, result.dropped)
 
 
 def separate_datasets(spec: str) -> list[str]:

@@ -19,15 +19,18 @@ VAL_SPLITS = frozenset({"val", "dev", "validation"})
 
 
 def splitting_problem(
-    val_fraction: float | None, test_fraction: float | None, seed: int | None = None
+    val_fraction: float | None, test_fraction: float | None, seed: int | None = None, fraction: float | None = None
 ) -> tuple[str, str] | None:
     """The first of the options that split data by image that cannot be used, as ``(option, reason)``: option
-    ``"val"``, ``"test"``, ``"val and test"`` (their sum) or ``"seed"``; ``None`` when every one given (not
-    ``None``) can. The one check of a spec's ``val=``/``test=``/``seed=`` and of ``data check``'s flags, each
-    naming the option as its user spells it."""
-    for option, fraction in (("val", val_fraction), ("test", test_fraction)):
-        if fraction is not None and not 0.0 <= fraction < 1.0:
-            return option, f"must be in [0, 1), got {fraction:g}"
+    ``"val"``, ``"test"``, ``"val and test"`` (their sum), ``"seed"`` or ``"fraction"`` (the share of the images
+    kept, :func:`keep_fraction`); ``None`` when every one given (not ``None``) can. The one check of a spec's
+    ``val=``/``test=``/``seed=``/``fraction=`` and of ``data check``'s flags, each naming the option as its user
+    spells it."""
+    for option, share in (("val", val_fraction), ("test", test_fraction)):
+        if share is not None and not 0.0 <= share < 1.0:
+            return option, f"must be in [0, 1), got {share:g}"
+    if fraction is not None and not 0.0 < fraction <= 1.0:
+        return "fraction", f"must be in (0, 1] (the share of the images kept), got {fraction:g}"
     val, test = val_fraction or 0.0, test_fraction or 0.0
     if val + test >= 1.0:
         return "val and test", f"must sum below 1, got {val:g} + {test:g}"
@@ -49,14 +52,20 @@ def keep_fraction(records: Sequence[CaptionRecord], fraction: float, seed: int =
     return [record for record in records if _unit_interval(f"fraction:{record.image_id}", seed) < fraction]
 
 
-def _given_splits(records: Sequence[CaptionRecord]) -> dict[str, str]:
-    """image id -> the split the data gives one of its captions: a table may label only some rows of an image, and
-    its other captions must follow them rather than be hashed into another split (a leak)."""
-    given: dict[str, str] = {}
+def _given_splits(records: Sequence[CaptionRecord]) -> dict[str | Path, str]:
+    """image id, and image file -> the split the data gives one of its captions: a table may label only some rows of
+    an image, and its other captions must follow them rather than be hashed into another split (a leak); so must
+    the captions another dataset gives the same file under another id (COCO captions beside SentiCap's splits)."""
+    given: dict[str | Path, str] = {}
     for record in records:
         if record.split is not None:
             given.setdefault(record.image_id, record.split)
+            given.setdefault(record.image_path, record.split)
     return given
+
+
+def _given_split(given: dict[str | Path, str], record: CaptionRecord) -> str | None:
+    return given.get(record.image_id) or given.get(record.image_path)
 
 
 def training_records(
@@ -90,7 +99,7 @@ def split_by_image(
     val: list[CaptionRecord] = []
     given = _given_splits(records)
     for record in records:
-        split = record.split or given.get(record.image_id)
+        split = record.split or _given_split(given, record)
         if split is not None:
             side = val if split in VAL_SPLITS else train if split == "train" else None
         else:
@@ -116,7 +125,7 @@ def assign_splits(
     given = _given_splits(records)
     for record in records:
         if record.split is None:
-            split = given.get(record.image_id)
+            split = _given_split(given, record)
             if split is None:
                 where = _unit_interval(record.image_id, seed)
                 split = "val" if where < val_fraction else "test" if where < val_fraction + test_fraction else "train"

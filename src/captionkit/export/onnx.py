@@ -282,9 +282,7 @@ class OnnxCaptionModel(CaptionModel):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> OnnxCaptionModel:
-        if dtype not in (None, torch.float32):
-            raise InputError("dtype", f"{name_or_dir} is an ONNX export: it runs in fp32 only")
-        return cls(name_or_dir)
+        raise NotImplementedError("an ONNX export loads through captionkit.loading.load_pretrained (fp32 only)")
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> OnnxCaptionModel:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import stat
 import threading
 import warnings
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from captionkit.errors import ConfigError, ImageError, InputError
+from captionkit.files import is_url
 from captionkit.shards import read_member
 
 MiB = 1024 * 1024
@@ -65,8 +65,6 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
 _HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 _SNIFF_BYTES = 4096
-# http://, https://, s3://, gs://, ...: two letters at least, since C://photos/cat.jpg is a Windows drive's path.
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 #: Why a URL is refused, wherever one is given (an image, a command-line input, a line of an image list).
 URL_REASON = "a URL: captionkit opens local files only (download the image first)"
 _WARNINGS_LOCK = threading.Lock()
@@ -192,12 +190,6 @@ def _check_path_text(path: str | bytes, label: str) -> None:
         raise _fail(label, "empty path: name an image file")
     if isinstance(path, str) and is_url(path):
         raise _fail(label, URL_REASON)
-
-
-def is_url(text: str) -> bool:
-    """Whether ``text`` is a URL (``https://``, ``s3://``, ...) and no local path: ``Path`` would read it as a path,
-    mangled (``https:/host/cat.jpg``), and the file would be "missing" where it was never looked for."""
-    return bool(_URL.match(text)) and not os.path.exists(text)
 
 
 def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from captionkit.errors import InputError
-from captionkit.files import text_lines
+from captionkit.files import is_url, text_lines
 from captionkit.shards import (
     container_files,
     is_container_input,
@@ -124,12 +124,8 @@ def _folder_key(image: Path, folder: Path) -> str:
 
 
 def _is_url(text: str, folder: Path | None = None) -> bool:
-    """Whether an input, or a line of a list in ``folder``, is a URL (see :func:`captionkit.images.loading.is_url`)
-    and no path there."""
-    if "://" not in text:  # every path of a long list, without importing the image library
-        return False
-    from captionkit.images.loading import is_url
-
+    """Whether an input, or a line of a list in ``folder``, is a URL (see :func:`captionkit.files.is_url`) and no
+    path there."""
     return is_url(text) and (folder is None or not (folder / text).exists())
 
 

@@ -1,8 +1,9 @@
 """Request parameters of ``POST /v1/captions``: one table of names and bounds, parsed from strings or JSON.
 
 The same table validates query parameters, multipart form fields and JSON keys, and describes them in the
-OpenAPI schema, so what the docs say is what the server checks. Unknown names are errors (a typo such as
-``beams=8`` must not silently decode with the default).
+OpenAPI schema, so what the docs say is what the server checks. Each decoding option also takes the table's other
+name (``beams`` for ``num_beams``), as the CLI and the Python API do. Unknown names are errors (a typo such as
+``beam=8`` must not silently decode with the default).
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ _DECODING_NAMES = {
 }
 
 
+# The table's other name of each (its field, or its alias: ``beams`` for ``num_beams``), taken too, as the CLI and the
+# Python API take either; errors name the parameter as the request gave it.
+_OTHER_NAMES = {
+    other: name
+    for name, field in _DECODING_NAMES.items()
+    for other in (field, BY_FIELD[field].alias)
+    if other is not None and other != name
+}
+
+
 def _limits(settings: ServeSettings) -> dict[str, float]:
     """This server's bounds, tighter than the table's, since every request shares the same machine. (The length
     penalty costs nothing to decode: its range is the table's, as on the CLI and in the Python API.)"""
@@ -72,9 +83,10 @@ def parameters(settings: ServeSettings) -> tuple[Parameter, ...]:
     for name, field in _DECODING_NAMES.items():
         option = BY_FIELD[field]
         high = limits.get(name, option.high)
-        decoding.append(
-            Parameter(name, option.kind, f"{option.help} Default: {option.default}.", option.low, high, option.low_open)
-        )
+        also = [other for other, own in _OTHER_NAMES.items() if own == name]
+        named = f" Also named {also[0]}." if also else ""
+        text = f"{option.help} Default: {option.default}.{named}"
+        decoding.append(Parameter(name, option.kind, text, option.low, high, option.low_open))
     return (
         Parameter("model", str, "Model name from GET /v1/models (default: the first one)."),
         *decoding,
@@ -102,17 +114,20 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     table's (captionkit.decoding.options), as for the CLI and the Python API, with this server's tighter limits.
     """
     table = {p.name: p for p in parameters(settings)}
-    errors = [field_error(name, f"unknown parameter (known: {', '.join(table)})") for name in raw if name not in table]
+    raw, given_as, errors = _canonical_names(raw)
+    known = ", ".join(table)
+    errors += [field_error(name, f"unknown parameter (known: {known})") for name in raw if name not in table]
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name in table:
             try:
                 values[name] = _convert(table[name], value)
             except ValueError as error:
-                errors.append(field_error(name, str(error)))
+                errors.append(field_error(given_as.get(name, name), str(error)))
     limits = _limits(settings)
     decoding_values = {name: value for name, value in values.items() if name in _DECODING_NAMES}
-    errors += [field_error(error.source, error.reason) for error in option_errors(limits, **decoding_values)]
+    for error in option_errors(limits, **decoding_values):
+        errors.append(field_error(given_as.get(error.source, error.source), error.reason))
     if errors:
         raise invalid_fields(errors)
     model = _pick_model(values.get("model"), models)
@@ -125,6 +140,24 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     except InputError as error:
         raise invalid_fields([field_error(error.source, error.reason)]) from None
     return CaptionParams(model, decoding, request.style or NEUTRAL, attention)
+
+
+def _canonical_names(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], list[dict[str, Any]]]:
+    """``raw`` with each option's other name (``beams``, ``max_new_tokens``, ``sample``, ...) as the server's own;
+    the names so replaced (server's -> given); and an error for an option given under both names."""
+    renamed: dict[str, Any] = {}
+    given_as: dict[str, str] = {}
+    errors = []
+    for name, value in raw.items():
+        own = _OTHER_NAMES.get(name, name)
+        if own in renamed:
+            first = given_as.get(own, own)
+            errors.append(field_error(name, f"the same parameter as {first}: give one of them"))
+            continue
+        renamed[own] = value
+        if own != name:
+            given_as[own] = name
+    return renamed, given_as, errors
 
 
 def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:

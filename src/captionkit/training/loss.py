@@ -20,8 +20,8 @@ def shifted_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tor
 def caption_loss_sum(
     logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, int]:
-    """(summed loss, number of target tokens): micro-batches of one optimizer step are divided by their joint count,
-    so that gradient accumulation (and data parallelism) matches one big batch."""
+    """(summed loss, number of target tokens), for a caller that divides by the count itself (reading it is a host
+    sync: the training step counts tokens from the collated batch instead, :func:`caption_loss_total`)."""
     labels = shifted_labels(input_ids, attention_mask)
     return _summed_loss(logits, labels, label_smoothing), int((labels != IGNORE_INDEX).sum())
 
@@ -59,10 +59,4 @@ def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: fl
 def token_nll(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[float, int]:
     """(summed negative log-likelihood, number of target tokens) of a batch: the parts of a perplexity."""
     labels = shifted_labels(input_ids, attention_mask)
-    total = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.size(-1)).float(),
-        labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
-    return float(total), int((labels != IGNORE_INDEX).sum())
+    return float(_summed_loss(logits, labels, 0.0)), int((labels != IGNORE_INDEX).sum())

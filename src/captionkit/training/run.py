@@ -22,7 +22,7 @@ from captionkit.config import TrainConfig
 from captionkit.data.dataset import Batch, CaptionDataset, collate
 from captionkit.data.records import CaptionRecord
 from captionkit.errors import ConfigError, InputError
-from captionkit.run_layout import CHECKPOINTS
+from captionkit.run_layout import CHECKPOINTS, step_of
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.checks import check_lengths, check_run_dir, check_validation
@@ -202,7 +202,8 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     train_records, empty_captions = _usable_records(config, setup)
     stages = Stages(setup.model, config.train.stages)
     if parallel.is_main:  # before the images are cached or encoded: what the wait is for
-        log_summary(summary_lines(config, setup, stages, empty_captions, device, parallel.world_size))
+        start = (step_of(resume_from) or 0) if resume_from is not None else 0
+        log_summary(summary_lines(config, setup, stages, empty_captions, device, parallel.world_size, start))
     train_data = _training_data(config, setup, train_records, stages, device, autocast, parallel)
     step = _step(config, setup, train_data, device, parallel)
     state, restore_rng = LoopState(), None

@@ -180,13 +180,15 @@ def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
     specs = [data.train] if isinstance(data.train, str) else data.train
     report_dropped(", ".join(specs), scanned.dropped)
     if data.val:
-        scanned.val_records = validation_captions(_val_records(config), data.first_caption_only, ())
+        scanned.val_records = validation_captions(_val_data(config)[0], data.first_caption_only, ())
     return scanned
 
 
-def _val_records(config: TrainConfig) -> list[CaptionRecord]:
-    """The records of ``data.val`` without a split or in a validation split."""
-    return separate_val_records(load_all_records(config.data.val)[0])
+def _val_data(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
+    """The records of ``data.val`` without a split or in a validation split (validated on), and every record of it
+    not in its train split (its test split too: held out of training)."""
+    records = load_all_records(config.data.val)[0]
+    return separate_val_records(records), [record for record in records if record.split != "train"]
 
 
 def _records(
@@ -201,8 +203,8 @@ def _records(
         train = config.data.train
         report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), records)
     if config.data.val:
-        val_records = _val_records(config)
-        train_records, held_out = training_records(records, val_records)
+        val_records, not_for_training = _val_data(config)
+        train_records, held_out = training_records(records, not_for_training)
         if held_out and not train_records:  # data.val is data.train (without splits): validating on training images
             train_records = training_records(records)[0]
             logger.warning(

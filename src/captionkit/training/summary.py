@@ -44,20 +44,22 @@ def summary_lines(
     empty_captions: int,
     device: torch.device,
     world_size: int,
+    start_step: int = 0,
 ) -> list[str]:
-    """The run's summary, one string a line."""
+    """The run's summary, one string a line; ``start_step``: where a resumed run picks up."""
     usable = [record for record in setup.train_records if record.caption.strip()]
     return [
         _train_data(setup, usable, empty_captions),
         _validation(config, setup.val_records),
-        _model(setup, stages),
+        _model(setup, stages, start_step),
         _tokenizer(config, setup),
         _schedule(config, device, world_size, setup.train_shards.size if setup.train_shards else len(usable)),
     ]
 
 
 def _images_captions(records: Sequence[CaptionRecord]) -> str:
-    distinct = dict.fromkeys(records)  # style mixing repeats records: each caption counts once
+    # Style mixing repeats record objects: each counts once (two equal captions of an image are two captions).
+    distinct = {id(record): record for record in records}.values()
     images = len({record.image_path for record in distinct})
     return f"{images:,} images, {len(distinct):,} captions"
 
@@ -112,13 +114,14 @@ def stage_groups(stages: Stages, index: int) -> str:
     return "everything" if ALL in groups else ", ".join(groups)
 
 
-def _model(setup: Setup, stages: Stages) -> str:
+def _model(setup: Setup, stages: Stages, start_step: int) -> str:
+    """The model, its size and what of it trains at ``start_step`` (a resumed run's stage)."""
     model = setup.model
     total = sum(parameter.numel() for parameter in model.parameters())
-    index = stages.index_at(0)
+    index = stages.index_at(start_step)
     line = f"model: {model.family}, {count(total)} parameters, {count(trainable_count(stages, index))} trainable"
     if index is not None:
-        line += f" in stage 1 of {len(stages.stages)} ({stage_groups(stages, index)})"
+        line += f" in stage {index + 1} of {len(stages.stages)} ({stage_groups(stages, index)})"
     return line
 
 

@@ -86,14 +86,11 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
             except InputError as error:  # its captions are unknown: the sample is dropped, counted by the reason
                 collector.drop(str(error))
                 continue
-            try:
-                meta = _sidecar_json(image.with_suffix(".json"))
-            except InputError as error:
-                # Counted, as a tar's unreadable .json member is; the captions of its .txt are still good.
+            try:  # read only for its caption, where the .txt gives none: a broken one beside a good .txt is unused
+                meta = {} if lines else _sidecar_json(image.with_suffix(".json"))
+            except InputError as error:  # its caption is unknown: the sample is dropped, counted by the reason
                 collector.drop(str(error))
-                if not lines:
-                    continue
-                meta = {}
+                continue
             captions = sample_captions(lines, meta)
             if not captions:
                 collector.drop(NO_CAPTION)
@@ -110,7 +107,8 @@ def _sidecar_lines(image: Path) -> tuple[str, ...]:
 
 
 def _sidecar_json(path: Path) -> dict:
-    if not path.is_file():
+    """The metadata of ``KEY.json``; none when there is none or it is empty (0 bytes, as an empty ``.txt``)."""
+    if not path.is_file() or path.stat().st_size == 0:
         return {}
     meta = parse_json(read_text(path), path)
     return meta if isinstance(meta, dict) else {}
