@@ -9,10 +9,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import islice
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from captionkit.attention import caption_maps, check_attention, token_texts
 from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.decoding.options import DecodingRequest, decoding_request, resolve_decoding
 from captionkit.devices import resolve_device
-from captionkit.errors import InputError, ModelLoadError
+from captionkit.errors import ImageError, InputError, ModelLoadError, first_line
 from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
 from captionkit.hub import DEFAULT_MODEL
@@ -38,18 +39,42 @@ from captionkit.trained_on import TrainedOn
 
 @dataclass(frozen=True)
 class CaptionResult:
-    """The captions of one image, best first; ``caption`` and ``score`` are the best one's."""
+    """The captions of one image, best first; ``caption`` and ``score`` are the best one's.
+
+    ``image`` is the image's path, or ``"<image>"`` for one without a path. With ``errors="record"``, an image that
+    could not be read gives a result whose ``error`` is the one-line message the default ``errors="raise"`` raises
+    (``"photos/bad.jpg (images[10]): unsupported image format (text); ..."``), with no ``captions``; its ``caption``
+    and ``score`` raise that :class:`~captionkit.errors.ImageError`. ``ok`` is False for such a result.
+    """
 
     image: str
     captions: list[Caption]
+    error: str | None = None
+    # (source, reason) of the ImageError, not the error itself: asdict() and pickle copy a result, not an error.
+    _failure: tuple[str, str] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def failed(cls, image: str, failure: ImageError) -> CaptionResult:
+        """The result of an image that could not be read, for ``failure``."""
+        return cls(image, [], str(failure), (failure.source, failure.reason))
+
+    @property
+    def ok(self) -> bool:
+        """Whether the image was captioned (False: see ``error``)."""
+        return self.error is None
 
     @property
     def caption(self) -> str:
-        return self.captions[0].caption
+        return self._best().caption
 
     @property
     def score(self) -> float:
-        return self.captions[0].score
+        return self._best().score
+
+    def _best(self) -> Caption:
+        if self._failure is not None:
+            raise ImageError(*self._failure)
+        return self.captions[0]
 
 
 class Captioner:
@@ -143,11 +168,17 @@ class Captioner:
 
     def load_images(self, images: Sequence[ImageSource], first: int | None = None) -> list[Image.Image]:
         """Open images safely (raises ``ImageError`` naming the bad one). With ``first``, the position of
-        ``images[0]`` in the caller's list, an image that has no path is named by its position, ``images[i]``."""
-        return [
-            load_image(image, limits=self.limits, name=_position_name(image, first, index))
-            for index, image in enumerate(images)
-        ]
+        ``images[0]`` in the caller's list, an image is also named by its position: ``images[i]``, or
+        ``photo.jpg (images[i])`` for one with a path or file name."""
+        return [self._load_image(image, _position_name(image, first, index)) for index, image in enumerate(images)]
+
+    def _load_image(self, image: ImageSource, name: str | None) -> Image.Image:
+        if isinstance(image, torch.Tensor):
+            name = name or "<tensor>"
+            image = _tensor_to_array(image, name)
+        if isinstance(image, np.ndarray):
+            _check_float_samples(image, name or "<array>")
+        return load_image(image, limits=self.limits, name=name)
 
     @property
     def styles(self) -> list[str]:
@@ -195,15 +226,24 @@ class Captioner:
         images: ImageSource | Iterable[ImageSource],
         *,
         batch_size: int = 8,
+        errors: ErrorMode = "raise",
         style: str | None = None,
         prompt: str | None = None,
         attention: bool = False,
         **decoding: Any,
     ) -> list[CaptionResult]:
-        """Caption one image or an iterable of them (a list, a generator): one :class:`CaptionResult` per image, in
-        input order. An image is a path, bytes, a binary stream, a PIL image (any mode: alpha over white, EXIF
-        rotation applied) or a numpy array ((height, width) or (height, width, 3|4), RGB(A); uint8, uint16, bool, or
-        floats: in [0, 1], or else read as 0..255).
+        """Caption one image or an iterable of them (a list, a generator): a list of :class:`CaptionResult`, one per
+        image, in input order. The list is a list for one image too: ``[result] = captioner.caption("photo.jpg")``
+        (or ``captioner.caption("photo.jpg")[0].caption``). An image is a path, bytes, a binary stream, a PIL image
+        (any mode: alpha over white, EXIF rotation applied), a numpy array ((height, width) or (height, width, 3|4),
+        RGB(A); uint8, uint16, bool, or floats: in [0, 1], or else in 0..255; NaN or infinite samples are refused) or
+        a torch tensor ((channels, height, width), as torchvision's, or (height, width); its samples as an array's).
+        A dict is refused (give ``list(d.values())`` or ``list(d)``).
+
+        ``errors``: ``"raise"`` (the default) raises the first bad image's ``ImageError`` and returns nothing;
+        ``"record"`` (as the ``caption`` CLI does) goes on and gives that image a result whose ``error`` says why
+        (``result.ok`` is False); keep the good ones with ``[r for r in results if r.ok]``. To write results as they
+        come, a batch at a time, use :meth:`caption_iter`.
 
         Decoding options (``captionkit.decoding.options``, the table the CLI and the server use; alias in brackets):
 
@@ -213,29 +253,126 @@ class Captioner:
         * ``length_penalty``: beam score = log-prob / length ** this, in [-1, 5], default 1.
         * ``do_sample`` (``sample``): sample instead of searching, with ``temperature`` (default 1), ``top_k``
           (default 0: all tokens), ``top_p`` (in (0, 1], default 1) and ``seed`` (the same seed, the same captions,
-          whatever ``batch_size``).
+          whatever ``batch_size``, and whether or not other images failed).
         * ``early_stopping`` (True, False, "never") and ``min_new_tokens``, as transformers' ``generate`` has them.
 
         ``style`` ("positive", "negative", "neutral") asks a style-controlled model for captions in that style (see
         :attr:`styles`). ``prompt`` is text the caption continues (the caption is what follows it, without it).
         ``attention=True`` fills each caption's ``tokens`` and ``attention`` maps (an ``InputError`` for a model
-        without attention). A bad option or image raises an ``InputError`` (``ImageError`` for an image) naming it:
-        an image of a list by its path (or file name), else as ``images[i]``; an object that is no image kind is a
-        ``TypeError``.
+        without attention). A bad option raises an ``InputError`` naming it, before any image is read. A bad image
+        is an ``ImageError`` naming it: an image of a list by its path (or file name) and its position,
+        ``photos/bad.jpg (images[10])``, or by its position alone, ``images[10]``. An object that is no image kind
+        is a ``TypeError`` naming its position, raised before any image is decoded, whatever ``errors`` says.
         """
         _check_batch_size(batch_size)
+        _check_error_mode(errors)
         first = None if _is_one_image(images) else 0
-        images = _image_list(images)
+        listed = _image_list(images)
+        return list(self._start(iter(listed), first, batch_size, errors, style, prompt, attention, decoding))
+
+    def caption_iter(
+        self,
+        images: ImageSource | Iterable[ImageSource],
+        *,
+        batch_size: int = 8,
+        errors: ErrorMode = "raise",
+        style: str | None = None,
+        prompt: str | None = None,
+        attention: bool = False,
+        **decoding: Any,
+    ) -> Iterator[CaptionResult]:
+        """:meth:`caption`, one result at a time, a batch of ``batch_size`` images after another: what a long job
+        writes as it goes. ``images`` is read lazily, a batch at a time (a generator of a million paths is never held
+        whole), so an item that is no image kind is a ``TypeError`` when its batch comes. Options are checked now,
+        before the first result is asked for. With ``errors="raise"`` the results before the bad image's batch
+        have been given already; ``errors="record"`` goes on to the end::
+
+            with open("captions.jsonl", "w") as out:
+                for result in captioner.caption_iter(paths, errors="record"):
+                    found = {"caption": result.caption} if result.ok else {"error": result.error}
+                    print(json.dumps({"image": result.image, **found}), file=out, flush=True)
+        """
+        _check_batch_size(batch_size)
+        _check_error_mode(errors)
+        first = None if _is_one_image(images) else 0
+        items = iter([cast(ImageSource, images)]) if first is None else _image_iter(images)
+        return self._start(items, first, batch_size, errors, style, prompt, attention, decoding)
+
+    def _start(
+        self,
+        images: Iterator[ImageSource],
+        first: int | None,
+        batch_size: int,
+        errors: ErrorMode,
+        style: str | None,
+        prompt: str | None,
+        attention: bool,
+        decoding: dict[str, Any],
+    ) -> Iterator[CaptionResult]:
+        """Check the options now, then return the generator of results (whose body runs only when iterated)."""
         if attention:
             check_attention(self.model)
         config = self.decoding_config(style, prompt, **decoding)
-        results: list[CaptionResult] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            opened = self.load_images(chunk, None if first is None else start)
-            captions = self.caption_pil(opened, config, image_offset=start, attention=attention)
-            results.extend(CaptionResult(_name(image), found) for image, found in zip(chunk, captions, strict=True))
-        return results
+        return self._results(images, first, batch_size, errors == "record", config, attention)
+
+    def _results(
+        self,
+        images: Iterator[ImageSource],
+        first: int | None,
+        batch_size: int,
+        record: bool,
+        config: DecodingConfig,
+        attention: bool,
+    ) -> Iterator[CaptionResult]:
+        start = 0
+        while chunk := list(islice(images, batch_size)):
+            _check_items(chunk, start)
+            opened, failures = self._open_chunk(chunk, None if first is None else start, record)
+            found = self._caption_opened(opened, start, config, attention)
+            for index, image in enumerate(chunk):
+                if index in failures:
+                    yield CaptionResult.failed(_name(image), failures[index])
+                else:
+                    yield CaptionResult(_name(image), found[index])
+            start += len(chunk)
+
+    def _open_chunk(
+        self, chunk: Sequence[ImageSource], first: int | None, record: bool
+    ) -> tuple[dict[int, Image.Image], dict[int, ImageError]]:
+        """The chunk's images opened, by index, and (with ``record``) the errors of those that could not be."""
+        opened: dict[int, Image.Image] = {}
+        failures: dict[int, ImageError] = {}
+        for index, image in enumerate(chunk):
+            name = _position_name(image, first, index)
+            try:
+                opened[index] = self._load_image(image, name)
+            except ImageError as failure:
+                if not record:
+                    raise
+                failures[index] = failure
+            except Exception as failure:  # as the CLI does: a decoder's bug costs this image, not the whole run
+                if not record:
+                    raise
+                reason = f"cannot decode image ({type(failure).__name__}: {first_line(failure)})"
+                failures[index] = ImageError(name or _name(image), reason)
+        return opened, failures
+
+    def _caption_opened(
+        self, opened: dict[int, Image.Image], start: int, config: DecodingConfig, attention: bool
+    ) -> dict[int, list[Caption]]:
+        """n-best captions of the opened images of a chunk that starts at position ``start``, by index. Seeded
+        sampling draws image i from ``seed + i``, which one decoder call gives only to consecutive positions: a
+        failed image splits the chunk into runs, so that an image's captions do not depend on its neighbours."""
+        indices = sorted(opened)
+        seeded = config.do_sample and config.seed is not None
+        runs = _consecutive_runs(indices) if seeded else [indices]
+        found: dict[int, list[Caption]] = {}
+        for run in runs:
+            if not run:
+                continue
+            captions = self.caption_pil([opened[i] for i in run], config, start + run[0], attention)
+            found.update(zip(run, captions, strict=True))
+        return found
 
     def caption_pil(
         self,
@@ -285,8 +422,10 @@ class Captioner:
         ]
 
 
-_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray)
-_SOURCES = "a path, bytes, a binary stream, a PIL image, a numpy array"
+_ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, torch.Tensor)
+_SOURCES = "a path, bytes, a binary stream, a PIL image, a numpy array, a torch tensor"
+ErrorMode = Literal["raise", "record"]
+_ERROR_MODES: tuple[str, ...] = get_args(ErrorMode)
 
 
 def _is_one_image(images: object) -> bool:
@@ -295,35 +434,103 @@ def _is_one_image(images: object) -> bool:
     return isinstance(images, _ONE_IMAGE) or hasattr(images, "read")
 
 
-def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
-    """``images`` as a list: one image (a path, bytes of any kind, a binary stream, a PIL image, a numpy array) or
-    many. Every item is checked here, before any is decoded: a bad one is a ``TypeError`` naming its position."""
-    if _is_one_image(images):
-        return [cast(ImageSource, images)]  # (a type checker cannot see what _is_one_image checked)
-    # A tensor iterates over its rows, each of which would then be refused as if it were the input; a column of
-    # one dimension (a pandas Series of paths, an array of them) is a list.
+def _image_iter(images: Iterable[ImageSource]) -> Iterator[ImageSource]:
+    """An iterator over ``images``, a collection of images; a ``TypeError`` for what is not one."""
+    if isinstance(images, Mapping):  # iterating a dict gives its keys: each then "no such file", or captioned as a path
+        kind = type(images).__name__
+        raise TypeError(
+            f"cannot caption a {kind}: give {_SOURCES}, or a list of them (list(images.values()) or list(images))"
+        )
+    # A 2-D column of paths (a DataFrame, a 2-D array of strings) iterates over its rows, each of which would then be
+    # refused as if it were the input; a column of one dimension (a pandas Series of paths, an array of them) is a list.
     if not isinstance(images, Iterable) or len(getattr(images, "shape", ())) > 1:
         raise TypeError(f"cannot caption a {type(images).__name__}: give {_SOURCES}, or a list of them")
-    listed = list(images)
-    for index, image in enumerate(listed):
-        if not _is_one_image(image):
-            raise TypeError(f"images[{index}]: cannot caption a {type(image).__name__}: give {_SOURCES}")
+    return iter(images)
+
+
+def _image_list(images: ImageSource | Iterable[ImageSource]) -> list[ImageSource]:
+    """``images`` as a list: one image (a path, bytes of any kind, a binary stream, a PIL image, a numpy array, a
+    tensor) or many. Every item is checked here, before any is decoded: a bad one is a ``TypeError`` naming its
+    position."""
+    if _is_one_image(images):
+        return [cast(ImageSource, images)]  # (a type checker cannot see what _is_one_image checked)
+    listed = list(_image_iter(cast(Iterable[ImageSource], images)))
+    _check_items(listed, 0)
     return listed
 
 
+def _check_items(images: Sequence[object], first: int) -> None:
+    """A ``TypeError`` naming the position of the first item that is no image kind (``images[0]`` is at ``first``)."""
+    for index, image in enumerate(images):
+        if not _is_one_image(image):
+            raise TypeError(f"images[{first + index}]: cannot caption a {type(image).__name__}: give {_SOURCES}")
+
+
+def _check_error_mode(errors: object) -> None:
+    if errors not in _ERROR_MODES:
+        raise InputError("errors", f"must be {' or '.join(map(repr, _ERROR_MODES))}, got {errors!r}")
+
+
 def _position_name(image: ImageSource, first: int | None, index: int) -> str | None:
-    """What errors call ``image``: its path where it has one (None: load_image's default), else its position."""
-    if first is None or _has_file_name(image):
+    """What errors call ``image``: None (load_image's default: its path, ``<bytes>``, ...) for an image that is not
+    in a list; else its position, after its path or file name where it has one."""
+    if first is None:
         return None
-    return f"images[{first + index}]"
+    position = f"images[{first + index}]"
+    file_name = _file_name(image)
+    return position if file_name is None else f"{file_name} ({position})"
 
 
-def _has_file_name(image: ImageSource) -> bool:
-    """Whether load_image names ``image`` by a file: a path, an open file's ``name``, a PIL image's ``filename``."""
+def _file_name(image: ImageSource) -> str | None:
+    """The file load_image names ``image`` by: a path, an open file's ``name``, a PIL image's ``filename``."""
     if isinstance(image, str | os.PathLike):
-        return True
+        return os.fspath(image) or None
     name = getattr(image, "filename", None) if isinstance(image, Image.Image) else getattr(image, "name", None)
-    return isinstance(name, str) and name != ""
+    return name if isinstance(name, str) and name != "" else None
+
+
+def _tensor_to_array(tensor: torch.Tensor, label: str) -> np.ndarray:
+    """A torch image as numpy's (height, width[, channels]): (channels, height, width) with 1, 3 or 4 channels, as
+    torchvision's, or (height, width). A tensor is never read as (height, width, channels): (3, 4, 3) would be
+    ambiguous; ``tensor.numpy()`` gives numpy's layout, which arrays take."""
+    shape = tuple(tensor.shape)
+    if tensor.ndim == 3 and shape[0] in (1, 3, 4):
+        tensor = tensor.permute(1, 2, 0)
+    elif tensor.ndim != 2:
+        batch = " (one tensor per image: list(tensor))" if tensor.ndim == 4 else ""
+        reason = f"a tensor of shape {shape} is not an image: give (channels, height, width) or (height, width)"
+        raise ImageError(label, reason + batch)
+    if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
+        tensor = tensor.float()
+    if tensor.is_complex():
+        raise ImageError(label, f"a tensor of {tensor.dtype} is not an image: give integer, bool or float samples")
+    return tensor.detach().cpu().numpy()
+
+
+def _check_float_samples(array: np.ndarray, label: str) -> None:
+    """Refuse float samples that no image has: NaN or infinite ones (a division by zero upstream), and values outside
+    0..255 (normalised model inputs, with their negative values): load_image would clip them, or make NaN black."""
+    if not np.issubdtype(array.dtype, np.floating) or array.size == 0:
+        return
+    finite = np.isfinite(array)
+    if not finite.all():
+        bad = int(array.size - np.count_nonzero(finite))
+        raise ImageError(label, f"{bad} of {array.size} float samples are NaN or infinite")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 255.0:
+        reason = f"float samples must lie in [0, 1] or 0..255, got {low:g}..{high:g} (a normalised model input?)"
+        raise ImageError(label, reason)
+
+
+def _consecutive_runs(indices: Sequence[int]) -> list[list[int]]:
+    """``indices`` (ascending) in runs that count up by one: [0, 1, 3] -> [[0, 1], [3]]."""
+    runs: list[list[int]] = []
+    for index in indices:
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    return runs
 
 
 def _check_model_source(source: object, argument: str) -> None:
