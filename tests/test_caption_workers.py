@@ -41,7 +41,7 @@ def test_two_workers_give_the_in_process_records(job, tmp_path, capsys):
             ["caption", photos, "--model", model, *ARGS, "--workers", workers, "--output", outputs[workers]], capsys
         )
         assert code == 2
-        assert "captioned 30 images, 4 errors" in err
+        assert "34 images: 30 captioned, 4 errors" in err
     in_process, in_workers = read_jsonl(outputs["0"]), read_jsonl(outputs["2"])
     assert in_workers == in_process  # same records, same (input) order
     errors = {r["image"].removeprefix(str(photos) + "/"): r["error"] for r in in_process if "error" in r}

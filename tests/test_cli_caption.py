@@ -73,14 +73,14 @@ def test_folder_with_bad_files_gives_one_record_each_and_exit_2(model_dir, photo
         if "error" not in record:
             assert set(record) == {"image", "caption", "score"}
             assert isinstance(record["caption"], str) and isinstance(record["score"], float)
-    assert "5 images, 4 errors" in err
+    assert "9 images: 5 captioned, 4 errors" in err  # every image read counts, failed ones too
 
 
 def test_closing_line_gives_the_jobs_pace_without_the_model_load(model_dir, photos, capsys):
     code, _, err = run_cli(["caption", str(photos), "--model", str(model_dir), "--beams", "1"], capsys)
     assert code == 2  # the bad files
     closing = err.strip().splitlines()[-1]
-    pattern = r"captioned 5 images, 4 errors: ([\d.]+) images/s \(([\d.]+) s; loading the model ([\d.]+) s\)"
+    pattern = r"9 images: 5 captioned, 4 errors; ([\d.]+) images/s \(([\d.]+) s; loading the model ([\d.]+) s\)"
     found = re.fullmatch(pattern, closing)
     assert found, closing
     assert all(float(value) > 0 for value in found.groups())
@@ -93,10 +93,13 @@ def test_pace_counts_every_image_read_over_the_captioning_time_alone():
 
     summary = JobSummary(images=9, captioned=5, errors=4)
     outcome = JobOutcome(summary, 0, False, load_seconds=3.104, caption_seconds=0.36)
-    assert _summary_line(outcome) == "captioned 5 images, 4 errors: 25.0 images/s (0.36 s; loading the model 3.10 s)"
+    # "captioned 5 images, 4 errors" read as 5 + 4 images: the count is of every image read, failed ones too.
+    assert _summary_line(outcome) == "9 images: 5 captioned, 4 errors; 25.0 images/s (0.36 s; loading the model 3.10 s)"
     # Nothing captioned (or no time measured): no pace.
-    assert _summary_line(JobOutcome(JobSummary(), 0, False, caption_seconds=0.5)) == "captioned 0 images, 0 errors"
-    assert _summary_line(JobOutcome(summary, 0, False)) == "captioned 5 images, 4 errors"
+    assert _summary_line(JobOutcome(JobSummary(), 0, False, caption_seconds=0.5)) == "0 images: 0 captioned, 0 errors"
+    assert _summary_line(JobOutcome(summary, 0, False)) == "9 images: 5 captioned, 4 errors"
+    one = JobOutcome(JobSummary(images=1, captioned=1), 2, False)
+    assert _summary_line(one) == "1 image: 1 captioned, 0 errors (and 2 errors recorded before resuming)"
 
 
 def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path, capsys):
@@ -118,7 +121,7 @@ def test_resume_skips_done_images_and_loses_nothing(model_dir, photos, tmp_path,
         capsys,
     )
     assert code == 0
-    assert "captioned 1 image, 0 errors" in first_err
+    assert "1 image: 1 captioned, 0 errors" in first_err
     code, _, err = run_cli(
         [
             "caption",
@@ -267,7 +270,10 @@ def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
         (["caption", "{photos}", "--model", "/no/such/model"], "/no/such/model"),
         (["caption", "{photos}", "--beams", "many"], "--beams"),
         (["caption", "{photos}", "--max-length", "100"], "--max-length: must be at most 64 for this model, got 100"),
-        (["caption", "{photos}", "--n-best", "2", "--format", "csv"], "--n-best: CSV output holds one caption"),
+        (
+            ["caption", "{photos}", "--n-best", "2", "--format", "csv"],
+            "--n-best: CSV output holds one caption per image; use --format jsonl, json or parquet for several",
+        ),
     ],
 )
 def test_usage_and_input_errors_exit_1_with_one_line(model_dir, photos, capsys, args, message):
@@ -333,8 +339,9 @@ def test_a_command_group_alone_prints_its_help_and_no_empty_error(capsys, args, 
 def test_a_bad_model_keeps_the_previous_results(model_dir, photos, tmp_path, capsys):
     output = tmp_path / "captions.jsonl"
     output.write_text('{"image": "old.jpg", "caption": "earlier work"}\n')
-    code, _, err = run_cli(["caption", str(photos), "--model", "/no/such/model", "--output", str(output)], capsys)
-    assert code == 1 and err.count("\n") == 1
+    args = ["caption", str(photos), "--model", "/no/such/model", "--output", str(output), "--overwrite"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 1 and err.count("\n") == 1 and "/no/such/model" in err
     assert output.read_text() == '{"image": "old.jpg", "caption": "earlier work"}\n'
 
 
@@ -407,7 +414,8 @@ def test_inputs_without_images_fail_in_one_line_and_keep_the_old_output(kind, mo
         empty.write_text("", encoding="utf-8")
     out = tmp_path / "captions.jsonl"
     out.write_text('{"image": "a.jpg", "caption": "kept"}\n', encoding="utf-8")
-    code, _, err = run_cli(["caption", str(empty), "--model", str(model_dir), "--output", str(out)], capsys)
+    args = ["caption", str(empty), "--model", str(model_dir), "--output", str(out), "--overwrite"]
+    code, _, err = run_cli(args, capsys)
     assert code == 1
     assert err.strip().splitlines() == [f"captionkit: error: {empty}: no images found"]
     assert out.read_text(encoding="utf-8") == '{"image": "a.jpg", "caption": "kept"}\n'

@@ -142,7 +142,7 @@ def test_a_ray_address_nobody_answers_at_fails_in_one_line_and_keeps_the_output(
         probe.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{probe.getsockname()[1]}"
         args = ["caption", real_photos(1)[0], "--model", model, "--engine", "ray", "--ray-address", address]
-        code, _, err = run_cli([*args, "--output", out], capsys)
+        code, _, err = run_cli([*args, "--output", out, "--overwrite"], capsys)
     assert code == 1
     ((line,),) = [err.strip().splitlines()]
     assert line.startswith(f"captionkit: error: --ray-address: no Ray cluster answers at {address} (")

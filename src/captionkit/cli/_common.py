@@ -23,6 +23,7 @@ _Result = TypeVar("_Result")
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 1
 EXIT_PARTIAL = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 # --dtype's help, the same in every command that loads a captioner.
 DTYPE_HELP = "Weights' precision: fp32, bf16 or fp16 (GPU only); cast on load."
 

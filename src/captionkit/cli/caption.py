@@ -10,6 +10,7 @@ import typer
 
 from captionkit.cli._common import (
     DTYPE_HELP,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     decoding_flags,
@@ -51,6 +52,13 @@ def caption(
         typer.Option("--format", help="jsonl, csv, json or parquet (default: from --output's suffix, else jsonl)."),
     ] = None,
     resume: Annotated[bool, typer.Option(help="Skip images already in --output (or the shard's part).")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an --output (or the shard's part) that holds records; without it, and without "
+            "--resume, such an output is refused."
+        ),
+    ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
     workers: Annotated[
@@ -98,7 +106,7 @@ def caption(
     from captionkit.errors import CaptionkitError
     from captionkit.jobs.batch_size import parse_batch_size
     from captionkit.jobs.merge import format_of
-    from captionkit.jobs.run import CaptionJobOptions, run_caption_job
+    from captionkit.jobs.run import CaptionJobInterrupted, CaptionJobOptions, run_caption_job
 
     try:
         _check_outputs(output, attention_maps)
@@ -124,6 +132,7 @@ def caption(
             # As merge reads parts: out.csv is CSV, and a resumed out.parquet finds its journal.
             fmt=fmt or (format_of(output) if output is not None else "jsonl"),
             resume=resume,
+            overwrite=overwrite,
             device=device,
             dtype=dtype,
             workers=workers,
@@ -138,7 +147,21 @@ def caption(
         outcome = run_caption_job(options, progress_bar)
     except CaptionkitError as error:
         fail(error_line(error))
+    except CaptionJobInterrupted as stop:
+        if stop.output is not None:
+            again = "the same command" if stop.resumed else "the same command with --resume"
+            print(
+                f"captionkit: interrupted: {stop.output} holds {plural(stop.records, 'record')}; {again} continues it",
+                file=sys.stderr,
+            )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print(_summary_line(outcome), file=sys.stderr)
+    if outcome.under_torchrun and (outcome.summary.errors or outcome.earlier_errors):
+        print(
+            "captionkit: exit 0 although images failed: torchrun takes a nonzero exit for a crashed worker (their "
+            "errors are in the output; `captionkit merge` of the parts exits 2 for them)",
+            file=sys.stderr,
+        )
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
 
 
@@ -154,20 +177,20 @@ def _check_outputs(output: Path | None, attention_maps: Path | None) -> None:
 
 
 def _summary_line(outcome: JobOutcome) -> str:
-    """The closing line: "captioned 1 image, 0 errors: 9.5 images/s (...)", or, when a resumed run found nothing
-    left, so."""
+    """The closing line: "32 images: 30 captioned, 2 errors; 9.5 images/s (...)", every image read counted, failed
+    ones too; or, when a resumed run found nothing left, so."""
     summary = outcome.summary
     before = f"{plural(outcome.earlier_errors, 'error')} recorded before resuming" if outcome.earlier_errors else ""
     if outcome.already_complete:
         recorded = f" ({before})" if before else ""
         return f"already complete: {plural(outcome.done_before, 'image')} done before{recorded}, nothing left to do"
-    counts = f"captioned {plural(summary.captioned, 'image')}, {plural(summary.errors, 'error')}"
+    counts = f"{plural(summary.images, 'image')}: {summary.captioned} captioned, {plural(summary.errors, 'error')}"
     line = counts + (f" (and {before})" if before else "")
     return line + _rate(summary.images, outcome.caption_seconds, outcome.load_seconds)
 
 
 def _rate(images: int, seconds: float, load_seconds: float) -> str:
-    """ ": 244.1 images/s (12.29 s; loading the model 3.10 s)": the job's pace, without the model's load."""
+    """ "; 244.1 images/s (12.29 s; loading the model 3.10 s)": the job's pace, without the model's load."""
     if images == 0 or seconds <= 0.0:
         return ""
-    return f": {images / seconds:.1f} images/s ({seconds:.2f} s; loading the model {load_seconds:.2f} s)"
+    return f"; {images / seconds:.1f} images/s ({seconds:.2f} s; loading the model {load_seconds:.2f} s)"

@@ -358,6 +358,7 @@ class RecordWriter:
         if fmt == "parquet" and path is None:
             raise InputError("--format", "parquet output needs --output (a .parquet file)")
         self.path, self.fmt = path, fmt
+        self.count = 0  # records written, a JSON array's ``existing`` ones included
         self._array: JsonArrayWriter | None = None
         self._handle: TextIO | None = None
         with _writing(path):
@@ -369,6 +370,7 @@ class RecordWriter:
             self._array = JsonArrayWriter(path, to_json)
             for record in existing:
                 self._array.write(record)
+                self.count += 1
             return
         if path is None:
             self._handle = sys.stdout
@@ -391,6 +393,7 @@ class RecordWriter:
         if self._array is not None:
             for record in records:
                 self._array.write(record)
+                self.count += 1
             return
         assert self._handle is not None
         for record in records:
@@ -400,6 +403,7 @@ class RecordWriter:
                 self._handle.write(to_json(record) + "\n")
             else:
                 csv.writer(self._handle).writerow([record.get(name, "") for name in CSV_FIELDS])
+            self.count += 1
         self._handle.flush()
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from captionkit.hub import DEFAULT_MODEL
 from captionkit.jobs.batch import JobSummary, caption_items
 from captionkit.jobs.batch_size import choose_batch_size
 from captionkit.jobs.done_index import DoneIndex
+from captionkit.jobs.earlier_output import output_exists, refuse_to_replace, remove_stale_staging
 from captionkit.jobs.inputs import InputImage, iter_inputs
 from captionkit.jobs.outputs import (
     FORMATS,
@@ -65,6 +66,7 @@ class CaptionJobOptions:
     output: Path | None = None
     fmt: str = "jsonl"
     resume: bool = False
+    overwrite: bool = False  # replace an output that holds records (without it, and without resume, refused)
     device: str | None = None
     dtype: str = "fp32"
     workers: str = "0"
@@ -84,9 +86,11 @@ class CaptionJobOptions:
             raise InputError("--format", "parquet output needs --output (a .parquet file)")
         if self.resume and self.output is None:
             raise CaptionkitError("--resume needs --output (the file to continue)")
+        if self.resume and self.overwrite:
+            raise InputError("--overwrite", "not with --resume: --resume continues --output, --overwrite replaces it")
         if self.decoding.config.num_return_sequences > 1 and self.fmt == "csv":
             raise InputError(
-                "--n-best", "CSV output holds one caption per image; use --format jsonl or json for several"
+                "--n-best", "CSV output holds one caption per image; use --format jsonl, json or parquet for several"
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
@@ -133,6 +137,15 @@ class CaptionJobOptions:
         if not gpus >= 0:
             raise InputError("--gpus-per-worker", f"expected a number >= 0 or auto, got {self.gpus_per_worker!r}")
         return gpus
+
+
+class CaptionJobInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during captioning, after the output was opened: ``output`` (this process's file, a shard's
+    part) holds ``records`` records by then, the earlier ones of a resumed run included, and ``--resume`` goes on."""
+
+    def __init__(self, output: Path | None, records: int, resumed: bool) -> None:
+        super().__init__(f"interrupted: {output} holds {records} records")
+        self.output, self.records, self.resumed = output, records, resumed
 
 
 @dataclass
@@ -182,6 +195,8 @@ class _Plan:
     inputs: list[str]
     done: DoneIndex | None = None
     counts: _Counts = field(default_factory=_Counts)
+    records_before: int = 0  # records the output held when a resumed run began
+    from_scratch: str = ""  # why ``--resume`` finds nothing to continue: the output "does not exist yet", ...
 
     def mine(self) -> Iterator[tuple[int, InputImage]]:
         """This share's images with their positions, which index the whole input stream, the same in every shard:
@@ -267,6 +282,8 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
 
         connect(options.ray_address)  # a wrong --ray-address must not cost the old results either
     if plan.target is not None:
+        for line in remove_stale_staging(plan.target, options.fmt):
+            print(line, file=sys.stderr)
         request = options.decoding
         settings = run_settings(options.model, options.dtype, request.style, request.prompt, config)
         if options.resume:
@@ -299,8 +316,11 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
                     prefetch=options.prefetch,
                     on_captions=on_captions,
                 )
+    except KeyboardInterrupt:
+        earlier = 0 if options.fmt == "json" else plan.records_before  # a JSON array is written with its old records
+        raise CaptionJobInterrupted(plan.target, earlier + writer.count, options.resume) from None
     finally:
-        writer.close()
+        writer.close()  # an interrupted JSON or Parquet output too: what was captioned is kept, for --resume
     seconds = {"load_seconds": ready - started, "caption_seconds": time.perf_counter() - ready}
     return JobOutcome(summary, counts.earlier_errors, plan.dist is not None, counts.mine - counts.todo, **seconds)
 
@@ -348,11 +368,15 @@ def _plan(options: CaptionJobOptions, env: Mapping[str, str]) -> _Plan:
     _check_overlays_outside_inputs(options.inputs, options.attention_maps)
     _check_overlays_not_output(options.attention_maps, target)
     if options.resume and target is not None:
-        plan.done = DoneIndex(_resumed_records(target, options.fmt))
+        plan.done = DoneIndex(_counted(_resumed_records(target, options.fmt), plan))
+        if plan.records_before == 0:
+            plan.from_scratch = "holds no records yet" if output_exists(target, options.fmt) else "does not exist yet"
     try:
         plan.counts = plan.count()
         if plan.counts.images == 0:  # before the model loads and the output is touched: a wrong path costs nothing
             raise InputError(", ".join(options.inputs), "no images found")
+        if target is not None and not options.resume and not options.overwrite:
+            refuse_to_replace(target, options.fmt)  # after the pass, which finds an input that is the output
     except BaseException:
         if plan.done is not None:
             plan.done.close()
@@ -387,6 +411,13 @@ def _resumed_records(target: Path, fmt: str) -> Iterator[Record]:
     return iter_records(target, fmt)[0]
 
 
+def _counted(records: Iterator[Record], plan: _Plan) -> Iterator[Record]:
+    """``records``, counted into ``plan.records_before`` as they are read."""
+    for record in records:
+        plan.records_before += 1
+        yield record
+
+
 def _drop_torn_tail(target: Path, fmt: str) -> None:
     """Cut the unfinished last line an interrupted run left in ``target`` before appending to it (said on stderr)."""
     torn = repair_torn_tail(target, fmt)
@@ -406,6 +437,8 @@ def _announce(plan: _Plan) -> None:
     counts = plan.counts
     if plan.shard is not None:
         print(f"shard {plan.shard}: {counts.mine} of {counts.images} images -> {plan.target}", file=sys.stderr)
+    if plan.from_scratch:
+        print(f"resuming: {plan.target} {plan.from_scratch}, captioning from scratch", file=sys.stderr)
     done = counts.mine - counts.todo
     if done:
         print(f"resuming: {done} of {counts.mine} images already done", file=sys.stderr)
