@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import http.client
 import io
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from PIL import Image
@@ -44,13 +47,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: FastAPI) -> Iterator[str]:
+def running_server(app: FastAPI, **config: object) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a loopback port in a thread, with the connection limits of its settings (as
-    ``captionkit serve`` runs it); yields the base URL."""
+    ``captionkit serve`` runs it) and any other uvicorn ``config`` (``root_path=...``); yields the base URL."""
     import uvicorn
 
     port = free_port()
-    options = uvicorn_options(app)
+    options = uvicorn_options(app) | config
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -81,3 +84,56 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         assert chunk, "the server closed the connection inside the body"
         body += chunk
     return int(status_line.split(" ")[1]), headers, body
+
+
+@contextmanager
+def prefix_proxy(backend: str, prefix: str, forwarded_prefix: bool = False) -> Iterator[tuple[str, list[str]]]:
+    """A reverse proxy on loopback serving ``backend`` (a base URL) under ``prefix``, which it strips (nginx's
+    ``location /captions/ { proxy_pass http://backend/; }``), saying it in ``X-Forwarded-Prefix`` if asked; paths
+    outside the prefix are 404. Yields the proxy's base URL and the list of paths it is asked for."""
+    target = urlsplit(backend)
+    asked: list[str] = []
+
+    class Forward(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.forward()
+
+        def do_POST(self) -> None:
+            self.forward()
+
+        def forward(self) -> None:
+            asked.append(self.path)
+            if self.path != prefix and not self.path.startswith(prefix + "/"):
+                self.send_error(404, "outside the proxied prefix")
+                return
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "x-forwarded-prefix")}
+            if forwarded_prefix:
+                headers["X-Forwarded-Prefix"] = prefix
+            upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=30)
+            try:
+                upstream.request(self.command, self.path[len(prefix) :] or "/", body=body, headers=headers)
+                answer = upstream.getresponse()
+                content = answer.read()
+            finally:
+                upstream.close()
+            self.send_response(answer.status)
+            for name, value in answer.getheaders():
+                if name.lower() not in ("connection", "transfer-encoding", "content-length", "date", "server"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    proxy.daemon_threads = True
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{proxy.server_address[1]}", asked
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

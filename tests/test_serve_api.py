@@ -156,8 +156,8 @@ def test_pages_and_docs_use_no_external_assets(client):
         assert response.status_code == 200, path
         # No CDN: every script, stylesheet, image, import and fetch is same-origin.
         assert not EXTERNAL.search(response.text), path
-    assert '<script src="/static/app.js">' in client.get("/").text
-    assert '<script src="/static/docs.js">' in client.get("/docs").text
+    assert '<script src="static/app.js">' in client.get("/").text
+    assert '<script src="static/docs.js">' in client.get("/docs").text
 
 
 def test_metrics_count_requests_errors_and_batches(client):

@@ -46,6 +46,12 @@ def still_serving(client):
     assert response.status_code == 200, response.text
 
 
+KNOWN_PARAMETERS = (
+    "model, num_beams, max_length, length_penalty, n_best, do_sample, temperature, top_k, top_p, seed, style, prompt,"
+    " attention"
+)
+
+
 def post(client, data: bytes, name: str = "upload", **params):
     files = [("image", (name, data, "application/octet-stream"))]
     return client.post("/v1/captions", files=files, data={k: str(v) for k, v in params.items()})
@@ -186,10 +192,10 @@ def test_huge_declared_length_is_413_before_reading(captioner):
         # A multipart body with no complete part holds no image.
         ({"content-type": "multipart/form-data; boundary=zz"}, b"--zz\r\ngarbage", 422, "no image in the request"),
         ({"content-type": "application/json"}, b"{not json", 400, "invalid JSON"),
-        ({"content-type": "application/json"}, b"[1, 2]", 422, "body: must be a JSON object"),
+        ({"content-type": "application/json"}, b"[1, 2]", 422, "body: must be a JSON object, got an array"),
         ({"content-type": "application/json"}, b'{"images": "abc"}', 422, "must be a list of base64 strings"),
         ({"content-type": "application/json"}, b'{"images": ["@@@"]}', 422, "images[0]: invalid base64"),
-        ({"content-type": "application/json"}, b'{"num_beams": 2}', 422, "image: no image in the request"),
+        ({"content-type": "application/json"}, b'{"num_beams": 2}', 422, "images: no image in the request"),
     ],
 )
 def test_wrong_content_type_or_malformed_body(client, headers, content, status, reason):
@@ -206,10 +212,32 @@ def test_missing_image_field(client):
     assert body["detail"] == "image: is a text field; send the image as a file upload"
 
 
-def test_oversized_text_field_is_400(client):
+def test_no_image_names_the_field_of_the_bodys_kind(client):
+    """JSON carries images in "images", a form in "image": the refusal names the one its body uses, and says so
+    when the request put them in the other one."""
+    photo = base64.b64encode(image_bytes()).decode()
+    body = refused(client.post("/v1/captions", json={"image": photo}), 422)
+    assert body["detail"] == "images: no image in the request; send 'images': [base64, ...], not 'image'"
+    body = refused(client.post("/v1/captions", json={"num_beams": 2}), 422)
+    assert body["errors"] == [{"field": "images", "error": "no image in the request; send 'images': [base64, ...]"}]
+    body = refused(client.post("/v1/captions", files={"images": (None, photo)}), 422)
+    assert body["detail"] == "image: no image in the request; send one or more 'image' file fields, not 'images'"
+
+
+def test_oversized_text_field_is_400_naming_it(client):
     files = [("image", ("a.png", image_bytes("PNG"), "image/png")), ("style", (None, "x" * 10_000))]
     body = refused(client.post("/v1/captions", files=files), 400)
-    assert body["detail"].startswith("request body: malformed or over-limit multipart data")
+    assert body["detail"] == "request body: field 'style' is over 4096 bytes, the most a parameter takes"
+
+
+def test_a_photo_sent_as_a_text_field_is_told_to_go_as_a_file(client):
+    """curl -F image=<photo.jpg (not @photo.jpg) sends the photo's bytes as a text field: whatever its size, the
+    refusal says so, rather than calling a photo over 4 KiB a malformed body."""
+    photo = PHOTO.read_bytes()
+    assert len(photo) > 4096
+    for data in (image_bytes(size=(8, 8)), photo):
+        body = refused(client.post("/v1/captions", files={"image": (None, data)}), 422)
+        assert body["errors"] == [{"field": "image", "error": "is a text field; send the image as a file upload"}]
 
 
 def test_too_many_images(client):
@@ -284,6 +312,23 @@ def test_the_options_tables_other_names_are_taken_as_the_cli_and_the_api_take_th
     assert sampled == post(client, image_bytes(), do_sample="true", seed=3, max_length=5).json()["results"]
 
 
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [("n-best", "n_best"), ("--top-k", "top_k"), ("Beams", "beams"), ("beam", "beams"), ("temprature", "temperature")],
+)
+def test_an_unknown_parameter_says_which_one_it_likely_means(client, given, meant):
+    """The CLI's spellings (--n-best, --top-k) and near misses are named in the refusal; never guessed at."""
+    body = refused(post(client, image_bytes(), **{given: "2"}), 422)
+    assert body["errors"] == [
+        {"field": given, "error": f"unknown parameter; did you mean {meant}? (known: {KNOWN_PARAMETERS})"}
+    ]
+
+
+def test_a_far_off_parameter_gets_no_suggestion(client):
+    body = refused(post(client, image_bytes(), colour="red"), 422)
+    assert body["detail"] == f"colour: unknown parameter (known: {KNOWN_PARAMETERS})"
+
+
 def test_all_bad_parameters_are_listed(client):
     body = refused(post(client, image_bytes(), num_beams=0, max_length=0, top_p="x"), 422)
     assert {e["field"] for e in body["errors"]} == {"num_beams", "max_length", "top_p"}
@@ -321,9 +366,17 @@ def test_repeated_form_field_is_refused(client):
     assert refused(client.post("/v1/captions", files=files), 422)["detail"] == "num_beams: given more than once"
 
 
-def test_wrong_method_and_path_are_json_4xx(client):
-    assert client.get("/v1/captions").status_code == 405
-    assert client.get("/v1/nothing").json() == {"detail": "Not Found"}
+def test_wrong_method_and_path_are_json_4xx_naming_the_request(client):
+    """Not Starlette's bare "Not Found": the path asked for, and what the API has or allows instead."""
+    wrong_method = client.get("/v1/captions")
+    assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
+    assert wrong_method.json() == {"detail": "GET /v1/captions: method not allowed; use POST"}
+    routes = "POST /v1/captions, GET /v1/models, /healthz, /readyz, /metrics, /docs, / (the page)"
+    for path in ("/v1/caption", "/static/nothing.js"):  # a typo, and a file the page does not have
+        missing = client.get(path)
+        assert (missing.status_code, missing.json()) == (404, {"detail": f"{path}: not found (routes: {routes})"})
+    long = client.get("/x" * 200).json()["detail"]
+    assert long.startswith("/x/x") and long.index("...: not found") == 197
 
 
 def test_head_is_answered_as_get_without_the_body(client):
@@ -389,15 +442,15 @@ def with_image(fields: str) -> bytes:
         (with_image('"num_beams": 1, "num_beams": 2'), 400, "request body: invalid JSON: duplicate key 'num_beams'"),
         (with_image('"x": {"a": 1, "a": 1}'), 400, "request body: invalid JSON: duplicate key 'a'"),
         # wrong types at every level: the body, the images list, its items, each parameter
-        (b"[]", 422, "body: must be a JSON object, got list"),
-        (b'"images"', 422, "body: must be a JSON object, got str"),
-        (b"3", 422, "body: must be a JSON object, got int"),
-        (b"null", 422, "body: must be a JSON object, got NoneType"),
+        (b"[]", 422, "body: must be a JSON object, got an array"),
+        (b'"images"', 422, "body: must be a JSON object, got a string"),
+        (b"3", 422, "body: must be a JSON object, got a number"),
+        (b"null", 422, "body: must be a JSON object, got null"),
         (b'{"images": {"a": "b"}}', 422, "images: must be a list of base64 strings"),
         (b'{"images": 3}', 422, "images: must be a list of base64 strings"),
         (b'{"images": [null]}', 422, "images: must be a list of base64 strings"),
         (b'{"images": [["x"]]}', 422, "images: must be a list of base64 strings"),
-        (b'{"images": []}', 422, "image: no image in the request"),
+        (b'{"images": []}', 422, "images: no image in the request"),
         (with_image('"num_beams": [1]'), 422, "num_beams: must be an integer, got [1]"),
         (with_image('"num_beams": {"a": 1}'), 422, 'num_beams: must be an integer, got {"a": 1}'),
         (with_image('"num_beams": true'), 422, "num_beams: must be an integer, got true"),

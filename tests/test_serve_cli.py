@@ -133,3 +133,24 @@ def test_bad_decoding_bounds_are_one_line_errors(tmp_path, served, capsys, args,
     assert code == 1
     assert err.strip() == f"captionkit: error: {message}"
     assert served == []
+
+
+@pytest.mark.parametrize("given", ["/captions", "/captions/"])
+def test_root_path_reaches_the_app(model_dir, served, capsys, given):
+    code, _out, err = run_cli(
+        ["serve", "--model", f"tiny={model_dir}", "--device", "cpu", "--root-path", given], capsys
+    )
+    assert code == 0, err
+    ((app, _options),) = served
+    assert app.state.settings.root_path == "/captions"
+    with TestClient(app) as client:
+        assert '<base href="/captions/">' in client.get("/").text
+        assert client.get("/captions/static/app.js").status_code == 200
+
+
+def test_a_root_path_that_is_not_a_path_is_a_one_line_error(tmp_path, served, capsys):
+    code, _out, err = run_cli(["serve", "--model", str(tmp_path / "never-loaded"), "--root-path", "captions"], capsys)
+    assert code == 1
+    message = "--root-path: must be a path such as /captions (no trailing slash, no ..), got 'captions'"
+    assert err.strip() == f"captionkit: error: {message}"
+    assert served == []

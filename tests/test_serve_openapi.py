@@ -64,6 +64,21 @@ def test_models_say_what_each_takes_and_the_limits(client):
     }
 
 
+def test_an_int8_export_is_listed_as_one(tmp_path):
+    """/v1/models listed an int8 export as a plain fp32 vit-gpt2: nothing said its layers are int8 (CPU only)."""
+    from captionkit.export.int8 import export_int8
+
+    source = save_tiny_model(tmp_path / "base", seed=0)
+    export_int8(source, tmp_path / "int8")
+    models = {"base": load_tiny(source), "int8": load_tiny(tmp_path / "int8")}
+    with TestClient(create_app(models, SETTINGS)) as test_client:
+        body = check_documented(test_client, test_client.get("/v1/models"), "get", "/v1/models")
+    assert {model["name"]: (model["export"], model["dtype"]) for model in body["models"]} == {
+        "base": (None, "fp32"),
+        "int8": ("int8", "fp32"),
+    }
+
+
 def test_a_model_takes_the_max_length_it_lists(client):
     for model in client.get("/v1/models").json()["models"]:
         fields = {"model": model["name"], "num_beams": "1"}

@@ -372,6 +372,47 @@ def test_requests_stay_within_the_upload_limit(browser, tmp_path):
     assert not errors, errors
 
 
+def test_a_body_too_large_for_a_proxy_is_sent_again_in_halves(browser, tmp_path):
+    """A proxy in front takes less than the server says (nginx: 1 MiB by default) and answers 413 in HTML: the page
+    sends the files again in halves, down to one; a file too large on its own is refused, naming the status."""
+
+    def proxy_taking_one_file(fields, images):
+        if len(images) > 1 or images == ["huge.jpg"]:
+            return 413, {"detail": "HTTP 413 Request Entity Too Large"}, {}
+        return ScriptedApi.captions(fields, images)
+
+    api = ScriptedApi(MODELS, answer=proxy_taking_one_file)
+    page, errors = open_page(browser, api)
+    pick(page, ["plain"])
+    names = ["0.jpg", "1.jpg", "huge.jpg", "3.jpg", "4.jpg"]
+    page.set_input_files("#files", [str(photo(tmp_path, name)) for name in names])
+    page.select_option("#strategy", "sample")
+    page.fill("#seed", "7")
+    assert run_and_wait(page) == "done; 1 of 5 refused (in red)"
+    sent = [(images, fields["seed"]) for fields, images in api.requests]
+    assert sent == [
+        (names, "7"),
+        (names[:3], "7"),
+        (names[:2], "7"),
+        (["0.jpg"], "7"),
+        (["1.jpg"], "8"),
+        (["huge.jpg"], "9"),
+        (names[3:], "10"),
+        (["3.jpg"], "10"),
+        (["4.jpg"], "11"),  # file k samples from seed + k however often the files were split
+    ]
+    rows = page.locator("#results .row").all()
+    texts = [row.locator(".card .text, .card .refusal").first.inner_text() for row in rows]
+    assert texts == [
+        "caption of 0.jpg",
+        "caption of 1.jpg",
+        "413: HTTP 413 Request Entity Too Large",
+        "caption of 3.jpg",
+        "caption of 4.jpg",
+    ]
+    assert not errors, errors
+
+
 def test_a_number_the_browser_cannot_read_is_said_not_sent(browser, tmp_path):
     api = ScriptedApi(MODELS)
     page, errors = open_page(browser, api)

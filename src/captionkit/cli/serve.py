@@ -46,6 +46,9 @@ def serve(
         int, typer.Option(help="Longest max_length a request may ask for (422 beyond; lowers the default of 20).")
     ] = 64,
     max_n_best: Annotated[int, typer.Option(help="Most n-best captions a request may ask for (<= --max-beams).")] = 8,
+    root_path: Annotated[
+        str, typer.Option(help="Path a reverse proxy serves this under (e.g. /captions); the page follows it.")
+    ] = "",
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
@@ -80,6 +83,7 @@ def serve(
             max_beams=max_beams,
             max_new_tokens=max_new_tokens,
             max_n_best=max_n_best,
+            root_path=root_path.rstrip("/"),  # "/captions/" is "/captions", and "/" the root
         )
         # The port is taken now, before the models load: one taken by another process fails in a second, not
         # after minutes of loading (and uvicorn would say so in several log lines and exit 3).
@@ -128,6 +132,7 @@ FLAGS = {
     "max_beams": "--max-beams",
     "max_new_tokens": "--max-new-tokens",
     "max_n_best": "--max-n-best",
+    "root_path": "--root-path",
 }
 
 

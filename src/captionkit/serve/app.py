@@ -8,18 +8,17 @@ and batchers running; 503 while starting or shutting down, or once a model's bat
 load their scripts from a CDN, so they are switched off); each GET route answers HEAD too. Every refusal is JSON
 ``{"detail", "errors"?}`` (see ``captionkit.serve.errors``); nothing a client sends answers 5xx. A model that
 fails on a valid request (a bug, out of memory) answers that batch's requests 500 with the error in ``detail``;
-later requests run as before.
+later requests run as before. Behind a reverse proxy under a path, ``ServeSettings(root_path=...)`` serves every
+route with or without it, and the pages follow it (see ``captionkit.serve.pages``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from importlib import resources
 from time import monotonic
 from typing import Any
 
@@ -28,21 +27,24 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import captionkit
 from captionkit.api import Caption, Captioner
 from captionkit.errors import CaptionkitError, ConfigError, first_line
 from captionkit.serve.batching import BatcherFailed, BatcherStopped, MicroBatcher, QueueFull
-from captionkit.serve.errors import ApiError, field_error, invalid_fields
+from captionkit.serve.errors import ApiError, field_error, invalid_fields, route_refusal
 from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from captionkit.serve.models import ServedModel
+from captionkit.serve.pages import STATIC, UnderPrefix, page
 from captionkit.serve.params import CaptionParams, Parameter, parameters, parse_params
 from captionkit.serve.schemas import CAPTIONS, MODELS, REFUSAL, json_content
 from captionkit.serve.settings import ServeSettings
 from captionkit.serve.uploads import IMAGE_FIELD, JSON_IMAGES, load_uploads, parse_body, read_body
 
-STATIC = ("captionkit.serve", "static")
+# nginx's status for a request whose client left before the answer: nobody reads it; /metrics counts it.
+CLIENT_GONE = 499
 
 
 def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None = None) -> FastAPI:
@@ -80,10 +82,15 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
     app.state.metrics = metrics
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=lambda: _route_paths(app))
     app.add_middleware(HeadAsGet)
+    app.add_middleware(UnderPrefix, prefix=settings.root_path)  # outermost: the others see the prefixed path
 
     @app.exception_handler(ApiError)
     async def refuse(request: Request, error: ApiError) -> JSONResponse:
         return error.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def refuse_route(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        return route_refusal(request.method, request.url.path, error.status_code, error.headers).response()
 
     @app.post(
         "/v1/captions",
@@ -100,7 +107,7 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
         uploads, body_params = await parse_body(request, body, settings)
         params = parse_params(_merge(_query_params(request), body_params), served, settings)
         images = await run_in_threadpool(load_uploads, uploads, settings)
-        found = await _caption(batchers[params.model.name], images, params, settings, deadline)
+        found = await _caption(request, batchers[params.model.name], images, params, settings, deadline)
         return {
             "model": params.model.name,
             "style": params.style,
@@ -147,12 +154,12 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
-    async def page() -> HTMLResponse:
-        return HTMLResponse(_static_text("index.html"))
+    async def index(request: Request) -> HTMLResponse:
+        return page(request, "index.html")
 
     @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return HTMLResponse(_static_text("docs.html"))
+    async def docs(request: Request) -> HTMLResponse:
+        return page(request, "docs.html")
 
     app.mount("/static", StaticFiles(packages=[STATIC]), name="static")
     return app
@@ -190,15 +197,36 @@ def _batcher(model: ServedModel, settings: ServeSettings, metrics: Metrics) -> M
 
 
 async def _caption(
-    batcher: MicroBatcher, images: list[Image.Image], params: CaptionParams, settings: ServeSettings, deadline: float
+    request: Request,
+    batcher: MicroBatcher,
+    images: list[Image.Image],
+    params: CaptionParams,
+    settings: ServeSettings,
+    deadline: float,
 ) -> list[list[Caption]]:
-    """The n-best captions of ``images``, answered by ``deadline`` (a :func:`time.monotonic` time)."""
+    """The n-best captions of ``images``, answered by ``deadline`` (a :func:`time.monotonic` time), unless the
+    client goes first: its images then leave the queue (a closed tab must not keep the model busy)."""
     name = params.model.name
     try:
         remaining = deadline - monotonic()
         if remaining <= 0:  # decoding the images took the whole time: no model work for an answer nobody awaits
             raise TimeoutError
-        return await asyncio.wait_for(batcher.submit(images, params.decoding, params.attention), remaining)
+        work = asyncio.ensure_future(
+            asyncio.wait_for(batcher.submit(images, params.decoding, params.attention), remaining)
+        )
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not work.done():  # the client left (or this task was cancelled): withdraw its images
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.cancelled():
+            raise ApiError(CLIENT_GONE, "the client closed the connection before the answer")
+        return work.result()
+    except ApiError:
+        raise
     except QueueFull as full:
         retry = {"Retry-After": str(settings.retry_after_s)}
         raise ApiError(503, f"model {name!r}: queue full ({full}); retry later", headers=retry) from None
@@ -212,6 +240,17 @@ async def _caption(
         raise ApiError(422, f"model {name!r}: {error}") from None
     except Exception as error:  # the model failed on a request it should have run: the batcher logged it
         raise ApiError(500, f"model {name!r}: internal error ({type(error).__name__}: {first_line(error)})") from None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has closed the connection. The body has been read by now, so the server's next
+    message is ``http.disconnect`` (or none until the answer has been sent); a server that cannot say counts as
+    the client gone."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # nothing more can be received on this connection: no one will read the answer either
+        return
 
 
 def _failed_workers(batchers: Mapping[str, MicroBatcher]) -> str:
@@ -283,11 +322,6 @@ def _limits(settings: ServeSettings) -> dict[str, int]:
 
 def _route_paths(app: FastAPI) -> frozenset[str]:
     return frozenset(getattr(route, "path", "") for route in app.routes)
-
-
-@functools.cache  # the package's files do not change while it runs: read once, not on every request
-def _static_text(name: str) -> str:
-    return resources.files(STATIC[0]).joinpath(STATIC[1], name).read_text(encoding="utf-8")
 
 
 def _captions_openapi(table: tuple[Parameter, ...]) -> dict[str, Any]:

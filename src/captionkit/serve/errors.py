@@ -46,3 +46,21 @@ def invalid_fields(errors: list[dict[str, str]]) -> ApiError:
     first = errors[0]
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return ApiError(422, f"{first['field']}: {first['error']}{more}", errors)
+
+
+# What the API is, for a request to a path it does not have.
+ROUTES = "POST /v1/captions, GET /v1/models, /healthz, /readyz, /metrics, /docs, / (the page)"
+
+
+def route_refusal(method: str, path: str, status: int, headers: dict[str, str] | None) -> ApiError:
+    """A 404 or 405 (or another status the routing answers) naming the request and what to do instead, rather than
+    Starlette's bare ``Not Found``; keeps the routing's headers (``Allow``)."""
+    path = path if len(path) <= 200 else path[:197] + "..."
+    if status == 404:
+        detail = f"{path}: not found (routes: {ROUTES})"
+    elif status == 405:
+        allowed = (headers or {}).get("Allow") or (headers or {}).get("allow") or "another method"
+        detail = f"{method} {path}: method not allowed; use {allowed}"
+    else:
+        detail = f"{method} {path}: refused ({status})"
+    return ApiError(status, detail, headers=dict(headers or {}))

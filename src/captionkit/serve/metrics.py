@@ -117,9 +117,19 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.record_request(self._label(scope["path"]), status, time.perf_counter() - started)
+            self.metrics.record_request(self._label(_route_path(scope)), status, time.perf_counter() - started)
 
     def _label(self, path: str) -> str:
         if path in self.paths():
             return path
         return "/static" if path.startswith("/static/") else "other"
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path without the prefix a reverse proxy serves the app under (the ASGI ``root_path``, which
+    ``path`` includes)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) :]
+    return path

@@ -48,6 +48,7 @@ class ServedModel:
             "parameters": self.captioner.num_parameters,
             "device": str(self.captioner.device),
             "dtype": next(name for name, dtype in DTYPES.items() if dtype == self.captioner.dtype),
+            "export": self.captioner.export,
             "styles": list(self.styles),
             "attention": self.attention,
             "prompt": self.prompt,

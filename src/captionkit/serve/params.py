@@ -8,6 +8,7 @@ name (``beams`` for ``num_beams``), as the CLI and the Python API do. Unknown na
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -115,8 +116,7 @@ def parse_params(raw: dict[str, Any], models: dict[str, ServedModel], settings: 
     """
     table = {p.name: p for p in parameters(settings)}
     raw, given_as, errors = _canonical_names(raw)
-    known = ", ".join(table)
-    errors += [field_error(name, f"unknown parameter (known: {known})") for name in raw if name not in table]
+    errors += [field_error(name, _unknown(name, table)) for name in raw if name not in table]
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name in table:
@@ -158,6 +158,16 @@ def _canonical_names(raw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str
         if own != name:
             given_as[own] = name
     return renamed, given_as, errors
+
+
+def _unknown(name: str, table: dict[str, Parameter]) -> str:
+    """Why ``name`` is refused, with the parameter it likely means: the CLI's spelling (``n-best``, ``--top-k``,
+    ``Beams``) or a near miss (``beam``, ``temprature``)."""
+    names = [*table, *_OTHER_NAMES]
+    spelled = name.strip().lstrip("-").replace("-", "_").lower()
+    likely = spelled if spelled in names else next(iter(difflib.get_close_matches(spelled, names, n=1)), None)
+    meant = f"; did you mean {likely}?" if likely else ""
+    return f"unknown parameter{meant} (known: {', '.join(table)})"
 
 
 def _pick_model(name: str | None, models: dict[str, ServedModel]) -> ServedModel:

@@ -102,6 +102,11 @@ MODEL = _object(
         "parameters": INTEGER,
         "device": STRING,
         "dtype": STRING,
+        "export": {
+            "type": ["string", "null"],
+            "description": "int8 or ONNX for a model loaded from an export (its int8 layers run on the CPU); null "
+            "for a checkpoint.",
+        },
         "styles": {"type": "array", "items": STRING, "description": "Values of style this model takes."},
         "attention": {"type": "boolean", "description": "Takes attention=true."},
         "prompt": {"type": "boolean", "description": "Takes a prompt (BLIP)."},

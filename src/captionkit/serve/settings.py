@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, fields
 
 from captionkit.errors import ConfigError
 
 MiB = 1024 * 1024
+# A URL path prefix: segments of unreserved URL characters, each after one slash, none only dots; no trailing slash.
+_PREFIX = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+")
+
+
+def valid_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` is ``""`` or a path such as ``/captions`` or ``/a/b`` (no trailing slash, no ``..``)."""
+    return prefix == "" or _PREFIX.fullmatch(prefix) is not None
 
 
 # Float settings that must be above 0 (the others may be 0).
@@ -40,6 +48,9 @@ class ServeSettings:
     max_beams: int = 8
     max_new_tokens: int = 64
     max_n_best: int = 8
+    # The path a reverse proxy serves this server under ("/captions"; "" at the root): the page and the docs link
+    # their files and the API under it, and routes answer with or without it (a proxy that strips it or not).
+    root_path: str = ""
 
     def __post_init__(self) -> None:
         for field in fields(self):
@@ -60,6 +71,9 @@ class ServeSettings:
                 f"must be <= serve.max_queue ({self.max_queue}), got {self.max_images}: "
                 "a request with more images than the queue holds could never run",
             )
+        if not valid_prefix(self.root_path):
+            reason = f"must be a path such as /captions (no trailing slash, no ..), got {self.root_path!r}"
+            raise ConfigError("serve.root_path", reason)
         if self.max_n_best > self.max_beams:
             reason = f"must be <= serve.max_beams ({self.max_beams}), got {self.max_n_best}"
             raise ConfigError("serve.max_n_best", reason)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -44,6 +45,10 @@ _UNSUPPORTED_PREFIX = "unsupported image format"
 # How Starlette's form parser words the max_files refusal (it has no exception type of its own). The parser stops at
 # max_images + 1 files, so a request of many more images would otherwise read as a malformed body (400).
 _TOO_MANY_FILES = "Too many files"
+# How it words a text field over max_part_size: it does not say which field.
+_PART_TOO_LARGE = "Part exceeded maximum size"
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_FIELD_NAME = re.compile(rb'^content-disposition:[^\r\n]*?\bname="([^"]*)"', re.IGNORECASE | re.MULTILINE)
 # What a \uD800-\uDFFF JSON escape left unpaired decodes to: not Unicode text, and unencodable in any answer.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -83,17 +88,27 @@ async def parse_body(request: Request, body: bytes, settings: ServeSettings) -> 
     if media_type == "multipart/form-data":
         uploads, params = await _parse_multipart(request, body, settings)
     elif media_type == "application/json":
-        uploads, params = _parse_json(body, settings.max_images)
+        # On a thread: parsing and base64-decoding a body of up to --max-upload-mb takes a tenth of a second, in
+        # which the event loop would answer nothing else (other requests, /healthz).
+        uploads, params = await run_in_threadpool(_parse_json, body, settings.max_images)
     else:
         shown = media_type or "none"
         raise ApiError(415, f"Content-Type: {shown} is not accepted; send multipart/form-data or application/json")
     if not uploads:
-        where = f"one or more '{IMAGE_FIELD}' file fields" if media_type != "application/json" else "'images': [...]"
-        raise invalid_fields([field_error(IMAGE_FIELD, f"no image in the request; send {where}")])
+        raise invalid_fields([_no_image(media_type == "application/json", params)])
     if len(uploads) > settings.max_images:
         reason = f"{len(uploads)} images, at most {settings.max_images} per request"
         raise invalid_fields([field_error(IMAGE_FIELD, reason)])
     return uploads, params
+
+
+def _no_image(is_json: bool, params: dict[str, Any]) -> dict[str, str]:
+    """The error of a request without images, naming the field its kind of body carries them in (and the field of
+    the other kind, when the request put them there: ``image`` in JSON, ``images`` as a form field)."""
+    field, other = (JSON_IMAGES, IMAGE_FIELD) if is_json else (IMAGE_FIELD, JSON_IMAGES)
+    where = f"'{JSON_IMAGES}': [base64, ...]" if is_json else f"one or more '{IMAGE_FIELD}' file fields"
+    wrong = f", not '{other}'" if other in params else ""
+    return field_error(field, f"no image in the request; send {where}{wrong}")
 
 
 def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.Image]:
@@ -136,6 +151,8 @@ async def _parse_multipart(
         if reason.startswith(_TOO_MANY_FILES):  # too many images is a 422 whatever the count, as in parse_body
             count = f"more than {settings.max_images} images, at most {settings.max_images} per request"
             raise invalid_fields([field_error(IMAGE_FIELD, count)]) from None
+        if reason.startswith(_PART_TOO_LARGE):
+            raise _text_field_too_large(request.headers.get("content-type", ""), body) from None
         raise ApiError(400, f"request body: malformed or over-limit multipart data ({reason})") from None
     uploads: list[Upload] = []
     params: dict[str, Any] = {}
@@ -160,6 +177,30 @@ async def _parse_multipart(
     return uploads, params
 
 
+def _text_field_too_large(content_type: str, body: bytes) -> ApiError:
+    """The refusal of a multipart body with a text field over :data:`MAX_FIELD_BYTES`, naming the field: an image
+    sent as text (``curl -F image=<photo.jpg`` instead of ``-F image=@photo.jpg``) is told how to send it."""
+    name = _oversized_text_field(content_type, body)
+    if name == IMAGE_FIELD:
+        return invalid_fields([field_error(IMAGE_FIELD, "is a text field; send the image as a file upload")])
+    field = f"field {name!r}" if name is not None else "a text field"
+    return ApiError(400, f"request body: {field} is over {MAX_FIELD_BYTES} bytes, the most a parameter takes")
+
+
+def _oversized_text_field(content_type: str, body: bytes) -> str | None:
+    """The name of the first part without a file name whose content is over :data:`MAX_FIELD_BYTES` (the form
+    parser has already refused the body for it; this only finds its name, for the message)."""
+    boundary = _BOUNDARY.search(content_type)
+    if boundary is None:
+        return None
+    for part in body.split(b"--" + boundary.group(1).encode("latin-1")):
+        head, found, content = part.partition(b"\r\n\r\n")
+        name = _FIELD_NAME.search(head)
+        if found and name and b"filename=" not in head.lower() and len(content) - 2 > MAX_FIELD_BYTES:
+            return name.group(1)[:100].decode("latin-1")
+    return None
+
+
 def _parse_json(body: bytes, max_images: int) -> tuple[list[Upload], dict[str, Any]]:
     try:
         text = body.decode("utf-8-sig")
@@ -173,7 +214,7 @@ def _parse_json(body: bytes, max_images: int) -> tuple[list[Upload], dict[str, A
     if _has_lone_surrogate(document):
         raise ApiError(400, "request body: invalid JSON: a \\u escape of a lone surrogate (not Unicode text)")
     if not isinstance(document, dict):
-        raise invalid_fields([field_error("body", f"must be a JSON object, got {type(document).__name__}")])
+        raise invalid_fields([field_error("body", f"must be a JSON object, got {_json_type(document)}")])
     images = document.pop(JSON_IMAGES, None)
     if images is None:
         return [], document
@@ -192,6 +233,12 @@ def _parse_json(body: bytes, max_images: int) -> tuple[list[Upload], dict[str, A
     if errors:
         raise invalid_fields(errors)
     return uploads, document
+
+
+def _json_type(value: Any) -> str:
+    """What JSON calls the type of a parsed value (the client wrote JSON, not Python)."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array"}
+    return "null" if value is None else names.get(type(value), "an object")
 
 
 def _has_lone_surrogate(value: Any) -> bool:

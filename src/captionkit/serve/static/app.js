@@ -21,7 +21,7 @@ function withinMax(id) {
 }
 
 async function loadModels() {
-  const response = await fetch("/v1/models");
+  const response = await fetch("v1/models");
   const body = await response.json().catch(() => ({}));
   if (!response.ok) throw new Error(`${response.status}: ${body.detail || response.statusText}`);
   state.models = body.models;
@@ -193,7 +193,7 @@ async function post(model, indices) {
   const started = performance.now();
   let response;
   try {
-    response = await fetch("/v1/captions", { method: "POST", body: form });
+    response = await fetch("v1/captions", { method: "POST", body: form });
   } catch (error) {
     return { ok: false, status: 0, body: { detail: `request failed: ${error.message}` } };
   }
@@ -212,10 +212,18 @@ function describe(outcome) {
 
 // One model's answers for the files at `indices`: file index -> {result, latency} or {error}. A request the
 // server refuses for some of its images names them (by position); the others are sent again without them, as
-// the API asks of its clients.
+// the API asks of its clients. A body too large for a proxy in front of the server (nginx takes 1 MiB by default,
+// whatever --max-upload-mb says) is sent again in halves, down to one file, which is then refused on its own.
 async function captionFiles(model, indices) {
   const outcome = await post(model, indices);
   const answers = new Map();
+  if (outcome.status === 413 && indices.length > 1) {
+    const half = Math.ceil(indices.length / 2); // consecutive halves: a seeded file k keeps seed + k
+    for (const group of [indices.slice(0, half), indices.slice(half)]) {
+      for (const [index, answer] of await captionFiles(model, group)) answers.set(index, answer);
+    }
+    return answers;
+  }
   if (outcome.ok) {
     const latency = `${outcome.body.latency_ms.toFixed(0)} ms server, ${outcome.roundTrip.toFixed(0)} ms round trip`;
     outcome.body.results.forEach((result, i) => answers.set(indices[i], { result, latency }));

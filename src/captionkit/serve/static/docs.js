@@ -1,6 +1,9 @@
 // Renders /openapi.json as plain HTML: the API docs work offline, with nothing fetched from a CDN.
 "use strict";
 
+// Where this server is (with the path a reverse proxy serves it under): the API's paths are relative to it.
+const BASE = new URL(".", document.baseURI);
+
 function element(tag, attributes = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
@@ -25,7 +28,8 @@ function parameterTable(parameters) {
 }
 
 function route(path, method, operation) {
-  const box = element("div", { class: "route" }, element("h2", {}, element("span", { class: "method" }, method.toUpperCase()), path));
+  const where = BASE.pathname + path.replace(/^\//, "");
+  const box = element("div", { class: "route" }, element("h2", {}, element("span", { class: "method" }, method.toUpperCase()), where));
   if (operation.summary) box.append(element("p", {}, operation.summary));
   if (operation.parameters && operation.parameters.length) box.append(parameterTable(operation.parameters));
   if (operation.requestBody) {
@@ -39,7 +43,8 @@ function route(path, method, operation) {
   return box;
 }
 
-fetch("/openapi.json")
+document.getElementById("example-url").textContent = new URL("v1/captions", BASE).href;
+fetch("openapi.json")
   .then((response) => response.json())
   .then((spec) => {
     const routes = document.getElementById("routes");
