@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -228,7 +229,11 @@ def test_cli_writes_a_heatmap_per_token_of_each_best_caption(captioner, tmp_path
     stem = PHOTOS[0].stem
     inputs = {stem: photos / "a" / PHOTOS[0].name, f"{stem}-2": photos / "b" / PHOTOS[0].name}
     inputs[PHOTOS[1].stem] = photos / "b" / PHOTOS[1].name
-    assert sorted(p.name for p in maps.iterdir()) == sorted(inputs)
+    assert sorted(p.name for p in maps.iterdir() if p.is_dir()) == sorted(inputs)
+    # The index says which folder is whose, under the name the records give the image; the broken image has none.
+    records = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert index_of(maps) == {str(path): folder for folder, path in inputs.items()}
+    assert set(index_of(maps)) == {r["image"] for r in records if "caption" in r}
     total = 0
     for folder, path in inputs.items():
         # The job's workers decode JPEGs in draft mode: the API gets the same pixels.
@@ -262,7 +267,57 @@ def test_shards_give_each_image_its_own_folder(captioner, tmp_path, capsys):
     stem = PHOTOS[0].stem
     # Names come from the whole input list, the same in every shard: no shard overwrote another's image.
     expected = [stem, *(f"{stem}-{n}" for n in range(2, len(folders) + 1))]
-    assert sorted(p.name for p in maps.iterdir()) == sorted(expected)
+    assert sorted(p.name for p in maps.iterdir() if p.is_dir()) == sorted(expected)
+    # Both shards appended to one index: every image once, each with the folder of its place in the input list.
+    assert index_of(maps) == {str(photos / f / PHOTOS[0].name): name for f, name in zip(folders, expected, strict=True)}
+
+
+def index_of(maps) -> dict[str, str]:
+    """DIR/index.jsonl as {image: folder}, every line a whole entry and no image twice."""
+    entries = [json.loads(line) for line in (maps / "index.jsonl").read_text().splitlines()]
+    assert all(set(entry) == {"image", "folder"} for entry in entries)
+    index = {entry["image"]: entry["folder"] for entry in entries}
+    assert len(index) == len(entries)
+    return index
+
+
+def snapshot(folder) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_a_resumed_run_over_more_images_keeps_every_folder_its_images(captioner, tmp_path, capsys):
+    """Folder names came from the input list alone: an image added before ``--resume`` took the name ``x-2`` that the
+    first run gave another image, and its maps replaced that image's, with nothing to tell them apart."""
+    model_dir = tmp_path / "model"
+    captioner.save_pretrained(model_dir)
+    photos, maps, out = tmp_path / "photos", tmp_path / "maps", tmp_path / "out.jsonl"
+    name = PHOTOS[0].name
+    for folder, photo in (("a", PHOTOS[0]), ("c", PHOTOS[1])):  # two different photos, one name
+        (photos / folder).mkdir(parents=True)
+        shutil.copy(photo, photos / folder / name)
+    # n-best sampling: the maps are the best caption's, the folders as with one caption.
+    args = ["caption", photos, "--model", model_dir, "--max-length", "4", "--sample", "--seed", "3", "--n-best", "2"]
+    args += ["--attention-maps", maps, "--output", out]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    stem = PHOTOS[0].stem
+    first = {str(photos / "a" / name): stem, str(photos / "c" / name): f"{stem}-2"}
+    assert index_of(maps) == first
+    c_maps = snapshot(maps / f"{stem}-2")
+    assert c_maps
+    (photos / "b").mkdir()
+    shutil.copy(PHOTOS[0], photos / "b" / name)  # sorts between a and c: it would be the second x
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 0, err
+    assert "1 of 3 images" not in err and "2 of 3 images already done" in err
+    assert index_of(maps) == {**first, str(photos / "b" / name): f"{stem}-3"}
+    assert snapshot(maps / f"{stem}-2") == c_maps  # c's maps untouched
+    assert any((maps / f"{stem}-3").glob("000-*.png"))
+    assert sorted(p.name for p in maps.iterdir()) == sorted([stem, f"{stem}-2", f"{stem}-3", "index.jsonl"])
+    # A fresh run over DIR (--overwrite) keeps each image in its folder too: the index outlives the output.
+    code, _, err = run_cli([*args, "--overwrite"], capsys)
+    assert code == 0, err
+    assert index_of(maps) == {**first, str(photos / "b" / name): f"{stem}-3"}
 
 
 @pytest.mark.parametrize("family", ["prefix-gpt2", "cnn-lstm"])

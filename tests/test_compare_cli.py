@@ -234,3 +234,62 @@ def test_an_output_that_would_replace_an_input_or_the_other_output_is_refused_be
     assert (code, out) == (1, "")
     assert err == f"captionkit: error: --report: {page} is also written by --output; write each to its own file\n"
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+@pytest.mark.parametrize(
+    ("name", "refs", "column"),
+    [("image", False, "image"), ("error", False, "error"), ("CIDEr a", True, "CIDEr a")],
+)
+def test_a_model_name_that_is_another_csv_column_is_refused_before_any_model_loads(
+    name: str, refs: bool, column: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The table had two columns of one name (`image,image,b,error`; `CIDEr a` twice with --refs), which no reader
+    of the CSV can tell apart, and exit 0."""
+    references = tmp_path / "refs.json"
+    references.write_text(json.dumps({photo.name: ["a photo"] for photo in PHOTOS}))
+    out = tmp_path / "c.csv"
+    args = ["compare", *PHOTOS, "--model", f"a={tmp_path / 'none'}", "--model", f"{name}={tmp_path / 'none2'}"]
+    code, stdout, err = run_cli([*args, "--output", out, *(["--refs", references] if refs else [])], capsys)
+    assert (code, stdout) == (1, "")
+    assert err.startswith(f"captionkit: error: --model: the model name {column!r} is also a column of the CSV table")
+    assert err.endswith("; name the model otherwise with NAME=MODEL\n") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_model_name_that_is_a_csv_column_is_fine_in_json_lines(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    args = ["compare", PHOTOS[0], "--model", f"image={models['blip']}", "--model", f"error={models['other']}"]
+    code, _, err = run_cli([*args, "--beams", "1", "--max-length", "3", "--output", tmp_path / "c.jsonl"], capsys)
+    assert code == 0, err
+    [record] = records_of((tmp_path / "c.jsonl").read_text())
+    assert set(record) == {"image", "captions"} and set(record["captions"]) == {"image", "error"}
+
+
+def test_a_style_left_empty_after_the_at_sign_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`MODEL@` used to blame a string `''` of at most 200 characters, as if a style were given."""
+    args = ["compare", PHOTOS[0], "--model", f"a={tmp_path}@", "--model", f"b={tmp_path / 'none'}"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    expected = f"--model 'a={tmp_path}@': no style after '@' (MODEL@STYLE, e.g. {tmp_path}@positive)"
+    assert err == f"captionkit: error: {expected}\n"
+
+
+def test_ctrl_c_says_that_no_records_were_written(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ctrl-C used to end compare with exit 130 and not a word, the captions so far lost without notice."""
+    import captionkit.cli.compare as compare_cli
+
+    def interrupted(*args: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare_cli, "_caption_all", interrupted)
+    out = tmp_path / "c.jsonl"
+    args = ["compare", *PHOTOS, "--model", f"a={models['blip']}", "--model", f"b={models['other']}", "--output", out]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (130, "")
+    assert err == (
+        "captionkit: interrupted: no records written (compare writes them once every model has captioned every image)\n"
+    )
+    assert not out.exists()

@@ -31,10 +31,27 @@ def write_records(output: Path, records: list[dict[str, Any]], names: list[str])
         fail_writing(output, error, "--output")
 
 
+def csv_header(names: list[str], scored: bool) -> list[str]:
+    """The CSV table's columns: the image, each model's caption (and CIDEr-D when ``scored``), the error."""
+    return ["image", *names, *([f"CIDEr {name}" for name in names] if scored else []), "error"]
+
+
+def check_csv_names(names: list[str], scored: bool) -> None:
+    """Refuse a model name that is also another column of the CSV table (``image``, ``error``, ``CIDEr NAME``): two
+    columns of one name cannot be told apart by whoever reads the table."""
+    from captionkit.errors import InputError
+
+    header = csv_header(names, scored)
+    for name in names:
+        if header.count(name) > 1:
+            reason = f"the model name {name!r} is also a column of the CSV table ({', '.join(header)})"
+            raise InputError("--model", f"{reason}; name the model otherwise with NAME=MODEL")
+
+
 def csv_text(records: list[dict[str, Any]], names: list[str]) -> str:
     """One row per image: its path, each model's caption (and CIDEr-D, with --refs), its error."""
     scored = any("CIDEr" in record for record in records)
-    header = ["image", *names, *([f"CIDEr {name}" for name in names] if scored else []), "error"]
+    header = csv_header(names, scored)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)

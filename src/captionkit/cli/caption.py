@@ -75,7 +75,10 @@ def caption(
     ] = None,
     attention_maps: Annotated[
         Path | None,
-        typer.Option(help="Write DIR/<image>/<NNN>-<token>.png attention heatmaps of each best caption."),
+        typer.Option(
+            help="Write DIR/<image>/<NNN>-<token>.png attention heatmaps of each best caption; DIR/index.jsonl says "
+            "which folder is whose image."
+        ),
     ] = None,
     engine: Annotated[
         str, typer.Option(help="local, or ray: a Ray Data pipeline with --workers captioner actors.")

@@ -13,6 +13,7 @@ import typer
 
 from captionkit.cli._common import (
     DTYPE_HELP,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     check_not_overwriting,
@@ -23,11 +24,13 @@ from captionkit.cli._common import (
     fail_writing,
     quiet_libraries,
 )
-from captionkit.cli._compare_records import write_records
+from captionkit.cli._compare_records import check_csv_names, write_records
 
 if TYPE_CHECKING:
     from captionkit.api import Captioner
     from captionkit.decoding import DecodingConfig
+
+NOTHING_WRITTEN = "no records written (compare writes them once every model has captioned every image)"
 
 
 def compare(
@@ -37,8 +40,8 @@ def compare(
     model: Annotated[
         list[str],
         typer.Option(
-            help="A model (directory or hub id), repeated; NAME=MODEL names its column, MODEL@STYLE asks it "
-            "for a style."
+            help="A model (directory or hub id), repeated; NAME=MODEL names its column (with a .csv --output, not "
+            "image, error or CIDEr NAME), MODEL@STYLE asks it for a style."
         ),
     ],
     beams: Annotated[int | None, typer.Option(help=decoding_help("num_beams"))] = None,
@@ -95,6 +98,8 @@ def compare(
         fail(f"--model: two models are named {next(n for n in names if names.count(n) > 1)!r}; name them NAME=MODEL")
     try:
         _check_outputs(output, report)  # else they fail only after every model captioned every image
+        if output is not None and output.suffix.lower() == ".csv":
+            check_csv_names(names, scored=refs is not None)
         # Checked before any model loads; the style of MODEL@STYLE is blamed on its --model.
         options = {
             "beams": beams,
@@ -125,6 +130,9 @@ def compare(
         scored = _score_against(references, records, names) if references is not None else None
     except CaptionkitError as error:
         fail(error_line(error))
+    except KeyboardInterrupt:  # typer's own answer is a silent exit 130, which leaves no word of what was lost
+        print(f"captionkit: interrupted: {NOTHING_WRITTEN}", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if scored is not None:
         _add_cider(records, scored[2])
     _show(records, names)
@@ -282,6 +290,8 @@ def _parse_model(spec: str) -> tuple[str, str, str | None]:
         source, style = rest.rsplit("@", 1)
     if not source:
         fail(f"--model {spec!r}: no model given")
+    if style is not None and not style.strip():
+        fail(f"--model {spec!r}: no style after '@' (MODEL@STYLE, e.g. {source}@positive)")
     return name or rest, source, style
 
 

@@ -42,6 +42,7 @@ from captionkit.jobs.outputs import (
     iter_records,
     repair_torn_tail,
 )
+from captionkit.jobs.overlay_index import read_index
 from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.run_settings import check_resumed, run_settings, write_settings
@@ -275,8 +276,9 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
     on_captions = None
     if options.attention_maps is not None:
         check_attention(captioner.model, "--attention-maps")
-        folders = overlay_folders(item.path for item in iter_inputs(plan.inputs))
-        on_captions = overlay_writer(captioner, config, options.attention_maps, folders)
+        indexed = read_index(options.attention_maps)  # earlier runs' folders stay their images'
+        folders = overlay_folders((item.path for item in iter_inputs(plan.inputs)), indexed)
+        on_captions = overlay_writer(captioner, config, options.attention_maps, folders, indexed)
     if options.engine == "ray":
         from captionkit.jobs.ray_engine import connect
 
