@@ -34,6 +34,8 @@ def check_export_output(source: Path, output: Path, marker: str) -> None:
     non-empty directory beforehand."""
     if is_model_being_exported(source, output):
         raise InputError(output, "is the model being exported; choose a new directory")
+    if output.exists() and not output.is_dir():
+        raise InputError(output, "is a file, not a directory")
     for other, kind in EXPORT_MARKERS.items():
         if other != marker and (output / other).is_file():
             raise InputError(output, f"holds {kind} ({other}); export into a new or empty directory")
@@ -54,6 +56,10 @@ def keep_training_settings(source: Path, output: Path) -> None:
 
 
 def load_source(source: str | Path) -> CaptionerParts:
-    """The checkpoint to export, read without transformers' own progress bars (as every model load is)."""
+    """The checkpoint to export, read in fp32 whatever dtype its weights are stored in (a checkpoint saved in bf16 or
+    fp16 wrote an int8 export that failed to load, and broke the ONNX exporter), without transformers' own progress
+    bars (as every model load is)."""
+    import torch  # here: the checks above stay light
+
     with no_transformers_progress_bars():
-        return CaptionerParts.load(source)
+        return CaptionerParts.load(source, dtype=torch.float32)

@@ -35,6 +35,7 @@ from torch import nn
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.export import check_export_output, keep_training_settings, load_source
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
+from captionkit.export.staging import staged_export
 from captionkit.files import honour_umask, write_atomic
 from captionkit.jsontext import parse_json
 from captionkit.models.base import CaptionModel
@@ -198,14 +199,16 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     output = Path(output)
     parts = load_source(source)
     check_export_output(parts.source, output, QUANTIZATION_FILE)
-    parts.save(output)
-    keep_training_settings(parts.source, output)
-    info = quantize_int8(parts.model, backend)
-    # torchao's quantized tensors are not stored here: its exports keep the fp32 weights and quantize on load.
-    info["storage"] = "int8" if backend == "torch.ao" else "fp32"
-    if info["storage"] == "int8":
-        save_int8_weights(parts.model, output / INT8_WEIGHTS_FILE)
-        (output / WEIGHTS_FILE).unlink()
-        honour_umask(output)  # safetensors wrote the int8 weights through a private (0600) temporary file
-    write_quantization_file(output, info)
+    # Staged: stopped after the fp32 save, the directory would load as the fp32 model.
+    with staged_export(output, QUANTIZATION_FILE) as staging:
+        parts.save(staging)
+        keep_training_settings(parts.source, staging)
+        info = quantize_int8(parts.model, backend)
+        # torchao's quantized tensors are not stored here: its exports keep the fp32 weights and quantize on load.
+        info["storage"] = "int8" if backend == "torch.ao" else "fp32"
+        if info["storage"] == "int8":
+            save_int8_weights(parts.model, staging / INT8_WEIGHTS_FILE)
+            (staging / WEIGHTS_FILE).unlink()
+            honour_umask(staging)  # safetensors wrote the int8 weights through a private (0600) temporary file
+        write_quantization_file(staging, info)
     return info

@@ -26,12 +26,17 @@ from torch import nn
 from captionkit.errors import InputError, ModelLoadError
 from captionkit.export import check_export_output, keep_training_settings, load_source
 from captionkit.export.onnx_files import GRAPHS, load_session, read_onnx_config
+from captionkit.export.staging import staged_export
 from captionkit.files import write_atomic
+from captionkit.hub import resolve_model_source
 from captionkit.images import PREPROCESSOR_CONFIG, Preprocessing
 from captionkit.models.base import CaptionModel, Encoded
-from captionkit.parts import ONNX_CONFIG
+from captionkit.models.registry import family_of
+from captionkit.parts import ONNX_CONFIG, refuse_export
 
 OPSET = 17
+# The one family the graphs cover: a ViT (or CLIP) encoder and a GPT-2 decoder with cross-attention.
+ONNX_FAMILY = "vit-gpt2"
 
 
 class _Encoder(nn.Module):
@@ -108,17 +113,36 @@ def _attend(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale
 
 def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
     """Write the three graphs plus tokenizer, preprocessing and ``onnx_config.json`` into ``output``."""
+    refuse_other_families(source)  # first: installing onnx would not help
     _require_onnx()
     parts = load_source(source)
     if not hasattr(parts.model, "ved"):
-        raise ModelLoadError(source, f"is a {parts.model.family} model; ONNX export supports vit-gpt2")
+        raise ModelLoadError(source, _unsupported(parts.model.family))
     output = Path(output)
     check_export_output(parts.source, output, ONNX_CONFIG)
-    output.mkdir(parents=True, exist_ok=True)
-    parts.tokenizer.save(output)
-    parts.preprocessing.save(output)
-    keep_training_settings(parts.source, output)
-    return export_onnx_graphs(parts.model.cpu(), parts.preprocessing.size, output)
+    with staged_export(output, ONNX_CONFIG) as staging:
+        parts.tokenizer.save(staging)
+        parts.preprocessing.save(staging)
+        keep_training_settings(parts.source, staging)
+        return export_onnx_graphs(parts.model.cpu(), parts.preprocessing.size, staging)
+
+
+def refuse_other_families(source: str | Path) -> None:
+    """Refuse a model of a family the graphs do not cover by its config.json, before its weights load (a BLIP
+    checkpoint's take gigabytes and minutes). An export is refused as the load would refuse it; a directory whose
+    family cannot be read is left for the load to report."""
+    directory = resolve_model_source(source)
+    refuse_export(directory, source)
+    try:
+        family = family_of(directory)
+    except ModelLoadError:
+        return
+    if family != ONNX_FAMILY:
+        raise ModelLoadError(source, _unsupported(family))
+
+
+def _unsupported(family: str) -> str:
+    return f"is a {family} model; ONNX export supports {ONNX_FAMILY}"
 
 
 def _require_onnx() -> None:
