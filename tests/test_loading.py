@@ -68,6 +68,20 @@ def test_the_cli_names_an_unloadable_hub_id_in_one_line(environment: dict[str, s
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_model_name_is_refused_and_not_read_as_the_working_directory(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--model ""`` was Path(""), the working directory: "captionkit: error: .: no config.json", or, run from inside a
+    model's folder, that model, unasked."""
+    save_tiny_model(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match="an empty model name; give a model directory or a hub id"):
+        Captioner.from_pretrained(name)
+    code, _, err = run_cli(["caption", PHOTOS[0], "--model", name], capsys)
+    assert (code, err) == (1, f"captionkit: error: {name!r}: an empty model name; give a model directory or a hub id\n")
+
+
 HOSTILE_CONFIGS = {
     "deep": ("[" * 1500 + "]" * 1500, "invalid JSON: nested more than 64 levels deep"),
     "bigint": ('{"model_type": ' + "9" * 5000 + "}", "invalid JSON: a number longer than 4300 digits"),

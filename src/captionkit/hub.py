@@ -38,6 +38,8 @@ def resolve_model_source(name_or_dir: str | Path) -> Path:
     not is a mistyped path, not a hub id.
     """
     source = str(name_or_dir)
+    if not source.strip():  # Path("") is ".": an empty --model must not load whatever the working directory holds
+        raise ModelLoadError(repr(source), "an empty model name; give a model directory or a hub id")
     path = Path(source).expanduser()
     if path.is_dir():
         return path
