@@ -141,6 +141,9 @@ def test_root_path_reaches_the_app(model_dir, served, capsys, given):
         ["serve", "--model", f"tiny={model_dir}", "--device", "cpu", "--root-path", given], capsys
     )
     assert code == 0, err
+    assert (
+        "captionkit serve: web page at http://127.0.0.1:8000/captions/, API at /captions/v1/captions, docs at " in err
+    )
     ((app, _options),) = served
     assert app.state.settings.root_path == "/captions"
     with TestClient(app) as client:

@@ -106,8 +106,10 @@ def serve(
     options |= uvicorn_options(app)
     assert listener is not None  # taken in the try above, which fails otherwise
     # uvicorn names the address only for sockets it binds itself.
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    print(f"captionkit serve: web page at {url}/, API at /v1/captions, docs at /docs", file=sys.stderr)
+    # With --root-path, the prefixed paths: what the proxy passes on (routes answer with or without the prefix).
+    prefix = settings.root_path
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}{prefix}"
+    print(f"captionkit serve: web page at {url}/, API at {prefix}/v1/captions, docs at {prefix}/docs", file=sys.stderr)
     if not run_server(app, listener, host=host, port=port, **options):
         fail("the server did not start (its log above says why)")
     if stopped_by:
