@@ -268,3 +268,22 @@ def test_a_family_generate_cannot_run_is_named_with_the_model(
         f"captionkit: error: --model: {source} is a cnn-lstm model; the comparison with generate needs blip, git or "
         "vit-gpt2\n"
     )
+
+
+def test_an_onnx_export_is_pointed_to_the_onnx_benchmark(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The refusal said what generate cannot run and not what times an ONNX export instead: the ONNX benchmark
+    script, given the checkpoint (it exports it itself)."""
+    from captionkit.export.onnx import export_onnx
+
+    export_onnx(save_tiny_model(tmp_path / "fp32"), tmp_path / "onnx")
+    args = ["benchmark", "--model", tmp_path / "onnx", "--batch-size", "1", "--repeats", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err == (
+        f"captionkit: error: --model: {tmp_path / 'onnx'} is a vit-gpt2-onnx model; the comparison with generate "
+        "needs blip, git or vit-gpt2; to time an ONNX export against PyTorch, run benchmarks/bench_onnx.py --model "
+        "CHECKPOINT, with the checkpoint it was exported from\n"
+    )
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_onnx.py"
+    usage = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--model MODEL" in usage

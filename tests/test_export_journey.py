@@ -8,6 +8,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -83,6 +85,97 @@ def test_ctrl_c_says_no_export_was_written(
         [f"captionkit: interrupted: no export written to {output}"],
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# A child process exporting that stops where the weights or graphs are written (the staging directory made and
+# partly filled), says so, and waits there to be killed.
+_STALLED_EXPORT = """
+import sys, time
+from captionkit.export import int8, onnx
+
+def stall(*args, **kwargs):
+    print("writing", flush=True)
+    time.sleep(600)
+
+kind, source, output = sys.argv[1:]
+if kind == "int8":
+    int8.save_int8_weights = stall
+    int8.export_int8(source, output)
+else:
+    onnx._export = stall
+    onnx.export_onnx(source, output)
+"""
+
+
+def _stalled_export(kind: str, source: Path, output: Path) -> subprocess.Popen[str]:
+    """An export of ``source`` to ``output`` in another process, stopped midway with its staging directory there."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_EXPORT, kind, str(source), str(output)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert child.stdout is not None
+    if child.stdout.readline() != "writing\n":
+        child.kill()
+        pytest.fail(f"the export in a child process did not reach its writes (exit {child.wait()})")
+    return child
+
+
+def _hidden(tmp_path: Path) -> list[Path]:
+    """The staging directories in ``tmp_path`` or the export directory within."""
+    return sorted(path for path in [*tmp_path.iterdir(), *tmp_path.glob("export/*")] if path.name.startswith("."))
+
+
+@pytest.mark.parametrize(
+    ("kind", "how"), [("int8", signal.SIGKILL), ("onnx", signal.SIGTERM)], ids=["int8-SIGKILL", "onnx-SIGTERM"]
+)
+@pytest.mark.parametrize("existing", [False, True])
+def test_the_next_export_removes_what_an_export_killed_outright_left(
+    kind: str, how: signal.Signals, existing: bool, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Killed outright, an export runs no cleanup and left its hidden staging directory: inside the (empty) directory
+    the user made for it, whose next export was refused as "not empty" for our own leftover; beside it otherwise,
+    where each killed export left weights for good."""
+    output = tmp_path / "export"
+    if existing:
+        output.mkdir()
+    child = _stalled_export(kind, source, output)
+    child.send_signal(how)
+    assert child.wait(timeout=60) == -how
+    [left] = _hidden(tmp_path)
+    assert left.parent == (output if existing else tmp_path)
+    code, _, err = run_cli(["export", kind, "--model", source, "--output", output], capsys)
+    assert code == 0, err
+    assert err.splitlines()[0] == f"{output}: removed {left.name}, left by an export that was killed while writing it"
+    assert _hidden(tmp_path) == []
+    assert Captioner.from_pretrained(output).export == {"int8": "int8", "onnx": "ONNX"}[kind]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_an_export_leaves_the_staging_of_one_still_running_alone(
+    existing: bool, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Another export writing the same directory now keeps its staging directory: into a directory it is writing in,
+    the second export is refused; beside it, the second goes ahead."""
+    output = tmp_path / "export"
+    if existing:
+        output.mkdir()
+    child = _stalled_export("int8", source, output)
+    try:
+        running = _hidden(tmp_path)
+        code, _, err = run_cli(["export", "int8", "--model", source, "--output", output], capsys)
+        assert "removed" not in err
+        if existing:
+            assert err.strip().splitlines() == [
+                f"captionkit: error: --output: {output} is not empty; export into a new or empty directory"
+            ]
+        assert code == (1 if existing else 0), err
+        assert set(running) <= set(_hidden(tmp_path)) and len(running) == 1
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def _full(*args: object, **kwargs: object) -> None:

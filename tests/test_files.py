@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from captionkit.files import text_lines, write_atomic, written_path
+from captionkit.files import another_process_alive, text_lines, write_atomic, written_path
 from captionkit.jobs.inputs import collect_images
 from captionkit.jobs.merge import merge_parts
 from captionkit.jobs.outputs import RecordWriter, read_records, repair_torn_tail
@@ -119,3 +121,16 @@ def test_an_output_that_is_an_input_is_named_once_or_by_both_names(tmp_path):
     assert also_an_input(out, out) == f"{out} is also an input; write the results to a new file"
     other = tmp_path / "sub" / ".." / "a.jsonl"
     assert also_an_input(out, other) == f"{out} is also an input ({other}); write the results to a new file"
+
+
+def test_a_staging_owner_is_alive_while_its_process_runs():
+    """The one check of whether a staging file's or directory's writer still runs (caption's files, exports'
+    directories): this process's own number is a killed run's, given again."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert another_process_alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+    assert not another_process_alive(child.pid)
+    assert not another_process_alive(os.getpid())

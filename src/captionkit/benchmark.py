@@ -74,9 +74,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
     if _transformers_model(model) is None:
         *others, last = hub_layout_families()
         needs = f"{', '.join(others)} or {last}"
-        raise InputError(
-            "--model", f"{settings.model} is a {model.family} model; the comparison with generate needs {needs}"
-        )
+        reason = f"{settings.model} is a {model.family} model; the comparison with generate needs {needs}"
+        raise InputError("--model", reason + _instead(model))
     config = _config(settings)
     try:
         check_length(model, config)
@@ -258,6 +257,19 @@ def _generate_reference(model: CaptionModel, pixels: torch.Tensor, settings: Ben
         )
     eos = model.eos_token_id
     return [row[1 : row.index(eos, 1)] if eos in row[1:] else row[1:] for row in rows]
+
+
+def _instead(model: CaptionModel) -> str:
+    """What times a model ``generate`` cannot run, where something does: the ONNX benchmark script, which exports
+    the checkpoint itself (it takes no export) and compares onnxruntime with PyTorch."""
+    from captionkit.export.onnx import OnnxCaptionModel
+
+    if not isinstance(model, OnnxCaptionModel):
+        return ""
+    return (
+        "; to time an ONNX export against PyTorch, run benchmarks/bench_onnx.py --model CHECKPOINT, with the "
+        "checkpoint it was exported from"
+    )
 
 
 def _transformers_model(model: CaptionModel) -> Any:

@@ -108,6 +108,22 @@ def _staging_path(path: Path) -> Path:
 _STAGING_NAME = re.compile(r"\.(?P<name>.+)\.\d+\.tmp")
 
 
+def another_process_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process other than this one: the owner of a staging file or directory named
+    with it is still writing it. A number we may not ask about (another user's process) counts as alive, so that
+    its files are left alone; this process's own number does not (a killed run's number given to this process: the
+    staging it left is no write of ours)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
 def written_path(path: str | os.PathLike[str]) -> Path:
     """The file a write to ``path`` was for: ``path`` itself, or the target of an :func:`atomic_writer` staging
     file, so that an error names the file the user asked for, not ``.NAME.PID.tmp``."""

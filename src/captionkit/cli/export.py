@@ -88,12 +88,14 @@ def _check_export_output(model: str, output: Path) -> None:
     directory is fine."""
     from captionkit.errors import InputError
     from captionkit.export import is_model_being_exported
+    from captionkit.export.staging import is_stale_staging
     from captionkit.files import check_model_dir
 
     if is_model_being_exported(model, output):
         raise InputError("--output", f"{output} is the model being exported; choose a new directory")
     check_model_dir(output, "--output")
-    if output.is_dir() and any(output.iterdir()):
+    # A killed export's staging directory is ours, not the user's: the export removes it.
+    if output.is_dir() and any(not is_stale_staging(path) for path in output.iterdir()):
         raise InputError("--output", f"{output} is not empty; export into a new or empty directory")
 
 

@@ -8,11 +8,11 @@ output. It holds no array a later run could resume from, so the next run over th
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from captionkit.errors import InputError
+from captionkit.files import another_process_alive
 from captionkit.jobs.outputs import iter_records
 from captionkit.jobs.parquet_records import journal_path
 
@@ -59,24 +59,16 @@ def _stale_staging(path: Path) -> list[Path]:
         candidates = sorted(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"))
     except OSError:
         return []
-    return [staged for staged in candidates if (found := pattern.fullmatch(staged.name)) and not _alive(int(found[1]))]
+    return [
+        staged
+        for staged in candidates
+        if (found := pattern.fullmatch(staged.name)) and not another_process_alive(int(found[1]))
+    ]
 
 
 def _glob_escape(name: str) -> str:
     """``name`` with glob's special characters taken literally."""
     return re.sub(r"([*?\[])", r"[\1]", name)
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # a dead run's number given to this process: the file is no write of ours yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # another user's process, or a number we cannot ask about: leave its file
-    return True
 
 
 def _nonempty(path: Path) -> bool:
