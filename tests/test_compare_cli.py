@@ -111,6 +111,61 @@ def test_refs_without_a_report_scores_each_caption_and_prints_the_metrics(
     assert [float(row["CIDEr b"]) for row in rows] == [record["CIDEr"]["b"] for record in records]
 
 
+def test_a_broken_image_without_references_is_its_record_and_the_run_goes_on(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """An unreadable image that --refs did not name stopped the run, exit 1 ("no references for 1 of the 4 images"),
+    where without --refs it was its error record, exit 2."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    missing = tmp_path / "missing.jpg"
+    listing = tmp_path / "images.txt"
+    listing.write_text(f"{missing}\n", encoding="utf-8")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({photo.name: [f"photo {i}"] for i, photo in enumerate(PHOTOS)}))
+    args = ["compare", *PHOTOS, broken, listing, "--model", f"a={models['blip']}", "--model", f"b={models['other']}"]
+    args += ["--beams", "1", "--max-length", "4"]
+    code, unscored, _ = run_cli(args, capsys)
+    assert code == 2
+    code, out, err = run_cli([*args, "--refs", refs], capsys)
+    assert code == 2, err
+    records = records_of(out)
+    assert (
+        records[3:]
+        == records_of(unscored)[3:]
+        == [
+            {"image": str(broken), "error": records[3]["error"]},
+            {"image": str(missing), "error": f"no such file (looked for {missing})"},
+        ]
+    )
+    assert records[3]["error"].startswith("unsupported image format")
+    assert [sorted(record["CIDEr"]) for record in records[:3]] == [["a", "b"]] * 3
+    assert "against --refs" in err
+
+
+def test_references_missing_for_a_readable_image_are_one_line_naming_it(
+    models: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A readable image without references (a wrong or short --refs file) still stops the run before any model loads;
+    the images named are those that could be scored, not the broken ones."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    refs = tmp_path / "refs.json"
+    refs.write_text(json.dumps({PHOTOS[0].name: ["a photo"]}))
+    args = ["compare", broken, *PHOTOS, "--model", f"a={tmp_path / 'none'}", "--model", f"b={tmp_path / 'none2'}"]
+    code, out, err = run_cli([*args, "--refs", refs], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: {refs}: no references for 2 of the 4 images: {PHOTOS[1]}, {PHOTOS[2]}\n"
+    # A file for other images: it fails once four images are found readable, not after all were decoded.
+    refs.write_text(json.dumps({"elsewhere.jpg": ["a photo"]}))
+    photos = real_photos(6)
+    args = ["compare", broken, *photos, "--model", f"a={tmp_path / 'none'}", "--model", f"b={tmp_path / 'none2'}"]
+    code, out, err = run_cli([*args, "--refs", refs], capsys)
+    assert (code, out) == (1, "")
+    shown = ", ".join(map(str, photos[:3]))
+    assert err == f"captionkit: error: {refs}: no references for 6 of the 7 images: {shown}, ...\n"
+
+
 def test_output_is_written_in_the_format_its_name_says(
     models: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -166,6 +166,7 @@ def _caption_all(
     from captionkit.errors import ImageError
     from captionkit.images.preprocessing import Preprocessing
     from captionkit.jobs.batch import caption_pixels
+    from captionkit.jobs.pipeline import with_place
 
     loader = next(iter(captioners.values()))[0]
     records: list[dict[str, Any]] = []
@@ -176,7 +177,7 @@ def _caption_all(
             try:
                 images[position] = loader.load_images([paths[position]])[0]
             except ImageError as error:
-                record["error"] = error.reason
+                record["error"] = with_place(error.reason, paths[position])
         positions = list(images)
         for position in positions:
             batch[position - start]["captions"] = {}
@@ -209,8 +210,8 @@ def _check_outputs(output: Path | None, report: Path | None) -> None:
 
 
 def _references_of(refs: Path, paths: list[Path]) -> dict[str, list[str]]:
-    """Each input image's reference captions in ``refs`` (any ``score --refs`` format), by path; every image needs
-    some."""
+    """Each input image's reference captions in ``refs`` (any ``score --refs`` format), by path. Every image that
+    can be read needs some; one that cannot gets its error record, as without --refs, references or none."""
     from captionkit.errors import InputError
     from captionkit.evaluation.readers import read_references
 
@@ -223,10 +224,33 @@ def _references_of(refs: Path, paths: list[Path]) -> dict[str, list[str]]:
             missing.append(path)
         else:
             found[path] = references.captions[image_id]
-    if missing:
-        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
-        raise InputError(refs, f"no references for {len(missing)} of the {len(paths)} images: {shown}")
+    readable, opened = _readable(missing, 4)
+    if readable:
+        count = len(missing) - (opened - len(readable))  # those not opened are counted: a wrong file stops early
+        listed = ", ".join(readable[:3]) + (", ..." if count > 3 else "")
+        raise InputError(refs, f"no references for {count} of the {len(paths)} images: {listed}")
     return found
+
+
+def _readable(paths: list[str], enough: int) -> tuple[list[str], int]:
+    """The first ``enough`` of ``paths`` that open as images (with the limits every model here reads them with), and
+    how many were opened to find them: a references file that names none of the images fails after a few, not after
+    every image was decoded."""
+    from captionkit.errors import ImageError
+    from captionkit.images import load_image
+
+    readable: list[str] = []
+    opened = 0
+    for path in paths:
+        if len(readable) == enough:
+            break
+        opened += 1
+        try:
+            load_image(path)
+        except ImageError:
+            continue
+        readable.append(path)
+    return readable, opened
 
 
 def _score_against(

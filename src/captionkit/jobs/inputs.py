@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +54,10 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
     A collection (a ``.tar`` or ``.parquet`` file, a brace pattern of them or a directory of them) contributes its
     samples as member paths, each keyed by its sample key, read one container at a time: what the stream holds for
     collections is the names of the containers met, not their samples. A directory contributes its image files (by
-    extension, recursively, sorted); a ``.txt`` file is a list of paths, one a line (relative to the list's
-    directory; blank lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an
-    error naming it, and so is a URL, as given (on the command line or in a list): only local files are read. A path
-    met twice keeps its first key.
+    extension, recursively, sorted; a broken link so named too, for its error record); a ``.txt`` file is a list of
+    paths, one a line (relative to the list's directory; blank lines and ``#`` comments skipped); any other file is
+    taken as an image. A missing input is an error naming it, and so is a URL, as given (on the command line or in a
+    list): only local files are read. A path met twice keeps its first key.
     """
     seen = _Seen()
     for item in inputs:
@@ -67,8 +68,7 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
             yield from _container_images(container_files(item), seen)
             continue
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            images = [InputImage(p, _folder_key(p, path)) for p in files]
+            images = [InputImage(p, _folder_key(p, path)) for p in _folder_images(path)]
         elif path.is_file() and path.suffix.lower() == ".txt":
             images = _read_list(path)
         elif path.exists():
@@ -116,6 +116,21 @@ def _container_images(containers: Iterable[Path], seen: _Seen) -> Iterator[Input
             if sample.image not in members and sample.image not in seen.loose:
                 members.add(sample.image)
                 yield InputImage(sample.image, sample.key)
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    """The entries under ``folder`` (recursively, sorted) named as images that are no directory: regular files, and
+    also those that cannot be read (a broken or looping link, one ``stat`` refuses, a FIFO), so that each gets its
+    error record rather than vanishing from the job."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not _is_directory(p))
+
+
+def _is_directory(entry: Path) -> bool:
+    """Whether ``entry`` is a directory (followed if a link); an entry that cannot be looked at is none."""
+    try:
+        return stat.S_ISDIR(entry.stat().st_mode)
+    except OSError:
+        return False
 
 
 def _folder_key(image: Path, folder: Path) -> str:

@@ -77,17 +77,20 @@ class ImageFiles(Dataset):
             pixels = self._preprocessing.resized(image) if self._uint8 else self._preprocessing(image)[0]
             return position, path, pixels, None
         except ImageError as error:
-            return position, path, None, _with_place(error.reason, path)
+            return position, path, None, with_place(error.reason, path)
         except Exception as error:  # a decoder bug must cost one record, not the worker and the whole run
             return position, path, None, f"cannot decode image ({type(error).__name__}: {first_line(error)})"
 
 
-def _with_place(reason: str, path: str) -> str:
+def with_place(reason: str, path: str | Path) -> str:
     """A missing file's reason with the absolute path looked for. A list's paths are found relative to its folder,
     and the record names one joined to the list's path as given ("photo.jpg" for a list in the working directory):
-    that alone does not show where a wrong relative path sent the search."""
+    that alone does not show where a wrong relative path sent the search. For a broken link, which is there, the
+    path is that of the missing file it points to."""
     if reason != "no such file":
         return reason
+    if os.path.islink(path):
+        return f"no such file (broken link to {os.path.realpath(path)})"
     return f"no such file (looked for {os.path.abspath(path)})"
 
 
