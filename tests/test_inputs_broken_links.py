@@ -109,6 +109,20 @@ def test_caption_records_the_images_of_a_folder_that_cannot_be_searched(
     assert len(records) == 3 and records[-1] == {"image": str(locked / "c.jpg"), "error": "permission denied"}
 
 
+def test_a_folder_that_cannot_be_searched_given_itself_records_its_images(
+    model_dir: Path, photos: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given as the input (not met in a walk), such a folder stopped in a traceback: the check of whether it is a
+    folder of shards looked at its entries."""
+    (photos / "gone.jpg").unlink()
+    locking(monkeypatch, photos)
+    code, stdout, err = run_cli(["caption", photos, "--model", model_dir, *FAST], capsys)
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert {record["error"] for record in records_of(stdout)} == {"permission denied"}
+    assert len(records_of(stdout)) == 2
+
+
 def test_shards_resume_and_merge_count_a_broken_link_once(
     model_dir: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

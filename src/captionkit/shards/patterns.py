@@ -69,7 +69,19 @@ def _holds_images(directory: Path) -> bool:
     """Whether ``directory`` holds image files itself: a folder of photos, which a ``.tar`` or ``.parquet`` beside them
     (a backup, the results of an earlier run written there) must not turn into a collection that hides them.
     img2dataset writes no image beside its shards."""
-    return any(child.suffix.lower() in IMAGE_SUFFIXES and child.is_file() for child in directory.iterdir())
+    try:
+        return any(child.suffix.lower() in IMAGE_SUFFIXES and _named_file(child) for child in directory.iterdir())
+    except OSError:  # a folder that cannot be listed is no collection: the folder walk says what it cannot read
+        return True
+
+
+def _named_file(child: Path) -> bool:
+    """Whether ``child`` (named as an image) is a file; one that cannot be looked at (a folder without search
+    permission) counts as one, as the folder walk gives it its error record."""
+    try:
+        return child.is_file()
+    except OSError:
+        return True
 
 
 def container_files(item: str | Path) -> list[Path]:
