@@ -347,3 +347,18 @@ def test_one_split_is_checked_for_its_own_leaks_byte_copies_included(leaky_table
         assert code == 1
     # a.png in train and test is no leak of val; the copy in val is.
     assert leaks == {"val": [by_bytes], "test": [by_id, by_bytes], "all": [by_id, by_bytes]}
+
+
+def test_ctrl_c_ends_the_check_with_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C used to end `data check` with exit 130 and not a word, as if it had found nothing."""
+    import captionkit.data.check as check_module
+
+    def interrupted(*args: object, **kwargs: object) -> dict[str, object]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check_module, "check_records", interrupted)
+    code, out, err = run_cli(["data", "check", str(FLICKR), "--no-images"], capsys)
+    assert (code, out) == (130, "")
+    assert err == f"captionkit: interrupted: the check of {FLICKR} did not finish\n"

@@ -69,7 +69,7 @@ def test_missing_inputs_are_named_and_exit_2(tmp_path, photos, capsys):
     code, _, err = run_cli(["merge", part, "--output", tmp_path / "all.jsonl", "--inputs", photos], capsys)
     assert code == 2
     assert f"3 inputs have no record: {photos / 'b.jpg'}, {photos / 'c.jpg'}, {photos / 'sub/d.png'}" in err
-    assert "1 records are not among --inputs (kept): /elsewhere/z.jpg" in err
+    assert "1 record is not among --inputs (kept): /elsewhere/z.jpg" in err
     assert [r["image"] for r in read_jsonl(tmp_path / "all.jsonl")] == [a, "/elsewhere/z.jpg"]
 
 

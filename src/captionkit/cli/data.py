@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_OK, fail, plural, progress_bar
+from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, EXIT_OK, fail, plural, progress_bar
 from captionkit.config import DataSection
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
@@ -75,7 +75,11 @@ def check(
     if len(specs) > 1 and not json_output:
         print(f"{spec}: {plural(len(specs), 'COCO caption file')} of one split each, checked one by one:")
         print("".join(f"  {one}\n" for one in specs), end="")
-    reports = [_check_one(one, chosen_split, splitting, images, workers, json_output) for one in specs]
+    try:
+        reports = [_check_one(one, chosen_split, splitting, images, workers, json_output) for one in specs]
+    except KeyboardInterrupt:  # typer's own answer is a silent exit 130, as if the check had found nothing to say
+        print(f"captionkit: interrupted: the check of {spec} did not finish", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_output:
         print(json.dumps(reports[0] if len(reports) == 1 else {"spec": spec, "datasets": reports}, indent=2))
     errors = sum(report["errors"] for report in reports)

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from captionkit.cli._common import EXIT_OK, EXIT_PARTIAL, fail, fail_writing, plural
+from captionkit.cli._common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    check_not_overwriting,
+    fail,
+    fail_writing,
+    plural,
+)
 
 if TYPE_CHECKING:
     from captionkit.jobs.merge import MergeResult
+    from captionkit.jobs.merge_index import Names
 
 
 def merge(
@@ -26,17 +37,21 @@ def merge(
         typer.Option(help="The caption run's inputs (repeat the option): check that each has a record."),
     ] = None,
     fmt: Annotated[
-        str | None, typer.Option("--format", help="jsonl, csv, json or parquet (default: from --output).")
+        str | None,
+        typer.Option(
+            "--format",
+            help="jsonl, csv, json or parquet: of --output (default: from its suffix, else jsonl), and of a part "
+            "whose suffix is none of these.",
+        ),
     ] = None,
 ) -> None:
     """Merge result parts: one record per image, duplicates dropped, gaps reported.
 
-    Exit 0 when complete, 2 when inputs or parts are missing, parts come from runs with different N, or some
-    images failed (their error records are kept), 1 on unreadable parts or bad usage.
+    Exit 0 when complete, 2 when inputs or parts are missing, parts come from runs with different N, a part lost an
+    unfinished last line, or some images failed (their error records are kept), 1 on unreadable parts or bad usage.
     """
     from captionkit.errors import CaptionkitError
     from captionkit.files import check_output_file
-    from captionkit.jobs.inputs import iter_inputs
     from captionkit.jobs.merge import format_of, merge_parts
     from captionkit.jobs.outputs import FORMATS
 
@@ -47,13 +62,31 @@ def merge(
         _check_part(part, output)
     try:
         check_output_file(output, "--output")  # before reading the parts: a bad --output costs no merging
-        expected = (str(item.path) for item in iter_inputs(inputs)) if inputs else None
+        check_not_overwriting([("--output", output)], inputs or ())  # a list of images must not become the result
+        expected = _expected_images(inputs) if inputs else None
         result = merge_parts(parts, expected, out_fmt)
+        with result:
+            _write_merged(result, output, out_fmt)
     except CaptionkitError as error:
         fail(str(error))
-    with result:
-        _write_merged(result, output, out_fmt)
+    except KeyboardInterrupt:  # typer's own answer is a silent exit 130, which leaves no word of what became of it
+        print(f"captionkit: interrupted: {output} left as it was (nothing written)", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     _report(result, output)
+
+
+def _expected_images(inputs: list[str]) -> Iterator[str]:
+    """The ``image`` values a caption run of ``inputs`` gives, as a stream. Inputs that hold no image at all (an
+    empty folder, a list of nothing) are an error, as they are to ``caption``: against them every record would only
+    be reported as unexpected."""
+    from captionkit.errors import InputError
+    from captionkit.jobs.inputs import iter_inputs
+
+    images = (str(item.path) for item in iter_inputs(inputs))
+    first = next(images, None)
+    if first is None:
+        raise InputError(", ".join(inputs), "no images found (--inputs)")
+    return itertools.chain([first], images)
 
 
 def _check_part(part: Path, output: Path) -> None:
@@ -118,15 +151,20 @@ def _report(result: MergeResult, output: Path) -> None:
     if result.torn:
         warn(f"left out an unfinished last line (interrupted run) in {some(result.torn)}")
     if result.duplicates:
-        warn(f"{len(result.duplicates)} images had more than one record, one kept: {some(result.duplicates)}")
+        repeated = plural(len(result.duplicates), "image")
+        warn(f"{repeated} had more than one record, one kept: {some(result.duplicates)}")
     if len(result.shard_counts) > 1:
         warn(f"parts come from runs with different shard counts: {', '.join(map(str, result.shard_counts))}")
     if result.missing_parts:
         warn(f"missing parts: {some(result.missing_parts)}")
+    if result.repeated_parts:
+        warn(f"parts given by more than one file: {some(result.repeated_parts)}")
     if result.unexpected:
-        warn(f"{len(result.unexpected)} records are not among --inputs (kept): {some(result.unexpected)}")
+        unexpected = _counted(result.unexpected, "record", "is", "are")
+        warn(f"{unexpected} not among --inputs (kept): {some(result.unexpected)}")
     if result.missing:
-        warn(f"{len(result.missing)} inputs have no record: {some(result.missing)}")
+        missing = _counted(result.missing, "input", "has", "have")
+        warn(f"{missing} no record: {some(result.missing)}")
     if result.missing and result.count and len(result.unexpected) == result.count:
         warn(
             "no record is of an image among --inputs: images are matched by their path as written, so give "
@@ -136,3 +174,8 @@ def _report(result: MergeResult, output: Path) -> None:
     counts = f"{plural(result.count, 'record')} ({plural(errors, 'error')})"
     print(f"merged {plural(result.parts, 'part')}: {counts} -> {output}", file=sys.stderr)
     raise typer.Exit(EXIT_OK if result.complete and not errors else EXIT_PARTIAL)
+
+
+def _counted(names: Names, noun: str, one: str, many: str) -> str:
+    """``1 input has`` / ``3 inputs have``: a count, its noun and its verb in agreement."""
+    return f"{plural(len(names), noun)} {one if len(names) == 1 else many}"

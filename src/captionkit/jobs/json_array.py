@@ -56,7 +56,7 @@ class JsonArrayWriter:
 
 def iter_json_array(path: Path, what: str = "a JSON list of records") -> Iterator[Any]:
     """The elements of the JSON array in ``path``, one at a time; anything else is one error naming the file."""
-    with path.open(encoding="utf-8", errors=PATH_ERRORS) as handle:
+    with path.open(encoding="utf-8-sig", errors=PATH_ERRORS) as handle:  # -sig: a BOM some editors write, dropped
         reader = _Reader(handle, path)
         if not reader.skip_space():
             return  # an empty file: no records, as before

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captionkit.errors import InputError
+from captionkit.files import UTF16_REASON, is_utf16
 from captionkit.jobs.merge_index import SHOWN, MergeIndex, Names
 from captionkit.jobs.outputs import Located, Record, iter_located_records
 from captionkit.jobs.parquet_records import journal_owner, journal_path
@@ -29,6 +30,7 @@ class MergeResult:
     missing: Names = field(default_factory=Names)  # inputs with no record (only when the inputs are known)
     unexpected: Names = field(default_factory=Names)  # records of images that are not among the inputs
     missing_parts: list[str] = field(default_factory=list)  # "K/N" of parts absent from the list
+    repeated_parts: list[str] = field(default_factory=list)  # "K/N (FILE, FILE)" of parts named by several files
     shard_counts: list[int] = field(default_factory=list)  # the N of each run the parts come from
     torn: list[str] = field(default_factory=list)  # parts whose unfinished last line was left out
 
@@ -75,6 +77,7 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
         for part in parts:
             fmt = format_of(part, default_fmt)
             _check_not_blank(part, fmt)
+            _check_not_utf16(part, fmt)
             records, tail = iter_located_records(part, fmt)
             if tail:  # named by the file that holds the line: a Parquet part's is its journal
                 result.torn.append(str(journal_path(part) if fmt == "parquet" else part))
@@ -103,6 +106,20 @@ def _check_not_blank(part: Path, fmt: str) -> None:
         )
 
 
+def _check_not_utf16(part: Path, fmt: str) -> None:
+    """A text part saved as UTF-16 (a CSV round trip through Excel's "Unicode Text") would read as garbage from its
+    first byte and fail on some later line for a reason that names everything but its encoding."""
+    if fmt == "parquet":
+        return
+    try:
+        with part.open("rb") as file:
+            head = file.read(2)
+    except OSError:
+        return  # the reader names what is wrong with the file
+    if is_utf16(head):
+        raise InputError(part, UTF16_REASON)
+
+
 def _result_records(records: Iterable[Located], part: Path) -> Iterator[Record]:
     """The records of ``part``, each checked to be a result: an image with its caption(s) or its error. Anything else
     (a table that is not captionkit's, a row cut short) would be counted as an image done with nothing to show."""
@@ -110,18 +127,26 @@ def _result_records(records: Iterable[Located], part: Path) -> Iterator[Record]:
         image = record.get("image")
         if not isinstance(image, str) or not image:
             raise InputError(part, f"{where} has no image")
-        if not any(name in record for name in ("caption", "captions", "error")):
+        # A null is no more a caption than a missing key: counting it would pass an image as done with nothing.
+        if all(record.get(name) is None for name in ("caption", "captions", "error")):
             raise InputError(part, f"{where} ({image[:60]!r}) has neither a caption nor an error")
         yield record
 
 
 def _check_part_names(parts: Sequence[Path], result: MergeResult) -> None:
-    shards = [shard for shard in map(part_of, parts) if shard is not None]
-    counts = sorted({shard.count for shard in shards})
+    files: dict[tuple[int, int], list[str]] = {}
+    for part in parts:
+        shard = part_of(part)
+        if shard is not None:
+            files.setdefault((shard.count, shard.index), []).append(str(part))
+    counts = sorted({count for count, _ in files})
     result.shard_counts = counts
     for count in counts:
-        present = {shard.index for shard in shards if shard.count == count}
-        result.missing_parts.extend(f"{index}/{count}" for index in range(count) if index not in present)
+        result.missing_parts.extend(f"{index}/{count}" for index in range(count) if (count, index) not in files)
+    # Two files of one part are two runs' (or a copy's): their images are met twice, and only the files say why.
+    result.repeated_parts = [
+        f"{index}/{count} ({', '.join(names)})" for (count, index), names in sorted(files.items()) if len(names) > 1
+    ]
 
 
 def some(names: Sequence[str] | Names, limit: int = SHOWN) -> str:

@@ -103,6 +103,8 @@ def _jsonl_records(path: Path, cut: int, tail: str) -> Iterator[tuple[str, Any]]
     """The JSON documents of the first ``cut`` bytes' lines, by line number, and ``tail`` if it is a whole record."""
     number = 0
     for number, line in enumerate(_lines(path, cut), start=1):
+        if number == 1:
+            line = line.removeprefix("\ufeff")  # the BOM some editors start a file with
         if line.strip():
             yield f"line {number}", _parse(line, path, "jsonl")
     if tail and _whole_record(tail):
@@ -130,7 +132,7 @@ def _csv_records(lines: Iterable[str], path: Path) -> Iterator[Located]:
     header = next(rows, None)
     if header is None:
         return
-    names = header[1]
+    names = [header[1][0].removeprefix("\ufeff"), *header[1][1:]]  # Excel's "CSV UTF-8" starts with a BOM
     for line, fields in rows:
         if len(fields) != len(names):
             reason = f"line {line} has {len(fields)} fields, the header {len(names)}"
