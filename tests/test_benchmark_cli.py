@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -91,7 +92,9 @@ def test_flop_estimate_of_the_base_preset() -> None:
         (["--preset", "huge"], "unknown preset 'huge'"),
         (["--preset", "tiny", "--batch-size", "0"], "--batch-size: must be at least 1"),
         (["--preset", "tiny", "--repeats", "0"], "--repeats: must be at least 1"),
-        (["--preset", "tiny", "--threads", "0"], "--threads: must be at least 1"),
+        (["--preset", "tiny", "--threads", "0"], "--threads: must be in [1, "),
+        # A few thousand threads crashed OpenMP (exit 139, no message); more than the CPUs time oversubscription.
+        (["--preset", "tiny", "--threads", "100000"], "(the CPUs this process may use), got 100000"),
         (["--model", "/no/such/model"], "/no/such/model"),
         (["--preset", "tiny", "--device", "cpu", "--dtype", "fp16"], "--dtype: fp16 needs a GPU"),
         (["--preset", "tiny", "--dtype", "fp64"], "--dtype: unknown dtype 'fp64' (expected one of fp32, bf16, fp16)"),
@@ -287,3 +290,43 @@ def test_an_onnx_export_is_pointed_to_the_onnx_benchmark(tmp_path: Path, capsys:
     script = Path(__file__).parents[1] / "benchmarks" / "bench_onnx.py"
     usage = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, check=True).stdout
     assert "--model MODEL" in usage
+
+
+def test_ctrl_c_exits_130_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """typer's own answer to Ctrl-C was a silent exit 130."""
+
+    def stopped(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(benchmark, "_peaks_in_child", stopped)
+    args = ["benchmark", "--preset", "tiny", "--batch-size", "1", "--beams", "1", "--max-length", "2", "--repeats", "1"]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (130, "")
+    assert err.splitlines()[-1] == "captionkit: interrupted: no figures written"
+    assert "Traceback" not in err
+
+
+def test_the_peak_memory_process_leaves_ctrl_c_to_the_command() -> None:
+    """Ctrl-C at a terminal reaches the whole process group: the pool's process printed "Process SpawnPoolWorker-1:"
+    and its traceback beside the command's one line. It ignores SIGINT; this process's handler is as it was."""
+    before = signal.getsignal(signal.SIGINT)
+    with benchmark._pool_deaf_to_ctrl_c() as pool:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == before
+
+
+def test_the_result_says_whether_weights_were_packed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CAPTIONKIT_PACKED_LINEAR=0 changes speed and memory (the README's table has rows with and without it); the
+    JSON and the table did not say which a run had."""
+    monkeypatch.setattr(benchmark, "_peaks_in_child", lambda *_: (2**20, None))
+    settings = BenchmarkSettings(preset="tiny", batch_size=1, beams=1, max_length=2, repeats=1)
+    monkeypatch.setenv("CAPTIONKIT_PACKED_LINEAR", "0")
+    result = benchmark.run_benchmark(settings)
+    assert result["packed_linear"] is False
+    assert (
+        benchmark.format_table(result)
+        .splitlines()[0]
+        .endswith(", 1 thread, random pixels (seed 0), CAPTIONKIT_PACKED_LINEAR=0")
+    )
+    monkeypatch.delenv("CAPTIONKIT_PACKED_LINEAR")
+    assert benchmark.run_benchmark(settings)["packed_linear"] is torch.backends.mkldnn.is_available()

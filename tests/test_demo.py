@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from _helpers import run_cli
+from captionkit import demo
 from captionkit.config import load_train_config, resolve_recipe
 from captionkit.demo import demo_config, demo_recipe_path, remove_old_scenes, score_captions, word_accuracy
+from captionkit.training import loop
 
 
 def test_short_demo_writes_metrics_and_a_self_contained_report(tmp_path, capsys):
@@ -189,3 +193,77 @@ def test_styles_without_neutral_exit_1_before_drawing(tmp_path, capsys):
         "turn style control off with data.styles={}\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+class _CtrlCAtOnce:
+    """The training loop's StopSignal as if Ctrl-C came before the first step."""
+
+    def __enter__(self) -> SimpleNamespace:
+        return SimpleNamespace(received=signal.SIGINT)
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+def test_ctrl_c_in_training_exits_130_in_one_line_without_results(tmp_path, capsys, monkeypatch):
+    """Training answers Ctrl-C by saving a checkpoint and returning; the demo then tried to load a final model that
+    was never written and exited 1 with "no config.json ... resume the run", which the demo cannot do."""
+    monkeypatch.setattr(loop, "StopSignal", _CtrlCAtOnce)
+    out = tmp_path / "demo"
+    settings = ["--steps", "3", "--train-scenes", "4", "--test-scenes", "1", "--set", "model.preset=tiny"]
+    code, stdout, err = run_cli(["demo", "--output", out, *settings, "--set", "train.batch_size=4"], capsys)
+    assert (code, stdout) == (130, "")
+    lost = f"no metrics.json or report.html written to {out}"
+    assert err.splitlines()[-1] == f"captionkit: interrupted: training stopped at step 0 of 3: {lost}"
+    assert "error" not in err
+    assert not (out / "metrics.json").exists() and not (out / "report.html").exists()
+
+
+def test_ctrl_c_while_drawing_exits_130_and_leaves_no_earlier_results(tmp_path, capsys, monkeypatch):
+    """typer's silent exit 130 said nothing, and an earlier demo's metrics.json and report.html stayed beside the
+    new run's scenes as if they were its results."""
+
+    def stopped(*_args: object) -> Path:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "write_synthetic_dataset", stopped)
+    out = tmp_path / "demo"
+    out.mkdir()
+    for name in ("metrics.json", "report.html", "notes.txt"):
+        (out / name).write_text("earlier")
+    args = ["demo", "--output", out, "--steps", "1", "--train-scenes", "4", "--test-scenes", "1"]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (130, "")
+    assert err.splitlines() == [
+        "drawing 205 scenes (4 train, 200 validation, 1 test)",
+        f"captionkit: interrupted: no metrics.json or report.html written to {out}",
+    ]
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
+
+
+def test_a_directory_where_a_result_goes_exits_1_before_drawing(tmp_path, capsys):
+    """metrics.json (or report.html) as a directory failed only after the whole run, when it was written."""
+    out = tmp_path / "demo"
+    (out / "report.html").mkdir(parents=True)
+    args = ["demo", "--output", out, "--steps", "1", "--train-scenes", "4", "--test-scenes", "1"]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (1, "")
+    report = out / "report.html"
+    assert err == f"captionkit: error: --output: {report} is a directory; the demo writes its report.html there\n"
+    assert sorted(path.name for path in out.iterdir()) == ["report.html"]
+
+
+def test_stderr_shows_the_stages_and_only_validation_entries(tmp_path, capsys):
+    """Drawing 20,000 scenes went by without a word, and training printed every log entry as JSON beside no
+    progress line; as in `captionkit train`, the progress line shows training and only validation entries print."""
+    out = tmp_path / "demo"
+    settings = ["--steps", "3", "--train-scenes", "8", "--test-scenes", "2", "--set", "model.preset=tiny"]
+    logging = ["--set", "train.batch_size=4", "--set", "train.log_every=1", "--set", "train.eval_every=3"]
+    code, _, err = run_cli(["demo", "--output", out, *settings, *logging], capsys)
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0] == "drawing 210 scenes (8 train, 200 validation, 2 test)"
+    entries = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [entry["step"] for entry in entries] == [3] and "val_loss" in entries[0]
+    assert "captioning 2 unseen scene(s) in each style the model writes (neutral, positive, negative)" in lines
+    assert len((out / "model" / "metrics.jsonl").read_text().splitlines()) >= 3  # every entry is kept there

@@ -14,9 +14,13 @@ of captions equal to the fp32 model's.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
+import os
 import re
 import resource
+import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +34,7 @@ from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
 from captionkit.models.gpt2_graph import release_graphs
+from captionkit.models.packed_linear import packing_enabled
 from captionkit.models.registry import get_family, hub_layout_families
 from captionkit.precision import model_dtype, resolve_dtype
 
@@ -60,13 +65,23 @@ class BenchmarkSettings:
         for name, low in (("batch_size", 1), ("beams", 1), ("max_length", 1), ("repeats", 1)):
             if getattr(self, name) < low:
                 raise InputError(f"--{name.replace('_', '-')}", f"must be at least {low}, got {getattr(self, name)}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError("--threads", f"must be at least 1, got {self.threads}")
+        cpus = usable_cpus()
+        if self.threads is not None and not 1 <= self.threads <= cpus:
+            # More threads than CPUs time the oversubscription, not the engines (and a few thousand crash OpenMP).
+            reason = f"must be in [1, {cpus}] (the CPUs this process may use), got {self.threads}"
+            raise InputError("--threads", reason)
         resolve_dtype(self.dtype, resolve_device(self.device, "--device"), "--dtype")
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure both engines; returns the JSON-ready result (see :func:`format_table` for the fields)."""
+    """Measure both engines; returns the JSON-ready result (its fields: README, "Speed, int8 and ONNX")."""
     say = progress or (lambda _message: None)
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
@@ -130,6 +145,9 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         "device": str(pixels.device),
         "dtype": settings.dtype,
         "torch_threads": torch.get_num_threads(),
+        # CAPTIONKIT_PACKED_LINEAR=0 turns off captionkit's prepacked oneDNN weights (CPU): runs with and without it
+        # differ in speed and memory, and the figures alone would not say which this was.
+        "packed_linear": packing_enabled(),
         "forced_length": FORCED_LENGTH_NOTE,
         "captionkit": engines["captionkit"],
         "transformers_generate": engines["transformers_generate"],
@@ -312,9 +330,25 @@ def _peaks_in_child(settings: BenchmarkSettings, engine: str) -> tuple[int | Non
     A process of its own per engine: in a shared process the second engine's peak would include what the first
     left behind (allocator caches, captionkit's packed weights), and neither peak would be the engine's own.
     """
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+    with _pool_deaf_to_ctrl_c() as pool:
         return pool.apply(_decode_once_and_report_peaks, (settings, engine))
+
+
+def _pool_deaf_to_ctrl_c() -> multiprocessing.pool.Pool:
+    """A one-process spawn pool whose process ignores SIGINT: Ctrl-C at a terminal reaches the whole process group,
+    and the child's own KeyboardInterrupt printed "Process SpawnPoolWorker-1:" and a traceback beside the command's
+    one line. The command alone answers Ctrl-C; leaving the ``with`` block terminates the child.
+
+    The child is started while this process ignores SIGINT, so that it ignores it from its first instruction (an
+    ignored signal stays ignored across exec, and Python then installs no handler of its own)."""
+    context = multiprocessing.get_context("spawn")
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may change handlers
+        return context.Pool(1)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return context.Pool(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _decode_once_and_report_peaks(settings: BenchmarkSettings, engine: str) -> tuple[int | None, None]:
@@ -463,10 +497,12 @@ def _transformers_version() -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A human summary of :func:`run_benchmark`'s result."""
+    threads = f"{result['torch_threads']} thread{'' if result['torch_threads'] == 1 else 's'}"
+    unpacked = "" if result["packed_linear"] else ", CAPTIONKIT_PACKED_LINEAR=0"
     lines = [
         f"model {result['model']}, batch {result['batch_size']}, beams {result['beams']}, "
-        f"{result['max_new_tokens']} tokens, {result['device']} {result['dtype']}, {result['torch_threads']} threads, "
-        f"{result['inputs']}",
+        f"{result['max_new_tokens']} tokens, {result['device']} {result['dtype']}, {threads}, "
+        f"{result['inputs']}{unpacked}",
         f"{'engine':<22} {'images/s':>9} {'p50 s':>8} {'p95 s':>8} {'peak RSS MB':>12} {'peak GPU MB':>12} "
         f"{'of limit':>9}",
     ]

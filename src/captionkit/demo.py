@@ -21,10 +21,20 @@ from captionkit.data.sources import load_records
 from captionkit.data.splits import first_caption_per_image, select_split
 from captionkit.data.synthetic import SPLITS, SceneOptions, write_synthetic_dataset
 from captionkit.demo_data import DemoData
-from captionkit.errors import ConfigError
+from captionkit.errors import ConfigError, InputError
 from captionkit.files import write_atomic
 
 RECIPE = "demo.yaml"
+#: What a demo writes at the end, removed at its start: an earlier demo's results must not stand beside new scenes.
+RESULTS = ("metrics.json", "report.html")
+
+
+class DemoInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) stopped the demo's training at ``step`` of ``steps``: no metrics or report are written."""
+
+    def __init__(self, step: int, steps: int) -> None:
+        super().__init__(f"training stopped at step {step} of {steps}")
+        self.step, self.steps = step, steps
 
 
 def demo_recipe_path() -> Path:
@@ -79,8 +89,13 @@ def run_demo(
     data: DemoData | None = None,
     overrides: Sequence[str] = (),
     log: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics."""
+    """Draw scenes, train, caption the test scenes; write metrics.json and report.html; return the metrics.
+
+    ``log`` gets training's log entries, ``progress`` shows training's progress line on stderr, ``say`` gets one line
+    as each of the other stages (drawing, captioning) starts."""
     from captionkit.api import Captioner
     from captionkit.training.finish import CURVES
     from captionkit.training.loop import train
@@ -98,22 +113,29 @@ def run_demo(
             "the demo scores neutral captions: keep neutral among the styles, or turn style control off with "
             "data.styles={}",
         )
+    remove_old_results(output)
     started = time.perf_counter()
     options = SceneOptions(
         held_out_fraction=data.held_out_fraction, order=data.order, layout=data.layout, grid=data.grid
     )
     remove_old_scenes(output / "data")
+    tell = say or (lambda _line: None)
+    scenes = data.num_train + data.num_val + data.num_test
+    tell(f"drawing {scenes} scenes ({data.num_train} train, {data.num_val} validation, {data.num_test} test)")
     data_file = write_synthetic_dataset(
         output / "data", data.num_train, data.num_val, data.num_test, data.seed, data.image_size, options, data.workers
     )
     config = demo_config(data_file, extra)
     data_seconds = time.perf_counter() - started
     # Always a fresh run: the scenes were just drawn again, so an old checkpoint in the same place is stale.
-    result = train(config, output / "model", log=log, resume=False)
+    result = train(config, output / "model", log=log, resume=False, progress=progress)
+    if result.interrupted:  # the training loop saved a checkpoint and returned: there is no final model to caption
+        raise DemoInterrupted(result.steps, config.train.steps)
 
     captioner = Captioner.from_pretrained(output / "model")
     records = load_records(data_file)
     tests = first_caption_per_image([r for r in select_split(records, "test") if r.style == "neutral"])
+    tell(f"captioning {len(tests)} unseen scene(s) in each style the model writes ({', '.join(captioner.styles)})")
     started_captioning = time.perf_counter()
     # Every test scene in every style the model was trained to write (neutral first).
     generated = {
@@ -141,6 +163,19 @@ def run_demo(
     write_atomic(output / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_report(output / "report.html", tests, generated, metrics, curves=output / "model" / CURVES)
     return metrics
+
+
+def remove_old_results(output: Path) -> None:
+    """Delete an earlier demo's ``metrics.json`` and ``report.html`` in ``output``: a run that fails or is stopped
+    would otherwise leave them beside its own scenes and model, as if they were its results. A directory in their
+    place is refused before any work (writing the file there would fail only after the training)."""
+    paths = [output / name for name in RESULTS]
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            raise InputError("--output", f"{path} is a directory; the demo writes its {path.name} there")
+    for path in paths:
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def remove_old_scenes(data_dir: Path) -> int:

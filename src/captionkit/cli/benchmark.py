@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-from captionkit.cli._common import DTYPE_HELP, EXIT_OK, decoding_flags, decoding_help, fail, quiet_libraries
+from captionkit.cli._common import (
+    DTYPE_HELP,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    decoding_flags,
+    decoding_help,
+    fail,
+    quiet_libraries,
+)
 
 
 def benchmark(
@@ -32,7 +40,9 @@ def benchmark(
     ] = None,
     images: Annotated[Path | None, typer.Option(help="Folder of images to caption (default: random pixels).")] = None,
     repeats: Annotated[int, typer.Option(help="Timed batches per engine, interleaved.")] = 3,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: torch's choice).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads, at most the CPUs this process may use (default: torch's choice).")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
     dtype: Annotated[str, typer.Option(help=DTYPE_HELP)] = "fp32",
 ) -> None:
@@ -58,6 +68,9 @@ def benchmark(
         result = run_benchmark(settings, progress=lambda message: print(message, file=sys.stderr))
     except CaptionkitError as error:
         fail(str(error))
+    except KeyboardInterrupt:  # typer's own answer is a silent exit 130
+        print("captionkit: interrupted: no figures written", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print(format_table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))
     raise typer.Exit(EXIT_OK)

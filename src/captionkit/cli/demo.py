@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import fail, os_error_line, plural, quiet_libraries
+from captionkit.cli._common import EXIT_INTERRUPTED, fail, os_error_line, plural, quiet_libraries
 from captionkit.config import MAX_SEED
 from captionkit.demo_data import DemoData
 
@@ -29,7 +29,7 @@ def demo(
 ) -> None:
     """Train a small captioner on synthetic scenes, caption unseen ones, and report how well it did."""
     quiet_libraries()
-    from captionkit.demo import run_demo
+    from captionkit.demo import RESULTS, DemoInterrupted, run_demo
     from captionkit.errors import CaptionkitError
     from captionkit.files import check_model_dir
 
@@ -47,14 +47,23 @@ def demo(
     data = DemoData(num_train=train_scenes, num_test=test_scenes, seed=seed)
 
     def log(entry: dict[str, Any]) -> None:
-        print(json.dumps(entry), file=sys.stderr, flush=True)
+        # Beside the progress line, only validation results (every entry is in DIR/model/metrics.jsonl).
+        if "val_loss" in entry:
+            print(json.dumps(entry), file=sys.stderr, flush=True)
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
 
     try:
-        metrics = run_demo(output, steps=steps, data=data, overrides=set_ or [], log=log)
+        metrics = run_demo(output, steps=steps, data=data, overrides=set_ or [], log=log, progress=True, say=say)
     except CaptionkitError as error:
         fail(str(error))
     except OSError as error:  # a disk that fills or a directory removed midway: what the check above cannot foresee
         fail(f"--output: {os_error_line(error, output)}")
+    except KeyboardInterrupt as stopped:  # typer's own answer is a silent exit 130; training's, a checkpoint
+        when = f"{stopped}: " if isinstance(stopped, DemoInterrupted) else ""
+        print(f"captionkit: interrupted: {when}no {' or '.join(RESULTS)} written to {output}", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     print(json.dumps(metrics, indent=2))
     scenes, steps_done = plural(metrics["test_images"], "unseen scene"), plural(metrics["train_steps"], "step")
     print(
