@@ -270,6 +270,8 @@ def test_stdout_and_list_file(model_dir, photos, tmp_path, capsys):
         (["caption", "{photos}", "--model", "/no/such/model"], "/no/such/model"),
         (["caption", "{photos}", "--beams", "many"], "--beams"),
         (["caption", "{photos}", "--max-length", "100"], "--max-length: must be at most 64 for this model, got 100"),
+        (["caption", "{photos}", "--threads", "100000"], "--threads: must be in [1, 1024], got 100000"),
+        (["caption", "{photos}", "--threads", "0"], "--threads: must be in [1, 1024], got 0"),
         (
             ["caption", "{photos}", "--n-best", "2", "--format", "csv"],
             "--n-best: CSV output holds one caption per image; use --format jsonl, json or parquet for several",

@@ -250,6 +250,8 @@ def test_stages_and_choices_are_checked_when_loaded():
         ("train.lr", -1, "train.lr: must be 0 or more"),
         ("train.eval_images", -4, "train.eval_images: must be 0 or more"),
         ("train.grad_clip", -1, "train.grad_clip: must be 0 or more"),
+        # 100,000 threads crashed OpenMP (a tokenizers panic and traceback) instead of a message.
+        ("train.threads", 100_000, "train.threads: must be at most 1024, got 100000"),
         ("train.lr", float("inf"), "train.lr: must be a finite number, got inf"),  # trained to NaN weights, exit 0
         ("train.weight_decay", float("inf"), "train.weight_decay: must be a finite number, got inf"),
         ("tokenizer.vocab_size", -4, "tokenizer.vocab_size: must be at least 1, got -4"),  # was an OverflowError

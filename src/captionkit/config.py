@@ -25,6 +25,10 @@ import yaml
 from captionkit.data.splits import MAX_SEED
 from captionkit.errors import ConfigError, first_line
 
+# The most torch threads a setting may ask for: beyond every machine's cores, and far below the thousands at which
+# OpenMP fails to start its threads (a crash, or a tokenizers panic, instead of a message).
+MAX_THREADS = 1024
+
 T = TypeVar("T")
 
 
@@ -241,6 +245,8 @@ class TrainSection:
         for key in ("warmup_steps", "eval_batches", "eval_images", "patience", "checkpoint_every", "threads"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")
+        if self.threads > MAX_THREADS:
+            raise ConfigError("train.threads", f"must be at most {MAX_THREADS}, got {self.threads}")
         for key in ("lr", "weight_decay", "max_seconds", "min_lr_ratio", "grad_clip"):  # grad_clip 0: no clipping
             if not getattr(self, key) >= 0:
                 raise ConfigError(f"train.{key}", f"must be 0 or more, got {getattr(self, key)}")

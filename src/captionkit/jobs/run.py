@@ -23,6 +23,7 @@ import torch
 
 from captionkit.api import Captioner
 from captionkit.attention import check_attention
+from captionkit.config import MAX_THREADS
 from captionkit.decoding import DecodingConfig
 from captionkit.decoding.options import DecodingRequest, decoding_request
 from captionkit.errors import CaptionkitError, InputError
@@ -95,8 +96,8 @@ class CaptionJobOptions:
             )
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError("--batch-size", f"must be at least 1, got {self.batch_size}")
-        if self.threads is not None and self.threads < 1:
-            raise InputError("--threads", f"must be at least 1, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise InputError("--threads", f"must be in [1, {MAX_THREADS}], got {self.threads}")
         if self.prefetch < 1:
             raise InputError("--prefetch", f"must be at least 1, got {self.prefetch}")
         if self.prefetch > MAX_PREFETCH:  # the DataLoader loops prefetch x workers times at the start: a typo hangs
