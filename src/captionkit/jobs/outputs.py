@@ -238,18 +238,23 @@ def _whole_record(line: str) -> bool:
 
 def _torn_tail(path: Path) -> tuple[int, str]:
     """``(cut, tail)``: the bytes of ``path`` up to its last newline, and the text after it (read from the end)."""
-    size = path.stat().st_size
     with path.open("rb") as handle:
-        cut, end = size, size
-        while end > 0:
-            start = max(0, end - TAIL_CHUNK)
-            handle.seek(start)
-            newline = handle.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                cut = start + newline + 1
-                break
-            end = cut = start
+        cut = end_of_last_line(handle, path.stat().st_size)
     return cut, _text_from(path, cut)
+
+
+def end_of_last_line(handle: BinaryIO, size: int) -> int:
+    """Where the last whole line among the first ``size`` bytes of ``handle`` ends: just past its last newline (0 if
+    there is none), found reading back from ``size`` a chunk at a time."""
+    end = size
+    while end > 0:
+        start = max(0, end - TAIL_CHUNK)
+        handle.seek(start)
+        newline = handle.read(end - start).rfind(b"\n")
+        if newline >= 0:
+            return start + newline + 1
+        end = start
+    return 0
 
 
 def repair_torn_tail(path: Path, fmt: str) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from captionkit.errors import InputError
 from captionkit.files import cannot_write
-from captionkit.jobs.outputs import PATH_ERRORS, to_json
+from captionkit.jobs.outputs import PATH_ERRORS, end_of_last_line, to_json
 from captionkit.jsontext import parse_json
 
 try:
@@ -29,7 +29,6 @@ except ImportError:  # Windows: no flock; one process a DIR is safe there
 INDEX_NAME = "index.jsonl"
 # A folder name the index may hold: a plain child of DIR, as overlays.safe_folder_name makes them.
 MAX_NAME_BYTES = 255
-CHUNK = 1 << 16  # bytes read at a time, looking back from the end for the last newline
 
 
 def index_path(directory: Path) -> Path:
@@ -77,16 +76,7 @@ def drop_unfinished_line(directory: Path) -> None:
         return
     with _writing(path), path.open("rb+") as handle:
         _lock(handle.fileno())  # another process's append must not land between the look and the cut
-        end = handle.seek(0, os.SEEK_END)
-        while end > 0:  # back from the end, a chunk at a time, to the last newline
-            start = max(0, end - CHUNK)
-            handle.seek(start)
-            newline = handle.read(end - start).rfind(b"\n")
-            if newline >= 0:
-                end = start + newline + 1
-                break
-            end = start
-        handle.truncate(end)
+        handle.truncate(end_of_last_line(handle, handle.seek(0, os.SEEK_END)))
 
 
 def append_entries(directory: Path, entries: Mapping[str, str]) -> None:
