@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -268,3 +273,29 @@ def test_drawing_in_worker_processes_writes_the_serial_files(tmp_path: Path) -> 
     assert all((serial.parent / f).read_bytes() == (parallel.parent / f).read_bytes() for f in files)
     # The records differ only in where the images live.
     assert serial.read_text().replace("serial", "parallel") == parallel.read_text()
+
+
+DRAW_UNTIL_STOPPED = """
+import sys
+from captionkit.data.synthetic import write_synthetic_dataset
+try:
+    write_synthetic_dataset(sys.argv[1], 20000, 0, 0, image_size=96, workers=2)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_while_drawing_in_worker_processes_prints_nothing_from_them(tmp_path: Path) -> None:
+    # Ctrl-C reaches the whole process group: the drawing processes must leave the answer to the caller (before,
+    # each printed "Process SpawnPoolWorker-N:" and its KeyboardInterrupt traceback).
+    out = tmp_path / "scenes"
+    command = [sys.executable, "-c", DRAW_UNTIL_STOPPED, str(out)]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.rglob("*.png"))) < 20 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.1)
+    assert child.poll() is None, "the drawing ended before it could be interrupted"
+    os.killpg(child.pid, signal.SIGINT)
+    _, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130
+    assert stderr == ""

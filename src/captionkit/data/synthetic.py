@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -515,12 +516,18 @@ def write_synthetic_dataset(
     if workers > 0 and len(drawings) > 1:
         # spawn, not fork: the caller may hold threads (torch's), and a forked child could deadlock on their locks.
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(drawings))) as pool:
+        with context.Pool(min(workers, len(drawings)), initializer=_ignore_ctrl_c) as pool:
             pool.map(_draw, drawings, chunksize=max(1, len(drawings) // (8 * workers)))
     else:
         for drawing in drawings:
             _draw(drawing)
     return write_jsonl(records, directory / "captions.jsonl")
+
+
+def _ignore_ctrl_c() -> None:
+    # Ctrl-C reaches the whole process group: this process answers it (the pool is terminated on the way out),
+    # so a drawing process must not print a traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _draw(drawing: tuple[Scene, int, Path]) -> None:

@@ -41,6 +41,7 @@ IMAGE_FIELD = "image"
 JSON_IMAGES = "images"
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 4096
+MULTIPART_SLICE_BYTES = 256 * 1024
 _UNSUPPORTED_PREFIX = "unsupported image format"
 # How Starlette's form parser words the max_files refusal (it has no exception type of its own). The parser stops at
 # max_images + 1 files, so a request of many more images would otherwise read as a malformed body (400).
@@ -133,14 +134,22 @@ def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.I
 async def _parse_multipart(
     request: Request, body: bytes, settings: ServeSettings
 ) -> tuple[list[Upload], dict[str, Any]]:
-    sent = False
+    offset = 0
 
-    async def replay() -> Message:  # the body was already read (and capped); hand it to the form parser once
-        nonlocal sent
-        if sent:
+    async def replay() -> Message:
+        # The body was already read (and capped); it goes to the form parser a slice at a time, with a turn for the
+        # event loop between slices: in one piece, parsing a body of --max-upload-mb holds the loop for a tenth of a
+        # second, in which nothing else (other requests, /healthz) is answered.
+        nonlocal offset
+        if offset < 0:
             return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        if offset:
+            await asyncio.sleep(0)
+        chunk = body[offset : offset + MULTIPART_SLICE_BYTES]
+        offset += len(chunk)
+        more = offset < len(body)
+        offset = offset if more else -1
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
     try:
         form = await Request(request.scope, replay).form(
