@@ -1,9 +1,9 @@
-"""README.md's checkable claims hold: every `--flag` given to a `captionkit` command (in a code block or inline code)
-is one of that command's options, every recipe key it names (`train.lr`, `--set data.train=...`) is a field of
-captionkit/config.py, every recipe, test file and benchmark it cites exists, every `captionkit[extra]` is in
-pyproject.toml, every `python benchmarks/X.py --flag` is an option of that script, and the Layout block lists the
-modules of src/captionkit, no more and no fewer. Reads the parsers, not `--help` output, and imports no torch: it runs
-in about a second."""
+"""README.md's checkable claims hold, and those of the documents under docs/: every `--flag` given to a `captionkit`
+command (in a code block or inline code) is one of that command's options, every recipe key it names (`train.lr`,
+`--set data.train=...`) is a field of captionkit/config.py, every recipe, test file, benchmark and document it cites
+exists, every `captionkit[extra]` is in pyproject.toml, every `python benchmarks/X.py --flag` is an option of that
+script, and the Layout block lists the modules of src/captionkit, no more and no fewer. Reads the parsers, not `--help`
+output, and imports no torch: it runs in about a second."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from captionkit.models.registry import get_family, list_models
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+DOCS = sorted((ROOT / "docs").glob("*.md"))
+# Everything the general checks read: the README, then each document (their own sections stay the README's).
+TEXT = "\n".join([README, *(path.read_text(encoding="utf-8") for path in DOCS)])
 CODE_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"`([^`\n]+)`")
 # Recipe keys as the README writes them: `train.lr`, `data.styles`, `--set model.encoder=...`.
@@ -49,12 +52,12 @@ def _command_lines() -> list[str]:
     """Every command line of the README's shell blocks (continuations joined, comments cut) and every inline
     code span that starts a `captionkit` command."""
     lines = []
-    for language, block in CODE_BLOCK.findall(README):
+    for language, block in CODE_BLOCK.findall(TEXT):
         if language not in ("bash", "sh", ""):
             continue
         for line in block.replace("\\\n", " ").splitlines():
             lines.append(re.sub(r"(^|\s)#.*$", "", line))
-    lines += [span for span in INLINE.findall(README) if span.startswith("captionkit ")]
+    lines += [span for span in INLINE.findall(TEXT) if span.startswith("captionkit ")]
     return lines
 
 
@@ -123,7 +126,7 @@ def _resolves(key: str) -> bool:
 
 def test_every_readme_recipe_key_exists() -> None:
     keys = set()
-    for span in INLINE.findall(README) + re.findall(r"--set\s+'?([^\s']+)", README):
+    for span in INLINE.findall(TEXT) + re.findall(r"--set\s+'?([^\s']+)", TEXT):
         match = RECIPE_KEY.match(span.strip("'"))
         if match and not FILE_NAME.search(match.group(0)):
             keys.add(match.group(0))
@@ -133,9 +136,10 @@ def test_every_readme_recipe_key_exists() -> None:
 
 
 def test_every_cited_file_exists() -> None:
-    cited = set(re.findall(r"\b((?:benchmarks|tests)/[\w.-]+\.(?:yaml|py|sh))\b", README))
-    cited |= {f"tests/{name}" for name in re.findall(r"(?<![/\w])(test_\w+\.py)\b", README)}
-    cited |= set(re.findall(r"\bsrc/captionkit/[\w/.-]+\.(?:yaml|py)\b", README))
+    cited = set(re.findall(r"\b((?:benchmarks|tests)/[\w.-]+\.(?:yaml|py|sh))\b", TEXT))
+    cited |= {f"tests/{name}" for name in re.findall(r"(?<![/\w])(test_\w+\.py)\b", TEXT)}
+    cited |= set(re.findall(r"\bsrc/captionkit/[\w/.-]+\.(?:yaml|py)\b", TEXT))
+    cited |= set(re.findall(r"\]\(((?:docs|benchmarks)/[\w./-]+)\)", README))  # the README's links
     assert len(cited) > 20
     missing = sorted(path for path in cited if not (ROOT / path).is_file())
     assert not missing, f"README cites files that do not exist: {missing}"
@@ -174,7 +178,7 @@ def test_every_named_extra_exists() -> None:
     """`pip install 'captionkit[NAME]'` names an optional dependency group of pyproject.toml."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = set(project["optional-dependencies"])
-    named = set(re.findall(r"captionkit\[([\w-]+)\]", README))
+    named = set(re.findall(r"captionkit\[([\w-]+)\]", TEXT))
     assert named, "README names no extra"
     assert not named - extras, f"README names extras pyproject.toml lacks: {sorted(named - extras)}"
 
@@ -184,7 +188,7 @@ def test_every_benchmark_flag_is_an_option_of_its_script() -> None:
     declares `--flag`."""
     shared = "".join(path.read_text(encoding="utf-8") for path in (ROOT / "benchmarks").glob("_*.py"))
     unknown = []
-    for script, arguments in re.findall(r"python (benchmarks/[\w.]+\.py)([^`;)]*)", README):
+    for script, arguments in re.findall(r"python\s+(benchmarks/[\w.]+\.py)([^`;)]*)", TEXT):
         source = (ROOT / script).read_text(encoding="utf-8") + shared
         unknown += [f"{script} {flag}" for flag in re.findall(r"--[a-z][\w-]*", arguments) if f'"{flag}"' not in source]
     assert not unknown, f"README gives benchmark options their scripts lack: {sorted(set(unknown))}"
