@@ -34,6 +34,7 @@ def main() -> None:
     train(config, output, setup=setup)
     weights = {name: p.detach().contiguous() for name, p in setup.model.named_parameters()}
     save_file(weights, str(Path(output) / f"rank{os.environ['RANK']}.safetensors"))
+    dist.destroy_process_group()  # this process started the group: it ends it, not the interpreter's exit
 
 
 def break_records(records: list[CaptionRecord], missing: str, directory: Path) -> None:

@@ -24,8 +24,9 @@ parameters rebuilds DDP on every process at the same step (steps.py).
 
 from __future__ import annotations
 
+import gc
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,6 +42,8 @@ class Distributed:
     cpu: bool = False
     # Whether this object started the process group (and so ends it in close()), not a caller before it.
     owns_group: bool = False
+    # The group this object started, held until close() drops it last (see close()).
+    group: Any = field(default=None, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -66,6 +69,7 @@ class Distributed:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if parallel.uses_cuda else "gloo")
             parallel.owns_group = True
+            parallel.group = dist.group.WORLD
         return parallel
 
     def device(self) -> torch.device:
@@ -113,7 +117,15 @@ class Distributed:
 
     def close(self) -> None:
         """End the process group this object started, before the interpreter does: torch asks for it, and left to
-        the exit, gloo's teardown can abort the process ("terminate called without an active exception")."""
+        the exit, gloo's teardown can abort the process ("terminate called without an active exception").
+
+        Call it once the DDP modules are gone. The group goes last, from this object's reference: torch frees a
+        group through its Python object without holding the GIL, but through a DDP reducer (the last holder once
+        the group is destroyed) with it held, and gloo's teardown joins its worker threads, one of which may be
+        waiting for the GIL to free a tensor of the last collective: a deadlock, seen once in about ten 2-process
+        CPU runs (the process never exited)."""
         if self.owns_group and dist.is_initialized():
+            gc.collect()  # a DDP module in a reference cycle would otherwise free its reducer later, holding the GIL
             dist.destroy_process_group()
             self.owns_group = False
+        self.group = None

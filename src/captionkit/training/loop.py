@@ -61,6 +61,7 @@ def train(
         finally:
             run.close()
         result = finish(run, ended)
+        run.step.module = None  # the DDP module, and its reducer, before the process group (Distributed.close)
         run.parallel.close()
         return result
 
