@@ -6,6 +6,7 @@ from __future__ import annotations
 import doctest
 import importlib
 import pydoc
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,51 @@ def test_evaluate_captions_refuses_lists_in_one_line(refs: object, cands: object
     with pytest.raises(InputError) as error:
         evaluate_captions(refs, cands, metrics="BLEU")  # type: ignore[arg-type]
     assert str(error.value) == message
+
+
+def test_a_text_mode_file_is_one_line_naming_the_mode(captioner: Captioner, photo: Path) -> None:
+    """open("photo.jpg") (no "b") failed in read() with a bare UnicodeDecodeError ("'utf-8' codec can't decode byte
+    0xff in position 0"), which said nothing of the file or the way out; recorded, it read the same."""
+    with photo.open() as text, pytest.raises(ImageError) as raised:
+        captioner.caption(text, **GREEDY)
+    assert str(raised.value) == f"{photo}: a text-mode stream; open it in binary mode ('rb')"
+    with photo.open() as text:
+        results = captioner.caption([photo, text], errors="record", **GREEDY)
+    assert [r.ok for r in results] == [True, False]
+    assert results[1].error == f"{photo} (images[1]): a text-mode stream; open it in binary mode ('rb')"
+
+
+def test_a_closed_pil_image_or_stream_says_it_was_closed(captioner: Captioner, photo: Path) -> None:
+    """``with Image.open(p) as image: ...`` then caption(image) blamed the file ("corrupt or truncated JPEG data
+    (ValueError: Operation on closed image)"); a closed file was a bare "ValueError: read of closed file"."""
+    with Image.open(photo) as image:
+        pass
+    with pytest.raises(ImageError) as raised:
+        captioner.caption(image, **GREEDY)
+    assert str(raised.value) == (
+        f"{photo}: the PIL image was closed before it was captioned (caption it inside its with block)"
+    )
+    with photo.open("rb") as stream:
+        pass
+    [result] = captioner.caption([stream], errors="record", **GREEDY)
+    assert result.error == (
+        f"{photo} (images[0]): the stream was closed before it was captioned (caption it inside its with block)"
+    )
+    with Image.open(photo) as lazy:  # opened, not decoded yet: captioned as the path is
+        assert token_ids(captioner.caption(lazy, **GREEDY)) == token_ids(captioner.caption(photo, **GREEDY))
+
+
+def test_load_images_opens_one_path_as_one_image(captioner: Captioner, photo: Path) -> None:
+    """A str is a sequence: load_images("photo.jpg") opened it character by character ("/: is a directory")."""
+    [one] = captioner.load_images(str(photo))
+    assert one.tobytes() == captioner.load_images([photo])[0].tobytes()
+    with pytest.raises(TypeError, match=r"^images\[3\]: cannot caption a NoneType: give a path, "):
+        captioner.load_images([photo, None], first=2)
+
+
+@pytest.mark.parametrize("attention", ["false", 1, None], ids=repr)
+def test_attention_is_true_or_false(captioner: Captioner, photo: Path, attention: object) -> None:
+    """attention="false" (or 1) was truthy: maps computed and returned that nobody asked for; None passed as off."""
+    with pytest.raises(InputError, match=rf"^attention: must be True or False, got {re.escape(repr(attention))}$"):
+        captioner.caption(photo, attention=attention, **GREEDY)  # type: ignore[arg-type]
+    assert captioner.caption(photo, attention=np.bool_(False), **GREEDY)[0].captions[0].attention is None

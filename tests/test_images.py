@@ -583,6 +583,12 @@ def test_an_empty_path_is_refused_as_empty_not_as_a_directory() -> None:
     assert str(_load_error("")) == "'': empty path: name an image file"
 
 
+def test_a_path_with_a_nul_character_is_one_line_not_a_bare_value_error() -> None:
+    """The OS takes no NUL in a file name: Python raised a bare "ValueError: embedded null byte"."""
+    reason = "a path with a NUL character, which no file name holds"
+    assert str(_load_error("photos/a\x00b.jpg")) == f"photos/a\\x00b.jpg: {reason}"
+
+
 ARRAY_PIXELS = [
     (np.full((2, 3, 3), (10, 200, 30), np.uint8), (10, 200, 30)),
     (np.full((2, 3), 77, np.uint8), (77, 77, 77)),

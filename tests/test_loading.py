@@ -10,7 +10,7 @@ import torch
 from _captioning import PHOTO_DIRS
 from _helpers import FAMILIES, run_cli, run_cli_process, save_tiny_model
 from captionkit import Captioner
-from captionkit.errors import ConfigError, ModelLoadError
+from captionkit.errors import ConfigError, InputError, ModelLoadError
 from captionkit.export.onnx import OnnxCaptionModel
 from captionkit.loading import load_pretrained
 
@@ -52,6 +52,27 @@ def test_a_hub_id_offline_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> 
     assert str(error.value) == (
         "captionkit-test/no-such-captioner: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     )
+
+
+@pytest.mark.parametrize(
+    ("dtype", "reason"),
+    [("half", "unknown dtype 'half' (expected one of fp32, bf16, fp16)"), ("fp16", "fp16 needs a GPU; on the CPU use")],
+)
+def test_a_bad_dtype_is_refused_before_a_download_or_a_load(
+    dtype: str, reason: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dtype was checked after the load: a hub model was downloaded and read in fp32 (gigabytes, minutes) to
+    be told "fp16 needs a GPU"; offline, the hub's error hid the dtype's."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+    def no_load(*_: object, **__: object) -> None:
+        raise AssertionError("loaded before the dtype was checked")
+
+    monkeypatch.setattr("captionkit.api.load_pretrained", no_load)
+    for source in ("captionkit-test/no-such-captioner", save_tiny_model(tmp_path / "model")):
+        with pytest.raises(InputError) as error:
+            Captioner.from_pretrained(source, dtype=dtype)
+        assert str(error.value).startswith(f"dtype: {reason}")
 
 
 @pytest.mark.parametrize(
@@ -309,5 +330,24 @@ def test_an_unfinished_training_run_points_at_its_latest_checkpoint(tmp_path: Pa
         f"{run}: no config.json: a training run without its final model yet; its latest checkpoint is {latest} "
         "(load it, or resume the run)"
     )
-    with pytest.raises(ModelLoadError, match=r"no config\.json: not a model directory$"):
+    with pytest.raises(ModelLoadError) as caught:  # the checkpoints folder itself names its latest too
         Captioner.from_pretrained(run / "checkpoints")
+    assert str(caught.value) == (
+        f"{run / 'checkpoints'}: no config.json: a run's checkpoints folder, not a model; its latest checkpoint is "
+        f"{latest}"
+    )
+    with pytest.raises(ModelLoadError, match=r"no config\.json: not a model directory$"):
+        Captioner.from_pretrained(run / "checkpoints" / "step-2000000")
+
+
+def test_two_threads_load_at_once(tmp_path: Path) -> None:
+    """Loads in two threads undid each other's process-wide switches: most failed with "weights do not match the
+    config (1 tensors: decoder.lm_head.weight)", a checkpoint that loads alone; bf16 loads too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    source = save_tiny_model(tmp_path / "model")
+    dtypes = [None, "bf16"] * 6
+    with ThreadPoolExecutor(2) as pool:
+        loaded = list(pool.map(lambda dtype: Captioner.from_pretrained(source, device="cpu", dtype=dtype), dtypes))
+    expected = [torch.float32 if dtype is None else torch.bfloat16 for dtype in dtypes]
+    assert [{p.dtype for p in captioner.model.parameters()} for captioner in loaded] == [{d} for d in expected]

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,7 @@ from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.loading import load_pretrained
 from captionkit.models.base import CaptionModel
-from captionkit.parts import CaptionerParts
+from captionkit.parts import EXPORT_MARKERS, CaptionerParts
 from captionkit.precision import resolve_dtype
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_name, style_token_ids
@@ -122,6 +123,10 @@ class Captioner:
         _check_model_source(name_or_dir, "name_or_dir")
         if device is not None:
             resolve_device(device)  # a device this machine lacks fails before the weights load
+        if not _is_local_export(name_or_dir):
+            # A bad dtype (or fp16 on the CPU) fails before a hub download and a load, not after them; an export's
+            # own error ("runs in fp32 only") comes from the check after its load.
+            resolve_dtype(dtype, resolve_device(device))
         loaded = load_pretrained(name_or_dir, dtype=_load_dtype(dtype, device))
         export = ("ONNX" if loaded.is_onnx else "int8") if loaded.cpu_only else None
         if export is not None:
@@ -142,6 +147,7 @@ class Captioner:
     def from_onnx(cls, directory: str | Path, threads: int | None = None) -> Captioner:
         """A captioner decoding with onnxruntime from an ONNX export, with ``threads`` onnxruntime threads."""
         _check_model_source(directory, "directory")
+        _check_threads(threads)
         loaded = load_pretrained(directory, onnx_threads=threads)
         if not loaded.is_onnx:
             raise ModelLoadError(directory, f"no {ONNX_CONFIG}: not an ONNX export (captionkit export onnx)")
@@ -164,13 +170,28 @@ class Captioner:
                 f"is an {self.export} export: it cannot be saved as a checkpoint; copy its directory, or save the "
                 "checkpoint it was exported from",
             )
-        CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
+        _check_save_directory(Path(directory))
+        try:
+            CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
+        except OSError as error:  # a read-only or full disk, a file on the way: one line naming the directory
+            raise InputError(
+                directory, f"cannot save the checkpoint here ({error.strerror or first_line(error)})"
+            ) from None
 
-    def load_images(self, images: Sequence[ImageSource], first: int | None = None) -> list[Image.Image]:
-        """Open images safely (raises ``ImageError`` naming the bad one). With ``first``, the position of
-        ``images[0]`` in the caller's list, an image is also named by its position: ``images[i]``, or
-        ``photo.jpg (images[i])`` for one with a path or file name."""
-        return [self._load_image(image, _position_name(image, first, index)) for index, image in enumerate(images)]
+    def load_images(self, images: ImageSource | Iterable[ImageSource], first: int | None = None) -> list[Image.Image]:
+        """Open images safely (raises ``ImageError`` naming the bad one); one image gives a list of one, and an item
+        that is no image kind is a ``TypeError`` naming its position. With ``first``, the position of ``images[0]``
+        in the caller's list, an image is also named by its position: ``images[i]``, or ``photo.jpg (images[i])``
+        for one with a path or file name."""
+        # A path is a str, itself a sequence: iterated, it would be opened character by character ("/: is a
+        # directory").
+        listed = (
+            [cast(ImageSource, images)]
+            if _is_one_image(images)
+            else list(_image_iter(cast(Iterable[ImageSource], images)))
+        )
+        _check_items(listed, first or 0)
+        return [self._load_image(image, _position_name(image, first, index)) for index, image in enumerate(listed)]
 
     def _load_image(self, image: ImageSource, name: str | None) -> Image.Image:
         if isinstance(image, torch.Tensor):
@@ -178,7 +199,21 @@ class Captioner:
             image = _tensor_to_array(image, name)
         if isinstance(image, np.ndarray):
             _check_float_samples(image, name or "<array>")
-        return load_image(image, limits=self.limits, name=name)
+        closed = _closed(image)
+        if closed is not None:
+            raise ImageError(
+                name or _file_name(image) or ("<image>" if isinstance(image, Image.Image) else "<stream>"), closed
+            )
+        try:
+            return load_image(image, limits=self.limits, name=name)
+        except UnicodeDecodeError:
+            # open("photo.jpg") without "b": its read() fails on the JPEG's bytes before load_image can see that the
+            # stream gives text. An ImageError: errors="record" keeps it as this image's one line.
+            if not isinstance(image, io.TextIOBase):
+                raise
+            raise ImageError(
+                name or _file_name(image) or "<stream>", "a text-mode stream; open it in binary mode ('rb')"
+            ) from None
 
     @property
     def styles(self) -> list[str]:
@@ -310,6 +345,8 @@ class Captioner:
         decoding: dict[str, Any],
     ) -> Iterator[CaptionResult]:
         """Check the options now, then return the generator of results (whose body runs only when iterated)."""
+        if not isinstance(attention, bool | np.bool_):  # attention="false" would be truthy: maps nobody asked for
+            raise InputError("attention", f"must be True or False, got {attention!r}")
         if attention:
             check_attention(self.model)
         config = self.decoding_config(style, prompt, **decoding)
@@ -489,6 +526,25 @@ def _file_name(image: ImageSource) -> str | None:
     return name if isinstance(name, str) and name != "" else None
 
 
+def _closed(image: ImageSource) -> str | None:
+    """Why ``image`` can no longer be read: a stream, or a PIL image, closed (its ``with`` block left) before it was
+    captioned; None when it is open. Read, they failed as a bare "ValueError: read of closed file", and as "corrupt or
+    truncated JPEG data", which blamed the file."""
+    if isinstance(image, Image.Image):
+        closed = "the PIL image was closed before it was captioned (caption it inside its with block)"
+        try:
+            pixels = image.im  # Pillow's "Operation on closed image" ValueError after close()
+        except ValueError:
+            return closed
+        except AssertionError:  # opened lazily: its pixels are read from its file on first use
+            pixels = None
+        # Leaving a with block closes the file of an image opened lazily: its pixels can no longer be read.
+        return closed if pixels is None and getattr(image, "fp", "") is None else None
+    if hasattr(image, "read") and getattr(image, "closed", False) is True:
+        return "the stream was closed before it was captioned (caption it inside its with block)"
+    return None
+
+
 def _tensor_to_array(tensor: torch.Tensor, label: str) -> np.ndarray:
     """A torch image as numpy's (height, width[, channels]): (channels, height, width) with 1, 3 or 4 channels, as
     torchvision's, or (height, width). A tensor is never read as (height, width, channels): (3, 4, 3) would be
@@ -542,13 +598,38 @@ def _check_model_source(source: object, argument: str) -> None:
 
 def _load_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype | None:
     """The dtype a checkpoint's weights are read in: ``dtype`` on the device they go to (None for fp32, read as
-    stored, as before). A name that does not resolve is left to the check after loading, so that an export's own
-    error (it runs on the CPU, in fp32) comes first where it did."""
+    stored, as before). A name that does not resolve gets here for an export alone (from_pretrained checks it first
+    for anything else): it is left to the check after loading, so that the export's own error (it runs on the CPU,
+    in fp32) comes first where it did."""
     try:
         resolved = resolve_dtype(dtype, resolve_device(device))
     except InputError:
         return None
     return None if resolved == torch.float32 else resolved
+
+
+def _is_local_export(name_or_dir: str | Path) -> bool:
+    directory = Path(name_or_dir).expanduser()
+    return any((directory / marker).is_file() for marker in EXPORT_MARKERS)
+
+
+def _check_save_directory(directory: Path) -> None:
+    """Refuse what ``save_pretrained`` would fail on, or save wrongly: a file, and an export's directory (whose
+    marker file, left beside the checkpoint, would have the directory load as the old export again)."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(directory, "is a file; expected a directory to save the checkpoint in")
+    for marker, kind in EXPORT_MARKERS.items():
+        if (directory / marker).is_file():
+            raise InputError(
+                directory, f"holds {kind} ({marker}), which it would go on loading as: save to another directory"
+            )
+
+
+def _check_threads(threads: object) -> None:
+    """onnxruntime takes a negative count without a word, and answers a float or a string with a many-line pybind
+    signature dump."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError("threads", f"must be an integer >= 1 (or None: torch's thread count), got {threads!r}")
 
 
 def _check_batch_size(batch_size: object) -> None:

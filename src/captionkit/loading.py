@@ -18,6 +18,7 @@ checkpoints through :mod:`captionkit.parts`.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import torch
@@ -28,6 +29,11 @@ from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
 from captionkit.parts import CaptionerParts, load_tokenizer
 from captionkit.quiet import no_transformers_progress_bars
+
+# One load at a time in a process: building a model flips process-wide switches (transformers' weight-init and
+# progress-bar settings, torch's default dtype for a bf16 load), and two threads loading at once undid each other's:
+# "weights do not match the config (1 tensors: decoder.lm_head.weight)" for a checkpoint that loads alone.
+_LOADING = threading.RLock()
 
 
 def load_pretrained(
@@ -42,8 +48,9 @@ def load_pretrained(
     (None: fp32, or a Hugging Face checkpoint's stored dtype) is the one a checkpoint's weights are built and read in.
     Exports load as they are stored whatever ``dtype`` says: the caller refuses a dtype they do not run in.
 
-    transformers' own progress bars ("Loading weights") stay off meanwhile (:mod:`captionkit.quiet`)."""
-    with no_transformers_progress_bars():
+    transformers' own progress bars ("Loading weights") stay off meanwhile (:mod:`captionkit.quiet`). Loads from
+    several threads run one after another."""
+    with _LOADING, no_transformers_progress_bars():
         return _load(name_or_dir, tokenizer, onnx_threads, dtype)
 
 

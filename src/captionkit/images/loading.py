@@ -184,12 +184,15 @@ def _read_source(source: ImageSource, limits: ImageLimits, name: str | None) -> 
 
 
 def _check_path_text(path: str | bytes, label: str) -> None:
-    """Refuse the two path strings that would otherwise get a misleading reason: "" (which ``Path`` reads as the
-    current directory) and a URL ("no such file", when the file was never looked for where it is)."""
+    """Refuse the path strings that would otherwise get a misleading reason or none: "" (which ``Path`` reads as
+    the current directory), a URL ("no such file", when the file was never looked for where it is) and one holding
+    a NUL character (the OS takes none: Python's bare "embedded null byte")."""
     if not path:
         raise _fail(label, "empty path: name an image file")
     if isinstance(path, str) and is_url(path):
         raise _fail(label, URL_REASON)
+    if ("\x00" if isinstance(path, str) else b"\x00") in path:
+        raise _fail(label, "a path with a NUL character, which no file name holds")
 
 
 def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:

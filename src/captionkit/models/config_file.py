@@ -32,6 +32,10 @@ def _what_instead(directory: Path) -> str:
     """What a directory without config.json is: a training run that has not written its final model yet (pointing
     at its latest checkpoint), or no model directory."""
     latest = latest_checkpoint(directory / CHECKPOINTS)
+    if latest is None and directory.name == CHECKPOINTS:  # a run's checkpoints folder itself
+        latest = latest_checkpoint(directory)
+        if latest is not None:
+            return f"a run's checkpoints folder, not a model; its latest checkpoint is {latest}"
     if latest is None:
         return "not a model directory"
     return f"a training run without its final model yet; its latest checkpoint is {latest} (load it, or resume the run)"
