@@ -244,6 +244,55 @@ def test_the_scores_are_a_table_on_stderr_as_score_prints_them(scenes, model_dir
     assert {name: value for name, value in rows[:6]} == {name: f"{metrics[name]:.4f}" for name, _ in rows[:6]}
 
 
+def test_a_metric_asked_for_and_left_out_is_a_note_on_stderr_and_exit_2(scenes, model_dir, monkeypatch, capsys):
+    """`evaluate --metrics CIDEr,SPICE` without Java exited 0, and why SPICE was missing was only inside the JSON
+    (after a false "SPICE runs in Java" note); `score` says it on stderr and exits 2, and so does evaluate now."""
+    from captionkit.evaluation import external
+
+    monkeypatch.setattr(external.shutil, "which", lambda name: None)  # no java on PATH
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--beams", "1", "--max-length", "4"]
+    code, out, err = run_cli([*args, "--metrics", "CIDEr,SPICE"], capsys)
+    assert code == 2, err
+    metrics = json.loads(out)
+    assert "CIDEr" in metrics and "SPICE" not in metrics
+    note = "SPICE left out: SPICE needs Java on PATH (java not found)"
+    assert note in metrics["notes"]
+    assert [line for line in err.splitlines() if "SPICE" in line] == [f"captionkit: note: {note}"]
+
+
+def test_ctrl_c_while_captioning_exits_130_saying_nothing_was_written(scenes, model_dir, tmp_path, monkeypatch, capsys):
+    """typer's own answer to Ctrl-C was a silent exit 130, as compare's and merge's were before they said it."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("captionkit.model_evaluation.evaluate_model", interrupted)
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--metrics", "CIDEr", "--output", out]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (130, "")
+    assert err.endswith("captionkit: interrupted: nothing written (results come once every image is scored)\n")
+    assert not out.exists()
+
+
+def test_empty_captions_of_the_model_are_scored_and_counted_in_a_note(scenes, model_dir, monkeypatch, capsys):
+    """The README: an empty caption scores 0 on its image and a note counts them; evaluate said nothing."""
+    from captionkit.api import Captioner
+
+    captioned = Captioner.caption_pil
+
+    def first_empty(self, images, config, *args, **kwargs):
+        found = captioned(self, images, config, *args, **kwargs)
+        return [[dataclasses.replace(found[0][0], caption="")], *found[1:]]  # each batch's first image
+
+    monkeypatch.setattr(Captioner, "caption_pil", first_empty)
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--beams", "1", "--max-length", "4"]
+    code, out, err = run_cli([*args, "--metrics", "CIDEr", "--batch-size", "4"], capsys)
+    assert code == 0, err
+    assert json.loads(out)["images"] == 6
+    assert "captionkit: note: 2 of the 6 captions are empty, scored as captions (0 on their images)\n" in err
+
+
 def test_an_unknown_metric_fails_naming_the_flag_before_any_model_loads(scenes, tmp_path, capsys):
     missing = tmp_path / "no-model"  # never read: the metric is checked first
     args = ["evaluate", "--model", str(missing), "--data", str(scenes), "--metrics", "BLEU,WER"]
@@ -251,6 +300,16 @@ def test_an_unknown_metric_fails_naming_the_flag_before_any_model_loads(scenes, 
     assert code == 1 and out == ""
     known = "BLEU, METEOR, ROUGE_L, CIDEr, SPICE, CLIPScore"
     assert err == f"captionkit: error: --metrics: unknown metric 'WER' (known: {known})\n"
+
+
+@pytest.mark.parametrize("option", [["--metrics", "BLEU,METEOR"], ["--meteor", "java"]])
+def test_metric_options_with_styles_are_refused_not_ignored(scenes, tmp_path, capsys, option):
+    """--styles prints its fixed style table: a --metrics list (or METEOR engine) was silently ignored, exit 0."""
+    missing = tmp_path / "no-model"  # never read: the options are checked first
+    code, out, err = run_cli(["evaluate", "--model", missing, "--data", scenes, "--styles", *option], capsys)
+    assert code == 1 and out == ""
+    table = "its table is style accuracy, CIDEr-D and content match, for every style"
+    assert err == f"captionkit: error: {option[0]}: not with --styles ({table})\n"
 
 
 def test_a_report_or_results_file_that_would_replace_an_input_is_refused_before_captioning(

@@ -228,6 +228,19 @@ def test_spice_offline_gives_one_clear_line_and_exit_2(
     assert f"captionkit: note: {note}" in err
 
 
+def test_spice_without_java_is_one_note_saying_so_and_exit_2(
+    monkeypatch: pytest.MonkeyPatch, coco_candidates: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, a "SPICE runs in Java" note came first, on a machine without Java: two notes, the first one false.
+    monkeypatch.setattr(external.shutil, "which", lambda name: None)  # no java on PATH
+    args = ["score", "--refs", str(COCO_SUBSET), "--cands", str(coco_candidates), "--metrics", "BLEU,SPICE"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 2
+    assert "SPICE" not in json.loads(out) and "Bleu_4" in json.loads(out)
+    notes = [line for line in err.splitlines() if line.startswith("captionkit:")]
+    assert notes == ["captionkit: note: SPICE left out: SPICE needs Java on PATH (java not found)"]
+
+
 def test_train_captions_give_the_share_of_captions_copied_from_them(
     coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -417,6 +430,7 @@ def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
 
     runs: list[str] = []
     monkeypatch.setattr("captionkit.evaluation.meteor.meteor_unavailable_reason", lambda engine: None)  # Java is there
+    monkeypatch.setattr("captionkit.evaluation.spice.spice_unavailable_reason", lambda: None)  # and SPICE's jar
     monkeypatch.setattr(
         "captionkit.evaluation.meteor.meteor",
         lambda cands, refs, engine: (runs.append(engine), (0.25, [0.25] * len(cands)))[1],

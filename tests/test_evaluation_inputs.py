@@ -237,6 +237,20 @@ def test_karpathy_coco_images_answer_to_their_coco_id(tmp_path: Path) -> None:
     assert refs.resolve("42.5") is None
 
 
+def test_senticap_images_answer_to_their_coco_2017_names_and_ids(tmp_path: Path) -> None:
+    """SentiCap gives no cocoid: captions of shared/data's COCO 2017 files of its images (000000000139.jpg, the
+    2014 file renamed) had "no references in senticap_subset.json"; its file names hold the id."""
+    refs = read_references(SENTICAP.with_name("senticap_subset.json"))
+    assert "COCO_val2014_000000000139.jpg" in refs.captions
+    assert refs.resolve("coco/val2017/000000000139.jpg") == refs.resolve("139") == "COCO_val2014_000000000139.jpg"
+    lines = [{"image": "val2017/000000000139.jpg", "caption": "a room"}, {"image_id": 370208, "caption": "a cat"}]
+    results = write(tmp_path / "c.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    assert refs.match(read_candidates(results), "c.jsonl") == {
+        "COCO_val2014_000000000139.jpg": "a room",
+        "COCO_val2014_000000370208.jpg": "a cat",
+    }
+
+
 def test_a_karpathy_image_without_sentences_text_is_one_clear_error(tmp_path: Path) -> None:
     bad = {"images": [{"filename": "x.jpg", "sentences": [{"imgid": 0}]}]}
     with pytest.raises(InputError, match=r"x\.jpg': a sentence without \"raw\" text or \"tokens\"$"):
@@ -296,3 +310,31 @@ def test_image_files_are_needed_only_for_the_images_asked_for(tmp_path: Path) ->
     assert files["139"] == tmp_path / "000000000139.jpg" and len(files) == 100 and "249025" in files
     with pytest.raises(InputError, match=r"no image file for image '249025' \(tried '249025', '000000249025\.jpg'"):
         files["249025"]
+
+
+@pytest.mark.parametrize("document", [[{"image_id": 1, "caption": "a cat"}], {"annotations": []}])
+def test_a_lexicon_that_is_no_senticap_json_says_what_it_expected(tmp_path: Path, document: object) -> None:
+    """`evaluate --styles --lexicon results.json` said "not a SentiCap json (list indices must be integers or slices,
+    not str)": Python's words, not the file's problem."""
+    from captionkit.evaluation.style import senticap_sentiment_words
+
+    path = write(tmp_path / "lexicon.json", document)
+    with pytest.raises(InputError) as caught:
+        senticap_sentiment_words(path)
+    expected = 'not a SentiCap json (expected an object {"images": [{"sentences": [...]}]})'
+    assert str(caught.value) == f"{path}: {expected}"
+
+
+def test_json_lines_references_read_as_the_csv_of_the_same_captions(tmp_path: Path) -> None:
+    """captionkit's own captions.jsonl (a line per caption, as the synthetic scenes and `data` write it) as --refs
+    failed with "invalid JSON: Extra data (line 2, column 1)"; the CSV of the same rows was read."""
+    rows = [("images/a.png", "a red circle", "a"), ("images/a.png", "a circle", "a"), ("images/b.png", "a cat", "b")]
+    lines = "".join(json.dumps({"image": i, "caption": c, "image_id": n, "split": "test"}) + "\n" for i, c, n in rows)
+    jsonl = read_references(write(tmp_path / "captions.jsonl", lines))
+    table = read_references(
+        write(tmp_path / "captions.csv", "image,caption\n" + "".join(f"{i},{c}\n" for i, c, _ in rows))
+    )
+    assert jsonl.captions == table.captions == {"images/a.png": ["a red circle", "a circle"], "images/b.png": ["a cat"]}
+    assert {jsonl.resolve(name) for name in ("a", "a.png", "x/a.png")} == {"images/a.png"}
+    with pytest.raises(InputError, match=r"captions\.jsonl: line 2: expected an object with \"image\""):
+        read_references(write(tmp_path / "captions.jsonl", lines.replace('"a circle"', "null")))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +39,8 @@ class ModelEvaluation:
     metrics: dict[str, Any]
     # One record per image: image, image_id, caption, score, references and the per-image metrics (or error).
     results: list[dict[str, Any]]
+    # Metrics that --metrics named but that could not be computed here (their notes say why): the figures are partial.
+    missing: list[str] = field(default_factory=list)
 
 
 class NoImageRead(InputError):
@@ -129,7 +131,7 @@ def evaluate_model(
     scores["images"] = len(references)
     scores["failed_images"] = len(references) - len(candidates)
     scores["computed_over"] = _computed_over(decoding, captioned.references, perplexity_over, max_length)
-    return ModelEvaluation(scores, captioned.results)
+    return ModelEvaluation(scores, captioned.results, captioned.missing)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class _Captioned:
     results: list[dict[str, Any]]
     candidates: dict[str, str]
     references: dict[str, list[str]]
+    missing: list[str]
 
 
 def _caption_and_score(
@@ -207,7 +210,7 @@ def _caption_and_score(
     domains = _per_domain(references, candidates, text_metrics, meteor)
     if domains:
         scores["domains"] = domains
-    return _Captioned(scores, results, candidates, scored_refs)
+    return _Captioned(scores, results, candidates, scored_refs, evaluation.missing)
 
 
 @dataclass(frozen=True)
@@ -319,6 +322,7 @@ def _evaluate_styles_as_validation(
     per_style: dict[str, dict[str, Any]] = {}
     results: list[dict[str, Any]] = []
     read: set[str] = set()
+    missing: dict[str, None] = {}  # the metrics left out in any style, in order
     for style, references in by_style.items():
         styled = replace(decoding, start_token_id=validation_start_token(captioner.tokenizer, style))
         try:
@@ -329,6 +333,7 @@ def _evaluate_styles_as_validation(
         per_style[style] = captioned.scores
         results.extend(result | {"style": style} for result in captioned.results)
         read.update(captioned.candidates)
+        missing.update(dict.fromkeys(captioned.missing))
     if not per_style:
         raise NoImageRead(results) if results else InputError("data", "no captions to evaluate on")
     scores: dict[str, Any] = {
@@ -352,7 +357,7 @@ def _evaluate_styles_as_validation(
         "perplexity": f"{perplexity.description} ({', '.join(styles)}), teacher forced, each from its style's start "
         f"token, cut to {trained.max_length} tokens",
     }
-    return ModelEvaluation(scores, results)
+    return ModelEvaluation(scores, results, list(missing))
 
 
 def _shared_progress(

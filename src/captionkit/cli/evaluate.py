@@ -14,6 +14,7 @@ import typer
 
 from captionkit.cli._common import (
     DTYPE_HELP,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     check_not_overwriting,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from captionkit.data.records import CaptionRecord
     from captionkit.errors import CaptionkitError
     from captionkit.evaluation.clipscore import ClipScorer
+    from captionkit.model_evaluation import ModelEvaluation
     from captionkit.trained_on import TrainedOn
 
 
@@ -110,6 +112,10 @@ def evaluate(
         fail(f"--batch-size: must be at least 1, got {batch_size}")
     if styles and report is not None:
         fail("--report: not with --styles (the style table goes to stderr, and to styles.json with --output)")
+    if styles and (metrics is not None or meteor != "python"):
+        # The style table's figures are fixed; a --metrics list would otherwise be ignored without a word.
+        flag = "--metrics" if metrics is not None else "--meteor"
+        fail(f"{flag}: not with --styles (its table is style accuracy, CIDEr-D and content match, for every style)")
     if lexicon is not None and not styles:
         fail("--lexicon: only with --styles (its words train the style classifier)")
     if as_validation:
@@ -183,6 +189,9 @@ def evaluate(
         fail(f"{_naming_data(error, data)}; every image's error is in {output / 'results.jsonl'}")
     except CaptionkitError as error:
         fail(_naming_data(error, data))
+    except KeyboardInterrupt:  # typer's own answer is a silent exit 130, which leaves no word of what was lost
+        print("captionkit: interrupted: nothing written (results come once every image is scored)", file=sys.stderr)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_run is not None:
         result.metrics["logged_validation"] = as_run.last_validation
     elif trained is not None and trained.last_validation is not None:
@@ -193,6 +202,8 @@ def evaluate(
         _write_results(output, {"results.jsonl": lines, "metrics.json": json.dumps(result.metrics, indent=2) + "\n"})
     print(json.dumps(result.metrics))
     print(score_table(result.metrics), file=sys.stderr)
+    for note in _notes(result):  # as score prints them: a metric left out must not be news only in the JSON
+        print(f"captionkit: note: {note}", file=sys.stderr)
     for figure, over in result.metrics["computed_over"].items():
         print(f"captionkit: {figure}: {over}", file=sys.stderr)
     if as_run is not None:
@@ -207,7 +218,25 @@ def evaluate(
             write_evaluation_report(report, result.results, result.metrics)
         except OSError as error:
             fail_writing(report, error)
-    raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] else EXIT_OK)
+    # A metric --metrics asked for and could not get (SPICE without Java) makes the figures partial, as in score.
+    raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] or result.missing else EXIT_OK)
+
+
+def _notes(result: ModelEvaluation) -> list[str]:
+    """The scoring's notes (a metric left out and why, a caption given to many images), and each style's (runs with
+    styles, ``--as-validation``) named by its style, but once unnamed where every style has it (SPICE left out);
+    then how many captions were empty (scored, 0 on their images), as ``score`` counts them."""
+    notes = list(result.metrics.get("notes", []))
+    per_style = {style: figures.get("notes", []) for style, figures in result.metrics.get("styles", {}).items()}
+    shared = set.intersection(*map(set, per_style.values())) if len(per_style) > 1 else set()
+    for style, some in per_style.items():
+        notes += [note if note in shared else f"{style}: {note}" for note in some]
+    captions = [r["caption"] for r in result.results if "caption" in r]
+    empty = sum(1 for caption in captions if not caption.strip())
+    if empty:
+        verb = "is" if empty == 1 else "are"
+        notes.append(f"{empty} of the {len(captions)} captions {verb} empty, scored as captions (0 on their images)")
+    return list(dict.fromkeys(notes))
 
 
 def _naming_data(error: CaptionkitError, data: str) -> str:

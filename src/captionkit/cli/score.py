@@ -19,7 +19,12 @@ from captionkit.cli.scoring import DEFAULT_CLIP_MODEL, DEFAULT_METEOR, run_score
 
 def score(
     refs: Annotated[
-        Path, typer.Option("--refs", help="COCO captions JSON, {id: list of captions} JSON or Flickr token file.")
+        Path,
+        typer.Option(
+            "--refs",
+            help="COCO captions JSON, Karpathy split or SentiCap JSON, {id: list of captions} JSON, Flickr token file, "
+            "or a CSV (Kaggle captions.txt) or JSON lines with image and caption.",
+        ),
     ],
     cands: Annotated[
         Path,

@@ -97,14 +97,19 @@ def split_image_metrics(metrics: str | Iterable[str] | None) -> tuple[str | Iter
 
 def java_note(metrics: str | Iterable[str] | None, meteor: str = "python") -> str | None:
     """A one-line note when ``metrics`` will start Java here (METEOR with ``meteor="java"`` where Java is
-    installed, SPICE always): it costs seconds the other metrics do not, so say how to leave it out. ``None`` when
-    nothing runs Java."""
+    installed, SPICE where Java and its jar are): it costs seconds the other metrics do not, so say how to leave it
+    out. ``None`` when nothing runs Java."""
     from captionkit.evaluation.meteor import check_engine, meteor_unavailable_reason
 
     chosen, _ = parse_metrics(metrics)
     java = [name for name in ("METEOR", "SPICE") if name in chosen]
     if "METEOR" in java and (check_engine(meteor) != "java" or meteor_unavailable_reason("java") is not None):
         java.remove("METEOR")  # in Python, or left out with its own note
+    if "SPICE" in java:
+        from captionkit.evaluation.spice import spice_unavailable_reason  # urllib's import only where SPICE is asked
+
+        if spice_unavailable_reason() is not None:
+            java.remove("SPICE")  # nothing to start: left out with its own note, which says why
     if not java:
         return None
     rest = ",".join(name for name in chosen if name not in java) or "BLEU,ROUGE_L,CIDEr"

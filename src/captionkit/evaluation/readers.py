@@ -7,10 +7,13 @@ References (:func:`read_references`):
 - a plain JSON object ``{"image id": ["caption", ...]}`` (ids that look like file names also match by name/stem);
 - a Karpathy split JSON (``dataset_coco.json``, ``dataset_flickr8k.json``, SentiCap's json): ``{"images":
   [{"filename", "sentences": [{"raw"}]}]}``, every split; images are named by ``filename`` (and its stem), and by
-  ``cocoid`` where given; an image listed twice (SentiCap: once per sentiment) has the captions of both;
+  ``cocoid`` where given (else the COCO id of a ``COCO_val2014_<12 digits>.jpg`` name, as SentiCap gives none); an
+  image listed twice (SentiCap: once per sentiment) has the captions of both;
 - a Flickr token file, ``NAME.jpg#N<TAB>caption`` a line; images are named ``NAME.jpg`` (or its stem);
 - a CSV (or TSV) with a header naming ``image`` and ``caption`` columns, a row per caption (Kaggle's Flickr8k
-  ``captions.txt``).
+  ``captions.txt``);
+- JSON lines ``{"image": ..., "caption": ...}``, a line per caption (captionkit's ``captions.jsonl``, the synthetic
+  scenes); images are named by ``image`` (and its file name and stem, as a CSV's rows), else by ``image_id``.
 
 Candidates (:func:`read_candidates`):
 
@@ -49,10 +52,12 @@ from captionkit.files import read_text, text_lines
 from captionkit.jsontext import parse_json
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
+#: A COCO 2014 file name, whose 12 digits are the image's COCO id (its 2017 file is those digits alone).
+_COCO_2014_NAME = re.compile(r"COCO_(?:train|val|test)2014_(?P<id>\d{12})\.jpg")
 _REFERENCE_FORMATS = (
     'expected COCO captions JSON ({"annotations": [{"image_id", "caption"}]}), a JSON object {"id": [captions]}, '
-    'a Karpathy split JSON ({"images": [{"filename", "sentences"}]}), a CSV with image and caption columns '
-    "or a Flickr token file (NAME.jpg#N<TAB>caption)"
+    'a Karpathy split JSON ({"images": [{"filename", "sentences"}]}), a CSV with image and caption columns, '
+    'JSON lines {"image", "caption"} or a Flickr token file (NAME.jpg#N<TAB>caption)'
 )
 _CANDIDATE_FORMATS = (
     'expected COCO results JSON ([{"image_id", "caption"}]), a JSON object {"id": "caption"}, the JSONL, JSON, '
@@ -184,6 +189,10 @@ def read_references(path: str | Path) -> ReferenceSet:
     if not _looks_like_json(text):
         rows = _csv_rows(text, path)
         return _csv_references(rows, path) if rows is not None else _flickr_references(text, path)
+    first, _, rest = text.lstrip().partition("\n")
+    if rest.strip() and '"caption"' in first and _is_jsonl(first):
+        # A line per caption, as a CSV has them (json.loads said "invalid JSON: Extra data (line 2, column 1)").
+        return _jsonl_references(text, path)
     data = _parse_json(text, path)
     if isinstance(data, dict) and "annotations" in data:
         return _coco_references(data, path)
@@ -257,6 +266,8 @@ def _karpathy_references(data: dict[str, Any], path: Path) -> ReferenceSet:
         captions.extend(_karpathy_caption(sentence, name, path) for sentence in sentences)
         if "cocoid" in image:  # COCO results name the image by its COCO id
             references.paths.append((_id_text(image["cocoid"]), name))
+        elif coco := _COCO_2014_NAME.fullmatch(name):  # SentiCap gives no cocoid; its COCO file names hold it
+            references.paths.append((str(int(coco["id"])), name))
     references.paths.extend((name, name) for name in references.captions)
     return references
 
@@ -280,6 +291,22 @@ def _csv_references(rows: list[tuple[str, dict[str, str]]], path: Path) -> Refer
         if not name:
             raise InputError(path, f"{where}: no image named")
         references.captions.setdefault(name, []).append(row["caption"])
+    references.paths.extend((name, name) for name in references.captions)
+    return references
+
+
+def _jsonl_references(text: str, path: Path) -> ReferenceSet:
+    """Captions by image from ``{"image", "caption"}`` lines, several lines an image (``captions.jsonl``), named
+    as a CSV's rows are: by the whole ``image`` path (two folders' ``x.png`` are two images), which candidates'
+    file names resolve to."""
+    references = ReferenceSet({}, str(path))
+    for where, record in _jsonl_records(text, path):
+        image = record.get("image") if isinstance(record, dict) else None
+        name = image if isinstance(image, str) and image else _record_name(record)
+        caption = record.get("caption") if isinstance(record, dict) else None
+        if name is None or not isinstance(caption, str):
+            raise InputError(path, f'{where}: expected an object with "image" (or "image_id") and a "caption" string')
+        references.captions.setdefault(name, []).append(caption)
     references.paths.extend((name, name) for name in references.captions)
     return references
 

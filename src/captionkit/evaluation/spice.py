@@ -56,6 +56,16 @@ def ensure_corenlp(lib: Path, url: str | None = None, timeout: float = 30.0) -> 
         ) from None
 
 
+def spice_unavailable_reason() -> str | None:
+    """Why SPICE cannot start here (no pycocoevalcap jar, no Java), or ``None`` when it can (CoreNLP may still need
+    its download)."""
+    try:
+        require_java_tool("spice", "spice-1.0.jar", metric="SPICE")
+    except MetricUnavailable as error:
+        return str(error)
+    return None
+
+
 def spice(
     candidates: Sequence[str],
     references: Sequence[Sequence[str]],

@@ -154,6 +154,8 @@ def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
     """
     try:
         data = parse_json(Path(path).read_text(encoding="utf-8"), path)
+        if not isinstance(data, dict) or "images" not in data:  # else Python's words: "list indices must be ..."
+            raise InputError(path, 'expected an object {"images": [{"sentences": [...]}]}')
         images = data["images"]
     except InputError as error:
         raise InputError(path, f"not a SentiCap json ({error.reason})") from None
