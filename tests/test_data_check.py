@@ -11,8 +11,11 @@ from PIL import Image
 
 from _data import SHARED_DATA
 from _helpers import run_cli
+from _shards import real_photos, samples
 from captionkit.data.check import caption_words, check_records, length_stats
 from captionkit.data.sources import load_records
+from captionkit.data.splits import assign_splits
+from captionkit.shards import writing
 
 FLICKR = SHARED_DATA / "flickr8k"
 COCO = SHARED_DATA / "coco"
@@ -257,6 +260,31 @@ def test_check_text_counts_are_in_good_english(leaky_table, capsys):
     assert f"  {root / 'a.png'}, {root / 'copy.png'} (same bytes): test, train, val\n" in out
 
 
+def test_check_counts_of_one_are_in_good_english_too(tmp_path, capsys):
+    # Said "1 captions without one", "all 2 images (...; 1 of them are in its train split)" and "all 1 images".
+    (tmp_path / "c.csv").write_text("image,caption,split\na.png,a red square,train\nb.png,a blue one,\n")
+    code, out, _ = run_cli(["data", "check", tmp_path / "c.csv", "--no-images"], capsys)
+    assert code == 0 and "\nsplits: data; 1 caption without one shown as a training run splits it" in out
+    assert (
+        "\nevaluate's default split: all 2 images (the data has no test split; 1 of them is in its train split)\n"
+        in out
+    )
+    (tmp_path / "c.csv").write_text("image,caption\na.png,a red square\n")
+    code, out, _ = run_cli(["data", "check", tmp_path / "c.csv", "--no-images"], capsys)
+    assert code == 0 and "\nevaluate's default split: its 1 image (the data has no test split)\n" in out
+
+
+@pytest.mark.parametrize("folder", ["photos[old]", "x[/b]"])
+def test_check_prints_paths_with_square_brackets_as_they_are(tmp_path, capsys, folder):
+    # Read as rich markup: "photos[old]" was printed as "photos", and "x[/b]" ended in a MarkupError traceback.
+    (tmp_path / folder).mkdir(parents=True)  # "x[/b]" is x[ and b] in it
+    table = tmp_path / folder / "c.csv"
+    table.write_text("image,caption\nb[1].png,a red square\n")
+    code, out, _ = run_cli(["data", "check", table], capsys)
+    assert code == 1 and out.startswith(f"{table}: csv ({table})\n")
+    assert f"1 missing image:\n  {tmp_path / folder / 'b[1].png'}\n" in out
+
+
 def test_check_names_a_directory_given_as_an_image_not_missing(leaky_table, capsys):
     code, out, _ = run_cli(["data", "check", leaky_table, "--json"], capsys)
     report = json.loads(out)
@@ -347,6 +375,40 @@ def test_one_split_is_checked_for_its_own_leaks_byte_copies_included(leaky_table
         assert code == 1
     # a.png in train and test is no leak of val; the copy in val is.
     assert leaks == {"val": [by_bytes], "test": [by_id, by_bytes], "all": [by_id, by_bytes]}
+
+
+def test_one_file_named_relative_and_absolute_in_two_splits_is_found_as_one_file(tmp_path, capsys, monkeypatch):
+    # Compared as written, "a.png" and "/…/a.png" were two files: --no-images found no leak, and opening them
+    # called the one file two files of the same bytes.
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp_path / "a.png")
+    (tmp_path / "c.csv").write_text(f"image,caption,split\na.png,a red square,train\n{tmp_path}/a.png,red,test\n")
+    monkeypatch.chdir(tmp_path)
+    for flag in ("--no-images", "--images"):
+        code, out, _ = run_cli(["data", "check", "c.csv", flag, "--json"], capsys)
+        leaks = json.loads(out)["images_in_several_splits"]
+        assert (code, leaks) == (1, [{"image": "a.png", "splits": ["test", "train"], "by": "file"}])
+
+
+@pytest.mark.parametrize("layout", ["webdataset", "parquet"])
+def test_one_split_of_shards_is_checked_for_byte_copies_in_the_others(tmp_path, capsys, layout):
+    # A shard sample has no file size to compare, so its byte copies in other splits were never looked for.
+    photos = real_photos(3)
+    copied = samples(photos, {1: photos[0].read_bytes()})  # sample 1 holds sample 0's bytes under its own key
+    if layout == "webdataset":
+        spec = writing.write_webdataset(copied, tmp_path, per_shard=3)[0]
+    else:
+        spec = writing.write_parquet(copied, tmp_path / "part.parquet")
+    records = load_records(spec)
+    keys = (photos[0].stem, photos[1].stem)
+    splits_of = {seed: {r.image_id: r.split for r in assign_splits(records, 0.5, 0.0, seed)} for seed in range(20)}
+    seed = next(seed for seed, split in splits_of.items() if split[keys[0]] != split[keys[1]])
+    split = splits_of[seed][keys[1]]
+    args = ["data", "check", spec, "--val-fraction", "0.5", "--seed", seed, "--split", split, "--json"]
+    code, out, _ = run_cli(args, capsys)
+    images = [record.image_path for record in records[:2]]
+    assert code == 1 and json.loads(out)["images_in_several_splits"] == [
+        {"image": f"{images[0]}, {images[1]}", "splits": ["train", "val"], "by": "same bytes"}
+    ]
 
 
 def test_ctrl_c_ends_the_check_with_one_line(

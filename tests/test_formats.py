@@ -347,6 +347,11 @@ def test_every_format_has_a_unique_name():
     [
         ("c.json", "{not json", "invalid JSON: Expecting property name enclosed in double quotes (column 2)"),
         ("c.json", "", "empty file"),
+        (  # JSON Lines in a .json (Hugging Face's to_json writes them so): each line is fine, "Extra data" puzzled
+            "c.json",
+            '{"image": "a.jpg", "caption": "x"}\n{"image": "b.jpg", "caption": "y"}\n',
+            "(line 2, column 1); one JSON object a line is JSON Lines: name the file .jsonl or force the format",
+        ),
         ("c.json", "[1, 2]", "unknown dataset format"),
         ("c.json", json.dumps({"images": [{"id": 1}], "annotations": []}), "missing key 'file_name'"),
         (
@@ -357,6 +362,11 @@ def test_every_format_has_a_unique_name():
         ("c.json", json.dumps({"images": [], "annotations": []}), "no captions"),
         ("t.csv", "img,text\na.jpg,x\n", "no image and caption columns"),
         ("t.csv", "image,caption,mood\na.jpg,x,happy\n", "unknown column 'mood'"),
+        # pandas' df.to_csv(path) writes its index first under no name: "unknown column ''" left one guessing.
+        ("t.csv", ",image,caption\n0,a.jpg,x\n", "column 1 has no name (a pandas index? save the table with to_csv"),
+        ("t.csv", "image,caption,\na.jpg,x,\n", "column 3 has no name (expected image, caption"),
+        # A LAION-style table of URLs: said "no image and caption columns", where a TSV or Parquet of URLs says this.
+        ("t.csv", "url,caption\nhttps://x.org/a.jpg,x\n", "'url' holds image URLs, not images: download them first"),
         ("t.csv", "image,caption\na.jpg,x,y\n", "expected 2 fields, got 3"),
         ("t.csv", "image,caption,style\na.jpg,x,happy\n", "unknown style 'happy'"),
         ("t.csv", "image,caption\n,x\n", "missing 'image'"),
@@ -510,9 +520,13 @@ def test_non_utf8_file(tmp_path):
         ("{dir}/data.csv?val=x", "val must be a number in [0, 1), got 'x'"),
         ("{dir}/data.csv?seed=x", "seed must be an integer"),
         ("{dir}/data.csv?images={dir}/nowhere", "image root is not a directory"),
+        ("{dir}/data.csv?val=0.5&seed=1&val=0.1", "option 'val' is given twice"),  # the last one silently won
         ("{dir}/missing.csv", "no such file or directory"),
+        ("{dir}/*.tar", "no such file or directory (a * pattern is not expanded: name the folder, or shards as"),
         ("coco:{dir}/data.csv", "invalid JSON"),
         ("", "empty data spec"),
+        ("csv:", "csv:: no path: a spec is [FORMAT:]PATH[?OPTIONS]"),  # as "csv:$DATA" with $DATA unset: read "."
+        ("?val=0.1", "no path: a spec is [FORMAT:]PATH[?OPTIONS]"),
     ],
 )
 def test_bad_specs(tmp_path, spec, message):

@@ -18,6 +18,7 @@ from captionkit.data.formats.senticap import coco_aliases
 from captionkit.data.sources import load_dataset
 from captionkit.data.splits import assign_splits, split_by_image
 from captionkit.errors import InputError
+from captionkit.images import load_image
 
 FLICKR_IMAGES = SHARED_DATA / "flickr8k" / "Images"
 
@@ -51,6 +52,17 @@ def test_tables_with_other_column_names(tmp_path, header, suffix):
     assert [(r.image_path, r.caption) for r in result.records] == [
         (tmp_path / "Images" / names[0], "a dog 0"),
         (tmp_path / "Images" / names[1], "a dog 1"),
+    ]
+
+
+@pytest.mark.parametrize(("suffix", "separator"), [(".tsv", ","), (".csv", "\t")])
+def test_a_table_named_for_the_other_separator_is_read(tmp_path, suffix, separator):
+    # A .tsv of commas said "no image and caption columns in header 'image,caption'", which a .csv of tabs is not.
+    names = flickr_photos(tmp_path / "Images", 1)
+    table = tmp_path / f"labels{suffix}"
+    table.write_text(f"image{separator}caption\n{names[0]}{separator}a dog running\n")
+    assert [(r.image_path, r.caption) for r in load_dataset(table).records] == [
+        (tmp_path / "Images" / names[0], "a dog running")
     ]
 
 
@@ -186,6 +198,23 @@ def test_table_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
     records = load_dataset("data/labels/train.csv").records
     assert [r.image_path for r in records] == [tmp_path / "data" / "images" / names[0]]
     assert records[0].image_id == f"data/images/{names[0]}"
+
+
+def test_results_over_shards_name_members_found_from_the_working_directory(tmp_path, monkeypatch):
+    # `captionkit caption shards --output out/results.jsonl` names each image by its member path from where it ran;
+    # such a path is no file to is_file(), so every image read back as pseudo-labels was reported missing.
+    from _shards import write_webdataset
+
+    photos = sorted(FLICKR_IMAGES.glob("*.jpg"))[:2]
+    write_webdataset(photos, tmp_path / "shards", per_shard=2)
+    members = [f"shards/00000.tar/{photo.stem}.jpg" for photo in photos]
+    (tmp_path / "out").mkdir()
+    lines = [json.dumps({"image": member, "caption": "a dog", "score": -1.0}) for member in members]
+    (tmp_path / "out" / "results.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(tmp_path)
+    records = load_dataset("out/results.jsonl").records
+    assert [r.image_path.resolve() for r in records] == [tmp_path / member for member in members]
+    assert all(load_image(r.image_path).size == load_image(p).size for r, p in zip(records, photos, strict=True))
 
 
 def test_table_paths_relative_to_the_file_win_over_the_working_directory(tmp_path, monkeypatch):

@@ -49,6 +49,9 @@ def test_jsonl_round_trip_with_relative_paths(tmp_path):
         ('{"image": "a.png", "caption": "  "}\n', "missing or empty 'caption'"),
         ('{"image": "a.png", "caption": "x", "style": "happy"}\n', "unknown style 'happy'"),
         ('{"image": "a.png", "caption": "x", "split": 3}\n', "'split' must be a string"),
+        # Silently read before: a misspelt key lost its value, a misspelt split left its captions out of every split.
+        ('{"image": "a.png", "caption": "x", "syle": "positive"}\n', "unknown key 'syle'"),
+        ('{"image": "a.png", "caption": "x", "split": "trian"}\n', "unknown split 'trian'"),
     ],
 )
 def test_bad_jsonl_names_file_line_and_reason(tmp_path, content, reason):
@@ -64,6 +67,22 @@ def test_non_utf8_jsonl(tmp_path):
     path = tmp_path / "captions.jsonl"
     path.write_bytes(b'{"image": "a.png", "caption": "caf\xe9"}\n')
     with pytest.raises(InputError, match="not UTF-8"):
+        read_jsonl(path)
+
+
+def test_jsonl_saved_by_windows_tools_reads_as_the_dataset_reader_reads_it(tmp_path):
+    # A byte-order mark and CRLF (Notepad), splits spelt "Test" or "dev": read_jsonl failed on the mark and kept
+    # "Test" and "dev" as they were, which select_split("test") and "val" do not match.
+    path = tmp_path / "captions.jsonl"
+    rows = [
+        {"image": "a.png", "caption": "a cat", "split": "Test"},
+        {"image": "b.png", "caption": "a dog", "split": "dev"},
+    ]
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(row) + "\r\n" for row in rows).encode())
+    assert [(r.caption, r.split) for r in read_jsonl(path)] == [("a cat", "test"), ("a dog", "val")]
+    assert read_jsonl(path) == load_records(path)
+    path.write_bytes(json.dumps(rows[0]).encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16 text: save it as UTF-8"):
         read_jsonl(path)
 
 

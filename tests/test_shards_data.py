@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,20 @@ def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
     assert result.dropped == {"sample without a caption": 1}
 
 
+def test_captions_of_a_sample_without_an_image_member_are_counted_not_silently_lost(tmp_path, photos):
+    shard = tmp_path / "no-image.tar"
+    with tarfile.open(shard, "w") as archive:
+        archive.add(photos[0], "k1.jpg")
+        caption = tmp_path / "k.txt"
+        caption.write_text("a caption\n")
+        for key in ("k1", "k2", "k3"):  # k2's image was lost; k3's is a kind no shard image is
+            archive.add(caption, f"{key}.txt")
+        archive.add(photos[1], "k3.gif")
+    result = load_dataset(shard)
+    assert [(r.image_id, r.caption) for r in result.records] == [("k1", "a caption")]
+    assert result.dropped == {"sample without an image member (its captions unused)": 2}
+
+
 def test_a_tar_cut_inside_an_image_before_its_caption_says_where_it_was_cut(tmp_path, photos):
     shard = tmp_path / "torn.tar"
     with tarfile.open(shard, "w") as archive:
@@ -186,6 +201,20 @@ def test_missing_shard_of_a_pattern_is_named(collections):
     with pytest.raises(InputError) as error:
         load_dataset(f"{collections}/shards/{{00000..00003}}.tar")
     assert str(error.value) == f"{collections}/shards/00003.tar: no such file"
+
+
+def test_a_pattern_of_a_million_names_fails_at_its_first_missing_shard_without_listing_them_all(collections):
+    # A typo's extra digit ({00000..0999999}) built every name (and its Path) before looking at the disk: seconds
+    # and hundreds of MB for a million, minutes for ten; now the names are made as the shards are checked.
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as error:
+            load_dataset(f"{collections}/shards/{{00000..0999999}}.tar")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(error.value) == f"{collections}/shards/00003.tar: no such file"
+    assert peak < 5_000_000
 
 
 def _read_in_order(monkeypatch, photos, cap: int, tmp_path) -> tuple[int, int]:
@@ -273,3 +302,32 @@ def test_a_shard_format_forced_on_another_file_says_it_is_no_shard(tmp_path, for
     with pytest.raises(InputError) as caught:
         load_dataset(f"{forced}:{notes}")
     assert str(caught.value) == f"{notes}: not a shard: a WebDataset or Parquet shard is a .tar or .parquet file"
+
+
+@pytest.mark.parametrize(
+    ("spec", "fmt"),
+    [("shards", "webdataset"), ("parquet/part-0.parquet", "parquet"), ("files", "img2dataset"), ("folder", "folder")],
+)
+def test_an_images_option_on_data_that_holds_its_own_images_is_refused_not_ignored(collections, tmp_path, spec, fmt):
+    folder = tmp_path / "folder"  # a folder of photos with sidecar captions: also no use for images=DIR
+    folder.mkdir()
+    shutil.copy(real_photos(1)[0], folder / "a.jpg")
+    (folder / "a.txt").write_text("a dog\n")
+    path = folder if fmt == "folder" else collections / spec
+    with pytest.raises(InputError) as caught:
+        load_dataset(f"{path}?images={tmp_path}")
+    assert str(caught.value) == f"{path}: images=DIR does not apply to {fmt} data, which holds its own images"
+
+
+@pytest.mark.parametrize("stray", ["shards/00000.tar", "parquet/part-0.parquet"])
+def test_a_folder_of_captioned_photos_with_a_shard_beside_them_stays_a_folder(collections, photos, tmp_path, stray):
+    # A backup or an earlier run's output left among the photos: read as shards, the sidecar captions were ignored.
+    for index, photo in enumerate(photos[:2]):
+        shutil.copy(photo, tmp_path / photo.name)
+        (tmp_path / f"{photo.stem}.txt").write_text(f"my caption {index}\n")
+    shutil.copy(collections / stray, tmp_path / Path(stray).name)
+    result = load_dataset(tmp_path)
+    assert result.format == "folder"
+    assert [(r.image_id, r.caption) for r in result.records] == [
+        (p.name, f"my caption {i}") for i, p in enumerate(photos[:2])
+    ]

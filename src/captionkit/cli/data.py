@@ -139,7 +139,9 @@ class _Splitting:
             return "data, and the spec's val=/test= for captions without one" if by_spec else "data"
         test = f", test {self.test:g}" if self.test else ""
         how = f"shown as a training run splits it: by image, seed {self.seed}, val {self.val:g}{test}"
-        return f"none in the data; {how}" if unsplit == total else f"data; {unsplit} captions without one {how}"
+        if unsplit == total:
+            return f"none in the data; {how}"
+        return f"data; {plural(unsplit, 'caption')} without one {how}"
 
 
 def _check_one(
@@ -194,8 +196,10 @@ def _print_report(report: dict[str, Any]) -> None:
 
     from captionkit.data.check import LONG_CAPTION_WORDS
 
-    # Not a terminal (a pipe, a log): rich would assume 80 columns and squeeze the table.
-    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 120)
+    # Not a terminal (a pipe, a log): rich would assume 80 columns and squeeze the table. No markup: the lines hold
+    # paths and reasons, and a folder named "photos[old]" printed as "photos", "x[/b]" raised a MarkupError.
+    width = None if sys.stdout.isatty() else 120
+    console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width, markup=False)
     console.print(f"{report['spec']}: {report['format']} ({', '.join(report['files'])})")
     console.print(f"splits: {report['splits_from']}")
     console.print(f"evaluate's default split: {report['evaluate_default']}")

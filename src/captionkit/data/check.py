@@ -7,6 +7,7 @@ images that leak between splits. :func:`check_records` returns a plain dict (the
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import stat
 import statistics
@@ -19,7 +20,8 @@ from typing import Any
 from captionkit.data.records import STYLES, CaptionRecord
 from captionkit.errors import ImageError, InputError
 from captionkit.images import DEFAULT_LIMITS, ImageLimits, load_image
-from captionkit.shards import read_member
+from captionkit.shards import read_member, split_member
+from captionkit.shards.tar import tar_index
 
 # Words for length statistics: runs of letters/digits, with an inner apostrophe ("man's"); punctuation is not a word.
 _WORD = re.compile(r"\w+(?:'\w+)?")
@@ -106,11 +108,19 @@ def _duplicate_captions(records: Sequence[CaptionRecord]) -> dict[str, Any]:
 def _shared_between_splits(records: Sequence[CaptionRecord], digests: dict[Path, str]) -> list[dict[str, Any]]:
     """Images in more than one split: by image id, by file, or by identical bytes under different names."""
     by_id: dict[str, set[str]] = defaultdict(set)
-    by_path: dict[Path, set[str]] = defaultdict(set)
+    by_file: dict[Path, set[str]] = defaultdict(set)
     first_path: dict[str, Path] = {}
+    # The file each path names, absolute: "a.jpg" and "/data/a.jpg" (a table mixing both) are one file in two
+    # splits, which compared as written only opening the images found, and then as "same bytes".
+    files: dict[Path, Path] = {}
+    written: dict[Path, Path] = {}  # a file -> the path it was first written as, to name it
     for record in records:
         by_id[record.image_id].add(_split_of(record))
-        by_path[record.image_path].add(_split_of(record))
+        if record.image_path not in files:
+            files[record.image_path] = Path(os.path.abspath(record.image_path))
+        file = files[record.image_path]
+        by_file[file].add(_split_of(record))
+        written.setdefault(file, record.image_path)
         first_path.setdefault(record.image_id, record.image_path)
     shared = [
         {"image": str(first_path[image_id]), "image_id": image_id, "splits": sorted(splits), "by": "image id"}
@@ -119,20 +129,24 @@ def _shared_between_splits(records: Sequence[CaptionRecord], digests: dict[Path,
     ]
     reported = {entry["image"] for entry in shared}
     shared += [
-        {"image": str(path), "splits": sorted(splits), "by": "file"}
-        for path, splits in by_path.items()
-        if len(splits) > 1 and str(path) not in reported
+        {"image": str(written[file]), "splits": sorted(splits), "by": "file"}
+        for file, splits in by_file.items()
+        if len(splits) > 1 and str(written[file]) not in reported
     ]
     by_bytes: dict[str, set[str]] = defaultdict(set)
-    paths_by_bytes: dict[str, set[Path]] = defaultdict(set)
-    for path, splits in by_path.items():
+    files_by_bytes: dict[str, set[Path]] = defaultdict(set)
+    for path, file in files.items():
         if path in digests:
-            by_bytes[digests[path]] |= splits
-            paths_by_bytes[digests[path]].add(path)
+            by_bytes[digests[path]] |= by_file[file]
+            files_by_bytes[digests[path]].add(file)
     shared += [
-        {"image": ", ".join(sorted(map(str, paths_by_bytes[digest]))), "splits": sorted(splits), "by": "same bytes"}
+        {
+            "image": ", ".join(sorted(str(written[file]) for file in files_by_bytes[digest])),
+            "splits": sorted(splits),
+            "by": "same bytes",
+        }
         for digest, splits in by_bytes.items()
-        if len(splits) > 1 and len(paths_by_bytes[digest]) > 1
+        if len(splits) > 1 and len(files_by_bytes[digest]) > 1
     ]
     return shared
 
@@ -147,31 +161,46 @@ def _leaks_of(
     or by bytes. For the last, the other splits' files of the same size as an opened one are read and hashed (not
     decoded): identical bytes have identical sizes, so the rest cannot match."""
     checked = {_split_of(record) for record in records}
-    sizes = {size for size in map(_file_size, digests) if size is not None}
+    sizes = {size for size in (_image_size(path, limits) for path in digests) if size is not None}
     others = dict.fromkeys(record.image_path for record in all_records if record.image_path not in digests)
     all_digests = dict(digests)
     for path in others:
-        if _file_size(path) in sizes:
+        if _image_size(path, limits) in sizes:
             digest = _file_digest(path, limits)
             if digest is not None:
                 all_digests[path] = digest
     return [leak for leak in _shared_between_splits(all_records, all_digests) if checked & set(leak["splits"])]
 
 
-def _file_size(path: Path) -> int | None:
-    """The size of a regular file; None for anything else (a member of a shard, a file gone)."""
+def _image_size(path: Path, limits: ImageLimits) -> int | None:
+    """The size of an image's bytes: of a regular file, or of a sample in a shard (a tar member's from the shard's
+    index, a Parquet row's by reading it: a shard's byte copies in another split were never looked for); None for
+    anything else (a file gone, a damaged member)."""
+    found = split_member(path)
+    if found is None:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
+    container, member = found
     try:
-        info = path.stat()
-    except OSError:
+        if container.suffix.lower() == ".tar":
+            sample = tar_index(container).by_member.get(member)
+            return sample.size if sample is not None and not sample.damaged else None
+        data = read_member(path, limits.max_bytes)
+    except (InputError, OSError):
         return None
-    return info.st_size if stat.S_ISREG(info.st_mode) else None
+    return len(data) if data else None
 
 
 def _file_digest(path: Path, limits: ImageLimits) -> str | None:
     try:
-        with path.open("rb") as handle:
-            data = handle.read(limits.max_bytes + 1)
-    except OSError:
+        data = read_member(path, limits.max_bytes)  # None: not a sample inside a shard
+        if data is None:
+            with path.open("rb") as handle:
+                data = handle.read(limits.max_bytes + 1)
+    except (InputError, OSError):
         return None
     return hashlib.sha256(data).hexdigest()
 

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.errors import InputError
-from captionkit.files import write_atomic
+from captionkit.files import read_text, write_atomic
 from captionkit.jsontext import parse_json
 
 STYLES = ("neutral", "positive", "negative")
+JSONL_KEYS = ("image", "caption", "image_id", "style", "split")  # the keys of captions.jsonl (write_jsonl)
 
 
 def check_style(style: object, where: object) -> str:
@@ -33,6 +34,35 @@ def check_style(style: object, where: object) -> str:
     if name not in STYLES:
         raise InputError(where, f"unknown style {style!r} (expected one of {', '.join(STYLES)})")
     return str(name)
+
+
+# Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
+SPLIT_ALIASES = {
+    "train": "train",
+    "restval": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+}
+
+
+def normalize_split(split: str | None) -> str | None:
+    """``dev``/``validation`` -> ``val``, ``restval`` -> ``train``; other names are kept (lower-cased)."""
+    if split is None:
+        return None
+    name = split.strip().lower()
+    return SPLIT_ALIASES.get(name, name) or None
+
+
+def check_split(split: str | None, where: str) -> str | None:
+    """``split`` as captionkit names it (see :data:`SPLIT_ALIASES`); any other name is an error, since training reads
+    only train and val records and would silently leave out a misspelt split's captions."""
+    name = normalize_split(split)
+    if name is not None and name not in SPLIT_ALIASES.values():
+        raise InputError(where, f"unknown split {split!r} (expected {', '.join(SPLIT_ALIASES)})")
+    return name
 
 
 @dataclass(frozen=True)
@@ -87,11 +117,10 @@ def read_jsonl(path: str | Path) -> list[CaptionRecord]:
         raise InputError(path, "no such file")
     root = path.parent
     records: list[CaptionRecord] = []
-    try:
-        text = path.read_text(encoding="utf-8", errors="strict")
-    except UnicodeDecodeError as error:
-        raise InputError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
-    for row, where in json_objects(text, path):
+    for row, where in json_objects(_jsonl_text(path), path):
+        unknown = sorted(set(row) - set(JSONL_KEYS))
+        if unknown:  # a misspelt key ("syle") would silently lose what it holds
+            raise InputError(where, f"unknown key {unknown[0]!r} (expected {', '.join(JSONL_KEYS)})")
         image, caption = row.get("image"), row.get("caption")
         if not isinstance(image, str) or not image:
             raise InputError(where, "missing 'image' (a path)")
@@ -101,8 +130,20 @@ def read_jsonl(path: str | Path) -> list[CaptionRecord]:
         split = row.get("split")
         if split is not None and not isinstance(split, str):
             raise InputError(where, "'split' must be a string")
+        split = check_split(split, where)  # as the dataset readers do: "trian" is no split, "Test" is test
         image_path = Path(image) if Path(image).is_absolute() else root / image
         records.append(CaptionRecord(image_path, caption.strip(), style, str(row.get("image_id") or image), split))
     if not records:
         raise InputError(path, "no captions in file")
     return records
+
+
+def _jsonl_text(path: Path) -> str:
+    """The text of a JSONL file as :func:`read_text` reads every text input (a byte-order mark allowed, UTF-16 named
+    as such); an empty one is no error here but a file without captions."""
+    try:
+        return read_text(path)
+    except InputError as error:
+        if error.reason != "empty file":
+            raise
+        return ""

@@ -80,6 +80,8 @@ def parse_spec(spec: str | Path) -> DataSpec:
     elif sep and head.isidentifier() and len(head) > 1 and not Path(text).exists():
         raise InputError(spec, f"unknown format {head!r} (formats: {', '.join(format_names())})")
     path_text, _, query = text.partition("?")
+    if not path_text.strip():  # Path("") is ".": "csv:$DATA" with $DATA unset silently read the working directory
+        raise InputError(spec, "no path: a spec is [FORMAT:]PATH[?OPTIONS]")
     options = _parse_options(query, spec) if query else {}
     return DataSpec(Path(path_text), forced, **options)
 
@@ -87,10 +89,14 @@ def parse_spec(spec: str | Path) -> DataSpec:
 def _parse_options(query: str, spec: str) -> dict:
     options: dict = {}
     roots: list[Path] = []
+    given: set[str] = set()
     for item in query.split("&"):
         key, equals, value = item.partition("=")
         if not equals or not value:
             raise InputError(spec, f"option {item!r} is not key=value ({', '.join(OPTION_KEYS)})")
+        if key in given and key in OPTION_KEYS and key != "images":  # only images= repeats: the last val= won
+            raise InputError(spec, f"option {key!r} is given twice")
+        given.add(key)
         if key == "images":
             roots.append(Path(value))
         elif key in ("val", "test"):
@@ -128,12 +134,16 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     parsed = spec if isinstance(spec, DataSpec) else parse_spec(spec)
     path = parsed.path
     if not path.exists() and not is_container_input(path):  # a brace pattern of shards names no one file
-        raise InputError(path, "no such file or directory")
+        # A quoted glob reaches us unexpanded; saying only that "*.tar" does not exist leaves one guessing.
+        glob = " (a * pattern is not expanded: name the folder, or shards as shards/{00000..00009}.tar)"
+        raise InputError(path, f"no such file or directory{glob if '*' in str(path) else ''}")
     for root in parsed.image_roots:
         if not root.is_dir():
             raise InputError(root, "image root is not a directory")
     probe = Probe(path)
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
+    if parsed.image_roots and not chosen.takes_image_roots:  # refused: silently ignored, it would mislead
+        raise InputError(path, f"images=DIR does not apply to {chosen.name} data, which holds its own images")
     result = chosen.read(probe, ReadOptions(parsed.image_roots))
     records = result.records
     if parsed.fraction is not None and parsed.fraction < 1.0:  # asked for: not "dropped" (data check, training count)

@@ -187,10 +187,11 @@ def evaluation_split(
             held_out = len({record.image_id for record in val})
             reason = "the data has no test split; its other images are in its train split: --split all takes them too"
             return val, f"the val split: {held_out} of {images} images ({reason})"
-        trained_on = f"; {training} of them are in its train split" if training else ""
-        return list(records), f"all {images} images (the data has no test split{trained_on})"
+        verb = "is" if training == 1 else "are"
+        trained_on = f"; {training} of them {verb} in its train split" if training else ""
+        return list(records), f"{_all_images(images)} (the data has no test split{trained_on})"
     if split == "all":
-        return list(records), f"all {images} images"
+        return list(records), _all_images(images)
     name = split or "test"
     chosen = select_split(records, name)
     if not chosen:
@@ -198,3 +199,8 @@ def evaluation_split(
         there = f"its splits: {', '.join(found)}" if found else "it has no split labels"
         raise InputError(source, f"no captions in split {name!r} ({there}; --split all takes every caption)")
     return chosen, f"the {name} split: {len({record.image_id for record in chosen})} of {images} images"
+
+
+def _all_images(count: int) -> str:
+    """Every one of ``count`` images, in English: "all 3 images", but "its 1 image" (not "all 1 images")."""
+    return f"all {count} images" if count != 1 else "its 1 image"

@@ -9,6 +9,7 @@ writes by default: it is no collection, and reading it would fail the whole run 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from captionkit.errors import InputError
@@ -23,20 +24,28 @@ _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 def expand_braces(text: str) -> list[str]:
     """``a{01..03}.tar`` -> ``a01.tar a02.tar a03.tar``; ``{x,y}`` -> both; several groups expand left to right,
     as a shell does. A range counting down is an error naming the pattern."""
+    return list(iter_braces(text))
+
+
+def iter_braces(text: str) -> Iterator[str]:
+    """:func:`expand_braces` one name at a time, so that a pattern checked name by name (a typo's extra digit,
+    ``{00000..0999999}``) fails at its first missing shard rather than after building millions of names."""
     groups = [found for found in (_RANGE.search(text), _LIST.search(text)) if found is not None]
     if not groups:
-        return [text]
+        yield text
+        return
     found = min(groups, key=lambda match: match.start())
     head, tail = text[: found.start()], text[found.end() :]
     if found.re is _LIST:
-        return [out for choice in found.group(1).split(",") for out in expand_braces(head + choice + tail)]
+        for choice in found.group(1).split(","):
+            yield from iter_braces(head + choice + tail)
+        return
     first, last = found.group(1), found.group(2)
     if int(last) < int(first):
         raise InputError(text, f"brace range {found.group(0)} counts down")
     width = len(first) if first.startswith("0") else 0
-    return [
-        out for number in range(int(first), int(last) + 1) for out in expand_braces(f"{head}{number:0{width}d}{tail}")
-    ]
+    for number in range(int(first), int(last) + 1):
+        yield from iter_braces(f"{head}{number:0{width}d}{tail}")
 
 
 def _is_container(path: Path) -> bool:
@@ -94,11 +103,13 @@ def container_files(item: str | Path) -> list[Path]:
         if not files:
             raise InputError(path, f"directory holds no {' or '.join(CONTAINER_SUFFIXES)} files")
         return files
-    files = [Path(name) for name in expand_braces(text)] if "{" in text else [path]
-    for file in files:
+    files = []
+    for name in iter_braces(text) if "{" in text else [text]:
+        file = Path(name)
         if not file.is_file():
             raise InputError(file, "no such file")
         if file.suffix.lower() not in CONTAINER_SUFFIXES:  # a format forced on another file (webdataset:notes.txt)
             expected = " or ".join(CONTAINER_SUFFIXES)
             raise InputError(file, f"not a shard: a WebDataset or Parquet shard is a {expected} file")
+        files.append(file)
     return files

@@ -36,6 +36,8 @@ class Format:
     detect_dir: Callable[[Path], bool]
     read: Callable[[Probe, ReadOptions], ReadResult]
     aliases: tuple[str, ...] = ()
+    # Whether a spec's images=DIR means anything to it: shards and folders carry their images, and would ignore it.
+    takes_image_roots: bool = True
 
 
 # Detection order matters where a directory holds several layouts (Flickr8k ships a token file, Kaggle's
@@ -48,6 +50,7 @@ FORMATS: tuple[Format, ...] = (
         shards.detect_tar_dir,
         shards.read_containers,
         ("wds", "tar"),
+        takes_image_roots=False,
     ),
     Format(
         "parquet",
@@ -55,6 +58,7 @@ FORMATS: tuple[Format, ...] = (
         shards.detect_parquet,
         shards.detect_parquet_dir,
         shards.read_containers,
+        takes_image_roots=False,
     ),
     Format(
         "jsonl",
@@ -131,6 +135,7 @@ FORMATS: tuple[Format, ...] = (
         shards.detect_files_dir,
         shards.read_files,
         ("files",),
+        takes_image_roots=False,
     ),
     Format(
         "folder",
@@ -139,6 +144,7 @@ FORMATS: tuple[Format, ...] = (
         folder.detect_dir,
         folder.read,
         ("imagefolder",),
+        takes_image_roots=False,
     ),
 )
 

@@ -16,31 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from captionkit.data.records import CaptionRecord
+# The split names live beside the record (and check_style), so that records.read_jsonl checks splits as the
+# readers do without importing this module; the readers keep importing them from here.
+from captionkit.data.records import SPLIT_ALIASES as SPLIT_ALIASES
+from captionkit.data.records import CaptionRecord, normalize_split
+from captionkit.data.records import check_split as check_split
 from captionkit.errors import InputError
 from captionkit.files import UTF16_REASON, is_utf16, read_text, text_lines
 from captionkit.jsontext import parse_json
+from captionkit.shards import split_member
 
-# Split names as datasets spell them -> captionkit's three. Karpathy's "restval" is training data by convention.
-SPLIT_ALIASES = {
-    "train": "train",
-    "restval": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-}
 EMPTY_CAPTION = "empty caption"
 NO_SENTENCES = "image entry without sentences"
-
-
-def normalize_split(split: str | None) -> str | None:
-    """``dev``/``validation`` -> ``val``, ``restval`` -> ``train``; other names are kept (lower-cased)."""
-    if split is None:
-        return None
-    name = split.strip().lower()
-    return SPLIT_ALIASES.get(name, name) or None
 
 
 @dataclass(frozen=True)
@@ -106,15 +93,6 @@ def first_sentence(images: list[Any]) -> Any:
     return None
 
 
-def check_split(split: str | None, where: str) -> str | None:
-    """``split`` as captionkit names it (see :data:`SPLIT_ALIASES`); any other name is an error, since training reads
-    only train and val records and would silently leave out a misspelt split's captions."""
-    name = normalize_split(split)
-    if name is not None and name not in SPLIT_ALIASES.values():
-        raise InputError(where, f"unknown split {split!r} (expected {', '.join(SPLIT_ALIASES)})")
-    return name
-
-
 class Probe:
     """A path under inspection; its text and parsed JSON are read once and shared by detection and reading."""
 
@@ -148,9 +126,24 @@ class Probe:
 
     def json(self) -> Any:
         if not self._json_read:
-            self._json = parse_json(self.text(), self.path)
+            try:
+                self._json = parse_json(self.text(), self.path)
+            except InputError as error:
+                raise InputError(self.path, f"{error.reason}{self._json_lines_hint()}") from None
             self._json_read = True
         return self._json
+
+    def _json_lines_hint(self) -> str:
+        """What to do when the text is JSON Lines (as Hugging Face's ``to_json`` writes to a ``.json``), which as one
+        JSON document fails at line 2 with a puzzling "Extra data"; nothing for other text."""
+        lines = self.text().strip().split("\n")
+        try:
+            first = parse_json(lines[0], self.path)
+        except InputError:
+            return ""
+        if len(lines) < 2 or not isinstance(first, dict):
+            return ""
+        return "; one JSON object a line is JSON Lines: name the file .jsonl or force the format, jsonl:PATH"
 
 
 def csv_rows(probe: Probe, delimiter: str = ",") -> Iterator[tuple[list[str], str]]:
@@ -267,9 +260,15 @@ class ImageResolver:
             for root in self.roots:
                 for spelt in names:
                     candidate = root / spelt
-                    if candidate.is_file():
+                    if is_image_at(candidate):
                         return candidate
         return self.roots[0] / names[0]
+
+
+def is_image_at(path: Path) -> bool:
+    """Whether an image is at ``path``: a file, or a sample inside a shard (``shards/00000.tar/KEY.jpg``, as the
+    results of ``captionkit caption`` over shards name their images), which is no file to ``is_file``."""
+    return path.is_file() or split_member(path) is not None
 
 
 def pick_root(candidates: Iterable[Path], names: Sequence[str], explicit: Sequence[Path] = ()) -> list[Path]:
@@ -283,7 +282,7 @@ def pick_root(candidates: Iterable[Path], names: Sequence[str], explicit: Sequen
     candidates = list(dict.fromkeys(candidates))
     sample = [spelt for name in names[:5] for spelt in spellings(name) if not Path(spelt).is_absolute()]
     for root in candidates:
-        if any((root / name).is_file() for name in sample):
+        if any(is_image_at(root / name) for name in sample):
             return [root]
     existing = [root for root in candidates if root.is_dir()]
     return [existing[0] if existing else candidates[0]]

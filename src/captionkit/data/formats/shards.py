@@ -13,10 +13,18 @@ from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResu
 from captionkit.errors import InputError
 from captionkit.files import read_text
 from captionkit.jsontext import parse_json
-from captionkit.shards import container_files, directory_containers, iter_samples, sample_captions
+from captionkit.shards import (
+    container_files,
+    directory_containers,
+    is_container_input,
+    iter_samples,
+    sample_captions,
+)
 from captionkit.shards.patterns import IMAGE_SUFFIXES
+from captionkit.shards.tar import tar_index
 
 NO_CAPTION = "sample without a caption"
+NO_IMAGE = "sample without an image member (its captions unused)"
 
 
 def detect_tar(probe: Probe) -> bool:
@@ -28,12 +36,18 @@ def detect_parquet(probe: Probe) -> bool:
 
 
 def detect_tar_dir(directory: Path) -> bool:
-    return any(child.suffix.lower() == ".tar" for child in directory_containers(directory))
+    # is_container_input: a folder of photos with a .tar beside them (a backup, an earlier run's output) stays a
+    # folder of photos, as the caption job takes it; read as shards, its sidecar captions would be silently ignored.
+    return is_container_input(directory) and any(
+        child.suffix.lower() == ".tar" for child in directory_containers(directory)
+    )
 
 
 def detect_parquet_dir(directory: Path) -> bool:
     # img2dataset writes a metadata 00000.parquet (URLs, no images) beside each 00000.tar or 00000/ folder: not data.
-    return any(child.suffix.lower() == ".parquet" for child in directory_containers(directory))
+    return is_container_input(directory) and any(
+        child.suffix.lower() == ".parquet" for child in directory_containers(directory)
+    )
 
 
 def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
@@ -43,17 +57,28 @@ def read_containers(probe: Probe, options: ReadOptions) -> ReadResult:
 def collect_samples(files: list[Path]) -> Collector:
     """The records of the containers ``files`` (one per caption), with the dropped ones counted."""
     collector = Collector()
-    for sample in iter_samples(files):
-        if sample.problem is not None:  # counted once, by what is wrong, even where that took its caption
-            collector.drop(sample.problem)
-            if sample.damaged or not sample.captions:
-                continue
-        if not sample.captions:
-            collector.drop(NO_CAPTION)
-        for caption in sample.captions:
-            collector.add(sample.image, caption, sample.key)
+    for container in files:
+        for sample in iter_samples([container]):
+            if sample.problem is not None:  # counted once, by what is wrong, even where that took its caption
+                collector.drop(sample.problem)
+                if sample.damaged or not sample.captions:
+                    continue
+            if not sample.captions:
+                collector.drop(NO_CAPTION)
+            for caption in sample.captions:
+                collector.add(sample.image, caption, sample.key)
+        if container.suffix.lower() == ".tar" and (imageless := _captioned_without_image(container)):
+            collector.drop(NO_IMAGE, imageless)
     collector.files = files
     return collector
+
+
+def _captioned_without_image(shard: Path) -> int:
+    """Samples of ``shard`` with captions but no image member, which iter_samples skips: their captions are lost
+    (an image member gone, or one of a kind no shard image is, ``KEY.gif``), as a sample's missing caption is
+    counted (from the shard's cached index: read just now)."""
+    samples = tar_index(shard).samples
+    return sum(1 for s in samples if s.image is None and sample_captions(s.captions, s.meta))
 
 
 def _numbered_folders(directory: Path) -> list[Path]:

@@ -38,6 +38,7 @@ from captionkit.data.formats.karpathy import image_folders
 from captionkit.data.records import check_style, json_objects
 from captionkit.errors import InputError
 from captionkit.files import text_lines
+from captionkit.shards.parquet import URL_COLUMNS, download_hint
 
 ALIASES = {
     "image": "image",
@@ -70,6 +71,10 @@ def _columns(names: list[str], where: object) -> dict[int, str] | None:
     if not {"image", "caption"} <= {ALIASES.get(name) for name in lowered}:
         return None
     unknown = [name for name in lowered if name not in ALIASES and name not in IGNORED]
+    if "" in unknown:  # "unknown column ''" puzzles; pandas' to_csv writes its index first, under no name
+        at = lowered.index("") + 1
+        why = "a pandas index? save the table with to_csv(..., index=False)" if at == 1 else EXPECTED
+        raise InputError(where, f"column {at} has no name ({why})")
     if unknown:
         raise InputError(where, f"unknown column {unknown[0]!r} ({EXPECTED})")
     columns = {index: ALIASES[name] for index, name in enumerate(lowered) if name in ALIASES}
@@ -83,13 +88,26 @@ def _header(probe: Probe) -> tuple[str, dict[int, str], list[str]]:
     header = probe.first_line()
     if not header.strip() and probe.path.is_file() and probe.path.stat().st_size == 0:
         raise InputError(probe.path, f"empty file ({EXPECTED} in a header row, then a row per caption)")
-    order = ("\t",) if probe.suffix == ".tsv" else (",", "\t", "|")
+    # Tab first for a .tsv, but not tab only: a comma-separated table named .tsv (as a .csv may hold tabs) is read,
+    # where "no image and caption columns in header 'image,caption'" would contradict itself.
+    order = ("\t", ",", "|") if probe.suffix == ".tsv" else (",", "\t", "|")
     for delimiter in order:
         names = next(csv.reader([header], delimiter=delimiter))
         columns = _columns(names, probe.path)
         if columns is not None:
             return delimiter, columns, [name.strip().lower() for name in names]
+        _refuse_urls(probe, names, delimiter)
     raise InputError(probe.path, f"no image and caption columns in header {header[:80]!r} ({EXPECTED})")
+
+
+def _refuse_urls(probe: Probe, names: list[str], delimiter: str) -> None:
+    """A table of image URLs (LAION's url,caption CSVs): one error saying how to download them, as a Parquet or
+    TSV of URLs gets, not that the header has no image column."""
+    fields = [name.strip() for name in names]
+    url = next((name for name in URL_COLUMNS if name in fields), None)
+    if url is not None:
+        caption = next((name for name in fields if ALIASES.get(name.lower()) == "caption"), "caption")
+        raise InputError(probe.path, download_hint(probe.path, "tsv" if delimiter == "\t" else "csv", url, caption))
 
 
 def detect_csv(probe: Probe) -> bool:
