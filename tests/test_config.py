@@ -262,3 +262,21 @@ def test_out_of_range_values_are_config_errors(key, value, message):
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=re.escape(message)):
         from_dict(TrainConfig, {section: {name: value}})
+
+
+def test_the_scst_recipes_xe_run_left_as_its_placeholder_names_the_key(tmp_path, monkeypatch):
+    """scenes-xe-scst starts from the scenes-xe run in ./runs/scenes-xe: without one (run from another directory, or
+    before the XE stage) the loader took it for a hub id and said the hub could not be reached."""
+    from captionkit.config import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe("scenes-xe-scst", ["data.train=scenes"])
+    assert str(caught.value) == (
+        "model.pretrained: ./runs/scenes-xe: no such directory (the recipe's placeholder: --set model.pretrained=DIR, "
+        "a finished run)"
+    )
+    # Given on the command line, or there: the run's own directory, as the recipe names it.
+    assert load_recipe("scenes-xe-scst", ["model.pretrained=xe"]).model.pretrained == "xe"
+    (tmp_path / "runs" / "scenes-xe").mkdir(parents=True)
+    assert load_recipe("scenes-xe-scst").model.pretrained == "./runs/scenes-xe"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,76 @@ def test_a_model_directory_whose_path_is_not_utf8_is_refused_before_any_work(tmp
     assert (code, out) == (1, "")
     assert err == f"captionkit: error: --output: {tmp_path}/r\\udce9sultat: {reason}\n"
     assert not output.exists()
+
+
+def test_resuming_with_styles_the_run_has_no_tokens_for_is_refused_before_any_work(recipe, tmp_path, capsys):
+    """--resume with data.styles added: the checkpoint's tokenizer has no <positive>, so the run trained on until its
+    first validation, stopped there with a "style:" error and left its finished model without COMPLETE."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    weights = (out / "model.safetensors").read_bytes()
+    args = ["--set", "data.styles={neutral: 0.5, positive: 0.5}", "--set", "train.steps=6", "--resume"]
+    code, out_text, err = run_cli(["train", recipe, "--output", out, "--no-progress", *args], capsys)
+    assert (code, out_text) == (1, "")
+    assert err.endswith(
+        f"captionkit: error: data.styles: positive has no start token in {out / 'checkpoints' / 'step-000004'}, which "
+        "was trained without it: a resumed run cannot add styles (--no-resume to start over, or choose another "
+        "output directory)\n"
+    )
+    assert (out / "COMPLETE").is_file() and (out / "model.safetensors").read_bytes() == weights
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [2, 4]
+
+
+def test_a_finished_model_without_checkpoints_is_not_replaced_by_another_recipe(recipe, tmp_path, capsys):
+    """A run's checkpoints/best (or a run whose checkpoints/ were pruned) given as --output: with nothing to resume,
+    a run of a changed recipe wrote over the finished model, unasked. Refused as a changed checkpoint is;
+    --no-resume replaces it."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    best = out / "checkpoints" / "best"
+    weights = (best / "model.safetensors").read_bytes()
+    code, stdout, err = run_cli(["train", recipe, "--output", best, "--no-progress", "--set", "train.lr=0.01"], capsys)
+    assert (code, stdout) == (1, "")
+    assert err == (
+        f"captionkit: error: train.lr: differs from the finished model in {best}, which has no checkpoint to resume "
+        "from: pass --no-resume to replace it, or choose another output directory\n"
+    )
+    assert (best / "COMPLETE").is_file() and (best / "model.safetensors").read_bytes() == weights
+    args = ["train", recipe, "--output", best, "--no-progress", "--set", "train.lr=0.01", "--no-resume"]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (best / "model.safetensors").read_bytes() != weights
+
+
+def test_a_run_that_max_seconds_ended_stays_ended_when_run_again(recipe, tmp_path, capsys):
+    """train.max_seconds counts the whole run's seconds: a run past it, run again, trained one more step each time
+    (and rewrote its model); now it says why there is nothing to train, as a run that early stopping ended does."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.steps=2"], capsys)
+    assert code == 0, err
+    limit = ["--set", "train.steps=4", "--set", "train.max_seconds=1e-6"]
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress", *limit], capsys)
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["steps"] == 2 and summary["already_complete"] is True
+    said = r"captionkit: already stopped at step 2 by train.max_seconds 1e-06 \(\d+\.\d s trained\): nothing to train"
+    assert re.search(said + r" \(raise train.max_seconds to go on\)\n", err), err
+
+
+def test_resuming_with_a_changed_model_says_the_change_is_not_applied(recipe, tmp_path, capsys):
+    """--resume with model.* or tokenizer.* changed continues the checkpoint's model: the run listed the change among
+    its "changed settings" as if it were applied, and trained the old model."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    changes = ["--set", "model.preset=small", "--set", "train.lr=1e-3", "--set", "train.steps=5", "--resume"]
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", *changes], capsys)
+    assert code == 0, err
+    assert err.startswith(
+        "captionkit: resuming with changed settings: model.preset, train.lr\n"
+        "captionkit: model.preset: not applied: a resumed run keeps the checkpoint's model and tokenizer "
+        "(--no-resume starts over with the new values)\n"
+    )
+    assert "241,664 parameters" in err  # the tiny model, not the small one

@@ -604,18 +604,32 @@ def load_recipe(recipe: str | Path, assignments: Sequence[str] = ()) -> TrainCon
     for key in _placeholder_keys(chain):
         if not any(key == other or key.startswith(f"{other}.") for other in overridden):
             _check_placeholder(key, getattr(config.data, key.removeprefix("data.")))
+    if "model.pretrained" not in overridden and "model" not in overridden:
+        _check_pretrained_placeholder(chain, config.model.pretrained)
     return config
 
 
 def _placeholder_keys(chain: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     """The data keys (``data.val``) whose value comes from a packaged recipe in ``chain``: the last file that sets
     one decides."""
-    keys = []
-    for name in PLACEHOLDER_KEYS:
-        setters = [path for path, data in chain if isinstance(data.get("data"), Mapping) and name in data["data"]]
-        if setters and is_packaged_recipe(setters[-1]):
-            keys.append(f"data.{name}")
-    return keys
+    return [f"data.{name}" for name in PLACEHOLDER_KEYS if _set_by_packaged_recipe(chain, "data", name)]
+
+
+def _set_by_packaged_recipe(chain: list[tuple[Path, dict[str, Any]]], section: str, name: str) -> bool:
+    """Whether the last file in ``chain`` that sets ``section.name`` is a packaged recipe."""
+    setters = [path for path, data in chain if isinstance(data.get(section), Mapping) and name in data[section]]
+    return bool(setters) and is_packaged_recipe(setters[-1])
+
+
+def _check_pretrained_placeholder(chain: list[tuple[Path, dict[str, Any]]], value: str | None) -> None:
+    """A ConfigError naming ``model.pretrained`` when a packaged recipe set it to the run directory of the recipe
+    before it (``./runs/scenes-xe``: written as a path, never a hub id) and there is none: else the loader takes
+    the missing directory for a hub id and says the hub cannot be reached."""
+    if not value or not value.startswith("./") or not _set_by_packaged_recipe(chain, "model", "pretrained"):
+        return
+    if not Path(value).is_dir():
+        reason = f"{value}: no such directory (the recipe's placeholder: --set model.pretrained=DIR, a finished run)"
+        raise ConfigError("model.pretrained", reason)
 
 
 def _check_placeholder(key: str, value: str | list[str]) -> None:

@@ -131,7 +131,9 @@ class TrainedOn:
 
     def describe_validation(self) -> str:
         """One line: what the run's validation computed its figures over."""
-        source = "the images it held out of data.train" if self.held_out_val else "data.val (its val split, or all)"
+        # Without data.val, data that carries splits (Flickr8k's lists, Karpathy's json) validates on its own val split.
+        held_out = "data.train's val split, or the images it held out of data.train (data.val_fraction)"
+        source = held_out if self.held_out_val else "data.val (its val split, or all)"
         batches = f"train.eval_batches {self.eval_batches} × train.batch_size {self.batch_size}"
         captions = f"the first {self.eval_batches * self.batch_size} ({batches})" if self.eval_batches else "all"
         return f"validation data {source}; perplexity over {captions} of its captions; {self._describe_cider()}"

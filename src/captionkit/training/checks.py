@@ -17,6 +17,8 @@ from captionkit.data.splits import first_caption_per_image, split_by_image
 from captionkit.errors import ConfigError, InputError
 from captionkit.models.base import CaptionModel
 from captionkit.models.config_file import CONFIG_FILE
+from captionkit.text import CaptionTokenizer
+from captionkit.text.styles import NEUTRAL, style_token_ids
 from captionkit.trained_on import TRAIN_CONFIG
 
 
@@ -109,3 +111,19 @@ def _held_out_none(records: Sequence[CaptionRecord], fraction: float, seed: int)
         if enough is not None and enough > fraction:
             remedy = f"give data.val, set data.val_fraction to {enough:g} or more, or set train.patience: 0"
     return f"{said} (each image goes with that chance); {remedy}"
+
+
+def check_resumed_styles(config: TrainConfig, tokenizer: CaptionTokenizer, resume_from: Path | None) -> None:
+    """A run resumed (``--resume``) with ``data.styles`` its checkpoint's tokenizer has no start token for: the
+    model's vocabulary and optimizer are the checkpoint's, so no style can be added. Refused before any work, not
+    at the first validation, which stopped the run there and left its directory without COMPLETE."""
+    if resume_from is None:
+        return
+    known = style_token_ids(tokenizer)
+    missing = [style for style in config.data.styles if style != NEUTRAL and style not in known]
+    if missing:
+        reason = (
+            f"{', '.join(missing)} has no start token in {resume_from}, which was trained without it: a resumed "
+            "run cannot add styles (--no-resume to start over, or choose another output directory)"
+        )
+        raise ConfigError("data.styles", reason)

@@ -25,7 +25,7 @@ from captionkit.config import TrainConfig
 from captionkit.errors import InputError
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.finish import Progress, TrainResult, finish, save_step
-from captionkit.training.resume import LoopState, stopped_early_before
+from captionkit.training.resume import LoopState, out_of_time_before, stopped_early_before
 from captionkit.training.run import Run, deterministic_algorithms, prepare_run
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.setup import Setup
@@ -73,7 +73,10 @@ def _loop(run: Run, stop: StopSignal, line: ProgressLine, emit: LogFn) -> Progre
     last_saved = state.step if run.resumed_from else -1
     now = Progress(time.perf_counter(), state.seconds, loss, window, start_step=state.step, last_saved=last_saved)
     now.stopped_early = run.resumed_from is not None and stopped_early_before(config, state)
-    while state.step < config.train.steps and not now.stopped_early:
+    # A run that train.max_seconds ended stays ended when run again (its seconds are the whole run's): else each
+    # rerun trained one more step past the limit. A larger max_seconds (a change a resumed run may make) goes on.
+    now.out_of_time = run.resumed_from is not None and out_of_time_before(config, state)
+    while state.step < config.train.steps and not now.stopped_early and not now.out_of_time:
         # Every process must agree, or one saves (a collective) while the others wait elsewhere.
         now.stop_requested = parallel.any(stop.received is not None)
         if now.stop_requested:

@@ -21,6 +21,7 @@ from captionkit.config import TrainConfig
 from captionkit.errors import ConfigError, InputError
 from captionkit.jsontext import parse_json
 from captionkit.run_layout import latest_checkpoint
+from captionkit.trained_on import TRAIN_CONFIG
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.setup import Setup
 from captionkit.training.state import load_optimizer_state, optimizer_state, restore_rng
@@ -90,6 +91,12 @@ def stopped_early_before(config: TrainConfig, state: LoopState) -> bool:
     return patience > 0 and state.evals_since_best >= patience
 
 
+def out_of_time_before(config: TrainConfig, state: LoopState) -> bool:
+    """Whether the checkpoint resumed from (its ``state``) is where ``train.max_seconds`` ended the run."""
+    limit = config.train.max_seconds
+    return bool(limit) and state.seconds >= limit
+
+
 def saved_steps(checkpoint: Path) -> int | None:
     """The ``train.steps`` of the run that wrote ``checkpoint`` (its trainer_state.json alone is read)."""
     try:
@@ -110,6 +117,7 @@ def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool 
     if latest is None:
         if resume:
             raise InputError(checkpoints, "no complete checkpoint to resume from")
+        _refuse_another_finished_model(config, checkpoints.parent)
         return None
     saved = ckpt.read_training_state(latest)[0]["train_config"]
     changed = _changed_keys(saved, config.to_dict())
@@ -121,7 +129,35 @@ def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool 
         )
     if changed:
         logger.info("resuming with changed settings: %s", ", ".join(changed))
+        # The model, its tokenizer and preprocessing are the checkpoint's (setup.from_checkpoint): a change to how
+        # they are built cannot take effect, and must not look as if it had.
+        ignored = [key for key in changed if key.startswith(("model.", "tokenizer."))]
+        if ignored:
+            logger.warning(
+                "%s: not applied: a resumed run keeps the checkpoint's model and tokenizer (--no-resume starts over "
+                "with the new values)",
+                ", ".join(ignored),
+            )
     return latest
+
+
+def _refuse_another_finished_model(config: TrainConfig, run_dir: Path) -> None:
+    """A finished model in ``run_dir`` with no checkpoint beside it (its checkpoints/ pruned, or a run's
+    checkpoints/best given as the output) that another recipe trained: the new run would replace its files one by
+    one, unasked. Refused as a checkpoint of another recipe is; the same recipe trains it again, as before."""
+    if not (run_dir / ckpt.COMPLETE).is_file():
+        return
+    try:
+        saved = parse_json((run_dir / TRAIN_CONFIG).read_text(encoding="utf-8"), run_dir / TRAIN_CONFIG)
+    except (OSError, InputError):
+        return
+    changed = _changed_keys(saved, config.to_dict()) if isinstance(saved, dict) else []
+    if changed:
+        raise ConfigError(
+            changed[0],
+            f"differs from the finished model in {run_dir}, which has no checkpoint to resume from: pass "
+            "--no-resume to replace it, or choose another output directory",
+        )
 
 
 def _changed_keys(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

@@ -25,7 +25,7 @@ from captionkit.errors import ConfigError, InputError
 from captionkit.run_layout import CHECKPOINTS, step_of
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.checks import check_lengths, check_run_dir, check_validation
+from captionkit.training.checks import check_lengths, check_resumed_styles, check_run_dir, check_validation
 from captionkit.training.distributed import Distributed
 from captionkit.training.features import encode_images
 from captionkit.training.resume import (
@@ -196,6 +196,7 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     setup = prepared_setup(config, setup, resume_from)
+    check_resumed_styles(config, setup.tokenizer, resume_from)
     check_lengths(config, setup.model)
     check_validation(config, setup.val_records, setup.train_records)
     setup.model.to(device).train()

@@ -201,7 +201,10 @@ def _records(
     records, empty = load_all_records(config.data.train, sources)
     if not config.data.styles:
         train = config.data.train
-        report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), records)
+        # With data.first_caption_only the styled captions after an image's first are not trained at all: only
+        # those that are an image's first caption train as plain ones (none of the scenes', whose first is neutral).
+        trained = first_caption_per_image(records) if config.data.first_caption_only else records
+        report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), trained)
     if config.data.val:
         val_records, not_for_training = _val_data(config)
         train_records, held_out = training_records(records, not_for_training)

@@ -17,7 +17,7 @@ from captionkit.data.formats.base import EMPTY_CAPTION
 from captionkit.data.records import CaptionRecord
 from captionkit.models.registry import get_family
 from captionkit.text.styles import style_token_ids
-from captionkit.training.resume import LoopState, stopped_early_before
+from captionkit.training.resume import LoopState, out_of_time_before, stopped_early_before
 from captionkit.training.setup import Setup
 from captionkit.training.stages import ALL, Stages
 
@@ -86,15 +86,23 @@ def _train_data(setup: Setup, records: Sequence[CaptionRecord], empty_captions: 
 
 def _validation(config: TrainConfig, records: Sequence[CaptionRecord]) -> str:
     data = config.data
+    kept = [record for record in records if record.caption.strip()]
+    held_out = f"held out of data.train by data.val_fraction {data.val_fraction:g}"
     if data.val:
         where = "from data.val"
+    elif kept:
+        # Data with its own splits (Flickr8k's dev list, Karpathy's json) validates on its val split whatever
+        # data.val_fraction says: split_by_image keeps a record's own split and leaves a held-out one's None.
+        own_split = any(record.split for record in kept)
+        where = "from data.train's own val split" if own_split else held_out
+        if own_split and any(record.split is None for record in kept):
+            where += f" and {held_out}"
     elif data.val_fraction:
-        where = f"held out of data.train by data.val_fraction {data.val_fraction:g}"
+        where = held_out
     else:
         return "validation: none (no data.val, data.val_fraction 0)"
-    kept = [record for record in records if record.caption.strip()]
     if not kept:
-        return f"validation: none ({where} gave no captions)"
+        return f"validation: none ({where.removeprefix('from ')} gave no captions)"
     return f"validation: {_images_captions(kept)}, {where}"
 
 
@@ -190,6 +198,11 @@ def resume_line(config: TrainConfig, state: LoopState, checkpoint: Path, old_ste
         return (
             f"already stopped early at step {step:,} ({state.evals_since_best} evaluations without a better "
             f"{config.train.best_metric}, train.patience {patience}): nothing to train (raise train.patience to go on)"
+        )
+    if out_of_time_before(config, state):
+        return (
+            f"already stopped at step {step:,} by train.max_seconds {config.train.max_seconds:g} ({state.seconds:.1f} "
+            "s trained): nothing to train (raise train.max_seconds to go on)"
         )
     line = f"resuming from step {step:,} of {steps:,} ({checkpoint})"
     if old_steps is not None and step >= old_steps:
