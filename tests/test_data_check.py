@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 
 import pytest
 from PIL import Image
@@ -424,3 +425,49 @@ def test_ctrl_c_ends_the_check_with_one_line(
     code, out, err = run_cli(["data", "check", str(FLICKR), "--no-images"], capsys)
     assert (code, out) == (130, "")
     assert err == f"captionkit: interrupted: the check of {FLICKR} did not finish\n"
+
+
+def test_a_torn_shard_is_an_error_and_its_samples_before_the_cut_are_still_checked(tmp_path, capsys):
+    """A copy cut short was one "dropped:" line, and the check said "ok: no errors" with exit 0."""
+    photos = real_photos(4)
+    shards = writing.write_webdataset(samples(photos), tmp_path / "shards", per_shard=2)
+    with tarfile.open(shards[1]) as archive:
+        member = archive.getmember(f"{photos[3].stem}.jpg")
+    cut = member.offset_data + member.size // 2
+    shards[1].write_bytes(shards[1].read_bytes()[:cut])
+    code, out, _ = run_cli(["data", "check", tmp_path / "shards", "--json"], capsys)
+    report = json.loads(out)
+    assert code == 1 and report["errors"] == 1
+    reason = f"torn tar: cut at byte {cut}, inside {photos[3].stem}.jpg"
+    assert report["damaged_shards"] == [{"shard": str(shards[1]), "reason": reason}]
+    assert report["total"]["captions"] == 3 and not report["unreadable_images"]
+    code, out, _ = run_cli(["data", "check", tmp_path / "shards"], capsys)
+    assert code == 1
+    assert f"1 damaged shard (their other samples are read):\n  {shards[1]}: {reason}\n" in out
+    assert "dropped:" not in out and out.endswith("1 error\n")
+
+
+def test_the_text_report_of_many_shards_lists_the_first_files_and_dropped_reasons(tmp_path, capsys):
+    """The first line named every shard, and each shard's unreadable caption was a "dropped:" line of its own."""
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    image, text = tmp_path / "k.png", tmp_path / "k.txt"
+    Image.new("RGB", (8, 8)).save(image)
+    count = 14
+    for number in range(count):
+        with tarfile.open(folder / f"{number:05d}.tar", "w") as archive:
+            text.write_text("a good caption\n")
+            archive.add(image, "good.png")
+            archive.add(text, "good.txt")
+            text.write_bytes(b"caf\xe9 latin-1\n")
+            archive.add(image, "bad.png")
+            archive.add(text, "bad.txt")
+    code, out, _ = run_cli(["data", "check", folder, "--no-images"], capsys)
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.endswith(f"{folder / '00009.tar'}, ... and {count - 10} more)") and "00010.tar" not in first
+    dropped = [line for line in out.splitlines() if line.startswith("dropped:")]
+    assert len(dropped) == 11 and dropped[-1] == f"dropped: ... and {count - 10} more reasons (--json lists all)"
+    code, out, _ = run_cli(["data", "check", folder, "--no-images", "--json"], capsys)
+    report = json.loads(out)
+    assert len(report["files"]) == count and len(report["dropped"]) == count

@@ -76,6 +76,9 @@ COMPUTED_OVER = {
         "references": "each style's references of those images (5 neutral, 5 positive, 5 negative reference captions)",
         "perplexity": "the first 16 (train.eval_batches 2 × train.batch_size 8) of the run's 36 validation captions "
         "(negative, neutral, positive), teacher forced, each from its style's start token, cut to 40 tokens",
+        "counts": "integers, not means: num_images the images captioned in some style, length_min and length_max "
+        "over every style's captions; vocab_size and unique_captions under styles only (a word or caption may be "
+        "in several styles)",
     },
 }
 CIDER_NOTE = {
@@ -111,6 +114,23 @@ def test_as_validation_recomputes_the_logged_validation(request, which, capsys, 
             assert round(metrics["styles"][style]["CIDEr"], 5) == logged[f"val_cider_{style}"]
     assert VALIDATION_NOTE + CIDER_NOTE[which] in err
     assert f"the run logged at step 100: val_perplexity {logged['val_perplexity']} (evaluate: " in err
+
+
+def test_as_validation_with_styles_keeps_counts_integers_and_averages_only_the_scores(run, capsys, single_thread):
+    """Every figure used to be the mean over styles: vocab_size 3.33, num_images 5.0, length_min 4.67."""
+    args = ["evaluate", "--model", run["model"], "--data", run["data"], "--as-validation", "--metrics", "BLEU,CIDEr"]
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    metrics = json.loads(out)
+    styles = metrics["styles"]
+    for score in ("Bleu_4", "CIDEr", "distinct_1", "unique_share", "length_mean"):
+        assert metrics[score] == pytest.approx(sum(styles[s][score] for s in STYLES) / len(STYLES), abs=1e-12)
+    assert metrics["num_images"] == metrics["images"] == 5 and type(metrics["num_images"]) is int
+    assert metrics["length_min"] == min(styles[s]["length_min"] for s in STYLES)
+    assert metrics["length_max"] == max(styles[s]["length_max"] for s in STYLES)
+    assert "vocab_size" not in metrics and "unique_captions" not in metrics
+    assert all(type(styles[s][count]) is int for s in STYLES for count in ("vocab_size", "unique_captions"))
+    assert "captionkit: counts: integers, not means" in err
 
 
 def test_the_val_split_is_not_the_subset_and_evaluate_says_how_to_reproduce_it(run, capsys, single_thread):

@@ -333,3 +333,60 @@ def test_a_report_or_results_file_that_would_replace_an_input_is_refused_before_
     written = tmp_path / "eval" / "metrics.json"
     assert err == f"captionkit: error: --report: {written} is also written by --output; write each to its own file\n"
     assert {path: path.read_bytes() for path in kept} == kept
+
+
+def test_a_report_page_the_disk_refuses_is_one_line_naming_its_flag(scenes, model_dir, tmp_path, monkeypatch, capsys):
+    """A --report page that failed to write after the scoring said "FILE: cannot write (...)" without "--report:",
+    which --output's errors (and score's --per-image) carry; the results and metrics are written first."""
+    import os
+
+    real_replace = os.replace
+
+    def full_disk(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        if Path(target).name == "r.html":
+            raise OSError(28, "No space left on device", os.fspath(source))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    report, out = tmp_path / "r.html", tmp_path / "eval"
+    args = ["evaluate", "--model", model_dir, "--data", scenes, "--split", "test", "--metrics", "CIDEr"]
+    code, _, err = run_cli([*args, "--max-length", "4", "--output", out, "--report", report], capsys)
+    assert code == 1
+    assert err.splitlines()[-1] == f"captionkit: error: --report: {report}: cannot write (No space left on device)"
+    assert sorted(path.name for path in out.iterdir()) == ["metrics.json", "results.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "metric"), [("--clip-model", "my-clip", "CLIPScore"), ("--meteor", "java", "METEOR")]
+)
+def test_a_metric_option_without_its_metric_is_refused_before_any_model_loads(
+    scenes, tmp_path, capsys, flag, value, metric
+):
+    """--clip-model (or --meteor java) with metrics that leave its metric out was ignored without a word, exit 0."""
+    args = ["evaluate", "--model", tmp_path / "no-model", "--data", scenes, "--metrics", "CIDEr"]
+    code, out, err = run_cli([*args, flag, value], capsys)
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: {flag}: only with --metrics naming {metric}: nothing else reads it\n"
+
+
+def test_evaluating_torn_shards_says_samples_were_lost(scenes, model_dir, tmp_path, capsys):
+    """A torn shard's samples past the cut were in no figure, and evaluate said nothing of it (exit 0)."""
+    import tarfile
+
+    from captionkit.shards import writing
+
+    records = load_records(scenes)[:4]
+    samples = [writing.Sample(f"k{i}", Path(r.image_path).read_bytes(), r.caption) for i, r in enumerate(records)]
+    shards = writing.write_webdataset(samples, tmp_path / "shards", per_shard=2)
+    with tarfile.open(shards[1]) as archive:
+        member = archive.getmember("k3.jpg")  # the writer names every image .jpg; its bytes are read as they are
+    cut = member.offset_data + member.size // 2
+    shards[1].write_bytes(shards[1].read_bytes()[:cut])
+    args = ["evaluate", "--model", model_dir, "--data", tmp_path / "shards", "--split", "all", "--metrics", "CIDEr"]
+    code, out, err = run_cli([*args, "--max-length", "4"], capsys)
+    assert code == 0 and json.loads(out)["images"] == 3
+    damage = f"{shards[1]}: torn tar: cut at byte {cut}, inside k3.jpg"
+    assert (
+        f"captionkit: note: {tmp_path / 'shards'}: 1 damaged shard (first: {damage}); the samples lost there are in "
+        "no figure (captionkit data check lists every damage)\n" in err
+    )

@@ -178,7 +178,7 @@ def test_a_write_that_fails_midway_leaves_the_old_output_and_no_staging_file(tmp
 
     monkeypatch.setattr(RecordWriter, "write", full_disk)
     code, _, err = run_cli(["merge", part, "--output", out], capsys)
-    assert (code, err) == (1, f"captionkit: error: {out}: cannot write (No space left on device)\n")
+    assert (code, err) == (1, f"captionkit: error: --output: {out}: cannot write (No space left on device)\n")
     assert out.read_bytes() == before
     assert names(tmp_path) == sorted([part.name, out.name])
 

@@ -190,7 +190,22 @@ def test_a_lexicon_file_without_sentiments_is_one_line_error(tmp_path, document)
 def test_a_missing_lexicon_file_says_it_cannot_be_read(tmp_path):
     with pytest.raises(InputError) as caught:
         senticap_sentiment_words(tmp_path / "nope.json")
-    assert str(caught.value) == f"{tmp_path / 'nope.json'}: cannot be read (No such file or directory)"
+    assert str(caught.value) == f"{tmp_path / 'nope.json'}: no such file"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "latin-1"])
+def test_a_lexicon_file_in_another_encoding_says_which_in_one_line(tmp_path, encoding):
+    """A UTF-16 file (Windows' "Unicode") gave Python's codec message: "'utf-8' codec can't decode byte 0xff ..."."""
+    path = _senticap_file(tmp_path, [("café", "1")])
+    data = json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False).encode(encoding)
+    path.write_bytes(data)
+    with pytest.raises(InputError) as caught:
+        senticap_sentiment_words(path)
+    offset = data.find(b"\xe9")
+    reason = (
+        "UTF-16 text: save it as UTF-8" if encoding == "utf-16" else f"not UTF-8 text (byte 0xe9 at offset {offset})"
+    )
+    assert str(caught.value) == f"{path}: {reason}"
 
 
 def test_the_demo_reports_no_style_accuracy_for_a_style_its_classifier_never_saw():

@@ -336,11 +336,7 @@ def _evaluate_styles_as_validation(
         missing.update(dict.fromkeys(captioned.missing))
     if not per_style:
         raise NoImageRead(results) if results else InputError("data", "no captions to evaluate on")
-    scores: dict[str, Any] = {
-        key: mean_over_styles({style: figures[key] for style, figures in per_style.items()})
-        for key, value in next(iter(per_style.values())).items()
-        if isinstance(value, int | float) and all(isinstance(f.get(key), int | float) for f in per_style.values())
-    }
+    scores = _over_styles(per_style, len(read))
     scores["styles"] = per_style
     scores["perplexity"] = dataset_perplexity(captioner, perplexity.records, perplexity.batch_size, trained.max_length)
     scores["images"] = len(images)
@@ -356,8 +352,31 @@ def _evaluate_styles_as_validation(
         "references": f"each style's references of those images ({refs} reference captions)",
         "perplexity": f"{perplexity.description} ({', '.join(styles)}), teacher forced, each from its style's start "
         f"token, cut to {trained.max_length} tokens",
+        "counts": "integers, not means: num_images the images captioned in some style, length_min and length_max "
+        "over every style's captions; vocab_size and unique_captions under styles only (a word or caption may be "
+        "in several styles)",
     }
     return ModelEvaluation(scores, results, list(missing))
+
+
+def _over_styles(per_style: Mapping[str, Mapping[str, Any]], images: int) -> dict[str, Any]:
+    """The figures of every style taken together: each score (a float) the mean over styles, as ``val_cider`` is;
+    a count (an int) stays an integer, where one means something over styles (``images``: those captioned in some
+    style), else is left to each style's figures: a mean of counts (a vocabulary of 3.33 words) means nothing."""
+    over: dict[str, Any] = {}
+    for key in next(iter(per_style.values())):
+        figures = {style: scores.get(key) for style, scores in per_style.items()}
+        if all(isinstance(figure, float) for figure in figures.values()):
+            over[key] = mean_over_styles(figures)  # type: ignore[arg-type]  # floats, checked just above
+        elif not all(type(figure) is int for figure in figures.values()):
+            continue  # notes, domains: each style's own
+        elif key == "num_images":
+            over[key] = images
+        elif key == "length_min":
+            over[key] = min(figures.values())  # type: ignore[type-var]  # ints, checked above
+        elif key == "length_max":
+            over[key] = max(figures.values())  # type: ignore[type-var]
+    return over
 
 
 def _shared_progress(

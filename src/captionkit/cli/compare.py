@@ -149,7 +149,7 @@ def compare(
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
             write_comparison_report(report, records, names, *(scored or ()))
         except OSError as error:
-            fail_writing(report, error)
+            fail_writing(report, error, "--report")
     raise typer.Exit(EXIT_PARTIAL if any("error" in r for r in records) else EXIT_OK)
 
 

@@ -59,7 +59,8 @@ def check(
     """Counts per split, missing and unreadable images, caption lengths, duplicates, images in several splits.
 
     A folder with several COCO caption files that are not one dataset (two files of one split) gets each file
-    checked on its own. Exit 1 when it finds errors (missing or unreadable images, images in two splits), else 0.
+    checked on its own. Exit 1 when it finds errors (missing or unreadable images, images in two splits, torn or
+    damaged shards), else 0.
     """
     from captionkit.data.sources import separate_datasets
     from captionkit.errors import CaptionkitError
@@ -148,7 +149,7 @@ def _check_one(
     spec: str, split: str | None, splitting: _Splitting, images: bool, workers: int, quiet: bool
 ) -> dict[str, Any]:
     """The report of one dataset, printed as text unless ``quiet``."""
-    from captionkit.data.check import check_records
+    from captionkit.data.check import check_records, damaged_shards
     from captionkit.data.sources import load_dataset, parse_spec
     from captionkit.data.splits import assign_splits, evaluation_split, select_split
     from captionkit.errors import CaptionkitError
@@ -176,6 +177,7 @@ def _check_one(
             report = check_records(chosen, all_records=records, workers=workers, advance=advance)
     else:
         report = check_records(chosen, all_records=records, open_images=images, workers=workers)
+    damaged = damaged_shards(loaded.dropped, loaded.files)
     report = {
         "spec": spec,
         "format": loaded.format,
@@ -183,8 +185,12 @@ def _check_one(
         "splits_from": splitting.describe(len(records), unsplit, by_spec),
         "evaluate_default": evaluated,
         "dropped": loaded.dropped,
+        "damaged_shards": damaged,
         **report,
     }
+    # A torn or damaged shard lost samples nobody can count (its other samples are kept): an error,
+    # not a dropped caption a run may shrug off.
+    report["errors"] += len(damaged)
     if not quiet:
         _print_report(report)
     return report
@@ -200,7 +206,10 @@ def _print_report(report: dict[str, Any]) -> None:
     # paths and reasons, and a folder named "photos[old]" printed as "photos", "x[/b]" raised a MarkupError.
     width = None if sys.stdout.isatty() else 120
     console = Console(file=sys.stdout, highlight=False, soft_wrap=True, width=width, markup=False)
-    console.print(f"{report['spec']}: {report['format']} ({', '.join(report['files'])})")
+    # A collection of thousands of shards would otherwise make its first line thousands of names long.
+    files = report["files"]
+    more = f", ... and {len(files) - _SHOWN} more" if len(files) > _SHOWN else ""
+    console.print(f"{report['spec']}: {report['format']} ({', '.join(files[:_SHOWN])}{more})")
     console.print(f"splits: {report['splits_from']}")
     console.print(f"evaluate's default split: {report['evaluate_default']}")
     table = Table(show_edge=False)
@@ -213,8 +222,7 @@ def _print_report(report: dict[str, Any]) -> None:
         styles = [str(counts["styles"][style]) for style in ("neutral", "positive", "negative")]
         table.add_row(name, str(counts["images"]), str(counts["captions"]), *styles, lengths)
     console.print(table)
-    for reason, count in sorted(report["dropped"].items()):
-        console.print(f"dropped: {count} {reason}")
+    _print_dropped(console, report)
     duplicates = report["duplicate_captions"]
     found = [
         f"{plural(duplicates['repeated_on_one_image'], 'caption')} repeated on one image",
@@ -235,12 +243,28 @@ def _print_report(report: dict[str, Any]) -> None:
     shared = report["images_in_several_splits"]
     leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
     _list(console, f"{plural(len(leaks), 'image')} in several splits", leaks)
+    damage = [f"{item['shard']}: {item['reason']}" for item in report["damaged_shards"]]
+    shards = len({item["shard"] for item in report["damaged_shards"]})
+    _list(console, f"{plural(shards, 'damaged shard')} (their other samples are read)", damage)
     if report["long_captions"]:
         console.print(f"warning: captions over {LONG_CAPTION_WORDS} words (a quote left open in a table?)")
         long = [f"{item['image']}: {item['words']} words" for item in report["long_captions"]]
         _list(console, plural(len(long), "long caption"), long)
     errors = report["errors"]
     console.print(plural(errors, "error") if errors else "ok: no errors")
+
+
+def _print_dropped(console: Any, report: dict[str, Any]) -> None:
+    """A ``dropped:`` line per reason, the reasons of the whole data first, then those naming one file (a shard's
+    unreadable member), at most :data:`_SHOWN` in all; the damaged shards are listed with the errors."""
+    damage = {f"{item['shard']}: {item['reason']}" for item in report["damaged_shards"]}
+    files = set(report["files"])  # a set: a collection may have thousands of shards, each with its reason
+    dropped = [(reason, count) for reason, count in report["dropped"].items() if reason not in damage]
+    dropped.sort(key=lambda item: (item[0].partition(": ")[0] in files, item[0]))
+    for reason, count in dropped[:_SHOWN]:
+        console.print(f"dropped: {count} {reason}")
+    if len(dropped) > _SHOWN:
+        console.print(f"dropped: ... and {plural(len(dropped) - _SHOWN, 'more reason')} (--json lists all)")
 
 
 def _list(console: Any, heading: str, items: list[str]) -> None:

@@ -24,6 +24,7 @@ from captionkit.cli._common import (
     error_line,
     fail,
     fail_writing,
+    plural,
     progress_bar,
     quiet_libraries,
 )
@@ -94,9 +95,9 @@ def evaluate(
     """
     quiet_libraries()
     from captionkit.api import Captioner
-    from captionkit.cli.scoring import score_table
+    from captionkit.cli.scoring import DEFAULT_CLIP_MODEL, check_meteor_option, score_table
     from captionkit.data.sources import load_dataset
-    from captionkit.errors import CaptionkitError
+    from captionkit.errors import CaptionkitError, InputError
     from captionkit.evaluation.api import java_note, parse_metrics
     from captionkit.model_evaluation import (
         NoImageRead,
@@ -122,10 +123,15 @@ def evaluate(
         _check_as_validation(split=split, beams=beams, max_length=max_length, styles=styles)
     try:
         _check_outputs(output, report)  # before the data is read or any model loads: writing comes last
-        parse_metrics(metrics)  # before any model loads
+        chosen_metrics, _ = parse_metrics(metrics)  # before any model loads
+        if clip_model != DEFAULT_CLIP_MODEL and "CLIPScore" not in chosen_metrics:
+            # Only CLIPScore loads it: it was ignored without a word, and no CLIPScore came.
+            raise InputError("--clip-model", "only with --metrics naming CLIPScore: nothing else reads it")
+        check_meteor_option(meteor, metrics)
         request = decoding_flags(beams=beams, max_length=max_length)
         trained = TrainedOn.read(model)
         loaded = load_dataset(data)
+        _note_damaged_shards(data, loaded.dropped, loaded.files)
         _check_not_inputs(output, report, [*loaded.files, *(r.image_path for r in loaded.records), lexicon])
         own_data = _OwnData(trained, data, loaded.files)
         records = _split_as_trained(
@@ -216,8 +222,8 @@ def evaluate(
         try:
             report.parent.mkdir(parents=True, exist_ok=True)  # as --output's directory is made
             write_evaluation_report(report, result.results, result.metrics)
-        except OSError as error:
-            fail_writing(report, error)
+        except OSError as error:  # named by its flag, as --output's errors are
+            fail_writing(report, error, "--report")
     # A metric --metrics asked for and could not get (SPICE without Java) makes the figures partial, as in score.
     raise typer.Exit(EXIT_PARTIAL if result.metrics["failed_images"] or result.missing else EXIT_OK)
 
@@ -237,6 +243,22 @@ def _notes(result: ModelEvaluation) -> list[str]:
         verb = "is" if empty == 1 else "are"
         notes.append(f"{empty} of the {len(captions)} captions {verb} empty, scored as captions (0 on their images)")
     return list(dict.fromkeys(notes))
+
+
+def _note_damaged_shards(data: str, dropped: dict[str, int], files: list[Path]) -> None:
+    """A note on stderr when shards of the data are torn or damaged: their samples past the damage are in no figure,
+    which was said nowhere (``data check`` lists every damage as an error)."""
+    from captionkit.data.check import damaged_shards
+
+    damaged = damaged_shards(dropped, files)
+    if damaged:
+        shards = plural(len({item["shard"] for item in damaged}), "damaged shard")
+        first = f"{damaged[0]['shard']}: {damaged[0]['reason']}"
+        print(
+            f"captionkit: note: {data}: {shards} (first: {first}); the samples lost there are in no figure "
+            "(captionkit data check lists every damage)",
+            file=sys.stderr,
+        )
 
 
 def _naming_data(error: CaptionkitError, data: str) -> str:

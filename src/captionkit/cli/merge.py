@@ -128,7 +128,7 @@ def _write_merged(result: MergeResult, output: Path, fmt: str) -> None:
         if isinstance(error, CaptionkitError):
             fail(str(error))  # a part unreadable midway
         if isinstance(error, OSError):
-            fail_writing(output, error)
+            fail_writing(output, error, "--output")
         raise
 
 

@@ -20,15 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from captionkit.cli._common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PARTIAL,
     check_not_overwriting,
     error_line,
     fail,
+    fail_writing,
     plural,
     without_cyclic_gc,
 )
-from captionkit.files import cannot_write, check_output_file, url_of, write_atomic
+from captionkit.files import check_output_file, url_of, write_atomic
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_METEOR = "python"
@@ -89,6 +91,17 @@ def score_table(scores: dict[str, Any]) -> str:
     )
 
 
+def check_meteor_option(meteor: str, metrics: str | None) -> None:
+    """Refuse a METEOR engine (``--meteor java``) for ``metrics`` that leave METEOR out, where it was ignored without
+    a word (score and evaluate)."""
+    from captionkit.errors import InputError
+    from captionkit.evaluation.api import parse_metrics
+    from captionkit.evaluation.meteor import check_engine
+
+    if check_engine(meteor) != DEFAULT_METEOR and "METEOR" not in parse_metrics(metrics)[0]:
+        raise InputError("--meteor", "only with --metrics naming METEOR: nothing else reads it")
+
+
 @without_cyclic_gc
 def run_score(
     refs: Path,
@@ -119,6 +132,11 @@ def run_score(
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
         text_metrics, wants_clip = split_image_metrics(metrics)
+        clip_flags = (("--images", images is not None), ("--clip-model", clip_model != DEFAULT_CLIP_MODEL))
+        unused = [flag for flag, given in clip_flags if given and not wants_clip]
+        if unused:  # only CLIPScore reads them: they were ignored without a word, and no CLIPScore came
+            raise InputError(unused[0], "only with --metrics naming CLIPScore: nothing else reads it")
+        check_meteor_option(meteor, metrics)
         if wants_clip and images is None:
             raise InputError("--images", "CLIPScore needs the directory of the images")
         if wants_clip and images is not None and not images.is_dir():
@@ -166,10 +184,14 @@ def run_score(
             try:
                 per_image.parent.mkdir(parents=True, exist_ok=True)  # as the other commands make their outputs' folders
                 write_atomic(per_image, json.dumps(payload, indent=1) + "\n")
-            except OSError as error:
-                raise InputError(per_image, cannot_write(error)) from None
+            except OSError as error:  # named by its flag, as every output error of score and evaluate is
+                fail_writing(per_image, error, "--per-image")
     except InputError as error:
         fail(error_line(error))
+    except KeyboardInterrupt:  # Python's answer is a traceback from wherever the scoring was
+        written = f"; {per_image} not written" if per_image is not None else ""
+        print(f"captionkit: interrupted: no scores printed{written}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     result = {k: _json_value(v) for k, v in evaluation.to_dict().items()}
     print(json.dumps(result))
     print(score_table(evaluation.scores), file=sys.stderr)

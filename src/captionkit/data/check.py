@@ -12,7 +12,7 @@ import re
 import stat
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,10 @@ NO_SPLIT = "none"
 #: Captions of more words are listed as a warning: a real caption is a sentence or two, and a much longer one is
 #: usually a parsing accident (a quote left open in a table swallowing the rows after it).
 LONG_CAPTION_WORDS = 100
+#: Words of a reason a shard reader dropped a sample for (``SHARD: REASON``) that mean damage to the shard itself, as
+#: :mod:`captionkit.shards.tar` words it: a copy cut short, garbage between members. Not one bad sample but a file
+#: that lost an unknown number of them, which the user must see as an error.
+_SHARD_DAMAGE = ("torn tar", "damaged tar")
 
 
 def caption_words(caption: str) -> list[str]:
@@ -55,6 +59,25 @@ def split_counts(records: Sequence[CaptionRecord]) -> dict[str, Any]:
         "styles": {style: styles.get(style, 0) for style in STYLES},
         "caption_words": length_stats([len(caption_words(record.caption)) for record in records]),
     }
+
+
+def damaged_shards(dropped: Mapping[str, int], files: Sequence[Path]) -> list[dict[str, Any]]:
+    """The reasons in ``dropped`` (a reader's reason -> count) that are damage to one of the tar shards ``files``:
+    ``{"shard", "reason"}`` each (the reason names where), in the order of ``files``. The shard's other samples
+    stay read."""
+    shards = {str(path): position for position, path in enumerate(files) if path.suffix.lower() == ".tar"}
+    found: list[tuple[int, dict[str, Any]]] = []
+    for reason in dropped:
+        if not any(words in reason for words in _SHARD_DAMAGE):
+            continue
+        # The reason names its shard first (``SHARD: ...``); a path may hold ": " itself, so each cut is tried.
+        cut = reason.find(": ")
+        while cut != -1 and reason[:cut] not in shards:
+            cut = reason.find(": ", cut + 2)
+        if cut != -1:
+            entry = {"shard": reason[:cut], "reason": reason[cut + 2 :]}
+            found.append((shards[reason[:cut]], entry))
+    return [entry for _, entry in sorted(found, key=lambda item: item[0])]
 
 
 def _long_captions(records: Sequence[CaptionRecord]) -> list[dict[str, Any]]:

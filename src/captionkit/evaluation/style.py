@@ -30,7 +30,7 @@ from captionkit.data.formats.senticap import SENTIMENTS as SENTICAP_SENTIMENTS
 from captionkit.data.records import STYLES
 from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import tokenize_captions
-from captionkit.files import write_atomic
+from captionkit.files import read_text, write_atomic
 from captionkit.jsontext import parse_json
 
 # Function words of captions: not content (whatever their style evidence).
@@ -152,16 +152,15 @@ def senticap_sentiment_words(path: str | Path) -> dict[str, str]:
     and as a style word it would count as sentiment evidence and drop out of content matching. A word marked with
     both sentiments is kept only where one has at least three times the other's votes.
     """
+    text = read_text(Path(path))  # one line for a missing, UTF-16 ("save it as UTF-8"), Latin-1 or empty file
     try:
-        data = parse_json(Path(path).read_text(encoding="utf-8"), path)
+        data = parse_json(text, path)
         if not isinstance(data, dict) or "images" not in data:  # else Python's words: "list indices must be ..."
             raise InputError(path, 'expected an object {"images": [{"sentences": [...]}]}')
         images = data["images"]
     except InputError as error:
         raise InputError(path, f"not a SentiCap json ({error.reason})") from None
-    except OSError as error:
-        raise InputError(path, f"cannot be read ({error.strerror or error})") from None
-    except (UnicodeDecodeError, KeyError, TypeError) as error:
+    except (KeyError, TypeError) as error:
         raise InputError(path, f"not a SentiCap json ({error})") from None
     votes: dict[str, Counter[str]] = {}
     marked = 0
