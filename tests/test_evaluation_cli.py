@@ -502,6 +502,22 @@ def test_a_per_image_file_that_is_an_input_is_refused_before_scoring(
     assert {path: path.read_bytes() for path in kept} == kept
 
 
+def test_a_per_image_path_through_a_folder_yet_to_be_made_that_leads_to_an_input_is_refused(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sub/../cands.json names no file while sub is missing (samefile cannot stat it), but the command makes sub and
+    then wrote the scores over the candidates."""
+    monkeypatch.chdir(coco_candidates.parent)
+    kept = coco_candidates.read_bytes()
+    through = Path("sub") / ".." / coco_candidates.name
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates.name, "--metrics", "BLEU"]
+    code, out, err = run_cli([*args, "--per-image", through], capsys)
+    assert (code, out) == (1, "")
+    reason = f"{through} is also an input ({coco_candidates.name}); write the results to a new file"
+    assert err == f"captionkit: error: --per-image: {reason}\n"
+    assert coco_candidates.read_bytes() == kept and not (coco_candidates.parent / "sub").exists()
+
+
 def test_a_per_image_path_that_cannot_be_written_is_refused_before_scoring(
     coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -522,3 +538,54 @@ def test_a_per_image_file_in_a_folder_yet_to_exist_is_written(coco_candidates: P
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     assert set(json.loads(per_image.read_text())) == {"overall", "per_image"}
+
+
+def test_a_per_image_file_the_disk_refuses_is_one_line_naming_its_flag(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that failed after the checks (a full disk, /proc/x.json) said "FILE: cannot write (...)" without the
+    "--per-image:" every other output error of score and evaluate starts with."""
+    per_image = tmp_path / "scores.json"
+
+    def full_disk(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+        raise OSError(28, "No space left on device", os.fspath(source))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU", "--per-image", per_image]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: --per-image: {per_image}: cannot write (No space left on device)\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["captions.jsonl"]  # no staging file left
+
+
+def test_ctrl_c_while_scoring_exits_130_in_one_line(
+    coco_candidates: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during a long METEOR used to end score with a traceback from deep inside numpy."""
+    import captionkit.evaluation.api as api
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "score_captions", interrupted)
+    per_image = tmp_path / "scores.json"
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU", "--per-image", per_image]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (130, "")
+    assert err == f"captionkit: interrupted: no scores printed; {per_image} not written\n"
+    assert not per_image.exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "metric"),
+    [("--images", "photos", "CLIPScore"), ("--clip-model", "my-clip", "CLIPScore"), ("--meteor", "java", "METEOR")],
+)
+def test_metric_options_without_their_metric_are_refused_not_ignored(
+    coco_candidates: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, metric: str
+) -> None:
+    """--images DIR (or --clip-model, --meteor java) with metrics that leave its metric out scored as if it had not
+    been given: exit 0 and no CLIPScore (or METEOR), without a word."""
+    args = ["score", "--refs", COCO_SUBSET, "--cands", coco_candidates, "--metrics", "BLEU,CIDEr", flag, value]
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (1, "")
+    assert err == f"captionkit: error: {flag}: only with --metrics naming {metric}: nothing else reads it\n"

@@ -93,6 +93,20 @@ def test_check_output_file_refuses_a_directory_and_a_path_under_a_file(places: P
     assert str(error.value) == "--output: notadir/deeper/x.jsonl: notadir is not a directory"
 
 
+def test_check_output_file_refuses_a_device_or_fifo(tmp_path: Path):
+    """Outputs are staged beside and renamed over: over /dev/null (as root) that replaced the device node for every
+    program on the machine; a FIFO's reader would never get a byte."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for path in (Path(os.devnull), fifo):
+        with pytest.raises(InputError) as error:
+            check_output_file(path, "--per-image")
+        assert str(error.value) == f"--per-image: {path} is not a regular file (a device, FIFO or socket); name a file"
+    (tmp_path / "link").symlink_to(fifo)  # followed: /dev/stdout is a link
+    with pytest.raises(InputError, match="is not a regular file"):
+        check_output_file(tmp_path / "link", "--output")
+
+
 def test_check_output_dir_refuses_a_file_and_a_path_under_a_file(places: Path):
     check_output_dir(Path("emptydir"), "--output")
     check_output_dir(Path("dir.jpg"), "--output")
@@ -326,7 +340,7 @@ def refused_rename(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     ("flag", "path", "refused", "message"),
     [
         ("--output", "x.jsonl", "x.jsonl", "--output: x.jsonl: cannot write (No space left on device)"),
-        ("--report", "r.html", "r.html", "r.html: cannot write (No space left on device)"),
+        ("--report", "r.html", "r.html", "--report: r.html: cannot write (No space left on device)"),
     ],
 )
 def test_compare_names_the_file_it_could_not_write(
@@ -344,7 +358,7 @@ def test_compare_names_the_file_it_could_not_write(
     ("flag", "path", "refused", "message"),
     [
         ("--output", "eval", "metrics.json", "--output: eval/metrics.json: cannot write (No space left on device)"),
-        ("--report", "r.html", "r.html", "r.html: cannot write (No space left on device)"),
+        ("--report", "r.html", "r.html", "--report: r.html: cannot write (No space left on device)"),
     ],
 )
 def test_evaluate_names_the_file_it_could_not_write(

@@ -21,6 +21,7 @@ import codecs
 import contextlib
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -165,9 +166,21 @@ def check_output_file(path: Path, flag: str) -> None:
     ``flag``; a missing parent directory is fine (commands create it)."""
     if path.is_dir():
         raise InputError(flag, f"{path} is a directory")
+    if _is_special_file(path):
+        # Outputs are written beside and renamed over: over /dev/null or /dev/stdout that replaces the device (as
+        # root, for every program on the machine), over a FIFO the reader never gets a byte.
+        raise InputError(flag, f"{path} is not a regular file (a device, FIFO or socket); name a file")
     if os.path.lexists(path) and not os.access(path, os.W_OK):
         raise InputError(flag, f"{path} is not writable")
     _check_creatable_in(path, flag)
+
+
+def _is_special_file(path: Path) -> bool:
+    try:
+        mode = path.stat().st_mode  # through links: /dev/stdout is one
+    except OSError:  # missing, or a dangling link: written as a new file
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
 
 
 def check_output_dir(path: Path, flag: str, noun: str = "directory") -> None:

@@ -107,7 +107,10 @@ def check_not_overwriting(
     for source in (Path(item) for item in inputs if item is not None):
         # The names first: one string comparison per input, a system call only for a namesake.
         for flag, path in by_name.get(source.name, ()):
-            if same_file(source, path):
+            # A path through a folder yet to be made (sub/../cands.json) names no file samefile can stat, but once
+            # the command makes the folder, it writes over the input: compare where it leads.
+            unmade = not os.path.lexists(path) and source.resolve() == path.resolve()
+            if unmade or same_file(source, path):
                 raise InputError(flag, also_an_input(path, source))
 
 
