@@ -42,3 +42,24 @@ def test_os_errors_are_one_line_naming_the_file_asked_for(tmp_path, capsys):
     with pytest.raises(SystemExit):
         fail_writing("out.jsonl", bare, "--output")
     assert capsys.readouterr().err == "captionkit: error: --output: out.jsonl: cannot write (disk quota exceeded)\n"
+
+
+@pytest.mark.parametrize("command", [["score"], ["data", "check"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path, command: list[str]) -> None:
+    """`captionkit score ... | head -c 10`: the score command (run without typer) ended in a BrokenPipeError
+    traceback; the typer commands exit 1 without one, and so does score now."""
+    (tmp_path / "refs.json").write_text('{"a.jpg": ["a red square", "a square"]}')
+    (tmp_path / "cands.json").write_text('{"a.jpg": "a red square"}')
+    (tmp_path / "a.csv").write_text("image,caption\na.jpg,a red square\n")
+    arguments = {"score": ["--refs", "refs.json", "--cands", "cands.json"], "data": ["a.csv", "--no-images"]}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "captionkit.cli", *command, *arguments[command[0]]],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    child.stdout.close()  # the reader is gone before the first line is written
+    _, err = child.communicate(timeout=120)
+    assert (child.returncode, err) == (1, "")

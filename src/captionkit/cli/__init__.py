@@ -14,6 +14,17 @@ import sys
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``captionkit`` script: runs the command and exits with its code."""
+    try:
+        _run(argv)
+    except BrokenPipeError:
+        # The reader of stdout left (`captionkit score ... | head -c 10`): nothing more can reach it. Exit 1 without a
+        # traceback, as the typer commands do (click), with stdout on /dev/null so that the interpreter's last flush
+        # does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _run(argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["score"]:
         from captionkit.cli.scoring import parse_score_options, run_score
