@@ -331,3 +331,15 @@ def test_a_folder_of_captioned_photos_with_a_shard_beside_them_stays_a_folder(co
     assert [(r.image_id, r.caption) for r in result.records] == [
         (p.name, f"my caption {i}") for i, p in enumerate(photos[:2])
     ]
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"), [(b"", "empty file"), (b"junk" * 10, "40 bytes: shorter than one tar header")]
+)
+def test_a_shard_too_short_for_a_tar_header_says_so(tmp_path, content, reason):
+    # A 40-byte file of garbage was called "empty file".
+    shard = tmp_path / "00000.tar"
+    shard.write_bytes(content)
+    with pytest.raises(InputError) as caught:
+        load_dataset(shard)
+    assert str(caught.value) == f"{shard.resolve()}: not a readable tar file ({reason})"

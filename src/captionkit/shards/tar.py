@@ -82,7 +82,8 @@ def _walk(path: Path, handle: BinaryIO, size: int, samples: dict[str, TarSample]
         block = handle.read(BLOCK)
         if not block or len(block) < BLOCK:
             if offset == 0:
-                raise InputError(path, "not a readable tar file (empty file)")
+                what = f"{size} bytes: shorter than one tar header" if size else "empty file"
+                raise InputError(path, f"not a readable tar file ({what})")
             if not block and offset == size:
                 _damage(samples, offset, f"torn tar: cut at byte {offset}, between members (no end-of-archive blocks)")
             elif block or last is None:
