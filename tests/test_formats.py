@@ -357,7 +357,7 @@ def test_every_format_has_a_unique_name():
         (
             "c.json",
             json.dumps({"images": [], "annotations": [{"image_id": 7, "caption": "x"}]}),
-            "no captions (1 dropped: 1 caption of an image_id not in 'images')",
+            "no captions (1 dropped: 1 x caption of an image_id not in 'images')",
         ),
         ("c.json", json.dumps({"images": [], "annotations": []}), "no captions"),
         ("t.csv", "img,text\na.jpg,x\n", "no image and caption columns"),
@@ -370,7 +370,7 @@ def test_every_format_has_a_unique_name():
         ("t.csv", "image,caption\na.jpg,x,y\n", "expected 2 fields, got 3"),
         ("t.csv", "image,caption,style\na.jpg,x,happy\n", "unknown style 'happy'"),
         ("t.csv", "image,caption\n,x\n", "missing 'image'"),
-        ("t.csv", "image,caption\na.jpg,\n", "no captions (1 dropped: 1 empty caption)"),
+        ("t.csv", "image,caption\na.jpg,\n", "no captions (1 dropped: 1 x empty caption)"),
         ("t.jsonl", '{"image": "a.jpg", "txt": "x"}\n', "unknown key 'txt'"),
         ("t.jsonl", '{"image": "a.jpg", "caption": "x"}\n{oops\n', "invalid JSON"),
         ("t.jsonl", '{"image": "a.jpg", "caption": 3}\n', "'caption' must be a string, got int"),

@@ -212,3 +212,126 @@ def test_resuming_with_a_changed_model_says_the_change_is_not_applied(recipe, tm
         "(--no-resume starts over with the new values)\n"
     )
     assert "241,664 parameters" in err  # the tiny model, not the small one
+
+
+def test_a_resumed_run_records_the_model_and_tokenizer_it_kept(recipe, tmp_path, capsys):
+    """--resume with model.*/tokenizer.* changed trains the checkpoint's model: its saved configs (checkpoints and
+    the final model's train_config.json) recorded the new values, a vit-gpt2 model claiming to be a cnn-lstm."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    changes = ["--set", "model.family=cnn-lstm", "--set", "tokenizer.vocab_size=200", "--set", "train.steps=6"]
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--resume", *changes], capsys)
+    assert code == 0, err
+    assert "model.family, tokenizer.vocab_size: not applied" in err
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["captionkit"]["family"] == "vit-gpt2"
+    for saved in (out, out / "checkpoints" / "step-000006", out / "checkpoints" / "best"):
+        config = json.loads((saved / "train_config.json").read_text(encoding="utf-8"))
+        assert config["model"]["family"] == "vit-gpt2" and config["tokenizer"]["vocab_size"] == 300, saved
+        assert config["train"]["steps"] == 6  # the settings a resumed run does apply are the new ones
+    # The same command again is the same run (not a changed one to refuse).
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.steps=6"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["already_complete"] is True
+
+
+def test_unreadable_validation_images_are_said_counted_and_exit_2(tmp_path, capsys, single_thread):
+    """Validation left an unreadable image out of its loss and CIDEr-D without a word; now it is said once, listed in
+    trainer_state.json and the summary, and the run exits 2 as for training images."""
+    scenes = write_synthetic_dataset(tmp_path / "scenes", 16, 4, 0, seed=0, image_size=32)
+    broken = sorted((tmp_path / "scenes" / "images" / "val").glob("*.png"))[1]
+    broken.write_bytes(b"not a png")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"model:\n  preset: tiny\ntokenizer:\n  vocab_size: 300\ndata:\n  train: {scenes}\n  val: {scenes}\n"
+        "train:\n  steps: 4\n  batch_size: 16\n  eval_every: 2\n  eval_images: 4\n  threads: 1\n"
+        "  tensorboard: false\n"
+    )
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 2, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["unreadable_validation_images"] == 1 and summary["unreadable_images"] == 0
+    assert err.count(f"captionkit: skipping unreadable validation image {broken}: ") == 1  # two evaluations, once
+    assert err.endswith(
+        f"captionkit: skipped 1 validation image that could not be read (unreadable_validation_images in "
+        f"{out / 'trainer_state.json'})\n"
+    )
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert list(state["unreadable_validation_images"]) == [str(broken)] and state["unreadable_images"] == {}
+
+
+def _ctrl_c(*_: object, **__: object) -> None:
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    ("target", "said"),
+    [
+        (
+            "captionkit.training.run.prepared_setup",
+            "while setting up the run in {out} (reading the data, building the model and tokenizer), before its "
+            "first step: no checkpoint or model written",
+        ),
+        (
+            "captionkit.training.loop._loop",
+            "a second Ctrl-C stopped the run at step 0 without saving it: the same command resumes from the newest "
+            "checkpoint in {out}/checkpoints, if there is one",
+        ),
+        (
+            "captionkit.training.loop.finish",
+            "while saving the run at step 4 (its last checkpoint or final model): the same command resumes from the "
+            "newest complete checkpoint in {out}/checkpoints, if there is one",
+        ),
+        ("captionkit.config.load_recipe", "before training began: nothing written to {out}"),
+    ],
+)
+def test_ctrl_c_that_training_cannot_answer_with_a_checkpoint_says_what_it_stopped(
+    recipe, tmp_path, capsys, monkeypatch, target, said
+):
+    """Ctrl-C while the run was set up (the data read, the tokenizer built), or a second one in the loop, exited 130
+    with nothing on stderr."""
+    monkeypatch.setattr(target, _ctrl_c)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 130 and stdout == ""
+    assert err.splitlines()[-1] == "captionkit: interrupted: " + said.format(out=out)
+    assert not (out / "COMPLETE").exists()
+    if "finish" not in target:
+        assert not (out / "checkpoints").exists()
+
+
+def test_an_interrupted_run_says_where_it_saved_and_how_to_go_on(recipe, tmp_path, capsys, monkeypatch):
+    """SIGTERM or Ctrl-C saved a checkpoint and exited 0 with nothing on stderr to say so: only the summary's
+    "interrupted": true told the run from a finished one."""
+    import signal
+
+    from captionkit.training.run_log import RunLog
+
+    write = RunLog.write
+
+    def write_then_stop(self: RunLog, entry: dict) -> None:
+        write(self, entry)
+        if entry["step"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(RunLog, "write", write_then_stop)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["interrupted"] is True
+    checkpoint = out / "checkpoints" / "step-000002"
+    assert err.endswith(f"captionkit: interrupted at step 2: saved {checkpoint}; run the same command to continue\n")
+    assert (checkpoint / "COMPLETE").is_file()
+
+
+def test_a_finished_run_run_again_with_fewer_steps_keeps_its_settings(recipe, tmp_path, capsys):
+    """Nothing is trained when a run is resumed past its end, but its final model was written again with the new
+    command's settings: a model trained for 4 steps recorded train.steps 2."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress"], capsys)
+    assert code == 0, err
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress", "--set", "train.steps=2"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["already_complete"] is True
+    assert json.loads((out / "train_config.json").read_text(encoding="utf-8"))["train"]["steps"] == 4
+    assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["step"] == 4

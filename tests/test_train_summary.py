@@ -242,3 +242,20 @@ def test_two_equal_captions_of_an_image_count_twice_a_record_repeated_by_style_m
     other = CaptionRecord(Path("b.jpg"), "a cat", image_id="b")
     assert first == second
     assert _images_captions([first, second, other, first, other]) == "2 images, 3 captions"
+
+
+def test_one_of_a_thing_is_singular_and_the_result_has_the_logged_val_perplexity(scenes, tmp_path, caplog):
+    """The summary said "1 steps (1 epochs)" and "1 images, 1 captions"; the result's val_perplexity was exp of the
+    rounded val_loss, unrounded (232.18164084277976), beside the log's 4 places."""
+    first = json.loads(Path(scenes).read_text(encoding="utf-8").splitlines()[0])
+    one = tmp_path / "one.jsonl"
+    image = str(Path(scenes).parent / first["image"])
+    one.write_text(json.dumps(first | {"image": image, "split": None}) + "\n", encoding="utf-8")
+    config = config_for(scenes, "train.steps=1", "train.batch_size=23", f"data.val={one}")
+    with caplog.at_level(logging.INFO, logger="captionkit.training"):
+        result = train(config, tmp_path / "run")
+    said = messages(caplog)
+    assert "validation: 1 image, 1 caption, from data.val" in said
+    assert "cpu, fp32; 1 step (1 epoch), 23 captions a step" in said  # one of the 24 images validates
+    logged = result.history[-1]["val_perplexity"]
+    assert result.val_perplexity == logged == round(logged, 4)

@@ -313,7 +313,7 @@ def test_unreadable_and_missing_images_are_skipped_and_counted(scenes, tmp_path,
     assert result.steps == 5
     assert result.unreadable_images == 2 and result.skipped_samples >= 2
     assert result.empty_captions == 1
-    assert "dropped 1 empty training captions" in caplog.text
+    assert "dropped 1 empty training caption\n" in caplog.text + "\n"
     assert str(broken) in caplog.text and str(missing) in caplog.text
     state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
     assert set(state["unreadable_images"]) == {str(broken), str(missing)}

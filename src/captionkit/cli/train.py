@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_PARTIAL, fail, os_error_line, plural, quiet_libraries
+from captionkit.cli._common import EXIT_INTERRUPTED, EXIT_PARTIAL, fail, os_error_line, plural, quiet_libraries
 
 
 def train(
@@ -54,10 +54,7 @@ def train(
     SIGTERM or Ctrl-C saves a checkpoint and exits 0; run the same command again to continue. Under
     `torchrun --nproc-per-node N` the same command trains with N processes (data parallel).
     """
-    quiet_libraries()
-    from captionkit.config import load_recipe
     from captionkit.errors import CaptionkitError
-    from captionkit.training.loop import train as run_training
 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("captionkit: %(message)s"))
@@ -71,6 +68,11 @@ def train(
             print(json.dumps(entry), file=sys.stderr, flush=True)
 
     try:
+        # Inside the try: importing torch and transformers takes seconds, long enough for a Ctrl-C to land in.
+        quiet_libraries()
+        from captionkit.config import load_recipe
+        from captionkit.training.loop import train as run_training
+
         _check_paths(config, output)
         recipe = load_recipe(config, set_ or [])
         result = run_training(recipe, output, log=log, resume=resume, progress=progress)
@@ -78,6 +80,9 @@ def train(
         fail(str(error))
     except OSError as error:  # e.g. an output directory that cannot be written
         fail(os_error_line(error, output))
+    except KeyboardInterrupt as stopped:  # typer's own answer: a silent exit 130, no word of what was lost
+        _say_interrupted(stopped, output)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         training_logger.removeHandler(handler)
     summary = {
@@ -92,6 +97,7 @@ def train(
         "best_metric": result.best_metric,
         "skipped_samples": result.skipped_samples,
         "unreadable_images": result.unreadable_images,
+        "unreadable_validation_images": result.unreadable_validation_images,
         "empty_captions": result.empty_captions,
         "interrupted": result.interrupted,
         "stopped_early": result.stopped_early,
@@ -100,22 +106,51 @@ def train(
     }
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every process gets here; one summary is enough
         print(json.dumps(summary))
+        if result.interrupted:  # else a Ctrl-C's answer is the summary's "interrupted": true alone
+            print(f"captionkit: {_interrupted_line(result)}", file=sys.stderr)
     _exit_for_unreadable(result)
 
 
+def _interrupted_line(result: Any) -> str:
+    """What SIGTERM or Ctrl-C left: the checkpoint the loop saved, and how to go on."""
+    from captionkit.run_layout import CHECKPOINTS, step_name
+
+    checkpoint = result.output_dir / CHECKPOINTS / step_name(result.steps)
+    return f"interrupted at step {result.steps:,}: saved {checkpoint}; run the same command to continue"
+
+
+def _say_interrupted(stopped: KeyboardInterrupt, output: Path) -> None:
+    """One line for a Ctrl-C that training could not answer with a checkpoint (the loop's first one saves one and
+    returns instead): while the run was set up, at a second Ctrl-C, or before training was reached at all."""
+    from captionkit.training.stop import TrainingInterrupted
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every process gets the Ctrl-C; one line is enough
+        return
+    said = f"before training began: nothing written to {output}"
+    if isinstance(stopped, TrainingInterrupted):
+        said = str(stopped)
+    print(f"captionkit: interrupted: {said}", file=sys.stderr)
+
+
 def _exit_for_unreadable(result: Any) -> None:
-    """A finished run that skipped unreadable images is a partial result with its errors recorded: said on stderr,
-    exit 2 (as `caption`'s). An interrupted one keeps SIGTERM's exit 0 (its resume reports them at the end), and so
-    does a torchrun process, which torchrun would report as crashed."""
-    if not result.unreadable_images or result.interrupted:
+    """A finished run that skipped unreadable images (training or validation ones, left out of its figures) is a
+    partial result with its errors recorded: said on stderr, exit 2 (as `caption`'s). An interrupted one keeps
+    SIGTERM's exit 0 (its resume reports them at the end), and so does a torchrun process, which torchrun would
+    report as crashed."""
+    skipped = {
+        "training image": (result.unreadable_images, "unreadable_images"),
+        "validation image": (result.unreadable_validation_images, "unreadable_validation_images"),
+    }
+    if not any(number for number, _ in skipped.values()) or result.interrupted:
         return
     if int(os.environ.get("RANK", "0")) == 0:
-        images = plural(result.unreadable_images, "training image")
-        print(
-            f"captionkit: skipped {images} that could not be read (unreadable_images in "
-            f"{result.output_dir / 'trainer_state.json'})",
-            file=sys.stderr,
-        )
+        for noun, (number, key) in skipped.items():
+            if number:
+                print(
+                    f"captionkit: skipped {plural(number, noun)} that could not be read ({key} in "
+                    f"{result.output_dir / 'trainer_state.json'})",
+                    file=sys.stderr,
+                )
     if "RANK" not in os.environ:
         raise typer.Exit(EXIT_PARTIAL)
 

@@ -14,7 +14,7 @@ import torch
 from captionkit.run_layout import step_name
 from captionkit.training import checkpoint as ckpt
 from captionkit.training.curves import draw_curves
-from captionkit.training.resume import last_logged, publish_final_model
+from captionkit.training.resume import last_logged, publish_final_model, saved_train_config
 from captionkit.training.run import Run
 
 CURVES = "curves.png"
@@ -41,6 +41,7 @@ class TrainResult:
     # Resumed at or past its end (train.steps, or early stopping): nothing was trained, the final model rewritten.
     already_complete: bool = False
     train_perplexity: float | None = None
+    unreadable_validation_images: int = 0  # left out of the validation figures
 
 
 @dataclass
@@ -88,7 +89,11 @@ def finish(run: Run, now: Progress) -> TrainResult:
         run.run_log.close()
         draw_curves(state.history, run.run_dir / CURVES)
         if not interrupted:
-            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions)
+            # Resumed at or past its end, nothing trained: the model is the checkpoint's, and so are the settings it
+            # was trained with (not a lowered train.steps, say, that this command asked for and did not apply).
+            nothing_trained = run.resumed_from is not None and state.step == now.start_step
+            kept = saved_train_config(run.resumed_from) if nothing_trained and run.resumed_from else None
+            publish_final_model(run.run_dir, run.setup, run.config, state, run.empty_captions, kept)
     parallel.barrier()
     val_loss = state.val.get("val_loss")
     return TrainResult(
@@ -97,12 +102,13 @@ def finish(run: Run, now: Progress) -> TrainResult:
         seconds=state.seconds,
         train_loss=state.running_loss,
         val_loss=val_loss,
-        val_perplexity=math.exp(val_loss) if val_loss is not None else None,
+        val_perplexity=_val_perplexity(state.val),
         skipped_samples=state.skipped,
         history=state.history,
         val_cider=state.val.get("val_cider"),
         best_metric=state.best,
         unreadable_images=len(state.unreadable),
+        unreadable_validation_images=len(state.unreadable_val),
         empty_captions=run.empty_captions,
         interrupted=interrupted,
         stopped_early=now.stopped_early,
@@ -110,3 +116,12 @@ def finish(run: Run, now: Progress) -> TrainResult:
         already_complete=run.resumed_from is not None and state.step == now.start_step and not interrupted,
         train_perplexity=last_logged(state.history, "perplexity"),
     )
+
+
+def _val_perplexity(val: dict[str, float | None]) -> float | None:
+    """The last logged val_perplexity (rounded as the log rounds it: exp of the rounded val_loss would differ from
+    it); from val_loss, rounded alike, for a checkpoint that saved none."""
+    if val.get("val_perplexity") is not None:
+        return val["val_perplexity"]
+    val_loss = val.get("val_loss")
+    return round(math.exp(val_loss), 4) if val_loss is not None else None

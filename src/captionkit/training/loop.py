@@ -29,7 +29,7 @@ from captionkit.training.resume import LoopState, out_of_time_before, stopped_ea
 from captionkit.training.run import Run, deterministic_algorithms, prepare_run
 from captionkit.training.run_log import ProgressLine
 from captionkit.training.setup import Setup
-from captionkit.training.stop import StopSignal
+from captionkit.training.stop import StopSignal, TrainingInterrupted
 from captionkit.training.summary import stage_line
 from captionkit.training.timing import PhaseTimer
 
@@ -53,14 +53,31 @@ def train(
     discards the old checkpoints and starts over. ``progress`` shows a progress line on stderr.
     """
     with deterministic_algorithms(config.train.deterministic):
-        run = prepare_run(config, Path(output_dir), setup, resume)
+        try:
+            run = prepare_run(config, Path(output_dir), setup, resume)
+        except KeyboardInterrupt:  # before the StopSignal: Ctrl-C ends the process, which must say what it stopped
+            raise TrainingInterrupted(
+                f"while setting up the run in {output_dir} (reading the data, building the model and tokenizer), "
+                "before its first step: no checkpoint or model written"
+            ) from None
         try:
             shown = progress and run.parallel.is_main
             with StopSignal() as stop, ProgressLine(config.train.steps, run.state.step, shown) as line:
                 ended = _loop(run, stop, line, log or (lambda _: None))
+        except KeyboardInterrupt:  # StopSignal's second Ctrl-C: at once, without the checkpoint the first asked for
+            raise TrainingInterrupted(
+                f"a second Ctrl-C stopped the run at step {run.state.step} without saving it: the same command "
+                f"resumes from the newest checkpoint in {run.checkpoints}, if there is one"
+            ) from None
         finally:
             run.close()
-        result = finish(run, ended)
+        try:
+            result = finish(run, ended)
+        except KeyboardInterrupt:  # outside the StopSignal too: the checkpoints and the model are written atomically
+            raise TrainingInterrupted(
+                f"while saving the run at step {run.state.step} (its last checkpoint or final model): the same "
+                f"command resumes from the newest complete checkpoint in {run.checkpoints}, if there is one"
+            ) from None
         run.step.module = None  # the DDP module, and its reducer, before the process group (Distributed.close)
         run.parallel.close()
         return result
@@ -177,6 +194,10 @@ def _log(
         assert run.validation is not None
         step = run.step
         entry |= run.validation(run.setup.model, run.setup.tokenizer, run.config, step.device, step.autocast)
+        for image, reason in run.validation.unreadable.items():  # said once, as draw_micro_batches says its own
+            if image not in state.unreadable_val:
+                state.unreadable_val[image] = reason
+                logger.warning("skipping unreadable validation image %s: %s", image, reason)
         state.val = {k: entry[k] for k in ("val_loss", "val_perplexity", "val_cider") if k in entry}
         if state.improved(run.config.train.best_metric):
             run.save(ckpt.BEST, every_rank=False)

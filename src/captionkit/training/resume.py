@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from captionkit.config import TrainConfig
+from captionkit.config import ModelSection, TokenizerSection, TrainConfig, from_dict
 from captionkit.errors import ConfigError, InputError
 from captionkit.jsontext import parse_json
 from captionkit.run_layout import latest_checkpoint
@@ -62,6 +62,7 @@ class LoopState:
     seconds: float = 0.0
     skipped: int = 0
     unreadable: dict[str, str] = field(default_factory=dict)  # image path -> reason
+    unreadable_val: dict[str, str] = field(default_factory=dict)  # validation's, likewise (left out of its figures)
     best: float | None = None
     evals_since_best: int = 0
     val: dict[str, float | None] = field(default_factory=dict)
@@ -139,6 +140,33 @@ def find_resume_checkpoint(config: TrainConfig, checkpoints: Path, resume: bool 
                 ", ".join(ignored),
             )
     return latest
+
+
+def keep_checkpoint_model(config: TrainConfig, checkpoint: Path) -> TrainConfig:
+    """``config`` with the ``model`` and ``tokenizer`` sections of the run that wrote ``checkpoint``. A resumed run
+    trains the checkpoint's model and tokenizer (setup.from_checkpoint) whatever the recipe now says of them, so the
+    configs it saves (checkpoints, the final model's train_config.json) must name those, not the changed values that
+    :func:`find_resume_checkpoint` said were not applied. A saved section that no longer reads leaves ``config`` as
+    it is."""
+    saved = saved_train_config(checkpoint)
+    if saved is None:
+        return config
+    try:
+        model = from_dict(ModelSection, saved["model"], "model")
+        tokenizer = from_dict(TokenizerSection, saved["tokenizer"], "tokenizer")
+    except (InputError, KeyError):  # InputError: ConfigError too
+        return config
+    return dataclasses.replace(config, model=model, tokenizer=tokenizer)
+
+
+def saved_train_config(checkpoint: Path) -> dict[str, Any] | None:
+    """The config of the run that wrote ``checkpoint`` (its trainer_state.json), None where it cannot be read."""
+    try:
+        saved = parse_json((checkpoint / ckpt.TRAINER_STATE).read_text(encoding="utf-8"), checkpoint, non_finite=True)
+        config = saved["train_config"]
+    except (OSError, InputError, KeyError, TypeError):
+        return None
+    return config if isinstance(config, dict) else None
 
 
 def _refuse_another_finished_model(config: TrainConfig, run_dir: Path) -> None:
@@ -229,10 +257,16 @@ def restore_training_checkpoint(
 
 
 def publish_final_model(
-    run_dir: Path, setup: Setup, config: TrainConfig, state: LoopState, empty_captions: int
+    run_dir: Path,
+    setup: Setup,
+    config: TrainConfig,
+    state: LoopState,
+    empty_captions: int,
+    train_config: dict[str, Any] | None = None,
 ) -> None:
     """The trained model written into the run directory (files replaced one by one, COMPLETE last), with the
-    run's summary as its trainer_state.json."""
+    run's summary as its trainer_state.json and ``train_config`` (``config``'s, unless given) as its
+    train_config.json."""
     final_state = {
         "step": state.step,
         "seconds": round(state.seconds, 2),
@@ -243,13 +277,15 @@ def publish_final_model(
         "best_metric": state.best,
         "skipped_samples": state.skipped,
         "unreadable_images": state.unreadable,
+        "unreadable_validation_images": state.unreadable_val,
         "empty_captions": empty_captions,
         "history": state.history,
         "captionkit_version": __version__,
     }
     setup.model.eval()
     staging = run_dir / f".final.tmp-{time.time_ns()}"
-    ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, config.to_dict(), final_state)
+    saved_config = config.to_dict() if train_config is None else train_config
+    ckpt.save_checkpoint(staging, setup.model, setup.tokenizer, setup.preprocessing, saved_config, final_state)
     ckpt.publish_files(staging, run_dir)
 
 

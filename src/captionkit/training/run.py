@@ -32,6 +32,7 @@ from captionkit.training.resume import (
     LoopState,
     broadcast_path,
     find_resume_checkpoint,
+    keep_checkpoint_model,
     restore_training_checkpoint,
     save_training_checkpoint,
     saved_steps,
@@ -59,7 +60,7 @@ from captionkit.training.steps import (
     autocast_for,
     make_placeholder,
 )
-from captionkit.training.summary import log_summary, resume_line, summary_lines
+from captionkit.training.summary import log_summary, plural, resume_line, summary_lines
 from captionkit.training.validation import Validation
 
 logger = logging.getLogger("captionkit.training")
@@ -192,6 +193,8 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     resume_from = find_resume_checkpoint(config, run_dir / CHECKPOINTS, resume) if parallel.is_main else None
     if parallel.enabled:
         resume_from = broadcast_path(resume_from)
+    if resume_from is not None:
+        config = keep_checkpoint_model(config, resume_from)
     seed_everything(config.train.seed + parallel.rank)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -235,7 +238,7 @@ def _usable_records(config: TrainConfig, setup: Setup) -> tuple[list[CaptionReco
     train_records, empty = drop_empty_captions(setup.train_records)
     empty += setup.empty_captions
     if empty:
-        logger.warning("dropped %d empty training captions", empty)
+        logger.warning("dropped %s", plural(empty, "empty training caption"))
     if setup.train_shards is not None:
         return [], empty
     if not train_records:
@@ -279,7 +282,7 @@ def _cache_images(data: CaptionDataset) -> None:
     there), and the end."""
     started = time.perf_counter()
     total = len({str(record.image_path) for record in data.records})
-    logger.info("caching %d images", total)
+    logger.info("caching %s", plural(total, "image"))
     every = max(1, total // 10)
     last = started
 
@@ -318,7 +321,7 @@ def _training_data(
     started = time.perf_counter()
     features = encode_images(setup.model, data, records, device, config.train.batch_size, autocast)
     seconds = time.perf_counter() - started
-    logger.info("encoder frozen: cached features of %d images in %.1f s", len(features), seconds)
+    logger.info("encoder frozen: cached features of %s in %.1f s", plural(len(features), "image"), seconds)
     return _dataset(config, setup, records, features)
 
 

@@ -215,10 +215,13 @@ def _records(
                 "data.val other images, or leave it empty to hold out data.val_fraction of data.train)"
             )
         elif held_out:
+            which = f"{held_out} images that are validation or test images"
+            if held_out == 1:
+                which = "1 image that is a validation or test image"
             logger.info(
-                "data.train: left out %d images that are validation or test images (data.val, or another split of "
-                "the data), so that no score is over images the run trained on",
-                held_out,
+                "data.train: left out %s (data.val, or another split of the data), so that no score is over images "
+                "the run trained on",
+                which,
             )
     else:
         train_records, val_records = split_by_image(records, config.data.val_fraction, config.train.seed)

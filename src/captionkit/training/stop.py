@@ -29,3 +29,8 @@ class StopSignal:
     def __exit__(self, *exc_info: object) -> None:
         for number, handler in self._previous.items():
             signal.signal(number, handler)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training where no checkpoint is saved first (while the run is set up, or at a second Ctrl-C);
+    its message says what was being done and what was kept, for the CLI's one line."""

@@ -37,6 +37,13 @@ def count(number: float) -> str:
     return f"{number:,.0f}"
 
 
+def plural(number: float, noun: str, shown: str | None = None) -> str:
+    """``plural(1, "image")`` -> "1 image", ``plural(1200, "image")`` -> "1,200 images"; ``shown``: the number
+    as written, when not as an integer (the noun is singular when it reads "1")."""
+    written = f"{number:,.0f}" if shown is None else shown
+    return f"{written} {noun}" if written == "1" else f"{written} {noun}s"
+
+
 def summary_lines(
     config: TrainConfig,
     setup: Setup,
@@ -61,13 +68,13 @@ def _images_captions(records: Sequence[CaptionRecord]) -> str:
     # Style mixing repeats record objects: each counts once (two equal captions of an image are two captions).
     distinct = {id(record): record for record in records}.values()
     images = len({record.image_path for record in distinct})
-    return f"{images:,} images, {len(distinct):,} captions"
+    return f"{plural(images, 'image')}, {plural(len(distinct), 'caption')}"
 
 
 def _train_data(setup: Setup, records: Sequence[CaptionRecord], empty_captions: int) -> str:
     if setup.train_shards is not None:
         shards = setup.train_shards
-        line = f"train data: {shards.size:,} captions in {len(shards.shards)} shards (streamed)"
+        line = f"train data: {plural(shards.size, 'caption')} in {plural(len(shards.shards), 'shard')} (streamed)"
     else:
         line = f"train data: {_images_captions(records)}"
         several = [source for source in setup.sources if source.records]
@@ -160,15 +167,17 @@ def _schedule(config: TrainConfig, device: torch.device, world_size: int, sample
     if device.type == "cuda":
         where += f" ({torch.cuda.get_device_name(device)})"
     per_step = train.batch_size * train.grad_accumulation * world_size
-    unit = "images" if train.objective == "scst" else "captions"
+    unit = "image" if train.objective == "scst" else "caption"
     parts = [f"batch {train.batch_size}"]
     if train.grad_accumulation > 1:
         parts.append(f"{train.grad_accumulation} accumulated")
     if world_size > 1:
         parts.append(f"{world_size} processes")
-    batch = f"{per_step:,} {unit} a step" + (f" ({' x '.join(parts)})" if len(parts) > 1 else "")
-    epochs = f" ({train.steps * per_step / samples:.3g} epochs)" if samples and train.objective != "scst" else ""
-    line = f"{where}, {train.precision}; {train.steps:,} steps{epochs}, {batch}"
+    batch = f"{plural(per_step, unit)} a step" + (f" ({' x '.join(parts)})" if len(parts) > 1 else "")
+    epochs = ""
+    if samples and train.objective != "scst":
+        epochs = f" ({plural(0, 'epoch', f'{train.steps * per_step / samples:.3g}')})"
+    line = f"{where}, {train.precision}; {plural(train.steps, 'step')}{epochs}, {batch}"
     workers = config.data.workers
     cpus = usable_cpus()
     if workers > cpus:  # torch's own warning about it is silenced (run.py): said once here instead
@@ -196,7 +205,7 @@ def resume_line(config: TrainConfig, state: LoopState, checkpoint: Path, old_ste
     if stopped_early_before(config, state):
         patience = config.train.patience
         return (
-            f"already stopped early at step {step:,} ({state.evals_since_best} evaluations without a better "
+            f"already stopped early at step {step:,} ({plural(state.evals_since_best, 'evaluation')} without a better "
             f"{config.train.best_metric}, train.patience {patience}): nothing to train (raise train.patience to go on)"
         )
     if out_of_time_before(config, state):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,14 +34,18 @@ def evaluate_loss(
     device: torch.device,
     max_batches: int = 0,
     autocast: Autocast = nullcontext,
+    unreadable: dict[str, str] | None = None,
 ) -> float:
-    """Mean token NLL over (at most ``max_batches`` batches of) ``loader``; restores train mode after."""
+    """Mean token NLL over (at most ``max_batches`` batches of) ``loader``; restores train mode after. The images
+    that could not be read are left out, and put in ``unreadable`` (path -> reason) when given."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for index, batch in enumerate(loader):
         if max_batches and index >= max_batches:
             break
+        if unreadable is not None:
+            unreadable.update((bad.image, bad.reason) for bad in batch.unreadable)
         if not len(batch):
             continue
         ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
@@ -136,17 +140,18 @@ def validation_cider(
     device: torch.device,
     batch_size: int = 32,
     styles: Collection[str] = (),
+    unreadable: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """CIDEr-D (pycocoevalcap's "CIDEr") of greedy captions of validation images (``max_images`` of them, per style
     for a run with ``styles``, the run's ``data.styles``), each style's captions started from its start token and
     scored against its references (:func:`style_references`). A style without a readable image or a finite score is
-    left out."""
+    left out; the images that could not be read are put in ``unreadable`` (path -> reason) when given."""
     per_style: dict[str, float] = {}
     for style, refs in style_references(dataset.records, styles, max_images).items():
         decoding = DecodingConfig(
             max_new_tokens=max_new_tokens, start_token_id=validation_start_token(tokenizer, style)
         )
-        candidates = _greedy_captions(model, tokenizer, dataset, refs, decoding, device, batch_size)
+        candidates = _greedy_captions(model, tokenizer, dataset, refs, decoding, device, batch_size, unreadable)
         if not candidates:
             continue
         scored = {image_id: [r.caption for r in refs[image_id]] for image_id in candidates}
@@ -164,15 +169,20 @@ def _greedy_captions(
     decoding: DecodingConfig,
     device: torch.device,
     batch_size: int,
+    unreadable: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Image id -> the caption ``decoding`` gives, for each image of ``refs`` whose pixels can be read."""
+    """Image id -> the caption ``decoding`` gives, for each image of ``refs`` whose pixels can be read (the others
+    in ``unreadable``, path -> reason, when given)."""
     candidates: dict[str, str] = {}
     ids = list(refs)
     for start in range(0, len(ids), batch_size):
         chunk, pixels = [], []
         for image_id in ids[start : start + batch_size]:
             found = dataset.pixels_of(refs[image_id][0])
-            if not isinstance(found, Unreadable):
+            if isinstance(found, Unreadable):
+                if unreadable is not None:
+                    unreadable[found.image] = found.reason
+            else:
                 chunk.append(image_id)
                 pixels.append(found)
         if not chunk:
@@ -190,6 +200,9 @@ class Validation:
 
     loader: DataLoader
     data: CaptionDataset
+    # Validation images that could not be read (path -> reason), left out of the figures: the loop counts and says
+    # them as it does training images.
+    unreadable: dict[str, str] = field(default_factory=dict)
 
     def __call__(
         self,
@@ -201,12 +214,13 @@ class Validation:
     ) -> dict[str, Any]:
         """The log entry's validation keys: val_loss, val_perplexity and, with ``train.eval_images``, val_cider (and
         val_cider_<style> for a run validated in several styles)."""
-        val_loss = evaluate_loss(model, self.loader, device, config.train.eval_batches, autocast)
+        val_loss = evaluate_loss(model, self.loader, device, config.train.eval_batches, autocast, self.unreadable)
         entry: dict[str, Any] = {"val_loss": round(val_loss, 5), "val_perplexity": round(math.exp(val_loss), 4)}
         if config.train.eval_images:
             max_new_tokens = caption_budget(config.data.max_length, model.max_positions)
             per_style = validation_cider(
-                model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device, styles=config.data.styles
-            )
+                model, tokenizer, self.data, config.train.eval_images, max_new_tokens, device,
+                styles=config.data.styles, unreadable=self.unreadable,
+            )  # fmt: skip
             entry |= validation_cider_entries(per_style)
         return entry

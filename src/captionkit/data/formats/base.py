@@ -80,7 +80,9 @@ class Collector:
 
 
 def format_dropped(dropped: dict[str, int]) -> str:
-    return ", ".join(f"{count} {reason}" for reason, count in sorted(dropped.items()))
+    """``2 x empty caption, 1 x ...``: a count and a reason (a noun phrase in the singular), as the training summary
+    writes them ("2 empty caption" read wrong)."""
+    return ", ".join(f"{count} x {reason}" for reason, count in sorted(dropped.items()))
 
 
 def first_sentence(images: list[Any]) -> Any:
