@@ -262,6 +262,36 @@ def test_missing_paths_are_refused_without_the_network(tmp_path: Path, monkeypat
         VitGpt2Model.from_pretrained("file.txt")
 
 
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        # Without an eos anywhere transformers fills in GPT-2's 50256: captions never ended, exit 0.
+        ({"eos_token_id": None}, "eos_token_id 50256"),
+        # Refused only at captioning, as "start_token_id", a decoding option nobody set.
+        ({"decoder_start_token_id": 99999}, "decoder_start_token_id 99999"),
+    ],
+)
+def test_special_ids_outside_the_vocabulary_are_refused_at_load(
+    edit: dict[str, Any], reason: str, tmp_path: Path
+) -> None:
+    from _hub_parts import save_gpt2, save_vit, save_vit_gpt2_t4
+
+    run = save_vit_gpt2_t4(tmp_path / "run", save_vit(tmp_path / "vit"), save_gpt2(tmp_path / "gpt2"))
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    for settings in (config, config["decoder"]):  # nlpconnect's layout keeps the ids in both
+        for key, value in edit.items():
+            if value is None:
+                settings.pop(key, None)
+            else:
+                settings[key] = value
+    (run / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(ModelLoadError) as raised:
+        VitGpt2Model.from_pretrained(run)
+    assert str(raised.value) == (
+        f"{run}: {reason} is not a token id of its decoder's vocabulary [0, 320): set it in config.json"
+    )
+
+
 # Nothing listens on the discard port: a connection there is refused at once.
 UNREACHABLE = "http://127.0.0.1:9"
 MISSING = "captionkit-tests/no-such-model"

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2TokenizerFast
 
-from captionkit.errors import ModelLoadError
+from captionkit.errors import ModelLoadError, first_line
 from captionkit.files import honour_umask
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
@@ -56,8 +56,13 @@ class CaptionerParts:
         ``dtype`` (None: fp32) is the one the model's weights are built and read in."""
         source = resolve_model_source(name_or_dir)
         refuse_export(source, name_or_dir)
-        model = load_model(source, dtype=dtype)
-        return cls(model, load_tokenizer(model, tokenizer or source), Preprocessing.load(source), source)
+        # None is fp32 here, not a Hugging Face checkpoint's stored dtype: an fp16 upload read as stored failed the
+        # first training step under autocast ("Unexpected floating ScalarType in at::autocast::prioritize").
+        model = load_model(source, dtype=dtype or torch.float32)
+        words = load_tokenizer(model, tokenizer or source)
+        if tokenizer is not None:
+            fit_vocabulary(model, words, tokenizer, name_or_dir)
+        return cls(model, words, Preprocessing.load(source), source)
 
     def save(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -67,6 +72,17 @@ class CaptionerParts:
         self.tokenizer.save(directory)
         self.preprocessing.save(directory)
         honour_umask(directory)
+
+
+def fit_vocabulary(model: CaptionModel, tokenizer: CaptionTokenizer, name: str | Path, model_name: str | Path) -> None:
+    """Other tokenizer files than the model's own: tokens it adds get new rows (as for parts, or style tokens), where
+    a caption holding one failed training with "index out of range"; fewer tokens than the model's vocabulary mean
+    ids the model generates that it cannot write, so they are not this model's tokenizer."""
+    if tokenizer.vocab_size > model.vocab_size:
+        model.resize_vocabulary(tokenizer.vocab_size)
+    elif tokenizer.vocab_size < model.vocab_size:
+        reason = f"has {tokenizer.vocab_size} tokens, fewer than the {model.vocab_size} of {model_name}'s vocabulary"
+        raise ModelLoadError(name, f"{reason}: not this model's tokenizer")
 
 
 def refuse_export(directory: Path, name: str | Path) -> None:
@@ -83,15 +99,25 @@ def load_tokenizer(model: CaptionModel, source: str | Path) -> CaptionTokenizer:
     """The tokenizer files in ``source``, with ``model``'s special token ids."""
     ids = (model.bos_token_id, model.eos_token_id, model.pad_token_id)
     directory = resolve_model_source(source)
-    if model.family in GPT2_DECODER_FAMILIES and _unnamed_bpe_pair(directory):
-        return CaptionTokenizer(GPT2TokenizerFast.from_pretrained(str(directory)), *ids)
+    if not any(next(directory.glob(pattern), None) for pattern in TOKENIZER_FILE_PATTERNS):
+        # transformers' own words here ("Couldn't instantiate the backend tokenizer from one of: ") name nothing,
+        # and for a BERT model_type (BLIP, GIT) it builds a tokenizer of the special tokens alone, whose captions
+        # would all be empty.
+        raise ModelLoadError(source, NO_TOKENIZER)
     try:
+        if model.family in GPT2_DECODER_FAMILIES and _unnamed_bpe_pair(directory):
+            return CaptionTokenizer(GPT2TokenizerFast.from_pretrained(str(directory)), *ids)
         return CaptionTokenizer.load(directory, *ids)
     except ModelLoadError as error:
-        if any(next(directory.glob(pattern), None) for pattern in TOKENIZER_FILE_PATTERNS):
-            raise ModelLoadError(source, error.reason) from None
-        # transformers' own words here ("Couldn't instantiate the backend tokenizer from one of: ") name nothing.
-        raise ModelLoadError(source, NO_TOKENIZER) from None
+        raise ModelLoadError(source, error.reason) from None
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(source, f"cannot load a tokenizer ({first_line(error)})") from None
+    except Exception as error:
+        # The Rust tokenizers raise a bare Exception for a file they cannot parse ("Error while initializing BPE:
+        # expected value at line 1 column 1" for a damaged vocab.json or merges.txt); anything else is a bug.
+        if type(error) is not Exception:
+            raise
+        raise ModelLoadError(source, f"cannot load a tokenizer ({first_line(error)})") from None
 
 
 def _unnamed_bpe_pair(directory: Path) -> bool:

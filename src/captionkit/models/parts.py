@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import AutoModel, CLIPVisionModel, GPT2LMHeadModel, PreTrainedModel, SiglipVisionModel
 
 from captionkit.errors import ModelLoadError
@@ -41,6 +42,10 @@ _VISION_TOWERS: dict[str, type[PreTrainedModel]] = {
 # transformers' load report, which would list these (and GPT-2's new cross-attention, CLIP's text tower left behind)
 # as problems.
 _UNUSED_WEIGHT = "pooler."
+# A new captioner is built in fp32 (train.precision autocasts): a part stored in fp16 or bf16 (config.json's
+# torch_dtype, or none, which transformers reads as "as stored") would otherwise come in half and meet fp32 layers
+# around it ("mat1 and mat2 must have the same dtype"). The upcast is exact, so every weight is kept unchanged.
+PART_DTYPE = torch.float32
 _CROSS_ATTENTION = (".crossattention.", ".ln_cross_attn.")
 
 
@@ -59,7 +64,9 @@ def load_vision_encoder(source: str | Path, kinds: tuple[str, ...] = VISION_TRAN
     if model_type not in kinds:
         raise ModelLoadError(source, f"is a {model_type!r} model; an encoder part must be one of {', '.join(kinds)}")
     model_class = _VISION_TOWERS.get(model_type, AutoModel)
-    return load_safetensors_model(model_class, directory, str(source), may_lack=(_UNUSED_WEIGHT,), report=False)
+    return load_safetensors_model(
+        model_class, directory, str(source), may_lack=(_UNUSED_WEIGHT,), report=False, dtype=PART_DTYPE
+    )
 
 
 def check_decoder_part(source: str | Path) -> Path:
@@ -77,7 +84,7 @@ def load_gpt2_decoder(source: str | Path, *, cross_attention: bool) -> GPT2LMHea
     directory = check_decoder_part(source)
     extra = {"add_cross_attention": True} if cross_attention else {}
     model = load_safetensors_model(
-        GPT2LMHeadModel, directory, str(source), may_lack=_CROSS_ATTENTION, report=False, **extra
+        GPT2LMHeadModel, directory, str(source), may_lack=_CROSS_ATTENTION, report=False, dtype=PART_DTYPE, **extra
     )
     return model  # type: ignore[return-value]
 

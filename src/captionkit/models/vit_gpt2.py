@@ -283,7 +283,9 @@ class VitGpt2Model(CaptionModel):
         """
         # Hub ids become a local snapshot (safetensors and configs only, failing fast offline): one code path.
         directory = resolve_model_source(name_or_dir)
-        return cls(_load_directory(directory, str(name_or_dir), attn_implementation, dtype))
+        model = cls(_load_directory(directory, str(name_or_dir), attn_implementation, dtype))
+        _check_loaded_token_ids(model, str(name_or_dir))
+        return model
 
     @classmethod
     def from_saved_config(cls, directory: Path) -> VitGpt2Model:
@@ -455,6 +457,17 @@ def _token_ids(ved: VisionEncoderDecoderModel) -> tuple[int, int, int]:
     if bos is None or eos is None or pad is None:
         raise ModelLoadError("config.json", "needs decoder_start_token_id and eos_token_id")
     return bos, eos, pad
+
+
+def _check_loaded_token_ids(model: VitGpt2Model, source: str) -> None:
+    """Refuse a checkpoint whose config.json names a special id its decoder has no row for: one it lacks is filled
+    with GPT-2's 50256 by transformers, and an eos never generated ran every caption to the length limit (exit 0),
+    while a start id past the vocabulary failed only at captioning, as a decoding option the user never set."""
+    ids = {"decoder_start_token_id": model.bos_token_id, "eos_token_id": model.eos_token_id}
+    for name, token_id in (ids | {"pad_token_id": model.pad_token_id}).items():
+        if not 0 <= token_id < model.vocab_size:
+            reason = f"{name} {token_id} is not a token id of its decoder's vocabulary [0, {model.vocab_size})"
+            raise ModelLoadError(source, f"{reason}: set it in config.json")
 
 
 def _first(*values: Any) -> int | None:
