@@ -82,3 +82,16 @@ def test_other_tokenizer_files_with_fewer_tokens_are_refused(nlpconnect: Path, t
         CaptionerParts.load(nlpconnect, tokenizer=tmp_path / "blip")
     reason = f"has 25 tokens, fewer than the 320 of {nlpconnect}'s vocabulary: not this model's tokenizer"
     assert str(raised.value) == f"{tmp_path / 'blip'}: {reason}"
+
+
+def test_a_damaged_tokenizer_given_on_its_own_is_one_line(tmp_path: Path) -> None:
+    """`--set tokenizer.pretrained=DIR` beside parts reads DIR through CaptionTokenizer.load, not the checkpoint
+    loader: a damaged vocab.json was the tokenizers library's bare Exception there too, a traceback."""
+    from captionkit.text import CaptionTokenizer
+
+    tokenizer = save_gpt2(tmp_path / "gpt2", "t4")
+    (tokenizer / "vocab.json").write_bytes(b"\xff\xfe{")
+    with pytest.raises(ModelLoadError) as raised:
+        CaptionTokenizer.load(tokenizer)
+    reason = "Error while initializing BPE: stream did not contain valid UTF-8"
+    assert str(raised.value) == f"{tokenizer}: cannot load a tokenizer ({reason})"

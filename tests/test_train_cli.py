@@ -335,3 +335,21 @@ def test_a_finished_run_run_again_with_fewer_steps_keeps_its_settings(recipe, tm
     assert json.loads(stdout.strip().splitlines()[-1])["already_complete"] is True
     assert json.loads((out / "train_config.json").read_text(encoding="utf-8"))["train"]["steps"] == 4
     assert json.loads((out / "trainer_state.json").read_text(encoding="utf-8"))["step"] == 4
+
+
+def test_a_run_stopped_early_says_why_and_where_its_best_checkpoint_is(recipe, tmp_path, capsys):
+    """Early stopping ended a run before train.steps with exit 0 and nothing on stderr: only the last log entry's
+    "stopped_early" said so. lr 0: no evaluation improves on the first, so patience 1 stops at the second (step 4)."""
+    out = tmp_path / "run"
+    settings = ["--set", "train.steps=10", "--set", "train.lr=0", "--set", "train.patience=1"]
+    code, stdout, err = run_cli(["train", recipe, "--output", out, "--no-progress", *settings], capsys)
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["stopped_early"] is True
+    best = out / "checkpoints" / "best"
+    assert err.endswith(
+        f"captionkit: stopped early at step 4 of 10: 1 evaluation without a better val_loss (train.patience); "
+        f"the best one's checkpoint is {best}\n"
+    )
+    assert (best / "COMPLETE").is_file()
+    code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", *settings], capsys)
+    assert code == 0 and "captionkit: stopped early at step" not in err  # its own line: "already stopped early"

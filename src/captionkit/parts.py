@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2TokenizerFast
 
-from captionkit.errors import ModelLoadError, first_line
+from captionkit.errors import ModelLoadError
 from captionkit.files import honour_umask
 from captionkit.hub import resolve_model_source
 from captionkit.images import Preprocessing
@@ -21,6 +21,7 @@ from captionkit.models.base import CaptionModel
 from captionkit.models.registry import load_model
 from captionkit.quiet import no_transformers_progress_bars
 from captionkit.text import CaptionTokenizer
+from captionkit.text.tokenizer import tokenizer_files
 
 #: The files that mark an export directory: ONNX (``captionkit export onnx``) and int8 (``captionkit export int8``).
 ONNX_CONFIG = "onnx_config.json"
@@ -104,20 +105,13 @@ def load_tokenizer(model: CaptionModel, source: str | Path) -> CaptionTokenizer:
         # and for a BERT model_type (BLIP, GIT) it builds a tokenizer of the special tokens alone, whose captions
         # would all be empty.
         raise ModelLoadError(source, NO_TOKENIZER)
-    try:
-        if model.family in GPT2_DECODER_FAMILIES and _unnamed_bpe_pair(directory):
+    if model.family in GPT2_DECODER_FAMILIES and _unnamed_bpe_pair(directory):
+        with tokenizer_files(source):
             return CaptionTokenizer(GPT2TokenizerFast.from_pretrained(str(directory)), *ids)
+    try:
         return CaptionTokenizer.load(directory, *ids)
-    except ModelLoadError as error:
+    except ModelLoadError as error:  # named as the caller named it (a hub id, not its snapshot's directory)
         raise ModelLoadError(source, error.reason) from None
-    except (OSError, ValueError) as error:
-        raise ModelLoadError(source, f"cannot load a tokenizer ({first_line(error)})") from None
-    except Exception as error:
-        # The Rust tokenizers raise a bare Exception for a file they cannot parse ("Error while initializing BPE:
-        # expected value at line 1 column 1" for a damaged vocab.json or merges.txt); anything else is a bug.
-        if type(error) is not Exception:
-            raise
-        raise ModelLoadError(source, f"cannot load a tokenizer ({first_line(error)})") from None
 
 
 def _unnamed_bpe_pair(directory: Path) -> bool:

@@ -108,7 +108,23 @@ def train(
         print(json.dumps(summary))
         if result.interrupted:  # else a Ctrl-C's answer is the summary's "interrupted": true alone
             print(f"captionkit: {_interrupted_line(result)}", file=sys.stderr)
+        if result.stopped_early and not result.already_complete:  # a rerun's own line says it was stopped before
+            print(f"captionkit: {_stopped_early_line(result, recipe.train)}", file=sys.stderr)
     _exit_for_unreadable(result)
+
+
+def _stopped_early_line(result: Any, settings: Any) -> str:
+    """Why a run ended before train.steps (else only its last log entry's "stopped_early" said so), and where its
+    best weights are: the final model holds the last step's."""
+    from captionkit.run_layout import CHECKPOINTS
+    from captionkit.training import checkpoint as ckpt
+
+    evaluations = plural(settings.patience, "evaluation")
+    best = result.output_dir / CHECKPOINTS / ckpt.BEST
+    return (
+        f"stopped early at step {result.steps:,} of {settings.steps:,}: {evaluations} without a better "
+        f"{settings.best_metric} (train.patience); the best one's checkpoint is {best}"
+    )
 
 
 def _interrupted_line(result: Any) -> str:

@@ -7,7 +7,8 @@ ids captionkit needs (bos = the decoder start token, eos, pad); GPT-2 checkpoint
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +55,8 @@ class CaptionTokenizer:
     ) -> CaptionTokenizer:
         """Load tokenizer files from a directory or hub id; ids not given come from its special tokens."""
         directory = resolve_model_source(name_or_dir)  # a hub id's snapshot, failing in one line when offline
-        try:
+        with tokenizer_files(name_or_dir):
             hf = AutoTokenizer.from_pretrained(str(directory), use_fast=True)
-        except (OSError, ValueError) as error:
-            raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({first_line(error)})") from None
         if not isinstance(hf, PreTrainedTokenizerFast):
             raise ModelLoadError(name_or_dir, "only fast (tokenizer.json) tokenizers are supported")
         bos = _pick(bos_token_id, hf.bos_token_id, hf.eos_token_id)
@@ -66,6 +65,21 @@ class CaptionTokenizer:
         if bos is None or eos is None or pad is None:
             raise ModelLoadError(name_or_dir, "tokenizer defines no bos/eos token and the model config gives none")
         return cls(hf, bos, eos, pad)
+
+
+@contextmanager
+def tokenizer_files(name_or_dir: str | Path) -> Iterator[None]:
+    """Reading the tokenizer files of ``name_or_dir``: what fails becomes one :class:`ModelLoadError` line naming it.
+    The Rust tokenizers library raises a bare ``Exception`` for a file it cannot parse ("Error while initializing
+    BPE: expected value at line 1 column 1", a damaged vocab.json or merges.txt); another exception type is a bug."""
+    try:
+        yield
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({first_line(error)})") from None
+    except Exception as error:
+        if type(error) is not Exception:
+            raise
+        raise ModelLoadError(name_or_dir, f"cannot load a tokenizer ({first_line(error)})") from None
 
 
 def _pick(*candidates: int | None) -> int | None:
