@@ -199,12 +199,6 @@ def _records(
     if not config.data.train:
         raise InputError("data.train", "no training data given (a dataset file or directory, see README 'Data')")
     records, empty = load_all_records(config.data.train, sources)
-    if not config.data.styles:
-        train = config.data.train
-        # With data.first_caption_only the styled captions after an image's first are not trained at all: only
-        # those that are an image's first caption train as plain ones (none of the scenes', whose first is neutral).
-        trained = first_caption_per_image(records) if config.data.first_caption_only else records
-        report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), trained)
     if config.data.val:
         val_records, not_for_training = _val_data(config)
         train_records, held_out = training_records(records, not_for_training)
@@ -234,6 +228,11 @@ def _records(
         raise InputError(config.data.train, "no training captions after splitting")
     if styles:
         train_records = mix_styles(train_records, styles, config.train.seed, config.data.train)
+    else:
+        # Counted over what trains: not the validation and test images, and with data.first_caption_only only an
+        # image's first caption (none of the scenes', whose first is neutral).
+        train = config.data.train
+        report_unused_styles(train if isinstance(train, str) else ", ".join(map(str, train)), train_records)
     return train_records, val_records, empty
 
 
