@@ -7,7 +7,9 @@ machine hits both alike.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +17,44 @@ from PIL import Image
 
 from _data import SHARED_DATA
 from captionkit.decoding import DecodingConfig
+from captionkit.errors import CaptionkitError, InputError
+from captionkit.jobs.inputs import collect_images
 
 PHOTOS = SHARED_DATA / "coco" / "val2017"
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: 0 or less would fail later with a traceback (a zero range step, a division by zero)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
 
 
 def photo_arguments(parser: argparse.ArgumentParser, beams: int) -> None:
     """--model, --images, --count, --beams, --batch-size, --threads."""
     parser.add_argument("--model", required=True)
     parser.add_argument("--images", type=Path, default=PHOTOS)
-    parser.add_argument("--count", type=int, default=64)
-    parser.add_argument("--beams", type=int, default=beams)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--count", type=positive_int, default=64)
+    parser.add_argument("--beams", type=positive_int, default=beams)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--threads", type=positive_int, default=2)
+
+
+def photo_paths(images: Path, count: int) -> list[Path]:
+    """The first ``count`` images under ``images``; none found is an error naming the folder (not a ZeroDivision)."""
+    paths = collect_images([images])[:count]
+    if not paths:
+        raise InputError(images, "no images found")
+    return paths
+
+
+def run_main(name: str, main: Callable[[], None]) -> None:
+    """``main()``, a bad ``--model`` or ``--images`` ending it in one line (exit 1), as captionkit's commands do."""
+    try:
+        main()
+    except CaptionkitError as error:
+        sys.exit(f"{name}: error: {error}")
 
 
 def caption_side_by_side(

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import torch
 
-from _side_by_side import caption_side_by_side, photo_arguments, token_accuracy
+from _side_by_side import caption_side_by_side, photo_arguments, photo_paths, run_main, token_accuracy
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig, generate
 from captionkit.export.int8 import export_int8, quantize_int8
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, save_int8_weights
-from captionkit.jobs.inputs import collect_images
 
 
 def megabytes(path: Path) -> float:
@@ -105,7 +104,7 @@ def main() -> None:
         # torchao's export keeps the fp32 weights (quantized on load): nothing smaller to weigh.
         sizes = weight_sizes(Path(args.model), Path(scratch) / "int8") if info["storage"] == "int8" else None
     config = DecodingConfig(num_beams=args.beams)
-    paths = collect_images([args.images])[: args.count]
+    paths = photo_paths(args.images, args.count)
     images = engines["fp32"].load_images(paths)
     captions, times = caption_side_by_side(engines, images, config, args.batch_size)
     pairs = list(zip(captions["fp32"], captions["int8"], strict=True))
@@ -130,4 +129,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench_int8", main)

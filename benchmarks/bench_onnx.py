@@ -16,11 +16,10 @@ from pathlib import Path
 
 import torch
 
-from _side_by_side import caption_side_by_side, photo_arguments
+from _side_by_side import caption_side_by_side, photo_arguments, photo_paths, run_main
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig
 from captionkit.export.onnx import export_onnx
-from captionkit.jobs.inputs import collect_images
 
 
 def main() -> None:
@@ -35,7 +34,7 @@ def main() -> None:
             "onnxruntime": Captioner.from_onnx(Path(scratch) / "onnx", threads=args.threads),
         }
         config = DecodingConfig(num_beams=args.beams)
-        paths = collect_images([args.images])[: args.count]
+        paths = photo_paths(args.images, args.count)
         images = engines["pytorch"].load_images(paths)
         captions, times = caption_side_by_side(engines, images, config, args.batch_size)
     seconds = {name: sum(values) for name, values in times.items()}
@@ -54,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench_onnx", main)

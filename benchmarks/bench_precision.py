@@ -21,10 +21,9 @@ import statistics
 
 import torch
 
-from _side_by_side import caption_side_by_side, photo_arguments, token_accuracy
+from _side_by_side import caption_side_by_side, photo_arguments, photo_paths, run_main, token_accuracy
 from captionkit.api import Captioner
 from captionkit.decoding import DecodingConfig
-from captionkit.jobs.inputs import collect_images
 
 
 def main() -> None:
@@ -38,7 +37,7 @@ def main() -> None:
         dtype: Captioner.from_pretrained(args.model, device=args.device, dtype=dtype) for dtype in ("fp32", args.dtype)
     }
     config = DecodingConfig(num_beams=args.beams)
-    paths = collect_images([args.images])[: args.count]
+    paths = photo_paths(args.images, args.count)
     images = engines["fp32"].load_images(paths)
     captions, times = caption_side_by_side(engines, images, config, args.batch_size)
     pairs = list(zip(captions["fp32"], captions[args.dtype], strict=True))
@@ -59,4 +58,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("bench_precision", main)

@@ -202,6 +202,12 @@ def time_processes(ids: list[str], refs: dict[str, list[str]], cands: dict[str, 
     return processes
 
 
+def ratio(reference: float, ours: float) -> str:
+    """``reference / ours`` as ``12.3x``, or n/a where ``ours`` is 0: os.times() counts CPU time in clock ticks (10 ms),
+    so a small stage reads 0 s, which printed 10000000.0x or 0.0x."""
+    return f"{reference / ours:6.1f}x" if ours > 0 else f"{'n/a':>7}"
+
+
 def compare_in_process(ids: list[str], refs: dict[str, list[str]], cands: dict[str, str], repeat: int) -> None:
     """Both libraries stage by stage in this process: seconds, ratios, and the largest difference of the scores."""
     import numpy  # noqa: F401 -- both sides use it; keep its import out of the timings
@@ -220,7 +226,7 @@ def compare_in_process(ids: list[str], refs: dict[str, list[str]], cands: dict[s
         wall_ref, wall_ours, cpu_ref, cpu_ours = values
         print(
             f"{stage:<10} {wall_ref:11.3f}{cpu_ref:11.3f} {wall_ours:11.3f}{cpu_ours:11.3f}"
-            f" {wall_ref / wall_ours:6.1f}x{cpu_ref / max(cpu_ours, 1e-9):6.1f}x"
+            f" {ratio(wall_ref, wall_ours)}{ratio(cpu_ref, cpu_ours)}"
         )
     print("largest absolute difference (corpus / per image):")
     worst = 0.0
@@ -237,8 +243,8 @@ def report_processes(processes: Processes, repeat: int) -> None:
     print(f"as processes from files (start-up and reading included), best of {repeat}: wall s (cpu s, Java's too)")
     for name in ("pycocoevalcap", "captionkit"):
         print(f"  {name:<14} {wall[name]:6.2f} ({cpu[name]:.2f})")
-    ratio_wall, ratio_cpu = wall["pycocoevalcap"] / wall["captionkit"], cpu["pycocoevalcap"] / cpu["captionkit"]
-    print(f"  ratio          {ratio_wall:5.1f}x ({ratio_cpu:.1f}x)")
+    ratio_wall, ratio_cpu = (ratio(times["pycocoevalcap"], times["captionkit"]).strip() for times in (wall, cpu))
+    print(f"  ratio          {ratio_wall:>6} ({ratio_cpu})")
     start_up = f"{wall['start-up']:.2f} ({cpu['start-up']:.2f})"
     print(f"  captionkit's start-up alone (interpreter, imports, options): {start_up}")
 

@@ -22,8 +22,12 @@
 # runs. PYTHON (default: .venv/bin/python where it exists, else python) runs everything, with PYTHONPATH=src.
 set -u -o pipefail
 
-DATA_DIR=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [--smoke]}
-MODE=${2:-full}
+# --smoke may come before or after DATA_DIR: taken as DATA_DIR, it ran the full GPU run on a folder named --smoke.
+MODE=full DATA_DIR=""
+for arg in "$@"; do
+    if [ "$arg" = "--smoke" ]; then MODE=--smoke; else DATA_DIR=$arg; fi
+done
+[ -n "$DATA_DIR" ] || { echo "usage: bash benchmarks/gpu_check.sh DATA_DIR [--smoke]" >&2; exit 1; }
 ONLY=${ONLY:-}
 OUT=${OUT:-$PWD/gpu-check-out}
 # The repository's environment where `make venv` made one (its python has captionkit's dependencies), else python.
@@ -53,6 +57,10 @@ if [ "$MODE" = "--smoke" ]; then
     LIMIT_TESTS=120 LIMIT_BENCH=120 LIMIT_CAPTION=120 LIMIT_TRAIN=180 LIMIT_DEMO=180
     GRAPHS=("0 bf16 8" "1 bf16 8" "compile bf16 8" "1 fp32 4") RESUME=(--preset tiny --steps 4 --batch-size 4)
     LIMIT_GRAPHS=90 LIMIT_RESUME=120
+    # One timed repeat: bf16 on a CPU took 6 s a batch even at the tiny preset, so 3 repeats overran 90 s.
+    BENCH_REPEATS=1
+    # --batch-size auto on the 24 prepared photos: DATA_DIR's 301 took over the step's 120 s on a CPU.
+    AUTO_PHOTOS=photos
 else
     DEVICE=cuda PRESET=base PHOTOS=3000 TRAIN_STEPS=40 TRAIN_BATCH=64 TRAIN_PRESET=base CAPTION_BATCH=128 WORKERS=12
     BUDGET_S=${BUDGET_S:-560}
@@ -66,6 +74,8 @@ else
     GRAPHS=("0 bf16 256" "1 bf16 256" "compile bf16 256" "0 fp32 64" "1 fp32 64" "compile fp32 64")
     RESUME=(--preset base --steps 8 --batch-size 32)
     LIMIT_GRAPHS=50 LIMIT_RESUME=120
+    BENCH_REPEATS=3
+    AUTO_PHOTOS=original
 fi
 
 # step NAME LIMIT_S COMMAND...: time-boxed, logged, summarised.
@@ -109,8 +119,10 @@ $SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / 
             >"$OUT/caption.json"
     fi
 
-    # --batch-size auto on the original photos: the log says which size it chose.
-    step caption-auto-batch "$LIMIT_CAPTION" "${CLI[@]}" caption "$DATA_DIR" --model "$WORK/model" \
+    # --batch-size auto on the original photos (--smoke: the prepared ones): the log says which size it chose.
+    AUTO_INPUT=$DATA_DIR
+    [ "$AUTO_PHOTOS" = photos ] && AUTO_INPUT=$WORK/photos
+    step caption-auto-batch "$LIMIT_CAPTION" "${CLI[@]}" caption "$AUTO_INPUT" --model "$WORK/model" \
         --device "$DEVICE" --dtype "$CAPTION_DTYPE" --batch-size auto --workers "$WORKERS" \
         --output "$WORK/captions-auto.jsonl"
 fi
@@ -124,7 +136,7 @@ if want graphs; then
         read -r graphs dtype batch <<<"$spec"
         step "benchmark-graphs-$graphs-$dtype-$batch" "$LIMIT_GRAPHS" sh -c "CAPTIONKIT_STATIC_CACHE=1 \
             CAPTIONKIT_CUDA_GRAPHS=$graphs ${CLI[*]} benchmark --preset $PRESET --device $DEVICE --dtype $dtype \
-            --batch-size $batch --repeats 3 >'$OUT/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
+            --batch-size $batch --repeats $BENCH_REPEATS >'$OUT/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
     done
 fi
 
@@ -132,7 +144,7 @@ if want bench; then
     for spec in "${BENCH[@]}"; do
         read -r dtype batch <<<"$spec"
         step "benchmark-$dtype-$batch" "$LIMIT_BENCH" sh -c "${CLI[*]} benchmark --preset $PRESET --device $DEVICE \
-            --dtype $dtype --batch-size $batch --repeats 3 >'$OUT/bench_${dtype}_$(printf %03d "$batch").json'"
+            --dtype $dtype --batch-size $batch --repeats $BENCH_REPEATS >'$OUT/bench_${dtype}_$(printf %03d "$batch").json'"
     done
 fi
 

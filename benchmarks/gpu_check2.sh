@@ -9,13 +9,18 @@
 # captions). Output, 6 files: $OUT/gpu_check2.log (everything, with the test's long traceback: what differs),
 # $OUT/gpu_summary.json (every figure: steps, environment, benchmarks, captioning with the GPU busy share) and the
 # benchmarks' and captioning's own JSON ($OUT defaults to ./gpu-check-out).
-# PYTHON (default: python) runs everything, with PYTHONPATH=src.
+# PYTHON (default: .venv/bin/python where it exists, else python) runs everything, with PYTHONPATH=src.
 set -u -o pipefail
 
-DATA_DIR=${1:?usage: bash benchmarks/gpu_check2.sh DATA_DIR [--smoke]}
-MODE=${2:-full}
+# --smoke may come before or after DATA_DIR: taken as DATA_DIR, it ran the full GPU run on a folder named --smoke.
+MODE=full DATA_DIR=""
+for arg in "$@"; do
+    if [ "$arg" = "--smoke" ]; then MODE=--smoke; else DATA_DIR=$arg; fi
+done
+[ -n "$DATA_DIR" ] || { echo "usage: bash benchmarks/gpu_check2.sh DATA_DIR [--smoke]" >&2; exit 1; }
 OUT=${OUT:-$PWD/gpu-check-out}
-PYTHON=${PYTHON:-python}
+# As gpu_check.sh: the repository's environment where `make venv` made one (a bare python may lack torch).
+if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python}; fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -24,9 +29,10 @@ exec > >(tee -a "$OUT/gpu_check2.log") 2>&1
 export PYTHONPATH=src HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore::UserWarning
 
 if [ "$MODE" = "--smoke" ]; then
-    DEVICE=cpu PRESET=tiny BATCH=8 SMALL_BATCH=4 PHOTOS=24 WORKERS=1 LIMIT_BENCH=60 LIMIT_CAPTION=60
+    # One timed repeat: bf16 on a CPU took 6 s a batch even at the tiny preset, so 2 repeats overran 60 s.
+    DEVICE=cpu PRESET=tiny BATCH=8 SMALL_BATCH=4 PHOTOS=24 WORKERS=1 LIMIT_BENCH=60 LIMIT_CAPTION=60 REPEATS=1
 else
-    DEVICE=cuda PRESET=base BATCH=256 SMALL_BATCH=64 PHOTOS=3000 WORKERS=14 LIMIT_BENCH=30 LIMIT_CAPTION=35
+    DEVICE=cuda PRESET=base BATCH=256 SMALL_BATCH=64 PHOTOS=3000 WORKERS=14 LIMIT_BENCH=30 LIMIT_CAPTION=35 REPEATS=2
 fi
 source benchmarks/gpu_steps.sh
 CLI=("$PYTHON" -m captionkit.cli)
@@ -41,7 +47,7 @@ for spec in "1 bf16 $BATCH" "0 bf16 $BATCH" "1 fp32 $SMALL_BATCH"; do
     read -r graphs dtype batch <<<"$spec"
     step "benchmark-graphs-$graphs-$dtype-$batch" "$LIMIT_BENCH" sh -c "CAPTIONKIT_STATIC_CACHE=1 \
         CAPTIONKIT_CUDA_GRAPHS=$graphs ${CLI[*]} benchmark --preset $PRESET --device $DEVICE --dtype $dtype \
-        --batch-size $batch --repeats 2 >'$OUT/bench_graphs_${graphs}_${dtype}_$batch.json'"
+        --batch-size $batch --repeats $REPEATS >'$OUT/bench_graphs_${graphs}_${dtype}_$batch.json'"
 done
 
 step prepare 40 sh -c "$PYTHON benchmarks/gpu_check.py save-model '$WORK/model' --preset $PRESET \
