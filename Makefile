@@ -34,7 +34,7 @@ java:
 	java -version 2>&1 | head -n 1
 
 test: venv
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -rs -m slow
