@@ -100,11 +100,8 @@ def out_of_time_before(config: TrainConfig, state: LoopState) -> bool:
 
 def saved_steps(checkpoint: Path) -> int | None:
     """The ``train.steps`` of the run that wrote ``checkpoint`` (its trainer_state.json alone is read)."""
-    try:
-        saved = parse_json((checkpoint / ckpt.TRAINER_STATE).read_text(encoding="utf-8"), checkpoint, non_finite=True)
-        steps = saved["train_config"]["train"]["steps"]
-    except (OSError, InputError, KeyError, TypeError):
-        return None
+    train = (saved_train_config(checkpoint) or {}).get("train")
+    steps = train.get("steps") if isinstance(train, dict) else None
     return steps if isinstance(steps, int) else None
 
 
