@@ -9,7 +9,11 @@ Every image keeps ``num_beams`` running beams and up to ``num_beams`` finished h
 4. an image closes when ``early_stopping`` says so (see :class:`DecodingConfig`) and leaves the batch.
 
 "Impossible" is transformers' additive -1e9 rather than -inf, and the float operations follow transformers'
-order, so ties and near-ties resolve the same way and results (tokens and scores) match ``generate``.
+order, so ties and near-ties resolve the same way and results (tokens and scores) match ``generate``. One departure,
+where an image has fewer possible continuations than beams (a tiny vocabulary, or a model that rules most tokens
+out): an ending continuation of an impossible beam (a first-step copy of beam 0, summing about -1e9) never joins
+the finished set. transformers lets it, and its score divided by a long length ** length_penalty can outrank, and
+push out, a real hypothesis.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from captionkit.decoding.steps import first_step, forbid_early_eos, image_major_
 from captionkit.models.base import CaptionModel, Encoded
 
 NEG = -1.0e9
-# Finished slots still holding placeholders (or the doomed first-step copies of beam 0) score about NEG.
-REAL_SCORE_FLOOR = NEG / 10
+# Continuations of the doomed first-step copies of beam 0 sum log-probs of about NEG (or -inf, eos before
+# min_new_tokens): impossible. Their penalised scores cannot tell them apart: NEG / length ** length_penalty rises far
+# above any floor for long ones.
+IMPOSSIBLE_LOG_PROB = NEG / 10
 
 
 @dataclass
@@ -90,7 +96,7 @@ class _Finished:
         for image in range(len(scores)):
             found = []
             for slot in range(len(scores[image])):
-                if not filled[image][slot] or scores[image][slot] <= REAL_SCORE_FLOOR:
+                if not filled[image][slot]:
                     continue
                 generated = tokens[image][slot][: length[image][slot]]
                 finished = generated[-1] == eos
@@ -132,7 +138,7 @@ def beam_search(
         log_probs = forbid_early_eos(log_probs, position, config.min_new_tokens, model.eos_token_id)
         cand = _candidates(log_probs, running_scores, running_tokens, position, model.eos_token_id, max_new)
         running_scores, running_tokens, source = _next_running(cand, beams)
-        joins = cand.ends & in_top_k
+        joins = cand.ends & in_top_k & (cand.scores > IMPOSSIBLE_LOG_PROB)
         scores = _finished_scores(cand, joins, finished.filled, improvable, position, config)
         finished.merge(scores, cand, joins, lengths[position, :batch])
         improvable = improvable & _may_improve(running_scores, finished, position, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Literal
 
 from captionkit.errors import InputError
@@ -20,8 +21,8 @@ MIN_TEMPERATURE = 1e-4
 TEMPERATURE_NOTE = "a smaller temperature is greedy decoding in effect: decode without sampling"
 # Scores are log_prob / length ** length_penalty for lengths up to MAX_NEW_TOKENS. Above: 1024 ** 5 (1.1e15) is far
 # inside float32 (a Python power overflows from ~102, a float32 divisor from ~13). Below: past -1 a long hypothesis's
-# score (log_prob * length ** 1.5: about -4e8 at 1024 tokens) sinks under beam search's placeholder scores
-# (beam.REAL_SCORE_FLOOR) and is dropped as an empty slot, leaving an image with no caption.
+# score (log_prob * length ** -length_penalty) falls fast, about -4e8 at 1024 tokens and -1.5, -1.3e10 at -2: under
+# the score of beam search's empty slots (beam.NEG, -1e9), which then outrank it, leaving an image with no caption.
 MIN_LENGTH_PENALTY = -1.0
 MAX_LENGTH_PENALTY = 5.0
 
@@ -172,10 +173,30 @@ def _check_range(name: str, value: float, low: float, high: float | None, note: 
 
 
 def _number(value: float | None) -> str:
-    text = "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+    # A float's :g form is short (13 characters at most); an int may have thousands of digits.
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else shown(value)
+
+
+def shown(value: object) -> str:
+    """How a decoding error quotes a value: its ``repr``, cut to 40 characters."""
+    try:
+        text = repr(value)
+    except ValueError:
+        # Python prints no int of over sys.get_int_max_str_digits() digits (4300 by default): show its magnitude.
+        if not isinstance(value, int):
+            raise
+        text = f"{Decimal(value):.6e}"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def is_finite(value: float) -> bool:
+    """``math.isfinite``, but False rather than an ``OverflowError`` for an int beyond float's range."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def _check_float(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(name, f"must be a finite number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not is_finite(value):
+        raise InputError(name, f"must be a finite number, got {shown(value)}")

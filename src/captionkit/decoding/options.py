@@ -16,7 +16,6 @@ A front end passes only what its user gave (the CLI's flags default to None), so
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,9 @@ from captionkit.decoding.config import (
     MIN_TEMPERATURE,
     TEMPERATURE_NOTE,
     DecodingConfig,
+    is_finite,
     out_of_bounds,
+    shown,
 )
 from captionkit.errors import InputError
 
@@ -143,7 +144,8 @@ def option_errors(
     limits: dict[str, float] | None = None, naming: Callable[[str], str] = str, **options: Any
 ) -> list[InputError]:
     """Every error of one option on its own (an unknown name, a field given twice, a bad value, a value over a
-    caller's limit), each naming the option as given through ``naming``: a server lists them all at once."""
+    caller's limit), each naming the option as given through ``naming``: a server lists them all at once. A None
+    value is an option not given (``num_beams=None, beams=3`` gives it once)."""
     errors: list[InputError] = []
     seen: dict[str, str] = {}
     for name, value in options.items():
@@ -153,12 +155,12 @@ def option_errors(
                 InputError(naming(name), f"unknown decoding option (known: {', '.join(sorted(_KNOWN | set(ALIASES)))})")
             )
             continue
+        if value is None:
+            continue
         if field in seen:
             errors.append(InputError(naming(name), f"given twice, as {seen[field]} and as {naming(name)}"))
             continue
         seen[field] = naming(name)
-        if value is None:
-            continue
         option = BY_FIELD.get(field)
         most = (limits or {}).get(name, (limits or {}).get(field))
         reason = _value_error(option, value, most) if option is not None else None
@@ -174,7 +176,7 @@ def _value_error(option: DecodingOption, value: Any, most: float | None) -> str 
     if kind is not None:
         return kind
     if most is not None and value > most:
-        return f"must be at most {most:g} on this server, got {value}"
+        return f"must be at most {most:g} on this server, got {shown(value)}"
     return check_value(option, value)
 
 
@@ -190,7 +192,10 @@ def decoding_request(
     errors = option_errors(limits, naming, **options)
     if errors:
         raise errors[0]
-    names = {ALIASES.get(name, name): naming(name) for name in options}  # field -> the name the caller used
+    # field -> the name the caller used; a name given None (not given) yields to the other name of its field.
+    names = {
+        ALIASES.get(name, name): naming(name) for name in sorted(options, key=lambda name: options[name] is not None)
+    }
     values = {ALIASES.get(name, name): value for name, value in options.items() if value is not None}
     style, prompt = values.pop("style", None), values.pop("prompt", None)
     if style is not None:
@@ -220,17 +225,17 @@ def _defaults_within(values: dict[str, Any], given: dict[str, Any], limits: dict
 def check_value(option: DecodingOption, value: Any) -> str | None:
     """Why ``value`` is not a good value of ``option`` (the one wording of every front end), or None."""
     if option.kind is bool:
-        return None if isinstance(value, bool) else f"must be true or false, got {_show(value)}"
+        return None if isinstance(value, bool) else f"must be true or false, got {shown(value)}"
     if option.kind is str:
         if not isinstance(value, str) or not value.strip() or len(value) > 200:
-            return f"must be a non-empty string of at most 200 characters, got {_show(value)}"
+            return f"must be a non-empty string of at most 200 characters, got {shown(value)}"
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return f"must be {'an integer' if option.kind is int else 'a finite number'}, got {_show(value)}"
+        return f"must be {'an integer' if option.kind is int else 'a finite number'}, got {shown(value)}"
     if option.kind is int and not isinstance(value, int):
-        return f"must be an integer, got {_show(value)}"
-    if isinstance(value, float) and not math.isfinite(value):  # (an int of 4000 digits has no float)
-        return f"must be a finite number, got {_show(value)}"
+        return f"must be an integer, got {shown(value)}"
+    if option.kind is float and not is_finite(value):  # nan, inf, or an int beyond float's range
+        return f"must be a finite number, got {shown(value)}"
     return out_of_bounds(value, option.low, option.high, option.low_open, option.note)
 
 
@@ -278,8 +283,3 @@ def decoding_options(start_token_id: int | None = None, **options: Any) -> Decod
     prompt_ids = options.pop("prompt_ids", ())
     config = decoding_request(**options).config
     return replace(config, start_token_id=start_token_id, prompt_ids=tuple(prompt_ids))
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
