@@ -9,8 +9,9 @@ import sys
 import pytest
 
 from _helpers import run_cli
-from captionkit.cli._common import fail_writing, os_error_line, plural
+from captionkit.cli._common import fail_writing, os_error_line
 from captionkit.version import __version__
+from captionkit.wording import plural
 
 
 def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -428,7 +428,8 @@ def test_ctrl_c_ends_the_check_with_one_line(
 
 
 def test_a_torn_shard_is_an_error_and_its_samples_before_the_cut_are_still_checked(tmp_path, capsys):
-    """A copy cut short was one "dropped:" line, and the check said "ok: no errors" with exit 0."""
+    """A copy cut short was one "dropped:" line, and the check said "ok: no errors" with exit 0. Its samples after
+    the cut went unchecked: exit 2 (partial), as for a shard that cannot be read at all."""
     photos = real_photos(4)
     shards = writing.write_webdataset(samples(photos), tmp_path / "shards", per_shard=2)
     with tarfile.open(shards[1]) as archive:
@@ -437,12 +438,12 @@ def test_a_torn_shard_is_an_error_and_its_samples_before_the_cut_are_still_check
     shards[1].write_bytes(shards[1].read_bytes()[:cut])
     code, out, _ = run_cli(["data", "check", tmp_path / "shards", "--json"], capsys)
     report = json.loads(out)
-    assert code == 1 and report["errors"] == 1
+    assert code == 2 and report["errors"] == 1
     reason = f"torn tar: cut at byte {cut}, inside {photos[3].stem}.jpg"
     assert report["damaged_shards"] == [{"shard": str(shards[1]), "reason": reason}]
     assert report["total"]["captions"] == 3 and not report["unreadable_images"]
     code, out, _ = run_cli(["data", "check", tmp_path / "shards"], capsys)
-    assert code == 1
+    assert code == 2
     assert f"1 damaged shard (their other samples are read):\n  {shards[1]}: {reason}\n" in out
     assert "dropped:" not in out and out.endswith("1 error\n")
 

@@ -458,25 +458,41 @@ def test_a_note_says_when_meteor_runs_java_and_how_to_leave_it_out(
     assert err == "captionkit: error: --meteor: unknown METEOR engine 'jvm' (known: python, java)\n"
 
 
-def test_meteor_needs_no_java(tmp_path: Path) -> None:
-    """Issue 19's "done when": `score` reports METEOR where no `java` can be found, equal to the jar's engine here."""
-    from captionkit.evaluation.meteor import meteor_unavailable_reason
-
-    assert meteor_unavailable_reason("python") is None, "the dev install has the meteor extra (pycocoevalcap)"
+def _meteor_score_files(tmp_path: Path) -> list[str]:
+    """`score` arguments for METEOR over the COCO subset: each image's first caption against its others."""
     by_image: dict[str, list[str]] = {}
     for annotation in json.loads(COCO_SUBSET.read_text(encoding="utf-8"))["annotations"]:
         by_image.setdefault(str(annotation["image_id"]), []).append(annotation["caption"])
-    refs, cands = tmp_path / "refs.json", tmp_path / "cands.json"  # each image's first caption against the others
+    refs, cands = tmp_path / "refs.json", tmp_path / "cands.json"
     refs.write_text(json.dumps({i: captions[1:] for i, captions in by_image.items()}), encoding="utf-8")
     cands.write_text(json.dumps({i: captions[0] for i, captions in by_image.items()}), encoding="utf-8")
+    return ["score", "--refs", str(refs), "--cands", str(cands), "--metrics", "METEOR"]
+
+
+def _meteor_without_java(args: list[str]) -> float:
+    """METEOR from `score ARGS` run where no `java` can be found."""
+    from captionkit.evaluation.meteor import meteor_unavailable_reason
+
+    assert meteor_unavailable_reason("python") is None, "the dev install has the meteor extra (pycocoevalcap)"
     caches = {k: v for k, v in os.environ.items() if k in ("CAPTIONKIT_CACHE", "XDG_CACHE_HOME")}
     no_java = {"PATH": str(SCRIPT.parent), "HOME": str(Path.home()), **caches}
-    args = ["score", "--refs", str(refs), "--cands", str(cands), "--metrics", "METEOR"]
     done = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=no_java)
     assert done.returncode == 0, done.stderr
     assert "Java" not in done.stderr
-    python_meteor = json.loads(done.stdout)["METEOR"]
-    assert 0.1 < python_meteor < 0.5
+    return float(json.loads(done.stdout)["METEOR"])
+
+
+def test_meteor_needs_no_java(tmp_path: Path) -> None:
+    """Issue 19's "done when": `score` reports METEOR where no `java` can be found (equal to the jar's: the slow
+    test below, and tests/test_meteor_jar.py image by image)."""
+    assert 0.1 < _meteor_without_java(_meteor_score_files(tmp_path)) < 0.5
+
+
+@pytest.mark.slow
+def test_meteor_without_java_equals_the_jars_through_score(tmp_path: Path) -> None:
+    """The same `score` run with --meteor java (the jar, in a JVM: about 15 s) gives the same METEOR."""
+    args = _meteor_score_files(tmp_path)
+    python_meteor = _meteor_without_java(args)
     require_java()
     java = subprocess.run([str(SCRIPT), *args, "--meteor", "java"], capture_output=True, text=True)
     assert java.returncode == 0, java.stderr

@@ -25,17 +25,20 @@ from captionkit.decoding import Caption, DecodingConfig, generate, to_captions
 from captionkit.decoding.options import DecodingRequest, decoding_request, resolve_decoding
 from captionkit.devices import resolve_device
 from captionkit.errors import ImageError, InputError, ModelLoadError, first_line
+from captionkit.export import keep_training_settings
 from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
+from captionkit.export.staging import staged_export
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.loading import load_pretrained
 from captionkit.models.base import CaptionModel
+from captionkit.models.config_file import CONFIG_FILE
 from captionkit.parts import EXPORT_MARKERS, CaptionerParts
 from captionkit.precision import resolve_dtype
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, start_token_id, style_name, style_token_ids
-from captionkit.trained_on import TrainedOn
+from captionkit.trained_on import TRAIN_CONFIG, TrainedOn
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class Captioner:
         # The styles its training run trained (data.styles in the model directory's train_config.json; empty: none,
         # or not known). A run whose styles leave neutral out never trained the plain start token.
         self.trained_styles: tuple[str, ...] = ()
+        # The directory it was loaded from (None: built in memory, or an ONNX export): its training run's settings
+        # go along when it is saved elsewhere.
+        self.source: Path | None = None
 
     @classmethod
     def from_pretrained(
@@ -139,6 +145,7 @@ class Captioner:
         captioner = cls(loaded.model, loaded.tokenizer, loaded.preprocessing, device, dtype=dtype)
         captioner.name = str(name_or_dir)
         captioner.export = export
+        captioner.source = loaded.source
         trained = TrainedOn.read(loaded.source, history=False)  # the run's settings alone: its log is not needed
         captioner.trained_styles = trained.styles if trained is not None else ()
         return captioner
@@ -162,8 +169,13 @@ class Captioner:
         return count_parameters(self.model)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Save the model, its tokenizer and preprocessing as a captionkit checkpoint in ``directory``. A model loaded
-        from an export is not saved again (an ``InputError``): copy the export's directory instead."""
+        """Save the model, its tokenizer and preprocessing as a captionkit checkpoint in ``directory`` (a checkpoint
+        there is replaced). A model loaded from an export is not saved again (an ``InputError``): copy the export's
+        directory instead.
+
+        The files are written into a staging directory and moved into place once all are written, ``config.json``
+        last: a failure or Ctrl-C midway leaves ``directory`` as it was, where it used to leave a half-written
+        checkpoint that loaded as a mix of two models, or failed to load with a reason naming neither."""
         if self.export is not None:
             raise InputError(
                 self.name,
@@ -171,8 +183,17 @@ class Captioner:
                 "checkpoint it was exported from",
             )
         _check_save_directory(Path(directory))
+        parts = CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory))
         try:
-            CaptionerParts(self.model, self.tokenizer, self.preprocessing, Path(directory)).save(directory)
+            # The training run's settings (train_config.json: the styles it trained, its data split) describe the
+            # model, so they go with it; over another checkpoint, that run's settings are removed (they would lend
+            # this model its styles). A run's COMPLETE stays.
+            with staged_export(
+                Path(directory), CONFIG_FILE, replaced=(TRAIN_CONFIG,), writer="a save_pretrained"
+            ) as staging:
+                parts.save(staging)
+                if self.source is not None:
+                    keep_training_settings(self.source, staging)
         except OSError as error:  # a read-only or full disk, a file on the way: one line naming the directory
             raise InputError(
                 directory, f"cannot save the checkpoint here ({error.strerror or first_line(error)})"

@@ -22,7 +22,7 @@ import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +107,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         return _generate_reference(model, pixels, settings)
 
     say("warming up")
+    peaks: Mapping[str, tuple[int | None, int | None]]  # (peak resident memory, peak GPU memory); one is measured
     if pixels.device.type == "cuda":
         ours_captions, reference_captions, peaks = _peaks_on_gpu(model, ours, reference)
     else:
@@ -229,11 +230,10 @@ def _model_and_cpu_pixels(settings: BenchmarkSettings) -> tuple[CaptionModel, to
             raise InputError("--preset", f"unknown preset {settings.preset!r} (known: {', '.join(PRESETS)})")
         torch.manual_seed(0)
         last = PRESETS[settings.preset].vocab_size - 1  # GPT-2's layout: one id for bos, eos and pad
-        model: CaptionModel = VitGpt2Model.from_config(
-            settings.preset, bos_token_id=last, eos_token_id=last, pad_token_id=last
-        )
-        size = model.config.image_size  # type: ignore[attr-defined]
-        preprocessing = Preprocessing.for_size(size, size)
+        vit_gpt2 = VitGpt2Model.from_config(settings.preset, bos_token_id=last, eos_token_id=last, pad_token_id=last)
+        side = vit_gpt2.config.image_size
+        model: CaptionModel = vit_gpt2
+        preprocessing = Preprocessing.for_size(side, side)
     else:
         from captionkit.api import Captioner
 

@@ -10,7 +10,6 @@ errors that name the key, never silently ignored.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -24,6 +23,7 @@ import yaml
 
 from captionkit.data.splits import MAX_SEED
 from captionkit.errors import ConfigError, first_line
+from captionkit.wording import closest
 
 # The most torch threads a setting may ask for: beyond every machine's cores, and far below the thousands at which
 # OpenMP fails to start its threads (a crash, or a tokenizers panic, instead of a message).
@@ -338,8 +338,8 @@ def _not_a_section(value: Any) -> str:
 
 
 def _unknown_key_reason(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    close = closest(key, known)
+    hint = f"did you mean {close!r}? " if close else ""
     return f"unknown key ({hint}known: {', '.join(known)})"
 
 
@@ -456,8 +456,8 @@ def _no_recipe_reason(path: Path) -> str:
     if path.parent != Path("."):
         packaged = f" (a packaged recipe has its name: {name}, without a directory)" if name in names else ""
         return f"no such config file{packaged}"
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    close = closest(name, names)
+    hint = f"did you mean {close!r}? " if close else ""
     return f"no such config file or packaged recipe ({hint}recipes: {', '.join(names)})"
 
 

@@ -196,7 +196,7 @@ def remove_old_scenes(data_dir: Path) -> int:
 
 
 def _caption_all(captioner: Any, records: Sequence[CaptionRecord], decoding: Any, batch: int = 64) -> list[str]:
-    generated = []
+    generated: list[str] = []
     for start in range(0, len(records), batch):
         chunk = records[start : start + batch]
         captions = captioner.caption_pil(captioner.load_images([r.image_path for r in chunk]), decoding)

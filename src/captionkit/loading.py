@@ -64,7 +64,7 @@ def _load(
         preprocessing = model.preprocessing if model.preprocessing is not None else Preprocessing.load(directory)
         return CaptionerParts(model, words, preprocessing, directory, cpu_only=True, is_onnx=True)
     if is_quantized(directory):
-        model = load_int8_model(directory)
-        words = load_tokenizer(model, tokenizer or directory)
-        return CaptionerParts(model, words, Preprocessing.load(directory), directory, cpu_only=True)
+        quantized = load_int8_model(directory)
+        words = load_tokenizer(quantized, tokenizer or directory)
+        return CaptionerParts(quantized, words, Preprocessing.load(directory), directory, cpu_only=True)
     return CaptionerParts.load(directory, tokenizer, dtype)

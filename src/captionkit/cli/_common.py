@@ -49,11 +49,6 @@ def decoding_flags(**flags: Any) -> DecodingRequest:
     return decoding_request(naming=cli_flag, **flags)
 
 
-def plural(count: int, noun: str) -> str:
-    """``plural(1, "image")`` -> "1 image", ``plural(2, "image")`` -> "2 images"."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 # Errors from the layers below that name an API keyword, and the flag that names it on the command line.
 _FLAGS = {"device": "--device", "dtype": "--dtype", "metrics": "--metrics"}
 

@@ -17,11 +17,11 @@ from captionkit.cli._common import (
     decoding_help,
     error_line,
     fail,
-    plural,
     progress_bar,
     quiet_libraries,
 )
 from captionkit.hub import DEFAULT_MODEL
+from captionkit.wording import plural
 
 if TYPE_CHECKING:
     from captionkit.jobs.run import JobOutcome

@@ -101,7 +101,7 @@ def compare(
         if output is not None and output.suffix.lower() == ".csv":
             check_csv_names(names, scored=refs is not None)
         # Checked before any model loads; the style of MODEL@STYLE is blamed on its --model.
-        options = {
+        options: dict[str, Any] = {
             "beams": beams,
             "max_length": max_length,
             "length_penalty": length_penalty,
@@ -171,7 +171,7 @@ def _caption_all(
     loader = next(iter(captioners.values()))[0]
     records: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
-        batch = [{"image": str(path)} for path in paths[start : start + batch_size]]
+        batch: list[dict[str, Any]] = [{"image": str(path)} for path in paths[start : start + batch_size]]
         images = {}
         for position, record in enumerate(batch, start):
             try:

@@ -9,8 +9,9 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, EXIT_OK, fail, plural, progress_bar
+from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, fail, progress_bar
 from captionkit.config import DataSection
+from captionkit.wording import plural
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
@@ -59,8 +60,9 @@ def check(
     """Counts per split, missing and unreadable images, caption lengths, duplicates, images in several splits.
 
     A folder with several COCO caption files that are not one dataset (two files of one split) gets each file
-    checked on its own. Exit 1 when it finds errors (missing or unreadable images, images in two splits, torn or
-    damaged shards), else 0.
+    checked on its own. A shard that cannot be read at all is listed, and the other shards are checked. Exit 2
+    when a shard is unreadable, torn or damaged (the check covers the rest of the data: partial), else 1 when it
+    finds errors (missing or unreadable images, images in two splits), else 0.
     """
     from captionkit.data.sources import separate_datasets
     from captionkit.errors import CaptionkitError
@@ -83,8 +85,15 @@ def check(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_output:
         print(json.dumps(reports[0] if len(reports) == 1 else {"spec": spec, "datasets": reports}, indent=2))
-    errors = sum(report["errors"] for report in reports)
-    raise typer.Exit(EXIT_INPUT_ERROR if errors else EXIT_OK)
+    raise typer.Exit(_exit_code(reports))
+
+
+def _exit_code(reports: list[dict[str, Any]]) -> int:
+    """2 (partial) when a shard could not be read, whole or in part: samples nobody can count went unchecked; 1 for
+    the other errors, which the check saw whole; else 0."""
+    if any(report["unreadable_shards"] or report["damaged_shards"] for report in reports):
+        return EXIT_PARTIAL
+    return EXIT_INPUT_ERROR if any(report["errors"] for report in reports) else EXIT_OK
 
 
 def _split_option(split: str | None) -> str | None:
@@ -149,13 +158,13 @@ def _check_one(
     spec: str, split: str | None, splitting: _Splitting, images: bool, workers: int, quiet: bool
 ) -> dict[str, Any]:
     """The report of one dataset, printed as text unless ``quiet``."""
-    from captionkit.data.check import check_records, damaged_shards
-    from captionkit.data.sources import load_dataset, parse_spec
+    from captionkit.data.check import check_records, damaged_shards, load_checked
+    from captionkit.data.sources import parse_spec
     from captionkit.data.splits import assign_splits, evaluation_split, select_split
     from captionkit.errors import CaptionkitError
 
     try:
-        loaded = load_dataset(spec)
+        loaded, unreadable = load_checked(spec)
         unsplit = sum(record.split is None for record in loaded.records)
         evaluated = evaluation_split(loaded.records, None)[1]
         records = loaded.records
@@ -185,12 +194,13 @@ def _check_one(
         "splits_from": splitting.describe(len(records), unsplit, by_spec),
         "evaluate_default": evaluated,
         "dropped": loaded.dropped,
+        "unreadable_shards": unreadable,
         "damaged_shards": damaged,
         **report,
     }
-    # A torn or damaged shard lost samples nobody can count (its other samples are kept): an error,
-    # not a dropped caption a run may shrug off.
-    report["errors"] += len(damaged)
+    # A torn or damaged shard lost samples nobody can count (its other samples are kept), and an unreadable one all
+    # of them: an error, not a dropped caption a run may shrug off.
+    report["errors"] += len(unreadable) + len(damaged)
     if not quiet:
         _print_report(report)
     return report
@@ -243,6 +253,8 @@ def _print_report(report: dict[str, Any]) -> None:
     shared = report["images_in_several_splits"]
     leaks = [f"{item['image']} ({item['by']}): {', '.join(item['splits'])}" for item in shared]
     _list(console, f"{plural(len(leaks), 'image')} in several splits", leaks)
+    unreadable = [f"{item['shard']}: {item['reason']}" for item in report["unreadable_shards"]]
+    _list(console, f"{plural(len(unreadable), 'unreadable shard')} (left out: the others are checked)", unreadable)
     damage = [f"{item['shard']}: {item['reason']}" for item in report["damaged_shards"]]
     shards = len({item["shard"] for item in report["damaged_shards"]})
     _list(console, f"{plural(shards, 'damaged shard')} (their other samples are read)", damage)

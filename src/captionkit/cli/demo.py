@@ -9,9 +9,10 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_INTERRUPTED, fail, os_error_line, plural, quiet_libraries
+from captionkit.cli._common import EXIT_INTERRUPTED, fail, os_error_line, quiet_libraries
 from captionkit.config import MAX_SEED
 from captionkit.demo_data import DemoData
+from captionkit.wording import plural
 
 
 def demo(
@@ -65,9 +66,9 @@ def demo(
         print(f"captionkit: interrupted: {when}no {' or '.join(RESULTS)} written to {output}", file=sys.stderr)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     print(json.dumps(metrics, indent=2))
-    scenes, steps_done = plural(metrics["test_images"], "unseen scene"), plural(metrics["train_steps"], "step")
+    unseen, steps_done = plural(metrics["test_images"], "unseen scene"), plural(metrics["train_steps"], "step")
     print(
-        f"exact match {metrics['exact_match']:.1%} on {scenes} after {steps_done} ({metrics['train_seconds']:.0f} s); "
+        f"exact match {metrics['exact_match']:.1%} on {unseen} after {steps_done} ({metrics['train_seconds']:.0f} s); "
         f"report: {output / 'report.html'}",
         file=sys.stderr,
     )

@@ -24,11 +24,11 @@ from captionkit.cli._common import (
     error_line,
     fail,
     fail_writing,
-    plural,
     progress_bar,
     quiet_libraries,
 )
 from captionkit.files import write_atomic
+from captionkit.wording import plural
 
 if TYPE_CHECKING:
     from captionkit.api import Captioner

@@ -19,8 +19,8 @@ from captionkit.cli._common import (
     check_not_overwriting,
     fail,
     fail_writing,
-    plural,
 )
+from captionkit.wording import plural
 
 if TYPE_CHECKING:
     from captionkit.jobs.merge import MergeResult

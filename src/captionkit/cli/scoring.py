@@ -27,10 +27,10 @@ from captionkit.cli._common import (
     error_line,
     fail,
     fail_writing,
-    plural,
     without_cyclic_gc,
 )
 from captionkit.files import check_output_file, url_of, write_atomic
+from captionkit.wording import plural
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-base-patch32"
 DEFAULT_METEOR = "python"

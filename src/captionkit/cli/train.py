@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from captionkit.cli._common import EXIT_INTERRUPTED, EXIT_PARTIAL, fail, os_error_line, plural, quiet_libraries
+from captionkit.cli._common import EXIT_INTERRUPTED, EXIT_PARTIAL, fail, os_error_line, quiet_libraries
+from captionkit.wording import plural
 
 
 def train(

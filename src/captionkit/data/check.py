@@ -14,13 +14,18 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from captionkit.data.formats import detect, get_format
+from captionkit.data.formats.base import Probe
+from captionkit.data.formats.shards import collect_samples
 from captionkit.data.records import STYLES, CaptionRecord
+from captionkit.data.sources import DataSpec, LoadResult, as_specified, load_dataset, parse_spec
 from captionkit.errors import ImageError, InputError
 from captionkit.images import DEFAULT_LIMITS, ImageLimits, load_image
-from captionkit.shards import read_member, split_member
+from captionkit.shards import container_files, is_container_input, iter_samples, read_member, split_member
 from captionkit.shards.tar import tar_index
 
 # Words for length statistics: runs of letters/digits, with an inner apostrophe ("man's"); punctuation is not a word.
@@ -78,6 +83,55 @@ def damaged_shards(dropped: Mapping[str, int], files: Sequence[Path]) -> list[di
             entry = {"shard": reason[:cut], "reason": reason[cut + 2 :]}
             found.append((shards[reason[:cut]], entry))
     return [entry for _, entry in sorted(found, key=lambda item: item[0])]
+
+
+def load_checked(spec: str) -> tuple[LoadResult, list[dict[str, str]]]:
+    """The dataset at ``spec`` as :func:`~captionkit.data.sources.load_dataset` reads it, and the shards of a shard
+    collection that could not be read at all, ``{"shard", "reason"}`` each in the collection's order. Those are left
+    out and the other shards read, where the first of them ended the check: the others went unchecked and the rest
+    of the unreadable ones unnamed, one run each. None readable: ``load_dataset``'s own error, the first one's."""
+    parsed = parse_spec(spec)
+    try:
+        return load_dataset(parsed), []
+    except InputError as error:
+        shards = _collection_files(parsed)
+        failed = Path(os.path.realpath(str(error.source)))
+        if failed not in {Path(os.path.realpath(shard)) for shard in shards}:
+            raise
+        reasons = {shard: _unreadable(shard) for shard in shards}
+        readable = [shard for shard, reason in reasons.items() if reason is None]
+        if not readable:
+            raise
+    unreadable = [{"shard": str(shard), "reason": reason} for shard, reason in reasons.items() if reason is not None]
+    return _load_shards(parsed, readable, shards), unreadable
+
+
+def _collection_files(parsed: DataSpec) -> list[Path]:
+    """The shards of a WebDataset or Parquet collection ``parsed`` names; none for any other data."""
+    forced = get_format(parsed.format) if parsed.format else None
+    if (forced is not None and forced.name not in ("webdataset", "parquet")) or not is_container_input(parsed.path):
+        return []
+    try:
+        return container_files(parsed.path)
+    except InputError:
+        return []
+
+
+def _unreadable(shard: Path) -> str | None:
+    """Why ``shard`` cannot be read at all (its index fails, as the reader's would); None when it can."""
+    try:
+        next(iter_samples([shard]), None)  # the shard is indexed before its first sample: where reading it fails
+    except InputError as error:
+        return error.reason
+    return None
+
+
+def _load_shards(parsed: DataSpec, readable: list[Path], shards: list[Path]) -> LoadResult:
+    """What ``load_dataset(parsed)`` gives when only the ``readable`` shards of the collection are read; its files
+    are all the ``shards``, for :func:`damaged_shards`."""
+    read = collect_samples(readable).result(parsed.path)
+    chosen = (get_format(parsed.format) if parsed.format else None) or detect(Probe(parsed.path))
+    return replace(as_specified(parsed, chosen.name, read), files=shards)
 
 
 def _long_captions(records: Sequence[CaptionRecord]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from captionkit.data.formats import coco, detect, format_names, get_format
-from captionkit.data.formats.base import Probe, ReadOptions
+from captionkit.data.formats.base import Probe, ReadOptions, ReadResult
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import assign_splits, keep_fraction, splitting_problem
 from captionkit.errors import InputError
@@ -144,13 +144,17 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
     if parsed.image_roots and not chosen.takes_image_roots:  # refused: silently ignored, it would mislead
         raise InputError(path, f"images=DIR does not apply to {chosen.name} data, which holds its own images")
-    result = chosen.read(probe, ReadOptions(parsed.image_roots))
-    records = result.records
+    return as_specified(parsed, chosen.name, chosen.read(probe, ReadOptions(parsed.image_roots)))
+
+
+def as_specified(parsed: DataSpec, format_name: str, read: ReadResult) -> LoadResult:
+    """What ``format_name``'s reader ``read`` for ``parsed``, with the spec's fraction and splits applied."""
+    records = read.records
     if parsed.fraction is not None and parsed.fraction < 1.0:  # asked for: not "dropped" (data check, training count)
         records = keep_fraction(records, parsed.fraction, parsed.seed)
     if parsed.assigns_splits:
         records = assign_splits(records, parsed.val_fraction or 0.0, parsed.test_fraction or 0.0, parsed.seed)
-    return LoadResult(records, chosen.name, path, result.files, result.dropped)
+    return LoadResult(records, format_name, parsed.path, read.files, read.dropped)
 
 
 def separate_datasets(spec: str) -> list[str]:

@@ -11,7 +11,7 @@ batches, in that order), so the numbers equal pycocoevalcap's on the same data.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from importlib import import_module
@@ -193,7 +193,9 @@ def score_captions(
     _check(refs, cands, ref_source, cand_source, allow_empty)
     ids = list(refs)
     reference_captions = [c for i in ids for c in refs[i]]
-    tokenized = partial(_tokenize_both, reference_captions, [cands[i] for i in ids])
+    tokenized: Callable[[], tuple[tuple[list[str], int], tuple[list[str], int]]] = partial(
+        _tokenize_both, reference_captions, [cands[i] for i in ids]
+    )
     if len(reference_captions) >= FORK_MIN_REFERENCES:  # in a child process, while this one loads numpy
         tokenized = forked.start(tokenized)
         if "BLEU" in chosen or "CIDEr" in chosen:

@@ -1,9 +1,10 @@
-"""Writing an export so that a failure or Ctrl-C on the way leaves no half-written directory behind.
+"""Writing an export (or a checkpoint, by ``Captioner.save_pretrained``) so that a failure or Ctrl-C on the way
+leaves no half-written directory behind.
 
 An int8 export is written as a plain fp32 checkpoint first and quantized after: stopped in between, its directory
 loaded as the fp32 model, silently, and the CLI refused to export into it again (not empty). The files are written
 into a staging directory instead, and put in place once complete, the marker file (which makes the directory load
-as an export) last.
+as an export; a checkpoint's ``config.json``) last.
 
 An export killed outright (SIGKILL, SIGTERM, a lost node) runs no cleanup and leaves its staging directory behind:
 inside ``output`` when that existed (an empty directory the user made), which then read as "not empty", or beside it.
@@ -19,7 +20,7 @@ import re
 import shutil
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -44,11 +45,15 @@ _STAGING_SUFFIX = r"(?P<pid>\d+)-[0-9a-f]+"
 
 
 @contextmanager
-def staged_export(output: Path, marker: str) -> Iterator[Path]:
+def staged_export(
+    output: Path, marker: str, replaced: Collection[str] = EXPORT_FILES, writer: str = "an export"
+) -> Iterator[Path]:
     """A directory to write an export into; on success its files move to ``output``, ``marker`` last. On any
-    failure (Ctrl-C included) it is removed and ``output`` is as it was."""
+    failure (Ctrl-C included) it is removed and ``output`` is as it was. Over an ``output`` of the same kind (its
+    ``marker`` there), the files of ``replaced`` that this write leaves out are removed; ``writer`` names what
+    writes ``output``, for the line about a killed one's leftovers."""
     target = Path(os.path.realpath(output))
-    removed = remove_stale_staging(output)
+    removed = remove_stale_staging(output, writer)
     if removed:
         print(removed, file=sys.stderr)
     suffix = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -60,7 +65,7 @@ def staged_export(output: Path, marker: str) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
-        _publish(staging, target, marker)
+        _publish(staging, target, marker, replaced)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -72,9 +77,10 @@ def is_stale_staging(path: Path) -> bool:
     return found is not None and _is_stale(path, int(found["pid"]))
 
 
-def remove_stale_staging(output: Path) -> str | None:
+def remove_stale_staging(output: Path, writer: str = "an export") -> str | None:
     """Delete the staging directories that killed exports left for ``output`` (inside it, or beside it when it did
-    not exist yet), and return one line naming them; None when there were none. A live process's is left alone."""
+    not exist yet), and return one line naming them (left by ``writer``); None when there were none. A live
+    process's is left alone."""
     target = Path(os.path.realpath(output))
     beside = re.compile(re.escape(f".{target.name}{STAGING_PREFIX}") + _STAGING_SUFFIX)
     stale = [path for path in _entries(target) if is_stale_staging(path)]
@@ -88,7 +94,7 @@ def remove_stale_staging(output: Path) -> str | None:
     removed = [path.name for path in stale if not os.path.lexists(path)]
     if not removed:
         return None
-    return f"{output}: removed {', '.join(removed)}, left by an export that was killed while writing it"
+    return f"{output}: removed {', '.join(removed)}, left by {writer} that was killed while writing it"
 
 
 def _is_stale(path: Path, pid: int) -> bool:
@@ -111,7 +117,7 @@ def is_export_file(path: str | os.PathLike[str], output: Path) -> bool:
     return found == target or target in found.parents or any(STAGING_PREFIX in part for part in found.parts)
 
 
-def _publish(staging: Path, target: Path, marker: str) -> None:
+def _publish(staging: Path, target: Path, marker: str, replaced: Collection[str]) -> None:
     if not target.exists():
         staging.rename(target)
         return
@@ -119,7 +125,7 @@ def _publish(staging: Path, target: Path, marker: str) -> None:
     if (target / marker).is_file():  # an export of this kind written again
         # Its marker goes first: stopped midway, the directory is no export rather than a mixed one.
         (target / marker).unlink()
-        for name in set(EXPORT_FILES) - written:
+        for name in set(replaced) - written:
             (target / name).unlink(missing_ok=True)
     for name in sorted(written - {marker}):
         os.replace(staging / name, target / name)

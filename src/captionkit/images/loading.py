@@ -70,7 +70,8 @@ URL_REASON = "a URL: captionkit opens local files only (download the image first
 _WARNINGS_LOCK = threading.Lock()
 # Pillow's warnings about a damaged EXIF block: the photo decodes all the same (see _read_exif).
 DAMAGED_EXIF = r"(Possibly )?[Cc]orrupt EXIF"
-_WARNED_ABOUT: dict[object, object] = {}  # as a module's __warningregistry__: a "default" warning shows once
+# As a module's __warningregistry__: a "default" warning shows once.
+_WARNED_ABOUT: dict[str | tuple[str, type[Warning], int], int] = {}
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA"})

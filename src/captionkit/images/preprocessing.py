@@ -204,7 +204,7 @@ class Preprocessing:
         ``preprocessor_config.json``."""
         height, width = self.size
         if self.crop_from is not None:
-            return self._crop_dict()
+            return self._crop_dict(self.crop_from)
         return {
             "do_normalize": self.do_normalize,
             "do_rescale": self.do_rescale,
@@ -217,12 +217,12 @@ class Preprocessing:
             "size": {"height": height, "width": width},
         }
 
-    def _crop_dict(self) -> dict[str, Any]:
+    def _crop_dict(self, crop_from: int | tuple[int, int]) -> dict[str, Any]:
         height, width = self.size
-        if isinstance(self.crop_from, tuple):
-            resize = {"height": self.crop_from[0], "width": self.crop_from[1]}
+        if isinstance(crop_from, tuple):
+            resize = {"height": crop_from[0], "width": crop_from[1]}
         else:
-            resize = {"shortest_edge": self.crop_from}
+            resize = {"shortest_edge": crop_from}
         # Written only when not transformers' own rounding: the file stays a plain CLIPImageProcessor's.
         rounding = {} if self.crop_rounding == "floor" else {"crop_rounding": self.crop_rounding}
         return rounding | {

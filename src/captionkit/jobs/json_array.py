@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from captionkit.errors import InputError
 from captionkit.files import atomic_writer
@@ -33,7 +33,7 @@ class JsonArrayWriter:
         self._staged = contextlib.ExitStack()  # for a file: the staging file, put in place on close
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle: TextIO = (
+        self._handle: IO[str] = (
             sys.stdout if path is None else self._staged.enter_context(atomic_writer(path, "w", encoding="utf-8"))
         )
 

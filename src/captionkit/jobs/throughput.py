@@ -27,5 +27,5 @@ class Throughput:
             return None
         self.last = now
         rate = self.images / max(now - self.started, 1e-9)
-        errors = f"{self.errors} error{'' if self.errors == 1 else 's'}"
-        return f"{self.images}/{self.total} images, {rate:.1f} images/s, {errors}"
+        errors_seen = f"{self.errors} error{'' if self.errors == 1 else 's'}"
+        return f"{self.images}/{self.total} images, {rate:.1f} images/s, {errors_seen}"

@@ -254,17 +254,24 @@ def _move_in(full: torch.Tensor, part: torch.Tensor, filled: int | None) -> torc
     return full[:, :, :rows]
 
 
+# One capture at a time in the process: torch.cuda.graph captures on one side stream that all its captures share and
+# synchronises the whole device on entry, either of which breaks a capture under way in another thread (two
+# decoding calls whose buckets are new, or in use, capture at once).
+_CAPTURE_LOCK = threading.Lock()
+
+
 def capture_cuda_graph(run: StepRun) -> Run:
     """Run the step once on a side stream (warming up its kernels and cuBLAS), capture it, return the replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        run()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    # thread_local: the batch job's pin-memory thread may allocate pinned memory while this thread captures.
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        logits = run()
+    with _CAPTURE_LOCK:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the batch job's pin-memory thread may allocate pinned memory while this thread captures.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            logits = run()
 
     def replay() -> torch.Tensor:
         graph.replay()

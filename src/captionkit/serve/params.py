@@ -8,7 +8,6 @@ name (``beams`` for ``num_beams``), as the CLI and the Python API do. Unknown na
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from captionkit.serve.errors import field_error, invalid_fields
 from captionkit.serve.models import ServedModel
 from captionkit.serve.settings import ServeSettings
 from captionkit.text.styles import NEUTRAL
+from captionkit.wording import closest
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -165,7 +165,7 @@ def _unknown(name: str, table: dict[str, Parameter]) -> str:
     ``Beams``) or a near miss (``beam``, ``temprature``)."""
     names = [*table, *_OTHER_NAMES]
     spelled = name.strip().lstrip("-").replace("-", "_").lower()
-    likely = spelled if spelled in names else next(iter(difflib.get_close_matches(spelled, names, n=1)), None)
+    likely = closest(spelled, names)
     meant = f"; did you mean {likely}?" if likely else ""
     return f"unknown parameter{meant} (known: {', '.join(table)})"
 

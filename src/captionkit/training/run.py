@@ -60,8 +60,9 @@ from captionkit.training.steps import (
     autocast_for,
     make_placeholder,
 )
-from captionkit.training.summary import log_summary, plural, resume_line, summary_lines
+from captionkit.training.summary import log_summary, resume_line, summary_lines
 from captionkit.training.validation import Validation
+from captionkit.wording import plural
 
 logger = logging.getLogger("captionkit.training")
 

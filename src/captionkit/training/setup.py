@@ -138,7 +138,8 @@ def build_setup(config: TrainConfig, resume_from: Path | None = None) -> Setup:
     train_shards = None
     if shards is not None:
         scanned = _scanned(config, shards)
-        train_records, val_records, empty, train_shards = [], scanned.val_records, scanned.empty_captions, scanned.train
+        train_records: list[CaptionRecord] = []
+        val_records, empty, train_shards = scanned.val_records, scanned.empty_captions, scanned.train
         captions: Iterable[str] = train_shards.captions()
         sources = [DataSource(", ".join(map(str, shards_specs(config))), dict(scanned.dropped))]
     else:
@@ -307,7 +308,8 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # No decay on biases, norms and position tables: the usual AdamW practice.
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         keep = parameter.ndim < 2 or any(part in name for part in _NO_DECAY_NAMES)
         (no_decay if keep else decay).append(parameter)

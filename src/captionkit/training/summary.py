@@ -20,6 +20,7 @@ from captionkit.text.styles import style_token_ids
 from captionkit.training.resume import LoopState, out_of_time_before, stopped_early_before
 from captionkit.training.setup import Setup
 from captionkit.training.stages import ALL, Stages
+from captionkit.wording import plural
 
 logger = logging.getLogger("captionkit.training")
 
@@ -35,13 +36,6 @@ def count(number: float) -> str:
     if number >= 1e6:
         return f"{number / 1e6:.1f}M"
     return f"{number:,.0f}"
-
-
-def plural(number: float, noun: str, shown: str | None = None) -> str:
-    """``plural(1, "image")`` -> "1 image", ``plural(1200, "image")`` -> "1,200 images"; ``shown``: the number
-    as written, when not as an integer (the noun is singular when it reads "1")."""
-    written = f"{number:,.0f}" if shown is None else shown
-    return f"{written} {noun}" if written == "1" else f"{written} {noun}s"
 
 
 def summary_lines(
@@ -74,7 +68,8 @@ def _images_captions(records: Sequence[CaptionRecord]) -> str:
 def _train_data(setup: Setup, records: Sequence[CaptionRecord], empty_captions: int) -> str:
     if setup.train_shards is not None:
         shards = setup.train_shards
-        line = f"train data: {plural(shards.size, 'caption')} in {plural(len(shards.shards), 'shard')} (streamed)"
+        captions, files = plural(shards.size, "caption"), plural(len(shards.shards), "shard")
+        line = f"train data: {captions} in {files} (streamed)"
     else:
         line = f"train data: {_images_captions(records)}"
         several = [source for source in setup.sources if source.records]
@@ -176,7 +171,7 @@ def _schedule(config: TrainConfig, device: torch.device, world_size: int, sample
     batch = f"{plural(per_step, unit)} a step" + (f" ({' x '.join(parts)})" if len(parts) > 1 else "")
     epochs = ""
     if samples and train.objective != "scst":
-        epochs = f" ({plural(0, 'epoch', f'{train.steps * per_step / samples:.3g}')})"
+        epochs = f" ({plural(f'{train.steps * per_step / samples:.3g}', 'epoch')})"
     line = f"{where}, {train.precision}; {plural(train.steps, 'step')}{epochs}, {batch}"
     workers = config.data.workers
     cpus = usable_cpus()
@@ -204,8 +199,9 @@ def resume_line(config: TrainConfig, state: LoopState, checkpoint: Path, old_ste
         return f"already complete ({at}): nothing to train; raise train.steps to go on"
     if stopped_early_before(config, state):
         patience = config.train.patience
+        evaluations = plural(state.evals_since_best, "evaluation")
         return (
-            f"already stopped early at step {step:,} ({plural(state.evals_since_best, 'evaluation')} without a better "
+            f"already stopped early at step {step:,} ({evaluations} without a better "
             f"{config.train.best_metric}, train.patience {patience}): nothing to train (raise train.patience to go on)"
         )
     if out_of_time_before(config, state):
