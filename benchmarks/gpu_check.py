@@ -6,7 +6,7 @@ photos replicated to a size, the train recipe, the exact-resume check, and the J
     python benchmarks/gpu_check.py photos SRC DST --count 3000
     python benchmarks/gpu_check.py recipe FILE --preset base --data DATA --batch-size 64 --precision bf16 --steps 40
     python benchmarks/gpu_check.py resume-check OUT/resume_det.json --device cuda --preset base --deterministic
-    python benchmarks/gpu_check.py summary OUT
+    python benchmarks/gpu_check.py summary PARTS --output OUT/gpu_summary.json
 """
 
 from __future__ import annotations
@@ -164,36 +164,59 @@ def resume_check(work: Path, device: str, preset: str, steps: int, batch_size: i
     }
 
 
-def summary(out: Path) -> dict[str, Any]:
-    """Every step's figures from the files the steps left in ``out``."""
-    result: dict[str, Any] = {"steps": _steps(out / "steps.tsv")}
-    env = out / "env.json"
-    if env.exists() and env.stat().st_size:  # empty when the env step failed (its error is in steps.tsv)
-        result["environment"] = json.loads(env.read_text())
-    result["benchmark"] = [_benchmark_row(path) for path in sorted(out.glob("bench_*.json")) if path.stat().st_size]
-    resume = [json.loads(path.read_text()) for path in sorted(out.glob("resume_*.json")) if path.stat().st_size]
-    if resume:
-        result["exact_resume"] = resume
+def summary(parts: Path, output: Path | None = None) -> dict[str, Any]:
+    """Every step's figures from the files the steps left in ``parts``, written to ``output`` (default:
+    ``parts/gpu_summary.json``). A file a killed step left torn (or one that is no JSON) is named with its error
+    instead: one bad part must not cost the summary of all the others."""
+    result: dict[str, Any] = {"steps": _steps(parts / "steps.tsv")}
+    env = _json_part(parts / "env.json")
+    if env is not None:
+        result["environment"] = env
+    benchmarks = {path.name: _json_part(path) for path in sorted(parts.glob("bench_*.json"))}
+    found = {name: document for name, document in benchmarks.items() if document is not None}
+    result["benchmark"] = [_benchmark_row(name, document) for name, document in found.items()]
+    result["benchmark_json"] = found  # every figure of each run: its file does not come back from the GPU machine
+    resume = [_json_part(path) for path in sorted(parts.glob("resume_*.json"))]
+    if any(resume):
+        result["exact_resume"] = [document for document in resume if document is not None]
     for name in ("caption", "demo"):
-        found = out / f"{name}.json"
-        if found.exists() and found.stat().st_size:
-            result[name] = json.loads(found.read_text())
-    metrics = out / "train_metrics.jsonl"
+        document = _json_part(parts / f"{name}.json")
+        if document is not None:
+            result[name] = document
+    metrics = parts / "train_metrics.jsonl"
     if metrics.exists():
         # The last logged entries: images/s and the step time split, as the trainer reports them.
-        result["train"] = [json.loads(line) for line in metrics.read_text().splitlines()[-3:] if line.strip()]
-    busy = out / "gpu_busy_caption.txt"
+        result["train"] = [_json_line(line) for line in metrics.read_text().splitlines()[-3:] if line.strip()]
+    busy = parts / "gpu_busy_caption.txt"
     if busy.exists():
         samples = [float(line) for line in busy.read_text().split() if line.strip().replace(".", "").isdigit()]
         result.setdefault("caption", {})["gpu_busy_share"] = statistics.mean(samples) / 100 if samples else None
-    (out / "gpu_summary.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    target = output or parts / "gpu_summary.json"
+    # Written aside and renamed: a run killed while writing keeps the previous summary whole.
+    staged = target.with_name(f".{target.name}.partial")
+    staged.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    staged.replace(target)
     return result
+
+
+def _json_part(path: Path) -> Any:
+    """``path``'s JSON; None when missing or empty (the step failed before writing), its error when not JSON."""
+    if not path.exists() or not path.stat().st_size:
+        return None
+    return _json_line(path.read_text(encoding="utf-8", errors="replace"), path.name)
+
+
+def _json_line(text: str, name: str = "line") -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return {"error": f"{name}: not JSON (the step failed or was cut short): {error}", "text": text[-200:]}
 
 
 def _steps(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    rows = [line.split("\t") for line in path.read_text().splitlines() if line.strip()]
+    rows = [line.split("\t") for line in path.read_text().splitlines() if line.count("\t") == 2]
     # A step the time budget left out (see gpu_steps.sh) has no exit code: it did not run.
     return [
         {"step": name, "exit": None if code == "skipped" else int(code), "seconds": float(seconds)}
@@ -202,25 +225,23 @@ def _steps(path: Path) -> list[dict[str, Any]]:
     ]
 
 
-def _benchmark_row(path: Path) -> dict[str, Any]:
-    try:
-        found = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {"file": path.name, "error": "no JSON (the step failed or timed out)"}
-    ours, theirs = found["captionkit"], found["transformers_generate"]
+def _benchmark_row(name: str, found: dict[str, Any]) -> dict[str, Any]:
+    if "error" in found:
+        return {"file": name, "error": found["error"]}
+    ours, theirs = found.get("captionkit", {}), found.get("transformers_generate", {})
     return {
-        "file": path.name,
-        "dtype": found["dtype"],
-        "batch_size": found["batch_size"],
-        "captionkit_images_per_s": ours["images_per_s"],
-        "generate_images_per_s": theirs["images_per_s"],
-        "speedup": found["speedup"],
-        "speedup_spread": found["speedup_spread"],
-        "captionkit_peak_gpu_mb": ours["peak_gpu_mb"],
-        "generate_peak_gpu_mb": theirs["peak_gpu_mb"],
-        "captions_equal_to_fp32": found["captions_equal_to_fp32"],
-        "captions_identical_to_generate": found["captions_identical"],
-        "fraction_of_compute_limit": ours["fraction_of_compute_limit"],
+        "file": name,
+        "dtype": found.get("dtype"),
+        "batch_size": found.get("batch_size"),
+        "captionkit_images_per_s": ours.get("images_per_s"),
+        "generate_images_per_s": theirs.get("images_per_s"),
+        "speedup": found.get("speedup"),
+        "speedup_spread": found.get("speedup_spread"),
+        "captionkit_peak_gpu_mb": ours.get("peak_gpu_mb"),
+        "generate_peak_gpu_mb": theirs.get("peak_gpu_mb"),
+        "captions_equal_to_fp32": found.get("captions_equal_to_fp32"),
+        "captions_identical_to_generate": found.get("captions_identical"),
+        "fraction_of_compute_limit": ours.get("fraction_of_compute_limit"),
     }
 
 
@@ -252,7 +273,8 @@ def main() -> None:
     resume.add_argument("--batch-size", type=int, default=32)
     resume.add_argument("--deterministic", action="store_true")
     done = commands.add_parser("summary")
-    done.add_argument("out", type=Path)
+    done.add_argument("parts", type=Path)
+    done.add_argument("--output", type=Path)
     args = parser.parse_args()
     if args.command == "env":
         print(json.dumps(environment(), indent=2))
@@ -268,7 +290,7 @@ def main() -> None:
         args.output.write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(found, indent=2))
     else:
-        print(json.dumps(summary(args.out), indent=2))
+        print(json.dumps(summary(args.parts, args.output), indent=2))
 
 
 if __name__ == "__main__":

@@ -17,9 +17,12 @@
 #
 # DATA_DIR holds JPEGs (searched recursively; replicated to 3,000 files for the captioning throughput); when it has
 # the shared layout (flickr8k/captions.txt, flickr8k/dataset_flickr8k.json, coco/...) the tests and the training
-# step use it too, else the first of $CAPTIONKIT_DATA, shared/data and ../shared/data that has it. Output: $OUT/gpu_check.log (everything) and
-# $OUT/gpu_summary.json ($OUT defaults to ./gpu-check-out). A failed or timed-out step is recorded and the next one
-# runs. PYTHON (default: .venv/bin/python where it exists, else python) runs everything, with PYTHONPATH=src.
+# step use it too, else the first of $CAPTIONKIT_DATA, shared/data and ../shared/data that has it. Output, 2 files:
+# $OUT/gpu_check.log (everything) and $OUT/gpu_summary.json (every step's figures and the benchmarks' whole JSON,
+# rewritten after each step; $OUT defaults to ./gpu-check-out): at most 8 files come back from a GPU machine, so the
+# steps' own files stay in a scratch folder. A failed or timed-out step is recorded and the next one runs.
+# PYTHON (default: .venv/bin/python where it exists, else python3, the GPU machines' python with torch) runs
+# everything, with PYTHONPATH=src.
 set -u -o pipefail
 
 # --smoke may come before or after DATA_DIR: taken as DATA_DIR, it ran the full GPU run on a folder named --smoke.
@@ -30,12 +33,15 @@ done
 [ -n "$DATA_DIR" ] || { echo "usage: bash benchmarks/gpu_check.sh DATA_DIR [--smoke]" >&2; exit 1; }
 ONLY=${ONLY:-}
 OUT=${OUT:-$PWD/gpu-check-out}
-# The repository's environment where `make venv` made one (its python has captionkit's dependencies), else python.
-if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python}; fi
+# The repository's environment where `make venv` made one (its python has captionkit's dependencies), else python3
+# (a GPU machine has no .venv, which is too large to carry, and may have no `python`).
+if [ -x .venv/bin/python ]; then PYTHON=${PYTHON:-.venv/bin/python}; else PYTHON=${PYTHON:-python3}; fi
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-: >"$OUT/steps.tsv"
+PARTS=$WORK/parts  # the steps' own files, which the summary gathers (see gpu_steps.sh)
+mkdir "$PARTS"
+: >"$PARTS/steps.tsv"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
 
 export PYTHONPATH=src HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore::UserWarning
@@ -85,8 +91,10 @@ want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }  # want GROUP: whether
 CLI=("$PYTHON" -m captionkit.cli)
 
 echo "=== environment ($MODE): $(date -u), data $DATA_DIR, tests' data $SHARED"
-nvidia-smi 2>/dev/null || echo "no nvidia-smi"
-step env 30 sh -c "$PYTHON benchmarks/gpu_check.py env | tee '$OUT/env.json'"
+# A step (time-boxed): nvidia-smi hangs on a GPU in a bad state, and that must not take the whole call.
+if command -v nvidia-smi >/dev/null; then step nvidia-smi 20 nvidia-smi; else echo "no nvidia-smi"; fi
+# Not `| tee`: sh has no pipefail, and the step took tee's exit code (0) for a failed env.
+step env 30 sh -c "$PYTHON benchmarks/gpu_check.py env >'$PARTS/env.json' && cat '$PARTS/env.json'"
 
 if want caption; then
     step prepare-model 60 "$PYTHON" benchmarks/gpu_check.py save-model "$WORK/model" --preset "$PRESET" \
@@ -96,27 +104,28 @@ if want caption; then
     # GPU busy share while captioning: utilisation sampled every 200 ms by nvidia-smi.
     SAMPLER=""
     if command -v nvidia-smi >/dev/null; then
-        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$OUT/gpu_busy_caption.txt" &
+        nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 200 >"$PARTS/gpu_busy_caption.txt" &
         SAMPLER=$!
     fi
     CAPTION_DTYPE=bf16
-    # stderr kept apart for the closing line: "...: R images/s (S s; loading the model L s)", the pace without the
+    # stderr kept apart for the closing line: "...; R images/s (S s; loading the model L s)", the pace without the
     # process start and the model load (which the step's wall time includes).
     step caption "$LIMIT_CAPTION" sh -c "${CLI[*]} caption '$WORK/photos' --model '$WORK/model' --device $DEVICE \
         --dtype $CAPTION_DTYPE --batch-size $CAPTION_BATCH --workers $WORKERS --output '$WORK/captions.jsonl' \
-        2>'$OUT/caption_stderr.txt'"
+        2>'$PARTS/caption_stderr.txt'"
     [ -n "$SAMPLER" ] && kill "$SAMPLER"
-    tail -n 3 "$OUT/caption_stderr.txt" 2>/dev/null
-    SECONDS_CAPTION=$(tail -n 1 "$OUT/steps.tsv" | cut -f 3)
+    tail -n 3 "$PARTS/caption_stderr.txt" 2>/dev/null
+    SECONDS_CAPTION=$(tail -n 1 "$PARTS/steps.tsv" | cut -f 3)
     CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
-    PACE=$(sed -nE 's/.*: ([0-9.]+) images\/s \(([0-9.]+) s; loading the model ([0-9.]+) s\)$/\1 \2 \3/p' \
-        "$OUT/caption_stderr.txt" 2>/dev/null | tail -n 1)
+    PACE=$(sed -nE 's/.*; ([0-9.]+) images\/s \(([0-9.]+) s; loading the model ([0-9.]+) s\)$/\1 \2 \3/p' \
+        "$PARTS/caption_stderr.txt" 2>/dev/null | tail -n 1)
     read -r RATE CAPTION_S LOAD_S <<<"${PACE:-null null null}"
     if awk "BEGIN {exit !($SECONDS_CAPTION > 0)}"; then  # not when the budget skipped the step
         echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": \
 $SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}"), \
 \"images_per_s_captioning\": $RATE, \"captioning_seconds\": $CAPTION_S, \"model_load_seconds\": $LOAD_S}" \
-            >"$OUT/caption.json"
+            >"$PARTS/caption.json"
+        summarise
     fi
 
     # --batch-size auto on the original photos (--smoke: the prepared ones): the log says which size it chose.
@@ -136,7 +145,7 @@ if want graphs; then
         read -r graphs dtype batch <<<"$spec"
         step "benchmark-graphs-$graphs-$dtype-$batch" "$LIMIT_GRAPHS" sh -c "CAPTIONKIT_STATIC_CACHE=1 \
             CAPTIONKIT_CUDA_GRAPHS=$graphs ${CLI[*]} benchmark --preset $PRESET --device $DEVICE --dtype $dtype \
-            --batch-size $batch --repeats $BENCH_REPEATS >'$OUT/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
+            --batch-size $batch --repeats $BENCH_REPEATS >'$PARTS/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
     done
 fi
 
@@ -144,7 +153,7 @@ if want bench; then
     for spec in "${BENCH[@]}"; do
         read -r dtype batch <<<"$spec"
         step "benchmark-$dtype-$batch" "$LIMIT_BENCH" sh -c "${CLI[*]} benchmark --preset $PRESET --device $DEVICE \
-            --dtype $dtype --batch-size $batch --repeats $BENCH_REPEATS >'$OUT/bench_${dtype}_$(printf %03d "$batch").json'"
+            --dtype $dtype --batch-size $batch --repeats $BENCH_REPEATS >'$PARTS/bench_${dtype}_$(printf %03d "$batch").json'"
     done
 fi
 
@@ -152,16 +161,17 @@ fi
 # with deterministic algorithms (train.deterministic) and without? Else the JSON says by how much they differ.
 if want resume; then
     step resume-deterministic "$LIMIT_RESUME" "$PYTHON" benchmarks/gpu_check.py resume-check \
-        "$OUT/resume_deterministic.json" --device "$DEVICE" "${RESUME[@]}" --deterministic
+        "$PARTS/resume_deterministic.json" --device "$DEVICE" "${RESUME[@]}" --deterministic
     step resume-default "$LIMIT_RESUME" "$PYTHON" benchmarks/gpu_check.py resume-check \
-        "$OUT/resume_default.json" --device "$DEVICE" "${RESUME[@]}"
+        "$PARTS/resume_default.json" --device "$DEVICE" "${RESUME[@]}"
 fi
 
 if want train; then
     "$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
         --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
     step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
-    cp "$WORK/run/metrics.jsonl" "$OUT/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
+    cp "$WORK/run/metrics.jsonl" "$PARTS/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
+    summarise
 fi
 
 if want tests; then
@@ -172,8 +182,8 @@ if want tests; then
 fi
 
 if want demo; then
-    step demo "$LIMIT_DEMO" sh -c "${CLI[*]} demo --output '$WORK/demo' ${DEMO_ARGS[*]} >'$OUT/demo.json'"
+    step demo "$LIMIT_DEMO" sh -c "${CLI[*]} demo --output '$WORK/demo' ${DEMO_ARGS[*]} >'$PARTS/demo.json'"
 fi
 
 echo "=== summary"
-"$PYTHON" benchmarks/gpu_check.py summary "$OUT"
+"$PYTHON" benchmarks/gpu_check.py summary "$PARTS" --output "$OUT/gpu_summary.json"

@@ -33,7 +33,7 @@ from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, check_length, gen
 from captionkit.devices import resolve_device
 from captionkit.errors import InputError
 from captionkit.models.base import CaptionModel
-from captionkit.models.gpt2_graph import release_graphs
+from captionkit.models.gpt2_graph import eager_steps, release_graphs
 from captionkit.models.packed_linear import packing_enabled
 from captionkit.models.registry import get_family, hub_layout_families
 from captionkit.precision import model_dtype, resolve_dtype
@@ -96,7 +96,8 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         check_length(model, config)
     except InputError as error:  # named by the command's flag, before any decoding starts
         raise InputError("--max-length", error.reason) from None
-    fp32_captions = _captions(model, pixels, config)
+    with eager_steps():  # under CAPTIONKIT_CUDA_GRAPHS=compile, not a second compilation (minutes) for fp32
+        fp32_captions = _captions(model, pixels, config)
     dtype = resolve_dtype(settings.dtype, pixels.device)
     model.to(dtype)
 

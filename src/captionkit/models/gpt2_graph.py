@@ -32,7 +32,9 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -52,6 +54,7 @@ __all__ = [
     "GraphCache",
     "StaticStep",
     "choose_bucket",
+    "eager_steps",
     "gpt2_mlp",
     "graph_mode",
     "release_graphs",
@@ -67,13 +70,29 @@ Key = TypeVar("Key", bound=Hashable)
 Value = TypeVar("Value")
 
 
+_EAGER = ContextVar("captionkit_eager_steps", default=False)
+
+
+@contextmanager
+def eager_steps() -> Iterator[None]:
+    """Within this block decoding steps run eagerly whatever :data:`CUDA_GRAPHS_ENV` says: for a pass whose speed
+    does not matter (a benchmark's fp32 reference captions), where capturing, or compiling for minutes, would not
+    pay."""
+    token = _EAGER.set(True)
+    try:
+        yield
+    finally:
+        _EAGER.reset(token)
+
+
 def graph_mode() -> str | None:
-    """What :data:`CUDA_GRAPHS_ENV` asks for: ``"graphs"`` (``1``), ``"compile"``, or None (``0``/unset)."""
+    """What :data:`CUDA_GRAPHS_ENV` asks for: ``"graphs"`` (``1``), ``"compile"``, or None (``0``/unset; and inside
+    :func:`eager_steps`)."""
     value = os.environ.get(CUDA_GRAPHS_ENV, "").strip()
     modes = {"": None, "0": None, "1": "graphs", "compile": "compile"}
     if value not in modes:
         raise ConfigError(CUDA_GRAPHS_ENV, f"must be 0, 1 or compile (or unset), got {value!r}")
-    return modes[value]
+    return None if _EAGER.get() else modes[value]
 
 
 @dataclass(frozen=True)
