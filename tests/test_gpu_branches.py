@@ -267,8 +267,9 @@ def test_deterministic_cublas_says_nothing_without_a_gpu(
 class FakeCuda:
     """``generate`` on a pretend GPU holding ``room`` images: beyond, CUDA's out-of-memory error."""
 
-    def __init__(self, room: int) -> None:
+    def __init__(self, room: int, error: RuntimeError | None = None) -> None:
         self.room = room
+        self.error = error or torch.cuda.OutOfMemoryError("CUDA out of memory (pretend)")
         self.tried: list[int] = []
         self.configs: list[DecodingConfig] = []
         self.dtypes: set[torch.dtype] = set()
@@ -279,7 +280,7 @@ class FakeCuda:
         self.configs.append(config)
         self.dtypes.add(pixels.dtype)
         if len(pixels) > self.room:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (pretend)")
+            raise self.error
         return []
 
 
@@ -293,8 +294,8 @@ def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setattr(torch, "randn", randn)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
 
-    def make(room: int) -> FakeCuda:
-        fake = FakeCuda(room)
+    def make(room: int, error: RuntimeError | None = None) -> FakeCuda:
+        fake = FakeCuda(room, error)
         monkeypatch.setattr(auto_batch, "generate", fake.generate)
         monkeypatch.setattr(auto_batch, "release_graphs", fake.released.append)
         return fake
@@ -321,6 +322,20 @@ def test_auto_batch_size_probes_until_out_of_memory(fake_cuda: Any, room: int, t
     assert {(c.num_beams, c.max_new_tokens, c.min_new_tokens) for c in fake.configs} == {(4, 7, 7)}
     assert fake.dtypes == {torch.bfloat16}
     assert fake.released == [model]  # the probes' CUDA graphs do not stay to take the run's memory
+
+
+def test_auto_batch_size_takes_a_graph_captures_out_of_memory_error(fake_cuda: Any) -> None:
+    """Out of memory while a CUDA graph is captured (CAPTIONKIT_CUDA_GRAPHS) ends the capture with a plain
+    RuntimeError, not torch.cuda.OutOfMemoryError: it ended --batch-size auto with a traceback."""
+    fake = fake_cuda(16, RuntimeError("CUDA error: out of memory"))
+    assert auto_batch.choose_batch_size(tiny_model("vit-gpt2"), (32, 32), DecodingConfig(), CUDA) == 8
+    assert fake.tried == [8, 16, 32]
+
+
+def test_auto_batch_size_lets_other_errors_through(fake_cuda: Any) -> None:
+    fake_cuda(8, RuntimeError("CUDA error: an illegal memory access was encountered"))
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        auto_batch.choose_batch_size(tiny_model("vit-gpt2"), (32, 32), DecodingConfig(), CUDA)
 
 
 def test_auto_batch_size_on_a_cpu_is_fixed(fake_cuda: Any) -> None:

@@ -48,7 +48,9 @@ def choose_batch_size(
         pixels = torch.randn(size, 3, *image_size, device=device, dtype=model_dtype(model))
         try:
             generate(model, pixels, config=forced)
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as error:
+            if not _out_of_memory(error):
+                raise
             break
         finally:
             del pixels
@@ -56,3 +58,9 @@ def choose_batch_size(
         fits, size = size, size * 2
     release_graphs(model)  # the probes' CUDA graphs (CAPTIONKIT_CUDA_GRAPHS) hold memory the run needs
     return max(1, fits // 2) if fits < MAX_AUTO_BATCH else MAX_AUTO_BATCH
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """CUDA's out-of-memory error; or the plain RuntimeError ("CUDA error: out of memory") that a CUDA-graph capture
+    (``CAPTIONKIT_CUDA_GRAPHS``) raises for the same cause as it ends."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error)
