@@ -131,6 +131,19 @@ def tokens_and_scores(hypotheses: list[list[Any]]) -> tuple[list[list[list[int]]
     return [[h.token_ids for h in image] for image in hypotheses], [h.score for image in hypotheses for h in image]
 
 
+def assert_graphs_decode_as_eager(
+    model: Any, batches: tuple[torch.Tensor, ...], config: DecodingConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each batch decodes to the same tokens (scores to 1e-5) with CUDA graphs on as eagerly."""
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
+    eager = [tokens_and_scores(generate(model, batch, config=config)) for batch in batches]
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
+    for batch, (tokens, scores) in zip(batches, eager, strict=True):
+        found_tokens, found_scores = tokens_and_scores(generate(model, batch, config=config))
+        assert found_tokens == tokens
+        assert found_scores == pytest.approx(scores, rel=1e-5)
+
+
 @pytest.mark.parametrize(
     "config",
     [DecodingConfig(max_new_tokens=10, num_beams=4), DecodingConfig(max_new_tokens=10, num_beams=1)],
@@ -143,13 +156,7 @@ def test_replayed_graphs_decode_the_eager_captions(
     the capturing call (the position, the live rows) may be baked into it."""
     model, pixels = make_vit_gpt2(seed=0), make_pixels(9, 3)
     batches = (pixels[:8], pixels[:5], pixels[:8], pixels)
-    monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
-    eager = [tokens_and_scores(generate(model, batch, config=config)) for batch in batches]
-    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
-    for batch, (tokens, scores) in zip(batches, eager, strict=True):
-        found_tokens, found_scores = tokens_and_scores(generate(model, batch, config=config))
-        assert found_tokens == tokens
-        assert found_scores == pytest.approx(scores, rel=1e-5)
+    assert_graphs_decode_as_eager(model, batches, config, monkeypatch)
     assert len(graph_cache(model.ved.decoder).oldest_first()) == 2  # 8 and 5 images share a bucket, 9 do not
     assert Capturing.modes == ["thread_local", "thread_local"]
     # The first token of a call runs eagerly, each of its 9 others is a replay (capturing ran on empty buffers).
@@ -184,13 +191,7 @@ def test_prefix_captioning_replays_its_graphs_with_the_eager_captions(
     model, pixels = tiny_model("prefix-gpt2", seed=0).eval(), make_pixels(6, 4)
     config = DecodingConfig(max_new_tokens=8, num_beams=3)
     batches = (pixels[:3], pixels, pixels[:4])
-    monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
-    eager = [tokens_and_scores(generate(model, batch, config=config)) for batch in batches]
-    monkeypatch.setenv(CUDA_GRAPHS_ENV, "1")
-    for batch, (tokens, scores) in zip(batches, eager, strict=True):
-        found_tokens, found_scores = tokens_and_scores(generate(model, batch, config=config))
-        assert found_tokens == tokens
-        assert found_scores == pytest.approx(scores, rel=1e-5)
+    assert_graphs_decode_as_eager(model, batches, config, monkeypatch)
     assert [graph.replays for graph in RecordedGraph.made] == [14, 7]
 
 
