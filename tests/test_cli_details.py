@@ -11,7 +11,6 @@ import pytest
 from _helpers import run_cli
 from captionkit.cli._common import fail_writing, os_error_line
 from captionkit.version import __version__
-from captionkit.wording import plural
 
 
 def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -22,11 +21,6 @@ def test_version_flag_prints_the_package_version(capsys: pytest.CaptureFixture[s
 def test_version_flag_as_a_process() -> None:
     done = subprocess.run([sys.executable, "-m", "captionkit.cli", "--version"], capture_output=True, text=True)
     assert (done.returncode, done.stdout) == (0, f"captionkit {__version__}\n")
-
-
-@pytest.mark.parametrize(("count", "expected"), [(0, "0 images"), (1, "1 image"), (2, "2 images")])
-def test_plural(count: int, expected: str) -> None:
-    assert plural(count, "image") == expected
 
 
 def test_os_errors_are_one_line_naming_the_file_asked_for(tmp_path, capsys):

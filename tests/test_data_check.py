@@ -472,3 +472,27 @@ def test_the_text_report_of_many_shards_lists_the_first_files_and_dropped_reason
     code, out, _ = run_cli(["data", "check", folder, "--no-images", "--json"], capsys)
     report = json.loads(out)
     assert len(report["files"]) == count and len(report["dropped"]) == count
+
+
+def test_the_json_splits_from_writes_its_count_ungrouped(tmp_path, capsys):
+    """--json output is parsed by scripts: "1200 captions without one", as before counts were grouped in messages
+    (the one plural of every layer writes "1,200")."""
+    rows = [{"image": "a.png", "caption": "one", "split": "train"}]
+    rows += [{"image": f"{index}.png", "caption": f"caption {index}"} for index in range(1200)]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.jsonl"), "--json", "--no-images"], capsys)
+    assert code == 0
+    assert json.loads(out)["splits_from"] == (
+        "data; 1200 captions without one shown as a training run splits it: by image, seed 0, val 0.05"
+    )
+
+
+def test_a_long_list_counts_what_it_leaves_out_as_its_heading_counts(tmp_path, capsys):
+    """The heading's count is grouped ("1,200 missing images"): the line saying how many more are not shown was
+    "... and 1190 more"."""
+    rows = "".join(f"gone/{index}.png,caption {index},train\n" for index in range(1200))
+    (tmp_path / "c.csv").write_text("image,caption,split\n" + rows)
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.csv")], capsys)
+    assert code == 1
+    assert "\n1,200 missing images:\n" in out
+    assert "\n  ... and 1,190 more (--json lists all)\n" in out

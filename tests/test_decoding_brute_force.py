@@ -155,14 +155,22 @@ def test_beams_without_a_real_caption_never_push_a_real_one_out() -> None:
     assert_same(found(generate(model, encoded=images(0), config=config)[0]), expected)
 
 
+@pytest.mark.parametrize("length_penalty", [1.0, -1.0, 2.0])
 @pytest.mark.parametrize("min_new", [1, 2, 4])
-def test_min_new_tokens_leaves_out_exactly_the_captions_that_end_sooner(min_new: int) -> None:
+def test_min_new_tokens_leaves_out_exactly_the_captions_that_end_sooner(min_new: int, length_penalty: float) -> None:
+    # The eos forbidden before min_new tokens sums to -inf: such endings never join, whatever the length penalty
+    # makes of their scores (a negative one multiplies, and no impossible ending may outrank a real caption).
     model = ScriptedModel(vocab_size=3, seed=2)
     config = DecodingConfig(
-        max_new_tokens=4, min_new_tokens=min_new, num_beams=32, num_return_sequences=32, early_stopping="never"
+        max_new_tokens=4,
+        min_new_tokens=min_new,
+        num_beams=32,
+        num_return_sequences=32,
+        length_penalty=length_penalty,
+        early_stopping="never",
     )
     hypotheses = generate(model, encoded=images(3), config=config)[0]
-    assert_same(found(hypotheses), brute_force(model, 3, 4, min_new=min_new))
+    assert_same(found(hypotheses), brute_force(model, 3, 4, length_penalty, min_new=min_new))
     # min_new words at least, then eos: min_new + 1 generated tokens, or max_new cut short of an eos.
     assert min(len(h.token_ids) + h.finished for h in hypotheses) == min(min_new + 1, 4)
 

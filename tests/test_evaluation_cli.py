@@ -605,3 +605,19 @@ def test_metric_options_without_their_metric_are_refused_not_ignored(
     code, out, err = run_cli(args, capsys)
     assert (code, out) == (1, "")
     assert err == f"captionkit: error: {flag}: only with --metrics naming {metric}: nothing else reads it\n"
+
+
+def test_the_failed_images_line_groups_every_count_alike(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its last count came through the one plural ("1,200 images") and the others did not ("1 of 1201")."""
+    refs, cands = tmp_path / "refs.json", tmp_path / "caps.jsonl"
+    refs.write_text(json.dumps({str(i): [f"a photo of thing {i}"] for i in range(1200)}), encoding="utf-8")
+    records = [{"image": f"{i}.jpg", "caption": f"a photo of thing {i}"} for i in range(1200)]
+    records.append({"image": "gone.jpg", "error": "no such file"})
+    cands.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
+    code, _, err = run_cli(["score", "--refs", refs, "--cands", cands, "--metrics", "BLEU"], capsys)
+    assert code == 2, err
+    line = (
+        f"captionkit: 1 of 1,201 images in {cands} failed to caption (gone.jpg: no such file), left out of the "
+        "scores, which are over the other 1,200 images"
+    )
+    assert line in err.splitlines(), err

@@ -135,7 +135,7 @@ def test_score_over_the_results_images_of_a_larger_reference_file_equals_pycocoe
         assert math.isclose(ours[name], value, rel_tol=0, abs_tol=TOLERANCE), name
     assert ours["num_images"] == 200
     note = (
-        "scored the 200 images with a candidate caption; 4800 of the 5000 reference images have none and are left out"
+        "scored the 200 images with a candidate caption; 4,800 of the 5,000 reference images have none and are left out"
     )
     assert f"captionkit: note: {note}, as pycocoevalcap leaves them out" in err
 

@@ -130,3 +130,15 @@ def test_the_next_save_removes_what_a_killed_save_left(
         f"{target}: removed {left.name}, left by a save_pretrained that was killed while writing it\n"
     )
     assert not left.exists()
+
+
+def test_saving_another_family_over_a_checkpoint_leaves_none_of_its_files(tmp_path: Path) -> None:
+    """A CNN + LSTM has no generation settings: saved over a ViT + GPT-2 checkpoint, that model's
+    generation_config.json stayed behind, beside a model it does not describe (as the docstring says, a checkpoint
+    there is replaced)."""
+    target = save_tiny_model(tmp_path / "model", family="vit-gpt2")
+    lstm = Captioner.from_pretrained(save_tiny_model(tmp_path / "lstm", family="cnn-lstm"), device="cpu")
+    lstm.save_pretrained(target)
+    lstm.save_pretrained(tmp_path / "fresh")
+    assert sorted(_contents(target)) == sorted([*_contents(tmp_path / "fresh"), "COMPLETE"])
+    assert Captioner.from_pretrained(target, device="cpu").model.family == "cnn-lstm"

@@ -77,3 +77,18 @@ def _definitions_and_difflib_users() -> tuple[list[str], list[str]]:
 def test_one_plural_and_one_did_you_mean_in_the_package() -> None:
     """A second copy drifts: the two plurals already wrote counts differently (1200 and 1,200)."""
     assert _definitions_and_difflib_users() == (["captionkit.wording"], ["captionkit.wording"])
+
+
+def test_the_caption_jobs_closing_line_groups_every_count_alike() -> None:
+    """The README's example line: its image count came through plural ("3,000") and its captioned count did not
+    ("2998"), one line writing numbers two ways."""
+    from captionkit.cli.caption import _summary_line
+    from captionkit.jobs.batch import JobSummary
+    from captionkit.jobs.run import JobOutcome
+
+    outcome = JobOutcome(
+        JobSummary(images=3000, captioned=2998, errors=2), 0, False, load_seconds=4.12, caption_seconds=18.58
+    )
+    assert _summary_line(outcome) == (
+        "3,000 images: 2,998 captioned, 2 errors; 161.5 images/s (18.58 s; loading the model 4.12 s)"
+    )

@@ -28,7 +28,7 @@ from captionkit.errors import ImageError, InputError, ModelLoadError, first_line
 from captionkit.export import keep_training_settings
 from captionkit.export.int8 import count_parameters
 from captionkit.export.onnx import ONNX_CONFIG
-from captionkit.export.staging import staged_export
+from captionkit.export.staging import GENERATION_CONFIG, staged_export
 from captionkit.hub import DEFAULT_MODEL
 from captionkit.images import ImageLimits, ImageSource, Preprocessing, load_image
 from captionkit.loading import load_pretrained
@@ -187,9 +187,10 @@ class Captioner:
         try:
             # The training run's settings (train_config.json: the styles it trained, its data split) describe the
             # model, so they go with it; over another checkpoint, that run's settings are removed (they would lend
-            # this model its styles). A run's COMPLETE stays.
+            # this model its styles), and so are its generation settings, which a family without them (CNN + LSTM,
+            # prefix) does not write over. A run's COMPLETE stays.
             with staged_export(
-                Path(directory), CONFIG_FILE, replaced=(TRAIN_CONFIG,), writer="a save_pretrained"
+                Path(directory), CONFIG_FILE, replaced=(TRAIN_CONFIG, GENERATION_CONFIG), writer="a save_pretrained"
             ) as staging:
                 parts.save(staging)
                 if self.source is not None:

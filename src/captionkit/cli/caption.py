@@ -187,7 +187,8 @@ def _summary_line(outcome: JobOutcome) -> str:
     if outcome.already_complete:
         recorded = f" ({before})" if before else ""
         return f"already complete: {plural(outcome.done_before, 'image')} done before{recorded}, nothing left to do"
-    counts = f"{plural(summary.images, 'image')}: {summary.captioned} captioned, {plural(summary.errors, 'error')}"
+    # Every count grouped alike ("3,000 images: 2,998 captioned"): plural groups its count.
+    counts = f"{plural(summary.images, 'image')}: {summary.captioned:,} captioned, {plural(summary.errors, 'error')}"
     line = counts + (f" (and {before})" if before else "")
     return line + _rate(summary.images, outcome.caption_seconds, outcome.load_seconds)
 

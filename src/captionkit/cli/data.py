@@ -151,7 +151,8 @@ class _Splitting:
         how = f"shown as a training run splits it: by image, seed {self.seed}, val {self.val:g}{test}"
         if unsplit == total:
             return f"none in the data; {how}"
-        return f"data; {plural(unsplit, 'caption')} without one {how}"
+        # The report's "splits_from", which --json prints: its count is written ungrouped ("1200"), as it was.
+        return f"data; {plural(str(unsplit), 'caption')} without one {how}"
 
 
 def _check_one(
@@ -287,4 +288,4 @@ def _list(console: Any, heading: str, items: list[str]) -> None:
     for item in items[:_SHOWN]:
         console.print(f"  {item}", markup=False)
     if len(items) > _SHOWN:
-        console.print(f"  ... and {len(items) - _SHOWN} more (--json lists all)")
+        console.print(f"  ... and {len(items) - _SHOWN:,} more (--json lists all)")  # grouped as the heading's

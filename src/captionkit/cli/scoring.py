@@ -200,7 +200,7 @@ def run_score(
     if failed:
         total = len(failed) + len(candidates)
         print(
-            f"captionkit: {len(failed)} of {total} images in {cands} {_failed_images(failed)}, left out of the "
+            f"captionkit: {len(failed):,} of {total:,} images in {cands} {_failed_images(failed)}, left out of the "
             f"scores, which are over the other {plural(len(candidates), 'image')}",
             file=sys.stderr,
         )
@@ -263,7 +263,7 @@ def _of_candidates(
     if not left_out:
         return kept, []
     note = (
-        f"scored the {plural(len(kept), 'image')} with a candidate caption; {left_out} of the {len(references)} "
+        f"scored the {plural(len(kept), 'image')} with a candidate caption; {left_out:,} of the {len(references):,} "
         "reference images have none and are left out, as pycocoevalcap leaves them out"
     )
     return kept, [note]

@@ -21,8 +21,9 @@ MIN_TEMPERATURE = 1e-4
 TEMPERATURE_NOTE = "a smaller temperature is greedy decoding in effect: decode without sampling"
 # Scores are log_prob / length ** length_penalty for lengths up to MAX_NEW_TOKENS. Above: 1024 ** 5 (1.1e15) is far
 # inside float32 (a Python power overflows from ~102, a float32 divisor from ~13). Below: past -1 a long hypothesis's
-# score (log_prob * length ** -length_penalty) falls fast, about -4e8 at 1024 tokens and -1.5, -1.3e10 at -2: under
-# the score of beam search's empty slots (beam.NEG, -1e9), which then outrank it, leaving an image with no caption.
+# score (log_prob * length ** -length_penalty) falls fast (a log-prob of -12,000 over 1024 tokens: -1.2e7 at -1,
+# -4e8 at -1.5, -1.3e10 at -2): soon under the score of beam search's empty slots (beam.NEG, -1e9), which then
+# outrank it, leaving an image with no caption.
 MIN_LENGTH_PENALTY = -1.0
 MAX_LENGTH_PENALTY = 5.0
 

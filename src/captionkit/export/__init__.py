@@ -47,9 +47,9 @@ def check_export_output(source: Path, output: Path, marker: str) -> None:
 
 
 def keep_training_settings(source: Path, output: Path) -> None:
-    """Copy the training run's settings (``train_config.json``, where the checkpoint has them) into an export: they
-    say which styles it writes (a run trained on positive and negative alone writes no neutral) and how its data was
-    split, for ``evaluate``."""
+    """Copy the training run's settings (``train_config.json``, where the checkpoint has them) into an export or a
+    copy that ``Captioner.save_pretrained`` writes: they say which styles it writes (a run trained on positive and
+    negative alone writes no neutral) and how its data was split, for ``evaluate``."""
     settings = source / TRAIN_CONFIG
     if settings.is_file():
         shutil.copyfile(settings, output / TRAIN_CONFIG)

@@ -27,6 +27,8 @@ from pathlib import Path
 from captionkit.files import another_process_alive
 from captionkit.trained_on import TRAIN_CONFIG
 
+# transformers' generation settings: written by the families that are transformers models, and by no other.
+GENERATION_CONFIG = "generation_config.json"
 # Files an earlier export of the same kind may hold that a new one need not write: removed when it is written
 # again, so that none of them outlives the export it came from (another model's training settings, fp32 weights
 # beside int8 ones).
@@ -34,7 +36,7 @@ EXPORT_FILES = (
     TRAIN_CONFIG,
     "model.safetensors",
     "model.int8.safetensors",
-    "generation_config.json",
+    GENERATION_CONFIG,
     "encoder.onnx",
     "cross.onnx",
     "decoder.onnx",

@@ -15,6 +15,7 @@ from captionkit.errors import InputError
 from captionkit.files import another_process_alive
 from captionkit.jobs.outputs import iter_records
 from captionkit.jobs.parquet_records import journal_path
+from captionkit.wording import plural
 
 
 def output_exists(target: Path, fmt: str) -> bool:
@@ -33,8 +34,7 @@ def refuse_to_replace(target: Path, fmt: str) -> None:
     except InputError as error:
         raise InputError("--output", f"{target} exists: {error.reason}; --overwrite replaces it") from None
     if count:
-        noun = "record" if count == 1 else "records"
-        reason = f"{target} exists ({count} {noun}): --resume continues it, --overwrite replaces it"
+        reason = f"{target} exists ({plural(count, 'record')}): --resume continues it, --overwrite replaces it"
         raise InputError("--output", reason)
 
 
