@@ -8,12 +8,13 @@
 # A full run is time-boxed as a whole so that it fits one 10-minute device call: BUDGET_S (default 560 on the GPU,
 # none with --smoke) caps every step at what is left of it, and the steps it cannot start are skipped and named in
 # the summary (run them with ONLY=... in a second call). Groups run in order of importance for issue 22: caption,
-# graphs, bench, resume, train, tests, demo.
+# graphs, train, bench, resume, tests, demo, compile.
 #
 # Groups (ONLY, comma-separated; default all): bench (the decoding benchmark per dtype), caption (a folder of JPEGs,
 # and --batch-size auto), train, tests (the GPU-relevant test files), demo, graphs (decoding with the captured
-# CUDA-graph step, torch.compile(mode="reduce-overhead") and eager, same benchmark, bf16 and fp32), resume (exact
-# resume on the device: N steps against N/2 + crash + resume, with and without deterministic algorithms).
+# CUDA-graph step and eager, same benchmark, bf16 and fp32), resume (exact resume on the device: N steps against
+# N/2 + crash + resume, with and without deterministic algorithms), compile (the graphs group's benchmark through
+# torch.compile(mode="reduce-overhead"): last, as compiling may take its whole time limit).
 #
 # DATA_DIR holds JPEGs (searched recursively; replicated to 3,000 files for the captioning throughput); when it has
 # the shared layout (flickr8k/captions.txt, flickr8k/dataset_flickr8k.json, coco/...) the tests and the training
@@ -61,7 +62,7 @@ if [ "$MODE" = "--smoke" ]; then
     DEMO_ARGS=(--steps 5 --train-scenes 16 --test-scenes 4)
     PYTEST_ARGS=(--collect-only -q)
     LIMIT_TESTS=120 LIMIT_BENCH=120 LIMIT_CAPTION=120 LIMIT_TRAIN=180 LIMIT_DEMO=180
-    GRAPHS=("0 bf16 8" "1 bf16 8" "compile bf16 8" "1 fp32 4") RESUME=(--preset tiny --steps 4 --batch-size 4)
+    GRAPHS=("0 bf16 8" "1 bf16 8" "1 fp32 4") COMPILE=("compile bf16 8") RESUME=(--preset tiny --steps 4 --batch-size 4)
     LIMIT_GRAPHS=90 LIMIT_RESUME=120
     # One timed repeat: bf16 on a CPU took 6 s a batch even at the tiny preset, so 3 repeats overran 90 s.
     BENCH_REPEATS=1
@@ -77,7 +78,7 @@ else
     PYTEST_ARGS=(-v --tb=short -rfE --durations=10 -p no:cacheprovider)
     LIMIT_TESTS=150 LIMIT_BENCH=35 LIMIT_CAPTION=50 LIMIT_TRAIN=60 LIMIT_DEMO=90
     # MODE DTYPE BATCH: CAPTIONKIT_CUDA_GRAPHS=MODE (0 eager, 1 captured CUDA graphs, compile: torch.compile).
-    GRAPHS=("0 bf16 256" "1 bf16 256" "compile bf16 256" "0 fp32 64" "1 fp32 64" "compile fp32 64")
+    GRAPHS=("0 bf16 256" "1 bf16 256" "0 fp32 64" "1 fp32 64") COMPILE=("compile bf16 256" "compile fp32 64")
     RESUME=(--preset base --steps 8 --batch-size 32)
     LIMIT_GRAPHS=50 LIMIT_RESUME=120
     BENCH_REPEATS=3
@@ -137,16 +138,25 @@ $SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / 
 fi
 
 # Decoding with the fixed-shape GPT-2 step captured as a CUDA graph per bucket (1), through
-# torch.compile(mode="reduce-overhead") (compile) and eager (0), static cache on: images/s side by side, and in fp32
-# whether the captions stay identical to transformers' generate. The warm-up call captures/compiles; the timed
-# repeats reuse the bucket's graph.
-if want graphs; then
-    for spec in "${GRAPHS[@]}"; do
+# torch.compile(mode="reduce-overhead") (compile, its own group, last) and eager (0), static cache on: images/s side by
+# side, and in fp32 whether the captions stay identical to transformers' generate. The warm-up call
+# captures/compiles; the timed repeats reuse the bucket's graph.
+graph_benchmarks() {
+    for spec in "$@"; do
         read -r graphs dtype batch <<<"$spec"
         step "benchmark-graphs-$graphs-$dtype-$batch" "$LIMIT_GRAPHS" sh -c "CAPTIONKIT_STATIC_CACHE=1 \
             CAPTIONKIT_CUDA_GRAPHS=$graphs ${CLI[*]} benchmark --preset $PRESET --device $DEVICE --dtype $dtype \
             --batch-size $batch --repeats $BENCH_REPEATS >'$PARTS/bench_graphs_${graphs}_${dtype}_$(printf %03d "$batch").json'"
     done
+}
+want graphs && graph_benchmarks "${GRAPHS[@]}"
+
+if want train; then
+    "$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
+        --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
+    step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
+    cp "$WORK/run/metrics.jsonl" "$PARTS/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
+    summarise
 fi
 
 if want bench; then
@@ -166,14 +176,6 @@ if want resume; then
         "$PARTS/resume_default.json" --device "$DEVICE" "${RESUME[@]}"
 fi
 
-if want train; then
-    "$PYTHON" benchmarks/gpu_check.py recipe "$WORK/train.yaml" --preset "$TRAIN_PRESET" --data "$SHARED" \
-        --batch-size "$TRAIN_BATCH" --precision bf16 --steps "$TRAIN_STEPS"
-    step train "$LIMIT_TRAIN" "${CLI[@]}" train "$WORK/train.yaml" --output "$WORK/run" --no-progress
-    cp "$WORK/run/metrics.jsonl" "$PARTS/train_metrics.jsonl" 2>/dev/null || echo "no training metrics"
-    summarise
-fi
-
 if want tests; then
     step tests "$LIMIT_TESTS" "$PYTHON" -m pytest "${PYTEST_ARGS[@]}" \
         tests/test_decoding.py tests/test_fast_decoding.py tests/test_graph_cache.py tests/test_attention_maps.py \
@@ -184,6 +186,8 @@ fi
 if want demo; then
     step demo "$LIMIT_DEMO" sh -c "${CLI[*]} demo --output '$WORK/demo' ${DEMO_ARGS[*]} >'$PARTS/demo.json'"
 fi
+
+want compile && graph_benchmarks "${COMPILE[@]}"
 
 echo "=== summary"
 "$PYTHON" benchmarks/gpu_check.py summary "$PARTS" --output "$OUT/gpu_summary.json"
