@@ -267,7 +267,8 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     result = json.loads(out)
     assert set(result) >= {"Bleu_1", "Bleu_4"} and "CIDEr" not in result
     assert result["unique_captions"] == 1 and result["unique_share"] == pytest.approx(1 / 200)
-    assert result["notes"] == ["the caption 'a dog runs through the grass' was given to 200 of 200 images (100%)"]
+    # Quoted as written, not as tokenized ('a dog runs through the grass'), which the user never wrote.
+    assert result["notes"] == ["the caption 'a dog runs through the grass .' was given to 200 of 200 images (100%)"]
 
 
 @pytest.mark.parametrize(

@@ -265,9 +265,13 @@ def score_captions(
     else:
         scores.update(caption_statistics(candidates, train))
     scores["num_images"] = len(ids)
+    # Counted as the metrics see them (tokenized: "A dog." and "a dog" are one caption), quoted as first written.
+    written: dict[str, str] = {}
+    for tokens, image_id in zip(candidates, ids, strict=True):
+        written.setdefault(tokens, cands[image_id])
     for caption, count in repeated_captions(candidates)[:3]:
         evaluation.notes.append(
-            f"the caption {caption!r} was given to {count} of {len(ids)} images ({count / len(ids):.0%})"
+            f"the caption {written[caption]!r} was given to {count:,} of {len(ids):,} images ({count / len(ids):.0%})"
         )
     return evaluation
 
