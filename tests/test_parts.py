@@ -520,7 +520,7 @@ def assert_prefix_parts_unchanged(run: Path, encoder: Path, decoder: Path) -> No
 
 @pytest.mark.parametrize(
     "settings",
-    [{}, {"mapper": "transformer", "freeze_decoder": True, "prefix_length": 4}],
+    [{}, {"mapper": "transformer", "freeze_decoder": True, "prefix_length": 6}],
     ids=["mlp-mapper", "transformer-mapper"],
 )
 def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings: dict, tmp_path: Path) -> None:
@@ -531,8 +531,9 @@ def test_prefix_gpt2_from_clip_and_gpt2(clip_parts: tuple[Path, Path], settings:
     # The encoder is frozen by default (ClipCap); GPT-2 is fine-tuned with the MLP mapper, frozen with the other.
     trained_decoder = not settings.get("freeze_decoder", False)
     assert trainable_groups(model) == {"encoder": False, "mapper": True, "decoder": trained_decoder}
-    # ClipCap's MLP width: prefix_length * GPT-2 width / 2.
-    assert model.config.mapper_hidden_size == model.config.prefix_length * 32 // 2
+    # ClipCap's widths: the MLP's hidden layer prefix_length * width / 2, the transformer's feed-forward 2 * width.
+    clipcap = 2 * 32 if settings else model.config.prefix_length * 32 // 2
+    assert model.config.mapper_hidden_size == clipcap
     # The image embedding is CLIP's pooled output (after its final layer norm), as ClipCap reads it.
     pixels = torch.randn(2, 3, 32, 32)
     tower = CLIPVisionModel.from_pretrained(encoder).eval()

@@ -71,7 +71,8 @@ class PrefixGpt2Config(FamilyConfig):
     # Mapper from the image embedding to `prefix_length` GPT-2 input vectors.
     prefix_length: int = 10
     mapper: str = "mlp"
-    # MLP mapper: hidden width (ClipCap: prefix_length * decoder width / 2). Transformer mapper: feed-forward width.
+    # MLP mapper: hidden width (ClipCap: prefix_length * decoder width / 2). Transformer mapper: feed-forward width
+    # (ClipCap: 2 * decoder width). A model from parts gets ClipCap's for its mapper unless overrides set it.
     mapper_hidden_size: int = 3840
     # Transformer mapper only: layers and heads (ClipCap: 8 layers).
     mapper_layers: int = 8
@@ -308,9 +309,8 @@ class PrefixGpt2Model(CaptionModel):
         if parts_fields & set(overrides):
             given = ", ".join(sorted(parts_fields & set(overrides)))
             raise ConfigError("model.overrides", f"{given} come from the pretrained parts")
-        # ClipCap's MLP: hidden width prefix_length * decoder width / 2.
-        length = overrides.get("prefix_length", PRESETS["base"].prefix_length)
-        config = PRESETS["base"].replace(mapper_hidden_size=length * lm.n_embd // 2, **fields, **overrides)
+        widths = {"mapper_hidden_size": _clipcap_mapper_width(overrides, lm.n_embd)}
+        config = PRESETS["base"].replace(**fields, **(widths | overrides))
         model = cls(config, **decoder_token_ids(language, decoder))
         model.encoder.load_state_dict(vision.state_dict())
         model.gpt2.load_state_dict(language.state_dict())
@@ -413,6 +413,19 @@ class PrefixGpt2Model(CaptionModel):
     def reorder_state(self, state: Gpt2StepState, index: torch.Tensor, row_image: tuple[int, ...]) -> Gpt2StepState:
         state.reorder(index, row_image)
         return state
+
+
+def _clipcap_mapper_width(overrides: dict[str, Any], width: int) -> int:
+    """ClipCap's mapper width on a GPT-2 of ``width``: the MLP's hidden layer is prefix_length * width / 2, the
+    transformer mapper's feed-forward layer 2 * width (its mlp_ratio; prefix_length * width / 2 would be 10 times that
+    at its 40 prefix tokens), for the mapper and prefix length ``overrides`` ask for."""
+    base = PRESETS["base"]
+    if overrides.get("mapper", base.mapper) == "transformer":
+        return 2 * width
+    length = overrides.get("prefix_length", base.prefix_length)
+    if type(length) is not int:  # the config check then names the field and its type
+        return base.mapper_hidden_size
+    return length * width // 2
 
 
 def _encoder_fields(vision: Any) -> dict[str, Any]:
