@@ -32,6 +32,24 @@ from captionkit.errors import ConfigError
 from captionkit.images import Preprocessing
 
 _RESERVED_POSITIONS: ContextVar[int | None] = ContextVar("reserved_positions", default=None)
+_GIVEN_WORDS_ONLY: ContextVar[bool] = ContextVar("given_words_only", default=False)
+
+
+@contextmanager
+def given_words_only() -> Iterator[None]:
+    """Within this block teacher forcing feeds every given word, whatever a family's scheduled sampling (cnn-lstm's
+    ``teacher_forcing_ratio``) says: for scoring captions that were sampled (SCST), where a word the sample never had
+    would score its next token after the wrong words, and the gradient would not be the sampling policy's."""
+    token = _GIVEN_WORDS_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _GIVEN_WORDS_ONLY.reset(token)
+
+
+def feeds_given_words_only() -> bool:
+    """Whether the enclosing code is inside :func:`given_words_only`."""
+    return _GIVEN_WORDS_ONLY.get()
 
 
 @contextmanager

@@ -34,7 +34,7 @@ from transformers import ResNetConfig, ResNetModel
 
 from captionkit.errors import ConfigError, ModelLoadError
 from captionkit.models.backbones import Backbone, LoadedBackbone, build_backbone, open_backbone
-from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.base import CaptionModel, Encoded, feeds_given_words_only
 from captionkit.models.native import (
     FamilyConfig,
     build_native,
@@ -386,7 +386,7 @@ class CnnLstmModel(CaptionModel):
     ) -> torch.Tensor:
         encoded = self.encoded_or_encode(pixel_values, encoded)
         state = self.init_state(encoded)
-        sampling = self.training and self.config.teacher_forcing_ratio < 1.0
+        sampling = self.training and self.config.teacher_forcing_ratio < 1.0 and not feeds_given_words_only()
         logits, alphas = [], []
         tokens = input_ids[:, 0]
         for position in range(input_ids.shape[1]):

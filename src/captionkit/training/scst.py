@@ -8,9 +8,10 @@ One SCST step on a batch of images:
    training references (:class:`CiderReward`);
 3. subtract a baseline: the mean reward of the image's *other* samples (``"mean"``, Luo 2020), or the reward of
    the image's greedy caption (``"greedy"``, the original paper);
-4. encode the images again and score the sampled captions with teacher forcing, with gradients
-   (:class:`SampleScorer`, the module a data-parallel trainer wraps in DDP), and minimise
-   ``-(reward - baseline) * log p(token)`` averaged over the sampled tokens (eos included; :func:`policy_loss_sums`).
+4. encode the images again and score the sampled captions with teacher forcing (never scheduled sampling: each
+   token after the sampled words before it), with gradients (:class:`SampleScorer`, the module a data-parallel
+   trainer wraps in DDP), and minimise ``-(reward - baseline) * log p(token)`` averaged over the sampled tokens (eos
+   included; :func:`policy_loss_sums`).
 
 A run with style control (``data.styles``) samples each image's captions, greedy baseline included, from its training
 sample's style start token, and rewards them against the image's references in that style, with each style's own
@@ -35,7 +36,7 @@ from captionkit.decoding import DecodingConfig, Hypothesis, generate, to_caption
 from captionkit.errors import ConfigError
 from captionkit.evaluation.cider import CiderD
 from captionkit.evaluation.tokenize import tokenize_captions
-from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.base import CaptionModel, Encoded, given_words_only
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, style_token_ids
 from captionkit.training.validation import validation_start_token
@@ -287,7 +288,8 @@ class SampleScorer(torch.nn.Module):
         rows: torch.Tensor,
     ) -> torch.Tensor:
         encoded = Encoded(features) if features is not None else self.model.encode(pixel_values)  # type: ignore[arg-type]
-        return self.model(None, ids, mask, encoded=encoded.index_select(rows))
+        with given_words_only():  # scheduled sampling (cnn-lstm) would score words the sample never had
+            return self.model(None, ids, mask, encoded=encoded.index_select(rows))
 
 
 @torch.no_grad()
