@@ -353,3 +353,35 @@ def test_a_run_stopped_early_says_why_and_where_its_best_checkpoint_is(recipe, t
     assert (best / "COMPLETE").is_file()
     code, _, err = run_cli(["train", recipe, "--output", out, "--no-progress", *settings], capsys)
     assert code == 0 and "captionkit: stopped early at step" not in err  # its own line: "already stopped early"
+
+
+STYLED = ["--set", "data.styles={neutral: 0.5, positive: 0.5}"]
+UNLEARNT = (
+    "captionkit: error: data.styles: positive would not be learnt: no stage of this run trains the decoder, the only "
+    "part that reads a style's start token (unfreeze it, e.g. model.overrides.freeze_decoder=false, or a stage that "
+    "trains it)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # ClipCap's transformer recipe freezes GPT-2: the style's start token is a row of its frozen token table.
+        ["--set", "model.family=prefix-gpt2", "--set", "model.overrides={freeze_decoder: true}"],
+        ["--set", "train.stages=[{until_step: 2, train: [encoder]}, {train: [encoder]}]"],
+    ],
+    ids=["frozen-decoder", "stages-without-the-decoder"],
+)
+def test_styles_a_run_cannot_learn_are_refused_before_any_work(recipe, tmp_path, capsys, settings):
+    """It trained, and every style wrote the same captions: the new start tokens stayed random."""
+    out = tmp_path / "run"
+    code, out_text, err = run_cli(["train", recipe, "--output", out, "--no-progress", *STYLED, *settings], capsys)
+    assert (code, out_text) == (1, "")
+    assert err.endswith(UNLEARNT)
+    assert not (out / "model.safetensors").exists() and not (out / "checkpoints").exists()
+
+
+def test_styles_are_learnt_when_a_later_stage_trains_the_decoder(recipe, tmp_path, capsys, single_thread):
+    stages = ["--set", "train.stages=[{until_step: 2, train: [encoder]}, {train: [decoder]}]"]
+    code, _, err = run_cli(["train", recipe, "--output", tmp_path / "run", "--no-progress", *STYLED, *stages], capsys)
+    assert code == 0, err

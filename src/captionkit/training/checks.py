@@ -20,6 +20,7 @@ from captionkit.models.config_file import CONFIG_FILE
 from captionkit.text import CaptionTokenizer
 from captionkit.text.styles import NEUTRAL, style_token_ids
 from captionkit.trained_on import TRAIN_CONFIG
+from captionkit.training.stages import Stages
 
 
 def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
@@ -125,5 +126,37 @@ def check_resumed_styles(config: TrainConfig, tokenizer: CaptionTokenizer, resum
         reason = (
             f"{', '.join(missing)} has no start token in {resume_from}, which was trained without it: a resumed "
             "run cannot add styles (--no-resume to start over, or choose another output directory)"
+        )
+        raise ConfigError("data.styles", reason)
+
+
+# Parameter groups that do not read the caption's tokens: a style start token reaches none of them.
+_IMAGE_SIDE_GROUPS = frozenset({"encoder", "mapper"})
+
+
+def check_styles_learnable(config: TrainConfig, model: CaptionModel, stages: Stages) -> None:
+    """A style is learnt through its start token, which only the decoder side reads (its token table and the layers
+    after it): a run in which none of that ever trains (prefix-gpt2 with ``freeze_decoder``, as ClipCap's transformer
+    recipe has it; or stages that never reach the decoder) would leave each new style token as it was made, random,
+    and write one caption whatever the style asked. Refused before any work."""
+    styles = [style for style in config.data.styles if style != NEUTRAL]
+    if not styles:
+        return
+    groups = model.parameter_groups()
+    reading = {name for group, names in groups.items() if group not in _IMAGE_SIDE_GROUPS for name in names}
+    if not reading:  # a family that names no groups: nothing to tell
+        return
+    if stages.stages:
+        trained = any(
+            names is None or names & reading
+            for names in (stages.trained_names(index) for index in range(len(stages.stages)))
+        )
+    else:
+        trained = any(parameter.requires_grad for name, parameter in model.named_parameters() if name in reading)
+    if not trained:
+        reason = (
+            f"{', '.join(styles)} would not be learnt: no stage of this run trains the decoder, the only part that "
+            "reads a style's start token (unfreeze it, e.g. model.overrides.freeze_decoder=false, or a stage that "
+            "trains it)"
         )
         raise ConfigError("data.styles", reason)

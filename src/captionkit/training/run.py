@@ -25,7 +25,13 @@ from captionkit.errors import ConfigError, InputError
 from captionkit.run_layout import CHECKPOINTS, step_of
 from captionkit.shards import container_runs
 from captionkit.training import checkpoint as ckpt
-from captionkit.training.checks import check_lengths, check_resumed_styles, check_run_dir, check_validation
+from captionkit.training.checks import (
+    check_lengths,
+    check_resumed_styles,
+    check_run_dir,
+    check_styles_learnable,
+    check_validation,
+)
 from captionkit.training.distributed import Distributed
 from captionkit.training.features import encode_images
 from captionkit.training.resume import (
@@ -206,6 +212,7 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     setup.model.to(device).train()
     train_records, empty_captions = _usable_records(config, setup)
     stages = Stages(setup.model, config.train.stages)
+    check_styles_learnable(config, setup.model, stages)
     if parallel.is_main:  # before the images are cached or encoded: what the wait is for
         start = (step_of(resume_from) or 0) if resume_from is not None else 0
         log_summary(summary_lines(config, setup, stages, empty_captions, device, parallel.world_size, start))
