@@ -320,3 +320,12 @@ def test_a_stage_that_freezes_the_resnet_keeps_its_batch_norm_statistics(tmp_pat
     for name, value in before.items():
         assert torch.equal(seen[2][1][name], value), name  # frozen: statistics untouched
         assert not torch.equal(seen[4][1][name], value), name  # unfrozen: they follow the data again
+
+
+@pytest.mark.parametrize("field", ["attention_penalty", "teacher_forcing_ratio"])
+def test_a_float_setting_given_as_a_whole_number_is_taken(field: str) -> None:
+    """`--set model.overrides.attention_penalty=0` reads as the int 0, which the check for counts (layers, widths:
+    at least 1) refused: "attention_penalty: must be at least 1, got 0"."""
+    config = CnnLstmConfig.presets["tiny"].replace(**{field: 0})
+    assert getattr(config, field) == 0.0 and type(getattr(config, field)) is float
+    assert CnnLstmConfig.from_dict(config.to_dict()) == config

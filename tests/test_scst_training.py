@@ -256,7 +256,9 @@ def test_an_override_equal_to_the_checkpoints_as_a_list_passes():
     """A recipe writes a list, a saved config holds a tuple: equal all the same."""
     from types import SimpleNamespace
 
-    model = SimpleNamespace(family="cnn-lstm", config=SimpleNamespace(sizes=(16, 32)), bos_token_id=1)
+    model = SimpleNamespace(
+        family="cnn-lstm", config=SimpleNamespace(sizes=(16, 32)), bos_token_id=1, training_settings=frozenset()
+    )
     config = SimpleNamespace(model=SimpleNamespace(pretrained="run", overrides={"sizes": [16, 32]}))
     check_overrides_kept(config, model)  # type: ignore[arg-type]
     config.model.overrides = {"sizes": [16, 64]}
@@ -297,3 +299,26 @@ def test_two_gloo_processes_match_one_process_with_the_same_images(scenes, xe_mo
     assert (log[0]["reward"], log[0]["sample_length"]) == pytest.approx(
         (log_two[0]["reward"], log_two[0]["sample_length"]), abs=1e-5
     )
+
+
+def test_a_fine_tune_may_change_a_familys_training_settings_only():
+    """An SCST stage after XE could not turn a cnn-lstm's scheduled sampling or attention penalty off: every override
+    that differed from the checkpoint was refused. Those two shape training alone, so they are taken (and checked)."""
+    from types import SimpleNamespace
+
+    from _helpers import tiny_model
+
+    model = tiny_model("cnn-lstm-attention")
+    assert (model.config.teacher_forcing_ratio, model.config.attention_penalty) == (1.0, 1.0)
+    overrides = {"teacher_forcing_ratio": 0.5, "attention_penalty": 0.0, "hidden_size": model.config.hidden_size}
+    config = SimpleNamespace(model=SimpleNamespace(pretrained="run", overrides=overrides))
+    check_overrides_kept(config, model)  # type: ignore[arg-type]
+    assert (model.config.teacher_forcing_ratio, model.config.attention_penalty) == (0.5, 0.0)
+    config.model.overrides = {"attention_penalty": -1.0}
+    with pytest.raises(ConfigError) as error:
+        check_overrides_kept(config, model)  # type: ignore[arg-type]
+    assert str(error.value) == "model.overrides.attention_penalty: must be >= 0, got -1.0"
+    assert model.config.attention_penalty == 0.0
+    config.model.overrides = {"hidden_size": model.config.hidden_size + 1}  # builds a layer: the checkpoint's stays
+    with pytest.raises(ConfigError, match=r"^model\.overrides\.hidden_size: is \d+, but run has \d+: fine-tuning"):
+        check_overrides_kept(config, model)  # type: ignore[arg-type]

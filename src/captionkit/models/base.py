@@ -101,6 +101,9 @@ class CaptionModel(nn.Module, ABC):
     max_positions: int | None = None
     # True when :meth:`attention_maps` returns maps (the decoder attends over image positions).
     has_attention: ClassVar[bool] = False
+    # Config fields that shape training alone, read as the model trains (no layer is built from them): a fine-tune
+    # (model.pretrained) may change them with model.overrides, where any other field must keep the checkpoint's.
+    training_settings: ClassVar[frozenset[str]] = frozenset()
     # A model built from pretrained parts: its encoder part's own image preprocessing (an ONNX export: its own, as
     # read on load); None: the family default.
     preprocessing: Preprocessing | None = None

@@ -165,6 +165,8 @@ class CnnLstmModel(CaptionModel):
 
     family: ClassVar[str] = PLAIN
     attends: ClassVar[bool] = False
+    # Read at each forward: an SCST stage after XE may turn scheduled sampling or the attention penalty off.
+    training_settings: ClassVar[frozenset[str]] = frozenset({"teacher_forcing_ratio", "attention_penalty"})
 
     def __init__(self, config: CnnLstmConfig, bos_token_id: int, eos_token_id: int, pad_token_id: int) -> None:
         super().__init__()

@@ -56,6 +56,9 @@ class FamilyConfig:
         for item in dataclasses.fields(self):  # type: ignore[arg-type]
             value = getattr(self, item.name)
             _check_type(item.name, value, hints[item.name])
+            if hints[item.name] is float and type(value) is int:  # `--set ...=0` gives an int: not a count, kept 1.0
+                value = float(value)
+                object.__setattr__(self, item.name, value)
             if isinstance(value, list):  # JSON gives lists; equal configs must compare equal
                 value = tuple(value)
                 object.__setattr__(self, item.name, value)

@@ -45,16 +45,28 @@ def check_run_dir(config: TrainConfig, run_dir: Path) -> None:
 def check_overrides_kept(config: TrainConfig, model: CaptionModel) -> None:
     """Fine-tuning keeps the checkpoint's own config (``model.pretrained``): ``model.overrides`` must agree with it
     (a recipe may inherit through ``_base_`` the ones its checkpoint was trained with). One that differs would be
-    ignored, so it is refused; so is one the checkpoint's family has no setting for."""
+    ignored, so it is refused; so is one the checkpoint's family has no setting for. The family's
+    ``training_settings`` (a cnn-lstm's teacher_forcing_ratio, attention_penalty) are the exception: they shape
+    training alone, so a fine-tune takes them (checked as a new model's are), and its checkpoint records them."""
     source = config.model.pretrained
+    changed: dict[str, object] = {}
     for key, value in config.model.overrides.items():
         holder = model if key.endswith("_token_id") else model.config
         if not hasattr(holder, key):
             raise ConfigError(f"model.overrides.{key}", f"{source} is a {model.family} model, which has no {key}")
         kept = getattr(holder, key)
-        if _comparable(kept) != _comparable(value):  # a recipe's list, a config's tuple
-            reason = f"is {value!r}, but {source} has {kept!r}: fine-tuning keeps the checkpoint's config"
-            raise ConfigError(f"model.overrides.{key}", f"{reason} (leave the override out)")
+        if _comparable(kept) == _comparable(value):  # a recipe's list, a config's tuple
+            continue
+        if key in model.training_settings:
+            changed[key] = value
+            continue
+        reason = f"is {value!r}, but {source} has {kept!r}: fine-tuning keeps the checkpoint's config"
+        raise ConfigError(f"model.overrides.{key}", f"{reason} (leave the override out)")
+    if changed:
+        try:
+            model.config = model.config.replace(**changed)  # type: ignore[operator]
+        except ConfigError as error:
+            raise ConfigError(f"model.overrides.{error.source}", error.reason) from None
 
 
 def _comparable(value: object) -> object:
