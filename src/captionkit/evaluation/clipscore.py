@@ -1,10 +1,12 @@
 """CLIPScore and RefCLIPScore (Hessel et al., EMNLP 2021), reference-free caption metrics from a CLIP model.
 
 Per image, with unit-length CLIP embeddings: ``CLIP-S = w * max(cos(image, caption), 0)`` with ``w = 2.5``, and
-``RefCLIP-S = harmonic mean(CLIP-S, max(max_r cos(caption, r), 0))`` over the image's references ``r``. As in the
-paper's code, every text (candidate and reference) is prefixed with "A photo depicts " and cut to CLIP's text length;
-the corpus figures are the means over images. The paper used ``openai/clip-vit-base-patch32``; any CLIP on the hub or
-in a local directory (``config.json``, weights, tokenizer, ``preprocessor_config.json``) works here.
+``RefCLIP-S = harmonic mean(CLIP-S, max(max_r cos(caption, r), 0))`` over the image's references ``r``, 0 where both
+are 0 (the paper's eq. 2; jmhessel/clipscore's code leaves the caption-reference cosine unclamped and divides 0 by 0
+there, which differs only where no reference has a positive cosine with the caption). As in the paper's code, every
+text (candidate and reference) is prefixed with "A photo depicts " and cut to CLIP's text length; the corpus figures
+are the means over images. The paper used ``openai/clip-vit-base-patch32``; any CLIP on the hub or in a local
+directory (``config.json``, weights, tokenizer, ``preprocessor_config.json``) works here.
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
 The classifier is a multinomial naive Bayes over PTB tokens (the COCO evaluation's tokenizer), trained on captions
 whose style is known: SentiCap's positive and negative captions and neutral (factual) captions such as COCO's, or a
 model's own training captions. Its priors are uniform (a style request fixes how often each style occurs, not the
-training mix), its smoothing additive. SentiCap marks the words of each adjective-noun pair (ANP) that carries the
-sentiment (``word_sentiment``); :func:`senticap_sentiment_words` collects the adjectives among them, and
-:meth:`StyleClassifier.fit` counts each ``lexicon_weight`` more times, so the sentiment adjectives weigh more than
-the nouns that happen to occur beside them.
+training mix), its smoothing additive; a token no style was trained on is left out of the scores. SentiCap marks
+the words of each adjective-noun pair (ANP) that carries the sentiment (``word_sentiment``);
+:func:`senticap_sentiment_words` collects the adjectives among them, and :meth:`StyleClassifier.fit` counts each
+``lexicon_weight`` more times, so the sentiment adjectives weigh more than the nouns that happen to occur beside them.
 
 The style table (:func:`evaluate_styles`) reports, for each requested style: **style accuracy** (share of captions
 the classifier assigns to the requested style; None for a style it was not trained on), **CIDEr-D** against that
@@ -48,7 +48,8 @@ class StyleClassifier:
     # style -> token -> log P(token | style); tokens never seen with a style get unseen[style].
     log_likelihood: dict[str, dict[str, float]]
     unseen: dict[str, float]
-    # Tokens whose presence is evidence for a non-neutral style (log-ratio against neutral above a threshold).
+    # Tokens whose presence is evidence for a non-neutral style (log-ratio against every other style above a
+    # threshold).
     style_words: frozenset[str]
 
     @classmethod
@@ -65,7 +66,7 @@ class StyleClassifier:
 
         Style words (what content matching ignores): the lexicon's words, and words seen at least
         ``style_word_count`` times with a non-neutral style and ``style_word_ratio`` times likelier there than in
-        neutral captions. The defaults were chosen on SentiCap + COCO (see the tests' measured accuracy).
+        captions of any other style. The defaults were chosen on SentiCap + COCO (see the tests' measured accuracy).
         """
         pairs = list(examples)
         styles = sorted({style for _, style in pairs}, key=lambda s: (STYLES.index(s) if s in STYLES else 9, s))
@@ -104,7 +105,12 @@ class StyleClassifier:
         return self.log_likelihood[style].get(word, self.unseen[style])
 
     def scores_of_tokens(self, tokens: Sequence[str]) -> dict[str, float]:
-        return {style: sum(self._log_p(w, style) for w in tokens) for style in self.styles}
+        """Each style's summed log-likelihood of the tokens that some style was trained on. A token none was trained
+        on is no evidence (as in sklearn's and Jurafsky & Martin's naive Bayes): scored, it would add
+        ``log(alpha / total)`` and so favour the style with the fewest training tokens, the training mix that the
+        uniform priors leave out."""
+        known = [w for w in tokens if any(w in self.log_likelihood[style] for style in self.styles)]
+        return {style: sum(self._log_p(w, style) for w in known) for style in self.styles}
 
     def predict(self, captions: Sequence[str]) -> list[str]:
         """The most likely style of each caption (ties go to the earlier style: neutral first)."""
