@@ -241,6 +241,7 @@ def restore_training_checkpoint(
     """The loop state, with the optimizer and grad scaler restored; and the call that restores the RNG states,
     to be made last before the loop (building the data loader draws from torch's generator)."""
     saved, tensors = ckpt.read_training_state(directory)
+    _check_optimizer_groups(directory, optimizer, saved)
     load_optimizer_state(optimizer, saved["optimizer"], tensors)
     if saved["grad_scaler"]:
         scaler.load_state_dict(saved["grad_scaler"])
@@ -251,6 +252,22 @@ def restore_training_checkpoint(
         plain = others[rank - 1]
         rng_tensors = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
     return LoopState(**saved["loop"]), lambda: restore_rng(plain, rng_tensors)
+
+
+def _check_optimizer_groups(directory: Path, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """The checkpoint's AdamW groups (decayed, not decayed) hold as many parameters as this run's: a version that
+    decays other parameters (captionkit keeps more position tables from decay than it did) cannot resume it, and
+    torch would say so in a traceback."""
+    saved_sizes = [len(group["params"]) for group in saved["optimizer"]["param_groups"]]
+    sizes = [len(group["params"]) for group in optimizer.param_groups]
+    if saved_sizes != sizes:
+        version = saved.get("captionkit_version", "unknown")
+        raise InputError(
+            directory,
+            f"its optimizer groups the parameters as {' + '.join(map(str, saved_sizes))} for weight decay, this "
+            f"captionkit as {' + '.join(map(str, sizes))} (the checkpoint's captionkit: {version}): pass --no-resume "
+            "to start over, or resume with the captionkit that wrote it",
+        )
 
 
 def publish_final_model(

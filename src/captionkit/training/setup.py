@@ -46,8 +46,10 @@ from captionkit.training.validation import neutral_references
 
 logger = logging.getLogger(__name__)
 
-# Position tables are not decayed either: weight decay would pull a sin-cos start back to zero.
-_NO_DECAY_NAMES = ("position_embeddings", "wpe")
+# Position tables are not decayed either: weight decay would pull a sin-cos start back to zero. Their names: HF
+# ViT, BERT and GPT-2's (``position_embeddings``, ``wpe``), CLIP and BLIP vision towers' (``position_embedding``,
+# which GIT's image encoder is too) and timm's (``pos_embed``).
+_NO_DECAY_NAMES = ("position_embedding", "wpe", "pos_embed")
 
 
 @dataclass

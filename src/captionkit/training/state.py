@@ -1,7 +1,8 @@
 """What a resumed run needs besides the weights, split into JSON and tensors (safetensors): never a pickle.
 
 * RNG states: Python's, NumPy's (JSON) and torch's CPU and CUDA generators (tensors);
-* the optimizer: its hyper-parameters and scalar state (JSON) and its moment tensors (``optimizer.{i}.{key}``).
+* the optimizer: its parameter groups and scalar state (JSON) and its moment tensors (``optimizer.{i}.{key}``); a
+  resumed run takes the groups' settings (weight decay, betas) from its own config.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ def load_optimizer_state(
     for name, value in plain["scalars"].items():
         index, key = name.split(".", 1)
         state.setdefault(int(index), {})[key] = value
+    # The saved groups give which parameters each holds; the settings are this run's (weight decay, betas, fused on
+    # its device): a run resumed with changed ones (--resume) trains with them, as it does with a changed lr.
     groups = [
-        dict(group, betas=tuple(group["betas"])) if "betas" in group else group for group in plain["param_groups"]
+        saved | {key: value for key, value in group.items() if key != "params"}
+        for saved, group in zip(plain["param_groups"], optimizer.param_groups, strict=True)
     ]
     optimizer.load_state_dict({"state": state, "param_groups": groups})
