@@ -81,6 +81,29 @@ _INERT_SETTINGS: dict[str, tuple[Any, ...]] = {
     "disable_grouping": (None, True, False),
 }
 _IGNORED_KEYS = frozenset({"crop_size", "pad_size", "processor_class"})  # read only when the above are on
+# What each processor takes for a setting its file leaves out, where that is not ViTImageProcessor's (the dataclass's
+# defaults): the hub's BLIP file (Salesforce/blip-image-captioning-base) names no resample, and BlipImageProcessor
+# then resizes bicubic. Values as transformers' image processors define them.
+_CLIP_NORM: dict[str, Any] = {
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+}
+_BICUBIC: dict[str, Any] = {"resample": int(Image.Resampling.BICUBIC)}
+_DEFAULTS_BY_PROCESSOR = {
+    "Blip": _BICUBIC | _CLIP_NORM,
+    "CLIP": _BICUBIC | _CLIP_NORM,
+    "Bit": _BICUBIC | _CLIP_NORM,
+    "DeiT": _BICUBIC,
+    "Beit": _BICUBIC,
+    "Siglip": _BICUBIC,
+    "ConvNext": _BICUBIC,
+}
+_PROCESSOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    f"{name}{kind}{suffix}": defaults
+    for name, defaults in _DEFAULTS_BY_PROCESSOR.items()
+    for kind in ("ImageProcessor", "FeatureExtractor")
+    for suffix in ("", "Pil", "Fast")
+}
 
 
 @dataclass(frozen=True)
@@ -245,12 +268,13 @@ class Preprocessing:
 
         Takes what ViTImageProcessor takes for a fixed output size: ``size`` as an int, ``[h, w]`` or
         ``{"height", "width"}``; one number for mean or std; legacy ``ViTFeatureExtractor`` files. Missing
-        settings get ViTImageProcessor's defaults. What captionkit cannot honour (edge-based sizes, centre
-        crop, padding, another processor, unknown keys) is an error, never a silently different model input.
+        settings get the named processor's defaults (BLIP's and CLIP's: bicubic), else ViTImageProcessor's. What
+        captionkit cannot honour (edge-based sizes, centre crop, padding, another processor, unknown keys) is an
+        error, never a silently different model input.
         """
         if not isinstance(data, Mapping):
             raise ConfigError(source, f"expected a JSON object, got {type(data).__name__}")
-        data = _crop_settings(_explicit_size(data), source)
+        data = _crop_settings(_explicit_size(_with_processor_defaults(data)), source)
         field_keys = {field.name for field in dataclasses.fields(cls)}
         _check_known_keys(data, source, field_keys)
         fields = {key: value for key, value in data.items() if key in field_keys and value is not None}
@@ -291,6 +315,13 @@ class Preprocessing:
                 raise ConfigError(file, "has no image_processor settings")
             data = data["image_processor"]
         return cls.from_dict(data, source=str(file))
+
+
+def _with_processor_defaults(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The settings with those the file leaves out (or sets to null) as its named processor has them."""
+    kind = next((data[key] for key in _TYPE_KEYS if key in data), None)
+    defaults = _PROCESSOR_DEFAULTS.get(kind, {}) if isinstance(kind, str) else {}
+    return {**data, **{key: value for key, value in defaults.items() if data.get(key) is None}}
 
 
 def _explicit_size(data: Mapping[str, Any]) -> Mapping[str, Any]:
