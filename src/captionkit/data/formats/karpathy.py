@@ -2,8 +2,9 @@
 
 ``{"images": [{"filename", "filepath"?, "split", "cocoid"?, "sentences": [{"raw", "tokens"}]}], "dataset"}``.
 ``split`` is train/val/test (``restval`` counts as train). The caption is ``raw`` (else the tokens joined). COCO
-images live in ``<root>/<filepath>/<filename>``, or under their COCO 2017 names (``000000000139.jpg``) in the
-image roots given; Flickr ones in the usual image folder beside the file.
+images live in ``<root>/<filepath>/<filename>``, or in the image roots given: under ``<filepath>/``, directly (roots
+that are the 2014 folders themselves) or under their COCO 2017 names (``000000000139.jpg``); Flickr ones in the
+usual image folder beside the file.
 """
 
 from __future__ import annotations
@@ -86,7 +87,8 @@ def read(probe: Probe, options: ReadOptions) -> ReadResult:
         folder = require(image, "filepath", str, where) if image.get("filepath") is not None else ""
         entries.append((where, image, f"{folder}/{name}" if folder else name))
     # dataset_coco.json names the 2014 files; whoever has only COCO 2017 (the same photos, renamed) gives
-    # ?images=train2017&images=val2017 and each image is found under its 2017 name.
+    # ?images=train2017&images=val2017 and each image is found under its 2017 name, as it is found in
+    # ?images=train2014&images=val2014 under its 2014 name without the filepath folder.
     resolve = ImageResolver(image_roots(path.parent, [entry[2] for entry in entries], options), coco_aliases)
     for where, image, relative in entries:
         split = check_split(require(image, "split", str, where), where)

@@ -39,10 +39,17 @@ SENTIMENTS: dict[object, str] = {1: "positive", 0: "negative", "1": "positive", 
 
 
 def coco_aliases(name: str) -> Iterator[str]:
-    """The file's own name, then its COCO 2017 name (the same photo)."""
+    """The name as written, then for a COCO 2014 file its bare file name and its COCO 2017 name (the same photo).
+
+    The bare name is for Karpathy's ``val2014/COCO_val2014_...jpg``: whoever gives the 2014 folders themselves as
+    image roots (``?images=train2014&images=val2014``, as with the 2017 ones) names no folder above them. Only a
+    COCO name is looked for without its folder: it names one photo in any folder, where ``a/1.jpg`` and ``b/1.jpg``
+    are two.
+    """
     yield name
     match = _COCO_2014.match(Path(name).name)
     if match:
+        yield match[0]
         yield match[1]
 
 

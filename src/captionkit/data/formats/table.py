@@ -180,7 +180,9 @@ def _add(collector: Collector, resolve: ImageResolver, row: dict[str, object], w
     # One image, one id: "a\\b.jpg", "./a/b.jpg" and "a/b.jpg", or a name's NFC and NFD spellings, must not split.
     default_id = unicodedata.normalize("NFC", PurePosixPath(spellings(image)[0]).as_posix())
     style = check_style(row.get("style"), where)
-    collector.add(resolve(image), caption, str(image_id or default_id), style, check_split(split or None, where))
+    # An id of 0 is an id (VizWiz and many converters count images from 0), not a missing one.
+    own_id = str(image_id) if image_id not in (None, "") else default_id
+    collector.add(resolve(image), caption, own_id, style, check_split(split or None, where))
 
 
 def read_csv(probe: Probe, options: ReadOptions) -> ReadResult:
