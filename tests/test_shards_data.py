@@ -127,6 +127,21 @@ def test_json_caption_is_used_without_a_txt_member(tmp_path, photos):
     assert result.dropped == {"sample without a caption": 1}
 
 
+def test_a_byte_order_mark_is_no_part_of_a_tar_members_caption(tmp_path, photos):
+    """A .txt saved by a Windows editor starts with a BOM: it was the caption's first character, and a .json that
+    starts with one failed to parse (its sample dropped as unreadable)."""
+    shard = tmp_path / "bom.tar"
+    with tarfile.open(shard, "w") as archive:
+        for key, name, text in (("k1", "k1.txt", "a dog\n"), ("k2", "k2.json", json.dumps({"caption": "a cat"}))):
+            archive.add(photos[0], f"{key}.jpg")
+            member = tmp_path / name
+            member.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+            archive.add(member, name)
+    result = load_dataset(shard)
+    assert [(r.image_id, r.caption) for r in result.records] == [("k1", "a dog"), ("k2", "a cat")]
+    assert result.dropped == {}
+
+
 def test_captions_of_a_sample_without_an_image_member_are_counted_not_silently_lost(tmp_path, photos):
     shard = tmp_path / "no-image.tar"
     with tarfile.open(shard, "w") as archive:

@@ -196,7 +196,7 @@ def _read_text(archive: tarfile.TarFile, member: tarfile.TarInfo) -> str:
     data = handle.read() if handle is not None else b""
     if len(data) < member.size:
         raise ValueError("cut short (torn tar)")
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")  # a BOM (Windows editors write one) is no part of the caption, nor JSON
 
 
 def sample_captions(lines: tuple[str, ...], meta: dict[str, Any]) -> list[str]:
