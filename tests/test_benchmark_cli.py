@@ -25,7 +25,8 @@ from captionkit.models.vit_gpt2 import PRESETS
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+# bf16 in the slow suite: a run is about 10 s (a fresh process per engine for its peak memory).
+@pytest.mark.parametrize("dtype", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])
 def test_benchmark_on_real_images_reports_both_engines(
     dtype: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,6 +134,7 @@ def test_benchmark_of_a_saved_checkpoint(tmp_path: Path, capsys: pytest.CaptureF
     assert len(result["captionkit"]["batch_times_s"]) == 1
 
 
+@pytest.mark.slow  # about 9 s each
 @pytest.mark.parametrize("family", ["blip", "git"])
 def test_benchmark_of_a_hub_blip_or_git(family: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     hub_layout(family, tmp_path / family)

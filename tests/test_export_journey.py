@@ -130,7 +130,8 @@ def _hidden(tmp_path: Path) -> list[Path]:
 @pytest.mark.parametrize(
     ("kind", "how"), [("int8", signal.SIGKILL), ("onnx", signal.SIGTERM)], ids=["int8-SIGKILL", "onnx-SIGTERM"]
 )
-@pytest.mark.parametrize("existing", [False, True])
+# Each kind and signal once in the fast suite (about 5 s a case); the other two cases in the slow one.
+@pytest.mark.parametrize("existing", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_next_export_removes_what_an_export_killed_outright_left(
     kind: str, how: signal.Signals, existing: bool, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
