@@ -4,7 +4,8 @@ model holds it.
 ``model.int8.safetensors`` (safetensors, never a pickle) holds, for each torch.ao dynamic int8 linear layer ``L``:
 
 * ``L.weight``: int8, (out, in), the quantized values;
-* ``L.weight_scale``: float32, (out,), one scale per output channel (symmetric: every zero point is 0);
+* ``L.weight_scale``: float32, (out,), one scale per output channel (torch's per-channel symmetric scheme:
+  max|row| / 127.5, at least float32's eps; values -128..127; every zero point is 0);
 * ``L.bias``: float32, (out,), when the layer has one;
 
 for each embedding table ``E`` (``nn.Embedding``: token and position tables, and so an output head tied to the
@@ -44,9 +45,12 @@ QUANTIZED_TENSOR_DEPRECATION = r"torch\.quantize_per_tensor, torch\.quantize_per
 
 
 def int8_rows(table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``table`` (2-D, float) as int8 values and one float32 scale per row (symmetric, -127..127)."""
+    """``table`` (2-D, float) as int8 values and one float32 scale per row (symmetric, -127..127).
+
+    A scale is at least float32's eps, as torch's observer makes those of the int8 layers: a row so small that
+    peak / 127 underflowed to 0 got a scale of 0, which the loader refuses."""
     peak = table.detach().float().abs().amax(dim=1)
-    scales = torch.where(peak > 0, peak / 127, torch.ones_like(peak))
+    scales = (peak / 127).clamp(min=torch.finfo(torch.float32).eps)
     return torch.round(table.detach().float() / scales[:, None]).clamp(-127, 127).to(torch.int8), scales
 
 
@@ -159,10 +163,12 @@ def _fill_table(table: nn.Module, name: str, tensors: dict[str, torch.Tensor], p
 def _int8_linear(model: nn.Module, name: str, tensors: dict[str, torch.Tensor], path: Path) -> DynamicInt8Linear:
     """The int8 layer stored under ``name`` (its tensors taken out of ``tensors``), in place of that linear layer."""
     linear = _submodule(model, name)
+    # The tensor that made ``name`` an int8 layer: its scales, or an int8 weight alone (one stored as int8 in error).
+    key = f"{name}{SCALE_SUFFIX}" if f"{name}{SCALE_SUFFIX}" in tensors else f"{name}.weight"
     if linear is None:
-        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: the model has no layer {name!r}")
+        raise ModelLoadError(path, f"{key}: the model has no layer {name!r}")
     if type(linear) is not nn.Linear:
-        raise ModelLoadError(path, f"{name}{SCALE_SUFFIX}: {name} is a {type(linear).__name__}, not a linear layer")
+        raise ModelLoadError(path, f"{key}: {name} is a {type(linear).__name__}, not a linear layer")
     weight, scales = _int8_values(path, name, tensors, linear.weight.shape)
     bias = tensors.pop(f"{name}.bias", None)
     if linear.bias is not None:
