@@ -99,3 +99,25 @@ def test_attention_maps_in_the_output_file_are_refused_before_anything_is_writte
     assert code == 1
     assert err == f"captionkit: error: --attention-maps: {out} is also --output; write them to a folder of their own\n"
     assert not out.exists()
+
+
+def test_the_caption_job_draws_maps_on_what_the_model_saw(tmp_path, capsys, monkeypatch):
+    """A model that centre-crops (ResNet's 256 then 224, CLIP, DeiT) saw part of a non-square photo: the job's
+    overlays stretched its maps over the whole photo. It passes the model's preprocessing to write_overlays."""
+    from captionkit.jobs import overlays
+
+    seen = []
+    real = overlays.write_overlays
+
+    def recording(*args, **kwargs):
+        seen.append(args[4] if len(args) > 4 else kwargs.get("preprocessing"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(overlays, "write_overlays", recording)
+    model_dir = save_tiny_model(tmp_path / "model")
+    args = ["caption", PHOTO, "--model", model_dir, "--beams", "1", "--max-length", "3"]
+    code, _, err = run_cli([*args, "--attention-maps", tmp_path / "maps", "--output", tmp_path / "o.jsonl"], capsys)
+    assert code == 0, err
+    from captionkit.images import Preprocessing
+
+    assert len(seen) == 1 and seen[0] == Preprocessing.load(model_dir)

@@ -5,7 +5,9 @@ soft attention) return, for a caption fed back teacher-forced, one (h, w) map pe
 over the image grid (see ``CaptionModel.attention_maps``). :func:`caption_maps` runs that for decoded captions;
 :func:`overlay` and :func:`write_overlays` draw the maps over the image with Pillow alone: the grid is upsampled
 bilinearly to the image size, coloured with an inferno-like colour map scaled to the token's strongest weight, and
-blended over the photo more opaquely where the weight is high.
+blended over the photo more opaquely where the weight is high. Where the preprocessing took a centre crop (CLIP,
+DeiT, DINOv2 and ResNet encoders), the grid covers only that crop: it is drawn there, and the margins the model never
+saw are drawn as weight 0.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from PIL import Image
 
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
+from captionkit.images import Preprocessing
 from captionkit.models.base import CaptionModel
 from captionkit.precision import model_dtype
 from captionkit.text import CaptionTokenizer
 
-__all__ = ["caption_maps", "check_attention", "overlay", "overlay_name", "token_texts", "write_overlays"]
+__all__ = ["caption_maps", "check_attention", "overlay", "overlay_name", "seen_box", "token_texts", "write_overlays"]
 
 # Colour map anchors from low to high weight (dark purple through red and orange to pale yellow), interpolated.
 COLOUR_ANCHORS = np.array(
@@ -36,6 +39,8 @@ MIN_ALPHA, MAX_ALPHA = 0.15, 0.75
 # Overlays of larger images are drawn at this longest side (a 12-megapixel photo need not give 12 MB PNGs).
 MAX_OVERLAY_SIDE = 512
 WORD_CHARACTERS = re.compile(r"[^\w-]+")
+# (left, top, right, bottom) as fractions of an image's width and height: the whole image.
+WHOLE_IMAGE = (0.0, 0.0, 1.0, 1.0)
 
 
 def check_attention(model: CaptionModel, source: str = "attention") -> None:
@@ -116,10 +121,45 @@ def colourize(values: np.ndarray) -> np.ndarray:
     return COLOUR_TABLE[np.rint(np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)]
 
 
-def overlay(image: Image.Image, grid: np.ndarray, max_side: int = MAX_OVERLAY_SIDE) -> Image.Image:
+def seen_box(preprocessing: Preprocessing | None, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """The part of a (width, height) ``size`` image that ``preprocessing`` hands the model, as (left, top, right,
+    bottom) fractions of the width and height: the centre crop's box, or the whole image (None: no crop).
+
+    It follows ``Preprocessing.resized``: resize (the shorter edge to an int ``crop_from``, the longer one truncated,
+    or to a (height, width) pair), then a centre crop of ``size`` whose odd margins round as ``crop_rounding`` says.
+    """
+    if preprocessing is None or not preprocessing.do_resize or preprocessing.crop_from is None:
+        return WHOLE_IMAGE
+    width, height = size
+    crop_from = preprocessing.crop_from
+    if isinstance(crop_from, tuple):
+        resized_height, resized_width = crop_from
+    elif width <= height:
+        resized_width, resized_height = crop_from, int(crop_from * height / width)
+    else:
+        resized_width, resized_height = int(crop_from * width / height), crop_from
+    crop_height, crop_width = preprocessing.size
+    margins = (resized_width - crop_width, resized_height - crop_height)
+    floor = preprocessing.crop_rounding == "floor"
+    left, top = (margin // 2 if floor else round(margin / 2) for margin in margins)
+    return (
+        left / resized_width,
+        top / resized_height,
+        (left + crop_width) / resized_width,
+        (top + crop_height) / resized_height,
+    )
+
+
+def overlay(
+    image: Image.Image,
+    grid: np.ndarray,
+    max_side: int = MAX_OVERLAY_SIDE,
+    seen: tuple[float, float, float, float] = WHOLE_IMAGE,
+) -> Image.Image:
     """The RGB ``image`` (shrunk to ``max_side``) with the (h, w) attention ``grid`` drawn over it as a heatmap.
 
-    The grid covers the whole image (preprocessing resizes without cropping), so it is stretched to the image.
+    The grid is stretched over ``seen`` (see :func:`seen_box`), the part of the image the model saw; the rest of the
+    image gets weight 0.
     """
     if grid.ndim != 2 or not np.isfinite(grid).all():
         raise ValueError(f"an attention grid must be a finite (h, w) array, got shape {grid.shape}")
@@ -128,7 +168,12 @@ def overlay(image: Image.Image, grid: np.ndarray, max_side: int = MAX_OVERLAY_SI
         photo.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     peak = float(grid.max())
     scaled = (grid / peak if peak > 0 else np.zeros_like(grid)).astype(np.float32)
-    upsampled = np.asarray(Image.fromarray(scaled).resize(photo.size, Image.Resampling.BILINEAR))
+    width, height = photo.size
+    left, top, right, bottom = (round(f * side) for f, side in zip(seen, (width, height, width, height), strict=True))
+    right, bottom = max(right, left + 1), max(bottom, top + 1)  # a sliver of a thumbnail still gets its grid
+    upsampled = np.zeros((height, width), dtype=np.float32)
+    box = Image.fromarray(scaled).resize((right - left, bottom - top), Image.Resampling.BILINEAR)
+    upsampled[top:bottom, left:right] = np.asarray(box)
     heat = Image.fromarray(colourize(upsampled))
     opacity = np.rint((MIN_ALPHA + (MAX_ALPHA - MIN_ALPHA) * np.clip(upsampled, 0.0, 1.0)) * 255).astype(np.uint8)
     return Image.composite(heat, photo, Image.fromarray(opacity))
@@ -140,8 +185,16 @@ def overlay_name(index: int, token: str) -> str:
     return f"{index:03d}-{word}.png"
 
 
-def write_overlays(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, directory: Path) -> list[Path]:
+def write_overlays(
+    image: Image.Image,
+    tokens: Sequence[str],
+    maps: np.ndarray,
+    directory: Path,
+    preprocessing: Preprocessing | None = None,
+) -> list[Path]:
     """Write one heatmap PNG per token into ``directory`` (created); returns the paths in caption order.
+
+    ``preprocessing`` is the model's (None: the maps cover the whole image): a centre crop puts the maps on the crop.
 
     Overlays an earlier run left there (``NNN-*.png``) are removed first: they may belong to another caption.
     """
@@ -150,13 +203,14 @@ def write_overlays(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, 
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("[0-9][0-9][0-9]-*.png"):
         stale.unlink()
+    seen = seen_box(preprocessing, image.size)
     photo = image.convert("RGB")
     photo.thumbnail((MAX_OVERLAY_SIDE, MAX_OVERLAY_SIDE), Image.Resampling.LANCZOS)  # once, not per token
     paths = []
     for index, (token, grid) in enumerate(zip(tokens, maps, strict=True)):
         path = directory / overlay_name(index, token)
         png = io.BytesIO()
-        overlay(photo, grid).save(png, "PNG", compress_level=1)  # fast: these are previews, not archives
+        overlay(photo, grid, seen=seen).save(png, "PNG", compress_level=1)  # fast: these are previews, not archives
         write_atomic(path, png.getvalue())
         paths.append(path)
     return paths

@@ -97,7 +97,10 @@ def overlay_writer(
             assert caption.tokens is not None and caption.attention is not None
             try:
                 image = captioner.load_images([path])[0]
-                write_overlays(image, caption.tokens, caption.attention, directory / folders[path])
+                # The preprocessing: a model that crops saw part of the photo, where its maps belong.
+                write_overlays(
+                    image, caption.tokens, caption.attention, directory / folders[path], captioner.preprocessing
+                )
             except (CaptionkitError, OSError) as error:
                 print(f"{path}: no attention maps: {error}", file=sys.stderr)
 
