@@ -108,7 +108,7 @@ def test_coco_ids_as_ints_or_strings_several_captions_in_order_and_an_image_with
     document = {
         "images": [
             {"id": 1, "file_name": "000000000001.jpg"},
-            {"id": 2, "file_name": "000000000002.jpg"},  # no annotation names it: no record
+            {"id": 2, "file_name": "000000000002.jpg"},  # no annotation names it: no record, counted
             {"id": 3, "file_name": "000000000003.jpg"},
         ],
         "annotations": [
@@ -120,7 +120,7 @@ def test_coco_ids_as_ints_or_strings_several_captions_in_order_and_an_image_with
     result = load_dataset(write_json(tmp_path / "captions_val2017.json", document))
     assert [(r.image_id, r.caption, r.split) for r in result.records] == [("1", "first", None), ("1", "second", None)]
     assert result.records[0].image_path == tmp_path / "val2017" / "000000000001.jpg"
-    assert result.dropped == {"empty caption": 1}
+    assert result.dropped == {"empty caption": 1, "image without captions": 1}
 
 
 @pytest.mark.parametrize(

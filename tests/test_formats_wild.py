@@ -182,7 +182,7 @@ def test_coco_caption_of_an_image_id_not_in_images_is_dropped_and_counted(tmp_pa
     assert len(result.records) == 10
     assert {r.image_id for r in result.records} == {str(i) for i in ids}
     assert all(r.image_path.is_file() for r in result.records)
-    assert result.dropped == {"caption of an image_id not in 'images'": 1}
+    assert result.dropped == {"caption of an image_id not in 'images'": 1, "image without captions": 1}
     code, out, _ = run_cli(["data", "check", str(tmp_path / "annotations" / "captions_train2017.json")], capsys)
     assert code == 0
     assert "dropped: 1 caption of an image_id not in 'images'" in out

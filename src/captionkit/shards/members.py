@@ -80,7 +80,8 @@ def read_member(path: Path, limit: int) -> bytes | None:
 
 def iter_samples(containers: Iterable[Path]) -> Iterator[ShardSample]:
     """The samples of ``containers`` in order; only the containers being read keep their index in memory. Tar
-    samples without an image are skipped; damage to a tar comes where it was found, as a ``damaged`` sample."""
+    samples without an image are skipped, and so are Parquet rows without image bytes (img2dataset's failed
+    downloads, which its index counts); damage to a tar comes where it was found, as a ``damaged`` sample."""
     for container in containers:
         yield from _tar_samples(container) if container.suffix.lower() == ".tar" else _rows(container)
 
@@ -94,12 +95,14 @@ def _tar_samples(container: Path) -> Iterator[ShardSample]:
 
 
 def _rows(container: Path) -> Iterator[ShardSample]:
-    """The rows as samples; a key that repeats is its first row only: its member path reads that row's image, so a
-    later row's caption would be paired with another row's image."""
+    """The rows with image bytes as samples; a key that repeats is its first such row only: its member path reads
+    that row's image, so a later row's caption would be paired with another row's image."""
     index = parquet_index(container)
     met: set[str] = set()
     repeated = f"{container}: a row whose key repeats an earlier row's (left out: the key names the first row's image)"
-    for key, caption in zip(index.keys, index.captions, strict=True):
+    for position, (key, caption) in enumerate(zip(index.keys, index.captions, strict=True)):
+        if position in index.imageless:  # a failed download: nothing to caption or train on (the index counts it)
+            continue
         if key in met:  # counted by the readers, its captions with it
             yield ShardSample(key, container / key, (), problem=repeated)
             continue

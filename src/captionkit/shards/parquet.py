@@ -2,18 +2,23 @@
 ``image``/``img``/``png``/``webp``) binary column, ``key`` and ``caption`` columns. A Hugging Face dataset's ``Image``
 column (a struct of ``bytes`` and ``path``, as ``datasets`` writes Parquet) is read by its ``bytes``.
 
-Only the key and caption columns are read to index a file; an image's bytes come from its row group when asked for.
-The rows read last are cached, at most :data:`ROW_GROUP_CACHE_BYTES` of image bytes per process: a row group that
-fits is cached whole, so reading rows in order decodes each group once; of a larger one, a window of rows that fits
-is cached from the row asked for on, so reading in order decodes it about (group bytes / cap) + 1 times, never once
-per image. A file of URLs only is an error saying how to download the images first. pyarrow is the optional extra
-``captionkit[parquet]``.
+img2dataset writes a row for every URL, failed downloads included: their image is null and their ``status`` says why
+(``failed_to_download``, ``failed_to_resize``...). Such rows are no samples: the index leaves them out and counts them
+by status (:attr:`ParquetIndex.dropped`). Which rows they are comes from the row group's statistics (no nulls: none)
+and the status column, without reading image bytes; only where those do not tell is the image column read.
+
+Only the key, caption and status columns are read to index a file; an image's bytes come from its row group when
+asked for. The rows read last are cached, at most :data:`ROW_GROUP_CACHE_BYTES` of image bytes per process: a row
+group that fits is cached whole, so reading rows in order decodes each group once; of a larger one, a window of rows
+that fits is cached from the row asked for on, so reading in order decodes it about (group bytes / cap) + 1 times,
+never once per image. A file of URLs only is an error saying how to download the images first. pyarrow is the
+optional extra ``captionkit[parquet]``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +29,10 @@ from captionkit.errors import InputError, first_line
 
 IMAGE_COLUMNS = ("jpg", "image", "img", "png", "webp")
 URL_COLUMNS = ("url", "URL", "image_url")
-CAPTION_COLUMNS = ("caption", "text", "TEXT")
+CAPTION_COLUMNS = ("caption", "text", "TEXT", "txt")  # txt: img2dataset's own, null in a failed row
+STATUS_COLUMN = "status"  # img2dataset's outcome of each URL
+SUCCESS = "success"
+NO_IMAGE_BYTES = "row without image bytes"
 ROW_GROUP_CACHE_BYTES = 256 << 20  # image bytes of row groups kept per process (see RowCache)
 ROW_GROUP_CACHE_ENTRIES = 2  # windows of rows kept: the group being read and the one before
 _STREAM_ROWS = 64  # rows decoded at a time while filling a window
@@ -50,12 +58,15 @@ def _pyarrow_parquet(path: Path) -> Any:
 
 @dataclass(frozen=True)
 class ParquetIndex:
-    """A file's keys in row order, where each row sits (row group, row in it), its captions, and the image column."""
+    """A file's keys in row order, where each row sits (row group, row in it), its captions, and the image column;
+    the rows without image bytes (positions in ``keys``) and why they are left out -> how many."""
 
     keys: list[str]
     rows: dict[str, tuple[int, int]]
     captions: list[Any]  # per row: a caption, a list of them (Hugging Face datasets), or None
     image_column: str
+    imageless: frozenset[int]
+    dropped: dict[str, int]
 
 
 def parquet_index(path: Path) -> ParquetIndex:
@@ -113,20 +124,73 @@ def _index(handle: Any, path: Path) -> ParquetIndex:
             raise InputError(path, download_hint(path, "parquet", url_column))
         raise InputError(path, f"no image bytes column (expected one of {', '.join(IMAGE_COLUMNS)})")
     caption_column = next((name for name in CAPTION_COLUMNS if name in names), None)
-    wanted = [name for name in ("key", caption_column) if name is not None and name in names]
+    status_column = STATUS_COLUMN if _holds_text(handle.schema_arrow, STATUS_COLUMN) else None
+    wanted = [name for name in ("key", caption_column, status_column) if name is not None and name in names]
     keys: list[str] = []
     captions: list[Any] = []
     rows: dict[str, tuple[int, int]] = {}
+    imageless: dict[int, tuple[int, int]] = {}  # position -> where, of the rows without image bytes
+    dropped: Counter[str] = Counter()
     for group in range(handle.num_row_groups):
         table = handle.read_row_group(group, columns=wanted).to_pydict()
         count = handle.metadata.row_group(group).num_rows
         group_keys = table.get("key") or [None] * count
+        statuses = table.get(STATUS_COLUMN)  # read only when a column of text
+        empty = set(_imageless_rows(handle, group, image_column, statuses))
         for row in range(count):
             key = str(group_keys[row]) if group_keys[row] is not None else f"{len(keys):09d}"
-            rows.setdefault(key, (group, row))  # a key that repeats names its first row, as readers give it once
+            if row in empty:
+                imageless[len(keys)] = (group, row)
+                dropped[_imageless_reason(statuses[row] if statuses is not None else None)] += 1
+            else:
+                rows.setdefault(key, (group, row))  # a key that repeats names its first row, as readers give it once
             keys.append(key)
         captions.extend(table[caption_column] if caption_column in table else [None] * count)
-    return ParquetIndex(keys, rows, captions, image_column)
+    for position, where in imageless.items():  # named alone (a list of member paths), it reads as having no bytes
+        rows.setdefault(keys[position], where)
+    return ParquetIndex(keys, rows, captions, image_column, frozenset(imageless), dict(dropped))
+
+
+def _holds_text(schema: Any, name: str) -> bool:
+    import pyarrow as pa
+
+    kind = schema.field(name).type if name in schema.names else None
+    return kind is not None and bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
+
+
+def _imageless_reason(status: str | None) -> str:
+    return f"{NO_IMAGE_BYTES} (img2dataset status {status})" if status else NO_IMAGE_BYTES
+
+
+def _imageless_rows(handle: Any, group: int, column: str, statuses: list[str | None] | None) -> list[int]:
+    """The rows of ``group`` whose image is null, but for those whose status says ``success``: a download that
+    lost its bytes is damage, for reading the row to report."""
+    nulls = _null_count(handle.metadata.row_group(group), column)
+    if nulls == 0:
+        return []
+    if statuses is not None:
+        failed = [row for row, status in enumerate(statuses) if status != SUCCESS]
+        if len(failed) == nulls:  # img2dataset's layout: its failed rows are the null ones, so no bytes are read
+            return failed
+    # No statistics, no status column, or one that does not match them: the bytes are read, a few rows at a time.
+    found: list[int] = []
+    first = 0  # the row group's row that the batch begins with
+    for batch in handle.iter_batches(batch_size=_STREAM_ROWS, row_groups=[group], columns=[column]):
+        empty = _image_bytes(batch.column(0)).is_null().to_pylist()
+        found += [first + row for row, null in enumerate(empty) if null]
+        first += len(empty)
+    return [row for row in found if statuses is None or statuses[row] != SUCCESS]
+
+
+def _null_count(group: Any, column: str) -> int | None:
+    """How many of ``column``'s values are null in ``group`` (its leaf of bytes, for a Hugging Face Image column:
+    a null image counts there too), from the statistics; ``None`` when they do not say."""
+    for index in range(group.num_columns):
+        chunk = group.column(index)
+        if chunk.path_in_schema in (column, f"{column}.bytes"):
+            statistics = chunk.statistics
+            return statistics.null_count if statistics is not None and statistics.has_null_count else None
+    return None
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,10 @@
 
 ``{"images": [{"id": 139, "file_name": "000000000139.jpg"}], "annotations": [{"image_id": 139, "caption": "..."}]}``.
 VizWiz adds ``is_rejected`` (such captions are dropped and counted) and ``is_precanned`` (kept: they are real
-references); a caption whose ``image_id`` is not in ``images`` is dropped and counted. Images are looked for in a
-sibling folder named after the file's split tag (``val2017/`` next to ``captions_val2017.json`` or next to its
-``annotations/`` folder; ``train/`` for VizWiz's ``train.json``), unless image roots are given.
+references); a caption whose ``image_id`` is not in ``images`` is dropped and counted, and so is an image that no
+caption names. Images are looked for in a sibling folder named after the file's split tag (``val2017/`` next to
+``captions_val2017.json`` or next to its ``annotations/`` folder; ``train/`` for VizWiz's ``train.json``), unless image
+roots are given.
 
 A single file carries no split: every record's split is ``None`` (split by image, seeded, later). A directory with
 several caption files (``captions_train2017.json`` and ``captions_val2017.json``) takes each file's split from its
@@ -33,6 +34,7 @@ _SPLIT_TAG = re.compile(r"(?:^|_)(?P<tag>(?P<split>train|val|test)(?:\d{4})?)(?:
 _VIZWIZ_NAMES = ("train.json", "val.json")
 REJECTED = "rejected caption (is_rejected)"
 NO_IMAGE = "caption of an image_id not in 'images'"
+NO_CAPTIONS = "image without captions"
 
 
 def detect_document(document: Any) -> bool:
@@ -117,10 +119,12 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
             raise InputError(where, reason)
         first_index.setdefault(image_id, index)
     resolve = ImageResolver(_image_roots(path, list(file_names.values()), options))
+    uncaptioned = set(file_names)
     for index, annotation in enumerate(document["annotations"]):
         where = f"{path}: annotations[{index}]"
         image_id = str(require(annotation, "image_id", (int, str), where))
         caption = require(annotation, "caption", str, where)
+        uncaptioned.discard(image_id)
         if image_id not in file_names:
             # A subset whose images were filtered but not its annotations (pycocotools reads it too): the caption
             # has no file to go with, so it is dropped and counted rather than making the whole file unusable.
@@ -130,3 +134,5 @@ def read_document(document: Any, path: Path, split: str | None, options: ReadOpt
             collector.drop(REJECTED)
             continue
         collector.add(resolve(file_names[image_id]), caption, image_id, split=split)
+    if uncaptioned:  # a subset's or a test split's images give no record: counted, as Karpathy's reader counts its
+        collector.drop(NO_CAPTIONS, len(uncaptioned))

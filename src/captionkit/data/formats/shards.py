@@ -2,7 +2,8 @@
 img2dataset's "files" layout (``00000/KEY.jpg`` + ``KEY.txt`` + ``KEY.json``).
 
 Each sample's key is its ``image_id``; its captions come from ``KEY.txt`` (one a line), else from the ``caption``
-field of ``KEY.json`` (or the Parquet ``caption`` column). A sample without a caption is dropped and counted.
+field of ``KEY.json`` (or the Parquet ``caption`` column). A sample without a caption is dropped and counted, and so
+is a Parquet row without image bytes (a download img2dataset failed), by its ``status``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from captionkit.shards import (
     iter_samples,
     sample_captions,
 )
+from captionkit.shards.parquet import parquet_index
 from captionkit.shards.patterns import IMAGE_SUFFIXES
 from captionkit.shards.tar import tar_index
 
@@ -69,6 +71,9 @@ def collect_samples(files: list[Path]) -> Collector:
                 collector.add(sample.image, caption, sample.key)
         if container.suffix.lower() == ".tar" and (imageless := _captioned_without_image(container)):
             collector.drop(NO_IMAGE, imageless)
+        elif container.suffix.lower() == ".parquet":  # its rows without image bytes, which iter_samples skips
+            for reason, count in parquet_index(container).dropped.items():
+                collector.drop(reason, count)
     collector.files = files
     return collector
 
