@@ -62,3 +62,18 @@ def save_tiny_model(
     tokenizer = train_tokenizer(family, list(captions) * 10, 300)
     model = tiny_model(family, seed, tokenizer, **overrides)
     return save_checkpoint(directory, model, tokenizer, Preprocessing.for_size(32, 32))
+
+
+class UnsavedModel(CaptionModel):
+    """Base of a test's scripted model (its own steps, no weights to keep): never saved or loaded."""
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> CaptionModel:
+        raise NotImplementedError
+
+    @classmethod
+    def from_saved_config(cls, directory: Path) -> CaptionModel:
+        raise NotImplementedError

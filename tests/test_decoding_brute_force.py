@@ -7,16 +7,16 @@ import itertools
 import math
 import zlib
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from _helpers import UnsavedModel
 from captionkit.decoding import DecodingConfig, Hypothesis, decoding_options, generate
 from captionkit.decoding.options import ALIASES, OPTIONS, decoding_request, option_errors
 from captionkit.errors import InputError
-from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.base import Encoded
 
 BOS, EOS = 1, 2
 # (image, tokens generated so far) -> next-token logits; None: the scripted model's seeded random ones.
@@ -24,7 +24,7 @@ Script = Callable[[int, tuple[int, ...]], Sequence[float] | None]
 Caption = tuple[float, list[int]]  # (score, generated tokens, a final eos included)
 
 
-class ScriptedModel(CaptionModel):
+class ScriptedModel(UnsavedModel):
     """A decoder with no weights: the next-token distribution of a row is ``script(image, prefix)`` (logits), or, where
     the script gives None, logits drawn from a generator seeded by (seed, image, prefix). The same prefix of the same
     image always gets the same distribution, however rows are batched, reordered or dropped."""
@@ -66,17 +66,6 @@ class ScriptedModel(CaptionModel):
         self, state: dict[str, torch.Tensor], index: torch.Tensor, row_image: tuple[int, ...]
     ) -> dict[str, torch.Tensor]:
         return {name: rows.index_select(0, index) for name, rows in state.items()}
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> CaptionModel:
-        raise NotImplementedError
-
-    @classmethod
-    def from_saved_config(cls, directory: Path) -> CaptionModel:
-        raise NotImplementedError
 
 
 def images(*ids: int) -> Encoded:

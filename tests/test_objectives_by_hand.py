@@ -15,16 +15,15 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
 
-from _helpers import FAMILIES, tiny_model
+from _helpers import FAMILIES, UnsavedModel, tiny_model
 from captionkit.config import ScstSection, TrainSection
 from captionkit.data.dataset import Batch
 from captionkit.decoding import generate
-from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.base import Encoded
 from captionkit.models.registry import create_model, train_tokenizer
 from captionkit.text import CaptionTokenizer, train_word_tokenizer
 from captionkit.text.styles import add_style_tokens
@@ -36,7 +35,7 @@ CPU = torch.device("cpu")
 WORDS = ["a red circle", "a blue square", "the green triangle"]
 
 
-class Bigram(CaptionModel):
+class Bigram(UnsavedModel):
     """p(next | previous) = softmax(table[previous]): the image plays no part."""
 
     family = "bigram"
@@ -67,17 +66,6 @@ class Bigram(CaptionModel):
 
     def reorder_state(self, state: None, index: torch.Tensor, row_image: tuple[int, ...]) -> None:
         return state
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        raise NotImplementedError
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str | Path, *, dtype: torch.dtype | None = None) -> CaptionModel:
-        raise NotImplementedError
-
-    @classmethod
-    def from_saved_config(cls, directory: Path) -> CaptionModel:
-        raise NotImplementedError
 
 
 def bigram(tokenizer: CaptionTokenizer, seed: int = 0, eos_bias: float = 0.0) -> Bigram:
