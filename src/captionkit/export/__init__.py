@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from captionkit.errors import InputError
 from captionkit.parts import EXPORT_MARKERS, CaptionerParts
@@ -53,6 +54,16 @@ def keep_training_settings(source: Path, output: Path) -> None:
     settings = source / TRAIN_CONFIG
     if settings.is_file():
         shutil.copyfile(settings, output / TRAIN_CONFIG)
+
+
+def check_finite(model: Any, source: Path, why: str, error: type[InputError] = InputError) -> None:
+    """Refuse a ``model`` (read from ``source``) with a parameter holding nan or inf, before any export is written:
+    one line naming the parameter and ``why`` an export cannot take it."""
+    import torch  # here: the checks above stay light
+
+    for name, parameter in model.named_parameters():
+        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
+            raise error(source, f"{name} holds nan or inf values, {why}")
 
 
 def load_source(source: str | Path) -> CaptionerParts:

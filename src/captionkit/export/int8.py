@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export import check_export_output, keep_training_settings, load_source
+from captionkit.export import check_export_output, check_finite, keep_training_settings, load_source
 from captionkit.export.int8_weights import INT8_WEIGHTS_FILE, load_int8_weights, round_embeddings, save_int8_weights
 from captionkit.export.staging import staged_export
 from captionkit.files import honour_umask, write_atomic
@@ -121,13 +121,9 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
     }
 
 
-def check_finite(model: nn.Module, source: Path, error: type[InputError] = InputError) -> None:
-    """Refuse a ``model`` (read from ``source``) with a parameter holding nan or inf: int8 has no value for them, and
-    a scale taken from such a row is nan or inf (the export wrote a file that failed to load, or a token's row of
-    whole numbers)."""
-    for name, parameter in model.named_parameters():
-        if parameter.is_floating_point() and not bool(torch.isfinite(parameter).all()):
-            raise error(source, f"{name} holds nan or inf values, which int8 cannot represent")
+# Why an int8 export refuses nan or inf weights: a scale taken from such a row is nan or inf (the export wrote a file
+# that failed to load, or a token's row of whole numbers).
+INT8_REASON = "which int8 cannot represent"
 
 
 def check_backend(backend: str | None) -> str:
@@ -174,7 +170,7 @@ def load_int8_model(directory: Path) -> CaptionModel:
         load_int8_weights(model, directory / INT8_WEIGHTS_FILE)
         return model
     model = load_model(directory)
-    check_finite(model, directory, ModelLoadError)
+    check_finite(model, directory, INT8_REASON, ModelLoadError)
     # torchao is an optional extra; without it, torch.ao quantizes with the same int8 scheme.
     backend = info["backend"]
     quantize_int8(model, "torch.ao" if backend == "torchao" and not torchao_installed() else backend)
@@ -209,7 +205,7 @@ def export_int8(source: str | Path, output: str | Path, backend: str | None = No
     output = Path(output)
     parts = load_source(source)
     check_export_output(parts.source, output, QUANTIZATION_FILE)
-    check_finite(parts.model, parts.source)
+    check_finite(parts.model, parts.source, INT8_REASON)
     # Staged: stopped after the fp32 save, the directory would load as the fp32 model.
     with staged_export(output, QUANTIZATION_FILE) as staging:
         parts.save(staging)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from captionkit.errors import InputError, ModelLoadError
-from captionkit.export import check_export_output, keep_training_settings, load_source
+from captionkit.export import check_export_output, check_finite, keep_training_settings, load_source
 from captionkit.export.onnx_files import GRAPHS, load_session, read_onnx_config
 from captionkit.export.staging import staged_export
 from captionkit.files import write_atomic
@@ -120,6 +120,8 @@ def export_onnx(source: str | Path, output: str | Path) -> dict[str, Any]:
         raise ModelLoadError(source, _unsupported(parts.model.family))
     output = Path(output)
     check_export_output(parts.source, output, ONNX_CONFIG)
+    # Graphs holding nan or inf weights were written without a word and decode nan log-probabilities.
+    check_finite(parts.model, parts.source, "which would make its graphs decode nan")
     with staged_export(output, ONNX_CONFIG) as staging:
         parts.tokenizer.save(staging)
         parts.preprocessing.save(staging)
