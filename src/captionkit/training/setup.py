@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,10 +90,11 @@ def drop_empty_captions(records: list[CaptionRecord]) -> tuple[list[CaptionRecor
 
 
 def load_all_records(
-    specs: str | list[str], sources: list[DataSource] | None = None
+    specs: str | list[str], sources: list[DataSource] | None = None, said: Collection[str] = ()
 ) -> tuple[list[CaptionRecord], int]:
     """The records of one dataset spec, or of several read as one dataset; and how many empty captions the readers
-    dropped. Each spec is added to ``sources`` when given."""
+    dropped. What each spec's reader dropped is logged, but for the specs in ``said`` (read before, and logged
+    then); each spec is added to ``sources`` when given."""
     records: list[CaptionRecord] = []
     empty = 0
     several = not isinstance(specs, str) and len(specs) > 1
@@ -101,7 +102,8 @@ def load_all_records(
         loaded = load_dataset(spec)
         records += loaded.records
         empty += loaded.dropped.get(EMPTY_CAPTION, 0)
-        report_dropped(spec, loaded.dropped)
+        if str(spec) not in said:
+            report_dropped(spec, loaded.dropped)
         if sources is not None:
             kept = frozenset(loaded.records) if several else frozenset()
             sources.append(DataSource(str(spec), dict(loaded.dropped), kept))
@@ -189,8 +191,9 @@ def _scanned(config: TrainConfig, shards: list[Path]) -> ScannedShards:
 
 def _val_data(config: TrainConfig) -> tuple[list[CaptionRecord], list[CaptionRecord]]:
     """The records of ``data.val`` without a split or in a validation split (validated on), and every record of it
-    not in its train split (its test split too: held out of training)."""
-    records = load_all_records(config.data.val)[0]
+    not in its train split (its test split too: held out of training). What the readers dropped from a dataset
+    that is also in ``data.train`` was logged with it, and is not logged twice."""
+    records = load_all_records(config.data.val, said=shards_specs(config))[0]
     return separate_val_records(records), [record for record in records if record.split != "train"]
 
 
