@@ -7,6 +7,9 @@ out row-major over the patch grid: the layout of ViT's patch tokens.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -26,14 +29,21 @@ CAPTIONS = ("a dog runs on the grass", "a cat sits on a red couch", "two birds f
 SIDE = 4  # tiny presets: 32 px images in 8 px patches
 
 
-def recorded_inputs(layers: list[torch.nn.Module]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list]:
-    """Hooks recording each cross-attention layer's (query-side input, encoder tokens) on its next call."""
+@contextmanager
+def recorded_inputs(layers: list[torch.nn.Module]) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Within the block, each call of a cross-attention layer records its (query-side input, encoder tokens); the
+    hooks are removed on leaving it."""
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def record(_module, args, kwargs, _output) -> None:
         seen.append((args[0], kwargs["encoder_hidden_states"]))
 
-    return seen, [layer.register_forward_hook(record, with_kwargs=True) for layer in layers]
+    hooks = [layer.register_forward_hook(record, with_kwargs=True) for layer in layers]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def softmax_by_hand(queries: torch.Tensor, keys: torch.Tensor, heads: int) -> torch.Tensor:
@@ -82,13 +92,8 @@ def test_vit_gpt2_maps_are_gpt2_cross_attention_by_hand():
     blocks = model.ved.decoder.transformer.h
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     ids = torch.tensor([[model.bos_token_id, 5, 6, 7], [model.bos_token_id, 8, 9, 10]])
-    seen, hooks = recorded_inputs([block.crossattention for block in blocks])
-    try:
-        with torch.no_grad():
-            maps = model.attention_maps(images, ids)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with recorded_inputs([block.crossattention for block in blocks]) as seen, torch.no_grad():
+        maps = model.attention_maps(images, ids)
     assert len(seen) == 2  # one call per layer
     per_layer = []
     for block, (hidden, memory) in zip(blocks, seen, strict=True):
@@ -126,13 +131,8 @@ def test_blip_maps_are_its_text_decoders_cross_attention_by_hand_after_its_promp
     layers = model.hf.text_decoder.bert.encoder.layer
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     ids = torch.tensor([[model.bos_token_id, 7, 8], [model.bos_token_id, 9, 10]])
-    seen, hooks = recorded_inputs([layer.crossattention.self for layer in layers])
-    try:
-        with torch.no_grad():
-            maps = model.attention_maps(images, ids)
-    finally:
-        for hook in hooks:
-            hook.remove()
+    with recorded_inputs([layer.crossattention.self for layer in layers]) as seen, torch.no_grad():
+        maps = model.attention_maps(images, ids)
     per_layer = []
     for layer, (hidden, memory) in zip(layers, seen, strict=True):
         attention = layer.crossattention.self
