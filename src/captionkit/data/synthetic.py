@@ -53,6 +53,8 @@ DEFAULT_COLOURS = ("red", "green", "blue", "yellow", "purple")
 SIZES = ("large", "small")
 RELATIONS = ("left of", "right of", "above", "below")
 SPLITS = ("train", "val", "test")
+# Drawings per worker handed to the pool at a time (see write_synthetic_dataset), in chunks of an eighth.
+DRAWING_BATCH = 64
 ORDERS = ("precedence", "reading")
 LAYOUTS = ("free", "opposite")
 
@@ -517,7 +519,13 @@ def write_synthetic_dataset(
         # spawn, not fork: the caller may hold threads (torch's), and a forked child could deadlock on their locks.
         context = multiprocessing.get_context("spawn")
         with context.Pool(min(workers, len(drawings)), initializer=_ignore_ctrl_c) as pool:
-            pool.map(_draw, drawings, chunksize=max(1, len(drawings) // (8 * workers)))
+            # A small batch at a time: the pool's feeder thread writes all of a map's tasks into a pipe only the
+            # workers read. Given every drawing at once, Ctrl-C could find it blocked mid-write, and terminate(),
+            # which joins it after stopping the workers, waited for ever (seen about one run in six). A batch's
+            # tasks fit in the pipe, so the feeder is never left blocked.
+            batch = DRAWING_BATCH * workers
+            for start in range(0, len(drawings), batch):
+                pool.map(_draw, drawings[start : start + batch], chunksize=DRAWING_BATCH // 8)
     else:
         for drawing in drawings:
             _draw(drawing)
