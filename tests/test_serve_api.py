@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from _helpers import run_cli
 from _serve import free_port, image_bytes, load_tiny, read_response, running_server, save_tiny_model
@@ -439,6 +441,24 @@ def test_attention_maps_come_with_each_caption(client, captioners):
     plain = post_image(client, model="tuned", num_beams=3, n_best=2, max_length=6).json()["results"][0]
     assert all("attention" not in c for c in plain["captions"])
     assert [c["caption"] for c in plain["captions"]] == [c["caption"] for c in captions]
+
+
+def test_attention_box_is_the_crop_the_model_saw(client, captioners, monkeypatch):
+    # The tiny model resizes straight to 32x32: its grids cover the whole image. Given a centre crop (the shorter
+    # edge to 32 first, as a ResNet's 256 -> 224), a 48x40 image becomes 38x32 and loses 3 columns each side, so
+    # the grids cover x in [3/38, 35/38] and all of y.
+    whole = post_image(client, model="tuned", attention="true", max_length=3).json()["results"][0]
+    assert whole["attention_box"] == [0, 0, 1, 1]
+    assert "attention_box" not in post_image(client, model="tuned", max_length=3).json()["results"][0]
+    tuned = captioners["tuned"]
+    monkeypatch.setattr(tuned, "preprocessing", replace(tuned.preprocessing, crop_from=32))
+    cropped = post_image(client, model="tuned", attention="true", max_length=3).json()["results"][0]
+    assert cropped["attention_box"] == pytest.approx([3 / 38, 0, 35 / 38, 1], abs=1e-6)
+    # Upright first: the same image turned by its EXIF orientation (40x48 as shown) is cropped top and bottom.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    turned = post_image(client, image_bytes(exif=exif.tobytes()), model="tuned", attention="true", max_length=3)
+    assert turned.json()["results"][0]["attention_box"] == pytest.approx([0, 3 / 38, 1, 35 / 38], abs=1e-6)
 
 
 def test_attention_is_refused_for_a_model_without_it(captioners, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -136,3 +137,40 @@ def test_a_photo_with_exif_rotation_shows_upright(browser, server_url, tmp_path)
     maps = page.evaluate("[...document.querySelectorAll('canvas.attention-map')].map((c) => c.height / c.width)")
     assert maps and set(maps) == {2.0}
     page.close()
+
+
+def test_heatmaps_of_a_cropping_model_cover_only_the_crop(browser, tmp_path):
+    """A model that centre-crops (the shorter edge to 32, then 32x32) sees the middle third of a 120x40 photo: the
+    page draws its grids there, and the two thirds it never saw get weight 0's tint alone, as the overlays that
+    `captionkit caption --attention-maps` writes do."""
+    captioner = load_tiny(save_tiny_model(tmp_path / "model", 0))
+    captioner.preprocessing = replace(captioner.preprocessing, crop_from=32)
+    photo = tmp_path / "grey.png"
+    Image.new("RGB", (120, 40), (128, 128, 128)).save(photo)
+    with running_server(create_app({"cropping": captioner}, ServeSettings(max_wait_ms=5))) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#model-list input[value='cropping']")
+        page.check("#attention")
+        page.fill("#max_length", "2")
+        page.set_input_files("#files", str(photo))
+        page.click("#run")
+        drawn = "[...document.querySelectorAll('canvas.attention-map')].every((c) => c.dataset.drawn === 'true')"
+        page.wait_for_function(
+            f"document.querySelectorAll('canvas.attention-map').length > 0 && {drawn}", timeout=30_000
+        )
+        # Each map is 96x32 px: columns 0-31 and 64-95 lie outside the crop, 32-63 inside.
+        maps = page.evaluate(
+            "[...document.querySelectorAll('canvas.attention-map')]"
+            ".map((c) => [...c.getContext('2d').getImageData(0, 0, c.width, c.height).data])"
+        )
+        page.close()
+    tint = [round(128 * 0.85 + channel * 0.15) for channel in (0, 0, 4)]  # COLOURS[0] at alpha 0.15 over grey
+    for rgba in maps:
+        assert len(rgba) == 32 * 96 * 4
+        rows = [[rgba[(y * 96 + x) * 4 : (y * 96 + x) * 4 + 3] for x in range(96)] for y in range(32)]
+        outside = [pixel for row in rows for x, pixel in enumerate(row) if x < 32 or x >= 64]
+        inside = [pixel for row in rows for pixel in row[33:63]]
+        assert all(abs(p - t) <= 2 for pixel in outside for p, t in zip(pixel, tint, strict=True)), outside[0]
+        # The grid's peak is drawn inside, at alpha 0.75 of the colour map's top: far from the weight-0 tint.
+        assert max(sum(abs(p - t) for p, t in zip(pixel, tint, strict=True)) for pixel in inside) > 100

@@ -32,6 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import captionkit
 from captionkit.api import Caption, Captioner
+from captionkit.attention import seen_box
 from captionkit.errors import CaptionkitError, ConfigError, first_line
 from captionkit.serve.batching import BatcherFailed, BatcherStopped, MicroBatcher, QueueFull
 from captionkit.serve.errors import ApiError, field_error, invalid_fields, route_refusal
@@ -113,8 +114,8 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
             "style": params.style,
             "decoding": _describe_decoding(params),
             "results": [
-                _result(index, upload.name, captions)
-                for index, (upload, captions) in enumerate(zip(uploads, found, strict=True))
+                _result(index, upload.name, captions, _attention_box(params, image))
+                for index, (upload, image, captions) in enumerate(zip(uploads, images, found, strict=True))
             ],
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
@@ -279,14 +280,25 @@ def _merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
     return query | body
 
 
-def _result(index: int, name: str, captions: list[Caption]) -> dict[str, Any]:
-    return {
+def _result(
+    index: int, name: str, captions: list[Caption], box: tuple[float, float, float, float] | None
+) -> dict[str, Any]:
+    result: dict[str, Any] = {
         "index": index,
         "image": name,
         "caption": captions[0].caption,
         "score": captions[0].score,
         "captions": [_caption_record(caption) for caption in captions],
     }
+    if box is not None:
+        result["attention_box"] = [round(fraction, 6) for fraction in box]
+    return result
+
+
+def _attention_box(params: CaptionParams, image: Image.Image) -> tuple[float, float, float, float] | None:
+    """With attention asked for: the part of the (upright) ``image`` that the attention grids cover, the centre
+    crop the model saw (see :func:`captionkit.attention.seen_box`); None without attention."""
+    return seen_box(params.model.captioner.preprocessing, image.size) if params.attention else None
 
 
 def _caption_record(caption: Caption) -> dict[str, Any]:

@@ -51,7 +51,17 @@ RESULT = _object(
         "caption": {"type": "string", "description": "The best caption (captions[0])."},
         "score": {"type": "number", "description": "The best caption's score."},
         "captions": {"type": "array", "items": CAPTION, "description": "The n-best captions, best first."},
-    }
+        "attention_box": {
+            "type": "array",
+            "items": NUMBER,
+            "minItems": 4,
+            "maxItems": 4,
+            "description": "Only with attention=true: the part of the image (upright, as its EXIF orientation says)"
+            " that the attention grids cover, as [left, top, right, bottom] fractions of its width and height: the"
+            " centre crop the model saw, or [0, 0, 1, 1] when it sees the whole image.",
+        },
+    },
+    optional=("attention_box",),
 )
 
 # The DecodingConfig the request resolved to, its fields named as a request names them where they differ.

@@ -274,7 +274,9 @@ function colour(value) {
   return COLOURS[low].map((c, i) => Math.round(c * (1 - fraction) + COLOURS[low + 1][i] * fraction));
 }
 
-function drawHeatmap(canvas, bitmap, grid) {
+// The grid covers `box` ([left, top, right, bottom] fractions: the crop the model saw); the rest of the image,
+// which the model never saw, gets weight 0 (as the overlays `captionkit caption --attention-maps` writes).
+function drawHeatmap(canvas, bitmap, grid, box) {
   const context = canvas.getContext("2d");
   context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const rows = grid.length, cols = grid[0].length;
@@ -287,12 +289,19 @@ function drawHeatmap(canvas, bitmap, grid) {
     pixels.data.set([...colour(value), Math.round((0.15 + 0.6 * value) * 255)], i * 4);
   });
   small.getContext("2d").putImageData(pixels, 0, 0);
-  context.imageSmoothingEnabled = true; // bilinear upsampling of the grid to the image
+  const [left, top, right, bottom] = box.map((f, i) => Math.round(f * (i % 2 ? canvas.height : canvas.width)));
+  const width = Math.max(right - left, 1), height = Math.max(bottom - top, 1);
+  context.fillStyle = `rgba(${colour(0).join(", ")}, 0.15)`; // weight 0's tint, around the box only
+  context.beginPath();
+  context.rect(0, 0, canvas.width, canvas.height);
+  context.rect(left, top, width, height);
+  context.fill("evenodd");
+  context.imageSmoothingEnabled = true; // bilinear upsampling of the grid to the box
   context.imageSmoothingQuality = "high";
-  context.drawImage(small, 0, 0, canvas.width, canvas.height);
+  context.drawImage(small, left, top, width, height);
 }
 
-function attentionStrip(file, attention) {
+function attentionStrip(file, attention, box) {
   const strip = element("div", { class: "attention", "aria-label": "attention per token" });
   const figures = attention.map(({ token }) => {
     const canvas = element("canvas", { class: "attention-map", width: MAP_WIDTH, height: MAP_WIDTH, role: "img" });
@@ -305,7 +314,7 @@ function attentionStrip(file, attention) {
     const height = Math.max(1, Math.round((MAP_WIDTH * bitmap.height) / bitmap.width));
     figures.forEach((canvas, i) => {
       canvas.height = height;
-      drawHeatmap(canvas, bitmap, attention[i].grid);
+      drawHeatmap(canvas, bitmap, attention[i].grid, box);
       canvas.dataset.drawn = "true";
     });
   });
@@ -333,7 +342,7 @@ function card(model, file, answer) {
   }
   box.append(captionList(answer.result));
   const attention = answer.result.captions[0].attention;
-  if (attention) box.append(attentionStrip(file, attention));
+  if (attention) box.append(attentionStrip(file, attention, answer.result.attention_box ?? [0, 0, 1, 1]));
   box.append(element("p", { class: "latency" }, answer.latency));
   return box;
 }
