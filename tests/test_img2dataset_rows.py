@@ -153,3 +153,7 @@ def test_caption_records_no_error_for_failed_downloads(shard, tmp_path, capsys):
     records = read_jsonl(out)
     assert [r["image"] for r in records] == [str(shard / key) for key in ("000000000", "000000002", "000000005")]
     assert all("caption" in r and "error" not in r for r in records)
+    # Left out, not silently: the job says which rows it did not caption, and why.
+    lines = err.splitlines()
+    assert f"left out: 3 samples of the shards with no image to caption (2 x {FAILED}, 1 x {NOT_RESIZED})" in lines
+    assert "3 images: 3 captioned, 0 errors; 3 samples of the shards with no image left out" in err

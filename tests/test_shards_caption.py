@@ -216,15 +216,42 @@ def test_a_tar_made_with_dot_member_names_reads_every_image(model_dir, photos, t
 def test_a_parquet_key_that_repeats_is_its_first_row_image_and_caption(model_dir, photos, tmp_path, capsys):
     rows = [writing.Sample("k", photos[0].read_bytes(), "first"), writing.Sample("k", b"not an image", "second")]
     parquet = writing.write_parquet([*rows, writing.Sample("z", photos[1].read_bytes(), "z")], tmp_path / "d.parquet")
-    code, records = _captions(model_dir, parquet, tmp_path, capsys, "dup.jsonl")
-    assert code == 0, records  # the second row's bytes are not an image: reading them would be an error record
+    out = tmp_path / "dup.jsonl"
+    code, _, err = run_cli(["caption", parquet, "--model", model_dir, "--output", out, *ARGS], capsys)
+    assert code == 0, err  # the second row's bytes are not an image: reading them would be an error record
+    records = read_jsonl(out)
     assert [r["image"] for r in records] == [str(parquet / "k"), str(parquet / "z")]
+    repeated = "1 x Parquet row whose key repeats an earlier row's (the key names the first row's image)"
+    assert f"left out: 1 sample of the shards with no image to caption ({repeated})" in err.splitlines()
     samples = list(iter_samples([parquet]))
     assert [(s.key, s.captions, s.problem is None) for s in samples] == [
         ("k", ("first",), True),
         ("k", (), False),  # the repeat: no captions, a problem the readers count
         ("z", ("z",), True),
     ]
+
+
+def test_tar_samples_without_an_image_are_left_out_and_said_so(model_dir, photos, tmp_path, capsys):
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as archive:
+        for name, data in [("a.jpg", photos[0].read_bytes()), ("a.txt", b"one"), ("b.txt", b"two"), ("c.json", b"{}")]:
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    out = tmp_path / "tar.jsonl"
+    code, _, err = run_cli(["caption", shard, "--model", model_dir, "--output", out, *ARGS], capsys)
+    assert code == 0, err
+    assert [r["image"] for r in read_jsonl(out)] == [str(shard / "a.jpg")]
+    lines = err.splitlines()
+    assert (
+        "left out: 2 samples of the shards with no image to caption (2 x tar sample without an image member)" in lines
+    )
+    assert "1 image: 1 captioned, 0 errors; 2 samples of the shards with no image left out" in err
+    # Photos alone leave nothing out, and say nothing about it.
+    code, _, err = run_cli(
+        ["caption", photos[0], "--model", model_dir, "--output", tmp_path / "one.jsonl", *ARGS], capsys
+    )
+    assert code == 0 and "left out" not in err, err
 
 
 def test_a_parquet_shard_whose_name_is_not_utf8_is_written_and_read(model_dir, photos, tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 import captionkit
 from captionkit.config import load_train_config, packaged_recipes
 from captionkit.errors import ConfigError
-from captionkit.wording import closest, plural
+from captionkit.wording import closest, plural, tally
 
 ROOT = Path(captionkit.__file__).parent
 
@@ -34,6 +34,14 @@ ROOT = Path(captionkit.__file__).parent
 )
 def test_plural_writes_the_count_as_given(count: int | str, expected: str) -> None:
     assert plural(count, "image") == expected
+
+
+def test_tally_puts_each_count_before_its_reason_in_the_order_given() -> None:
+    # Three layers wrote "N x reason" (data readers, the training summary, the caption job), one without grouping.
+    assert tally({"empty caption": 1200, "row without image bytes": 1}) == (
+        "1,200 x empty caption, 1 x row without image bytes"
+    )
+    assert tally({}) == ""
 
 
 def test_closest_is_the_name_itself_a_near_miss_or_none() -> None:

@@ -5,7 +5,7 @@ torch at start-up) can both import it."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 def plural(count: int | str, noun: str) -> str:
@@ -13,6 +13,13 @@ def plural(count: int | str, noun: str) -> str:
     written as it is (``plural("0.5", "epoch")`` -> "0.5 epochs"); the noun is singular when the count reads "1"."""
     written = f"{count:,}" if isinstance(count, int) else count
     return f"{written} {noun}" if written == "1" else f"{written} {noun}s"
+
+
+def tally(counts: Mapping[str, int]) -> str:
+    """``tally({"empty caption": 2, "row without image bytes": 1})`` -> "2 x empty caption, 1 x row without image
+    bytes": each reason (a noun phrase in the singular: "2 empty caption" reads wrong) after its count, in the
+    mapping's order."""
+    return ", ".join(f"{count:,} x {reason}" for reason, count in counts.items())
 
 
 def closest(name: str, known: Iterable[str]) -> str | None:

@@ -190,6 +190,8 @@ def _summary_line(outcome: JobOutcome) -> str:
     # Every count grouped alike ("3,000 images: 2,998 captioned"): plural groups its count.
     counts = f"{plural(summary.images, 'image')}: {summary.captioned:,} captioned, {plural(summary.errors, 'error')}"
     line = counts + (f" (and {before})" if before else "")
+    if outcome.left_out:
+        line += f"; {plural(outcome.left_out, 'sample')} of the shards with no image left out"
     return line + _rate(summary.images, outcome.caption_seconds, outcome.load_seconds)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,12 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[InputImage]:
     return list(iter_inputs(inputs))
 
 
-def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
+# Why a sample of a shard is no image to caption (a Parquet row's reason is the index's: its img2dataset status).
+NO_IMAGE_MEMBER = "tar sample without an image member"
+REPEATED_KEY = "Parquet row whose key repeats an earlier row's (the key names the first row's image)"
+
+
+def iter_inputs(inputs: Iterable[str | Path], left_out: Counter[str] | None = None) -> Iterator[InputImage]:
     """Images in a stable order, without duplicates, each with its sharding key, made one at a time as read.
 
     A collection (a ``.tar`` or ``.parquet`` file, a brace pattern of them or a directory of them) contributes its
@@ -58,14 +64,19 @@ def iter_inputs(inputs: Iterable[str | Path]) -> Iterator[InputImage]:
     paths, one a line (relative to the list's directory; blank lines and ``#`` comments skipped); any other file is
     taken as an image. A missing input is an error naming it, and so is a URL, as given (on the command line or in a
     list): only local files are read. A path met twice keeps its first key.
+
+    Samples of collections that hold no image to caption are counted by reason into ``left_out`` when given: tar
+    samples without an image member, Parquet rows without image bytes (img2dataset's failed downloads) and Parquet
+    rows whose key repeats an earlier row's.
     """
     seen = _Seen()
+    left_out = Counter() if left_out is None else left_out
     for item in inputs:
         if isinstance(item, str) and _is_url(item):
             raise InputError(item, _url_reason())
         path = Path(item)
         if is_container_input(item):
-            yield from _container_images(container_files(item), seen)
+            yield from _container_images(container_files(item), seen, left_out)
             continue
         if path.is_dir():
             images = [InputImage(p, _folder_key(p, path)) for p in _folder_images(path)]
@@ -104,18 +115,25 @@ def _holds(container: Path, member: str) -> bool:
     return member in parquet_index(container).rows
 
 
-def _container_images(containers: Iterable[Path], seen: _Seen) -> Iterator[InputImage]:
-    """The samples of ``containers`` not met before, one container in memory at a time (a Parquet key that
-    repeats within its file is given once)."""
+def _container_images(containers: Iterable[Path], seen: _Seen, left_out: Counter[str]) -> Iterator[InputImage]:
+    """The samples of ``containers`` not met before, one container in memory at a time; those with no image of
+    their own are counted into ``left_out`` by reason (see :func:`iter_inputs`)."""
     for container in containers:
         if container in seen.containers:
             continue
         seen.containers.add(container)
         members: set[Path] = set()
         for sample in iter_samples([container]):
-            if sample.image not in members and sample.image not in seen.loose:
+            if sample.image in members:  # a Parquet key met before in this file names that row's image
+                left_out[REPEATED_KEY] += 1
+            elif sample.image not in seen.loose:
                 members.add(sample.image)
                 yield InputImage(sample.image, sample.key)
+        if container.suffix.lower() == ".tar":
+            if imageless := sum(1 for sample in tar_index(container).samples if sample.image is None):
+                left_out[NO_IMAGE_MEMBER] += imageless
+        else:
+            left_out.update(parquet_index(container).dropped)
 
 
 def _folder_images(folder: Path) -> list[Path]:

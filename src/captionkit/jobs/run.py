@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.run_settings import check_resumed, run_settings, write_settings
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
 from captionkit.shards import is_container_input
+from captionkit.wording import plural, tally
 
 # Batches each decoding worker prepares ahead, at most: far beyond what keeps a GPU fed, and each holds a batch.
 MAX_PREFETCH = 1024
@@ -159,6 +161,7 @@ class JobOutcome:
     earlier_errors: int
     under_torchrun: bool
     done_before: int = 0  # images of this share an earlier run (``--resume``) had already written
+    left_out: int = 0  # samples of the inputs' shards with no image to caption (failed downloads, ...)
     load_seconds: float = 0.0  # loading the model and getting ready (``--batch-size auto``'s probe included)
     caption_seconds: float = 0.0  # from the first batch to the last record written: images / this is the job's rate
 
@@ -177,13 +180,15 @@ class JobOutcome:
 
 @dataclass(frozen=True)
 class _Counts:
-    """What one pass over the inputs found: images in all, this share's, those left to caption, and this share's
-    images an interrupted run recorded as errors (resume does not retry them)."""
+    """What one pass over the inputs found: images in all, this share's, those left to caption, this share's
+    images an interrupted run recorded as errors (resume does not retry them), and the samples of shards with no
+    image to caption, by reason (all shares')."""
 
     images: int = 0
     mine: int = 0
     todo: int = 0
     earlier_errors: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -214,7 +219,8 @@ class _Plan:
     def count(self) -> _Counts:
         """One pass over the inputs (every container indexed, so a bad one fails before anything is written)."""
         images = mine = todo = errors = 0
-        for item in iter_inputs(self.inputs):
+        left_out: Counter[str] = Counter()
+        for item in iter_inputs(self.inputs, left_out):
             images += 1
             self.check_not_output(item.path)
             if self.shard is None or self.shard.owns(item.key):
@@ -225,7 +231,7 @@ class _Plan:
                 name = str(item.path)
                 todo += name not in self.done
                 errors += self.done.errors(name)
-        return _Counts(images, mine, todo, errors)
+        return _Counts(images, mine, todo, errors, dict(left_out))
 
     def check_not_output(self, path: Path) -> None:
         """Refuse an input (an image, a list, a shard) that is also the output file: a fresh run deletes the output
@@ -325,7 +331,9 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
     finally:
         writer.close()  # an interrupted JSON or Parquet output too: what was captioned is kept, for --resume
     seconds = {"load_seconds": ready - started, "caption_seconds": time.perf_counter() - ready}
-    return JobOutcome(summary, counts.earlier_errors, plan.dist is not None, counts.mine - counts.todo, **seconds)
+    left_out = sum(counts.left_out.values())
+    done_before = counts.mine - counts.todo
+    return JobOutcome(summary, counts.earlier_errors, plan.dist is not None, done_before, left_out, **seconds)
 
 
 def _caption_on_ray(
@@ -445,3 +453,9 @@ def _announce(plan: _Plan) -> None:
     done = counts.mine - counts.todo
     if done:
         print(f"resuming: {done} of {counts.mine} images already done", file=sys.stderr)
+    if counts.left_out and (plan.dist is None or plan.dist.rank == 0):  # the same for every share: said once
+        reasons = tally(dict(sorted(counts.left_out.items())))
+        total = sum(counts.left_out.values())
+        print(
+            f"left out: {plural(total, 'sample')} of the shards with no image to caption ({reasons})", file=sys.stderr
+        )

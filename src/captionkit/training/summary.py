@@ -20,7 +20,7 @@ from captionkit.text.styles import style_token_ids
 from captionkit.training.resume import LoopState, out_of_time_before, stopped_early_before
 from captionkit.training.setup import Setup
 from captionkit.training.stages import ALL, Stages
-from captionkit.wording import plural
+from captionkit.wording import plural, tally
 
 logger = logging.getLogger("captionkit.training")
 
@@ -82,7 +82,7 @@ def _train_data(setup: Setup, records: Sequence[CaptionRecord], empty_captions: 
             if reason != EMPTY_CAPTION:
                 dropped[reason] = dropped.get(reason, 0) + number
     if dropped:
-        line += "; dropped " + ", ".join(f"{number:,} x {reason}" for reason, number in dropped.items())
+        line += "; dropped " + tally(dropped)
     return line
 
 

@@ -25,6 +25,7 @@ from captionkit.errors import InputError
 from captionkit.files import UTF16_REASON, is_utf16, read_text, text_lines
 from captionkit.jsontext import parse_json
 from captionkit.shards import split_member
+from captionkit.wording import tally
 
 EMPTY_CAPTION = "empty caption"
 NO_SENTENCES = "image entry without sentences"
@@ -74,15 +75,9 @@ class Collector:
     def result(self, source: Path) -> ReadResult:
         if not self.records:
             empties = sum(self.dropped.values())
-            detail = f" ({empties} dropped: {format_dropped(self.dropped)})" if empties else ""
+            detail = f" ({empties} dropped: {tally(dict(sorted(self.dropped.items())))})" if empties else ""
             raise InputError(source, f"no captions{detail}")
         return ReadResult(self.records, dict(self.dropped), self.files or [source])
-
-
-def format_dropped(dropped: dict[str, int]) -> str:
-    """``2 x empty caption, 1 x ...``: a count and a reason (a noun phrase in the singular), as the training summary
-    writes them ("2 empty caption" read wrong)."""
-    return ", ".join(f"{count} x {reason}" for reason, count in sorted(dropped.items()))
 
 
 def first_sentence(images: list[Any]) -> Any:
