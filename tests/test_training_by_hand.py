@@ -26,6 +26,7 @@ from captionkit.errors import InputError
 from captionkit.models.registry import train_tokenizer
 from captionkit.run_layout import latest_checkpoint
 from captionkit.training import checkpoint as ckpt
+from captionkit.training import setup as optimizer_setup
 from captionkit.training.loop import train
 from captionkit.training.setup import _param_groups, build_optimizer
 from captionkit.training.stages import Stages
@@ -138,23 +139,33 @@ def test_a_group_a_later_stage_unfreezes_starts_its_adamw_moments_there_by_hand(
     assert torch.allclose(model.table.detach().double(), expected, atol=1e-6)
 
 
-# Each family's position tables, by name; every other tensor of two or more dimensions is decayed, no bias or norm.
+# Each family's position tables and learned tokens (a ViT's class token), by name; every other tensor of two or
+# more dimensions is decayed, no bias or norm (GIT's CLIP tower keeps its class token as a vector: a bias-like 1-d).
 POSITION_TABLES = {
     "blip": {
         "hf.vision_model.embeddings.position_embedding",
+        "hf.vision_model.embeddings.class_embedding",
         "hf.text_decoder.bert.embeddings.position_embeddings.weight",
     },
     "git": {
         "hf.git.embeddings.position_embeddings.weight",
         "hf.git.image_encoder.vision_model.embeddings.position_embedding.weight",
     },
-    "prefix-gpt2": {"encoder.embeddings.position_embeddings", "gpt2.transformer.wpe.weight"},
-    "vit-gpt2": {"ved.encoder.embeddings.position_embeddings", "ved.decoder.transformer.wpe.weight"},
+    "prefix-gpt2": {
+        "encoder.embeddings.position_embeddings",
+        "encoder.embeddings.cls_token",
+        "gpt2.transformer.wpe.weight",
+    },
+    "vit-gpt2": {
+        "ved.encoder.embeddings.position_embeddings",
+        "ved.encoder.embeddings.cls_token",
+        "ved.decoder.transformer.wpe.weight",
+    },
 }
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_no_weight_decay_on_biases_norms_and_position_tables(family):
+def test_no_weight_decay_on_biases_norms_position_tables_and_class_tokens(family):
     tokenizer = train_tokenizer(family, ["a dog runs on the grass", "a cat sits"] * 10, 300)
     model = tiny_model(family, tokenizer=tokenizer)
     decay, no_decay = _param_groups(model, 0.01)
@@ -260,7 +271,9 @@ def test_a_resume_at_an_accumulation_boundary_inside_staged_unfreezing_equals_th
     assert_same_weights(tmp_path / "reference", tmp_path / "run")
 
 
-def test_a_checkpoint_whose_adamw_groups_differ_is_one_input_error_saying_how_to_go_on(scenes, tmp_path, single_thread):
+def test_an_old_checkpoint_whose_adamw_groups_differ_is_one_input_error_saying_how_to_go_on(
+    scenes, tmp_path, single_thread
+):
     settings = loop_settings(scenes, "train.warmup_steps=1", "train.checkpoint_every=1")
     train(load_train_config(None, [*settings, "train.steps=1"]), tmp_path / "run")
     checkpoint = tmp_path / "run" / "checkpoints" / "step-000001"
@@ -269,6 +282,7 @@ def test_a_checkpoint_whose_adamw_groups_differ_is_one_input_error_saying_how_to
     decayed, kept = (group["params"] for group in saved["optimizer"]["param_groups"])
     decayed.append(kept.pop())  # a position table an older captionkit decayed
     saved["captionkit_version"] = "0.9.0"
+    del saved["optimizer_groups"]  # which checkpoints did not name
     state_file.write_text(json.dumps(saved))
     with pytest.raises(InputError) as error:
         train(load_train_config(None, [*settings, "train.steps=2"]), tmp_path / "run")
@@ -276,6 +290,46 @@ def test_a_checkpoint_whose_adamw_groups_differ_is_one_input_error_saying_how_to
         f"{checkpoint}: its optimizer groups the parameters as {len(decayed)} + {len(kept)} for weight decay, this "
         f"captionkit as {len(decayed) - 1} + {len(kept) + 1} (the checkpoint's captionkit: 0.9.0): pass --no-resume "
         "to start over, or resume with the captionkit that wrote it"
+    )
+
+
+def test_a_run_keeps_the_weight_decay_split_it_started_with_when_resumed_by_a_captionkit_that_splits_otherwise(
+    scenes, tmp_path, single_thread, monkeypatch
+):
+    """Started by a captionkit that decayed the ViT's class token, resumed by one that does not: the run goes on
+    decaying it (the checkpoint names each group's parameters), exactly as the uninterrupted run would have."""
+    settings = loop_settings(
+        scenes, "train.steps=4", "train.warmup_steps=1", "train.checkpoint_every=2", "train.weight_decay=0.5"
+    )
+    older = tuple(name for name in optimizer_setup._NO_DECAY_NAMES if name != "cls_token")
+    with monkeypatch.context() as patch:
+        patch.setattr(optimizer_setup, "_NO_DECAY_NAMES", older)
+        reference = train(load_train_config(None, settings), tmp_path / "reference")
+        crash_at(3, load_train_config(None, settings), tmp_path / "run")
+    saved = ckpt.read_training_state(tmp_path / "run" / "checkpoints" / "step-000002")[0]
+    assert "ved.encoder.embeddings.cls_token" in saved["optimizer_groups"][0]  # decayed when it started
+    resumed = train(load_train_config(None, settings), tmp_path / "run")
+    assert resumed.resumed_from is not None and resumed.resumed_from.name == "step-000002"
+    assert untimed(resumed.history) == untimed(reference.history)
+    assert_same_weights(tmp_path / "reference", tmp_path / "run")
+    # A fresh run with this captionkit leaves the class token alone, so the two runs' tokens differ.
+    fresh = train(load_train_config(None, settings), tmp_path / "fresh")
+    assert untimed(fresh.history) != untimed(reference.history)
+
+
+def test_a_checkpoint_naming_parameters_this_model_lacks_is_one_input_error(scenes, tmp_path, single_thread):
+    settings = loop_settings(scenes, "train.warmup_steps=1", "train.checkpoint_every=1")
+    train(load_train_config(None, [*settings, "train.steps=1"]), tmp_path / "run")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-000001"
+    state_file = checkpoint / ckpt.TRAINER_STATE
+    saved = json.loads(state_file.read_text())
+    saved["optimizer_groups"][0][0] = "no.such.parameter"
+    state_file.write_text(json.dumps(saved))
+    with pytest.raises(InputError) as error:
+        train(load_train_config(None, [*settings, "train.steps=2"]), tmp_path / "run")
+    assert str(error.value) == (
+        f"{checkpoint}: its optimizer holds other parameters than this run's model (a checkpoint of another model?): "
+        "pass --no-resume to start over"
     )
 
 

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,7 @@ def save_training_checkpoint(
         "rng": rng,
         "rng_other_ranks": [plain for plain, _ in others],
         "optimizer": optimizer_plain,
+        "optimizer_groups": _group_names(setup.model, optimizer),
         "grad_scaler": scaler.state_dict(),
         "train_config": config.to_dict(),
         "captionkit_version": __version__,
@@ -236,12 +238,20 @@ def save_training_checkpoint(
 
 
 def restore_training_checkpoint(
-    directory: Path, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, rank: int = 0
+    directory: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    rank: int = 0,
 ) -> tuple[LoopState, Callable[[], None]]:
-    """The loop state, with the optimizer and grad scaler restored; and the call that restores the RNG states,
-    to be made last before the loop (building the data loader draws from torch's generator)."""
+    """The loop state, with the optimizer (its parameter groups as the checkpoint's) and grad scaler restored; and
+    the call that restores the RNG states, to be made last before the loop (building the data loader draws from
+    torch's generator)."""
     saved, tensors = ckpt.read_training_state(directory)
-    _check_optimizer_groups(directory, optimizer, saved)
+    if "optimizer_groups" in saved:
+        _regroup(directory, model, optimizer, saved["optimizer_groups"])
+    else:  # written before checkpoints named their groups' parameters (captionkit 0.x)
+        _check_optimizer_groups(directory, optimizer, saved)
     load_optimizer_state(optimizer, saved["optimizer"], tensors)
     if saved["grad_scaler"]:
         scaler.load_state_dict(saved["grad_scaler"])
@@ -252,6 +262,34 @@ def restore_training_checkpoint(
         plain = others[rank - 1]
         rng_tensors = {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
     return LoopState(**saved["loop"]), lambda: restore_rng(plain, rng_tensors)
+
+
+def _group_names(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    """The names of each AdamW group's parameters (decayed, not decayed), in the group's order."""
+    names = {id(parameter): name for name, parameter in model.named_parameters()}
+    return [[names[id(parameter)] for parameter in group["params"]] for group in optimizer.param_groups]
+
+
+def _regroup(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: Any) -> None:
+    """Give ``optimizer`` (not stepped yet) the checkpoint's parameter groups, by name: a run keeps the weight decay
+    split it started with, also when this captionkit would split the parameters otherwise (it keeps more of them
+    from decay than it did), so that the resumed run continues the interrupted one exactly."""
+    current = _group_names(model, optimizer)
+    if saved == current:
+        return
+    if not isinstance(saved, list) or not all(
+        isinstance(g, list) and all(isinstance(n, str) for n in g) for g in saved
+    ):
+        raise InputError(directory, f"optimizer_groups in {ckpt.TRAINER_STATE} is not lists of parameter names")
+    if len(saved) != len(current) or sorted(chain(*saved)) != sorted(chain(*current)):
+        raise InputError(
+            directory,
+            "its optimizer holds other parameters than this run's model (a checkpoint of another model?): pass "
+            "--no-resume to start over",
+        )
+    parameters = dict(model.named_parameters())
+    for group, names in zip(optimizer.param_groups, saved, strict=True):
+        group["params"] = [parameters[name] for name in names]
 
 
 def _check_optimizer_groups(directory: Path, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:

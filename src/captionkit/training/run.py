@@ -220,7 +220,9 @@ def prepare_run(config: TrainConfig, run_dir: Path, setup: Setup | None, resume:
     step = _step(config, setup, train_data, device, parallel)
     state, restore_rng = LoopState(), None
     if resume_from is not None:
-        state, restore_rng = restore_training_checkpoint(resume_from, step.optimizer, step.scaler, parallel.rank)
+        state, restore_rng = restore_training_checkpoint(
+            resume_from, setup.model, step.optimizer, step.scaler, parallel.rank
+        )
         if parallel.is_main:
             logger.info("%s", resume_line(config, state, resume_from, saved_steps(resume_from)))
     stream, batches = _batches(config, setup, train_data, train_records, state, parallel, device)

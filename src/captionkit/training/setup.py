@@ -48,8 +48,20 @@ logger = logging.getLogger(__name__)
 
 # Position tables are not decayed either: weight decay would pull a sin-cos start back to zero. Their names: HF
 # ViT, BERT and GPT-2's (``position_embeddings``, ``wpe``), CLIP and BLIP vision towers' (``position_embedding``,
-# which GIT's image encoder is too) and timm's (``pos_embed``).
-_NO_DECAY_NAMES = ("position_embedding", "wpe", "pos_embed")
+# which GIT's image encoder is too) and timm's (``pos_embed``). Nor are a vision transformer's learned tokens (as
+# timm's ``no_weight_decay`` and BLIP's and CLIP's training leave them): the class token (HF ViT and timm
+# ``cls_token``, BLIP's (1, 1, D) ``class_embedding``), DeiT's distillation token and register tokens.
+_NO_DECAY_NAMES = (
+    "position_embedding",
+    "wpe",
+    "pos_embed",
+    "cls_token",
+    "class_embedding",
+    "distillation_token",
+    "dist_token",
+    "register_tokens",
+    "reg_token",
+)
 
 
 @dataclass
@@ -312,7 +324,7 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.d
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    # No decay on biases, norms and position tables: the usual AdamW practice.
+    # No decay on biases, norms, position tables and learned tokens: the usual AdamW practice.
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
