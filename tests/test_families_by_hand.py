@@ -253,17 +253,21 @@ def gpt2_by_hand(gpt2: torch.nn.Module, embeds: Tensor) -> Tensor:
 
 
 def clipcap_mlp_prefix(model: torch.nn.Module, embedding: Tensor) -> Tensor:
-    """ClipCap's MLP mapper: Linear -> tanh -> Linear to K * width, viewed as K tokens (after the projection)."""
-    projected = embedding @ model.project.weight.T + model.project.bias
+    """ClipCap's MLP mapper: Linear -> tanh -> Linear to K * width, viewed as K tokens; on the embedding itself, or
+    after the linear projection that ``mapper_style: torch`` models have."""
+    torch_style = model.config.mapper_style == "torch"
+    projected = embedding @ model.project.weight.T + model.project.bias if torch_style else embedding
     first, last = model.mapper.mlp[0], model.mapper.mlp[2]
     hidden = torch.tanh(projected @ first.weight.T + first.bias)
     flat = hidden @ last.weight.T + last.bias
     return flat.view(embedding.shape[0], model.config.prefix_length, model.config.decoder_hidden_size)
 
 
-def clipcap_transformer_prefix(model: torch.nn.Module, embedding: Tensor) -> Tensor:
-    """ClipCap's transformer mapper: K tokens from a linear map, K learned constants appended, a pre-norm transformer
-    (full attention) over the 2K, the constants' outputs kept."""
+def torch_transformer_prefix(model: torch.nn.Module, embedding: Tensor) -> Tensor:
+    """The transformer mapper of ``mapper_style: torch`` (models saved before ClipCap's own; ClipCap's is computed by
+    hand in test_clipcap_mapper.py): ClipCap's layout (K tokens from a linear map after the projection, K learned
+    constants appended, a pre-norm transformer with full attention over the 2K, the constants' outputs kept) in
+    torch's layers (biased q/k/v, GELU)."""
     k, width = model.config.prefix_length, model.config.decoder_hidden_size
     projected = embedding @ model.project.weight.T + model.project.bias
     spread = (projected @ model.mapper.expand.weight.T + model.mapper.expand.bias).view(-1, k, width)
@@ -281,14 +285,15 @@ def clipcap_transformer_prefix(model: torch.nn.Module, embedding: Tensor) -> Ten
     return x[:, k:]
 
 
-@pytest.mark.parametrize("mapper", ["mlp", "transformer"])
-def test_clipcap_prefix_through_gpt2_matches_forward_and_steps(mapper: str) -> None:
-    model = peaked("prefix-gpt2", seed=17, std=0.1, mapper=mapper)
+@pytest.mark.parametrize(("mapper", "style"), [("mlp", "clipcap"), ("mlp", "torch"), ("transformer", "torch")])
+def test_clipcap_prefix_through_gpt2_matches_forward_and_steps(mapper: str, style: str) -> None:
+    # ClipCap's transformer mapper is computed by hand in test_clipcap_mapper.py.
+    model = peaked("prefix-gpt2", seed=17, std=0.1, mapper=mapper, mapper_style=style)
     images, input_ids = pixels(3, 7), caption_ids(3, 6, 16, 7)
     with torch.no_grad():
         cls = model.encoder(pixel_values=images).last_hidden_state[:, 0]  # the image embedding: the CLS token
         encoded = model.encode(images)
-        by_hand = clipcap_mlp_prefix if mapper == "mlp" else clipcap_transformer_prefix
+        by_hand = clipcap_mlp_prefix if mapper == "mlp" else torch_transformer_prefix
         prefix = by_hand(model, cls)
         embeds = torch.cat([prefix, model.gpt2.transformer.wte.weight[input_ids]], dim=1)
         logits = gpt2_by_hand(model.gpt2, embeds)[:, 4:]  # the caption positions, after the 4 prefix tokens
@@ -330,8 +335,8 @@ def test_with_encoder_and_gpt2_frozen_only_the_mapper_learns() -> None:
     torch.testing.assert_close(logits, evaluated, rtol=0, atol=0)
     logits.logsumexp(-1).sum().backward()
     learned = {name.split(".", 1)[0] for name, p in model.named_parameters() if p.grad is not None}
-    assert learned == {"project", "mapper"}
-    assert all(p.grad.abs().sum() > 0 for p in model.project.parameters())
+    assert learned == {"mapper"}  # ClipCap's MLP reads the embedding itself: no projection to learn
+    assert all(p.grad.abs().sum() > 0 for p in model.mapper.parameters())
 
 
 # --- ClipCap's mapper widths when starting from CLIP and GPT-2
@@ -367,7 +372,7 @@ def test_from_parts_takes_clipcaps_mapper_width_or_the_one_given(
     if model.config.mapper == "mlp":
         assert model.mapper.mlp[0].out_features == width
     else:
-        assert {layer.linear1.out_features for layer in model.mapper.transformer.layers} == {width}
+        assert {layer.mlp.fc1.out_features for layer in model.mapper.transformer.layers} == {width}
 
 
 def test_from_parts_names_a_prefix_length_of_the_wrong_type(clip_and_gpt2: tuple[str, str]) -> None:

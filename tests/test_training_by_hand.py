@@ -176,6 +176,15 @@ def test_no_weight_decay_on_biases_norms_position_tables_and_class_tokens(family
     assert undecayed == tables | {name for name, parameter in model.named_parameters() if parameter.ndim < 2}
 
 
+def test_clipcaps_learned_prefix_constants_are_not_decayed():
+    tokenizer = train_tokenizer("prefix-gpt2", ["a dog runs on the grass", "a cat sits"] * 10, 300)
+    model = tiny_model("prefix-gpt2", tokenizer=tokenizer, mapper="transformer")
+    _, no_decay = _param_groups(model, 0.01)
+    kept = {id(parameter) for parameter in no_decay["params"]}
+    assert id(model.mapper.prefix_const) in kept
+    assert id(model.mapper.linear.weight) not in kept  # the mapper's matrices are decayed as any
+
+
 def test_a_timm_position_table_is_kept_from_decay_by_its_name():
     vit = torch.nn.Module()
     vit.pos_embed = torch.nn.Parameter(torch.zeros(1, 5, 4))  # timm's name for a ViT's position table

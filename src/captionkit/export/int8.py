@@ -87,10 +87,11 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
     # Exactly nn.Linear: subclasses such as attention's NonDynamicallyQuantizableLinear are used by their weights.
     linears = {name: module for name, module in model.named_modules() if type(module) is nn.Linear}
     uses = Counter(id(parameter) for _, parameter in model.named_parameters(remove_duplicate=False))
+    in_torch_layers = _torch_transformer_linears(model)
     names = [
         name
         for name, linear in linears.items()
-        if uses[id(linear.weight)] == 1 and name.rsplit(".", 1)[-1] not in KEEP_FP32
+        if uses[id(linear.weight)] == 1 and name.rsplit(".", 1)[-1] not in KEEP_FP32 and name not in in_torch_layers
     ]
     if backend == "torchao":
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -118,6 +119,20 @@ def quantize_int8(model: nn.Module, backend: str | None = None) -> dict[str, Any
         "embeddings": tables,
         "kept_fp32": kept,
         "note": note,
+    }
+
+
+def _torch_transformer_linears(model: nn.Module) -> set[str]:
+    """The feed-forward linears of torch's own transformer layers (prefix-gpt2's ``prefix_layers`` and the mappers
+    of models saved with ``mapper_style: torch``), kept in fp32: in eval mode such a layer's fast path reads
+    ``linear1.weight`` as a tensor, which a quantized linear has as a method (an AttributeError on every caption)."""
+    layers = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+    return {
+        f"{name}.{child}"
+        for name, module in model.named_modules()
+        if isinstance(module, layers)
+        for child, linear in module.named_children()
+        if type(linear) is nn.Linear
     }
 
 

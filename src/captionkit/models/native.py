@@ -48,6 +48,9 @@ class FamilyConfig:
 
     family: ClassVar[str]
     presets: ClassVar[Mapping[str, Any]]
+    # What a saved config.json that lacks a field added since means: the architecture it was built with, so that
+    # a model saved before the field existed loads as the model it was (a new model's default may differ).
+    saved_defaults: ClassVar[Mapping[str, Any]] = {}
     may_be_zero: ClassVar[tuple[str, ...]] = ()
     choices: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
@@ -181,7 +184,7 @@ def build_native(
     fields, token_ids = read_native_config(directory, model_class.family, source)
     try:
         with default_dtype(dtype):
-            return model_class(config_class.from_dict(fields), **token_ids)
+            return model_class(config_class.from_dict({**config_class.saved_defaults, **fields}), **token_ids)
     except ConfigError as error:
         raise config_load_error(error, source) from None
     except ModelLoadError as error:  # a part it names (a timm / torchvision encoder) cannot be built here

@@ -1,7 +1,12 @@
 """Prefix captioning (ClipCap style): a frozen image encoder's embedding becomes K prefix tokens for GPT-2.
 
-    pixels -> ViT (frozen) -> CLS embedding -> linear -> mapper (MLP or transformer) -> K prefix tokens
+    pixels -> ViT (frozen) -> CLS embedding -> ClipCap's MLP or transformer mapper -> K prefix tokens
            -> optional small transformer over the prefix -> GPT-2 (frozen or tuned) reads [prefix; caption]
+
+The mappers are ClipCap's: an MLP (Linear, Tanh, Linear) or its transformer mapper
+(:mod:`captionkit.models.clipcap_mapper`), each reading the image embedding itself. Models saved before they were (a
+config.json without ``mapper_style``) projected the embedding to GPT-2's width first and built the transformer
+mapper from torch's ``nn.TransformerEncoderLayer``: they load as ``mapper_style: torch`` and run as they always did.
 
 The image encoder is a Hugging Face ``ViTModel`` built from config (the ``base`` preset has CLIP ViT-B/16's
 dimensions), GPT-2 a ``GPT2LMHeadModel``. ``encode`` runs the ViT only (a trainer can cache its output when the encoder
@@ -17,6 +22,7 @@ prefix positions never reach the loss (the same as labelling them -100) and ``lo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +34,7 @@ from transformers import AutoConfig, AutoModel, GPT2Config, GPT2LMHeadModel, Pre
 from captionkit.errors import ConfigError
 from captionkit.models.backbones import Backbone, LoadedBackbone, build_backbone, is_backbone_part, open_backbone
 from captionkit.models.base import CaptionModel, Encoded
+from captionkit.models.clipcap_mapper import ClipCapMapper
 from captionkit.models.gpt2_step import Gpt2StepState, gpt2_embeddings_step, gpt2_step, start_gpt2_state
 from captionkit.models.hf_configs import gpt2_config, vit_config
 from captionkit.models.native import (
@@ -47,6 +54,7 @@ __all__ = ["PRESETS", "PrefixGpt2Config", "PrefixGpt2Model"]
 
 FAMILY = "prefix-gpt2"
 MAPPERS = ("mlp", "transformer")
+MAPPER_STYLES = ("clipcap", "torch")
 _POOLED_TOWERS = ("clip_vision_model", "siglip_vision_model")
 
 
@@ -56,7 +64,9 @@ class PrefixGpt2Config(FamilyConfig):
 
     family: ClassVar[str] = FAMILY
     may_be_zero: ClassVar[tuple[str, ...]] = ("prefix_layers",)
-    choices: ClassVar[dict[str, tuple[str, ...]]] = {"mapper": MAPPERS}
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"mapper": MAPPERS, "mapper_style": MAPPER_STYLES}
+    # Saved before mapper_style existed: built with torch's transformer layers.
+    saved_defaults: ClassVar[Mapping[str, Any]] = {"mapper_style": "torch"}
 
     # ViT image encoder (CLIP ViT-B/16 dimensions).
     image_size: int = 224
@@ -74,9 +84,13 @@ class PrefixGpt2Config(FamilyConfig):
     # MLP mapper: hidden width (ClipCap: prefix_length * decoder width / 2). Transformer mapper: feed-forward width
     # (ClipCap: 2 * decoder width). A model from parts gets ClipCap's for its mapper unless overrides set it.
     mapper_hidden_size: int = 3840
-    # Transformer mapper only: layers and heads (ClipCap: 8 layers).
+    # Transformer mapper only: layers and heads (ClipCap: 8 layers, 8 heads).
     mapper_layers: int = 8
     mapper_heads: int = 8
+    # "clipcap": ClipCap's mappers, reading the image embedding itself (its MLP, or its transformer layers).
+    # "torch": what captionkit built before, which a saved config.json without this field describes: a linear
+    # projection to the decoder width first, then the same MLP or nn.TransformerEncoderLayer's (GELU, biased q/k/v).
+    mapper_style: str = "clipcap"
     # Layers of the optional transformer over the prefix tokens before GPT-2 (0: none).
     prefix_layers: int = 0
     mapper_dropout: float = 0.0
@@ -184,22 +198,24 @@ PrefixGpt2Config.presets = PRESETS
 
 
 class PrefixMapper(nn.Module):
-    """Image embedding (decoder width) -> (prefix_length, decoder width) prefix tokens."""
+    """Image embedding (``input_width``) -> (prefix_length, decoder width) prefix tokens: the MLP mapper, or the
+    transformer mapper of ``mapper_style: torch``."""
 
-    def __init__(self, config: PrefixGpt2Config) -> None:
+    def __init__(self, config: PrefixGpt2Config, input_width: int) -> None:
         super().__init__()
         width, length = config.decoder_hidden_size, config.prefix_length
         self.kind, self.length, self.width = config.mapper, length, width
         if config.mapper == "mlp":
             self.mlp = nn.Sequential(
-                nn.Linear(width, config.mapper_hidden_size),
+                nn.Linear(input_width, config.mapper_hidden_size),
                 nn.Tanh(),
                 nn.Linear(config.mapper_hidden_size, length * width),
             )
         else:
-            # ClipCap's transformer mapper: the embedding spread over K tokens, then K learned constants that
-            # read them through self-attention; the constants' outputs are the prefix.
-            self.expand = nn.Linear(width, length * width)
+            # The layout of ClipCap's transformer mapper (the embedding spread over K tokens, then K learned
+            # constants that read them through self-attention; the constants' outputs are the prefix) in torch's
+            # layers: kept so that models saved with it load unchanged.
+            self.expand = nn.Linear(input_width, length * width)
             self.constants = nn.Parameter(torch.randn(length, width) * config.initializer_range)
             self.transformer = _transformer(config, config.mapper_layers)
 
@@ -210,6 +226,27 @@ class PrefixMapper(nn.Module):
         spread = self.expand(embedding).view(batch, self.length, self.width)
         tokens = torch.cat([spread, self.constants.expand(batch, -1, -1)], dim=1)
         return self.transformer(tokens)[:, self.length :]
+
+
+def _mapper(config: PrefixGpt2Config) -> tuple[nn.Module, nn.Module]:
+    """(projection, mapper). ClipCap's mappers read the image embedding itself (no projection): its MLP (Linear,
+    Tanh, Linear) or its transformer mapper. ``mapper_style: torch`` models project the embedding to the decoder
+    width first, then run the same MLP or a transformer mapper of torch's layers."""
+    if config.mapper_style == "torch":
+        projection = nn.Linear(config.encoder_hidden_size, config.decoder_hidden_size)
+        return projection, PrefixMapper(config, config.decoder_hidden_size)
+    if config.mapper == "mlp":
+        return nn.Identity(), PrefixMapper(config, config.encoder_hidden_size)
+    mapper = ClipCapMapper(
+        config.encoder_hidden_size,
+        config.decoder_hidden_size,
+        config.prefix_length,
+        heads=config.mapper_heads,
+        hidden=config.mapper_hidden_size,
+        layers=config.mapper_layers,
+        dropout=config.mapper_dropout,
+    )
+    return nn.Identity(), mapper
 
 
 def _transformer(config: PrefixGpt2Config, layers: int) -> nn.TransformerEncoder:
@@ -245,8 +282,7 @@ class PrefixGpt2Model(CaptionModel):
             self.encoder = build_backbone(config.encoder_part)
         else:
             self.encoder = AutoModel.from_config(_hf_config(config.encoder_part))
-        self.project = nn.Linear(config.encoder_hidden_size, config.decoder_hidden_size)
-        self.mapper = PrefixMapper(config)
+        self.project, self.mapper = _mapper(config)
         self.prefix_transformer = _transformer(config, config.prefix_layers) if config.prefix_layers else None
         if config.decoder_part is None:
             self.gpt2 = GPT2LMHeadModel(config.decoder_hf(bos_token_id, eos_token_id, pad_token_id))

@@ -50,7 +50,8 @@ logger = logging.getLogger(__name__)
 # ViT, BERT and GPT-2's (``position_embeddings``, ``wpe``), CLIP and BLIP vision towers' (``position_embedding``,
 # which GIT's image encoder is too) and timm's (``pos_embed``). Nor are a vision transformer's learned tokens (as
 # timm's ``no_weight_decay`` and BLIP's and CLIP's training leave them): the class token (HF ViT and timm
-# ``cls_token``, BLIP's (1, 1, D) ``class_embedding``), DeiT's distillation token and register tokens.
+# ``cls_token``, BLIP's (1, 1, D) ``class_embedding``), DeiT's distillation token, register tokens, and the
+# learned constants of prefix-gpt2's transformer mapper (ClipCap's ``prefix_const``, a position table of the prefix).
 _NO_DECAY_NAMES = (
     "position_embedding",
     "wpe",
@@ -61,6 +62,7 @@ _NO_DECAY_NAMES = (
     "dist_token",
     "register_tokens",
     "reg_token",
+    "prefix_const",
 )
 
 
