@@ -120,6 +120,17 @@ def test_decoding_bounds_reach_the_app_and_lower_its_defaults(model_dir, served,
     assert over.json()["detail"] == "num_beams: must be at most 2 on this server, got 3"
 
 
+def test_a_lower_bound_alone_lowers_the_defaults_that_may_not_exceed_it(model_dir, served, capsys):
+    # --max-n-best defaults to 8 and --max-images to 16: given alone, --max-beams 2 or --max-queue 8 was refused
+    # over a default the user never set.
+    args = ["serve", "--model", f"tiny={model_dir}", "--device", "cpu", "--max-beams", "2", "--max-queue", "8"]
+    code, _out, err = run_cli(args, capsys)
+    assert code == 0, err
+    ((app, _options),) = served
+    settings = app.state.settings
+    assert (settings.max_beams, settings.max_n_best, settings.max_queue, settings.max_images) == (2, 2, 8, 8)
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

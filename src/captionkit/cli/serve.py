@@ -32,7 +32,9 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Most images in one model call (micro-batching).")] = 8,
     max_wait_ms: Annotated[float, typer.Option(help="How long a batch waits for more images.")] = 10.0,
     max_queue: Annotated[int, typer.Option(help="Images waiting per model before 503 (>= --max-images).")] = 64,
-    max_images: Annotated[int, typer.Option(help="Most images in one request (422 beyond).")] = 16,
+    max_images: Annotated[
+        int | None, typer.Option(help="Most images in one request (422 beyond; default 16, or --max-queue if lower).")
+    ] = None,
     max_upload_mb: Annotated[float, typer.Option(help="Largest request body in MiB (413 beyond).")] = 20.0,
     timeout_s: Annotated[float, typer.Option(help="Per-request time limit in seconds (504 beyond).")] = 30.0,
     read_timeout_s: Annotated[
@@ -45,7 +47,12 @@ def serve(
     max_new_tokens: Annotated[
         int, typer.Option(help="Longest max_length a request may ask for (422 beyond; lowers the default of 20).")
     ] = 64,
-    max_n_best: Annotated[int, typer.Option(help="Most n-best captions a request may ask for (<= --max-beams).")] = 8,
+    max_n_best: Annotated[
+        int | None,
+        typer.Option(
+            help="Most n-best captions a request may ask for (<= --max-beams; default 8, or --max-beams if lower)."
+        ),
+    ] = None,
     root_path: Annotated[
         str, typer.Option(help="Path a reverse proxy serves this under (e.g. /captions); the page follows it.")
     ] = "",
@@ -75,14 +82,15 @@ def serve(
             max_batch=max_batch,
             max_wait_ms=max_wait_ms,
             max_queue=max_queue,
-            max_images=max_images,
+            # Unset, these follow the bound they may not exceed: --max-beams 2 alone clashes with no default.
+            max_images=min(ServeSettings.max_images, max_queue) if max_images is None else max_images,
             max_upload_bytes=max(1, int(max_upload_mb * 1024 * 1024)),
             request_timeout_s=timeout_s,
             read_timeout_s=read_timeout_s,
             max_connections=max_connections,
             max_beams=max_beams,
             max_new_tokens=max_new_tokens,
-            max_n_best=max_n_best,
+            max_n_best=min(ServeSettings.max_n_best, max_beams) if max_n_best is None else max_n_best,
             root_path=root_path.rstrip("/"),  # "/captions/" is "/captions", and "/" the root
         )
         # The port is taken now, before the models load: one taken by another process fails in a second, not
