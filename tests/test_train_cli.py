@@ -182,6 +182,17 @@ def test_a_finished_model_without_checkpoints_is_not_replaced_by_another_recipe(
     assert (best / "model.safetensors").read_bytes() != weights
 
 
+def test_resume_and_no_resume_together_are_refused_before_anything_is_read(tmp_path, capsys):
+    # One keeps the checkpoints, the other discards them: the last flag won, and --no-resume threw a run away.
+    args = ["train", str(tmp_path / "no-such-recipe.yaml"), "--output", tmp_path / "run", "--resume", "--no-resume"]
+    code, stdout, err = run_cli(args, capsys)
+    assert (code, stdout) == (1, "")
+    assert err == (
+        "captionkit: error: --no-resume: not with --resume: --resume continues the run in OUTPUT, --no-resume "
+        "discards it\n"
+    )
+
+
 def test_a_run_that_max_seconds_ended_stays_ended_when_run_again(recipe, tmp_path, capsys):
     """train.max_seconds counts the whole run's seconds: a run past it, run again, trained one more step each time
     (and rewrote its model); now it says why there is nothing to train, as a run that early stopping ended does."""

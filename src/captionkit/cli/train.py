@@ -32,13 +32,14 @@ def train(
         typer.Option("--set", help="Override a recipe value: --set train.lr=3e-4 (repeatable)."),
     ] = None,
     resume: Annotated[
-        bool | None,
+        bool,
         typer.Option(
-            "--resume/--no-resume",
-            help="Default: resume from OUTPUT/checkpoints when they hold the same run. --resume: resume even with "
-            "a changed recipe. --no-resume: discard them and start over.",
+            "--resume",
+            help="Resume from OUTPUT/checkpoints even with a changed recipe (by default only when they hold the "
+            "same run).",
         ),
-    ] = None,
+    ] = False,
+    no_resume: Annotated[bool, typer.Option("--no-resume", help="Discard OUTPUT/checkpoints and start over.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress line (loss, lr, images/s, ETA) on stderr.")] = True,
     list_recipes: Annotated[
         bool,
@@ -57,6 +58,7 @@ def train(
     """
     from captionkit.errors import CaptionkitError
 
+    choice = _resume_choice(resume, no_resume)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("captionkit: %(message)s"))
     training_logger = logging.getLogger("captionkit.training")
@@ -76,7 +78,7 @@ def train(
 
         _check_paths(config, output)
         recipe = load_recipe(config, set_ or [])
-        result = run_training(recipe, output, log=log, resume=resume, progress=progress)
+        result = run_training(recipe, output, log=log, resume=choice, progress=progress)
     except CaptionkitError as error:
         fail(str(error))
     except OSError as error:  # e.g. an output directory that cannot be written
@@ -170,6 +172,14 @@ def _exit_for_unreadable(result: Any) -> None:
                 )
     if "RANK" not in os.environ:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _resume_choice(resume: bool, no_resume: bool) -> bool | None:
+    """True (--resume), False (--no-resume) or None (resume the same run only); both at once are refused: one keeps
+    the checkpoints and the other discards them, and the last flag must not decide silently."""
+    if resume and no_resume:
+        fail("--no-resume: not with --resume: --resume continues the run in OUTPUT, --no-resume discards it")
+    return True if resume else False if no_resume else None
 
 
 def _check_paths(config: Path, output: Path) -> None:
