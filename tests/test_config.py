@@ -100,7 +100,9 @@ def test_a_typo_in_set_blames_the_command_line_and_one_in_the_file_the_file(tmp_
     assert str(recipe) not in str(caught.value)
     with pytest.raises(ConfigError) as caught:
         load_train_config(write(tmp_path / "typo.yaml", "train:\n  stpes: 10\n"), ["train.lr=0.1"])
-    assert caught.value.source == f"{tmp_path / 'typo.yaml'}.train.stpes"
+    # The file and the key apart: "typo.yaml.train.stpes" read as one name.
+    assert caught.value.source == f"{tmp_path / 'typo.yaml'}: train.stpes"
+    assert str(caught.value).startswith(f"{tmp_path / 'typo.yaml'}: train.stpes: unknown key (did you mean 'steps'?")
 
 
 def test_a_section_that_is_not_a_mapping_stays_an_error_whatever_set_puts_into_it(tmp_path):
@@ -109,11 +111,11 @@ def test_a_section_that_is_not_a_mapping_stays_an_error_whatever_set_puts_into_i
     for assignments in ([], ["train.steps=1"]):
         with pytest.raises(ConfigError) as caught:
             load_train_config(recipe, assignments)
-        assert (caught.value.source, caught.value.reason) == (f"{recipe}.train", "expected a mapping, got int")
+        assert (caught.value.source, caught.value.reason) == (f"{recipe}: train", "expected a mapping, got int")
     with pytest.raises(ConfigError) as caught:
         load_train_config(write(tmp_path / "m.yaml", "model:\n  overrides: [1]\n"), ["model.overrides.x=1"])
     assert (caught.value.source, caught.value.reason) == (
-        f"{tmp_path / 'm.yaml'}.model.overrides",
+        f"{tmp_path / 'm.yaml'}: model.overrides",
         "expected a mapping, got [1]",
     )
     # A section an earlier --set made a scalar is the command line's error.
@@ -143,7 +145,7 @@ def test_the_model_section_is_checked_as_the_recipe_is_read(tmp_path, key, value
     recipe = write(tmp_path / "r.yaml", f"{section}:\n  {name}: {value}\n")
     with pytest.raises(ConfigError) as caught:
         load_train_config(recipe)
-    assert caught.value.source == f"{recipe}.{key}" and caught.value.reason.startswith(reason)
+    assert caught.value.source == f"{recipe}: {key}" and caught.value.reason.startswith(reason)
 
 
 def test_a_preset_is_not_checked_when_pretrained_weights_replace_it():

@@ -193,7 +193,7 @@ def test_scst_numbers_that_sampling_cannot_use_are_one_config_error(tmp_path, ke
     recipe.write_text(f"train:\n  scst:\n    {key}: {value}\n")
     with pytest.raises(ConfigError) as caught:
         load_train_config(recipe)
-    assert (caught.value.source, caught.value.reason) == (f"{recipe}.train.scst.{key}", reason)
+    assert (caught.value.source, caught.value.reason) == (f"{recipe}: train.scst.{key}", reason)
 
 
 COCO_SUBSET = SHARED_DATA / "coco" / "captions_val2017_subset.json"

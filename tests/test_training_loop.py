@@ -186,7 +186,7 @@ def test_values_wrong_alone_are_refused_as_the_recipe_is_read(scenes, tmp_path, 
     recipe.write_text(yaml.safe_dump(apply_overrides({}, list(settings))))
     with pytest.raises(ConfigError) as caught:
         load_train_config(recipe)
-    assert caught.value.source == f"{recipe}.{key}" and reason in caught.value.reason
+    assert caught.value.source == f"{recipe}: {key}" and reason in caught.value.reason
 
 
 @pytest.mark.parametrize(

@@ -666,7 +666,10 @@ def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str
     override set names ``--set KEY``, not the recipe."""
     merged = dict(data)
     for index, assignment in enumerate(assignments):
-        _check_sections_on_the_way(merged, assignment, assignments[:index], where)
+        try:
+            _check_sections_on_the_way(merged, assignment, assignments[:index], where)
+        except ConfigError as error:
+            raise _in_file(error, where) from None
         merged = apply_overrides(merged, [assignment])
     try:
         return from_dict(TrainConfig, merged, where=where)
@@ -676,7 +679,15 @@ def train_config(data: Mapping[str, Any], assignments: Sequence[str], where: str
         if blamed is error and where != "config" and error.source.partition(".")[0] in sections:
             # A section's own check names its key from the root (model.preset): in the recipe, as its readers do.
             blamed = ConfigError(f"{where}.{error.source}", error.reason)
-        raise blamed from None
+        raise _in_file(blamed, where) from None
+
+
+def _in_file(error: ConfigError, where: str) -> ConfigError:
+    """An error in the recipe file ``where`` named "FILE: KEY" (``recipe.yaml: train.stepz``): the file's path and
+    the key joined by "." read as one name (``recipe.yaml.train.stepz``)."""
+    if where == "config" or not error.source.startswith(f"{where}."):
+        return error
+    return ConfigError(f"{where}: {error.source.removeprefix(f'{where}.')}", error.reason)
 
 
 def _check_sections_on_the_way(data: Mapping[str, Any], assignment: str, earlier: Sequence[str], where: str) -> None:
