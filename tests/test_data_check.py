@@ -132,7 +132,7 @@ def test_check_reports_dropped_captions(tmp_path, capsys):
     )
     code, out, _ = run_cli(["data", "check", str(tmp_path / "c.jsonl")], capsys)
     assert code == 0
-    assert "dropped: 1 empty caption" in out
+    assert "dropped: 1 x empty caption" in out
 
 
 def test_check_image_id_in_two_splits(tmp_path, capsys):

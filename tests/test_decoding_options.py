@@ -65,7 +65,7 @@ BAD = [
     ({"sample": True, "temperature": 1e-30}, "temperature", TOO_COLD.format("1e-30")),
     ({"length_penalty": 6}, "length_penalty", "must be in [-1, 5], got 6"),
     ({"length_penalty": -2}, "length_penalty", "must be in [-1, 5], got -2"),
-    ({"n_best": 5}, "n_best", "beam search returns at most 4 caption(s) per image, got 5 (use more beams, or sample)"),
+    ({"n_best": 5}, "n_best", "beam search returns at most 4 captions per image, got 5 (use more beams, or sample)"),
     ({"beams": 2, "sample": True}, "beams", "beam sampling is not supported: sample with 1 beam (the default)"),
     ({"temperature": 0.5}, "temperature", "only used when sampling; got 0.5 without sampling"),
     ({"seed": 3}, "seed", "only used when sampling; got 3 without sampling"),

@@ -265,5 +265,5 @@ def test_stderr_shows_the_stages_and_only_validation_entries(tmp_path, capsys):
     assert lines[0] == "drawing 210 scenes (8 train, 200 validation, 2 test)"
     entries = [json.loads(line) for line in lines if line.startswith("{")]
     assert [entry["step"] for entry in entries] == [3] and "val_loss" in entries[0]
-    assert "captioning 2 unseen scene(s) in each style the model writes (neutral, positive, negative)" in lines
+    assert "captioning 2 unseen scenes in each style the model writes (neutral, positive, negative)" in lines
     assert len((out / "model" / "metrics.jsonl").read_text().splitlines()) >= 3  # every entry is kept there

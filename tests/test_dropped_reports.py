@@ -44,14 +44,14 @@ def training_setup(shard: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 
 def test_a_run_validating_on_its_streamed_shards_says_what_was_dropped_once(tmp_path, caplog):
     shard = write_img2dataset_rows(tmp_path / "00000.parquet", ["success", "failed_to_download", "success"])
-    assert training_setup(shard, tmp_path, caplog) == [f"{shard}: dropped 1 row without image bytes {FAILED}"]
+    assert training_setup(shard, tmp_path, caplog) == [f"{shard}: dropped 1 x row without image bytes {FAILED}"]
 
 
 def test_a_run_validating_on_its_records_says_what_was_dropped_once(tmp_path, caplog):
     shard = write_img2dataset_rows(tmp_path / "00000.parquet", ["success", "failed_to_download", "success"])
     # With SCST the shards are read into records rather than streamed.
     assert training_setup(shard, tmp_path, caplog, "train.objective=scst") == [
-        f"{shard}: dropped 1 row without image bytes {FAILED}",
+        f"{shard}: dropped 1 x row without image bytes {FAILED}",
         "data.val holds every image of data.train: the run validates on the images it trains on (give data.val "
         "other images, or leave it empty to hold out data.val_fraction of data.train)",
     ]
@@ -64,6 +64,6 @@ def test_a_run_validating_on_other_data_says_what_each_dropped(tmp_path, caplog)
     with caplog.at_level(logging.WARNING, logger="captionkit.training"):
         build_setup(load_train_config(None, settings))
     assert [record.getMessage() for record in caplog.records] == [
-        f"{train}: dropped 1 row without image bytes {FAILED}",
-        f"{val}: dropped 1 row without image bytes {FAILED}",
+        f"{train}: dropped 1 x row without image bytes {FAILED}",
+        f"{val}: dropped 1 x row without image bytes {FAILED}",
     ]

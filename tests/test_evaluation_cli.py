@@ -276,7 +276,7 @@ def test_flickr_references_with_plain_json_candidates(tmp_path: Path, capsys: py
     [
         ("", "empty file"),
         ('{"image": "x.jpg", "error": "truncated image"}\n', "not one image has a caption: 1 image failed to caption"),
-        ('{"nope.jpg": "a room"}', "1 candidate image(s) have no references in"),
+        ('{"nope.jpg": "a room"}', "1 candidate image without references in"),
         ("[1, 2]", "result 0: expected an object"),
     ],
 )
@@ -304,7 +304,7 @@ def _second_references() -> dict[str, str]:
 def test_caption_results_with_an_empty_caption_and_a_failed_image_are_scored_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
 ) -> None:
-    """`caption` writes empty captions and error records; `score` refused both ("1 image(s) failed to caption ...
+    """`caption` writes empty captions and error records; `score` refused both ("1 image failed to caption ...
     every image needs a caption to score", then "image '139': empty caption"). Now, as `evaluate`: the empty caption
     is scored (0 on its image), the failed image is left out, counted and said in one line, and the exit is 2."""
     if fmt == "parquet":

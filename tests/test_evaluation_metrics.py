@@ -173,14 +173,14 @@ def test_scoring_cuts_captions_at_the_token_cap_with_a_note():
     assert scored.scores == reference.scores and scored.per_image == reference.per_image
     assert scored.scores["length_max"] == MAX_CAPTION_TOKENS
     assert scored.notes == [
-        "cands.json: 1 caption(s) over 1000 tokens or 50000 characters were cut to their first 1000 tokens",
-        "refs.json: 1 caption(s) over 1000 tokens or 50000 characters were cut to their first 1000 tokens",
+        "cands.json: 1 caption over 1000 tokens or 50000 characters was cut to 1000 tokens",
+        "refs.json: 1 caption over 1000 tokens or 50000 characters was cut to 1000 tokens",
     ]
     assert not [note for note in reference.notes if "were cut" in note]  # exactly 1000 tokens: nothing cut
     # Past 50,000 characters nothing is tokenized (a 5 MB caption would take seconds): the tail is cut too.
     huge = score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 60_000 + " cat"}, "BLEU", cand_source="c")
     assert huge.scores == score_captions({"1": ["a dog"]}, {"1": "a dog " + "x" * 49_994}, "BLEU").scores
-    assert huge.notes[0].startswith("c: 1 caption(s) over 1000 tokens or 50000 characters were cut")
+    assert huge.notes[0].startswith("c: 1 caption over 1000 tokens or 50000 characters was cut")
 
 
 def test_rouge_l_from_the_corpus_equals_rouge_l_caption_by_caption() -> None:

@@ -185,7 +185,7 @@ def test_coco_caption_of_an_image_id_not_in_images_is_dropped_and_counted(tmp_pa
     assert result.dropped == {"caption of an image_id not in 'images'": 1, "image without captions": 1}
     code, out, _ = run_cli(["data", "check", str(tmp_path / "annotations" / "captions_train2017.json")], capsys)
     assert code == 0
-    assert "dropped: 1 caption of an image_id not in 'images'" in out
+    assert "dropped: 1 x caption of an image_id not in 'images'" in out
 
 
 def test_table_paths_relative_to_the_working_directory(tmp_path, monkeypatch):

@@ -125,8 +125,8 @@ def test_data_check_passes_and_says_how_many_downloads_failed(shard, capsys):
     code, out, _ = run_cli(["data", "check", shard], capsys)
     assert code == 0, out
     lines = out.splitlines()
-    assert f"dropped: 2 {FAILED}" in lines
-    assert f"dropped: 1 {NOT_RESIZED}" in lines
+    assert f"dropped: 2 x {FAILED}" in lines
+    assert f"dropped: 1 x {NOT_RESIZED}" in lines
     assert "unreadable image" not in out
     assert lines[-1] == "ok: no errors"
 

@@ -273,7 +273,7 @@ def test_json_base64_of_a_bad_image(client):
         ({"num_beams": "2.5"}, "num_beams", "must be an integer"),
         ({"max_length": 10_000}, "max_length", "must be at most 64 on this server, got 10000"),
         ({"max_length": 100}, "max_length", "must be at most 64 on this server, got 100"),
-        ({"n_best": 3, "num_beams": 2}, "n_best", "beam search returns at most 2 caption(s) per image"),
+        ({"n_best": 3, "num_beams": 2}, "n_best", "beam search returns at most 2 captions per image"),
         ({"do_sample": "maybe"}, "do_sample", "must be true or false, got 'maybe'"),
         ({"do_sample": "true", "temperature": 0}, "temperature", "must be >= 0.0001, got 0 (a smaller temperature is"),
         ({"length_penalty": 6}, "length_penalty", "must be in [-1, 5], got 6"),

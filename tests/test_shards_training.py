@@ -101,7 +101,7 @@ def test_samples_the_shard_reader_drops_are_logged_naming_the_data(tmp_path, cap
     with caplog.at_level(logging.WARNING, logger="captionkit.training"):
         setup = build_setup(load_train_config(None, [*data, *assignments(tmp_path)[2:]]))
     assert setup.train_shards is not None and setup.train_shards.size == 3
-    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'shards'}: dropped 1 sample without a caption"]
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'shards'}: dropped 1 x sample without a caption"]
 
 
 def test_fewer_samples_than_shard_readers_is_an_error_naming_the_data(tmp_path, single_thread):

@@ -23,6 +23,7 @@ from captionkit.data.synthetic import SPLITS, SceneOptions, write_synthetic_data
 from captionkit.demo_data import DemoData
 from captionkit.errors import ConfigError, InputError
 from captionkit.files import write_atomic
+from captionkit.wording import plural
 
 RECIPE = "demo.yaml"
 #: What a demo writes at the end, removed at its start: an earlier demo's results must not stand beside new scenes.
@@ -135,7 +136,8 @@ def run_demo(
     captioner = Captioner.from_pretrained(output / "model")
     records = load_records(data_file)
     tests = first_caption_per_image([r for r in select_split(records, "test") if r.style == "neutral"])
-    tell(f"captioning {len(tests)} unseen scene(s) in each style the model writes ({', '.join(captioner.styles)})")
+    styles = ", ".join(captioner.styles)
+    tell(f"captioning {plural(len(tests), 'unseen scene')} in each style the model writes ({styles})")
     started_captioning = time.perf_counter()
     # Every test scene in every style the model was trained to write (neutral first).
     generated = {

@@ -11,7 +11,7 @@ import typer
 
 from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, fail, progress_bar
 from captionkit.config import DataSection
-from captionkit.wording import plural
+from captionkit.wording import plural, tally
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
 
@@ -275,7 +275,7 @@ def _print_dropped(console: Any, report: dict[str, Any]) -> None:
     dropped = [(reason, count) for reason, count in report["dropped"].items() if reason not in damage]
     dropped.sort(key=lambda item: (item[0].partition(": ")[0] in files, item[0]))
     for reason, count in dropped[:_SHOWN]:
-        console.print(f"dropped: {count} {reason}")
+        console.print(f"dropped: {tally({reason: count})}")
     if len(dropped) > _SHOWN:
         console.print(f"dropped: ... and {plural(len(dropped) - _SHOWN, 'more reason')} (--json lists all)")
 

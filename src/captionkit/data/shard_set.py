@@ -19,6 +19,7 @@ from captionkit.data.formats.shards import collect_samples
 from captionkit.data.records import CaptionRecord
 from captionkit.data.splits import first_caption_per_image, split_by_image
 from captionkit.errors import InputError
+from captionkit.wording import plural
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,6 @@ def scan_shards(
         val_records += val
         dropped.update(shard_dropped)
     if not sum(counts):
-        raise InputError(files[0], f"no training captions in {len(files)} shard(s)")
+        raise InputError(files[0], f"no training captions in {plural(len(files), 'shard')}")
     empty = dropped.pop(EMPTY_CAPTION, 0)
     return ScannedShards(replace(unscanned, counts=tuple(counts)), val_records, empty, dict(dropped))

@@ -198,9 +198,9 @@ def evaluation_split(
         found = sorted({record.split for record in records if record.split})
         there = f"its splits: {', '.join(found)}" if found else "it has no split labels"
         raise InputError(source, f"no captions in split {name!r} ({there}; --split all takes every caption)")
-    return chosen, f"the {name} split: {len({record.image_id for record in chosen})} of {images} images"
+    return chosen, f"the {name} split: {len({record.image_id for record in chosen}):,} of {images:,} images"
 
 
 def _all_images(count: int) -> str:
     """Every one of ``count`` images, in English: "all 3 images", but "its 1 image" (not "all 1 images")."""
-    return f"all {count} images" if count != 1 else "its 1 image"
+    return f"all {count:,} images" if count != 1 else "its 1 image"

@@ -109,11 +109,13 @@ class DecodingConfig:
                 raise InputError(name, f"only used when sampling; got {getattr(self, name)} without sampling")
         if self.num_return_sequences > self.num_beams:
             what = (
-                "greedy decoding returns 1" if self.num_beams == 1 else f"beam search returns at most {self.num_beams}"
+                "greedy decoding returns 1 caption"
+                if self.num_beams == 1
+                else f"beam search returns at most {self.num_beams} captions"
             )
             raise InputError(
                 "num_return_sequences",
-                f"{what} caption(s) per image, got {self.num_return_sequences} (use more beams, or sample)",
+                f"{what} per image, got {self.num_return_sequences} (use more beams, or sample)",
             )
 
     @property

@@ -23,6 +23,7 @@ from captionkit.evaluation import forked
 from captionkit.evaluation.diversity import caption_statistics, corpus_statistics, repeated_captions
 from captionkit.evaluation.external import MetricUnavailable
 from captionkit.evaluation.tokenize import tokenize_captions
+from captionkit.wording import plural
 
 #: Captions are cut to this many tokens after tokenization (no real caption comes near; an absurdly long one would
 #: otherwise cost minutes and gigabytes in the tokenizer, the n-gram tables and ROUGE-L's quadratic LCS) ...
@@ -156,7 +157,7 @@ def _check(
     if unknown:
         raise InputError(
             cand_source,
-            f"{len(unknown)} candidate image(s) have no references in {ref_source}, e.g. {_examples(unknown)}",
+            f"{plural(len(unknown), 'candidate image')} without references in {ref_source}, e.g. {_examples(unknown)}",
         )
     uncovered = [i for i in refs if i not in cands]
     if uncovered:
@@ -213,8 +214,8 @@ def score_captions(
     for cut, source in ((cut_candidates, cand_source), (cut_references, ref_source)):
         if cut:
             evaluation.notes.append(
-                f"{source}: {cut} caption(s) over {MAX_CAPTION_TOKENS} tokens or {MAX_CAPTION_CHARS} characters "
-                f"were cut to their first {MAX_CAPTION_TOKENS} tokens"
+                f"{source}: {plural(cut, 'caption')} over {MAX_CAPTION_TOKENS} tokens or {MAX_CAPTION_CHARS} "
+                f"characters {'was' if cut == 1 else 'were'} cut to {MAX_CAPTION_TOKENS} tokens"
             )
 
     def record(name: str, corpus: float, images: Sequence[float]) -> None:

@@ -50,6 +50,7 @@ from typing import Any
 from captionkit.errors import InputError
 from captionkit.files import read_text, text_lines
 from captionkit.jsontext import parse_json
+from captionkit.wording import plural
 
 _FLICKR_LINE = re.compile(r"(?P<name>[^\t#]+)#(?P<number>\d+)\t(?P<caption>.*)")
 #: A COCO 2014 file name, whose 12 digits are the image's COCO id (its 2017 file is those digits alone).
@@ -421,7 +422,7 @@ def candidates_from_records(
         failed.update(errors)
     elif errors:
         name, error = next(iter(errors.items()))
-        reason = f"{len(errors)} image(s) failed to caption, e.g. {name}: {error}"
+        reason = f"{plural(len(errors), 'image')} failed to caption, e.g. {name}: {error}"
         raise InputError(path, f"{reason}; every image needs a caption to score")
     return candidates
 

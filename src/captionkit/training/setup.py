@@ -43,6 +43,7 @@ from captionkit.training.checkpoint import DAMAGED_CHECKPOINT_HINT
 from captionkit.training.checks import check_overrides_kept
 from captionkit.training.scst import CiderReward, StyleCiderReward
 from captionkit.training.validation import neutral_references
+from captionkit.wording import tally
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def report_dropped(source: object, dropped: Mapping[str, int]) -> None:
     split list, images without a caption file, rejected captions, damaged shards... so that none goes unseen."""
     for reason, count in sorted(dropped.items()):
         if reason != EMPTY_CAPTION:
-            logger.warning("%s: dropped %d %s", source, count, reason)
+            logger.warning("%s: dropped %s", source, tally({reason: count}))
 
 
 def report_unused_styles(source: object, records: Sequence[CaptionRecord]) -> None:
