@@ -34,6 +34,18 @@ def test_missing_input_is_named(tmp_path):
     with pytest.raises(InputError) as caught:
         collect_images([tmp_path / "nope"])
     assert caught.value.source == str(tmp_path / "nope")
+    assert caught.value.reason == "no such file or directory"
+
+
+def test_a_quoted_glob_says_how_to_name_many_files(tmp_path):
+    (tmp_path / "shards").mkdir()
+    with pytest.raises(InputError) as caught:
+        collect_images([f"{tmp_path}/shards/*.tar"])
+    assert caught.value.source == f"{tmp_path}/shards/*.tar"
+    assert caught.value.reason == (
+        "no such file or directory (a glob is not expanded here: leave it unquoted for the shell, or name shards by a "
+        "brace pattern, shards/{00000..00099}.tar, or by their folder)"
+    )
 
 
 def test_a_url_is_named_as_given_and_said_to_be_a_url(tmp_path, monkeypatch):

@@ -85,7 +85,7 @@ def iter_inputs(inputs: Iterable[str | Path], left_out: Counter[str] | None = No
         elif path.exists():
             images = [InputImage(path, path.as_posix())]
         else:
-            raise InputError(path, "no such file or directory")
+            raise InputError(path, "no such file or directory" + _glob_hint(str(item)))
         yield from (image for image in images if seen.first_loose(image.path))
 
 
@@ -154,6 +154,16 @@ def _is_directory(entry: Path) -> bool:
 def _folder_key(image: Path, folder: Path) -> str:
     """An image's key: its sample key in img2dataset's "files" layout (as in shards), else its relative path."""
     return image.stem if is_files_layout_image(image) else image.relative_to(folder).as_posix()
+
+
+def _glob_hint(text: str) -> str:
+    """For a missing input that is a glob (quoted, so the shell left it): how to name many files instead."""
+    if not any(character in text for character in "*?["):
+        return ""
+    return (
+        " (a glob is not expanded here: leave it unquoted for the shell, or name shards by a brace pattern, "
+        "shards/{00000..00099}.tar, or by their folder)"
+    )
 
 
 def _is_url(text: str, folder: Path | None = None) -> bool:
