@@ -14,7 +14,7 @@ from _helpers import run_cli
 from _hub_parts import save_clip
 from captionkit.errors import ModelLoadError
 from captionkit.evaluation import clipscore
-from captionkit.evaluation.clipscore import ClipScorer
+from captionkit.evaluation.clipscore import ClipScorer, load_clip_scorer
 
 IMAGES = real_photos(3)
 CANDIDATES = {"a": "a man riding a wave", "b": "a dog runs through the grass", "c": "zebra"}
@@ -98,6 +98,11 @@ def test_a_directory_without_clip_weights_is_one_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(ModelLoadError, match=rf"^{tmp_path}: not a CLIP model"):
         ClipScorer(tmp_path, device="cpu")
+    # On the command line the error is the flag's, which names another model (the default fails offline).
+    with pytest.raises(ModelLoadError) as caught:
+        load_clip_scorer(tmp_path, device="cpu")
+    assert caught.value.source == "--clip-model"
+    assert caught.value.reason.startswith(f"{tmp_path}: not a CLIP model")
 
 
 def test_score_cli_adds_clipscore_with_the_images_directory(clip_dir, tmp_path, capsys):

@@ -80,7 +80,7 @@ def test_evaluate_with_clipscore_and_an_html_report_worst_first(scenes, model_di
 def test_clipscore_with_a_model_that_is_not_clip_exits_1(scenes, model_dir, tmp_path, capsys):
     code, _, err = evaluate(scenes, model_dir, tmp_path, capsys, "--metrics", "CLIPScore", "--clip-model", model_dir)
     assert code == 1
-    assert err.strip().splitlines()[-1].startswith(f"captionkit: error: {model_dir}: not a CLIP model")
+    assert err.strip().splitlines()[-1].startswith(f"captionkit: error: --clip-model: {model_dir}: not a CLIP model")
 
 
 def test_thumbnails_are_jpeg_for_photos_and_png_for_flat_scenes(scenes):

@@ -410,9 +410,9 @@ def _logged_beside(metrics: dict) -> str:
 def _clip_scorer(metrics: str | None, source: str, device: str | None) -> ClipScorer | None:
     """The CLIP model when --metrics names CLIPScore (loaded before captioning, so a bad --clip-model fails fast)."""
     from captionkit.evaluation import parse_metrics
-    from captionkit.evaluation.clipscore import ClipScorer
+    from captionkit.evaluation.clipscore import load_clip_scorer
 
-    return ClipScorer(source, device) if "CLIPScore" in parse_metrics(metrics)[0] else None
+    return load_clip_scorer(source, device) if "CLIPScore" in parse_metrics(metrics)[0] else None
 
 
 def _check_writes_styles(captioner: Captioner) -> None:

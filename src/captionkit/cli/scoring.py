@@ -271,10 +271,10 @@ def _of_candidates(
 
 def _add_clip_scores(evaluation: Any, references: Any, candidates: dict[str, str], images: Path, source: str) -> None:
     """CLIPScore and RefCLIPScore of every candidate on its image, into the corpus and per-image scores."""
-    from captionkit.evaluation.clipscore import ClipScorer, score_image_files
+    from captionkit.evaluation.clipscore import load_clip_scorer, score_image_files
 
     files = references.image_files(images)
-    corpus, per_image = score_image_files(ClipScorer(source), files, candidates, references.captions)
+    corpus, per_image = score_image_files(load_clip_scorer(source), files, candidates, references.captions)
     evaluation.scores.update(corpus)
     for image_id, scores in per_image.items():
         evaluation.per_image[image_id].update(scores)

@@ -31,6 +31,15 @@ WEIGHT = 2.5
 TEXT_BATCH = 256
 
 
+def load_clip_scorer(source: str | Path, device: str | torch.device | None = None) -> ClipScorer:
+    """:class:`ClipScorer` for the command line: a model that cannot be loaded is an error of ``--clip-model``,
+    the flag that chooses another (the default, the paper's hub model, fails offline)."""
+    try:
+        return ClipScorer(source, device)
+    except ModelLoadError as error:
+        raise ModelLoadError("--clip-model", f"{error.source}: {error.reason}") from None
+
+
 class ClipScorer:
     """A CLIP model with its tokenizer and image preprocessing, embedding images and captions for the two scores."""
 
