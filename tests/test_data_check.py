@@ -58,7 +58,7 @@ def test_a_folder_with_two_coco_caption_files_checks_each(capsys):
     assert out.startswith(f"{COCO}: 2 COCO caption files of one split each, checked one by one:\n")
     assert all(f"  {path}\n" in out for path in files)
     assert [line for line in out.splitlines() if line.startswith("evaluate's default split")] == [
-        "evaluate's default split: all 5000 images (the data has no test split)",
+        "evaluate's default split: all 5,000 images (the data has no test split)",
         "evaluate's default split: all 100 images (the data has no test split)",
     ]
     code, out, _ = run_cli(["data", "check", str(COCO), "--no-images", "--json"], capsys)
