@@ -116,14 +116,17 @@ if want caption; then
         2>'$PARTS/caption_stderr.txt'"
     [ -n "$SAMPLER" ] && kill "$SAMPLER"
     tail -n 3 "$PARTS/caption_stderr.txt" 2>/dev/null
+    CAPTION_STATUS=$(tail -n 1 "$PARTS/steps.tsv" | cut -f 2)
     SECONDS_CAPTION=$(tail -n 1 "$PARTS/steps.tsv" | cut -f 3)
     CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
     PACE=$(sed -nE 's/.*; ([0-9.]+) images\/s \(([0-9.]+) s; loading the model ([0-9.]+) s\)$/\1 \2 \3/p' \
         "$PARTS/caption_stderr.txt" 2>/dev/null | tail -n 1)
     read -r RATE CAPTION_S LOAD_S <<<"${PACE:-null null null}"
-    if awk "BEGIN {exit !($SECONDS_CAPTION > 0)}"; then  # not when the budget skipped the step
+    # Not when the budget skipped the step; a step under 5 ms (a stand-in) has 0.00 s and no pace of its own.
+    if [ "$CAPTION_STATUS" != skipped ]; then
         echo "{\"images\": $CAPTIONED, \"dtype\": \"$CAPTION_DTYPE\", \"seconds_with_model_load\": \
-$SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}"), \
+$SECONDS_CAPTION, \"images_per_s\": $(awk "BEGIN {s = $SECONDS_CAPTION; if (s > 0) printf \"%.2f\", $CAPTIONED / s; \
+else printf \"null\"}"), \
 \"images_per_s_captioning\": $RATE, \"captioning_seconds\": $CAPTION_S, \"model_load_seconds\": $LOAD_S}" \
             >"$PARTS/caption.json"
         summarise

@@ -356,7 +356,7 @@ def test_decoding_options_table_names_defaults_and_errors() -> None:
     assert decoding_options(7, max_length=9, beams=2) == DecodingConfig(max_new_tokens=9, num_beams=2, start_token_id=7)
     with pytest.raises(InputError, match=r"^max_length: must be in \[1, 1024\], got 0$"):
         decoding_options(max_length=0)
-    with pytest.raises(InputError, match=r"^n_best: beam search returns at most 4 caption\(s\) per image, got 5"):
+    with pytest.raises(InputError, match=r"^n_best: beam search returns at most 4 captions per image, got 5"):
         decoding_options(n_best=5)
     with pytest.raises(InputError, match=r"^beams: given twice, as num_beams and as beams$"):
         decoding_options(num_beams=2, beams=3)

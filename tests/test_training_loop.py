@@ -394,7 +394,7 @@ def test_what_else_the_reader_drops_is_logged_naming_the_data(scenes, tmp_path, 
     with caplog.at_level(logging.WARNING, logger="captionkit.training"):
         setup = build_setup(config_for(scenes, f"data.train={folder}"))
     assert len(setup.train_records) == 2
-    assert [record.getMessage() for record in caplog.records] == [f"{folder}: dropped 1 image without a caption file"]
+    assert [record.getMessage() for record in caplog.records] == [f"{folder}: dropped 1 x image without a caption file"]
 
 
 def test_train_compile_compiles_the_trained_module_and_trains_the_same(scenes, tmp_path, single_thread, monkeypatch):

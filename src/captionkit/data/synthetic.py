@@ -30,6 +30,9 @@ import hashlib
 import multiprocessing
 import random
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -518,7 +521,9 @@ def write_synthetic_dataset(
     if workers > 0 and len(drawings) > 1:
         # spawn, not fork: the caller may hold threads (torch's), and a forked child could deadlock on their locks.
         context = multiprocessing.get_context("spawn")
-        with context.Pool(min(workers, len(drawings)), initializer=_ignore_ctrl_c) as pool:
+        with _born_ignoring_ctrl_c():  # only while the workers start: Ctrl-C while drawing stops the drawing
+            pool = context.Pool(min(workers, len(drawings)), initializer=_ignore_ctrl_c)
+        with pool:
             # A small batch at a time: the pool's feeder thread writes all of a map's tasks into a pipe only the
             # workers read. Given every drawing at once, Ctrl-C could find it blocked mid-write, and terminate(),
             # which joins it after stopping the workers, waited for ever (seen about one run in six). A batch's
@@ -530,6 +535,21 @@ def write_synthetic_dataset(
         for drawing in drawings:
             _draw(drawing)
     return write_jsonl(records, directory / "captions.jsonl")
+
+
+@contextmanager
+def _born_ignoring_ctrl_c() -> Iterator[None]:
+    """Ctrl-C ignored in this process while the pool starts its workers, which inherit that: a worker still
+    importing when Ctrl-C came (before its initializer ran) printed a KeyboardInterrupt traceback. Only the main
+    thread may set handlers; a Ctrl-C in that moment (the workers' start, not their imports) is not seen."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _ignore_ctrl_c() -> None:
