@@ -101,6 +101,21 @@ def test_base_preset_is_vit_b16_clipcap_mlp_and_gpt2() -> None:
     assert model.gpt2.lm_head.weight is model.gpt2.transformer.wte.weight
 
 
+@pytest.mark.parametrize(
+    ("overrides", "width"),
+    [
+        ({}, 3840),  # ClipCap's MLP: 10 prefix tokens x 768 / 2
+        ({"mapper": "transformer"}, 1536),  # its transformer mapper: 2 x 768 (it was the MLP's 3,840)
+        ({"prefix_length": 4}, 1536),  # the MLP at 4 prefix tokens: 4 x 768 / 2
+        ({"mapper": "transformer", "mapper_hidden_size": 512}, 512),  # a width asked for is kept
+    ],
+)
+def test_the_base_presets_mapper_width_is_clipcaps_for_the_mapper_asked_for(overrides: dict, width: int) -> None:
+    with torch.device("meta"):
+        model = PrefixGpt2Model.from_config("base", **IDS, **overrides)
+    assert model.config.mapper_hidden_size == width
+
+
 @pytest.mark.parametrize("preset", ["tiny", "small"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_parameter_count_matches_the_definition(preset: str, variant: str) -> None:

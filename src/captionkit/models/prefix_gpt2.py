@@ -316,7 +316,12 @@ class PrefixGpt2Model(CaptionModel):
         pad_token_id: int,
         **overrides: Any,
     ) -> PrefixGpt2Model:
-        """A new model with random weights from a config or a preset name, with ``overrides`` applied."""
+        """A new model with random weights from a config or a preset name, with ``overrides`` applied. The ``base``
+        preset's mapper width is ClipCap's for the mapper and prefix length they ask for (2 x 768 for its transformer
+        mapper, not the MLP's 3,840), unless they set ``mapper_hidden_size``."""
+        decoder_width = overrides.get("decoder_hidden_size", PRESETS["base"].decoder_hidden_size)
+        if config == "base" and "mapper_hidden_size" not in overrides and type(decoder_width) is int:
+            overrides = {"mapper_hidden_size": _clipcap_mapper_width(overrides, decoder_width), **overrides}
         config = PrefixGpt2Config.resolve(config, **overrides)
         return cls(config, bos_token_id, eos_token_id, pad_token_id)
 
