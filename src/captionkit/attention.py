@@ -24,6 +24,7 @@ from PIL import Image
 from captionkit.errors import InputError
 from captionkit.files import write_atomic
 from captionkit.images import Preprocessing
+from captionkit.images.preprocessing import centre_crop_offsets
 from captionkit.models.base import CaptionModel
 from captionkit.precision import model_dtype
 from captionkit.text import CaptionTokenizer
@@ -125,23 +126,14 @@ def seen_box(preprocessing: Preprocessing | None, size: tuple[int, int]) -> tupl
     """The part of a (width, height) ``size`` image that ``preprocessing`` hands the model, as (left, top, right,
     bottom) fractions of the width and height: the centre crop's box, or the whole image (None: no crop).
 
-    It follows ``Preprocessing.resized``: resize (the shorter edge to an int ``crop_from``, the longer one truncated,
-    or to a (height, width) pair), then a centre crop of ``size`` whose odd margins round as ``crop_rounding`` says.
+    It follows ``Preprocessing.resized``: resize (``Preprocessing.resized_size``), then the centre crop of the
+    preprocessing's ``size`` (:func:`captionkit.images.preprocessing.centre_crop_offsets`).
     """
     if preprocessing is None or not preprocessing.do_resize or preprocessing.crop_from is None:
         return WHOLE_IMAGE
-    width, height = size
-    crop_from = preprocessing.crop_from
-    if isinstance(crop_from, tuple):
-        resized_height, resized_width = crop_from
-    elif width <= height:
-        resized_width, resized_height = crop_from, int(crop_from * height / width)
-    else:
-        resized_width, resized_height = int(crop_from * width / height), crop_from
+    resized_width, resized_height = preprocessing.resized_size(size)
+    left, top = centre_crop_offsets((resized_width, resized_height), preprocessing.size, preprocessing.crop_rounding)
     crop_height, crop_width = preprocessing.size
-    margins = (resized_width - crop_width, resized_height - crop_height)
-    floor = preprocessing.crop_rounding == "floor"
-    left, top = (margin // 2 if floor else round(margin / 2) for margin in margins)
     return (
         left / resized_width,
         top / resized_height,

@@ -179,7 +179,7 @@ class Preprocessing:
         does the second half (:func:`captionkit.jobs.pipeline.normalise_on_device`, the same operations)."""
         rgb = to_rgb(image)
         if self.do_resize and self.crop_from is not None:
-            resized = rgb.resize(self._resized_size(rgb), resample=self.resample)
+            resized = rgb.resize(self.resized_size(rgb.size), resample=self.resample)
             rgb = _centre_crop(resized, self.size, self.crop_rounding)
         elif self.do_resize:
             height, width = self.size
@@ -211,13 +211,13 @@ class Preprocessing:
             return self.crop_from[1], self.crop_from[0]
         return self.crop_from, self.crop_from
 
-    def _resized_size(self, image: Image.Image) -> tuple[int, int]:
-        """PIL's (width, height) before the crop: ``crop_from`` itself, or the shorter edge at ``crop_from`` with
-        the longer one truncated as transformers does."""
+    def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """PIL's (width, height) before the crop, for an image of (width, height) ``size``: ``crop_from`` itself, or
+        the shorter edge at ``crop_from`` with the longer one truncated as transformers does."""
         if isinstance(self.crop_from, tuple):
             return self.crop_from[1], self.crop_from[0]
         assert self.crop_from is not None
-        edge, (width, height) = self.crop_from, image.size
+        edge, (width, height) = self.crop_from, size
         if width <= height:
             return edge, int(edge * height / width)
         return int(edge * width / height), edge
@@ -384,12 +384,18 @@ def _check_crop_from(crop_from: Any, size: tuple[int, int]) -> int | tuple[int, 
     raise ConfigError("Preprocessing", f"crop_from must be an int or a pair no smaller than {size}, got {crop_from!r}")
 
 
+def centre_crop_offsets(image_size: tuple[int, int], size: tuple[int, int], rounding: str) -> tuple[int, int]:
+    """(left, top) of the centre ``size`` (height, width) of a (width, height) ``image_size`` image (at least that
+    large), offsets rounded down or half to even (``rounding``)."""
+    margins = (image_size[0] - size[1], image_size[1] - size[0])
+    left, top = (m // 2 for m in margins) if rounding == "floor" else (round(m / 2) for m in margins)
+    return left, top
+
+
 def _centre_crop(image: Image.Image, size: tuple[int, int], rounding: str) -> Image.Image:
-    """The centre ``size`` (height, width) of ``image`` (at least that large), offsets rounded down or half to even
-    (``rounding``)."""
+    """The centre ``size`` (height, width) of ``image`` (see :func:`centre_crop_offsets`)."""
     height, width = size
-    margins = (image.height - height, image.width - width)
-    top, left = (m // 2 for m in margins) if rounding == "floor" else (round(m / 2) for m in margins)
+    left, top = centre_crop_offsets(image.size, size, rounding)
     return image.crop((left, top, left + width, top + height))
 
 
