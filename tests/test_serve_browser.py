@@ -35,6 +35,16 @@ def server_url(tmp_path_factory):
         yield url
 
 
+def caption_with_attention_maps(page, photo) -> None:
+    """Caption ``photo`` (2 tokens at most) with attention maps on the open page, and wait until every map is drawn."""
+    page.check("#attention")
+    page.fill("#max_length", "2")
+    page.set_input_files("#files", str(photo))
+    page.click("#run")
+    drawn = "[...document.querySelectorAll('canvas.attention-map')].every((c) => c.dataset.drawn === 'true')"
+    page.wait_for_function(f"document.querySelectorAll('canvas.attention-map').length > 0 && {drawn}", timeout=30_000)
+
+
 def test_page_captions_an_upload_with_two_models_side_by_side(browser, server_url, tmp_path):
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     external: list[str] = []
@@ -124,12 +134,7 @@ def test_a_photo_with_exif_rotation_shows_upright(browser, server_url, tmp_path)
     page.goto(server_url + "/")
     page.wait_for_selector("#model-list input[value='fine-tuned']")
     page.uncheck("#model-list input[value='fine-tuned']")
-    page.check("#attention")
-    page.fill("#max_length", "2")
-    page.set_input_files("#files", str(rotated))
-    page.click("#run")
-    drawn = "[...document.querySelectorAll('canvas.attention-map')].every((c) => c.dataset.drawn === 'true')"
-    page.wait_for_function(f"document.querySelectorAll('canvas.attention-map').length > 0 && {drawn}", timeout=30_000)
+    caption_with_attention_maps(page, rotated)
     thumb = page.evaluate(
         "(({naturalWidth, naturalHeight}) => [naturalWidth, naturalHeight])(document.querySelector('#results img'))"
     )
@@ -151,14 +156,7 @@ def test_heatmaps_of_a_cropping_model_cover_only_the_crop(browser, tmp_path):
         page = browser.new_page()
         page.goto(url + "/")
         page.wait_for_selector("#model-list input[value='cropping']")
-        page.check("#attention")
-        page.fill("#max_length", "2")
-        page.set_input_files("#files", str(photo))
-        page.click("#run")
-        drawn = "[...document.querySelectorAll('canvas.attention-map')].every((c) => c.dataset.drawn === 'true')"
-        page.wait_for_function(
-            f"document.querySelectorAll('canvas.attention-map').length > 0 && {drawn}", timeout=30_000
-        )
+        caption_with_attention_maps(page, photo)
         # Each map is 96x32 px: columns 0-31 and 64-95 lie outside the crop, 32-63 inside.
         maps = page.evaluate(
             "[...document.querySelectorAll('canvas.attention-map')]"
