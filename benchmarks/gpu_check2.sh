@@ -82,7 +82,8 @@ SECONDS_CAPTION=$(tail -n 1 "$PARTS/steps.tsv" | cut -f 3)
 CAPTIONED=$(wc -l <"$WORK/captions.jsonl" 2>/dev/null || echo 0)
 echo "{\"images\": $CAPTIONED, \"dtype\": \"bf16\", \"cuda_graphs\": $GRAPHS, \"draft\": true, \
 \"seconds_with_model_load\": $SECONDS_CAPTION, \
-\"images_per_s\": $(awk "BEGIN {printf \"%.2f\", $CAPTIONED / $SECONDS_CAPTION}")}" >"$PARTS/caption.json"
+\"images_per_s\": $(awk "BEGIN {s = $SECONDS_CAPTION; if (s > 0) printf \"%.2f\", $CAPTIONED / s; \
+else printf \"null\"}")}" >"$PARTS/caption.json"
 
 # Fails on the H200 (transformers 5.17): captions with attention=True differ from plain ones; -vv shows the diff.
 step attention-test 60 "$PYTHON" -m pytest -x --tb=long -vv -p no:cacheprovider \

@@ -192,11 +192,18 @@ def test_gpu_summary_names_a_torn_part_and_keeps_the_others(tmp_path: Path) -> N
     assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu_summary.json", "parts"]
 
 
-def test_gpu_check2_leaves_only_its_log_and_the_summary(tmp_path: Path) -> None:
-    """It left 9 files in $OUT until its last line (one past what comes back), 6 after it."""
+@pytest.mark.parametrize("frozen_clock", [False, True])
+def test_gpu_check2_leaves_only_its_log_and_the_summary(tmp_path: Path, frozen_clock: bool) -> None:
+    """It left 9 files in $OUT until its last line (one past what comes back), 6 after it. A caption step timed at
+    0.00 s (the stand-in's is that quick now and then; the frozen clock makes it so) divided by zero: its part was no
+    JSON and the summary lost the images captioned."""
     data = tmp_path / "data"
     data.mkdir()
     bin_dir = stand_ins(tmp_path / "bin")
+    if frozen_clock:
+        clock = bin_dir / "date"
+        clock.write_text("#!/usr/bin/env bash\necho 1000.000000000\n", encoding="utf-8")
+        clock.chmod(0o755)
     environment = {"PATH": f"{bin_dir}:/usr/bin:/bin", "OUT": str(tmp_path / "out"), "PYTHON": str(bin_dir / "python3")}
     command = ["bash", str(BENCHMARKS / "gpu_check2.sh"), str(data), "--smoke"]
     root = BENCHMARKS.parent
@@ -208,6 +215,7 @@ def test_gpu_check2_leaves_only_its_log_and_the_summary(tmp_path: Path) -> None:
     names = ["bench_graphs_0_bf16_8.json", "bench_graphs_1_bf16_8.json", "bench_graphs_1_fp32_4.json"]
     assert [row["file"] for row in summary["benchmark"]] == names
     assert (summary["caption"]["images"], summary["caption"]["gpu_busy_share"]) == (3, 0.5)
+    assert (summary["caption"]["images_per_s"] is None) == frozen_clock
     assert [step["step"] for step in summary["steps"]][-2:] == ["caption-graphs-1", "attention-test"]
 
 
