@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -69,10 +70,13 @@ class CaptionResult:
 
     @property
     def caption(self) -> str:
+        """The best caption's text (an ``ImageError`` for an image that could not be read)."""
         return self._best().caption
 
     @property
     def score(self) -> float:
+        """The best caption's score: its log-probability / its length (eos included) ** ``length_penalty``, by
+        default the mean log-probability per token (an ``ImageError`` for an image that could not be read)."""
         return self._best().score
 
     def _best(self) -> Caption:
@@ -102,7 +106,7 @@ class Captioner:
         self.preprocessing = preprocessing
         self.limits = limits or ImageLimits()
         # How errors name the model: the directory or hub id it was loaded from.
-        self.name = "this model"
+        self.name = _UNNAMED
         # "int8" or "ONNX" for a model loaded from an export (which runs on the CPU in fp32, and is not saved again).
         self.export: str | None = None
         # The styles its training run trained (data.styles in the model directory's train_config.json; empty: none,
@@ -111,6 +115,10 @@ class Captioner:
         # The directory it was loaded from (None: built in memory, or an ONNX export): its training run's settings
         # go along when it is saved elsewhere.
         self.source: Path | None = None
+        # One model call at a time, from any thread: attention maps switch vit-gpt2's attention implementation while
+        # they run, and a call beside them (a notebook's ThreadPoolExecutor) crashed ("stack expects a non-empty
+        # TensorList") or decoded with the other implementation's rounding. Images still load in parallel.
+        self._model_lock = threading.Lock()
 
     @classmethod
     def from_pretrained(
@@ -120,7 +128,10 @@ class Captioner:
         dtype: str | torch.dtype | None = None,
     ) -> Captioner:
         """Load a captionkit checkpoint directory, an int8 or ONNX export, or a hub id / directory in the Hugging Face
-        layout (see :func:`captionkit.loading.load_pretrained`). Exports run on the CPU (another ``device`` is an
+        layout (see :func:`captionkit.loading.load_pretrained`).
+
+        ``device``: "cpu", "cuda", "cuda:N", "mps" or a ``torch.device`` (None: the GPU when there is one, else the
+        CPU); one this machine lacks is an ``InputError``. Exports run on the CPU (another ``device`` is an
         ``InputError``).
 
         ``dtype``: fp32 (default), bf16, or fp16 (GPU only); the weights are read in it (a half-precision load never
@@ -162,6 +173,15 @@ class Captioner:
         captioner.name = str(directory)
         captioner.export = "ONNX"
         return captioner
+
+    def __repr__(self) -> str:
+        # What a notebook shows for a cell ending in the captioner (it showed "<captionkit.api.Captioner object at
+        # 0x7f...>"): where it came from, its family, and where and in what precision it runs.
+        source = "" if self.name == _UNNAMED else f"{self.name!r}, "
+        family = getattr(self.model, "family", type(self.model).__name__)
+        export = "" if self.export is None else f", export={self.export!r}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"Captioner({source}family={family!r}, device={str(self.device)!r}, dtype={dtype!r}{export})"
 
     @property
     def num_parameters(self) -> int:
@@ -268,8 +288,10 @@ class Captioner:
     def decoding_config(self, style: str | None = None, prompt: str | None = None, **decoding: Any) -> DecodingConfig:
         """A :class:`DecodingConfig` from keyword fields or aliases (``captionkit.decoding.options``, the table the
         CLI and the server use too), starting captions in ``style`` (None: neutral) and, with a ``prompt`` (BLIP's
-        conditional captioning: "a photography of"), continuing that text."""
-        return self.resolve_decoding(decoding_request(style=style, prompt=prompt, **decoding))
+        conditional captioning: "a photography of"), continuing that text. Numpy scalars (``np.arange``'s
+        ``np.int64``, ``np.float32``, ``np.True_``) count as the Python values they hold."""
+        plain = {name: _plain(value) for name, value in decoding.items()}
+        return self.resolve_decoding(decoding_request(style=style, prompt=prompt, **plain))
 
     def resolve_decoding(self, request: DecodingRequest, name: str | None = None) -> DecodingConfig:
         """``request`` (checked options) for this model: its style's start token, its prompt's tokens, its length.
@@ -297,6 +319,8 @@ class Captioner:
         a torch tensor ((channels, height, width), as torchvision's, or (height, width); its samples as an array's).
         A dict is refused (give ``list(d.values())`` or ``list(d)``).
 
+        ``batch_size``: images per model call (default 8), an integer >= 1.
+
         ``errors``: ``"raise"`` (the default) raises the first bad image's ``ImageError`` and returns nothing;
         ``"record"`` (as the ``caption`` CLI does) goes on and gives that image a result whose ``error`` says why
         (``result.ok`` is False); keep the good ones with ``[r for r in results if r.ok]``. To write results as they
@@ -321,7 +345,7 @@ class Captioner:
         ``photos/bad.jpg (images[10])``, or by its position alone, ``images[10]``. An object that is no image kind
         is a ``TypeError`` naming its position, raised before any image is decoded, whatever ``errors`` says.
         """
-        _check_batch_size(batch_size)
+        batch_size = _checked_batch_size(batch_size)
         _check_error_mode(errors)
         first = None if _is_one_image(images) else 0
         listed = _image_list(images)
@@ -349,7 +373,7 @@ class Captioner:
                     found = {"caption": result.caption} if result.ok else {"error": result.error}
                     print(json.dumps({"image": result.image, **found}), file=out, flush=True)
         """
-        _check_batch_size(batch_size)
+        batch_size = _checked_batch_size(batch_size)
         _check_error_mode(errors)
         first = None if _is_one_image(images) else 0
         items = iter([cast(ImageSource, images)]) if first is None else _image_iter(images)
@@ -435,26 +459,49 @@ class Captioner:
 
     def caption_pil(
         self,
-        images: Sequence[Image.Image],
-        config: DecodingConfig,
+        images: Image.Image | Sequence[Image.Image],
+        config: DecodingConfig | None = None,
         image_offset: int = 0,
         attention: bool = False,
         starts: Sequence[int | None] | None = None,
     ) -> list[list[Caption]]:
-        """n-best captions of already-opened RGB images, one batch.
+        """n-best captions of already-opened PIL images, one batch: a list of captions per image, one image giving
+        a list of one too. Any mode is converted to RGB as :meth:`caption` converts it (alpha over white); an EXIF
+        rotation is not applied here (:meth:`load_images` applies it, as :meth:`caption` does).
 
-        ``image_offset`` is the first image's position in the caller's whole input: seeded sampling then gives
-        each image the same captions whatever the batching. ``starts``: each image's own start token (a style's;
-        None: the config's), so that one batch holds images of several styles.
+        ``config``: a :class:`DecodingConfig`, e.g. ``captioner.decoding_config(num_beams=4)`` (None: the defaults
+        of :meth:`caption`). ``image_offset`` is the first image's position in the caller's whole input: seeded
+        sampling then gives each image the same captions whatever the batching. ``starts``: each image's own start
+        token (a style's; None: the config's), so that one batch holds images of several styles.
         """
-        if not images:
+        batch = [images] if isinstance(images, Image.Image) else list(images)
+        config = self._checked_config(config)
+        for index, image in enumerate(batch):
+            # A closed image failed inside Pillow as a bare AssertionError or "Operation on closed image".
+            closed = _closed(image) if isinstance(image, Image.Image) else None
+            if closed is not None:
+                raise ImageError(_file_name(image) or f"images[{index}]", closed)
+        if not batch:
             return []
-        pixels = torch.from_numpy(self.preprocessing(list(images))).to(self.device, self.dtype)
-        hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset, starts=starts)
+        pixels = torch.from_numpy(self.preprocessing(batch)).to(self.device, self.dtype)
+        with self._model_lock:
+            hypotheses = generate(self.model, pixels, config=config, image_offset=image_offset, starts=starts)
         captions = to_captions(hypotheses, self.tokenizer)
         if not attention:
             return captions
         return self.add_attention(pixels, captions, config.start_token_id, config.prompt_ids, starts)
+
+    def _checked_config(self, config: object) -> DecodingConfig:
+        """``config``, or the default options for None; anything else failed deep in decoding as an AttributeError
+        (``'dict' object has no attribute 'prompt_ids'``)."""
+        if config is None:
+            return self.decoding_config()
+        if not isinstance(config, DecodingConfig):
+            raise TypeError(
+                f"config: expected a DecodingConfig, got {type(config).__name__}: build one with "
+                "captioner.decoding_config(num_beams=4, ...)"
+            )
+        return config
 
     def add_attention(
         self,
@@ -473,7 +520,9 @@ class Captioner:
         for start in dict.fromkeys(own):
             chosen = [i for i, (row, _) in enumerate(flat) if own[row] == start]
             rows, sequences = [flat[i][0] for i in chosen], [flat[i][1].token_ids for i in chosen]
-            found.update(zip(chosen, caption_maps(self.model, pixels, rows, sequences, start, prompt_ids), strict=True))
+            with self._model_lock:
+                maps = caption_maps(self.model, pixels, rows, sequences, start, prompt_ids)
+            found.update(zip(chosen, maps, strict=True))
         maps = iter(found[i] for i in range(len(flat)))
         return [
             [replace(c, tokens=token_texts(self.tokenizer, c.token_ids), attention=next(maps)) for c in per_image]
@@ -481,6 +530,7 @@ class Captioner:
         ]
 
 
+_UNNAMED = "this model"
 _ONE_IMAGE = (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray, torch.Tensor)
 _SOURCES = "a path, bytes, a binary stream, a PIL image, a numpy array, a torch tensor"
 ErrorMode = Literal["raise", "record"]
@@ -575,14 +625,23 @@ def _tensor_to_array(tensor: torch.Tensor, label: str) -> np.ndarray:
     if tensor.ndim == 3 and shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     elif tensor.ndim != 2:
-        batch = " (one tensor per image: list(tensor))" if tensor.ndim == 4 else ""
         reason = f"a tensor of shape {shape} is not an image: give (channels, height, width) or (height, width)"
-        raise ImageError(label, reason + batch)
+        raise ImageError(label, reason + _tensor_hint(shape))
     if tensor.dtype in (torch.float16, torch.bfloat16):  # numpy has no bfloat16
         tensor = tensor.float()
     if tensor.is_complex():
         raise ImageError(label, f"a tensor of {tensor.dtype} is not an image: give integer, bool or float samples")
     return tensor.detach().cpu().numpy()
+
+
+def _tensor_hint(shape: tuple[int, ...]) -> str:
+    """How to pass a tensor of ``shape`` that is no image as it stands: a batch, or channels last (a photo read
+    with PIL then ``torch.from_numpy``), whose refusal named no way out."""
+    if len(shape) == 4:
+        return " (one tensor per image: list(tensor))"
+    if len(shape) == 3 and shape[-1] in (1, 3, 4):
+        return " (channels last: tensor.permute(2, 0, 1), or its numpy array)"
+    return ""
 
 
 def _check_float_samples(array: np.ndarray, label: str) -> None:
@@ -654,9 +713,18 @@ def _check_threads(threads: object) -> None:
         raise InputError("threads", f"must be an integer >= 1 (or None: torch's thread count), got {threads!r}")
 
 
-def _check_batch_size(batch_size: object) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+def _checked_batch_size(batch_size: object) -> int:
+    plain = _plain(batch_size)
+    if isinstance(plain, bool) or not isinstance(plain, int) or plain < 1:
         raise InputError("batch_size", f"must be an integer >= 1, got {batch_size!r}")
+    return plain
+
+
+def _plain(value: object) -> object:
+    """A numpy scalar as the Python value it holds. A notebook's sweep (``for beams in np.arange(1, 5)``) passes
+    np.int64, which the options table (shared with the CLI and the server, which never see numpy) refused as "must
+    be an integer, got np.int64(2)"; np.float32 and np.True_ likewise."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _name(image: ImageSource) -> str:

@@ -6,9 +6,24 @@ the reason, so the CLI prints ``str(error)`` and the server returns it as the JS
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CaptionkitError(Exception):
     """Base class of every error caused by input: files, parameters, configs, requests."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickle rebuilt an error by calling its class with its args, the one message: InputError(message) failed
+        # ("missing 1 required positional argument: 'reason'"), so a ProcessPoolExecutor whose worker raised it died
+        # as "BrokenProcessPool: ... terminated abruptly", and copy.deepcopy failed. Rebuilt without __init__ here,
+        # its attributes (source, reason, and a subclass's own) copied as they are.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(kind: type[CaptionkitError], args: tuple[Any, ...], state: dict[str, Any]) -> CaptionkitError:
+    error = kind.__new__(kind, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class InputError(CaptionkitError):
