@@ -15,7 +15,7 @@ from _captioning import PHOTO_DIRS
 from _helpers import run_cli, save_tiny_model
 from captionkit.api import Captioner
 from captionkit.errors import InputError
-from captionkit.precision import model_dtype, resolve_dtype
+from captionkit.precision import dtype_name, model_dtype, resolve_dtype
 
 PHOTOS = sorted(PHOTO_DIRS[0].glob("*.jpg"))[:3]
 FP16_ON_CPU = "captionkit: error: --dtype: fp16 needs a GPU; on the CPU use bf16 or fp32"
@@ -41,6 +41,17 @@ def test_dtype_names_resolve_and_fp16_is_refused_on_the_cpu() -> None:
         resolve_dtype("fp16", cpu)
     with pytest.raises(InputError, match=r"^--dtype: unknown dtype 'float8' \(expected one of fp32, bf16, fp16\)$"):
         resolve_dtype("float8", cpu, "--dtype")
+
+
+def test_torch_names_of_the_dtypes_are_taken_in_any_case() -> None:
+    """A notebook writes transformers' ``torch_dtype="bfloat16"``: it was refused as an unknown dtype."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    expected = {"float32": torch.float32, "FP32": torch.float32, "BF16": torch.bfloat16, "BFloat16": torch.bfloat16}
+    assert {name: resolve_dtype(name, cpu) for name in expected} == expected
+    assert [dtype_name(resolve_dtype(name, cpu)) for name in expected] == ["fp32", "fp32", "bf16", "bf16"]
+    assert resolve_dtype("float16", gpu) == torch.float16
+    with pytest.raises(InputError, match=r"^dtype: fp16 needs a GPU; on the CPU use bf16 or fp32$"):
+        resolve_dtype("Float16", cpu)
 
 
 def test_bf16_captioner_casts_weights_and_captions_like_fp32_in_shape(model_dir) -> None:

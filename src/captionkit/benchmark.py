@@ -36,7 +36,7 @@ from captionkit.models.base import CaptionModel
 from captionkit.models.gpt2_graph import eager_steps, release_graphs
 from captionkit.models.packed_linear import packing_enabled
 from captionkit.models.registry import get_family, hub_layout_families
-from captionkit.precision import model_dtype, resolve_dtype
+from captionkit.precision import dtype_name, model_dtype, resolve_dtype
 
 FORCED_LENGTH_NOTE = (
     "min_new_tokens = max_new_tokens in both captionkit and transformers generate: eos is masked until the limit, "
@@ -145,7 +145,7 @@ def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] |
         "max_new_tokens": settings.max_length,
         "repeats": settings.repeats,
         "device": str(pixels.device),
-        "dtype": settings.dtype,
+        "dtype": dtype_name(dtype),
         "torch_threads": torch.get_num_threads(),
         # CAPTIONKIT_PACKED_LINEAR=0 turns off captionkit's prepacked oneDNN weights (CPU): runs with and without it
         # differ in speed and memory, and the figures alone would not say which this was.

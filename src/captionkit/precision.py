@@ -19,13 +19,16 @@ from torch import nn
 
 from captionkit.errors import InputError
 
-__all__ = ["DTYPES", "default_dtype", "model_dtype", "resolve_dtype"]
+__all__ = ["DTYPES", "default_dtype", "dtype_name", "model_dtype", "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch's and transformers' names for the same dtypes (``torch_dtype="bfloat16"``), taken in any case as the short ones.
+_LONG_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def resolve_dtype(name: str | torch.dtype | None, device: torch.device, source: str = "dtype") -> torch.dtype:
-    """The torch dtype for ``name`` (fp32, bf16, fp16, or a torch dtype among them) on ``device``; None: fp32.
+    """The torch dtype for ``name`` (fp32, bf16, fp16, torch's names float32, bfloat16, float16 in any case, or a
+    torch dtype among them) on ``device``; None: fp32.
 
     An ``InputError`` naming ``source`` for an unknown name, or fp16 on a CPU.
     """
@@ -35,13 +38,18 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device, source: 
         if name not in DTYPES.values():
             raise InputError(source, f"unsupported dtype {name} (expected one of {', '.join(DTYPES)})")
         dtype = name
-    elif name in DTYPES:
-        dtype = DTYPES[name]
+    elif isinstance(name, str) and (key := _LONG_NAMES.get(name.lower(), name.lower())) in DTYPES:
+        dtype = DTYPES[key]
     else:
         raise InputError(source, f"unknown dtype {name!r} (expected one of {', '.join(DTYPES)})")
     if dtype == torch.float16 and device.type == "cpu":
         raise InputError(source, "fp16 needs a GPU; on the CPU use bf16 or fp32")
     return dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``dtype``'s short name (fp32, bf16, fp16), as reports write it whichever name it was asked by."""
+    return next(name for name, known in DTYPES.items() if known == dtype)
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
