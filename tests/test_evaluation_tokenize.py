@@ -15,6 +15,7 @@ import pytest
 
 from _data import SHARED_DATA
 from _java import require_java, require_pycocoevalcap
+from captionkit.errors import InputError
 from captionkit.evaluation.tokenize import ptb_tokens, tokenize, tokenize_captions
 
 DATA = SHARED_DATA
@@ -228,3 +229,11 @@ def test_line_numbers_of_offsets_in_text_and_bytes() -> None:
     assert line_numbers(text, [8, 1, 6, 0, 3]) == [0, 0, 1, 2, 3]  # sorted by offset; the empty line is line 1
     data = "é\nb".encode()
     assert line_numbers(data, occurrences(data, b"b")) == [1]
+
+
+def test_an_item_that_is_no_string_is_named_by_its_position() -> None:
+    """A None from a missing caption failed as "'NoneType' object has no attribute 'replace'"."""
+    with pytest.raises(InputError, match=r"^captions\[1\]: a caption must be a string, got NoneType$"):
+        tokenize_captions(["a dog.", None])  # type: ignore[list-item]
+    with pytest.raises(InputError, match=r"^captions\[0\]: a caption must be a string, got int$"):
+        tokenize_captions(iter([3]))  # type: ignore[list-item]

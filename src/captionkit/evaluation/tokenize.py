@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from functools import cache, cached_property
 from itertools import compress, count
 
+from captionkit.errors import InputError
 from captionkit.evaluation.lines import line_numbers, occurrences
 
 __all__ = ["PUNCTUATION", "ptb_tokens", "tokenize", "tokenize_captions"]
@@ -680,6 +681,12 @@ def _single_spaced_lines(text: str) -> list[str]:
     ]
 
 
+def _one_line(caption: object, index: int) -> str:
+    if not isinstance(caption, str):  # None failed as "'NoneType' object has no attribute 'replace'"
+        raise InputError(f"captions[{index}]", f"a caption must be a string, got {type(caption).__name__}")
+    return caption.replace("\n", " ")
+
+
 def _tokenize_line(line: str, following: str) -> str:
     # pycocoevalcap: line.rstrip().split(" "), which also strips a trailing U+00A0 from the last token.
     joined = " ".join(map(_java_lower, _lex(line + following, len(line)))).rstrip()
@@ -696,8 +703,11 @@ def tokenize(caption: str) -> str:
 
 
 def tokenize_captions(captions: Iterable[str]) -> list[str]:
-    """Tokenize captions as pycocoevalcap tokenizes them in one call (one line each, in this order)."""
-    lines = [c.replace("\n", " ") for c in captions]
+    """Tokenize captions as pycocoevalcap tokenizes them in one call (one line each, in this order).
+
+    An ``InputError`` naming ``captions[i]`` for an item that is no string (a None from a missing caption).
+    """
+    lines = [_one_line(caption, index) for index, caption in enumerate(captions)]
     if not lines:
         return []
     text = "\n".join(lines)
