@@ -102,6 +102,12 @@ def test_missing_ids_are_counted_with_examples() -> None:
         score_captions(refs, {str(i): "a dog" for i in range(4)}, metrics="BLEU")
 
 
+def test_an_unknown_meteor_engine_is_named_by_the_argument() -> None:
+    """From Python it was named by the CLI's flag: "--meteor: unknown METEOR engine 'jav'"."""
+    with pytest.raises(InputError, match=r"^meteor: unknown METEOR engine 'jav' \(known: python, java\)$"):
+        score_captions({"1": ["a dog"]}, {"1": "a dog"}, metrics="METEOR", meteor="jav")
+
+
 def test_unknown_metric() -> None:
     with pytest.raises(InputError, match="unknown metric 'BLUE'"):
         parse_metrics("BLUE,CIDEr")

@@ -98,7 +98,7 @@ def check_meteor_option(meteor: str, metrics: str | None) -> None:
     from captionkit.evaluation.api import parse_metrics
     from captionkit.evaluation.meteor import check_engine
 
-    if check_engine(meteor) != DEFAULT_METEOR and "METEOR" not in parse_metrics(metrics)[0]:
+    if check_engine(meteor, "--meteor") != DEFAULT_METEOR and "METEOR" not in parse_metrics(metrics)[0]:
         raise InputError("--meteor", "only with --metrics naming METEOR: nothing else reads it")
 
 
@@ -128,6 +128,7 @@ def run_score(
     from captionkit.evaluation.readers import read_references
 
     try:
+        check_meteor_option(meteor, metrics)
         note = java_note(metrics, meteor)
         if note is not None:
             print(f"captionkit: note: {note}", file=sys.stderr)
@@ -136,7 +137,6 @@ def run_score(
         unused = [flag for flag, given in clip_flags if given and not wants_clip]
         if unused:  # only CLIPScore reads them: they were ignored without a word, and no CLIPScore came
             raise InputError(unused[0], "only with --metrics naming CLIPScore: nothing else reads it")
-        check_meteor_option(meteor, metrics)
         if wants_clip and images is None:
             raise InputError("--images", "CLIPScore needs the directory of the images")
         if wants_clip and images is not None and not images.is_dir():

@@ -15,10 +15,11 @@ from captionkit.errors import InputError
 ENGINES = ("python", "java")
 
 
-def check_engine(engine: str) -> str:
-    """``engine`` when it names one of :data:`ENGINES`, else :class:`~captionkit.errors.InputError`."""
+def check_engine(engine: str, source: str = "meteor") -> str:
+    """``engine`` when it names one of :data:`ENGINES`, else :class:`~captionkit.errors.InputError` naming
+    ``source`` (the Python argument; the CLI's ``--meteor``)."""
     if engine not in ENGINES:
-        raise InputError("--meteor", f"unknown METEOR engine {engine!r} (known: {', '.join(ENGINES)})")
+        raise InputError(source, f"unknown METEOR engine {engine!r} (known: {', '.join(ENGINES)})")
     return engine
 
 
