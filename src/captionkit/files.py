@@ -11,6 +11,9 @@ Lines: a text file's lines end at ``\\n``, ``\\r\\n`` or ``\\r``. ``str.splitlin
 ``\\x1c``-``\\x1e``, ``\\x85``, ``\\u2028`` and ``\\u2029``, which are ordinary characters inside a caption or a
 file name, so files are split with :func:`text_lines` instead.
 
+Folders: :func:`folder_files` is the one walk of a folder for the files it holds (links to folders followed, once
+each; folders that cannot be listed given back, not skipped).
+
 Modes: weights and other files get the mode a plain ``open`` gives (0666 less the umask), whatever library wrote
 them (:func:`honour_umask`).
 """
@@ -22,7 +25,8 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -56,10 +60,21 @@ def read_text(path: Path) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise InputError(path, f"not UTF-8 text (byte 0x{data[error.start]:02x} at offset {error.start})") from None
+        raise InputError(path, f"not UTF-8 text ({not_utf8_at(data, error.start)})") from None
     if not text.strip():
         raise InputError(path, "empty file")
     return text
+
+
+def not_utf8_at(data: bytes, at: int) -> str:
+    """Where ``data``'s first byte that is not UTF-8 (at offset ``at``) is: the offset, and past the first line the
+    line and column too, which an editor goes to (a Latin-1 caption file's é on line 4012)."""
+    where = f"byte 0x{data[at]:02x} at offset {at}"
+    line_start = max(data.rfind(b"\n", 0, at), data.rfind(b"\r", 0, at)) + 1
+    if line_start == 0:
+        return where
+    line = len(text_lines(data[:line_start].decode("utf-8-sig"))) + 1
+    return f"{where}: line {line}, column {at - line_start + 1}"
 
 
 def text_lines(text: str) -> list[str]:
@@ -123,6 +138,66 @@ def another_process_alive(pid: int) -> bool:
     except (PermissionError, OverflowError, OSError):
         return True
     return True
+
+
+@dataclass
+class FolderFiles:
+    """What a walk of a folder found: the files named with one of its suffixes, sorted, and the folders under it that
+    could not be listed (their files unknown), sorted."""
+
+    files: list[Path] = field(default_factory=list)
+    unlisted: list[Path] = field(default_factory=list)
+
+
+def folder_files(folder: Path, suffixes: Collection[str]) -> FolderFiles:
+    """The entries under ``folder`` (at any depth) named with one of ``suffixes`` (lower case) that are no folder:
+    regular files, and also those that cannot be read (a broken or looping link, one ``stat`` refuses), so that a
+    caller can say why each fails rather than lose it.
+
+    A link to a folder is followed (photos are often gathered by linking other disks' folders in), but a folder is
+    walked once, whatever the number of ways to it: a link to a folder within the walk, or a loop, adds nothing. The
+    folders themselves come first, so a file is named by its path without links where it has one."""
+    found = FolderFiles()
+    walked: set[tuple[int, int]] = set()
+    folders, linked = [folder], []
+    while folders or linked:
+        directory = folders.pop() if folders else linked.pop()
+        identity = _folder_identity(directory)
+        if identity in walked:
+            continue
+        walked.add(identity)
+        try:
+            with os.scandir(directory) as listing:
+                entries = list(listing)
+        except OSError:
+            found.unlisted.append(directory)
+            continue
+        for entry in entries:
+            path = directory / entry.name
+            if _is_folder(entry):
+                (linked if entry.is_symlink() else folders).append(path)
+            elif path.suffix.lower() in suffixes:
+                found.files.append(path)
+    found.files.sort()
+    found.unlisted.sort()
+    return found
+
+
+def _folder_identity(directory: Path) -> tuple[int, int]:
+    """The folder a path leads to (through links), as the system knows it; one that cannot be looked at is its own."""
+    try:
+        info = directory.stat()
+    except OSError:
+        return (-1, hash(directory))
+    return (info.st_dev, info.st_ino)
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """Whether ``entry`` is a folder (followed if a link); an entry that cannot be looked at is none."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def written_path(path: str | os.PathLike[str]) -> Path:

@@ -20,6 +20,7 @@ Without ``val``/``test``, records whose data give no split keep ``split=None`` a
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,11 +141,26 @@ def load_dataset(spec: str | Path | DataSpec) -> LoadResult:
     for root in parsed.image_roots:
         if not root.is_dir():
             raise InputError(root, "image root is not a directory")
+    _check_readable(path)
     probe = Probe(path)
     chosen = (get_format(parsed.format) if parsed.format else None) or detect(probe)
     if parsed.image_roots and not chosen.takes_image_roots:  # refused: silently ignored, it would mislead
         raise InputError(path, f"images=DIR does not apply to {chosen.name} data, which holds its own images")
     return as_specified(parsed, chosen.name, chosen.read(probe, ReadOptions(parsed.image_roots)))
+
+
+def _check_readable(path: Path) -> None:
+    """Refuse a folder whose files cannot be listed or looked at (permission denied): each format's look for its
+    files would fail on the first, naming a file that may not be there (``captions.jsonl``), or in a traceback."""
+    if not path.is_dir():
+        return
+    try:
+        with os.scandir(path):
+            pass
+    except OSError as error:
+        raise InputError(path, f"cannot list the folder ({error.strerror or error})") from None
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise InputError(path, "cannot read the folder's files (permission denied)")
 
 
 def as_specified(parsed: DataSpec, format_name: str, read: ReadResult) -> LoadResult:
@@ -163,6 +179,7 @@ def separate_datasets(spec: str) -> list[str]:
     parsed = parse_spec(spec)
     if parsed.format not in (None, "coco") or not parsed.path.is_dir():
         return []
+    _check_readable(parsed.path)
     options = spec.partition("?")[2]
     return [f"{path}?{options}" if options else str(path) for path in coco.separate_files(parsed.path)]
 

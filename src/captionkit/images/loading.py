@@ -205,7 +205,7 @@ def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:
     except OSError as exc:
         raise _fail(label, _os_error_reason(exc)) from exc
     if stat.S_ISDIR(info.st_mode):
-        raise _fail(label, "is a directory, not an image file")
+        raise _fail(label, _directory_reason(path))
     if not stat.S_ISREG(info.st_mode):
         raise _fail(label, "not a regular file")  # a FIFO or device: its size says nothing, it may never end
     _check_byte_count(info.st_size, limits, label)
@@ -216,6 +216,16 @@ def _read_file(path: Path, limits: ImageLimits, label: str) -> bytes:
         raise _fail(label, _os_error_reason(exc)) from exc
     _check_byte_count(len(data), limits, label, read_capped=True)  # it may have grown since stat
     return data
+
+
+def _directory_reason(path: Path) -> str:
+    """Why a directory is no image: a folder walk gives one it cannot list as an input, so that its images are
+    accounted for (see :func:`captionkit.files.folder_files`)."""
+    try:
+        with os.scandir(path):
+            return "is a directory, not an image file"
+    except OSError as exc:
+        return f"a folder that cannot be listed ({exc.strerror or describe_error(exc)}): its images are not captioned"
 
 
 def _read_member(path: Path, limits: ImageLimits, label: str, not_a_directory: OSError) -> bytes:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import stat
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from captionkit.data.formats.base import spellings
 from captionkit.errors import InputError
-from captionkit.files import is_url, text_lines
+from captionkit.files import folder_files, is_url, not_utf8_at, text_lines
 from captionkit.shards import (
     container_files,
     is_container_input,
@@ -21,8 +22,10 @@ from captionkit.shards.parquet import parquet_index
 from captionkit.shards.patterns import IMAGE_SUFFIXES
 from captionkit.shards.tar import tar_index
 
-# Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name.
-IMAGE_EXTENSIONS = IMAGE_SUFFIXES
+# Extensions picked up when walking a directory; a file named explicitly is always tried, whatever its name. HEIC
+# and AVIF (what phones save) are not read, but are walked all the same: each gets a record saying so, where
+# skipping them would leave a folder of phone photos half captioned without a word.
+IMAGE_EXTENSIONS = IMAGE_SUFFIXES | {".heic", ".heif", ".avif"}
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,11 @@ def iter_inputs(inputs: Iterable[str | Path], left_out: Counter[str] | None = No
     A collection (a ``.tar`` or ``.parquet`` file, a brace pattern of them or a directory of them) contributes its
     samples as member paths, each keyed by its sample key, read one container at a time: what the stream holds for
     collections is the names of the containers met, not their samples. A directory contributes its image files (by
-    extension, recursively, sorted; a broken link so named too, for its error record); a ``.txt`` file is a list of
-    paths, one a line (relative to the list's directory; blank lines and ``#`` comments skipped); any other file is
-    taken as an image. A missing input is an error naming it, and so is a URL, as given (on the command line or in a
-    list): only local files are read. A path met twice keeps its first key.
+    extension, recursively through links too, sorted; a broken link so named and a folder that cannot be listed too,
+    for their error records); a ``.txt`` file is a list of paths, one a line (relative to the list's directory; blank
+    lines and ``#`` comments skipped); any other file is taken as an image. A missing input is an error naming it,
+    and so is a URL, as given (on the command line or in a list): only local files are read. A path met twice keeps
+    its first key.
 
     Samples of collections that hold no image to caption are counted by reason into ``left_out`` when given: tar
     samples without an image member, Parquet rows without image bytes (img2dataset's failed downloads) and Parquet
@@ -137,18 +141,10 @@ def _container_images(containers: Iterable[Path], seen: _Seen, left_out: Counter
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    """The entries under ``folder`` (recursively, sorted) named as images that are no directory: regular files, and
-    also those that cannot be read (a broken or looping link, one ``stat`` refuses, a FIFO), so that each gets its
-    error record rather than vanishing from the job."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not _is_directory(p))
-
-
-def _is_directory(entry: Path) -> bool:
-    """Whether ``entry`` is a directory (followed if a link); an entry that cannot be looked at is none."""
-    try:
-        return stat.S_ISDIR(entry.stat().st_mode)
-    except OSError:
-        return False
+    """The entries under ``folder`` named as images that are no directory (see :func:`folder_files`), and the
+    folders under it that cannot be listed: each gets its error record rather than vanishing from the job."""
+    found = folder_files(folder, IMAGE_EXTENSIONS)
+    return sorted(found.files + found.unlisted)
 
 
 def _folder_key(image: Path, folder: Path) -> str:
@@ -178,11 +174,22 @@ def _url_reason() -> str:
     return URL_REASON
 
 
-def _read_list(path: Path) -> list[InputImage]:
+def _list_lines(path: Path) -> list[str]:
+    """The lines of the image list ``path``, without the byte-order mark Windows' Notepad starts a UTF-8 file with
+    (it would be taken into the first path); a file in another encoding is an error saying where (line, column)."""
     try:
-        lines = text_lines(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(path, "image list is not UTF-8 text") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise InputError(path, f"cannot read the image list ({error.strerror or error})") from None
+    try:
+        return text_lines(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        reason = f"image list is not UTF-8 text ({not_utf8_at(data, error.start)}); save it as UTF-8"
+        raise InputError(path, reason) from None
+
+
+def _read_list(path: Path) -> list[InputImage]:
+    lines = _list_lines(path)
     entries = []
     urls: list[tuple[int, str]] = []
     for number, line in enumerate(lines, start=1):
@@ -192,10 +199,24 @@ def _read_list(path: Path) -> list[InputImage]:
         if _is_url(line, path.parent):  # Path() would mangle it, and it would fail later as a missing file
             urls.append((number, line))
             continue
-        entry = Path(line)
-        entries.append(InputImage(entry if entry.is_absolute() else path.parent / entry, entry.as_posix()))
+        entries.append(InputImage(_list_entry(path.parent, line), Path(line).as_posix()))
     if urls:
         (number, url), more = urls[0], len(urls) - 1
         others = f" (and {more} more line{'s' if more > 1 else ''})" if more else ""
         raise InputError(path, f"line {number}{others}: {url}: {_url_reason()}")
     return entries
+
+
+def _list_entry(folder: Path, line: str) -> Path:
+    """The file a list's line names (relative to the list's ``folder``): as written, else as a list written on
+    Windows (``photos\\a.jpg``) or a name in the other Unicode normalization (macOS stores NFD) spells it, as the
+    dataset readers find them; as written when none is there. A plain ASCII line costs no look on the disk."""
+    written, *others = (_beside(folder, spelt) for spelt in dict.fromkeys([line, *spellings(line)]))
+    if not others or os.path.lexists(written):
+        return written
+    return next((other for other in others if os.path.lexists(other)), written)
+
+
+def _beside(folder: Path, name: str) -> Path:
+    entry = Path(name)
+    return entry if entry.is_absolute() else folder / entry

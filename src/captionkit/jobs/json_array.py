@@ -43,15 +43,22 @@ class JsonArrayWriter:
         self.count += 1
 
     def close(self) -> None:
-        """End the array and, for a file, put it in place of the old one at once."""
-        self._handle.write("\n]\n" if self.count else "[]\n")
-        self._handle.flush()
+        """End the array and, for a file, put it in place of the old one at once. A write that fails (a full disk)
+        leaves the old file as it was, the staging file deleted now: left to the garbage collector, closing it
+        would fail again, with a traceback after the error's one line."""
+        try:
+            self._handle.write("\n]\n" if self.count else "[]\n")
+            self._handle.flush()
+        except OSError:
+            self.abort()
+            raise
         self._staged.close()
 
     def abort(self) -> None:
         """Stop after a failure: a file's staging file is deleted and the old file left as it was."""
         error = RuntimeError("aborted")  # atomic_writer deletes the staging file when its block ends in an error
-        self._staged.__exit__(type(error), error, None)
+        with contextlib.suppress(OSError):  # closing it flushes what is left, which a full disk refuses again
+            self._staged.__exit__(type(error), error, None)
 
 
 def iter_json_array(path: Path, what: str = "a JSON list of records") -> Iterator[Any]:

@@ -132,7 +132,7 @@ def _csv_records(lines: Iterable[str], path: Path) -> Iterator[Located]:
     header = next(rows, None)
     if header is None:
         return
-    names = [header[1][0].removeprefix("\ufeff"), *header[1][1:]]  # Excel's "CSV UTF-8" starts with a BOM
+    names = _header_names(header[1])
     for line, fields in rows:
         if len(fields) != len(names):
             reason = f"line {line} has {len(fields)} fields, the header {len(names)}"
@@ -298,10 +298,15 @@ def _check_csv_header(path: Path, cut: int) -> None:
     is not :data:`CSV_FIELDS` would misname them. A file whose only line is torn has no header yet (the repair
     empties it and the writer writes one)."""
     header = next(_csv_rows(_lines(path, cut), path), None)
-    if (cut or header) and (header is None or header[1] != list(CSV_FIELDS)):
+    if (cut or header) and (header is None or _header_names(header[1]) != list(CSV_FIELDS)):
         found = ",".join(header[1]) if header else ""
         shown = found if len(found) <= 60 else found[:57] + "..."
         raise InputError(path, f"not captionkit csv results (header {shown!r}, expected {','.join(CSV_FIELDS)!r})")
+
+
+def _header_names(fields: list[str]) -> list[str]:
+    """A CSV header's column names, without the BOM Excel's "CSV UTF-8" starts the file with."""
+    return [fields[0].removeprefix("\ufeff"), *fields[1:]]
 
 
 def _check_jsonl_start(path: Path) -> None:

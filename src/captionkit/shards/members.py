@@ -34,8 +34,14 @@ def split_member(path: Path) -> tuple[Path, str] | None:
 
 
 def is_files_layout_image(path: Path) -> bool:
-    """An image of img2dataset's "files" layout: in a numbered folder, beside its ``KEY.json`` sidecar."""
-    return path.parent.name.isdigit() and path.with_suffix(".json").is_file()
+    """An image of img2dataset's "files" layout: in a numbered folder, beside its ``KEY.json`` sidecar. One in a
+    folder whose files cannot be looked at (no search permission) is none: it is named by its path."""
+    if not path.parent.name.isdigit():
+        return False
+    try:
+        return path.with_suffix(".json").is_file()
+    except OSError:
+        return False
 
 
 def sample_key(image: str) -> str:

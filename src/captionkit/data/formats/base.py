@@ -28,6 +28,9 @@ from captionkit.shards import split_member
 from captionkit.wording import tally
 
 EMPTY_CAPTION = "empty caption"
+# Why the images under a folder are dropped, after the folder's name: it cannot be listed (no read permission) or
+# its files cannot be looked at (no search permission).
+UNREADABLE_FOLDER = "a folder whose files cannot be read (permission denied): its images are left out"
 NO_SENTENCES = "image entry without sentences"
 
 

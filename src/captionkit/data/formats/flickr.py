@@ -98,6 +98,7 @@ def _splits_by_image(folder: Path) -> dict[str, list[str]] | None:
         return None
     splits: dict[str, list[str]] = {}
     for split, list_path in lists.items():
-        for name in read_text(list_path).split():
+        # One name a line: a name may hold spaces ("my dog.jpg"), as the token file's may.
+        for name in filter(None, (line.strip() for line in text_lines(read_text(list_path)))):
             splits.setdefault(name, []).append(split)
     return splits

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from captionkit.data.formats.base import Collector, Probe, ReadOptions, ReadResult, sidecar_lines
+from captionkit.data.formats.base import UNREADABLE_FOLDER, Collector, Probe, ReadOptions, ReadResult, sidecar_lines
 from captionkit.errors import InputError
 from captionkit.files import read_text
 from captionkit.jsontext import parse_json
@@ -93,7 +93,7 @@ def _numbered_folders(directory: Path) -> list[Path]:
 def detect_files_dir(directory: Path) -> bool:
     """img2dataset's files layout: numbered folders whose images have ``.json`` sidecars."""
     for folder in _numbered_folders(directory)[:1]:
-        return any(path.with_suffix(".json").is_file() for path in _images(folder))
+        return any(path.with_suffix(".json").is_file() for path in _images(folder) or ())
     return False
 
 
@@ -101,8 +101,12 @@ def detect_files(probe: Probe) -> bool:
     return False
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+def _images(folder: Path) -> list[Path] | None:
+    """The image files in ``folder``; None when it cannot be listed or its files looked at (permission denied)."""
+    try:
+        return sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file())
+    except OSError:
+        return None
 
 
 def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
@@ -110,7 +114,11 @@ def read_files(probe: Probe, options: ReadOptions) -> ReadResult:
         raise InputError(probe.path, "img2dataset's files layout needs a directory")
     collector = Collector()
     for folder in _numbered_folders(probe.path):
-        for image in _images(folder):
+        images = _images(folder)
+        if images is None:
+            collector.drop(f"{folder}: {UNREADABLE_FOLDER}")
+            continue
+        for image in images:
             try:
                 lines = _sidecar_lines(image)
             except InputError as error:  # its captions are unknown: the sample is dropped, counted by the reason
