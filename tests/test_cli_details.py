@@ -60,3 +60,12 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path, command: 
     child.stdout.close()  # the reader is gone before the first line is written
     _, err = child.communicate(timeout=120)
     assert (child.returncode, err) == (1, "")
+
+
+def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path, capsys):
+    """A file name with a newline split the error in two lines, and one with ESC could recolour the terminal."""
+    missing = tmp_path / "no\nsuch\x1b[31m.jpg"
+    code, out, err = run_cli(["caption", str(missing), "--model", str(tmp_path)], capsys)
+    assert (code, out) == (1, "")
+    assert err.count("\n") == 1 and "\x1b" not in err
+    assert err.startswith(f"captionkit: error: {tmp_path}/no\\nsuch\\x1b[31m.jpg: ")

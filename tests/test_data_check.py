@@ -496,3 +496,12 @@ def test_a_long_list_counts_what_it_leaves_out_as_its_heading_counts(tmp_path, c
     assert code == 1
     assert "\n1,200 missing images:\n" in out
     assert "\n  ... and 1,190 more (--json lists all)\n" in out
+
+
+def test_a_missing_image_whose_name_holds_a_newline_is_listed_on_one_line(tmp_path, capsys):
+    """Its name was printed across two lines, as two missing images."""
+    rows = [{"image": "no\nsuch.png", "caption": "a dog", "split": "train"}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code, out, _ = run_cli(["data", "check", str(tmp_path / "c.jsonl")], capsys)
+    assert code == 1
+    assert f"\n1 missing image:\n  {tmp_path}/no\\nsuch.png\n" in out

@@ -290,6 +290,16 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\x1b``), for a message or
+    a report line that names a file: a name's newline split a one-line error in two, and its ESC or CSI would drive
+    the terminal. Tabs stay: they keep a line one line."""
+    return text.translate(_ESCAPED_CONTROLS)
+
+
+_ESCAPED_CONTROLS = {code: repr(chr(code))[1:-1] for code in (*range(0x20), *range(0x7F, 0xA0)) if code != ord("\t")}
+
+
 def check_model_dir(path: Path, flag: str, noun: str = "directory") -> None:
     """:func:`check_output_dir` for a directory a model is saved in (a run, an export, the demo's): its path must
     also be valid UTF-8, where the tokenizers library can save the model's tokenizer (a name that is not reaches

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 from captionkit.errors import CaptionkitError, InputError, first_line
-from captionkit.files import also_an_input, cannot_write, same_file, written_path
+from captionkit.files import also_an_input, cannot_write, one_line, same_file, written_path
 
 if TYPE_CHECKING:
     from captionkit.decoding.options import DecodingRequest
@@ -62,8 +62,8 @@ def error_line(error: CaptionkitError) -> str:
 
 
 def fail(message: str) -> NoReturn:
-    """Print ``captionkit: error: MESSAGE`` on stderr and exit 1."""
-    print(f"captionkit: error: {message}", file=sys.stderr)
+    """Print ``captionkit: error: MESSAGE`` on stderr, in one line, and exit 1."""
+    print(f"captionkit: error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_INPUT_ERROR)
 
 

@@ -11,6 +11,7 @@ import typer
 
 from captionkit.cli._common import EXIT_INPUT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, fail, progress_bar
 from captionkit.config import DataSection
+from captionkit.files import one_line
 from captionkit.wording import plural, tally
 
 app = typer.Typer(help="Inspect caption datasets.", no_args_is_help=True)
@@ -275,7 +276,7 @@ def _print_dropped(console: Any, report: dict[str, Any]) -> None:
     dropped = [(reason, count) for reason, count in report["dropped"].items() if reason not in damage]
     dropped.sort(key=lambda item: (item[0].partition(": ")[0] in files, item[0]))
     for reason, count in dropped[:_SHOWN]:
-        console.print(f"dropped: {tally({reason: count})}")
+        console.print(f"dropped: {one_line(tally({reason: count}))}")
     if len(dropped) > _SHOWN:
         console.print(f"dropped: ... and {plural(len(dropped) - _SHOWN, 'more reason')} (--json lists all)")
 
@@ -286,6 +287,6 @@ def _list(console: Any, heading: str, items: list[str]) -> None:
         return
     console.print(f"{heading}:", markup=False)
     for item in items[:_SHOWN]:
-        console.print(f"  {item}", markup=False)
+        console.print(f"  {one_line(item)}", markup=False)  # a name's newline made two items of one
     if len(items) > _SHOWN:
         console.print(f"  ... and {len(items) - _SHOWN:,} more (--json lists all)")  # grouped as the heading's
