@@ -35,17 +35,22 @@ from captionkit.api import Caption, Captioner
 from captionkit.attention import seen_box
 from captionkit.errors import CaptionkitError, ConfigError, first_line
 from captionkit.serve.batching import BatcherFailed, BatcherStopped, MicroBatcher, QueueFull
-from captionkit.serve.errors import ApiError, field_error, invalid_fields, route_refusal
+from captionkit.serve.errors import CLIENT_GONE, ApiError, field_error, invalid_fields, route_refusal
 from captionkit.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from captionkit.serve.models import ServedModel
 from captionkit.serve.pages import STATIC, UnderPrefix, page
 from captionkit.serve.params import CaptionParams, Parameter, parameters, parse_params
 from captionkit.serve.schemas import CAPTIONS, MODELS, REFUSAL, json_content
 from captionkit.serve.settings import ServeSettings
-from captionkit.serve.uploads import IMAGE_FIELD, JSON_IMAGES, load_uploads, parse_body, read_body
-
-# nginx's status for a request whose client left before the answer: nobody reads it; /metrics counts it.
-CLIENT_GONE = 499
+from captionkit.serve.uploads import (
+    IMAGE_FIELD,
+    JSON_IMAGES,
+    Upload,
+    load_uploads,
+    model_sized,
+    parse_body,
+    read_body,
+)
 
 
 def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None = None) -> FastAPI:
@@ -107,15 +112,15 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
         deadline = monotonic() + settings.request_timeout_s
         uploads, body_params = await parse_body(request, body, settings)
         params = parse_params(_merge(_query_params(request), body_params), served, settings)
-        images = await run_in_threadpool(load_uploads, uploads, settings)
+        images, sizes = await run_in_threadpool(_load_for_model, uploads, settings, params)
         found = await _caption(request, batchers[params.model.name], images, params, settings, deadline)
         return {
             "model": params.model.name,
             "style": params.style,
             "decoding": _describe_decoding(params),
             "results": [
-                _result(index, upload.name, captions, _attention_box(params, image))
-                for index, (upload, image, captions) in enumerate(zip(uploads, images, found, strict=True))
+                _result(index, upload.name, captions, _attention_box(params, size))
+                for index, (upload, size, captions) in enumerate(zip(uploads, sizes, found, strict=True))
             ],
             "latency_ms": round((time.perf_counter() - started) * 1000, 2),
         }
@@ -295,10 +300,20 @@ def _result(
     return result
 
 
-def _attention_box(params: CaptionParams, image: Image.Image) -> tuple[float, float, float, float] | None:
-    """With attention asked for: the part of the (upright) ``image`` that the attention grids cover, the centre
-    crop the model saw (see :func:`captionkit.attention.seen_box`); None without attention."""
-    return seen_box(params.model.captioner.preprocessing, image.size) if params.attention else None
+def _load_for_model(
+    uploads: list[Upload], settings: ServeSettings, params: CaptionParams
+) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+    """The uploads decoded (the request refused if any is bad), each at the size the model's preprocessing resizes
+    it to (see :func:`captionkit.serve.uploads.model_sized`), and the (width, height) each was sent at."""
+    images = load_uploads(uploads, settings)
+    preprocessing = params.model.captioner.preprocessing
+    return [model_sized(image, preprocessing) for image in images], [image.size for image in images]
+
+
+def _attention_box(params: CaptionParams, size: tuple[int, int]) -> tuple[float, float, float, float] | None:
+    """With attention asked for: the part of the (upright) image of ``size`` that the attention grids cover, the
+    centre crop the model saw (see :func:`captionkit.attention.seen_box`); None without attention."""
+    return seen_box(params.model.captioner.preprocessing, size) if params.attention else None
 
 
 def _caption_record(caption: Caption) -> dict[str, Any]:

@@ -13,6 +13,9 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+# nginx's status for a request whose client left before the answer: nobody reads it; /metrics counts it.
+CLIENT_GONE = 499
+
 
 class ApiError(Exception):
     """A request the server refuses: an HTTP status, one line, optional per-field/per-image records."""

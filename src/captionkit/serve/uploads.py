@@ -1,7 +1,8 @@
 """Reading a ``POST /v1/captions`` body: size cap, multipart or JSON, then images through captionkit.images.
 
 Statuses: a body not all arrived within the read timeout 408; a body over the cap 413 (refused from
-Content-Length before reading, or as soon as the stream passes it); a content type other than multipart/form-data
+Content-Length before reading, or as soon as the stream passes it, and the connection closed); a client that leaves
+before its body has all come 499 (nobody reads it; /metrics counts it); a content type other than multipart/form-data
 or application/json 415; a malformed body 400; missing or bad fields 422. A JSON body must be UTF-8 with finite
 numbers, no key twice in an object, no ``\\u`` escape of a lone surrogate (keys and values end up in error
 messages, which must encode) and at most :data:`captionkit.jsontext.MAX_DEPTH` levels of nesting (400 otherwise).
@@ -28,13 +29,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message
 
 from captionkit.errors import ImageError, InputError
-from captionkit.images import ImageLimits, load_image
+from captionkit.images import ImageLimits, Preprocessing, load_image
+from captionkit.images.loading import to_rgb
 from captionkit.jsontext import parse_json
-from captionkit.serve.errors import ApiError, field_error, invalid_fields
+from captionkit.serve.errors import CLIENT_GONE, ApiError, field_error, invalid_fields
 from captionkit.serve.settings import ServeSettings
 
 IMAGE_FIELD = "image"
@@ -63,8 +65,8 @@ class Upload:
 
 
 async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    """The request body, refused with 413 once it is known to exceed ``limit`` bytes, and with 408 (closing the
-    connection) when it has not all arrived within ``timeout_s``."""
+    """The request body, refused with 413 once it is known to exceed ``limit`` bytes, with 408 (closing the
+    connection) when it has not all arrived within ``timeout_s``, and with 499 when the client left before it had."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -80,6 +82,8 @@ async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     except TimeoutError:
         reason = f"request body: not received within {timeout_s:g} s ({size} bytes came)"
         raise ApiError(408, reason, headers={"Connection": "close"}) from None
+    except ClientDisconnect:  # an upload cancelled mid-way: the client's doing, not a server error (500)
+        raise ApiError(CLIENT_GONE, f"request body: the client closed the connection after {size} bytes") from None
     return b"".join(chunks)
 
 
@@ -129,6 +133,22 @@ def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.I
         more = f" (and {len(failures) - 1} more bad images)" if len(failures) > 1 else ""
         raise ApiError(status, f"{first['image']}: {first['error']}{more}", [record for _, record in failures])
     return images
+
+
+def model_sized(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
+    """``image`` in RGB at the size ``preprocessing`` first resizes it to (before any centre crop): what a request's
+    images wait in the queue as, so that a 40 MP photo holds 120 MB only while it is decoded (a megabyte of
+    compressible PNGs would otherwise hold gigabytes). The captions are the same: ``preprocessing`` then resizes
+    it to its own size, which Pillow does as a copy, and crops and normalises as it would have."""
+    if not preprocessing.do_resize:
+        return image
+    rgb = to_rgb(image)
+    if preprocessing.crop_from is not None:
+        size = preprocessing.resized_size(rgb.size)
+    else:
+        height, width = preprocessing.size
+        size = (width, height)
+    return rgb.resize(size, resample=preprocessing.resample)
 
 
 async def _parse_multipart(
@@ -275,4 +295,7 @@ def _decode_base64(text: str) -> bytes:
 
 
 def _too_large(limit: int) -> ApiError:
-    return ApiError(413, f"request body: over the {limit / (1024 * 1024):g} MiB upload limit")
+    """The refusal of a body over ``limit``; it closes the connection, or the server would go on reading (and
+    discarding) the rest of the body until the read timeout, however large the client says it is."""
+    reason = f"request body: over the {limit / (1024 * 1024):g} MiB upload limit"
+    return ApiError(413, reason, headers={"Connection": "close"})
