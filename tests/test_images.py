@@ -609,8 +609,10 @@ def test_numpy_arrays_load_by_value(array: np.ndarray, pixel: tuple[int, ...]) -
 
 
 NOT_AN_IMAGE = "is not an image: give (height, width) or (height, width, 3 or 4)"
+TRANSPOSE = "array.transpose(1, 2, 0)"  # the way out for a tensor's .numpy(), which had none
 ARRAY_ERRORS = [
-    (np.zeros((3, 8, 9), np.uint8), f"an array of shape (3, 8, 9) {NOT_AN_IMAGE}"),  # channels first
+    (np.zeros((3, 8, 9), np.uint8), f"an array of shape (3, 8, 9) {NOT_AN_IMAGE} (channels first: {TRANSPOSE})"),
+    (np.zeros((5, 8, 9), np.uint8), f"an array of shape (5, 8, 9) {NOT_AN_IMAGE}"),
     (np.zeros((2, 8, 8, 3), np.uint8), f"an array of shape (2, 8, 8, 3) {NOT_AN_IMAGE} (one array per image)"),
     (np.full((2, 2), 300), "int64 samples must lie in 0..255, got 300..300"),
     (np.zeros((2, 2), complex), "an array of complex128 is not an image: give integer, bool or float samples"),

@@ -463,7 +463,17 @@ def _array_size(array: np.ndarray, label: str) -> tuple[int, int]:
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
         return int(array.shape[1]), int(array.shape[0])
     reason = f"an array of shape {tuple(array.shape)} is not an image: give (height, width) or (height, width, 3 or 4)"
-    raise _fail(label, reason + (" (one array per image)" if array.ndim == 4 else ""))
+    raise _fail(label, reason + _array_hint(array.shape))
+
+
+def _array_hint(shape: tuple[int, ...]) -> str:
+    """How to pass an array of ``shape`` that is no image as it stands: a batch, or channels first (a tensor's
+    ``.numpy()``, torchvision's layout), whose refusal named no way out."""
+    if len(shape) == 4:
+        return " (one array per image)"
+    if len(shape) == 3 and shape[0] in (1, 3, 4):
+        return " (channels first: array.transpose(1, 2, 0))"
+    return ""
 
 
 def _array_samples(array: np.ndarray, label: str) -> np.ndarray:
