@@ -134,3 +134,18 @@ def test_a_staging_owner_is_alive_while_its_process_runs():
         child.wait()
     assert not another_process_alive(child.pid)
     assert not another_process_alive(os.getpid())
+
+
+def test_a_whole_file_write_through_a_link_keeps_the_link(tmp_path):
+    """An --output that is a link was replaced by a plain file (the link's target kept the old results), while a
+    JSONL run appending to it wrote through the link."""
+    target = tmp_path / "store" / "results.json"
+    target.parent.mkdir()
+    link = tmp_path / "results.json"
+    link.symlink_to(target)
+    writer = RecordWriter(link, "json")
+    writer.write(caption_records(2))
+    writer.close()
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert read_records(target, "json") == caption_records(2)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]

@@ -102,9 +102,12 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str 
     disk and renamed over ``path`` when the block ends; an error in the block leaves ``path`` as it was.
 
     The temporary file is opened like any other (mode 0666 less the umask), so the result has the permissions a
-    plain write would give it.
+    plain write would give it. A ``path`` that is a link is written through, as ``open`` writes: the file it leads to
+    is replaced and the link stays (it was replaced by a plain file, while an appending run wrote through it).
     """
     path = Path(path)
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     staging = _staging_path(path)
     try:
         with staging.open(mode, encoding=encoding) as handle:
