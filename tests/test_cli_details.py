@@ -69,3 +69,15 @@ def test_an_error_naming_a_file_with_control_characters_stays_one_line(tmp_path,
     assert (code, out) == (1, "")
     assert err.count("\n") == 1 and "\x1b" not in err
     assert err.startswith(f"captionkit: error: {tmp_path}/no\\nsuch\\x1b[31m.jpg: ")
+
+
+def test_a_file_named_like_an_option_is_pointed_to_its_way_in(tmp_path, capsys, monkeypatch):
+    """``caption -dash.jpg`` said "No such option: -d" and no more: click reads it as the options -d -a -s ..."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-dash.jpg").write_bytes(b"")
+    code, out, err = run_cli(["caption", "-dash.jpg"], capsys)
+    assert (code, out) == (1, "")
+    hint = "'-dash.jpg' is a file: write ./-dash.jpg"
+    assert err == f"captionkit: error: No such option: -d; {hint} (see 'captionkit caption --help')\n"
+    code, _, err = run_cli(["caption", "-x"], capsys)
+    assert (code, err) == (1, "captionkit: error: No such option: -x (see 'captionkit caption --help')\n")

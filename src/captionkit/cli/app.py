@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Annotated
 
@@ -94,12 +95,22 @@ def usage_error_line(error: Exception, args: list[str]) -> str:
     message = _value_error(error, args) or " ".join(
         (format_message() if callable(format_message) else str(error)).split()
     )
+    message += _dash_file_hint(error, args)
     context = getattr(error, "ctx", None)
     if context is not None:
         command = context.command_path
     else:  # an option without its value fails before click makes the command's context
         command = "captionkit" + (f" {args[0]}" if args and args[0] in COMMANDS else "")
     return f"{message.rstrip('.')} (see '{command} --help')"
+
+
+def _dash_file_hint(error: Exception, args: list[str]) -> str:
+    """For an unknown option that is a file's name (``-dash.jpg``, which click reads as the options -d -a ...): how
+    to give it; "No such option: -d" alone left the user guessing."""
+    if type(error).__name__ != "NoSuchOption":  # click's, by name: typer vendors click
+        return ""
+    named = next((arg for arg in args if arg.startswith("-") and len(arg) > 1 and os.path.lexists(arg)), None)
+    return "" if named is None else f"; {named!r} is a file: write ./{named}"
 
 
 def _value_error(error: Exception, args: list[str]) -> str | None:
