@@ -316,10 +316,10 @@ def test_decoding_the_images_counts_toward_the_request_timeout(captioners, monke
     monkeypatch.setattr(app_module, "monotonic", lambda: time.monotonic() + late[0])
     real_load = app_module.load_uploads
 
-    def slow_load(uploads, settings):
-        images = real_load(uploads, settings)
+    def slow_load(uploads, settings, preprocessing):
+        loaded = real_load(uploads, settings, preprocessing)
         late[0] = settings.request_timeout_s  # as if decoding had taken the whole time limit
-        return images
+        return loaded
 
     monkeypatch.setattr(app_module, "load_uploads", slow_load)
     with TestClient(create_app(captioners, ServeSettings(request_timeout_s=5, max_wait_ms=0))) as client:

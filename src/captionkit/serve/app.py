@@ -47,7 +47,6 @@ from captionkit.serve.uploads import (
     JSON_IMAGES,
     Upload,
     load_uploads,
-    model_sized,
     parse_body,
     read_body,
 )
@@ -66,6 +65,9 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Made here, in the loop that serves the requests: an asyncio semaphore belongs to one event loop, and the
+        # same app may be started again in another.
+        app.state.image_loads = asyncio.Semaphore(settings.max_image_loads)
         for batcher in batchers.values():
             batcher.start()
         app.state.ready = True
@@ -108,11 +110,11 @@ def create_app(models: Mapping[str, Captioner], settings: ServeSettings | None =
         started = time.perf_counter()
         body = await read_body(request, settings.max_upload_bytes, settings.read_timeout_s)
         # The time limit runs from here, decoding the images included: a request whose body has arrived ends within
-        # request_timeout_s (plus one image decoding), which is what a graceful shutdown waits for.
+        # request_timeout_s (plus the decoding of its images, once begun), which is what a graceful shutdown waits for.
         deadline = monotonic() + settings.request_timeout_s
         uploads, body_params = await parse_body(request, body, settings)
         params = parse_params(_merge(_query_params(request), body_params), served, settings)
-        images, sizes = await run_in_threadpool(_load_for_model, uploads, settings, params)
+        images, sizes = await _load_in_turn(app.state.image_loads, uploads, settings, params, deadline)
         found = await _caption(request, batchers[params.model.name], images, params, settings, deadline)
         return {
             "model": params.model.name,
@@ -241,7 +243,7 @@ async def _caption(
     except BatcherFailed as failed:  # no Retry-After: this model serves nothing more until the server restarts
         raise ApiError(503, f"model {name!r}: not available: {failed}; the server needs a restart") from None
     except TimeoutError:
-        raise ApiError(504, f"model {name!r}: no answer within {settings.request_timeout_s:g} s") from None
+        raise _no_answer(name, settings) from None
     except CaptionkitError as error:  # a request the checks above let through but the model refuses
         raise ApiError(422, f"model {name!r}: {error}") from None
     except Exception as error:  # the model failed on a request it should have run: the batcher logged it
@@ -300,14 +302,25 @@ def _result(
     return result
 
 
-def _load_for_model(
-    uploads: list[Upload], settings: ServeSettings, params: CaptionParams
+async def _load_in_turn(
+    turns: asyncio.Semaphore, uploads: list[Upload], settings: ServeSettings, params: CaptionParams, deadline: float
 ) -> tuple[list[Image.Image], list[tuple[int, int]]]:
-    """The uploads decoded (the request refused if any is bad), each at the size the model's preprocessing resizes
-    it to (see :func:`captionkit.serve.uploads.model_sized`), and the (width, height) each was sent at."""
-    images = load_uploads(uploads, settings)
-    preprocessing = params.model.captioner.preprocessing
-    return [model_sized(image, preprocessing) for image in images], [image.size for image in images]
+    """The uploads decoded at the model's size, and the (width, height) each was sent at (see
+    :func:`captionkit.serve.uploads.load_uploads`), once one of ``turns`` (``max_image_loads``) is free: a request
+    waiting for its turn holds neither a thread nor an image. One whose time runs out while it waits answers 504."""
+    try:
+        async with asyncio.timeout(deadline - monotonic()):
+            await turns.acquire()
+    except TimeoutError:
+        raise _no_answer(params.model.name, settings) from None
+    try:
+        return await run_in_threadpool(load_uploads, uploads, settings, params.model.captioner.preprocessing)
+    finally:
+        turns.release()
+
+
+def _no_answer(name: str, settings: ServeSettings) -> ApiError:
+    return ApiError(504, f"model {name!r}: no answer within {settings.request_timeout_s:g} s")
 
 
 def _attention_box(params: CaptionParams, size: tuple[int, int]) -> tuple[float, float, float, float] | None:

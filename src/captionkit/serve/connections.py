@@ -33,7 +33,10 @@ def uvicorn_options(app: Any) -> dict[str, Any]:
     def refused(status: int) -> None:
         counter.labels(status=str(status)).inc()
 
-    return {"http": guarded_protocol(AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections, refused)}
+    protocol = guarded_protocol(
+        AutoHTTPProtocol, settings.read_timeout_s, settings.max_connections, settings.retry_after_s, refused
+    )
+    return {"http": protocol}
 
 
 def _raw_response(status: int, phrase: str, detail: str, *headers: str) -> bytes:
@@ -48,14 +51,15 @@ def guarded_protocol(
     base: type[asyncio.Protocol],
     read_timeout_s: float,
     max_connections: int,
+    retry_after_s: int,
     refused: Callable[[int], None] = lambda status: None,
 ) -> type[asyncio.Protocol]:
     """``base`` (a uvicorn HTTP protocol class) with the head deadline and the connection cap; one cap per class.
+    A connection over the cap is told to retry after ``retry_after_s``, as a request refused by a full queue is.
     ``refused(status)`` is told of each 400, 408 and 503 it answers (no request reaches the app's metrics then)."""
     open_connections: set[asyncio.Protocol] = set()
-    too_many = _raw_response(
-        503, "Service Unavailable", f"server busy: {max_connections} connections open; retry later", "retry-after: 1"
-    )
+    busy = f"server busy: {max_connections} connections open; retry later"
+    too_many = _raw_response(503, "Service Unavailable", busy, f"retry-after: {retry_after_s}")
     timed_out = _raw_response(408, "Request Timeout", f"request not received within {read_timeout_s:g} s")
 
     class GuardedProtocol(base):  # type: ignore[valid-type, misc]

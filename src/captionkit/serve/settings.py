@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 from captionkit.errors import ConfigError
 
@@ -16,6 +17,13 @@ _PREFIX = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+")
 def valid_prefix(prefix: str) -> bool:
     """Whether ``prefix`` is ``""`` or a path such as ``/captions`` or ``/a/b`` (no trailing slash, no ``..``)."""
     return prefix == "" or _PREFIX.fullmatch(prefix) is not None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # Float settings that must be above 0 (the others may be 0).
@@ -44,6 +52,10 @@ class ServeSettings:
     # The whole request body (all images together); each image is also held to it.
     max_upload_bytes: int = 20 * MiB
     max_images: int = 16
+    # Requests decoding their images at once; the others wait (without a thread) for their turn, within their
+    # request_timeout_s. Decoding is CPU work, so more at once than CPUs only finishes each later, and a 40 MP image
+    # takes 120 MB while it is decoded: this bounds that memory whatever the number of requests.
+    max_image_loads: int = field(default_factory=usable_cpus)
     # Decoding bounds: tighter than DecodingConfig's, since every request shares the same machine.
     max_beams: int = 8
     max_new_tokens: int = 64
@@ -53,17 +65,17 @@ class ServeSettings:
     root_path: str = ""
 
     def __post_init__(self) -> None:
-        for field in fields(self):
-            value = getattr(self, field.name)
-            if field.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ConfigError(f"serve.{field.name}", f"must be a positive integer, got {value!r}")
-            if field.type == "float":
-                positive = field.name in POSITIVE  # a timeout of 0 would refuse every request
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if setting.type == "int" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"serve.{setting.name}", f"must be a positive integer, got {value!r}")
+            if setting.type == "float":
+                positive = setting.name in POSITIVE  # a timeout of 0 would refuse every request
                 number = not isinstance(value, bool) and isinstance(value, int | float)
                 if not (number and math.isfinite(value) and (value > 0 if positive else value >= 0)):
                     shown = f"{value:g}" if number else repr(value)
                     raise ConfigError(
-                        f"serve.{field.name}", f"must be a finite number {'>' if positive else '>='} 0, got {shown}"
+                        f"serve.{setting.name}", f"must be a finite number {'>' if positive else '>='} 0, got {shown}"
                     )
         if self.max_images > self.max_queue:  # a request of more images than the queue holds could never run
             raise ConfigError(

@@ -116,23 +116,39 @@ def _no_image(is_json: bool, params: dict[str, Any]) -> dict[str, str]:
     return field_error(field, f"no image in the request; send {where}{wrong}")
 
 
-def load_uploads(uploads: list[Upload], settings: ServeSettings) -> list[Image.Image]:
-    """Decode every upload safely; refuse the request (415/422) listing each image that failed."""
+def load_uploads(
+    uploads: list[Upload], settings: ServeSettings, preprocessing: Preprocessing
+) -> tuple[list[Image.Image], list[tuple[int, int]]]:
+    """Decode every upload safely, each shrunk to :func:`model_sized` before the next is decoded (a request holds
+    one image at full size at a time), and the (width, height) each was sent at; refuse the request (415/422)
+    listing each image that failed."""
     limits = ImageLimits(max_bytes=settings.max_upload_bytes)
     images: list[Image.Image] = []
+    sizes: list[tuple[int, int]] = []
     failures: list[tuple[int, dict[str, Any]]] = []
     for index, upload in enumerate(uploads):
         try:
-            images.append(load_image(upload.data, limits=limits, name=upload.name))
+            image, size = _load_sized(upload, limits, preprocessing)
         except ImageError as error:
             status = 415 if error.reason.startswith(_UNSUPPORTED_PREFIX) else 422
             # The index tells apart two uploads of one file name (photo.jpg from two folders).
             failures.append((status, {"index": index, "image": upload.name, "error": error.reason}))
+        else:
+            images.append(image)
+            sizes.append(size)
     if failures:
         status, first = failures[0]
         more = f" (and {len(failures) - 1} more bad images)" if len(failures) > 1 else ""
         raise ApiError(status, f"{first['image']}: {first['error']}{more}", [record for _, record in failures])
-    return images
+    return images, sizes
+
+
+def _load_sized(
+    upload: Upload, limits: ImageLimits, preprocessing: Preprocessing
+) -> tuple[Image.Image, tuple[int, int]]:
+    """One upload at its model size, and its size as sent; the full-size image is freed on return."""
+    image = load_image(upload.data, limits=limits, name=upload.name)
+    return model_sized(image, preprocessing), image.size
 
 
 def model_sized(image: Image.Image, preprocessing: Preprocessing) -> Image.Image:
