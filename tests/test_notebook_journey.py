@@ -196,3 +196,15 @@ def test_errors_come_back_from_a_process_pool_and_copy(tmp_path: Path) -> None:
             "train.steps",
             "must be an integer >= 1, got 0",
         )
+
+
+def test_a_captioner_pickles_and_copies_with_a_lock_of_its_own(model_dir: Path) -> None:
+    """The model lock made a captioner unpicklable ("cannot pickle '_thread.lock' object"): a process pool, joblib,
+    copy.deepcopy and torch.save of one failed, as they had not before. (A fresh one: once a vit-gpt2 has given
+    attention maps, transformers' output-capturing hooks on it are local functions, which pickle refuses.)"""
+    captioner = Captioner.from_pretrained(model_dir, device="cpu")
+    photo = real_photos(1)[0]
+    [expected] = captioner.caption(photo, **GREEDY)
+    for copied in (pickle.loads(pickle.dumps(captioner)), copy.deepcopy(captioner)):
+        assert copied.caption(photo, **GREEDY) == [expected]
+        assert copied._model_lock is not captioner._model_lock and not copied._model_lock.locked()

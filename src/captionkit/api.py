@@ -174,6 +174,15 @@ class Captioner:
         captioner.export = "ONNX"
         return captioner
 
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock cannot be pickled: without this, a captioner sent to a process pool (or deep-copied, or
+        # torch.save'd) failed with "cannot pickle '_thread.lock' object". Each copy gets a lock of its own.
+        return {name: value for name, value in self.__dict__.items() if name != "_model_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._model_lock = threading.Lock()
+
     def __repr__(self) -> str:
         # What a notebook shows for a cell ending in the captioner (it showed "<captionkit.api.Captioner object at
         # 0x7f...>"): where it came from, its family, and where and in what precision it runs.
