@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from captionkit.files import another_process_alive, text_lines, write_atomic, written_path
+from captionkit.jobs.earlier_output import remove_stale_staging
 from captionkit.jobs.inputs import collect_images
 from captionkit.jobs.merge import merge_parts
 from captionkit.jobs.outputs import RecordWriter, read_records, repair_torn_tail
@@ -149,3 +150,19 @@ def test_a_whole_file_write_through_a_link_keeps_the_link(tmp_path):
     assert link.is_symlink() and os.readlink(link) == str(target)
     assert read_records(target, "json") == caption_records(2)
     assert sorted(p.name for p in target.parent.iterdir()) == ["results.json"]
+
+
+def test_a_killed_write_through_a_link_leaves_no_staging_file_behind(tmp_path):
+    """A write through a link stages beside the file it leads to, where the look for what a killed run left did not
+    search: every killed run left its (possibly huge) staging file for good."""
+    target = tmp_path / "store" / "c.json"
+    target.parent.mkdir()
+    link = tmp_path / "c.json"
+    link.symlink_to(target)
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = target.parent / f".c.json.{ended.pid}.tmp"
+    stale.write_text("[")
+    lines = remove_stale_staging(link, "jsonl")
+    assert lines == [f"{link}: removed {stale.name}, left by a run that was killed while writing c.json"]
+    assert not stale.exists()

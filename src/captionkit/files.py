@@ -105,9 +105,7 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str 
     plain write would give it. A ``path`` that is a link is written through, as ``open`` writes: the file it leads to
     is replaced and the link stays (it was replaced by a plain file, while an appending run wrote through it).
     """
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
+    path = write_target(path)
     staging = _staging_path(path)
     try:
         with staging.open(mode, encoding=encoding) as handle:
@@ -117,6 +115,13 @@ def atomic_writer(path: str | os.PathLike[str], mode: str = "wb", encoding: str 
         os.replace(staging, path)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """The file a whole-file write to ``path`` replaces: ``path``, or the file a link there leads to. Its staging file
+    is that file's sibling, where a look for those a killed run left must search too."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
 def _staging_path(path: Path) -> Path:

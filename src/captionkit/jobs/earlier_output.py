@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from captionkit.errors import InputError
-from captionkit.files import another_process_alive
+from captionkit.files import another_process_alive, write_target
 from captionkit.jobs.outputs import iter_records
 from captionkit.jobs.parquet_records import journal_path
 from captionkit.wording import plural
@@ -53,7 +53,8 @@ def remove_stale_staging(target: Path, fmt: str) -> list[str]:
     return lines
 
 
-def _stale_staging(path: Path) -> list[Path]:
+def _stale_staging(written: Path) -> list[Path]:
+    path = write_target(written)  # through a link, the staging file is beside the file it leads to
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.tmp")
     try:
         candidates = sorted(path.parent.glob(f".{_glob_escape(path.name)}.*.tmp"))
