@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,46 @@ def test_a_linked_folder_is_walked_once_and_a_loop_ends(linked: Path) -> None:
     """A link to a folder was never followed: its images left the job without a word."""
     assert collect_images([linked]) == [linked / "a.jpg", linked / "disk" / "c.jpg", linked / "sub" / "b.jpg"]
     assert [item.key for item in collect_inputs([linked])] == ["a.jpg", "disk/c.jpg", "sub/b.jpg"]
+
+
+def test_a_link_to_a_folder_holding_the_walked_one_is_not_followed(tmp_path: Path) -> None:
+    """``photos/up -> ..`` took every sibling of photos/ into the job (a link to / the whole disk)."""
+    root = tmp_path / "photos"
+    photo(root / "a.jpg")
+    photo(tmp_path / "other" / "secret.jpg")
+    (root / "up").symlink_to("..")
+    (root / "top").symlink_to("/")
+    assert collect_images([root]) == [root / "a.jpg"]
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_of_several_links_to_one_folder_the_first_in_path_order_names_its_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backwards: bool
+) -> None:
+    """Which link named the files followed the order the system listed the folder in, which differs between disks:
+    a copy of a collection could give its images other keys, which --resume and merge take for other images."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo(tmp_path / "X" / "p.jpg")
+    for name in ("b", "zz", "a"):
+        (root / name).symlink_to(tmp_path / "X")
+    listing = os.scandir
+    monkeypatch.setattr(os, "scandir", lambda path: _Listed(listing(path), backwards))
+    assert collect_images([root]) == [root / "a" / "p.jpg"]
+
+
+class _Listed:
+    """A scandir listing in name order, or backwards: file systems that list a folder in either."""
+
+    def __init__(self, listing: Any, backwards: bool) -> None:
+        self._listing, self._backwards = listing, backwards
+
+    def __enter__(self) -> Iterator[os.DirEntry[str]]:
+        entries = self._listing.__enter__()
+        return iter(sorted(entries, key=lambda entry: entry.name, reverse=self._backwards))
+
+    def __exit__(self, *exc: object) -> None:
+        self._listing.__exit__(*exc)
 
 
 def test_a_sidecar_dataset_reads_a_linked_folder_once(linked: Path) -> None:
@@ -209,10 +249,10 @@ def test_an_image_list_written_on_windows_or_in_nfc_finds_its_images(tmp_path: P
 
 def test_an_image_list_in_latin1_names_the_line(tmp_path: Path) -> None:
     listing = tmp_path / "list.txt"
-    listing.write_bytes(b"a.jpg\r\nb.jpg\ncaf\xe9.jpg\n")
+    listing.write_bytes(b"a.jpg\r\nb.jpg\n\xc3\xa9t\xc3\xa9/caf\xe9.jpg\n")  # UTF-8 "été/" then Latin-1 "café"
     with pytest.raises(InputError) as caught:
         collect_images([listing])
-    reason = "image list is not UTF-8 text (byte 0xe9 at offset 16: line 3, column 4); save it as UTF-8"
+    reason = "image list is not UTF-8 text (byte 0xe9 at offset 22: line 3, column 8); save it as UTF-8"
     assert str(caught.value) == f"{listing}: {reason}"
 
 

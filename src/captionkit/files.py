@@ -74,7 +74,8 @@ def not_utf8_at(data: bytes, at: int) -> str:
     if line_start == 0:
         return where
     line = len(text_lines(data[:line_start].decode("utf-8-sig"))) + 1
-    return f"{where}: line {line}, column {at - line_start + 1}"
+    column = len(data[line_start:at].decode("utf-8")) + 1  # in characters, as an editor counts (é is 2 bytes)
+    return f"{where}: line {line}, column {column}"
 
 
 def text_lines(text: str) -> list[str]:
@@ -163,29 +164,36 @@ def folder_files(folder: Path, suffixes: Collection[str]) -> FolderFiles:
     caller can say why each fails rather than lose it.
 
     A link to a folder is followed (photos are often gathered by linking other disks' folders in), but a folder is
-    walked once, whatever the number of ways to it: a link to a folder within the walk, or a loop, adds nothing. The
-    folders themselves come first, so a file is named by its path without links where it has one."""
+    walked once, whatever the number of ways to it: a link to a folder within the walk, or a loop, adds nothing, and a
+    link to a folder that holds ``folder`` (``up -> ..``, ``/``) is not followed, or the walk would take in files
+    outside ``folder``. The folders themselves come first, so a file is named by its path without links where it has
+    one, and of several links to one folder the first in path order names its files, whatever order the system
+    lists a folder in."""
     found = FolderFiles()
+    root = Path(os.path.realpath(folder))
     walked: set[tuple[int, int]] = set()
     folders, linked = [folder], []
     while folders or linked:
-        directory = folders.pop() if folders else linked.pop()
+        directory = folders.pop() if folders else linked.pop(linked.index(min(linked)))
         identity = _folder_identity(directory)
         if identity in walked:
             continue
         walked.add(identity)
         try:
             with os.scandir(directory) as listing:
-                entries = list(listing)
+                entries = sorted(listing, key=lambda entry: entry.name)
         except OSError:
             found.unlisted.append(directory)
             continue
         for entry in entries:
             path = directory / entry.name
-            if _is_folder(entry):
-                (linked if entry.is_symlink() else folders).append(path)
-            elif path.suffix.lower() in suffixes:
-                found.files.append(path)
+            if not _is_folder(entry):
+                if path.suffix.lower() in suffixes:
+                    found.files.append(path)
+            elif not entry.is_symlink():
+                folders.append(path)
+            elif not root.is_relative_to(os.path.realpath(path)):
+                linked.append(path)
     found.files.sort()
     found.unlisted.sort()
     return found
