@@ -217,3 +217,16 @@ def test_ctrl_c_before_captioning_exits_130_and_keeps_the_old_output(model_dir, 
     assert (code, stdout) == (130, "")
     assert "Traceback" not in err
     assert out.read_text() == '{"image": "old.jpg", "caption": "earlier work"}\n'
+
+
+def test_a_run_begun_with_a_long_dtype_name_resumes_with_the_short_one(model_dir, photos, tmp_path, capsys):
+    """--dtype bfloat16 then --resume --dtype bf16 was refused: "begun with dtype "bfloat16"; this run asks for
+    dtype "bf16"", the same dtype."""
+    out = tmp_path / "c.jsonl"
+    base = ["caption", photos, "--model", model_dir, "--output", out, *FAST]
+    code, _, err = run_cli([*base, "--dtype", "bfloat16"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*base, "--dtype", "BF16", "--resume"], capsys)
+    assert code == 0 and "already complete" in err, err
+    code, _, err = run_cli([*base, "--resume"], capsys)
+    assert code == 1 and 'was begun with dtype "bf16"; this run asks for dtype "fp32"' in err, err

@@ -49,6 +49,7 @@ from captionkit.jobs.overlays import overlay_folders, overlay_writer
 from captionkit.jobs.pipeline import parse_workers
 from captionkit.jobs.run_settings import check_resumed, run_settings, write_settings
 from captionkit.jobs.sharding import DistributedEnv, Shard, choose_device, choose_shard, distributed_env
+from captionkit.precision import dtype_name
 from captionkit.shards import is_container_input
 from captionkit.wording import plural, tally
 
@@ -294,7 +295,9 @@ def _run(options: CaptionJobOptions, plan: _Plan, progress: Progress | None) -> 
         for line in remove_stale_staging(plan.target, options.fmt):
             print(line, file=sys.stderr)
         request = options.decoding
-        settings = run_settings(options.model, options.dtype, request.style, request.prompt, config)
+        # The dtype by its short name: a run begun with --dtype bfloat16 resumes with --dtype bf16.
+        dtype = dtype_name(captioner.dtype)
+        settings = run_settings(options.model, dtype, request.style, request.prompt, config)
         if options.resume:
             check_resumed(plan.target, options.fmt, settings)
             _drop_torn_tail(plan.target, options.fmt)  # only now: a refused resume leaves the output as it was
