@@ -77,3 +77,16 @@ class UnsavedModel(CaptionModel):
     @classmethod
     def from_saved_config(cls, directory: Path) -> CaptionModel:
         raise NotImplementedError
+
+
+def unsearchable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """What is in ``folder`` can be listed but not looked at (a folder without search permission, which root, who
+    runs these tests, is never refused)."""
+    stat = Path.stat
+
+    def refusing(self: Path, **kwargs: Any) -> os.stat_result:
+        if self.parent == folder:
+            raise PermissionError(13, "Permission denied", str(self))
+        return stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", refusing)

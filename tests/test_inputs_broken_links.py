@@ -5,7 +5,6 @@ cannot be looked at, used to vanish from `caption` and `compare` without a word;
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 
 from _captioning import read_jsonl
 from _data import real_photos
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, save_tiny_model, unsearchable
 from captionkit.jobs.inputs import collect_images, collect_inputs
 
 FAST = ["--beams", "1", "--max-length", "4"]
@@ -37,19 +36,6 @@ def photos(tmp_path: Path) -> Path:
 
 def records_of(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines()]
-
-
-def locking(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """What is in ``folder`` can be listed but not looked at (a folder without search permission, which root, who
-    runs these tests, is never refused)."""
-    stat = Path.stat
-
-    def refusing(self: Path, **kwargs: Any) -> os.stat_result:
-        if self.parent == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return stat(self, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", refusing)
 
 
 def test_a_folder_gives_its_broken_and_looping_links_named_as_images_but_no_directory(tmp_path: Path) -> None:
@@ -77,7 +63,7 @@ def test_the_images_of_a_folder_that_cannot_be_searched_are_given(
     locked.mkdir(parents=True)
     for name in ("a.jpg", "b.png", "notes.md"):
         (locked / name).write_bytes(b"x")
-    locking(monkeypatch, locked)
+    unsearchable(monkeypatch, locked)
     assert collect_images([tmp_path / "photos"]) == [locked / "a.jpg", locked / "b.png"]
 
 
@@ -102,7 +88,7 @@ def test_caption_records_the_images_of_a_folder_that_cannot_be_searched(
     locked = photos / "locked"
     locked.mkdir()
     (locked / "c.jpg").write_bytes(real_photos(1)[0].read_bytes())
-    locking(monkeypatch, locked)
+    unsearchable(monkeypatch, locked)
     code, stdout, err = run_cli(["caption", photos, "--model", model_dir, *FAST], capsys)
     assert code == 2, err
     records = records_of(stdout)
@@ -115,7 +101,7 @@ def test_a_folder_that_cannot_be_searched_given_itself_records_its_images(
     """Given as the input (not met in a walk), such a folder stopped in a traceback: the check of whether it is a
     folder of shards looked at its entries."""
     (photos / "gone.jpg").unlink()
-    locking(monkeypatch, photos)
+    unsearchable(monkeypatch, photos)
     code, stdout, err = run_cli(["caption", photos, "--model", model_dir, *FAST], capsys)
     assert code == 2, err
     assert "Traceback" not in err

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from _helpers import run_cli, save_tiny_model
+from _helpers import run_cli, save_tiny_model, unsearchable
 from captionkit.data.sources import load_dataset
 from captionkit.errors import InputError
 from captionkit.jobs.inputs import collect_images, collect_inputs
@@ -46,18 +46,6 @@ def _refusing(listing: Callable[..., Any], folder: Path) -> Callable[..., Any]:
         return listing(path)
 
     return refusing
-
-
-def unsearchable(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
-    """What is in ``folder`` can be listed but not looked at (a folder without search permission)."""
-    stat = Path.stat
-
-    def refusing(self: Path, **kwargs: Any) -> os.stat_result:
-        if self.parent == folder:
-            raise PermissionError(13, "Permission denied", str(self))
-        return stat(self, **kwargs)
-
-    monkeypatch.setattr(Path, "stat", refusing)
 
 
 @pytest.fixture
