@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
@@ -106,10 +106,13 @@ def caption(
     .part-K-of-N before its suffix; `captionkit merge` joins the parts.
     """
     quiet_libraries()
-    from captionkit.errors import CaptionkitError
-    from captionkit.jobs.batch_size import parse_batch_size
-    from captionkit.jobs.merge import format_of
-    from captionkit.jobs.run import CaptionJobInterrupted, CaptionJobOptions, run_caption_job
+    try:  # importing torch takes seconds: a Ctrl-C then is as likely as one while the model loads
+        from captionkit.errors import CaptionkitError
+        from captionkit.jobs.batch_size import parse_batch_size
+        from captionkit.jobs.merge import format_of
+        from captionkit.jobs.run import CaptionJobInterrupted, CaptionJobOptions, run_caption_job
+    except KeyboardInterrupt:
+        _stopped_before_captioning()
 
     try:
         _check_outputs(output, attention_maps)
@@ -158,6 +161,8 @@ def caption(
                 file=sys.stderr,
             )
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        _stopped_before_captioning()
     print(_summary_line(outcome), file=sys.stderr)
     if outcome.under_torchrun and (outcome.summary.errors or outcome.earlier_errors):
         print(
@@ -166,6 +171,13 @@ def caption(
             file=sys.stderr,
         )
     raise typer.Exit(EXIT_PARTIAL if outcome.partial else EXIT_OK)
+
+
+def _stopped_before_captioning() -> NoReturn:
+    """Ctrl-C while importing, loading the model or counting the inputs: one line, where typer's own answer is a
+    silent exit 130."""
+    print("captionkit: interrupted before captioning began: nothing written", file=sys.stderr)
+    raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
 def _check_outputs(output: Path | None, attention_maps: Path | None) -> None:

@@ -60,6 +60,7 @@ def merge(
         fail(f"--format: unknown format {out_fmt!r} (expected one of {', '.join(FORMATS)})")
     for part in parts:
         _check_part(part, output)
+    _check_not_part_named(output)
     try:
         check_output_file(output, "--output")  # before reading the parts: a bad --output costs no merging
         check_not_overwriting([("--output", output)], inputs or ())  # a list of images must not become the result
@@ -102,6 +103,19 @@ def _check_part(part: Path, output: Path) -> None:
     taken = {owner.resolve(), *([journal_path(owner).resolve()] if owner.suffix.lower() == ".parquet" else [])}
     if output.resolve() in taken:
         fail(f"{part}: is also --output (or its Parquet file or journal); write the merged result to a new file")
+
+
+def _check_not_part_named(output: Path) -> None:
+    """An --output named as a part (``c.part-1-of-4.jsonl``) would replace that part if it is there, and be read as
+    it, holding every part's records, by the next ``merge c.part-*``."""
+    from captionkit.jobs.sharding import part_of
+
+    shard = part_of(output)
+    if shard is not None:
+        fail(
+            f"--output: {output} is named as part {shard.index}/{shard.count} of a sharded run; write the merged "
+            "result to a name without .part-K-of-N"
+        )
 
 
 def _write_merged(result: MergeResult, output: Path, fmt: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from captionkit.errors import InputError
 from captionkit.files import UTF16_REASON, is_utf16
 from captionkit.jobs.merge_index import SHOWN, MergeIndex, Names
 from captionkit.jobs.outputs import Located, Record, iter_located_records
 from captionkit.jobs.parquet_records import journal_owner, journal_path
+from captionkit.jobs.run_settings import differing, kept_settings, settings_path, shown
 from captionkit.jobs.sharding import part_of
 
 SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".json": "json", ".parquet": "parquet"}
@@ -72,6 +74,7 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
         owner = journal_owner(part) or part
         distinct.setdefault(owner.resolve(), owner)
     parts = list(distinct.values())
+    _check_same_settings(parts)
     result = MergeResult(MergeIndex(), inputs is not None, len(parts))
     try:
         for part in parts:
@@ -92,6 +95,27 @@ def merge_parts(parts: Sequence[Path], inputs: Iterable[str] | None = None, defa
     result.count, result.errors = result.index.counts()
     _check_part_names(parts, result)
     return result
+
+
+def _check_same_settings(parts: Sequence[Path]) -> None:
+    """Parts captioned with another model or decoding would mix two kinds of captions in one result, as a resumed
+    run would: refuse them before reading any. A part whose run kept no settings beside it (copied alone) is not
+    compared."""
+    first: tuple[Path, dict[str, Any]] | None = None
+    for part in parts:
+        settings = kept_settings(part)
+        if settings is None:
+            continue
+        if first is None:
+            first = (part, settings)
+            continue
+        differ = differing(first[1], settings)
+        if differ:
+            raise InputError(
+                part,
+                f"captioned with {shown(settings, differ)}, but {first[0]} with {shown(first[1], differ)}: merge "
+                f"parts of runs with the same settings (deleting {settings_path(part).name} merges it unchecked)",
+            )
 
 
 def _check_not_blank(part: Path, fmt: str) -> None:

@@ -1,6 +1,7 @@
 """The settings a caption run writes its output with, kept beside it in a hidden file (``.NAME.settings.json``), so
 that ``--resume`` continues an output only with the model and decoding that began it: a resumed run asking for
-another style, beam width or model would otherwise mix two kinds of captions in one file without a word."""
+another style, beam width or model would otherwise mix two kinds of captions in one file without a word (``merge``
+compares its parts' settings for the same reason)."""
 
 from __future__ import annotations
 
@@ -55,15 +56,28 @@ def check_resumed(target: Path, fmt: str, settings: dict[str, Any]) -> None:
         raise InputError(path, reason) from None
     if not isinstance(saved, dict):
         raise InputError(path, "unreadable run settings (not a JSON object); delete it to resume unchecked")
-    # A setting one side lacks is not compared: one added to captionkit since the output began (its default then
-    # applied), or one since dropped.
-    differ = [key for key in settings if key in saved and saved[key] != settings[key]]
+    differ = differing(saved, settings)
     if differ:
         raise InputError(
             "--resume",
-            f"{target} was begun with {_shown(saved, differ)}; this run asks for {_shown(settings, differ)}: resume "
+            f"{target} was begun with {shown(saved, differ)}; this run asks for {shown(settings, differ)}: resume "
             "with the same settings, or caption into a new --output",
         )
+
+
+def kept_settings(target: Path) -> dict[str, Any] | None:
+    """The settings kept beside the output ``target``; None when there are none, or none that can be read."""
+    try:
+        saved = json.loads(settings_path(target).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def differing(first: dict[str, Any], second: dict[str, Any]) -> list[str]:
+    """The settings two runs gave different values. One that a side lacks is not compared: one added to captionkit
+    since an output began (its default then applied), or one since dropped."""
+    return [key for key in second if key in first and first[key] != second[key]]
 
 
 def write_settings(target: Path, settings: dict[str, Any]) -> None:
@@ -82,5 +96,5 @@ def _has_output(target: Path, fmt: str) -> bool:
     return target.exists() or (fmt == "parquet" and journal_path(target).exists())
 
 
-def _shown(settings: dict[str, Any], keys: list[str]) -> str:
+def shown(settings: dict[str, Any], keys: list[str]) -> str:
     return ", ".join(f"{key} {json.dumps(settings.get(key))}" for key in keys)

@@ -106,6 +106,9 @@ def container_files(item: str | Path) -> list[Path]:
     files = []
     for name in iter_braces(text) if "{" in text else [text]:
         file = Path(name)
+        if not file.is_file() and not files and name != text:
+            # Nothing of the pattern found (a wrong folder, a number of the wrong width): the pattern is the typo.
+            raise InputError(text, f"its first shard, {file}, does not exist")
         if not file.is_file():
             raise InputError(file, "no such file")
         if file.suffix.lower() not in CONTAINER_SUFFIXES:  # a format forced on another file (webdataset:notes.txt)
