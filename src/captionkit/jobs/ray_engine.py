@@ -20,6 +20,7 @@ import itertools
 import json
 import socket
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,13 +228,15 @@ def _pipeline(
     """The Ray dataset of ``batches``: a decode task per batch, then the captioner actors."""
     dataset = ray.data.from_items(batches, override_num_blocks=len(batches))
     decode_args = {"preprocessing": preprocessing, "limits": limits}
-    # max_retries travels as a Ray remote argument, which Ray 2.60 deprecates (removal planned for 2.64) without a
-    # named parameter for it yet.
-    dataset = dataset.map(_decode, fn_kwargs=decode_args, max_retries=DECODE_RETRIES)
+    with warnings.catch_warnings():
+        # max_retries travels as a Ray remote argument, which Ray 2.60 deprecates (removal planned for 2.64, hence
+        # the pin below it) without a named parameter for it yet: its warning on every run is noise to the user.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        dataset = dataset.map(_decode, fn_kwargs=decode_args, max_retries=DECODE_RETRIES)
     return dataset.map(
         _CaptionActor,
         fn_constructor_args=actor_args,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),  # `concurrency=actors`, deprecated since Ray 2.51
         num_gpus=gpus,
         num_cpus=0.5,  # half a CPU each: whole ones could take every CPU and starve the decoding tasks
         # Ray Data's actor defaults (max_restarts=-1, max_task_retries=-1): a killed actor comes back and its
