@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
-import os
 import re
 import resource
 import signal
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from captionkit.cpus import usable_cpus
 from captionkit.decoding import DEFAULT_BEAMS, DecodingConfig, check_length, generate
 from captionkit.devices import resolve_device
 from captionkit.errors import InputError
@@ -71,13 +71,6 @@ class BenchmarkSettings:
             reason = f"must be in [1, {cpus}] (the CPUs this process may use), got {self.threads}"
             raise InputError("--threads", reason)
         resolve_dtype(self.dtype, resolve_device(self.device, "--device"), "--dtype")
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def run_benchmark(settings: BenchmarkSettings, progress: Callable[[str], None] | None = None) -> dict[str, Any]:

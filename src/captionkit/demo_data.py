@@ -3,8 +3,9 @@ importing the demo (and the data readers, Pillow, YAML) at start-up."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
+
+from captionkit.cpus import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,6 @@ class DemoData:
 
 
 def _drawing_workers() -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = usable_cpus()
     workers = min(16, cpus - 1)
     return workers if workers >= 2 else 0

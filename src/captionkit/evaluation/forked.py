@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Callable
 from typing import TypeVar
 
+from captionkit.cpus import usable_cpus
+
 T = TypeVar("T")
 
 
@@ -78,7 +80,7 @@ def _wait(pid: int) -> None:
 
 def can_fork() -> bool:
     """Whether :func:`start` forks here: Linux, this process's only thread, and another CPU core it may use."""
-    if not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2:
+    if not sys.platform.startswith("linux") or usable_cpus() < 2:
         return False
     try:
         return len(os.listdir("/proc/self/task")) == 1

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from captionkit.cpus import usable_cpus
 from captionkit.errors import ImageError, InputError, first_line
 from captionkit.images import ImageLimits, Preprocessing, load_image
 
@@ -176,7 +177,7 @@ def _per_channel(values: tuple[float, float, float], device: torch.device) -> to
 def parse_workers(text: str, processes_per_node: int) -> int:
     """``--workers``: a count >= 0, or auto: this process's share of the CPUs, one left for it, at most 8."""
     if text.strip().lower() == "auto":
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
         return max(0, min(8, cpus // processes_per_node - 1))
     if text.strip().isdigit():
         return int(text)

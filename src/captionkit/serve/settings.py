@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass, field, fields
 
+from captionkit.cpus import usable_cpus
 from captionkit.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -17,13 +17,6 @@ _PREFIX = re.compile(r"(/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~-]+)+")
 def valid_prefix(prefix: str) -> bool:
     """Whether ``prefix`` is ``""`` or a path such as ``/captions`` or ``/a/b`` (no trailing slash, no ``..``)."""
     return prefix == "" or _PREFIX.fullmatch(prefix) is not None
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 # Float settings that must be above 0 (the others may be 0).

@@ -6,13 +6,13 @@ it on stderr, one ``captionkit:`` line each)."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from captionkit.config import TrainConfig
+from captionkit.cpus import usable_cpus
 from captionkit.data.formats.base import EMPTY_CAPTION
 from captionkit.data.records import CaptionRecord
 from captionkit.models.registry import get_family
@@ -178,12 +178,6 @@ def _schedule(config: TrainConfig, device: torch.device, world_size: int, sample
     if workers > cpus:  # torch's own warning about it is silenced (run.py): said once here instead
         line += f"; {workers} data.workers on {cpus} CPU{'s' if cpus > 1 else ''}"
     return line
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity where the system has one), as torch's loader counts them."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def log_summary(lines: Sequence[str]) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -12,6 +11,7 @@ from functools import lru_cache
 from itertools import chain, pairwise
 from pathlib import Path
 
+from captionkit.cpus import usable_cpus
 from captionkit.evaluation.meteor.align import align
 from captionkit.evaluation.meteor.matching import Matcher, Sentence
 from captionkit.evaluation.meteor.normalize import normalize
@@ -71,7 +71,7 @@ def meteor_stats(
 
 
 def _processes(images: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cpus()
     return max(1, min(cores, images // MIN_PER_PROCESS))
 
 
