@@ -178,12 +178,10 @@ class Preprocessing:
         The batch job's workers stop here on a GPU (a quarter of the bytes to hand over and copy); the device then
         does the second half (:func:`captionkit.jobs.pipeline.normalise_on_device`, the same operations)."""
         rgb = to_rgb(image)
-        if self.do_resize and self.crop_from is not None:
-            resized = rgb.resize(self.resized_size(rgb.size), resample=self.resample)
-            rgb = _centre_crop(resized, self.size, self.crop_rounding)
-        elif self.do_resize:
-            height, width = self.size
-            rgb = rgb.resize((width, height), resample=self.resample)
+        if self.do_resize:
+            rgb = rgb.resize(self.resized_size(rgb.size), resample=self.resample)
+            if self.crop_from is not None:
+                rgb = _centre_crop(rgb, self.size, self.crop_rounding)
         return np.asarray(rgb, dtype=np.uint8)
 
     def normalised(self, pixels: np.ndarray) -> np.ndarray:
@@ -212,11 +210,13 @@ class Preprocessing:
         return self.crop_from, self.crop_from
 
     def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """PIL's (width, height) before the crop, for an image of (width, height) ``size``: ``crop_from`` itself, or
-        the shorter edge at ``crop_from`` with the longer one truncated as transformers does."""
+        """PIL's (width, height) that an image of (width, height) ``size`` is resized to, before any crop: the model's
+        ``size`` without a crop; with one, ``crop_from`` itself, or the shorter edge at ``crop_from`` with the longer
+        one truncated as transformers does."""
+        if self.crop_from is None:
+            return self.size[1], self.size[0]
         if isinstance(self.crop_from, tuple):
             return self.crop_from[1], self.crop_from[0]
-        assert self.crop_from is not None
         edge, (width, height) = self.crop_from, size
         if width <= height:
             return edge, int(edge * height / width)

@@ -158,13 +158,7 @@ def model_sized(image: Image.Image, preprocessing: Preprocessing) -> Image.Image
     it to its own size, which Pillow does as a copy, and crops and normalises as it would have."""
     if not preprocessing.do_resize:
         return image
-    rgb = to_rgb(image)
-    if preprocessing.crop_from is not None:
-        size = preprocessing.resized_size(rgb.size)
-    else:
-        height, width = preprocessing.size
-        size = (width, height)
-    return rgb.resize(size, resample=preprocessing.resample)
+    return to_rgb(image).resize(preprocessing.resized_size(image.size), resample=preprocessing.resample)
 
 
 async def _parse_multipart(
